@@ -1,0 +1,184 @@
+//! The contract between balctl's eBPF programs and user space: map names,
+//! key and value layouts, flags and limits. Both sides compile this crate, so
+//! every layout is written exactly once.
+//!
+//! Conventions shared by all types:
+//! - Addresses are 16 bytes in network byte order. IPv4 is stored as an
+//!   IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one map serves both
+//!   families and an `AF_INET6` socket connecting to a mapped address matches
+//!   the IPv4 frontend without a second lookup.
+//! - Ports are in network byte order, stored exactly as the kernel hands them
+//!   to `bpf_sock_addr.user_port`.
+//! - Every struct is `repr(C)` with explicit padding so its size is the same
+//!   on both sides and no byte is left uninitialised in a hash key.
+#![no_std]
+
+/// Names of the maps in the eBPF object. They double as pin file names.
+pub mod map_names {
+    pub const SERVICES: &str = "services";
+    pub const BACKENDS: &str = "backends";
+    pub const MEMBERSHIP: &str = "membership";
+    pub const AFFINITY: &str = "affinity";
+    pub const REVNAT: &str = "revnat";
+}
+
+/// Default capacities; `balctl load --map-size NAME=N` overrides them.
+pub mod default_capacity {
+    /// Frontends plus their backend slots (one entry each).
+    pub const SERVICES: u32 = 65_536;
+    pub const BACKENDS: u32 = 65_536;
+    pub const AFFINITY: u32 = 65_536;
+    pub const REVNAT: u32 = 262_144;
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// The kernel's `ECONNREFUSED`, returned through `bpf_set_retval` when a
+/// frontend has no backend, so `connect()`/`sendmsg()` fail at once.
+pub const ECONNREFUSED: i32 = 111;
+
+/// Scope of a frontend entry. Every frontend written today is a plain
+/// service/balancing rule; the field exists so rules that fall back to
+/// another entry (local redirects) can share the map without a layout change.
+pub const SCOPE_SERVICE: u8 = 0;
+
+/// `ServiceEntry::flags`: the frontend keeps clients on one backend.
+pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
+
+/// An IPv6 address (or an IPv4-mapped one) as four network-order words, the
+/// shape of `bpf_sock_addr.user_ip6`.
+pub type Addr = [u32; 4];
+
+/// Key of the services map: one frontend (address, port, protocol) and a
+/// slot. Slot 0 is the frontend's master entry; slots 1..=count hold its
+/// backends. Updates write new slots before raising the master's count and
+/// lower the count before deleting slots, so a reader that sees count N finds
+/// slots 1..=N written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub slot: u16,
+    pub _pad: u16,
+}
+
+/// Value of the services map. In the master entry (slot 0) `count`, `flags`
+/// and `affinity_timeout_sec` describe the frontend and `backend_id` is 0; in
+/// a slot entry `backend_id` names the backend. `service_id` is set in both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceEntry {
+    pub backend_id: u32,
+    pub count: u16,
+    pub flags: u16,
+    pub service_id: u32,
+    pub affinity_timeout_sec: u32,
+}
+
+/// Value of the backends map, keyed by a `u32` backend id. Ids are never
+/// reused, so a stale reference can never land on a different backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Key of the membership map: present while `backend_id` is one of the
+/// backends of `service_id`. Sticky choices (affinity, per-socket UDP) are
+/// only honoured while their backend is still a member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MembershipKey {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Who a sticky backend choice belongs to.
+pub const STICKY_NETNS: u32 = 0;
+pub const STICKY_SOCKET: u32 = 1;
+
+/// Key of the affinity map (an LRU hash). `owner` is `STICKY_NETNS` with a
+/// network-namespace cookie for session affinity (there is no source address
+/// at connect time, so the client's namespace stands in for it), or
+/// `STICKY_SOCKET` with a socket cookie to keep an unconnected UDP socket on
+/// one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub cookie: u64,
+    pub service_id: u32,
+    pub owner: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last use.
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// Key of the reverse-translation map (an LRU hash): a translated socket and
+/// the backend it was sent to. `recvmsg` and `getpeername` look it up to show
+/// the frontend address instead of the backend's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    pub cookie: u64,
+    pub addr: Addr,
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatValue {
+    pub addr: Addr,
+    pub port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), contain only integers and have no
+    // implicit padding (the padding is explicit fields), so every bit
+    // pattern is valid and none is uninitialised.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::MembershipKey {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::RevNatKey {}
+    unsafe impl aya::Pod for super::RevNatValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    /// The sizes are part of the pinned-map contract: changing one makes
+    /// `balctl load` refuse maps pinned by an older build.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 24);
+        assert_eq!(size_of::<ServiceEntry>(), 16);
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<MembershipKey>(), 8);
+        assert_eq!(size_of::<AffinityKey>(), 16);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<RevNatKey>(), 32);
+        assert_eq!(size_of::<RevNatValue>(), 24);
+    }
+}

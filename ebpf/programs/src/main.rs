@@ -1,0 +1,379 @@
+//! balctl's datapath: cgroup sock_addr programs that rewrite the destination
+//! of a socket to a service backend when it connects or sends, and rewrite
+//! the peer address back to the frontend when it receives or asks for its
+//! peer. No packet is ever touched; the translation happens once per socket
+//! (per datagram for unconnected UDP).
+//!
+//! Lookup path (see `balctl_common` for the map layouts):
+//! frontend master entry (slot 0) -> chosen slot -> backend id -> backend.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval,
+    },
+    macros::{cgroup_sock_addr, map},
+    maps::{HashMap, LruHashMap},
+    programs::SockAddrContext,
+};
+use balctl_common::{
+    AffinityKey, AffinityValue, Addr, Backend, ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP,
+    MembershipKey, RevNatKey, RevNatValue, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY, STICKY_NETNS,
+    STICKY_SOCKET, ServiceEntry, ServiceKey, default_capacity,
+};
+
+#[map(name = "services")]
+static SERVICES: HashMap<ServiceKey, ServiceEntry> =
+    HashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "backends")]
+static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(default_capacity::BACKENDS, 0);
+
+// Sized like the services map: one entry per backend slot.
+#[map(name = "membership")]
+static MEMBERSHIP: HashMap<MembershipKey, u32> =
+    HashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "affinity")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(default_capacity::AFFINITY, 0);
+
+#[map(name = "revnat")]
+static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
+    LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
+
+/// sock_addr programs allow the socket operation by returning 1.
+const ALLOW: i32 = 1;
+/// Returning 0 rejects it; the error the caller sees is set with
+/// `bpf_set_retval` first (the kernel would say EPERM otherwise).
+const REJECT: i32 = 0;
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    /// `connect()` on TCP or UDP: one choice for the life of the socket.
+    Connect,
+    /// `sendmsg()`/`sendto()` on an unconnected UDP socket: a choice per
+    /// datagram, kept stable per socket.
+    SendMsg,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn balctl_connect4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V4, Operation::Connect)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn balctl_connect6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V6, Operation::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn balctl_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V4, Operation::SendMsg)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn balctl_sendmsg6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V6, Operation::SendMsg)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn balctl_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn balctl_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn balctl_getpeer4(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn balctl_getpeer6(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V6)
+}
+
+/// Forward translation: frontend -> backend. Traffic to anything that is not
+/// a frontend passes untouched.
+#[inline(always)]
+fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the program's whole run.
+    let proto = unsafe { read(&raw const (*sa).protocol) } as u8;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return ALLOW;
+    }
+    let dest = read_dest(sa, family);
+    let frontend = ServiceKey {
+        addr: dest.addr,
+        port: dest.port,
+        proto,
+        scope: SCOPE_SERVICE,
+        slot: 0,
+        _pad: 0,
+    };
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    let Some(master) = (unsafe { SERVICES.get(&frontend) }).copied() else {
+        return ALLOW;
+    };
+    let Some(backend) = choose_backend(ctx, &frontend, &master, op) else {
+        return reject();
+    };
+    if family == Family::V4 && !is_v4_mapped(&backend.addr) {
+        // Validation keeps backend families equal to the frontend's; never
+        // write half an IPv6 address into an IPv4 socket.
+        return reject();
+    }
+    let to = Dest {
+        addr: backend.addr,
+        port: backend.port,
+    };
+    remember_translation(ctx, &to, &dest, master.service_id);
+    write_dest(sa, family, &to);
+    ALLOW
+}
+
+/// Reverse translation for `recvmsg` and `getpeername`: a peer that is the
+/// backend this socket was translated to is shown as the frontend.
+#[inline(always)]
+fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
+    let sa = ctx.sock_addr;
+    let peer = read_dest(sa, family);
+    let key = RevNatKey {
+        // SAFETY: the helper only reads the socket behind the context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: peer.addr,
+        port: peer.port,
+        _pad: [0; 3],
+    };
+    // SAFETY: read once, whole.
+    if let Some(original) = unsafe { REVNAT.get(&key) }.copied() {
+        write_dest(
+            sa,
+            family,
+            &Dest {
+                addr: original.addr,
+                port: original.port,
+            },
+        );
+    }
+    // recvmsg and getpeername programs must allow; they can only rewrite.
+    ALLOW
+}
+
+#[inline(always)]
+fn choose_backend(
+    ctx: &SockAddrContext,
+    frontend: &ServiceKey,
+    master: &ServiceEntry,
+    op: Operation,
+) -> Option<Backend> {
+    if master.count == 0 {
+        return None;
+    }
+    let service_id = master.service_id;
+    // SAFETY: the helpers only read the socket behind the context.
+    let socket_key = AffinityKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        service_id,
+        owner: STICKY_SOCKET,
+    };
+    if op == Operation::SendMsg
+        && let Some((_, backend)) = sticky_backend(&socket_key, service_id, None)
+    {
+        return Some(backend);
+    }
+    let affinity = master.flags & SERVICE_FLAG_AFFINITY != 0;
+    let netns_key = AffinityKey {
+        cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        service_id,
+        owner: STICKY_NETNS,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if affinity {
+        let timeout = u64::from(master.affinity_timeout_sec) * NSEC_PER_SEC;
+        if let Some((backend_id, backend)) =
+            sticky_backend(&netns_key, service_id, Some((now, timeout)))
+        {
+            // Refresh: the timeout counts from the last use, as kube-proxy's does.
+            remember_choice(&netns_key, backend_id, now);
+            return Some(backend);
+        }
+    }
+
+    let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
+    let slot_key = ServiceKey { slot, ..*frontend };
+    // SAFETY: read once, whole.
+    let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
+    let backend = unsafe { BACKENDS.get(&backend_id) }.copied()?;
+    if affinity {
+        remember_choice(&netns_key, backend_id, now);
+    }
+    if op == Operation::SendMsg {
+        remember_choice(&socket_key, backend_id, now);
+    }
+    Some(backend)
+}
+
+/// A previous choice for this owner, if it is still valid: not expired (when
+/// a timeout applies) and its backend still belongs to the service.
+#[inline(always)]
+fn sticky_backend(
+    key: &AffinityKey,
+    service_id: u32,
+    expiry: Option<(u64, u64)>,
+) -> Option<(u32, Backend)> {
+    // SAFETY: read once, whole.
+    let choice = unsafe { AFFINITY.get(key) }.copied()?;
+    if let Some((now, timeout)) = expiry
+        && now.wrapping_sub(choice.last_used_ns) > timeout
+    {
+        return None;
+    }
+    let membership = MembershipKey {
+        service_id,
+        backend_id: choice.backend_id,
+    };
+    unsafe { MEMBERSHIP.get(&membership) }?;
+    let backend = unsafe { BACKENDS.get(&choice.backend_id) }.copied()?;
+    Some((choice.backend_id, backend))
+}
+
+#[inline(always)]
+fn remember_choice(key: &AffinityKey, backend_id: u32, now: u64) {
+    let choice = AffinityValue {
+        last_used_ns: now,
+        backend_id,
+        _pad: 0,
+    };
+    // A full LRU map evicts; a failed insert only costs stickiness.
+    let _ = AFFINITY.insert(key, &choice, 0);
+}
+
+/// Record backend -> frontend for this socket so replies and getpeername()
+/// show the frontend. Skips the write when the entry is already current, as
+/// it is for every datagram after the first on an unconnected UDP socket.
+#[inline(always)]
+fn remember_translation(ctx: &SockAddrContext, backend: &Dest, frontend: &Dest, service_id: u32) {
+    let key = RevNatKey {
+        // SAFETY: the helper only reads the socket behind the context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: backend.addr,
+        port: backend.port,
+        _pad: [0; 3],
+    };
+    let value = RevNatValue {
+        addr: frontend.addr,
+        port: frontend.port,
+        _pad: 0,
+        service_id,
+    };
+    // SAFETY: read once, whole.
+    if unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
+        return;
+    }
+    let _ = REVNAT.insert(&key, &value, 0);
+}
+
+#[inline(always)]
+fn reject() -> i32 {
+    // SAFETY: plain helper call; sets the errno the socket call returns.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REJECT
+}
+
+struct Dest {
+    addr: Addr,
+    port: u16,
+}
+
+/// IPv4 addresses travel as `::ffff:a.b.c.d` (network byte order words).
+const V4_MAPPED_PREFIX: Addr = [0, 0, u32::from_be(0x0000_ffff), 0];
+
+#[inline(always)]
+fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX[2]
+}
+
+#[inline(always)]
+fn read_dest(sa: *mut bpf_sock_addr, family: Family) -> Dest {
+    // SAFETY: `sa` is the program's context; each field is read with one
+    // 4-byte load, the access size the verifier allows for these fields.
+    unsafe {
+        let addr = match family {
+            Family::V4 => {
+                let mut mapped = V4_MAPPED_PREFIX;
+                mapped[3] = read(&raw const (*sa).user_ip4);
+                mapped
+            }
+            Family::V6 => [
+                read(&raw const (*sa).user_ip6[0]),
+                read(&raw const (*sa).user_ip6[1]),
+                read(&raw const (*sa).user_ip6[2]),
+                read(&raw const (*sa).user_ip6[3]),
+            ],
+        };
+        Dest {
+            addr,
+            // user_port holds the network-order port in its first two bytes.
+            port: read(&raw const (*sa).user_port) as u16,
+        }
+    }
+}
+
+#[inline(always)]
+fn write_dest(sa: *mut bpf_sock_addr, family: Family, dest: &Dest) {
+    // SAFETY: as in read_dest; the fields written are writable for every
+    // attach type these programs use, with 4-byte stores.
+    unsafe {
+        match family {
+            Family::V4 => write(&raw mut (*sa).user_ip4, dest.addr[3]),
+            Family::V6 => {
+                write(&raw mut (*sa).user_ip6[0], dest.addr[0]);
+                write(&raw mut (*sa).user_ip6[1], dest.addr[1]);
+                write(&raw mut (*sa).user_ip6[2], dest.addr[2]);
+                write(&raw mut (*sa).user_ip6[3], dest.addr[3]);
+            }
+        }
+        write(&raw mut (*sa).user_port, u32::from(dest.port));
+    }
+}
+
+/// Context fields must be accessed with exactly one load or store of the
+/// field's size; volatile keeps LLVM from merging or splitting them.
+#[inline(always)]
+unsafe fn read(field: *const u32) -> u32 {
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+#[inline(always)]
+unsafe fn write(field: *mut u32, value: u32) {
+    unsafe { core::ptr::write_volatile(field, value) }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves the programs cannot reach a panic.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,33 @@
+//! Entry point: parse, set up logging, dispatch, turn the outcome into an
+//! exit code (0 success, 1 runtime failure, 2 usage or input error).
+
+use std::process::ExitCode;
+
+use balctl::{cli::Cli, error::exit_code};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Warn,
+        (false, 1) => log::LevelFilter::Info,
+        (false, _) => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_timestamp(None)
+        .format_target(false)
+        .parse_env("BALCTL_LOG")
+        .init();
+    match balctl::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit_code(&err) as u8)
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Typed access to the pinned maps: read what they hold, run a plan against
+//! them, and put everything back if a write fails half way.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{HashMap, Map, MapData, MapError};
+use balctl_common::{
+    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry,
+    ServiceKey, map_names,
+};
+
+use super::{object::MAPS, pins::PinDir};
+use crate::{
+    image::{BackendId, EntryCounts},
+    input,
+    plan::{MapContents, Op, Plan, Step},
+};
+
+pub struct Datapath {
+    services: HashMap<MapData, ServiceKey, ServiceEntry>,
+    backends: HashMap<MapData, BackendId, Backend>,
+    membership: HashMap<MapData, MembershipKey, u32>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    capacity: EntryCounts,
+}
+
+/// Opens one pinned map as a typed hash map. aya checks the key and value
+/// sizes against the kernel's, so a map of another layout is refused.
+pub fn open_map<K: aya::Pod, V: aya::Pod>(pins: &PinDir, name: &str) -> Result<HashMap<MapData, K, V>> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "balctl is not loaded at {} (cannot open {}); run `balctl load` first",
+            pins.root().display(),
+            path.display()
+        )
+    })?;
+    let map = Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
+    HashMap::try_from(map).with_context(|| {
+        format!("the map pinned at {} does not have the layout this balctl expects", path.display())
+    })
+}
+
+impl Datapath {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        let services = open_map(pins, map_names::SERVICES)?;
+        let backends = open_map(pins, map_names::BACKENDS)?;
+        let membership = open_map(pins, map_names::MEMBERSHIP)?;
+        let affinity = open_map(pins, map_names::AFFINITY)?;
+        let capacity = |name: &str| -> Result<u64> {
+            let info = aya::maps::MapInfo::from_pin(pins.map(name))?;
+            Ok(u64::from(info.max_entries()))
+        };
+        Ok(Self {
+            services,
+            backends,
+            membership,
+            affinity,
+            capacity: EntryCounts {
+                services: capacity(map_names::SERVICES)?,
+                backends: capacity(map_names::BACKENDS)?,
+                membership: capacity(map_names::MEMBERSHIP)?,
+            },
+        })
+    }
+
+    pub fn capacity(&self) -> EntryCounts {
+        self.capacity
+    }
+
+    pub fn read_contents(&self) -> Result<MapContents> {
+        Ok(MapContents {
+            services: read_all(&self.services)?,
+            backends: read_all(&self.backends)?,
+            membership: read_all(&self.membership)?.into_keys().collect(),
+        })
+    }
+
+    /// Refuses a plan that would overflow a map at any point, before
+    /// anything is written.
+    pub fn check_capacity(&self, plan: &Plan, start: EntryCounts) -> Result<()> {
+        check_fits(plan.peak_entries(start), self.capacity)
+    }
+
+    /// Runs every step in order. If one fails, the steps already done are
+    /// undone in reverse order, so the maps are left as they were.
+    pub fn apply(&mut self, plan: &Plan) -> Result<()> {
+        for (done, step) in plan.steps.iter().enumerate() {
+            if let Err(err) = self.execute(&step.op) {
+                return Err(self.undo(&plan.steps[..done], err.context("map update failed")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes a whole applied plan because a later step (recording the new
+    /// state) failed with `cause`.
+    pub fn revert(&mut self, plan: &Plan, cause: anyhow::Error) -> anyhow::Error {
+        self.undo(&plan.steps, cause)
+    }
+
+    fn undo(&mut self, done: &[Step], cause: anyhow::Error) -> anyhow::Error {
+        let failures: Vec<String> = done
+            .iter()
+            .rev()
+            .filter_map(|step| step.undo.as_ref())
+            .filter_map(|undo| self.execute(undo).err().map(|e| format!("{e:#}")))
+            .collect();
+        if failures.is_empty() {
+            cause.context("nothing was changed: the maps were restored to their previous contents")
+        } else {
+            cause.context(format!(
+                "restoring the previous map contents failed too ({}); \
+                 `balctl status` shows the drift and `balctl load` repairs it",
+                failures.join("; ")
+            ))
+        }
+    }
+
+    fn execute(&mut self, op: &Op) -> Result<()> {
+        let result = match op {
+            Op::PutBackend(id, backend) => self.backends.insert(id, backend, 0),
+            Op::DeleteBackend(id) => ignore_missing(self.backends.remove(id)),
+            Op::PutMembership(key) => self.membership.insert(key, 0, 0),
+            Op::DeleteMembership(key) => ignore_missing(self.membership.remove(key)),
+            Op::PutService(key, entry) => self.services.insert(key, entry, 0),
+            Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
+            Op::ForgetSticky { service_id, backends } => return self.forget_sticky(*service_id, backends),
+        };
+        result.map_err(|e| anyhow!(e).context(format!("{op:?}")))
+    }
+
+    fn forget_sticky(&mut self, service_id: u32, backends: &[BackendId]) -> Result<()> {
+        let stale: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, choice)| key.service_id == service_id && backends.contains(&choice.backend_id))
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            ignore_missing(self.affinity.remove(&key))?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails, naming the map and the option that fixes it, if `needed` entries
+/// do not fit.
+pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
+    let checks = [
+        ("services", "services", needed.services, capacity.services),
+        ("backends", "backends", needed.backends, capacity.backends),
+        ("membership", "services", needed.membership, capacity.membership),
+    ];
+    for (map, size_name, needed, capacity) in checks {
+        if needed > capacity {
+            return Err(input!(
+                "the {map} map would need {needed} entries but holds {capacity}; nothing was changed. \
+                 Maps keep their size while loaded: `balctl unload --yes` then \
+                 `balctl load --map-size {size_name}={}` recreates them larger \
+                 (load restores every applied rule)",
+                needed.next_power_of_two()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Everything in a hash map. (aya's iterator skips entries that vanish
+/// while it runs, such as LRU evictions.)
+pub fn read_all<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<BTreeMap<K, V>> {
+    Ok(map.iter().collect::<Result<_, _>>()?)
+}
+
+/// Deleting what is already gone is done, not failed.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Reverse-translation entries, for `dump`.
+pub fn open_revnat(pins: &PinDir) -> Result<HashMap<MapData, RevNatKey, RevNatValue>> {
+    open_map(pins, map_names::REVNAT)
+}
+
+/// Checks a pinned map's kernel layout against what this build expects.
+pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u32>) -> Result<()> {
+    for spec in MAPS {
+        let path = pins.map(spec.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
+        let found = (info.map_flags(), info.key_size(), info.value_size());
+        let expected = (0, spec.key_size, spec.value_size);
+        let type_matches = info.map_type().is_ok_and(|t| t as u32 == spec.map_type as u32);
+        if !type_matches || found != expected {
+            bail!(
+                "the map pinned at {} was made by another balctl version (key {} bytes, value {} bytes, \
+                 flags {:#x}; this build needs key {} bytes, value {} bytes, flags 0) and cannot be reused. \
+                 `balctl unload --yes` removes the old datapath, then `balctl load` creates it anew",
+                path.display(),
+                found.1,
+                found.2,
+                found.0,
+                expected.1,
+                expected.2,
+            );
+        }
+        if let Some(requested) = requested_capacity(spec.size_name)
+            && requested != info.max_entries()
+        {
+            return Err(input!(
+                "--map-size {}={requested}: the pinned {} map holds {} entries and cannot be resized while loaded; \
+                 `balctl unload --yes` then `balctl load --map-size {}={requested}` recreates it \
+                 (load restores every applied rule)",
+                spec.size_name,
+                spec.name,
+                info.max_entries(),
+                spec.size_name,
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Everything that touches the kernel: the embedded object, loading and
+//! attaching, pins, typed map access and the raw bpf(2) calls aya lacks.
+
+pub mod cgroup;
+pub mod loader;
+pub mod maps;
+pub mod object;
+pub mod pins;
+pub mod raw;
+pub mod sys;

@@ -1,0 +1,107 @@
+//! The embedded eBPF object and what balctl expects to find in it: one
+//! program per hook and the maps with their kernel layouts.
+
+use std::mem::size_of;
+
+use aya::programs::CgroupSockAddrAttachType;
+use aya_obj::generated::{bpf_attach_type, bpf_map_type};
+use balctl_common::{
+    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry,
+    ServiceKey, default_capacity, map_names,
+};
+
+/// The programs, built by build.rs from ebpf/programs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balctl"));
+
+/// A cgroup sock_addr hook balctl attaches a program to.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    /// The name users see and the link's pin file name.
+    pub name: &'static str,
+    /// The program's function name in the object.
+    pub program: &'static str,
+    pub attach_type: CgroupSockAddrAttachType,
+}
+
+impl Hook {
+    /// The kernel's `bpf_attach_type` number for queries.
+    pub fn kernel_attach_type(&self) -> u32 {
+        bpf_attach_type::from(self.attach_type) as u32
+    }
+}
+
+pub const HOOKS: [Hook; 8] = [
+    hook("connect4", "balctl_connect4", CgroupSockAddrAttachType::Connect4),
+    hook("connect6", "balctl_connect6", CgroupSockAddrAttachType::Connect6),
+    hook("sendmsg4", "balctl_sendmsg4", CgroupSockAddrAttachType::UDPSendMsg4),
+    hook("sendmsg6", "balctl_sendmsg6", CgroupSockAddrAttachType::UDPSendMsg6),
+    hook("recvmsg4", "balctl_recvmsg4", CgroupSockAddrAttachType::UDPRecvMsg4),
+    hook("recvmsg6", "balctl_recvmsg6", CgroupSockAddrAttachType::UDPRecvMsg6),
+    hook("getpeername4", "balctl_getpeer4", CgroupSockAddrAttachType::GetPeerName4),
+    hook("getpeername6", "balctl_getpeer6", CgroupSockAddrAttachType::GetPeerName6),
+];
+
+const fn hook(name: &'static str, program: &'static str, attach_type: CgroupSockAddrAttachType) -> Hook {
+    Hook {
+        name,
+        program,
+        attach_type,
+    }
+}
+
+/// A map of the object and the layout a pinned map must have to be reused.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub map_type: bpf_map_type,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// The `--map-size` name that sets this map's capacity.
+    pub size_name: &'static str,
+    pub default_capacity: u32,
+}
+
+pub const MAPS: [MapSpec; 5] = [
+    map::<ServiceKey, ServiceEntry>(map_names::SERVICES, bpf_map_type::BPF_MAP_TYPE_HASH, "services", default_capacity::SERVICES),
+    map::<u32, Backend>(map_names::BACKENDS, bpf_map_type::BPF_MAP_TYPE_HASH, "backends", default_capacity::BACKENDS),
+    // One membership per backend slot, so it follows the services size.
+    map::<MembershipKey, u32>(map_names::MEMBERSHIP, bpf_map_type::BPF_MAP_TYPE_HASH, "services", default_capacity::SERVICES),
+    map::<AffinityKey, AffinityValue>(map_names::AFFINITY, bpf_map_type::BPF_MAP_TYPE_LRU_HASH, "affinity", default_capacity::AFFINITY),
+    map::<RevNatKey, RevNatValue>(map_names::REVNAT, bpf_map_type::BPF_MAP_TYPE_LRU_HASH, "revnat", default_capacity::REVNAT),
+];
+
+/// The names `--map-size` accepts.
+pub const SIZE_NAMES: [&str; 4] = ["services", "backends", "affinity", "revnat"];
+
+const fn map<K, V>(name: &'static str, map_type: bpf_map_type, size_name: &'static str, default_capacity: u32) -> MapSpec {
+    MapSpec {
+        name,
+        map_type,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        size_name,
+        default_capacity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded object must contain exactly the programs and maps
+    /// balctl drives; a rename on either side fails here, not at load time.
+    #[test]
+    fn object_has_every_hook_and_map() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        for hook in HOOKS {
+            assert!(object.programs.contains_key(hook.program), "missing program {}", hook.program);
+        }
+        for spec in MAPS {
+            let map = object.maps.get(spec.name).unwrap_or_else(|| panic!("missing map {}", spec.name));
+            assert_eq!((map.key_size(), map.value_size()), (spec.key_size, spec.value_size), "{}", spec.name);
+            assert_eq!(map.map_type(), spec.map_type as u32, "{}", spec.name);
+            assert_eq!(map.max_entries(), spec.default_capacity, "{}", spec.name);
+        }
+        assert!(SIZE_NAMES.iter().all(|n| MAPS.iter().any(|m| m.size_name == *n)));
+    }
+}

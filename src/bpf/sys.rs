@@ -1,0 +1,117 @@
+//! The few bpf(2) commands aya 0.14 does not expose: updating and detaching
+//! a pinned link, reading a cgroup link's target, and listing what is
+//! attached to a cgroup. The attribute and info layouts come from aya-obj's
+//! generated kernel bindings.
+
+use std::{
+    ffi::CString,
+    io,
+    mem::{size_of, zeroed},
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info};
+
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a valid, zero-initialised bpf_attr of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    // File descriptors are never negative.
+    fd.as_raw_fd() as u32
+}
+
+/// Opens a pinned bpf object (link, map or program).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: an all-zero bpf_attr is the documented "no options" value.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Atomically replaces the program behind a link: the hook never runs
+/// without a program, and there is never a second attachment.
+pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.link_update.link_fd = fd_u32(link);
+    attr.link_update.__bindgen_anon_1.new_prog_fd = fd_u32(program);
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Detaches a link now, even if another process still holds it open.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.link_detach.link_fd = fd_u32(link);
+    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// What the kernel says about a cgroup link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLinkInfo {
+    pub link_id: u32,
+    pub program_id: u32,
+    /// 0 once the link has been detached (its cgroup is gone or it was
+    /// detached explicitly).
+    pub cgroup_id: u64,
+    pub attach_type: u32,
+}
+
+pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    // SAFETY: bpf_link_info is plain data; zero is a valid value.
+    let mut info: bpf_link_info = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.info.bpf_fd = fd_u32(link);
+    attr.info.info_len = size_of::<bpf_link_info>() as u32;
+    attr.info.info = &raw mut info as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: the cgroup member is the one the kernel fills for cgroup links;
+    // for other links it reads as plain integers.
+    let cgroup = unsafe { info.__bindgen_anon_1.cgroup };
+    Ok(CgroupLinkInfo {
+        link_id: info.id,
+        program_id: info.prog_id,
+        cgroup_id: cgroup.cgroup_id,
+        attach_type: cgroup.attach_type,
+    })
+}
+
+/// Ids of the programs attached to `cgroup` for one attach type (what
+/// `bpftool cgroup show` lists), attached directly to it, not inherited.
+pub fn cgroup_attached_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    const MAX_PROGRAMS: usize = 64;
+    let mut ids = [0u32; MAX_PROGRAMS];
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.query.__bindgen_anon_1.target_fd = fd_u32(cgroup);
+    attr.query.attach_type = attach_type;
+    attr.query.prog_ids = ids.as_mut_ptr() as u64;
+    attr.query.__bindgen_anon_2.prog_cnt = MAX_PROGRAMS as u32;
+    bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr)?;
+    // SAFETY: the kernel wrote the count back into the same member.
+    let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
+    Ok(ids[..count.min(MAX_PROGRAMS)].to_vec())
+}

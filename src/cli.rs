@@ -1,0 +1,263 @@
+//! The command line, defined once: parsing, `--help`, shell completions and
+//! man pages all come from these types.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    bpf::object::SIZE_NAMES,
+    model::{Frontend, parse_affinity, parse_backend},
+    output::OutputFormat,
+};
+
+/// eBPF socket-level load balancer for Kubernetes services and custom VIPs.
+///
+/// balctl rewrites the destination of a socket at connect()/sendmsg() time,
+/// so a connection to a service address becomes a direct connection to one
+/// of its backends: no per-packet NAT, no conntrack, no iptables. The
+/// programs and maps stay pinned under the pin directory and keep working
+/// after balctl exits; every command works against those pins.
+#[derive(Debug, Parser)]
+#[command(name = "balctl", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Pin directory for balctl's maps and links (on a bpf filesystem)
+    #[arg(long, global = true, value_name = "DIR", env = "BALCTL_BPFFS", default_value = "/sys/fs/bpf/balctl")]
+    pub bpffs: PathBuf,
+
+    /// Directory where applied state is kept
+    #[arg(long, global = true, value_name = "DIR", env = "BALCTL_STATE_DIR", default_value = "/var/lib/balctl")]
+    pub state_dir: PathBuf,
+
+    /// Output format
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Print more (repeat for debug logs)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the programs and attach them to a cgroup, or replace them in place
+    ///
+    /// Creates (or reuses) the pinned maps, attaches one program per hook
+    /// (connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6) through bpf_links
+    /// pinned under the pin directory, and programs the maps with every rule
+    /// in the state directory. Run again, it swaps the programs behind the
+    /// existing links: no second attachment, map contents kept, no
+    /// connection lost.
+    Load(LoadArgs),
+
+    /// Detach every hook and remove every pin
+    ///
+    /// Applied rules stay in the state directory; the next `load` restores
+    /// them. Asks for confirmation on a terminal; without a terminal it
+    /// requires --yes.
+    Unload(UnloadArgs),
+
+    /// Show whether balctl is loaded, where, and how full its maps are
+    Status,
+
+    /// Add, change, list and delete balancing rules
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+
+    /// Show what the pinned maps hold
+    Dump(DumpArgs),
+
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// cgroup v2 directory to attach to [default: the cgroup2 root]
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Capacity of a map when it is created, as NAME=ENTRIES
+    /// (services, backends, affinity, revnat); repeat or separate with commas
+    #[arg(long, value_name = "NAME=N", value_delimiter = ',', value_parser = parse_map_size)]
+    pub map_size: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnloadArgs {
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Add a rule that balances a frontend over backends
+    ///
+    /// Without --backend the frontend rejects: connect() and sendmsg() to it
+    /// fail at once with "connection refused".
+    Add(PolicyAddArgs),
+
+    /// Change an existing rule; the options given replace the old values
+    Update(PolicyUpdateArgs),
+
+    /// List all rules
+    List,
+
+    /// Show one rule
+    Get(PolicyNameArg),
+
+    /// Delete a rule
+    Delete(PolicyNameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyAddArgs {
+    /// Rule name (lowercase letters, digits, '-' and '.')
+    pub name: String,
+
+    /// Frontend clients connect to: IP:PORT[/tcp|udp] (IPv6 as [IP]:PORT)
+    #[arg(long, value_name = "IP:PORT[/PROTO]", value_parser = parse_frontend)]
+    pub vip: Frontend,
+
+    /// Backend address; repeat for more
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_backend)]
+    pub backend: Vec<SocketAddr>,
+
+    /// Keep each client network namespace on one backend for SECONDS of inactivity
+    #[arg(long, value_name = "SECONDS", value_parser = parse_affinity)]
+    pub affinity: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyUpdateArgs {
+    /// Rule name
+    pub name: String,
+
+    /// New frontend: IP:PORT[/tcp|udp]
+    #[arg(long, value_name = "IP:PORT[/PROTO]", value_parser = parse_frontend)]
+    pub vip: Option<Frontend>,
+
+    /// New backend list (replaces the old one); repeat for more
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_backend, conflicts_with = "no_backends")]
+    pub backend: Vec<SocketAddr>,
+
+    /// Remove every backend: the frontend then rejects connections
+    #[arg(long)]
+    pub no_backends: bool,
+
+    /// New affinity timeout in seconds
+    #[arg(long, value_name = "SECONDS", value_parser = parse_affinity, conflicts_with = "no_affinity")]
+    pub affinity: Option<u32>,
+
+    /// Turn session affinity off
+    #[arg(long)]
+    pub no_affinity: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyNameArg {
+    /// Rule name
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DumpKind {
+    /// Frontends with their backend slots
+    Services,
+    /// Backends with the frontends that use them
+    Backends,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// What to show
+    #[arg(value_enum, default_value_t = DumpKind::Services)]
+    pub kind: DumpKind,
+
+    /// Only entries of frontends at this address (and port)
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_vip_filter)]
+    pub vip: Option<VipFilter>,
+}
+
+/// `--vip IP[:PORT]` for dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VipFilter {
+    pub address: std::net::IpAddr,
+    pub port: Option<u16>,
+}
+
+impl VipFilter {
+    pub fn matches(&self, frontend: &Frontend) -> bool {
+        self.address == frontend.address && self.port.is_none_or(|port| port == frontend.port)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
+}
+
+fn parse_frontend(s: &str) -> Result<Frontend, String> {
+    s.parse()
+}
+
+fn parse_vip_filter(s: &str) -> Result<VipFilter, String> {
+    if let Ok(address) = s.trim_start_matches('[').trim_end_matches(']').parse() {
+        return Ok(VipFilter { address, port: None });
+    }
+    let addr = crate::model::parse_socket_addr(s)?;
+    Ok(VipFilter {
+        address: addr.ip(),
+        port: Some(addr.port()),
+    })
+}
+
+fn parse_map_size(s: &str) -> Result<(String, u32), String> {
+    let (name, size) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=ENTRIES"))?;
+    if !SIZE_NAMES.contains(&name) {
+        return Err(format!("unknown map `{name}` (expected one of: {})", SIZE_NAMES.join(", ")));
+    }
+    let size: u32 = size
+        .parse()
+        .map_err(|_| format!("`{size}` is not a number of entries"))?;
+    if size == 0 {
+        return Err("a map needs at least one entry".into());
+    }
+    Ok((name.to_owned(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn map_sizes_are_checked() {
+        assert_eq!(parse_map_size("services=10"), Ok(("services".into(), 10)));
+        assert!(parse_map_size("nope=10").unwrap_err().contains("unknown map"));
+        assert!(parse_map_size("services=0").is_err());
+    }
+
+    #[test]
+    fn vip_filter_takes_address_or_address_and_port() {
+        let frontend: Frontend = "198.18.0.1:80".parse().unwrap();
+        assert!(parse_vip_filter("198.18.0.1").unwrap().matches(&frontend));
+        assert!(parse_vip_filter("198.18.0.1:80").unwrap().matches(&frontend));
+        assert!(!parse_vip_filter("198.18.0.1:81").unwrap().matches(&frontend));
+        assert!(parse_vip_filter("[2001:db8::1]").is_ok());
+    }
+}

@@ -1,0 +1,68 @@
+//! `balctl load`: attach (or replace in place), then make the maps hold
+//! exactly the applied state.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Context;
+use crate::{
+    bpf::{
+        loader::{self, HookAction, LoadReport, MapSizes},
+        maps::{Datapath, check_fits},
+    },
+    cli::LoadArgs,
+    output::print_structured,
+    plan::{MapContents, Plan},
+};
+
+#[derive(Serialize)]
+struct LoadOutput {
+    #[serde(flatten)]
+    report: LoadReport,
+    /// Map entries written or removed to match the applied state.
+    entries_repaired: usize,
+}
+
+pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
+    let sizes = MapSizes(args.map_size.iter().cloned().collect());
+    let lock = ctx.state.lock()?;
+    let state = ctx.state.read()?;
+    // Refuse before touching anything if the applied state cannot fit.
+    check_fits(state.image.entry_counts(), loader::capacities_after_load(&ctx.pins, &sizes)?)?;
+
+    let report = loader::load(&ctx.pins, args.cgroup.as_deref(), &sizes)?;
+    let mut datapath = Datapath::open(&ctx.pins)?;
+    let actual = datapath.read_contents()?;
+    let plan = Plan::repair(&actual, &MapContents::of(&state.image));
+    datapath.check_capacity(&plan, actual.entry_counts())?;
+    datapath.apply(&plan)?;
+    drop(lock);
+
+    let output = LoadOutput {
+        report,
+        entries_repaired: plan.steps.len(),
+    };
+    if ctx.output != crate::output::OutputFormat::Table {
+        return print_structured(ctx.output, &output);
+    }
+    let attached = output.report.hooks.iter().filter(|(_, a)| *a == HookAction::Attached).count();
+    let replaced = output.report.hooks.len() - attached;
+    let hooks = match (attached, replaced) {
+        (_, 0) => format!("{attached} hooks attached"),
+        (0, _) => format!("{replaced} hooks replaced in place"),
+        _ => format!("{attached} hooks attached, {replaced} replaced in place"),
+    };
+    let maps = match output.report.maps_created.len() {
+        0 => "maps reused".to_owned(),
+        n => format!("{n} maps created"),
+    };
+    ctx.say(format!("balctl loaded on {}: {hooks}, {maps}", output.report.cgroup.display()));
+    if output.entries_repaired > 0 {
+        ctx.say(format!(
+            "programmed {} map entries from the applied state ({} rules)",
+            output.entries_repaired,
+            state.policies.len()
+        ));
+    }
+    Ok(())
+}

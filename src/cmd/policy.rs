@@ -1,0 +1,173 @@
+//! `balctl policy add|update|list|get|delete`: imperative rules, persisted
+//! in the state dir and applied to the maps at once, all or nothing.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Context;
+use crate::{
+    cli::{PolicyAddArgs, PolicyCommand, PolicyNameArg, PolicyUpdateArgs},
+    input,
+    model::Policy,
+    output::{OutputFormat, print_structured, table},
+    transaction::{Outcome, change_policies},
+};
+
+pub fn run(ctx: &Context, command: &PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Add(args) => add(ctx, args),
+        PolicyCommand::Update(args) => update(ctx, args),
+        PolicyCommand::List => list(ctx),
+        PolicyCommand::Get(args) => get(ctx, args),
+        PolicyCommand::Delete(args) => delete(ctx, args),
+    }
+}
+
+fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
+    let policy = Policy {
+        name: args.name.clone(),
+        frontend: args.vip,
+        backends: args.backend.clone(),
+        affinity_seconds: args.affinity,
+    };
+    policy.validate().map_err(|e| input!("{e}"))?;
+    let outcome = change_policies(&ctx.pins, &ctx.state, |policies| {
+        if let Some(existing) = policies.iter().find(|p| p.name == policy.name) {
+            return Err(input!(
+                "policy `{}` already exists (frontend {}); change it with `balctl policy update {}` \
+                 or delete it first",
+                policy.name,
+                existing.frontend,
+                policy.name
+            ));
+        }
+        policies.push(policy.clone());
+        Ok(())
+    })?;
+    report(ctx, &outcome, &policy.name, "created")
+}
+
+fn update(ctx: &Context, args: &PolicyUpdateArgs) -> Result<()> {
+    let changes_nothing = args.vip.is_none()
+        && args.backend.is_empty()
+        && !args.no_backends
+        && args.affinity.is_none()
+        && !args.no_affinity;
+    if changes_nothing {
+        return Err(input!(
+            "nothing to change: give --vip, --backend, --no-backends, --affinity or --no-affinity"
+        ));
+    }
+    let outcome = change_policies(&ctx.pins, &ctx.state, |policies| {
+        let policy = find_mut(policies, &args.name)?;
+        if let Some(vip) = args.vip {
+            policy.frontend = vip;
+        }
+        if !args.backend.is_empty() || args.no_backends {
+            policy.backends.clone_from(&args.backend);
+        }
+        if args.affinity.is_some() || args.no_affinity {
+            policy.affinity_seconds = args.affinity;
+        }
+        policy.validate().map_err(|e| input!("{e}"))
+    })?;
+    report(ctx, &outcome, &args.name, "updated")
+}
+
+fn delete(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
+    let outcome = change_policies(&ctx.pins, &ctx.state, |policies| {
+        find_mut(policies, &args.name)?;
+        policies.retain(|p| p.name != args.name);
+        Ok(())
+    })?;
+    if ctx.output != OutputFormat::Table {
+        return print_structured(ctx.output, &Deleted { deleted: &args.name });
+    }
+    ctx.say(format!("policy/{} deleted", args.name));
+    summarize_plan(ctx, &outcome);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    deleted: &'a str,
+}
+
+fn find_mut<'a>(policies: &'a mut [Policy], name: &str) -> Result<&'a mut Policy> {
+    policies.iter_mut().find(|p| p.name == name).ok_or_else(|| {
+        input!("there is no policy named `{name}` (`balctl policy list` shows them)")
+    })
+}
+
+fn report(ctx: &Context, outcome: &Outcome, name: &str, verb: &str) -> Result<()> {
+    let policy = outcome.state.policy(name).expect("the policy was just written");
+    if ctx.output != OutputFormat::Table {
+        return print_structured(ctx.output, policy);
+    }
+    let backends = match policy.backends.len() {
+        0 => "no backends: connections are refused".to_owned(),
+        1 => "1 backend".to_owned(),
+        n => format!("{n} backends"),
+    };
+    ctx.say(format!("policy/{name} {verb}: {} -> {backends}", policy.frontend));
+    summarize_plan(ctx, outcome);
+    Ok(())
+}
+
+fn summarize_plan(ctx: &Context, outcome: &Outcome) {
+    if ctx.verbose > 0 {
+        ctx.say(format!("  {} ({} map writes)", outcome.plan.summary, outcome.plan.steps.len()));
+    }
+}
+
+#[derive(Serialize)]
+struct PolicyList<'a> {
+    policies: &'a [Policy],
+}
+
+fn list(ctx: &Context) -> Result<()> {
+    let state = ctx.state.read()?;
+    if ctx.output != OutputFormat::Table {
+        return print_structured(ctx.output, &PolicyList { policies: &state.policies });
+    }
+    let mut rows = table(["NAME", "FRONTEND", "BACKENDS", "AFFINITY"]);
+    for policy in &state.policies {
+        rows.add_row([
+            policy.name.clone(),
+            policy.frontend.to_string(),
+            backend_list(policy),
+            affinity(policy),
+        ]);
+    }
+    println!("{rows}");
+    Ok(())
+}
+
+fn get(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
+    let state = ctx.state.read()?;
+    let policy = state
+        .policy(&args.name)
+        .ok_or_else(|| input!("there is no policy named `{}` (`balctl policy list` shows them)", args.name))?;
+    if ctx.output != OutputFormat::Table {
+        return print_structured(ctx.output, policy);
+    }
+    println!("Name:      {}", policy.name);
+    println!("Frontend:  {}", policy.frontend);
+    println!("Backends:  {}", backend_list(policy).replace('\n', "\n           "));
+    println!("Affinity:  {}", affinity(policy));
+    Ok(())
+}
+
+fn backend_list(policy: &Policy) -> String {
+    if policy.backends.is_empty() {
+        return "(none: rejects)".to_owned();
+    }
+    let list: Vec<String> = policy.backends.iter().map(ToString::to_string).collect();
+    list.join("\n")
+}
+
+fn affinity(policy: &Policy) -> String {
+    policy
+        .affinity_seconds
+        .map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
+}

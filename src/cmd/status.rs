@@ -1,0 +1,201 @@
+//! `balctl status`: loaded or not, on which cgroup, which programs, how full
+//! the maps are, what is applied and whether the maps drifted from it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use aya::maps::MapInfo;
+use balctl_common::{AffinityKey, AffinityValue, map_names};
+use serde::Serialize;
+
+use super::Context;
+use crate::{
+    bpf::{
+        cgroup,
+        loader::{self, AttachState},
+        maps::{Datapath, open_map, open_revnat},
+        object::MAPS,
+    },
+    output::{OutputFormat, print_structured, table},
+    plan::{MapContents, Plan},
+};
+
+#[derive(Serialize)]
+struct Status {
+    loaded: bool,
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+    #[serde(flatten)]
+    attach: Option<AttachState>,
+    programs: Vec<ProgramRow>,
+    maps: Vec<MapRow>,
+    policies: usize,
+    frontends: usize,
+    backends: usize,
+    /// Map entries that differ from the applied state; `balctl load` repairs them.
+    drift: Option<usize>,
+    kernel: Kernel,
+}
+
+#[derive(Serialize)]
+struct ProgramRow {
+    id: u32,
+    name: String,
+    tag: String,
+}
+
+#[derive(Serialize)]
+struct MapRow {
+    name: &'static str,
+    entries: usize,
+    capacity: u32,
+}
+
+#[derive(Serialize)]
+struct Kernel {
+    release: String,
+    cgroup2: Option<PathBuf>,
+    btf: bool,
+}
+
+pub fn run(ctx: &Context) -> Result<()> {
+    let state = ctx.state.read()?;
+    let loaded = loader::is_loaded(&ctx.pins);
+    let (attach, programs, maps, drift) = if loaded {
+        let attach = loader::attach_state(&ctx.pins)?;
+        let programs = programs(&attach)?;
+        let datapath = Datapath::open(&ctx.pins)?;
+        let contents = datapath.read_contents()?;
+        let drift = Plan::repair(&contents, &MapContents::of(&state.image)).steps.len();
+        (Some(attach), programs, map_rows(&ctx.pins, &contents)?, Some(drift))
+    } else {
+        (None, Vec::new(), Vec::new(), None)
+    };
+    let status = Status {
+        loaded,
+        pin_dir: ctx.pins.root().to_owned(),
+        state_dir: ctx.state.root().to_owned(),
+        attach,
+        programs,
+        maps,
+        policies: state.policies.len(),
+        frontends: state.image.frontends.len(),
+        backends: state.image.backends.len(),
+        drift,
+        kernel: kernel(),
+    };
+    if ctx.output != OutputFormat::Table {
+        return print_structured(ctx.output, &status);
+    }
+    print_table(&status);
+    Ok(())
+}
+
+fn programs(attach: &AttachState) -> Result<Vec<ProgramRow>> {
+    let ids: Vec<u32> = attach.hooks.iter().map(|h| h.program_id).collect();
+    let mut rows = Vec::new();
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if ids.contains(&info.id()) {
+            rows.push(ProgramRow {
+                id: info.id(),
+                name: info.name_as_str().unwrap_or("?").to_owned(),
+                tag: format!("{:016x}", info.tag()),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn map_rows(pins: &crate::bpf::pins::PinDir, contents: &MapContents) -> Result<Vec<MapRow>> {
+    let affinity = open_map::<AffinityKey, AffinityValue>(pins, map_names::AFFINITY)?;
+    let revnat = open_revnat(pins)?;
+    let mut rows = Vec::new();
+    for spec in MAPS {
+        let entries = match spec.name {
+            map_names::SERVICES => contents.services.len(),
+            map_names::BACKENDS => contents.backends.len(),
+            map_names::MEMBERSHIP => contents.membership.len(),
+            map_names::AFFINITY => affinity.keys().filter(Result::is_ok).count(),
+            _ => revnat.keys().filter(Result::is_ok).count(),
+        };
+        let capacity = MapInfo::from_pin(pins.map(spec.name))?.max_entries();
+        rows.push(MapRow {
+            name: spec.name,
+            entries,
+            capacity,
+        });
+    }
+    Ok(rows)
+}
+
+fn kernel() -> Kernel {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    Kernel {
+        release,
+        cgroup2: cgroup::cgroup2_mount().ok(),
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+    }
+}
+
+fn print_table(status: &Status) {
+    let Some(attach) = &status.attach else {
+        println!("balctl is not loaded (pin dir {})", status.pin_dir.display());
+        println!(
+            "state: {} policies, {} frontends, {} backends in {}; `balctl load` attaches and restores them",
+            status.policies,
+            status.frontends,
+            status.backends,
+            status.state_dir.display()
+        );
+        return;
+    };
+    let cgroup = attach
+        .cgroup
+        .as_ref()
+        .map_or_else(|| "(gone)".to_owned(), |p| p.display().to_string());
+    println!("balctl is loaded");
+    println!("  pin dir:  {}", status.pin_dir.display());
+    println!("  cgroup:   {cgroup} (id {})", attach.cgroup_id);
+    if !attach.missing_hooks.is_empty() {
+        println!("  MISSING hooks: {} (run `balctl load` to attach them)", attach.missing_hooks.join(", "));
+    }
+    println!();
+    let mut hooks = table(["HOOK", "LINK", "PROGRAM", "NAME", "TAG", "ATTACHED"]);
+    for hook in &attach.hooks {
+        let program = status.programs.iter().find(|p| p.id == hook.program_id);
+        hooks.add_row([
+            hook.hook.to_owned(),
+            hook.link_id.to_string(),
+            hook.program_id.to_string(),
+            program.map_or("?", |p| p.name.as_str()).to_owned(),
+            program.map_or("?", |p| p.tag.as_str()).to_owned(),
+            hook.attached_programs.to_string(),
+        ]);
+    }
+    println!("{hooks}\n");
+    let mut maps = table(["MAP", "ENTRIES", "CAPACITY", "FILL"]);
+    for map in &status.maps {
+        let fill = 100.0 * map.entries as f64 / f64::from(map.capacity);
+        maps.add_row([map.name.to_owned(), map.entries.to_string(), map.capacity.to_string(), format!("{fill:.1}%")]);
+    }
+    println!("{maps}\n");
+    println!(
+        "state:   {} policies, {} frontends, {} backends ({})",
+        status.policies,
+        status.frontends,
+        status.backends,
+        status.state_dir.display()
+    );
+    match status.drift {
+        Some(0) | None => println!("drift:   none (maps match the applied state)"),
+        Some(n) => println!("drift:   {n} map entries differ from the applied state; `balctl load` repairs them"),
+    }
+    println!(
+        "kernel:  {}, cgroup2 at {}, BTF {}",
+        status.kernel.release,
+        status.kernel.cgroup2.as_ref().map_or_else(|| "(none)".into(), |p| p.display().to_string()),
+        if status.kernel.btf { "yes" } else { "no" }
+    );
+}

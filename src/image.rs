@@ -1,0 +1,302 @@
+//! The compiled datapath: every frontend with its service id and ordered
+//! backend ids, and every backend with its id. Compiling keeps the ids of
+//! frontends and backends that already exist, so an update rewrites only
+//! what changed and sticky choices keep pointing at the same backends.
+//! Ids are never reused.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+use anyhow::Result;
+use balctl_common::{Backend, MembershipKey, SERVICE_FLAG_AFFINITY, ServiceEntry};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bpf::raw::{addr_to_raw, port_to_raw},
+    input,
+    model::{Frontend, Policy, Protocol},
+};
+
+pub type ServiceId = u32;
+pub type BackendId = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BackendAddr {
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl BackendAddr {
+    pub fn to_raw(self) -> Backend {
+        Backend {
+            addr: addr_to_raw(self.address.ip()),
+            port: port_to_raw(self.address.port()),
+            proto: self.protocol.ip_proto(),
+            _pad: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendImage {
+    pub service_id: ServiceId,
+    /// What this frontend comes from, e.g. `policy/web`.
+    pub owner: String,
+    /// Backend ids in slot order (slot 1 is the first).
+    pub backends: Vec<BackendId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_seconds: Option<u32>,
+}
+
+impl FrontendImage {
+    /// The frontend's master entry (slot 0).
+    pub fn master(&self) -> ServiceEntry {
+        ServiceEntry {
+            backend_id: 0,
+            // Policy validation caps backends at u16::MAX.
+            count: self.backends.len() as u16,
+            flags: if self.affinity_seconds.is_some() { SERVICE_FLAG_AFFINITY } else { 0 },
+            service_id: self.service_id,
+            affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
+        }
+    }
+
+    /// Slot entries 1..=count, paired with their slot numbers.
+    pub fn slots(&self) -> impl Iterator<Item = (u16, ServiceEntry)> + '_ {
+        self.backends.iter().enumerate().map(|(i, &backend_id)| {
+            let entry = ServiceEntry {
+                backend_id,
+                count: 0,
+                flags: 0,
+                service_id: self.service_id,
+                affinity_timeout_sec: 0,
+            };
+            (i as u16 + 1, entry)
+        })
+    }
+
+    pub fn memberships(&self) -> impl Iterator<Item = MembershipKey> + '_ {
+        self.backends.iter().map(|&backend_id| MembershipKey {
+            service_id: self.service_id,
+            backend_id,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    #[serde(with = "pairs")]
+    pub frontends: BTreeMap<Frontend, FrontendImage>,
+    #[serde(with = "pairs")]
+    pub backends: BTreeMap<BackendId, BackendAddr>,
+    /// The next ids to hand out; both start at 1 (0 means "none" in the maps).
+    pub next_service_id: ServiceId,
+    pub next_backend_id: BackendId,
+}
+
+/// How many entries an image occupies in each map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryCounts {
+    pub services: u64,
+    pub backends: u64,
+    pub membership: u64,
+}
+
+impl Image {
+    pub fn entry_counts(&self) -> EntryCounts {
+        let slots: u64 = self.frontends.values().map(|f| f.backends.len() as u64).sum();
+        EntryCounts {
+            services: self.frontends.len() as u64 + slots,
+            backends: self.backends.len() as u64,
+            membership: slots,
+        }
+    }
+
+    /// Compiles policies into an image, reusing `previous`'s ids for
+    /// frontends and backends that stay.
+    pub fn compile(policies: &[Policy], previous: &Self) -> Result<Self> {
+        let mut ids = IdAllocator::continuing(previous);
+        let mut frontends: BTreeMap<Frontend, FrontendImage> = BTreeMap::new();
+        let mut backends = BTreeMap::new();
+        for policy in policies {
+            let owner = format!("policy/{}", policy.name);
+            if let Some(existing) = frontends.get(&policy.frontend) {
+                return Err(input!(
+                    "frontend {} is claimed twice: by {} and by {owner}; \
+                     a frontend can belong to one rule only",
+                    policy.frontend,
+                    existing.owner
+                ));
+            }
+            let backend_ids = policy
+                .backends
+                .iter()
+                .map(|&address| {
+                    let addr = BackendAddr {
+                        address,
+                        protocol: policy.frontend.protocol,
+                    };
+                    let id = ids.backend(addr);
+                    backends.insert(id, addr);
+                    id
+                })
+                .collect();
+            let service_id = previous
+                .frontends
+                .get(&policy.frontend)
+                .map_or_else(|| ids.service(), |f| f.service_id);
+            frontends.insert(
+                policy.frontend,
+                FrontendImage {
+                    service_id,
+                    owner,
+                    backends: backend_ids,
+                    affinity_seconds: policy.affinity_seconds,
+                },
+            );
+        }
+        Ok(Self {
+            frontends,
+            backends,
+            next_service_id: ids.next_service,
+            next_backend_id: ids.next_backend,
+        })
+    }
+}
+
+struct IdAllocator {
+    known_backends: HashMap<BackendAddr, BackendId>,
+    next_service: ServiceId,
+    next_backend: BackendId,
+}
+
+impl IdAllocator {
+    fn continuing(previous: &Image) -> Self {
+        Self {
+            known_backends: previous.backends.iter().map(|(&id, &addr)| (addr, id)).collect(),
+            next_service: previous.next_service_id.max(1),
+            next_backend: previous.next_backend_id.max(1),
+        }
+    }
+
+    fn service(&mut self) -> ServiceId {
+        let id = self.next_service;
+        self.next_service += 1;
+        id
+    }
+
+    fn backend(&mut self, addr: BackendAddr) -> BackendId {
+        *self.known_backends.entry(addr).or_insert_with(|| {
+            let id = self.next_backend;
+            self.next_backend += 1;
+            id
+        })
+    }
+}
+
+/// Serialises a map with non-string keys as a list of `[key, value]` pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D, K, V>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_backend;
+
+    fn policy(name: &str, frontend: &str, backends: &[&str]) -> Policy {
+        Policy {
+            name: name.into(),
+            frontend: frontend.parse().unwrap(),
+            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            affinity_seconds: None,
+        }
+    }
+
+    #[test]
+    fn ids_are_kept_for_what_stays_and_never_reused() {
+        let v1 = Image::compile(
+            &[policy("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])],
+            &Image::default(),
+        )
+        .unwrap();
+        let a = &v1.frontends[&"198.18.0.1:80".parse().unwrap()];
+        assert_eq!((a.service_id, a.backends.as_slice()), (1, &[1, 2][..]));
+
+        let v2 = Image::compile(
+            &[
+                policy("a", "198.18.0.1:80", &["192.0.2.2:80", "192.0.2.3:80"]),
+                policy("b", "198.18.0.2:80", &["192.0.2.2:80"]),
+            ],
+            &v1,
+        )
+        .unwrap();
+        let a = &v2.frontends[&"198.18.0.1:80".parse().unwrap()];
+        let b = &v2.frontends[&"198.18.0.2:80".parse().unwrap()];
+        assert_eq!((a.service_id, a.backends.as_slice()), (1, &[2, 3][..]));
+        // Backends are shared by address; the removed one is gone for good.
+        assert_eq!((b.service_id, b.backends.as_slice()), (2, &[2][..]));
+        assert_eq!(v2.backends.keys().copied().collect::<Vec<_>>(), [2, 3]);
+
+        let v3 = Image::compile(&[policy("a", "198.18.0.1:80", &["192.0.2.1:80"])], &v2).unwrap();
+        assert_eq!(v3.frontends[&"198.18.0.1:80".parse().unwrap()].backends, [4]);
+        assert_eq!(v3.entry_counts(), EntryCounts { services: 2, backends: 1, membership: 1 });
+    }
+
+    #[test]
+    fn protocols_make_distinct_backends() {
+        let image = Image::compile(
+            &[
+                policy("dns-udp", "198.18.0.53:53/udp", &["192.0.2.1:53"]),
+                policy("dns-tcp", "198.18.0.53:53/tcp", &["192.0.2.1:53"]),
+            ],
+            &Image::default(),
+        )
+        .unwrap();
+        assert_eq!(image.backends.len(), 2);
+    }
+
+    #[test]
+    fn one_frontend_one_rule() {
+        let err = Image::compile(
+            &[
+                policy("a", "198.18.0.1:80", &["192.0.2.1:80"]),
+                policy("b", "198.18.0.1:80", &["192.0.2.2:80"]),
+            ],
+            &Image::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("policy/a and by policy/b"), "{err}");
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let image = Image::compile(
+            &[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])],
+            &Image::default(),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&image).unwrap();
+        assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);
+    }
+}

@@ -1,0 +1,41 @@
+//! balctl: an eBPF socket-level load balancer. The binary in
+//! src/bin/balctl.rs parses the command line and dispatches to `cmd`.
+
+pub mod bpf;
+pub mod cli;
+pub mod cmd;
+pub mod docs;
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod output;
+pub mod plan;
+pub mod state;
+pub mod transaction;
+
+use anyhow::Result;
+
+use crate::{
+    bpf::pins::PinDir,
+    cli::{Cli, Command},
+    cmd::Context,
+    state::StateDir,
+};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let ctx = Context {
+        pins: PinDir::new(&cli.bpffs),
+        state: StateDir::new(&cli.state_dir),
+        output: cli.output,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
+    match &cli.command {
+        Command::Load(args) => cmd::load::run(&ctx, args),
+        Command::Unload(args) => cmd::unload::run(&ctx, args),
+        Command::Status => cmd::status::run(&ctx),
+        Command::Policy(command) => cmd::policy::run(&ctx, command),
+        Command::Dump(args) => cmd::dump::run(&ctx, args),
+        Command::Completions(args) => cmd::completions::run(args),
+    }
+}

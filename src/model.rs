@@ -1,0 +1,261 @@
+//! What users describe: frontends, backends and the policies that tie them
+//! together, with the validation that turns bad input into an error naming
+//! the field.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use balctl_common::{IPPROTO_TCP, IPPROTO_UDP};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn ip_proto(self) -> u8 {
+        match self {
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+        }
+    }
+
+    pub const fn from_ip_proto(proto: u8) -> Option<Self> {
+        match proto {
+            IPPROTO_TCP => Some(Self::Tcp),
+            IPPROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            _ => Err(format!("unknown protocol `{s}` (expected tcp or udp)")),
+        }
+    }
+}
+
+/// An address clients connect to: IP, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Frontend {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Frontend {
+    pub const fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.socket_addr(), self.protocol)
+    }
+}
+
+/// Parses `IP:PORT[/tcp|udp]` (IPv6 in brackets); the protocol defaults to tcp.
+impl FromStr for Frontend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, protocol) = match s.rsplit_once('/') {
+            Some((addr, proto)) => (addr, proto.parse()?),
+            None => (s, Protocol::Tcp),
+        };
+        let addr = parse_socket_addr(addr)?;
+        check_address(addr.ip())?;
+        Ok(Self {
+            address: addr.ip(),
+            port: addr.port(),
+            protocol,
+        })
+    }
+}
+
+/// Parses `IP:PORT` with the port checked to be 1-65535, so the message says
+/// which part is wrong.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let (ip, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not IP:PORT (write IPv6 addresses as [IP]:PORT)"))?;
+    let ip_text = ip.strip_prefix('[').and_then(|ip| ip.strip_suffix(']')).unwrap_or(ip);
+    let ip: IpAddr = ip_text
+        .parse()
+        .map_err(|_| format!("`{ip_text}` is not a valid IP address"))?;
+    let port: u32 = port
+        .parse()
+        .map_err(|_| format!("port `{port}` is not a number"))?;
+    let port = match u16::try_from(port) {
+        Ok(0) => return Err("port 0 is not allowed (ports are 1-65535)".into()),
+        Ok(port) => port,
+        Err(_) => return Err(format!("port {port} is out of range (ports are 1-65535)")),
+    };
+    Ok(SocketAddr::new(ip.to_canonical(), port))
+}
+
+/// Addresses that can never be a real peer.
+pub fn check_address(ip: IpAddr) -> Result<(), String> {
+    if ip.is_unspecified() {
+        return Err(format!("{ip} is the unspecified address"));
+    }
+    if ip.is_multicast() {
+        return Err(format!("{ip} is a multicast address"));
+    }
+    Ok(())
+}
+
+/// A backend address as given on the command line (`IP:PORT`).
+pub fn parse_backend(s: &str) -> Result<SocketAddr, String> {
+    let addr = parse_socket_addr(s)?;
+    check_address(addr.ip())?;
+    Ok(addr)
+}
+
+/// The longest affinity timeout Kubernetes accepts (one day).
+pub const MAX_AFFINITY_SECONDS: u32 = 86_400;
+
+pub fn parse_affinity(s: &str) -> Result<u32, String> {
+    let seconds: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of seconds"))?;
+    if seconds == 0 || seconds > MAX_AFFINITY_SECONDS {
+        return Err(format!("{seconds} is out of range (1-{MAX_AFFINITY_SECONDS} seconds)"));
+    }
+    Ok(seconds)
+}
+
+/// Kubernetes object-name rules (RFC 1123 subdomain), so a policy can later
+/// be mirrored as an object of the same name.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let valid_ends = name
+        .bytes()
+        .next()
+        .zip(name.bytes().last())
+        .is_some_and(|(first, last)| first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric());
+    if name.len() > 253 || !valid_chars || !valid_ends {
+        return Err(format!(
+            "`{name}` is not a valid name (lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit, at most 253 characters)"
+        ));
+    }
+    Ok(())
+}
+
+/// A rule that balances one frontend over explicit backends: what
+/// `balctl policy add` creates (the BalancingPolicy equivalent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    pub frontend: Frontend,
+    /// Backend addresses; they use the frontend's protocol.
+    pub backends: Vec<SocketAddr>,
+    /// Session affinity timeout in seconds, when clients stick to a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_seconds: Option<u32>,
+}
+
+impl Policy {
+    /// Checks what each field alone cannot: backend families against the
+    /// frontend's, duplicates. Messages name the offending flag.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name(&self.name).map_err(|e| format!("invalid policy name: {e}"))?;
+        for (i, backend) in self.backends.iter().enumerate() {
+            if backend.is_ipv4() != self.frontend.address.is_ipv4() {
+                return Err(format!(
+                    "invalid --backend {backend}: the frontend {} is {} but this backend is not; \
+                     a frontend's backends must use its address family",
+                    self.frontend,
+                    if self.frontend.address.is_ipv4() { "IPv4" } else { "IPv6" },
+                ));
+            }
+            if self.backends[..i].contains(backend) {
+                return Err(format!("invalid --backend {backend}: listed twice"));
+            }
+        }
+        if self.backends.len() > usize::from(u16::MAX) {
+            return Err(format!(
+                "too many backends ({}): a frontend holds at most {}",
+                self.backends.len(),
+                u16::MAX
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontend_parses_protocol_and_brackets() {
+        let f: Frontend = "[2001:db8::10]:53/UDP".parse().unwrap();
+        assert_eq!(f.to_string(), "[2001:db8::10]:53/udp");
+        let f: Frontend = "198.18.0.1:80".parse().unwrap();
+        assert_eq!(f.protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn bad_frontends_say_what_is_wrong() {
+        let err = |s: &str| s.parse::<Frontend>().unwrap_err();
+        assert!(err("198.18.0.300:80").contains("not a valid IP address"));
+        assert!(err("198.18.0.1:0").contains("port 0"));
+        assert!(err("198.18.0.1:65536").contains("out of range"));
+        assert!(err("198.18.0.1:80/sctp").contains("unknown protocol"));
+        assert!(err("198.18.0.1").contains("not IP:PORT"));
+        assert!(err("0.0.0.0:80").contains("unspecified"));
+    }
+
+    #[test]
+    fn v4_mapped_backends_are_ipv4() {
+        let addr = parse_backend("[::ffff:192.0.2.1]:80").unwrap();
+        assert!(addr.is_ipv4());
+    }
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        assert!(check_name("kube-dns.v1").is_ok());
+        assert!(check_name("Web").is_err());
+        assert!(check_name("-web").is_err());
+        assert!(check_name("").is_err());
+    }
+
+    #[test]
+    fn policy_rejects_mixed_families_and_duplicates() {
+        let policy = |backends: &[&str]| Policy {
+            name: "web".into(),
+            frontend: "198.18.0.1:80".parse().unwrap(),
+            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            affinity_seconds: None,
+        };
+        assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());
+        assert!(policy(&["[2001:db8::1]:80"]).validate().unwrap_err().contains("address family"));
+        assert!(policy(&["192.0.2.1:80", "192.0.2.1:80"]).validate().unwrap_err().contains("twice"));
+    }
+}
