@@ -7,6 +7,11 @@ use balctl::{cli::Cli, error::exit_code};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `balctl dump | head` into an error.
+    // Output is only written after all map changes, so dying quietly on a
+    // closed pipe, like other Unix tools, cannot cut a change short.
+    // SAFETY: called before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => log::LevelFilter::Error,

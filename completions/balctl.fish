@@ -1,0 +1,177 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_balctl_global_optspecs
+    string join \n bpffs= state-dir= o/output= v/verbose q/quiet h/help V/version
+end
+
+function __fish_balctl_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_balctl_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_balctl_using_subcommand
+    set -l cmd (__fish_balctl_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c balctl -n "__fish_balctl_needs_command" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_needs_command" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_needs_command" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_needs_command" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_needs_command" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "unload" -d 'Detach every hook and remove every pin'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "policy" -d 'Add, change, list and delete balancing rules'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "dump" -d 'Show what the pinned maps hold'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l cgroup -d 'cgroup v2 directory to attach to [default: the cgroup2 root]' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l map-size -d 'Capacity of a map when it is created, as NAME=ENTRIES (services, backends, affinity, revnat); repeat or separate with commas' -r
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand load" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand load" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand load" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand load" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_using_subcommand load" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -s y -l yes -d 'Do not ask for confirmation'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand status" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand status" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand status" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand status" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand status" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand status" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand status" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -f -a "add" -d 'Add a rule that balances a frontend over backends'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -f -a "update" -d 'Change an existing rule; the options given replace the old values'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -f -a "list" -d 'List all rules'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -f -a "get" -d 'Show one rule'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -f -a "delete" -d 'Delete a rule'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l vip -d 'Frontend clients connect to: IP:PORT[/tcp|udp] (IPv6 as [IP]:PORT)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l backend -d 'Backend address; repeat for more' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l affinity -d 'Keep each client network namespace on one backend for SECONDS of inactivity' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l vip -d 'New frontend: IP:PORT[/tcp|udp]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l backend -d 'New backend list (replaces the old one); repeat for more' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l affinity -d 'New affinity timeout in seconds' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-backends -d 'Remove every backend: the frontend then rejects connections'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-affinity -d 'Turn session affinity off'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "add" -d 'Add a rule that balances a frontend over backends'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "update" -d 'Change an existing rule; the options given replace the old values'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "list" -d 'List all rules'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "get" -d 'Show one rule'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a rule'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l vip -d 'Only entries of frontends at this address (and port)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "unload" -d 'Detach every hook and remove every pin'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "policy" -d 'Add, change, list and delete balancing rules'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "dump" -d 'Show what the pinned maps hold'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "add" -d 'Add a rule that balances a frontend over backends'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "update" -d 'Change an existing rule; the options given replace the old values'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List all rules'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "get" -d 'Show one rule'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "delete" -d 'Delete a rule'

@@ -1,0 +1,88 @@
+//! Bad input and mismatched pins: exit code 2 (input) or 1 (runtime), a
+//! message that names the problem, and no change to the datapath or state.
+
+use std::process::Command;
+
+use crate::support::Sandbox;
+
+fn dump_json(sandbox: &Sandbox) -> (String, String) {
+    (
+        sandbox.balctl_ok(&["dump", "services", "-o", "json"]),
+        sandbox.balctl_ok(&["dump", "backends", "-o", "json"]),
+    )
+}
+
+/// Must show 8: each bad input exits 2 with a message naming the field,
+/// and `dump -o json` is byte-identical before and after.
+pub fn bad_input_changes_nothing() {
+    let sandbox = Sandbox::new();
+    // Not loaded yet: a policy cannot be applied, and is not recorded.
+    let early = sandbox.balctl(&["policy", "add", "early", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:80"]);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("balctl load"));
+    assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("early"));
+
+    sandbox.balctl_ok(&["load", "--cgroup", sandbox.cgroup.to_str().unwrap(), "--map-size", "backends=4"]);
+    sandbox.balctl_ok(&["policy", "add", "web", "--vip", "198.18.0.10:80", "--backend", "192.0.2.2:8080"]);
+    let before = dump_json(&sandbox);
+    let policies_before = sandbox.balctl_ok(&["policy", "list", "-o", "json"]);
+
+    let five_backends: Vec<String> = (2..=6).map(|h| format!("--backend=192.0.2.{h}:9090")).collect();
+    let mut too_many = vec!["policy", "add", "big", "--vip", "198.18.0.12:80"];
+    too_many.extend(five_backends.iter().map(String::as_str));
+    let other_cgroup = crate::support::cgroup2_root();
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (vec!["policy", "add", "x", "--vip", "198.18.0.300:80"], &["--vip", "not a valid IP address"]),
+        (vec!["policy", "add", "x", "--vip", "198.18.0.1:0"], &["--vip", "port 0"]),
+        (vec!["policy", "add", "x", "--vip", "198.18.0.1:65536"], &["--vip", "out of range"]),
+        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80/sctp"], &["--vip", "unknown protocol"]),
+        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:0"], &["--backend", "port 0"]),
+        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:65536"], &["--backend", "out of range"]),
+        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "[2001:db8::2]:80"], &["--backend", "address family"]),
+        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--affinity", "0"], &["--affinity", "out of range"]),
+        (vec!["policy", "add", "Bad_Name", "--vip", "198.18.0.1:80"], &["policy name"]),
+        (vec!["policy", "add", "web", "--vip", "198.18.0.99:80"], &["`web` already exists"]),
+        (vec!["policy", "add", "copy", "--vip", "198.18.0.10:80"], &["198.18.0.10:80/tcp", "claimed twice"]),
+        (too_many, &["backends map", "--map-size backends="]),
+        (vec!["policy", "update", "web"], &["nothing to change"]),
+        (vec!["policy", "delete", "nope"], &["no policy named `nope`"]),
+        (vec!["load", "--map-size", "services=12"], &["--map-size services=12", "cannot be resized"]),
+        (vec!["load", "--cgroup", other_cgroup.to_str().unwrap()], &["already loaded on", "--cgroup"]),
+    ];
+    for (args, expected) in &cases {
+        let output = sandbox.balctl(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "balctl {}: {stderr}", args.join(" "));
+        for needle in *expected {
+            assert!(stderr.contains(needle), "balctl {}: expected `{needle}` in: {stderr}", args.join(" "));
+        }
+        assert_eq!(dump_json(&sandbox), before, "balctl {} changed the maps", args.join(" "));
+    }
+    assert_eq!(sandbox.balctl_ok(&["policy", "list", "-o", "json"]), policies_before);
+}
+
+/// A pinned map with another layout (from another build) is refused with a
+/// clear message, and nothing gets attached.
+pub fn mismatched_pinned_map_is_refused() {
+    let sandbox = Sandbox::new();
+    let maps = sandbox.pins.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(maps.join("services"))
+        .args(["type", "hash", "key", "4", "value", "4", "entries", "16", "name", "services"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "bpftool: {}", String::from_utf8_lossy(&created.stderr));
+
+    let output = sandbox.balctl(&["load", "--cgroup", sandbox.cgroup.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("made by another balctl version") && stderr.contains("key 4 bytes"), "{stderr}");
+    assert!(!sandbox.pins.join("links/connect4").exists());
+    assert_eq!(sandbox.balctl_json(&["status"])["loaded"], false);
+
+    std::fs::remove_file(maps.join("services")).unwrap();
+    sandbox.load();
+    assert_eq!(sandbox.balctl_json(&["status"])["loaded"], true);
+}

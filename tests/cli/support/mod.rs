@@ -1,0 +1,313 @@
+//! A private world per test, on the real kernel:
+//!
+//! - a client network namespace (192.0.2.1, 2001:db8::1) joined by a veth
+//!   pair to a server namespace (192.0.2.2-9, 2001:db8::2-9). Neither has a
+//!   route anywhere else, so an untranslated connect to a VIP (198.18.0.0/15)
+//!   fails with "network unreachable" inside the namespace;
+//! - a child cgroup under the cgroup2 mount, which balctl attaches to and
+//!   client processes join (never the root cgroup);
+//! - a private bpffs mount for balctl's pins and a private state dir.
+//!
+//! Everything is removed on drop, also when the test panics; processes are
+//! killed by PID. `sweep_stale` removes what a killed test run left behind.
+
+pub mod peer;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub const BALCTL: &str = env!("CARGO_BIN_EXE_balctl");
+const PREFIX: &str = "bct-";
+
+/// Kernel tests need root. Outside CI they are reported as ignored without
+/// it; in CI (CI=true) they run and fail, never skip silently.
+pub fn kernel_tests_runnable() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("read mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+pub struct Sandbox {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub cgroup: PathBuf,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    pub pins: PathBuf,
+    pub state: PathBuf,
+    children: Mutex<Vec<Child>>,
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{id}"));
+        let bpffs = dir.join("bpf");
+        let sandbox = Self {
+            client_ns: format!("{PREFIX}{id}-c"),
+            server_ns: format!("{PREFIX}{id}-s"),
+            cgroup: cgroup2_root().join(format!("{PREFIX}{id}")),
+            pins: bpffs.join("balctl"),
+            state: dir.join("state"),
+            bpffs,
+            dir,
+            children: Mutex::new(Vec::new()),
+        };
+        sandbox.build(&id);
+        sandbox
+    }
+
+    fn build(&self, id: &str) {
+        fs::create_dir_all(&self.bpffs).expect("create sandbox dir");
+        run("mount", &["-t", "bpf", "bpf", self.bpffs.to_str().unwrap()]);
+        fs::create_dir(&self.cgroup).expect("create test cgroup");
+        let (client, server) = (self.client_ns.as_str(), self.server_ns.as_str());
+        run("ip", &["netns", "add", client]);
+        run("ip", &["netns", "add", server]);
+        let (veth_c, veth_s) = (format!("v{id}c"), format!("v{id}s"));
+        run("ip", &["link", "add", &veth_c, "type", "veth", "peer", "name", &veth_s]);
+        run("ip", &["link", "set", &veth_c, "netns", client]);
+        run("ip", &["link", "set", &veth_s, "netns", server]);
+        run("ip", &["-n", client, "addr", "add", "192.0.2.1/24", "dev", &veth_c]);
+        run("ip", &["-n", client, "addr", "add", "2001:db8::1/64", "dev", &veth_c, "nodad"]);
+        for host in 2..=9 {
+            run("ip", &["-n", server, "addr", "add", &format!("192.0.2.{host}/24"), "dev", &veth_s]);
+            run("ip", &["-n", server, "addr", "add", &format!("2001:db8::{host}/64"), "dev", &veth_s, "nodad"]);
+        }
+        for (ns, dev) in [(client, &veth_c), (server, &veth_s)] {
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+    }
+
+    /// A path in the sandbox's scratch directory (removed with it).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Runs balctl against this sandbox's pins and state, stdin closed.
+    pub fn balctl(&self, args: &[&str]) -> Output {
+        Command::new(BALCTL)
+            .args(args)
+            .env("BALCTL_BPFFS", &self.pins)
+            .env("BALCTL_STATE_DIR", &self.state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run balctl")
+    }
+
+    /// Runs balctl, requires success and returns its stdout.
+    pub fn balctl_ok(&self, args: &[&str]) -> String {
+        let output = self.balctl(args);
+        assert!(
+            output.status.success(),
+            "balctl {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
+    pub fn balctl_json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.balctl_ok(&args)).expect("balctl printed JSON")
+    }
+
+    pub fn load(&self) -> String {
+        self.balctl_ok(&["load", "--cgroup", self.cgroup.to_str().unwrap()])
+    }
+
+    fn peer(&self, join_cgroup: bool, netns: &str) -> Command {
+        let mut command = Command::new(std::env::current_exe().expect("test binary path"));
+        command.arg(peer::PEER_ARG);
+        if join_cgroup {
+            command.arg("--cgroup").arg(&self.cgroup);
+        }
+        command.args(["--netns", netns]);
+        command
+    }
+
+    /// Starts a server in the server namespace that answers `id` on every
+    /// listed TCP and UDP address, and waits until it listens.
+    pub fn serve(&self, id: &str, tcp: &[&str], udp: &[&str]) {
+        let mut command = self.peer(false, &self.server_ns);
+        command.args(["serve", "--id", id]);
+        for addr in tcp {
+            command.args(["--tcp", addr]);
+        }
+        for addr in udp {
+            command.args(["--udp", addr]);
+        }
+        let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn server");
+        let stdout = child.stdout.take().expect("server stdout");
+        self.children.lock().unwrap().push(child);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = ready_tx.send(line);
+        });
+        let line = ready_rx.recv_timeout(Duration::from_secs(10)).expect("server did not start");
+        assert_eq!(line.trim(), "ready", "server {id} failed to start");
+    }
+
+    /// Starts any program in the server namespace, killed when the sandbox drops.
+    pub fn spawn_server_program(&self, argv: &[&str]) {
+        let child = self
+            .peer(false, &self.server_ns)
+            .arg("exec")
+            .args(argv)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server program");
+        self.children.lock().unwrap().push(child);
+    }
+
+    /// Runs a peer client in the test cgroup and client namespace and
+    /// returns its JSON report.
+    pub fn client(&self, args: &[&str]) -> Value {
+        let output = self.peer(true, &self.client_ns).args(args).output().expect("run client");
+        parse_report(&output)
+    }
+
+    /// Starts a peer client in the background; `finish` collects its report.
+    pub fn spawn_client(&self, args: &[&str]) -> Child {
+        self.peer(true, &self.client_ns)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn client")
+    }
+
+    /// Runs any program as a client (in the test cgroup and client namespace).
+    pub fn client_program(&self, argv: &[&str]) -> Output {
+        self.peer(true, &self.client_ns)
+            .arg("exec")
+            .args(argv)
+            .output()
+            .expect("run client program")
+    }
+}
+
+pub fn finish(child: Child) -> Value {
+    parse_report(&child.wait_with_output().expect("wait for client"))
+}
+
+fn parse_report(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "peer failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("peer printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for mut child in self.children.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.pins.exists() {
+            let _ = self.balctl(&["unload", "--yes"]);
+        }
+        remove_sandbox(&self.dir, &self.cgroup, &[&self.client_ns, &self.server_ns]);
+    }
+}
+
+fn remove_sandbox(dir: &Path, cgroup: &Path, namespaces: &[&str]) {
+    let bpffs = dir.join("bpf");
+    // SAFETY: umount2 with a NUL-terminated path; failure (not mounted) is fine.
+    if let Ok(path) = std::ffi::CString::new(bpffs.as_os_str().as_encoded_bytes()) {
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+    // Processes leave a cgroup asynchronously after they are reaped.
+    for _ in 0..100 {
+        if !cgroup.exists() || fs::remove_dir(cgroup).is_ok() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    for ns in namespaces {
+        let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Removes namespaces, cgroups and mounts of test runs whose process is
+/// gone, whichever of them is left.
+pub fn sweep_stale() {
+    let names_in = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let netns = names_in(Path::new("/run/netns"));
+    // A sandbox is named bct-<pid>-<n>; its namespaces add -c and -s.
+    let sandbox_of = |name: &str| -> Option<(String, String)> {
+        let mut parts = name.strip_prefix(PREFIX)?.split('-');
+        let (pid, n) = (parts.next()?, parts.next()?);
+        Some((format!("{PREFIX}{pid}-{n}"), pid.to_owned()))
+    };
+    let mut stale = std::collections::BTreeSet::new();
+    let candidates = netns
+        .iter()
+        .chain(&names_in(&std::env::temp_dir()))
+        .chain(&names_in(&cgroup2_root()))
+        .filter_map(|name| sandbox_of(name))
+        .collect::<Vec<_>>();
+    for (sandbox, pid) in candidates {
+        if !Path::new("/proc").join(&pid).exists() {
+            stale.insert(sandbox);
+        }
+    }
+    for sandbox in stale {
+        let namespaces: Vec<&str> = netns
+            .iter()
+            .filter(|ns| ns.starts_with(&format!("{sandbox}-")))
+            .map(String::as_str)
+            .collect();
+        remove_sandbox(&std::env::temp_dir().join(&sandbox), &cgroup2_root().join(&sandbox), &namespaces);
+    }
+}

@@ -1,0 +1,256 @@
+//! The test binary doubles as the network peer of the tests: run as
+//! `cli __peer [--cgroup DIR] [--netns NAME] COMMAND ...` it joins the
+//! cgroup (first: `ip netns exec`-style /sys remounts would hide it), then
+//! the network namespace, then serves or acts as a client and prints one
+//! JSON document describing what happened.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+pub const PEER_ARG: &str = "__peer";
+
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Parser)]
+struct PeerArgs {
+    /// cgroup v2 directory to move into before anything else.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Network namespace (under /run/netns) to enter.
+    #[arg(long)]
+    netns: Option<String>,
+    #[command(subcommand)]
+    command: PeerCommand,
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Answer every TCP connection and UDP datagram with `ID\n`; prints
+    /// `ready` once every socket is bound.
+    Serve {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        tcp: Vec<SocketAddr>,
+        #[arg(long)]
+        udp: Vec<SocketAddr>,
+    },
+    /// Make connections one after another (a fixed count, or for a time)
+    /// and count answers by backend id and failures by errno.
+    Connect {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Keep connecting for this long instead of `count` times.
+        #[arg(long)]
+        millis: Option<u64>,
+    },
+    /// TCP connect, then report getpeername() and the answer.
+    TcpPeer {
+        #[arg(long)]
+        to: SocketAddr,
+    },
+    /// Unconnected UDP: from one socket, `count` times sendto() then
+    /// recvfrom(), reporting each reply's source address and answer.
+    UdpSendto {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Connected UDP: connect(), getpeername(), send, receive.
+    UdpConnected {
+        #[arg(long)]
+        to: SocketAddr,
+    },
+    /// Replace this process with another program (after joining).
+    Exec {
+        #[arg(trailing_var_arg = true, required = true)]
+        argv: Vec<String>,
+    },
+}
+
+/// Runs the peer if the process was started as one; returns otherwise.
+pub fn run_if_requested() {
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some(PEER_ARG) {
+        return;
+    }
+    args.remove(1);
+    let peer = PeerArgs::parse_from(args);
+    if let Some(cgroup) = &peer.cgroup {
+        let procs = cgroup.join("cgroup.procs");
+        fs::write(&procs, std::process::id().to_string())
+            .unwrap_or_else(|e| panic!("joining {}: {e}", procs.display()));
+    }
+    if let Some(netns) = &peer.netns {
+        let ns = fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
+        // SAFETY: setns on a descriptor we own; this thread then lives in the namespace.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {netns}");
+    }
+    let output = match peer.command {
+        PeerCommand::Serve { id, tcp, udp } => serve(&id, &tcp, &udp),
+        PeerCommand::Connect { to, count, millis } => connect(to, count, millis),
+        PeerCommand::TcpPeer { to } => tcp_peer(to),
+        PeerCommand::UdpSendto { to, count } => udp_sendto(to, count),
+        PeerCommand::UdpConnected { to } => udp_connected(to),
+        PeerCommand::Exec { argv } => {
+            let err = Command::new(&argv[0]).args(&argv[1..]).exec();
+            panic!("exec {}: {err}", argv[0]);
+        }
+    };
+    println!("{output}");
+    std::process::exit(0);
+}
+
+fn serve(id: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Value {
+    let answer = format!("{id}\n");
+    let mut workers = Vec::new();
+    for &addr in tcp {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+        let answer = answer.clone();
+        workers.push(thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                // The server closes first, so client ports never sit in TIME_WAIT.
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        }));
+    }
+    for &addr in udp {
+        let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+        let answer = answer.clone();
+        workers.push(thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(answer.as_bytes(), from);
+            }
+        }));
+    }
+    println!("ready");
+    std::io::stdout().flush().expect("stdout");
+    for worker in workers {
+        let _ = worker.join();
+    }
+    json!({})
+}
+
+/// The errno name of an I/O error, for stable assertions.
+fn errno_name(err: &std::io::Error) -> String {
+    let name = match err.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
+        Some(libc::EAGAIN) => "EAGAIN",
+        _ => return format!("{:?}", err.kind()),
+    };
+    name.to_owned()
+}
+
+fn ask(to: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
+    let mut stream = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let peer = stream.peer_addr()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok((answer.trim().to_owned(), peer))
+}
+
+fn connect(to: SocketAddr, count: u32, millis: Option<u64>) -> Value {
+    let mut backends: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut latencies_us: Vec<u64> = Vec::new();
+    let deadline = millis.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut made = 0;
+    loop {
+        match deadline {
+            Some(deadline) if Instant::now() >= deadline => break,
+            None if made >= count => break,
+            _ => {}
+        }
+        made += 1;
+        let started = Instant::now();
+        match ask(to) {
+            Ok((answer, _)) if !answer.is_empty() => {
+                latencies_us.push(started.elapsed().as_micros() as u64);
+                *backends.entry(answer).or_default() += 1;
+            }
+            Ok(_) => *errors.entry("EMPTY_ANSWER".into()).or_default() += 1,
+            Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+        }
+    }
+    let ok: u64 = backends.values().sum();
+    let failed: u64 = errors.values().sum();
+    latencies_us.sort_unstable();
+    let max_latency_us = latencies_us.last().copied().unwrap_or(0);
+    json!({ "ok": ok, "failed": failed, "backends": backends, "errors": errors, "max_latency_us": max_latency_us })
+}
+
+fn tcp_peer(to: SocketAddr) -> Value {
+    match ask(to) {
+        Ok((answer, peer)) => json!({ "peer": peer.to_string(), "answer": answer }),
+        Err(err) => json!({ "error": errno_name(&err) }),
+    }
+}
+
+fn udp_socket_for(to: SocketAddr) -> UdpSocket {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+    let socket = UdpSocket::bind(bind).expect("bind udp client");
+    socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    socket
+}
+
+fn udp_sendto(to: SocketAddr, count: u32) -> Value {
+    let socket = udp_socket_for(to);
+    let mut replies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut buf = [0u8; 1500];
+    for _ in 0..count {
+        if let Err(err) = socket.send_to(b"hello", to) {
+            *errors.entry(errno_name(&err)).or_default() += 1;
+            continue;
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => replies.push(json!({
+                "from": from.to_string(),
+                "answer": String::from_utf8_lossy(&buf[..n]).trim(),
+            })),
+            Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+        }
+    }
+    json!({ "replies": replies, "errors": errors })
+}
+
+fn udp_connected(to: SocketAddr) -> Value {
+    let socket = udp_socket_for(to);
+    if let Err(err) = socket.connect(to) {
+        return json!({ "error": errno_name(&err) });
+    }
+    let peer = socket.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+    let mut buf = [0u8; 1500];
+    let answer = socket
+        .send(b"hello")
+        .and_then(|_| socket.recv(&mut buf))
+        .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+    match answer {
+        Ok(answer) => json!({ "peer": peer, "answer": answer }),
+        Err(err) => json!({ "peer": peer, "error": errno_name(&err) }),
+    }
+}
