@@ -46,3 +46,8 @@ where
     table.set_header(header);
     table
 }
+
+/// `1 policy`, `2 policies`: counts read as sentences.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}

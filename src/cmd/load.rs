@@ -11,7 +11,7 @@ use crate::{
         maps::{Datapath, check_fits},
     },
     cli::LoadArgs,
-    output::print_structured,
+    output::{count, print_structured},
     plan::{MapContents, Plan},
 };
 
@@ -59,9 +59,9 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     ctx.say(format!("balctl loaded on {}: {hooks}, {maps}", output.report.cgroup.display()));
     if output.entries_repaired > 0 {
         ctx.say(format!(
-            "programmed {} map entries from the applied state ({} rules)",
-            output.entries_repaired,
-            state.policies.len()
+            "programmed {} from the applied state ({})",
+            count(output.entries_repaired, "map entry", "map entries"),
+            count(state.policies.len(), "rule", "rules")
         ));
     }
     Ok(())

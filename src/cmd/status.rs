@@ -16,7 +16,7 @@ use crate::{
         maps::{Datapath, open_map, open_revnat},
         object::MAPS,
     },
-    output::{OutputFormat, print_structured, table},
+    output::{OutputFormat, count, print_structured, table},
     plan::{MapContents, Plan},
 };
 
@@ -139,14 +139,21 @@ fn kernel() -> Kernel {
     }
 }
 
+fn state_summary(status: &Status) -> String {
+    format!(
+        "{}, {}, {}",
+        count(status.policies, "policy", "policies"),
+        count(status.frontends, "frontend", "frontends"),
+        count(status.backends, "backend", "backends")
+    )
+}
+
 fn print_table(status: &Status) {
     let Some(attach) = &status.attach else {
         println!("balctl is not loaded (pin dir {})", status.pin_dir.display());
         println!(
-            "state: {} policies, {} frontends, {} backends in {}; `balctl load` attaches and restores them",
-            status.policies,
-            status.frontends,
-            status.backends,
+            "state: {} in {}; `balctl load` attaches and restores them",
+            state_summary(status),
             status.state_dir.display()
         );
         return;
@@ -181,13 +188,7 @@ fn print_table(status: &Status) {
         maps.add_row([map.name.to_owned(), map.entries.to_string(), map.capacity.to_string(), format!("{fill:.1}%")]);
     }
     println!("{maps}\n");
-    println!(
-        "state:   {} policies, {} frontends, {} backends ({})",
-        status.policies,
-        status.frontends,
-        status.backends,
-        status.state_dir.display()
-    );
+    println!("state:   {} ({})", state_summary(status), status.state_dir.display());
     match status.drift {
         Some(0) | None => println!("drift:   none (maps match the applied state)"),
         Some(n) => println!("drift:   {n} map entries differ from the applied state; `balctl load` repairs them"),

@@ -5,6 +5,7 @@
 
 mod datapath;
 mod docs;
+mod dump;
 mod input;
 mod support;
 
@@ -33,6 +34,7 @@ fn main() {
         kernel_test("datapath::ipv6_and_v4_mapped_sockets", datapath::ipv6_and_v4_mapped_sockets),
         kernel_test("datapath::affinity_sticks_until_the_backend_leaves", datapath::affinity_sticks_until_the_backend_leaves),
         kernel_test("datapath::frontend_without_backends_rejects_at_once", datapath::frontend_without_backends_rejects_at_once),
+        kernel_test("dump::every_format_matches_the_documented_schema", dump::every_format_matches_the_documented_schema),
         kernel_test("input::bad_input_changes_nothing", input::bad_input_changes_nothing),
         kernel_test("input::mismatched_pinned_map_is_refused", input::mismatched_pinned_map_is_refused),
         Trial::test("docs::completions_and_man_pages_are_fresh", || {
