@@ -22,11 +22,23 @@ use crate::{
 #[command(name = "balctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// Pin directory for balctl's maps and links (on a bpf filesystem)
-    #[arg(long, global = true, value_name = "DIR", env = "BALCTL_BPFFS", default_value = "/sys/fs/bpf/balctl")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "BALCTL_BPFFS",
+        default_value = "/sys/fs/bpf/balctl"
+    )]
     pub bpffs: PathBuf,
 
     /// Directory where applied state is kept
-    #[arg(long, global = true, value_name = "DIR", env = "BALCTL_STATE_DIR", default_value = "/var/lib/balctl")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "BALCTL_STATE_DIR",
+        default_value = "/var/lib/balctl"
+    )]
     pub state_dir: PathBuf,
 
     /// Output format
@@ -214,10 +226,7 @@ fn parse_vip_filter(s: &str) -> Result<VipFilter, String> {
         return Ok(VipFilter { address, port: None });
     }
     let addr = crate::model::parse_socket_addr(s)?;
-    Ok(VipFilter {
-        address: addr.ip(),
-        port: Some(addr.port()),
-    })
+    Ok(VipFilter { address: addr.ip(), port: Some(addr.port()) })
 }
 
 fn parse_map_size(s: &str) -> Result<(String, u32), String> {
@@ -225,9 +234,7 @@ fn parse_map_size(s: &str) -> Result<(String, u32), String> {
     if !SIZE_NAMES.contains(&name) {
         return Err(format!("unknown map `{name}` (expected one of: {})", SIZE_NAMES.join(", ")));
     }
-    let size: u32 = size
-        .parse()
-        .map_err(|_| format!("`{size}` is not a number of entries"))?;
+    let size: u32 = size.parse().map_err(|_| format!("`{size}` is not a number of entries"))?;
     if size == 0 {
         return Err("a map needs at least one entry".into());
     }

@@ -32,7 +32,11 @@ pub fn generated_files() -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
 }
 
 /// One page per command and subcommand: balctl.1, balctl-policy-add.1, ...
-fn man_pages(command: &clap::Command, name: &str, files: &mut Vec<(PathBuf, Vec<u8>)>) -> std::io::Result<()> {
+fn man_pages(
+    command: &clap::Command,
+    name: &str,
+    files: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> std::io::Result<()> {
     let mut page = Vec::new();
     clap_mangen::Man::new(command.clone().name(name.to_owned())).render(&mut page)?;
     files.push((PathBuf::from("man").join(format!("{name}.1")), page));

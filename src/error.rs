@@ -28,9 +28,5 @@ pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_INPUT: i32 = 2;
 
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|cause| cause.is::<InputError>()) {
-        EXIT_INPUT
-    } else {
-        EXIT_RUNTIME
-    }
+    if err.chain().any(|cause| cause.is::<InputError>()) { EXIT_INPUT } else { EXIT_RUNTIME }
 }

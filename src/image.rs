@@ -78,10 +78,7 @@ impl FrontendImage {
     }
 
     pub fn memberships(&self) -> impl Iterator<Item = MembershipKey> + '_ {
-        self.backends.iter().map(|&backend_id| MembershipKey {
-            service_id: self.service_id,
-            backend_id,
-        })
+        self.backends.iter().map(|&backend_id| MembershipKey { service_id: self.service_id, backend_id })
     }
 }
 
@@ -134,19 +131,14 @@ impl Image {
                 .backends
                 .iter()
                 .map(|&address| {
-                    let addr = BackendAddr {
-                        address,
-                        protocol: policy.frontend.protocol,
-                    };
+                    let addr = BackendAddr { address, protocol: policy.frontend.protocol };
                     let id = ids.backend(addr);
                     backends.insert(id, addr);
                     id
                 })
                 .collect();
-            let service_id = previous
-                .frontends
-                .get(&policy.frontend)
-                .map_or_else(|| ids.service(), |f| f.service_id);
+            let service_id =
+                previous.frontends.get(&policy.frontend).map_or_else(|| ids.service(), |f| f.service_id);
             frontends.insert(
                 policy.frontend,
                 FrontendImage {
@@ -157,12 +149,7 @@ impl Image {
                 },
             );
         }
-        Ok(Self {
-            frontends,
-            backends,
-            next_service_id: ids.next_service,
-            next_backend_id: ids.next_backend,
-        })
+        Ok(Self { frontends, backends, next_service_id: ids.next_service, next_backend_id: ids.next_backend })
     }
 }
 
@@ -291,11 +278,9 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_json() {
-        let image = Image::compile(
-            &[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])],
-            &Image::default(),
-        )
-        .unwrap();
+        let image =
+            Image::compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default())
+                .unwrap();
         let json = serde_json::to_string(&image).unwrap();
         assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);
     }

@@ -87,11 +87,7 @@ impl FromStr for Frontend {
         };
         let addr = parse_socket_addr(addr)?;
         check_address(addr.ip())?;
-        Ok(Self {
-            address: addr.ip(),
-            port: addr.port(),
-            protocol,
-        })
+        Ok(Self { address: addr.ip(), port: addr.port(), protocol })
     }
 }
 
@@ -102,12 +98,8 @@ pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
         .rsplit_once(':')
         .ok_or_else(|| format!("`{s}` is not IP:PORT (write IPv6 addresses as [IP]:PORT)"))?;
     let ip_text = ip.strip_prefix('[').and_then(|ip| ip.strip_suffix(']')).unwrap_or(ip);
-    let ip: IpAddr = ip_text
-        .parse()
-        .map_err(|_| format!("`{ip_text}` is not a valid IP address"))?;
-    let port: u32 = port
-        .parse()
-        .map_err(|_| format!("port `{port}` is not a number"))?;
+    let ip: IpAddr = ip_text.parse().map_err(|_| format!("`{ip_text}` is not a valid IP address"))?;
+    let port: u32 = port.parse().map_err(|_| format!("port `{port}` is not a number"))?;
     let port = match u16::try_from(port) {
         Ok(0) => return Err("port 0 is not allowed (ports are 1-65535)".into()),
         Ok(port) => port,
@@ -138,9 +130,7 @@ pub fn parse_backend(s: &str) -> Result<SocketAddr, String> {
 pub const MAX_AFFINITY_SECONDS: u32 = 86_400;
 
 pub fn parse_affinity(s: &str) -> Result<u32, String> {
-    let seconds: u32 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number of seconds"))?;
+    let seconds: u32 = s.parse().map_err(|_| format!("`{s}` is not a whole number of seconds"))?;
     if seconds == 0 || seconds > MAX_AFFINITY_SECONDS {
         return Err(format!("{seconds} is out of range (1-{MAX_AFFINITY_SECONDS} seconds)"));
     }
@@ -150,9 +140,8 @@ pub fn parse_affinity(s: &str) -> Result<u32, String> {
 /// Kubernetes object-name rules (RFC 1123 subdomain), so a policy can later
 /// be mirrored as an object of the same name.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let valid_chars =
+        name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     let valid_ends = name
         .bytes()
         .next()

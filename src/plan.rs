@@ -107,18 +107,11 @@ impl Plan {
             };
             phases.memberships(&members(before), &members(after));
             if let (Some(before), Some(after)) = (before, after) {
-                let gone: Vec<BackendId> = before
-                    .backends
-                    .iter()
-                    .filter(|id| !after.backends.contains(id))
-                    .copied()
-                    .collect();
+                let gone: Vec<BackendId> =
+                    before.backends.iter().filter(|id| !after.backends.contains(id)).copied().collect();
                 if !gone.is_empty() {
                     phases.late.push(Step {
-                        op: Op::ForgetSticky {
-                            service_id: before.service_id,
-                            backends: gone,
-                        },
+                        op: Op::ForgetSticky { service_id: before.service_id, backends: gone },
                         undo: None,
                     });
                 }
@@ -131,10 +124,7 @@ impl Plan {
         summary.backends_added = new_backends.keys().filter(|id| !old_backends.contains_key(id)).count();
         summary.backends_removed = old_backends.keys().filter(|id| !new_backends.contains_key(id)).count();
         phases.backends(&old_backends, &new_backends);
-        Self {
-            steps: phases.into_steps(),
-            summary,
-        }
+        Self { steps: phases.into_steps(), summary }
     }
 
     /// The plan that makes the maps hold exactly `desired`, from what they
@@ -161,10 +151,7 @@ impl Plan {
         }
         phases.memberships(&actual.membership, &desired.membership);
         phases.backends(&actual.backends, &desired.backends);
-        Self {
-            steps: phases.into_steps(),
-            summary: Summary::default(),
-        }
+        Self { steps: phases.into_steps(), summary: Summary::default() }
     }
 
     /// The most entries each map holds at any point while the plan runs,
@@ -228,9 +215,7 @@ impl MapContents {
 
 /// Master (slot 0) and slot entries of one frontend.
 fn slot_map(frontend: Option<&FrontendImage>) -> BTreeMap<u16, ServiceEntry> {
-    frontend
-        .map(|f| std::iter::once((0, f.master())).chain(f.slots()).collect())
-        .unwrap_or_default()
+    frontend.map(|f| std::iter::once((0, f.master())).chain(f.slots()).collect()).unwrap_or_default()
 }
 
 /// Steps sorted into the phases of the module docs, in execution order.
@@ -248,18 +233,26 @@ struct Phases {
 }
 
 impl Phases {
-    fn frontend(&mut self, frontend: &Frontend, before: &BTreeMap<u16, ServiceEntry>, after: &BTreeMap<u16, ServiceEntry>) {
+    fn frontend(
+        &mut self,
+        frontend: &Frontend,
+        before: &BTreeMap<u16, ServiceEntry>,
+        after: &BTreeMap<u16, ServiceEntry>,
+    ) {
         self.frontend_slots(&service_key(frontend, 0), before, after);
     }
 
-    fn frontend_slots(&mut self, master_key: &ServiceKey, before: &BTreeMap<u16, ServiceEntry>, after: &BTreeMap<u16, ServiceEntry>) {
+    fn frontend_slots(
+        &mut self,
+        master_key: &ServiceKey,
+        before: &BTreeMap<u16, ServiceEntry>,
+        after: &BTreeMap<u16, ServiceEntry>,
+    ) {
         let key = |slot| ServiceKey { slot, ..*master_key };
         for (&slot, old) in before {
             if !after.contains_key(&slot) {
-                let step = Step {
-                    op: Op::DeleteService(key(slot)),
-                    undo: Some(Op::PutService(key(slot), *old)),
-                };
+                let step =
+                    Step { op: Op::DeleteService(key(slot)), undo: Some(Op::PutService(key(slot), *old)) };
                 if slot == 0 {
                     self.delete_masters.push(step);
                 } else {
@@ -286,16 +279,11 @@ impl Phases {
 
     fn memberships(&mut self, before: &BTreeSet<MembershipKey>, after: &BTreeSet<MembershipKey>) {
         for &key in after.difference(before) {
-            self.put_memberships.push(Step {
-                op: Op::PutMembership(key),
-                undo: Some(Op::DeleteMembership(key)),
-            });
+            self.put_memberships
+                .push(Step { op: Op::PutMembership(key), undo: Some(Op::DeleteMembership(key)) });
         }
         for &key in before.difference(after) {
-            self.late.push(Step {
-                op: Op::DeleteMembership(key),
-                undo: Some(Op::PutMembership(key)),
-            });
+            self.late.push(Step { op: Op::DeleteMembership(key), undo: Some(Op::PutMembership(key)) });
         }
     }
 
@@ -311,10 +299,8 @@ impl Phases {
         }
         for (&id, old) in before {
             if !after.contains_key(&id) {
-                self.delete_backends.push(Step {
-                    op: Op::DeleteBackend(id),
-                    undo: Some(Op::PutBackend(id, *old)),
-                });
+                self.delete_backends
+                    .push(Step { op: Op::DeleteBackend(id), undo: Some(Op::PutBackend(id, *old)) });
             }
         }
     }
@@ -374,7 +360,11 @@ mod tests {
                 for slot in 1..=master.count {
                     let entry = maps.services.get(&ServiceKey { slot, ..*key });
                     let entry = entry.unwrap_or_else(|| panic!("slot {slot} missing after {:?}", step.op));
-                    assert!(maps.backends.contains_key(&entry.backend_id), "dangling backend after {:?}", step.op);
+                    assert!(
+                        maps.backends.contains_key(&entry.backend_id),
+                        "dangling backend after {:?}",
+                        step.op
+                    );
                 }
             }
         }
@@ -397,7 +387,8 @@ mod tests {
     #[test]
     fn every_transition_keeps_the_datapath_consistent_and_undoes() {
         let three = &["192.0.2.1:80", "192.0.2.2:80", "192.0.2.3:80"][..];
-        let v1 = image(&Image::default(), &[("a", "198.18.0.1:80", three), ("b", "198.18.0.2:80", &three[..1])]);
+        let v1 =
+            image(&Image::default(), &[("a", "198.18.0.1:80", three), ("b", "198.18.0.2:80", &three[..1])]);
         let transitions: Vec<Vec<(&str, &str, &[&str])>> = vec![
             vec![("a", "198.18.0.1:80", &three[..1])],
             vec![("a", "198.18.0.1:80", &["192.0.2.4:80", "192.0.2.5:80", "192.0.2.6:80", "192.0.2.7:80"])],
@@ -411,7 +402,10 @@ mod tests {
             let end = run(&start, &plan);
             assert_eq!(end, MapContents::of(&v2));
             assert_eq!(undo(&end, &plan), start);
-            assert_eq!(Plan::repair(&start, &MapContents::of(&v2)).steps.len(), plan.steps.iter().filter(|s| s.undo.is_some()).count());
+            assert_eq!(
+                Plan::repair(&start, &MapContents::of(&v2)).steps.len(),
+                plan.steps.iter().filter(|s| s.undo.is_some()).count()
+            );
         }
     }
 

@@ -32,11 +32,7 @@ pub struct AppliedState {
 
 impl Default for AppliedState {
     fn default() -> Self {
-        Self {
-            version: STATE_VERSION,
-            policies: Vec::new(),
-            image: Image::default(),
-        }
+        Self { version: STATE_VERSION, policies: Vec::new(), image: Image::default() }
     }
 }
 
@@ -112,7 +108,8 @@ impl StateDir {
             eprintln!("waiting for another balctl to finish (lock {})", path.display());
             // SAFETY: as above.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
+                return Err(io::Error::last_os_error())
+                    .with_context(|| format!("cannot lock {}", path.display()));
             }
         }
         Ok(StateLock { _file: file })
@@ -124,12 +121,8 @@ impl StateDir {
         let path = self.file();
         let tmp = self.root.join(format!("{STATE_FILE}.tmp"));
         let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut file =
+                OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
             serde_json::to_writer(&mut file, state)?;
             file.write_all(b"\n")?;
             file.sync_all()?;

@@ -37,11 +37,7 @@ pub fn change_policies(
     datapath.check_capacity(&plan, current.image.entry_counts())?;
     datapath.apply(&plan)?;
 
-    let state = AppliedState {
-        policies,
-        image,
-        ..current
-    };
+    let state = AppliedState { policies, image, ..current };
     if let Err(err) = state_dir.write(&lock, &state) {
         return Err(datapath.revert(&plan, err));
     }

@@ -18,22 +18,19 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
             return Ok(PathBuf::from(unescape_mount_path(mount_point)));
         }
     }
-    bail!("no cgroup2 filesystem is mounted; balctl attaches to a cgroup v2 (mount one with `mount -t cgroup2 none /sys/fs/cgroup`)")
+    bail!(
+        "no cgroup2 filesystem is mounted; balctl attaches to a cgroup v2 (mount one with `mount -t cgroup2 none /sys/fs/cgroup`)"
+    )
 }
 
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(path: &str) -> String {
-    path.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// A cgroup's id is the inode number of its directory on cgroup2.
 pub fn cgroup_id(path: &Path) -> Result<u64> {
-    Ok(fs::metadata(path)
-        .with_context(|| format!("cannot stat cgroup {}", path.display()))?
-        .ino())
+    Ok(fs::metadata(path).with_context(|| format!("cannot stat cgroup {}", path.display()))?.ino())
 }
 
 /// Finds the cgroup directory with `id` under the cgroup2 mount.
@@ -47,12 +44,8 @@ pub fn cgroup_path(id: u64) -> Option<PathBuf> {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
-        pending.extend(
-            entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path()),
-        );
+        pending
+            .extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
     }
     None
 }
@@ -61,11 +54,7 @@ pub fn cgroup_path(id: u64) -> Option<PathBuf> {
 pub fn check_cgroup_dir(path: &Path) -> Result<()> {
     let mount = cgroup2_mount()?;
     if !path.starts_with(&mount) || !path.join("cgroup.procs").exists() {
-        bail!(
-            "{} is not a cgroup v2 directory (cgroup2 is mounted at {})",
-            path.display(),
-            mount.display()
-        );
+        bail!("{} is not a cgroup v2 directory (cgroup2 is mounted at {})", path.display(), mount.display());
     }
     Ok(())
 }

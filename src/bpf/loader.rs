@@ -8,8 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
-    io,
+    fs, io,
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -68,19 +67,12 @@ pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<Lo
     let target = target_cgroup(&live, cgroup)?;
     check_layout(pins, |name| sizes.get(name))?;
 
-    let maps_created: Vec<&'static str> = MAPS
-        .iter()
-        .filter(|spec| !pins.map(spec.name).exists())
-        .map(|spec| spec.name)
-        .collect();
+    let maps_created: Vec<&'static str> =
+        MAPS.iter().filter(|spec| !pins.map(spec.name).exists()).map(|spec| spec.name).collect();
     let fresh = live.is_empty() && maps_created.len() == MAPS.len();
     let result = load_and_attach(pins, &target, sizes, live);
     match result {
-        Ok(hooks) => Ok(LoadReport {
-            cgroup: target,
-            hooks,
-            maps_created,
-        }),
+        Ok(hooks) => Ok(LoadReport { cgroup: target, hooks, maps_created }),
         Err(err) if fresh => {
             // Nothing was there before: leave nothing behind.
             if let Err(cleanup) = unload(pins) {
@@ -114,7 +106,8 @@ fn load_and_attach(
             .with_context(|| format!("the kernel rejected the {} program", hook.name))?;
     }
 
-    let cgroup_dir = fs::File::open(target).with_context(|| format!("cannot open cgroup {}", target.display()))?;
+    let cgroup_dir =
+        fs::File::open(target).with_context(|| format!("cannot open cgroup {}", target.display()))?;
     let mut actions = Vec::new();
     for hook in HOOKS {
         let program = program(&mut ebpf, &hook)?;
@@ -151,11 +144,8 @@ fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<&'a mut CgroupSoc
 /// defunct: its pin is removed so the hook is attached anew.
 fn live_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
     let mut links = pinned_links(pins)?;
-    let defunct: Vec<&'static str> = links
-        .iter()
-        .filter(|(_, link)| link.info.cgroup_id == 0)
-        .map(|(&hook, _)| hook)
-        .collect();
+    let defunct: Vec<&'static str> =
+        links.iter().filter(|(_, link)| link.info.cgroup_id == 0).map(|(&hook, _)| hook).collect();
     for hook in defunct {
         let path = pins.link(hook);
         log::info!("removing defunct link {}", path.display());
@@ -171,7 +161,8 @@ fn pinned_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
     for hook in HOOKS {
         let path = pins.link(hook.name);
         if path.exists() {
-            let fd = sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
+            let fd =
+                sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
             let info = sys::cgroup_link_info(fd.as_fd())?;
             links.insert(hook.name, LiveLink { fd, info });
         }
@@ -184,9 +175,7 @@ fn pinned_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
 fn target_cgroup(live: &BTreeMap<&'static str, LiveLink>, requested: Option<&Path>) -> Result<PathBuf> {
     let requested = requested
         .map(|path| -> Result<PathBuf> {
-            let path = path
-                .canonicalize()
-                .map_err(|e| input!("invalid --cgroup {}: {e}", path.display()))?;
+            let path = path.canonicalize().map_err(|e| input!("invalid --cgroup {}: {e}", path.display()))?;
             cgroup::check_cgroup_dir(&path).map_err(|e| input!("invalid --cgroup: {e:#}"))?;
             Ok(path)
         })
@@ -234,7 +223,8 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
         if !path.exists() {
             continue;
         }
-        let fd = sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
+        let fd =
+            sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
         match sys::link_detach(fd.as_fd()) {
             // Already detached (its cgroup was removed): only the pin is left.
             Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
@@ -246,7 +236,8 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     if let Ok(entries) = fs::read_dir(pins.maps_dir()) {
         for entry in entries {
             let entry = entry?;
-            fs::remove_file(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
             report.maps_removed.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
@@ -331,10 +322,5 @@ pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
             attached_programs,
         });
     }
-    Ok(AttachState {
-        cgroup,
-        cgroup_id,
-        hooks,
-        missing_hooks,
-    })
+    Ok(AttachState { cgroup, cgroup_id, hooks, missing_hooks })
 }

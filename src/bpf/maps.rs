@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry,
-    ServiceKey, map_names,
+    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry, ServiceKey,
+    map_names,
 };
 
 use super::{object::MAPS, pins::PinDir};
@@ -36,7 +36,8 @@ pub fn open_map<K: aya::Pod, V: aya::Pod>(pins: &PinDir, name: &str) -> Result<H
             path.display()
         )
     })?;
-    let map = Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
+    let map =
+        Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
     HashMap::try_from(map).with_context(|| {
         format!("the map pinned at {} does not have the layout this balctl expects", path.display())
     })
@@ -194,7 +195,8 @@ pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u
         if !path.exists() {
             continue;
         }
-        let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("cannot inspect {}", path.display()))?;
         let found = (info.map_flags(), info.key_size(), info.value_size());
         let expected = (0, spec.key_size, spec.value_size);
         let type_matches = info.map_type().is_ok_and(|t| t as u32 == spec.map_type as u32);

@@ -6,8 +6,8 @@ use std::mem::size_of;
 use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry,
-    ServiceKey, default_capacity, map_names,
+    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry, ServiceKey,
+    default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -42,11 +42,7 @@ pub const HOOKS: [Hook; 8] = [
 ];
 
 const fn hook(name: &'static str, program: &'static str, attach_type: CgroupSockAddrAttachType) -> Hook {
-    Hook {
-        name,
-        program,
-        attach_type,
-    }
+    Hook { name, program, attach_type }
 }
 
 /// A map of the object and the layout a pinned map must have to be reused.
@@ -62,18 +58,48 @@ pub struct MapSpec {
 }
 
 pub const MAPS: [MapSpec; 5] = [
-    map::<ServiceKey, ServiceEntry>(map_names::SERVICES, bpf_map_type::BPF_MAP_TYPE_HASH, "services", default_capacity::SERVICES),
-    map::<u32, Backend>(map_names::BACKENDS, bpf_map_type::BPF_MAP_TYPE_HASH, "backends", default_capacity::BACKENDS),
+    map::<ServiceKey, ServiceEntry>(
+        map_names::SERVICES,
+        bpf_map_type::BPF_MAP_TYPE_HASH,
+        "services",
+        default_capacity::SERVICES,
+    ),
+    map::<u32, Backend>(
+        map_names::BACKENDS,
+        bpf_map_type::BPF_MAP_TYPE_HASH,
+        "backends",
+        default_capacity::BACKENDS,
+    ),
     // One membership per backend slot, so it follows the services size.
-    map::<MembershipKey, u32>(map_names::MEMBERSHIP, bpf_map_type::BPF_MAP_TYPE_HASH, "services", default_capacity::SERVICES),
-    map::<AffinityKey, AffinityValue>(map_names::AFFINITY, bpf_map_type::BPF_MAP_TYPE_LRU_HASH, "affinity", default_capacity::AFFINITY),
-    map::<RevNatKey, RevNatValue>(map_names::REVNAT, bpf_map_type::BPF_MAP_TYPE_LRU_HASH, "revnat", default_capacity::REVNAT),
+    map::<MembershipKey, u32>(
+        map_names::MEMBERSHIP,
+        bpf_map_type::BPF_MAP_TYPE_HASH,
+        "services",
+        default_capacity::SERVICES,
+    ),
+    map::<AffinityKey, AffinityValue>(
+        map_names::AFFINITY,
+        bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+        "affinity",
+        default_capacity::AFFINITY,
+    ),
+    map::<RevNatKey, RevNatValue>(
+        map_names::REVNAT,
+        bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+        "revnat",
+        default_capacity::REVNAT,
+    ),
 ];
 
 /// The names `--map-size` accepts.
 pub const SIZE_NAMES: [&str; 4] = ["services", "backends", "affinity", "revnat"];
 
-const fn map<K, V>(name: &'static str, map_type: bpf_map_type, size_name: &'static str, default_capacity: u32) -> MapSpec {
+const fn map<K, V>(
+    name: &'static str,
+    map_type: bpf_map_type,
+    size_name: &'static str,
+    default_capacity: u32,
+) -> MapSpec {
     MapSpec {
         name,
         map_type,

@@ -54,11 +54,7 @@ impl PinDir {
     /// bpffs at /sys/fs/bpf if that is where it belongs and nothing is
     /// mounted there yet.
     pub fn prepare(&self) -> Result<()> {
-        let existing = self
-            .root
-            .ancestors()
-            .find(|p| p.exists())
-            .unwrap_or_else(|| Path::new("/"));
+        let existing = self.root.ancestors().find(|p| p.exists()).unwrap_or_else(|| Path::new("/"));
         if !is_bpffs(existing)? {
             if existing == Path::new(DEFAULT_BPFFS) {
                 mount_bpffs(existing)?;
@@ -98,13 +94,7 @@ fn mount_bpffs(path: &Path) -> Result<()> {
     let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: all arguments are NUL-terminated strings that outlive the call.
     let ret = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            c"mode=0700".as_ptr().cast(),
-        )
+        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
     };
     if ret != 0 {
         return Err(std::io::Error::last_os_error())

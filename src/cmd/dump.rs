@@ -72,12 +72,8 @@ struct Backends {
 pub fn run(ctx: &Context, args: &DumpArgs) -> Result<()> {
     let contents = Datapath::open(&ctx.pins)?.read_contents()?;
     let state = ctx.state.read()?;
-    let names: HashMap<ServiceId, &str> = state
-        .image
-        .frontends
-        .values()
-        .map(|f| (f.service_id, f.owner.as_str()))
-        .collect();
+    let names: HashMap<ServiceId, &str> =
+        state.image.frontends.values().map(|f| (f.service_id, f.owner.as_str())).collect();
     let services: Vec<ServiceRecord> = services(&contents, &names)
         .into_iter()
         .filter(|(frontend, _)| args.vip.is_none_or(|vip| vip.matches(frontend)))
@@ -89,20 +85,27 @@ pub fn run(ctx: &Context, args: &DumpArgs) -> Result<()> {
     }
 }
 
+/// One frontend's entries in the services map.
+#[derive(Default)]
+struct FrontendEntries {
+    master: Option<ServiceEntry>,
+    slots: Vec<(u16, ServiceEntry)>,
+}
+
 fn services(contents: &MapContents, names: &HashMap<ServiceId, &str>) -> Vec<(Frontend, ServiceRecord)> {
-    let mut by_frontend: BTreeMap<Frontend, (Option<ServiceEntry>, Vec<(u16, ServiceEntry)>)> = BTreeMap::new();
+    let mut by_frontend: BTreeMap<Frontend, FrontendEntries> = BTreeMap::new();
     for (key, entry) in &contents.services {
         let Some(frontend) = frontend_of(key) else { continue };
-        let (master, slots) = by_frontend.entry(frontend).or_default();
+        let entries = by_frontend.entry(frontend).or_default();
         if key.slot == 0 {
-            *master = Some(*entry);
+            entries.master = Some(*entry);
         } else {
-            slots.push((key.slot, *entry));
+            entries.slots.push((key.slot, *entry));
         }
     }
     by_frontend
         .into_iter()
-        .filter_map(|(frontend, (master, slots))| {
+        .filter_map(|(frontend, FrontendEntries { master, slots })| {
             let master = master?;
             let backends = slots
                 .into_iter()
@@ -123,7 +126,8 @@ fn services(contents: &MapContents, names: &HashMap<ServiceId, &str>) -> Vec<(Fr
                 protocol: frontend.protocol,
                 service_id: master.service_id,
                 name: names.get(&master.service_id).map(|n| (*n).to_owned()),
-                affinity_timeout_seconds: (master.affinity_timeout_sec != 0).then_some(master.affinity_timeout_sec),
+                affinity_timeout_seconds: (master.affinity_timeout_sec != 0)
+                    .then_some(master.affinity_timeout_sec),
                 backend_count: master.count,
                 backends,
             };
@@ -169,7 +173,9 @@ fn print_services(format: OutputFormat, services: Vec<ServiceRecord>) -> Result<
             .backends
             .iter()
             .map(|slot| match (slot.address, slot.port) {
-                (Some(address), Some(port)) => format!("{} (#{})", std::net::SocketAddr::new(address, port), slot.backend_id),
+                (Some(address), Some(port)) => {
+                    format!("{} (#{})", std::net::SocketAddr::new(address, port), slot.backend_id)
+                }
                 _ => format!("missing backend #{}", slot.backend_id),
             })
             .collect();

@@ -38,10 +38,7 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     datapath.apply(&plan)?;
     drop(lock);
 
-    let output = LoadOutput {
-        report,
-        entries_repaired: plan.steps.len(),
-    };
+    let output = LoadOutput { report, entries_repaired: plan.steps.len() };
     if ctx.output != crate::output::OutputFormat::Table {
         return print_structured(ctx.output, &output);
     }

@@ -94,9 +94,10 @@ struct Deleted<'a> {
 }
 
 fn find_mut<'a>(policies: &'a mut [Policy], name: &str) -> Result<&'a mut Policy> {
-    policies.iter_mut().find(|p| p.name == name).ok_or_else(|| {
-        input!("there is no policy named `{name}` (`balctl policy list` shows them)")
-    })
+    policies
+        .iter_mut()
+        .find(|p| p.name == name)
+        .ok_or_else(|| input!("there is no policy named `{name}` (`balctl policy list` shows them)"))
 }
 
 fn report(ctx: &Context, outcome: &Outcome, name: &str, verb: &str) -> Result<()> {
@@ -145,9 +146,9 @@ fn list(ctx: &Context) -> Result<()> {
 
 fn get(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
     let state = ctx.state.read()?;
-    let policy = state
-        .policy(&args.name)
-        .ok_or_else(|| input!("there is no policy named `{}` (`balctl policy list` shows them)", args.name))?;
+    let policy = state.policy(&args.name).ok_or_else(|| {
+        input!("there is no policy named `{}` (`balctl policy list` shows them)", args.name)
+    })?;
     if ctx.output != OutputFormat::Table {
         return print_structured(ctx.output, policy);
     }
@@ -167,7 +168,5 @@ fn backend_list(policy: &Policy) -> String {
 }
 
 fn affinity(policy: &Policy) -> String {
-    policy
-        .affinity_seconds
-        .map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
+    policy.affinity_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
 }

@@ -119,11 +119,7 @@ fn map_rows(pins: &crate::bpf::pins::PinDir, contents: &MapContents) -> Result<V
             _ => revnat.keys().filter(Result::is_ok).count(),
         };
         let capacity = MapInfo::from_pin(pins.map(spec.name))?.max_entries();
-        rows.push(MapRow {
-            name: spec.name,
-            entries,
-            capacity,
-        });
+        rows.push(MapRow { name: spec.name, entries, capacity });
     }
     Ok(rows)
 }
@@ -158,10 +154,7 @@ fn print_table(status: &Status) {
         );
         return;
     };
-    let cgroup = attach
-        .cgroup
-        .as_ref()
-        .map_or_else(|| "(gone)".to_owned(), |p| p.display().to_string());
+    let cgroup = attach.cgroup.as_ref().map_or_else(|| "(gone)".to_owned(), |p| p.display().to_string());
     println!("balctl is loaded");
     println!("  pin dir:  {}", status.pin_dir.display());
     println!("  cgroup:   {cgroup} (id {})", attach.cgroup_id);
@@ -185,13 +178,20 @@ fn print_table(status: &Status) {
     let mut maps = table(["MAP", "ENTRIES", "CAPACITY", "FILL"]);
     for map in &status.maps {
         let fill = 100.0 * map.entries as f64 / f64::from(map.capacity);
-        maps.add_row([map.name.to_owned(), map.entries.to_string(), map.capacity.to_string(), format!("{fill:.1}%")]);
+        maps.add_row([
+            map.name.to_owned(),
+            map.entries.to_string(),
+            map.capacity.to_string(),
+            format!("{fill:.1}%"),
+        ]);
     }
     println!("{maps}\n");
     println!("state:   {} ({})", state_summary(status), status.state_dir.display());
     match status.drift {
         Some(0) | None => println!("drift:   none (maps match the applied state)"),
-        Some(n) => println!("drift:   {n} map entries differ from the applied state; `balctl load` repairs them"),
+        Some(n) => {
+            println!("drift:   {n} map entries differ from the applied state; `balctl load` repairs them")
+        }
     }
     println!(
         "kernel:  {}, cgroup2 at {}, BTF {}",

@@ -13,38 +13,34 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
     helpers::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_set_retval,
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
     },
     macros::{cgroup_sock_addr, map},
     maps::{HashMap, LruHashMap},
     programs::SockAddrContext,
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Addr, Backend, ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP,
-    MembershipKey, RevNatKey, RevNatValue, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY, STICKY_NETNS,
-    STICKY_SOCKET, ServiceEntry, ServiceKey, default_capacity,
+    Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP, MembershipKey,
+    RevNatKey, RevNatValue, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY, STICKY_NETNS, STICKY_SOCKET, ServiceEntry,
+    ServiceKey, default_capacity,
 };
 
 #[map(name = "services")]
-static SERVICES: HashMap<ServiceKey, ServiceEntry> =
-    HashMap::with_max_entries(default_capacity::SERVICES, 0);
+static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(default_capacity::SERVICES, 0);
 
 #[map(name = "backends")]
 static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(default_capacity::BACKENDS, 0);
 
 // Sized like the services map: one entry per backend slot.
 #[map(name = "membership")]
-static MEMBERSHIP: HashMap<MembershipKey, u32> =
-    HashMap::with_max_entries(default_capacity::SERVICES, 0);
+static MEMBERSHIP: HashMap<MembershipKey, u32> = HashMap::with_max_entries(default_capacity::SERVICES, 0);
 
 #[map(name = "affinity")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(default_capacity::AFFINITY, 0);
 
 #[map(name = "revnat")]
-static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
-    LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
+static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
 
 /// sock_addr programs allow the socket operation by returning 1.
 const ALLOW: i32 = 1;
@@ -120,14 +116,8 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         return ALLOW;
     }
     let dest = read_dest(sa, family);
-    let frontend = ServiceKey {
-        addr: dest.addr,
-        port: dest.port,
-        proto,
-        scope: SCOPE_SERVICE,
-        slot: 0,
-        _pad: 0,
-    };
+    let frontend =
+        ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_SERVICE, slot: 0, _pad: 0 };
     // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
     let Some(master) = (unsafe { SERVICES.get(&frontend) }).copied() else {
         return ALLOW;
@@ -140,10 +130,7 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         // write half an IPv6 address into an IPv4 socket.
         return reject();
     }
-    let to = Dest {
-        addr: backend.addr,
-        port: backend.port,
-    };
+    let to = Dest { addr: backend.addr, port: backend.port };
     remember_translation(ctx, &to, &dest, master.service_id);
     write_dest(sa, family, &to);
     ALLOW
@@ -164,14 +151,7 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
     };
     // SAFETY: read once, whole.
     if let Some(original) = unsafe { REVNAT.get(&key) }.copied() {
-        write_dest(
-            sa,
-            family,
-            &Dest {
-                addr: original.addr,
-                port: original.port,
-            },
-        );
+        write_dest(sa, family, &Dest { addr: original.addr, port: original.port });
     }
     // recvmsg and getpeername programs must allow; they can only rewrite.
     ALLOW
@@ -208,9 +188,7 @@ fn choose_backend(
     let now = unsafe { bpf_ktime_get_ns() };
     if affinity {
         let timeout = u64::from(master.affinity_timeout_sec) * NSEC_PER_SEC;
-        if let Some((backend_id, backend)) =
-            sticky_backend(&netns_key, service_id, Some((now, timeout)))
-        {
+        if let Some((backend_id, backend)) = sticky_backend(&netns_key, service_id, Some((now, timeout))) {
             // Refresh: the timeout counts from the last use, as kube-proxy's does.
             remember_choice(&netns_key, backend_id, now);
             return Some(backend);
@@ -234,11 +212,7 @@ fn choose_backend(
 /// A previous choice for this owner, if it is still valid: not expired (when
 /// a timeout applies) and its backend still belongs to the service.
 #[inline(always)]
-fn sticky_backend(
-    key: &AffinityKey,
-    service_id: u32,
-    expiry: Option<(u64, u64)>,
-) -> Option<(u32, Backend)> {
+fn sticky_backend(key: &AffinityKey, service_id: u32, expiry: Option<(u64, u64)>) -> Option<(u32, Backend)> {
     // SAFETY: read once, whole.
     let choice = unsafe { AFFINITY.get(key) }.copied()?;
     if let Some((now, timeout)) = expiry
@@ -246,10 +220,7 @@ fn sticky_backend(
     {
         return None;
     }
-    let membership = MembershipKey {
-        service_id,
-        backend_id: choice.backend_id,
-    };
+    let membership = MembershipKey { service_id, backend_id: choice.backend_id };
     unsafe { MEMBERSHIP.get(&membership) }?;
     let backend = unsafe { BACKENDS.get(&choice.backend_id) }.copied()?;
     Some((choice.backend_id, backend))
@@ -257,11 +228,7 @@ fn sticky_backend(
 
 #[inline(always)]
 fn remember_choice(key: &AffinityKey, backend_id: u32, now: u64) {
-    let choice = AffinityValue {
-        last_used_ns: now,
-        backend_id,
-        _pad: 0,
-    };
+    let choice = AffinityValue { last_used_ns: now, backend_id, _pad: 0 };
     // A full LRU map evicts; a failed insert only costs stickiness.
     let _ = AFFINITY.insert(key, &choice, 0);
 }
@@ -278,12 +245,7 @@ fn remember_translation(ctx: &SockAddrContext, backend: &Dest, frontend: &Dest, 
         port: backend.port,
         _pad: [0; 3],
     };
-    let value = RevNatValue {
-        addr: frontend.addr,
-        port: frontend.port,
-        _pad: 0,
-        service_id,
-    };
+    let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, service_id };
     // SAFETY: read once, whole.
     if unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
         return;
