@@ -9,7 +9,8 @@
 //! 3. masters of removed frontends, then slots nobody can pick any more;
 //! 4. new and rewritten slots, then the masters that grow or change: a
 //!    reader that sees a count finds every slot up to it written;
-//! 5. memberships and sticky choices of removed backends, then the backends.
+//! 5. memberships of removed backends, then the backends. (Sticky choices
+//!    of those memberships are dropped by `Datapath::apply` afterwards.)
 //!
 //! Deleting before adding also keeps the peak fill of the services map at
 //! max(before, after), which is what the capacity check assumes.
@@ -23,7 +24,7 @@ use balctl_common::{Backend, MembershipKey, ServiceEntry, ServiceKey};
 
 use crate::{
     bpf::raw::service_key,
-    image::{BackendId, EntryCounts, FrontendImage, Image, ServiceId},
+    image::{BackendId, EntryCounts, FrontendImage, Image},
     model::Frontend,
 };
 
@@ -35,20 +36,13 @@ pub enum Op {
     DeleteMembership(MembershipKey),
     PutService(ServiceKey, ServiceEntry),
     DeleteService(ServiceKey),
-    /// Drop sticky choices (affinity, per-socket UDP) of a service that
-    /// point at backends it no longer has. The datapath already ignores
-    /// them (membership check); this frees the entries at once.
-    ForgetSticky {
-        service_id: ServiceId,
-        backends: Vec<BackendId>,
-    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     pub op: Op,
-    /// Restores the entry as it was; `None` when there is nothing to restore.
-    pub undo: Option<Op>,
+    /// Restores the entry as it was.
+    pub undo: Op,
 }
 
 /// Counts of what changes, for the one-line summary.
@@ -106,16 +100,6 @@ impl Plan {
                 f.map(|f| f.memberships().collect()).unwrap_or_default()
             };
             phases.memberships(&members(before), &members(after));
-            if let (Some(before), Some(after)) = (before, after) {
-                let gone: Vec<BackendId> =
-                    before.backends.iter().filter(|id| !after.backends.contains(id)).copied().collect();
-                if !gone.is_empty() {
-                    phases.late.push(Step {
-                        op: Op::ForgetSticky { service_id: before.service_id, backends: gone },
-                        undo: None,
-                    });
-                }
-            }
         }
         let raw_backends = |image: &Image| -> BTreeMap<BackendId, Backend> {
             image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect()
@@ -161,10 +145,7 @@ impl Plan {
         let mut peak = start;
         for step in &self.steps {
             // A put adds an entry when undoing it means deleting.
-            let adds = matches!(
-                step.undo,
-                Some(Op::DeleteService(_) | Op::DeleteBackend(_) | Op::DeleteMembership(_))
-            );
+            let adds = matches!(step.undo, Op::DeleteService(_) | Op::DeleteBackend(_) | Op::DeleteMembership(_));
             match step.op {
                 Op::PutService(..) if adds => now.services += 1,
                 Op::PutBackend(..) if adds => now.backends += 1,
@@ -252,7 +233,7 @@ impl Phases {
         for (&slot, old) in before {
             if !after.contains_key(&slot) {
                 let step =
-                    Step { op: Op::DeleteService(key(slot)), undo: Some(Op::PutService(key(slot), *old)) };
+                    Step { op: Op::DeleteService(key(slot)), undo: Op::PutService(key(slot), *old) };
                 if slot == 0 {
                     self.delete_masters.push(step);
                 } else {
@@ -267,7 +248,7 @@ impl Phases {
             }
             let step = Step {
                 op: Op::PutService(key(slot), *new),
-                undo: Some(old.map_or(Op::DeleteService(key(slot)), |old| Op::PutService(key(slot), *old))),
+                undo: old.map_or(Op::DeleteService(key(slot)), |old| Op::PutService(key(slot), *old)),
             };
             match (slot, old) {
                 (0, Some(old)) if new.count < old.count => self.shrink_masters.push(step),
@@ -280,10 +261,10 @@ impl Phases {
     fn memberships(&mut self, before: &BTreeSet<MembershipKey>, after: &BTreeSet<MembershipKey>) {
         for &key in after.difference(before) {
             self.put_memberships
-                .push(Step { op: Op::PutMembership(key), undo: Some(Op::DeleteMembership(key)) });
+                .push(Step { op: Op::PutMembership(key), undo: Op::DeleteMembership(key) });
         }
         for &key in before.difference(after) {
-            self.late.push(Step { op: Op::DeleteMembership(key), undo: Some(Op::PutMembership(key)) });
+            self.late.push(Step { op: Op::DeleteMembership(key), undo: Op::PutMembership(key) });
         }
     }
 
@@ -293,14 +274,14 @@ impl Phases {
             if old != Some(new) {
                 self.put_backends.push(Step {
                     op: Op::PutBackend(id, *new),
-                    undo: Some(old.map_or(Op::DeleteBackend(id), |old| Op::PutBackend(id, *old))),
+                    undo: old.map_or(Op::DeleteBackend(id), |old| Op::PutBackend(id, *old)),
                 });
             }
         }
         for (&id, old) in before {
             if !after.contains_key(&id) {
                 self.delete_backends
-                    .push(Step { op: Op::DeleteBackend(id), undo: Some(Op::PutBackend(id, *old)) });
+                    .push(Step { op: Op::DeleteBackend(id), undo: Op::PutBackend(id, *old) });
             }
         }
     }
@@ -354,7 +335,6 @@ mod tests {
                 Op::DeleteMembership(k) => drop(maps.membership.remove(k)),
                 Op::PutService(k, v) => drop(maps.services.insert(*k, *v)),
                 Op::DeleteService(k) => drop(maps.services.remove(k)),
-                Op::ForgetSticky { .. } => {}
             }
             for (key, master) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
                 for slot in 1..=master.count {
@@ -377,7 +357,7 @@ mod tests {
                 .steps
                 .iter()
                 .rev()
-                .filter_map(|s| s.undo.clone().map(|op| Step { op, undo: None }))
+                .map(|s| Step { op: s.undo.clone(), undo: s.op.clone() })
                 .collect(),
             summary: Summary::default(),
         };
@@ -404,7 +384,7 @@ mod tests {
             assert_eq!(undo(&end, &plan), start);
             assert_eq!(
                 Plan::repair(&start, &MapContents::of(&v2)).steps.len(),
-                plan.steps.iter().filter(|s| s.undo.is_some()).count()
+                plan.steps.len()
             );
         }
     }

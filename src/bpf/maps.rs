@@ -1,7 +1,7 @@
 //! Typed access to the pinned maps: read what they hold, run a plan against
 //! them, and put everything back if a write fails half way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap, Map, MapData, MapError};
@@ -85,12 +85,30 @@ impl Datapath {
     }
 
     /// Runs every step in order. If one fails, the steps already done are
-    /// undone in reverse order, so the maps are left as they were.
+    /// undone in reverse order, so the maps are left as they were. Then
+    /// drops the sticky choices (affinity, per-socket UDP) that point at
+    /// backends which left their service: the datapath already ignores them
+    /// (membership check), this frees them at once.
     pub fn apply(&mut self, plan: &Plan) -> Result<()> {
         for (done, step) in plan.steps.iter().enumerate() {
             if let Err(err) = self.execute(&step.op) {
                 return Err(self.undo(&plan.steps[..done], err.context("map update failed")));
             }
+        }
+        let left: HashSet<MembershipKey> = plan
+            .steps
+            .iter()
+            .filter_map(|step| match step.op {
+                Op::DeleteMembership(key) => Some(key),
+                _ => None,
+            })
+            .collect();
+        // Only an optimisation: failing here must not fail a change that is
+        // already complete.
+        if !left.is_empty()
+            && let Err(err) = self.forget_sticky(&left)
+        {
+            log::warn!("could not drop stale sticky choices (the datapath ignores them): {err:#}");
         }
         Ok(())
     }
@@ -105,8 +123,7 @@ impl Datapath {
         let failures: Vec<String> = done
             .iter()
             .rev()
-            .filter_map(|step| step.undo.as_ref())
-            .filter_map(|undo| self.execute(undo).err().map(|e| format!("{e:#}")))
+            .filter_map(|step| self.execute(&step.undo).err().map(|e| format!("{e:#}")))
             .collect();
         if failures.is_empty() {
             cause.context("nothing was changed: the maps were restored to their previous contents")
@@ -127,17 +144,18 @@ impl Datapath {
             Op::DeleteMembership(key) => ignore_missing(self.membership.remove(key)),
             Op::PutService(key, entry) => self.services.insert(key, entry, 0),
             Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
-            Op::ForgetSticky { service_id, backends } => return self.forget_sticky(*service_id, backends),
         };
         result.map_err(|e| anyhow!(e).context(format!("{op:?}")))
     }
 
-    fn forget_sticky(&mut self, service_id: u32, backends: &[BackendId]) -> Result<()> {
+    fn forget_sticky(&mut self, left: &HashSet<MembershipKey>) -> Result<()> {
         let stale: Vec<AffinityKey> = self
             .affinity
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, choice)| key.service_id == service_id && backends.contains(&choice.backend_id))
+            .filter(|(key, choice)| {
+                left.contains(&MembershipKey { service_id: key.service_id, backend_id: choice.backend_id })
+            })
             .map(|(key, _)| key)
             .collect();
         for key in stale {
