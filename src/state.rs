@@ -4,7 +4,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write as _},
+    io::{self, BufWriter, Write as _},
     os::{
         fd::AsRawFd as _,
         unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
@@ -121,11 +121,13 @@ impl StateDir {
         let path = self.file();
         let tmp = self.root.join(format!("{STATE_FILE}.tmp"));
         let write = || -> io::Result<()> {
-            let mut file =
-                OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-            serde_json::to_writer(&mut file, state)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
+            let file = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+            // serde_json writes token by token: unbuffered, a large state
+            // costs millions of write(2) calls.
+            let mut out = BufWriter::new(file);
+            serde_json::to_writer(&mut out, state)?;
+            out.write_all(b"\n")?;
+            out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
             fs::rename(&tmp, &path)?;
             File::open(&self.root)?.sync_all()
         };

@@ -122,7 +122,9 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     let Some(master) = (unsafe { SERVICES.get(&frontend) }).copied() else {
         return ALLOW;
     };
-    let Some(backend) = choose_backend(ctx, &frontend, &master, op) else {
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(backend) = choose_backend(ctx, cookie, &frontend, &master, op) else {
         return reject();
     };
     if family == Family::V4 && !is_v4_mapped(&backend.addr) {
@@ -131,7 +133,7 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         return reject();
     }
     let to = Dest { addr: backend.addr, port: backend.port };
-    remember_translation(ctx, &to, &dest, master.service_id);
+    remember_translation(cookie, &to, &dest, master.service_id, op);
     write_dest(sa, family, &to);
     ALLOW
 }
@@ -157,9 +159,14 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
     ALLOW
 }
 
+/// Picks the backend: the socket's earlier choice (unconnected UDP), else
+/// the client namespace's (affinity), else a random slot. Helpers that only
+/// some paths need are called only on those paths: every call here is paid
+/// on each translated connect.
 #[inline(always)]
 fn choose_backend(
     ctx: &SockAddrContext,
+    socket_cookie: u64,
     frontend: &ServiceKey,
     master: &ServiceEntry,
     op: Operation,
@@ -168,29 +175,26 @@ fn choose_backend(
         return None;
     }
     let service_id = master.service_id;
-    // SAFETY: the helpers only read the socket behind the context.
-    let socket_key = AffinityKey {
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        service_id,
-        owner: STICKY_SOCKET,
-    };
+    let socket_key = AffinityKey { cookie: socket_cookie, service_id, owner: STICKY_SOCKET };
     if op == Operation::SendMsg
         && let Some((_, backend)) = sticky_backend(&socket_key, service_id, None)
     {
         return Some(backend);
     }
-    let affinity = master.flags & SERVICE_FLAG_AFFINITY != 0;
-    let netns_key = AffinityKey {
-        cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        service_id,
-        owner: STICKY_NETNS,
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if affinity {
+    // SAFETY (both helpers): plain helper calls on the program's context.
+    let affinity = (master.flags & SERVICE_FLAG_AFFINITY != 0).then(|| {
+        let key = AffinityKey {
+            cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+            service_id,
+            owner: STICKY_NETNS,
+        };
+        (key, unsafe { bpf_ktime_get_ns() })
+    });
+    if let Some((netns_key, now)) = &affinity {
         let timeout = u64::from(master.affinity_timeout_sec) * NSEC_PER_SEC;
-        if let Some((backend_id, backend)) = sticky_backend(&netns_key, service_id, Some((now, timeout))) {
+        if let Some((backend_id, backend)) = sticky_backend(netns_key, service_id, Some((*now, timeout))) {
             // Refresh: the timeout counts from the last use, as kube-proxy's does.
-            remember_choice(&netns_key, backend_id, now);
+            remember_choice(netns_key, backend_id, *now);
             return Some(backend);
         }
     }
@@ -200,11 +204,11 @@ fn choose_backend(
     // SAFETY: read once, whole.
     let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
     let backend = unsafe { BACKENDS.get(&backend_id) }.copied()?;
-    if affinity {
-        remember_choice(&netns_key, backend_id, now);
+    if let Some((netns_key, now)) = &affinity {
+        remember_choice(netns_key, backend_id, *now);
     }
     if op == Operation::SendMsg {
-        remember_choice(&socket_key, backend_id, now);
+        remember_choice(&socket_key, backend_id, unsafe { bpf_ktime_get_ns() });
     }
     Some(backend)
 }
@@ -234,20 +238,15 @@ fn remember_choice(key: &AffinityKey, backend_id: u32, now: u64) {
 }
 
 /// Record backend -> frontend for this socket so replies and getpeername()
-/// show the frontend. Skips the write when the entry is already current, as
-/// it is for every datagram after the first on an unconnected UDP socket.
+/// show the frontend. A connecting socket gets a fresh entry; an unconnected
+/// UDP socket passes here with every datagram, so the write is skipped when
+/// the entry is already current.
 #[inline(always)]
-fn remember_translation(ctx: &SockAddrContext, backend: &Dest, frontend: &Dest, service_id: u32) {
-    let key = RevNatKey {
-        // SAFETY: the helper only reads the socket behind the context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        addr: backend.addr,
-        port: backend.port,
-        _pad: [0; 3],
-    };
+fn remember_translation(cookie: u64, backend: &Dest, frontend: &Dest, service_id: u32, op: Operation) {
+    let key = RevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: [0; 3] };
     let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, service_id };
     // SAFETY: read once, whole.
-    if unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
+    if op == Operation::SendMsg && unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
         return;
     }
     let _ = REVNAT.insert(&key, &value, 0);
