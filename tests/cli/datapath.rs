@@ -53,11 +53,8 @@ fn link_ids(sandbox: &Sandbox) -> Vec<u64> {
 }
 
 fn bpftool_cgroup_show(sandbox: &Sandbox) -> Vec<String> {
-    let output = Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&sandbox.cgroup)
-        .output()
-        .expect("run bpftool");
+    let output =
+        Command::new("bpftool").args(["cgroup", "show"]).arg(&sandbox.cgroup).output().expect("run bpftool");
     assert!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
     // First line is a header when anything is attached.
     String::from_utf8_lossy(&output.stdout).lines().skip(1).map(str::to_owned).collect()
@@ -208,9 +205,21 @@ pub fn dig_through_a_dns_vip() {
         // dnsmasq needs a moment to bind; retry briefly, then insist.
         for _ in 0..50 {
             let output = sandbox.client_program(&[
-                "dig", "@198.18.0.53", "-p", "53", "www.svc.test", "A", transport, "+tries=1", "+time=2",
+                "dig",
+                "@198.18.0.53",
+                "-p",
+                "53",
+                "www.svc.test",
+                "A",
+                transport,
+                "+tries=1",
+                "+time=2",
             ]);
-            last = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
             if output.status.success() && last.contains("192.0.2.77") {
                 break;
             }
@@ -256,7 +265,10 @@ pub fn ipv6_and_v4_mapped_sockets() {
     assert_eq!(report["peer"], "[::ffff:198.18.0.10]:80", "{report}");
     let report = sandbox.client(&["udp-sendto", "--to", "[::ffff:198.18.0.20]:5300", "--count", "5"]);
     let replies = report["replies"].as_array().expect("replies");
-    assert!(replies.len() == 5 && replies.iter().all(|r| r["from"] == "[::ffff:198.18.0.20]:5300"), "{report}");
+    assert!(
+        replies.len() == 5 && replies.iter().all(|r| r["from"] == "[::ffff:198.18.0.20]:5300"),
+        "{report}"
+    );
 }
 
 /// Must show 6: with affinity, one namespace sticks to one backend; once
@@ -277,11 +289,8 @@ pub fn affinity_sticks_until_the_backend_leaves() {
     assert_eq!(seen.len(), 1, "affinity kept one backend: {report}");
     let chosen = seen[0].clone();
 
-    let remaining: Vec<&str> = BACKENDS
-        .iter()
-        .copied()
-        .filter(|b| !b.starts_with(&format!("192.0.2.{}:", &chosen[1..])))
-        .collect();
+    let remaining: Vec<&str> =
+        BACKENDS.iter().copied().filter(|b| !b.starts_with(&format!("192.0.2.{}:", &chosen[1..]))).collect();
     assert_eq!(remaining.len(), 2);
     let mut update = vec!["policy", "update", "sticky"];
     for backend in &remaining {

@@ -17,7 +17,8 @@ pub fn completions_and_man_pages_are_fresh() {
         }
     }
     for dir in ["completions", "man"] {
-        let expected: Vec<_> = balctl::docs::generated_files().unwrap().into_iter().map(|(p, _)| root.join(p)).collect();
+        let expected: Vec<_> =
+            balctl::docs::generated_files().unwrap().into_iter().map(|(p, _)| root.join(p)).collect();
         for entry in fs::read_dir(root.join(dir)).unwrap().flatten() {
             if !expected.contains(&entry.path()) {
                 stale.push(format!("{} (not generated any more)", entry.path().display()));

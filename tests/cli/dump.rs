@@ -24,8 +24,28 @@ pub fn every_format_matches_the_documented_schema() {
     let sandbox = Sandbox::new();
     sandbox.load();
     for args in [
-        &["policy", "add", "web", "--vip", "198.18.0.10:80", "--backend", "192.0.2.2:8080", "--backend", "192.0.2.3:8080"][..],
-        &["policy", "add", "web6", "--vip", "[2001:db8:5e::10]:80", "--backend", "[2001:db8::2]:8080", "--affinity", "60"],
+        &[
+            "policy",
+            "add",
+            "web",
+            "--vip",
+            "198.18.0.10:80",
+            "--backend",
+            "192.0.2.2:8080",
+            "--backend",
+            "192.0.2.3:8080",
+        ][..],
+        &[
+            "policy",
+            "add",
+            "web6",
+            "--vip",
+            "[2001:db8:5e::10]:80",
+            "--backend",
+            "[2001:db8::2]:8080",
+            "--affinity",
+            "60",
+        ],
         &["policy", "add", "dns", "--vip", "198.18.0.53:53/udp", "--backend", "192.0.2.5:53"],
         &["policy", "add", "closed", "--vip", "198.18.0.11:80"],
     ] {
@@ -52,11 +72,13 @@ pub fn every_format_matches_the_documented_schema() {
 
     let filtered = sandbox.balctl_json(&["dump", "backends", "--vip", "198.18.0.10:80"]);
     validate(&filtered, "dump-backends.json");
-    let addresses: Vec<&str> = filtered["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap()).collect();
+    let addresses: Vec<&str> =
+        filtered["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap()).collect();
     assert_eq!(addresses, ["192.0.2.2", "192.0.2.3"]);
 
     // YAML carries the same document.
-    let yaml: Value = serde_yaml_ng::from_str(&sandbox.balctl_ok(&["dump", "services", "-o", "yaml"])).unwrap();
+    let yaml: Value =
+        serde_yaml_ng::from_str(&sandbox.balctl_ok(&["dump", "services", "-o", "yaml"])).unwrap();
     assert_eq!(yaml["services"].as_array().unwrap().len(), 4);
     assert_eq!(yaml["services"][0], services[0]);
 

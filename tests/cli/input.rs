@@ -17,7 +17,8 @@ fn dump_json(sandbox: &Sandbox) -> (String, String) {
 pub fn bad_input_changes_nothing() {
     let sandbox = Sandbox::new();
     // Not loaded yet: a policy cannot be applied, and is not recorded.
-    let early = sandbox.balctl(&["policy", "add", "early", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:80"]);
+    let early =
+        sandbox.balctl(&["policy", "add", "early", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:80"]);
     assert_eq!(early.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&early.stderr).contains("balctl load"));
     assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("early"));
@@ -36,10 +37,22 @@ pub fn bad_input_changes_nothing() {
         (vec!["policy", "add", "x", "--vip", "198.18.0.1:0"], &["--vip", "port 0"]),
         (vec!["policy", "add", "x", "--vip", "198.18.0.1:65536"], &["--vip", "out of range"]),
         (vec!["policy", "add", "x", "--vip", "198.18.0.1:80/sctp"], &["--vip", "unknown protocol"]),
-        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:0"], &["--backend", "port 0"]),
-        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:65536"], &["--backend", "out of range"]),
-        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "[2001:db8::2]:80"], &["--backend", "address family"]),
-        (vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--affinity", "0"], &["--affinity", "out of range"]),
+        (
+            vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:0"],
+            &["--backend", "port 0"],
+        ),
+        (
+            vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "192.0.2.2:65536"],
+            &["--backend", "out of range"],
+        ),
+        (
+            vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--backend", "[2001:db8::2]:80"],
+            &["--backend", "address family"],
+        ),
+        (
+            vec!["policy", "add", "x", "--vip", "198.18.0.1:80", "--affinity", "0"],
+            &["--affinity", "out of range"],
+        ),
         (vec!["policy", "add", "Bad_Name", "--vip", "198.18.0.1:80"], &["policy name"]),
         (vec!["policy", "add", "web", "--vip", "198.18.0.99:80"], &["`web` already exists"]),
         (vec!["policy", "add", "copy", "--vip", "198.18.0.10:80"], &["198.18.0.10:80/tcp", "claimed twice"]),

@@ -26,15 +26,33 @@ fn main() {
         support::sweep_stale();
     }
     let tests = vec![
-        kernel_test("datapath::connects_through_vip_to_every_backend", datapath::connects_through_vip_to_every_backend),
+        kernel_test(
+            "datapath::connects_through_vip_to_every_backend",
+            datapath::connects_through_vip_to_every_backend,
+        ),
         kernel_test("datapath::unload_leaves_nothing_behind", datapath::unload_leaves_nothing_behind),
-        kernel_test("datapath::reload_under_traffic_loses_nothing", datapath::reload_under_traffic_loses_nothing),
-        kernel_test("datapath::udp_and_peer_addresses_show_the_vip", datapath::udp_and_peer_addresses_show_the_vip),
+        kernel_test(
+            "datapath::reload_under_traffic_loses_nothing",
+            datapath::reload_under_traffic_loses_nothing,
+        ),
+        kernel_test(
+            "datapath::udp_and_peer_addresses_show_the_vip",
+            datapath::udp_and_peer_addresses_show_the_vip,
+        ),
         kernel_test("datapath::dig_through_a_dns_vip", datapath::dig_through_a_dns_vip),
         kernel_test("datapath::ipv6_and_v4_mapped_sockets", datapath::ipv6_and_v4_mapped_sockets),
-        kernel_test("datapath::affinity_sticks_until_the_backend_leaves", datapath::affinity_sticks_until_the_backend_leaves),
-        kernel_test("datapath::frontend_without_backends_rejects_at_once", datapath::frontend_without_backends_rejects_at_once),
-        kernel_test("dump::every_format_matches_the_documented_schema", dump::every_format_matches_the_documented_schema),
+        kernel_test(
+            "datapath::affinity_sticks_until_the_backend_leaves",
+            datapath::affinity_sticks_until_the_backend_leaves,
+        ),
+        kernel_test(
+            "datapath::frontend_without_backends_rejects_at_once",
+            datapath::frontend_without_backends_rejects_at_once,
+        ),
+        kernel_test(
+            "dump::every_format_matches_the_documented_schema",
+            dump::every_format_matches_the_documented_schema,
+        ),
         kernel_test("input::bad_input_changes_nothing", input::bad_input_changes_nothing),
         kernel_test("input::mismatched_pinned_map_is_refused", input::mismatched_pinned_map_is_refused),
         Trial::test("docs::completions_and_man_pages_are_fresh", || {

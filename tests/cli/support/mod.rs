@@ -107,7 +107,10 @@ impl Sandbox {
         run("ip", &["-n", client, "addr", "add", "2001:db8::1/64", "dev", &veth_c, "nodad"]);
         for host in 2..=9 {
             run("ip", &["-n", server, "addr", "add", &format!("192.0.2.{host}/24"), "dev", &veth_s]);
-            run("ip", &["-n", server, "addr", "add", &format!("2001:db8::{host}/64"), "dev", &veth_s, "nodad"]);
+            run(
+                "ip",
+                &["-n", server, "addr", "add", &format!("2001:db8::{host}/64"), "dev", &veth_s, "nodad"],
+            );
         }
         for (ns, dev) in [(client, &veth_c), (server, &veth_s)] {
             run("ip", &["-n", ns, "link", "set", dev, "up"]);
@@ -220,11 +223,7 @@ impl Sandbox {
 
     /// Runs any program as a client (in the test cgroup and client namespace).
     pub fn client_program(&self, argv: &[&str]) -> Output {
-        self.peer(true, &self.client_ns)
-            .arg("exec")
-            .args(argv)
-            .output()
-            .expect("run client program")
+        self.peer(true, &self.client_ns).arg("exec").args(argv).output().expect("run client program")
     }
 }
 
@@ -303,11 +302,8 @@ pub fn sweep_stale() {
         }
     }
     for sandbox in stale {
-        let namespaces: Vec<&str> = netns
-            .iter()
-            .filter(|ns| ns.starts_with(&format!("{sandbox}-")))
-            .map(String::as_str)
-            .collect();
+        let namespaces: Vec<&str> =
+            netns.iter().filter(|ns| ns.starts_with(&format!("{sandbox}-"))).map(String::as_str).collect();
         remove_sandbox(&std::env::temp_dir().join(&sandbox), &cgroup2_root().join(&sandbox), &namespaces);
     }
 }

@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{Read as _, Write as _},
+    io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
@@ -76,6 +76,19 @@ enum PeerCommand {
         #[arg(long)]
         to: SocketAddr,
     },
+    /// Benchmark: `rounds` rounds of `per_round` sequential TCP
+    /// connections to the VIP and as many to the direct address, the first
+    /// target alternating per round; reports rate and connect latency of each.
+    Bench {
+        #[arg(long)]
+        vip: SocketAddr,
+        #[arg(long)]
+        direct: SocketAddr,
+        #[arg(long)]
+        rounds: u32,
+        #[arg(long)]
+        per_round: u32,
+    },
     /// Replace this process with another program (after joining).
     Exec {
         #[arg(trailing_var_arg = true, required = true)]
@@ -107,6 +120,7 @@ pub fn run_if_requested() {
         PeerCommand::TcpPeer { to } => tcp_peer(to),
         PeerCommand::UdpSendto { to, count } => udp_sendto(to, count),
         PeerCommand::UdpConnected { to } => udp_connected(to),
+        PeerCommand::Bench { vip, direct, rounds, per_round } => bench(vip, direct, rounds, per_round),
         PeerCommand::Exec { argv } => {
             let err = Command::new(&argv[0]).args(&argv[1..]).exec();
             panic!("exec {}: {err}", argv[0]);
@@ -253,4 +267,85 @@ fn udp_connected(to: SocketAddr) -> Value {
         Ok(answer) => json!({ "peer": peer, "answer": answer }),
         Err(err) => json!({ "peer": peer, "error": errno_name(&err) }),
     }
+}
+
+/// Uncounted connections made to each target before measuring, so the
+/// first target measured does not alone pay for cold caches (neighbour
+/// entry, page faults, the first map lookups).
+const BENCH_WARMUP: u32 = 100;
+
+/// What one benchmark target collected.
+#[derive(Default)]
+struct Measured {
+    connect_ns: Vec<u64>,
+    cycle_total: Duration,
+    failures: BTreeMap<String, u64>,
+}
+
+impl Measured {
+    fn record(&mut self, to: SocketAddr) {
+        let started = Instant::now();
+        match timed_cycle(to) {
+            Ok((connect, answer)) if answer > 0 => self.connect_ns.push(connect.as_nanos() as u64),
+            Ok(_) => *self.failures.entry("EMPTY_ANSWER".into()).or_default() += 1,
+            Err(err) => *self.failures.entry(errno_name(&err)).or_default() += 1,
+        }
+        // Failed cycles take time too, so they lower the rate.
+        self.cycle_total += started.elapsed();
+    }
+
+    fn report(mut self) -> Value {
+        self.connect_ns.sort_unstable();
+        let connections = self.connect_ns.len() as u64;
+        let rate = connections as f64 / self.cycle_total.as_secs_f64();
+        json!({
+            "connections": connections,
+            "failures": self.failures,
+            "rate_per_s": rate.round(),
+            "p50_us": percentile_us(&self.connect_ns, 0.50),
+            "p99_us": percentile_us(&self.connect_ns, 0.99),
+        })
+    }
+}
+
+/// One full client cycle: connect, read the answer to EOF, close. Returns
+/// how long `connect()` took (the handshake included: connect_timeout
+/// waits for it) and how many bytes the server answered.
+fn timed_cycle(to: SocketAddr) -> io::Result<(Duration, usize)> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
+    let connected = started.elapsed();
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok((connected, answer.len()))
+}
+
+/// Nearest-rank percentile of sorted nanoseconds, in microseconds to 0.1.
+fn percentile_us(sorted_ns: &[u64], q: f64) -> Option<f64> {
+    let rank = (q * sorted_ns.len() as f64).ceil() as usize;
+    let ns = *sorted_ns.get(rank.max(1) - 1)?;
+    Some((ns as f64 / 100.0).round() / 10.0)
+}
+
+fn bench(vip: SocketAddr, direct: SocketAddr, rounds: u32, per_round: u32) -> Value {
+    for _ in 0..BENCH_WARMUP {
+        let _ = timed_cycle(vip);
+        let _ = timed_cycle(direct);
+    }
+    let (mut via_vip, mut to_direct) = (Measured::default(), Measured::default());
+    for round in 0..rounds {
+        // Alternating the first target spreads drift (other load, frequency
+        // changes) evenly over both.
+        let mut order = [(&mut via_vip, vip), (&mut to_direct, direct)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (measured, to) in order {
+            for _ in 0..per_round {
+                measured.record(to);
+            }
+        }
+    }
+    json!({ "vip": via_vip.report(), "direct": to_direct.report() })
 }
