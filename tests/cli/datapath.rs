@@ -26,10 +26,15 @@ fn serve_three(sandbox: &Sandbox) {
     }
 }
 
-fn add_policy(sandbox: &Sandbox, name: &str, vip: &str, backends: &[&str], extra: &[&str]) {
+/// The three backend hosts' addresses in one format, e.g. `|h| format!("192.0.2.{h}:5300")`.
+fn three(address: impl Fn(u8) -> String) -> Vec<String> {
+    (2..=4).map(address).collect()
+}
+
+fn add_policy(sandbox: &Sandbox, name: &str, vip: &str, backends: &[impl AsRef<str>], extra: &[&str]) {
     let mut args = vec!["policy", "add", name, "--vip", vip];
     for backend in backends {
-        args.extend(["--backend", backend]);
+        args.extend(["--backend", backend.as_ref()]);
     }
     args.extend(extra);
     sandbox.balctl_ok(&args);
@@ -144,8 +149,7 @@ pub fn udp_and_peer_addresses_show_the_vip() {
     let sandbox = Sandbox::new();
     serve_three(&sandbox);
     sandbox.load();
-    let udp_backends: Vec<String> = (2..=4).map(|h| format!("192.0.2.{h}:5300")).collect();
-    let udp_backends: Vec<&str> = udp_backends.iter().map(String::as_str).collect();
+    let udp_backends = three(|h| format!("192.0.2.{h}:5300"));
     add_policy(&sandbox, "udp", "198.18.0.20:5300/udp", &udp_backends, &[]);
     add_policy(&sandbox, "web", VIP, &BACKENDS, &[]);
 
@@ -237,15 +241,12 @@ pub fn ipv6_and_v4_mapped_sockets() {
     let sandbox = Sandbox::new();
     serve_three(&sandbox);
     sandbox.load();
-    let v6_backends: Vec<String> = (2..=4).map(|h| format!("[2001:db8::{h}]:8080")).collect();
-    let v6_backends: Vec<&str> = v6_backends.iter().map(String::as_str).collect();
+    let v6_backends = three(|h| format!("[2001:db8::{h}]:8080"));
     add_policy(&sandbox, "web6", "[2001:db8:5e::10]:80", &v6_backends, &[]);
-    let v6_udp: Vec<String> = (2..=4).map(|h| format!("[2001:db8::{h}]:5300")).collect();
-    let v6_udp: Vec<&str> = v6_udp.iter().map(String::as_str).collect();
+    let v6_udp = three(|h| format!("[2001:db8::{h}]:5300"));
     add_policy(&sandbox, "udp6", "[2001:db8:5e::20]:5300/udp", &v6_udp, &[]);
     add_policy(&sandbox, "web4", VIP, &BACKENDS, &[]);
-    let udp4: Vec<String> = (2..=4).map(|h| format!("192.0.2.{h}:5300")).collect();
-    let udp4: Vec<&str> = udp4.iter().map(String::as_str).collect();
+    let udp4 = three(|h| format!("192.0.2.{h}:5300"));
     add_policy(&sandbox, "udp4", "198.18.0.20:5300/udp", &udp4, &[]);
 
     let report = sandbox.client(&["connect", "--to", "[2001:db8:5e::10]:80", "--count", "100"]);

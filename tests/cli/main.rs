@@ -19,46 +19,36 @@ fn kernel_test(name: &'static str, test: fn()) -> Trial {
     .with_ignored_flag(!support::kernel_tests_runnable())
 }
 
+/// `module::test` entries, each named after its function.
+macro_rules! kernel_tests {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        vec![$(kernel_test(concat!(stringify!($module), "::", stringify!($test)), $module::$test)),*]
+    };
+}
+
 fn main() {
     support::peer::run_if_requested();
     let args = Arguments::from_args();
     if support::kernel_tests_runnable() {
         support::sweep_stale();
     }
-    let tests = vec![
-        kernel_test(
-            "datapath::connects_through_vip_to_every_backend",
-            datapath::connects_through_vip_to_every_backend,
-        ),
-        kernel_test("datapath::unload_leaves_nothing_behind", datapath::unload_leaves_nothing_behind),
-        kernel_test(
-            "datapath::reload_under_traffic_loses_nothing",
-            datapath::reload_under_traffic_loses_nothing,
-        ),
-        kernel_test(
-            "datapath::udp_and_peer_addresses_show_the_vip",
-            datapath::udp_and_peer_addresses_show_the_vip,
-        ),
-        kernel_test("datapath::dig_through_a_dns_vip", datapath::dig_through_a_dns_vip),
-        kernel_test("datapath::ipv6_and_v4_mapped_sockets", datapath::ipv6_and_v4_mapped_sockets),
-        kernel_test(
-            "datapath::affinity_sticks_until_the_backend_leaves",
-            datapath::affinity_sticks_until_the_backend_leaves,
-        ),
-        kernel_test(
-            "datapath::frontend_without_backends_rejects_at_once",
-            datapath::frontend_without_backends_rejects_at_once,
-        ),
-        kernel_test(
-            "dump::every_format_matches_the_documented_schema",
-            dump::every_format_matches_the_documented_schema,
-        ),
-        kernel_test("input::bad_input_changes_nothing", input::bad_input_changes_nothing),
-        kernel_test("input::mismatched_pinned_map_is_refused", input::mismatched_pinned_map_is_refused),
-        Trial::test("docs::completions_and_man_pages_are_fresh", || {
-            docs::completions_and_man_pages_are_fresh();
-            Ok(())
-        }),
+    let mut tests = kernel_tests![
+        datapath::connects_through_vip_to_every_backend,
+        datapath::unload_leaves_nothing_behind,
+        datapath::reload_under_traffic_loses_nothing,
+        datapath::udp_and_peer_addresses_show_the_vip,
+        datapath::dig_through_a_dns_vip,
+        datapath::ipv6_and_v4_mapped_sockets,
+        datapath::affinity_sticks_until_the_backend_leaves,
+        datapath::frontend_without_backends_rejects_at_once,
+        dump::every_format_matches_the_documented_schema,
+        input::bad_input_changes_nothing,
+        input::mismatched_pinned_map_is_refused,
     ];
+    // Needs no privileges: runs everywhere.
+    tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {
+        docs::completions_and_man_pages_are_fresh();
+        Ok(())
+    }));
     libtest_mimic::run(&args, tests).exit();
 }
