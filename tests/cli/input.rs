@@ -99,3 +99,51 @@ pub fn mismatched_pinned_map_is_refused() {
     sandbox.load();
     assert_eq!(sandbox.balctl_json(&["status"])["loaded"], true);
 }
+
+/// Runs `balctl unload` on a pseudo-terminal (util-linux `script`), waits
+/// for the confirmation prompt and answers with `key`. Returns the exit
+/// code and everything the terminal showed.
+fn unload_on_terminal(sandbox: &Sandbox, key: &str) -> (Option<i32>, String) {
+    use std::io::{Read as _, Write as _};
+    let mut child = Command::new("script")
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            &format!("{} unload", crate::support::BALCTL),
+            "/dev/null",
+        ])
+        .env("BALCTL_BPFFS", &sandbox.pins)
+        .env("BALCTL_STATE_DIR", &sandbox.state)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&shown).contains("[y/N]") {
+        let n = stdout.read(&mut buf).expect("read the terminal");
+        assert!(n > 0, "no prompt appeared: {}", String::from_utf8_lossy(&shown));
+        shown.extend_from_slice(&buf[..n]);
+    }
+    child.stdin.take().unwrap().write_all(key.as_bytes()).unwrap();
+    stdout.read_to_end(&mut shown).unwrap();
+    let status = child.wait().unwrap();
+    (status.code(), String::from_utf8_lossy(&shown).into_owned())
+}
+
+/// On a terminal, unload asks first: "n" changes nothing, "y" unloads.
+pub fn unload_asks_on_a_terminal() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let (code, shown) = unload_on_terminal(&sandbox, "n");
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(shown.contains("unload cancelled"), "{shown}");
+    assert_eq!(sandbox.balctl_json(&["status"])["hooks"].as_array().map(Vec::len), Some(8));
+
+    let (code, shown) = unload_on_terminal(&sandbox, "y");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("8 hooks detached"), "{shown}");
+    assert!(!sandbox.pins.exists());
+}

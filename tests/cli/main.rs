@@ -44,6 +44,7 @@ fn main() {
         dump::every_format_matches_the_documented_schema,
         input::bad_input_changes_nothing,
         input::mismatched_pinned_map_is_refused,
+        input::unload_asks_on_a_terminal,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {
