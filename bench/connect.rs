@@ -23,9 +23,9 @@ use std::{
 
 use balctl::{
     bpf::{maps::Datapath, pins::PinDir},
-    model::{Frontend, Policy, Protocol},
+    model::{Frontend, FrontendRule, Policy, Protocol},
     state::StateDir,
-    transaction::change_policies,
+    transaction::{Mode, change},
 };
 use serde_json::Value;
 use support::Sandbox;
@@ -107,20 +107,22 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
             let backend_host = Ipv4Addr::new(192, 0, 2, 3 + (i / 50_000) as u8);
             Policy {
                 name: format!("other-{i}"),
-                frontend: Frontend {
-                    address: IpAddr::V4(Ipv4Addr::from(host)),
-                    port: PORTS[i as usize % PORTS.len()],
-                    protocol: Protocol::Tcp,
+                rule: FrontendRule {
+                    frontend: Frontend {
+                        address: IpAddr::V4(Ipv4Addr::from(host)),
+                        port: PORTS[i as usize % PORTS.len()],
+                        protocol: Protocol::Tcp,
+                    },
+                    backends: vec![SocketAddr::new(IpAddr::V4(backend_host), 10_000 + (i % 50_000) as u16)],
+                    affinity_seconds: None,
                 },
-                backends: vec![SocketAddr::new(IpAddr::V4(backend_host), 10_000 + (i % 50_000) as u16)],
-                affinity_seconds: None,
             }
         })
         .collect();
     let state = StateDir::new(&sandbox.state);
     let started = Instant::now();
-    change_policies(pins, &state, |policies| {
-        policies.extend(rules);
+    change(pins, &state, Mode::Apply, |state| {
+        state.policies.extend(rules);
         Ok(())
     })
     .expect("add the other services");

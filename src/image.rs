@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bpf::raw::{addr_to_raw, port_to_raw},
     input,
-    model::{Frontend, Policy, Protocol},
+    model::{Frontend, FrontendRule, Protocol},
 };
 
 pub type ServiceId = u32;
@@ -111,41 +111,43 @@ impl Image {
         }
     }
 
-    /// Compiles policies into an image, reusing `previous`'s ids for
-    /// frontends and backends that stay.
-    pub fn compile(policies: &[Policy], previous: &Self) -> Result<Self> {
+    /// Compiles rules (with their owners) into an image, reusing
+    /// `previous`'s ids for frontends and backends that stay.
+    pub fn compile<'a>(
+        rules: impl IntoIterator<Item = (String, &'a FrontendRule)>,
+        previous: &Self,
+    ) -> Result<Self> {
         let mut ids = IdAllocator::continuing(previous);
         let mut frontends: BTreeMap<Frontend, FrontendImage> = BTreeMap::new();
         let mut backends = BTreeMap::new();
-        for policy in policies {
-            let owner = format!("policy/{}", policy.name);
-            if let Some(existing) = frontends.get(&policy.frontend) {
+        for (owner, rule) in rules {
+            if let Some(existing) = frontends.get(&rule.frontend) {
                 return Err(input!(
                     "frontend {} is claimed twice: by {} and by {owner}; \
                      a frontend can belong to one rule only",
-                    policy.frontend,
+                    rule.frontend,
                     existing.owner
                 ));
             }
-            let backend_ids = policy
+            let backend_ids = rule
                 .backends
                 .iter()
                 .map(|&address| {
-                    let addr = BackendAddr { address, protocol: policy.frontend.protocol };
+                    let addr = BackendAddr { address, protocol: rule.frontend.protocol };
                     let id = ids.backend(addr);
                     backends.insert(id, addr);
                     id
                 })
                 .collect();
             let service_id =
-                previous.frontends.get(&policy.frontend).map_or_else(|| ids.service(), |f| f.service_id);
+                previous.frontends.get(&rule.frontend).map_or_else(|| ids.service(), |f| f.service_id);
             frontends.insert(
-                policy.frontend,
+                rule.frontend,
                 FrontendImage {
                     service_id,
                     owner,
                     backends: backend_ids,
-                    affinity_seconds: policy.affinity_seconds,
+                    affinity_seconds: rule.affinity_seconds,
                 },
             );
         }
@@ -211,18 +213,22 @@ mod tests {
     use super::*;
     use crate::model::parse_backend;
 
-    fn policy(name: &str, frontend: &str, backends: &[&str]) -> Policy {
-        Policy {
-            name: name.into(),
+    fn policy(name: &str, frontend: &str, backends: &[&str]) -> (String, FrontendRule) {
+        let rule = FrontendRule {
             frontend: frontend.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             affinity_seconds: None,
-        }
+        };
+        (format!("policy/{name}"), rule)
+    }
+
+    fn compile(rules: &[(String, FrontendRule)], previous: &Image) -> Result<Image> {
+        Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), previous)
     }
 
     #[test]
     fn ids_are_kept_for_what_stays_and_never_reused() {
-        let v1 = Image::compile(
+        let v1 = compile(
             &[policy("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])],
             &Image::default(),
         )
@@ -230,7 +236,7 @@ mod tests {
         let a = &v1.frontends[&"198.18.0.1:80".parse().unwrap()];
         assert_eq!((a.service_id, a.backends.as_slice()), (1, &[1, 2][..]));
 
-        let v2 = Image::compile(
+        let v2 = compile(
             &[
                 policy("a", "198.18.0.1:80", &["192.0.2.2:80", "192.0.2.3:80"]),
                 policy("b", "198.18.0.2:80", &["192.0.2.2:80"]),
@@ -245,14 +251,14 @@ mod tests {
         assert_eq!((b.service_id, b.backends.as_slice()), (2, &[2][..]));
         assert_eq!(v2.backends.keys().copied().collect::<Vec<_>>(), [2, 3]);
 
-        let v3 = Image::compile(&[policy("a", "198.18.0.1:80", &["192.0.2.1:80"])], &v2).unwrap();
+        let v3 = compile(&[policy("a", "198.18.0.1:80", &["192.0.2.1:80"])], &v2).unwrap();
         assert_eq!(v3.frontends[&"198.18.0.1:80".parse().unwrap()].backends, [4]);
         assert_eq!(v3.entry_counts(), EntryCounts { services: 2, backends: 1, membership: 1 });
     }
 
     #[test]
     fn protocols_make_distinct_backends() {
-        let image = Image::compile(
+        let image = compile(
             &[
                 policy("dns-udp", "198.18.0.53:53/udp", &["192.0.2.1:53"]),
                 policy("dns-tcp", "198.18.0.53:53/tcp", &["192.0.2.1:53"]),
@@ -265,7 +271,7 @@ mod tests {
 
     #[test]
     fn one_frontend_one_rule() {
-        let err = Image::compile(
+        let err = compile(
             &[
                 policy("a", "198.18.0.1:80", &["192.0.2.1:80"]),
                 policy("b", "198.18.0.1:80", &["192.0.2.2:80"]),
@@ -279,7 +285,7 @@ mod tests {
     #[test]
     fn state_round_trips_through_json() {
         let image =
-            Image::compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default())
+            compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default())
                 .unwrap();
         let json = serde_json::to_string(&image).unwrap();
         assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);

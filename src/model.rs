@@ -156,11 +156,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A rule that balances one frontend over explicit backends: what
-/// `balctl policy add` creates (the BalancingPolicy equivalent).
+/// One frontend balanced over backends: what every kind of rule (policies,
+/// synced services) compiles to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
-    pub name: String,
+pub struct FrontendRule {
     pub frontend: Frontend,
     /// Backend addresses; they use the frontend's protocol.
     pub backends: Vec<SocketAddr>,
@@ -169,22 +168,21 @@ pub struct Policy {
     pub affinity_seconds: Option<u32>,
 }
 
-impl Policy {
-    /// Checks what each field alone cannot: backend families against the
-    /// frontend's, duplicates. Messages name the offending flag.
+impl FrontendRule {
+    /// What no single field can check: backend families against the
+    /// frontend's, duplicates, the slot count. Callers add where it was.
     pub fn validate(&self) -> Result<(), String> {
-        check_name(&self.name).map_err(|e| format!("invalid policy name: {e}"))?;
         for (i, backend) in self.backends.iter().enumerate() {
             if backend.is_ipv4() != self.frontend.address.is_ipv4() {
                 return Err(format!(
-                    "invalid --backend {backend}: the frontend {} is {} but this backend is not; \
+                    "backend {backend} is not of the frontend's address family ({} is {}); \
                      a frontend's backends must use its address family",
                     self.frontend,
                     if self.frontend.address.is_ipv4() { "IPv4" } else { "IPv6" },
                 ));
             }
             if self.backends[..i].contains(backend) {
-                return Err(format!("invalid --backend {backend}: listed twice"));
+                return Err(format!("backend {backend} is listed twice"));
             }
         }
         if self.backends.len() > usize::from(u16::MAX) {
@@ -195,6 +193,27 @@ impl Policy {
             ));
         }
         Ok(())
+    }
+}
+
+/// A named rule created with `balctl policy add` (the BalancingPolicy
+/// equivalent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    #[serde(flatten)]
+    pub rule: FrontendRule,
+}
+
+impl Policy {
+    /// Messages name the command-line flag at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name(&self.name).map_err(|e| format!("invalid policy name: {e}"))?;
+        self.rule.validate().map_err(|e| format!("invalid --backend: {e}"))
+    }
+
+    pub fn owner(&self) -> String {
+        format!("policy/{}", self.name)
     }
 }
 
@@ -239,9 +258,11 @@ mod tests {
     fn policy_rejects_mixed_families_and_duplicates() {
         let policy = |backends: &[&str]| Policy {
             name: "web".into(),
-            frontend: "198.18.0.1:80".parse().unwrap(),
-            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
-            affinity_seconds: None,
+            rule: FrontendRule {
+                frontend: "198.18.0.1:80".parse().unwrap(),
+                backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+                affinity_seconds: None,
+            },
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());
         assert!(policy(&["[2001:db8::1]:80"]).validate().unwrap_err().contains("address family"));

@@ -307,19 +307,21 @@ impl Phases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Policy, parse_backend};
+    use crate::model::{FrontendRule, parse_backend};
 
     fn image(previous: &Image, policies: &[(&str, &str, &[&str])]) -> Image {
-        let policies: Vec<Policy> = policies
+        let rules: Vec<(String, FrontendRule)> = policies
             .iter()
-            .map(|(name, frontend, backends)| Policy {
-                name: (*name).into(),
-                frontend: frontend.parse().unwrap(),
-                backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
-                affinity_seconds: None,
+            .map(|(name, frontend, backends)| {
+                let rule = FrontendRule {
+                    frontend: frontend.parse().unwrap(),
+                    backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+                    affinity_seconds: None,
+                };
+                (format!("policy/{name}"), rule)
             })
             .collect();
-        Image::compile(&policies, previous).unwrap()
+        Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), previous).unwrap()
     }
 
     /// Applies steps to an in-memory model of the maps, checking after every

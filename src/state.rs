@@ -15,7 +15,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{image::Image, model::Policy};
+use crate::{
+    image::Image,
+    model::{FrontendRule, Policy},
+};
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
@@ -26,19 +29,41 @@ const STATE_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedState {
     pub version: u32,
+    /// Rules from `balctl policy`.
     pub policies: Vec<Policy>,
+    /// Objects from `balctl sync`, each with the input it came from.
+    #[serde(default)]
+    pub synced: Vec<SyncedObject>,
     pub image: Image,
+}
+
+/// An object applied by `balctl sync`, compiled to its frontend rules. A
+/// sync replaces exactly the objects of the sources it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedObject {
+    /// The `-f` input it came from: an absolute path, or `-` for stdin.
+    pub source: String,
+    /// What it is, e.g. `service/web`; shown by `dump` and in errors.
+    pub owner: String,
+    pub rules: Vec<FrontendRule>,
 }
 
 impl Default for AppliedState {
     fn default() -> Self {
-        Self { version: STATE_VERSION, policies: Vec::new(), image: Image::default() }
+        Self { version: STATE_VERSION, policies: Vec::new(), synced: Vec::new(), image: Image::default() }
     }
 }
 
 impl AppliedState {
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// Every rule with its owner, policies first.
+    pub fn rules(&self) -> impl Iterator<Item = (String, &FrontendRule)> {
+        let policies = self.policies.iter().map(|p| (p.owner(), &p.rule));
+        let synced = self.synced.iter().flat_map(|o| o.rules.iter().map(|r| (o.owner.clone(), r)));
+        policies.chain(synced)
     }
 }
 
@@ -161,9 +186,16 @@ mod tests {
         let mut state = AppliedState::default();
         state.policies.push(Policy {
             name: "web".into(),
-            frontend: "198.18.0.1:80".parse().unwrap(),
-            backends: vec!["192.0.2.1:80".parse().unwrap()],
-            affinity_seconds: Some(30),
+            rule: FrontendRule {
+                frontend: "198.18.0.1:80".parse().unwrap(),
+                backends: vec!["192.0.2.1:80".parse().unwrap()],
+                affinity_seconds: Some(30),
+            },
+        });
+        state.synced.push(SyncedObject {
+            source: "/etc/balctl/web.toml".into(),
+            owner: "service/web".into(),
+            rules: Vec::new(),
         });
         let lock = state_dir.lock().unwrap();
         state_dir.write(&lock, &state).unwrap();

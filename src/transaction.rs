@@ -9,37 +9,56 @@ use anyhow::Result;
 use crate::{
     bpf::{maps::Datapath, pins::PinDir},
     image::Image,
-    model::Policy,
     plan::Plan,
     state::{AppliedState, StateDir},
 };
 
-pub struct Outcome {
-    pub plan: Plan,
-    pub state: AppliedState,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    /// Validate and plan only: no map or state is touched, and the datapath
+    /// need not be loaded.
+    DryRun,
 }
 
-/// Applies `change` to the current rules. `change` validates and edits the
-/// rule list; its error aborts everything.
-pub fn change_policies(
+pub struct Outcome {
+    pub plan: Plan,
+    pub before: AppliedState,
+    pub after: AppliedState,
+}
+
+/// Applies `change` to the current rules (policies and synced objects).
+/// `change` validates and edits them; its error aborts everything.
+pub fn change(
     pins: &PinDir,
     state_dir: &StateDir,
-    change: impl FnOnce(&mut Vec<Policy>) -> Result<()>,
+    mode: Mode,
+    change: impl FnOnce(&mut AppliedState) -> Result<()>,
 ) -> Result<Outcome> {
     let lock = state_dir.lock()?;
-    let current = state_dir.read()?;
-    let mut policies = current.policies.clone();
-    change(&mut policies)?;
-    let image = Image::compile(&policies, &current.image)?;
-    let plan = Plan::between(&current.image, &image);
-
-    let mut datapath = Datapath::open(pins)?;
-    datapath.check_capacity(&plan, current.image.entry_counts())?;
-    datapath.apply(&plan)?;
-
-    let state = AppliedState { policies, image, ..current };
-    if let Err(err) = state_dir.write(&lock, &state) {
-        return Err(datapath.revert(&plan, err));
+    let before = state_dir.read()?;
+    let mut after = before.clone();
+    change(&mut after)?;
+    after.image = Image::compile(after.rules(), &before.image)?;
+    let plan = Plan::between(&before.image, &after.image);
+    if mode == Mode::DryRun || after == before {
+        return Ok(Outcome { plan, before, after });
     }
-    Ok(Outcome { plan, state })
+
+    // A change may touch only the state (an owner renamed): the maps, and
+    // so the loaded datapath, are needed only when there is something to write.
+    let mut datapath = None;
+    if !plan.is_empty() {
+        let mut opened = Datapath::open(pins)?;
+        opened.check_capacity(&plan, before.image.entry_counts())?;
+        opened.apply(&plan)?;
+        datapath = Some(opened);
+    }
+    if let Err(err) = state_dir.write(&lock, &after) {
+        return Err(match datapath.as_mut() {
+            Some(datapath) => datapath.revert(&plan, err),
+            None => err,
+        });
+    }
+    Ok(Outcome { plan, before, after })
 }

@@ -58,7 +58,7 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
         ctx.say(format!(
             "programmed {} from the applied state ({})",
             count(output.entries_repaired, "map entry", "map entries"),
-            count(state.policies.len(), "rule", "rules")
+            count(state.image.frontends.len(), "frontend", "frontends")
         ));
     }
     Ok(())

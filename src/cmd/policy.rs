@@ -8,9 +8,9 @@ use super::Context;
 use crate::{
     cli::{PolicyAddArgs, PolicyCommand, PolicyNameArg, PolicyUpdateArgs},
     input,
-    model::Policy,
+    model::{FrontendRule, Policy},
     output::{OutputFormat, print_structured, table},
-    transaction::{Outcome, change_policies},
+    transaction::{Mode, Outcome, change},
 };
 
 pub fn run(ctx: &Context, command: &PolicyCommand) -> Result<()> {
@@ -26,22 +26,20 @@ pub fn run(ctx: &Context, command: &PolicyCommand) -> Result<()> {
 fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
     let policy = Policy {
         name: args.name.clone(),
-        frontend: args.vip,
-        backends: args.backend.clone(),
-        affinity_seconds: args.affinity,
+        rule: FrontendRule { frontend: args.vip, backends: args.backend.clone(), affinity_seconds: args.affinity },
     };
     policy.validate().map_err(|e| input!("{e}"))?;
-    let outcome = change_policies(&ctx.pins, &ctx.state, |policies| {
-        if let Some(existing) = policies.iter().find(|p| p.name == policy.name) {
+    let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
+        if let Some(existing) = state.policy(&policy.name) {
             return Err(input!(
                 "policy `{}` already exists (frontend {}); change it with `balctl policy update {}` \
                  or delete it first",
                 policy.name,
-                existing.frontend,
+                existing.rule.frontend,
                 policy.name
             ));
         }
-        policies.push(policy.clone());
+        state.policies.push(policy.clone());
         Ok(())
     })?;
     report(ctx, &outcome, &policy.name, "created")
@@ -58,16 +56,16 @@ fn update(ctx: &Context, args: &PolicyUpdateArgs) -> Result<()> {
             "nothing to change: give --vip, --backend, --no-backends, --affinity or --no-affinity"
         ));
     }
-    let outcome = change_policies(&ctx.pins, &ctx.state, |policies| {
-        let policy = find_mut(policies, &args.name)?;
+    let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
+        let policy = find_mut(&mut state.policies, &args.name)?;
         if let Some(vip) = args.vip {
-            policy.frontend = vip;
+            policy.rule.frontend = vip;
         }
         if !args.backend.is_empty() || args.no_backends {
-            policy.backends.clone_from(&args.backend);
+            policy.rule.backends.clone_from(&args.backend);
         }
         if args.affinity.is_some() || args.no_affinity {
-            policy.affinity_seconds = args.affinity;
+            policy.rule.affinity_seconds = args.affinity;
         }
         policy.validate().map_err(|e| input!("{e}"))
     })?;
@@ -75,9 +73,9 @@ fn update(ctx: &Context, args: &PolicyUpdateArgs) -> Result<()> {
 }
 
 fn delete(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
-    let outcome = change_policies(&ctx.pins, &ctx.state, |policies| {
-        find_mut(policies, &args.name)?;
-        policies.retain(|p| p.name != args.name);
+    let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
+        find_mut(&mut state.policies, &args.name)?;
+        state.policies.retain(|p| p.name != args.name);
         Ok(())
     })?;
     if ctx.output != OutputFormat::Table {
@@ -101,16 +99,16 @@ fn find_mut<'a>(policies: &'a mut [Policy], name: &str) -> Result<&'a mut Policy
 }
 
 fn report(ctx: &Context, outcome: &Outcome, name: &str, verb: &str) -> Result<()> {
-    let policy = outcome.state.policy(name).expect("the policy was just written");
+    let policy = outcome.after.policy(name).expect("the policy was just written");
     if ctx.output != OutputFormat::Table {
         return print_structured(ctx.output, policy);
     }
-    let backends = match policy.backends.len() {
+    let backends = match policy.rule.backends.len() {
         0 => "no backends: connections are refused".to_owned(),
         1 => "1 backend".to_owned(),
         n => format!("{n} backends"),
     };
-    ctx.say(format!("policy/{name} {verb}: {} -> {backends}", policy.frontend));
+    ctx.say(format!("policy/{name} {verb}: {} -> {backends}", policy.rule.frontend));
     summarize_plan(ctx, outcome);
     Ok(())
 }
@@ -135,7 +133,7 @@ fn list(ctx: &Context) -> Result<()> {
     for policy in &state.policies {
         rows.add_row([
             policy.name.clone(),
-            policy.frontend.to_string(),
+            policy.rule.frontend.to_string(),
             backend_list(policy),
             affinity(policy),
         ]);
@@ -153,20 +151,20 @@ fn get(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
         return print_structured(ctx.output, policy);
     }
     println!("Name:      {}", policy.name);
-    println!("Frontend:  {}", policy.frontend);
+    println!("Frontend:  {}", policy.rule.frontend);
     println!("Backends:  {}", backend_list(policy).replace('\n', "\n           "));
     println!("Affinity:  {}", affinity(policy));
     Ok(())
 }
 
 fn backend_list(policy: &Policy) -> String {
-    if policy.backends.is_empty() {
+    if policy.rule.backends.is_empty() {
         return "(none: rejects)".to_owned();
     }
-    let list: Vec<String> = policy.backends.iter().map(ToString::to_string).collect();
+    let list: Vec<String> = policy.rule.backends.iter().map(ToString::to_string).collect();
     list.join("\n")
 }
 
 fn affinity(policy: &Policy) -> String {
-    policy.affinity_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
+    policy.rule.affinity_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
 }
