@@ -34,6 +34,9 @@ _balctl() {
             balctl,status)
                 cmd="balctl__subcmd__status"
                 ;;
+            balctl,sync)
+                cmd="balctl__subcmd__sync"
+                ;;
             balctl,unload)
                 cmd="balctl__subcmd__unload"
                 ;;
@@ -54,6 +57,9 @@ _balctl() {
                 ;;
             balctl__subcmd__help,status)
                 cmd="balctl__subcmd__help__subcmd__status"
+                ;;
+            balctl__subcmd__help,sync)
+                cmd="balctl__subcmd__help__subcmd__sync"
                 ;;
             balctl__subcmd__help,unload)
                 cmd="balctl__subcmd__help__subcmd__unload"
@@ -116,7 +122,7 @@ _balctl() {
 
     case "${cmd}" in
         balctl)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version load unload status policy dump completions help"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version load unload status policy sync dump completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -210,7 +216,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__help)
-            opts="load unload status policy dump completions help"
+            opts="load unload status policy sync dump completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -364,6 +370,20 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        balctl__subcmd__help__subcmd__sync)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -738,6 +758,44 @@ _balctl() {
                 return 0
             fi
             case "${prev}" in
+                --bpffs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        balctl__subcmd__sync)
+            opts="-f -o -v -q -h -V --filename --dry-run --bpffs --state-dir --output --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --filename)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --bpffs)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

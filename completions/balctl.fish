@@ -37,6 +37,7 @@ complete -c balctl -n "__fish_balctl_needs_command" -f -a "load" -d 'Load the pr
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "unload" -d 'Detach every hook and remove every pin'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "policy" -d 'Add, change, list and delete balancing rules'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "dump" -d 'Show what the pinned maps hold'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -144,6 +145,17 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "get" -d 'Show one rule'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a rule'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s f -l filename -d 'State file, directory of state files, or - for standard input' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l vip -d 'Only entries of frontends at this address (and port)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l state-dir -d 'Directory where applied state is kept' -r -F
@@ -163,13 +175,14 @@ complete -c balctl -n "__fish_balctl_using_subcommand completions" -s v -l verbo
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "unload" -d 'Detach every hook and remove every pin'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "policy" -d 'Add, change, list and delete balancing rules'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "dump" -d 'Show what the pinned maps hold'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy dump completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "unload" -d 'Detach every hook and remove every pin'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "policy" -d 'Add, change, list and delete balancing rules'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "dump" -d 'Show what the pinned maps hold'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "add" -d 'Add a rule that balances a frontend over backends'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "update" -d 'Change an existing rule; the options given replace the old values'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List all rules'

@@ -83,6 +83,15 @@ pub enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
 
+    /// Make the maps match state files: plan the difference, print it, apply it
+    ///
+    /// Reads TOML state files (a file, a directory of *.toml files, or - for
+    /// standard input; repeat -f for more). Each -f argument is a source: the
+    /// sync replaces exactly the objects that came from its sources, so rules
+    /// from `balctl policy` and other sources stay. Everything is validated
+    /// before the first map write; an error points at file:line:column.
+    Sync(SyncArgs),
+
     /// Show what the pinned maps hold
     Dump(DumpArgs),
 
@@ -100,6 +109,17 @@ pub struct LoadArgs {
     /// (services, backends, affinity, revnat); repeat or separate with commas
     #[arg(long, value_name = "NAME=N", value_delimiter = ',', value_parser = parse_map_size)]
     pub map_size: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// State file, directory of state files, or - for standard input
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub filenames: Vec<PathBuf>,
+
+    /// Print the whole plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

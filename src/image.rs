@@ -228,11 +228,9 @@ mod tests {
 
     #[test]
     fn ids_are_kept_for_what_stays_and_never_reused() {
-        let v1 = compile(
-            &[policy("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])],
-            &Image::default(),
-        )
-        .unwrap();
+        let v1 =
+            compile(&[policy("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])], &Image::default())
+                .unwrap();
         let a = &v1.frontends[&"198.18.0.1:80".parse().unwrap()];
         assert_eq!((a.service_id, a.backends.as_slice()), (1, &[1, 2][..]));
 
@@ -285,8 +283,7 @@ mod tests {
     #[test]
     fn state_round_trips_through_json() {
         let image =
-            compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default())
-                .unwrap();
+            compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default()).unwrap();
         let json = serde_json::to_string(&image).unwrap();
         assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);
     }

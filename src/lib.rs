@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod docs;
 pub mod error;
 pub mod image;
+pub mod inputs;
 pub mod model;
 pub mod output;
 pub mod plan;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status => cmd::status::run(&ctx),
         Command::Policy(command) => cmd::policy::run(&ctx, command),
         Command::Dump(args) => cmd::dump::run(&ctx, args),
+        Command::Sync(args) => cmd::sync::run(&ctx, args),
         Command::Completions(args) => cmd::completions::run(args),
     }
 }

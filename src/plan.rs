@@ -46,7 +46,7 @@ pub struct Step {
 }
 
 /// Counts of what changes, for the one-line summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     pub frontends_added: usize,
     pub frontends_changed: usize,
@@ -145,7 +145,8 @@ impl Plan {
         let mut peak = start;
         for step in &self.steps {
             // A put adds an entry when undoing it means deleting.
-            let adds = matches!(step.undo, Op::DeleteService(_) | Op::DeleteBackend(_) | Op::DeleteMembership(_));
+            let adds =
+                matches!(step.undo, Op::DeleteService(_) | Op::DeleteBackend(_) | Op::DeleteMembership(_));
             match step.op {
                 Op::PutService(..) if adds => now.services += 1,
                 Op::PutBackend(..) if adds => now.backends += 1,
@@ -232,8 +233,7 @@ impl Phases {
         let key = |slot| ServiceKey { slot, ..*master_key };
         for (&slot, old) in before {
             if !after.contains_key(&slot) {
-                let step =
-                    Step { op: Op::DeleteService(key(slot)), undo: Op::PutService(key(slot), *old) };
+                let step = Step { op: Op::DeleteService(key(slot)), undo: Op::PutService(key(slot), *old) };
                 if slot == 0 {
                     self.delete_masters.push(step);
                 } else {
@@ -260,8 +260,7 @@ impl Phases {
 
     fn memberships(&mut self, before: &BTreeSet<MembershipKey>, after: &BTreeSet<MembershipKey>) {
         for &key in after.difference(before) {
-            self.put_memberships
-                .push(Step { op: Op::PutMembership(key), undo: Op::DeleteMembership(key) });
+            self.put_memberships.push(Step { op: Op::PutMembership(key), undo: Op::DeleteMembership(key) });
         }
         for &key in before.difference(after) {
             self.late.push(Step { op: Op::DeleteMembership(key), undo: Op::PutMembership(key) });
@@ -280,8 +279,7 @@ impl Phases {
         }
         for (&id, old) in before {
             if !after.contains_key(&id) {
-                self.delete_backends
-                    .push(Step { op: Op::DeleteBackend(id), undo: Op::PutBackend(id, *old) });
+                self.delete_backends.push(Step { op: Op::DeleteBackend(id), undo: Op::PutBackend(id, *old) });
             }
         }
     }
@@ -355,12 +353,7 @@ mod tests {
 
     fn undo(end: &MapContents, plan: &Plan) -> MapContents {
         let reverse = Plan {
-            steps: plan
-                .steps
-                .iter()
-                .rev()
-                .map(|s| Step { op: s.undo.clone(), undo: s.op.clone() })
-                .collect(),
+            steps: plan.steps.iter().rev().map(|s| Step { op: s.undo.clone(), undo: s.op.clone() }).collect(),
             summary: Summary::default(),
         };
         run(end, &reverse)
@@ -384,10 +377,7 @@ mod tests {
             let end = run(&start, &plan);
             assert_eq!(end, MapContents::of(&v2));
             assert_eq!(undo(&end, &plan), start);
-            assert_eq!(
-                Plan::repair(&start, &MapContents::of(&v2)).steps.len(),
-                plan.steps.len()
-            );
+            assert_eq!(Plan::repair(&start, &MapContents::of(&v2)).steps.len(), plan.steps.len());
         }
     }
 

@@ -6,6 +6,7 @@ pub mod dump;
 pub mod load;
 pub mod policy;
 pub mod status;
+pub mod sync;
 pub mod unload;
 
 use crate::{bpf::pins::PinDir, output::OutputFormat, state::StateDir};

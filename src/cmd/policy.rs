@@ -26,7 +26,11 @@ pub fn run(ctx: &Context, command: &PolicyCommand) -> Result<()> {
 fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
     let policy = Policy {
         name: args.name.clone(),
-        rule: FrontendRule { frontend: args.vip, backends: args.backend.clone(), affinity_seconds: args.affinity },
+        rule: FrontendRule {
+            frontend: args.vip,
+            backends: args.backend.clone(),
+            affinity_seconds: args.affinity,
+        },
     };
     policy.validate().map_err(|e| input!("{e}"))?;
     let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {

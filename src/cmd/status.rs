@@ -30,6 +30,8 @@ struct Status {
     programs: Vec<ProgramRow>,
     maps: Vec<MapRow>,
     policies: usize,
+    /// Objects applied by `balctl sync`.
+    synced: usize,
     frontends: usize,
     backends: usize,
     /// Map entries that differ from the applied state; `balctl load` repairs them.
@@ -79,6 +81,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         programs,
         maps,
         policies: state.policies.len(),
+        synced: state.synced.len(),
         frontends: state.image.frontends.len(),
         backends: state.image.backends.len(),
         drift,
@@ -137,8 +140,9 @@ fn kernel() -> Kernel {
 
 fn state_summary(status: &Status) -> String {
     format!(
-        "{}, {}, {}",
+        "{}, {}, {}, {}",
         count(status.policies, "policy", "policies"),
+        count(status.synced, "synced object", "synced objects"),
         count(status.frontends, "frontend", "frontends"),
         count(status.backends, "backend", "backends")
     )

@@ -8,6 +8,7 @@ mod docs;
 mod dump;
 mod input;
 mod support;
+mod sync;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -45,6 +46,12 @@ fn main() {
         input::bad_input_changes_nothing,
         input::mismatched_pinned_map_is_refused,
         input::unload_asks_on_a_terminal,
+        sync::synced_frontends_reach_their_backends,
+        sync::repeated_sync_changes_nothing,
+        sync::sync_prunes_only_its_own_sources,
+        sync::dry_run_changes_nothing,
+        sync::bad_state_files_change_nothing,
+        sync::the_example_state_file_is_valid,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

@@ -1,0 +1,106 @@
+//! `balctl sync -f PATH...`: make the applied state, and so the maps, hold
+//! exactly what the state files say for their sources.
+
+use std::{collections::BTreeSet, net::SocketAddr};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Context;
+use crate::{
+    cli::SyncArgs,
+    image::{FrontendImage, Image},
+    inputs,
+    output::{OutputFormat, print_structured},
+    plan::Summary,
+    transaction::{Mode, Outcome, change},
+};
+
+pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
+    let sources = inputs::read(&args.filenames)?;
+    let names: BTreeSet<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
+    let outcome = change(&ctx.pins, &ctx.state, mode, |state| {
+        state.synced.retain(|object| !names.contains(&object.source));
+        for source in sources {
+            state.synced.extend(source.objects.into_iter().map(|located| {
+                let mut object = located.value;
+                object.source.clone_from(&source.name);
+                object
+            }));
+        }
+        Ok(())
+    })?;
+    report(ctx, &outcome, args.dry_run)
+}
+
+/// One frontend that the sync adds, changes or removes.
+#[derive(Serialize)]
+struct FrontendChange {
+    change: &'static str,
+    frontend: String,
+    owner: String,
+    /// The backends after the change (before it, for a removal).
+    backends: Vec<SocketAddr>,
+}
+
+#[derive(Serialize)]
+struct SyncReport {
+    dry_run: bool,
+    summary: Summary,
+    map_writes: usize,
+    changes: Vec<FrontendChange>,
+}
+
+fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
+    let frontends: BTreeSet<_> = before.frontends.keys().chain(after.frontends.keys()).collect();
+    let describe =
+        |change, frontend: &crate::model::Frontend, image: &Image, f: &FrontendImage| FrontendChange {
+            change,
+            frontend: frontend.to_string(),
+            owner: f.owner.clone(),
+            backends: f.backends.iter().filter_map(|id| image.backends.get(id)).map(|b| b.address).collect(),
+        };
+    frontends
+        .into_iter()
+        .filter_map(|frontend| match (before.frontends.get(frontend), after.frontends.get(frontend)) {
+            (None, Some(new)) => Some(describe("add", frontend, after, new)),
+            (Some(old), None) => Some(describe("remove", frontend, before, old)),
+            (Some(old), Some(new)) if old != new => Some(describe("change", frontend, after, new)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn report(ctx: &Context, outcome: &Outcome, dry_run: bool) -> Result<()> {
+    let report = SyncReport {
+        dry_run,
+        summary: outcome.plan.summary,
+        map_writes: outcome.plan.steps.len(),
+        changes: changes(&outcome.before.image, &outcome.after.image),
+    };
+    if ctx.output != OutputFormat::Table {
+        return print_structured(ctx.output, &report);
+    }
+    if dry_run || ctx.verbose > 0 {
+        for change in &report.changes {
+            let sign = match change.change {
+                "add" => '+',
+                "remove" => '-',
+                _ => '~',
+            };
+            let backends: Vec<String> = change.backends.iter().map(ToString::to_string).collect();
+            let backends =
+                if backends.is_empty() { "(none: rejects)".to_owned() } else { backends.join(", ") };
+            ctx.say(format!("{sign} {}  {}  -> {backends}", change.frontend, change.owner));
+        }
+    }
+    if report.changes.is_empty() {
+        ctx.say("sync: no changes");
+    } else if dry_run {
+        ctx.say(format!("sync (dry run, nothing changed): {}", report.summary));
+    } else {
+        ctx.say(format!("sync: {} ({} map writes)", report.summary, report.map_writes));
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! balctl's TOML state files: services written by hand. The schema is
+//! documented in docs/state-files.md, with an example of every feature in
+//! examples/services.toml.
+//!
+//! ```toml
+//! [[service]]
+//! name = "web"                                  # unique in one sync
+//! addresses = ["198.18.0.10", "2001:db8:5e::10"] # frontend IPs
+//! backends = ["192.0.2.2", "2001:db8::2"]        # backend IPs
+//! affinity_seconds = 10800                       # optional
+//! ports = [{ port = 80, target_port = 8080, protocol = "tcp" }]
+//! ```
+//!
+//! Every address × port is a frontend; its backends are the backend IPs of
+//! the same family, at the port's target port. A family without backends
+//! gives frontends that refuse connections.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Result;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::location::{Located, Location};
+use crate::{
+    input,
+    model::{Frontend, FrontendRule, MAX_AFFINITY_SECONDS, Protocol, check_address, check_name},
+    state::SyncedObject,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    #[serde(default)]
+    service: Vec<Spanned<ServiceSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSpec {
+    name: Spanned<String>,
+    addresses: Vec<Spanned<IpAddr>>,
+    ports: Vec<Spanned<PortSpec>>,
+    #[serde(default)]
+    backends: Vec<Spanned<IpAddr>>,
+    affinity_seconds: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortSpec {
+    port: Port,
+    target_port: Option<Port>,
+    #[serde(default = "default_protocol")]
+    protocol: Protocol,
+}
+
+const fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+/// A port number, 1-65535, checked while parsing so the error points at it.
+#[derive(Clone, Copy)]
+struct Port(u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let port = i64::deserialize(deserializer)?;
+        match u16::try_from(port) {
+            Ok(port) if port > 0 => Ok(Self(port)),
+            _ => Err(serde::de::Error::custom(format!("port {port} is out of range (ports are 1-65535)"))),
+        }
+    }
+}
+
+/// Parses one file into synced objects (their source is set by the caller).
+pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
+    let at = |span: std::ops::Range<usize>| Location::at(file, text, span.start);
+    let parsed: StateFile = ::toml::from_str(text)
+        .map_err(|e| input!("{}: {}", Location::of_span(file, text, e.span()), e.message().trim_end()))?;
+    let mut objects = Vec::new();
+    for service in parsed.service {
+        let location = at(service.span());
+        let spec = service.into_inner();
+        let name = spec.name.get_ref();
+        check_name(name).map_err(|e| input!("{}: invalid name: {e}", at(spec.name.span())))?;
+        if spec.addresses.is_empty() {
+            return Err(input!("{location}: service `{name}` has no addresses"));
+        }
+        if spec.ports.is_empty() {
+            return Err(input!("{location}: service `{name}` has no ports"));
+        }
+        for address in spec.addresses.iter().chain(&spec.backends) {
+            check_address(*address.get_ref()).map_err(|e| input!("{}: {e}", at(address.span())))?;
+        }
+        for (i, backend) in spec.backends.iter().enumerate() {
+            if spec.backends[..i].iter().any(|b| b.get_ref() == backend.get_ref()) {
+                return Err(input!("{}: backend {} is listed twice", at(backend.span()), backend.get_ref()));
+            }
+        }
+        if let Some(affinity) = &spec.affinity_seconds
+            && !(1..=MAX_AFFINITY_SECONDS).contains(affinity.get_ref())
+        {
+            return Err(input!(
+                "{}: affinity_seconds {} is out of range (1-{MAX_AFFINITY_SECONDS})",
+                at(affinity.span()),
+                affinity.get_ref()
+            ));
+        }
+        let mut rules: Vec<FrontendRule> = Vec::new();
+        for port in &spec.ports {
+            let PortSpec { port: Port(number), target_port, protocol } = *port.get_ref();
+            let target = target_port.map_or(number, |Port(p)| p);
+            for address in &spec.addresses {
+                let frontend = Frontend { address: address.get_ref().to_canonical(), port: number, protocol };
+                if rules.iter().any(|r| r.frontend == frontend) {
+                    return Err(input!("{}: frontend {frontend} is listed twice", at(port.span())));
+                }
+                let backends = spec
+                    .backends
+                    .iter()
+                    .map(|b| b.get_ref().to_canonical())
+                    .filter(|b| b.is_ipv4() == frontend.address.is_ipv4())
+                    .map(|b| SocketAddr::new(b, target))
+                    .collect();
+                let affinity_seconds = spec.affinity_seconds.as_ref().map(|a| *a.get_ref());
+                rules.push(FrontendRule { frontend, backends, affinity_seconds });
+            }
+        }
+        let object = SyncedObject { source: String::new(), owner: format!("service/{name}"), rules };
+        objects.push(Located { value: object, location });
+    }
+    Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        match parse("s.toml", text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_service_becomes_one_rule_per_address_and_port() {
+        let text = r#"
+[[service]]
+name = "web"
+addresses = ["198.18.0.10", "2001:db8:5e::10"]
+backends = ["192.0.2.2", "2001:db8::2", "192.0.2.3"]
+affinity_seconds = 60
+ports = [{ port = 80, target_port = 8080 }, { port = 53, protocol = "udp" }]
+"#;
+        let objects = parse("s.toml", text).unwrap();
+        let object = &objects[0].value;
+        assert_eq!(object.owner, "service/web");
+        assert_eq!(objects[0].location.to_string(), "s.toml:2:1");
+        let rules: Vec<String> = object
+            .rules
+            .iter()
+            .map(|r| {
+                let backends: Vec<String> = r.backends.iter().map(ToString::to_string).collect();
+                format!("{} -> {}", r.frontend, backends.join(","))
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "198.18.0.10:80/tcp -> 192.0.2.2:8080,192.0.2.3:8080",
+                "[2001:db8:5e::10]:80/tcp -> [2001:db8::2]:8080",
+                "198.18.0.10:53/udp -> 192.0.2.2:53,192.0.2.3:53",
+                "[2001:db8:5e::10]:53/udp -> [2001:db8::2]:53",
+            ]
+        );
+        assert!(object.rules.iter().all(|r| r.affinity_seconds == Some(60)));
+    }
+
+    #[test]
+    fn errors_point_at_file_line_and_column() {
+        let service = |body: &str| format!("[[service]]\nname = \"web\"\n{body}\n");
+        let cases = [
+            (service("addresses = [\"198.18.0.300\"]\nports = [{ port = 80 }]"), "s.toml:3:14", "invalid IP"),
+            (service("addresses = [\"198.18.0.1\"]\nports = [{ port = 0 }]"), "s.toml:4:19", "out of range"),
+            (
+                service("addresses = [\"198.18.0.1\"]\nports = [{ port = 65536 }]"),
+                "s.toml:4:19",
+                "out of range",
+            ),
+            (
+                service("addresses = [\"198.18.0.1\"]\nports = [{ port = 80, protocol = \"sctp\" }]"),
+                "s.toml:4:",
+                "sctp",
+            ),
+            (
+                service("addresses = [\"198.18.0.1\"]\nports = [{ port = 80 }]\ncolour = 1"),
+                "s.toml:5:1",
+                "colour",
+            ),
+            (service("addresses = []\nports = [{ port = 80 }]"), "s.toml:1:1", "no addresses"),
+            (service("addresses = [\"198.18.0.1\"]"), "s.toml:1:1", "ports"),
+            (
+                service("addresses = [\"198.18.0.1\"]\nports = [{ port = 80 }, { port = 80 }]"),
+                "s.toml:4:",
+                "listed twice",
+            ),
+            (
+                service("addresses = [\"198.18.0.1\"]\nports = [{ port = 80 }]\naffinity_seconds = 0"),
+                "s.toml:5:20",
+                "affinity",
+            ),
+            ("[[service]\nname = 1".to_owned(), "s.toml:1:", ""),
+            (
+                "[[service]]\nname = \"Web\"\naddresses = [\"198.18.0.1\"]\nports = [{ port = 80 }]"
+                    .to_owned(),
+                "s.toml:2:8",
+                "invalid name",
+            ),
+        ];
+        for (text, location, message) in cases {
+            let err = error(&text);
+            assert!(err.starts_with(location) && err.contains(message), "{text}\n=> {err}");
+        }
+    }
+}
