@@ -52,6 +52,7 @@ fn main() {
         sync::dry_run_changes_nothing,
         sync::bad_state_files_change_nothing,
         sync::the_example_state_file_is_valid,
+        sync::churn_loses_no_connection,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

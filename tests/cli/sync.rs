@@ -251,3 +251,46 @@ pub fn the_example_state_file_is_valid() {
         ]
     );
 }
+
+/// Issue 3, must show 3: a client connects at full rate for 10 s while the
+/// service is synced between 1 and 10 backends every 100 ms (a moving
+/// window, so slots are also rewritten in place): zero failed connections.
+pub fn churn_loses_no_connection() {
+    let sandbox = Sandbox::new();
+    let hosts: Vec<u8> = (2..=11).collect();
+    for &host in &hosts {
+        sandbox.serve(&format!("b{host}"), &[&format!("192.0.2.{host}:8080")], &[]);
+    }
+    sandbox.load();
+    let file = sandbox.scratch("churn.toml");
+    let file_arg = file.display().to_string();
+    let sync_round = |round: usize| {
+        // 1, 2, ... 10, 9, ... 2, 1, 2, ... backends, from a moving start.
+        let phase = round % 18;
+        let count = if phase < 10 { phase + 1 } else { 19 - phase };
+        let window: Vec<String> =
+            (0..count).map(|i| format!("\"192.0.2.{}\"", hosts[(round + i) % hosts.len()])).collect();
+        let text = format!(
+            "[[service]]\nname = \"churn\"\naddresses = [\"198.18.0.40\"]\n\
+             backends = [{}]\nports = [{{ port = 80, target_port = 8080 }}]\n",
+            window.join(", ")
+        );
+        fs::write(&file, text).unwrap();
+        sandbox.balctl_ok(&["sync", "-f", &file_arg, "-q"]);
+    };
+    sync_round(0);
+
+    let client = sandbox.spawn_client(&["connect", "--to", "198.18.0.40:80", "--millis", "10000"]);
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < std::time::Duration::from_millis(9800) {
+        rounds += 1;
+        sync_round(rounds);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let report = crate::support::finish(client);
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(report["ok"].as_u64().unwrap() > 1000, "too few connections to prove anything: {report}");
+    assert!(rounds >= 40, "only {rounds} syncs in 10 s");
+    assert_eq!(backends_seen(&report).len(), hosts.len(), "every backend served at some point: {report}");
+}

@@ -1,7 +1,7 @@
 //! A private world per test, on the real kernel:
 //!
 //! - a client network namespace (192.0.2.1, 2001:db8::1) joined by a veth
-//!   pair to a server namespace (192.0.2.2-9, 2001:db8::2-9). Neither has a
+//!   pair to a server namespace (192.0.2.2-11, 2001:db8::2-11). Neither has a
 //!   route anywhere else, so an untranslated connect to a VIP (198.18.0.0/15)
 //!   fails with "network unreachable" inside the namespace;
 //! - a child cgroup under the cgroup2 mount, which balctl attaches to and
@@ -105,7 +105,7 @@ impl Sandbox {
         run("ip", &["link", "set", &veth_s, "netns", server]);
         run("ip", &["-n", client, "addr", "add", "192.0.2.1/24", "dev", &veth_c]);
         run("ip", &["-n", client, "addr", "add", "2001:db8::1/64", "dev", &veth_c, "nodad"]);
-        for host in 2..=9 {
+        for host in 2..=11 {
             run("ip", &["-n", server, "addr", "add", &format!("192.0.2.{host}/24"), "dev", &veth_s]);
             run(
                 "ip",
