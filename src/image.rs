@@ -55,7 +55,7 @@ impl FrontendImage {
     pub fn master(&self) -> ServiceEntry {
         ServiceEntry {
             backend_id: 0,
-            // Policy validation caps backends at u16::MAX.
+            // `compile` caps backends at u16::MAX.
             count: self.backends.len() as u16,
             flags: if self.affinity_seconds.is_some() { SERVICE_FLAG_AFFINITY } else { 0 },
             service_id: self.service_id,
@@ -127,6 +127,15 @@ impl Image {
                      a frontend can belong to one rule only",
                     rule.frontend,
                     existing.owner
+                ));
+            }
+            // Every kind of rule passes here, and the master entry counts slots in a u16.
+            if rule.backends.len() > usize::from(u16::MAX) {
+                return Err(input!(
+                    "{owner}: frontend {} has {} backends; a frontend holds at most {}",
+                    rule.frontend,
+                    rule.backends.len(),
+                    u16::MAX
                 ));
             }
             let backend_ids = rule
@@ -252,6 +261,21 @@ mod tests {
         let v3 = compile(&[policy("a", "198.18.0.1:80", &["192.0.2.1:80"])], &v2).unwrap();
         assert_eq!(v3.frontends[&"198.18.0.1:80".parse().unwrap()].backends, [4]);
         assert_eq!(v3.entry_counts(), EntryCounts { services: 2, backends: 1, membership: 1 });
+    }
+
+    #[test]
+    fn a_frontend_holds_at_most_u16_max_backends() {
+        let mut rule = policy("big", "198.18.0.1:80", &[]).1;
+        // 65,536 distinct backends: two hosts, every port.
+        rule.backends = [[192, 0, 2, 1], [192, 0, 2, 2]]
+            .into_iter()
+            .flat_map(|ip| (1..=u16::MAX).map(move |port| std::net::SocketAddr::from((ip, port))))
+            .take(usize::from(u16::MAX) + 1)
+            .collect();
+        let err = Image::compile([("policy/big".to_owned(), &rule)], &Image::default()).unwrap_err();
+        assert!(err.to_string().contains("at most 65535"), "{err}");
+        rule.backends.pop();
+        assert!(Image::compile([("policy/big".to_owned(), &rule)], &Image::default()).is_ok());
     }
 
     #[test]

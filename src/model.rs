@@ -170,7 +170,7 @@ pub struct FrontendRule {
 
 impl FrontendRule {
     /// What no single field can check: backend families against the
-    /// frontend's, duplicates, the slot count. Callers add where it was.
+    /// frontend's, duplicates. Callers add where it was.
     pub fn validate(&self) -> Result<(), String> {
         for (i, backend) in self.backends.iter().enumerate() {
             if backend.is_ipv4() != self.frontend.address.is_ipv4() {
@@ -184,13 +184,6 @@ impl FrontendRule {
             if self.backends[..i].contains(backend) {
                 return Err(format!("backend {backend} is listed twice"));
             }
-        }
-        if self.backends.len() > usize::from(u16::MAX) {
-            return Err(format!(
-                "too many backends ({}): a frontend holds at most {}",
-                self.backends.len(),
-                u16::MAX
-            ));
         }
         Ok(())
     }

@@ -235,6 +235,19 @@ pub fn dig_through_a_dns_vip() {
     }
 }
 
+/// TCP through `tcp_vip` reaches b2, b3 and b4 and sees the VIP as peer;
+/// UDP replies through `udp_vip` come from the VIP.
+fn reaches_every_backend_and_shows_the_vip(sandbox: &Sandbox, tcp_vip: &str, udp_vip: &str) {
+    let report = sandbox.client(&["connect", "--to", tcp_vip, "--count", "100"]);
+    assert_eq!(count(&report, "failed"), 0, "{report}");
+    assert_eq!(backends_seen(&report), ["b2", "b3", "b4"], "{report}");
+    let report = sandbox.client(&["tcp-peer", "--to", tcp_vip]);
+    assert_eq!(report["peer"], tcp_vip, "{report}");
+    let report = sandbox.client(&["udp-sendto", "--to", udp_vip, "--count", "5"]);
+    let replies = report["replies"].as_array().expect("replies");
+    assert!(replies.len() == 5 && replies.iter().all(|r| r["from"] == udp_vip), "{report}");
+}
+
 /// Must show 5: an IPv6 VIP to IPv6 backends, and an IPv4 VIP reached from
 /// an AF_INET6 socket through its v4-mapped address.
 pub fn ipv6_and_v4_mapped_sockets() {
@@ -249,27 +262,9 @@ pub fn ipv6_and_v4_mapped_sockets() {
     let udp4 = three(|h| format!("192.0.2.{h}:5300"));
     add_policy(&sandbox, "udp4", "198.18.0.20:5300/udp", &udp4, &[]);
 
-    let report = sandbox.client(&["connect", "--to", "[2001:db8:5e::10]:80", "--count", "100"]);
-    assert_eq!(count(&report, "failed"), 0, "{report}");
-    assert_eq!(backends_seen(&report), ["b2", "b3", "b4"], "{report}");
-    let report = sandbox.client(&["tcp-peer", "--to", "[2001:db8:5e::10]:80"]);
-    assert_eq!(report["peer"], "[2001:db8:5e::10]:80", "{report}");
-    let report = sandbox.client(&["udp-sendto", "--to", "[2001:db8:5e::20]:5300", "--count", "5"]);
-    let replies = report["replies"].as_array().expect("replies");
-    assert!(replies.len() == 5 && replies.iter().all(|r| r["from"] == "[2001:db8:5e::20]:5300"), "{report}");
-
-    // AF_INET6 sockets talking to the IPv4 VIP as ::ffff:198.18.0.10.
-    let report = sandbox.client(&["connect", "--to", "[::ffff:198.18.0.10]:80", "--count", "100"]);
-    assert_eq!(count(&report, "failed"), 0, "{report}");
-    assert_eq!(backends_seen(&report), ["b2", "b3", "b4"], "{report}");
-    let report = sandbox.client(&["tcp-peer", "--to", "[::ffff:198.18.0.10]:80"]);
-    assert_eq!(report["peer"], "[::ffff:198.18.0.10]:80", "{report}");
-    let report = sandbox.client(&["udp-sendto", "--to", "[::ffff:198.18.0.20]:5300", "--count", "5"]);
-    let replies = report["replies"].as_array().expect("replies");
-    assert!(
-        replies.len() == 5 && replies.iter().all(|r| r["from"] == "[::ffff:198.18.0.20]:5300"),
-        "{report}"
-    );
+    reaches_every_backend_and_shows_the_vip(&sandbox, "[2001:db8:5e::10]:80", "[2001:db8:5e::20]:5300");
+    // AF_INET6 sockets talking to the IPv4 VIPs as ::ffff:198.18.0.x.
+    reaches_every_backend_and_shows_the_vip(&sandbox, "[::ffff:198.18.0.10]:80", "[::ffff:198.18.0.20]:5300");
 }
 
 /// Must show 6: with affinity, one namespace sticks to one backend; once
