@@ -106,20 +106,24 @@ pub struct LoadArgs {
     pub cgroup: Option<PathBuf>,
 
     /// Capacity of a map when it is created, as NAME=ENTRIES
-    /// (services, backends, affinity, revnat); repeat or separate with commas
+    /// (services, backends, affinity, revnat, nodes); repeat or separate with commas
     #[arg(long, value_name = "NAME=N", value_delimiter = ',', value_parser = parse_map_size)]
     pub map_size: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// State file, directory of state files, or - for standard input
+    /// TOML state file, Kubernetes YAML/JSON file, a directory of them, or - for standard input
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     pub filenames: Vec<PathBuf>,
 
     /// Print the whole plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
+
+    /// This node's name, for internalTrafficPolicy: Local [default: the hostname]
+    #[arg(long, value_name = "NAME", env = "BALCTL_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,8 +5,8 @@
 //! Ids are never reused.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
 };
 
 use anyhow::Result;
@@ -88,6 +88,9 @@ pub struct Image {
     pub frontends: BTreeMap<Frontend, FrontendImage>,
     #[serde(with = "pairs")]
     pub backends: BTreeMap<BackendId, BackendAddr>,
+    /// Addresses of every Node: NodePort frontends answer on them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub node_addresses: BTreeSet<IpAddr>,
     /// The next ids to hand out; both start at 1 (0 means "none" in the maps).
     pub next_service_id: ServiceId,
     pub next_backend_id: BackendId,
@@ -99,6 +102,7 @@ pub struct EntryCounts {
     pub services: u64,
     pub backends: u64,
     pub membership: u64,
+    pub nodes: u64,
 }
 
 impl Image {
@@ -108,13 +112,15 @@ impl Image {
             services: self.frontends.len() as u64 + slots,
             backends: self.backends.len() as u64,
             membership: slots,
+            nodes: self.node_addresses.len() as u64,
         }
     }
 
-    /// Compiles rules (with their owners) into an image, reusing
-    /// `previous`'s ids for frontends and backends that stay.
+    /// Compiles rules (with their owners) and node addresses into an image,
+    /// reusing `previous`'s ids for frontends and backends that stay.
     pub fn compile<'a>(
         rules: impl IntoIterator<Item = (String, &'a FrontendRule)>,
+        node_addresses: impl IntoIterator<Item = IpAddr>,
         previous: &Self,
     ) -> Result<Self> {
         let mut ids = IdAllocator::continuing(previous);
@@ -160,7 +166,13 @@ impl Image {
                 },
             );
         }
-        Ok(Self { frontends, backends, next_service_id: ids.next_service, next_backend_id: ids.next_backend })
+        Ok(Self {
+            frontends,
+            backends,
+            node_addresses: node_addresses.into_iter().map(|ip| ip.to_canonical()).collect(),
+            next_service_id: ids.next_service,
+            next_backend_id: ids.next_backend,
+        })
     }
 }
 
@@ -232,7 +244,7 @@ mod tests {
     }
 
     fn compile(rules: &[(String, FrontendRule)], previous: &Image) -> Result<Image> {
-        Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), previous)
+        Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), [], previous)
     }
 
     #[test]
@@ -260,7 +272,7 @@ mod tests {
 
         let v3 = compile(&[policy("a", "198.18.0.1:80", &["192.0.2.1:80"])], &v2).unwrap();
         assert_eq!(v3.frontends[&"198.18.0.1:80".parse().unwrap()].backends, [4]);
-        assert_eq!(v3.entry_counts(), EntryCounts { services: 2, backends: 1, membership: 1 });
+        assert_eq!(v3.entry_counts(), EntryCounts { services: 2, backends: 1, membership: 1, nodes: 0 });
     }
 
     #[test]
@@ -272,10 +284,10 @@ mod tests {
             .flat_map(|ip| (1..=u16::MAX).map(move |port| std::net::SocketAddr::from((ip, port))))
             .take(usize::from(u16::MAX) + 1)
             .collect();
-        let err = Image::compile([("policy/big".to_owned(), &rule)], &Image::default()).unwrap_err();
+        let err = Image::compile([("policy/big".to_owned(), &rule)], [], &Image::default()).unwrap_err();
         assert!(err.to_string().contains("at most 65535"), "{err}");
         rule.backends.pop();
-        assert!(Image::compile([("policy/big".to_owned(), &rule)], &Image::default()).is_ok());
+        assert!(Image::compile([("policy/big".to_owned(), &rule)], [], &Image::default()).is_ok());
     }
 
     #[test]

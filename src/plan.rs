@@ -12,6 +12,9 @@
 //! 5. memberships of removed backends, then the backends. (Sticky choices
 //!    of those memberships are dropped by `Datapath::apply` afterwards.)
 //!
+//! Node addresses only widen where NodePort frontends answer; new ones go
+//! first and removed ones last, with the backends.
+//!
 //! Deleting before adding also keeps the peak fill of the services map at
 //! max(before, after), which is what the capacity check assumes.
 
@@ -20,10 +23,10 @@ use std::{
     fmt,
 };
 
-use balctl_common::{Backend, MembershipKey, ServiceEntry, ServiceKey};
+use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
 
 use crate::{
-    bpf::raw::service_key,
+    bpf::raw::{addr_to_raw, service_key},
     image::{BackendId, EntryCounts, FrontendImage, Image},
     model::Frontend,
 };
@@ -36,6 +39,8 @@ pub enum Op {
     DeleteMembership(MembershipKey),
     PutService(ServiceKey, ServiceEntry),
     DeleteService(ServiceKey),
+    PutNodeAddress(NodeAddressKey),
+    DeleteNodeAddress(NodeAddressKey),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub struct Summary {
     pub frontends_removed: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
+    pub node_addresses_added: usize,
+    pub node_addresses_removed: usize,
 }
 
 impl fmt::Display for Summary {
@@ -65,7 +72,11 @@ impl fmt::Display for Summary {
             self.frontends_removed,
             self.backends_added,
             self.backends_removed
-        )
+        )?;
+        if self.node_addresses_added + self.node_addresses_removed > 0 {
+            write!(f, ", node addresses +{} -{}", self.node_addresses_added, self.node_addresses_removed)?;
+        }
+        Ok(())
     }
 }
 
@@ -108,6 +119,10 @@ impl Plan {
         summary.backends_added = new_backends.keys().filter(|id| !old_backends.contains_key(id)).count();
         summary.backends_removed = old_backends.keys().filter(|id| !new_backends.contains_key(id)).count();
         phases.backends(&old_backends, &new_backends);
+        let (old_nodes, new_nodes) = (node_address_keys(old), node_address_keys(new));
+        summary.node_addresses_added = new_nodes.difference(&old_nodes).count();
+        summary.node_addresses_removed = old_nodes.difference(&new_nodes).count();
+        phases.node_addresses(&old_nodes, &new_nodes);
         Self { steps: phases.into_steps(), summary }
     }
 
@@ -135,6 +150,7 @@ impl Plan {
         }
         phases.memberships(&actual.membership, &desired.membership);
         phases.backends(&actual.backends, &desired.backends);
+        phases.node_addresses(&actual.node_addresses, &desired.node_addresses);
         Self { steps: phases.into_steps(), summary: Summary::default() }
     }
 
@@ -145,20 +161,28 @@ impl Plan {
         let mut peak = start;
         for step in &self.steps {
             // A put adds an entry when undoing it means deleting.
-            let adds =
-                matches!(step.undo, Op::DeleteService(_) | Op::DeleteBackend(_) | Op::DeleteMembership(_));
+            let adds = matches!(
+                step.undo,
+                Op::DeleteService(_)
+                    | Op::DeleteBackend(_)
+                    | Op::DeleteMembership(_)
+                    | Op::DeleteNodeAddress(_)
+            );
             match step.op {
                 Op::PutService(..) if adds => now.services += 1,
                 Op::PutBackend(..) if adds => now.backends += 1,
                 Op::PutMembership(..) if adds => now.membership += 1,
+                Op::PutNodeAddress(..) if adds => now.nodes += 1,
                 Op::DeleteService(_) => now.services -= 1,
                 Op::DeleteBackend(_) => now.backends -= 1,
                 Op::DeleteMembership(_) => now.membership -= 1,
+                Op::DeleteNodeAddress(_) => now.nodes -= 1,
                 _ => {}
             }
             peak.services = peak.services.max(now.services);
             peak.backends = peak.backends.max(now.backends);
             peak.membership = peak.membership.max(now.membership);
+            peak.nodes = peak.nodes.max(now.nodes);
         }
         peak
     }
@@ -170,6 +194,7 @@ pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceEntry>,
     pub backends: BTreeMap<BackendId, Backend>,
     pub membership: BTreeSet<MembershipKey>,
+    pub node_addresses: BTreeSet<NodeAddressKey>,
 }
 
 impl MapContents {
@@ -178,6 +203,7 @@ impl MapContents {
             services: self.services.len() as u64,
             backends: self.backends.len() as u64,
             membership: self.membership.len() as u64,
+            nodes: self.node_addresses.len() as u64,
         }
     }
 
@@ -191,8 +217,13 @@ impl MapContents {
             contents.membership.extend(f.memberships());
         }
         contents.backends = image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect();
+        contents.node_addresses = node_address_keys(image);
         contents
     }
+}
+
+fn node_address_keys(image: &Image) -> BTreeSet<NodeAddressKey> {
+    image.node_addresses.iter().map(|&ip| NodeAddressKey { addr: addr_to_raw(ip) }).collect()
 }
 
 /// Master (slot 0) and slot entries of one frontend.
@@ -284,6 +315,15 @@ impl Phases {
         }
     }
 
+    fn node_addresses(&mut self, before: &BTreeSet<NodeAddressKey>, after: &BTreeSet<NodeAddressKey>) {
+        for &key in after.difference(before) {
+            self.put_backends.push(Step { op: Op::PutNodeAddress(key), undo: Op::DeleteNodeAddress(key) });
+        }
+        for &key in before.difference(after) {
+            self.delete_backends.push(Step { op: Op::DeleteNodeAddress(key), undo: Op::PutNodeAddress(key) });
+        }
+    }
+
     fn into_steps(self) -> Vec<Step> {
         [
             self.put_backends,
@@ -319,7 +359,7 @@ mod tests {
                 (format!("policy/{name}"), rule)
             })
             .collect();
-        Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), previous).unwrap()
+        Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), [], previous).unwrap()
     }
 
     /// Applies steps to an in-memory model of the maps, checking after every
@@ -335,6 +375,8 @@ mod tests {
                 Op::DeleteMembership(k) => drop(maps.membership.remove(k)),
                 Op::PutService(k, v) => drop(maps.services.insert(*k, *v)),
                 Op::DeleteService(k) => drop(maps.services.remove(k)),
+                Op::PutNodeAddress(k) => drop(maps.node_addresses.insert(*k)),
+                Op::DeleteNodeAddress(k) => drop(maps.node_addresses.remove(k)),
             }
             for (key, master) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
                 for slot in 1..=master.count {
@@ -406,6 +448,6 @@ mod tests {
         let v2 = image(&v1, &[("b", "198.18.0.2:80", &["192.0.2.3:80", "192.0.2.4:80"])]);
         let peak = Plan::between(&v1, &v2).peak_entries(v1.entry_counts());
         // Services: a's 3 entries go before b's 3 arrive. Backends: new ones first.
-        assert_eq!(peak, EntryCounts { services: 3, backends: 4, membership: 4 });
+        assert_eq!(peak, EntryCounts { services: 3, backends: 4, membership: 4, nodes: 0 });
     }
 }

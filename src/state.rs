@@ -5,6 +5,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write as _},
+    net::IpAddr,
     os::{
         fd::AsRawFd as _,
         unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
@@ -46,6 +47,9 @@ pub struct SyncedObject {
     /// What it is, e.g. `service/web`; shown by `dump` and in errors.
     pub owner: String,
     pub rules: Vec<FrontendRule>,
+    /// A Node's addresses, on which NodePort frontends answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
 }
 
 impl Default for AppliedState {
@@ -57,6 +61,10 @@ impl Default for AppliedState {
 impl AppliedState {
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)
+    }
+
+    pub fn node_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.synced.iter().flat_map(|o| o.addresses.iter().copied())
     }
 
     /// Every rule with its owner, policies first.
@@ -196,6 +204,7 @@ mod tests {
             source: "/etc/balctl/web.toml".into(),
             owner: "service/web".into(),
             rules: Vec::new(),
+            addresses: vec!["192.0.2.1".parse().unwrap()],
         });
         let lock = state_dir.lock().unwrap();
         state_dir.write(&lock, &state).unwrap();

@@ -39,7 +39,7 @@ pub fn change(
     let before = state_dir.read()?;
     let mut after = before.clone();
     change(&mut after)?;
-    after.image = Image::compile(after.rules(), &before.image)?;
+    after.image = Image::compile(after.rules(), after.node_addresses(), &before.image)?;
     let plan = Plan::between(&before.image, &after.image);
     if mode == Mode::DryRun || after == before {
         return Ok(Outcome { plan, before, after });

@@ -271,6 +271,7 @@ pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCou
         services: capacity(map_names::SERVICES)?,
         backends: capacity(map_names::BACKENDS)?,
         membership: capacity(map_names::MEMBERSHIP)?,
+        nodes: capacity(map_names::NODES)?,
     })
 }
 

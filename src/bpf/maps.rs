@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry, ServiceKey,
-    map_names,
+    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RevNatKey, RevNatValue, ServiceEntry,
+    ServiceKey, map_names,
 };
 
 use super::{object::MAPS, pins::PinDir};
@@ -21,6 +21,7 @@ pub struct Datapath {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     backends: HashMap<MapData, BackendId, Backend>,
     membership: HashMap<MapData, MembershipKey, u32>,
+    nodes: HashMap<MapData, NodeAddressKey, u32>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     capacity: EntryCounts,
 }
@@ -48,6 +49,7 @@ impl Datapath {
         let services = open_map(pins, map_names::SERVICES)?;
         let backends = open_map(pins, map_names::BACKENDS)?;
         let membership = open_map(pins, map_names::MEMBERSHIP)?;
+        let nodes = open_map(pins, map_names::NODES)?;
         let affinity = open_map(pins, map_names::AFFINITY)?;
         let capacity = |name: &str| -> Result<u64> {
             let info = aya::maps::MapInfo::from_pin(pins.map(name))?;
@@ -57,11 +59,13 @@ impl Datapath {
             services,
             backends,
             membership,
+            nodes,
             affinity,
             capacity: EntryCounts {
                 services: capacity(map_names::SERVICES)?,
                 backends: capacity(map_names::BACKENDS)?,
                 membership: capacity(map_names::MEMBERSHIP)?,
+                nodes: capacity(map_names::NODES)?,
             },
         })
     }
@@ -75,6 +79,7 @@ impl Datapath {
             services: read_all(&self.services)?,
             backends: read_all(&self.backends)?,
             membership: read_all(&self.membership)?.into_keys().collect(),
+            node_addresses: read_all(&self.nodes)?.into_keys().collect(),
         })
     }
 
@@ -144,6 +149,8 @@ impl Datapath {
             Op::DeleteMembership(key) => ignore_missing(self.membership.remove(key)),
             Op::PutService(key, entry) => self.services.insert(key, entry, 0),
             Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
+            Op::PutNodeAddress(key) => self.nodes.insert(key, 0, 0),
+            Op::DeleteNodeAddress(key) => ignore_missing(self.nodes.remove(key)),
         };
         result.map_err(|e| anyhow!(e).context(format!("{op:?}")))
     }
@@ -172,6 +179,7 @@ pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
         ("services", "services", needed.services, capacity.services),
         ("backends", "backends", needed.backends, capacity.backends),
         ("membership", "services", needed.membership, capacity.membership),
+        ("nodes", "nodes", needed.nodes, capacity.nodes),
     ];
     for (map, size_name, needed, capacity) in checks {
         if needed > capacity {

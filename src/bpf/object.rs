@@ -6,8 +6,8 @@ use std::mem::size_of;
 use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, RevNatKey, RevNatValue, ServiceEntry, ServiceKey,
-    default_capacity, map_names,
+    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RevNatKey, RevNatValue, ServiceEntry,
+    ServiceKey, default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -57,7 +57,7 @@ pub struct MapSpec {
     pub default_capacity: u32,
 }
 
-pub const MAPS: [MapSpec; 5] = [
+pub const MAPS: [MapSpec; 6] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -89,10 +89,16 @@ pub const MAPS: [MapSpec; 5] = [
         "revnat",
         default_capacity::REVNAT,
     ),
+    map::<NodeAddressKey, u32>(
+        map_names::NODES,
+        bpf_map_type::BPF_MAP_TYPE_HASH,
+        "nodes",
+        default_capacity::NODES,
+    ),
 ];
 
 /// The names `--map-size` accepts.
-pub const SIZE_NAMES: [&str; 4] = ["services", "backends", "affinity", "revnat"];
+pub const SIZE_NAMES: [&str; 5] = ["services", "backends", "affinity", "revnat", "nodes"];
 
 const fn map<K, V>(
     name: &'static str,

@@ -118,6 +118,7 @@ fn map_rows(pins: &crate::bpf::pins::PinDir, contents: &MapContents) -> Result<V
             map_names::SERVICES => contents.services.len(),
             map_names::BACKENDS => contents.backends.len(),
             map_names::MEMBERSHIP => contents.membership.len(),
+            map_names::NODES => contents.node_addresses.len(),
             map_names::AFFINITY => affinity.keys().filter(Result::is_ok).count(),
             _ => revnat.keys().filter(Result::is_ok).count(),
         };

@@ -17,12 +17,16 @@ use crate::{
 };
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    let sources = inputs::read(&args.filenames)?;
-    let names: BTreeSet<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let this_node = match &args.node_name {
+        Some(name) => name.clone(),
+        None => hostname()?,
+    };
+    let inputs = inputs::read(&args.filenames, &this_node)?;
+    let names: BTreeSet<String> = inputs.sources.iter().map(|s| s.name.clone()).collect();
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let outcome = change(&ctx.pins, &ctx.state, mode, |state| {
         state.synced.retain(|object| !names.contains(&object.source));
-        for source in sources {
+        for source in inputs.sources {
             state.synced.extend(source.objects.into_iter().map(|located| {
                 let mut object = located.value;
                 object.source.clone_from(&source.name);
@@ -31,7 +35,14 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         }
         Ok(())
     })?;
-    report(ctx, &outcome, args.dry_run)
+    report(ctx, &outcome, args.dry_run, inputs.notes)
+}
+
+/// The node name Kubernetes uses by default: the hostname.
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| anyhow::anyhow!("cannot read the hostname ({e}); pass --node-name"))?;
+    Ok(name.trim().to_owned())
 }
 
 /// One frontend that the sync adds, changes or removes.
@@ -50,6 +61,8 @@ struct SyncReport {
     summary: Summary,
     map_writes: usize,
     changes: Vec<FrontendChange>,
+    /// What the input held but the sync did not apply, and why.
+    notes: Vec<String>,
 }
 
 fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
@@ -72,15 +85,19 @@ fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
         .collect()
 }
 
-fn report(ctx: &Context, outcome: &Outcome, dry_run: bool) -> Result<()> {
+fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -> Result<()> {
     let report = SyncReport {
         dry_run,
         summary: outcome.plan.summary,
         map_writes: outcome.plan.steps.len(),
         changes: changes(&outcome.before.image, &outcome.after.image),
+        notes,
     };
     if ctx.output != OutputFormat::Table {
         return print_structured(ctx.output, &report);
+    }
+    for note in &report.notes {
+        ctx.say(format!("note: {note}"));
     }
     if dry_run || ctx.verbose > 0 {
         for change in &report.changes {

@@ -1,13 +1,18 @@
 //! Reading what `balctl sync -f` is given: files, directories of files, or
 //! standard input, each one a *source*. Every object remembers its source,
 //! so a sync replaces exactly the objects of the sources it reads.
+//!
+//! Two formats mix freely: TOML state files (`*.toml`) and Kubernetes YAML
+//! (`*.yaml`, `*.yml`, or JSON as `kubectl get -o json` prints it). Standard
+//! input is told apart by its first lines.
 
+pub mod kube;
 mod location;
 mod toml_file;
 
 use std::{
     collections::BTreeMap,
-    fs,
+    fs::{self, File},
     io::Read as _,
     path::{Path, PathBuf},
 };
@@ -24,24 +29,67 @@ pub struct Source {
     pub objects: Vec<Located<SyncedObject>>,
 }
 
-/// Reads every `-f` argument. Directories contribute their `*.toml` files,
-/// in name order. Objects must be unique across all of them, by name and by
+/// Everything one sync reads.
+pub struct Inputs {
+    pub sources: Vec<Source>,
+    /// What was read but not applied, and why (headless services...).
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Format {
+    Toml,
+    Yaml,
+}
+
+/// Reads every `-f` argument. Directories contribute their `*.toml`,
+/// `*.yaml`, `*.yml` and `*.json` files, in name order. Kubernetes objects
+/// of all sources are translated together (a Service's EndpointSlices may
+/// be in another file), with `this_node` deciding which endpoints are
+/// local. Objects must be unique across all sources, by name and by
 /// frontend; errors point at file:line:column.
-pub fn read(arguments: &[PathBuf]) -> Result<Vec<Source>> {
+pub fn read(arguments: &[PathBuf], this_node: &str) -> Result<Inputs> {
     let mut sources: Vec<Source> = Vec::new();
+    let mut kube_objects = Vec::new();
     for argument in arguments {
         let name = source_name(argument)?;
         if sources.iter().any(|s| s.name == name) {
             return Err(input!("-f {} is given twice", argument.display()));
         }
+        let index = sources.len();
         let mut objects = Vec::new();
-        for (label, text) in documents(argument)? {
-            objects.extend(toml_file::parse(&label, &text)?);
+        if argument == Path::new("-") {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+            match sniff(&text) {
+                Format::Toml => objects.extend(toml_file::parse("<stdin>", &text)?),
+                Format::Yaml => {
+                    kube_objects
+                        .extend(kube::read("<stdin>", text.as_bytes())?.into_iter().map(|o| (index, o)));
+                }
+            }
+        }
+        for (file, format) in files(argument)? {
+            let label = file.display().to_string();
+            match format {
+                Format::Toml => {
+                    let text = fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
+                    objects.extend(toml_file::parse(&label, &text)?);
+                }
+                Format::Yaml => {
+                    let reader = File::open(&file).with_context(|| format!("cannot read {label}"))?;
+                    kube_objects.extend(kube::read(&label, reader)?.into_iter().map(|o| (index, o)));
+                }
+            }
         }
         sources.push(Source { name, objects });
     }
+    let translation = kube::translate(kube_objects, this_node);
+    for (index, object) in translation.objects {
+        sources[index].objects.push(object);
+    }
     check_unique(&sources)?;
-    Ok(sources)
+    Ok(Inputs { sources, notes: translation.notes })
 }
 
 fn source_name(argument: &Path) -> Result<String> {
@@ -52,37 +100,49 @@ fn source_name(argument: &Path) -> Result<String> {
     Ok(path.display().to_string())
 }
 
-/// The documents of one argument, each with the label its errors use.
-fn documents(argument: &Path) -> Result<Vec<(String, String)>> {
-    if argument == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
-        return Ok(vec![("<stdin>".to_owned(), text)]);
+fn format_of(path: &Path) -> Option<Format> {
+    match path.extension()?.to_str()? {
+        "toml" => Some(Format::Toml),
+        "yaml" | "yml" | "json" => Some(Format::Yaml),
+        _ => None,
     }
-    let files = if argument.is_dir() {
-        let mut files: Vec<PathBuf> = fs::read_dir(argument)
+}
+
+/// TOML starts with a table header or `key = value`; anything else is
+/// taken for YAML (or JSON).
+fn sniff(text: &str) -> Format {
+    let first = text.lines().map(str::trim).find(|line| !line.is_empty() && !line.starts_with('#'));
+    match first {
+        Some(line) if line.starts_with("[[") || (line.starts_with('[') && line.ends_with(']')) => {
+            Format::Toml
+        }
+        Some(line) if line.split_once('=').is_some_and(|(key, _)| !key.contains(':')) => Format::Toml,
+        _ => Format::Yaml,
+    }
+}
+
+/// The files of one argument (none for stdin), with their formats.
+fn files(argument: &Path) -> Result<Vec<(PathBuf, Format)>> {
+    if argument == Path::new("-") {
+        return Ok(Vec::new());
+    }
+    if argument.is_dir() {
+        let mut files: Vec<(PathBuf, Format)> = fs::read_dir(argument)
             .with_context(|| format!("cannot read directory {}", argument.display()))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .filter_map(|path| format_of(&path).map(|format| (path, format)))
             .collect();
-        files.sort();
-        files
-    } else if argument.extension().is_some_and(|ext| ext == "toml") {
-        vec![argument.to_owned()]
-    } else {
-        return Err(input!(
-            "-f {}: balctl reads TOML state files (*.toml); Kubernetes YAML input is not supported yet",
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        return Ok(files);
+    }
+    match format_of(argument) {
+        Some(format) => Ok(vec![(argument.to_owned(), format)]),
+        None => Err(input!(
+            "-f {}: balctl reads TOML state files (*.toml) and Kubernetes YAML or JSON \
+             (*.yaml, *.yml, *.json); name the file accordingly",
             argument.display()
-        ));
-    };
-    files
-        .into_iter()
-        .map(|file| {
-            let text =
-                fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            Ok((file.display().to_string(), text))
-        })
-        .collect()
+        )),
+    }
 }
 
 /// Names and frontends must be unique across everything one sync reads.
@@ -112,4 +172,19 @@ fn check_unique(sources: &[Source]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_format_is_sniffed_from_the_first_line() {
+        assert_eq!(sniff("# web\n[[service]]\nname = \"web\""), Format::Toml);
+        assert_eq!(sniff("name = \"web\"\n"), Format::Toml);
+        assert_eq!(sniff("apiVersion: v1\nkind: Service\n"), Format::Yaml);
+        assert_eq!(sniff("---\nkind: List\n"), Format::Yaml);
+        assert_eq!(sniff("{\"kind\": \"Service\"}"), Format::Yaml);
+        assert_eq!(sniff("annotation: \"a=b\"\n"), Format::Yaml);
+    }
 }

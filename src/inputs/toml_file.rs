@@ -127,7 +127,12 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
                 rules.push(FrontendRule { frontend, backends, affinity_seconds });
             }
         }
-        let object = SyncedObject { source: String::new(), owner: format!("service/{name}"), rules };
+        let object = SyncedObject {
+            source: String::new(),
+            owner: format!("service/{name}"),
+            rules,
+            addresses: Vec::new(),
+        };
         objects.push(Located { value: object, location });
     }
     Ok(objects)

@@ -20,6 +20,7 @@ pub mod map_names {
     pub const MEMBERSHIP: &str = "membership";
     pub const AFFINITY: &str = "affinity";
     pub const REVNAT: &str = "revnat";
+    pub const NODES: &str = "nodes";
 }
 
 /// Default capacities; `balctl load --map-size NAME=N` overrides them.
@@ -29,6 +30,8 @@ pub mod default_capacity {
     pub const BACKENDS: u32 = 65_536;
     pub const AFFINITY: u32 = 65_536;
     pub const REVNAT: u32 = 262_144;
+    /// Addresses of every Node (several per node: InternalIP, ExternalIP, IPv6).
+    pub const NODES: u32 = 16_384;
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -64,6 +67,17 @@ pub struct ServiceKey {
     pub scope: u8,
     pub slot: u16,
     pub _pad: u16,
+}
+
+/// Key of the nodes map, a set of node addresses (the value is always 0).
+/// A NodePort frontend is written with the unspecified address of its family
+/// (`::ffff:0.0.0.0` or `::`) and answers on every address in this set, and
+/// on loopback: a destination that matches no frontend exactly, but is a
+/// node address, is looked up again as the unspecified address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeAddressKey {
+    pub addr: Addr,
 }
 
 /// Value of the services map. In the master entry (slot 0) `count`, `flags`
@@ -160,6 +174,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::RevNatKey {}
     unsafe impl aya::Pod for super::RevNatValue {}
+    unsafe impl aya::Pod for super::NodeAddressKey {}
 }
 
 #[cfg(test)]
@@ -180,5 +195,6 @@ mod tests {
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<RevNatKey>(), 32);
         assert_eq!(size_of::<RevNatValue>(), 24);
+        assert_eq!(size_of::<NodeAddressKey>(), 16);
     }
 }

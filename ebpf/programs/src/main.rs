@@ -5,7 +5,9 @@
 //! (per datagram for unconnected UDP).
 //!
 //! Lookup path (see `balctl_common` for the map layouts):
-//! frontend master entry (slot 0) -> chosen slot -> backend id -> backend.
+//! frontend master entry (slot 0; the exact destination, else the NodePort
+//! entry when the destination is a node address or loopback) -> chosen slot
+//! -> backend id -> backend.
 #![no_std]
 #![no_main]
 
@@ -21,8 +23,8 @@ use aya_ebpf::{
 };
 use balctl_common::{
     Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP, MembershipKey,
-    RevNatKey, RevNatValue, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY, STICKY_NETNS, STICKY_SOCKET, ServiceEntry,
-    ServiceKey, default_capacity,
+    NodeAddressKey, RevNatKey, RevNatValue, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY, STICKY_NETNS,
+    STICKY_SOCKET, ServiceEntry, ServiceKey, default_capacity,
 };
 
 #[map(name = "services")]
@@ -41,6 +43,9 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 
 #[map(name = "revnat")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
+
+#[map(name = "nodes")]
+static NODES: HashMap<NodeAddressKey, u32> = HashMap::with_max_entries(default_capacity::NODES, 0);
 
 /// sock_addr programs allow the socket operation by returning 1.
 const ALLOW: i32 = 1;
@@ -116,10 +121,7 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         return ALLOW;
     }
     let dest = read_dest(sa, family);
-    let frontend =
-        ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_SERVICE, slot: 0, _pad: 0 };
-    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
-    let Some(master) = (unsafe { SERVICES.get(&frontend) }).copied() else {
+    let Some((frontend, master)) = find_frontend(&dest, proto) else {
         return ALLOW;
     };
     // SAFETY: the helper only reads the socket behind the context.
@@ -136,6 +138,30 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     remember_translation(cookie, &to, &dest, master.service_id, op);
     write_dest(sa, family, &to);
     ALLOW
+}
+
+/// The frontend `dest` belongs to, with its master entry: an exact match,
+/// else the NodePort frontend of its port when `dest` is a node address or
+/// loopback.
+#[inline(always)]
+fn find_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+    let exact =
+        ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_SERVICE, slot: 0, _pad: 0 };
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    if let Some(master) = unsafe { SERVICES.get(&exact) } {
+        return Some((exact, *master));
+    }
+    let v4 = is_v4_mapped(&dest.addr);
+    let node_address = NodeAddressKey { addr: dest.addr };
+    // SAFETY: only presence is read.
+    if !is_loopback(&dest.addr, v4) && unsafe { NODES.get(&node_address) }.is_none() {
+        return None;
+    }
+    let any = if v4 { V4_MAPPED_PREFIX } else { [0; 4] };
+    let node_port = ServiceKey { addr: any, ..exact };
+    // SAFETY: as above.
+    let master = unsafe { SERVICES.get(&node_port) }.copied()?;
+    Some((node_port, master))
 }
 
 /// Reverse translation for `recvmsg` and `getpeername`: a peer that is the
@@ -270,6 +296,16 @@ const V4_MAPPED_PREFIX: Addr = [0, 0, u32::from_be(0x0000_ffff), 0];
 #[inline(always)]
 fn is_v4_mapped(addr: &Addr) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX[2]
+}
+
+/// 127.0.0.0/8 (mapped) or ::1.
+#[inline(always)]
+fn is_loopback(addr: &Addr, v4: bool) -> bool {
+    if v4 {
+        u32::from_be(addr[3]) >> 24 == 127
+    } else {
+        addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == u32::from_be(1)
+    }
 }
 
 #[inline(always)]

@@ -1,0 +1,398 @@
+//! The parts of Service, EndpointSlice and Node that decide where service
+//! traffic goes, read from `kubectl get -o yaml` output. Everything else
+//! (managedFields, annotations, status conditions...) is ignored; what is
+//! read is checked as the API server would, with located errors.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+
+use super::{
+    field::{Field, Object},
+    yaml::Node,
+};
+use crate::{input, inputs::location::Location, model::MAX_AFFINITY_SECONDS};
+
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+pub enum KubeObject {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Node(NodeObject),
+}
+
+/// Namespace and name, with where the object starts.
+pub struct Meta {
+    pub namespace: String,
+    pub name: String,
+    pub location: Location,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+pub struct ServicePort {
+    pub name: String,
+    pub protocol: PortProtocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+}
+
+pub struct Service {
+    pub meta: Meta,
+    pub service_type: ServiceType,
+    /// `clusterIP: None`.
+    pub headless: bool,
+    pub cluster_ips: Vec<IpAddr>,
+    /// The families of `ipFamilies`, for a service without cluster IPs.
+    pub ip_families: Vec<Family>,
+    pub ports: Vec<ServicePort>,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`, except those with `ipMode: Proxy`
+    /// (the load balancer proxies them itself, so kube-proxy leaves them alone).
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub affinity_seconds: Option<u32>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+}
+
+pub struct SlicePort {
+    pub name: String,
+    pub protocol: PortProtocol,
+    pub port: u16,
+}
+
+pub struct Endpoint {
+    /// `addresses[0]`: the addresses of one endpoint are interchangeable,
+    /// and kube-proxy uses the first.
+    pub address: IpAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+}
+
+pub struct EndpointSlice {
+    pub meta: Meta,
+    /// The Service it belongs to (same namespace), from its label.
+    pub service: Option<String>,
+    /// None for FQDN slices, which name hosts rather than addresses.
+    pub family: Option<Family>,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+pub struct NodeObject {
+    pub meta: Meta,
+    /// InternalIP and ExternalIP addresses.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Reads one object.
+pub fn parse(file: &str, node: &Node) -> Result<KubeObject> {
+    let root = Field::root(node);
+    let mut object = Object { file, what: "object".into() };
+    let kind = root.require(&object, "kind")?;
+    let kind_name = kind.str(&object)?;
+    let api_version = root.require(&object, "apiVersion")?;
+    let expected = match kind_name {
+        "Service" | "Node" => "v1",
+        "EndpointSlice" => "discovery.k8s.io/v1",
+        other => {
+            return Err(kind.error(
+                &object,
+                format!(
+                    "balctl reads Service, EndpointSlice and Node objects, not {other} \
+                     (`kubectl get services,endpointslices,nodes -A -o yaml` selects them)"
+                ),
+            ));
+        }
+    };
+    let version = api_version.str(&object)?;
+    if version != expected {
+        return Err(
+            api_version.error(&object, format!("{kind_name} must be apiVersion {expected}, not {version}"))
+        );
+    }
+    let meta = meta(file, root, &mut object, kind_name)?;
+    Ok(match kind_name {
+        "Service" => KubeObject::Service(service(root, &object, meta)?),
+        "EndpointSlice" => KubeObject::EndpointSlice(endpoint_slice(root, &object, meta)?),
+        _ => KubeObject::Node(node_object(root, &object, meta)?),
+    })
+}
+
+fn meta(file: &str, root: Field<'_>, object: &mut Object<'_>, kind: &str) -> Result<Meta> {
+    let metadata = root.require(object, "metadata")?;
+    let name = metadata.require(object, "name")?.str(object)?.to_owned();
+    let namespace = match metadata.get("namespace") {
+        Some(namespace) => namespace.str(object)?.to_owned(),
+        None => "default".to_owned(),
+    };
+    object.what = if kind == "Node" { format!("Node {name}") } else { format!("{kind} {namespace}/{name}") };
+    crate::model::check_name(&name).map_err(|e| metadata.error(object, format!("metadata.name: {e}")))?;
+    Ok(Meta { namespace, name, location: root.node.location(file) })
+}
+
+fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> {
+    let spec = root.require(object, "spec")?;
+    let service_type = match spec.get("type") {
+        None => ServiceType::ClusterIp,
+        Some(t) => match t.one_of(object, &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"])? {
+            "ClusterIP" => ServiceType::ClusterIp,
+            "NodePort" => ServiceType::NodePort,
+            "LoadBalancer" => ServiceType::LoadBalancer,
+            _ => ServiceType::ExternalName,
+        },
+    };
+    let mut cluster_ips = Vec::new();
+    let mut headless = false;
+    let mut read_cluster_ip = |field: Field<'_>| -> Result<()> {
+        match field.str(object)? {
+            "None" => headless = true,
+            "" => {}
+            _ => cluster_ips.push(field.ip(object)?),
+        }
+        Ok(())
+    };
+    match (spec.get("clusterIPs"), spec.get("clusterIP")) {
+        (Some(list), _) => list.items(object)?.try_for_each(&mut read_cluster_ip)?,
+        (None, Some(single)) => read_cluster_ip(single)?,
+        (None, None) => {}
+    }
+    if cluster_ips.len() == 2 && Family::of(cluster_ips[0]) == Family::of(cluster_ips[1]) {
+        return Err(spec.error(object, "clusterIPs: a dual-stack service has one IP of each family"));
+    }
+    let mut ip_families = Vec::new();
+    if let Some(families) = spec.get("ipFamilies") {
+        for family in families.items(object)? {
+            ip_families.push(match family.one_of(object, &["IPv4", "IPv6"])? {
+                "IPv4" => Family::V4,
+                _ => Family::V6,
+            });
+        }
+    }
+    let needs_ports = service_type != ServiceType::ExternalName && !headless;
+    let ports = match spec.get("ports") {
+        Some(ports) => {
+            ports.items(object)?.map(|port| service_port(port, object)).collect::<Result<Vec<_>>>()?
+        }
+        None => Vec::new(),
+    };
+    if needs_ports && ports.is_empty() {
+        return Err(spec.error(object, "missing field `ports`: a Service needs at least one port"));
+    }
+    for (i, port) in ports.iter().enumerate() {
+        if ports[..i].iter().any(|p| p.port == port.port && p.protocol == port.protocol) {
+            return Err(spec.error(object, format!("ports: port {} is listed twice", port.port)));
+        }
+        if ports.len() > 1 && port.name.is_empty() {
+            return Err(spec.error(object, "ports: every port needs a name when there are several"));
+        }
+    }
+    let external_ips = match spec.get("externalIPs") {
+        Some(list) => list.items(object)?.map(|ip| ip.ip(object)).collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let mut load_balancer_ips = Vec::new();
+    if let Some(status) = root.get("status")
+        && let Some(load_balancer) = status.get("loadBalancer")
+        && let Some(ingress) = load_balancer.get("ingress")
+    {
+        for entry in ingress.items(object)? {
+            let proxied = entry.get("ipMode").map(|m| m.str(object)).transpose()? == Some("Proxy");
+            if let Some(ip) = entry.get("ip")
+                && !proxied
+            {
+                load_balancer_ips.push(ip.ip(object)?);
+            }
+        }
+    }
+    let affinity_seconds = match spec.get("sessionAffinity") {
+        Some(affinity) if affinity.one_of(object, &["None", "ClientIP"])? == "ClientIP" => {
+            Some(affinity_timeout(spec, object)?)
+        }
+        _ => None,
+    };
+    let internal_local = match spec.get("internalTrafficPolicy") {
+        Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
+        None => false,
+    };
+    Ok(Service {
+        meta,
+        service_type,
+        headless,
+        cluster_ips,
+        ip_families,
+        ports,
+        external_ips,
+        load_balancer_ips,
+        affinity_seconds,
+        internal_local,
+    })
+}
+
+fn affinity_timeout(spec: Field<'_>, object: &Object<'_>) -> Result<u32> {
+    let Some(config) = spec.get("sessionAffinityConfig") else {
+        return Ok(DEFAULT_AFFINITY_SECONDS);
+    };
+    let Some(client_ip) = config.get("clientIP") else {
+        return Ok(DEFAULT_AFFINITY_SECONDS);
+    };
+    let Some(timeout) = client_ip.get("timeoutSeconds") else {
+        return Ok(DEFAULT_AFFINITY_SECONDS);
+    };
+    let seconds = timeout.int(object)?;
+    match u32::try_from(seconds) {
+        Ok(seconds) if (1..=MAX_AFFINITY_SECONDS).contains(&seconds) => Ok(seconds),
+        _ => Err(timeout.error(object, format!("{seconds} is out of range (1-{MAX_AFFINITY_SECONDS})"))),
+    }
+}
+
+fn protocol(field: Option<Field<'_>>, object: &Object<'_>) -> Result<PortProtocol> {
+    Ok(match field {
+        None => PortProtocol::Tcp,
+        Some(protocol) => match protocol.one_of(object, &["TCP", "UDP", "SCTP"])? {
+            "TCP" => PortProtocol::Tcp,
+            "UDP" => PortProtocol::Udp,
+            _ => PortProtocol::Sctp,
+        },
+    })
+}
+
+fn name(field: Option<Field<'_>>, object: &Object<'_>) -> Result<String> {
+    Ok(match field {
+        Some(name) => name.str(object)?.to_owned(),
+        None => String::new(),
+    })
+}
+
+fn service_port(port: Field<'_>, object: &Object<'_>) -> Result<ServicePort> {
+    let number = port.require(object, "port")?.port(object)?;
+    // The EndpointSlice controller resolves the target port (a number, or a
+    // container port name) into each slice's ports; it is only checked here.
+    if let Some(target) = port.get("targetPort")
+        && target.int(object).is_err()
+    {
+        let name = target.str(object)?;
+        if name.is_empty() || name.len() > 15 || name.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(target.error(object, format!("`{name}` is neither a port number nor a port name")));
+        }
+    } else if let Some(target) = port.get("targetPort") {
+        target.port(object)?;
+    }
+    Ok(ServicePort {
+        name: name(port.get("name"), object)?,
+        protocol: protocol(port.get("protocol"), object)?,
+        port: number,
+        node_port: port.get("nodePort").map(|p| p.port(object)).transpose()?,
+    })
+}
+
+fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<EndpointSlice> {
+    let metadata = root.require(object, "metadata")?;
+    let mut service = None;
+    if let Some(labels) = metadata.get("labels")
+        && let Some(label) = labels.get(SERVICE_NAME_LABEL)
+    {
+        service = Some(label.str(object)?.to_owned());
+    }
+    let address_type = root.require(object, "addressType")?;
+    let family = match address_type.one_of(object, &["IPv4", "IPv6", "FQDN"])? {
+        "IPv4" => Some(Family::V4),
+        "IPv6" => Some(Family::V6),
+        _ => None,
+    };
+    let mut ports = Vec::new();
+    if let Some(list) = root.get("ports") {
+        for port in list.items(object)? {
+            // A port without a number means "every port" to some consumers;
+            // kube-proxy skips it, and so does balctl.
+            let Some(number) = port.get("port") else { continue };
+            ports.push(SlicePort {
+                name: name(port.get("name"), object)?,
+                protocol: protocol(port.get("protocol"), object)?,
+                port: number.port(object)?,
+            });
+        }
+    }
+    let mut endpoints = Vec::new();
+    if let (Some(list), Some(family)) = (root.get("endpoints"), family) {
+        for endpoint in list.items(object)? {
+            endpoints.push(endpoint_of(endpoint, object, family)?);
+        }
+    }
+    Ok(EndpointSlice { meta, service, family, ports, endpoints })
+}
+
+fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Result<Endpoint> {
+    let addresses = endpoint.require(object, "addresses")?;
+    let first = addresses.items(object)?.next().ok_or_else(|| addresses.error(object, "no addresses"))?;
+    let address = first.ip(object)?;
+    if Family::of(address) != family {
+        return Err(first.error(object, format!("{address} is not of the slice's addressType")));
+    }
+    let condition = |name: &str| -> Result<Option<bool>> {
+        match endpoint.get("conditions") {
+            Some(conditions) => conditions.get(name).map(|c| c.bool(object)).transpose(),
+            None => Ok(None),
+        }
+    };
+    // The API's rules for unset conditions: ready unless said otherwise,
+    // serving like ready, terminating only when said.
+    let ready = condition("ready")?.unwrap_or(true);
+    let serving = condition("serving")?.unwrap_or(ready);
+    let terminating = condition("terminating")?.unwrap_or(false);
+    let node_name = endpoint.get("nodeName").map(|n| n.str(object).map(str::to_owned)).transpose()?;
+    Ok(Endpoint { address, ready, serving, terminating, node_name })
+}
+
+fn node_object(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<NodeObject> {
+    let mut addresses = Vec::new();
+    if let Some(status) = root.get("status")
+        && let Some(list) = status.get("addresses")
+    {
+        for entry in list.items(object)? {
+            let kind = entry.require(object, "type")?.str(object)?;
+            if matches!(kind, "InternalIP" | "ExternalIP") {
+                addresses.push(entry.require(object, "address")?.ip(object)?);
+            }
+        }
+    }
+    if addresses.is_empty() {
+        return Err(input!(
+            "{}: {}: status.addresses has no InternalIP or ExternalIP",
+            meta.location,
+            object.what
+        ));
+    }
+    Ok(NodeObject { meta, addresses })
+}

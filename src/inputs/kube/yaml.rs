@@ -1,0 +1,365 @@
+//! Streaming YAML reading for Kubernetes dumps: one object at a time, each
+//! as a small tree whose every node knows its line and column.
+//!
+//! `kubectl get -o yaml` output can be hundreds of megabytes (a `List` with
+//! every Service and EndpointSlice of a big cluster), so the input is read
+//! incrementally and only one object's tree is alive at a time: the items
+//! of a `List` are handed out as they are parsed. JSON, a subset of YAML,
+//! reads the same way.
+
+use std::{
+    fmt,
+    io::{self, Read},
+};
+
+use anyhow::Result;
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use crate::{input, inputs::location::Location};
+
+/// A YAML node and where it starts.
+#[derive(Debug)]
+pub struct Node {
+    pub value: Value,
+    pub line: usize,
+    pub column: usize,
+}
+
+#[derive(Debug)]
+pub enum Value {
+    /// A scalar; `plain` is false for quoted and block scalars, which are
+    /// always strings (`"80"` is not a number).
+    Scalar {
+        text: String,
+        plain: bool,
+    },
+    Sequence(Vec<Node>),
+    /// Keys are scalars; Kubernetes objects have no other kind.
+    Mapping(Vec<(String, Node)>),
+}
+
+impl Node {
+    pub fn location(&self, file: &str) -> Location {
+        Location { file: file.to_owned(), line: self.line, column: self.column }
+    }
+
+    /// A null scalar (`~`, `null`, or nothing at all).
+    pub fn is_null(&self) -> bool {
+        matches!(&self.value, Value::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Mapping(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+/// Nesting deeper than this is not a Kubernetes object; refusing it keeps a
+/// hostile input from exhausting the stack.
+const MAX_DEPTH: usize = 64;
+
+/// Calls `object` with every object of a YAML stream: each document, or
+/// each item of a document that is a `List` (`kind: List`, `ServiceList`...).
+/// Empty documents are skipped.
+pub fn for_each_object(
+    file: &str,
+    reader: impl Read,
+    mut object: impl FnMut(Node) -> Result<()>,
+) -> Result<()> {
+    let mut chars = ReadChars::new(reader);
+    let result =
+        read_stream(&mut Events { parser: Parser::new_from_iter(chars.by_ref()), file }, &mut object);
+    if let Some(err) = chars.error.take() {
+        return Err(input!("{file}: {err}"));
+    }
+    result
+}
+
+struct Events<'f, 'i, I: Iterator<Item = char>> {
+    parser: Parser<'i, saphyr_parser::BufferedInput<I>>,
+    file: &'f str,
+}
+
+impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
+    fn next(&mut self) -> Result<(Event<'i>, Span)> {
+        match self.parser.next_event() {
+            Some(Ok(event)) => Ok(event),
+            Some(Err(err)) => {
+                let at = err.marker();
+                Err(input!("{}:{}:{}: invalid YAML: {}", self.file, at.line(), at.col() + 1, err.info()))
+            }
+            None => Err(input!("{}: unexpected end of the YAML stream", self.file)),
+        }
+    }
+
+    fn error(&self, span: &Span, message: impl fmt::Display) -> anyhow::Error {
+        input!("{}:{}:{}: {message}", self.file, span.start.line(), span.start.col() + 1)
+    }
+}
+
+fn read_stream<'i, I: Iterator<Item = char> + 'i>(
+    events: &mut Events<'_, 'i, I>,
+    object: &mut impl FnMut(Node) -> Result<()>,
+) -> Result<()> {
+    loop {
+        let (event, span) = events.next()?;
+        match event {
+            Event::StreamStart | Event::DocumentEnd => {}
+            Event::StreamEnd => return Ok(()),
+            Event::DocumentStart(_) => read_document(events, object)?,
+            other => return Err(events.error(&span, format!("unexpected YAML event {other:?}"))),
+        }
+    }
+}
+
+/// One document: a mapping whose `items` (if a sequence) are streamed one by
+/// one, or any other node, handed out whole.
+fn read_document<'i, I: Iterator<Item = char> + 'i>(
+    events: &mut Events<'_, 'i, I>,
+    object: &mut impl FnMut(Node) -> Result<()>,
+) -> Result<()> {
+    let (event, span) = events.next()?;
+    let Event::MappingStart(..) = event else {
+        let root = read_node(events, event, span, 0)?;
+        return if root.is_null() { Ok(()) } else { object(root) };
+    };
+    let mut entries = Vec::new();
+    let mut streamed_items: Option<(usize, Node)> = None;
+    loop {
+        let (event, key_span) = events.next()?;
+        if let Event::MappingEnd = event {
+            break;
+        }
+        let key = scalar_key(events, event, &key_span)?;
+        let (event, value_span) = events.next()?;
+        if key == "items" && matches!(event, Event::SequenceStart(..)) {
+            let mut count = 0;
+            loop {
+                let (event, span) = events.next()?;
+                if let Event::SequenceEnd = event {
+                    break;
+                }
+                object(read_node(events, event, span, 2)?)?;
+                count += 1;
+            }
+            let marker = Node {
+                value: Value::Scalar { text: String::new(), plain: true },
+                line: key_span.start.line(),
+                column: key_span.start.col() + 1,
+            };
+            streamed_items = Some((count, marker));
+        } else {
+            entries.push((key, read_node(events, event, value_span, 1)?));
+        }
+    }
+    let root = Node { value: Value::Mapping(entries), line: span.start.line(), column: span.start.col() + 1 };
+    match streamed_items {
+        None => object(root),
+        Some((_, items)) => {
+            let kind = root.get("kind").and_then(|k| match &k.value {
+                Value::Scalar { text, .. } => Some(text.as_str()),
+                _ => None,
+            });
+            if kind.is_some_and(|kind| kind.ends_with("List")) {
+                Ok(())
+            } else {
+                Err(input!(
+                    "{}:{}:{}: a document with `items` must be a List (kind: List), not {}",
+                    events.file,
+                    items.line,
+                    items.column,
+                    kind.map_or_else(|| "an object without a kind".to_owned(), |k| format!("kind {k}"))
+                ))
+            }
+        }
+    }
+}
+
+fn scalar_key<'i, I: Iterator<Item = char> + 'i>(
+    events: &Events<'_, 'i, I>,
+    event: Event<'i>,
+    span: &Span,
+) -> Result<String> {
+    match event {
+        Event::Scalar(text, ..) => Ok(text.into_owned()),
+        _ => Err(events.error(span, "mapping keys must be plain strings")),
+    }
+}
+
+fn read_node<'i, I: Iterator<Item = char> + 'i>(
+    events: &mut Events<'_, 'i, I>,
+    event: Event<'i>,
+    span: Span,
+    depth: usize,
+) -> Result<Node> {
+    if depth > MAX_DEPTH {
+        return Err(events.error(&span, format!("nesting deeper than {MAX_DEPTH} levels")));
+    }
+    let value = match event {
+        Event::Scalar(text, style, ..) => {
+            Value::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain }
+        }
+        Event::SequenceStart(..) => {
+            let mut items = Vec::new();
+            loop {
+                let (event, span) = events.next()?;
+                if let Event::SequenceEnd = event {
+                    break;
+                }
+                items.push(read_node(events, event, span, depth + 1)?);
+            }
+            Value::Sequence(items)
+        }
+        Event::MappingStart(..) => {
+            let mut entries = Vec::new();
+            loop {
+                let (event, key_span) = events.next()?;
+                if let Event::MappingEnd = event {
+                    break;
+                }
+                let key = scalar_key(events, event, &key_span)?;
+                let (event, value_span) = events.next()?;
+                entries.push((key, read_node(events, event, value_span, depth + 1)?));
+            }
+            Value::Mapping(entries)
+        }
+        Event::Alias(_) => {
+            return Err(events.error(&span, "YAML aliases are not supported in Kubernetes objects"));
+        }
+        other => return Err(events.error(&span, format!("unexpected YAML event {other:?}"))),
+    };
+    Ok(Node { value, line: span.start.line(), column: span.start.col() + 1 })
+}
+
+/// The characters of a byte stream, decoded as UTF-8 a chunk at a time. An
+/// I/O or encoding error ends the stream and is kept for the caller, since
+/// the parser's input cannot fail.
+struct ReadChars<R> {
+    reader: R,
+    chunk: String,
+    position: usize,
+    /// Bytes of a character split across two reads.
+    partial: Vec<u8>,
+    offset: usize,
+    error: Option<String>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl<R: Read> ReadChars<R> {
+    fn new(reader: R) -> Self {
+        Self { reader, chunk: String::new(), position: 0, partial: Vec::new(), offset: 0, error: None }
+    }
+
+    /// Reads the next chunk; false at the end or on an error.
+    fn refill(&mut self) -> bool {
+        let mut bytes = std::mem::take(&mut self.partial);
+        let start = bytes.len();
+        bytes.resize(start + CHUNK, 0);
+        let read = loop {
+            match self.reader.read(&mut bytes[start..]) {
+                Ok(read) => break read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.error = Some(format!("read failed: {e}"));
+                    return false;
+                }
+            }
+        };
+        bytes.truncate(start + read);
+        if read == 0 {
+            if !bytes.is_empty() {
+                self.error = Some(format!("not valid UTF-8 (at byte {})", self.offset));
+            }
+            return false;
+        }
+        let valid = match std::str::from_utf8(&bytes) {
+            Ok(_) => bytes.len(),
+            // Up to 3 bytes can be the start of a character the next read completes.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(e) => {
+                self.error = Some(format!("not valid UTF-8 (at byte {})", self.offset + e.valid_up_to()));
+                return false;
+            }
+        };
+        self.partial = bytes.split_off(valid);
+        self.offset += valid;
+        // Checked just above.
+        self.chunk = String::from_utf8(bytes).unwrap_or_default();
+        self.position = 0;
+        true
+    }
+}
+
+impl<R: Read> Iterator for ReadChars<R> {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        loop {
+            if let Some(c) = self.chunk[self.position..].chars().next() {
+                self.position += c.len_utf8();
+                return Some(c);
+            }
+            if self.error.is_some() || !self.refill() {
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(text: &str) -> Result<Vec<Node>> {
+        let mut found = Vec::new();
+        for_each_object("f.yaml", text.as_bytes(), |node| {
+            found.push(node);
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    fn kind(node: &Node) -> &str {
+        match &node.get("kind").unwrap().value {
+            Value::Scalar { text, .. } => text,
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn documents_and_list_items_are_objects_with_positions() {
+        let text = "kind: Service\nspec:\n  ports:\n  - port: 80\n---\n---\napiVersion: v1\nitems:\n- kind: A\n- kind: B\n  x: \"1\"\nkind: List\n";
+        let found = objects(text).unwrap();
+        let kinds: Vec<&str> = found.iter().map(kind).collect();
+        assert_eq!(kinds, ["Service", "A", "B"]);
+        let port = found[0].get("spec").unwrap().get("ports").unwrap();
+        let Value::Sequence(ports) = &port.value else { panic!() };
+        let number = ports[0].get("port").unwrap();
+        assert_eq!((number.line, number.column), (4, 11));
+        assert!(matches!(&found[2].get("x").unwrap().value, Value::Scalar { plain: false, .. }));
+        assert_eq!((found[1].line, found[1].column), (9, 3));
+    }
+
+    #[test]
+    fn items_outside_a_list_and_syntax_errors_are_located() {
+        let err = objects("kind: Service\nitems:\n- a: 1\n").unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:2:") && err.contains("must be a List"), "{err}");
+        let err = objects("kind: Service\n  spec: [\n").unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:2:") && err.contains("invalid YAML"), "{err}");
+    }
+
+    #[test]
+    fn json_reads_as_yaml_and_utf8_split_across_chunks_survives() {
+        let found = objects(r#"{"kind": "Node", "metadata": {"name": "é"}}"#).unwrap();
+        assert_eq!(kind(&found[0]), "Node");
+        let long = format!("kind: Node\nnote: \"{}\"\n", "é".repeat(CHUNK));
+        assert_eq!(objects(&long).unwrap().len(), 1);
+        let mut bad = b"kind: Node\nx: ".to_vec();
+        bad.push(0xff);
+        let err = for_each_object("f.yaml", &bad[..], |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("not valid UTF-8"), "{err}");
+    }
+}
