@@ -112,7 +112,7 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
             ctx.say(format!("{sign} {}  {}  -> {backends}", change.frontend, change.owner));
         }
     }
-    if report.changes.is_empty() {
+    if report.changes.is_empty() && report.summary == Summary::default() {
         ctx.say("sync: no changes");
     } else if dry_run {
         ctx.say(format!("sync (dry run, nothing changed): {}", report.summary));

@@ -7,6 +7,7 @@ mod datapath;
 mod docs;
 mod dump;
 mod input;
+mod kube;
 mod support;
 mod sync;
 
@@ -53,6 +54,16 @@ fn main() {
         sync::bad_state_files_change_nothing,
         sync::the_example_state_file_is_valid,
         sync::churn_loses_no_connection,
+        kube::kube_dns_answers_over_udp_and_tcp,
+        kube::nodeport_answers_on_node_addresses_and_loopback,
+        kube::loadbalancer_answers_on_ingress_ip,
+        kube::external_ip_answers,
+        kube::dual_stack_keeps_families_apart,
+        kube::local_traffic_policy_uses_this_nodes_endpoints,
+        kube::terminating_endpoints_are_a_fallback,
+        kube::named_ports_resolve_per_slice,
+        kube::client_ip_affinity_sticks,
+        kube::services_without_frontends_are_skipped_with_a_note,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

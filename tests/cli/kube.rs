@@ -1,0 +1,237 @@
+//! Issue 3, must show 1: each Kubernetes example in examples/k8s/ synced on
+//! the real kernel, then connected to from the client namespace through
+//! every kind of frontend it has, reaching only the right backends.
+//!
+//! The client namespace plays node-a (192.0.2.1, 2001:db8::1, see
+//! examples/k8s/nodes.yaml); backends live in the server namespace.
+
+use std::{collections::BTreeSet, thread, time::Duration};
+
+use serde_json::Value;
+
+use crate::support::Sandbox;
+
+fn example(name: &str) -> String {
+    format!("{}/examples/k8s/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Syncs example files as node-a and returns the sync's output.
+fn sync(sandbox: &Sandbox, files: &[&str]) -> String {
+    sync_as(sandbox, "node-a", files)
+}
+
+fn sync_as(sandbox: &Sandbox, node: &str, files: &[&str]) -> String {
+    let paths: Vec<String> =
+        files.iter().map(|f| if f.starts_with('/') { (*f).to_owned() } else { example(f) }).collect();
+    let mut args = vec!["sync", "--node-name", node];
+    for path in &paths {
+        args.extend(["-f", path.as_str()]);
+    }
+    sandbox.balctl_ok(&args)
+}
+
+/// Connects `count` times to `to`; every connection must succeed. Returns
+/// the ids of the backends that answered.
+fn reached(sandbox: &Sandbox, to: &str, count: u32) -> Vec<String> {
+    let report = sandbox.client(&["connect", "--to", to, "--count", &count.to_string()]);
+    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
+    report["backends"].as_object().expect("backends").keys().cloned().collect()
+}
+
+fn refused(sandbox: &Sandbox, to: &str) -> Value {
+    let report = sandbox.client(&["connect", "--to", to]);
+    assert_eq!(report["errors"]["ECONNREFUSED"], 1, "connect to {to}: {report}");
+    report
+}
+
+/// kube-dns: `dig @<cluster IP>` over UDP and over TCP gets answers from
+/// both CoreDNS endpoints (two dnsmasq servers answering differently), never
+/// from an unexpected source.
+pub fn kube_dns_answers_over_udp_and_tcp() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    for (host, answer) in [("192.0.2.2", "192.0.2.77"), ("192.0.2.3", "192.0.2.78")] {
+        let pid_file = sandbox.scratch(&format!("dnsmasq-{host}.pid"));
+        sandbox.spawn_server_program(&[
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={host}"),
+            "--port=53",
+            "--user=root",
+            &format!("--pid-file={}", pid_file.display()),
+            &format!("--address=/cluster.local/{answer}"),
+        ]);
+    }
+    sync(&sandbox, &["kube-dns.yaml"]);
+    for transport in ["+notcp", "+tcp"] {
+        let mut answers = BTreeSet::new();
+        for attempt in 0..80 {
+            let output = sandbox.client_program(&[
+                "dig",
+                "@198.18.0.10",
+                "kubernetes.default.svc.cluster.local",
+                "A",
+                "+short",
+                transport,
+                "+tries=1",
+                "+time=2",
+            ]);
+            let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                !stdout.contains("unexpected source") && !stderr.contains("unexpected"),
+                "{stdout}{stderr}"
+            );
+            if output.status.success() && stdout.starts_with("192.0.2.7") {
+                answers.insert(stdout);
+            } else if attempt > 40 {
+                panic!("dig {transport} failed: {stdout}{stderr}");
+            } else {
+                // dnsmasq needs a moment to bind.
+                thread::sleep(Duration::from_millis(100));
+            }
+            if answers.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(answers.into_iter().collect::<Vec<_>>(), ["192.0.2.77", "192.0.2.78"], "dig {transport}");
+    }
+}
+
+/// NodePort: the cluster IP, and the node port on this node's address, on
+/// another Node's address and on loopback, all reach both endpoints. The
+/// service is IPv4-only, so the node's IPv6 address is no frontend.
+pub fn nodeport_answers_on_node_addresses_and_loopback() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b4", &["192.0.2.4:8080"], &[]);
+    sandbox.serve("b5", &["192.0.2.5:8080"], &[]);
+    sandbox.load();
+    let nodes = sandbox.scratch("nodes.yaml");
+    std::fs::copy(example("nodes.yaml"), &nodes).unwrap();
+    let nodes = nodes.display().to_string();
+    let output = sync(&sandbox, &["nodeport.yaml", &nodes]);
+    assert!(output.contains("node addresses +3"), "{output}");
+    for to in ["198.18.0.20:80", "192.0.2.1:30080", "192.0.2.12:30080", "127.0.0.1:30080"] {
+        assert_eq!(reached(&sandbox, to, 40), ["b4", "b5"], "via {to}");
+    }
+    // Untranslated, it lands on the client namespace itself, where nothing listens.
+    refused(&sandbox, "[2001:db8::1]:30080");
+    // Once the Nodes are gone from their file, node addresses are no
+    // frontends any more; loopback still is.
+    std::fs::write(&nodes, "apiVersion: v1\nitems: []\nkind: List\n").unwrap();
+    let output = sync(&sandbox, &["nodeport.yaml", &nodes]);
+    assert!(output.contains("node addresses +0 -3"), "{output}");
+    refused(&sandbox, "192.0.2.1:30080");
+    assert_eq!(reached(&sandbox, "127.0.0.1:30080", 20), ["b4", "b5"]);
+}
+
+/// LoadBalancer: cluster IP, the ingress IP and the node port.
+pub fn loadbalancer_answers_on_ingress_ip() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b6", &["192.0.2.6:8443"], &[]);
+    sandbox.load();
+    sync(&sandbox, &["loadbalancer.yaml", "nodes.yaml"]);
+    for to in ["198.18.0.30:443", "198.18.1.30:443", "192.0.2.1:30443"] {
+        assert_eq!(reached(&sandbox, to, 5), ["b6"], "via {to}");
+    }
+}
+
+/// ExternalIPs: the external IP reaches the endpoints like the cluster IP.
+pub fn external_ip_answers() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b7", &["192.0.2.7:8080"], &[]);
+    sandbox.load();
+    sync(&sandbox, &["external-ip.yaml"]);
+    for to in ["198.18.0.40:80", "198.18.2.40:80"] {
+        assert_eq!(reached(&sandbox, to, 5), ["b7"], "via {to}");
+    }
+}
+
+/// Dual stack: each cluster IP reaches the endpoints of its own family.
+pub fn dual_stack_keeps_families_apart() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
+    sandbox.serve("b4-v6", &["[2001:db8::4]:8080"], &[]);
+    sandbox.serve("b5-v6", &["[2001:db8::5]:8080"], &[]);
+    sandbox.load();
+    sync(&sandbox, &["dual-stack.yaml"]);
+    assert_eq!(reached(&sandbox, "198.18.0.50:80", 40), ["b2", "b3"]);
+    assert_eq!(reached(&sandbox, "[2001:db8:5e::50]:80", 40), ["b4-v6", "b5-v6"]);
+}
+
+/// internalTrafficPolicy: Local: the cluster IP reaches only this node's
+/// endpoint, and refuses on a node without one; the node port (an external
+/// frontend) reaches both endpoints either way.
+pub fn local_traffic_policy_uses_this_nodes_endpoints() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b8-node-a", &["192.0.2.8:9100"], &[]);
+    sandbox.serve("b9-node-b", &["192.0.2.9:9100"], &[]);
+    sandbox.load();
+    sync_as(&sandbox, "node-a", &["local-traffic.yaml", "nodes.yaml"]);
+    assert_eq!(reached(&sandbox, "198.18.0.60:80", 30), ["b8-node-a"]);
+    for to in ["192.0.2.1:30060", "127.0.0.1:30060"] {
+        assert_eq!(reached(&sandbox, to, 40), ["b8-node-a", "b9-node-b"], "via {to}");
+    }
+    let output = sync_as(&sandbox, "node-c", &["local-traffic.yaml", "nodes.yaml"]);
+    assert!(output.contains("no endpoint on node node-c"), "{output}");
+    refused(&sandbox, "198.18.0.60:80");
+    assert_eq!(reached(&sandbox, "192.0.2.1:30060", 40), ["b8-node-a", "b9-node-b"]);
+}
+
+/// Terminating endpoints: never while a ready one exists; serving ones
+/// take over when none is ready; non-serving ones never.
+pub fn terminating_endpoints_are_a_fallback() {
+    let sandbox = Sandbox::new();
+    for host in [2, 3, 10, 11] {
+        sandbox.serve(&format!("b{host}"), &[&format!("192.0.2.{host}:8080")], &[]);
+    }
+    sandbox.load();
+    sync(&sandbox, &["terminating.yaml"]);
+    assert_eq!(reached(&sandbox, "198.18.0.70:80", 30), ["b2"]);
+    assert_eq!(reached(&sandbox, "198.18.0.71:80", 30), ["b10"]);
+}
+
+/// Named target port: each endpoint is reached on the port its own slice
+/// gives the name; decoys on the other port number never answer.
+pub fn named_ports_resolve_per_slice() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b4:8080", &["192.0.2.4:8080"], &[]);
+    sandbox.serve("b5:8081", &["192.0.2.5:8081"], &[]);
+    sandbox.serve("decoy", &["192.0.2.4:8081", "192.0.2.5:8080"], &[]);
+    sandbox.load();
+    sync(&sandbox, &["named-ports.yaml"]);
+    assert_eq!(reached(&sandbox, "198.18.0.80:80", 40), ["b4:8080", "b5:8081"]);
+}
+
+/// sessionAffinity: ClientIP: every connection from the client namespace
+/// lands on one endpoint.
+pub fn client_ip_affinity_sticks() {
+    let sandbox = Sandbox::new();
+    for host in 2..=4 {
+        sandbox.serve(&format!("b{host}"), &[&format!("192.0.2.{host}:8080")], &[]);
+    }
+    sandbox.load();
+    sync(&sandbox, &["session-affinity.yaml"]);
+    let services = sandbox.balctl_json(&["dump", "services", "--vip", "198.18.0.100"]);
+    assert_eq!(services["services"][0]["affinity_timeout_seconds"], 600, "{services}");
+    assert_eq!(reached(&sandbox, "198.18.0.100:80", 30).len(), 1);
+}
+
+/// Headless, ExternalName and SCTP: skipped with a note each; the rest of
+/// the service (a UDP port without endpoints) refuses at once.
+pub fn services_without_frontends_are_skipped_with_a_note() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let output = sync(&sandbox, &["skipped.yaml"]);
+    for note in ["shop/db is headless", "shop/payments is an ExternalName", "5061/SCTP skipped"] {
+        assert!(output.contains(&format!("note: service {note}")) || output.contains(note), "{output}");
+    }
+    assert!(output.contains("frontends +1 "), "{output}");
+    let report = sandbox.client(&["udp-sendto", "--to", "198.18.0.90:5060"]);
+    assert_eq!(report["errors"]["ECONNREFUSED"], 1, "{report}");
+}
