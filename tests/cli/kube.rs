@@ -235,3 +235,91 @@ pub fn services_without_frontends_are_skipped_with_a_note() {
     let report = sandbox.client(&["udp-sendto", "--to", "198.18.0.90:5060"]);
     assert_eq!(report["errors"]["ECONNREFUSED"], 1, "{report}");
 }
+
+/// Issue 3, must show 6 (YAML): each bad input exits 2 with file:line:column
+/// and the field in the message, and changes nothing: dump and the state
+/// file stay byte-identical.
+pub fn bad_yaml_changes_nothing() {
+    let sandbox = Sandbox::new();
+    // Small enough for the capacity case below: kube-dns takes 6 entries.
+    sandbox.load_with(&["--map-size", "services=16"]);
+    sync(&sandbox, &["kube-dns.yaml"]);
+    let snapshot = || {
+        (sandbox.balctl_ok(&["dump", "-o", "json"]), std::fs::read(sandbox.state.join("state.json")).unwrap())
+    };
+    let before = snapshot();
+
+    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  \
+                   clusterIP: 198.18.0.30\n  ports:\n  - name: http\n    port: 80\n";
+    let slice = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  \
+                 metadata:\n    name: web-1\n    namespace: shop\n    labels:\n      \
+                 kubernetes.io/service-name: web\n  addressType: IPv4\n  endpoints:\n  - addresses: [\"192.0.2.300\"]\n";
+    let many_endpoints: String = (2..=11).map(|host| format!("  - addresses: [192.0.2.{host}]\n")).collect();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "syntax.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n spec: [\n".into(),
+            ":5:2: invalid YAML",
+        ),
+        (
+            "api.yaml",
+            service.replace("apiVersion: v1", "apiVersion: apps/v1"),
+            ":1:13: Service: apiVersion: Service must be apiVersion v1",
+        ),
+        (
+            "kind.yaml",
+            service.replace("kind: Service", "kind: Deployment"),
+            ":2:7: Deployment: kind: balctl reads Service, EndpointSlice and Node",
+        ),
+        (
+            "beta.yaml",
+            slice.replace("discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"),
+            ":4:15: EndpointSlice: apiVersion: EndpointSlice must be apiVersion discovery.k8s.io/v1",
+        ),
+        (
+            "ports.yaml",
+            service.split("  ports:").next().unwrap().to_owned(),
+            ":7:3: Service shop/web: spec: missing field `ports`",
+        ),
+        (
+            "ip.yaml",
+            service.replace("198.18.0.30", "198.18.0.300"),
+            ":7:14: Service shop/web: spec.clusterIP: `198.18.0.300` is not a valid IP address",
+        ),
+        (
+            "endpoint.yaml",
+            slice.to_owned(),
+            ":13:17: EndpointSlice shop/web-1: endpoints[0].addresses[0]: `192.0.2.300` is not a valid IP",
+        ),
+        (
+            "port.yaml",
+            service.replace("port: 80", "port: 70000"),
+            ":10:11: Service shop/web: spec.ports[0].port: port 70000 is out of range",
+        ),
+        (
+            "duplicate.yaml",
+            format!("{service}---\n{}", service.replace("name: web", "name: web2")),
+            ":12:1: frontend 198.18.0.30:80/tcp of service/shop/web2 is also a frontend of service/shop/web (at ",
+        ),
+        (
+            "capacity.yaml",
+            format!(
+                "{service}---\n{}{many_endpoints}  ports:\n  - name: http\n    port: 8080\n",
+                slice.split("  - addresses").next().unwrap()
+            ),
+            ": the services map would need",
+        ),
+    ];
+    for (name, text, expected) in &cases {
+        let path = sandbox.scratch(name);
+        std::fs::write(&path, text).unwrap();
+        let file = path.display().to_string();
+        let output = sandbox.balctl(&["sync", "--node-name", "node-a", "-f", &file]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        let expected =
+            if expected.starts_with(": the") { expected.to_string() } else { format!("{file}{expected}") };
+        assert!(stderr.contains(&expected), "{name}: expected {expected}\n got {stderr}");
+        assert_eq!(snapshot(), before, "{name} changed something");
+    }
+}

@@ -64,6 +64,7 @@ fn main() {
         kube::named_ports_resolve_per_slice,
         kube::client_ip_affinity_sticks,
         kube::services_without_frontends_are_skipped_with_a_note,
+        kube::bad_yaml_changes_nothing,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

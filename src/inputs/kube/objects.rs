@@ -122,6 +122,7 @@ pub fn parse(file: &str, node: &Node) -> Result<KubeObject> {
     let mut object = Object { file, what: "object".into() };
     let kind = root.require(&object, "kind")?;
     let kind_name = kind.str(&object)?;
+    object.what = kind_name.to_owned();
     let api_version = root.require(&object, "apiVersion")?;
     let expected = match kind_name {
         "Service" | "Node" => "v1",

@@ -154,7 +154,14 @@ impl Sandbox {
     }
 
     pub fn load(&self) -> String {
-        self.balctl_ok(&["load", "--cgroup", self.cgroup.to_str().unwrap()])
+        self.load_with(&[])
+    }
+
+    /// `load` with more arguments, e.g. `--map-size`.
+    pub fn load_with(&self, more: &[&str]) -> String {
+        let mut args = vec!["load", "--cgroup", self.cgroup.to_str().unwrap()];
+        args.extend(more);
+        self.balctl_ok(&args)
     }
 
     fn peer(&self, join_cgroup: bool, netns: &str) -> Command {
