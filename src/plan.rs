@@ -325,7 +325,7 @@ impl Phases {
     }
 
     fn into_steps(self) -> Vec<Step> {
-        [
+        let phases = [
             self.put_backends,
             self.put_memberships,
             self.shrink_masters,
@@ -335,10 +335,14 @@ impl Phases {
             self.put_masters,
             self.late,
             self.delete_backends,
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        ];
+        // A big plan is most of a sync's memory: move the phases into one
+        // vector of the final size, freeing each as it is moved.
+        let mut steps = Vec::with_capacity(phases.iter().map(Vec::len).sum());
+        for phase in phases {
+            steps.extend(phase);
+        }
+        steps
     }
 }
 

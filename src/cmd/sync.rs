@@ -30,7 +30,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
             state.synced.extend(source.objects.into_iter().map(|located| {
                 let mut object = located.value;
                 object.source.clone_from(&source.name);
-                object
+                std::sync::Arc::new(object)
             }));
         }
         Ok(())

@@ -300,15 +300,13 @@ fn service_port(port: Field<'_>, object: &Object<'_>) -> Result<ServicePort> {
     let number = port.require(object, "port")?.port(object)?;
     // The EndpointSlice controller resolves the target port (a number, or a
     // container port name) into each slice's ports; it is only checked here.
-    if let Some(target) = port.get("targetPort")
-        && target.int(object).is_err()
-    {
-        let name = target.str(object)?;
-        if name.is_empty() || name.len() > 15 || name.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(target.error(object, format!("`{name}` is neither a port number nor a port name")));
+    if let Some(target) = port.get("targetPort") {
+        let text = target.str(object).unwrap_or_default();
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            target.port(object)?;
+        } else if text.len() > 15 {
+            return Err(target.error(object, format!("`{text}` is neither a port number nor a port name")));
         }
-    } else if let Some(target) = port.get("targetPort") {
-        target.port(object)?;
     }
     Ok(ServicePort {
         name: name(port.get("name"), object)?,

@@ -238,7 +238,9 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
 /// the parser's input cannot fail.
 struct ReadChars<R> {
     reader: R,
-    chunk: String,
+    /// Decoded once per chunk: handing out chars is then an index bump,
+    /// which matters at hundreds of megabytes.
+    chunk: Vec<char>,
     position: usize,
     /// Bytes of a character split across two reads.
     partial: Vec<u8>,
@@ -250,7 +252,7 @@ const CHUNK: usize = 1 << 20;
 
 impl<R: Read> ReadChars<R> {
     fn new(reader: R) -> Self {
-        Self { reader, chunk: String::new(), position: 0, partial: Vec::new(), offset: 0, error: None }
+        Self { reader, chunk: Vec::new(), position: 0, partial: Vec::new(), offset: 0, error: None }
     }
 
     /// Reads the next chunk; false at the end or on an error.
@@ -286,8 +288,9 @@ impl<R: Read> ReadChars<R> {
         };
         self.partial = bytes.split_off(valid);
         self.offset += valid;
+        self.chunk.clear();
         // Checked just above.
-        self.chunk = String::from_utf8(bytes).unwrap_or_default();
+        self.chunk.extend(std::str::from_utf8(&bytes).unwrap_or_default().chars());
         self.position = 0;
         true
     }
@@ -298,8 +301,8 @@ impl<R: Read> Iterator for ReadChars<R> {
 
     fn next(&mut self) -> Option<char> {
         loop {
-            if let Some(c) = self.chunk[self.position..].chars().next() {
-                self.position += c.len_utf8();
+            if let Some(&c) = self.chunk.get(self.position) {
+                self.position += 1;
                 return Some(c);
             }
             if self.error.is_some() || !self.refill() {

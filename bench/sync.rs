@@ -1,0 +1,168 @@
+//! `balctl sync -f` of Kubernetes YAML at scale: N services × 10 endpoints
+//! (N = 10,000, 30,000, 100,000 by default; or the sizes given as
+//! arguments), timed as whole processes, with their peak RSS.
+//!
+//! For each size, in a fresh sandbox (private bpffs, child cgroup, its own
+//! state dir; see tests/cli/support), balctl is loaded with maps big enough
+//! for N, a `kubectl get services,endpointslices -A -o yaml`-shaped List is
+//! written, and then measured:
+//! 1. full sync into an empty datapath;
+//! 2. the same sync again (nothing to change);
+//! 3. a one-endpoint change (one endpoint of one service gets a new address).
+//!
+//! Run as root: `cargo bench --bench sync [-- SIZES...]`. Results are
+//! recorded in bench/RESULTS.md.
+
+// The sandbox is shared with the CLI tests; the bench uses part of it.
+#[allow(dead_code)]
+#[path = "../tests/cli/support/mod.rs"]
+mod support;
+
+use std::{
+    fmt::Write as _,
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{BALCTL, Sandbox};
+
+const ENDPOINTS: u32 = 10;
+/// Ports a backend address is given before the next address is used, so
+/// every endpoint of every service is a distinct backend, as pod IPs are.
+const PORTS_PER_ADDRESS: u32 = 60_000;
+
+fn main() {
+    support::peer::run_if_requested();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the sync bench needs root (cgroups, bpf); run it with sudo");
+        std::process::exit(1);
+    }
+    support::sweep_stale();
+    let sizes: Vec<u32> =
+        std::env::args().skip(1).filter(|a| !a.starts_with('-')).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![10_000, 30_000, 100_000] } else { sizes };
+    println!(
+        "| services × {ENDPOINTS} | YAML | full sync s | RSS MB | repeat s | RSS MB | one-endpoint change s | RSS MB |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for services in sizes {
+        scenario(services);
+    }
+}
+
+fn scenario(services: u32) {
+    let sandbox = Sandbox::new();
+    let entries = services * (ENDPOINTS + 1);
+    let sizes = format!(
+        "services={},backends={}",
+        (entries + entries / 8).next_power_of_two(),
+        (services * ENDPOINTS + 1).next_power_of_two()
+    );
+    let cgroup = sandbox.cgroup.to_str().expect("cgroup path is UTF-8");
+    sandbox.balctl_ok(&["load", "--cgroup", cgroup, "--map-size", &sizes]);
+    let input = sandbox.scratch("cluster.yaml");
+    write_cluster(&input, services, None);
+    let megabytes = std::fs::metadata(&input).map(|m| m.len() / 1_000_000).unwrap_or(0);
+
+    let full = timed_sync(&sandbox, &input, "frontends +");
+    let repeat = timed_sync(&sandbox, &input, "no changes");
+    write_cluster(&input, services, Some(0));
+    let change = timed_sync(&sandbox, &input, "frontends +0 ~1 -0, backends +1 -1");
+    println!(
+        "| {services} | {megabytes} MB | {:.2} | {} | {:.2} | {} | {:.3} | {} |",
+        full.0.as_secs_f64(),
+        full.1,
+        repeat.0.as_secs_f64(),
+        repeat.1,
+        change.0.as_secs_f64(),
+        change.1,
+    );
+}
+
+/// Runs `balctl sync -f input` as its own process; returns its wall time and
+/// peak RSS in MB, after checking its summary line.
+fn timed_sync(sandbox: &Sandbox, input: &Path, expect: &str) -> (Duration, u64) {
+    let output_path = sandbox.scratch("sync.out");
+    let output = File::create(&output_path).expect("create output file");
+    let start = Instant::now();
+    let child = Command::new(BALCTL)
+        .args(["sync", "--node-name", "node-a", "-f"])
+        .arg(input)
+        .env("BALCTL_BPFFS", &sandbox.pins)
+        .env("BALCTL_STATE_DIR", &sandbox.state)
+        .stdin(Stdio::null())
+        .stdout(output)
+        .spawn()
+        .expect("run balctl");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child just spawned; nothing else reaps it.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let took = start.elapsed();
+    assert_eq!(pid, child.id() as i32, "wait4 failed");
+    let printed = std::fs::read_to_string(&output_path).unwrap_or_default();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "balctl sync failed: {printed}");
+    assert!(printed.contains(expect), "expected `{expect}` from the sync, got: {printed}");
+    // ru_maxrss is in kilobytes on Linux.
+    (took, usage.ru_maxrss as u64 / 1024)
+}
+
+/// Writes the cluster as `kubectl get services,endpointslices -A -o yaml`
+/// prints it (a List; the fields kubectl shows, trimmed of managedFields).
+/// Service i has cluster IP 198.18.0.0 + i + 1 and 10 endpoints; with
+/// `changed = Some(i)`, service i's first endpoint has another address.
+fn write_cluster(path: &Path, services: u32, changed: Option<u32>) {
+    let mut out = BufWriter::new(File::create(path).expect("create the YAML input"));
+    let mut item = String::new();
+    out.write_all(b"apiVersion: v1\nitems:\n").expect("write");
+    for i in 0..services {
+        item.clear();
+        let vip = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i + 1;
+        let vip = std::net::Ipv4Addr::from(vip);
+        let (namespace, name) = (format!("ns-{}", i % 100), format!("svc-{i}"));
+        let _ = write!(
+            item,
+            "- apiVersion: v1\n  kind: Service\n  metadata:\n    creationTimestamp: \"2026-11-01T10:00:00Z\"\n    \
+             labels:\n      app: {name}\n    name: {name}\n    namespace: {namespace}\n    \
+             resourceVersion: \"{}\"\n    uid: 5f0c8a2e-0000-4000-8000-{i:012}\n  spec:\n    clusterIP: {vip}\n    \
+             clusterIPs:\n    - {vip}\n    internalTrafficPolicy: Cluster\n    ipFamilies:\n    - IPv4\n    \
+             ipFamilyPolicy: SingleStack\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      \
+             targetPort: http\n    selector:\n      app: {name}\n    sessionAffinity: None\n    type: ClusterIP\n  \
+             status:\n    loadBalancer: {{}}\n",
+            1000 + i
+        );
+        let _ = write!(item, "- addressType: IPv4\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n");
+        let port = 1024 + i % PORTS_PER_ADDRESS;
+        for e in 0..ENDPOINTS {
+            let host = 2
+                + e
+                + ENDPOINTS * (i / PORTS_PER_ADDRESS)
+                + if changed == Some(i) && e == 0 { 100 } else { 0 };
+            let _ = write!(
+                item,
+                "  - addresses:\n    - 192.0.2.{host}\n    conditions:\n      ready: true\n      serving: true\n      \
+                 terminating: false\n    nodeName: node-{}\n    targetRef:\n      kind: Pod\n      name: {name}-{e}\n      \
+                 namespace: {namespace}\n      uid: 0a1b2c3d-0000-4000-8000-{i:06}{e:06}\n",
+                e % 3
+            );
+        }
+        let _ = write!(
+            item,
+            "  kind: EndpointSlice\n  metadata:\n    creationTimestamp: \"2026-11-01T10:00:00Z\"\n    \
+             generateName: {name}-\n    generation: 1\n    labels:\n      \
+             endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n      \
+             kubernetes.io/service-name: {name}\n    name: {name}-abcde\n    namespace: {namespace}\n    \
+             resourceVersion: \"{}\"\n    uid: 7e0c8a2e-0000-4000-8000-{i:012}\n  ports:\n  - name: http\n    \
+             port: {port}\n    protocol: TCP\n",
+            2000 + i
+        );
+        out.write_all(item.as_bytes()).expect("write");
+    }
+    out.write_all(b"kind: List\nmetadata:\n  resourceVersion: \"\"\n").expect("write");
+    out.flush().expect("write");
+}
