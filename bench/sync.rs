@@ -89,6 +89,8 @@ fn timed_sync(sandbox: &Sandbox, input: &Path, expect: &str) -> (Duration, u64) 
     let output_path = sandbox.scratch("sync.out");
     let output = File::create(&output_path).expect("create output file");
     let start = Instant::now();
+    // Reaped by wait4 below, which also gives the peak RSS that Child::wait cannot.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(BALCTL)
         .args(["sync", "--node-name", "node-a", "-f"])
         .arg(input)
