@@ -11,6 +11,7 @@ pub mod inputs;
 pub mod model;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod state;
 pub mod transaction;
 
@@ -24,6 +25,7 @@ use crate::{
 };
 
 pub fn run(cli: Cli) -> Result<()> {
+    progress::enable(!cli.quiet);
     let ctx = Context {
         pins: PinDir::new(&cli.bpffs),
         state: StateDir::new(&cli.state_dir),

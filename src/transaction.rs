@@ -10,6 +10,7 @@ use crate::{
     bpf::{maps::Datapath, pins::PinDir},
     image::Image,
     plan::Plan,
+    progress::MapWrites,
     state::{AppliedState, StateDir},
 };
 
@@ -51,7 +52,7 @@ pub fn change(
     if !plan.is_empty() {
         let mut opened = Datapath::open(pins)?;
         opened.check_capacity(&plan, before.image.entry_counts())?;
-        opened.apply(&plan)?;
+        opened.apply(&plan, &mut MapWrites::new(plan.steps.len()))?;
         datapath = Some(opened);
     }
     if let Err(err) = state_dir.write(&lock, &after) {

@@ -15,6 +15,7 @@ use crate::{
     image::{BackendId, EntryCounts},
     input,
     plan::{MapContents, Op, Plan, Step},
+    progress::Progress,
 };
 
 pub struct Datapath {
@@ -89,16 +90,18 @@ impl Datapath {
         check_fits(plan.peak_entries(start), self.capacity)
     }
 
-    /// Runs every step in order. If one fails, the steps already done are
-    /// undone in reverse order, so the maps are left as they were. Then
-    /// drops the sticky choices (affinity, per-socket UDP) that point at
-    /// backends which left their service: the datapath already ignores them
-    /// (membership check), this frees them at once.
-    pub fn apply(&mut self, plan: &Plan) -> Result<()> {
+    /// Runs every step in order, telling `progress` how many are done. If
+    /// one fails, the steps already done are undone in reverse order, so the
+    /// maps are left as they were. Then drops the sticky choices (affinity,
+    /// per-socket UDP) that point at backends which left their service: the
+    /// datapath already ignores them (membership check), this frees them at
+    /// once.
+    pub fn apply(&mut self, plan: &Plan, progress: &mut dyn Progress) -> Result<()> {
         for (done, step) in plan.steps.iter().enumerate() {
             if let Err(err) = self.execute(&step.op) {
                 return Err(self.undo(&plan.steps[..done], err.context("map update failed")));
             }
+            progress.advance(done + 1);
         }
         let left: HashSet<MembershipKey> = plan
             .steps

@@ -13,6 +13,7 @@ use crate::{
     cli::LoadArgs,
     output::{count, print_structured},
     plan::{MapContents, Plan},
+    progress::MapWrites,
 };
 
 #[derive(Serialize)]
@@ -35,7 +36,7 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     let actual = datapath.read_contents()?;
     let plan = Plan::repair(&actual, &MapContents::of(&state.image));
     datapath.check_capacity(&plan, actual.entry_counts())?;
-    datapath.apply(&plan)?;
+    datapath.apply(&plan, &mut MapWrites::new(plan.steps.len()))?;
     drop(lock);
 
     let output = LoadOutput { report, entries_repaired: plan.steps.len() };

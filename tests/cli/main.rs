@@ -8,6 +8,7 @@ mod docs;
 mod dump;
 mod input;
 mod kube;
+mod progress;
 mod support;
 mod sync;
 
@@ -47,6 +48,7 @@ fn main() {
         input::bad_input_changes_nothing,
         input::mismatched_pinned_map_is_refused,
         input::unload_asks_on_a_terminal,
+        progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,
         sync::repeated_sync_changes_nothing,
         sync::sync_prunes_only_its_own_sources,
