@@ -42,7 +42,7 @@ complete -c balctl -n "__fish_balctl_needs_command" -f -a "dump" -d 'Show what t
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l cgroup -d 'cgroup v2 directory to attach to [default: the cgroup2 root]' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand load" -l map-size -d 'Capacity of a map when it is created, as NAME=ENTRIES (services, backends, affinity, revnat); repeat or separate with commas' -r
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l map-size -d 'Capacity of a map when it is created, as NAME=ENTRIES (services, backends, affinity, revnat, nodes); repeat or separate with commas' -r
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand load" -s o -l output -d 'Output format' -r -f -a "table\t''
@@ -145,13 +145,15 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "get" -d 'Show one rule'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a rule'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c balctl -n "__fish_balctl_using_subcommand sync" -s f -l filename -d 'State file, directory of state files, or - for standard input' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s f -l filename -d 'TOML state file, Kubernetes YAML/JSON file, a directory of them, or - for standard input' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l node-name -d 'This node\'s name, for internalTrafficPolicy: Local [default: the hostname]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format' -r -f -a "table\t''
 json\t''
 yaml\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l watch -d 'Keep running and sync again whenever an input changes (not with -f -)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s h -l help -d 'Print help (see more with \'--help\')'

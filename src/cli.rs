@@ -90,6 +90,13 @@ pub enum Command {
     /// sync replaces exactly the objects that came from its sources, so rules
     /// from `balctl policy` and other sources stay. Everything is validated
     /// before the first map write; an error points at file:line:column.
+    ///
+    /// With --watch, balctl keeps running and syncs again whenever an input
+    /// changes: a file written or renamed over, a file added to or removed
+    /// from a directory. An input that does not parse or validate is
+    /// reported and the applied state stays as it was, also at start-up; the
+    /// next change that makes it valid is applied. SIGINT or SIGTERM stops
+    /// the watch (exit 0); the datapath stays loaded.
     Sync(SyncArgs),
 
     /// Show what the pinned maps hold
@@ -124,6 +131,10 @@ pub struct SyncArgs {
     /// This node's name, for internalTrafficPolicy: Local [default: the hostname]
     #[arg(long, value_name = "NAME", env = "BALCTL_NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Keep running and sync again whenever an input changes (not with -f -)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]

@@ -30,3 +30,11 @@ pub const EXIT_INPUT: i32 = 2;
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|cause| cause.is::<InputError>()) { EXIT_INPUT } else { EXIT_RUNTIME }
 }
+
+/// Prints `err` and its causes on stderr, the way balctl reports every error.
+pub fn report(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod progress;
 pub mod state;
 pub mod transaction;
+pub mod watch;
 
 use anyhow::Result;
 
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status => cmd::status::run(&ctx),
         Command::Policy(command) => cmd::policy::run(&ctx, command),
         Command::Dump(args) => cmd::dump::run(&ctx, args),
+        Command::Sync(args) if args.watch => watch::run(&ctx, args),
         Command::Sync(args) => cmd::sync::run(&ctx, args),
         Command::Completions(args) => cmd::completions::run(args),
     }

@@ -3,7 +3,10 @@
 
 use std::process::ExitCode;
 
-use balctl::{cli::Cli, error::exit_code};
+use balctl::{
+    cli::Cli,
+    error::{exit_code, report},
+};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
@@ -28,10 +31,7 @@ fn main() -> ExitCode {
     match balctl::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            report(&err);
             ExitCode::from(exit_code(&err) as u8)
         }
     }

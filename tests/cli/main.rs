@@ -11,6 +11,7 @@ mod kube;
 mod progress;
 mod support;
 mod sync;
+mod watch;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -67,6 +68,8 @@ fn main() {
         kube::client_ip_affinity_sticks,
         kube::services_without_frontends_are_skipped_with_a_note,
         kube::bad_yaml_changes_nothing,
+        watch::changes_reach_the_datapath_within_a_second,
+        watch::a_directory_is_followed_from_a_broken_start,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

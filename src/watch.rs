@@ -1,0 +1,258 @@
+//! `balctl sync --watch`: sync once, then sync again whenever an input
+//! changes, until SIGINT or SIGTERM.
+//!
+//! Every sync is `cmd::sync::run`, exactly what a one-shot sync does, so a
+//! change goes through the same validation, plan and all-or-nothing apply.
+//! A failed sync (an input that does not parse or validate, balctl not
+//! loaded) is reported and leaves the applied state as it was; the watcher
+//! keeps running and tries again on the next change. That includes the
+//! first sync: a watcher started on a broken file applies it once fixed.
+//!
+//! Inotify (through the `notify` crate) watches the directory holding each
+//! input rather than the file itself: editors often save by writing a
+//! temporary file and renaming it over the old one, which ends a watch on
+//! the old file but is an event in its directory. A directory given with
+//! -f is watched as well, for input files added to, changed in or removed
+//! from it.
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
+
+use crate::{
+    cli::SyncArgs,
+    cmd::{self, Context},
+    error, input,
+};
+
+/// A burst of events (truncate, write, close; or write a temporary file,
+/// rename it) ends when the inputs have been quiet this long.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// A sync starts at most this long after the first change of a burst, even
+/// if events keep coming, so a change always reaches the datapath well
+/// within a second.
+const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// The files that `inputs` reads from a directory, by extension.
+const INPUT_EXTENSIONS: [&str; 4] = ["toml", "yaml", "yml", "json"];
+
+/// Kubernetes ConfigMap and Secret volumes update by pointing this symlink
+/// at a new directory; the files in the volume are symlinks through it and
+/// do not change.
+const KUBERNETES_DATA_LINK: &str = "..data";
+
+/// What wakes the watch loop.
+enum Wake {
+    Changed,
+    Stop(i32),
+}
+
+pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
+    if args.filenames.iter().any(|f| f == Path::new("-")) {
+        return Err(input!(
+            "-f -: standard input cannot be watched; give --watch files or directories, \
+             or sync standard input without --watch"
+        ));
+    }
+    let targets = args.filenames.iter().map(|f| Target::new(f)).collect::<Result<Vec<_>>>()?;
+    let (tx, rx) = mpsc::channel();
+    // Signals become messages like file events, so the loop stops between
+    // syncs and never in the middle of a plan's map writes.
+    forward_signals(tx.clone())?;
+    let mut watcher = watch_parents(&targets, tx)?;
+    log::info!("watching {} for changes", describe(&targets));
+    loop {
+        watch_directories(&mut watcher, &targets);
+        sync(ctx, args);
+        let signal = match rx.recv().context("the file watcher stopped")? {
+            Wake::Stop(signal) => Some(signal),
+            Wake::Changed => settle(&rx)?,
+        };
+        if let Some(signal) = signal {
+            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            log::info!("stopping on {name}; the datapath stays as it is");
+            return Ok(());
+        }
+    }
+}
+
+/// One sync; its error is reported, not returned, so watching goes on.
+fn sync(ctx: &Context, args: &SyncArgs) {
+    if let Err(err) = cmd::sync::run(ctx, args) {
+        error::report(&err);
+        eprintln!("sync --watch: nothing applied from this change; retrying when an input changes");
+    }
+}
+
+/// Waits until the inputs have been quiet for `QUIET`, at most `MAX_WAIT`
+/// after the change that woke the loop. Returns a signal that came meanwhile.
+fn settle(rx: &Receiver<Wake>) -> Result<Option<i32>> {
+    let first = Instant::now();
+    let mut last = first;
+    loop {
+        let deadline = (last + QUIET).min(first + MAX_WAIT);
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Wake::Changed) => last = Instant::now(),
+            Ok(Wake::Stop(signal)) => return Ok(Some(signal)),
+            Err(RecvTimeoutError::Timeout) => return Ok(None),
+            Err(RecvTimeoutError::Disconnected) => return Err(anyhow!("the file watcher stopped")),
+        }
+    }
+}
+
+fn forward_signals(tx: Sender<Wake>) -> Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot handle SIGINT and SIGTERM")?;
+    thread::spawn(move || {
+        for signal in signals.forever() {
+            if tx.send(Wake::Stop(signal)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Watches the directory of every input; events that concern no input are
+/// dropped here.
+fn watch_parents(targets: &[Target], tx: Sender<Wake>) -> Result<RecommendedWatcher> {
+    let interesting = targets.to_vec();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+        let changed = match event {
+            Ok(event) => concerns(&interesting, &event),
+            Err(err) => {
+                log::warn!("watching the inputs: {err}; syncing in case a change was missed");
+                true
+            }
+        };
+        if changed {
+            let _ = tx.send(Wake::Changed);
+        }
+    })
+    .context("cannot start watching files (inotify)")?;
+    let mut parents: Vec<&Path> = targets.iter().filter_map(|t| t.path.parent()).collect();
+    parents.sort();
+    parents.dedup();
+    for parent in parents {
+        watcher.watch(parent, RecursiveMode::NonRecursive).with_context(|| {
+            format!("cannot watch {} (the directory of an input) for changes", parent.display())
+        })?;
+    }
+    Ok(watcher)
+}
+
+/// Watches every input that is a directory now. Called before each sync:
+/// a directory that was removed and created again needs a new watch (its
+/// parent's watch reports that it came back).
+fn watch_directories(watcher: &mut RecommendedWatcher, targets: &[Target]) {
+    for target in targets.iter().filter(|t| t.path.is_dir()) {
+        if let Err(err) = watcher.watch(&target.path, RecursiveMode::NonRecursive) {
+            log::warn!("cannot watch {}: {err}; changes in it are not seen", target.path.display());
+        }
+    }
+}
+
+/// Whether `event` may change what the inputs say. Opening and reading a
+/// file (the sync itself does) changes nothing; an overflowed event queue
+/// may hide anything.
+fn concerns(targets: &[Target], event: &Event) -> bool {
+    if event.need_rescan() {
+        return true;
+    }
+    !matches!(event.kind, EventKind::Access(_))
+        && event.paths.iter().any(|path| targets.iter().any(|t| t.affected_by(path)))
+}
+
+fn describe(targets: &[Target]) -> String {
+    targets.iter().map(|t| t.path.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// One `-f` argument as the path that events name: its directory resolved
+/// (events are reported under the watched directory's path) and its own
+/// name kept (events in that directory name it, not what it points to).
+#[derive(Clone, Debug)]
+struct Target {
+    path: PathBuf,
+}
+
+impl Target {
+    fn new(argument: &Path) -> Result<Self> {
+        let absolute = std::path::absolute(argument).map_err(|e| input!("-f {}: {e}", argument.display()))?;
+        let path = match (absolute.parent(), absolute.file_name()) {
+            (Some(parent), Some(name)) => parent
+                .canonicalize()
+                .map_err(|e| input!("-f {}: directory {}: {e}", argument.display(), parent.display()))?
+                .join(name),
+            // `/` or a path ending in `..`: nothing to keep unresolved.
+            _ => absolute.canonicalize().map_err(|e| input!("-f {}: {e}", argument.display()))?,
+        };
+        Ok(Self { path })
+    }
+
+    /// Whether a change at `changed` can change this input: the input
+    /// itself (a file, or a directory replaced as a whole), or, when it is a
+    /// directory, an input file in it or a Kubernetes volume update.
+    fn affected_by(&self, changed: &Path) -> bool {
+        let read_from_directory = changed
+            .extension()
+            .and_then(OsStr::to_str)
+            .is_some_and(|extension| INPUT_EXTENSIONS.contains(&extension))
+            || changed.file_name() == Some(OsStr::new(KUBERNETES_DATA_LINK));
+        changed == self.path || (changed.parent() == Some(&self.path) && read_from_directory)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: &str) -> Target {
+        Target { path: PathBuf::from(path) }
+    }
+
+    #[test]
+    fn a_file_is_affected_by_its_own_name_only() {
+        let file = target("/etc/balctl/web.toml");
+        assert!(file.affected_by(Path::new("/etc/balctl/web.toml")));
+        assert!(!file.affected_by(Path::new("/etc/balctl/dns.toml")));
+        assert!(!file.affected_by(Path::new("/etc/balctl/.web.toml.swp")));
+        assert!(!file.affected_by(Path::new("/etc/balctl")));
+    }
+
+    #[test]
+    fn a_directory_is_affected_by_its_input_files_and_by_itself() {
+        let dir = target("/etc/balctl");
+        for name in ["new.toml", "svc.yaml", "svc.yml", "list.json"] {
+            assert!(dir.affected_by(&Path::new("/etc/balctl").join(name)), "{name}");
+        }
+        assert!(dir.affected_by(Path::new("/etc/balctl")));
+        assert!(!dir.affected_by(Path::new("/etc/balctl/notes.txt")));
+        assert!(!dir.affected_by(Path::new("/etc/balctl/sub/deep.toml")));
+        assert!(!dir.affected_by(Path::new("/etc/other.toml")));
+    }
+
+    #[test]
+    fn a_kubernetes_volume_update_affects_its_directory() {
+        assert!(target("/etc/balctl").affected_by(Path::new("/etc/balctl/..data")));
+        assert!(!target("/etc/balctl").affected_by(Path::new("/etc/balctl/..data_tmp")));
+    }
+
+    #[test]
+    fn relative_arguments_become_absolute() {
+        let target = Target::new(Path::new("Cargo.toml")).unwrap();
+        assert_eq!(target.path, std::env::current_dir().unwrap().canonicalize().unwrap().join("Cargo.toml"));
+        let missing = Target::new(Path::new("no-such-dir/web.toml")).unwrap_err();
+        assert_eq!(crate::error::exit_code(&missing), crate::error::EXIT_INPUT);
+    }
+}
