@@ -33,7 +33,7 @@ use signal_hook::{
 use crate::{
     cli::SyncArgs,
     cmd::{self, Context},
-    error, input,
+    error, input, inputs,
 };
 
 /// A burst of events (truncate, write, close; or write a temporary file,
@@ -44,9 +44,6 @@ const QUIET: Duration = Duration::from_millis(100);
 /// if events keep coming, so a change always reaches the datapath well
 /// within a second.
 const MAX_WAIT: Duration = Duration::from_millis(500);
-
-/// The files that `inputs` reads from a directory, by extension.
-const INPUT_EXTENSIONS: [&str; 4] = ["toml", "yaml", "yml", "json"];
 
 /// Kubernetes ConfigMap and Secret volumes update by pointing this symlink
 /// at a new directory; the files in the volume are symlinks through it and
@@ -188,27 +185,15 @@ struct Target {
 
 impl Target {
     fn new(argument: &Path) -> Result<Self> {
-        let absolute = std::path::absolute(argument).map_err(|e| input!("-f {}: {e}", argument.display()))?;
-        let path = match (absolute.parent(), absolute.file_name()) {
-            (Some(parent), Some(name)) => parent
-                .canonicalize()
-                .map_err(|e| input!("-f {}: directory {}: {e}", argument.display(), parent.display()))?
-                .join(name),
-            // `/` or a path ending in `..`: nothing to keep unresolved.
-            _ => absolute.canonicalize().map_err(|e| input!("-f {}: {e}", argument.display()))?,
-        };
-        Ok(Self { path })
+        Ok(Self { path: inputs::source_path(argument)? })
     }
 
     /// Whether a change at `changed` can change this input: the input
     /// itself (a file, or a directory replaced as a whole), or, when it is a
     /// directory, an input file in it or a Kubernetes volume update.
     fn affected_by(&self, changed: &Path) -> bool {
-        let read_from_directory = changed
-            .extension()
-            .and_then(OsStr::to_str)
-            .is_some_and(|extension| INPUT_EXTENSIONS.contains(&extension))
-            || changed.file_name() == Some(OsStr::new(KUBERNETES_DATA_LINK));
+        let read_from_directory =
+            inputs::is_input_file(changed) || changed.file_name() == Some(OsStr::new(KUBERNETES_DATA_LINK));
         changed == self.path || (changed.parent() == Some(&self.path) && read_from_directory)
     }
 }

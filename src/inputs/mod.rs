@@ -96,8 +96,32 @@ fn source_name(argument: &Path) -> Result<String> {
     if argument == Path::new("-") {
         return Ok("-".to_owned());
     }
-    let path = argument.canonicalize().map_err(|e| input!("-f {}: {e}", argument.display()))?;
+    let path = source_path(argument)?;
+    if !path.exists() {
+        return Err(input!("-f {}: no such file or directory", argument.display()));
+    }
     Ok(path.display().to_string())
+}
+
+/// The absolute path that names a source: its directory resolved, its own
+/// name kept. A file that is a symlink (as in a Kubernetes ConfigMap
+/// volume, whose links are repointed on every update) keeps its name, so
+/// its objects are replaced rather than joined by a second copy.
+pub fn source_path(argument: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(argument).map_err(|e| input!("-f {}: {e}", argument.display()))?;
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => Ok(parent
+            .canonicalize()
+            .map_err(|e| input!("-f {}: directory {}: {e}", argument.display(), parent.display()))?
+            .join(name)),
+        // `/` or a path ending in `..`: nothing to keep unresolved.
+        _ => absolute.canonicalize().map_err(|e| input!("-f {}: {e}", argument.display())),
+    }
+}
+
+/// Whether a file in a directory given with `-f` is read, by its name.
+pub fn is_input_file(path: &Path) -> bool {
+    format_of(path).is_some()
 }
 
 fn format_of(path: &Path) -> Option<Format> {

@@ -57,6 +57,7 @@ fn main() {
         sync::bad_state_files_change_nothing,
         sync::the_example_state_file_is_valid,
         sync::churn_loses_no_connection,
+        sync::a_repointed_symlink_stays_one_source,
         kube::kube_dns_answers_over_udp_and_tcp,
         kube::nodeport_answers_on_node_addresses_and_loopback,
         kube::loadbalancer_answers_on_ingress_ip,

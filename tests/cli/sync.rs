@@ -294,3 +294,32 @@ pub fn churn_loses_no_connection() {
     assert!(rounds >= 40, "only {rounds} syncs in 10 s");
     assert_eq!(backends_seen(&report).len(), hosts.len(), "every backend served at some point: {report}");
 }
+
+/// A `-f` file that is a symlink (as in a Kubernetes ConfigMap volume,
+/// whose links are repointed on every update) stays one source: the
+/// repointed file's objects replace the old ones.
+pub fn a_repointed_symlink_stays_one_source() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let first = write(&sandbox, "cm/..2026_11_22_1/web.toml", WEB_AND_DNS);
+    let second =
+        write(&sandbox, "cm/..2026_11_22_2/web.toml", &WEB_AND_DNS.replace("192.0.2.2", "192.0.2.5"));
+    let link = sandbox.scratch("cm/web.toml");
+    std::os::unix::fs::symlink(&first, &link).unwrap();
+    let link = link.display().to_string();
+    sandbox.balctl_ok(&["sync", "-f", &link]);
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&second, &link).unwrap();
+    let output = sandbox.balctl_ok(&["sync", "-f", &link]);
+    assert!(output.contains("frontends +0 ~1 -0"), "{output}");
+    let sources: Vec<String> = serde_json::from_slice::<Value>(
+        &fs::read(sandbox.state.join("state.json")).unwrap(),
+    )
+    .unwrap()["synced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["source"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(sources.iter().all(|s| *s == link), "{sources:?}");
+}
