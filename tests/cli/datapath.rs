@@ -184,21 +184,7 @@ pub fn dig_through_a_dns_vip() {
     let sandbox = Sandbox::new();
     sandbox.load();
     for host in ["192.0.2.5", "192.0.2.6"] {
-        let pid_file = sandbox.scratch(&format!("dnsmasq-{host}.pid"));
-        let pid_file = pid_file.display();
-        sandbox.spawn_server_program(&[
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={host}"),
-            "--port=53",
-            "--user=root",
-            &format!("--pid-file={pid_file}"),
-            "--address=/svc.test/192.0.2.77",
-        ]);
+        sandbox.spawn_dnsmasq(host, "/svc.test/192.0.2.77");
     }
     let dns_backends = ["192.0.2.5:53", "192.0.2.6:53"];
     add_policy(&sandbox, "dns-udp", "198.18.0.53:53/udp", &dns_backends, &[]);

@@ -51,20 +51,7 @@ pub fn kube_dns_answers_over_udp_and_tcp() {
     let sandbox = Sandbox::new();
     sandbox.load();
     for (host, answer) in [("192.0.2.2", "192.0.2.77"), ("192.0.2.3", "192.0.2.78")] {
-        let pid_file = sandbox.scratch(&format!("dnsmasq-{host}.pid"));
-        sandbox.spawn_server_program(&[
-            "dnsmasq",
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={host}"),
-            "--port=53",
-            "--user=root",
-            &format!("--pid-file={}", pid_file.display()),
-            &format!("--address=/cluster.local/{answer}"),
-        ]);
+        sandbox.spawn_dnsmasq(host, &format!("/cluster.local/{answer}"));
     }
     sync(&sandbox, &["kube-dns.yaml"]);
     for transport in ["+notcp", "+tcp"] {

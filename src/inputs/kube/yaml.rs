@@ -126,54 +126,53 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
         return if root.is_null() { Ok(()) } else { object(root) };
     };
     let mut entries = Vec::new();
-    let mut streamed_items: Option<(usize, Node)> = None;
-    loop {
-        let (event, key_span) = events.next()?;
-        if let Event::MappingEnd = event {
-            break;
-        }
-        let key = scalar_key(events, event, &key_span)?;
-        let (event, value_span) = events.next()?;
+    // Where `items` was, when its elements were handed out as objects.
+    let mut streamed_items: Option<Span> = None;
+    read_entries(events, |events, key, event, key_span, value_span| {
         if key == "items" && matches!(event, Event::SequenceStart(..)) {
-            let mut count = 0;
             loop {
                 let (event, span) = events.next()?;
                 if let Event::SequenceEnd = event {
                     break;
                 }
                 object(read_node(events, event, span, 2)?)?;
-                count += 1;
             }
-            let marker = Node {
-                value: Value::Scalar { text: String::new(), plain: true },
-                line: key_span.start.line(),
-                column: key_span.start.col() + 1,
-            };
-            streamed_items = Some((count, marker));
+            streamed_items = Some(key_span);
         } else {
             entries.push((key, read_node(events, event, value_span, 1)?));
         }
-    }
+        Ok(())
+    })?;
     let root = Node { value: Value::Mapping(entries), line: span.start.line(), column: span.start.col() + 1 };
-    match streamed_items {
-        None => object(root),
-        Some((_, items)) => {
-            let kind = root.get("kind").and_then(|k| match &k.value {
-                Value::Scalar { text, .. } => Some(text.as_str()),
-                _ => None,
-            });
-            if kind.is_some_and(|kind| kind.ends_with("List")) {
-                Ok(())
-            } else {
-                Err(input!(
-                    "{}:{}:{}: a document with `items` must be a List (kind: List), not {}",
-                    events.file,
-                    items.line,
-                    items.column,
-                    kind.map_or_else(|| "an object without a kind".to_owned(), |k| format!("kind {k}"))
-                ))
-            }
+    let Some(items) = streamed_items else {
+        return object(root);
+    };
+    let kind = root.get("kind").and_then(|k| match &k.value {
+        Value::Scalar { text, .. } => Some(text.as_str()),
+        _ => None,
+    });
+    if kind.is_some_and(|kind| kind.ends_with("List")) {
+        return Ok(());
+    }
+    let found = kind.map_or_else(|| "an object without a kind".to_owned(), |k| format!("kind {k}"));
+    Err(events.error(&items, format!("a document with `items` must be a List (kind: List), not {found}")))
+}
+
+/// Reads the entries of a mapping whose start was just read, up to its end,
+/// calling `entry` with each key, the first event of its value, and the
+/// spans of both.
+fn read_entries<'i, I: Iterator<Item = char> + 'i>(
+    events: &mut Events<'_, 'i, I>,
+    mut entry: impl FnMut(&mut Events<'_, 'i, I>, String, Event<'i>, Span, Span) -> Result<()>,
+) -> Result<()> {
+    loop {
+        let (event, key_span) = events.next()?;
+        if let Event::MappingEnd = event {
+            return Ok(());
         }
+        let key = scalar_key(events, event, &key_span)?;
+        let (event, value_span) = events.next()?;
+        entry(events, key, event, key_span, value_span)?;
     }
 }
 
@@ -214,15 +213,10 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
         }
         Event::MappingStart(..) => {
             let mut entries = Vec::new();
-            loop {
-                let (event, key_span) = events.next()?;
-                if let Event::MappingEnd = event {
-                    break;
-                }
-                let key = scalar_key(events, event, &key_span)?;
-                let (event, value_span) = events.next()?;
+            read_entries(events, |events, key, event, _, value_span| {
                 entries.push((key, read_node(events, event, value_span, depth + 1)?));
-            }
+                Ok(())
+            })?;
             Value::Mapping(entries)
         }
         Event::Alias(_) => {

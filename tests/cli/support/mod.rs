@@ -198,6 +198,25 @@ impl Sandbox {
         assert_eq!(line.trim(), "ready", "server {id} failed to start");
     }
 
+    /// Starts dnsmasq in the server namespace on `host`:53 (UDP and TCP),
+    /// answering `address` (dnsmasq's `/domain/ip`) and nothing else.
+    pub fn spawn_dnsmasq(&self, host: &str, address: &str) {
+        let pid_file = self.scratch(&format!("dnsmasq-{host}.pid"));
+        self.spawn_server_program(&[
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={host}"),
+            "--port=53",
+            "--user=root",
+            &format!("--pid-file={}", pid_file.display()),
+            &format!("--address={address}"),
+        ]);
+    }
+
     /// Starts any program in the server namespace, killed when the sandbox drops.
     pub fn spawn_server_program(&self, argv: &[&str]) {
         let child = self
