@@ -5,7 +5,7 @@
 //! Ids are never reused.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -46,7 +46,6 @@ pub struct FrontendImage {
     pub owner: String,
     /// Backend ids in slot order (slot 1 is the first).
     pub backends: Vec<BackendId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_seconds: Option<u32>,
 }
 
@@ -89,7 +88,6 @@ pub struct Image {
     #[serde(with = "pairs")]
     pub backends: BTreeMap<BackendId, BackendAddr>,
     /// Addresses of every Node: NodePort frontends answer on them.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub node_addresses: BTreeSet<IpAddr>,
     /// The next ids to hand out; both start at 1 (0 means "none" in the maps).
     pub next_service_id: ServiceId,
@@ -116,18 +114,31 @@ impl Image {
         }
     }
 
-    /// Compiles rules (with their owners) and node addresses into an image,
-    /// reusing `previous`'s ids for frontends and backends that stay.
-    pub fn compile<'a>(
-        rules: impl IntoIterator<Item = (String, &'a FrontendRule)>,
+    /// This image changed: the frontends of `removed` taken out, `added`
+    /// rules (with their owners) compiled in, and the node addresses set.
+    /// Frontends and backends that stay keep their ids, so does a frontend
+    /// removed and added again; new ones continue the sequence. The work is
+    /// proportional to the change, plus one pass over the backends.
+    pub fn update<'a>(
+        &self,
+        removed: impl IntoIterator<Item = &'a Frontend>,
+        added: impl IntoIterator<Item = (String, &'a FrontendRule)>,
         node_addresses: impl IntoIterator<Item = IpAddr>,
-        previous: &Self,
     ) -> Result<Self> {
-        let mut ids = IdAllocator::continuing(previous);
-        let mut frontends: BTreeMap<Frontend, FrontendImage> = BTreeMap::new();
-        let mut backends = BTreeMap::new();
-        for (owner, rule) in rules {
-            if let Some(existing) = frontends.get(&rule.frontend) {
+        let mut image = self.clone();
+        // Id 0 means "none" in the maps.
+        image.next_service_id = image.next_service_id.max(1);
+        image.next_backend_id = image.next_backend_id.max(1);
+        let mut old_services: HashMap<Frontend, ServiceId> = HashMap::new();
+        for frontend in removed {
+            if let Some(old) = image.frontends.remove(frontend) {
+                old_services.insert(*frontend, old.service_id);
+            }
+        }
+        let added: Vec<(String, &FrontendRule)> = added.into_iter().collect();
+        let mut backend_ids = self.backend_ids(added.iter().flat_map(|(_, rule)| rule.backend_addrs()));
+        for (owner, rule) in added {
+            if let Some(existing) = image.frontends.get(&rule.frontend) {
                 return Err(input!(
                     "frontend {} is claimed twice: by {} and by {owner}; \
                      a frontend can belong to one rule only",
@@ -144,65 +155,67 @@ impl Image {
                     u16::MAX
                 ));
             }
-            let backend_ids = rule
-                .backends
-                .iter()
-                .map(|&address| {
-                    let addr = BackendAddr { address, protocol: rule.frontend.protocol };
-                    let id = ids.backend(addr);
-                    backends.insert(id, addr);
+            let backends = rule
+                .backend_addrs()
+                .map(|addr| {
+                    let id = *backend_ids.entry(addr).or_insert_with(|| {
+                        image.next_backend_id += 1;
+                        image.next_backend_id - 1
+                    });
+                    image.backends.insert(id, addr);
                     id
                 })
                 .collect();
-            let service_id =
-                previous.frontends.get(&rule.frontend).map_or_else(|| ids.service(), |f| f.service_id);
-            frontends.insert(
+            let service_id = old_services.get(&rule.frontend).copied().unwrap_or_else(|| {
+                image.next_service_id += 1;
+                image.next_service_id - 1
+            });
+            image.frontends.insert(
                 rule.frontend,
-                FrontendImage {
-                    service_id,
-                    owner,
-                    backends: backend_ids,
-                    affinity_seconds: rule.affinity_seconds,
-                },
+                FrontendImage { service_id, owner, backends, affinity_seconds: rule.affinity_seconds },
             );
         }
-        Ok(Self {
-            frontends,
-            backends,
-            node_addresses: node_addresses.into_iter().map(|ip| ip.to_canonical()).collect(),
-            next_service_id: ids.next_service,
-            next_backend_id: ids.next_backend,
-        })
+        image.drop_unused_backends();
+        image.node_addresses = node_addresses.into_iter().map(|ip| ip.to_canonical()).collect();
+        Ok(image)
     }
-}
 
-struct IdAllocator {
-    known_backends: HashMap<BackendAddr, BackendId>,
-    next_service: ServiceId,
-    next_backend: BackendId,
-}
-
-impl IdAllocator {
-    fn continuing(previous: &Image) -> Self {
-        Self {
-            known_backends: previous.backends.iter().map(|(&id, &addr)| (addr, id)).collect(),
-            next_service: previous.next_service_id.max(1),
-            next_backend: previous.next_backend_id.max(1),
+    /// The ids `addrs` have in this image: one pass over its backends, not
+    /// an index of all of them.
+    fn backend_ids(&self, addrs: impl Iterator<Item = BackendAddr>) -> HashMap<BackendAddr, BackendId> {
+        let wanted: HashSet<BackendAddr> = addrs.collect();
+        if wanted.is_empty() {
+            return HashMap::new();
         }
+        self.backends
+            .iter()
+            .filter(|(_, addr)| wanted.contains(addr))
+            .map(|(&id, &addr)| (addr, id))
+            .collect()
     }
 
-    fn service(&mut self) -> ServiceId {
-        let id = self.next_service;
-        self.next_service += 1;
-        id
+    fn drop_unused_backends(&mut self) {
+        let mut used = vec![false; self.next_backend_id as usize];
+        for id in self.frontends.values().flat_map(|f| &f.backends) {
+            used[*id as usize] = true;
+        }
+        self.backends.retain(|&id, _| used[id as usize]);
     }
 
-    fn backend(&mut self, addr: BackendAddr) -> BackendId {
-        *self.known_backends.entry(addr).or_insert_with(|| {
-            let id = self.next_backend;
-            self.next_backend += 1;
-            id
-        })
+    /// Compiles `rules` from scratch, continuing `previous`'s ids.
+    #[cfg(test)]
+    pub fn compile<'a>(
+        rules: impl IntoIterator<Item = (String, &'a FrontendRule)>,
+        node_addresses: impl IntoIterator<Item = IpAddr>,
+        previous: &'a Self,
+    ) -> Result<Self> {
+        previous.update(previous.frontends.keys(), rules, node_addresses)
+    }
+}
+
+impl FrontendRule {
+    fn backend_addrs(&self) -> impl Iterator<Item = BackendAddr> + '_ {
+        self.backends.iter().map(|&address| BackendAddr { address, protocol: self.frontend.protocol })
     }
 }
 
@@ -317,10 +330,10 @@ mod tests {
     }
 
     #[test]
-    fn state_round_trips_through_json() {
+    fn images_round_trip_through_the_state_encoding() {
         let image =
             compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default()).unwrap();
-        let json = serde_json::to_string(&image).unwrap();
-        assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);
+        let bytes = bincode::serialize(&image).unwrap();
+        assert_eq!(bincode::deserialize::<Image>(&bytes).unwrap(), image);
     }
 }

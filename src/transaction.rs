@@ -4,14 +4,16 @@
 //! Validation and the capacity check happen before the first map write, so
 //! bad input changes nothing.
 
+use std::{collections::HashSet, sync::Arc};
+
 use anyhow::Result;
 
 use crate::{
     bpf::{maps::Datapath, pins::PinDir},
-    image::Image,
+    model::{Frontend, FrontendRule},
     plan::Plan,
     progress::MapWrites,
-    state::{AppliedState, StateDir},
+    state::{AppliedState, StateDir, SyncedObject},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +42,8 @@ pub fn change(
     let before = state_dir.read()?;
     let mut after = before.clone();
     change(&mut after)?;
-    after.image = Image::compile(after.rules(), after.node_addresses(), &before.image)?;
+    let (removed, added) = rule_changes(&before, &after);
+    after.image = before.image.update(removed, added, after.node_addresses())?;
     let plan = Plan::between(&before.image, &after.image);
     if mode == Mode::DryRun || after == before {
         return Ok(Outcome { plan, before, after });
@@ -62,4 +65,35 @@ pub fn change(
         });
     }
     Ok(Outcome { plan, before, after })
+}
+
+/// The frontends of rules that `after` no longer has, and the rules (with
+/// their owners) it has anew. Synced objects a change kept are the same
+/// `Arc`s, so a sync that replaced one object out of thousands compiles one.
+fn rule_changes<'a>(
+    before: &'a AppliedState,
+    after: &'a AppliedState,
+) -> (Vec<&'a Frontend>, Vec<(String, &'a FrontendRule)>) {
+    let identities =
+        |state: &AppliedState| state.synced.iter().map(Arc::as_ptr).collect::<HashSet<*const SyncedObject>>();
+    let (in_after, in_before) = (identities(after), identities(before));
+    let mut removed = Vec::new();
+    for policy in &before.policies {
+        if after.policy(&policy.name) != Some(policy) {
+            removed.push(&policy.rule.frontend);
+        }
+    }
+    for object in before.synced.iter().filter(|o| !in_after.contains(&Arc::as_ptr(o))) {
+        removed.extend(object.rules.iter().map(|rule| &rule.frontend));
+    }
+    let mut added = Vec::new();
+    for policy in &after.policies {
+        if before.policy(&policy.name) != Some(policy) {
+            added.push((policy.owner(), &policy.rule));
+        }
+    }
+    for object in after.synced.iter().filter(|o| !in_before.contains(&Arc::as_ptr(o))) {
+        added.extend(object.rules.iter().map(|rule| (object.owner.clone(), rule)));
+    }
+    (removed, added)
 }

@@ -21,21 +21,21 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         Some(name) => name.clone(),
         None => hostname()?,
     };
-    let inputs = inputs::read(&args.filenames, &this_node)?;
-    let names: BTreeSet<String> = inputs.sources.iter().map(|s| s.name.clone()).collect();
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
+    let mut notes = Vec::new();
+    // Read under the state lock: unchanged objects are kept from the
+    // applied state, which must not change meanwhile.
     let outcome = change(&ctx.pins, &ctx.state, mode, |state| {
-        state.synced.retain(|object| !names.contains(&object.source));
+        let inputs = inputs::read(&args.filenames, &this_node, &state.synced)?;
+        let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
+        state.synced.retain(|object| !names.contains(object.source.as_str()));
         for source in inputs.sources {
-            state.synced.extend(source.objects.into_iter().map(|located| {
-                let mut object = located.value;
-                object.source.clone_from(&source.name);
-                std::sync::Arc::new(object)
-            }));
+            state.synced.extend(source.objects.into_iter().map(|located| located.value));
         }
+        notes = inputs.notes;
         Ok(())
     })?;
-    report(ctx, &outcome, args.dry_run, inputs.notes)
+    report(ctx, &outcome, args.dry_run, notes)
 }
 
 /// The node name Kubernetes uses by default: the hostname.

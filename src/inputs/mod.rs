@@ -11,10 +11,11 @@ mod location;
 mod toml_file;
 
 use std::{
-    collections::BTreeMap,
-    fs::{self, File},
+    collections::HashMap,
+    fs,
     io::Read as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result};
@@ -22,11 +23,15 @@ use anyhow::{Context as _, Result};
 pub use self::location::Located;
 use crate::{input, state::SyncedObject};
 
+/// Identifies the text of one input item (a YAML document or `List` entry)
+/// and everything else its translation depends on: an xxh3 128-bit hash.
+pub type Fingerprint = u128;
+
 /// One `-f` argument and the objects read from it.
 pub struct Source {
     /// An absolute path, or `-` for standard input.
     pub name: String,
-    pub objects: Vec<Located<SyncedObject>>,
+    pub objects: Vec<Located<Arc<SyncedObject>>>,
 }
 
 /// Everything one sync reads.
@@ -46,23 +51,26 @@ enum Format {
 /// `*.yaml`, `*.yml` and `*.json` files, in name order. Kubernetes objects
 /// of all sources are translated together (a Service's EndpointSlices may
 /// be in another file), with `this_node` deciding which endpoints are
-/// local. Objects must be unique across all sources, by name and by
-/// frontend; errors point at file:line:column.
-pub fn read(arguments: &[PathBuf], this_node: &str) -> Result<Inputs> {
-    let mut sources: Vec<Source> = Vec::new();
+/// local; objects of `previous` (those applied before) whose input did not
+/// change are kept without parsing it again. Objects must be unique across
+/// all sources, by name and by frontend; errors point at file:line:column.
+pub fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
+    let mut names = Vec::new();
+    let mut objects: Vec<Vec<Located<SyncedObject>>> = Vec::new();
     let mut kube_objects = Vec::new();
+    let mut yaml_files = Vec::new();
     for argument in arguments {
         let name = source_name(argument)?;
-        if sources.iter().any(|s| s.name == name) {
+        if names.contains(&name) {
             return Err(input!("-f {} is given twice", argument.display()));
         }
-        let index = sources.len();
-        let mut objects = Vec::new();
+        let index = names.len();
+        let mut toml_objects = Vec::new();
         if argument == Path::new("-") {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
             match sniff(&text) {
-                Format::Toml => objects.extend(toml_file::parse("<stdin>", &text)?),
+                Format::Toml => toml_objects.extend(toml_file::parse("<stdin>", &text)?),
                 Format::Yaml => {
                     kube_objects
                         .extend(kube::read("<stdin>", text.as_bytes())?.into_iter().map(|o| (index, o)));
@@ -70,22 +78,39 @@ pub fn read(arguments: &[PathBuf], this_node: &str) -> Result<Inputs> {
             }
         }
         for (file, format) in files(argument)? {
-            let label = file.display().to_string();
             match format {
                 Format::Toml => {
+                    let label = file.display().to_string();
                     let text = fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
-                    objects.extend(toml_file::parse(&label, &text)?);
+                    toml_objects.extend(toml_file::parse(&label, &text)?);
                 }
-                Format::Yaml => {
-                    let reader = File::open(&file).with_context(|| format!("cannot read {label}"))?;
-                    kube_objects.extend(kube::read(&label, reader)?.into_iter().map(|o| (index, o)));
-                }
+                Format::Yaml => yaml_files.push(kube::YamlFile { source: index, path: file }),
             }
         }
-        sources.push(Source { name, objects });
+        names.push(name);
+        objects.push(toml_objects);
     }
+    let kube = kube::read_files(&yaml_files, &names, previous, this_node)?;
+    kube_objects.extend(kube.parsed);
     let translation = kube::translate(kube_objects, this_node);
     for (index, object) in translation.objects {
+        objects[index].push(object);
+    }
+    let mut sources: Vec<Source> = names
+        .into_iter()
+        .zip(objects)
+        .map(|(name, objects)| {
+            let objects = objects
+                .into_iter()
+                .map(|Located { mut value, location }| {
+                    value.source.clone_from(&name);
+                    Located { value: Arc::new(value), location }
+                })
+                .collect();
+            Source { name, objects }
+        })
+        .collect();
+    for (index, object) in kube.kept {
         sources[index].objects.push(object);
     }
     check_unique(&sources)?;
@@ -171,8 +196,8 @@ fn files(argument: &Path) -> Result<Vec<(PathBuf, Format)>> {
 
 /// Names and frontends must be unique across everything one sync reads.
 fn check_unique(sources: &[Source]) -> Result<()> {
-    let mut names: BTreeMap<&str, &Located<SyncedObject>> = BTreeMap::new();
-    let mut frontends = BTreeMap::new();
+    let mut names: HashMap<&str, &Located<Arc<SyncedObject>>> = HashMap::new();
+    let mut frontends = HashMap::new();
     for object in sources.iter().flat_map(|s| &s.objects) {
         if let Some(first) = names.insert(&object.value.owner, object) {
             return Err(input!(

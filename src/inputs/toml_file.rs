@@ -132,6 +132,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
             owner: format!("service/{name}"),
             rules,
             addresses: Vec::new(),
+            inputs: Vec::new(),
         };
         objects.push(Located { value: object, location });
     }

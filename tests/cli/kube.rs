@@ -232,7 +232,7 @@ pub fn bad_yaml_changes_nothing() {
     sandbox.load_with(&["--map-size", "services=16"]);
     sync(&sandbox, &["kube-dns.yaml"]);
     let snapshot = || {
-        (sandbox.balctl_ok(&["dump", "-o", "json"]), std::fs::read(sandbox.state.join("state.json")).unwrap())
+        (sandbox.balctl_ok(&["dump", "-o", "json"]), std::fs::read(sandbox.state.join("state.bin")).unwrap())
     };
     let before = snapshot();
 

@@ -104,7 +104,7 @@ pub fn repeated_sync_changes_nothing() {
     sandbox.load();
     let file = write(&sandbox, "web.toml", WEB_AND_DNS);
     sandbox.balctl_ok(&["sync", "-f", &file]);
-    let state_file = sandbox.state.join("state.json");
+    let state_file = sandbox.state.join("state.bin");
     let written = fs::metadata(&state_file).unwrap().modified().unwrap();
     let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
 
@@ -159,7 +159,7 @@ pub fn dry_run_changes_nothing() {
         "{output}"
     );
     assert!(output.contains("dry run, nothing changed"), "{output}");
-    assert!(!sandbox.state.join("state.json").exists());
+    assert!(!sandbox.state.join("state.bin").exists());
     sandbox.load();
     sandbox.balctl_ok(&["sync", "-f", &file, "--dry-run"]);
     assert!(frontends(&sandbox).is_empty());
@@ -173,7 +173,7 @@ pub fn bad_state_files_change_nothing() {
     let good = write(&sandbox, "good.toml", WEB_AND_DNS);
     sandbox.balctl_ok(&["sync", "-f", &good]);
     let before =
-        (sandbox.balctl_ok(&["dump", "-o", "json"]), fs::read(sandbox.state.join("state.json")).unwrap());
+        (sandbox.balctl_ok(&["dump", "-o", "json"]), fs::read(sandbox.state.join("state.bin")).unwrap());
 
     let service = |body: &str| format!("[[service]]\nname = \"web\"\n{body}\n");
     let cases = [
@@ -221,7 +221,7 @@ pub fn bad_state_files_change_nothing() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("claimed twice"), "{stderr}");
     assert_eq!(
-        (sandbox.balctl_ok(&["dump", "-o", "json"]), fs::read(sandbox.state.join("state.json")).unwrap()),
+        (sandbox.balctl_ok(&["dump", "-o", "json"]), fs::read(sandbox.state.join("state.bin")).unwrap()),
         before
     );
 }
@@ -312,14 +312,7 @@ pub fn a_repointed_symlink_stays_one_source() {
     std::os::unix::fs::symlink(&second, &link).unwrap();
     let output = sandbox.balctl_ok(&["sync", "-f", &link]);
     assert!(output.contains("frontends +0 ~1 -0"), "{output}");
-    let sources: Vec<String> = serde_json::from_slice::<Value>(
-        &fs::read(sandbox.state.join("state.json")).unwrap(),
-    )
-    .unwrap()["synced"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["source"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(sources.iter().all(|s| *s == link), "{sources:?}");
+    let state = balctl::state::StateDir::new(&sandbox.state).read().unwrap();
+    let sources: Vec<&str> = state.synced.iter().map(|o| o.source.as_str()).collect();
+    assert!(!sources.is_empty() && sources.iter().all(|s| *s == link), "{sources:?}");
 }

@@ -142,7 +142,7 @@ mod tests {
 
     fn read(text: &str, check: impl Fn(Field<'_>, &Object<'_>) -> Result<()>) -> String {
         let mut message = String::new();
-        for_each_object("f.yaml", text.as_bytes(), |node| {
+        for_each_object("f.yaml", text.as_bytes(), 1, |node| {
             let object = Object { file: "f.yaml", what: "Service default/web".into() };
             if let Err(err) = check(Field::root(&node), &object) {
                 message = err.to_string();

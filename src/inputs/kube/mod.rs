@@ -3,25 +3,182 @@
 //! translated to frontend rules with kube-proxy's semantics.
 
 mod field;
+mod items;
 mod objects;
+mod reuse;
 mod services;
 mod yaml;
 
-use std::io::Read;
+use std::{
+    fs::File,
+    io::{self, Read},
+    os::unix::fs::FileExt as _,
+    path::PathBuf,
+    sync::Arc,
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
+use self::items::{Piece, Span};
 pub use self::{
     objects::KubeObject,
     services::{Translation, translate},
 };
+use crate::{
+    input,
+    inputs::{Located, location::Location},
+    state::SyncedObject,
+};
 
 /// Every object of one YAML (or JSON) stream, in order.
 pub fn read(file: &str, reader: impl Read) -> Result<Vec<KubeObject>> {
+    read_part(file, reader, 1)
+}
+
+/// A YAML file given to `sync`, and the index of its source.
+pub struct YamlFile {
+    pub source: usize,
+    pub path: PathBuf,
+}
+
+/// What the YAML files of one sync hold.
+pub struct KubeInput {
+    /// Objects parsed, each with the index of its source.
+    pub parsed: Vec<(usize, KubeObject)>,
+    /// Objects applied before whose input items are all still there,
+    /// unchanged and with nothing added: kept as they are, without parsing
+    /// their items.
+    pub kept: Vec<(usize, Located<Arc<SyncedObject>>)>,
+}
+
+/// Reads YAML files, parsing only the items that no object of `previous`
+/// (the objects applied before) was made of. `sources` names the sources
+/// by index; `this_node` is part of every fingerprint, as what an object
+/// becomes depends on it.
+pub fn read_files(
+    files: &[YamlFile],
+    sources: &[String],
+    previous: &[Arc<SyncedObject>],
+    this_node: &str,
+) -> Result<KubeInput> {
+    let seed = fingerprint_seed(this_node);
+    let mut parsed = Vec::new();
+    let mut pieces = Vec::new();
+    let mut opened = Vec::new();
+    for (index, yaml) in files.iter().enumerate() {
+        let label = yaml.path.display().to_string();
+        let file = File::open(&yaml.path).with_context(|| format!("cannot read {label}"))?;
+        match items::split(&file, seed).with_context(|| format!("cannot read {label}"))? {
+            Some(found) => {
+                for piece in found {
+                    match piece {
+                        Piece::Objects { kind, span, line, fingerprint } => {
+                            pieces.push(reuse::Item { file: index, kind, span, line, fingerprint });
+                        }
+                        Piece::ListShell { header, trailer, items_line } => {
+                            check_list_shell(&label, &file, header, trailer, items_line)?;
+                        }
+                    }
+                }
+            }
+            None => {
+                let whole = read_part(&label, FileRange { file: &file, offset: 0, end: u64::MAX }, 1)?;
+                parsed.extend(whole.into_iter().map(|object| (yaml.source, object)));
+            }
+        }
+        opened.push((label, file));
+    }
+    let source_of = |item: &reuse::Item| sources[files[item.file].source].as_str();
+    let mut reuse = reuse::Reuse::new(&pieces, previous, source_of);
+    let parse = |item: &reuse::Item, parsed: &mut Vec<(usize, KubeObject)>| -> Result<()> {
+        let (label, file) = &opened[item.file];
+        for object in parse_item(label, file, item)? {
+            parsed.push((files[item.file].source, object));
+        }
+        Ok(())
+    };
+    for item in reuse.unclaimed() {
+        parse(item, &mut parsed)?;
+    }
+    let owners: Vec<String> = parsed.iter().filter_map(|(_, object)| object.owner()).collect();
+    for item in reuse.release(owners.iter().map(String::as_str)) {
+        parse(item, &mut parsed)?;
+    }
+    let kept = reuse
+        .kept()
+        .map(|(object, item)| {
+            let label = &opened[item.file].0;
+            // A List entry's object starts after its `- `.
+            let column = if item.kind == items::PieceKind::ListEntry { 3 } else { 1 };
+            let location = Location { file: label.clone(), line: item.line, column };
+            (files[item.file].source, Located { value: Arc::clone(object), location })
+        })
+        .collect();
+    Ok(KubeInput { parsed, kept })
+}
+
+/// What else decides what an item's objects become: the node (its
+/// endpoints are the local ones) and this balctl's translation rules.
+fn fingerprint_seed(this_node: &str) -> u64 {
+    let identity = format!("balctl {} node {this_node}", env!("CARGO_PKG_VERSION"));
+    xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
+}
+
+fn read_part(file: &str, reader: impl Read, first_line: usize) -> Result<Vec<KubeObject>> {
     let mut objects = Vec::new();
-    yaml::for_each_object(file, reader, |node| {
+    yaml::for_each_object(file, reader, first_line, |node| {
         objects.push(objects::parse(file, &node)?);
         Ok(())
     })?;
     Ok(objects)
+}
+
+/// The objects of one item; one that holds exactly one object gets the
+/// item's fingerprint.
+fn parse_item(label: &str, file: &File, item: &reuse::Item) -> Result<Vec<KubeObject>> {
+    let mut objects = read_part(label, FileRange::of(file, item.span), item.span.line)?;
+    if let [only] = objects.as_mut_slice() {
+        only.meta_mut().fingerprint = Some(item.fingerprint);
+    }
+    Ok(objects)
+}
+
+/// The top level of a List document around its entries must make it a List.
+fn check_list_shell(label: &str, file: &File, header: Span, trailer: Span, items_line: usize) -> Result<()> {
+    let mut kind = None;
+    for part in [header, trailer] {
+        yaml::for_each_object(label, FileRange::of(file, part), part.line, |node| {
+            if let Some(found) = node.get("kind") {
+                kind = Some(found.clone());
+            }
+            Ok(())
+        })?;
+    }
+    yaml::check_list_kind(kind.as_ref()).map_err(|message| input!("{label}:{items_line}:1: {message}"))
+}
+
+/// Part of a file, read at its offsets whatever the file position.
+struct FileRange<'f> {
+    file: &'f File,
+    offset: u64,
+    end: u64,
+}
+
+impl<'f> FileRange<'f> {
+    fn of(file: &'f File, span: Span) -> Self {
+        Self { file, offset: span.offset, end: span.offset + span.len }
+    }
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end - self.offset).unwrap_or(usize::MAX);
+        let want = buffer.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read_at(&mut buffer[..want], self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
 }

@@ -11,7 +11,11 @@ use super::{
     field::{Field, Object},
     yaml::Node,
 };
-use crate::{input, inputs::location::Location, model::MAX_AFFINITY_SECONDS};
+use crate::{
+    input,
+    inputs::{Fingerprint, location::Location},
+    model::MAX_AFFINITY_SECONDS,
+};
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
@@ -25,11 +29,43 @@ pub enum KubeObject {
     Node(NodeObject),
 }
 
+impl KubeObject {
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        match self {
+            Self::Service(service) => &mut service.meta,
+            Self::EndpointSlice(slice) => &mut slice.meta,
+            Self::Node(node) => &mut node.meta,
+        }
+    }
+
+    /// The synced object it goes into: its Service's, or its Node's.
+    pub fn owner(&self) -> Option<String> {
+        match self {
+            Self::Service(service) => Some(service_owner(&service.meta.namespace, &service.meta.name)),
+            Self::EndpointSlice(slice) => {
+                slice.service.as_ref().map(|service| service_owner(&slice.meta.namespace, service))
+            }
+            Self::Node(node) => Some(node_owner(&node.meta.name)),
+        }
+    }
+}
+
+/// The owner of the synced object a Service becomes, as `dump` shows it.
+pub fn service_owner(namespace: &str, name: &str) -> String {
+    format!("service/{namespace}/{name}")
+}
+
+pub fn node_owner(name: &str) -> String {
+    format!("node/{name}")
+}
+
 /// Namespace and name, with where the object starts.
 pub struct Meta {
     pub namespace: String,
     pub name: String,
     pub location: Location,
+    /// The fingerprint of its input item, when the item holds only it.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -160,7 +196,7 @@ fn meta(file: &str, root: Field<'_>, object: &mut Object<'_>, kind: &str) -> Res
     };
     object.what = if kind == "Node" { format!("Node {name}") } else { format!("{kind} {namespace}/{name}") };
     crate::model::check_name(&name).map_err(|e| metadata.error(object, format!("metadata.name: {e}")))?;
-    Ok(Meta { namespace, name, location: root.node.location(file) })
+    Ok(Meta { namespace, name, location: root.node.location(file), fingerprint: None })
 }
 
 fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> {

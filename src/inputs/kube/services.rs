@@ -24,6 +24,7 @@ use std::{
 
 use super::objects::{
     Endpoint, EndpointSlice, Family, KubeObject, NodeObject, PortProtocol, Service, ServicePort, ServiceType,
+    node_owner, service_owner,
 };
 use crate::{
     inputs::location::Located,
@@ -92,9 +93,10 @@ fn node_object(node: NodeObject) -> Located<SyncedObject> {
     Located {
         value: SyncedObject {
             source: String::new(),
-            owner: format!("node/{}", node.meta.name),
+            owner: node_owner(&node.meta.name),
             rules: Vec::new(),
             addresses: node.addresses,
+            inputs: node.meta.fingerprint.into_iter().collect(),
         },
         location: node.meta.location,
     }
@@ -107,6 +109,7 @@ fn service_object(
     notes: &mut Vec<String>,
 ) -> Option<Located<SyncedObject>> {
     let name = format!("{}/{}", service.meta.namespace, service.meta.name);
+    let notes_before = notes.len();
     if service.service_type == ServiceType::ExternalName {
         notes.push(format!("service {name} is an ExternalName service (DNS answers for it): skipped"));
         return None;
@@ -178,11 +181,20 @@ fn service_object(
             }
         }
     }
+    // Reusable as it is while its items stay the same, unless it has notes
+    // to repeat.
+    let fingerprints =
+        std::iter::once(service.meta.fingerprint).chain(slices.iter().map(|s| s.meta.fingerprint));
+    let inputs = match fingerprints.collect::<Option<Vec<_>>>() {
+        Some(inputs) if notes.len() == notes_before => inputs,
+        _ => Vec::new(),
+    };
     let object = SyncedObject {
         source: String::new(),
-        owner: format!("service/{name}"),
+        owner: service_owner(&service.meta.namespace, &service.meta.name),
         rules,
         addresses: Vec::new(),
+        inputs,
     };
     Some(Located { value: object, location: service.meta.location })
 }

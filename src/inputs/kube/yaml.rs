@@ -7,10 +7,7 @@
 //! of a `List` are handed out as they are parsed. JSON, a subset of YAML,
 //! reads the same way.
 
-use std::{
-    fmt,
-    io::{self, Read},
-};
+use std::{fmt, io::Read};
 
 use anyhow::Result;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
@@ -18,14 +15,14 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use crate::{input, inputs::location::Location};
 
 /// A YAML node and where it starts.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Node {
     pub value: Value,
     pub line: usize,
     pub column: usize,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Value {
     /// A scalar; `plain` is false for quoted and block scalars, which are
     /// always strings (`"80"` is not a number).
@@ -60,17 +57,19 @@ impl Node {
 /// hostile input from exhausting the stack.
 const MAX_DEPTH: usize = 64;
 
-/// Calls `object` with every object of a YAML stream: each document, or
-/// each item of a document that is a `List` (`kind: List`, `ServiceList`...).
-/// Empty documents are skipped.
+/// Calls `object` with every object of a YAML stream: each document, each
+/// item of a document that is a `List` (`kind: List`, `ServiceList`...),
+/// or each element of a document that is a sequence. Empty documents are
+/// skipped. The stream is the part of `file` that starts on `first_line`.
 pub fn for_each_object(
     file: &str,
     reader: impl Read,
+    first_line: usize,
     mut object: impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     let mut chars = ReadChars::new(reader);
-    let result =
-        read_stream(&mut Events { parser: Parser::new_from_iter(chars.by_ref()), file }, &mut object);
+    let parser = Parser::new_from_iter(chars.by_ref());
+    let result = read_stream(&mut Events { parser, file, line_offset: first_line - 1 }, &mut object);
     if let Some(err) = chars.error.take() {
         return Err(input!("{file}: {err}"));
     }
@@ -80,6 +79,8 @@ pub fn for_each_object(
 struct Events<'f, 'i, I: Iterator<Item = char>> {
     parser: Parser<'i, saphyr_parser::BufferedInput<I>>,
     file: &'f str,
+    /// Lines of the file before the part being parsed.
+    line_offset: usize,
 }
 
 impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
@@ -88,14 +89,19 @@ impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
             Some(Ok(event)) => Ok(event),
             Some(Err(err)) => {
                 let at = err.marker();
-                Err(input!("{}:{}:{}: invalid YAML: {}", self.file, at.line(), at.col() + 1, err.info()))
+                let line = at.line() + self.line_offset;
+                Err(input!("{}:{line}:{}: invalid YAML: {}", self.file, at.col() + 1, err.info()))
             }
             None => Err(input!("{}: unexpected end of the YAML stream", self.file)),
         }
     }
 
     fn error(&self, span: &Span, message: impl fmt::Display) -> anyhow::Error {
-        input!("{}:{}:{}: {message}", self.file, span.start.line(), span.start.col() + 1)
+        input!("{}:{}:{}: {message}", self.file, self.line(span), span.start.col() + 1)
+    }
+
+    fn line(&self, span: &Span) -> usize {
+        span.start.line() + self.line_offset
     }
 }
 
@@ -115,12 +121,15 @@ fn read_stream<'i, I: Iterator<Item = char> + 'i>(
 }
 
 /// One document: a mapping whose `items` (if a sequence) are streamed one by
-/// one, or any other node, handed out whole.
+/// one, a sequence whose elements are, or any other node, handed out whole.
 fn read_document<'i, I: Iterator<Item = char> + 'i>(
     events: &mut Events<'_, 'i, I>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     let (event, span) = events.next()?;
+    if let Event::SequenceStart(..) = event {
+        return read_elements(events, 1, object);
+    }
     let Event::MappingStart(..) = event else {
         let root = read_node(events, event, span, 0)?;
         return if root.is_null() { Ok(()) } else { object(root) };
@@ -130,24 +139,24 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
     let mut streamed_items: Option<Span> = None;
     read_entries(events, |events, key, event, key_span, value_span| {
         if key == "items" && matches!(event, Event::SequenceStart(..)) {
-            loop {
-                let (event, span) = events.next()?;
-                if let Event::SequenceEnd = event {
-                    break;
-                }
-                object(read_node(events, event, span, 2)?)?;
-            }
+            read_elements(events, 2, object)?;
             streamed_items = Some(key_span);
         } else {
             entries.push((key, read_node(events, event, value_span, 1)?));
         }
         Ok(())
     })?;
-    let root = Node { value: Value::Mapping(entries), line: span.start.line(), column: span.start.col() + 1 };
+    let root =
+        Node { value: Value::Mapping(entries), line: events.line(&span), column: span.start.col() + 1 };
     let Some(items) = streamed_items else {
         return object(root);
     };
-    let kind = root.get("kind").and_then(|k| match &k.value {
+    check_list_kind(root.get("kind")).map_err(|message| events.error(&items, message))
+}
+
+/// A document with `items` must be a List; `kind` is its `kind` field.
+pub fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
+    let kind = kind.and_then(|k| match &k.value {
         Value::Scalar { text, .. } => Some(text.as_str()),
         _ => None,
     });
@@ -155,7 +164,22 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
         return Ok(());
     }
     let found = kind.map_or_else(|| "an object without a kind".to_owned(), |k| format!("kind {k}"));
-    Err(events.error(&items, format!("a document with `items` must be a List (kind: List), not {found}")))
+    Err(format!("a document with `items` must be a List (kind: List), not {found}"))
+}
+
+/// Hands out each element of a sequence whose start was just read.
+fn read_elements<'i, I: Iterator<Item = char> + 'i>(
+    events: &mut Events<'_, 'i, I>,
+    depth: usize,
+    object: &mut impl FnMut(Node) -> Result<()>,
+) -> Result<()> {
+    loop {
+        let (event, span) = events.next()?;
+        if let Event::SequenceEnd = event {
+            return Ok(());
+        }
+        object(read_node(events, event, span, depth)?)?;
+    }
 }
 
 /// Reads the entries of a mapping whose start was just read, up to its end,
@@ -224,7 +248,7 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
         }
         other => return Err(events.error(&span, format!("unexpected YAML event {other:?}"))),
     };
-    Ok(Node { value, line: span.start.line(), column: span.start.col() + 1 })
+    Ok(Node { value, line: events.line(&span), column: span.start.col() + 1 })
 }
 
 /// The characters of a byte stream, decoded as UTF-8 a chunk at a time. An
@@ -253,19 +277,12 @@ impl<R: Read> ReadChars<R> {
     fn refill(&mut self) -> bool {
         let mut bytes = std::mem::take(&mut self.partial);
         let start = bytes.len();
-        bytes.resize(start + CHUNK, 0);
-        let read = loop {
-            match self.reader.read(&mut bytes[start..]) {
-                Ok(read) => break read,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.error = Some(format!("read failed: {e}"));
-                    return false;
-                }
-            }
-        };
-        bytes.truncate(start + read);
-        if read == 0 {
+        // Grows with what is read: a small input allocates little.
+        if let Err(e) = self.reader.by_ref().take(CHUNK as u64).read_to_end(&mut bytes) {
+            self.error = Some(format!("read failed: {e}"));
+            return false;
+        }
+        if bytes.len() == start {
             if !bytes.is_empty() {
                 self.error = Some(format!("not valid UTF-8 (at byte {})", self.offset));
             }
@@ -312,7 +329,7 @@ mod tests {
 
     fn objects(text: &str) -> Result<Vec<Node>> {
         let mut found = Vec::new();
-        for_each_object("f.yaml", text.as_bytes(), |node| {
+        for_each_object("f.yaml", text.as_bytes(), 1, |node| {
             found.push(node);
             Ok(())
         })?;
@@ -356,7 +373,7 @@ mod tests {
         assert_eq!(objects(&long).unwrap().len(), 1);
         let mut bad = b"kind: Node\nx: ".to_vec();
         bad.push(0xff);
-        let err = for_each_object("f.yaml", &bad[..], |_| Ok(())).unwrap_err().to_string();
+        let err = for_each_object("f.yaml", &bad[..], 1, |_| Ok(())).unwrap_err().to_string();
         assert!(err.contains("not valid UTF-8"), "{err}");
     }
 }

@@ -1,0 +1,337 @@
+//! Splitting a YAML file into its objects' texts without parsing it, and
+//! fingerprinting each, so that a sync parses only what changed since the
+//! last one.
+//!
+//! The split follows the layout `kubectl get -o yaml` prints: documents
+//! separated by `---` lines, and in a `kind: List` document an `items:` key
+//! at column 0 followed by entries that each start with `- ` at column 0.
+//! Every line of an entry after its first is indented or blank (YAML needs
+//! that of anything nested under the entry), so the next line that starts
+//! at column 0 ends the entry. Anything else is still read correctly, only
+//! in bigger pieces: a document that is not a List in this layout is one
+//! piece, and a file with directives (`%`) or document end markers (`...`),
+//! which the split does not follow, is read whole.
+
+use std::io::{self, Read};
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::inputs::Fingerprint;
+
+/// A run of bytes of the file, and the line it starts on (1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub len: u64,
+    pub line: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceKind {
+    /// One entry of a List's `items`: a YAML sequence of one object.
+    ListEntry,
+    /// A whole document: one object, a List in another layout, or nothing.
+    Document,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Objects {
+        kind: PieceKind,
+        span: Span,
+        /// Where its first object starts (the line of the first key).
+        line: usize,
+        fingerprint: Fingerprint,
+    },
+    /// The top level of a List document around its entries: what comes
+    /// before `items:` and what comes after the last entry. It must say
+    /// `kind: ...List`.
+    ListShell { header: Span, trailer: Span, items_line: usize },
+}
+
+/// How a document is being read, line by line.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Not (yet) a List in kubectl's layout.
+    Plain,
+    /// After `items:` at column 0, before its first entry.
+    ItemsKey {
+        offset: u64,
+        line: usize,
+    },
+    /// In a List's entries; `header` is what came before `items:`.
+    Entries {
+        header: Span,
+        items_line: usize,
+        entry_start: (u64, usize),
+    },
+    Trailer {
+        header: Span,
+        items_line: usize,
+        trailer_start: (u64, usize),
+    },
+    /// Decided: one piece, whatever follows.
+    Whole,
+}
+
+struct Splitter {
+    pieces: Vec<Piece>,
+    hasher: Xxh3,
+    /// File offset up to which `hasher` has consumed the current piece.
+    hashed_to: u64,
+    seed: u64,
+    mode: Mode,
+    doc_start: (u64, usize),
+    /// First line of the document that starts with content at column 0.
+    doc_content_line: Option<usize>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// The pieces of a YAML file, in file order, or `None` when it uses a YAML
+/// feature the split does not follow and must be read whole. `seed` goes
+/// into every fingerprint: whatever else decides what an object becomes.
+pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>> {
+    let mut splitter = Splitter {
+        pieces: Vec::new(),
+        hasher: Xxh3::with_seed(seed),
+        hashed_to: 0,
+        seed,
+        mode: Mode::Plain,
+        doc_start: (0, 1),
+        doc_content_line: None,
+    };
+    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK);
+    // File offset of buffer[0], and the line number of the line it starts.
+    let (mut base, mut line) = (0u64, 1usize);
+    let mut eof = false;
+    let mut first = true;
+    while !eof {
+        // Grows with what is read, without zeroing a chunk ahead of it.
+        let read = reader.by_ref().take(CHUNK as u64).read_to_end(&mut buffer)?;
+        eof = read < CHUNK;
+        if first && buffer.starts_with(b"\xEF\xBB\xBF") {
+            return Ok(None);
+        }
+        first = false;
+        // Whole lines only, and at the end a last line without a newline.
+        let mut start = 0;
+        let last = (eof && buffer.last().is_some_and(|&b| b != b'\n')).then_some(buffer.len());
+        for end in memchr::memchr_iter(b'\n', &buffer).map(|n| n + 1).chain(last) {
+            let text = &buffer[start..end];
+            // Indented and empty lines never start or end a piece.
+            if !matches!(text[0], b' ' | b'\n')
+                && !splitter.line(text, base + start as u64, line, &buffer, base)
+            {
+                return Ok(None);
+            }
+            line += 1;
+            start = end;
+        }
+        splitter.feed(&buffer[..start], base, base + start as u64);
+        buffer.drain(..start);
+        base += start as u64;
+    }
+    splitter.end_document(base, line, &[], base);
+    Ok(Some(splitter.pieces))
+}
+
+impl Splitter {
+    /// Adds `buffer[..]` (starting at file offset `base`) up to file offset
+    /// `to` to the current fingerprint.
+    fn feed(&mut self, buffer: &[u8], base: u64, to: u64) {
+        if to > self.hashed_to {
+            let from = (self.hashed_to - base) as usize;
+            self.hasher.update(&buffer[from..(to - base) as usize]);
+            self.hashed_to = to;
+        }
+    }
+
+    /// The fingerprint of the piece that ends at `to`; the next starts there.
+    fn finish(&mut self, buffer: &[u8], base: u64, to: u64) -> Fingerprint {
+        self.feed(buffer, base, to);
+        let fingerprint = self.hasher.digest128();
+        self.hasher.reset();
+        fingerprint
+    }
+
+    /// Skips what lies between pieces (the `items:` line) from fingerprints.
+    fn skip_to(&mut self, buffer: &[u8], base: u64, to: u64) {
+        self.feed(buffer, base, to);
+        self.hasher = Xxh3::with_seed(self.seed);
+    }
+
+    /// A line that starts at column 0 with something other than a space or
+    /// a newline. False: the file cannot be split.
+    fn line(&mut self, text: &[u8], offset: u64, line: usize, buffer: &[u8], base: u64) -> bool {
+        let content = !matches!(text[0], b'#' | b'\r' | b'\t');
+        if text.starts_with(b"...") || text[0] == b'%' {
+            return false;
+        }
+        if is_separator(text) {
+            self.end_document(offset, line, buffer, base);
+            self.doc_start = (offset, line);
+            self.doc_content_line = None;
+            self.mode = Mode::Plain;
+            return true;
+        }
+        if content && self.doc_content_line.is_none() {
+            self.doc_content_line = Some(line);
+        }
+        match self.mode {
+            Mode::Plain if text.trim_ascii_end() == b"items:" => self.mode = Mode::ItemsKey { offset, line },
+            Mode::ItemsKey { offset: items, line: items_line } if is_entry(text) => {
+                let header = self.span_from(self.doc_start, items);
+                self.skip_to(buffer, base, offset);
+                self.mode = Mode::Entries { header, items_line, entry_start: (offset, line) };
+            }
+            Mode::ItemsKey { .. } if content => self.mode = Mode::Whole,
+            Mode::Entries { header, items_line, entry_start } if is_entry(text) || content => {
+                self.end_entry(entry_start, offset, buffer, base);
+                self.mode = if is_entry(text) {
+                    Mode::Entries { header, items_line, entry_start: (offset, line) }
+                } else {
+                    Mode::Trailer { header, items_line, trailer_start: (offset, line) }
+                };
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn span_from(&self, (offset, line): (u64, usize), end: u64) -> Span {
+        Span { offset, len: end - offset, line }
+    }
+
+    fn end_entry(&mut self, start: (u64, usize), end: u64, buffer: &[u8], base: u64) {
+        let span = self.span_from(start, end);
+        let fingerprint = self.finish(buffer, base, end);
+        self.pieces.push(Piece::Objects { kind: PieceKind::ListEntry, span, line: span.line, fingerprint });
+    }
+
+    fn end_document(&mut self, end: u64, line: usize, buffer: &[u8], base: u64) {
+        let (header, items_line, trailer_start) = match self.mode {
+            Mode::Entries { header, items_line, entry_start } => {
+                self.end_entry(entry_start, end, buffer, base);
+                (header, items_line, (end, line))
+            }
+            Mode::Trailer { header, items_line, trailer_start } => (header, items_line, trailer_start),
+            Mode::Plain | Mode::ItemsKey { .. } | Mode::Whole => {
+                let span = self.span_from(self.doc_start, end);
+                let fingerprint = self.finish(buffer, base, end);
+                if span.len > 0 {
+                    let line = self.doc_content_line.unwrap_or(span.line);
+                    self.pieces.push(Piece::Objects { kind: PieceKind::Document, span, line, fingerprint });
+                }
+                return;
+            }
+        };
+        let trailer = self.span_from(trailer_start, end);
+        self.skip_to(buffer, base, end);
+        self.pieces.push(Piece::ListShell { header, trailer, items_line });
+    }
+}
+
+/// `---` alone or followed by a space: a new document.
+fn is_separator(text: &[u8]) -> bool {
+    text.starts_with(b"---") && matches!(text.get(3), None | Some(b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+/// `- ` at column 0: a new entry of a top-level sequence.
+fn is_entry(text: &[u8]) -> bool {
+    text.starts_with(b"- ") || text.trim_ascii_end() == b"-"
+}
+
+#[cfg(test)]
+mod tests {
+    use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+    use super::*;
+
+    const LIST: &str = "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Service\n  spec:\n    note: |\n      a\n\n      b\n# comment\n- kind: Node\n  x: 1\nkind: List\nmetadata:\n  resourceVersion: \"\"\n";
+
+    fn text(source: &str, span: Span) -> &str {
+        &source[span.offset as usize..(span.offset + span.len) as usize]
+    }
+
+    fn objects(pieces: &[Piece]) -> Vec<(PieceKind, Span, usize, Fingerprint)> {
+        pieces
+            .iter()
+            .filter_map(|piece| match *piece {
+                Piece::Objects { kind, span, line, fingerprint } => Some((kind, span, line, fingerprint)),
+                Piece::ListShell { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Reads at most 7 bytes at a time: every line crosses reads.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            let n = buffer.len().min(7).min(self.0.len());
+            buffer[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_kubectl_list_splits_into_its_entries_and_shell() {
+        let pieces = split(LIST.as_bytes(), 7).unwrap().unwrap();
+        let found = objects(&pieces);
+        let texts: Vec<&str> = found.iter().map(|(_, span, ..)| text(LIST, *span)).collect();
+        assert_eq!(
+            texts,
+            [
+                "- apiVersion: v1\n  kind: Service\n  spec:\n    note: |\n      a\n\n      b\n# comment\n",
+                "- kind: Node\n  x: 1\n"
+            ]
+        );
+        assert_eq!(
+            found.iter().map(|(kind, _, line, _)| (*kind, *line)).collect::<Vec<_>>(),
+            [(PieceKind::ListEntry, 3), (PieceKind::ListEntry, 11)]
+        );
+        for (_, span, _, fingerprint) in &found {
+            assert_eq!(*fingerprint, xxh3_128_with_seed(text(LIST, *span).as_bytes(), 7));
+        }
+        let Some(Piece::ListShell { header, trailer, items_line }) = pieces.last().copied() else {
+            panic!("no shell in {pieces:?}")
+        };
+        assert_eq!(text(LIST, header), "apiVersion: v1\n");
+        assert_eq!(text(LIST, trailer), "kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+        assert_eq!((trailer.line, items_line), (13, 2));
+    }
+
+    #[test]
+    fn reads_of_any_size_split_alike_and_the_seed_changes_every_fingerprint() {
+        let big = LIST.replace("  x: 1\n", &"  x: 1\n".repeat(200_000));
+        let whole = split(big.as_bytes(), 7).unwrap().unwrap();
+        assert_eq!(split(Trickle(big.as_bytes()), 7).unwrap().unwrap(), whole);
+        let reseeded = split(big.as_bytes(), 8).unwrap().unwrap();
+        for (a, b) in objects(&whole).iter().zip(objects(&reseeded)) {
+            assert_eq!(a.1, b.1);
+            assert_ne!(a.3, b.3);
+        }
+    }
+
+    #[test]
+    fn documents_are_pieces_and_other_layouts_stay_whole() {
+        let stream = "---\n# first\nkind: Service\n---\n\n--- \nkind: Node\n  \n...\n";
+        assert_eq!(split(stream.as_bytes(), 0).unwrap(), None, "`...` is not followed");
+        let stream = "---\n# first\nkind: Service\n---\nkind: Node\nitems:\n  - a: 1\nx: 2\n";
+        let found = objects(&split(stream.as_bytes(), 0).unwrap().unwrap());
+        let texts: Vec<&str> = found.iter().map(|(_, span, ..)| text(stream, *span)).collect();
+        assert_eq!(texts, ["---\n# first\nkind: Service\n", "---\nkind: Node\nitems:\n  - a: 1\nx: 2\n"]);
+        assert_eq!(
+            found.iter().map(|(kind, _, line, _)| (*kind, *line)).collect::<Vec<_>>(),
+            [(PieceKind::Document, 3), (PieceKind::Document, 5)]
+        );
+        assert_eq!(split(&b"%YAML 1.2\n---\nkind: Node\n"[..], 0).unwrap(), None);
+        assert_eq!(split(&b"\xEF\xBB\xBFkind: Node\n"[..], 0).unwrap(), None);
+        let json = r#"{"kind": "List", "items": [{"kind": "Node"}]}"#;
+        let found = objects(&split(json.as_bytes(), 0).unwrap().unwrap());
+        assert_eq!(found.len(), 1);
+        assert_eq!(text(json, found[0].1), json);
+    }
+}

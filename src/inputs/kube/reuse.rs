@@ -1,0 +1,109 @@
+//! Which applied objects a sync can keep without parsing their input.
+//!
+//! Every object translated from Kubernetes YAML records the fingerprints
+//! of the items it was made of (its Service and EndpointSlices, or its
+//! Node). A later sync keeps it as it is when all of those items are in its
+//! input again, exactly once, in the same source, and nothing new was
+//! added to it: no other item, once parsed, turns out to be one of its
+//! Service's EndpointSlices or a second definition of it. Everything else
+//! is parsed and translated as usual, so a sync's result does not depend
+//! on what was kept: only its cost does.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use super::items::{PieceKind, Span};
+use crate::{inputs::Fingerprint, state::SyncedObject};
+
+/// One piece of an input file that holds objects.
+pub struct Item {
+    /// Index of the file among those read.
+    pub file: usize,
+    pub kind: PieceKind,
+    pub span: Span,
+    /// Where its (first) object starts.
+    pub line: usize,
+    pub fingerprint: Fingerprint,
+}
+
+pub struct Reuse<'a> {
+    items: &'a [Item],
+    previous: &'a [Arc<SyncedObject>],
+    /// The previous object each item was part of, for items that can be kept.
+    claimed_by: Vec<Option<usize>>,
+    /// Previous objects that can be kept so far, with their first item.
+    candidates: HashMap<usize, usize>,
+}
+
+impl<'a> Reuse<'a> {
+    /// Matches `items` with the inputs of `previous` objects; `source_of`
+    /// names the source an item was read from.
+    pub fn new<'s>(
+        items: &'a [Item],
+        previous: &'a [Arc<SyncedObject>],
+        source_of: impl Fn(&Item) -> &'s str,
+    ) -> Self {
+        let mut where_found: HashMap<Fingerprint, Option<usize>> = HashMap::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            // An item seen twice is a duplicate that parsing must report.
+            where_found.entry(item.fingerprint).and_modify(|found| *found = None).or_insert(Some(index));
+        }
+        let mut owner_of: HashMap<Fingerprint, usize> = HashMap::new();
+        let mut shared = HashSet::new();
+        for (object, synced) in previous.iter().enumerate() {
+            for fingerprint in &synced.inputs {
+                if let Some(other) = owner_of.insert(*fingerprint, object) {
+                    shared.extend([other, object]);
+                }
+            }
+        }
+        let mut claimed_by = vec![None; items.len()];
+        let mut candidates = HashMap::new();
+        for (object, synced) in previous.iter().enumerate() {
+            if synced.inputs.is_empty() || shared.contains(&object) {
+                continue;
+            }
+            let found: Option<Vec<usize>> =
+                synced.inputs.iter().map(|f| where_found.get(f).copied().flatten()).collect();
+            let Some(found) = found else { continue };
+            if source_of(&items[found[0]]) != synced.source {
+                continue;
+            }
+            for &item in &found {
+                claimed_by[item] = Some(object);
+            }
+            candidates.insert(object, found[0]);
+        }
+        Self { items, previous, claimed_by, candidates }
+    }
+
+    /// The items no previous object can be kept for: they must be parsed.
+    pub fn unclaimed(&self) -> impl Iterator<Item = &'a Item> + '_ {
+        self.items.iter().zip(&self.claimed_by).filter(|(_, by)| by.is_none()).map(|(item, _)| item)
+    }
+
+    /// Gives up the objects of `owners` (those that parsed items belong
+    /// to), returning their items, which must now be parsed too.
+    pub fn release<'o>(&mut self, owners: impl Iterator<Item = &'o str>) -> Vec<&'a Item> {
+        let owners: HashSet<&str> = owners.collect();
+        let previous = self.previous;
+        self.candidates.retain(|&object, _| !owners.contains(previous[object].owner.as_str()));
+        let candidates = &self.candidates;
+        self.items
+            .iter()
+            .zip(&self.claimed_by)
+            .filter(|(_, by)| by.is_some_and(|object| !candidates.contains_key(&object)))
+            .map(|(item, _)| item)
+            .collect()
+    }
+
+    /// The previous objects kept, each with its first item.
+    pub fn kept(&self) -> impl Iterator<Item = (&'a Arc<SyncedObject>, &'a Item)> + '_ {
+        let mut kept: Vec<(usize, usize)> = self.candidates.iter().map(|(&o, &i)| (o, i)).collect();
+        // In input order, as parsing would give them.
+        kept.sort_unstable_by_key(|&(_, item)| item);
+        kept.into_iter().map(|(object, item)| (&self.previous[object], &self.items[item]))
+    }
+}
