@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::{
     bpf::{maps::Datapath, pins::PinDir},
     image::Image,
-    plan::Plan,
+    plan::{Plan, Summary},
     progress::MapWrites,
     state::{AppliedState, StateDir},
 };
@@ -22,10 +22,13 @@ pub enum Mode {
     DryRun,
 }
 
+/// What a change did (or, in a dry run, would do). The plan itself is not
+/// kept: it borrows the images of `before` and `after`.
 pub struct Outcome {
-    pub plan: Plan,
     pub before: AppliedState,
     pub after: AppliedState,
+    pub summary: Summary,
+    pub map_writes: usize,
 }
 
 /// Applies `change` to the current rules (policies and synced objects).
@@ -42,8 +45,9 @@ pub fn change(
     change(&mut after)?;
     after.image = Image::compile(after.rules(), after.node_addresses(), &before.image)?;
     let plan = Plan::between(&before.image, &after.image);
+    let (summary, map_writes) = (plan.summary, plan.len());
     if mode == Mode::DryRun || after == before {
-        return Ok(Outcome { plan, before, after });
+        return Ok(Outcome { before, after, summary, map_writes });
     }
 
     // A change may touch only the state (an owner renamed): the maps, and
@@ -52,7 +56,7 @@ pub fn change(
     if !plan.is_empty() {
         let mut opened = Datapath::open(pins)?;
         opened.check_capacity(&plan, before.image.entry_counts())?;
-        opened.apply(&plan, &mut MapWrites::new(plan.steps.len()))?;
+        opened.apply(&plan, &mut MapWrites::new(map_writes))?;
         datapath = Some(opened);
     }
     if let Err(err) = state_dir.write(&lock, &after) {
@@ -61,5 +65,5 @@ pub fn change(
             None => err,
         });
     }
-    Ok(Outcome { plan, before, after })
+    Ok(Outcome { before, after, summary, map_writes })
 }
