@@ -1,5 +1,5 @@
 //! Turns "what the maps hold" and "what they should hold" into an ordered
-//! list of map writes, each with the write that undoes it.
+//! sequence of map writes, each with the write that undoes it.
 //!
 //! The order is what keeps every connection working during an update (the
 //! scheme of Cilium's master entry + slots):
@@ -17,10 +17,17 @@
 //!
 //! Deleting before adding also keeps the peak fill of the services map at
 //! max(before, after), which is what the capacity check assumes.
+//!
+//! A plan is never stored as a list: a full sync of 100,000 services writes
+//! millions of entries, and their steps would be most of the process's
+//! memory. A plan borrows its two sides and generates the steps again on
+//! each walk, phase by phase, each phase a merge walk over both sides. The
+//! sides are borrowed immutably, so every walk yields the same steps.
 
 use std::{
+    cmp::Ordering,
     collections::{BTreeMap, BTreeSet},
-    fmt,
+    fmt, iter,
 };
 
 use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
@@ -80,78 +87,61 @@ impl fmt::Display for Summary {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub steps: Vec<Step>,
+pub struct Plan<'a> {
+    sides: Sides<'a>,
+    /// Map writes in the plan, counted once when it is made.
+    len: usize,
     pub summary: Summary,
 }
 
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
-    }
-
+impl<'a> Plan<'a> {
     /// The plan that moves the maps from `old` to `new`, both as recorded in
     /// the state dir.
-    pub fn between(old: &Image, new: &Image) -> Self {
-        let mut phases = Phases::default();
-        let mut summary = Summary::default();
-        let frontends: BTreeSet<&Frontend> = old.frontends.keys().chain(new.frontends.keys()).collect();
-        for frontend in frontends {
-            let before = old.frontends.get(frontend);
-            let after = new.frontends.get(frontend);
-            match (before, after) {
-                (Some(b), Some(a)) if b == a => continue,
-                (None, Some(_)) => summary.frontends_added += 1,
-                (Some(_), None) => summary.frontends_removed += 1,
-                _ => summary.frontends_changed += 1,
-            }
-            phases.frontend(frontend, &slot_map(before), &slot_map(after));
-            let members = |f: Option<&FrontendImage>| -> BTreeSet<MembershipKey> {
-                f.map(|f| f.memberships().collect()).unwrap_or_default()
-            };
-            phases.memberships(&members(before), &members(after));
-        }
-        let raw_backends = |image: &Image| -> BTreeMap<BackendId, Backend> {
-            image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect()
+    pub fn between(old: &'a Image, new: &'a Image) -> Self {
+        let sides = Sides::Between(old, new);
+        let frontends = Tally::of(frontend_changes(old, new));
+        let backends = Tally::of(sides.backends());
+        let nodes = Tally::of(sides.node_addresses());
+        let summary = Summary {
+            frontends_added: frontends.added,
+            frontends_changed: frontends.total - frontends.added - frontends.removed,
+            frontends_removed: frontends.removed,
+            backends_added: backends.added,
+            backends_removed: backends.removed,
+            node_addresses_added: nodes.added,
+            node_addresses_removed: nodes.removed,
         };
-        let (old_backends, new_backends) = (raw_backends(old), raw_backends(new));
-        summary.backends_added = new_backends.keys().filter(|id| !old_backends.contains_key(id)).count();
-        summary.backends_removed = old_backends.keys().filter(|id| !new_backends.contains_key(id)).count();
-        phases.backends(&old_backends, &new_backends);
-        let (old_nodes, new_nodes) = (node_address_keys(old), node_address_keys(new));
-        summary.node_addresses_added = new_nodes.difference(&old_nodes).count();
-        summary.node_addresses_removed = old_nodes.difference(&new_nodes).count();
-        phases.node_addresses(&old_nodes, &new_nodes);
-        Self { steps: phases.into_steps(), summary }
+        Self::new(sides, backends.total + nodes.total, summary)
     }
 
     /// The plan that makes the maps hold exactly `desired`, from what they
     /// hold now (after an unload, a crash or a manual edit).
-    pub fn repair(actual: &MapContents, desired: &MapContents) -> Self {
-        let mut phases = Phases::default();
-        let group = |contents: &MapContents| {
-            let mut frontends: BTreeMap<ServiceKey, BTreeMap<u16, ServiceEntry>> = BTreeMap::new();
-            for (key, entry) in &contents.services {
-                let master_key = ServiceKey { slot: 0, ..*key };
-                frontends.entry(master_key).or_default().insert(key.slot, *entry);
-            }
-            frontends
-        };
-        let (actual_frontends, desired_frontends) = (group(actual), group(desired));
-        let empty = BTreeMap::new();
-        let keys: BTreeSet<&ServiceKey> = actual_frontends.keys().chain(desired_frontends.keys()).collect();
-        for key in keys {
-            let before = actual_frontends.get(key).unwrap_or(&empty);
-            let after = desired_frontends.get(key).unwrap_or(&empty);
-            if before != after {
-                phases.frontend_slots(key, before, after);
-            }
-        }
-        phases.memberships(&actual.membership, &desired.membership);
-        phases.backends(&actual.backends, &desired.backends);
-        phases.node_addresses(&actual.node_addresses, &desired.node_addresses);
-        Self { steps: phases.into_steps(), summary: Summary::default() }
+    pub fn repair(actual: &'a MapContents, desired: &'a MapContents) -> Self {
+        let sides = Sides::Repair(actual, desired);
+        let counted = sides.backends().count() + sides.node_addresses().count();
+        Self::new(sides, counted, Summary::default())
+    }
+
+    /// `counted` is the backend and node address writes, already counted
+    /// for the summary.
+    fn new(sides: Sides<'a>, counted: usize, summary: Summary) -> Self {
+        let len = counted + sides.services().count() + sides.memberships().count();
+        Self { sides, len, summary }
+    }
+
+    /// How many map writes the plan makes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every map write in execution order, generated as it is taken.
+    pub fn steps(&self) -> impl Iterator<Item = Step> + use<'a> {
+        let sides = self.sides;
+        Phase::ORDER.into_iter().flat_map(move |phase| sides.phase(phase))
     }
 
     /// The most entries each map holds at any point while the plan runs,
@@ -159,7 +149,7 @@ impl Plan {
     pub fn peak_entries(&self, start: EntryCounts) -> EntryCounts {
         let mut now = start;
         let mut peak = start;
-        for step in &self.steps {
+        for step in self.steps() {
             // A put adds an entry when undoing it means deleting.
             let adds = matches!(
                 step.undo,
@@ -211,138 +201,256 @@ impl MapContents {
     pub fn of(image: &Image) -> Self {
         let mut contents = Self::default();
         for (frontend, f) in &image.frontends {
-            for (slot, entry) in slot_map(Some(f)) {
-                contents.services.insert(service_key(frontend, slot), entry);
-            }
+            let master = service_key(frontend, 0);
+            contents
+                .services
+                .extend(service_entries(f).map(|(slot, entry)| (ServiceKey { slot, ..master }, entry)));
             contents.membership.extend(f.memberships());
         }
         contents.backends = image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect();
-        contents.node_addresses = node_address_keys(image);
+        contents.node_addresses = node_address_keys(image).map(|(key, ())| key).collect();
         contents
     }
 }
 
-fn node_address_keys(image: &Image) -> BTreeSet<NodeAddressKey> {
-    image.node_addresses.iter().map(|&ip| NodeAddressKey { addr: addr_to_raw(ip) }).collect()
+/// Master (slot 0) and slot entries of one frontend, in slot order.
+fn service_entries(frontend: &FrontendImage) -> impl Iterator<Item = (u16, ServiceEntry)> + '_ {
+    iter::once((0, frontend.master())).chain(frontend.slots())
 }
 
-/// Master (slot 0) and slot entries of one frontend.
-fn slot_map(frontend: Option<&FrontendImage>) -> BTreeMap<u16, ServiceEntry> {
-    frontend.map(|f| std::iter::once((0, f.master())).chain(f.slots()).collect()).unwrap_or_default()
+/// The phases of the module docs, in execution order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// New backends and node addresses.
+    PutBackends,
+    PutMemberships,
+    ShrinkMasters,
+    DeleteMasters,
+    DeleteSlots,
+    PutSlots,
+    /// Masters of new frontends, and those that grow or change otherwise.
+    PutMasters,
+    DeleteMemberships,
+    /// Removed backends and node addresses.
+    DeleteBackends,
 }
 
-/// Steps sorted into the phases of the module docs, in execution order.
-#[derive(Default)]
-struct Phases {
-    put_backends: Vec<Step>,
-    put_memberships: Vec<Step>,
-    shrink_masters: Vec<Step>,
-    delete_masters: Vec<Step>,
-    delete_slots: Vec<Step>,
-    put_slots: Vec<Step>,
-    put_masters: Vec<Step>,
-    late: Vec<Step>,
-    delete_backends: Vec<Step>,
+impl Phase {
+    const ORDER: [Self; 9] = [
+        Self::PutBackends,
+        Self::PutMemberships,
+        Self::ShrinkMasters,
+        Self::DeleteMasters,
+        Self::DeleteSlots,
+        Self::PutSlots,
+        Self::PutMasters,
+        Self::DeleteMemberships,
+        Self::DeleteBackends,
+    ];
+
+    /// The phase of one changed services-map entry.
+    fn of_service(key: &ServiceKey, old: Option<&ServiceEntry>, new: Option<&ServiceEntry>) -> Self {
+        match (key.slot, old, new) {
+            (0, _, None) => Self::DeleteMasters,
+            (_, _, None) => Self::DeleteSlots,
+            (0, Some(old), Some(new)) if new.count < old.count => Self::ShrinkMasters,
+            (0, _, _) => Self::PutMasters,
+            _ => Self::PutSlots,
+        }
+    }
 }
 
-impl Phases {
-    fn frontend(
-        &mut self,
-        frontend: &Frontend,
-        before: &BTreeMap<u16, ServiceEntry>,
-        after: &BTreeMap<u16, ServiceEntry>,
-    ) {
-        self.frontend_slots(&service_key(frontend, 0), before, after);
-    }
+/// One entry that differs between the two sides: its key, its value before
+/// and its value after (`None`: absent; sets have `()` values).
+type Change<K, V> = (K, Option<V>, Option<V>);
 
-    fn frontend_slots(
-        &mut self,
-        master_key: &ServiceKey,
-        before: &BTreeMap<u16, ServiceEntry>,
-        after: &BTreeMap<u16, ServiceEntry>,
-    ) {
-        let key = |slot| ServiceKey { slot, ..*master_key };
-        for (&slot, old) in before {
-            if !after.contains_key(&slot) {
-                let step = Step { op: Op::DeleteService(key(slot)), undo: Op::PutService(key(slot), *old) };
-                if slot == 0 {
-                    self.delete_masters.push(step);
-                } else {
-                    self.delete_slots.push(step);
-                }
-            }
-        }
-        for (&slot, new) in after {
-            let old = before.get(&slot);
-            if old == Some(new) {
-                continue;
-            }
-            let step = Step {
-                op: Op::PutService(key(slot), *new),
-                undo: old.map_or(Op::DeleteService(key(slot)), |old| Op::PutService(key(slot), *old)),
-            };
-            match (slot, old) {
-                (0, Some(old)) if new.count < old.count => self.shrink_masters.push(step),
-                (0, _) => self.put_masters.push(step),
-                _ => self.put_slots.push(step),
-            }
+type Changes<'a, K, V> = Box<dyn Iterator<Item = Change<K, V>> + 'a>;
+
+/// The two sides a plan moves between, with each map's changes as a merge
+/// walk over them.
+#[derive(Clone, Copy)]
+enum Sides<'a> {
+    Between(&'a Image, &'a Image),
+    Repair(&'a MapContents, &'a MapContents),
+}
+
+impl<'a> Sides<'a> {
+    fn phase(self, phase: Phase) -> Box<dyn Iterator<Item = Step> + 'a> {
+        let backend = |change| step(change, Op::PutBackend, Op::DeleteBackend);
+        let node = |change| step(change, |key, ()| Op::PutNodeAddress(key), Op::DeleteNodeAddress);
+        let membership = |change| step(change, |key, ()| Op::PutMembership(key), Op::DeleteMembership);
+        match phase {
+            Phase::PutBackends => Box::new(
+                self.backends().filter(puts).map(backend).chain(self.node_addresses().filter(puts).map(node)),
+            ),
+            Phase::PutMemberships => Box::new(self.memberships().filter(puts).map(membership)),
+            Phase::DeleteMemberships => Box::new(self.memberships().filter(deletes).map(membership)),
+            Phase::DeleteBackends => Box::new(
+                self.backends()
+                    .filter(deletes)
+                    .map(backend)
+                    .chain(self.node_addresses().filter(deletes).map(node)),
+            ),
+            _ => Box::new(
+                self.services()
+                    .filter(move |(key, old, new)| {
+                        Phase::of_service(key, old.as_ref(), new.as_ref()) == phase
+                    })
+                    .map(|change| step(change, Op::PutService, Op::DeleteService)),
+            ),
         }
     }
 
-    fn memberships(&mut self, before: &BTreeSet<MembershipKey>, after: &BTreeSet<MembershipKey>) {
-        for &key in after.difference(before) {
-            self.put_memberships.push(Step { op: Op::PutMembership(key), undo: Op::DeleteMembership(key) });
-        }
-        for &key in before.difference(after) {
-            self.late.push(Step { op: Op::DeleteMembership(key), undo: Op::PutMembership(key) });
-        }
-    }
-
-    fn backends(&mut self, before: &BTreeMap<BackendId, Backend>, after: &BTreeMap<BackendId, Backend>) {
-        for (&id, new) in after {
-            let old = before.get(&id);
-            if old != Some(new) {
-                self.put_backends.push(Step {
-                    op: Op::PutBackend(id, *new),
-                    undo: old.map_or(Op::DeleteBackend(id), |old| Op::PutBackend(id, *old)),
-                });
+    /// Services-map changes in frontend order, and within a frontend in slot
+    /// order.
+    fn services(self) -> Changes<'a, ServiceKey, ServiceEntry> {
+        match self {
+            Self::Between(old, new) => {
+                Box::new(frontend_changes(old, new).flat_map(|(frontend, before, after)| {
+                    let master = service_key(frontend, 0);
+                    let entries = |f: Option<&'a FrontendImage>| f.into_iter().flat_map(service_entries);
+                    changes(entries(before), entries(after))
+                        .map(move |(slot, old, new)| (ServiceKey { slot, ..master }, old, new))
+                }))
             }
-        }
-        for (&id, old) in before {
-            if !after.contains_key(&id) {
-                self.delete_backends.push(Step { op: Op::DeleteBackend(id), undo: Op::PutBackend(id, *old) });
+            // A frontend's entries are adjacent in key order (the slot is the
+            // key's last field), so this is frontend order too.
+            Self::Repair(actual, desired) => {
+                Box::new(changes(copied(&actual.services), copied(&desired.services)))
             }
         }
     }
 
-    fn node_addresses(&mut self, before: &BTreeSet<NodeAddressKey>, after: &BTreeSet<NodeAddressKey>) {
-        for &key in after.difference(before) {
-            self.put_backends.push(Step { op: Op::PutNodeAddress(key), undo: Op::DeleteNodeAddress(key) });
-        }
-        for &key in before.difference(after) {
-            self.delete_backends.push(Step { op: Op::DeleteNodeAddress(key), undo: Op::PutNodeAddress(key) });
+    fn memberships(self) -> Changes<'a, MembershipKey, ()> {
+        match self {
+            // Each frontend has its own service id, so its memberships are
+            // compared with its own only.
+            Self::Between(old, new) => Box::new(
+                frontend_changes(old, new)
+                    .flat_map(|(_, before, after)| changes(members(before), members(after))),
+            ),
+            Self::Repair(actual, desired) => {
+                Box::new(changes(unit(&actual.membership), unit(&desired.membership)))
+            }
         }
     }
 
-    fn into_steps(self) -> Vec<Step> {
-        let phases = [
-            self.put_backends,
-            self.put_memberships,
-            self.shrink_masters,
-            self.delete_masters,
-            self.delete_slots,
-            self.put_slots,
-            self.put_masters,
-            self.late,
-            self.delete_backends,
-        ];
-        // A big plan is most of a sync's memory: move the phases into one
-        // vector of the final size, freeing each as it is moved.
-        let mut steps = Vec::with_capacity(phases.iter().map(Vec::len).sum());
-        for phase in phases {
-            steps.extend(phase);
+    fn backends(self) -> Changes<'a, BackendId, Backend> {
+        match self {
+            Self::Between(old, new) => {
+                let raw = |image: &'a Image| image.backends.iter().map(|(&id, addr)| (id, addr.to_raw()));
+                Box::new(changes(raw(old), raw(new)))
+            }
+            Self::Repair(actual, desired) => {
+                Box::new(changes(copied(&actual.backends), copied(&desired.backends)))
+            }
         }
-        steps
+    }
+
+    fn node_addresses(self) -> Changes<'a, NodeAddressKey, ()> {
+        match self {
+            Self::Between(old, new) => Box::new(changes(node_address_keys(old), node_address_keys(new))),
+            Self::Repair(actual, desired) => {
+                Box::new(changes(unit(&actual.node_addresses), unit(&desired.node_addresses)))
+            }
+        }
+    }
+}
+
+/// Frontends that differ between `old` and `new`, in frontend order.
+fn frontend_changes<'a>(
+    old: &'a Image,
+    new: &'a Image,
+) -> impl Iterator<Item = Change<&'a Frontend, &'a FrontendImage>> + 'a {
+    changes(old.frontends.iter(), new.frontends.iter())
+}
+
+/// An image's node addresses as keys, in key order (the image keeps them in
+/// address order, which differs). There are few, one or two per node, so
+/// sorting a copy of them costs nothing next to the other maps.
+fn node_address_keys(image: &Image) -> impl Iterator<Item = (NodeAddressKey, ())> + use<> {
+    let mut keys: Vec<NodeAddressKey> =
+        image.node_addresses.iter().map(|&ip| NodeAddressKey { addr: addr_to_raw(ip) }).collect();
+    keys.sort_unstable();
+    keys.into_iter().map(|key| (key, ()))
+}
+
+/// A frontend's memberships, sorted for the merge walk (its backends are in
+/// slot order) and once each, as in the map.
+fn members(frontend: Option<&FrontendImage>) -> impl Iterator<Item = (MembershipKey, ())> + use<> {
+    let mut keys: Vec<MembershipKey> = frontend.into_iter().flat_map(FrontendImage::memberships).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter().map(|key| (key, ()))
+}
+
+/// A map's entries by value, for `changes`.
+fn copied<'a, K: Copy, V: Copy>(map: &'a BTreeMap<K, V>) -> impl Iterator<Item = (K, V)> + 'a {
+    map.iter().map(|(&key, &value)| (key, value))
+}
+
+/// A set's keys as entries without a value, for `changes`.
+fn unit<K: Copy>(set: &BTreeSet<K>) -> impl Iterator<Item = (K, ())> + '_ {
+    set.iter().map(|&key| (key, ()))
+}
+
+/// Walks two sequences sorted by key together and yields the keys whose
+/// values differ, each once.
+fn changes<K: Ord, V: PartialEq>(
+    old: impl Iterator<Item = (K, V)>,
+    new: impl Iterator<Item = (K, V)>,
+) -> impl Iterator<Item = Change<K, V>> {
+    let (mut old, mut new) = (old.peekable(), new.peekable());
+    iter::from_fn(move || {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match order {
+            Ordering::Less => old.next().map(|(key, value)| (key, Some(value), None)),
+            Ordering::Greater => new.next().map(|(key, value)| (key, None, Some(value))),
+            Ordering::Equal => {
+                let ((key, before), (_, after)) = (old.next()?, new.next()?);
+                Some((key, Some(before), Some(after)))
+            }
+        }
+    })
+    .filter(|(_, before, after)| before != after)
+}
+
+fn puts<K, V>(change: &Change<K, V>) -> bool {
+    change.2.is_some()
+}
+
+fn deletes<K, V>(change: &Change<K, V>) -> bool {
+    change.2.is_none()
+}
+
+/// The write that gives the entry its new value, undone by the write that
+/// gives it back its old one.
+fn step<K: Copy, V>((key, old, new): Change<K, V>, put: fn(K, V) -> Op, delete: fn(K) -> Op) -> Step {
+    let write = |value: Option<V>| value.map_or_else(|| delete(key), |value| put(key, value));
+    Step { op: write(new), undo: write(old) }
+}
+
+/// How many changes add an entry, remove one, and how many there are.
+struct Tally {
+    added: usize,
+    removed: usize,
+    total: usize,
+}
+
+impl Tally {
+    fn of<K, V>(changes: impl Iterator<Item = Change<K, V>>) -> Self {
+        let mut tally = Self { added: 0, removed: 0, total: 0 };
+        for (_, old, new) in changes {
+            tally.added += usize::from(old.is_none());
+            tally.removed += usize::from(new.is_none());
+            tally.total += 1;
+        }
+        tally
     }
 }
 
@@ -351,17 +459,18 @@ mod tests {
     use super::*;
     use crate::model::{FrontendRule, parse_backend};
 
+    fn rule(frontend: &str, backends: &[&str], affinity_seconds: Option<u32>) -> FrontendRule {
+        FrontendRule {
+            frontend: frontend.parse().unwrap(),
+            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            affinity_seconds,
+        }
+    }
+
     fn image(previous: &Image, policies: &[(&str, &str, &[&str])]) -> Image {
         let rules: Vec<(String, FrontendRule)> = policies
             .iter()
-            .map(|(name, frontend, backends)| {
-                let rule = FrontendRule {
-                    frontend: frontend.parse().unwrap(),
-                    backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
-                    affinity_seconds: None,
-                };
-                (format!("policy/{name}"), rule)
-            })
+            .map(|(name, frontend, backends)| (format!("policy/{name}"), rule(frontend, backends, None)))
             .collect();
         Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), [], previous).unwrap()
     }
@@ -369,10 +478,10 @@ mod tests {
     /// Applies steps to an in-memory model of the maps, checking after every
     /// step the invariant the datapath relies on: a master with count N has
     /// slots 1..=N, and every slot's backend exists.
-    fn run(start: &MapContents, plan: &Plan) -> MapContents {
+    fn run(start: &MapContents, ops: impl IntoIterator<Item = Op>) -> MapContents {
         let mut maps = start.clone();
-        for step in &plan.steps {
-            match &step.op {
+        for op in ops {
+            match &op {
                 Op::PutBackend(id, b) => drop(maps.backends.insert(*id, *b)),
                 Op::DeleteBackend(id) => drop(maps.backends.remove(id)),
                 Op::PutMembership(k) => drop(maps.membership.insert(*k)),
@@ -385,24 +494,21 @@ mod tests {
             for (key, master) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
                 for slot in 1..=master.count {
                     let entry = maps.services.get(&ServiceKey { slot, ..*key });
-                    let entry = entry.unwrap_or_else(|| panic!("slot {slot} missing after {:?}", step.op));
-                    assert!(
-                        maps.backends.contains_key(&entry.backend_id),
-                        "dangling backend after {:?}",
-                        step.op
-                    );
+                    let entry = entry.unwrap_or_else(|| panic!("slot {slot} missing after {op:?}"));
+                    assert!(maps.backends.contains_key(&entry.backend_id), "dangling backend after {op:?}");
                 }
             }
         }
         maps
     }
 
-    fn undo(end: &MapContents, plan: &Plan) -> MapContents {
-        let reverse = Plan {
-            steps: plan.steps.iter().rev().map(|s| Step { op: s.undo.clone(), undo: s.op.clone() }).collect(),
-            summary: Summary::default(),
-        };
-        run(end, &reverse)
+    /// Runs the first `done` steps of `plan`, then undoes them the way
+    /// `Datapath::apply` does when the next write fails: their undo writes,
+    /// last first, from a second walk of the plan.
+    fn run_and_undo(start: &MapContents, plan: &Plan, done: usize) -> MapContents {
+        let middle = run(start, plan.steps().take(done).map(|step| step.op));
+        let undo: Vec<Op> = plan.steps().take(done).map(|step| step.undo).collect();
+        run(&middle, undo.into_iter().rev())
     }
 
     #[test]
@@ -418,12 +524,162 @@ mod tests {
         ];
         for policies in transitions {
             let v2 = image(&v1, &policies);
+            let (start, desired) = (MapContents::of(&v1), MapContents::of(&v2));
             let plan = Plan::between(&v1, &v2);
-            let start = MapContents::of(&v1);
-            let end = run(&start, &plan);
-            assert_eq!(end, MapContents::of(&v2));
-            assert_eq!(undo(&end, &plan), start);
-            assert_eq!(Plan::repair(&start, &MapContents::of(&v2)).steps.len(), plan.steps.len());
+            assert_eq!(plan.steps().count(), plan.len());
+            let end = run(&start, plan.steps().map(|step| step.op));
+            assert_eq!(end, desired);
+            assert_eq!(run_and_undo(&start, &plan, plan.len()), start);
+
+            let repair = Plan::repair(&start, &desired);
+            assert_eq!((repair.len(), repair.steps().count()), (plan.len(), plan.len()));
+            assert_eq!(run(&start, repair.steps().map(|step| step.op)), desired);
+        }
+    }
+
+    #[test]
+    fn undoing_the_first_steps_restores_the_start() {
+        let v1 = image(
+            &Image::default(),
+            &[
+                ("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80", "192.0.2.3:80"]),
+                ("b", "198.18.0.2:80", &["192.0.2.1:80"]),
+            ],
+        );
+        let v2 = image(
+            &v1,
+            &[
+                ("a", "198.18.0.1:80", &["192.0.2.2:80"]),
+                ("c", "198.18.0.3:80", &["192.0.2.4:80", "192.0.2.5:80"]),
+            ],
+        );
+        let start = MapContents::of(&v1);
+        for plan in [Plan::between(&v1, &v2), Plan::between(&v1, &Image::default())] {
+            for done in 0..=plan.len() {
+                assert_eq!(run_and_undo(&start, &plan, done), start, "after {done} of {} steps", plan.len());
+            }
+        }
+    }
+
+    /// The plan as it was first written: every step made up front, sorted
+    /// into one list per phase. Generating the steps lazily must not change
+    /// them or their order.
+    fn reference(old: &Image, new: &Image) -> Vec<Step> {
+        // Indices into `phases`, in execution order.
+        let (put_backends, put_memberships, shrink_masters, delete_masters) = (0, 1, 2, 3);
+        let (delete_slots, put_slots, put_masters, late, delete_backends) = (4, 5, 6, 7, 8);
+        let mut phases: [Vec<Step>; 9] = Default::default();
+        let frontends: BTreeSet<&Frontend> = old.frontends.keys().chain(new.frontends.keys()).collect();
+        for frontend in frontends {
+            let (before, after) = (old.frontends.get(frontend), new.frontends.get(frontend));
+            if before == after {
+                continue;
+            }
+            let slots = |f: Option<&FrontendImage>| -> BTreeMap<u16, ServiceEntry> {
+                f.map(|f| iter::once((0, f.master())).chain(f.slots()).collect()).unwrap_or_default()
+            };
+            let (before_slots, after_slots) = (slots(before), slots(after));
+            let key = |slot| service_key(frontend, slot);
+            for (&slot, old) in &before_slots {
+                if !after_slots.contains_key(&slot) {
+                    let phase = if slot == 0 { delete_masters } else { delete_slots };
+                    phases[phase].push(Step {
+                        op: Op::DeleteService(key(slot)),
+                        undo: Op::PutService(key(slot), *old),
+                    });
+                }
+            }
+            for (&slot, new) in &after_slots {
+                let old = before_slots.get(&slot);
+                if old == Some(new) {
+                    continue;
+                }
+                let phase = match (slot, old) {
+                    (0, Some(old)) if new.count < old.count => shrink_masters,
+                    (0, _) => put_masters,
+                    _ => put_slots,
+                };
+                let undo = old.map_or(Op::DeleteService(key(slot)), |old| Op::PutService(key(slot), *old));
+                phases[phase].push(Step { op: Op::PutService(key(slot), *new), undo });
+            }
+            let members = |f: Option<&FrontendImage>| -> BTreeSet<MembershipKey> {
+                f.map(|f| f.memberships().collect()).unwrap_or_default()
+            };
+            let (before_members, after_members) = (members(before), members(after));
+            for &key in after_members.difference(&before_members) {
+                phases[put_memberships]
+                    .push(Step { op: Op::PutMembership(key), undo: Op::DeleteMembership(key) });
+            }
+            for &key in before_members.difference(&after_members) {
+                phases[late].push(Step { op: Op::DeleteMembership(key), undo: Op::PutMembership(key) });
+            }
+        }
+        let raw = |image: &Image| -> BTreeMap<BackendId, Backend> {
+            image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect()
+        };
+        let (old_backends, new_backends) = (raw(old), raw(new));
+        for (&id, new) in &new_backends {
+            let old = old_backends.get(&id);
+            if old != Some(new) {
+                let undo = old.map_or(Op::DeleteBackend(id), |old| Op::PutBackend(id, *old));
+                phases[put_backends].push(Step { op: Op::PutBackend(id, *new), undo });
+            }
+        }
+        for (&id, old) in &old_backends {
+            if !new_backends.contains_key(&id) {
+                phases[delete_backends]
+                    .push(Step { op: Op::DeleteBackend(id), undo: Op::PutBackend(id, *old) });
+            }
+        }
+        let nodes = |image: &Image| -> BTreeSet<NodeAddressKey> {
+            image.node_addresses.iter().map(|&ip| NodeAddressKey { addr: addr_to_raw(ip) }).collect()
+        };
+        let (old_nodes, new_nodes) = (nodes(old), nodes(new));
+        for &key in new_nodes.difference(&old_nodes) {
+            phases[put_backends].push(Step { op: Op::PutNodeAddress(key), undo: Op::DeleteNodeAddress(key) });
+        }
+        for &key in old_nodes.difference(&new_nodes) {
+            phases[delete_backends]
+                .push(Step { op: Op::DeleteNodeAddress(key), undo: Op::PutNodeAddress(key) });
+        }
+        phases.into_iter().flatten().collect()
+    }
+
+    #[test]
+    fn steps_come_in_the_order_of_the_eager_plan() {
+        let compile = |previous: &Image, rules: &[(&str, FrontendRule)], nodes: &[&str]| {
+            let rules = rules.iter().map(|(owner, rule)| ((*owner).to_owned(), rule));
+            Image::compile(rules, nodes.iter().map(|ip| ip.parse().unwrap()), previous).unwrap()
+        };
+        let backends = ["192.0.2.1:80", "192.0.2.2:80", "192.0.2.3:80", "192.0.2.4:80"];
+        let v1 = compile(
+            &Image::default(),
+            &[
+                ("policy/a", rule("198.18.0.1:80", &backends[..3], None)),
+                ("policy/b", rule("198.18.0.2:80", &backends[..1], Some(60))),
+                ("policy/c", rule("[2001:db8::10]:80", &["[2001:db8::1]:80"], None)),
+                ("policy/d", rule("198.18.0.4:53/udp", &["192.0.2.1:53"], None)),
+            ],
+            &["10.0.0.2", "192.0.2.1", "2001:db8::2"],
+        );
+        let v2 = compile(
+            &v1,
+            &[
+                // Shrinks, and a backend goes.
+                ("policy/a", rule("198.18.0.1:80", &[backends[2], backends[0]], None)),
+                // Grows, and its affinity changes.
+                ("policy/b", rule("198.18.0.2:80", &backends, Some(30))),
+                // c goes; d keeps its backend but gains affinity.
+                ("policy/d", rule("198.18.0.4:53/udp", &["192.0.2.1:53"], Some(10))),
+                ("policy/e", rule("198.18.0.5:80", &[], None)),
+            ],
+            // Key order is not address order: 192.0.2.5 comes before 10.0.0.9.
+            &["10.0.0.9", "192.0.2.1", "192.0.2.5", "2001:db8::3"],
+        );
+        for (old, new) in [(&v1, &v2), (&v2, &v1), (&Image::default(), &v1), (&v2, &Image::default())] {
+            let plan = Plan::between(old, new);
+            assert_eq!(plan.steps().collect::<Vec<_>>(), reference(old, new));
+            assert_eq!(plan.len(), reference(old, new).len());
         }
     }
 
@@ -431,8 +687,7 @@ mod tests {
     fn shrinking_lowers_the_count_before_deleting_slots() {
         let v1 = image(&Image::default(), &[("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])]);
         let v2 = image(&v1, &[("a", "198.18.0.1:80", &["192.0.2.2:80"])]);
-        let plan = Plan::between(&v1, &v2);
-        let ops: Vec<&Op> = plan.steps.iter().map(|s| &s.op).collect();
+        let ops: Vec<Op> = Plan::between(&v1, &v2).steps().map(|s| s.op).collect();
         let master = ops.iter().position(|op| matches!(op, Op::PutService(k, _) if k.slot == 0)).unwrap();
         let delete = ops.iter().position(|op| matches!(op, Op::DeleteService(k) if k.slot == 2)).unwrap();
         assert!(master < delete, "{ops:?}");
@@ -442,8 +697,40 @@ mod tests {
     #[test]
     fn an_unchanged_image_plans_nothing() {
         let v1 = image(&Image::default(), &[("a", "198.18.0.1:80", &["192.0.2.1:80"])]);
-        assert!(Plan::between(&v1, &v1.clone()).is_empty());
-        assert!(Plan::repair(&MapContents::of(&v1), &MapContents::of(&v1)).is_empty());
+        let v1_again = v1.clone();
+        let plan = Plan::between(&v1, &v1_again);
+        assert!(plan.is_empty());
+        assert_eq!(plan.steps().count(), 0);
+        assert_eq!(plan.summary, Summary::default());
+        let contents = MapContents::of(&v1);
+        assert!(Plan::repair(&contents, &contents).is_empty());
+    }
+
+    #[test]
+    fn the_summary_counts_frontends_backends_and_node_addresses() {
+        let v1 = image(&Image::default(), &[("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])]);
+        let rules = [("policy/b".to_owned(), rule("198.18.0.2:80", &["192.0.2.1:80"], None))];
+        let nodes = ["10.0.0.1".parse().unwrap()];
+        let v2 = Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), nodes, &v1).unwrap();
+        let summary = Plan::between(&v1, &v2).summary;
+        let expected = Summary {
+            frontends_added: 1,
+            frontends_removed: 1,
+            backends_removed: 1,
+            node_addresses_added: 1,
+            ..Summary::default()
+        };
+        assert_eq!(summary, expected);
+        let v3 = image(&v2, &[("b", "198.18.0.2:80", &["192.0.2.3:80"])]);
+        let summary = Plan::between(&v2, &v3).summary;
+        let expected = Summary {
+            frontends_changed: 1,
+            backends_added: 1,
+            backends_removed: 1,
+            node_addresses_removed: 1,
+            ..Summary::default()
+        };
+        assert_eq!(summary, expected);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use anyhow::Result;
 use crate::{
     bpf::{maps::Datapath, pins::PinDir},
     model::{Frontend, FrontendRule},
-    plan::Plan,
+    plan::{Plan, Summary},
     progress::MapWrites,
     state::{AppliedState, StateDir, SyncedObject},
 };
@@ -24,10 +24,13 @@ pub enum Mode {
     DryRun,
 }
 
+/// What a change did (or, in a dry run, would do). The plan itself is not
+/// kept: it borrows the images of `before` and `after`.
 pub struct Outcome {
-    pub plan: Plan,
     pub before: AppliedState,
     pub after: AppliedState,
+    pub summary: Summary,
+    pub map_writes: usize,
 }
 
 /// Applies `change` to the current rules (policies and synced objects).
@@ -45,8 +48,9 @@ pub fn change(
     let (removed, added) = rule_changes(&before, &after);
     after.image = before.image.update(removed, added, after.node_addresses())?;
     let plan = Plan::between(&before.image, &after.image);
+    let (summary, map_writes) = (plan.summary, plan.len());
     if mode == Mode::DryRun || after == before {
-        return Ok(Outcome { plan, before, after });
+        return Ok(Outcome { before, after, summary, map_writes });
     }
 
     // A change may touch only the state (an owner renamed): the maps, and
@@ -55,7 +59,7 @@ pub fn change(
     if !plan.is_empty() {
         let mut opened = Datapath::open(pins)?;
         opened.check_capacity(&plan, before.image.entry_counts())?;
-        opened.apply(&plan, &mut MapWrites::new(plan.steps.len()))?;
+        opened.apply(&plan, &mut MapWrites::new(map_writes))?;
         datapath = Some(opened);
     }
     if let Err(err) = state_dir.write(&lock, &after) {
@@ -64,7 +68,7 @@ pub fn change(
             None => err,
         });
     }
-    Ok(Outcome { plan, before, after })
+    Ok(Outcome { before, after, summary, map_writes })
 }
 
 /// The frontends of rules that `after` no longer has, and the rules (with

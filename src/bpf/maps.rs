@@ -14,7 +14,7 @@ use super::{object::MAPS, pins::PinDir};
 use crate::{
     image::{BackendId, EntryCounts},
     input,
-    plan::{MapContents, Op, Plan, Step},
+    plan::{MapContents, Op, Plan},
     progress::Progress,
 };
 
@@ -97,20 +97,16 @@ impl Datapath {
     /// datapath already ignores them (membership check), this frees them at
     /// once.
     pub fn apply(&mut self, plan: &Plan, progress: &mut dyn Progress) -> Result<()> {
-        for (done, step) in plan.steps.iter().enumerate() {
+        let mut left = HashSet::new();
+        for (done, step) in plan.steps().enumerate() {
             if let Err(err) = self.execute(&step.op) {
-                return Err(self.undo(&plan.steps[..done], err.context("map update failed")));
+                return Err(self.undo(plan, done, err.context("map update failed")));
+            }
+            if let Op::DeleteMembership(key) = step.op {
+                left.insert(key);
             }
             progress.advance(done + 1);
         }
-        let left: HashSet<MembershipKey> = plan
-            .steps
-            .iter()
-            .filter_map(|step| match step.op {
-                Op::DeleteMembership(key) => Some(key),
-                _ => None,
-            })
-            .collect();
         // Only an optimisation: failing here must not fail a change that is
         // already complete.
         if !left.is_empty()
@@ -124,15 +120,17 @@ impl Datapath {
     /// Undoes a whole applied plan because a later step (recording the new
     /// state) failed with `cause`.
     pub fn revert(&mut self, plan: &Plan, cause: anyhow::Error) -> anyhow::Error {
-        self.undo(&plan.steps, cause)
+        self.undo(plan, plan.len(), cause)
     }
 
-    fn undo(&mut self, done: &[Step], cause: anyhow::Error) -> anyhow::Error {
-        let failures: Vec<String> = done
-            .iter()
-            .rev()
-            .filter_map(|step| self.execute(&step.undo).err().map(|e| format!("{e:#}")))
-            .collect();
+    /// Undoes the first `done` steps of `plan`, last first. The plan keeps
+    /// no steps, so they are generated again (the same ones: its sides are
+    /// borrowed unchanged) and only their undo writes are held, which costs
+    /// memory on this failure path alone.
+    fn undo(&mut self, plan: &Plan, done: usize, cause: anyhow::Error) -> anyhow::Error {
+        let undo: Vec<Op> = plan.steps().take(done).map(|step| step.undo).collect();
+        let failures: Vec<String> =
+            undo.iter().rev().filter_map(|op| self.execute(op).err().map(|e| format!("{e:#}"))).collect();
         if failures.is_empty() {
             cause.context("nothing was changed: the maps were restored to their previous contents")
         } else {

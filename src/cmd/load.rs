@@ -34,12 +34,13 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     let report = loader::load(&ctx.pins, args.cgroup.as_deref(), &sizes)?;
     let mut datapath = Datapath::open(&ctx.pins)?;
     let actual = datapath.read_contents()?;
-    let plan = Plan::repair(&actual, &MapContents::of(&state.image));
+    let desired = MapContents::of(&state.image);
+    let plan = Plan::repair(&actual, &desired);
     datapath.check_capacity(&plan, actual.entry_counts())?;
-    datapath.apply(&plan, &mut MapWrites::new(plan.steps.len()))?;
+    datapath.apply(&plan, &mut MapWrites::new(plan.len()))?;
     drop(lock);
 
-    let output = LoadOutput { report, entries_repaired: plan.steps.len() };
+    let output = LoadOutput { report, entries_repaired: plan.len() };
     if ctx.output != crate::output::OutputFormat::Table {
         return print_structured(ctx.output, &output);
     }

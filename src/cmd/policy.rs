@@ -119,7 +119,7 @@ fn report(ctx: &Context, outcome: &Outcome, name: &str, verb: &str) -> Result<()
 
 fn summarize_plan(ctx: &Context, outcome: &Outcome) {
     if ctx.verbose > 0 {
-        ctx.say(format!("  {} ({} map writes)", outcome.plan.summary, outcome.plan.steps.len()));
+        ctx.say(format!("  {} ({} map writes)", outcome.summary, outcome.map_writes));
     }
 }
 

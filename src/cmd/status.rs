@@ -68,7 +68,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         let programs = programs(&attach)?;
         let datapath = Datapath::open(&ctx.pins)?;
         let contents = datapath.read_contents()?;
-        let drift = Plan::repair(&contents, &MapContents::of(&state.image)).steps.len();
+        let drift = Plan::repair(&contents, &MapContents::of(&state.image)).len();
         (Some(attach), programs, map_rows(&ctx.pins, &contents)?, Some(drift))
     } else {
         (None, Vec::new(), Vec::new(), None)

@@ -88,8 +88,8 @@ fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
 fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -> Result<()> {
     let report = SyncReport {
         dry_run,
-        summary: outcome.plan.summary,
-        map_writes: outcome.plan.steps.len(),
+        summary: outcome.summary,
+        map_writes: outcome.map_writes,
         changes: changes(&outcome.before.image, &outcome.after.image),
         notes,
     };
