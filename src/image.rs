@@ -136,7 +136,7 @@ impl Image {
             }
         }
         let added: Vec<(String, &FrontendRule)> = added.into_iter().collect();
-        let mut backend_ids = self.backend_ids(added.iter().flat_map(|(_, rule)| rule.backend_addrs()));
+        let mut backend_ids = self.backend_ids(&added);
         for (owner, rule) in added {
             if let Some(existing) = image.frontends.get(&rule.frontend) {
                 return Err(input!(
@@ -158,7 +158,7 @@ impl Image {
             let backends = rule
                 .backend_addrs()
                 .map(|addr| {
-                    let id = *backend_ids.entry(addr).or_insert_with(|| {
+                    let id = *backend_ids.entry(addr.to_raw()).or_insert_with(|| {
                         image.next_backend_id += 1;
                         image.next_backend_id - 1
                     });
@@ -180,18 +180,26 @@ impl Image {
         Ok(image)
     }
 
-    /// The ids `addrs` have in this image: one pass over its backends, not
-    /// an index of all of them.
-    fn backend_ids(&self, addrs: impl Iterator<Item = BackendAddr>) -> HashMap<BackendAddr, BackendId> {
-        let wanted: HashSet<BackendAddr> = addrs.collect();
-        if wanted.is_empty() {
-            return HashMap::new();
+    /// A map from backends (as the datapath holds them, the most compact
+    /// key) to ids, holding at least the ids that `rules`' backends have in
+    /// this image, with room for all of them. Only the smaller side is
+    /// indexed: a small change to a big image looks its few backends up in
+    /// one pass, and a first sync of a million backends does not index them
+    /// twice.
+    fn backend_ids(&self, rules: &[(String, &FrontendRule)]) -> HashMap<Backend, BackendId> {
+        let wanted_count: usize = rules.iter().map(|(_, rule)| rule.backends.len()).sum();
+        let known = |(&id, addr): (&BackendId, &BackendAddr)| (addr.to_raw(), id);
+        if self.backends.len() <= wanted_count {
+            let mut ids = HashMap::with_capacity(self.backends.len() + wanted_count);
+            ids.extend(self.backends.iter().map(known));
+            ids
+        } else {
+            let wanted: HashSet<Backend> =
+                rules.iter().flat_map(|(_, rule)| rule.backend_addrs()).map(BackendAddr::to_raw).collect();
+            let mut ids = HashMap::with_capacity(wanted_count);
+            ids.extend(self.backends.iter().map(known).filter(|(backend, _)| wanted.contains(backend)));
+            ids
         }
-        self.backends
-            .iter()
-            .filter(|(_, addr)| wanted.contains(addr))
-            .map(|(&id, &addr)| (addr, id))
-            .collect()
     }
 
     fn drop_unused_backends(&mut self) {

@@ -3,7 +3,7 @@
 //! (managedFields, annotations, status conditions...) is ignored; what is
 //! read is checked as the API server would, with located errors.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use anyhow::Result;
 
@@ -23,10 +23,12 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Boxed: a sync of a big cluster holds hundreds of thousands of them,
+/// moved around while they are grouped by Service.
 pub enum KubeObject {
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    Node(NodeObject),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Node(Box<NodeObject>),
 }
 
 impl KubeObject {
@@ -133,7 +135,9 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
+    /// Shared by the endpoints of a slice on the same node: a million
+    /// endpoints run on a few thousand nodes.
+    pub node_name: Option<Arc<str>>,
 }
 
 pub struct EndpointSlice {
@@ -181,9 +185,9 @@ pub fn parse(file: &str, node: &Node) -> Result<KubeObject> {
     }
     let meta = meta(file, root, &mut object, kind_name)?;
     Ok(match kind_name {
-        "Service" => KubeObject::Service(service(root, &object, meta)?),
-        "EndpointSlice" => KubeObject::EndpointSlice(endpoint_slice(root, &object, meta)?),
-        _ => KubeObject::Node(node_object(root, &object, meta)?),
+        "Service" => KubeObject::Service(Box::new(service(root, &object, meta)?)),
+        "EndpointSlice" => KubeObject::EndpointSlice(Box::new(endpoint_slice(root, &object, meta)?)),
+        _ => KubeObject::Node(Box::new(node_object(root, &object, meta)?)),
     })
 }
 
@@ -379,10 +383,16 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
             });
         }
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints: Vec<Endpoint> = Vec::new();
     if let (Some(list), Some(family)) = (root.get("endpoints"), family) {
         for endpoint in list.items(object)? {
-            endpoints.push(endpoint_of(endpoint, object, family)?);
+            let mut endpoint = endpoint_of(endpoint, object, family)?;
+            if let Some(name) = &endpoint.node_name
+                && let Some(same) = endpoints.iter().find_map(|e| e.node_name.as_ref().filter(|n| n == &name))
+            {
+                endpoint.node_name = Some(Arc::clone(same));
+            }
+            endpoints.push(endpoint);
         }
     }
     Ok(EndpointSlice { meta, service, family, ports, endpoints })
@@ -406,7 +416,7 @@ fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Resu
     let ready = condition("ready")?.unwrap_or(true);
     let serving = condition("serving")?.unwrap_or(ready);
     let terminating = condition("terminating")?.unwrap_or(false);
-    let node_name = endpoint.get("nodeName").map(|n| n.str(object).map(str::to_owned)).transpose()?;
+    let node_name = endpoint.get("nodeName").map(|n| n.str(object).map(Arc::from)).transpose()?;
     Ok(Endpoint { address, ready, serving, terminating, node_name })
 }
 
