@@ -5,12 +5,13 @@
 //! Ids are never reused.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
 };
 
 use anyhow::Result;
 use balctl_common::{Backend, MembershipKey, SERVICE_FLAG_AFFINITY, ServiceEntry};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -129,7 +130,7 @@ impl Image {
         // Id 0 means "none" in the maps.
         image.next_service_id = image.next_service_id.max(1);
         image.next_backend_id = image.next_backend_id.max(1);
-        let mut old_services: HashMap<Frontend, ServiceId> = HashMap::new();
+        let mut old_services: HashMap<Frontend, ServiceId> = HashMap::default();
         for frontend in removed {
             if let Some(old) = image.frontends.remove(frontend) {
                 old_services.insert(*frontend, old.service_id);
@@ -190,13 +191,14 @@ impl Image {
         let wanted_count: usize = rules.iter().map(|(_, rule)| rule.backends.len()).sum();
         let known = |(&id, addr): (&BackendId, &BackendAddr)| (addr.to_raw(), id);
         if self.backends.len() <= wanted_count {
-            let mut ids = HashMap::with_capacity(self.backends.len() + wanted_count);
+            let mut ids =
+                HashMap::with_capacity_and_hasher(self.backends.len() + wanted_count, Default::default());
             ids.extend(self.backends.iter().map(known));
             ids
         } else {
             let wanted: HashSet<Backend> =
                 rules.iter().flat_map(|(_, rule)| rule.backend_addrs()).map(BackendAddr::to_raw).collect();
-            let mut ids = HashMap::with_capacity(wanted_count);
+            let mut ids = HashMap::with_capacity_and_hasher(wanted_count, Default::default());
             ids.extend(self.backends.iter().map(known).filter(|(backend, _)| wanted.contains(backend)));
             ids
         }

@@ -337,10 +337,12 @@ impl<'a> Sides<'a> {
 
     fn backends(self) -> Changes<'a, BackendId, Backend> {
         match self {
-            Self::Between(old, new) => {
-                let raw = |image: &'a Image| image.backends.iter().map(|(&id, addr)| (id, addr.to_raw()));
-                Box::new(changes(raw(old), raw(new)))
-            }
+            // Compared as recorded, converted to the map's form only when
+            // they differ: most backends of a big image stay.
+            Self::Between(old, new) => Box::new(
+                changes(old.backends.iter(), new.backends.iter())
+                    .map(|(&id, before, after)| (id, before.map(|b| b.to_raw()), after.map(|a| a.to_raw()))),
+            ),
             Self::Repair(actual, desired) => {
                 Box::new(changes(copied(&actual.backends), copied(&desired.backends)))
             }

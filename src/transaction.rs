@@ -4,9 +4,10 @@
 //! Validation and the capacity check happen before the first map write, so
 //! bad input changes nothing.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Result;
+use rustc_hash::FxHashSet as HashSet;
 
 use crate::{
     bpf::{maps::Datapath, pins::PinDir},

@@ -11,7 +11,6 @@ mod location;
 mod toml_file;
 
 use std::{
-    collections::HashMap,
     fs,
     io::Read as _,
     path::{Path, PathBuf},
@@ -19,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use rustc_hash::FxHashMap as HashMap;
 
 pub use self::location::Located;
 use crate::{input, state::SyncedObject};
@@ -205,8 +205,8 @@ fn files(argument: &Path) -> Result<Vec<(PathBuf, Format)>> {
 
 /// Names and frontends must be unique across everything one sync reads.
 fn check_unique(sources: &[Source]) -> Result<()> {
-    let mut names: HashMap<&str, &Located<Arc<SyncedObject>>> = HashMap::new();
-    let mut frontends = HashMap::new();
+    let mut names: HashMap<&str, &Located<Arc<SyncedObject>>> = HashMap::default();
+    let mut frontends = HashMap::default();
     for object in sources.iter().flat_map(|s| &s.objects) {
         if let Some(first) = names.insert(&object.value.owner, object) {
             return Err(input!(

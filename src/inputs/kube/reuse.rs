@@ -9,10 +9,9 @@
 //! is parsed and translated as usual, so a sync's result does not depend
 //! on what was kept: only its cost does.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::items::{PieceKind, Span};
 use crate::{inputs::Fingerprint, state::SyncedObject};
@@ -45,13 +44,14 @@ impl<'a> Reuse<'a> {
         previous: &'a [Arc<SyncedObject>],
         source_of: impl Fn(&Item) -> &'s str,
     ) -> Self {
-        let mut where_found: HashMap<Fingerprint, Option<usize>> = HashMap::with_capacity(items.len());
+        let mut where_found: HashMap<Fingerprint, Option<usize>> =
+            HashMap::with_capacity_and_hasher(items.len(), Default::default());
         for (index, item) in items.iter().enumerate() {
             // An item seen twice is a duplicate that parsing must report.
             where_found.entry(item.fingerprint).and_modify(|found| *found = None).or_insert(Some(index));
         }
-        let mut owner_of: HashMap<Fingerprint, usize> = HashMap::new();
-        let mut shared = HashSet::new();
+        let mut owner_of: HashMap<Fingerprint, usize> = HashMap::default();
+        let mut shared = HashSet::default();
         for (object, synced) in previous.iter().enumerate() {
             for fingerprint in &synced.inputs {
                 if let Some(other) = owner_of.insert(*fingerprint, object) {
@@ -60,7 +60,7 @@ impl<'a> Reuse<'a> {
             }
         }
         let mut claimed_by = vec![None; items.len()];
-        let mut candidates = HashMap::new();
+        let mut candidates = HashMap::default();
         for (object, synced) in previous.iter().enumerate() {
             if synced.inputs.is_empty() || shared.contains(&object) {
                 continue;
