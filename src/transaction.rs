@@ -42,10 +42,29 @@ pub fn change(
     mode: Mode,
     change: impl FnOnce(&mut AppliedState) -> Result<()>,
 ) -> Result<Outcome> {
+    change_prepared(pins, state_dir, mode, || Ok(()), |state, ()| change(state))
+}
+
+/// `change`, with what it needs that does not depend on the applied state
+/// (reading input files) prepared on another thread while the state is
+/// read: for a small change to a big state, each takes a good part of the
+/// time. Both happen under the lock.
+pub fn change_prepared<P: Send>(
+    pins: &PinDir,
+    state_dir: &StateDir,
+    mode: Mode,
+    prepare: impl FnOnce() -> Result<P> + Send,
+    change: impl FnOnce(&mut AppliedState, P) -> Result<()>,
+) -> Result<Outcome> {
     let lock = state_dir.lock()?;
-    let before = state_dir.read()?;
+    let (before, prepared) = std::thread::scope(|scope| {
+        let prepared = scope.spawn(prepare);
+        let before = state_dir.read();
+        (before, prepared.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let before = before?;
     let mut after = before.clone();
-    change(&mut after)?;
+    change(&mut after, prepared?)?;
     let (removed, added) = rule_changes(&before, &after);
     after.image = before.image.update(removed, added, after.node_addresses())?;
     let plan = Plan::between(&before.image, &after.image);

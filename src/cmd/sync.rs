@@ -13,7 +13,7 @@ use crate::{
     inputs,
     output::{OutputFormat, print_structured},
     plan::Summary,
-    transaction::{Mode, Outcome, change},
+    transaction::{Mode, Outcome, change_prepared},
 };
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
@@ -23,10 +23,11 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     };
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
-    // Read under the state lock: unchanged objects are kept from the
-    // applied state, which must not change meanwhile.
-    let outcome = change(&ctx.pins, &ctx.state, mode, |state| {
-        let inputs = inputs::read(&args.filenames, &this_node, &state.synced)?;
+    // Inputs are split while the applied state is read, and finished with
+    // it: unchanged objects are kept from it. All under the state lock.
+    let gather = || inputs::gather(&args.filenames, &this_node);
+    let outcome = change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
+        let inputs = gathered.read(&state.synced)?;
         let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
         state.synced.retain(|object| !names.contains(object.source.as_str()));
         for source in inputs.sources {

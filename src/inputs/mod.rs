@@ -47,17 +47,25 @@ enum Format {
     Yaml,
 }
 
-/// Reads every `-f` argument. Directories contribute their `*.toml`,
-/// `*.yaml`, `*.yml` and `*.json` files, in name order. Kubernetes objects
-/// of all sources are translated together (a Service's EndpointSlices may
-/// be in another file), with `this_node` deciding which endpoints are
-/// local; objects of `previous` (those applied before) whose input did not
-/// change are kept without parsing it again. Objects must be unique across
-/// all sources, by name and by frontend; errors point at file:line:column.
-pub fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
+/// The `-f` arguments read as far as possible without the applied state:
+/// TOML files and standard input parsed, YAML files split into items.
+pub struct Gathered {
+    this_node: String,
+    names: Vec<String>,
+    /// Objects from TOML, per source.
+    objects: Vec<Vec<Located<SyncedObject>>>,
+    /// Kubernetes objects from standard input, with their source.
+    stdin_objects: Vec<(usize, kube::KubeObject)>,
+    yaml: kube::SplitFiles,
+}
+
+/// Reads every `-f` argument, as far as it can be without the applied
+/// state (see `Gathered::read`). Directories contribute their `*.toml`,
+/// `*.yaml`, `*.yml` and `*.json` files, in name order.
+pub fn gather(arguments: &[PathBuf], this_node: &str) -> Result<Gathered> {
     let mut names = Vec::new();
-    let mut objects: Vec<Vec<Located<SyncedObject>>> = Vec::new();
-    let mut kube_objects = Vec::new();
+    let mut objects = Vec::new();
+    let mut stdin_objects = Vec::new();
     let mut yaml_files = Vec::new();
     for argument in arguments {
         let name = source_name(argument)?;
@@ -72,7 +80,7 @@ pub fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject
             match sniff(&text) {
                 Format::Toml => toml_objects.extend(toml_file::parse("<stdin>", &text)?),
                 Format::Yaml => {
-                    kube_objects
+                    stdin_objects
                         .extend(kube::read("<stdin>", text.as_bytes())?.into_iter().map(|o| (index, o)));
                 }
             }
@@ -90,31 +98,51 @@ pub fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject
         names.push(name);
         objects.push(toml_objects);
     }
-    let kube = kube::read_files(&yaml_files, &names, previous, this_node)?;
-    let translation = kube::translate(kube_objects.into_iter().chain(kube.parsed), this_node);
-    for (index, object) in translation.objects {
-        objects[index].push(object);
+    let yaml = kube::split_files(yaml_files, this_node)?;
+    Ok(Gathered { this_node: this_node.to_owned(), names, objects, stdin_objects, yaml })
+}
+
+impl Gathered {
+    /// Finishes reading: Kubernetes objects of all sources are translated
+    /// together (a Service's EndpointSlices may be in another file), with
+    /// the node deciding which endpoints are local; objects of `previous`
+    /// (those applied before) whose input did not change are kept without
+    /// parsing it again. Objects must be unique across all sources, by name
+    /// and by frontend; errors point at file:line:column.
+    pub fn read(self, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
+        let Self { this_node, names, mut objects, stdin_objects, yaml } = self;
+        let kube = yaml.read(&names, previous)?;
+        let translation = kube::translate(stdin_objects.into_iter().chain(kube.parsed), &this_node);
+        for (index, object) in translation.objects {
+            objects[index].push(object);
+        }
+        let mut sources: Vec<Source> = names
+            .into_iter()
+            .zip(objects)
+            .map(|(name, objects)| {
+                let objects = objects
+                    .into_iter()
+                    .map(|Located { mut value, location }| {
+                        value.source.clone_from(&name);
+                        Located { value: Arc::new(value), location }
+                    })
+                    .collect();
+                Source { name, objects }
+            })
+            .collect();
+        for (index, object) in kube.kept {
+            sources[index].objects.push(object);
+        }
+        return_freed_memory();
+        check_unique(&sources)?;
+        Ok(Inputs { sources, notes: translation.notes })
     }
-    let mut sources: Vec<Source> = names
-        .into_iter()
-        .zip(objects)
-        .map(|(name, objects)| {
-            let objects = objects
-                .into_iter()
-                .map(|Located { mut value, location }| {
-                    value.source.clone_from(&name);
-                    Located { value: Arc::new(value), location }
-                })
-                .collect();
-            Source { name, objects }
-        })
-        .collect();
-    for (index, object) in kube.kept {
-        sources[index].objects.push(object);
-    }
-    return_freed_memory();
-    check_unique(&sources)?;
-    Ok(Inputs { sources, notes: translation.notes })
+}
+
+/// Reads every `-f` argument at once: `gather`, then `Gathered::read`.
+#[cfg(test)]
+fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
+    gather(arguments, this_node)?.read(previous)
 }
 
 /// Hands the memory of the parsed objects, freed by now, back to the

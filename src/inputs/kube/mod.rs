@@ -51,19 +51,24 @@ pub struct KubeInput {
     pub kept: Vec<(usize, Located<Arc<SyncedObject>>)>,
 }
 
-/// Reads YAML files, parsing only the items that no object of `previous`
-/// (the objects applied before) was made of. `sources` names the sources
-/// by index; `this_node` is part of every fingerprint, as what an object
-/// becomes depends on it.
-pub fn read_files(
-    files: &[YamlFile],
-    sources: &[String],
-    previous: &[Arc<SyncedObject>],
-    this_node: &str,
-) -> Result<KubeInput> {
+/// YAML files split into fingerprinted items, not parsed yet.
+pub struct SplitFiles {
+    files: Vec<YamlFile>,
+    /// Each file's label and open handle, which items are read from.
+    opened: Vec<(String, File)>,
+    items: Vec<reuse::Item>,
+    /// Objects of files that could not be split, parsed whole.
+    parsed: Vec<(usize, KubeObject)>,
+}
+
+/// Splits YAML files into items (see items.rs), checking the List
+/// documents around them; files that cannot be split are parsed whole.
+/// `this_node` is part of every fingerprint, as what an object becomes
+/// depends on it.
+pub fn split_files(files: Vec<YamlFile>, this_node: &str) -> Result<SplitFiles> {
     let seed = fingerprint_seed(this_node);
     let mut parsed = Vec::new();
-    let mut pieces = Vec::new();
+    let mut items = Vec::new();
     let mut opened = Vec::new();
     for (index, yaml) in files.iter().enumerate() {
         let label = yaml.path.display().to_string();
@@ -73,7 +78,7 @@ pub fn read_files(
                 for piece in found {
                     match piece {
                         Piece::Objects { kind, span, line, fingerprint } => {
-                            pieces.push(reuse::Item { file: index, kind, span, line, fingerprint });
+                            items.push(reuse::Item { file: index, kind, span, line, fingerprint });
                         }
                         Piece::ListShell { header, trailer, items_line } => {
                             check_list_shell(&label, &file, header, trailer, items_line)?;
@@ -88,33 +93,43 @@ pub fn read_files(
         }
         opened.push((label, file));
     }
-    let source_of = |item: &reuse::Item| sources[files[item.file].source].as_str();
-    let mut reuse = reuse::Reuse::new(&pieces, previous, source_of);
-    let parse = |item: &reuse::Item, parsed: &mut Vec<(usize, KubeObject)>| -> Result<()> {
-        let (label, file) = &opened[item.file];
-        for object in parse_item(label, file, item)? {
-            parsed.push((files[item.file].source, object));
+    Ok(SplitFiles { files, opened, items, parsed })
+}
+
+impl SplitFiles {
+    /// Parses the items that no object of `previous` (the objects applied
+    /// before) was made of, and keeps those objects. `sources` names the
+    /// sources by index.
+    pub fn read(self, sources: &[String], previous: &[Arc<SyncedObject>]) -> Result<KubeInput> {
+        let Self { files, opened, items, mut parsed } = self;
+        let source_of = |item: &reuse::Item| sources[files[item.file].source].as_str();
+        let mut reuse = reuse::Reuse::new(&items, previous, source_of);
+        let parse = |item: &reuse::Item, parsed: &mut Vec<(usize, KubeObject)>| -> Result<()> {
+            let (label, file) = &opened[item.file];
+            for object in parse_item(label, file, item)? {
+                parsed.push((files[item.file].source, object));
+            }
+            Ok(())
+        };
+        for item in reuse.unclaimed() {
+            parse(item, &mut parsed)?;
         }
-        Ok(())
-    };
-    for item in reuse.unclaimed() {
-        parse(item, &mut parsed)?;
+        let owners: Vec<String> = parsed.iter().filter_map(|(_, object)| object.owner()).collect();
+        for item in reuse.release(owners.iter().map(String::as_str)) {
+            parse(item, &mut parsed)?;
+        }
+        let kept = reuse
+            .kept()
+            .map(|(object, item)| {
+                let label = &opened[item.file].0;
+                // A List entry's object starts after its `- `.
+                let column = if item.kind == items::PieceKind::ListEntry { 3 } else { 1 };
+                let location = Location { file: label.clone(), line: item.line, column };
+                (files[item.file].source, Located { value: Arc::clone(object), location })
+            })
+            .collect();
+        Ok(KubeInput { parsed, kept })
     }
-    let owners: Vec<String> = parsed.iter().filter_map(|(_, object)| object.owner()).collect();
-    for item in reuse.release(owners.iter().map(String::as_str)) {
-        parse(item, &mut parsed)?;
-    }
-    let kept = reuse
-        .kept()
-        .map(|(object, item)| {
-            let label = &opened[item.file].0;
-            // A List entry's object starts after its `- `.
-            let column = if item.kind == items::PieceKind::ListEntry { 3 } else { 1 };
-            let location = Location { file: label.clone(), line: item.line, column };
-            (files[item.file].source, Located { value: Arc::clone(object), location })
-        })
-        .collect();
-    Ok(KubeInput { parsed, kept })
 }
 
 /// What else decides what an item's objects become: the node (its
