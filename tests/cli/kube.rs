@@ -310,3 +310,42 @@ pub fn bad_yaml_changes_nothing() {
         assert_eq!(snapshot(), before, "{name} changed something");
     }
 }
+
+/// A `kubectl get -o yaml` List synced again after one endpoint moved: only
+/// that Service changes, and traffic follows (the sync parses just the
+/// changed entry and keeps the other Service as applied).
+pub fn a_resynced_list_follows_a_moved_endpoint() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
+    let entry = |name: &str, ip: &str, endpoint: &str| {
+        format!(
+            "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: {name}\n    namespace: shop\n  spec:\n    \
+             clusterIP: {ip}\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      \
+             targetPort: 8080\n- addressType: IPv4\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n  - addresses:\n    \
+             - {endpoint}\n    conditions:\n      ready: true\n  kind: EndpointSlice\n  metadata:\n    labels:\n      \
+             kubernetes.io/service-name: {name}\n    name: {name}-x1\n    namespace: shop\n  ports:\n  - name: http\n    \
+             port: 8080\n    protocol: TCP\n"
+        )
+    };
+    let list = |web_endpoint: &str| {
+        format!(
+            "apiVersion: v1\nitems:\n{}{}kind: List\nmetadata:\n  resourceVersion: \"\"\n",
+            entry("web", "198.18.0.20", web_endpoint),
+            entry("api", "198.18.0.30", "192.0.2.3")
+        )
+    };
+    let path = sandbox.scratch("cluster.yaml");
+    std::fs::write(&path, list("192.0.2.2")).unwrap();
+    let path = path.to_str().unwrap();
+    assert!(sync(&sandbox, &[path]).contains("frontends +2 ~0 -0"));
+    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b2"]);
+    assert!(sync(&sandbox, &[path]).contains("no changes"));
+
+    std::fs::write(path, list("192.0.2.3")).unwrap();
+    let output = sync(&sandbox, &[path]);
+    assert!(output.contains("frontends +0 ~1 -0, backends +0 -1"), "{output}");
+    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b3"]);
+    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+}

@@ -69,6 +69,7 @@ fn main() {
         kube::client_ip_affinity_sticks,
         kube::services_without_frontends_are_skipped_with_a_note,
         kube::bad_yaml_changes_nothing,
+        kube::a_resynced_list_follows_a_moved_endpoint,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
     ];
