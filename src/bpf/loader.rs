@@ -94,7 +94,10 @@ fn load_and_attach(
     let map_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|spec| (spec.name, pins.map(spec.name))).collect();
     for ((name, path), spec) in map_paths.iter().zip(MAPS) {
         loader.map_pin_path(name, path.as_path());
-        loader.map_max_entries(name, sizes.get(spec.size_name).unwrap_or(spec.default_capacity));
+        loader.map_max_entries(
+            name,
+            spec.size_name.and_then(|n| sizes.get(n)).unwrap_or(spec.default_capacity),
+        );
     }
     let mut ebpf = loader.load(OBJECT).context("cannot load the eBPF object")?;
 
@@ -263,7 +266,7 @@ pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCou
                 .with_context(|| format!("cannot inspect {}", path.display()))?
                 .max_entries()
         } else {
-            sizes.get(spec.size_name).unwrap_or(spec.default_capacity)
+            spec.size_name.and_then(|n| sizes.get(n)).unwrap_or(spec.default_capacity)
         };
         Ok(u64::from(entries))
     };

@@ -240,17 +240,18 @@ pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u
                 expected.2,
             );
         }
-        if let Some(requested) = requested_capacity(spec.size_name)
+        if let Some(size_name) = spec.size_name
+            && let Some(requested) = requested_capacity(size_name)
             && requested != info.max_entries()
         {
             return Err(input!(
                 "--map-size {}={requested}: the pinned {} map holds {} entries and cannot be resized while loaded; \
                  `balctl unload --yes` then `balctl load --map-size {}={requested}` recreates it \
                  (load restores every applied rule)",
-                spec.size_name,
+                size_name,
                 spec.name,
                 info.max_entries(),
-                spec.size_name,
+                size_name,
             ));
         }
     }

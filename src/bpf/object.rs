@@ -6,8 +6,8 @@ use std::mem::size_of;
 use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RevNatKey, RevNatValue, ServiceEntry,
-    ServiceKey, default_capacity, map_names,
+    AffinityKey, AffinityValue, Backend, EVENTS_BYTES, MembershipKey, NodeAddressKey, RevNatKey, RevNatValue,
+    ServiceEntry, ServiceKey, ServiceStats, TRACE_LEASE_ENTRIES, default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -52,12 +52,12 @@ pub struct MapSpec {
     pub map_type: bpf_map_type,
     pub key_size: u32,
     pub value_size: u32,
-    /// The `--map-size` name that sets this map's capacity.
-    pub size_name: &'static str,
+    /// The `--map-size` name that sets this map's capacity, if one does.
+    pub size_name: Option<&'static str>,
     pub default_capacity: u32,
 }
 
-pub const MAPS: [MapSpec; 6] = [
+pub const MAPS: [MapSpec; 13] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -95,7 +95,44 @@ pub const MAPS: [MapSpec; 6] = [
         "nodes",
         default_capacity::NODES,
     ),
+    // Counters: one entry per frontend, and per frontend and backend.
+    map::<u32, ServiceStats>(
+        map_names::STATS,
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH,
+        "services",
+        default_capacity::SERVICES,
+    ),
+    map::<MembershipKey, u64>(
+        map_names::BACKEND_HITS,
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH,
+        "services",
+        default_capacity::SERVICES,
+    ),
+    MapSpec {
+        name: map_names::TRACE_LEASES,
+        map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<u64>() as u32,
+        size_name: None,
+        default_capacity: TRACE_LEASE_ENTRIES,
+    },
+    events(0),
+    events(1),
+    events(2),
+    events(3),
 ];
+
+/// A trace slot's ring buffer: no key or value, a size in bytes.
+const fn events(slot: usize) -> MapSpec {
+    MapSpec {
+        name: map_names::EVENTS[slot],
+        map_type: bpf_map_type::BPF_MAP_TYPE_RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        size_name: None,
+        default_capacity: EVENTS_BYTES,
+    }
+}
 
 /// The names `--map-size` accepts.
 pub const SIZE_NAMES: [&str; 5] = ["services", "backends", "affinity", "revnat", "nodes"];
@@ -111,7 +148,7 @@ const fn map<K, V>(
         map_type,
         key_size: size_of::<K>() as u32,
         value_size: size_of::<V>() as u32,
-        size_name,
+        size_name: Some(size_name),
         default_capacity,
     }
 }
@@ -134,6 +171,6 @@ mod tests {
             assert_eq!(map.map_type(), spec.map_type as u32, "{}", spec.name);
             assert_eq!(map.max_entries(), spec.default_capacity, "{}", spec.name);
         }
-        assert!(SIZE_NAMES.iter().all(|n| MAPS.iter().any(|m| m.size_name == *n)));
+        assert!(SIZE_NAMES.iter().all(|n| MAPS.iter().any(|m| m.size_name == Some(*n))));
     }
 }

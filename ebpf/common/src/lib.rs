@@ -21,6 +21,11 @@ pub mod map_names {
     pub const AFFINITY: &str = "affinity";
     pub const REVNAT: &str = "revnat";
     pub const NODES: &str = "nodes";
+    pub const STATS: &str = "stats";
+    pub const BACKEND_HITS: &str = "backend_hits";
+    pub const TRACE_LEASES: &str = "trace_leases";
+    /// One ring buffer per trace slot.
+    pub const EVENTS: [&str; super::TRACE_SLOTS as usize] = ["events0", "events1", "events2", "events3"];
 }
 
 /// Default capacities; `balctl load --map-size NAME=N` overrides them.
@@ -41,6 +46,90 @@ pub const IPPROTO_UDP: u8 = 17;
 /// frontend has no backend, so `connect()`/`sendmsg()` fail at once.
 pub const ECONNREFUSED: i32 = 111;
 
+/// Bytes of each trace slot's ring buffer: about 2,700 events.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// How many `balctl trace` can run at once. Each holds a slot: a lease in
+/// the trace_leases map and its own ring buffer, since a ring buffer has one
+/// reader position and two tracers on one would split its events.
+pub const TRACE_SLOTS: u32 = 4;
+
+/// Index in trace_leases of the lease every tracer also renews: the
+/// datapath reads only this one while nobody traces.
+pub const TRACE_ANY: u32 = TRACE_SLOTS;
+
+/// Entries of the trace_leases array: one per slot, then `TRACE_ANY`. A
+/// value is a `bpf_ktime_get_ns()` time; events go to a slot's ring buffer
+/// while the clock is before its lease. A tracer renews its lease well
+/// before it runs out, so one that is killed stops tracing within a lease.
+pub const TRACE_LEASE_ENTRIES: u32 = TRACE_SLOTS + 1;
+
+/// What a resolution came to: `TraceEvent::result`, and the failure
+/// reasons counted in `ServiceStats::failures`.
+pub mod result {
+    /// A backend picked at random among the frontend's slots.
+    pub const RANDOM: u8 = 0;
+    /// The client network namespace's earlier choice (session affinity).
+    pub const AFFINITY: u8 = 1;
+    /// The unconnected UDP socket's earlier choice.
+    pub const SOCKET: u8 = 2;
+    /// Failures from here on; `failure_index` maps them to counters.
+    pub const NO_BACKEND: u8 = 3;
+    /// No backend because the frontend uses this node's endpoints only.
+    pub const NO_LOCAL_BACKEND: u8 = 4;
+    /// A slot or backend vanished between lookups: an update raced, or the
+    /// maps drifted from the state.
+    pub const STALE: u8 = 5;
+    /// An IPv6 backend for an IPv4 socket.
+    pub const FAMILY: u8 = 6;
+    pub const FIRST_FAILURE: u8 = NO_BACKEND;
+    pub const FAILURES: usize = 4;
+
+    pub const fn is_failure(result: u8) -> bool {
+        result >= FIRST_FAILURE
+    }
+}
+
+/// `TraceEvent::operation`.
+pub const OP_CONNECT: u8 = 0;
+pub const OP_SENDMSG: u8 = 1;
+
+/// Value of the stats map (per CPU), keyed by service id: what the
+/// frontend's resolutions came to. Always counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Sockets (and unconnected datagrams) sent to a backend.
+    pub resolutions: u64,
+    /// Refusals, by `result::*` failure reason minus `FIRST_FAILURE`.
+    pub failures: [u64; result::FAILURES],
+}
+
+/// One resolution, written to the ring buffer of every traced slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: the thread group id (pid) in the high half.
+    pub pid_tgid: u64,
+    /// The cgroup v2 id of the task (the cgroup directory's inode number).
+    pub cgroup_id: u64,
+    /// Where the socket was going, and where it was sent.
+    pub original: Addr,
+    pub backend: Addr,
+    pub original_port: u16,
+    pub backend_port: u16,
+    pub proto: u8,
+    pub operation: u8,
+    pub result: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+    /// 0 when the resolution failed.
+    pub backend_id: u32,
+    pub comm: [u8; 16],
+}
+
 /// Scope of a frontend entry. Every frontend written today is a plain
 /// service/balancing rule; the field exists so rules that fall back to
 /// another entry (local redirects) can share the map without a layout change.
@@ -48,6 +137,9 @@ pub const SCOPE_SERVICE: u8 = 0;
 
 /// `ServiceEntry::flags`: the frontend keeps clients on one backend.
 pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
+/// `ServiceEntry::flags`: the backends are this node's only (Kubernetes
+/// `internalTrafficPolicy: Local`), so none means "no local backend".
+pub const SERVICE_FLAG_LOCAL_ONLY: u16 = 1 << 1;
 
 /// An IPv6 address (or an IPv4-mapped one) as four network-order words, the
 /// shape of `bpf_sock_addr.user_ip6`.
@@ -175,6 +267,8 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatKey {}
     unsafe impl aya::Pod for super::RevNatValue {}
     unsafe impl aya::Pod for super::NodeAddressKey {}
+    unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::TraceEvent {}
 }
 
 #[cfg(test)]
@@ -196,5 +290,7 @@ mod tests {
         assert_eq!(size_of::<RevNatKey>(), 32);
         assert_eq!(size_of::<RevNatValue>(), 24);
         assert_eq!(size_of::<NodeAddressKey>(), 16);
+        assert_eq!(size_of::<ServiceStats>(), 40);
+        assert_eq!(size_of::<TraceEvent>(), 88);
     }
 }

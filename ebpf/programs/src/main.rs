@@ -13,18 +13,20 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::bpf_sock_addr,
+    bindings::{BPF_NOEXIST, bpf_sock_addr},
     helpers::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
     },
     macros::{cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
     programs::SockAddrContext,
 };
 use balctl_common::{
-    Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP, MembershipKey,
-    NodeAddressKey, RevNatKey, RevNatValue, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY, STICKY_NETNS,
-    STICKY_SOCKET, ServiceEntry, ServiceKey, default_capacity,
+    Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, IPPROTO_TCP, IPPROTO_UDP,
+    MembershipKey, NodeAddressKey, OP_CONNECT, OP_SENDMSG, RevNatKey, RevNatValue, SCOPE_SERVICE,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey,
+    ServiceStats, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, result,
 };
 
 #[map(name = "services")]
@@ -46,6 +48,28 @@ static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries
 
 #[map(name = "nodes")]
 static NODES: HashMap<NodeAddressKey, u32> = HashMap::with_max_entries(default_capacity::NODES, 0);
+
+// Counters are per CPU: no atomic operation on the connect path. One
+// entry per frontend (service id) and one per frontend and backend.
+#[map(name = "stats")]
+static STATS: PerCpuHashMap<u32, ServiceStats> =
+    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "backend_hits")]
+static BACKEND_HITS: PerCpuHashMap<MembershipKey, u64> =
+    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "trace_leases")]
+static TRACE_LEASES: Array<u64> = Array::with_max_entries(TRACE_LEASE_ENTRIES, 0);
+
+#[map(name = "events0")]
+static EVENTS0: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events1")]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events2")]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events3")]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// sock_addr programs allow the socket operation by returning 1.
 const ALLOW: i32 = 1;
@@ -126,18 +150,114 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     };
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(backend) = choose_backend(ctx, cookie, &frontend, &master, op) else {
-        return reject();
-    };
-    if family == Family::V4 && !is_v4_mapped(&backend.addr) {
+    let choice = match choose_backend(ctx, cookie, &frontend, &master, op) {
         // Validation keeps backend families equal to the frontend's; never
         // write half an IPv6 address into an IPv4 socket.
+        Ok(choice) if family == Family::V4 && !is_v4_mapped(&choice.backend.addr) => Err(result::FAMILY),
+        other => other,
+    };
+    count(master.service_id, &choice);
+    trace(&dest, proto, op, master.service_id, &choice);
+    let Ok(choice) = choice else {
         return reject();
-    }
-    let to = Dest { addr: backend.addr, port: backend.port };
+    };
+    let to = Dest { addr: choice.backend.addr, port: choice.backend.port };
     remember_translation(cookie, &to, &dest, master.service_id, op);
     write_dest(sa, family, &to);
     ALLOW
+}
+
+/// A backend chosen for a socket, and how (`result::RANDOM`...).
+struct Choice {
+    backend: Backend,
+    backend_id: u32,
+    how: u8,
+}
+
+/// Adds a resolution to the frontend's counters: per CPU, so a plain
+/// increment. A frontend's first resolution on a CPU creates its entry.
+#[inline(always)]
+fn count(service_id: u32, choice: &Result<Choice, u8>) {
+    let Some(stats) = counter(&STATS, &service_id) else {
+        return;
+    };
+    // SAFETY: a per-CPU entry, written by this CPU only while this program runs.
+    unsafe {
+        match choice {
+            Ok(_) => (*stats).resolutions += 1,
+            Err(reason) => {
+                let index = usize::from(reason.wrapping_sub(result::FIRST_FAILURE));
+                if index < result::FAILURES {
+                    (*stats).failures[index] += 1;
+                }
+            }
+        }
+    }
+    if let Ok(choice) = choice
+        && let Some(hits) =
+            counter(&BACKEND_HITS, &MembershipKey { service_id, backend_id: choice.backend_id })
+    {
+        // SAFETY: as above.
+        unsafe { *hits += 1 };
+    }
+}
+
+/// This CPU's counter for `key`, created at zero if missing. None when the
+/// map is full (user space removes the counters of removed frontends).
+#[inline(always)]
+fn counter<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K) -> Option<*mut V> {
+    if let Some(value) = map.get_ptr_mut(key) {
+        return Some(value);
+    }
+    let _ = map.insert(key, &V::default(), u64::from(BPF_NOEXIST));
+    map.get_ptr_mut(key)
+}
+
+/// Writes the resolution to the ring buffer of every trace slot whose lease
+/// runs. With nobody tracing this costs one clock read and one array
+/// lookup: the lease all tracers renew has run out.
+#[inline(always)]
+fn trace(dest: &Dest, proto: u8, op: Operation, service_id: u32, choice: &Result<Choice, u8>) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !leased(TRACE_ANY, now) {
+        return;
+    }
+    let (backend, backend_port, backend_id, result) = match choice {
+        Ok(choice) => (choice.backend.addr, choice.backend.port, choice.backend_id, choice.how),
+        Err(reason) => ([0; 4], 0, 0, *reason),
+    };
+    let event = TraceEvent {
+        time_ns: now,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        // SAFETY: plain helper call.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        original: dest.addr,
+        backend,
+        original_port: dest.port,
+        backend_port,
+        proto,
+        operation: match op {
+            Operation::Connect => OP_CONNECT,
+            Operation::SendMsg => OP_SENDMSG,
+        },
+        result,
+        _pad: 0,
+        service_id,
+        backend_id,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    // A full ring buffer drops the event; the tracer reports what it reads.
+    for (slot, events) in [(0, &EVENTS0), (1, &EVENTS1), (2, &EVENTS2), (3, &EVENTS3)] {
+        if leased(slot, now) {
+            let _ = events.output::<TraceEvent>(&event, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn leased(slot: u32, now: u64) -> bool {
+    TRACE_LEASES.get(slot).is_some_and(|&until| now < until)
 }
 
 /// The frontend `dest` belongs to, with its master entry: an exact match,
@@ -186,9 +306,10 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
 }
 
 /// Picks the backend: the socket's earlier choice (unconnected UDP), else
-/// the client namespace's (affinity), else a random slot. Helpers that only
-/// some paths need are called only on those paths: every call here is paid
-/// on each translated connect.
+/// the client namespace's (affinity), else a random slot; or says why there
+/// is none (`result::NO_BACKEND`...). Helpers that only some paths need are
+/// called only on those paths: every call here is paid on each translated
+/// connect.
 #[inline(always)]
 fn choose_backend(
     ctx: &SockAddrContext,
@@ -196,16 +317,17 @@ fn choose_backend(
     frontend: &ServiceKey,
     master: &ServiceEntry,
     op: Operation,
-) -> Option<Backend> {
+) -> Result<Choice, u8> {
     if master.count == 0 {
-        return None;
+        let local_only = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
+        return Err(if local_only { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND });
     }
     let service_id = master.service_id;
     let socket_key = AffinityKey { cookie: socket_cookie, service_id, owner: STICKY_SOCKET };
     if op == Operation::SendMsg
-        && let Some((_, backend)) = sticky_backend(&socket_key, service_id, None)
+        && let Some((backend_id, backend)) = sticky_backend(&socket_key, service_id, None)
     {
-        return Some(backend);
+        return Ok(Choice { backend, backend_id, how: result::SOCKET });
     }
     // SAFETY (both helpers): plain helper calls on the program's context.
     let affinity = (master.flags & SERVICE_FLAG_AFFINITY != 0).then(|| {
@@ -221,22 +343,22 @@ fn choose_backend(
         if let Some((backend_id, backend)) = sticky_backend(netns_key, service_id, Some((*now, timeout))) {
             // Refresh: the timeout counts from the last use, as kube-proxy's does.
             remember_choice(netns_key, backend_id, *now);
-            return Some(backend);
+            return Ok(Choice { backend, backend_id, how: result::AFFINITY });
         }
     }
 
     let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
-    let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
-    let backend = unsafe { BACKENDS.get(&backend_id) }.copied()?;
+    let backend_id = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?.backend_id;
+    let backend = unsafe { BACKENDS.get(&backend_id) }.copied().ok_or(result::STALE)?;
     if let Some((netns_key, now)) = &affinity {
         remember_choice(netns_key, backend_id, *now);
     }
     if op == Operation::SendMsg {
         remember_choice(&socket_key, backend_id, unsafe { bpf_ktime_get_ns() });
     }
-    Some(backend)
+    Ok(Choice { backend, backend_id, how: result::RANDOM })
 }
 
 /// A previous choice for this owner, if it is still valid: not expired (when
