@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
-use balctl_common::{Backend, MembershipKey, SERVICE_FLAG_AFFINITY, ServiceEntry};
+use balctl_common::{Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, ServiceEntry};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,8 @@ pub struct FrontendImage {
     /// Backend ids in slot order (slot 1 is the first).
     pub backends: Vec<BackendId>,
     pub affinity_seconds: Option<u32>,
+    /// See `FrontendRule::local_only`.
+    pub local_only: bool,
 }
 
 impl FrontendImage {
@@ -57,7 +59,8 @@ impl FrontendImage {
             backend_id: 0,
             // `compile` caps backends at u16::MAX.
             count: self.backends.len() as u16,
-            flags: if self.affinity_seconds.is_some() { SERVICE_FLAG_AFFINITY } else { 0 },
+            flags: if self.affinity_seconds.is_some() { SERVICE_FLAG_AFFINITY } else { 0 }
+                | if self.local_only { SERVICE_FLAG_LOCAL_ONLY } else { 0 },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
         }
@@ -173,7 +176,13 @@ impl Image {
             });
             image.frontends.insert(
                 rule.frontend,
-                FrontendImage { service_id, owner, backends, affinity_seconds: rule.affinity_seconds },
+                FrontendImage {
+                    service_id,
+                    owner,
+                    backends,
+                    affinity_seconds: rule.affinity_seconds,
+                    local_only: rule.local_only,
+                },
             );
         }
         image.drop_unused_backends();
@@ -262,6 +271,7 @@ mod tests {
             frontend: frontend.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             affinity_seconds: None,
+            local_only: false,
         };
         (format!("policy/{name}"), rule)
     }

@@ -166,6 +166,10 @@ pub struct FrontendRule {
     /// Session affinity timeout in seconds, when clients stick to a backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_seconds: Option<u32>,
+    /// The backends are this node's only (Kubernetes `internalTrafficPolicy:
+    /// Local`): with none, the datapath reports "no local backend".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 impl FrontendRule {
@@ -255,6 +259,7 @@ mod tests {
                 frontend: "198.18.0.1:80".parse().unwrap(),
                 backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
                 affinity_seconds: None,
+                local_only: false,
             },
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());

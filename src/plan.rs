@@ -466,6 +466,7 @@ mod tests {
             frontend: frontend.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             affinity_seconds,
+            local_only: false,
         }
     }
 

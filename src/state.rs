@@ -206,30 +206,34 @@ mod policy_records {
             .into_iter()
             .map(|(name, frontend, backends, affinity_seconds)| Policy {
                 name,
-                rule: FrontendRule { frontend, backends, affinity_seconds },
+                // Policies are never limited to local backends.
+                rule: FrontendRule { frontend, backends, affinity_seconds, local_only: false },
             })
             .collect())
     }
 }
 
-/// Rules as `(frontend, backends, affinity)` records, for the same reason.
+/// Rules as `(frontend, backends, affinity, local only)` records, for the
+/// same reason.
 mod rule_records {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::{Frontend, FrontendRule, SocketAddr};
 
     pub fn serialize<S: Serializer>(rules: &[FrontendRule], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(rules.iter().map(|r| (&r.frontend, &r.backends, r.affinity_seconds)))
+        serializer
+            .collect_seq(rules.iter().map(|r| (&r.frontend, &r.backends, r.affinity_seconds, r.local_only)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FrontendRule>, D::Error> {
-        let records = Vec::<(Frontend, Vec<SocketAddr>, Option<u32>)>::deserialize(deserializer)?;
+        let records = Vec::<(Frontend, Vec<SocketAddr>, Option<u32>, bool)>::deserialize(deserializer)?;
         Ok(records
             .into_iter()
-            .map(|(frontend, backends, affinity_seconds)| FrontendRule {
+            .map(|(frontend, backends, affinity_seconds, local_only)| FrontendRule {
                 frontend,
                 backends,
                 affinity_seconds,
+                local_only,
             })
             .collect())
     }
@@ -257,6 +261,7 @@ mod tests {
                 frontend: "198.18.0.1:80".parse().unwrap(),
                 backends: vec!["192.0.2.1:80".parse().unwrap()],
                 affinity_seconds: Some(30),
+                local_only: false,
             },
         });
         state.synced.push(Arc::new(SyncedObject {
@@ -266,6 +271,7 @@ mod tests {
                 frontend: "[2001:db8::10]:53/udp".parse().unwrap(),
                 backends: vec!["[2001:db8::2]:5353".parse().unwrap()],
                 affinity_seconds: None,
+                local_only: true,
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],

@@ -30,6 +30,7 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
             frontend: args.vip,
             backends: args.backend.clone(),
             affinity_seconds: args.affinity,
+            local_only: false,
         },
     };
     policy.validate().map_err(|e| input!("{e}"))?;

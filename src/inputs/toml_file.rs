@@ -124,7 +124,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
                     .map(|b| SocketAddr::new(b, target))
                     .collect();
                 let affinity_seconds = spec.affinity_seconds.as_ref().map(|a| *a.get_ref());
-                rules.push(FrontendRule { frontend, backends, affinity_seconds });
+                rules.push(FrontendRule { frontend, backends, affinity_seconds, local_only: false });
             }
         }
         let object = SyncedObject {

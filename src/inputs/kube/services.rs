@@ -162,6 +162,7 @@ fn service_object(
             frontend: Frontend { address, port: number, protocol },
             backends: backends.to_vec(),
             affinity_seconds: service.affinity_seconds,
+            local_only: false,
         };
         let families_used: BTreeSet<IpAddr> =
             [Family::V4, Family::V6].into_iter().filter(|f| families.contains(f)).map(unspecified).collect();
@@ -185,7 +186,12 @@ fn service_object(
                 } else {
                     all.clone()
                 };
-                rules.extend(cluster_ips.iter().map(|&ip| rule(ip, port.port, &backends)));
+                let local_only = service.internal_local;
+                rules.extend(
+                    cluster_ips
+                        .iter()
+                        .map(|&ip| FrontendRule { local_only, ..rule(ip, port.port, &backends) }),
+                );
             }
             rules.extend(in_family(&service.external_ips).into_iter().map(|ip| rule(ip, port.port, &all)));
             if service.service_type == ServiceType::LoadBalancer {
