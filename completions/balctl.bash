@@ -37,6 +37,9 @@ _balctl() {
             balctl,sync)
                 cmd="balctl__subcmd__sync"
                 ;;
+            balctl,trace)
+                cmd="balctl__subcmd__trace"
+                ;;
             balctl,unload)
                 cmd="balctl__subcmd__unload"
                 ;;
@@ -60,6 +63,9 @@ _balctl() {
                 ;;
             balctl__subcmd__help,sync)
                 cmd="balctl__subcmd__help__subcmd__sync"
+                ;;
+            balctl__subcmd__help,trace)
+                cmd="balctl__subcmd__help__subcmd__trace"
                 ;;
             balctl__subcmd__help,unload)
                 cmd="balctl__subcmd__help__subcmd__unload"
@@ -122,7 +128,7 @@ _balctl() {
 
     case "${cmd}" in
         balctl)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version load unload status policy sync dump completions help"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version load unload status policy sync dump trace completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -216,7 +222,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__help)
-            opts="load unload status policy sync dump completions help"
+            opts="load unload status policy sync dump trace completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -384,6 +390,20 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__help__subcmd__sync)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        balctl__subcmd__help__subcmd__trace)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -797,6 +817,52 @@ _balctl() {
                     return 0
                     ;;
                 --node-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bpffs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        balctl__subcmd__trace)
+            opts="-o -v -q -h -V --vip --pid --failed --count --duration --bpffs --state-dir --output --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --vip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -39,6 +39,7 @@ complete -c balctl -n "__fish_balctl_needs_command" -f -a "status" -d 'Show whet
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "policy" -d 'Add, change, list and delete balancing rules'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "dump" -d 'Show what the pinned maps hold'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "trace" -d 'Show resolutions as they happen: who connected where, and which backend it got'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l cgroup -d 'cgroup v2 directory to attach to [default: the cgroup2 root]' -r -F
@@ -168,6 +169,20 @@ complete -c balctl -n "__fish_balctl_using_subcommand dump" -s v -l verbose -d '
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l vip -d 'Only resolutions for this destination address (and port)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l pid -d 'Only resolutions made by this process' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l count -d 'Stop after this many events' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l duration -d 'Stop after this long (e.g. 30s, 5m)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l failed -d 'Only resolutions that failed (no backend, no local backend...)'
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t''
@@ -177,14 +192,15 @@ complete -c balctl -n "__fish_balctl_using_subcommand completions" -s v -l verbo
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "unload" -d 'Detach every hook and remove every pin'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "policy" -d 'Add, change, list and delete balancing rules'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "dump" -d 'Show what the pinned maps hold'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "unload" -d 'Detach every hook and remove every pin'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "policy" -d 'Add, change, list and delete balancing rules'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "dump" -d 'Show what the pinned maps hold'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "trace" -d 'Show resolutions as they happen: who connected where, and which backend it got'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "add" -d 'Add a rule that balances a frontend over backends'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "update" -d 'Change an existing rule; the options given replace the old values'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List all rules'

@@ -102,6 +102,18 @@ pub enum Command {
     /// Show what the pinned maps hold
     Dump(DumpArgs),
 
+    /// Show resolutions as they happen: who connected where, and which backend it got
+    ///
+    /// One line per socket (or unconnected datagram) sent to a frontend:
+    /// time, pid, command, cgroup (and container id), protocol, original
+    /// destination -> chosen backend, the rule's name and how the backend
+    /// was chosen, or why none was. JSON lines with -o json. The datapath
+    /// writes events only while a tracer runs: each tracer renews a lease
+    /// every 0.5 s, so a killed one stops tracing within 1.5 s. Up to four
+    /// tracers can run at once. Stops on Ctrl-C, after --count events or
+    /// after --duration.
+    Trace(TraceArgs),
+
     /// Print a shell completion script
     Completions(CompletionsArgs),
 }
@@ -234,7 +246,30 @@ pub struct DumpArgs {
     pub vip: Option<VipFilter>,
 }
 
-/// `--vip IP[:PORT]` for dump.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Only resolutions for this destination address (and port)
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_vip_filter)]
+    pub vip: Option<VipFilter>,
+
+    /// Only resolutions made by this process
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only resolutions that failed (no backend, no local backend...)
+    #[arg(long)]
+    pub failed: bool,
+
+    /// Stop after this many events
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Stop after this long (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+/// `--vip IP[:PORT]` for dump and trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VipFilter {
     pub address: std::net::IpAddr,
@@ -243,7 +278,11 @@ pub struct VipFilter {
 
 impl VipFilter {
     pub fn matches(&self, frontend: &Frontend) -> bool {
-        self.address == frontend.address && self.port.is_none_or(|port| port == frontend.port)
+        self.matches_address(SocketAddr::new(frontend.address, frontend.port))
+    }
+
+    pub fn matches_address(&self, address: SocketAddr) -> bool {
+        self.address == address.ip() && self.port.is_none_or(|port| port == address.port())
     }
 }
 

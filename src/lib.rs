@@ -13,6 +13,7 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod state;
+pub mod trace;
 pub mod transaction;
 pub mod watch;
 
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status => cmd::status::run(&ctx),
         Command::Policy(command) => cmd::policy::run(&ctx, command),
         Command::Dump(args) => cmd::dump::run(&ctx, args),
+        Command::Trace(args) => cmd::trace::run(&ctx, args),
         Command::Sync(args) if args.watch => watch::run(&ctx, args),
         Command::Sync(args) => cmd::sync::run(&ctx, args),
         Command::Completions(args) => cmd::completions::run(args),

@@ -7,6 +7,7 @@ pub mod load;
 pub mod policy;
 pub mod status;
 pub mod sync;
+pub mod trace;
 pub mod unload;
 
 use crate::{bpf::pins::PinDir, output::OutputFormat, state::StateDir};

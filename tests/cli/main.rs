@@ -11,6 +11,7 @@ mod kube;
 mod progress;
 mod support;
 mod sync;
+mod trace;
 mod watch;
 
 use libtest_mimic::{Arguments, Trial};
@@ -72,6 +73,9 @@ fn main() {
         kube::a_resynced_list_follows_a_moved_endpoint,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
+        trace::events_name_the_client_and_what_it_got,
+        trace::tracers_run_side_by_side_and_filter,
+        trace::a_killed_tracer_stops_events_within_two_seconds,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

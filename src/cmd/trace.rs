@@ -1,0 +1,240 @@
+//! `balctl trace`: resolutions as the datapath makes them, one line each,
+//! with who made them (pid, command, cgroup, container) and what they came
+//! to, named from the state dir.
+
+use std::{
+    collections::HashMap,
+    io::{self, Write as _},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use balctl_common::{OP_CONNECT, TraceEvent, result};
+use serde::Serialize;
+
+use super::Context;
+use crate::{
+    bpf::raw::{raw_to_addr, raw_to_port},
+    cli::TraceArgs,
+    image::ServiceId,
+    model::Protocol,
+    output::OutputFormat,
+    state::StateDir,
+    trace::{Tracer, cgroups, cgroups::CgroupNames, lease::monotonic_ns},
+};
+
+/// How long a wait for events lasts before the stop conditions are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One resolution as printed; with `-o json`, one JSON object per line.
+#[derive(Serialize)]
+struct Resolution {
+    /// RFC 3339, UTC, milliseconds.
+    time: String,
+    pid: u32,
+    comm: String,
+    /// Under the cgroup2 mount; null once the cgroup is gone.
+    cgroup: Option<String>,
+    container_id: Option<String>,
+    protocol: Option<Protocol>,
+    /// `connect`, or `sendmsg` for a datagram of an unconnected UDP socket.
+    operation: &'static str,
+    original: SocketAddr,
+    /// Null when the resolution failed.
+    backend: Option<SocketAddr>,
+    backend_id: Option<u32>,
+    service_id: ServiceId,
+    /// The frontend matched and its rule (`service/NS/NAME`, `policy/NAME`),
+    /// from the state dir; null if it does not know the id.
+    frontend: Option<String>,
+    name: Option<String>,
+    /// How the backend was chosen (random, affinity, socket) or why there
+    /// was none (no_backend, no_local_backend, stale, family).
+    result: &'static str,
+    failed: bool,
+}
+
+pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle SIGINT and SIGTERM")?;
+    }
+    let mut names = Names::read(&ctx.state)?;
+    let mut tracer = Tracer::start(&ctx.pins, &ctx.state)?;
+    if !ctx.quiet {
+        eprintln!("tracing resolutions (slot {}); Ctrl-C to stop", tracer.slot());
+    }
+    let deadline = args.duration.map(|duration| Instant::now() + duration);
+    let clock = WallClock::now();
+    let mut cgroups = CgroupNames::default();
+    let mut out = io::stdout().lock();
+    if ctx.output == OutputFormat::Table {
+        writeln!(
+            out,
+            "{:<12} {:>7} {:<15} {:<5} {:<47} {:<16} {:<24} CGROUP",
+            "TIME", "PID", "COMM", "PROTO", "ORIGINAL -> BACKEND", "RESULT", "NAME"
+        )?;
+    }
+    let mut shown = 0u64;
+    let mut failure = None;
+    while !stop.load(Ordering::Relaxed)
+        && deadline.is_none_or(|deadline| Instant::now() < deadline)
+        && args.count.is_none_or(|count| shown < count)
+    {
+        tracer.poll(TICK, |raw| {
+            if !wanted(args, raw) {
+                return true;
+            }
+            let resolution = describe(raw, names.lookup(&ctx.state, raw.service_id), &mut cgroups, &clock);
+            if let Err(err) = print(&mut out, ctx.output, &resolution) {
+                failure = Some(err);
+                return false;
+            }
+            shown += 1;
+            args.count.is_none_or(|count| shown < count)
+        })?;
+        if let Some(err) = failure.take() {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn wanted(args: &TraceArgs, raw: &TraceEvent) -> bool {
+    let original = SocketAddr::new(raw_to_addr(raw.original), raw_to_port(raw.original_port));
+    args.vip.is_none_or(|vip| vip.matches_address(original))
+        && args.pid.is_none_or(|pid| pid == (raw.pid_tgid >> 32) as u32)
+        && (!args.failed || result::is_failure(raw.result))
+}
+
+fn describe(
+    raw: &TraceEvent,
+    name: Option<&(String, String)>,
+    cgroups: &mut CgroupNames,
+    clock: &WallClock,
+) -> Resolution {
+    let cgroup = cgroups.path(raw.cgroup_id).map(str::to_owned);
+    let failed = result::is_failure(raw.result);
+    let comm_len = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
+    Resolution {
+        time: humantime::format_rfc3339_millis(clock.at(raw.time_ns)).to_string(),
+        pid: (raw.pid_tgid >> 32) as u32,
+        comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+        container_id: cgroup.as_deref().and_then(cgroups::container_id).map(str::to_owned),
+        cgroup,
+        protocol: Protocol::from_ip_proto(raw.proto),
+        operation: if raw.operation == OP_CONNECT { "connect" } else { "sendmsg" },
+        original: SocketAddr::new(raw_to_addr(raw.original), raw_to_port(raw.original_port)),
+        backend: (!failed).then(|| SocketAddr::new(raw_to_addr(raw.backend), raw_to_port(raw.backend_port))),
+        backend_id: (!failed).then_some(raw.backend_id),
+        service_id: raw.service_id,
+        frontend: name.map(|(frontend, _)| frontend.clone()),
+        name: name.map(|(_, owner)| owner.clone()),
+        result: result_name(raw.result),
+        failed,
+    }
+}
+
+fn result_name(code: u8) -> &'static str {
+    match code {
+        result::RANDOM => "random",
+        result::AFFINITY => "affinity",
+        result::SOCKET => "socket",
+        result::NO_BACKEND => "no_backend",
+        result::NO_LOCAL_BACKEND => "no_local_backend",
+        result::STALE => "stale",
+        result::FAMILY => "family",
+        _ => "unknown",
+    }
+}
+
+fn print(out: &mut impl io::Write, format: OutputFormat, resolution: &Resolution) -> Result<()> {
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer(&mut *out, resolution)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Yaml => {
+            writeln!(out, "---")?;
+            serde_yaml_ng::to_writer(&mut *out, resolution)?;
+        }
+        OutputFormat::Table => {
+            let backend = resolution.backend.map_or_else(|| "-".to_owned(), |b| b.to_string());
+            let place = match (&resolution.container_id, &resolution.cgroup) {
+                (Some(id), _) => format!("container {}", &id[..12]),
+                (None, Some(cgroup)) => cgroup.clone(),
+                (None, None) => "-".to_owned(),
+            };
+            writeln!(
+                out,
+                "{:<12} {:>7} {:<15} {:<5} {:<47} {:<16} {:<24} {place}",
+                &resolution.time[11..23],
+                resolution.pid,
+                resolution.comm,
+                resolution.protocol.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                format!("{} -> {backend}", resolution.original),
+                resolution.result,
+                resolution.name.as_deref().unwrap_or("-"),
+            )?;
+        }
+    }
+    // A line at a time, as events come: trace is often piped.
+    out.flush()?;
+    Ok(())
+}
+
+/// Frontend and rule name of each service id, from the state dir; read
+/// again (at most once a second) when an id is missing, as a sync may have
+/// added it since.
+struct Names {
+    by_id: HashMap<ServiceId, (String, String)>,
+    read_at: Instant,
+}
+
+impl Names {
+    fn read(state: &StateDir) -> Result<Self> {
+        let applied = state.read()?;
+        let by_id = applied
+            .image
+            .frontends
+            .iter()
+            .map(|(frontend, image)| (image.service_id, (frontend.to_string(), image.owner.clone())))
+            .collect();
+        Ok(Self { by_id, read_at: Instant::now() })
+    }
+
+    fn lookup(&mut self, state: &StateDir, id: ServiceId) -> Option<&(String, String)> {
+        if !self.by_id.contains_key(&id)
+            && self.read_at.elapsed() >= Duration::from_secs(1)
+            && let Ok(fresh) = Self::read(state)
+        {
+            *self = fresh;
+        }
+        self.by_id.get(&id)
+    }
+}
+
+/// Turns the datapath's CLOCK_MONOTONIC times into wall-clock times.
+struct WallClock {
+    wall: SystemTime,
+    monotonic_ns: u64,
+}
+
+impl WallClock {
+    fn now() -> Self {
+        Self { wall: SystemTime::now(), monotonic_ns: monotonic_ns() }
+    }
+
+    fn at(&self, monotonic_ns: u64) -> SystemTime {
+        if monotonic_ns >= self.monotonic_ns {
+            self.wall + Duration::from_nanos(monotonic_ns - self.monotonic_ns)
+        } else {
+            self.wall - Duration::from_nanos(self.monotonic_ns - monotonic_ns)
+        }
+    }
+}
