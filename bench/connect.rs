@@ -1,6 +1,8 @@
 //! Connection rate and connect latency through a VIP against connecting
 //! directly to the backend behind it, on the real kernel, with 1 and with
-//! 100,000 other services in the maps.
+//! 100,000 other services in the maps; and what the trace event code costs:
+//! the datapath with it (nobody tracing, then a tracer attached) against
+//! the same programs built without it (ebpf/programs/src/untraced.rs).
 //!
 //! Each scenario builds the tests' sandbox (client and server network
 //! namespaces, a child cgroup, a private bpffs; see tests/cli/support), and
@@ -22,7 +24,11 @@ use std::{
 };
 
 use balctl::{
-    bpf::{maps::Datapath, pins::PinDir},
+    bpf::{
+        loader::{self, MapSizes},
+        maps::Datapath,
+        pins::PinDir,
+    },
     model::{Frontend, FrontendRule, Policy, Protocol},
     state::StateDir,
     transaction::{Mode, change},
@@ -44,6 +50,37 @@ const PER_ROUND: u32 = 10;
 /// The targets: VIP rate / direct rate and VIP p99 / direct p99.
 const MIN_RATE_RATIO: f64 = 0.95;
 const MAX_P99_RATIO: f64 = 1.1;
+/// The target for the event code while nobody traces: at most 1%
+/// of connection rate.
+const MAX_UNTRACED_COST: f64 = 0.01;
+/// Untraced and traced builds are measured this many times each,
+/// alternating, and compared by their medians.
+const TRACE_PAIRS: usize = 3;
+
+/// The programs without the trace event code, built by build.rs next to
+/// the real ones.
+static UNTRACED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balctl-untraced"));
+
+/// Which datapath a scenario runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// Built without the trace event code.
+    Untraced,
+    /// balctl's datapath, nobody tracing.
+    Traced,
+    /// balctl's datapath with `balctl trace` attached.
+    Tracing,
+}
+
+impl Build {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Untraced => "built without trace events",
+            Self::Traced => "balctl's datapath, not tracing",
+            Self::Tracing => "balctl's datapath, `balctl trace` attached",
+        }
+    }
+}
 
 fn main() {
     support::peer::run_if_requested();
@@ -56,24 +93,62 @@ fn main() {
     println!(
         "{ROUNDS} rounds × {PER_ROUND} connections per target, VIP {VIP} -> {BACKEND}, direct {BACKEND}\n"
     );
-    for other_services in [0, OTHER_SERVICES] {
-        scenario(other_services);
+    let mut untraced = Vec::new();
+    let mut traced = Vec::new();
+    for pair in 0..TRACE_PAIRS {
+        // Alternate which goes first, so drifting background load is shared.
+        let order =
+            if pair % 2 == 0 { [Build::Untraced, Build::Traced] } else { [Build::Traced, Build::Untraced] };
+        for build in order {
+            let ratio = scenario(build, 0);
+            if build == Build::Untraced { untraced.push(ratio) } else { traced.push(ratio) }
+        }
     }
+    let tracing = scenario(Build::Tracing, 0);
+    scenario(Build::Traced, OTHER_SERVICES);
+
+    let (untraced, traced) = (median(&mut untraced), median(&mut traced));
+    let cost = 1.0 - traced / untraced;
+    println!("== Trace event code, medians of {TRACE_PAIRS} runs each of VIP/direct connection rate");
+    println!("built without trace events: {untraced:.3}");
+    println!(
+        "balctl's datapath, not tracing: {traced:.3}: cost {:+.1}% (target <= {:.0}%: {})",
+        cost * 100.0,
+        MAX_UNTRACED_COST * 100.0,
+        verdict(cost <= MAX_UNTRACED_COST)
+    );
+    println!(
+        "balctl's datapath, `balctl trace` attached (one run): {tracing:.3}: cost {:+.1}%",
+        (1.0 - tracing / untraced) * 100.0
+    );
 }
 
-fn scenario(other_services: u32) {
+/// Measures one datapath build with `other_services` more rules in the
+/// maps; returns the VIP/direct connection rate ratio.
+fn scenario(build: Build, other_services: u32) -> f64 {
     let sandbox = Sandbox::new();
     sandbox.serve("b2", &[BACKEND], &[]);
     let cgroup = sandbox.cgroup.to_str().expect("cgroup path is UTF-8");
-    sandbox.balctl_ok(&["load", "--cgroup", cgroup, "--map-size", MAP_SIZES]);
-    sandbox.balctl_ok(&["policy", "add", "bench-vip", "--vip", VIP, "--backend", BACKEND]);
     let pins = PinDir::new(&sandbox.pins);
+    if build == Build::Untraced {
+        let sizes = MAP_SIZES
+            .split(',')
+            .filter_map(|s| s.split_once('='))
+            .map(|(n, v)| (n.to_owned(), v.parse().expect("a size")));
+        loader::load_object(UNTRACED, &pins, Some(&sandbox.cgroup), &MapSizes(sizes.collect()))
+            .expect("load the untraced datapath");
+    } else {
+        sandbox.balctl_ok(&["load", "--cgroup", cgroup, "--map-size", MAP_SIZES]);
+    }
+    sandbox.balctl_ok(&["policy", "add", "bench-vip", "--vip", VIP, "--backend", BACKEND]);
     let programming = (other_services > 0).then(|| add_other_services(&sandbox, &pins, other_services));
+    let tracer = (build == Build::Tracing).then(|| start_tracer(&sandbox));
 
     let contents =
         Datapath::open(&pins).and_then(|datapath| datapath.read_contents()).expect("read the maps");
     println!(
-        "== VIP + {other_services} other services (maps hold {} services entries, {} backends)",
+        "== {}: VIP + {other_services} other services (maps hold {} services entries, {} backends)",
+        build.describe(),
         contents.services.len(),
         contents.backends.len()
     );
@@ -91,7 +166,49 @@ fn scenario(other_services: u32) {
         "--per-round",
         &PER_ROUND.to_string(),
     ]);
-    print_table(&report);
+    if let Some(tracer) = tracer {
+        stop_tracer(&sandbox, tracer, &report);
+    }
+    print_table(&report)
+}
+
+/// `balctl trace -o json` reading every event into a file, as a person
+/// tracing would; started and ready before the measurement.
+fn start_tracer(sandbox: &Sandbox) -> std::process::Child {
+    let output = std::fs::File::create(sandbox.scratch("trace.json")).expect("create the trace output");
+    let mut child = std::process::Command::new(support::BALCTL)
+        .args(["trace", "-o", "json"])
+        .env("BALCTL_BPFFS", &sandbox.pins)
+        .env("BALCTL_STATE_DIR", &sandbox.state)
+        .stdout(output)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start balctl trace");
+    let mut line = String::new();
+    let stderr = child.stderr.take().expect("trace stderr");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line)
+        .expect("trace says it is ready");
+    assert!(line.starts_with("tracing"), "balctl trace did not start: {line}");
+    child
+}
+
+/// Stops the tracer and says how many events it printed for how many VIP
+/// connections (a full ring buffer drops events rather than wait).
+fn stop_tracer(sandbox: &Sandbox, mut tracer: std::process::Child, report: &Value) {
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let _ = tracer.wait();
+    let events =
+        std::fs::read_to_string(sandbox.scratch("trace.json")).map(|t| t.lines().count()).unwrap_or(0);
+    let connections = number(&report["vip"], "connections");
+    println!(
+        "the tracer printed {events} events for {connections:.0} measured VIP connections (and the warm-up)"
+    );
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Adds `count` single-backend rules in ONE transaction, as a controller
@@ -130,7 +247,8 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
     started.elapsed()
 }
 
-fn print_table(report: &Value) {
+/// Prints the report; returns the VIP/direct rate ratio.
+fn print_table(report: &Value) -> f64 {
     let (vip, direct) = (&report["vip"], &report["direct"]);
     println!(
         "{:<8} {:>11} {:>8} {:>9} {:>9} {:>9}",
@@ -153,6 +271,7 @@ fn print_table(report: &Value) {
         verdict(rate_ratio >= MIN_RATE_RATIO),
         verdict(p99_ratio <= MAX_P99_RATIO),
     );
+    rate_ratio
 }
 
 fn number(target: &Value, key: &str) -> f64 {

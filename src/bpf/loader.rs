@@ -62,6 +62,17 @@ struct LiveLink {
 }
 
 pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<LoadReport> {
+    load_object(OBJECT, pins, cgroup, sizes)
+}
+
+/// `load` with another build of the programs: the connect bench compares
+/// the datapath with one built without its trace event code.
+pub fn load_object(
+    object: &[u8],
+    pins: &PinDir,
+    cgroup: Option<&Path>,
+    sizes: &MapSizes,
+) -> Result<LoadReport> {
     pins.prepare()?;
     let live = live_links(pins)?;
     let target = target_cgroup(&live, cgroup)?;
@@ -70,7 +81,7 @@ pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<Lo
     let maps_created: Vec<&'static str> =
         MAPS.iter().filter(|spec| !pins.map(spec.name).exists()).map(|spec| spec.name).collect();
     let fresh = live.is_empty() && maps_created.len() == MAPS.len();
-    let result = load_and_attach(pins, &target, sizes, live);
+    let result = load_and_attach(object, pins, &target, sizes, live);
     match result {
         Ok(hooks) => Ok(LoadReport { cgroup: target, hooks, maps_created }),
         Err(err) if fresh => {
@@ -85,6 +96,7 @@ pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<Lo
 }
 
 fn load_and_attach(
+    object: &[u8],
     pins: &PinDir,
     target: &Path,
     sizes: &MapSizes,
@@ -99,7 +111,7 @@ fn load_and_attach(
             spec.size_name.and_then(|n| sizes.get(n)).unwrap_or(spec.default_capacity),
         );
     }
-    let mut ebpf = loader.load(OBJECT).context("cannot load the eBPF object")?;
+    let mut ebpf = loader.load(object).context("cannot load the eBPF object")?;
 
     // Verify every program before touching any hook, so a verifier
     // rejection leaves the running datapath as it was.

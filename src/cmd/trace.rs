@@ -101,6 +101,10 @@ pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
         if let Some(err) = failure.take() {
             return Err(err);
         }
+        // What arrived together is written together, as soon as it is read:
+        // trace is often piped, and a write per event would cost the busy
+        // machine being traced a syscall per connection.
+        out.flush()?;
     }
     Ok(())
 }
@@ -183,8 +187,6 @@ fn print(out: &mut impl io::Write, format: OutputFormat, resolution: &Resolution
             )?;
         }
     }
-    // A line at a time, as events come: trace is often piped.
-    out.flush()?;
     Ok(())
 }
 

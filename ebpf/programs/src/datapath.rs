@@ -1,0 +1,491 @@
+// The datapath's code, shared by main.rs and untraced.rs (which differ
+// only in `TRACING`); see main.rs for what it does.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_NOEXIST, bpf_sock_addr},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+    },
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
+    programs::SockAddrContext,
+};
+use balctl_common::{
+    Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, IPPROTO_TCP, IPPROTO_UDP,
+    MembershipKey, NodeAddressKey, OP_CONNECT, OP_SENDMSG, RevNatKey, RevNatValue, SCOPE_SERVICE,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey,
+    ServiceStats, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, result,
+};
+
+#[map(name = "services")]
+static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "backends")]
+static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(default_capacity::BACKENDS, 0);
+
+// Sized like the services map: one entry per backend slot.
+#[map(name = "membership")]
+static MEMBERSHIP: HashMap<MembershipKey, u32> = HashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "affinity")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(default_capacity::AFFINITY, 0);
+
+#[map(name = "revnat")]
+static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
+
+#[map(name = "nodes")]
+static NODES: HashMap<NodeAddressKey, u32> = HashMap::with_max_entries(default_capacity::NODES, 0);
+
+// Counters are per CPU: no atomic operation on the connect path. One
+// entry per frontend (service id) and one per frontend and backend.
+#[map(name = "stats")]
+static STATS: PerCpuHashMap<u32, ServiceStats> =
+    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "backend_hits")]
+static BACKEND_HITS: PerCpuHashMap<MembershipKey, u64> =
+    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "trace_leases")]
+static TRACE_LEASES: Array<u64> = Array::with_max_entries(TRACE_LEASE_ENTRIES, 0);
+
+#[map(name = "events0")]
+static EVENTS0: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events1")]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events2")]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events3")]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// sock_addr programs allow the socket operation by returning 1.
+const ALLOW: i32 = 1;
+/// Returning 0 rejects it; the error the caller sees is set with
+/// `bpf_set_retval` first (the kernel would say EPERM otherwise).
+const REJECT: i32 = 0;
+
+const NSEC_PER_SEC: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    /// `connect()` on TCP or UDP: one choice for the life of the socket.
+    Connect,
+    /// `sendmsg()`/`sendto()` on an unconnected UDP socket: a choice per
+    /// datagram, kept stable per socket.
+    SendMsg,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn balctl_connect4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V4, Operation::Connect)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn balctl_connect6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V6, Operation::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn balctl_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V4, Operation::SendMsg)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn balctl_sendmsg6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V6, Operation::SendMsg)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn balctl_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn balctl_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn balctl_getpeer4(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn balctl_getpeer6(ctx: SockAddrContext) -> i32 {
+    reverse_translate(&ctx, Family::V6)
+}
+
+/// Forward translation: frontend -> backend. Traffic to anything that is not
+/// a frontend passes untouched.
+#[inline(always)]
+fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the program's whole run.
+    let proto = unsafe { read(&raw const (*sa).protocol) } as u8;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return ALLOW;
+    }
+    let dest = read_dest(sa, family);
+    let Some((frontend, master)) = find_frontend(&dest, proto) else {
+        return ALLOW;
+    };
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let choice = match choose_backend(ctx, cookie, &frontend, &master, op) {
+        // Validation keeps backend families equal to the frontend's; never
+        // write half an IPv6 address into an IPv4 socket.
+        Ok(choice) if family == Family::V4 && !is_v4_mapped(&choice.backend.addr) => Err(result::FAMILY),
+        other => other,
+    };
+    count(master.service_id, &choice);
+    trace(&dest, proto, op, master.service_id, &choice);
+    let Ok(choice) = choice else {
+        return reject();
+    };
+    let to = Dest { addr: choice.backend.addr, port: choice.backend.port };
+    remember_translation(cookie, &to, &dest, master.service_id, op);
+    write_dest(sa, family, &to);
+    ALLOW
+}
+
+/// A backend chosen for a socket, and how (`result::RANDOM`...).
+struct Choice {
+    backend: Backend,
+    backend_id: u32,
+    how: u8,
+}
+
+/// Adds a resolution to the frontend's counters: per CPU, so a plain
+/// increment. A frontend's first resolution on a CPU creates its entry.
+#[inline(always)]
+fn count(service_id: u32, choice: &Result<Choice, u8>) {
+    let Some(stats) = counter(&STATS, &service_id) else {
+        return;
+    };
+    // SAFETY: a per-CPU entry, written by this CPU only while this program runs.
+    unsafe {
+        match choice {
+            Ok(_) => (*stats).resolutions += 1,
+            Err(reason) => {
+                let index = usize::from(reason.wrapping_sub(result::FIRST_FAILURE));
+                if index < result::FAILURES {
+                    (*stats).failures[index] += 1;
+                }
+            }
+        }
+    }
+    if let Ok(choice) = choice
+        && let Some(hits) =
+            counter(&BACKEND_HITS, &MembershipKey { service_id, backend_id: choice.backend_id })
+    {
+        // SAFETY: as above.
+        unsafe { *hits += 1 };
+    }
+}
+
+/// This CPU's counter for `key`, created at zero if missing. None when the
+/// map is full (user space removes the counters of removed frontends).
+#[inline(always)]
+fn counter<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K) -> Option<*mut V> {
+    if let Some(value) = map.get_ptr_mut(key) {
+        return Some(value);
+    }
+    let _ = map.insert(key, &V::default(), u64::from(BPF_NOEXIST));
+    map.get_ptr_mut(key)
+}
+
+/// Writes the resolution to the ring buffer of every trace slot whose lease
+/// runs. With nobody tracing this costs one clock read and one array
+/// lookup: the lease all tracers renew has run out.
+#[inline(always)]
+fn trace(dest: &Dest, proto: u8, op: Operation, service_id: u32, choice: &Result<Choice, u8>) {
+    if !TRACING {
+        return;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !leased(TRACE_ANY, now) {
+        return;
+    }
+    let (backend, backend_port, backend_id, result) = match choice {
+        Ok(choice) => (choice.backend.addr, choice.backend.port, choice.backend_id, choice.how),
+        Err(reason) => ([0; 4], 0, 0, *reason),
+    };
+    let event = TraceEvent {
+        time_ns: now,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        // SAFETY: plain helper call.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        original: dest.addr,
+        backend,
+        original_port: dest.port,
+        backend_port,
+        proto,
+        operation: match op {
+            Operation::Connect => OP_CONNECT,
+            Operation::SendMsg => OP_SENDMSG,
+        },
+        result,
+        _pad: 0,
+        service_id,
+        backend_id,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    // A full ring buffer drops the event; the tracer reports what it reads.
+    for (slot, events) in [(0, &EVENTS0), (1, &EVENTS1), (2, &EVENTS2), (3, &EVENTS3)] {
+        if leased(slot, now) {
+            let _ = events.output::<TraceEvent>(&event, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn leased(slot: u32, now: u64) -> bool {
+    TRACE_LEASES.get(slot).is_some_and(|&until| now < until)
+}
+
+/// The frontend `dest` belongs to, with its master entry: an exact match,
+/// else the NodePort frontend of its port when `dest` is a node address or
+/// loopback.
+#[inline(always)]
+fn find_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+    let exact =
+        ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_SERVICE, slot: 0, _pad: 0 };
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    if let Some(master) = unsafe { SERVICES.get(&exact) } {
+        return Some((exact, *master));
+    }
+    let v4 = is_v4_mapped(&dest.addr);
+    let node_address = NodeAddressKey { addr: dest.addr };
+    // SAFETY: only presence is read.
+    if !is_loopback(&dest.addr, v4) && unsafe { NODES.get(&node_address) }.is_none() {
+        return None;
+    }
+    let any = if v4 { V4_MAPPED_PREFIX } else { [0; 4] };
+    let node_port = ServiceKey { addr: any, ..exact };
+    // SAFETY: as above.
+    let master = unsafe { SERVICES.get(&node_port) }.copied()?;
+    Some((node_port, master))
+}
+
+/// Reverse translation for `recvmsg` and `getpeername`: a peer that is the
+/// backend this socket was translated to is shown as the frontend.
+#[inline(always)]
+fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
+    let sa = ctx.sock_addr;
+    let peer = read_dest(sa, family);
+    let key = RevNatKey {
+        // SAFETY: the helper only reads the socket behind the context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: peer.addr,
+        port: peer.port,
+        _pad: [0; 3],
+    };
+    // SAFETY: read once, whole.
+    if let Some(original) = unsafe { REVNAT.get(&key) }.copied() {
+        write_dest(sa, family, &Dest { addr: original.addr, port: original.port });
+    }
+    // recvmsg and getpeername programs must allow; they can only rewrite.
+    ALLOW
+}
+
+/// Picks the backend: the socket's earlier choice (unconnected UDP), else
+/// the client namespace's (affinity), else a random slot; or says why there
+/// is none (`result::NO_BACKEND`...). Helpers that only some paths need are
+/// called only on those paths: every call here is paid on each translated
+/// connect.
+#[inline(always)]
+fn choose_backend(
+    ctx: &SockAddrContext,
+    socket_cookie: u64,
+    frontend: &ServiceKey,
+    master: &ServiceEntry,
+    op: Operation,
+) -> Result<Choice, u8> {
+    if master.count == 0 {
+        let local_only = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
+        return Err(if local_only { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND });
+    }
+    let service_id = master.service_id;
+    let socket_key = AffinityKey { cookie: socket_cookie, service_id, owner: STICKY_SOCKET };
+    if op == Operation::SendMsg
+        && let Some((backend_id, backend)) = sticky_backend(&socket_key, service_id, None)
+    {
+        return Ok(Choice { backend, backend_id, how: result::SOCKET });
+    }
+    // SAFETY (both helpers): plain helper calls on the program's context.
+    let affinity = (master.flags & SERVICE_FLAG_AFFINITY != 0).then(|| {
+        let key = AffinityKey {
+            cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+            service_id,
+            owner: STICKY_NETNS,
+        };
+        (key, unsafe { bpf_ktime_get_ns() })
+    });
+    if let Some((netns_key, now)) = &affinity {
+        let timeout = u64::from(master.affinity_timeout_sec) * NSEC_PER_SEC;
+        if let Some((backend_id, backend)) = sticky_backend(netns_key, service_id, Some((*now, timeout))) {
+            // Refresh: the timeout counts from the last use, as kube-proxy's does.
+            remember_choice(netns_key, backend_id, *now);
+            return Ok(Choice { backend, backend_id, how: result::AFFINITY });
+        }
+    }
+
+    let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
+    let slot_key = ServiceKey { slot, ..*frontend };
+    // SAFETY: read once, whole.
+    let backend_id = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?.backend_id;
+    let backend = unsafe { BACKENDS.get(&backend_id) }.copied().ok_or(result::STALE)?;
+    if let Some((netns_key, now)) = &affinity {
+        remember_choice(netns_key, backend_id, *now);
+    }
+    if op == Operation::SendMsg {
+        remember_choice(&socket_key, backend_id, unsafe { bpf_ktime_get_ns() });
+    }
+    Ok(Choice { backend, backend_id, how: result::RANDOM })
+}
+
+/// A previous choice for this owner, if it is still valid: not expired (when
+/// a timeout applies) and its backend still belongs to the service.
+#[inline(always)]
+fn sticky_backend(key: &AffinityKey, service_id: u32, expiry: Option<(u64, u64)>) -> Option<(u32, Backend)> {
+    // SAFETY: read once, whole.
+    let choice = unsafe { AFFINITY.get(key) }.copied()?;
+    if let Some((now, timeout)) = expiry
+        && now.wrapping_sub(choice.last_used_ns) > timeout
+    {
+        return None;
+    }
+    let membership = MembershipKey { service_id, backend_id: choice.backend_id };
+    unsafe { MEMBERSHIP.get(&membership) }?;
+    let backend = unsafe { BACKENDS.get(&choice.backend_id) }.copied()?;
+    Some((choice.backend_id, backend))
+}
+
+#[inline(always)]
+fn remember_choice(key: &AffinityKey, backend_id: u32, now: u64) {
+    let choice = AffinityValue { last_used_ns: now, backend_id, _pad: 0 };
+    // A full LRU map evicts; a failed insert only costs stickiness.
+    let _ = AFFINITY.insert(key, &choice, 0);
+}
+
+/// Record backend -> frontend for this socket so replies and getpeername()
+/// show the frontend. A connecting socket gets a fresh entry; an unconnected
+/// UDP socket passes here with every datagram, so the write is skipped when
+/// the entry is already current.
+#[inline(always)]
+fn remember_translation(cookie: u64, backend: &Dest, frontend: &Dest, service_id: u32, op: Operation) {
+    let key = RevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: [0; 3] };
+    let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, service_id };
+    // SAFETY: read once, whole.
+    if op == Operation::SendMsg && unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
+        return;
+    }
+    let _ = REVNAT.insert(&key, &value, 0);
+}
+
+#[inline(always)]
+fn reject() -> i32 {
+    // SAFETY: plain helper call; sets the errno the socket call returns.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REJECT
+}
+
+struct Dest {
+    addr: Addr,
+    port: u16,
+}
+
+/// IPv4 addresses travel as `::ffff:a.b.c.d` (network byte order words).
+const V4_MAPPED_PREFIX: Addr = [0, 0, u32::from_be(0x0000_ffff), 0];
+
+#[inline(always)]
+fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX[2]
+}
+
+/// 127.0.0.0/8 (mapped) or ::1.
+#[inline(always)]
+fn is_loopback(addr: &Addr, v4: bool) -> bool {
+    if v4 {
+        u32::from_be(addr[3]) >> 24 == 127
+    } else {
+        addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == u32::from_be(1)
+    }
+}
+
+#[inline(always)]
+fn read_dest(sa: *mut bpf_sock_addr, family: Family) -> Dest {
+    // SAFETY: `sa` is the program's context; each field is read with one
+    // 4-byte load, the access size the verifier allows for these fields.
+    unsafe {
+        let addr = match family {
+            Family::V4 => {
+                let mut mapped = V4_MAPPED_PREFIX;
+                mapped[3] = read(&raw const (*sa).user_ip4);
+                mapped
+            }
+            Family::V6 => [
+                read(&raw const (*sa).user_ip6[0]),
+                read(&raw const (*sa).user_ip6[1]),
+                read(&raw const (*sa).user_ip6[2]),
+                read(&raw const (*sa).user_ip6[3]),
+            ],
+        };
+        Dest {
+            addr,
+            // user_port holds the network-order port in its first two bytes.
+            port: read(&raw const (*sa).user_port) as u16,
+        }
+    }
+}
+
+#[inline(always)]
+fn write_dest(sa: *mut bpf_sock_addr, family: Family, dest: &Dest) {
+    // SAFETY: as in read_dest; the fields written are writable for every
+    // attach type these programs use, with 4-byte stores.
+    unsafe {
+        match family {
+            Family::V4 => write(&raw mut (*sa).user_ip4, dest.addr[3]),
+            Family::V6 => {
+                write(&raw mut (*sa).user_ip6[0], dest.addr[0]);
+                write(&raw mut (*sa).user_ip6[1], dest.addr[1]);
+                write(&raw mut (*sa).user_ip6[2], dest.addr[2]);
+                write(&raw mut (*sa).user_ip6[3], dest.addr[3]);
+            }
+        }
+        write(&raw mut (*sa).user_port, u32::from(dest.port));
+    }
+}
+
+/// Context fields must be accessed with exactly one load or store of the
+/// field's size; volatile keeps LLVM from merging or splitting them.
+#[inline(always)]
+unsafe fn read(field: *const u32) -> u32 {
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+#[inline(always)]
+unsafe fn write(field: *mut u32, value: u32) {
+    unsafe { core::ptr::write_volatile(field, value) }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves the programs cannot reach a panic.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

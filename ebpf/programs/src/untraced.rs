@@ -1,0 +1,9 @@
+//! balctl's datapath without the trace event code: the baseline the
+//! connect bench (bench/connect.rs) compares the real one against, to
+//! show what the event code costs while nobody traces.
+#![no_std]
+#![no_main]
+
+const TRACING: bool = false;
+
+include!("datapath.rs");
