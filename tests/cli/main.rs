@@ -76,6 +76,7 @@ fn main() {
         trace::events_name_the_client_and_what_it_got,
         trace::tracers_run_side_by_side_and_filter,
         trace::a_killed_tracer_stops_events_within_two_seconds,
+        trace::trace_ends_on_duration_and_sigint,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

@@ -177,3 +177,34 @@ pub fn a_killed_tracer_stops_events_within_two_seconds() {
     unsafe { libc::poll(&mut ready, 1, 200) };
     assert!(events.next().is_none(), "the datapath still writes events after the tracer was killed");
 }
+
+/// `--duration` ends a trace on time and SIGINT ends one at once, both with
+/// exit 0; a tracer that ends normally ends its slot's lease right away.
+pub fn trace_ends_on_duration_and_sigint() {
+    let sandbox = Sandbox::new();
+    setup(&sandbox);
+    let started = Instant::now();
+    let output = sandbox.balctl(&["trace", "--duration", "1s"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "trace --duration 1s took {took:?}");
+
+    let mut trace = start_trace(&sandbox, &[]);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = trace.try_wait().expect("wait for trace") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "trace did not stop on SIGINT");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "trace exited with {status} on SIGINT");
+    let pins = PinDir::new(&sandbox.pins);
+    let leases = Array::<MapData, u64>::try_from(Map::Array(
+        MapData::from_pin(pins.map(map_names::TRACE_LEASES)).expect("trace_leases is pinned"),
+    ))
+    .expect("an array");
+    assert_eq!(leases.get(&0, 0).expect("slot 0's lease"), 0, "slot 0's lease was not ended");
+}
