@@ -9,6 +9,7 @@ mod dump;
 mod input;
 mod kube;
 mod progress;
+mod stats;
 mod support;
 mod sync;
 mod trace;
@@ -76,6 +77,7 @@ fn main() {
         trace::events_name_the_client_and_what_it_got,
         trace::tracers_run_side_by_side_and_filter,
         trace::a_killed_tracer_stops_events_within_two_seconds,
+        stats::counters_match_connections_and_metrics,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {
