@@ -188,7 +188,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__dump)
-            opts="-o -v -q -h -V --vip --bpffs --state-dir --output --verbose --quiet --help --version services backends"
+            opts="-o -v -q -h -V --vip --bpffs --state-dir --output --verbose --quiet --help --version services backends affinity revnat nodes config stats all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -802,7 +802,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__sync)
-            opts="-f -o -v -q -h -V --filename --dry-run --node-name --watch --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-f -o -v -q -h -V --filename --dry-run --node-name --watch --metrics-addr --bpffs --state-dir --output --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -817,6 +817,10 @@ _balctl() {
                     return 0
                     ;;
                 --node-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-addr)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -148,6 +148,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s f -l filename -d 'TOML state file, Kubernetes YAML/JSON file, a directory of them, or - for standard input' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l node-name -d 'This node\'s name, for internalTrafficPolicy: Local [default: the hostname]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-addr -d 'With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format' -r -f -a "table\t''
@@ -159,7 +160,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -s v -l verbose -d '
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s V -l version -d 'Print version'
-complete -c balctl -n "__fish_balctl_using_subcommand dump" -l vip -d 'Only entries of frontends at this address (and port)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l vip -d 'Only entries of frontends at this address (and port); nodes: that node address; config is not narrowed' -r
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s o -l output -d 'Output format' -r -f -a "table\t''

@@ -147,6 +147,10 @@ pub struct SyncArgs {
     /// Keep running and sync again whenever an input changes (not with -f -)
     #[arg(long, conflicts_with = "dry_run")]
     pub watch: bool,
+
+    /// With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics
+    #[arg(long, value_name = "ADDR", requires = "watch")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +237,18 @@ pub enum DumpKind {
     Services,
     /// Backends with the frontends that use them
     Backends,
+    /// Sticky backend choices: session affinity and unconnected UDP sockets
+    Affinity,
+    /// Reverse translations: translated sockets, their backend and frontend
+    Revnat,
+    /// Node addresses NodePort frontends answer on, with their Nodes
+    Nodes,
+    /// Every map (type, capacity, entries) and the trace slots
+    Config,
+    /// Per-frontend counters: resolutions, failures by reason, backend hits
+    Stats,
+    /// Every kind above in one document
+    All,
 }
 
 #[derive(Debug, Args)]
@@ -241,7 +257,8 @@ pub struct DumpArgs {
     #[arg(value_enum, default_value_t = DumpKind::Services)]
     pub kind: DumpKind,
 
-    /// Only entries of frontends at this address (and port)
+    /// Only entries of frontends at this address (and port); nodes: that
+    /// node address; config is not narrowed
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_vip_filter)]
     pub vip: Option<VipFilter>,
 }
@@ -281,6 +298,7 @@ impl VipFilter {
         self.matches_address(SocketAddr::new(frontend.address, frontend.port))
     }
 
+    /// For an address recorded without its protocol (revnat, trace events).
     pub fn matches_address(&self, address: SocketAddr) -> bool {
         self.address == address.ip() && self.port.is_none_or(|port| port == address.port())
     }

@@ -1,5 +1,6 @@
 //! `balctl sync --watch`: sync once, then sync again whenever an input
-//! changes, until SIGINT or SIGTERM.
+//! changes, until SIGINT or SIGTERM; with `--metrics-addr`, serve the
+//! counters to Prometheus meanwhile (src/metrics.rs).
 //!
 //! Every sync is `cmd::sync::run`, exactly what a one-shot sync does, so a
 //! change goes through the same validation, plan and all-or-nothing apply.
@@ -33,7 +34,7 @@ use signal_hook::{
 use crate::{
     cli::SyncArgs,
     cmd::{self, Context},
-    error, input, inputs,
+    error, input, inputs, metrics,
 };
 
 /// A burst of events (truncate, write, close; or write a temporary file,
@@ -69,6 +70,9 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     // syncs and never in the middle of a plan's map writes.
     forward_signals(tx.clone())?;
     let mut watcher = watch_parents(&targets, tx)?;
+    if let Some(addr) = args.metrics_addr {
+        metrics::serve(addr, ctx.pins.clone(), ctx.state.clone())?;
+    }
     log::info!("watching {} for changes", describe(&targets));
     loop {
         watch_directories(&mut watcher, &targets);

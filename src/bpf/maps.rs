@@ -6,15 +6,14 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RevNatKey, RevNatValue, ServiceEntry,
-    ServiceKey, map_names,
+    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, map_names,
 };
 
-use super::{object::MAPS, pins::PinDir};
+use super::{counters::CounterMaps, object::MAPS, pins::PinDir};
 use crate::{
-    image::{BackendId, EntryCounts},
+    image::{BackendId, EntryCounts, ServiceId},
     input,
-    plan::{MapContents, Op, Plan},
+    plan::{MapContents, Op, Plan, Step},
     progress::Progress,
 };
 
@@ -24,12 +23,14 @@ pub struct Datapath {
     membership: HashMap<MapData, MembershipKey, u32>,
     nodes: HashMap<MapData, NodeAddressKey, u32>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    counters: CounterMaps,
     capacity: EntryCounts,
 }
 
-/// Opens one pinned map as a typed hash map. aya checks the key and value
-/// sizes against the kernel's, so a map of another layout is refused.
-pub fn open_map<K: aya::Pod, V: aya::Pod>(pins: &PinDir, name: &str) -> Result<HashMap<MapData, K, V>> {
+/// Opens one pinned map as a typed map (`HashMap`, `PerCpuHashMap`...).
+/// aya checks the map type and the key and value sizes against the
+/// kernel's, so a map of another layout is refused.
+pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) -> Result<M> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path).with_context(|| {
         format!(
@@ -40,7 +41,7 @@ pub fn open_map<K: aya::Pod, V: aya::Pod>(pins: &PinDir, name: &str) -> Result<H
     })?;
     let map =
         Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
-    HashMap::try_from(map).with_context(|| {
+    M::try_from(map).with_context(|| {
         format!("the map pinned at {} does not have the layout this balctl expects", path.display())
     })
 }
@@ -52,6 +53,7 @@ impl Datapath {
         let membership = open_map(pins, map_names::MEMBERSHIP)?;
         let nodes = open_map(pins, map_names::NODES)?;
         let affinity = open_map(pins, map_names::AFFINITY)?;
+        let counters = CounterMaps::open(pins)?;
         let capacity = |name: &str| -> Result<u64> {
             let info = aya::maps::MapInfo::from_pin(pins.map(name))?;
             Ok(u64::from(info.max_entries()))
@@ -62,6 +64,7 @@ impl Datapath {
             membership,
             nodes,
             affinity,
+            counters,
             capacity: EntryCounts {
                 services: capacity(map_names::SERVICES)?,
                 backends: capacity(map_names::BACKENDS)?,
@@ -92,27 +95,32 @@ impl Datapath {
 
     /// Runs every step in order, telling `progress` how many are done. If
     /// one fails, the steps already done are undone in reverse order, so the
-    /// maps are left as they were. Then drops the sticky choices (affinity,
-    /// per-socket UDP) that point at backends which left their service: the
-    /// datapath already ignores them (membership check), this frees them at
-    /// once.
+    /// maps are left as they were. Then tidies up after what the plan
+    /// removed: drops the sticky choices (affinity, per-socket UDP) that
+    /// point at backends which left their service (the datapath already
+    /// ignores them: membership check), and the counters of removed
+    /// frontends and memberships (nothing counts into them again).
     pub fn apply(&mut self, plan: &Plan, progress: &mut dyn Progress) -> Result<()> {
-        let mut left = HashSet::new();
+        let mut removed = Removed::default();
         for (done, step) in plan.steps().enumerate() {
             if let Err(err) = self.execute(&step.op) {
                 return Err(self.undo(plan, done, err.context("map update failed")));
             }
-            if let Op::DeleteMembership(key) = step.op {
-                left.insert(key);
-            }
+            removed.note(&step);
             progress.advance(done + 1);
         }
-        // Only an optimisation: failing here must not fail a change that is
+        // Only tidying: failing here must not fail a change that is
         // already complete.
-        if !left.is_empty()
-            && let Err(err) = self.forget_sticky(&left)
+        if !removed.memberships.is_empty()
+            && let Err(err) = self.forget_sticky(&removed.memberships)
         {
             log::warn!("could not drop stale sticky choices (the datapath ignores them): {err:#}");
+        }
+        if let Err(err) = self.counters.forget(&removed.services, &removed.memberships) {
+            log::warn!(
+                "could not delete the counters of removed frontends and backends \
+                 (they stay in the stats maps until deleted): {err:#}"
+            );
         }
         Ok(())
     }
@@ -173,6 +181,30 @@ impl Datapath {
     }
 }
 
+/// What a plan removed for good: the service ids of deleted frontends
+/// (their master entries) and the deleted memberships.
+#[derive(Default)]
+struct Removed {
+    services: HashSet<ServiceId>,
+    memberships: HashSet<MembershipKey>,
+}
+
+impl Removed {
+    fn note(&mut self, step: &Step) {
+        match (&step.op, &step.undo) {
+            (Op::DeleteMembership(key), _) => {
+                self.memberships.insert(*key);
+            }
+            // The deleted entry is in the undo write; a frontend keeps its
+            // master (slot 0) for as long as it exists.
+            (Op::DeleteService(key), Op::PutService(_, master)) if key.slot == 0 => {
+                self.services.insert(master.service_id);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Fails, naming the map and the option that fixes it, if `needed` entries
 /// do not fit.
 pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
@@ -203,16 +235,11 @@ pub fn read_all<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) ->
 }
 
 /// Deleting what is already gone is done, not failed.
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
-}
-
-/// Reverse-translation entries, for `dump`.
-pub fn open_revnat(pins: &PinDir) -> Result<HashMap<MapData, RevNatKey, RevNatValue>> {
-    open_map(pins, map_names::REVNAT)
 }
 
 /// Checks a pinned map's kernel layout against what this build expects.

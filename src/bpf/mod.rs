@@ -2,6 +2,8 @@
 //! attaching, pins, typed map access and the raw bpf(2) calls aya lacks.
 
 pub mod cgroup;
+pub mod counters;
+pub mod inventory;
 pub mod loader;
 pub mod maps;
 pub mod object;

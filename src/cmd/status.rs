@@ -4,17 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use aya::maps::MapInfo;
-use balctl_common::{AffinityKey, AffinityValue, map_names};
 use serde::Serialize;
 
 use super::Context;
 use crate::{
     bpf::{
-        cgroup,
+        cgroup, inventory,
         loader::{self, AttachState},
-        maps::{Datapath, open_map, open_revnat},
-        object::MAPS,
+        maps::Datapath,
     },
     output::{OutputFormat, count, print_structured, table},
     plan::{MapContents, Plan},
@@ -69,7 +66,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         let datapath = Datapath::open(&ctx.pins)?;
         let contents = datapath.read_contents()?;
         let drift = Plan::repair(&contents, &MapContents::of(&state.image)).len();
-        (Some(attach), programs, map_rows(&ctx.pins, &contents)?, Some(drift))
+        (Some(attach), programs, map_rows(&ctx.pins)?, Some(drift))
     } else {
         (None, Vec::new(), Vec::new(), None)
     };
@@ -109,23 +106,13 @@ fn programs(attach: &AttachState) -> Result<Vec<ProgramRow>> {
     Ok(rows)
 }
 
-fn map_rows(pins: &crate::bpf::pins::PinDir, contents: &MapContents) -> Result<Vec<MapRow>> {
-    let affinity = open_map::<AffinityKey, AffinityValue>(pins, map_names::AFFINITY)?;
-    let revnat = open_revnat(pins)?;
-    let mut rows = Vec::new();
-    for spec in MAPS {
-        let entries = match spec.name {
-            map_names::SERVICES => contents.services.len(),
-            map_names::BACKENDS => contents.backends.len(),
-            map_names::MEMBERSHIP => contents.membership.len(),
-            map_names::NODES => contents.node_addresses.len(),
-            map_names::AFFINITY => affinity.keys().filter(Result::is_ok).count(),
-            _ => revnat.keys().filter(Result::is_ok).count(),
-        };
-        let capacity = MapInfo::from_pin(pins.map(spec.name))?.max_entries();
-        rows.push(MapRow { name: spec.name, entries, capacity });
-    }
-    Ok(rows)
+/// Fill levels of the maps that hold entries. Ring buffers are left out:
+/// they hold bytes of events, not entries (`dump config` shows their size).
+fn map_rows(pins: &crate::bpf::pins::PinDir) -> Result<Vec<MapRow>> {
+    Ok(inventory::map_fills(pins)?
+        .into_iter()
+        .filter_map(|fill| Some(MapRow { name: fill.name, entries: fill.entries?, capacity: fill.capacity }))
+        .collect())
 }
 
 fn kernel() -> Kernel {

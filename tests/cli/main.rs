@@ -9,6 +9,7 @@ mod dump;
 mod input;
 mod kube;
 mod progress;
+mod stats;
 mod support;
 mod sync;
 mod trace;
@@ -77,6 +78,7 @@ fn main() {
         trace::tracers_run_side_by_side_and_filter,
         trace::a_killed_tracer_stops_events_within_two_seconds,
         trace::trace_ends_on_duration_and_sigint,
+        stats::counters_match_connections_and_metrics,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

@@ -187,7 +187,10 @@ pub fn trace_ends_on_duration_and_sigint() {
     let output = sandbox.balctl(&["trace", "--duration", "1s"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "trace --duration 1s took {took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "trace --duration 1s took {took:?}"
+    );
 
     let mut trace = start_trace(&sandbox, &[]);
     // SAFETY: kill on our own child's pid.

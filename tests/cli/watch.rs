@@ -30,7 +30,7 @@ fn service(backends: &[&str]) -> String {
 
 /// A `balctl sync --watch` process, killed by PID if the test fails before
 /// it is stopped.
-struct Watcher {
+pub struct Watcher {
     child: Child,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
@@ -50,8 +50,13 @@ fn lines(stream: impl Read + Send + 'static) -> Receiver<String> {
 
 impl Watcher {
     fn start(sandbox: &Sandbox, inputs: &[&str]) -> Self {
+        Self::start_with(sandbox, inputs, &[])
+    }
+
+    /// `sync --watch -f` each input, with `more` arguments.
+    pub fn start_with(sandbox: &Sandbox, inputs: &[&str], more: &[&str]) -> Self {
         let mut command = Command::new(BALCTL);
-        command.args(["sync", "--watch"]);
+        command.args(["sync", "--watch"]).args(more);
         for input in inputs {
             command.args(["-f", input]);
         }
@@ -82,7 +87,7 @@ impl Watcher {
         panic!("the watcher's {which} never showed `{text}`; it showed: {seen:#?}");
     }
 
-    fn wait_stdout(&self, text: &str) -> String {
+    pub fn wait_stdout(&self, text: &str) -> String {
         Self::wait_for(&self.stdout, "stdout", text)
     }
 
@@ -102,7 +107,7 @@ impl Watcher {
     }
 
     /// SIGTERM, then the exit code (waiting at most 10 s).
-    fn terminate(mut self) -> Option<i32> {
+    pub fn terminate(mut self) -> Option<i32> {
         let pid = i32::try_from(self.child.id()).unwrap();
         // SAFETY: kill with our own child's PID, which is not reaped yet.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

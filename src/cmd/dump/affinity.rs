@@ -1,0 +1,91 @@
+//! `dump affinity`: the sticky backend choices the datapath keeps in its
+//! LRU map: a client network namespace's (session affinity) and an
+//! unconnected UDP socket's.
+
+use anyhow::Result;
+use aya::maps::{HashMap, MapData};
+use balctl_common::{AffinityKey, AffinityValue, STICKY_NETNS, STICKY_SOCKET, map_names};
+use serde::Serialize;
+
+use super::{Tables, View, backend_cell, seconds};
+use crate::{
+    bpf::maps::open_map,
+    image::{BackendId, ServiceId},
+    output::table,
+    trace::lease::monotonic_ns,
+};
+
+#[derive(Serialize)]
+pub struct Affinity {
+    affinity: Vec<AffinityRecord>,
+}
+
+#[derive(Serialize)]
+struct AffinityRecord {
+    /// Whose choice it is: `netns` (session affinity of a client network
+    /// namespace), `socket` (an unconnected UDP socket), or `unknown` (an
+    /// owner this balctl does not write).
+    owner_kind: &'static str,
+    /// The network namespace's or the socket's cookie.
+    cookie: u64,
+    service_id: ServiceId,
+    frontend: Option<String>,
+    name: Option<String>,
+    backend_id: BackendId,
+    /// `IP:PORT`; null when the backends map lacks the id.
+    backend: Option<String>,
+    /// Seconds since the choice was last used.
+    idle_seconds: f64,
+}
+
+/// The entries of frontends `--vip` keeps, by frontend, owner and cookie.
+pub fn read(view: &View) -> Result<Affinity> {
+    let map: HashMap<MapData, AffinityKey, AffinityValue> = open_map(view.pins, map_names::AFFINITY)?;
+    let now = monotonic_ns();
+    let mut affinity: Vec<AffinityRecord> = map
+        .iter()
+        // Entries the LRU evicts during the walk are skipped.
+        .filter_map(Result::ok)
+        .filter(|(key, _)| view.shows_service(key.service_id))
+        .map(|(key, choice)| AffinityRecord {
+            owner_kind: match key.owner {
+                STICKY_NETNS => "netns",
+                STICKY_SOCKET => "socket",
+                _ => "unknown",
+            },
+            cookie: key.cookie,
+            service_id: key.service_id,
+            frontend: view.frontend(key.service_id),
+            name: view.name(key.service_id),
+            backend_id: choice.backend_id,
+            backend: view.backend(choice.backend_id).map(|b| b.to_string()),
+            idle_seconds: seconds(now.saturating_sub(choice.last_used_ns)),
+        })
+        .collect();
+    affinity.sort_by(|a, b| {
+        (&a.frontend, a.service_id, a.owner_kind, a.cookie).cmp(&(
+            &b.frontend,
+            b.service_id,
+            b.owner_kind,
+            b.cookie,
+        ))
+    });
+    Ok(Affinity { affinity })
+}
+
+impl Tables for Affinity {
+    fn print_table(&self) {
+        let mut rows = table(["OWNER", "COOKIE", "FRONTEND", "NAME", "BACKEND", "IDLE"]);
+        for entry in &self.affinity {
+            rows.add_row([
+                entry.owner_kind.to_owned(),
+                entry.cookie.to_string(),
+                entry.frontend.clone().unwrap_or_else(|| format!("? (service id {})", entry.service_id)),
+                entry.name.clone().unwrap_or_else(|| "?".into()),
+                backend_cell(entry.backend_id, entry.backend.as_ref()),
+                format!("{:.1}s", entry.idle_seconds),
+            ]);
+        }
+        println!("{rows}");
+    }
+}

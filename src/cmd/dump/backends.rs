@@ -1,0 +1,75 @@
+//! `dump backends`: every backend with the frontends that use it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use super::{Tables, View, services};
+use crate::{
+    bpf::raw::{raw_to_addr, raw_to_port},
+    image::BackendId,
+    model::Protocol,
+    output::table,
+};
+
+#[derive(Serialize)]
+pub struct Backends {
+    backends: Vec<BackendRecord>,
+}
+
+#[derive(Serialize)]
+struct BackendRecord {
+    backend_id: BackendId,
+    address: IpAddr,
+    port: u16,
+    protocol: Option<Protocol>,
+    /// Frontends with a slot on this backend.
+    frontends: Vec<String>,
+}
+
+/// Every backend, or with `--vip` only those the kept frontends use.
+pub fn read(view: &View) -> Backends {
+    let mut users: BTreeMap<BackendId, BTreeSet<String>> = BTreeMap::new();
+    for service in services::read(view).services {
+        for slot in &service.backends {
+            users.entry(slot.backend_id).or_default().insert(service.frontend.clone());
+        }
+    }
+    let backends = view
+        .contents
+        .backends
+        .iter()
+        .filter_map(|(&backend_id, backend)| {
+            let frontends = users.remove(&backend_id);
+            if view.vip.is_some() && frontends.is_none() {
+                return None;
+            }
+            Some(BackendRecord {
+                backend_id,
+                address: raw_to_addr(backend.addr),
+                port: raw_to_port(backend.port),
+                protocol: Protocol::from_ip_proto(backend.proto),
+                frontends: frontends.unwrap_or_default().into_iter().collect(),
+            })
+        })
+        .collect();
+    Backends { backends }
+}
+
+impl Tables for Backends {
+    fn print_table(&self) {
+        let mut rows = table(["ID", "ADDRESS", "PROTO", "FRONTENDS"]);
+        for backend in &self.backends {
+            rows.add_row([
+                backend.backend_id.to_string(),
+                std::net::SocketAddr::new(backend.address, backend.port).to_string(),
+                backend.protocol.map_or_else(|| "?".into(), |p| p.to_string()),
+                backend.frontends.join("\n"),
+            ]);
+        }
+        println!("{rows}");
+    }
+}

@@ -1,0 +1,77 @@
+//! `dump revnat`: the reverse translations the datapath recorded, one per
+//! translated socket and backend, so that `recvmsg()` and `getpeername()`
+//! show the frontend address instead of the backend's.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use aya::maps::{HashMap, MapData};
+use balctl_common::{RevNatKey, RevNatValue, map_names};
+use serde::Serialize;
+
+use super::{Tables, View};
+use crate::{
+    bpf::{
+        maps::open_map,
+        raw::{raw_to_addr, raw_to_port},
+    },
+    image::ServiceId,
+    output::table,
+};
+
+#[derive(Serialize)]
+pub struct RevNat {
+    revnat: Vec<RevNatRecord>,
+}
+
+#[derive(Serialize)]
+struct RevNatRecord {
+    /// The translated socket's cookie.
+    cookie: u64,
+    /// Where the socket was sent: `IP:PORT`.
+    backend: SocketAddr,
+    /// What the socket asked for and is shown instead: `IP:PORT` (for a
+    /// NodePort frontend, the node address it was dialled at).
+    frontend: SocketAddr,
+    service_id: ServiceId,
+    name: Option<String>,
+}
+
+/// The entries `--vip` keeps (their frontend matches it by service id or
+/// by the address recorded), by frontend, cookie and backend.
+pub fn read(view: &View) -> Result<RevNat> {
+    let map: HashMap<MapData, RevNatKey, RevNatValue> = open_map(view.pins, map_names::REVNAT)?;
+    let mut revnat: Vec<RevNatRecord> = map
+        .iter()
+        // Entries the LRU evicts during the walk are skipped.
+        .filter_map(Result::ok)
+        .map(|(key, value)| RevNatRecord {
+            cookie: key.cookie,
+            backend: SocketAddr::new(raw_to_addr(key.addr), raw_to_port(key.port)),
+            frontend: SocketAddr::new(raw_to_addr(value.addr), raw_to_port(value.port)),
+            service_id: value.service_id,
+            name: view.name(value.service_id),
+        })
+        .filter(|record| {
+            view.vip.is_none_or(|vip| vip.matches_address(record.frontend))
+                || view.shows_service(record.service_id)
+        })
+        .collect();
+    revnat.sort_by_key(|r| (r.frontend, r.cookie, r.backend));
+    Ok(RevNat { revnat })
+}
+
+impl Tables for RevNat {
+    fn print_table(&self) {
+        let mut rows = table(["COOKIE", "BACKEND", "FRONTEND", "NAME"]);
+        for entry in &self.revnat {
+            rows.add_row([
+                entry.cookie.to_string(),
+                entry.backend.to_string(),
+                entry.frontend.to_string(),
+                entry.name.clone().unwrap_or_else(|| "?".into()),
+            ]);
+        }
+        println!("{rows}");
+    }
+}

@@ -1,0 +1,123 @@
+//! `dump services`: every frontend with its backend slots.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use balctl_common::ServiceEntry;
+use serde::Serialize;
+
+use super::{Tables, View, backend_cell};
+use crate::{
+    bpf::raw::frontend_of,
+    image::{BackendId, ServiceId},
+    model::{Frontend, Protocol},
+    output::table,
+};
+
+#[derive(Serialize)]
+pub struct Services {
+    pub services: Vec<ServiceRecord>,
+}
+
+#[derive(Serialize)]
+pub struct ServiceRecord {
+    pub frontend: String,
+    address: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    service_id: ServiceId,
+    /// The rule this frontend comes from, from the state dir; null if the
+    /// state dir does not know it (drift).
+    name: Option<String>,
+    affinity_timeout_seconds: Option<u32>,
+    /// Slots the datapath picks from (the master entry's count).
+    backend_count: u16,
+    pub backends: Vec<SlotRecord>,
+}
+
+#[derive(Serialize)]
+pub struct SlotRecord {
+    slot: u16,
+    pub backend_id: BackendId,
+    /// Null when the slot names a backend the backends map lacks.
+    address: Option<IpAddr>,
+    port: Option<u16>,
+}
+
+/// One frontend's entries in the services map.
+#[derive(Default)]
+struct FrontendEntries {
+    master: Option<ServiceEntry>,
+    slots: Vec<(u16, ServiceEntry)>,
+}
+
+/// The frontends `--vip` keeps, sorted.
+pub fn read(view: &View) -> Services {
+    let mut by_frontend: BTreeMap<Frontend, FrontendEntries> = BTreeMap::new();
+    for (key, entry) in &view.contents.services {
+        let Some(frontend) = frontend_of(key).filter(|f| view.shows(f)) else { continue };
+        let entries = by_frontend.entry(frontend).or_default();
+        if key.slot == 0 {
+            entries.master = Some(*entry);
+        } else {
+            entries.slots.push((key.slot, *entry));
+        }
+    }
+    let services = by_frontend
+        .into_iter()
+        .filter_map(|(frontend, FrontendEntries { master, slots })| {
+            let master = master?;
+            let backends = slots
+                .into_iter()
+                .map(|(slot, entry)| {
+                    let backend = view.backend(entry.backend_id);
+                    SlotRecord {
+                        slot,
+                        backend_id: entry.backend_id,
+                        address: backend.map(|b| b.ip()),
+                        port: backend.map(|b| b.port()),
+                    }
+                })
+                .collect();
+            Some(ServiceRecord {
+                frontend: frontend.to_string(),
+                address: frontend.address,
+                port: frontend.port,
+                protocol: frontend.protocol,
+                service_id: master.service_id,
+                name: view.name(master.service_id),
+                affinity_timeout_seconds: (master.affinity_timeout_sec != 0)
+                    .then_some(master.affinity_timeout_sec),
+                backend_count: master.count,
+                backends,
+            })
+        })
+        .collect();
+    Services { services }
+}
+
+impl Tables for Services {
+    fn print_table(&self) {
+        let mut rows = table(["FRONTEND", "NAME", "ID", "AFFINITY", "BACKENDS"]);
+        for service in &self.services {
+            let backends: Vec<String> = service
+                .backends
+                .iter()
+                .map(|slot| {
+                    let address = slot.address.zip(slot.port).map(|(ip, port)| SocketAddr::new(ip, port));
+                    backend_cell(slot.backend_id, address)
+                })
+                .collect();
+            rows.add_row([
+                service.frontend.clone(),
+                service.name.clone().unwrap_or_else(|| "?".into()),
+                service.service_id.to_string(),
+                service.affinity_timeout_seconds.map_or_else(|| "-".into(), |s| format!("{s}s")),
+                if backends.is_empty() { "(none: rejects)".into() } else { backends.join("\n") },
+            ]);
+        }
+        println!("{rows}");
+    }
+}

@@ -1,0 +1,49 @@
+//! `dump stats`: the per-frontend counters (src/stats.rs).
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Tables, View, backend_cell};
+use crate::{
+    bpf::counters::CounterMaps,
+    output::table,
+    stats::{self, FrontendStats},
+};
+
+#[derive(Serialize)]
+pub struct Stats {
+    stats: Vec<FrontendStats>,
+}
+
+pub fn read(view: &View) -> Result<Stats> {
+    let counters = CounterMaps::open(view.pins)?;
+    Ok(Stats { stats: stats::read(&counters, &view.state.image, |frontend| view.shows(frontend))? })
+}
+
+impl Tables for Stats {
+    fn print_table(&self) {
+        let mut rows = table(["FRONTEND", "NAME", "RESOLUTIONS", "FAILURES", "BACKEND HITS"]);
+        for frontend in &self.stats {
+            let failures: Vec<String> = frontend
+                .failures
+                .by_reason()
+                .into_iter()
+                .filter(|&(_, count)| count > 0)
+                .map(|(reason, count)| format!("{reason}: {count}"))
+                .collect();
+            let hits: Vec<String> = frontend
+                .backends
+                .iter()
+                .map(|b| format!("{}: {}", backend_cell(b.backend_id, Some(b.backend)), b.hits))
+                .collect();
+            rows.add_row([
+                frontend.frontend.clone(),
+                frontend.name.clone(),
+                frontend.resolutions.to_string(),
+                if failures.is_empty() { "0".to_owned() } else { failures.join("\n") },
+                if hits.is_empty() { "-".to_owned() } else { hits.join("\n") },
+            ]);
+        }
+        println!("{rows}");
+    }
+}

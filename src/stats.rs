@@ -1,0 +1,126 @@
+//! Per-frontend counters as `dump stats` shows them and `/metrics` serves
+//! them: the datapath's counters, summed over CPUs, for every frontend of
+//! the applied state and every backend it has now, named from the state.
+//! Frontends and backends that never resolved show zeros.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use balctl_common::{MembershipKey, result};
+use serde::Serialize;
+
+use crate::{
+    bpf::counters::CounterMaps,
+    image::{BackendId, Image, ServiceId},
+    model::Frontend,
+};
+
+#[derive(Serialize)]
+pub struct FrontendStats {
+    /// `IP:PORT/PROTO`.
+    pub frontend: String,
+    pub service_id: ServiceId,
+    /// The rule it comes from, e.g. `policy/web` or `service/ns/name`.
+    pub name: String,
+    /// Sockets (and unconnected UDP datagrams) sent to a backend.
+    pub resolutions: u64,
+    pub failures: Failures,
+    pub backends: Vec<BackendHits>,
+}
+
+/// Refused resolutions by reason.
+#[derive(Serialize)]
+pub struct Failures {
+    /// The frontend has no backend.
+    pub no_backend: u64,
+    /// No backend on this node (`internalTrafficPolicy: Local`).
+    pub no_local_backend: u64,
+    /// A slot or backend vanished between lookups (a racing update, or drift).
+    pub stale: u64,
+    /// An IPv6 backend for an IPv4 socket.
+    pub family: u64,
+}
+
+#[derive(Serialize)]
+pub struct BackendHits {
+    pub backend_id: BackendId,
+    /// `IP:PORT`.
+    pub backend: SocketAddr,
+    /// Resolutions of the frontend that chose this backend, since it
+    /// became one of the frontend's backends.
+    pub hits: u64,
+}
+
+impl Failures {
+    fn new(counts: [u64; result::FAILURES]) -> Self {
+        let count = |reason: u8| counts[usize::from(reason - result::FIRST_FAILURE)];
+        Self {
+            no_backend: count(result::NO_BACKEND),
+            no_local_backend: count(result::NO_LOCAL_BACKEND),
+            stale: count(result::STALE),
+            family: count(result::FAMILY),
+        }
+    }
+
+    /// Each reason, named as in JSON, with its count.
+    pub fn by_reason(&self) -> [(&'static str, u64); result::FAILURES] {
+        [
+            ("no_backend", self.no_backend),
+            ("no_local_backend", self.no_local_backend),
+            ("stale", self.stale),
+            ("family", self.family),
+        ]
+    }
+}
+
+/// The counters of the frontends of `image` that `keep` keeps, sorted by frontend.
+pub fn read(
+    counters: &CounterMaps,
+    image: &Image,
+    keep: impl Fn(&Frontend) -> bool,
+) -> Result<Vec<FrontendStats>> {
+    image
+        .frontends
+        .iter()
+        .filter(|(frontend, _)| keep(frontend))
+        .map(|(frontend, f)| {
+            let service = counters.service(f.service_id)?;
+            let backends = f
+                .backends
+                .iter()
+                .filter_map(|&backend_id| Some((backend_id, image.backends.get(&backend_id)?.address)))
+                .map(|(backend_id, backend)| {
+                    let hits = counters.hits(MembershipKey { service_id: f.service_id, backend_id })?;
+                    Ok(BackendHits { backend_id, backend, hits })
+                })
+                .collect::<Result<_>>()?;
+            Ok(FrontendStats {
+                frontend: frontend.to_string(),
+                service_id: f.service_id,
+                name: f.owner.clone(),
+                resolutions: service.resolutions,
+                failures: Failures::new(service.failures),
+                backends,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_named_by_their_reason() {
+        let mut counts = [0; result::FAILURES];
+        counts[usize::from(result::STALE - result::FIRST_FAILURE)] = 7;
+        counts[usize::from(result::NO_BACKEND - result::FIRST_FAILURE)] = 1;
+        let failures = Failures::new(counts);
+        assert_eq!((failures.no_backend, failures.stale, failures.family), (1, 7, 0));
+        assert_eq!(failures.by_reason()[2], ("stale", 7));
+        let json = serde_json::to_value(&failures).unwrap();
+        for (reason, count) in failures.by_reason() {
+            assert_eq!(json[reason], count, "{reason}");
+        }
+    }
+}
