@@ -55,7 +55,7 @@ const MAX_P99_RATIO: f64 = 1.1;
 const MAX_UNTRACED_COST: f64 = 0.01;
 /// Untraced and traced builds are measured this many times each,
 /// alternating, and compared by their medians.
-const TRACE_PAIRS: usize = 3;
+const TRACE_PAIRS: usize = 5;
 
 /// The programs without the trace event code, built by build.rs next to
 /// the real ones.
