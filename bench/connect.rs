@@ -29,7 +29,7 @@ use balctl::{
         maps::Datapath,
         pins::PinDir,
     },
-    model::{Frontend, FrontendRule, Policy, Protocol},
+    model::{Frontend, FrontendRule, Policy, Protocol, Scope},
     state::StateDir,
     transaction::{Mode, change},
 };
@@ -229,10 +229,12 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
                         address: IpAddr::V4(Ipv4Addr::from(host)),
                         port: PORTS[i as usize % PORTS.len()],
                         protocol: Protocol::Tcp,
+                        scope: Scope::Balancing,
                     },
                     backends: vec![SocketAddr::new(IpAddr::V4(backend_host), 10_000 + (i % 50_000) as u16)],
                     affinity_seconds: None,
                     local_only: false,
+                    requests_per_second: None,
                 },
             }
         })

@@ -500,7 +500,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__add)
-            opts="-o -v -q -h -V --vip --backend --affinity --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --bpffs --state-dir --output --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -515,6 +515,14 @@ _balctl() {
                     return 0
                     ;;
                 --affinity)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kind)
+                    COMPREPLY=($(compgen -W "balancing redirect" -- "${cur}"))
+                    return 0
+                    ;;
+                --rate-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -90,6 +90,9 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_see
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l vip -d 'Frontend clients connect to: IP:PORT[/tcp|udp] (IPv6 as [IP]:PORT)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l backend -d 'Backend address; repeat for more' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l affinity -d 'Keep each client network namespace on one backend for SECONDS of inactivity' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l kind -d 'balancing: takes the frontend\'s traffic before a Service on the same address; redirect: before that too, and gives way to the next rule (balancing, service, or the address itself) while it has no backend' -r -f -a "balancing\t''
+redirect\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l rate-limit -d 'Redirect only: connections a second it takes; the rest of that second go to the next rule' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s o -l output -d 'Output format' -r -f -a "table\t''

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     bpf::object::SIZE_NAMES,
-    model::{Frontend, parse_affinity, parse_backend},
+    model::{Frontend, Scope, parse_affinity, parse_backend},
     output::OutputFormat,
 };
 
@@ -197,6 +197,24 @@ pub struct PolicyAddArgs {
     /// Keep each client network namespace on one backend for SECONDS of inactivity
     #[arg(long, value_name = "SECONDS", value_parser = parse_affinity)]
     pub affinity: Option<u32>,
+
+    /// balancing: takes the frontend's traffic before a Service on the same
+    /// address; redirect: before that too, and gives way to the next rule
+    /// (balancing, service, or the address itself) while it has no backend
+    #[arg(long, value_enum, default_value_t = PolicyKind::Balancing)]
+    pub kind: PolicyKind,
+
+    /// Redirect only: connections a second it takes; the rest of that second
+    /// go to the next rule
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
+}
+
+/// The rule layer a policy adds: BalancingPolicy or LocalRedirectPolicy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    Balancing,
+    Redirect,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +309,15 @@ pub struct TraceArgs {
 pub struct VipFilter {
     pub address: std::net::IpAddr,
     pub port: Option<u16>,
+}
+
+impl PolicyKind {
+    pub const fn scope(self) -> Scope {
+        match self {
+            Self::Balancing => Scope::Balancing,
+            Self::Redirect => Scope::Redirect,
+        }
+    }
 }
 
 impl VipFilter {

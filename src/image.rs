@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::Result;
-use balctl_common::{Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, ServiceEntry};
+use balctl_common::{
+    Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED,
+    ServiceEntry,
+};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +53,8 @@ pub struct FrontendImage {
     pub affinity_seconds: Option<u32>,
     /// See `FrontendRule::local_only`.
     pub local_only: bool,
+    /// See `FrontendRule::requests_per_second`.
+    pub requests_per_second: Option<u32>,
 }
 
 impl FrontendImage {
@@ -60,7 +65,8 @@ impl FrontendImage {
             // `compile` caps backends at u16::MAX.
             count: self.backends.len() as u16,
             flags: if self.affinity_seconds.is_some() { SERVICE_FLAG_AFFINITY } else { 0 }
-                | if self.local_only { SERVICE_FLAG_LOCAL_ONLY } else { 0 },
+                | if self.local_only { SERVICE_FLAG_LOCAL_ONLY } else { 0 }
+                | if self.requests_per_second.is_some() { SERVICE_FLAG_RATE_LIMITED } else { 0 },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
         }
@@ -116,6 +122,11 @@ impl Image {
             membership: slots,
             nodes: self.node_addresses.len() as u64,
         }
+    }
+
+    /// The requests-per-second limit of each limited frontend, by service id.
+    pub fn rate_limits(&self) -> BTreeMap<ServiceId, u32> {
+        self.frontends.values().filter_map(|f| Some((f.service_id, f.requests_per_second?))).collect()
     }
 
     /// This image changed: the frontends of `removed` taken out, `added`
@@ -182,6 +193,7 @@ impl Image {
                     backends,
                     affinity_seconds: rule.affinity_seconds,
                     local_only: rule.local_only,
+                    requests_per_second: rule.requests_per_second,
                 },
             );
         }
@@ -272,6 +284,7 @@ mod tests {
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             affinity_seconds: None,
             local_only: false,
+            requests_per_second: None,
         };
         (format!("policy/{name}"), rule)
     }

@@ -8,7 +8,7 @@ use std::{
     str::FromStr,
 };
 
-use balctl_common::{IPPROTO_TCP, IPPROTO_UDP};
+use balctl_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -56,12 +56,47 @@ impl FromStr for Protocol {
     }
 }
 
-/// An address clients connect to: IP, port and protocol.
+/// Which rule layer a frontend entry belongs to. One address can have an
+/// entry in each; connections use the LocalRedirectPolicy's, else the
+/// BalancingPolicy's, else the Service's (each gives way to the next when it
+/// has no backend, or a redirect is over its rate limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Service,
+    Balancing,
+    Redirect,
+}
+
+impl Scope {
+    pub const fn raw(self) -> u8 {
+        match self {
+            Self::Service => SCOPE_SERVICE,
+            Self::Balancing => SCOPE_BALANCING,
+            Self::Redirect => SCOPE_REDIRECT,
+        }
+    }
+
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            SCOPE_SERVICE => Some(Self::Service),
+            SCOPE_BALANCING => Some(Self::Balancing),
+            SCOPE_REDIRECT => Some(Self::Redirect),
+            _ => None,
+        }
+    }
+}
+
+/// An address clients connect to: IP, port and protocol, and the rule layer
+/// of the entry (a Service's, unless a policy's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Frontend {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    #[serde(default)]
+    pub scope: Scope,
 }
 
 impl Frontend {
@@ -70,9 +105,15 @@ impl Frontend {
     }
 }
 
+/// `IP:PORT/PROTO`, and `@balancing` or `@redirect` for a policy's entry.
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.socket_addr(), self.protocol)
+        write!(f, "{}/{}", self.socket_addr(), self.protocol)?;
+        match self.scope {
+            Scope::Service => Ok(()),
+            Scope::Balancing => f.write_str("@balancing"),
+            Scope::Redirect => f.write_str("@redirect"),
+        }
     }
 }
 
@@ -87,7 +128,7 @@ impl FromStr for Frontend {
         };
         let addr = parse_socket_addr(addr)?;
         check_address(addr.ip())?;
-        Ok(Self { address: addr.ip(), port: addr.port(), protocol })
+        Ok(Self { address: addr.ip(), port: addr.port(), protocol, scope: Scope::Service })
     }
 }
 
@@ -170,6 +211,10 @@ pub struct FrontendRule {
     /// Local`): with none, the datapath reports "no local backend".
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local_only: bool,
+    /// Connections a second this frontend takes; above it they fall back to
+    /// the next scope (LocalRedirectPolicy only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
 }
 
 impl FrontendRule {
@@ -260,6 +305,7 @@ mod tests {
                 backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
                 affinity_seconds: None,
                 local_only: false,
+                requests_per_second: None,
             },
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());

@@ -467,6 +467,7 @@ mod tests {
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             affinity_seconds,
             local_only: false,
+            requests_per_second: None,
         }
     }
 

@@ -33,7 +33,7 @@ const LOCK_FILE: &str = "lock";
 const MAGIC: &[u8; 8] = b"balctl\0S";
 /// Bumped whenever the layout of `AppliedState` changes: bincode is not
 /// self-describing, so another version's file cannot be read at all.
-const STATE_VERSION: u32 = 2;
+const STATE_VERSION: u32 = 3;
 
 /// Everything balctl has applied. The maps are the datapath's truth; this is
 /// what they were last made to hold, and what `load` restores.
@@ -184,58 +184,49 @@ impl StateDir {
     }
 }
 
-/// Policies as `(name, frontend, backends, affinity)` records: `Policy`'s own
-/// serde form is the `policy -o json` output, which flattens the rule and
-/// leaves out absent fields, neither of which bincode can read back.
+/// Policies as `(name, rule record)`: `Policy`'s own serde form is the
+/// `policy -o json` output, which flattens the rule and leaves out absent
+/// fields, neither of which bincode can read back.
 mod policy_records {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use super::{Frontend, FrontendRule, Policy, SocketAddr};
-
-    type Record = (String, Frontend, Vec<SocketAddr>, Option<u32>);
+    use super::{Policy, rule_records};
 
     pub fn serialize<S: Serializer>(policies: &[Policy], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(
-            policies.iter().map(|p| (&p.name, &p.rule.frontend, &p.rule.backends, p.rule.affinity_seconds)),
-        )
+        serializer.collect_seq(policies.iter().map(|p| (&p.name, rule_records::record(&p.rule))))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Policy>, D::Error> {
-        let records = Vec::<Record>::deserialize(deserializer)?;
-        Ok(records
-            .into_iter()
-            .map(|(name, frontend, backends, affinity_seconds)| Policy {
-                name,
-                // Policies are never limited to local backends.
-                rule: FrontendRule { frontend, backends, affinity_seconds, local_only: false },
-            })
-            .collect())
+        let records = Vec::<(String, rule_records::Record)>::deserialize(deserializer)?;
+        Ok(records.into_iter().map(|(name, rule)| Policy { name, rule: rule_records::rule(rule) }).collect())
     }
 }
 
-/// Rules as `(frontend, backends, affinity, local only)` records, for the
-/// same reason.
+/// Rules as tuples of their fields, for the same reason.
 mod rule_records {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::{Frontend, FrontendRule, SocketAddr};
 
+    /// Frontend, backends, affinity, local only, requests per second.
+    pub type Record = (Frontend, Vec<SocketAddr>, Option<u32>, bool, Option<u32>);
+
+    pub fn record(rule: &FrontendRule) -> (&Frontend, &Vec<SocketAddr>, Option<u32>, bool, Option<u32>) {
+        (&rule.frontend, &rule.backends, rule.affinity_seconds, rule.local_only, rule.requests_per_second)
+    }
+
+    pub fn rule(
+        (frontend, backends, affinity_seconds, local_only, requests_per_second): Record,
+    ) -> FrontendRule {
+        FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second }
+    }
+
     pub fn serialize<S: Serializer>(rules: &[FrontendRule], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer
-            .collect_seq(rules.iter().map(|r| (&r.frontend, &r.backends, r.affinity_seconds, r.local_only)))
+        serializer.collect_seq(rules.iter().map(record))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FrontendRule>, D::Error> {
-        let records = Vec::<(Frontend, Vec<SocketAddr>, Option<u32>, bool)>::deserialize(deserializer)?;
-        Ok(records
-            .into_iter()
-            .map(|(frontend, backends, affinity_seconds, local_only)| FrontendRule {
-                frontend,
-                backends,
-                affinity_seconds,
-                local_only,
-            })
-            .collect())
+        Ok(Vec::<Record>::deserialize(deserializer)?.into_iter().map(rule).collect())
     }
 }
 
@@ -262,6 +253,7 @@ mod tests {
                 backends: vec!["192.0.2.1:80".parse().unwrap()],
                 affinity_seconds: Some(30),
                 local_only: false,
+                requests_per_second: None,
             },
         });
         state.synced.push(Arc::new(SyncedObject {
@@ -272,6 +264,7 @@ mod tests {
                 backends: vec!["[2001:db8::2]:5353".parse().unwrap()],
                 affinity_seconds: None,
                 local_only: true,
+                requests_per_second: None,
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],

@@ -76,9 +76,11 @@ pub fn change_prepared<P: Send>(
     // A change may touch only the state (an owner renamed): the maps, and
     // so the loaded datapath, are needed only when there is something to write.
     let mut datapath = None;
-    if !plan.is_empty() {
+    let rate_limits = after.image.rate_limits();
+    if !plan.is_empty() || rate_limits != before.image.rate_limits() {
         let mut opened = Datapath::open(pins)?;
         opened.check_capacity(&plan, before.image.entry_counts())?;
+        opened.write_rate_limits(&rate_limits)?;
         opened.apply(&plan, &mut MapWrites::new(map_writes))?;
         datapath = Some(opened);
     }

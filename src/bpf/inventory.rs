@@ -5,8 +5,8 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, MapData, MapInfo, MapKeys, PerCpuHashMap};
 use aya_obj::generated::bpf_map_type;
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RevNatKey, RevNatValue, ServiceEntry,
-    ServiceKey, ServiceStats, TRACE_SLOTS, map_names,
+    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
+    ServiceEntry, ServiceKey, ServiceStats, TRACE_SLOTS, map_names,
 };
 
 use super::{maps::open_map, object::MAPS, pins::PinDir};
@@ -85,6 +85,7 @@ fn hash_entries(pins: &PinDir, name: &str) -> Result<usize> {
             count(open_map::<HashMap<MapData, AffinityKey, AffinityValue>>(pins, name)?.keys())
         }
         map_names::REVNAT => count(open_map::<HashMap<MapData, RevNatKey, RevNatValue>>(pins, name)?.keys()),
+        map_names::RATE_LIMITS => count(open_map::<HashMap<MapData, u32, RateLimit>>(pins, name)?.keys()),
         map_names::STATS => count(open_map::<PerCpuHashMap<MapData, u32, ServiceStats>>(pins, name)?.keys()),
         map_names::BACKEND_HITS => {
             count(open_map::<PerCpuHashMap<MapData, MembershipKey, u64>>(pins, name)?.keys())

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, map_names,
+    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RateLimit, ServiceEntry, ServiceKey,
+    map_names,
 };
 
 use super::{counters::CounterMaps, object::MAPS, pins::PinDir};
@@ -23,6 +24,7 @@ pub struct Datapath {
     membership: HashMap<MapData, MembershipKey, u32>,
     nodes: HashMap<MapData, NodeAddressKey, u32>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    rate_limits: HashMap<MapData, ServiceId, RateLimit>,
     counters: CounterMaps,
     capacity: EntryCounts,
 }
@@ -53,6 +55,7 @@ impl Datapath {
         let membership = open_map(pins, map_names::MEMBERSHIP)?;
         let nodes = open_map(pins, map_names::NODES)?;
         let affinity = open_map(pins, map_names::AFFINITY)?;
+        let rate_limits = open_map(pins, map_names::RATE_LIMITS)?;
         let counters = CounterMaps::open(pins)?;
         let capacity = |name: &str| -> Result<u64> {
             let info = aya::maps::MapInfo::from_pin(pins.map(name))?;
@@ -64,6 +67,7 @@ impl Datapath {
             membership,
             nodes,
             affinity,
+            rate_limits,
             counters,
             capacity: EntryCounts {
                 services: capacity(map_names::SERVICES)?,
@@ -85,6 +89,23 @@ impl Datapath {
             membership: read_all(&self.membership)?.into_keys().collect(),
             node_addresses: read_all(&self.nodes)?.into_keys().collect(),
         })
+    }
+
+    /// Makes the rate_limits map hold exactly `limits` (by service id),
+    /// before a plan sets the flag that makes the datapath read them. A
+    /// limit that stays keeps its count for the current second.
+    pub fn write_rate_limits(&mut self, limits: &BTreeMap<ServiceId, u32>) -> Result<()> {
+        let current: BTreeMap<ServiceId, RateLimit> = read_all(&self.rate_limits)?;
+        for (&service_id, &per_second) in limits {
+            if current.get(&service_id).is_none_or(|limit| limit.per_second != per_second) {
+                let limit = RateLimit { per_second, ..RateLimit::default() };
+                self.rate_limits.insert(service_id, limit, 0).context("cannot write a rate limit")?;
+            }
+        }
+        for service_id in current.keys().filter(|id| !limits.contains_key(id)) {
+            ignore_missing(self.rate_limits.remove(service_id)).context("cannot remove a rate limit")?;
+        }
+        Ok(())
     }
 
     /// Refuses a plan that would overflow a map at any point, before

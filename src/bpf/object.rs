@@ -6,8 +6,8 @@ use std::mem::size_of;
 use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, EVENTS_BYTES, MembershipKey, NodeAddressKey, RevNatKey, RevNatValue,
-    ServiceEntry, ServiceKey, ServiceStats, TRACE_LEASE_ENTRIES, default_capacity, map_names,
+    AffinityKey, AffinityValue, Backend, EVENTS_BYTES, MembershipKey, NodeAddressKey, RateLimit, RevNatKey,
+    RevNatValue, ServiceEntry, ServiceKey, ServiceStats, TRACE_LEASE_ENTRIES, default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -57,7 +57,7 @@ pub struct MapSpec {
     pub default_capacity: u32,
 }
 
-pub const MAPS: [MapSpec; 13] = [
+pub const MAPS: [MapSpec; 14] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -108,6 +108,14 @@ pub const MAPS: [MapSpec; 13] = [
         "services",
         default_capacity::SERVICES,
     ),
+    MapSpec {
+        name: map_names::RATE_LIMITS,
+        map_type: bpf_map_type::BPF_MAP_TYPE_HASH,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<RateLimit>() as u32,
+        size_name: None,
+        default_capacity: default_capacity::RATE_LIMITS,
+    },
     MapSpec {
         name: map_names::TRACE_LEASES,
         map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY,

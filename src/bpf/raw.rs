@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use balctl_common::{Addr, SCOPE_SERVICE, ServiceKey};
+use balctl_common::{Addr, ServiceKey};
 
-use crate::model::{Frontend, Protocol};
+use crate::model::{Frontend, Protocol, Scope};
 
 /// IPv4 becomes `::ffff:a.b.c.d`; the words keep network byte order in memory.
 pub fn addr_to_raw(ip: IpAddr) -> Addr {
@@ -38,7 +38,7 @@ pub fn service_key(frontend: &Frontend, slot: u16) -> ServiceKey {
         addr: addr_to_raw(frontend.address),
         port: port_to_raw(frontend.port),
         proto: frontend.protocol.ip_proto(),
-        scope: SCOPE_SERVICE,
+        scope: frontend.scope.raw(),
         slot,
         _pad: 0,
     }
@@ -51,6 +51,7 @@ pub fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
         address: raw_to_addr(key.addr),
         port: raw_to_port(key.port),
         protocol: Protocol::from_ip_proto(key.proto)?,
+        scope: Scope::from_raw(key.scope)?,
     })
 }
 

@@ -37,6 +37,7 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     let desired = MapContents::of(&state.image);
     let plan = Plan::repair(&actual, &desired);
     datapath.check_capacity(&plan, actual.entry_counts())?;
+    datapath.write_rate_limits(&state.image.rate_limits())?;
     datapath.apply(&plan, &mut MapWrites::new(plan.len()))?;
     drop(lock);
 

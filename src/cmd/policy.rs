@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use super::Context;
 use crate::{
-    cli::{PolicyAddArgs, PolicyCommand, PolicyNameArg, PolicyUpdateArgs},
+    cli::{PolicyAddArgs, PolicyCommand, PolicyKind, PolicyNameArg, PolicyUpdateArgs},
     input,
-    model::{FrontendRule, Policy},
+    model::{Frontend, FrontendRule, Policy},
     output::{OutputFormat, print_structured, table},
     transaction::{Mode, Outcome, change},
 };
@@ -27,12 +27,16 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
     let policy = Policy {
         name: args.name.clone(),
         rule: FrontendRule {
-            frontend: args.vip,
+            frontend: Frontend { scope: args.kind.scope(), ..args.vip },
             backends: args.backend.clone(),
             affinity_seconds: args.affinity,
             local_only: false,
+            requests_per_second: args.rate_limit,
         },
     };
+    if args.rate_limit.is_some() && args.kind != PolicyKind::Redirect {
+        return Err(input!("--rate-limit applies to --kind redirect only"));
+    }
     policy.validate().map_err(|e| input!("{e}"))?;
     let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
         if let Some(existing) = state.policy(&policy.name) {
@@ -64,7 +68,7 @@ fn update(ctx: &Context, args: &PolicyUpdateArgs) -> Result<()> {
     let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
         let policy = find_mut(&mut state.policies, &args.name)?;
         if let Some(vip) = args.vip {
-            policy.rule.frontend = vip;
+            policy.rule.frontend = Frontend { scope: policy.rule.frontend.scope, ..vip };
         }
         if !args.backend.is_empty() || args.no_backends {
             policy.rule.backends.clone_from(&args.backend);
@@ -157,6 +161,7 @@ fn get(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
     }
     println!("Name:      {}", policy.name);
     println!("Frontend:  {}", policy.rule.frontend);
+    println!("Kind:      {}", kind(policy));
     println!("Backends:  {}", backend_list(policy).replace('\n', "\n           "));
     println!("Affinity:  {}", affinity(policy));
     Ok(())
@@ -168,6 +173,13 @@ fn backend_list(policy: &Policy) -> String {
     }
     let list: Vec<String> = policy.rule.backends.iter().map(ToString::to_string).collect();
     list.join("\n")
+}
+
+fn kind(policy: &Policy) -> String {
+    match policy.rule.requests_per_second {
+        Some(limit) => format!("{:?} ({limit}/s)", policy.rule.frontend.scope).to_lowercase(),
+        None => format!("{:?}", policy.rule.frontend.scope).to_lowercase(),
+    }
 }
 
 fn affinity(policy: &Policy) -> String {

@@ -24,7 +24,7 @@ use toml::Spanned;
 use super::location::{Located, Location};
 use crate::{
     input,
-    model::{Frontend, FrontendRule, MAX_AFFINITY_SECONDS, Protocol, check_address, check_name},
+    model::{Frontend, FrontendRule, MAX_AFFINITY_SECONDS, Protocol, Scope, check_address, check_name},
     state::SyncedObject,
 };
 
@@ -112,7 +112,12 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
             let PortSpec { port: Port(number), target_port, protocol } = *port.get_ref();
             let target = target_port.map_or(number, |Port(p)| p);
             for address in &spec.addresses {
-                let frontend = Frontend { address: address.get_ref().to_canonical(), port: number, protocol };
+                let frontend = Frontend {
+                    address: address.get_ref().to_canonical(),
+                    port: number,
+                    protocol,
+                    scope: Scope::Service,
+                };
                 if rules.iter().any(|r| r.frontend == frontend) {
                     return Err(input!("{}: frontend {frontend} is listed twice", at(port.span())));
                 }
@@ -124,7 +129,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
                     .map(|b| SocketAddr::new(b, target))
                     .collect();
                 let affinity_seconds = spec.affinity_seconds.as_ref().map(|a| *a.get_ref());
-                rules.push(FrontendRule { frontend, backends, affinity_seconds, local_only: false });
+                rules.push(FrontendRule {
+                    frontend,
+                    backends,
+                    affinity_seconds,
+                    local_only: false,
+                    requests_per_second: None,
+                });
             }
         }
         let object = SyncedObject {

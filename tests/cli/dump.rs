@@ -137,7 +137,12 @@ pub fn every_format_matches_the_documented_schema() {
     let services = &services["services"];
     assert_eq!(
         strings(services, "frontend"),
-        ["198.18.0.10:80/tcp", "198.18.0.11:80/tcp", "198.18.0.53:53/udp", "[2001:db8:5e::10]:80/tcp"]
+        [
+            "198.18.0.10:80/tcp@balancing",
+            "198.18.0.11:80/tcp@balancing",
+            "198.18.0.53:53/udp@balancing",
+            "[2001:db8:5e::10]:80/tcp@balancing"
+        ]
     );
     let web6 = &services[3];
     assert_eq!(web6["name"], "policy/web6");
@@ -190,6 +195,7 @@ pub fn every_format_matches_the_documented_schema() {
             "nodes",
             "stats",
             "backend_hits",
+            "rate_limits",
             "trace_leases",
             "events0",
             "events1",
@@ -267,7 +273,10 @@ pub fn every_format_matches_the_documented_schema() {
 fn vip_filters(sandbox: &Sandbox) {
     let vip = |kind: &str, filter: &str| dump(sandbox, kind, &["--vip", filter]);
 
-    assert_eq!(strings(&vip("services", "198.18.0.10")["services"], "frontend"), ["198.18.0.10:80/tcp"]);
+    assert_eq!(
+        strings(&vip("services", "198.18.0.10")["services"], "frontend"),
+        ["198.18.0.10:80/tcp@balancing"]
+    );
     assert!(vip("services", "198.18.0.10:81")["services"].as_array().unwrap().is_empty());
     let backends = vip("backends", "198.18.0.10:80");
     assert_eq!(strings(&backends["backends"], "address"), ["192.0.2.2", "192.0.2.3"]);
@@ -291,10 +300,10 @@ fn vip_filters(sandbox: &Sandbox) {
     assert_eq!(maps(&vip("config", "198.18.0.10")), maps(&dump(sandbox, "config", &[])));
 
     let stats = vip("stats", "198.18.0.11");
-    assert_eq!(strings(&stats["stats"], "frontend"), ["198.18.0.11:80/tcp"]);
+    assert_eq!(strings(&stats["stats"], "frontend"), ["198.18.0.11:80/tcp@balancing"]);
 
     let all = vip("all", "198.18.0.53");
-    assert_eq!(strings(&all["services"], "frontend"), ["198.18.0.53:53/udp"]);
+    assert_eq!(strings(&all["services"], "frontend"), ["198.18.0.53:53/udp@balancing"]);
     assert_eq!(strings(&all["backends"], "address"), ["192.0.2.5"]);
     assert_eq!(strings(&all["affinity"], "name"), ["policy/dns"]);
     assert_eq!(strings(&all["revnat"], "name"), ["policy/dns"]);

@@ -8,6 +8,7 @@ mod docs;
 mod dump;
 mod input;
 mod kube;
+mod policies;
 mod progress;
 mod stats;
 mod support;
@@ -79,6 +80,8 @@ fn main() {
         trace::a_killed_tracer_stops_events_within_two_seconds,
         trace::trace_ends_on_duration_and_sigint,
         stats::counters_match_connections_and_metrics,
+        policies::redirect_then_balancing_then_service,
+        policies::a_rate_limited_redirect_sends_the_rest_to_the_service,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

@@ -24,6 +24,7 @@ pub mod map_names {
     pub const STATS: &str = "stats";
     pub const BACKEND_HITS: &str = "backend_hits";
     pub const TRACE_LEASES: &str = "trace_leases";
+    pub const RATE_LIMITS: &str = "rate_limits";
     /// One ring buffer per trace slot.
     pub const EVENTS: [&str; super::TRACE_SLOTS as usize] = ["events0", "events1", "events2", "events3"];
 }
@@ -37,6 +38,8 @@ pub mod default_capacity {
     pub const REVNAT: u32 = 262_144;
     /// Addresses of every Node (several per node: InternalIP, ExternalIP, IPv6).
     pub const NODES: u32 = 16_384;
+    /// Frontends with a requests-per-second limit (redirect policies).
+    pub const RATE_LIMITS: u32 = 4_096;
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -105,6 +108,18 @@ pub struct ServiceStats {
     pub failures: [u64; result::FAILURES],
 }
 
+/// Value of the rate_limits map, keyed by service id: a frontend's limit,
+/// set by user space, and the datapath's count for the current second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns() / 1e9` of the second being counted.
+    pub second: u64,
+    pub count: u64,
+}
+
 /// One resolution, written to the ring buffer of every traced slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,13 +145,19 @@ pub struct TraceEvent {
     pub comm: [u8; 16],
 }
 
-/// Scope of a frontend entry. Every frontend written today is a plain
-/// service/balancing rule; the field exists so rules that fall back to
-/// another entry (local redirects) can share the map without a layout change.
+/// Scope of a frontend entry: which rule layer it belongs to. One address
+/// can have an entry in each; the datapath tries a LocalRedirectPolicy's
+/// first, then a BalancingPolicy's, then the Service's, and moves on when
+/// an entry has no backend (or, for a redirect, is over its rate limit).
 pub const SCOPE_SERVICE: u8 = 0;
+pub const SCOPE_BALANCING: u8 = 1;
+pub const SCOPE_REDIRECT: u8 = 2;
 
 /// `ServiceEntry::flags`: the frontend keeps clients on one backend.
 pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
+/// `ServiceEntry::flags`: the frontend has a requests-per-second limit in
+/// the rate_limits map, above which traffic falls back to the next scope.
+pub const SERVICE_FLAG_RATE_LIMITED: u16 = 1 << 2;
 /// `ServiceEntry::flags`: the backends are this node's only (Kubernetes
 /// `internalTrafficPolicy: Local`), so none means "no local backend".
 pub const SERVICE_FLAG_LOCAL_ONLY: u16 = 1 << 1;
@@ -269,6 +290,7 @@ mod pod {
     unsafe impl aya::Pod for super::NodeAddressKey {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::TraceEvent {}
+    unsafe impl aya::Pod for super::RateLimit {}
 }
 
 #[cfg(test)]
@@ -292,5 +314,6 @@ mod tests {
         assert_eq!(size_of::<NodeAddressKey>(), 16);
         assert_eq!(size_of::<ServiceStats>(), 40);
         assert_eq!(size_of::<TraceEvent>(), 88);
+        assert_eq!(size_of::<RateLimit>(), 24);
     }
 }

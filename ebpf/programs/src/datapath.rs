@@ -14,7 +14,8 @@ use aya_ebpf::{
 };
 use balctl_common::{
     Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, IPPROTO_TCP, IPPROTO_UDP,
-    MembershipKey, NodeAddressKey, OP_CONNECT, OP_SENDMSG, RevNatKey, RevNatValue, SCOPE_SERVICE,
+    MembershipKey, NodeAddressKey, OP_CONNECT, OP_SENDMSG, RateLimit, RevNatKey, RevNatValue, SCOPE_BALANCING,
+    SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED,
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey,
     ServiceStats, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, result,
 };
@@ -48,6 +49,9 @@ static STATS: PerCpuHashMap<u32, ServiceStats> =
 #[map(name = "backend_hits")]
 static BACKEND_HITS: PerCpuHashMap<MembershipKey, u64> =
     PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "rate_limits")]
+static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::with_max_entries(default_capacity::RATE_LIMITS, 0);
 
 #[map(name = "trace_leases")]
 static TRACE_LEASES: Array<u64> = Array::with_max_entries(TRACE_LEASE_ENTRIES, 0);
@@ -135,7 +139,7 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         return ALLOW;
     }
     let dest = read_dest(sa, family);
-    let Some((frontend, master)) = find_frontend(&dest, proto) else {
+    let Some((frontend, master)) = policy_frontend(&dest, proto).or_else(|| find_frontend(&dest, proto)) else {
         return ALLOW;
     };
     // SAFETY: the helper only reads the socket behind the context.
@@ -251,6 +255,57 @@ fn trace(dest: &Dest, proto: u8, op: Operation, service_id: u32, choice: &Result
 #[inline(always)]
 fn leased(slot: u32, now: u64) -> bool {
     TRACE_LEASES.get(slot).is_some_and(|&until| now < until)
+}
+
+/// A policy's entry for `dest` that takes the connection: a
+/// LocalRedirectPolicy's while it has a backend and is within its rate
+/// limit (else it gives way: to a BalancingPolicy, the Service, or at the
+/// end the original destination), then a BalancingPolicy's, which like a
+/// Service's refuses connections when it has no backend.
+#[inline(always)]
+fn policy_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+    let redirect = ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_REDIRECT, slot: 0, _pad: 0 };
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    if let Some(master) = unsafe { SERVICES.get(&redirect) }.copied()
+        && master.count > 0
+        && within_rate_limit(&master)
+    {
+        return Some((redirect, master));
+    }
+    let balancing = ServiceKey { scope: SCOPE_BALANCING, ..redirect };
+    // SAFETY: as above.
+    let master = unsafe { SERVICES.get(&balancing) }.copied()?;
+    Some((balancing, master))
+}
+
+/// Whether a rate-limited frontend may take one more connection this
+/// second, counting it if so. The count is shared by all CPUs and updated
+/// without a lock (the BPF target has no 64-bit atomic add with this
+/// toolchain): CPUs counting at the same instant can let a few more
+/// through, never fewer.
+#[inline(always)]
+fn within_rate_limit(master: &ServiceEntry) -> bool {
+    if master.flags & SERVICE_FLAG_RATE_LIMITED == 0 {
+        return true;
+    }
+    // Without its limit entry (written before the flag) nothing limits it.
+    let Some(limit) = RATE_LIMITS.get_ptr_mut(&master.service_id) else {
+        return true;
+    };
+    // SAFETY: plain helper call; `limit` points into the map's value, which
+    // stays valid for the program's run.
+    unsafe {
+        let second = bpf_ktime_get_ns() / NSEC_PER_SEC;
+        if (*limit).second != second {
+            (*limit).second = second;
+            (*limit).count = 0;
+        }
+        if (*limit).count >= u64::from((*limit).per_second) {
+            return false;
+        }
+        (*limit).count += 1;
+    }
+    true
 }
 
 /// The frontend `dest` belongs to, with its master entry: an exact match,

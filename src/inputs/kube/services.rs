@@ -28,7 +28,7 @@ use super::objects::{
 };
 use crate::{
     inputs::location::Located,
-    model::{Frontend, FrontendRule, Protocol},
+    model::{Frontend, FrontendRule, Protocol, Scope},
     state::SyncedObject,
 };
 
@@ -159,10 +159,11 @@ fn service_object(
             }
         };
         let rule = |address: IpAddr, number: u16, backends: &[SocketAddr]| FrontendRule {
-            frontend: Frontend { address, port: number, protocol },
+            frontend: Frontend { address, port: number, protocol, scope: Scope::Service },
             backends: backends.to_vec(),
             affinity_seconds: service.affinity_seconds,
             local_only: false,
+            requests_per_second: None,
         };
         let families_used: BTreeSet<IpAddr> =
             [Family::V4, Family::V6].into_iter().filter(|f| families.contains(f)).map(unspecified).collect();

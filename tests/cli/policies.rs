@@ -1,0 +1,122 @@
+//! Issue 5 (in part): policy layers on the real kernel. A redirect takes a
+//! frontend's traffic before a balancing policy, which takes it before the
+//! Service; a redirect with no backend, or over its rate limit, gives way.
+
+use std::{thread, time::Duration};
+
+use balctl::trace::lease::monotonic_ns;
+
+use crate::support::Sandbox;
+
+const WEB: &str = "198.18.0.20:80";
+
+/// The backends that answered `count` connections to `to`; all must succeed.
+fn reached(sandbox: &Sandbox, to: &str, count: u32) -> Vec<String> {
+    let report = sandbox.client(&["connect", "--to", to, "--count", &count.to_string()]);
+    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
+    report["backends"].as_object().expect("backends").keys().cloned().collect()
+}
+
+/// A Service `web` (from a state file) on b2, and servers b3 (the "local"
+/// one) and b4.
+fn setup(sandbox: &Sandbox) {
+    sandbox.load();
+    for (id, host) in [("b2", "192.0.2.2"), ("b3", "192.0.2.3"), ("b4", "192.0.2.4")] {
+        sandbox.serve(id, &[&format!("{host}:8080")], &[]);
+    }
+    let file = sandbox.scratch("web.toml");
+    std::fs::write(
+        &file,
+        "[[service]]\nname = \"web\"\naddresses = [\"198.18.0.20\"]\nbackends = [\"192.0.2.2\"]\n\
+         ports = [{ port = 80, target_port = 8080 }]\n",
+    )
+    .unwrap();
+    sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
+    assert_eq!(reached(sandbox, WEB, 3), ["b2"]);
+}
+
+pub fn redirect_then_balancing_then_service() {
+    let sandbox = Sandbox::new();
+    setup(&sandbox);
+    sandbox.balctl_ok(&["policy", "add", "bal", "--vip", WEB, "--backend", "192.0.2.4:8080"]);
+    assert_eq!(reached(&sandbox, WEB, 5), ["b4"], "a balancing policy comes before the Service");
+    sandbox.balctl_ok(&[
+        "policy",
+        "add",
+        "local",
+        "--kind",
+        "redirect",
+        "--vip",
+        WEB,
+        "--backend",
+        "192.0.2.3:8080",
+    ]);
+    assert_eq!(reached(&sandbox, WEB, 5), ["b3"], "a redirect comes first");
+
+    sandbox.balctl_ok(&["policy", "update", "local", "--no-backends"]);
+    assert_eq!(reached(&sandbox, WEB, 5), ["b4"], "a redirect without backend gives way");
+    sandbox.balctl_ok(&["policy", "delete", "bal"]);
+    assert_eq!(reached(&sandbox, WEB, 5), ["b2"], "... down to the Service");
+    sandbox.balctl_ok(&["policy", "update", "local", "--backend", "192.0.2.3:8080"]);
+    assert_eq!(reached(&sandbox, WEB, 5), ["b3"]);
+
+    // Two policies of one kind on one frontend: refused, nothing changes.
+    let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
+    let second = sandbox.balctl(&[
+        "policy",
+        "add",
+        "other",
+        "--kind",
+        "redirect",
+        "--vip",
+        WEB,
+        "--backend",
+        "192.0.2.4:8080",
+    ]);
+    assert_eq!(second.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(message.contains("policy/local") && message.contains("policy/other"), "{message}");
+    assert_eq!(sandbox.balctl_ok(&["dump", "-o", "json"]), dump);
+    let limited = sandbox.balctl(&["policy", "add", "x", "--vip", "198.18.0.21:80", "--rate-limit", "5"]);
+    assert_eq!(limited.status.code(), Some(2), "--rate-limit needs --kind redirect");
+
+    // A redirect with no backend and nothing under it: the address itself,
+    // which has no route in the test's namespace.
+    sandbox.balctl_ok(&["policy", "add", "lonely", "--kind", "redirect", "--vip", "198.18.0.22:80"]);
+    let report = sandbox.client(&["connect", "--to", "198.18.0.22:80"]);
+    assert_eq!(report["errors"]["ENETUNREACH"], 1, "{report}");
+}
+
+/// With a limit of 5 connections a second, a burst of 15 within one second
+/// sends at most 5 to the redirect's backend and the rest to the Service.
+pub fn a_rate_limited_redirect_sends_the_rest_to_the_service() {
+    let sandbox = Sandbox::new();
+    setup(&sandbox);
+    sandbox.balctl_ok(&[
+        "policy",
+        "add",
+        "local",
+        "--kind",
+        "redirect",
+        "--vip",
+        WEB,
+        "--backend",
+        "192.0.2.3:8080",
+        "--rate-limit",
+        "5",
+    ]);
+    // The datapath counts per second of CLOCK_MONOTONIC: start the burst
+    // just after a second begins, so it stays within one.
+    let into_second = monotonic_ns() % 1_000_000_000;
+    thread::sleep(Duration::from_nanos(1_000_000_000 - into_second + 20_000_000));
+    let report = sandbox.client(&["connect", "--to", WEB, "--count", "15"]);
+    assert_eq!(report["failed"], 0, "{report}");
+    let local = report["backends"]["b3"].as_u64().unwrap_or(0);
+    let service = report["backends"]["b2"].as_u64().unwrap_or(0);
+    assert!(local <= 5 && local >= 1, "{report}");
+    assert_eq!(local + service, 15, "{report}");
+
+    // The next second, the redirect takes connections again.
+    thread::sleep(Duration::from_secs(1));
+    assert!(reached(&sandbox, WEB, 3).contains(&"b3".to_owned()));
+}
