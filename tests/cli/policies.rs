@@ -113,7 +113,7 @@ pub fn a_rate_limited_redirect_sends_the_rest_to_the_service() {
     assert_eq!(report["failed"], 0, "{report}");
     let local = report["backends"]["b3"].as_u64().unwrap_or(0);
     let service = report["backends"]["b2"].as_u64().unwrap_or(0);
-    assert!(local <= 5 && local >= 1, "{report}");
+    assert!((1..=5).contains(&local), "{report}");
     assert_eq!(local + service, 15, "{report}");
 
     // The next second, the redirect takes connections again.
