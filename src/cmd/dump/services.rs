@@ -12,7 +12,7 @@ use super::{Tables, View, backend_cell};
 use crate::{
     bpf::raw::frontend_of,
     image::{BackendId, ServiceId},
-    model::{Frontend, Protocol},
+    model::{Frontend, Protocol, Scope},
     output::table,
 };
 
@@ -27,6 +27,9 @@ pub struct ServiceRecord {
     address: IpAddr,
     port: u16,
     protocol: Protocol,
+    /// The rule layer: `service`, `balancing` or `redirect` (tried in the
+    /// reverse order).
+    scope: Scope,
     service_id: ServiceId,
     /// The rule this frontend comes from, from the state dir; null if the
     /// state dir does not know it (drift).
@@ -86,6 +89,7 @@ pub fn read(view: &View) -> Services {
                 address: frontend.address,
                 port: frontend.port,
                 protocol: frontend.protocol,
+                scope: frontend.scope,
                 service_id: master.service_id,
                 name: view.name(master.service_id),
                 affinity_timeout_seconds: (master.affinity_timeout_sec != 0)
@@ -115,7 +119,11 @@ impl Tables for Services {
                 service.name.clone().unwrap_or_else(|| "?".into()),
                 service.service_id.to_string(),
                 service.affinity_timeout_seconds.map_or_else(|| "-".into(), |s| format!("{s}s")),
-                if backends.is_empty() { "(none: rejects)".into() } else { backends.join("\n") },
+                match (backends.is_empty(), service.scope) {
+                    (true, Scope::Redirect) => "(none: gives way)".into(),
+                    (true, _) => "(none: rejects)".into(),
+                    (false, _) => backends.join("\n"),
+                },
             ]);
         }
         println!("{rows}");
