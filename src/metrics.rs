@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     bpf::{counters::CounterMaps, pins::PinDir},
     state::StateDir,
-    stats::{self, FrontendStats},
+    stats::{self, FrontendStats, GaveWay},
 };
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -117,6 +117,16 @@ fn render(frontends: &[FrontendStats]) -> String {
             sample(&mut out, "balctl_failures_total", &labels(f, &[("reason", reason)]), count);
         }
     }
+    family(
+        &mut out,
+        "balctl_gave_way_total",
+        "Connections a redirect policy left to the next layer, by reason.",
+    );
+    for f in frontends {
+        for (reason, count) in f.gave_way.iter().flat_map(GaveWay::by_reason) {
+            sample(&mut out, "balctl_gave_way_total", &labels(f, &[("reason", reason)]), count);
+        }
+    }
     family(&mut out, "balctl_backend_hits_total", "Resolutions that chose this backend of the frontend.");
     for f in frontends {
         for backend in &f.backends {
@@ -162,7 +172,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{BackendHits, Failures};
+    use crate::stats::{BackendHits, Failures, GaveWay};
 
     fn web() -> FrontendStats {
         FrontendStats {
@@ -171,6 +181,7 @@ mod tests {
             name: "service/ns/we\"b\\x\ny".into(),
             resolutions: 100,
             failures: Failures { no_backend: 2, no_local_backend: 0, stale: 0, family: 0 },
+            gave_way: None,
             backends: vec![BackendHits {
                 backend_id: 3,
                 backend: "[2001:db8::2]:8080".parse().unwrap(),
@@ -181,18 +192,40 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_help_type_and_escaped_labels() {
-        let text = render(&[web()]);
+        let local_dns = FrontendStats {
+            frontend: "198.18.0.10:53/udp@redirect".into(),
+            name: "localredirectpolicy/kube-system/dns".into(),
+            gave_way: Some(GaveWay { no_backend: 1, rate_limit: 5 }),
+            backends: Vec::new(),
+            ..web()
+        };
+        let text = render(&[web(), local_dns]);
         let name = r#"name="service/ns/we\"b\\x\ny""#;
+        let dns = r#"name="localredirectpolicy/kube-system/dns""#;
+        let dns_failures: String = ["no_backend\"} 2", "no_local_backend\"} 0", "stale\"} 0", "family\"} 0"]
+            .iter()
+            .map(|tail| {
+                format!(
+                    "balctl_failures_total{{frontend=\"198.18.0.10:53/udp@redirect\",{dns},reason=\"{tail}\n"
+                )
+            })
+            .collect();
         let expected = format!(
             "# HELP balctl_resolutions_total Sockets and unconnected UDP datagrams sent to a backend.\n\
              # TYPE balctl_resolutions_total counter\n\
              balctl_resolutions_total{{frontend=\"[2001:db8::10]:80/tcp\",{name}}} 100\n\
+             balctl_resolutions_total{{frontend=\"198.18.0.10:53/udp@redirect\",{dns}}} 100\n\
              # HELP balctl_failures_total Resolutions refused (ECONNREFUSED), by reason.\n\
              # TYPE balctl_failures_total counter\n\
              balctl_failures_total{{frontend=\"[2001:db8::10]:80/tcp\",{name},reason=\"no_backend\"}} 2\n\
              balctl_failures_total{{frontend=\"[2001:db8::10]:80/tcp\",{name},reason=\"no_local_backend\"}} 0\n\
              balctl_failures_total{{frontend=\"[2001:db8::10]:80/tcp\",{name},reason=\"stale\"}} 0\n\
              balctl_failures_total{{frontend=\"[2001:db8::10]:80/tcp\",{name},reason=\"family\"}} 0\n\
+             {dns_failures}\
+             # HELP balctl_gave_way_total Connections a redirect policy left to the next layer, by reason.\n\
+             # TYPE balctl_gave_way_total counter\n\
+             balctl_gave_way_total{{frontend=\"198.18.0.10:53/udp@redirect\",{dns},reason=\"no_backend\"}} 1\n\
+             balctl_gave_way_total{{frontend=\"198.18.0.10:53/udp@redirect\",{dns},reason=\"rate_limit\"}} 5\n\
              # HELP balctl_backend_hits_total Resolutions that chose this backend of the frontend.\n\
              # TYPE balctl_backend_hits_total counter\n\
              balctl_backend_hits_total{{frontend=\"[2001:db8::10]:80/tcp\",{name},backend=\"[2001:db8::2]:8080\"}} 100\n"
@@ -203,7 +236,7 @@ mod tests {
     #[test]
     fn no_frontends_still_describe_the_families() {
         let text = render(&[]);
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 3);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 4);
         assert!(text.lines().all(|l| l.starts_with('#')));
     }
 }

@@ -6,13 +6,13 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use balctl_common::{MembershipKey, result};
+use balctl_common::{GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, MembershipKey, result};
 use serde::Serialize;
 
 use crate::{
     bpf::counters::CounterMaps,
     image::{BackendId, Image, ServiceId},
-    model::Frontend,
+    model::{Frontend, Scope},
 };
 
 #[derive(Serialize)]
@@ -25,7 +25,27 @@ pub struct FrontendStats {
     /// Sockets (and unconnected UDP datagrams) sent to a backend.
     pub resolutions: u64,
     pub failures: Failures,
+    /// Of a redirect: connections it left to the next layer, by reason;
+    /// null for other frontends, which never give way.
+    pub gave_way: Option<GaveWay>,
     pub backends: Vec<BackendHits>,
+}
+
+/// Connections a redirect gave way to the next layer (a balancing policy,
+/// the Service, or the original address).
+#[derive(Serialize)]
+pub struct GaveWay {
+    /// It had no backend (no local endpoint).
+    pub no_backend: u64,
+    /// It had taken its requests-per-second limit.
+    pub rate_limit: u64,
+}
+
+impl GaveWay {
+    /// Each reason, named as in JSON, with its count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 2] {
+        [("no_backend", self.no_backend), ("rate_limit", self.rate_limit)]
+    }
 }
 
 /// Refused resolutions by reason.
@@ -100,6 +120,10 @@ pub fn read(
                 name: f.owner.clone(),
                 resolutions: service.resolutions,
                 failures: Failures::new(service.failures),
+                gave_way: (frontend.scope == Scope::Redirect).then(|| GaveWay {
+                    no_backend: service.gave_way[GAVE_WAY_NO_BACKEND],
+                    rate_limit: service.gave_way[GAVE_WAY_RATE_LIMIT],
+                }),
                 backends,
             })
         })

@@ -37,6 +37,9 @@ impl CounterMaps {
             for (total, failures) in sum.failures.iter_mut().zip(cpu.failures) {
                 *total = total.wrapping_add(failures);
             }
+            for (total, gave_way) in sum.gave_way.iter_mut().zip(cpu.gave_way) {
+                *total = total.wrapping_add(gave_way);
+            }
             sum
         }))
     }

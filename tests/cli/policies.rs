@@ -115,6 +115,17 @@ pub fn a_rate_limited_redirect_sends_the_rest_to_the_service() {
     let service = report["backends"]["b2"].as_u64().unwrap_or(0);
     assert!((1..=5).contains(&local), "{report}");
     assert_eq!(local + service, 15, "{report}");
+    // The redirect counts what it let through and what it left to the Service.
+    let stats = sandbox.balctl_json(&["dump", "stats", "--vip", WEB]);
+    let redirect = stats["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == format!("{WEB}/tcp@redirect"))
+        .unwrap_or_else(|| panic!("no redirect in {stats:#}"))
+        .clone();
+    assert_eq!(redirect["resolutions"], local, "{redirect:#}");
+    assert_eq!(redirect["gave_way"]["rate_limit"], service, "{redirect:#}");
 
     // The next second, the redirect takes connections again.
     thread::sleep(Duration::from_secs(1));

@@ -106,7 +106,15 @@ pub struct ServiceStats {
     pub resolutions: u64,
     /// Refusals, by `result::*` failure reason minus `FIRST_FAILURE`.
     pub failures: [u64; result::FAILURES],
+    /// Of a redirect entry: connections it gave way to the next layer,
+    /// indexed by `GAVE_WAY_NO_BACKEND` and `GAVE_WAY_RATE_LIMIT`.
+    pub gave_way: [u64; 2],
 }
+
+/// `ServiceStats::gave_way`: the redirect had no backend.
+pub const GAVE_WAY_NO_BACKEND: usize = 0;
+/// `ServiceStats::gave_way`: the redirect had taken its limit this second.
+pub const GAVE_WAY_RATE_LIMIT: usize = 1;
 
 /// Value of the rate_limits map, keyed by service id: a frontend's limit,
 /// set by user space, and the datapath's count for the current second.
@@ -312,7 +320,7 @@ mod tests {
         assert_eq!(size_of::<RevNatKey>(), 32);
         assert_eq!(size_of::<RevNatValue>(), 24);
         assert_eq!(size_of::<NodeAddressKey>(), 16);
-        assert_eq!(size_of::<ServiceStats>(), 40);
+        assert_eq!(size_of::<ServiceStats>(), 56);
         assert_eq!(size_of::<TraceEvent>(), 88);
         assert_eq!(size_of::<RateLimit>(), 24);
     }

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use balctl_common::{
     Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, IPPROTO_TCP, IPPROTO_UDP,
     MembershipKey, NodeAddressKey, OP_CONNECT, OP_SENDMSG, RateLimit, RevNatKey, RevNatValue, SCOPE_BALANCING,
-    SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED,
+    SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT,
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey,
     ServiceStats, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, result,
 };
@@ -266,11 +266,18 @@ fn leased(slot: u32, now: u64) -> bool {
 fn policy_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
     let redirect = ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_REDIRECT, slot: 0, _pad: 0 };
     // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
-    if let Some(master) = unsafe { SERVICES.get(&redirect) }.copied()
-        && master.count > 0
-        && within_rate_limit(&master)
-    {
-        return Some((redirect, master));
+    if let Some(master) = unsafe { SERVICES.get(&redirect) }.copied() {
+        let gave_way = if master.count == 0 {
+            GAVE_WAY_NO_BACKEND
+        } else if !within_rate_limit(&master) {
+            GAVE_WAY_RATE_LIMIT
+        } else {
+            return Some((redirect, master));
+        };
+        if let Some(stats) = counter(&STATS, &master.service_id) {
+            // SAFETY: a per-CPU entry, written by this CPU only while this program runs.
+            unsafe { (*stats).gave_way[gave_way] += 1 };
+        }
     }
     let balancing = ServiceKey { scope: SCOPE_BALANCING, ..redirect };
     // SAFETY: as above.

@@ -24,12 +24,18 @@ impl Tables for Stats {
     fn print_table(&self) {
         let mut rows = table(["FRONTEND", "NAME", "RESOLUTIONS", "FAILURES", "BACKEND HITS"]);
         for frontend in &self.stats {
+            // A redirect's give-ways show with its failures: both are
+            // connections its backends did not get.
+            let gave_way =
+                frontend.gave_way.iter().flat_map(|g| g.by_reason()).map(|(r, n)| (r, n, "gave way, "));
             let failures: Vec<String> = frontend
                 .failures
                 .by_reason()
                 .into_iter()
-                .filter(|&(_, count)| count > 0)
-                .map(|(reason, count)| format!("{reason}: {count}"))
+                .map(|(reason, count)| (reason, count, ""))
+                .chain(gave_way)
+                .filter(|&(_, count, _)| count > 0)
+                .map(|(reason, count, prefix)| format!("{prefix}{reason}: {count}"))
                 .collect();
             let hits: Vec<String> = frontend
                 .backends
