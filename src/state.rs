@@ -130,29 +130,49 @@ impl StateDir {
     /// Takes the exclusive lock, waiting (and saying so) if another balctl
     /// holds it.
     pub fn lock(&self) -> Result<StateLock> {
-        self.create_dir()?;
         let path = self.root.join(LOCK_FILE);
-        let file = OpenOptions::new()
+        let file = match self.try_lock(LOCK_FILE)? {
+            Some(file) => file,
+            None => {
+                eprintln!("waiting for another balctl to finish (lock {})", path.display());
+                let file = self.open_lock_file(&path)?;
+                // SAFETY: flock on a descriptor we own.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                    return Err(io::Error::last_os_error())
+                        .with_context(|| format!("cannot lock {}", path.display()));
+                }
+                file
+            }
+        };
+        Ok(StateLock { _file: file })
+    }
+
+    /// Takes an exclusive lock on the file `name` in the state dir without
+    /// waiting; None when another process holds it. The lock lasts as long
+    /// as the returned file, and ends with the process however it ends.
+    pub fn try_lock(&self, name: &str) -> Result<Option<File>> {
+        let path = self.root.join(name);
+        let file = self.open_lock_file(&path)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(file));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        Err(err).with_context(|| format!("cannot lock {}", path.display()))
+    }
+
+    fn open_lock_file(&self, path: &Path) -> Result<File> {
+        self.create_dir()?;
+        OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
-            }
-            eprintln!("waiting for another balctl to finish (lock {})", path.display());
-            // SAFETY: as above.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("cannot lock {}", path.display()));
-            }
-        }
-        Ok(StateLock { _file: file })
+            .open(path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))
     }
 
     /// Replaces the state file atomically: a crash leaves the old or the new

@@ -7,12 +7,7 @@
 //! tracer renews, which is all the datapath reads while nobody traces. A
 //! tracer that is killed stops renewing, and tracing stops within a lease.
 
-use std::{
-    fs::{self, File, OpenOptions},
-    io,
-    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
-    time::Duration,
-};
+use std::{fs::File, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, Map, MapData};
@@ -46,24 +41,9 @@ impl Slot {
         let leases = Array::try_from(Map::Array(data)).with_context(|| {
             format!("the map pinned at {} is not balctl's trace lease map", path.display())
         })?;
-        fs::create_dir_all(state.root())
-            .with_context(|| format!("cannot create state directory {}", state.root().display()))?;
         for index in 0..TRACE_SLOTS {
-            let path = state.root().join(format!("trace-slot-{index}.lock"));
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(Self { index, leases, _lock: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+            if let Some(lock) = state.try_lock(&format!("trace-slot-{index}.lock"))? {
+                return Ok(Self { index, leases, _lock: lock });
             }
         }
         bail!("{TRACE_SLOTS} tracers are running already, the most balctl serves at once; stop one first")
