@@ -133,10 +133,19 @@ impl SplitFiles {
 }
 
 /// What else decides what an item's objects become: the node (its
-/// endpoints are the local ones) and this balctl's translation rules.
+/// endpoints are the local ones) and this balctl's translation rules, taken
+/// as the source of the modules that read and translate objects, so that
+/// any change to them, released or not, translates everything anew.
 fn fingerprint_seed(this_node: &str) -> u64 {
-    let identity = format!("balctl {} node {this_node}", env!("CARGO_PKG_VERSION"));
-    xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
+    let mut seed = xxhash_rust::xxh3::Xxh3::new();
+    for part in
+        [env!("CARGO_PKG_VERSION"), this_node, include_str!("objects.rs"), include_str!("services.rs")]
+    {
+        seed.update(part.as_bytes());
+        // Parts are separated, so that no two lists of parts hash alike.
+        seed.update(&[0]);
+    }
+    seed.digest()
 }
 
 fn read_part(file: &str, reader: impl Read, first_line: usize) -> Result<Vec<KubeObject>> {
