@@ -88,6 +88,32 @@ impl Scope {
     }
 }
 
+/// The two policy kinds, from Kubernetes or from state files.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PolicyKind {
+    LocalRedirect,
+    Balancing,
+}
+
+impl PolicyKind {
+    /// The rule layer its frontends take.
+    pub const fn scope(self) -> Scope {
+        match self {
+            Self::LocalRedirect => Scope::Redirect,
+            Self::Balancing => Scope::Balancing,
+        }
+    }
+
+    /// How `dump` and `trace` name its synced objects: `KIND/NAMESPACE/NAME`
+    /// from Kubernetes, `KIND/NAME` from a state file.
+    pub const fn owner_prefix(self) -> &'static str {
+        match self {
+            Self::LocalRedirect => "localredirectpolicy",
+            Self::Balancing => "balancingpolicy",
+        }
+    }
+}
+
 /// An address clients connect to: IP, port and protocol, and the rule layer
 /// of the entry (a Service's, unless a policy's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
-//! balctl's TOML state files: services written by hand. The schema is
-//! documented in docs/state-files.md, with an example of every feature in
-//! examples/services.toml.
+//! balctl's TOML state files: services and policies written by hand. The
+//! schema is documented in docs/state-files.md, with an example of every
+//! feature in examples/services.toml.
 //!
 //! ```toml
 //! [[service]]
@@ -9,11 +9,20 @@
 //! backends = ["192.0.2.2", "2001:db8::2"]        # backend IPs
 //! affinity_seconds = 10800                       # optional
 //! ports = [{ port = 80, target_port = 8080, protocol = "tcp" }]
+//!
+//! [[local_redirect_policy]]                      # also [[balancing_policy]]
+//! name = "node-local-web"
+//! addresses = ["198.18.0.10"]
+//! backends = ["192.0.2.9"]
+//! requests_per_second = 100                      # local_redirect_policy only
+//! ports = [{ port = 80, target_port = 8080 }]
 //! ```
 //!
-//! Every address × port is a frontend; its backends are the backend IPs of
-//! the same family, at the port's target port. A family without backends
-//! gives frontends that refuse connections.
+//! Every address × port is a frontend (in the policy's layer for the two
+//! policy tables); its backends are the backend IPs of the same family, at
+//! the port's target port. A family without backends gives frontends that
+//! refuse connections (a service's or a balancing policy's) or give way to
+//! the next layer (a local redirect policy's).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -24,7 +33,9 @@ use toml::Spanned;
 use super::location::{Located, Location};
 use crate::{
     input,
-    model::{Frontend, FrontendRule, MAX_AFFINITY_SECONDS, Protocol, Scope, check_address, check_name},
+    model::{
+        Frontend, FrontendRule, MAX_AFFINITY_SECONDS, PolicyKind, Protocol, Scope, check_address, check_name,
+    },
     state::SyncedObject,
 };
 
@@ -32,18 +43,57 @@ use crate::{
 #[serde(deny_unknown_fields)]
 struct StateFile {
     #[serde(default)]
-    service: Vec<Spanned<ServiceSpec>>,
+    service: Vec<Spanned<RuleTable>>,
+    #[serde(default)]
+    local_redirect_policy: Vec<Spanned<RuleTable>>,
+    #[serde(default)]
+    balancing_policy: Vec<Spanned<RuleTable>>,
 }
 
+/// A `[[service]]`, `[[local_redirect_policy]]` or `[[balancing_policy]]`:
+/// one shape for all three, as each is frontends balanced over backends;
+/// the table decides the layer.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ServiceSpec {
+struct RuleTable {
     name: Spanned<String>,
     addresses: Vec<Spanned<IpAddr>>,
     ports: Vec<Spanned<PortSpec>>,
     #[serde(default)]
     backends: Vec<Spanned<IpAddr>>,
     affinity_seconds: Option<Spanned<u32>>,
+    requests_per_second: Option<Spanned<u32>>,
+}
+
+/// Which table a `RuleTable` is from.
+#[derive(Clone, Copy)]
+enum TableKind {
+    Service,
+    Policy(PolicyKind),
+}
+
+impl TableKind {
+    const fn scope(self) -> Scope {
+        match self {
+            Self::Service => Scope::Service,
+            Self::Policy(kind) => kind.scope(),
+        }
+    }
+
+    const fn owner_prefix(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Policy(kind) => kind.owner_prefix(),
+        }
+    }
+
+    const fn table(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Policy(PolicyKind::LocalRedirect) => "local_redirect_policy",
+            Self::Policy(PolicyKind::Balancing) => "balancing_policy",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -78,76 +128,110 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
     let at = |span: std::ops::Range<usize>| Location::at(file, text, span.start);
     let parsed: StateFile = ::toml::from_str(text)
         .map_err(|e| input!("{}: {}", Location::of_span(file, text, e.span()), e.message().trim_end()))?;
+    let tables = [
+        (TableKind::Service, parsed.service),
+        (TableKind::Policy(PolicyKind::LocalRedirect), parsed.local_redirect_policy),
+        (TableKind::Policy(PolicyKind::Balancing), parsed.balancing_policy),
+    ];
     let mut objects = Vec::new();
-    for service in parsed.service {
-        let location = at(service.span());
-        let spec = service.into_inner();
-        let name = spec.name.get_ref();
-        check_name(name).map_err(|e| input!("{}: invalid name: {e}", at(spec.name.span())))?;
-        if spec.addresses.is_empty() {
-            return Err(input!("{location}: service `{name}` has no addresses"));
+    for (kind, tables) in tables {
+        for table in tables {
+            objects.push(rule_object(kind, table, &at)?);
         }
-        if spec.ports.is_empty() {
-            return Err(input!("{location}: service `{name}` has no ports"));
-        }
-        for address in spec.addresses.iter().chain(&spec.backends) {
-            check_address(*address.get_ref()).map_err(|e| input!("{}: {e}", at(address.span())))?;
-        }
-        for (i, backend) in spec.backends.iter().enumerate() {
-            if spec.backends[..i].iter().any(|b| b.get_ref() == backend.get_ref()) {
-                return Err(input!("{}: backend {} is listed twice", at(backend.span()), backend.get_ref()));
-            }
-        }
-        if let Some(affinity) = &spec.affinity_seconds
-            && !(1..=MAX_AFFINITY_SECONDS).contains(affinity.get_ref())
-        {
-            return Err(input!(
-                "{}: affinity_seconds {} is out of range (1-{MAX_AFFINITY_SECONDS})",
-                at(affinity.span()),
-                affinity.get_ref()
-            ));
-        }
-        let mut rules: Vec<FrontendRule> = Vec::new();
-        for port in &spec.ports {
-            let PortSpec { port: Port(number), target_port, protocol } = *port.get_ref();
-            let target = target_port.map_or(number, |Port(p)| p);
-            for address in &spec.addresses {
-                let frontend = Frontend {
-                    address: address.get_ref().to_canonical(),
-                    port: number,
-                    protocol,
-                    scope: Scope::Service,
-                };
-                if rules.iter().any(|r| r.frontend == frontend) {
-                    return Err(input!("{}: frontend {frontend} is listed twice", at(port.span())));
-                }
-                let backends = spec
-                    .backends
-                    .iter()
-                    .map(|b| b.get_ref().to_canonical())
-                    .filter(|b| b.is_ipv4() == frontend.address.is_ipv4())
-                    .map(|b| SocketAddr::new(b, target))
-                    .collect();
-                let affinity_seconds = spec.affinity_seconds.as_ref().map(|a| *a.get_ref());
-                rules.push(FrontendRule {
-                    frontend,
-                    backends,
-                    affinity_seconds,
-                    local_only: false,
-                    requests_per_second: None,
-                });
-            }
-        }
-        let object = SyncedObject {
-            source: String::new(),
-            owner: format!("service/{name}"),
-            rules,
-            addresses: Vec::new(),
-            inputs: Vec::new(),
-        };
-        objects.push(Located { value: object, location });
     }
     Ok(objects)
+}
+
+/// The synced object of one table of `kind`; `at` locates a span.
+fn rule_object(
+    kind: TableKind,
+    table: Spanned<RuleTable>,
+    at: &impl Fn(std::ops::Range<usize>) -> Location,
+) -> Result<Located<SyncedObject>> {
+    let location = at(table.span());
+    let spec = table.into_inner();
+    let name = spec.name.get_ref();
+    let table = kind.table();
+    check_name(name).map_err(|e| input!("{}: invalid name: {e}", at(spec.name.span())))?;
+    if spec.addresses.is_empty() {
+        return Err(input!("{location}: {table} `{name}` has no addresses"));
+    }
+    if spec.ports.is_empty() {
+        return Err(input!("{location}: {table} `{name}` has no ports"));
+    }
+    for address in spec.addresses.iter().chain(&spec.backends) {
+        check_address(*address.get_ref()).map_err(|e| input!("{}: {e}", at(address.span())))?;
+    }
+    for (i, backend) in spec.backends.iter().enumerate() {
+        if spec.backends[..i].iter().any(|b| b.get_ref() == backend.get_ref()) {
+            return Err(input!("{}: backend {} is listed twice", at(backend.span()), backend.get_ref()));
+        }
+    }
+    if let Some(affinity) = &spec.affinity_seconds
+        && !(1..=MAX_AFFINITY_SECONDS).contains(affinity.get_ref())
+    {
+        return Err(input!(
+            "{}: affinity_seconds {} is out of range (1-{MAX_AFFINITY_SECONDS})",
+            at(affinity.span()),
+            affinity.get_ref()
+        ));
+    }
+    let requests_per_second = spec.requests_per_second.as_ref().map(|limit| *limit.get_ref());
+    if let Some(limit) = &spec.requests_per_second {
+        if !matches!(kind, TableKind::Policy(PolicyKind::LocalRedirect)) {
+            return Err(input!(
+                "{}: requests_per_second: only a local_redirect_policy has a rate limit (above it, \
+                 traffic goes to the next layer)",
+                at(limit.span())
+            ));
+        }
+        if *limit.get_ref() == 0 {
+            return Err(input!(
+                "{}: requests_per_second 0 is out of range (1-{})",
+                at(limit.span()),
+                u32::MAX
+            ));
+        }
+    }
+    let mut rules: Vec<FrontendRule> = Vec::new();
+    for port in &spec.ports {
+        let PortSpec { port: Port(number), target_port, protocol } = *port.get_ref();
+        let target = target_port.map_or(number, |Port(p)| p);
+        for address in &spec.addresses {
+            let frontend = Frontend {
+                address: address.get_ref().to_canonical(),
+                port: number,
+                protocol,
+                scope: kind.scope(),
+            };
+            if rules.iter().any(|r| r.frontend == frontend) {
+                return Err(input!("{}: frontend {frontend} is listed twice", at(port.span())));
+            }
+            let backends = spec
+                .backends
+                .iter()
+                .map(|b| b.get_ref().to_canonical())
+                .filter(|b| b.is_ipv4() == frontend.address.is_ipv4())
+                .map(|b| SocketAddr::new(b, target))
+                .collect();
+            let affinity_seconds = spec.affinity_seconds.as_ref().map(|a| *a.get_ref());
+            rules.push(FrontendRule {
+                frontend,
+                backends,
+                affinity_seconds,
+                local_only: false,
+                requests_per_second,
+            });
+        }
+    }
+    let object = SyncedObject {
+        source: String::new(),
+        owner: format!("{}/{name}", kind.owner_prefix()),
+        rules,
+        addresses: Vec::new(),
+        inputs: Vec::new(),
+    };
+    Ok(Located { value: object, location })
 }
 
 #[cfg(test)]
@@ -240,5 +324,51 @@ ports = [{ port = 80, target_port = 8080 }, { port = 53, protocol = "udp" }]
             let err = error(&text);
             assert!(err.starts_with(location) && err.contains(message), "{text}\n=> {err}");
         }
+    }
+
+    #[test]
+    fn policy_tables_make_rules_in_their_layer() {
+        let text = r#"
+[[service]]
+name = "dns"
+addresses = ["198.18.0.53"]
+backends = ["192.0.2.2"]
+ports = [{ port = 53, protocol = "udp" }]
+
+[[local_redirect_policy]]
+name = "dns"
+addresses = ["198.18.0.53"]
+backends = ["192.0.2.9"]
+requests_per_second = 5
+ports = [{ port = 53, protocol = "udp" }]
+
+[[balancing_policy]]
+name = "web"
+addresses = ["198.18.0.10"]
+backends = ["192.0.2.4", "192.0.2.5"]
+ports = [{ port = 80, target_port = 8080 }]
+"#;
+        let objects = parse("s.toml", text).unwrap();
+        let found: Vec<String> = objects
+            .iter()
+            .flat_map(|o| o.value.rules.iter().map(move |r| (&o.value.owner, r)))
+            .map(|(owner, r)| format!("{owner}: {} {:?} {:?}", r.frontend, r.backends, r.requests_per_second))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "service/dns: 198.18.0.53:53/udp [192.0.2.2:53] None",
+                "localredirectpolicy/dns: 198.18.0.53:53/udp@redirect [192.0.2.9:53] Some(5)",
+                "balancingpolicy/web: 198.18.0.10:80/tcp@balancing [192.0.2.4:8080, 192.0.2.5:8080] None",
+            ]
+        );
+        let limited = text.replace(
+            "ports = [{ port = 80, target_port = 8080 }]",
+            "requests_per_second = 3\nports = [{ port = 80 }]",
+        );
+        let err = error(&limited);
+        assert!(err.starts_with("s.toml:19:23") && err.contains("only a local_redirect_policy"), "{err}");
+        let err = error(&text.replace("requests_per_second = 5", "requests_per_second = 0"));
+        assert!(err.starts_with("s.toml:12:23") && err.contains("out of range"), "{err}");
     }
 }

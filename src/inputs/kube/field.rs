@@ -36,6 +36,20 @@ pub struct Object<'a> {
     pub what: String,
 }
 
+/// A field's place in its file and object, kept after parsing for errors
+/// that only translation finds (a policy port without a partner): the text
+/// that starts every message about it.
+#[derive(Clone, Debug)]
+pub struct FieldRef {
+    prefix: String,
+}
+
+impl FieldRef {
+    pub fn error(&self, message: impl fmt::Display) -> anyhow::Error {
+        input!("{}: {message}", self.prefix)
+    }
+}
+
 /// A node of the object and the path to it.
 #[derive(Clone, Copy)]
 pub struct Field<'a> {
@@ -50,11 +64,17 @@ impl<'a> Field<'a> {
 
     /// An error about this field.
     pub fn error(&self, object: &Object<'_>, message: impl fmt::Display) -> anyhow::Error {
+        self.reference(object).error(message)
+    }
+
+    /// Where this field is, for errors found after parsing.
+    pub fn reference(&self, object: &Object<'_>) -> FieldRef {
         let place = format!("{}:{}:{}", object.file, self.node.line, self.node.column);
-        match self.path {
-            Path::Root => input!("{place}: {}: {message}", object.what),
-            path => input!("{place}: {}: {path}: {message}", object.what),
-        }
+        let prefix = match self.path {
+            Path::Root => format!("{place}: {}", object.what),
+            path => format!("{place}: {}: {path}", object.what),
+        };
+        FieldRef { prefix }
     }
 
     /// The field `key`, if present and not null.
@@ -67,6 +87,16 @@ impl<'a> Field<'a> {
 
     pub fn require<'b>(&'b self, object: &Object<'_>, key: &'b str) -> Result<Field<'b>> {
         self.get(key).ok_or_else(|| self.error(object, format!("missing field `{key}`")))
+    }
+
+    /// The entries of a mapping, each with its key in the path.
+    pub fn entries(&self, object: &Object<'_>) -> Result<impl Iterator<Item = (&'a str, Field<'_>)>> {
+        match &self.node.value {
+            Value::Mapping(entries) => Ok(entries
+                .iter()
+                .map(move |(key, node)| (key.as_str(), Field { node, path: Path::Key(&self.path, key) }))),
+            _ => Err(self.error(object, "expected a mapping")),
+        }
     }
 
     /// The items of a sequence, each with its index in the path.

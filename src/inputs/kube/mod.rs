@@ -1,10 +1,14 @@
-//! Kubernetes YAML input: `Service`, `EndpointSlice` and `Node` objects as
-//! `kubectl get -o yaml` prints them (one document, several, or a `List`),
-//! translated to frontend rules with kube-proxy's semantics.
+//! Kubernetes YAML input: `Service`, `EndpointSlice`, `Node` and `Pod`
+//! objects and the policy kinds `LocalRedirectPolicy` and `BalancingPolicy`
+//! as `kubectl get -o yaml` prints them (one document, several, or a
+//! `List`), translated to frontend rules with kube-proxy's semantics and the
+//! policies' layers.
 
 mod field;
 mod items;
 mod objects;
+mod policies;
+mod policy_objects;
 mod reuse;
 mod services;
 mod yaml;
@@ -98,10 +102,18 @@ pub fn split_files(files: Vec<YamlFile>, this_node: &str) -> Result<SplitFiles> 
 
 impl SplitFiles {
     /// Parses the items that no object of `previous` (the objects applied
-    /// before) was made of, and keeps those objects. `sources` names the
-    /// sources by index.
-    pub fn read(self, sources: &[String], previous: &[Arc<SyncedObject>]) -> Result<KubeInput> {
+    /// before) was made of, and keeps those objects, unless a policy reads
+    /// them. `sources` names the sources by index; `stdin` holds the
+    /// objects read from standard input, which join the parsed ones.
+    pub fn read(
+        self,
+        sources: &[String],
+        previous: &[Arc<SyncedObject>],
+        stdin: Vec<(usize, KubeObject)>,
+        this_node: &str,
+    ) -> Result<KubeInput> {
         let Self { files, opened, items, mut parsed } = self;
+        parsed.extend(stdin);
         let source_of = |item: &reuse::Item| sources[files[item.file].source].as_str();
         let mut reuse = reuse::Reuse::new(&items, previous, source_of);
         let parse = |item: &reuse::Item, parsed: &mut Vec<(usize, KubeObject)>| -> Result<()> {
@@ -114,7 +126,10 @@ impl SplitFiles {
         for item in reuse.unclaimed() {
             parse(item, &mut parsed)?;
         }
-        let owners: Vec<String> = parsed.iter().filter_map(|(_, object)| object.owner()).collect();
+        let mut owners: Vec<String> = parsed.iter().filter_map(|(_, object)| object.owner()).collect();
+        // Policies and Pods are always parsed (nothing records their items),
+        // so what they depend on is known by now.
+        owners.extend(policies::dependencies(parsed.iter().map(|(_, object)| object), this_node));
         for item in reuse.release(owners.iter().map(String::as_str)) {
             parse(item, &mut parsed)?;
         }

@@ -1,20 +1,26 @@
-//! The parts of Service, EndpointSlice and Node that decide where service
-//! traffic goes, read from `kubectl get -o yaml` output. Everything else
-//! (managedFields, annotations, status conditions...) is ignored; what is
-//! read is checked as the API server would, with located errors.
+//! The parts of Service, EndpointSlice, Node and Pod that decide where
+//! traffic goes, read from `kubectl get -o yaml` output, and the dispatch
+//! to the policy kinds (policy_objects.rs). Everything else
+//! (managedFields, most annotations, status conditions...) is ignored; what
+//! is read is checked as the API server would, with located errors.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use anyhow::Result;
 
 use super::{
     field::{Field, Object},
+    policy_objects::{self, POLICY_API_VERSION, PolicyObject},
     yaml::Node,
 };
 use crate::{
     input,
     inputs::{Fingerprint, location::Location},
-    model::MAX_AFFINITY_SECONDS,
+    model::{MAX_AFFINITY_SECONDS, PolicyKind},
 };
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -23,12 +29,18 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The annotation that gives a Node's proxy address (BalancingPolicy
+/// `redirectMode: nodeProxy`).
+const NODE_PROXY_ANNOTATION: &str = "balancing.elf.io/nodeProxyIpv4";
+
 /// Boxed: a sync of a big cluster holds hundreds of thousands of them,
 /// moved around while they are grouped by Service.
 pub enum KubeObject {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Node(Box<NodeObject>),
+    Pod(Box<Pod>),
+    Policy(Box<PolicyObject>),
 }
 
 impl KubeObject {
@@ -37,10 +49,13 @@ impl KubeObject {
             Self::Service(service) => &mut service.meta,
             Self::EndpointSlice(slice) => &mut slice.meta,
             Self::Node(node) => &mut node.meta,
+            Self::Pod(pod) => &mut pod.meta,
+            Self::Policy(policy) => &mut policy.meta,
         }
     }
 
-    /// The synced object it goes into: its Service's, or its Node's.
+    /// The synced object it goes into: its Service's, its Node's or its
+    /// own (a policy). A Pod goes into none: policies read it.
     pub fn owner(&self) -> Option<String> {
         match self {
             Self::Service(service) => Some(service_owner(&service.meta.namespace, &service.meta.name)),
@@ -48,8 +63,18 @@ impl KubeObject {
                 slice.service.as_ref().map(|service| service_owner(&slice.meta.namespace, service))
             }
             Self::Node(node) => Some(node_owner(&node.meta.name)),
+            Self::Pod(_) => None,
+            Self::Policy(policy) => Some(policy.owner()),
         }
     }
+}
+
+/// Labels of an object, or the `matchLabels` of a selector.
+pub type Labels = BTreeMap<String, String>;
+
+/// Whether `labels` has every label of `selector` (`matchLabels`).
+pub fn matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(key, value)| labels.get(key) == Some(value))
 }
 
 /// The owner of the synced object a Service becomes, as `dump` shows it.
@@ -154,6 +179,32 @@ pub struct NodeObject {
     pub meta: Meta,
     /// InternalIP and ExternalIP addresses.
     pub addresses: Vec<IpAddr>,
+    /// InternalIP addresses only: where a pod's hostPort answers.
+    pub internal_ips: Vec<IpAddr>,
+    /// Annotation `balancing.elf.io/nodeProxyIpv4`.
+    pub proxy_ipv4: Option<Ipv4Addr>,
+    pub labels: Labels,
+}
+
+pub struct ContainerPort {
+    pub name: String,
+    pub protocol: PortProtocol,
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+}
+
+pub struct Pod {
+    pub meta: Meta,
+    pub labels: Labels,
+    /// `spec.nodeName`: where it was scheduled.
+    pub node_name: Option<String>,
+    /// `status.phase: Running` and no `metadata.deletionTimestamp`: it can
+    /// take traffic.
+    pub active: bool,
+    /// `status.podIPs`, else `status.podIP`.
+    pub ips: Vec<IpAddr>,
+    /// The ports of all its containers.
+    pub ports: Vec<ContainerPort>,
 }
 
 /// Reads one object.
@@ -165,14 +216,16 @@ pub fn parse(file: &str, node: &Node) -> Result<KubeObject> {
     object.what = kind_name.to_owned();
     let api_version = root.require(&object, "apiVersion")?;
     let expected = match kind_name {
-        "Service" | "Node" => "v1",
+        "Service" | "Node" | "Pod" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
+        "LocalRedirectPolicy" | "BalancingPolicy" => POLICY_API_VERSION,
         other => {
             return Err(kind.error(
                 &object,
                 format!(
-                    "balctl reads Service, EndpointSlice and Node objects, not {other} \
-                     (`kubectl get services,endpointslices,nodes -A -o yaml` selects them)"
+                    "balctl reads Service, EndpointSlice, Node, Pod, LocalRedirectPolicy and \
+                     BalancingPolicy objects, not {other} (`kubectl get services,endpointslices,nodes,pods,\
+                     localredirectpolicies,balancingpolicies -A -o yaml` selects them)"
                 ),
             ));
         }
@@ -187,7 +240,15 @@ pub fn parse(file: &str, node: &Node) -> Result<KubeObject> {
     Ok(match kind_name {
         "Service" => KubeObject::Service(Box::new(service(root, &object, meta)?)),
         "EndpointSlice" => KubeObject::EndpointSlice(Box::new(endpoint_slice(root, &object, meta)?)),
-        _ => KubeObject::Node(Box::new(node_object(root, &object, meta)?)),
+        "Node" => KubeObject::Node(Box::new(node_object(root, &object, meta)?)),
+        "Pod" => KubeObject::Pod(Box::new(pod(root, &object, meta)?)),
+        "LocalRedirectPolicy" => KubeObject::Policy(Box::new(policy_objects::parse(
+            root,
+            &object,
+            meta,
+            PolicyKind::LocalRedirect,
+        )?)),
+        _ => KubeObject::Policy(Box::new(policy_objects::parse(root, &object, meta, PolicyKind::Balancing)?)),
     })
 }
 
@@ -318,6 +379,17 @@ fn affinity_timeout(spec: Field<'_>, object: &Object<'_>) -> Result<u32> {
     }
 }
 
+/// A mapping of label names to values: `metadata.labels`, `matchLabels`.
+pub fn labels(field: Option<Field<'_>>, object: &Object<'_>) -> Result<Labels> {
+    let mut labels = Labels::new();
+    if let Some(field) = field {
+        for (key, value) in field.entries(object)? {
+            labels.insert(key.to_owned(), value.str(object)?.to_owned());
+        }
+    }
+    Ok(labels)
+}
+
 fn protocol(field: Option<Field<'_>>, object: &Object<'_>) -> Result<PortProtocol> {
     Ok(match field {
         None => PortProtocol::Tcp,
@@ -422,13 +494,18 @@ fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Resu
 
 fn node_object(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<NodeObject> {
     let mut addresses = Vec::new();
+    let mut internal_ips = Vec::new();
     if let Some(status) = root.get("status")
         && let Some(list) = status.get("addresses")
     {
         for entry in list.items(object)? {
             let kind = entry.require(object, "type")?.str(object)?;
             if matches!(kind, "InternalIP" | "ExternalIP") {
-                addresses.push(entry.require(object, "address")?.ip(object)?);
+                let address = entry.require(object, "address")?.ip(object)?;
+                addresses.push(address);
+                if kind == "InternalIP" {
+                    internal_ips.push(address);
+                }
             }
         }
     }
@@ -439,5 +516,55 @@ fn node_object(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<NodeO
             object.what
         ));
     }
-    Ok(NodeObject { meta, addresses })
+    let metadata = root.require(object, "metadata")?;
+    let mut proxy_ipv4 = None;
+    if let Some(annotations) = metadata.get("annotations")
+        && let Some(proxy) = annotations.get(NODE_PROXY_ANNOTATION)
+    {
+        match proxy.ip(object)? {
+            IpAddr::V4(ip) => proxy_ipv4 = Some(ip),
+            IpAddr::V6(ip) => return Err(proxy.error(object, format!("{ip} is not an IPv4 address"))),
+        }
+    }
+    let labels = labels(metadata.get("labels"), object)?;
+    Ok(NodeObject { meta, addresses, internal_ips, proxy_ipv4, labels })
+}
+
+fn pod(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Pod> {
+    let metadata = root.require(object, "metadata")?;
+    let labels = labels(metadata.get("labels"), object)?;
+    let deleting = metadata.get("deletionTimestamp").is_some();
+    let mut node_name = None;
+    let mut ports = Vec::new();
+    if let Some(spec) = root.get("spec") {
+        node_name = spec.get("nodeName").map(|n| n.str(object).map(str::to_owned)).transpose()?;
+        if let Some(containers) = spec.get("containers") {
+            for container in containers.items(object)? {
+                let Some(list) = container.get("ports") else { continue };
+                for port in list.items(object)? {
+                    ports.push(ContainerPort {
+                        name: name(port.get("name"), object)?,
+                        protocol: protocol(port.get("protocol"), object)?,
+                        container_port: port.require(object, "containerPort")?.port(object)?,
+                        host_port: port.get("hostPort").map(|p| p.port(object)).transpose()?,
+                    });
+                }
+            }
+        }
+    }
+    let mut running = false;
+    let mut ips = Vec::new();
+    if let Some(status) = root.get("status") {
+        running = status.get("phase").map(|p| p.str(object)).transpose()? == Some("Running");
+        match (status.get("podIPs"), status.get("podIP")) {
+            (Some(list), _) => {
+                for entry in list.items(object)? {
+                    ips.push(entry.require(object, "ip")?.ip(object)?);
+                }
+            }
+            (None, Some(ip)) => ips.push(ip.ip(object)?),
+            (None, None) => {}
+        }
+    }
+    Ok(Pod { meta, labels, node_name, active: running && !deleting, ips, ports })
 }

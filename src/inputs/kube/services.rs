@@ -22,9 +22,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use super::objects::{
-    Endpoint, EndpointSlice, Family, KubeObject, NodeObject, PortProtocol, Service, ServicePort, ServiceType,
-    node_owner, service_owner,
+use anyhow::Result;
+
+use super::{
+    objects::{
+        Endpoint, EndpointSlice, Family, KubeObject, NodeObject, PortProtocol, Service, ServicePort,
+        ServiceType, node_owner, service_owner,
+    },
+    policies::{self, Cluster},
 };
 use crate::{
     inputs::location::Located,
@@ -41,19 +46,28 @@ pub struct Translation {
 }
 
 /// Translates the objects of one sync (from every source: a Service and its
-/// EndpointSlices may come from different files). `this_node` decides which
-/// endpoints are local.
-pub fn translate(objects: impl IntoIterator<Item = (usize, KubeObject)>, this_node: &str) -> Translation {
+/// EndpointSlices may come from different files, a policy's Service and
+/// Pods too). `this_node` decides which endpoints and Pods are local.
+/// Only policies can fail here: what they refer to may be missing.
+pub fn translate(
+    objects: impl IntoIterator<Item = (usize, KubeObject)>,
+    this_node: &str,
+) -> Result<Translation> {
     let mut services = Vec::new();
     let mut slices = Vec::new();
+    let mut nodes = Vec::new();
+    let mut pods = Vec::new();
+    let mut policies = Vec::new();
     let mut translation = Translation::default();
     let mut orphans = Vec::new();
     for (source, object) in objects {
         match object {
             KubeObject::Service(service) => services.push((source, service)),
-            KubeObject::Node(node) => translation.objects.push((source, node_object(*node))),
+            KubeObject::Node(node) => nodes.push((source, node)),
             KubeObject::EndpointSlice(slice) if slice.service.is_some() => slices.push(slice),
             KubeObject::EndpointSlice(slice) => orphans.push(slice_name(&slice)),
+            KubeObject::Pod(pod) => pods.push(pod),
+            KubeObject::Policy(policy) => policies.push((source, policy)),
         }
     }
     // Grouped by sorting both sides and walking them together, rather than
@@ -62,6 +76,17 @@ pub fn translate(objects: impl IntoIterator<Item = (usize, KubeObject)>, this_no
     // as its service is translated.
     services.sort_by(|(_, a), (_, b)| service_key(a).cmp(&service_key(b)));
     slices.sort_by(|a, b| slice_key(a).cmp(&slice_key(b)));
+    if !policies.is_empty() {
+        let cluster = Cluster {
+            services: &services,
+            nodes: nodes.iter().map(|(_, node)| (node.meta.name.as_str(), node.as_ref())).collect(),
+            pods: &pods,
+            this_node,
+        };
+        let objects = policies::translate(&policies, &cluster, &mut translation.notes)?;
+        translation.objects.extend(objects);
+    }
+    translation.objects.extend(nodes.into_iter().map(|(source, node)| (source, node_object(*node))));
     let mut slices = slices.into_iter().peekable();
     for (source, service) in services {
         let key = service_key(&service);
@@ -84,7 +109,7 @@ pub fn translate(objects: impl IntoIterator<Item = (usize, KubeObject)>, this_no
             abbreviate(&orphans)
         ));
     }
-    translation
+    Ok(translation)
 }
 
 fn service_key(service: &Service) -> (&str, &str) {
@@ -285,7 +310,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             objects.extend(read(file, text.as_bytes()).unwrap().into_iter().map(|o| (index, o)));
         }
-        let translation = translate(objects, this_node);
+        let translation = translate(objects, this_node).unwrap();
         let rules = translation
             .objects
             .iter()
@@ -359,7 +384,7 @@ mod tests {
         let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lost\n  \
                     labels:\n    kubernetes.io/service-name: gone\naddressType: IPv4\nendpoints: []\n";
         let objects: Vec<_> = read("f.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
-        let translation = translate(objects, "node-a");
+        let translation = translate(objects, "node-a").unwrap();
         assert!(translation.objects.is_empty());
         assert!(translation.notes[0].contains("default/lost"), "{:?}", translation.notes);
     }

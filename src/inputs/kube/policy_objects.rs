@@ -1,0 +1,264 @@
+//! LocalRedirectPolicy and BalancingPolicy objects (`balancing.elf.io/v1beta1`,
+//! CRDs in deploy/crds/): their frontend, backend and config, checked field
+//! by field as the CRD's schema would. What they refer to (a Service, Pods,
+//! Nodes) is resolved by policies.rs, which reports what is wrong there at
+//! the places kept here.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+
+use super::{
+    field::{Field, FieldRef, Object},
+    objects::{Labels, Meta, labels},
+};
+use crate::model::{PolicyKind, Protocol};
+
+pub const POLICY_API_VERSION: &str = "balancing.elf.io/v1beta1";
+
+pub struct PolicyObject {
+    pub meta: Meta,
+    pub kind: PolicyKind,
+    pub frontend: PolicyFrontend,
+    pub backend: PolicyBackend,
+    /// `spec.config.nodeLabelSelector.matchLabels`: the policy applies only
+    /// on nodes that have these labels.
+    pub node_selector: Option<(Labels, FieldRef)>,
+    /// `spec.config.requestsPerSecond` (LocalRedirectPolicy): each frontend's
+    /// limit, above which that second's traffic goes to the Service.
+    pub requests_per_second: Option<u32>,
+}
+
+impl PolicyObject {
+    pub fn owner(&self) -> String {
+        format!("{}/{}/{}", self.kind.owner_prefix(), self.meta.namespace, self.meta.name)
+    }
+}
+
+pub enum Matcher {
+    /// `serviceMatcher`: the Service's cluster IPs.
+    Service { namespace: String, name: String, at: FieldRef },
+    /// `addressMatcher`: a custom address.
+    Address(IpAddr),
+}
+
+pub struct PolicyFrontend {
+    pub matcher: Matcher,
+    /// Empty for a serviceMatcher without `toPorts`: every port of the Service.
+    pub to_ports: Vec<ToPort>,
+}
+
+/// One entry of a `toPorts` list. Frontend and backend ports pair by name.
+pub struct ToPort {
+    /// Empty when not given.
+    pub name: String,
+    /// Required everywhere but in a serviceMatcher, which may name the
+    /// Service's port instead.
+    pub port: Option<u16>,
+    pub protocol: Option<Protocol>,
+    pub at: FieldRef,
+}
+
+impl ToPort {
+    /// How messages name it: by name and number, as far as given.
+    pub fn label(&self) -> String {
+        match (self.name.as_str(), self.port) {
+            ("", Some(port)) => format!("port {port}"),
+            (name, Some(port)) => format!("port `{name}` ({port})"),
+            (name, None) => format!("port `{name}`"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RedirectMode {
+    /// The Pods' own addresses.
+    PodEndpoint,
+    /// The address of each Pod's Node, at the container's hostPort.
+    HostPort,
+    /// Each Pod's Node's proxy address (annotation
+    /// `balancing.elf.io/nodeProxyIpv4`, else its first InternalIP).
+    NodeProxy,
+}
+
+pub enum BackendTarget {
+    /// Pods of the policy's namespace with these labels: a
+    /// LocalRedirectPolicy's on this node only, a BalancingPolicy's anywhere.
+    Pods {
+        selector: Labels,
+        mode: RedirectMode,
+    },
+    Addresses(Vec<IpAddr>),
+}
+
+pub struct PolicyBackend {
+    pub target: BackendTarget,
+    pub to_ports: Vec<ToPort>,
+    pub at: FieldRef,
+}
+
+/// Reads the spec of a policy object of `kind`.
+pub fn parse(root: Field<'_>, object: &Object<'_>, meta: Meta, kind: PolicyKind) -> Result<PolicyObject> {
+    let spec = root.require(object, "spec")?;
+    let frontend = frontend(spec.require(object, "frontend")?, object, &meta)?;
+    let backend = spec.require(object, "backend")?;
+    let backend = match kind {
+        PolicyKind::LocalRedirect => local_backend(backend, object)?,
+        PolicyKind::Balancing => balancing_backend(backend, object)?,
+    };
+    let mut node_selector = None;
+    let mut requests_per_second = None;
+    if let Some(config) = spec.get("config") {
+        if let Some(selector) = config.get("nodeLabelSelector") {
+            reject_match_expressions(selector, object)?;
+            node_selector = Some((labels(selector.get("matchLabels"), object)?, selector.reference(object)));
+        }
+        if let Some(limit) = config.get("requestsPerSecond") {
+            if kind == PolicyKind::Balancing {
+                return Err(limit.error(
+                    object,
+                    "only a LocalRedirectPolicy has a rate limit (above it, traffic goes to the Service)",
+                ));
+            }
+            let value = limit.int(object)?;
+            match u32::try_from(value) {
+                Ok(value) if value > 0 => requests_per_second = Some(value),
+                _ => return Err(limit.error(object, format!("{value} is out of range (1-{})", u32::MAX))),
+            }
+        }
+    }
+    Ok(PolicyObject { meta, kind, frontend, backend, node_selector, requests_per_second })
+}
+
+/// The one field of `choices` that `field` has; none or several is an error.
+fn exactly_one<'f>(
+    field: &'f Field<'_>,
+    object: &Object<'_>,
+    choices: &[&'static str],
+) -> Result<(&'static str, Field<'f>)> {
+    let present: Vec<(&'static str, Field<'f>)> =
+        choices.iter().filter_map(|&name| field.get(name).map(|found| (name, found))).collect();
+    match present.as_slice() {
+        [one] => Ok(*one),
+        _ => Err(field.error(object, format!("needs exactly one of `{}`", choices.join("`, `")))),
+    }
+}
+
+fn frontend(field: Field<'_>, object: &Object<'_>, meta: &Meta) -> Result<PolicyFrontend> {
+    let (which, matcher) = exactly_one(&field, object, &["serviceMatcher", "addressMatcher"])?;
+    if which == "serviceMatcher" {
+        let name = matcher.require(object, "serviceName")?.str(object)?.to_owned();
+        let namespace = match matcher.get("namespace") {
+            Some(namespace) => namespace.str(object)?.to_owned(),
+            None => meta.namespace.clone(),
+        };
+        let to_ports = match matcher.get("toPorts") {
+            Some(list) => to_ports(list, object, false)?,
+            None => Vec::new(),
+        };
+        let at = matcher.reference(object);
+        Ok(PolicyFrontend { matcher: Matcher::Service { namespace, name, at }, to_ports })
+    } else {
+        let ip = matcher.require(object, "ip")?.ip(object)?;
+        let to_ports = to_ports(matcher.require(object, "toPorts")?, object, true)?;
+        Ok(PolicyFrontend { matcher: Matcher::Address(ip), to_ports })
+    }
+}
+
+fn local_backend(field: Field<'_>, object: &Object<'_>) -> Result<PolicyBackend> {
+    let (which, target) = exactly_one(&field, object, &["endpointSelector", "addresses"])?;
+    let target = if which == "endpointSelector" {
+        BackendTarget::Pods { selector: selector(target, object)?, mode: RedirectMode::PodEndpoint }
+    } else {
+        BackendTarget::Addresses(addresses(target, object)?)
+    };
+    let to_ports = to_ports(field.require(object, "toPorts")?, object, true)?;
+    Ok(PolicyBackend { target, to_ports, at: field.reference(object) })
+}
+
+fn balancing_backend(field: Field<'_>, object: &Object<'_>) -> Result<PolicyBackend> {
+    let (which, endpoint) = exactly_one(&field, object, &["serviceEndpoint", "addressEndpoint"])?;
+    let target = if which == "serviceEndpoint" {
+        let mode = match endpoint.get("redirectMode") {
+            None => RedirectMode::PodEndpoint,
+            Some(mode) => match mode.one_of(object, &["podEndpoint", "hostPort", "nodeProxy"])? {
+                "podEndpoint" => RedirectMode::PodEndpoint,
+                "hostPort" => RedirectMode::HostPort,
+                _ => RedirectMode::NodeProxy,
+            },
+        };
+        BackendTarget::Pods {
+            selector: selector(endpoint.require(object, "endpointSelector")?, object)?,
+            mode,
+        }
+    } else {
+        BackendTarget::Addresses(addresses(endpoint.require(object, "addresses")?, object)?)
+    };
+    let to_ports = to_ports(endpoint.require(object, "toPorts")?, object, true)?;
+    Ok(PolicyBackend { target, to_ports, at: endpoint.reference(object) })
+}
+
+fn reject_match_expressions(selector: Field<'_>, object: &Object<'_>) -> Result<()> {
+    match selector.get("matchExpressions") {
+        Some(expressions) => Err(expressions.error(object, "not supported: select by `matchLabels`")),
+        None => Ok(()),
+    }
+}
+
+/// A Pod selector: `matchLabels`, at least one, since an empty selector
+/// would take every Pod of the namespace.
+fn selector(field: Field<'_>, object: &Object<'_>) -> Result<Labels> {
+    reject_match_expressions(field, object)?;
+    let match_labels = field.require(object, "matchLabels")?;
+    let selector = labels(Some(match_labels), object)?;
+    if selector.is_empty() {
+        return Err(
+            match_labels.error(object, "needs at least one label (an empty selector takes every Pod)")
+        );
+    }
+    Ok(selector)
+}
+
+fn addresses(field: Field<'_>, object: &Object<'_>) -> Result<Vec<IpAddr>> {
+    let mut addresses = Vec::new();
+    for entry in field.items(object)? {
+        let address = entry.ip(object)?;
+        if addresses.contains(&address) {
+            return Err(entry.error(object, format!("{address} is listed twice")));
+        }
+        addresses.push(address);
+    }
+    if addresses.is_empty() {
+        return Err(field.error(object, "needs at least one address"));
+    }
+    Ok(addresses)
+}
+
+/// A `toPorts` list; `number_required` everywhere but in a serviceMatcher.
+fn to_ports(list: Field<'_>, object: &Object<'_>, number_required: bool) -> Result<Vec<ToPort>> {
+    let mut ports: Vec<ToPort> = Vec::new();
+    for entry in list.items(object)? {
+        let name = entry.get("name").map(|n| n.str(object)).transpose()?.unwrap_or_default().to_owned();
+        let port = match entry.get("port") {
+            Some(port) => Some(port.port(object)?),
+            None if number_required => return Err(entry.error(object, "missing field `port`")),
+            None if name.is_empty() => return Err(entry.error(object, "needs a `name` or a `port`")),
+            None => None,
+        };
+        let protocol = match entry.get("protocol") {
+            Some(protocol) => Some(match protocol.one_of(object, &["TCP", "UDP"])? {
+                "TCP" => Protocol::Tcp,
+                _ => Protocol::Udp,
+            }),
+            None => None,
+        };
+        if !name.is_empty() && ports.iter().any(|p| p.name == name) {
+            return Err(entry.error(object, format!("name `{name}` is listed twice")));
+        }
+        ports.push(ToPort { name, port, protocol, at: entry.reference(object) });
+    }
+    if ports.is_empty() {
+        return Err(list.error(object, "needs at least one port"));
+    }
+    Ok(ports)
+}
