@@ -256,7 +256,7 @@ pub fn bad_yaml_changes_nothing() {
         (
             "kind.yaml",
             service.replace("kind: Service", "kind: Deployment"),
-            ":2:7: Deployment: kind: balctl reads Service, EndpointSlice and Node",
+            ":2:7: Deployment: kind: balctl reads Service, EndpointSlice, Node, Pod, LocalRedirectPolicy and",
         ),
         (
             "beta.yaml",

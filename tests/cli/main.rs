@@ -9,6 +9,7 @@ mod dump;
 mod input;
 mod kube;
 mod policies;
+mod policy_sync;
 mod progress;
 mod stats;
 mod support;
@@ -82,6 +83,10 @@ fn main() {
         stats::counters_match_connections_and_metrics,
         policies::redirect_then_balancing_then_service,
         policies::a_rate_limited_redirect_sends_the_rest_to_the_service,
+        policy_sync::node_local_dns_falls_back_to_the_service,
+        policy_sync::a_redirect_over_its_rate_limit_falls_back_to_the_service,
+        policy_sync::balancing_policies_reach_addresses_and_host_ports,
+        policy_sync::bad_policies_change_nothing,
     ];
     // Needs no privileges: runs everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {

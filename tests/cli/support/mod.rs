@@ -200,7 +200,8 @@ impl Sandbox {
 
     /// Starts dnsmasq in the server namespace on `host`:53 (UDP and TCP),
     /// answering `address` (dnsmasq's `/domain/ip`) and nothing else.
-    pub fn spawn_dnsmasq(&self, host: &str, address: &str) {
+    /// Returns its PID, for `stop`.
+    pub fn spawn_dnsmasq(&self, host: &str, address: &str) -> u32 {
         let pid_file = self.scratch(&format!("dnsmasq-{host}.pid"));
         self.spawn_server_program(&[
             "dnsmasq",
@@ -214,11 +215,12 @@ impl Sandbox {
             "--user=root",
             &format!("--pid-file={}", pid_file.display()),
             &format!("--address={address}"),
-        ]);
+        ])
     }
 
-    /// Starts any program in the server namespace, killed when the sandbox drops.
-    pub fn spawn_server_program(&self, argv: &[&str]) {
+    /// Starts any program in the server namespace, killed when the sandbox
+    /// drops or by `stop`. Returns its PID.
+    pub fn spawn_server_program(&self, argv: &[&str]) -> u32 {
         let child = self
             .peer(false, &self.server_ns)
             .arg("exec")
@@ -227,7 +229,18 @@ impl Sandbox {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn server program");
+        let pid = child.id();
         self.children.lock().unwrap().push(child);
+        pid
+    }
+
+    /// Kills a program this sandbox started, by its PID, and reaps it.
+    pub fn stop(&self, pid: u32) {
+        let mut children = self.children.lock().unwrap();
+        let index = children.iter().position(|c| c.id() == pid).expect("a child of this sandbox");
+        let mut child = children.remove(index);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Runs a peer client in the test cgroup and client namespace and
