@@ -262,3 +262,43 @@ fn to_ports(list: Field<'_>, object: &Object<'_>, number_required: bool) -> Resu
     }
     Ok(ports)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::kube::yaml::{Node, Value, for_each_object};
+
+    /// The CRDs in deploy/crds/ define the kinds balctl reads, in its group
+    /// and version.
+    #[test]
+    fn the_crds_define_the_kinds_read() {
+        let text = |node: &Node, path: &[&str]| -> String {
+            let found = path.iter().try_fold(node, |node, key| node.get(key)).expect("field");
+            match &found.value {
+                Value::Scalar { text, .. } => text.clone(),
+                _ => panic!("{path:?} is no scalar"),
+            }
+        };
+        for (file, kind) in
+            [("localredirectpolicies", "LocalRedirectPolicy"), ("balancingpolicies", "BalancingPolicy")]
+        {
+            let path = format!("{}/deploy/crds/{file}.yaml", env!("CARGO_MANIFEST_DIR"));
+            let mut found = Vec::new();
+            for_each_object(&path, std::fs::File::open(&path).unwrap(), 1, |node| {
+                let Value::Sequence(versions) = &node.get("spec").unwrap().get("versions").unwrap().value
+                else {
+                    panic!("no versions in {path}")
+                };
+                let version = text(&versions[0], &["name"]);
+                found.push(format!(
+                    "{}/{version} {}",
+                    text(&node, &["spec", "group"]),
+                    text(&node, &["spec", "names", "kind"])
+                ));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(found, [format!("{POLICY_API_VERSION} {kind}")]);
+        }
+    }
+}
