@@ -6,7 +6,10 @@ use std::{thread, time::Duration};
 
 use balctl::trace::lease::monotonic_ns;
 
-use crate::support::Sandbox;
+use crate::{
+    support::Sandbox,
+    trace::{events, start_trace},
+};
 
 const WEB: &str = "198.18.0.20:80";
 
@@ -52,6 +55,14 @@ pub fn redirect_then_balancing_then_service() {
         "192.0.2.3:8080",
     ]);
     assert_eq!(reached(&sandbox, WEB, 5), ["b3"], "a redirect comes first");
+    // trace names the rule that resolved the connection.
+    let trace = start_trace(&sandbox, &["--count", "1", "-o", "json"]);
+    assert_eq!(reached(&sandbox, WEB, 1), ["b3"]);
+    let events = events(trace);
+    assert_eq!(
+        (&events[0]["name"], &events[0]["frontend"]),
+        (&"policy/local".into(), &format!("{WEB}/tcp@redirect").into())
+    );
 
     sandbox.balctl_ok(&["policy", "update", "local", "--no-backends"]);
     assert_eq!(reached(&sandbox, WEB, 5), ["b4"], "a redirect without backend gives way");

@@ -21,7 +21,7 @@ use crate::support::{BALCTL, Sandbox, finish};
 
 /// Starts `balctl trace ARGS` and returns once it is tracing (it says so on
 /// stderr), with its stdout to read.
-fn start_trace(sandbox: &Sandbox, args: &[&str]) -> Child {
+pub fn start_trace(sandbox: &Sandbox, args: &[&str]) -> Child {
     let mut child = Command::new(BALCTL)
         .arg("trace")
         .args(args)
@@ -48,7 +48,7 @@ fn start_trace(sandbox: &Sandbox, args: &[&str]) -> Child {
 }
 
 /// Waits (bounded) for a `--count` trace to end and returns its JSON lines.
-fn events(mut child: Child) -> Vec<Value> {
+pub fn events(mut child: Child) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().expect("wait for trace").is_none() {
         if Instant::now() > deadline {
