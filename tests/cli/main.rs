@@ -3,6 +3,7 @@
 //! The harness is libtest-mimic so this binary can also act as the tests'
 //! network peer (`__peer`, see support/peer.rs).
 
+mod crds;
 mod datapath;
 mod docs;
 mod dump;
@@ -88,9 +89,13 @@ fn main() {
         policy_sync::balancing_policies_reach_addresses_and_host_ports,
         policy_sync::bad_policies_change_nothing,
     ];
-    // Needs no privileges: runs everywhere.
+    // Need no privileges: run everywhere.
     tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {
         docs::completions_and_man_pages_are_fresh();
+        Ok(())
+    }));
+    tests.push(Trial::test("crds::the_crds_accept_the_examples_and_refuse_bad_policies", || {
+        crds::the_crds_accept_the_examples_and_refuse_bad_policies();
         Ok(())
     }));
     libtest_mimic::run(&args, tests).exit();
