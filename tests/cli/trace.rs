@@ -19,9 +19,32 @@ use serde_json::Value;
 
 use crate::support::{BALCTL, Sandbox, finish};
 
+/// A running `balctl trace`, killed when dropped: a test that fails early
+/// leaves no tracer behind.
+pub struct TraceProcess(Option<Child>);
+
+impl TraceProcess {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the tracer is still owned")
+    }
+
+    fn id(&mut self) -> u32 {
+        self.child().id()
+    }
+}
+
+impl Drop for TraceProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `balctl trace ARGS` and returns once it is tracing (it says so on
 /// stderr), with its stdout to read.
-pub fn start_trace(sandbox: &Sandbox, args: &[&str]) -> Child {
+pub fn start_trace(sandbox: &Sandbox, args: &[&str]) -> TraceProcess {
     let mut child = Command::new(BALCTL)
         .arg("trace")
         .args(args)
@@ -39,25 +62,20 @@ pub fn start_trace(sandbox: &Sandbox, args: &[&str]) -> Child {
         let _ = BufReader::new(stderr).read_line(&mut line);
         let _ = tx.send(line);
     });
+    let trace = TraceProcess(Some(child));
     let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-    if !line.starts_with("tracing") {
-        let _ = child.kill();
-        panic!("balctl trace did not start: {line}");
-    }
-    child
+    assert!(line.starts_with("tracing"), "balctl trace did not start: {line}");
+    trace
 }
 
 /// Waits (bounded) for a `--count` trace to end and returns its JSON lines.
-pub fn events(mut child: Child) -> Vec<Value> {
+pub fn events(mut trace: TraceProcess) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("wait for trace").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("balctl trace did not stop after --count events");
-        }
+    while trace.child().try_wait().expect("wait for trace").is_none() {
+        assert!(Instant::now() < deadline, "balctl trace did not stop after --count events");
         thread::sleep(Duration::from_millis(20));
     }
+    let mut child = trace.0.take().expect("the tracer is still owned");
     let mut stdout = String::new();
     child.stdout.take().expect("trace stdout").read_to_string(&mut stdout).expect("read trace output");
     assert!(child.wait().expect("trace status").success(), "trace failed: {stdout}");
@@ -149,10 +167,9 @@ pub fn tracers_run_side_by_side_and_filter() {
 pub fn a_killed_tracer_stops_events_within_two_seconds() {
     let sandbox = Sandbox::new();
     setup(&sandbox);
-    let mut trace = start_trace(&sandbox, &["-o", "json"]);
+    let trace = start_trace(&sandbox, &["-o", "json"]);
     assert_eq!(sandbox.client(&["connect", "--to", "198.18.0.10:80"])["ok"], 1);
-    trace.kill().expect("SIGKILL the tracer");
-    let _ = trace.wait();
+    drop(trace); // SIGKILL, as `Child::kill` sends
     thread::sleep(Duration::from_secs(2));
 
     let pins = PinDir::new(&sandbox.pins);
@@ -197,7 +214,7 @@ pub fn trace_ends_on_duration_and_sigint() {
     unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
-        if let Some(status) = trace.try_wait().expect("wait for trace") {
+        if let Some(status) = trace.child().try_wait().expect("wait for trace") {
             break status;
         }
         assert!(Instant::now() < deadline, "trace did not stop on SIGINT");
