@@ -5,6 +5,7 @@
 
 mod crds;
 mod datapath;
+mod deploy;
 mod docs;
 mod dump;
 mod input;
@@ -104,6 +105,7 @@ fn main() {
     tests.extend(plain_tests![
         docs::completions_and_man_pages_are_fresh,
         crds::the_crds_accept_the_examples_and_refuse_bad_policies,
+        deploy::the_manifests_are_valid_kubernetes_objects,
         kube_api::the_client_lists_and_gets_every_kind,
         kube_api::a_reflector_follows_adds_changes_and_deletes,
         kube_api::the_watcher_recovers_from_drops_expiry_and_outages,
