@@ -5,10 +5,12 @@
 
 mod crds;
 mod datapath;
+mod deploy;
 mod docs;
 mod dump;
 mod input;
 mod kube;
+mod kube_api;
 mod policies;
 mod policy_sync;
 mod progress;
@@ -20,18 +22,29 @@ mod watch;
 
 use libtest_mimic::{Arguments, Trial};
 
-fn kernel_test(name: &'static str, test: fn()) -> Trial {
+fn plain_test(name: &'static str, test: fn()) -> Trial {
     Trial::test(name, move || {
         test();
         Ok(())
     })
-    .with_ignored_flag(!support::kernel_tests_runnable())
 }
 
-/// `module::test` entries, each named after its function.
+fn kernel_test(name: &'static str, test: fn()) -> Trial {
+    plain_test(name, test).with_ignored_flag(!support::kernel_tests_runnable())
+}
+
+/// `module::test` entries, each named after its function, that run as root
+/// (reported as ignored without it).
 macro_rules! kernel_tests {
     ($($module:ident :: $test:ident),* $(,)?) => {
         vec![$(kernel_test(concat!(stringify!($module), "::", stringify!($test)), $module::$test)),*]
+    };
+}
+
+/// `module::test` entries that need no privileges and run everywhere.
+macro_rules! plain_tests {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        vec![$(plain_test(concat!(stringify!($module), "::", stringify!($test)), $module::$test)),*]
     };
 }
 
@@ -89,14 +102,14 @@ fn main() {
         policy_sync::balancing_policies_reach_addresses_and_host_ports,
         policy_sync::bad_policies_change_nothing,
     ];
-    // Need no privileges: run everywhere.
-    tests.push(Trial::test("docs::completions_and_man_pages_are_fresh", || {
-        docs::completions_and_man_pages_are_fresh();
-        Ok(())
-    }));
-    tests.push(Trial::test("crds::the_crds_accept_the_examples_and_refuse_bad_policies", || {
-        crds::the_crds_accept_the_examples_and_refuse_bad_policies();
-        Ok(())
-    }));
+    tests.extend(plain_tests![
+        docs::completions_and_man_pages_are_fresh,
+        crds::the_crds_accept_the_examples_and_refuse_bad_policies,
+        deploy::the_manifests_are_valid_kubernetes_objects,
+        kube_api::the_client_lists_and_gets_every_kind,
+        kube_api::a_reflector_follows_adds_changes_and_deletes,
+        kube_api::the_watcher_recovers_from_drops_expiry_and_outages,
+        kube_api::a_streaming_list_with_a_field_selector_follows_pods_onto_and_off_the_node,
+    ]);
     libtest_mimic::run(&args, tests).exit();
 }

@@ -11,6 +11,7 @@
 //! Everything is removed on drop, also when the test panics; processes are
 //! killed by PID. `sweep_stale` removes what a killed test run left behind.
 
+pub mod apiserver;
 pub mod peer;
 
 use std::{

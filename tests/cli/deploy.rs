@@ -1,0 +1,183 @@
+//! The manifests in deploy/ and deploy/crds/ are valid Kubernetes objects:
+//! each document deserializes into its k8s-openapi type, and serializing
+//! it back gives the document again. k8s-openapi skips fields it does not
+//! know, so the round trip is what catches a misspelled or misplaced field
+//! (the API server would drop it, or refuse it). Needs no privileges.
+
+use std::path::Path;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+/// The documents of every YAML file in `dir`, with where each comes from.
+fn documents(dir: &str) -> Vec<(String, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    paths.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    paths.sort();
+    let mut found = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let value: Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: document {i}: {e}", path.display()));
+            found.push((format!("{} document {i}", path.display()), value));
+        }
+    }
+    found
+}
+
+/// The document as `T`, requiring that nothing was lost on the way.
+fn typed<T: DeserializeOwned + Serialize>(at: &str, document: &Value) -> T {
+    let object: T = serde_json::from_value(document.clone()).unwrap_or_else(|e| panic!("{at}: {e}"));
+    let again = serde_json::to_value(&object).unwrap();
+    if let Some(difference) = difference("", document, &again) {
+        panic!("{at}: {difference} (a field k8s-openapi does not know, or misplaced)");
+    }
+    object
+}
+
+/// The first place where `a` (the document) and `b` (its round trip) differ.
+fn difference(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let at = format!("{path}.{key}");
+                let found = match b.get(key) {
+                    Some(other) => difference(&at, value, other),
+                    None => Some(format!("{at} is dropped")),
+                };
+                if found.is_some() {
+                    return found;
+                }
+            }
+            b.keys().find(|k| !a.contains_key(*k)).map(|k| format!("{path}.{k} appears"))
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            a.iter().zip(b).enumerate().find_map(|(i, (a, b))| difference(&format!("{path}[{i}]"), a, b))
+        }
+        // JSON schema bounds are floats in k8s-openapi: 65535 comes back as 65535.0.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+        _ if a == b => None,
+        _ => Some(format!("{path} is {a} but comes back as {b}")),
+    }
+}
+
+pub fn the_manifests_are_valid_kubernetes_objects() {
+    let (mut service_accounts, mut role_rules, mut bindings, mut daemonsets, mut crds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut namespaces = Vec::new();
+    for (at, document) in documents("deploy").into_iter().chain(documents("deploy/crds")) {
+        match (document["apiVersion"].as_str(), document["kind"].as_str()) {
+            (Some("v1"), Some("Namespace")) => namespaces.push(typed::<Namespace>(&at, &document)),
+            (Some("v1"), Some("ServiceAccount")) => {
+                service_accounts.push(typed::<ServiceAccount>(&at, &document))
+            }
+            (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRole")) => {
+                role_rules.extend(typed::<ClusterRole>(&at, &document).rules.unwrap_or_default())
+            }
+            (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRoleBinding")) => {
+                bindings.push(typed::<ClusterRoleBinding>(&at, &document))
+            }
+            (Some("apps/v1"), Some("DaemonSet")) => daemonsets.push(typed::<DaemonSet>(&at, &document)),
+            (Some("apiextensions.k8s.io/v1"), Some("CustomResourceDefinition")) => {
+                crds.push(typed::<CustomResourceDefinition>(&at, &document))
+            }
+            other => panic!("{at}: unexpected {other:?}"),
+        }
+    }
+    let crd_names: Vec<&str> = crds.iter().map(|c| c.metadata.name.as_deref().unwrap()).collect();
+    assert_eq!(crd_names, ["balancingpolicies.balancing.elf.io", "localredirectpolicies.balancing.elf.io"]);
+    assert_eq!(namespaces.len(), 1);
+    let namespace = namespaces[0].metadata.name.clone().unwrap();
+    let [account] = service_accounts.as_slice() else { panic!("one ServiceAccount: {service_accounts:?}") };
+    assert_eq!(account.metadata.namespace.as_ref(), Some(&namespace));
+    let account_name = account.metadata.name.clone().unwrap();
+
+    // Read-only access to exactly what balctl reads.
+    let mut granted = Vec::new();
+    for rule in &role_rules {
+        assert_eq!(rule.verbs, ["get", "list", "watch"], "{rule:?}");
+        for group in rule.api_groups.as_deref().unwrap_or_default() {
+            for resource in rule.resources.as_deref().unwrap_or_default() {
+                granted.push(format!("{resource}.{group}").trim_end_matches('.').to_owned());
+            }
+        }
+    }
+    granted.sort();
+    let readable = [
+        "balancingpolicies.balancing.elf.io",
+        "endpointslices.discovery.k8s.io",
+        "localredirectpolicies.balancing.elf.io",
+        "nodes",
+        "pods",
+        "services",
+    ];
+    assert_eq!(granted, readable);
+    let [binding] = bindings.as_slice() else { panic!("one ClusterRoleBinding") };
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!((subject.kind.as_str(), subject.name.as_str()), ("ServiceAccount", account_name.as_str()));
+    assert_eq!(subject.namespace.as_ref(), Some(&namespace));
+
+    let [daemonset] = daemonsets.as_slice() else { panic!("one DaemonSet") };
+    assert_eq!(daemonset.metadata.namespace.as_ref(), Some(&namespace));
+    let pod = daemonset.spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_ref(), Some(&account_name));
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+    assert!(
+        pod.tolerations
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "tolerates every taint"
+    );
+    let host_path = |volume: &str| {
+        let volumes = pod.volumes.as_ref().unwrap();
+        let found = volumes.iter().find(|v| v.name == volume).unwrap_or_else(|| panic!("volume {volume}"));
+        found.host_path.as_ref().unwrap().path.clone()
+    };
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    let sync = &pod.containers[0];
+    for container in [init, sync] {
+        let mounts = container.volume_mounts.as_ref().unwrap();
+        let bpffs = mounts.iter().find(|m| m.mount_path == "/sys/fs/bpf").expect("mounts /sys/fs/bpf");
+        assert_eq!(host_path(&bpffs.name), "/sys/fs/bpf");
+        let state = mounts.iter().find(|m| m.mount_path == "/var/lib/balctl").expect("the state dir");
+        assert_eq!(host_path(&state.name), "/var/lib/balctl");
+    }
+    // The init container loads into the host's cgroup2 mount.
+    let command = init.command.as_ref().unwrap();
+    assert_eq!(command[..3], ["balctl", "load", "--cgroup"]);
+    let mounts = init.volume_mounts.as_ref().unwrap();
+    let cgroup = mounts.iter().find(|m| m.mount_path == command[3]).expect("the cgroup2 mount");
+    assert_eq!(host_path(&cgroup.name), "/sys/fs/cgroup");
+    // The agent: sync --kube --watch for this node, probed on its metrics.
+    let args = sync.args.as_ref().unwrap();
+    for flag in ["--kube", "--watch", "--node-name", "$(NODE_NAME)", "--metrics-addr", "0.0.0.0:9464"] {
+        assert!(args.iter().any(|a| a == flag), "sync args lack {flag}: {args:?}");
+    }
+    let node_name = sync.env.as_ref().unwrap().iter().find(|e| e.name == "NODE_NAME").unwrap();
+    let field = node_name.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    let probe = sync.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/metrics"));
+    let probed = match &probe.port {
+        IntOrString::Int(port) => *port,
+        IntOrString::String(name) => {
+            let ports = sync.ports.as_ref().unwrap();
+            ports.iter().find(|p| p.name.as_ref() == Some(name)).expect("the probe's port").container_port
+        }
+    };
+    assert_eq!(probed, 9464);
+}
