@@ -810,7 +810,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__sync)
-            opts="-f -o -v -q -h -V --filename --dry-run --node-name --watch --metrics-addr --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --watch --metrics-addr --bpffs --state-dir --output --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -821,6 +821,14 @@ _balctl() {
                     return 0
                     ;;
                 -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

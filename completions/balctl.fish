@@ -150,6 +150,8 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a rule'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s f -l filename -d 'TOML state file, Kubernetes YAML/JSON file, a directory of them, or - for standard input' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l node-name -d 'This node\'s name, for internalTrafficPolicy: Local [default: the hostname]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-addr -d 'With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
@@ -157,6 +159,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Dir
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format' -r -f -a "table\t''
 json\t''
 yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kube -d 'Read Services, EndpointSlices, Nodes, Pods and the policy kinds from the Kubernetes API server instead of files (one source, `kubernetes`); lists once and applies (watching the API server is not built yet)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l watch -d 'Keep running and sync again whenever an input changes (not with -f -)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s v -l verbose -d 'Print more (repeat for debug logs)'

@@ -133,8 +133,29 @@ pub struct LoadArgs {
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// TOML state file, Kubernetes YAML/JSON file, a directory of them, or - for standard input
-    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
     pub filenames: Vec<PathBuf>,
+
+    /// Read Services, EndpointSlices, Nodes, Pods and the policy kinds from
+    /// the Kubernetes API server instead of files (one source, `kubernetes`);
+    /// lists once and applies (watching the API server is not built yet)
+    #[arg(long, conflicts_with = "watch")]
+    pub kube: bool,
+
+    /// kubeconfig for --kube [default: the pod's service account in a
+    /// cluster, else $KUBECONFIG or ~/.kube/config]
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Context of the kubeconfig to use with --kube [default: its current context]
+    #[arg(long, value_name = "NAME", requires = "kube")]
+    pub context: Option<String>,
 
     /// Print the whole plan and change nothing
     #[arg(long)]

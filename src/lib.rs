@@ -3,6 +3,7 @@
 
 pub mod bpf;
 pub mod cli;
+pub mod cluster;
 pub mod cmd;
 pub mod docs;
 pub mod error;

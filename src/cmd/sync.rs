@@ -9,10 +9,12 @@ use serde::Serialize;
 use super::Context;
 use crate::{
     cli::SyncArgs,
+    cluster::{self, Connection},
     image::{FrontendImage, Image},
-    inputs,
+    inputs::{self, Inputs},
     output::{OutputFormat, print_structured},
     plan::Summary,
+    state::AppliedState,
     transaction::{Mode, Outcome, change_prepared},
 };
 
@@ -23,19 +25,31 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     };
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
-    // Inputs are split while the applied state is read, and finished with
-    // it: unchanged objects are kept from it. All under the state lock.
-    let gather = || inputs::gather(&args.filenames, &this_node);
-    let outcome = change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
-        let inputs = gathered.read(&state.synced)?;
+    let mut replace = |state: &mut AppliedState, inputs: Inputs| {
         let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
         state.synced.retain(|object| !names.contains(object.source.as_str()));
         for source in inputs.sources {
             state.synced.extend(source.objects.into_iter().map(|located| located.value));
         }
         notes = inputs.notes;
-        Ok(())
-    })?;
+    };
+    // Inputs are read (files split, the API server listed) while the
+    // applied state is read, and finished with it: unchanged objects are
+    // kept from it. All under the state lock.
+    let outcome = if args.kube {
+        let connection = Connection { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() };
+        let list = || cluster::list_all(&connection);
+        change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
+            replace(state, inputs::from_cluster(&documents, &this_node)?);
+            Ok(())
+        })?
+    } else {
+        let gather = || inputs::gather(&args.filenames, &this_node);
+        change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
+            replace(state, gathered.read(&state.synced)?);
+            Ok(())
+        })?
+    };
     report(ctx, &outcome, args.dry_run, notes)
 }
 

@@ -139,6 +139,31 @@ impl Gathered {
     }
 }
 
+/// The source name of objects read from a Kubernetes API server.
+pub const CLUSTER_SOURCE: &str = "kubernetes";
+
+/// Reads Kubernetes objects in the JSON form the API server serves them,
+/// each labelled (`Service ns/name`) for errors, as the one source
+/// `CLUSTER_SOURCE`: the same reading and translation as files get.
+pub fn from_cluster(documents: &[(String, Vec<u8>)], this_node: &str) -> Result<Inputs> {
+    let mut objects = Vec::new();
+    for (label, json) in documents {
+        objects.extend(kube::read(label, json.as_slice())?.into_iter().map(|object| (0, object)));
+    }
+    let translation = kube::translate(objects, this_node)?;
+    let objects = translation
+        .objects
+        .into_iter()
+        .map(|(_, Located { mut value, location })| {
+            value.source = CLUSTER_SOURCE.to_owned();
+            Located { value: Arc::new(value), location }
+        })
+        .collect();
+    let sources = vec![Source { name: CLUSTER_SOURCE.to_owned(), objects }];
+    check_unique(&sources)?;
+    Ok(Inputs { sources, notes: translation.notes })
+}
+
 /// Reads every `-f` argument at once: `gather`, then `Gathered::read`.
 #[cfg(test)]
 fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {

@@ -26,6 +26,7 @@ use anyhow::{Context as _, Result};
 use self::items::{Piece, Span};
 pub use self::{
     objects::KubeObject,
+    policy_objects::POLICY_API_VERSION,
     services::{Translation, translate},
 };
 use crate::{
