@@ -11,6 +11,7 @@ mod dump;
 mod input;
 mod kube;
 mod kube_api;
+mod kube_sync;
 mod policies;
 mod policy_sync;
 mod progress;
@@ -101,6 +102,7 @@ fn main() {
         policy_sync::a_redirect_over_its_rate_limit_falls_back_to_the_service,
         policy_sync::balancing_policies_reach_addresses_and_host_ports,
         policy_sync::bad_policies_change_nothing,
+        kube_sync::a_one_shot_kube_sync_applies_the_cluster_and_exits,
     ];
     tests.extend(plain_tests![
         docs::completions_and_man_pages_are_fresh,

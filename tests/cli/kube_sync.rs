@@ -1,0 +1,94 @@
+//! Issue 6 (in part): `balctl sync --kube` against the test API server
+//! (support/apiserver.rs), on the real kernel: a one-shot sync lists the
+//! cluster's objects, applies them and exits 0; run again after the cluster
+//! changed, it applies the change.
+
+use serde_json::{Value, json};
+
+use crate::support::{Sandbox, apiserver::ApiServer};
+
+fn service(name: &str, cluster_ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": {
+            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "type": "ClusterIP",
+            "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080 }]
+        }
+    })
+}
+
+fn slice(service: &str, endpoints: &[&str]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true }, "nodeName": "node-a" }))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-1"), "namespace": "shop",
+            "labels": { "kubernetes.io/service-name": service }
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }]
+    })
+}
+
+/// The backends that answered `count` connections to `to`; all must succeed.
+fn reached(sandbox: &Sandbox, to: &str, count: u32) -> Vec<String> {
+    let report = sandbox.client(&["connect", "--to", to, "--count", &count.to_string()]);
+    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
+    report["backends"].as_object().expect("backends").keys().cloned().collect()
+}
+
+pub fn a_one_shot_kube_sync_applies_the_cluster_and_exits() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
+    let sync =
+        || sandbox.balctl_ok(&["sync", "--kube", "--kubeconfig", &kubeconfig, "--node-name", "node-a"]);
+
+    server.apply(service("web", "198.18.0.20"));
+    server.apply(slice("web", &["192.0.2.2"]));
+    server.apply(service("api", "198.18.0.30"));
+    let output = sync();
+    assert!(output.contains("frontends +2 ~0 -0"), "{output}");
+    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b2"]);
+    let refused = sandbox.client(&["connect", "--to", "198.18.0.30:80"]);
+    assert_eq!(refused["errors"]["ECONNREFUSED"], 1, "api has no endpoints yet: {refused}");
+    let names: Vec<String> = sandbox.balctl_json(&["dump", "services"])["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["service/shop/web", "service/shop/api"]);
+    assert!(sync().contains("no changes"));
+
+    // Scale web to two endpoints, give api one, then delete web.
+    server.apply(slice("web", &["192.0.2.2", "192.0.2.3"]));
+    server.apply(slice("api", &["192.0.2.3"]));
+    assert!(sync().contains("frontends +0 ~2 -0"));
+    let mut both = reached(&sandbox, "198.18.0.20:80", 40);
+    both.sort();
+    assert_eq!(both, ["b2", "b3"]);
+    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+    server.delete("v1", "Service", Some("shop"), "web");
+    assert!(sync().contains("frontends +0 ~0 -1"));
+    let gone = sandbox.client(&["connect", "--to", "198.18.0.20:80"]);
+    assert_eq!(gone["errors"]["ENETUNREACH"], 1, "web is gone, nothing translates it: {gone}");
+
+    // An unreachable API server: exit 1 with the reason, nothing changes.
+    let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
+    server.set_reachable(false);
+    let failed = sandbox.balctl(&["sync", "--kube", "--kubeconfig", &kubeconfig, "--node-name", "node-a"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("API server"));
+    assert_eq!(sandbox.balctl_ok(&["dump", "-o", "json"]), dump);
+}
