@@ -159,7 +159,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Dir
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format' -r -f -a "table\t''
 json\t''
 yaml\t''"
-complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kube -d 'Read Services, EndpointSlices, Nodes, Pods and the policy kinds from the Kubernetes API server instead of files (one source, `kubernetes`); lists once and applies (watching the API server is not built yet)'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kube -d 'Read Services, EndpointSlices, Nodes, Pods and the policy kinds from the Kubernetes API server instead of files (one source, `kubernetes`); with --watch, keep following them'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l watch -d 'Keep running and sync again whenever an input changes (not with -f -)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s v -l verbose -d 'Print more (repeat for debug logs)'

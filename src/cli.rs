@@ -144,8 +144,8 @@ pub struct SyncArgs {
 
     /// Read Services, EndpointSlices, Nodes, Pods and the policy kinds from
     /// the Kubernetes API server instead of files (one source, `kubernetes`);
-    /// lists once and applies (watching the API server is not built yet)
-    #[arg(long, conflicts_with = "watch")]
+    /// with --watch, keep following them
+    #[arg(long)]
     pub kube: bool,
 
     /// kubeconfig for --kube [default: the pod's service account in a

@@ -1,56 +1,99 @@
 //! `balctl sync -f PATH...`: make the applied state, and so the maps, hold
 //! exactly what the state files say for their sources.
 
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::Context;
 use crate::{
     cli::SyncArgs,
     cluster::{self, Connection},
+    error,
     image::{FrontendImage, Image},
     inputs::{self, Inputs},
+    metrics,
     output::{OutputFormat, print_structured},
     plan::Summary,
     state::AppliedState,
-    transaction::{Mode, Outcome, change_prepared},
+    transaction::{Mode, Outcome, change, change_prepared},
 };
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    let this_node = match &args.node_name {
-        Some(name) => name.clone(),
-        None => hostname()?,
-    };
+    let this_node = node_name(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
-    let mut replace = |state: &mut AppliedState, inputs: Inputs| {
-        let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
-        state.synced.retain(|object| !names.contains(object.source.as_str()));
-        for source in inputs.sources {
-            state.synced.extend(source.objects.into_iter().map(|located| located.value));
-        }
-        notes = inputs.notes;
-    };
     // Inputs are read (files split, the API server listed) while the
     // applied state is read, and finished with it: unchanged objects are
     // kept from it. All under the state lock.
     let outcome = if args.kube {
-        let connection = Connection { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() };
+        let connection = connection(args);
         let list = || cluster::list_all(&connection);
         change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
-            replace(state, inputs::from_cluster(&documents, &this_node)?);
+            notes = replace(state, inputs::from_cluster(&documents, &this_node)?);
             Ok(())
         })?
     } else {
         let gather = || inputs::gather(&args.filenames, &this_node);
         change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
-            replace(state, gathered.read(&state.synced)?);
+            notes = replace(state, gathered.read(&state.synced)?);
             Ok(())
         })?
     };
     report(ctx, &outcome, args.dry_run, notes)
+}
+
+/// `sync --kube --watch`: syncs the cluster's objects once every kind has
+/// been listed, then after every batch of changes, until SIGINT or SIGTERM.
+/// A sync that fails is reported and leaves the applied state as it was.
+pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
+    let this_node = node_name(args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle SIGINT and SIGTERM")?;
+    }
+    if let Some(addr) = args.metrics_addr {
+        metrics::serve(addr, ctx.pins.clone(), ctx.state.clone())?;
+    }
+    ctx.say("sync --kube --watch: waiting for the first full list of every kind");
+    cluster::watch(&connection(args), &stop, |documents| {
+        let mut notes = Vec::new();
+        let synced = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
+            notes = replace(state, inputs::from_cluster(&documents, &this_node)?);
+            Ok(())
+        })
+        .and_then(|outcome| report(ctx, &outcome, false, notes));
+        if let Err(err) = synced {
+            error::report(&err);
+            eprintln!("sync --kube --watch: nothing applied from this change; retrying on the next one");
+        }
+    })
+}
+
+fn connection(args: &SyncArgs) -> Connection {
+    Connection { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() }
+}
+
+/// Makes `state` hold exactly `inputs` for their sources; returns the notes.
+fn replace(state: &mut AppliedState, inputs: Inputs) -> Vec<String> {
+    let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
+    state.synced.retain(|object| !names.contains(object.source.as_str()));
+    for source in inputs.sources {
+        state.synced.extend(source.objects.into_iter().map(|located| located.value));
+    }
+    inputs.notes
+}
+
+fn node_name(args: &SyncArgs) -> Result<String> {
+    match &args.node_name {
+        Some(name) => Ok(name.clone()),
+        None => hostname(),
+    }
 }
 
 /// The node name Kubernetes uses by default: the hostname.

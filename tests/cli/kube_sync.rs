@@ -3,9 +3,17 @@
 //! cluster's objects, applies them and exits 0; run again after the cluster
 //! changed, it applies the change.
 
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
 use serde_json::{Value, json};
 
-use crate::support::{Sandbox, apiserver::ApiServer};
+use crate::{
+    support::{Sandbox, apiserver::ApiServer, finish},
+    watch::Watcher,
+};
 
 fn service(name: &str, cluster_ip: &str) -> Value {
     json!({
@@ -91,4 +99,71 @@ pub fn a_one_shot_kube_sync_applies_the_cluster_and_exits() {
     assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("API server"));
     assert_eq!(sandbox.balctl_ok(&["dump", "-o", "json"]), dump);
+}
+
+/// `sync --kube --watch` follows the cluster: a Service scaled, deleted or
+/// created through the API server changes the datapath within a second; a
+/// restart under traffic loses no connection; after dropped watches and an
+/// expired history (410) it relists and converges; while the API server is
+/// unreachable the datapath keeps the last state. SIGTERM ends it with 0.
+pub fn a_kube_watch_follows_the_cluster() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let args = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"];
+    server.apply(service("web", "198.18.0.20"));
+    server.apply(slice("web", &["192.0.2.2"]));
+    let watcher = Watcher::start_with(&sandbox, &[], &args);
+    watcher.wait_stdout("frontends +1 ~0 -0");
+    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b2"]);
+
+    let within_a_second = |change: &dyn Fn(), summary: &str| {
+        let started = Instant::now();
+        change();
+        watcher.wait_stdout(summary);
+        assert!(started.elapsed() < Duration::from_secs(1), "`{summary}` took {:?}", started.elapsed());
+    };
+    within_a_second(&|| server.apply(slice("web", &["192.0.2.2", "192.0.2.3"])), "frontends +0 ~1 -0");
+    let mut both = reached(&sandbox, "198.18.0.20:80", 40);
+    both.sort();
+    assert_eq!(both, ["b2", "b3"]);
+    within_a_second(&|| server.delete("v1", "Service", Some("shop"), "web"), "frontends +0 ~0 -1");
+    assert_eq!(sandbox.client(&["connect", "--to", "198.18.0.20:80"])["errors"]["ENETUNREACH"], 1);
+    within_a_second(
+        &|| {
+            server.apply(service("api", "198.18.0.30"));
+            server.apply(slice("api", &["192.0.2.3"]));
+        },
+        "frontends +1 ~0 -0",
+    );
+    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+
+    // A restart under traffic: the new watcher starts from what is pinned.
+    let client = sandbox.spawn_client(&["connect", "--to", "198.18.0.30:80", "--millis", "2000"]);
+    assert_eq!(watcher.terminate(), Some(0));
+    let watcher = Watcher::start_with(&sandbox, &[], &args);
+    watcher.wait_stdout("no changes");
+    let report = finish(client);
+    assert!(report["ok"].as_u64().unwrap() > 0 && report["failed"] == 0, "{report}");
+
+    // Dropped watches and an expired history: relist, then follow on.
+    server.drop_watches();
+    server.expire_history();
+    server.apply(slice("api", &["192.0.2.2"]));
+    watcher.wait_stdout("frontends +0 ~1 -0");
+    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b2"]);
+
+    // The API server away: the datapath keeps its state; back, it follows.
+    server.set_reachable(false);
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b2"]);
+    server.set_reachable(true);
+    server.apply(slice("api", &["192.0.2.3"]));
+    watcher.wait_stdout("frontends +0 ~1 -0");
+    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+    assert_eq!(watcher.terminate(), Some(0));
 }

@@ -103,6 +103,7 @@ fn main() {
         policy_sync::balancing_policies_reach_addresses_and_host_ports,
         policy_sync::bad_policies_change_nothing,
         kube_sync::a_one_shot_kube_sync_applies_the_cluster_and_exits,
+        kube_sync::a_kube_watch_follows_the_cluster,
     ];
     tests.extend(plain_tests![
         docs::completions_and_man_pages_are_fresh,
