@@ -864,7 +864,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__trace)
-            opts="-o -v -q -h -V --vip --pid --failed --count --duration --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --pid --failed --count --duration --kube --kubeconfig --context --bpffs --state-dir --output --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -883,6 +883,14 @@ _balctl() {
                     return 0
                     ;;
                 --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

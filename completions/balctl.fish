@@ -180,12 +180,15 @@ complete -c balctl -n "__fish_balctl_using_subcommand trace" -l vip -d 'Only res
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l pid -d 'Only resolutions made by this process' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l count -d 'Stop after this many events' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l duration -d 'Stop after this long (e.g. 30s, 5m)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s o -l output -d 'Output format' -r -f -a "table\t''
 json\t''
 yaml\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l failed -d 'Only resolutions that failed (no backend, no local backend...)'
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kube -d 'Name the pod of each container from the Kubernetes API server'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -323,6 +323,19 @@ pub struct TraceArgs {
     /// Stop after this long (e.g. 30s, 5m)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<std::time::Duration>,
+
+    /// Name the pod of each container from the Kubernetes API server
+    #[arg(long)]
+    pub kube: bool,
+
+    /// kubeconfig for --kube [default: the pod's service account in a
+    /// cluster, else $KUBECONFIG or ~/.kube/config]
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Context of the kubeconfig to use with --kube [default: its current context]
+    #[arg(long, value_name = "NAME", requires = "kube")]
+    pub context: Option<String>,
 }
 
 /// `--vip IP[:PORT]` for dump and trace.

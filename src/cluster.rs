@@ -11,6 +11,7 @@
 //! been listed once, so a start never prunes what the cluster still has.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -24,7 +25,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    Api, Client, Config, Resource,
+    Api, Client, Config, Resource, ResourceExt as _,
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
@@ -121,6 +122,37 @@ fn document<K: Resource + Serialize>(object: &K, api_version: &str, kind: &str) 
     json["apiVersion"] = api_version.into();
     json["kind"] = kind.into();
     Ok((format!("{kind} {name} (from the API server)"), serde_json::to_vec(&json)?))
+}
+
+/// Every container's pod (`namespace/name`), by container id, from the
+/// containers' statuses (`containerd://ID`, `cri-o://ID`, `docker://ID`).
+pub fn pods_by_container(connection: &Connection) -> Result<HashMap<String, String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the Kubernetes client")?;
+    let pods = runtime.block_on(async {
+        let client = client(connection).await?;
+        Api::<Pod>::all(client)
+            .list(&ListParams::default())
+            .await
+            .context("cannot list Pods from the API server")
+    })?;
+    let mut by_container = HashMap::new();
+    for pod in &pods.items {
+        let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        let status = pod.status.iter();
+        let containers = status.flat_map(|s| {
+            let lists = [&s.container_statuses, &s.init_container_statuses, &s.ephemeral_container_statuses];
+            lists.into_iter().flatten().flatten()
+        });
+        for id in containers.filter_map(|c| c.container_id.as_deref()) {
+            if let Some((_, id)) = id.split_once("://") {
+                by_container.insert(id.to_owned(), name.clone());
+            }
+        }
+    }
+    Ok(by_container)
 }
 
 /// How long the objects must be quiet before a change is applied, and the

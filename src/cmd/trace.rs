@@ -21,6 +21,7 @@ use super::Context;
 use crate::{
     bpf::raw::{raw_to_addr, raw_to_port},
     cli::TraceArgs,
+    cluster::{self, Connection},
     image::ServiceId,
     model::Protocol,
     output::OutputFormat,
@@ -41,6 +42,8 @@ struct Resolution {
     /// Under the cgroup2 mount; null once the cgroup is gone.
     cgroup: Option<String>,
     container_id: Option<String>,
+    /// The container's pod (`namespace/name`), with `--kube`.
+    pod: Option<String>,
     protocol: Option<Protocol>,
     /// `connect`, or `sendmsg` for a datagram of an unconnected UDP socket.
     operation: &'static str,
@@ -72,6 +75,11 @@ pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
     let deadline = args.duration.map(|duration| Instant::now() + duration);
     let clock = WallClock::now();
     let mut cgroups = CgroupNames::default();
+    let mut pods = args.kube.then(|| Pods {
+        connection: Connection { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() },
+        by_container: HashMap::new(),
+        listed_at: None,
+    });
     let mut out = io::stdout().lock();
     if ctx.output == OutputFormat::Table {
         writeln!(
@@ -90,7 +98,11 @@ pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
             if !wanted(args, raw) {
                 return true;
             }
-            let resolution = describe(raw, names.lookup(&ctx.state, raw.service_id), &mut cgroups, &clock);
+            let mut resolution =
+                describe(raw, names.lookup(&ctx.state, raw.service_id), &mut cgroups, &clock);
+            if let (Some(pods), Some(id)) = (pods.as_mut(), &resolution.container_id) {
+                resolution.pod = pods.lookup(id);
+            }
             if let Err(err) = print(&mut out, ctx.output, &resolution) {
                 failure = Some(err);
                 return false;
@@ -130,6 +142,7 @@ fn describe(
         pid: (raw.pid_tgid >> 32) as u32,
         comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
         container_id: cgroup.as_deref().and_then(cgroups::container_id).map(str::to_owned),
+        pod: None,
         cgroup,
         protocol: Protocol::from_ip_proto(raw.proto),
         operation: if raw.operation == OP_CONNECT { "connect" } else { "sendmsg" },
@@ -169,10 +182,11 @@ fn print(out: &mut impl io::Write, format: OutputFormat, resolution: &Resolution
         }
         OutputFormat::Table => {
             let backend = resolution.backend.map_or_else(|| "-".to_owned(), |b| b.to_string());
-            let place = match (&resolution.container_id, &resolution.cgroup) {
-                (Some(id), _) => format!("container {}", &id[..12]),
-                (None, Some(cgroup)) => cgroup.clone(),
-                (None, None) => "-".to_owned(),
+            let place = match (&resolution.pod, &resolution.container_id, &resolution.cgroup) {
+                (Some(pod), _, _) => format!("pod {pod}"),
+                (None, Some(id), _) => format!("container {}", &id[..12]),
+                (None, None, Some(cgroup)) => cgroup.clone(),
+                (None, None, None) => "-".to_owned(),
             };
             writeln!(
                 out,
@@ -218,6 +232,29 @@ impl Names {
             *self = fresh;
         }
         self.by_id.get(&id)
+    }
+}
+
+/// Pods by container id, from the API server: listed at the start and
+/// again (at most once a second) when a container is not known yet.
+struct Pods {
+    connection: Connection,
+    by_container: HashMap<String, String>,
+    listed_at: Option<Instant>,
+}
+
+impl Pods {
+    fn lookup(&mut self, container_id: &str) -> Option<String> {
+        if !self.by_container.contains_key(container_id)
+            && self.listed_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.listed_at = Some(Instant::now());
+            match cluster::pods_by_container(&self.connection) {
+                Ok(pods) => self.by_container = pods,
+                Err(err) => log::warn!("cannot name pods: {err:#}"),
+            }
+        }
+        self.by_container.get(container_id).cloned()
     }
 }
 

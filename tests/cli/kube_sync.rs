@@ -1,9 +1,8 @@
-//! Issue 6 (in part): `balctl sync --kube` against the test API server
-//! (support/apiserver.rs), on the real kernel: a one-shot sync lists the
-//! cluster's objects, applies them and exits 0; run again after the cluster
-//! changed, it applies the change.
+//! Issue 6: `balctl sync --kube` (and `trace --kube`) against the test API
+//! server (support/apiserver.rs), on the real kernel.
 
 use std::{
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -11,7 +10,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    support::{Sandbox, apiserver::ApiServer, finish},
+    support::{Sandbox, apiserver::ApiServer, finish, peer},
+    trace::{events, start_trace},
     watch::Watcher,
 };
 
@@ -166,4 +166,65 @@ pub fn a_kube_watch_follows_the_cluster() {
     watcher.wait_stdout("frontends +0 ~1 -0");
     assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
     assert_eq!(watcher.terminate(), Some(0));
+}
+
+/// A cgroup made inside the test's, as a container runtime makes one per
+/// container; removed again (once its processes are gone) when dropped.
+struct ContainerCgroup(std::path::PathBuf);
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        // Processes leave a cgroup asynchronously after they are reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `trace --kube` names the pod of a container from the API server: a
+/// client in a containerd-named cgroup connects, and the event carries the
+/// container id from its cgroup and the pod whose status lists it.
+pub fn trace_names_the_pod_of_a_container() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.balctl_ok(&["policy", "add", "web", "--vip", "198.18.0.20:80", "--backend", "192.0.2.2:8080"]);
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "web-client", "namespace": "shop" },
+        "spec": { "nodeName": "node-a", "containers": [{ "name": "client", "image": "client:1" }] },
+        "status": {
+            "phase": "Running", "podIP": "192.0.2.50",
+            "containerStatuses": [{
+                "name": "client", "containerID": format!("containerd://{id}"), "ready": true,
+                "restartCount": 0, "image": "client:1", "imageID": "sha256:1"
+            }]
+        }
+    }));
+    let container = ContainerCgroup(sandbox.cgroup.join(format!("cri-containerd-{id}.scope")));
+    std::fs::create_dir(&container.0).expect("create the container's cgroup");
+
+    let trace = start_trace(
+        &sandbox,
+        &["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--count", "1", "-o", "json"],
+    );
+    let client = Command::new(std::env::current_exe().expect("test binary"))
+        .arg(peer::PEER_ARG)
+        .arg("--cgroup")
+        .arg(&container.0)
+        .args(["--netns", &sandbox.client_ns, "connect", "--to", "198.18.0.20:80"])
+        .output()
+        .expect("run the client");
+    assert!(client.status.success(), "{}", String::from_utf8_lossy(&client.stderr));
+    let events = events(trace);
+    assert_eq!(events[0]["container_id"], id, "{:#}", events[0]);
+    assert_eq!(events[0]["pod"], "shop/web-client", "{:#}", events[0]);
+    assert_eq!(events[0]["name"], "policy/web", "{:#}", events[0]);
 }

@@ -104,6 +104,7 @@ fn main() {
         policy_sync::bad_policies_change_nothing,
         kube_sync::a_one_shot_kube_sync_applies_the_cluster_and_exits,
         kube_sync::a_kube_watch_follows_the_cluster,
+        kube_sync::trace_names_the_pod_of_a_container,
     ];
     tests.extend(plain_tests![
         docs::completions_and_man_pages_are_fresh,
