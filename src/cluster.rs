@@ -11,7 +11,7 @@
 //! been listed once, so a start never prunes what the cluster still has.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -49,23 +49,30 @@ pub struct Connection {
 /// An object as JSON, with what to call it in errors (`Service ns/name`).
 pub type Document = (String, Vec<u8>);
 
-/// Lists every object balctl reads, once.
-pub fn list_all(connection: &Connection) -> Result<Vec<Document>> {
+/// Lists every object balctl reads, once: Pods as far as policies need
+/// them (`watch` explains which).
+pub fn list_all(connection: &Connection, this_node: &str) -> Result<Vec<Document>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the Kubernetes client")?;
     runtime.block_on(async {
         let client = client(connection).await?;
-        let mut documents = Vec::new();
-        documents.extend(list::<Service>(&client).await?);
-        documents.extend(list::<EndpointSlice>(&client).await?);
-        documents.extend(list::<Node>(&client).await?);
-        documents.extend(list::<Pod>(&client).await?);
-        for kind in ["LocalRedirectPolicy", "BalancingPolicy"] {
-            documents.extend(list_policies(&client, kind).await?);
+        // By label (kind and name): a Pod can be both local and selected.
+        let mut documents = BTreeMap::new();
+        documents.extend(list::<Service>(Api::all(client.clone()), ListParams::default()).await?);
+        documents.extend(list::<EndpointSlice>(Api::all(client.clone()), ListParams::default()).await?);
+        documents.extend(list::<Node>(Api::all(client.clone()), ListParams::default()).await?);
+        let local = ListParams::default().fields(&format!("spec.nodeName={this_node}"));
+        documents.extend(list::<Pod>(Api::all(client.clone()), local).await?);
+        documents.extend(list_policies(&client, "LocalRedirectPolicy").await?.0);
+        let (balancing, policies) = list_policies(&client, "BalancingPolicy").await?;
+        documents.extend(balancing);
+        for (namespace, labels) in selected_pods(&policies).into_values() {
+            let selected = ListParams::default().labels(&labels);
+            documents.extend(list::<Pod>(Api::namespaced(client.clone(), &namespace), selected).await?);
         }
-        Ok(documents)
+        Ok(documents.into_iter().collect())
     })
 }
 
@@ -84,28 +91,31 @@ async fn client(connection: &Connection) -> Result<Client> {
     Client::try_from(config).context("cannot create the Kubernetes client")
 }
 
-async fn list<K>(client: &Client) -> Result<Vec<Document>>
+async fn list<K>(api: Api<K>, params: ListParams) -> Result<Vec<Document>>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let listed = Api::<K>::all(client.clone()).list(&ListParams::default()).await;
-    documents(listed, &K::api_version(&()), &K::kind(&()))
+    documents(&api.list(&params).await, &K::api_version(&()), &K::kind(&()))
 }
 
-async fn list_policies(client: &Client, kind: &str) -> Result<Vec<Document>> {
+/// The policies of a kind, as documents and as objects.
+async fn list_policies(client: &Client, kind: &str) -> Result<(Vec<Document>, Vec<DynamicObject>)> {
     let (group, version) = POLICY_API_VERSION.split_once('/').expect("a group/version");
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
     let listed = Api::<DynamicObject>::all_with(client.clone(), &resource).list(&ListParams::default()).await;
-    documents(listed, POLICY_API_VERSION, kind)
+    let documents = documents(&listed, POLICY_API_VERSION, kind)?;
+    Ok((documents, listed.map(|list| list.items).unwrap_or_default()))
 }
 
 /// The listed objects as JSON documents.
 fn documents<K: Resource + Serialize + Clone>(
-    listed: Result<kube::core::ObjectList<K>, kube::Error>,
+    listed: &Result<kube::core::ObjectList<K>, kube::Error>,
     api_version: &str,
     kind: &str,
 ) -> Result<Vec<Document>> {
-    let listed = listed.with_context(|| format!("cannot list {kind} objects from the API server"))?;
+    let listed = listed
+        .as_ref()
+        .map_err(|err| anyhow::anyhow!("cannot list {kind} objects from the API server: {err}"))?;
     listed.items.iter().map(|object| document(object, api_version, kind)).collect()
 }
 
@@ -162,7 +172,7 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 /// How often the loop looks at `stop` while nothing happens.
 const TICK: Duration = Duration::from_millis(100);
 
-/// What a kind's watcher says.
+/// What a watcher says.
 enum Signal {
     /// Its objects changed.
     Changed,
@@ -172,49 +182,86 @@ enum Signal {
     Failed(String),
 }
 
-/// A watched kind: its store, and its watcher as a stream of signals.
+/// A store's objects as documents.
+type Documents = Box<dyn Fn() -> Result<Vec<Document>>>;
+
+/// A running watcher: its store's documents, whether its first full list
+/// arrived, and the task that feeds its signals to the loop.
 struct Watched {
-    kind: String,
-    documents: Box<dyn Fn() -> Result<Vec<Document>>>,
-    signals: BoxStream<'static, Signal>,
+    documents: Documents,
+    listed: bool,
+    task: tokio::task::JoinHandle<()>,
 }
 
+/// Watchers by what they watch (`Service`, `Pod selected shop app=web`...).
+type Watchers = BTreeMap<String, Watched>;
+
 /// Watches the cluster until `stop` is set, calling `apply` with every
-/// object once all kinds have been listed, then after each batch of
-/// changes. `apply` reports its own errors: the watch goes on.
-pub fn watch(connection: &Connection, stop: &AtomicBool, mut apply: impl FnMut(Vec<Document>)) -> Result<()> {
+/// object once all watchers have listed, then after each batch of changes.
+/// `apply` reports its own errors: the watch goes on.
+///
+/// Pods are watched only as far as policies need them: those on this node
+/// (a LocalRedirectPolicy's backends), and those each BalancingPolicy's
+/// selector picks in its namespace, with watchers started and stopped as
+/// the policies change.
+pub fn watch(
+    connection: &Connection,
+    this_node: &str,
+    stop: &AtomicBool,
+    mut apply: impl FnMut(Vec<Document>),
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the Kubernetes client")?;
     runtime.block_on(async {
         let client = client(connection).await?;
-        let mut kinds = vec![
-            watched::<Service>(&client),
-            watched::<EndpointSlice>(&client),
-            watched::<Node>(&client),
-            watched::<Pod>(&client),
-        ];
-        kinds.extend(["LocalRedirectPolicy", "BalancingPolicy"].map(|kind| watched_policies(&client, kind)));
-        let mut listed = vec![false; kinds.len()];
-        let mut signals = futures::stream::select_all(kinds.iter_mut().enumerate().map(|(index, kind)| {
-            std::mem::replace(&mut kind.signals, futures::stream::empty().boxed()).map(move |s| (index, s))
-        }));
+        let (signals, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Signal)>();
+        let mut watchers = Watchers::new();
+        let start = |watchers: &mut Watchers,
+                     key: String,
+                     (documents, stream): (Documents, BoxStream<'static, Signal>)| {
+            let signals = signals.clone();
+            let forwarded = key.clone();
+            let task = tokio::spawn(async move {
+                let mut stream = stream;
+                while let Some(signal) = stream.next().await {
+                    if signals.send((forwarded.clone(), signal)).is_err() {
+                        break;
+                    }
+                }
+            });
+            watchers.insert(key, Watched { documents, listed: false, task });
+        };
+        let all = watcher::Config::default;
+        start(&mut watchers, "Service".into(), watched::<Service>(Api::all(client.clone()), all()));
+        start(
+            &mut watchers,
+            "EndpointSlice".into(),
+            watched::<EndpointSlice>(Api::all(client.clone()), all()),
+        );
+        start(&mut watchers, "Node".into(), watched::<Node>(Api::all(client.clone()), all()));
+        let local = all().fields(&format!("spec.nodeName={this_node}"));
+        start(&mut watchers, format!("Pod on {this_node}"), watched::<Pod>(Api::all(client.clone()), local));
+        let (_, redirects) = watched_policies(&client, "LocalRedirectPolicy");
+        start(&mut watchers, "LocalRedirectPolicy".into(), redirects);
+        let (balancing_store, balancing) = watched_policies(&client, "BalancingPolicy");
+        start(&mut watchers, "BalancingPolicy".into(), balancing);
+
         // (first, last) change not applied yet.
         let mut pending: Option<(Instant, Instant)> = None;
         while !stop.load(Ordering::Relaxed) {
-            if let Ok(next) = tokio::time::timeout(TICK, signals.next()).await {
-                let Some((index, signal)) = next else {
+            if let Ok(next) = tokio::time::timeout(TICK, received.recv()).await {
+                let Some((key, signal)) = next else {
                     anyhow::bail!("the Kubernetes watches ended");
                 };
+                // A watcher just stopped may still have said something.
+                let Some(watched) = watchers.get_mut(&key) else { continue };
                 match signal {
-                    Signal::Listed => listed[index] = true,
+                    Signal::Listed => watched.listed = true,
                     Signal::Changed => {}
                     Signal::Failed(err) => {
-                        log::warn!(
-                            "watching {} objects: {err} (retrying; the datapath keeps its state)",
-                            kinds[index].kind
-                        );
+                        log::warn!("watching {key}: {err} (retrying; the datapath keeps its state)");
                         continue;
                     }
                 }
@@ -223,20 +270,43 @@ pub fn watch(connection: &Connection, stop: &AtomicBool, mut apply: impl FnMut(V
             }
             let due =
                 pending.is_some_and(|(first, last)| last.elapsed() >= QUIET || first.elapsed() >= MAX_WAIT);
-            if due && listed.iter().all(|&l| l) {
-                pending = None;
-                let mut documents = Vec::new();
-                for kind in &kinds {
-                    documents.extend((kind.documents)()?);
-                }
-                apply(documents);
+            if !due || !watchers.values().all(|w| w.listed) {
+                continue;
             }
+            // The policies may want other Pods now: watch those first.
+            let wanted = selected_pods(balancing_store.state().iter().map(AsRef::as_ref));
+            let running: BTreeSet<String> =
+                watchers.keys().filter(|k| k.starts_with(SELECTED_PODS)).cloned().collect();
+            if wanted.keys().cloned().collect::<BTreeSet<_>>() != running {
+                for gone in running.iter().filter(|k| !wanted.contains_key(*k)) {
+                    if let Some(watched) = watchers.remove(gone) {
+                        watched.task.abort();
+                    }
+                }
+                for (key, (namespace, labels)) in wanted.into_iter().filter(|(k, _)| !running.contains(k)) {
+                    let api = Api::namespaced(client.clone(), &namespace);
+                    start(&mut watchers, key, watched::<Pod>(api, all().labels(&labels)));
+                }
+                continue;
+            }
+            pending = None;
+            // A Pod can be both local and selected: one copy of each object.
+            let mut documents = BTreeMap::new();
+            for watched in watchers.values() {
+                documents.extend((watched.documents)()?);
+            }
+            apply(documents.into_iter().collect());
         }
         Ok(())
     })
 }
 
-fn watched<K>(client: &Client) -> Watched
+/// The start of the keys of watchers of the Pods policies select.
+const SELECTED_PODS: &str = "Pod selected ";
+
+/// A watcher of `api` kept in a store: the store's documents and the
+/// watcher's signals.
+fn watched<K>(api: Api<K>, config: watcher::Config) -> (Documents, BoxStream<'static, Signal>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -248,26 +318,43 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let api = Api::<K>::all(client.clone());
     let (api_version, kind) = (K::api_version(&()).into_owned(), K::kind(&()).into_owned());
-    Watched {
-        kind: kind.clone(),
-        documents: Box::new(move || stored(&store, &api_version, &kind)),
-        signals: signals(writer, watcher(api, watcher::Config::default())),
-    }
+    (Box::new(move || stored(&store, &api_version, &kind)), signals(writer, watcher(api, config)))
 }
 
-fn watched_policies(client: &Client, kind: &'static str) -> Watched {
+/// A watcher of a policy kind: its store (for the Pods the policies select)
+/// and what `watched` gives.
+fn watched_policies(
+    client: &Client,
+    kind: &'static str,
+) -> (Store<DynamicObject>, (Documents, BoxStream<'static, Signal>)) {
     let (group, version) = POLICY_API_VERSION.split_once('/').expect("a group/version");
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
     let writer = Writer::<DynamicObject>::new(resource.clone());
     let store = writer.as_reader();
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-    Watched {
-        kind: kind.to_owned(),
-        documents: Box::new(move || stored(&store, POLICY_API_VERSION, kind)),
-        signals: signals(writer, watcher(api, watcher::Config::default())),
+    let documents_store = store.clone();
+    let documents: Documents = Box::new(move || stored(&documents_store, POLICY_API_VERSION, kind));
+    (store, (documents, signals(writer, watcher(api, watcher::Config::default()))))
+}
+
+/// The Pods BalancingPolicies select, as watcher keys with their namespace
+/// and label selector (`app=web,tier=front`). A selector balctl refuses
+/// (no matchLabels) selects nothing here: the sync reports it.
+fn selected_pods<'a>(
+    policies: impl IntoIterator<Item = &'a DynamicObject>,
+) -> BTreeMap<String, (String, String)> {
+    let mut wanted = BTreeMap::new();
+    for policy in policies {
+        let labels = &policy.data["spec"]["backend"]["serviceEndpoint"]["endpointSelector"]["matchLabels"];
+        let Some(labels) = labels.as_object().filter(|l| !l.is_empty()) else { continue };
+        let selector: Vec<String> =
+            labels.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect();
+        let namespace = policy.namespace().unwrap_or_else(|| "default".into());
+        let selector = selector.join(",");
+        wanted.insert(format!("{SELECTED_PODS}{namespace} {selector}"), (namespace, selector));
     }
+    wanted
 }
 
 /// A watcher kept in its store, as signals.

@@ -33,7 +33,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     // kept from it. All under the state lock.
     let outcome = if args.kube {
         let connection = connection(args);
-        let list = || cluster::list_all(&connection);
+        let list = || cluster::list_all(&connection, &this_node);
         change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
             notes = replace(state, inputs::from_cluster(&documents, &this_node)?);
             Ok(())
@@ -61,7 +61,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
         metrics::serve(addr, ctx.pins.clone(), ctx.state.clone())?;
     }
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
-    cluster::watch(&connection(args), &stop, |documents| {
+    cluster::watch(&connection(args), &this_node, &stop, |documents| {
         let mut notes = Vec::new();
         let synced = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
             notes = replace(state, inputs::from_cluster(&documents, &this_node)?);

@@ -78,6 +78,12 @@ pub fn a_one_shot_kube_sync_applies_the_cluster_and_exits() {
         .collect();
     assert_eq!(names, ["service/shop/web", "service/shop/api"]);
     assert!(sync().contains("no changes"));
+    // With no policy, only this node's Pods are read.
+    let pods: Vec<String> = server.requests().into_iter().filter(|r| r.contains("pods")).collect();
+    assert!(
+        !pods.is_empty() && pods.iter().all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "{pods:#?}"
+    );
 
     // Scale web to two endpoints, give api one, then delete web.
     server.apply(slice("web", &["192.0.2.2", "192.0.2.3"]));
@@ -227,4 +233,67 @@ pub fn trace_names_the_pod_of_a_container() {
     assert_eq!(events[0]["container_id"], id, "{:#}", events[0]);
     assert_eq!(events[0]["pod"], "shop/web-client", "{:#}", events[0]);
     assert_eq!(events[0]["name"], "policy/web", "{:#}", events[0]);
+}
+
+fn pod(name: &str, node: &str, ip: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "shop", "labels": { "app": app } },
+        "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "c:1" }] },
+        "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] }
+    })
+}
+
+/// Pods are watched only as far as policies need them: this node's, and
+/// those a BalancingPolicy selects (a watcher per selector, started when the
+/// policy comes and stopped when it goes), never every Pod.
+pub fn a_kube_watch_watches_only_the_pods_policies_select() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    server.apply(pod("web-1", "node-b", "192.0.2.2", "web"));
+    server.apply(pod("web-2", "node-c", "192.0.2.3", "web"));
+    server.apply(pod("db-1", "node-b", "192.0.2.4", "db"));
+    let watcher = Watcher::start_with(
+        &sandbox,
+        &[],
+        &["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"],
+    );
+    watcher.wait_stdout("no changes");
+    server.apply(json!({
+        "apiVersion": "balancing.elf.io/v1beta1", "kind": "BalancingPolicy",
+        "metadata": { "name": "web-vip", "namespace": "shop" },
+        "spec": {
+            "frontend": { "addressMatcher": { "ip": "198.18.3.10", "toPorts": [{ "name": "http", "port": 80 }] } },
+            "backend": { "serviceEndpoint": {
+                "endpointSelector": { "matchLabels": { "app": "web" } },
+                "redirectMode": "podEndpoint",
+                "toPorts": [{ "name": "http", "port": 8080 }]
+            } }
+        }
+    }));
+    watcher.wait_stdout("frontends +1 ~0 -0");
+    let mut both = reached(&sandbox, "198.18.3.10:80", 40);
+    both.sort();
+    assert_eq!(both, ["b2", "b3"], "the policy's Pods on other nodes are its backends");
+
+    let pod_requests: Vec<String> =
+        server.requests().into_iter().filter(|r| r.contains("/pods") || r.contains("pods?")).collect();
+    assert!(!pod_requests.is_empty());
+    for request in &pod_requests {
+        let local = request.contains("fieldSelector=spec.nodeName%3Dnode-a");
+        let selected =
+            request.contains("/namespaces/shop/pods") && request.contains("labelSelector=app%3Dweb");
+        assert!(
+            local || selected,
+            "a Pod request that selects neither this node nor a policy's Pods: {request}"
+        );
+    }
+    server.delete("balancing.elf.io/v1beta1", "BalancingPolicy", Some("shop"), "web-vip");
+    watcher.wait_stdout("frontends +0 ~0 -1");
+    assert_eq!(watcher.terminate(), Some(0));
 }

@@ -105,6 +105,7 @@ fn main() {
         kube_sync::a_one_shot_kube_sync_applies_the_cluster_and_exits,
         kube_sync::a_kube_watch_follows_the_cluster,
         kube_sync::trace_names_the_pod_of_a_container,
+        kube_sync::a_kube_watch_watches_only_the_pods_policies_select,
     ];
     tests.extend(plain_tests![
         docs::completions_and_man_pages_are_fresh,
