@@ -2,6 +2,7 @@
 //! src/bin/balctl.rs parses the command line and dispatches to `cmd`.
 
 pub mod bpf;
+pub mod caps;
 pub mod cli;
 pub mod cluster;
 pub mod cmd;

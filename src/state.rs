@@ -78,6 +78,22 @@ impl AppliedState {
     }
 }
 
+/// Anyone could have rewritten what balctl would apply from a file others
+/// can write: refused, whatever it holds. (balctl writes it 0600.)
+fn refuse_world_writable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o002 != 0 => bail!(
+            "refusing {}: it is world-writable (mode {:o}), so anyone could have changed what balctl applies; \
+             check it, then `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o7777,
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
@@ -105,6 +121,7 @@ impl StateDir {
     /// no lock: the file is only ever replaced whole.
     pub fn read(&self) -> Result<AppliedState> {
         let path = self.file();
+        refuse_world_writable(&path)?;
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AppliedState::default()),

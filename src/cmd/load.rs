@@ -10,6 +10,7 @@ use crate::{
         loader::{self, HookAction, LoadReport, MapSizes},
         maps::{Datapath, check_fits},
     },
+    caps,
     cli::LoadArgs,
     output::{count, print_structured},
     plan::{MapContents, Plan},
@@ -25,6 +26,9 @@ struct LoadOutput {
 }
 
 pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
+    // Measured on 6.18: loading and attaching need all three (mounting
+    // bpffs also CAP_SYS_ADMIN, which the mount itself reports).
+    caps::require("balctl load", &[caps::BPF, caps::NET_ADMIN, caps::PERFMON])?;
     let sizes = MapSizes(args.map_size.iter().cloned().collect());
     let lock = ctx.state.lock()?;
     let state = ctx.state.read()?;

@@ -13,6 +13,7 @@ use crate::{
         loader::{self, AttachState},
         maps::Datapath,
     },
+    caps,
     output::{OutputFormat, count, print_structured, table},
     plan::{MapContents, Plan},
 };
@@ -58,6 +59,8 @@ struct Kernel {
 }
 
 pub fn run(ctx: &Context) -> Result<()> {
+    // Querying the programs attached to a cgroup needs it.
+    caps::require("balctl status", &[caps::NET_ADMIN])?;
     let state = ctx.state.read()?;
     let loaded = loader::is_loaded(&ctx.pins);
     let (attach, programs, maps, drift) = if loaded {

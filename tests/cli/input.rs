@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::Sandbox;
+use crate::support::{BALCTL, Sandbox};
 
 fn dump_json(sandbox: &Sandbox) -> (String, String) {
     (
@@ -146,4 +146,48 @@ pub fn unload_asks_on_a_terminal() {
     assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("8 hooks detached"), "{shown}");
     assert!(!sandbox.pins.exists());
+}
+
+/// Issue 7, item 5: pins and state are private (0700 directories, 0600
+/// files); a command run without the capabilities it needs says which, in
+/// one sentence; a world-writable state file is refused.
+pub fn privileges_are_checked_and_named() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.balctl_ok(&["policy", "add", "web", "--vip", "198.18.0.10:80", "--backend", "192.0.2.2:8080"]);
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    for dir in
+        [sandbox.pins.clone(), sandbox.pins.join("maps"), sandbox.pins.join("links"), sandbox.state.clone()]
+    {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode(&sandbox.state.join("state.bin")), 0o600);
+
+    // Without capabilities (root's are dropped from the bounding set).
+    for (command, capability) in [
+        (vec!["load", "--cgroup", sandbox.cgroup.to_str().unwrap()], "CAP_BPF"),
+        (vec!["status"], "CAP_NET_ADMIN"),
+    ] {
+        let output = Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", "--", BALCTL])
+            .args(&command)
+            .env("BALCTL_BPFFS", &sandbox.pins)
+            .env("BALCTL_STATE_DIR", &sandbox.state)
+            .output()
+            .expect("run setpriv");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(stderr.lines().count() == 1 && stderr.contains(capability), "{command:?}: {stderr}");
+    }
+
+    let state = sandbox.state.join("state.bin");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = sandbox.balctl(&["policy", "list"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("world-writable") && stderr.contains("state.bin"), "{stderr}");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(sandbox.balctl_ok(&["policy", "list"]).contains("web"));
 }
