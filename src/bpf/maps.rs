@@ -25,6 +25,7 @@ pub struct Datapath {
     nodes: HashMap<MapData, NodeAddressKey, u32>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     rate_limits: HashMap<MapData, ServiceId, RateLimit>,
+    rate_limit_capacity: u32,
     counters: CounterMaps,
     capacity: EntryCounts,
 }
@@ -68,6 +69,8 @@ impl Datapath {
             nodes,
             affinity,
             rate_limits,
+            rate_limit_capacity: aya::maps::MapInfo::from_pin(pins.map(map_names::RATE_LIMITS))?
+                .max_entries(),
             counters,
             capacity: EntryCounts {
                 services: capacity(map_names::SERVICES)?,
@@ -95,6 +98,17 @@ impl Datapath {
     /// before a plan sets the flag that makes the datapath read them. A
     /// limit that stays keeps its count for the current second.
     pub fn write_rate_limits(&mut self, limits: &BTreeMap<ServiceId, u32>) -> Result<()> {
+        let capacity = self.rate_limit_capacity;
+        if limits.len() > capacity as usize {
+            return Err(input!(
+                "the rate_limits map would need {} entries but holds {capacity}; nothing was changed. \
+                 Maps keep their size while loaded: `balctl unload --yes` then \
+                 `balctl load --map-size rate_limits={}` recreates them larger \
+                 (load restores every applied rule)",
+                limits.len(),
+                limits.len().next_power_of_two()
+            ));
+        }
         let current: BTreeMap<ServiceId, RateLimit> = read_all(&self.rate_limits)?;
         for (&service_id, &per_second) in limits {
             if current.get(&service_id).is_none_or(|limit| limit.per_second != per_second) {

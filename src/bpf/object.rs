@@ -113,7 +113,7 @@ pub const MAPS: [MapSpec; 14] = [
         map_type: bpf_map_type::BPF_MAP_TYPE_HASH,
         key_size: size_of::<u32>() as u32,
         value_size: size_of::<RateLimit>() as u32,
-        size_name: None,
+        size_name: Some("rate_limits"),
         default_capacity: default_capacity::RATE_LIMITS,
     },
     MapSpec {
@@ -143,7 +143,7 @@ const fn events(slot: usize) -> MapSpec {
 }
 
 /// The names `--map-size` accepts.
-pub const SIZE_NAMES: [&str; 5] = ["services", "backends", "affinity", "revnat", "nodes"];
+pub const SIZE_NAMES: [&str; 6] = ["services", "backends", "affinity", "revnat", "nodes", "rate_limits"];
 
 const fn map<K, V>(
     name: &'static str,

@@ -142,3 +142,32 @@ pub fn a_rate_limited_redirect_sends_the_rest_to_the_service() {
     thread::sleep(Duration::from_secs(1));
     assert!(reached(&sandbox, WEB, 3).contains(&"b3".to_owned()));
 }
+
+/// More rate-limited redirects than the rate_limits map holds: refused
+/// before any write, naming the map and the option that makes it larger.
+pub fn rate_limits_that_do_not_fit_change_nothing() {
+    let sandbox = Sandbox::new();
+    sandbox.load_with(&["--map-size", "rate_limits=1"]);
+    let redirect = |name: &str, vip: &str| {
+        sandbox.balctl(&[
+            "policy",
+            "add",
+            name,
+            "--kind",
+            "redirect",
+            "--vip",
+            vip,
+            "--backend",
+            "192.0.2.3:8080",
+            "--rate-limit",
+            "5",
+        ])
+    };
+    assert!(redirect("one", "198.18.0.31:80").status.success());
+    let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
+    let refused = redirect("two", "198.18.0.32:80");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("rate_limits map") && stderr.contains("--map-size rate_limits=2"), "{stderr}");
+    assert_eq!(sandbox.balctl_ok(&["dump", "-o", "json"]), dump);
+}
