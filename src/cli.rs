@@ -148,14 +148,8 @@ pub struct SyncArgs {
     #[arg(long)]
     pub kube: bool,
 
-    /// kubeconfig for --kube [default: the pod's service account in a
-    /// cluster, else $KUBECONFIG or ~/.kube/config]
-    #[arg(long, value_name = "PATH", requires = "kube")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// Context of the kubeconfig to use with --kube [default: its current context]
-    #[arg(long, value_name = "NAME", requires = "kube")]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub api_server: ApiServerArgs,
 
     /// Print the whole plan and change nothing
     #[arg(long)]
@@ -328,6 +322,15 @@ pub struct TraceArgs {
     #[arg(long)]
     pub kube: bool,
 
+    #[command(flatten)]
+    pub api_server: ApiServerArgs,
+}
+
+/// Where the Kubernetes API server is, for `--kube`: a kubeconfig (and a
+/// context in it), or, with neither, the pod's service account in a
+/// cluster, else the default kubeconfig.
+#[derive(Debug, Args)]
+pub struct ApiServerArgs {
     /// kubeconfig for --kube [default: the pod's service account in a
     /// cluster, else $KUBECONFIG or ~/.kube/config]
     #[arg(long, value_name = "PATH", requires = "kube")]

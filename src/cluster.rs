@@ -12,7 +12,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -36,28 +35,15 @@ use kube::{
 };
 use serde::Serialize;
 
-use crate::inputs::kube::POLICY_API_VERSION;
-
-/// Where the API server is: a kubeconfig (and a context in it), or, with
-/// neither, the pod's service account in a cluster, else the default
-/// kubeconfig.
-pub struct Connection {
-    pub kubeconfig: Option<PathBuf>,
-    pub context: Option<String>,
-}
+use crate::{cli::ApiServerArgs, inputs::kube::POLICY_API_VERSION};
 
 /// An object as JSON, with what to call it in errors (`Service ns/name`).
 pub type Document = (String, Vec<u8>);
 
 /// Lists every object balctl reads, once: Pods as far as policies need
 /// them (`watch` explains which).
-pub fn list_all(connection: &Connection, this_node: &str) -> Result<Vec<Document>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the Kubernetes client")?;
-    runtime.block_on(async {
-        let client = client(connection).await?;
+pub fn list_all(connection: &ApiServerArgs, this_node: &str) -> Result<Vec<Document>> {
+    with_client(connection, async |client| {
         // By label (kind and name): a Pod can be both local and selected.
         let mut documents = BTreeMap::new();
         documents.extend(list::<Service>(Api::all(client.clone()), ListParams::default()).await?);
@@ -76,7 +62,17 @@ pub fn list_all(connection: &Connection, this_node: &str) -> Result<Vec<Document
     })
 }
 
-async fn client(connection: &Connection) -> Result<Client> {
+/// Runs `work` with a client of the API server, on a runtime of its own:
+/// balctl is synchronous, only talking to Kubernetes is not.
+fn with_client<T>(connection: &ApiServerArgs, work: impl AsyncFnOnce(Client) -> Result<T>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the Kubernetes client")?;
+    runtime.block_on(async { work(client(connection).await?).await })
+}
+
+async fn client(connection: &ApiServerArgs) -> Result<Client> {
     let options = KubeConfigOptions { context: connection.context.clone(), ..KubeConfigOptions::default() };
     let failed = "cannot configure the Kubernetes client (give --kubeconfig, or run in a pod)";
     let config = match &connection.kubeconfig {
@@ -136,7 +132,7 @@ fn document<K: Resource + Serialize>(object: &K, api_version: &str, kind: &str) 
 
 /// Every container's pod (`namespace/name`), by container id, from the
 /// containers' statuses (`containerd://ID`, `cri-o://ID`, `docker://ID`).
-pub fn pods_by_container(connection: &Connection) -> Result<HashMap<String, String>> {
+pub fn pods_by_container(connection: &ApiServerArgs) -> Result<HashMap<String, String>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -205,17 +201,12 @@ type Watchers = BTreeMap<String, Watched>;
 /// selector picks in its namespace, with watchers started and stopped as
 /// the policies change.
 pub fn watch(
-    connection: &Connection,
+    connection: &ApiServerArgs,
     this_node: &str,
     stop: &AtomicBool,
     mut apply: impl FnMut(Vec<Document>),
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the Kubernetes client")?;
-    runtime.block_on(async {
-        let client = client(connection).await?;
+    with_client(connection, async |client| {
         let (signals, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Signal)>();
         let mut watchers = Watchers::new();
         let start = |watchers: &mut Watchers,

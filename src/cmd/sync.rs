@@ -13,8 +13,7 @@ use serde::Serialize;
 use super::Context;
 use crate::{
     cli::SyncArgs,
-    cluster::{self, Connection},
-    error,
+    cluster, error,
     image::{FrontendImage, Image},
     inputs::{self, Inputs},
     metrics,
@@ -32,8 +31,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     // applied state is read, and finished with it: unchanged objects are
     // kept from it. All under the state lock.
     let outcome = if args.kube {
-        let connection = connection(args);
-        let list = || cluster::list_all(&connection, &this_node);
+        let list = || cluster::list_all(&args.api_server, &this_node);
         change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
             notes = replace(state, inputs::from_cluster(&documents, &this_node)?);
             Ok(())
@@ -61,7 +59,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
         metrics::serve(addr, ctx.pins.clone(), ctx.state.clone())?;
     }
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
-    cluster::watch(&connection(args), &this_node, &stop, |documents| {
+    cluster::watch(&args.api_server, &this_node, &stop, |documents| {
         let mut notes = Vec::new();
         let synced = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
             notes = replace(state, inputs::from_cluster(&documents, &this_node)?);
@@ -73,10 +71,6 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
             eprintln!("sync --kube --watch: nothing applied from this change; retrying on the next one");
         }
     })
-}
-
-fn connection(args: &SyncArgs) -> Connection {
-    Connection { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() }
 }
 
 /// Makes `state` hold exactly `inputs` for their sources; returns the notes.

@@ -20,8 +20,8 @@ use serde::Serialize;
 use super::Context;
 use crate::{
     bpf::raw::{raw_to_addr, raw_to_port},
-    cli::TraceArgs,
-    cluster::{self, Connection},
+    cli::{ApiServerArgs, TraceArgs},
+    cluster,
     image::ServiceId,
     model::Protocol,
     output::OutputFormat,
@@ -76,7 +76,7 @@ pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
     let clock = WallClock::now();
     let mut cgroups = CgroupNames::default();
     let mut pods = args.kube.then(|| Pods {
-        connection: Connection { kubeconfig: args.kubeconfig.clone(), context: args.context.clone() },
+        connection: &args.api_server,
         by_container: HashMap::new(),
         listed_at: None,
     });
@@ -237,19 +237,19 @@ impl Names {
 
 /// Pods by container id, from the API server: listed at the start and
 /// again (at most once a second) when a container is not known yet.
-struct Pods {
-    connection: Connection,
+struct Pods<'a> {
+    connection: &'a ApiServerArgs,
     by_container: HashMap<String, String>,
     listed_at: Option<Instant>,
 }
 
-impl Pods {
+impl Pods<'_> {
     fn lookup(&mut self, container_id: &str) -> Option<String> {
         if !self.by_container.contains_key(container_id)
             && self.listed_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         {
             self.listed_at = Some(Instant::now());
-            match cluster::pods_by_container(&self.connection) {
+            match cluster::pods_by_container(self.connection) {
                 Ok(pods) => self.by_container = pods,
                 Err(err) => log::warn!("cannot name pods: {err:#}"),
             }

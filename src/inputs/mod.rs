@@ -34,6 +34,20 @@ pub struct Source {
     pub objects: Vec<Located<Arc<SyncedObject>>>,
 }
 
+impl Source {
+    /// The source `name` with `objects`, each made to remember it.
+    fn new((name, objects): (String, Vec<Located<SyncedObject>>)) -> Self {
+        let objects = objects
+            .into_iter()
+            .map(|Located { mut value, location }| {
+                value.source.clone_from(&name);
+                Located { value: Arc::new(value), location }
+            })
+            .collect();
+        Self { name, objects }
+    }
+}
+
 /// Everything one sync reads.
 pub struct Inputs {
     pub sources: Vec<Source>,
@@ -116,20 +130,7 @@ impl Gathered {
         for (index, object) in translation.objects {
             objects[index].push(object);
         }
-        let mut sources: Vec<Source> = names
-            .into_iter()
-            .zip(objects)
-            .map(|(name, objects)| {
-                let objects = objects
-                    .into_iter()
-                    .map(|Located { mut value, location }| {
-                        value.source.clone_from(&name);
-                        Located { value: Arc::new(value), location }
-                    })
-                    .collect();
-                Source { name, objects }
-            })
-            .collect();
+        let mut sources: Vec<Source> = names.into_iter().zip(objects).map(Source::new).collect();
         for (index, object) in kube.kept {
             sources[index].objects.push(object);
         }
@@ -151,15 +152,8 @@ pub fn from_cluster(documents: &[(String, Vec<u8>)], this_node: &str) -> Result<
         objects.extend(kube::read(label, json.as_slice())?.into_iter().map(|object| (0, object)));
     }
     let translation = kube::translate(objects, this_node)?;
-    let objects = translation
-        .objects
-        .into_iter()
-        .map(|(_, Located { mut value, location })| {
-            value.source = CLUSTER_SOURCE.to_owned();
-            Located { value: Arc::new(value), location }
-        })
-        .collect();
-    let sources = vec![Source { name: CLUSTER_SOURCE.to_owned(), objects }];
+    let objects = translation.objects.into_iter().map(|(_, object)| object).collect();
+    let sources = vec![Source::new((CLUSTER_SOURCE.to_owned(), objects))];
     check_unique(&sources)?;
     Ok(Inputs { sources, notes: translation.notes })
 }

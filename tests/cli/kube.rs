@@ -30,14 +30,6 @@ fn sync_as(sandbox: &Sandbox, node: &str, files: &[&str]) -> String {
     sandbox.balctl_ok(&args)
 }
 
-/// Connects `count` times to `to`; every connection must succeed. Returns
-/// the ids of the backends that answered.
-fn reached(sandbox: &Sandbox, to: &str, count: u32) -> Vec<String> {
-    let report = sandbox.client(&["connect", "--to", to, "--count", &count.to_string()]);
-    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
-    report["backends"].as_object().expect("backends").keys().cloned().collect()
-}
-
 fn refused(sandbox: &Sandbox, to: &str) -> Value {
     let report = sandbox.client(&["connect", "--to", to]);
     assert_eq!(report["errors"]["ECONNREFUSED"], 1, "connect to {to}: {report}");
@@ -103,7 +95,7 @@ pub fn nodeport_answers_on_node_addresses_and_loopback() {
     let output = sync(&sandbox, &["nodeport.yaml", &nodes]);
     assert!(output.contains("node addresses +3"), "{output}");
     for to in ["198.18.0.20:80", "192.0.2.1:30080", "192.0.2.12:30080", "127.0.0.1:30080"] {
-        assert_eq!(reached(&sandbox, to, 40), ["b4", "b5"], "via {to}");
+        assert_eq!(sandbox.reached(to, 40), ["b4", "b5"], "via {to}");
     }
     // Untranslated, it lands on the client namespace itself, where nothing listens.
     refused(&sandbox, "[2001:db8::1]:30080");
@@ -113,7 +105,7 @@ pub fn nodeport_answers_on_node_addresses_and_loopback() {
     let output = sync(&sandbox, &["nodeport.yaml", &nodes]);
     assert!(output.contains("node addresses +0 -3"), "{output}");
     refused(&sandbox, "192.0.2.1:30080");
-    assert_eq!(reached(&sandbox, "127.0.0.1:30080", 20), ["b4", "b5"]);
+    assert_eq!(sandbox.reached("127.0.0.1:30080", 20), ["b4", "b5"]);
 }
 
 /// LoadBalancer: cluster IP, the ingress IP and the node port.
@@ -123,7 +115,7 @@ pub fn loadbalancer_answers_on_ingress_ip() {
     sandbox.load();
     sync(&sandbox, &["loadbalancer.yaml", "nodes.yaml"]);
     for to in ["198.18.0.30:443", "198.18.1.30:443", "192.0.2.1:30443"] {
-        assert_eq!(reached(&sandbox, to, 5), ["b6"], "via {to}");
+        assert_eq!(sandbox.reached(to, 5), ["b6"], "via {to}");
     }
 }
 
@@ -134,7 +126,7 @@ pub fn external_ip_answers() {
     sandbox.load();
     sync(&sandbox, &["external-ip.yaml"]);
     for to in ["198.18.0.40:80", "198.18.2.40:80"] {
-        assert_eq!(reached(&sandbox, to, 5), ["b7"], "via {to}");
+        assert_eq!(sandbox.reached(to, 5), ["b7"], "via {to}");
     }
 }
 
@@ -147,8 +139,8 @@ pub fn dual_stack_keeps_families_apart() {
     sandbox.serve("b5-v6", &["[2001:db8::5]:8080"], &[]);
     sandbox.load();
     sync(&sandbox, &["dual-stack.yaml"]);
-    assert_eq!(reached(&sandbox, "198.18.0.50:80", 40), ["b2", "b3"]);
-    assert_eq!(reached(&sandbox, "[2001:db8:5e::50]:80", 40), ["b4-v6", "b5-v6"]);
+    assert_eq!(sandbox.reached("198.18.0.50:80", 40), ["b2", "b3"]);
+    assert_eq!(sandbox.reached("[2001:db8:5e::50]:80", 40), ["b4-v6", "b5-v6"]);
 }
 
 /// internalTrafficPolicy: Local: the cluster IP reaches only this node's
@@ -160,14 +152,14 @@ pub fn local_traffic_policy_uses_this_nodes_endpoints() {
     sandbox.serve("b9-node-b", &["192.0.2.9:9100"], &[]);
     sandbox.load();
     sync_as(&sandbox, "node-a", &["local-traffic.yaml", "nodes.yaml"]);
-    assert_eq!(reached(&sandbox, "198.18.0.60:80", 30), ["b8-node-a"]);
+    assert_eq!(sandbox.reached("198.18.0.60:80", 30), ["b8-node-a"]);
     for to in ["192.0.2.1:30060", "127.0.0.1:30060"] {
-        assert_eq!(reached(&sandbox, to, 40), ["b8-node-a", "b9-node-b"], "via {to}");
+        assert_eq!(sandbox.reached(to, 40), ["b8-node-a", "b9-node-b"], "via {to}");
     }
     let output = sync_as(&sandbox, "node-c", &["local-traffic.yaml", "nodes.yaml"]);
     assert!(output.contains("no endpoint on node node-c"), "{output}");
     refused(&sandbox, "198.18.0.60:80");
-    assert_eq!(reached(&sandbox, "192.0.2.1:30060", 40), ["b8-node-a", "b9-node-b"]);
+    assert_eq!(sandbox.reached("192.0.2.1:30060", 40), ["b8-node-a", "b9-node-b"]);
 }
 
 /// Terminating endpoints: never while a ready one exists; serving ones
@@ -179,8 +171,8 @@ pub fn terminating_endpoints_are_a_fallback() {
     }
     sandbox.load();
     sync(&sandbox, &["terminating.yaml"]);
-    assert_eq!(reached(&sandbox, "198.18.0.70:80", 30), ["b2"]);
-    assert_eq!(reached(&sandbox, "198.18.0.71:80", 30), ["b10"]);
+    assert_eq!(sandbox.reached("198.18.0.70:80", 30), ["b2"]);
+    assert_eq!(sandbox.reached("198.18.0.71:80", 30), ["b10"]);
 }
 
 /// Named target port: each endpoint is reached on the port its own slice
@@ -192,7 +184,7 @@ pub fn named_ports_resolve_per_slice() {
     sandbox.serve("decoy", &["192.0.2.4:8081", "192.0.2.5:8080"], &[]);
     sandbox.load();
     sync(&sandbox, &["named-ports.yaml"]);
-    assert_eq!(reached(&sandbox, "198.18.0.80:80", 40), ["b4:8080", "b5:8081"]);
+    assert_eq!(sandbox.reached("198.18.0.80:80", 40), ["b4:8080", "b5:8081"]);
 }
 
 /// sessionAffinity: ClientIP: every connection from the client namespace
@@ -206,7 +198,7 @@ pub fn client_ip_affinity_sticks() {
     sync(&sandbox, &["session-affinity.yaml"]);
     let services = sandbox.balctl_json(&["dump", "services", "--vip", "198.18.0.100"]);
     assert_eq!(services["services"][0]["affinity_timeout_seconds"], 600, "{services}");
-    assert_eq!(reached(&sandbox, "198.18.0.100:80", 30).len(), 1);
+    assert_eq!(sandbox.reached("198.18.0.100:80", 30).len(), 1);
 }
 
 /// Headless, ExternalName and SCTP: skipped with a note each; the rest of
@@ -340,12 +332,12 @@ pub fn a_resynced_list_follows_a_moved_endpoint() {
     std::fs::write(&path, list("192.0.2.2")).unwrap();
     let path = path.to_str().unwrap();
     assert!(sync(&sandbox, &[path]).contains("frontends +2 ~0 -0"));
-    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b2"]);
+    assert_eq!(sandbox.reached("198.18.0.20:80", 5), ["b2"]);
     assert!(sync(&sandbox, &[path]).contains("no changes"));
 
     std::fs::write(path, list("192.0.2.3")).unwrap();
     let output = sync(&sandbox, &[path]);
     assert!(output.contains("frontends +0 ~1 -0, backends +0 -1"), "{output}");
-    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b3"]);
-    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+    assert_eq!(sandbox.reached("198.18.0.20:80", 5), ["b3"]);
+    assert_eq!(sandbox.reached("198.18.0.30:80", 5), ["b3"]);
 }

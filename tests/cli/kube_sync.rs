@@ -43,13 +43,6 @@ fn slice(service: &str, endpoints: &[&str]) -> Value {
     })
 }
 
-/// The backends that answered `count` connections to `to`; all must succeed.
-fn reached(sandbox: &Sandbox, to: &str, count: u32) -> Vec<String> {
-    let report = sandbox.client(&["connect", "--to", to, "--count", &count.to_string()]);
-    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
-    report["backends"].as_object().expect("backends").keys().cloned().collect()
-}
-
 pub fn a_one_shot_kube_sync_applies_the_cluster_and_exits() {
     let sandbox = Sandbox::new();
     sandbox.load();
@@ -67,7 +60,7 @@ pub fn a_one_shot_kube_sync_applies_the_cluster_and_exits() {
     server.apply(service("api", "198.18.0.30"));
     let output = sync();
     assert!(output.contains("frontends +2 ~0 -0"), "{output}");
-    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b2"]);
+    assert_eq!(sandbox.reached("198.18.0.20:80", 5), ["b2"]);
     let refused = sandbox.client(&["connect", "--to", "198.18.0.30:80"]);
     assert_eq!(refused["errors"]["ECONNREFUSED"], 1, "api has no endpoints yet: {refused}");
     let names: Vec<String> = sandbox.balctl_json(&["dump", "services"])["services"]
@@ -89,10 +82,10 @@ pub fn a_one_shot_kube_sync_applies_the_cluster_and_exits() {
     server.apply(slice("web", &["192.0.2.2", "192.0.2.3"]));
     server.apply(slice("api", &["192.0.2.3"]));
     assert!(sync().contains("frontends +0 ~2 -0"));
-    let mut both = reached(&sandbox, "198.18.0.20:80", 40);
+    let mut both = sandbox.reached("198.18.0.20:80", 40);
     both.sort();
     assert_eq!(both, ["b2", "b3"]);
-    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+    assert_eq!(sandbox.reached("198.18.0.30:80", 5), ["b3"]);
     server.delete("v1", "Service", Some("shop"), "web");
     assert!(sync().contains("frontends +0 ~0 -1"));
     let gone = sandbox.client(&["connect", "--to", "198.18.0.20:80"]);
@@ -125,7 +118,7 @@ pub fn a_kube_watch_follows_the_cluster() {
     server.apply(slice("web", &["192.0.2.2"]));
     let watcher = Watcher::start_with(&sandbox, &[], &args);
     watcher.wait_stdout("frontends +1 ~0 -0");
-    assert_eq!(reached(&sandbox, "198.18.0.20:80", 5), ["b2"]);
+    assert_eq!(sandbox.reached("198.18.0.20:80", 5), ["b2"]);
 
     let within_a_second = |change: &dyn Fn(), summary: &str| {
         let started = Instant::now();
@@ -134,7 +127,7 @@ pub fn a_kube_watch_follows_the_cluster() {
         assert!(started.elapsed() < Duration::from_secs(1), "`{summary}` took {:?}", started.elapsed());
     };
     within_a_second(&|| server.apply(slice("web", &["192.0.2.2", "192.0.2.3"])), "frontends +0 ~1 -0");
-    let mut both = reached(&sandbox, "198.18.0.20:80", 40);
+    let mut both = sandbox.reached("198.18.0.20:80", 40);
     both.sort();
     assert_eq!(both, ["b2", "b3"]);
     within_a_second(&|| server.delete("v1", "Service", Some("shop"), "web"), "frontends +0 ~0 -1");
@@ -146,7 +139,7 @@ pub fn a_kube_watch_follows_the_cluster() {
         },
         "frontends +1 ~0 -0",
     );
-    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+    assert_eq!(sandbox.reached("198.18.0.30:80", 5), ["b3"]);
 
     // A restart under traffic: the new watcher starts from what is pinned.
     let client = sandbox.spawn_client(&["connect", "--to", "198.18.0.30:80", "--millis", "2000"]);
@@ -161,16 +154,16 @@ pub fn a_kube_watch_follows_the_cluster() {
     server.expire_history();
     server.apply(slice("api", &["192.0.2.2"]));
     watcher.wait_stdout("frontends +0 ~1 -0");
-    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b2"]);
+    assert_eq!(sandbox.reached("198.18.0.30:80", 5), ["b2"]);
 
     // The API server away: the datapath keeps its state; back, it follows.
     server.set_reachable(false);
     thread::sleep(Duration::from_secs(2));
-    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b2"]);
+    assert_eq!(sandbox.reached("198.18.0.30:80", 5), ["b2"]);
     server.set_reachable(true);
     server.apply(slice("api", &["192.0.2.3"]));
     watcher.wait_stdout("frontends +0 ~1 -0");
-    assert_eq!(reached(&sandbox, "198.18.0.30:80", 5), ["b3"]);
+    assert_eq!(sandbox.reached("198.18.0.30:80", 5), ["b3"]);
     assert_eq!(watcher.terminate(), Some(0));
 }
 
@@ -277,7 +270,7 @@ pub fn a_kube_watch_watches_only_the_pods_policies_select() {
         }
     }));
     watcher.wait_stdout("frontends +1 ~0 -0");
-    let mut both = reached(&sandbox, "198.18.3.10:80", 40);
+    let mut both = sandbox.reached("198.18.3.10:80", 40);
     both.sort();
     assert_eq!(both, ["b2", "b3"], "the policy's Pods on other nodes are its backends");
 

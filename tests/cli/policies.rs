@@ -13,13 +13,6 @@ use crate::{
 
 const WEB: &str = "198.18.0.20:80";
 
-/// The backends that answered `count` connections to `to`; all must succeed.
-fn reached(sandbox: &Sandbox, to: &str, count: u32) -> Vec<String> {
-    let report = sandbox.client(&["connect", "--to", to, "--count", &count.to_string()]);
-    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
-    report["backends"].as_object().expect("backends").keys().cloned().collect()
-}
-
 /// A Service `web` (from a state file) on b2, and servers b3 (the "local"
 /// one) and b4.
 fn setup(sandbox: &Sandbox) {
@@ -35,14 +28,14 @@ fn setup(sandbox: &Sandbox) {
     )
     .unwrap();
     sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
-    assert_eq!(reached(sandbox, WEB, 3), ["b2"]);
+    assert_eq!(sandbox.reached(WEB, 3), ["b2"]);
 }
 
 pub fn redirect_then_balancing_then_service() {
     let sandbox = Sandbox::new();
     setup(&sandbox);
     sandbox.balctl_ok(&["policy", "add", "bal", "--vip", WEB, "--backend", "192.0.2.4:8080"]);
-    assert_eq!(reached(&sandbox, WEB, 5), ["b4"], "a balancing policy comes before the Service");
+    assert_eq!(sandbox.reached(WEB, 5), ["b4"], "a balancing policy comes before the Service");
     sandbox.balctl_ok(&[
         "policy",
         "add",
@@ -54,10 +47,10 @@ pub fn redirect_then_balancing_then_service() {
         "--backend",
         "192.0.2.3:8080",
     ]);
-    assert_eq!(reached(&sandbox, WEB, 5), ["b3"], "a redirect comes first");
+    assert_eq!(sandbox.reached(WEB, 5), ["b3"], "a redirect comes first");
     // trace names the rule that resolved the connection.
     let trace = start_trace(&sandbox, &["--count", "1", "-o", "json"]);
-    assert_eq!(reached(&sandbox, WEB, 1), ["b3"]);
+    assert_eq!(sandbox.reached(WEB, 1), ["b3"]);
     let events = events(trace);
     assert_eq!(
         (&events[0]["name"], &events[0]["frontend"]),
@@ -65,11 +58,11 @@ pub fn redirect_then_balancing_then_service() {
     );
 
     sandbox.balctl_ok(&["policy", "update", "local", "--no-backends"]);
-    assert_eq!(reached(&sandbox, WEB, 5), ["b4"], "a redirect without backend gives way");
+    assert_eq!(sandbox.reached(WEB, 5), ["b4"], "a redirect without backend gives way");
     sandbox.balctl_ok(&["policy", "delete", "bal"]);
-    assert_eq!(reached(&sandbox, WEB, 5), ["b2"], "... down to the Service");
+    assert_eq!(sandbox.reached(WEB, 5), ["b2"], "... down to the Service");
     sandbox.balctl_ok(&["policy", "update", "local", "--backend", "192.0.2.3:8080"]);
-    assert_eq!(reached(&sandbox, WEB, 5), ["b3"]);
+    assert_eq!(sandbox.reached(WEB, 5), ["b3"]);
 
     // Two policies of one kind on one frontend: refused, nothing changes.
     let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
@@ -140,7 +133,7 @@ pub fn a_rate_limited_redirect_sends_the_rest_to_the_service() {
 
     // The next second, the redirect takes connections again.
     thread::sleep(Duration::from_secs(1));
-    assert!(reached(&sandbox, WEB, 3).contains(&"b3".to_owned()));
+    assert!(sandbox.reached(WEB, 3).contains(&"b3".to_owned()));
 }
 
 /// More rate-limited redirects than the rate_limits map holds: refused

@@ -145,12 +145,6 @@ pub fn a_redirect_over_its_rate_limit_falls_back_to_the_service() {
     assert_eq!(local + cluster, 15, "{found:?}");
 }
 
-fn reached(sandbox: &Sandbox, to: &str, count: u32) -> Vec<String> {
-    let report = sandbox.client(&["connect", "--to", to, "--count", &count.to_string()]);
-    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
-    report["backends"].as_object().expect("backends").keys().cloned().collect()
-}
-
 /// Must show 3: a BalancingPolicy on a custom VIP over explicit addresses,
 /// and one on a Service's cluster IP sending to a Pod's hostPort on its
 /// Node's InternalIP, reach exactly those addresses; without the policy the
@@ -177,8 +171,8 @@ pub fn balancing_policies_reach_addresses_and_host_ports() {
         ])
     };
     sync();
-    assert_eq!(reached(&sandbox, "198.18.3.10:80", 40), ["b4", "b5"]);
-    assert_eq!(reached(&sandbox, "198.18.3.20:80", 10), ["host-port"]);
+    assert_eq!(sandbox.reached("198.18.3.10:80", 40), ["b4", "b5"]);
+    assert_eq!(sandbox.reached("198.18.3.20:80", 10), ["host-port"]);
     let dump = sandbox.balctl_ok(&["dump"]);
     assert!(
         dump.contains("balancingpolicy/edge/api-hostport") && dump.contains("balancingpolicy/shop/web-vip")
@@ -187,7 +181,7 @@ pub fn balancing_policies_reach_addresses_and_host_ports() {
     let without_policy = example("balancing-hostport.yaml").split_once("\n---\n").unwrap().1.to_owned();
     fs::write(&host_port, without_policy).unwrap();
     sync();
-    assert_eq!(reached(&sandbox, "198.18.3.20:80", 10), ["service-endpoint"]);
+    assert_eq!(sandbox.reached("198.18.3.20:80", 10), ["service-endpoint"]);
 }
 
 /// Must show 4: conflicting and bad policies, in YAML and in TOML, exit

@@ -261,6 +261,14 @@ impl Sandbox {
             .expect("spawn client")
     }
 
+    /// The ids of the backends that answered `count` TCP connections to
+    /// `to` from the client; every connection must succeed.
+    pub fn reached(&self, to: &str, count: u32) -> Vec<String> {
+        let report = self.client(&["connect", "--to", to, "--count", &count.to_string()]);
+        assert_eq!(report["failed"], 0, "connect to {to}: {report}");
+        report["backends"].as_object().expect("backends").keys().cloned().collect()
+    }
+
     /// Runs any program as a client (in the test cgroup and client namespace).
     pub fn client_program(&self, argv: &[&str]) -> Output {
         self.peer(true, &self.client_ns).arg("exec").args(argv).output().expect("run client program")
