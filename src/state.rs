@@ -30,6 +30,8 @@ use crate::{
 
 const STATE_FILE: &str = "state.bin";
 const LOCK_FILE: &str = "lock";
+/// Present while a change writes the maps; see `StateDir::begin_map_writes`.
+const MAP_WRITES_FILE: &str = "map-writes-in-progress";
 const MAGIC: &[u8; 8] = b"balctl\0S";
 /// Bumped whenever the layout of `AppliedState` changes: bincode is not
 /// self-describing, so another version's file cannot be read at all.
@@ -210,6 +212,44 @@ impl StateDir {
             File::open(&self.root)?.sync_all()
         };
         write().with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Marks that map writes are about to start, before the first one. A
+    /// balctl killed half way (SIGKILL, the OOM killer) leaves the mark behind, and the maps hold a mix of
+    /// the recorded state and the one it was applying. The next change
+    /// sees the mark and plans from what the maps hold instead of from the
+    /// recorded state, so it converges whatever the mix. No fsync: a crash
+    /// of the machine takes the maps with it, and `load` rebuilds them from
+    /// the recorded state anyway.
+    pub fn begin_map_writes(&self, _lock: &StateLock) -> Result<()> {
+        let path = self.root.join(MAP_WRITES_FILE);
+        OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Clears the mark once the maps hold the recorded state again. Called
+    /// only then: after a failed write the mark stays, and the next change
+    /// repairs from the maps even if the failed one restored them.
+    pub fn end_map_writes(&self, _lock: &StateLock) {
+        let path = self.root.join(MAP_WRITES_FILE);
+        if let Err(err) = fs::remove_file(&path)
+            && err.kind() != io::ErrorKind::NotFound
+        {
+            // Harmless: the next change repairs from the maps, which only costs reading them.
+            log::warn!("cannot remove {}: {err}", path.display());
+        }
+    }
+
+    /// Whether a change was interrupted during its map writes (and nothing
+    /// repaired the maps since).
+    pub fn map_writes_interrupted(&self) -> bool {
+        self.root.join(MAP_WRITES_FILE).exists()
     }
 
     fn create_dir(&self) -> Result<()> {

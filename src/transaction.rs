@@ -1,6 +1,7 @@
 //! One change to the applied state, all or nothing: lock the state dir,
 //! compile the new rules, plan the map writes, check every map has room,
-//! write the maps (rolled back on failure), then record the new state.
+//! write the maps (rolled back on failure), then record the new state. A
+//! change killed half way through its map writes is repaired by the next.
 //! Validation and the capacity check happen before the first map write, so
 //! bad input changes nothing.
 
@@ -10,9 +11,9 @@ use anyhow::Result;
 use rustc_hash::FxHashSet as HashSet;
 
 use crate::{
-    bpf::{maps::Datapath, pins::PinDir},
+    bpf::{loader, maps::Datapath, pins::PinDir},
     model::{Frontend, FrontendRule},
-    plan::{Plan, Summary},
+    plan::{MapContents, Plan, Summary},
     progress::MapWrites,
     state::{AppliedState, StateDir, SyncedObject},
 };
@@ -32,6 +33,9 @@ pub struct Outcome {
     pub after: AppliedState,
     pub summary: Summary,
     pub map_writes: usize,
+    /// The maps were repaired from what they held, after a change that was
+    /// interrupted during its map writes.
+    pub repaired: bool,
 }
 
 /// Applies `change` to the current rules (policies and synced objects).
@@ -67,22 +71,40 @@ pub fn change_prepared<P: Send>(
     change(&mut after, prepared?)?;
     let (removed, added) = rule_changes(&before, &after);
     after.image = before.image.update(removed, added, after.node_addresses())?;
-    let plan = Plan::between(&before.image, &after.image);
-    let (summary, map_writes) = (plan.summary, plan.len());
-    if mode == Mode::DryRun || after == before {
-        return Ok(Outcome { before, after, summary, map_writes });
+    let between = Plan::between(&before.image, &after.image);
+    let summary = between.summary;
+    let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted() && loader::is_loaded(pins);
+    if mode == Mode::DryRun || (after == before && !repairing) {
+        let map_writes = between.len();
+        return Ok(Outcome { before, after, summary, map_writes, repaired: false });
     }
+
+    // A balctl killed during its map writes left them between two states:
+    // plan from what they hold, not from the recorded state.
+    let mut datapath = None;
+    let contents;
+    let (plan, start) = if repairing {
+        let opened = Datapath::open(pins)?;
+        contents = (opened.read_contents()?, MapContents::of(&after.image));
+        datapath = Some(opened);
+        (Plan::repair(&contents.0, &contents.1), contents.0.entry_counts())
+    } else {
+        (between, before.image.entry_counts())
+    };
+    let map_writes = plan.len();
 
     // A change may touch only the state (an owner renamed): the maps, and
     // so the loaded datapath, are needed only when there is something to write.
-    let mut datapath = None;
     let rate_limits = after.image.rate_limits();
-    if !plan.is_empty() || rate_limits != before.image.rate_limits() {
-        let mut opened = Datapath::open(pins)?;
-        opened.check_capacity(&plan, before.image.entry_counts())?;
+    if repairing || !plan.is_empty() || rate_limits != before.image.rate_limits() {
+        let opened = match datapath.as_mut() {
+            Some(opened) => opened,
+            None => datapath.insert(Datapath::open(pins)?),
+        };
+        opened.check_capacity(&plan, start)?;
+        state_dir.begin_map_writes(&lock)?;
         opened.write_rate_limits(&rate_limits)?;
         opened.apply(&plan, &mut MapWrites::new(map_writes))?;
-        datapath = Some(opened);
     }
     if let Err(err) = state_dir.write(&lock, &after) {
         return Err(match datapath.as_mut() {
@@ -90,7 +112,8 @@ pub fn change_prepared<P: Send>(
             None => err,
         });
     }
-    Ok(Outcome { before, after, summary, map_writes })
+    state_dir.end_map_writes(&lock);
+    Ok(Outcome { before, after, summary, map_writes, repaired: repairing })
 }
 
 /// The frontends of rules that `after` no longer has, and the rules (with

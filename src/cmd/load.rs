@@ -41,8 +41,11 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     let desired = MapContents::of(&state.image);
     let plan = Plan::repair(&actual, &desired);
     datapath.check_capacity(&plan, actual.entry_counts())?;
+    ctx.state.begin_map_writes(&lock)?;
     datapath.write_rate_limits(&state.image.rate_limits())?;
     datapath.apply(&plan, &mut MapWrites::new(plan.len()))?;
+    // The maps now hold the recorded state, whatever an interrupted change left.
+    ctx.state.end_map_writes(&lock);
     drop(lock);
 
     let output = LoadOutput { report, entries_repaired: plan.len() };

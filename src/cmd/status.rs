@@ -34,6 +34,9 @@ struct Status {
     backends: usize,
     /// Map entries that differ from the applied state; `balctl load` repairs them.
     drift: Option<usize>,
+    /// A change was killed during its map writes; the next change or
+    /// `balctl load` repairs the maps from what they hold.
+    interrupted_change: bool,
     kernel: Kernel,
 }
 
@@ -85,6 +88,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         frontends: state.image.frontends.len(),
         backends: state.image.backends.len(),
         drift,
+        interrupted_change: ctx.state.map_writes_interrupted(),
         kernel: kernel(),
     };
     if ctx.output != OutputFormat::Table {
@@ -187,6 +191,12 @@ fn print_table(status: &Status) {
         Some(n) => {
             println!("drift:   {n} map entries differ from the applied state; `balctl load` repairs them")
         }
+    }
+    if status.interrupted_change {
+        println!(
+            "         a change was interrupted during its map writes; \
+             the next sync, policy change or `balctl load` repairs the maps"
+        );
     }
     println!(
         "kernel:  {}, cgroup2 at {}, BTF {}",

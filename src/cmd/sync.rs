@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use super::Context;
@@ -15,6 +16,7 @@ use crate::{
     cli::SyncArgs,
     cluster, error,
     image::{FrontendImage, Image},
+    input,
     inputs::{self, Inputs},
     metrics,
     output::{OutputFormat, print_structured},
@@ -33,13 +35,13 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let outcome = if args.kube {
         let list = || cluster::list_all(&args.api_server, &this_node);
         change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
-            notes = replace(state, inputs::from_cluster(&documents, &this_node)?);
+            notes = replace(state, inputs::from_cluster(&documents, &this_node)?)?;
             Ok(())
         })?
     } else {
         let gather = || inputs::gather(&args.filenames, &this_node);
         change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
-            notes = replace(state, gathered.read(&state.synced)?);
+            notes = replace(state, gathered.read(&state.synced)?)?;
             Ok(())
         })?
     };
@@ -62,7 +64,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     cluster::watch(&args.api_server, &this_node, &stop, |documents| {
         let mut notes = Vec::new();
         let synced = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
-            notes = replace(state, inputs::from_cluster(&documents, &this_node)?);
+            notes = replace(state, inputs::from_cluster(&documents, &this_node)?)?;
             Ok(())
         })
         .and_then(|outcome| report(ctx, &outcome, false, notes));
@@ -74,13 +76,27 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
 }
 
 /// Makes `state` hold exactly `inputs` for their sources; returns the notes.
-fn replace(state: &mut AppliedState, inputs: Inputs) -> Vec<String> {
+/// An object that another source applied stays that source's: a sync
+/// replaces only the objects of what it reads.
+fn replace(state: &mut AppliedState, inputs: Inputs) -> Result<Vec<String>> {
     let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
     state.synced.retain(|object| !names.contains(object.source.as_str()));
+    let elsewhere: HashMap<&str, &str> =
+        state.synced.iter().map(|object| (object.owner.as_str(), object.source.as_str())).collect();
+    for located in inputs.sources.iter().flat_map(|source| &source.objects) {
+        if let Some(other) = elsewhere.get(located.value.owner.as_str()) {
+            return Err(input!(
+                "{}: {} is already applied from {other}; a sync replaces only the objects of what it \
+                 reads, so remove it from one of them, or sync both in one run",
+                located.location,
+                located.value.owner
+            ));
+        }
+    }
     for source in inputs.sources {
         state.synced.extend(source.objects.into_iter().map(|located| located.value));
     }
-    inputs.notes
+    Ok(inputs.notes)
 }
 
 fn node_name(args: &SyncArgs) -> Result<String> {
@@ -112,6 +128,9 @@ struct SyncReport {
     dry_run: bool,
     summary: Summary,
     map_writes: usize,
+    /// The maps were repaired from what they held: an earlier change was
+    /// interrupted during its map writes.
+    repaired: bool,
     changes: Vec<FrontendChange>,
     /// What the input held but the sync did not apply, and why.
     notes: Vec<String>,
@@ -142,6 +161,7 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
         dry_run,
         summary: outcome.summary,
         map_writes: outcome.map_writes,
+        repaired: outcome.repaired,
         changes: changes(&outcome.before.image, &outcome.after.image),
         notes,
     };
@@ -150,6 +170,13 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
     }
     for note in &report.notes {
         ctx.say(format!("note: {note}"));
+    }
+    if report.repaired {
+        ctx.say(format!(
+            "note: an earlier change was interrupted during its map writes; \
+             the maps were repaired from what they held ({} map writes)",
+            report.map_writes
+        ));
     }
     if dry_run || ctx.verbose > 0 {
         for change in &report.changes {

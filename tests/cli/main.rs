@@ -3,6 +3,7 @@
 //! The harness is libtest-mimic so this binary can also act as the tests'
 //! network peer (`__peer`, see support/peer.rs).
 
+mod crash;
 mod crds;
 mod datapath;
 mod deploy;
@@ -56,6 +57,7 @@ fn main() {
         support::sweep_stale();
     }
     let mut tests = kernel_tests![
+        crash::killed_syncs_keep_services_and_converge,
         datapath::connects_through_vip_to_every_backend,
         datapath::unload_leaves_nothing_behind,
         datapath::reload_under_traffic_loses_nothing,

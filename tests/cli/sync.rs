@@ -146,6 +146,16 @@ pub fn sync_prunes_only_its_own_sources() {
     assert!(output.contains("frontends +0 ~0 -1"), "{output}");
     assert_eq!(owners(&sandbox), ["policy/manual", "service/closed", "service/sticky", "service/web"]);
     assert!(sandbox.balctl_ok(&["policy", "list"]).contains("manual"));
+
+    // An object stays with the source that applied it: a third file
+    // defining `web` again is refused, naming both.
+    let third = write(&sandbox, "third.toml", without_dns);
+    let refused = sandbox.balctl(&["sync", "-f", &third]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{third}:")) && stderr.contains(&first), "{stderr}");
+    assert!(stderr.contains("service/web is already applied from"), "{stderr}");
+    assert_eq!(owners(&sandbox), ["policy/manual", "service/closed", "service/sticky", "service/web"]);
 }
 
 /// `--dry-run` prints the whole plan and changes nothing, loaded or not.

@@ -58,6 +58,12 @@ enum PeerCommand {
         #[arg(long)]
         millis: Option<u64>,
     },
+    /// One TCP connection to each address in turn; reports each one's
+    /// answer (the backend id) or errno.
+    ConnectEach {
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
+    },
     /// TCP connect, then report getpeername() and the answer.
     TcpPeer {
         #[arg(long)]
@@ -117,6 +123,7 @@ pub fn run_if_requested() {
     let output = match peer.command {
         PeerCommand::Serve { id, tcp, udp } => serve(&id, &tcp, &udp),
         PeerCommand::Connect { to, count, millis } => connect(to, count, millis),
+        PeerCommand::ConnectEach { to } => connect_each(&to),
         PeerCommand::TcpPeer { to } => tcp_peer(to),
         PeerCommand::UdpSendto { to, count } => udp_sendto(to, count),
         PeerCommand::UdpConnected { to } => udp_connected(to),
@@ -215,6 +222,20 @@ fn connect(to: SocketAddr, count: u32, millis: Option<u64>) -> Value {
     latencies_us.sort_unstable();
     let max_latency_us = latencies_us.last().copied().unwrap_or(0);
     json!({ "ok": ok, "failed": failed, "backends": backends, "errors": errors, "max_latency_us": max_latency_us })
+}
+
+fn connect_each(targets: &[SocketAddr]) -> Value {
+    let answers: BTreeMap<String, String> = targets
+        .iter()
+        .map(|&to| {
+            let answer = match ask(to) {
+                Ok((answer, _)) => answer,
+                Err(err) => format!("error: {}", errno_name(&err)),
+            };
+            (to.to_string(), answer)
+        })
+        .collect();
+    json!({ "answers": answers })
 }
 
 fn tcp_peer(to: SocketAddr) -> Value {
