@@ -432,7 +432,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__load)
-            opts="-o -v -q -h -V --cgroup --map-size --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --cgroup --map-size --object --bpffs --state-dir --output --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -443,6 +443,10 @@ _balctl() {
                     return 0
                     ;;
                 --map-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --object)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -128,6 +128,16 @@ pub struct LoadArgs {
     /// (services, backends, affinity, revnat, nodes, rate_limits); repeat or separate with commas
     #[arg(long, value_name = "NAME=N", value_delimiter = ',', value_parser = parse_map_size)]
     pub map_size: Vec<(String, u32)>,
+
+    /// Load the eBPF programs from this object file instead of the built-in ones
+    ///
+    /// For trying another build of the datapath (ebpf/ of this balctl's
+    /// version, built with other features) without another binary. The
+    /// object must have every hook's program and balctl's map layouts; it is
+    /// checked before anything is touched. A later `load` without it goes
+    /// back to the built-in programs, in place as well.
+    #[arg(long, value_name = "FILE")]
+    pub object: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -24,7 +24,7 @@ use balctl_common::map_names;
 use super::{
     cgroup,
     maps::check_layout,
-    object::{HOOKS, Hook, MAPS, OBJECT},
+    object::{self, HOOKS, Hook, MAPS, OBJECT},
     pins::PinDir,
     sys,
 };
@@ -65,14 +65,16 @@ pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<Lo
     load_object(OBJECT, pins, cgroup, sizes)
 }
 
-/// `load` with another build of the programs: the connect bench compares
-/// the datapath with one built without its trace event code.
+/// `load` with another build of the programs (`load --object`; the
+/// connect bench compares the datapath with one built without its trace
+/// event code), checked by `object::check` first.
 pub fn load_object(
     object: &[u8],
     pins: &PinDir,
     cgroup: Option<&Path>,
     sizes: &MapSizes,
 ) -> Result<LoadReport> {
+    object::check(object).map_err(|err| input!("the eBPF object cannot be balctl's datapath: {err:#}"))?;
     pins.prepare()?;
     let live = live_links(pins)?;
     let target = target_cgroup(&live, cgroup)?;

@@ -3,6 +3,7 @@
 
 use std::mem::size_of;
 
+use anyhow::{Context as _, Result, bail};
 use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
@@ -161,6 +162,33 @@ const fn map<K, V>(
     }
 }
 
+/// Refuses an object that lacks a hook's program or has a map of another
+/// layout than balctl drives: loading it would fail half way, or worse,
+/// reuse the pinned maps with another layout.
+pub fn check(object: &[u8]) -> Result<()> {
+    let parsed = aya_obj::Object::parse(object).context("not an eBPF object (ELF) aya can read")?;
+    for hook in HOOKS {
+        if !parsed.programs.contains_key(hook.program) {
+            bail!("it has no program {} (for the {} hook)", hook.program, hook.name);
+        }
+    }
+    for spec in MAPS {
+        let map = parsed.maps.get(spec.name).with_context(|| format!("it has no map {}", spec.name))?;
+        let (found, wanted) = (
+            (map.map_type(), map.key_size(), map.value_size()),
+            (spec.map_type as u32, spec.key_size, spec.value_size),
+        );
+        if found != wanted {
+            bail!(
+                "its map {} has type, key size and value size {found:?}, balctl's has {wanted:?}; \
+                 build it from this balctl's ebpf/",
+                spec.name
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,16 +197,14 @@ mod tests {
     /// balctl drives; a rename on either side fails here, not at load time.
     #[test]
     fn object_has_every_hook_and_map() {
+        check(OBJECT).expect("the embedded object is balctl's");
         let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
-        for hook in HOOKS {
-            assert!(object.programs.contains_key(hook.program), "missing program {}", hook.program);
-        }
         for spec in MAPS {
-            let map = object.maps.get(spec.name).unwrap_or_else(|| panic!("missing map {}", spec.name));
-            assert_eq!((map.key_size(), map.value_size()), (spec.key_size, spec.value_size), "{}", spec.name);
-            assert_eq!(map.map_type(), spec.map_type as u32, "{}", spec.name);
-            assert_eq!(map.max_entries(), spec.default_capacity, "{}", spec.name);
+            assert_eq!(object.maps[spec.name].max_entries(), spec.default_capacity, "{}", spec.name);
         }
         assert!(SIZE_NAMES.iter().all(|n| MAPS.iter().any(|m| m.size_name == Some(*n))));
+        let mut truncated = OBJECT.to_vec();
+        truncated.truncate(OBJECT.len() / 2);
+        assert!(check(&truncated).is_err());
     }
 }

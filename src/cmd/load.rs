@@ -12,6 +12,7 @@ use crate::{
     },
     caps,
     cli::LoadArgs,
+    input,
     output::{count, print_structured},
     plan::{MapContents, Plan},
     progress::MapWrites,
@@ -35,7 +36,15 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     // Refuse before touching anything if the applied state cannot fit.
     check_fits(state.image.entry_counts(), loader::capacities_after_load(&ctx.pins, &sizes)?)?;
 
-    let report = loader::load(&ctx.pins, args.cgroup.as_deref(), &sizes)?;
+    let report = match &args.object {
+        Some(path) => {
+            let object = std::fs::read(path)
+                .map_err(|err| input!("--object {}: cannot read it: {err}", path.display()))?;
+            loader::load_object(&object, &ctx.pins, args.cgroup.as_deref(), &sizes)
+                .map_err(|err| err.context(format!("--object {}", path.display())))?
+        }
+        None => loader::load(&ctx.pins, args.cgroup.as_deref(), &sizes)?,
+    };
     let mut datapath = Datapath::open(&ctx.pins)?;
     let actual = datapath.read_contents()?;
     let desired = MapContents::of(&state.image);

@@ -143,6 +143,108 @@ pub fn reload_under_traffic_loses_nothing() {
     assert_eq!(bpftool_cgroup_show(&sandbox).len(), 8);
 }
 
+/// Another build of the datapath for `load --object`: the programs without
+/// the trace event code (ebpf/programs/src/untraced.rs), which build.rs
+/// builds next to the real ones.
+static UNTRACED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/balctl-untraced"));
+
+/// Each hook's program as `status` shows it: (hook, program id, tag).
+fn hook_programs(sandbox: &Sandbox) -> Vec<(String, u64, String)> {
+    let status = sandbox.balctl_json(&["status"]);
+    let tag_of = |id: &Value| {
+        status["programs"].as_array().expect("programs").iter().find(|p| &p["id"] == id).expect("program")["tag"]
+            .as_str()
+            .expect("tag")
+            .to_owned()
+    };
+    let hooks = status["hooks"].as_array().expect("hooks");
+    assert_eq!(hooks.len(), 8, "{status}");
+    hooks
+        .iter()
+        .map(|h| {
+            assert_eq!(h["attached_programs"], 1, "{status}");
+            (
+                h["hook"].as_str().unwrap().to_owned(),
+                h["program_id"].as_u64().unwrap(),
+                tag_of(&h["program_id"]),
+            )
+        })
+        .collect()
+}
+
+/// Waits (up to 2 s: the kernel frees programs after an RCU grace
+/// period) until no program of `ids` exists any more.
+fn assert_programs_gone(ids: &[u64]) {
+    let exists = |id: &u64| {
+        Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while ids.iter().any(exists) {
+        assert!(
+            Instant::now() < deadline,
+            "old programs still exist: {:?}",
+            ids.iter().filter(|id| exists(id)).collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 7, must show 2: upgrading to a build whose programs differ, and
+/// back, while a client connects non-stop: zero failed connections, the
+/// other build's programs behind the same links, and the replaced
+/// programs gone from the kernel.
+pub fn upgrade_to_another_build_under_traffic_loses_nothing() {
+    let sandbox = Sandbox::new();
+    serve_three(&sandbox);
+    sandbox.load();
+    add_policy(&sandbox, "web", VIP, &BACKENDS, &[]);
+    let other_build = sandbox.scratch("balctl-untraced.o");
+    std::fs::write(&other_build, UNTRACED).unwrap();
+    let links = link_ids(&sandbox);
+    let built_in = hook_programs(&sandbox);
+
+    let client = sandbox.spawn_client(&["connect", "--to", VIP, "--millis", "4000"]);
+    thread::sleep(Duration::from_millis(1000));
+    let output = sandbox.load_with(&["--object", other_build.to_str().unwrap()]);
+    assert!(output.contains("8 hooks replaced in place"), "{output}");
+    let upgraded = hook_programs(&sandbox);
+    assert_programs_gone(&built_in.iter().map(|p| p.1).collect::<Vec<_>>());
+    thread::sleep(Duration::from_millis(1000));
+    sandbox.load();
+    let back = hook_programs(&sandbox);
+    assert_programs_gone(&upgraded.iter().map(|p| p.1).collect::<Vec<_>>());
+    thread::sleep(Duration::from_millis(1000));
+    let report = finish(client);
+    assert_eq!(count(&report, "failed"), 0, "{report}");
+    assert!(count(&report, "ok") > 500, "too few connections to prove anything: {report}");
+
+    // The builds differ where they trace (the resolving hooks), and the
+    // built-in programs come back as they were.
+    for ((old, new), again) in built_in.iter().zip(&upgraded).zip(&back) {
+        assert_eq!(old.0, new.0);
+        if ["connect4", "connect6", "sendmsg4", "sendmsg6"].contains(&old.0.as_str()) {
+            assert_ne!(old.2, new.2, "{}: the other build has the same program", old.0);
+        }
+        assert_eq!(old.2, again.2, "{}: the built-in program came back different", old.0);
+    }
+    assert_eq!(link_ids(&sandbox), links, "the links were replaced, not updated");
+    assert_eq!(bpftool_cgroup_show(&sandbox).len(), 8);
+    assert_eq!(sandbox.reached(VIP, 30).len(), 3);
+
+    // An object that is not balctl's is refused before anything changes.
+    std::fs::write(&other_build, &UNTRACED[..UNTRACED.len() / 2]).unwrap();
+    let refused = sandbox.balctl(&["load", "--object", other_build.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be balctl's datapath"), "{stderr}");
+    assert_eq!(hook_programs(&sandbox), back);
+}
+
 /// Must show 4 (peers): unconnected UDP replies come from the VIP and stay
 /// on one backend per socket; connected UDP and TCP see the VIP as peer.
 pub fn udp_and_peer_addresses_show_the_vip() {

@@ -61,6 +61,7 @@ fn main() {
         datapath::connects_through_vip_to_every_backend,
         datapath::unload_leaves_nothing_behind,
         datapath::reload_under_traffic_loses_nothing,
+        datapath::upgrade_to_another_build_under_traffic_loses_nothing,
         datapath::udp_and_peer_addresses_show_the_vip,
         datapath::dig_through_a_dns_vip,
         datapath::ipv6_and_v4_mapped_sockets,
