@@ -191,3 +191,60 @@ pub fn privileges_are_checked_and_named() {
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(sandbox.balctl_ok(&["policy", "list"]).contains("web"));
 }
+
+/// Issue 7, must show 6: a change that would overflow any map a state
+/// fills is refused before any write, naming the map and the `load
+/// --map-size` option that makes room. (membership, stats and backend_hits
+/// follow the services size and hold fewer entries than the services map;
+/// affinity and revnat are LRU maps, which evict instead of filling up.)
+pub fn every_map_is_checked_for_room_before_any_write() {
+    let sandbox = Sandbox::new();
+    sandbox.load_with(&["--map-size", "services=8,backends=4,nodes=2,rate_limits=1"]);
+    sandbox.balctl_ok(&["policy", "add", "web", "--vip", "198.18.0.10:80", "--backend", "192.0.2.2:8080"]);
+    let before = (dump_json(&sandbox), sandbox.balctl_ok(&["dump", "nodes", "-o", "json"]));
+    let state_before = std::fs::read(sandbox.state.join("state.bin")).unwrap();
+
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus:\n  addresses:\n  \
+                - {address: 192.0.2.1, type: InternalIP}\n  - {address: 192.0.2.12, type: InternalIP}\n  \
+                - {address: 2001:db8::1, type: InternalIP}\n";
+    let cases = [
+        // 3 ports × (a master + 3 slots) = 12 entries, with web's 2.
+        (
+            "services.toml",
+            "[[service]]\nname = \"wide\"\naddresses = [\"198.18.0.20\"]\n\
+             backends = [\"192.0.2.3\", \"192.0.2.4\", \"192.0.2.5\"]\n\
+             ports = [{ port = 80 }, { port = 81 }, { port = 82 }]\n",
+            "services",
+        ),
+        // 5 backends and web's: 6 of 4; the slots fit (8 of 8).
+        (
+            "backends.toml",
+            "[[service]]\nname = \"many\"\naddresses = [\"198.18.0.21\"]\n\
+             backends = [\"192.0.2.3\", \"192.0.2.4\", \"192.0.2.5\", \"192.0.2.6\", \"192.0.2.7\"]\n\
+             ports = [{ port = 80 }]\n",
+            "backends",
+        ),
+        ("nodes.yaml", node, "nodes"),
+        (
+            "rate_limits.toml",
+            "[[local_redirect_policy]]\nname = \"dns-a\"\naddresses = [\"198.18.0.53\"]\n\
+             backends = [\"192.0.2.9\"]\nrequests_per_second = 10\nports = [{ port = 53, protocol = \"udp\" }]\n\
+             [[local_redirect_policy]]\nname = \"dns-b\"\naddresses = [\"198.18.0.54\"]\n\
+             backends = [\"192.0.2.9\"]\nrequests_per_second = 10\nports = [{ port = 53, protocol = \"udp\" }]\n",
+            "rate_limits",
+        ),
+    ];
+    for (file, text, map) in cases {
+        let path = sandbox.scratch(file);
+        std::fs::write(&path, text).unwrap();
+        let output = sandbox.balctl(&["sync", "--node-name", "node-a", "-f", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{file}: {stderr}");
+        assert!(stderr.contains(&format!("the {map} map would need")), "{file}: {stderr}");
+        assert!(stderr.contains(&format!("balctl load --map-size {map}=")), "{file}: {stderr}");
+        assert!(stderr.contains("nothing was changed"), "{file}: {stderr}");
+        let after = (dump_json(&sandbox), sandbox.balctl_ok(&["dump", "nodes", "-o", "json"]));
+        assert_eq!(after, before, "{file} changed the maps");
+        assert_eq!(std::fs::read(sandbox.state.join("state.bin")).unwrap(), state_before, "{file}");
+    }
+}

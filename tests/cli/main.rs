@@ -72,6 +72,7 @@ fn main() {
         input::mismatched_pinned_map_is_refused,
         input::unload_asks_on_a_terminal,
         input::privileges_are_checked_and_named,
+        input::every_map_is_checked_for_room_before_any_write,
         progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,
         sync::repeated_sync_changes_nothing,
