@@ -2,9 +2,9 @@
 //! start, so that a missing one is one sentence naming it rather than an
 //! EPERM from deep inside a bpf() call.
 
-use std::fs;
+use std::{fs, io, path::Path};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 
 /// A capability (its number in `capabilities(7)`) and its name.
 #[derive(Clone, Copy)]
@@ -36,4 +36,19 @@ fn effective() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|line| line.strip_prefix("CapEff:"))?.trim();
     u64::from_str_radix(hex, 16).ok()
+}
+
+/// Commands that work through the pins and the state dir need no
+/// capability, only access to them: they are root's alone (mode 0700).
+/// Another user gets this sentence instead of an EACCES from bpf().
+pub fn denied(path: &Path) -> anyhow::Error {
+    anyhow!(
+        "permission denied opening {}: balctl's pins and state dir are root's alone (mode 0700); \
+         run balctl as root",
+        path.display()
+    )
+}
+
+pub fn is_denied(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::PermissionDenied
 }

@@ -23,6 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    caps,
     image::Image,
     inputs::Fingerprint,
     model::{Frontend, FrontendRule, Policy},
@@ -127,6 +128,7 @@ impl StateDir {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AppliedState::default()),
+            Err(e) if caps::is_denied(&e) => return Err(caps::denied(&path)),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         let corrupt = || format!("{} is corrupt; move it away to start from an empty state", path.display());
@@ -185,13 +187,12 @@ impl StateDir {
 
     fn open_lock_file(&self, path: &Path) -> Result<File> {
         self.create_dir()?;
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))
+        OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).map_err(|e| {
+            match caps::is_denied(&e) {
+                true => caps::denied(path),
+                false => anyhow::Error::new(e).context(format!("cannot open lock file {}", path.display())),
+            }
+        })
     }
 
     /// Replaces the state file atomically: a crash leaves the old or the new

@@ -12,6 +12,7 @@ use balctl_common::{
 
 use super::{counters::CounterMaps, object::MAPS, pins::PinDir};
 use crate::{
+    caps,
     image::{BackendId, EntryCounts, ServiceId},
     input,
     plan::{MapContents, Op, Plan, Step},
@@ -35,7 +36,7 @@ pub struct Datapath {
 /// kernel's, so a map of another layout is refused.
 pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) -> Result<M> {
     let path = pins.map(name);
-    let data = MapData::from_pin(&path).with_context(|| {
+    let data = open_pinned(pins, name, || {
         format!(
             "balctl is not loaded at {} (cannot open {}); run `balctl load` first",
             pins.root().display(),
@@ -46,6 +47,16 @@ pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) ->
         Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
     M::try_from(map).with_context(|| {
         format!("the map pinned at {} does not have the layout this balctl expects", path.display())
+    })
+}
+
+/// The map pinned as `name`; `not_loaded` says what its absence means.
+/// A user who may not open the pins is told so in one sentence.
+pub fn open_pinned(pins: &PinDir, name: &str, not_loaded: impl FnOnce() -> String) -> Result<MapData> {
+    let path = pins.map(name);
+    MapData::from_pin(&path).map_err(|err| match err {
+        MapError::SyscallError(e) if caps::is_denied(&e.io_error) => caps::denied(&path),
+        err => anyhow!(err).context(not_loaded()),
     })
 }
 

@@ -13,7 +13,10 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, Map, MapData};
 use balctl_common::{TRACE_ANY, TRACE_SLOTS, map_names};
 
-use crate::{bpf::pins::PinDir, state::StateDir};
+use crate::{
+    bpf::{maps::open_pinned, pins::PinDir},
+    state::StateDir,
+};
 
 /// How long a renewal keeps tracing on.
 pub const LEASE: Duration = Duration::from_millis(1500);
@@ -32,7 +35,7 @@ impl Slot {
     /// starts it, once the tracer is ready to read.
     pub fn claim(pins: &PinDir, state: &StateDir) -> Result<Self> {
         let path = pins.map(map_names::TRACE_LEASES);
-        let data = MapData::from_pin(&path).with_context(|| {
+        let data = open_pinned(pins, map_names::TRACE_LEASES, || {
             format!(
                 "balctl is not loaded at {} (or was loaded by a balctl without tracing); run `balctl load`",
                 pins.root().display()

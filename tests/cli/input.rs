@@ -182,6 +182,30 @@ pub fn privileges_are_checked_and_named() {
         assert!(stderr.lines().count() == 1 && stderr.contains(capability), "{command:?}: {stderr}");
     }
 
+    // Another user: the commands that need no capability, only the pins
+    // and the state dir, say those are root's.
+    for command in [
+        vec!["dump", "services"],
+        vec!["policy", "list"],
+        vec!["policy", "add", "x", "--vip", "198.18.0.11:80", "--backend", "192.0.2.2:8080"],
+        vec!["sync", "-f", "-"],
+        vec!["trace", "--count", "1"],
+    ] {
+        let output = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--bounding-set=-all", "--", BALCTL])
+            .args(&command)
+            .env("BALCTL_BPFFS", &sandbox.pins)
+            .env("BALCTL_STATE_DIR", &sandbox.state)
+            .output()
+            .expect("run setpriv");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.lines().count() == 1 && stderr.contains("run balctl as root"),
+            "{command:?}: {stderr}"
+        );
+    }
+
     let state = sandbox.state.join("state.bin");
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
     let refused = sandbox.balctl(&["policy", "list"]);
