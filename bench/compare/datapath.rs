@@ -40,13 +40,17 @@ pub fn measure(world: &World, cluster: &Cluster, mechanisms: &[Mechanism]) -> Ve
     let mut workers: Vec<_> = mechanisms
         .iter()
         .map(|&mechanism| {
+            // The direct client spreads its cycles over the backends as the
+            // others' VIPs do, so that the server does the same work for all.
             let (tcp, udp) = match mechanism {
-                Mechanism::Direct => (TCP_BACKENDS[0], UDP_BACKENDS[0]),
-                _ => (cluster.tcp_vip(), cluster.udp_vip()),
+                Mechanism::Direct => {
+                    (TCP_BACKENDS.map(SocketAddr::V4).to_vec(), UDP_BACKENDS.map(SocketAddr::V4).to_vec())
+                }
+                _ => (vec![SocketAddr::V4(cluster.tcp_vip())], vec![SocketAddr::V4(cluster.udp_vip())]),
             };
-            let mut worker = world.worker(mechanism, SocketAddr::V4(tcp), SocketAddr::V4(udp));
+            let mut worker = world.worker(mechanism, &tcp, &udp);
             let warmup = worker.run(&format!("warmup {WARMUP}"));
-            assert_eq!(warmup.ok, 2 * WARMUP, "{} does not reach {tcp} and {udp}", mechanism.name());
+            assert_eq!(warmup.ok, 2 * WARMUP, "{} does not reach {tcp:?} and {udp:?}", mechanism.name());
             (mechanism, worker)
         })
         .collect();

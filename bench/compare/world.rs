@@ -111,15 +111,17 @@ impl World {
     /// Starts the mechanism's client: in its namespace, and for balctl in
     /// the cgroup balctl is attached to. The others stay out of it, so no
     /// cgroup program runs for them.
-    pub fn worker(&self, mechanism: Mechanism, tcp: SocketAddr, udp: SocketAddr) -> Worker {
-        let mut child = self
-            .sandbox
-            .peer(mechanism == Mechanism::Balctl, self.netns(mechanism))
-            .args(["bench-worker", "--tcp", &tcp.to_string(), "--udp", &udp.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start a bench worker");
+    /// Each cycle goes to one of `tcp` or `udp`, at random.
+    pub fn worker(&self, mechanism: Mechanism, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Worker {
+        let mut command = self.sandbox.peer(mechanism == Mechanism::Balctl, self.netns(mechanism));
+        command.arg("bench-worker");
+        for (option, addresses) in [("--tcp", tcp), ("--udp", udp)] {
+            for address in addresses {
+                command.arg(option).arg(address.to_string());
+            }
+        }
+        let mut child =
+            command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start a bench worker");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("worker stdout"));
         Worker { child, stdin, stdout }

@@ -5,6 +5,7 @@
 //! JSON document describing what happened.
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
     fs,
     io::{self, Read as _, Write as _},
@@ -94,13 +95,15 @@ enum PeerCommand {
     /// (N request/response exchanges with `udp`, each from a new socket) or
     /// `warmup N` (N of each, not counted), and answers each with one JSON
     /// line (`ok`, `seconds`); at the end of stdin it prints the report of
-    /// each protocol. One process per client lets clients in different
-    /// namespaces and cgroups take turns within one run.
+    /// each protocol. With several addresses of a protocol, each cycle goes
+    /// to one of them at random, as a load balancer would spread them. One
+    /// process per client lets clients in different namespaces and cgroups
+    /// take turns within one run.
     BenchWorker {
-        #[arg(long)]
-        tcp: SocketAddr,
-        #[arg(long)]
-        udp: SocketAddr,
+        #[arg(long, required = true)]
+        tcp: Vec<SocketAddr>,
+        #[arg(long, required = true)]
+        udp: Vec<SocketAddr>,
     },
     /// Replace this process with another program (after joining).
     Exec {
@@ -397,7 +400,32 @@ fn timed_exchange(to: SocketAddr) -> io::Result<(Duration, usize)> {
     Ok((took, length))
 }
 
-fn bench_worker(tcp: SocketAddr, udp: SocketAddr) -> Value {
+/// Picks one of several targets per cycle, uniformly at random (xorshift:
+/// quality is no concern, a few nanoseconds are).
+struct Spread {
+    targets: Vec<SocketAddr>,
+    state: Cell<u64>,
+}
+
+impl Spread {
+    fn new(targets: Vec<SocketAddr>) -> Self {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
+        Self { targets, state: Cell::new(seed as u64 | 1) }
+    }
+
+    fn next(&self) -> SocketAddr {
+        let mut x = self.state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.set(x);
+        self.targets[(x % self.targets.len() as u64) as usize]
+    }
+}
+
+fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>) -> Value {
+    let (tcp, udp) = (Spread::new(tcp), Spread::new(udp));
     let (mut over_tcp, mut over_udp) = (Measured::default(), Measured::default());
     for line in io::stdin().lines() {
         let line = line.expect("read a batch");
@@ -412,11 +440,11 @@ fn bench_worker(tcp: SocketAddr, udp: SocketAddr) -> Value {
             }
         };
         match kind {
-            "tcp" => run(&mut over_tcp, &|| timed_cycle(tcp)),
-            "udp" => run(&mut over_udp, &|| timed_exchange(udp)),
+            "tcp" => run(&mut over_tcp, &|| timed_cycle(tcp.next())),
+            "udp" => run(&mut over_udp, &|| timed_exchange(udp.next())),
             "warmup" => {
-                run(&mut Measured::default(), &|| timed_cycle(tcp));
-                run(&mut Measured::default(), &|| timed_exchange(udp));
+                run(&mut Measured::default(), &|| timed_cycle(tcp.next()));
+                run(&mut Measured::default(), &|| timed_exchange(udp.next()));
             }
             other => panic!("unknown batch kind {other}"),
         }
