@@ -49,23 +49,24 @@ def main():
                 label=name,
                 **style,
             )
-            for services, measured in points:
-                if name != "direct":
-                    axis.annotate(
-                        f"{measured['rate_per_s']:,.0f}/s",
-                        (services, measured["vs_direct"]),
-                        textcoords="offset points",
-                        xytext=(4, -12 if name.startswith("iptables") else 6),
-                        fontsize=7,
-                        color=style["color"],
-                    )
+            # The absolute rate at the line's last point; the rest are in
+            # bench/RESULTS.md.
+            services, measured = points[-1]
+            axis.annotate(
+                f"{measured['rate_per_s']:,.0f}/s",
+                (services, measured["vs_direct"]),
+                textcoords="offset points",
+                xytext=(6, 3 if name == "direct" else -9),
+                fontsize=7,
+                color=style["color"],
+            )
         axis.set_title(f"{title}, relative to direct")
         axis.set_ylabel("rate / direct rate (median of rounds)")
         axis.set_ylim(0, 1.1)
         axis.axhline(0.97, color="#1b9e77", linewidth=0.8, linestyle=":")
         axis.text(
-            1.0, 0.97, "0.97 ", transform=axis.get_yaxis_transform(), fontsize=7,
-            color="#1b9e77", ha="right", va="center",
+            0.01, 0.955, "balctl target 0.97", transform=axis.get_yaxis_transform(),
+            fontsize=7, color="#1b9e77", va="top",
         )
 
     programming = axes[2]
@@ -75,6 +76,7 @@ def main():
         "iptables-nft": "iptables-nft-restore",
         "nftables": "nft -f",
     }
+    stopped = []
     for name, label in commands.items():
         points = [(s["services"], s["programming"][name]) for s in sizes]
         style = STYLE[name]
@@ -84,16 +86,19 @@ def main():
             label=label,
             **style,
         )
+        # A run stopped at the time limit took longer: an open marker.
         for services, run in points:
             if not run["finished"]:
-                programming.annotate(
-                    f"stopped at {run['seconds']:.0f} s",
-                    (services, run["seconds"]),
-                    textcoords="offset points",
-                    xytext=(-70, 6),
-                    fontsize=7,
-                    color=style["color"],
+                programming.plot(
+                    [services], [run["seconds"]], marker=style["marker"], markersize=11,
+                    markerfacecolor="white", color=style["color"], linestyle="none",
                 )
+                stopped.append(f"{label} at {services:,}")
+    if stopped:
+        programming.text(
+            0.98, 0.02, "open: stopped at the time limit\n(" + "; ".join(stopped) + ")",
+            transform=programming.transAxes, fontsize=7, ha="right", va="bottom",
+        )
     programming.set_title("Time to program the services")
     programming.set_ylabel("seconds (whole process)")
     programming.set_yscale("log")
@@ -102,6 +107,7 @@ def main():
     for axis in axes:
         axis.set_xscale("log")
         axis.set_xticks(services, [f"{n:,}" for n in services])
+        axis.set_xlim(min(services) / 1.6, max(services) * 3)
         axis.minorticks_off()
         axis.set_xlabel("services")
         axis.grid(True, which="major", alpha=0.3)
