@@ -6,7 +6,9 @@
 //!   fails with "network unreachable" inside the namespace;
 //! - a child cgroup under the cgroup2 mount, which balctl attaches to and
 //!   client processes join (never the root cgroup);
-//! - a private bpffs mount for balctl's pins and a private state dir.
+//! - a private bpffs mount for balctl's pins and a private state dir;
+//! - on request, more client namespaces, each with its own veth pair into
+//!   the server namespace (`add_client_ns`).
 //!
 //! Everything is removed on drop, also when the test panics; processes are
 //! killed by PID. `sweep_stale` removes what a killed test run left behind.
@@ -53,8 +55,12 @@ pub fn cgroup2_root() -> PathBuf {
 }
 
 pub struct Sandbox {
+    /// `<pid>-<n>`: names the sandbox's namespaces, cgroup and veths.
+    id: String,
     pub client_ns: String,
     pub server_ns: String,
+    /// Client namespaces added by `add_client_ns`.
+    extra_ns: Mutex<Vec<String>>,
     pub cgroup: PathBuf,
     dir: PathBuf,
     bpffs: PathBuf,
@@ -82,18 +88,21 @@ impl Sandbox {
         let sandbox = Self {
             client_ns: format!("{PREFIX}{id}-c"),
             server_ns: format!("{PREFIX}{id}-s"),
+            extra_ns: Mutex::new(Vec::new()),
             cgroup: cgroup2_root().join(format!("{PREFIX}{id}")),
             pins: bpffs.join("balctl"),
             state: dir.join("state"),
             bpffs,
             dir,
             children: Mutex::new(Vec::new()),
+            id,
         };
-        sandbox.build(&id);
+        sandbox.build();
         sandbox
     }
 
-    fn build(&self, id: &str) {
+    fn build(&self) {
+        let id = &self.id;
         fs::create_dir_all(&self.bpffs).expect("create sandbox dir");
         run("mount", &["-t", "bpf", "bpf", self.bpffs.to_str().unwrap()]);
         fs::create_dir(&self.cgroup).expect("create test cgroup");
@@ -117,6 +126,31 @@ impl Sandbox {
             run("ip", &["-n", ns, "link", "set", dev, "up"]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
+    }
+
+    /// Adds another client namespace, `<sandbox>-<suffix>`, joined to the
+    /// server namespace by its own veth pair: `address`/24 on the client
+    /// side, and in the server namespace a host route back to it (more
+    /// specific than the first client's /24). Like the first client it has
+    /// no other route. Removed with the sandbox; returns its name.
+    #[allow(dead_code, reason = "bench/compare's clients; the CLI tests need one client namespace")]
+    pub fn add_client_ns(&self, suffix: &str, address: &str) -> String {
+        let mut extra = self.extra_ns.lock().unwrap();
+        let ns = format!("{PREFIX}{}-{suffix}", self.id);
+        run("ip", &["netns", "add", &ns]);
+        extra.push(ns.clone());
+        let (veth_c, veth_s) =
+            (format!("v{}{}c", self.id, extra.len()), format!("v{}{}s", self.id, extra.len()));
+        run("ip", &["link", "add", &veth_c, "type", "veth", "peer", "name", &veth_s]);
+        run("ip", &["link", "set", &veth_c, "netns", &ns]);
+        run("ip", &["link", "set", &veth_s, "netns", &self.server_ns]);
+        run("ip", &["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", &veth_c]);
+        for (netns, dev) in [(ns.as_str(), &veth_c), (self.server_ns.as_str(), &veth_s)] {
+            run("ip", &["-n", netns, "link", "set", dev, "up"]);
+        }
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        run("ip", &["-n", &self.server_ns, "route", "add", &format!("{address}/32"), "dev", &veth_s]);
+        ns
     }
 
     /// A path in the sandbox's scratch directory (removed with it).
@@ -165,7 +199,9 @@ impl Sandbox {
         self.balctl_ok(&args)
     }
 
-    fn peer(&self, join_cgroup: bool, netns: &str) -> Command {
+    /// The test binary as a peer (`peer.rs`) in `netns`, in the test cgroup
+    /// if `join_cgroup`; the caller adds the peer command.
+    pub fn peer(&self, join_cgroup: bool, netns: &str) -> Command {
         let mut command = Command::new(std::env::current_exe().expect("test binary path"));
         command.arg(peer::PEER_ARG);
         if join_cgroup {
@@ -299,7 +335,10 @@ impl Drop for Sandbox {
         if self.pins.exists() {
             let _ = self.balctl(&["unload", "--yes"]);
         }
-        remove_sandbox(&self.dir, &self.cgroup, &[&self.client_ns, &self.server_ns]);
+        let extra = self.extra_ns.lock().map(|e| e.clone()).unwrap_or_default();
+        let namespaces: Vec<&str> =
+            [&self.client_ns, &self.server_ns].into_iter().chain(&extra).map(String::as_str).collect();
+        remove_sandbox(&self.dir, &self.cgroup, &namespaces);
     }
 }
 

@@ -5,6 +5,7 @@
 //! JSON document describing what happened.
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
     fs,
     io::{self, Read as _, Write as _},
@@ -95,6 +96,21 @@ enum PeerCommand {
         #[arg(long)]
         per_round: u32,
     },
+    /// Benchmark worker for one client, driven by whoever started it: reads
+    /// batches from stdin, `tcp N` (N connection cycles to `tcp`), `udp N`
+    /// (N request/response exchanges with `udp`, each from a new socket) or
+    /// `warmup N` (N of each, not counted), and answers each with one JSON
+    /// line (`ok`, `seconds`); at the end of stdin it prints the report of
+    /// each protocol. With several addresses of a protocol, each cycle goes
+    /// to one of them at random, as a load balancer would spread them. One
+    /// process per client lets clients in different namespaces and cgroups
+    /// take turns within one run.
+    BenchWorker {
+        #[arg(long, required = true)]
+        tcp: Vec<SocketAddr>,
+        #[arg(long, required = true)]
+        udp: Vec<SocketAddr>,
+    },
     /// Replace this process with another program (after joining).
     Exec {
         #[arg(trailing_var_arg = true, required = true)]
@@ -128,6 +144,7 @@ pub fn run_if_requested() {
         PeerCommand::UdpSendto { to, count } => udp_sendto(to, count),
         PeerCommand::UdpConnected { to } => udp_connected(to),
         PeerCommand::Bench { vip, direct, rounds, per_round } => bench(vip, direct, rounds, per_round),
+        PeerCommand::BenchWorker { tcp, udp } => bench_worker(tcp, udp),
         PeerCommand::Exec { argv } => {
             let err = Command::new(&argv[0]).args(&argv[1..]).exec();
             panic!("exec {}: {err}", argv[0]);
@@ -298,33 +315,47 @@ const BENCH_WARMUP: u32 = 100;
 /// What one benchmark target collected.
 #[derive(Default)]
 struct Measured {
-    connect_ns: Vec<u64>,
+    /// Of each successful cycle: connect() for TCP, send to answer for UDP.
+    latency_ns: Vec<u64>,
     cycle_total: Duration,
     failures: BTreeMap<String, u64>,
 }
 
 impl Measured {
-    fn record(&mut self, to: SocketAddr) {
+    /// Runs and records one cycle (`timed_cycle`, `timed_exchange`); returns
+    /// whether it succeeded and how long the whole cycle took.
+    fn record(&mut self, cycle: impl FnOnce() -> io::Result<(Duration, usize)>) -> (bool, Duration) {
         let started = Instant::now();
-        match timed_cycle(to) {
-            Ok((connect, answer)) if answer > 0 => self.connect_ns.push(connect.as_nanos() as u64),
-            Ok(_) => *self.failures.entry("EMPTY_ANSWER".into()).or_default() += 1,
-            Err(err) => *self.failures.entry(errno_name(&err)).or_default() += 1,
-        }
+        let ok = match cycle() {
+            Ok((latency, answer)) if answer > 0 => {
+                self.latency_ns.push(latency.as_nanos() as u64);
+                true
+            }
+            Ok(_) => {
+                *self.failures.entry("EMPTY_ANSWER".into()).or_default() += 1;
+                false
+            }
+            Err(err) => {
+                *self.failures.entry(errno_name(&err)).or_default() += 1;
+                false
+            }
+        };
         // Failed cycles take time too, so they lower the rate.
-        self.cycle_total += started.elapsed();
+        let took = started.elapsed();
+        self.cycle_total += took;
+        (ok, took)
     }
 
     fn report(mut self) -> Value {
-        self.connect_ns.sort_unstable();
-        let connections = self.connect_ns.len() as u64;
+        self.latency_ns.sort_unstable();
+        let connections = self.latency_ns.len() as u64;
         let rate = connections as f64 / self.cycle_total.as_secs_f64();
         json!({
             "connections": connections,
             "failures": self.failures,
             "rate_per_s": rate.round(),
-            "p50_us": percentile_us(&self.connect_ns, 0.50),
-            "p99_us": percentile_us(&self.connect_ns, 0.99),
+            "p50_us": percentile_us(&self.latency_ns, 0.50),
+            "p99_us": percentile_us(&self.latency_ns, 0.99),
         })
     }
 }
@@ -364,9 +395,82 @@ fn bench(vip: SocketAddr, direct: SocketAddr, rounds: u32, per_round: u32) -> Va
         }
         for (measured, to) in order {
             for _ in 0..per_round {
-                measured.record(to);
+                measured.record(|| timed_cycle(to));
             }
         }
     }
     json!({ "vip": via_vip.report(), "direct": to_direct.report() })
+}
+
+/// One request/response exchange as a stub resolver makes it: a new
+/// unconnected socket, `sendto()` the target, `recvfrom()` the answer,
+/// close. Returns the time from sending to the answer and the answer's
+/// length. An answer that does not come from the target (a reply whose
+/// source was not translated back) is an error, `InvalidData`.
+fn timed_exchange(to: SocketAddr) -> io::Result<(Duration, usize)> {
+    let socket = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = [0u8; 64];
+    let started = Instant::now();
+    socket.send_to(b"q", to)?;
+    let (length, from) = socket.recv_from(&mut buf)?;
+    let took = started.elapsed();
+    if from != to {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("answer from {from}")));
+    }
+    Ok((took, length))
+}
+
+/// Picks one of several targets per cycle, uniformly at random (xorshift:
+/// quality is no concern, a few nanoseconds are).
+struct Spread {
+    targets: Vec<SocketAddr>,
+    state: Cell<u64>,
+}
+
+impl Spread {
+    fn new(targets: Vec<SocketAddr>) -> Self {
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
+        Self { targets, state: Cell::new(seed as u64 | 1) }
+    }
+
+    fn next(&self) -> SocketAddr {
+        let mut x = self.state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.set(x);
+        self.targets[(x % self.targets.len() as u64) as usize]
+    }
+}
+
+fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>) -> Value {
+    let (tcp, udp) = (Spread::new(tcp), Spread::new(udp));
+    let (mut over_tcp, mut over_udp) = (Measured::default(), Measured::default());
+    for line in io::stdin().lines() {
+        let line = line.expect("read a batch");
+        let (kind, count) = line.split_once(' ').expect("a batch is `KIND COUNT`");
+        let count: u32 = count.parse().expect("a batch count");
+        let (mut ok, mut took) = (0u32, Duration::ZERO);
+        let mut run = |measured: &mut Measured, cycle: &dyn Fn() -> io::Result<(Duration, usize)>| {
+            for _ in 0..count {
+                let (success, cycle_took) = measured.record(cycle);
+                ok += u32::from(success);
+                took += cycle_took;
+            }
+        };
+        match kind {
+            "tcp" => run(&mut over_tcp, &|| timed_cycle(tcp.next())),
+            "udp" => run(&mut over_udp, &|| timed_exchange(udp.next())),
+            "warmup" => {
+                run(&mut Measured::default(), &|| timed_cycle(tcp.next()));
+                run(&mut Measured::default(), &|| timed_exchange(udp.next()));
+            }
+            other => panic!("unknown batch kind {other}"),
+        }
+        println!("{}", json!({ "ok": ok, "seconds": took.as_secs_f64() }));
+        io::stdout().flush().expect("stdout");
+    }
+    json!({ "tcp": over_tcp.report(), "udp": over_udp.report() })
 }

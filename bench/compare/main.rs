@@ -1,0 +1,123 @@
+//! Head to head, on the real kernel, in one run: balctl against kube-proxy's
+//! iptables mode (on both iptables backends, legacy and nft) and nftables
+//! mode, and against connecting straight to a backend, at 1, 1,000, 10,000
+//! and 100,000 services. Per size: the time, peak RSS and kernel memory of
+//! programming the services (`balctl sync`, `iptables-restore`, `nft -f`),
+//! then TCP connection rate and connect latency, and UDP request/response
+//! rate and latency, of a client per mechanism taking turns (datapath.rs).
+//!
+//! Every client runs in a network namespace of its own, all joined to one
+//! server namespace (world.rs); iptables and nftables rules exist only in
+//! their client's namespace, and balctl is attached only to the sandbox's
+//! child cgroup, which only balctl's client joins. What the services are and
+//! how each mechanism is given them: cluster.rs.
+//!
+//! Run as root: `cargo bench --bench compare`; `COMPARE_SIZES=1,1000` for
+//! other sizes.
+//! Raw results go to bench/compare-results.json, the chart to
+//! bench/compare.png (bench/plot.py, needs matplotlib). Results are recorded
+//! in bench/RESULTS.md.
+
+mod cluster;
+mod datapath;
+mod programming;
+mod report;
+mod world;
+
+// The sandbox is shared with the CLI tests; the bench uses part of it.
+#[allow(dead_code)]
+#[path = "../../tests/cli/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+
+use cluster::Cluster;
+use programming::Programmed;
+use world::{Mechanism, World};
+
+const SIZES: [u32; 4] = [1, 1_000, 10_000, 100_000];
+
+/// Everything measured at one size.
+pub struct SizeResult {
+    pub size: u32,
+    pub tcp_vip: String,
+    pub udp_vip: String,
+    /// Every mechanism but direct, in the order they were programmed.
+    pub programming: Vec<(Mechanism, Programmed)>,
+    /// Direct first, then each mechanism whose rules got in.
+    pub datapath: Vec<datapath::Measured>,
+}
+
+fn main() {
+    support::peer::run_if_requested();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the compare bench needs root (namespaces, cgroups, bpf, netfilter); run it with sudo");
+        std::process::exit(1);
+    }
+    support::sweep_stale();
+    let sizes = match std::env::var("COMPARE_SIZES") {
+        Ok(list) => list.split(',').map(|s| s.trim().parse().expect("COMPARE_SIZES: numbers")).collect(),
+        Err(_) => SIZES.to_vec(),
+    };
+    let machine = report::machine();
+    println!("{}\n", report::describe_machine(&machine));
+    let started = Instant::now();
+    let results: Vec<SizeResult> = sizes.into_iter().map(measure_size).collect();
+    report::finish(&machine, &results, started.elapsed());
+}
+
+fn measure_size(size: u32) -> SizeResult {
+    let world = on_one_cpu(World::new);
+    let cluster = Cluster::new(size);
+    let (tcp_vip, udp_vip) = (cluster.tcp_vip().to_string(), cluster.udp_vip().to_string());
+    println!("== {size} TCP services + 1 UDP service; measured {tcp_vip}/tcp and {udp_vip}/udp");
+    report::print_programming_header();
+    let programming: Vec<(Mechanism, Programmed)> = Mechanism::ALL
+        .into_iter()
+        .filter(|&mechanism| mechanism != Mechanism::Direct)
+        .map(|mechanism| {
+            let programmed = match mechanism {
+                Mechanism::Balctl => programming::balctl(&world, &cluster),
+                Mechanism::Nftables => programming::nftables(&world, &cluster),
+                iptables => programming::iptables(&world, &cluster, iptables),
+            };
+            report::print_programmed(mechanism, &programmed);
+            (mechanism, programmed)
+        })
+        .collect();
+    let mechanisms: Vec<Mechanism> = Mechanism::ALL
+        .into_iter()
+        .filter(|&m| m == Mechanism::Direct || programming.iter().any(|(p, run)| *p == m && run.ready))
+        .collect();
+    let datapath = on_one_cpu(|| datapath::measure(&world, &cluster, &mechanisms));
+    report::print_datapath(&datapath);
+    println!();
+    SizeResult { size, tcp_vip, udp_vip, programming, datapath }
+}
+
+/// Runs `f` with this process pinned to the last CPU, so that the processes
+/// it starts (the server, the clients) inherit that CPU. With client and
+/// server on one CPU a batch's rate measures the CPU time a cycle costs;
+/// left to the scheduler, batches ran at two rates ~30% apart depending on
+/// whether client and server shared a CPU. Programming commands run
+/// unpinned, as they would on a node.
+fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: cpu_set_t is plain data; the calls read or write only it.
+    unsafe {
+        let mut all: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut all),
+            0,
+            "sched_getaffinity"
+        );
+        let last =
+            (0..libc::CPU_SETSIZE as usize).rev().find(|&cpu| libc::CPU_ISSET(cpu, &all)).expect("a CPU");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(last, &mut one);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one), 0, "sched_setaffinity");
+        let result = f();
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all), 0, "sched_setaffinity");
+        result
+    }
+}

@@ -1,0 +1,180 @@
+//! The clients and their server, on the real kernel: the tests'
+//! sandbox (see tests/cli/support: a server namespace, a child cgroup that
+//! balctl attaches to, a private bpffs), and four client namespaces set up
+//! alike, each on a veth of its own into the server namespace: direct (no
+//! rules), balctl (its client joins the cgroup), iptables-legacy,
+//! iptables-nft and nftables (kube-proxy's rules, installed in that
+//! namespace only). The sandbox's own client namespace stays unused. Each
+//! client is a long-lived benchmark worker (the peer's `bench-worker`) that
+//! runs batches when told, so they take turns within one run.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::{
+    cluster::{TCP_BACKENDS, UDP_BACKENDS},
+    support::Sandbox,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mechanism {
+    /// Straight to a backend address: no rules, no cgroup programs, no conntrack.
+    Direct,
+    Balctl,
+    /// kube-proxy's iptables mode, on the x_tables backend (`iptables-legacy`).
+    IptablesLegacy,
+    /// kube-proxy's iptables mode, on the nf_tables backend (`iptables-nft`,
+    /// what `iptables` is on this machine's distribution).
+    IptablesNft,
+    /// kube-proxy's nftables mode.
+    Nftables,
+}
+
+impl Mechanism {
+    pub const ALL: [Self; 5] =
+        [Self::Direct, Self::Balctl, Self::IptablesLegacy, Self::IptablesNft, Self::Nftables];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Balctl => "balctl",
+            Self::IptablesLegacy => "iptables-legacy",
+            Self::IptablesNft => "iptables-nft",
+            Self::Nftables => "nftables",
+        }
+    }
+
+    /// Whether its client's namespace holds kube-proxy's rules.
+    fn is_kube_proxy(self) -> bool {
+        matches!(self, Self::IptablesLegacy | Self::IptablesNft | Self::Nftables)
+    }
+}
+
+pub struct World {
+    pub sandbox: Sandbox,
+    /// Client namespaces in the order of `Mechanism::ALL`.
+    namespaces: [String; 5],
+}
+
+impl World {
+    pub fn new() -> Self {
+        let sandbox = Sandbox::new();
+        let (tcp, udp) = (TCP_BACKENDS.map(|a| a.to_string()), UDP_BACKENDS.map(|a| a.to_string()));
+        sandbox.serve("backend", &tcp.each_ref().map(String::as_str), &udp.each_ref().map(String::as_str));
+        let namespaces = [("direct", 101), ("balctl", 102), ("iptl", 103), ("iptn", 104), ("nft", 105)]
+            .map(|(name, host)| sandbox.add_client_ns(name, &format!("192.0.2.{host}")));
+        for (mechanism, ns) in Mechanism::ALL.iter().zip(&namespaces).filter(|(m, _)| m.is_kube_proxy()) {
+            // A node routes service addresses somewhere (its default route)
+            // before the OUTPUT hook rewrites them; here only into the
+            // server namespace, which routes them nowhere.
+            let status = Command::new("ip")
+                .args(["-n", ns, "route", "add", "198.18.0.0/15", "via", "192.0.2.2"])
+                .status()
+                .expect("run ip");
+            assert!(status.success(), "route the VIPs for {}", mechanism.name());
+        }
+        Self { sandbox, namespaces }
+    }
+
+    fn netns(&self, mechanism: Mechanism) -> &str {
+        let index = Mechanism::ALL.iter().position(|&m| m == mechanism).expect("a mechanism");
+        &self.namespaces[index]
+    }
+
+    /// `program` to be run in the mechanism's network namespace (entered
+    /// between fork and exec, so no `ip netns exec` process is timed too).
+    pub fn command_in(&self, mechanism: Mechanism, program: &str) -> Command {
+        let netns = self.netns(mechanism);
+        let ns =
+            File::open(format!("/run/netns/{netns}")).unwrap_or_else(|e| panic!("open netns {netns}: {e}"));
+        let mut command = Command::new(program);
+        // SAFETY: setns is async-signal-safe; the closure owns the descriptor.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        command
+    }
+
+    /// Starts the mechanism's client: in its namespace, and for balctl in
+    /// the cgroup balctl is attached to. The others stay out of it, so no
+    /// cgroup program runs for them.
+    /// Each cycle goes to one of `tcp` or `udp`, at random.
+    pub fn worker(&self, mechanism: Mechanism, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Worker {
+        let mut command = self.sandbox.peer(mechanism == Mechanism::Balctl, self.netns(mechanism));
+        command.arg("bench-worker");
+        for (option, addresses) in [("--tcp", tcp), ("--udp", udp)] {
+            for address in addresses {
+                command.arg(option).arg(address.to_string());
+            }
+        }
+        let mut child =
+            command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start a bench worker");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("worker stdout"));
+        Worker { child, stdin, stdout }
+    }
+}
+
+/// What a worker reports for one batch.
+pub struct Batch {
+    pub ok: u32,
+    pub seconds: f64,
+}
+
+impl Batch {
+    pub fn rate(&self) -> f64 {
+        f64::from(self.ok) / self.seconds
+    }
+}
+
+/// A running benchmark worker; killed if dropped before `finish`.
+pub struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    /// Runs one batch (`tcp N`, `udp N`, `warmup N`) and waits for it.
+    pub fn run(&mut self, batch: &str) -> Batch {
+        let stdin = self.stdin.as_mut().expect("worker still running");
+        writeln!(stdin, "{batch}").and_then(|()| stdin.flush()).expect("send a batch");
+        let answer = self.read_json();
+        let ok = answer["ok"].as_u64().expect("ok") as u32;
+        Batch { ok, seconds: answer["seconds"].as_f64().expect("seconds") }
+    }
+
+    /// Ends the worker; returns its report of all batches per protocol.
+    pub fn finish(mut self) -> Value {
+        drop(self.stdin.take());
+        let report = self.read_json();
+        let _ = self.child.wait();
+        report
+    }
+
+    fn read_json(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read from the worker");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("worker answered {line:?}: {e}"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
