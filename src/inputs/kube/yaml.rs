@@ -67,11 +67,11 @@ pub fn for_each_object(
     first_line: usize,
     mut object: impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
-    let mut chars = ReadChars::new(reader);
+    let mut chars = ReadChars::new(reader, first_line);
     let parser = Parser::new_from_iter(chars.by_ref());
     let result = read_stream(&mut Events { parser, file, line_offset: first_line - 1 }, &mut object);
     if let Some(err) = chars.error.take() {
-        return Err(input!("{file}: {err}"));
+        return Err(input!("{file}{err}"));
     }
     result
 }
@@ -253,7 +253,8 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
 
 /// The characters of a byte stream, decoded as UTF-8 a chunk at a time. An
 /// I/O or encoding error ends the stream and is kept for the caller, since
-/// the parser's input cannot fail.
+/// the parser's input cannot fail: what follows the file's name in the
+/// message, with the line and column of a byte that is not UTF-8.
 struct ReadChars<R> {
     reader: R,
     /// Decoded once per chunk: handing out chars is then an index bump,
@@ -262,15 +263,34 @@ struct ReadChars<R> {
     position: usize,
     /// Bytes of a character split across two reads.
     partial: Vec<u8>,
-    offset: usize,
+    /// Where the next chunk starts: its line, and bytes into it.
+    line: usize,
+    column: usize,
     error: Option<String>,
 }
 
 const CHUNK: usize = 1 << 20;
 
 impl<R: Read> ReadChars<R> {
-    fn new(reader: R) -> Self {
-        Self { reader, chunk: Vec::new(), position: 0, partial: Vec::new(), offset: 0, error: None }
+    /// The stream starts on `first_line` of its file.
+    fn new(reader: R, first_line: usize) -> Self {
+        let (chunk, partial) = (Vec::new(), Vec::new());
+        Self { reader, chunk, position: 0, partial, line: first_line, column: 0, error: None }
+    }
+
+    fn not_utf8(&mut self) {
+        self.error = Some(format!(":{}:{}: not valid UTF-8", self.line, self.column + 1));
+    }
+
+    /// Moves the position past `text`.
+    fn advance(&mut self, text: &[u8]) {
+        match memchr::memrchr(b'\n', text) {
+            Some(last) => {
+                self.line += memchr::memchr_iter(b'\n', text).count();
+                self.column = text.len() - last - 1;
+            }
+            None => self.column += text.len(),
+        }
     }
 
     /// Reads the next chunk; false at the end or on an error.
@@ -279,12 +299,12 @@ impl<R: Read> ReadChars<R> {
         let start = bytes.len();
         // Grows with what is read: a small input allocates little.
         if let Err(e) = self.reader.by_ref().take(CHUNK as u64).read_to_end(&mut bytes) {
-            self.error = Some(format!("read failed: {e}"));
+            self.error = Some(format!(": read failed: {e}"));
             return false;
         }
         if bytes.len() == start {
             if !bytes.is_empty() {
-                self.error = Some(format!("not valid UTF-8 (at byte {})", self.offset));
+                self.not_utf8();
             }
             return false;
         }
@@ -293,12 +313,13 @@ impl<R: Read> ReadChars<R> {
             // Up to 3 bytes can be the start of a character the next read completes.
             Err(e) if e.error_len().is_none() => e.valid_up_to(),
             Err(e) => {
-                self.error = Some(format!("not valid UTF-8 (at byte {})", self.offset + e.valid_up_to()));
+                self.advance(&bytes[..e.valid_up_to()]);
+                self.not_utf8();
                 return false;
             }
         };
         self.partial = bytes.split_off(valid);
-        self.offset += valid;
+        self.advance(&bytes);
         self.chunk.clear();
         // Checked just above.
         self.chunk.extend(std::str::from_utf8(&bytes).unwrap_or_default().chars());
@@ -374,6 +395,11 @@ mod tests {
         let mut bad = b"kind: Node\nx: ".to_vec();
         bad.push(0xff);
         let err = for_each_object("f.yaml", &bad[..], 1, |_| Ok(())).unwrap_err().to_string();
-        assert!(err.contains("not valid UTF-8"), "{err}");
+        assert_eq!(err, "f.yaml:2:4: not valid UTF-8");
+        let mut split = long.into_bytes();
+        split.pop();
+        split.extend(b"\n\xc3");
+        let err = for_each_object("f.yaml", &split[..], 7, |_| Ok(())).unwrap_err().to_string();
+        assert_eq!(err, "f.yaml:9:1: not valid UTF-8");
     }
 }
