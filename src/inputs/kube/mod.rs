@@ -137,10 +137,7 @@ impl SplitFiles {
         let kept = reuse
             .kept()
             .map(|(object, item)| {
-                let label = &opened[item.file].0;
-                // A List entry's object starts after its `- `.
-                let column = if item.kind == items::PieceKind::ListEntry { 3 } else { 1 };
-                let location = Location { file: label.clone(), line: item.line, column };
+                let location = object_location(&opened[item.file].0, item);
                 (files[item.file].source, Located { value: Arc::clone(object), location })
             })
             .collect();
@@ -173,14 +170,26 @@ fn read_part(file: &str, reader: impl Read, first_line: usize) -> Result<Vec<Kub
     Ok(objects)
 }
 
-/// The objects of one item; one that holds exactly one object gets the
-/// item's fingerprint.
+/// The objects of one item. One that holds exactly one object gets the
+/// item's fingerprint, so that a later sync can keep what it becomes, if
+/// the object starts where a kept one is said to (`object_location`):
+/// where it was read from must not depend on whether it was parsed.
 fn parse_item(label: &str, file: &File, item: &reuse::Item) -> Result<Vec<KubeObject>> {
     let mut objects = read_part(label, FileRange::of(file, item.span), item.span.line)?;
     if let [only] = objects.as_mut_slice() {
-        only.meta_mut().fingerprint = Some(item.fingerprint);
+        let meta = only.meta_mut();
+        if meta.location == object_location(label, item) {
+            meta.fingerprint = Some(item.fingerprint);
+        }
     }
     Ok(objects)
+}
+
+/// Where the object of an item starts, in kubectl's layout: at column 1 of
+/// its first line, or in a List entry after its `- `.
+fn object_location(label: &str, item: &reuse::Item) -> Location {
+    let column = if item.kind == items::PieceKind::ListEntry { 3 } else { 1 };
+    Location { file: label.to_owned(), line: item.line, column }
 }
 
 /// The top level of a List document around its entries must make it a List.
