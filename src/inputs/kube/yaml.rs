@@ -282,6 +282,15 @@ impl<R: Read> ReadChars<R> {
         self.error = Some(format!(":{}:{}: not valid UTF-8", self.line, self.column + 1));
     }
 
+    fn not_printable(&mut self, c: char) {
+        self.error = Some(format!(
+            ":{}:{}: character U+{:04X} is not allowed in YAML (only printable characters are)",
+            self.line,
+            self.column + 1,
+            u32::from(c)
+        ));
+    }
+
     /// Moves the position past `text`.
     fn advance(&mut self, text: &[u8]) {
         match memchr::memrchr(b'\n', text) {
@@ -319,13 +328,29 @@ impl<R: Read> ReadChars<R> {
             }
         };
         self.partial = bytes.split_off(valid);
-        self.advance(&bytes);
         self.chunk.clear();
         // Checked just above.
-        self.chunk.extend(std::str::from_utf8(&bytes).unwrap_or_default().chars());
+        let text = std::str::from_utf8(&bytes).unwrap_or_default();
+        for (at, c) in text.char_indices() {
+            // The parser takes a NUL for the end of the stream: what
+            // follows one would be dropped without a word.
+            if !printable(c) {
+                self.advance(&bytes[..at]);
+                self.not_printable(c);
+                return false;
+            }
+            self.chunk.push(c);
+        }
+        self.advance(&bytes);
         self.position = 0;
         true
     }
+}
+
+/// The characters YAML allows in a stream (YAML 1.2, `c-printable`).
+const fn printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+        || c >= '\u{10000}'
 }
 
 impl<R: Read> Iterator for ReadChars<R> {
@@ -401,5 +426,15 @@ mod tests {
         split.extend(b"\n\xc3");
         let err = for_each_object("f.yaml", &split[..], 7, |_| Ok(())).unwrap_err().to_string();
         assert_eq!(err, "f.yaml:9:1: not valid UTF-8");
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_they_are() {
+        // The parser would end the stream at the NUL and never see the Node.
+        let err = objects("kind: Service\n\0\n---\nkind: Node\n").unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:2:1: character U+0000 is not allowed"), "{err}");
+        let err = objects("kind: Node\nx: \"a\u{1b}\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:2:6: character U+001B"), "{err}");
+        assert_eq!(objects("kind: Node\r\nx: \"\ta\u{85}é\u{1F600}\"\n").unwrap().len(), 1);
     }
 }
