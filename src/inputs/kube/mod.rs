@@ -192,18 +192,18 @@ fn object_location(label: &str, item: &reuse::Item) -> Location {
     Location { file: label.to_owned(), line: item.line, column }
 }
 
-/// The top level of a List document around its entries must make it a List.
+/// The top level of a List document around its entries must be what it
+/// is in the document read whole, and make it a List. So it is read in its
+/// place: the header, `items: []` where the entries were (padded to their
+/// lines, so that the trailer keeps its line numbers), and the trailer, as
+/// one document.
 fn check_list_shell(label: &str, file: &File, header: Span, trailer: Span, items_line: usize) -> Result<()> {
-    let mut kind = None;
-    for part in [header, trailer] {
-        yaml::for_each_object(label, FileRange::of(file, part), part.line, |node| {
-            if let Some(found) = node.get("kind") {
-                kind = Some(found.clone());
-            }
-            Ok(())
-        })?;
-    }
-    yaml::check_list_kind(kind.as_ref()).map_err(|message| input!("{label}:{items_line}:1: {message}"))
+    let entries = format!("items: []{}", "\n".repeat(trailer.line - items_line));
+    let shell = FileRange::of(file, header).chain(entries.as_bytes()).chain(FileRange::of(file, trailer));
+    // The `items` inserted hold nothing: any object would be under another.
+    yaml::for_each_object(label, shell, header.line, |node| {
+        Err(input!("{}: a List has its objects under its one `items`", node.location(label)))
+    })
 }
 
 /// Part of a file, read at its offsets whatever the file position.

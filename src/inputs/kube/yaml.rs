@@ -10,6 +10,7 @@
 use std::{fmt, io::Read};
 
 use anyhow::Result;
+use rustc_hash::FxHashSet;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use crate::{input, inputs::location::Location};
@@ -128,18 +129,22 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
 ) -> Result<()> {
     let (event, span) = events.next()?;
     if let Event::SequenceStart(..) = event {
-        return read_elements(events, 1, object);
+        return read_elements(events, object);
     }
     let Event::MappingStart(..) = event else {
         let root = read_node(events, event, span, 0)?;
         return if root.is_null() { Ok(()) } else { object(root) };
     };
     let mut entries = Vec::new();
+    let mut keys = Keys::default();
     // Where `items` was, when its elements were handed out as objects.
     let mut streamed_items: Option<Span> = None;
     read_entries(events, |events, key, event, key_span, value_span| {
+        if !keys.is_new(&entries, &key) || (key == "items" && streamed_items.is_some()) {
+            return Err(events.error(&key_span, format!("`{key}` is given twice")));
+        }
         if key == "items" && matches!(event, Event::SequenceStart(..)) {
-            read_elements(events, 2, object)?;
+            read_elements(events, object)?;
             streamed_items = Some(key_span);
         } else {
             entries.push((key, read_node(events, event, value_span, 1)?));
@@ -155,7 +160,7 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
 }
 
 /// A document with `items` must be a List; `kind` is its `kind` field.
-pub fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
+fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
     let kind = kind.and_then(|k| match &k.value {
         Value::Scalar { text, .. } => Some(text.as_str()),
         _ => None,
@@ -167,10 +172,10 @@ pub fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
     Err(format!("a document with `items` must be a List (kind: List), not {found}"))
 }
 
-/// Hands out each element of a sequence whose start was just read.
+/// Hands out each element of a sequence whose start was just read: an
+/// object, as deep as a document's root, wherever the sequence is.
 fn read_elements<'i, I: Iterator<Item = char> + 'i>(
     events: &mut Events<'_, 'i, I>,
-    depth: usize,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     loop {
@@ -178,7 +183,32 @@ fn read_elements<'i, I: Iterator<Item = char> + 'i>(
         if let Event::SequenceEnd = event {
             return Ok(());
         }
-        object(read_node(events, event, span, depth)?)?;
+        object(read_node(events, event, span, 0)?)?;
+    }
+}
+
+/// The keys of a mapping being read, to refuse one given twice (as the API
+/// server's YAML reader does): which of the two counts would be anyone's
+/// guess, and it could differ between a List read whole and in items.
+/// Scanned while few, as in nearly every mapping of an object; indexed
+/// beyond, so that a huge one costs no quadratic time.
+#[derive(Default)]
+struct Keys {
+    index: FxHashSet<String>,
+}
+
+impl Keys {
+    const SCANNED: usize = 32;
+
+    /// Whether `entries` (the mapping so far) lack `key`; it is added next.
+    fn is_new(&mut self, entries: &[(String, Node)], key: &str) -> bool {
+        if entries.len() < Self::SCANNED {
+            return entries.iter().all(|(k, _)| k != key);
+        }
+        if self.index.is_empty() {
+            self.index.extend(entries.iter().map(|(k, _)| k.clone()));
+        }
+        self.index.insert(key.to_owned())
     }
 }
 
@@ -237,7 +267,11 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
         }
         Event::MappingStart(..) => {
             let mut entries = Vec::new();
-            read_entries(events, |events, key, event, _, value_span| {
+            let mut keys = Keys::default();
+            read_entries(events, |events, key, event, key_span, value_span| {
+                if !keys.is_new(&entries, &key) {
+                    return Err(events.error(&key_span, format!("`{key}` is given twice")));
+                }
                 entries.push((key, read_node(events, event, value_span, depth + 1)?));
                 Ok(())
             })?;
@@ -401,6 +435,18 @@ mod tests {
         assert_eq!((number.line, number.column), (4, 11));
         assert!(matches!(&found[2].get("x").unwrap().value, Value::Scalar { plain: false, .. }));
         assert_eq!((found[1].line, found[1].column), (9, 3));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let err = objects("kind: Service\nspec: {a: 1, b: 2, a: 3}\n").unwrap_err().to_string();
+        assert_eq!(err, "f.yaml:2:20: `a` is given twice");
+        let err = objects("kind: List\nitems: []\nx: 1\nitems:\n- kind: A\n").unwrap_err().to_string();
+        assert_eq!(err, "f.yaml:4:1: `items` is given twice");
+        let many: String = (0..1000).map(|i| format!("k{i}: 1\n")).collect();
+        assert_eq!(objects(&format!("kind: A\n{many}")).unwrap().len(), 1);
+        let err = objects(&format!("kind: A\n{many}k999: 2\n")).unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:1002:1: `k999` is given twice"), "{err}");
     }
 
     #[test]
