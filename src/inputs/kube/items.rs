@@ -9,8 +9,9 @@
 //! that of anything nested under the entry), so the next line that starts
 //! at column 0 ends the entry. Anything else is still read correctly, only
 //! in bigger pieces: a document that is not a List in this layout is one
-//! piece, and a file with directives (`%`) or document end markers (`...`),
-//! which the split does not follow, is read whole.
+//! piece, and a file with directives (`%`), document end markers (`...`) or
+//! line breaks that are a lone CR, which the split does not follow, is read
+//! whole.
 
 use std::io::{self, Read};
 
@@ -119,6 +120,9 @@ pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>>
         let last = (eof && buffer.last().is_some_and(|&b| b != b'\n')).then_some(buffer.len());
         for end in memchr::memchr_iter(b'\n', &buffer).map(|n| n + 1).chain(last) {
             let text = &buffer[start..end];
+            if has_lone_cr(text) {
+                return Ok(None);
+            }
             // Indented and empty lines never start or end a piece.
             if matches!(text[0], b' ' | b'\n') {
                 splitter.indented(text);
@@ -248,6 +252,12 @@ fn is_separator(text: &[u8]) -> bool {
     text.starts_with(b"---") && matches!(text.get(3), None | Some(b' ' | b'\t' | b'\n' | b'\r'))
 }
 
+/// A CR that is not part of a CRLF: a line break to YAML, which would
+/// count lines and see separators that the split does not.
+fn has_lone_cr(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'\r', text).any(|at| text.get(at + 1) != Some(&b'\n'))
+}
+
 fn is_blank_or_comment(text: &[u8]) -> bool {
     let text = text.trim_ascii_start();
     text.is_empty() || text[0] == b'#'
@@ -344,6 +354,8 @@ mod tests {
             [(PieceKind::Document, 3), (PieceKind::Document, 5)]
         );
         assert_eq!(split(&b"%YAML 1.2\n---\nkind: Node\n"[..], 0).unwrap(), None);
+        assert_eq!(split(&b"# a\r---\nkind: Node\n"[..], 0).unwrap(), None, "a lone CR");
+        assert!(split(&b"kind: Node\r\n---\r\nkind: Node\r\n"[..], 0).unwrap().is_some());
         // Only blank lines and comments may come between `items:` and its
         // first entry, which the split leaves out.
         for between in [" x\n", "\tx\n"] {
