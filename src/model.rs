@@ -175,12 +175,14 @@ pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip.to_canonical(), port))
 }
 
-/// Addresses that can never be a real peer.
+/// Addresses that can never be a real peer. A v4-mapped IPv6 address is
+/// checked as the IPv4 address it stands for, which is what the maps get.
 pub fn check_address(ip: IpAddr) -> Result<(), String> {
-    if ip.is_unspecified() {
+    let canonical = ip.to_canonical();
+    if canonical.is_unspecified() {
         return Err(format!("{ip} is the unspecified address"));
     }
-    if ip.is_multicast() {
+    if canonical.is_multicast() {
         return Err(format!("{ip} is a multicast address"));
     }
     Ok(())
@@ -306,6 +308,15 @@ mod tests {
         assert!(err("198.18.0.1:80/sctp").contains("unknown protocol"));
         assert!(err("198.18.0.1").contains("not IP:PORT"));
         assert!(err("0.0.0.0:80").contains("unspecified"));
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_checked_as_ipv4() {
+        for (ip, problem) in [("::ffff:0.0.0.0", "unspecified"), ("::ffff:224.0.0.1", "multicast")] {
+            let err = check_address(ip.parse().unwrap()).unwrap_err();
+            assert!(err.starts_with(ip) && err.contains(problem), "{err}");
+        }
+        assert!(check_address("::ffff:192.0.2.1".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use anyhow::{Context as _, Result};
 use rustc_hash::FxHashMap as HashMap;
 
 pub use self::location::Located;
+use self::location::Location;
 use crate::{input, state::SyncedObject};
 
 /// Identifies the text of one input item (a YAML document or `List` entry)
@@ -89,8 +90,9 @@ pub fn gather(arguments: &[PathBuf], this_node: &str) -> Result<Gathered> {
         let index = names.len();
         let mut toml_objects = Vec::new();
         if argument == Path::new("-") {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("cannot read standard input")?;
+            let text = utf8("<stdin>", bytes)?;
             match sniff(&text) {
                 Format::Toml => toml_objects.extend(toml_file::parse("<stdin>", &text)?),
                 Format::Yaml => {
@@ -103,8 +105,8 @@ pub fn gather(arguments: &[PathBuf], this_node: &str) -> Result<Gathered> {
             match format {
                 Format::Toml => {
                     let label = file.display().to_string();
-                    let text = fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
-                    toml_objects.extend(toml_file::parse(&label, &text)?);
+                    let bytes = fs::read(&file).with_context(|| format!("cannot read {label}"))?;
+                    toml_objects.extend(toml_file::parse(&label, &utf8(&label, bytes)?)?);
                 }
                 Format::Yaml => yaml_files.push(kube::YamlFile { source: index, path: file }),
             }
@@ -213,6 +215,16 @@ fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
+/// The text of input `label`; one that is not UTF-8 is an input error
+/// located at the first byte that is not.
+fn utf8(label: &str, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        let text = std::str::from_utf8(valid).unwrap_or_default();
+        input!("{}: not valid UTF-8", Location::at(label, text, text.len()))
+    })
+}
+
 /// TOML starts with a table header or `key = value`; anything else is
 /// taken for YAML (or JSON).
 fn sniff(text: &str) -> Format {
@@ -282,6 +294,14 @@ fn check_unique(sources: &[Source]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_is_not_utf8_is_located() {
+        assert_eq!(utf8("f", b"a = 1\n".to_vec()).unwrap(), "a = 1\n");
+        let err = utf8("f", b"a = 1\nb = \"caf\xe9\"\n".to_vec()).unwrap_err();
+        assert_eq!(err.to_string(), "f:2:9: not valid UTF-8");
+        assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_INPUT);
+    }
 
     #[test]
     fn stdin_format_is_sniffed_from_the_first_line() {

@@ -27,6 +27,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
+use rustc_hash::FxHashSet as HashSet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -162,8 +163,10 @@ fn rule_object(
     for address in spec.addresses.iter().chain(&spec.backends) {
         check_address(*address.get_ref()).map_err(|e| input!("{}: {e}", at(address.span())))?;
     }
-    for (i, backend) in spec.backends.iter().enumerate() {
-        if spec.backends[..i].iter().any(|b| b.get_ref() == backend.get_ref()) {
+    // Compared as the maps get them: `::ffff:192.0.2.2` is `192.0.2.2`.
+    let mut backends = HashSet::default();
+    for backend in &spec.backends {
+        if !backends.insert(backend.get_ref().to_canonical()) {
             return Err(input!("{}: backend {} is listed twice", at(backend.span()), backend.get_ref()));
         }
     }
@@ -311,6 +314,18 @@ ports = [{ port = 80, target_port = 8080 }, { port = 53, protocol = "udp" }]
                 service("addresses = [\"198.18.0.1\"]\nports = [{ port = 80 }]\naffinity_seconds = 0"),
                 "s.toml:5:20",
                 "affinity",
+            ),
+            (
+                service("addresses = [\"::ffff:0.0.0.0\"]\nports = [{ port = 80 }]"),
+                "s.toml:3:14",
+                "unspecified",
+            ),
+            (
+                service(
+                    "addresses = [\"198.18.0.1\"]\nbackends = [\"192.0.2.2\", \"::ffff:192.0.2.2\"]\nports = [{ port = 80 }]",
+                ),
+                "s.toml:4:26",
+                "listed twice",
             ),
             ("[[service]\nname = 1".to_owned(), "s.toml:1:", ""),
             (

@@ -3,6 +3,7 @@
 //! The harness is libtest-mimic so this binary can also act as the tests'
 //! network peer (`__peer`, see support/peer.rs).
 
+mod bad_inputs;
 mod crash;
 mod crds;
 mod datapath;
@@ -73,6 +74,7 @@ fn main() {
         input::unload_asks_on_a_terminal,
         input::privileges_are_checked_and_named,
         input::every_map_is_checked_for_room_before_any_write,
+        bad_inputs::the_bad_input_corpus_changes_nothing,
         progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,
         sync::repeated_sync_changes_nothing,

@@ -9,8 +9,9 @@
 //! that of anything nested under the entry), so the next line that starts
 //! at column 0 ends the entry. Anything else is still read correctly, only
 //! in bigger pieces: a document that is not a List in this layout is one
-//! piece, and a file with directives (`%`) or document end markers (`...`),
-//! which the split does not follow, is read whole.
+//! piece, and a file with directives (`%`), document end markers (`...`) or
+//! line breaks that are a lone CR, which the split does not follow, is read
+//! whole.
 
 use std::io::{self, Read};
 
@@ -119,10 +120,13 @@ pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>>
         let last = (eof && buffer.last().is_some_and(|&b| b != b'\n')).then_some(buffer.len());
         for end in memchr::memchr_iter(b'\n', &buffer).map(|n| n + 1).chain(last) {
             let text = &buffer[start..end];
+            if has_lone_cr(text) {
+                return Ok(None);
+            }
             // Indented and empty lines never start or end a piece.
-            if !matches!(text[0], b' ' | b'\n')
-                && !splitter.line(text, base + start as u64, line, &buffer, base)
-            {
+            if matches!(text[0], b' ' | b'\n') {
+                splitter.indented(text);
+            } else if !splitter.line(text, base + start as u64, line, &buffer, base) {
                 return Ok(None);
             }
             line += 1;
@@ -161,6 +165,17 @@ impl Splitter {
         self.hasher = Xxh3::with_seed(self.seed);
     }
 
+    /// A line that starts with a space, or an empty one. Right after
+    /// `items:`, where the split leaves out every line up to the first
+    /// entry, only blank lines and comments may come: anything else is
+    /// the value of `items`, so the document is not a List in kubectl's
+    /// layout.
+    fn indented(&mut self, text: &[u8]) {
+        if matches!(self.mode, Mode::ItemsKey { .. }) && !is_blank_or_comment(text) {
+            self.mode = Mode::Whole;
+        }
+    }
+
     /// A line that starts at column 0 with something other than a space or
     /// a newline. False: the file cannot be split.
     fn line(&mut self, text: &[u8], offset: u64, line: usize, buffer: &[u8], base: u64) -> bool {
@@ -185,7 +200,7 @@ impl Splitter {
                 self.skip_to(buffer, base, offset);
                 self.mode = Mode::Entries { header, items_line, entry_start: (offset, line) };
             }
-            Mode::ItemsKey { .. } if content => self.mode = Mode::Whole,
+            Mode::ItemsKey { .. } if !is_blank_or_comment(text) => self.mode = Mode::Whole,
             Mode::Entries { header, items_line, entry_start } if is_entry(text) || content => {
                 self.end_entry(entry_start, offset, buffer, base);
                 self.mode = if is_entry(text) {
@@ -235,6 +250,17 @@ impl Splitter {
 /// `---` alone or followed by a space: a new document.
 fn is_separator(text: &[u8]) -> bool {
     text.starts_with(b"---") && matches!(text.get(3), None | Some(b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+/// A CR that is not part of a CRLF: a line break to YAML, which would
+/// count lines and see separators that the split does not.
+fn has_lone_cr(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'\r', text).any(|at| text.get(at + 1) != Some(&b'\n'))
+}
+
+fn is_blank_or_comment(text: &[u8]) -> bool {
+    let text = text.trim_ascii_start();
+    text.is_empty() || text[0] == b'#'
 }
 
 /// `- ` at column 0: a new entry of a top-level sequence.
@@ -328,6 +354,16 @@ mod tests {
             [(PieceKind::Document, 3), (PieceKind::Document, 5)]
         );
         assert_eq!(split(&b"%YAML 1.2\n---\nkind: Node\n"[..], 0).unwrap(), None);
+        assert_eq!(split(&b"# a\r---\nkind: Node\n"[..], 0).unwrap(), None, "a lone CR");
+        assert!(split(&b"kind: Node\r\n---\r\nkind: Node\r\n"[..], 0).unwrap().is_some());
+        // Only blank lines and comments may come between `items:` and its
+        // first entry, which the split leaves out.
+        for between in [" x\n", "\tx\n"] {
+            let list = format!("kind: List\nitems:\n  # a comment\n\n{between}- kind: Node\n");
+            let found = objects(&split(list.as_bytes(), 0).unwrap().unwrap());
+            assert_eq!(found.len(), 1, "{between:?}");
+            assert_eq!(found[0].0, PieceKind::Document, "{between:?}");
+        }
         assert_eq!(split(&b"\xEF\xBB\xBFkind: Node\n"[..], 0).unwrap(), None);
         let json = r#"{"kind": "List", "items": [{"kind": "Node"}]}"#;
         let found = objects(&split(json.as_bytes(), 0).unwrap().unwrap());

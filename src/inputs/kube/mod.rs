@@ -30,7 +30,6 @@ pub use self::{
     services::{Translation, translate},
 };
 use crate::{
-    input,
     inputs::{Located, location::Location},
     state::SyncedObject,
 };
@@ -78,73 +77,104 @@ pub fn split_files(files: Vec<YamlFile>, this_node: &str) -> Result<SplitFiles> 
     for (index, yaml) in files.iter().enumerate() {
         let label = yaml.path.display().to_string();
         let file = File::open(&yaml.path).with_context(|| format!("cannot read {label}"))?;
-        match items::split(&file, seed).with_context(|| format!("cannot read {label}"))? {
-            Some(found) => {
-                for piece in found {
-                    match piece {
-                        Piece::Objects { kind, span, line, fingerprint } => {
-                            items.push(reuse::Item { file: index, kind, span, line, fingerprint });
-                        }
-                        Piece::ListShell { header, trailer, items_line } => {
-                            check_list_shell(&label, &file, header, trailer, items_line)?;
-                        }
-                    }
+        let pieces = items::split(&file, seed).with_context(|| format!("cannot read {label}"))?;
+        // A List whose shell does not read in place as it should is read
+        // whole, which says what is wrong with it, if anything is.
+        match pieces.filter(|pieces| shells_read(&label, &file, pieces)) {
+            Some(pieces) => items.extend(pieces.into_iter().filter_map(|piece| match piece {
+                Piece::Objects { kind, span, line, fingerprint } => {
+                    Some(reuse::Item { file: index, kind, span, line, fingerprint })
                 }
-            }
-            None => {
-                let whole = read_part(&label, FileRange { file: &file, offset: 0, end: u64::MAX }, 1)?;
-                parsed.extend(whole.into_iter().map(|object| (yaml.source, object)));
-            }
+                Piece::ListShell { .. } => None,
+            })),
+            None => parsed.extend(read_whole(&label, &file)?.into_iter().map(|object| (yaml.source, object))),
         }
         opened.push((label, file));
     }
     Ok(SplitFiles { files, opened, items, parsed })
 }
 
+/// Objects parsed, with the index of their source.
+type Parsed = Vec<(usize, KubeObject)>;
+
+/// Objects applied before and kept, with the index of their source.
+type Kept = Vec<(usize, Located<Arc<SyncedObject>>)>;
+
 impl SplitFiles {
     /// Parses the items that no object of `previous` (the objects applied
     /// before) was made of, and keeps those objects, unless a policy reads
     /// them. `sources` names the sources by index; `stdin` holds the
     /// objects read from standard input, which join the parsed ones.
+    ///
+    /// An item that does not read alone is read in its file: the split may
+    /// have ended it at a line that the item goes on past in YAML's eyes
+    /// (a flow collection continued at column 0). Then every file is read
+    /// whole, which says what is wrong, if anything is, exactly as reading
+    /// it from standard input would.
     pub fn read(
         self,
         sources: &[String],
         previous: &[Arc<SyncedObject>],
-        stdin: Vec<(usize, KubeObject)>,
+        stdin: Parsed,
         this_node: &str,
     ) -> Result<KubeInput> {
-        let Self { files, opened, items, mut parsed } = self;
+        let (mut parsed, kept) = match self.read_in_items(sources, previous, &stdin, this_node) {
+            Ok((mut parsed, kept)) => {
+                parsed.extend(self.parsed);
+                (parsed, kept)
+            }
+            Err(_) => (self.read_every_file_whole()?, Vec::new()),
+        };
         parsed.extend(stdin);
+        Ok(KubeInput { parsed, kept })
+    }
+
+    /// The objects of the items parsed, and those kept.
+    fn read_in_items(
+        &self,
+        sources: &[String],
+        previous: &[Arc<SyncedObject>],
+        stdin: &Parsed,
+        this_node: &str,
+    ) -> Result<(Parsed, Kept)> {
+        let Self { files, opened, items, parsed: read_whole } = self;
         let source_of = |item: &reuse::Item| sources[files[item.file].source].as_str();
-        let mut reuse = reuse::Reuse::new(&items, previous, source_of);
-        let parse = |item: &reuse::Item, parsed: &mut Vec<(usize, KubeObject)>| -> Result<()> {
+        let mut reuse = reuse::Reuse::new(items, previous, source_of);
+        let parse = |item: &reuse::Item, parsed: &mut Parsed| -> Result<()> {
             let (label, file) = &opened[item.file];
             for object in parse_item(label, file, item)? {
                 parsed.push((files[item.file].source, object));
             }
             Ok(())
         };
+        let mut parsed = Vec::new();
         for item in reuse.unclaimed() {
             parse(item, &mut parsed)?;
         }
-        let mut owners: Vec<String> = parsed.iter().filter_map(|(_, object)| object.owner()).collect();
+        let every = || parsed.iter().chain(read_whole).chain(stdin).map(|(_, object)| object);
+        let mut owners: Vec<String> = every().filter_map(KubeObject::owner).collect();
         // Policies and Pods are always parsed (nothing records their items),
         // so what they depend on is known by now.
-        owners.extend(policies::dependencies(parsed.iter().map(|(_, object)| object), this_node));
+        owners.extend(policies::dependencies(every(), this_node));
         for item in reuse.release(owners.iter().map(String::as_str)) {
             parse(item, &mut parsed)?;
         }
         let kept = reuse
             .kept()
             .map(|(object, item)| {
-                let label = &opened[item.file].0;
-                // A List entry's object starts after its `- `.
-                let column = if item.kind == items::PieceKind::ListEntry { 3 } else { 1 };
-                let location = Location { file: label.clone(), line: item.line, column };
+                let location = object_location(&opened[item.file].0, item);
                 (files[item.file].source, Located { value: Arc::clone(object), location })
             })
             .collect();
-        Ok(KubeInput { parsed, kept })
+        Ok((parsed, kept))
+    }
+
+    fn read_every_file_whole(&self) -> Result<Parsed> {
+        let mut parsed = Vec::new();
+        for (yaml, (label, file)) in self.files.iter().zip(&self.opened) {
+            parsed.extend(read_whole(label, file)?.into_iter().map(|object| (yaml.source, object)));
+        }
+        Ok(parsed)
     }
 }
 
@@ -173,28 +203,45 @@ fn read_part(file: &str, reader: impl Read, first_line: usize) -> Result<Vec<Kub
     Ok(objects)
 }
 
-/// The objects of one item; one that holds exactly one object gets the
-/// item's fingerprint.
+/// The objects of one item. One that holds exactly one object gets the
+/// item's fingerprint, so that a later sync can keep what it becomes, if
+/// the object starts where a kept one is said to (`object_location`):
+/// where it was read from must not depend on whether it was parsed.
 fn parse_item(label: &str, file: &File, item: &reuse::Item) -> Result<Vec<KubeObject>> {
     let mut objects = read_part(label, FileRange::of(file, item.span), item.span.line)?;
     if let [only] = objects.as_mut_slice() {
-        only.meta_mut().fingerprint = Some(item.fingerprint);
+        let meta = only.meta_mut();
+        if meta.location == object_location(label, item) {
+            meta.fingerprint = Some(item.fingerprint);
+        }
     }
     Ok(objects)
 }
 
-/// The top level of a List document around its entries must make it a List.
-fn check_list_shell(label: &str, file: &File, header: Span, trailer: Span, items_line: usize) -> Result<()> {
-    let mut kind = None;
-    for part in [header, trailer] {
-        yaml::for_each_object(label, FileRange::of(file, part), part.line, |node| {
-            if let Some(found) = node.get("kind") {
-                kind = Some(found.clone());
-            }
-            Ok(())
-        })?;
-    }
-    yaml::check_list_kind(kind.as_ref()).map_err(|message| input!("{label}:{items_line}:1: {message}"))
+/// Where the object of an item starts, in kubectl's layout: at column 1 of
+/// its first line, or in a List entry after its `- `.
+fn object_location(label: &str, item: &reuse::Item) -> Location {
+    let column = if item.kind == items::PieceKind::ListEntry { 3 } else { 1 };
+    Location { file: label.to_owned(), line: item.line, column }
+}
+
+fn read_whole(label: &str, file: &File) -> Result<Vec<KubeObject>> {
+    read_part(label, FileRange { file, offset: 0, end: u64::MAX }, 1)
+}
+
+/// Whether the top level of every List document among `pieces`, around
+/// its entries, reads as it does in the document read whole and makes it a
+/// List. So it is read in its place: the header, `items: []` where the
+/// entries were (padded to their lines, so that the trailer keeps its line
+/// numbers), and the trailer, as one document.
+fn shells_read(label: &str, file: &File, pieces: &[Piece]) -> bool {
+    pieces.iter().all(|piece| {
+        let Piece::ListShell { header, trailer, items_line } = *piece else { return true };
+        let entries = format!("items: []{}", "\n".repeat(trailer.line - items_line));
+        let shell = FileRange::of(file, header).chain(entries.as_bytes()).chain(FileRange::of(file, trailer));
+        // The `items` put in hold nothing: an object would be under another.
+        yaml::for_each_object(label, shell, header.line, |_| Err(anyhow::anyhow!("a second `items`"))).is_ok()
+    })
 }
 
 /// Part of a file, read at its offsets whatever the file position.

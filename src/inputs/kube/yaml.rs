@@ -10,6 +10,7 @@
 use std::{fmt, io::Read};
 
 use anyhow::Result;
+use rustc_hash::FxHashSet;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use crate::{input, inputs::location::Location};
@@ -67,11 +68,11 @@ pub fn for_each_object(
     first_line: usize,
     mut object: impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
-    let mut chars = ReadChars::new(reader);
+    let mut chars = ReadChars::new(reader, first_line);
     let parser = Parser::new_from_iter(chars.by_ref());
     let result = read_stream(&mut Events { parser, file, line_offset: first_line - 1 }, &mut object);
     if let Some(err) = chars.error.take() {
-        return Err(input!("{file}: {err}"));
+        return Err(input!("{file}{err}"));
     }
     result
 }
@@ -128,18 +129,22 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
 ) -> Result<()> {
     let (event, span) = events.next()?;
     if let Event::SequenceStart(..) = event {
-        return read_elements(events, 1, object);
+        return read_elements(events, object);
     }
     let Event::MappingStart(..) = event else {
         let root = read_node(events, event, span, 0)?;
         return if root.is_null() { Ok(()) } else { object(root) };
     };
     let mut entries = Vec::new();
+    let mut keys = Keys::default();
     // Where `items` was, when its elements were handed out as objects.
     let mut streamed_items: Option<Span> = None;
     read_entries(events, |events, key, event, key_span, value_span| {
+        if !keys.is_new(&entries, &key) || (key == "items" && streamed_items.is_some()) {
+            return Err(events.error(&key_span, format!("`{key}` is given twice")));
+        }
         if key == "items" && matches!(event, Event::SequenceStart(..)) {
-            read_elements(events, 2, object)?;
+            read_elements(events, object)?;
             streamed_items = Some(key_span);
         } else {
             entries.push((key, read_node(events, event, value_span, 1)?));
@@ -155,7 +160,7 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
 }
 
 /// A document with `items` must be a List; `kind` is its `kind` field.
-pub fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
+fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
     let kind = kind.and_then(|k| match &k.value {
         Value::Scalar { text, .. } => Some(text.as_str()),
         _ => None,
@@ -167,10 +172,10 @@ pub fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
     Err(format!("a document with `items` must be a List (kind: List), not {found}"))
 }
 
-/// Hands out each element of a sequence whose start was just read.
+/// Hands out each element of a sequence whose start was just read: an
+/// object, as deep as a document's root, wherever the sequence is.
 fn read_elements<'i, I: Iterator<Item = char> + 'i>(
     events: &mut Events<'_, 'i, I>,
-    depth: usize,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     loop {
@@ -178,7 +183,32 @@ fn read_elements<'i, I: Iterator<Item = char> + 'i>(
         if let Event::SequenceEnd = event {
             return Ok(());
         }
-        object(read_node(events, event, span, depth)?)?;
+        object(read_node(events, event, span, 0)?)?;
+    }
+}
+
+/// The keys of a mapping being read, to refuse one given twice (as the API
+/// server's YAML reader does): which of the two counts would be anyone's
+/// guess, and it could differ between a List read whole and in items.
+/// Scanned while few, as in nearly every mapping of an object; indexed
+/// beyond, so that a huge one costs no quadratic time.
+#[derive(Default)]
+struct Keys {
+    index: FxHashSet<String>,
+}
+
+impl Keys {
+    const SCANNED: usize = 32;
+
+    /// Whether `entries` (the mapping so far) lack `key`; it is added next.
+    fn is_new(&mut self, entries: &[(String, Node)], key: &str) -> bool {
+        if entries.len() < Self::SCANNED {
+            return entries.iter().all(|(k, _)| k != key);
+        }
+        if self.index.is_empty() {
+            self.index.extend(entries.iter().map(|(k, _)| k.clone()));
+        }
+        self.index.insert(key.to_owned())
     }
 }
 
@@ -237,7 +267,11 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
         }
         Event::MappingStart(..) => {
             let mut entries = Vec::new();
-            read_entries(events, |events, key, event, _, value_span| {
+            let mut keys = Keys::default();
+            read_entries(events, |events, key, event, key_span, value_span| {
+                if !keys.is_new(&entries, &key) {
+                    return Err(events.error(&key_span, format!("`{key}` is given twice")));
+                }
                 entries.push((key, read_node(events, event, value_span, depth + 1)?));
                 Ok(())
             })?;
@@ -253,7 +287,8 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
 
 /// The characters of a byte stream, decoded as UTF-8 a chunk at a time. An
 /// I/O or encoding error ends the stream and is kept for the caller, since
-/// the parser's input cannot fail.
+/// the parser's input cannot fail: what follows the file's name in the
+/// message, with the line and column of a byte that is not UTF-8.
 struct ReadChars<R> {
     reader: R,
     /// Decoded once per chunk: handing out chars is then an index bump,
@@ -262,15 +297,43 @@ struct ReadChars<R> {
     position: usize,
     /// Bytes of a character split across two reads.
     partial: Vec<u8>,
-    offset: usize,
+    /// Where the next chunk starts: its line, and bytes into it.
+    line: usize,
+    column: usize,
     error: Option<String>,
 }
 
 const CHUNK: usize = 1 << 20;
 
 impl<R: Read> ReadChars<R> {
-    fn new(reader: R) -> Self {
-        Self { reader, chunk: Vec::new(), position: 0, partial: Vec::new(), offset: 0, error: None }
+    /// The stream starts on `first_line` of its file.
+    fn new(reader: R, first_line: usize) -> Self {
+        let (chunk, partial) = (Vec::new(), Vec::new());
+        Self { reader, chunk, position: 0, partial, line: first_line, column: 0, error: None }
+    }
+
+    fn not_utf8(&mut self) {
+        self.error = Some(format!(":{}:{}: not valid UTF-8", self.line, self.column + 1));
+    }
+
+    fn not_printable(&mut self, c: char) {
+        self.error = Some(format!(
+            ":{}:{}: character U+{:04X} is not allowed in YAML (only printable characters are)",
+            self.line,
+            self.column + 1,
+            u32::from(c)
+        ));
+    }
+
+    /// Moves the position past `text`.
+    fn advance(&mut self, text: &[u8]) {
+        match memchr::memrchr(b'\n', text) {
+            Some(last) => {
+                self.line += memchr::memchr_iter(b'\n', text).count();
+                self.column = text.len() - last - 1;
+            }
+            None => self.column += text.len(),
+        }
     }
 
     /// Reads the next chunk; false at the end or on an error.
@@ -279,12 +342,12 @@ impl<R: Read> ReadChars<R> {
         let start = bytes.len();
         // Grows with what is read: a small input allocates little.
         if let Err(e) = self.reader.by_ref().take(CHUNK as u64).read_to_end(&mut bytes) {
-            self.error = Some(format!("read failed: {e}"));
+            self.error = Some(format!(": read failed: {e}"));
             return false;
         }
         if bytes.len() == start {
             if !bytes.is_empty() {
-                self.error = Some(format!("not valid UTF-8 (at byte {})", self.offset));
+                self.not_utf8();
             }
             return false;
         }
@@ -293,18 +356,35 @@ impl<R: Read> ReadChars<R> {
             // Up to 3 bytes can be the start of a character the next read completes.
             Err(e) if e.error_len().is_none() => e.valid_up_to(),
             Err(e) => {
-                self.error = Some(format!("not valid UTF-8 (at byte {})", self.offset + e.valid_up_to()));
+                self.advance(&bytes[..e.valid_up_to()]);
+                self.not_utf8();
                 return false;
             }
         };
         self.partial = bytes.split_off(valid);
-        self.offset += valid;
         self.chunk.clear();
         // Checked just above.
-        self.chunk.extend(std::str::from_utf8(&bytes).unwrap_or_default().chars());
+        let text = std::str::from_utf8(&bytes).unwrap_or_default();
+        for (at, c) in text.char_indices() {
+            // The parser takes a NUL for the end of the stream: what
+            // follows one would be dropped without a word.
+            if !printable(c) {
+                self.advance(&bytes[..at]);
+                self.not_printable(c);
+                return false;
+            }
+            self.chunk.push(c);
+        }
+        self.advance(&bytes);
         self.position = 0;
         true
     }
+}
+
+/// The characters YAML allows in a stream (YAML 1.2, `c-printable`).
+const fn printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+        || c >= '\u{10000}'
 }
 
 impl<R: Read> Iterator for ReadChars<R> {
@@ -358,6 +438,18 @@ mod tests {
     }
 
     #[test]
+    fn a_key_given_twice_is_refused() {
+        let err = objects("kind: Service\nspec: {a: 1, b: 2, a: 3}\n").unwrap_err().to_string();
+        assert_eq!(err, "f.yaml:2:20: `a` is given twice");
+        let err = objects("kind: List\nitems: []\nx: 1\nitems:\n- kind: A\n").unwrap_err().to_string();
+        assert_eq!(err, "f.yaml:4:1: `items` is given twice");
+        let many: String = (0..1000).map(|i| format!("k{i}: 1\n")).collect();
+        assert_eq!(objects(&format!("kind: A\n{many}")).unwrap().len(), 1);
+        let err = objects(&format!("kind: A\n{many}k999: 2\n")).unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:1002:1: `k999` is given twice"), "{err}");
+    }
+
+    #[test]
     fn items_outside_a_list_and_syntax_errors_are_located() {
         let err = objects("kind: Service\nitems:\n- a: 1\n").unwrap_err().to_string();
         assert!(err.starts_with("f.yaml:2:") && err.contains("must be a List"), "{err}");
@@ -374,6 +466,21 @@ mod tests {
         let mut bad = b"kind: Node\nx: ".to_vec();
         bad.push(0xff);
         let err = for_each_object("f.yaml", &bad[..], 1, |_| Ok(())).unwrap_err().to_string();
-        assert!(err.contains("not valid UTF-8"), "{err}");
+        assert_eq!(err, "f.yaml:2:4: not valid UTF-8");
+        let mut split = long.into_bytes();
+        split.pop();
+        split.extend(b"\n\xc3");
+        let err = for_each_object("f.yaml", &split[..], 7, |_| Ok(())).unwrap_err().to_string();
+        assert_eq!(err, "f.yaml:9:1: not valid UTF-8");
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_they_are() {
+        // The parser would end the stream at the NUL and never see the Node.
+        let err = objects("kind: Service\n\0\n---\nkind: Node\n").unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:2:1: character U+0000 is not allowed"), "{err}");
+        let err = objects("kind: Node\nx: \"a\u{1b}\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("f.yaml:2:6: character U+001B"), "{err}");
+        assert_eq!(objects("kind: Node\r\nx: \"\ta\u{85}é\u{1F600}\"\n").unwrap().len(), 1);
     }
 }

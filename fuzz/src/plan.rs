@@ -1,0 +1,447 @@
+//! The planner target. An arbitrary history of changes (objects of rules
+//! kept, removed and added, node addresses set) is compiled the way a
+//! transaction compiles one (`Image::update` with what changed), and every
+//! plan between two images is run step by step on a model of the maps,
+//! starting from `MapContents::of(before)`. It must end at
+//! `MapContents::of(after)`, keep every frontend pickable at every step
+//! (the datapath reads a master's count, then a slot up to it, then the
+//! slot's backend and membership), count a peak no lower than the model's,
+//! and its undo writes, from any step, must give back the start. Ids must
+//! never be reused. Then `Plan::repair` from maps that drifted from an
+//! earlier image must reach the last one without making a pickable
+//! frontend unpickable on the way.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use arbitrary::{Arbitrary, Unstructured};
+use balctl::{
+    bpf::raw::{addr_to_raw, service_key},
+    image::{BackendAddr, BackendId, EntryCounts, Image, ServiceId},
+    model::{Frontend, FrontendRule, Protocol, Scope},
+    plan::{MapContents, Op, Plan, Step},
+};
+use balctl_common::{MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
+
+pub fn check(data: &[u8]) {
+    if let Ok(case) = Case::arbitrary_take_rest(Unstructured::new(data)) {
+        run(&case);
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct Case {
+    /// The ids the first image continues from: a state with a history.
+    first_ids: (u8, u8),
+    changes: Vec<Change>,
+    /// How many steps of each plan run before they are undone.
+    undo_after: u16,
+    /// Which image the maps held before they drifted.
+    drift_from: u8,
+    drift: Vec<Drift>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Change {
+    /// Bit i: the i-th object stays (objects past the 32nd always stay).
+    keep: u32,
+    added: Vec<Vec<RuleSpec>>,
+    /// The node addresses after the change.
+    nodes: Vec<u8>,
+}
+
+/// A rule over small pools of frontends and backends, so that changes
+/// meet what earlier ones made.
+#[derive(Arbitrary, Debug)]
+struct RuleSpec {
+    frontend: u8,
+    backends: Vec<u8>,
+    affinity: Option<u8>,
+    local_only: bool,
+    rate_limit: Option<u8>,
+}
+
+/// A change to the maps behind balctl's back (an index picks an entry).
+#[derive(Arbitrary, Debug)]
+enum Drift {
+    RemoveService(u16),
+    SetCount(u16, u8),
+    SetSlotBackend(u16, u8),
+    SetServiceId(u16, u8),
+    AddSlot { frontend: u8, slot: u8, backend_id: u8 },
+    RemoveBackend(u16),
+    AddBackend { id: u8, backend: u8 },
+    RemoveMembership(u16),
+    AddMembership { service_id: u8, backend_id: u8 },
+    RemoveNode(u16),
+    AddNode(u8),
+}
+
+/// A synced object: an owner and its rules.
+struct Object {
+    owner: String,
+    rules: Vec<FrontendRule>,
+}
+
+fn run(case: &Case) {
+    let mut image = Image {
+        next_service_id: case.first_ids.0.into(),
+        next_backend_id: case.first_ids.1.into(),
+        ..Image::default()
+    };
+    let mut ids = Ids::default();
+    let mut history = vec![image.clone()];
+    let mut objects: Vec<Object> = Vec::new();
+    let mut next_owner = 0;
+    for change in &case.changes {
+        let stays = |i: usize| i >= 32 || change.keep & (1 << i) != 0;
+        let added: Vec<Object> = change
+            .added
+            .iter()
+            .map(|rules| {
+                next_owner += 1;
+                Object { owner: format!("object/{next_owner}"), rules: rules.iter().map(rule).collect() }
+            })
+            .collect();
+        let removed = objects.iter().enumerate().filter(|(i, _)| !stays(*i)).map(|(_, o)| o);
+        let removed_frontends = removed.flat_map(|o| o.rules.iter().map(|r| &r.frontend));
+        let added_rules = added.iter().flat_map(|o| o.rules.iter().map(|r| (o.owner.clone(), r)));
+        let nodes = change.nodes.iter().map(|&n| node_address(n));
+        // A refused change (a frontend claimed twice) changes nothing.
+        let Ok(next) = image.update(removed_frontends, added_rules, nodes) else { continue };
+        ids.check(&next);
+        check_transition(&image, &next, case.undo_after);
+        objects = objects.into_iter().enumerate().filter(|(i, _)| stays(*i)).map(|(_, o)| o).collect();
+        objects.extend(added);
+        history.push(next.clone());
+        image = next;
+    }
+    let drifted_from = &history[usize::from(case.drift_from) % history.len()];
+    let actual = drifted(MapContents::of(drifted_from), &case.drift);
+    check_repair(&actual, &MapContents::of(&image), case.undo_after);
+}
+
+/// The rule a spec stands for: backends unique and of the frontend's
+/// family, as validated input has them.
+fn rule(spec: &RuleSpec) -> FrontendRule {
+    let frontend = frontend(spec.frontend);
+    let v6 = frontend.address.is_ipv6();
+    let mut backends: Vec<SocketAddr> = Vec::new();
+    for &b in &spec.backends {
+        let backend = SocketAddr::new(host(v6, b & 7), [8080, 53, 80, 9090][usize::from(b >> 3 & 3)]);
+        if !backends.contains(&backend) {
+            backends.push(backend);
+        }
+    }
+    FrontendRule {
+        frontend,
+        backends,
+        affinity_seconds: spec.affinity.map(|s| u32::from(s) + 1),
+        local_only: spec.local_only,
+        requests_per_second: spec.rate_limit.map(|n| u32::from(n) + 1),
+    }
+}
+
+/// Bits 0-1 pick one of three addresses or the unspecified one (a
+/// NodePort), bit 2 the family, bit 3 the port, bit 4 the protocol, bits
+/// 5-6 the layer.
+fn frontend(bits: u8) -> Frontend {
+    let v6 = bits & 4 != 0;
+    let address = match bits & 3 {
+        3 if v6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        3 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        n => host(v6, 10 + n),
+    };
+    let scope =
+        [Scope::Service, Scope::Balancing, Scope::Redirect, Scope::Service][usize::from(bits >> 5 & 3)];
+    Frontend {
+        address,
+        port: if bits & 8 != 0 { 53 } else { 80 },
+        protocol: if bits & 16 != 0 { Protocol::Udp } else { Protocol::Tcp },
+        scope,
+    }
+}
+
+/// Host `n` of the test networks of a family.
+fn host(v6: bool, n: u8) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(n) + 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, n + 1))
+    }
+}
+
+fn node_address(n: u8) -> IpAddr {
+    host(n & 8 != 0, n & 7)
+}
+
+/// Every id ever given out, with what it was given to: ids are never
+/// reused, so an id always means the same frontend or backend.
+#[derive(Default)]
+struct Ids {
+    services: BTreeMap<ServiceId, Frontend>,
+    backends: BTreeMap<BackendId, BackendAddr>,
+}
+
+impl Ids {
+    fn check(&mut self, image: &Image) {
+        for (frontend, f) in &image.frontends {
+            assert_ne!(f.service_id, 0, "{frontend}");
+            assert!(f.service_id < image.next_service_id, "{frontend}: id {} not below next", f.service_id);
+            let first = *self.services.entry(f.service_id).or_insert(*frontend);
+            assert_eq!(first, *frontend, "service id {} reused", f.service_id);
+            for id in &f.backends {
+                assert!(image.backends.contains_key(id), "{frontend}: backend {id} missing");
+            }
+        }
+        let service_ids: BTreeSet<ServiceId> = image.frontends.values().map(|f| f.service_id).collect();
+        assert_eq!(service_ids.len(), image.frontends.len(), "two frontends share a service id");
+        for (&id, &backend) in &image.backends {
+            assert!(id != 0 && id < image.next_backend_id, "backend id {id}");
+            let first = *self.backends.entry(id).or_insert(backend);
+            assert_eq!(first, backend, "backend id {id} reused");
+        }
+    }
+}
+
+fn check_transition(before: &Image, after: &Image, undo_after: u16) {
+    let plan = Plan::between(before, after);
+    let (start, end) = (MapContents::of(before), MapContents::of(after));
+    assert_eq!(plan.is_empty(), start == end, "an empty plan means no change");
+    check_summary(&plan, before, after);
+    let steps = walk(&plan);
+    let mut maps = start.clone();
+    let mut peak = start.entry_counts();
+    assert_eq!(pickable(&maps, Membership::Required), masters(&maps), "the start is not consistent");
+    for step in &steps {
+        execute(&mut maps, &step.op);
+        let broken: BTreeSet<ServiceKey> =
+            masters(&maps).difference(&pickable(&maps, Membership::Required)).copied().collect();
+        assert_eq!(broken, BTreeSet::new(), "frontends not pickable after {step:?}");
+        peak = max_counts(peak, maps.entry_counts());
+    }
+    assert_eq!(maps, end, "the plan does not end at the new image");
+    check_peak(&plan, before.entry_counts(), peak);
+    check_undo(&start, &steps, undo_after);
+}
+
+fn check_repair(actual: &MapContents, desired: &MapContents, undo_after: u16) {
+    let plan = Plan::repair(actual, desired);
+    assert_eq!(plan.is_empty(), actual == desired, "an empty repair means no drift");
+    let steps = walk(&plan);
+    let mut maps = actual.clone();
+    let mut peak = actual.entry_counts();
+    for step in &steps {
+        // Drifted maps may hold frontends that cannot be picked; none that
+        // can may stop being so. Memberships drifted too: only slots and
+        // backends are required here.
+        let before = pickable(&maps, Membership::Ignored);
+        execute(&mut maps, &step.op);
+        let broken: BTreeSet<ServiceKey> = before
+            .difference(&pickable(&maps, Membership::Ignored))
+            .filter(|key| maps.services.contains_key(key))
+            .copied()
+            .collect();
+        assert_eq!(broken, BTreeSet::new(), "frontends made unpickable by {step:?}");
+        peak = max_counts(peak, maps.entry_counts());
+    }
+    assert_eq!(&maps, desired, "the repair does not end at the desired contents");
+    check_peak(&plan, actual.entry_counts(), peak);
+    check_undo(actual, &steps, undo_after);
+}
+
+/// The plan's steps, which every walk must give alike (undoing a failed
+/// apply walks it again), as many as it says.
+fn walk(plan: &Plan<'_>) -> Vec<Step> {
+    let steps: Vec<Step> = plan.steps().collect();
+    assert_eq!(steps.len(), plan.len(), "the plan's length");
+    assert!(plan.steps().eq(steps.iter().cloned()), "two walks of the plan differ");
+    steps
+}
+
+fn check_summary(plan: &Plan<'_>, before: &Image, after: &Image) {
+    let count = |a: &Image, b: &Image| a.frontends.keys().filter(|f| !b.frontends.contains_key(f)).count();
+    let changed =
+        before.frontends.iter().filter(|(f, old)| after.frontends.get(f).is_some_and(|new| new != *old));
+    let backends = |a: &Image, b: &Image| a.backends.keys().filter(|id| !b.backends.contains_key(id)).count();
+    let summary = plan.summary;
+    assert_eq!(
+        (summary.frontends_added, summary.frontends_changed, summary.frontends_removed),
+        (count(after, before), changed.count(), count(before, after)),
+        "frontend counts in the summary"
+    );
+    assert_eq!(
+        (summary.backends_added, summary.backends_removed),
+        (backends(after, before), backends(before, after)),
+        "backend counts in the summary"
+    );
+}
+
+/// The capacity check relies on the plan's peak: it must not be below
+/// what the maps really held at any step.
+fn check_peak(plan: &Plan<'_>, start: EntryCounts, real: EntryCounts) {
+    let planned = plan.peak_entries(start);
+    let fits = |planned: u64, real: u64| planned >= real;
+    assert!(
+        fits(planned.services, real.services)
+            && fits(planned.backends, real.backends)
+            && fits(planned.membership, real.membership)
+            && fits(planned.nodes, real.nodes),
+        "planned peak {planned:?} below the real {real:?}"
+    );
+}
+
+/// Runs the first steps, then their undo writes last first, as
+/// `Datapath::apply` does when the next write fails: the start again.
+fn check_undo(start: &MapContents, steps: &[Step], undo_after: u16) {
+    let done = usize::from(undo_after) % (steps.len() + 1);
+    let mut maps = start.clone();
+    for step in &steps[..done] {
+        execute(&mut maps, &step.op);
+    }
+    for step in steps[..done].iter().rev() {
+        execute(&mut maps, &step.undo);
+    }
+    assert_eq!(&maps, start, "undoing {done} of {} steps does not restore the start", steps.len());
+}
+
+/// One map write, as `Datapath::execute` makes it.
+fn execute(maps: &mut MapContents, op: &Op) {
+    match *op {
+        Op::PutBackend(id, backend) => {
+            maps.backends.insert(id, backend);
+        }
+        Op::DeleteBackend(id) => {
+            maps.backends.remove(&id);
+        }
+        Op::PutMembership(key) => {
+            maps.membership.insert(key);
+        }
+        Op::DeleteMembership(key) => {
+            maps.membership.remove(&key);
+        }
+        Op::PutService(key, entry) => {
+            maps.services.insert(key, entry);
+        }
+        Op::DeleteService(key) => {
+            maps.services.remove(&key);
+        }
+        Op::PutNodeAddress(key) => {
+            maps.node_addresses.insert(key);
+        }
+        Op::DeleteNodeAddress(key) => {
+            maps.node_addresses.remove(&key);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Required,
+    Ignored,
+}
+
+/// The master entries (slot 0) of the services map.
+fn masters(maps: &MapContents) -> BTreeSet<ServiceKey> {
+    maps.services.keys().filter(|key| key.slot == 0).copied().collect()
+}
+
+/// The masters the datapath can pick a backend of, whichever slot up to
+/// the count it draws: the slot is there, its backend too, and (when
+/// required) the backend is a member of the master's service.
+fn pickable(maps: &MapContents, membership: Membership) -> BTreeSet<ServiceKey> {
+    let usable = |master: &ServiceEntry, slot: &ServiceEntry| {
+        maps.backends.contains_key(&slot.backend_id)
+            && (membership == Membership::Ignored
+                || maps
+                    .membership
+                    .contains(&MembershipKey { service_id: master.service_id, backend_id: slot.backend_id }))
+    };
+    maps.services
+        .iter()
+        .filter(|(key, master)| {
+            key.slot == 0
+                && (1..=master.count).all(|slot| {
+                    maps.services.get(&ServiceKey { slot, ..**key }).is_some_and(|s| usable(master, s))
+                })
+        })
+        .map(|(key, _)| *key)
+        .collect()
+}
+
+fn max_counts(a: EntryCounts, b: EntryCounts) -> EntryCounts {
+    EntryCounts {
+        services: a.services.max(b.services),
+        backends: a.backends.max(b.backends),
+        membership: a.membership.max(b.membership),
+        nodes: a.nodes.max(b.nodes),
+    }
+}
+
+/// `maps` after `drift`.
+fn drifted(mut maps: MapContents, drift: &[Drift]) -> MapContents {
+    for change in drift {
+        match *change {
+            Drift::RemoveService(i) => {
+                if let Some(key) = nth(maps.services.keys(), i) {
+                    maps.services.remove(&key);
+                }
+            }
+            Drift::SetCount(i, count) => edit_service(&mut maps, i, |e| e.count = count.into()),
+            Drift::SetSlotBackend(i, id) => edit_service(&mut maps, i, |e| e.backend_id = id.into()),
+            Drift::SetServiceId(i, id) => edit_service(&mut maps, i, |e| e.service_id = id.into()),
+            Drift::AddSlot { frontend, slot, backend_id } => {
+                let entry = ServiceEntry {
+                    backend_id: backend_id.into(),
+                    count: 0,
+                    flags: 0,
+                    service_id: 0,
+                    affinity_timeout_sec: 0,
+                };
+                maps.services.insert(service_key(&self::frontend(frontend), slot.into()), entry);
+            }
+            Drift::RemoveBackend(i) => {
+                if let Some(id) = nth(maps.backends.keys(), i) {
+                    maps.backends.remove(&id);
+                }
+            }
+            Drift::AddBackend { id, backend } => {
+                let address = SocketAddr::new(node_address(backend), 8080);
+                maps.backends.insert(id.into(), BackendAddr { address, protocol: Protocol::Tcp }.to_raw());
+            }
+            Drift::RemoveMembership(i) => {
+                if let Some(key) = nth(maps.membership.iter(), i) {
+                    maps.membership.remove(&key);
+                }
+            }
+            Drift::AddMembership { service_id, backend_id } => {
+                let key = MembershipKey { service_id: service_id.into(), backend_id: backend_id.into() };
+                maps.membership.insert(key);
+            }
+            Drift::RemoveNode(i) => {
+                if let Some(key) = nth(maps.node_addresses.iter(), i) {
+                    maps.node_addresses.remove(&key);
+                }
+            }
+            Drift::AddNode(n) => {
+                maps.node_addresses.insert(NodeAddressKey { addr: addr_to_raw(node_address(n)) });
+            }
+        }
+    }
+    maps
+}
+
+/// The `index`-th item (modulo their number), if there is any.
+fn nth<'a, T: Copy + 'a>(items: impl ExactSizeIterator<Item = &'a T>, index: u16) -> Option<T> {
+    let len = items.len();
+    let mut items = items;
+    if len == 0 { None } else { items.nth(usize::from(index) % len).copied() }
+}
+
+fn edit_service(maps: &mut MapContents, index: u16, edit: impl FnOnce(&mut ServiceEntry)) {
+    if let Some(key) = nth(maps.services.keys(), index) {
+        maps.services.entry(key).and_modify(edit);
+    }
+}
