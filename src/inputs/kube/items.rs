@@ -47,7 +47,7 @@ pub enum Piece {
     /// The top level of a List document around its entries: what comes
     /// before `items:` and what comes after the last entry. It must say
     /// `kind: ...List`.
-    ListShell { header: Span, trailer: Span, items_line: usize },
+    ListShell { header: Span, trailer: Span },
 }
 
 /// How a document is being read, line by line.
@@ -58,17 +58,14 @@ enum Mode {
     /// After `items:` at column 0, before its first entry.
     ItemsKey {
         offset: u64,
-        line: usize,
     },
     /// In a List's entries; `header` is what came before `items:`.
     Entries {
         header: Span,
-        items_line: usize,
         entry_start: (u64, usize),
     },
     Trailer {
         header: Span,
-        items_line: usize,
         trailer_start: (u64, usize),
     },
     /// Decided: one piece, whatever follows.
@@ -194,19 +191,19 @@ impl Splitter {
             self.doc_content_line = Some(line);
         }
         match self.mode {
-            Mode::Plain if text.trim_ascii_end() == b"items:" => self.mode = Mode::ItemsKey { offset, line },
-            Mode::ItemsKey { offset: items, line: items_line } if is_entry(text) => {
+            Mode::Plain if text.trim_ascii_end() == b"items:" => self.mode = Mode::ItemsKey { offset },
+            Mode::ItemsKey { offset: items } if is_entry(text) => {
                 let header = self.span_from(self.doc_start, items);
                 self.skip_to(buffer, base, offset);
-                self.mode = Mode::Entries { header, items_line, entry_start: (offset, line) };
+                self.mode = Mode::Entries { header, entry_start: (offset, line) };
             }
             Mode::ItemsKey { .. } if !is_blank_or_comment(text) => self.mode = Mode::Whole,
-            Mode::Entries { header, items_line, entry_start } if is_entry(text) || content => {
+            Mode::Entries { header, entry_start } if is_entry(text) || content => {
                 self.end_entry(entry_start, offset, buffer, base);
                 self.mode = if is_entry(text) {
-                    Mode::Entries { header, items_line, entry_start: (offset, line) }
+                    Mode::Entries { header, entry_start: (offset, line) }
                 } else {
-                    Mode::Trailer { header, items_line, trailer_start: (offset, line) }
+                    Mode::Trailer { header, trailer_start: (offset, line) }
                 };
             }
             _ => {}
@@ -225,12 +222,12 @@ impl Splitter {
     }
 
     fn end_document(&mut self, end: u64, line: usize, buffer: &[u8], base: u64) {
-        let (header, items_line, trailer_start) = match self.mode {
-            Mode::Entries { header, items_line, entry_start } => {
+        let (header, trailer_start) = match self.mode {
+            Mode::Entries { header, entry_start } => {
                 self.end_entry(entry_start, end, buffer, base);
-                (header, items_line, (end, line))
+                (header, (end, line))
             }
-            Mode::Trailer { header, items_line, trailer_start } => (header, items_line, trailer_start),
+            Mode::Trailer { header, trailer_start } => (header, trailer_start),
             Mode::Plain | Mode::ItemsKey { .. } | Mode::Whole => {
                 let span = self.span_from(self.doc_start, end);
                 let fingerprint = self.finish(buffer, base, end);
@@ -243,7 +240,7 @@ impl Splitter {
         };
         let trailer = self.span_from(trailer_start, end);
         self.skip_to(buffer, base, end);
-        self.pieces.push(Piece::ListShell { header, trailer, items_line });
+        self.pieces.push(Piece::ListShell { header, trailer });
     }
 }
 
@@ -321,12 +318,12 @@ mod tests {
         for (_, span, _, fingerprint) in &found {
             assert_eq!(*fingerprint, xxh3_128_with_seed(text(LIST, *span).as_bytes(), 7));
         }
-        let Some(Piece::ListShell { header, trailer, items_line }) = pieces.last().copied() else {
+        let Some(Piece::ListShell { header, trailer }) = pieces.last().copied() else {
             panic!("no shell in {pieces:?}")
         };
         assert_eq!(text(LIST, header), "apiVersion: v1\n");
         assert_eq!(text(LIST, trailer), "kind: List\nmetadata:\n  resourceVersion: \"\"\n");
-        assert_eq!((trailer.line, items_line), (13, 2));
+        assert_eq!(trailer.line, 13);
     }
 
     #[test]

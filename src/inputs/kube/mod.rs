@@ -232,12 +232,14 @@ fn read_whole(label: &str, file: &File) -> Result<Vec<KubeObject>> {
 /// Whether the top level of every List document among `pieces`, around
 /// its entries, reads as it does in the document read whole and makes it a
 /// List. So it is read in its place: the header, `items: []` where the
-/// entries were (padded to their lines, so that the trailer keeps its line
-/// numbers), and the trailer, as one document.
+/// entries were, and the trailer, as one document. Not padded to the
+/// entries' lines: only whether it reads matters (a file whose shell does
+/// not is read whole, which reports where), and a big List's padding
+/// would cost every sync as much as parsing a million blank lines.
 fn shells_read(label: &str, file: &File, pieces: &[Piece]) -> bool {
     pieces.iter().all(|piece| {
-        let Piece::ListShell { header, trailer, items_line } = *piece else { return true };
-        let entries = format!("items: []{}", "\n".repeat(trailer.line - items_line));
+        let Piece::ListShell { header, trailer, .. } = *piece else { return true };
+        let entries = "items: []\n";
         let shell = FileRange::of(file, header).chain(entries.as_bytes()).chain(FileRange::of(file, trailer));
         // The `items` put in hold nothing: an object would be under another.
         yaml::for_each_object(label, shell, header.line, |_| Err(anyhow::anyhow!("a second `items`"))).is_ok()
