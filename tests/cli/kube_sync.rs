@@ -43,15 +43,20 @@ fn slice(service: &str, endpoints: &[&str]) -> Value {
     })
 }
 
+/// A test API server and the path of a kubeconfig for it in the sandbox.
+fn api_server(sandbox: &Sandbox) -> (ApiServer, String) {
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    (server, kubeconfig.to_str().expect("a UTF-8 path").to_owned())
+}
+
 pub fn a_one_shot_kube_sync_applies_the_cluster_and_exits() {
     let sandbox = Sandbox::new();
     sandbox.load();
     sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
     sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
-    let server = ApiServer::start();
-    let kubeconfig = sandbox.scratch("kubeconfig");
-    server.write_kubeconfig(&kubeconfig);
-    let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
+    let (server, kubeconfig) = api_server(&sandbox);
     let sync =
         || sandbox.balctl_ok(&["sync", "--kube", "--kubeconfig", &kubeconfig, "--node-name", "node-a"]);
 
@@ -110,10 +115,8 @@ pub fn a_kube_watch_follows_the_cluster() {
     sandbox.load();
     sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
     sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
-    let server = ApiServer::start();
-    let kubeconfig = sandbox.scratch("kubeconfig");
-    server.write_kubeconfig(&kubeconfig);
-    let args = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"];
+    let (server, kubeconfig) = api_server(&sandbox);
+    let args = ["--kube", "--kubeconfig", &kubeconfig, "--node-name", "node-a"];
     server.apply(service("web", "198.18.0.20"));
     server.apply(slice("web", &["192.0.2.2"]));
     let watcher = Watcher::start_with(&sandbox, &[], &args);
@@ -192,9 +195,7 @@ pub fn trace_names_the_pod_of_a_container() {
     sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
     sandbox.balctl_ok(&["policy", "add", "web", "--vip", "198.18.0.20:80", "--backend", "192.0.2.2:8080"]);
     let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    let server = ApiServer::start();
-    let kubeconfig = sandbox.scratch("kubeconfig");
-    server.write_kubeconfig(&kubeconfig);
+    let (server, kubeconfig) = api_server(&sandbox);
     server.apply(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": "web-client", "namespace": "shop" },
@@ -210,10 +211,7 @@ pub fn trace_names_the_pod_of_a_container() {
     let container = ContainerCgroup(sandbox.cgroup.join(format!("cri-containerd-{id}.scope")));
     std::fs::create_dir(&container.0).expect("create the container's cgroup");
 
-    let trace = start_trace(
-        &sandbox,
-        &["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--count", "1", "-o", "json"],
-    );
+    let trace = start_trace(&sandbox, &["--kube", "--kubeconfig", &kubeconfig, "--count", "1", "-o", "json"]);
     let client = Command::new(std::env::current_exe().expect("test binary"))
         .arg(peer::PEER_ARG)
         .arg("--cgroup")
@@ -245,17 +243,12 @@ pub fn a_kube_watch_watches_only_the_pods_policies_select() {
     sandbox.load();
     sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
     sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
-    let server = ApiServer::start();
-    let kubeconfig = sandbox.scratch("kubeconfig");
-    server.write_kubeconfig(&kubeconfig);
+    let (server, kubeconfig) = api_server(&sandbox);
     server.apply(pod("web-1", "node-b", "192.0.2.2", "web"));
     server.apply(pod("web-2", "node-c", "192.0.2.3", "web"));
     server.apply(pod("db-1", "node-b", "192.0.2.4", "db"));
-    let watcher = Watcher::start_with(
-        &sandbox,
-        &[],
-        &["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"],
-    );
+    let watcher =
+        Watcher::start_with(&sandbox, &[], &["--kube", "--kubeconfig", &kubeconfig, "--node-name", "node-a"]);
     watcher.wait_stdout("no changes");
     server.apply(json!({
         "apiVersion": "balancing.elf.io/v1beta1", "kind": "BalancingPolicy",
