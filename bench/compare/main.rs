@@ -13,7 +13,8 @@
 //! how each mechanism is given them: cluster.rs.
 //!
 //! Run as root: `cargo bench --bench compare`; `COMPARE_SIZES=1,1000` for
-//! other sizes.
+//! other sizes, `COMPARE_MECHANISMS=balctl,nftables` for some mechanisms
+//! only (direct, the reference, is always measured).
 //! Raw results go to bench/compare-results.json, the chart to
 //! bench/compare.png (bench/plot.py, needs matplotlib). Results are recorded
 //! in bench/RESULTS.md.
@@ -60,21 +61,29 @@ fn main() {
         Ok(list) => list.split(',').map(|s| s.trim().parse().expect("COMPARE_SIZES: numbers")).collect(),
         Err(_) => SIZES.to_vec(),
     };
+    let mechanisms = match std::env::var("COMPARE_MECHANISMS") {
+        Ok(list) => Mechanism::ALL
+            .into_iter()
+            .filter(|m| *m == Mechanism::Direct || list.split(',').any(|name| name.trim() == m.name()))
+            .collect(),
+        Err(_) => Mechanism::ALL.to_vec(),
+    };
     let machine = report::machine();
     println!("{}\n", report::describe_machine(&machine));
     let started = Instant::now();
-    let results: Vec<SizeResult> = sizes.into_iter().map(measure_size).collect();
+    let results: Vec<SizeResult> = sizes.into_iter().map(|size| measure_size(size, &mechanisms)).collect();
     report::finish(&machine, &results, started.elapsed());
 }
 
-fn measure_size(size: u32) -> SizeResult {
+fn measure_size(size: u32, mechanisms: &[Mechanism]) -> SizeResult {
     let world = on_one_cpu(World::new);
     let cluster = Cluster::new(size);
     let (tcp_vip, udp_vip) = (cluster.tcp_vip().to_string(), cluster.udp_vip().to_string());
     println!("== {size} TCP services + 1 UDP service; measured {tcp_vip}/tcp and {udp_vip}/udp");
     report::print_programming_header();
-    let programming: Vec<(Mechanism, Programmed)> = Mechanism::ALL
-        .into_iter()
+    let programming: Vec<(Mechanism, Programmed)> = mechanisms
+        .iter()
+        .copied()
         .filter(|&mechanism| mechanism != Mechanism::Direct)
         .map(|mechanism| {
             let programmed = match mechanism {
@@ -86,8 +95,9 @@ fn measure_size(size: u32) -> SizeResult {
             (mechanism, programmed)
         })
         .collect();
-    let mechanisms: Vec<Mechanism> = Mechanism::ALL
-        .into_iter()
+    let mechanisms: Vec<Mechanism> = mechanisms
+        .iter()
+        .copied()
         .filter(|&m| m == Mechanism::Direct || programming.iter().any(|(p, run)| *p == m && run.ready))
         .collect();
     let datapath = on_one_cpu(|| datapath::measure(&world, &cluster, &mechanisms));

@@ -126,6 +126,7 @@ pub fn finish(machine: &Value, results: &[SizeResult], took: Duration) {
         "command": "sudo cargo bench --bench compare",
         "environment": {
             "COMPARE_SIZES": std::env::var("COMPARE_SIZES").ok(),
+            "COMPARE_MECHANISMS": std::env::var("COMPARE_MECHANISMS").ok(),
         },
         "machine": machine,
         "load_average_at_end": fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
@@ -185,8 +186,9 @@ fn measured(result: &SizeResult, mechanism: Mechanism) -> Option<&Measured> {
     result.datapath.iter().find(|m| m.mechanism == mechanism)
 }
 
-fn programmed(result: &SizeResult, mechanism: Mechanism) -> &Programmed {
-    &result.programming.iter().find(|(m, _)| *m == mechanism).expect("every mechanism is programmed").1
+/// None when the run left `mechanism` out (`COMPARE_MECHANISMS`).
+fn programmed(result: &SizeResult, mechanism: Mechanism) -> Option<&Programmed> {
+    result.programming.iter().find(|(m, _)| *m == mechanism).map(|(_, programmed)| programmed)
 }
 
 /// The targets, each with the value measured and whether it is met
@@ -228,7 +230,8 @@ fn targets(results: &[SizeResult]) -> Vec<Value> {
         vs_nftables.map(|r| r > 1.0),
     ));
     for other in [Mechanism::IptablesLegacy, Mechanism::IptablesNft, Mechanism::Nftables] {
-        let seconds = at_target.map(|r| (programmed(r, Mechanism::Balctl), programmed(r, other)));
+        let seconds =
+            at_target.and_then(|r| Some((programmed(r, Mechanism::Balctl)?, programmed(r, other)?)));
         targets.push(target(
             format!("programming {TARGET_SIZE} services: balctl sync faster than {}", programmed_name(other)),
             seconds.map_or("-".to_owned(), |(b, o)| {
