@@ -125,7 +125,7 @@ pub struct LoadArgs {
     pub cgroup: Option<PathBuf>,
 
     /// Capacity of a map when it is created, as NAME=ENTRIES
-    /// (services, backends, affinity, revnat, nodes, rate_limits); repeat or separate with commas
+    /// (services, backends, affinity, sockets, revnat, nodes, rate_limits); repeat or separate with commas
     #[arg(long, value_name = "NAME=N", value_delimiter = ',', value_parser = parse_map_size)]
     pub map_size: Vec<(String, u32)>,
 

@@ -30,7 +30,7 @@ use std::{
     fmt, iter,
 };
 
-use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
+use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit};
 
 use crate::{
     bpf::raw::{addr_to_raw, service_key},
@@ -142,6 +142,19 @@ impl<'a> Plan<'a> {
     pub fn steps(&self) -> impl Iterator<Item = Step> + use<'a> {
         let sides = self.sides;
         Phase::ORDER.into_iter().flat_map(move |phase| sides.phase(phase))
+    }
+
+    /// The layers (`balctl_common::layer_bit` of each scope) that hold a
+    /// frontend before the plan and after it.
+    pub fn layers(&self) -> (u32, u32) {
+        let of_image =
+            |image: &Image| image.frontends.keys().fold(0, |layers, f| layers | layer_bit(f.scope.raw()));
+        let of_maps =
+            |maps: &MapContents| maps.services.keys().fold(0, |layers, key| layers | layer_bit(key.scope));
+        match self.sides {
+            Sides::Between(old, new) => (of_image(old), of_image(new)),
+            Sides::Repair(actual, desired) => (of_maps(actual), of_maps(desired)),
+        }
     }
 
     /// The most entries each map holds at any point while the plan runs,

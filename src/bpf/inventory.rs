@@ -6,7 +6,7 @@ use aya::maps::{Array, HashMap, MapData, MapInfo, MapKeys, PerCpuHashMap};
 use aya_obj::generated::bpf_map_type;
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
-    ServiceEntry, ServiceKey, ServiceStats, TRACE_SLOTS, map_names,
+    ServiceEntry, ServiceKey, ServiceStats, SocketTranslation, TRACE_SLOTS, map_names,
 };
 
 use super::{maps::open_map, object::MAPS, pins::PinDir};
@@ -46,6 +46,8 @@ pub fn map_fills(pins: &PinDir) -> Result<Vec<MapFill>> {
                 MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
             let (capacity, unit, entries) = match spec.map_type {
                 bpf_map_type::BPF_MAP_TYPE_RINGBUF => (info.max_entries(), Unit::Bytes, None),
+                // One entry, there from the start.
+                _ if spec.name == map_names::LAYERS => (1, Unit::Entries, Some(1)),
                 _ if spec.name == map_names::TRACE_LEASES => {
                     (TRACE_SLOTS, Unit::Slots, Some(running_leases(pins)?))
                 }
@@ -84,6 +86,7 @@ fn hash_entries(pins: &PinDir, name: &str) -> Result<usize> {
         map_names::AFFINITY => {
             count(open_map::<HashMap<MapData, AffinityKey, AffinityValue>>(pins, name)?.keys())
         }
+        map_names::SOCKETS => count(open_map::<HashMap<MapData, u64, SocketTranslation>>(pins, name)?.keys()),
         map_names::REVNAT => count(open_map::<HashMap<MapData, RevNatKey, RevNatValue>>(pins, name)?.keys()),
         map_names::RATE_LIMITS => count(open_map::<HashMap<MapData, u32, RateLimit>>(pins, name)?.keys()),
         map_names::STATS => count(open_map::<PerCpuHashMap<MapData, u32, ServiceStats>>(pins, name)?.keys()),

@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RateLimit, ServiceEntry, ServiceKey,
-    map_names,
+    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MembershipKey, NodeAddressKey, RateLimit,
+    ServiceEntry, ServiceKey, map_names,
 };
 
 use super::{counters::CounterMaps, object::MAPS, pins::PinDir};
@@ -27,6 +27,7 @@ pub struct Datapath {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     rate_limits: HashMap<MapData, ServiceId, RateLimit>,
     rate_limit_capacity: u32,
+    layers: Array<MapData, u32>,
     counters: CounterMaps,
     capacity: EntryCounts,
 }
@@ -68,6 +69,7 @@ impl Datapath {
         let nodes = open_map(pins, map_names::NODES)?;
         let affinity = open_map(pins, map_names::AFFINITY)?;
         let rate_limits = open_map(pins, map_names::RATE_LIMITS)?;
+        let layers = open_map(pins, map_names::LAYERS)?;
         let counters = CounterMaps::open(pins)?;
         let capacity = |name: &str| -> Result<u64> {
             let info = aya::maps::MapInfo::from_pin(pins.map(name))?;
@@ -80,6 +82,7 @@ impl Datapath {
             nodes,
             affinity,
             rate_limits,
+            layers,
             rate_limit_capacity: aya::maps::MapInfo::from_pin(pins.map(map_names::RATE_LIMITS))?
                 .max_entries(),
             counters,
@@ -146,7 +149,13 @@ impl Datapath {
     /// point at backends which left their service (the datapath already
     /// ignores them: membership check), and the counters of removed
     /// frontends and memberships (nothing counts into them again).
+    ///
+    /// The layers map says which layers may hold frontends: both sides'
+    /// while the plan runs, so the datapath never skips a layer that has
+    /// entries, then only the new side's.
     pub fn apply(&mut self, plan: &Plan, progress: &mut dyn Progress) -> Result<()> {
+        let (before, after) = plan.layers();
+        self.write_layers(before | after)?;
         let mut removed = Removed::default();
         for (done, step) in plan.steps().enumerate() {
             if let Err(err) = self.execute(&step.op) {
@@ -156,7 +165,10 @@ impl Datapath {
             progress.advance(done + 1);
         }
         // Only tidying: failing here must not fail a change that is
-        // already complete.
+        // already complete. A layer left marked costs two lookups a connection.
+        if let Err(err) = self.write_layers(after) {
+            log::warn!("could not mark the emptied rule layers (they are still looked up): {err:#}");
+        }
         if !removed.memberships.is_empty()
             && let Err(err) = self.forget_sticky(&removed.memberships)
         {
@@ -183,8 +195,13 @@ impl Datapath {
     /// memory on this failure path alone.
     fn undo(&mut self, plan: &Plan, done: usize, cause: anyhow::Error) -> anyhow::Error {
         let undo: Vec<Op> = plan.steps().take(done).map(|step| step.undo).collect();
-        let failures: Vec<String> =
+        let mut failures: Vec<String> =
             undo.iter().rev().filter_map(|op| self.execute(op).err().map(|e| format!("{e:#}"))).collect();
+        if failures.is_empty()
+            && let Err(err) = self.write_layers(plan.layers().0)
+        {
+            failures.push(format!("{err:#}"));
+        }
         if failures.is_empty() {
             cause.context("nothing was changed: the maps were restored to their previous contents")
         } else {
@@ -194,6 +211,10 @@ impl Datapath {
                 failures.join("; ")
             ))
         }
+    }
+
+    fn write_layers(&mut self, layers: u32) -> Result<()> {
+        self.layers.set(0, LAYERS_KNOWN | layers, 0).context("cannot write the layers map")
     }
 
     fn execute(&mut self, op: &Op) -> Result<()> {

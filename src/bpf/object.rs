@@ -8,7 +8,8 @@ use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, EVENTS_BYTES, MembershipKey, NodeAddressKey, RateLimit, RevNatKey,
-    RevNatValue, ServiceEntry, ServiceKey, ServiceStats, TRACE_LEASE_ENTRIES, default_capacity, map_names,
+    RevNatValue, ServiceEntry, ServiceKey, ServiceStats, SocketTranslation, TRACE_LEASE_ENTRIES,
+    default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -58,7 +59,7 @@ pub struct MapSpec {
     pub default_capacity: u32,
 }
 
-pub const MAPS: [MapSpec; 14] = [
+pub const MAPS: [MapSpec; 16] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -83,6 +84,12 @@ pub const MAPS: [MapSpec; 14] = [
         bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
         "affinity",
         default_capacity::AFFINITY,
+    ),
+    map::<u64, SocketTranslation>(
+        map_names::SOCKETS,
+        bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+        "sockets",
+        default_capacity::SOCKETS,
     ),
     map::<RevNatKey, RevNatValue>(
         map_names::REVNAT,
@@ -118,6 +125,14 @@ pub const MAPS: [MapSpec; 14] = [
         default_capacity: default_capacity::RATE_LIMITS,
     },
     MapSpec {
+        name: map_names::LAYERS,
+        map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<u32>() as u32,
+        size_name: None,
+        default_capacity: 1,
+    },
+    MapSpec {
         name: map_names::TRACE_LEASES,
         map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY,
         key_size: size_of::<u32>() as u32,
@@ -144,7 +159,8 @@ const fn events(slot: usize) -> MapSpec {
 }
 
 /// The names `--map-size` accepts.
-pub const SIZE_NAMES: [&str; 6] = ["services", "backends", "affinity", "revnat", "nodes", "rate_limits"];
+pub const SIZE_NAMES: [&str; 7] =
+    ["services", "backends", "affinity", "sockets", "revnat", "nodes", "rate_limits"];
 
 const fn map<K, V>(
     name: &'static str,

@@ -278,6 +278,58 @@ pub fn udp_and_peer_addresses_show_the_vip() {
     assert_eq!(report["peer"], VIP, "{report}");
 }
 
+/// One unconnected UDP socket sending to three VIPs in turn: every reply
+/// comes from the VIP it was sent to, and the socket keeps one backend per
+/// VIP. The first VIP's choice is in the socket's sockets entry, the others'
+/// in the affinity and revnat maps. (The VIPs have two backends each and
+/// share none: a reply from a backend of two frontends cannot say which of
+/// them it answers.)
+pub fn one_udp_socket_keeps_a_backend_per_vip() {
+    let sandbox = Sandbox::new();
+    serve_three(&sandbox);
+    for host in 2..=4 {
+        sandbox.serve(&format!("b{host}-5301"), &[], &[&format!("192.0.2.{host}:5301")]);
+    }
+    sandbox.load();
+    let vips = ["198.18.0.20:5300", "198.18.0.21:5300", "198.18.0.22:5300"];
+    let backends = [
+        ["192.0.2.2:5300", "192.0.2.3:5300"],
+        ["192.0.2.4:5300", "192.0.2.2:5301"],
+        ["192.0.2.3:5301", "192.0.2.4:5301"],
+    ];
+    for ((name, vip), backends) in ["first", "second", "third"].into_iter().zip(vips).zip(backends) {
+        add_policy(&sandbox, name, &format!("{vip}/udp"), &backends, &[]);
+    }
+
+    let report =
+        sandbox.client(&["udp-sendto", "--to", vips[0], "--to", vips[1], "--to", vips[2], "--count", "10"]);
+    let replies = report["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 30, "{report}");
+    assert!(replies.iter().all(|r| r["from"] == r["to"]), "a reply not from its VIP: {report}");
+    for vip in vips {
+        let answers: std::collections::BTreeSet<&str> =
+            replies.iter().filter(|r| r["to"] == vip).filter_map(|r| r["answer"].as_str()).collect();
+        assert_eq!(answers.len(), 1, "{vip} answered from {answers:?}");
+    }
+
+    let revnat = sandbox.balctl_json(&["dump", "revnat"]);
+    let frontends: std::collections::BTreeSet<&str> =
+        revnat["revnat"].as_array().unwrap().iter().filter_map(|e| e["frontend"].as_str()).collect();
+    assert_eq!(frontends, vips.into_iter().collect(), "{revnat:#}");
+    let cookies: std::collections::BTreeSet<u64> =
+        revnat["revnat"].as_array().unwrap().iter().filter_map(|e| e["cookie"].as_u64()).collect();
+    assert_eq!(cookies.len(), 1, "one socket: {revnat:#}");
+    let affinity = sandbox.balctl_json(&["dump", "affinity"]);
+    let owners: Vec<(&str, Option<u64>)> = affinity["affinity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["owner_kind"].as_str().unwrap(), e["cookie"].as_u64()))
+        .collect();
+    let cookie = cookies.first().copied();
+    assert_eq!(owners, [("socket", cookie); 3], "{affinity:#}");
+}
+
 /// Must show 4 (dig): `dig @VIP` against dnsmasq backends, UDP and TCP,
 /// answers without "reply from unexpected source". (BIND 9.18's dig uses
 /// connected UDP sockets; the reply translation of unconnected sockets is

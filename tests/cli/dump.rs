@@ -164,7 +164,9 @@ pub fn every_format_matches_the_documented_schema() {
         kinds,
         [("socket", "policy/dns", "192.0.2.5:53"), ("netns", "policy/web6", "[2001:db8::2]:8080")]
     );
-    assert!(entries.iter().all(|e| e["idle_seconds"].as_f64().unwrap() < 60.0), "{affinity:#}");
+    // The socket's choice is its sockets entry, which lasts as long as the socket.
+    assert!(entries[0]["idle_seconds"].is_null(), "{affinity:#}");
+    assert!(entries[1]["idle_seconds"].as_f64().unwrap() < 60.0, "{affinity:#}");
 
     // Revnat: one entry per translated socket; the UDP socket's shows its VIP.
     let revnat = dump(&sandbox, "revnat", &[]);
@@ -191,11 +193,13 @@ pub fn every_format_matches_the_documented_schema() {
             "backends",
             "membership",
             "affinity",
+            "sockets",
             "revnat",
             "nodes",
             "stats",
             "backend_hits",
             "rate_limits",
+            "layers",
             "trace_leases",
             "events0",
             "events1",
@@ -205,7 +209,9 @@ pub fn every_format_matches_the_documented_schema() {
     );
     let map = |name: &str| maps.as_array().unwrap().iter().find(|m| m["name"] == name).unwrap().clone();
     assert_eq!(map("services")["entries"], 4 + 4, "4 masters, 4 slots");
-    assert_eq!(map("affinity")["entries"], 2);
+    assert_eq!(map("affinity")["entries"], 1, "the namespace's; the socket's is in sockets");
+    assert_eq!(map("sockets")["entries"], 20 + 3 + 1, "one per translated socket");
+    assert_eq!(map("revnat")["entries"], 0, "no socket sent to two frontends");
     assert_eq!(map("stats")["type"], "percpu_hash");
     assert_eq!(map("stats")["entries"], 4, "every frontend resolved once at least");
     assert_eq!(

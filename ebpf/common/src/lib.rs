@@ -20,11 +20,13 @@ pub mod map_names {
     pub const MEMBERSHIP: &str = "membership";
     pub const AFFINITY: &str = "affinity";
     pub const REVNAT: &str = "revnat";
+    pub const SOCKETS: &str = "sockets";
     pub const NODES: &str = "nodes";
     pub const STATS: &str = "stats";
     pub const BACKEND_HITS: &str = "backend_hits";
     pub const TRACE_LEASES: &str = "trace_leases";
     pub const RATE_LIMITS: &str = "rate_limits";
+    pub const LAYERS: &str = "layers";
     /// One ring buffer per trace slot.
     pub const EVENTS: [&str; super::TRACE_SLOTS as usize] = ["events0", "events1", "events2", "events3"];
 }
@@ -35,7 +37,10 @@ pub mod default_capacity {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 65_536;
     pub const AFFINITY: u32 = 65_536;
-    pub const REVNAT: u32 = 262_144;
+    /// One entry per translated socket that is open (or recently closed).
+    pub const SOCKETS: u32 = 262_144;
+    /// Only unconnected UDP sockets that send to a second frontend use it.
+    pub const REVNAT: u32 = 65_536;
     /// Addresses of every Node (several per node: InternalIP, ExternalIP, IPv6).
     pub const NODES: u32 = 16_384;
     /// Frontends with a requests-per-second limit (redirect policies).
@@ -161,6 +166,19 @@ pub const SCOPE_SERVICE: u8 = 0;
 pub const SCOPE_BALANCING: u8 = 1;
 pub const SCOPE_REDIRECT: u8 = 2;
 
+/// The layers map (an array of one `u32`) says which scopes hold any
+/// frontend, one bit per scope (`layer_bit`), so that a connection skips
+/// the lookups of empty layers: on a node without policies, finding a
+/// frontend is one lookup instead of three. User space sets a layer's bit
+/// before it writes the layer's first entry and clears it after removing
+/// its last. Until `LAYERS_KNOWN` is set (a map just created) every layer
+/// is looked up.
+pub const LAYERS_KNOWN: u32 = 1 << 31;
+
+pub const fn layer_bit(scope: u8) -> u32 {
+    1 << scope
+}
+
 /// `ServiceEntry::flags`: the frontend keeps clients on one backend.
 pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
 /// `ServiceEntry::flags`: the frontend has a requests-per-second limit in
@@ -261,9 +279,35 @@ pub struct AffinityValue {
     pub _pad: u32,
 }
 
-/// Key of the reverse-translation map (an LRU hash): a translated socket and
-/// the backend it was sent to. `recvmsg` and `getpeername` look it up to show
-/// the frontend address instead of the backend's.
+/// Value of the sockets map (an LRU hash keyed by socket cookie): one
+/// translated socket's frontend and the backend it was sent to. `connect()`
+/// writes it; so does an unconnected UDP socket's first datagram to a
+/// frontend, and its later datagrams to that frontend go to the same backend
+/// while it is still a member. `recvmsg` and `getpeername` show a peer that
+/// is this backend as the frontend. One entry, written once, is all a
+/// socket costs; the affinity and revnat maps hold the choices of an
+/// unconnected socket that sends to more than one frontend, for the others.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketTranslation {
+    pub frontend: Addr,
+    pub backend: Addr,
+    pub frontend_port: u16,
+    pub backend_port: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `SOCKET_UNCONNECTED` when written by `sendmsg`: the entry is then
+    /// also the socket's sticky choice.
+    pub flags: u32,
+}
+
+/// `SocketTranslation::flags`: an unconnected UDP socket's choice.
+pub const SOCKET_UNCONNECTED: u32 = 1;
+
+/// Key of the reverse-translation map (an LRU hash): an unconnected UDP
+/// socket and a backend it sent to, for frontends other than the one in its
+/// sockets entry. `recvmsg` and `getpeername` look it up to show the
+/// frontend address instead of the backend's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RevNatKey {
@@ -295,6 +339,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::RevNatKey {}
     unsafe impl aya::Pod for super::RevNatValue {}
+    unsafe impl aya::Pod for super::SocketTranslation {}
     unsafe impl aya::Pod for super::NodeAddressKey {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::TraceEvent {}
@@ -319,6 +364,7 @@ mod tests {
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<RevNatKey>(), 32);
         assert_eq!(size_of::<RevNatValue>(), 24);
+        assert_eq!(size_of::<SocketTranslation>(), 48);
         assert_eq!(size_of::<NodeAddressKey>(), 16);
         assert_eq!(size_of::<ServiceStats>(), 56);
         assert_eq!(size_of::<TraceEvent>(), 88);

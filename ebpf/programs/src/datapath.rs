@@ -13,11 +13,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use balctl_common::{
-    Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, IPPROTO_TCP, IPPROTO_UDP,
-    MembershipKey, NodeAddressKey, OP_CONNECT, OP_SENDMSG, RateLimit, RevNatKey, RevNatValue, SCOPE_BALANCING,
-    SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey,
-    ServiceStats, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, result,
+    Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, GAVE_WAY_NO_BACKEND,
+    GAVE_WAY_RATE_LIMIT, IPPROTO_TCP, IPPROTO_UDP, LAYERS_KNOWN, MembershipKey, NodeAddressKey, OP_CONNECT,
+    OP_SENDMSG, RateLimit, RevNatKey, RevNatValue, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED, SOCKET_UNCONNECTED,
+    STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey, ServiceStats, SocketTranslation, TRACE_ANY,
+    TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, layer_bit, result,
 };
 
 #[map(name = "services")]
@@ -33,6 +34,10 @@ static MEMBERSHIP: HashMap<MembershipKey, u32> = HashMap::with_max_entries(defau
 #[map(name = "affinity")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(default_capacity::AFFINITY, 0);
+
+#[map(name = "sockets")]
+static SOCKETS: LruHashMap<u64, SocketTranslation> =
+    LruHashMap::with_max_entries(default_capacity::SOCKETS, 0);
 
 #[map(name = "revnat")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
@@ -52,6 +57,9 @@ static BACKEND_HITS: PerCpuHashMap<MembershipKey, u64> =
 
 #[map(name = "rate_limits")]
 static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::with_max_entries(default_capacity::RATE_LIMITS, 0);
+
+#[map(name = "layers")]
+static LAYERS: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map(name = "trace_leases")]
 static TRACE_LEASES: Array<u64> = Array::with_max_entries(TRACE_LEASE_ENTRIES, 0);
@@ -139,12 +147,21 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         return ALLOW;
     }
     let dest = read_dest(sa, family);
-    let Some((frontend, master)) = policy_frontend(&dest, proto).or_else(|| find_frontend(&dest, proto)) else {
+    let Some((frontend, master)) = policy_frontend(&dest, proto).or_else(|| find_frontend(&dest, proto))
+    else {
         return ALLOW;
     };
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let choice = match choose_backend(ctx, cookie, &frontend, &master, op) {
+    // A connecting socket is new to balctl (or starts over); an unconnected
+    // one may have sent before. (No Option: the verifier rejects the
+    // uninitialised bytes a None would carry around.)
+    let earlier = match op {
+        Operation::Connect => NO_SOCKET,
+        // SAFETY: read once, whole.
+        Operation::SendMsg => unsafe { SOCKETS.get(&cookie) }.copied().unwrap_or(NO_SOCKET),
+    };
+    let choice = match choose_backend(ctx, cookie, &earlier, &frontend, &master) {
         // Validation keeps backend families equal to the frontend's; never
         // write half an IPv6 address into an IPv4 socket.
         Ok(choice) if family == Family::V4 && !is_v4_mapped(&choice.backend.addr) => Err(result::FAMILY),
@@ -156,10 +173,21 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         return reject();
     };
     let to = Dest { addr: choice.backend.addr, port: choice.backend.port };
-    remember_translation(cookie, &to, &dest, master.service_id, op);
+    remember_translation(cookie, &earlier, &to, &dest, master.service_id, &choice, op);
     write_dest(sa, family, &to);
     ALLOW
 }
+
+/// What a socket without a sockets entry has: service ids start at 1.
+const NO_SOCKET: SocketTranslation = SocketTranslation {
+    frontend: [0; 4],
+    backend: [0; 4],
+    frontend_port: 0,
+    backend_port: 0,
+    service_id: 0,
+    backend_id: 0,
+    flags: 0,
+};
 
 /// A backend chosen for a socket, and how (`result::RANDOM`...).
 struct Choice {
@@ -261,12 +289,18 @@ fn leased(slot: u32, now: u64) -> bool {
 /// LocalRedirectPolicy's while it has a backend and is within its rate
 /// limit (else it gives way: to a BalancingPolicy, the Service, or at the
 /// end the original destination), then a BalancingPolicy's, which like a
-/// Service's refuses connections when it has no backend.
+/// Service's refuses connections when it has no backend. A layer that holds
+/// no frontend at all is not looked up.
 #[inline(always)]
 fn policy_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
-    let redirect = ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_REDIRECT, slot: 0, _pad: 0 };
+    let layers = LAYERS.get(0).copied().unwrap_or(0);
+    let may_hold = |scope| layers & LAYERS_KNOWN == 0 || layers & layer_bit(scope) != 0;
+    let redirect =
+        ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_REDIRECT, slot: 0, _pad: 0 };
     // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
-    if let Some(master) = unsafe { SERVICES.get(&redirect) }.copied() {
+    if may_hold(SCOPE_REDIRECT)
+        && let Some(master) = unsafe { SERVICES.get(&redirect) }.copied()
+    {
         let gave_way = if master.count == 0 {
             GAVE_WAY_NO_BACKEND
         } else if !within_rate_limit(&master) {
@@ -278,6 +312,9 @@ fn policy_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)>
             // SAFETY: a per-CPU entry, written by this CPU only while this program runs.
             unsafe { (*stats).gave_way[gave_way] += 1 };
         }
+    }
+    if !may_hold(SCOPE_BALANCING) {
+        return None;
     }
     let balancing = ServiceKey { scope: SCOPE_BALANCING, ..redirect };
     // SAFETY: as above.
@@ -345,16 +382,23 @@ fn find_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
 fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
     let peer = read_dest(sa, family);
-    let key = RevNatKey {
-        // SAFETY: the helper only reads the socket behind the context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        addr: peer.addr,
-        port: peer.port,
-        _pad: [0; 3],
-    };
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read once, whole.
-    if let Some(original) = unsafe { REVNAT.get(&key) }.copied() {
-        write_dest(sa, family, &Dest { addr: original.addr, port: original.port });
+    let frontend = match unsafe { SOCKETS.get(&cookie) }.copied() {
+        Some(socket) if socket.backend == peer.addr && socket.backend_port == peer.port => {
+            Some(Dest { addr: socket.frontend, port: socket.frontend_port })
+        }
+        // Another frontend's backend (an unconnected socket's second), or
+        // an entry the LRU evicted or an older balctl wrote.
+        _ => {
+            let key = RevNatKey { cookie, addr: peer.addr, port: peer.port, _pad: [0; 3] };
+            // SAFETY: read once, whole.
+            unsafe { REVNAT.get(&key) }.map(|original| Dest { addr: original.addr, port: original.port })
+        }
+    };
+    if let Some(frontend) = frontend {
+        write_dest(sa, family, &frontend);
     }
     // recvmsg and getpeername programs must allow; they can only rewrite.
     ALLOW
@@ -369,18 +413,29 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
 fn choose_backend(
     ctx: &SockAddrContext,
     socket_cookie: u64,
+    earlier: &SocketTranslation,
     frontend: &ServiceKey,
     master: &ServiceEntry,
-    op: Operation,
 ) -> Result<Choice, u8> {
     if master.count == 0 {
         let local_only = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
         return Err(if local_only { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND });
     }
     let service_id = master.service_id;
-    let socket_key = AffinityKey { cookie: socket_cookie, service_id, owner: STICKY_SOCKET };
-    if op == Operation::SendMsg
-        && let Some((backend_id, backend)) = sticky_backend(&socket_key, service_id, None)
+    // The sticky choice of an unconnected socket for a frontend that is not
+    // the one in its sockets entry.
+    let second_frontend = (earlier.service_id != NO_SOCKET.service_id && earlier.service_id != service_id)
+        .then_some(AffinityKey { cookie: socket_cookie, service_id, owner: STICKY_SOCKET });
+    if earlier.service_id == service_id
+        // SAFETY: only presence is read.
+        && unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id: earlier.backend_id }) }.is_some()
+    {
+        let backend =
+            Backend { addr: earlier.backend, port: earlier.backend_port, proto: frontend.proto, _pad: 0 };
+        return Ok(Choice { backend, backend_id: earlier.backend_id, how: result::SOCKET });
+    }
+    if let Some(socket_key) = &second_frontend
+        && let Some((backend_id, backend)) = sticky_backend(socket_key, service_id, None)
     {
         return Ok(Choice { backend, backend_id, how: result::SOCKET });
     }
@@ -410,8 +465,8 @@ fn choose_backend(
     if let Some((netns_key, now)) = &affinity {
         remember_choice(netns_key, backend_id, *now);
     }
-    if op == Operation::SendMsg {
-        remember_choice(&socket_key, backend_id, unsafe { bpf_ktime_get_ns() });
+    if let Some(socket_key) = &second_frontend {
+        remember_choice(socket_key, backend_id, unsafe { bpf_ktime_get_ns() });
     }
     Ok(Choice { backend, backend_id, how: result::RANDOM })
 }
@@ -440,16 +495,44 @@ fn remember_choice(key: &AffinityKey, backend_id: u32, now: u64) {
     let _ = AFFINITY.insert(key, &choice, 0);
 }
 
-/// Record backend -> frontend for this socket so replies and getpeername()
-/// show the frontend. A connecting socket gets a fresh entry; an unconnected
-/// UDP socket passes here with every datagram, so the write is skipped when
-/// the entry is already current.
+/// Records the translation for replies, `getpeername()` and, on an
+/// unconnected socket, the datagrams that follow: in the socket's sockets
+/// entry when it has none yet, is connecting (starting over), or this is its
+/// entry's frontend; else, for an unconnected socket's second frontend, in
+/// revnat (written only when not already current: such a socket passes here
+/// with every datagram).
 #[inline(always)]
-fn remember_translation(cookie: u64, backend: &Dest, frontend: &Dest, service_id: u32, op: Operation) {
+fn remember_translation(
+    cookie: u64,
+    earlier: &SocketTranslation,
+    backend: &Dest,
+    frontend: &Dest,
+    service_id: u32,
+    choice: &Choice,
+    op: Operation,
+) {
+    if earlier.service_id == service_id && earlier.backend_id == choice.backend_id {
+        return;
+    }
+    if earlier.service_id == NO_SOCKET.service_id || earlier.service_id == service_id {
+        let socket = SocketTranslation {
+            frontend: frontend.addr,
+            backend: backend.addr,
+            frontend_port: frontend.port,
+            backend_port: backend.port,
+            service_id,
+            backend_id: choice.backend_id,
+            flags: if op == Operation::SendMsg { SOCKET_UNCONNECTED } else { 0 },
+        };
+        // A full LRU map evicts; a failed insert only costs the reverse
+        // translation of this socket.
+        let _ = SOCKETS.insert(&cookie, &socket, 0);
+        return;
+    }
     let key = RevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: [0; 3] };
     let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, service_id };
     // SAFETY: read once, whole.
-    if op == Operation::SendMsg && unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
+    if unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
         return;
     }
     let _ = REVNAT.insert(&key, &value, 0);

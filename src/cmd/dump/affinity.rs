@@ -1,10 +1,15 @@
-//! `dump affinity`: the sticky backend choices the datapath keeps in its
-//! LRU map: a client network namespace's (session affinity) and an
-//! unconnected UDP socket's.
+//! `dump affinity`: the sticky backend choices the datapath keeps: a client
+//! network namespace's (session affinity) in the affinity map, and an
+//! unconnected UDP socket's, in its sockets entry (the affinity map holds
+//! the choices of a socket that sends to more than one frontend, for the
+//! others).
 
 use anyhow::Result;
 use aya::maps::{HashMap, MapData};
-use balctl_common::{AffinityKey, AffinityValue, STICKY_NETNS, STICKY_SOCKET, map_names};
+use balctl_common::{
+    AffinityKey, AffinityValue, MembershipKey, SOCKET_UNCONNECTED, STICKY_NETNS, STICKY_SOCKET,
+    SocketTranslation, map_names,
+};
 use serde::Serialize;
 
 use super::{Tables, View, backend_cell, seconds};
@@ -34,8 +39,9 @@ struct AffinityRecord {
     backend_id: BackendId,
     /// `IP:PORT`; null when the backends map lacks the id.
     backend: Option<String>,
-    /// Seconds since the choice was last used.
-    idle_seconds: f64,
+    /// Seconds since the choice was last used; None for a choice in a
+    /// sockets entry (it lasts as long as the socket).
+    idle_seconds: Option<f64>,
 }
 
 /// The entries of frontends `--vip` keeps, by frontend, owner and cookie.
@@ -59,9 +65,34 @@ pub fn read(view: &View) -> Result<Affinity> {
             name: view.name(key.service_id),
             backend_id: choice.backend_id,
             backend: view.backend(choice.backend_id).map(|b| b.to_string()),
-            idle_seconds: seconds(now.saturating_sub(choice.last_used_ns)),
+            idle_seconds: Some(seconds(now.saturating_sub(choice.last_used_ns))),
         })
         .collect();
+    let sockets: HashMap<MapData, u64, SocketTranslation> = open_map(view.pins, map_names::SOCKETS)?;
+    affinity.extend(
+        sockets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, socket)| {
+                socket.flags & SOCKET_UNCONNECTED != 0 && view.shows_service(socket.service_id)
+            })
+            // The datapath honours a choice only while its backend is a member.
+            .filter(|(_, socket)| {
+                view.contents
+                    .membership
+                    .contains(&MembershipKey { service_id: socket.service_id, backend_id: socket.backend_id })
+            })
+            .map(|(cookie, socket)| AffinityRecord {
+                owner_kind: "socket",
+                cookie,
+                service_id: socket.service_id,
+                frontend: view.frontend(socket.service_id),
+                name: view.name(socket.service_id),
+                backend_id: socket.backend_id,
+                backend: view.backend(socket.backend_id).map(|b| b.to_string()),
+                idle_seconds: None,
+            }),
+    );
     affinity.sort_by(|a, b| {
         (&a.frontend, a.service_id, a.owner_kind, a.cookie).cmp(&(
             &b.frontend,
@@ -83,7 +114,7 @@ impl Tables for Affinity {
                 entry.frontend.clone().unwrap_or_else(|| format!("? (service id {})", entry.service_id)),
                 entry.name.clone().unwrap_or_else(|| "?".into()),
                 backend_cell(entry.backend_id, entry.backend.as_ref()),
-                format!("{:.1}s", entry.idle_seconds),
+                entry.idle_seconds.map_or_else(|| "-".to_owned(), |idle| format!("{idle:.1}s")),
             ]);
         }
         println!("{rows}");

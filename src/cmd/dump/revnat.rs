@@ -1,12 +1,13 @@
-//! `dump revnat`: the reverse translations the datapath recorded, one per
-//! translated socket and backend, so that `recvmsg()` and `getpeername()`
-//! show the frontend address instead of the backend's.
+//! `dump revnat`: the reverse translations the datapath recorded, so that
+//! `recvmsg()` and `getpeername()` show the frontend address instead of the
+//! backend's: every translated socket's sockets entry, and the revnat map's
+//! entries for the further frontends of unconnected UDP sockets.
 
 use std::net::SocketAddr;
 
 use anyhow::Result;
 use aya::maps::{HashMap, MapData};
-use balctl_common::{RevNatKey, RevNatValue, map_names};
+use balctl_common::{RevNatKey, RevNatValue, SocketTranslation, map_names};
 use serde::Serialize;
 
 use super::{Tables, View};
@@ -40,18 +41,26 @@ struct RevNatRecord {
 /// The entries `--vip` keeps (their frontend matches it by service id or
 /// by the address recorded), by frontend, cookie and backend.
 pub fn read(view: &View) -> Result<RevNat> {
-    let map: HashMap<MapData, RevNatKey, RevNatValue> = open_map(view.pins, map_names::REVNAT)?;
-    let mut revnat: Vec<RevNatRecord> = map
-        .iter()
-        // Entries the LRU evicts during the walk are skipped.
-        .filter_map(Result::ok)
-        .map(|(key, value)| RevNatRecord {
-            cookie: key.cookie,
-            backend: SocketAddr::new(raw_to_addr(key.addr), raw_to_port(key.port)),
-            frontend: SocketAddr::new(raw_to_addr(value.addr), raw_to_port(value.port)),
-            service_id: value.service_id,
-            name: view.name(value.service_id),
-        })
+    let address = |addr, port| SocketAddr::new(raw_to_addr(addr), raw_to_port(port));
+    let sockets: HashMap<MapData, u64, SocketTranslation> = open_map(view.pins, map_names::SOCKETS)?;
+    let further: HashMap<MapData, RevNatKey, RevNatValue> = open_map(view.pins, map_names::REVNAT)?;
+    // Entries the LRUs evict during the walks are skipped.
+    let first = sockets.iter().filter_map(Result::ok).map(|(cookie, socket)| RevNatRecord {
+        cookie,
+        backend: address(socket.backend, socket.backend_port),
+        frontend: address(socket.frontend, socket.frontend_port),
+        service_id: socket.service_id,
+        name: view.name(socket.service_id),
+    });
+    let others = further.iter().filter_map(Result::ok).map(|(key, value)| RevNatRecord {
+        cookie: key.cookie,
+        backend: address(key.addr, key.port),
+        frontend: address(value.addr, value.port),
+        service_id: value.service_id,
+        name: view.name(value.service_id),
+    });
+    let mut revnat: Vec<RevNatRecord> = first
+        .chain(others)
         .filter(|record| {
             view.vip.is_none_or(|vip| vip.matches_address(record.frontend))
                 || view.shows_service(record.service_id)

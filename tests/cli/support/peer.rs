@@ -71,10 +71,11 @@ enum PeerCommand {
         to: SocketAddr,
     },
     /// Unconnected UDP: from one socket, `count` times sendto() then
-    /// recvfrom(), reporting each reply's source address and answer.
+    /// recvfrom() to each `to` in turn, reporting each reply's destination,
+    /// source address and answer.
     UdpSendto {
-        #[arg(long)]
-        to: SocketAddr,
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
@@ -269,18 +270,19 @@ fn udp_socket_for(to: SocketAddr) -> UdpSocket {
     socket
 }
 
-fn udp_sendto(to: SocketAddr, count: u32) -> Value {
-    let socket = udp_socket_for(to);
+fn udp_sendto(to: Vec<SocketAddr>, count: u32) -> Value {
+    let socket = udp_socket_for(to[0]);
     let mut replies = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut buf = [0u8; 1500];
-    for _ in 0..count {
+    for to in (0..count).flat_map(|_| to.iter().copied()) {
         if let Err(err) = socket.send_to(b"hello", to) {
             *errors.entry(errno_name(&err)).or_default() += 1;
             continue;
         }
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => replies.push(json!({
+                "to": to.to_string(),
                 "from": from.to_string(),
                 "answer": String::from_utf8_lossy(&buf[..n]).trim(),
             })),
