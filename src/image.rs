@@ -225,12 +225,12 @@ impl Image {
         }
     }
 
+    /// (A set, not a vector indexed by id: ids come from the state file,
+    /// and a corrupt one must not size an allocation.)
     fn drop_unused_backends(&mut self) {
-        let mut used = vec![false; self.next_backend_id as usize];
-        for id in self.frontends.values().flat_map(|f| &f.backends) {
-            used[*id as usize] = true;
-        }
-        self.backends.retain(|&id, _| used[id as usize]);
+        let used: HashSet<BackendId> =
+            self.frontends.values().flat_map(|f| f.backends.iter().copied()).collect();
+        self.backends.retain(|id, _| used.contains(id));
     }
 
     /// Compiles `rules` from scratch, continuing `previous`'s ids.
