@@ -149,11 +149,46 @@ fn map_sizes(cluster: &Cluster) -> Option<String> {
     })
 }
 
+/// Waits (at most QUIET_WAIT) until the CPUs were at least 90 % idle over
+/// half a second, so that a timed command does not share the machine with
+/// the kernel still tearing down the last size's namespaces and rules (a
+/// 10,000-service `balctl sync` took 0.95 s right after it, 0.64 s alone).
+fn wait_until_quiet() {
+    const QUIET_WAIT: Duration = Duration::from_secs(30);
+    let started = Instant::now();
+    while started.elapsed() < QUIET_WAIT {
+        let before = cpu_times();
+        std::thread::sleep(Duration::from_millis(500));
+        let after = cpu_times();
+        let (idle, total) = (after.0 - before.0, after.1 - before.1);
+        if total == 0 || idle as f64 >= 0.9 * total as f64 {
+            return;
+        }
+    }
+    eprintln!("the machine stayed busy for {QUIET_WAIT:?}; timing anyway");
+}
+
+/// Idle (idle + iowait) and total jiffies of all CPUs, from /proc/stat.
+fn cpu_times() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (idle, fields.iter().sum())
+}
+
 /// Runs `command` (output to `<scratch>.out` and `.err`) until it exits or
 /// TIME_LIMIT passes, when it is killed. The wall time runs from spawn to
 /// exit; the peak RSS comes from `wait4`. A command that fails is a bug
 /// of the bench: it panics with the command's error output.
 fn run_timed(mut command: Command, scratch: &Path) -> Programmed {
+    wait_until_quiet();
     let (out, err) = (scratch.with_extension("out"), scratch.with_extension("err"));
     command
         .stdin(Stdio::null())
