@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use balctl_common::{
     Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED,
     ServiceEntry,
@@ -151,6 +151,22 @@ impl Image {
             }
         }
         let added: Vec<(String, &FrontendRule)> = added.into_iter().collect();
+        // Ids are never reused, so they only run out if a state file says
+        // they are about to (a corrupt one): refuse rather than wrap to 0.
+        let new_backends: usize = added.iter().map(|(_, rule)| rule.backends.len()).sum();
+        if ServiceId::try_from(added.len()).ok().and_then(|n| image.next_service_id.checked_add(n)).is_none()
+            || BackendId::try_from(new_backends)
+                .ok()
+                .and_then(|n| image.next_backend_id.checked_add(n))
+                .is_none()
+        {
+            bail!(
+                "the state's id counters are exhausted (next service id {}, next backend id {}): the state file is \
+                 corrupt; `balctl unload --yes`, move the state dir away, then `balctl load` and sync again",
+                image.next_service_id,
+                image.next_backend_id
+            );
+        }
         let mut backend_ids = self.backend_ids(&added);
         for (owner, rule) in added {
             if let Some(existing) = image.frontends.get(&rule.frontend) {
@@ -225,12 +241,18 @@ impl Image {
         }
     }
 
-    /// (A set, not a vector indexed by id: ids come from the state file,
-    /// and a corrupt one must not size an allocation.)
+    /// The used ids, sorted, are walked along with the backends (which
+    /// `retain` visits in id order): no allocation sized by an id, which
+    /// comes from the state file and may be anything in a corrupt one.
     fn drop_unused_backends(&mut self) {
-        let used: HashSet<BackendId> =
+        let mut used: Vec<BackendId> =
             self.frontends.values().flat_map(|f| f.backends.iter().copied()).collect();
-        self.backends.retain(|id, _| used.contains(id));
+        used.sort_unstable();
+        let mut used = used.into_iter().peekable();
+        self.backends.retain(|id, _| {
+            while used.next_if(|used| used < id).is_some() {}
+            used.peek() == Some(id)
+        });
     }
 
     /// Compiles `rules` from scratch, continuing `previous`'s ids.
@@ -334,6 +356,20 @@ mod tests {
         assert!(err.to_string().contains("at most 65535"), "{err}");
         rule.backends.pop();
         assert!(Image::compile([("policy/big".to_owned(), &rule)], [], &Image::default()).is_ok());
+    }
+
+    /// A corrupt state (ids past the counters, counters at their end) is
+    /// refused or updated, never a panic or an allocation sized by an id.
+    #[test]
+    fn corrupt_id_counters_do_not_panic() {
+        let rules = [policy("a", "198.18.0.1:80", &["192.0.2.1:80"])];
+        let mut corrupt = compile(&rules, &Image::default()).unwrap();
+        corrupt.next_backend_id = 1;
+        let kept = corrupt.update([], [], []).unwrap();
+        assert_eq!(kept.backends.keys().copied().collect::<Vec<_>>(), [1]);
+        corrupt.next_backend_id = BackendId::MAX;
+        let err = compile(&[policy("b", "198.18.0.2:80", &["192.0.2.2:80"])], &corrupt).unwrap_err();
+        assert!(err.to_string().contains("exhausted"), "{err}");
     }
 
     #[test]
