@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::support::{BALCTL, Sandbox};
+use crate::support::{BALCTL, LAYERS_KNOWN, SERVICE_LAYER, Sandbox};
 
 const SERVICES: u32 = 10_000;
 /// The two generations overlap in all but this many services at each end.
@@ -219,4 +219,5 @@ fn assert_matches(sandbox: &Sandbox, services: &BTreeMap<u32, Vec<u32>>, context
     let status = sandbox.balctl_json(&["status"]);
     assert_eq!(status["drift"], 0, "{context}");
     assert_eq!(status["interrupted_change"], false, "{context}");
+    assert_eq!(sandbox.layers(), LAYERS_KNOWN | SERVICE_LAYER, "{context}: only Services hold frontends");
 }

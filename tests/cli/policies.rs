@@ -7,7 +7,7 @@ use std::{thread, time::Duration};
 use balctl::trace::lease::monotonic_ns;
 
 use crate::{
-    support::Sandbox,
+    support::{BALANCING_LAYER, LAYERS_KNOWN, REDIRECT_LAYER, SERVICE_LAYER, Sandbox},
     trace::{events, start_trace},
 };
 
@@ -29,41 +29,7 @@ fn setup(sandbox: &Sandbox) {
     .unwrap();
     sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
     assert_eq!(sandbox.reached(WEB, 3), ["b2"]);
-    assert_eq!(layers(sandbox), KNOWN | SERVICE);
-}
-
-/// Bits of the layers map (balctl_common::layer_bit, LAYERS_KNOWN).
-const SERVICE: u32 = 1;
-const BALANCING: u32 = 2;
-const REDIRECT: u32 = 4;
-const KNOWN: u32 = 1 << 31;
-
-/// What the layers map says, read with bpftool.
-fn layers(sandbox: &Sandbox) -> u32 {
-    let pin = sandbox.pins.join("maps/layers");
-    let output = std::process::Command::new("bpftool")
-        .args(["-j", "map", "lookup", "pinned", pin.to_str().unwrap(), "key", "0", "0", "0", "0"])
-        .output()
-        .expect("run bpftool");
-    assert!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
-    let entry: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
-    let bytes: Vec<u8> = entry["value"]
-        .as_array()
-        .expect("value bytes")
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect();
-    u32::from_ne_bytes(bytes.try_into().expect("4 bytes"))
-}
-
-/// Sets the layers map behind balctl's back.
-fn set_layers(sandbox: &Sandbox, layers: u32) {
-    let pin = sandbox.pins.join("maps/layers");
-    let value: Vec<String> = layers.to_ne_bytes().iter().map(u8::to_string).collect();
-    let mut args = vec!["map", "update", "pinned", pin.to_str().unwrap(), "key", "0", "0", "0", "0", "value"];
-    args.extend(value.iter().map(String::as_str));
-    let status = std::process::Command::new("bpftool").args(&args).status().expect("run bpftool");
-    assert!(status.success());
+    assert_eq!(sandbox.layers(), LAYERS_KNOWN | SERVICE_LAYER);
 }
 
 pub fn redirect_then_balancing_then_service() {
@@ -83,7 +49,7 @@ pub fn redirect_then_balancing_then_service() {
         "192.0.2.3:8080",
     ]);
     assert_eq!(sandbox.reached(WEB, 5), ["b3"], "a redirect comes first");
-    assert_eq!(layers(&sandbox), KNOWN | SERVICE | BALANCING | REDIRECT);
+    assert_eq!(sandbox.layers(), LAYERS_KNOWN | SERVICE_LAYER | BALANCING_LAYER | REDIRECT_LAYER);
     // trace names the rule that resolved the connection.
     let trace = start_trace(&sandbox, &["--count", "1", "-o", "json"]);
     assert_eq!(sandbox.reached(WEB, 1), ["b3"]);
@@ -97,19 +63,23 @@ pub fn redirect_then_balancing_then_service() {
     assert_eq!(sandbox.reached(WEB, 5), ["b4"], "a redirect without backend gives way");
     sandbox.balctl_ok(&["policy", "delete", "bal"]);
     assert_eq!(sandbox.reached(WEB, 5), ["b2"], "... down to the Service");
-    assert_eq!(layers(&sandbox), KNOWN | SERVICE | REDIRECT, "the last balancing policy went");
+    assert_eq!(
+        sandbox.layers(),
+        LAYERS_KNOWN | SERVICE_LAYER | REDIRECT_LAYER,
+        "the last balancing policy went"
+    );
     sandbox.balctl_ok(&["policy", "update", "local", "--backend", "192.0.2.3:8080"]);
     assert_eq!(sandbox.reached(WEB, 5), ["b3"]);
 
     // The datapath looks up only the layers the map names; until it is
     // known (a map just created), all of them; `load` marks it right again.
-    set_layers(&sandbox, KNOWN | SERVICE);
+    sandbox.set_layers(LAYERS_KNOWN | SERVICE_LAYER);
     assert_eq!(sandbox.reached(WEB, 5), ["b2"], "an unmarked layer is skipped");
-    set_layers(&sandbox, 0);
+    sandbox.set_layers(0);
     assert_eq!(sandbox.reached(WEB, 5), ["b3"], "unknown: every layer is looked up");
-    set_layers(&sandbox, KNOWN | SERVICE);
+    sandbox.set_layers(LAYERS_KNOWN | SERVICE_LAYER);
     sandbox.load();
-    assert_eq!(layers(&sandbox), KNOWN | SERVICE | REDIRECT);
+    assert_eq!(sandbox.layers(), LAYERS_KNOWN | SERVICE_LAYER | REDIRECT_LAYER);
     assert_eq!(sandbox.reached(WEB, 5), ["b3"]);
 
     // Two policies of one kind on one frontend: refused, nothing changes.

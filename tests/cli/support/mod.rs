@@ -305,11 +305,46 @@ impl Sandbox {
         report["backends"].as_object().expect("backends").keys().cloned().collect()
     }
 
+    /// What the layers map says, read with bpftool (bits below).
+    pub fn layers(&self) -> u32 {
+        let pin = self.pins.join("maps/layers");
+        let output = Command::new("bpftool")
+            .args(["-j", "map", "lookup", "pinned", pin.to_str().unwrap(), "key", "0", "0", "0", "0"])
+            .output()
+            .expect("run bpftool");
+        assert!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
+        let entry: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+        let bytes: Vec<u8> = entry["value"]
+            .as_array()
+            .expect("value bytes")
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        u32::from_ne_bytes(bytes.try_into().expect("4 bytes"))
+    }
+
+    /// Sets the layers map behind balctl's back.
+    pub fn set_layers(&self, layers: u32) {
+        let pin = self.pins.join("maps/layers");
+        let value: Vec<String> = layers.to_ne_bytes().iter().map(u8::to_string).collect();
+        let mut args =
+            vec!["map", "update", "pinned", pin.to_str().unwrap(), "key", "0", "0", "0", "0", "value"];
+        args.extend(value.iter().map(String::as_str));
+        let status = Command::new("bpftool").args(&args).status().expect("run bpftool");
+        assert!(status.success());
+    }
+
     /// Runs any program as a client (in the test cgroup and client namespace).
     pub fn client_program(&self, argv: &[&str]) -> Output {
         self.peer(true, &self.client_ns).arg("exec").args(argv).output().expect("run client program")
     }
 }
+
+/// Bits of the layers map (`balctl_common::layer_bit`, `LAYERS_KNOWN`).
+pub const SERVICE_LAYER: u32 = 1;
+pub const BALANCING_LAYER: u32 = 2;
+pub const REDIRECT_LAYER: u32 = 4;
+pub const LAYERS_KNOWN: u32 = 1 << 31;
 
 pub fn finish(child: Child) -> Value {
     parse_report(&child.wait_with_output().expect("wait for client"))
