@@ -110,7 +110,8 @@ pub fn unload_leaves_nothing_behind() {
 }
 
 /// Must show 3: `load` again while a client connects non-stop replaces the
-/// programs in place: zero failed connections, one program per hook.
+/// programs in place: zero failed connections, one program per hook; also
+/// when maps this build added are missing from the pin dir.
 pub fn reload_under_traffic_loses_nothing() {
     let sandbox = Sandbox::new();
     serve_three(&sandbox);
@@ -124,10 +125,18 @@ pub fn reload_under_traffic_loses_nothing() {
         .collect();
 
     let client = sandbox.spawn_client(&["connect", "--to", VIP, "--millis", "5000"]);
-    for _ in 0..3 {
+    for round in 0..3 {
         thread::sleep(Duration::from_millis(1000));
+        if round == 1 {
+            // The pin dir of a balctl from before the sockets and layers
+            // maps: `load` creates them, under traffic.
+            for map in ["sockets", "layers"] {
+                std::fs::remove_file(sandbox.pins.join("maps").join(map)).unwrap();
+            }
+        }
         let output = sandbox.load();
         assert!(output.contains("8 hooks replaced in place"), "{output}");
+        assert_eq!(output.contains("2 maps created"), round == 1, "{output}");
     }
     let report = finish(client);
     assert_eq!(count(&report, "failed"), 0, "{report}");
