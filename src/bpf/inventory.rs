@@ -46,8 +46,8 @@ pub fn map_fills(pins: &PinDir) -> Result<Vec<MapFill>> {
                 MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
             let (capacity, unit, entries) = match spec.map_type {
                 bpf_map_type::BPF_MAP_TYPE_RINGBUF => (info.max_entries(), Unit::Bytes, None),
-                // One entry, there from the start.
-                _ if spec.name == map_names::LAYERS => (1, Unit::Entries, Some(1)),
+                // One fixed entry, not a fill level: `status` leaves it out.
+                _ if spec.name == map_names::LAYERS => (info.max_entries(), Unit::Entries, None),
                 _ if spec.name == map_names::TRACE_LEASES => {
                     (TRACE_SLOTS, Unit::Slots, Some(running_leases(pins)?))
                 }
