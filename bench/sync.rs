@@ -19,10 +19,12 @@
 #[path = "../tests/cli/support/mod.rs"]
 mod support;
 
+mod kube_yaml;
+
 use std::{
-    fmt::Write as _,
     fs::File,
     io::{BufWriter, Write as _},
+    net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -131,56 +133,39 @@ fn timed_sync(sandbox: &Sandbox, input: &Path, expect: &str) -> (Duration, u64) 
 }
 
 /// Writes the cluster as `kubectl get services,endpointslices -A -o yaml`
-/// prints it (a List; the fields kubectl shows, trimmed of managedFields).
-/// Service i has cluster IP 198.18.0.0 + i + 1 and 10 endpoints; with
-/// `changed = Some(i)`, service i's first endpoint has another address.
+/// prints it. Service i has cluster IP 198.18.0.0 + i + 1 and 10 endpoints;
+/// with `changed = Some(i)`, service i's first endpoint has another address.
 fn write_cluster(path: &Path, services: u32, changed: Option<u32>) {
     let mut out = BufWriter::new(File::create(path).expect("create the YAML input"));
     let mut item = String::new();
-    out.write_all(b"apiVersion: v1\nitems:\n").expect("write");
+    out.write_all(kube_yaml::LIST_START.as_bytes()).expect("write");
     for i in 0..services {
         item.clear();
-        let vip = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i + 1;
-        let vip = std::net::Ipv4Addr::from(vip);
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i + 1);
         let (namespace, name) = (format!("ns-{}", i % 100), format!("svc-{i}"));
-        let _ = write!(
-            item,
-            "- apiVersion: v1\n  kind: Service\n  metadata:\n    creationTimestamp: \"2026-11-01T10:00:00Z\"\n    \
-             labels:\n      app: {name}\n    name: {name}\n    namespace: {namespace}\n    \
-             resourceVersion: \"{}\"\n    uid: 5f0c8a2e-0000-4000-8000-{i:012}\n  spec:\n    clusterIP: {vip}\n    \
-             clusterIPs:\n    - {vip}\n    internalTrafficPolicy: Cluster\n    ipFamilies:\n    - IPv4\n    \
-             ipFamilyPolicy: SingleStack\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      \
-             targetPort: http\n    selector:\n      app: {name}\n    sessionAffinity: None\n    type: ClusterIP\n  \
-             status:\n    loadBalancer: {{}}\n",
-            1000 + i
-        );
-        let _ = write!(item, "- addressType: IPv4\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n");
-        let port = 1024 + i % PORTS_PER_ADDRESS;
-        for e in 0..ENDPOINTS {
-            let host = 2
-                + e
-                + ENDPOINTS * (i / PORTS_PER_ADDRESS)
-                + if changed == Some(i) && e == 0 { 100 } else { 0 };
-            let _ = write!(
-                item,
-                "  - addresses:\n    - 192.0.2.{host}\n    conditions:\n      ready: true\n      serving: true\n      \
-                 terminating: false\n    nodeName: node-{}\n    targetRef:\n      kind: Pod\n      name: {name}-{e}\n      \
-                 namespace: {namespace}\n      uid: 0a1b2c3d-0000-4000-8000-{i:06}{e:06}\n",
-                e % 3
-            );
+        let endpoints: Vec<(Ipv4Addr, u32)> = (0..ENDPOINTS)
+            .map(|e| {
+                let host = 2
+                    + e
+                    + ENDPOINTS * (i / PORTS_PER_ADDRESS)
+                    + if changed == Some(i) && e == 0 { 100 } else { 0 };
+                (Ipv4Addr::new(192, 0, 2, host as u8), e % 3)
+            })
+            .collect();
+        kube_yaml::ServiceItem {
+            index: i,
+            namespace: &namespace,
+            name: &name,
+            vip,
+            port_name: "http",
+            port: 80,
+            protocol: "TCP",
+            target_port: (1024 + i % PORTS_PER_ADDRESS) as u16,
+            endpoints: &endpoints,
         }
-        let _ = write!(
-            item,
-            "  kind: EndpointSlice\n  metadata:\n    creationTimestamp: \"2026-11-01T10:00:00Z\"\n    \
-             generateName: {name}-\n    generation: 1\n    labels:\n      \
-             endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n      \
-             kubernetes.io/service-name: {name}\n    name: {name}-abcde\n    namespace: {namespace}\n    \
-             resourceVersion: \"{}\"\n    uid: 7e0c8a2e-0000-4000-8000-{i:012}\n  ports:\n  - name: http\n    \
-             port: {port}\n    protocol: TCP\n",
-            2000 + i
-        );
+        .write(&mut item);
         out.write_all(item.as_bytes()).expect("write");
     }
-    out.write_all(b"kind: List\nmetadata:\n  resourceVersion: \"\"\n").expect("write");
+    out.write_all(kube_yaml::LIST_END.as_bytes()).expect("write");
     out.flush().expect("write");
 }

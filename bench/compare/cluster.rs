@@ -26,6 +26,8 @@ use std::{
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::kube_yaml;
+
 /// The measured services' endpoints, served in the server namespace.
 pub const TCP_BACKENDS: [SocketAddrV4; 2] = [
     SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8080),
@@ -148,49 +150,26 @@ impl Cluster {
         index == self.tcp_measured || index == self.tcp_measured + 1
     }
 
-    /// One `List` with each Service followed by its EndpointSlice, with the
-    /// fields kubectl shows (managedFields left out).
+    /// One `List` with each Service followed by its EndpointSlice.
     pub fn write_kube_yaml(&self, path: &Path) {
         write_lines(path, |out| {
-            out.push_str("apiVersion: v1\nitems:\n");
+            out.push_str(kube_yaml::LIST_START);
             for (i, s) in self.services.iter().enumerate() {
-                let (name, namespace, vip, proto) = (&s.name, &s.namespace, s.vip, s.protocol.upper());
-                let _ = write!(
-                    out,
-                    "- apiVersion: v1\n  kind: Service\n  metadata:\n    creationTimestamp: \"2026-11-01T10:00:00Z\"\n    \
-                     labels:\n      app: {name}\n    name: {name}\n    namespace: {namespace}\n    \
-                     resourceVersion: \"{}\"\n    uid: 5f0c8a2e-0000-4000-8000-{i:012}\n  spec:\n    clusterIP: {vip}\n    \
-                     clusterIPs:\n    - {vip}\n    internalTrafficPolicy: Cluster\n    ipFamilies:\n    - IPv4\n    \
-                     ipFamilyPolicy: SingleStack\n    ports:\n    - name: {port_name}\n      port: {port}\n      \
-                     protocol: {proto}\n      targetPort: {port_name}\n    selector:\n      app: {name}\n    \
-                     sessionAffinity: None\n    type: ClusterIP\n  status:\n    loadBalancer: {{}}\n",
-                    1000 + i,
-                    port_name = s.port_name,
-                    port = s.port,
-                );
-                out.push_str("- addressType: IPv4\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n");
-                for (e, address) in s.endpoints.iter().enumerate() {
-                    let _ = write!(
-                        out,
-                        "  - addresses:\n    - {address}\n    conditions:\n      ready: true\n      serving: true\n      \
-                         terminating: false\n    nodeName: node-{e}\n    targetRef:\n      kind: Pod\n      \
-                         name: {name}-{e}\n      namespace: {namespace}\n      uid: 0a1b2c3d-0000-4000-8000-{i:06}{e:06}\n"
-                    );
+                let endpoints = [(s.endpoints[0], 0), (s.endpoints[1], 1)];
+                kube_yaml::ServiceItem {
+                    index: i as u32,
+                    namespace: &s.namespace,
+                    name: &s.name,
+                    vip: s.vip,
+                    port_name: s.port_name,
+                    port: s.port,
+                    protocol: s.protocol.upper(),
+                    target_port: s.target_port,
+                    endpoints: &endpoints,
                 }
-                let _ = write!(
-                    out,
-                    "  kind: EndpointSlice\n  metadata:\n    creationTimestamp: \"2026-11-01T10:00:00Z\"\n    \
-                     generateName: {name}-\n    generation: 1\n    labels:\n      \
-                     endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n      \
-                     kubernetes.io/service-name: {name}\n    name: {name}-abcde\n    namespace: {namespace}\n    \
-                     resourceVersion: \"{}\"\n    uid: 7e0c8a2e-0000-4000-8000-{i:012}\n  ports:\n  - name: {}\n    \
-                     port: {}\n    protocol: {proto}\n",
-                    2000 + i,
-                    s.port_name,
-                    s.target_port,
-                );
+                .write(out);
             }
-            out.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+            out.push_str(kube_yaml::LIST_END);
         });
     }
 

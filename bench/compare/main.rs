@@ -21,6 +21,8 @@
 
 mod cluster;
 mod datapath;
+#[path = "../kube_yaml.rs"]
+mod kube_yaml;
 mod programming;
 mod report;
 mod world;
