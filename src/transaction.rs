@@ -103,17 +103,33 @@ pub fn change_prepared<P: Send>(
         };
         opened.check_capacity(&plan, start)?;
         state_dir.begin_map_writes(&lock)?;
-        opened.write_rate_limits(&rate_limits)?;
-        opened.apply(&plan, &mut MapWrites::new(map_writes))?;
+        let written = opened
+            .write_rate_limits(&rate_limits)
+            .and_then(|()| opened.apply(&plan, &mut MapWrites::new(map_writes)));
+        if let Err(err) = written {
+            return Err(restore_rate_limits(opened, &before, err));
+        }
     }
     if let Err(err) = state_dir.write(&lock, &after) {
         return Err(match datapath.as_mut() {
-            Some(datapath) => datapath.revert(&plan, err),
+            Some(datapath) => {
+                let err = datapath.revert(&plan, err);
+                restore_rate_limits(datapath, &before, err)
+            }
             None => err,
         });
     }
     state_dir.end_map_writes(&lock);
     Ok(Outcome { before, after, summary, map_writes, repaired: repairing })
+}
+
+/// Puts back the rate limits of `before` after a change failed with `err`
+/// (the plan's writes are undone by then), so that nothing of it stays.
+fn restore_rate_limits(datapath: &mut Datapath, before: &AppliedState, err: anyhow::Error) -> anyhow::Error {
+    match datapath.write_rate_limits(&before.image.rate_limits()) {
+        Ok(()) => err,
+        Err(restore) => err.context(format!("restoring the rate limits failed too ({restore:#})")),
+    }
 }
 
 /// The frontends of rules that `after` no longer has, and the rules (with

@@ -182,3 +182,49 @@ pub fn rate_limits_that_do_not_fit_change_nothing() {
     assert!(stderr.contains("rate_limits map") && stderr.contains("--map-size rate_limits=2"), "{stderr}");
     assert_eq!(sandbox.balctl_ok(&["dump", "-o", "json"]), dump);
 }
+
+/// A change whose map writes fail half way (the backends map frozen, so
+/// the kernel refuses user-space writes to it) leaves the rate limits as
+/// they were, like every other map: the new redirect's limit is not left
+/// behind.
+pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let rate_limits = sandbox.pins.join("maps/rate_limits");
+    let entries = || {
+        let output = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned", rate_limits.to_str().unwrap()])
+            .output()
+            .expect("run bpftool");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap().as_array().unwrap().len()
+    };
+    let add = |name: &str, backend: &str| {
+        sandbox.balctl(&[
+            "policy",
+            "add",
+            name,
+            "--kind",
+            "redirect",
+            "--vip",
+            "198.18.0.21:80",
+            "--backend",
+            backend,
+            "--rate-limit",
+            "5",
+        ])
+    };
+    let backends = sandbox.pins.join("maps/backends");
+    let frozen = std::process::Command::new("bpftool")
+        .args(["map", "freeze", "pinned", backends.to_str().unwrap()])
+        .status()
+        .expect("run bpftool");
+    assert!(frozen.success());
+
+    let failed = add("limited", "192.0.2.3:8080");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(entries(), 0, "the new redirect's rate limit stayed behind");
+    assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("limited"));
+}
