@@ -11,11 +11,15 @@ use anyhow::Result;
 use rustc_hash::FxHashSet as HashSet;
 
 use crate::{
-    bpf::{loader, maps::Datapath, pins::PinDir},
+    bpf::{
+        loader,
+        maps::{Datapath, Restored},
+        pins::PinDir,
+    },
     model::{Frontend, FrontendRule},
     plan::{MapContents, Plan, Summary},
     progress::MapWrites,
-    state::{AppliedState, StateDir, SyncedObject},
+    state::{AppliedState, StateDir, StateLock, SyncedObject},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,14 +111,14 @@ pub fn change_prepared<P: Send>(
             .write_rate_limits(&rate_limits)
             .and_then(|()| opened.apply(&plan, &mut MapWrites::new(map_writes)));
         if let Err(err) = written {
-            return Err(restore_rate_limits(opened, &before, err));
+            return Err(undone(state_dir, &lock, opened, &before, err));
         }
     }
     if let Err(err) = state_dir.write(&lock, &after) {
         return Err(match datapath.as_mut() {
             Some(datapath) => {
                 let err = datapath.revert(&plan, err);
-                restore_rate_limits(datapath, &before, err)
+                undone(state_dir, &lock, datapath, &before, err)
             }
             None => err,
         });
@@ -123,12 +127,25 @@ pub fn change_prepared<P: Send>(
     Ok(Outcome { before, after, summary, map_writes, repaired: repairing })
 }
 
-/// Puts back the rate limits of `before` after a change failed with `err`
-/// (the plan's writes are undone by then), so that nothing of it stays.
-fn restore_rate_limits(datapath: &mut Datapath, before: &AppliedState, err: anyhow::Error) -> anyhow::Error {
+/// After a change failed with `err` (its plan's writes undone as far as
+/// they could be): puts back the rate limits of `before`, and if the maps
+/// are then as they were, takes away the in-progress mark, since there is
+/// nothing for the next change to repair.
+fn undone(
+    state_dir: &StateDir,
+    lock: &StateLock,
+    datapath: &mut Datapath,
+    before: &AppliedState,
+    err: anyhow::Error,
+) -> anyhow::Error {
     match datapath.write_rate_limits(&before.image.rate_limits()) {
-        Ok(()) => err,
         Err(restore) => err.context(format!("restoring the rate limits failed too ({restore:#})")),
+        Ok(()) => {
+            if err.downcast_ref::<Restored>().is_some() {
+                state_dir.end_map_writes(lock);
+            }
+            err
+        }
     }
 }
 

@@ -203,7 +203,7 @@ impl Datapath {
             failures.push(format!("{err:#}"));
         }
         if failures.is_empty() {
-            cause.context("nothing was changed: the maps were restored to their previous contents")
+            cause.context(Restored)
         } else {
             cause.context(format!(
                 "restoring the previous map contents failed too ({}); \
@@ -245,6 +245,18 @@ impl Datapath {
             ignore_missing(self.affinity.remove(&key))?;
         }
         Ok(())
+    }
+}
+
+/// The context of a change's error when all its map writes were undone:
+/// the maps hold what they held before it (`anyhow::Error::downcast_ref`
+/// finds it).
+#[derive(Debug)]
+pub struct Restored;
+
+impl std::fmt::Display for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("nothing was changed: the maps were restored to their previous contents")
     }
 }
 

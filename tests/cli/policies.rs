@@ -186,7 +186,7 @@ pub fn rate_limits_that_do_not_fit_change_nothing() {
 /// A change whose map writes fail half way (the backends map frozen, so
 /// the kernel refuses user-space writes to it) leaves the rate limits as
 /// they were, like every other map: the new redirect's limit is not left
-/// behind.
+/// behind, and `status` sees nothing to repair.
 pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
     let sandbox = Sandbox::new();
     sandbox.load();
@@ -227,4 +227,7 @@ pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
     assert!(stderr.contains("nothing was changed"), "{stderr}");
     assert_eq!(entries(), 0, "the new redirect's rate limit stayed behind");
     assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("limited"));
+    // Everything was undone: no interrupted change for the next one to repair.
+    let status = sandbox.balctl_json(&["status"]);
+    assert_eq!((&status["interrupted_change"], &status["drift"]), (&false.into(), &0.into()), "{status:#}");
 }
