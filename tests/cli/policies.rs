@@ -159,21 +159,7 @@ pub fn a_rate_limited_redirect_sends_the_rest_to_the_service() {
 pub fn rate_limits_that_do_not_fit_change_nothing() {
     let sandbox = Sandbox::new();
     sandbox.load_with(&["--map-size", "rate_limits=1"]);
-    let redirect = |name: &str, vip: &str| {
-        sandbox.balctl(&[
-            "policy",
-            "add",
-            name,
-            "--kind",
-            "redirect",
-            "--vip",
-            vip,
-            "--backend",
-            "192.0.2.3:8080",
-            "--rate-limit",
-            "5",
-        ])
-    };
+    let redirect = |name: &str, vip: &str| add_limited_redirect(&sandbox, name, vip);
     assert!(redirect("one", "198.18.0.31:80").status.success());
     let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
     let refused = redirect("two", "198.18.0.32:80");
@@ -199,21 +185,6 @@ pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap().as_array().unwrap().len()
     };
-    let add = |name: &str, backend: &str| {
-        sandbox.balctl(&[
-            "policy",
-            "add",
-            name,
-            "--kind",
-            "redirect",
-            "--vip",
-            "198.18.0.21:80",
-            "--backend",
-            backend,
-            "--rate-limit",
-            "5",
-        ])
-    };
     let backends = sandbox.pins.join("maps/backends");
     let frozen = std::process::Command::new("bpftool")
         .args(["map", "freeze", "pinned", backends.to_str().unwrap()])
@@ -221,7 +192,7 @@ pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
         .expect("run bpftool");
     assert!(frozen.success());
 
-    let failed = add("limited", "192.0.2.3:8080");
+    let failed = add_limited_redirect(&sandbox, "limited", "198.18.0.21:80");
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nothing was changed"), "{stderr}");
@@ -230,4 +201,21 @@ pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
     // Everything was undone: no interrupted change for the next one to repair.
     let status = sandbox.balctl_json(&["status"]);
     assert_eq!((&status["interrupted_change"], &status["drift"]), (&false.into(), &0.into()), "{status:#}");
+}
+
+/// `policy add NAME --kind redirect --vip VIP` to b3, limited to 5 a second.
+fn add_limited_redirect(sandbox: &Sandbox, name: &str, vip: &str) -> std::process::Output {
+    sandbox.balctl(&[
+        "policy",
+        "add",
+        name,
+        "--kind",
+        "redirect",
+        "--vip",
+        vip,
+        "--backend",
+        "192.0.2.3:8080",
+        "--rate-limit",
+        "5",
+    ])
 }
