@@ -83,13 +83,7 @@ impl Build {
 }
 
 fn main() {
-    support::peer::run_if_requested();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the connect bench needs root (namespaces, cgroups, bpf); run it with sudo");
-        std::process::exit(1);
-    }
-    support::sweep_stale();
+    support::start_bench("connect", "namespaces, cgroups, bpf");
     println!(
         "{ROUNDS} rounds × {PER_ROUND} connections per target, VIP {VIP} -> {BACKEND}, direct {BACKEND}\n"
     );

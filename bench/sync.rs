@@ -40,13 +40,7 @@ const CHANGE_ROUNDS: usize = 3;
 const PORTS_PER_ADDRESS: u32 = 60_000;
 
 fn main() {
-    support::peer::run_if_requested();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the sync bench needs root (cgroups, bpf); run it with sudo");
-        std::process::exit(1);
-    }
-    support::sweep_stale();
+    support::start_bench("sync", "cgroups, bpf");
     let sizes: Vec<u32> =
         std::env::args().skip(1).filter(|a| !a.starts_with('-')).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![10_000, 30_000, 100_000] } else { sizes };

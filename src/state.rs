@@ -188,9 +188,10 @@ impl StateDir {
     fn open_lock_file(&self, path: &Path) -> Result<File> {
         self.create_dir()?;
         OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).map_err(|e| {
-            match caps::is_denied(&e) {
-                true => caps::denied(path),
-                false => anyhow::Error::new(e).context(format!("cannot open lock file {}", path.display())),
+            if caps::is_denied(&e) {
+                caps::denied(path)
+            } else {
+                anyhow::Error::new(e).context(format!("cannot open lock file {}", path.display()))
             }
         })
     }
@@ -216,8 +217,9 @@ impl StateDir {
     }
 
     /// Marks that map writes are about to start, before the first one. A
-    /// balctl killed half way (SIGKILL, the OOM killer) leaves the mark behind, and the maps hold a mix of
-    /// the recorded state and the one it was applying. The next change
+    /// balctl killed half way (SIGKILL, the OOM killer) leaves the mark
+    /// behind, and the maps hold a mix of the recorded state and the one it
+    /// was applying. The next change
     /// sees the mark and plans from what the maps hold instead of from the
     /// recorded state, so it converges whatever the mix. No fsync: a crash
     /// of the machine takes the maps with it, and `load` rebuilds them from
@@ -234,9 +236,10 @@ impl StateDir {
         Ok(())
     }
 
-    /// Clears the mark once the maps hold the recorded state again. Called
-    /// only then: after a failed write the mark stays, and the next change
-    /// repairs from the maps even if the failed one restored them.
+    /// Clears the mark once the maps hold the recorded state again: after
+    /// a change, or after a failed one whose writes were all undone. When
+    /// an undo fails too the mark stays, and the next change repairs from
+    /// the maps.
     pub fn end_map_writes(&self, _lock: &StateLock) {
         let path = self.root.join(MAP_WRITES_FILE);
         if let Err(err) = fs::remove_file(&path)

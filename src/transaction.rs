@@ -111,14 +111,14 @@ pub fn change_prepared<P: Send>(
             .write_rate_limits(&rate_limits)
             .and_then(|()| opened.apply(&plan, &mut MapWrites::new(map_writes)));
         if let Err(err) = written {
-            return Err(undone(state_dir, &lock, opened, &before, err));
+            return Err(undone(state_dir, &lock, opened, &before, repairing, err));
         }
     }
     if let Err(err) = state_dir.write(&lock, &after) {
         return Err(match datapath.as_mut() {
             Some(datapath) => {
                 let err = datapath.revert(&plan, err);
-                undone(state_dir, &lock, datapath, &before, err)
+                undone(state_dir, &lock, datapath, &before, repairing, err)
             }
             None => err,
         });
@@ -128,20 +128,22 @@ pub fn change_prepared<P: Send>(
 }
 
 /// After a change failed with `err` (its plan's writes undone as far as
-/// they could be): puts back the rate limits of `before`, and if the maps
-/// are then as they were, takes away the in-progress mark, since there is
-/// nothing for the next change to repair.
+/// they could be): puts back the rate limits of `before`. If the maps are
+/// then as they were and held the recorded state before the change (it was
+/// not `repairing` a mix an interrupted one left), takes away the
+/// in-progress mark: there is nothing for the next change to repair.
 fn undone(
     state_dir: &StateDir,
     lock: &StateLock,
     datapath: &mut Datapath,
     before: &AppliedState,
+    repairing: bool,
     err: anyhow::Error,
 ) -> anyhow::Error {
     match datapath.write_rate_limits(&before.image.rate_limits()) {
         Err(restore) => err.context(format!("restoring the rate limits failed too ({restore:#})")),
         Ok(()) => {
-            if err.downcast_ref::<Restored>().is_some() {
+            if !repairing && err.downcast_ref::<Restored>().is_some() {
                 state_dir.end_map_writes(lock);
             }
             err

@@ -52,13 +52,7 @@ pub struct SizeResult {
 }
 
 fn main() {
-    support::peer::run_if_requested();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the compare bench needs root (namespaces, cgroups, bpf, netfilter); run it with sudo");
-        std::process::exit(1);
-    }
-    support::sweep_stale();
+    support::start_bench("compare", "namespaces, cgroups, bpf, netfilter");
     let sizes = match std::env::var("COMPARE_SIZES") {
         Ok(list) => list.split(',').map(|s| s.trim().parse().expect("COMPARE_SIZES: numbers")).collect(),
         Err(_) => SIZES.to_vec(),

@@ -37,6 +37,20 @@ const PREFIX: &str = "bct-";
 
 /// Kernel tests need root. Outside CI they are reported as ignored without
 /// it; in CI (CI=true) they run and fail, never skip silently.
+/// The start of a bench's `main`: runs the peer if this process was
+/// started as one, else requires root (for `needs`, e.g. "namespaces,
+/// cgroups, bpf") and clears what an aborted run left behind.
+#[allow(dead_code, reason = "the benches call it; the CLI tests start in their own main")]
+pub fn start_bench(name: &str, needs: &str) {
+    peer::run_if_requested();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the {name} bench needs root ({needs}); run it with sudo");
+        std::process::exit(1);
+    }
+    sweep_stale();
+}
+
 pub fn kernel_tests_runnable() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
