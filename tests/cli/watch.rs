@@ -131,7 +131,9 @@ impl Drop for Watcher {
     }
 }
 
-/// The backend addresses `dump` shows for `vip`, in slot order.
+/// The backend addresses `dump` shows for `vip`, in slot order. A dump
+/// taken while the watcher applies a change can find a slot whose backend
+/// was removed after the slot was read: its address is null, shown as `?`.
 fn dumped_backends(sandbox: &Sandbox, vip: &str) -> Vec<String> {
     let dump = sandbox.balctl_json(&["dump", "services", "--vip", vip]);
     let Some(service) = dump["services"].as_array().and_then(|s| s.first()) else {
@@ -141,7 +143,7 @@ fn dumped_backends(sandbox: &Sandbox, vip: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| format!("{}:{}", b["address"].as_str().unwrap(), b["port"]))
+        .map(|b| format!("{}:{}", b["address"].as_str().unwrap_or("?"), b["port"]))
         .collect()
 }
 
