@@ -6,10 +6,10 @@ use aya::maps::{Array, HashMap, MapData, MapInfo, MapKeys, PerCpuHashMap};
 use aya_obj::generated::bpf_map_type;
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
-    ServiceEntry, ServiceKey, ServiceStats, SocketTranslation, TRACE_SLOTS, map_names,
+    ServiceEntry, ServiceKey, ServiceStats, TRACE_SLOTS, map_names,
 };
 
-use super::{maps::open_map, object::MAPS, pins::PinDir};
+use super::{maps::open_map, object::MAPS, pins::PinDir, sockets::translated_sockets};
 use crate::{image::BackendId, trace::lease::monotonic_ns};
 
 /// One pinned map.
@@ -51,6 +51,11 @@ pub fn map_fills(pins: &PinDir) -> Result<Vec<MapFill>> {
                 _ if spec.name == map_names::TRACE_LEASES => {
                     (TRACE_SLOTS, Unit::Slots, Some(running_leases(pins)?))
                 }
+                _ if spec.name == map_names::SOCKETS => (
+                    spec.capacity_of(info.max_entries()),
+                    Unit::Entries,
+                    Some(translated_sockets(pins)?.len()),
+                ),
                 _ => (info.max_entries(), Unit::Entries, Some(hash_entries(pins, spec.name)?)),
             };
             Ok(MapFill { name: spec.name, map_type: type_name(spec.map_type), capacity, unit, entries })
@@ -86,7 +91,6 @@ fn hash_entries(pins: &PinDir, name: &str) -> Result<usize> {
         map_names::AFFINITY => {
             count(open_map::<HashMap<MapData, AffinityKey, AffinityValue>>(pins, name)?.keys())
         }
-        map_names::SOCKETS => count(open_map::<HashMap<MapData, u64, SocketTranslation>>(pins, name)?.keys()),
         map_names::REVNAT => count(open_map::<HashMap<MapData, RevNatKey, RevNatValue>>(pins, name)?.keys()),
         map_names::RATE_LIMITS => count(open_map::<HashMap<MapData, u32, RateLimit>>(pins, name)?.keys()),
         map_names::STATS => count(open_map::<PerCpuHashMap<MapData, u32, ServiceStats>>(pins, name)?.keys()),

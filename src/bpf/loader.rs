@@ -24,7 +24,7 @@ use balctl_common::map_names;
 use super::{
     cgroup,
     maps::check_layout,
-    object::{self, HOOKS, Hook, MAPS, OBJECT},
+    object::{self, HOOKS, Hook, MAPS, MapSpec, OBJECT},
     pins::PinDir,
     sys,
 };
@@ -108,11 +108,16 @@ fn load_and_attach(
     let map_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|spec| (spec.name, pins.map(spec.name))).collect();
     for ((name, path), spec) in map_paths.iter().zip(MAPS) {
         loader.map_pin_path(name, path.as_path());
-        loader.map_max_entries(
-            name,
-            spec.size_name.and_then(|n| sizes.get(n)).unwrap_or(spec.default_capacity),
-        );
+        loader.map_max_entries(name, requested_max_entries(&spec, sizes));
     }
+    // The datapath finds a socket's set by the number of sets of the map
+    // it will use: the pinned one, or the one about to be created.
+    let sockets = object::spec(map_names::SOCKETS);
+    let socket_sets = match pinned_max_entries(pins, map_names::SOCKETS)? {
+        Some(pinned) => pinned,
+        None => requested_max_entries(&sockets, sizes),
+    };
+    loader.override_global(object::SOCKET_SETS, &socket_sets, true);
     let mut ebpf = loader.load(object).context("cannot load the eBPF object")?;
 
     // Verify every program before touching any hook, so a verifier
@@ -273,16 +278,12 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
 /// theirs, new ones get their `--map-size` or the default.
 pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCounts> {
     let capacity = |name: &str| -> Result<u64> {
-        let spec = MAPS.iter().find(|spec| spec.name == name).expect("a map of the object");
-        let path = pins.map(name);
-        let entries = if path.exists() {
-            aya::maps::MapInfo::from_pin(&path)
-                .with_context(|| format!("cannot inspect {}", path.display()))?
-                .max_entries()
-        } else {
-            spec.size_name.and_then(|n| sizes.get(n)).unwrap_or(spec.default_capacity)
+        let spec = object::spec(name);
+        let max_entries = match pinned_max_entries(pins, name)? {
+            Some(pinned) => pinned,
+            None => requested_max_entries(&spec, sizes),
         };
-        Ok(u64::from(entries))
+        Ok(u64::from(spec.capacity_of(max_entries)))
     };
     Ok(EntryCounts {
         services: capacity(map_names::SERVICES)?,
@@ -290,6 +291,22 @@ pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCou
         membership: capacity(map_names::MEMBERSHIP)?,
         nodes: capacity(map_names::NODES)?,
     })
+}
+
+/// A new map's `max_entries`: its `--map-size`, else its default.
+fn requested_max_entries(spec: &MapSpec, sizes: &MapSizes) -> u32 {
+    spec.max_entries_for(spec.size_name.and_then(|n| sizes.get(n)).unwrap_or(spec.default_capacity))
+}
+
+/// The `max_entries` of the map pinned as `name`, if there is one.
+fn pinned_max_entries(pins: &PinDir, name: &str) -> Result<Option<u32>> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info =
+        aya::maps::MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
+    Ok(Some(info.max_entries()))
 }
 
 /// Whether any hook is pinned here.

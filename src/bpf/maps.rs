@@ -348,7 +348,7 @@ pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u
         }
         if let Some(size_name) = spec.size_name
             && let Some(requested) = requested_capacity(size_name)
-            && requested != info.max_entries()
+            && spec.max_entries_for(requested) != info.max_entries()
         {
             return Err(input!(
                 "--map-size {}={requested}: the pinned {} map holds {} entries and cannot be resized while loaded; \
@@ -356,7 +356,7 @@ pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u
                  (load restores every applied rule)",
                 size_name,
                 spec.name,
-                info.max_entries(),
+                spec.capacity_of(info.max_entries()),
                 size_name,
             ));
         }

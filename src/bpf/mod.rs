@@ -9,4 +9,5 @@ pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod raw;
+pub mod sockets;
 pub mod sys;

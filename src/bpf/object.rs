@@ -8,7 +8,7 @@ use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, EVENTS_BYTES, MembershipKey, NodeAddressKey, RateLimit, RevNatKey,
-    RevNatValue, ServiceEntry, ServiceKey, ServiceStats, SocketTranslation, TRACE_LEASE_ENTRIES,
+    RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet, TRACE_LEASE_ENTRIES,
     default_capacity, map_names,
 };
 
@@ -56,7 +56,23 @@ pub struct MapSpec {
     pub value_size: u32,
     /// The `--map-size` name that sets this map's capacity, if one does.
     pub size_name: Option<&'static str>,
+    /// In records (sockets, services...), which `--map-size` counts too.
     pub default_capacity: u32,
+    /// Records one kernel map entry holds: `SOCKET_WAYS` for the sockets
+    /// map's sets, else 1.
+    pub ways: u32,
+}
+
+impl MapSpec {
+    /// The kernel's `max_entries` for a capacity of `records`.
+    pub fn max_entries_for(&self, records: u32) -> u32 {
+        records.div_ceil(self.ways)
+    }
+
+    /// The records a map of `max_entries` holds.
+    pub fn capacity_of(&self, max_entries: u32) -> u32 {
+        max_entries.saturating_mul(self.ways)
+    }
 }
 
 pub const MAPS: [MapSpec; 16] = [
@@ -85,12 +101,15 @@ pub const MAPS: [MapSpec; 16] = [
         "affinity",
         default_capacity::AFFINITY,
     ),
-    map::<u64, SocketTranslation>(
-        map_names::SOCKETS,
-        bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
-        "sockets",
-        default_capacity::SOCKETS,
-    ),
+    MapSpec {
+        ways: SOCKET_WAYS as u32,
+        ..map::<u32, SocketSet>(
+            map_names::SOCKETS,
+            bpf_map_type::BPF_MAP_TYPE_ARRAY,
+            "sockets",
+            default_capacity::SOCKETS,
+        )
+    },
     map::<RevNatKey, RevNatValue>(
         map_names::REVNAT,
         bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
@@ -123,6 +142,7 @@ pub const MAPS: [MapSpec; 16] = [
         value_size: size_of::<RateLimit>() as u32,
         size_name: Some("rate_limits"),
         default_capacity: default_capacity::RATE_LIMITS,
+        ways: 1,
     },
     MapSpec {
         name: map_names::LAYERS,
@@ -131,6 +151,7 @@ pub const MAPS: [MapSpec; 16] = [
         value_size: size_of::<u32>() as u32,
         size_name: None,
         default_capacity: 1,
+        ways: 1,
     },
     MapSpec {
         name: map_names::TRACE_LEASES,
@@ -139,6 +160,7 @@ pub const MAPS: [MapSpec; 16] = [
         value_size: size_of::<u64>() as u32,
         size_name: None,
         default_capacity: TRACE_LEASE_ENTRIES,
+        ways: 1,
     },
     events(0),
     events(1),
@@ -155,8 +177,17 @@ const fn events(slot: usize) -> MapSpec {
         value_size: 0,
         size_name: None,
         default_capacity: EVENTS_BYTES,
+        ways: 1,
     }
 }
+
+/// The spec of the map called `name`, which must be one of `MAPS`.
+pub fn spec(name: &str) -> MapSpec {
+    *MAPS.iter().find(|spec| spec.name == name).expect("a map of the object")
+}
+
+/// The global of the programs that holds the sockets map's number of sets.
+pub const SOCKET_SETS: &str = "SOCKET_SETS";
 
 /// The names `--map-size` accepts.
 pub const SIZE_NAMES: [&str; 7] =
@@ -175,6 +206,7 @@ const fn map<K, V>(
         value_size: size_of::<V>() as u32,
         size_name: Some(size_name),
         default_capacity,
+        ways: 1,
     }
 }
 
@@ -216,7 +248,8 @@ mod tests {
         check(OBJECT).expect("the embedded object is balctl's");
         let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
         for spec in MAPS {
-            assert_eq!(object.maps[spec.name].max_entries(), spec.default_capacity, "{}", spec.name);
+            let max_entries = object.maps[spec.name].max_entries();
+            assert_eq!(spec.capacity_of(max_entries), spec.default_capacity, "{}", spec.name);
         }
         assert!(SIZE_NAMES.iter().all(|n| MAPS.iter().any(|m| m.size_name == Some(*n))));
         let mut truncated = OBJECT.to_vec();

@@ -3,6 +3,7 @@
 //! affinity, rejection.
 
 use std::{
+    collections::BTreeSet,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -271,7 +272,7 @@ pub fn udp_and_peer_addresses_show_the_vip() {
     assert!(replies.iter().all(|r| r["answer"] == replies[0]["answer"]), "one socket, one backend: {report}");
 
     // Many sockets still spread over the backends.
-    let answers: std::collections::BTreeSet<String> = (0..30)
+    let answers: BTreeSet<String> = (0..30)
         .map(|_| {
             let report = sandbox.client(&["udp-sendto", "--to", "198.18.0.20:5300"]);
             report["replies"][0]["answer"].as_str().unwrap_or("none").to_owned()
@@ -316,16 +317,16 @@ pub fn one_udp_socket_keeps_a_backend_per_vip() {
     assert_eq!(replies.len(), 30, "{report}");
     assert!(replies.iter().all(|r| r["from"] == r["to"]), "a reply not from its VIP: {report}");
     for vip in vips {
-        let answers: std::collections::BTreeSet<&str> =
+        let answers: BTreeSet<&str> =
             replies.iter().filter(|r| r["to"] == vip).filter_map(|r| r["answer"].as_str()).collect();
         assert_eq!(answers.len(), 1, "{vip} answered from {answers:?}");
     }
 
     let revnat = sandbox.balctl_json(&["dump", "revnat"]);
-    let frontends: std::collections::BTreeSet<&str> =
+    let frontends: BTreeSet<&str> =
         revnat["revnat"].as_array().unwrap().iter().filter_map(|e| e["frontend"].as_str()).collect();
     assert_eq!(frontends, vips.into_iter().collect(), "{revnat:#}");
-    let cookies: std::collections::BTreeSet<u64> =
+    let cookies: BTreeSet<u64> =
         revnat["revnat"].as_array().unwrap().iter().filter_map(|e| e["cookie"].as_u64()).collect();
     assert_eq!(cookies.len(), 1, "one socket: {revnat:#}");
     let affinity = sandbox.balctl_json(&["dump", "affinity"]);
@@ -337,6 +338,37 @@ pub fn one_udp_socket_keeps_a_backend_per_vip() {
         .collect();
     let cookie = cookies.first().copied();
     assert_eq!(owners, [("socket", cookie); 3], "{affinity:#}");
+}
+
+/// The sockets map keeps the way of a socket in use. Loaded with room for
+/// 4 sockets (one set of 4 ways), one unconnected socket exchanges 40 times
+/// with a VIP of three backends, and after each exchange 3 new sockets make
+/// one each. Each new socket takes the way used least recently, never the
+/// long-lived socket's, so that one stays on its first backend (a socket
+/// that lost its way would choose again) and every reply comes from the VIP.
+pub fn a_socket_in_use_keeps_its_way() {
+    let sandbox = Sandbox::new();
+    serve_three(&sandbox);
+    sandbox.load_with(&["--map-size", "sockets=4"]);
+    let vip = "198.18.0.20:5300";
+    add_policy(&sandbox, "dns", &format!("{vip}/udp"), &three(|h| format!("192.0.2.{h}:5300")), &[]);
+
+    let report = sandbox.client(&["udp-sendto", "--to", vip, "--count", "40", "--fresh", "3"]);
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    let replies = report["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 40, "{report}");
+    assert!(replies.iter().all(|r| r["from"] == vip), "{report}");
+    let kept: BTreeSet<&str> = replies.iter().filter_map(|r| r["answer"].as_str()).collect();
+    assert_eq!(kept.len(), 1, "the long-lived socket lost its way: {kept:?}");
+    let fresh = report["fresh"].as_array().expect("fresh");
+    assert_eq!(fresh.len(), 120, "{report}");
+    let spread: BTreeSet<&str> = fresh.iter().filter_map(Value::as_str).collect();
+    assert!(spread.len() >= 2, "120 new sockets all went to {spread:?}");
+
+    // One set: four ways, all taken.
+    let status = sandbox.balctl_json(&["status"]);
+    let sockets = status["maps"].as_array().unwrap().iter().find(|m| m["name"] == "sockets").unwrap();
+    assert_eq!((sockets["entries"].as_u64(), sockets["capacity"].as_u64()), (Some(4), Some(4)), "{status:#}");
 }
 
 /// Must show 4 (dig): `dig @VIP` against dnsmasq backends, UDP and TCP,

@@ -37,7 +37,8 @@ pub mod default_capacity {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 65_536;
     pub const AFFINITY: u32 = 65_536;
-    /// One entry per translated socket that is open (or recently closed).
+    /// One way per translated socket that is open (or recently closed),
+    /// `SOCKET_WAYS` to a set.
     pub const SOCKETS: u32 = 262_144;
     /// Only unconnected UDP sockets that send to a second frontend use it.
     pub const REVNAT: u32 = 65_536;
@@ -279,14 +280,14 @@ pub struct AffinityValue {
     pub _pad: u32,
 }
 
-/// Value of the sockets map (an LRU hash keyed by socket cookie): one
-/// translated socket's frontend and the backend it was sent to. `connect()`
-/// writes it; so does an unconnected UDP socket's first datagram to a
-/// frontend, and its later datagrams to that frontend go to the same backend
-/// while it is still a member. `recvmsg` and `getpeername` show a peer that
-/// is this backend as the frontend. One entry, written once, is all a
-/// socket costs; the affinity and revnat maps hold the choices of an
-/// unconnected socket that sends to more than one frontend, for the others.
+/// One translated socket's way of its `SocketSet`: its frontend and the
+/// backend it was sent to. `connect()` writes it; so does an unconnected UDP
+/// socket's first datagram to a frontend, and its later datagrams to that
+/// frontend go to the same backend while it is still a member. `recvmsg`
+/// and `getpeername` show a peer that is this backend as the frontend. One
+/// way, written once, is all a socket costs; the affinity and revnat maps
+/// hold the choices of an unconnected socket that sends to more than one
+/// frontend, for the others.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SocketTranslation {
@@ -299,6 +300,27 @@ pub struct SocketTranslation {
     /// `SOCKET_UNCONNECTED` when written by `sendmsg`: the entry is then
     /// also the socket's sticky choice.
     pub flags: u32,
+}
+
+/// Ways per set of the sockets map.
+pub const SOCKET_WAYS: usize = 4;
+
+/// Value of the sockets map, an array of sets: a socket's way is in set
+/// `cookie % sets`. A new socket takes an empty way, else the one least
+/// recently used, so sockets still in use keep theirs while closed ones
+/// make room. The datapath pays one array lookup and plain stores per
+/// socket, where a hash map's insert costs most of a translated connect.
+/// The cookies and use times come first, in one cache line, so finding a
+/// way reads one line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketSet {
+    /// The cookie of each way's socket; 0 (no socket has it) marks an
+    /// empty way.
+    pub cookies: [u64; SOCKET_WAYS],
+    /// When the datapath last wrote or read each way (`bpf_ktime_get_ns()`).
+    pub last_used_ns: [u64; SOCKET_WAYS],
+    pub ways: [SocketTranslation; SOCKET_WAYS],
 }
 
 /// `SocketTranslation::flags`: an unconnected UDP socket's choice.
@@ -340,6 +362,7 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatKey {}
     unsafe impl aya::Pod for super::RevNatValue {}
     unsafe impl aya::Pod for super::SocketTranslation {}
+    unsafe impl aya::Pod for super::SocketSet {}
     unsafe impl aya::Pod for super::NodeAddressKey {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::TraceEvent {}
@@ -365,6 +388,7 @@ mod tests {
         assert_eq!(size_of::<RevNatKey>(), 32);
         assert_eq!(size_of::<RevNatValue>(), 24);
         assert_eq!(size_of::<SocketTranslation>(), 48);
+        assert_eq!(size_of::<SocketSet>(), 256);
         assert_eq!(size_of::<NodeAddressKey>(), 16);
         assert_eq!(size_of::<ServiceStats>(), 56);
         assert_eq!(size_of::<TraceEvent>(), 88);

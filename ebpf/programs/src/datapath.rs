@@ -1,6 +1,8 @@
 // The datapath's code, shared by main.rs and untraced.rs (which differ
 // only in `TRACING`); see main.rs for what it does.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_NOEXIST, bpf_sock_addr},
@@ -17,8 +19,8 @@ use balctl_common::{
     GAVE_WAY_RATE_LIMIT, IPPROTO_TCP, IPPROTO_UDP, LAYERS_KNOWN, MembershipKey, NodeAddressKey, OP_CONNECT,
     OP_SENDMSG, RateLimit, RevNatKey, RevNatValue, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE,
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED, SOCKET_UNCONNECTED,
-    STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey, ServiceStats, SocketTranslation, TRACE_ANY,
-    TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, layer_bit, result,
+    SOCKET_WAYS, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey, ServiceStats, SocketSet,
+    SocketTranslation, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, layer_bit, result,
 };
 
 #[map(name = "services")]
@@ -36,8 +38,12 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(default_capacity::AFFINITY, 0);
 
 #[map(name = "sockets")]
-static SOCKETS: LruHashMap<u64, SocketTranslation> =
-    LruHashMap::with_max_entries(default_capacity::SOCKETS, 0);
+static SOCKETS: Array<SocketSet> = Array::with_max_entries(default_capacity::SOCKETS / SOCKET_WAYS as u32, 0);
+
+/// The sockets map's number of sets: `load` writes it for the map it pins.
+/// A global of .rodata, which the verifier sees as a constant.
+#[unsafe(no_mangle)]
+static SOCKET_SETS: u32 = default_capacity::SOCKETS / SOCKET_WAYS as u32;
 
 #[map(name = "revnat")]
 static REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
@@ -156,24 +162,26 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     // A connecting socket is new to balctl (or starts over); an unconnected
     // one may have sent before. (No Option: the verifier rejects the
     // uninitialised bytes a None would carry around.)
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     let earlier = match op {
         Operation::Connect => NO_SOCKET,
-        // SAFETY: read once, whole.
-        Operation::SendMsg => unsafe { SOCKETS.get(&cookie) }.copied().unwrap_or(NO_SOCKET),
+        Operation::SendMsg => socket_entry(cookie, now),
     };
-    let choice = match choose_backend(ctx, cookie, &earlier, &frontend, &master) {
+    let choice = match choose_backend(ctx, cookie, now, &earlier, &frontend, &master) {
         // Validation keeps backend families equal to the frontend's; never
         // write half an IPv6 address into an IPv4 socket.
         Ok(choice) if family == Family::V4 && !is_v4_mapped(&choice.backend.addr) => Err(result::FAMILY),
         other => other,
     };
     count(master.service_id, &choice);
-    trace(&dest, proto, op, master.service_id, &choice);
+    trace(&dest, proto, op, master.service_id, &choice, now);
     let Ok(choice) = choice else {
         return reject();
     };
     let to = Dest { addr: choice.backend.addr, port: choice.backend.port };
-    remember_translation(cookie, &earlier, &to, &dest, master.service_id, &choice, op);
+    let translation = Translation { frontend: &dest, backend: &to, service_id: master.service_id, op, now };
+    remember_translation(cookie, &earlier, &choice, &translation);
     write_dest(sa, family, &to);
     ALLOW
 }
@@ -188,6 +196,9 @@ const NO_SOCKET: SocketTranslation = SocketTranslation {
     backend_id: 0,
     flags: 0,
 };
+
+/// The cookie of an empty way: sockets' cookies start at 1.
+const NO_COOKIE: u64 = 0;
 
 /// A backend chosen for a socket, and how (`result::RANDOM`...).
 struct Choice {
@@ -236,15 +247,13 @@ fn counter<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K) -> Option<*mut V> 
 }
 
 /// Writes the resolution to the ring buffer of every trace slot whose lease
-/// runs. With nobody tracing this costs one clock read and one array
-/// lookup: the lease all tracers renew has run out.
+/// runs. With nobody tracing this costs one array lookup: the lease all
+/// tracers renew has run out.
 #[inline(always)]
-fn trace(dest: &Dest, proto: u8, op: Operation, service_id: u32, choice: &Result<Choice, u8>) {
+fn trace(dest: &Dest, proto: u8, op: Operation, service_id: u32, choice: &Result<Choice, u8>, now: u64) {
     if !TRACING {
         return;
     }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     if !leased(TRACE_ANY, now) {
         return;
     }
@@ -384,13 +393,14 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
     let peer = read_dest(sa, family);
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: read once, whole.
-    let frontend = match unsafe { SOCKETS.get(&cookie) }.copied() {
-        Some(socket) if socket.backend == peer.addr && socket.backend_port == peer.port => {
+    // SAFETY: plain helper call.
+    let socket = socket_entry(cookie, unsafe { bpf_ktime_get_ns() });
+    let frontend = match socket {
+        _ if socket.backend == peer.addr && socket.backend_port == peer.port => {
             Some(Dest { addr: socket.frontend, port: socket.frontend_port })
         }
         // Another frontend's backend (an unconnected socket's second), or
-        // an entry the LRU evicted or an older balctl wrote.
+        // a socket whose way was taken by another.
         _ => {
             let key = RevNatKey { cookie, addr: peer.addr, port: peer.port, _pad: [0; 3] };
             // SAFETY: read once, whole.
@@ -413,6 +423,7 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
 fn choose_backend(
     ctx: &SockAddrContext,
     socket_cookie: u64,
+    now: u64,
     earlier: &SocketTranslation,
     frontend: &ServiceKey,
     master: &ServiceEntry,
@@ -439,20 +450,17 @@ fn choose_backend(
     {
         return Ok(Choice { backend, backend_id, how: result::SOCKET });
     }
-    // SAFETY (both helpers): plain helper calls on the program's context.
-    let affinity = (master.flags & SERVICE_FLAG_AFFINITY != 0).then(|| {
-        let key = AffinityKey {
-            cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-            service_id,
-            owner: STICKY_NETNS,
-        };
-        (key, unsafe { bpf_ktime_get_ns() })
+    // SAFETY: a plain helper call on the program's context.
+    let affinity = (master.flags & SERVICE_FLAG_AFFINITY != 0).then(|| AffinityKey {
+        cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        service_id,
+        owner: STICKY_NETNS,
     });
-    if let Some((netns_key, now)) = &affinity {
+    if let Some(netns_key) = &affinity {
         let timeout = u64::from(master.affinity_timeout_sec) * NSEC_PER_SEC;
-        if let Some((backend_id, backend)) = sticky_backend(netns_key, service_id, Some((*now, timeout))) {
+        if let Some((backend_id, backend)) = sticky_backend(netns_key, service_id, Some((now, timeout))) {
             // Refresh: the timeout counts from the last use, as kube-proxy's does.
-            remember_choice(netns_key, backend_id, *now);
+            remember_choice(netns_key, backend_id, now);
             return Ok(Choice { backend, backend_id, how: result::AFFINITY });
         }
     }
@@ -462,11 +470,11 @@ fn choose_backend(
     // SAFETY: read once, whole.
     let backend_id = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?.backend_id;
     let backend = unsafe { BACKENDS.get(&backend_id) }.copied().ok_or(result::STALE)?;
-    if let Some((netns_key, now)) = &affinity {
-        remember_choice(netns_key, backend_id, *now);
+    if let Some(netns_key) = &affinity {
+        remember_choice(netns_key, backend_id, now);
     }
     if let Some(socket_key) = &second_frontend {
-        remember_choice(socket_key, backend_id, unsafe { bpf_ktime_get_ns() });
+        remember_choice(socket_key, backend_id, now);
     }
     Ok(Choice { backend, backend_id, how: result::RANDOM })
 }
@@ -495,22 +503,24 @@ fn remember_choice(key: &AffinityKey, backend_id: u32, now: u64) {
     let _ = AFFINITY.insert(key, &choice, 0);
 }
 
-/// Records the translation for replies, `getpeername()` and, on an
-/// unconnected socket, the datagrams that follow: in the socket's sockets
-/// entry when it has none yet, is connecting (starting over), or this is its
-/// entry's frontend; else, for an unconnected socket's second frontend, in
-/// revnat (written only when not already current: such a socket passes here
-/// with every datagram).
-#[inline(always)]
-fn remember_translation(
-    cookie: u64,
-    earlier: &SocketTranslation,
-    backend: &Dest,
-    frontend: &Dest,
+/// A translation just made, as `remember_translation` records it.
+struct Translation<'a> {
+    frontend: &'a Dest,
+    backend: &'a Dest,
     service_id: u32,
-    choice: &Choice,
     op: Operation,
-) {
+    now: u64,
+}
+
+/// Records the translation for replies, `getpeername()` and, on an
+/// unconnected socket, the datagrams that follow: in the socket's way of
+/// the sockets map when it has none yet, is connecting (starting over), or
+/// this is its way's frontend; else, for an unconnected socket's second
+/// frontend, in revnat (written only when not already current: such a
+/// socket passes here with every datagram).
+#[inline(always)]
+fn remember_translation(cookie: u64, earlier: &SocketTranslation, choice: &Choice, made: &Translation) {
+    let (frontend, backend, service_id) = (made.frontend, made.backend, made.service_id);
     if earlier.service_id == service_id && earlier.backend_id == choice.backend_id {
         return;
     }
@@ -522,11 +532,9 @@ fn remember_translation(
             backend_port: backend.port,
             service_id,
             backend_id: choice.backend_id,
-            flags: if op == Operation::SendMsg { SOCKET_UNCONNECTED } else { 0 },
+            flags: if made.op == Operation::SendMsg { SOCKET_UNCONNECTED } else { 0 },
         };
-        // A full LRU map evicts; a failed insert only costs the reverse
-        // translation of this socket.
-        let _ = SOCKETS.insert(&cookie, &socket, 0);
+        remember_socket(cookie, &socket, made.now);
         return;
     }
     let key = RevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: [0; 3] };
@@ -536,6 +544,84 @@ fn remember_translation(
         return;
     }
     let _ = REVNAT.insert(&key, &value, 0);
+}
+
+/// The set of the sockets map that holds `cookie`'s way.
+#[inline(always)]
+fn socket_set(cookie: u64) -> Option<*mut SocketSet> {
+    // SAFETY: a plain read; volatile, or the compiler would fold in the
+    // value the global has in the object instead of the one `load` wrote.
+    let sets = unsafe { read_volatile(&raw const SOCKET_SETS) };
+    SOCKETS.get_ptr_mut(cookie.checked_rem(u64::from(sets))? as u32)
+}
+
+/// A copy of the socket's way, or `NO_SOCKET`; marks it used `now`.
+///
+/// Ways are written without a lock, so the cookie is read again after the
+/// copy: a way being taken over by another socket has its cookie zeroed
+/// before the rest changes, and such a copy is dropped. (Volatile accesses
+/// keep the compiler to that order; the BPF backend has no compiler fence.
+/// Exact with the store and load ordering of x86; a CPU that reorders them
+/// could, rarely, mix two sockets' fields while the way changes hands, as
+/// with the kernel's preallocated hash maps.)
+#[inline(always)]
+fn socket_entry(cookie: u64, now: u64) -> SocketTranslation {
+    let Some(set) = socket_set(cookie) else {
+        return NO_SOCKET;
+    };
+    for way in 0..SOCKET_WAYS {
+        // SAFETY: `set` points into the map's value for the program's run;
+        // fields are read whole.
+        unsafe {
+            if read_volatile(&raw const (*set).cookies[way]) != cookie {
+                continue;
+            }
+            let copy = read_volatile(&raw const (*set).ways[way]);
+            if read_volatile(&raw const (*set).cookies[way]) != cookie {
+                return NO_SOCKET;
+            }
+            write_volatile(&raw mut (*set).last_used_ns[way], now);
+            return copy;
+        }
+    }
+    NO_SOCKET
+}
+
+/// Writes `socket` into the way of `cookie`: the one it has, else an empty
+/// one, else the set's least recently used.
+#[inline(always)]
+fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
+    let Some(set) = socket_set(cookie) else {
+        return;
+    };
+    let mut chosen = 0;
+    let mut chosen_idle = 0;
+    for way in 0..SOCKET_WAYS {
+        // SAFETY: as in socket_entry.
+        let (owner, last_used) = unsafe {
+            (
+                read_volatile(&raw const (*set).cookies[way]),
+                read_volatile(&raw const (*set).last_used_ns[way]),
+            )
+        };
+        if owner == cookie {
+            chosen = way;
+            break;
+        }
+        let idle = if owner == NO_COOKIE { u64::MAX } else { now.saturating_sub(last_used) };
+        if way == 0 || idle > chosen_idle {
+            chosen = way;
+            chosen_idle = idle;
+        }
+    }
+    let way = chosen % SOCKET_WAYS;
+    // SAFETY: as in socket_entry; the cookie goes first and last, see there.
+    unsafe {
+        write_volatile(&raw mut (*set).cookies[way], NO_COOKIE);
+        write_volatile(&raw mut (*set).ways[way], *socket);
+        write_volatile(&raw mut (*set).last_used_ns[way], now);
+        write_volatile(&raw mut (*set).cookies[way], cookie);
+    }
 }
 
 #[inline(always)]

@@ -1,20 +1,22 @@
 //! `dump affinity`: the sticky backend choices the datapath keeps: a client
 //! network namespace's (session affinity) in the affinity map, and an
-//! unconnected UDP socket's, in its sockets entry (the affinity map holds
+//! unconnected UDP socket's, in its way of the sockets map (the affinity map holds
 //! the choices of a socket that sends to more than one frontend, for the
 //! others).
 
 use anyhow::Result;
 use aya::maps::{HashMap, MapData};
 use balctl_common::{
-    AffinityKey, AffinityValue, MembershipKey, SOCKET_UNCONNECTED, STICKY_NETNS, STICKY_SOCKET,
-    SocketTranslation, map_names,
+    AffinityKey, AffinityValue, MembershipKey, SOCKET_UNCONNECTED, STICKY_NETNS, STICKY_SOCKET, map_names,
 };
 use serde::Serialize;
 
 use super::{Tables, View, backend_cell, seconds};
 use crate::{
-    bpf::maps::open_map,
+    bpf::{
+        maps::open_map,
+        sockets::{TranslatedSocket, translated_sockets},
+    },
     image::{BackendId, ServiceId},
     output::table,
     trace::lease::monotonic_ns,
@@ -39,9 +41,9 @@ struct AffinityRecord {
     backend_id: BackendId,
     /// `IP:PORT`; null when the backends map lacks the id.
     backend: Option<String>,
-    /// Seconds since the choice was last used; None for a choice in a
-    /// sockets entry (it lasts as long as the socket).
-    idle_seconds: Option<f64>,
+    /// Seconds since the choice was last used (a socket's: to about a
+    /// millisecond).
+    idle_seconds: f64,
 }
 
 /// The entries of frontends `--vip` keeps, by frontend, owner and cookie.
@@ -65,32 +67,31 @@ pub fn read(view: &View) -> Result<Affinity> {
             name: view.name(key.service_id),
             backend_id: choice.backend_id,
             backend: view.backend(choice.backend_id).map(|b| b.to_string()),
-            idle_seconds: Some(seconds(now.saturating_sub(choice.last_used_ns))),
+            idle_seconds: seconds(now.saturating_sub(choice.last_used_ns)),
         })
         .collect();
-    let sockets: HashMap<MapData, u64, SocketTranslation> = open_map(view.pins, map_names::SOCKETS)?;
     affinity.extend(
-        sockets
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, socket)| {
-                socket.flags & SOCKET_UNCONNECTED != 0 && view.shows_service(socket.service_id)
+        translated_sockets(view.pins)?
+            .into_iter()
+            .filter(|socket| {
+                let translation = &socket.translation;
+                translation.flags & SOCKET_UNCONNECTED != 0
+                    && view.shows_service(translation.service_id)
+                    // The datapath honours a choice only while its backend is a member.
+                    && view.contents.membership.contains(&MembershipKey {
+                        service_id: translation.service_id,
+                        backend_id: translation.backend_id,
+                    })
             })
-            // The datapath honours a choice only while its backend is a member.
-            .filter(|(_, socket)| {
-                view.contents
-                    .membership
-                    .contains(&MembershipKey { service_id: socket.service_id, backend_id: socket.backend_id })
-            })
-            .map(|(cookie, socket)| AffinityRecord {
+            .map(|TranslatedSocket { cookie, translation, idle_ns }| AffinityRecord {
                 owner_kind: "socket",
                 cookie,
-                service_id: socket.service_id,
-                frontend: view.frontend(socket.service_id),
-                name: view.name(socket.service_id),
-                backend_id: socket.backend_id,
-                backend: view.backend(socket.backend_id).map(|b| b.to_string()),
-                idle_seconds: None,
+                service_id: translation.service_id,
+                frontend: view.frontend(translation.service_id),
+                name: view.name(translation.service_id),
+                backend_id: translation.backend_id,
+                backend: view.backend(translation.backend_id).map(|b| b.to_string()),
+                idle_seconds: seconds(idle_ns),
             }),
     );
     affinity.sort_by(|a, b| {
@@ -114,7 +115,7 @@ impl Tables for Affinity {
                 entry.frontend.clone().unwrap_or_else(|| format!("? (service id {})", entry.service_id)),
                 entry.name.clone().unwrap_or_else(|| "?".into()),
                 backend_cell(entry.backend_id, entry.backend.as_ref()),
-                entry.idle_seconds.map_or_else(|| "-".to_owned(), |idle| format!("{idle:.1}s")),
+                format!("{:.1}s", entry.idle_seconds),
             ]);
         }
         println!("{rows}");

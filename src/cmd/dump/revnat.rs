@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use aya::maps::{HashMap, MapData};
-use balctl_common::{RevNatKey, RevNatValue, SocketTranslation, map_names};
+use balctl_common::{RevNatKey, RevNatValue, map_names};
 use serde::Serialize;
 
 use super::{Tables, View};
@@ -15,6 +15,7 @@ use crate::{
     bpf::{
         maps::open_map,
         raw::{raw_to_addr, raw_to_port},
+        sockets::{TranslatedSocket, translated_sockets},
     },
     image::ServiceId,
     output::table,
@@ -42,16 +43,17 @@ struct RevNatRecord {
 /// by the address recorded), by frontend, cookie and backend.
 pub fn read(view: &View) -> Result<RevNat> {
     let address = |addr, port| SocketAddr::new(raw_to_addr(addr), raw_to_port(port));
-    let sockets: HashMap<MapData, u64, SocketTranslation> = open_map(view.pins, map_names::SOCKETS)?;
+    let sockets = translated_sockets(view.pins)?;
     let further: HashMap<MapData, RevNatKey, RevNatValue> = open_map(view.pins, map_names::REVNAT)?;
-    // Entries the LRUs evict during the walks are skipped.
-    let first = sockets.iter().filter_map(Result::ok).map(|(cookie, socket)| RevNatRecord {
-        cookie,
-        backend: address(socket.backend, socket.backend_port),
-        frontend: address(socket.frontend, socket.frontend_port),
-        service_id: socket.service_id,
-        name: view.name(socket.service_id),
-    });
+    let first =
+        sockets.iter().map(|&TranslatedSocket { cookie, translation: ref socket, .. }| RevNatRecord {
+            cookie,
+            backend: address(socket.backend, socket.backend_port),
+            frontend: address(socket.frontend, socket.frontend_port),
+            service_id: socket.service_id,
+            name: view.name(socket.service_id),
+        });
+    // Entries the LRU evicts during the walk are skipped.
     let others = further.iter().filter_map(Result::ok).map(|(key, value)| RevNatRecord {
         cookie: key.cookie,
         backend: address(key.addr, key.port),

@@ -72,12 +72,16 @@ enum PeerCommand {
     },
     /// Unconnected UDP: from one socket, `count` times sendto() then
     /// recvfrom() to each `to` in turn, reporting each reply's destination,
-    /// source address and answer.
+    /// source address and answer. After each turn, `fresh` exchanges with
+    /// the first `to`, each from a new socket, reported as `fresh` answers
+    /// (a reply from elsewhere is an `InvalidData` error).
     UdpSendto {
         #[arg(long, required = true)]
         to: Vec<SocketAddr>,
         #[arg(long, default_value_t = 1)]
         count: u32,
+        #[arg(long, default_value_t = 0)]
+        fresh: u32,
     },
     /// Connected UDP: connect(), getpeername(), send, receive.
     UdpConnected {
@@ -142,7 +146,7 @@ pub fn run_if_requested() {
         PeerCommand::Connect { to, count, millis } => connect(to, count, millis),
         PeerCommand::ConnectEach { to } => connect_each(&to),
         PeerCommand::TcpPeer { to } => tcp_peer(to),
-        PeerCommand::UdpSendto { to, count } => udp_sendto(to, count),
+        PeerCommand::UdpSendto { to, count, fresh } => udp_sendto(to, count, fresh),
         PeerCommand::UdpConnected { to } => udp_connected(to),
         PeerCommand::Bench { vip, direct, rounds, per_round } => bench(vip, direct, rounds, per_round),
         PeerCommand::BenchWorker { tcp, udp } => bench_worker(tcp, udp),
@@ -270,26 +274,34 @@ fn udp_socket_for(to: SocketAddr) -> UdpSocket {
     socket
 }
 
-fn udp_sendto(to: Vec<SocketAddr>, count: u32) -> Value {
-    let socket = udp_socket_for(to[0]);
-    let mut replies = Vec::new();
+fn udp_sendto(targets: Vec<SocketAddr>, count: u32, fresh: u32) -> Value {
+    let socket = udp_socket_for(targets[0]);
+    let (mut replies, mut fresh_answers) = (Vec::new(), Vec::new());
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut buf = [0u8; 1500];
-    for to in (0..count).flat_map(|_| to.iter().copied()) {
-        if let Err(err) = socket.send_to(b"hello", to) {
-            *errors.entry(errno_name(&err)).or_default() += 1;
-            continue;
+    for _ in 0..count {
+        for &to in &targets {
+            if let Err(err) = socket.send_to(b"hello", to) {
+                *errors.entry(errno_name(&err)).or_default() += 1;
+                continue;
+            }
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => replies.push(json!({
+                    "to": to.to_string(),
+                    "from": from.to_string(),
+                    "answer": String::from_utf8_lossy(&buf[..n]).trim(),
+                })),
+                Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+            }
         }
-        match socket.recv_from(&mut buf) {
-            Ok((n, from)) => replies.push(json!({
-                "to": to.to_string(),
-                "from": from.to_string(),
-                "answer": String::from_utf8_lossy(&buf[..n]).trim(),
-            })),
-            Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+        for _ in 0..fresh {
+            match timed_exchange(targets[0], &mut buf) {
+                Ok((_, n)) => fresh_answers.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned()),
+                Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+            }
         }
     }
-    json!({ "replies": replies, "errors": errors })
+    json!({ "replies": replies, "fresh": fresh_answers, "errors": errors })
 }
 
 fn udp_connected(to: SocketAddr) -> Value {
@@ -407,15 +419,15 @@ fn bench(vip: SocketAddr, direct: SocketAddr, rounds: u32, per_round: u32) -> Va
 /// One request/response exchange as a stub resolver makes it: a new
 /// unconnected socket, `sendto()` the target, `recvfrom()` the answer,
 /// close. Returns the time from sending to the answer and the answer's
-/// length. An answer that does not come from the target (a reply whose
-/// source was not translated back) is an error, `InvalidData`.
-fn timed_exchange(to: SocketAddr) -> io::Result<(Duration, usize)> {
+/// length; the answer is in `buf`. An answer that does not come from the
+/// target (a reply whose source was not translated back) is an error,
+/// `InvalidData`.
+fn timed_exchange(to: SocketAddr, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
     let socket = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.set_read_timeout(Some(IO_TIMEOUT))?;
-    let mut buf = [0u8; 64];
     let started = Instant::now();
     socket.send_to(b"q", to)?;
-    let (length, from) = socket.recv_from(&mut buf)?;
+    let (length, from) = socket.recv_from(buf)?;
     let took = started.elapsed();
     if from != to {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("answer from {from}")));
@@ -464,10 +476,10 @@ fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>) -> Value {
         };
         match kind {
             "tcp" => run(&mut over_tcp, &|| timed_cycle(tcp.next())),
-            "udp" => run(&mut over_udp, &|| timed_exchange(udp.next())),
+            "udp" => run(&mut over_udp, &|| timed_exchange(udp.next(), &mut [0; 64])),
             "warmup" => {
                 run(&mut Measured::default(), &|| timed_cycle(tcp.next()));
-                run(&mut Measured::default(), &|| timed_exchange(udp.next()));
+                run(&mut Measured::default(), &|| timed_exchange(udp.next(), &mut [0; 64]));
             }
             other => panic!("unknown batch kind {other}"),
         }

@@ -1,0 +1,37 @@
+//! Reading the sockets map: the ways of its sets that hold a translated
+//! socket, and how long ago the datapath last used each.
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, MapData};
+use balctl_common::{SOCKET_WAYS, SocketSet, SocketTranslation, map_names};
+
+use super::{maps::open_map, pins::PinDir};
+use crate::trace::lease::monotonic_ns;
+
+/// A socket's way.
+pub struct TranslatedSocket {
+    pub cookie: u64,
+    pub translation: SocketTranslation,
+    /// Nanoseconds since the datapath last wrote or read the way.
+    pub idle_ns: u64,
+}
+
+/// Every socket with a way, in set order.
+pub fn translated_sockets(pins: &PinDir) -> Result<Vec<TranslatedSocket>> {
+    let sets: Array<MapData, SocketSet> = open_map(pins, map_names::SOCKETS)?;
+    let now = monotonic_ns();
+    let mut sockets = Vec::new();
+    for set in sets.iter() {
+        let set = set.context("reading the sockets map")?;
+        for way in 0..SOCKET_WAYS {
+            if set.cookies[way] != 0 {
+                sockets.push(TranslatedSocket {
+                    cookie: set.cookies[way],
+                    translation: set.ways[way],
+                    idle_ns: now.saturating_sub(set.last_used_ns[way]),
+                });
+            }
+        }
+    }
+    Ok(sockets)
+}
