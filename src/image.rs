@@ -69,11 +69,16 @@ impl FrontendImage {
                 | if self.requests_per_second.is_some() { SERVICE_FLAG_RATE_LIMITED } else { 0 },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
+            backend: Backend::NONE,
         }
     }
 
-    /// Slot entries 1..=count, paired with their slot numbers.
-    pub fn slots(&self) -> impl Iterator<Item = (u16, ServiceEntry)> + '_ {
+    /// Slot entries 1..=count, paired with their slot numbers; `backends`
+    /// are the image's, whose addresses the entries copy.
+    pub fn slots<'a>(
+        &'a self,
+        backends: &'a BTreeMap<BackendId, BackendAddr>,
+    ) -> impl Iterator<Item = (u16, ServiceEntry)> + 'a {
         self.backends.iter().enumerate().map(|(i, &backend_id)| {
             let entry = ServiceEntry {
                 backend_id,
@@ -81,6 +86,9 @@ impl FrontendImage {
                 flags: 0,
                 service_id: self.service_id,
                 affinity_timeout_sec: 0,
+                // A corrupt state's unknown backend: the datapath refuses
+                // it as stale.
+                backend: backends.get(&backend_id).map_or(Backend::NONE, |b| b.to_raw()),
             };
             (i as u16 + 1, entry)
         })

@@ -34,7 +34,7 @@ use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, Servic
 
 use crate::{
     bpf::raw::{addr_to_raw, service_key},
-    image::{BackendId, EntryCounts, FrontendImage, Image},
+    image::{BackendAddr, BackendId, EntryCounts, FrontendImage, Image},
     model::Frontend,
 };
 
@@ -215,9 +215,10 @@ impl MapContents {
         let mut contents = Self::default();
         for (frontend, f) in &image.frontends {
             let master = service_key(frontend, 0);
-            contents
-                .services
-                .extend(service_entries(f).map(|(slot, entry)| (ServiceKey { slot, ..master }, entry)));
+            contents.services.extend(
+                service_entries(f, &image.backends)
+                    .map(|(slot, entry)| (ServiceKey { slot, ..master }, entry)),
+            );
             contents.membership.extend(f.memberships());
         }
         contents.backends = image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect();
@@ -226,9 +227,13 @@ impl MapContents {
     }
 }
 
-/// Master (slot 0) and slot entries of one frontend, in slot order.
-fn service_entries(frontend: &FrontendImage) -> impl Iterator<Item = (u16, ServiceEntry)> + '_ {
-    iter::once((0, frontend.master())).chain(frontend.slots())
+/// Master (slot 0) and slot entries of one frontend of an image with
+/// `backends`, in slot order.
+fn service_entries<'a>(
+    frontend: &'a FrontendImage,
+    backends: &'a BTreeMap<BackendId, BackendAddr>,
+) -> impl Iterator<Item = (u16, ServiceEntry)> + 'a {
+    iter::once((0, frontend.master())).chain(frontend.slots(backends))
 }
 
 /// The phases of the module docs, in execution order.
@@ -321,8 +326,10 @@ impl<'a> Sides<'a> {
             Self::Between(old, new) => {
                 Box::new(frontend_changes(old, new).flat_map(|(frontend, before, after)| {
                     let master = service_key(frontend, 0);
-                    let entries = |f: Option<&'a FrontendImage>| f.into_iter().flat_map(service_entries);
-                    changes(entries(before), entries(after))
+                    let entries = |f: Option<&'a FrontendImage>, image: &'a Image| {
+                        f.into_iter().flat_map(|f| service_entries(f, &image.backends))
+                    };
+                    changes(entries(before, old), entries(after, new))
                         .map(move |(slot, old, new)| (ServiceKey { slot, ..master }, old, new))
                 }))
             }
@@ -592,10 +599,10 @@ mod tests {
             if before == after {
                 continue;
             }
-            let slots = |f: Option<&FrontendImage>| -> BTreeMap<u16, ServiceEntry> {
-                f.map(|f| iter::once((0, f.master())).chain(f.slots()).collect()).unwrap_or_default()
+            let slots = |f: Option<&FrontendImage>, image: &Image| -> BTreeMap<u16, ServiceEntry> {
+                f.map(|f| service_entries(f, &image.backends).collect()).unwrap_or_default()
             };
-            let (before_slots, after_slots) = (slots(before), slots(after));
+            let (before_slots, after_slots) = (slots(before, old), slots(after, new));
             let key = |slot| service_key(frontend, slot);
             for (&slot, old) in &before_slots {
                 if !after_slots.contains_key(&slot) {

@@ -23,7 +23,7 @@ use balctl::{
     model::{Frontend, FrontendRule, Protocol, Scope},
     plan::{MapContents, Op, Plan, Step},
 };
-use balctl_common::{MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
+use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
 
 pub fn check(data: &[u8]) {
     if let Ok(case) = Case::arbitrary_take_rest(Unstructured::new(data)) {
@@ -349,11 +349,13 @@ fn masters(maps: &MapContents) -> BTreeSet<ServiceKey> {
 }
 
 /// The masters the datapath can pick a backend of, whichever slot up to
-/// the count it draws: the slot is there, its backend too, and (when
-/// required) the backend is a member of the master's service.
+/// the count it draws: the slot is there with its copy of the backend, the
+/// backend is in the backends map too (sticky choices look it up there),
+/// and (when required) it is a member of the master's service.
 fn pickable(maps: &MapContents, membership: Membership) -> BTreeSet<ServiceKey> {
     let usable = |master: &ServiceEntry, slot: &ServiceEntry| {
-        maps.backends.contains_key(&slot.backend_id)
+        slot.backend.proto != Backend::NONE.proto
+            && maps.backends.get(&slot.backend_id) == Some(&slot.backend)
             && (membership == Membership::Ignored
                 || maps
                     .membership
@@ -399,6 +401,7 @@ fn drifted(mut maps: MapContents, drift: &[Drift]) -> MapContents {
                     flags: 0,
                     service_id: 0,
                     affinity_timeout_sec: 0,
+                    backend: Backend::NONE,
                 };
                 maps.services.insert(service_key(&self::frontend(frontend), slot.into()), entry);
             }

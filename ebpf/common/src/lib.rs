@@ -221,8 +221,11 @@ pub struct NodeAddressKey {
 }
 
 /// Value of the services map. In the master entry (slot 0) `count`, `flags`
-/// and `affinity_timeout_sec` describe the frontend and `backend_id` is 0; in
-/// a slot entry `backend_id` names the backend. `service_id` is set in both.
+/// and `affinity_timeout_sec` describe the frontend, `backend_id` is 0 and
+/// `backend` is `Backend::NONE`; in a slot entry `backend_id` names the
+/// backend and `backend` is a copy of its backends-map entry, so that a
+/// random choice needs no backends lookup (a backend id always names the
+/// same address: ids are never reused). `service_id` is set in both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceEntry {
@@ -231,6 +234,7 @@ pub struct ServiceEntry {
     pub flags: u16,
     pub service_id: u32,
     pub affinity_timeout_sec: u32,
+    pub backend: Backend,
 }
 
 /// Value of the backends map, keyed by a `u32` backend id. Ids are never
@@ -242,6 +246,12 @@ pub struct Backend {
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
+}
+
+impl Backend {
+    /// No backend: a master entry's, or a slot's whose backend balctl does
+    /// not know (a corrupt state). Its protocol is 0, never TCP or UDP.
+    pub const NONE: Backend = Backend { addr: [0; 4], port: 0, proto: 0, _pad: 0 };
 }
 
 /// Key of the membership map: present while `backend_id` is one of the
@@ -380,7 +390,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 24);
-        assert_eq!(size_of::<ServiceEntry>(), 16);
+        assert_eq!(size_of::<ServiceEntry>(), 36);
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(size_of::<MembershipKey>(), 8);
         assert_eq!(size_of::<AffinityKey>(), 16);

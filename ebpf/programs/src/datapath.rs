@@ -468,8 +468,11 @@ fn choose_backend(
     let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
-    let backend_id = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?.backend_id;
-    let backend = unsafe { BACKENDS.get(&backend_id) }.copied().ok_or(result::STALE)?;
+    let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;
+    let (backend_id, backend) = (slot_entry.backend_id, slot_entry.backend);
+    if backend.proto == Backend::NONE.proto {
+        return Err(result::STALE);
+    }
     if let Some(netns_key) = &affinity {
         remember_choice(netns_key, backend_id, now);
     }
