@@ -112,11 +112,7 @@ fn load_and_attach(
     }
     // The datapath finds a socket's set by the number of sets of the map
     // it will use: the pinned one, or the one about to be created.
-    let sockets = object::spec(map_names::SOCKETS);
-    let socket_sets = match pinned_max_entries(pins, map_names::SOCKETS)? {
-        Some(pinned) => pinned,
-        None => requested_max_entries(&sockets, sizes),
-    };
+    let socket_sets = max_entries_after_load(pins, &object::spec(map_names::SOCKETS), sizes)?;
     loader.override_global(object::SOCKET_SETS, &socket_sets, true);
     let mut ebpf = loader.load(object).context("cannot load the eBPF object")?;
 
@@ -279,11 +275,7 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
 pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCounts> {
     let capacity = |name: &str| -> Result<u64> {
         let spec = object::spec(name);
-        let max_entries = match pinned_max_entries(pins, name)? {
-            Some(pinned) => pinned,
-            None => requested_max_entries(&spec, sizes),
-        };
-        Ok(u64::from(spec.capacity_of(max_entries)))
+        Ok(u64::from(spec.capacity_of(max_entries_after_load(pins, &spec, sizes)?)))
     };
     Ok(EntryCounts {
         services: capacity(map_names::SERVICES)?,
@@ -298,15 +290,16 @@ fn requested_max_entries(spec: &MapSpec, sizes: &MapSizes) -> u32 {
     spec.max_entries_for(spec.size_name.and_then(|n| sizes.get(n)).unwrap_or(spec.default_capacity))
 }
 
-/// The `max_entries` of the map pinned as `name`, if there is one.
-fn pinned_max_entries(pins: &PinDir, name: &str) -> Result<Option<u32>> {
-    let path = pins.map(name);
+/// The `max_entries` a map has after `load`: the pinned map's, else the
+/// requested one.
+fn max_entries_after_load(pins: &PinDir, spec: &MapSpec, sizes: &MapSizes) -> Result<u32> {
+    let path = pins.map(spec.name);
     if !path.exists() {
-        return Ok(None);
+        return Ok(requested_max_entries(spec, sizes));
     }
     let info =
         aya::maps::MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
-    Ok(Some(info.max_entries()))
+    Ok(info.max_entries())
 }
 
 /// Whether any hook is pinned here.

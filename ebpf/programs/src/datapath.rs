@@ -159,11 +159,11 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     };
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     // A connecting socket is new to balctl (or starts over); an unconnected
     // one may have sent before. (No Option: the verifier rejects the
     // uninitialised bytes a None would carry around.)
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     let earlier = match op {
         Operation::Connect => NO_SOCKET,
         Operation::SendMsg => socket_entry(cookie, now),
@@ -395,17 +395,14 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: plain helper call.
     let socket = socket_entry(cookie, unsafe { bpf_ktime_get_ns() });
-    let frontend = match socket {
-        _ if socket.backend == peer.addr && socket.backend_port == peer.port => {
-            Some(Dest { addr: socket.frontend, port: socket.frontend_port })
-        }
+    let frontend = if socket.backend == peer.addr && socket.backend_port == peer.port {
+        Some(Dest { addr: socket.frontend, port: socket.frontend_port })
+    } else {
         // Another frontend's backend (an unconnected socket's second), or
         // a socket whose way was taken by another.
-        _ => {
-            let key = RevNatKey { cookie, addr: peer.addr, port: peer.port, _pad: [0; 3] };
-            // SAFETY: read once, whole.
-            unsafe { REVNAT.get(&key) }.map(|original| Dest { addr: original.addr, port: original.port })
-        }
+        let key = RevNatKey { cookie, addr: peer.addr, port: peer.port, _pad: [0; 3] };
+        // SAFETY: read once, whole.
+        unsafe { REVNAT.get(&key) }.map(|original| Dest { addr: original.addr, port: original.port })
     };
     if let Some(frontend) = frontend {
         write_dest(sa, family, &frontend);

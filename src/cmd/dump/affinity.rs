@@ -41,8 +41,7 @@ struct AffinityRecord {
     backend_id: BackendId,
     /// `IP:PORT`; null when the backends map lacks the id.
     backend: Option<String>,
-    /// Seconds since the choice was last used (a socket's: to about a
-    /// millisecond).
+    /// Seconds since the choice was last used.
     idle_seconds: f64,
 }
 
