@@ -159,6 +159,31 @@ pub fn killed_syncs_keep_services_and_converge() {
     );
 }
 
+/// A change that finds an interrupted one (the state dir's mark) plans
+/// from what the maps hold and repairs them on the way. When its writes
+/// fail and are undone, the maps hold the interrupted mix again, not the
+/// recorded state: the mark must stay, so that the next change repairs.
+/// (The kernel refuses the writes: the backends map is frozen.)
+pub fn a_failed_repair_keeps_the_interrupted_mark() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let add = |name: &str, vip: &str, backend: &str| {
+        sandbox.balctl(&["policy", "add", name, "--vip", vip, "--backend", backend])
+    };
+    assert!(add("web", "198.18.0.10:80", "192.0.2.2:8080").status.success());
+    // What a balctl killed during its map writes leaves behind.
+    fs::write(sandbox.state.join("map-writes-in-progress"), "").unwrap();
+    assert_eq!(sandbox.balctl_json(&["status"])["interrupted_change"], true);
+
+    sandbox.freeze_map("backends");
+    let failed = add("web2", "198.18.0.11:80", "192.0.2.3:8080");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("web2"), "{stderr}");
+    let status = sandbox.balctl_json(&["status"]);
+    assert_eq!(status["interrupted_change"], true, "the failed repair cleared the mark: {status:#}");
+}
+
 fn spawn_sync(sandbox: &Sandbox, input: &Path) -> std::process::Child {
     Command::new(BALCTL)
         .args(["sync", "-f"])

@@ -59,6 +59,7 @@ fn main() {
     }
     let mut tests = kernel_tests![
         crash::killed_syncs_keep_services_and_converge,
+        crash::a_failed_repair_keeps_the_interrupted_mark,
         datapath::connects_through_vip_to_every_backend,
         datapath::unload_leaves_nothing_behind,
         datapath::reload_under_traffic_loses_nothing,

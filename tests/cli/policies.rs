@@ -185,12 +185,7 @@ pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap().as_array().unwrap().len()
     };
-    let backends = sandbox.pins.join("maps/backends");
-    let frozen = std::process::Command::new("bpftool")
-        .args(["map", "freeze", "pinned", backends.to_str().unwrap()])
-        .status()
-        .expect("run bpftool");
-    assert!(frozen.success());
+    sandbox.freeze_map("backends");
 
     let failed = add_limited_redirect(&sandbox, "limited", "198.18.0.21:80");
     let stderr = String::from_utf8_lossy(&failed.stderr);

@@ -348,6 +348,17 @@ impl Sandbox {
         assert!(status.success());
     }
 
+    /// Freezes the pinned map `name` (`bpftool map freeze`): from then on
+    /// the kernel refuses every write to it from user space, for good.
+    pub fn freeze_map(&self, name: &str) {
+        let pin = self.pins.join("maps").join(name);
+        let status = Command::new("bpftool")
+            .args(["map", "freeze", "pinned", pin.to_str().unwrap()])
+            .status()
+            .expect("run bpftool");
+        assert!(status.success(), "bpftool map freeze {name}");
+    }
+
     /// Runs any program as a client (in the test cgroup and client namespace).
     pub fn client_program(&self, argv: &[&str]) -> Output {
         self.peer(true, &self.client_ns).arg("exec").args(argv).output().expect("run client program")
