@@ -307,8 +307,7 @@ pub struct SocketTranslation {
     pub backend_port: u16,
     pub service_id: u32,
     pub backend_id: u32,
-    /// `SOCKET_UNCONNECTED` when written by `sendmsg`: the entry is then
-    /// also the socket's sticky choice.
+    /// `SOCKET_UNCONNECTED`, `SOCKET_FURTHER_FRONTENDS`.
     pub flags: u32,
 }
 
@@ -333,8 +332,14 @@ pub struct SocketSet {
     pub ways: [SocketTranslation; SOCKET_WAYS],
 }
 
-/// `SocketTranslation::flags`: an unconnected UDP socket's choice.
+/// `SocketTranslation::flags`: written by `sendmsg`, so the way is also an
+/// unconnected UDP socket's sticky choice.
 pub const SOCKET_UNCONNECTED: u32 = 1;
+/// `SocketTranslation::flags`: the socket also sent to other frontends,
+/// whose reverse translations are in the revnat map. Without it `recvmsg`
+/// and `getpeername` do not look there: a socket balctl never translated
+/// costs them one array lookup.
+pub const SOCKET_FURTHER_FRONTENDS: u32 = 2;
 
 /// Key of the reverse-translation map (an LRU hash): an unconnected UDP
 /// socket and a backend it sent to, for frontends other than the one in its

@@ -18,9 +18,10 @@ use balctl_common::{
     Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, GAVE_WAY_NO_BACKEND,
     GAVE_WAY_RATE_LIMIT, IPPROTO_TCP, IPPROTO_UDP, LAYERS_KNOWN, MembershipKey, NodeAddressKey, OP_CONNECT,
     OP_SENDMSG, RateLimit, RevNatKey, RevNatValue, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED, SOCKET_UNCONNECTED,
-    SOCKET_WAYS, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey, ServiceStats, SocketSet,
-    SocketTranslation, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, layer_bit, result,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED, SOCKET_FURTHER_FRONTENDS,
+    SOCKET_UNCONNECTED, SOCKET_WAYS, STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey, ServiceStats,
+    SocketSet, SocketTranslation, TRACE_ANY, TRACE_LEASE_ENTRIES, TraceEvent, default_capacity, layer_bit,
+    result,
 };
 
 #[map(name = "services")]
@@ -166,7 +167,13 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     // uninitialised bytes a None would carry around.)
     let earlier = match op {
         Operation::Connect => NO_SOCKET,
-        Operation::SendMsg => socket_entry(cookie, now),
+        Operation::SendMsg => match Way::find(cookie) {
+            Some((way, socket)) => {
+                way.touch(now);
+                socket
+            }
+            None => NO_SOCKET,
+        },
     };
     let choice = match choose_backend(ctx, cookie, now, &earlier, &frontend, &master) {
         // Validation keeps backend families equal to the frontend's; never
@@ -393,16 +400,21 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
     let peer = read_dest(sa, family);
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A socket without a way was never translated (or lost its way).
+    let Some((way, socket)) = Way::find(cookie) else {
+        return ALLOW;
+    };
     // SAFETY: plain helper call.
-    let socket = socket_entry(cookie, unsafe { bpf_ktime_get_ns() });
+    way.touch(unsafe { bpf_ktime_get_ns() });
     let frontend = if socket.backend == peer.addr && socket.backend_port == peer.port {
         Some(Dest { addr: socket.frontend, port: socket.frontend_port })
-    } else {
-        // Another frontend's backend (an unconnected socket's second), or
-        // a socket whose way was taken by another.
+    } else if socket.flags & SOCKET_FURTHER_FRONTENDS != 0 {
+        // Another frontend's backend: an unconnected socket's second.
         let key = RevNatKey { cookie, addr: peer.addr, port: peer.port, _pad: [0; 3] };
         // SAFETY: read once, whole.
         unsafe { REVNAT.get(&key) }.map(|original| Dest { addr: original.addr, port: original.port })
+    } else {
+        None
     };
     if let Some(frontend) = frontend {
         write_dest(sa, family, &frontend);
@@ -532,13 +544,24 @@ fn remember_translation(cookie: u64, earlier: &SocketTranslation, choice: &Choic
             backend_port: backend.port,
             service_id,
             backend_id: choice.backend_id,
-            flags: if made.op == Operation::SendMsg { SOCKET_UNCONNECTED } else { 0 },
+            flags: match made.op {
+                // Starting over: connected, the socket hears only from its backend.
+                Operation::Connect => 0,
+                Operation::SendMsg => SOCKET_UNCONNECTED | earlier.flags & SOCKET_FURTHER_FRONTENDS,
+            },
         };
         remember_socket(cookie, &socket, made.now);
         return;
     }
     let key = RevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: [0; 3] };
     let value = RevNatValue { addr: frontend.addr, port: frontend.port, _pad: 0, service_id };
+    // Before the datagram leaves, so that its reply finds the mark. (A way
+    // that was replaced and taken again comes back without it.)
+    if earlier.flags & SOCKET_FURTHER_FRONTENDS == 0
+        && let Some((way, _)) = Way::find(cookie)
+    {
+        way.add_flags(SOCKET_FURTHER_FRONTENDS);
+    }
     // SAFETY: read once, whole.
     if unsafe { REVNAT.get(&key) }.is_some_and(|current| *current == value) {
         return;
@@ -555,40 +578,63 @@ fn socket_set(cookie: u64) -> Option<*mut SocketSet> {
     SOCKETS.get_ptr_mut(cookie.checked_rem(u64::from(sets))? as u32)
 }
 
-/// A copy of the socket's way, or `NO_SOCKET`; marks it used `now`.
-///
-/// Ways are written without a lock, so the cookie is read again after the
-/// copy: a way being taken over by another socket has its cookie zeroed
-/// before the rest changes, and such a copy is dropped. (Volatile accesses
-/// keep the compiler to that order; the BPF backend has no compiler fence.
-/// Exact with the store and load ordering of x86; a CPU that reorders them
-/// could, rarely, mix two sockets' fields while the way changes hands, as
-/// with the kernel's preallocated hash maps.)
-#[inline(always)]
-fn socket_entry(cookie: u64, now: u64) -> SocketTranslation {
-    let Some(set) = socket_set(cookie) else {
-        return NO_SOCKET;
-    };
-    for way in 0..SOCKET_WAYS {
-        // SAFETY: `set` points into the map's value for the program's run;
-        // fields are read whole.
+/// A socket's way in its set.
+struct Way {
+    set: *mut SocketSet,
+    index: usize,
+}
+
+impl Way {
+    /// The way of the socket with `cookie`, if it has one, and a copy of it.
+    ///
+    /// Ways are written without a lock, so the cookie is read again after
+    /// the copy: a way being taken over by another socket has its cookie
+    /// zeroed before the rest changes, and such a copy is dropped. (Volatile
+    /// accesses keep the compiler to that order; the BPF backend has no
+    /// compiler fence. Exact with the store and load ordering of x86; a CPU
+    /// that reorders them could, rarely, mix two sockets' fields while the
+    /// way changes hands, as with the kernel's preallocated hash maps.)
+    #[inline(always)]
+    fn find(cookie: u64) -> Option<(Way, SocketTranslation)> {
+        let set = socket_set(cookie)?;
+        for index in 0..SOCKET_WAYS {
+            // SAFETY: `set` points into the map's value for the program's
+            // run; fields are read whole.
+            unsafe {
+                if read_volatile(&raw const (*set).cookies[index]) != cookie {
+                    continue;
+                }
+                let copy = read_volatile(&raw const (*set).ways[index]);
+                if read_volatile(&raw const (*set).cookies[index]) != cookie {
+                    return None;
+                }
+                return Some((Way { set, index }, copy));
+            }
+        }
+        None
+    }
+
+    /// Marks the way used at `now`: the set replaces the least recently
+    /// used way first.
+    #[inline(always)]
+    fn touch(&self, now: u64) {
+        // SAFETY: as in `find`; one whole field.
+        unsafe { write_volatile(&raw mut (*self.set).last_used_ns[self.index % SOCKET_WAYS], now) };
+    }
+
+    #[inline(always)]
+    fn add_flags(&self, flags: u32) {
+        // SAFETY: as in `touch`.
         unsafe {
-            if read_volatile(&raw const (*set).cookies[way]) != cookie {
-                continue;
-            }
-            let copy = read_volatile(&raw const (*set).ways[way]);
-            if read_volatile(&raw const (*set).cookies[way]) != cookie {
-                return NO_SOCKET;
-            }
-            write_volatile(&raw mut (*set).last_used_ns[way], now);
-            return copy;
+            let field = &raw mut (*self.set).ways[self.index % SOCKET_WAYS].flags;
+            write_volatile(field, read_volatile(field) | flags);
         }
     }
-    NO_SOCKET
 }
 
 /// Writes `socket` into the way of `cookie`: the one it has, else an empty
-/// one, else the set's least recently used.
+/// one, else the set's least recently used (see `Way::find` on the order
+/// of the writes).
 #[inline(always)]
 fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
     let Some(set) = socket_set(cookie) else {
@@ -597,7 +643,7 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
     let mut chosen = 0;
     let mut chosen_idle = 0;
     for way in 0..SOCKET_WAYS {
-        // SAFETY: as in socket_entry.
+        // SAFETY: as in `Way::find`.
         let (owner, last_used) = unsafe {
             (
                 read_volatile(&raw const (*set).cookies[way]),
@@ -615,7 +661,7 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
         }
     }
     let way = chosen % SOCKET_WAYS;
-    // SAFETY: as in socket_entry; the cookie goes first and last, see there.
+    // SAFETY: as in `Way::find`; the cookie goes first and last, see there.
     unsafe {
         write_volatile(&raw mut (*set).cookies[way], NO_COOKIE);
         write_volatile(&raw mut (*set).ways[way], *socket);
