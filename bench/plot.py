@@ -1,5 +1,6 @@
 """Draws bench/compare.png from bench/compare-results.json (written by
 `cargo bench --bench compare`): TCP connection rate and UDP request rate
+to a service, and TCP connection rate to an address no rule translates,
 relative to direct, and programming time, against the number of services.
 
 Usage: python3 bench/plot.py [RESULTS.json [CHART.png]]   (needs matplotlib)
@@ -30,16 +31,17 @@ def main():
     results = json.loads(source.read_text())
     sizes = results["sizes"]
 
-    figure, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    figure, axes = plt.subplots(1, 4, figsize=(22, 5.2))
     for axis, protocol, title in [
         (axes[0], "tcp", "TCP connection rate"),
         (axes[1], "udp", "UDP request/response rate"),
+        (axes[2], "bystander", "Other traffic: TCP to a non-service address"),
     ]:
         for name, style in STYLE.items():
             points = [
                 (s["services"], s["datapath"][name][protocol])
                 for s in sizes
-                if name in s["datapath"]
+                if protocol in s["datapath"].get(name, {})
             ]
             if not points:
                 continue
@@ -63,13 +65,15 @@ def main():
         axis.set_title(f"{title}, relative to direct")
         axis.set_ylabel("rate / direct rate (median of rounds)")
         axis.set_ylim(0, 1.1)
+        if protocol == "bystander":
+            continue
         axis.axhline(0.97, color="#1b9e77", linewidth=0.8, linestyle=":")
         axis.text(
             0.01, 0.955, "balctl target 0.97", transform=axis.get_yaxis_transform(),
             fontsize=7, color="#1b9e77", va="top",
         )
 
-    programming = axes[2]
+    programming = axes[3]
     commands = {
         "balctl": "balctl sync",
         "iptables-legacy": "iptables-legacy-restore",

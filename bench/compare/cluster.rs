@@ -33,6 +33,13 @@ pub const TCP_BACKENDS: [SocketAddrV4; 2] = [
     SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8080),
     SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 3), 8080),
 ];
+/// Served too, but no service's endpoint: the bystander connections'
+/// targets. (Not the backends: a direct connection whose source port a
+/// recent DNATed one to the same backend used clashes in conntrack.)
+pub const BYSTANDER_TARGETS: [SocketAddrV4; 2] = [
+    SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 9000),
+    SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 3), 9000),
+];
 pub const UDP_BACKENDS: [SocketAddrV4; 2] = [
     SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 5353),
     SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 3), 5353),

@@ -1,8 +1,10 @@
 //! The datapath of one cluster size, every mechanism in the same run: one
 //! worker per client, warmed up, then ROUNDS rounds in which each worker in
-//! turn makes a batch of TCP connections, then each a batch of UDP
-//! exchanges, the order rotating every round so that each mechanism goes
-//! first as often as the others. A burst of background load lands on all of
+//! turn makes a batch of TCP connections to the service, then each a batch
+//! of UDP exchanges, then each (but direct) a batch of TCP connections to
+//! an address no rule translates (a bystander: the node's traffic that is
+//! not to a service), the order rotating every round so
+//! that each mechanism goes first as often as the others. A burst of background load lands on all of
 //! them, and comparing the batches of one round (medians of per-round
 //! ratios) cancels slow drift.
 
@@ -11,7 +13,7 @@ use std::net::SocketAddr;
 use serde_json::{Value, json};
 
 use crate::{
-    cluster::{Cluster, TCP_BACKENDS, UDP_BACKENDS},
+    cluster::{BYSTANDER_TARGETS, Cluster, TCP_BACKENDS, UDP_BACKENDS},
     world::{Mechanism, World},
 };
 
@@ -23,6 +25,9 @@ const BATCH: u32 = 250;
 /// page faults, the first lookups.
 const WARMUP: u32 = 100;
 
+/// What the workers measure, in the order of `Measured`'s rates.
+pub const PROTOCOLS: [&str; 3] = ["tcp", "udp", "bystander"];
+
 /// What one mechanism's client measured at one size.
 pub struct Measured {
     pub mechanism: Mechanism,
@@ -30,6 +35,9 @@ pub struct Measured {
     tcp: Vec<f64>,
     /// Rate of each round's UDP batch (exchanges per second).
     udp: Vec<f64>,
+    /// Rate of each round's bystander batch (connections per second);
+    /// direct's are its TCP batches, which are the same traffic.
+    bystander: Vec<f64>,
     /// The worker's report: counts, failures, latency percentiles.
     report: Value,
 }
@@ -42,33 +50,54 @@ pub fn measure(world: &World, cluster: &Cluster, mechanisms: &[Mechanism]) -> Ve
         .map(|&mechanism| {
             // The direct client spreads its cycles over the backends as the
             // others' VIPs do, so that the server does the same work for all.
-            let (tcp, udp) = match mechanism {
-                Mechanism::Direct => {
-                    (TCP_BACKENDS.map(SocketAddr::V4).to_vec(), UDP_BACKENDS.map(SocketAddr::V4).to_vec())
-                }
-                _ => (vec![SocketAddr::V4(cluster.tcp_vip())], vec![SocketAddr::V4(cluster.udp_vip())]),
+            let (tcp, udp, bystander) = match mechanism {
+                Mechanism::Direct => (
+                    TCP_BACKENDS.map(SocketAddr::V4).to_vec(),
+                    UDP_BACKENDS.map(SocketAddr::V4).to_vec(),
+                    Vec::new(),
+                ),
+                _ => (
+                    vec![SocketAddr::V4(cluster.tcp_vip())],
+                    vec![SocketAddr::V4(cluster.udp_vip())],
+                    BYSTANDER_TARGETS.map(SocketAddr::V4).to_vec(),
+                ),
             };
-            let mut worker = world.worker(mechanism, &tcp, &udp);
+            let mut worker = world.worker(mechanism, &tcp, &udp, &bystander);
             let warmup = worker.run(&format!("warmup {WARMUP}"));
-            assert_eq!(warmup.ok, 2 * WARMUP, "{} does not reach {tcp:?} and {udp:?}", mechanism.name());
+            let cycles = if bystander.is_empty() { 2 * WARMUP } else { 3 * WARMUP };
+            assert_eq!(
+                warmup.ok,
+                cycles,
+                "{} does not reach {tcp:?}, {udp:?} and {bystander:?}",
+                mechanism.name()
+            );
             (mechanism, worker)
         })
         .collect();
-    let mut rates = vec![(Vec::new(), Vec::new()); workers.len()];
+    let mut rates = vec![[Vec::new(), Vec::new(), Vec::new()]; workers.len()];
     for round in 0..ROUNDS {
-        for protocol in ["tcp", "udp"] {
+        for (kind, protocol) in PROTOCOLS.into_iter().enumerate() {
             for turn in 0..workers.len() {
                 let index = (round + turn) % workers.len();
-                let rate = workers[index].1.run(&format!("{protocol} {BATCH}")).rate();
-                let (tcp, udp) = &mut rates[index];
-                if protocol == "tcp" { tcp } else { udp }.push(rate);
+                let (mechanism, worker) = &mut workers[index];
+                if protocol == "bystander" && *mechanism == Mechanism::Direct {
+                    continue;
+                }
+                let rate = worker.run(&format!("{protocol} {BATCH}")).rate();
+                rates[index][kind].push(rate);
             }
         }
     }
     workers
         .into_iter()
         .zip(rates)
-        .map(|((mechanism, worker), (tcp, udp))| Measured { mechanism, tcp, udp, report: worker.finish() })
+        .map(|((mechanism, worker), [tcp, udp, bystander])| Measured {
+            mechanism,
+            tcp,
+            udp,
+            bystander,
+            report: worker.finish(),
+        })
         .collect()
 }
 
@@ -85,18 +114,32 @@ impl Measured {
     }
 
     pub fn p50_p99(&self, protocol: &str) -> (f64, f64) {
-        let report = &self.report[protocol];
+        let report = self.worker_report(protocol);
         (report["p50_us"].as_f64().unwrap_or(f64::NAN), report["p99_us"].as_f64().unwrap_or(f64::NAN))
     }
 
     /// Failures by errno name, empty when none.
     pub fn failures(&self, protocol: &str) -> String {
-        let failures = self.report[protocol]["failures"].as_object().cloned().unwrap_or_default();
+        let failures = self.worker_report(protocol)["failures"].as_object().cloned().unwrap_or_default();
         failures.iter().map(|(errno, n)| format!("{errno}:{n}")).collect::<Vec<_>>().join(",")
     }
 
     fn rates(&self, protocol: &str) -> &[f64] {
-        if protocol == "tcp" { &self.tcp } else { &self.udp }
+        match protocol {
+            "tcp" => &self.tcp,
+            "udp" => &self.udp,
+            _ if self.mechanism == Mechanism::Direct => &self.tcp,
+            _ => &self.bystander,
+        }
+    }
+
+    /// The worker's totals and percentiles of `protocol` (direct's TCP for
+    /// its bystander, as with the rates).
+    fn worker_report(&self, protocol: &str) -> &Value {
+        match protocol {
+            "bystander" if self.mechanism == Mechanism::Direct => &self.report["tcp"],
+            _ => &self.report[protocol],
+        }
     }
 
     /// The JSON of one protocol: median rate, median ratio to `direct`,
@@ -108,9 +151,9 @@ impl Measured {
             "vs_direct": self.ratio_to(direct, protocol),
             "p50_us": p50,
             "p99_us": p99,
-            "count": self.report[protocol]["connections"],
-            "overall_rate_per_s": self.report[protocol]["rate_per_s"],
-            "failures": self.report[protocol]["failures"],
+            "count": self.worker_report(protocol)["connections"],
+            "overall_rate_per_s": self.worker_report(protocol)["rate_per_s"],
+            "failures": self.worker_report(protocol)["failures"],
             "round_rates": self.rates(protocol).iter().map(|r| r.round()).collect::<Vec<_>>(),
         })
     }

@@ -7,7 +7,12 @@ use std::{fmt::Write as _, fs, path::Path, process::Command, time::Duration};
 
 use serde_json::{Map, Value, json};
 
-use crate::{SizeResult, datapath::Measured, programming::Programmed, world::Mechanism};
+use crate::{
+    SizeResult,
+    datapath::{Measured, PROTOCOLS},
+    programming::Programmed,
+    world::Mechanism,
+};
 
 const BENCH_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench");
 /// The issue's targets.
@@ -82,12 +87,24 @@ pub fn print_programmed(mechanism: Mechanism, p: &Programmed) {
 pub fn print_datapath(measured: &[Measured]) {
     let direct = &measured[0];
     println!(
-        "{:<15} {:>9} {:>6} {:>7} {:>7} {:>9} {:>6} {:>7} {:>7}  failures",
-        "client", "TCP c/s", "ratio", "p50 µs", "p99 µs", "UDP r/s", "ratio", "p50 µs", "p99 µs"
+        "{:<15} {:>9} {:>6} {:>7} {:>7} {:>9} {:>6} {:>7} {:>7} {:>9} {:>6} {:>7} {:>7}  failures",
+        "client",
+        "TCP c/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        "UDP r/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        "other c/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs"
     );
     for m in measured {
         let mut line = format!("{:<15}", m.mechanism.name());
-        for protocol in ["tcp", "udp"] {
+        for protocol in PROTOCOLS {
             let (p50, p99) = m.p50_p99(protocol);
             let _ = write!(
                 line,
@@ -96,7 +113,7 @@ pub fn print_datapath(measured: &[Measured]) {
                 m.ratio_to(direct, protocol)
             );
         }
-        let failures = [m.failures("tcp"), m.failures("udp")];
+        let failures = PROTOCOLS.map(|protocol| m.failures(protocol));
         println!(
             "{line}  {}",
             if failures.iter().all(String::is_empty) { "0".to_owned() } else { failures.join(" / ") }
@@ -143,14 +160,15 @@ pub fn finish(machine: &Value, results: &[SizeResult], took: Duration) {
 
 fn print_summary_tables(results: &[SizeResult]) {
     println!(
-        "| services | client | TCP conn/s | vs direct | p50 µs | p99 µs | UDP req/s | vs direct | p50 µs | p99 µs |"
+        "| services | client | TCP conn/s | vs direct | p50 µs | p99 µs | UDP req/s | vs direct | p50 µs | p99 µs \
+         | other TCP conn/s | vs direct | p50 µs | p99 µs |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for result in results {
         let direct = &result.datapath[0];
         for m in &result.datapath {
             let mut row = format!("| {} | {} |", result.size, m.mechanism.name());
-            for protocol in ["tcp", "udp"] {
+            for protocol in PROTOCOLS {
                 let (p50, p99) = m.p50_p99(protocol);
                 let _ = write!(
                     row,
@@ -273,7 +291,12 @@ fn size_json(result: &SizeResult) -> Value {
     for m in &result.datapath {
         datapath.insert(
             m.mechanism.name().to_owned(),
-            json!({ "tcp": m.to_json(direct, "tcp"), "udp": m.to_json(direct, "udp") }),
+            Value::Object(
+                PROTOCOLS
+                    .iter()
+                    .map(|&protocol| (protocol.to_owned(), m.to_json(direct, protocol)))
+                    .collect(),
+            ),
         );
     }
     json!({

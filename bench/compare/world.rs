@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    cluster::{TCP_BACKENDS, UDP_BACKENDS},
+    cluster::{BYSTANDER_TARGETS, TCP_BACKENDS, UDP_BACKENDS},
     support::Sandbox,
 };
 
@@ -66,8 +66,10 @@ pub struct World {
 impl World {
     pub fn new() -> Self {
         let sandbox = Sandbox::new();
-        let (tcp, udp) = (TCP_BACKENDS.map(|a| a.to_string()), UDP_BACKENDS.map(|a| a.to_string()));
-        sandbox.serve("backend", &tcp.each_ref().map(String::as_str), &udp.each_ref().map(String::as_str));
+        let tcp: Vec<String> = TCP_BACKENDS.iter().chain(&BYSTANDER_TARGETS).map(|a| a.to_string()).collect();
+        let udp = UDP_BACKENDS.map(|a| a.to_string());
+        let tcp: Vec<&str> = tcp.iter().map(String::as_str).collect();
+        sandbox.serve("backend", &tcp, &udp.each_ref().map(String::as_str));
         let namespaces = [("direct", 101), ("balctl", 102), ("iptl", 103), ("iptn", 104), ("nft", 105)]
             .map(|(name, host)| sandbox.add_client_ns(name, &format!("192.0.2.{host}")));
         for (mechanism, ns) in Mechanism::ALL.iter().zip(&namespaces).filter(|(m, _)| m.is_kube_proxy()) {
@@ -111,11 +113,17 @@ impl World {
     /// Starts the mechanism's client: in its namespace, and for balctl in
     /// the cgroup balctl is attached to. The others stay out of it, so no
     /// cgroup program runs for them.
-    /// Each cycle goes to one of `tcp` or `udp`, at random.
-    pub fn worker(&self, mechanism: Mechanism, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Worker {
+    /// Each cycle goes to one of the addresses of its kind, at random.
+    pub fn worker(
+        &self,
+        mechanism: Mechanism,
+        tcp: &[SocketAddr],
+        udp: &[SocketAddr],
+        bystander: &[SocketAddr],
+    ) -> Worker {
         let mut command = self.sandbox.peer(mechanism == Mechanism::Balctl, self.netns(mechanism));
         command.arg("bench-worker");
-        for (option, addresses) in [("--tcp", tcp), ("--udp", udp)] {
+        for (option, addresses) in [("--tcp", tcp), ("--udp", udp), ("--bystander", bystander)] {
             for address in addresses {
                 command.arg(option).arg(address.to_string());
             }

@@ -104,6 +104,8 @@ enum PeerCommand {
     /// Benchmark worker for one client, driven by whoever started it: reads
     /// batches from stdin, `tcp N` (N connection cycles to `tcp`), `udp N`
     /// (N request/response exchanges with `udp`, each from a new socket) or
+    /// `bystander N` (N connection cycles to `bystander`: addresses no rule
+    /// translates, what a mechanism costs a node's other traffic),
     /// `warmup N` (N of each, not counted), and answers each with one JSON
     /// line (`ok`, `seconds`); at the end of stdin it prints the report of
     /// each protocol. With several addresses of a protocol, each cycle goes
@@ -115,6 +117,8 @@ enum PeerCommand {
         tcp: Vec<SocketAddr>,
         #[arg(long, required = true)]
         udp: Vec<SocketAddr>,
+        #[arg(long)]
+        bystander: Vec<SocketAddr>,
     },
     /// Replace this process with another program (after joining).
     Exec {
@@ -149,7 +153,7 @@ pub fn run_if_requested() {
         PeerCommand::UdpSendto { to, count, fresh } => udp_sendto(to, count, fresh),
         PeerCommand::UdpConnected { to } => udp_connected(to),
         PeerCommand::Bench { vip, direct, rounds, per_round } => bench(vip, direct, rounds, per_round),
-        PeerCommand::BenchWorker { tcp, udp } => bench_worker(tcp, udp),
+        PeerCommand::BenchWorker { tcp, udp, bystander } => bench_worker(tcp, udp, bystander),
         PeerCommand::Exec { argv } => {
             let err = Command::new(&argv[0]).args(&argv[1..]).exec();
             panic!("exec {}: {err}", argv[0]);
@@ -459,9 +463,11 @@ impl Spread {
     }
 }
 
-fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>) -> Value {
-    let (tcp, udp) = (Spread::new(tcp), Spread::new(udp));
-    let (mut over_tcp, mut over_udp) = (Measured::default(), Measured::default());
+fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>, bystander: Vec<SocketAddr>) -> Value {
+    let has_bystander = !bystander.is_empty();
+    let (tcp, udp, bystander) = (Spread::new(tcp), Spread::new(udp), Spread::new(bystander));
+    let (mut over_tcp, mut over_udp, mut over_bystander) =
+        (Measured::default(), Measured::default(), Measured::default());
     for line in io::stdin().lines() {
         let line = line.expect("read a batch");
         let (kind, count) = line.split_once(' ').expect("a batch is `KIND COUNT`");
@@ -477,14 +483,18 @@ fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>) -> Value {
         match kind {
             "tcp" => run(&mut over_tcp, &|| timed_cycle(tcp.next())),
             "udp" => run(&mut over_udp, &|| timed_exchange(udp.next(), &mut [0; 64])),
+            "bystander" if has_bystander => run(&mut over_bystander, &|| timed_cycle(bystander.next())),
             "warmup" => {
                 run(&mut Measured::default(), &|| timed_cycle(tcp.next()));
                 run(&mut Measured::default(), &|| timed_exchange(udp.next(), &mut [0; 64]));
+                if has_bystander {
+                    run(&mut Measured::default(), &|| timed_cycle(bystander.next()));
+                }
             }
             other => panic!("unknown batch kind {other}"),
         }
         println!("{}", json!({ "ok": ok, "seconds": took.as_secs_f64() }));
         io::stdout().flush().expect("stdout");
     }
-    json!({ "tcp": over_tcp.report(), "udp": over_udp.report() })
+    json!({ "tcp": over_tcp.report(), "udp": over_udp.report(), "bystander": over_bystander.report() })
 }
