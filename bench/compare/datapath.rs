@@ -3,10 +3,10 @@
 //! turn makes a batch of TCP connections to the service, then each a batch
 //! of UDP exchanges, then each (but direct) a batch of TCP connections to
 //! an address no rule translates (a bystander: the node's traffic that is
-//! not to a service), the order rotating every round so
-//! that each mechanism goes first as often as the others. A burst of background load lands on all of
-//! them, and comparing the batches of one round (medians of per-round
-//! ratios) cancels slow drift.
+//! not to a service), the order rotating every round so that each
+//! mechanism goes first as often as the others. A burst of background load
+//! lands on all of them, and comparing the batches of one round (medians
+//! of per-round ratios) cancels slow drift.
 
 use std::net::SocketAddr;
 

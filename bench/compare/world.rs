@@ -1,6 +1,6 @@
 //! The clients and their server, on the real kernel: the tests'
 //! sandbox (see tests/cli/support: a server namespace, a child cgroup that
-//! balctl attaches to, a private bpffs), and four client namespaces set up
+//! balctl attaches to, a private bpffs), and five client namespaces set up
 //! alike, each on a veth of its own into the server namespace: direct (no
 //! rules), balctl (its client joins the cgroup), iptables-legacy,
 //! iptables-nft and nftables (kube-proxy's rules, installed in that
