@@ -135,33 +135,14 @@ pub const MAPS: [MapSpec; 16] = [
         "services",
         default_capacity::SERVICES,
     ),
-    MapSpec {
-        name: map_names::RATE_LIMITS,
-        map_type: bpf_map_type::BPF_MAP_TYPE_HASH,
-        key_size: size_of::<u32>() as u32,
-        value_size: size_of::<RateLimit>() as u32,
-        size_name: Some("rate_limits"),
-        default_capacity: default_capacity::RATE_LIMITS,
-        ways: 1,
-    },
-    MapSpec {
-        name: map_names::LAYERS,
-        map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY,
-        key_size: size_of::<u32>() as u32,
-        value_size: size_of::<u32>() as u32,
-        size_name: None,
-        default_capacity: 1,
-        ways: 1,
-    },
-    MapSpec {
-        name: map_names::TRACE_LEASES,
-        map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY,
-        key_size: size_of::<u32>() as u32,
-        value_size: size_of::<u64>() as u32,
-        size_name: None,
-        default_capacity: TRACE_LEASE_ENTRIES,
-        ways: 1,
-    },
+    map::<u32, RateLimit>(
+        map_names::RATE_LIMITS,
+        bpf_map_type::BPF_MAP_TYPE_HASH,
+        "rate_limits",
+        default_capacity::RATE_LIMITS,
+    ),
+    fixed_array::<u32>(map_names::LAYERS, 1),
+    fixed_array::<u64>(map_names::TRACE_LEASES, TRACE_LEASE_ENTRIES),
     events(0),
     events(1),
     events(2),
@@ -188,6 +169,19 @@ pub fn spec(name: &str) -> MapSpec {
 
 /// The global of the programs that holds the sockets map's number of sets.
 pub const SOCKET_SETS: &str = "SOCKET_SETS";
+
+/// An array of `entries` values that no `--map-size` resizes.
+const fn fixed_array<V>(name: &'static str, entries: u32) -> MapSpec {
+    MapSpec {
+        name,
+        map_type: bpf_map_type::BPF_MAP_TYPE_ARRAY,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<V>() as u32,
+        size_name: None,
+        default_capacity: entries,
+        ways: 1,
+    }
+}
 
 /// The names `--map-size` accepts.
 pub const SIZE_NAMES: [&str; 7] =
