@@ -68,8 +68,9 @@ pub const TRACE_SLOTS: u32 = 4;
 pub const TRACE_ANY: u32 = TRACE_SLOTS;
 
 /// Entries of the trace_leases array: one per slot, then `TRACE_ANY`. A
-/// value is a `bpf_ktime_get_ns()` time; events go to a slot's ring buffer
-/// while the clock is before its lease. A tracer renews its lease well
+/// value is a CLOCK_MONOTONIC time; events go to a slot's ring buffer
+/// while the datapath's coarse clock (`bpf_ktime_get_coarse_ns()`, at most a
+/// tick behind) is before its lease. A tracer renews its lease well
 /// before it runs out, so one that is killed stops tracing within a lease.
 pub const TRACE_LEASE_ENTRIES: u32 = TRACE_SLOTS + 1;
 
@@ -129,7 +130,7 @@ pub const GAVE_WAY_RATE_LIMIT: usize = 1;
 pub struct RateLimit {
     pub per_second: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns() / 1e9` of the second being counted.
+    /// `bpf_ktime_get_coarse_ns() / 1e9` of the second being counted.
     pub second: u64,
     pub count: u64,
 }
@@ -284,7 +285,8 @@ pub struct AffinityKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last use.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at the last tick) of
+    /// the last use.
     pub last_used_ns: u64,
     pub backend_id: u32,
     pub _pad: u32,
@@ -327,7 +329,8 @@ pub struct SocketSet {
     /// The cookie of each way's socket; 0 (no socket has it) marks an
     /// empty way.
     pub cookies: [u64; SOCKET_WAYS],
-    /// When the datapath last wrote or read each way (`bpf_ktime_get_ns()`).
+    /// When the datapath last wrote or read each way
+    /// (`bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at the last tick).
     pub last_used_ns: [u64; SOCKET_WAYS],
     pub ways: [SocketTranslation; SOCKET_WAYS],
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_NOEXIST, bpf_sock_addr},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
-        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_prandom_u32,
+        bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_set_retval, generated,
     },
     macros::{cgroup_sock_addr, map},
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
@@ -160,8 +160,7 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     };
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = coarse_now();
     // A connecting socket is new to balctl (or starts over); an unconnected
     // one may have sent before. (No Option: the verifier rejects the
     // uninitialised bytes a None would carry around.)
@@ -242,6 +241,16 @@ fn count(service_id: u32, choice: &Result<Choice, u8>) {
     }
 }
 
+/// CLOCK_MONOTONIC at the last tick (1-4 ms): what ways, sticky choices,
+/// rate limits and trace leases are timed with. It reads a variable; the
+/// exact clock reads the TSC, which cost about 60-90 ns per call on this
+/// path (a quarter of `recvmsg`'s program), and only trace events need it.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// This CPU's counter for `key`, created at zero if missing. None when the
 /// map is full (user space removes the counters of removed frontends).
 #[inline(always)]
@@ -264,12 +273,15 @@ fn trace(dest: &Dest, proto: u8, op: Operation, service_id: u32, choice: &Result
     if !leased(TRACE_ANY, now) {
         return;
     }
+    // The exact time: events are ordered and timed by it.
+    // SAFETY: plain helper call.
+    let time_ns = unsafe { bpf_ktime_get_ns() };
     let (backend, backend_port, backend_id, result) = match choice {
         Ok(choice) => (choice.backend.addr, choice.backend.port, choice.backend_id, choice.how),
         Err(reason) => ([0; 4], 0, 0, *reason),
     };
-    let event = TraceEvent {
-        time_ns: now,
+    let mut event = TraceEvent {
+        time_ns,
         pid_tgid: bpf_get_current_pid_tgid(),
         // SAFETY: plain helper call.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
@@ -286,8 +298,12 @@ fn trace(dest: &Dest, proto: u8, op: Operation, service_id: u32, choice: &Result
         _pad: 0,
         service_id,
         backend_id,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: [0; 16],
     };
+    // Straight into the event: one copy less on a stack that is near its
+    // limit. A failure leaves the name empty.
+    // SAFETY: the helper writes at most the buffer's size into it.
+    unsafe { generated::bpf_get_current_comm(event.comm.as_mut_ptr().cast(), event.comm.len() as u32) };
     // A full ring buffer drops the event; the tracer reports what it reads.
     for (slot, events) in [(0, &EVENTS0), (1, &EVENTS1), (2, &EVENTS2), (3, &EVENTS3)] {
         if leased(slot, now) {
@@ -355,7 +371,7 @@ fn within_rate_limit(master: &ServiceEntry) -> bool {
     // SAFETY: plain helper call; `limit` points into the map's value, which
     // stays valid for the program's run.
     unsafe {
-        let second = bpf_ktime_get_ns() / NSEC_PER_SEC;
+        let second = coarse_now() / NSEC_PER_SEC;
         if (*limit).second != second {
             (*limit).second = second;
             (*limit).count = 0;
@@ -404,8 +420,7 @@ fn reverse_translate(ctx: &SockAddrContext, family: Family) -> i32 {
     let Some((way, socket)) = Way::find(cookie) else {
         return ALLOW;
     };
-    // SAFETY: plain helper call.
-    way.touch(unsafe { bpf_ktime_get_ns() });
+    way.touch(coarse_now());
     let frontend = if socket.backend == peer.addr && socket.backend_port == peer.port {
         Some(Dest { addr: socket.frontend, port: socket.frontend_port })
     } else if socket.flags & SOCKET_FURTHER_FRONTENDS != 0 {
@@ -615,11 +630,17 @@ impl Way {
     }
 
     /// Marks the way used at `now`: the set replaces the least recently
-    /// used way first.
+    /// used way first. Written once per tick, so a busy socket does not
+    /// keep dirtying its set's cache line.
     #[inline(always)]
     fn touch(&self, now: u64) {
         // SAFETY: as in `find`; one whole field.
-        unsafe { write_volatile(&raw mut (*self.set).last_used_ns[self.index % SOCKET_WAYS], now) };
+        unsafe {
+            let last_used = &raw mut (*self.set).last_used_ns[self.index % SOCKET_WAYS];
+            if read_volatile(last_used) != now {
+                write_volatile(last_used, now);
+            }
+        }
     }
 
     #[inline(always)]
@@ -634,14 +655,16 @@ impl Way {
 
 /// Writes `socket` into the way of `cookie`: the one it has, else an empty
 /// one, else the set's least recently used (see `Way::find` on the order
-/// of the writes).
+/// of the writes). Ways used in the same tick go newest socket first: the
+/// older sockets are the long-lived ones, and a burst of short-lived
+/// sockets (a resolver's) then takes the ways of each other.
 #[inline(always)]
 fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
     let Some(set) = socket_set(cookie) else {
         return;
     };
     let mut chosen = 0;
-    let mut chosen_idle = 0;
+    let (mut chosen_idle, mut chosen_owner) = (0, 0);
     for way in 0..SOCKET_WAYS {
         // SAFETY: as in `Way::find`.
         let (owner, last_used) = unsafe {
@@ -655,9 +678,9 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
             break;
         }
         let idle = if owner == NO_COOKIE { u64::MAX } else { now.saturating_sub(last_used) };
-        if way == 0 || idle > chosen_idle {
+        if way == 0 || idle > chosen_idle || idle == chosen_idle && owner > chosen_owner {
             chosen = way;
-            chosen_idle = idle;
+            (chosen_idle, chosen_owner) = (idle, owner);
         }
     }
     let way = chosen % SOCKET_WAYS;
