@@ -167,6 +167,16 @@ impl Sandbox {
         ns
     }
 
+    /// Adds a cgroup beside the sandbox's own, `<sandbox>-<suffix>`: as deep
+    /// in the hierarchy, but with no program attached. Removed with the
+    /// sandbox once its processes are gone; returns its path.
+    #[allow(dead_code, reason = "bench/compare's clients; the CLI tests need one cgroup")]
+    pub fn add_cgroup(&self, suffix: &str) -> PathBuf {
+        let cgroup = cgroup2_root().join(format!("{PREFIX}{}-{suffix}", self.id));
+        fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("create cgroup {}: {e}", cgroup.display()));
+        cgroup
+    }
+
     /// A path in the sandbox's scratch directory (removed with it).
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -408,12 +418,23 @@ fn remove_sandbox(dir: &Path, cgroup: &Path, namespaces: &[&str]) {
     if let Ok(path) = std::ffi::CString::new(bpffs.as_os_str().as_encoded_bytes()) {
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
-    // Processes leave a cgroup asynchronously after they are reaped.
-    for _ in 0..100 {
-        if !cgroup.exists() || fs::remove_dir(cgroup).is_ok() {
-            break;
+    // The sandbox's cgroup and those added beside it (`add_cgroup`).
+    let mut cgroups = vec![cgroup.to_path_buf()];
+    if let (Some(parent), Some(name)) = (cgroup.parent(), cgroup.file_name()) {
+        let beside = format!("{}-", name.to_string_lossy());
+        let added = fs::read_dir(parent).into_iter().flatten().flatten().map(|entry| entry.path());
+        cgroups.extend(added.filter(|path| {
+            path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&beside)) && path.is_dir()
+        }));
+    }
+    for cgroup in &cgroups {
+        // Processes leave a cgroup asynchronously after they are reaped.
+        for _ in 0..100 {
+            if !cgroup.exists() || fs::remove_dir(cgroup).is_ok() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
         }
-        thread::sleep(Duration::from_millis(20));
     }
     for ns in namespaces {
         let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
