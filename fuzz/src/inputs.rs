@@ -39,7 +39,7 @@ pub fn toml(data: &[u8]) {
 pub fn yaml(data: &[u8]) {
     let file = InputFile::new("yaml", data);
     let in_items = read(&file.path, &[]);
-    let whole = inputs::from_cluster(&[(file.label(), data.to_vec())], NODE);
+    let whole = inputs::from_cluster(&[(file.label(), data.to_vec())], NODE, &[]);
     match (&in_items, whole) {
         (Some(in_items), Ok(whole)) => {
             assert_eq!(applied(in_items), applied(&whole), "read in items != read whole");

@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let outcome = if args.kube {
         let list = || cluster::list_all(&args.api_server, &this_node);
         change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
-            notes = replace(state, inputs::from_cluster(&documents, &this_node)?)?;
+            notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
             Ok(())
         })?
     } else {
@@ -64,7 +64,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     cluster::watch(&args.api_server, &this_node, &stop, |documents| {
         let mut notes = Vec::new();
         let synced = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
-            notes = replace(state, inputs::from_cluster(&documents, &this_node)?)?;
+            notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
             Ok(())
         })
         .and_then(|outcome| report(ctx, &outcome, false, notes));

@@ -147,15 +147,19 @@ pub const CLUSTER_SOURCE: &str = "kubernetes";
 
 /// Reads Kubernetes objects in the JSON form the API server serves them,
 /// each labelled (`Service ns/name`) for errors, as the one source
-/// `CLUSTER_SOURCE`: the same reading and translation as files get.
-pub fn from_cluster(documents: &[(String, Vec<u8>)], this_node: &str) -> Result<Inputs> {
-    let mut objects = Vec::new();
-    for (label, json) in documents {
-        objects.extend(kube::read(label, json.as_slice())?.into_iter().map(|object| (0, object)));
-    }
-    let translation = kube::translate(objects, this_node)?;
+/// `CLUSTER_SOURCE`: the same reading and translation as files get, and
+/// like theirs, objects of `previous` whose documents did not change are
+/// kept without reading those again.
+pub fn from_cluster(
+    documents: &[(String, Vec<u8>)],
+    this_node: &str,
+    previous: &[Arc<SyncedObject>],
+) -> Result<Inputs> {
+    let kube = kube::read_documents(documents, CLUSTER_SOURCE, previous, this_node)?;
+    let translation = kube::translate(kube.parsed, this_node)?;
     let objects = translation.objects.into_iter().map(|(_, object)| object).collect();
-    let sources = vec![Source::new((CLUSTER_SOURCE.to_owned(), objects))];
+    let mut sources = vec![Source::new((CLUSTER_SOURCE.to_owned(), objects))];
+    sources[0].objects.extend(kube.kept.into_iter().map(|(_, object)| object));
     check_unique(&sources)?;
     Ok(Inputs { sources, notes: translation.notes })
 }
@@ -456,5 +460,81 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         assert_eq!(incremental.to_string(), full.to_string());
         assert!(full.to_string().contains("defined twice"), "{full}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Kubernetes objects as the API server serves them: JSON, labelled.
+    type Documents = Vec<(String, Vec<u8>)>;
+
+    /// A change to a cluster, and the objects a sync after it keeps.
+    type ClusterEdit<'a> = (&'a str, &'a dyn Fn(&mut Documents), &'a [&'a str]);
+
+    fn document(kind: &str, name: &str, json: &str) -> (String, Vec<u8>) {
+        (format!("{kind} ns/{name}"), json.as_bytes().to_vec())
+    }
+
+    fn service(name: &str, ip: &str) -> (String, Vec<u8>) {
+        document(
+            "Service",
+            name,
+            &format!(
+                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}","namespace":"ns"}},
+"spec":{{"clusterIP":"{ip}","ports":[{{"name":"http","port":80,"protocol":"TCP","targetPort":8080}}]}}}}"#
+            ),
+        )
+    }
+
+    fn slice(name: &str, service: &str, address: &str) -> (String, Vec<u8>) {
+        document(
+            "EndpointSlice",
+            name,
+            &format!(
+                r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+"metadata":{{"name":"{name}","namespace":"ns","labels":{{"kubernetes.io/service-name":"{service}"}}}},
+"addressType":"IPv4","endpoints":[{{"addresses":["{address}"],"conditions":{{"ready":true}}}}],
+"ports":[{{"name":"http","port":8080,"protocol":"TCP"}}]}}"#
+            ),
+        )
+    }
+
+    #[test]
+    fn a_cluster_sync_keeps_the_objects_whose_documents_did_not_change() {
+        let mut documents = vec![
+            service("a", "198.18.1.1"),
+            slice("a-1", "a", "192.0.2.31"),
+            service("b", "198.18.1.2"),
+            slice("b-1", "b", "192.0.2.41"),
+        ];
+        let first = from_cluster(&documents, "node-a", &[]).unwrap();
+        let previous = objects(&first);
+        assert_eq!(previous.len(), 2, "{previous:?}");
+        assert!(previous.iter().all(|o| o.inputs.len() == 2), "{previous:?}");
+        let again = from_cluster(&documents, "node-a", &previous).unwrap();
+        assert_eq!(applied(&again), applied(&first));
+        assert!(objects(&again).iter().all(|o| previous.iter().any(|p| Arc::ptr_eq(p, o))));
+
+        let kept = |inputs: &Inputs, previous: &[Arc<SyncedObject>]| -> Vec<String> {
+            let mut kept: Vec<String> = objects(inputs)
+                .iter()
+                .filter(|o| previous.iter().any(|p| Arc::ptr_eq(p, o)))
+                .map(|o| o.owner.clone())
+                .collect();
+            kept.sort();
+            kept
+        };
+        let edits: [ClusterEdit; 4] = [
+            ("b's endpoint moves", &|d| d[3] = slice("b-1", "b", "192.0.2.42"), &["service/ns/a"]),
+            ("a gets a second slice", &|d| d.push(slice("a-2", "a", "192.0.2.32")), &["service/ns/b"]),
+            ("b's slice is deleted", &|d| drop(d.remove(3)), &["service/ns/a"]),
+            ("nothing changes", &|_| {}, &["service/ns/a", "service/ns/b"]),
+        ];
+        let mut previous = previous;
+        for (what, edit, expected) in edits {
+            edit(&mut documents);
+            let incremental = from_cluster(&documents, "node-a", &previous).unwrap();
+            let full = from_cluster(&documents, "node-a", &[]).unwrap();
+            assert_eq!(applied(&incremental), applied(&full), "{what}");
+            assert_eq!(kept(&incremental, &previous), *expected, "{what}");
+            previous = objects(&incremental);
+        }
     }
 }

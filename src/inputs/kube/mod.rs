@@ -138,35 +138,13 @@ impl SplitFiles {
         this_node: &str,
     ) -> Result<(Parsed, Kept)> {
         let Self { files, opened, items, parsed: read_whole } = self;
-        let source_of = |item: &reuse::Item| sources[files[item.file].source].as_str();
-        let mut reuse = reuse::Reuse::new(items, previous, source_of);
-        let parse = |item: &reuse::Item, parsed: &mut Parsed| -> Result<()> {
-            let (label, file) = &opened[item.file];
-            for object in parse_item(label, file, item)? {
-                parsed.push((files[item.file].source, object));
-            }
-            Ok(())
+        let items = Items {
+            items,
+            source_of: &|item| files[item.file].source,
+            parse: &|item| parse_item(&opened[item.file].0, &opened[item.file].1, item),
+            location_of: &|item| object_location(&opened[item.file].0, item),
         };
-        let mut parsed = Vec::new();
-        for item in reuse.unclaimed() {
-            parse(item, &mut parsed)?;
-        }
-        let every = || parsed.iter().chain(read_whole).chain(stdin).map(|(_, object)| object);
-        let mut owners: Vec<String> = every().filter_map(KubeObject::owner).collect();
-        // Policies and Pods are always parsed (nothing records their items),
-        // so what they depend on is known by now.
-        owners.extend(policies::dependencies(every(), this_node));
-        for item in reuse.release(owners.iter().map(String::as_str)) {
-            parse(item, &mut parsed)?;
-        }
-        let kept = reuse
-            .kept()
-            .map(|(object, item)| {
-                let location = object_location(&opened[item.file].0, item);
-                (files[item.file].source, Located { value: Arc::clone(object), location })
-            })
-            .collect();
-        Ok((parsed, kept))
+        items.parse_or_keep(sources, previous, &[read_whole, stdin], this_node)
     }
 
     fn read_every_file_whole(&self) -> Result<Parsed> {
@@ -175,6 +153,111 @@ impl SplitFiles {
             parsed.extend(read_whole(label, file)?.into_iter().map(|object| (yaml.source, object)));
         }
         Ok(parsed)
+    }
+}
+
+/// Kubernetes objects as the API server serves them: JSON, one object per
+/// document, each labelled for errors (`Service ns/name`), all of the one
+/// source `source`. A document is an item of its own, so what `previous`
+/// made of documents that are all still there, unchanged, is kept as it is
+/// file items are (`SplitFiles::read`): a watch that sees one object change
+/// parses and translates that object, not the cluster.
+pub fn read_documents(
+    documents: &[(String, Vec<u8>)],
+    source: &str,
+    previous: &[Arc<SyncedObject>],
+    this_node: &str,
+) -> Result<KubeInput> {
+    let seed = fingerprint_seed(this_node);
+    let items: Vec<reuse::Item> = documents
+        .iter()
+        .enumerate()
+        .map(|(index, (_, json))| reuse::Item {
+            file: index,
+            kind: items::PieceKind::Document,
+            span: Span { offset: 0, len: json.len() as u64, line: 1 },
+            line: 1,
+            fingerprint: xxhash_rust::xxh3::xxh3_128_with_seed(json, seed),
+        })
+        .collect();
+    let items = Items {
+        items: &items,
+        source_of: &|_| 0,
+        parse: &|item| {
+            let (label, json) = &documents[item.file];
+            let mut objects = read(label, json.as_slice())?;
+            if let [only] = objects.as_mut_slice() {
+                let meta = only.meta_mut();
+                if meta.location == object_location(label, item) {
+                    meta.fingerprint = Some(item.fingerprint);
+                }
+            }
+            Ok(objects)
+        },
+        location_of: &|item| object_location(&documents[item.file].0, item),
+    };
+    let (parsed, kept) = items.parse_or_keep(&[source.to_owned()], previous, &[], this_node)?;
+    Ok(KubeInput { parsed, kept })
+}
+
+/// Fingerprinted items of some sources, and how to read them.
+struct Items<'a> {
+    items: &'a [reuse::Item],
+    /// The index of an item's source.
+    source_of: &'a dyn Fn(&reuse::Item) -> usize,
+    /// Its objects, the only one with the item's fingerprint.
+    parse: &'a dyn Fn(&reuse::Item) -> Result<Vec<KubeObject>>,
+    /// Where its object starts.
+    location_of: &'a dyn Fn(&reuse::Item) -> Location,
+}
+
+impl Items<'_> {
+    /// Parses the items no object of `previous` can be kept for, then the
+    /// items of kept objects that parsed objects (or `others`, read
+    /// otherwise) turn out to belong to or that policies read; keeps the
+    /// other objects of `previous` whose items are all there. `sources`
+    /// names the sources by index.
+    fn parse_or_keep(
+        &self,
+        sources: &[String],
+        previous: &[Arc<SyncedObject>],
+        others: &[&Parsed],
+        this_node: &str,
+    ) -> Result<(Parsed, Kept)> {
+        let source_name = |item: &reuse::Item| sources[(self.source_of)(item)].as_str();
+        let mut reuse = reuse::Reuse::new(self.items, previous, source_name);
+        // Objects with where their item is, to be put in input order: what
+        // a sync parses must not depend on what it kept.
+        let mut parsed: Vec<((usize, u64), (usize, KubeObject))> = Vec::new();
+        let parse = |item: &reuse::Item, parsed: &mut Vec<_>| -> Result<()> {
+            let (at, source) = ((item.file, item.span.offset), (self.source_of)(item));
+            parsed.extend((self.parse)(item)?.into_iter().map(|object| (at, (source, object))));
+            Ok(())
+        };
+        for item in reuse.unclaimed() {
+            parse(item, &mut parsed)?;
+        }
+        let every = || {
+            let parsed = parsed.iter().map(|(_, parsed)| parsed);
+            parsed.chain(others.iter().copied().flatten()).map(|(_, object)| object)
+        };
+        let mut owners: Vec<String> = every().filter_map(KubeObject::owner).collect();
+        // Policies and Pods are always parsed (nothing records their items),
+        // so what they depend on is known by now.
+        owners.extend(policies::dependencies(every(), this_node));
+        for item in reuse.release(owners.iter().map(String::as_str)) {
+            parse(item, &mut parsed)?;
+        }
+        parsed.sort_by_key(|&(at, _)| at);
+        let parsed = parsed.into_iter().map(|(_, parsed)| parsed).collect();
+        let kept = reuse
+            .kept()
+            .map(|(object, item)| {
+                let location = (self.location_of)(item);
+                ((self.source_of)(item), Located { value: Arc::clone(object), location })
+            })
+            .collect();
+        Ok((parsed, kept))
     }
 }
 
