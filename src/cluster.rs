@@ -179,7 +179,7 @@ enum Signal {
 }
 
 /// A store's objects as documents.
-type Documents = Box<dyn Fn() -> Result<Vec<Document>>>;
+type Documents = Box<dyn FnMut() -> Result<Vec<Document>>>;
 
 /// A running watcher: its store's documents, whether its first full list
 /// arrived, and the task that feeds its signals to the loop.
@@ -283,7 +283,7 @@ pub fn watch(
             pending = None;
             // A Pod can be both local and selected: one copy of each object.
             let mut documents = BTreeMap::new();
-            for watched in watchers.values() {
+            for watched in watchers.values_mut() {
                 documents.extend((watched.documents)()?);
             }
             apply(documents.into_iter().collect());
@@ -310,7 +310,9 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let (api_version, kind) = (K::api_version(&()).into_owned(), K::kind(&()).into_owned());
-    (Box::new(move || stored(&store, &api_version, &kind)), signals(writer, watcher(api, config)))
+    let mut made = Made::new();
+    let documents = Box::new(move || stored(&store, &api_version, &kind, &mut made));
+    (documents, signals(writer, watcher(api, config)))
 }
 
 /// A watcher of a policy kind: its store (for the Pods the policies select)
@@ -325,7 +327,9 @@ fn watched_policies(
     let store = writer.as_reader();
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
     let documents_store = store.clone();
-    let documents: Documents = Box::new(move || stored(&documents_store, POLICY_API_VERSION, kind));
+    let mut made = Made::new();
+    let documents: Documents =
+        Box::new(move || stored(&documents_store, POLICY_API_VERSION, kind, &mut made));
     (store, (documents, signals(writer, watcher(api, watcher::Config::default()))))
 }
 
@@ -369,14 +373,87 @@ where
         .boxed()
 }
 
-/// The objects of a store, as documents.
+/// The documents a store's objects were last made into, by uid, with the
+/// resourceVersion each was made of.
+type Made = HashMap<String, (String, Document)>;
+
+/// The objects of a store, as documents. An object's JSON changes only
+/// with its resourceVersion, so only objects that changed since the last
+/// call are serialised again: all of them cost 150 ms at 10,000 Services
+/// with 10-endpoint slices, on every batch of a watch.
 fn stored<K: Resource + Serialize + Clone>(
     store: &Store<K>,
     api_version: &str,
     kind: &str,
+    made: &mut Made,
 ) -> Result<Vec<Document>>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    store.state().iter().map(|object| document(object.as_ref(), api_version, kind)).collect()
+    let objects = store.state();
+    let mut now = Made::with_capacity(objects.len());
+    let mut documents = Vec::with_capacity(objects.len());
+    for object in &objects {
+        let meta = object.meta();
+        let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) else {
+            documents.push(document(object.as_ref(), api_version, kind)?);
+            continue;
+        };
+        let json = match made.remove(uid) {
+            Some((made_of, json)) if made_of == *version => json,
+            _ => document(object.as_ref(), api_version, kind)?,
+        };
+        now.insert(uid.clone(), (version.clone(), json.clone()));
+        documents.push(json);
+    }
+    *made = now;
+    Ok(documents)
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    use super::*;
+
+    fn service(uid: &str, version: &str, cluster_ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": uid, "namespace": "ns", "uid": uid, "resourceVersion": version},
+            "spec": {"clusterIP": cluster_ip, "ports": [{"port": 80}]},
+        }))
+        .unwrap()
+    }
+
+    /// The documents' text, by label.
+    fn texts(documents: Vec<Document>) -> BTreeMap<String, String> {
+        documents.into_iter().map(|(label, json)| (label, String::from_utf8(json).unwrap())).collect()
+    }
+
+    #[test]
+    fn a_store_serialises_only_the_objects_whose_resource_version_changed() {
+        let (store, mut writer) = reflector::store::<Service>();
+        let mut made = Made::new();
+        let mut after = |event| {
+            writer.apply_watcher_event(&event);
+            texts(stored(&store, "v1", "Service", &mut made).unwrap())
+        };
+        let (a, b) = ("Service ns/a (from the API server)", "Service ns/b (from the API server)");
+        after(Event::Apply(service("a", "1", "198.18.0.1")));
+        let first = after(Event::Apply(service("b", "1", "198.18.0.2")));
+        assert_eq!(first.keys().collect::<Vec<_>>(), [a, b]);
+        assert!(first[a].contains(r#""kind":"Service""#) && first[a].contains("198.18.0.1"), "{first:?}");
+
+        // The same resourceVersion is the same object (a real API server
+        // never changes one without the other): what was made of it stands.
+        let again = after(Event::Apply(service("a", "1", "198.18.0.9")));
+        assert_eq!(again, first);
+        let changed = after(Event::Apply(service("a", "2", "198.18.0.9")));
+        assert!(changed[a].contains("198.18.0.9"), "{changed:?}");
+        assert_eq!(changed[b], first[b]);
+
+        let deleted = after(Event::Delete(service("b", "1", "198.18.0.2")));
+        assert_eq!(deleted.keys().collect::<Vec<_>>(), [a]);
+        assert_eq!(made.len(), 1, "a deleted object's document is dropped");
+    }
 }
