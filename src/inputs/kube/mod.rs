@@ -185,14 +185,7 @@ pub fn read_documents(
         source_of: &|_| 0,
         parse: &|item| {
             let (label, json) = &documents[item.file];
-            let mut objects = read(label, json.as_slice())?;
-            if let [only] = objects.as_mut_slice() {
-                let meta = only.meta_mut();
-                if meta.location == object_location(label, item) {
-                    meta.fingerprint = Some(item.fingerprint);
-                }
-            }
-            Ok(objects)
+            Ok(fingerprinted(label, item, read(label, json.as_slice())?))
         },
         location_of: &|item| object_location(&documents[item.file].0, item),
     };
@@ -286,19 +279,24 @@ fn read_part(file: &str, reader: impl Read, first_line: usize) -> Result<Vec<Kub
     Ok(objects)
 }
 
-/// The objects of one item. One that holds exactly one object gets the
-/// item's fingerprint, so that a later sync can keep what it becomes, if
-/// the object starts where a kept one is said to (`object_location`):
-/// where it was read from must not depend on whether it was parsed.
+/// The objects of one item in a file.
 fn parse_item(label: &str, file: &File, item: &reuse::Item) -> Result<Vec<KubeObject>> {
-    let mut objects = read_part(label, FileRange::of(file, item.span), item.span.line)?;
+    let objects = read_part(label, FileRange::of(file, item.span), item.span.line)?;
+    Ok(fingerprinted(label, item, objects))
+}
+
+/// The `objects` of an item, the item's fingerprint given to the object
+/// if it holds exactly one, so that a later sync can keep what it becomes,
+/// and if that starts where a kept one is said to (`object_location`):
+/// where it was read from must not depend on whether it was parsed.
+fn fingerprinted(label: &str, item: &reuse::Item, mut objects: Vec<KubeObject>) -> Vec<KubeObject> {
     if let [only] = objects.as_mut_slice() {
         let meta = only.meta_mut();
         if meta.location == object_location(label, item) {
             meta.fingerprint = Some(item.fingerprint);
         }
     }
-    Ok(objects)
+    objects
 }
 
 /// Where the object of an item starts, in kubectl's layout: at column 1 of
