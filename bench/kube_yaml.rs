@@ -1,9 +1,12 @@
 //! Services with their EndpointSlices as `kubectl get
 //! services,endpointslices -A -o yaml` prints them (the fields kubectl
 //! shows, managedFields left out): the input of `balctl sync` in the sync
-//! and compare benches.
+//! and compare benches; and the same objects as JSON, as the API server
+//! serves them, for `sync --kube`.
 
 use std::{fmt::Write as _, net::Ipv4Addr};
+
+use serde_json::{Value, json};
 
 /// What opens and closes the List the items go in.
 pub const LIST_START: &str = "apiVersion: v1\nitems:\n";
@@ -60,5 +63,47 @@ impl ServiceItem<'_> {
              port: {target_port}\n    protocol: {protocol}\n",
             2000 + i,
         );
+    }
+
+    /// The Service and the EndpointSlice as the API server holds them (it
+    /// gives them their uids and resourceVersions).
+    #[allow(dead_code, reason = "the sync bench's --kube scenario; the compare bench writes YAML only")]
+    pub fn objects(&self) -> [Value; 2] {
+        let Self { index: _, namespace, name, vip, port_name, port, protocol, target_port, endpoints } = self;
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(e, (address, node))| {
+                json!({
+                    "addresses": [address.to_string()],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "nodeName": format!("node-{node}"),
+                    "targetRef": {"kind": "Pod", "name": format!("{name}-{e}"), "namespace": namespace},
+                })
+            })
+            .collect();
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+            "spec": {
+                "clusterIP": vip.to_string(), "clusterIPs": [vip.to_string()],
+                "internalTrafficPolicy": "Cluster", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "ports": [{"name": port_name, "port": port, "protocol": protocol, "targetPort": port_name}],
+                "selector": {"app": name}, "sessionAffinity": "None", "type": "ClusterIP",
+            },
+        });
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "endpoints": endpoints,
+            "metadata": {
+                "name": format!("{name}-abcde"), "namespace": namespace, "generateName": format!("{name}-"),
+                "labels": {
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                    "kubernetes.io/service-name": name,
+                },
+            },
+            "ports": [{"name": port_name, "port": target_port, "protocol": protocol}],
+        });
+        [service, slice]
     }
 }

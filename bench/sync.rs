@@ -11,8 +11,15 @@
 //! 3. a one-endpoint change (one endpoint of one service gets a new address,
 //!    and back again; six times, reported as median and slowest).
 //!
-//! Run as root: `cargo bench --bench sync [-- SIZES...]`. Results are
-//! recorded in bench/RESULTS.md.
+//! With `--kube`, the same clusters are served by the tests' API server
+//! (tests/cli/support/apiserver.rs) to one `balctl sync --kube --watch`:
+//! the time to its first sync, then per one-endpoint change (an
+//! EndpointSlice replaced, as the endpoint slice controller does) the time
+//! until the watcher reports it applied and the CPU time the watcher spent
+//! on it (all its threads, from /proc), and its peak RSS.
+//!
+//! Run as root: `cargo bench --bench sync [-- [--kube] SIZES...]`. Results
+//! are recorded in bench/RESULTS.md.
 
 // The sandbox is shared with the CLI tests; the bench uses part of it.
 #[allow(dead_code)]
@@ -30,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{BALCTL, Sandbox};
+use support::{BALCTL, Sandbox, apiserver::ApiServer, watcher::Watcher};
 
 const ENDPOINTS: u32 = 10;
 /// One-endpoint changes are measured 2 × this many times (moved, moved back).
@@ -44,6 +51,17 @@ fn main() {
     let sizes: Vec<u32> =
         std::env::args().skip(1).filter(|a| !a.starts_with('-')).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![10_000, 30_000, 100_000] } else { sizes };
+    if std::env::args().any(|a| a == "--kube") {
+        println!(
+            "| services × {ENDPOINTS} | first sync s | one-endpoint change s, median | slowest | \
+             watcher CPU per change s, median | most | watcher peak RSS MB |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for services in sizes {
+            kube_scenario(services);
+        }
+        return;
+    }
     println!(
         "| services × {ENDPOINTS} | YAML | full sync s | RSS MB | repeat s | RSS MB | \
          one-endpoint change s, median | slowest | RSS MB |"
@@ -54,7 +72,8 @@ fn main() {
     }
 }
 
-fn scenario(services: u32) {
+/// A sandbox with balctl loaded, its maps sized for `services`.
+fn loaded(services: u32) -> Sandbox {
     let sandbox = Sandbox::new();
     let entries = services * (ENDPOINTS + 1);
     let sizes = format!(
@@ -64,6 +83,11 @@ fn scenario(services: u32) {
     );
     let cgroup = sandbox.cgroup.to_str().expect("cgroup path is UTF-8");
     sandbox.balctl_ok(&["load", "--cgroup", cgroup, "--map-size", &sizes]);
+    sandbox
+}
+
+fn scenario(services: u32) {
+    let sandbox = loaded(services);
     let input = sandbox.scratch("cluster.yaml");
     write_cluster(&input, services, None);
     let megabytes = std::fs::metadata(&input).map(|m| m.len() / 1_000_000).unwrap_or(0);
@@ -126,40 +150,105 @@ fn timed_sync(sandbox: &Sandbox, input: &Path, expect: &str) -> (Duration, u64) 
     (took, usage.ru_maxrss as u64 / 1024)
 }
 
+/// `sync --kube --watch` against the cluster served by an API server: its
+/// first sync, then one-endpoint changes.
+fn kube_scenario(services: u32) {
+    let sandbox = loaded(services);
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    for i in 0..services {
+        for object in with_service(i, false, |service| service.objects()) {
+            server.apply(object);
+        }
+    }
+    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
+    let started = Instant::now();
+    let watcher =
+        Watcher::start_with(&sandbox, &[], &["--kube", "--kubeconfig", kubeconfig, "--node-name", "node-a"]);
+    watcher.wait_stdout_within("frontends +", Duration::from_secs(600));
+    let first = started.elapsed();
+    let mut changes = Vec::new();
+    for round in 0..CHANGE_ROUNDS {
+        for moved in [true, false] {
+            let cpu = cpu_time(watcher.pid());
+            let started = Instant::now();
+            let [_, slice] = with_service(0, moved, |service| service.objects());
+            server.apply(slice);
+            watcher.wait_stdout("frontends +0 ~1 -0, backends +1 -1");
+            changes.push((started.elapsed(), cpu_time(watcher.pid()) - cpu));
+        }
+        eprintln!("{services}: change round {} of {CHANGE_ROUNDS} done", round + 1);
+    }
+    let peak_rss = peak_rss_mb(watcher.pid());
+    assert_eq!(watcher.terminate(), Some(0), "the watcher's exit code");
+    let median = |values: &mut Vec<Duration>| {
+        values.sort();
+        (values[values.len() / 2].as_secs_f64(), values[values.len() - 1].as_secs_f64())
+    };
+    let (latency, slowest) = median(&mut changes.iter().map(|c| c.0).collect());
+    let (cpu, most_cpu) = median(&mut changes.iter().map(|c| c.1).collect());
+    println!(
+        "| {services} | {:.2} | {latency:.3} | {slowest:.3} | {cpu:.3} | {most_cpu:.3} | {peak_rss} |",
+        first.as_secs_f64()
+    );
+}
+
+/// CPU time of every thread of process `pid` so far (schedstat: on-CPU ns).
+fn cpu_time(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the watcher's threads");
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// Process `pid`'s peak RSS (VmHWM) in MB.
+fn peak_rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the watcher's status");
+    let kilobytes = status.lines().find_map(|line| line.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB"));
+    kilobytes.and_then(|kb| kb.trim().parse::<u64>().ok()).expect("VmHWM") / 1024
+}
+
 /// Writes the cluster as `kubectl get services,endpointslices -A -o yaml`
-/// prints it. Service i has cluster IP 198.18.0.0 + i + 1 and 10 endpoints;
-/// with `changed = Some(i)`, service i's first endpoint has another address.
+/// prints it; with `changed = Some(i)`, service i's first endpoint has
+/// another address.
 fn write_cluster(path: &Path, services: u32, changed: Option<u32>) {
     let mut out = BufWriter::new(File::create(path).expect("create the YAML input"));
     let mut item = String::new();
     out.write_all(kube_yaml::LIST_START.as_bytes()).expect("write");
     for i in 0..services {
         item.clear();
-        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i + 1);
-        let (namespace, name) = (format!("ns-{}", i % 100), format!("svc-{i}"));
-        let endpoints: Vec<(Ipv4Addr, u32)> = (0..ENDPOINTS)
-            .map(|e| {
-                let host = 2
-                    + e
-                    + ENDPOINTS * (i / PORTS_PER_ADDRESS)
-                    + if changed == Some(i) && e == 0 { 100 } else { 0 };
-                (Ipv4Addr::new(192, 0, 2, host as u8), e % 3)
-            })
-            .collect();
-        kube_yaml::ServiceItem {
-            index: i,
-            namespace: &namespace,
-            name: &name,
-            vip,
-            port_name: "http",
-            port: 80,
-            protocol: "TCP",
-            target_port: (1024 + i % PORTS_PER_ADDRESS) as u16,
-            endpoints: &endpoints,
-        }
-        .write(&mut item);
+        with_service(i, changed == Some(i), |service| service.write(&mut item));
         out.write_all(item.as_bytes()).expect("write");
     }
     out.write_all(kube_yaml::LIST_END.as_bytes()).expect("write");
     out.flush().expect("write");
+}
+
+/// Service i of a cluster: cluster IP 198.18.0.0 + i + 1 and 10 endpoints,
+/// each a distinct backend; with `moved`, its first endpoint has another
+/// address.
+fn with_service<T>(i: u32, moved: bool, f: impl FnOnce(&kube_yaml::ServiceItem) -> T) -> T {
+    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i + 1);
+    let (namespace, name) = (format!("ns-{}", i % 100), format!("svc-{i}"));
+    let endpoints: Vec<(Ipv4Addr, u32)> = (0..ENDPOINTS)
+        .map(|e| {
+            let host = 2 + e + ENDPOINTS * (i / PORTS_PER_ADDRESS) + if moved && e == 0 { 100 } else { 0 };
+            (Ipv4Addr::new(192, 0, 2, host as u8), e % 3)
+        })
+        .collect();
+    f(&kube_yaml::ServiceItem {
+        index: i,
+        namespace: &namespace,
+        name: &name,
+        vip,
+        port_name: "http",
+        port: 80,
+        protocol: "TCP",
+        target_port: (1024 + i % PORTS_PER_ADDRESS) as u16,
+        endpoints: &endpoints,
+    })
 }

@@ -10,9 +10,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    support::{Sandbox, apiserver::ApiServer, finish, peer},
+    support::{Sandbox, apiserver::ApiServer, finish, peer, watcher::Watcher},
     trace::{events, start_trace},
-    watch::Watcher,
 };
 
 fn service(name: &str, cluster_ip: &str) -> Value {

@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{support::Sandbox, watch::Watcher};
+use crate::support::{Sandbox, watcher::Watcher};
 
 const VIP: &str = "198.18.0.10:80";
 const CLOSED_VIP: &str = "198.18.0.11:80";

@@ -15,6 +15,7 @@
 
 pub mod apiserver;
 pub mod peer;
+pub mod watcher;
 
 use std::{
     fs,

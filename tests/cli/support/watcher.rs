@@ -1,0 +1,126 @@
+//! A `balctl sync --watch` process for the CLI tests and the benches: its
+//! output lines as they come, waited for with a deadline.
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::{BALCTL, Sandbox};
+
+/// A `balctl sync --watch` process, killed by PID if the test fails before
+/// it is stopped.
+pub struct Watcher {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+fn lines(stream: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Watcher {
+    /// `sync --watch -f` each input.
+    pub fn start(sandbox: &Sandbox, inputs: &[&str]) -> Self {
+        Self::start_with(sandbox, inputs, &[])
+    }
+
+    /// `sync --watch -f` each input, with `more` arguments.
+    pub fn start_with(sandbox: &Sandbox, inputs: &[&str], more: &[&str]) -> Self {
+        let mut command = Command::new(BALCTL);
+        command.args(["sync", "--watch"]).args(more);
+        for input in inputs {
+            command.args(["-f", input]);
+        }
+        let mut child = command
+            .env("BALCTL_BPFFS", &sandbox.pins)
+            .env("BALCTL_STATE_DIR", &sandbox.state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start balctl sync --watch");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Self { child, stdout, stderr }
+    }
+
+    /// Waits (at most `within`) for a line on `stream` containing `text`.
+    fn wait_for(stream: &Receiver<String>, which: &str, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match stream.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("the watcher's {which} never showed `{text}`; it showed: {seen:#?}");
+    }
+
+    /// Waits (at most 10 s) for a line on stdout containing `text`.
+    pub fn wait_stdout(&self, text: &str) -> String {
+        self.wait_stdout_within(text, Duration::from_secs(10))
+    }
+
+    pub fn wait_stdout_within(&self, text: &str, within: Duration) -> String {
+        Self::wait_for(&self.stdout, "stdout", text, within)
+    }
+
+    pub fn wait_stderr(&self, text: &str) -> String {
+        Self::wait_for(&self.stderr, "stderr", text, Duration::from_secs(10))
+    }
+
+    /// Nothing on stdout for `quiet`: no sync happened.
+    pub fn assert_quiet(&self, quiet: Duration) {
+        if let Ok(line) = self.stdout.recv_timeout(quiet) {
+            panic!("the watcher synced unexpectedly: {line}");
+        }
+    }
+
+    #[allow(dead_code, reason = "the sync bench's --kube scenario; the CLI tests stop it with terminate")]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn assert_running(&mut self) {
+        assert_eq!(self.child.try_wait().unwrap(), None, "the watcher exited");
+    }
+
+    /// SIGTERM, then the exit code (waiting at most 10 s).
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill with our own child's PID, which is not reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the watcher did not stop within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
