@@ -33,11 +33,10 @@ use std::{
     io::{BufWriter, Write as _},
     net::Ipv4Addr,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use support::{BALCTL, Sandbox, apiserver::ApiServer, watcher::Watcher};
+use support::{Sandbox, apiserver::ApiServer, watcher::Watcher};
 
 const ENDPOINTS: u32 = 10;
 /// One-endpoint changes are measured 2 × this many times (moved, moved back).
@@ -127,12 +126,9 @@ fn timed_sync(sandbox: &Sandbox, input: &Path, expect: &str) -> (Duration, u64) 
     let start = Instant::now();
     // Reaped by wait4 below, which also gives the peak RSS that Child::wait cannot.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(BALCTL)
-        .args(["sync", "--node-name", "node-a", "-f"])
+    let child = sandbox
+        .balctl_command(&["sync", "--node-name", "node-a", "-f"])
         .arg(input)
-        .env("BALCTL_BPFFS", &sandbox.pins)
-        .env("BALCTL_STATE_DIR", &sandbox.state)
-        .stdin(Stdio::null())
         .stdout(output)
         .spawn()
         .expect("run balctl");

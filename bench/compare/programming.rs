@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 
 use crate::{
     cluster::Cluster,
-    support::BALCTL,
     world::{Mechanism, World},
 };
 
@@ -58,11 +57,8 @@ pub fn balctl(world: &World, cluster: &Cluster) -> Programmed {
     let started = Instant::now();
     sandbox.balctl_ok(&load);
     let load_seconds = started.elapsed().as_secs_f64();
-    let mut sync = Command::new(BALCTL);
-    sync.args(["sync", "--node-name", "node-0", "-f"])
-        .arg(&input)
-        .env("BALCTL_BPFFS", &sandbox.pins)
-        .env("BALCTL_STATE_DIR", &sandbox.state);
+    let mut sync = sandbox.balctl_command(&["sync", "--node-name", "node-0", "-f"]);
+    sync.arg(&input);
     let run = run_timed(sync, &sandbox.scratch("sync"));
     let kernel_mb = kernel_growth_mb(kernel_before);
     let printed = fs::read_to_string(sandbox.scratch("sync.out")).unwrap_or_default();

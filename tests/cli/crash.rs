@@ -11,12 +11,12 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::support::{BALCTL, LAYERS_KNOWN, SERVICE_LAYER, Sandbox};
+use crate::support::{LAYERS_KNOWN, SERVICE_LAYER, Sandbox};
 
 const SERVICES: u32 = 10_000;
 /// The two generations overlap in all but this many services at each end.
@@ -185,15 +185,7 @@ pub fn a_failed_repair_keeps_the_interrupted_mark() {
 }
 
 fn spawn_sync(sandbox: &Sandbox, input: &Path) -> std::process::Child {
-    Command::new(BALCTL)
-        .args(["sync", "-f"])
-        .arg(input)
-        .env("BALCTL_BPFFS", &sandbox.pins)
-        .env("BALCTL_STATE_DIR", &sandbox.state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("run balctl sync")
+    sandbox.balctl_command(&["sync", "-f"]).arg(input).stdout(Stdio::null()).spawn().expect("run balctl sync")
 }
 
 /// Waits until `path` exists and returns when it was seen; None if the

@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     os::fd::AsRawFd as _,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -17,7 +17,7 @@ use balctl::{bpf::pins::PinDir, trace::lease::monotonic_ns};
 use balctl_common::{TRACE_LEASE_ENTRIES, map_names};
 use serde_json::Value;
 
-use crate::support::{BALCTL, Sandbox, finish};
+use crate::support::{Sandbox, finish};
 
 /// A running `balctl trace`, killed when dropped: a test that fails early
 /// leaves no tracer behind.
@@ -45,12 +45,9 @@ impl Drop for TraceProcess {
 /// Starts `balctl trace ARGS` and returns once it is tracing (it says so on
 /// stderr), with its stdout to read.
 pub fn start_trace(sandbox: &Sandbox, args: &[&str]) -> TraceProcess {
-    let mut child = Command::new(BALCTL)
-        .arg("trace")
+    let mut child = sandbox
+        .balctl_command(&["trace"])
         .args(args)
-        .env("BALCTL_BPFFS", &sandbox.pins)
-        .env("BALCTL_STATE_DIR", &sandbox.state)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -185,13 +185,19 @@ impl Sandbox {
 
     /// Runs balctl against this sandbox's pins and state, stdin closed.
     pub fn balctl(&self, args: &[&str]) -> Output {
-        Command::new(BALCTL)
+        self.balctl_command(args).output().expect("run balctl")
+    }
+
+    /// balctl with `args`, against this sandbox's pins and state, stdin
+    /// closed: for running it in the background or with other output.
+    pub fn balctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BALCTL);
+        command
             .args(args)
             .env("BALCTL_BPFFS", &self.pins)
             .env("BALCTL_STATE_DIR", &self.state)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run balctl")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Runs balctl, requires success and returns its stdout.

@@ -3,13 +3,13 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
     time::{Duration, Instant},
 };
 
-use super::{BALCTL, Sandbox};
+use super::Sandbox;
 
 /// A `balctl sync --watch` process, killed by PID if the test fails before
 /// it is stopped.
@@ -39,19 +39,13 @@ impl Watcher {
 
     /// `sync --watch -f` each input, with `more` arguments.
     pub fn start_with(sandbox: &Sandbox, inputs: &[&str], more: &[&str]) -> Self {
-        let mut command = Command::new(BALCTL);
-        command.args(["sync", "--watch"]).args(more);
+        let mut command = sandbox.balctl_command(&["sync", "--watch"]);
+        command.args(more);
         for input in inputs {
             command.args(["-f", input]);
         }
-        let mut child = command
-            .env("BALCTL_BPFFS", &sandbox.pins)
-            .env("BALCTL_STATE_DIR", &sandbox.state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start balctl sync --watch");
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start balctl sync --watch");
         let stdout = lines(child.stdout.take().unwrap());
         let stderr = lines(child.stderr.take().unwrap());
         Self { child, stdout, stderr }
