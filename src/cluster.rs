@@ -12,7 +12,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -33,12 +36,14 @@ use kube::{
         watcher,
     },
 };
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{cli::ApiServerArgs, inputs::kube::POLICY_API_VERSION};
 
 /// An object as JSON, with what to call it in errors (`Service ns/name`).
-pub type Document = (String, Vec<u8>);
+/// Shared: a watch keeps each one until its object changes.
+pub type Document = (String, Arc<[u8]>);
 
 /// Lists every object balctl reads, once: Pods as far as policies need
 /// them (`watch` explains which).
@@ -127,7 +132,7 @@ fn document<K: Resource + Serialize>(object: &K, api_version: &str, kind: &str) 
     let mut json = serde_json::to_value(object)?;
     json["apiVersion"] = api_version.into();
     json["kind"] = kind.into();
-    Ok((format!("{kind} {name} (from the API server)"), serde_json::to_vec(&json)?))
+    Ok((format!("{kind} {name} (from the API server)"), serde_json::to_vec(&json)?.into()))
 }
 
 /// Every container's pod (`namespace/name`), by container id, from the
@@ -310,7 +315,7 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let (api_version, kind) = (K::api_version(&()).into_owned(), K::kind(&()).into_owned());
-    let mut made = Made::new();
+    let mut made = Made::default();
     let documents = Box::new(move || stored(&store, &api_version, &kind, &mut made));
     (documents, signals(writer, watcher(api, config)))
 }
@@ -327,7 +332,7 @@ fn watched_policies(
     let store = writer.as_reader();
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
     let documents_store = store.clone();
-    let mut made = Made::new();
+    let mut made = Made::default();
     let documents: Documents =
         Box::new(move || stored(&documents_store, POLICY_API_VERSION, kind, &mut made));
     (store, (documents, signals(writer, watcher(api, watcher::Config::default()))))
@@ -375,7 +380,7 @@ where
 
 /// The documents a store's objects were last made into, by uid, with the
 /// resourceVersion each was made of.
-type Made = HashMap<String, (String, Document)>;
+type Made = FxHashMap<String, (String, Document)>;
 
 /// The objects of a store, as documents. An object's JSON changes only
 /// with its resourceVersion, so only objects that changed since the last
@@ -391,7 +396,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let objects = store.state();
-    let mut now = Made::with_capacity(objects.len());
+    let mut now = Made::with_capacity_and_hasher(objects.len(), Default::default());
     let mut documents = Vec::with_capacity(objects.len());
     for object in &objects {
         let meta = object.meta();
@@ -399,12 +404,12 @@ where
             documents.push(document(object.as_ref(), api_version, kind)?);
             continue;
         };
-        let json = match made.remove(uid) {
-            Some((made_of, json)) if made_of == *version => json,
-            _ => document(object.as_ref(), api_version, kind)?,
+        let (uid, (made_of, json)) = match made.remove_entry(uid) {
+            Some((uid, (made_of, json))) if made_of == *version => (uid, (made_of, json)),
+            _ => (uid.clone(), (version.clone(), document(object.as_ref(), api_version, kind)?)),
         };
-        now.insert(uid.clone(), (version.clone(), json.clone()));
-        documents.push(json);
+        documents.push(json.clone());
+        now.insert(uid, (made_of, json));
     }
     *made = now;
     Ok(documents)
@@ -427,13 +432,16 @@ mod tests {
 
     /// The documents' text, by label.
     fn texts(documents: Vec<Document>) -> BTreeMap<String, String> {
-        documents.into_iter().map(|(label, json)| (label, String::from_utf8(json).unwrap())).collect()
+        documents
+            .into_iter()
+            .map(|(label, json)| (label, String::from_utf8(json.to_vec()).unwrap()))
+            .collect()
     }
 
     #[test]
     fn a_store_serialises_only_the_objects_whose_resource_version_changed() {
         let (store, mut writer) = reflector::store::<Service>();
-        let mut made = Made::new();
+        let mut made = Made::default();
         let mut after = |event| {
             writer.apply_watcher_event(&event);
             texts(stored(&store, "v1", "Service", &mut made).unwrap())

@@ -163,7 +163,7 @@ impl SplitFiles {
 /// file items are (`SplitFiles::read`): a watch that sees one object change
 /// parses and translates that object, not the cluster.
 pub fn read_documents(
-    documents: &[(String, Vec<u8>)],
+    documents: &[(String, impl AsRef<[u8]>)],
     source: &str,
     previous: &[Arc<SyncedObject>],
     this_node: &str,
@@ -175,9 +175,9 @@ pub fn read_documents(
         .map(|(index, (_, json))| reuse::Item {
             file: index,
             kind: items::PieceKind::Document,
-            span: Span { offset: 0, len: json.len() as u64, line: 1 },
+            span: Span { offset: 0, len: json.as_ref().len() as u64, line: 1 },
             line: 1,
-            fingerprint: xxhash_rust::xxh3::xxh3_128_with_seed(json, seed),
+            fingerprint: xxhash_rust::xxh3::xxh3_128_with_seed(json.as_ref(), seed),
         })
         .collect();
     let items = Items {
@@ -185,7 +185,7 @@ pub fn read_documents(
         source_of: &|_| 0,
         parse: &|item| {
             let (label, json) = &documents[item.file];
-            Ok(fingerprinted(label, item, read(label, json.as_slice())?))
+            Ok(fingerprinted(label, item, read(label, json.as_ref())?))
         },
         location_of: &|item| object_location(&documents[item.file].0, item),
     };
