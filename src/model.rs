@@ -3,6 +3,7 @@
 //! the field.
 
 use std::{
+    collections::HashSet,
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
@@ -249,7 +250,8 @@ impl FrontendRule {
     /// What no single field can check: backend families against the
     /// frontend's, duplicates. Callers add where it was.
     pub fn validate(&self) -> Result<(), String> {
-        for (i, backend) in self.backends.iter().enumerate() {
+        let mut seen = HashSet::with_capacity(self.backends.len());
+        for backend in &self.backends {
             if backend.is_ipv4() != self.frontend.address.is_ipv4() {
                 return Err(format!(
                     "backend {backend} is not of the frontend's address family ({} is {}); \
@@ -258,7 +260,7 @@ impl FrontendRule {
                     if self.frontend.address.is_ipv4() { "IPv4" } else { "IPv6" },
                 ));
             }
-            if self.backends[..i].contains(backend) {
+            if !seen.insert(backend) {
                 return Err(format!("backend {backend} is listed twice"));
             }
         }

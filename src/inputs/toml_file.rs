@@ -197,6 +197,7 @@ fn rule_object(
         }
     }
     let mut rules: Vec<FrontendRule> = Vec::new();
+    let mut frontends = HashSet::default();
     for port in &spec.ports {
         let PortSpec { port: Port(number), target_port, protocol } = *port.get_ref();
         let target = target_port.map_or(number, |Port(p)| p);
@@ -207,7 +208,7 @@ fn rule_object(
                 protocol,
                 scope: kind.scope(),
             };
-            if rules.iter().any(|r| r.frontend == frontend) {
+            if !frontends.insert(frontend) {
                 return Err(input!("{}: frontend {frontend} is listed twice", at(port.span())));
             }
             let backends = spec

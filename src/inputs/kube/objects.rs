@@ -5,7 +5,7 @@
 //! is read is checked as the API server would, with located errors.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
 };
@@ -103,7 +103,7 @@ pub enum ServiceType {
     ExternalName,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum PortProtocol {
     Tcp,
     Udp,
@@ -312,8 +312,9 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
     if needs_ports && ports.is_empty() {
         return Err(spec.error(object, "missing field `ports`: a Service needs at least one port"));
     }
-    for (i, port) in ports.iter().enumerate() {
-        if ports[..i].iter().any(|p| p.port == port.port && p.protocol == port.protocol) {
+    let mut seen = HashSet::with_capacity(ports.len());
+    for port in &ports {
+        if !seen.insert((port.port, port.protocol)) {
             return Err(spec.error(object, format!("ports: port {} is listed twice", port.port)));
         }
         if ports.len() > 1 && port.name.is_empty() {

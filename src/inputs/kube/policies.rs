@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::Result;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{
     field::FieldRef,
@@ -155,6 +155,7 @@ fn rules(
     let (addresses, ports) = frontend(policy, cluster)?;
     let pairs = pair(&ports, &policy.backend.to_ports)?;
     let mut rules: Vec<FrontendRule> = Vec::new();
+    let mut frontends = HashSet::default();
     for (frontend_port, backend_port) in pairs {
         for &address in &addresses {
             let frontend = Frontend {
@@ -163,7 +164,7 @@ fn rules(
                 protocol: frontend_port.protocol,
                 scope: policy.kind.scope(),
             };
-            if rules.iter().any(|r| r.frontend == frontend) {
+            if !frontends.insert(frontend) {
                 return Err(frontend_port.at.error(format!("frontend {frontend} is listed twice")));
             }
             let backends =
