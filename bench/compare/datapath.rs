@@ -125,20 +125,24 @@ impl Measured {
     }
 
     fn rates(&self, protocol: &str) -> &[f64] {
-        match protocol {
+        match self.measured_as(protocol) {
             "tcp" => &self.tcp,
             "udp" => &self.udp,
-            _ if self.mechanism == Mechanism::Direct => &self.tcp,
             _ => &self.bystander,
         }
     }
 
-    /// The worker's totals and percentiles of `protocol` (direct's TCP for
-    /// its bystander, as with the rates).
+    /// The worker's totals and percentiles of `protocol`.
     fn worker_report(&self, protocol: &str) -> &Value {
+        &self.report[self.measured_as(protocol)]
+    }
+
+    /// What `protocol` was measured as: direct's bystander traffic is its
+    /// TCP traffic (the same connections to unrewritten addresses).
+    fn measured_as<'p>(&self, protocol: &'p str) -> &'p str {
         match protocol {
-            "bystander" if self.mechanism == Mechanism::Direct => &self.report["tcp"],
-            _ => &self.report[protocol],
+            "bystander" if self.mechanism == Mechanism::Direct => "tcp",
+            other => other,
         }
     }
 
