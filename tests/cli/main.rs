@@ -13,6 +13,7 @@ mod dump;
 mod input;
 mod kube;
 mod kube_api;
+mod kube_parity;
 mod kube_sync;
 mod policies;
 mod policy_sync;
@@ -99,6 +100,8 @@ fn main() {
         kube::services_without_frontends_are_skipped_with_a_note,
         kube::bad_yaml_changes_nothing,
         kube::a_resynced_list_follows_a_moved_endpoint,
+        kube_parity::addresses_kube_proxy_ignores_are_left_alone,
+        kube_parity::an_unset_serving_condition_counts_as_serving,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
         trace::events_name_the_client_and_what_it_got,

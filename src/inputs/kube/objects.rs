@@ -123,8 +123,6 @@ pub struct Service {
     /// `clusterIP: None`.
     pub headless: bool,
     pub cluster_ips: Vec<IpAddr>,
-    /// The families of `ipFamilies`, for a service without cluster IPs.
-    pub ip_families: Vec<Family>,
     pub ports: Vec<ServicePort>,
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`, except those with `ipMode: Proxy`
@@ -293,15 +291,6 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
     if cluster_ips.len() == 2 && Family::of(cluster_ips[0]) == Family::of(cluster_ips[1]) {
         return Err(spec.error(object, "clusterIPs: a dual-stack service has one IP of each family"));
     }
-    let mut ip_families = Vec::new();
-    if let Some(families) = spec.get("ipFamilies") {
-        for family in families.items(object)? {
-            ip_families.push(match family.one_of(object, &["IPv4", "IPv6"])? {
-                "IPv4" => Family::V4,
-                _ => Family::V6,
-            });
-        }
-    }
     let needs_ports = service_type != ServiceType::ExternalName && !headless;
     let ports = match spec.get("ports") {
         Some(ports) => {
@@ -354,7 +343,6 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         service_type,
         headless,
         cluster_ips,
-        ip_families,
         ports,
         external_ips,
         load_balancer_ips,
@@ -450,6 +438,10 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
             // kube-proxy skips it, and so does balctl.
             let Some(number) = port.get("port") else { continue };
             ports.push(SlicePort {
+                // A port without a name is stored by the API server as
+                // `name: ""` (as a missing protocol is stored as TCP), so the
+                // nil name kube-proxy skips never reaches it: read as the
+                // cluster would hold it, it is the unnamed port.
                 name: name(port.get("name"), object)?,
                 protocol: protocol(port.get("protocol"), object)?,
                 port: number.port(object)?,
@@ -484,10 +476,12 @@ fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Resu
             None => Ok(None),
         }
     };
-    // The API's rules for unset conditions: ready unless said otherwise,
-    // serving like ready, terminating only when said.
+    // kube-proxy's reading of unset conditions (endpointslicecache.go):
+    // ready and serving unless said otherwise, terminating only when said.
+    // Not the API's "serving like ready": an endpoint with `ready: false`
+    // and no `serving` that terminates is kube-proxy's fallback.
     let ready = condition("ready")?.unwrap_or(true);
-    let serving = condition("serving")?.unwrap_or(ready);
+    let serving = condition("serving")?.unwrap_or(true);
     let terminating = condition("terminating")?.unwrap_or(false);
     let node_name = endpoint.get("nodeName").map(|n| n.str(object).map(Arc::from)).transpose()?;
     Ok(Endpoint { address, ready, serving, terminating, node_name })

@@ -1,9 +1,11 @@
 //! Kubernetes service semantics, as kube-proxy implements them for traffic
 //! that starts on this node (the only traffic socket-level balancing sees):
 //!
-//! - frontends: every cluster IP, every external IP, every load-balancer
-//!   ingress IP, and the node port (written as the unspecified address,
-//!   which the datapath matches on every node address and on loopback);
+//! - frontends, per family the service has a cluster IP of: its cluster
+//!   IPs, its external IPs and load-balancer ingress IPs of that family, and
+//!   the node port (written as the unspecified address, which the datapath
+//!   matches on every node address and on IPv4 loopback). An external or
+//!   load-balancer IP of another family is left alone, with a note;
 //! - backends: the endpoints of the service's EndpointSlices whose port
 //!   has the service port's name and protocol, at that slice's port number
 //!   (so a named target port resolves per slice); ready endpoints, or when
@@ -14,8 +16,9 @@
 //!   clients of them as if they came back in from the load balancer;
 //! - `sessionAffinity: ClientIP` sets affinity on every frontend.
 //!
-//! Headless and ExternalName services have no frontend to balance and are
-//! skipped with a note, as are SCTP ports.
+//! Headless and ExternalName services, and services without a cluster IP,
+//! have no frontend to balance and are skipped with a note, as are SCTP
+//! ports.
 
 use std::{
     collections::BTreeSet,
@@ -163,13 +166,29 @@ fn service_object(
         notes.push(format!("service {name} is headless (DNS returns its endpoints): skipped"));
         return None;
     }
-    let families: Vec<Family> = if !service.cluster_ips.is_empty() {
-        service.cluster_ips.iter().map(|&ip| Family::of(ip)).collect()
-    } else if !service.ip_families.is_empty() {
-        service.ip_families.clone()
-    } else {
-        vec![Family::V4]
-    };
+    // kube-proxy proxies a service per family it has a cluster IP of
+    // (servicechangetracker.go), and of its external and load-balancer IPs
+    // only those of such a family (serviceport.go). The others are left to
+    // whoever serves them, not made frontends without backends.
+    if service.cluster_ips.is_empty() {
+        notes.push(format!("service {name} has no cluster IP (kube-proxy skips it until it has one): skipped"));
+        return None;
+    }
+    let load_balancer_ips: &[IpAddr] =
+        if service.service_type == ServiceType::LoadBalancer { &service.load_balancer_ips } else { &[] };
+    let has_cluster_ip = |ip: IpAddr| service.cluster_ips.iter().any(|&c| Family::of(c) == Family::of(ip));
+    let left_alone: Vec<String> = (service.external_ips.iter().map(|&ip| ("external IP", ip)))
+        .chain(load_balancer_ips.iter().map(|&ip| ("load-balancer IP", ip)))
+        .filter(|&(_, ip)| !has_cluster_ip(ip))
+        .map(|(kind, ip)| format!("{kind} {ip}"))
+        .collect();
+    if !left_alone.is_empty() {
+        notes.push(format!(
+            "service {name}: {} read but not applied: the service has no cluster IP of that family \
+             (kube-proxy leaves such addresses alone)",
+            left_alone.join(", ")
+        ));
+    }
     let mut rules = Vec::new();
     for port in &service.ports {
         let protocol = match port.protocol {
@@ -190,44 +209,36 @@ fn service_object(
             local_only: false,
             requests_per_second: None,
         };
-        let families_used: BTreeSet<IpAddr> =
-            [Family::V4, Family::V6].into_iter().filter(|f| families.contains(f)).map(unspecified).collect();
         for family in [Family::V4, Family::V6] {
-            let candidates = candidates(slices, port, family);
-            let all = usable(&candidates, None);
             let in_family = |ips: &[IpAddr]| {
                 ips.iter().copied().filter(move |&ip| Family::of(ip) == family).collect::<Vec<_>>()
             };
             let cluster_ips = in_family(&service.cluster_ips);
-            if !cluster_ips.is_empty() {
-                let backends = if service.internal_local {
-                    let local = usable(&candidates, Some(this_node));
-                    if local.is_empty() {
-                        notes.push(format!(
-                            "service {name}: internalTrafficPolicy Local and no endpoint on node {this_node}: \
-                             its cluster IP refuses connections here"
-                        ));
-                    }
-                    local
-                } else {
-                    all.clone()
-                };
-                let local_only = service.internal_local;
-                rules.extend(
-                    cluster_ips
-                        .iter()
-                        .map(|&ip| FrontendRule { local_only, ..rule(ip, port.port, &backends) }),
-                );
+            if cluster_ips.is_empty() {
+                continue;
             }
+            let candidates = candidates(slices, port, family);
+            let all = usable(&candidates, None);
+            let backends = if service.internal_local {
+                let local = usable(&candidates, Some(this_node));
+                if local.is_empty() {
+                    notes.push(format!(
+                        "service {name}: internalTrafficPolicy Local and no endpoint on node {this_node}: \
+                         its cluster IP refuses connections here"
+                    ));
+                }
+                local
+            } else {
+                all.clone()
+            };
+            let local_only = service.internal_local;
+            rules.extend(
+                cluster_ips.iter().map(|&ip| FrontendRule { local_only, ..rule(ip, port.port, &backends) }),
+            );
             rules.extend(in_family(&service.external_ips).into_iter().map(|ip| rule(ip, port.port, &all)));
-            if service.service_type == ServiceType::LoadBalancer {
-                rules.extend(
-                    in_family(&service.load_balancer_ips).into_iter().map(|ip| rule(ip, port.port, &all)),
-                );
-            }
+            rules.extend(in_family(load_balancer_ips).into_iter().map(|ip| rule(ip, port.port, &all)));
             if let Some(node_port) = port.node_port
                 && matches!(service.service_type, ServiceType::NodePort | ServiceType::LoadBalancer)
-                && families_used.contains(&unspecified(family))
             {
                 rules.push(rule(unspecified(family), node_port, &all));
             }
@@ -304,10 +315,20 @@ mod tests {
 
     /// Frontend -> backends of every rule the example files give, as text.
     fn rules(files: &[&str], this_node: &str) -> (Vec<String>, Vec<String>) {
+        let texts: Vec<(&str, String)> = files
+            .iter()
+            .map(|file| {
+                let path = format!("{}/examples/k8s/{file}", env!("CARGO_MANIFEST_DIR"));
+                (*file, std::fs::read_to_string(&path).unwrap())
+            })
+            .collect();
+        rules_of(&texts, this_node)
+    }
+
+    /// Frontend -> backends of every rule of YAML texts, each a file.
+    fn rules_of(texts: &[(&str, String)], this_node: &str) -> (Vec<String>, Vec<String>) {
         let mut objects = Vec::new();
-        for (index, file) in files.iter().enumerate() {
-            let path = format!("{}/examples/k8s/{file}", env!("CARGO_MANIFEST_DIR"));
-            let text = std::fs::read_to_string(&path).unwrap();
+        for (index, (file, text)) in texts.iter().enumerate() {
             objects.extend(read(file, text.as_bytes()).unwrap().into_iter().map(|o| (index, o)));
         }
         let translation = translate(objects, this_node).unwrap();
@@ -377,6 +398,87 @@ mod tests {
         assert_eq!(notes.len(), 3, "{notes:?}");
         assert!(notes[0].contains("shop/db is headless") && notes[1].contains("ExternalName"), "{notes:?}");
         assert!(notes[2].contains("5061/SCTP"), "{notes:?}");
+    }
+
+    /// A Service with `spec` and its one EndpointSlice with `slice`
+    /// (addressType, endpoints and ports), both named web in namespace shop.
+    fn web(spec: &str, slice: &str) -> (&'static str, String) {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\n{spec}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
+             namespace: shop\n  labels: {{kubernetes.io/service-name: web}}\n{slice}\n"
+        );
+        ("web.yaml", text)
+    }
+
+    const V4_SLICE: &str = "addressType: IPv4\nendpoints: [{addresses: [192.0.2.2]}]\n\
+                            ports: [{name: https, port: 8443, protocol: TCP}]";
+
+    #[test]
+    fn addresses_of_a_family_without_a_cluster_ip_are_left_alone() {
+        let spec = "spec:\n  type: LoadBalancer\n  clusterIP: 198.18.0.30\n  \
+                    externalIPs: [198.18.2.30, \"2001:db8::9\"]\n  \
+                    ports: [{name: https, port: 443, nodePort: 30443}]\n\
+                    status: {loadBalancer: {ingress: [{ip: 198.18.1.30}, {ip: \"2001:db8::10\"}]}}";
+        let (found, notes) = rules_of(&[web(spec, V4_SLICE)], "node-a");
+        assert_eq!(
+            found,
+            [
+                "198.18.0.30:443/tcp -> 192.0.2.2:8443",
+                "198.18.2.30:443/tcp -> 192.0.2.2:8443",
+                "198.18.1.30:443/tcp -> 192.0.2.2:8443",
+                "0.0.0.0:30443/tcp -> 192.0.2.2:8443",
+            ]
+        );
+        assert_eq!(
+            notes,
+            ["service shop/web: external IP 2001:db8::9, load-balancer IP 2001:db8::10 read but not applied: \
+              the service has no cluster IP of that family (kube-proxy leaves such addresses alone)"]
+        );
+        // And the reverse: an IPv4 external IP of an IPv6-only service.
+        let spec = "spec:\n  clusterIP: 2001:db8:5e::30\n  externalIPs: [198.18.2.30]\n  \
+                    ports: [{name: https, port: 443}]";
+        let slice = "addressType: IPv6\nendpoints: [{addresses: [\"2001:db8::2\"]}]\n\
+                     ports: [{name: https, port: 8443}]";
+        let (found, notes) = rules_of(&[web(spec, slice)], "node-a");
+        assert_eq!(found, ["[2001:db8:5e::30]:443/tcp -> [2001:db8::2]:8443"]);
+        assert!(notes[0].contains("external IP 198.18.2.30 read but not applied"), "{notes:?}");
+    }
+
+    #[test]
+    fn a_service_without_a_cluster_ip_is_skipped() {
+        let spec = "spec:\n  type: NodePort\n  externalIPs: [198.18.2.30]\n  \
+                    ports: [{name: https, port: 443, nodePort: 30443}]";
+        let (found, notes) = rules_of(&[web(spec, V4_SLICE)], "node-a");
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(notes, ["service shop/web has no cluster IP (kube-proxy skips it until it has one): skipped"]);
+    }
+
+    #[test]
+    fn an_unset_serving_condition_reads_as_serving() {
+        // Absent, null, and said: only the last is not serving.
+        let slice = "addressType: IPv4\nendpoints:\n\
+                     - {addresses: [192.0.2.2], conditions: {ready: false, terminating: true}}\n\
+                     - {addresses: [192.0.2.3], conditions: {ready: false, serving: null, terminating: true}}\n\
+                     - {addresses: [192.0.2.4], conditions: {ready: false, serving: false, terminating: true}}\n\
+                     - {addresses: [192.0.2.5], conditions: {ready: false}}\n\
+                     ports: [{name: https, port: 8443}]";
+        let spec = "spec: {clusterIP: 198.18.0.30, ports: [{name: https, port: 443}]}";
+        let (found, _) = rules_of(&[web(spec, slice)], "node-a");
+        assert_eq!(found, ["198.18.0.30:443/tcp -> 192.0.2.2:8443,192.0.2.3:8443"]);
+    }
+
+    #[test]
+    fn a_slice_port_without_a_name_is_the_unnamed_port() {
+        // As the API server stores it: `name: ""`. A named Service port
+        // does not match it.
+        let slice = "addressType: IPv4\nendpoints: [{addresses: [192.0.2.2]}]\nports: [{port: 8443}]";
+        let (found, _) =
+            rules_of(&[web("spec: {clusterIP: 198.18.0.30, ports: [{port: 443}]}", slice)], "node-a");
+        assert_eq!(found, ["198.18.0.30:443/tcp -> 192.0.2.2:8443"]);
+        let (found, _) =
+            rules_of(&[web("spec: {clusterIP: 198.18.0.30, ports: [{name: https, port: 443}]}", slice)], "node-a");
+        assert_eq!(found, ["198.18.0.30:443/tcp -> "]);
     }
 
     #[test]
