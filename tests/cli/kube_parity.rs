@@ -285,3 +285,106 @@ pub fn an_unset_serving_condition_counts_as_serving() {
     let report: Value = sandbox.client(&["connect", "--to", "198.18.0.71:80", "--count", "20"]);
     assert_eq!((&report["failed"], &report["backends"]["b10"]), (&Value::from(0), &Value::from(20)), "{report}");
 }
+
+/// A dual-stack NodePort Service, as kubectl prints it.
+const DUAL_STACK_NODEPORT: &str = r#"apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: search
+    namespace: shop
+    resourceVersion: "7301"
+  spec:
+    clusterIP: 198.18.0.50
+    clusterIPs:
+    - 198.18.0.50
+    - 2001:db8:5e::50
+    externalTrafficPolicy: Cluster
+    internalTrafficPolicy: Cluster
+    ipFamilies:
+    - IPv4
+    - IPv6
+    ipFamilyPolicy: RequireDualStack
+    ports:
+    - name: http
+      nodePort: 30050
+      port: 80
+      protocol: TCP
+      targetPort: 8080
+    sessionAffinity: None
+    type: NodePort
+- addressType: IPv4
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 192.0.2.2
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+  kind: EndpointSlice
+  metadata:
+    labels:
+      kubernetes.io/service-name: search
+    name: search-4kq8z
+    namespace: shop
+  ports:
+  - name: http
+    port: 8080
+    protocol: TCP
+- addressType: IPv6
+  apiVersion: discovery.k8s.io/v1
+  endpoints:
+  - addresses:
+    - 2001:db8::4
+    conditions:
+      ready: true
+      serving: true
+      terminating: false
+  kind: EndpointSlice
+  metadata:
+    labels:
+      kubernetes.io/service-name: search
+    name: search-r2w6j
+    namespace: shop
+  ports:
+  - name: http
+    port: 8080
+    protocol: TCP
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node-a
+  status:
+    addresses:
+    - address: 192.0.2.1
+      type: InternalIP
+    - address: 2001:db8::1
+      type: InternalIP
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+
+/// The node port answers on IPv4 loopback and on the node's addresses of
+/// both families, but not on [::1]: kube-proxy serves localhost node ports
+/// for IPv4 only. A connection to [::1] reaches whatever listens there on
+/// the node itself, untranslated.
+pub fn node_ports_are_not_served_on_ipv6_loopback() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("search", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("search-v6", &["[2001:db8::4]:8080"], &[]);
+    sandbox.serve_in(&sandbox.client_ns, "node-itself", &["[::1]:30050"], &[]);
+    sandbox.load();
+    sync(&sandbox, DUAL_STACK_NODEPORT);
+    assert_answers(
+        &sandbox,
+        &[
+            ("127.0.0.1:30050", "search"),
+            ("192.0.2.1:30050", "search"),
+            ("[2001:db8::1]:30050", "search-v6"),
+            ("[::1]:30050", "node-itself"),
+        ],
+    );
+}

@@ -102,6 +102,7 @@ fn main() {
         kube::a_resynced_list_follows_a_moved_endpoint,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
+        kube_parity::node_ports_are_not_served_on_ipv6_loopback,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
         trace::events_name_the_client_and_what_it_got,

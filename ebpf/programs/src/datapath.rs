@@ -386,7 +386,7 @@ fn within_rate_limit(master: &ServiceEntry) -> bool {
 
 /// The frontend `dest` belongs to, with its master entry: an exact match,
 /// else the NodePort frontend of its port when `dest` is a node address or
-/// loopback.
+/// IPv4 loopback.
 #[inline(always)]
 fn find_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
     let exact =
@@ -398,7 +398,7 @@ fn find_frontend(dest: &Dest, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
     let v4 = is_v4_mapped(&dest.addr);
     let node_address = NodeAddressKey { addr: dest.addr };
     // SAFETY: only presence is read.
-    if !is_loopback(&dest.addr, v4) && unsafe { NODES.get(&node_address) }.is_none() {
+    if !(v4 && is_v4_loopback(&dest.addr)) && unsafe { NODES.get(&node_address) }.is_none() {
         return None;
     }
     let any = if v4 { V4_MAPPED_PREFIX } else { [0; 4] };
@@ -713,14 +713,11 @@ fn is_v4_mapped(addr: &Addr) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX[2]
 }
 
-/// 127.0.0.0/8 (mapped) or ::1.
+/// 127.0.0.0/8, of a mapped address. Not ::1: kube-proxy serves node ports
+/// on IPv4 loopback only (through route_localnet, which IPv6 lacks).
 #[inline(always)]
-fn is_loopback(addr: &Addr, v4: bool) -> bool {
-    if v4 {
-        u32::from_be(addr[3]) >> 24 == 127
-    } else {
-        addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == u32::from_be(1)
-    }
+fn is_v4_loopback(addr: &Addr) -> bool {
+    u32::from_be(addr[3]) >> 24 == 127
 }
 
 #[inline(always)]

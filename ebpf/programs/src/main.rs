@@ -6,7 +6,7 @@
 //!
 //! Lookup path (see `balctl_common` for the map layouts):
 //! frontend master entry (slot 0; the exact destination, else the NodePort
-//! entry when the destination is a node address or loopback) -> chosen slot
+//! entry when the destination is a node address or IPv4 loopback) -> chosen slot
 //! (backend id and a copy of the backend); a sticky choice's backend id ->
 //! backend.
 #![no_std]

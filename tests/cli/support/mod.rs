@@ -245,7 +245,13 @@ impl Sandbox {
     /// Starts a server in the server namespace that answers `id` on every
     /// listed TCP and UDP address, and waits until it listens.
     pub fn serve(&self, id: &str, tcp: &[&str], udp: &[&str]) {
-        let mut command = self.peer(false, &self.server_ns);
+        self.serve_in(&self.server_ns, id, tcp, udp);
+    }
+
+    /// `serve` in another of the sandbox's namespaces, e.g. on the client
+    /// namespace's loopback.
+    pub fn serve_in(&self, netns: &str, id: &str, tcp: &[&str], udp: &[&str]) {
+        let mut command = self.peer(false, netns);
         command.args(["serve", "--id", id]);
         for addr in tcp {
             command.args(["--tcp", addr]);
