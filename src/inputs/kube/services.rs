@@ -171,7 +171,9 @@ fn service_object(
     // only those of such a family (serviceport.go). The others are left to
     // whoever serves them, not made frontends without backends.
     if service.cluster_ips.is_empty() {
-        notes.push(format!("service {name} has no cluster IP (kube-proxy skips it until it has one): skipped"));
+        notes.push(format!(
+            "service {name} has no cluster IP (kube-proxy skips it until it has one): skipped"
+        ));
         return None;
     }
     let load_balancer_ips: &[IpAddr] =
@@ -432,8 +434,10 @@ mod tests {
         );
         assert_eq!(
             notes,
-            ["service shop/web: external IP 2001:db8::9, load-balancer IP 2001:db8::10 read but not applied: \
-              the service has no cluster IP of that family (kube-proxy leaves such addresses alone)"]
+            [
+                "service shop/web: external IP 2001:db8::9, load-balancer IP 2001:db8::10 read but not applied: \
+              the service has no cluster IP of that family (kube-proxy leaves such addresses alone)"
+            ]
         );
         // And the reverse: an IPv4 external IP of an IPv6-only service.
         let spec = "spec:\n  clusterIP: 2001:db8:5e::30\n  externalIPs: [198.18.2.30]\n  \
@@ -451,7 +455,10 @@ mod tests {
                     ports: [{name: https, port: 443, nodePort: 30443}]";
         let (found, notes) = rules_of(&[web(spec, V4_SLICE)], "node-a");
         assert!(found.is_empty(), "{found:?}");
-        assert_eq!(notes, ["service shop/web has no cluster IP (kube-proxy skips it until it has one): skipped"]);
+        assert_eq!(
+            notes,
+            ["service shop/web has no cluster IP (kube-proxy skips it until it has one): skipped"]
+        );
     }
 
     #[test]
@@ -476,8 +483,10 @@ mod tests {
         let (found, _) =
             rules_of(&[web("spec: {clusterIP: 198.18.0.30, ports: [{port: 443}]}", slice)], "node-a");
         assert_eq!(found, ["198.18.0.30:443/tcp -> 192.0.2.2:8443"]);
-        let (found, _) =
-            rules_of(&[web("spec: {clusterIP: 198.18.0.30, ports: [{name: https, port: 443}]}", slice)], "node-a");
+        let (found, _) = rules_of(
+            &[web("spec: {clusterIP: 198.18.0.30, ports: [{name: https, port: 443}]}", slice)],
+            "node-a",
+        );
         assert_eq!(found, ["198.18.0.30:443/tcp -> "]);
     }
 
