@@ -331,11 +331,11 @@ pub const SOCKET_WAYS: usize = 4;
 
 /// Value of the sockets map, an array of sets: a socket's way is in set
 /// `cookie % sets`. A new socket takes an empty way, else the one least
-/// recently used, so sockets still in use keep theirs while closed ones
-/// make room; a socket's way is emptied when it closes (the sock_release
-/// program), so taking an occupied way loses an open socket's translation
-/// (`DatapathStats::evicted_translations`). The datapath pays one array lookup and plain stores per
-/// socket, where a hash map's insert costs most of a translated connect.
+/// recently used. A socket's way is emptied when it closes (the
+/// sock_release program), so taking an occupied way loses an open socket's
+/// translation (`DatapathStats::evicted_translations`). The datapath pays
+/// one array lookup and plain stores per socket, where a hash map's insert
+/// costs most of a translated connect.
 /// The cookies and use times come first, in one cache line, so finding a
 /// way reads one line.
 #[repr(C)]
