@@ -1,5 +1,5 @@
-//! `sync --watch --metrics-addr ADDR`: the per-frontend counters as
-//! Prometheus text (exposition format 0.0.4) on `GET /metrics`.
+//! `sync --watch --metrics-addr ADDR`: the per-frontend counters and the
+//! node's as Prometheus text (exposition format 0.0.4) on `GET /metrics`.
 //!
 //! A small HTTP/1.x responder on a thread of its own, so a scrape never
 //! delays a sync and the watch loop never waits for a client. Connections
@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     bpf::{counters::CounterMaps, pins::PinDir},
     state::StateDir,
-    stats::{self, FrontendStats, GaveWay},
+    stats::{self, DatapathCounters, FrontendStats, GaveWay},
 };
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -101,11 +101,11 @@ fn read_head(stream: &mut TcpStream) -> io::Result<String> {
 fn scrape(pins: &PinDir, state: &StateDir) -> Result<String> {
     let counters = CounterMaps::open(pins)?;
     let state = state.read()?;
-    Ok(render(&stats::read(&counters, &state.image, |_| true)?))
+    Ok(render(&stats::read(&counters, &state.image, |_| true)?, &DatapathCounters::read(pins)?))
 }
 
 /// The counters in the text exposition format, one family after another.
-fn render(frontends: &[FrontendStats]) -> String {
+fn render(frontends: &[FrontendStats], datapath: &DatapathCounters) -> String {
     let mut out = String::new();
     family(&mut out, "balctl_resolutions_total", "Sockets and unconnected UDP datagrams sent to a backend.");
     for f in frontends {
@@ -134,6 +134,13 @@ fn render(frontends: &[FrontendStats]) -> String {
             sample(&mut out, "balctl_backend_hits_total", &labels(f, &[("backend", &address)]), backend.hits);
         }
     }
+    family(
+        &mut out,
+        "balctl_socket_translations_evicted_total",
+        "Open sockets whose translation a new socket took in the full sockets map: their getpeername() \
+         and recvmsg() show the backend. balctl status says how to make room.",
+    );
+    sample(&mut out, "balctl_socket_translations_evicted_total", "", datapath.evicted_translations);
     out
 }
 
@@ -141,8 +148,13 @@ fn family(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
 }
 
+/// One sample; a family without labels has none.
 fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
-    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {value}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
 }
 
 /// `frontend="...",name="..."` and `more`, escaped.
@@ -199,7 +211,7 @@ mod tests {
             backends: Vec::new(),
             ..web()
         };
-        let text = render(&[web(), local_dns]);
+        let text = render(&[web(), local_dns], &DatapathCounters { evicted_translations: 236 });
         let name = r#"name="service/ns/we\"b\\x\ny""#;
         let dns = r#"name="localredirectpolicy/kube-system/dns""#;
         let dns_failures: String = ["no_backend\"} 2", "no_local_backend\"} 0", "stale\"} 0", "family\"} 0"]
@@ -228,15 +240,22 @@ mod tests {
              balctl_gave_way_total{{frontend=\"198.18.0.10:53/udp@redirect\",{dns},reason=\"rate_limit\"}} 5\n\
              # HELP balctl_backend_hits_total Resolutions that chose this backend of the frontend.\n\
              # TYPE balctl_backend_hits_total counter\n\
-             balctl_backend_hits_total{{frontend=\"[2001:db8::10]:80/tcp\",{name},backend=\"[2001:db8::2]:8080\"}} 100\n"
+             balctl_backend_hits_total{{frontend=\"[2001:db8::10]:80/tcp\",{name},backend=\"[2001:db8::2]:8080\"}} 100\n\
+             # HELP balctl_socket_translations_evicted_total Open sockets whose translation a new socket took \
+             in the full sockets map: their getpeername() and recvmsg() show the backend. balctl status says \
+             how to make room.\n\
+             # TYPE balctl_socket_translations_evicted_total counter\n\
+             balctl_socket_translations_evicted_total 236\n"
         );
         assert_eq!(text, expected);
     }
 
     #[test]
     fn no_frontends_still_describe_the_families() {
-        let text = render(&[]);
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 4);
-        assert!(text.lines().all(|l| l.starts_with('#')));
+        let text = render(&[], &DatapathCounters { evicted_translations: 0 });
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 5);
+        // The node's counter, the one sample without a frontend.
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples, ["balctl_socket_translations_evicted_total 0"]);
     }
 }

@@ -1,7 +1,7 @@
-//! Per-frontend counters as `dump stats` shows them and `/metrics` serves
-//! them: the datapath's counters, summed over CPUs, for every frontend of
-//! the applied state and every backend it has now, named from the state.
-//! Frontends and backends that never resolved show zeros.
+//! Counters as `dump stats` shows them and `/metrics` serves them: the
+//! datapath's counters, summed over CPUs, for every frontend of the applied
+//! state and every backend it has now, named from the state, and the
+//! node's. Frontends and backends that never resolved show zeros.
 
 use std::net::SocketAddr;
 
@@ -10,7 +10,10 @@ use balctl_common::{GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, MembershipKey, res
 use serde::Serialize;
 
 use crate::{
-    bpf::counters::CounterMaps,
+    bpf::{
+        counters::{self, CounterMaps},
+        pins::PinDir,
+    },
     image::{BackendId, Image, ServiceId},
     model::{Frontend, Scope},
 };
@@ -69,6 +72,21 @@ pub struct BackendHits {
     /// Resolutions of the frontend that chose this backend, since it
     /// became one of the frontend's backends.
     pub hits: u64,
+}
+
+/// The node's counters: of the datapath as a whole, not of a frontend.
+#[derive(Serialize)]
+pub struct DatapathCounters {
+    /// Ways of the sockets map that a new socket took from an open one:
+    /// `getpeername()` and `recvmsg()` of that socket show the backend
+    /// instead of the frontend from then on.
+    pub evicted_translations: u64,
+}
+
+impl DatapathCounters {
+    pub fn read(pins: &PinDir) -> Result<Self> {
+        Ok(Self { evicted_translations: counters::datapath(pins)?.evicted_translations })
+    }
 }
 
 impl Failures {

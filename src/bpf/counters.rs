@@ -1,12 +1,12 @@
-//! The datapath's always-on counters: `stats` (per frontend, by service id)
-//! and `backend_hits` (per frontend and backend). Both are per-CPU hashes,
-//! so each read sums one value per possible CPU.
+//! The datapath's always-on counters: `stats` (per frontend, by service id),
+//! `backend_hits` (per frontend and backend) and `datapath_stats` (the
+//! node's). All are per CPU, so each read sums one value per possible CPU.
 
 use std::collections::HashSet;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, MapError, PerCpuHashMap};
-use balctl_common::{MembershipKey, ServiceStats, map_names};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
+use balctl_common::{DatapathStats, MembershipKey, ServiceStats, map_names};
 
 use super::{
     maps::{ignore_missing, open_map},
@@ -69,6 +69,15 @@ impl CounterMaps {
         }
         Ok(())
     }
+}
+
+/// The node's counters over every CPU.
+pub fn datapath(pins: &PinDir) -> Result<DatapathStats> {
+    let map: PerCpuArray<MapData, DatapathStats> = open_map(pins, map_names::DATAPATH_STATS)?;
+    let per_cpu = map.get(&0, 0).context("reading the datapath_stats map")?;
+    Ok(per_cpu.iter().fold(DatapathStats::default(), |sum, cpu| DatapathStats {
+        evicted_translations: sum.evicted_translations.wrapping_add(cpu.evicted_translations),
+    }))
 }
 
 /// A counter that was never created reads as absent, not as an error.

@@ -46,8 +46,10 @@ pub fn map_fills(pins: &PinDir) -> Result<Vec<MapFill>> {
                 MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
             let (capacity, unit, entries) = match spec.map_type {
                 bpf_map_type::BPF_MAP_TYPE_RINGBUF => (info.max_entries(), Unit::Bytes, None),
-                // One fixed entry, not a fill level: `status` leaves it out.
-                _ if spec.name == map_names::LAYERS => (info.max_entries(), Unit::Entries, None),
+                // One fixed entry, not a fill level: `status` leaves them out.
+                _ if [map_names::LAYERS, map_names::DATAPATH_STATS].contains(&spec.name) => {
+                    (info.max_entries(), Unit::Entries, None)
+                }
                 _ if spec.name == map_names::TRACE_LEASES => {
                     (TRACE_SLOTS, Unit::Slots, Some(running_leases(pins)?))
                 }
@@ -108,6 +110,7 @@ fn type_name(map_type: bpf_map_type) -> &'static str {
         bpf_map_type::BPF_MAP_TYPE_LRU_HASH => "lru_hash",
         bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH => "percpu_hash",
         bpf_map_type::BPF_MAP_TYPE_ARRAY => "array",
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY => "percpu_array",
         bpf_map_type::BPF_MAP_TYPE_RINGBUF => "ringbuf",
         _ => "other",
     }

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, Program, links::FdLink},
 };
 
 use balctl_common::map_names;
@@ -119,9 +119,12 @@ fn load_and_attach(
     // Verify every program before touching any hook, so a verifier
     // rejection leaves the running datapath as it was.
     for hook in HOOKS {
-        program(&mut ebpf, &hook)?
-            .load()
-            .with_context(|| format!("the kernel rejected the {} program", hook.name))?;
+        let loaded = match program(&mut ebpf, &hook)? {
+            Program::CgroupSockAddr(program) => program.load(),
+            Program::CgroupSock(program) => program.load(),
+            _ => unreachable!("`program` returns cgroup sock programs only"),
+        };
+        loaded.with_context(|| format!("the kernel rejected the {} program", hook.name))?;
     }
 
     let cgroup_dir =
@@ -137,10 +140,8 @@ fn load_and_attach(
                 HookAction::Replaced
             }
             None => {
-                let link_id = program
-                    .attach(&cgroup_dir, CgroupAttachMode::Single)
+                let link = attach(program, &cgroup_dir)
                     .with_context(|| format!("cannot attach {} to {}", hook.name, target.display()))?;
-                let link: FdLink = program.take_link(link_id)?.try_into()?;
                 link.pin(pins.link(hook.name))
                     .with_context(|| format!("cannot pin the {} link", hook.name))?;
                 HookAction::Attached
@@ -151,11 +152,35 @@ fn load_and_attach(
     Ok(actions)
 }
 
-fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<&'a mut CgroupSockAddr> {
+/// A hook's program: a cgroup sock_addr program, or the cgroup sock
+/// program of sock_release.
+fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<&'a mut Program> {
     let program = ebpf
         .program_mut(hook.program)
         .ok_or_else(|| anyhow!("the eBPF object has no program {}", hook.program))?;
-    Ok(program.try_into()?)
+    match program {
+        Program::CgroupSockAddr(_) | Program::CgroupSock(_) => Ok(program),
+        other => {
+            bail!("the program {} is a {:?} program, not a cgroup sock one", hook.program, other.prog_type())
+        }
+    }
+}
+
+/// Attaches a loaded hook program to the cgroup through a bpf_link that
+/// outlives this process once pinned.
+fn attach(program: &mut Program, cgroup_dir: &fs::File) -> Result<FdLink> {
+    let link = match program {
+        Program::CgroupSockAddr(program) => {
+            let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+            program.take_link(id)?.try_into()?
+        }
+        Program::CgroupSock(program) => {
+            let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+            program.take_link(id)?.try_into()?
+        }
+        _ => unreachable!("`program` returns cgroup sock programs only"),
+    };
+    Ok(link)
 }
 
 /// Pinned links that are still attached. A link whose cgroup is gone is

@@ -4,46 +4,48 @@
 use std::mem::size_of;
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::CgroupSockAddrAttachType;
 use aya_obj::generated::{bpf_attach_type, bpf_map_type};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, EVENTS_BYTES, MembershipKey, NodeAddressKey, RateLimit, RevNatKey,
-    RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet, TRACE_LEASE_ENTRIES,
-    default_capacity, map_names,
+    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, MembershipKey, NodeAddressKey,
+    RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet,
+    TRACE_LEASE_ENTRIES, default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balctl"));
 
-/// A cgroup sock_addr hook balctl attaches a program to.
+/// A cgroup hook balctl attaches a program to: the sock_addr hooks that
+/// translate, and sock_release, which frees a closed socket's way.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
     /// The name users see and the link's pin file name.
     pub name: &'static str,
-    /// The program's function name in the object.
+    /// The program's function name in the object (whose section names
+    /// the attach type).
     pub program: &'static str,
-    pub attach_type: CgroupSockAddrAttachType,
+    pub attach_type: bpf_attach_type,
 }
 
 impl Hook {
     /// The kernel's `bpf_attach_type` number for queries.
     pub fn kernel_attach_type(&self) -> u32 {
-        bpf_attach_type::from(self.attach_type) as u32
+        self.attach_type as u32
     }
 }
 
-pub const HOOKS: [Hook; 8] = [
-    hook("connect4", "balctl_connect4", CgroupSockAddrAttachType::Connect4),
-    hook("connect6", "balctl_connect6", CgroupSockAddrAttachType::Connect6),
-    hook("sendmsg4", "balctl_sendmsg4", CgroupSockAddrAttachType::UDPSendMsg4),
-    hook("sendmsg6", "balctl_sendmsg6", CgroupSockAddrAttachType::UDPSendMsg6),
-    hook("recvmsg4", "balctl_recvmsg4", CgroupSockAddrAttachType::UDPRecvMsg4),
-    hook("recvmsg6", "balctl_recvmsg6", CgroupSockAddrAttachType::UDPRecvMsg6),
-    hook("getpeername4", "balctl_getpeer4", CgroupSockAddrAttachType::GetPeerName4),
-    hook("getpeername6", "balctl_getpeer6", CgroupSockAddrAttachType::GetPeerName6),
+pub const HOOKS: [Hook; 9] = [
+    hook("connect4", "balctl_connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+    hook("connect6", "balctl_connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
+    hook("sendmsg4", "balctl_sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
+    hook("sendmsg6", "balctl_sendmsg6", bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
+    hook("recvmsg4", "balctl_recvmsg4", bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG),
+    hook("recvmsg6", "balctl_recvmsg6", bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG),
+    hook("getpeername4", "balctl_getpeer4", bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME),
+    hook("getpeername6", "balctl_getpeer6", bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME),
+    hook("sock_release", "balctl_sock_release", bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE),
 ];
 
-const fn hook(name: &'static str, program: &'static str, attach_type: CgroupSockAddrAttachType) -> Hook {
+const fn hook(name: &'static str, program: &'static str, attach_type: bpf_attach_type) -> Hook {
     Hook { name, program, attach_type }
 }
 
@@ -75,7 +77,7 @@ impl MapSpec {
     }
 }
 
-pub const MAPS: [MapSpec; 16] = [
+pub const MAPS: [MapSpec; 17] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -135,6 +137,11 @@ pub const MAPS: [MapSpec; 16] = [
         "services",
         default_capacity::SERVICES,
     ),
+    // The node's counters: one entry, a value per CPU.
+    MapSpec {
+        map_type: bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
+        ..fixed_array::<DatapathStats>(map_names::DATAPATH_STATS, 1)
+    },
     map::<u32, RateLimit>(
         map_names::RATE_LIMITS,
         bpf_map_type::BPF_MAP_TYPE_HASH,

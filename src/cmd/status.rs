@@ -1,9 +1,11 @@
 //! `balctl status`: loaded or not, on which cgroup, which programs, how full
-//! the maps are, what is applied and whether the maps drifted from it.
+//! the maps are, whether the sockets map lost translations, what is applied
+//! and whether the maps drifted from it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use balctl_common::map_names;
 use serde::Serialize;
 
 use super::Context;
@@ -16,6 +18,7 @@ use crate::{
     caps,
     output::{OutputFormat, count, print_structured, table},
     plan::{MapContents, Plan},
+    stats::DatapathCounters,
 };
 
 #[derive(Serialize)]
@@ -27,6 +30,9 @@ struct Status {
     attach: Option<AttachState>,
     programs: Vec<ProgramRow>,
     maps: Vec<MapRow>,
+    /// Open sockets whose way of the full sockets map a new socket took
+    /// (`dump stats`); null when not loaded.
+    evicted_translations: Option<u64>,
     policies: usize,
     /// Objects applied by `balctl sync`.
     synced: usize,
@@ -66,15 +72,16 @@ pub fn run(ctx: &Context) -> Result<()> {
     caps::require("balctl status", &[caps::NET_ADMIN])?;
     let state = ctx.state.read()?;
     let loaded = loader::is_loaded(&ctx.pins);
-    let (attach, programs, maps, drift) = if loaded {
+    let (attach, programs, maps, evicted, drift) = if loaded {
         let attach = loader::attach_state(&ctx.pins)?;
         let programs = programs(&attach)?;
         let datapath = Datapath::open(&ctx.pins)?;
         let contents = datapath.read_contents()?;
         let drift = Plan::repair(&contents, &MapContents::of(&state.image)).len();
-        (Some(attach), programs, map_rows(&ctx.pins)?, Some(drift))
+        let evicted = DatapathCounters::read(&ctx.pins)?.evicted_translations;
+        (Some(attach), programs, map_rows(&ctx.pins)?, Some(evicted), Some(drift))
     } else {
-        (None, Vec::new(), Vec::new(), None)
+        (None, Vec::new(), Vec::new(), None, None)
     };
     let status = Status {
         loaded,
@@ -83,6 +90,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         attach,
         programs,
         maps,
+        evicted_translations: evicted,
         policies: state.policies.len(),
         synced: state.synced.len(),
         frontends: state.image.frontends.len(),
@@ -185,6 +193,10 @@ fn print_table(status: &Status) {
         ]);
     }
     println!("{maps}\n");
+    let sockets = status.maps.iter().find(|map| map.name == map_names::SOCKETS);
+    if let (Some(evicted @ 1..), Some(sockets)) = (status.evicted_translations, sockets) {
+        println!("{}\n", eviction_warning(evicted, sockets.capacity));
+    }
     println!("state:   {} ({})", state_summary(status), status.state_dir.display());
     match status.drift {
         Some(0) | None => println!("drift:   none (maps match the applied state)"),
@@ -204,4 +216,37 @@ fn print_table(status: &Status) {
         status.kernel.cgroup2.as_ref().map_or_else(|| "(none)".into(), |p| p.display().to_string()),
         if status.kernel.btf { "yes" } else { "no" }
     );
+}
+
+/// What `evicted` lost translations mean and how to resize the sockets map
+/// of `capacity` sockets. The peak of open sockets is not known (the map
+/// only holds those that kept a way), so the size suggested is four times
+/// the current one; a map keeps its size while loaded.
+fn eviction_warning(evicted: u64, capacity: u32) -> String {
+    let suggested = (u64::from(capacity) * 4).next_power_of_two().min(1 << 31);
+    let evicted = count(usize::try_from(evicted).unwrap_or(usize::MAX), "translation", "translations");
+    format!(
+        "WARNING: {evicted} of open sockets evicted: the sockets map (room for {capacity}) was full, so new\n\
+         \x20        sockets took the ways of open ones, whose getpeername() and recvmsg() now show the\n\
+         \x20        backend, not the service. The map needs a way for every translated socket open at once,\n\
+         \x20        with room to spare for its 4-way sets. Fix: `balctl unload --yes`, then\n\
+         \x20        `balctl load --map-size sockets={suggested}` (a pinned map keeps its size; load restores\n\
+         \x20        every applied rule)."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eviction_warning_says_what_was_lost_and_the_fix() {
+        let warning = eviction_warning(236, 64);
+        assert!(warning.starts_with("WARNING: 236 translations of open sockets evicted"), "{warning}");
+        assert!(warning.contains("getpeername() and recvmsg()"), "{warning}");
+        assert!(warning.contains("`balctl load --map-size sockets=256`"), "{warning}");
+        assert!(eviction_warning(1, 262_144).contains("sockets=1048576`"));
+        // Never beyond what --map-size takes.
+        assert!(eviction_warning(1, u32::MAX).contains("sockets=2147483648`"));
+    }
 }

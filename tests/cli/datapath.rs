@@ -89,7 +89,7 @@ pub fn unload_leaves_nothing_behind() {
     add_policy(&sandbox, "web", VIP, &BACKENDS, &[]);
     assert_eq!(count(&sandbox.client(&["connect", "--to", VIP]), "ok"), 1);
     let links = link_ids(&sandbox);
-    assert_eq!(links.len(), 8);
+    assert_eq!(links.len(), 9);
 
     // Without a terminal, unload needs --yes and changes nothing.
     let refused = sandbox.balctl(&["unload"]);
@@ -136,7 +136,7 @@ pub fn reload_under_traffic_loses_nothing() {
             }
         }
         let output = sandbox.load();
-        assert!(output.contains("8 hooks replaced in place"), "{output}");
+        assert!(output.contains("9 hooks replaced in place"), "{output}");
         assert_eq!(output.contains("2 maps created"), round == 1, "{output}");
     }
     let report = finish(client);
@@ -145,12 +145,12 @@ pub fn reload_under_traffic_loses_nothing() {
 
     let status = sandbox.balctl_json(&["status"]);
     let hooks = status["hooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 8, "{status}");
+    assert_eq!(hooks.len(), 9, "{status}");
     for (hook, before) in hooks.iter().zip(&programs_before) {
         assert_eq!(hook["attached_programs"], 1, "{status}");
         assert_ne!(&hook["program_id"], before, "program was not replaced: {status}");
     }
-    assert_eq!(bpftool_cgroup_show(&sandbox).len(), 8);
+    assert_eq!(bpftool_cgroup_show(&sandbox).len(), 9);
 }
 
 /// Another build of the datapath for `load --object`: the programs without
@@ -168,7 +168,7 @@ fn hook_programs(sandbox: &Sandbox) -> Vec<(String, u64, String)> {
             .to_owned()
     };
     let hooks = status["hooks"].as_array().expect("hooks");
-    assert_eq!(hooks.len(), 8, "{status}");
+    assert_eq!(hooks.len(), 9, "{status}");
     hooks
         .iter()
         .map(|h| {
@@ -221,7 +221,7 @@ pub fn upgrade_to_another_build_under_traffic_loses_nothing() {
     let client = sandbox.spawn_client(&["connect", "--to", VIP, "--millis", "4000"]);
     thread::sleep(Duration::from_millis(1000));
     let output = sandbox.load_with(&["--object", other_build.to_str().unwrap()]);
-    assert!(output.contains("8 hooks replaced in place"), "{output}");
+    assert!(output.contains("9 hooks replaced in place"), "{output}");
     let upgraded = hook_programs(&sandbox);
     assert_programs_gone(&built_in.iter().map(|p| p.1).collect::<Vec<_>>());
     thread::sleep(Duration::from_millis(1000));
@@ -243,7 +243,7 @@ pub fn upgrade_to_another_build_under_traffic_loses_nothing() {
         assert_eq!(old.2, again.2, "{}: the built-in program came back different", old.0);
     }
     assert_eq!(link_ids(&sandbox), links, "the links were replaced, not updated");
-    assert_eq!(bpftool_cgroup_show(&sandbox).len(), 8);
+    assert_eq!(bpftool_cgroup_show(&sandbox).len(), 9);
     assert_eq!(sandbox.reached(VIP, 30).len(), 3);
 
     // An object that is not balctl's is refused before anything changes.
@@ -311,8 +311,9 @@ pub fn one_udp_socket_keeps_a_backend_per_vip() {
         add_policy(&sandbox, name, &format!("{vip}/udp"), &backends, &[]);
     }
 
-    let report =
-        sandbox.client(&["udp-sendto", "--to", vips[0], "--to", vips[1], "--to", vips[2], "--count", "10"]);
+    // Held open: the first VIP's translation is the socket's way, freed when it closes.
+    let (_client, report) =
+        sandbox.hold(&["udp-sendto", "--to", vips[0], "--to", vips[1], "--to", vips[2], "--count", "10"]);
     let replies = report["replies"].as_array().expect("replies");
     assert_eq!(replies.len(), 30, "{report}");
     assert!(replies.iter().all(|r| r["from"] == r["to"]), "a reply not from its VIP: {report}");
@@ -343,9 +344,13 @@ pub fn one_udp_socket_keeps_a_backend_per_vip() {
 /// The sockets map keeps the way of a socket in use. Loaded with room for
 /// 4 sockets (one set of 4 ways), one unconnected socket exchanges 40 times
 /// with a VIP of three backends, and after each exchange 3 new sockets make
-/// one each. Each new socket takes the way used least recently, never the
-/// long-lived socket's, so that one stays on its first backend (a socket
-/// that lost its way would choose again) and every reply comes from the VIP.
+/// one each, all kept open. Each new socket after the first 3 takes the
+/// way used least recently, never the long-lived socket's, so that one
+/// stays on its first backend (a socket that lost its way would choose
+/// again), every reply comes from the VIP, and exactly 117 ways are taken
+/// from open sockets (a long-lived socket that lost its way would take
+/// one more when it sends again). Once the client exits, its sockets'
+/// ways are free.
 pub fn a_socket_in_use_keeps_its_way() {
     let sandbox = Sandbox::new();
     serve_three(&sandbox);
@@ -353,7 +358,7 @@ pub fn a_socket_in_use_keeps_its_way() {
     let vip = "198.18.0.20:5300";
     add_policy(&sandbox, "dns", &format!("{vip}/udp"), &three(|h| format!("192.0.2.{h}:5300")), &[]);
 
-    let report = sandbox.client(&["udp-sendto", "--to", vip, "--count", "40", "--fresh", "3"]);
+    let (client, report) = sandbox.hold(&["udp-sendto", "--to", vip, "--count", "40", "--fresh", "3"]);
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
     let replies = report["replies"].as_array().expect("replies");
     assert_eq!(replies.len(), 40, "{report}");
@@ -365,10 +370,17 @@ pub fn a_socket_in_use_keeps_its_way() {
     let spread: BTreeSet<&str> = fresh.iter().filter_map(Value::as_str).collect();
     assert!(spread.len() >= 2, "120 new sockets all went to {spread:?}");
 
-    // One set: four ways, all taken.
-    let status = sandbox.balctl_json(&["status"]);
-    let sockets = status["maps"].as_array().unwrap().iter().find(|m| m["name"] == "sockets").unwrap();
-    assert_eq!((sockets["entries"].as_u64(), sockets["capacity"].as_u64()), (Some(4), Some(4)), "{status:#}");
+    let stats = sandbox.balctl_json(&["dump", "stats"]);
+    assert_eq!(stats["datapath"]["evicted_translations"], 120 - 3, "{stats:#}");
+    // One set: four ways, all taken; then all free.
+    let sockets = || {
+        let status = sandbox.balctl_json(&["status"]);
+        let map = status["maps"].as_array().unwrap().iter().find(|m| m["name"] == "sockets").unwrap().clone();
+        (map["entries"].as_u64(), map["capacity"].as_u64())
+    };
+    assert_eq!(sockets(), (Some(4), Some(4)));
+    drop(client);
+    assert_eq!(sockets(), (Some(0), Some(4)));
 }
 
 /// Must show 4 (dig): `dig @VIP` against dnsmasq backends, UDP and TCP,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::Sandbox;
+use crate::support::{HeldClient, Sandbox};
 
 const KINDS: [&str; 8] = ["services", "backends", "affinity", "revnat", "nodes", "config", "stats", "all"];
 
@@ -69,8 +69,10 @@ fn strings<'a>(items: &'a Value, field: &str) -> Vec<&'a str> {
 }
 
 /// The sandbox's state: IPv4 TCP with two backends, IPv6 with affinity, UDP,
-/// a frontend without backends and two Nodes; then traffic through each.
-fn populate(sandbox: &Sandbox) {
+/// a frontend without backends and two Nodes; then traffic through each,
+/// from clients that keep their sockets open (so that their ways of the
+/// sockets map stay) until they drop.
+fn populate(sandbox: &Sandbox) -> Vec<HeldClient> {
     sandbox.serve("b2", &["192.0.2.2:8080", "[2001:db8::2]:8080"], &[]);
     sandbox.serve("b3", &["192.0.2.3:8080"], &["192.0.2.5:53"]);
     sandbox.load();
@@ -106,20 +108,21 @@ fn populate(sandbox: &Sandbox) {
     sandbox.balctl_ok(&["sync", "--node-name", "node-a", "-f", &nodes]);
 
     // Enough connects that both backends of web are all but sure to be hit.
-    let report = sandbox.client(&["connect", "--to", "198.18.0.10:80", "--count", "20"]);
+    let (web, report) = sandbox.hold(&["connect", "--to", "198.18.0.10:80", "--count", "20"]);
     assert_eq!(report["ok"], 20, "{report}");
     assert_eq!(report["backends"].as_object().unwrap().len(), 2, "{report}");
-    let report = sandbox.client(&["connect", "--to", "[2001:db8:5e::10]:80", "--count", "3"]);
+    let (web6, report) = sandbox.hold(&["connect", "--to", "[2001:db8:5e::10]:80", "--count", "3"]);
     assert_eq!(report["ok"], 3, "{report}");
-    let report = sandbox.client(&["udp-sendto", "--to", "198.18.0.53:53", "--count", "2"]);
+    let (dns, report) = sandbox.hold(&["udp-sendto", "--to", "198.18.0.53:53", "--count", "2"]);
     assert_eq!(report["replies"].as_array().unwrap().len(), 2, "{report}");
     let report = sandbox.client(&["connect", "--to", "198.18.0.11:80"]);
     assert_eq!(report["errors"]["ECONNREFUSED"], 1, "{report}");
+    vec![web, web6, dns]
 }
 
 pub fn every_format_matches_the_documented_schema() {
     let sandbox = Sandbox::new();
-    populate(&sandbox);
+    let _clients = populate(&sandbox);
 
     // Every kind: a table, JSON that matches its schema, the same as YAML.
     for kind in KINDS {
@@ -128,8 +131,13 @@ pub fn every_format_matches_the_documented_schema() {
         assert_eq!(timeless(yaml), timeless(json.clone()), "dump {kind}: YAML and JSON differ");
         let table = sandbox.balctl_ok(&["dump", kind]);
         assert!(table.lines().count() > 1, "dump {kind}: {table}");
+        // `stats` also has the node's counters.
+        let fields: &[&str] = match kind {
+            "stats" => &["datapath", "stats"],
+            _ => &[kind],
+        };
         if kind != "all" {
-            assert_eq!(json.as_object().unwrap().keys().collect::<Vec<_>>(), [kind], "{json:#}");
+            assert_eq!(json.as_object().unwrap().keys().collect::<Vec<_>>(), fields, "{json:#}");
         }
     }
 
@@ -200,6 +208,7 @@ pub fn every_format_matches_the_documented_schema() {
             "nodes",
             "stats",
             "backend_hits",
+            "datapath_stats",
             "rate_limits",
             "layers",
             "trace_leases",
@@ -216,6 +225,10 @@ pub fn every_format_matches_the_documented_schema() {
     assert_eq!(map("revnat")["entries"], 0, "no socket sent to two frontends");
     assert_eq!(map("stats")["type"], "percpu_hash");
     assert_eq!(map("stats")["entries"], 4, "every frontend resolved once at least");
+    assert_eq!(
+        (map("datapath_stats")["type"].as_str(), map("datapath_stats")["entries"].as_null()),
+        (Some("percpu_array"), Some(()))
+    );
     assert_eq!(
         (map("trace_leases")["capacity"].as_u64(), map("trace_leases")["entries"].as_u64()),
         (Some(4), Some(0))
@@ -242,7 +255,7 @@ pub fn every_format_matches_the_documented_schema() {
         .as_array()
         .unwrap()
         .iter()
-        // Ring buffers and the layers map have no fill level.
+        // Ring buffers, the layers and datapath_stats maps have no fill level.
         .filter(|m| !m["entries"].is_null())
         .map(|m| {
             (m["name"].as_str().unwrap(), m["entries"].as_u64().unwrap(), m["capacity"].as_u64().unwrap())
@@ -269,12 +282,14 @@ pub fn every_format_matches_the_documented_schema() {
         resolutions,
         [("policy/web", 20, 0), ("policy/closed", 0, 1), ("policy/dns", 2, 0), ("policy/web6", 3, 0)]
     );
+    assert_eq!(stats["datapath"]["evicted_translations"], 0, "{stats:#}");
 
     let all = dump(&sandbox, "all", &[]);
     for kind in &KINDS[..7] {
         let alone = sandbox.balctl_json(&["dump", kind]);
         assert_eq!(timeless(all[kind].clone()), timeless(alone[kind].clone()), "dump all: {kind}");
     }
+    assert_eq!(all["datapath"], stats["datapath"]);
 
     vip_filters(&sandbox);
 }
@@ -311,6 +326,7 @@ fn vip_filters(sandbox: &Sandbox) {
 
     let stats = vip("stats", "198.18.0.11");
     assert_eq!(strings(&stats["stats"], "frontend"), ["198.18.0.11:80/tcp@balancing"]);
+    assert_eq!(stats["datapath"]["evicted_translations"], 0, "the node's counters, whatever --vip");
 
     let all = vip("all", "198.18.0.53");
     assert_eq!(strings(&all["services"], "frontend"), ["198.18.0.53:53/udp@balancing"]);

@@ -140,11 +140,11 @@ pub fn unload_asks_on_a_terminal() {
     let (code, shown) = unload_on_terminal(&sandbox, "n");
     assert_eq!(code, Some(1), "{shown}");
     assert!(shown.contains("unload cancelled"), "{shown}");
-    assert_eq!(sandbox.balctl_json(&["status"])["hooks"].as_array().map(Vec::len), Some(8));
+    assert_eq!(sandbox.balctl_json(&["status"])["hooks"].as_array().map(Vec::len), Some(9));
 
     let (code, shown) = unload_on_terminal(&sandbox, "y");
     assert_eq!(code, Some(0), "{shown}");
-    assert!(shown.contains("8 hooks detached"), "{shown}");
+    assert!(shown.contains("9 hooks detached"), "{shown}");
     assert!(!sandbox.pins.exists());
 }
 

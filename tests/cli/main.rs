@@ -10,6 +10,7 @@ mod datapath;
 mod deploy;
 mod docs;
 mod dump;
+mod evict;
 mod input;
 mod kube;
 mod kube_api;
@@ -73,6 +74,9 @@ fn main() {
         datapath::affinity_sticks_until_the_backend_leaves,
         datapath::frontend_without_backends_rejects_at_once,
         dump::every_format_matches_the_documented_schema,
+        evict::a_full_sockets_map_counts_what_it_loses_and_status_warns,
+        evict::a_big_enough_sockets_map_evicts_nothing,
+        evict::closed_sockets_free_their_ways,
         input::bad_input_changes_nothing,
         input::mismatched_pinned_map_is_refused,
         input::unload_asks_on_a_terminal,

@@ -22,7 +22,9 @@ const CLOSED_VIP: &str = "198.18.0.11:80";
 const WEB: &str = "198.18.0.10:80/tcp";
 const CLOSED: &str = "198.18.0.11:80/tcp";
 
-fn services(hosts: &[u8], with_closed: bool) -> String {
+/// A services file: web (198.18.0.10:80 to port 8080 of `hosts`), and
+/// closed (198.18.0.11:80, no backend) if `with_closed`.
+pub fn services(hosts: &[u8], with_closed: bool) -> String {
     let backends: Vec<String> = hosts.iter().map(|h| format!("\"192.0.2.{h}\"")).collect();
     let mut toml = format!(
         "[[service]]\nname = \"web\"\naddresses = [\"198.18.0.10\"]\nbackends = [{}]\n\
@@ -38,7 +40,7 @@ fn services(hosts: &[u8], with_closed: bool) -> String {
 }
 
 /// A port nothing listens on now, for the metrics server.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -59,7 +61,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Scrapes /metrics, waiting (at most 10 s) for the server to answer.
-fn scrape(port: u16) -> BTreeMap<String, u64> {
+pub fn scrape(port: u16) -> BTreeMap<String, u64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
         if let Some((status, body)) = http_get(port, "/metrics") {
@@ -69,7 +71,12 @@ fn scrape(port: u16) -> BTreeMap<String, u64> {
         assert!(Instant::now() < deadline, "nothing answers on 127.0.0.1:{port} within 10 s");
         thread::sleep(Duration::from_millis(20));
     };
-    for family in ["balctl_resolutions_total", "balctl_failures_total", "balctl_backend_hits_total"] {
+    for family in [
+        "balctl_resolutions_total",
+        "balctl_failures_total",
+        "balctl_backend_hits_total",
+        "balctl_socket_translations_evicted_total",
+    ] {
         assert!(body.contains(&format!("# TYPE {family} counter\n")), "{body}");
         assert!(body.contains(&format!("# HELP {family} ")), "{body}");
     }

@@ -27,6 +27,7 @@ pub mod map_names {
     pub const TRACE_LEASES: &str = "trace_leases";
     pub const RATE_LIMITS: &str = "rate_limits";
     pub const LAYERS: &str = "layers";
+    pub const DATAPATH_STATS: &str = "datapath_stats";
     /// One ring buffer per trace slot.
     pub const EVENTS: [&str; super::TRACE_SLOTS as usize] = ["events0", "events1", "events2", "events3"];
 }
@@ -37,8 +38,7 @@ pub mod default_capacity {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 65_536;
     pub const AFFINITY: u32 = 65_536;
-    /// One way per translated socket that is open (or recently closed),
-    /// `SOCKET_WAYS` to a set.
+    /// One way per translated socket that is open, `SOCKET_WAYS` to a set.
     pub const SOCKETS: u32 = 262_144;
     /// Only unconnected UDP sockets that send to a second frontend use it.
     pub const REVNAT: u32 = 65_536;
@@ -116,6 +116,19 @@ pub struct ServiceStats {
     /// Of a redirect entry: connections it gave way to the next layer,
     /// indexed by `GAVE_WAY_NO_BACKEND` and `GAVE_WAY_RATE_LIMIT`.
     pub gave_way: [u64; 2],
+}
+
+/// Value of the datapath_stats map (a per-CPU array of one entry): the
+/// counters of the node's datapath as a whole, not of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathStats {
+    /// Ways of the sockets map taken over by a new socket while they held
+    /// another: the sock_release program frees a socket's way when it
+    /// closes, so the socket that had it was open (or closed before
+    /// balctl's programs were attached), and its `recvmsg()` and
+    /// `getpeername()` now show the backend instead of the frontend.
+    pub evicted_translations: u64,
 }
 
 /// `ServiceStats::gave_way`: the redirect had no backend.
@@ -318,9 +331,11 @@ pub const SOCKET_WAYS: usize = 4;
 
 /// Value of the sockets map, an array of sets: a socket's way is in set
 /// `cookie % sets`. A new socket takes an empty way, else the one least
-/// recently used, so sockets still in use keep theirs while closed ones
-/// make room. The datapath pays one array lookup and plain stores per
-/// socket, where a hash map's insert costs most of a translated connect.
+/// recently used. A socket's way is emptied when it closes (the
+/// sock_release program), so taking an occupied way loses an open socket's
+/// translation (`DatapathStats::evicted_translations`). The datapath pays
+/// one array lookup and plain stores per socket, where a hash map's insert
+/// costs most of a translated connect.
 /// The cookies and use times come first, in one cache line, so finding a
 /// way reads one line.
 #[repr(C)]
@@ -383,6 +398,7 @@ mod pod {
     unsafe impl aya::Pod for super::SocketSet {}
     unsafe impl aya::Pod for super::NodeAddressKey {}
     unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::DatapathStats {}
     unsafe impl aya::Pod for super::TraceEvent {}
     unsafe impl aya::Pod for super::RateLimit {}
 }
@@ -409,6 +425,7 @@ mod tests {
         assert_eq!(size_of::<SocketSet>(), 256);
         assert_eq!(size_of::<NodeAddressKey>(), 16);
         assert_eq!(size_of::<ServiceStats>(), 56);
+        assert_eq!(size_of::<DatapathStats>(), 8);
         assert_eq!(size_of::<TraceEvent>(), 88);
         assert_eq!(size_of::<RateLimit>(), 24);
     }

@@ -10,12 +10,12 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_prandom_u32,
         bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_set_retval, generated,
     },
-    macros::{cgroup_sock_addr, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuHashMap, RingBuf},
-    programs::SockAddrContext,
+    macros::{cgroup_sock, cgroup_sock_addr, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{SockAddrContext, SockContext},
 };
 use balctl_common::{
-    Addr, AffinityKey, AffinityValue, Backend, ECONNREFUSED, EVENTS_BYTES, GAVE_WAY_NO_BACKEND,
+    Addr, AffinityKey, AffinityValue, Backend, DatapathStats, ECONNREFUSED, EVENTS_BYTES, GAVE_WAY_NO_BACKEND,
     GAVE_WAY_RATE_LIMIT, IPPROTO_TCP, IPPROTO_UDP, LAYERS_KNOWN, MembershipKey, NodeAddressKey, OP_CONNECT,
     OP_SENDMSG, RateLimit, RevNatKey, RevNatValue, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE,
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED, SOCKET_FURTHER_FRONTENDS,
@@ -64,6 +64,10 @@ static BACKEND_HITS: PerCpuHashMap<MembershipKey, u64> =
 
 #[map(name = "rate_limits")]
 static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::with_max_entries(default_capacity::RATE_LIMITS, 0);
+
+// The node's counters (one entry): per CPU, like the frontends'.
+#[map(name = "datapath_stats")]
+static DATAPATH_STATS: PerCpuArray<DatapathStats> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "layers")]
 static LAYERS: Array<u32> = Array::with_max_entries(1, 0);
@@ -141,6 +145,37 @@ pub fn balctl_getpeer4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn balctl_getpeer6(ctx: SockAddrContext) -> i32 {
     reverse_translate(&ctx, Family::V6)
+}
+
+/// A socket of the cgroup closes: its way of the sockets map, if it has
+/// one, is emptied for the next socket. So a way that a new socket finds
+/// occupied belongs to an open socket, and taking it is counted
+/// (`remember_socket`). Runs for every TCP and UDP socket of the cgroup,
+/// translated or not: one array lookup and four compares.
+///
+/// Only the cookie is cleared, with one store and no lock: should the way
+/// be taken over by a new socket in the instant between the compare and
+/// the store, the new socket loses it. The takeover was counted then (the
+/// way was occupied), so the count still matches the translations lost.
+#[cgroup_sock(sock_release)]
+pub fn balctl_sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(set) = socket_set(cookie) else {
+        return ALLOW;
+    };
+    for index in 0..SOCKET_WAYS {
+        // SAFETY: as in `Way::find`; one whole field.
+        unsafe {
+            let owner = &raw mut (*set).cookies[index];
+            if read_volatile(owner) == cookie {
+                write_volatile(owner, NO_COOKIE);
+                break;
+            }
+        }
+    }
+    // cgroup sock programs allow with 1; sock_release's result is ignored.
+    ALLOW
 }
 
 /// Forward translation: frontend -> backend. Traffic to anything that is not
@@ -657,7 +692,10 @@ impl Way {
 /// one, else the set's least recently used (see `Way::find` on the order
 /// of the writes). Ways used in the same tick go newest socket first: the
 /// older sockets are the long-lived ones, and a burst of short-lived
-/// sockets (a resolver's) then takes the ways of each other.
+/// sockets (a resolver's) then takes the ways of each other. Taking
+/// another socket's way is counted: closed sockets leave theirs empty
+/// (`balctl_sock_release`), so that socket was open and lost its reverse
+/// translation.
 #[inline(always)]
 fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
     let Some(set) = socket_set(cookie) else {
@@ -675,6 +713,7 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
         };
         if owner == cookie {
             chosen = way;
+            chosen_owner = NO_COOKIE;
             break;
         }
         let idle = if owner == NO_COOKIE { u64::MAX } else { now.saturating_sub(last_used) };
@@ -683,6 +722,9 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
             (chosen_idle, chosen_owner) = (idle, owner);
         }
     }
+    if chosen_owner != NO_COOKIE {
+        count_eviction();
+    }
     let way = chosen % SOCKET_WAYS;
     // SAFETY: as in `Way::find`; the cookie goes first and last, see there.
     unsafe {
@@ -690,6 +732,16 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
         write_volatile(&raw mut (*set).ways[way], *socket);
         write_volatile(&raw mut (*set).last_used_ns[way], now);
         write_volatile(&raw mut (*set).cookies[way], cookie);
+    }
+}
+
+/// Adds a way taken from an open socket to this CPU's node counters: a
+/// lookup that only evictions pay for.
+#[inline(always)]
+fn count_eviction() {
+    if let Some(stats) = DATAPATH_STATS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU entry, written by this CPU only while this program runs.
+        unsafe { (*stats).evicted_translations += 1 };
     }
 }
 

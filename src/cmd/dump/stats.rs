@@ -1,4 +1,4 @@
-//! `dump stats`: the per-frontend counters (src/stats.rs).
+//! `dump stats`: the per-frontend counters and the node's (src/stats.rs).
 
 use anyhow::Result;
 use serde::Serialize;
@@ -7,17 +7,22 @@ use super::{Tables, View, backend_cell};
 use crate::{
     bpf::counters::CounterMaps,
     output::table,
-    stats::{self, FrontendStats},
+    stats::{self, DatapathCounters, FrontendStats},
 };
 
 #[derive(Serialize)]
 pub struct Stats {
     stats: Vec<FrontendStats>,
+    /// The node's counters: `--vip` leaves them as they are.
+    datapath: DatapathCounters,
 }
 
 pub fn read(view: &View) -> Result<Stats> {
     let counters = CounterMaps::open(view.pins)?;
-    Ok(Stats { stats: stats::read(&counters, &view.state.image, |frontend| view.shows(frontend))? })
+    Ok(Stats {
+        stats: stats::read(&counters, &view.state.image, |frontend| view.shows(frontend))?,
+        datapath: DatapathCounters::read(view.pins)?,
+    })
 }
 
 impl Tables for Stats {
@@ -51,5 +56,10 @@ impl Tables for Stats {
             ]);
         }
         println!("{rows}");
+        let evicted = self.datapath.evicted_translations;
+        println!(
+            "evicted socket translations: {evicted}{}",
+            if evicted > 0 { " (`balctl status` says how to make room)" } else { "" }
+        );
     }
 }

@@ -334,6 +334,27 @@ impl Sandbox {
             .expect("spawn client")
     }
 
+    /// Runs a peer client with `--hold` in the test cgroup and client
+    /// namespace: its report, and the client, which keeps its sockets open
+    /// until it drops.
+    pub fn hold(&self, args: &[&str]) -> (HeldClient, Value) {
+        let mut child = self
+            .peer(true, &self.client_ns)
+            .arg("--hold")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let stdout = child.stdout.take().expect("client stdout");
+        let held = HeldClient { child };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the client's report");
+        let report =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("peer printed no JSON ({e}): {line}"));
+        (held, report)
+    }
+
     /// The ids of the backends that answered `count` TCP connections to
     /// `to` from the client; every connection must succeed.
     pub fn reached(&self, to: &str, count: u32) -> Vec<String> {
@@ -385,6 +406,19 @@ impl Sandbox {
     /// Runs any program as a client (in the test cgroup and client namespace).
     pub fn client_program(&self, argv: &[&str]) -> Output {
         self.peer(true, &self.client_ns).arg("exec").args(argv).output().expect("run client program")
+    }
+}
+
+/// A client started by `Sandbox::hold`: closing its stdin, when this
+/// drops, makes it close its sockets and exit.
+pub struct HeldClient {
+    child: Child,
+}
+
+impl Drop for HeldClient {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
     }
 }
 

@@ -1,8 +1,9 @@
 //! The test binary doubles as the network peer of the tests: run as
-//! `cli __peer [--cgroup DIR] [--netns NAME] COMMAND ...` it joins the
-//! cgroup (first: `ip netns exec`-style /sys remounts would hide it), then
-//! the network namespace, then serves or acts as a client and prints one
-//! JSON document describing what happened.
+//! `cli __peer [--cgroup DIR] [--netns NAME] [--hold] COMMAND ...` it joins
+//! the cgroup (first: `ip netns exec`-style /sys remounts would hide it),
+//! then the network namespace, then serves or acts as a client and prints
+//! one JSON document describing what happened (one line). With `--hold` a
+//! client keeps the sockets it made open after that, until stdin closes.
 
 use std::{
     cell::Cell,
@@ -10,7 +11,10 @@ use std::{
     fs,
     io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     path::PathBuf,
     process::Command,
     thread,
@@ -32,6 +36,10 @@ struct PeerArgs {
     /// Network namespace (under /run/netns) to enter.
     #[arg(long)]
     netns: Option<String>,
+    /// Keep the sockets the client made open after the report, until
+    /// stdin closes (connect, udp-sendto, tcp-peers).
+    #[arg(long)]
+    hold: bool,
     #[command(subcommand)]
     command: PeerCommand,
 }
@@ -69,6 +77,23 @@ enum PeerCommand {
     TcpPeer {
         #[arg(long)]
         to: SocketAddr,
+    },
+    /// `count` TCP connections to `to` open at once: once the last has
+    /// connected, getpeername() of each, counted by the address it shows.
+    /// `rounds` times, a round's sockets closed before the next. With
+    /// `sets` (a sockets map's number of sets) a socket connects only while
+    /// its set (SO_COOKIE modulo `sets`) holds fewer than `WAYS` of the
+    /// round's sockets, and is closed unconnected otherwise, so that a round
+    /// of `sets * WAYS` fills every way of such a map.
+    TcpPeers {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        #[arg(long)]
+        sets: Option<u64>,
     },
     /// Unconnected UDP: from one socket, `count` times sendto() then
     /// recvfrom() to each `to` in turn, reporting each reply's destination,
@@ -145,12 +170,14 @@ pub fn run_if_requested() {
         // SAFETY: setns on a descriptor we own; this thread then lives in the namespace.
         assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {netns}");
     }
+    let mut held = Held(peer.hold.then(Vec::new));
     let output = match peer.command {
         PeerCommand::Serve { id, tcp, udp } => serve(&id, &tcp, &udp),
-        PeerCommand::Connect { to, count, millis } => connect(to, count, millis),
+        PeerCommand::Connect { to, count, millis } => connect(to, count, millis, &mut held),
         PeerCommand::ConnectEach { to } => connect_each(&to),
         PeerCommand::TcpPeer { to } => tcp_peer(to),
-        PeerCommand::UdpSendto { to, count, fresh } => udp_sendto(to, count, fresh),
+        PeerCommand::TcpPeers { to, count, rounds, sets } => tcp_peers(to, count, rounds, sets, &mut held),
+        PeerCommand::UdpSendto { to, count, fresh } => udp_sendto(to, count, fresh, &mut held),
         PeerCommand::UdpConnected { to } => udp_connected(to),
         PeerCommand::Bench { vip, direct, rounds, per_round } => bench(vip, direct, rounds, per_round),
         PeerCommand::BenchWorker { tcp, udp, bystander } => bench_worker(tcp, udp, bystander),
@@ -160,7 +187,23 @@ pub fn run_if_requested() {
         }
     };
     println!("{output}");
+    if let Held(Some(sockets)) = held {
+        io::stdout().flush().expect("stdout");
+        io::stdin().read_to_end(&mut Vec::new()).expect("read stdin to its end");
+        drop(sockets);
+    }
     std::process::exit(0);
+}
+
+/// The sockets a client keeps open under `--hold`; None drops them at once.
+struct Held(Option<Vec<OwnedFd>>);
+
+impl Held {
+    fn keep(&mut self, socket: impl Into<OwnedFd>) {
+        if let Some(sockets) = &mut self.0 {
+            sockets.push(socket.into());
+        }
+    }
 }
 
 fn serve(id: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Value {
@@ -211,16 +254,18 @@ fn errno_name(err: &std::io::Error) -> String {
     name.to_owned()
 }
 
-fn ask(to: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
+/// Connects, asks for the peer and reads the answer; returns them and the
+/// still open socket.
+fn ask(to: SocketAddr) -> std::io::Result<(String, SocketAddr, TcpStream)> {
     let mut stream = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let peer = stream.peer_addr()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
-    Ok((answer.trim().to_owned(), peer))
+    Ok((answer.trim().to_owned(), peer, stream))
 }
 
-fn connect(to: SocketAddr, count: u32, millis: Option<u64>) -> Value {
+fn connect(to: SocketAddr, count: u32, millis: Option<u64>, held: &mut Held) -> Value {
     let mut backends: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut latencies_us: Vec<u64> = Vec::new();
@@ -235,9 +280,10 @@ fn connect(to: SocketAddr, count: u32, millis: Option<u64>) -> Value {
         made += 1;
         let started = Instant::now();
         match ask(to) {
-            Ok((answer, _)) if !answer.is_empty() => {
+            Ok((answer, _, stream)) if !answer.is_empty() => {
                 latencies_us.push(started.elapsed().as_micros() as u64);
                 *backends.entry(answer).or_default() += 1;
+                held.keep(stream);
             }
             Ok(_) => *errors.entry("EMPTY_ANSWER".into()).or_default() += 1,
             Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
@@ -255,7 +301,7 @@ fn connect_each(targets: &[SocketAddr]) -> Value {
         .iter()
         .map(|&to| {
             let answer = match ask(to) {
-                Ok((answer, _)) => answer,
+                Ok((answer, ..)) => answer,
                 Err(err) => format!("error: {}", errno_name(&err)),
             };
             (to.to_string(), answer)
@@ -266,7 +312,7 @@ fn connect_each(targets: &[SocketAddr]) -> Value {
 
 fn tcp_peer(to: SocketAddr) -> Value {
     match ask(to) {
-        Ok((answer, peer)) => json!({ "peer": peer.to_string(), "answer": answer }),
+        Ok((answer, peer, _)) => json!({ "peer": peer.to_string(), "answer": answer }),
         Err(err) => json!({ "error": errno_name(&err) }),
     }
 }
@@ -278,7 +324,7 @@ fn udp_socket_for(to: SocketAddr) -> UdpSocket {
     socket
 }
 
-fn udp_sendto(targets: Vec<SocketAddr>, count: u32, fresh: u32) -> Value {
+fn udp_sendto(targets: Vec<SocketAddr>, count: u32, fresh: u32, held: &mut Held) -> Value {
     let socket = udp_socket_for(targets[0]);
     let (mut replies, mut fresh_answers) = (Vec::new(), Vec::new());
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -299,13 +345,62 @@ fn udp_sendto(targets: Vec<SocketAddr>, count: u32, fresh: u32) -> Value {
             }
         }
         for _ in 0..fresh {
-            match timed_exchange(targets[0], &mut buf) {
-                Ok((_, n)) => fresh_answers.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned()),
+            match exchange_from_new_socket(targets[0], &mut buf) {
+                Ok((_, n, socket)) => {
+                    fresh_answers.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+                    held.keep(socket);
+                }
                 Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
             }
         }
     }
+    held.keep(socket);
     json!({ "replies": replies, "fresh": fresh_answers, "errors": errors })
+}
+
+/// Ways per set of balctl's sockets map (`balctl_common::SOCKET_WAYS`).
+const WAYS: usize = 4;
+
+fn tcp_peers(to: SocketAddr, count: u32, rounds: u32, sets: Option<u64>, held: &mut Held) -> Value {
+    let mut reports = Vec::new();
+    for round in 0..rounds {
+        let mut sockets = Vec::new();
+        let mut per_set: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        // Bounded: each try is one socket; a fair set fills long before.
+        for _ in 0..count * 100 {
+            if sockets.len() == count as usize {
+                break;
+            }
+            let socket = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)
+                .expect("a TCP socket");
+            if let Some(sets) = sets {
+                let taken = per_set.entry(socket.cookie().expect("SO_COOKIE") % sets).or_default();
+                if *taken == WAYS {
+                    continue;
+                }
+                *taken += 1;
+            }
+            match socket.connect_timeout(&to.into(), IO_TIMEOUT) {
+                Ok(()) => sockets.push(socket),
+                Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+            }
+        }
+        let mut peers: BTreeMap<String, u64> = BTreeMap::new();
+        for socket in &sockets {
+            let peer = match socket.peer_addr().map(|peer| peer.as_socket()) {
+                Ok(Some(peer)) => peer.to_string(),
+                Ok(None) => "not an IP address".to_owned(),
+                Err(err) => errno_name(&err),
+            };
+            *peers.entry(peer).or_default() += 1;
+        }
+        reports.push(json!({ "connected": sockets.len(), "peers": peers, "errors": errors }));
+        if round + 1 == rounds {
+            sockets.into_iter().for_each(|socket| held.keep(socket));
+        }
+    }
+    json!({ "rounds": reports })
 }
 
 fn udp_connected(to: SocketAddr) -> Value {
@@ -427,6 +522,11 @@ fn bench(vip: SocketAddr, direct: SocketAddr, rounds: u32, per_round: u32) -> Va
 /// target (a reply whose source was not translated back) is an error,
 /// `InvalidData`.
 fn timed_exchange(to: SocketAddr, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
+    exchange_from_new_socket(to, buf).map(|(took, length, _closed)| (took, length))
+}
+
+/// `timed_exchange` without the close: the socket is returned.
+fn exchange_from_new_socket(to: SocketAddr, buf: &mut [u8]) -> io::Result<(Duration, usize, UdpSocket)> {
     let socket = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.set_read_timeout(Some(IO_TIMEOUT))?;
     let started = Instant::now();
@@ -436,7 +536,7 @@ fn timed_exchange(to: SocketAddr, buf: &mut [u8]) -> io::Result<(Duration, usize
     if from != to {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("answer from {from}")));
     }
-    Ok((took, length))
+    Ok((took, length, socket))
 }
 
 /// Picks one of several targets per cycle, uniformly at random (xorshift:
