@@ -185,7 +185,8 @@ pub struct SyncArgs {
 
     /// With --watch -f, hold a change that would remove more than a quarter
     /// of a source's frontends until the inputs have not changed for this
-    /// long (e.g. 5s, 1m): a file still being written is not applied half
+    /// long (e.g. 5s, 1m), so that a file still being written is never
+    /// applied half written
     #[arg(
         long,
         value_name = "DURATION",
