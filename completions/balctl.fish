@@ -155,6 +155,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kubeconfig -d 'ku
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l node-name -d 'This node\'s name, for internalTrafficPolicy: Local [default: the hostname]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-addr -d 'With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics' -r
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l settle -d 'With --watch -f, hold a change that would remove more than a quarter of a source\'s frontends until the inputs have not changed for this long (e.g. 5s, 1m), so that a file still being written is never applied half written' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format' -r -f -a "table\t''

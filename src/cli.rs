@@ -95,8 +95,14 @@ pub enum Command {
     /// changes: a file written or renamed over, a file added to or removed
     /// from a directory. An input that does not parse or validate is
     /// reported and the applied state stays as it was, also at start-up; the
-    /// next change that makes it valid is applied. SIGINT or SIGTERM stops
-    /// the watch (exit 0); the datapath stays loaded.
+    /// next change that makes it valid is applied. A change that would remove
+    /// more than a quarter of a source's frontends waits until the inputs have
+    /// been unchanged for --settle. SIGINT or SIGTERM stops the watch (exit 0);
+    /// the datapath stays loaded.
+    ///
+    /// An empty (zero-byte) input is taken for one being written, never for
+    /// no objects: a one-shot sync refuses it (exit 2), --watch waits for the
+    /// next change. A comment or `items: []` says "no objects".
     Sync(SyncArgs),
 
     /// Show what the pinned maps hold
@@ -176,6 +182,20 @@ pub struct SyncArgs {
     /// With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics
     #[arg(long, value_name = "ADDR", requires = "watch")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// With --watch -f, hold a change that would remove more than a quarter
+    /// of a source's frontends until the inputs have not changed for this
+    /// long (e.g. 5s, 1m), so that a file still being written is never
+    /// applied half written
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration,
+        default_value = "5s",
+        requires = "watch",
+        conflicts_with = "kube"
+    )]
+    pub settle: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,18 @@
 //! keeps running and tries again on the next change. That includes the
 //! first sync: a watcher started on a broken file applies it once fixed.
 //!
+//! An input caught while it is written is not applied. An empty input is
+//! being written (`kubectl get ... > file` empties the file first): the
+//! watcher says so once and waits for the next change. A change that would
+//! remove more than a quarter of a source's frontends (a writer stalled
+//! part way through a list) is held, writing nothing, until the inputs have
+//! not changed for `--settle`; then they are read again and applied, even
+//! if no event comes. A change during the hold is synced as any other, so
+//! a writer that completes the file ends the hold, and one that leaves it
+//! as large a removal restarts the settle time. Smaller changes apply at
+//! once. A one-shot sync is asked for exactly its input's state and holds
+//! nothing.
+//!
 //! Inotify (through the `notify` crate) watches the directory holding each
 //! input rather than the file itself: editors often save by writing a
 //! temporary file and renaming it over the old one, which ends a watch on
@@ -33,8 +45,12 @@ use signal_hook::{
 
 use crate::{
     cli::SyncArgs,
-    cmd::{self, Context},
-    error, input, inputs, metrics,
+    cmd::{
+        self, Context,
+        sync::{Held, Removals},
+    },
+    error::{self, EmptyInput},
+    input, inputs, metrics,
 };
 
 /// A burst of events (truncate, write, close; or write a temporary file,
@@ -57,6 +73,16 @@ enum Wake {
     Stop(i32),
 }
 
+/// Why the last sync applied nothing although its inputs read.
+#[derive(Debug, PartialEq, Eq)]
+enum Hold {
+    /// This input is empty, so being written: retried on the next change.
+    Empty(String),
+    /// The change would remove much of a source (`sync::Held`): applied
+    /// once the inputs have not changed for `--settle`.
+    LargeRemoval,
+}
+
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     if args.filenames.iter().any(|f| f == Path::new("-")) {
         return Err(input!(
@@ -74,13 +100,27 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         metrics::serve(addr, ctx.pins.clone(), ctx.state.clone())?;
     }
     log::info!("watching {} for changes", describe(&targets));
+    let mut hold = None;
+    let mut removals = Removals::HoldLarge;
     loop {
         watch_directories(&mut watcher, &targets);
-        sync(ctx, args);
-        let signal = match rx.recv().context("the file watcher stopped")? {
-            Wake::Stop(signal) => Some(signal),
-            Wake::Changed => settle(&rx)?,
+        hold = sync(ctx, args, removals, hold);
+        // A large removal held waits for the inputs to settle, and then
+        // for nothing else: the writer may have finished.
+        let wake = match hold {
+            Some(Hold::LargeRemoval) => match rx.recv_timeout(args.settle) {
+                Ok(wake) => Some(wake),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Err(anyhow!("the file watcher stopped")),
+            },
+            _ => Some(rx.recv().context("the file watcher stopped")?),
         };
+        let (signal, next) = match wake {
+            None => (None, Removals::Apply),
+            Some(Wake::Stop(signal)) => (Some(signal), Removals::HoldLarge),
+            Some(Wake::Changed) => (quiet_down(&rx)?, Removals::HoldLarge),
+        };
+        removals = next;
         if let Some(signal) = signal {
             let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
             log::info!("stopping on {name}; the datapath stays as it is");
@@ -89,17 +129,45 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     }
 }
 
-/// One sync; its error is reported, not returned, so watching goes on.
-fn sync(ctx: &Context, args: &SyncArgs) {
-    if let Err(err) = cmd::sync::run(ctx, args) {
+/// One sync; returns why it held its change, if it did. Other errors are
+/// reported, not returned, so watching goes on. `held` is why the sync
+/// before held its change: a hold is told once, not again on every change
+/// that finds it still there.
+fn sync(ctx: &Context, args: &SyncArgs, removals: Removals, held: Option<Hold>) -> Option<Hold> {
+    let err = match cmd::sync::run_with(ctx, args, removals) {
+        Ok(()) => {
+            if removals == Removals::Apply {
+                log::warn!(
+                    "sync --watch: applied the held change: the inputs had not changed for {}",
+                    humantime::format_duration(args.settle)
+                );
+            }
+            return None;
+        }
+        Err(err) => err,
+    };
+    let (hold, why) = if let Some(empty) = err.downcast_ref::<EmptyInput>() {
+        (Hold::Empty(empty.label.clone()), format!("{} is empty: being written; holding", empty.label))
+    } else if let Some(large) = err.downcast_ref::<Held>() {
+        let why = format!(
+            "holding the change: {large}; it is applied once the inputs have not changed for {}",
+            humantime::format_duration(args.settle)
+        );
+        (Hold::LargeRemoval, why)
+    } else {
         error::report(&err);
         eprintln!("sync --watch: nothing applied from this change; retrying when an input changes");
+        return None;
+    };
+    if held.as_ref() != Some(&hold) {
+        log::warn!("sync --watch: {why}");
     }
+    Some(hold)
 }
 
 /// Waits until the inputs have been quiet for `QUIET`, at most `MAX_WAIT`
 /// after the change that woke the loop. Returns a signal that came meanwhile.
-fn settle(rx: &Receiver<Wake>) -> Result<Option<i32>> {
+fn quiet_down(rx: &Receiver<Wake>) -> Result<Option<i32>> {
     let first = Instant::now();
     let mut last = first;
     loop {

@@ -39,6 +39,12 @@ pub fn toml(data: &[u8]) {
 pub fn yaml(data: &[u8]) {
     let file = InputFile::new("yaml", data);
     let in_items = read(&file.path, &[]);
+    // An empty file is one being written, refused (error::EmptyInput); the
+    // API server sends no empty document, so there is nothing to compare.
+    if data.is_empty() {
+        assert!(in_items.is_none(), "an empty file was accepted");
+        return;
+    }
     let whole = inputs::from_cluster(&[(file.label(), data.to_vec())], NODE, &[]);
     match (&in_items, whole) {
         (Some(in_items), Ok(whole)) => {

@@ -3,12 +3,13 @@
 
 use std::{
     collections::BTreeSet,
+    fmt,
     net::SocketAddr,
     sync::{Arc, atomic::AtomicBool},
 };
 
 use anyhow::{Context as _, Result};
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 
 use super::Context;
@@ -19,13 +20,58 @@ use crate::{
     input,
     inputs::{self, Inputs},
     metrics,
+    model::Frontend,
     output::{OutputFormat, print_structured},
     plan::Summary,
     state::AppliedState,
     transaction::{Mode, Outcome, change, change_prepared},
 };
 
+/// What a sync does with a change that would remove a large part of a
+/// source's frontends at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removals {
+    /// Applies it: a one-shot sync was asked for exactly this state.
+    Apply,
+    /// Refuses it with `Held`, changing nothing, when it would remove more
+    /// than a quarter of a source's frontends: `sync --watch`, which may
+    /// read a file that its writer has written only in part.
+    HoldLarge,
+}
+
+/// A change refused under `Removals::HoldLarge`: per source, how many of
+/// the frontends it has applied the change would remove.
+#[derive(Debug)]
+pub struct Held {
+    pub sources: Vec<LargeRemoval>,
+}
+
+#[derive(Debug)]
+pub struct LargeRemoval {
+    pub source: String,
+    pub removed: usize,
+    pub applied: usize,
+}
+
+impl fmt::Display for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sources: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| format!("{} would remove {} of its {} frontends", s.source, s.removed, s.applied))
+            .collect();
+        f.write_str(&sources.join("; "))
+    }
+}
+
+impl std::error::Error for Held {}
+
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
+    run_with(ctx, args, Removals::Apply)
+}
+
+/// `run`, treating large removals from files as `removals` says.
+pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<()> {
     let this_node = node_name(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
@@ -41,7 +87,9 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     } else {
         let gather = || inputs::gather(&args.filenames, &this_node);
         change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
-            notes = replace(state, gathered.read(&state.synced)?)?;
+            let inputs = gathered.read(&state.synced)?;
+            check_removals(state, &inputs, removals)?;
+            notes = replace(state, inputs)?;
             Ok(())
         })?
     };
@@ -99,6 +147,43 @@ fn replace(state: &mut AppliedState, inputs: Inputs) -> Result<Vec<String>> {
     Ok(inputs.notes)
 }
 
+/// Under `Removals::HoldLarge`, fails with `Held` if `inputs` would remove
+/// a large part of a source's frontends from `state` (the state applied).
+fn check_removals(state: &AppliedState, inputs: &Inputs, removals: Removals) -> Result<()> {
+    if removals == Removals::HoldLarge {
+        let large = large_removals(state, inputs);
+        if !large.is_empty() {
+            return Err(Held { sources: large }.into());
+        }
+    }
+    Ok(())
+}
+
+/// The sources of `inputs` that would lose more than a quarter of the
+/// frontends they have applied in `state` (strictly more: one of four goes
+/// at once). A frontend counts as lost when its source no longer has it.
+fn large_removals(state: &AppliedState, inputs: &Inputs) -> Vec<LargeRemoval> {
+    let mut applied: HashMap<&str, HashSet<&Frontend>> = HashMap::default();
+    for object in &state.synced {
+        applied.entry(object.source.as_str()).or_default().extend(object.rules.iter().map(|r| &r.frontend));
+    }
+    inputs
+        .sources
+        .iter()
+        .filter_map(|source| {
+            let applied = applied.get(source.name.as_str())?;
+            let kept: HashSet<&Frontend> =
+                source.objects.iter().flat_map(|o| o.value.rules.iter().map(|r| &r.frontend)).collect();
+            let removed = applied.difference(&kept).count();
+            (removed * 4 > applied.len()).then(|| LargeRemoval {
+                source: source.name.clone(),
+                removed,
+                applied: applied.len(),
+            })
+        })
+        .collect()
+}
+
 fn node_name(args: &SyncArgs) -> Result<String> {
     match &args.node_name {
         Some(name) => Ok(name.clone()),
@@ -138,13 +223,12 @@ struct SyncReport {
 
 fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
     let frontends: BTreeSet<_> = before.frontends.keys().chain(after.frontends.keys()).collect();
-    let describe =
-        |change, frontend: &crate::model::Frontend, image: &Image, f: &FrontendImage| FrontendChange {
-            change,
-            frontend: frontend.to_string(),
-            owner: f.owner.clone(),
-            backends: f.backends.iter().filter_map(|id| image.backends.get(id)).map(|b| b.address).collect(),
-        };
+    let describe = |change, frontend: &Frontend, image: &Image, f: &FrontendImage| FrontendChange {
+        change,
+        frontend: frontend.to_string(),
+        owner: f.owner.clone(),
+        backends: f.backends.iter().filter_map(|id| image.backends.get(id)).map(|b| b.address).collect(),
+    };
     frontends
         .into_iter()
         .filter_map(|frontend| match (before.frontends.get(frontend), after.frontends.get(frontend)) {
@@ -199,4 +283,79 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
         ctx.say(format!("sync: {} ({} map writes)", report.summary, report.map_writes));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf};
+
+    use super::*;
+
+    /// A scratch directory of TOML inputs, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("balctl-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        /// Writes `file` with one service per address (one frontend each),
+        /// and reads it.
+        fn read(&self, file: &str, addresses: &[&str]) -> Inputs {
+            let text: String = addresses
+                .iter()
+                .map(|a| {
+                    format!(
+                        "[[service]]\nname = \"s{a}\"\naddresses = [\"{a}\"]\nbackends = [\"192.0.2.2\"]\n\
+                         ports = [{{ port = 80 }}]\n"
+                    )
+                })
+                .collect();
+            let path = self.0.join(file);
+            fs::write(&path, if text.is_empty() { "# none\n".to_owned() } else { text }).unwrap();
+            inputs::gather(&[path], "node-a").unwrap().read(&[]).unwrap()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn removals(state: &AppliedState, inputs: &Inputs) -> Vec<(usize, usize)> {
+        large_removals(state, inputs).iter().map(|r| (r.removed, r.applied)).collect()
+    }
+
+    #[test]
+    fn more_than_a_quarter_of_a_sources_frontends_is_a_large_removal() {
+        let scratch = Scratch::new("large-removals");
+        let four = ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"];
+        let mut state = AppliedState::default();
+        replace(&mut state, scratch.read("a.toml", &four)).unwrap();
+        replace(&mut state, scratch.read("b.toml", &["198.18.1.1"])).unwrap();
+
+        assert_eq!(removals(&state, &scratch.read("a.toml", &four[..3])), []);
+        assert_eq!(removals(&state, &scratch.read("a.toml", &four[..2])), [(2, 4)]);
+        assert_eq!(removals(&state, &scratch.read("a.toml", &[])), [(4, 4)]);
+        // New addresses for all: every applied frontend goes.
+        let moved = ["198.18.2.1", "198.18.2.2", "198.18.2.3", "198.18.2.4"];
+        assert_eq!(removals(&state, &scratch.read("a.toml", &moved)), [(4, 4)]);
+        // Added frontends do not make up for removed ones.
+        let grown = ["198.18.0.1", "198.18.0.2", "198.18.2.1", "198.18.2.2", "198.18.2.3"];
+        assert_eq!(removals(&state, &scratch.read("a.toml", &grown)), [(2, 4)]);
+        // A source with nothing applied removes nothing.
+        assert_eq!(removals(&state, &scratch.read("c.toml", &[])), []);
+        // Each source counts alone: b's one frontend is all of b.
+        assert_eq!(removals(&state, &scratch.read("b.toml", &[])), [(1, 1)]);
+
+        let cut = scratch.read("a.toml", &four[..1]);
+        check_removals(&state, &cut, Removals::Apply).unwrap();
+        let held = check_removals(&state, &cut, Removals::HoldLarge).unwrap_err();
+        let message = held.downcast_ref::<Held>().unwrap().to_string();
+        assert!(message.ends_with("a.toml would remove 3 of its 4 frontends"), "{message}");
+    }
 }

@@ -22,7 +22,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 pub use self::location::Located;
 use self::location::Location;
-use crate::{input, state::SyncedObject};
+use crate::{error::EmptyInput, input, state::SyncedObject};
 
 /// Identifies the text of one input item (a YAML document or `List` entry)
 /// and everything else its translation depends on: an xxh3 128-bit hash.
@@ -92,6 +92,7 @@ pub fn gather(arguments: &[PathBuf], this_node: &str) -> Result<Gathered> {
         if argument == Path::new("-") {
             let mut bytes = Vec::new();
             std::io::stdin().read_to_end(&mut bytes).context("cannot read standard input")?;
+            check_not_empty("<stdin>", bytes.len() as u64)?;
             let text = utf8("<stdin>", bytes)?;
             match sniff(&text) {
                 Format::Toml => toml_objects.extend(toml_file::parse("<stdin>", &text)?),
@@ -106,9 +107,15 @@ pub fn gather(arguments: &[PathBuf], this_node: &str) -> Result<Gathered> {
                 Format::Toml => {
                     let label = file.display().to_string();
                     let bytes = fs::read(&file).with_context(|| format!("cannot read {label}"))?;
+                    check_not_empty(&label, bytes.len() as u64)?;
                     toml_objects.extend(toml_file::parse(&label, &utf8(&label, bytes)?)?);
                 }
-                Format::Yaml => yaml_files.push(kube::YamlFile { source: index, path: file }),
+                Format::Yaml => {
+                    if let Some(metadata) = fs::metadata(&file).ok().filter(|m| m.is_file()) {
+                        check_not_empty(&file.display().to_string(), metadata.len())?;
+                    }
+                    yaml_files.push(kube::YamlFile { source: index, path: file });
+                }
             }
         }
         names.push(name);
@@ -227,6 +234,15 @@ fn utf8(label: &str, bytes: Vec<u8>) -> Result<String> {
         let text = std::str::from_utf8(valid).unwrap_or_default();
         input!("{}: not valid UTF-8", Location::at(label, text, text.len()))
     })
+}
+
+/// A zero-byte input is one being written, never "no objects" (see
+/// `EmptyInput`); a comment or `items: []` says "no objects".
+fn check_not_empty(label: &str, len: u64) -> Result<()> {
+    if len == 0 {
+        return Err(EmptyInput { label: label.to_owned() }.into());
+    }
+    Ok(())
 }
 
 /// TOML starts with a table header or `key = value`; anything else is

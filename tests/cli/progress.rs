@@ -47,7 +47,7 @@ pub fn large_plans_show_a_bar_on_a_terminal_only() {
     assert!(shown.contains(&format!("/{writes}")), "the bar counts the plan's writes: {shown}");
     assert!(shown.contains(&format!("({writes} map writes)")), "{shown}");
 
-    fs::write(&file, "").unwrap();
+    fs::write(&file, "# no services\n").unwrap();
     let output = sandbox.balctl(&["sync", "-f", &file_arg, "-o", "json"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -4,7 +4,10 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     process::{Child, Stdio},
-    sync::mpsc::{self, Receiver},
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, Receiver},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -17,18 +20,25 @@ pub struct Watcher {
     child: Child,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
+    /// Every line of stdout and of stderr so far, waited for or not.
+    stdout_log: Arc<Mutex<Vec<String>>>,
+    stderr_log: Arc<Mutex<Vec<String>>>,
 }
 
-fn lines(stream: impl Read + Send + 'static) -> Receiver<String> {
+/// The lines of `stream` as they come, and all of them so far.
+fn lines(stream: impl Read + Send + 'static) -> (Receiver<String>, Arc<Mutex<Vec<String>>>) {
     let (tx, rx) = mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&log);
     thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            kept.lock().unwrap().push(line.clone());
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    rx
+    (rx, log)
 }
 
 impl Watcher {
@@ -46,9 +56,21 @@ impl Watcher {
         }
         let mut child =
             command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start balctl sync --watch");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        Self { child, stdout, stderr }
+        let (stdout, stdout_log) = lines(child.stdout.take().unwrap());
+        let (stderr, stderr_log) = lines(child.stderr.take().unwrap());
+        Self { child, stdout, stderr, stdout_log, stderr_log }
+    }
+
+    /// Every line the watcher printed on stdout so far.
+    #[allow(dead_code, reason = "the CLI tests' hold checks; the benches only wait for lines")]
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout_log.lock().unwrap().clone()
+    }
+
+    /// Every line the watcher printed on stderr so far.
+    #[allow(dead_code, reason = "the CLI tests' hold checks; the benches only wait for lines")]
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr_log.lock().unwrap().clone()
     }
 
     /// Waits (at most `within`) for a line on `stream` containing `text`.
