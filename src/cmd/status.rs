@@ -65,7 +65,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     // Querying the programs attached to a cgroup needs it.
     caps::require("balctl status", &[caps::NET_ADMIN])?;
     let state = ctx.state.read()?;
-    let loaded = loader::is_loaded(&ctx.pins);
+    let loaded = loader::is_loaded(&ctx.pins)?;
     let (attach, programs, maps, drift) = if loaded {
         let attach = loader::attach_state(&ctx.pins)?;
         let programs = programs(&attach)?;

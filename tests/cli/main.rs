@@ -21,6 +21,7 @@ mod stats;
 mod support;
 mod sync;
 mod trace;
+mod trust;
 mod watch;
 
 use libtest_mimic::{Arguments, Trial};
@@ -77,6 +78,7 @@ fn main() {
         input::unload_asks_on_a_terminal,
         input::privileges_are_checked_and_named,
         input::every_map_is_checked_for_room_before_any_write,
+        trust::pins_another_user_could_touch_are_refused,
         bad_inputs::the_bad_input_corpus_changes_nothing,
         progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,
