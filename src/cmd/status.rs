@@ -88,7 +88,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         frontends: state.image.frontends.len(),
         backends: state.image.backends.len(),
         drift,
-        interrupted_change: ctx.state.map_writes_interrupted(),
+        interrupted_change: ctx.state.map_writes_interrupted()?,
         kernel: kernel(),
     };
     if ctx.output != OutputFormat::Table {

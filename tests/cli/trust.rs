@@ -1,13 +1,15 @@
-//! Issue 16, defect 2: nobody but the user running balctl (root) may
-//! touch the pins. Another user's directory, a directory others may write,
-//! a pin that is not root's and a symbolic link are all refused, naming the
+//! Issue 16, defects 2 and 3 and a corrupt state: nobody but the user
+//! running balctl (root) may touch the pins or the state. Another user's
+//! directory, a directory others may write, a file that is not root's and
+//! a symbolic link planted where balctl writes are all refused, naming the
 //! path and the fix, and change nothing.
 
 use std::{
     fs,
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
-    path::Path,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink},
+    path::{Path, PathBuf},
     process::{Command, Output},
+    time::SystemTime,
 };
 
 use crate::support::Sandbox;
@@ -154,4 +156,122 @@ fn assert_nobody_can_touch_the_pins(sandbox: &Sandbox) {
     assert_eq!(pins_of(sandbox), before);
     assert_eq!(sandbox.balctl_json(&["status"])["hooks"].as_array().map(Vec::len), Some(8));
     assert_eq!(sandbox.reached(VIP, 3), ["b2"]);
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// Two root files that planted links point at, with what they hold.
+struct Targets(Vec<(PathBuf, SystemTime)>);
+
+impl Targets {
+    fn new(sandbox: &Sandbox) -> Self {
+        let files = ["target-tmp", "target-mark"].map(|name| {
+            let path = sandbox.scratch(name);
+            fs::write(&path, name).unwrap();
+            let time = mtime(&path);
+            (path, time)
+        });
+        Self(files.into())
+    }
+
+    fn assert_unchanged(&self) {
+        for (path, time) in &self.0 {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(fs::read_to_string(path).unwrap(), name, "{} was written", path.display());
+            assert_eq!(mtime(path), *time, "{} was touched", path.display());
+        }
+    }
+}
+
+/// Defect 3: a state dir others can write is refused whatever it holds,
+/// and balctl never writes through a link planted in it; a state file that
+/// is not root's, or a link, is refused; a state dir that is a link too.
+pub fn a_state_others_could_touch_is_refused_and_links_are_not_followed() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    serve_and_add_web(&sandbox);
+    let state = sandbox.state.clone();
+    let add_web2 = ["policy", "add", "web2", "--vip", "198.18.0.11:80", "--backend", "192.0.2.2:8080"];
+    let policies = || sandbox.balctl_ok(&["policy", "list", "-o", "json"]);
+    let recorded = policies();
+
+    // Open to all, and nobody plants links where root's change writes.
+    set_mode(&state, 0o777);
+    let targets = Targets::new(&sandbox);
+    for (target, name) in targets.0.iter().zip(["state.bin.tmp", "map-writes-in-progress"]) {
+        let planted =
+            as_nobody(&["ln", "-s", target.0.to_str().unwrap(), state.join(name).to_str().unwrap()]);
+        assert!(planted.status.success(), "{}", String::from_utf8_lossy(&planted.stderr));
+    }
+    let fix = format!("`chown root: {0} && chmod 700 {0}`", state.display());
+    let load = ["load", "--cgroup", sandbox.cgroup.to_str().unwrap()];
+    for command in [&add_web2[..], &["policy", "list"], &["status"], &load] {
+        assert_refused(&sandbox.balctl(command), &state, &["world-writable (mode 777)", &fix]);
+    }
+    targets.assert_unchanged();
+
+    // The dir taken back: the planted mark is refused, the temporary is
+    // replaced, never followed.
+    set_mode(&state, 0o700);
+    let mark = state.join("map-writes-in-progress");
+    assert_refused(&sandbox.balctl(&add_web2), &mark, &["symbolic link", "removes only the link"]);
+    targets.assert_unchanged();
+    assert_eq!(policies(), recorded);
+    fs::remove_file(&mark).unwrap();
+    sandbox.balctl_ok(&add_web2);
+    targets.assert_unchanged();
+    assert!(fs::symlink_metadata(state.join("state.bin")).unwrap().file_type().is_file());
+    assert!(!state.join("state.bin.tmp").exists());
+    assert_eq!(sandbox.reached("198.18.0.11:80", 2), ["b2"]);
+    let recorded = policies();
+
+    // A state file of nobody's, and one others may write.
+    let file = state.join("state.bin");
+    std::os::unix::fs::chown(&file, Some(NOBODY), None).unwrap();
+    let fix = format!("`chown root: {0} && chmod 600 {0}`", file.display());
+    assert_refused(&sandbox.balctl(&["policy", "list"]), &file, &["belongs to uid 65534", &fix]);
+    std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+    set_mode(&file, 0o620);
+    assert_refused(&sandbox.balctl(&add_web2), &file, &["group-writable (mode 620)"]);
+    set_mode(&file, 0o600);
+    assert_eq!(policies(), recorded);
+
+    // A state dir that is a symbolic link.
+    let link = sandbox.scratch("state-link");
+    symlink(&state, &link).unwrap();
+    let output = sandbox.balctl_command(&["policy", "list"]).env("BALCTL_STATE_DIR", &link).output().unwrap();
+    assert_refused(&output, &link, &["symbolic link"]);
+}
+
+/// Issue 16, item 8: a state file cut short anywhere, or not balctl's at
+/// all, is reported as corrupt, naming it and what to do: never an empty
+/// "io error: ".
+pub fn a_truncated_state_names_the_file() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.balctl_ok(&["policy", "add", "web", "--vip", VIP, "--backend", "192.0.2.2:8080"]);
+    sandbox.balctl_ok(&["policy", "add", "dns", "--vip", "198.18.0.53:53/udp", "--backend", "192.0.2.3:53"]);
+    let file = sandbox.state.join("state.bin");
+    let whole = fs::read(&file).unwrap();
+    let expect_corrupt = |why: &str| {
+        let output = sandbox.balctl(&["policy", "list"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let said = format!("{} is corrupt: {why}", file.display());
+        assert!(stderr.contains(&said) && stderr.contains("move it away"), "{stderr}");
+        assert!(!stderr.contains("io error"), "{stderr}");
+    };
+    // Every cut after the 12-byte header: inside a string, bincode's own
+    // error is "io error: " and nothing more.
+    for end in 12..whole.len() {
+        fs::write(&file, &whole[..end]).unwrap();
+        expect_corrupt("it ends in the middle of its data (truncated)");
+    }
+    fs::write(&file, "not balctl's").unwrap();
+    expect_corrupt("it does not start with balctl's state header");
+    fs::write(&file, &whole).unwrap();
+    assert!(sandbox.balctl_ok(&["policy", "list"]).contains("web"));
 }
