@@ -19,6 +19,7 @@ pub mod state;
 pub mod stats;
 pub mod trace;
 pub mod transaction;
+pub mod trusted_dir;
 pub mod watch;
 
 use anyhow::Result;

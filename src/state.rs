@@ -8,25 +8,22 @@
 //! `status` and `policy list -o json` show what it holds.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write as _},
+    fs::File,
+    io::{self, BufWriter, Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    os::{
-        fd::AsRawFd as _,
-        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    },
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    caps,
     image::Image,
     inputs::Fingerprint,
     model::{Frontend, FrontendRule, Policy},
+    trusted_dir::{Problem, Trust, TrustedDir, user},
 };
 
 const STATE_FILE: &str = "state.bin";
@@ -81,19 +78,29 @@ impl AppliedState {
     }
 }
 
-/// Anyone could have rewritten what balctl would apply from a file others
-/// can write: refused, whatever it holds. (balctl writes it 0600.)
-fn refuse_world_writable(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    match fs::metadata(path) {
-        Ok(meta) if meta.permissions().mode() & 0o002 != 0 => bail!(
-            "refusing {}: it is world-writable (mode {:o}), so anyone could have changed what balctl applies; \
-             check it, then `chmod 600 {}`",
-            path.display(),
-            meta.permissions().mode() & 0o7777,
-            path.display()
-        ),
-        _ => Ok(()),
+/// The state dir decides what balctl applies: another user's hand in it
+/// is refused. Its files are balctl's user's, mode 0600.
+static STATE: Trust = Trust {
+    forbidden_file_bits: 0o022,
+    risk: "another user could change what balctl applies",
+    remedy: take_back,
+};
+
+/// What it holds is the record of what was applied: look before keeping it.
+fn take_back(path: &Path, directory: bool, problem: &Problem) -> String {
+    let shown = path.display();
+    match problem {
+        Problem::Symlink => {
+            format!("put what it points to in its place, or remove it (`rm {shown}` removes only the link)")
+        }
+        Problem::WrongType { .. } => format!("move {shown} out of the way"),
+        Problem::Owner(_) | Problem::Mode(_) => {
+            let mode = if directory { 700 } else { 600 };
+            format!(
+                "check what it holds, then `chown {user}: {shown} && chmod {mode} {shown}`",
+                user = user()
+            )
+        }
     }
 }
 
@@ -116,25 +123,34 @@ impl StateDir {
         &self.root
     }
 
-    fn file(&self) -> PathBuf {
-        self.root.join(STATE_FILE)
+    /// The state dir, checked; None when nothing was ever applied.
+    fn dir(&self) -> Result<Option<TrustedDir>> {
+        TrustedDir::open(&self.root, &STATE)
+    }
+
+    /// The state dir, made (mode 0700) if missing.
+    fn created_dir(&self) -> Result<TrustedDir> {
+        TrustedDir::create(&self.root, &STATE)
     }
 
     /// The applied state; empty when nothing was ever applied. Reading needs
     /// no lock: the file is only ever replaced whole.
     pub fn read(&self) -> Result<AppliedState> {
-        let path = self.file();
-        refuse_world_writable(&path)?;
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AppliedState::default()),
-            Err(e) if caps::is_denied(&e) => return Err(caps::denied(&path)),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        let path = self.root.join(STATE_FILE);
+        let Some(dir) = self.dir()? else { return Ok(AppliedState::default()) };
+        let Some(mut file) = dir.open_file(STATE_FILE)? else { return Ok(AppliedState::default()) };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+        let corrupt = |why: &str| {
+            anyhow!(
+                "{} is corrupt: {why}; move it away to start from an empty state, \
+                 then apply your rules again (`balctl sync`, `balctl policy add`)",
+                path.display()
+            )
         };
-        let corrupt = || format!("{} is corrupt; move it away to start from an empty state", path.display());
         let Some((version, body)) = bytes.strip_prefix(MAGIC).and_then(|rest| rest.split_first_chunk::<4>())
         else {
-            bail!(corrupt());
+            return Err(corrupt("it does not start with balctl's state header"));
         };
         let version = u32::from_le_bytes(*version);
         if version != STATE_VERSION {
@@ -145,26 +161,24 @@ impl StateDir {
                 path.display()
             );
         }
-        bincode::deserialize(body).with_context(corrupt)
+        bincode::deserialize(body).map_err(|err| match *err {
+            // bincode reports a file that ends too soon as an I/O error,
+            // sometimes with no message at all.
+            bincode::ErrorKind::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                corrupt("it ends in the middle of its data (truncated)")
+            }
+            other => corrupt(&other.to_string()),
+        })
     }
 
     /// Takes the exclusive lock, waiting (and saying so) if another balctl
     /// holds it.
     pub fn lock(&self) -> Result<StateLock> {
-        let path = self.root.join(LOCK_FILE);
-        let file = match self.try_lock(LOCK_FILE)? {
-            Some(file) => file,
-            None => {
-                eprintln!("waiting for another balctl to finish (lock {})", path.display());
-                let file = self.open_lock_file(&path)?;
-                // SAFETY: flock on a descriptor we own.
-                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                    return Err(io::Error::last_os_error())
-                        .with_context(|| format!("cannot lock {}", path.display()));
-                }
-                file
-            }
-        };
+        let file = self.lock_file(LOCK_FILE)?;
+        if !flock(&file, libc::LOCK_NB).with_context(|| self.lock_failed(LOCK_FILE))? {
+            eprintln!("waiting for another balctl to finish (lock {})", self.root.join(LOCK_FILE).display());
+            flock(&file, 0).with_context(|| self.lock_failed(LOCK_FILE))?;
+        }
         Ok(StateLock { _file: file })
     }
 
@@ -172,48 +186,38 @@ impl StateDir {
     /// waiting; None when another process holds it. The lock lasts as long
     /// as the returned file, and ends with the process however it ends.
     pub fn try_lock(&self, name: &str) -> Result<Option<File>> {
-        let path = self.root.join(name);
-        let file = self.open_lock_file(&path)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(file));
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(None);
-        }
-        Err(err).with_context(|| format!("cannot lock {}", path.display()))
+        let file = self.lock_file(name)?;
+        let locked = flock(&file, libc::LOCK_NB).with_context(|| self.lock_failed(name))?;
+        Ok(locked.then_some(file))
     }
 
-    fn open_lock_file(&self, path: &Path) -> Result<File> {
-        self.create_dir()?;
-        OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).map_err(|e| {
-            if caps::is_denied(&e) {
-                caps::denied(path)
-            } else {
-                anyhow::Error::new(e).context(format!("cannot open lock file {}", path.display()))
-            }
-        })
+    fn lock_file(&self, name: &str) -> Result<File> {
+        self.created_dir()?.open_or_create(name)
+    }
+
+    fn lock_failed(&self, name: &str) -> String {
+        format!("cannot lock {}", self.root.join(name).display())
     }
 
     /// Replaces the state file atomically: a crash leaves the old or the new
-    /// file, never a torn one.
+    /// file, never a torn one. The temporary is made anew (a link planted
+    /// in its place is removed, not written through).
     pub fn write(&self, _lock: &StateLock, state: &AppliedState) -> Result<()> {
-        let path = self.file();
-        let tmp = self.root.join(format!("{STATE_FILE}.tmp"));
+        let dir = self.created_dir()?;
+        let tmp = format!("{STATE_FILE}.tmp");
+        let file = dir.create_new(&tmp)?;
         let write = || -> io::Result<()> {
-            let file = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
             // bincode writes field by field: unbuffered, a large state
             // costs millions of write(2) calls.
             let mut out = BufWriter::with_capacity(1 << 20, file);
             out.write_all(MAGIC)?;
             out.write_all(&STATE_VERSION.to_le_bytes())?;
             bincode::serialize_into(&mut out, state).map_err(io::Error::other)?;
-            out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.root)?.sync_all()
+            out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
         };
-        write().with_context(|| format!("cannot write {}", path.display()))
+        write().with_context(|| format!("cannot write {}", dir.path().join(&tmp).display()))?;
+        dir.rename(&tmp, STATE_FILE)?;
+        dir.sync()
     }
 
     /// Marks that map writes are about to start, before the first one. A
@@ -225,14 +229,7 @@ impl StateDir {
     /// of the machine takes the maps with it, and `load` rebuilds them from
     /// the recorded state anyway.
     pub fn begin_map_writes(&self, _lock: &StateLock) -> Result<()> {
-        let path = self.root.join(MAP_WRITES_FILE);
-        OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        self.created_dir()?.create_new(MAP_WRITES_FILE)?;
         Ok(())
     }
 
@@ -241,28 +238,30 @@ impl StateDir {
     /// an undo fails too the mark stays, and the next change repairs from
     /// the maps.
     pub fn end_map_writes(&self, _lock: &StateLock) {
-        let path = self.root.join(MAP_WRITES_FILE);
-        if let Err(err) = fs::remove_file(&path)
-            && err.kind() != io::ErrorKind::NotFound
-        {
+        if let Err(err) = self.created_dir().and_then(|dir| dir.remove(MAP_WRITES_FILE)) {
             // Harmless: the next change repairs from the maps, which only costs reading them.
-            log::warn!("cannot remove {}: {err}", path.display());
+            log::warn!("{err:#}");
         }
     }
 
     /// Whether a change was interrupted during its map writes (and nothing
     /// repaired the maps since).
-    pub fn map_writes_interrupted(&self) -> bool {
-        self.root.join(MAP_WRITES_FILE).exists()
+    pub fn map_writes_interrupted(&self) -> Result<bool> {
+        match self.dir()? {
+            Some(dir) => dir.check_file(MAP_WRITES_FILE),
+            None => Ok(false),
+        }
     }
+}
 
-    fn create_dir(&self) -> Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .with_context(|| format!("cannot create state directory {}", self.root.display()))
+/// flock(LOCK_EX | `flags`) on `file`; false when it would block.
+fn flock(file: &File, flags: i32) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | flags) } == 0 {
+        return Ok(true);
     }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
 }
 
 /// Policies as `(name, rule record)`: `Policy`'s own serde form is the
@@ -313,6 +312,8 @@ mod rule_records {
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt as _};
+
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -321,11 +322,7 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn missing_state_is_empty_and_writes_round_trip() {
-        let dir = temp_dir("roundtrip");
-        let state_dir = StateDir::new(&dir);
-        assert_eq!(state_dir.read().unwrap(), AppliedState::default());
+    fn sample_state() -> AppliedState {
         let mut state = AppliedState::default();
         state.policies.push(Policy {
             name: "web".into(),
@@ -350,32 +347,46 @@ mod tests {
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],
         }));
+        state
+    }
+
+    #[test]
+    fn missing_state_is_empty_and_writes_round_trip() {
+        let dir = temp_dir("roundtrip");
+        let state_dir = StateDir::new(&dir);
+        assert_eq!(state_dir.read().unwrap(), AppliedState::default());
+        let state = sample_state();
         let lock = state_dir.lock().unwrap();
         state_dir.write(&lock, &state).unwrap();
         assert_eq!(state_dir.read().unwrap(), state);
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = fs::metadata(dir.join(STATE_FILE)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(STATE_FILE), 0o600);
+        assert_eq!(mode(""), 0o700);
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn corrupt_state_names_the_file() {
         let dir = temp_dir("corrupt");
-        fs::create_dir_all(&dir).unwrap();
+        let state_dir = StateDir::new(&dir);
+        let lock = state_dir.lock().unwrap();
+        state_dir.write(&lock, &sample_state()).unwrap();
+        let whole = fs::read(dir.join(STATE_FILE)).unwrap();
+        // Cut anywhere after the header, including inside a string (where
+        // bincode's own error says "io error: " and nothing more).
+        for end in MAGIC.len() + 4..whole.len() {
+            fs::write(dir.join(STATE_FILE), &whole[..end]).unwrap();
+            let err = format!("{:#}", state_dir.read().unwrap_err());
+            assert!(err.contains("state.bin is corrupt: it ends in the middle of its data"), "{end}: {err}");
+            assert!(err.contains("move it away") && !err.contains("io error"), "{end}: {err}");
+        }
         fs::write(dir.join(STATE_FILE), "{not binary").unwrap();
-        let err = StateDir::new(&dir).read().unwrap_err();
-        assert!(format!("{err:#}").contains("state.bin is corrupt"), "{err:#}");
-        let mut truncated = MAGIC.to_vec();
-        truncated.extend(STATE_VERSION.to_le_bytes());
-        truncated.push(7);
-        fs::write(dir.join(STATE_FILE), truncated).unwrap();
-        let err = StateDir::new(&dir).read().unwrap_err();
-        assert!(format!("{err:#}").contains("state.bin is corrupt"), "{err:#}");
+        let err = state_dir.read().unwrap_err();
+        assert!(format!("{err:#}").contains("state.bin is corrupt: it does not start"), "{err:#}");
         let mut other_version = MAGIC.to_vec();
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
-        let err = StateDir::new(&dir).read().unwrap_err();
+        let err = state_dir.read().unwrap_err();
         assert!(format!("{err:#}").contains("this balctl reads format"), "{err:#}");
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -41,7 +41,7 @@ pub enum Unit {
 pub fn map_fills(pins: &PinDir) -> Result<Vec<MapFill>> {
     MAPS.iter()
         .map(|spec| {
-            let path = pins.map(spec.name);
+            let path = pins.map(spec.name)?;
             let info =
                 MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
             let (capacity, unit, entries) = match spec.map_type {

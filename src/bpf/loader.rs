@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs, io,
+    fs,
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -80,8 +80,12 @@ pub fn load_object(
     let target = target_cgroup(&live, cgroup)?;
     check_layout(pins, |name| sizes.get(name))?;
 
-    let maps_created: Vec<&'static str> =
-        MAPS.iter().filter(|spec| !pins.map(spec.name).exists()).map(|spec| spec.name).collect();
+    let mut maps_created = Vec::new();
+    for spec in MAPS {
+        if !pins.map(spec.name)?.exists() {
+            maps_created.push(spec.name);
+        }
+    }
     let fresh = live.is_empty() && maps_created.len() == MAPS.len();
     let result = load_and_attach(object, pins, &target, sizes, live);
     match result {
@@ -105,7 +109,8 @@ fn load_and_attach(
     mut live: BTreeMap<&'static str, LiveLink>,
 ) -> Result<Vec<(&'static str, HookAction)>> {
     let mut loader = EbpfLoader::new();
-    let map_paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|spec| (spec.name, pins.map(spec.name))).collect();
+    let map_paths: Vec<(&str, PathBuf)> =
+        MAPS.iter().map(|spec| Ok((spec.name, pins.map(spec.name)?))).collect::<Result<_>>()?;
     for ((name, path), spec) in map_paths.iter().zip(MAPS) {
         loader.map_pin_path(name, path.as_path());
         loader.map_max_entries(name, requested_max_entries(&spec, sizes));
@@ -142,7 +147,7 @@ fn load_and_attach(
             None => {
                 let link = attach(program, &cgroup_dir)
                     .with_context(|| format!("cannot attach {} to {}", hook.name, target.display()))?;
-                link.pin(pins.link(hook.name))
+                link.pin(pins.link(hook.name)?)
                     .with_context(|| format!("cannot pin the {} link", hook.name))?;
                 HookAction::Attached
             }
@@ -190,7 +195,7 @@ fn live_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
     let defunct: Vec<&'static str> =
         links.iter().filter(|(_, link)| link.info.cgroup_id == 0).map(|(&hook, _)| hook).collect();
     for hook in defunct {
-        let path = pins.link(hook);
+        let path = pins.link(hook)?;
         log::info!("removing defunct link {}", path.display());
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         links.remove(hook);
@@ -202,7 +207,7 @@ fn live_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
 fn pinned_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
     let mut links = BTreeMap::new();
     for hook in HOOKS {
-        let path = pins.link(hook.name);
+        let path = pins.link(hook.name)?;
         if path.exists() {
             let fd =
                 sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
@@ -262,7 +267,7 @@ pub struct UnloadReport {
 pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     let mut report = UnloadReport::default();
     for hook in HOOKS {
-        let path = pins.link(hook.name);
+        let path = pins.link(hook.name)?;
         if !path.exists() {
             continue;
         }
@@ -276,22 +281,12 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         report.links_detached.push(hook.name);
     }
-    if let Ok(entries) = fs::read_dir(pins.maps_dir()) {
-        for entry in entries {
-            let entry = entry?;
-            fs::remove_file(entry.path())
-                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
-            report.maps_removed.push(entry.file_name().to_string_lossy().into_owned());
-        }
+    for name in pins.pinned_maps()? {
+        let path = pins.map(&name)?;
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        report.maps_removed.push(name);
     }
-    report.maps_removed.sort();
-    for dir in [pins.links_dir(), pins.maps_dir(), pins.root().to_path_buf()] {
-        match fs::remove_dir(&dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!("leaving {}: {e}", dir.display()),
-            Ok(()) => {}
-        }
-    }
+    pins.remove_dirs();
     Ok(report)
 }
 
@@ -318,7 +313,7 @@ fn requested_max_entries(spec: &MapSpec, sizes: &MapSizes) -> u32 {
 /// The `max_entries` a map has after `load`: the pinned map's, else the
 /// requested one.
 fn max_entries_after_load(pins: &PinDir, spec: &MapSpec, sizes: &MapSizes) -> Result<u32> {
-    let path = pins.map(spec.name);
+    let path = pins.map(spec.name)?;
     if !path.exists() {
         return Ok(requested_max_entries(spec, sizes));
     }
@@ -328,8 +323,13 @@ fn max_entries_after_load(pins: &PinDir, spec: &MapSpec, sizes: &MapSizes) -> Re
 }
 
 /// Whether any hook is pinned here.
-pub fn is_loaded(pins: &PinDir) -> bool {
-    HOOKS.iter().any(|hook| pins.link(hook.name).exists())
+pub fn is_loaded(pins: &PinDir) -> Result<bool> {
+    for hook in HOOKS {
+        if pins.link(hook.name)?.exists() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// One hook as the kernel reports it.

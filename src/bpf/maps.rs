@@ -36,7 +36,7 @@ pub struct Datapath {
 /// aya checks the map type and the key and value sizes against the
 /// kernel's, so a map of another layout is refused.
 pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) -> Result<M> {
-    let path = pins.map(name);
+    let path = pins.map(name)?;
     let data = open_pinned(pins, name, || {
         format!(
             "balctl is not loaded at {} (cannot open {}); run `balctl load` first",
@@ -54,7 +54,7 @@ pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) ->
 /// The map pinned as `name`; `not_loaded` says what its absence means.
 /// A user who may not open the pins is told so in one sentence.
 pub fn open_pinned(pins: &PinDir, name: &str, not_loaded: impl FnOnce() -> String) -> Result<MapData> {
-    let path = pins.map(name);
+    let path = pins.map(name)?;
     MapData::from_pin(&path).map_err(|err| match err {
         MapError::SyscallError(e) if caps::is_denied(&e.io_error) => caps::denied(&path),
         err => anyhow!(err).context(not_loaded()),
@@ -72,7 +72,7 @@ impl Datapath {
         let layers = open_map(pins, map_names::LAYERS)?;
         let counters = CounterMaps::open(pins)?;
         let capacity = |name: &str| -> Result<u64> {
-            let info = aya::maps::MapInfo::from_pin(pins.map(name))?;
+            let info = aya::maps::MapInfo::from_pin(pins.map(name)?)?;
             Ok(u64::from(info.max_entries()))
         };
         Ok(Self {
@@ -83,7 +83,7 @@ impl Datapath {
             affinity,
             rate_limits,
             layers,
-            rate_limit_capacity: aya::maps::MapInfo::from_pin(pins.map(map_names::RATE_LIMITS))?
+            rate_limit_capacity: aya::maps::MapInfo::from_pin(pins.map(map_names::RATE_LIMITS)?)?
                 .max_entries(),
             counters,
             capacity: EntryCounts {
@@ -324,7 +324,7 @@ pub(super) fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapErro
 /// Checks a pinned map's kernel layout against what this build expects.
 pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u32>) -> Result<()> {
     for spec in MAPS {
-        let path = pins.map(spec.name);
+        let path = pins.map(spec.name)?;
         if !path.exists() {
             continue;
         }

@@ -5,20 +5,35 @@
 //! <pin dir>/links/<hook name>   one bpf_link per hook (connect4, ...)
 //! ```
 //!
-//! The pinned links are what keep the programs attached after balctl exits.
+//! The pinned links are what keep the programs attached after balctl exits,
+//! so whoever can remove them can detach balctl: the pin dir, `maps/` and
+//! `links/` must be balctl's user's alone (`crate::trusted_dir`), and every
+//! pin path is handed out only after they and the pin are checked.
 
-use std::{
-    fs,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::trusted_dir::{Problem, Trust, TrustedDir};
 
 /// bpffs's `statfs` magic number (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The conventional bpffs mount point, mounted on demand like Cilium does.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+const MAPS: &str = "maps";
+const LINKS: &str = "links";
+
+/// Pins: bpffs makes them 0600, and nobody else has any business with them.
+static PINS: Trust = Trust {
+    forbidden_file_bits: 0o077,
+    risk: "another user could remove balctl's pins and detach it",
+    remedy: load_again,
+};
+
+/// `load` makes the pins again and restores every rule from the state dir.
+fn load_again(path: &Path, _directory: bool, _problem: &Problem) -> String {
+    format!("remove it (`rm -r {}`) and run `balctl load` again", path.display())
+}
 
 #[derive(Clone, Debug)]
 pub struct PinDir {
@@ -34,25 +49,56 @@ impl PinDir {
         &self.root
     }
 
-    pub fn maps_dir(&self) -> PathBuf {
-        self.root.join("maps")
+    /// The path of the map pin `name`, once the pin dir, `maps/` and the
+    /// pin, as far as they exist, are found to be ours alone.
+    pub fn map(&self, name: &str) -> Result<PathBuf> {
+        self.pin(MAPS, name)
     }
 
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.maps_dir().join(name)
+    /// The path of the link pin of `hook`, checked like `map`'s.
+    pub fn link(&self, hook: &str) -> Result<PathBuf> {
+        self.pin(LINKS, hook)
     }
 
-    pub fn links_dir(&self) -> PathBuf {
-        self.root.join("links")
+    /// Every pin is opened through this check: a missing directory or pin
+    /// is left for the caller to find (balctl is not loaded), anything
+    /// another user could have touched is refused.
+    fn pin(&self, subdir: &str, name: &str) -> Result<PathBuf> {
+        if let Some(dir) = self.subdir(subdir)? {
+            dir.check_file(name)?;
+        }
+        Ok(self.root.join(subdir).join(name))
     }
 
-    pub fn link(&self, hook: &str) -> PathBuf {
-        self.links_dir().join(hook)
+    /// The names of the maps pinned, whatever they are; none when nothing is.
+    pub fn pinned_maps(&self) -> Result<Vec<String>> {
+        self.subdir(MAPS)?.map_or_else(|| Ok(Vec::new()), |maps| maps.names())
+    }
+
+    /// `maps/` or `links/`, checked with the pin dir; None when either is missing.
+    fn subdir(&self, name: &str) -> Result<Option<TrustedDir>> {
+        match TrustedDir::open(&self.root, &PINS)? {
+            Some(root) => root.subdir(name),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the directories, once `unload` emptied them.
+    pub fn remove_dirs(&self) {
+        for dir in [self.root.join(LINKS), self.root.join(MAPS), self.root.clone()] {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("leaving {}: {e}", dir.display()),
+                Ok(()) => {}
+            }
+        }
     }
 
     /// Makes sure the pin directory exists on a bpf filesystem, mounting
     /// bpffs at /sys/fs/bpf if that is where it belongs and nothing is
-    /// mounted there yet.
+    /// mounted there yet, and that it, `maps/` and `links/` are ours alone
+    /// (mode 0700). They are made here; one that another user made first,
+    /// or that others may write, is refused rather than taken over.
     pub fn prepare(&self) -> Result<()> {
         let existing = self.root.ancestors().find(|p| p.exists()).unwrap_or_else(|| Path::new("/"));
         if !is_bpffs(existing)? {
@@ -66,15 +112,12 @@ impl PinDir {
                 );
             }
         }
-        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
-            // bpffs ignores the umask-adjusted mode on some kernels; be explicit.
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot restrict {}", dir.display()))?;
+        let root = TrustedDir::create(&self.root, &PINS)?;
+        // bpffs ignores the umask-adjusted mode on some kernels, and a
+        // second load tightens a 0755 directory: be explicit.
+        root.restrict()?;
+        for name in [MAPS, LINKS] {
+            root.create_subdir(name)?.restrict()?;
         }
         Ok(())
     }

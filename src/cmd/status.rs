@@ -71,7 +71,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     // Querying the programs attached to a cgroup needs it.
     caps::require("balctl status", &[caps::NET_ADMIN])?;
     let state = ctx.state.read()?;
-    let loaded = loader::is_loaded(&ctx.pins);
+    let loaded = loader::is_loaded(&ctx.pins)?;
     let (attach, programs, maps, evicted, drift) = if loaded {
         let attach = loader::attach_state(&ctx.pins)?;
         let programs = programs(&attach)?;
@@ -96,7 +96,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         frontends: state.image.frontends.len(),
         backends: state.image.backends.len(),
         drift,
-        interrupted_change: ctx.state.map_writes_interrupted(),
+        interrupted_change: ctx.state.map_writes_interrupted()?,
         kernel: kernel(),
     };
     if ctx.output != OutputFormat::Table {

@@ -34,7 +34,7 @@ impl Slot {
     /// Claims the first free slot. Its lease is not running yet: `renew`
     /// starts it, once the tracer is ready to read.
     pub fn claim(pins: &PinDir, state: &StateDir) -> Result<Self> {
-        let path = pins.map(map_names::TRACE_LEASES);
+        let path = pins.map(map_names::TRACE_LEASES)?;
         let data = open_pinned(pins, map_names::TRACE_LEASES, || {
             format!(
                 "balctl is not loaded at {} (or was loaded by a balctl without tracing); run `balctl load`",

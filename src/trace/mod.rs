@@ -30,7 +30,7 @@ impl Tracer {
     /// Claims a slot and starts its lease: events flow from here on.
     pub fn start(pins: &PinDir, state: &StateDir) -> Result<Self> {
         let mut slot = Slot::claim(pins, state)?;
-        let path = pins.map(map_names::EVENTS[slot.index() as usize]);
+        let path = pins.map(map_names::EVENTS[slot.index() as usize])?;
         let data = MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let events = RingBuf::try_from(Map::RingBuf(data))
             .with_context(|| format!("the map pinned at {} is not a ring buffer", path.display()))?;

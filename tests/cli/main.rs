@@ -23,6 +23,7 @@ mod stats;
 mod support;
 mod sync;
 mod trace;
+mod trust;
 mod watch;
 
 use libtest_mimic::{Arguments, Trial};
@@ -82,6 +83,9 @@ fn main() {
         input::unload_asks_on_a_terminal,
         input::privileges_are_checked_and_named,
         input::every_map_is_checked_for_room_before_any_write,
+        trust::pins_another_user_could_touch_are_refused,
+        trust::a_state_others_could_touch_is_refused_and_links_are_not_followed,
+        trust::a_truncated_state_names_the_file,
         bad_inputs::the_bad_input_corpus_changes_nothing,
         progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,

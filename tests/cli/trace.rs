@@ -171,7 +171,7 @@ pub fn a_killed_tracer_stops_events_within_two_seconds() {
 
     let pins = PinDir::new(&sandbox.pins);
     let leases = Array::<MapData, u64>::try_from(Map::Array(
-        MapData::from_pin(pins.map(map_names::TRACE_LEASES)).expect("trace_leases is pinned"),
+        MapData::from_pin(pins.map(map_names::TRACE_LEASES).unwrap()).expect("trace_leases is pinned"),
     ))
     .expect("an array");
     let now = monotonic_ns();
@@ -181,7 +181,7 @@ pub fn a_killed_tracer_stops_events_within_two_seconds() {
     }
     // The killed tracer read slot 0; drain what it left, then connect again.
     let mut events = RingBuf::try_from(Map::RingBuf(
-        MapData::from_pin(pins.map(map_names::EVENTS[0])).expect("events0 is pinned"),
+        MapData::from_pin(pins.map(map_names::EVENTS[0]).unwrap()).expect("events0 is pinned"),
     ))
     .expect("a ring buffer");
     while events.next().is_some() {}
@@ -220,7 +220,7 @@ pub fn trace_ends_on_duration_and_sigint() {
     assert!(status.success(), "trace exited with {status} on SIGINT");
     let pins = PinDir::new(&sandbox.pins);
     let leases = Array::<MapData, u64>::try_from(Map::Array(
-        MapData::from_pin(pins.map(map_names::TRACE_LEASES)).expect("trace_leases is pinned"),
+        MapData::from_pin(pins.map(map_names::TRACE_LEASES).unwrap()).expect("trace_leases is pinned"),
     ))
     .expect("an array");
     assert_eq!(leases.get(&0, 0).expect("slot 0's lease"), 0, "slot 0's lease was not ended");
