@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
             Ok(())
         })?
     } else {
-        let gather = || inputs::gather(&args.filenames, &this_node);
+        let gather = || inputs::gather(&args.filenames, &this_node, args.max_input_size);
         change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
             notes = replace(state, gathered.read(&state.synced)?)?;
             Ok(())
