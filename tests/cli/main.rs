@@ -11,6 +11,7 @@ mod deploy;
 mod docs;
 mod dump;
 mod input;
+mod input_limits;
 mod kube;
 mod kube_api;
 mod kube_sync;
@@ -78,6 +79,10 @@ fn main() {
         input::privileges_are_checked_and_named,
         input::every_map_is_checked_for_room_before_any_write,
         bad_inputs::the_bad_input_corpus_changes_nothing,
+        input_limits::oversized_inputs_are_refused_in_bounded_memory,
+        input_limits::toml_reading_time_grows_linearly,
+        input_limits::streams_marks_and_control_characters,
+        input_limits::hostile_structures_are_input_errors,
         progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,
         sync::repeated_sync_changes_nothing,
