@@ -7,7 +7,7 @@
 use std::{
     fs::{self, File},
     io::{Read as _, Write as _},
-    os::unix::process::ExitStatusExt as _,
+    os::unix::{fs::OpenOptionsExt as _, process::ExitStatusExt as _},
     path::Path,
     process::{Command, ExitStatus, Stdio},
     thread,
@@ -103,13 +103,32 @@ fn assert_over_limit(run: &Run, input: &str, limit: &str) {
 
 /// Writes `bytes` to the FIFO `path` from a thread, once balctl opens it;
 /// a write error (balctl stopped reading) ends the thread.
-fn feed_fifo(path: &Path, bytes: Vec<u8>) -> thread::JoinHandle<()> {
+fn feed_fifo(path: &Path, bytes: Vec<u8>) -> FifoWriter {
     let path = path.to_owned();
-    thread::spawn(move || {
-        if let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&path) {
-            let _ = fifo.write_all(&bytes);
+    let thread = thread::spawn({
+        let path = path.clone();
+        move || {
+            if let Ok(mut fifo) = fs::OpenOptions::new().write(true).open(&path) {
+                let _ = fifo.write_all(&bytes);
+            }
         }
-    })
+    });
+    FifoWriter { path, thread }
+}
+
+struct FifoWriter {
+    path: std::path::PathBuf,
+    thread: thread::JoinHandle<()>,
+}
+
+impl FifoWriter {
+    /// Waits for the writer, after balctl has exited. One still waiting
+    /// for a reader (balctl never opened the FIFO) is let through by a
+    /// reader opened and closed here, and then fails to write.
+    fn join(self) {
+        let _ = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+        self.thread.join().unwrap();
+    }
 }
 
 fn mkfifo(path: &Path) {
@@ -167,7 +186,7 @@ pub fn oversized_inputs_are_refused_in_bounded_memory() {
     let fifo_str = fifo.to_str().unwrap();
     let args = ["sync", "-f", fifo_str, "--max-input-size", "1MiB"];
     let run = run_measured(sandbox.balctl_command(&args), Duration::from_secs(60));
-    writer.join().unwrap();
+    writer.join();
     assert_over_limit(&run, fifo_str, "1 MiB");
     assert_eq!(dump_json(&sandbox), before);
 }
@@ -240,7 +259,7 @@ pub fn streams_marks_and_control_characters() {
     ];
     let run = sync(&["sync", "-f", &yaml_fifo, "-f", &sniffed_fifo]);
     for writer in writers {
-        writer.join().unwrap();
+        writer.join();
     }
     assert!(run.status.success(), "FIFOs: {}", run.stderr());
     let services = sandbox.balctl_ok(&["dump", "services"]);
