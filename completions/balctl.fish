@@ -154,6 +154,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -s f -l filename -d 
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l node-name -d 'This node\'s name, for internalTrafficPolicy: Local [default: the hostname]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l max-input-size -d 'The most bytes read from one input file, FIFO or standard input, as bytes or with a unit: 512M, 1G, 1GiB (K, M, G, T: powers of 1024; KB, MB, GB, TB: of 1000). A larger input is refused, and nothing changes' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-addr -d 'With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l settle -d 'With --watch -f, hold a change that would remove more than a quarter of a source\'s frontends until the inputs have not changed for this long (e.g. 5s, 1m), so that a file still being written is never applied half written' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     bpf::object::SIZE_NAMES,
+    inputs::InputLimit,
     model::{Frontend, Scope, parse_affinity, parse_backend},
     output::OutputFormat,
 };
@@ -174,6 +175,12 @@ pub struct SyncArgs {
     /// This node's name, for internalTrafficPolicy: Local [default: the hostname]
     #[arg(long, value_name = "NAME", env = "BALCTL_NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// The most bytes read from one input file, FIFO or standard input, as
+    /// bytes or with a unit: 512M, 1G, 1GiB (K, M, G, T: powers of 1024; KB,
+    /// MB, GB, TB: of 1000). A larger input is refused, and nothing changes.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub max_input_size: InputLimit,
 
     /// Keep running and sync again whenever an input changes (not with -f -)
     #[arg(long, conflicts_with = "dry_run")]

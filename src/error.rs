@@ -58,10 +58,118 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(input) { EXIT_INPUT } else { EXIT_RUNTIME }
 }
 
-/// Prints `err` and its causes on stderr, the way balctl reports every error.
+/// Prints `err` and its causes on stderr, the way balctl reports every error:
+/// each line of a message shown as `Line` shows it, so that no input can
+/// reach the terminal raw, whoever's message quotes it.
 pub fn report(err: &anyhow::Error) {
-    eprintln!("error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    for (index, cause) in err.chain().enumerate() {
+        let prefix = if index == 0 { "error: " } else { "  caused by: " };
+        let message = cause.to_string();
+        for (number, line) in message.split('\n').enumerate() {
+            let indent = if number == 0 { prefix } else { "" };
+            eprintln!("{indent}{}", Line(line));
+        }
+    }
+}
+
+/// A value from an input as an error message quotes it: control characters
+/// escaped, so that a crafted file cannot drive the operator's terminal
+/// (ESC sequences) or cut the message short (NUL), and a long value
+/// shortened to its start and its size, so that a 10 MB name is not echoed.
+pub fn excerpt(value: &str) -> Excerpt<'_> {
+    Excerpt(value)
+}
+
+pub struct Excerpt<'a>(&'a str);
+
+impl Excerpt<'_> {
+    /// Values of more characters than this are shortened...
+    const LONG: usize = 100;
+    /// ...to this many.
+    const KEPT: usize = 60;
+}
+
+impl fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = self.0;
+        match value.char_indices().nth(Self::LONG) {
+            None => write_escaped(f, value),
+            Some(_) => {
+                let kept = value.char_indices().nth(Self::KEPT).map_or(value.len(), |(at, _)| at);
+                write_escaped(f, &value[..kept])?;
+                write!(f, "... ({} bytes)", value.len())
+            }
+        }
+    }
+}
+
+/// One line of an error message as `report` prints it: control characters
+/// escaped, and one longer than `MAX` bytes cut in its middle (messages of
+/// parsers quote what they found, at any length).
+struct Line<'a>(&'a str);
+
+impl Line<'_> {
+    const MAX: usize = 1024;
+    /// Bytes kept at either end of a long line (about: cut at characters).
+    const END: usize = 400;
+}
+
+impl fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line = self.0;
+        if line.len() <= Self::MAX {
+            return write_escaped(f, line);
+        }
+        let head = line.floor_char_boundary(Self::END);
+        let tail = line.ceil_char_boundary(line.len() - Self::END);
+        write_escaped(f, &line[..head])?;
+        write!(f, "... ({} bytes left out) ...", tail - head)?;
+        write_escaped(f, &line[tail..])
+    }
+}
+
+/// `text` with every control character (C0, DEL, C1) escaped.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(char::is_control) {
+        f.write_str(&rest[..at])?;
+        let control = rest[at..].chars().next().unwrap_or_default();
+        match control {
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            c if c.is_ascii() => write!(f, "\\x{:02x}", u32::from(c))?,
+            c => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+        }
+        rest = &rest[at + control.len_utf8()..];
+    }
+    f.write_str(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_escaped_and_long_ones_shortened() {
+        assert_eq!(excerpt("web").to_string(), "web");
+        assert_eq!(excerpt("a\u{1b}[31mb\0\n\u{7f}\u{9b}é").to_string(), "a\\x1b[31mb\\x00\\n\\x7f\\u{9b}é");
+        let long = "é".repeat(5_000_000);
+        assert_eq!(excerpt(&long).to_string(), format!("{}... (10000000 bytes)", "é".repeat(60)));
+        let hundred = "x".repeat(100);
+        assert_eq!(excerpt(&hundred).to_string(), hundred);
+    }
+
+    #[test]
+    fn long_lines_are_cut_in_the_middle() {
+        let line = format!("f:1:1: unknown field `{}`, expected `name`", "k".repeat(10_000));
+        let shown = Line(&line).to_string();
+        assert!(shown.len() < 1000, "{shown}");
+        assert!(
+            shown.starts_with("f:1:1: unknown field `kkk") && shown.ends_with("kkk`, expected `name`"),
+            "{shown}"
+        );
+        assert!(shown.contains("bytes left out"), "{shown}");
+        assert_eq!(Line("a\u{1b}b").to_string(), "a\\x1bb");
     }
 }

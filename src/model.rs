@@ -219,8 +219,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
         .is_some_and(|(first, last)| first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric());
     if name.len() > 253 || !valid_chars || !valid_ends {
         return Err(format!(
-            "`{name}` is not a valid name (lowercase letters, digits, '-' and '.', \
-             starting and ending with a letter or digit, at most 253 characters)"
+            "`{}` is not a valid name (lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit, at most 253 characters)",
+            crate::error::excerpt(name)
         ));
     }
     Ok(())

@@ -85,7 +85,7 @@ pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<()
             Ok(())
         })?
     } else {
-        let gather = || inputs::gather(&args.filenames, &this_node);
+        let gather = || inputs::gather(&args.filenames, &this_node, args.max_input_size);
         change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
             let inputs = gathered.read(&state.synced)?;
             check_removals(state, &inputs, removals)?;

@@ -8,11 +8,13 @@
 
 pub mod kube;
 mod location;
+mod size_limit;
+mod toml_entries;
 mod toml_file;
 
 use std::{
-    fs,
-    io::Read as _,
+    fs::{self, File},
+    os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -20,9 +22,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use rustc_hash::FxHashMap as HashMap;
 
-pub use self::location::Located;
 use self::location::Location;
-use crate::{error::EmptyInput, input, state::SyncedObject};
+pub use self::{location::Located, size_limit::InputLimit};
+use crate::{input, state::SyncedObject};
 
 /// Identifies the text of one input item (a YAML document or `List` entry)
 /// and everything else its translation depends on: an xxh3 128-bit hash.
@@ -63,25 +65,29 @@ enum Format {
 }
 
 /// The `-f` arguments read as far as possible without the applied state:
-/// TOML files and standard input parsed, YAML files split into items.
+/// TOML files and streams parsed, YAML files split into items.
 pub struct Gathered {
     this_node: String,
     names: Vec<String>,
     /// Objects from TOML, per source.
     objects: Vec<Vec<Located<SyncedObject>>>,
-    /// Kubernetes objects from standard input, with their source.
-    stdin_objects: Vec<(usize, kube::KubeObject)>,
+    /// Kubernetes objects from streams (stdin, FIFOs), with their source.
+    streamed_objects: Vec<(usize, kube::KubeObject)>,
     yaml: kube::SplitFiles,
+    /// What was left out, and why (a FIFO in a directory).
+    notes: Vec<String>,
 }
 
 /// Reads every `-f` argument, as far as it can be without the applied
-/// state (see `Gathered::read`). Directories contribute their `*.toml`,
-/// `*.yaml`, `*.yml` and `*.json` files, in name order.
-pub fn gather(arguments: &[PathBuf], this_node: &str) -> Result<Gathered> {
+/// state (see `Gathered::read`), each file and stream up to `limit`.
+/// Directories contribute their `*.toml`, `*.yaml`, `*.yml` and `*.json`
+/// files, in name order.
+pub fn gather(arguments: &[PathBuf], this_node: &str, limit: InputLimit) -> Result<Gathered> {
     let mut names = Vec::new();
     let mut objects = Vec::new();
-    let mut stdin_objects = Vec::new();
+    let mut streamed_objects = Vec::new();
     let mut yaml_files = Vec::new();
+    let mut notes = Vec::new();
     for argument in arguments {
         let name = source_name(argument)?;
         if names.contains(&name) {
@@ -89,40 +95,41 @@ pub fn gather(arguments: &[PathBuf], this_node: &str) -> Result<Gathered> {
         }
         let index = names.len();
         let mut toml_objects = Vec::new();
-        if argument == Path::new("-") {
-            let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).context("cannot read standard input")?;
-            check_not_empty("<stdin>", bytes.len() as u64)?;
-            let text = utf8("<stdin>", bytes)?;
-            match sniff(&text) {
-                Format::Toml => toml_objects.extend(toml_file::parse("<stdin>", &text)?),
-                Format::Yaml => {
-                    stdin_objects
-                        .extend(kube::read("<stdin>", text.as_bytes())?.into_iter().map(|o| (index, o)));
+        for input in inputs_of(argument, &mut notes)? {
+            match input {
+                Input::File(path, Format::Toml) => {
+                    let label = path.display().to_string();
+                    let file = File::open(&path).with_context(|| format!("cannot read {label}"))?;
+                    let len = file.metadata().with_context(|| format!("cannot read {label}"))?.len();
+                    limit.check_len(&label, len)?;
+                    let text = text(&label, limit.read_all(&label, file)?)?;
+                    toml_objects.extend(toml_file::parse(&label, &text)?);
                 }
-            }
-        }
-        for (file, format) in files(argument)? {
-            match format {
-                Format::Toml => {
-                    let label = file.display().to_string();
-                    let bytes = fs::read(&file).with_context(|| format!("cannot read {label}"))?;
-                    check_not_empty(&label, bytes.len() as u64)?;
-                    toml_objects.extend(toml_file::parse(&label, &utf8(&label, bytes)?)?);
-                }
-                Format::Yaml => {
-                    if let Some(metadata) = fs::metadata(&file).ok().filter(|m| m.is_file()) {
-                        check_not_empty(&file.display().to_string(), metadata.len())?;
+                Input::File(path, Format::Yaml) => yaml_files.push(kube::YamlFile { source: index, path }),
+                Input::Stream(path, format) => {
+                    let (label, bytes) = match path {
+                        None => (STDIN.to_owned(), limit.read_all(STDIN, std::io::stdin().lock())?),
+                        Some(path) => {
+                            let label = path.display().to_string();
+                            let file = File::open(&path).with_context(|| format!("cannot read {label}"))?;
+                            let bytes = limit.read_all(&label, file)?;
+                            (label, bytes)
+                        }
+                    };
+                    let text = text(&label, bytes)?;
+                    match format.unwrap_or_else(|| sniff(&text)) {
+                        Format::Toml => toml_objects.extend(toml_file::parse(&label, &text)?),
+                        Format::Yaml => streamed_objects
+                            .extend(kube::read(&label, text.as_bytes())?.into_iter().map(|o| (index, o))),
                     }
-                    yaml_files.push(kube::YamlFile { source: index, path: file });
                 }
             }
         }
         names.push(name);
         objects.push(toml_objects);
     }
-    let yaml = kube::split_files(yaml_files, this_node)?;
-    Ok(Gathered { this_node: this_node.to_owned(), names, objects, stdin_objects, yaml })
+    let yaml = kube::split_files(yaml_files, this_node, limit)?;
+    Ok(Gathered { this_node: this_node.to_owned(), names, objects, streamed_objects, yaml, notes })
 }
 
 impl Gathered {
@@ -133,8 +140,8 @@ impl Gathered {
     /// parsing it again. Objects must be unique across all sources, by name
     /// and by frontend; errors point at file:line:column.
     pub fn read(self, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
-        let Self { this_node, names, mut objects, stdin_objects, yaml } = self;
-        let kube = yaml.read(&names, previous, stdin_objects, &this_node)?;
+        let Self { this_node, names, mut objects, streamed_objects, yaml, mut notes } = self;
+        let kube = yaml.read(&names, previous, streamed_objects, &this_node)?;
         let translation = kube::translate(kube.parsed, &this_node)?;
         for (index, object) in translation.objects {
             objects[index].push(object);
@@ -145,7 +152,8 @@ impl Gathered {
         }
         return_freed_memory();
         check_unique(&sources)?;
-        Ok(Inputs { sources, notes: translation.notes })
+        notes.extend(translation.notes);
+        Ok(Inputs { sources, notes })
     }
 }
 
@@ -174,7 +182,7 @@ pub fn from_cluster(
 /// Reads every `-f` argument at once: `gather`, then `Gathered::read`.
 #[cfg(test)]
 fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
-    gather(arguments, this_node)?.read(previous)
+    gather(arguments, this_node, InputLimit::default())?.read(previous)
 }
 
 /// Hands the memory of the parsed objects, freed by now, back to the
@@ -226,9 +234,14 @@ fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
-/// The text of input `label`; one that is not UTF-8 is an input error
-/// located at the first byte that is not.
-fn utf8(label: &str, bytes: Vec<u8>) -> Result<String> {
+/// The text of input `label`, without the byte-order mark it may start
+/// with (editors on Windows write one; locations count from after it).
+/// One that is not UTF-8 is an input error located at the first byte that
+/// is not.
+fn text(label: &str, mut bytes: Vec<u8>) -> Result<String> {
+    if bytes.starts_with(BYTE_ORDER_MARK) {
+        bytes.drain(..BYTE_ORDER_MARK.len());
+    }
     String::from_utf8(bytes).map_err(|err| {
         let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
         let text = std::str::from_utf8(valid).unwrap_or_default();
@@ -236,14 +249,8 @@ fn utf8(label: &str, bytes: Vec<u8>) -> Result<String> {
     })
 }
 
-/// A zero-byte input is one being written, never "no objects" (see
-/// `EmptyInput`); a comment or `items: []` says "no objects".
-fn check_not_empty(label: &str, len: u64) -> Result<()> {
-    if len == 0 {
-        return Err(EmptyInput { label: label.to_owned() }.into());
-    }
-    Ok(())
-}
+/// U+FEFF in UTF-8.
+pub const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
 /// TOML starts with a table header or `key = value`; anything else is
 /// taken for YAML (or JSON).
@@ -258,22 +265,55 @@ fn sniff(text: &str) -> Format {
     }
 }
 
-/// The files of one argument (none for stdin), with their formats.
-fn files(argument: &Path) -> Result<Vec<(PathBuf, Format)>> {
+/// The label of standard input in messages.
+const STDIN: &str = "<stdin>";
+
+/// What one `-f` argument is read as.
+enum Input {
+    /// A regular file, or a symlink to one.
+    File(PathBuf, Format),
+    /// Standard input (no path), or a path to anything but a regular file
+    /// or a directory (a FIFO, `/dev/stdin`): read once from start to end,
+    /// as it cannot be read again in parts. The format is sniffed from the
+    /// text when the name does not say it.
+    Stream(Option<PathBuf>, Option<Format>),
+}
+
+/// The inputs of one argument. A directory contributes its regular files
+/// whose names say their format; anything else in it is left out, a FIFO
+/// with a note in `notes` (reading one would wait for a writer, maybe for
+/// ever, and a directory is read on every sync of `--watch`).
+fn inputs_of(argument: &Path, notes: &mut Vec<String>) -> Result<Vec<Input>> {
     if argument == Path::new("-") {
-        return Ok(Vec::new());
+        return Ok(vec![Input::Stream(None, None)]);
     }
-    if argument.is_dir() {
-        let mut files: Vec<(PathBuf, Format)> = fs::read_dir(argument)
+    let kind = fs::metadata(argument).map_err(|e| input!("-f {}: {e}", argument.display()))?.file_type();
+    if kind.is_dir() {
+        let mut inputs = Vec::new();
+        let mut paths: Vec<PathBuf> = fs::read_dir(argument)
             .with_context(|| format!("cannot read directory {}", argument.display()))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter_map(|path| format_of(&path).map(|format| (path, format)))
             .collect();
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        return Ok(files);
+        paths.sort();
+        for path in paths {
+            let Some(format) = format_of(&path) else { continue };
+            match fs::metadata(&path).map(|m| m.file_type()) {
+                Ok(kind) if kind.is_file() => inputs.push(Input::File(path, format)),
+                Ok(kind) if kind.is_fifo() => notes.push(format!(
+                    "{}: a FIFO in a directory is not read; give it with -f of its own",
+                    path.display()
+                )),
+                // Gone since the listing, a dangling symlink, a socket...
+                _ => {}
+            }
+        }
+        return Ok(inputs);
+    }
+    if !kind.is_file() {
+        return Ok(vec![Input::Stream(Some(argument.to_owned()), format_of(argument))]);
     }
     match format_of(argument) {
-        Some(format) => Ok(vec![(argument.to_owned(), format)]),
+        Some(format) => Ok(vec![Input::File(argument.to_owned(), format)]),
         None => Err(input!(
             "-f {}: balctl reads TOML state files (*.toml) and Kubernetes YAML or JSON \
              (*.yaml, *.yml, *.json); name the file accordingly",
@@ -317,8 +357,9 @@ mod tests {
 
     #[test]
     fn text_that_is_not_utf8_is_located() {
-        assert_eq!(utf8("f", b"a = 1\n".to_vec()).unwrap(), "a = 1\n");
-        let err = utf8("f", b"a = 1\nb = \"caf\xe9\"\n".to_vec()).unwrap_err();
+        assert_eq!(text("f", b"a = 1\n".to_vec()).unwrap(), "a = 1\n");
+        assert_eq!(text("f", b"\xEF\xBB\xBFa = 1\n".to_vec()).unwrap(), "a = 1\n");
+        let err = text("f", b"a = 1\nb = \"caf\xe9\"\n".to_vec()).unwrap_err();
         assert_eq!(err.to_string(), "f:2:9: not valid UTF-8");
         assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_INPUT);
     }

@@ -31,8 +31,12 @@ use rustc_hash::FxHashSet as HashSet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use super::location::{Located, Location};
+use super::{
+    location::{LineIndex, Located, Location},
+    toml_entries,
+};
 use crate::{
+    error::excerpt,
     input,
     model::{
         Frontend, FrontendRule, MAX_AFFINITY_SECONDS, PolicyKind, Protocol, Scope, check_address, check_name,
@@ -40,15 +44,14 @@ use crate::{
     state::SyncedObject,
 };
 
+/// One entry of a state file (see toml_entries.rs), or what comes before
+/// the first: a table is absent (`None`) unless the text defines it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
-    #[serde(default)]
-    service: Vec<Spanned<RuleTable>>,
-    #[serde(default)]
-    local_redirect_policy: Vec<Spanned<RuleTable>>,
-    #[serde(default)]
-    balancing_policy: Vec<Spanned<RuleTable>>,
+    service: Option<Vec<Spanned<RuleTable>>>,
+    local_redirect_policy: Option<Vec<Spanned<RuleTable>>>,
+    balancing_policy: Option<Vec<Spanned<RuleTable>>>,
 }
 
 /// A `[[service]]`, `[[local_redirect_policy]]` or `[[balancing_policy]]`:
@@ -124,24 +127,64 @@ impl<'de> Deserialize<'de> for Port {
     }
 }
 
-/// Parses one file into synced objects (their source is set by the caller).
+/// Parses one file into synced objects (their source is set by the caller),
+/// an entry at a time: the services, then the local redirect policies,
+/// then the balancing policies, each in file order.
 pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
-    let at = |span: std::ops::Range<usize>| Location::at(file, text, span.start);
-    let parsed: StateFile = ::toml::from_str(text)
-        .map_err(|e| input!("{}: {}", Location::of_span(file, text, e.span()), e.message().trim_end()))?;
-    let tables = [
-        (TableKind::Service, parsed.service),
-        (TableKind::Policy(PolicyKind::LocalRedirect), parsed.local_redirect_policy),
-        (TableKind::Policy(PolicyKind::Balancing), parsed.balancing_policy),
+    let kinds = [
+        TableKind::Service,
+        TableKind::Policy(PolicyKind::LocalRedirect),
+        TableKind::Policy(PolicyKind::Balancing),
     ];
-    let mut objects = Vec::new();
-    for (kind, tables) in tables {
-        for table in tables {
-            objects.push(rule_object(kind, table, &at)?);
+    let mut objects: [Vec<Located<SyncedObject>>; 3] = Default::default();
+    // Tables the text before the first entry defines (as `service = [...]`).
+    let mut defined_before = [false; 3];
+    let (mut line, mut counted_to) = (1, 0);
+    for entry in toml_entries::entries(text) {
+        line += memchr::memchr_iter(b'\n', &text.as_bytes()[counted_to..entry.range.start]).count();
+        counted_to = entry.range.start;
+        let at_line = |mut location: Location| {
+            location.line += line - 1;
+            location
+        };
+        if entry.range.len() > MAX_ENTRY {
+            return Err(input!(
+                "{file}:{line}:1: an entry larger than {} MiB; balctl reads a state file one \
+                 [[service]], [[local_redirect_policy]] or [[balancing_policy]] table at a time, \
+                 with its sub-tables, and each must be smaller",
+                MAX_ENTRY >> 20
+            ));
+        }
+        let entry_text = &text[entry.range.clone()];
+        let parsed: StateFile = ::toml::from_str(entry_text).map_err(|e| {
+            let offset = e.span().map_or(0, |span| span.start);
+            input!("{}: {}", at_line(Location::at(file, entry_text, offset)), e.message().trim_end())
+        })?;
+        let lines = LineIndex::new(entry_text.as_bytes());
+        let at = |span: std::ops::Range<usize>| at_line(lines.locate(file, span.start));
+        let tables = [parsed.service, parsed.local_redirect_policy, parsed.balancing_policy];
+        for (index, tables) in tables.into_iter().enumerate() {
+            let Some(tables) = tables else { continue };
+            if entry.table.is_none() {
+                defined_before[index] = true;
+            } else if defined_before[index] && entry.table == Some(toml_entries::TABLES[index]) {
+                return Err(input!(
+                    "{file}:{line}:1: [[{0}]] after `{0}` was defined above in another way; write \
+                     every entry as a [[{0}]] table",
+                    toml_entries::TABLES[index]
+                ));
+            }
+            for table in tables {
+                objects[index].push(rule_object(kinds[index], table, &at)?);
+            }
         }
     }
-    Ok(objects)
+    Ok(objects.into_iter().flatten().collect())
 }
+
+/// The largest entry read: the TOML parser takes about 50 times an
+/// entry's size while reading it.
+const MAX_ENTRY: usize = 64 << 20;
 
 /// The synced object of one table of `kind`; `at` locates a span.
 fn rule_object(
@@ -155,10 +198,10 @@ fn rule_object(
     let table = kind.table();
     check_name(name).map_err(|e| input!("{}: invalid name: {e}", at(spec.name.span())))?;
     if spec.addresses.is_empty() {
-        return Err(input!("{location}: {table} `{name}` has no addresses"));
+        return Err(input!("{location}: {table} `{}` has no addresses", excerpt(name)));
     }
     if spec.ports.is_empty() {
-        return Err(input!("{location}: {table} `{name}` has no ports"));
+        return Err(input!("{location}: {table} `{}` has no ports", excerpt(name)));
     }
     for address in spec.addresses.iter().chain(&spec.backends) {
         check_address(*address.get_ref()).map_err(|e| input!("{}: {e}", at(address.span())))?;

@@ -12,6 +12,7 @@ mod docs;
 mod dump;
 mod evict;
 mod input;
+mod input_limits;
 mod kube;
 mod kube_api;
 mod kube_parity;
@@ -87,6 +88,10 @@ fn main() {
         trust::a_state_others_could_touch_is_refused_and_links_are_not_followed,
         trust::a_truncated_state_names_the_file,
         bad_inputs::the_bad_input_corpus_changes_nothing,
+        input_limits::oversized_inputs_are_refused_in_bounded_memory,
+        input_limits::toml_reading_time_grows_linearly,
+        input_limits::streams_marks_and_control_characters,
+        input_limits::hostile_structures_are_input_errors,
         progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,
         sync::repeated_sync_changes_nothing,

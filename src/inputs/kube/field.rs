@@ -7,7 +7,7 @@ use std::{fmt, net::IpAddr, str::FromStr};
 use anyhow::Result;
 
 use super::yaml::{Node, Value};
-use crate::input;
+use crate::{error::excerpt, input};
 
 /// Where a field is inside its object, e.g. `spec.ports[0].port`; built on
 /// the stack as the reader descends, and spelled out only for an error.
@@ -70,9 +70,11 @@ impl<'a> Field<'a> {
     /// Where this field is, for errors found after parsing.
     pub fn reference(&self, object: &Object<'_>) -> FieldRef {
         let place = format!("{}:{}:{}", object.file, self.node.line, self.node.column);
+        // `what` holds the object's name, which may be anything until checked.
+        let what = excerpt(&object.what);
         let prefix = match self.path {
-            Path::Root => format!("{place}: {}", object.what),
-            path => format!("{place}: {}: {path}", object.what),
+            Path::Root => format!("{place}: {what}"),
+            path => format!("{place}: {what}: {path}"),
         };
         FieldRef { prefix }
     }
@@ -120,11 +122,12 @@ impl<'a> Field<'a> {
     /// A plain (unquoted) scalar of type `T`, e.g. an integer.
     fn plain<T: FromStr>(&self, object: &Object<'_>, expected: &str) -> Result<T> {
         match &self.node.value {
-            Value::Scalar { text, plain: true } => {
-                text.parse().map_err(|_| self.error(object, format!("expected {expected}, found `{text}`")))
-            }
+            Value::Scalar { text, plain: true } => text
+                .parse()
+                .map_err(|_| self.error(object, format!("expected {expected}, found `{}`", excerpt(text)))),
             Value::Scalar { text, plain: false } => {
-                Err(self.error(object, format!("expected {expected}, found the string \"{text}\"")))
+                Err(self
+                    .error(object, format!("expected {expected}, found the string \"{}\"", excerpt(text))))
             }
             _ => Err(self.error(object, format!("expected {expected}"))),
         }
@@ -148,8 +151,9 @@ impl<'a> Field<'a> {
 
     pub fn ip(&self, object: &Object<'_>) -> Result<IpAddr> {
         let text = self.str(object)?;
-        let ip: IpAddr =
-            text.parse().map_err(|_| self.error(object, format!("`{text}` is not a valid IP address")))?;
+        let ip: IpAddr = text
+            .parse()
+            .map_err(|_| self.error(object, format!("`{}` is not a valid IP address", excerpt(text))))?;
         crate::model::check_address(ip).map_err(|e| self.error(object, e))?;
         Ok(ip.to_canonical())
     }
@@ -157,11 +161,9 @@ impl<'a> Field<'a> {
     /// One of `choices`, spelled exactly as Kubernetes spells it.
     pub fn one_of<'c>(&self, object: &Object<'_>, choices: &[&'c str]) -> Result<&'c str> {
         let text = self.str(object)?;
-        choices
-            .iter()
-            .find(|c| **c == text)
-            .copied()
-            .ok_or_else(|| self.error(object, format!("`{text}` is not one of {}", choices.join(", "))))
+        choices.iter().find(|c| **c == text).copied().ok_or_else(|| {
+            self.error(object, format!("`{}` is not one of {}", excerpt(text), choices.join(", ")))
+        })
     }
 }
 

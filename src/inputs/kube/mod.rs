@@ -30,7 +30,7 @@ pub use self::{
     services::{Translation, translate},
 };
 use crate::{
-    inputs::{Located, location::Location},
+    inputs::{InputLimit, Located, location::Location},
     state::SyncedObject,
 };
 
@@ -63,13 +63,15 @@ pub struct SplitFiles {
     items: Vec<reuse::Item>,
     /// Objects of files that could not be split, parsed whole.
     parsed: Vec<(usize, KubeObject)>,
+    /// How much of a file is read at most.
+    limit: InputLimit,
 }
 
 /// Splits YAML files into items (see items.rs), checking the List
 /// documents around them; files that cannot be split are parsed whole.
 /// `this_node` is part of every fingerprint, as what an object becomes
-/// depends on it.
-pub fn split_files(files: Vec<YamlFile>, this_node: &str) -> Result<SplitFiles> {
+/// depends on it. A file larger than `limit` is refused.
+pub fn split_files(files: Vec<YamlFile>, this_node: &str, limit: InputLimit) -> Result<SplitFiles> {
     let seed = fingerprint_seed(this_node);
     let mut parsed = Vec::new();
     let mut items = Vec::new();
@@ -77,7 +79,11 @@ pub fn split_files(files: Vec<YamlFile>, this_node: &str) -> Result<SplitFiles> 
     for (index, yaml) in files.iter().enumerate() {
         let label = yaml.path.display().to_string();
         let file = File::open(&yaml.path).with_context(|| format!("cannot read {label}"))?;
-        let pieces = items::split(&file, seed).with_context(|| format!("cannot read {label}"))?;
+        let len = file.metadata().with_context(|| format!("cannot read {label}"))?.len();
+        limit.check_len(&label, len)?;
+        let mut capped = limit.cap(&file);
+        let pieces = items::split(&mut capped, seed).with_context(|| format!("cannot read {label}"))?;
+        capped.check(&label)?;
         // A List whose shell does not read in place as it should is read
         // whole, which says what is wrong with it, if anything is.
         match pieces.filter(|pieces| shells_read(&label, &file, pieces)) {
@@ -87,11 +93,15 @@ pub fn split_files(files: Vec<YamlFile>, this_node: &str) -> Result<SplitFiles> 
                 }
                 Piece::ListShell { .. } => None,
             })),
-            None => parsed.extend(read_whole(&label, &file)?.into_iter().map(|object| (yaml.source, object))),
+            None => {
+                parsed.extend(
+                    read_whole(&label, &file, limit)?.into_iter().map(|object| (yaml.source, object)),
+                );
+            }
         }
         opened.push((label, file));
     }
-    Ok(SplitFiles { files, opened, items, parsed })
+    Ok(SplitFiles { files, opened, items, parsed, limit })
 }
 
 /// Objects parsed, with the index of their source.
@@ -137,7 +147,7 @@ impl SplitFiles {
         stdin: &Parsed,
         this_node: &str,
     ) -> Result<(Parsed, Kept)> {
-        let Self { files, opened, items, parsed: read_whole } = self;
+        let Self { files, opened, items, parsed: read_whole, .. } = self;
         let items = Items {
             items,
             source_of: &|item| files[item.file].source,
@@ -150,7 +160,8 @@ impl SplitFiles {
     fn read_every_file_whole(&self) -> Result<Parsed> {
         let mut parsed = Vec::new();
         for (yaml, (label, file)) in self.files.iter().zip(&self.opened) {
-            parsed.extend(read_whole(label, file)?.into_iter().map(|object| (yaml.source, object)));
+            parsed
+                .extend(read_whole(label, file, self.limit)?.into_iter().map(|object| (yaml.source, object)));
         }
         Ok(parsed)
     }
@@ -306,8 +317,13 @@ fn object_location(label: &str, item: &reuse::Item) -> Location {
     Location { file: label.to_owned(), line: item.line, column }
 }
 
-fn read_whole(label: &str, file: &File) -> Result<Vec<KubeObject>> {
-    read_part(label, FileRange { file, offset: 0, end: u64::MAX }, 1)
+/// The objects of a file, refused if it has grown past `limit` since it
+/// was split.
+fn read_whole(label: &str, file: &File, limit: InputLimit) -> Result<Vec<KubeObject>> {
+    let mut capped = limit.cap(FileRange { file, offset: 0, end: u64::MAX });
+    let objects = read_part(label, &mut capped, 1);
+    capped.check(label)?;
+    objects
 }
 
 /// Whether the top level of every List document among `pieces`, around

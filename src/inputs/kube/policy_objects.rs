@@ -253,7 +253,9 @@ fn to_ports(list: Field<'_>, object: &Object<'_>, number_required: bool) -> Resu
             None => None,
         };
         if !name.is_empty() && ports.iter().any(|p| p.name == name) {
-            return Err(entry.error(object, format!("name `{name}` is listed twice")));
+            return Err(
+                entry.error(object, format!("name `{}` is listed twice", crate::error::excerpt(&name)))
+            );
         }
         ports.push(ToPort { name, port, protocol, at: entry.reference(object) });
     }

@@ -13,7 +13,10 @@ use anyhow::Result;
 use rustc_hash::FxHashSet;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
-use crate::{input, inputs::location::Location};
+use crate::{
+    input,
+    inputs::{BYTE_ORDER_MARK, location::Location},
+};
 
 /// A YAML node and where it starts.
 #[derive(Clone, Debug)]
@@ -301,6 +304,8 @@ struct ReadChars<R> {
     line: usize,
     column: usize,
     error: Option<String>,
+    /// Before the first chunk, which may start with a byte-order mark.
+    at_start: bool,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -309,7 +314,7 @@ impl<R: Read> ReadChars<R> {
     /// The stream starts on `first_line` of its file.
     fn new(reader: R, first_line: usize) -> Self {
         let (chunk, partial) = (Vec::new(), Vec::new());
-        Self { reader, chunk, position: 0, partial, line: first_line, column: 0, error: None }
+        Self { reader, chunk, position: 0, partial, line: first_line, column: 0, error: None, at_start: true }
     }
 
     fn not_utf8(&mut self) {
@@ -344,6 +349,10 @@ impl<R: Read> ReadChars<R> {
         if let Err(e) = self.reader.by_ref().take(CHUNK as u64).read_to_end(&mut bytes) {
             self.error = Some(format!(": read failed: {e}"));
             return false;
+        }
+        // Not part of the text: columns count from after it.
+        if std::mem::take(&mut self.at_start) && bytes.starts_with(BYTE_ORDER_MARK) {
+            bytes.drain(..BYTE_ORDER_MARK.len());
         }
         if bytes.len() == start {
             if !bytes.is_empty() {
@@ -482,5 +491,13 @@ mod tests {
         let err = objects("kind: Node\nx: \"a\u{1b}\"\n").unwrap_err().to_string();
         assert!(err.starts_with("f.yaml:2:6: character U+001B"), "{err}");
         assert_eq!(objects("kind: Node\r\nx: \"\ta\u{85}é\u{1F600}\"\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_not_text() {
+        let found = objects("\u{FEFF}kind: Node\nx: 1\n").unwrap();
+        assert_eq!(kind(&found[0]), "Node");
+        let x = found[0].get("x").unwrap();
+        assert_eq!((found[0].line, found[0].column, x.line, x.column), (1, 1, 2, 4));
     }
 }
