@@ -71,7 +71,9 @@ enum Format {
 /// Reads `path` as `balctl sync -f PATH` does, with `previous` applied
 /// before; None when refused, after checking how.
 fn read(path: &Path, previous: &[Arc<SyncedObject>]) -> Option<Inputs> {
-    match inputs::gather(&[path.to_owned()], NODE).and_then(|gathered| gathered.read(previous)) {
+    match inputs::gather(&[path.to_owned()], NODE, inputs::InputLimit::default())
+        .and_then(|gathered| gathered.read(previous))
+    {
         Ok(read) => Some(read),
         Err(err) => {
             check_error(&err, path);

@@ -316,7 +316,7 @@ mod tests {
                 .collect();
             let path = self.0.join(file);
             fs::write(&path, if text.is_empty() { "# none\n".to_owned() } else { text }).unwrap();
-            inputs::gather(&[path], "node-a").unwrap().read(&[]).unwrap()
+            inputs::gather(&[path], "node-a", inputs::InputLimit::default()).unwrap().read(&[]).unwrap()
         }
     }
 
