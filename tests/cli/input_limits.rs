@@ -7,14 +7,21 @@
 use std::{
     fs::{self, File},
     io::{Read as _, Write as _},
-    os::unix::{fs::OpenOptionsExt as _, process::ExitStatusExt as _},
+    os::unix::{
+        fs::OpenOptionsExt as _,
+        process::{CommandExt as _, ExitStatusExt as _},
+    },
     path::Path,
     process::{Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use crate::support::Sandbox;
+
+/// GNU time, which measures balctl's peak RSS (see `run_fed`).
+const GNU_TIME: &str = "/usr/bin/time";
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -24,7 +31,7 @@ struct Run {
     status: ExitStatus,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
-    /// Peak resident set size of the process, from `wait4`.
+    /// Peak resident set size of balctl, from GNU time.
     peak_rss: u64,
     /// CPU time (user and system), which other work on the machine does not
     /// stretch as it does the wall-clock time.
@@ -37,11 +44,44 @@ impl Run {
     }
 }
 
-/// Runs `command` (stdout and stderr are read here), killing it if it has
-/// not exited within `deadline`, which fails the test.
-fn run_measured(mut command: Command, deadline: Duration) -> Run {
+/// Runs `command` (stdout and stderr are read here, stdin is empty),
+/// killing it if it has not exited within `deadline`, which fails the test.
+fn run_measured(command: Command, deadline: Duration) -> Run {
+    run_fed(command, Stdio::null(), deadline)
+}
+
+/// `run_measured` with `stdin`. balctl runs under GNU time, which reports
+/// its peak RSS: the rusage of a child of this process would not, since
+/// the kernel counts in it the high-water mark of the memory the child
+/// replaced at exec, a copy of this test process's (large while other tests
+/// run in it). GNU time's own is small, and a signal that ends balctl makes
+/// time exit with 128 + the signal.
+fn run_fed(command: Command, stdin: Stdio, deadline: Duration) -> Run {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let report = std::env::temp_dir().join(format!(
+        "bct-{}-rss-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut timed = Command::new(GNU_TIME);
+    timed.args(["-f", "%M", "-o"]).arg(&report).arg(command.get_program()).args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => timed.env(name, value),
+            None => timed.env_remove(name),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        timed.current_dir(dir);
+    }
     let start = Instant::now();
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run balctl");
+    let mut child = timed
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("run balctl under GNU time (Debian package `time`)");
     let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
         thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -62,23 +102,35 @@ fn run_measured(mut command: Command, deadline: Duration) -> Run {
             break;
         }
         if start.elapsed() > deadline && !killed {
-            child.kill().expect("kill balctl");
+            // The process group: time and balctl.
+            // SAFETY: kill has no memory preconditions; the group is our child's.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             killed = true;
         }
         thread::sleep(Duration::from_millis(10));
     }
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(!killed, "balctl took longer than {deadline:?}; stderr: {}", String::from_utf8_lossy(&stderr));
     let run = Run {
         status: ExitStatus::from_raw(status),
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        peak_rss: u64::try_from(usage.ru_maxrss).unwrap() * 1024,
+        stdout,
+        stderr,
+        peak_rss: peak_rss_kib(&report) * 1024,
         cpu: [usage.ru_utime, usage.ru_stime]
             .iter()
             .map(|t| Duration::new(t.tv_sec.try_into().unwrap(), u32::try_from(t.tv_usec).unwrap() * 1000))
             .sum(),
     };
-    assert!(!killed, "balctl took longer than {deadline:?}; stderr: {}", run.stderr());
     run
+}
+
+/// The peak RSS GNU time wrote to `report` (its last line; a line before
+/// it says how balctl ended when it failed), in KiB; the report is removed.
+fn peak_rss_kib(report: &Path) -> u64 {
+    let text = fs::read_to_string(report).unwrap_or_default();
+    let _ = fs::remove_file(report);
+    let last = text.lines().last().unwrap_or_default();
+    last.trim().parse().unwrap_or_else(|_| panic!("GNU time reported no peak RSS: {text:?}"))
 }
 
 fn dump_json(sandbox: &Sandbox) -> [String; 2] {
@@ -155,9 +207,8 @@ pub fn oversized_inputs_are_refused_in_bounded_memory() {
         let mut yes = Command::new("yes").stdout(Stdio::piped()).spawn().expect("yes");
         let mut args = vec!["sync", "-f", "-"];
         args.extend(limit.iter().flat_map(|limit| ["--max-input-size", limit]));
-        let mut command = sandbox.balctl_command(&args);
-        command.stdin(yes.stdout.take().unwrap());
-        let run = run_measured(command, Duration::from_secs(120));
+        let stdin = Stdio::from(yes.stdout.take().unwrap());
+        let run = run_fed(sandbox.balctl_command(&args), stdin, Duration::from_secs(120));
         yes.kill().unwrap();
         yes.wait().unwrap();
         assert_over_limit(&run, "<stdin>", shown);

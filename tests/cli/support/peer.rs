@@ -324,7 +324,27 @@ fn udp_socket_for(to: SocketAddr) -> UdpSocket {
     socket
 }
 
+/// Keeps this process on the CPU it runs on. The kernel hands out socket
+/// cookies in batches per CPU, so only sockets made on one CPU have cookies
+/// in the order they were made; the sockets map replaces, among ways used in
+/// the same clock tick, the one of the highest cookie first (the newest
+/// socket's, on one CPU), which a test of which way is replaced relies on.
+fn stay_on_this_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; the set is ours and zeroed.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(pinned, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn udp_sendto(targets: Vec<SocketAddr>, count: u32, fresh: u32, held: &mut Held) -> Value {
+    if fresh > 0 {
+        stay_on_this_cpu();
+    }
     let socket = udp_socket_for(targets[0]);
     let (mut replies, mut fresh_answers) = (Vec::new(), Vec::new());
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
