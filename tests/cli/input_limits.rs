@@ -374,7 +374,8 @@ fn backends() -> Vec<String> {
 /// backends (each frontend rule holds a copy of its backends) is refused
 /// before it is made, by the map entries it would make; a file of empty
 /// YAML documents costs nothing per document, and a List of null entries
-/// is refused at the first.
+/// is refused at the first, and one object of 25 million nulls at the
+/// millionth value.
 pub fn amplifying_inputs_are_refused_in_bounded_memory() {
     let sandbox = Sandbox::new();
     let backends = backends();
@@ -397,6 +398,10 @@ pub fn amplifying_inputs_are_refused_in_bounded_memory() {
     let fifty_mib = 50 * MIB as usize;
     let separators = format!("{}x: 1\n", "---\n".repeat(fifty_mib / 4));
     let null_entries = format!("apiVersion: v1\nkind: List\nitems:\n{}", "-\n".repeat(fifty_mib / 2));
+    let nulls = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec:\n  x: [{}]\n",
+        "~,".repeat(fifty_mib / 2)
+    );
     let cases = [
         (
             "cross.toml",
@@ -418,6 +423,8 @@ pub fn amplifying_inputs_are_refused_in_bounded_memory() {
             &format!("separators.yaml:{}:1: a document of 9 bytes is too short", fifty_mib / 4 + 1),
         ),
         ("entries.yaml", null_entries, "entries.yaml:4:1: a List entry of 2 bytes is too short"),
+        // The 1,048,577th value of the object, its 1,048,571st null.
+        ("nulls.yaml", nulls, "nulls.yaml:5:2097147: an object of more than 1048576 YAML values"),
     ];
     for (name, text, expected) in cases {
         let path = sandbox.scratch(name);
