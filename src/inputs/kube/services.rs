@@ -242,9 +242,10 @@ fn service_object(
             } else {
                 all.clone()
             };
-            let external = in_family(&service.external_ips).len()
-                + in_family(load_balancer_ips).len()
-                + usize::from(node_port(port).is_some());
+            let (external_ips, load_balancer_ips) =
+                (in_family(&service.external_ips), in_family(load_balancer_ips));
+            let external =
+                external_ips.len() + load_balancer_ips.len() + usize::from(node_port(port).is_some());
             let at = &service.meta.location;
             budget.reserve(
                 format_args!("{at}: service {name} port {}/{protocol}", port.port),
@@ -260,8 +261,8 @@ fn service_object(
             rules.extend(
                 cluster_ips.iter().map(|&ip| FrontendRule { local_only, ..rule(ip, port.port, &backends) }),
             );
-            rules.extend(in_family(&service.external_ips).into_iter().map(|ip| rule(ip, port.port, &all)));
-            rules.extend(in_family(load_balancer_ips).into_iter().map(|ip| rule(ip, port.port, &all)));
+            rules.extend(external_ips.into_iter().map(|ip| rule(ip, port.port, &all)));
+            rules.extend(load_balancer_ips.into_iter().map(|ip| rule(ip, port.port, &all)));
             if let Some(node_port) = node_port(port) {
                 rules.push(rule(unspecified(family), node_port, &all));
             }
