@@ -6,6 +6,7 @@
 //! (`*.yaml`, `*.yml`, or JSON as `kubectl get -o json` prints it). Standard
 //! input is told apart by its first lines.
 
+mod budget;
 pub mod kube;
 mod location;
 mod size_limit;
@@ -22,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use rustc_hash::FxHashMap as HashMap;
 
-use self::location::Location;
+use self::{budget::EntryBudget, location::Location};
 pub use self::{location::Located, size_limit::InputLimit};
 use crate::{input, state::SyncedObject};
 
@@ -76,6 +77,8 @@ pub struct Gathered {
     yaml: kube::SplitFiles,
     /// What was left out, and why (a FIFO in a directory).
     notes: Vec<String>,
+    /// The map entries of the TOML objects, which the rest join.
+    budget: EntryBudget,
 }
 
 /// Reads every `-f` argument, as far as it can be without the applied
@@ -88,6 +91,7 @@ pub fn gather(arguments: &[PathBuf], this_node: &str, limit: InputLimit) -> Resu
     let mut streamed_objects = Vec::new();
     let mut yaml_files = Vec::new();
     let mut notes = Vec::new();
+    let mut budget = EntryBudget::default();
     for argument in arguments {
         let name = source_name(argument)?;
         if names.contains(&name) {
@@ -103,7 +107,7 @@ pub fn gather(arguments: &[PathBuf], this_node: &str, limit: InputLimit) -> Resu
                     let len = file.metadata().with_context(|| format!("cannot read {label}"))?.len();
                     limit.check_len(&label, len)?;
                     let text = text(&label, limit.read_all(&label, file)?)?;
-                    toml_objects.extend(toml_file::parse(&label, &text)?);
+                    toml_objects.extend(toml_file::parse(&label, &text, &mut budget)?);
                 }
                 Input::File(path, Format::Yaml) => yaml_files.push(kube::YamlFile { source: index, path }),
                 Input::Stream(path, format) => {
@@ -118,7 +122,7 @@ pub fn gather(arguments: &[PathBuf], this_node: &str, limit: InputLimit) -> Resu
                     };
                     let text = text(&label, bytes)?;
                     match format.unwrap_or_else(|| sniff(&text)) {
-                        Format::Toml => toml_objects.extend(toml_file::parse(&label, &text)?),
+                        Format::Toml => toml_objects.extend(toml_file::parse(&label, &text, &mut budget)?),
                         Format::Yaml => streamed_objects
                             .extend(kube::read(&label, text.as_bytes())?.into_iter().map(|o| (index, o))),
                     }
@@ -129,7 +133,7 @@ pub fn gather(arguments: &[PathBuf], this_node: &str, limit: InputLimit) -> Resu
         objects.push(toml_objects);
     }
     let yaml = kube::split_files(yaml_files, this_node, limit)?;
-    Ok(Gathered { this_node: this_node.to_owned(), names, objects, streamed_objects, yaml, notes })
+    Ok(Gathered { this_node: this_node.to_owned(), names, objects, streamed_objects, yaml, notes, budget })
 }
 
 impl Gathered {
@@ -138,11 +142,13 @@ impl Gathered {
     /// the node deciding which endpoints are local; objects of `previous`
     /// (those applied before) whose input did not change are kept without
     /// parsing it again. Objects must be unique across all sources, by name
-    /// and by frontend; errors point at file:line:column.
+    /// and by frontend; errors point at file:line:column. What they make
+    /// together must fit in `MAX_ENTRIES` map entries.
     pub fn read(self, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
-        let Self { this_node, names, mut objects, streamed_objects, yaml, mut notes } = self;
+        let Self { this_node, names, mut objects, streamed_objects, yaml, mut notes, mut budget } = self;
         let kube = yaml.read(&names, previous, streamed_objects, &this_node)?;
-        let translation = kube::translate(kube.parsed, &this_node)?;
+        reserve_kept(&mut budget, &kube.kept)?;
+        let translation = kube::translate(kube.parsed, &this_node, &mut budget)?;
         for (index, object) in translation.objects {
             objects[index].push(object);
         }
@@ -171,12 +177,24 @@ pub fn from_cluster(
     previous: &[Arc<SyncedObject>],
 ) -> Result<Inputs> {
     let kube = kube::read_documents(documents, CLUSTER_SOURCE, previous, this_node)?;
-    let translation = kube::translate(kube.parsed, this_node)?;
+    let mut budget = EntryBudget::default();
+    reserve_kept(&mut budget, &kube.kept)?;
+    let translation = kube::translate(kube.parsed, this_node, &mut budget)?;
     let objects = translation.objects.into_iter().map(|(_, object)| object).collect();
     let mut sources = vec![Source::new((CLUSTER_SOURCE.to_owned(), objects))];
     sources[0].objects.extend(kube.kept.into_iter().map(|(_, object)| object));
     check_unique(&sources)?;
     Ok(Inputs { sources, notes: translation.notes })
+}
+
+/// Counts the rules of objects kept from the last sync in `budget`: what
+/// a sync makes must not depend on what it kept.
+fn reserve_kept(budget: &mut EntryBudget, kept: &[(usize, Located<Arc<SyncedObject>>)]) -> Result<()> {
+    for (_, object) in kept {
+        budget
+            .reserve_made(format_args!("{}: {}", object.location, object.value.owner), &object.value.rules)?;
+    }
+    Ok(())
 }
 
 /// Reads every `-f` argument at once: `gather`, then `Gathered::read`.

@@ -32,6 +32,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{
+    budget::EntryBudget,
     location::{LineIndex, Located, Location},
     toml_entries,
 };
@@ -130,7 +131,8 @@ impl<'de> Deserialize<'de> for Port {
 /// Parses one file into synced objects (their source is set by the caller),
 /// an entry at a time: the services, then the local redirect policies,
 /// then the balancing policies, each in file order.
-pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
+/// Their rules are counted in `budget` before they are made.
+pub fn parse(file: &str, text: &str, budget: &mut EntryBudget) -> Result<Vec<Located<SyncedObject>>> {
     let kinds = [
         TableKind::Service,
         TableKind::Policy(PolicyKind::LocalRedirect),
@@ -175,7 +177,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
                 ));
             }
             for table in tables {
-                objects[index].push(rule_object(kinds[index], table, &at)?);
+                objects[index].push(rule_object(kinds[index], table, &at, budget)?);
             }
         }
     }
@@ -186,11 +188,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Located<SyncedObject>>> {
 /// entry's size while reading it.
 const MAX_ENTRY: usize = 64 << 20;
 
-/// The synced object of one table of `kind`; `at` locates a span.
+/// The synced object of one table of `kind`; `at` locates a span. Its
+/// rules are counted in `budget` before they are made.
 fn rule_object(
     kind: TableKind,
     table: Spanned<RuleTable>,
     at: &impl Fn(std::ops::Range<usize>) -> Location,
+    budget: &mut EntryBudget,
 ) -> Result<Located<SyncedObject>> {
     let location = at(table.span());
     let spec = table.into_inner();
@@ -239,6 +243,18 @@ fn rule_object(
             ));
         }
     }
+    // Each address's rules have the backends of its family.
+    let is_ipv4 = |ip: &&Spanned<IpAddr>| ip.get_ref().to_canonical().is_ipv4();
+    for (family, ipv4) in [("IPv4", true), ("IPv6", false)] {
+        let addresses = spec.addresses.iter().filter(|a| is_ipv4(a) == ipv4).count();
+        let backends = spec.backends.iter().filter(|b| is_ipv4(b) == ipv4).count();
+        let (addresses_name, backends_name) = (format!("{family} addresses"), format!("{family} backends"));
+        budget.reserve(
+            format_args!("{location}: {table} `{}`", excerpt(name)),
+            &[(addresses, &addresses_name), (spec.ports.len(), "ports")],
+            (backends, &backends_name),
+        )?;
+    }
     let mut rules: Vec<FrontendRule> = Vec::new();
     let mut frontends = HashSet::default();
     for port in &spec.ports {
@@ -286,7 +302,7 @@ mod tests {
     use super::*;
 
     fn error(text: &str) -> String {
-        match parse("s.toml", text) {
+        match parse("s.toml", text, &mut EntryBudget::default()) {
             Ok(_) => panic!("accepted: {text}"),
             Err(err) => err.to_string(),
         }
@@ -302,7 +318,7 @@ backends = ["192.0.2.2", "2001:db8::2", "192.0.2.3"]
 affinity_seconds = 60
 ports = [{ port = 80, target_port = 8080 }, { port = 53, protocol = "udp" }]
 "#;
-        let objects = parse("s.toml", text).unwrap();
+        let objects = parse("s.toml", text, &mut EntryBudget::default()).unwrap();
         let object = &objects[0].value;
         assert_eq!(object.owner, "service/web");
         assert_eq!(objects[0].location.to_string(), "s.toml:2:1");
@@ -407,7 +423,7 @@ addresses = ["198.18.0.10"]
 backends = ["192.0.2.4", "192.0.2.5"]
 ports = [{ port = 80, target_port = 8080 }]
 "#;
-        let objects = parse("s.toml", text).unwrap();
+        let objects = parse("s.toml", text, &mut EntryBudget::default()).unwrap();
         let found: Vec<String> = objects
             .iter()
             .flat_map(|o| o.value.rules.iter().map(move |r| (&o.value.owner, r)))

@@ -406,3 +406,93 @@ pub fn hostile_structures_are_input_errors() {
         assert!(stderr.starts_with(&format!("error: {path}:")) && stderr.len() < 4096, "{name}: {stderr}");
     }
 }
+
+/// `count` addresses from `first` on, as TOML or YAML flow items.
+fn addresses(first: [u8; 2], count: u32) -> Vec<String> {
+    (0..count).map(|i| format!("\"{}.{}.{}.{}\"", first[0], first[1], i >> 8, i & 255)).collect()
+}
+
+/// 750 backend addresses, in the test networks.
+fn backends() -> Vec<String> {
+    ["192.0.2", "198.51.100", "203.0.113"]
+        .iter()
+        .flat_map(|net| (1..=250).map(move |host| format!("\"{net}.{host}\"")))
+        .collect()
+}
+
+/// Issue 16, defect 4: small inputs that asked for huge memory are input
+/// errors in bounded memory. A cross product of addresses, ports and
+/// backends (each frontend rule holds a copy of its backends) is refused
+/// before it is made, by the map entries it would make; a file of empty
+/// YAML documents costs nothing per document, and a List of null entries
+/// is refused at the first, and one object of 25 million nulls at the
+/// millionth value.
+pub fn amplifying_inputs_are_refused_in_bounded_memory() {
+    let sandbox = Sandbox::new();
+    let backends = backends();
+    let cross_toml = format!(
+        "[[service]]\nname = \"web\"\naddresses = [{}]\nbackends = [{}]\nports = [{}]\n",
+        addresses([198, 18], 1000).join(", "),
+        backends.join(", "),
+        (1..=1000).map(|p| format!("{{ port = {p} }}")).collect::<Vec<_>>().join(", "),
+    );
+    let cross_yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  clusterIP: 198.19.0.1\n  \
+         externalIPs: [{}]\n  ports: [{}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints: [{}]\nports: [{}]\n",
+        addresses([198, 18], 25_000).join(", "),
+        (1..=1000).map(|p| format!("{{name: p{p}, port: {p}}}")).collect::<Vec<_>>().join(", "),
+        backends.iter().map(|b| format!("{{addresses: [{b}]}}")).collect::<Vec<_>>().join(", "),
+        (1..=1000).map(|p| format!("{{name: p{p}, port: 8080}}")).collect::<Vec<_>>().join(", "),
+    );
+    let fifty_mib = 50 * MIB as usize;
+    let separators = format!("{}x: 1\n", "---\n".repeat(fifty_mib / 4));
+    let null_entries = format!("apiVersion: v1\nkind: List\nitems:\n{}", "-\n".repeat(fifty_mib / 2));
+    let nulls = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec:\n  x: [{}]\n",
+        "~,".repeat(fifty_mib / 2)
+    );
+    let cases = [
+        (
+            "cross.toml",
+            cross_toml,
+            "cross.toml:1:1: service `web`: 1,000 IPv4 addresses x 1,000 ports x (1 + 750 IPv4 backends) = \
+             751,000,000 map entries; a sync may make at most 16,777,216 (the services map must hold them)",
+        ),
+        (
+            "cross.yaml",
+            cross_yaml,
+            // Counted a port at a time (the cluster IP's first).
+            "cross.yaml:1:1: service shop/web port 1/tcp: 25,000 external IPs, load-balancer IPs and node \
+             ports x (1 + 750 backends) = 18,775,000 map entries, 18,775,751 with those counted before; a \
+             sync may make at most 16,777,216",
+        ),
+        (
+            "separators.yaml",
+            separators,
+            &format!("separators.yaml:{}:1: a document of 9 bytes is too short", fifty_mib / 4 + 1),
+        ),
+        ("entries.yaml", null_entries, "entries.yaml:4:1: a List entry of 2 bytes is too short"),
+        // The 1,048,577th value of the object, its 1,048,571st null.
+        ("nulls.yaml", nulls, "nulls.yaml:5:2097147: an object of more than 1048576 YAML values"),
+    ];
+    for (name, text, expected) in cases {
+        let path = sandbox.scratch(name);
+        fs::write(&path, text).unwrap();
+        let path_str = path.to_str().unwrap();
+        let run = run_measured(
+            sandbox.balctl_command(&["sync", "--dry-run", "-f", path_str]),
+            Duration::from_secs(120),
+        );
+        fs::remove_file(&path).unwrap();
+        let stderr = run.stderr();
+        assert_eq!(run.status.code(), Some(2), "{name}: {:?} {stderr}", run.status.signal());
+        let expected = format!("error: {}", path_str.replace(name, expected));
+        assert!(
+            stderr.starts_with(&expected) && stderr.len() < 4096,
+            "{name}: expected `{expected}` in {stderr}"
+        );
+        assert!(run.peak_rss < 512 * MIB, "{name}: peak RSS {} bytes", run.peak_rss);
+    }
+}

@@ -92,6 +92,7 @@ fn main() {
         input_limits::toml_reading_time_grows_linearly,
         input_limits::streams_marks_and_control_characters,
         input_limits::hostile_structures_are_input_errors,
+        input_limits::amplifying_inputs_are_refused_in_bounded_memory,
         progress::large_plans_show_a_bar_on_a_terminal_only,
         sync::synced_frontends_reach_their_backends,
         sync::repeated_sync_changes_nothing,

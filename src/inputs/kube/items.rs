@@ -12,12 +12,22 @@
 //! piece, and a file with directives (`%`), document end markers (`...`) or
 //! line breaks that are a lone CR, which the split does not follow, is read
 //! whole.
+//!
+//! A document without content (only a `---`, blank lines or comments)
+//! makes no piece, and one with content, or a List entry, shorter than
+//! `MIN_OBJECT` bytes is an input error: no object is that short. So every
+//! piece stands for at least `MIN_OBJECT` bytes of the file, and the
+//! bookkeeping of a file's pieces (a `Piece`, then a `reuse::Item`, about
+//! 64 bytes each) is at most about 8 bytes per byte of the file, whatever
+//! it holds; a file of `---` or `-` lines cost 30 times its size.
 
-use std::io::{self, Read};
+use std::io::Read;
+
+use anyhow::{Context as _, Result};
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::inputs::Fingerprint;
+use crate::{input, inputs::Fingerprint};
 
 /// A run of bytes of the file, and the line it starts on (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,14 +92,22 @@ struct Splitter {
     doc_start: (u64, usize),
     /// First line of the document that starts with content at column 0.
     doc_content_line: Option<usize>,
+    /// The first piece too short to be an object: its kind, line and size.
+    too_short: Option<(PieceKind, usize, u64)>,
 }
+
+/// The fewest bytes a Kubernetes object takes: it has an `apiVersion`, a
+/// `kind` and a `metadata.name` (`{kind: Pod, ...}` in JSON or flow style
+/// is longer still).
+const MIN_OBJECT: u64 = 16;
 
 const CHUNK: usize = 1 << 20;
 
-/// The pieces of a YAML file, in file order, or `None` when it uses a YAML
-/// feature the split does not follow and must be read whole. `seed` goes
-/// into every fingerprint: whatever else decides what an object becomes.
-pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>> {
+/// The pieces of YAML file `label`, in file order, or `None` when it uses
+/// a YAML feature the split does not follow and must be read whole. `seed`
+/// goes into every fingerprint: whatever else decides what an object
+/// becomes. A piece too short to be an object is an input error.
+pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec<Piece>>> {
     let mut splitter = Splitter {
         pieces: Vec::new(),
         hasher: Xxh3::with_seed(seed),
@@ -98,6 +116,7 @@ pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>>
         mode: Mode::Plain,
         doc_start: (0, 1),
         doc_content_line: None,
+        too_short: None,
     };
     let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK);
     // File offset of buffer[0], and the line number of the line it starts.
@@ -106,7 +125,11 @@ pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>>
     let mut first = true;
     while !eof {
         // Grows with what is read, without zeroing a chunk ahead of it.
-        let read = reader.by_ref().take(CHUNK as u64).read_to_end(&mut buffer)?;
+        let read = reader
+            .by_ref()
+            .take(CHUNK as u64)
+            .read_to_end(&mut buffer)
+            .with_context(|| format!("cannot read {label}"))?;
         eof = read < CHUNK;
         if first && buffer.starts_with(b"\xEF\xBB\xBF") {
             return Ok(None);
@@ -126,6 +149,7 @@ pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>>
             } else if !splitter.line(text, base + start as u64, line, &buffer, base) {
                 return Ok(None);
             }
+            splitter.check(label)?;
             line += 1;
             start = end;
         }
@@ -134,10 +158,32 @@ pub fn split(mut reader: impl Read, seed: u64) -> io::Result<Option<Vec<Piece>>>
         base += start as u64;
     }
     splitter.end_document(base, line, &[], base);
+    splitter.check(label)?;
     Ok(Some(splitter.pieces))
 }
 
 impl Splitter {
+    /// An input error for the first piece too short to be an object.
+    fn check(&self, label: &str) -> Result<()> {
+        let Some((kind, line, len)) = self.too_short else { return Ok(()) };
+        let what = match kind {
+            PieceKind::ListEntry => "a List entry",
+            PieceKind::Document => "a document",
+        };
+        Err(input!(
+            "{label}:{line}:1: {what} of {len} bytes is too short to be a Kubernetes object (one has \
+             apiVersion, kind and metadata.name)"
+        ))
+    }
+
+    /// Adds a piece of objects, or notes that it is too short to be one.
+    fn push(&mut self, kind: PieceKind, span: Span, line: usize, fingerprint: Fingerprint) {
+        if span.len < MIN_OBJECT {
+            self.too_short.get_or_insert((kind, line, span.len));
+        }
+        self.pieces.push(Piece::Objects { kind, span, line, fingerprint });
+    }
+
     /// Adds `buffer[..]` (starting at file offset `base`) up to file offset
     /// `to` to the current fingerprint.
     fn feed(&mut self, buffer: &[u8], base: u64, to: u64) {
@@ -218,7 +264,7 @@ impl Splitter {
     fn end_entry(&mut self, start: (u64, usize), end: u64, buffer: &[u8], base: u64) {
         let span = self.span_from(start, end);
         let fingerprint = self.finish(buffer, base, end);
-        self.pieces.push(Piece::Objects { kind: PieceKind::ListEntry, span, line: span.line, fingerprint });
+        self.push(PieceKind::ListEntry, span, span.line, fingerprint);
     }
 
     fn end_document(&mut self, end: u64, line: usize, buffer: &[u8], base: u64) {
@@ -231,9 +277,9 @@ impl Splitter {
             Mode::Plain | Mode::ItemsKey { .. } | Mode::Whole => {
                 let span = self.span_from(self.doc_start, end);
                 let fingerprint = self.finish(buffer, base, end);
-                if span.len > 0 {
-                    let line = self.doc_content_line.unwrap_or(span.line);
-                    self.pieces.push(Piece::Objects { kind: PieceKind::Document, span, line, fingerprint });
+                // One without content holds no object.
+                if let Some(line) = self.doc_content_line {
+                    self.push(PieceKind::Document, span, line, fingerprint);
                 }
                 return;
             }
@@ -291,7 +337,7 @@ mod tests {
     struct Trickle<'a>(&'a [u8]);
 
     impl Read for Trickle<'_> {
-        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
             let n = buffer.len().min(7).min(self.0.len());
             buffer[..n].copy_from_slice(&self.0[..n]);
             self.0 = &self.0[n..];
@@ -301,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_kubectl_list_splits_into_its_entries_and_shell() {
-        let pieces = split(LIST.as_bytes(), 7).unwrap().unwrap();
+        let pieces = split("f", LIST.as_bytes(), 7).unwrap().unwrap();
         let found = objects(&pieces);
         let texts: Vec<&str> = found.iter().map(|(_, span, ..)| text(LIST, *span)).collect();
         assert_eq!(
@@ -329,9 +375,9 @@ mod tests {
     #[test]
     fn reads_of_any_size_split_alike_and_the_seed_changes_every_fingerprint() {
         let big = LIST.replace("  x: 1\n", &"  x: 1\n".repeat(200_000));
-        let whole = split(big.as_bytes(), 7).unwrap().unwrap();
-        assert_eq!(split(Trickle(big.as_bytes()), 7).unwrap().unwrap(), whole);
-        let reseeded = split(big.as_bytes(), 8).unwrap().unwrap();
+        let whole = split("f", big.as_bytes(), 7).unwrap().unwrap();
+        assert_eq!(split("f", Trickle(big.as_bytes()), 7).unwrap().unwrap(), whole);
+        let reseeded = split("f", big.as_bytes(), 8).unwrap().unwrap();
         for (a, b) in objects(&whole).iter().zip(objects(&reseeded)) {
             assert_eq!(a.1, b.1);
             assert_ne!(a.3, b.3);
@@ -341,30 +387,49 @@ mod tests {
     #[test]
     fn documents_are_pieces_and_other_layouts_stay_whole() {
         let stream = "---\n# first\nkind: Service\n---\n\n--- \nkind: Node\n  \n...\n";
-        assert_eq!(split(stream.as_bytes(), 0).unwrap(), None, "`...` is not followed");
+        assert_eq!(split("f", stream.as_bytes(), 0).unwrap(), None, "`...` is not followed");
         let stream = "---\n# first\nkind: Service\n---\nkind: Node\nitems:\n  - a: 1\nx: 2\n";
-        let found = objects(&split(stream.as_bytes(), 0).unwrap().unwrap());
+        let found = objects(&split("f", stream.as_bytes(), 0).unwrap().unwrap());
         let texts: Vec<&str> = found.iter().map(|(_, span, ..)| text(stream, *span)).collect();
         assert_eq!(texts, ["---\n# first\nkind: Service\n", "---\nkind: Node\nitems:\n  - a: 1\nx: 2\n"]);
         assert_eq!(
             found.iter().map(|(kind, _, line, _)| (*kind, *line)).collect::<Vec<_>>(),
             [(PieceKind::Document, 3), (PieceKind::Document, 5)]
         );
-        assert_eq!(split(&b"%YAML 1.2\n---\nkind: Node\n"[..], 0).unwrap(), None);
-        assert_eq!(split(&b"# a\r---\nkind: Node\n"[..], 0).unwrap(), None, "a lone CR");
-        assert!(split(&b"kind: Node\r\n---\r\nkind: Node\r\n"[..], 0).unwrap().is_some());
+        assert_eq!(split("f", &b"%YAML 1.2\n---\nkind: Node\n"[..], 0).unwrap(), None);
+        assert_eq!(split("f", &b"# a\r---\nkind: Node\n"[..], 0).unwrap(), None, "a lone CR");
+        assert!(split("f", &b"kind: Namespace\r\n---\r\nkind: Namespace\r\n"[..], 0).unwrap().is_some());
         // Only blank lines and comments may come between `items:` and its
         // first entry, which the split leaves out.
         for between in [" x\n", "\tx\n"] {
             let list = format!("kind: List\nitems:\n  # a comment\n\n{between}- kind: Node\n");
-            let found = objects(&split(list.as_bytes(), 0).unwrap().unwrap());
+            let found = objects(&split("f", list.as_bytes(), 0).unwrap().unwrap());
             assert_eq!(found.len(), 1, "{between:?}");
             assert_eq!(found[0].0, PieceKind::Document, "{between:?}");
         }
-        assert_eq!(split(&b"\xEF\xBB\xBFkind: Node\n"[..], 0).unwrap(), None);
+        assert_eq!(split("f", &b"\xEF\xBB\xBFkind: Node\n"[..], 0).unwrap(), None);
         let json = r#"{"kind": "List", "items": [{"kind": "Node"}]}"#;
-        let found = objects(&split(json.as_bytes(), 0).unwrap().unwrap());
+        let found = objects(&split("f", json.as_bytes(), 0).unwrap().unwrap());
         assert_eq!(found.len(), 1);
         assert_eq!(text(json, found[0].1), json);
+    }
+
+    #[test]
+    fn empty_documents_make_no_piece_and_tiny_ones_are_errors() {
+        let empty = "---\n---\n\n# nothing\n--- \n---\n";
+        assert_eq!(split("f", empty.as_bytes(), 0).unwrap(), Some(Vec::new()));
+        let cases = [
+            ("---\n---\nx: 1\n---\n", "f:3:1: a document of 9 bytes is too short"),
+            ("kind: List\nitems:\n-\n-\n", "f:3:1: a List entry of 2 bytes is too short"),
+            (
+                "kind: List\nitems:\n- kind: Namespace\n- {}\nkind: List\n",
+                "f:4:1: a List entry of 5 bytes is too short",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = split("f", text.as_bytes(), 0).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{text:?}: {err}");
+            assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_INPUT);
+        }
     }
 }

@@ -82,7 +82,7 @@ pub fn split_files(files: Vec<YamlFile>, this_node: &str, limit: InputLimit) -> 
         let len = file.metadata().with_context(|| format!("cannot read {label}"))?.len();
         limit.check_len(&label, len)?;
         let mut capped = limit.cap(&file);
-        let pieces = items::split(&mut capped, seed).with_context(|| format!("cannot read {label}"))?;
+        let pieces = items::split(&label, &mut capped, seed)?;
         capped.check(&label)?;
         // A List whose shell does not read in place as it should is read
         // whole, which says what is wrong with it, if anything is.

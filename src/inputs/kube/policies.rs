@@ -36,7 +36,7 @@ use super::{
     policy_objects::{BackendTarget, Matcher, PolicyObject, RedirectMode, ToPort},
 };
 use crate::{
-    inputs::location::Located,
+    inputs::{budget::EntryBudget, location::Located},
     model::{Frontend, FrontendRule, PolicyKind, Protocol},
     state::SyncedObject,
 };
@@ -61,16 +61,18 @@ impl Cluster<'_> {
     }
 }
 
-/// The synced objects of `policies`, with notes on what they could not use.
+/// The synced objects of `policies`, with notes on what they could not use;
+/// their rules are counted in `budget` before they are made.
 pub fn translate(
     policies: &[(usize, Box<PolicyObject>)],
     cluster: &Cluster<'_>,
     notes: &mut Vec<String>,
+    budget: &mut EntryBudget,
 ) -> Result<Vec<(usize, Located<SyncedObject>)>> {
     let mut objects = Vec::with_capacity(policies.len());
     for (source, policy) in policies {
         let mut policy_notes = BTreeSet::new();
-        let mut rules = rules(policy, cluster, &mut policy_notes)?;
+        let mut rules = rules(policy, cluster, &mut policy_notes, budget)?;
         // Checked on every node, so an input is valid or not wherever it is synced.
         if !applies_here(policy, cluster, &mut policy_notes) {
             rules.clear();
@@ -151,6 +153,7 @@ fn rules(
     policy: &PolicyObject,
     cluster: &Cluster<'_>,
     notes: &mut BTreeSet<String>,
+    budget: &mut EntryBudget,
 ) -> Result<Vec<FrontendRule>> {
     let (addresses, ports) = frontend(policy, cluster)?;
     let pairs = pair(&ports, &policy.backend.to_ports)?;
@@ -169,6 +172,13 @@ fn rules(
             }
             let backends =
                 backends(policy, cluster, Family::of(address), backend_port, frontend.protocol, notes);
+            // Counted one frontend at a time: its backends (as many as
+            // the input lists) are all that is made before.
+            budget.reserve(
+                format_args!("{}: {} frontend {frontend}", policy.meta.location, policy.owner()),
+                &[(1, "frontend")],
+                (backends.len(), "backends"),
+            )?;
             if backends.is_empty() {
                 notes.insert(match policy.kind {
                     PolicyKind::LocalRedirect => {
@@ -406,7 +416,7 @@ mod tests {
         for (index, text) in texts.iter().enumerate() {
             objects.extend(read(&format!("f{index}.yaml"), text.as_bytes())?.into_iter().map(|o| (index, o)));
         }
-        let translation = translate(objects, this_node)?;
+        let translation = translate(objects, this_node, &mut EntryBudget::default())?;
         let rules = translation
             .objects
             .iter()

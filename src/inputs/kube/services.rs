@@ -35,7 +35,7 @@ use super::{
     policies::{self, Cluster},
 };
 use crate::{
-    inputs::location::Located,
+    inputs::{budget::EntryBudget, location::Located},
     model::{Frontend, FrontendRule, Protocol, Scope},
     state::SyncedObject,
 };
@@ -51,10 +51,13 @@ pub struct Translation {
 /// Translates the objects of one sync (from every source: a Service and its
 /// EndpointSlices may come from different files, a policy's Service and
 /// Pods too). `this_node` decides which endpoints and Pods are local.
-/// Only policies can fail here: what they refer to may be missing.
+/// Policies can fail here (what they refer to may be missing), and any
+/// object whose rules would not fit in `budget`, where they are counted
+/// before they are made.
 pub fn translate(
     objects: impl IntoIterator<Item = (usize, KubeObject)>,
     this_node: &str,
+    budget: &mut EntryBudget,
 ) -> Result<Translation> {
     let mut services = Vec::new();
     let mut slices = Vec::new();
@@ -86,7 +89,7 @@ pub fn translate(
             pods: &pods,
             this_node,
         };
-        let objects = policies::translate(&policies, &cluster, &mut translation.notes)?;
+        let objects = policies::translate(&policies, &cluster, &mut translation.notes, budget)?;
         translation.objects.extend(objects);
     }
     translation.objects.extend(nodes.into_iter().map(|(source, node)| (source, node_object(*node))));
@@ -100,7 +103,7 @@ pub fn translate(
         while let Some(slice) = slices.next_if(|slice| slice_key(slice) == key) {
             own.push(*slice);
         }
-        if let Some(object) = service_object(*service, &own, this_node, &mut translation.notes) {
+        if let Some(object) = service_object(*service, &own, this_node, &mut translation.notes, budget)? {
             translation.objects.push((source, object));
         }
     }
@@ -155,16 +158,17 @@ fn service_object(
     slices: &[EndpointSlice],
     this_node: &str,
     notes: &mut Vec<String>,
-) -> Option<Located<SyncedObject>> {
+    budget: &mut EntryBudget,
+) -> Result<Option<Located<SyncedObject>>> {
     let name = format!("{}/{}", service.meta.namespace, service.meta.name);
     let notes_before = notes.len();
     if service.service_type == ServiceType::ExternalName {
         notes.push(format!("service {name} is an ExternalName service (DNS answers for it): skipped"));
-        return None;
+        return Ok(None);
     }
     if service.headless {
         notes.push(format!("service {name} is headless (DNS returns its endpoints): skipped"));
-        return None;
+        return Ok(None);
     }
     // kube-proxy proxies a service per family it has a cluster IP of
     // (servicechangetracker.go), and of its external and load-balancer IPs
@@ -174,7 +178,7 @@ fn service_object(
         notes.push(format!(
             "service {name} has no cluster IP (kube-proxy skips it until it has one): skipped"
         ));
-        return None;
+        return Ok(None);
     }
     let load_balancer_ips: &[IpAddr] =
         if service.service_type == ServiceType::LoadBalancer { &service.load_balancer_ips } else { &[] };
@@ -191,6 +195,11 @@ fn service_object(
             left_alone.join(", ")
         ));
     }
+    // A node port is a frontend of NodePort and LoadBalancer services.
+    let node_port = |port: &ServicePort| {
+        port.node_port
+            .filter(|_| matches!(service.service_type, ServiceType::NodePort | ServiceType::LoadBalancer))
+    };
     let mut rules = Vec::new();
     for port in &service.ports {
         let protocol = match port.protocol {
@@ -233,15 +242,28 @@ fn service_object(
             } else {
                 all.clone()
             };
+            let (external_ips, load_balancer_ips) =
+                (in_family(&service.external_ips), in_family(load_balancer_ips));
+            let external =
+                external_ips.len() + load_balancer_ips.len() + usize::from(node_port(port).is_some());
+            let at = &service.meta.location;
+            budget.reserve(
+                format_args!("{at}: service {name} port {}/{protocol}", port.port),
+                &[(cluster_ips.len(), "cluster IPs")],
+                (backends.len(), "backends"),
+            )?;
+            budget.reserve(
+                format_args!("{at}: service {name} port {}/{protocol}", port.port),
+                &[(external, "external IPs, load-balancer IPs and node ports")],
+                (all.len(), "backends"),
+            )?;
             let local_only = service.internal_local;
             rules.extend(
                 cluster_ips.iter().map(|&ip| FrontendRule { local_only, ..rule(ip, port.port, &backends) }),
             );
-            rules.extend(in_family(&service.external_ips).into_iter().map(|ip| rule(ip, port.port, &all)));
-            rules.extend(in_family(load_balancer_ips).into_iter().map(|ip| rule(ip, port.port, &all)));
-            if let Some(node_port) = port.node_port
-                && matches!(service.service_type, ServiceType::NodePort | ServiceType::LoadBalancer)
-            {
+            rules.extend(external_ips.into_iter().map(|ip| rule(ip, port.port, &all)));
+            rules.extend(load_balancer_ips.into_iter().map(|ip| rule(ip, port.port, &all)));
+            if let Some(node_port) = node_port(port) {
                 rules.push(rule(unspecified(family), node_port, &all));
             }
         }
@@ -261,7 +283,7 @@ fn service_object(
         addresses: Vec::new(),
         inputs,
     };
-    Some(Located { value: object, location: service.meta.location })
+    Ok(Some(Located { value: object, location: service.meta.location }))
 }
 
 /// The NodePort frontend address of a family.
@@ -333,7 +355,7 @@ mod tests {
         for (index, (file, text)) in texts.iter().enumerate() {
             objects.extend(read(file, text.as_bytes()).unwrap().into_iter().map(|o| (index, o)));
         }
-        let translation = translate(objects, this_node).unwrap();
+        let translation = translate(objects, this_node, &mut EntryBudget::default()).unwrap();
         let rules = translation
             .objects
             .iter()
@@ -495,7 +517,7 @@ mod tests {
         let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lost\n  \
                     labels:\n    kubernetes.io/service-name: gone\naddressType: IPv4\nendpoints: []\n";
         let objects: Vec<_> = read("f.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
-        let translation = translate(objects, "node-a").unwrap();
+        let translation = translate(objects, "node-a", &mut EntryBudget::default()).unwrap();
         assert!(translation.objects.is_empty());
         assert!(translation.notes[0].contains("default/lost"), "{:?}", translation.notes);
     }

@@ -61,6 +61,12 @@ impl Node {
 /// hostile input from exhausting the stack.
 const MAX_DEPTH: usize = 64;
 
+/// More nodes than this in one object is not a Kubernetes object either
+/// (an EndpointSlice of 1,000 endpoints has about 20,000): refusing them
+/// bounds the tree, which takes up to 40 times the text it is read from
+/// (`[~,~,~...]` is 2 bytes a node), to about 100 MB an object.
+const MAX_NODES: usize = 1 << 20;
+
 /// Calls `object` with every object of a YAML stream: each document, each
 /// item of a document that is a `List` (`kind: List`, `ServiceList`...),
 /// or each element of a document that is a sequence. Empty documents are
@@ -73,7 +79,8 @@ pub fn for_each_object(
 ) -> Result<()> {
     let mut chars = ReadChars::new(reader, first_line);
     let parser = Parser::new_from_iter(chars.by_ref());
-    let result = read_stream(&mut Events { parser, file, line_offset: first_line - 1 }, &mut object);
+    let result =
+        read_stream(&mut Events { parser, file, line_offset: first_line - 1, nodes: 0 }, &mut object);
     if let Some(err) = chars.error.take() {
         return Err(input!("{file}{err}"));
     }
@@ -85,6 +92,8 @@ struct Events<'f, 'i, I: Iterator<Item = char>> {
     file: &'f str,
     /// Lines of the file before the part being parsed.
     line_offset: usize,
+    /// Nodes read of the object being read, up to `MAX_NODES`.
+    nodes: usize,
 }
 
 impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
@@ -130,6 +139,7 @@ fn read_document<'i, I: Iterator<Item = char> + 'i>(
     events: &mut Events<'_, 'i, I>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
+    events.nodes = 0;
     let (event, span) = events.next()?;
     if let Event::SequenceStart(..) = event {
         return read_elements(events, object);
@@ -186,6 +196,7 @@ fn read_elements<'i, I: Iterator<Item = char> + 'i>(
         if let Event::SequenceEnd = event {
             return Ok(());
         }
+        events.nodes = 0;
         object(read_node(events, event, span, 0)?)?;
     }
 }
@@ -252,6 +263,10 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
 ) -> Result<Node> {
     if depth > MAX_DEPTH {
         return Err(events.error(&span, format!("nesting deeper than {MAX_DEPTH} levels")));
+    }
+    events.nodes += 1;
+    if events.nodes > MAX_NODES {
+        return Err(events.error(&span, format!("an object of more than {MAX_NODES} YAML values")));
     }
     let value = match event {
         Event::Scalar(text, style, ..) => {
@@ -499,5 +514,20 @@ mod tests {
         assert_eq!(kind(&found[0]), "Node");
         let x = found[0].get("x").unwrap();
         assert_eq!((found[0].line, found[0].column, x.line, x.column), (1, 1, 2, 4));
+    }
+
+    #[test]
+    fn an_object_of_too_many_values_is_refused() {
+        let values = |n: usize| format!("kind: A\nx: [{}]\n", "~,".repeat(n));
+        assert_eq!(objects(&values(MAX_NODES - 2)).unwrap().len(), 1);
+        let err = objects(&values(MAX_NODES - 1)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("f.yaml:2:{}: an object of more than {MAX_NODES} YAML values", 2 * MAX_NODES + 1)
+        );
+        // Counted per object: a List's items may have as many each.
+        let list =
+            format!("kind: List\nitems:\n- {{x: [{0}]}}\n- {{x: [{0}]}}\n", "~,".repeat(MAX_NODES - 2));
+        assert_eq!(objects(&list).unwrap().len(), 2);
     }
 }
