@@ -385,3 +385,61 @@ pub fn node_ports_are_not_served_on_ipv6_loopback() {
         ],
     );
 }
+
+/// Two unnamed-port Services, each with a slice written by hand: one
+/// slice port without a `name` key, one with `name: ""` (as the API server
+/// stores and kubectl prints a missing name).
+const NAMELESS_PORTS: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: skipped, namespace: shop}
+spec:
+  clusterIP: 198.18.0.81
+  ports:
+  - {port: 80, protocol: TCP, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: skipped-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: skipped}
+addressType: IPv4
+endpoints:
+- addresses: [192.0.2.8]
+ports:
+- {port: 8080, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unnamed, namespace: shop}
+spec:
+  clusterIP: 198.18.0.82
+  ports:
+  - {port: 80, protocol: TCP, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: unnamed-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: unnamed}
+addressType: IPv4
+endpoints:
+- addresses: [192.0.2.8]
+ports:
+- {name: "", port: 8080, protocol: TCP}
+"#;
+
+/// A slice port without a `name` is skipped, as kube-proxy skips a nil
+/// name: its Service has no backend and refuses connections, and the sync
+/// says why and what to write. `name: ""` is the unnamed port.
+pub fn a_slice_port_without_a_name_is_skipped() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b8", &["192.0.2.8:8080"], &[]);
+    sandbox.load();
+    let output = sync(&sandbox, NAMELESS_PORTS);
+    let note = "endpointslice shop/skipped-1: 1 port(s) without a name skipped, as kube-proxy skips them";
+    assert!(output.contains(note), "no note `{note}` in {output}");
+    assert!(!output.contains("unnamed-1"), "{output}");
+    assert_answers(&sandbox, &[("198.18.0.81:80", "error: ECONNREFUSED"), ("198.18.0.82:80", "b8")]);
+}

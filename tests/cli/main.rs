@@ -117,6 +117,7 @@ fn main() {
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,
+        kube_parity::a_slice_port_without_a_name_is_skipped,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
         watch::an_in_place_rewrite_removes_nothing,

@@ -170,6 +170,10 @@ pub struct EndpointSlice {
     /// None for FQDN slices, which name hosts rather than addresses.
     pub family: Option<Family>,
     pub ports: Vec<SlicePort>,
+    /// Ports without a `name` key, skipped as kube-proxy skips them. The
+    /// API server stores a missing name as `""`, so only a hand-written
+    /// file has them: the sync says so.
+    pub nameless_ports: usize,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -431,18 +435,20 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
         "IPv6" => Some(Family::V6),
         _ => None,
     };
-    let mut ports = Vec::new();
+    let (mut ports, mut nameless_ports) = (Vec::new(), 0);
     if let Some(list) = root.get("ports") {
         for port in list.items(object)? {
             // A port without a number means "every port" to some consumers;
             // kube-proxy skips it, and so does balctl.
             let Some(number) = port.get("port") else { continue };
+            // kube-proxy skips a port whose name is nil
+            // (endpointslicecache.go); `name: ""` is the unnamed port.
+            let Some(port_name) = port.get("name") else {
+                nameless_ports += 1;
+                continue;
+            };
             ports.push(SlicePort {
-                // A port without a name is stored by the API server as
-                // `name: ""` (as a missing protocol is stored as TCP), so the
-                // nil name kube-proxy skips never reaches it: read as the
-                // cluster would hold it, it is the unnamed port.
-                name: name(port.get("name"), object)?,
+                name: name(Some(port_name), object)?,
                 protocol: protocol(port.get("protocol"), object)?,
                 port: number.port(object)?,
             });
@@ -460,7 +466,7 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
             endpoints.push(endpoint);
         }
     }
-    Ok(EndpointSlice { meta, service, family, ports, endpoints })
+    Ok(EndpointSlice { meta, service, family, ports, nameless_ports, endpoints })
 }
 
 fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Result<Endpoint> {

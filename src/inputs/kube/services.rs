@@ -180,6 +180,13 @@ fn service_object(
         ));
         return Ok(None);
     }
+    for slice in slices.iter().filter(|s| s.nameless_ports > 0) {
+        notes.push(format!(
+            "endpointslice {}/{}: {} port(s) without a name skipped, as kube-proxy skips them (the API \
+             server stores a missing name as \"\"; write `name: \"\"` for the unnamed port)",
+            slice.meta.namespace, slice.meta.name, slice.nameless_ports
+        ));
+    }
     let load_balancer_ips: &[IpAddr] =
         if service.service_type == ServiceType::LoadBalancer { &service.load_balancer_ips } else { &[] };
     let has_cluster_ip = |ip: IpAddr| service.cluster_ips.iter().any(|&c| Family::of(c) == Family::of(ip));
@@ -498,17 +505,21 @@ mod tests {
     }
 
     #[test]
-    fn a_slice_port_without_a_name_is_the_unnamed_port() {
-        // As the API server stores it: `name: ""`. A named Service port
-        // does not match it.
-        let slice = "addressType: IPv4\nendpoints: [{addresses: [192.0.2.2]}]\nports: [{port: 8443}]";
-        let (found, _) =
-            rules_of(&[web("spec: {clusterIP: 198.18.0.30, ports: [{port: 443}]}", slice)], "node-a");
+    fn a_slice_port_without_a_name_is_skipped_and_an_empty_name_is_the_unnamed_port() {
+        // kube-proxy skips a nil name; the API server stores a missing one
+        // as `""`, which matches the unnamed Service port only.
+        let nameless = "addressType: IPv4\nendpoints: [{addresses: [192.0.2.2]}]\nports: [{port: 8443}]";
+        let unnamed =
+            "addressType: IPv4\nendpoints: [{addresses: [192.0.2.2]}]\nports: [{name: '', port: 8443}]";
+        let spec = "spec: {clusterIP: 198.18.0.30, ports: [{port: 443}]}";
+        let (found, notes) = rules_of(&[web(spec, nameless)], "node-a");
+        assert_eq!(found, ["198.18.0.30:443/tcp -> "]);
+        assert!(notes.iter().any(|n| n.contains("1 port(s) without a name skipped")), "{notes:?}");
+        let (found, notes) = rules_of(&[web(spec, unnamed)], "node-a");
         assert_eq!(found, ["198.18.0.30:443/tcp -> 192.0.2.2:8443"]);
-        let (found, _) = rules_of(
-            &[web("spec: {clusterIP: 198.18.0.30, ports: [{name: https, port: 443}]}", slice)],
-            "node-a",
-        );
+        assert!(notes.is_empty(), "{notes:?}");
+        let named = "spec: {clusterIP: 198.18.0.30, ports: [{name: https, port: 443}]}";
+        let (found, _) = rules_of(&[web(named, unnamed)], "node-a");
         assert_eq!(found, ["198.18.0.30:443/tcp -> "]);
     }
 
