@@ -15,14 +15,7 @@
 mod health;
 mod metrics;
 
-use std::{
-    convert::Infallible,
-    io,
-    net::{SocketAddr, TcpListener as StdListener},
-    sync::Arc,
-    thread,
-    time::Duration,
-};
+use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
 use http_body_util::Full;
@@ -34,7 +27,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::Semaphore,
+};
 
 use crate::{agent::Agent, cli::SyncArgs, cmd::Context};
 
@@ -59,6 +55,11 @@ const MAX_CONNECTIONS: usize = 4096;
 /// After a failed accept (out of file descriptors), wait this long before
 /// the next, instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Connections the kernel completes before balctl accepts them: room for a
+/// burst, so that a client's connect is not dropped (and retried a second
+/// later) while the server is busy accepting others.
+const BACKLOG: u32 = 1024;
 
 /// What one listener serves.
 #[derive(Clone, Default)]
@@ -86,37 +87,38 @@ pub fn start(ctx: &Context, args: &SyncArgs, agent: &Arc<Agent>) -> Result<()> {
         return Ok(());
     }
     raise_file_limit();
-    let mut bound = Vec::new();
-    for (addr, routes) in listeners {
-        let flag = if routes.health.is_some() { "--health-addr" } else { "--metrics-addr" };
-        let listener =
-            StdListener::bind(addr).with_context(|| format!("cannot listen on {addr} ({flag})"))?;
-        listener.set_nonblocking(true).context("cannot make a listening socket non-blocking")?;
-        let paths = routes.paths().join(", ");
-        log::info!("serving {paths} on http://{addr}");
-        bound.push((listener, routes));
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the HTTP server's runtime")?;
+    let mut bound = Vec::new();
+    for (addr, routes) in listeners {
+        let flag = if routes.health.is_some() { "--health-addr" } else { "--metrics-addr" };
+        let listener = runtime.block_on(async { listen(addr) });
+        let listener = listener.with_context(|| format!("cannot listen on {addr} ({flag})"))?;
+        log::info!("serving {} on http://{addr}", routes.paths().join(", "));
+        bound.push((listener, routes));
+    }
     thread::Builder::new()
         .name("serve".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-                let mut accepting = Vec::new();
-                for (listener, routes) in bound {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => accepting.push(accept(listener, routes, Arc::clone(&connections))),
-                        Err(err) => log::error!("cannot serve HTTP: {err}"),
-                    }
-                }
-                futures::future::join_all(accepting).await;
-            });
+            let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            let accepting = bound
+                .into_iter()
+                .map(|(listener, routes)| accept(listener, routes, Arc::clone(&connections)));
+            runtime.block_on(futures::future::join_all(accepting));
         })
         .context("cannot start the HTTP server's thread")?;
     Ok(())
+}
+
+/// A listening socket on `addr`, in the runtime of the caller.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    // A restarted agent binds again while its old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Accepts connections for ever, each served by a task of its own.

@@ -11,6 +11,7 @@ mod deploy;
 mod docs;
 mod dump;
 mod evict;
+mod health;
 mod input;
 mod input_limits;
 mod kube;
@@ -129,6 +130,9 @@ fn main() {
         trace::a_killed_tracer_stops_events_within_two_seconds,
         trace::trace_ends_on_duration_and_sigint,
         stats::counters_match_connections_and_metrics,
+        health::a_stalled_client_and_idle_connections_delay_no_request,
+        health::probes_and_agent_metrics_follow_the_syncs,
+        health::healthz_turns_503_while_the_api_server_is_away,
         policies::redirect_then_balancing_then_service,
         policies::a_rate_limited_redirect_sends_the_rest_to_the_service,
         policies::a_failed_change_leaves_the_rate_limits_as_they_were,

@@ -1,7 +1,7 @@
 //! Issue 4, must show 3: the always-on counters. 100 connects through a VIP
 //! with 4 backends are 100 resolutions and per-backend hits that sum to
 //! 100, in `dump stats` and on the `/metrics` endpoint of `sync --watch
-//! --metrics-addr`; a VIP without backends counts a no_backend failure; the
+//! --metrics-addr --metrics-per-backend`; a VIP without backends counts a no_backend failure; the
 //! counters of removed frontends and backends are deleted.
 
 use std::{
@@ -44,24 +44,33 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// GET `path`: the status code and the body, or None if nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+/// One request with `method` to `path` on 127.0.0.1:`port` (read to the end:
+/// the server closes): the status code, the head and the body, or None if
+/// nothing answers.
+pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n").unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read the HTTP response");
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP head");
     let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status code");
-    if path == "/metrics" && status == 200 {
-        assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
-    }
-    Some((status, body.to_owned()))
+    Some((status, head.to_owned(), body.to_owned()))
 }
 
-/// Scrapes /metrics, waiting (at most 10 s) for the server to answer.
-pub fn scrape(port: u16) -> BTreeMap<String, u64> {
+/// GET `path`: the status code and the body, or None if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let (status, head, body) = http(port, "GET", path)?;
+    if path == "/metrics" && status == 200 {
+        assert!(head.to_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    }
+    Some((status, body))
+}
+
+/// Scrapes /metrics, waiting (at most 10 s) for the server to answer: the
+/// text, with the families every scrape of a loaded datapath has.
+pub fn scrape_text(port: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
         if let Some((status, body)) = http_get(port, "/metrics") {
@@ -71,21 +80,33 @@ pub fn scrape(port: u16) -> BTreeMap<String, u64> {
         assert!(Instant::now() < deadline, "nothing answers on 127.0.0.1:{port} within 10 s");
         thread::sleep(Duration::from_millis(20));
     };
-    for family in [
-        "balctl_resolutions_total",
-        "balctl_failures_total",
-        "balctl_backend_hits_total",
-        "balctl_socket_translations_evicted_total",
-    ] {
+    for family in
+        ["balctl_resolutions_total", "balctl_failures_total", "balctl_socket_translations_evicted_total"]
+    {
         assert!(body.contains(&format!("# TYPE {family} counter\n")), "{body}");
         assert!(body.contains(&format!("# HELP {family} ")), "{body}");
     }
-    body.lines()
+    body
+}
+
+/// Every sample of a scrape: series -> value.
+pub fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
         .filter(|line| !line.starts_with('#'))
         .map(|line| {
             let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample: {line}"));
             (series.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value: {line}")))
         })
+        .collect()
+}
+
+/// The samples of a scrape that are counts (the datapath's counters among
+/// them): series -> value.
+pub fn scrape(port: u16) -> BTreeMap<String, u64> {
+    samples(&scrape_text(port))
+        .into_iter()
+        .filter(|(_, value)| value.fract() == 0.0 && *value >= 0.0)
+        .map(|(series, value)| (series, value as u64))
         .collect()
 }
 
@@ -128,8 +149,12 @@ pub fn counters_match_connections_and_metrics() {
     assert!(String::from_utf8_lossy(&usage.stderr).contains("--watch"));
 
     let port = free_port();
-    let watcher =
-        Watcher::start_with(&sandbox, &[&file_arg], &["--metrics-addr", &format!("127.0.0.1:{port}")]);
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let watcher = Watcher::start_with(
+        &sandbox,
+        &[&file_arg],
+        &["--metrics-addr", &metrics_addr, "--metrics-per-backend"],
+    );
     watcher.wait_stdout("sync: frontends +2 ~0 -0");
     let web_resolutions = format!("balctl_resolutions_total{{frontend=\"{WEB}\",name=\"service/web\"}}");
     // Before any traffic every frontend and backend is there, at zero.
@@ -163,7 +188,8 @@ pub fn counters_match_connections_and_metrics() {
     assert_eq!(closed["failures"]["no_backend"], 1, "{closed:#}");
     assert!(closed["backends"].as_array().unwrap().is_empty());
 
-    // /metrics shows the same numbers.
+    // /metrics shows the same numbers, each backend's with --metrics-per-backend.
+    assert!(scrape_text(port).contains("# TYPE balctl_backend_hits_total counter\n"));
     let metrics = scrape(port);
     assert_eq!(metrics.get(&web_resolutions), Some(&100), "{metrics:#?}");
     for (backend, hits) in &web_hits {
