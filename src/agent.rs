@@ -160,11 +160,6 @@ impl Agent {
         progress.api_error = None;
     }
 
-    /// Whether the API server is taken for unreachable now.
-    pub fn api_server_unreachable(&self) -> bool {
-        self.progress().unreachable_since.is_some()
-    }
-
     /// When the last sync applied the inputs, and how many change
     /// notifications wait, for the metrics.
     pub fn applied_and_pending(&self) -> (Option<SystemTime>, u64) {

@@ -255,14 +255,15 @@ pub fn watch(
 
         // (first, last) change not applied yet.
         let mut pending: Option<(Instant, Instant)> = None;
-        let mut probing: Option<tokio::task::JoinHandle<()>> = None;
+        // A probe of the API server runs (`probe`).
+        let mut probing = false;
         while !stop.load(Ordering::Relaxed) {
             if let Ok(next) = tokio::time::timeout(TICK, received.recv()).await {
                 let Some((key, signal)) = next else {
                     anyhow::bail!("the Kubernetes watches ended");
                 };
                 if let Signal::Answered = signal {
-                    probing = None;
+                    probing = false;
                     agent.api_server_answered();
                     continue;
                 }
@@ -274,8 +275,9 @@ pub fn watch(
                     Signal::Failed(err) => {
                         log::warn!("watching {key}: {err} (retrying; the datapath keeps its state)");
                         agent.api_server_failed(&format!("watching {key}: {err}"));
-                        if probing.is_none() {
-                            probing = Some(probe(client.clone(), signals.clone()));
+                        if !probing {
+                            probe(client.clone(), signals.clone());
+                            probing = true;
                         }
                         continue;
                     }
@@ -314,19 +316,13 @@ pub fn watch(
             }
             apply(documents.into_iter().collect());
         }
-        if let Some(probing) = probing {
-            probing.abort();
-        }
         Ok(())
     })
 }
 
 /// Lists one Node every `PROBE_INTERVAL` until the API server answers, then
-/// says so.
-fn probe(
-    client: Client,
-    signals: tokio::sync::mpsc::UnboundedSender<(String, Signal)>,
-) -> tokio::task::JoinHandle<()> {
+/// says so. It ends with the runtime, when the watch does.
+fn probe(client: Client, signals: tokio::sync::mpsc::UnboundedSender<(String, Signal)>) {
     tokio::spawn(async move {
         let nodes = Api::<Node>::all(client);
         loop {
@@ -336,7 +332,7 @@ fn probe(
                 return;
             }
         }
-    })
+    });
 }
 
 /// The start of the keys of watchers of the Pods policies select.

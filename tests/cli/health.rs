@@ -140,12 +140,20 @@ pub fn a_stalled_client_and_idle_connections_delay_no_request() {
         answered < Duration::from_secs(4),
         "the requests ran past the idle connections' limit: {answered:?}"
     );
-    assert_eq!(idle.iter().filter(|stream| closed_by_server(stream)).count(), 0, "the server closed idle connections early");
+    assert_eq!(
+        idle.iter().filter(|stream| closed_by_server(stream)).count(),
+        0,
+        "the server closed idle connections early"
+    );
 
     // The server closes a head that has not come within 5 s itself, idle or
     // trickling, so they hold nothing for long.
     thread::sleep(Duration::from_secs(6).saturating_sub(opened.elapsed()));
-    assert_eq!(idle.iter().filter(|stream| !closed_by_server(stream)).count(), 0, "idle connections the server did not close");
+    assert_eq!(
+        idle.iter().filter(|stream| !closed_by_server(stream)).count(),
+        0,
+        "idle connections the server did not close"
+    );
     thread::sleep(Duration::from_secs(9).saturating_sub(opened.elapsed()));
     stop.store(true, Ordering::Relaxed);
     let trickled = trickler.join().unwrap().expect("the server never closed the trickling connection");
@@ -284,7 +292,8 @@ fn slice(service: &str, endpoint: &str) -> Value {
     })
 }
 
-/// Must show 4, with `/readyz` before the first list.
+/// Must show 4, with `/readyz` before the first list, and a recovery with
+/// no change to show for it.
 pub fn healthz_turns_503_while_the_api_server_is_away() {
     let sandbox = Sandbox::new();
     sandbox.load();
@@ -345,5 +354,12 @@ pub fn healthz_turns_503_while_the_api_server_is_away() {
     let (current, _) = wait_for_status(port, "/healthz", 200, Duration::from_secs(10));
     assert_eq!(current["apiServerUnreachableSince"], Value::Null, "{current:#}");
     assert_eq!(sandbox.reached("198.18.0.20:80", 3), ["b3"]);
+
+    // Away and back with nothing changed: a resumed watch says nothing, the
+    // probe sees the API server answer.
+    server.set_reachable(false);
+    wait_for_status(port, "/healthz", 503, Duration::from_secs(10));
+    server.set_reachable(true);
+    wait_for_status(port, "/healthz", 200, Duration::from_secs(5));
     assert_eq!(watcher.terminate(), Some(0));
 }
