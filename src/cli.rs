@@ -78,6 +78,13 @@ pub enum Command {
     Unload(UnloadArgs),
 
     /// Show whether balctl is loaded, where, and how full its maps are
+    ///
+    /// The exit code says what it found, so that it can serve as an exec
+    /// probe: 0 loaded and in sync with the applied state; 3 not loaded; 4
+    /// loaded but drifted (map entries differ from the applied state, a hook
+    /// is missing, or a change was interrupted during its map writes:
+    /// `balctl load` repairs it); 1 the status could not be read; 2 usage
+    /// error. The status is printed in every case, in the format asked for.
     Status,
 
     /// Add, change, list and delete balancing rules

@@ -21,6 +21,7 @@ mod policies;
 mod policy_sync;
 mod progress;
 mod stats;
+mod status;
 mod support;
 mod sync;
 mod trace;
@@ -129,6 +130,7 @@ fn main() {
         trace::a_killed_tracer_stops_events_within_two_seconds,
         trace::trace_ends_on_duration_and_sigint,
         stats::counters_match_connections_and_metrics,
+        status::exit_codes_tell_not_loaded_in_sync_and_drift,
         policies::redirect_then_balancing_then_service,
         policies::a_rate_limited_redirect_sends_the_rest_to_the_service,
         policies::a_failed_change_leaves_the_rate_limits_as_they_were,
