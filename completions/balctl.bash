@@ -128,7 +128,7 @@ _balctl() {
 
     case "${cmd}" in
         balctl)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version load unload status policy sync dump trace completions help"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version load unload status policy sync dump trace completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -143,11 +143,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -158,7 +158,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__completions)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version bash elvish fish powershell zsh"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -173,11 +173,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -188,13 +188,25 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__dump)
-            opts="-o -v -q -h -V --vip --bpffs --state-dir --output --verbose --quiet --help --version services backends affinity revnat nodes config stats all"
+            opts="-n -o -v -q -h -V --vip --name --namespace --bpffs --state-dir --output --no-headers --verbose --quiet --help --version services backends affinity revnat nodes config stats all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --vip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -207,11 +219,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -432,7 +444,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__load)
-            opts="-o -v -q -h -V --cgroup --map-size --object --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --cgroup --map-size --object --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -459,11 +471,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -474,7 +486,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version add update list get delete help"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version add update list get delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -489,11 +501,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -504,7 +516,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__add)
-            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -539,11 +551,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -554,7 +566,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__delete)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -569,11 +581,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -584,7 +596,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__get)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -599,11 +611,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -712,7 +724,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__list)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -727,11 +739,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -742,7 +754,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__update)
-            opts="-o -v -q -h -V --vip --backend --no-backends --affinity --no-affinity --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --backend --no-backends --affinity --no-affinity --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -769,11 +781,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -784,7 +796,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__status)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -799,11 +811,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -814,7 +826,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__sync)
-            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --max-input-size --watch --metrics-addr --settle --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --max-input-size --watch --metrics-addr --settle --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -861,11 +873,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -876,7 +888,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__trace)
-            opts="-o -v -q -h -V --vip --pid --failed --count --duration --kube --kubeconfig --context --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --pid --failed --count --duration --kube --kubeconfig --context --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -915,11 +927,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -930,7 +942,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__unload)
-            opts="-y -o -v -q -h -V --yes --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-y -o -v -q -h -V --yes --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -945,11 +957,11 @@ _balctl() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -9,7 +9,7 @@ use crate::{
     bpf::object::SIZE_NAMES,
     inputs::InputLimit,
     model::{Frontend, Scope, parse_affinity, parse_backend},
-    output::OutputFormat,
+    output::{OutputFormat, OutputFormatParser},
 };
 
 /// eBPF socket-level load balancer for Kubernetes services and custom VIPs.
@@ -42,9 +42,24 @@ pub struct Cli {
     )]
     pub state_dir: PathBuf,
 
-    /// Output format
-    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    /// Output format: table, wide (the table with more columns), json,
+    /// yaml, or jsonpath=TEMPLATE (kubectl's JSONPath template of the JSON
+    /// document, e.g. -o jsonpath='{range .services[*]}{.frontend}{"\n"}{end}')
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FORMAT",
+        value_parser = OutputFormatParser,
+        default_value = "table",
+        hide_possible_values = true
+    )]
     pub output: OutputFormat,
+
+    /// Print tables without their header row (-o table and wide; other
+    /// formats have no headers and ignore it, as kubectl's does)
+    #[arg(long, global = true)]
+    pub no_headers: bool,
 
     /// Print more (repeat for debug logs)
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -338,6 +353,18 @@ pub struct DumpArgs {
     /// node address; config is not narrowed
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_vip_filter)]
     pub vip: Option<VipFilter>,
+
+    /// Only entries of frontends of the object with this name, as `dump`
+    /// names them: NAME (any kind and namespace), NAMESPACE/NAME or
+    /// KIND/[NAMESPACE/]NAME (e.g. web, default/web, service/default/web);
+    /// nodes: the Nodes' names; config is not narrowed
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Only entries of frontends of Kubernetes objects in this namespace;
+    /// nodes (cluster-wide, as for kubectl) and config are not narrowed
+    #[arg(short, long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -18,7 +18,7 @@ use crate::{
     },
     caps,
     error::StatusProblem,
-    output::{OutputFormat, count, print_structured, table},
+    output::{count, print_structured, table},
     plan::{MapContents, Plan},
     stats::DatapathCounters,
 };
@@ -101,7 +101,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         interrupted_change: ctx.state.map_writes_interrupted()?,
         kernel: kernel(),
     };
-    if ctx.output == OutputFormat::Table {
+    if ctx.output.is_table() {
         print_table(&status);
     } else {
         print_structured(ctx.output, &status)?;

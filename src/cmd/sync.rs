@@ -21,7 +21,7 @@ use crate::{
     inputs::{self, Inputs},
     metrics,
     model::Frontend,
-    output::{OutputFormat, print_structured},
+    output::print_structured,
     plan::Summary,
     state::AppliedState,
     transaction::{Mode, Outcome, change, change_prepared},
@@ -249,7 +249,7 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
         changes: changes(&outcome.before.image, &outcome.after.image),
         notes,
     };
-    if ctx.output != OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, &report);
     }
     for note in &report.notes {

@@ -17,6 +17,7 @@ mod kube;
 mod kube_api;
 mod kube_parity;
 mod kube_sync;
+mod output;
 mod policies;
 mod policy_sync;
 mod progress;
@@ -77,6 +78,7 @@ fn main() {
         datapath::affinity_sticks_until_the_backend_leaves,
         datapath::frontend_without_backends_rejects_at_once,
         dump::every_format_matches_the_documented_schema,
+        output::kubectl_output_options_and_filters,
         evict::a_full_sockets_map_counts_what_it_loses_and_status_warns,
         evict::a_big_enough_sockets_map_evicts_nothing,
         evict::closed_sockets_free_their_ways,
