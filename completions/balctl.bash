@@ -128,7 +128,7 @@ _balctl() {
 
     case "${cmd}" in
         balctl)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version load unload status policy sync dump trace completions help"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version load unload status policy sync dump trace completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -150,6 +150,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -158,7 +162,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__completions)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version bash elvish fish powershell zsh"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -180,6 +184,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -188,7 +196,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__dump)
-            opts="-n -o -v -q -h -V --vip --name --namespace --bpffs --state-dir --output --no-headers --verbose --quiet --help --version services backends affinity revnat nodes config stats all"
+            opts="-n -o -v -q -h -V --vip --name --namespace --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version services backends affinity revnat nodes config stats all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -224,6 +232,10 @@ _balctl() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -444,7 +456,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__load)
-            opts="-o -v -q -h -V --cgroup --map-size --object --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --cgroup --map-size --object --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -478,6 +490,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -486,7 +502,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version add update list get delete help"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version add update list get delete help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -508,6 +524,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -516,7 +536,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__add)
-            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -558,6 +578,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -566,7 +590,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__delete)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -586,6 +610,10 @@ _balctl() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -596,7 +624,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__get)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -616,6 +644,10 @@ _balctl() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -724,7 +756,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__list)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -746,6 +778,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -754,7 +790,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__update)
-            opts="-o -v -q -h -V --vip --backend --no-backends --affinity --no-affinity --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --backend --no-backends --affinity --no-affinity --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -788,6 +824,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -796,7 +836,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__status)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -818,6 +858,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -826,7 +870,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__sync)
-            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --max-input-size --watch --metrics-addr --settle --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --max-input-size --watch --metrics-addr --settle --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -880,6 +924,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -888,7 +936,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__trace)
-            opts="-o -v -q -h -V --vip --pid --failed --count --duration --kube --kubeconfig --context --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-o -v -q -h -V --vip --pid --failed --count --duration --kube --kubeconfig --context --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -934,6 +982,10 @@ _balctl() {
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -942,7 +994,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__unload)
-            opts="-y -o -v -q -h -V --yes --bpffs --state-dir --output --no-headers --verbose --quiet --help --version"
+            opts="-y -o -v -q -h -V --yes --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -962,6 +1014,10 @@ _balctl() {
                     ;;
                 -o)
                     COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_balctl_global_optspecs
-    string join \n bpffs= state-dir= o/output= no-headers v/verbose q/quiet h/help V/version
+    string join \n bpffs= state-dir= o/output= no-headers v/verbose q/quiet log-format= h/help V/version
 end
 
 function __fish_balctl_needs_command
@@ -31,6 +31,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_needs_command" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_needs_command" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_needs_command" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_needs_command" -s q -l quiet -d 'Print only errors'
@@ -55,6 +57,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -s q -l quiet -d 'Print only errors'
@@ -67,6 +71,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s y -l yes -d 'Do not ask for confirmation'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s v -l verbose -d 'Print more (repeat for debug logs)'
@@ -80,6 +86,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand status" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand status" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand status" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand status" -s q -l quiet -d 'Print only errors'
@@ -92,6 +100,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s q -l quiet -d 'Print only errors'
@@ -116,6 +126,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s q -l quiet -d 'Print only errors'
@@ -131,6 +143,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-backends -d 'Remove every backend: the frontend then rejects connections'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-affinity -d 'Turn session affinity off'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
@@ -145,6 +159,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors'
@@ -157,6 +173,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s q -l quiet -d 'Print only errors'
@@ -169,6 +187,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print only errors'
@@ -194,6 +214,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kube -d 'Read Services, EndpointSlices, Nodes, Pods and the policy kinds from the Kubernetes API server instead of files (one source, `kubernetes`); with --watch, keep following them'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l watch -d 'Keep running and sync again whenever an input changes (not with -f -)'
@@ -212,6 +234,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s q -l quiet -d 'Print only errors'
@@ -230,6 +254,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l failed -d 'Only resolutions that failed (no backend, no local backend...)'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kube -d 'Name the pod of each container from the Kubernetes API server'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
@@ -244,6 +270,8 @@ wide\t'The table with more columns'
 json\t'The JSON document'
 yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s q -l quiet -d 'Print only errors'

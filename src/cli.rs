@@ -69,6 +69,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Log lines as text (TIME LEVEL message) or JSON, one object a line
+    /// with time (RFC 3339, UTC), level, target and message
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -282,6 +287,13 @@ pub struct PolicyAddArgs {
     /// go to the next rule
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit: Option<u32>,
+}
+
+/// How log lines are written on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The rule layer a policy adds: BalancingPolicy or LocalRedirectPolicy.

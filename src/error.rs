@@ -116,6 +116,14 @@ pub fn report(err: &anyhow::Error) {
     }
 }
 
+/// Logs a failure that a long-running command lives through (a sync of
+/// `sync --watch`): one error line, its causes joined with `: ` and
+/// escaped as `report` escapes them, then what happens `next`. As a log
+/// line it has a time stamp, and is JSON with `--log-format json`.
+pub fn log_failure(err: &anyhow::Error, next: &str) {
+    log::error!("{}; {next}", Line(&format!("{err:#}")));
+}
+
 /// A value from an input as an error message quotes it: control characters
 /// escaped, so that a crafted file cannot drive the operator's terminal
 /// (ESC sequences) or cut the message short (NUL), and a long value

@@ -117,8 +117,10 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
         })
         .and_then(|outcome| report(ctx, &outcome, false, notes));
         if let Err(err) = synced {
-            error::report(&err);
-            eprintln!("sync --kube --watch: nothing applied from this change; retrying on the next one");
+            error::log_failure(
+                &err,
+                "sync --kube --watch: nothing applied from this change; retrying on the next one",
+            );
         }
     })
 }

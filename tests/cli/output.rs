@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::support::Sandbox;
+use crate::support::{Sandbox, watcher::Watcher};
 
 fn example(name: &str) -> String {
     format!("{}/examples/k8s/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -200,4 +200,45 @@ pub fn kubectl_output_options_and_filters() {
     let all = sandbox.balctl_json(&["dump", "all", "--name", "local-dns"]);
     assert_eq!(rows(&all).len(), 1, "{all:#}");
     assert_eq!(all["backends"].as_array().unwrap().len(), 1, "{all:#}");
+}
+
+/// Every log line of `sync --watch --log-format json` is a JSON object with
+/// the fields a log pipeline reads, stamped in RFC 3339, UTC; in text, each
+/// line starts with the same stamp.
+pub fn watch_logs_are_json_lines_with_time_level_target_message() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let input = sandbox.scratch("web.toml");
+    let service = "[[service]]\nname = \"web\"\naddresses = [\"198.18.0.10\"]\nbackends = [\"192.0.2.2\"]\n\
+                   ports = [{ port = 80, target_port = 8080 }]\n";
+    std::fs::write(&input, service).unwrap();
+    let input = input.to_str().unwrap();
+    let started = std::time::SystemTime::now();
+    let watcher = Watcher::start_with(&sandbox, &[input], &["-v", "--log-format", "json"]);
+    watcher.wait_stderr("watching");
+    std::fs::write(input, "[[service]]\nname = 7\n").unwrap();
+    watcher.wait_stderr("nothing applied");
+    let lines = watcher.stderr_lines();
+    assert_eq!(watcher.terminate(), Some(0));
+    let mut levels = Vec::new();
+    for line in &lines {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let fields: Vec<&str> = entry.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(fields, ["level", "message", "target", "time"], "{line}");
+        let time = entry["time"].as_str().unwrap();
+        assert!(time.ends_with('Z'), "UTC: {line}");
+        let at = humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("not RFC 3339 ({e}): {line}"));
+        assert!(at >= started - std::time::Duration::from_secs(1), "{line}");
+        assert!(entry["target"].as_str().unwrap().starts_with("balctl"), "{line}");
+        levels.push(entry["level"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(levels, ["info", "error"], "{lines:#?}");
+    assert!(lines[1].contains("web.toml:2:8: invalid type"), "{lines:#?}");
+
+    let watcher = Watcher::start_with(&sandbox, &[input], &["-v"]);
+    let line = watcher.wait_stderr("watching");
+    assert_eq!(watcher.terminate(), Some(0));
+    let (time, rest) = line.split_once(' ').unwrap();
+    humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("no RFC 3339 time ({e}): {line}"));
+    assert!(rest.starts_with("INFO  watching"), "{line}");
 }
