@@ -79,6 +79,7 @@ fn main() {
         datapath::frontend_without_backends_rejects_at_once,
         dump::every_format_matches_the_documented_schema,
         output::kubectl_output_options_and_filters,
+        output::bash_completes_policy_names,
         output::watch_logs_are_json_lines_with_time_level_target_message,
         evict::a_full_sockets_map_counts_what_it_loses_and_status_warns,
         evict::a_big_enough_sockets_map_evicts_nothing,

@@ -242,3 +242,53 @@ pub fn watch_logs_are_json_lines_with_time_level_target_message() {
     humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("no RFC 3339 time ({e}): {line}"));
     assert!(rest.starts_with("INFO  watching"), "{line}");
 }
+
+/// bash, with the committed completion script, completes the NAME of
+/// `policy get|update|delete` to the policies of the state dir, asking the
+/// balctl on the command line.
+pub fn bash_completes_policy_names() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    for (name, vip) in [("web", "198.18.0.10:80"), ("web2", "198.18.0.11:80"), ("api", "198.18.0.12:80")] {
+        sandbox.balctl_ok(&["policy", "add", name, "--vip", vip]);
+    }
+    let script = format!("{}/completions/balctl.bash", env!("CARGO_MANIFEST_DIR"));
+    let complete = |line: &str| {
+        // What bash does on TAB: the function `complete -p balctl` names
+        // (the compspec of the command's last path component), called with
+        // the command, the word being completed and the one before.
+        let program = format!(
+            "source {script}\n\
+             function=$(complete -p balctl | sed -n 's/.*-F \\([^ ]*\\).*/\\1/p')\n\
+             COMP_WORDS=({line}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+             [[ {line:?} == *' ' ]] && COMP_WORDS+=('') && COMP_CWORD=${{#COMP_WORDS[@]}}-1\n\
+             \"$function\" \"${{COMP_WORDS[0]}}\" \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        );
+        let output = std::process::Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", &program])
+            .env("BALCTL_STATE_DIR", &sandbox.state)
+            .env("BALCTL_BPFFS", &sandbox.pins)
+            .output()
+            .expect("run bash");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let mut words: Vec<String> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect();
+        words.sort();
+        words
+    };
+    let balctl = crate::support::BALCTL;
+    assert_eq!(complete(&format!("{balctl} policy get w")), ["web", "web2"]);
+    assert_eq!(complete(&format!("{balctl} policy delete ")), ["api", "web", "web2"]);
+    assert_eq!(complete(&format!("{balctl} -v policy update a")), ["api"]);
+    // The state dir on the command line is the one asked.
+    let other = sandbox.scratch("other-state");
+    assert!(complete(&format!("{balctl} --state-dir {} policy get w", other.display())).is_empty());
+    // Elsewhere clap's completion stays: subcommands, options.
+    assert!(complete(&format!("{balctl} policy g")).contains(&"get".to_owned()));
+    assert!(complete(&format!("{balctl} policy get web --no-h")).contains(&"--no-headers".to_owned()));
+}
