@@ -228,6 +228,7 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
                     backends: vec![SocketAddr::new(IpAddr::V4(backend_host), 10_000 + (i % 50_000) as u16)],
                     affinity_seconds: None,
                     local_only: false,
+                    address_kind: balctl::model::AddressKind::default(),
                     requests_per_second: None,
                 },
             }

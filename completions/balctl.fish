@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_balctl_global_optspecs
-    string join \n bpffs= state-dir= o/output= v/verbose q/quiet h/help V/version
+    string join \n bpffs= state-dir= o/output= no-headers v/verbose q/quiet log-format= h/help V/version
 end
 
 function __fish_balctl_needs_command
@@ -26,9 +26,14 @@ end
 
 complete -c balctl -n "__fish_balctl_needs_command" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_needs_command" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_needs_command" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_needs_command" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_needs_command" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_needs_command" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_needs_command" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -47,37 +52,57 @@ complete -c balctl -n "__fish_balctl_using_subcommand load" -l map-size -d 'Capa
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l object -d 'Load the eBPF programs from this object file instead of the built-in ones' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand load" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand load" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand unload" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s y -l yes -d 'Do not ask for confirmation'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand status" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand status" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand status" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand status" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand status" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand status" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand status" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand status" -s q -l quiet -d 'Print only errors'
-complete -c balctl -n "__fish_balctl_using_subcommand status" -s h -l help -d 'Print help'
+complete -c balctl -n "__fish_balctl_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand status" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -s h -l help -d 'Print help'
@@ -96,9 +121,14 @@ redirect\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l rate-limit -d 'Redirect only: connections a second it takes; the rest of that second go to the next rule' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -108,38 +138,58 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l affinity -d 'New affinity timeout in seconds' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-backends -d 'Remove every backend: the frontend then rejects connections'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-affinity -d 'Turn session affinity off'
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s h -l help -d 'Print help'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s h -l help -d 'Print help'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
@@ -161,23 +211,35 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -l health-timeout -d
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l settle -d 'With --watch -f, hold a change that would remove more than a quarter of a source\'s frontends until the inputs have not changed for this long (e.g. 5s, 1m), so that a file still being written is never applied half written' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kube -d 'Read Services, EndpointSlices, Nodes, Pods and the policy kinds from the Kubernetes API server instead of files (one source, `kubernetes`); with --watch, keep following them'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l watch -d 'Keep running and sync again whenever an input changes (not with -f -)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-per-backend -d 'With --metrics-addr, also serve balctl_backend_hits_total: one series per backend of every frontend, hundreds of thousands on a big cluster\'s node'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l vip -d 'Only entries of frontends at this address (and port); nodes: that node address; config is not narrowed' -r
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l name -d 'Only entries of frontends of the object with this name, as `dump` names them: NAME (any kind and namespace), NAMESPACE/NAME or KIND/[NAMESPACE/]NAME (e.g. web, default/web, service/default/web); nodes: the Nodes\' names; config is not narrowed' -r
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -s n -l namespace -d 'Only entries of frontends of Kubernetes objects in this namespace; nodes (cluster-wide, as for kubectl) and config are not narrowed' -r
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand dump" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand dump" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -190,20 +252,30 @@ complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kubeconfig -d 'k
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand trace" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l failed -d 'Only resolutions that failed (no backend, no local backend...)'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kube -d 'Name the pod of each container from the Kubernetes API server'
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -l state-dir -d 'Directory where applied state is kept' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t''
-json\t''
-yaml\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand completions" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s h -l help -d 'Print help'
@@ -222,3 +294,8 @@ complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subc
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List all rules'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "get" -d 'Show one rule'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "delete" -d 'Delete a rule'
+
+# Added to clap's script by balctl (src/docs.rs): the NAME of `balctl policy
+# get|update|delete NAME` completes to the policies the installed balctl
+# lists (from BALCTL_STATE_DIR, else the default state dir).
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from get update delete" -f -a "(balctl policy list -o 'jsonpath={range .policies[*]}{.name}{\"\n\"}{end}' 2>/dev/null)"

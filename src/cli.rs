@@ -9,7 +9,7 @@ use crate::{
     bpf::object::SIZE_NAMES,
     inputs::InputLimit,
     model::{Frontend, Scope, parse_affinity, parse_backend},
-    output::OutputFormat,
+    output::{OutputFormat, OutputFormatParser},
 };
 
 /// eBPF socket-level load balancer for Kubernetes services and custom VIPs.
@@ -42,9 +42,24 @@ pub struct Cli {
     )]
     pub state_dir: PathBuf,
 
-    /// Output format
-    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    /// Output format: table, wide (the table with more columns), json,
+    /// yaml, or jsonpath=TEMPLATE (kubectl's JSONPath template of the JSON
+    /// document, e.g. -o jsonpath='{range .services[*]}{.frontend}{"\n"}{end}')
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FORMAT",
+        value_parser = OutputFormatParser,
+        default_value = "table",
+        hide_possible_values = true
+    )]
     pub output: OutputFormat,
+
+    /// Print tables without their header row (-o table and wide; other
+    /// formats have no headers and ignore it, as kubectl's does)
+    #[arg(long, global = true)]
+    pub no_headers: bool,
 
     /// Print more (repeat for debug logs)
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -53,6 +68,11 @@ pub struct Cli {
     /// Print only errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Log lines as text (TIME LEVEL message) or JSON, one object a line
+    /// with time (RFC 3339, UTC), level, target and message
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
@@ -78,6 +98,13 @@ pub enum Command {
     Unload(UnloadArgs),
 
     /// Show whether balctl is loaded, where, and how full its maps are
+    ///
+    /// The exit code says what it found, so that it can serve as an exec
+    /// probe: 0 loaded and in sync with the applied state; 3 not loaded; 4
+    /// loaded but drifted (map entries differ from the applied state, a hook
+    /// is missing, or a change was interrupted during its map writes:
+    /// `balctl load` repairs it); 1 the status could not be read; 2 usage
+    /// error. The status is printed in every case, in the format asked for.
     Status,
 
     /// Add, change, list and delete balancing rules
@@ -291,6 +318,13 @@ pub struct PolicyAddArgs {
     pub rate_limit: Option<u32>,
 }
 
+/// How log lines are written on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// The rule layer a policy adds: BalancingPolicy or LocalRedirectPolicy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PolicyKind {
@@ -360,6 +394,18 @@ pub struct DumpArgs {
     /// node address; config is not narrowed
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_vip_filter)]
     pub vip: Option<VipFilter>,
+
+    /// Only entries of frontends of the object with this name, as `dump`
+    /// names them: NAME (any kind and namespace), NAMESPACE/NAME or
+    /// KIND/[NAMESPACE/]NAME (e.g. web, default/web, service/default/web);
+    /// nodes: the Nodes' names; config is not narrowed
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Only entries of frontends of Kubernetes objects in this namespace;
+    /// nodes (cluster-wide, as for kubectl) and config are not narrowed
+    #[arg(short, long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -9,9 +9,17 @@ use clap_complete::Shell;
 
 use crate::cli::Cli;
 
+/// clap's completion script for `shell`, and for bash and fish the
+/// completion of policy names: clap's scripts only know the values the
+/// definition lists, and a policy's name is in the state dir.
 pub fn completion(shell: Shell) -> Vec<u8> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "balctl", &mut out);
+    match shell {
+        Shell::Bash => out.extend_from_slice(include_bytes!("completions/policy-names.bash")),
+        Shell::Fish => out.extend_from_slice(include_bytes!("completions/policy-names.fish")),
+        _ => {}
+    }
     out
 }
 

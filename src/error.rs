@@ -1,7 +1,8 @@
 //! Error kinds that decide the exit code. Everything is an `anyhow::Error`;
 //! an `InputError` (or `EmptyInput`) anywhere in the chain means the user's
-//! input or usage was wrong (exit 2), anything else is a runtime failure
-//! (exit 1).
+//! input or usage was wrong (exit 2), a `StatusProblem` is what `balctl
+//! status` found wrong with the datapath (exit 3 or 4, for exec probes),
+//! anything else is a runtime failure (exit 1).
 
 use std::fmt;
 
@@ -41,6 +42,40 @@ impl fmt::Display for EmptyInput {
 
 impl std::error::Error for EmptyInput {}
 
+/// What `balctl status` found, when it is not "loaded and in sync": its
+/// own exit code, so that `status` can be an exec probe and a script can
+/// tell a node to set up from one to repair. Reported after the status
+/// itself is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusProblem {
+    /// No hook is attached: `balctl load` attaches them.
+    NotLoaded,
+    /// Loaded, but not as applied: map entries differ from the applied
+    /// state, a hook is missing, or a change was interrupted during its map
+    /// writes. `balctl load` (or the next change) repairs it.
+    Drift,
+}
+
+impl StatusProblem {
+    pub const fn exit_code(self) -> i32 {
+        match self {
+            Self::NotLoaded => EXIT_NOT_LOADED,
+            Self::Drift => EXIT_DRIFT,
+        }
+    }
+}
+
+impl fmt::Display for StatusProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotLoaded => "balctl is not loaded; `balctl load` attaches it",
+            Self::Drift => "the datapath differs from the applied state; `balctl load` repairs it",
+        })
+    }
+}
+
+impl std::error::Error for StatusProblem {}
+
 /// Builds an input error: `bail!(input!("..."))` reads like any other error.
 #[macro_export]
 macro_rules! input {
@@ -51,11 +86,20 @@ macro_rules! input {
 
 pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_INPUT: i32 = 2;
+/// `status`: not loaded (as LSB init scripts' `status` says "not running").
+pub const EXIT_NOT_LOADED: i32 = 3;
+/// `status`: loaded, but drifted from the applied state.
+pub const EXIT_DRIFT: i32 = 4;
 
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     let input =
         |cause: &(dyn std::error::Error + 'static)| cause.is::<InputError>() || cause.is::<EmptyInput>();
-    if err.chain().any(input) { EXIT_INPUT } else { EXIT_RUNTIME }
+    if err.chain().any(input) {
+        return EXIT_INPUT;
+    }
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<StatusProblem>())
+        .map_or(EXIT_RUNTIME, |problem| problem.exit_code())
 }
 
 /// Prints `err` and its causes on stderr, the way balctl reports every error:
@@ -70,6 +114,14 @@ pub fn report(err: &anyhow::Error) {
             eprintln!("{indent}{}", Line(line));
         }
     }
+}
+
+/// Logs a failure that a long-running command lives through (a sync of
+/// `sync --watch`): one error line, its causes joined with `: ` and
+/// escaped as `report` escapes them, then what happens `next`. As a log
+/// line it has a time stamp, and is JSON with `--log-format json`.
+pub fn log_failure(err: &anyhow::Error, next: &str) {
+    log::error!("{}; {next}", Line(&format!("{err:#}")));
 }
 
 /// A value from an input as an error message quotes it: control characters
@@ -149,6 +201,14 @@ fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_of_error_has_its_exit_code() {
+        assert_eq!(exit_code(&anyhow::anyhow!("runtime")), EXIT_RUNTIME);
+        assert_eq!(exit_code(&input!("bad").context("reading f")), EXIT_INPUT);
+        assert_eq!(exit_code(&anyhow::Error::new(StatusProblem::NotLoaded)), 3);
+        assert_eq!(exit_code(&anyhow::Error::new(StatusProblem::Drift).context("status")), 4);
+    }
 
     #[test]
     fn values_are_escaped_and_long_ones_shortened() {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bpf::raw::{addr_to_raw, port_to_raw},
     input,
-    model::{Frontend, FrontendRule, Protocol},
+    model::{AddressKind, Frontend, FrontendRule, Protocol},
 };
 
 pub type ServiceId = u32;
@@ -55,6 +55,8 @@ pub struct FrontendImage {
     pub local_only: bool,
     /// See `FrontendRule::requests_per_second`.
     pub requests_per_second: Option<u32>,
+    /// See `FrontendRule::address_kind`.
+    pub address_kind: AddressKind,
 }
 
 impl FrontendImage {
@@ -218,6 +220,7 @@ impl Image {
                     affinity_seconds: rule.affinity_seconds,
                     local_only: rule.local_only,
                     requests_per_second: rule.requests_per_second,
+                    address_kind: rule.address_kind,
                 },
             );
         }
@@ -315,6 +318,7 @@ mod tests {
             affinity_seconds: None,
             local_only: false,
             requests_per_second: None,
+            address_kind: crate::model::AddressKind::ClusterIp,
         };
         (format!("policy/{name}"), rule)
     }

@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         output: cli.output,
         verbose: cli.verbose,
         quiet: cli.quiet,
+        no_headers: cli.no_headers,
     };
     match &cli.command {
         Command::Load(args) => cmd::load::run(&ctx, args),

@@ -89,6 +89,33 @@ impl Scope {
     }
 }
 
+/// Which address of a Service a frontend is, as Kubernetes names them (the
+/// TYPE `balctl dump` shows): its cluster IP, a node port (on the node
+/// addresses), a load-balancer ingress IP or an external IP. A state
+/// file's service addresses are cluster IPs: reachable only through balctl.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AddressKind {
+    #[default]
+    #[serde(rename = "ClusterIP")]
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    #[serde(rename = "ExternalIP")]
+    ExternalIp,
+}
+
+impl AddressKind {
+    /// kubectl's spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+            Self::ExternalIp => "ExternalIP",
+        }
+    }
+}
+
 /// The two policy kinds, from Kubernetes or from state files.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum PolicyKind {
@@ -245,6 +272,11 @@ pub struct FrontendRule {
     /// the next scope (LocalRedirectPolicy only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u32>,
+    /// Which address of its Service the frontend is; a policy's frontend
+    /// keeps the default (its scope says what it is). Not part of a
+    /// policy's JSON: `policy` rules are never Services.
+    #[serde(skip)]
+    pub address_kind: AddressKind,
 }
 
 impl FrontendRule {
@@ -346,6 +378,7 @@ mod tests {
                 affinity_seconds: None,
                 local_only: false,
                 requests_per_second: None,
+                address_kind: AddressKind::ClusterIp,
             },
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());

@@ -488,6 +488,7 @@ mod tests {
             affinity_seconds,
             local_only: false,
             requests_per_second: None,
+            address_kind: crate::model::AddressKind::ClusterIp,
         }
     }
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     image::Image,
     inputs::Fingerprint,
-    model::{Frontend, FrontendRule, Policy},
+    model::{AddressKind, Frontend, FrontendRule, Policy},
     trusted_dir::{Problem, Trust, TrustedDir, user},
 };
 
@@ -33,7 +33,7 @@ const MAP_WRITES_FILE: &str = "map-writes-in-progress";
 const MAGIC: &[u8; 8] = b"balctl\0S";
 /// Bumped whenever the layout of `AppliedState` changes: bincode is not
 /// self-describing, so another version's file cannot be read at all.
-const STATE_VERSION: u32 = 3;
+const STATE_VERSION: u32 = 4;
 
 /// Everything balctl has applied. The maps are the datapath's truth; this is
 /// what they were last made to hold, and what `load` restores.
@@ -286,19 +286,28 @@ mod policy_records {
 mod rule_records {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use super::{Frontend, FrontendRule, SocketAddr};
+    use super::{AddressKind, Frontend, FrontendRule, SocketAddr};
 
-    /// Frontend, backends, affinity, local only, requests per second.
-    pub type Record = (Frontend, Vec<SocketAddr>, Option<u32>, bool, Option<u32>);
+    /// Frontend, backends, affinity, local only, requests per second, address kind.
+    pub type Record = (Frontend, Vec<SocketAddr>, Option<u32>, bool, Option<u32>, AddressKind);
 
-    pub fn record(rule: &FrontendRule) -> (&Frontend, &Vec<SocketAddr>, Option<u32>, bool, Option<u32>) {
-        (&rule.frontend, &rule.backends, rule.affinity_seconds, rule.local_only, rule.requests_per_second)
+    pub fn record(
+        rule: &FrontendRule,
+    ) -> (&Frontend, &Vec<SocketAddr>, Option<u32>, bool, Option<u32>, AddressKind) {
+        (
+            &rule.frontend,
+            &rule.backends,
+            rule.affinity_seconds,
+            rule.local_only,
+            rule.requests_per_second,
+            rule.address_kind,
+        )
     }
 
     pub fn rule(
-        (frontend, backends, affinity_seconds, local_only, requests_per_second): Record,
+        (frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind): Record,
     ) -> FrontendRule {
-        FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second }
+        FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind }
     }
 
     pub fn serialize<S: Serializer>(rules: &[FrontendRule], serializer: S) -> Result<S::Ok, S::Error> {
@@ -332,6 +341,7 @@ mod tests {
                 affinity_seconds: Some(30),
                 local_only: false,
                 requests_per_second: None,
+                address_kind: AddressKind::ClusterIp,
             },
         });
         state.synced.push(Arc::new(SyncedObject {
@@ -343,6 +353,7 @@ mod tests {
                 affinity_seconds: None,
                 local_only: true,
                 requests_per_second: None,
+                address_kind: AddressKind::ExternalIp,
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],

@@ -170,8 +170,10 @@ fn sync(
         );
         (Hold::LargeRemoval, why)
     } else {
-        error::report(&err);
-        eprintln!("sync --watch: nothing applied from this change; retrying when an input changes");
+        error::log_failure(
+            &err,
+            "sync --watch: nothing applied from this change; retrying when an input changes",
+        );
         return None;
     };
     if held.as_ref() != Some(&hold) {

@@ -20,7 +20,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use balctl::{
     bpf::raw::{addr_to_raw, service_key},
     image::{BackendAddr, BackendId, EntryCounts, Image, ServiceId},
-    model::{Frontend, FrontendRule, Protocol, Scope},
+    model::{AddressKind, Frontend, FrontendRule, Protocol, Scope},
     plan::{MapContents, Op, Plan, Step},
 };
 use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
@@ -141,6 +141,7 @@ fn rule(spec: &RuleSpec) -> FrontendRule {
         affinity_seconds: spec.affinity.map(|s| u32::from(s) + 1),
         local_only: spec.local_only,
         requests_per_second: spec.rate_limit.map(|n| u32::from(n) + 1),
+        address_kind: AddressKind::default(),
     }
 }
 

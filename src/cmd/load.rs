@@ -58,7 +58,7 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     drop(lock);
 
     let output = LoadOutput { report, entries_repaired: plan.len() };
-    if ctx.output != crate::output::OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, &output);
     }
     let attached = output.report.hooks.iter().filter(|(_, a)| *a == HookAction::Attached).count();

@@ -10,7 +10,11 @@ pub mod sync;
 pub mod trace;
 pub mod unload;
 
-use crate::{bpf::pins::PinDir, output::OutputFormat, state::StateDir};
+use crate::{
+    bpf::pins::PinDir,
+    output::{OutputFormat, TableStyle},
+    state::StateDir,
+};
 
 pub struct Context {
     pub pins: PinDir,
@@ -18,13 +22,20 @@ pub struct Context {
     pub output: OutputFormat,
     pub verbose: u8,
     pub quiet: bool,
+    /// `--no-headers`: tables without their header row.
+    pub no_headers: bool,
 }
 
 impl Context {
+    /// How listings print their tables (`-o wide`, `--no-headers`).
+    pub fn table_style(&self) -> TableStyle {
+        self.output.table_style(self.no_headers)
+    }
+
     /// A human-readable progress or result line; silenced by `-q` and by
     /// JSON/YAML output, where stdout belongs to the document.
     pub fn say(&self, message: impl std::fmt::Display) {
-        if !self.quiet && self.output == OutputFormat::Table {
+        if !self.quiet && self.output.is_table() {
             println!("{message}");
         }
     }

@@ -8,8 +8,8 @@ use super::Context;
 use crate::{
     cli::{PolicyAddArgs, PolicyCommand, PolicyKind, PolicyNameArg, PolicyUpdateArgs},
     input,
-    model::{Frontend, FrontendRule, Policy},
-    output::{OutputFormat, print_structured, table},
+    model::{AddressKind, Frontend, FrontendRule, Policy},
+    output::{Listing, column, print_structured, wide},
     transaction::{Mode, Outcome, change},
 };
 
@@ -32,6 +32,7 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
             affinity_seconds: args.affinity,
             local_only: false,
             requests_per_second: args.rate_limit,
+            address_kind: AddressKind::default(),
         },
     };
     if args.rate_limit.is_some() && args.kind != PolicyKind::Redirect {
@@ -87,7 +88,7 @@ fn delete(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
         state.policies.retain(|p| p.name != args.name);
         Ok(())
     })?;
-    if ctx.output != OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, &Deleted { deleted: &args.name });
     }
     ctx.say(format!("policy/{} deleted", args.name));
@@ -109,7 +110,7 @@ fn find_mut<'a>(policies: &'a mut [Policy], name: &str) -> Result<&'a mut Policy
 
 fn report(ctx: &Context, outcome: &Outcome, name: &str, verb: &str) -> Result<()> {
     let policy = outcome.after.policy(name).expect("the policy was just written");
-    if ctx.output != OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, policy);
     }
     let backends = match policy.rule.backends.len() {
@@ -135,19 +136,21 @@ struct PolicyList<'a> {
 
 fn list(ctx: &Context) -> Result<()> {
     let state = ctx.state.read()?;
-    if ctx.output != OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, &PolicyList { policies: &state.policies });
     }
-    let mut rows = table(["NAME", "FRONTEND", "BACKENDS", "AFFINITY"]);
+    let columns = [column("NAME"), column("FRONTEND"), column("BACKENDS"), column("AFFINITY"), wide("KIND")];
+    let mut rows = Listing::new(ctx.table_style(), &columns);
     for policy in &state.policies {
         rows.add_row([
             policy.name.clone(),
             policy.rule.frontend.to_string(),
             backend_list(policy),
             affinity(policy),
+            kind(policy),
         ]);
     }
-    println!("{rows}");
+    rows.print();
     Ok(())
 }
 
@@ -156,7 +159,7 @@ fn get(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
     let policy = state.policy(&args.name).ok_or_else(|| {
         input!("there is no policy named `{}` (`balctl policy list` shows them)", args.name)
     })?;
-    if ctx.output != OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, policy);
     }
     println!("Name:      {}", policy.name);

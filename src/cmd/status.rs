@@ -1,6 +1,7 @@
 //! `balctl status`: loaded or not, on which cgroup, which programs, how full
 //! the maps are, whether the sockets map lost translations, what is applied
-//! and whether the maps drifted from it.
+//! and whether the maps drifted from it. The exit code says which of
+//! "loaded and in sync", "not loaded" and "drifted" it is (src/error.rs).
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,8 @@ use crate::{
         maps::Datapath,
     },
     caps,
-    output::{OutputFormat, count, print_structured, table},
+    error::StatusProblem,
+    output::{count, print_structured, table},
     plan::{MapContents, Plan},
     stats::DatapathCounters,
 };
@@ -99,11 +101,29 @@ pub fn run(ctx: &Context) -> Result<()> {
         interrupted_change: ctx.state.map_writes_interrupted()?,
         kernel: kernel(),
     };
-    if ctx.output != OutputFormat::Table {
-        return print_structured(ctx.output, &status);
+    if ctx.output.is_table() {
+        print_table(&status);
+    } else {
+        print_structured(ctx.output, &status)?;
     }
-    print_table(&status);
-    Ok(())
+    match status.problem() {
+        Some(problem) => Err(problem.into()),
+        None => Ok(()),
+    }
+}
+
+impl Status {
+    /// What keeps this status from "loaded and in sync", which decides the exit code.
+    fn problem(&self) -> Option<StatusProblem> {
+        let missing_hooks = self.attach.as_ref().is_some_and(|attach| !attach.missing_hooks.is_empty());
+        if !self.loaded {
+            Some(StatusProblem::NotLoaded)
+        } else if self.drift.is_some_and(|n| n > 0) || missing_hooks || self.interrupted_change {
+            Some(StatusProblem::Drift)
+        } else {
+            None
+        }
+    }
 }
 
 fn programs(attach: &AttachState) -> Result<Vec<ProgramRow>> {

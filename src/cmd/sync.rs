@@ -21,7 +21,7 @@ use crate::{
     input,
     inputs::{self, Inputs},
     model::Frontend,
-    output::{OutputFormat, print_structured},
+    output::print_structured,
     plan::Summary,
     serve,
     state::AppliedState,
@@ -121,8 +121,10 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
             report(ctx, &outcome, false, notes)
         });
         if let Err(err) = synced {
-            error::report(&err);
-            eprintln!("sync --kube --watch: nothing applied from this change; retrying on the next one");
+            error::log_failure(
+                &err,
+                "sync --kube --watch: nothing applied from this change; retrying on the next one",
+            );
         }
     })
 }
@@ -253,7 +255,7 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
         changes: changes(&outcome.before.image, &outcome.after.image),
         notes,
     };
-    if ctx.output != OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, &report);
     }
     for note in &report.notes {

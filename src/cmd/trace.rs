@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
         listed_at: None,
     });
     let mut out = io::stdout().lock();
-    if ctx.output == OutputFormat::Table {
+    if ctx.output.is_table() && !ctx.no_headers {
         writeln!(
             out,
             "{:<12} {:>7} {:<15} {:<5} {:<47} {:<16} {:<24} CGROUP",
@@ -180,7 +180,11 @@ fn print(out: &mut impl io::Write, format: OutputFormat, resolution: &Resolution
             writeln!(out, "---")?;
             serde_yaml_ng::to_writer(&mut *out, resolution)?;
         }
-        OutputFormat::Table => {
+        // One template per event, as `kubectl get -w -o jsonpath` prints one per object.
+        OutputFormat::JsonPath(template) => {
+            out.write_all(template.render(&serde_json::to_value(resolution)?).as_bytes())?;
+        }
+        OutputFormat::Table | OutputFormat::Wide => {
             let backend = resolution.backend.map_or_else(|| "-".to_owned(), |b| b.to_string());
             let place = match (&resolution.pod, &resolution.container_id, &resolution.cgroup) {
                 (Some(pod), _, _) => format!("pod {pod}"),

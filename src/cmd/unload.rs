@@ -33,7 +33,7 @@ pub fn run(ctx: &Context, args: &UnloadArgs) -> Result<()> {
     }
     let _lock = ctx.state.lock()?;
     let report = loader::unload(&ctx.pins)?;
-    if ctx.output != crate::output::OutputFormat::Table {
+    if !ctx.output.is_table() {
         return print_structured(ctx.output, &report);
     }
     ctx.say(format!(

@@ -179,6 +179,7 @@ mod tests {
             affinity_seconds: None,
             local_only: false,
             requests_per_second: None,
+            address_kind: crate::model::AddressKind::ClusterIp,
         }];
         let err = budget.reserve_made("kept", &rules).unwrap_err();
         assert!(

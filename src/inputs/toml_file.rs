@@ -40,7 +40,8 @@ use crate::{
     error::excerpt,
     input,
     model::{
-        Frontend, FrontendRule, MAX_AFFINITY_SECONDS, PolicyKind, Protocol, Scope, check_address, check_name,
+        AddressKind, Frontend, FrontendRule, MAX_AFFINITY_SECONDS, PolicyKind, Protocol, Scope,
+        check_address, check_name,
     },
     state::SyncedObject,
 };
@@ -284,6 +285,7 @@ fn rule_object(
                 affinity_seconds,
                 local_only: false,
                 requests_per_second,
+                address_kind: AddressKind::ClusterIp,
             });
         }
     }

@@ -406,6 +406,7 @@ mod tests {
             output: crate::output::OutputFormat::Table,
             verbose: 0,
             quiet: true,
+            no_headers: false,
         };
         let agent = Arc::new(Agent::new(std::time::Duration::from_secs(60)));
         agent.sync(|| Ok(())).unwrap();

@@ -173,15 +173,17 @@ pub fn a_failed_repair_keeps_the_interrupted_mark() {
     assert!(add("web", "198.18.0.10:80", "192.0.2.2:8080").status.success());
     // What a balctl killed during its map writes leaves behind.
     fs::write(sandbox.state.join("map-writes-in-progress"), "").unwrap();
-    assert_eq!(sandbox.balctl_json(&["status"])["interrupted_change"], true);
+    let (code, status) = sandbox.status();
+    assert_eq!((code, &status["interrupted_change"]), (4, &serde_json::Value::Bool(true)), "{status:#}");
 
     sandbox.freeze_map("backends");
     let failed = add("web2", "198.18.0.11:80", "192.0.2.3:8080");
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
     assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("web2"), "{stderr}");
-    let status = sandbox.balctl_json(&["status"]);
+    let (code, status) = sandbox.status();
     assert_eq!(status["interrupted_change"], true, "the failed repair cleared the mark: {status:#}");
+    assert_eq!(code, 4, "an interrupted change is drift");
 }
 
 fn spawn_sync(sandbox: &Sandbox, input: &Path) -> std::process::Child {

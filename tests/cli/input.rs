@@ -93,7 +93,8 @@ pub fn mismatched_pinned_map_is_refused() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("made by another balctl version") && stderr.contains("key 4 bytes"), "{stderr}");
     assert!(!sandbox.pins.join("links/connect4").exists());
-    assert_eq!(sandbox.balctl_json(&["status"])["loaded"], false);
+    let (code, status) = sandbox.status();
+    assert_eq!((code, &status["loaded"]), (3, &serde_json::Value::Bool(false)), "{status:#}");
 
     std::fs::remove_file(maps.join("services")).unwrap();
     sandbox.load();

@@ -18,10 +18,12 @@ mod kube;
 mod kube_api;
 mod kube_parity;
 mod kube_sync;
+mod output;
 mod policies;
 mod policy_sync;
 mod progress;
 mod stats;
+mod status;
 mod support;
 mod sync;
 mod trace;
@@ -77,6 +79,9 @@ fn main() {
         datapath::affinity_sticks_until_the_backend_leaves,
         datapath::frontend_without_backends_rejects_at_once,
         dump::every_format_matches_the_documented_schema,
+        output::kubectl_output_options_and_filters,
+        output::bash_completes_policy_names,
+        output::watch_logs_are_json_lines_with_time_level_target_message,
         evict::a_full_sockets_map_counts_what_it_loses_and_status_warns,
         evict::a_big_enough_sockets_map_evicts_nothing,
         evict::closed_sockets_free_their_ways,
@@ -133,6 +138,7 @@ fn main() {
         health::a_stalled_client_and_idle_connections_delay_no_request,
         health::probes_and_agent_metrics_follow_the_syncs,
         health::healthz_turns_503_while_the_api_server_is_away,
+        status::exit_codes_tell_not_loaded_in_sync_and_drift,
         policies::redirect_then_balancing_then_service,
         policies::a_rate_limited_redirect_sends_the_rest_to_the_service,
         policies::a_failed_change_leaves_the_rate_limits_as_they_were,

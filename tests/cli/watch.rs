@@ -100,8 +100,11 @@ pub fn changes_reach_the_datapath_within_a_second() {
 
     // (b) A broken file: reported with file:line:column, nothing changes.
     fs::write(&file, service(&["192.0.2.4", "192.0.2.300"])).unwrap();
-    watcher.wait_stderr(&format!("error: {file_arg}:4:26: invalid IP address"));
-    watcher.wait_stderr("retrying when an input changes");
+    let line = watcher.wait_stderr(&format!("ERROR {file_arg}:4:26: invalid IP address"));
+    assert!(
+        line.contains("; sync --watch: nothing applied from this change; retrying when an input changes"),
+        "{line}"
+    );
     watcher.assert_running();
     assert_eq!(sandbox.balctl_ok(&["dump", "-o", "json"]), applied);
     assert_eq!(reached(&sandbox), ["b4", "b5"]);
@@ -132,7 +135,7 @@ pub fn a_directory_is_followed_from_a_broken_start() {
     let dir_arg = dir.display().to_string();
     fs::write(dir.join("web.toml"), "[[service]\n").unwrap();
     let mut watcher = Watcher::start(&sandbox, &[&dir_arg]);
-    watcher.wait_stderr(&format!("error: {dir_arg}/web.toml:1:11: unclosed array table"));
+    watcher.wait_stderr(&format!("ERROR {dir_arg}/web.toml:1:11: unclosed array table"));
     watcher.assert_running();
     assert!(dumped_backends(&sandbox, VIP).is_empty());
 

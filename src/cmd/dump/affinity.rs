@@ -18,7 +18,7 @@ use crate::{
         sockets::{TranslatedSocket, translated_sockets},
     },
     image::{BackendId, ServiceId},
-    output::table,
+    output::{Listing, TableStyle, column, wide},
     trace::lease::monotonic_ns,
 };
 
@@ -105,18 +105,28 @@ pub fn read(view: &View) -> Result<Affinity> {
 }
 
 impl Tables for Affinity {
-    fn print_table(&self) {
-        let mut rows = table(["OWNER", "COOKIE", "FRONTEND", "NAME", "BACKEND", "IDLE"]);
+    fn print_table(&self, style: TableStyle) {
+        let columns = [
+            column("OWNER"),
+            wide("COOKIE"),
+            column("FRONTEND"),
+            wide("SERVICE ID"),
+            column("NAME"),
+            column("BACKEND"),
+            column("IDLE"),
+        ];
+        let mut rows = Listing::new(style, &columns);
         for entry in &self.affinity {
             rows.add_row([
                 entry.owner_kind.to_owned(),
                 entry.cookie.to_string(),
                 entry.frontend.clone().unwrap_or_else(|| format!("? (service id {})", entry.service_id)),
+                entry.service_id.to_string(),
                 entry.name.clone().unwrap_or_else(|| "?".into()),
                 backend_cell(entry.backend_id, entry.backend.as_ref()),
                 format!("{:.1}s", entry.idle_seconds),
             ]);
         }
-        println!("{rows}");
+        rows.print();
     }
 }

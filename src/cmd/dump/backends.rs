@@ -12,7 +12,7 @@ use crate::{
     bpf::raw::{raw_to_addr, raw_to_port},
     image::BackendId,
     model::Protocol,
-    output::table,
+    output::{Listing, TableStyle, column, wide},
 };
 
 #[derive(Serialize)]
@@ -30,7 +30,7 @@ struct BackendRecord {
     frontends: Vec<String>,
 }
 
-/// Every backend, or with `--vip` only those the kept frontends use.
+/// Every backend, or with a filter only those the kept frontends use.
 pub fn read(view: &View) -> Backends {
     let mut users: BTreeMap<BackendId, BTreeSet<String>> = BTreeMap::new();
     for service in services::read(view).services {
@@ -44,7 +44,7 @@ pub fn read(view: &View) -> Backends {
         .iter()
         .filter_map(|(&backend_id, backend)| {
             let frontends = users.remove(&backend_id);
-            if view.vip.is_some() && frontends.is_none() {
+            if view.narrowed() && frontends.is_none() {
                 return None;
             }
             Some(BackendRecord {
@@ -60,16 +60,18 @@ pub fn read(view: &View) -> Backends {
 }
 
 impl Tables for Backends {
-    fn print_table(&self) {
-        let mut rows = table(["ID", "ADDRESS", "PROTO", "FRONTENDS"]);
+    fn print_table(&self, style: TableStyle) {
+        let columns = [wide("ID"), column("ADDRESS"), column("PROTO"), column("FRONTENDS"), wide("SLOTS")];
+        let mut rows = Listing::new(style, &columns);
         for backend in &self.backends {
             rows.add_row([
                 backend.backend_id.to_string(),
                 std::net::SocketAddr::new(backend.address, backend.port).to_string(),
                 backend.protocol.map_or_else(|| "?".into(), |p| p.to_string()),
                 backend.frontends.join("\n"),
+                backend.frontends.len().to_string(),
             ]);
         }
-        println!("{rows}");
+        rows.print();
     }
 }

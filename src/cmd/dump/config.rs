@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{Tables, View, seconds};
 use crate::{
     bpf::inventory::{self, Unit},
-    output::table,
+    output::{Listing, TableStyle, column, wide},
     trace::lease::monotonic_ns,
 };
 
@@ -68,8 +68,9 @@ pub fn read(view: &View) -> Result<Config> {
 }
 
 impl Tables for Config {
-    fn print_table(&self) {
-        let mut maps = table(["MAP", "TYPE", "CAPACITY", "ENTRIES"]);
+    fn print_table(&self, style: TableStyle) {
+        let columns = [column("MAP"), column("TYPE"), column("CAPACITY"), column("ENTRIES"), wide("FILL")];
+        let mut maps = Listing::new(style, &columns);
         for map in &self.config.maps {
             let capacity = match map.capacity_unit {
                 Unit::Entries => map.capacity.to_string(),
@@ -77,10 +78,15 @@ impl Tables for Config {
                 Unit::Bytes => format!("{} bytes", map.capacity),
             };
             let entries = map.entries.map_or_else(|| "-".to_owned(), |n| n.to_string());
-            maps.add_row([map.name.to_owned(), map.map_type.to_owned(), capacity, entries]);
+            let fill = map.entries.map_or_else(
+                || "-".to_owned(),
+                |n| format!("{:.1}%", 100.0 * n as f64 / f64::from(map.capacity)),
+            );
+            maps.add_row([map.name.to_owned(), map.map_type.to_owned(), capacity, entries, fill]);
         }
-        println!("{maps}\n");
-        let mut slots = table(["TRACE SLOT", "LEASE"]);
+        maps.print();
+        println!();
+        let mut slots = Listing::new(style, &[column("TRACE SLOT"), column("LEASE")]);
         for slot in &self.config.trace_slots {
             let lease = match slot.seconds_left {
                 Some(left) => format!("running, {left:.1}s left"),
@@ -88,6 +94,6 @@ impl Tables for Config {
             };
             slots.add_row([slot.slot.to_string(), lease]);
         }
-        println!("{slots}");
+        slots.print();
     }
 }

@@ -1,7 +1,9 @@
 //! `balctl dump KIND`: what the pinned maps hold, read directly from the
 //! kernel, with names from the state dir. Each kind is a document with one
 //! field named after it; its JSON form is a stable schema (docs/dump.md,
-//! docs/schema/). `all` is every document's field in one.
+//! docs/schema/). `all` is every document's field in one. `--vip`,
+//! `--name` and `--namespace` narrow every kind but config to the entries
+//! of the frontends they keep.
 
 mod affinity;
 mod backends;
@@ -25,52 +27,99 @@ use crate::{
     },
     cli::{DumpArgs, DumpKind, VipFilter},
     image::{BackendId, ServiceId},
-    model::Frontend,
-    output::{OutputFormat, print_structured},
+    model::{Frontend, Scope},
+    output::{TableStyle, print_structured},
     plan::MapContents,
     state::AppliedState,
 };
 
 pub fn run(ctx: &Context, args: &DumpArgs) -> Result<()> {
-    let view = View::read(&ctx.pins, &ctx.state, args.vip)?;
+    let owners = OwnerFilter { name: args.name.clone(), namespace: args.namespace.clone() };
+    let view = View::read(&ctx.pins, &ctx.state, args.vip, owners)?;
     match args.kind {
-        DumpKind::Services => show(ctx.output, &services::read(&view)),
-        DumpKind::Backends => show(ctx.output, &backends::read(&view)),
-        DumpKind::Affinity => show(ctx.output, &affinity::read(&view)?),
-        DumpKind::Revnat => show(ctx.output, &revnat::read(&view)?),
-        DumpKind::Nodes => show(ctx.output, &nodes::read(&view)),
-        DumpKind::Config => show(ctx.output, &config::read(&view)?),
-        DumpKind::Stats => show(ctx.output, &stats::read(&view)?),
-        DumpKind::All => show(ctx.output, &All::read(&view)?),
+        DumpKind::Services => show(ctx, &services::read(&view)),
+        DumpKind::Backends => show(ctx, &backends::read(&view)),
+        DumpKind::Affinity => show(ctx, &affinity::read(&view)?),
+        DumpKind::Revnat => show(ctx, &revnat::read(&view)?),
+        DumpKind::Nodes => show(ctx, &nodes::read(&view)),
+        DumpKind::Config => show(ctx, &config::read(&view)?),
+        DumpKind::Stats => show(ctx, &stats::read(&view)?),
+        DumpKind::All => show(ctx, &All::read(&view)?),
     }
 }
 
-/// How a kind's document prints for people; JSON and YAML serialize it.
+/// How a kind's document prints for people (`-o wide` adds columns,
+/// `--no-headers` drops the header rows); the other formats serialize it.
 trait Tables {
-    fn print_table(&self);
+    fn print_table(&self, style: TableStyle);
 }
 
-fn show(format: OutputFormat, document: &(impl Serialize + Tables)) -> Result<()> {
-    if format != OutputFormat::Table {
-        return print_structured(format, document);
+fn show(ctx: &Context, document: &(impl Serialize + Tables)) -> Result<()> {
+    if ctx.output.is_table() {
+        document.print_table(ctx.table_style());
+        return Ok(());
     }
-    document.print_table();
-    Ok(())
+    print_structured(ctx.output, document)
+}
+
+/// `--name` and `--namespace`: which objects' frontends to show, by the
+/// names `dump` gives them (`KIND/[NAMESPACE/]NAME`).
+#[derive(Default)]
+pub struct OwnerFilter {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+impl OwnerFilter {
+    fn is_set(&self) -> bool {
+        self.name.is_some() || self.namespace.is_some()
+    }
+
+    /// Whether the object named `owner` is kept; one the state dir does not
+    /// know (None) is kept only when no filter is set.
+    fn keeps(&self, owner: Option<&str>) -> bool {
+        let Some(owner) = owner else { return !self.is_set() };
+        let name_matches = self.name.as_deref().is_none_or(|name| {
+            owner == name
+                || owner
+                    .strip_suffix(name)
+                    .is_some_and(|kind_and_namespace| kind_and_namespace.ends_with('/'))
+        });
+        let namespace_matches = self.namespace.as_deref().is_none_or(|namespace| {
+            let parts: Vec<&str> = owner.split('/').collect();
+            parts.len() == 3 && parts[1] == namespace
+        });
+        name_matches && namespace_matches
+    }
+
+    /// For cluster-wide objects (Nodes): the name only, as kubectl ignores a
+    /// namespace for them.
+    fn keeps_cluster_wide(&self, owner: &str) -> bool {
+        OwnerFilter { name: self.name.clone(), namespace: None }.keeps(Some(owner))
+    }
 }
 
 /// What every kind reads: the balancing maps and the applied state, and
-/// the `--vip` filter.
+/// the `--vip`, `--name` and `--namespace` filters.
 pub struct View<'a> {
     pins: &'a PinDir,
     vip: Option<VipFilter>,
+    owners: OwnerFilter,
     contents: MapContents,
     state: AppliedState,
     /// Each service id's frontend, from the master entries of the services map.
     frontends: HashMap<ServiceId, Frontend>,
+    /// Each synced object's source, by its name.
+    sources: HashMap<String, String>,
 }
 
 impl<'a> View<'a> {
-    fn read(pins: &'a PinDir, state: &crate::state::StateDir, vip: Option<VipFilter>) -> Result<Self> {
+    fn read(
+        pins: &'a PinDir,
+        state: &crate::state::StateDir,
+        vip: Option<VipFilter>,
+        owners: OwnerFilter,
+    ) -> Result<Self> {
         let contents = Datapath::open(pins)?.read_contents()?;
         let frontends = contents
             .services
@@ -78,17 +127,51 @@ impl<'a> View<'a> {
             .filter(|(key, _)| key.slot == 0)
             .filter_map(|(key, master)| Some((master.service_id, frontend_of(key)?)))
             .collect();
-        Ok(Self { pins, vip, contents, state: state.read()?, frontends })
+        let state = state.read()?;
+        let sources =
+            state.synced.iter().map(|object| (object.owner.clone(), object.source.clone())).collect();
+        Ok(Self { pins, vip, owners, contents, state, frontends, sources })
     }
 
-    /// Whether `--vip` (if given) keeps this frontend.
+    /// Whether a filter is set: then only what belongs to the frontends
+    /// it keeps is shown.
+    fn narrowed(&self) -> bool {
+        self.vip.is_some() || self.owners.is_set()
+    }
+
+    /// Whether the filters keep this frontend.
     fn shows(&self, frontend: &Frontend) -> bool {
         self.vip.is_none_or(|vip| vip.matches(frontend))
+            && self.owners.keeps(self.state.image.frontends.get(frontend).map(|f| f.owner.as_str()))
     }
 
-    /// Whether `--vip` (if given) keeps the frontend with this service id.
+    /// Whether the filters keep the frontend with this service id.
     fn shows_service(&self, service_id: ServiceId) -> bool {
-        self.vip.is_none() || self.frontends.get(&service_id).is_some_and(|f| self.shows(f))
+        !self.narrowed() || self.frontends.get(&service_id).is_some_and(|f| self.shows(f))
+    }
+
+    /// What kind of frontend it is, as `dump services` shows it in TYPE: a
+    /// policy's kind, or which address of its Service it is; None when
+    /// the state dir does not know the Service frontend (drift).
+    fn frontend_type(&self, frontend: &Frontend, service_id: ServiceId) -> Option<&'static str> {
+        match frontend.scope {
+            Scope::Balancing => Some("balancing"),
+            Scope::Redirect => Some("redirect"),
+            Scope::Service => {
+                let image =
+                    self.state.image.frontends.get(frontend).filter(|f| f.service_id == service_id)?;
+                Some(image.address_kind.name())
+            }
+        }
+    }
+
+    /// Where a rule came from: the `-f` source of a synced object (a path,
+    /// `-` or `kubernetes`), or `balctl policy`.
+    fn source(&self, owner: &str) -> Option<&str> {
+        if owner.starts_with("policy/") {
+            return Some("balctl policy");
+        }
+        self.sources.get(owner).map(String::as_str)
     }
 
     /// The frontend with this service id, as `IP:PORT/PROTO`.
@@ -145,7 +228,7 @@ impl All {
 }
 
 impl Tables for All {
-    fn print_table(&self) {
+    fn print_table(&self, style: TableStyle) {
         let sections: [(&str, &dyn Tables); 7] = [
             ("services", &self.services),
             ("backends", &self.backends),
@@ -160,7 +243,7 @@ impl Tables for All {
                 println!();
             }
             println!("== {title} ==");
-            section.print_table();
+            section.print_table(style);
         }
     }
 }

@@ -9,7 +9,10 @@ use std::{
 use serde::Serialize;
 
 use super::{Tables, View};
-use crate::{bpf::raw::raw_to_addr, output::table};
+use crate::{
+    bpf::raw::raw_to_addr,
+    output::{Listing, TableStyle, column},
+};
 
 #[derive(Serialize)]
 pub struct Nodes {
@@ -25,7 +28,7 @@ struct NodeRecord {
 }
 
 /// The addresses in the nodes map, sorted; `--vip` keeps its own address
-/// (a node address has no port).
+/// (a node address has no port), `--name` those of the Nodes it names.
 pub fn read(view: &View) -> Nodes {
     let mut names: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
     for object in &view.state.synced {
@@ -39,6 +42,12 @@ pub fn read(view: &View) -> Nodes {
         .iter()
         .map(|key| raw_to_addr(key.addr))
         .filter(|address| view.vip.is_none_or(|vip| vip.address == *address))
+        .filter(|address| {
+            view.owners.name.is_none()
+                || names
+                    .get(address)
+                    .is_some_and(|names| names.iter().any(|n| view.owners.keeps_cluster_wide(n)))
+        })
         .collect();
     addresses.sort();
     let nodes = addresses
@@ -52,12 +61,12 @@ pub fn read(view: &View) -> Nodes {
 }
 
 impl Tables for Nodes {
-    fn print_table(&self) {
-        let mut rows = table(["ADDRESS", "NODES"]);
+    fn print_table(&self, style: TableStyle) {
+        let mut rows = Listing::new(style, &[column("ADDRESS"), column("NODES")]);
         for node in &self.nodes {
             let names = if node.names.is_empty() { "?".to_owned() } else { node.names.join("\n") };
             rows.add_row([node.address.to_string(), names]);
         }
-        println!("{rows}");
+        rows.print();
     }
 }

@@ -18,7 +18,7 @@ use crate::{
         sockets::{TranslatedSocket, translated_sockets},
     },
     image::ServiceId,
-    output::table,
+    output::{Listing, TableStyle, column, wide},
 };
 
 #[derive(Serialize)]
@@ -64,8 +64,9 @@ pub fn read(view: &View) -> Result<RevNat> {
     let mut revnat: Vec<RevNatRecord> = first
         .chain(others)
         .filter(|record| {
-            view.vip.is_none_or(|vip| vip.matches_address(record.frontend))
-                || view.shows_service(record.service_id)
+            let by_address = view.vip.is_some_and(|vip| vip.matches_address(record.frontend))
+                && view.owners.keeps(record.name.as_deref());
+            by_address || view.shows_service(record.service_id)
         })
         .collect();
     revnat.sort_by_key(|r| (r.frontend, r.cookie, r.backend));
@@ -73,16 +74,19 @@ pub fn read(view: &View) -> Result<RevNat> {
 }
 
 impl Tables for RevNat {
-    fn print_table(&self) {
-        let mut rows = table(["COOKIE", "BACKEND", "FRONTEND", "NAME"]);
+    fn print_table(&self, style: TableStyle) {
+        let columns =
+            [wide("COOKIE"), column("BACKEND"), column("FRONTEND"), wide("SERVICE ID"), column("NAME")];
+        let mut rows = Listing::new(style, &columns);
         for entry in &self.revnat {
             rows.add_row([
                 entry.cookie.to_string(),
                 entry.backend.to_string(),
                 entry.frontend.to_string(),
+                entry.service_id.to_string(),
                 entry.name.clone().unwrap_or_else(|| "?".into()),
             ]);
         }
-        println!("{rows}");
+        rows.print();
     }
 }

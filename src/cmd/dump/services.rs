@@ -13,7 +13,7 @@ use crate::{
     bpf::raw::frontend_of,
     image::{BackendId, ServiceId},
     model::{Frontend, Protocol, Scope},
-    output::table,
+    output::{Listing, TableStyle, column, wide},
 };
 
 #[derive(Serialize)]
@@ -30,6 +30,11 @@ pub struct ServiceRecord {
     /// The rule layer: `service`, `balancing` or `redirect` (tried in the
     /// reverse order).
     scope: Scope,
+    /// What kind of frontend: a policy's (`balancing`, `redirect`), or which
+    /// address of its Service (`ClusterIP`, `NodePort`, `LoadBalancer`,
+    /// `ExternalIP`); null if the state dir does not know it (drift).
+    #[serde(rename = "type")]
+    frontend_type: Option<&'static str>,
     service_id: ServiceId,
     /// The rule this frontend comes from, from the state dir; null if the
     /// state dir does not know it (drift).
@@ -38,6 +43,10 @@ pub struct ServiceRecord {
     /// Slots the datapath picks from (the master entry's count).
     backend_count: u16,
     pub backends: Vec<SlotRecord>,
+    /// Where the rule came from (`-o wide` only; not in the JSON, which
+    /// keeps its schema: `balctl policy` or a synced object's source).
+    #[serde(skip)]
+    source: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -90,12 +99,14 @@ pub fn read(view: &View) -> Services {
                 port: frontend.port,
                 protocol: frontend.protocol,
                 scope: frontend.scope,
+                frontend_type: view.frontend_type(&frontend, master.service_id),
                 service_id: master.service_id,
                 name: view.name(master.service_id),
                 affinity_timeout_seconds: (master.affinity_timeout_sec != 0)
                     .then_some(master.affinity_timeout_sec),
                 backend_count: master.count,
                 backends,
+                source: view.name(master.service_id).and_then(|owner| view.source(&owner).map(str::to_owned)),
             })
         })
         .collect();
@@ -103,8 +114,20 @@ pub fn read(view: &View) -> Services {
 }
 
 impl Tables for Services {
-    fn print_table(&self) {
-        let mut rows = table(["FRONTEND", "NAME", "ID", "AFFINITY", "BACKENDS"]);
+    fn print_table(&self, style: TableStyle) {
+        let mut rows = Listing::new(
+            style,
+            &[
+                column("FRONTEND"),
+                column("TYPE"),
+                column("NAME"),
+                wide("ID"),
+                wide("AFFINITY"),
+                wide("SLOTS"),
+                wide("SOURCE"),
+                column("BACKENDS"),
+            ],
+        );
         for service in &self.services {
             let backends: Vec<String> = service
                 .backends
@@ -116,9 +139,12 @@ impl Tables for Services {
                 .collect();
             rows.add_row([
                 service.frontend.clone(),
+                service.frontend_type.unwrap_or("?").to_owned(),
                 service.name.clone().unwrap_or_else(|| "?".into()),
                 service.service_id.to_string(),
                 service.affinity_timeout_seconds.map_or_else(|| "-".into(), |s| format!("{s}s")),
+                service.backend_count.to_string(),
+                service.source.clone().unwrap_or_else(|| "?".into()),
                 match (backends.is_empty(), service.scope) {
                     (true, Scope::Redirect) => "(none: gives way)".into(),
                     (true, _) => "(none: rejects)".into(),
@@ -126,6 +152,6 @@ impl Tables for Services {
                 },
             ]);
         }
-        println!("{rows}");
+        rows.print();
     }
 }

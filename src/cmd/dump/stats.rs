@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Tables, View, backend_cell};
 use crate::{
     bpf::counters::CounterMaps,
-    output::table,
+    output::{Listing, TableStyle, column, wide},
     stats::{self, DatapathCounters, FrontendStats},
 };
 
@@ -26,8 +26,16 @@ pub fn read(view: &View) -> Result<Stats> {
 }
 
 impl Tables for Stats {
-    fn print_table(&self) {
-        let mut rows = table(["FRONTEND", "NAME", "RESOLUTIONS", "FAILURES", "BACKEND HITS"]);
+    fn print_table(&self, style: TableStyle) {
+        let columns = [
+            column("FRONTEND"),
+            wide("SERVICE ID"),
+            column("NAME"),
+            column("RESOLUTIONS"),
+            column("FAILURES"),
+            column("BACKEND HITS"),
+        ];
+        let mut rows = Listing::new(style, &columns);
         for frontend in &self.stats {
             // A redirect's give-ways show with its failures: both are
             // connections its backends did not get.
@@ -49,13 +57,14 @@ impl Tables for Stats {
                 .collect();
             rows.add_row([
                 frontend.frontend.clone(),
+                frontend.service_id.to_string(),
                 frontend.name.clone(),
                 frontend.resolutions.to_string(),
                 if failures.is_empty() { "0".to_owned() } else { failures.join("\n") },
                 if hits.is_empty() { "-".to_owned() } else { hits.join("\n") },
             ]);
         }
-        println!("{rows}");
+        rows.print();
         let evicted = self.datapath.evicted_translations;
         println!(
             "evicted socket translations: {evicted}{}",

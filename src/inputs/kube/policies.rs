@@ -37,7 +37,7 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{Frontend, FrontendRule, PolicyKind, Protocol},
+    model::{AddressKind, Frontend, FrontendRule, PolicyKind, Protocol},
     state::SyncedObject,
 };
 
@@ -193,6 +193,7 @@ fn rules(
                 affinity_seconds: None,
                 local_only: false,
                 requests_per_second: policy.requests_per_second,
+                address_kind: AddressKind::default(),
             });
         }
     }

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{Frontend, FrontendRule, Protocol, Scope},
+    model::{AddressKind, Frontend, FrontendRule, Protocol, Scope},
     state::SyncedObject,
 };
 
@@ -220,12 +220,13 @@ fn service_object(
                 continue;
             }
         };
-        let rule = |address: IpAddr, number: u16, backends: &[SocketAddr]| FrontendRule {
+        let rule = |address_kind, address: IpAddr, number: u16, backends: &[SocketAddr]| FrontendRule {
             frontend: Frontend { address, port: number, protocol, scope: Scope::Service },
             backends: backends.to_vec(),
             affinity_seconds: service.affinity_seconds,
             local_only: false,
             requests_per_second: None,
+            address_kind,
         };
         for family in [Family::V4, Family::V6] {
             let in_family = |ips: &[IpAddr]| {
@@ -265,13 +266,18 @@ fn service_object(
                 (all.len(), "backends"),
             )?;
             let local_only = service.internal_local;
+            rules.extend(cluster_ips.iter().map(|&ip| FrontendRule {
+                local_only,
+                ..rule(AddressKind::ClusterIp, ip, port.port, &backends)
+            }));
             rules.extend(
-                cluster_ips.iter().map(|&ip| FrontendRule { local_only, ..rule(ip, port.port, &backends) }),
+                external_ips.into_iter().map(|ip| rule(AddressKind::ExternalIp, ip, port.port, &all)),
             );
-            rules.extend(external_ips.into_iter().map(|ip| rule(ip, port.port, &all)));
-            rules.extend(load_balancer_ips.into_iter().map(|ip| rule(ip, port.port, &all)));
+            rules.extend(
+                load_balancer_ips.into_iter().map(|ip| rule(AddressKind::LoadBalancer, ip, port.port, &all)),
+            );
             if let Some(node_port) = node_port(port) {
-                rules.push(rule(unspecified(family), node_port, &all));
+                rules.push(rule(AddressKind::NodePort, unspecified(family), node_port, &all));
             }
         }
     }

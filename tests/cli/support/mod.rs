@@ -219,6 +219,19 @@ impl Sandbox {
         serde_json::from_str(&self.balctl_ok(&args)).expect("balctl printed JSON")
     }
 
+    /// `status -o json` with its exit code, which says what it found: 0
+    /// loaded and in sync, 3 not loaded, 4 drifted.
+    pub fn status(&self) -> (i32, Value) {
+        let output = self.balctl(&["status", "-o", "json"]);
+        let code = output.status.code().expect("an exit code");
+        assert!(
+            [0, 3, 4].contains(&code),
+            "status failed ({code}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (code, serde_json::from_slice(&output.stdout).expect("status printed JSON"))
+    }
+
     pub fn load(&self) -> String {
         self.load_with(&[])
     }
