@@ -2,7 +2,8 @@
 //! knows about its own syncs: the changes it saw and has not applied, the
 //! syncs it ran and how they ended, and for `--kube` whether the API server
 //! answers. Both watch loops report here, through `Agent`; the health
-//! endpoints and the agent metrics (src/serve/) read it.
+//! endpoints and the agent metrics (src/serve/) read it, and the metrics'
+//! map fill is read again after each sync that applied (`applied`).
 //!
 //! Health as kube-proxy's healthz (pkg/proxy/healthcheck/proxier_health.go)
 //! means it: a change seen but not applied is late once it has waited the
@@ -24,6 +25,7 @@ use prometheus_client::metrics::{
     histogram::{Histogram, exponential_buckets},
 };
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::{
     cmd::sync::Held,
@@ -46,6 +48,8 @@ pub struct Agent {
     pub sync_duration: Histogram,
     /// Syncs that failed, and failed requests to the API server, by kind.
     pub sync_errors: Family<ErrorKind, Counter>,
+    /// Told of every sync that applied the inputs.
+    applied: Notify,
 }
 
 #[derive(Default)]
@@ -101,6 +105,7 @@ impl Agent {
             progress: Mutex::default(),
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             sync_errors,
+            applied: Notify::new(),
         }
     }
 
@@ -132,6 +137,7 @@ impl Agent {
                 progress.pending_since = None;
                 progress.pending_changes = 0;
                 progress.last_failure = None;
+                self.applied.notify_one();
             }
             Err(err) => {
                 let held = err.is::<Held>() || err.is::<EmptyInput>();
@@ -143,6 +149,12 @@ impl Agent {
             }
         }
         result
+    }
+
+    /// Returns once a sync has applied the inputs since the last call
+    /// returned (at once if one has): syncs in between count as one.
+    pub async fn applied(&self) {
+        self.applied.notified().await;
     }
 
     /// A request to the API server failed (a watch broke, a list failed).
@@ -283,6 +295,20 @@ mod tests {
         assert_eq!(health.pending_changes, 2);
         assert!(health.reasons[0].contains("web.toml is empty"), "{:?}", health.reasons);
         assert_eq!(syncs(&agent), 3);
+    }
+
+    #[test]
+    fn applied_returns_once_for_the_syncs_that_applied_since_the_last_call() {
+        use futures::FutureExt as _;
+        let agent = Agent::new(Duration::from_secs(60));
+        assert_eq!(agent.applied().now_or_never(), None, "nothing applied yet");
+        let failed: Result<()> = Err(anyhow::anyhow!("balctl is not loaded"));
+        assert!(agent.sync(|| failed).is_err());
+        assert_eq!(agent.applied().now_or_never(), None, "a failed sync applied nothing");
+        agent.sync(|| Ok(())).unwrap();
+        agent.sync(|| Ok(())).unwrap();
+        assert_eq!(agent.applied().now_or_never(), Some(()));
+        assert_eq!(agent.applied().now_or_never(), None, "two syncs in a row count as one");
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! What each pinned map is and how full it is: `status` shows the fill
 //! levels, `dump config` describes every map and the trace slots.
 
-use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap, MapData, MapInfo, MapKeys, PerCpuHashMap};
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, MapData, MapInfo};
 use aya_obj::generated::bpf_map_type;
-use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
-    ServiceEntry, ServiceKey, ServiceStats, TRACE_SLOTS, map_names,
-};
+use balctl_common::{TRACE_SLOTS, map_names};
 
-use super::{maps::open_map, object::MAPS, pins::PinDir, sockets::translated_sockets};
-use crate::{image::BackendId, trace::lease::monotonic_ns};
+use super::{
+    batch,
+    maps::{open_map, open_pinned},
+    object::MAPS,
+    pins::PinDir,
+    sockets::translated_sockets,
+};
+use crate::trace::lease::monotonic_ns;
 
 /// One pinned map.
 pub struct MapFill {
@@ -77,31 +80,11 @@ fn running_leases(pins: &PinDir) -> Result<usize> {
     Ok(trace_leases(pins)?.iter().take(TRACE_SLOTS as usize).filter(|&&until| now < until).count())
 }
 
-/// Entries of a hash map, opened with its layout.
+/// Entries of a hash map.
 fn hash_entries(pins: &PinDir, name: &str) -> Result<usize> {
-    fn count<K: aya::Pod>(keys: MapKeys<'_, K>) -> usize {
-        // Keys that vanish during the walk (LRU evictions) are skipped.
-        keys.filter(Result::is_ok).count()
-    }
-    let entries = match name {
-        map_names::SERVICES => {
-            count(open_map::<HashMap<MapData, ServiceKey, ServiceEntry>>(pins, name)?.keys())
-        }
-        map_names::BACKENDS => count(open_map::<HashMap<MapData, BackendId, Backend>>(pins, name)?.keys()),
-        map_names::MEMBERSHIP => count(open_map::<HashMap<MapData, MembershipKey, u32>>(pins, name)?.keys()),
-        map_names::NODES => count(open_map::<HashMap<MapData, NodeAddressKey, u32>>(pins, name)?.keys()),
-        map_names::AFFINITY => {
-            count(open_map::<HashMap<MapData, AffinityKey, AffinityValue>>(pins, name)?.keys())
-        }
-        map_names::REVNAT => count(open_map::<HashMap<MapData, RevNatKey, RevNatValue>>(pins, name)?.keys()),
-        map_names::RATE_LIMITS => count(open_map::<HashMap<MapData, u32, RateLimit>>(pins, name)?.keys()),
-        map_names::STATS => count(open_map::<PerCpuHashMap<MapData, u32, ServiceStats>>(pins, name)?.keys()),
-        map_names::BACKEND_HITS => {
-            count(open_map::<PerCpuHashMap<MapData, MembershipKey, u64>>(pins, name)?.keys())
-        }
-        _ => bail!("balctl does not know the layout of the {name} map"),
-    };
-    Ok(entries)
+    let map = open_pinned(pins, name, || format!("cannot open the {name} map in {}", pins.root().display()))?;
+    // Keys that vanish during the walk (LRU evictions) are not counted.
+    batch::count(&map).with_context(|| format!("cannot count the entries of the {name} map"))
 }
 
 fn type_name(map_type: bpf_map_type) -> &'static str {

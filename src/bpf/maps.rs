@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MembershipKey, NodeAddressKey, RateLimit,
     ServiceEntry, ServiceKey, map_names,
 };
 
-use super::{counters::CounterMaps, object::MAPS, pins::PinDir};
+use super::{batch, counters::CounterMaps, object::MAPS, pins::PinDir};
 use crate::{
     caps,
     image::{BackendId, EntryCounts, ServiceId},
@@ -310,7 +310,11 @@ pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
 /// Everything in a hash map. (aya's iterator skips entries that vanish
 /// while it runs, such as LRU evictions.)
 pub fn read_all<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<BTreeMap<K, V>> {
-    Ok(map.iter().collect::<Result<_, _>>()?)
+    let mut entries = BTreeMap::new();
+    batch::for_each_typed(map.map(), |key, value| {
+        entries.insert(key, value);
+    })?;
+    Ok(entries)
 }
 
 /// Deleting what is already gone is done, not failed.

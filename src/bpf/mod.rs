@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: the embedded object, loading and
 //! attaching, pins, typed map access and the raw bpf(2) calls aya lacks.
 
+pub mod batch;
 pub mod cgroup;
 pub mod counters;
 pub mod inventory;

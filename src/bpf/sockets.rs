@@ -2,10 +2,10 @@
 //! socket, and how long ago the datapath last used each.
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, IterableMap as _, MapData};
 use balctl_common::{SOCKET_WAYS, SocketSet, SocketTranslation, map_names};
 
-use super::{maps::open_map, pins::PinDir};
+use super::{batch, maps::open_map, pins::PinDir};
 use crate::trace::lease::monotonic_ns;
 
 /// A socket's way.
@@ -21,8 +21,7 @@ pub fn translated_sockets(pins: &PinDir) -> Result<Vec<TranslatedSocket>> {
     let sets: Array<MapData, SocketSet> = open_map(pins, map_names::SOCKETS)?;
     let now = monotonic_ns();
     let mut sockets = Vec::new();
-    for set in sets.iter() {
-        let set = set.context("reading the sockets map")?;
+    let read = batch::for_each_typed(sets.map(), |_: u32, set: SocketSet| {
         for way in 0..SOCKET_WAYS {
             if set.cookies[way] != 0 {
                 sockets.push(TranslatedSocket {
@@ -32,6 +31,7 @@ pub fn translated_sockets(pins: &PinDir) -> Result<Vec<TranslatedSocket>> {
                 });
             }
         }
-    }
+    });
+    read.context("reading the sockets map")?;
     Ok(sockets)
 }

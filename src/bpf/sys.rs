@@ -1,6 +1,6 @@
 //! The few bpf(2) commands aya 0.14 does not expose: updating and detaching
-//! a pinned link, reading a cgroup link's target, and listing what is
-//! attached to a cgroup. The attribute and info layouts come from aya-obj's
+//! a pinned link, reading a cgroup link's target, listing what is attached
+//! to a cgroup, and reading a map a batch of entries at a time. The attribute and info layouts come from aya-obj's
 //! generated kernel bindings.
 
 use std::{
@@ -105,4 +105,52 @@ pub fn cgroup_attached_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io:
     // SAFETY: the kernel wrote the count back into the same member.
     let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt } as usize;
     Ok(ids[..count.min(MAX_PROGRAMS)].to_vec())
+}
+
+/// What one `map_lookup_batch` copied.
+pub struct Batch {
+    /// Entries copied into the buffers.
+    pub count: usize,
+    /// The map has entries after these: go on from `out_batch`.
+    pub more: bool,
+}
+
+/// BPF_MAP_LOOKUP_BATCH: copies the entries after the position `in_batch`
+/// (None: from the first) into `keys` and `values`, as many as `keys` has
+/// room for, and the position after them into `out_batch`.
+///
+/// # Safety
+///
+/// `key_size` must be the map's key size and `value_stride` the bytes the
+/// kernel copies per value (the value size, or for per-CPU maps the value
+/// size rounded up to 8 times the possible CPUs); `in_batch` and `out_batch`
+/// must hold at least the key size and 4 bytes. The kernel writes that many
+/// bytes per entry.
+pub unsafe fn map_lookup_batch(
+    map: BorrowedFd<'_>,
+    (key_size, value_stride): (usize, usize),
+    in_batch: Option<&[u8]>,
+    out_batch: &mut [u8],
+    keys: &mut [u8],
+    values: &mut [u8],
+) -> io::Result<Batch> {
+    let count = keys.len() / key_size;
+    assert!(values.len() >= count * value_stride, "the values buffer is too small");
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.batch.map_fd = fd_u32(map);
+    attr.batch.in_batch = in_batch.map_or(0, |position| position.as_ptr() as u64);
+    attr.batch.out_batch = out_batch.as_mut_ptr() as u64;
+    attr.batch.keys = keys.as_mut_ptr() as u64;
+    attr.batch.values = values.as_mut_ptr() as u64;
+    attr.batch.count = count as u32;
+    let more = match bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(_) => true,
+        // The end of the map, with what was copied before it.
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => false,
+        Err(err) => return Err(err),
+    };
+    // SAFETY: the kernel wrote the count copied back into the same member.
+    let copied = unsafe { attr.batch.count } as usize;
+    Ok(Batch { count: copied.min(count), more })
 }

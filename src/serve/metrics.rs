@@ -1,7 +1,7 @@
 //! `/metrics`: the datapath's counters (src/stats.rs, as `dump stats` shows
-//! them), the fill of every map (as `status` computes it) and the agent's
-//! own metrics (src/agent.rs), in the Prometheus text format 0.0.4, encoded
-//! by prometheus-client.
+//! them), the fill of every map (as `status` computes it, read in the
+//! background: fill.rs) and the agent's own metrics (src/agent.rs), in the
+//! Prometheus text format 0.0.4, encoded by prometheus-client.
 //!
 //! Each scrape reads the counters from the maps and the frontends from the
 //! state dir, so it always shows what is applied. A scrape that cannot read
@@ -10,7 +10,9 @@
 //! alert sees it, and nothing restarts the agent over it. Scrapes read the
 //! datapath one at a time, off the runtime's thread.
 
-use std::{fmt, sync::Arc};
+mod fill;
+
+use std::{fmt, future::Future, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{Response, StatusCode, body::Bytes};
@@ -24,11 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     agent::Agent,
-    bpf::{
-        counters::CounterMaps,
-        inventory::{self, MapFill},
-        pins::PinDir,
-    },
+    bpf::{counters::CounterMaps, pins::PinDir},
     cmd::Context,
     state::StateDir,
     stats::{self, DatapathCounters, FrontendStats, GaveWay},
@@ -40,6 +38,10 @@ pub struct Metrics {
     registry: Registry,
     /// One scrape reads the datapath at a time: each reads the whole state.
     scrapes: Semaphore,
+    /// What `refresh_map_fill` reads, for the scrapes.
+    map_fills: fill::MapFills,
+    pins: PinDir,
+    agent: Arc<Agent>,
 }
 
 impl Metrics {
@@ -62,10 +64,18 @@ impl Metrics {
              not loaded, a map write failed), api_server (a failed request of the Kubernetes watch)",
             agent.sync_errors.clone(),
         );
-        registry.register_collector(Box::new(AgentState(agent)));
+        registry.register_collector(Box::new(AgentState(Arc::clone(&agent))));
         let datapath = Datapath { pins: ctx.pins.clone(), state: ctx.state.clone(), per_backend };
         registry.register_collector(Box::new(datapath));
-        Self { registry, scrapes: Semaphore::new(1) }
+        let map_fills = fill::MapFills::default();
+        registry.register_collector(Box::new(map_fills.clone()));
+        Self { registry, scrapes: Semaphore::new(1), map_fills, pins: ctx.pins.clone(), agent }
+    }
+
+    /// Reads the map fill the scrapes serve, now and whenever it may have
+    /// changed, for as long as the runtime that runs it.
+    pub fn refresh_map_fill(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.map_fills.clone().refresh(self.pins.clone(), Arc::clone(&self.agent))
     }
 
     pub async fn answer(self: &Arc<Self>) -> Response<Full<Bytes>> {
@@ -138,8 +148,8 @@ impl Collector for Datapath {
         gauge(
             &mut encoder,
             "balctl_datapath_readable",
-            "1 if this scrape read the datapath's counters and maps, 0 if it could not (the log says why): \
-             the datapath's metrics are missing from it.",
+            "1 if this scrape read the datapath's counters, 0 if it could not (the log says why): the \
+             datapath's metrics are missing from it.",
             u64::from(snapshot.is_ok()),
         )?;
         match snapshot {
@@ -149,11 +159,10 @@ impl Collector for Datapath {
     }
 }
 
-/// The datapath's counters and maps at one scrape.
+/// The datapath's counters at one scrape.
 struct Snapshot {
     frontends: Vec<FrontendStats>,
     datapath: DatapathCounters,
-    maps: Vec<MapFill>,
 }
 
 impl Snapshot {
@@ -163,7 +172,6 @@ impl Snapshot {
         Ok(Self {
             frontends: stats::read(&counters, &state.image, |_| true)?,
             datapath: DatapathCounters::read(pins)?,
-            maps: inventory::map_fills(pins)?,
         })
     }
 
@@ -219,26 +227,7 @@ impl Snapshot {
             "Open sockets whose translation a new socket took in the full sockets map: their getpeername() \
              and recvmsg() show the backend. balctl status says how to make room.",
         )?;
-        ConstCounter::new(self.datapath.evicted_translations).encode(evicted)?;
-        // The maps `status` lists: those that hold entries.
-        let maps = || self.maps.iter().filter_map(|map| Some((map.name, map.entries?, map.capacity)));
-        let mut family = gauge_family(
-            encoder,
-            "balctl_map_entries",
-            "Entries a map of the datapath holds, as balctl status.",
-        )?;
-        for (name, entries, _) in maps() {
-            ConstGauge::new(entries as u64).encode(family.encode_family(&[("map", name)])?)?;
-        }
-        let mut family = gauge_family(
-            encoder,
-            "balctl_map_capacity",
-            "Entries a map of the datapath can hold, as balctl status (load --map-size sets them).",
-        )?;
-        for (name, _, capacity) in maps() {
-            ConstGauge::new(u64::from(capacity)).encode(family.encode_family(&[("map", name)])?)?;
-        }
-        Ok(())
+        ConstCounter::new(self.datapath.evicted_translations).encode(evicted)
     }
 }
 
@@ -296,10 +285,6 @@ mod tests {
         }
     }
 
-    fn fill(name: &'static str, entries: Option<usize>, capacity: u32) -> MapFill {
-        MapFill { name, map_type: "hash", capacity, unit: inventory::Unit::Entries, entries }
-    }
-
     /// A snapshot encoded as a scrape encodes it.
     struct Fixed(Snapshot, bool);
 
@@ -315,9 +300,8 @@ mod tests {
         }
     }
 
-    fn render(frontends: Vec<FrontendStats>, evicted: u64, maps: Vec<MapFill>, per_backend: bool) -> String {
-        let snapshot =
-            Snapshot { frontends, datapath: DatapathCounters { evicted_translations: evicted }, maps };
+    fn render(frontends: Vec<FrontendStats>, evicted: u64, per_backend: bool) -> String {
+        let snapshot = Snapshot { frontends, datapath: DatapathCounters { evicted_translations: evicted } };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Fixed(snapshot, per_backend)));
         let mut text = String::new();
@@ -334,8 +318,7 @@ mod tests {
             backends: Vec::new(),
             ..web()
         };
-        let maps = vec![fill("services", Some(2), 65536), fill("events", None, 4096)];
-        let text = render(vec![web(), local_dns], 236, maps, true);
+        let text = render(vec![web(), local_dns], 236, true);
         let name = r#"name="service/ns/we\"b\\x\ny""#;
         let dns = r#"name="localredirectpolicy/kube-system/dns""#;
         let dns_failures: String = ["no_backend\"} 2", "no_local_backend\"} 0", "stale\"} 0", "family\"} 0"]
@@ -369,29 +352,22 @@ mod tests {
              in the full sockets map: their getpeername() and recvmsg() show the backend. balctl status says \
              how to make room.\n\
              # TYPE balctl_socket_translations_evicted_total counter\n\
-             balctl_socket_translations_evicted_total 236\n\
-             # HELP balctl_map_entries Entries a map of the datapath holds, as balctl status.\n\
-             # TYPE balctl_map_entries gauge\n\
-             balctl_map_entries{{map=\"services\"}} 2\n\
-             # HELP balctl_map_capacity Entries a map of the datapath can hold, as balctl status (load \
-             --map-size sets them).\n\
-             # TYPE balctl_map_capacity gauge\n\
-             balctl_map_capacity{{map=\"services\"}} 65536\n"
+             balctl_socket_translations_evicted_total 236\n"
         );
         assert_eq!(text, expected);
     }
 
     #[test]
     fn per_backend_series_only_on_request() {
-        let text = render(vec![web()], 0, Vec::new(), false);
+        let text = render(vec![web()], 0, false);
         assert!(!text.contains("balctl_backend_hits"), "{text}");
         assert!(text.contains("balctl_resolutions_total{"), "{text}");
     }
 
     #[test]
     fn no_frontends_still_describe_the_families() {
-        let text = render(Vec::new(), 0, Vec::new(), true);
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 7);
+        let text = render(Vec::new(), 0, true);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 5);
         // The node's counter, the one sample without a frontend.
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(samples, ["balctl_socket_translations_evicted_total 0"]);

@@ -91,6 +91,9 @@ pub fn start(ctx: &Context, args: &SyncArgs, agent: &Arc<Agent>) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the HTTP server's runtime")?;
+    // The one Metrics, on whichever listener serves it.
+    let refresh_map_fill =
+        listeners.iter().find_map(|(_, routes)| routes.metrics.as_ref()).map(|m| m.refresh_map_fill());
     let mut bound = Vec::new();
     for (addr, routes) in listeners {
         let flag = if routes.health.is_some() { "--health-addr" } else { "--metrics-addr" };
@@ -106,7 +109,12 @@ pub fn start(ctx: &Context, args: &SyncArgs, agent: &Arc<Agent>) -> Result<()> {
             let accepting = bound
                 .into_iter()
                 .map(|(listener, routes)| accept(listener, routes, Arc::clone(&connections)));
-            runtime.block_on(futures::future::join_all(accepting));
+            runtime.block_on(async {
+                if let Some(refresh) = refresh_map_fill {
+                    tokio::spawn(refresh);
+                }
+                futures::future::join_all(accepting).await
+            });
         })
         .context("cannot start the HTTP server's thread")?;
     Ok(())

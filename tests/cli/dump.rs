@@ -345,3 +345,38 @@ fn vip_filters(sandbox: &Sandbox) {
     }
     assert!(!table.contains("198.18.0.10:80"), "{table}");
 }
+
+/// Maps are read a batch of entries per bpf() call (src/bpf/batch.rs;
+/// about 4,000 services entries to a batch): 1,500 services with two
+/// backends each fill the services map past one batch, and `status`,
+/// `dump` and the drift check still see every entry.
+pub fn maps_larger_than_a_batch_are_read_whole() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let services: String = (0..1500)
+        .map(|i| {
+            format!(
+                "[[service]]\nname = \"s{i}\"\naddresses = [\"198.18.{}.{}\"]\n\
+                 backends = [\"192.0.2.2\", \"192.0.2.3\"]\nports = [{{ port = 80, target_port = {} }}]\n\n",
+                i / 256,
+                i % 256,
+                10_000 + i
+            )
+        })
+        .collect();
+    let file = sandbox.scratch("many.toml");
+    std::fs::write(&file, services).unwrap();
+    sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
+
+    let status = sandbox.balctl_json(&["status"]);
+    let entries = |name: &str| {
+        let maps = status["maps"].as_array().unwrap();
+        maps.iter().find(|m| m["name"] == name).unwrap()["entries"].as_u64().unwrap()
+    };
+    // Each frontend and its two backend slots; two backends per port.
+    assert_eq!(entries("services"), 1500 * 3, "{status:#}");
+    assert_eq!((entries("backends"), entries("membership")), (3000, 3000), "{status:#}");
+    assert_eq!(status["drift"], 0, "{status:#}");
+    let services = dump(&sandbox, "services", &[]);
+    assert_eq!(services["services"].as_array().unwrap().len(), 1500);
+}

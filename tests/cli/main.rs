@@ -82,6 +82,7 @@ fn main() {
         output::kubectl_output_options_and_filters,
         output::bash_completes_policy_names,
         output::watch_logs_are_json_lines_with_time_level_target_message,
+        dump::maps_larger_than_a_batch_are_read_whole,
         evict::a_full_sockets_map_counts_what_it_loses_and_status_warns,
         evict::a_big_enough_sockets_map_evicts_nothing,
         evict::closed_sockets_free_their_ways,
