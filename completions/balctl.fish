@@ -60,6 +60,8 @@ complete -c balctl -n "__fish_balctl_using_subcommand unload" -s o -l output -d 
 json\t''
 yaml\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s y -l yes -d 'Do not ask for confirmation'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l purge -d 'Also remove the state dir\'s files (the applied rules and ids), so that nothing of balctl is left on the machine; `load` then starts empty. For uninstalling (deploy/uninstall.yaml)'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l stay -d 'After unloading, keep running until SIGTERM or SIGINT, then exit 0: the command of a DaemonSet\'s container, which must not exit (deploy/uninstall.yaml). Exits 1 at once if unloading fails'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s h -l help -d 'Print help (see more with \'--help\')'
