@@ -186,9 +186,38 @@ pub struct SyncArgs {
     #[arg(long, conflicts_with = "dry_run")]
     pub watch: bool,
 
-    /// With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics
+    /// With --watch, serve the counters, the maps' fill and the agent's
+    /// metrics to Prometheus on http://ADDR/metrics (e.g. 127.0.0.1:9464)
     #[arg(long, value_name = "ADDR", requires = "watch")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// With --metrics-addr, also serve balctl_backend_hits_total: one series
+    /// per backend of every frontend, hundreds of thousands on a big
+    /// cluster's node
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_per_backend: bool,
+
+    /// With --watch, serve /healthz, /livez and /readyz on http://ADDR (e.g.
+    /// 127.0.0.1:10256), as kube-proxy's healthz: /healthz is 503 once a
+    /// change has waited longer than --health-timeout (or, with --kube, the
+    /// API server has not answered for that long), /readyz 200 once the
+    /// first complete sync is applied; the same ADDR as --metrics-addr
+    /// serves all four paths
+    #[arg(long, value_name = "ADDR", requires = "watch")]
+    pub health_addr: Option<SocketAddr>,
+
+    /// With --watch: how long a change may wait unapplied (and, with --kube,
+    /// the API server not answer) before /healthz says 503, and the longest
+    /// a sync may run before /livez does (e.g. 60s, 2m); kube-proxy's is
+    /// twice its sync period
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration,
+        default_value = "60s",
+        requires = "watch"
+    )]
+    pub health_timeout: std::time::Duration,
 
     /// With --watch -f, hold a change that would remove more than a quarter
     /// of a source's frontends until the inputs have not changed for this

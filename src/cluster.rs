@@ -39,7 +39,7 @@ use kube::{
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::{cli::ApiServerArgs, inputs::kube::POLICY_API_VERSION};
+use crate::{agent::Agent, cli::ApiServerArgs, inputs::kube::POLICY_API_VERSION};
 
 /// An object as JSON, with what to call it in errors (`Service ns/name`).
 /// Shared: a watch keeps each one until its object changes.
@@ -172,6 +172,9 @@ const QUIET: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(500);
 /// How often the loop looks at `stop` while nothing happens.
 const TICK: Duration = Duration::from_millis(100);
+/// While a watcher fails, how often the API server is asked whether it
+/// answers again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a watcher says.
 enum Signal {
@@ -181,6 +184,8 @@ enum Signal {
     Listed,
     /// It failed; it retries by itself, with backoff.
     Failed(String),
+    /// The API server answered the reachability probe (`probe`).
+    Answered,
 }
 
 /// A store's objects as documents.
@@ -199,7 +204,10 @@ type Watchers = BTreeMap<String, Watched>;
 
 /// Watches the cluster until `stop` is set, calling `apply` with every
 /// object once all watchers have listed, then after each batch of changes.
-/// `apply` reports its own errors: the watch goes on.
+/// `apply` reports its own errors: the watch goes on. Tells `agent` of
+/// every change and whether the API server answers: from a watcher's
+/// failure until any watcher hears from it again, or a probe does (a watch
+/// that resumes sends nothing until something changes).
 ///
 /// Pods are watched only as far as policies need them: those on this node
 /// (a LocalRedirectPolicy's backends), and those each BalancingPolicy's
@@ -209,6 +217,7 @@ pub fn watch(
     connection: &ApiServerArgs,
     this_node: &str,
     stop: &AtomicBool,
+    agent: &Agent,
     mut apply: impl FnMut(Vec<Document>),
 ) -> Result<()> {
     with_client(connection, async |client| {
@@ -246,21 +255,33 @@ pub fn watch(
 
         // (first, last) change not applied yet.
         let mut pending: Option<(Instant, Instant)> = None;
+        let mut probing: Option<tokio::task::JoinHandle<()>> = None;
         while !stop.load(Ordering::Relaxed) {
             if let Ok(next) = tokio::time::timeout(TICK, received.recv()).await {
                 let Some((key, signal)) = next else {
                     anyhow::bail!("the Kubernetes watches ended");
                 };
+                if let Signal::Answered = signal {
+                    probing = None;
+                    agent.api_server_answered();
+                    continue;
+                }
                 // A watcher just stopped may still have said something.
                 let Some(watched) = watchers.get_mut(&key) else { continue };
                 match signal {
                     Signal::Listed => watched.listed = true,
-                    Signal::Changed => {}
+                    Signal::Changed | Signal::Answered => {}
                     Signal::Failed(err) => {
                         log::warn!("watching {key}: {err} (retrying; the datapath keeps its state)");
+                        agent.api_server_failed(&format!("watching {key}: {err}"));
+                        if probing.is_none() {
+                            probing = Some(probe(client.clone(), signals.clone()));
+                        }
                         continue;
                     }
                 }
+                agent.api_server_answered();
+                agent.changed(1);
                 let now = Instant::now();
                 pending = Some((pending.map_or(now, |(first, _)| first), now));
             }
@@ -293,7 +314,28 @@ pub fn watch(
             }
             apply(documents.into_iter().collect());
         }
+        if let Some(probing) = probing {
+            probing.abort();
+        }
         Ok(())
+    })
+}
+
+/// Lists one Node every `PROBE_INTERVAL` until the API server answers, then
+/// says so.
+fn probe(
+    client: Client,
+    signals: tokio::sync::mpsc::UnboundedSender<(String, Signal)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let nodes = Api::<Node>::all(client);
+        loop {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            if nodes.list(&ListParams::default().limit(1)).await.is_ok() {
+                let _ = signals.send((String::new(), Signal::Answered));
+                return;
+            }
+        }
     })
 }
 

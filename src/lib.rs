@@ -1,6 +1,7 @@
 //! balctl: an eBPF socket-level load balancer. The binary in
 //! src/bin/balctl.rs parses the command line and dispatches to `cmd`.
 
+pub mod agent;
 pub mod bpf;
 pub mod caps;
 pub mod cli;
@@ -10,11 +11,11 @@ pub mod docs;
 pub mod error;
 pub mod image;
 pub mod inputs;
-pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod plan;
 pub mod progress;
+pub mod serve;
 pub mod state;
 pub mod stats;
 pub mod trace;

@@ -1,6 +1,7 @@
 //! `balctl sync --watch`: sync once, then sync again whenever an input
-//! changes, until SIGINT or SIGTERM; with `--metrics-addr`, serve the
-//! counters to Prometheus meanwhile (src/metrics.rs).
+//! changes, until SIGINT or SIGTERM; with `--health-addr` and
+//! `--metrics-addr`, serve health and metrics meanwhile (src/serve/), from
+//! what the loop reports to its `Agent` (src/agent.rs).
 //!
 //! Every sync is `cmd::sync::run`, exactly what a one-shot sync does, so a
 //! change goes through the same validation, plan and all-or-nothing apply.
@@ -31,7 +32,10 @@
 use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
-    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    sync::{
+        Arc,
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -44,13 +48,14 @@ use signal_hook::{
 };
 
 use crate::{
+    agent::Agent,
     cli::SyncArgs,
     cmd::{
         self, Context,
         sync::{Held, Removals},
     },
     error::{self, EmptyInput},
-    input, inputs, metrics,
+    input, inputs, serve,
 };
 
 /// A burst of events (truncate, write, close; or write a temporary file,
@@ -96,15 +101,16 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     // syncs and never in the middle of a plan's map writes.
     forward_signals(tx.clone())?;
     let mut watcher = watch_parents(&targets, tx)?;
-    if let Some(addr) = args.metrics_addr {
-        metrics::serve(addr, ctx.pins.clone(), ctx.state.clone())?;
-    }
+    let agent = Arc::new(Agent::new(args.health_timeout));
+    serve::start(ctx, args, &agent)?;
+    // The inputs as they are at start wait for the first sync.
+    agent.changed(1);
     log::info!("watching {} for changes", describe(&targets));
     let mut hold = None;
     let mut removals = Removals::HoldLarge;
     loop {
         watch_directories(&mut watcher, &targets);
-        hold = sync(ctx, args, removals, hold);
+        hold = sync(ctx, args, &agent, removals, hold);
         // A large removal held waits for the inputs to settle, and then
         // for nothing else: the writer may have finished.
         let wake = match hold {
@@ -118,7 +124,10 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         let (signal, next) = match wake {
             None => (None, Removals::Apply),
             Some(Wake::Stop(signal)) => (Some(signal), Removals::HoldLarge),
-            Some(Wake::Changed) => (quiet_down(&rx)?, Removals::HoldLarge),
+            Some(Wake::Changed) => {
+                agent.changed(1);
+                (quiet_down(&rx, &agent)?, Removals::HoldLarge)
+            }
         };
         removals = next;
         if let Some(signal) = signal {
@@ -133,8 +142,14 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
 /// reported, not returned, so watching goes on. `held` is why the sync
 /// before held its change: a hold is told once, not again on every change
 /// that finds it still there.
-fn sync(ctx: &Context, args: &SyncArgs, removals: Removals, held: Option<Hold>) -> Option<Hold> {
-    let err = match cmd::sync::run_with(ctx, args, removals) {
+fn sync(
+    ctx: &Context,
+    args: &SyncArgs,
+    agent: &Agent,
+    removals: Removals,
+    held: Option<Hold>,
+) -> Option<Hold> {
+    let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals)) {
         Ok(()) => {
             if removals == Removals::Apply {
                 log::warn!(
@@ -167,13 +182,16 @@ fn sync(ctx: &Context, args: &SyncArgs, removals: Removals, held: Option<Hold>) 
 
 /// Waits until the inputs have been quiet for `QUIET`, at most `MAX_WAIT`
 /// after the change that woke the loop. Returns a signal that came meanwhile.
-fn quiet_down(rx: &Receiver<Wake>) -> Result<Option<i32>> {
+fn quiet_down(rx: &Receiver<Wake>, agent: &Agent) -> Result<Option<i32>> {
     let first = Instant::now();
     let mut last = first;
     loop {
         let deadline = (last + QUIET).min(first + MAX_WAIT);
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Wake::Changed) => last = Instant::now(),
+            Ok(Wake::Changed) => {
+                agent.changed(1);
+                last = Instant::now();
+            }
             Ok(Wake::Stop(signal)) => return Ok(Some(signal)),
             Err(RecvTimeoutError::Timeout) => return Ok(None),
             Err(RecvTimeoutError::Disconnected) => return Err(anyhow!("the file watcher stopped")),

@@ -14,15 +14,16 @@ use serde::Serialize;
 
 use super::Context;
 use crate::{
+    agent::Agent,
     cli::SyncArgs,
     cluster, error,
     image::{FrontendImage, Image},
     input,
     inputs::{self, Inputs},
-    metrics,
     model::Frontend,
     output::{OutputFormat, print_structured},
     plan::Summary,
+    serve,
     state::AppliedState,
     transaction::{Mode, Outcome, change, change_prepared},
 };
@@ -105,17 +106,20 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle SIGINT and SIGTERM")?;
     }
-    if let Some(addr) = args.metrics_addr {
-        metrics::serve(addr, ctx.pins.clone(), ctx.state.clone())?;
-    }
+    let agent = Arc::new(Agent::new(args.health_timeout));
+    serve::start(ctx, args, &agent)?;
+    // The cluster as it is at start waits for the first full list.
+    agent.changed(1);
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
-    cluster::watch(&args.api_server, &this_node, &stop, |documents| {
-        let mut notes = Vec::new();
-        let synced = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
-            notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
-            Ok(())
-        })
-        .and_then(|outcome| report(ctx, &outcome, false, notes));
+    cluster::watch(&args.api_server, &this_node, &stop, &agent, |documents| {
+        let synced = agent.sync(|| {
+            let mut notes = Vec::new();
+            let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
+                notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
+                Ok(())
+            })?;
+            report(ctx, &outcome, false, notes)
+        });
         if let Err(err) = synced {
             error::report(&err);
             eprintln!("sync --kube --watch: nothing applied from this change; retrying on the next one");
