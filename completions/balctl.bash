@@ -814,7 +814,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__sync)
-            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --max-input-size --watch --metrics-addr --settle --bpffs --state-dir --output --verbose --quiet --help --version"
+            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --max-input-size --watch --metrics-addr --metrics-per-backend --health-addr --health-timeout --settle --bpffs --state-dir --output --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -845,6 +845,14 @@ _balctl() {
                     return 0
                     ;;
                 --metrics-addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-addr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

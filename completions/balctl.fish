@@ -157,7 +157,9 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kubeconfig -d 'ku
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l node-name -d 'This node\'s name, for internalTrafficPolicy: Local [default: the hostname]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l max-input-size -d 'The most bytes read from one input file, FIFO or standard input, as bytes or with a unit: 512M, 1G, 1GiB (K, M, G, T: powers of 1024; KB, MB, GB, TB: of 1000). A larger input is refused, and nothing changes' -r
-complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-addr -d 'With --watch, serve the counters as Prometheus metrics on http://ADDR/metrics' -r
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-addr -d 'With --watch, serve the counters, the maps\' fill and the agent\'s metrics to Prometheus on http://ADDR/metrics (e.g. 127.0.0.1:9464)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l health-addr -d 'With --watch, serve /healthz, /livez and /readyz on http://ADDR (e.g. 127.0.0.1:10256), as kube-proxy\'s healthz: /healthz is 503 once a change has waited longer than --health-timeout (or, with --kube, the API server has not answered for that long), /readyz 200 once the first complete sync is applied; the same ADDR as --metrics-addr serves all four paths' -r
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l health-timeout -d 'With --watch: how long a change may wait unapplied (and, with --kube, the API server not answer) before /healthz says 503, and the longest a sync may run before /livez does (e.g. 60s, 2m); kube-proxy\'s is twice its sync period' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l settle -d 'With --watch -f, hold a change that would remove more than a quarter of a source\'s frontends until the inputs have not changed for this long (e.g. 5s, 1m), so that a file still being written is never applied half written' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l state-dir -d 'Directory where applied state is kept' -r -F
@@ -167,6 +169,7 @@ yaml\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kube -d 'Read Services, EndpointSlices, Nodes, Pods and the policy kinds from the Kubernetes API server instead of files (one source, `kubernetes`); with --watch, keep following them'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l watch -d 'Keep running and sync again whenever an input changes (not with -f -)'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-per-backend -d 'With --metrics-addr, also serve balctl_backend_hits_total: one series per backend of every frontend, hundreds of thousands on a big cluster\'s node'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s h -l help -d 'Print help (see more with \'--help\')'
