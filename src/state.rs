@@ -272,7 +272,8 @@ impl StateDir {
             }
         }
         match std::fs::remove_dir(&self.root) {
-            Err(err) if !matches!(err.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {
+            // A mount point: EBUSY, or EROFS in a read-only root (a container's).
+            Err(err) if !matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EROFS | libc::ENOTEMPTY)) => {
                 Err(err).with_context(|| format!("cannot remove {}", self.root.display()))
             }
             _ => Ok(removed),
