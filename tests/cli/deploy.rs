@@ -252,7 +252,11 @@ fn read(file: &str) -> String {
 }
 
 fn tolerates_every_taint(pod: &PodSpec) -> bool {
-    pod.tolerations.as_ref().unwrap().iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none())
+    pod.tolerations
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none())
 }
 
 /// The port an httpGet probe names, a number or a declared port's name.
