@@ -1002,7 +1002,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__unload)
-            opts="-y -o -v -q -h -V --yes --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            opts="-y -o -v -q -h -V --yes --purge --stay --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

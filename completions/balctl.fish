@@ -74,6 +74,8 @@ jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
 json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s y -l yes -d 'Do not ask for confirmation'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l purge -d 'Also remove the state dir\'s files (the applied rules and ids), so that nothing of balctl is left on the machine; `load` then starts empty. For uninstalling (deploy/uninstall.yaml)'
+complete -c balctl -n "__fish_balctl_using_subcommand unload" -l stay -d 'After unloading, keep running until SIGTERM or SIGINT, then exit 0: the command of a DaemonSet\'s container, which must not exit (deploy/uninstall.yaml). Exits 1 at once if unloading fails'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand unload" -s q -l quiet -d 'Print only errors'

@@ -93,8 +93,8 @@ pub enum Command {
     /// Detach every hook and remove every pin
     ///
     /// Applied rules stay in the state directory; the next `load` restores
-    /// them. Asks for confirmation on a terminal; without a terminal it
-    /// requires --yes.
+    /// them (--purge removes them too). Asks for confirmation on a terminal;
+    /// without a terminal it requires --yes.
     Unload(UnloadArgs),
 
     /// Show whether balctl is loaded, where, and how full its maps are
@@ -266,6 +266,18 @@ pub struct UnloadArgs {
     /// Do not ask for confirmation
     #[arg(short, long)]
     pub yes: bool,
+
+    /// Also remove the state dir's files (the applied rules and ids), so
+    /// that nothing of balctl is left on the machine; `load` then starts
+    /// empty. For uninstalling (deploy/uninstall.yaml)
+    #[arg(long)]
+    pub purge: bool,
+
+    /// After unloading, keep running until SIGTERM or SIGINT, then exit 0:
+    /// the command of a DaemonSet's container, which must not exit
+    /// (deploy/uninstall.yaml). Exits 1 at once if unloading fails
+    #[arg(long)]
+    pub stay: bool,
 }
 
 #[derive(Debug, Subcommand)]

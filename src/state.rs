@@ -252,6 +252,33 @@ impl StateDir {
             None => Ok(false),
         }
     }
+
+    /// Removes the files balctl keeps here (the state, its temporary, the
+    /// map-writes mark, the lock and the `try_lock` locks, `*.lock`), then
+    /// the dir itself if that empties it; a dir that is a mount point (a
+    /// DaemonSet's hostPath) stays, empty. Files balctl does not make are
+    /// left alone, so a state dir pointed at a shared directory loses only
+    /// balctl's. Returns the names removed.
+    pub fn purge(&self, _lock: &StateLock) -> Result<Vec<String>> {
+        let Some(dir) = self.dir()? else { return Ok(Vec::new()) };
+        let tmp = format!("{STATE_FILE}.tmp");
+        let ours = |name: &str| {
+            [STATE_FILE, tmp.as_str(), MAP_WRITES_FILE, LOCK_FILE].contains(&name) || name.ends_with(".lock")
+        };
+        let mut removed = Vec::new();
+        for name in dir.names()?.into_iter().filter(|name| ours(name)) {
+            if dir.remove(&name)? {
+                removed.push(name);
+            }
+        }
+        match std::fs::remove_dir(&self.root) {
+            // A mount point: EBUSY, or EROFS in a read-only root (a container's).
+            Err(err) if !matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EROFS | libc::ENOTEMPTY)) => {
+                Err(err).with_context(|| format!("cannot remove {}", self.root.display()))
+            }
+            _ => Ok(removed),
+        }
+    }
 }
 
 /// flock(LOCK_EX | `flags`) on `file`; false when it would block.

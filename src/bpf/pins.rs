@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::trusted_dir::{Problem, Trust, TrustedDir};
 
 /// bpffs's `statfs` magic number (include/uapi/linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 /// The conventional bpffs mount point, mounted on demand like Cilium does.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const MAPS: &str = "maps";
@@ -130,7 +130,8 @@ fn is_bpffs(path: &Path) -> Result<bool> {
     if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
     }
-    Ok(stat.f_type == BPF_FS_MAGIC)
+    // f_type is signed in glibc and unsigned in musl (the image's build).
+    Ok(u64::try_from(stat.f_type).ok() == Some(BPF_FS_MAGIC))
 }
 
 fn mount_bpffs(path: &Path) -> Result<()> {

@@ -206,10 +206,14 @@ fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject>]) 
 /// Hands the memory of the parsed objects, freed by now, back to the
 /// system. Without it the allocator keeps it for the image built next,
 /// which needs it in other sizes: at 100,000 services that was 80 MB of
-/// the sync's peak.
+/// the sync's peak. glibc's only: musl's allocator (the image's static
+/// build) gives freed memory back by itself and has no malloc_trim.
 fn return_freed_memory() {
     // SAFETY: malloc_trim only releases free memory of the allocator.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 fn source_name(argument: &Path) -> Result<String> {

@@ -49,7 +49,7 @@ fn backends_seen(report: &Value) -> Vec<String> {
     report["backends"].as_object().expect("backends").keys().cloned().collect()
 }
 
-fn link_ids(sandbox: &Sandbox) -> Vec<u64> {
+pub fn link_ids(sandbox: &Sandbox) -> Vec<u64> {
     sandbox.balctl_json(&["status"])["hooks"]
         .as_array()
         .expect("hooks")
@@ -58,7 +58,7 @@ fn link_ids(sandbox: &Sandbox) -> Vec<u64> {
         .collect()
 }
 
-fn bpftool_cgroup_show(sandbox: &Sandbox) -> Vec<String> {
+pub fn bpftool_cgroup_show(sandbox: &Sandbox) -> Vec<String> {
     let output =
         Command::new("bpftool").args(["cgroup", "show"]).arg(&sandbox.cgroup).output().expect("run bpftool");
     assert!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));

@@ -14,7 +14,7 @@ use crate::{
     trace::{events, start_trace},
 };
 
-fn service(name: &str, cluster_ip: &str) -> Value {
+pub fn service(name: &str, cluster_ip: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": { "name": name, "namespace": "shop" },
@@ -25,7 +25,7 @@ fn service(name: &str, cluster_ip: &str) -> Value {
     })
 }
 
-fn slice(service: &str, endpoints: &[&str]) -> Value {
+pub fn slice(service: &str, endpoints: &[&str]) -> Value {
     let endpoints: Vec<Value> = endpoints
         .iter()
         .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true }, "nodeName": "node-a" }))

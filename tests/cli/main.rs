@@ -12,6 +12,7 @@ mod docs;
 mod dump;
 mod evict;
 mod health;
+mod image;
 mod input;
 mod input_limits;
 mod kube;
@@ -152,6 +153,9 @@ fn main() {
         kube_sync::a_kube_watch_follows_the_cluster,
         kube_sync::trace_names_the_pod_of_a_container,
         kube_sync::a_kube_watch_watches_only_the_pods_policies_select,
+        image::both_platforms_hold_a_static_balctl_of_this_version,
+        image::the_daemonset_runs_in_podman_and_a_new_pod_takes_over,
+        image::the_uninstall_manifest_leaves_nothing_behind,
     ];
     tests.extend(plain_tests![
         docs::completions_and_man_pages_are_fresh,

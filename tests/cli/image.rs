@@ -1,0 +1,562 @@
+//! Issue 17, Builds 1, 2 and 5: the OCI image scripts/image builds, run with
+//! podman the way deploy/daemonset.yaml runs it, and deploy/uninstall.yaml's
+//! command through it.
+//!
+//! Each container's command, args, env, mounts, security context and memory
+//! limit come from the manifest. Only what belongs to the host is replaced:
+//! the hostPaths of bpffs, the cgroup2 root and the state dir by the
+//! sandbox's private bpffs, child cgroup and state dir; the health and
+//! metrics ports by free ones (`--network host` is the machine's network,
+//! shared with other tests); `spec.nodeName`; and the pod's service account
+//! by a kubeconfig for the tests' API server (mounted, named by KUBECONFIG).
+//! Podman keeps its images and containers in the sandbox (a private
+//! storage), and every container is removed by name when the test ends,
+//! also when it fails.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{Container, PodSpec},
+};
+use serde_json::Value;
+
+use crate::{
+    datapath::{bpftool_cgroup_show, link_ids},
+    deploy::{IMAGE, documents, probe_port, typed},
+    kube_sync::{service, slice},
+    stats::{free_port, http_get},
+    support::{Sandbox, apiserver::ApiServer, finish},
+};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const VIP: &str = "198.18.0.20:80";
+/// Where the test's kubeconfig is mounted in the agent's container.
+const KUBECONFIG: &str = "/run/balctl-test/kubeconfig";
+
+/// The OCI archive of `arch`, built by scripts/image (scripts/test builds
+/// both before the tests); built here when missing.
+fn archive(arch: &str) -> PathBuf {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let path = Path::new(ROOT).join(format!("target/oci/balctl-{VERSION}-linux-{arch}.oci.tar"));
+    if !path.exists() {
+        let status =
+            Command::new(Path::new(ROOT).join("scripts/image")).arg(arch).status().expect("scripts/image");
+        assert!(status.success(), "scripts/image {arch} failed");
+    }
+    path
+}
+
+/// Runs `program`, requires success, returns stdout.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn json_file(path: &Path) -> Value {
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Build 1 and Must show 1: each platform's archive holds one image, named
+/// as deploy/ names it for podman and for containerd/docker, for its
+/// platform, whose one layer holds a static balctl of Cargo.toml's version:
+/// amd64 runs here, arm64 under qemu-user.
+pub fn both_platforms_hold_a_static_balctl_of_this_version() {
+    let sandbox = Sandbox::new();
+    for (arch, machine, runner) in
+        [("amd64", "Advanced Micro Devices X86-64", None), ("arm64", "AArch64", Some("qemu-aarch64-static"))]
+    {
+        let layout = sandbox.scratch(arch);
+        fs::create_dir(&layout).unwrap();
+        run("tar", &["-xf", archive(arch).to_str().unwrap(), "-C", layout.to_str().unwrap()]);
+        let blob = |descriptor: &Value| {
+            let digest = descriptor["digest"].as_str().unwrap().replace(':', "/");
+            layout.join("blobs").join(digest)
+        };
+        let index = json_file(&layout.join("index.json"));
+        let [descriptor] = index["manifests"].as_array().unwrap().as_slice() else {
+            panic!("{arch}: one image: {index}")
+        };
+        let annotations = &descriptor["annotations"];
+        assert_eq!(annotations["org.opencontainers.image.ref.name"], IMAGE, "{arch}: {index}");
+        assert_eq!(annotations["io.containerd.image.name"], format!("docker.io/library/{IMAGE}"), "{arch}");
+        let manifest = json_file(&blob(descriptor));
+        let config = json_file(&blob(&manifest["config"]));
+        assert_eq!((config["os"].as_str(), config["architecture"].as_str()), (Some("linux"), Some(arch)));
+        assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/usr/local/bin/balctl"]));
+        assert_eq!(config["config"]["Labels"]["org.opencontainers.image.version"], VERSION);
+        let rootfs = layout.join("rootfs");
+        fs::create_dir_all(&rootfs).unwrap();
+        for layer in manifest["layers"].as_array().unwrap() {
+            run("tar", &["-xf", blob(layer).to_str().unwrap(), "-C", rootfs.to_str().unwrap()]);
+        }
+        let files = run("find", &[rootfs.to_str().unwrap(), "-not", "-type", "d"]);
+        let mut files: Vec<&str> = files.lines().collect();
+        files.sort_unstable();
+        let binary = rootfs.join("usr/local/bin/balctl");
+        let bundle = rootfs.join("etc/ssl/certs/ca-certificates.crt");
+        assert_eq!(files, [bundle.to_str().unwrap(), binary.to_str().unwrap()], "{arch}: nothing else");
+        assert!(fs::read_to_string(&bundle).unwrap().matches("BEGIN CERTIFICATE").count() > 100, "{arch}");
+
+        let binary = binary.to_str().unwrap();
+        assert!(run("readelf", &["-hW", binary]).contains(machine), "{arch}: built for {machine}");
+        assert!(!run("readelf", &["-lW", binary]).contains("INTERP"), "{arch}: no program interpreter");
+        assert!(!run("readelf", &["-dW", binary]).contains("NEEDED"), "{arch}: no shared library");
+        let printed = match runner {
+            None => run(binary, &["--version"]),
+            Some(qemu) => run(qemu, &[binary, "--version"]),
+        };
+        assert_eq!(printed.trim(), format!("balctl {VERSION}"), "{arch}");
+    }
+}
+
+/// Podman with a private storage in the sandbox; every container it ran is
+/// removed (by name) when it drops, and the images with it.
+struct Podman {
+    storage: PathBuf,
+    prefix: String,
+    containers: Mutex<Vec<String>>,
+}
+
+impl Podman {
+    fn new(sandbox: &Sandbox) -> Self {
+        let storage = sandbox.scratch("podman");
+        let prefix = storage.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        Self { storage, prefix, containers: Mutex::new(Vec::new()) }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        let at = |name: &str| self.storage.join(name);
+        command
+            .arg("--root")
+            .arg(at("root"))
+            .arg("--runroot")
+            .arg(at("run"))
+            .arg("--tmpdir")
+            .arg(at("tmp"))
+            .args(["--storage-driver", "vfs", "--events-backend", "none"])
+            // crun refuses the hybrid cgroup layout of the test machines.
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+        command
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run podman")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.output(args);
+        assert!(
+            output.status.success(),
+            "podman {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Loads an archive; the image must then be known by deploy/'s name.
+    fn load(&self, archive: &Path) {
+        self.ok(&["load", "--quiet", "--input", archive.to_str().unwrap()]);
+        self.ok(&["image", "exists", IMAGE]);
+    }
+
+    /// A container name of this sandbox, removed when the test ends.
+    fn name(&self, name: &str) -> String {
+        let name = format!("{}-{name}", self.prefix);
+        self.containers.lock().unwrap().push(name.clone());
+        name
+    }
+
+    /// Runs `container` of `pod` as the kubelet would, detached; returns its name.
+    fn start(&self, host: &Host, pod: &PodSpec, container: &Container, name: &str) -> String {
+        let name = self.name(name);
+        let mut args = vec!["run".to_owned(), "--detach".to_owned(), "--name".to_owned(), name.clone()];
+        args.extend(host.podman_args(pod, container));
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        name
+    }
+
+    /// Runs an init container to its end; requires exit 0.
+    fn run_to_end(&self, host: &Host, pod: &PodSpec, container: &Container, name: &str) {
+        let name = self.start(host, pod, container, name);
+        let code = self.ok(&["wait", &name]);
+        assert_eq!(code.trim(), "0", "{name}: {}", self.logs(&name));
+    }
+
+    fn logs(&self, name: &str) -> String {
+        let output = self.output(&["logs", name]);
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    }
+
+    fn running(&self, name: &str) -> bool {
+        self.ok(&["inspect", "--format", "{{.State.Running}}", name]).trim() == "true"
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in self.containers.lock().map(|c| c.clone()).unwrap_or_default() {
+            let _ = self.output(&["rm", "--force", "--time", "0", &name]);
+        }
+        let _ = self.output(&["rmi", "--all", "--force"]);
+    }
+}
+
+/// What of the host a pod's containers get: the sandbox's paths in place of
+/// the host's, free ports in place of the manifest's, the node's name, and
+/// a kubeconfig for the tests' API server.
+struct Host<'a> {
+    sandbox: &'a Sandbox,
+    ports: BTreeMap<u16, u16>,
+    kubeconfig: Option<PathBuf>,
+}
+
+impl Host<'_> {
+    const NODE: &'static str = "node-a";
+
+    fn host_path(&self, path: &str) -> PathBuf {
+        match path {
+            "/sys/fs/bpf" => self.sandbox.pins.parent().unwrap().to_owned(),
+            "/sys/fs/cgroup" => self.sandbox.cgroup.clone(),
+            "/var/lib/balctl" => self.sandbox.state.clone(),
+            other => panic!("the test has no stand-in for the host path {other}"),
+        }
+    }
+
+    /// The port the container really uses for one the manifest names.
+    fn port(&self, port: i32) -> u16 {
+        let port = u16::try_from(port).unwrap();
+        self.ports.get(&port).copied().unwrap_or(port)
+    }
+
+    /// `podman run` arguments for `container` of `pod`, up to its args.
+    fn podman_args(&self, pod: &PodSpec, container: &Container) -> Vec<String> {
+        // Podman's default limits are above what a root without
+        // CAP_SYS_RESOURCE (the test machines) may set.
+        let mut args: Vec<String> =
+            ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096"].map(String::from).into();
+        let network = if pod.host_network == Some(true) { "host" } else { "none" };
+        args.extend(["--network".into(), network.into()]);
+        let mut env = BTreeMap::new();
+        for var in container.env.iter().flatten() {
+            let value = match (&var.value, &var.value_from) {
+                (Some(value), None) => value.clone(),
+                (None, Some(from)) => {
+                    let field = from.field_ref.as_ref().expect("only fieldRef is known to the test");
+                    assert_eq!(field.field_path, "spec.nodeName", "a field the test does not fill");
+                    Self::NODE.to_owned()
+                }
+                other => panic!("env {}: {other:?}", var.name),
+            };
+            env.insert(var.name.clone(), value);
+        }
+        if let Some(kubeconfig) = &self.kubeconfig {
+            env.insert("KUBECONFIG".into(), KUBECONFIG.into());
+            args.push("--mount".into());
+            args.push(format!("type=bind,source={},destination={KUBECONFIG},ro=true", kubeconfig.display()));
+        }
+        for (name, value) in &env {
+            args.extend(["--env".into(), format!("{name}={value}")]);
+        }
+        for mount in container.volume_mounts.iter().flatten() {
+            let volumes = pod.volumes.as_ref().unwrap();
+            let volume = volumes.iter().find(|v| v.name == mount.name).expect("the mount's volume");
+            let source = self.host_path(&volume.host_path.as_ref().expect("a hostPath volume").path);
+            let propagation = match mount.mount_propagation.as_deref() {
+                Some("Bidirectional") => "rshared",
+                Some("HostToContainer") => "rslave",
+                None | Some("None") => "rprivate",
+                Some(other) => panic!("mountPropagation {other}"),
+            };
+            let read_only = mount.read_only == Some(true);
+            args.push("--mount".into());
+            args.push(format!(
+                "type=bind,source={},destination={},ro={read_only},bind-propagation={propagation}",
+                source.display(),
+                mount.mount_path
+            ));
+        }
+        if let Some(limits) = container.resources.as_ref().and_then(|r| r.limits.as_ref()) {
+            let memory = &limits["memory"].0;
+            let mebibytes = memory.strip_suffix("Mi").expect("a memory limit in Mi");
+            args.extend(["--memory".into(), format!("{mebibytes}m")]);
+        }
+        args.extend(security_args(container));
+        let command = container.command.as_ref().expect("a command");
+        args.push("--entrypoint".into());
+        args.push(serde_json::to_string(command).unwrap());
+        args.push(container.image.clone().unwrap());
+        for arg in container.args.iter().flatten() {
+            args.push(self.address(&expand(arg, &env)));
+        }
+        args
+    }
+
+    /// An `IP:PORT` argument with its port replaced, anything else as it is.
+    fn address(&self, arg: &str) -> String {
+        match arg.parse::<SocketAddr>() {
+            Ok(mut addr) => {
+                addr.set_port(self.port(i32::from(addr.port())));
+                addr.to_string()
+            }
+            Err(_) => arg.to_owned(),
+        }
+    }
+}
+
+/// `$(NAME)` in a command or argument, as the kubelet expands it.
+fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
+    env.iter().fold(arg.to_owned(), |arg, (name, value)| arg.replace(&format!("$({name})"), value))
+}
+
+/// The container's securityContext as podman options; a field the test
+/// does not translate fails it, so the manifest cannot get ahead of it.
+fn security_args(container: &Container) -> Vec<String> {
+    let Some(context) = &container.security_context else { return Vec::new() };
+    let mut args = Vec::new();
+    let known = [
+        "privileged",
+        "capabilities",
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "runAsUser",
+        "seccompProfile",
+    ];
+    let fields = serde_json::to_value(context).unwrap();
+    for field in fields.as_object().unwrap().keys() {
+        assert!(
+            known.contains(&field.as_str()),
+            "{}: securityContext.{field} is unknown to the test",
+            container.name
+        );
+    }
+    if context.privileged == Some(true) {
+        args.push("--privileged".to_owned());
+    }
+    if let Some(capabilities) = &context.capabilities {
+        for cap in capabilities.drop.iter().flatten() {
+            args.extend(["--cap-drop".to_owned(), cap.to_lowercase()]);
+        }
+        for cap in capabilities.add.iter().flatten() {
+            args.extend(["--cap-add".to_owned(), cap.to_lowercase()]);
+        }
+    }
+    if context.allow_privilege_escalation == Some(false) {
+        args.extend(["--security-opt".to_owned(), "no-new-privileges".to_owned()]);
+    }
+    if context.read_only_root_filesystem == Some(true) {
+        // Kubernetes mounts no tmpfs in a read-only root; podman would.
+        args.extend(["--read-only".to_owned(), "--read-only-tmpfs=false".to_owned()]);
+    }
+    if let Some(user) = context.run_as_user {
+        args.extend(["--user".to_owned(), user.to_string()]);
+    }
+    match context.seccomp_profile.as_ref().map(|p| p.type_.as_str()) {
+        // The runtime's default profile is podman's.
+        None | Some("RuntimeDefault") => {}
+        Some("Unconfined") => args.extend(["--security-opt".to_owned(), "seccomp=unconfined".to_owned()]),
+        Some(other) => panic!("seccompProfile {other}"),
+    }
+    args
+}
+
+/// The pod template of the one DaemonSet in `file`.
+fn pod_of(file: &str) -> PodSpec {
+    let found: Vec<PodSpec> = documents("deploy")
+        .into_iter()
+        .filter(|(at, document)| at.contains(file) && document["kind"] == "DaemonSet")
+        .map(|(at, document)| typed::<DaemonSet>(&at, &document).spec.template.spec.unwrap())
+        .collect();
+    let [pod] = found.as_slice() else { panic!("one DaemonSet in {file}") };
+    pod.clone()
+}
+
+/// GET `path` on a port on 127.0.0.1, waiting (at most `within`) until it
+/// answers `status`; else fails with what `container` logged.
+fn wait_for_status(
+    podman: &Podman,
+    container: &str,
+    (port, path): (u16, &str),
+    status: u16,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = http_get(port, path);
+        if last.as_ref().is_some_and(|(code, _)| *code == status) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{path} on 127.0.0.1:{port} did not answer {status} within {within:?}; last: {last:?}; {container} logged:\n{}",
+        podman.logs(container)
+    );
+}
+
+/// Build 2 and Must show 2: the DaemonSet's init container loads, its agent
+/// follows the tests' API server; /readyz is 503 until the first complete
+/// sync (the API server is away at first) and 200 after; a client reaches
+/// the Service; the agent is killed, and a new pod (init container and
+/// agent) takes over, applying a change made meanwhile, while a client
+/// loops through the VIP the whole time without one failed connection.
+pub fn the_daemonset_runs_in_podman_and_a_new_pod_takes_over() {
+    let sandbox = Sandbox::new();
+    fs::create_dir(&sandbox.state).unwrap();
+    fs::set_permissions(&sandbox.state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    server.apply(service("web", "198.18.0.20"));
+    server.apply(slice("web", &["192.0.2.2"]));
+
+    let pod = pod_of("daemonset.yaml");
+    let init = &pod.init_containers.as_ref().unwrap()[0];
+    let agent = &pod.containers[0];
+    let probe = |which: &str| {
+        let probe = match which {
+            "startup" => &agent.startup_probe,
+            "liveness" => &agent.liveness_probe,
+            _ => &agent.readiness_probe,
+        };
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        (probe_port(agent, get), get.path.clone().unwrap())
+    };
+    let (health_port, readyz) = probe("readiness");
+    let mut ports = BTreeMap::new();
+    for port in agent.ports.iter().flatten() {
+        ports.insert(u16::try_from(port.container_port).unwrap(), free_port());
+    }
+    let host = Host { sandbox: &sandbox, ports, kubeconfig: Some(kubeconfig) };
+    let health = host.port(health_port);
+    let podman = Podman::new(&sandbox);
+    podman.load(&archive("amd64"));
+
+    podman.run_to_end(&host, &pod, init, "load-1");
+    let attached = bpftool_cgroup_show(&sandbox);
+    assert!(
+        attached.iter().any(|line| line.contains("connect4")),
+        "not attached to the test cgroup: {attached:?}"
+    );
+
+    // The API server away: the agent serves, but is not ready.
+    server.set_reachable(false);
+    let first = podman.start(&host, &pod, agent, "sync-1");
+    let (live_port, livez) = probe("liveness");
+    wait_for_status(&podman, &first, (host.port(live_port), &livez), 200, Duration::from_secs(20));
+    for _ in 0..5 {
+        let (status, body) = http_get(health, &readyz).expect("the agent answers");
+        assert_eq!(status, 503, "ready before any sync: {body}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(sandbox.client(&["connect", "--to", VIP])["errors"]["ENETUNREACH"], 1, "nothing applied yet");
+    server.set_reachable(true);
+    let (startup_port, startup) = probe("startup");
+    wait_for_status(&podman, &first, (host.port(startup_port), &startup), 200, Duration::from_secs(20));
+    wait_for_status(&podman, &first, (health, &readyz), 200, Duration::from_secs(1));
+    assert_eq!(sandbox.reached(VIP, 5), ["b2"]);
+
+    // Killed under traffic; a change while no agent runs; a new pod.
+    let client = sandbox.spawn_client(&["connect", "--to", VIP, "--millis", "12000"]);
+    thread::sleep(Duration::from_millis(500));
+    podman.ok(&["kill", &first]);
+    assert_eq!(podman.ok(&["wait", &first]).trim(), "137", "SIGKILL");
+    server.apply(slice("web", &["192.0.2.2", "192.0.2.3"]));
+    thread::sleep(Duration::from_secs(1));
+    podman.run_to_end(&host, &pod, init, "load-2");
+    let second = podman.start(&host, &pod, agent, "sync-2");
+    wait_for_status(&podman, &second, (health, &readyz), 200, Duration::from_secs(20));
+    let report = finish(client);
+    assert_eq!(report["failed"], 0, "connections failed across the agent's death and the new pod: {report}");
+    assert!(report["ok"].as_u64().unwrap() > 100, "{report}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut both = sandbox.reached(VIP, 40);
+    while both.len() < 2 && Instant::now() < deadline {
+        both = sandbox.reached(VIP, 40);
+    }
+    both.sort();
+    assert_eq!(both, ["b2", "b3"], "the new agent applied the change made while none ran");
+
+    // Stopped as the kubelet stops it: SIGTERM, exit 0, the datapath stays.
+    let grace = pod.termination_grace_period_seconds.unwrap().to_string();
+    podman.ok(&["stop", "--time", &grace, &second]);
+    assert_eq!(podman.ok(&["wait", &second]).trim(), "0", "{}", podman.logs(&second));
+    let after = sandbox.reached(VIP, 40);
+    assert_eq!(after.len(), 2, "the datapath outlives the agent: {after:?}");
+}
+
+/// Build 5 and Must show 6 (uninstall): on a sandbox loaded with a policy
+/// and synced services, deploy/uninstall.yaml's container leaves nothing:
+/// no pin, no program on the cgroup, no state file, the VIP no longer
+/// translated; it then stays running until SIGTERM, which ends it with 0.
+pub fn the_uninstall_manifest_leaves_nothing_behind() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.balctl_ok(&["policy", "add", "web", "--vip", VIP, "--backend", "192.0.2.2:8080"]);
+    let file = sandbox.scratch("api.toml");
+    let api = "[[service]]\nname = \"api\"\naddresses = [\"198.18.0.30\"]\nbackends = [\"192.0.2.2\"]\n\
+               ports = [{ port = 80, target_port = 8080 }]\n";
+    fs::write(&file, api).unwrap();
+    sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
+    assert_eq!(sandbox.reached(VIP, 3), ["b2"]);
+    assert_eq!(sandbox.reached("198.18.0.30:80", 3), ["b2"]);
+    let links = link_ids(&sandbox);
+    assert_eq!(links.len(), 9);
+
+    let pod = pod_of("uninstall.yaml");
+    let [container] = pod.containers.as_slice() else { panic!("one container") };
+    let host = Host { sandbox: &sandbox, ports: BTreeMap::new(), kubeconfig: None };
+    let podman = Podman::new(&sandbox);
+    podman.load(&archive("amd64"));
+    let name = podman.start(&host, &pod, container, "uninstall");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !podman.logs(&name).contains("balctl unloaded") {
+        assert!(Instant::now() < deadline, "no unload within 20 s: {}", podman.logs(&name));
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    assert!(!sandbox.pins.exists(), "pins left under {}", sandbox.pins.display());
+    assert!(bpftool_cgroup_show(&sandbox).is_empty(), "programs still attached");
+    for id in links {
+        let shown = Command::new("bpftool").args(["link", "show", "id", &id.to_string()]).output().unwrap();
+        assert!(!shown.status.success(), "link {id} still exists");
+    }
+    let state: Vec<_> = fs::read_dir(&sandbox.state)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(state.is_empty(), "state files left: {state:?}");
+    for vip in [VIP, "198.18.0.30:80"] {
+        let report = sandbox.client(&["connect", "--to", vip]);
+        assert_eq!(report["errors"]["ENETUNREACH"], 1, "{vip} is still translated: {report}");
+    }
+
+    // It stays, idle, until deleted.
+    thread::sleep(Duration::from_secs(1));
+    assert!(podman.running(&name), "the uninstall container exited: {}", podman.logs(&name));
+    let grace = pod.termination_grace_period_seconds.unwrap().to_string();
+    podman.ok(&["stop", "--time", &grace, &name]);
+    assert_eq!(podman.ok(&["wait", &name]).trim(), "0", "{}", podman.logs(&name));
+}
