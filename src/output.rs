@@ -23,7 +23,7 @@ pub fn print_structured<T: Serialize>(format: OutputFormat, value: &T) -> Result
             serde_json::to_writer_pretty(&mut out, value)?;
             writeln!(out)?;
         }
-        OutputFormat::Yaml => serde_yaml_ng::to_writer(&mut out, value)?,
+        OutputFormat::Yaml => serde_saphyr::to_io_writer(&mut out, value)?,
         OutputFormat::Table => unreachable!("tables are printed by each command"),
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::{fmt, io::Read};
 
 use anyhow::Result;
 use rustc_hash::FxHashSet;
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use granit_parser::{BufferedInput, Event, Parser, ScalarStyle, Span};
 
 use crate::{
     input,
@@ -78,7 +78,8 @@ pub fn for_each_object(
     mut object: impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     let mut chars = ReadChars::new(reader, first_line);
-    let parser = Parser::new_from_iter(chars.by_ref());
+    // Comments are not data; unemitted, they cost no allocation.
+    let parser = Parser::new_from_iter_with_options(chars.by_ref(), granit_parser::options! { emit_comments: false });
     let result =
         read_stream(&mut Events { parser, file, line_offset: first_line - 1, nodes: 0 }, &mut object);
     if let Some(err) = chars.error.take() {
@@ -87,8 +88,8 @@ pub fn for_each_object(
     result
 }
 
-struct Events<'f, 'i, I: Iterator<Item = char>> {
-    parser: Parser<'i, saphyr_parser::BufferedInput<I>>,
+struct Events<'f, I: Iterator<Item = char>> {
+    parser: Parser<'static, BufferedInput<I>>,
     file: &'f str,
     /// Lines of the file before the part being parsed.
     line_offset: usize,
@@ -96,8 +97,8 @@ struct Events<'f, 'i, I: Iterator<Item = char>> {
     nodes: usize,
 }
 
-impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
-    fn next(&mut self) -> Result<(Event<'i>, Span)> {
+impl<I: Iterator<Item = char>> Events<'_, I> {
+    fn next(&mut self) -> Result<(Event<'static>, Span)> {
         match self.parser.next_event() {
             Some(Ok(event)) => Ok(event),
             Some(Err(err)) => {
@@ -118,8 +119,8 @@ impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
     }
 }
 
-fn read_stream<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
+fn read_stream<I: Iterator<Item = char>>(
+    events: &mut Events<'_, I>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     loop {
@@ -127,7 +128,7 @@ fn read_stream<'i, I: Iterator<Item = char> + 'i>(
         match event {
             Event::StreamStart | Event::DocumentEnd => {}
             Event::StreamEnd => return Ok(()),
-            Event::DocumentStart(_) => read_document(events, object)?,
+            Event::DocumentStart(..) => read_document(events, object)?,
             other => return Err(events.error(&span, format!("unexpected YAML event {other:?}"))),
         }
     }
@@ -135,8 +136,8 @@ fn read_stream<'i, I: Iterator<Item = char> + 'i>(
 
 /// One document: a mapping whose `items` (if a sequence) are streamed one by
 /// one, a sequence whose elements are, or any other node, handed out whole.
-fn read_document<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
+fn read_document<I: Iterator<Item = char>>(
+    events: &mut Events<'_, I>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     events.nodes = 0;
@@ -187,8 +188,8 @@ fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
 
 /// Hands out each element of a sequence whose start was just read: an
 /// object, as deep as a document's root, wherever the sequence is.
-fn read_elements<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
+fn read_elements<I: Iterator<Item = char>>(
+    events: &mut Events<'_, I>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     loop {
@@ -229,9 +230,9 @@ impl Keys {
 /// Reads the entries of a mapping whose start was just read, up to its end,
 /// calling `entry` with each key, the first event of its value, and the
 /// spans of both.
-fn read_entries<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
-    mut entry: impl FnMut(&mut Events<'_, 'i, I>, String, Event<'i>, Span, Span) -> Result<()>,
+fn read_entries<I: Iterator<Item = char>>(
+    events: &mut Events<'_, I>,
+    mut entry: impl FnMut(&mut Events<'_, I>, String, Event<'static>, Span, Span) -> Result<()>,
 ) -> Result<()> {
     loop {
         let (event, key_span) = events.next()?;
@@ -244,9 +245,9 @@ fn read_entries<'i, I: Iterator<Item = char> + 'i>(
     }
 }
 
-fn scalar_key<'i, I: Iterator<Item = char> + 'i>(
-    events: &Events<'_, 'i, I>,
-    event: Event<'i>,
+fn scalar_key<I: Iterator<Item = char>>(
+    events: &Events<'_, I>,
+    event: Event<'static>,
     span: &Span,
 ) -> Result<String> {
     match event {
@@ -255,9 +256,9 @@ fn scalar_key<'i, I: Iterator<Item = char> + 'i>(
     }
 }
 
-fn read_node<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
-    event: Event<'i>,
+fn read_node<I: Iterator<Item = char>>(
+    events: &mut Events<'_, I>,
+    event: Event<'static>,
     span: Span,
     depth: usize,
 ) -> Result<Node> {
