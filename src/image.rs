@@ -410,7 +410,7 @@ mod tests {
     fn images_round_trip_through_the_state_encoding() {
         let image =
             compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default()).unwrap();
-        let bytes = bincode::serialize(&image).unwrap();
-        assert_eq!(bincode::deserialize::<Image>(&bytes).unwrap(), image);
+        let bytes = postcard::to_stdvec(&image).unwrap();
+        assert_eq!(postcard::from_bytes::<Image>(&bytes).unwrap(), image);
     }
 }

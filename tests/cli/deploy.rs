@@ -27,8 +27,8 @@ fn documents(dir: &str) -> Vec<(String, Value)> {
     let mut found = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap();
-        let values = serde_saphyr::from_multiple::<Value>(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let values =
+            serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for (i, value) in values.into_iter().enumerate() {
             found.push((format!("{} document {i}", path.display()), value));
         }

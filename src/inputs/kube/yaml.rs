@@ -10,8 +10,8 @@
 use std::{fmt, io::Read};
 
 use anyhow::Result;
-use rustc_hash::FxHashSet;
 use granit_parser::{BufferedInput, Event, Parser, ScalarStyle, Span};
+use rustc_hash::FxHashSet;
 
 use crate::{
     input,
@@ -79,7 +79,8 @@ pub fn for_each_object(
 ) -> Result<()> {
     let mut chars = ReadChars::new(reader, first_line);
     // Comments are not data; unemitted, they cost no allocation.
-    let parser = Parser::new_from_iter_with_options(chars.by_ref(), granit_parser::options! { emit_comments: false });
+    let parser =
+        Parser::new_from_iter_with_options(chars.by_ref(), granit_parser::options! { emit_comments: false });
     let result =
         read_stream(&mut Events { parser, file, line_offset: first_line - 1, nodes: 0 }, &mut object);
     if let Some(err) = chars.error.take() {
