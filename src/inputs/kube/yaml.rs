@@ -335,16 +335,11 @@ impl<R: Read> ReadChars<R> {
     }
 
     fn not_utf8(&mut self) {
-        self.error = Some(format!(":{}:{}: not valid UTF-8", self.line, self.column + 1));
+        self.error = Some(format!(":{}:{}: {NOT_UTF8}", self.line, self.column + 1));
     }
 
     fn not_printable(&mut self, c: char) {
-        self.error = Some(format!(
-            ":{}:{}: character U+{:04X} is not allowed in YAML (only printable characters are)",
-            self.line,
-            self.column + 1,
-            u32::from(c)
-        ));
+        self.error = Some(format!(":{}:{}: {}", self.line, self.column + 1, not_printable(c)));
     }
 
     /// Moves the position past `text`.
@@ -404,6 +399,29 @@ impl<R: Read> ReadChars<R> {
         self.advance(&bytes);
         self.position = 0;
         true
+    }
+}
+
+const NOT_UTF8: &str = "not valid UTF-8";
+
+fn not_printable(c: char) -> String {
+    format!("character U+{:04X} is not allowed in YAML (only printable characters are)", u32::from(c))
+}
+
+/// What reading `text` (a line of file `label`) would refuse in it, as
+/// `ReadChars` does: a character outside YAML's printable set, or bytes
+/// that are not UTF-8. For text the parser never sees.
+pub(super) fn check_text(label: &str, line: usize, text: &[u8]) -> Result<()> {
+    let (valid, rest) = match std::str::from_utf8(text) {
+        Ok(valid) => (valid, None),
+        Err(e) => (std::str::from_utf8(&text[..e.valid_up_to()]).unwrap_or_default(), Some(e.valid_up_to())),
+    };
+    if let Some((at, c)) = valid.char_indices().find(|&(_, c)| !printable(c)) {
+        return Err(input!("{label}:{line}:{}: {}", at + 1, not_printable(c)));
+    }
+    match rest {
+        Some(at) => Err(input!("{label}:{line}:{}: {NOT_UTF8}", at + 1)),
+        None => Ok(()),
     }
 }
 
