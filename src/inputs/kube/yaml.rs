@@ -83,8 +83,8 @@ pub fn for_each_object(
     let options = || granit_parser::options! { emit_comments: false };
     // An input of one chunk (every item of a split file) is parsed from
     // its text: the parser then borrows scalars and reads ahead in bulk,
-    // nearly twice as fast as from characters one at a time. A bigger
-    // one streams, one chunk in memory at a time.
+    // which is faster than characters one at a time (bench/RESULTS.md,
+    // "YAML parser"). A bigger one streams, one chunk in memory at a time.
     let result = match chars.whole_text() {
         Some(text) => {
             let parser = Parser::new_from_str_with_options(&text, options());
