@@ -147,7 +147,7 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
             let unparsed = splitter.unparsed();
             // Indented and empty lines never start or end a piece.
             if matches!(text[0], b' ' | b'\n') {
-                splitter.indented(text);
+                splitter.indented(text, line);
             } else if !splitter.line(text, base + start as u64, line, &buffer, base) {
                 return Ok(None);
             }
@@ -225,11 +225,15 @@ impl Splitter {
     /// `items:`, where the split leaves out every line up to the first
     /// entry, only blank lines and comments may come: anything else is
     /// the value of `items`, so the document is not a List in kubectl's
-    /// layout.
-    fn indented(&mut self, text: &[u8]) {
-        if matches!(self.mode, Mode::ItemsKey { .. }) && !is_blank_or_comment(text) {
+    /// layout. Content that is all indented is content too.
+    fn indented(&mut self, text: &[u8], line: usize) {
+        if is_blank_or_comment(text) {
+            return;
+        }
+        if matches!(self.mode, Mode::ItemsKey { .. }) {
             self.mode = Mode::Whole;
         }
+        self.doc_content_line.get_or_insert(line);
     }
 
     /// A line that starts at column 0 with something other than a space or
@@ -429,8 +433,12 @@ mod tests {
 
     #[test]
     fn empty_documents_make_no_piece_and_tiny_ones_are_errors() {
-        let empty = "---\n---\n\n# nothing\n--- \n---\n";
+        let empty = "---\n---\n\n# nothing\n  # nothing\n--- \n---\n";
         assert_eq!(split("f", empty.as_bytes(), 0).unwrap(), Some(Vec::new()));
+        // A document whose content is all indented is one.
+        let indented = "# a Service\n  ports:\n  - port: 80\n---\nkind: Node\nmetadata: {name: a}\n";
+        let found = objects(&split("f", indented.as_bytes(), 0).unwrap().unwrap());
+        assert_eq!(found.iter().map(|piece| piece.2).collect::<Vec<_>>(), [2, 5]);
         let cases = [
             ("---\n---\nx: 1\n---\n", "f:3:1: a document of 9 bytes is too short"),
             ("kind: List\nitems:\n-\n-\n", "f:3:1: a List entry of 2 bytes is too short"),
