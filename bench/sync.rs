@@ -18,8 +18,14 @@
 //! until the watcher reports it applied and the CPU time the watcher spent
 //! on it (all its threads, from /proc), and its peak RSS.
 //!
-//! Run as root: `cargo bench --bench sync [-- [--kube] SIZES...]`. Results
-//! are recorded in bench/RESULTS.md.
+//! With `--against OLD`, the full sync (1.) by another balctl binary OLD,
+//! e.g. the release before a change of the YAML parser, and by this one:
+//! ROUNDS times each, alternating, each into a fresh sandbox loaded by the
+//! binary that syncs; it prints both medians and their ratio (this one's
+//! over OLD's).
+//!
+//! Run as root: `cargo bench --bench sync [-- [--kube | --against OLD]
+//! SIZES...]`. Results are recorded in bench/RESULTS.md.
 
 // The sandbox is shared with the CLI tests; the bench uses part of it.
 #[allow(dead_code)]
@@ -44,12 +50,23 @@ const CHANGE_ROUNDS: usize = 3;
 /// Ports a backend address is given before the next address is used, so
 /// every endpoint of every service is a distinct backend, as pod IPs are.
 const PORTS_PER_ADDRESS: u32 = 60_000;
+/// Full syncs by each binary with `--against`.
+const ROUNDS: usize = 5;
 
 fn main() {
     support::start_bench("sync", "cgroups, bpf");
-    let sizes: Vec<u32> =
-        std::env::args().skip(1).filter(|a| !a.starts_with('-')).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let against = args.iter().position(|a| a == "--against").map(|at| args[at + 1].as_str());
+    let sizes: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![10_000, 30_000, 100_000] } else { sizes };
+    if let Some(old) = against {
+        println!("| services × {ENDPOINTS} | full sync s, {old}: median | this balctl: median | ratio |");
+        println!("|---:|---:|---:|---:|");
+        for services in sizes {
+            compare(old, services);
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "--kube") {
         println!(
             "| services × {ENDPOINTS} | first sync s | one-endpoint change s, median | slowest | \
@@ -71,8 +88,9 @@ fn main() {
     }
 }
 
-/// A sandbox with balctl loaded, its maps sized for `services`.
-fn loaded(services: u32) -> Sandbox {
+/// A sandbox with balctl (the binary `program`) loaded, its maps sized for
+/// `services`.
+fn loaded(program: &str, services: u32) -> Sandbox {
     let sandbox = Sandbox::new();
     let entries = services * (ENDPOINTS + 1);
     let sizes = format!(
@@ -81,18 +99,20 @@ fn loaded(services: u32) -> Sandbox {
         (services * ENDPOINTS + 1).next_power_of_two()
     );
     let cgroup = sandbox.cgroup.to_str().expect("cgroup path is UTF-8");
-    sandbox.balctl_ok(&["load", "--cgroup", cgroup, "--map-size", &sizes]);
+    let output = sandbox.command_of(program, &["load", "--cgroup", cgroup, "--map-size", &sizes]).output();
+    let output = output.expect("run balctl load");
+    assert!(output.status.success(), "{program} load: {}", String::from_utf8_lossy(&output.stderr));
     sandbox
 }
 
 fn scenario(services: u32) {
-    let sandbox = loaded(services);
+    let sandbox = loaded(support::BALCTL, services);
     let input = sandbox.scratch("cluster.yaml");
     write_cluster(&input, services, None);
     let megabytes = std::fs::metadata(&input).map(|m| m.len() / 1_000_000).unwrap_or(0);
 
-    let full = timed_sync(&sandbox, &input, "frontends +");
-    let repeat = timed_sync(&sandbox, &input, "no changes");
+    let full = timed_sync(&sandbox, support::BALCTL, &input, "frontends +");
+    let repeat = timed_sync(&sandbox, support::BALCTL, &input, "no changes");
     // A single sync of tens of milliseconds is at the mercy of this shared
     // VM's noise: the endpoint is moved and moved back, CHANGE_ROUNDS times.
     let mut changes = Vec::new();
@@ -100,7 +120,7 @@ fn scenario(services: u32) {
         for changed in [Some(0), None] {
             write_cluster(&input, services, changed);
             let expect = "frontends +0 ~1 -0, backends +1 -1";
-            changes.push(timed_sync(&sandbox, &input, expect));
+            changes.push(timed_sync(&sandbox, support::BALCTL, &input, expect));
         }
         eprintln!("{services}: change round {} of {CHANGE_ROUNDS} done", round + 1);
     }
@@ -118,16 +138,45 @@ fn scenario(services: u32) {
     );
 }
 
-/// Runs `balctl sync -f input` as its own process; returns its wall time and
-/// peak RSS in MB, after checking its summary line.
-fn timed_sync(sandbox: &Sandbox, input: &Path, expect: &str) -> (Duration, u64) {
+/// The full sync of `compare`: OLD's and this balctl's, alternating.
+fn compare(old: &str, services: u32) {
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        // Which goes first alternates, so that neither always meets a
+        // warmer page cache or a quieter machine.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let program = [old, support::BALCTL][which];
+            let sandbox = loaded(program, services);
+            let input = sandbox.scratch("cluster.yaml");
+            write_cluster(&input, services, None);
+            times[which].push(timed_sync(&sandbox, program, &input, "frontends +").0.as_secs_f64());
+        }
+        eprintln!(
+            "{services}: round {} of {ROUNDS}: {old} {:.3} s, this {:.3} s",
+            round + 1,
+            times[0][round],
+            times[1][round]
+        );
+    }
+    let [old_median, new_median] = times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    });
+    println!("| {services} | {old_median:.3} | {new_median:.3} | {:.3} |", new_median / old_median);
+}
+
+/// Runs `balctl sync -f input` (the binary `program`) as its own process;
+/// returns its wall time and peak RSS in MB, after checking its summary
+/// line.
+fn timed_sync(sandbox: &Sandbox, program: &str, input: &Path, expect: &str) -> (Duration, u64) {
     let output_path = sandbox.scratch("sync.out");
     let output = File::create(&output_path).expect("create output file");
     let start = Instant::now();
     // Reaped by wait4 below, which also gives the peak RSS that Child::wait cannot.
     #[allow(clippy::zombie_processes)]
     let child = sandbox
-        .balctl_command(&["sync", "--node-name", "node-a", "-f"])
+        .command_of(program, &["sync", "--node-name", "node-a", "-f"])
         .arg(input)
         .stdout(output)
         .spawn()
@@ -149,7 +198,7 @@ fn timed_sync(sandbox: &Sandbox, input: &Path, expect: &str) -> (Duration, u64) 
 /// `sync --kube --watch` against the cluster served by an API server: its
 /// first sync, then one-endpoint changes.
 fn kube_scenario(services: u32) {
-    let sandbox = loaded(services);
+    let sandbox = loaded(support::BALCTL, services);
     let server = ApiServer::start();
     let kubeconfig = sandbox.scratch("kubeconfig");
     server.write_kubeconfig(&kubeconfig);

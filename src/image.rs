@@ -55,7 +55,9 @@ pub struct FrontendImage {
     pub local_only: bool,
     /// See `FrontendRule::requests_per_second`.
     pub requests_per_second: Option<u32>,
-    /// See `FrontendRule::address_kind`.
+    /// See `FrontendRule::address_kind`. Format 3 state files had none:
+    /// the legacy reader leaves it to its default (`legacy_v1`).
+    #[serde(default)]
     pub address_kind: AddressKind,
 }
 
@@ -414,7 +416,7 @@ mod tests {
     fn images_round_trip_through_the_state_encoding() {
         let image =
             compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default()).unwrap();
-        let bytes = bincode::serialize(&image).unwrap();
-        assert_eq!(bincode::deserialize::<Image>(&bytes).unwrap(), image);
+        let bytes = postcard::to_stdvec(&image).unwrap();
+        assert_eq!(postcard::from_bytes::<Image>(&bytes).unwrap(), image);
     }
 }

@@ -107,7 +107,7 @@ pub fn print_structured<T: Serialize>(format: OutputFormat, value: &T) -> Result
             serde_json::to_writer_pretty(&mut out, value)?;
             writeln!(out)?;
         }
-        OutputFormat::Yaml => serde_yaml_ng::to_writer(&mut out, value)?,
+        OutputFormat::Yaml => serde_saphyr::to_io_writer(&mut out, value)?,
         // kubectl prints a template's output as it is, with no newline added.
         OutputFormat::JsonPath(template) => {
             out.write_all(template.render(&serde_json::to_value(value)?).as_bytes())?

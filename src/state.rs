@@ -2,10 +2,12 @@
 //! image with its ids), written atomically, and a lock so that two balctl
 //! processes that change state never interleave.
 //!
-//! The state is binary (bincode after a magic and a format version): a sync
-//! of 10,000 services reads and writes it whole, and as JSON that alone
-//! took 70 ms of a change that should take less than 100. `balctl dump`,
-//! `status` and `policy list -o json` show what it holds.
+//! The state is binary (postcard after a magic and a format version): a
+//! sync of 10,000 services reads and writes it whole, and as JSON that
+//! alone took 70 ms of a change that should take less than 100. `balctl
+//! dump`, `status` and `policy list -o json` show what it holds. Format 3
+//! (bincode 1) is still read, and rewritten by the first balctl that
+//! takes the lock (docs/state-files.md).
 
 use std::{
     fs::File,
@@ -26,14 +28,22 @@ use crate::{
     trusted_dir::{Problem, Trust, TrustedDir, user},
 };
 
+mod legacy_v1;
+
 const STATE_FILE: &str = "state.bin";
 const LOCK_FILE: &str = "lock";
 /// Present while a change writes the maps; see `StateDir::begin_map_writes`.
 const MAP_WRITES_FILE: &str = "map-writes-in-progress";
 const MAGIC: &[u8; 8] = b"balctl\0S";
-/// Bumped whenever the layout of `AppliedState` changes: bincode is not
+/// Bumped whenever the layout of `AppliedState` changes: postcard is not
 /// self-describing, so another version's file cannot be read at all.
+/// Format 4 is postcard (https://postcard.jamesmunns.com/wire-format).
 const STATE_VERSION: u32 = 4;
+/// The same layout in bincode 1, written up to commit a86b197; read only
+/// to migrate it (`legacy_v1`).
+const LEGACY_VERSION: u32 = 3;
+/// The magic and the format version.
+const HEADER_LEN: usize = MAGIC.len() + 4;
 
 /// Everything balctl has applied. The maps are the datapath's truth; this is
 /// what they were last made to hold, and what `load` restores.
@@ -152,23 +162,61 @@ impl StateDir {
         else {
             return Err(corrupt("it does not start with balctl's state header"));
         };
-        let version = u32::from_le_bytes(*version);
-        if version != STATE_VERSION {
-            bail!(
-                "{} is state format {version}, this balctl reads format {STATE_VERSION}; \
-                 use the balctl that wrote it, or move the state dir away and re-apply \
-                 (`balctl unload --yes`, `balctl load`, then sync and policy add again)",
-                path.display()
-            );
-        }
-        bincode::deserialize(body).map_err(|err| match *err {
-            // bincode reports a file that ends too soon as an I/O error,
-            // sometimes with no message at all.
-            bincode::ErrorKind::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                corrupt("it ends in the middle of its data (truncated)")
+        match u32::from_le_bytes(*version) {
+            STATE_VERSION => match postcard::take_from_bytes(body) {
+                Ok((state, [])) => Ok(state),
+                Ok((_, rest)) => Err(corrupt(&format!("{} bytes follow the end of its data", rest.len()))),
+                Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                    Err(corrupt("it ends in the middle of its data (truncated)"))
+                }
+                Err(other) => Err(corrupt(&other.to_string())),
+            },
+            LEGACY_VERSION => {
+                let mut state = legacy_v1::from_bytes(body).map_err(|err| corrupt(&err.to_string()))?;
+                complete_format_3(&mut state);
+                Ok(state)
             }
-            other => corrupt(&other.to_string()),
-        })
+            version => bail!(
+                "{} is state format {version}, this balctl reads formats {LEGACY_VERSION} and \
+                 {STATE_VERSION}; use the balctl that wrote it, or move the state dir away and \
+                 re-apply (`balctl unload --yes`, `balctl load`, then sync and policy add again)",
+                path.display()
+            ),
+        }
+    }
+
+    /// The format version of the state file; None when there is none, or
+    /// it is too short to say.
+    fn format_version(&self) -> Result<Option<u32>> {
+        let Some(dir) = self.dir()? else { return Ok(None) };
+        let Some(file) = dir.open_file(STATE_FILE)? else { return Ok(None) };
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        file.take(HEADER_LEN as u64)
+            .read_to_end(&mut header)
+            .with_context(|| format!("cannot read {}", self.root.join(STATE_FILE).display()))?;
+        Ok(header
+            .strip_prefix(MAGIC)
+            .and_then(|rest| rest.first_chunk::<4>())
+            .map(|version| u32::from_le_bytes(*version)))
+    }
+
+    /// Rewrites a format 3 state file in the current format, so that no
+    /// later change depends on reading it. Every command that changes
+    /// state, `load` included, takes the lock first; a read-only one
+    /// (`dump`, `status`) reads format 3 as it is.
+    fn migrate(&self, lock: &StateLock) -> Result<()> {
+        if self.format_version()? != Some(LEGACY_VERSION) {
+            return Ok(());
+        }
+        // A corrupt file is left as it is, for the commands that read it to
+        // say so; `unload` still works.
+        let Ok(state) = self.read() else { return Ok(()) };
+        self.write(lock, &state)?;
+        log::info!(
+            "rewrote {} from state format {LEGACY_VERSION} (bincode) in format {STATE_VERSION} (postcard)",
+            self.root.join(STATE_FILE).display()
+        );
+        Ok(())
     }
 
     /// Takes the exclusive lock, waiting (and saying so) if another balctl
@@ -179,7 +227,9 @@ impl StateDir {
             eprintln!("waiting for another balctl to finish (lock {})", self.root.join(LOCK_FILE).display());
             flock(&file, 0).with_context(|| self.lock_failed(LOCK_FILE))?;
         }
-        Ok(StateLock { _file: file })
+        let lock = StateLock { _file: file };
+        self.migrate(&lock)?;
+        Ok(lock)
     }
 
     /// Takes an exclusive lock on the file `name` in the state dir without
@@ -207,12 +257,12 @@ impl StateDir {
         let tmp = format!("{STATE_FILE}.tmp");
         let file = dir.create_new(&tmp)?;
         let write = || -> io::Result<()> {
-            // bincode writes field by field: unbuffered, a large state
+            // postcard writes field by field: unbuffered, a large state
             // costs millions of write(2) calls.
             let mut out = BufWriter::with_capacity(1 << 20, file);
             out.write_all(MAGIC)?;
             out.write_all(&STATE_VERSION.to_le_bytes())?;
-            bincode::serialize_into(&mut out, state).map_err(io::Error::other)?;
+            postcard::to_io(state, &mut out).map_err(io::Error::other)?;
             out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
         };
         write().with_context(|| format!("cannot write {}", dir.path().join(&tmp).display()))?;
@@ -293,7 +343,8 @@ fn flock(file: &File, flags: i32) -> io::Result<bool> {
 
 /// Policies as `(name, rule record)`: `Policy`'s own serde form is the
 /// `policy -o json` output, which flattens the rule and leaves out absent
-/// fields, neither of which bincode can read back.
+/// fields, neither of which a format that is not self-describing (postcard,
+/// bincode before it) can read back.
 mod policy_records {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -310,30 +361,74 @@ mod policy_records {
 }
 
 /// Rules as tuples of their fields, for the same reason.
+/// What format 3 did not record: which address of a Service a frontend
+/// is (read as ClusterIP). Its node ports are the frontends on the
+/// unspecified address, where every NodePort frontend is stored; external
+/// and load-balancer IPs cannot be told from cluster IPs, so every synced
+/// object forgets the inputs it came from, and the next sync translates
+/// it again (once) instead of keeping it, which records their kind.
+fn complete_format_3(state: &mut AppliedState) {
+    let node_port = |frontend: &Frontend| frontend.address.is_unspecified();
+    for object in &mut state.synced {
+        let object = Arc::make_mut(object);
+        object.inputs.clear();
+        for rule in &mut object.rules {
+            if node_port(&rule.frontend) {
+                rule.address_kind = AddressKind::NodePort;
+            }
+        }
+    }
+    for (frontend, image) in &mut state.image.frontends {
+        if node_port(frontend) {
+            image.address_kind = AddressKind::NodePort;
+        }
+    }
+}
+
 mod rule_records {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::{AddressKind, Frontend, FrontendRule, SocketAddr};
 
-    /// Frontend, backends, affinity, local only, requests per second, address kind.
-    pub type Record = (Frontend, Vec<SocketAddr>, Option<u32>, bool, Option<u32>, AddressKind);
-
-    pub fn record(
-        rule: &FrontendRule,
-    ) -> (&Frontend, &Vec<SocketAddr>, Option<u32>, bool, Option<u32>, AddressKind) {
-        (
-            &rule.frontend,
-            &rule.backends,
-            rule.affinity_seconds,
-            rule.local_only,
-            rule.requests_per_second,
-            rule.address_kind,
-        )
+    /// A rule as stored: its fields in this order, one after another.
+    #[derive(Serialize)]
+    #[serde(rename = "Record")]
+    pub struct RecordRef<'a> {
+        frontend: &'a Frontend,
+        backends: &'a [SocketAddr],
+        affinity_seconds: Option<u32>,
+        local_only: bool,
+        requests_per_second: Option<u32>,
+        address_kind: AddressKind,
     }
 
-    pub fn rule(
-        (frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind): Record,
-    ) -> FrontendRule {
+    /// What `RecordRef` wrote. Format 3 had no address kind: the legacy
+    /// reader (`legacy_v1::ADDED_AFTER_FORMAT_3`) leaves it to its default.
+    #[derive(Deserialize)]
+    pub struct Record {
+        frontend: Frontend,
+        backends: Vec<SocketAddr>,
+        affinity_seconds: Option<u32>,
+        local_only: bool,
+        requests_per_second: Option<u32>,
+        #[serde(default)]
+        address_kind: AddressKind,
+    }
+
+    pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
+        RecordRef {
+            frontend: &rule.frontend,
+            backends: &rule.backends,
+            affinity_seconds: rule.affinity_seconds,
+            local_only: rule.local_only,
+            requests_per_second: rule.requests_per_second,
+            address_kind: rule.address_kind,
+        }
+    }
+
+    pub fn rule(record: Record) -> FrontendRule {
+        let Record { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind } =
+            record;
         FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind }
     }
 
@@ -403,6 +498,18 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Cuts the state file anywhere after the header, including inside a
+    /// string, and expects the one clear error for each.
+    fn every_cut_is_truncated(state_dir: &StateDir, whole: &[u8]) {
+        let file = state_dir.root().join(STATE_FILE);
+        for end in HEADER_LEN..whole.len() {
+            fs::write(&file, &whole[..end]).unwrap();
+            let err = format!("{:#}", state_dir.read().unwrap_err());
+            assert!(err.contains("state.bin is corrupt: it ends in the middle of its data"), "{end}: {err}");
+            assert!(err.contains("move it away") && !err.contains("io error"), "{end}: {err}");
+        }
+    }
+
     #[test]
     fn corrupt_state_names_the_file() {
         let dir = temp_dir("corrupt");
@@ -410,14 +517,12 @@ mod tests {
         let lock = state_dir.lock().unwrap();
         state_dir.write(&lock, &sample_state()).unwrap();
         let whole = fs::read(dir.join(STATE_FILE)).unwrap();
-        // Cut anywhere after the header, including inside a string (where
-        // bincode's own error says "io error: " and nothing more).
-        for end in MAGIC.len() + 4..whole.len() {
-            fs::write(dir.join(STATE_FILE), &whole[..end]).unwrap();
-            let err = format!("{:#}", state_dir.read().unwrap_err());
-            assert!(err.contains("state.bin is corrupt: it ends in the middle of its data"), "{end}: {err}");
-            assert!(err.contains("move it away") && !err.contains("io error"), "{end}: {err}");
-        }
+        every_cut_is_truncated(&state_dir, &whole);
+        let mut longer = whole.clone();
+        longer.push(0);
+        fs::write(dir.join(STATE_FILE), longer).unwrap();
+        let err = state_dir.read().unwrap_err();
+        assert!(format!("{err:#}").contains("state.bin is corrupt: 1 bytes follow the end"), "{err:#}");
         fs::write(dir.join(STATE_FILE), "{not binary").unwrap();
         let err = state_dir.read().unwrap_err();
         assert!(format!("{err:#}").contains("state.bin is corrupt: it does not start"), "{err:#}");
@@ -425,7 +530,34 @@ mod tests {
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
         let err = state_dir.read().unwrap_err();
-        assert!(format!("{err:#}").contains("this balctl reads format"), "{err:#}");
+        assert!(format!("{err:#}").contains("this balctl reads formats 3 and 4"), "{err:#}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A state file written by balctl a86b197 (format 3, bincode 1): see
+    /// tests/fixtures/state-v3/README.md.
+    const FORMAT_3: &[u8] = include_bytes!("../tests/fixtures/state-v3/state.bin");
+
+    #[test]
+    fn a_format_3_state_is_read_and_rewritten_when_locked() {
+        let dir = temp_dir("format3");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(dir.join(STATE_FILE), FORMAT_3).unwrap();
+        fs::set_permissions(dir.join(STATE_FILE), fs::Permissions::from_mode(0o600)).unwrap();
+        let state_dir = StateDir::new(&dir);
+        assert_eq!(state_dir.format_version().unwrap(), Some(LEGACY_VERSION));
+        let legacy = state_dir.read().unwrap();
+        assert_eq!((legacy.policies.len(), legacy.synced.len()), (4, 12), "{legacy:#?}");
+        assert_eq!(legacy.policy("local-dns").unwrap().rule.requests_per_second, Some(500));
+        drop(state_dir.lock().unwrap());
+        assert_eq!(state_dir.format_version().unwrap(), Some(STATE_VERSION));
+        assert_eq!(state_dir.read().unwrap(), legacy);
+        // Its errors are as clear as the current format's.
+        every_cut_is_truncated(&state_dir, FORMAT_3);
+        // A corrupt one is left for the commands that read it to report.
+        state_dir.lock().unwrap();
+        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), FORMAT_3[..FORMAT_3.len() - 1]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -178,7 +178,7 @@ fn print(out: &mut impl io::Write, format: OutputFormat, resolution: &Resolution
         }
         OutputFormat::Yaml => {
             writeln!(out, "---")?;
-            serde_yaml_ng::to_writer(&mut *out, resolution)?;
+            serde_saphyr::to_io_writer(&mut *out, resolution)?;
         }
         // One template per event, as `kubectl get -w -o jsonpath` prints one per object.
         OutputFormat::JsonPath(template) => {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 /// The `openAPIV3Schema` of the CRD in `file`, compiled.
 fn schema(file: &str) -> (boon::Schemas, boon::SchemaIndex) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds").join(file);
-    let crd: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
     assert!(schema.is_object(), "{file} has no openAPIV3Schema");
     let (mut schemas, mut compiler) = (boon::Schemas::new(), boon::Compiler::new());
@@ -26,8 +26,7 @@ fn examples(kind: &str) -> Vec<Value> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap();
-        for document in serde_yaml_ng::Deserializer::from_str(&text) {
-            let value: Value = serde::Deserialize::deserialize(document).unwrap();
+        for value in serde_saphyr::from_multiple::<Value>(&text).unwrap() {
             if value["kind"] == kind {
                 found.push(value);
             }

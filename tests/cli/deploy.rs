@@ -29,9 +29,9 @@ pub fn documents(dir: &str) -> Vec<(String, Value)> {
     let mut found = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap();
-        for (i, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-            let value: Value = serde::Deserialize::deserialize(document)
-                .unwrap_or_else(|e| panic!("{}: document {i}: {e}", path.display()));
+        let values =
+            serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (i, value) in values.into_iter().enumerate() {
             found.push((format!("{} document {i}", path.display()), value));
         }
     }

@@ -127,7 +127,7 @@ pub fn every_format_matches_the_documented_schema() {
     // Every kind: a table, JSON that matches its schema, the same as YAML.
     for kind in KINDS {
         let json = dump(&sandbox, kind, &[]);
-        let yaml: Value = serde_yaml_ng::from_str(&sandbox.balctl_ok(&["dump", kind, "-o", "yaml"])).unwrap();
+        let yaml: Value = serde_saphyr::from_str(&sandbox.balctl_ok(&["dump", kind, "-o", "yaml"])).unwrap();
         assert_eq!(timeless(yaml), timeless(json.clone()), "dump {kind}: YAML and JSON differ");
         let table = sandbox.balctl_ok(&["dump", kind]);
         assert!(table.lines().count() > 1, "dump {kind}: {table}");

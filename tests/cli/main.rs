@@ -23,6 +23,7 @@ mod output;
 mod policies;
 mod policy_sync;
 mod progress;
+mod state_migration;
 mod stats;
 mod status;
 mod support;
@@ -95,6 +96,7 @@ fn main() {
         trust::pins_another_user_could_touch_are_refused,
         trust::a_state_others_could_touch_is_refused_and_links_are_not_followed,
         trust::a_truncated_state_names_the_file,
+        state_migration::a_format_3_state_is_migrated_and_programs_the_same_datapath,
         bad_inputs::the_bad_input_corpus_changes_nothing,
         input_limits::oversized_inputs_are_refused_in_bounded_memory,
         input_limits::toml_reading_time_grows_linearly,

@@ -247,7 +247,8 @@ pub fn a_state_others_could_touch_is_refused_and_links_are_not_followed() {
 
 /// Issue 16, item 8: a state file cut short anywhere, or not balctl's at
 /// all, is reported as corrupt, naming it and what to do: never an empty
-/// "io error: ".
+/// "io error: " (bincode 1's word for it). Also a cut state file of
+/// format 3, the bincode one that is still read to migrate it (issue 17).
 pub fn a_truncated_state_names_the_file() {
     let sandbox = Sandbox::new();
     sandbox.load();
@@ -264,10 +265,17 @@ pub fn a_truncated_state_names_the_file() {
         assert!(stderr.contains(&said) && stderr.contains("move it away"), "{stderr}");
         assert!(!stderr.contains("io error"), "{stderr}");
     };
-    // Every cut after the 12-byte header: inside a string, bincode's own
-    // error is "io error: " and nothing more.
+    // Every cut after the 12-byte header, inside strings too.
     for end in 12..whole.len() {
         fs::write(&file, &whole[..end]).unwrap();
+        expect_corrupt("it ends in the middle of its data (truncated)");
+    }
+    // Format 3 (tests/fixtures/state-v3): cuts all through it (each one
+    // is in state.rs's unit tests).
+    let format_3 =
+        fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3/state.bin")).unwrap();
+    for end in (12..format_3.len()).step_by(97) {
+        fs::write(&file, &format_3[..end]).unwrap();
         expect_corrupt("it ends in the middle of its data (truncated)");
     }
     fs::write(&file, "not balctl's").unwrap();

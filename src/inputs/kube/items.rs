@@ -27,6 +27,7 @@ use anyhow::{Context as _, Result};
 
 use xxhash_rust::xxh3::Xxh3;
 
+use super::yaml;
 use crate::{input, inputs::Fingerprint};
 
 /// A run of bytes of the file, and the line it starts on (1-based).
@@ -143,11 +144,15 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
             if has_lone_cr(text) {
                 return Ok(None);
             }
+            let unparsed = splitter.unparsed();
             // Indented and empty lines never start or end a piece.
             if matches!(text[0], b' ' | b'\n') {
-                splitter.indented(text);
+                splitter.indented(text, line);
             } else if !splitter.line(text, base + start as u64, line, &buffer, base) {
                 return Ok(None);
+            }
+            if unparsed || splitter.unparsed() {
+                yaml::check_text(label, line, text)?;
             }
             splitter.check(label)?;
             line += 1;
@@ -208,15 +213,27 @@ impl Splitter {
         self.hasher = Xxh3::with_seed(self.seed);
     }
 
+    /// Whether the parser may never see the line: one before the content
+    /// of a document (which may have none), the `items:` line and those up
+    /// to the first entry. Such lines are checked by the split for what a
+    /// read of the whole file refuses anywhere in it.
+    fn unparsed(&self) -> bool {
+        self.doc_content_line.is_none() || matches!(self.mode, Mode::ItemsKey { .. })
+    }
+
     /// A line that starts with a space, or an empty one. Right after
     /// `items:`, where the split leaves out every line up to the first
     /// entry, only blank lines and comments may come: anything else is
     /// the value of `items`, so the document is not a List in kubectl's
-    /// layout.
-    fn indented(&mut self, text: &[u8]) {
-        if matches!(self.mode, Mode::ItemsKey { .. }) && !is_blank_or_comment(text) {
+    /// layout. Content that is all indented is content too.
+    fn indented(&mut self, text: &[u8], line: usize) {
+        if is_blank_or_comment(text) {
+            return;
+        }
+        if matches!(self.mode, Mode::ItemsKey { .. }) {
             self.mode = Mode::Whole;
         }
+        self.doc_content_line.get_or_insert(line);
     }
 
     /// A line that starts at column 0 with something other than a space or
@@ -416,8 +433,12 @@ mod tests {
 
     #[test]
     fn empty_documents_make_no_piece_and_tiny_ones_are_errors() {
-        let empty = "---\n---\n\n# nothing\n--- \n---\n";
+        let empty = "---\n---\n\n# nothing\n  # nothing\n--- \n---\n";
         assert_eq!(split("f", empty.as_bytes(), 0).unwrap(), Some(Vec::new()));
+        // A document whose content is all indented is one.
+        let indented = "# a Service\n  ports:\n  - port: 80\n---\nkind: Node\nmetadata: {name: a}\n";
+        let found = objects(&split("f", indented.as_bytes(), 0).unwrap().unwrap());
+        assert_eq!(found.iter().map(|piece| piece.2).collect::<Vec<_>>(), [2, 5]);
         let cases = [
             ("---\n---\nx: 1\n---\n", "f:3:1: a document of 9 bytes is too short"),
             ("kind: List\nitems:\n-\n-\n", "f:3:1: a List entry of 2 bytes is too short"),
@@ -431,5 +452,24 @@ mod tests {
             assert!(err.to_string().starts_with(expected), "{text:?}: {err}");
             assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_INPUT);
         }
+    }
+
+    #[test]
+    fn what_no_piece_holds_is_checked_as_a_whole_read_checks_it() {
+        let node = "- apiVersion: v1\n  kind: Node\n  metadata: {name: a}\n";
+        let cases = [
+            ("# a\x02\n".to_owned(), "f:1:4: character U+0002 is not allowed in YAML"),
+            ("kind: Node\nmetadata: {name: a}\n---\n\n  # \x1b\n".to_owned(), "f:5:5: character U+001B"),
+            (format!("kind: List\nitems:\n# \x01\n{node}"), "f:3:3: character U+0001"),
+            (format!("kind: List\nitems:\x0c\n{node}"), "f:2:7: character U+000C"),
+        ];
+        let cases = cases.iter().map(|(text, expected)| (text.as_bytes(), *expected));
+        for (text, expected) in cases.chain([(&b"# \xff\n"[..], "f:1:3: not valid UTF-8")]) {
+            let err = split("f", text, 0).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{text:?}: {err}");
+            assert_eq!(crate::error::exit_code(&err), crate::error::EXIT_INPUT);
+        }
+        // Inside a piece they are the parser's to refuse.
+        assert!(split("f", format!("kind: List\nitems:\n{node}# \x01\n").as_bytes(), 0).unwrap().is_some());
     }
 }

@@ -10,8 +10,8 @@
 use std::{fmt, io::Read};
 
 use anyhow::Result;
+use granit_parser::{BorrowedInput, Event, Parser, ScalarStyle, Span};
 use rustc_hash::FxHashSet;
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use crate::{
     input,
@@ -78,17 +78,31 @@ pub fn for_each_object(
     mut object: impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     let mut chars = ReadChars::new(reader, first_line);
-    let parser = Parser::new_from_iter(chars.by_ref());
-    let result =
-        read_stream(&mut Events { parser, file, line_offset: first_line - 1, nodes: 0 }, &mut object);
+    let line_offset = first_line - 1;
+    // Comments are not data; unemitted, they cost no allocation.
+    let options = || granit_parser::options! { emit_comments: false };
+    // An input of one chunk (every item of a split file) is parsed from
+    // its text: the parser then borrows scalars and reads ahead in bulk,
+    // which is faster than characters one at a time (bench/RESULTS.md,
+    // "YAML parser"). A bigger one streams, one chunk in memory at a time.
+    let result = match chars.whole_text() {
+        Some(text) => {
+            let parser = Parser::new_from_str_with_options(&text, options());
+            read_stream(&mut Events { parser, file, line_offset, nodes: 0 }, &mut object)
+        }
+        None => {
+            let parser = Parser::new_from_iter_with_options(chars.by_ref(), options());
+            read_stream(&mut Events { parser, file, line_offset, nodes: 0 }, &mut object)
+        }
+    };
     if let Some(err) = chars.error.take() {
         return Err(input!("{file}{err}"));
     }
     result
 }
 
-struct Events<'f, 'i, I: Iterator<Item = char>> {
-    parser: Parser<'i, saphyr_parser::BufferedInput<I>>,
+struct Events<'f, 'i, T: BorrowedInput<'i>> {
+    parser: Parser<'i, T>,
     file: &'f str,
     /// Lines of the file before the part being parsed.
     line_offset: usize,
@@ -96,7 +110,7 @@ struct Events<'f, 'i, I: Iterator<Item = char>> {
     nodes: usize,
 }
 
-impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
+impl<'i, T: BorrowedInput<'i>> Events<'_, 'i, T> {
     fn next(&mut self) -> Result<(Event<'i>, Span)> {
         match self.parser.next_event() {
             Some(Ok(event)) => Ok(event),
@@ -118,8 +132,8 @@ impl<'i, I: Iterator<Item = char> + 'i> Events<'_, 'i, I> {
     }
 }
 
-fn read_stream<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
+fn read_stream<'i, T: BorrowedInput<'i>>(
+    events: &mut Events<'_, 'i, T>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     loop {
@@ -127,7 +141,7 @@ fn read_stream<'i, I: Iterator<Item = char> + 'i>(
         match event {
             Event::StreamStart | Event::DocumentEnd => {}
             Event::StreamEnd => return Ok(()),
-            Event::DocumentStart(_) => read_document(events, object)?,
+            Event::DocumentStart(..) => read_document(events, object)?,
             other => return Err(events.error(&span, format!("unexpected YAML event {other:?}"))),
         }
     }
@@ -135,8 +149,8 @@ fn read_stream<'i, I: Iterator<Item = char> + 'i>(
 
 /// One document: a mapping whose `items` (if a sequence) are streamed one by
 /// one, a sequence whose elements are, or any other node, handed out whole.
-fn read_document<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
+fn read_document<'i, T: BorrowedInput<'i>>(
+    events: &mut Events<'_, 'i, T>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     events.nodes = 0;
@@ -187,8 +201,8 @@ fn check_list_kind(kind: Option<&Node>) -> Result<(), String> {
 
 /// Hands out each element of a sequence whose start was just read: an
 /// object, as deep as a document's root, wherever the sequence is.
-fn read_elements<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
+fn read_elements<'i, T: BorrowedInput<'i>>(
+    events: &mut Events<'_, 'i, T>,
     object: &mut impl FnMut(Node) -> Result<()>,
 ) -> Result<()> {
     loop {
@@ -229,9 +243,9 @@ impl Keys {
 /// Reads the entries of a mapping whose start was just read, up to its end,
 /// calling `entry` with each key, the first event of its value, and the
 /// spans of both.
-fn read_entries<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
-    mut entry: impl FnMut(&mut Events<'_, 'i, I>, String, Event<'i>, Span, Span) -> Result<()>,
+fn read_entries<'i, T: BorrowedInput<'i>>(
+    events: &mut Events<'_, 'i, T>,
+    mut entry: impl FnMut(&mut Events<'_, 'i, T>, String, Event<'i>, Span, Span) -> Result<()>,
 ) -> Result<()> {
     loop {
         let (event, key_span) = events.next()?;
@@ -244,8 +258,8 @@ fn read_entries<'i, I: Iterator<Item = char> + 'i>(
     }
 }
 
-fn scalar_key<'i, I: Iterator<Item = char> + 'i>(
-    events: &Events<'_, 'i, I>,
+fn scalar_key<'i, T: BorrowedInput<'i>>(
+    events: &Events<'_, 'i, T>,
     event: Event<'i>,
     span: &Span,
 ) -> Result<String> {
@@ -255,8 +269,8 @@ fn scalar_key<'i, I: Iterator<Item = char> + 'i>(
     }
 }
 
-fn read_node<'i, I: Iterator<Item = char> + 'i>(
-    events: &mut Events<'_, 'i, I>,
+fn read_node<'i, T: BorrowedInput<'i>>(
+    events: &mut Events<'_, 'i, T>,
     event: Event<'i>,
     span: Span,
     depth: usize,
@@ -309,9 +323,10 @@ fn read_node<'i, I: Iterator<Item = char> + 'i>(
 /// message, with the line and column of a byte that is not UTF-8.
 struct ReadChars<R> {
     reader: R,
-    /// Decoded once per chunk: handing out chars is then an index bump,
-    /// which matters at hundreds of megabytes.
-    chunk: Vec<char>,
+    /// Checked once per chunk: handing out chars is then cheap, which
+    /// matters at hundreds of megabytes.
+    chunk: String,
+    /// Bytes into `chunk` of the next char.
     position: usize,
     /// Bytes of a character split across two reads.
     partial: Vec<u8>,
@@ -321,6 +336,8 @@ struct ReadChars<R> {
     error: Option<String>,
     /// Before the first chunk, which may start with a byte-order mark.
     at_start: bool,
+    /// The reader has nothing more.
+    at_end: bool,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -328,21 +345,24 @@ const CHUNK: usize = 1 << 20;
 impl<R: Read> ReadChars<R> {
     /// The stream starts on `first_line` of its file.
     fn new(reader: R, first_line: usize) -> Self {
-        let (chunk, partial) = (Vec::new(), Vec::new());
-        Self { reader, chunk, position: 0, partial, line: first_line, column: 0, error: None, at_start: true }
+        let (chunk, partial) = (String::new(), Vec::new());
+        let (error, at_start, at_end) = (None, true, false);
+        Self { reader, chunk, position: 0, partial, line: first_line, column: 0, error, at_start, at_end }
+    }
+
+    /// The whole text, checked, when it is one chunk; else None, and the
+    /// characters are read from `self` (the first chunk is read already).
+    fn whole_text(&mut self) -> Option<String> {
+        let read = self.refill();
+        (read && self.at_end && self.partial.is_empty()).then(|| std::mem::take(&mut self.chunk))
     }
 
     fn not_utf8(&mut self) {
-        self.error = Some(format!(":{}:{}: not valid UTF-8", self.line, self.column + 1));
+        self.error = Some(format!(":{}:{}: {NOT_UTF8}", self.line, self.column + 1));
     }
 
     fn not_printable(&mut self, c: char) {
-        self.error = Some(format!(
-            ":{}:{}: character U+{:04X} is not allowed in YAML (only printable characters are)",
-            self.line,
-            self.column + 1,
-            u32::from(c)
-        ));
+        self.error = Some(format!(":{}:{}: {}", self.line, self.column + 1, not_printable(c)));
     }
 
     /// Moves the position past `text`.
@@ -361,9 +381,12 @@ impl<R: Read> ReadChars<R> {
         let mut bytes = std::mem::take(&mut self.partial);
         let start = bytes.len();
         // Grows with what is read: a small input allocates little.
-        if let Err(e) = self.reader.by_ref().take(CHUNK as u64).read_to_end(&mut bytes) {
-            self.error = Some(format!(": read failed: {e}"));
-            return false;
+        match self.reader.by_ref().take(CHUNK as u64).read_to_end(&mut bytes) {
+            Ok(read) => self.at_end = read < CHUNK,
+            Err(e) => {
+                self.error = Some(format!(": read failed: {e}"));
+                return false;
+            }
         }
         // Not part of the text: columns count from after it.
         if std::mem::take(&mut self.at_start) && bytes.starts_with(BYTE_ORDER_MARK) {
@@ -386,22 +409,43 @@ impl<R: Read> ReadChars<R> {
             }
         };
         self.partial = bytes.split_off(valid);
-        self.chunk.clear();
         // Checked just above.
         let text = std::str::from_utf8(&bytes).unwrap_or_default();
-        for (at, c) in text.char_indices() {
-            // The parser takes a NUL for the end of the stream: what
-            // follows one would be dropped without a word.
-            if !printable(c) {
-                self.advance(&bytes[..at]);
-                self.not_printable(c);
-                return false;
-            }
-            self.chunk.push(c);
+        // The parser takes a NUL for the end of the stream: what follows
+        // one would be dropped without a word.
+        if let Some((at, c)) = text.char_indices().find(|&(_, c)| !printable(c)) {
+            self.advance(&bytes[..at]);
+            self.not_printable(c);
+            return false;
         }
+        self.chunk.clear();
+        self.chunk.push_str(text);
         self.advance(&bytes);
         self.position = 0;
         true
+    }
+}
+
+const NOT_UTF8: &str = "not valid UTF-8";
+
+fn not_printable(c: char) -> String {
+    format!("character U+{:04X} is not allowed in YAML (only printable characters are)", u32::from(c))
+}
+
+/// What reading `text` (a line of file `label`) would refuse in it, as
+/// `ReadChars` does: a character outside YAML's printable set, or bytes
+/// that are not UTF-8. For text the parser never sees.
+pub(super) fn check_text(label: &str, line: usize, text: &[u8]) -> Result<()> {
+    let (valid, rest) = match std::str::from_utf8(text) {
+        Ok(valid) => (valid, None),
+        Err(e) => (std::str::from_utf8(&text[..e.valid_up_to()]).unwrap_or_default(), Some(e.valid_up_to())),
+    };
+    if let Some((at, c)) = valid.char_indices().find(|&(_, c)| !printable(c)) {
+        return Err(input!("{label}:{line}:{}: {}", at + 1, not_printable(c)));
+    }
+    match rest {
+        Some(at) => Err(input!("{label}:{line}:{}: {NOT_UTF8}", at + 1)),
+        None => Ok(()),
     }
 }
 
@@ -416,8 +460,8 @@ impl<R: Read> Iterator for ReadChars<R> {
 
     fn next(&mut self) -> Option<char> {
         loop {
-            if let Some(&c) = self.chunk.get(self.position) {
-                self.position += 1;
+            if let Some(c) = self.chunk[self.position..].chars().next() {
+                self.position += c.len_utf8();
                 return Some(c);
             }
             if self.error.is_some() || !self.refill() {

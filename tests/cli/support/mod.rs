@@ -191,7 +191,13 @@ impl Sandbox {
     /// balctl with `args`, against this sandbox's pins and state, stdin
     /// closed: for running it in the background or with other output.
     pub fn balctl_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(BALCTL);
+        self.command_of(BALCTL, args)
+    }
+
+    /// `balctl_command` of another balctl binary, e.g. an older build.
+    #[allow(dead_code, reason = "bench/sync.rs compares builds; the CLI tests run one")]
+    pub fn command_of(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(program);
         command
             .args(args)
             .env("BALCTL_BPFFS", &self.pins)
