@@ -239,14 +239,16 @@ impl Splitter {
     /// A line that starts at column 0 with something other than a space or
     /// a newline. False: the file cannot be split.
     fn line(&mut self, text: &[u8], offset: u64, line: usize, buffer: &[u8], base: u64) -> bool {
-        let content = !matches!(text[0], b'#' | b'\r' | b'\t');
+        // A line starting with a tab may hold content too (`\tkind: x`).
+        let content = !is_blank_or_comment(text);
         if text.starts_with(b"...") || text[0] == b'%' {
             return false;
         }
         if is_separator(text) {
             self.end_document(offset, line, buffer, base);
             self.doc_start = (offset, line);
-            self.doc_content_line = None;
+            // `--- x`: the document's content starts on its separator.
+            self.doc_content_line = (!is_blank_or_comment(&text[3..])).then_some(line);
             self.mode = Mode::Plain;
             return true;
         }
@@ -435,7 +437,12 @@ mod tests {
     fn empty_documents_make_no_piece_and_tiny_ones_are_errors() {
         let empty = "---\n---\n\n# nothing\n  # nothing\n--- \n---\n";
         assert_eq!(split("f", empty.as_bytes(), 0).unwrap(), Some(Vec::new()));
-        // A document whose content is all indented is one.
+        // A document whose content is all indented, after a tab, or on its
+        // `---` line is one.
+        for (text, line) in [("---\n\tkind: Node # after a tab\n", 2), ("--- {kind: Node, a: b}\n", 1)] {
+            let found = objects(&split("f", text.as_bytes(), 0).unwrap().unwrap());
+            assert_eq!(found.iter().map(|piece| piece.2).collect::<Vec<_>>(), [line], "{text:?}");
+        }
         let indented = "# a Service\n  ports:\n  - port: 80\n---\nkind: Node\nmetadata: {name: a}\n";
         let found = objects(&split("f", indented.as_bytes(), 0).unwrap().unwrap());
         assert_eq!(found.iter().map(|piece| piece.2).collect::<Vec<_>>(), [2, 5]);
