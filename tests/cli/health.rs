@@ -27,6 +27,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
+    kube_sync::{service, slice},
     stats::{free_port, http, http_get, samples, scrape_text, services},
     support::{Sandbox, apiserver::ApiServer, watcher::Watcher},
 };
@@ -299,30 +300,6 @@ pub fn probes_and_agent_metrics_follow_the_syncs() {
     assert_eq!(watcher.terminate(), Some(0));
 }
 
-fn service(name: &str, cluster_ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": name, "namespace": "shop" },
-        "spec": {
-            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "type": "ClusterIP",
-            "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080 }]
-        }
-    })
-}
-
-fn slice(service: &str, endpoint: &str) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("{service}-1"), "namespace": "shop",
-            "labels": { "kubernetes.io/service-name": service }
-        },
-        "addressType": "IPv4",
-        "endpoints": [{ "addresses": [endpoint], "conditions": { "ready": true }, "nodeName": "node-a" }],
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }]
-    })
-}
-
 /// Must show 4, with `/readyz` before the first list, and a recovery with
 /// no change to show for it.
 pub fn healthz_turns_503_while_the_api_server_is_away() {
@@ -334,7 +311,7 @@ pub fn healthz_turns_503_while_the_api_server_is_away() {
     let kubeconfig = sandbox.scratch("kubeconfig");
     server.write_kubeconfig(&kubeconfig);
     server.apply(service("web", "198.18.0.20"));
-    server.apply(slice("web", "192.0.2.2"));
+    server.apply(slice("web", &["192.0.2.2"]));
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     // Not answering at start: not ready, nothing applied.
@@ -368,7 +345,7 @@ pub fn healthz_turns_503_while_the_api_server_is_away() {
     // Away, with a change meanwhile: 503 once away longer than 2 s.
     server.set_reachable(false);
     let away = Instant::now();
-    server.apply(slice("web", "192.0.2.3"));
+    server.apply(slice("web", &["192.0.2.3"]));
     assert_eq!(probe(port, "/healthz").0, 200, "not late yet");
     let (late, after) = wait_for_status(port, "/healthz", 503, Duration::from_secs(10));
     assert!(away.elapsed() >= Duration::from_secs(2), "503 after {after:?}, before the timeout");

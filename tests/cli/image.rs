@@ -35,7 +35,7 @@ use crate::{
     deploy::{IMAGE, documents, probe_port, typed},
     kube_sync::{service, slice},
     stats::{free_port, http_get},
-    support::{Sandbox, apiserver::ApiServer, finish},
+    support::{Sandbox, apiserver::ApiServer, finish, run},
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,18 +56,6 @@ fn archive(arch: &str) -> PathBuf {
         assert!(status.success(), "scripts/image {arch} failed");
     }
     path
-}
-
-/// Runs `program`, requires success, returns stdout.
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 fn json_file(path: &Path) -> Value {

@@ -84,7 +84,8 @@ pub struct Sandbox {
     children: Mutex<Vec<Child>>,
 }
 
-fn run(program: &str, args: &[&str]) {
+/// Runs `program`, requires success, returns stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
     let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         output.status.success(),
@@ -92,6 +93,7 @@ fn run(program: &str, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 impl Sandbox {
