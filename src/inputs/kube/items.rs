@@ -14,9 +14,12 @@
 //! whole.
 //!
 //! A document without content (only a `---`, blank lines or comments)
-//! makes no piece, and one with content, or a List entry, shorter than
-//! `MIN_OBJECT` bytes is an input error: no object is that short. So every
-//! piece stands for at least `MIN_OBJECT` bytes of the file, and the
+//! makes no piece. A List entry shorter than `MIN_OBJECT` bytes is an input
+//! error: no object is that short. A document that short sends the file to
+//! be read whole, since YAML may read it as nothing (`~`, or ` &a`: an
+//! anchor on an empty node), which is skipped as an empty document is, and
+//! reading it whole is what tells. So every piece stands for at least
+//! `MIN_OBJECT` bytes of the file, and the
 //! bookkeeping of a file's pieces (a `Piece`, then a `reuse::Item`, about
 //! 64 bytes each) is at most about 8 bytes per byte of the file, whatever
 //! it holds; a file of `---` or `-` lines cost 30 times its size.
@@ -93,8 +96,11 @@ struct Splitter {
     doc_start: (u64, usize),
     /// First line of the document that starts with content at column 0.
     doc_content_line: Option<usize>,
-    /// The first piece too short to be an object: its kind, line and size.
-    too_short: Option<(PieceKind, usize, u64)>,
+    /// The first List entry too short to be an object: its line and size.
+    too_short: Option<(usize, u64)>,
+    /// A document too short to be an object was found: the file is read
+    /// whole.
+    short_document: bool,
 }
 
 /// The fewest bytes a Kubernetes object takes: it has an `apiVersion`, a
@@ -118,6 +124,7 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
         doc_start: (0, 1),
         doc_content_line: None,
         too_short: None,
+        short_document: false,
     };
     let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK);
     // File offset of buffer[0], and the line number of the line it starts.
@@ -155,6 +162,9 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
                 yaml::check_text(label, line, text)?;
             }
             splitter.check(label)?;
+            if splitter.short_document {
+                return Ok(None);
+            }
             line += 1;
             start = end;
         }
@@ -164,27 +174,26 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
     }
     splitter.end_document(base, line, &[], base);
     splitter.check(label)?;
-    Ok(Some(splitter.pieces))
+    Ok((!splitter.short_document).then_some(splitter.pieces))
 }
 
 impl Splitter {
-    /// An input error for the first piece too short to be an object.
+    /// An input error for the first List entry too short to be an object.
     fn check(&self, label: &str) -> Result<()> {
-        let Some((kind, line, len)) = self.too_short else { return Ok(()) };
-        let what = match kind {
-            PieceKind::ListEntry => "a List entry",
-            PieceKind::Document => "a document",
-        };
+        let Some((line, len)) = self.too_short else { return Ok(()) };
         Err(input!(
-            "{label}:{line}:1: {what} of {len} bytes is too short to be a Kubernetes object (one has \
-             apiVersion, kind and metadata.name)"
+            "{label}:{line}:1: a List entry of {len} bytes is too short to be a Kubernetes object (one \
+             has apiVersion, kind and metadata.name)"
         ))
     }
 
     /// Adds a piece of objects, or notes that it is too short to be one.
     fn push(&mut self, kind: PieceKind, span: Span, line: usize, fingerprint: Fingerprint) {
         if span.len < MIN_OBJECT {
-            self.too_short.get_or_insert((kind, line, span.len));
+            match kind {
+                PieceKind::ListEntry => _ = self.too_short.get_or_insert((line, span.len)),
+                PieceKind::Document => self.short_document = true,
+            }
         }
         self.pieces.push(Piece::Objects { kind, span, line, fingerprint });
     }
@@ -446,8 +455,11 @@ mod tests {
         let indented = "# a Service\n  ports:\n  - port: 80\n---\nkind: Node\nmetadata: {name: a}\n";
         let found = objects(&split("f", indented.as_bytes(), 0).unwrap().unwrap());
         assert_eq!(found.iter().map(|piece| piece.2).collect::<Vec<_>>(), [2, 5]);
+        // A short document may be nothing: the file is read whole.
+        for text in ["---\n---\nx: 1\n---\n", " &er", "~\n---\nkind: Node\nmetadata: {name: a}\n"] {
+            assert!(split("f", text.as_bytes(), 0).unwrap().is_none(), "{text:?}");
+        }
         let cases = [
-            ("---\n---\nx: 1\n---\n", "f:3:1: a document of 9 bytes is too short"),
             ("kind: List\nitems:\n-\n-\n", "f:3:1: a List entry of 2 bytes is too short"),
             (
                 "kind: List\nitems:\n- kind: Namespace\n- {}\nkind: List\n",
