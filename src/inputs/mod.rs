@@ -172,7 +172,7 @@ pub const CLUSTER_SOURCE: &str = "kubernetes";
 /// like theirs, objects of `previous` whose documents did not change are
 /// kept without reading those again.
 pub fn from_cluster(
-    documents: &[(String, impl AsRef<[u8]>)],
+    documents: &[(String, impl AsRef<[u8]> + Sync)],
     this_node: &str,
     previous: &[Arc<SyncedObject>],
 ) -> Result<Inputs> {

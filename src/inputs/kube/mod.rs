@@ -7,6 +7,7 @@
 mod field;
 mod items;
 mod objects;
+mod parallel;
 mod policies;
 mod policy_objects;
 mod reuse;
@@ -174,7 +175,7 @@ impl SplitFiles {
 /// file items are (`SplitFiles::read`): a watch that sees one object change
 /// parses and translates that object, not the cluster.
 pub fn read_documents(
-    documents: &[(String, impl AsRef<[u8]>)],
+    documents: &[(String, impl AsRef<[u8]> + Sync)],
     source: &str,
     previous: &[Arc<SyncedObject>],
     this_node: &str,
@@ -208,9 +209,9 @@ pub fn read_documents(
 struct Items<'a> {
     items: &'a [reuse::Item],
     /// The index of an item's source.
-    source_of: &'a dyn Fn(&reuse::Item) -> usize,
+    source_of: &'a (dyn Fn(&reuse::Item) -> usize + Sync),
     /// Its objects, the only one with the item's fingerprint.
-    parse: &'a dyn Fn(&reuse::Item) -> Result<Vec<KubeObject>>,
+    parse: &'a (dyn Fn(&reuse::Item) -> Result<Vec<KubeObject>> + Sync),
     /// Where its object starts.
     location_of: &'a dyn Fn(&reuse::Item) -> Location,
 }
@@ -232,15 +233,14 @@ impl Items<'_> {
         let mut reuse = reuse::Reuse::new(self.items, previous, source_name);
         // Objects with where their item is, to be put in input order: what
         // a sync parses must not depend on what it kept.
-        let mut parsed: Vec<((usize, u64), (usize, KubeObject))> = Vec::new();
-        let parse = |item: &reuse::Item, parsed: &mut Vec<_>| -> Result<()> {
-            let (at, source) = ((item.file, item.span.offset), (self.source_of)(item));
-            parsed.extend((self.parse)(item)?.into_iter().map(|object| (at, (source, object))));
-            Ok(())
+        let parse = |items: &[&reuse::Item]| {
+            parallel::flat_map(items, |item| {
+                let (at, source) = ((item.file, item.span.offset), (self.source_of)(item));
+                Ok((self.parse)(item)?.into_iter().map(|object| (at, (source, object))).collect())
+            })
         };
-        for item in reuse.unclaimed() {
-            parse(item, &mut parsed)?;
-        }
+        let mut parsed: Vec<((usize, u64), (usize, KubeObject))> =
+            parse(&reuse.unclaimed().collect::<Vec<_>>())?;
         let every = || {
             let parsed = parsed.iter().map(|(_, parsed)| parsed);
             parsed.chain(others.iter().copied().flatten()).map(|(_, object)| object)
@@ -249,9 +249,7 @@ impl Items<'_> {
         // Policies and Pods are always parsed (nothing records their items),
         // so what they depend on is known by now.
         owners.extend(policies::dependencies(every(), this_node));
-        for item in reuse.release(owners.iter().map(String::as_str)) {
-            parse(item, &mut parsed)?;
-        }
+        parsed.extend(parse(&reuse.release(owners.iter().map(String::as_str)))?);
         parsed.sort_by_key(|&(at, _)| at);
         let parsed = parsed.into_iter().map(|(_, parsed)| parsed).collect();
         let kept = reuse
