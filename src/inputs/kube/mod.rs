@@ -366,3 +366,48 @@ impl Read for FileRange<'_> {
         Ok(read)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    /// Each object's name and where it was read from.
+    fn placed(object: &mut KubeObject) -> (String, String, Location) {
+        let meta = object.meta_mut();
+        (meta.namespace.clone(), meta.name.clone(), meta.location.clone())
+    }
+
+    #[test]
+    fn items_parsed_on_several_threads_come_as_reading_the_file_whole_gives_them() {
+        // 1,200 items: many chunks for every thread.
+        let mut text = String::from("apiVersion: v1\nitems:\n");
+        for i in 0..600 {
+            let _ = write!(
+                text,
+                "- apiVersion: v1\n  kind: Service\n  metadata:\n    name: s{i}\n    namespace: ns\n  spec:\n    \
+                 clusterIP: 198.18.{}.{}\n    ports:\n    - port: 80\n- apiVersion: discovery.k8s.io/v1\n  \
+                 kind: EndpointSlice\n  metadata:\n    name: s{i}-1\n    namespace: ns\n    labels:\n      \
+                 kubernetes.io/service-name: s{i}\n  addressType: IPv4\n  endpoints:\n  - addresses:\n    \
+                 - 192.0.2.{}\n  ports:\n  - port: 8080\n",
+                i / 200,
+                i % 200 + 1,
+                i % 200 + 1,
+            );
+        }
+        text.push_str("kind: List\n");
+        let path = std::env::temp_dir().join(format!("balctl-parallel-test-{}.yaml", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let split = split_files(vec![YamlFile { source: 0, path: path.clone() }], "n", InputLimit::default());
+        let input = split.unwrap().read(&["s".to_owned()], &[], Vec::new(), "n").unwrap();
+        let mut whole = read(&path.display().to_string(), text.as_bytes()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut parsed: Vec<KubeObject> = input.parsed.into_iter().map(|(_, object)| object).collect();
+        assert_eq!(parsed.len(), 1200);
+        // Read in items, as their fingerprints say.
+        assert!(parsed.iter_mut().all(|object| object.meta_mut().fingerprint.is_some()));
+        let placed_all = |objects: &mut Vec<KubeObject>| objects.iter_mut().map(placed).collect::<Vec<_>>();
+        assert_eq!(placed_all(&mut parsed), placed_all(&mut whole));
+    }
+}
