@@ -115,6 +115,109 @@ pub fn both_platforms_hold_a_static_balctl_of_this_version() {
     }
 }
 
+/// A containerd of the test's own (its root, state and socket in the
+/// sandbox, the Kubernetes plugin off): what a kubelet's runtime would load
+/// the archives into. Killed, by PID, when it drops.
+struct Containerd {
+    dir: PathBuf,
+    daemon: std::process::Child,
+}
+
+impl Containerd {
+    fn start(sandbox: &Sandbox) -> Self {
+        let dir = sandbox.scratch("containerd");
+        fs::create_dir(&dir).unwrap();
+        let config = dir.join("config.toml");
+        let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\naddress = {:?}\n[ttrpc]\naddress = {:?}\n",
+                path("root"),
+                path("state"),
+                path("sock"),
+                path("sock.ttrpc"),
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.join("log")).unwrap();
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (scripts/setup installs it)");
+        let containerd = Self { dir, daemon };
+        let started = Instant::now();
+        while !containerd.dir.join("sock").exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "containerd did not start: {}",
+                containerd.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        containerd
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        let socket = self.dir.join("sock");
+        let mut all = vec!["--address", socket.to_str().unwrap(), "--namespace", "balctl-test"];
+        all.extend(args);
+        run("ctr", &all)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Containers end with `run --rm`; the daemon's files go with the sandbox.
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// Build 1: containerd (the runtime of most kubelets) imports each
+/// platform's archive under the name deploy/ uses, with every blob present,
+/// and runs the amd64 image's balctl.
+pub fn containerd_imports_both_archives_and_runs_the_image() {
+    let sandbox = Sandbox::new();
+    let containerd = Containerd::start(&sandbox);
+    let reference = format!("docker.io/library/{IMAGE}");
+    for arch in ["amd64", "arm64"] {
+        let platform = format!("linux/{arch}");
+        containerd.ctr(&["images", "import", "--platform", &platform, archive(arch).to_str().unwrap()]);
+        let listed = containerd.ctr(&["images", "ls"]);
+        let line = listed
+            .lines()
+            .find(|line| line.starts_with(&format!("{reference} ")))
+            .unwrap_or_else(|| panic!("{arch}: {reference} not imported: {listed}"));
+        assert!(line.contains(&platform), "{arch}: {line}");
+        let checked = containerd.ctr(&["images", "check"]);
+        let line =
+            checked.lines().find(|line| line.starts_with(&format!("{reference} "))).unwrap_or_default();
+        assert!(line.contains(" complete (") && !line.contains("incomplete"), "{arch}: {checked}");
+        if arch == "amd64" {
+            // No network of its own but loopback: the container gets a new,
+            // empty network namespace.
+            let printed = containerd.ctr(&[
+                "run",
+                "--rm",
+                &reference,
+                "balctl-version",
+                "/usr/local/bin/balctl",
+                "--version",
+            ]);
+            assert_eq!(printed.trim(), format!("balctl {VERSION}"), "{}", containerd.log());
+        }
+    }
+}
+
 /// Podman with a private storage in the sandbox; every container it ran is
 /// removed (by name) when it drops, and the images with it.
 struct Podman {

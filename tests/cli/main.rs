@@ -156,6 +156,7 @@ fn main() {
         kube_sync::trace_names_the_pod_of_a_container,
         kube_sync::a_kube_watch_watches_only_the_pods_policies_select,
         image::both_platforms_hold_a_static_balctl_of_this_version,
+        image::containerd_imports_both_archives_and_runs_the_image,
         image::the_daemonset_runs_in_podman_and_a_new_pod_takes_over,
         image::the_uninstall_manifest_leaves_nothing_behind,
     ];
