@@ -63,7 +63,8 @@ fn json_file(path: &Path) -> Value {
 }
 
 /// Build 1 and Must show 1: each platform's archive holds one image, named
-/// as deploy/ names it for podman and for containerd/docker, for its
+/// as deploy/ names it for podman and for containerd/docker (also in the
+/// `docker save` manifest, read back by skopeo as docker would), for its
 /// platform, whose one layer holds a static balctl of Cargo.toml's version:
 /// amd64 runs here, arm64 under qemu-user.
 pub fn both_platforms_hold_a_static_balctl_of_this_version() {
@@ -87,6 +88,19 @@ pub fn both_platforms_hold_a_static_balctl_of_this_version() {
         assert_eq!(annotations["io.containerd.image.name"], format!("docker.io/library/{IMAGE}"), "{arch}");
         let manifest = json_file(&blob(descriptor));
         let config = json_file(&blob(&manifest["config"]));
+        // The `docker save` manifest beside the layout, for docker before 25,
+        // names the same blobs; skopeo reads the archive as docker does.
+        let in_layout = |descriptor: &Value| {
+            format!("blobs/{}", descriptor["digest"].as_str().unwrap().replace(':', "/"))
+        };
+        let layers: Vec<String> = manifest["layers"].as_array().unwrap().iter().map(in_layout).collect();
+        let expected = serde_json::json!([{"Config": in_layout(&manifest["config"]), "RepoTags": [IMAGE], "Layers": layers}]);
+        assert_eq!(json_file(&layout.join("manifest.json")), expected, "{arch}");
+        let docker_archive = format!("docker-archive:{}", archive(arch).display());
+        let read_as_docker: Value =
+            serde_json::from_str(&run("skopeo", &["inspect", "--config", &docker_archive])).unwrap();
+        assert_eq!(read_as_docker["architecture"], arch, "{arch}");
+        assert_eq!(read_as_docker["rootfs"], config["rootfs"], "{arch}");
         assert_eq!((config["os"].as_str(), config["architecture"].as_str()), (Some("linux"), Some(arch)));
         assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/usr/local/bin/balctl"]));
         assert_eq!(config["config"]["Labels"]["org.opencontainers.image.version"], VERSION);
