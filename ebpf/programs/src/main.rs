@@ -15,4 +15,6 @@
 /// Trace events are compiled in: this is the datapath balctl loads.
 const TRACING: bool = true;
 
+mod lb;
+
 include!("datapath.rs");

@@ -6,4 +6,6 @@
 
 const TRACING: bool = false;
 
+mod lb;
+
 include!("datapath.rs");
