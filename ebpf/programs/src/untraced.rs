@@ -7,5 +7,6 @@
 const TRACING: bool = false;
 
 mod lb;
-
-include!("datapath.rs");
+mod object;
+mod sock;
+mod sock_release;

@@ -1,19 +1,9 @@
-// The datapath's programs, shared by main.rs and untraced.rs (which differ
-// only in `TRACING`); see main.rs for what it does, and lb/ for the
-// library they call.
+//! The cgroup sock_addr programs: `connect` and `sendmsg` translate a
+//! frontend to a backend, `recvmsg` and `getpeername` show a backend the
+//! socket was translated to as its frontend. Each reads its context, calls
+//! the library (`lb`) with plain values and writes the context back.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie,
-        bpf_set_retval, generated,
-    },
-    macros::{cgroup_sock, cgroup_sock_addr},
-    programs::{SockAddrContext, SockContext},
-};
-use balctl_common::{ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP, result};
-use lb::{
+use crate::lb::{
     Operation,
     addr::{Endpoint, V4_MAPPED_PREFIX, is_v4_mapped},
     choice::choose_backend,
@@ -23,9 +13,20 @@ use lb::{
     sockets::{self, Translation},
     trace::{Caller, trace},
 };
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        bpf_set_retval, generated,
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use balctl_common::{ECONNREFUSED, IPPROTO_TCP, IPPROTO_UDP, result};
 
 /// sock_addr programs allow the socket operation by returning 1.
-const ALLOW: i32 = 1;
+pub const ALLOW: i32 = 1;
 /// Returning 0 rejects it; the error the caller sees is set with
 /// `bpf_set_retval` first (the kernel would say EPERM otherwise).
 const REJECT: i32 = 0;
@@ -74,18 +75,6 @@ pub fn balctl_getpeer4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn balctl_getpeer6(ctx: SockAddrContext) -> i32 {
     reverse_translate(&ctx, Family::V6)
-}
-
-/// A socket of the cgroup closes: its way of the sockets map, if it has
-/// one, is emptied for the next socket (`sockets::release`). Runs for
-/// every TCP and UDP socket of the cgroup, translated or not.
-#[cgroup_sock(sock_release)]
-pub fn balctl_sock_release(ctx: SockContext) -> i32 {
-    // SAFETY: the helper only reads the socket behind the context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    sockets::release(cookie);
-    // cgroup sock programs allow with 1; sock_release's result is ignored.
-    ALLOW
 }
 
 /// Forward translation: frontend -> backend. Traffic to anything that is not
@@ -225,14 +214,3 @@ unsafe fn read(field: *const u32) -> u32 {
 unsafe fn write(field: *mut u32, value: u32) {
     unsafe { core::ptr::write_volatile(field, value) }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier proves the programs cannot reach a panic.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
