@@ -32,6 +32,7 @@ pub mod maps;
 pub mod sockets;
 pub mod trace;
 
+/// What a translation is made for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     /// `connect()` on TCP or UDP: one choice for the life of the socket.

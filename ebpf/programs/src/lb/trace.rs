@@ -70,7 +70,9 @@ pub fn trace(
 }
 
 /// Who made the call a trace event records, as the attach point knows it;
-/// asked only when an event is written.
+/// asked only when an event is written. A trait rather than a closure
+/// that fills in the event: LLVM then builds the event in place (45
+/// instructions fewer in connect4).
 pub trait Caller {
     fn pid_tgid(&self) -> u64;
     fn cgroup_id(&self) -> u64;
