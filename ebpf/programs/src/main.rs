@@ -9,10 +9,20 @@
 //! entry when the destination is a node address or IPv4 loopback) -> chosen slot
 //! (backend id and a copy of the backend); a sticky choice's backend id ->
 //! backend.
+//!
+//! Layout: `lb` is the datapath library (maps, frontend lookup, backend
+//! choice, socket translations, counters, trace events) on plain values;
+//! one file per attach point reads its context, calls it and applies the
+//! result (`sock`: the sock_addr hooks; `sock_release`). This file and
+//! untraced.rs are the entry points: the same modules, with and without
+//! trace events (`TRACING`, which `lb::trace` reads).
 #![no_std]
 #![no_main]
 
 /// Trace events are compiled in: this is the datapath balctl loads.
 const TRACING: bool = true;
 
-include!("datapath.rs");
+mod lb;
+mod object;
+mod sock;
+mod sock_release;

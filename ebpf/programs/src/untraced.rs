@@ -6,4 +6,7 @@
 
 const TRACING: bool = false;
 
-include!("datapath.rs");
+mod lb;
+mod object;
+mod sock;
+mod sock_release;

@@ -1,0 +1,115 @@
+//! Which backend of a frontend takes a socket: its earlier choice, the
+//! client's sticky one (affinity), else a random slot.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use balctl_common::{
+    AffinityKey, AffinityValue, Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY,
+    STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey, SocketTranslation, result,
+};
+
+use super::{
+    clock::NSEC_PER_SEC,
+    maps::{AFFINITY, BACKENDS, MEMBERSHIP, SERVICES},
+    sockets::NO_SOCKET,
+};
+
+/// A backend chosen for a socket, and how (`result::RANDOM`...).
+pub struct Choice {
+    pub backend: Backend,
+    pub backend_id: u32,
+    pub how: u8,
+}
+
+/// Picks the backend of `frontend` (with its `master` entry) for the
+/// socket with `socket_cookie`: the socket's `earlier` choice (unconnected
+/// UDP; `NO_SOCKET` when it has none), else the client's (affinity; the
+/// owner is `client_netns()`, called only for a service with affinity),
+/// else a random slot; or says why there is none (`result::NO_BACKEND`...).
+/// Helpers that only some paths need are called only on those paths: every
+/// call here is paid on each translated connect.
+#[inline(always)]
+pub fn choose_backend(
+    socket_cookie: u64,
+    client_netns: impl FnOnce() -> u64,
+    now: u64,
+    earlier: &SocketTranslation,
+    frontend: &ServiceKey,
+    master: &ServiceEntry,
+) -> Result<Choice, u8> {
+    if master.count == 0 {
+        let local_only = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
+        return Err(if local_only { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND });
+    }
+    let service_id = master.service_id;
+    // The sticky choice of an unconnected socket for a frontend that is not
+    // the one in its sockets entry.
+    let second_frontend = (earlier.service_id != NO_SOCKET.service_id && earlier.service_id != service_id)
+        .then_some(AffinityKey { cookie: socket_cookie, service_id, owner: STICKY_SOCKET });
+    if earlier.service_id == service_id
+        // SAFETY: only presence is read.
+        && unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id: earlier.backend_id }) }.is_some()
+    {
+        let backend =
+            Backend { addr: earlier.backend, port: earlier.backend_port, proto: frontend.proto, _pad: 0 };
+        return Ok(Choice { backend, backend_id: earlier.backend_id, how: result::SOCKET });
+    }
+    if let Some(socket_key) = &second_frontend
+        && let Some((backend_id, backend)) = sticky_backend(socket_key, service_id, None)
+    {
+        return Ok(Choice { backend, backend_id, how: result::SOCKET });
+    }
+    let affinity = (master.flags & SERVICE_FLAG_AFFINITY != 0).then(|| AffinityKey {
+        cookie: client_netns(),
+        service_id,
+        owner: STICKY_NETNS,
+    });
+    if let Some(netns_key) = &affinity {
+        let timeout = u64::from(master.affinity_timeout_sec) * NSEC_PER_SEC;
+        if let Some((backend_id, backend)) = sticky_backend(netns_key, service_id, Some((now, timeout))) {
+            // Refresh: the timeout counts from the last use, as kube-proxy's does.
+            remember_choice(netns_key, backend_id, now);
+            return Ok(Choice { backend, backend_id, how: result::AFFINITY });
+        }
+    }
+
+    // SAFETY: plain helper call.
+    let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
+    let slot_key = ServiceKey { slot, ..*frontend };
+    // SAFETY: read once, whole.
+    let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;
+    let (backend_id, backend) = (slot_entry.backend_id, slot_entry.backend);
+    if backend.proto == Backend::NONE.proto {
+        return Err(result::STALE);
+    }
+    if let Some(netns_key) = &affinity {
+        remember_choice(netns_key, backend_id, now);
+    }
+    if let Some(socket_key) = &second_frontend {
+        remember_choice(socket_key, backend_id, now);
+    }
+    Ok(Choice { backend, backend_id, how: result::RANDOM })
+}
+
+/// A previous choice for this owner, if it is still valid: not expired (when
+/// a timeout applies) and its backend still belongs to the service.
+#[inline(always)]
+fn sticky_backend(key: &AffinityKey, service_id: u32, expiry: Option<(u64, u64)>) -> Option<(u32, Backend)> {
+    // SAFETY: read once, whole.
+    let choice = unsafe { AFFINITY.get(key) }.copied()?;
+    if let Some((now, timeout)) = expiry
+        && now.wrapping_sub(choice.last_used_ns) > timeout
+    {
+        return None;
+    }
+    let membership = MembershipKey { service_id, backend_id: choice.backend_id };
+    unsafe { MEMBERSHIP.get(&membership) }?;
+    let backend = unsafe { BACKENDS.get(&choice.backend_id) }.copied()?;
+    Some((choice.backend_id, backend))
+}
+
+#[inline(always)]
+fn remember_choice(key: &AffinityKey, backend_id: u32, now: u64) {
+    let choice = AffinityValue { last_used_ns: now, backend_id, _pad: 0 };
+    // A full LRU map evicts; a failed insert only costs stickiness.
+    let _ = AFFINITY.insert(key, &choice, 0);
+}

@@ -1,0 +1,109 @@
+//! Which frontend a destination is, in layer order: a LocalRedirectPolicy,
+//! a BalancingPolicy, the Service (exact, else its NodePort).
+
+use balctl_common::{
+    GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, LAYERS_KNOWN, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT,
+    SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, ServiceEntry, ServiceKey, layer_bit,
+};
+
+use super::{
+    addr::{Endpoint, V4_MAPPED_PREFIX, is_v4_loopback, is_v4_mapped},
+    clock::{NSEC_PER_SEC, coarse_now},
+    counters::count_gave_way,
+    maps::{LAYERS, NODES, RATE_LIMITS, SERVICES},
+};
+
+/// The frontend that takes a connection to `dest` over `proto`, with its
+/// master entry (slot 0); None for traffic that is for no frontend.
+#[inline(always)]
+pub fn lookup(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+    policy_frontend(dest, proto).or_else(|| find_frontend(dest, proto))
+}
+
+/// A policy's entry for `dest` that takes the connection: a
+/// LocalRedirectPolicy's while it has a backend and is within its rate
+/// limit (else it gives way: to a BalancingPolicy, the Service, or at the
+/// end the original destination), then a BalancingPolicy's, which like a
+/// Service's refuses connections when it has no backend. A layer that holds
+/// no frontend at all is not looked up.
+#[inline(always)]
+fn policy_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+    let layers = LAYERS.get(0).copied().unwrap_or(0);
+    let may_hold = |scope| layers & LAYERS_KNOWN == 0 || layers & layer_bit(scope) != 0;
+    let redirect =
+        ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_REDIRECT, slot: 0, _pad: 0 };
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    if may_hold(SCOPE_REDIRECT)
+        && let Some(master) = unsafe { SERVICES.get(&redirect) }.copied()
+    {
+        let gave_way = if master.count == 0 {
+            GAVE_WAY_NO_BACKEND
+        } else if !within_rate_limit(&master) {
+            GAVE_WAY_RATE_LIMIT
+        } else {
+            return Some((redirect, master));
+        };
+        count_gave_way(master.service_id, gave_way);
+    }
+    if !may_hold(SCOPE_BALANCING) {
+        return None;
+    }
+    let balancing = ServiceKey { scope: SCOPE_BALANCING, ..redirect };
+    // SAFETY: as above.
+    let master = unsafe { SERVICES.get(&balancing) }.copied()?;
+    Some((balancing, master))
+}
+
+/// Whether a rate-limited frontend may take one more connection this
+/// second, counting it if so. The count is shared by all CPUs and updated
+/// without a lock (the BPF target has no 64-bit atomic add with this
+/// toolchain): CPUs counting at the same instant can let a few more
+/// through, never fewer.
+#[inline(always)]
+fn within_rate_limit(master: &ServiceEntry) -> bool {
+    if master.flags & SERVICE_FLAG_RATE_LIMITED == 0 {
+        return true;
+    }
+    // Without its limit entry (written before the flag) nothing limits it.
+    let Some(limit) = RATE_LIMITS.get_ptr_mut(&master.service_id) else {
+        return true;
+    };
+    // SAFETY: plain helper call; `limit` points into the map's value, which
+    // stays valid for the program's run.
+    unsafe {
+        let second = coarse_now() / NSEC_PER_SEC;
+        if (*limit).second != second {
+            (*limit).second = second;
+            (*limit).count = 0;
+        }
+        if (*limit).count >= u64::from((*limit).per_second) {
+            return false;
+        }
+        (*limit).count += 1;
+    }
+    true
+}
+
+/// The frontend `dest` belongs to, with its master entry: an exact match,
+/// else the NodePort frontend of its port when `dest` is a node address or
+/// IPv4 loopback.
+#[inline(always)]
+fn find_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+    let exact =
+        ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_SERVICE, slot: 0, _pad: 0 };
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    if let Some(master) = unsafe { SERVICES.get(&exact) } {
+        return Some((exact, *master));
+    }
+    let v4 = is_v4_mapped(&dest.addr);
+    let node_address = NodeAddressKey { addr: dest.addr };
+    // SAFETY: only presence is read.
+    if !(v4 && is_v4_loopback(&dest.addr)) && unsafe { NODES.get(&node_address) }.is_none() {
+        return None;
+    }
+    let any = if v4 { V4_MAPPED_PREFIX } else { [0; 4] };
+    let node_port = ServiceKey { addr: any, ..exact };
+    // SAFETY: as above.
+    let master = unsafe { SERVICES.get(&node_port) }.copied()?;
+    Some((node_port, master))
+}

@@ -1,0 +1,75 @@
+//! The maps (layouts and names in `balctl_common`) and the one global
+//! user space sets at load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use balctl_common::{
+    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, MembershipKey, NodeAddressKey,
+    RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet,
+    TRACE_LEASE_ENTRIES, default_capacity,
+};
+
+#[map(name = "services")]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
+    HashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "backends")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(default_capacity::BACKENDS, 0);
+
+// Sized like the services map: one entry per backend slot.
+#[map(name = "membership")]
+pub static MEMBERSHIP: HashMap<MembershipKey, u32> = HashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "affinity")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(default_capacity::AFFINITY, 0);
+
+#[map(name = "sockets")]
+pub static SOCKETS: Array<SocketSet> =
+    Array::with_max_entries(default_capacity::SOCKETS / SOCKET_WAYS as u32, 0);
+
+/// The sockets map's number of sets: `load` writes it for the map it pins.
+/// A global of .rodata, which the verifier sees as a constant.
+#[unsafe(no_mangle)]
+pub static SOCKET_SETS: u32 = default_capacity::SOCKETS / SOCKET_WAYS as u32;
+
+#[map(name = "revnat")]
+pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
+    LruHashMap::with_max_entries(default_capacity::REVNAT, 0);
+
+#[map(name = "nodes")]
+pub static NODES: HashMap<NodeAddressKey, u32> = HashMap::with_max_entries(default_capacity::NODES, 0);
+
+// Counters are per CPU: no atomic operation on the connect path. One
+// entry per frontend (service id) and one per frontend and backend.
+#[map(name = "stats")]
+pub static STATS: PerCpuHashMap<u32, ServiceStats> =
+    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "backend_hits")]
+pub static BACKEND_HITS: PerCpuHashMap<MembershipKey, u64> =
+    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+
+#[map(name = "rate_limits")]
+pub static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::with_max_entries(default_capacity::RATE_LIMITS, 0);
+
+// The node's counters (one entry): per CPU, like the frontends'.
+#[map(name = "datapath_stats")]
+pub static DATAPATH_STATS: PerCpuArray<DatapathStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "layers")]
+pub static LAYERS: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "trace_leases")]
+pub static TRACE_LEASES: Array<u64> = Array::with_max_entries(TRACE_LEASE_ENTRIES, 0);
+
+#[map(name = "events0")]
+pub static EVENTS0: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events1")]
+pub static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events2")]
+pub static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map(name = "events3")]
+pub static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
