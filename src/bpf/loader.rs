@@ -24,7 +24,7 @@ use balctl_common::map_names;
 use super::{
     cgroup,
     maps::check_layout,
-    object::{self, HOOKS, Hook, MAPS, MapSpec, OBJECT},
+    object::{self, AttachPoint, HOOKS, Hook, MAPS, MapSpec, OBJECT},
     pins::PinDir,
     sys,
 };
@@ -365,7 +365,10 @@ pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
             continue;
         };
         let attached_programs = match &cgroup_dir {
-            Some(dir) => sys::cgroup_attached_programs(dir.as_fd(), hook.kernel_attach_type())?.len(),
+            Some(dir) => {
+                let AttachPoint::Cgroup { attach_type } = hook.attach;
+                sys::cgroup_attached_programs(dir.as_fd(), attach_type as u32)?.len()
+            }
             None => 0,
         };
         hooks.push(HookState {
