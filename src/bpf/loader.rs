@@ -5,6 +5,10 @@
 //! maps and swaps the programs behind the existing links with
 //! `BPF_LINK_UPDATE`: the hook is never empty, never attached twice, and the
 //! map contents are untouched.
+//!
+//! What to load and where to attach it comes from `object::HOOKS`: each
+//! hook's `ProgramKind` says how aya loads and attaches its program, its
+//! `AttachPoint` what it is attached to and what `status` reports of it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +20,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     EbpfLoader,
-    programs::{CgroupAttachMode, Program, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, ProgramFd, links::FdLink,
+    },
 };
 
 use balctl_common::map_names;
@@ -24,7 +30,7 @@ use balctl_common::map_names;
 use super::{
     cgroup,
     maps::check_layout,
-    object::{self, AttachPoint, HOOKS, Hook, MAPS, MapSpec, OBJECT},
+    object::{self, AttachPoint, HOOKS, Hook, MAPS, MapSpec, OBJECT, ProgramKind},
     pins::PinDir,
     sys,
 };
@@ -58,7 +64,7 @@ pub struct LoadReport {
 /// A pinned link with what the kernel says of it.
 struct LiveLink {
     fd: OwnedFd,
-    info: sys::CgroupLinkInfo,
+    info: sys::LinkInfo,
 }
 
 pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<LoadReport> {
@@ -124,12 +130,9 @@ fn load_and_attach(
     // Verify every program before touching any hook, so a verifier
     // rejection leaves the running datapath as it was.
     for hook in HOOKS {
-        let loaded = match program(&mut ebpf, &hook)? {
-            Program::CgroupSockAddr(program) => program.load(),
-            Program::CgroupSock(program) => program.load(),
-            _ => unreachable!("`program` returns cgroup sock programs only"),
-        };
-        loaded.with_context(|| format!("the kernel rejected the {} program", hook.name))?;
+        program(&mut ebpf, &hook)?
+            .load()
+            .with_context(|| format!("the kernel rejected the {} program", hook.name))?;
     }
 
     let cgroup_dir =
@@ -139,13 +142,13 @@ fn load_and_attach(
         let program = program(&mut ebpf, &hook)?;
         let action = match live.remove(hook.name) {
             Some(link) => {
-                let prog_fd = program.fd()?.as_fd();
-                sys::link_update(link.fd.as_fd(), prog_fd)
+                sys::link_update(link.fd.as_fd(), program.fd()?.as_fd())
                     .with_context(|| format!("cannot replace the {} program", hook.name))?;
                 HookAction::Replaced
             }
             None => {
-                let link = attach(program, &cgroup_dir)
+                let link = program
+                    .attach(&cgroup_dir)
                     .with_context(|| format!("cannot attach {} to {}", hook.name, target.display()))?;
                 link.pin(pins.link(hook.name)?)
                     .with_context(|| format!("cannot pin the {} link", hook.name))?;
@@ -157,43 +160,70 @@ fn load_and_attach(
     Ok(actions)
 }
 
-/// A hook's program: a cgroup sock_addr program, or the cgroup sock
-/// program of sock_release.
-fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<&'a mut Program> {
+/// A hook's program, typed by the kind its hook names: aya loads and
+/// attaches each kind through its own type (a tcx program will be a
+/// `SchedClassifier` attached per device with its hook's direction).
+enum HookProgram<'a> {
+    CgroupSockAddr(&'a mut CgroupSockAddr),
+    CgroupSock(&'a mut CgroupSock),
+}
+
+/// A hook's program in the loaded object, if it is of the hook's kind.
+fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<HookProgram<'a>> {
     let program = ebpf
         .program_mut(hook.program)
         .ok_or_else(|| anyhow!("the eBPF object has no program {}", hook.program))?;
-    match program {
-        Program::CgroupSockAddr(_) | Program::CgroupSock(_) => Ok(program),
-        other => {
-            bail!("the program {} is a {:?} program, not a cgroup sock one", hook.program, other.prog_type())
+    let prog_type = program.prog_type();
+    Ok(match (hook.kind, program) {
+        (ProgramKind::CgroupSockAddr, Program::CgroupSockAddr(program)) => {
+            HookProgram::CgroupSockAddr(program)
         }
+        (ProgramKind::CgroupSock, Program::CgroupSock(program)) => HookProgram::CgroupSock(program),
+        (kind, _) => bail!("the program {} is a {prog_type:?} program, not a {kind:?} one", hook.program),
+    })
+}
+
+impl HookProgram<'_> {
+    fn load(&mut self) -> Result<(), ProgramError> {
+        match self {
+            Self::CgroupSockAddr(program) => program.load(),
+            Self::CgroupSock(program) => program.load(),
+        }
+    }
+
+    fn fd(&self) -> Result<&ProgramFd, ProgramError> {
+        match self {
+            Self::CgroupSockAddr(program) => program.fd(),
+            Self::CgroupSock(program) => program.fd(),
+        }
+    }
+
+    /// Attaches the loaded program to the target cgroup through a bpf_link
+    /// that outlives this process once pinned. `Single` is flags 0, the only
+    /// ones a cgroup bpf_link takes; the kernel runs it alongside the
+    /// hook's other programs as with `BPF_F_ALLOW_MULTI`.
+    fn attach(self, cgroup_dir: &fs::File) -> Result<FdLink> {
+        let link = match self {
+            Self::CgroupSockAddr(program) => {
+                let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+                program.take_link(id)?.try_into()?
+            }
+            Self::CgroupSock(program) => {
+                let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+                program.take_link(id)?.try_into()?
+            }
+        };
+        Ok(link)
     }
 }
 
-/// Attaches a loaded hook program to the cgroup through a bpf_link that
-/// outlives this process once pinned.
-fn attach(program: &mut Program, cgroup_dir: &fs::File) -> Result<FdLink> {
-    let link = match program {
-        Program::CgroupSockAddr(program) => {
-            let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
-            program.take_link(id)?.try_into()?
-        }
-        Program::CgroupSock(program) => {
-            let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
-            program.take_link(id)?.try_into()?
-        }
-        _ => unreachable!("`program` returns cgroup sock programs only"),
-    };
-    Ok(link)
-}
-
-/// Pinned links that are still attached. A link whose cgroup is gone is
-/// defunct: its pin is removed so the hook is attached anew.
+/// Pinned links that are still attached. A link whose target is gone (a
+/// removed cgroup) is defunct: its pin is removed so the hook is attached
+/// anew.
 fn live_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
     let mut links = pinned_links(pins)?;
     let defunct: Vec<&'static str> =
-        links.iter().filter(|(_, link)| link.info.cgroup_id == 0).map(|(&hook, _)| hook).collect();
+        links.iter().filter(|(_, link)| !link.info.target.is_attached()).map(|(&hook, _)| hook).collect();
     for hook in defunct {
         let path = pins.link(hook)?;
         log::info!("removing defunct link {}", path.display());
@@ -211,7 +241,8 @@ fn pinned_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
         if path.exists() {
             let fd =
                 sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-            let info = sys::cgroup_link_info(fd.as_fd())?;
+            let info = sys::link_info(fd.as_fd())
+                .with_context(|| format!("cannot read pinned link {}", path.display()))?;
             links.insert(hook.name, LiveLink { fd, info });
         }
     }
@@ -228,7 +259,7 @@ fn target_cgroup(live: &BTreeMap<&'static str, LiveLink>, requested: Option<&Pat
             Ok(path)
         })
         .transpose()?;
-    let attached: BTreeSet<u64> = live.values().map(|link| link.info.cgroup_id).collect();
+    let attached: BTreeSet<u64> = live.values().filter_map(|link| link.info.target.cgroup_id()).collect();
     let Some(&attached_id) = attached.first() else {
         return match requested {
             Some(path) => Ok(path),
@@ -354,7 +385,7 @@ pub struct AttachState {
 
 pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
     let live = pinned_links(pins)?;
-    let cgroup_id = live.values().map(|l| l.info.cgroup_id).find(|&id| id != 0).unwrap_or(0);
+    let cgroup_id = live.values().filter_map(|l| l.info.target.cgroup_id()).find(|&id| id != 0).unwrap_or(0);
     let cgroup = (cgroup_id != 0).then(|| cgroup::cgroup_path(cgroup_id)).flatten();
     let cgroup_dir = cgroup.as_ref().and_then(|path| fs::File::open(path).ok());
     let mut hooks = Vec::new();
@@ -364,12 +395,11 @@ pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
             missing_hooks.push(hook.name);
             continue;
         };
-        let attached_programs = match &cgroup_dir {
-            Some(dir) => {
-                let AttachPoint::Cgroup { attach_type } = hook.attach;
-                sys::cgroup_attached_programs(dir.as_fd(), attach_type as u32)?.len()
-            }
-            None => 0,
+        let attached_programs = match hook.attach {
+            AttachPoint::Cgroup { attach_type } => match &cgroup_dir {
+                Some(dir) => sys::cgroup_attached_programs(dir.as_fd(), attach_type as u32)?.len(),
+                None => 0,
+            },
         };
         hooks.push(HookState {
             hook: hook.name,

@@ -68,8 +68,7 @@ pub enum ProgramKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachPoint {
     /// A hook of the target cgroup (`load --cgroup`), for the sockets of
-    /// its processes and its descendants'; attached with
-    /// `CgroupAttachMode::Single`, so there is one link per hook.
+    /// its processes and its descendants': one link per hook.
     Cgroup { attach_type: bpf_attach_type },
 }
 
