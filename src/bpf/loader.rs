@@ -8,12 +8,12 @@
 //!
 //! What to load and where to attach it comes from `object::HOOKS`: each
 //! hook's `ProgramKind` says how aya loads and attaches its program, its
-//! `AttachPoint` what it is attached to and what `status` reports of it.
+//! `AttachPoint` what it is attached to (`links` reads it back).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -29,8 +29,9 @@ use balctl_common::map_names;
 
 use super::{
     cgroup,
+    links::{self, LiveLink},
     maps::check_layout,
-    object::{self, AttachPoint, HOOKS, Hook, MAPS, MapSpec, OBJECT, ProgramKind},
+    object::{self, HOOKS, Hook, MAPS, MapSpec, OBJECT, ProgramKind},
     pins::PinDir,
     sys,
 };
@@ -61,12 +62,6 @@ pub struct LoadReport {
     pub maps_created: Vec<&'static str>,
 }
 
-/// A pinned link with what the kernel says of it.
-struct LiveLink {
-    fd: OwnedFd,
-    info: sys::LinkInfo,
-}
-
 pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<LoadReport> {
     load_object(OBJECT, pins, cgroup, sizes)
 }
@@ -82,7 +77,7 @@ pub fn load_object(
 ) -> Result<LoadReport> {
     object::check(object).map_err(|err| input!("the eBPF object cannot be balctl's datapath: {err:#}"))?;
     pins.prepare()?;
-    let live = live_links(pins)?;
+    let live = links::live_links(pins)?;
     let target = target_cgroup(&live, cgroup)?;
     check_layout(pins, |name| sizes.get(name))?;
 
@@ -217,38 +212,6 @@ impl HookProgram<'_> {
     }
 }
 
-/// Pinned links that are still attached. A link whose target is gone (a
-/// removed cgroup) is defunct: its pin is removed so the hook is attached
-/// anew.
-fn live_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
-    let mut links = pinned_links(pins)?;
-    let defunct: Vec<&'static str> =
-        links.iter().filter(|(_, link)| !link.info.target.is_attached()).map(|(&hook, _)| hook).collect();
-    for hook in defunct {
-        let path = pins.link(hook)?;
-        log::info!("removing defunct link {}", path.display());
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        links.remove(hook);
-    }
-    Ok(links)
-}
-
-/// Every pinned link, attached or not.
-fn pinned_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
-    let mut links = BTreeMap::new();
-    for hook in HOOKS {
-        let path = pins.link(hook.name)?;
-        if path.exists() {
-            let fd =
-                sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-            let info = sys::link_info(fd.as_fd())
-                .with_context(|| format!("cannot read pinned link {}", path.display()))?;
-            links.insert(hook.name, LiveLink { fd, info });
-        }
-    }
-    Ok(links)
-}
-
 /// The cgroup to attach to: where balctl already is, else `--cgroup`, else
 /// the cgroup2 root.
 fn target_cgroup(live: &BTreeMap<&'static str, LiveLink>, requested: Option<&Path>) -> Result<PathBuf> {
@@ -292,33 +255,17 @@ pub struct UnloadReport {
     pub maps_removed: Vec<String>,
 }
 
-/// Detaches every hook and removes every pin. Detaching explicitly (rather
-/// than only unpinning) ends the attachment even if some other process still
-/// holds a link open.
+/// Detaches every hook and removes every pin.
 pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
-    let mut report = UnloadReport::default();
-    for hook in HOOKS {
-        let path = pins.link(hook.name)?;
-        if !path.exists() {
-            continue;
-        }
-        let fd =
-            sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-        match sys::link_detach(fd.as_fd()) {
-            // Already detached (its cgroup was removed): only the pin is left.
-            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
-            other => other.with_context(|| format!("cannot detach {}", hook.name))?,
-        }
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        report.links_detached.push(hook.name);
-    }
+    let links_detached = links::detach_all(pins)?;
+    let mut maps_removed = Vec::new();
     for name in pins.pinned_maps()? {
         let path = pins.map(&name)?;
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        report.maps_removed.push(name);
+        maps_removed.push(name);
     }
     pins.remove_dirs();
-    Ok(report)
+    Ok(UnloadReport { links_detached, maps_removed })
 }
 
 /// The capacities the balancing maps have after `load`: pinned maps keep
@@ -351,62 +298,4 @@ fn max_entries_after_load(pins: &PinDir, spec: &MapSpec, sizes: &MapSizes) -> Re
     let info =
         aya::maps::MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
     Ok(info.max_entries())
-}
-
-/// Whether any hook is pinned here.
-pub fn is_loaded(pins: &PinDir) -> Result<bool> {
-    for hook in HOOKS {
-        if pins.link(hook.name)?.exists() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// One hook as the kernel reports it.
-#[derive(Debug, serde::Serialize)]
-pub struct HookState {
-    pub hook: &'static str,
-    pub link_id: u32,
-    pub program_id: u32,
-    /// Programs attached to the cgroup for this hook, balctl's included;
-    /// exactly 1 when balctl is the only one.
-    pub attached_programs: usize,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct AttachState {
-    pub cgroup: Option<PathBuf>,
-    pub cgroup_id: u64,
-    pub hooks: Vec<HookState>,
-    /// Hooks with no pinned link (a partial load).
-    pub missing_hooks: Vec<&'static str>,
-}
-
-pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
-    let live = pinned_links(pins)?;
-    let cgroup_id = live.values().filter_map(|l| l.info.target.cgroup_id()).find(|&id| id != 0).unwrap_or(0);
-    let cgroup = (cgroup_id != 0).then(|| cgroup::cgroup_path(cgroup_id)).flatten();
-    let cgroup_dir = cgroup.as_ref().and_then(|path| fs::File::open(path).ok());
-    let mut hooks = Vec::new();
-    let mut missing_hooks = Vec::new();
-    for hook in HOOKS {
-        let Some(link) = live.get(hook.name) else {
-            missing_hooks.push(hook.name);
-            continue;
-        };
-        let attached_programs = match hook.attach {
-            AttachPoint::Cgroup { attach_type } => match &cgroup_dir {
-                Some(dir) => sys::cgroup_attached_programs(dir.as_fd(), attach_type as u32)?.len(),
-                None => 0,
-            },
-        };
-        hooks.push(HookState {
-            hook: hook.name,
-            link_id: link.info.link_id,
-            program_id: link.info.program_id,
-            attached_programs,
-        });
-    }
-    Ok(AttachState { cgroup, cgroup_id, hooks, missing_hooks })
 }
