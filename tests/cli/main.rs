@@ -143,6 +143,7 @@ fn main() {
         health::probes_and_agent_metrics_follow_the_syncs,
         health::healthz_turns_503_while_the_api_server_is_away,
         status::exit_codes_tell_not_loaded_in_sync_and_drift,
+        status::status_and_load_follow_missing_and_defunct_links,
         policies::redirect_then_balancing_then_service,
         policies::a_rate_limited_redirect_sends_the_rest_to_the_service,
         policies::a_failed_change_leaves_the_rate_limits_as_they_were,
