@@ -73,6 +73,7 @@ fn main() {
         datapath::unload_leaves_nothing_behind,
         datapath::reload_under_traffic_loses_nothing,
         datapath::upgrade_to_another_build_under_traffic_loses_nothing,
+        datapath::an_object_built_for_other_hooks_is_refused,
         datapath::udp_and_peer_addresses_show_the_vip,
         datapath::dig_through_a_dns_vip,
         datapath::ipv6_and_v4_mapped_sockets,
