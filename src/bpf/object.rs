@@ -2,7 +2,7 @@
 //! program per hook, of the kind and attach point the hook says, and the
 //! maps with their kernel layouts.
 
-use std::mem::size_of;
+use std::{fmt, mem::size_of};
 
 use anyhow::{Context as _, Result, bail};
 use aya_obj::{
@@ -70,6 +70,14 @@ pub enum AttachPoint {
     /// A hook of the target cgroup (`load --cgroup`), for the sockets of
     /// its processes and its descendants': one link per hook.
     Cgroup { attach_type: bpf_attach_type },
+}
+
+impl fmt::Display for AttachPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cgroup { attach_type } => write!(f, "on a cgroup at {attach_type:?}"),
+        }
+    }
 }
 
 pub const HOOKS: [Hook; 9] = [
@@ -303,13 +311,16 @@ fn check_programs(parsed: &aya_obj::Object, hooks: &[Hook]) -> Result<()> {
             .with_context(|| format!("it has no program {} (for the {} hook)", hook.program, hook.name))?;
         let found = section_attach(&program.section);
         if found != Some((hook.kind, hook.attach)) {
+            let built = found.map_or_else(
+                || format!("{:?}", program.section),
+                |(kind, attach)| format!("a {kind:?} program {attach}"),
+            );
             bail!(
-                "its program {} is a {:?} program, balctl attaches it as {:?} at {:?} (the {} hook)",
+                "its program {} is built as {built}; the {} hook runs a {:?} program {}",
                 hook.program,
-                program.section,
+                hook.name,
                 hook.kind,
-                hook.attach,
-                hook.name
+                hook.attach
             );
         }
     }
