@@ -21,12 +21,12 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// A program balctl attaches, and where: the cgroup sock_addr hooks that
 /// translate, and sock_release, which frees a closed socket's way. Loading,
 /// attaching, pinning, swapping in place, unloading and `status` all go
-/// through this description (src/bpf/loader.rs), so a program of another
+/// through this description (src/bpf/loader.rs, links.rs), so a program of another
 /// kind is one more `ProgramKind` and `AttachPoint` variant and their arms.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
     /// The name users see and the file name of its link's pin (a cgroup
-    /// hook has one link; a tcx hook will have one per device, pinned as
+    /// hook has one link; a tcx hook will have one per device, e.g.
     /// `<name>@<device>`).
     pub name: &'static str,
     /// The program's function name in the object.
@@ -59,8 +59,9 @@ pub enum ProgramKind {
 ///   ifindex back (0 once the device is gone: a defunct link, as a cgroup
 ///   id of 0 is for a cgroup link), and `BPF_PROG_QUERY` on the ifindex
 ///   lists every program on the device, as on a cgroup;
-/// - a link order: `TcAttachOptions::TcxOrder(LinkOrder::first())` so
-///   balctl runs before other tc programs (aya's default is last);
+/// - a link order: e.g. `TcAttachOptions::TcxOrder(LinkOrder::first())` so
+///   balctl translates before other tc programs see the packet (aya's
+///   default, `LinkOrder::default()`, is after all of them);
 /// - a pin per device: the `SchedClassifierLink` is turned into an `FdLink`
 ///   (`take_link` then `TryFrom<SchedClassifierLink> for FdLink`) and
 ///   pinned like the cgroup links; `BPF_LINK_UPDATE` on it swaps the
