@@ -12,7 +12,7 @@ use rustc_hash::FxHashSet as HashSet;
 
 use crate::{
     bpf::{
-        loader,
+        links,
         maps::{Datapath, Restored},
         pins::PinDir,
     },
@@ -77,7 +77,7 @@ pub fn change_prepared<P: Send>(
     after.image = before.image.update(removed, added, after.node_addresses())?;
     let between = Plan::between(&before.image, &after.image);
     let summary = between.summary;
-    let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && loader::is_loaded(pins)?;
+    let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && links::is_loaded(pins)?;
     if mode == Mode::DryRun || (after == before && !repairing) {
         let map_writes = between.len();
         return Ok(Outcome { before, after, summary, map_writes, repaired: false });

@@ -5,26 +5,33 @@
 //! maps and swaps the programs behind the existing links with
 //! `BPF_LINK_UPDATE`: the hook is never empty, never attached twice, and the
 //! map contents are untouched.
+//!
+//! What to load and where to attach it comes from `object::HOOKS`: each
+//! hook's `ProgramKind` says how aya loads and attaches its program, its
+//! `AttachPoint` what it is attached to (`links` reads it back).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     EbpfLoader,
-    programs::{CgroupAttachMode, Program, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, ProgramFd, links::FdLink,
+    },
 };
 
 use balctl_common::map_names;
 
 use super::{
     cgroup,
+    links::{self, LiveLink},
     maps::check_layout,
-    object::{self, HOOKS, Hook, MAPS, MapSpec, OBJECT},
+    object::{self, HOOKS, Hook, MAPS, MapSpec, OBJECT, ProgramKind},
     pins::PinDir,
     sys,
 };
@@ -55,12 +62,6 @@ pub struct LoadReport {
     pub maps_created: Vec<&'static str>,
 }
 
-/// A pinned link with what the kernel says of it.
-struct LiveLink {
-    fd: OwnedFd,
-    info: sys::CgroupLinkInfo,
-}
-
 pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<LoadReport> {
     load_object(OBJECT, pins, cgroup, sizes)
 }
@@ -76,7 +77,7 @@ pub fn load_object(
 ) -> Result<LoadReport> {
     object::check(object).map_err(|err| input!("the eBPF object cannot be balctl's datapath: {err:#}"))?;
     pins.prepare()?;
-    let live = live_links(pins)?;
+    let live = links::live_links(pins)?;
     let target = target_cgroup(&live, cgroup)?;
     check_layout(pins, |name| sizes.get(name))?;
 
@@ -124,12 +125,9 @@ fn load_and_attach(
     // Verify every program before touching any hook, so a verifier
     // rejection leaves the running datapath as it was.
     for hook in HOOKS {
-        let loaded = match program(&mut ebpf, &hook)? {
-            Program::CgroupSockAddr(program) => program.load(),
-            Program::CgroupSock(program) => program.load(),
-            _ => unreachable!("`program` returns cgroup sock programs only"),
-        };
-        loaded.with_context(|| format!("the kernel rejected the {} program", hook.name))?;
+        program(&mut ebpf, &hook)?
+            .load()
+            .with_context(|| format!("the kernel rejected the {} program", hook.name))?;
     }
 
     let cgroup_dir =
@@ -139,13 +137,13 @@ fn load_and_attach(
         let program = program(&mut ebpf, &hook)?;
         let action = match live.remove(hook.name) {
             Some(link) => {
-                let prog_fd = program.fd()?.as_fd();
-                sys::link_update(link.fd.as_fd(), prog_fd)
+                sys::link_update(link.fd.as_fd(), program.fd()?.as_fd())
                     .with_context(|| format!("cannot replace the {} program", hook.name))?;
                 HookAction::Replaced
             }
             None => {
-                let link = attach(program, &cgroup_dir)
+                let link = program
+                    .attach(&cgroup_dir)
                     .with_context(|| format!("cannot attach {} to {}", hook.name, target.display()))?;
                 link.pin(pins.link(hook.name)?)
                     .with_context(|| format!("cannot pin the {} link", hook.name))?;
@@ -157,65 +155,61 @@ fn load_and_attach(
     Ok(actions)
 }
 
-/// A hook's program: a cgroup sock_addr program, or the cgroup sock
-/// program of sock_release.
-fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<&'a mut Program> {
+/// A hook's program, typed by the kind its hook names: aya loads and
+/// attaches each kind through its own type (a tcx program will be a
+/// `SchedClassifier` attached per device with its hook's direction).
+enum HookProgram<'a> {
+    CgroupSockAddr(&'a mut CgroupSockAddr),
+    CgroupSock(&'a mut CgroupSock),
+}
+
+/// A hook's program in the loaded object, if it is of the hook's kind.
+fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<HookProgram<'a>> {
     let program = ebpf
         .program_mut(hook.program)
         .ok_or_else(|| anyhow!("the eBPF object has no program {}", hook.program))?;
-    match program {
-        Program::CgroupSockAddr(_) | Program::CgroupSock(_) => Ok(program),
-        other => {
-            bail!("the program {} is a {:?} program, not a cgroup sock one", hook.program, other.prog_type())
+    let prog_type = program.prog_type();
+    Ok(match (hook.kind, program) {
+        (ProgramKind::CgroupSockAddr, Program::CgroupSockAddr(program)) => {
+            HookProgram::CgroupSockAddr(program)
         }
-    }
+        (ProgramKind::CgroupSock, Program::CgroupSock(program)) => HookProgram::CgroupSock(program),
+        (kind, _) => bail!("the program {} is a {prog_type:?} program, not a {kind:?} one", hook.program),
+    })
 }
 
-/// Attaches a loaded hook program to the cgroup through a bpf_link that
-/// outlives this process once pinned.
-fn attach(program: &mut Program, cgroup_dir: &fs::File) -> Result<FdLink> {
-    let link = match program {
-        Program::CgroupSockAddr(program) => {
-            let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
-            program.take_link(id)?.try_into()?
-        }
-        Program::CgroupSock(program) => {
-            let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
-            program.take_link(id)?.try_into()?
-        }
-        _ => unreachable!("`program` returns cgroup sock programs only"),
-    };
-    Ok(link)
-}
-
-/// Pinned links that are still attached. A link whose cgroup is gone is
-/// defunct: its pin is removed so the hook is attached anew.
-fn live_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
-    let mut links = pinned_links(pins)?;
-    let defunct: Vec<&'static str> =
-        links.iter().filter(|(_, link)| link.info.cgroup_id == 0).map(|(&hook, _)| hook).collect();
-    for hook in defunct {
-        let path = pins.link(hook)?;
-        log::info!("removing defunct link {}", path.display());
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        links.remove(hook);
-    }
-    Ok(links)
-}
-
-/// Every pinned link, attached or not.
-fn pinned_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
-    let mut links = BTreeMap::new();
-    for hook in HOOKS {
-        let path = pins.link(hook.name)?;
-        if path.exists() {
-            let fd =
-                sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-            let info = sys::cgroup_link_info(fd.as_fd())?;
-            links.insert(hook.name, LiveLink { fd, info });
+impl HookProgram<'_> {
+    fn load(&mut self) -> Result<(), ProgramError> {
+        match self {
+            Self::CgroupSockAddr(program) => program.load(),
+            Self::CgroupSock(program) => program.load(),
         }
     }
-    Ok(links)
+
+    fn fd(&self) -> Result<&ProgramFd, ProgramError> {
+        match self {
+            Self::CgroupSockAddr(program) => program.fd(),
+            Self::CgroupSock(program) => program.fd(),
+        }
+    }
+
+    /// Attaches the loaded program to the target cgroup through a bpf_link
+    /// that outlives this process once pinned. `Single` is flags 0, the only
+    /// ones a cgroup bpf_link takes; the kernel runs it alongside the
+    /// hook's other programs as with `BPF_F_ALLOW_MULTI`.
+    fn attach(self, cgroup_dir: &fs::File) -> Result<FdLink> {
+        let link = match self {
+            Self::CgroupSockAddr(program) => {
+                let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+                program.take_link(id)?.try_into()?
+            }
+            Self::CgroupSock(program) => {
+                let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+                program.take_link(id)?.try_into()?
+            }
+        };
+        Ok(link)
+    }
 }
 
 /// The cgroup to attach to: where balctl already is, else `--cgroup`, else
@@ -228,7 +222,7 @@ fn target_cgroup(live: &BTreeMap<&'static str, LiveLink>, requested: Option<&Pat
             Ok(path)
         })
         .transpose()?;
-    let attached: BTreeSet<u64> = live.values().map(|link| link.info.cgroup_id).collect();
+    let attached: BTreeSet<u64> = live.values().filter_map(|link| link.info.target.cgroup_id()).collect();
     let Some(&attached_id) = attached.first() else {
         return match requested {
             Some(path) => Ok(path),
@@ -261,33 +255,17 @@ pub struct UnloadReport {
     pub maps_removed: Vec<String>,
 }
 
-/// Detaches every hook and removes every pin. Detaching explicitly (rather
-/// than only unpinning) ends the attachment even if some other process still
-/// holds a link open.
+/// Detaches every hook and removes every pin.
 pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
-    let mut report = UnloadReport::default();
-    for hook in HOOKS {
-        let path = pins.link(hook.name)?;
-        if !path.exists() {
-            continue;
-        }
-        let fd =
-            sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-        match sys::link_detach(fd.as_fd()) {
-            // Already detached (its cgroup was removed): only the pin is left.
-            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
-            other => other.with_context(|| format!("cannot detach {}", hook.name))?,
-        }
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        report.links_detached.push(hook.name);
-    }
+    let links_detached = links::detach_all(pins)?;
+    let mut maps_removed = Vec::new();
     for name in pins.pinned_maps()? {
         let path = pins.map(&name)?;
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        report.maps_removed.push(name);
+        maps_removed.push(name);
     }
     pins.remove_dirs();
-    Ok(report)
+    Ok(UnloadReport { links_detached, maps_removed })
 }
 
 /// The capacities the balancing maps have after `load`: pinned maps keep
@@ -320,60 +298,4 @@ fn max_entries_after_load(pins: &PinDir, spec: &MapSpec, sizes: &MapSizes) -> Re
     let info =
         aya::maps::MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
     Ok(info.max_entries())
-}
-
-/// Whether any hook is pinned here.
-pub fn is_loaded(pins: &PinDir) -> Result<bool> {
-    for hook in HOOKS {
-        if pins.link(hook.name)?.exists() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// One hook as the kernel reports it.
-#[derive(Debug, serde::Serialize)]
-pub struct HookState {
-    pub hook: &'static str,
-    pub link_id: u32,
-    pub program_id: u32,
-    /// Programs attached to the cgroup for this hook, balctl's included;
-    /// exactly 1 when balctl is the only one.
-    pub attached_programs: usize,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct AttachState {
-    pub cgroup: Option<PathBuf>,
-    pub cgroup_id: u64,
-    pub hooks: Vec<HookState>,
-    /// Hooks with no pinned link (a partial load).
-    pub missing_hooks: Vec<&'static str>,
-}
-
-pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
-    let live = pinned_links(pins)?;
-    let cgroup_id = live.values().map(|l| l.info.cgroup_id).find(|&id| id != 0).unwrap_or(0);
-    let cgroup = (cgroup_id != 0).then(|| cgroup::cgroup_path(cgroup_id)).flatten();
-    let cgroup_dir = cgroup.as_ref().and_then(|path| fs::File::open(path).ok());
-    let mut hooks = Vec::new();
-    let mut missing_hooks = Vec::new();
-    for hook in HOOKS {
-        let Some(link) = live.get(hook.name) else {
-            missing_hooks.push(hook.name);
-            continue;
-        };
-        let attached_programs = match &cgroup_dir {
-            Some(dir) => sys::cgroup_attached_programs(dir.as_fd(), hook.kernel_attach_type())?.len(),
-            None => 0,
-        };
-        hooks.push(HookState {
-            hook: hook.name,
-            link_id: link.info.link_id,
-            program_id: link.info.program_id,
-            attached_programs,
-        });
-    }
-    Ok(AttachState { cgroup, cgroup_id, hooks, missing_hooks })
 }

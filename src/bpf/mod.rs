@@ -5,6 +5,7 @@ pub mod batch;
 pub mod cgroup;
 pub mod counters;
 pub mod inventory;
+pub mod links;
 pub mod loader;
 pub mod maps;
 pub mod object;

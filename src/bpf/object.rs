@@ -1,10 +1,14 @@
 //! The embedded eBPF object and what balctl expects to find in it: one
-//! program per hook and the maps with their kernel layouts.
+//! program per hook, of the kind and attach point the hook says, and the
+//! maps with their kernel layouts.
 
-use std::mem::size_of;
+use std::{fmt, mem::size_of};
 
 use anyhow::{Context as _, Result, bail};
-use aya_obj::generated::{bpf_attach_type, bpf_map_type};
+use aya_obj::{
+    ProgramSection,
+    generated::{bpf_attach_type, bpf_map_type},
+};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, MembershipKey, NodeAddressKey,
     RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet,
@@ -14,39 +18,102 @@ use balctl_common::{
 /// The programs, built by build.rs from ebpf/programs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balctl"));
 
-/// A cgroup hook balctl attaches a program to: the sock_addr hooks that
-/// translate, and sock_release, which frees a closed socket's way.
+/// A program balctl attaches, and where: the cgroup sock_addr hooks that
+/// translate, and sock_release, which frees a closed socket's way. Loading,
+/// attaching, pinning, swapping in place, unloading and `status` all go
+/// through this description (src/bpf/loader.rs, links.rs), so a program of another
+/// kind is one more `ProgramKind` and `AttachPoint` variant and their arms.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
-    /// The name users see and the link's pin file name.
+    /// The name users see and the file name of its link's pin (a cgroup
+    /// hook has one link; a tcx hook will have one per device, e.g.
+    /// `<name>@<device>`).
     pub name: &'static str,
-    /// The program's function name in the object (whose section names
-    /// the attach type).
+    /// The program's function name in the object.
     pub program: &'static str,
-    pub attach_type: bpf_attach_type,
+    pub kind: ProgramKind,
+    pub attach: AttachPoint,
 }
 
-impl Hook {
-    /// The kernel's `bpf_attach_type` number for queries.
-    pub fn kernel_attach_type(&self) -> u32 {
-        self.attach_type as u32
+/// The kind of program a hook runs, which says how it is loaded and
+/// attached; the object's section must give the program this kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// `cgroup/connect4` and the like: sees and rewrites socket addresses.
+    CgroupSockAddr,
+    /// `cgroup/sock_release`: runs as a socket is freed.
+    CgroupSock,
+}
+
+/// Where the kernel runs a hook's program. Every attachment is a bpf_link
+/// pinned under the pin dir's `links/`, swapped in place with
+/// `BPF_LINK_UPDATE` and removed with `BPF_LINK_DETACH`; what differs per
+/// attach point is the target the link is made on and what the kernel
+/// reports of it (`sys::LinkTarget`).
+///
+/// The tcx programs of issue 18 will be `Tcx { direction }` with aya's
+/// `TcAttachType::{Ingress, Egress}` (the kernel's `BPF_TCX_INGRESS` and
+/// `BPF_TCX_EGRESS`), of kind `SchedClassifier`. They need:
+/// - the device: aya 0.14's `SchedClassifier::attach_with_options` takes an
+///   interface name and resolves its ifindex; the link info gives the
+///   ifindex back (0 once the device is gone: a defunct link, as a cgroup
+///   id of 0 is for a cgroup link), and `BPF_PROG_QUERY` on the ifindex
+///   lists every program on the device, as on a cgroup;
+/// - a link order: e.g. `TcAttachOptions::TcxOrder(LinkOrder::first())` so
+///   balctl translates before other tc programs see the packet (aya's
+///   default, `LinkOrder::default()`, is after all of them);
+/// - a pin per device: the `SchedClassifierLink` is turned into an `FdLink`
+///   (`take_link` then `TryFrom<SchedClassifierLink> for FdLink`) and
+///   pinned like the cgroup links; `BPF_LINK_UPDATE` on it swaps the
+///   program in place (what aya's `attach_to_link` does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachPoint {
+    /// A hook of the target cgroup (`load --cgroup`), for the sockets of
+    /// its processes and its descendants': one link per hook.
+    Cgroup { attach_type: bpf_attach_type },
+}
+
+impl fmt::Display for AttachPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cgroup { attach_type } => write!(f, "on a cgroup at {attach_type:?}"),
+        }
     }
 }
 
 pub const HOOKS: [Hook; 9] = [
-    hook("connect4", "balctl_connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
-    hook("connect6", "balctl_connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
-    hook("sendmsg4", "balctl_sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
-    hook("sendmsg6", "balctl_sendmsg6", bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
-    hook("recvmsg4", "balctl_recvmsg4", bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG),
-    hook("recvmsg6", "balctl_recvmsg6", bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG),
-    hook("getpeername4", "balctl_getpeer4", bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME),
-    hook("getpeername6", "balctl_getpeer6", bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME),
-    hook("sock_release", "balctl_sock_release", bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE),
+    sock_addr("connect4", "balctl_connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+    sock_addr("connect6", "balctl_connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
+    sock_addr("sendmsg4", "balctl_sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
+    sock_addr("sendmsg6", "balctl_sendmsg6", bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
+    sock_addr("recvmsg4", "balctl_recvmsg4", bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG),
+    sock_addr("recvmsg6", "balctl_recvmsg6", bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG),
+    sock_addr("getpeername4", "balctl_getpeer4", bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME),
+    sock_addr("getpeername6", "balctl_getpeer6", bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME),
+    Hook {
+        name: "sock_release",
+        program: "balctl_sock_release",
+        kind: ProgramKind::CgroupSock,
+        attach: AttachPoint::Cgroup { attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE },
+    },
 ];
 
-const fn hook(name: &'static str, program: &'static str, attach_type: bpf_attach_type) -> Hook {
-    Hook { name, program, attach_type }
+const fn sock_addr(name: &'static str, program: &'static str, attach_type: bpf_attach_type) -> Hook {
+    Hook { name, program, kind: ProgramKind::CgroupSockAddr, attach: AttachPoint::Cgroup { attach_type } }
+}
+
+/// The kind and attach point the object's section gives a program, for
+/// the kinds balctl attaches.
+fn section_attach(section: &ProgramSection) -> Option<(ProgramKind, AttachPoint)> {
+    match *section {
+        ProgramSection::CgroupSockAddr { attach_type } => {
+            Some((ProgramKind::CgroupSockAddr, AttachPoint::Cgroup { attach_type: attach_type.into() }))
+        }
+        ProgramSection::CgroupSock { attach_type } => {
+            Some((ProgramKind::CgroupSock, AttachPoint::Cgroup { attach_type: attach_type.into() }))
+        }
+        _ => None,
+    }
 }
 
 /// A map of the object and the layout a pinned map must have to be reused.
@@ -216,11 +283,7 @@ const fn map<K, V>(
 /// reuse the pinned maps with another layout.
 pub fn check(object: &[u8]) -> Result<()> {
     let parsed = aya_obj::Object::parse(object).context("not an eBPF object (ELF) aya can read")?;
-    for hook in HOOKS {
-        if !parsed.programs.contains_key(hook.program) {
-            bail!("it has no program {} (for the {} hook)", hook.program, hook.name);
-        }
-    }
+    check_programs(&parsed, &HOOKS)?;
     for spec in MAPS {
         let map = parsed.maps.get(spec.name).with_context(|| format!("it has no map {}", spec.name))?;
         let (found, wanted) = (
@@ -232,6 +295,33 @@ pub fn check(object: &[u8]) -> Result<()> {
                 "its map {} has type, key size and value size {found:?}, balctl's has {wanted:?}; \
                  build it from this balctl's ebpf/",
                 spec.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an object without a hook's program, or whose section gives it
+/// another kind or attach point than the hook: aya loads a program for its
+/// section's attach type, so it would run at another hook than its link's.
+fn check_programs(parsed: &aya_obj::Object, hooks: &[Hook]) -> Result<()> {
+    for hook in hooks {
+        let program = parsed
+            .programs
+            .get(hook.program)
+            .with_context(|| format!("it has no program {} (for the {} hook)", hook.program, hook.name))?;
+        let found = section_attach(&program.section);
+        if found != Some((hook.kind, hook.attach)) {
+            let built = found.map_or_else(
+                || format!("{:?}", program.section),
+                |(kind, attach)| format!("a {kind:?} program {attach}"),
+            );
+            bail!(
+                "its program {} is built as {built}; the {} hook runs a {:?} program {}",
+                hook.program,
+                hook.name,
+                hook.kind,
+                hook.attach
             );
         }
     }
@@ -256,5 +346,20 @@ mod tests {
         let mut truncated = OBJECT.to_vec();
         truncated.truncate(OBJECT.len() / 2);
         assert!(check(&truncated).is_err());
+    }
+
+    /// A hook whose program the object builds for another attach point is
+    /// refused, naming both.
+    #[test]
+    fn a_program_of_another_attach_point_is_refused() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        let mut hooks = HOOKS;
+        hooks[0].attach = HOOKS[1].attach;
+        let err = check_programs(&object, &hooks).expect_err("connect4 built for connect6").to_string();
+        assert!(err.contains("balctl_connect4") && err.contains("BPF_CGROUP_INET6_CONNECT"), "{err}");
+        hooks = HOOKS;
+        hooks[8].kind = ProgramKind::CgroupSockAddr;
+        let err = check_programs(&object, &hooks).expect_err("sock_release is a sock program").to_string();
+        assert!(err.contains("the sock_release hook"), "{err}");
     }
 }

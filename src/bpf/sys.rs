@@ -1,5 +1,5 @@
 //! The few bpf(2) commands aya 0.14 does not expose: updating and detaching
-//! a pinned link, reading a cgroup link's target, listing what is attached
+//! a pinned link, reading what a link is attached to, listing what is attached
 //! to a cgroup, and reading a map a batch of entries at a time. The attribute and info layouts come from aya-obj's
 //! generated kernel bindings.
 
@@ -14,7 +14,7 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     // SAFETY: `attr` is a valid, zero-initialised bpf_attr of the size passed.
@@ -59,18 +59,42 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
-/// What the kernel says about a cgroup link.
+/// What the kernel says about a pinned link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupLinkInfo {
+pub struct LinkInfo {
     pub link_id: u32,
     pub program_id: u32,
-    /// 0 once the link has been detached (its cgroup is gone or it was
-    /// detached explicitly).
-    pub cgroup_id: u64,
-    pub attach_type: u32,
+    pub target: LinkTarget,
 }
 
-pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+/// What a link is attached to, per kind of link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkTarget {
+    /// A cgroup link: the cgroup's id, 0 once the link has been detached
+    /// (its cgroup is gone or it was detached explicitly).
+    Cgroup { cgroup_id: u64 },
+}
+
+impl LinkTarget {
+    /// Whether the link still runs its program; a defunct one keeps only
+    /// its pin.
+    pub fn is_attached(&self) -> bool {
+        match *self {
+            Self::Cgroup { cgroup_id } => cgroup_id != 0,
+        }
+    }
+
+    /// The cgroup of a cgroup link (0 once detached).
+    pub fn cgroup_id(&self) -> Option<u64> {
+        match *self {
+            Self::Cgroup { cgroup_id } => Some(cgroup_id),
+        }
+    }
+}
+
+/// Reads a link's ids and target; a link of a kind balctl does not make
+/// is refused rather than read as one it does.
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     // SAFETY: bpf_link_info is plain data; zero is a valid value.
     let mut info: bpf_link_info = unsafe { zeroed() };
     // SAFETY: as above.
@@ -79,15 +103,19 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     attr.info.info_len = size_of::<bpf_link_info>() as u32;
     attr.info.info = &raw mut info as u64;
     bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    // SAFETY: the cgroup member is the one the kernel fills for cgroup links;
-    // for other links it reads as plain integers.
-    let cgroup = unsafe { info.__bindgen_anon_1.cgroup };
-    Ok(CgroupLinkInfo {
-        link_id: info.id,
-        program_id: info.prog_id,
-        cgroup_id: cgroup.cgroup_id,
-        attach_type: cgroup.attach_type,
-    })
+    let target = match info.type_ {
+        // SAFETY: the kernel fills the cgroup member for cgroup links.
+        t if t == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32 => {
+            LinkTarget::Cgroup { cgroup_id: unsafe { info.__bindgen_anon_1.cgroup.cgroup_id } }
+        }
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it is a link of type {other}, not one balctl makes"),
+            ));
+        }
+    };
+    Ok(LinkInfo { link_id: info.id, program_id: info.prog_id, target })
 }
 
 /// Ids of the programs attached to `cgroup` for one attach type (what

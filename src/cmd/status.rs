@@ -13,7 +13,7 @@ use super::Context;
 use crate::{
     bpf::{
         cgroup, inventory,
-        loader::{self, AttachState},
+        links::{self, AttachState},
         maps::Datapath,
     },
     caps,
@@ -73,9 +73,9 @@ pub fn run(ctx: &Context) -> Result<()> {
     // Querying the programs attached to a cgroup needs it.
     caps::require("balctl status", &[caps::NET_ADMIN])?;
     let state = ctx.state.read()?;
-    let loaded = loader::is_loaded(&ctx.pins)?;
+    let loaded = links::is_loaded(&ctx.pins)?;
     let (attach, programs, maps, evicted, drift) = if loaded {
-        let attach = loader::attach_state(&ctx.pins)?;
+        let attach = links::attach_state(&ctx.pins)?;
         let programs = programs(&attach)?;
         let datapath = Datapath::open(&ctx.pins)?;
         let contents = datapath.read_contents()?;

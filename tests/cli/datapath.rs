@@ -255,6 +255,47 @@ pub fn upgrade_to_another_build_under_traffic_loses_nothing() {
     assert_eq!(hook_programs(&sandbox), back);
 }
 
+/// An object whose connect4 program is built for the sendmsg4 hook and
+/// sendmsg4's for connect4 (their ELF section names swapped: the kernel
+/// verifies both) is refused before anything changes: aya loads a program
+/// for its section's attach type, so on a first load each would have run
+/// behind the other hook's link, and a reload failed half way.
+pub fn an_object_built_for_other_hooks_is_refused() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let before = hook_programs(&sandbox);
+    let (connect, sendmsg) = (b"cgroup/connect4", b"cgroup/sendmsg4");
+    let mut swapped = UNTRACED.to_vec();
+    let mut swaps = 0;
+    for at in 0..swapped.len() - connect.len() {
+        let window = &mut swapped[at..at + connect.len()];
+        if window == connect {
+            window.copy_from_slice(sendmsg);
+            swaps += 1;
+        } else if window == sendmsg {
+            window.copy_from_slice(connect);
+            swaps += 1;
+        }
+    }
+    assert!(swaps >= 2, "the sections were not found");
+    let object = sandbox.scratch("swapped.o");
+    std::fs::write(&object, &swapped).unwrap();
+    let load = ["load", "--cgroup", sandbox.cgroup.to_str().unwrap(), "--object", object.to_str().unwrap()];
+    let refused = |sandbox: &Sandbox| {
+        let refused = sandbox.balctl(&load);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("cannot be balctl's datapath"), "{stderr}");
+        assert!(stderr.contains("balctl_connect4") && stderr.contains("the connect4 hook"), "{stderr}");
+    };
+    refused(&sandbox);
+    assert_eq!(hook_programs(&sandbox), before);
+    sandbox.balctl_ok(&["unload", "--yes"]);
+    refused(&sandbox);
+    assert_eq!(sandbox.status().0, 3, "nothing is loaded");
+    assert!(bpftool_cgroup_show(&sandbox).is_empty());
+}
+
 /// Must show 4 (peers): unconnected UDP replies come from the VIP and stay
 /// on one backend per socket; connected UDP and TCP see the VIP as peer.
 pub fn udp_and_peer_addresses_show_the_vip() {

@@ -173,7 +173,10 @@ impl Sandbox {
     /// Adds a cgroup beside the sandbox's own, `<sandbox>-<suffix>`: as deep
     /// in the hierarchy, but with no program attached. Removed with the
     /// sandbox once its processes are gone; returns its path.
-    #[allow(dead_code, reason = "bench/compare's clients; the CLI tests need one cgroup")]
+    #[allow(
+        dead_code,
+        reason = "bench/compare's clients and status's defunct links; bench/connect and bench/sync need one cgroup"
+    )]
     pub fn add_cgroup(&self, suffix: &str) -> PathBuf {
         let cgroup = cgroup2_root().join(format!("{PREFIX}{}-{suffix}", self.id));
         fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("create cgroup {}: {e}", cgroup.display()));
