@@ -12,8 +12,8 @@ use super::{
     object::MAPS,
     pins::PinDir,
     sockets::translated_sockets,
+    sys::monotonic_ns,
 };
-use crate::trace::lease::monotonic_ns;
 
 /// One pinned map.
 pub struct MapFill {

@@ -4,7 +4,7 @@
 
 use std::{thread, time::Duration};
 
-use balctl::trace::lease::monotonic_ns;
+use balctl::bpf::sys::monotonic_ns;
 
 use crate::{
     support::{BALANCING_LAYER, LAYERS_KNOWN, REDIRECT_LAYER, SERVICE_LAYER, Sandbox},

@@ -16,10 +16,10 @@ use crate::{
     bpf::{
         maps::open_map,
         sockets::{TranslatedSocket, translated_sockets},
+        sys::monotonic_ns,
     },
     image::{BackendId, ServiceId},
     output::{Listing, TableStyle, column, wide},
-    trace::lease::monotonic_ns,
 };
 
 #[derive(Serialize)]
