@@ -13,11 +13,11 @@ use rustc_hash::FxHashSet as HashSet;
 use crate::{
     bpf::{
         loader,
-        maps::{Datapath, Restored},
+        maps::{Datapath, MapContents},
         pins::PinDir,
     },
     model::{Frontend, FrontendRule},
-    plan::{MapContents, Plan, Summary},
+    plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
     state::{AppliedState, StateDir, StateLock, SyncedObject},
 };
@@ -105,11 +105,11 @@ pub fn change_prepared<P: Send>(
             Some(opened) => opened,
             None => datapath.insert(Datapath::open(pins)?),
         };
-        opened.check_capacity(&plan, start)?;
+        opened.check_room(plan.peak_entries(start))?;
         state_dir.begin_map_writes(&lock)?;
         let written = opened
             .write_rate_limits(&rate_limits)
-            .and_then(|()| opened.apply(&plan, &mut MapWrites::new(map_writes)));
+            .and_then(|()| plan.apply(opened, &mut MapWrites::new(map_writes)));
         if let Err(err) = written {
             return Err(undone(state_dir, &lock, opened, &before, repairing, err));
         }
@@ -117,7 +117,7 @@ pub fn change_prepared<P: Send>(
     if let Err(err) = state_dir.write(&lock, &after) {
         return Err(match datapath.as_mut() {
             Some(datapath) => {
-                let err = datapath.revert(&plan, err);
+                let err = plan.revert(datapath, err);
                 undone(state_dir, &lock, datapath, &before, repairing, err)
             }
             None => err,

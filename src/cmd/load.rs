@@ -8,13 +8,13 @@ use super::Context;
 use crate::{
     bpf::{
         loader::{self, HookAction, LoadReport, MapSizes},
-        maps::{Datapath, check_fits},
+        maps::{Datapath, MapContents, check_fits},
     },
     caps,
     cli::LoadArgs,
     input,
     output::{count, print_structured},
-    plan::{MapContents, Plan},
+    plan::Plan,
     progress::MapWrites,
 };
 
@@ -49,10 +49,10 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     let actual = datapath.read_contents()?;
     let desired = MapContents::of(&state.image);
     let plan = Plan::repair(&actual, &desired);
-    datapath.check_capacity(&plan, actual.entry_counts())?;
+    datapath.check_room(plan.peak_entries(actual.entry_counts()))?;
     ctx.state.begin_map_writes(&lock)?;
     datapath.write_rate_limits(&state.image.rate_limits())?;
-    datapath.apply(&plan, &mut MapWrites::new(plan.len()))?;
+    plan.apply(&mut datapath, &mut MapWrites::new(plan.len()))?;
     // The maps now hold the recorded state, whatever an interrupted change left.
     ctx.state.end_map_writes(&lock);
     drop(lock);

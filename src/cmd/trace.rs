@@ -20,12 +20,12 @@ use serde::Serialize;
 use super::Context;
 use crate::{
     bpf::{
+        maps::ServiceId,
         raw::{raw_to_addr, raw_to_port},
         sys::monotonic_ns,
     },
     cli::{ApiServerArgs, TraceArgs},
     cluster,
-    image::ServiceId,
     model::Protocol,
     output::OutputFormat,
     state::StateDir,

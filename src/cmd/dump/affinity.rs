@@ -14,11 +14,10 @@ use serde::Serialize;
 use super::{Tables, View, backend_cell, seconds};
 use crate::{
     bpf::{
-        maps::open_map,
+        maps::{BackendId, ServiceId, open_map},
         sockets::{TranslatedSocket, translated_sockets},
         sys::monotonic_ns,
     },
-    image::{BackendId, ServiceId},
     output::{Listing, TableStyle, column, wide},
 };
 

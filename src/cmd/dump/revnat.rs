@@ -13,11 +13,10 @@ use serde::Serialize;
 use super::{Tables, View};
 use crate::{
     bpf::{
-        maps::open_map,
+        maps::{ServiceId, open_map},
         raw::{raw_to_addr, raw_to_port},
         sockets::{TranslatedSocket, translated_sockets},
     },
-    image::ServiceId,
     output::{Listing, TableStyle, column, wide},
 };
 
