@@ -17,14 +17,14 @@ use balctl_common::{
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
+use self::raw::{addr_to_raw, port_to_raw};
 use crate::{
-    bpf::{
-        maps::{BackendId, EntryCounts, ServiceId},
-        raw::{addr_to_raw, port_to_raw},
-    },
+    bpf::maps::{BackendId, EntryCounts, ServiceId},
     input,
     model::{AddressKind, Frontend, FrontendRule, Protocol},
 };
+
+pub mod raw;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BackendAddr {

@@ -33,11 +33,11 @@ use std::{
 use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit};
 
 use crate::{
-    bpf::{
-        maps::{BackendId, EntryCounts, MapContents, Op},
+    bpf::maps::{BackendId, EntryCounts, MapContents, Op},
+    image::{
+        BackendAddr, FrontendImage, Image,
         raw::{addr_to_raw, service_key},
     },
-    image::{BackendAddr, FrontendImage, Image},
     model::Frontend,
 };
 

@@ -18,11 +18,11 @@ use std::{
 
 use arbitrary::{Arbitrary, Unstructured};
 use balctl::{
-    bpf::{
-        maps::{BackendId, EntryCounts, MapContents, Op, ServiceId},
+    bpf::maps::{BackendId, EntryCounts, MapContents, Op, ServiceId},
+    image::{
+        BackendAddr, Image,
         raw::{addr_to_raw, service_key},
     },
-    image::{BackendAddr, Image},
     model::{AddressKind, Frontend, FrontendRule, Protocol, Scope},
     plan::{Plan, Step},
 };

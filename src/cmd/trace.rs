@@ -19,13 +19,10 @@ use serde::Serialize;
 
 use super::Context;
 use crate::{
-    bpf::{
-        maps::ServiceId,
-        raw::{raw_to_addr, raw_to_port},
-        sys::monotonic_ns,
-    },
+    bpf::{maps::ServiceId, sys::monotonic_ns},
     cli::{ApiServerArgs, TraceArgs},
     cluster,
+    image::raw::{raw_to_addr, raw_to_port},
     model::Protocol,
     output::OutputFormat,
     state::StateDir,

@@ -23,9 +23,9 @@ use crate::{
     bpf::{
         maps::{BackendId, Datapath, MapContents, ServiceId},
         pins::PinDir,
-        raw::{frontend_of, raw_to_addr, raw_to_port},
     },
     cli::{DumpArgs, DumpKind, VipFilter},
+    image::raw::{frontend_of, raw_to_addr, raw_to_port},
     model::{Frontend, Scope},
     output::{TableStyle, print_structured},
     state::AppliedState,

@@ -14,9 +14,9 @@ use super::{Tables, View};
 use crate::{
     bpf::{
         maps::{ServiceId, open_map},
-        raw::{raw_to_addr, raw_to_port},
         sockets::{TranslatedSocket, translated_sockets},
     },
+    image::raw::{raw_to_addr, raw_to_port},
     output::{Listing, TableStyle, column, wide},
 };
 

@@ -10,10 +10,8 @@ use serde::Serialize;
 
 use super::{Tables, View, backend_cell};
 use crate::{
-    bpf::{
-        maps::{BackendId, ServiceId},
-        raw::frontend_of,
-    },
+    bpf::maps::{BackendId, ServiceId},
+    image::raw::frontend_of,
     model::{Frontend, Protocol, Scope},
     output::{Listing, TableStyle, column, wide},
 };
