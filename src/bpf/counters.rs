@@ -9,8 +9,8 @@ use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use balctl_common::{DatapathStats, MembershipKey, ServiceStats, map_names};
 
 use super::{
-    maps::{ServiceId, ignore_missing, open_map},
-    pins::PinDir,
+    maps::ServiceId,
+    pins::{PinDir, ignore_missing, open_map},
 };
 
 pub struct CounterMaps {

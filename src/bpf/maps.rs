@@ -5,14 +5,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MembershipKey, NodeAddressKey, RateLimit,
     ServiceEntry, ServiceKey, map_names,
 };
 
-use super::{batch, counters::CounterMaps, object::MAPS, pins::PinDir};
-use crate::{caps, input};
+use super::{
+    batch,
+    counters::CounterMaps,
+    object::MAPS,
+    pins::{PinDir, ignore_missing, open_map},
+};
+use crate::input;
 
 /// The id of a frontend in the maps (its entries' `service_id`, the key of
 /// its counters and rate limit). The image hands ids out; 0 means none.
@@ -73,35 +78,6 @@ pub struct Datapath {
     layers: Array<MapData, u32>,
     counters: CounterMaps,
     capacity: EntryCounts,
-}
-
-/// Opens one pinned map as a typed map (`HashMap`, `PerCpuHashMap`...).
-/// aya checks the map type and the key and value sizes against the
-/// kernel's, so a map of another layout is refused.
-pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) -> Result<M> {
-    let path = pins.map(name)?;
-    let data = open_pinned(pins, name, || {
-        format!(
-            "balctl is not loaded at {} (cannot open {}); run `balctl load` first",
-            pins.root().display(),
-            path.display()
-        )
-    })?;
-    let map =
-        Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
-    M::try_from(map).with_context(|| {
-        format!("the map pinned at {} does not have the layout this balctl expects", path.display())
-    })
-}
-
-/// The map pinned as `name`; `not_loaded` says what its absence means.
-/// A user who may not open the pins is told so in one sentence.
-pub fn open_pinned(pins: &PinDir, name: &str, not_loaded: impl FnOnce() -> String) -> Result<MapData> {
-    let path = pins.map(name)?;
-    MapData::from_pin(&path).map_err(|err| match err {
-        MapError::SyscallError(e) if caps::is_denied(&e.io_error) => caps::denied(&path),
-        err => anyhow!(err).context(not_loaded()),
-    })
 }
 
 impl Datapath {
@@ -266,14 +242,6 @@ pub fn read_all<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) ->
         entries.insert(key, value);
     })?;
     Ok(entries)
-}
-
-/// Deleting what is already gone is done, not failed.
-pub(super) fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
-    }
 }
 
 /// Checks a pinned map's kernel layout against what this build expects.

@@ -14,7 +14,10 @@ use aya::maps::{Array, Map, MapData};
 use balctl_common::{TRACE_ANY, TRACE_SLOTS, map_names};
 
 use crate::{
-    bpf::{maps::open_pinned, pins::PinDir, sys::monotonic_ns},
+    bpf::{
+        pins::{PinDir, open_pinned},
+        sys::monotonic_ns,
+    },
     state::StateDir,
 };
 

@@ -14,7 +14,8 @@ use serde::Serialize;
 use super::{Tables, View, backend_cell, seconds};
 use crate::{
     bpf::{
-        maps::{BackendId, ServiceId, open_map},
+        maps::{BackendId, ServiceId},
+        pins::open_map,
         sockets::{TranslatedSocket, translated_sockets},
         sys::monotonic_ns,
     },

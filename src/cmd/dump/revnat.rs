@@ -13,7 +13,8 @@ use serde::Serialize;
 use super::{Tables, View};
 use crate::{
     bpf::{
-        maps::{ServiceId, open_map},
+        maps::ServiceId,
+        pins::open_map,
         sockets::{TranslatedSocket, translated_sockets},
     },
     image::raw::{raw_to_addr, raw_to_port},
