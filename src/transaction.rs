@@ -16,10 +16,10 @@ use crate::{
         maps::{Datapath, MapContents},
         pins::PinDir,
     },
-    model::{Frontend, FrontendRule},
+    model::{Frontend, FrontendRule, SyncedObject},
     plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
-    state::{AppliedState, StateDir, StateLock, SyncedObject},
+    state::{AppliedState, StateDir, StateLock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
