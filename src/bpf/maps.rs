@@ -127,6 +127,12 @@ impl Datapath {
         })
     }
 
+    /// The requests-per-second limit of each limited frontend, by service id.
+    pub fn rate_limits(&self) -> Result<BTreeMap<ServiceId, u32>> {
+        let limits: BTreeMap<ServiceId, RateLimit> = read_all(&self.rate_limits)?;
+        Ok(limits.into_iter().map(|(service_id, limit)| (service_id, limit.per_second)).collect())
+    }
+
     /// Makes the rate_limits map hold exactly `limits` (by service id),
     /// before a plan sets the flag that makes the datapath read them. A
     /// limit that stays keeps its count for the current second.
