@@ -4,6 +4,9 @@
 //! change killed half way through its map writes is repaired by the next.
 //! Validation and the capacity check happen before the first map write, so
 //! bad input changes nothing.
+//!
+//! `load` makes the maps hold the recorded state through the same write
+//! protocol (`restore`).
 
 use std::{collections::BTreeMap, sync::Arc};
 

@@ -114,10 +114,6 @@ impl Datapath {
         })
     }
 
-    pub fn capacity(&self) -> EntryCounts {
-        self.capacity
-    }
-
     pub fn read_contents(&self) -> Result<MapContents> {
         Ok(MapContents {
             services: read_all(&self.services)?,
