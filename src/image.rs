@@ -17,14 +17,14 @@ use balctl_common::{
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
+use self::raw::{addr_to_raw, port_to_raw};
 use crate::{
-    bpf::raw::{addr_to_raw, port_to_raw},
+    bpf::maps::{BackendId, EntryCounts, ServiceId},
     input,
     model::{AddressKind, Frontend, FrontendRule, Protocol},
 };
 
-pub type ServiceId = u32;
-pub type BackendId = u32;
+pub mod raw;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BackendAddr {
@@ -116,16 +116,8 @@ pub struct Image {
     pub next_backend_id: BackendId,
 }
 
-/// How many entries an image occupies in each map.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EntryCounts {
-    pub services: u64,
-    pub backends: u64,
-    pub membership: u64,
-    pub nodes: u64,
-}
-
 impl Image {
+    /// How many entries the image occupies in each map.
     pub fn entry_counts(&self) -> EntryCounts {
         let slots: u64 = self.frontends.values().map(|f| f.backends.len() as u64).sum();
         EntryCounts {

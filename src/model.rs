@@ -1,6 +1,7 @@
 //! What users describe: frontends, backends and the policies that tie them
 //! together, with the validation that turns bad input into an error naming
-//! the field.
+//! the field; and the objects `sync` applies, as the inputs produce them and
+//! the state records them.
 
 use std::{
     collections::HashSet,
@@ -319,6 +320,90 @@ impl Policy {
 
     pub fn owner(&self) -> String {
         format!("policy/{}", self.name)
+    }
+}
+
+/// An object applied by `balctl sync`, compiled to its frontend rules. A
+/// sync replaces exactly the objects of the sources it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedObject {
+    /// The `-f` input it came from: an absolute path, or `-` for stdin.
+    pub source: String,
+    /// What it is, e.g. `service/web`; shown by `dump` and in errors.
+    pub owner: String,
+    #[serde(with = "rule_records")]
+    pub rules: Vec<FrontendRule>,
+    /// A Node's addresses, on which NodePort frontends answer.
+    pub addresses: Vec<IpAddr>,
+    /// Fingerprints of the input items it was translated from (a Service's
+    /// own, then its EndpointSlices'), when nothing else went into it: a
+    /// later sync whose input holds exactly these items again keeps the
+    /// object without parsing them. Empty: always translated anew.
+    pub inputs: Vec<Fingerprint>,
+}
+
+/// Identifies the text of one input item (a YAML document or `List` entry)
+/// and everything else its translation depends on: an xxh3 128-bit hash.
+pub type Fingerprint = u128;
+
+/// Rules as tuples of their fields, the form the state file stores (in
+/// synced objects, and in policies: `state::policy_records`). A rule's own
+/// serde form is the `policy -o json` output, which flattens and leaves out
+/// absent fields, neither of which a format that is not self-describing
+/// (postcard, bincode before it) can read back.
+pub mod rule_records {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{AddressKind, Frontend, FrontendRule, SocketAddr};
+
+    /// A rule as stored: its fields in this order, one after another.
+    #[derive(Serialize)]
+    #[serde(rename = "Record")]
+    pub struct RecordRef<'a> {
+        frontend: &'a Frontend,
+        backends: &'a [SocketAddr],
+        affinity_seconds: Option<u32>,
+        local_only: bool,
+        requests_per_second: Option<u32>,
+        address_kind: AddressKind,
+    }
+
+    /// What `RecordRef` wrote. Format 3 had no address kind: the legacy
+    /// reader (`legacy_v1::ADDED_AFTER_FORMAT_3`) leaves it to its default.
+    #[derive(Deserialize)]
+    pub struct Record {
+        frontend: Frontend,
+        backends: Vec<SocketAddr>,
+        affinity_seconds: Option<u32>,
+        local_only: bool,
+        requests_per_second: Option<u32>,
+        #[serde(default)]
+        address_kind: AddressKind,
+    }
+
+    pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
+        RecordRef {
+            frontend: &rule.frontend,
+            backends: &rule.backends,
+            affinity_seconds: rule.affinity_seconds,
+            local_only: rule.local_only,
+            requests_per_second: rule.requests_per_second,
+            address_kind: rule.address_kind,
+        }
+    }
+
+    pub fn rule(record: Record) -> FrontendRule {
+        let Record { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind } =
+            record;
+        FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind }
+    }
+
+    pub fn serialize<S: Serializer>(rules: &[FrontendRule], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(rules.iter().map(record))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FrontendRule>, D::Error> {
+        Ok(Vec::<Record>::deserialize(deserializer)?.into_iter().map(rule).collect())
     }
 }
 

@@ -10,7 +10,7 @@
 //! 4. new and rewritten slots, then the masters that grow or change: a
 //!    reader that sees a count finds every slot up to it written;
 //! 5. memberships of removed backends, then the backends. (Sticky choices
-//!    of those memberships are dropped by `Datapath::apply` afterwards.)
+//!    of those memberships are dropped by `Plan::apply` afterwards.)
 //!
 //! Node addresses only widen where NodePort frontends answer; new ones go
 //! first and removed ones last, with the backends.
@@ -33,22 +33,15 @@ use std::{
 use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit};
 
 use crate::{
-    bpf::raw::{addr_to_raw, service_key},
-    image::{BackendAddr, BackendId, EntryCounts, FrontendImage, Image},
+    bpf::maps::{BackendId, EntryCounts, MapContents, Op},
+    image::{
+        BackendAddr, FrontendImage, Image,
+        raw::{addr_to_raw, service_key},
+    },
     model::Frontend,
 };
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    PutBackend(BackendId, Backend),
-    DeleteBackend(BackendId),
-    PutMembership(MembershipKey),
-    DeleteMembership(MembershipKey),
-    PutService(ServiceKey, ServiceEntry),
-    DeleteService(ServiceKey),
-    PutNodeAddress(NodeAddressKey),
-    DeleteNodeAddress(NodeAddressKey),
-}
+pub mod apply;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
@@ -191,25 +184,8 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Everything the balancing maps hold (or should hold), entry by entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MapContents {
-    pub services: BTreeMap<ServiceKey, ServiceEntry>,
-    pub backends: BTreeMap<BackendId, Backend>,
-    pub membership: BTreeSet<MembershipKey>,
-    pub node_addresses: BTreeSet<NodeAddressKey>,
-}
-
+// The kernel layer's type; what an image puts in the maps is decided here.
 impl MapContents {
-    pub fn entry_counts(&self) -> EntryCounts {
-        EntryCounts {
-            services: self.services.len() as u64,
-            backends: self.backends.len() as u64,
-            membership: self.membership.len() as u64,
-            nodes: self.node_addresses.len() as u64,
-        }
-    }
-
     /// What the maps hold when they match `image` exactly.
     pub fn of(image: &Image) -> Self {
         let mut contents = Self::default();
@@ -528,7 +504,7 @@ mod tests {
     }
 
     /// Runs the first `done` steps of `plan`, then undoes them the way
-    /// `Datapath::apply` does when the next write fails: their undo writes,
+    /// `Plan::apply` does when the next write fails: their undo writes,
     /// last first, from a second walk of the plan.
     fn run_and_undo(start: &MapContents, plan: &Plan, done: usize) -> MapContents {
         let middle = run(start, plan.steps().take(done).map(|step| step.op));

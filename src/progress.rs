@@ -1,5 +1,5 @@
 //! A progress bar for plans with many map writes, so that programming tens
-//! of thousands of frontends does not look like a hang. `Datapath::apply`
+//! of thousands of frontends does not look like a hang. `Plan::apply`
 //! only reports through the `Progress` trait; whether and how a bar is
 //! drawn is decided here.
 

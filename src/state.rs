@@ -12,7 +12,7 @@
 use std::{
     fs::File,
     io::{self, BufWriter, Read as _, Write as _},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -23,8 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     image::Image,
-    inputs::Fingerprint,
-    model::{AddressKind, Frontend, FrontendRule, Policy},
+    model::{AddressKind, Frontend, Policy, SyncedObject},
     trusted_dir::{Problem, Trust, TrustedDir, user},
 };
 
@@ -57,25 +56,6 @@ pub struct AppliedState {
     /// so that a change can tell the objects it kept by identity.
     pub synced: Vec<Arc<SyncedObject>>,
     pub image: Image,
-}
-
-/// An object applied by `balctl sync`, compiled to its frontend rules. A
-/// sync replaces exactly the objects of the sources it reads.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncedObject {
-    /// The `-f` input it came from: an absolute path, or `-` for stdin.
-    pub source: String,
-    /// What it is, e.g. `service/web`; shown by `dump` and in errors.
-    pub owner: String,
-    #[serde(with = "rule_records")]
-    pub rules: Vec<FrontendRule>,
-    /// A Node's addresses, on which NodePort frontends answer.
-    pub addresses: Vec<IpAddr>,
-    /// Fingerprints of the input items it was translated from (a Service's
-    /// own, then its EndpointSlices'), when nothing else went into it: a
-    /// later sync whose input holds exactly these items again keeps the
-    /// object without parsing them. Empty: always translated anew.
-    pub inputs: Vec<Fingerprint>,
 }
 
 impl AppliedState {
@@ -348,7 +328,8 @@ fn flock(file: &File, flags: i32) -> io::Result<bool> {
 mod policy_records {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use super::{Policy, rule_records};
+    use super::Policy;
+    use crate::model::rule_records;
 
     pub fn serialize<S: Serializer>(policies: &[Policy], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(policies.iter().map(|p| (&p.name, rule_records::record(&p.rule))))
@@ -360,7 +341,6 @@ mod policy_records {
     }
 }
 
-/// Rules as tuples of their fields, for the same reason.
 /// What format 3 did not record: which address of a Service a frontend
 /// is (read as ClusterIP). Its node ports are the frontends on the
 /// unspecified address, where every NodePort frontend is stored; external
@@ -385,67 +365,12 @@ fn complete_format_3(state: &mut AppliedState) {
     }
 }
 
-mod rule_records {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::{AddressKind, Frontend, FrontendRule, SocketAddr};
-
-    /// A rule as stored: its fields in this order, one after another.
-    #[derive(Serialize)]
-    #[serde(rename = "Record")]
-    pub struct RecordRef<'a> {
-        frontend: &'a Frontend,
-        backends: &'a [SocketAddr],
-        affinity_seconds: Option<u32>,
-        local_only: bool,
-        requests_per_second: Option<u32>,
-        address_kind: AddressKind,
-    }
-
-    /// What `RecordRef` wrote. Format 3 had no address kind: the legacy
-    /// reader (`legacy_v1::ADDED_AFTER_FORMAT_3`) leaves it to its default.
-    #[derive(Deserialize)]
-    pub struct Record {
-        frontend: Frontend,
-        backends: Vec<SocketAddr>,
-        affinity_seconds: Option<u32>,
-        local_only: bool,
-        requests_per_second: Option<u32>,
-        #[serde(default)]
-        address_kind: AddressKind,
-    }
-
-    pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
-        RecordRef {
-            frontend: &rule.frontend,
-            backends: &rule.backends,
-            affinity_seconds: rule.affinity_seconds,
-            local_only: rule.local_only,
-            requests_per_second: rule.requests_per_second,
-            address_kind: rule.address_kind,
-        }
-    }
-
-    pub fn rule(record: Record) -> FrontendRule {
-        let Record { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind } =
-            record;
-        FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind }
-    }
-
-    pub fn serialize<S: Serializer>(rules: &[FrontendRule], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(rules.iter().map(record))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FrontendRule>, D::Error> {
-        Ok(Vec::<Record>::deserialize(deserializer)?.into_iter().map(rule).collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
+    use crate::model::FrontendRule;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("balctl-state-test-{name}-{}", std::process::id()));

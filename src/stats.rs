@@ -12,9 +12,10 @@ use serde::Serialize;
 use crate::{
     bpf::{
         counters::{self, CounterMaps},
+        maps::{BackendId, ServiceId},
         pins::PinDir,
     },
-    image::{BackendId, Image, ServiceId},
+    image::Image,
     model::{Frontend, Scope},
 };
 

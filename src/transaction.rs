@@ -4,8 +4,11 @@
 //! change killed half way through its map writes is repaired by the next.
 //! Validation and the capacity check happen before the first map write, so
 //! bad input changes nothing.
+//!
+//! `load` makes the maps hold the recorded state through the same write
+//! protocol (`restore`).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use anyhow::Result;
 use rustc_hash::FxHashSet as HashSet;
@@ -13,13 +16,13 @@ use rustc_hash::FxHashSet as HashSet;
 use crate::{
     bpf::{
         links,
-        maps::{Datapath, Restored},
+        maps::{Datapath, EntryCounts, MapContents, ServiceId},
         pins::PinDir,
     },
-    model::{Frontend, FrontendRule},
-    plan::{MapContents, Plan, Summary},
+    model::{Frontend, FrontendRule, SyncedObject},
+    plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
-    state::{AppliedState, StateDir, StateLock, SyncedObject},
+    state::{AppliedState, StateDir, StateLock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,26 +102,19 @@ pub fn change_prepared<P: Send>(
 
     // A change may touch only the state (an owner renamed): the maps, and
     // so the loaded datapath, are needed only when there is something to write.
-    let rate_limits = after.image.rate_limits();
-    if repairing || !plan.is_empty() || rate_limits != before.image.rate_limits() {
+    let rate_limits = (before.image.rate_limits(), after.image.rate_limits());
+    if repairing || !plan.is_empty() || rate_limits.0 != rate_limits.1 {
         let opened = match datapath.as_mut() {
             Some(opened) => opened,
             None => datapath.insert(Datapath::open(pins)?),
         };
-        opened.check_capacity(&plan, start)?;
-        state_dir.begin_map_writes(&lock)?;
-        let written = opened
-            .write_rate_limits(&rate_limits)
-            .and_then(|()| opened.apply(&plan, &mut MapWrites::new(map_writes)));
-        if let Err(err) = written {
-            return Err(undone(state_dir, &lock, opened, &before, repairing, err));
-        }
+        write_maps(state_dir, &lock, opened, &plan, start, &rate_limits, repairing)?;
     }
     if let Err(err) = state_dir.write(&lock, &after) {
         return Err(match datapath.as_mut() {
             Some(datapath) => {
-                let err = datapath.revert(&plan, err);
-                undone(state_dir, &lock, datapath, &before, repairing, err)
+                let err = plan.revert(datapath, err);
+                undone(state_dir, &lock, datapath, &rate_limits.0, repairing, err)
             }
             None => err,
         });
@@ -127,23 +123,73 @@ pub fn change_prepared<P: Send>(
     Ok(Outcome { before, after, summary, map_writes, repaired: repairing })
 }
 
-/// After a change failed with `err` (its plan's writes undone as far as
-/// they could be): puts back the rate limits of `before`. If the maps are
-/// then as they were and held the recorded state before the change (it was
-/// not `repairing` a mix an interrupted one left), takes away the
-/// in-progress mark: there is nothing for the next change to repair.
+/// Makes the maps hold exactly the applied state, planned from what they
+/// hold (`load`: after an unload, a crash or a manual edit). `attach` runs
+/// first, under the lock with the state read: it loads and attaches the
+/// datapath, and what it returns is handed back with the number of map
+/// writes. All or nothing like `change`: if a write fails, the maps,
+/// the rate limits included, and the state dir's in-progress mark are left
+/// as they were. The state is not written: it is what the maps are made to hold.
+pub fn restore<R>(
+    pins: &PinDir,
+    state_dir: &StateDir,
+    attach: impl FnOnce(&AppliedState) -> Result<R>,
+) -> Result<(R, usize)> {
+    let lock = state_dir.lock()?;
+    let state = state_dir.read()?;
+    let attached = attach(&state)?;
+    let interrupted = state_dir.map_writes_interrupted()?;
+    let mut datapath = Datapath::open(pins)?;
+    let actual = datapath.read_contents()?;
+    let desired = MapContents::of(&state.image);
+    let plan = Plan::repair(&actual, &desired);
+    let rate_limits = (datapath.rate_limits()?, state.image.rate_limits());
+    write_maps(state_dir, &lock, &mut datapath, &plan, actual.entry_counts(), &rate_limits, interrupted)?;
+    // The maps now hold the recorded state, whatever an interrupted change left.
+    state_dir.end_map_writes(&lock);
+    Ok((attached, plan.len()))
+}
+
+/// The write protocol: check that every map has room at every step (from
+/// `start`), mark the map writes begun, write the rate limits
+/// (`rate_limits`: before and after), then run the plan. If a write fails,
+/// what was written is undone (`undone`); the mark stays until the caller
+/// has recorded what the maps hold.
+fn write_maps(
+    state_dir: &StateDir,
+    lock: &StateLock,
+    datapath: &mut Datapath,
+    plan: &Plan,
+    start: EntryCounts,
+    rate_limits: &(BTreeMap<ServiceId, u32>, BTreeMap<ServiceId, u32>),
+    keep_mark: bool,
+) -> Result<()> {
+    datapath.check_room(plan.peak_entries(start))?;
+    state_dir.begin_map_writes(lock)?;
+    let written = datapath
+        .write_rate_limits(&rate_limits.1)
+        .and_then(|()| plan.apply(datapath, &mut MapWrites::new(plan.len())));
+    written.map_err(|err| undone(state_dir, lock, datapath, &rate_limits.0, keep_mark, err))
+}
+
+/// After map writes failed with `err` (the plan's writes undone as far as
+/// they could be): puts back the rate limits the maps held (`rate_limits`).
+/// If the maps are then as they were and the state dir had no in-progress
+/// mark before (`keep_mark` false: they did not hold a mix an interrupted
+/// change left), takes the mark away: there is nothing for the next change
+/// to repair.
 fn undone(
     state_dir: &StateDir,
     lock: &StateLock,
     datapath: &mut Datapath,
-    before: &AppliedState,
-    repairing: bool,
+    rate_limits: &BTreeMap<ServiceId, u32>,
+    keep_mark: bool,
     err: anyhow::Error,
 ) -> anyhow::Error {
-    match datapath.write_rate_limits(&before.image.rate_limits()) {
+    match datapath.write_rate_limits(rate_limits) {
         Err(restore) => err.context(format!("restoring the rate limits failed too ({restore:#})")),
         Ok(()) => {
-            if !repairing && err.downcast_ref::<Restored>().is_some() {
+            if !keep_mark && err.downcast_ref::<Restored>().is_some() {
                 state_dir.end_map_writes(lock);
             }
             err

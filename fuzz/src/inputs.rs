@@ -22,8 +22,7 @@ use balctl::{
     error::{EXIT_INPUT, exit_code},
     image::Image,
     inputs::{self, Inputs, Located},
-    model::{MAX_AFFINITY_SECONDS, Scope, check_address},
-    state::SyncedObject,
+    model::{MAX_AFFINITY_SECONDS, Scope, SyncedObject, check_address},
 };
 
 /// The node the inputs are read on.

@@ -18,10 +18,13 @@ use std::{
 
 use arbitrary::{Arbitrary, Unstructured};
 use balctl::{
-    bpf::raw::{addr_to_raw, service_key},
-    image::{BackendAddr, BackendId, EntryCounts, Image, ServiceId},
+    bpf::maps::{BackendId, EntryCounts, MapContents, Op, ServiceId},
+    image::{
+        BackendAddr, Image,
+        raw::{addr_to_raw, service_key},
+    },
     model::{AddressKind, Frontend, FrontendRule, Protocol, Scope},
-    plan::{MapContents, Op, Plan, Step},
+    plan::{Plan, Step},
 };
 use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
 

@@ -9,10 +9,9 @@ use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use balctl_common::{DatapathStats, MembershipKey, ServiceStats, map_names};
 
 use super::{
-    maps::{ignore_missing, open_map},
-    pins::PinDir,
+    maps::ServiceId,
+    pins::{PinDir, ignore_missing, open_map},
 };
-use crate::image::ServiceId;
 
 pub struct CounterMaps {
     stats: PerCpuHashMap<MapData, ServiceId, ServiceStats>,

@@ -8,12 +8,11 @@ use balctl_common::{TRACE_SLOTS, map_names};
 
 use super::{
     batch,
-    maps::{open_map, open_pinned},
     object::MAPS,
-    pins::PinDir,
+    pins::{PinDir, open_map, open_pinned},
     sockets::translated_sockets,
+    sys::monotonic_ns,
 };
-use crate::trace::lease::monotonic_ns;
 
 /// One pinned map.
 pub struct MapFill {

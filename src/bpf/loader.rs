@@ -30,12 +30,12 @@ use balctl_common::map_names;
 use super::{
     cgroup,
     links::{self, LiveLink},
-    maps::check_layout,
+    maps::{EntryCounts, check_layout},
     object::{self, HOOKS, Hook, MAPS, MapSpec, OBJECT, ProgramKind},
     pins::PinDir,
     sys,
 };
-use crate::{image::EntryCounts, input};
+use crate::input;
 
 /// Capacities given with `--map-size NAME=N`; the rest keep their defaults
 /// (new maps) or their current size (reused maps).

@@ -1,23 +1,71 @@
-//! Typed access to the pinned maps: read what they hold, run a plan against
-//! them, and put everything back if a write fails half way.
+//! Typed access to the pinned maps: read what the balancing maps hold,
+//! write them one entry at a time, and check that writes fit. What to write
+//! and in which order (and how to undo it) is the plan's business.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MembershipKey, NodeAddressKey, RateLimit,
     ServiceEntry, ServiceKey, map_names,
 };
 
-use super::{batch, counters::CounterMaps, object::MAPS, pins::PinDir};
-use crate::{
-    caps,
-    image::{BackendId, EntryCounts, ServiceId},
-    input,
-    plan::{MapContents, Op, Plan, Step},
-    progress::Progress,
+use super::{
+    batch,
+    counters::CounterMaps,
+    object::MAPS,
+    pins::{PinDir, ignore_missing, open_map},
 };
+use crate::input;
+
+/// The id of a frontend in the maps (its entries' `service_id`, the key of
+/// its counters and rate limit). The image hands ids out; 0 means none.
+pub type ServiceId = u32;
+/// The id of a backend in the maps (the backends map's key).
+pub type BackendId = u32;
+
+/// How many entries the balancing maps hold, or can hold, each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryCounts {
+    pub services: u64,
+    pub backends: u64,
+    pub membership: u64,
+    pub nodes: u64,
+}
+
+/// Everything the balancing maps hold (or should hold), entry by entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+    pub backends: BTreeMap<BackendId, Backend>,
+    pub membership: BTreeSet<MembershipKey>,
+    pub node_addresses: BTreeSet<NodeAddressKey>,
+}
+
+impl MapContents {
+    pub fn entry_counts(&self) -> EntryCounts {
+        EntryCounts {
+            services: self.services.len() as u64,
+            backends: self.backends.len() as u64,
+            membership: self.membership.len() as u64,
+            nodes: self.node_addresses.len() as u64,
+        }
+    }
+}
+
+/// One write to a balancing map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(BackendId, Backend),
+    DeleteBackend(BackendId),
+    PutMembership(MembershipKey),
+    DeleteMembership(MembershipKey),
+    PutService(ServiceKey, ServiceEntry),
+    DeleteService(ServiceKey),
+    PutNodeAddress(NodeAddressKey),
+    DeleteNodeAddress(NodeAddressKey),
+}
 
 pub struct Datapath {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
@@ -30,35 +78,6 @@ pub struct Datapath {
     layers: Array<MapData, u32>,
     counters: CounterMaps,
     capacity: EntryCounts,
-}
-
-/// Opens one pinned map as a typed map (`HashMap`, `PerCpuHashMap`...).
-/// aya checks the map type and the key and value sizes against the
-/// kernel's, so a map of another layout is refused.
-pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) -> Result<M> {
-    let path = pins.map(name)?;
-    let data = open_pinned(pins, name, || {
-        format!(
-            "balctl is not loaded at {} (cannot open {}); run `balctl load` first",
-            pins.root().display(),
-            path.display()
-        )
-    })?;
-    let map =
-        Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
-    M::try_from(map).with_context(|| {
-        format!("the map pinned at {} does not have the layout this balctl expects", path.display())
-    })
-}
-
-/// The map pinned as `name`; `not_loaded` says what its absence means.
-/// A user who may not open the pins is told so in one sentence.
-pub fn open_pinned(pins: &PinDir, name: &str, not_loaded: impl FnOnce() -> String) -> Result<MapData> {
-    let path = pins.map(name)?;
-    MapData::from_pin(&path).map_err(|err| match err {
-        MapError::SyscallError(e) if caps::is_denied(&e.io_error) => caps::denied(&path),
-        err => anyhow!(err).context(not_loaded()),
-    })
 }
 
 impl Datapath {
@@ -95,10 +114,6 @@ impl Datapath {
         })
     }
 
-    pub fn capacity(&self) -> EntryCounts {
-        self.capacity
-    }
-
     pub fn read_contents(&self) -> Result<MapContents> {
         Ok(MapContents {
             services: read_all(&self.services)?,
@@ -106,6 +121,12 @@ impl Datapath {
             membership: read_all(&self.membership)?.into_keys().collect(),
             node_addresses: read_all(&self.nodes)?.into_keys().collect(),
         })
+    }
+
+    /// The requests-per-second limit of each limited frontend, by service id.
+    pub fn rate_limits(&self) -> Result<BTreeMap<ServiceId, u32>> {
+        let limits: BTreeMap<ServiceId, RateLimit> = read_all(&self.rate_limits)?;
+        Ok(limits.into_iter().map(|(service_id, limit)| (service_id, limit.per_second)).collect())
     }
 
     /// Makes the rate_limits map hold exactly `limits` (by service id),
@@ -136,88 +157,20 @@ impl Datapath {
         Ok(())
     }
 
-    /// Refuses a plan that would overflow a map at any point, before
-    /// anything is written.
-    pub fn check_capacity(&self, plan: &Plan, start: EntryCounts) -> Result<()> {
-        check_fits(plan.peak_entries(start), self.capacity)
+    /// Refuses writes that would need more than `needed` entries in any
+    /// map at some point, before anything is written.
+    pub fn check_room(&self, needed: EntryCounts) -> Result<()> {
+        check_fits(needed, self.capacity)
     }
 
-    /// Runs every step in order, telling `progress` how many are done. If
-    /// one fails, the steps already done are undone in reverse order, so the
-    /// maps are left as they were. Then tidies up after what the plan
-    /// removed: drops the sticky choices (affinity, per-socket UDP) that
-    /// point at backends which left their service (the datapath already
-    /// ignores them: membership check), and the counters of removed
-    /// frontends and memberships (nothing counts into them again).
-    ///
-    /// The layers map says which layers may hold frontends: both sides'
-    /// while the plan runs, so the datapath never skips a layer that has
-    /// entries, then only the new side's.
-    pub fn apply(&mut self, plan: &Plan, progress: &mut dyn Progress) -> Result<()> {
-        let (before, after) = plan.layers();
-        self.write_layers(before | after)?;
-        let mut removed = Removed::default();
-        for (done, step) in plan.steps().enumerate() {
-            if let Err(err) = self.execute(&step.op) {
-                return Err(self.undo(plan, done, err.context("map update failed")));
-            }
-            removed.note(&step);
-            progress.advance(done + 1);
-        }
-        // Only tidying: failing here must not fail a change that is
-        // already complete. A layer left marked costs two lookups a connection.
-        if let Err(err) = self.write_layers(after) {
-            log::warn!("could not mark the emptied rule layers (they are still looked up): {err:#}");
-        }
-        if !removed.memberships.is_empty()
-            && let Err(err) = self.forget_sticky(&removed.memberships)
-        {
-            log::warn!("could not drop stale sticky choices (the datapath ignores them): {err:#}");
-        }
-        if let Err(err) = self.counters.forget(&removed.services, &removed.memberships) {
-            log::warn!(
-                "could not delete the counters of removed frontends and backends \
-                 (they stay in the stats maps until deleted): {err:#}"
-            );
-        }
-        Ok(())
-    }
-
-    /// Undoes a whole applied plan because a later step (recording the new
-    /// state) failed with `cause`.
-    pub fn revert(&mut self, plan: &Plan, cause: anyhow::Error) -> anyhow::Error {
-        self.undo(plan, plan.len(), cause)
-    }
-
-    /// Undoes the first `done` steps of `plan`, last first. The plan keeps
-    /// no steps, so they are generated again (the same ones: its sides are
-    /// borrowed unchanged) and only their undo writes are held, which costs
-    /// memory on this failure path alone.
-    fn undo(&mut self, plan: &Plan, done: usize, cause: anyhow::Error) -> anyhow::Error {
-        let undo: Vec<Op> = plan.steps().take(done).map(|step| step.undo).collect();
-        let mut failures: Vec<String> =
-            undo.iter().rev().filter_map(|op| self.execute(op).err().map(|e| format!("{e:#}"))).collect();
-        if failures.is_empty()
-            && let Err(err) = self.write_layers(plan.layers().0)
-        {
-            failures.push(format!("{err:#}"));
-        }
-        if failures.is_empty() {
-            cause.context(Restored)
-        } else {
-            cause.context(format!(
-                "restoring the previous map contents failed too ({}); \
-                 `balctl status` shows the drift and `balctl load` repairs it",
-                failures.join("; ")
-            ))
-        }
-    }
-
-    fn write_layers(&mut self, layers: u32) -> Result<()> {
+    /// Marks which layers may hold frontends (`balctl_common::layer_bit`
+    /// of each scope): the datapath skips the others.
+    pub fn write_layers(&mut self, layers: u32) -> Result<()> {
         self.layers.set(0, LAYERS_KNOWN | layers, 0).context("cannot write the layers map")
     }
 
-    fn execute(&mut self, op: &Op) -> Result<()> {
+    /// One write; deleting what is already gone is done.
+    pub fn write(&mut self, op: &Op) -> Result<()> {
         let result = match op {
             Op::PutBackend(id, backend) => self.backends.insert(id, backend, 0),
             Op::DeleteBackend(id) => ignore_missing(self.backends.remove(id)),
@@ -231,7 +184,9 @@ impl Datapath {
         result.map_err(|e| anyhow!(e).context(format!("{op:?}")))
     }
 
-    fn forget_sticky(&mut self, left: &HashSet<MembershipKey>) -> Result<()> {
+    /// Drops the sticky choices (affinity) that point at backends which
+    /// left their service (`left`).
+    pub fn forget_sticky(&mut self, left: &HashSet<MembershipKey>) -> Result<()> {
         let stale: Vec<AffinityKey> = self
             .affinity
             .iter()
@@ -246,41 +201,15 @@ impl Datapath {
         }
         Ok(())
     }
-}
 
-/// The context of a change's error when all its map writes were undone:
-/// the maps hold what they held before it (`anyhow::Error::downcast_ref`
-/// finds it).
-#[derive(Debug)]
-pub struct Restored;
-
-impl std::fmt::Display for Restored {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("nothing was changed: the maps were restored to their previous contents")
-    }
-}
-
-/// What a plan removed for good: the service ids of deleted frontends
-/// (their master entries) and the deleted memberships.
-#[derive(Default)]
-struct Removed {
-    services: HashSet<ServiceId>,
-    memberships: HashSet<MembershipKey>,
-}
-
-impl Removed {
-    fn note(&mut self, step: &Step) {
-        match (&step.op, &step.undo) {
-            (Op::DeleteMembership(key), _) => {
-                self.memberships.insert(*key);
-            }
-            // The deleted entry is in the undo write; a frontend keeps its
-            // master (slot 0) for as long as it exists.
-            (Op::DeleteService(key), Op::PutService(_, master)) if key.slot == 0 => {
-                self.services.insert(master.service_id);
-            }
-            _ => {}
-        }
+    /// Deletes the counters of removed frontends (by service id) and
+    /// memberships: nothing counts into them again.
+    pub fn forget_counters(
+        &mut self,
+        services: &HashSet<ServiceId>,
+        memberships: &HashSet<MembershipKey>,
+    ) -> Result<()> {
+        self.counters.forget(services, memberships)
     }
 }
 
@@ -315,14 +244,6 @@ pub fn read_all<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) ->
         entries.insert(key, value);
     })?;
     Ok(entries)
-}
-
-/// Deleting what is already gone is done, not failed.
-pub(super) fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
-    }
 }
 
 /// Checks a pinned map's kernel layout against what this build expects.

@@ -10,6 +10,5 @@ pub mod loader;
 pub mod maps;
 pub mod object;
 pub mod pins;
-pub mod raw;
 pub mod sockets;
 pub mod sys;

@@ -9,12 +9,19 @@
 //! so whoever can remove them can detach balctl: the pin dir, `maps/` and
 //! `links/` must be balctl's user's alone (`crate::trusted_dir`), and every
 //! pin path is handed out only after they and the pin are checked.
+//!
+//! Opening a pinned map (`open_map`, typed and checked against its
+//! layout) is here too, so every reader of the maps goes through the check.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{Map, MapData, MapError};
 
-use crate::trusted_dir::{Problem, Trust, TrustedDir};
+use crate::{
+    caps,
+    trusted_dir::{Problem, Trust, TrustedDir},
+};
 
 /// bpffs's `statfs` magic number (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -120,6 +127,43 @@ impl PinDir {
             root.create_subdir(name)?.restrict()?;
         }
         Ok(())
+    }
+}
+
+/// Opens one pinned map as a typed map (`HashMap`, `PerCpuHashMap`...).
+/// aya checks the map type and the key and value sizes against the
+/// kernel's, so a map of another layout is refused.
+pub fn open_map<M: TryFrom<Map, Error = MapError>>(pins: &PinDir, name: &str) -> Result<M> {
+    let path = pins.map(name)?;
+    let data = open_pinned(pins, name, || {
+        format!(
+            "balctl is not loaded at {} (cannot open {}); run `balctl load` first",
+            pins.root().display(),
+            path.display()
+        )
+    })?;
+    let map =
+        Map::from_map_data(data).with_context(|| format!("unexpected map type at {}", path.display()))?;
+    M::try_from(map).with_context(|| {
+        format!("the map pinned at {} does not have the layout this balctl expects", path.display())
+    })
+}
+
+/// The map pinned as `name`; `not_loaded` says what its absence means.
+/// A user who may not open the pins is told so in one sentence.
+pub fn open_pinned(pins: &PinDir, name: &str, not_loaded: impl FnOnce() -> String) -> Result<MapData> {
+    let path = pins.map(name)?;
+    MapData::from_pin(&path).map_err(|err| match err {
+        MapError::SyscallError(e) if caps::is_denied(&e.io_error) => caps::denied(&path),
+        err => anyhow!(err).context(not_loaded()),
+    })
+}
+
+/// Deleting what is already gone is done, not failed.
+pub fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
     }
 }
 

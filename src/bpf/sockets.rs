@@ -5,8 +5,11 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, IterableMap as _, MapData};
 use balctl_common::{SOCKET_WAYS, SocketSet, SocketTranslation, map_names};
 
-use super::{batch, maps::open_map, pins::PinDir};
-use crate::trace::lease::monotonic_ns;
+use super::{
+    batch,
+    pins::{PinDir, open_map},
+    sys::monotonic_ns,
+};
 
 /// A socket's way.
 pub struct TranslatedSocket {

@@ -1,7 +1,8 @@
 //! The few bpf(2) commands aya 0.14 does not expose: updating and detaching
 //! a pinned link, reading what a link is attached to, listing what is attached
 //! to a cgroup, and reading a map a batch of entries at a time. The attribute and info layouts come from aya-obj's
-//! generated kernel bindings.
+//! generated kernel bindings. And the datapath's clock, which user space
+//! compares with the times the programs record.
 
 use std::{
     ffi::CString,
@@ -181,4 +182,12 @@ pub unsafe fn map_lookup_batch(
     // SAFETY: the kernel wrote the count copied back into the same member.
     let copied = unsafe { attr.batch.count } as usize;
     Ok(Batch { count: copied.min(count), more })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -1,5 +1,6 @@
 //! `balctl load`: attach (or replace in place), then make the maps hold
-//! exactly the applied state.
+//! exactly the applied state, through the transaction's write protocol
+//! (`transaction::restore`): a failed write leaves the maps as they were.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -8,14 +9,14 @@ use super::Context;
 use crate::{
     bpf::{
         loader::{self, HookAction, LoadReport, MapSizes},
-        maps::{Datapath, check_fits},
+        maps::check_fits,
     },
     caps,
     cli::LoadArgs,
     input,
     output::{count, print_structured},
-    plan::{MapContents, Plan},
-    progress::MapWrites,
+    state::AppliedState,
+    transaction,
 };
 
 #[derive(Serialize)]
@@ -31,33 +32,23 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
     // bpffs also CAP_SYS_ADMIN, which the mount itself reports).
     caps::require("balctl load", &[caps::BPF, caps::NET_ADMIN, caps::PERFMON])?;
     let sizes = MapSizes(args.map_size.iter().cloned().collect());
-    let lock = ctx.state.lock()?;
-    let state = ctx.state.read()?;
-    // Refuse before touching anything if the applied state cannot fit.
-    check_fits(state.image.entry_counts(), loader::capacities_after_load(&ctx.pins, &sizes)?)?;
-
-    let report = match &args.object {
-        Some(path) => {
-            let object = std::fs::read(path)
-                .map_err(|err| input!("--object {}: cannot read it: {err}", path.display()))?;
-            loader::load_object(&object, &ctx.pins, args.cgroup.as_deref(), &sizes)
-                .map_err(|err| err.context(format!("--object {}", path.display())))?
-        }
-        None => loader::load(&ctx.pins, args.cgroup.as_deref(), &sizes)?,
+    let attach = |state: &AppliedState| -> Result<(LoadReport, usize)> {
+        // Refuse before touching anything if the applied state cannot fit.
+        check_fits(state.image.entry_counts(), loader::capacities_after_load(&ctx.pins, &sizes)?)?;
+        let report = match &args.object {
+            Some(path) => {
+                let object = std::fs::read(path)
+                    .map_err(|err| input!("--object {}: cannot read it: {err}", path.display()))?;
+                loader::load_object(&object, &ctx.pins, args.cgroup.as_deref(), &sizes)
+                    .map_err(|err| err.context(format!("--object {}", path.display())))?
+            }
+            None => loader::load(&ctx.pins, args.cgroup.as_deref(), &sizes)?,
+        };
+        Ok((report, state.image.frontends.len()))
     };
-    let mut datapath = Datapath::open(&ctx.pins)?;
-    let actual = datapath.read_contents()?;
-    let desired = MapContents::of(&state.image);
-    let plan = Plan::repair(&actual, &desired);
-    datapath.check_capacity(&plan, actual.entry_counts())?;
-    ctx.state.begin_map_writes(&lock)?;
-    datapath.write_rate_limits(&state.image.rate_limits())?;
-    datapath.apply(&plan, &mut MapWrites::new(plan.len()))?;
-    // The maps now hold the recorded state, whatever an interrupted change left.
-    ctx.state.end_map_writes(&lock);
-    drop(lock);
+    let ((report, frontends), entries_repaired) = transaction::restore(&ctx.pins, &ctx.state, attach)?;
 
-    let output = LoadOutput { report, entries_repaired: plan.len() };
+    let output = LoadOutput { report, entries_repaired };
     if !ctx.output.is_table() {
         return print_structured(ctx.output, &output);
     }
@@ -77,7 +68,7 @@ pub fn run(ctx: &Context, args: &LoadArgs) -> Result<()> {
         ctx.say(format!(
             "programmed {} from the applied state ({})",
             count(output.entries_repaired, "map entry", "map entries"),
-            count(state.image.frontends.len(), "frontend", "frontends")
+            count(frontends, "frontend", "frontends")
         ));
     }
     Ok(())

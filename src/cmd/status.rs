@@ -14,12 +14,12 @@ use crate::{
     bpf::{
         cgroup, inventory,
         links::{self, AttachState},
-        maps::Datapath,
+        maps::{Datapath, MapContents},
     },
     caps,
     error::StatusProblem,
     output::{count, print_structured, table},
-    plan::{MapContents, Plan},
+    plan::Plan,
     stats::DatapathCounters,
 };
 

@@ -19,14 +19,14 @@ use serde::Serialize;
 
 use super::Context;
 use crate::{
-    bpf::raw::{raw_to_addr, raw_to_port},
+    bpf::{maps::ServiceId, sys::monotonic_ns},
     cli::{ApiServerArgs, TraceArgs},
     cluster,
-    image::ServiceId,
+    image::raw::{raw_to_addr, raw_to_port},
     model::Protocol,
     output::OutputFormat,
     state::StateDir,
-    trace::{Tracer, cgroups, cgroups::CgroupNames, lease::monotonic_ns},
+    trace::{Tracer, cgroups, cgroups::CgroupNames},
 };
 
 /// How long a wait for events lasts before the stop conditions are checked.

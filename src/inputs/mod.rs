@@ -25,11 +25,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use self::{budget::EntryBudget, location::Location};
 pub use self::{location::Located, size_limit::InputLimit};
-use crate::{input, state::SyncedObject};
-
-/// Identifies the text of one input item (a YAML document or `List` entry)
-/// and everything else its translation depends on: an xxh3 128-bit hash.
-pub type Fingerprint = u128;
+use crate::{input, model::SyncedObject};
 
 /// One `-f` argument and the objects read from it.
 pub struct Source {

@@ -40,10 +40,9 @@ use crate::{
     error::excerpt,
     input,
     model::{
-        AddressKind, Frontend, FrontendRule, MAX_AFFINITY_SECONDS, PolicyKind, Protocol, Scope,
+        AddressKind, Frontend, FrontendRule, MAX_AFFINITY_SECONDS, PolicyKind, Protocol, Scope, SyncedObject,
         check_address, check_name,
     },
-    state::SyncedObject,
 };
 
 /// One entry of a state file (see toml_entries.rs), or what comes before

@@ -14,7 +14,10 @@ use aya::maps::{Array, Map, MapData};
 use balctl_common::{TRACE_ANY, TRACE_SLOTS, map_names};
 
 use crate::{
-    bpf::{maps::open_pinned, pins::PinDir},
+    bpf::{
+        pins::{PinDir, open_pinned},
+        sys::monotonic_ns,
+    },
     state::StateDir,
 };
 
@@ -75,12 +78,4 @@ impl Drop for Slot {
             log::warn!("could not end trace slot {}'s lease (it runs out by itself): {err}", self.index);
         }
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

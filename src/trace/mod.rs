@@ -14,8 +14,11 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, RingBuf};
 use balctl_common::{TraceEvent, map_names};
 
-use self::lease::{RENEW_EVERY, Slot, monotonic_ns};
-use crate::{bpf::pins::PinDir, state::StateDir};
+use self::lease::{RENEW_EVERY, Slot};
+use crate::{
+    bpf::{pins::PinDir, sys::monotonic_ns},
+    state::StateDir,
+};
 
 pub struct Tracer {
     slot: Slot,

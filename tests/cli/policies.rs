@@ -4,7 +4,7 @@
 
 use std::{thread, time::Duration};
 
-use balctl::trace::lease::monotonic_ns;
+use balctl::bpf::sys::monotonic_ns;
 
 use crate::{
     support::{BALANCING_LAYER, LAYERS_KNOWN, REDIRECT_LAYER, SERVICE_LAYER, Sandbox},
@@ -176,26 +176,65 @@ pub fn rate_limits_that_do_not_fit_change_nothing() {
 pub fn a_failed_change_leaves_the_rate_limits_as_they_were() {
     let sandbox = Sandbox::new();
     sandbox.load();
-    let rate_limits = sandbox.pins.join("maps/rate_limits");
-    let entries = || {
-        let output = std::process::Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned", rate_limits.to_str().unwrap()])
-            .output()
-            .expect("run bpftool");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap().as_array().unwrap().len()
-    };
     sandbox.freeze_map("backends");
 
     let failed = add_limited_redirect(&sandbox, "limited", "198.18.0.21:80");
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nothing was changed"), "{stderr}");
-    assert_eq!(entries(), 0, "the new redirect's rate limit stayed behind");
+    assert_eq!(rate_limit_entries(&sandbox), 0, "the new redirect's rate limit stayed behind");
     assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("limited"));
     // Everything was undone: no interrupted change for the next one to repair.
     let status = sandbox.balctl_json(&["status"]);
     assert_eq!((&status["interrupted_change"], &status["drift"]), (&false.into(), &0.into()), "{status:#}");
+}
+
+/// `load` writes the maps the way every change does: when a write fails
+/// half way (the membership map frozen, so the kernel refuses user-space
+/// writes to it), what it wrote is undone, the rate limit included, and the
+/// state dir gets no in-progress mark. The maps drifted before the load
+/// (entries deleted behind balctl's back) and drift the same way after it.
+pub fn a_failed_load_leaves_the_maps_and_the_mark_as_they_were() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    assert!(add_limited_redirect(&sandbox, "limited", "198.18.0.21:80").status.success());
+    // The redirect's backend (id 1), its membership and its rate limit
+    // (service id 1), so that load has writes to make in the maps it reuses.
+    for (map, key) in [("backends", "1 0 0 0"), ("membership", "1 0 0 0 1 0 0 0"), ("rate_limits", "1 0 0 0")]
+    {
+        let pin = sandbox.pins.join("maps").join(map);
+        let deleted = std::process::Command::new("bpftool")
+            .args(["map", "delete", "pinned", pin.to_str().unwrap(), "key"])
+            .args(key.split(' '))
+            .status()
+            .expect("run bpftool");
+        assert!(deleted.success(), "bpftool map delete from {map}");
+    }
+    let (code, drifted) = sandbox.status();
+    assert_eq!((code, &drifted["interrupted_change"]), (4, &false.into()), "{drifted:#}");
+    let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
+    sandbox.freeze_map("membership");
+
+    let failed = sandbox.balctl(&["load", "--cgroup", sandbox.cgroup.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(rate_limit_entries(&sandbox), 0, "the rate limit load wrote stayed behind");
+    assert_eq!(sandbox.balctl_ok(&["dump", "-o", "json"]), dump, "the maps changed");
+    let (code, status) = sandbox.status();
+    assert_eq!((code, &status["drift"]), (4, &drifted["drift"]), "{status:#}");
+    assert_eq!(status["interrupted_change"], false, "the undone load left an in-progress mark: {status:#}");
+}
+
+/// Entries of the pinned rate_limits map.
+fn rate_limit_entries(sandbox: &Sandbox) -> usize {
+    let rate_limits = sandbox.pins.join("maps/rate_limits");
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", rate_limits.to_str().unwrap()])
+        .output()
+        .expect("run bpftool");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap().as_array().unwrap().len()
 }
 
 /// `policy add NAME --kind redirect --vip VIP` to b3, limited to 5 a second.

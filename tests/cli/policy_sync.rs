@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use balctl::trace::lease::monotonic_ns;
+use balctl::bpf::sys::monotonic_ns;
 
 use crate::support::Sandbox;
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, RingBuf};
-use balctl::{bpf::pins::PinDir, trace::lease::monotonic_ns};
+use balctl::bpf::{pins::PinDir, sys::monotonic_ns};
 use balctl_common::{TRACE_LEASE_ENTRIES, map_names};
 use serde_json::Value;
 

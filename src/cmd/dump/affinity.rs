@@ -14,12 +14,12 @@ use serde::Serialize;
 use super::{Tables, View, backend_cell, seconds};
 use crate::{
     bpf::{
-        maps::open_map,
+        maps::{BackendId, ServiceId},
+        pins::open_map,
         sockets::{TranslatedSocket, translated_sockets},
+        sys::monotonic_ns,
     },
-    image::{BackendId, ServiceId},
     output::{Listing, TableStyle, column, wide},
-    trace::lease::monotonic_ns,
 };
 
 #[derive(Serialize)]

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::{Tables, View, services};
 use crate::{
-    bpf::raw::{raw_to_addr, raw_to_port},
-    image::BackendId,
+    bpf::maps::BackendId,
+    image::raw::{raw_to_addr, raw_to_port},
     model::Protocol,
     output::{Listing, TableStyle, column, wide},
 };

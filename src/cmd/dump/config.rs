@@ -8,9 +8,11 @@ use serde::Serialize;
 
 use super::{Tables, View, seconds};
 use crate::{
-    bpf::inventory::{self, Unit},
+    bpf::{
+        inventory::{self, Unit},
+        sys::monotonic_ns,
+    },
     output::{Listing, TableStyle, column, wide},
-    trace::lease::monotonic_ns,
 };
 
 #[derive(Serialize)]

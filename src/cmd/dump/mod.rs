@@ -21,15 +21,13 @@ use serde::Serialize;
 use super::Context;
 use crate::{
     bpf::{
-        maps::Datapath,
+        maps::{BackendId, Datapath, MapContents, ServiceId},
         pins::PinDir,
-        raw::{frontend_of, raw_to_addr, raw_to_port},
     },
     cli::{DumpArgs, DumpKind, VipFilter},
-    image::{BackendId, ServiceId},
+    image::raw::{frontend_of, raw_to_addr, raw_to_port},
     model::{Frontend, Scope},
     output::{TableStyle, print_structured},
-    plan::MapContents,
     state::AppliedState,
 };
 

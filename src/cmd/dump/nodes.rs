@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{Tables, View};
 use crate::{
-    bpf::raw::raw_to_addr,
+    image::raw::raw_to_addr,
     output::{Listing, TableStyle, column},
 };
 

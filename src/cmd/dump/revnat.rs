@@ -13,11 +13,11 @@ use serde::Serialize;
 use super::{Tables, View};
 use crate::{
     bpf::{
-        maps::open_map,
-        raw::{raw_to_addr, raw_to_port},
+        maps::ServiceId,
+        pins::open_map,
         sockets::{TranslatedSocket, translated_sockets},
     },
-    image::ServiceId,
+    image::raw::{raw_to_addr, raw_to_port},
     output::{Listing, TableStyle, column, wide},
 };
 

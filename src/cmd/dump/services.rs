@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::{Tables, View, backend_cell};
 use crate::{
-    bpf::raw::frontend_of,
-    image::{BackendId, ServiceId},
+    bpf::maps::{BackendId, ServiceId},
+    image::raw::frontend_of,
     model::{Frontend, Protocol, Scope},
     output::{Listing, TableStyle, column, wide},
 };

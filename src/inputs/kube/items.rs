@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::yaml;
-use crate::{input, inputs::Fingerprint};
+use crate::{input, model::Fingerprint};
 
 /// A run of bytes of the file, and the line it starts on (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,7 @@ pub use self::{
 };
 use crate::{
     inputs::{InputLimit, Located, location::Location},
-    state::SyncedObject,
+    model::SyncedObject,
 };
 
 /// Every object of one YAML (or JSON) stream, in order.

@@ -19,8 +19,8 @@ use super::{
 };
 use crate::{
     input,
-    inputs::{Fingerprint, location::Location},
-    model::{MAX_AFFINITY_SECONDS, PolicyKind},
+    inputs::location::Location,
+    model::{Fingerprint, MAX_AFFINITY_SECONDS, PolicyKind},
 };
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.

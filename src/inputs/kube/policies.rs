@@ -37,8 +37,7 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, Frontend, FrontendRule, PolicyKind, Protocol},
-    state::SyncedObject,
+    model::{AddressKind, Frontend, FrontendRule, PolicyKind, Protocol, SyncedObject},
 };
 
 /// The objects of the input that policies refer to.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::items::{PieceKind, Span};
-use crate::{inputs::Fingerprint, state::SyncedObject};
+use crate::model::{Fingerprint, SyncedObject};
 
 /// One piece of an input file that holds objects.
 pub struct Item {

@@ -36,8 +36,7 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, Frontend, FrontendRule, Protocol, Scope},
-    state::SyncedObject,
+    model::{AddressKind, Frontend, FrontendRule, Protocol, Scope, SyncedObject},
 };
 
 /// What Kubernetes objects turn into: synced objects, each with the index

@@ -1,5 +1,7 @@
 //! Conversions between the model's addresses and the kernel layouts in
-//! `balctl_common` (16-byte network-order addresses, network-order ports).
+//! `balctl_common` (16-byte network-order addresses, network-order ports):
+//! the image and the plan write them, `dump` and `trace` read them back.
+//! They live above the kernel layer, which only moves these layouts.
 
 use std::net::{IpAddr, Ipv6Addr};
 

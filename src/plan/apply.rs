@@ -1,0 +1,123 @@
+//! Running a plan against the maps: every step in order, and if one fails,
+//! the steps already done undone in reverse order, so the maps are left as
+//! they were. The kernel layer (`bpf::maps::Datapath`) only writes entries.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use balctl_common::MembershipKey;
+
+use super::{Plan, Step};
+use crate::{
+    bpf::maps::{Datapath, Op, ServiceId},
+    progress::Progress,
+};
+
+impl Plan<'_> {
+    /// Runs every step in order, telling `progress` how many are done. If
+    /// one fails, the steps already done are undone in reverse order, so the
+    /// maps are left as they were. Then tidies up after what the plan
+    /// removed: drops the sticky choices (affinity, per-socket UDP) that
+    /// point at backends which left their service (the datapath already
+    /// ignores them: membership check), and the counters of removed
+    /// frontends and memberships (nothing counts into them again).
+    ///
+    /// The layers map says which layers may hold frontends: both sides'
+    /// while the plan runs, so the datapath never skips a layer that has
+    /// entries, then only the new side's.
+    pub fn apply(&self, datapath: &mut Datapath, progress: &mut dyn Progress) -> Result<()> {
+        let (before, after) = self.layers();
+        datapath.write_layers(before | after)?;
+        let mut removed = Removed::default();
+        for (done, step) in self.steps().enumerate() {
+            if let Err(err) = datapath.write(&step.op) {
+                return Err(self.undo(datapath, done, err.context("map update failed")));
+            }
+            removed.note(&step);
+            progress.advance(done + 1);
+        }
+        // Only tidying: failing here must not fail a change that is
+        // already complete. A layer left marked costs two lookups a connection.
+        if let Err(err) = datapath.write_layers(after) {
+            log::warn!("could not mark the emptied rule layers (they are still looked up): {err:#}");
+        }
+        if !removed.memberships.is_empty()
+            && let Err(err) = datapath.forget_sticky(&removed.memberships)
+        {
+            log::warn!("could not drop stale sticky choices (the datapath ignores them): {err:#}");
+        }
+        if let Err(err) = datapath.forget_counters(&removed.services, &removed.memberships) {
+            log::warn!(
+                "could not delete the counters of removed frontends and backends \
+                 (they stay in the stats maps until deleted): {err:#}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Undoes the whole applied plan because a later step (recording the
+    /// new state) failed with `cause`.
+    pub fn revert(&self, datapath: &mut Datapath, cause: anyhow::Error) -> anyhow::Error {
+        self.undo(datapath, self.len(), cause)
+    }
+
+    /// Undoes the first `done` steps, last first. The plan keeps no steps,
+    /// so they are generated again (the same ones: its sides are borrowed
+    /// unchanged) and only their undo writes are held, which costs memory
+    /// on this failure path alone.
+    fn undo(&self, datapath: &mut Datapath, done: usize, cause: anyhow::Error) -> anyhow::Error {
+        let undo: Vec<Op> = self.steps().take(done).map(|step| step.undo).collect();
+        let mut failures: Vec<String> =
+            undo.iter().rev().filter_map(|op| datapath.write(op).err().map(|e| format!("{e:#}"))).collect();
+        if failures.is_empty()
+            && let Err(err) = datapath.write_layers(self.layers().0)
+        {
+            failures.push(format!("{err:#}"));
+        }
+        if failures.is_empty() {
+            cause.context(Restored)
+        } else {
+            cause.context(format!(
+                "restoring the previous map contents failed too ({}); \
+                 `balctl status` shows the drift and `balctl load` repairs it",
+                failures.join("; ")
+            ))
+        }
+    }
+}
+
+/// The context of a change's error when all its map writes were undone:
+/// the maps hold what they held before it (`anyhow::Error::downcast_ref`
+/// finds it).
+#[derive(Debug)]
+pub struct Restored;
+
+impl std::fmt::Display for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("nothing was changed: the maps were restored to their previous contents")
+    }
+}
+
+/// What a plan removed for good: the service ids of deleted frontends
+/// (their master entries) and the deleted memberships.
+#[derive(Default)]
+struct Removed {
+    services: HashSet<ServiceId>,
+    memberships: HashSet<MembershipKey>,
+}
+
+impl Removed {
+    fn note(&mut self, step: &Step) {
+        match (&step.op, &step.undo) {
+            (Op::DeleteMembership(key), _) => {
+                self.memberships.insert(*key);
+            }
+            // The deleted entry is in the undo write; a frontend keeps its
+            // master (slot 0) for as long as it exists.
+            (Op::DeleteService(key), Op::PutService(_, master)) if key.slot == 0 => {
+                self.services.insert(master.service_id);
+            }
+            _ => {}
+        }
+    }
+}
