@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     // closed pipe, like other Unix tools, cannot cut a change short.
     // SAFETY: called before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    balctl::inputs::one_malloc_arena();
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => log::LevelFilter::Error,
