@@ -135,6 +135,18 @@ pub fn both_platforms_hold_a_static_balctl_of_this_version() {
 struct Containerd {
     dir: PathBuf,
     daemon: std::process::Child,
+    /// The containerd namespace of this test, named after its sandbox:
+    /// runc makes a cgroup of that name in every hierarchy, which goes
+    /// when this drops.
+    namespace: String,
+}
+
+/// The cgroups named `name` right under each cgroup hierarchy's root (one
+/// on a cgroup2 machine, one per controller on a hybrid one).
+fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = fs::read_dir(root).unwrap().map(|entry| entry.unwrap().path());
+    std::iter::once(root.to_owned()).chain(hierarchies).map(|h| h.join(name)).filter(|p| p.is_dir()).collect()
 }
 
 impl Containerd {
@@ -163,7 +175,8 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("containerd (scripts/setup installs it)");
-        let containerd = Self { dir, daemon };
+        let namespace = dir.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let containerd = Self { dir, daemon, namespace };
         let started = Instant::now();
         while !containerd.dir.join("sock").exists() {
             assert!(
@@ -182,7 +195,7 @@ impl Containerd {
 
     fn ctr(&self, args: &[&str]) -> String {
         let socket = self.dir.join("sock");
-        let mut all = vec!["--address", socket.to_str().unwrap(), "--namespace", "balctl-test"];
+        let mut all = vec!["--address", socket.to_str().unwrap(), "--namespace", &self.namespace];
         all.extend(args);
         run("ctr", &all)
     }
@@ -190,9 +203,13 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Containers end with `run --rm`; the daemon's files go with the sandbox.
+        // Containers end with `run --rm`; the daemon's files go with the
+        // sandbox, its namespace's cgroups (empty by now) here.
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        for cgroup in cgroups_named(&self.namespace) {
+            let _ = fs::remove_dir(&cgroup);
+        }
     }
 }
 
@@ -230,6 +247,10 @@ pub fn containerd_imports_both_archives_and_runs_the_image() {
             assert_eq!(printed.trim(), format!("balctl {VERSION}"), "{}", containerd.log());
         }
     }
+    let namespace = containerd.namespace.clone();
+    assert!(!cgroups_named(&namespace).is_empty(), "the container ran in cgroups named {namespace}");
+    drop(containerd);
+    assert_eq!(cgroups_named(&namespace), Vec::<PathBuf>::new(), "nothing of containerd's is left");
 }
 
 /// Podman with a private storage in the sandbox; every container it ran is
