@@ -90,7 +90,7 @@ impl fmt::Display for InputLimit {
         let bytes = self.bytes;
         match [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
             .into_iter()
-            .find(|(unit, _)| bytes % unit == 0)
+            .find(|(unit, _)| bytes.is_multiple_of(*unit))
         {
             Some((unit, name)) => write!(f, "{} {name}", bytes / unit),
             None => write!(f, "{bytes} bytes"),

@@ -75,6 +75,7 @@ fn run_fed(command: Command, stdin: Stdio, deadline: Duration) -> Run {
         timed.current_dir(dir);
     }
     let start = Instant::now();
+    #[allow(clippy::zombie_processes, reason = "reaped by wait4 below, which also gives its resource usage")]
     let mut child = timed
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -111,7 +112,7 @@ fn run_fed(command: Command, stdin: Stdio, deadline: Duration) -> Run {
     }
     let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     assert!(!killed, "balctl took longer than {deadline:?}; stderr: {}", String::from_utf8_lossy(&stderr));
-    let run = Run {
+    Run {
         status: ExitStatus::from_raw(status),
         stdout,
         stderr,
@@ -120,8 +121,7 @@ fn run_fed(command: Command, stdin: Stdio, deadline: Duration) -> Run {
             .iter()
             .map(|t| Duration::new(t.tv_sec.try_into().unwrap(), u32::try_from(t.tv_usec).unwrap() * 1000))
             .sum(),
-    };
-    run
+    }
 }
 
 /// The peak RSS GNU time wrote to `report` (its last line; a line before
@@ -344,7 +344,7 @@ pub fn streams_marks_and_control_characters() {
     let before = dump_json(&sandbox);
     let long = "a".repeat(10_000_000);
     let cases = [
-        ("escape.yaml", format!("apiVersion: v1\nkind: Node\nmetadata: {{name: \"x\\e[2J\\0y\"}}\n")),
+        ("escape.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: \"x\\e[2J\\0y\"}\n".to_owned()),
         ("escape.toml", GOOD_TOML.replace("\"good\"", "\"x\\u001b[2J\\u0000y\"")),
         ("long.yaml", format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {long}, namespace: ns}}\n")),
         ("long.toml", GOOD_TOML.replace("\"good\"", &format!("\"{long}\""))),
