@@ -27,9 +27,9 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    kube_sync::{service, slice},
+    kube_sync::{slice, web_in_a_cluster},
     stats::{free_port, http, http_get, samples, scrape_text, services},
-    support::{Sandbox, apiserver::ApiServer, watcher::Watcher},
+    support::{Sandbox, watcher::Watcher},
 };
 
 /// Must show 3: how long each request may take beside stalled clients.
@@ -305,13 +305,7 @@ pub fn probes_and_agent_metrics_follow_the_syncs() {
 pub fn healthz_turns_503_while_the_api_server_is_away() {
     let sandbox = Sandbox::new();
     sandbox.load();
-    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
-    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
-    let server = ApiServer::start();
-    let kubeconfig = sandbox.scratch("kubeconfig");
-    server.write_kubeconfig(&kubeconfig);
-    server.apply(service("web", "198.18.0.20"));
-    server.apply(slice("web", &["192.0.2.2"]));
+    let (server, kubeconfig) = web_in_a_cluster(&sandbox);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     // Not answering at start: not ready, nothing applied.

@@ -33,9 +33,9 @@ use serde_json::Value;
 use crate::{
     datapath::{bpftool_cgroup_show, link_ids},
     deploy::{IMAGE, documents, probe_port, typed},
-    kube_sync::{service, slice},
+    kube_sync::{slice, web_in_a_cluster},
     stats::{free_port, http_get},
-    support::{Sandbox, apiserver::ApiServer, finish, run},
+    support::{Sandbox, finish, run},
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -550,13 +550,7 @@ pub fn the_daemonset_runs_in_podman_and_a_new_pod_takes_over() {
     let sandbox = Sandbox::new();
     fs::create_dir(&sandbox.state).unwrap();
     fs::set_permissions(&sandbox.state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
-    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
-    let server = ApiServer::start();
-    let kubeconfig = sandbox.scratch("kubeconfig");
-    server.write_kubeconfig(&kubeconfig);
-    server.apply(service("web", "198.18.0.20"));
-    server.apply(slice("web", &["192.0.2.2"]));
+    let (server, kubeconfig) = web_in_a_cluster(&sandbox);
 
     let pod = pod_of("daemonset.yaml");
     let init = &pod.init_containers.as_ref().unwrap()[0];

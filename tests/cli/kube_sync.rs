@@ -2,6 +2,7 @@
 //! server (support/apiserver.rs), on the real kernel.
 
 use std::{
+    path::PathBuf,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -23,6 +24,20 @@ pub fn service(name: &str, cluster_ip: &str) -> Value {
             "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080 }]
         }
     })
+}
+
+/// Servers at 192.0.2.2 and 192.0.2.3, and an API server holding Service
+/// web (198.18.0.20:80) with an EndpointSlice of the first; returns the
+/// server and a kubeconfig for it in the sandbox.
+pub fn web_in_a_cluster(sandbox: &Sandbox) -> (ApiServer, PathBuf) {
+    sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    server.apply(service("web", "198.18.0.20"));
+    server.apply(slice("web", &["192.0.2.2"]));
+    (server, kubeconfig)
 }
 
 pub fn slice(service: &str, endpoints: &[&str]) -> Value {
