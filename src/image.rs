@@ -38,7 +38,7 @@ impl BackendAddr {
             addr: addr_to_raw(self.address.ip()),
             port: port_to_raw(self.address.port()),
             proto: self.protocol.ip_proto(),
-            _pad: 0,
+            flags: 0,
         }
     }
 }

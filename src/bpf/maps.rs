@@ -256,12 +256,12 @@ pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u
         let info = aya::maps::MapInfo::from_pin(&path)
             .with_context(|| format!("cannot inspect {}", path.display()))?;
         let found = (info.map_flags(), info.key_size(), info.value_size());
-        let expected = (0, spec.key_size, spec.value_size);
+        let expected = (spec.map_flags, spec.key_size, spec.value_size);
         let type_matches = info.map_type().is_ok_and(|t| t as u32 == spec.map_type as u32);
         if !type_matches || found != expected {
             bail!(
                 "the map pinned at {} was made by another balctl version (key {} bytes, value {} bytes, \
-                 flags {:#x}; this build needs key {} bytes, value {} bytes, flags 0) and cannot be reused. \
+                 flags {:#x}; this build needs key {} bytes, value {} bytes, flags {:#x}) and cannot be reused. \
                  `balctl unload --yes` removes the old datapath, then `balctl load` creates it anew",
                 path.display(),
                 found.1,
@@ -269,6 +269,7 @@ pub fn check_layout(pins: &PinDir, requested_capacity: impl Fn(&str) -> Option<u
                 found.0,
                 expected.1,
                 expected.2,
+                expected.0,
             );
         }
         if let Some(size_name) = spec.size_name

@@ -5,14 +5,15 @@
 use std::{fmt, mem::size_of};
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::lpm_trie::Key as LpmKey;
 use aya_obj::{
     ProgramSection,
     generated::{bpf_attach_type, bpf_map_type},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, MembershipKey, NodeAddressKey,
-    RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet,
-    TRACE_LEASE_ENTRIES, default_capacity, map_names,
+    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevKey,
+    MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey,
+    ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -130,6 +131,9 @@ pub struct MapSpec {
     /// Records one kernel map entry holds: `SOCKET_WAYS` for the sockets
     /// map's sets, else 1.
     pub ways: u32,
+    /// The map's creation flags (`BPF_F_NO_PREALLOC` or 0), part of the
+    /// layout a pinned map must have.
+    pub map_flags: u32,
 }
 
 impl MapSpec {
@@ -144,7 +148,7 @@ impl MapSpec {
     }
 }
 
-pub const MAPS: [MapSpec; 17] = [
+pub const MAPS: [MapSpec; 21] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -217,6 +221,38 @@ pub const MAPS: [MapSpec; 17] = [
     ),
     fixed_array::<u32>(map_names::LAYERS, 1),
     fixed_array::<u64>(map_names::TRACE_LEASES, TRACE_LEASE_ENTRIES),
+    // North-south: the Maglev tables, source ranges and flows.
+    MapSpec {
+        map_flags: BPF_F_NO_PREALLOC,
+        ..map::<MaglevKey, u32>(
+            map_names::MAGLEV,
+            bpf_map_type::BPF_MAP_TYPE_HASH,
+            "maglev",
+            default_capacity::MAGLEV,
+        )
+    },
+    MapSpec {
+        map_flags: BPF_F_NO_PREALLOC,
+        ..map::<LpmKey<SourceRange>, u8>(
+            map_names::SOURCE_RANGES,
+            bpf_map_type::BPF_MAP_TYPE_LPM_TRIE,
+            "source_ranges",
+            default_capacity::SOURCE_RANGES,
+        )
+    },
+    map::<FlowKey, Flow>(
+        map_names::FLOWS,
+        bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+        "flows",
+        default_capacity::FLOWS,
+    ),
+    // A reply entry per flow, so it follows the flows size.
+    map::<FlowKey, FlowReply>(
+        map_names::FLOW_REPLIES,
+        bpf_map_type::BPF_MAP_TYPE_LRU_HASH,
+        "flows",
+        default_capacity::FLOWS,
+    ),
     events(0),
     events(1),
     events(2),
@@ -233,6 +269,7 @@ const fn events(slot: usize) -> MapSpec {
         size_name: None,
         default_capacity: EVENTS_BYTES,
         ways: 1,
+        map_flags: 0,
     }
 }
 
@@ -254,12 +291,26 @@ const fn fixed_array<V>(name: &'static str, entries: u32) -> MapSpec {
         size_name: None,
         default_capacity: entries,
         ways: 1,
+        map_flags: 0,
     }
 }
 
+/// The kernel's flag for a map whose entries are allocated as written.
+const BPF_F_NO_PREALLOC: u32 = aya_obj::generated::BPF_F_NO_PREALLOC as u32;
+
 /// The names `--map-size` accepts.
-pub const SIZE_NAMES: [&str; 7] =
-    ["services", "backends", "affinity", "sockets", "revnat", "nodes", "rate_limits"];
+pub const SIZE_NAMES: [&str; 10] = [
+    "services",
+    "backends",
+    "affinity",
+    "sockets",
+    "revnat",
+    "nodes",
+    "rate_limits",
+    "maglev",
+    "source_ranges",
+    "flows",
+];
 
 const fn map<K, V>(
     name: &'static str,
@@ -275,6 +326,7 @@ const fn map<K, V>(
         size_name: Some(size_name),
         default_capacity,
         ways: 1,
+        map_flags: 0,
     }
 }
 

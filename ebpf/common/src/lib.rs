@@ -28,6 +28,12 @@ pub mod map_names {
     pub const RATE_LIMITS: &str = "rate_limits";
     pub const LAYERS: &str = "layers";
     pub const DATAPATH_STATS: &str = "datapath_stats";
+    /// North-south (the packet programs on `load --devices`): see
+    /// `SCOPE_EXTERNAL`.
+    pub const MAGLEV: &str = "maglev";
+    pub const SOURCE_RANGES: &str = "source_ranges";
+    pub const FLOWS: &str = "flows";
+    pub const FLOW_REPLIES: &str = "flow_replies";
     /// One ring buffer per trace slot.
     pub const EVENTS: [&str; super::TRACE_SLOTS as usize] = ["events0", "events1", "events2", "events3"];
 }
@@ -46,6 +52,15 @@ pub mod default_capacity {
     pub const NODES: u32 = 16_384;
     /// Frontends with a requests-per-second limit (redirect policies).
     pub const RATE_LIMITS: u32 = 4_096;
+    /// Maglev lookup-table entries of every external frontend together
+    /// (a frontend with N backends takes a prime of at least 100 x N). The
+    /// map is not preallocated: memory follows the entries written.
+    pub const MAGLEV: u32 = 1 << 21;
+    /// loadBalancerSourceRanges prefixes of every frontend together.
+    pub const SOURCE_RANGES: u32 = 16_384;
+    /// North-south flows that are open at once (LRU: the least recently
+    /// used goes first when full). The flow_replies map has as many.
+    pub const FLOWS: u32 = 262_144;
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -180,6 +195,16 @@ pub struct TraceEvent {
 pub const SCOPE_SERVICE: u8 = 0;
 pub const SCOPE_BALANCING: u8 = 1;
 pub const SCOPE_REDIRECT: u8 = 2;
+/// The frontend as traffic from outside the node sees it: packets that
+/// arrive on a `load --devices` device for a node port (unspecified
+/// address, as in `NodeAddressKey`), a LoadBalancer ingress IP or an
+/// external IP. Only the packet programs read this scope (the socket
+/// programs never look it up, and its bit is never set in the layers map),
+/// so one address can be a Service frontend for sockets and an external
+/// frontend with other backends (externalTrafficPolicy Local: this node's
+/// only, with `SERVICE_FLAG_LOCAL_ONLY`, so none means "drop") and its own
+/// service id, counters and membership.
+pub const SCOPE_EXTERNAL: u8 = 3;
 
 /// The layers map (an array of one `u32`) says which scopes hold any
 /// frontend, one bit per scope (`layer_bit`), so that a connection skips
@@ -202,6 +227,16 @@ pub const SERVICE_FLAG_RATE_LIMITED: u16 = 1 << 2;
 /// `ServiceEntry::flags`: the backends are this node's only (Kubernetes
 /// `internalTrafficPolicy: Local`), so none means "no local backend".
 pub const SERVICE_FLAG_LOCAL_ONLY: u16 = 1 << 1;
+/// `ServiceEntry::flags` of a `SCOPE_EXTERNAL` master entry: a new flow's
+/// backend comes from the frontend's Maglev table in the maglev map (the
+/// 5-tuple's hash modulo the table size, which the master entry's
+/// `backend_id` holds: a master entry has no backend of its own). Without
+/// it, a random slot.
+pub const SERVICE_FLAG_MAGLEV: u16 = 1 << 3;
+/// `ServiceEntry::flags` of a `SCOPE_EXTERNAL` master entry: only clients
+/// in the frontend's prefixes of the source_ranges map may use it
+/// (`loadBalancerSourceRanges`); packets from others are dropped.
+pub const SERVICE_FLAG_SOURCE_RANGES: u16 = 1 << 4;
 
 /// An IPv6 address (or an IPv4-mapped one) as four network-order words, the
 /// shape of `bpf_sock_addr.user_ip6`.
@@ -259,13 +294,21 @@ pub struct Backend {
     pub addr: Addr,
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// `BACKEND_FLAG_*`.
+    pub flags: u8,
 }
+
+/// `Backend::flags`: the backend runs on this node (an endpoint whose
+/// `nodeName` is this node). External traffic to it is only DNATed and
+/// handed to the stack; to any other backend it is also SNATed to the
+/// node's address and forwarded. A backend that changes nodes with the
+/// same address is a new backend with a new id.
+pub const BACKEND_FLAG_LOCAL: u8 = 1;
 
 impl Backend {
     /// No backend: a master entry's, or a slot's whose backend balctl does
     /// not know (a corrupt state). Its protocol is 0, never TCP or UDP.
-    pub const NONE: Backend = Backend { addr: [0; 4], port: 0, proto: 0, _pad: 0 };
+    pub const NONE: Backend = Backend { addr: [0; 4], port: 0, proto: 0, flags: 0 };
 }
 
 /// Key of the membership map: present while `backend_id` is one of the
@@ -381,6 +424,108 @@ pub struct RevNatValue {
     pub service_id: u32,
 }
 
+/// Key of the maglev map (a hash map, not preallocated): entry `index`
+/// (0..M) of an external frontend's Maglev lookup table, whose value is a
+/// backend id (a backends-map key). User space computes the table (Maglev,
+/// Eisenbud et al., NSDI 2016: every backend fills the table through its
+/// own permutation of the entries, so a change of backends moves about 1/N
+/// of them) and writes only the entries that change. The datapath reads
+/// entry `flow_hash % M` and checks the backend is still a member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MaglevKey {
+    pub service_id: u32,
+    pub index: u32,
+}
+
+/// What the source_ranges map (an LPM trie; the value is a `u8`, 1) holds
+/// a prefix of, behind the trie key's `prefix_len` (aya's
+/// `lpm_trie::Key<SourceRange>` on both sides): a `loadBalancerSourceRanges`
+/// prefix of one external frontend. The trie matches bytes from the start,
+/// so the service id comes first in network byte order and always counts
+/// fully: `prefix_len` is 32 plus the address bits (an IPv4 /N is
+/// 32 + 96 + N, as the address is mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRange {
+    /// The frontend's service id, big-endian.
+    pub service_id: [u8; 4],
+    pub addr: Addr,
+}
+
+/// Ports the packet programs SNAT external flows to remote backends from
+/// (inclusive). `load --devices` adds them to the node's
+/// `net.ipv4.ip_local_reserved_ports` (which covers IPv6 too), so the
+/// node's own sockets never take one: above the default ephemeral range
+/// (32768-60999) and the node-port range (30000-32767).
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
+/// Key of the flows and flow_replies maps (LRU hashes): a packet's
+/// addresses and ports as it travels, source first, ports in network
+/// byte order. In flows: the client's packet as it arrives (client ->
+/// frontend). In flow_replies: the backend's reply as it comes back
+/// (backend -> client when only DNATed, backend -> node address and SNAT
+/// port when SNATed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `Flow::state`: what the datapath has seen of a TCP flow (UDP flows stay
+/// `FLOW_OPEN`). Timeouts follow conntrack's defaults closely.
+pub const FLOW_OPEN: u8 = 0;
+/// A FIN or RST was seen: the flow ends after `FLOW_CLOSING_TIMEOUT_NS`.
+pub const FLOW_CLOSING: u8 = 1;
+pub const FLOW_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
+pub const FLOW_UDP_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
+pub const FLOW_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+
+/// Value of the flows map: where a north-south flow goes. A packet of a
+/// known flow keeps its backend while the flow has not timed out and the
+/// backend is still a member of the frontend (membership map); otherwise
+/// the flow chooses again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub backend: Addr,
+    /// The node address the flow is SNATed from; unspecified when it is
+    /// only DNATed (a local backend, or externalTrafficPolicy Local).
+    pub snat_addr: Addr,
+    pub backend_port: u16,
+    /// 0 when not SNATed.
+    pub snat_port: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `FLOW_OPEN` or `FLOW_CLOSING`.
+    pub state: u8,
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_coarse_ns()` of the last packet either way.
+    pub last_seen_ns: u64,
+}
+
+/// Value of the flow_replies map: what a reply is rewritten to, so the
+/// client sees it come from the address it called.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowReply {
+    /// The reply's new source: the frontend the client called (a node
+    /// address for a node port).
+    pub frontend: Addr,
+    /// The reply's new destination: the client (same as the key's when
+    /// not SNATed).
+    pub client: Addr,
+    pub frontend_port: u16,
+    pub client_port: u16,
+    pub service_id: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), contain only integers and have no
@@ -401,6 +546,11 @@ mod pod {
     unsafe impl aya::Pod for super::DatapathStats {}
     unsafe impl aya::Pod for super::TraceEvent {}
     unsafe impl aya::Pod for super::RateLimit {}
+    unsafe impl aya::Pod for super::MaglevKey {}
+    unsafe impl aya::Pod for super::SourceRange {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::FlowReply {}
 }
 
 #[cfg(test)]
@@ -428,5 +578,10 @@ mod tests {
         assert_eq!(size_of::<DatapathStats>(), 8);
         assert_eq!(size_of::<TraceEvent>(), 88);
         assert_eq!(size_of::<RateLimit>(), 24);
+        assert_eq!(size_of::<MaglevKey>(), 8);
+        assert_eq!(size_of::<SourceRange>(), 20);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<Flow>(), 56);
+        assert_eq!(size_of::<FlowReply>(), 40);
     }
 }

@@ -26,3 +26,4 @@ mod lb;
 mod object;
 mod sock;
 mod sock_release;
+mod tc;

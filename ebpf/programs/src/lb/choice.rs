@@ -50,7 +50,7 @@ pub fn choose_backend(
         && unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id: earlier.backend_id }) }.is_some()
     {
         let backend =
-            Backend { addr: earlier.backend, port: earlier.backend_port, proto: frontend.proto, _pad: 0 };
+            Backend { addr: earlier.backend, port: earlier.backend_port, proto: frontend.proto, flags: 0 };
         return Ok(Choice { backend, backend_id: earlier.backend_id, how: result::SOCKET });
     }
     if let Some(socket_key) = &second_frontend

@@ -2,13 +2,14 @@
 //! user space sets at load.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, MembershipKey, NodeAddressKey,
-    RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet,
-    TRACE_LEASE_ENTRIES, default_capacity,
+    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevKey,
+    MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey,
+    ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
 };
 
 #[map(name = "services")]
@@ -73,3 +74,23 @@ pub static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "events3")]
 pub static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+// North-south: read and written by the packet programs only.
+
+// Not preallocated: a table of M entries per external frontend, M from
+// 100 x its backends up, so the memory follows what is written.
+#[map(name = "maglev")]
+pub static MAGLEV: HashMap<MaglevKey, u32> =
+    HashMap::with_max_entries(default_capacity::MAGLEV, BPF_F_NO_PREALLOC);
+
+// The kernel requires BPF_F_NO_PREALLOC of an LPM trie.
+#[map(name = "source_ranges")]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> =
+    LpmTrie::with_max_entries(default_capacity::SOURCE_RANGES, BPF_F_NO_PREALLOC);
+
+#[map(name = "flows")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(default_capacity::FLOWS, 0);
+
+#[map(name = "flow_replies")]
+pub static FLOW_REPLIES: LruHashMap<FlowKey, FlowReply> =
+    LruHashMap::with_max_entries(default_capacity::FLOWS, 0);
