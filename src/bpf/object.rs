@@ -296,7 +296,7 @@ const fn fixed_array<V>(name: &'static str, entries: u32) -> MapSpec {
 }
 
 /// The kernel's flag for a map whose entries are allocated as written.
-const BPF_F_NO_PREALLOC: u32 = aya_obj::generated::BPF_F_NO_PREALLOC as u32;
+const BPF_F_NO_PREALLOC: u32 = aya_obj::generated::BPF_F_NO_PREALLOC;
 
 /// The names `--map-size` accepts.
 pub const SIZE_NAMES: [&str; 10] = [
