@@ -9,13 +9,36 @@ use balctl::{
 };
 use clap::Parser as _;
 
+/// mimalloc, because items are parsed on several threads
+/// (src/inputs/kube/parallel.rs): glibc's arena per thread kept what a
+/// parse thread freed where the main thread could not reuse it (a
+/// 100,000-service sync peaked at 362 MB instead of 286), and one arena
+/// for all made the threads wait on its lock; musl's allocator (the image)
+/// is slower still. bench/RESULTS.md, "YAML parser".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+unsafe extern "C" {
+    /// mimalloc's `mi_option_set` (in the library mimalloc links), which
+    /// its Rust crate only declares behind a feature we need nothing else of.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc.h (v3, what libmimalloc-sys builds).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
 fn main() -> ExitCode {
     // Rust ignores SIGPIPE, which turns `balctl dump | head` into an error.
     // Output is only written after all map changes, so dying quietly on a
     // closed pipe, like other Unix tools, cannot cut a change short.
     // SAFETY: called before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    balctl::inputs::one_malloc_arena();
+    // Freed pages go back to the system at once rather than 10 ms later:
+    // a full sync frees its parse temporaries as fast as it makes objects,
+    // and with the delay the 100,000-service sync peaked at 315 MB, over
+    // its 300 MB limit; at once, 281 MB.
+    // SAFETY: sets an allocator option; the value is one mimalloc accepts.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => log::LevelFilter::Error,

@@ -212,22 +212,6 @@ fn return_freed_memory() {
     };
 }
 
-/// Makes every thread allocate from one glibc arena; called before any
-/// thread starts. Items are parsed on several threads (kube/parallel.rs),
-/// and with an arena each, the objects a parse thread made and the
-/// temporaries it freed around them stay in its arena, where the main
-/// thread's translation and image cannot reuse them: at 100,000 services
-/// that raised the full sync's peak from 286 to 362 MB. With one arena it
-/// is 284 MB; glibc's per-thread caches keep the threads from waiting on
-/// its lock for most allocations. musl has one allocator state anyway.
-pub fn one_malloc_arena() {
-    // SAFETY: mallopt only sets an allocator parameter.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1)
-    };
-}
-
 fn source_name(argument: &Path) -> Result<String> {
     if argument == Path::new("-") {
         return Ok("-".to_owned());

@@ -119,11 +119,37 @@ impl InputLimit {
     }
 
     /// All of `reader`, the input `label`, if it is not over the limit.
+    ///
+    /// Read in chunks joined at the end, each freed as it is copied, so
+    /// the memory an input of unknown length (stdin, a FIFO) takes stays
+    /// about its length: one buffer grown as it fills would be copied at
+    /// every doubling, and mimalloc (balctl's allocator) copies where
+    /// glibc remaps, holding the old and the new buffer at once: 2 GB to
+    /// refuse a 1 GiB stdin.
     pub fn read_all(self, label: &str, reader: impl Read) -> Result<Vec<u8>> {
+        const CHUNK: usize = 16 << 20;
         let mut capped = self.cap(reader);
-        let mut bytes = Vec::new();
-        capped.read_to_end(&mut bytes).map_err(|e| anyhow::anyhow!("cannot read {label}: {e}"))?;
+        let mut chunks = Vec::new();
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            (&mut capped)
+                .take(CHUNK as u64)
+                .read_to_end(&mut chunk)
+                .map_err(|e| anyhow::anyhow!("cannot read {label}: {e}"))?;
+            let last = chunk.len() < CHUNK;
+            chunks.push(chunk);
+            if last {
+                break;
+            }
+        }
         capped.check(label)?;
+        if chunks.len() == 1 {
+            return Ok(chunks.pop().unwrap_or_default());
+        }
+        let mut bytes = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+        for chunk in chunks {
+            bytes.extend_from_slice(&chunk);
+        }
         Ok(bytes)
     }
 }
@@ -172,6 +198,16 @@ mod tests {
         assert_eq!(InputLimit::default().to_string(), "1 GiB");
         assert_eq!(InputLimit { bytes: 512 * MIB }.to_string(), "512 MiB");
         assert_eq!(InputLimit { bytes: 1000 }.to_string(), "1000 bytes");
+    }
+
+    #[test]
+    fn inputs_of_several_chunks_are_joined_in_order() {
+        let input: Vec<u8> = (0..40_000_000u32).map(|i| (i % 251) as u8).collect();
+        let limit = InputLimit { bytes: 64 * MIB };
+        assert_eq!(limit.read_all("f", &input[..]).unwrap(), input);
+        // Exactly two chunks, and the empty read that ends them.
+        let exact = &input[..32 << 20];
+        assert_eq!(limit.read_all("f", exact).unwrap(), exact);
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! Items are independent (each is read alone from its own bytes), and
 //! parsing is most of a full sync's time (bench/RESULTS.md, "YAML
 //! parser"), so it is spread over threads; what follows (translation, the
-//! plan, the map writes) stays on one. The threads share one allocator
-//! arena (`inputs::one_malloc_arena`), which keeps a big sync's peak memory
-//! what it is on one thread. The result is the one a loop over
+//! plan, the map writes) stays on one. balctl's allocator (mimalloc, in
+//! src/bin/balctl.rs) keeps a big sync's peak memory what it is on one
+//! thread. The result is the one a loop over
 //! the items gives: the same values in the same order, and on failure the
 //! error of the first item that fails.
 
