@@ -11,9 +11,9 @@ use aya_obj::{
     generated::{bpf_attach_type, bpf_map_type},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevKey,
-    MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey,
-    ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity, map_names,
+    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevChunk,
+    MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry,
+    ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -224,7 +224,7 @@ pub const MAPS: [MapSpec; 21] = [
     // North-south: the Maglev tables, source ranges and flows.
     MapSpec {
         map_flags: BPF_F_NO_PREALLOC,
-        ..map::<MaglevKey, u32>(
+        ..map::<MaglevKey, MaglevChunk>(
             map_names::MAGLEV,
             bpf_map_type::BPF_MAP_TYPE_HASH,
             "maglev",

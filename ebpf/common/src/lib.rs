@@ -52,15 +52,22 @@ pub mod default_capacity {
     pub const NODES: u32 = 16_384;
     /// Frontends with a requests-per-second limit (redirect policies).
     pub const RATE_LIMITS: u32 = 4_096;
-    /// Maglev lookup-table entries of every external frontend together
-    /// (a frontend with N backends takes a prime of at least 100 x N). The
-    /// map is not preallocated: memory follows the entries written.
-    pub const MAGLEV: u32 = 1 << 21;
+    /// Maglev lookup-table chunks (`MAGLEV_CHUNK` entries each) of every
+    /// external frontend together: 2,097,152 table entries, e.g. 2,000
+    /// frontends of 10 backends (a table of a prime of at least 100 x N
+    /// entries). The map is not preallocated: memory follows the chunks
+    /// written (about 120 bytes each); only its 2 MB of buckets are made
+    /// at load.
+    pub const MAGLEV: u32 = 1 << 17;
     /// loadBalancerSourceRanges prefixes of every frontend together.
     pub const SOURCE_RANGES: u32 = 16_384;
     /// North-south flows that are open at once (LRU: the least recently
-    /// used goes first when full). The flow_replies map has as many.
-    pub const FLOWS: u32 = 262_144;
+    /// used goes first when full). The flow_replies map has as many. Both
+    /// are preallocated, as LRU maps must be: about 150 bytes per flow
+    /// each, 19 MB for the two at this size, which every `load` creates;
+    /// a node that takes much traffic from outside sets `--map-size
+    /// flows=N`.
+    pub const FLOWS: u32 = 65_536;
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -424,19 +431,30 @@ pub struct RevNatValue {
     pub service_id: u32,
 }
 
-/// Key of the maglev map (a hash map, not preallocated): entry `index`
-/// (0..M) of an external frontend's Maglev lookup table, whose value is a
-/// backend id (a backends-map key). User space computes the table (Maglev,
-/// Eisenbud et al., NSDI 2016: every backend fills the table through its
-/// own permutation of the entries, so a change of backends moves about 1/N
-/// of them) and writes only the entries that change. The datapath reads
-/// entry `flow_hash % M` and checks the backend is still a member.
+/// Key of the maglev map (a hash map, not preallocated): chunk `chunk` of
+/// an external frontend's Maglev lookup table, entries `chunk *
+/// MAGLEV_CHUNK ..` of its M; the value is a `MaglevChunk`. User space
+/// computes the table (Maglev, Eisenbud et al., NSDI 2016: every backend
+/// fills the table through its own permutation of the entries, so a
+/// change of backends moves about 1/N of them) and writes only the chunks
+/// that change. The datapath reads entry `flow_hash % M` and checks the
+/// backend is still a member. Entries are grouped because a hash map entry
+/// costs about 50 bytes besides its key and value: one per table entry
+/// would take 64 bytes for a 4-byte backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MaglevKey {
     pub service_id: u32,
-    pub index: u32,
+    pub chunk: u32,
 }
+
+/// Table entries per maglev-map value.
+pub const MAGLEV_CHUNK: usize = 16;
+
+/// Value of the maglev map: backend ids (backends-map keys) of
+/// `MAGLEV_CHUNK` consecutive table entries; past the table's end (its
+/// last chunk) 0, which names no backend.
+pub type MaglevChunk = [u32; MAGLEV_CHUNK];
 
 /// What the source_ranges map (an LPM trie; the value is a `u8`, 1) holds
 /// a prefix of, behind the trie key's `prefix_len` (aya's

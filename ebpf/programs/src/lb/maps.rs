@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevKey,
-    MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey,
-    ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
+    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevChunk,
+    MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry,
+    ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
 };
 
 #[map(name = "services")]
@@ -80,7 +80,7 @@ pub static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 // Not preallocated: a table of M entries per external frontend, M from
 // 100 x its backends up, so the memory follows what is written.
 #[map(name = "maglev")]
-pub static MAGLEV: HashMap<MaglevKey, u32> =
+pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
     HashMap::with_max_entries(default_capacity::MAGLEV, BPF_F_NO_PREALLOC);
 
 // The kernel requires BPF_F_NO_PREALLOC of an LPM trie.
