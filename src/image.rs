@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use balctl_common::{
-    Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED,
-    ServiceEntry,
+    BACKEND_FLAG_LOCAL, Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY,
+    SERVICE_FLAG_RATE_LIMITED, ServiceEntry,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,13 @@ pub mod raw;
 pub struct BackendAddr {
     pub address: SocketAddr,
     pub protocol: Protocol,
+    /// It runs on this node (`FrontendRule::local_backends`): part of what
+    /// the backend is, so an endpoint that moves to or from this node with
+    /// the same address becomes a new backend with a new id, and every
+    /// slot copy of it says where it runs. Formats 3 and 4 had none: the
+    /// legacy reader leaves it false.
+    #[serde(default)]
+    pub local: bool,
 }
 
 impl BackendAddr {
@@ -38,7 +45,7 @@ impl BackendAddr {
             addr: addr_to_raw(self.address.ip()),
             port: port_to_raw(self.address.port()),
             proto: self.protocol.ip_proto(),
-            flags: 0,
+            flags: if self.local { BACKEND_FLAG_LOCAL } else { 0 },
         }
     }
 }
@@ -56,7 +63,7 @@ pub struct FrontendImage {
     /// See `FrontendRule::requests_per_second`.
     pub requests_per_second: Option<u32>,
     /// See `FrontendRule::address_kind`. Format 3 state files had none:
-    /// the legacy reader leaves it to its default (`legacy_v1`).
+    /// the legacy reader leaves it to its default (`legacy`).
     #[serde(default)]
     pub address_kind: AddressKind,
 }
@@ -273,7 +280,11 @@ impl Image {
 
 impl FrontendRule {
     fn backend_addrs(&self) -> impl Iterator<Item = BackendAddr> + '_ {
-        self.backends.iter().map(|&address| BackendAddr { address, protocol: self.frontend.protocol })
+        self.backends.iter().map(|&address| BackendAddr {
+            address,
+            protocol: self.frontend.protocol,
+            local: self.is_local(&address),
+        })
     }
 }
 
@@ -309,6 +320,7 @@ mod tests {
         let rule = FrontendRule {
             frontend: frontend.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            local_backends: Vec::new(),
             affinity_seconds: None,
             local_only: false,
             requests_per_second: None,
@@ -376,6 +388,22 @@ mod tests {
         corrupt.next_backend_id = BackendId::MAX;
         let err = compile(&[policy("b", "198.18.0.2:80", &["192.0.2.2:80"])], &corrupt).unwrap_err();
         assert!(err.to_string().contains("exhausted"), "{err}");
+    }
+
+    /// Where a backend runs is part of it: the backends map says so, and
+    /// an endpoint that moves to this node is a new backend.
+    #[test]
+    fn a_local_backend_is_flagged_and_moving_makes_a_new_one() {
+        let (owner, mut rule) = policy("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"]);
+        let v1 = Image::compile([(owner.clone(), &rule)], [], &Image::default()).unwrap();
+        rule.local_backends = vec![rule.backends[1]];
+        let v2 = Image::compile([(owner, &rule)], [], &v1).unwrap();
+        let frontend = &v2.frontends[&rule.frontend];
+        assert_eq!(frontend.backends, [1, 3]);
+        assert!(!v2.backends[&1].local && v2.backends[&3].local);
+        assert_eq!((v2.backends[&1].to_raw().flags, v2.backends[&3].to_raw().flags), (0, BACKEND_FLAG_LOCAL));
+        let slots: Vec<u8> = frontend.slots(&v2.backends).map(|(_, entry)| entry.backend.flags).collect();
+        assert_eq!(slots, [0, BACKEND_FLAG_LOCAL]);
     }
 
     #[test]

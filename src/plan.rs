@@ -38,7 +38,7 @@ use crate::{
         BackendAddr, FrontendImage, Image,
         raw::{addr_to_raw, service_key},
     },
-    model::Frontend,
+    model::{Frontend, Scope},
 };
 
 pub mod apply;
@@ -137,13 +137,16 @@ impl<'a> Plan<'a> {
         Phase::ORDER.into_iter().flat_map(move |phase| sides.phase(phase))
     }
 
-    /// The layers (`balctl_common::layer_bit` of each scope) that hold a
-    /// frontend before the plan and after it.
+    /// The socket layers (`balctl_common::layer_bit` of each scope the
+    /// socket programs read) that hold a frontend before the plan and
+    /// after it. The external scope never has a bit: only the packet
+    /// programs read it.
     pub fn layers(&self) -> (u32, u32) {
+        let bit = |scope: u8| if scope == Scope::External.raw() { 0 } else { layer_bit(scope) };
         let of_image =
-            |image: &Image| image.frontends.keys().fold(0, |layers, f| layers | layer_bit(f.scope.raw()));
+            |image: &Image| image.frontends.keys().fold(0, |layers, f| layers | bit(f.scope.raw()));
         let of_maps =
-            |maps: &MapContents| maps.services.keys().fold(0, |layers, key| layers | layer_bit(key.scope));
+            |maps: &MapContents| maps.services.keys().fold(0, |layers, key| layers | bit(key.scope));
         match self.sides {
             Sides::Between(old, new) => (of_image(old), of_image(new)),
             Sides::Repair(actual, desired) => (of_maps(actual), of_maps(desired)),
@@ -454,6 +457,8 @@ impl Tally {
 
 #[cfg(test)]
 mod tests {
+    use balctl_common::SCOPE_SERVICE;
+
     use super::*;
     use crate::model::{FrontendRule, parse_backend};
 
@@ -461,6 +466,7 @@ mod tests {
         FrontendRule {
             frontend: frontend.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            local_backends: Vec::new(),
             affinity_seconds,
             local_only: false,
             requests_per_second: None,
@@ -732,6 +738,23 @@ mod tests {
             ..Summary::default()
         };
         assert_eq!(summary, expected);
+    }
+
+    /// The socket programs never look the external layer up, so it never
+    /// has a bit in the layers map.
+    #[test]
+    fn the_external_layer_has_no_bit() {
+        let mut external = rule("198.18.0.1:80", &["192.0.2.1:80"], None);
+        external.frontend.scope = Scope::External;
+        let service = rule("198.18.0.1:80", &["192.0.2.1:80"], None);
+        let rules = [("service/web".to_owned(), service), ("service/web".to_owned(), external)];
+        let v1 =
+            Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), [], &Image::default())
+                .unwrap();
+        let only_external = Image::compile([(rules[1].0.clone(), &rules[1].1)], [], &v1).unwrap();
+        assert_eq!(Plan::between(&v1, &only_external).layers(), (layer_bit(SCOPE_SERVICE), 0));
+        let (actual, desired) = (MapContents::of(&only_external), MapContents::of(&v1));
+        assert_eq!(Plan::repair(&actual, &desired).layers(), (0, layer_bit(SCOPE_SERVICE)));
     }
 
     #[test]

@@ -141,6 +141,7 @@ fn rule(spec: &RuleSpec) -> FrontendRule {
     FrontendRule {
         frontend,
         backends,
+        local_backends: Vec::new(),
         affinity_seconds: spec.affinity.map(|s| u32::from(s) + 1),
         local_only: spec.local_only,
         requests_per_second: spec.rate_limit.map(|n| u32::from(n) + 1),
@@ -416,7 +417,8 @@ fn drifted(mut maps: MapContents, drift: &[Drift]) -> MapContents {
             }
             Drift::AddBackend { id, backend } => {
                 let address = SocketAddr::new(node_address(backend), 8080);
-                maps.backends.insert(id.into(), BackendAddr { address, protocol: Protocol::Tcp }.to_raw());
+                let backend = BackendAddr { address, protocol: Protocol::Tcp, local: false };
+                maps.backends.insert(id.into(), backend.to_raw());
             }
             Drift::RemoveMembership(i) => {
                 if let Some(key) = nth(maps.membership.iter(), i) {

@@ -281,6 +281,7 @@ fn rule_object(
             rules.push(FrontendRule {
                 frontend,
                 backends,
+                local_backends: Vec::new(),
                 affinity_seconds,
                 local_only: false,
                 requests_per_second,

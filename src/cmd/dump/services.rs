@@ -28,7 +28,7 @@ pub struct ServiceRecord {
     port: u16,
     protocol: Protocol,
     /// The rule layer: `service`, `balancing` or `redirect` (tried in the
-    /// reverse order).
+    /// reverse order), or `external` (packets from outside the node).
     scope: Scope,
     /// What kind of frontend: a policy's (`balancing`, `redirect`), or which
     /// address of its Service (`ClusterIP`, `NodePort`, `LoadBalancer`,
@@ -147,6 +147,7 @@ impl Tables for Services {
                 service.source.clone().unwrap_or_else(|| "?".into()),
                 match (backends.is_empty(), service.scope) {
                     (true, Scope::Redirect) => "(none: gives way)".into(),
+                    (true, Scope::External) => "(none: drops)".into(),
                     (true, _) => "(none: rejects)".into(),
                     (false, _) => backends.join("\n"),
                 },

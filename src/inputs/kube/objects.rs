@@ -131,6 +131,9 @@ pub struct Service {
     pub affinity_seconds: Option<u32>,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`: traffic from outside goes to this
+    /// node's endpoints only, with the client's address kept.
+    pub external_local: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -342,6 +345,11 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
         None => false,
     };
+    // The API server accepts Cluster and Local (Cluster when unset).
+    let external_local = match spec.get("externalTrafficPolicy") {
+        Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
+        None => false,
+    };
     Ok(Service {
         meta,
         service_type,
@@ -352,6 +360,7 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         load_balancer_ips,
         affinity_seconds,
         internal_local,
+        external_local,
     })
 }
 

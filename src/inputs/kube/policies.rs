@@ -189,6 +189,7 @@ fn rules(
             rules.push(FrontendRule {
                 frontend,
                 backends,
+                local_backends: Vec::new(),
                 affinity_seconds: None,
                 local_only: false,
                 requests_per_second: policy.requests_per_second,
