@@ -230,6 +230,7 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
                     affinity_seconds: None,
                     local_only: false,
                     address_kind: balctl::model::AddressKind::default(),
+                    external: balctl::model::ExternalBalancing::default(),
                     requests_per_second: None,
                 },
             }

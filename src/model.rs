@@ -294,6 +294,63 @@ pub struct FrontendRule {
     /// policy's JSON: `policy` rules are never Services.
     #[serde(skip)]
     pub address_kind: AddressKind,
+    /// How an external frontend (scope `External`) balances packets from
+    /// outside; the other scopes ignore it. Not part of a policy's JSON
+    /// either.
+    #[serde(skip)]
+    pub external: ExternalBalancing,
+}
+
+/// How the entry of an external frontend (scope `External`) chooses the
+/// backend of a new flow from outside the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalBalancing {
+    pub algorithm: LbAlgorithm,
+    /// The Maglev table's size, a prime; None: `maglev::default_table_size`.
+    pub maglev_table_size: Option<u32>,
+}
+
+/// The annotation that chooses `ExternalBalancing::algorithm`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "balancing.elf.io/lb-algorithm";
+/// The annotation that sets `ExternalBalancing::maglev_table_size`.
+pub const MAGLEV_TABLE_SIZE_ANNOTATION: &str = "balancing.elf.io/maglev-table-size";
+
+/// `balancing.elf.io/lb-algorithm`, TOML `lb_algorithm`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbAlgorithm {
+    /// Consistent hashing of the flow's 5-tuple (`maglev.rs`): every node
+    /// behind ECMP picks the same backend, and a change of backends moves
+    /// about 1/N of the flows.
+    #[default]
+    Maglev,
+    /// A random slot.
+    Random,
+}
+
+impl LbAlgorithm {
+    pub const NAMES: [&str; 2] = ["maglev", "random"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "maglev" => Some(Self::Maglev),
+            "random" => Some(Self::Random),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a configured Maglev table size: a prime (the permutations need
+/// one), at most `maglev::MAX_TABLE_SIZE`. That it is at least the
+/// number of backends is checked when the rule is compiled.
+pub fn check_maglev_table_size(size: u64) -> Result<u32, String> {
+    match u32::try_from(size) {
+        Ok(size) if size <= crate::maglev::MAX_TABLE_SIZE && crate::maglev::is_prime(size) => Ok(size),
+        _ => Err(format!(
+            "maglev table size {size} is not a prime of at most {} (e.g. 251, 509, 1021, 16381, 65521)",
+            crate::maglev::MAX_TABLE_SIZE
+        )),
+    }
 }
 
 impl FrontendRule {
@@ -375,7 +432,7 @@ pub type Fingerprint = u128;
 pub mod rule_records {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{AddressKind, Frontend, FrontendRule, SocketAddr};
+    use super::{AddressKind, ExternalBalancing, Frontend, FrontendRule, SocketAddr};
 
     /// A rule as stored: its fields in this order, one after another.
     #[derive(Serialize)]
@@ -388,11 +445,12 @@ pub mod rule_records {
         requests_per_second: Option<u32>,
         address_kind: AddressKind,
         local_backends: &'a [SocketAddr],
+        external: &'a ExternalBalancing,
     }
 
     /// What `RecordRef` wrote. Format 3 had no address kind, formats 3 and
-    /// 4 no local backends: the legacy reader (`legacy::ADDED`)
-    /// leaves them to their defaults.
+    /// 4 no local backends or external balancing: the legacy reader
+    /// (`legacy::ADDED`) leaves them to their defaults.
     #[derive(Deserialize)]
     pub struct Record {
         frontend: Frontend,
@@ -404,6 +462,8 @@ pub mod rule_records {
         address_kind: AddressKind,
         #[serde(default)]
         local_backends: Vec<SocketAddr>,
+        #[serde(default)]
+        external: ExternalBalancing,
     }
 
     pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
@@ -415,6 +475,7 @@ pub mod rule_records {
             requests_per_second: rule.requests_per_second,
             address_kind: rule.address_kind,
             local_backends: &rule.local_backends,
+            external: &rule.external,
         }
     }
 
@@ -427,6 +488,7 @@ pub mod rule_records {
             requests_per_second,
             address_kind,
             local_backends,
+            external,
         } = record;
         FrontendRule {
             frontend,
@@ -436,6 +498,7 @@ pub mod rule_records {
             local_only,
             requests_per_second,
             address_kind,
+            external,
         }
     }
 
@@ -506,6 +569,7 @@ mod tests {
                 local_only: false,
                 requests_per_second: None,
                 address_kind: AddressKind::ClusterIp,
+                external: ExternalBalancing::default(),
             },
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());

@@ -394,6 +394,7 @@ mod tests {
                 local_only: false,
                 requests_per_second: None,
                 address_kind: AddressKind::ClusterIp,
+                external: crate::model::ExternalBalancing::default(),
             },
         });
         state.synced.push(Arc::new(SyncedObject {
@@ -407,6 +408,7 @@ mod tests {
                 local_only: true,
                 requests_per_second: None,
                 address_kind: AddressKind::ExternalIp,
+                external: crate::model::ExternalBalancing::default(),
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],

@@ -146,6 +146,7 @@ fn rule(spec: &RuleSpec) -> FrontendRule {
         local_only: spec.local_only,
         requests_per_second: spec.rate_limit.map(|n| u32::from(n) + 1),
         address_kind: AddressKind::default(),
+        external: balctl::model::ExternalBalancing::default(),
     }
 }
 
@@ -339,6 +340,12 @@ fn execute(maps: &mut MapContents, op: &Op) {
         Op::DeleteNodeAddress(key) => {
             maps.node_addresses.remove(&key);
         }
+        Op::PutMaglev(key, backend_id) => {
+            maps.maglev.insert(key, backend_id);
+        }
+        Op::DeleteMaglev(key) => {
+            maps.maglev.remove(&key);
+        }
     }
 }
 
@@ -384,6 +391,7 @@ fn max_counts(a: EntryCounts, b: EntryCounts) -> EntryCounts {
         backends: a.backends.max(b.backends),
         membership: a.membership.max(b.membership),
         nodes: a.nodes.max(b.nodes),
+        maglev: a.maglev.max(b.maglev),
     }
 }
 

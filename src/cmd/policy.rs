@@ -34,6 +34,7 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
             local_only: false,
             requests_per_second: args.rate_limit,
             address_kind: AddressKind::default(),
+            external: crate::model::ExternalBalancing::default(),
         },
     };
     if args.rate_limit.is_some() && args.kind != PolicyKind::Redirect {

@@ -181,6 +181,7 @@ mod tests {
             local_only: false,
             requests_per_second: None,
             address_kind: crate::model::AddressKind::ClusterIp,
+            external: crate::model::ExternalBalancing::default(),
         }];
         let err = budget.reserve_made("kept", &rules).unwrap_err();
         assert!(

@@ -45,6 +45,8 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (4, "FrontendImage", "address_kind"),
     (5, "Record", "local_backends"),
     (5, "BackendAddr", "local"),
+    (5, "Record", "external"),
+    (5, "FrontendImage", "maglev_table_size"),
 ];
 
 /// The formats this reader reads.

@@ -178,3 +178,144 @@ pub fn external_frontends_follow_the_traffic_policy_and_locality() {
         (sandbox.balctl_ok(&["dump", "-o", "json"]), std::fs::read(sandbox.state.join("state.bin")).unwrap());
     assert!(before == after, "a refused sync changed something");
 }
+
+/// A NodePort Service shop/api (node port 30443) with `annotations` and
+/// an endpoint at each of `endpoints` (on node-b).
+fn api(annotations: &str, endpoints: &[&str]) -> String {
+    let endpoints: String =
+        endpoints.iter().map(|ip| format!("- {{addresses: [{ip}], nodeName: node-b}}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: shop\n  annotations: {{{annotations}}}\n\
+         spec:\n  type: NodePort\n  clusterIP: 198.18.0.40\n  ports: [{{port: 443, nodePort: 30443, targetPort: 8443}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: api-1\n  namespace: shop\n  \
+         labels: {{kubernetes.io/service-name: api}}\naddressType: IPv4\nendpoints:\n{endpoints}\
+         ports: [{{name: \"\", port: 8443, protocol: TCP}}]\n"
+    )
+}
+
+/// Every entry of the pinned map `name` as (key, value) bytes, read with
+/// bpftool.
+fn dump_map(sandbox: &Sandbox, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let pin = sandbox.pins.join("maps").join(name);
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", pin.to_str().unwrap()])
+        .output()
+        .expect("run bpftool");
+    assert!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
+    let entries: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let bytes = |value: &Value| -> Vec<u8> {
+        let bytes = value.as_array().expect("bytes");
+        bytes
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    entries.as_array().expect("entries").iter().map(|e| (bytes(&e["key"]), bytes(&e["value"]))).collect()
+}
+
+/// The Maglev table of the frontend with `service_id`, read from the
+/// maglev map, as backend addresses (`IP:PORT`) in index order.
+fn maglev_table(sandbox: &Sandbox, service_id: u64) -> Vec<String> {
+    let backends = sandbox.balctl_json(&["dump", "backends"]);
+    let address_of = |id: u32| -> String {
+        let backend = backends["backends"].as_array().unwrap().iter().find(|b| b["backend_id"] == id);
+        let backend =
+            backend.unwrap_or_else(|| panic!("maglev entry names backend {id}, not in the backends map"));
+        format!("{}:{}", backend["address"].as_str().unwrap(), backend["port"])
+    };
+    let word = |bytes: &[u8]| u32::from_ne_bytes(bytes.try_into().unwrap());
+    let mut entries: Vec<(u32, u32)> = dump_map(sandbox, "maglev")
+        .into_iter()
+        .filter(|(key, _)| u64::from(word(&key[..4])) == service_id)
+        .map(|(key, value)| (word(&key[4..]), word(&value)))
+        .collect();
+    entries.sort_unstable();
+    assert!(entries.iter().enumerate().all(|(i, (index, _))| *index as usize == i), "a hole in the table");
+    entries.into_iter().map(|(_, backend_id)| address_of(backend_id)).collect()
+}
+
+fn node_port_entry(sandbox: &Sandbox) -> Value {
+    service(&services(sandbox), "0.0.0.0:30443/tcp@external").clone()
+}
+
+fn sync_as(sandbox: &Sandbox, node: &str, yaml: &str) -> std::process::Output {
+    let file = sandbox.scratch("api.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    sandbox.balctl(&["sync", "--node-name", node, "-f", file.to_str().unwrap()])
+}
+
+/// External entries choose by Maglev by default: the table is in the
+/// maglev map, the same on every node whatever its backend ids, each
+/// backend holds its share, and a new backend moves few entries. The
+/// annotation switches to random (the table goes); a table the map cannot
+/// hold changes nothing.
+pub fn maglev_tables_are_the_same_on_every_node() {
+    let four = ["192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5"];
+    let node_a = Sandbox::new();
+    node_a.load();
+    assert!(sync_as(&node_a, "node-a", &api("", &four[..3])).status.success());
+    let entry = node_port_entry(&node_a);
+    assert_eq!(entry["maglev_table_size"], 509, "{entry}");
+    assert_eq!(service(&services(&node_a), "0.0.0.0:30443/tcp")["maglev_table_size"], Value::Null);
+    let before = maglev_table(&node_a, entry["service_id"].as_u64().unwrap());
+    assert_eq!(before.len(), 509);
+    for backend in &four[..3] {
+        let share = before.iter().filter(|b| b.starts_with(&format!("{backend}:"))).count();
+        assert!((169..=170).contains(&share), "{backend}: {share} of 509");
+    }
+
+    // Another node, whose backend ids differ (another service took the
+    // first ones), computes the same table.
+    let node_b = Sandbox::new();
+    node_b.load_with(&["--map-size", "maglev=1000"]);
+    let other =
+        api("", &["192.0.2.9", "192.0.2.10"]).replace("name: api", "name: other").replace("30443", "30444");
+    let other =
+        other.replace("198.18.0.40", "198.18.0.41").replace("service-name: api", "service-name: other");
+    let other_file = node_b.scratch("other.yaml");
+    std::fs::write(&other_file, other).unwrap();
+    node_b.balctl_ok(&["sync", "--node-name", "node-b", "-f", other_file.to_str().unwrap()]);
+    assert!(sync_as(&node_b, "node-b", &api("", &four[..3])).status.success());
+    let on_b = node_port_entry(&node_b);
+    assert_ne!(on_b["backends"][0]["backend_id"], entry["backends"][0]["backend_id"]);
+    assert_eq!(maglev_table(&node_b, on_b["service_id"].as_u64().unwrap()), before);
+
+    // A fourth backend: the same table size, at most 1/4 + 10% moves.
+    assert!(sync_as(&node_a, "node-a", &api("", &four)).status.success());
+    let after = maglev_table(&node_a, entry["service_id"].as_u64().unwrap());
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert!(moved > 0 && moved as f64 <= 509.0 * (0.25 + 0.10), "{moved} of 509 moved");
+
+    // random: no table, no flag.
+    let random = api("balancing.elf.io/lb-algorithm: random", &four);
+    assert!(sync_as(&node_a, "node-a", &random).status.success());
+    assert_eq!(node_port_entry(&node_a)["maglev_table_size"], Value::Null);
+    assert!(dump_map(&node_a, "maglev").is_empty());
+    let flags = master_flags(&node_a, [0, 0, 0, 0], 30443, EXTERNAL);
+    assert_eq!(flags & (1 << 3), 0, "SERVICE_FLAG_MAGLEV still set: {flags:#x}");
+    // A bad annotation: exit 2 naming the file, line and field.
+    let refused = sync_as(&node_a, "node-a", &api("balancing.elf.io/lb-algorithm: ring", &four));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("api.yaml:6:") && stderr.contains("lb-algorithm: `ring` is not one of"),
+        "{stderr}"
+    );
+
+    // Node B's maglev map holds 1,000 entries, 251 of them the other
+    // service's: 6 backends need a table of 1021, which is refused before
+    // anything is written.
+    let before =
+        (node_b.balctl_ok(&["dump", "-o", "json"]), std::fs::read(node_b.state.join("state.bin")).unwrap());
+    let six = api("", &["192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6", "192.0.2.7"]);
+    let refused = sync_as(&node_b, "node-b", &six);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the maglev map would need") && stderr.contains("--map-size maglev="),
+        "{stderr}"
+    );
+    let after =
+        (node_b.balctl_ok(&["dump", "-o", "json"]), std::fs::read(node_b.state.join("state.bin")).unwrap());
+    assert!(before == after, "a refused sync changed something");
+}

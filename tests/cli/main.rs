@@ -128,6 +128,7 @@ fn main() {
         kube::bad_yaml_changes_nothing,
         kube::a_resynced_list_follows_a_moved_endpoint,
         external::external_frontends_follow_the_traffic_policy_and_locality,
+        external::maglev_tables_are_the_same_on_every_node,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use balctl_common::ServiceEntry;
+use balctl_common::{SERVICE_FLAG_MAGLEV, ServiceEntry};
 use serde::Serialize;
 
 use super::{Tables, View, backend_cell};
@@ -40,6 +40,10 @@ pub struct ServiceRecord {
     /// state dir does not know it (drift).
     name: Option<String>,
     affinity_timeout_seconds: Option<u32>,
+    /// The size of an external frontend's Maglev table (its master's
+    /// `backend_id`, with `SERVICE_FLAG_MAGLEV`); null without one (a
+    /// random slot).
+    maglev_table_size: Option<u32>,
     /// Slots the datapath picks from (the master entry's count).
     backend_count: u16,
     pub backends: Vec<SlotRecord>,
@@ -104,6 +108,7 @@ pub fn read(view: &View) -> Services {
                 name: view.name(master.service_id),
                 affinity_timeout_seconds: (master.affinity_timeout_sec != 0)
                     .then_some(master.affinity_timeout_sec),
+                maglev_table_size: (master.flags & SERVICE_FLAG_MAGLEV != 0).then_some(master.backend_id),
                 backend_count: master.count,
                 backends,
                 source: view.name(master.service_id).and_then(|owner| view.source(&owner).map(str::to_owned)),

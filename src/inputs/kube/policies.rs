@@ -194,6 +194,7 @@ fn rules(
                 local_only: false,
                 requests_per_second: policy.requests_per_second,
                 address_kind: AddressKind::default(),
+                external: crate::model::ExternalBalancing::default(),
             });
         }
     }

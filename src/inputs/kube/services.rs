@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, Frontend, FrontendRule, Protocol, Scope, SyncedObject},
+    model::{AddressKind, ExternalBalancing, Frontend, FrontendRule, Protocol, Scope, SyncedObject},
 };
 
 /// What Kubernetes objects turn into: synced objects, each with the index
@@ -250,6 +250,7 @@ fn service_object(
                     local_only: false,
                     requests_per_second: None,
                     address_kind,
+                    external: ExternalBalancing::default(),
                 };
             let (external_ips, load_balancer_ips) =
                 (in_family(&service.external_ips), in_family(load_balancer_ips));
@@ -301,6 +302,7 @@ fn service_object(
             );
             rules.extend(external_frontends.iter().map(|&(kind, address, number)| FrontendRule {
                 local_only: service.external_local,
+                external: service.external_balancing.clone(),
                 ..rule(kind, address, number, Scope::External, external)
             }));
         }
@@ -372,7 +374,7 @@ fn usable(candidates: &[Candidate<'_>], node: Option<&str>) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inputs::kube::read;
+    use crate::{inputs::kube::read, model::LbAlgorithm};
 
     /// Frontend -> backends of every rule the example files give, as text;
     /// a backend on `this_node` marked `(local)`.
@@ -580,6 +582,59 @@ mod tests {
         let text = web(&spec("externalTrafficPolicy: Global"), slice).1;
         let err = read("web.yaml", text.as_bytes()).err().expect("an unknown policy is refused");
         assert!(format!("{err:#}").contains("externalTrafficPolicy"), "{err:#}");
+    }
+
+    /// The lb-algorithm and maglev-table-size annotations go to the
+    /// external entries only; bad values name the file, line and field.
+    #[test]
+    fn balancing_annotations_choose_the_external_algorithm() {
+        let service = |annotations: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  annotations:\n{annotations}\n\
+                 spec:\n  type: NodePort\n  clusterIP: 198.18.0.30\n  ports: [{{port: 443, nodePort: 30443}}]\n"
+            )
+        };
+        let external = |text: &str| -> Result<Vec<(Scope, ExternalBalancing)>> {
+            let objects: Vec<_> = read("web.yaml", text.as_bytes())?.into_iter().map(|o| (0, o)).collect();
+            let translation = translate(objects, "node-a", &mut EntryBudget::default())?;
+            Ok(translation.objects[0]
+                .1
+                .value
+                .rules
+                .iter()
+                .map(|r| (r.frontend.scope, r.external.clone()))
+                .collect())
+        };
+        let chosen = external(&service(
+            "    balancing.elf.io/lb-algorithm: random\n    balancing.elf.io/maglev-table-size: \"1021\"",
+        ))
+        .unwrap();
+        let random = ExternalBalancing { algorithm: LbAlgorithm::Random, maglev_table_size: Some(1021) };
+        assert_eq!(
+            chosen,
+            [
+                (Scope::Service, ExternalBalancing::default()),
+                (Scope::Service, ExternalBalancing::default()),
+                (Scope::External, random)
+            ]
+        );
+        for (annotations, expected) in [
+            (
+                "    balancing.elf.io/lb-algorithm: Maglev",
+                "web.yaml:7:36: Service shop/web: metadata.annotations.balancing.elf.io/lb-algorithm: `Maglev` is not one of maglev, random",
+            ),
+            (
+                "    balancing.elf.io/maglev-table-size: \"1000\"",
+                "web.yaml:7:41: Service shop/web: metadata.annotations.balancing.elf.io/maglev-table-size: maglev table size 1000 is not a prime",
+            ),
+            (
+                "    balancing.elf.io/maglev-table-size: lots",
+                "web.yaml:7:41: Service shop/web: metadata.annotations.balancing.elf.io/maglev-table-size: `lots` is not a whole number",
+            ),
+        ] {
+            let err = format!("{:#}", external(&service(annotations)).unwrap_err());
+            assert!(err.starts_with(expected), "{err}");
+        }
     }
 
     #[test]
