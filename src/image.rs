@@ -12,16 +12,16 @@ use std::{
 use anyhow::{Result, bail};
 use balctl_common::{
     BACKEND_FLAG_LOCAL, Backend, MaglevKey, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY,
-    SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED, ServiceEntry,
+    SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, SourceRange,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
 use self::raw::{addr_to_raw, port_to_raw};
 use crate::{
-    bpf::maps::{BackendId, EntryCounts, ServiceId},
+    bpf::maps::{BackendId, EntryCounts, ServiceId, SourceRangeKey},
     input, maglev,
-    model::{AddressKind, Frontend, FrontendRule, LbAlgorithm, Protocol, Scope},
+    model::{AddressKind, Frontend, FrontendRule, LbAlgorithm, Prefix, Protocol, Scope},
 };
 
 pub mod raw;
@@ -71,6 +71,11 @@ pub struct FrontendImage {
     /// every other (a random slot). Formats 3 and 4 had none: 0.
     #[serde(default)]
     pub maglev_table_size: u32,
+    /// The prefixes packets from outside may come from (a load-balancer
+    /// IP's `loadBalancerSourceRanges`); empty: any. Formats 3 and 4 had
+    /// none.
+    #[serde(default)]
+    pub source_ranges: Vec<Prefix>,
 }
 
 impl FrontendImage {
@@ -84,7 +89,8 @@ impl FrontendImage {
             flags: if self.affinity_seconds.is_some() { SERVICE_FLAG_AFFINITY } else { 0 }
                 | if self.local_only { SERVICE_FLAG_LOCAL_ONLY } else { 0 }
                 | if self.requests_per_second.is_some() { SERVICE_FLAG_RATE_LIMITED } else { 0 }
-                | if self.maglev_table_size > 0 { SERVICE_FLAG_MAGLEV } else { 0 },
+                | if self.maglev_table_size > 0 { SERVICE_FLAG_MAGLEV } else { 0 }
+                | if self.source_ranges.is_empty() { 0 } else { SERVICE_FLAG_SOURCE_RANGES },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
             backend: Backend::NONE,
@@ -137,6 +143,22 @@ impl FrontendImage {
         })
     }
 
+    /// The source_ranges-map keys of its source ranges, sorted: the
+    /// trie's prefix length (the service id's 32 bits, then the mapped
+    /// address's) and its data.
+    pub fn source_range_keys(&self) -> impl Iterator<Item = SourceRangeKey> + use<> {
+        let service_id = self.service_id.to_be_bytes();
+        let mut keys: Vec<SourceRangeKey> = (self.source_ranges.iter())
+            .map(|range| {
+                let data = SourceRange { service_id, addr: addr_to_raw(range.address) };
+                (32 + u32::from(range.mapped_len()), data)
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter()
+    }
+
     pub fn memberships(&self) -> impl Iterator<Item = MembershipKey> + '_ {
         self.backends.iter().map(|&backend_id| MembershipKey { service_id: self.service_id, backend_id })
     }
@@ -168,6 +190,7 @@ impl Image {
                 .filter(|f| !f.backends.is_empty())
                 .map(|f| u64::from(f.maglev_table_size))
                 .sum(),
+            source_ranges: self.frontends.values().map(|f| f.source_range_keys().count() as u64).sum(),
         }
     }
 
@@ -260,6 +283,7 @@ impl Image {
                     requests_per_second: rule.requests_per_second,
                     address_kind: rule.address_kind,
                     maglev_table_size,
+                    source_ranges: rule.external.source_ranges.clone(),
                 },
             );
         }
@@ -423,7 +447,7 @@ mod tests {
         assert_eq!(v3.frontends[&"198.18.0.1:80".parse().unwrap()].backends, [4]);
         assert_eq!(
             v3.entry_counts(),
-            EntryCounts { services: 2, backends: 1, membership: 1, nodes: 0, maglev: 0 }
+            EntryCounts { services: 2, backends: 1, membership: 1, nodes: 0, maglev: 0, source_ranges: 0 }
         );
     }
 

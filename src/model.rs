@@ -308,6 +308,83 @@ pub struct ExternalBalancing {
     pub algorithm: LbAlgorithm,
     /// The Maglev table's size, a prime; None: `maglev::default_table_size`.
     pub maglev_table_size: Option<u32>,
+    /// `loadBalancerSourceRanges` of a load-balancer IP's entry, of its
+    /// family: packets from elsewhere are dropped. Empty: no restriction.
+    pub source_ranges: Vec<Prefix>,
+}
+
+impl ExternalBalancing {
+    /// What the external entry of `address` (a frontend of kind `kind`)
+    /// gets: the source ranges apply to load-balancer IPs only, and only
+    /// those of the address's family, as kube-proxy applies them (ranges
+    /// of only the other family restrict nothing).
+    pub fn for_frontend(&self, kind: AddressKind, address: IpAddr) -> Self {
+        let source_ranges = match kind {
+            AddressKind::LoadBalancer => (self.source_ranges.iter())
+                .filter(|range| range.address.is_ipv4() == address.is_ipv4())
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self { source_ranges, ..self.clone() }
+    }
+}
+
+/// An address prefix (CIDR), as `loadBalancerSourceRanges` lists them:
+/// its address with the host bits cleared, IPv4 as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Prefix {
+    pub address: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The prefix of `address` of `len` bits (at most the family's).
+    pub fn new(address: IpAddr, len: u8) -> Option<Self> {
+        let address = address.to_canonical();
+        let (bits, max) = match address {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        if len > max {
+            return None;
+        }
+        let kept = bits & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+        let address = match address {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from((kept >> 96) as u32)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(kept)),
+        };
+        Some(Self { address, len })
+    }
+
+    /// The prefix length as the 16-byte (v4-mapped) addresses of the maps
+    /// count it.
+    pub fn mapped_len(&self) -> u8 {
+        if self.address.is_ipv4() { self.len + 96 } else { self.len }
+    }
+}
+
+/// `IP/LEN`, as Kubernetes writes CIDRs.
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{}` is not a CIDR (IP/LENGTH)", crate::error::excerpt(s)))?;
+        let ip: IpAddr =
+            ip.parse().map_err(|_| format!("`{}` is not a valid IP address", crate::error::excerpt(ip)))?;
+        let max = if ip.to_canonical().is_ipv4() { 32 } else { 128 };
+        len.parse::<u8>().ok().and_then(|len| Self::new(ip, len)).ok_or_else(|| {
+            format!("`{}` is not a prefix length of {ip} (0-{max})", crate::error::excerpt(len))
+        })
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.len)
+    }
 }
 
 /// The annotation that chooses `ExternalBalancing::algorithm`.
@@ -547,6 +624,19 @@ mod tests {
     fn v4_mapped_backends_are_ipv4() {
         let addr = parse_backend("[::ffff:192.0.2.1]:80").unwrap();
         assert!(addr.is_ipv4());
+    }
+
+    #[test]
+    fn prefixes_parse_clear_host_bits_and_refuse_nonsense() {
+        let prefix = |s: &str| s.parse::<Prefix>();
+        assert_eq!(prefix("203.0.113.7/24").unwrap().to_string(), "203.0.113.0/24");
+        assert_eq!(prefix("::ffff:203.0.113.7/32").unwrap().to_string(), "203.0.113.7/32");
+        assert_eq!(prefix("2001:db8::1/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(prefix("0.0.0.0/0").unwrap().mapped_len(), 96);
+        assert_eq!(prefix("::/0").unwrap().mapped_len(), 0);
+        assert!(prefix("203.0.113.0/33").unwrap_err().contains("prefix length"));
+        assert!(prefix("203.0.113.0").unwrap_err().contains("not a CIDR"));
+        assert!(prefix("203.0.113/24").unwrap_err().contains("not a valid IP"));
     }
 
     #[test]

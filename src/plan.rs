@@ -15,7 +15,12 @@
 //!    master that grows its table finds the new entries written. A table
 //!    that shrinks while the slots grow, which only a smaller configured
 //!    size does, misses its last entries until the master is written: the
-//!    datapath falls back to a random slot for those.)
+//!    datapath falls back to a random slot for those. New source ranges
+//!    go with the slots too, before a master that takes the flag saying
+//!    it has some; removed ones go with the memberships, after a master
+//!    that drops the flag: a frontend with the flag always finds its
+//!    ranges, and while ranges change, the new ones admit before the old
+//!    ones stop.)
 //! 5. memberships of removed backends, then the backends. (Sticky choices
 //!    of those memberships are dropped by `Plan::apply` afterwards.)
 //!
@@ -40,7 +45,7 @@ use std::{
 use balctl_common::{Backend, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit};
 
 use crate::{
-    bpf::maps::{BackendId, EntryCounts, MapContents, Op},
+    bpf::maps::{BackendId, EntryCounts, MapContents, Op, SourceRangeKey},
     image::{
         BackendAddr, FrontendImage, Image,
         raw::{addr_to_raw, service_key},
@@ -174,6 +179,7 @@ impl<'a> Plan<'a> {
                     | Op::DeleteMembership(_)
                     | Op::DeleteNodeAddress(_)
                     | Op::DeleteMaglev(_)
+                    | Op::DeleteSourceRange(_)
             );
             match step.op {
                 Op::PutService(..) if adds => now.services += 1,
@@ -181,11 +187,13 @@ impl<'a> Plan<'a> {
                 Op::PutMembership(..) if adds => now.membership += 1,
                 Op::PutNodeAddress(..) if adds => now.nodes += 1,
                 Op::PutMaglev(..) if adds => now.maglev += 1,
+                Op::PutSourceRange(_) if adds => now.source_ranges += 1,
                 Op::DeleteService(_) => now.services -= 1,
                 Op::DeleteBackend(_) => now.backends -= 1,
                 Op::DeleteMembership(_) => now.membership -= 1,
                 Op::DeleteNodeAddress(_) => now.nodes -= 1,
                 Op::DeleteMaglev(_) => now.maglev -= 1,
+                Op::DeleteSourceRange(_) => now.source_ranges -= 1,
                 _ => {}
             }
             peak.services = peak.services.max(now.services);
@@ -193,6 +201,7 @@ impl<'a> Plan<'a> {
             peak.membership = peak.membership.max(now.membership);
             peak.nodes = peak.nodes.max(now.nodes);
             peak.maglev = peak.maglev.max(now.maglev);
+            peak.source_ranges = peak.source_ranges.max(now.source_ranges);
         }
         peak
     }
@@ -211,6 +220,7 @@ impl MapContents {
             );
             contents.membership.extend(f.memberships());
             contents.maglev.extend(f.maglev_entries(&image.backends));
+            contents.source_ranges.extend(f.source_range_keys());
         }
         contents.backends = image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect();
         contents.node_addresses = node_address_keys(image).map(|(key, ())| key).collect();
@@ -294,21 +304,33 @@ impl<'a> Sides<'a> {
         let backend = |change| step(change, Op::PutBackend, Op::DeleteBackend);
         let node = |change| step(change, |key, ()| Op::PutNodeAddress(key), Op::DeleteNodeAddress);
         let membership = |change| step(change, |key, ()| Op::PutMembership(key), Op::DeleteMembership);
+        let source_range = |change| step(change, |key, ()| Op::PutSourceRange(key), Op::DeleteSourceRange);
         match phase {
             Phase::PutBackends => Box::new(
                 self.backends().filter(puts).map(backend).chain(self.node_addresses().filter(puts).map(node)),
             ),
             Phase::PutMemberships => Box::new(self.memberships().filter(puts).map(membership)),
-            Phase::DeleteMemberships => Box::new(self.memberships().filter(deletes).map(membership)),
+            Phase::DeleteMemberships => Box::new(
+                self.memberships()
+                    .filter(deletes)
+                    .map(membership)
+                    .chain(self.source_ranges().filter(deletes).map(source_range)),
+            ),
             Phase::DeleteBackends => Box::new(
                 self.backends()
                     .filter(deletes)
                     .map(backend)
                     .chain(self.node_addresses().filter(deletes).map(node)),
             ),
-            Phase::PutSlots => Box::new(self.slots(phase).chain(
-                self.maglev().filter(puts).map(|change| step(change, Op::PutMaglev, Op::DeleteMaglev)),
-            )),
+            Phase::PutSlots => Box::new(
+                self.slots(phase)
+                    .chain(
+                        self.maglev()
+                            .filter(puts)
+                            .map(|change| step(change, Op::PutMaglev, Op::DeleteMaglev)),
+                    )
+                    .chain(self.source_ranges().filter(puts).map(source_range)),
+            ),
             Phase::DeleteSlots => Box::new(self.slots(phase).chain(
                 self.maglev().filter(deletes).map(|change| step(change, Op::PutMaglev, Op::DeleteMaglev)),
             )),
@@ -323,6 +345,21 @@ impl<'a> Sides<'a> {
                 .filter(move |(key, old, new)| Phase::of_service(key, old.as_ref(), new.as_ref()) == phase)
                 .map(|change| step(change, Op::PutService, Op::DeleteService)),
         )
+    }
+
+    /// Source-range changes, frontend by frontend.
+    fn source_ranges(self) -> Changes<'a, SourceRangeKey, ()> {
+        match self {
+            Self::Between(old, new) => Box::new(frontend_changes(old, new).flat_map(|(_, before, after)| {
+                let keys = |f: Option<&'a FrontendImage>| {
+                    f.into_iter().flat_map(FrontendImage::source_range_keys).map(|key| (key, ()))
+                };
+                changes(keys(before), keys(after))
+            })),
+            Self::Repair(actual, desired) => {
+                Box::new(changes(unit(&actual.source_ranges), unit(&desired.source_ranges)))
+            }
+        }
     }
 
     /// Maglev-map changes, in frontend order and within a frontend in
@@ -543,11 +580,20 @@ mod tests {
                 Op::DeleteNodeAddress(k) => drop(maps.node_addresses.remove(k)),
                 Op::PutMaglev(k, id) => drop(maps.maglev.insert(*k, *id)),
                 Op::DeleteMaglev(k) => drop(maps.maglev.remove(k)),
+                Op::PutSourceRange(k) => drop(maps.source_ranges.insert(*k)),
+                Op::DeleteSourceRange(k) => drop(maps.source_ranges.remove(k)),
             }
             for (key, backend_id) in &maps.maglev {
                 assert!(maps.backends.contains_key(backend_id), "maglev entry {key:?} dangling after {op:?}");
             }
             for (key, master) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
+                if master.flags & balctl_common::SERVICE_FLAG_SOURCE_RANGES != 0 {
+                    let id = master.service_id.to_be_bytes();
+                    assert!(
+                        maps.source_ranges.iter().any(|(_, range)| range.service_id == id),
+                        "a master with source ranges has none after {op:?}"
+                    );
+                }
                 for slot in 1..=master.count {
                     let entry = maps.services.get(&ServiceKey { slot, ..*key });
                     let entry = entry.unwrap_or_else(|| panic!("slot {slot} missing after {op:?}"));
@@ -834,6 +880,41 @@ mod tests {
         assert_eq!(peak.maglev, 1021);
     }
 
+    /// Source ranges come before the flag that says a frontend has them
+    /// and go after it (`run` checks after every write).
+    #[test]
+    fn source_ranges_are_written_before_the_flag_and_removed_after_it() {
+        let lb = |ranges: &[&str]| {
+            let mut rule = rule("198.18.1.30:80", &["192.0.2.1:80"], None);
+            rule.frontend.scope = Scope::External;
+            rule.external.source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+            rule
+        };
+        let compile = |previous: &Image, rule: FrontendRule| {
+            Image::compile([("service/web".to_owned(), &rule)], [], previous).unwrap()
+        };
+        let none = compile(&Image::default(), lb(&[]));
+        let versions = [
+            compile(&none, lb(&["203.0.113.0/24"])),
+            compile(&none, lb(&["203.0.113.0/24", "198.51.100.7/32"])),
+            compile(&none, lb(&["198.51.100.0/24"])),
+        ];
+        let mut all = vec![none.clone()];
+        all.extend(versions);
+        for v1 in &all {
+            for v2 in &all {
+                let (start, desired, plan) =
+                    (MapContents::of(v1), MapContents::of(v2), Plan::between(v1, v2));
+                assert_eq!(run(&start, plan.steps().map(|step| step.op)), desired);
+                assert_eq!(run_and_undo(&start, &plan, plan.len()), start);
+                assert_eq!(run(&start, Plan::repair(&start, &desired).steps().map(|step| step.op)), desired);
+            }
+        }
+        let keys = MapContents::of(&all[2]).source_ranges;
+        let lens: Vec<u32> = keys.iter().map(|(len, _)| *len).collect();
+        assert_eq!(lens, [32 + 96 + 24, 32 + 96 + 32]);
+    }
+
     /// The socket programs never look the external layer up, so it never
     /// has a bit in the layers map.
     #[test]
@@ -857,6 +938,9 @@ mod tests {
         let v2 = image(&v1, &[("b", "198.18.0.2:80", &["192.0.2.3:80", "192.0.2.4:80"])]);
         let peak = Plan::between(&v1, &v2).peak_entries(v1.entry_counts());
         // Services: a's 3 entries go before b's 3 arrive. Backends: new ones first.
-        assert_eq!(peak, EntryCounts { services: 3, backends: 4, membership: 4, nodes: 0, maglev: 0 });
+        assert_eq!(
+            peak,
+            EntryCounts { services: 3, backends: 4, membership: 4, nodes: 0, maglev: 0, source_ranges: 0 }
+        );
     }
 }

@@ -346,6 +346,12 @@ fn execute(maps: &mut MapContents, op: &Op) {
         Op::DeleteMaglev(key) => {
             maps.maglev.remove(&key);
         }
+        Op::PutSourceRange(key) => {
+            maps.source_ranges.insert(key);
+        }
+        Op::DeleteSourceRange(key) => {
+            maps.source_ranges.remove(&key);
+        }
     }
 }
 
@@ -392,6 +398,7 @@ fn max_counts(a: EntryCounts, b: EntryCounts) -> EntryCounts {
         membership: a.membership.max(b.membership),
         nodes: a.nodes.max(b.nodes),
         maglev: a.maglev.max(b.maglev),
+        source_ranges: a.source_ranges.max(b.source_ranges),
     }
 }
 

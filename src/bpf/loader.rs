@@ -281,6 +281,7 @@ pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCou
         membership: capacity(map_names::MEMBERSHIP)?,
         nodes: capacity(map_names::NODES)?,
         maglev: capacity(map_names::MAGLEV)?,
+        source_ranges: capacity(map_names::SOURCE_RANGES)?,
     })
 }
 

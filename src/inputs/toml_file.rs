@@ -41,7 +41,8 @@ use crate::{
     input,
     model::{
         AddressKind, ExternalBalancing, Frontend, FrontendRule, LbAlgorithm, MAX_AFFINITY_SECONDS,
-        PolicyKind, Protocol, Scope, SyncedObject, check_address, check_maglev_table_size, check_name,
+        PolicyKind, Prefix, Protocol, Scope, SyncedObject, check_address, check_maglev_table_size,
+        check_name,
     },
 };
 
@@ -80,6 +81,9 @@ struct RuleTable {
     external_traffic_policy: Option<Spanned<TrafficPolicy>>,
     lb_algorithm: Option<Spanned<LbAlgorithm>>,
     maglev_table_size: Option<Spanned<u64>>,
+    /// Kubernetes' loadBalancerSourceRanges, for `load_balancer_addresses`.
+    #[serde(default)]
+    load_balancer_source_ranges: Vec<Spanned<String>>,
 }
 
 /// `external_traffic_policy`: Kubernetes' externalTrafficPolicy.
@@ -227,6 +231,7 @@ fn external_fields(
         spec.external_traffic_policy.as_ref().map(|p| ("external_traffic_policy", p.span())),
         spec.lb_algorithm.as_ref().map(|a| ("lb_algorithm", a.span())),
         spec.maglev_table_size.as_ref().map(|s| ("maglev_table_size", s.span())),
+        spec.load_balancer_source_ranges.first().map(|r| ("load_balancer_source_ranges", r.span())),
         spec.ports.iter().find(|p| p.get_ref().node_port.is_some()).map(|p| ("node_port", p.span())),
     ];
     if !matches!(kind, TableKind::Service)
@@ -256,11 +261,15 @@ fn external_fields(
         }
         None => None,
     };
+    let source_ranges = (spec.load_balancer_source_ranges.iter())
+        .map(|range| range.get_ref().parse::<Prefix>().map_err(|e| input!("{}: {e}", at(range.span()))))
+        .collect::<Result<Vec<_>>>()?;
     Ok(ExternalFields {
         local: spec.external_traffic_policy.as_ref().is_some_and(|p| *p.get_ref() == TrafficPolicy::Local),
         balancing: ExternalBalancing {
             algorithm: spec.lb_algorithm.as_ref().map_or_else(LbAlgorithm::default, |a| *a.get_ref()),
             maglev_table_size,
+            source_ranges,
         },
     })
 }
@@ -411,10 +420,9 @@ fn rule_object(
                     local_only,
                     requests_per_second,
                     address_kind,
-                    external: if scope == Scope::External {
-                        external.balancing.clone()
-                    } else {
-                        ExternalBalancing::default()
+                    external: match scope {
+                        Scope::External => external.balancing.for_frontend(address_kind, address),
+                        _ => ExternalBalancing::default(),
                     },
                 });
             }
@@ -581,11 +589,21 @@ ports = [{ port = 80, target_port = 8080, node_port = 30080 }]
         let external: Vec<bool> = objects[0].value.rules.iter().map(|r| r.local_only).collect();
         assert_eq!(external, [false, false, true, false, true, false, true]);
 
-        let cluster = text.replace("external_traffic_policy = \"local\"", "maglev_table_size = 1021");
+        let cluster = text.replace(
+            "external_traffic_policy = \"local\"",
+            "maglev_table_size = 1021\nload_balancer_source_ranges = [\"203.0.113.0/24\", \"2001:db8::/32\"]",
+        );
         let objects = parse("s.toml", &cluster, &mut EntryBudget::default()).unwrap();
         let node_port = &objects[0].value.rules[6];
         assert_eq!((node_port.backends.len(), node_port.local_only), (2, false));
         assert_eq!(node_port.external.maglev_table_size, Some(1021));
+        // The load-balancer IP's external entry only, of its family.
+        let ranges: Vec<usize> =
+            objects[0].value.rules.iter().map(|r| r.external.source_ranges.len()).collect();
+        assert_eq!(ranges, [0, 0, 0, 0, 1, 0, 0]);
+        let bad = cluster.replace("203.0.113.0/24", "203.0.113.0/24/1");
+        let err = error(&bad);
+        assert!(err.starts_with("s.toml:10:32") && err.contains("is not a prefix length"), "{err}");
 
         let cases = [
             (text.replace("\"random\"", "\"hash\""), "s.toml:10:16", "unknown variant `hash`"),

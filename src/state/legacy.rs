@@ -47,6 +47,7 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (5, "BackendAddr", "local"),
     (5, "Record", "external"),
     (5, "FrontendImage", "maglev_table_size"),
+    (5, "FrontendImage", "source_ranges"),
 ];
 
 /// The formats this reader reads.

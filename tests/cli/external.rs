@@ -57,18 +57,30 @@ fn backends(service: &Value) -> Vec<String> {
 
 /// The value bytes of `key` in the pinned map `name`, read with bpftool.
 fn lookup(sandbox: &Sandbox, name: &str, key: &[u8]) -> Vec<u8> {
+    try_lookup(sandbox, name, key).unwrap_or_else(|| panic!("no {key:?} in the {name} map"))
+}
+
+/// The value bytes of `key` in the pinned map `name`; None when the map
+/// has no such key (for an LPM trie: no prefix holds it).
+fn try_lookup(sandbox: &Sandbox, name: &str, key: &[u8]) -> Option<Vec<u8>> {
     let pin = sandbox.pins.join("maps").join(name);
     let key: Vec<String> = key.iter().map(u8::to_string).collect();
     let mut args = vec!["-j", "map", "lookup", "pinned", pin.to_str().unwrap(), "key"];
     args.extend(key.iter().map(String::as_str));
     let output = Command::new("bpftool").args(&args).output().expect("run bpftool");
-    assert!(output.status.success(), "bpftool: {}", String::from_utf8_lossy(&output.stderr));
     let entry: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    // bpftool -j says `null` (exit 254) for a key the map does not hold.
+    if entry.is_null() {
+        return None;
+    }
+    assert!(output.status.success(), "bpftool: {entry} {}", String::from_utf8_lossy(&output.stderr));
     let bytes = entry["value"].as_array().expect("value bytes");
-    bytes
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect()
+    Some(
+        bytes
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect(),
+    )
 }
 
 /// The services-map key (`ServiceKey`) of an IPv4 frontend's entry.
@@ -318,4 +330,75 @@ pub fn maglev_tables_are_the_same_on_every_node() {
     let after =
         (node_b.balctl_ok(&["dump", "-o", "json"]), std::fs::read(node_b.state.join("state.bin")).unwrap());
     assert!(before == after, "a refused sync changed something");
+}
+
+/// The source_ranges trie key of an IPv4 client of the frontend with
+/// `service_id`: every bit counts (32 of the id, 128 of the address).
+fn client_key(service_id: u64, ip: [u8; 4]) -> Vec<u8> {
+    let mut key = 160u32.to_ne_bytes().to_vec();
+    key.extend((service_id as u32).to_be_bytes());
+    key.extend([0; 10]);
+    key.extend([0xff, 0xff]);
+    key.extend(ip);
+    key
+}
+
+/// loadBalancerSourceRanges: the load-balancer IP's external entry gets
+/// the flag and its prefixes in the source_ranges trie (where a client
+/// inside them is found and one outside is not); no other entry does.
+/// Removed, the flag and the prefixes go; a bad CIDR changes nothing.
+pub fn source_ranges_restrict_the_load_balancer_ip_from_outside() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let with_ranges = |ranges: &str| {
+        web("Cluster", "node-a").replace(
+            "  externalTrafficPolicy: Cluster\n",
+            &format!("  externalTrafficPolicy: Cluster\n  loadBalancerSourceRanges: [{ranges}]\n"),
+        )
+    };
+    let synced = sync(&sandbox, &with_ranges("203.0.113.0/24, 198.51.100.7/32, \"2001:db8:77::/48\""));
+    assert!(synced.status.success(), "{}", String::from_utf8_lossy(&synced.stderr));
+    let all = services(&sandbox);
+    for entry in &all {
+        let frontend = entry["frontend"].as_str().unwrap();
+        let expected: &[&str] = if frontend == "198.18.1.30:80/tcp@external" {
+            &["203.0.113.0/24", "198.51.100.7/32"]
+        } else {
+            &[]
+        };
+        assert_eq!(entry["source_ranges"], serde_json::json!(expected), "{frontend}");
+    }
+    const SOURCE_RANGES: u16 = 1 << 4;
+    for (frontend, ip, port, _) in FRONTENDS {
+        let flags = master_flags(&sandbox, ip, port, EXTERNAL);
+        let restricted = frontend == "198.18.1.30:80/tcp";
+        assert_eq!(flags & SOURCE_RANGES != 0, restricted, "{frontend}: {flags:#x}");
+        assert_eq!(master_flags(&sandbox, ip, port, 0) & SOURCE_RANGES, 0, "{frontend}");
+    }
+    let id = service(&all, "198.18.1.30:80/tcp@external")["service_id"].as_u64().unwrap();
+    for (client, inside) in [
+        ([203, 0, 113, 9], true),
+        ([198, 51, 100, 7], true),
+        ([198, 51, 100, 8], false),
+        ([192, 0, 2, 50], false),
+    ] {
+        assert_eq!(
+            try_lookup(&sandbox, "source_ranges", &client_key(id, client)).is_some(),
+            inside,
+            "{client:?}"
+        );
+    }
+    // Another frontend's id finds nothing, even inside the prefixes.
+    let other = service(&all, "0.0.0.0:30080/tcp@external")["service_id"].as_u64().unwrap();
+    assert!(try_lookup(&sandbox, "source_ranges", &client_key(other, [203, 0, 113, 9])).is_none());
+
+    let refused = sync(&sandbox, &with_ranges("203.0.113.0/24, 198.51.100.0/33"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("web.yaml:9:") && stderr.contains("loadBalancerSourceRanges[1]"), "{stderr}");
+    assert!(try_lookup(&sandbox, "source_ranges", &client_key(id, [203, 0, 113, 9])).is_some());
+
+    assert!(sync(&sandbox, &web("Cluster", "node-a")).status.success());
+    assert!(dump_map(&sandbox, "source_ranges").is_empty());
+    assert_eq!(master_flags(&sandbox, [198, 18, 1, 30], 80, EXTERNAL) & SOURCE_RANGES, 0);
 }

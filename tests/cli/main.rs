@@ -129,6 +129,7 @@ fn main() {
         kube::a_resynced_list_follows_a_moved_endpoint,
         external::external_frontends_follow_the_traffic_policy_and_locality,
         external::maglev_tables_are_the_same_on_every_node,
+        external::source_ranges_restrict_the_load_balancer_ip_from_outside,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

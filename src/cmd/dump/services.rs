@@ -44,6 +44,10 @@ pub struct ServiceRecord {
     /// `backend_id`, with `SERVICE_FLAG_MAGLEV`); null without one (a
     /// random slot).
     maglev_table_size: Option<u32>,
+    /// The prefixes an external entry takes packets from
+    /// (`loadBalancerSourceRanges`, from the source_ranges map); empty:
+    /// any.
+    source_ranges: Vec<String>,
     /// Slots the datapath picks from (the master entry's count).
     backend_count: u16,
     pub backends: Vec<SlotRecord>,
@@ -109,6 +113,7 @@ pub fn read(view: &View) -> Services {
                 affinity_timeout_seconds: (master.affinity_timeout_sec != 0)
                     .then_some(master.affinity_timeout_sec),
                 maglev_table_size: (master.flags & SERVICE_FLAG_MAGLEV != 0).then_some(master.backend_id),
+                source_ranges: view.source_ranges(master.service_id),
                 backend_count: master.count,
                 backends,
                 source: view.name(master.service_id).and_then(|owner| view.source(&owner).map(str::to_owned)),

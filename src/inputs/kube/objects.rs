@@ -23,7 +23,7 @@ use crate::{
     inputs::location::Location,
     model::{
         ExternalBalancing, Fingerprint, LB_ALGORITHM_ANNOTATION, LbAlgorithm, MAGLEV_TABLE_SIZE_ANNOTATION,
-        MAX_AFFINITY_SECONDS, PolicyKind, check_maglev_table_size,
+        MAX_AFFINITY_SECONDS, PolicyKind, Prefix, check_maglev_table_size,
     },
 };
 
@@ -139,7 +139,8 @@ pub struct Service {
     /// node's endpoints only, with the client's address kept.
     pub external_local: bool,
     /// From the annotations `balancing.elf.io/lb-algorithm` and
-    /// `balancing.elf.io/maglev-table-size`.
+    /// `balancing.elf.io/maglev-table-size`, and
+    /// `spec.loadBalancerSourceRanges`.
     pub external_balancing: ExternalBalancing,
 }
 
@@ -352,7 +353,13 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
         None => false,
     };
-    let external_balancing = external_balancing(root, object)?;
+    let mut external_balancing = external_balancing(root, object)?;
+    if let Some(ranges) = spec.get("loadBalancerSourceRanges") {
+        for range in ranges.items(object)? {
+            let prefix = range.str(object)?.parse::<Prefix>().map_err(|e| range.error(object, e))?;
+            external_balancing.source_ranges.push(prefix);
+        }
+    }
     // The API server accepts Cluster and Local (Cluster when unset).
     let external_local = match spec.get("externalTrafficPolicy") {
         Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",

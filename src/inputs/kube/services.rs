@@ -302,7 +302,7 @@ fn service_object(
             );
             rules.extend(external_frontends.iter().map(|&(kind, address, number)| FrontendRule {
                 local_only: service.external_local,
-                external: service.external_balancing.clone(),
+                external: service.external_balancing.for_frontend(kind, address),
                 ..rule(kind, address, number, Scope::External, external)
             }));
         }
@@ -609,7 +609,11 @@ mod tests {
             "    balancing.elf.io/lb-algorithm: random\n    balancing.elf.io/maglev-table-size: \"1021\"",
         ))
         .unwrap();
-        let random = ExternalBalancing { algorithm: LbAlgorithm::Random, maglev_table_size: Some(1021) };
+        let random = ExternalBalancing {
+            algorithm: LbAlgorithm::Random,
+            maglev_table_size: Some(1021),
+            source_ranges: Vec::new(),
+        };
         assert_eq!(
             chosen,
             [
@@ -635,6 +639,48 @@ mod tests {
             let err = format!("{:#}", external(&service(annotations)).unwrap_err());
             assert!(err.starts_with(expected), "{err}");
         }
+    }
+
+    /// loadBalancerSourceRanges restrict the load-balancer IPs' external
+    /// entries only (kube-proxy's), with the ranges of their family; a bad
+    /// CIDR names the file, line and field.
+    #[test]
+    fn source_ranges_apply_to_load_balancer_ips_from_outside() {
+        let spec = |ranges: &str| {
+            format!(
+                "spec:\n  type: LoadBalancer\n  clusterIP: 198.18.0.30\n  externalIPs: [198.18.2.30]\n  \
+                 loadBalancerSourceRanges: [{ranges}]\n  ports: [{{name: https, port: 443, nodePort: 30443}}]\n\
+                 status: {{loadBalancer: {{ingress: [{{ip: 198.18.1.30}}]}}}}"
+            )
+        };
+        let text = web(&spec("203.0.113.7/24, \"2001:db8:77::/48\", 198.51.100.0/24"), V4_SLICE).1;
+        let objects: Vec<_> =
+            read("web.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
+        let translation = translate(objects, "node-a", &mut EntryBudget::default()).unwrap();
+        let ranges: Vec<String> = (translation.objects[0].1.value.rules.iter())
+            .map(|r| {
+                let ranges: Vec<String> = r.external.source_ranges.iter().map(ToString::to_string).collect();
+                format!("{} [{}]", r.frontend, ranges.join(" "))
+            })
+            .collect();
+        assert_eq!(
+            ranges,
+            [
+                "198.18.0.30:443/tcp []",
+                "198.18.2.30:443/tcp []",
+                "198.18.1.30:443/tcp []",
+                "0.0.0.0:30443/tcp []",
+                "198.18.2.30:443/tcp@external []",
+                "198.18.1.30:443/tcp@external [203.0.113.0/24 198.51.100.0/24]",
+                "0.0.0.0:30443/tcp@external []",
+            ]
+        );
+        let text = web(&spec("203.0.113.0/24, 198.51.100.0/40"), V4_SLICE).1;
+        let err = format!("{:#}", read("web.yaml", text.as_bytes()).err().expect("a bad CIDR is refused"));
+        assert!(
+            err.starts_with("web.yaml:8:46: Service shop/web: spec.loadBalancerSourceRanges[1]: `40` is not a prefix length"),
+            "{err}"
+        );
     }
 
     #[test]
