@@ -10,7 +10,9 @@ use std::{
     str::FromStr,
 };
 
-use balctl_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE};
+use balctl_common::{
+    IPPROTO_TCP, IPPROTO_UDP, SCOPE_BALANCING, SCOPE_EXTERNAL, SCOPE_REDIRECT, SCOPE_SERVICE,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -61,7 +63,10 @@ impl FromStr for Protocol {
 /// Which rule layer a frontend entry belongs to. One address can have an
 /// entry in each; connections use the LocalRedirectPolicy's, else the
 /// BalancingPolicy's, else the Service's (each gives way to the next when it
-/// has no backend, or a redirect is over its rate limit).
+/// has no backend, or a redirect is over its rate limit). `External` is
+/// apart: the entry packets from outside the node use (node ports,
+/// load-balancer and external IPs, with externalTrafficPolicy's backends),
+/// read by the packet programs only, never by sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -69,6 +74,7 @@ pub enum Scope {
     Service,
     Balancing,
     Redirect,
+    External,
 }
 
 impl Scope {
@@ -77,6 +83,7 @@ impl Scope {
             Self::Service => SCOPE_SERVICE,
             Self::Balancing => SCOPE_BALANCING,
             Self::Redirect => SCOPE_REDIRECT,
+            Self::External => SCOPE_EXTERNAL,
         }
     }
 
@@ -85,6 +92,7 @@ impl Scope {
             SCOPE_SERVICE => Some(Self::Service),
             SCOPE_BALANCING => Some(Self::Balancing),
             SCOPE_REDIRECT => Some(Self::Redirect),
+            SCOPE_EXTERNAL => Some(Self::External),
             _ => None,
         }
     }
@@ -160,7 +168,8 @@ impl Frontend {
     }
 }
 
-/// `IP:PORT/PROTO`, and `@balancing` or `@redirect` for a policy's entry.
+/// `IP:PORT/PROTO`, and `@balancing` or `@redirect` for a policy's entry,
+/// `@external` for the entry of traffic from outside the node.
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.socket_addr(), self.protocol)?;
@@ -168,6 +177,7 @@ impl fmt::Display for Frontend {
             Scope::Service => Ok(()),
             Scope::Balancing => f.write_str("@balancing"),
             Scope::Redirect => f.write_str("@redirect"),
+            Scope::External => f.write_str("@external"),
         }
     }
 }
@@ -262,6 +272,12 @@ pub struct FrontendRule {
     pub frontend: Frontend,
     /// Backend addresses; they use the frontend's protocol.
     pub backends: Vec<SocketAddr>,
+    /// Those of `backends` that run on this node (an EndpointSlice
+    /// endpoint's `nodeName` is this node), sorted: external traffic to
+    /// them is only DNATed, to the others also SNATed. Whether a backend
+    /// is local is part of what it is (`image::BackendAddr`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_backends: Vec<SocketAddr>,
     /// Session affinity timeout in seconds, when clients stick to a backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_seconds: Option<u32>,
@@ -278,9 +294,148 @@ pub struct FrontendRule {
     /// policy's JSON: `policy` rules are never Services.
     #[serde(skip)]
     pub address_kind: AddressKind,
+    /// How an external frontend (scope `External`) balances packets from
+    /// outside; the other scopes ignore it. Not part of a policy's JSON
+    /// either.
+    #[serde(skip)]
+    pub external: ExternalBalancing,
+}
+
+/// How the entry of an external frontend (scope `External`) chooses the
+/// backend of a new flow from outside the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalBalancing {
+    pub algorithm: LbAlgorithm,
+    /// The Maglev table's size, a prime; None: `maglev::default_table_size`.
+    pub maglev_table_size: Option<u32>,
+    /// `loadBalancerSourceRanges` of a load-balancer IP's entry, of its
+    /// family: packets from elsewhere are dropped. Empty: no restriction.
+    pub source_ranges: Vec<Prefix>,
+}
+
+impl ExternalBalancing {
+    /// What the external entry of `address` (a frontend of kind `kind`)
+    /// gets: the source ranges apply to load-balancer IPs only, and only
+    /// those of the address's family, as kube-proxy applies them (ranges
+    /// of only the other family restrict nothing).
+    pub fn for_frontend(&self, kind: AddressKind, address: IpAddr) -> Self {
+        let source_ranges = match kind {
+            AddressKind::LoadBalancer => (self.source_ranges.iter())
+                .filter(|range| range.address.is_ipv4() == address.is_ipv4())
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self { source_ranges, ..self.clone() }
+    }
+}
+
+/// An address prefix (CIDR), as `loadBalancerSourceRanges` lists them:
+/// its address with the host bits cleared, IPv4 as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Prefix {
+    pub address: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The prefix of `address` of `len` bits (at most the family's).
+    pub fn new(address: IpAddr, len: u8) -> Option<Self> {
+        let address = address.to_canonical();
+        let (bits, max) = match address {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        if len > max {
+            return None;
+        }
+        let kept = bits & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+        let address = match address {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from((kept >> 96) as u32)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(kept)),
+        };
+        Some(Self { address, len })
+    }
+
+    /// The prefix length as the 16-byte (v4-mapped) addresses of the maps
+    /// count it.
+    pub fn mapped_len(&self) -> u8 {
+        if self.address.is_ipv4() { self.len + 96 } else { self.len }
+    }
+}
+
+/// `IP/LEN`, as Kubernetes writes CIDRs.
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{}` is not a CIDR (IP/LENGTH)", crate::error::excerpt(s)))?;
+        let ip: IpAddr =
+            ip.parse().map_err(|_| format!("`{}` is not a valid IP address", crate::error::excerpt(ip)))?;
+        let max = if ip.to_canonical().is_ipv4() { 32 } else { 128 };
+        len.parse::<u8>().ok().and_then(|len| Self::new(ip, len)).ok_or_else(|| {
+            format!("`{}` is not a prefix length of {ip} (0-{max})", crate::error::excerpt(len))
+        })
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.len)
+    }
+}
+
+/// The annotation that chooses `ExternalBalancing::algorithm`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "balancing.elf.io/lb-algorithm";
+/// The annotation that sets `ExternalBalancing::maglev_table_size`.
+pub const MAGLEV_TABLE_SIZE_ANNOTATION: &str = "balancing.elf.io/maglev-table-size";
+
+/// `balancing.elf.io/lb-algorithm`, TOML `lb_algorithm`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbAlgorithm {
+    /// Consistent hashing of the flow's 5-tuple (`maglev.rs`): every node
+    /// behind ECMP picks the same backend, and a change of backends moves
+    /// about 1/N of the flows.
+    #[default]
+    Maglev,
+    /// A random slot.
+    Random,
+}
+
+impl LbAlgorithm {
+    pub const NAMES: [&str; 2] = ["maglev", "random"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "maglev" => Some(Self::Maglev),
+            "random" => Some(Self::Random),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a configured Maglev table size: a prime (the permutations need
+/// one), at most `maglev::MAX_TABLE_SIZE`. That it is at least the
+/// number of backends is checked when the rule is compiled.
+pub fn check_maglev_table_size(size: u64) -> Result<u32, String> {
+    match u32::try_from(size) {
+        Ok(size) if size <= crate::maglev::MAX_TABLE_SIZE && crate::maglev::is_prime(size) => Ok(size),
+        _ => Err(format!(
+            "maglev table size {size} is not a prime of at most {} (e.g. 251, 509, 1021, 16381, 65521)",
+            crate::maglev::MAX_TABLE_SIZE
+        )),
+    }
 }
 
 impl FrontendRule {
+    /// Whether `backend` runs on this node.
+    pub fn is_local(&self, backend: &SocketAddr) -> bool {
+        self.local_backends.binary_search(backend).is_ok()
+    }
+
     /// What no single field can check: backend families against the
     /// frontend's, duplicates. Callers add where it was.
     pub fn validate(&self) -> Result<(), String> {
@@ -354,7 +509,7 @@ pub type Fingerprint = u128;
 pub mod rule_records {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{AddressKind, Frontend, FrontendRule, SocketAddr};
+    use super::{AddressKind, ExternalBalancing, Frontend, FrontendRule, SocketAddr};
 
     /// A rule as stored: its fields in this order, one after another.
     #[derive(Serialize)]
@@ -366,10 +521,13 @@ pub mod rule_records {
         local_only: bool,
         requests_per_second: Option<u32>,
         address_kind: AddressKind,
+        local_backends: &'a [SocketAddr],
+        external: &'a ExternalBalancing,
     }
 
-    /// What `RecordRef` wrote. Format 3 had no address kind: the legacy
-    /// reader (`legacy_v1::ADDED_AFTER_FORMAT_3`) leaves it to its default.
+    /// What `RecordRef` wrote. Format 3 had no address kind, formats 3 and
+    /// 4 no local backends or external balancing: the legacy reader
+    /// (`legacy::ADDED`) leaves them to their defaults.
     #[derive(Deserialize)]
     pub struct Record {
         frontend: Frontend,
@@ -379,6 +537,10 @@ pub mod rule_records {
         requests_per_second: Option<u32>,
         #[serde(default)]
         address_kind: AddressKind,
+        #[serde(default)]
+        local_backends: Vec<SocketAddr>,
+        #[serde(default)]
+        external: ExternalBalancing,
     }
 
     pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
@@ -389,13 +551,32 @@ pub mod rule_records {
             local_only: rule.local_only,
             requests_per_second: rule.requests_per_second,
             address_kind: rule.address_kind,
+            local_backends: &rule.local_backends,
+            external: &rule.external,
         }
     }
 
     pub fn rule(record: Record) -> FrontendRule {
-        let Record { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind } =
-            record;
-        FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind }
+        let Record {
+            frontend,
+            backends,
+            affinity_seconds,
+            local_only,
+            requests_per_second,
+            address_kind,
+            local_backends,
+            external,
+        } = record;
+        FrontendRule {
+            frontend,
+            backends,
+            local_backends,
+            affinity_seconds,
+            local_only,
+            requests_per_second,
+            address_kind,
+            external,
+        }
     }
 
     pub fn serialize<S: Serializer>(rules: &[FrontendRule], serializer: S) -> Result<S::Ok, S::Error> {
@@ -446,6 +627,19 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_parse_clear_host_bits_and_refuse_nonsense() {
+        let prefix = |s: &str| s.parse::<Prefix>();
+        assert_eq!(prefix("203.0.113.7/24").unwrap().to_string(), "203.0.113.0/24");
+        assert_eq!(prefix("::ffff:203.0.113.7/32").unwrap().to_string(), "203.0.113.7/32");
+        assert_eq!(prefix("2001:db8::1/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(prefix("0.0.0.0/0").unwrap().mapped_len(), 96);
+        assert_eq!(prefix("::/0").unwrap().mapped_len(), 0);
+        assert!(prefix("203.0.113.0/33").unwrap_err().contains("prefix length"));
+        assert!(prefix("203.0.113.0").unwrap_err().contains("not a CIDR"));
+        assert!(prefix("203.0.113/24").unwrap_err().contains("not a valid IP"));
+    }
+
+    #[test]
     fn names_follow_kubernetes_rules() {
         assert!(check_name("kube-dns.v1").is_ok());
         assert!(check_name("Web").is_err());
@@ -460,10 +654,12 @@ mod tests {
             rule: FrontendRule {
                 frontend: "198.18.0.1:80".parse().unwrap(),
                 backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+                local_backends: Vec::new(),
                 affinity_seconds: None,
                 local_only: false,
                 requests_per_second: None,
                 address_kind: AddressKind::ClusterIp,
+                external: ExternalBalancing::default(),
             },
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());

@@ -5,10 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, IterableMap as _, MapData};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, MapData,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MembershipKey, NodeAddressKey, RateLimit,
-    ServiceEntry, ServiceKey, map_names,
+    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MaglevKey, MembershipKey, NodeAddressKey, RateLimit,
+    ServiceEntry, ServiceKey, SourceRange, map_names,
 };
 
 use super::{
@@ -24,6 +27,9 @@ use crate::input;
 pub type ServiceId = u32;
 /// The id of a backend in the maps (the backends map's key).
 pub type BackendId = u32;
+/// A key of the source_ranges LPM trie: its prefix length (in bits of the
+/// data) and its data.
+pub type SourceRangeKey = (u32, SourceRange);
 
 /// How many entries the balancing maps hold, or can hold, each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub struct EntryCounts {
     pub backends: u64,
     pub membership: u64,
     pub nodes: u64,
+    pub maglev: u64,
+    pub source_ranges: u64,
 }
 
 /// Everything the balancing maps hold (or should hold), entry by entry.
@@ -41,6 +49,10 @@ pub struct MapContents {
     pub backends: BTreeMap<BackendId, Backend>,
     pub membership: BTreeSet<MembershipKey>,
     pub node_addresses: BTreeSet<NodeAddressKey>,
+    /// Entries of the external frontends' Maglev tables: backend ids.
+    pub maglev: BTreeMap<MaglevKey, BackendId>,
+    /// The source prefixes of external frontends with source ranges.
+    pub source_ranges: BTreeSet<SourceRangeKey>,
 }
 
 impl MapContents {
@@ -50,6 +62,8 @@ impl MapContents {
             backends: self.backends.len() as u64,
             membership: self.membership.len() as u64,
             nodes: self.node_addresses.len() as u64,
+            maglev: self.maglev.len() as u64,
+            source_ranges: self.source_ranges.len() as u64,
         }
     }
 }
@@ -65,6 +79,10 @@ pub enum Op {
     DeleteService(ServiceKey),
     PutNodeAddress(NodeAddressKey),
     DeleteNodeAddress(NodeAddressKey),
+    PutMaglev(MaglevKey, BackendId),
+    DeleteMaglev(MaglevKey),
+    PutSourceRange(SourceRangeKey),
+    DeleteSourceRange(SourceRangeKey),
 }
 
 pub struct Datapath {
@@ -72,6 +90,8 @@ pub struct Datapath {
     backends: HashMap<MapData, BackendId, Backend>,
     membership: HashMap<MapData, MembershipKey, u32>,
     nodes: HashMap<MapData, NodeAddressKey, u32>,
+    maglev: HashMap<MapData, MaglevKey, BackendId>,
+    source_ranges: LpmTrie<MapData, SourceRange, u8>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     rate_limits: HashMap<MapData, ServiceId, RateLimit>,
     rate_limit_capacity: u32,
@@ -86,6 +106,8 @@ impl Datapath {
         let backends = open_map(pins, map_names::BACKENDS)?;
         let membership = open_map(pins, map_names::MEMBERSHIP)?;
         let nodes = open_map(pins, map_names::NODES)?;
+        let maglev = open_map(pins, map_names::MAGLEV)?;
+        let source_ranges = open_map(pins, map_names::SOURCE_RANGES)?;
         let affinity = open_map(pins, map_names::AFFINITY)?;
         let rate_limits = open_map(pins, map_names::RATE_LIMITS)?;
         let layers = open_map(pins, map_names::LAYERS)?;
@@ -99,6 +121,8 @@ impl Datapath {
             backends,
             membership,
             nodes,
+            maglev,
+            source_ranges,
             affinity,
             rate_limits,
             layers,
@@ -110,6 +134,8 @@ impl Datapath {
                 backends: capacity(map_names::BACKENDS)?,
                 membership: capacity(map_names::MEMBERSHIP)?,
                 nodes: capacity(map_names::NODES)?,
+                maglev: capacity(map_names::MAGLEV)?,
+                source_ranges: capacity(map_names::SOURCE_RANGES)?,
             },
         })
     }
@@ -120,6 +146,11 @@ impl Datapath {
             backends: read_all(&self.backends)?,
             membership: read_all(&self.membership)?.into_keys().collect(),
             node_addresses: read_all(&self.nodes)?.into_keys().collect(),
+            maglev: read_all(&self.maglev)?,
+            source_ranges: (self.source_ranges.iter())
+                .map(|entry| entry.map(|(key, _)| (key.prefix_len(), key.data())))
+                .collect::<Result<_, _>>()
+                .context("cannot read the source_ranges map")?,
         })
     }
 
@@ -180,6 +211,12 @@ impl Datapath {
             Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
             Op::PutNodeAddress(key) => self.nodes.insert(key, 0, 0),
             Op::DeleteNodeAddress(key) => ignore_missing(self.nodes.remove(key)),
+            Op::PutMaglev(key, backend_id) => self.maglev.insert(key, backend_id, 0),
+            Op::DeleteMaglev(key) => ignore_missing(self.maglev.remove(key)),
+            Op::PutSourceRange((len, data)) => self.source_ranges.insert(&LpmKey::new(*len, *data), 1, 0),
+            Op::DeleteSourceRange((len, data)) => {
+                ignore_missing(self.source_ranges.remove(&LpmKey::new(*len, *data)))
+            }
         };
         result.map_err(|e| anyhow!(e).context(format!("{op:?}")))
     }
@@ -221,6 +258,8 @@ pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
         ("backends", "backends", needed.backends, capacity.backends),
         ("membership", "services", needed.membership, capacity.membership),
         ("nodes", "nodes", needed.nodes, capacity.nodes),
+        ("maglev", "maglev", needed.maglev, capacity.maglev),
+        ("source_ranges", "source_ranges", needed.source_ranges, capacity.source_ranges),
     ];
     for (map, size_name, needed, capacity) in checks {
         if needed > capacity {

@@ -155,7 +155,7 @@ impl<'a> View<'a> {
         match frontend.scope {
             Scope::Balancing => Some("balancing"),
             Scope::Redirect => Some("redirect"),
-            Scope::Service => {
+            Scope::Service | Scope::External => {
                 let image =
                     self.state.image.frontends.get(frontend).filter(|f| f.service_id == service_id)?;
                 Some(image.address_kind.name())
@@ -183,6 +183,22 @@ impl<'a> View<'a> {
         let frontend = self.frontends.get(&service_id)?;
         let image = self.state.image.frontends.get(frontend).filter(|f| f.service_id == service_id)?;
         Some(image.owner.clone())
+    }
+
+    /// The source ranges of the frontend with this service id, as
+    /// `IP/LEN`, from the source_ranges map.
+    fn source_ranges(&self, service_id: ServiceId) -> Vec<String> {
+        let id = service_id.to_be_bytes();
+        (self.contents.source_ranges.iter())
+            .filter(|(_, range)| range.service_id == id)
+            .map(|&(len, range)| {
+                let address = raw_to_addr(range.addr);
+                // The trie counts the service id's bits, and an IPv4
+                // address's mapped prefix.
+                let bits = len.saturating_sub(32).saturating_sub(if address.is_ipv4() { 96 } else { 0 });
+                format!("{address}/{bits}")
+            })
+            .collect()
     }
 
     /// A backend's address in the backends map.
