@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::{Result, bail};
 use balctl_common::{
-    BACKEND_FLAG_LOCAL, Backend, MaglevKey, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY,
-    SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, SourceRange,
+    BACKEND_FLAG_LOCAL, Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MembershipKey, SERVICE_FLAG_AFFINITY,
+    SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES,
+    ServiceEntry, SourceRange,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
@@ -118,13 +119,13 @@ impl FrontendImage {
         })
     }
 
-    /// The Maglev table's entries (none without a table), in index order:
-    /// computed from the backends' addresses, as every node does, holding
-    /// this node's ids of them.
+    /// The Maglev table's entries (none without a table), `MAGLEV_CHUNK`
+    /// to a map entry, in index order: computed from the backends'
+    /// addresses, as every node does, holding this node's ids of them.
     pub fn maglev_entries(
         &self,
         backends: &BTreeMap<BackendId, BackendAddr>,
-    ) -> impl Iterator<Item = (MaglevKey, BackendId)> + use<> {
+    ) -> impl Iterator<Item = (MaglevKey, MaglevChunk)> + use<> {
         let addresses: Vec<SocketAddr> = if self.maglev_table_size > 0 {
             self.backends.iter().filter_map(|id| Some(backends.get(id)?.address)).collect()
         } else {
@@ -138,9 +139,21 @@ impl FrontendImage {
         };
         let ids = if table.is_empty() { Vec::new() } else { self.backends.clone() };
         let service_id = self.service_id;
-        table.into_iter().enumerate().map(move |(index, backend)| {
-            (MaglevKey { service_id, index: index as u32 }, ids[backend as usize])
-        })
+        let chunks: Vec<MaglevChunk> = table
+            .chunks(MAGLEV_CHUNK)
+            .map(|entries| {
+                // Past the table's end, 0: no backend.
+                let mut chunk = [0; MAGLEV_CHUNK];
+                for (id, &backend) in chunk.iter_mut().zip(entries) {
+                    *id = ids[backend as usize];
+                }
+                chunk
+            })
+            .collect();
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(move |(chunk, ids)| (MaglevKey { service_id, chunk: chunk as u32 }, ids))
     }
 
     /// The source_ranges-map keys of its source ranges, sorted: the
@@ -188,7 +201,7 @@ impl Image {
             nodes: self.node_addresses.len() as u64,
             maglev: (self.frontends.values())
                 .filter(|f| !f.backends.is_empty())
-                .map(|f| u64::from(f.maglev_table_size))
+                .map(|f| u64::from(f.maglev_table_size.div_ceil(MAGLEV_CHUNK as u32)))
                 .sum(),
             source_ranges: self.frontends.values().map(|f| f.source_range_keys().count() as u64).sum(),
         }

@@ -42,7 +42,9 @@ use std::{
     fmt, iter,
 };
 
-use balctl_common::{Backend, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit};
+use balctl_common::{
+    Backend, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit,
+};
 
 use crate::{
     bpf::maps::{BackendId, EntryCounts, MapContents, Op, SourceRangeKey},
@@ -364,7 +366,7 @@ impl<'a> Sides<'a> {
 
     /// Maglev-map changes, in frontend order and within a frontend in
     /// index order.
-    fn maglev(self) -> Changes<'a, MaglevKey, BackendId> {
+    fn maglev(self) -> Changes<'a, MaglevKey, MaglevChunk> {
         match self {
             Self::Between(old, new) => Box::new(frontend_changes(old, new).flat_map(|(_, before, after)| {
                 let entries = |f: Option<&'a FrontendImage>, image: &'a Image| {
@@ -537,7 +539,7 @@ impl Tally {
 
 #[cfg(test)]
 mod tests {
-    use balctl_common::SCOPE_SERVICE;
+    use balctl_common::{MAGLEV_CHUNK, SCOPE_SERVICE};
 
     use super::*;
     use crate::model::{FrontendRule, parse_backend};
@@ -578,13 +580,16 @@ mod tests {
                 Op::DeleteService(k) => drop(maps.services.remove(k)),
                 Op::PutNodeAddress(k) => drop(maps.node_addresses.insert(*k)),
                 Op::DeleteNodeAddress(k) => drop(maps.node_addresses.remove(k)),
-                Op::PutMaglev(k, id) => drop(maps.maglev.insert(*k, *id)),
+                Op::PutMaglev(k, chunk) => drop(maps.maglev.insert(*k, *chunk)),
                 Op::DeleteMaglev(k) => drop(maps.maglev.remove(k)),
                 Op::PutSourceRange(k) => drop(maps.source_ranges.insert(*k)),
                 Op::DeleteSourceRange(k) => drop(maps.source_ranges.remove(k)),
             }
-            for (key, backend_id) in &maps.maglev {
-                assert!(maps.backends.contains_key(backend_id), "maglev entry {key:?} dangling after {op:?}");
+            for (key, backend_id) in
+                maps.maglev.iter().flat_map(|(key, ids)| ids.iter().map(move |id| (key, id)))
+            {
+                let known = *backend_id == 0 || maps.backends.contains_key(backend_id);
+                assert!(known, "maglev entry {key:?} dangling after {op:?}");
             }
             for (key, master) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
                 if master.flags & balctl_common::SERVICE_FLAG_SOURCE_RANGES != 0 {
@@ -864,7 +869,7 @@ mod tests {
             compile(&v1, None),
         ];
         let start = MapContents::of(&v1);
-        assert_eq!(start.maglev.len(), 509);
+        assert_eq!(start.maglev.len(), 509usize.div_ceil(MAGLEV_CHUNK));
         for v2 in &versions {
             let (desired, plan) = (MapContents::of(v2), Plan::between(&v1, v2));
             assert_eq!(run(&start, plan.steps().map(|step| step.op)), desired);
@@ -873,11 +878,23 @@ mod tests {
         }
         // 3 -> 4 backends, same table size: the new one's share and a
         // little more moves, not the whole table.
-        let moved =
-            Plan::between(&v1, &versions[0]).steps().filter(|s| matches!(s.op, Op::PutMaglev(..))).count();
+        let after = run(&start, Plan::between(&v1, &versions[0]).steps().map(|step| step.op));
+        let entries = |contents: &MapContents| -> Vec<BackendId> {
+            contents.maglev.values().flatten().copied().take(509).collect()
+        };
+        let before_ids: BTreeMap<BackendId, BackendAddr> = v1.backends.clone();
+        let moved = entries(&start)
+            .iter()
+            .zip(entries(&after))
+            .filter(|(old, new)| before_ids.get(old) != versions[0].backends.get(new))
+            .count();
         assert!(moved > 0 && moved as f64 <= 509.0 * (1.0 / 4.0 + 0.10), "{moved}");
+        // Only the chunks that hold a moved entry are written.
+        let written =
+            Plan::between(&v1, &versions[0]).steps().filter(|s| matches!(s.op, Op::PutMaglev(..))).count();
+        assert!(written <= start.maglev.len(), "{written}");
         let peak = Plan::between(&v1, &versions[3]).peak_entries(v1.entry_counts());
-        assert_eq!(peak.maglev, 1021);
+        assert_eq!(peak.maglev as usize, 1021usize.div_ceil(MAGLEV_CHUNK));
     }
 
     /// Source ranges come before the flag that says a frontend has them

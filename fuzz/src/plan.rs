@@ -340,8 +340,8 @@ fn execute(maps: &mut MapContents, op: &Op) {
         Op::DeleteNodeAddress(key) => {
             maps.node_addresses.remove(&key);
         }
-        Op::PutMaglev(key, backend_id) => {
-            maps.maglev.insert(key, backend_id);
+        Op::PutMaglev(key, chunk) => {
+            maps.maglev.insert(key, chunk);
         }
         Op::DeleteMaglev(key) => {
             maps.maglev.remove(&key);

@@ -10,8 +10,8 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MaglevKey, MembershipKey, NodeAddressKey, RateLimit,
-    ServiceEntry, ServiceKey, SourceRange, map_names,
+    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey,
+    RateLimit, ServiceEntry, ServiceKey, SourceRange, map_names,
 };
 
 use super::{
@@ -49,8 +49,8 @@ pub struct MapContents {
     pub backends: BTreeMap<BackendId, Backend>,
     pub membership: BTreeSet<MembershipKey>,
     pub node_addresses: BTreeSet<NodeAddressKey>,
-    /// Entries of the external frontends' Maglev tables: backend ids.
-    pub maglev: BTreeMap<MaglevKey, BackendId>,
+    /// The external frontends' Maglev tables, in chunks of backend ids.
+    pub maglev: BTreeMap<MaglevKey, MaglevChunk>,
     /// The source prefixes of external frontends with source ranges.
     pub source_ranges: BTreeSet<SourceRangeKey>,
 }
@@ -79,7 +79,7 @@ pub enum Op {
     DeleteService(ServiceKey),
     PutNodeAddress(NodeAddressKey),
     DeleteNodeAddress(NodeAddressKey),
-    PutMaglev(MaglevKey, BackendId),
+    PutMaglev(MaglevKey, MaglevChunk),
     DeleteMaglev(MaglevKey),
     PutSourceRange(SourceRangeKey),
     DeleteSourceRange(SourceRangeKey),
@@ -90,7 +90,7 @@ pub struct Datapath {
     backends: HashMap<MapData, BackendId, Backend>,
     membership: HashMap<MapData, MembershipKey, u32>,
     nodes: HashMap<MapData, NodeAddressKey, u32>,
-    maglev: HashMap<MapData, MaglevKey, BackendId>,
+    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     rate_limits: HashMap<MapData, ServiceId, RateLimit>,
@@ -211,7 +211,7 @@ impl Datapath {
             Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
             Op::PutNodeAddress(key) => self.nodes.insert(key, 0, 0),
             Op::DeleteNodeAddress(key) => ignore_missing(self.nodes.remove(key)),
-            Op::PutMaglev(key, backend_id) => self.maglev.insert(key, backend_id, 0),
+            Op::PutMaglev(key, chunk) => self.maglev.insert(key, chunk, 0),
             Op::DeleteMaglev(key) => ignore_missing(self.maglev.remove(key)),
             Op::PutSourceRange((len, data)) => self.source_ranges.insert(&LpmKey::new(*len, *data), 1, 0),
             Op::DeleteSourceRange((len, data)) => {

@@ -236,14 +236,19 @@ fn maglev_table(sandbox: &Sandbox, service_id: u64) -> Vec<String> {
         format!("{}:{}", backend["address"].as_str().unwrap(), backend["port"])
     };
     let word = |bytes: &[u8]| u32::from_ne_bytes(bytes.try_into().unwrap());
-    let mut entries: Vec<(u32, u32)> = dump_map(sandbox, "maglev")
+    // Chunks of 16 entries: (chunk number, its backend ids).
+    let mut chunks: Vec<(u32, Vec<u32>)> = dump_map(sandbox, "maglev")
         .into_iter()
         .filter(|(key, _)| u64::from(word(&key[..4])) == service_id)
-        .map(|(key, value)| (word(&key[4..]), word(&value)))
+        .map(|(key, value)| (word(&key[4..]), value.chunks(4).map(word).collect()))
         .collect();
-    entries.sort_unstable();
-    assert!(entries.iter().enumerate().all(|(i, (index, _))| *index as usize == i), "a hole in the table");
-    entries.into_iter().map(|(_, backend_id)| address_of(backend_id)).collect()
+    chunks.sort_unstable();
+    assert!(chunks.iter().enumerate().all(|(i, (chunk, _))| *chunk as usize == i), "a hole in the table");
+    let size = node_port_entry(sandbox)["maglev_table_size"].as_u64().expect("a Maglev table") as usize;
+    let entries: Vec<u32> = chunks.into_iter().flat_map(|(_, ids)| ids).collect();
+    assert_eq!(entries.len(), size.div_ceil(16) * 16, "the table's chunks");
+    assert!(entries[size..].iter().all(|&id| id == 0), "past the table's end: no backend");
+    entries[..size].iter().map(|&backend_id| address_of(backend_id)).collect()
 }
 
 fn node_port_entry(sandbox: &Sandbox) -> Value {
@@ -279,7 +284,7 @@ pub fn maglev_tables_are_the_same_on_every_node() {
     // Another node, whose backend ids differ (another service took the
     // first ones), computes the same table.
     let node_b = Sandbox::new();
-    node_b.load_with(&["--map-size", "maglev=1000"]);
+    node_b.load_with(&["--map-size", "maglev=64"]);
     let other =
         api("", &["192.0.2.9", "192.0.2.10"]).replace("name: api", "name: other").replace("30443", "30444");
     let other =
@@ -314,9 +319,9 @@ pub fn maglev_tables_are_the_same_on_every_node() {
         "{stderr}"
     );
 
-    // Node B's maglev map holds 1,000 entries, 251 of them the other
-    // service's: 6 backends need a table of 1021, which is refused before
-    // anything is written.
+    // Node B's maglev map holds 64 chunks of 16 entries, 16 of them the
+    // other service's table of 251: 6 backends need a table of 1021 (64
+    // chunks), which is refused before anything is written.
     let before =
         (node_b.balctl_ok(&["dump", "-o", "json"]), std::fs::read(node_b.state.join("state.bin")).unwrap());
     let six = api("", &["192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.6", "192.0.2.7"]);
