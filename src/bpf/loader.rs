@@ -75,7 +75,7 @@ pub struct LoadReport {
 }
 
 /// Where `load` attaches.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Targets<'a> {
     /// `--cgroup`: None keeps the cgroup balctl is on, else the cgroup2 root.
     pub cgroup: Option<&'a Path>,

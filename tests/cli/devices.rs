@@ -162,7 +162,8 @@ fn status_devices(sandbox: &Sandbox) -> Vec<(String, String, String, u64, u64)> 
 /// Both tc programs on the node's veth, before another tc program there,
 /// as the kernel and status see them;
 /// `load` again under a TCP loop through the device swaps them (links
-/// kept, programs new, not one failed connection); moving to other
+/// kept, programs new, not one failed connection); a link whose pin is
+/// removed is missing until `load` attaches it alone; moving to other
 /// devices detaches the old one; `unload` leaves no tc program and gives
 /// the reserved ports back.
 pub fn load_attaches_both_tc_programs_and_reloads_them_in_place() {
@@ -224,6 +225,17 @@ pub fn load_attaches_both_tc_programs_and_reloads_them_in_place() {
     }
     let (ingress, egress) = tcx_programs(&sandbox, &device);
     assert_eq!((ingress, egress), (vec![reloaded[0].4 as u32, another], vec![reloaded[1].4 as u32]));
+
+    // A removed pin drops its link: status says it is missing (exit 4), load attaches it alone.
+    std::fs::remove_file(sandbox.pins.join(format!("links/to_device@{device}"))).unwrap();
+    let output = node_balctl(&sandbox, &["status", "-o", "json"]);
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(4), "{status:#}");
+    assert_eq!(status["missing_hooks"], serde_json::json!([format!("to_device@{device}")]), "{status:#}");
+    assert!(tcx_programs(&sandbox, &device).1.is_empty());
+    let output = load(&sandbox, &[]);
+    assert!(output.contains(&format!("on {device}: 1 link attached, 1 link replaced in place")), "{output}");
+    assert_eq!(tcx_programs(&sandbox, &device).1.len(), 1);
 
     // Naming other devices attaches the new one and detaches the old.
     let output = load(&sandbox, &["--devices", &format!("{device},bct-x0")]);
