@@ -50,6 +50,20 @@ fn load(sandbox: &Sandbox, more: &[&str]) -> String {
     node_balctl_ok(sandbox, &args)
 }
 
+/// Unloads from the node's namespace when a test ends, before the
+/// sandbox's own unload (which runs in the host's namespace, so it would
+/// release the SNAT ports there, not in the node's). Declare it after the
+/// sandbox: it drops first.
+struct UnloadInNode<'a>(&'a Sandbox);
+
+impl Drop for UnloadInNode<'_> {
+    fn drop(&mut self) {
+        if self.0.pins.exists() {
+            let _ = node_balctl(self.0, &["unload", "--yes"]);
+        }
+    }
+}
+
 /// Runs `f` on a thread that joined the network namespace `netns`
 /// (setns moves only the calling thread).
 fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -168,6 +182,7 @@ fn status_devices(sandbox: &Sandbox) -> Vec<(String, String, String, u64, u64)> 
 /// the reserved ports back.
 pub fn load_attaches_both_tc_programs_and_reloads_them_in_place() {
     let sandbox = Sandbox::new();
+    let _unload = UnloadInNode(&sandbox);
     sandbox.serve("node", &["192.0.2.2:8080"], &[]);
     let device = device_holding(&sandbox, "192.0.2.2");
     add_veth(&sandbox, "bct-x0", "bct-x1", None);
@@ -263,6 +278,7 @@ pub fn load_attaches_both_tc_programs_and_reloads_them_in_place() {
 /// reserved) nor over a loaded datapath (same links, same programs).
 pub fn a_missing_device_changes_nothing() {
     let sandbox = Sandbox::new();
+    let _unload = UnloadInNode(&sandbox);
     let device = device_holding(&sandbox, "192.0.2.2");
     let cgroup = sandbox.cgroup.to_str().unwrap();
     let ports_before = reserved_ports(&sandbox.server_ns);
@@ -294,6 +310,7 @@ pub fn a_missing_device_changes_nothing() {
 /// the next load drops.
 pub fn auto_picks_the_devices_of_default_routes_and_node_addresses() {
     let sandbox = Sandbox::new();
+    let _unload = UnloadInNode(&sandbox);
     let device = device_holding(&sandbox, "192.0.2.2");
     add_veth(&sandbox, "bct-x0", "bct-x1", None);
     add_veth(&sandbox, "bct-y0", "bct-y1", Some("203.0.113.1/24"));
