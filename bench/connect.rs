@@ -25,7 +25,7 @@ use std::{
 
 use balctl::{
     bpf::{
-        loader::{self, MapSizes},
+        loader::{self, MapSizes, Targets},
         maps::Datapath,
         pins::PinDir,
     },
@@ -129,7 +129,8 @@ fn scenario(build: Build, other_services: u32) -> f64 {
             .split(',')
             .filter_map(|s| s.split_once('='))
             .map(|(n, v)| (n.to_owned(), v.parse().expect("a size")));
-        loader::load_object(UNTRACED, &pins, Some(&sandbox.cgroup), &MapSizes(sizes.collect()))
+        let targets = Targets { cgroup: Some(&sandbox.cgroup), devices: None };
+        loader::load_object(UNTRACED, &pins, &targets, &MapSizes(sizes.collect()))
             .expect("load the untraced datapath");
     } else {
         sandbox.balctl_ok(&["load", "--cgroup", cgroup, "--map-size", MAP_SIZES]);

@@ -456,7 +456,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__load)
-            opts="-o -v -q -h -V --cgroup --map-size --object --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --cgroup --map-size --devices --object --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -467,6 +467,10 @@ _balctl() {
                     return 0
                     ;;
                 --map-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --devices)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -159,9 +159,24 @@ pub struct LoadArgs {
     pub cgroup: Option<PathBuf>,
 
     /// Capacity of a map when it is created, as NAME=ENTRIES
-    /// (services, backends, affinity, sockets, revnat, nodes, rate_limits); repeat or separate with commas
+    /// (services, backends, affinity, sockets, revnat, nodes, rate_limits, maglev, source_ranges, flows);
+    /// repeat or separate with commas
     #[arg(long, value_name = "NAME=N", value_delimiter = ',', value_parser = parse_map_size)]
     pub map_size: Vec<(String, u32)>,
+
+    /// Attach the tc programs, which translate traffic from outside the node
+    /// (node ports, LoadBalancer and external IPs), to these network devices
+    ///
+    /// Each device gets a tcx ingress and egress link, first among its tc
+    /// programs. `auto`: the devices that are up, not loopback, hold a
+    /// global unicast address and hold a node address (synced Nodes) or
+    /// carry a default route. `none`: detach them from every device.
+    /// Without --devices, `load` keeps the devices already attached. With
+    /// devices, the SNAT ports 61000-65535 are added to this network
+    /// namespace's net.ipv4.ip_local_reserved_ports (`unload` takes them
+    /// out). A device that does not exist is an error and changes nothing.
+    #[arg(long, value_name = "IF[,IF...]|auto|none", value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
 
     /// Load the eBPF programs from this object file instead of the built-in ones
     ///

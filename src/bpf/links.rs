@@ -1,6 +1,8 @@
-//! balctl's pinned links, one per hook: what the kernel says each is
-//! attached to, which are defunct, detaching them, and what `status`
-//! reports of them. Each hook's `AttachPoint` says where to look.
+//! balctl's pinned links: one per cgroup hook, pinned as the hook's name,
+//! and one per tc hook and device, pinned as `<hook>@<device>`. What the
+//! kernel says each is attached to, which are defunct, detaching them, and
+//! what `status` reports of them. Each hook's `AttachPoint` says where to
+//! look.
 
 use std::{
     collections::BTreeMap,
@@ -10,86 +12,114 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use aya::programs::TcAttachType;
 
 use super::{
-    cgroup,
-    object::{AttachPoint, HOOKS},
+    cgroup, devices,
+    object::{AttachPoint, HOOKS, Hook, direction_name},
     pins::PinDir,
-    sys,
+    sys::{self, LinkTarget, QueryTarget},
 };
 
 /// A pinned link with what the kernel says of it.
 pub struct LiveLink {
+    pub hook: Hook,
+    /// For a tc hook's link, the device named in its pin.
+    pub device: Option<String>,
     pub fd: OwnedFd,
     pub info: sys::LinkInfo,
 }
 
-/// Pinned links that are still attached. A link whose target is gone (a
-/// removed cgroup) is defunct: its pin is removed so the hook is attached
-/// anew.
-pub fn live_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
+/// The pin name of `hook`'s link, on `device` for a tc hook.
+pub fn pin_name(hook: &Hook, device: Option<&str>) -> String {
+    match device {
+        Some(device) => format!("{}@{device}", hook.name),
+        None => hook.name.to_owned(),
+    }
+}
+
+/// The hook and device a pin name stands for; None for a name balctl
+/// does not make.
+fn parse_pin_name(name: &str) -> Option<(Hook, Option<String>)> {
+    let (hook, device) = match name.split_once('@') {
+        Some((hook, device)) => (hook, Some(device.to_owned())),
+        None => (name, None),
+    };
+    let hook = HOOKS.into_iter().find(|h| h.name == hook)?;
+    (hook.attach.is_per_device() == device.is_some()).then_some((hook, device))
+}
+
+/// Pinned links that are still attached, by pin name, and the pin names of
+/// the defunct ones: a link whose target is gone (a removed cgroup or
+/// device) has its pin removed, so the hook is attached anew.
+pub fn live_links(pins: &PinDir) -> Result<(BTreeMap<String, LiveLink>, Vec<String>)> {
     let mut links = pinned_links(pins)?;
-    let defunct: Vec<&'static str> =
-        links.iter().filter(|(_, link)| !link.info.target.is_attached()).map(|(&hook, _)| hook).collect();
-    for hook in defunct {
-        let path = pins.link(hook)?;
+    let defunct: Vec<String> = links
+        .iter()
+        .filter(|(_, link)| !link.info.target.is_attached())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &defunct {
+        let path = pins.link(name)?;
         log::info!("removing defunct link {}", path.display());
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        links.remove(hook);
+        links.remove(name);
     }
-    Ok(links)
+    Ok((links, defunct))
 }
 
-/// Every pinned link, attached or not.
-fn pinned_links(pins: &PinDir) -> Result<BTreeMap<&'static str, LiveLink>> {
+/// Every pinned link of balctl's, attached or not, by pin name. A name
+/// balctl does not make is left alone.
+fn pinned_links(pins: &PinDir) -> Result<BTreeMap<String, LiveLink>> {
     let mut links = BTreeMap::new();
-    for hook in HOOKS {
-        let path = pins.link(hook.name)?;
-        if path.exists() {
-            let fd =
-                sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-            let info = sys::link_info(fd.as_fd())
-                .with_context(|| format!("cannot read pinned link {}", path.display()))?;
-            links.insert(hook.name, LiveLink { fd, info });
-        }
-    }
-    Ok(links)
-}
-
-/// Detaches every hook's link and removes its pin; the names of those
-/// detached. Detaching explicitly (rather than only unpinning) ends the
-/// attachment even if some other process still holds a link open.
-pub fn detach_all(pins: &PinDir) -> Result<Vec<&'static str>> {
-    let mut detached = Vec::new();
-    for hook in HOOKS {
-        let path = pins.link(hook.name)?;
-        if !path.exists() {
+    for name in pins.pinned_links()? {
+        let Some((hook, device)) = parse_pin_name(&name) else {
+            log::warn!("ignoring {name} among balctl's links: not a link balctl pins");
             continue;
-        }
+        };
+        let path = pins.link(&name)?;
         let fd =
             sys::obj_get(&path).with_context(|| format!("cannot open pinned link {}", path.display()))?;
-        match sys::link_detach(fd.as_fd()) {
-            // Already detached (its target is gone): only the pin is left.
-            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
-            other => other.with_context(|| format!("cannot detach {}", hook.name))?,
-        }
-        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        detached.push(hook.name);
+        let info = sys::link_info(fd.as_fd())
+            .with_context(|| format!("cannot read pinned link {}", path.display()))?;
+        links.insert(name, LiveLink { hook, device, fd, info });
     }
-    Ok(detached)
+    Ok(links)
 }
 
-/// Whether any hook is pinned here.
+/// Detaches every link and removes its pin; the pin names of those
+/// detached. Detaching explicitly (rather than only unpinning) ends the
+/// attachment even if some other process still holds a link open.
+pub fn detach_all(pins: &PinDir) -> Result<Vec<String>> {
+    let links = pinned_links(pins)?;
+    for (name, link) in &links {
+        detach(pins, name, link)?;
+    }
+    Ok(links.into_keys().collect())
+}
+
+/// Detaches one link and removes its pin.
+pub fn detach(pins: &PinDir, name: &str, link: &LiveLink) -> Result<()> {
+    match sys::link_detach(link.fd.as_fd()) {
+        // Already detached (its target is gone): only the pin is left.
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {}
+        other => other.with_context(|| format!("cannot detach {name}"))?,
+    }
+    let path = pins.link(name)?;
+    fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))
+}
+
+/// Whether any of balctl's links is pinned here.
 pub fn is_loaded(pins: &PinDir) -> Result<bool> {
-    for hook in HOOKS {
-        if pins.link(hook.name)?.exists() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(pins.pinned_links()?.iter().any(|name| parse_pin_name(name).is_some()))
 }
 
-/// One hook as the kernel reports it.
+/// Whether a pin name is a tc hook's link on a device.
+pub fn is_device_link(name: &str) -> bool {
+    parse_pin_name(name).is_some_and(|(_, device)| device.is_some())
+}
+
+/// One cgroup hook as the kernel reports it.
 #[derive(Debug, serde::Serialize)]
 pub struct HookState {
     pub hook: &'static str,
@@ -101,15 +131,37 @@ pub struct HookState {
     pub attached_programs: usize,
 }
 
+/// One tc hook's link on a device, as the kernel reports it.
+#[derive(Debug, serde::Serialize)]
+pub struct DeviceLinkState {
+    pub hook: &'static str,
+    /// The device's name now, or as its pin names it once it is gone.
+    pub device: String,
+    /// 0 once the device is gone.
+    pub ifindex: u32,
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    pub link_id: u32,
+    pub program_id: u32,
+    /// Programs on the device's tcx hook in this direction, balctl's
+    /// included (it runs first); 0 once defunct.
+    pub attached_programs: usize,
+    /// The device is gone: the link no longer runs; `load` drops it.
+    pub defunct: bool,
+}
+
 /// Where balctl's hooks are attached, as `status` shows it: the cgroup of
-/// the cgroup hooks (0 and None when none is attached) and each hook's link.
+/// the cgroup hooks (0 and None when none is attached), each cgroup hook's
+/// link, and each tc hook's link per device.
 #[derive(Debug, serde::Serialize)]
 pub struct AttachState {
     pub cgroup: Option<PathBuf>,
     pub cgroup_id: u64,
     pub hooks: Vec<HookState>,
-    /// Hooks with no pinned link (a partial load).
-    pub missing_hooks: Vec<&'static str>,
+    pub devices: Vec<DeviceLinkState>,
+    /// Links that are not pinned: a cgroup hook's (a partial load), or a
+    /// tc hook's on a device where the other tc hooks are.
+    pub missing_hooks: Vec<String>,
 }
 
 pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
@@ -120,15 +172,16 @@ pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
     let mut hooks = Vec::new();
     let mut missing_hooks = Vec::new();
     for hook in HOOKS {
-        let Some(link) = live.get(hook.name) else {
-            missing_hooks.push(hook.name);
+        let AttachPoint::Cgroup { attach_type } = hook.attach else {
             continue;
         };
-        let attached_programs = match hook.attach {
-            AttachPoint::Cgroup { attach_type } => match &cgroup_dir {
-                Some(dir) => sys::cgroup_attached_programs(dir.as_fd(), attach_type as u32)?.len(),
-                None => 0,
-            },
+        let Some(link) = live.get(hook.name) else {
+            missing_hooks.push(hook.name.to_owned());
+            continue;
+        };
+        let attached_programs = match &cgroup_dir {
+            Some(dir) => sys::attached_programs(QueryTarget::Cgroup(dir.as_fd(), attach_type))?.len(),
+            None => 0,
         };
         hooks.push(HookState {
             hook: hook.name,
@@ -137,5 +190,46 @@ pub fn attach_state(pins: &PinDir) -> Result<AttachState> {
             attached_programs,
         });
     }
-    Ok(AttachState { cgroup, cgroup_id, hooks, missing_hooks })
+    let mut devices = Vec::new();
+    for link in live.values() {
+        let (Some(pinned_device), LinkTarget::Device { ifindex, direction }) =
+            (&link.device, link.info.target)
+        else {
+            continue;
+        };
+        devices.push(device_link_state(link.hook.name, pinned_device, ifindex, direction, &link.info)?);
+    }
+    let pinned_devices: std::collections::BTreeSet<&String> =
+        live.values().filter_map(|l| l.device.as_ref()).collect();
+    for device in pinned_devices {
+        for hook in HOOKS.iter().filter(|hook| hook.attach.is_per_device()) {
+            let name = pin_name(hook, Some(device));
+            if !live.contains_key(&name) {
+                missing_hooks.push(name);
+            }
+        }
+    }
+    Ok(AttachState { cgroup, cgroup_id, hooks, devices, missing_hooks })
+}
+
+fn device_link_state(
+    hook: &'static str,
+    pinned_device: &str,
+    ifindex: u32,
+    direction: TcAttachType,
+    info: &sys::LinkInfo,
+) -> Result<DeviceLinkState> {
+    let defunct = ifindex == 0;
+    let attached_programs =
+        if defunct { 0 } else { sys::attached_programs(QueryTarget::Device { ifindex, direction })?.len() };
+    Ok(DeviceLinkState {
+        hook,
+        device: devices::name_of(ifindex).filter(|_| !defunct).unwrap_or_else(|| pinned_device.to_owned()),
+        ifindex,
+        direction: direction_name(direction),
+        link_id: info.link_id,
+        program_id: info.program_id,
+        attached_programs,
+        defunct,
+    })
 }

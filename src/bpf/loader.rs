@@ -8,7 +8,10 @@
 //!
 //! What to load and where to attach it comes from `object::HOOKS`: each
 //! hook's `ProgramKind` says how aya loads and attaches its program, its
-//! `AttachPoint` what it is attached to (`links` reads it back).
+//! `AttachPoint` what it is attached to (`links` reads it back). The cgroup
+//! hooks have one link on the target cgroup; the tc hooks one per device of
+//! `load --devices`, and a `load` that names other devices attaches the new
+//! ones and detaches those no longer named.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,7 +24,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, ProgramFd, links::FdLink,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, Program, ProgramError, ProgramFd,
+        SchedClassifier, links::FdLink, tc::TcAttachOptions,
     },
 };
 
@@ -29,11 +33,12 @@ use balctl_common::map_names;
 
 use super::{
     cgroup,
+    devices::{self, Device},
     links::{self, LiveLink},
     maps::{EntryCounts, check_layout},
-    object::{self, HOOKS, Hook, MAPS, MapSpec, OBJECT, ProgramKind},
+    object::{self, AttachPoint, HOOKS, Hook, MAPS, MapSpec, OBJECT, ProgramKind},
     pins::PinDir,
-    sys,
+    reserved_ports, sys,
 };
 use crate::input;
 
@@ -53,17 +58,34 @@ impl MapSizes {
 pub enum HookAction {
     Attached,
     Replaced,
+    /// A device's link whose device `--devices` no longer names.
+    Detached,
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct LoadReport {
     pub cgroup: PathBuf,
+    /// The cgroup hooks.
     pub hooks: Vec<(&'static str, HookAction)>,
+    /// The devices the tc programs are on after the load.
+    pub devices: Vec<String>,
+    /// The tc hooks' links, by pin name (`<hook>@<device>`).
+    pub device_links: Vec<(String, HookAction)>,
     pub maps_created: Vec<&'static str>,
 }
 
-pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<LoadReport> {
-    load_object(OBJECT, pins, cgroup, sizes)
+/// Where `load` attaches.
+#[derive(Clone, Debug)]
+pub struct Targets<'a> {
+    /// `--cgroup`: None keeps the cgroup balctl is on, else the cgroup2 root.
+    pub cgroup: Option<&'a Path>,
+    /// `--devices`, each checked to exist: None keeps the devices the tc
+    /// programs are on (none at first); an empty list detaches them all.
+    pub devices: Option<Vec<Device>>,
+}
+
+pub fn load(pins: &PinDir, targets: &Targets<'_>, sizes: &MapSizes) -> Result<LoadReport> {
+    load_object(OBJECT, pins, targets, sizes)
 }
 
 /// `load` with another build of the programs (`load --object`; the
@@ -72,13 +94,14 @@ pub fn load(pins: &PinDir, cgroup: Option<&Path>, sizes: &MapSizes) -> Result<Lo
 pub fn load_object(
     object: &[u8],
     pins: &PinDir,
-    cgroup: Option<&Path>,
+    targets: &Targets<'_>,
     sizes: &MapSizes,
 ) -> Result<LoadReport> {
     object::check(object).map_err(|err| input!("the eBPF object cannot be balctl's datapath: {err:#}"))?;
     pins.prepare()?;
-    let live = links::live_links(pins)?;
-    let target = target_cgroup(&live, cgroup)?;
+    let (live, defunct) = links::live_links(pins)?;
+    let target = target_cgroup(&live, targets.cgroup)?;
+    let devices = targets.devices.clone().unwrap_or_else(|| attached_devices(&live));
     check_layout(pins, |name| sizes.get(name))?;
 
     let mut maps_created = Vec::new();
@@ -88,9 +111,22 @@ pub fn load_object(
         }
     }
     let fresh = live.is_empty() && maps_created.len() == MAPS.len();
-    let result = load_and_attach(object, pins, &target, sizes, live);
+    let attached = load_and_attach(object, pins, (&target, &devices), sizes, live);
+    let result = attached.and_then(|(hooks, mut device_links)| {
+        // The links of a device that is gone were dropped as defunct: detached too.
+        let gone = defunct.into_iter().filter(|name| links::is_device_link(name));
+        device_links.extend(gone.map(|name| (name, HookAction::Detached)));
+        reserve_ports(&devices, &device_links)?;
+        Ok((hooks, device_links))
+    });
     match result {
-        Ok(hooks) => Ok(LoadReport { cgroup: target, hooks, maps_created }),
+        Ok((hooks, device_links)) => Ok(LoadReport {
+            cgroup: target,
+            hooks,
+            devices: devices.into_iter().map(|device| device.name).collect(),
+            device_links,
+            maps_created,
+        }),
         Err(err) if fresh => {
             // Nothing was there before: leave nothing behind.
             if let Err(cleanup) = unload(pins) {
@@ -102,13 +138,43 @@ pub fn load_object(
     }
 }
 
+/// The devices the live tc links are on (named as now, else as their pins
+/// name them).
+fn attached_devices(live: &BTreeMap<String, LiveLink>) -> Vec<Device> {
+    let devices: BTreeSet<Device> = live
+        .values()
+        .filter_map(|link| match (&link.device, link.info.target) {
+            (Some(pinned), sys::LinkTarget::Device { ifindex, .. }) => {
+                Some(Device { name: devices::name_of(ifindex).unwrap_or_else(|| pinned.clone()), ifindex })
+            }
+            _ => None,
+        })
+        .collect();
+    devices.into_iter().collect()
+}
+
+/// With tc programs on devices, the SNAT ports are reserved in this
+/// network namespace; once a load took the last device away, released.
+fn reserve_ports(devices: &[Device], device_links: &[(String, HookAction)]) -> Result<()> {
+    if !devices.is_empty() {
+        reserved_ports::reserve_snat_ports()
+    } else if device_links.iter().any(|(_, action)| *action == HookAction::Detached) {
+        reserved_ports::release_snat_ports()
+    } else {
+        Ok(())
+    }
+}
+
+/// The cgroup hooks' actions, and the tc hooks' by pin name.
+type Actions = (Vec<(&'static str, HookAction)>, Vec<(String, HookAction)>);
+
 fn load_and_attach(
     object: &[u8],
     pins: &PinDir,
-    target: &Path,
+    (target, devices): (&Path, &[Device]),
     sizes: &MapSizes,
-    mut live: BTreeMap<&'static str, LiveLink>,
-) -> Result<Vec<(&'static str, HookAction)>> {
+    mut live: BTreeMap<String, LiveLink>,
+) -> Result<Actions> {
     let mut loader = EbpfLoader::new();
     let map_paths: Vec<(&str, PathBuf)> =
         MAPS.iter().map(|spec| Ok((spec.name, pins.map(spec.name)?))).collect::<Result<_>>()?;
@@ -133,34 +199,78 @@ fn load_and_attach(
     let cgroup_dir =
         fs::File::open(target).with_context(|| format!("cannot open cgroup {}", target.display()))?;
     let mut actions = Vec::new();
+    let mut device_actions = Vec::new();
     for hook in HOOKS {
-        let program = program(&mut ebpf, &hook)?;
-        let action = match live.remove(hook.name) {
-            Some(link) => {
-                sys::link_update(link.fd.as_fd(), program.fd()?.as_fd())
-                    .with_context(|| format!("cannot replace the {} program", hook.name))?;
-                HookAction::Replaced
-            }
-            None => {
-                let link = program
-                    .attach(&cgroup_dir)
-                    .with_context(|| format!("cannot attach {} to {}", hook.name, target.display()))?;
-                link.pin(pins.link(hook.name)?)
-                    .with_context(|| format!("cannot pin the {} link", hook.name))?;
-                HookAction::Attached
-            }
-        };
-        actions.push((hook.name, action));
+        if !hook.attach.is_per_device() {
+            let link = live.remove(hook.name);
+            let action =
+                attach_or_replace(&mut ebpf, pins, &hook, link, Target::Cgroup(&cgroup_dir, target))?;
+            actions.push((hook.name, action));
+            continue;
+        }
+        for device in devices {
+            // A device is known by its ifindex: its link is kept across a rename.
+            let on_device = |link: &LiveLink| {
+                link.hook.name == hook.name
+                    && matches!(link.info.target, sys::LinkTarget::Device { ifindex, .. } if ifindex == device.ifindex)
+            };
+            let pinned = live.iter().find(|(_, link)| on_device(link)).map(|(name, _)| name.clone());
+            let link = pinned.as_ref().and_then(|name| live.remove(name));
+            let action = attach_or_replace(&mut ebpf, pins, &hook, link, Target::Device(device))?;
+            let name = pinned.unwrap_or_else(|| links::pin_name(&hook, Some(&device.name)));
+            device_actions.push((name, action));
+        }
     }
-    Ok(actions)
+    // What is left are the links of devices no longer named.
+    for (name, link) in &live {
+        if link.device.is_some() {
+            links::detach(pins, name, link)?;
+            device_actions.push((name.clone(), HookAction::Detached));
+        }
+    }
+    Ok((actions, device_actions))
+}
+
+/// What a hook's new link is made on.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Cgroup(&'a fs::File, &'a Path),
+    Device(&'a Device),
+}
+
+/// Swaps the program behind a hook's live link, or attaches it anew and
+/// pins the link.
+fn attach_or_replace(
+    ebpf: &mut aya::Ebpf,
+    pins: &PinDir,
+    hook: &Hook,
+    live: Option<LiveLink>,
+    target: Target<'_>,
+) -> Result<HookAction> {
+    let (pin, place) = match target {
+        Target::Cgroup(_, path) => (links::pin_name(hook, None), path.display().to_string()),
+        Target::Device(device) => {
+            (links::pin_name(hook, Some(&device.name)), format!("device {}", device.name))
+        }
+    };
+    let program = program(ebpf, hook)?;
+    if let Some(link) = live {
+        sys::link_update(link.fd.as_fd(), program.fd()?.as_fd())
+            .with_context(|| format!("cannot replace the {pin} program"))?;
+        return Ok(HookAction::Replaced);
+    }
+    let link =
+        program.attach(hook, target).with_context(|| format!("cannot attach {} to {place}", hook.name))?;
+    link.pin(pins.link(&pin)?).with_context(|| format!("cannot pin the {pin} link"))?;
+    Ok(HookAction::Attached)
 }
 
 /// A hook's program, typed by the kind its hook names: aya loads and
-/// attaches each kind through its own type (a tcx program will be a
-/// `SchedClassifier` attached per device with its hook's direction).
+/// attaches each kind through its own type.
 enum HookProgram<'a> {
     CgroupSockAddr(&'a mut CgroupSockAddr),
     CgroupSock(&'a mut CgroupSock),
+    SchedClassifier(&'a mut SchedClassifier),
 }
 
 /// A hook's program in the loaded object, if it is of the hook's kind.
@@ -174,6 +284,9 @@ fn program<'a>(ebpf: &'a mut aya::Ebpf, hook: &Hook) -> Result<HookProgram<'a>> 
             HookProgram::CgroupSockAddr(program)
         }
         (ProgramKind::CgroupSock, Program::CgroupSock(program)) => HookProgram::CgroupSock(program),
+        (ProgramKind::SchedClassifier, Program::SchedClassifier(program)) => {
+            HookProgram::SchedClassifier(program)
+        }
         (kind, _) => bail!("the program {} is a {prog_type:?} program, not a {kind:?} one", hook.program),
     })
 }
@@ -183,6 +296,7 @@ impl HookProgram<'_> {
         match self {
             Self::CgroupSockAddr(program) => program.load(),
             Self::CgroupSock(program) => program.load(),
+            Self::SchedClassifier(program) => program.load(),
         }
     }
 
@@ -190,23 +304,32 @@ impl HookProgram<'_> {
         match self {
             Self::CgroupSockAddr(program) => program.fd(),
             Self::CgroupSock(program) => program.fd(),
+            Self::SchedClassifier(program) => program.fd(),
         }
     }
 
-    /// Attaches the loaded program to the target cgroup through a bpf_link
-    /// that outlives this process once pinned. `Single` is flags 0, the only
-    /// ones a cgroup bpf_link takes; the kernel runs it alongside the
-    /// hook's other programs as with `BPF_F_ALLOW_MULTI`.
-    fn attach(self, cgroup_dir: &fs::File) -> Result<FdLink> {
-        let link = match self {
-            Self::CgroupSockAddr(program) => {
-                let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+    /// Attaches the loaded program through a bpf_link that outlives this
+    /// process once pinned. On a cgroup, `Single` is flags 0, the only ones
+    /// a cgroup bpf_link takes; the kernel runs it alongside the hook's
+    /// other programs as with `BPF_F_ALLOW_MULTI`. On a device, a tcx link
+    /// first in the device's chain, so balctl translates a packet before
+    /// other tc programs see it (aya's default order is last).
+    fn attach(self, hook: &Hook, target: Target<'_>) -> Result<FdLink> {
+        let link = match (self, target, hook.attach) {
+            (Self::CgroupSockAddr(program), Target::Cgroup(dir, _), AttachPoint::Cgroup { .. }) => {
+                let id = program.attach(dir, CgroupAttachMode::Single)?;
                 program.take_link(id)?.try_into()?
             }
-            Self::CgroupSock(program) => {
-                let id = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+            (Self::CgroupSock(program), Target::Cgroup(dir, _), AttachPoint::Cgroup { .. }) => {
+                let id = program.attach(dir, CgroupAttachMode::Single)?;
                 program.take_link(id)?.try_into()?
             }
+            (Self::SchedClassifier(program), Target::Device(device), AttachPoint::Tcx { direction }) => {
+                let order = TcAttachOptions::TcxOrder(LinkOrder::first());
+                let id = program.attach_with_options(&device.name, direction, order)?;
+                program.take_link(id)?.try_into()?
+            }
+            _ => bail!("the {} hook is not attached this way ({})", hook.name, hook.attach),
         };
         Ok(link)
     }
@@ -214,7 +337,7 @@ impl HookProgram<'_> {
 
 /// The cgroup to attach to: where balctl already is, else `--cgroup`, else
 /// the cgroup2 root.
-fn target_cgroup(live: &BTreeMap<&'static str, LiveLink>, requested: Option<&Path>) -> Result<PathBuf> {
+fn target_cgroup(live: &BTreeMap<String, LiveLink>, requested: Option<&Path>) -> Result<PathBuf> {
     let requested = requested
         .map(|path| -> Result<PathBuf> {
             let path = path.canonicalize().map_err(|e| input!("invalid --cgroup {}: {e}", path.display()))?;
@@ -251,13 +374,18 @@ fn target_cgroup(live: &BTreeMap<&'static str, LiveLink>, requested: Option<&Pat
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct UnloadReport {
-    pub links_detached: Vec<&'static str>,
+    /// By pin name: the cgroup hooks', then `<hook>@<device>`.
+    pub links_detached: Vec<String>,
     pub maps_removed: Vec<String>,
 }
 
-/// Detaches every hook and removes every pin.
+/// Detaches every hook and removes every pin; with tc programs on devices,
+/// releases the SNAT ports reserved for them.
 pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     let links_detached = links::detach_all(pins)?;
+    if links_detached.iter().any(|name| links::is_device_link(name)) {
+        reserved_ports::release_snat_ports()?;
+    }
     let mut maps_removed = Vec::new();
     for name in pins.pinned_maps()? {
         let path = pins.map(&name)?;

@@ -4,11 +4,13 @@
 pub mod batch;
 pub mod cgroup;
 pub mod counters;
+pub mod devices;
 pub mod inventory;
 pub mod links;
 pub mod loader;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod reserved_ports;
 pub mod sockets;
 pub mod sys;

@@ -5,7 +5,7 @@
 use std::{fmt, mem::size_of};
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::lpm_trie::Key as LpmKey;
+use aya::{maps::lpm_trie::Key as LpmKey, programs::TcAttachType};
 use aya_obj::{
     ProgramSection,
     generated::{bpf_attach_type, bpf_map_type},
@@ -20,15 +20,16 @@ use balctl_common::{
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balctl"));
 
 /// A program balctl attaches, and where: the cgroup sock_addr hooks that
-/// translate, and sock_release, which frees a closed socket's way. Loading,
+/// translate, sock_release, which frees a closed socket's way, and the tc
+/// programs of `load --devices` on each device's tcx ingress and egress. Loading,
 /// attaching, pinning, swapping in place, unloading and `status` all go
 /// through this description (src/bpf/loader.rs, links.rs), so a program of another
 /// kind is one more `ProgramKind` and `AttachPoint` variant and their arms.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
-    /// The name users see and the file name of its link's pin (a cgroup
-    /// hook has one link; a tcx hook will have one per device, e.g.
-    /// `<name>@<device>`).
+    /// The name users see and the file name of its link's pin: a cgroup
+    /// hook has one link, `<name>`; a tcx hook one per device,
+    /// `<name>@<device>` (src/bpf/links.rs).
     pub name: &'static str,
     /// The program's function name in the object.
     pub program: &'static str,
@@ -44,6 +45,8 @@ pub enum ProgramKind {
     CgroupSockAddr,
     /// `cgroup/sock_release`: runs as a socket is freed.
     CgroupSock,
+    /// `classifier`: a tc program, which sees and rewrites packets.
+    SchedClassifier,
 }
 
 /// Where the kernel runs a hook's program. Every attachment is a bpf_link
@@ -51,38 +54,44 @@ pub enum ProgramKind {
 /// `BPF_LINK_UPDATE` and removed with `BPF_LINK_DETACH`; what differs per
 /// attach point is the target the link is made on and what the kernel
 /// reports of it (`sys::LinkTarget`).
-///
-/// The tcx programs of issue 18 will be `Tcx { direction }` with aya's
-/// `TcAttachType::{Ingress, Egress}` (the kernel's `BPF_TCX_INGRESS` and
-/// `BPF_TCX_EGRESS`), of kind `SchedClassifier`. They need:
-/// - the device: aya 0.14's `SchedClassifier::attach_with_options` takes an
-///   interface name and resolves its ifindex; the link info gives the
-///   ifindex back (0 once the device is gone: a defunct link, as a cgroup
-///   id of 0 is for a cgroup link), and `BPF_PROG_QUERY` on the ifindex
-///   lists every program on the device, as on a cgroup;
-/// - a link order: e.g. `TcAttachOptions::TcxOrder(LinkOrder::first())` so
-///   balctl translates before other tc programs see the packet (aya's
-///   default, `LinkOrder::default()`, is after all of them);
-/// - a pin per device: the `SchedClassifierLink` is turned into an `FdLink`
-///   (`take_link` then `TryFrom<SchedClassifierLink> for FdLink`) and
-///   pinned like the cgroup links; `BPF_LINK_UPDATE` on it swaps the
-///   program in place (what aya's `attach_to_link` does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachPoint {
     /// A hook of the target cgroup (`load --cgroup`), for the sockets of
     /// its processes and its descendants': one link per hook.
     Cgroup { attach_type: bpf_attach_type },
+    /// A device's tcx hook (`BPF_TCX_INGRESS` or `BPF_TCX_EGRESS`), for
+    /// the packets it receives or sends: one link per device of
+    /// `load --devices`, ordered first among the device's tc programs so
+    /// balctl translates before the others see the packet.
+    Tcx { direction: TcAttachType },
+}
+
+impl AttachPoint {
+    /// Whether a hook here has a link per device rather than one.
+    pub fn is_per_device(&self) -> bool {
+        matches!(self, Self::Tcx { .. })
+    }
 }
 
 impl fmt::Display for AttachPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Cgroup { attach_type } => write!(f, "on a cgroup at {attach_type:?}"),
+            Self::Tcx { direction } => write!(f, "on a device's tcx {}", direction_name(*direction)),
         }
     }
 }
 
-pub const HOOKS: [Hook; 9] = [
+/// `ingress` or `egress`, as `status` and `bpftool net` name a tcx direction.
+pub fn direction_name(direction: TcAttachType) -> &'static str {
+    match direction {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+        TcAttachType::Custom(_) => "custom",
+    }
+}
+
+pub const HOOKS: [Hook; 11] = [
     sock_addr("connect4", "balctl_connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
     sock_addr("connect6", "balctl_connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
     sock_addr("sendmsg4", "balctl_sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
@@ -97,22 +106,30 @@ pub const HOOKS: [Hook; 9] = [
         kind: ProgramKind::CgroupSock,
         attach: AttachPoint::Cgroup { attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE },
     },
+    tcx("from_device", "balctl_from_device", TcAttachType::Ingress),
+    tcx("to_device", "balctl_to_device", TcAttachType::Egress),
 ];
 
 const fn sock_addr(name: &'static str, program: &'static str, attach_type: bpf_attach_type) -> Hook {
     Hook { name, program, kind: ProgramKind::CgroupSockAddr, attach: AttachPoint::Cgroup { attach_type } }
 }
 
+const fn tcx(name: &'static str, program: &'static str, direction: TcAttachType) -> Hook {
+    Hook { name, program, kind: ProgramKind::SchedClassifier, attach: AttachPoint::Tcx { direction } }
+}
+
 /// The kind and attach point the object's section gives a program, for
-/// the kinds balctl attaches.
-fn section_attach(section: &ProgramSection) -> Option<(ProgramKind, AttachPoint)> {
+/// the kinds balctl attaches. A `classifier` section names no direction
+/// (the attachment chooses it): None for the attach point.
+fn section_attach(section: &ProgramSection) -> Option<(ProgramKind, Option<AttachPoint>)> {
     match *section {
         ProgramSection::CgroupSockAddr { attach_type } => {
-            Some((ProgramKind::CgroupSockAddr, AttachPoint::Cgroup { attach_type: attach_type.into() }))
+            Some((ProgramKind::CgroupSockAddr, Some(AttachPoint::Cgroup { attach_type: attach_type.into() })))
         }
         ProgramSection::CgroupSock { attach_type } => {
-            Some((ProgramKind::CgroupSock, AttachPoint::Cgroup { attach_type: attach_type.into() }))
+            Some((ProgramKind::CgroupSock, Some(AttachPoint::Cgroup { attach_type: attach_type.into() })))
         }
+        ProgramSection::SchedClassifier => Some((ProgramKind::SchedClassifier, None)),
         _ => None,
     }
 }
@@ -363,11 +380,14 @@ fn check_programs(parsed: &aya_obj::Object, hooks: &[Hook]) -> Result<()> {
             .get(hook.program)
             .with_context(|| format!("it has no program {} (for the {} hook)", hook.program, hook.name))?;
         let found = section_attach(&program.section);
-        if found != Some((hook.kind, hook.attach)) {
-            let built = found.map_or_else(
-                || format!("{:?}", program.section),
-                |(kind, attach)| format!("a {kind:?} program {attach}"),
-            );
+        let fits =
+            found.is_some_and(|(kind, attach)| kind == hook.kind && attach.is_none_or(|a| a == hook.attach));
+        if !fits {
+            let built = match found {
+                Some((kind, Some(attach))) => format!("a {kind:?} program {attach}"),
+                Some((kind, None)) => format!("a {kind:?} program"),
+                None => format!("{:?}", program.section),
+            };
             bail!(
                 "its program {} is built as {built}; the {} hook runs a {:?} program {}",
                 hook.program,
@@ -413,5 +433,16 @@ mod tests {
         hooks[8].kind = ProgramKind::CgroupSockAddr;
         let err = check_programs(&object, &hooks).expect_err("sock_release is a sock program").to_string();
         assert!(err.contains("the sock_release hook"), "{err}");
+        hooks = HOOKS;
+        hooks[9].program = "balctl_connect4";
+        let err = check_programs(&object, &hooks).expect_err("connect4 is no tc program").to_string();
+        assert!(
+            err.contains("the from_device hook runs a SchedClassifier program on a device's tcx ingress"),
+            "{err}"
+        );
+        hooks = HOOKS;
+        hooks[0].program = "balctl_to_device";
+        let err = check_programs(&object, &hooks).expect_err("to_device is no sock_addr program").to_string();
+        assert!(err.contains("built as a SchedClassifier program; the connect4 hook"), "{err}");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <pin dir>/maps/<map name>     the maps (services, backends, ...)
-//! <pin dir>/links/<hook name>   one bpf_link per hook (connect4, ...)
+//! <pin dir>/links/<hook name>   one bpf_link per cgroup hook (connect4, ...)
+//! <pin dir>/links/<hook>@<dev>  one per tc hook and device of `load --devices`
+//!                               (from_device@eth0, to_device@eth0)
 //! ```
 //!
 //! The pinned links are what keep the programs attached after balctl exits,
@@ -62,9 +64,10 @@ impl PinDir {
         self.pin(MAPS, name)
     }
 
-    /// The path of the link pin of `hook`, checked like `map`'s.
-    pub fn link(&self, hook: &str) -> Result<PathBuf> {
-        self.pin(LINKS, hook)
+    /// The path of the link pin `name` (a hook's name, or `<hook>@<device>`),
+    /// checked like `map`'s.
+    pub fn link(&self, name: &str) -> Result<PathBuf> {
+        self.pin(LINKS, name)
     }
 
     /// Every pin is opened through this check: a missing directory or pin
@@ -80,6 +83,11 @@ impl PinDir {
     /// The names of the maps pinned, whatever they are; none when nothing is.
     pub fn pinned_maps(&self) -> Result<Vec<String>> {
         self.subdir(MAPS)?.map_or_else(|| Ok(Vec::new()), |maps| maps.names())
+    }
+
+    /// The names of the links pinned, whatever they are; none when nothing is.
+    pub fn pinned_links(&self) -> Result<Vec<String>> {
+        self.subdir(LINKS)?.map_or_else(|| Ok(Vec::new()), |links| links.names())
     }
 
     /// `maps/` or `links/`, checked with the pin dir; None when either is missing.

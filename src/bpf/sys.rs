@@ -1,6 +1,6 @@
 //! The few bpf(2) commands aya 0.14 does not expose: updating and detaching
 //! a pinned link, reading what a link is attached to, listing what is attached
-//! to a cgroup, and reading a map a batch of entries at a time. The attribute and info layouts come from aya-obj's
+//! to a cgroup or a device's tcx hook, and reading a map a batch of entries at a time. The attribute and info layouts come from aya-obj's
 //! generated kernel bindings. And the datapath's clock, which user space
 //! compares with the times the programs record.
 
@@ -15,7 +15,8 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
+use aya::programs::TcAttachType;
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     // SAFETY: `attr` is a valid, zero-initialised bpf_attr of the size passed.
@@ -74,6 +75,9 @@ pub enum LinkTarget {
     /// A cgroup link: the cgroup's id, 0 once the link has been detached
     /// (its cgroup is gone or it was detached explicitly).
     Cgroup { cgroup_id: u64 },
+    /// A tcx link: the device's ifindex (in the network namespace of the
+    /// device), 0 once the device is gone or the link was detached.
+    Device { ifindex: u32, direction: TcAttachType },
 }
 
 impl LinkTarget {
@@ -82,6 +86,7 @@ impl LinkTarget {
     pub fn is_attached(&self) -> bool {
         match *self {
             Self::Cgroup { cgroup_id } => cgroup_id != 0,
+            Self::Device { ifindex, .. } => ifindex != 0,
         }
     }
 
@@ -89,6 +94,7 @@ impl LinkTarget {
     pub fn cgroup_id(&self) -> Option<u64> {
         match *self {
             Self::Cgroup { cgroup_id } => Some(cgroup_id),
+            Self::Device { .. } => None,
         }
     }
 }
@@ -109,6 +115,16 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         t if t == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32 => {
             LinkTarget::Cgroup { cgroup_id: unsafe { info.__bindgen_anon_1.cgroup.cgroup_id } }
         }
+        t if t == bpf_link_type::BPF_LINK_TYPE_TCX as u32 => {
+            // SAFETY: the kernel fills the tcx member for tcx links.
+            let tcx = unsafe { info.__bindgen_anon_1.tcx };
+            let direction = if tcx.attach_type == bpf_attach_type::BPF_TCX_EGRESS as u32 {
+                TcAttachType::Egress
+            } else {
+                TcAttachType::Ingress
+            };
+            LinkTarget::Device { ifindex: tcx.ifindex, direction }
+        }
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -119,15 +135,35 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     Ok(LinkInfo { link_id: info.id, program_id: info.prog_id, target })
 }
 
-/// Ids of the programs attached to `cgroup` for one attach type (what
-/// `bpftool cgroup show` lists), attached directly to it, not inherited.
-pub fn cgroup_attached_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+/// What `attached_programs` asks about.
+#[derive(Clone, Copy, Debug)]
+pub enum QueryTarget<'a> {
+    /// A cgroup, for one attach type: the programs attached directly to
+    /// it, not inherited (what `bpftool cgroup show` lists).
+    Cgroup(BorrowedFd<'a>, bpf_attach_type),
+    /// A device's tcx hook (what `bpftool net show` lists as tcx).
+    Device { ifindex: u32, direction: TcAttachType },
+}
+
+/// Ids of the programs attached at `target`, in the order they run.
+pub fn attached_programs(target: QueryTarget<'_>) -> io::Result<Vec<u32>> {
     const MAX_PROGRAMS: usize = 64;
     let mut ids = [0u32; MAX_PROGRAMS];
     // SAFETY: as above.
     let mut attr: bpf_attr = unsafe { zeroed() };
-    attr.query.__bindgen_anon_1.target_fd = fd_u32(cgroup);
-    attr.query.attach_type = attach_type;
+    match target {
+        QueryTarget::Cgroup(cgroup, attach_type) => {
+            attr.query.__bindgen_anon_1.target_fd = fd_u32(cgroup);
+            attr.query.attach_type = attach_type as u32;
+        }
+        QueryTarget::Device { ifindex, direction } => {
+            attr.query.__bindgen_anon_1.target_ifindex = ifindex;
+            attr.query.attach_type = match direction {
+                TcAttachType::Egress => bpf_attach_type::BPF_TCX_EGRESS,
+                _ => bpf_attach_type::BPF_TCX_INGRESS,
+            } as u32;
+        }
+    }
     attr.query.prog_ids = ids.as_mut_ptr() as u64;
     attr.query.__bindgen_anon_2.prog_cnt = MAX_PROGRAMS as u32;
     bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr)?;

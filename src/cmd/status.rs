@@ -1,4 +1,4 @@
-//! `balctl status`: loaded or not, on which cgroup, which programs, how full
+//! `balctl status`: loaded or not, on which cgroup and devices, which programs, how full
 //! the maps are, whether the sockets map lost translations, what is applied
 //! and whether the maps drifted from it. The exit code says which of
 //! "loaded and in sync", "not loaded" and "drifted" it is (src/error.rs).
@@ -127,7 +127,12 @@ impl Status {
 }
 
 fn programs(attach: &AttachState) -> Result<Vec<ProgramRow>> {
-    let ids: Vec<u32> = attach.hooks.iter().map(|h| h.program_id).collect();
+    let ids: Vec<u32> = attach
+        .hooks
+        .iter()
+        .map(|h| h.program_id)
+        .chain(attach.devices.iter().map(|d| d.program_id))
+        .collect();
     let mut rows = Vec::new();
     for info in aya::programs::loaded_programs().filter_map(Result::ok) {
         if ids.contains(&info.id()) {
@@ -202,6 +207,22 @@ fn print_table(status: &Status) {
         ]);
     }
     println!("{hooks}\n");
+    if !attach.devices.is_empty() {
+        let mut devices = table(["DEVICE", "IFINDEX", "DIRECTION", "HOOK", "LINK", "PROGRAM", "ATTACHED"]);
+        for link in &attach.devices {
+            let device = if link.defunct { format!("{} (gone)", link.device) } else { link.device.clone() };
+            devices.add_row([
+                device,
+                link.ifindex.to_string(),
+                link.direction.to_owned(),
+                link.hook.to_owned(),
+                link.link_id.to_string(),
+                link.program_id.to_string(),
+                link.attached_programs.to_string(),
+            ]);
+        }
+        println!("{devices}\n");
+    }
     let mut maps = table(["MAP", "ENTRIES", "CAPACITY", "FILL"]);
     for map in &status.maps {
         let fill = 100.0 * map.entries as f64 / f64::from(map.capacity);

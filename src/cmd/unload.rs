@@ -13,7 +13,10 @@ use signal_hook::{
 
 use super::Context;
 use crate::{
-    bpf::loader::{self, UnloadReport},
+    bpf::{
+        links,
+        loader::{self, UnloadReport},
+    },
     cli::UnloadArgs,
     input,
     output::print_structured,
@@ -68,9 +71,20 @@ fn unload(ctx: &Context, args: &UnloadArgs) -> Result<()> {
         None => format!("Applied rules stay in {state}; `balctl load` restores them"),
     };
     if loaded {
+        let (device_links, hooks): (Vec<&String>, Vec<&String>) =
+            report.unloaded.links_detached.iter().partition(|name| links::is_device_link(name));
+        let mut devices: Vec<&str> =
+            device_links.iter().filter_map(|name| name.split_once('@').map(|(_, device)| device)).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let devices = if devices.is_empty() {
+            String::new()
+        } else {
+            format!(", tc programs detached from {}", devices.join(", "))
+        };
         ctx.say(format!(
-            "balctl unloaded: {} hooks detached, {} maps removed. {kept}",
-            report.unloaded.links_detached.len(),
+            "balctl unloaded: {} hooks detached{devices}, {} maps removed. {kept}",
+            hooks.len(),
             report.unloaded.maps_removed.len(),
         ));
     } else {

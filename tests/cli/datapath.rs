@@ -156,7 +156,7 @@ pub fn reload_under_traffic_loses_nothing() {
 /// Another build of the datapath for `load --object`: the programs without
 /// the trace event code (ebpf/programs/src/untraced.rs), which build.rs
 /// builds next to the real ones.
-static UNTRACED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/balctl-untraced"));
+pub static UNTRACED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/balctl-untraced"));
 
 /// Each hook's program as `status` shows it: (hook, program id, tag).
 fn hook_programs(sandbox: &Sandbox) -> Vec<(String, u64, String)> {

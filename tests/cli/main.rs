@@ -8,6 +8,7 @@ mod crash;
 mod crds;
 mod datapath;
 mod deploy;
+mod devices;
 mod docs;
 mod dump;
 mod evict;
@@ -82,6 +83,9 @@ fn main() {
         datapath::one_udp_socket_keeps_a_backend_per_vip,
         datapath::affinity_sticks_until_the_backend_leaves,
         datapath::frontend_without_backends_rejects_at_once,
+        devices::load_attaches_both_tc_programs_and_reloads_them_in_place,
+        devices::a_missing_device_changes_nothing,
+        devices::auto_picks_the_devices_of_default_routes_and_node_addresses,
         dump::every_format_matches_the_documented_schema,
         output::kubectl_output_options_and_filters,
         output::bash_completes_policy_names,
