@@ -6,6 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use super::nodeport::{Nat, SCRATCH_ENTRIES};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevKey,
     MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey,
@@ -94,3 +95,9 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(defau
 #[map(name = "flow_replies")]
 pub static FLOW_REPLIES: LruHashMap<FlowKey, FlowReply> =
     LruHashMap::with_max_entries(default_capacity::FLOWS, 0);
+
+// Working memory of the packet programs (`nodeport::Nat`), per CPU, an
+// entry per program. Not pinned and not in the contract: it holds nothing
+// from one packet to the next, and each load makes its own.
+#[map(name = "nodeport_scratch")]
+pub static NODEPORT_SCRATCH: PerCpuArray<Nat> = PerCpuArray::with_max_entries(SCRATCH_ENTRIES, 0);
