@@ -34,7 +34,9 @@ pub struct Route {
 /// Looks up the route of `ip` (as it will be once translated) to `dst`
 /// in the FIB, as forwarding from the device the packet arrived on; None
 /// when it may not be forwarded there (no route, forwarding disabled on
-/// the device, or larger than the path's MTU).
+/// the device, or larger than the path's MTU). No `tot_len` is given, so
+/// the kernel checks the packet itself against the MTU, as GSO packets
+/// (whose IP length is the whole burst's) need.
 #[inline(always)]
 pub fn route(ctx: &TcContext, ip: &IpHeader, dst: &Addr) -> Option<Route> {
     let mut found = Route { ifindex: 0, source: [0; 4], macs: None };
@@ -53,7 +55,6 @@ fn lookup(ctx: &TcContext, ip: &IpHeader, dst: &Addr, found: &mut Route) -> bool
     match ip.family {
         Family::V4 => {
             params.family = AF_INET;
-            params.__bindgen_anon_1.tot_len = ip.total_len;
             params.__bindgen_anon_4.ipv4_dst = dst[3];
         }
         Family::V6 => {

@@ -80,8 +80,6 @@ pub struct IpHeader {
     /// Addresses, IPv4 mapped.
     pub src: Addr,
     pub dst: Addr,
-    /// IPv4 total length, for the FIB lookup's MTU check (0 for IPv6).
-    pub total_len: u16,
     pub ttl: u8,
     /// Not the first fragment or not the last: no ports to read.
     pub fragment: bool,
@@ -108,7 +106,6 @@ impl IpHeader {
                     proto: ip.protocol,
                     src,
                     dst,
-                    total_len: u16::from_be(ip.total_len),
                     ttl: ip.ttl,
                     fragment: u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0,
                 })
@@ -125,7 +122,6 @@ impl IpHeader {
                     proto: ip.next_header,
                     src: ip.saddr,
                     dst: ip.daddr,
-                    total_len: 0,
                     ttl: ip.hop_limit,
                     fragment: false,
                 })
