@@ -226,9 +226,11 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
                         scope: Scope::Balancing,
                     },
                     backends: vec![SocketAddr::new(IpAddr::V4(backend_host), 10_000 + (i % 50_000) as u16)],
+                    local_backends: Vec::new(),
                     affinity_seconds: None,
                     local_only: false,
                     address_kind: balctl::model::AddressKind::default(),
+                    external: balctl::model::ExternalBalancing::default(),
                     requests_per_second: None,
                 },
             }

@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use balctl_common::{
-    Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED,
-    ServiceEntry,
+    BACKEND_FLAG_LOCAL, Backend, MaglevKey, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY,
+    SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED, ServiceEntry,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use self::raw::{addr_to_raw, port_to_raw};
 use crate::{
     bpf::maps::{BackendId, EntryCounts, ServiceId},
-    input,
-    model::{AddressKind, Frontend, FrontendRule, Protocol},
+    input, maglev,
+    model::{AddressKind, Frontend, FrontendRule, LbAlgorithm, Protocol, Scope},
 };
 
 pub mod raw;
@@ -30,6 +30,13 @@ pub mod raw;
 pub struct BackendAddr {
     pub address: SocketAddr,
     pub protocol: Protocol,
+    /// It runs on this node (`FrontendRule::local_backends`): part of what
+    /// the backend is, so an endpoint that moves to or from this node with
+    /// the same address becomes a new backend with a new id, and every
+    /// slot copy of it says where it runs. Formats 3 and 4 had none: the
+    /// legacy reader leaves it false.
+    #[serde(default)]
+    pub local: bool,
 }
 
 impl BackendAddr {
@@ -38,7 +45,7 @@ impl BackendAddr {
             addr: addr_to_raw(self.address.ip()),
             port: port_to_raw(self.address.port()),
             proto: self.protocol.ip_proto(),
-            flags: 0,
+            flags: if self.local { BACKEND_FLAG_LOCAL } else { 0 },
         }
     }
 }
@@ -56,21 +63,28 @@ pub struct FrontendImage {
     /// See `FrontendRule::requests_per_second`.
     pub requests_per_second: Option<u32>,
     /// See `FrontendRule::address_kind`. Format 3 state files had none:
-    /// the legacy reader leaves it to its default (`legacy_v1`).
+    /// the legacy reader leaves it to its default (`legacy`).
     #[serde(default)]
     pub address_kind: AddressKind,
+    /// The size M of the frontend's Maglev table (`maglev.rs`): an
+    /// external frontend's with the Maglev algorithm and backends; 0 for
+    /// every other (a random slot). Formats 3 and 4 had none: 0.
+    #[serde(default)]
+    pub maglev_table_size: u32,
 }
 
 impl FrontendImage {
-    /// The frontend's master entry (slot 0).
+    /// The frontend's master entry (slot 0). With a Maglev table, its
+    /// `backend_id` holds the table's size.
     pub fn master(&self) -> ServiceEntry {
         ServiceEntry {
-            backend_id: 0,
+            backend_id: self.maglev_table_size,
             // `compile` caps backends at u16::MAX.
             count: self.backends.len() as u16,
             flags: if self.affinity_seconds.is_some() { SERVICE_FLAG_AFFINITY } else { 0 }
                 | if self.local_only { SERVICE_FLAG_LOCAL_ONLY } else { 0 }
-                | if self.requests_per_second.is_some() { SERVICE_FLAG_RATE_LIMITED } else { 0 },
+                | if self.requests_per_second.is_some() { SERVICE_FLAG_RATE_LIMITED } else { 0 }
+                | if self.maglev_table_size > 0 { SERVICE_FLAG_MAGLEV } else { 0 },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
             backend: Backend::NONE,
@@ -95,6 +109,31 @@ impl FrontendImage {
                 backend: backends.get(&backend_id).map_or(Backend::NONE, |b| b.to_raw()),
             };
             (i as u16 + 1, entry)
+        })
+    }
+
+    /// The Maglev table's entries (none without a table), in index order:
+    /// computed from the backends' addresses, as every node does, holding
+    /// this node's ids of them.
+    pub fn maglev_entries(
+        &self,
+        backends: &BTreeMap<BackendId, BackendAddr>,
+    ) -> impl Iterator<Item = (MaglevKey, BackendId)> + use<> {
+        let addresses: Vec<SocketAddr> = if self.maglev_table_size > 0 {
+            self.backends.iter().filter_map(|id| Some(backends.get(id)?.address)).collect()
+        } else {
+            Vec::new()
+        };
+        // A corrupt state's unknown backend leaves the table out.
+        let table = if addresses.len() == self.backends.len() {
+            maglev::table(&addresses, self.maglev_table_size)
+        } else {
+            Vec::new()
+        };
+        let ids = if table.is_empty() { Vec::new() } else { self.backends.clone() };
+        let service_id = self.service_id;
+        table.into_iter().enumerate().map(move |(index, backend)| {
+            (MaglevKey { service_id, index: index as u32 }, ids[backend as usize])
         })
     }
 
@@ -125,6 +164,10 @@ impl Image {
             backends: self.backends.len() as u64,
             membership: slots,
             nodes: self.node_addresses.len() as u64,
+            maglev: (self.frontends.values())
+                .filter(|f| !f.backends.is_empty())
+                .map(|f| u64::from(f.maglev_table_size))
+                .sum(),
         }
     }
 
@@ -190,6 +233,7 @@ impl Image {
                     u16::MAX
                 ));
             }
+            let maglev_table_size = maglev_table_size(&owner, rule)?;
             let backends = rule
                 .backend_addrs()
                 .map(|addr| {
@@ -215,6 +259,7 @@ impl Image {
                     local_only: rule.local_only,
                     requests_per_second: rule.requests_per_second,
                     address_kind: rule.address_kind,
+                    maglev_table_size,
                 },
             );
         }
@@ -271,9 +316,37 @@ impl Image {
     }
 }
 
+/// The size of the Maglev table `rule` gets (`FrontendImage::
+/// maglev_table_size`): its configured size, else the default for its
+/// backends; 0 without a table.
+fn maglev_table_size(owner: &str, rule: &FrontendRule) -> Result<u32> {
+    let backends = rule.backends.len();
+    if rule.frontend.scope != Scope::External
+        || rule.external.algorithm != LbAlgorithm::Maglev
+        || backends == 0
+    {
+        return Ok(0);
+    }
+    let size = rule.external.maglev_table_size.or_else(|| maglev::default_table_size(backends));
+    match size {
+        Some(size) if size as usize >= backends => Ok(size),
+        _ => Err(input!(
+            "{owner}: frontend {} has {backends} backends, more than its Maglev table of {} entries \
+             can hold (at most {} entries); set a larger prime table size, or lb-algorithm random",
+            rule.frontend,
+            size.unwrap_or(maglev::MAX_TABLE_SIZE),
+            maglev::MAX_TABLE_SIZE
+        )),
+    }
+}
+
 impl FrontendRule {
     fn backend_addrs(&self) -> impl Iterator<Item = BackendAddr> + '_ {
-        self.backends.iter().map(|&address| BackendAddr { address, protocol: self.frontend.protocol })
+        self.backends.iter().map(|&address| BackendAddr {
+            address,
+            protocol: self.frontend.protocol,
+            local: self.is_local(&address),
+        })
     }
 }
 
@@ -309,10 +382,12 @@ mod tests {
         let rule = FrontendRule {
             frontend: frontend.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            local_backends: Vec::new(),
             affinity_seconds: None,
             local_only: false,
             requests_per_second: None,
             address_kind: crate::model::AddressKind::ClusterIp,
+            external: crate::model::ExternalBalancing::default(),
         };
         (format!("policy/{name}"), rule)
     }
@@ -346,7 +421,10 @@ mod tests {
 
         let v3 = compile(&[policy("a", "198.18.0.1:80", &["192.0.2.1:80"])], &v2).unwrap();
         assert_eq!(v3.frontends[&"198.18.0.1:80".parse().unwrap()].backends, [4]);
-        assert_eq!(v3.entry_counts(), EntryCounts { services: 2, backends: 1, membership: 1, nodes: 0 });
+        assert_eq!(
+            v3.entry_counts(),
+            EntryCounts { services: 2, backends: 1, membership: 1, nodes: 0, maglev: 0 }
+        );
     }
 
     #[test]
@@ -376,6 +454,22 @@ mod tests {
         corrupt.next_backend_id = BackendId::MAX;
         let err = compile(&[policy("b", "198.18.0.2:80", &["192.0.2.2:80"])], &corrupt).unwrap_err();
         assert!(err.to_string().contains("exhausted"), "{err}");
+    }
+
+    /// Where a backend runs is part of it: the backends map says so, and
+    /// an endpoint that moves to this node is a new backend.
+    #[test]
+    fn a_local_backend_is_flagged_and_moving_makes_a_new_one() {
+        let (owner, mut rule) = policy("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"]);
+        let v1 = Image::compile([(owner.clone(), &rule)], [], &Image::default()).unwrap();
+        rule.local_backends = vec![rule.backends[1]];
+        let v2 = Image::compile([(owner, &rule)], [], &v1).unwrap();
+        let frontend = &v2.frontends[&rule.frontend];
+        assert_eq!(frontend.backends, [1, 3]);
+        assert!(!v2.backends[&1].local && v2.backends[&3].local);
+        assert_eq!((v2.backends[&1].to_raw().flags, v2.backends[&3].to_raw().flags), (0, BACKEND_FLAG_LOCAL));
+        let slots: Vec<u8> = frontend.slots(&v2.backends).map(|(_, entry)| entry.backend.flags).collect();
+        assert_eq!(slots, [0, BACKEND_FLAG_LOCAL]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod error;
 pub mod image;
 pub mod inputs;
+pub mod maglev;
 pub mod model;
 pub mod output;
 pub mod plan;

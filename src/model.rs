@@ -10,7 +10,9 @@ use std::{
     str::FromStr,
 };
 
-use balctl_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE};
+use balctl_common::{
+    IPPROTO_TCP, IPPROTO_UDP, SCOPE_BALANCING, SCOPE_EXTERNAL, SCOPE_REDIRECT, SCOPE_SERVICE,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -61,7 +63,10 @@ impl FromStr for Protocol {
 /// Which rule layer a frontend entry belongs to. One address can have an
 /// entry in each; connections use the LocalRedirectPolicy's, else the
 /// BalancingPolicy's, else the Service's (each gives way to the next when it
-/// has no backend, or a redirect is over its rate limit).
+/// has no backend, or a redirect is over its rate limit). `External` is
+/// apart: the entry packets from outside the node use (node ports,
+/// load-balancer and external IPs, with externalTrafficPolicy's backends),
+/// read by the packet programs only, never by sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -69,6 +74,7 @@ pub enum Scope {
     Service,
     Balancing,
     Redirect,
+    External,
 }
 
 impl Scope {
@@ -77,6 +83,7 @@ impl Scope {
             Self::Service => SCOPE_SERVICE,
             Self::Balancing => SCOPE_BALANCING,
             Self::Redirect => SCOPE_REDIRECT,
+            Self::External => SCOPE_EXTERNAL,
         }
     }
 
@@ -85,6 +92,7 @@ impl Scope {
             SCOPE_SERVICE => Some(Self::Service),
             SCOPE_BALANCING => Some(Self::Balancing),
             SCOPE_REDIRECT => Some(Self::Redirect),
+            SCOPE_EXTERNAL => Some(Self::External),
             _ => None,
         }
     }
@@ -160,7 +168,8 @@ impl Frontend {
     }
 }
 
-/// `IP:PORT/PROTO`, and `@balancing` or `@redirect` for a policy's entry.
+/// `IP:PORT/PROTO`, and `@balancing` or `@redirect` for a policy's entry,
+/// `@external` for the entry of traffic from outside the node.
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.socket_addr(), self.protocol)?;
@@ -168,6 +177,7 @@ impl fmt::Display for Frontend {
             Scope::Service => Ok(()),
             Scope::Balancing => f.write_str("@balancing"),
             Scope::Redirect => f.write_str("@redirect"),
+            Scope::External => f.write_str("@external"),
         }
     }
 }
@@ -262,6 +272,12 @@ pub struct FrontendRule {
     pub frontend: Frontend,
     /// Backend addresses; they use the frontend's protocol.
     pub backends: Vec<SocketAddr>,
+    /// Those of `backends` that run on this node (an EndpointSlice
+    /// endpoint's `nodeName` is this node), sorted: external traffic to
+    /// them is only DNATed, to the others also SNATed. Whether a backend
+    /// is local is part of what it is (`image::BackendAddr`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_backends: Vec<SocketAddr>,
     /// Session affinity timeout in seconds, when clients stick to a backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_seconds: Option<u32>,
@@ -278,9 +294,71 @@ pub struct FrontendRule {
     /// policy's JSON: `policy` rules are never Services.
     #[serde(skip)]
     pub address_kind: AddressKind,
+    /// How an external frontend (scope `External`) balances packets from
+    /// outside; the other scopes ignore it. Not part of a policy's JSON
+    /// either.
+    #[serde(skip)]
+    pub external: ExternalBalancing,
+}
+
+/// How the entry of an external frontend (scope `External`) chooses the
+/// backend of a new flow from outside the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalBalancing {
+    pub algorithm: LbAlgorithm,
+    /// The Maglev table's size, a prime; None: `maglev::default_table_size`.
+    pub maglev_table_size: Option<u32>,
+}
+
+/// The annotation that chooses `ExternalBalancing::algorithm`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "balancing.elf.io/lb-algorithm";
+/// The annotation that sets `ExternalBalancing::maglev_table_size`.
+pub const MAGLEV_TABLE_SIZE_ANNOTATION: &str = "balancing.elf.io/maglev-table-size";
+
+/// `balancing.elf.io/lb-algorithm`, TOML `lb_algorithm`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbAlgorithm {
+    /// Consistent hashing of the flow's 5-tuple (`maglev.rs`): every node
+    /// behind ECMP picks the same backend, and a change of backends moves
+    /// about 1/N of the flows.
+    #[default]
+    Maglev,
+    /// A random slot.
+    Random,
+}
+
+impl LbAlgorithm {
+    pub const NAMES: [&str; 2] = ["maglev", "random"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "maglev" => Some(Self::Maglev),
+            "random" => Some(Self::Random),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a configured Maglev table size: a prime (the permutations need
+/// one), at most `maglev::MAX_TABLE_SIZE`. That it is at least the
+/// number of backends is checked when the rule is compiled.
+pub fn check_maglev_table_size(size: u64) -> Result<u32, String> {
+    match u32::try_from(size) {
+        Ok(size) if size <= crate::maglev::MAX_TABLE_SIZE && crate::maglev::is_prime(size) => Ok(size),
+        _ => Err(format!(
+            "maglev table size {size} is not a prime of at most {} (e.g. 251, 509, 1021, 16381, 65521)",
+            crate::maglev::MAX_TABLE_SIZE
+        )),
+    }
 }
 
 impl FrontendRule {
+    /// Whether `backend` runs on this node.
+    pub fn is_local(&self, backend: &SocketAddr) -> bool {
+        self.local_backends.binary_search(backend).is_ok()
+    }
+
     /// What no single field can check: backend families against the
     /// frontend's, duplicates. Callers add where it was.
     pub fn validate(&self) -> Result<(), String> {
@@ -354,7 +432,7 @@ pub type Fingerprint = u128;
 pub mod rule_records {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{AddressKind, Frontend, FrontendRule, SocketAddr};
+    use super::{AddressKind, ExternalBalancing, Frontend, FrontendRule, SocketAddr};
 
     /// A rule as stored: its fields in this order, one after another.
     #[derive(Serialize)]
@@ -366,10 +444,13 @@ pub mod rule_records {
         local_only: bool,
         requests_per_second: Option<u32>,
         address_kind: AddressKind,
+        local_backends: &'a [SocketAddr],
+        external: &'a ExternalBalancing,
     }
 
-    /// What `RecordRef` wrote. Format 3 had no address kind: the legacy
-    /// reader (`legacy_v1::ADDED_AFTER_FORMAT_3`) leaves it to its default.
+    /// What `RecordRef` wrote. Format 3 had no address kind, formats 3 and
+    /// 4 no local backends or external balancing: the legacy reader
+    /// (`legacy::ADDED`) leaves them to their defaults.
     #[derive(Deserialize)]
     pub struct Record {
         frontend: Frontend,
@@ -379,6 +460,10 @@ pub mod rule_records {
         requests_per_second: Option<u32>,
         #[serde(default)]
         address_kind: AddressKind,
+        #[serde(default)]
+        local_backends: Vec<SocketAddr>,
+        #[serde(default)]
+        external: ExternalBalancing,
     }
 
     pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
@@ -389,13 +474,32 @@ pub mod rule_records {
             local_only: rule.local_only,
             requests_per_second: rule.requests_per_second,
             address_kind: rule.address_kind,
+            local_backends: &rule.local_backends,
+            external: &rule.external,
         }
     }
 
     pub fn rule(record: Record) -> FrontendRule {
-        let Record { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind } =
-            record;
-        FrontendRule { frontend, backends, affinity_seconds, local_only, requests_per_second, address_kind }
+        let Record {
+            frontend,
+            backends,
+            affinity_seconds,
+            local_only,
+            requests_per_second,
+            address_kind,
+            local_backends,
+            external,
+        } = record;
+        FrontendRule {
+            frontend,
+            backends,
+            local_backends,
+            affinity_seconds,
+            local_only,
+            requests_per_second,
+            address_kind,
+            external,
+        }
     }
 
     pub fn serialize<S: Serializer>(rules: &[FrontendRule], serializer: S) -> Result<S::Ok, S::Error> {
@@ -460,10 +564,12 @@ mod tests {
             rule: FrontendRule {
                 frontend: "198.18.0.1:80".parse().unwrap(),
                 backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+                local_backends: Vec::new(),
                 affinity_seconds: None,
                 local_only: false,
                 requests_per_second: None,
                 address_kind: AddressKind::ClusterIp,
+                external: ExternalBalancing::default(),
             },
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());

@@ -9,6 +9,13 @@
 //! 3. masters of removed frontends, then slots nobody can pick any more;
 //! 4. new and rewritten slots, then the masters that grow or change: a
 //!    reader that sees a count finds every slot up to it written;
+//!    (Maglev table entries go with the slots: rewritten and added
+//!    entries with the new slots, removed ones with the removed slots, so
+//!    a table entry only ever names a backend in the backends map, and a
+//!    master that grows its table finds the new entries written. A table
+//!    that shrinks while the slots grow, which only a smaller configured
+//!    size does, misses its last entries until the master is written: the
+//!    datapath falls back to a random slot for those.)
 //! 5. memberships of removed backends, then the backends. (Sticky choices
 //!    of those memberships are dropped by `Plan::apply` afterwards.)
 //!
@@ -30,7 +37,7 @@ use std::{
     fmt, iter,
 };
 
-use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit};
+use balctl_common::{Backend, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit};
 
 use crate::{
     bpf::maps::{BackendId, EntryCounts, MapContents, Op},
@@ -38,7 +45,7 @@ use crate::{
         BackendAddr, FrontendImage, Image,
         raw::{addr_to_raw, service_key},
     },
-    model::Frontend,
+    model::{Frontend, Scope},
 };
 
 pub mod apply;
@@ -118,7 +125,7 @@ impl<'a> Plan<'a> {
     /// `counted` is the backend and node address writes, already counted
     /// for the summary.
     fn new(sides: Sides<'a>, counted: usize, summary: Summary) -> Self {
-        let len = counted + sides.services().count() + sides.memberships().count();
+        let len = counted + sides.services().count() + sides.memberships().count() + sides.maglev().count();
         Self { sides, len, summary }
     }
 
@@ -137,13 +144,16 @@ impl<'a> Plan<'a> {
         Phase::ORDER.into_iter().flat_map(move |phase| sides.phase(phase))
     }
 
-    /// The layers (`balctl_common::layer_bit` of each scope) that hold a
-    /// frontend before the plan and after it.
+    /// The socket layers (`balctl_common::layer_bit` of each scope the
+    /// socket programs read) that hold a frontend before the plan and
+    /// after it. The external scope never has a bit: only the packet
+    /// programs read it.
     pub fn layers(&self) -> (u32, u32) {
+        let bit = |scope: u8| if scope == Scope::External.raw() { 0 } else { layer_bit(scope) };
         let of_image =
-            |image: &Image| image.frontends.keys().fold(0, |layers, f| layers | layer_bit(f.scope.raw()));
+            |image: &Image| image.frontends.keys().fold(0, |layers, f| layers | bit(f.scope.raw()));
         let of_maps =
-            |maps: &MapContents| maps.services.keys().fold(0, |layers, key| layers | layer_bit(key.scope));
+            |maps: &MapContents| maps.services.keys().fold(0, |layers, key| layers | bit(key.scope));
         match self.sides {
             Sides::Between(old, new) => (of_image(old), of_image(new)),
             Sides::Repair(actual, desired) => (of_maps(actual), of_maps(desired)),
@@ -163,22 +173,26 @@ impl<'a> Plan<'a> {
                     | Op::DeleteBackend(_)
                     | Op::DeleteMembership(_)
                     | Op::DeleteNodeAddress(_)
+                    | Op::DeleteMaglev(_)
             );
             match step.op {
                 Op::PutService(..) if adds => now.services += 1,
                 Op::PutBackend(..) if adds => now.backends += 1,
                 Op::PutMembership(..) if adds => now.membership += 1,
                 Op::PutNodeAddress(..) if adds => now.nodes += 1,
+                Op::PutMaglev(..) if adds => now.maglev += 1,
                 Op::DeleteService(_) => now.services -= 1,
                 Op::DeleteBackend(_) => now.backends -= 1,
                 Op::DeleteMembership(_) => now.membership -= 1,
                 Op::DeleteNodeAddress(_) => now.nodes -= 1,
+                Op::DeleteMaglev(_) => now.maglev -= 1,
                 _ => {}
             }
             peak.services = peak.services.max(now.services);
             peak.backends = peak.backends.max(now.backends);
             peak.membership = peak.membership.max(now.membership);
             peak.nodes = peak.nodes.max(now.nodes);
+            peak.maglev = peak.maglev.max(now.maglev);
         }
         peak
     }
@@ -196,6 +210,7 @@ impl MapContents {
                     .map(|(slot, entry)| (ServiceKey { slot, ..master }, entry)),
             );
             contents.membership.extend(f.memberships());
+            contents.maglev.extend(f.maglev_entries(&image.backends));
         }
         contents.backends = image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect();
         contents.node_addresses = node_address_keys(image).map(|(key, ())| key).collect();
@@ -247,11 +262,17 @@ impl Phase {
         match (key.slot, old, new) {
             (0, _, None) => Self::DeleteMasters,
             (_, _, None) => Self::DeleteSlots,
-            (0, Some(old), Some(new)) if new.count < old.count => Self::ShrinkMasters,
+            (0, Some(old), Some(new)) if shrinks(old, new) => Self::ShrinkMasters,
             (0, _, _) => Self::PutMasters,
             _ => Self::PutSlots,
         }
     }
+}
+
+/// Whether a master entry's change takes something away: fewer slots, or
+/// (with as many) a smaller Maglev table (`backend_id` holds its size).
+const fn shrinks(old: &ServiceEntry, new: &ServiceEntry) -> bool {
+    new.count < old.count || (new.count == old.count && new.backend_id < old.backend_id)
 }
 
 /// One entry that differs between the two sides: its key, its value before
@@ -285,13 +306,38 @@ impl<'a> Sides<'a> {
                     .map(backend)
                     .chain(self.node_addresses().filter(deletes).map(node)),
             ),
-            _ => Box::new(
-                self.services()
-                    .filter(move |(key, old, new)| {
-                        Phase::of_service(key, old.as_ref(), new.as_ref()) == phase
-                    })
-                    .map(|change| step(change, Op::PutService, Op::DeleteService)),
-            ),
+            Phase::PutSlots => Box::new(self.slots(phase).chain(
+                self.maglev().filter(puts).map(|change| step(change, Op::PutMaglev, Op::DeleteMaglev)),
+            )),
+            Phase::DeleteSlots => Box::new(self.slots(phase).chain(
+                self.maglev().filter(deletes).map(|change| step(change, Op::PutMaglev, Op::DeleteMaglev)),
+            )),
+            _ => self.slots(phase),
+        }
+    }
+
+    /// The services-map writes of `phase`.
+    fn slots(self, phase: Phase) -> Box<dyn Iterator<Item = Step> + 'a> {
+        Box::new(
+            self.services()
+                .filter(move |(key, old, new)| Phase::of_service(key, old.as_ref(), new.as_ref()) == phase)
+                .map(|change| step(change, Op::PutService, Op::DeleteService)),
+        )
+    }
+
+    /// Maglev-map changes, in frontend order and within a frontend in
+    /// index order.
+    fn maglev(self) -> Changes<'a, MaglevKey, BackendId> {
+        match self {
+            Self::Between(old, new) => Box::new(frontend_changes(old, new).flat_map(|(_, before, after)| {
+                let entries = |f: Option<&'a FrontendImage>, image: &'a Image| {
+                    f.into_iter().flat_map(|f| f.maglev_entries(&image.backends))
+                };
+                changes(entries(before, old), entries(after, new))
+            })),
+            Self::Repair(actual, desired) => {
+                Box::new(changes(copied(&actual.maglev), copied(&desired.maglev)))
+            }
         }
     }
 
@@ -454,6 +500,8 @@ impl Tally {
 
 #[cfg(test)]
 mod tests {
+    use balctl_common::SCOPE_SERVICE;
+
     use super::*;
     use crate::model::{FrontendRule, parse_backend};
 
@@ -461,10 +509,12 @@ mod tests {
         FrontendRule {
             frontend: frontend.parse().unwrap(),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            local_backends: Vec::new(),
             affinity_seconds,
             local_only: false,
             requests_per_second: None,
             address_kind: crate::model::AddressKind::ClusterIp,
+            external: crate::model::ExternalBalancing::default(),
         }
     }
 
@@ -491,6 +541,11 @@ mod tests {
                 Op::DeleteService(k) => drop(maps.services.remove(k)),
                 Op::PutNodeAddress(k) => drop(maps.node_addresses.insert(*k)),
                 Op::DeleteNodeAddress(k) => drop(maps.node_addresses.remove(k)),
+                Op::PutMaglev(k, id) => drop(maps.maglev.insert(*k, *id)),
+                Op::DeleteMaglev(k) => drop(maps.maglev.remove(k)),
+            }
+            for (key, backend_id) in &maps.maglev {
+                assert!(maps.backends.contains_key(backend_id), "maglev entry {key:?} dangling after {op:?}");
             }
             for (key, master) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
                 for slot in 1..=master.count {
@@ -734,12 +789,74 @@ mod tests {
         assert_eq!(summary, expected);
     }
 
+    /// An external frontend's Maglev table: written whole when it appears,
+    /// only the entries that change when a backend comes, and every entry
+    /// names a backend in the map after every single write (`run`).
+    #[test]
+    fn maglev_tables_change_only_what_moves() {
+        let external = |backends: &[&str], size: Option<u32>| {
+            let mut rule = rule("198.18.1.30:80", backends, None);
+            rule.frontend.scope = Scope::External;
+            rule.external.maglev_table_size = size;
+            rule
+        };
+        let compile = |previous: &Image, rule: Option<FrontendRule>| {
+            let rules: Vec<(String, FrontendRule)> =
+                rule.into_iter().map(|r| ("service/web".into(), r)).collect();
+            Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), [], previous).unwrap()
+        };
+        let hosts = ["192.0.2.1:80", "192.0.2.2:80", "192.0.2.3:80", "192.0.2.4:80"];
+        let v1 = compile(&Image::default(), Some(external(&hosts[..3], None)));
+        let master = v1.frontends.values().next().unwrap().master();
+        assert_eq!((master.backend_id, master.flags & balctl_common::SERVICE_FLAG_MAGLEV != 0), (509, true));
+        let versions = [
+            compile(&v1, Some(external(&hosts, None))),
+            compile(&v1, Some(external(&hosts[1..], None))),
+            compile(&v1, Some(external(&hosts, Some(251)))),
+            compile(&v1, Some(external(&hosts[..2], Some(1021)))),
+            compile(&v1, Some(FrontendRule { external: Default::default(), ..external(&[], None) })),
+            compile(&v1, None),
+        ];
+        let start = MapContents::of(&v1);
+        assert_eq!(start.maglev.len(), 509);
+        for v2 in &versions {
+            let (desired, plan) = (MapContents::of(v2), Plan::between(&v1, v2));
+            assert_eq!(run(&start, plan.steps().map(|step| step.op)), desired);
+            assert_eq!(run_and_undo(&start, &plan, plan.len()), start);
+            assert_eq!(run(&start, Plan::repair(&start, &desired).steps().map(|step| step.op)), desired);
+        }
+        // 3 -> 4 backends, same table size: the new one's share and a
+        // little more moves, not the whole table.
+        let moved =
+            Plan::between(&v1, &versions[0]).steps().filter(|s| matches!(s.op, Op::PutMaglev(..))).count();
+        assert!(moved > 0 && moved as f64 <= 509.0 * (1.0 / 4.0 + 0.10), "{moved}");
+        let peak = Plan::between(&v1, &versions[3]).peak_entries(v1.entry_counts());
+        assert_eq!(peak.maglev, 1021);
+    }
+
+    /// The socket programs never look the external layer up, so it never
+    /// has a bit in the layers map.
+    #[test]
+    fn the_external_layer_has_no_bit() {
+        let mut external = rule("198.18.0.1:80", &["192.0.2.1:80"], None);
+        external.frontend.scope = Scope::External;
+        let service = rule("198.18.0.1:80", &["192.0.2.1:80"], None);
+        let rules = [("service/web".to_owned(), service), ("service/web".to_owned(), external)];
+        let v1 =
+            Image::compile(rules.iter().map(|(owner, rule)| (owner.clone(), rule)), [], &Image::default())
+                .unwrap();
+        let only_external = Image::compile([(rules[1].0.clone(), &rules[1].1)], [], &v1).unwrap();
+        assert_eq!(Plan::between(&v1, &only_external).layers(), (layer_bit(SCOPE_SERVICE), 0));
+        let (actual, desired) = (MapContents::of(&only_external), MapContents::of(&v1));
+        assert_eq!(Plan::repair(&actual, &desired).layers(), (0, layer_bit(SCOPE_SERVICE)));
+    }
+
     #[test]
     fn peak_counts_deletions_before_additions() {
         let v1 = image(&Image::default(), &[("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])]);
         let v2 = image(&v1, &[("b", "198.18.0.2:80", &["192.0.2.3:80", "192.0.2.4:80"])]);
         let peak = Plan::between(&v1, &v2).peak_entries(v1.entry_counts());
         // Services: a's 3 entries go before b's 3 arrive. Backends: new ones first.
-        assert_eq!(peak, EntryCounts { services: 3, backends: 4, membership: 4, nodes: 0 });
+        assert_eq!(peak, EntryCounts { services: 3, backends: 4, membership: 4, nodes: 0, maglev: 0 });
     }
 }

@@ -5,9 +5,9 @@
 //! The state is binary (postcard after a magic and a format version): a
 //! sync of 10,000 services reads and writes it whole, and as JSON that
 //! alone took 70 ms of a change that should take less than 100. `balctl
-//! dump`, `status` and `policy list -o json` show what it holds. Format 3
-//! (bincode 1) is still read, and rewritten by the first balctl that
-//! takes the lock (docs/state-files.md).
+//! dump`, `status` and `policy list -o json` show what it holds. Formats
+//! 3 (bincode 1) and 4 are still read, and rewritten by the first balctl
+//! that takes the lock (docs/state-files.md).
 
 use std::{
     fs::File,
@@ -27,7 +27,7 @@ use crate::{
     trusted_dir::{Problem, Trust, TrustedDir, user},
 };
 
-mod legacy_v1;
+mod legacy;
 
 const STATE_FILE: &str = "state.bin";
 const LOCK_FILE: &str = "lock";
@@ -35,12 +35,14 @@ const LOCK_FILE: &str = "lock";
 const MAP_WRITES_FILE: &str = "map-writes-in-progress";
 const MAGIC: &[u8; 8] = b"balctl\0S";
 /// Bumped whenever the layout of `AppliedState` changes: postcard is not
-/// self-describing, so another version's file cannot be read at all.
-/// Format 4 is postcard (https://postcard.jamesmunns.com/wire-format).
-const STATE_VERSION: u32 = 4;
-/// The same layout in bincode 1, written up to commit a86b197; read only
-/// to migrate it (`legacy_v1`).
-const LEGACY_VERSION: u32 = 3;
+/// self-describing, so another version's file cannot be read by postcard.
+/// Formats 4 and 5 are postcard (https://postcard.jamesmunns.com/wire-format);
+/// 5 added which backends are local.
+const STATE_VERSION: u32 = 5;
+/// Older formats, read only to migrate them (`legacy`): 3 is the format 4
+/// layout in bincode 1, written up to commit a86b197; 4 lacks the fields
+/// `legacy::ADDED` lists.
+const LEGACY_VERSIONS: [u32; 2] = legacy::FORMATS;
 /// The magic and the format version.
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
@@ -151,16 +153,17 @@ impl StateDir {
                 }
                 Err(other) => Err(corrupt(&other.to_string())),
             },
-            LEGACY_VERSION => {
-                let mut state = legacy_v1::from_bytes(body).map_err(|err| corrupt(&err.to_string()))?;
-                complete_format_3(&mut state);
+            version if LEGACY_VERSIONS.contains(&version) => {
+                let mut state = legacy::from_bytes(body, version).map_err(|err| corrupt(&err.to_string()))?;
+                complete_legacy(&mut state, version);
                 Ok(state)
             }
             version => bail!(
-                "{} is state format {version}, this balctl reads formats {LEGACY_VERSION} and \
-                 {STATE_VERSION}; use the balctl that wrote it, or move the state dir away and \
-                 re-apply (`balctl unload --yes`, `balctl load`, then sync and policy add again)",
-                path.display()
+                "{} is state format {version}, this balctl reads formats {} to {STATE_VERSION}; use \
+                 the balctl that wrote it, or move the state dir away and re-apply (`balctl unload \
+                 --yes`, `balctl load`, then sync and policy add again)",
+                path.display(),
+                LEGACY_VERSIONS[0],
             ),
         }
     }
@@ -180,20 +183,20 @@ impl StateDir {
             .map(|version| u32::from_le_bytes(*version)))
     }
 
-    /// Rewrites a format 3 state file in the current format, so that no
-    /// later change depends on reading it. Every command that changes
-    /// state, `load` included, takes the lock first; a read-only one
-    /// (`dump`, `status`) reads format 3 as it is.
+    /// Rewrites a state file of an older format in the current one, so
+    /// that no later change depends on reading it. Every command that
+    /// changes state, `load` included, takes the lock first; a read-only one
+    /// (`dump`, `status`) reads the older format as it is.
     fn migrate(&self, lock: &StateLock) -> Result<()> {
-        if self.format_version()? != Some(LEGACY_VERSION) {
+        let Some(version) = self.format_version()?.filter(|v| LEGACY_VERSIONS.contains(v)) else {
             return Ok(());
-        }
+        };
         // A corrupt file is left as it is, for the commands that read it to
         // say so; `unload` still works.
         let Ok(state) = self.read() else { return Ok(()) };
         self.write(lock, &state)?;
         log::info!(
-            "rewrote {} from state format {LEGACY_VERSION} (bincode) in format {STATE_VERSION} (postcard)",
+            "rewrote {} from state format {version} in format {STATE_VERSION}",
             self.root.join(STATE_FILE).display()
         );
         Ok(())
@@ -341,14 +344,15 @@ mod policy_records {
     }
 }
 
-/// What format 3 did not record: which address of a Service a frontend
-/// is (read as ClusterIP). Its node ports are the frontends on the
-/// unspecified address, where every NodePort frontend is stored; external
-/// and load-balancer IPs cannot be told from cluster IPs, so every synced
-/// object forgets the inputs it came from, and the next sync translates
-/// it again (once) instead of keeping it, which records their kind.
-fn complete_format_3(state: &mut AppliedState) {
-    let node_port = |frontend: &Frontend| frontend.address.is_unspecified();
+/// What older formats did not record. Format 4 did not say which backends
+/// run on this node, and format 3 not which address of a Service a
+/// frontend is either (read as ClusterIP; its node ports are the frontends
+/// on the unspecified address, where every NodePort frontend is stored).
+/// Neither can be told from what they hold, so every synced object forgets
+/// the inputs it came from, and the next sync translates it again (once)
+/// instead of keeping it, which records them.
+fn complete_legacy(state: &mut AppliedState, version: u32) {
+    let node_port = |frontend: &Frontend| version == 3 && frontend.address.is_unspecified();
     for object in &mut state.synced {
         let object = Arc::make_mut(object);
         object.inputs.clear();
@@ -385,10 +389,12 @@ mod tests {
             rule: FrontendRule {
                 frontend: "198.18.0.1:80".parse().unwrap(),
                 backends: vec!["192.0.2.1:80".parse().unwrap()],
+                local_backends: Vec::new(),
                 affinity_seconds: Some(30),
                 local_only: false,
                 requests_per_second: None,
                 address_kind: AddressKind::ClusterIp,
+                external: crate::model::ExternalBalancing::default(),
             },
         });
         state.synced.push(Arc::new(SyncedObject {
@@ -397,10 +403,12 @@ mod tests {
             rules: vec![FrontendRule {
                 frontend: "[2001:db8::10]:53/udp".parse().unwrap(),
                 backends: vec!["[2001:db8::2]:5353".parse().unwrap()],
+                local_backends: vec!["[2001:db8::2]:5353".parse().unwrap()],
                 affinity_seconds: None,
                 local_only: true,
                 requests_per_second: None,
                 address_kind: AddressKind::ExternalIp,
+                external: crate::model::ExternalBalancing::default(),
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],
@@ -455,34 +463,73 @@ mod tests {
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
         let err = state_dir.read().unwrap_err();
-        assert!(format!("{err:#}").contains("this balctl reads formats 3 and 4"), "{err:#}");
+        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 5"), "{err:#}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A state file written by balctl a86b197 (format 3, bincode 1): see
     /// tests/fixtures/state-v3/README.md.
     const FORMAT_3: &[u8] = include_bytes!("../tests/fixtures/state-v3/state.bin");
+    /// One written by balctl 3d7c9f6 (format 4, postcard without local
+    /// backends): see tests/fixtures/state-v4/README.md.
+    const FORMAT_4: &[u8] = include_bytes!("../tests/fixtures/state-v4/state.bin");
 
-    #[test]
-    fn a_format_3_state_is_read_and_rewritten_when_locked() {
-        let dir = temp_dir("format3");
+    /// Reads `file` (of format `version`), takes the lock (which rewrites
+    /// it), and returns what it held.
+    fn read_and_rewrite(name: &str, file: &[u8], version: u32) -> AppliedState {
+        let dir = temp_dir(name);
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        fs::write(dir.join(STATE_FILE), FORMAT_3).unwrap();
+        fs::write(dir.join(STATE_FILE), file).unwrap();
         fs::set_permissions(dir.join(STATE_FILE), fs::Permissions::from_mode(0o600)).unwrap();
         let state_dir = StateDir::new(&dir);
-        assert_eq!(state_dir.format_version().unwrap(), Some(LEGACY_VERSION));
+        assert_eq!(state_dir.format_version().unwrap(), Some(version));
         let legacy = state_dir.read().unwrap();
-        assert_eq!((legacy.policies.len(), legacy.synced.len()), (4, 12), "{legacy:#?}");
-        assert_eq!(legacy.policy("local-dns").unwrap().rule.requests_per_second, Some(500));
         drop(state_dir.lock().unwrap());
         assert_eq!(state_dir.format_version().unwrap(), Some(STATE_VERSION));
         assert_eq!(state_dir.read().unwrap(), legacy);
         // Its errors are as clear as the current format's.
-        every_cut_is_truncated(&state_dir, FORMAT_3);
+        every_cut_is_truncated(&state_dir, file);
         // A corrupt one is left for the commands that read it to report.
         state_dir.lock().unwrap();
-        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), FORMAT_3[..FORMAT_3.len() - 1]);
+        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), file[..file.len() - 1]);
         fs::remove_dir_all(&dir).unwrap();
+        legacy
+    }
+
+    #[test]
+    fn a_format_3_state_is_read_and_rewritten_when_locked() {
+        let legacy = read_and_rewrite("format3", FORMAT_3, 3);
+        assert_eq!((legacy.policies.len(), legacy.synced.len()), (4, 12), "{legacy:#?}");
+        assert_eq!(legacy.policy("local-dns").unwrap().rule.requests_per_second, Some(500));
+    }
+
+    #[test]
+    fn a_format_4_state_is_read_and_rewritten_when_locked() {
+        let legacy = read_and_rewrite("format4", FORMAT_4, 4);
+        assert_eq!((legacy.policies.len(), legacy.synced.len()), (4, 14), "{legacy:#?}");
+        assert_eq!(legacy.policy("local-dns").unwrap().rule.requests_per_second, Some(500));
+        let api = legacy.synced.iter().find(|o| o.owner == "service/shop/api").expect("service/shop/api");
+        let kinds: Vec<AddressKind> = api.rules.iter().map(|r| r.address_kind).collect();
+        assert_eq!(kinds, [AddressKind::ClusterIp, AddressKind::LoadBalancer, AddressKind::NodePort]);
+        // What format 4 did not know: nothing is local, and every object is
+        // translated again by the next sync, which finds out.
+        assert!(legacy.image.backends.values().all(|b| !b.local));
+        assert!(
+            legacy
+                .synced
+                .iter()
+                .all(|o| o.inputs.is_empty() && o.rules.iter().all(|r| r.local_backends.is_empty()))
+        );
+    }
+
+    /// Varints wider than their type are refused, not wrapped.
+    #[test]
+    fn an_overlong_varint_is_corrupt() {
+        let mut body = postcard::to_stdvec(&AppliedState::default()).unwrap();
+        // The policies' count, 0, as a varint of eleven bytes.
+        body.splice(0..1, [0x80; 10].into_iter().chain([0]));
+        let err = legacy::from_bytes::<AppliedState>(&body, 4).unwrap_err();
+        assert!(err.to_string().contains("does not fit in 64 bits"), "{err}");
     }
 }

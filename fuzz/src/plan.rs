@@ -141,10 +141,12 @@ fn rule(spec: &RuleSpec) -> FrontendRule {
     FrontendRule {
         frontend,
         backends,
+        local_backends: Vec::new(),
         affinity_seconds: spec.affinity.map(|s| u32::from(s) + 1),
         local_only: spec.local_only,
         requests_per_second: spec.rate_limit.map(|n| u32::from(n) + 1),
         address_kind: AddressKind::default(),
+        external: balctl::model::ExternalBalancing::default(),
     }
 }
 
@@ -338,6 +340,12 @@ fn execute(maps: &mut MapContents, op: &Op) {
         Op::DeleteNodeAddress(key) => {
             maps.node_addresses.remove(&key);
         }
+        Op::PutMaglev(key, backend_id) => {
+            maps.maglev.insert(key, backend_id);
+        }
+        Op::DeleteMaglev(key) => {
+            maps.maglev.remove(&key);
+        }
     }
 }
 
@@ -383,6 +391,7 @@ fn max_counts(a: EntryCounts, b: EntryCounts) -> EntryCounts {
         backends: a.backends.max(b.backends),
         membership: a.membership.max(b.membership),
         nodes: a.nodes.max(b.nodes),
+        maglev: a.maglev.max(b.maglev),
     }
 }
 
@@ -416,7 +425,8 @@ fn drifted(mut maps: MapContents, drift: &[Drift]) -> MapContents {
             }
             Drift::AddBackend { id, backend } => {
                 let address = SocketAddr::new(node_address(backend), 8080);
-                maps.backends.insert(id.into(), BackendAddr { address, protocol: Protocol::Tcp }.to_raw());
+                let backend = BackendAddr { address, protocol: Protocol::Tcp, local: false };
+                maps.backends.insert(id.into(), backend.to_raw());
             }
             Drift::RemoveMembership(i) => {
                 if let Some(key) = nth(maps.membership.iter(), i) {

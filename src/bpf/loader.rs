@@ -280,6 +280,7 @@ pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCou
         backends: capacity(map_names::BACKENDS)?,
         membership: capacity(map_names::MEMBERSHIP)?,
         nodes: capacity(map_names::NODES)?,
+        maglev: capacity(map_names::MAGLEV)?,
     })
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, IterableMap as _, MapData};
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MembershipKey, NodeAddressKey, RateLimit,
+    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MaglevKey, MembershipKey, NodeAddressKey, RateLimit,
     ServiceEntry, ServiceKey, map_names,
 };
 
@@ -32,6 +32,7 @@ pub struct EntryCounts {
     pub backends: u64,
     pub membership: u64,
     pub nodes: u64,
+    pub maglev: u64,
 }
 
 /// Everything the balancing maps hold (or should hold), entry by entry.
@@ -41,6 +42,8 @@ pub struct MapContents {
     pub backends: BTreeMap<BackendId, Backend>,
     pub membership: BTreeSet<MembershipKey>,
     pub node_addresses: BTreeSet<NodeAddressKey>,
+    /// Entries of the external frontends' Maglev tables: backend ids.
+    pub maglev: BTreeMap<MaglevKey, BackendId>,
 }
 
 impl MapContents {
@@ -50,6 +53,7 @@ impl MapContents {
             backends: self.backends.len() as u64,
             membership: self.membership.len() as u64,
             nodes: self.node_addresses.len() as u64,
+            maglev: self.maglev.len() as u64,
         }
     }
 }
@@ -65,6 +69,8 @@ pub enum Op {
     DeleteService(ServiceKey),
     PutNodeAddress(NodeAddressKey),
     DeleteNodeAddress(NodeAddressKey),
+    PutMaglev(MaglevKey, BackendId),
+    DeleteMaglev(MaglevKey),
 }
 
 pub struct Datapath {
@@ -72,6 +78,7 @@ pub struct Datapath {
     backends: HashMap<MapData, BackendId, Backend>,
     membership: HashMap<MapData, MembershipKey, u32>,
     nodes: HashMap<MapData, NodeAddressKey, u32>,
+    maglev: HashMap<MapData, MaglevKey, BackendId>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     rate_limits: HashMap<MapData, ServiceId, RateLimit>,
     rate_limit_capacity: u32,
@@ -86,6 +93,7 @@ impl Datapath {
         let backends = open_map(pins, map_names::BACKENDS)?;
         let membership = open_map(pins, map_names::MEMBERSHIP)?;
         let nodes = open_map(pins, map_names::NODES)?;
+        let maglev = open_map(pins, map_names::MAGLEV)?;
         let affinity = open_map(pins, map_names::AFFINITY)?;
         let rate_limits = open_map(pins, map_names::RATE_LIMITS)?;
         let layers = open_map(pins, map_names::LAYERS)?;
@@ -99,6 +107,7 @@ impl Datapath {
             backends,
             membership,
             nodes,
+            maglev,
             affinity,
             rate_limits,
             layers,
@@ -110,6 +119,7 @@ impl Datapath {
                 backends: capacity(map_names::BACKENDS)?,
                 membership: capacity(map_names::MEMBERSHIP)?,
                 nodes: capacity(map_names::NODES)?,
+                maglev: capacity(map_names::MAGLEV)?,
             },
         })
     }
@@ -120,6 +130,7 @@ impl Datapath {
             backends: read_all(&self.backends)?,
             membership: read_all(&self.membership)?.into_keys().collect(),
             node_addresses: read_all(&self.nodes)?.into_keys().collect(),
+            maglev: read_all(&self.maglev)?,
         })
     }
 
@@ -180,6 +191,8 @@ impl Datapath {
             Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
             Op::PutNodeAddress(key) => self.nodes.insert(key, 0, 0),
             Op::DeleteNodeAddress(key) => ignore_missing(self.nodes.remove(key)),
+            Op::PutMaglev(key, backend_id) => self.maglev.insert(key, backend_id, 0),
+            Op::DeleteMaglev(key) => ignore_missing(self.maglev.remove(key)),
         };
         result.map_err(|e| anyhow!(e).context(format!("{op:?}")))
     }
@@ -221,6 +234,7 @@ pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
         ("backends", "backends", needed.backends, capacity.backends),
         ("membership", "services", needed.membership, capacity.membership),
         ("nodes", "nodes", needed.nodes, capacity.nodes),
+        ("maglev", "maglev", needed.maglev, capacity.maglev),
     ];
     for (map, size_name, needed, capacity) in checks {
         if needed > capacity {

@@ -29,10 +29,12 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
         rule: FrontendRule {
             frontend: Frontend { scope: args.kind.scope(), ..args.vip },
             backends: args.backend.clone(),
+            local_backends: Vec::new(),
             affinity_seconds: args.affinity,
             local_only: false,
             requests_per_second: args.rate_limit,
             address_kind: AddressKind::default(),
+            external: crate::model::ExternalBalancing::default(),
         },
     };
     if args.rate_limit.is_some() && args.kind != PolicyKind::Redirect {

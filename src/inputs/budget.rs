@@ -176,10 +176,12 @@ mod tests {
                 scope: crate::model::Scope::Service,
             },
             backends: vec!["192.0.2.2:80".parse().unwrap(); 2],
+            local_backends: Vec::new(),
             affinity_seconds: None,
             local_only: false,
             requests_per_second: None,
             address_kind: crate::model::AddressKind::ClusterIp,
+            external: crate::model::ExternalBalancing::default(),
         }];
         let err = budget.reserve_made("kept", &rules).unwrap_err();
         assert!(

@@ -24,7 +24,7 @@
 //! refuse connections (a service's or a balancing policy's) or give way to
 //! the next layer (a local redirect policy's).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::Result;
 use rustc_hash::FxHashSet as HashSet;
@@ -40,8 +40,8 @@ use crate::{
     error::excerpt,
     input,
     model::{
-        AddressKind, Frontend, FrontendRule, MAX_AFFINITY_SECONDS, PolicyKind, Protocol, Scope, SyncedObject,
-        check_address, check_name,
+        AddressKind, ExternalBalancing, Frontend, FrontendRule, LbAlgorithm, MAX_AFFINITY_SECONDS,
+        PolicyKind, Protocol, Scope, SyncedObject, check_address, check_maglev_table_size, check_name,
     },
 };
 
@@ -68,6 +68,26 @@ struct RuleTable {
     backends: Vec<Spanned<IpAddr>>,
     affinity_seconds: Option<Spanned<u32>>,
     requests_per_second: Option<Spanned<u32>>,
+    /// North-south ([[service]] only): external IPs and load-balancer IPs,
+    /// frontends for this node's sockets and for packets from outside.
+    #[serde(default)]
+    external_addresses: Vec<Spanned<IpAddr>>,
+    #[serde(default)]
+    load_balancer_addresses: Vec<Spanned<IpAddr>>,
+    /// Which of `backends` run on this node.
+    #[serde(default)]
+    local_backends: Vec<Spanned<IpAddr>>,
+    external_traffic_policy: Option<Spanned<TrafficPolicy>>,
+    lb_algorithm: Option<Spanned<LbAlgorithm>>,
+    maglev_table_size: Option<Spanned<u64>>,
+}
+
+/// `external_traffic_policy`: Kubernetes' externalTrafficPolicy.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TrafficPolicy {
+    Cluster,
+    Local,
 }
 
 /// Which table a `RuleTable` is from.
@@ -106,6 +126,8 @@ impl TableKind {
 struct PortSpec {
     port: Port,
     target_port: Option<Port>,
+    /// A node port (NodePort), [[service]] only.
+    node_port: Option<Port>,
     #[serde(default = "default_protocol")]
     protocol: Protocol,
 }
@@ -184,6 +206,65 @@ pub fn parse(file: &str, text: &str, budget: &mut EntryBudget) -> Result<Vec<Loc
     Ok(objects.into_iter().flatten().collect())
 }
 
+/// What a table says about its external frontends.
+struct ExternalFields {
+    /// `external_traffic_policy = "local"`.
+    local: bool,
+    balancing: ExternalBalancing,
+}
+
+/// Checks the north-south fields of a table: only a [[service]] has them,
+/// local backends are among its backends, the table size is a prime.
+fn external_fields(
+    kind: TableKind,
+    spec: &RuleTable,
+    at: &impl Fn(std::ops::Range<usize>) -> Location,
+) -> Result<ExternalFields> {
+    let service_only = [
+        spec.external_addresses.first().map(|a| ("external_addresses", a.span())),
+        spec.load_balancer_addresses.first().map(|a| ("load_balancer_addresses", a.span())),
+        spec.local_backends.first().map(|a| ("local_backends", a.span())),
+        spec.external_traffic_policy.as_ref().map(|p| ("external_traffic_policy", p.span())),
+        spec.lb_algorithm.as_ref().map(|a| ("lb_algorithm", a.span())),
+        spec.maglev_table_size.as_ref().map(|s| ("maglev_table_size", s.span())),
+        spec.ports.iter().find(|p| p.get_ref().node_port.is_some()).map(|p| ("node_port", p.span())),
+    ];
+    if !matches!(kind, TableKind::Service)
+        && let Some((field, span)) = service_only.into_iter().flatten().next()
+    {
+        return Err(input!(
+            "{}: {field}: only a service has frontends for traffic from outside the node",
+            at(span)
+        ));
+    }
+    for address in spec.external_addresses.iter().chain(&spec.load_balancer_addresses) {
+        check_address(*address.get_ref()).map_err(|e| input!("{}: {e}", at(address.span())))?;
+    }
+    let backends: HashSet<IpAddr> = spec.backends.iter().map(|b| b.get_ref().to_canonical()).collect();
+    for local in &spec.local_backends {
+        if !backends.contains(&local.get_ref().to_canonical()) {
+            return Err(input!(
+                "{}: local_backends: {} is not one of the backends",
+                at(local.span()),
+                local.get_ref()
+            ));
+        }
+    }
+    let maglev_table_size = match &spec.maglev_table_size {
+        Some(size) => {
+            Some(check_maglev_table_size(*size.get_ref()).map_err(|e| input!("{}: {e}", at(size.span())))?)
+        }
+        None => None,
+    };
+    Ok(ExternalFields {
+        local: spec.external_traffic_policy.as_ref().is_some_and(|p| *p.get_ref() == TrafficPolicy::Local),
+        balancing: ExternalBalancing {
+            algorithm: spec.lb_algorithm.as_ref().map_or_else(LbAlgorithm::default, |a| *a.get_ref()),
+            maglev_table_size,
+        },
+    })
+}
+
 /// The largest entry read: the TOML parser takes about 50 times an
 /// entry's size while reading it.
 const MAX_ENTRY: usize = 64 << 20;
@@ -243,6 +324,7 @@ fn rule_object(
             ));
         }
     }
+    let external = external_fields(kind, &spec, at)?;
     // Each address's rules have the backends of its family.
     let is_ipv4 = |ip: &&Spanned<IpAddr>| ip.get_ref().to_canonical().is_ipv4();
     for (family, ipv4) in [("IPv4", true), ("IPv6", false)] {
@@ -254,38 +336,88 @@ fn rule_object(
             &[(addresses, &addresses_name), (spec.ports.len(), "ports")],
             (backends, &backends_name),
         )?;
+        // Each external address and node port: a frontend for sockets and
+        // one for packets from outside (at most as many backends).
+        let external_addresses = (spec.external_addresses.iter().chain(&spec.load_balancer_addresses))
+            .filter(|a| is_ipv4(a) == ipv4)
+            .count();
+        let node_ports = spec.ports.iter().filter(|p| p.get_ref().node_port.is_some()).count();
+        budget.reserve(
+            format_args!("{location}: {table} `{}` external", excerpt(name)),
+            &[(2, "entries"), (external_addresses * spec.ports.len() + node_ports, "external frontends")],
+            (backends, &backends_name),
+        )?;
     }
     let mut rules: Vec<FrontendRule> = Vec::new();
     let mut frontends = HashSet::default();
+    let canonical = |ips: &[Spanned<IpAddr>]| -> Vec<IpAddr> {
+        ips.iter().map(|ip| ip.get_ref().to_canonical()).collect()
+    };
+    let (all_backends, local_backends) = (canonical(&spec.backends), canonical(&spec.local_backends));
     for port in &spec.ports {
-        let PortSpec { port: Port(number), target_port, protocol } = *port.get_ref();
+        let PortSpec { port: Port(number), target_port, protocol, node_port } = *port.get_ref();
         let target = target_port.map_or(number, |Port(p)| p);
-        for address in &spec.addresses {
-            let frontend = Frontend {
-                address: address.get_ref().to_canonical(),
-                port: number,
-                protocol,
-                scope: kind.scope(),
+        // Each address's frontends: its own, and for the external ones
+        // also the frontend of packets from outside.
+        let addresses =
+            (spec.addresses.iter().map(|a| (AddressKind::ClusterIp, a.get_ref().to_canonical(), number)))
+                .chain(
+                    spec.external_addresses
+                        .iter()
+                        .map(|a| (AddressKind::ExternalIp, a.get_ref().to_canonical(), number)),
+                )
+                .chain(
+                    spec.load_balancer_addresses
+                        .iter()
+                        .map(|a| (AddressKind::LoadBalancer, a.get_ref().to_canonical(), number)),
+                )
+                .chain(node_port.into_iter().flat_map(|Port(node_port)| {
+                    // On the node addresses of each family the service has backends or frontends of.
+                    [IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
+                        .into_iter()
+                        .filter(|unspecified| {
+                            spec.addresses
+                                .iter()
+                                .any(|a| a.get_ref().to_canonical().is_ipv4() == unspecified.is_ipv4())
+                        })
+                        .map(move |unspecified| (AddressKind::NodePort, unspecified, node_port))
+                }));
+        for (address_kind, address, number) in addresses {
+            let of_family = |ips: &[IpAddr]| -> Vec<SocketAddr> {
+                ips.iter()
+                    .filter(|b| b.is_ipv4() == address.is_ipv4())
+                    .map(|&b| SocketAddr::new(b, target))
+                    .collect()
             };
-            if !frontends.insert(frontend) {
-                return Err(input!("{}: frontend {frontend} is listed twice", at(port.span())));
+            let (backends, local_backends) = (of_family(&all_backends), of_family(&local_backends));
+            let scopes: &[Scope] = if address_kind == AddressKind::ClusterIp {
+                &[kind.scope()]
+            } else {
+                &[Scope::Service, Scope::External]
+            };
+            for &scope in scopes {
+                let frontend = Frontend { address, port: number, protocol, scope };
+                if !frontends.insert(frontend) {
+                    return Err(input!("{}: frontend {frontend} is listed twice", at(port.span())));
+                }
+                let local_only = scope == Scope::External && external.local;
+                let mut local_backends = local_backends.clone();
+                local_backends.sort_unstable();
+                rules.push(FrontendRule {
+                    frontend,
+                    backends: if local_only { local_backends.clone() } else { backends.clone() },
+                    local_backends,
+                    affinity_seconds: spec.affinity_seconds.as_ref().map(|a| *a.get_ref()),
+                    local_only,
+                    requests_per_second,
+                    address_kind,
+                    external: if scope == Scope::External {
+                        external.balancing.clone()
+                    } else {
+                        ExternalBalancing::default()
+                    },
+                });
             }
-            let backends = spec
-                .backends
-                .iter()
-                .map(|b| b.get_ref().to_canonical())
-                .filter(|b| b.is_ipv4() == frontend.address.is_ipv4())
-                .map(|b| SocketAddr::new(b, target))
-                .collect();
-            let affinity_seconds = spec.affinity_seconds.as_ref().map(|a| *a.get_ref());
-            rules.push(FrontendRule {
-                frontend,
-                backends,
-                affinity_seconds,
-                local_only: false,
-                requests_per_second,
-                address_kind: AddressKind::ClusterIp,
-            });
         }
     }
     let object = SyncedObject {
@@ -394,6 +526,84 @@ ports = [{ port = 80, target_port = 8080 }, { port = 53, protocol = "udp" }]
                     .to_owned(),
                 "s.toml:2:8",
                 "invalid name",
+            ),
+        ];
+        for (text, location, message) in cases {
+            let err = error(&text);
+            assert!(err.starts_with(location) && err.contains(message), "{text}\n=> {err}");
+        }
+    }
+
+    /// Node ports, external and load-balancer addresses: a frontend for
+    /// sockets with every backend, and one for packets from outside with
+    /// the external traffic policy's; the local backends marked in each.
+    #[test]
+    fn external_frontends_and_their_policy() {
+        let text = r#"
+[[service]]
+name = "web"
+addresses = ["198.18.0.10"]
+external_addresses = ["198.18.2.10"]
+load_balancer_addresses = ["198.18.1.10"]
+backends = ["192.0.2.2", "192.0.2.3"]
+local_backends = ["192.0.2.3"]
+external_traffic_policy = "local"
+lb_algorithm = "random"
+ports = [{ port = 80, target_port = 8080, node_port = 30080 }]
+"#;
+        let objects = parse("s.toml", text, &mut EntryBudget::default()).unwrap();
+        let found: Vec<String> = (objects[0].value.rules.iter())
+            .map(|r| {
+                let backends: Vec<String> = (r.backends.iter())
+                    .map(|b| if r.is_local(b) { format!("{b} (local)") } else { b.to_string() })
+                    .collect();
+                format!(
+                    "{} {} {:?} -> {}",
+                    r.frontend,
+                    r.address_kind.name(),
+                    r.external.algorithm,
+                    backends.join(",")
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "198.18.0.10:80/tcp ClusterIP Maglev -> 192.0.2.2:8080,192.0.2.3:8080 (local)",
+                "198.18.2.10:80/tcp ExternalIP Maglev -> 192.0.2.2:8080,192.0.2.3:8080 (local)",
+                "198.18.2.10:80/tcp@external ExternalIP Random -> 192.0.2.3:8080 (local)",
+                "198.18.1.10:80/tcp LoadBalancer Maglev -> 192.0.2.2:8080,192.0.2.3:8080 (local)",
+                "198.18.1.10:80/tcp@external LoadBalancer Random -> 192.0.2.3:8080 (local)",
+                "0.0.0.0:30080/tcp NodePort Maglev -> 192.0.2.2:8080,192.0.2.3:8080 (local)",
+                "0.0.0.0:30080/tcp@external NodePort Random -> 192.0.2.3:8080 (local)",
+            ]
+        );
+        let external: Vec<bool> = objects[0].value.rules.iter().map(|r| r.local_only).collect();
+        assert_eq!(external, [false, false, true, false, true, false, true]);
+
+        let cluster = text.replace("external_traffic_policy = \"local\"", "maglev_table_size = 1021");
+        let objects = parse("s.toml", &cluster, &mut EntryBudget::default()).unwrap();
+        let node_port = &objects[0].value.rules[6];
+        assert_eq!((node_port.backends.len(), node_port.local_only), (2, false));
+        assert_eq!(node_port.external.maglev_table_size, Some(1021));
+
+        let cases = [
+            (text.replace("\"random\"", "\"hash\""), "s.toml:10:16", "unknown variant `hash`"),
+            (text.replace("\"local\"", "\"Local\""), "s.toml:9:27", "unknown variant `Local`"),
+            (
+                text.replace("lb_algorithm = \"random\"", "maglev_table_size = 1000"),
+                "s.toml:10:21",
+                "not a prime",
+            ),
+            (
+                text.replace("local_backends = [\"192.0.2.3\"]", "local_backends = [\"192.0.2.9\"]"),
+                "s.toml:8:19",
+                "not one of the backends",
+            ),
+            (
+                text.replace("[[service]]", "[[balancing_policy]]"),
+                "s.toml:5:23",
+                "external_addresses: only a service",
             ),
         ];
         for (text, location, message) in cases {

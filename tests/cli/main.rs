@@ -11,6 +11,7 @@ mod deploy;
 mod docs;
 mod dump;
 mod evict;
+mod external;
 mod health;
 mod image;
 mod input;
@@ -98,6 +99,7 @@ fn main() {
         trust::a_state_others_could_touch_is_refused_and_links_are_not_followed,
         trust::a_truncated_state_names_the_file,
         state_migration::a_format_3_state_is_migrated_and_programs_the_same_datapath,
+        state_migration::a_format_4_state_is_migrated_and_the_next_sync_finds_local_backends,
         bad_inputs::the_bad_input_corpus_changes_nothing,
         input_limits::oversized_inputs_are_refused_in_bounded_memory,
         input_limits::toml_reading_time_grows_linearly,
@@ -125,6 +127,8 @@ fn main() {
         kube::services_without_frontends_are_skipped_with_a_note,
         kube::bad_yaml_changes_nothing,
         kube::a_resynced_list_follows_a_moved_endpoint,
+        external::external_frontends_follow_the_traffic_policy_and_locality,
+        external::maglev_tables_are_the_same_on_every_node,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

@@ -2,7 +2,9 @@
 //! switch from bincode 1 to postcard is read, rewritten in the new format,
 //! and programs the same datapath. tests/fixtures/state-v3/ holds one,
 //! written by balctl a86b197 (state format 3), with what that balctl's
-//! `dump all -o json` and `policy list -o json` printed of it.
+//! `dump all -o json` and `policy list -o json` printed of it. Issue 18
+//! added local backends (format 5): tests/fixtures/state-v4/ holds a file
+//! of format 4, written by balctl 3d7c9f6.
 
 use std::{
     fs,
@@ -81,31 +83,81 @@ fn assert_same_datapath(sandbox: &Sandbox, fixture: &Path) {
     }
 }
 
-pub fn a_format_3_state_is_migrated_and_programs_the_same_datapath() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3");
+/// Puts the state file of `fixture` (of format `version`) in a new
+/// sandbox, checks read-only commands leave it alone and `load` rewrites
+/// it, each time programming the datapath the fixture recorded; returns the
+/// loaded sandbox.
+fn migrate(fixture: &Path, version: u32) -> Sandbox {
     let old = fs::read(fixture.join("state.bin")).unwrap();
-    assert_eq!(format_version(&old), 3, "the fixture is format 3");
+    assert_eq!(format_version(&old), version, "the fixture is format {version}");
     let sandbox = Sandbox::new();
     fs::DirBuilder::new().mode(0o700).create(&sandbox.state).unwrap();
     let state_file = sandbox.state.join("state.bin");
     fs::write(&state_file, &old).unwrap();
     fs::set_permissions(&state_file, fs::Permissions::from_mode(0o600)).unwrap();
 
-    // Read-only commands read format 3 as it is.
+    // Read-only commands read the old format as it is.
     let listed = sandbox.balctl_ok(&["policy", "list"]);
     assert!(listed.contains("local-dns"), "{listed}");
     assert_eq!(fs::read(&state_file).unwrap(), old, "a read-only command rewrote the state");
 
     sandbox.load();
     let migrated = fs::read(&state_file).unwrap();
-    assert_eq!(format_version(&migrated), 4, "load did not rewrite the state in the new format");
-    assert_same_datapath(&sandbox, &fixture);
+    assert_eq!(format_version(&migrated), CURRENT_FORMAT, "load did not rewrite the state in the new format");
+    assert_same_datapath(&sandbox, fixture);
 
     // From the new file alone: unloaded, the maps are gone; loaded again,
     // they are rebuilt from it.
     sandbox.balctl_ok(&["unload", "--yes"]);
     sandbox.load();
-    assert_same_datapath(&sandbox, &fixture);
-    assert_types(&sandbox);
+    assert_same_datapath(&sandbox, fixture);
     assert_eq!(fs::read(&state_file).unwrap(), migrated, "the migrated state changed again");
+    sandbox
+}
+
+const CURRENT_FORMAT: u32 = 5;
+
+pub fn a_format_3_state_is_migrated_and_programs_the_same_datapath() {
+    let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3"), 3);
+    assert_types(&sandbox);
+}
+
+/// Format 4 did not record which backends run on this node: after the
+/// migration the datapath is the one recorded (nothing local), and the
+/// next sync of the same inputs, which translates them again, flags
+/// node-a's endpoint and gives the node ports their external entries.
+pub fn a_format_4_state_is_migrated_and_the_next_sync_finds_local_backends() {
+    let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v4"), 4);
+    let local = |sandbox: &Sandbox| -> Vec<String> {
+        let backends = sandbox.balctl_json(&["dump", "backends"]);
+        (backends["backends"].as_array().unwrap().iter())
+            .filter(|b| b["local"] == true)
+            .map(|b| format!("{}:{}", b["address"].as_str().unwrap(), b["port"]))
+            .collect()
+    };
+    assert!(local(&sandbox).is_empty());
+    let example = |name: &str| format!("{}/examples/k8s/{name}", env!("CARGO_MANIFEST_DIR"));
+    let files: Vec<String> = [
+        "dual-stack.yaml",
+        "nodeport.yaml",
+        "session-affinity.yaml",
+        "nodes.yaml",
+        "loadbalancer.yaml",
+        "local-traffic.yaml",
+    ]
+    .map(example)
+    .to_vec();
+    let mut args = vec!["sync", "--node-name", "node-a"];
+    for file in &files {
+        args.extend(["-f", file.as_str()]);
+    }
+    sandbox.balctl_ok(&args);
+    // nodeport.yaml's and local-traffic.yaml's endpoints on node-a.
+    assert_eq!(local(&sandbox), ["192.0.2.4:8080", "192.0.2.8:9100"]);
+    let services = sandbox.balctl_json(&["dump", "services"]);
+    let external: Vec<&str> = (services["services"].as_array().unwrap().iter())
+        .filter(|s| s["scope"] == "external")
+        .map(|s| s["frontend"].as_str().unwrap())
+        .collect();
+    assert!(external.contains(&"0.0.0.0:30060/tcp@external"), "{external:?}");
 }

@@ -250,6 +250,8 @@ pub fn the_example_state_file_is_valid() {
     assert_eq!(
         changes,
         [
+            "0.0.0.0:30443/tcp 2",
+            "0.0.0.0:30443/tcp@external 2",
             "198.18.0.10:80/tcp 2",
             "198.18.0.10:80/tcp@balancing 1",
             "198.18.0.10:443/tcp 2",
@@ -260,6 +262,11 @@ pub fn the_example_state_file_is_valid() {
             "198.18.0.53:53/tcp@redirect 1",
             "198.18.0.53:53/udp 2",
             "198.18.0.53:53/udp@redirect 1",
+            "198.18.0.60:443/tcp 2",
+            "198.18.1.60:443/tcp 2",
+            "198.18.1.60:443/tcp@external 2",
+            "198.18.2.60:443/tcp 2",
+            "198.18.2.60:443/tcp@external 2",
             "[2001:db8:5e::20]:8080/tcp 2",
         ]
     );

@@ -5,6 +5,7 @@ use std::{
     net::IpAddr,
 };
 
+use balctl_common::BACKEND_FLAG_LOCAL;
 use serde::Serialize;
 
 use super::{Tables, View, services};
@@ -26,6 +27,9 @@ struct BackendRecord {
     address: IpAddr,
     port: u16,
     protocol: Option<Protocol>,
+    /// It runs on this node (`BACKEND_FLAG_LOCAL`): external traffic to it
+    /// is only DNATed, to the others also SNATed.
+    local: bool,
     /// Frontends with a slot on this backend.
     frontends: Vec<String>,
 }
@@ -52,6 +56,7 @@ pub fn read(view: &View) -> Backends {
                 address: raw_to_addr(backend.addr),
                 port: raw_to_port(backend.port),
                 protocol: Protocol::from_ip_proto(backend.proto),
+                local: backend.flags & BACKEND_FLAG_LOCAL != 0,
                 frontends: frontends.unwrap_or_default().into_iter().collect(),
             })
         })
@@ -61,13 +66,21 @@ pub fn read(view: &View) -> Backends {
 
 impl Tables for Backends {
     fn print_table(&self, style: TableStyle) {
-        let columns = [wide("ID"), column("ADDRESS"), column("PROTO"), column("FRONTENDS"), wide("SLOTS")];
+        let columns = [
+            wide("ID"),
+            column("ADDRESS"),
+            column("PROTO"),
+            column("NODE"),
+            column("FRONTENDS"),
+            wide("SLOTS"),
+        ];
         let mut rows = Listing::new(style, &columns);
         for backend in &self.backends {
             rows.add_row([
                 backend.backend_id.to_string(),
                 std::net::SocketAddr::new(backend.address, backend.port).to_string(),
                 backend.protocol.map_or_else(|| "?".into(), |p| p.to_string()),
+                if backend.local { "local" } else { "-" }.to_owned(),
                 backend.frontends.join("\n"),
                 backend.frontends.len().to_string(),
             ]);

@@ -155,7 +155,7 @@ impl<'a> View<'a> {
         match frontend.scope {
             Scope::Balancing => Some("balancing"),
             Scope::Redirect => Some("redirect"),
-            Scope::Service => {
+            Scope::Service | Scope::External => {
                 let image =
                     self.state.image.frontends.get(frontend).filter(|f| f.service_id == service_id)?;
                 Some(image.address_kind.name())

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use balctl_common::ServiceEntry;
+use balctl_common::{SERVICE_FLAG_MAGLEV, ServiceEntry};
 use serde::Serialize;
 
 use super::{Tables, View, backend_cell};
@@ -28,7 +28,7 @@ pub struct ServiceRecord {
     port: u16,
     protocol: Protocol,
     /// The rule layer: `service`, `balancing` or `redirect` (tried in the
-    /// reverse order).
+    /// reverse order), or `external` (packets from outside the node).
     scope: Scope,
     /// What kind of frontend: a policy's (`balancing`, `redirect`), or which
     /// address of its Service (`ClusterIP`, `NodePort`, `LoadBalancer`,
@@ -40,6 +40,10 @@ pub struct ServiceRecord {
     /// state dir does not know it (drift).
     name: Option<String>,
     affinity_timeout_seconds: Option<u32>,
+    /// The size of an external frontend's Maglev table (its master's
+    /// `backend_id`, with `SERVICE_FLAG_MAGLEV`); null without one (a
+    /// random slot).
+    maglev_table_size: Option<u32>,
     /// Slots the datapath picks from (the master entry's count).
     backend_count: u16,
     pub backends: Vec<SlotRecord>,
@@ -104,6 +108,7 @@ pub fn read(view: &View) -> Services {
                 name: view.name(master.service_id),
                 affinity_timeout_seconds: (master.affinity_timeout_sec != 0)
                     .then_some(master.affinity_timeout_sec),
+                maglev_table_size: (master.flags & SERVICE_FLAG_MAGLEV != 0).then_some(master.backend_id),
                 backend_count: master.count,
                 backends,
                 source: view.name(master.service_id).and_then(|owner| view.source(&owner).map(str::to_owned)),
@@ -147,6 +152,7 @@ impl Tables for Services {
                 service.source.clone().unwrap_or_else(|| "?".into()),
                 match (backends.is_empty(), service.scope) {
                     (true, Scope::Redirect) => "(none: gives way)".into(),
+                    (true, Scope::External) => "(none: drops)".into(),
                     (true, _) => "(none: rejects)".into(),
                     (false, _) => backends.join("\n"),
                 },

@@ -18,9 +18,13 @@ use super::{
     yaml::Node,
 };
 use crate::{
+    error::excerpt,
     input,
     inputs::location::Location,
-    model::{Fingerprint, MAX_AFFINITY_SECONDS, PolicyKind},
+    model::{
+        ExternalBalancing, Fingerprint, LB_ALGORITHM_ANNOTATION, LbAlgorithm, MAGLEV_TABLE_SIZE_ANNOTATION,
+        MAX_AFFINITY_SECONDS, PolicyKind, check_maglev_table_size,
+    },
 };
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -131,6 +135,12 @@ pub struct Service {
     pub affinity_seconds: Option<u32>,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`: traffic from outside goes to this
+    /// node's endpoints only, with the client's address kept.
+    pub external_local: bool,
+    /// From the annotations `balancing.elf.io/lb-algorithm` and
+    /// `balancing.elf.io/maglev-table-size`.
+    pub external_balancing: ExternalBalancing,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -342,6 +352,12 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
         None => false,
     };
+    let external_balancing = external_balancing(root, object)?;
+    // The API server accepts Cluster and Local (Cluster when unset).
+    let external_local = match spec.get("externalTrafficPolicy") {
+        Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
+        None => false,
+    };
     Ok(Service {
         meta,
         service_type,
@@ -352,7 +368,30 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         load_balancer_ips,
         affinity_seconds,
         internal_local,
+        external_local,
+        external_balancing,
     })
+}
+
+/// A Service's annotations on how its external frontends balance.
+/// Annotation values are strings, as the API server stores them.
+fn external_balancing(root: Field<'_>, object: &Object<'_>) -> Result<ExternalBalancing> {
+    let mut balancing = ExternalBalancing::default();
+    let metadata = root.require(object, "metadata")?;
+    let Some(annotations) = metadata.get("annotations") else {
+        return Ok(balancing);
+    };
+    if let Some(algorithm) = annotations.get(LB_ALGORITHM_ANNOTATION) {
+        let name = algorithm.one_of(object, &LbAlgorithm::NAMES)?;
+        balancing.algorithm = LbAlgorithm::from_name(name).expect("one of the names");
+    }
+    if let Some(size) = annotations.get(MAGLEV_TABLE_SIZE_ANNOTATION) {
+        let text = size.str(object)?;
+        let parsed = text.parse::<u64>().map_err(|_| format!("`{}` is not a whole number", excerpt(text)));
+        let size_of = parsed.and_then(check_maglev_table_size);
+        balancing.maglev_table_size = Some(size_of.map_err(|e| size.error(object, e))?);
+    }
+    Ok(balancing)
 }
 
 fn affinity_timeout(spec: Field<'_>, object: &Object<'_>) -> Result<u32> {

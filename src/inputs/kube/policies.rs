@@ -189,10 +189,12 @@ fn rules(
             rules.push(FrontendRule {
                 frontend,
                 backends,
+                local_backends: Vec::new(),
                 affinity_seconds: None,
                 local_only: false,
                 requests_per_second: policy.requests_per_second,
                 address_kind: AddressKind::default(),
+                external: crate::model::ExternalBalancing::default(),
             });
         }
     }

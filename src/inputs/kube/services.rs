@@ -14,6 +14,12 @@
 //!   on this node, with no fallback. External frontends use every usable
 //!   endpoint whatever the traffic policies: kube-proxy treats node-local
 //!   clients of them as if they came back in from the load balancer;
+//! - every external frontend (node port, external and load-balancer IP) has
+//!   a second rule of scope `External`, for packets from outside the node:
+//!   `externalTrafficPolicy: Cluster` every usable endpoint, `Local` this
+//!   node's only (`local_only`: none means the packets are dropped);
+//! - every rule says which of its backends run on this node (the
+//!   endpoint's `nodeName`): packets from outside are only DNATed to them;
 //! - `sessionAffinity: ClientIP` sets affinity on every frontend.
 //!
 //! Headless and ExternalName services, and services without a cluster IP,
@@ -36,7 +42,7 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, Frontend, FrontendRule, Protocol, Scope, SyncedObject},
+    model::{AddressKind, ExternalBalancing, Frontend, FrontendRule, Protocol, Scope, SyncedObject},
 };
 
 /// What Kubernetes objects turn into: synced objects, each with the index
@@ -219,14 +225,6 @@ fn service_object(
                 continue;
             }
         };
-        let rule = |address_kind, address: IpAddr, number: u16, backends: &[SocketAddr]| FrontendRule {
-            frontend: Frontend { address, port: number, protocol, scope: Scope::Service },
-            backends: backends.to_vec(),
-            affinity_seconds: service.affinity_seconds,
-            local_only: false,
-            requests_per_second: None,
-            address_kind,
-        };
         for family in [Family::V4, Family::V6] {
             let in_family = |ips: &[IpAddr]| {
                 ips.iter().copied().filter(move |&ip| Family::of(ip) == family).collect::<Vec<_>>()
@@ -237,47 +235,76 @@ fn service_object(
             }
             let candidates = candidates(slices, port, family);
             let all = usable(&candidates, None);
-            let backends = if service.internal_local {
-                let local = usable(&candidates, Some(this_node));
-                if local.is_empty() {
-                    notes.push(format!(
-                        "service {name}: internalTrafficPolicy Local and no endpoint on node {this_node}: \
-                         its cluster IP refuses connections here"
-                    ));
-                }
-                local
-            } else {
-                all.clone()
-            };
+            let local = usable(&candidates, Some(this_node));
+            let on_this_node: BTreeSet<SocketAddr> = candidates
+                .iter()
+                .filter(|c| c.endpoint.node_name.as_deref() == Some(this_node))
+                .map(|c| c.backend)
+                .collect();
+            let rule =
+                |address_kind, address: IpAddr, number: u16, scope, backends: &[SocketAddr]| FrontendRule {
+                    frontend: Frontend { address, port: number, protocol, scope },
+                    backends: backends.to_vec(),
+                    local_backends: backends.iter().copied().filter(|b| on_this_node.contains(b)).collect(),
+                    affinity_seconds: service.affinity_seconds,
+                    local_only: false,
+                    requests_per_second: None,
+                    address_kind,
+                    external: ExternalBalancing::default(),
+                };
             let (external_ips, load_balancer_ips) =
                 (in_family(&service.external_ips), in_family(load_balancer_ips));
-            let external =
-                external_ips.len() + load_balancer_ips.len() + usize::from(node_port(port).is_some());
+            // Each is a frontend for sockets and one for packets from outside.
+            let external_frontends: Vec<(AddressKind, IpAddr, u16)> = (external_ips.iter())
+                .map(|&ip| (AddressKind::ExternalIp, ip, port.port))
+                .chain(load_balancer_ips.iter().map(|&ip| (AddressKind::LoadBalancer, ip, port.port)))
+                .chain(
+                    node_port(port).map(|node_port| (AddressKind::NodePort, unspecified(family), node_port)),
+                )
+                .collect();
+            if service.internal_local && local.is_empty() {
+                notes.push(format!(
+                    "service {name}: internalTrafficPolicy Local and no endpoint on node {this_node}: \
+                     its cluster IP refuses connections here"
+                ));
+            }
+            if service.external_local && local.is_empty() && !external_frontends.is_empty() {
+                notes.push(format!(
+                    "service {name}: externalTrafficPolicy Local and no endpoint on node {this_node}: \
+                     packets from outside to its node ports and load-balancer and external IPs are dropped here"
+                ));
+            }
+            let internal = if service.internal_local { &local } else { &all };
+            let external = if service.external_local { &local } else { &all };
             let at = &service.meta.location;
             budget.reserve(
                 format_args!("{at}: service {name} port {}/{protocol}", port.port),
                 &[(cluster_ips.len(), "cluster IPs")],
-                (backends.len(), "backends"),
+                (internal.len(), "backends"),
             )?;
             budget.reserve(
                 format_args!("{at}: service {name} port {}/{protocol}", port.port),
-                &[(external, "external IPs, load-balancer IPs and node ports")],
+                &[(external_frontends.len(), "external IPs, load-balancer IPs and node ports")],
                 (all.len(), "backends"),
             )?;
-            let local_only = service.internal_local;
+            budget.reserve(
+                format_args!("{at}: service {name} port {}/{protocol} from outside", port.port),
+                &[(external_frontends.len(), "external IPs, load-balancer IPs and node ports")],
+                (external.len(), "backends"),
+            )?;
             rules.extend(cluster_ips.iter().map(|&ip| FrontendRule {
-                local_only,
-                ..rule(AddressKind::ClusterIp, ip, port.port, &backends)
+                local_only: service.internal_local,
+                ..rule(AddressKind::ClusterIp, ip, port.port, Scope::Service, internal)
             }));
             rules.extend(
-                external_ips.into_iter().map(|ip| rule(AddressKind::ExternalIp, ip, port.port, &all)),
+                (external_frontends.iter())
+                    .map(|&(kind, address, number)| rule(kind, address, number, Scope::Service, &all)),
             );
-            rules.extend(
-                load_balancer_ips.into_iter().map(|ip| rule(AddressKind::LoadBalancer, ip, port.port, &all)),
-            );
-            if let Some(node_port) = node_port(port) {
-                rules.push(rule(AddressKind::NodePort, unspecified(family), node_port, &all));
-            }
+            rules.extend(external_frontends.iter().map(|&(kind, address, number)| FrontendRule {
+                local_only: service.external_local,
+                external: service.external_balancing.clone(),
+                ..rule(kind, address, number, Scope::External, external)
+            }));
         }
     }
     // Reusable as it is while its items stay the same, unless it has notes
@@ -347,9 +374,10 @@ fn usable(candidates: &[Candidate<'_>], node: Option<&str>) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inputs::kube::read;
+    use crate::{inputs::kube::read, model::LbAlgorithm};
 
-    /// Frontend -> backends of every rule the example files give, as text.
+    /// Frontend -> backends of every rule the example files give, as text;
+    /// a backend on `this_node` marked `(local)`.
     fn rules(files: &[&str], this_node: &str) -> (Vec<String>, Vec<String>) {
         let texts: Vec<(&str, String)> = files
             .iter()
@@ -373,7 +401,9 @@ mod tests {
             .iter()
             .flat_map(|(_, o)| o.value.rules.iter())
             .map(|r| {
-                let backends: Vec<String> = r.backends.iter().map(ToString::to_string).collect();
+                let backends: Vec<String> = (r.backends.iter())
+                    .map(|b| if r.is_local(b) { format!("{b} (local)") } else { b.to_string() })
+                    .collect();
                 format!("{} -> {}", r.frontend, backends.join(","))
             })
             .collect();
@@ -385,11 +415,18 @@ mod tests {
         let (on_a, _) = rules(&["local-traffic.yaml"], "node-a");
         assert_eq!(
             on_a,
-            ["198.18.0.60:80/tcp -> 192.0.2.8:9100", "0.0.0.0:30060/tcp -> 192.0.2.8:9100,192.0.2.9:9100"]
+            [
+                "198.18.0.60:80/tcp -> 192.0.2.8:9100 (local)",
+                "0.0.0.0:30060/tcp -> 192.0.2.8:9100 (local),192.0.2.9:9100",
+                // externalTrafficPolicy: Local too.
+                "0.0.0.0:30060/tcp@external -> 192.0.2.8:9100 (local)",
+            ]
         );
         let (on_c, notes) = rules(&["local-traffic.yaml"], "node-c");
         assert_eq!(on_c[0], "198.18.0.60:80/tcp -> ");
-        assert!(notes[0].contains("no endpoint on node node-c"), "{notes:?}");
+        assert_eq!(on_c[2], "0.0.0.0:30060/tcp@external -> ");
+        assert!(notes[0].contains("internalTrafficPolicy Local and no endpoint on node node-c"), "{notes:?}");
+        assert!(notes[1].contains("externalTrafficPolicy Local and no endpoint on node node-c"), "{notes:?}");
     }
 
     #[test]
@@ -421,8 +458,12 @@ mod tests {
                 "198.18.0.30:443/tcp -> 192.0.2.6:8443",
                 "198.18.1.30:443/tcp -> 192.0.2.6:8443",
                 "0.0.0.0:30443/tcp -> 192.0.2.6:8443",
+                // externalTrafficPolicy: Local, and the endpoint is on node-b.
+                "198.18.1.30:443/tcp@external -> ",
+                "0.0.0.0:30443/tcp@external -> ",
                 "198.18.0.40:80/tcp -> 192.0.2.7:8080",
                 "198.18.2.40:80/tcp -> 192.0.2.7:8080",
+                "198.18.2.40:80/tcp@external -> 192.0.2.7:8080",
             ]
         );
     }
@@ -464,6 +505,9 @@ mod tests {
                 "198.18.2.30:443/tcp -> 192.0.2.2:8443",
                 "198.18.1.30:443/tcp -> 192.0.2.2:8443",
                 "0.0.0.0:30443/tcp -> 192.0.2.2:8443",
+                "198.18.2.30:443/tcp@external -> 192.0.2.2:8443",
+                "198.18.1.30:443/tcp@external -> 192.0.2.2:8443",
+                "0.0.0.0:30443/tcp@external -> 192.0.2.2:8443",
             ]
         );
         assert_eq!(
@@ -493,6 +537,104 @@ mod tests {
             notes,
             ["service shop/web has no cluster IP (kube-proxy skips it until it has one): skipped"]
         );
+    }
+
+    /// Every node port, load-balancer and external IP is a frontend for
+    /// sockets (every endpoint) and one for packets from outside
+    /// (externalTrafficPolicy's endpoints); this node's are marked in
+    /// every rule, and a policy the API server refuses is refused.
+    #[test]
+    fn external_traffic_policy_chooses_the_external_entries_backends() {
+        let slice = "addressType: IPv4\nendpoints:\n\
+                     - {addresses: [192.0.2.2], nodeName: node-a}\n\
+                     - {addresses: [192.0.2.3], nodeName: node-b}\n\
+                     ports: [{name: https, port: 8443}]";
+        let spec = |policy: &str| {
+            format!(
+                "spec:\n  type: LoadBalancer\n  clusterIP: 198.18.0.30\n  externalIPs: [198.18.2.30]\n  \
+                 {policy}\n  ports: [{{name: https, port: 443, nodePort: 30443}}]\n\
+                 status: {{loadBalancer: {{ingress: [{{ip: 198.18.1.30}}]}}}}"
+            )
+        };
+        let socket_entries = [
+            "198.18.0.30:443/tcp -> 192.0.2.2:8443 (local),192.0.2.3:8443",
+            "198.18.2.30:443/tcp -> 192.0.2.2:8443 (local),192.0.2.3:8443",
+            "198.18.1.30:443/tcp -> 192.0.2.2:8443 (local),192.0.2.3:8443",
+            "0.0.0.0:30443/tcp -> 192.0.2.2:8443 (local),192.0.2.3:8443",
+        ];
+        for policy in ["externalTrafficPolicy: Cluster", "sessionAffinity: None"] {
+            let (found, notes) = rules_of(&[web(&spec(policy), slice)], "node-a");
+            let external = [
+                "198.18.2.30:443/tcp@external -> 192.0.2.2:8443 (local),192.0.2.3:8443",
+                "198.18.1.30:443/tcp@external -> 192.0.2.2:8443 (local),192.0.2.3:8443",
+                "0.0.0.0:30443/tcp@external -> 192.0.2.2:8443 (local),192.0.2.3:8443",
+            ];
+            assert_eq!(found, [&socket_entries[..], &external].concat(), "{policy}");
+            assert!(notes.is_empty(), "{notes:?}");
+        }
+        let (found, _) = rules_of(&[web(&spec("externalTrafficPolicy: Local"), slice)], "node-a");
+        let external = [
+            "198.18.2.30:443/tcp@external -> 192.0.2.2:8443 (local)",
+            "198.18.1.30:443/tcp@external -> 192.0.2.2:8443 (local)",
+            "0.0.0.0:30443/tcp@external -> 192.0.2.2:8443 (local)",
+        ];
+        assert_eq!(found, [&socket_entries[..], &external].concat());
+        let text = web(&spec("externalTrafficPolicy: Global"), slice).1;
+        let err = read("web.yaml", text.as_bytes()).err().expect("an unknown policy is refused");
+        assert!(format!("{err:#}").contains("externalTrafficPolicy"), "{err:#}");
+    }
+
+    /// The lb-algorithm and maglev-table-size annotations go to the
+    /// external entries only; bad values name the file, line and field.
+    #[test]
+    fn balancing_annotations_choose_the_external_algorithm() {
+        let service = |annotations: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  annotations:\n{annotations}\n\
+                 spec:\n  type: NodePort\n  clusterIP: 198.18.0.30\n  ports: [{{port: 443, nodePort: 30443}}]\n"
+            )
+        };
+        let external = |text: &str| -> Result<Vec<(Scope, ExternalBalancing)>> {
+            let objects: Vec<_> = read("web.yaml", text.as_bytes())?.into_iter().map(|o| (0, o)).collect();
+            let translation = translate(objects, "node-a", &mut EntryBudget::default())?;
+            Ok(translation.objects[0]
+                .1
+                .value
+                .rules
+                .iter()
+                .map(|r| (r.frontend.scope, r.external.clone()))
+                .collect())
+        };
+        let chosen = external(&service(
+            "    balancing.elf.io/lb-algorithm: random\n    balancing.elf.io/maglev-table-size: \"1021\"",
+        ))
+        .unwrap();
+        let random = ExternalBalancing { algorithm: LbAlgorithm::Random, maglev_table_size: Some(1021) };
+        assert_eq!(
+            chosen,
+            [
+                (Scope::Service, ExternalBalancing::default()),
+                (Scope::Service, ExternalBalancing::default()),
+                (Scope::External, random)
+            ]
+        );
+        for (annotations, expected) in [
+            (
+                "    balancing.elf.io/lb-algorithm: Maglev",
+                "web.yaml:7:36: Service shop/web: metadata.annotations.balancing.elf.io/lb-algorithm: `Maglev` is not one of maglev, random",
+            ),
+            (
+                "    balancing.elf.io/maglev-table-size: \"1000\"",
+                "web.yaml:7:41: Service shop/web: metadata.annotations.balancing.elf.io/maglev-table-size: maglev table size 1000 is not a prime",
+            ),
+            (
+                "    balancing.elf.io/maglev-table-size: lots",
+                "web.yaml:7:41: Service shop/web: metadata.annotations.balancing.elf.io/maglev-table-size: `lots` is not a whole number",
+            ),
+        ] {
+            let err = format!("{:#}", external(&service(annotations)).unwrap_err());
+            assert!(err.starts_with(expected), "{err}");
+        }
     }
 
     #[test]

@@ -1,24 +1,33 @@
-//! Reads state files of format 3, the last written with bincode 1 (balctl
-//! up to commit a86b197), so that an upgrade keeps what was applied: the
-//! first balctl that takes the state lock rewrites such a file in the
-//! current format (`StateDir::lock`). Only that migration uses it.
+//! Reads state files of the formats before the current one, so that an
+//! upgrade keeps what was applied: the first balctl that takes the state
+//! lock rewrites such a file in the current format (`StateDir::lock`).
+//! Only that migration uses it.
 //!
-//! Delete this module, and `LEGACY_VERSION`, once no node can still hold a
-//! format 3 file: when every release an upgrade may start from writes
-//! format 4 or later (the release after the first one that writes it).
+//! - Format 3, the last written with bincode 1 (balctl up to commit
+//!   a86b197). Delete its support once no node can still hold such a
+//!   file: when every release an upgrade may start from writes format 4
+//!   or later.
+//! - Format 4, postcard, without the fields north-south added (which
+//!   backends are local).
 //!
-//! bincode 1 is unmaintained (RUSTSEC-2025-0141) and is not kept for this.
-//! Its default encoding (`bincode::serialize`) is small and fixed, and
-//! this reader decodes exactly the part of it that `AppliedState` uses:
+//! bincode 1 is unmaintained (RUSTSEC-2025-0141) and is not kept for this;
+//! postcard reads only its own current layout. Both encodings are small
+//! and fixed, and this reader decodes exactly the part of them that
+//! `AppliedState` uses:
 //!
-//! - integers: fixed width, little endian (`u8` 1 byte ... `u128` 16);
+//! - `u8`: one byte. Wider integers: in format 3 fixed width, little
+//!   endian (`u16` 2 bytes ... `u128` 16); in format 4 postcard's varint
+//!   (LEB128: 7 bits a byte, least significant first, the high bit set on
+//!   all bytes but the last);
 //! - `bool`: one byte, 0 or 1; `Option`: a byte 0 (None) or 1 then the value;
-//! - strings and sequences: a `u64` length, then UTF-8 bytes or the elements;
+//! - strings and sequences: a length (a `u64`, or a varint in format 4),
+//!   then UTF-8 bytes or the elements;
 //! - structs and tuples: their fields in order, nothing else;
-//! - enums: the variant's index as a `u32`, then its fields.
+//! - enums: the variant's index as a `u32` (a varint in format 4), then
+//!   its fields.
 //!
-//! Nothing says what a value is (it is not self-describing), so what to
-//! read next comes from the types, as with bincode.
+//! Nothing says what a value is (neither is self-describing), so what to
+//! read next comes from the types, as with bincode and postcard.
 
 use std::fmt;
 
@@ -27,11 +36,21 @@ use serde::de::{
     value::U32Deserializer,
 };
 
-/// Fields of the state's types that format 3 did not have, as (struct,
-/// field): each is the last of its struct (later fields would be added
-/// after it) and `#[serde(default)]`, which is what a migrated file gets.
-pub const ADDED_AFTER_FORMAT_3: &[(&str, &str)] =
-    &[("Record", "address_kind"), ("FrontendImage", "address_kind")];
+/// Fields of the state's types that older formats did not have, as (the
+/// first format with it, struct, field): each comes after every field of
+/// its struct that older formats had (later fields are added after it)
+/// and is `#[serde(default)]`, which is what a migrated file gets.
+pub const ADDED: &[(u32, &str, &str)] = &[
+    (4, "Record", "address_kind"),
+    (4, "FrontendImage", "address_kind"),
+    (5, "Record", "local_backends"),
+    (5, "BackendAddr", "local"),
+    (5, "Record", "external"),
+    (5, "FrontendImage", "maglev_table_size"),
+];
+
+/// The formats this reader reads.
+pub const FORMATS: [u32; 2] = [3, 4];
 
 /// Why a format 3 file cannot be read.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,9 +77,11 @@ impl de::Error for Error {
     }
 }
 
-/// The value `bytes` (a format 3 body, after the header) hold, all of them.
-pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let mut reader = Reader { bytes };
+/// The value `bytes` (the body of a file of `format`, one of `FORMATS`,
+/// after the header) hold, all of them.
+pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8], format: u32) -> Result<T, Error> {
+    debug_assert!(FORMATS.contains(&format));
+    let mut reader = Reader { bytes, format };
     let value = T::deserialize(&mut reader)?;
     if !reader.bytes.is_empty() {
         return Err(Error::Invalid(format!("{} bytes follow the end of its data", reader.bytes.len())));
@@ -71,6 +92,7 @@ pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 struct Reader<'de> {
     /// What is left to read.
     bytes: &'de [u8],
+    format: u32,
 }
 
 impl<'de> Reader<'de> {
@@ -84,11 +106,40 @@ impl<'de> Reader<'de> {
         Ok(self.take::<1>()?[0])
     }
 
-    /// A length (`u64`); a count of elements may be anything, so it is
+    /// Whether integers wider than a byte are varints (postcard).
+    fn varints(&self) -> bool {
+        self.format >= 4
+    }
+
+    /// An unsigned integer of at most `bits` bits: `N` bytes little endian
+    /// in format 3, a varint after.
+    fn integer<const N: usize>(&mut self, bits: u32) -> Result<u128, Error> {
+        if !self.varints() {
+            let mut wide = [0u8; 16];
+            wide[..N].copy_from_slice(&self.take::<N>()?);
+            return Ok(u128::from_le_bytes(wide));
+        }
+        let mut value = 0u128;
+        let mut shift = 0;
+        loop {
+            let byte = self.byte()?;
+            let part = u128::from(byte & 0x7f);
+            if shift >= bits || part >> (bits - shift).min(7) != 0 {
+                return Err(Error::Invalid(format!("a varint does not fit in {bits} bits")));
+            }
+            value |= part << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+            shift += 7;
+        }
+    }
+
+    /// A length (a `u64`); a count of elements may be anything, so it is
     /// never used to reserve memory here (serde's collections cap what they
     /// reserve from it).
     fn length(&mut self) -> Result<usize, Error> {
-        let length = u64::from_le_bytes(self.take()?);
+        let length = self.integer::<8>(64)?;
         usize::try_from(length).map_err(|_| Error::Truncated)
     }
 
@@ -129,7 +180,7 @@ impl<'de> EnumAccess<'de> for &mut Reader<'de> {
     type Variant = Self;
 
     fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), Error> {
-        let index = u32::from_le_bytes(self.take()?);
+        let index = self.integer::<4>(32)? as u32;
         let variant = seed.deserialize(U32Deserializer::<Error>::new(index))?;
         Ok((variant, self))
     }
@@ -165,7 +216,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     /// The format does not say what comes next: only types that state
     /// files never held would ask.
     fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
-        Err(Error::Invalid("a value of a type state format 3 never held".to_owned()))
+        Err(Error::Invalid(format!("a value of a type state format {} never held", self.format)))
     }
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -176,20 +227,21 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         visitor.visit_u8(self.byte()?)
     }
 
+    // `integer` checks the width, so the casts keep every bit.
     fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_u16(u16::from_le_bytes(self.take()?))
+        visitor.visit_u16(self.integer::<2>(16)? as u16)
     }
 
     fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_u32(u32::from_le_bytes(self.take()?))
+        visitor.visit_u32(self.integer::<4>(32)? as u32)
     }
 
     fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_u64(u64::from_le_bytes(self.take()?))
+        visitor.visit_u64(self.integer::<8>(64)? as u64)
     }
 
     fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_u128(u128::from_le_bytes(self.take()?))
+        visitor.visit_u128(self.integer::<16>(128)?)
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -235,7 +287,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         self.deserialize_tuple(len, visitor)
     }
 
-    /// A struct's fields up to the first one format 3 did not have: the
+    /// A struct's fields up to the first one its format did not have: the
     /// struct's `#[serde(default)]` gives the rest.
     fn deserialize_struct<V: Visitor<'de>>(
         self,
@@ -243,11 +295,14 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        let in_format_3 = fields
+        let format = self.format;
+        let in_format = fields
             .iter()
-            .position(|field| ADDED_AFTER_FORMAT_3.contains(&(name, *field)))
+            .position(|field| {
+                ADDED.iter().any(|&added| added.0 > format && (added.1, added.2) == (name, *field))
+            })
             .unwrap_or(fields.len());
-        self.deserialize_tuple(in_format_3, visitor)
+        self.deserialize_tuple(in_format, visitor)
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
