@@ -488,8 +488,16 @@ pub struct FlowKey {
 pub const fn flow_hash(key: &FlowKey) -> u32 {
     let ports = key.sport as u32 | (key.dport as u32) << 16;
     let words = [
-        key.saddr[0], key.saddr[1], key.saddr[2], key.saddr[3], key.daddr[0], key.daddr[1], key.daddr[2],
-        key.daddr[3], ports, key.proto as u32,
+        key.saddr[0],
+        key.saddr[1],
+        key.saddr[2],
+        key.saddr[3],
+        key.daddr[0],
+        key.daddr[1],
+        key.daddr[2],
+        key.daddr[3],
+        ports,
+        key.proto as u32,
     ];
     let mut hash: u32 = 0;
     let mut index = 0;

@@ -97,7 +97,9 @@ pub fn has_backends(master: &ServiceEntry) -> Result<(), u8> {
 pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry) -> Result<Choice, u8> {
     // SAFETY: plain helper call. (The count is not 0, but a caller whose
     // `master` lives in a map cannot show the compiler so: no panic path.)
-    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(u32::from(master.count)).ok_or(result::STALE)? as u16 + 1;
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(u32::from(master.count)).ok_or(result::STALE)?
+        as u16
+        + 1;
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
     let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;

@@ -64,12 +64,7 @@ fn lookup(ctx: &TcContext, ip: &IpHeader, dst: &Addr, found: &mut Route) -> bool
     }
     // SAFETY: `params` is a whole bpf_fib_lookup on the stack, its size given.
     let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &raw mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SRC,
-        )
+        fib_lookup(ctx.as_ptr(), &raw mut params, size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_SRC)
     };
     let macs = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {

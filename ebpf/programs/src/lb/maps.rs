@@ -6,12 +6,13 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use super::nodeport::{Nat, SCRATCH_ENTRIES};
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevKey,
     MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey,
     ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
 };
+
+use super::nodeport::{Nat, SCRATCH_ENTRIES};
 
 #[map(name = "services")]
 pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =

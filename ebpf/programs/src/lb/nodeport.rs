@@ -26,8 +26,8 @@ use super::{
     counters::count,
     flows::{self, backend_of, is_snat, snat_of},
     forward::{redirect, route},
-    maps::NODEPORT_SCRATCH,
     frontend::{admits, lookup_external},
+    maps::NODEPORT_SCRATCH,
     packet::{Family, IcmpError, Kind, Packet, Side, classify, parse_icmp_error, parse_transport},
 };
 

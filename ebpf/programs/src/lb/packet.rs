@@ -434,9 +434,7 @@ fn replace_addr(
         Family::V6 => {
             let (mut old, mut new) = (*from, *to);
             // SAFETY: both buffers are 16 bytes on the stack, as passed.
-            let diff = unsafe {
-                bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0)
-            };
+            let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0) };
             if diff < 0 {
                 return Err(());
             }
