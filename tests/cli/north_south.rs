@@ -242,3 +242,97 @@ pub fn a_smaller_mtu_beyond_node_a_lowers_the_clients_path_mtu() {
     let route = super::support::run("ip", &["-n", &nodes.client, "route", "get", NODE_A]);
     assert!(route.contains("mtu 1280"), "the client's path MTU: {route}");
 }
+
+/// The client for `flows_keep_their_backend`: opens 50 connections to the
+/// node port and prints who answered each; on a line from stdin, sends a
+/// line over each and prints whether it came back.
+const HELD_CLIENT: &str = r#"
+import json, socket, sys
+held = []
+for _ in range(50):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    f = s.makefile("rwb")
+    held.append((s, f, f.readline().decode().strip()))
+print(json.dumps([who for _, _, who in held]), flush=True)
+sys.stdin.readline()
+answers = []
+for s, f, who in held:
+    try:
+        f.write(b"still there\n")
+        f.flush()
+        answers.append([who, f.readline() == b"still there\n"])
+    except OSError:
+        answers.append([who, False])
+print(json.dumps(answers), flush=True)
+"#;
+
+/// An echo server in `ns` on `address`:8080 that first says `id`.
+fn echo_server(sandbox: &Sandbox, ns: &str, address: &str, id: &str) -> Program {
+    let listen = format!("TCP-LISTEN:8080,bind={address},reuseaddr,fork");
+    let answer = format!("SYSTEM:echo {id}; exec cat");
+    Program(
+        sandbox
+            .peer(false, ns)
+            .args(["exec", "socat", &listen, &answer])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start an echo server"),
+    )
+}
+
+/// Must show 4 (through real connections): 50 long-lived connections
+/// through the node port, then one backend added (a second address of
+/// pod A) and another removed (pod A's first) in one sync: every
+/// connection to pod B, which stayed, keeps working, although the new
+/// Maglev table moves some of its 5-tuples to the new backend.
+pub fn flows_keep_their_backend_across_a_backend_change() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    super::support::run("ip", &["-n", &nodes.pod_a, "addr", "add", "192.0.2.11/25", "dev", "eth0"]);
+    let _servers = [
+        echo_server(&sandbox, &nodes.pod_a, POD_A, "a10"),
+        echo_server(&sandbox, &nodes.pod_a, "192.0.2.11", "a11"),
+        echo_server(&sandbox, &nodes.pod_b, POD_B, "b130"),
+    ];
+    thread::sleep(Duration::from_millis(300));
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let mut client = Program(
+        sandbox
+            .peer(false, &nodes.client)
+            .args(["exec", "python3", "-c", HELD_CLIENT, NODE_A, "30080"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the client"),
+    );
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
+    let first: Vec<String> = serde_json::from_str(&lines.next().expect("the client's first report").unwrap())
+        .expect("who answered");
+    let to_b = first.iter().filter(|who| *who == "b130").count();
+    assert!(to_b > 0 && first.iter().all(|who| who == "a10" || who == "b130"), "{first:?}");
+
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_B, "node-b"), ("192.0.2.11", "node-a")]));
+    // New connections reach the new backend: the change is in force.
+    let now = tcp_answers_of_echo(&sandbox, &nodes);
+    assert!(now.contains("a11") && !now.contains("a10"), "{now:?}");
+
+    writeln!(client.0.stdin.as_mut().unwrap()).unwrap();
+    let answers: Vec<(String, bool)> =
+        serde_json::from_str(&lines.next().expect("the client's second report").unwrap()).expect("answers");
+    let kept = answers.iter().filter(|(who, ok)| who == "b130" && *ok).count();
+    assert_eq!(kept, to_b, "connections to pod B that still work: {answers:?}");
+}
+
+/// Who answers 30 new connections to the node port (echo servers).
+fn tcp_answers_of_echo(sandbox: &Sandbox, nodes: &Nodes) -> BTreeSet<String> {
+    let script = "import socket, sys\nfor _ in range(30):\n    s = socket.create_connection((sys.argv[1], 30080), timeout=3)\n    print(s.makefile().readline().strip())\n    s.close()\n";
+    let output =
+        sandbox.peer(false, &nodes.client).args(["exec", "python3", "-c", script, NODE_A]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect()
+}
