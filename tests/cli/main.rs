@@ -136,6 +136,7 @@ fn main() {
         north_south::ipv6_node_port_alongside_ipv4,
         north_south::a_smaller_mtu_beyond_node_a_lowers_the_clients_path_mtu,
         north_south::flows_keep_their_backend_across_a_backend_change,
+        north_south::icmp_errors_about_a_flow_reach_the_client,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

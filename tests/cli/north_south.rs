@@ -336,3 +336,22 @@ fn tcp_answers_of_echo(sandbox: &Sandbox, nodes: &Nodes) -> BTreeSet<String> {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect()
 }
+
+/// ICMP errors about a flow reach the client translated back: a UDP
+/// datagram through the node port to a pod with nothing on the port makes
+/// the pod answer "port unreachable", about the translated datagram. For
+/// pod A (only DNATed) the error leaves through node A's device toward the
+/// client; for pod B (SNATed) it arrives from node B, addressed to node A.
+/// Either way the client's connected socket only takes it (ECONNREFUSED)
+/// when it quotes the datagram as the client sent it.
+pub fn icmp_errors_about_a_flow_reach_the_client() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    let node_port = format!("{NODE_A}:30080");
+    for pod in [(POD_A, "node-a"), (POD_B, "node-b")] {
+        nodes.sync(&sandbox, &web("Cluster", &[pod]));
+        let report = client(&sandbox, &nodes, &["udp-connected", "--to", &node_port]);
+        assert_eq!(report["error"], "ECONNREFUSED", "{pod:?}: {report}");
+    }
+}
