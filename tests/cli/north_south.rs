@@ -7,7 +7,8 @@
 use std::{
     collections::BTreeSet,
     fs,
-    process::{Child, Stdio},
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -185,12 +186,21 @@ pub fn ipv6_node_port_alongside_ipv4() {
     assert_eq!(ipv4, v4);
 }
 
-/// A program in a pod or the client, killed by PID when this drops.
+/// A program in a pod or the client, in a process group of its own, which
+/// is killed (by the group's id, the program's PID) when this drops: a
+/// forking server's children go with it.
 struct Program(Child);
+
+impl Program {
+    fn spawn(command: &mut Command) -> Self {
+        Program(command.process_group(0).spawn().expect("start a program"))
+    }
+}
 
 impl Drop for Program {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: kill(2) of the process group this program leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -213,14 +223,12 @@ pub fn a_smaller_mtu_beyond_node_a_lowers_the_clients_path_mtu() {
     fs::write(&sent, &data).unwrap();
     let listen = format!("TCP-LISTEN:8080,bind={POD_B},reuseaddr");
     let sink = format!("CREATE:{}", received.display());
-    let _server = Program(
+    let _server = Program::spawn(
         sandbox
             .peer(false, &nodes.pod_b)
             .args(["exec", "socat", "-u", &listen, &sink])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start socat in pod B"),
+            .stderr(Stdio::null()),
     );
     thread::sleep(Duration::from_millis(300));
     let to = format!("TCP:{NODE_A}:30080,connect-timeout=5");
@@ -270,14 +278,12 @@ print(json.dumps(answers), flush=True)
 fn echo_server(sandbox: &Sandbox, ns: &str, address: &str, id: &str) -> Program {
     let listen = format!("TCP-LISTEN:8080,bind={address},reuseaddr,fork");
     let answer = format!("SYSTEM:echo {id}; exec cat");
-    Program(
+    Program::spawn(
         sandbox
             .peer(false, ns)
             .args(["exec", "socat", &listen, &answer])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start an echo server"),
+            .stderr(Stdio::null()),
     )
 }
 
@@ -301,14 +307,12 @@ pub fn flows_keep_their_backend_across_a_backend_change() {
     nodes.load(&sandbox);
     nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
 
-    let mut client = Program(
+    let mut client = Program::spawn(
         sandbox
             .peer(false, &nodes.client)
             .args(["exec", "python3", "-c", HELD_CLIENT, NODE_A, "30080"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the client"),
+            .stdout(Stdio::piped()),
     );
     let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
     let first: Vec<String> = serde_json::from_str(&lines.next().expect("the client's first report").unwrap())
