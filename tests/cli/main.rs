@@ -21,6 +21,7 @@ mod kube;
 mod kube_api;
 mod kube_parity;
 mod kube_sync;
+mod north_south;
 mod output;
 mod policies;
 mod policy_sync;
@@ -134,6 +135,13 @@ fn main() {
         external::external_frontends_follow_the_traffic_policy_and_locality,
         external::maglev_tables_are_the_same_on_every_node,
         external::source_ranges_restrict_the_load_balancer_ip_from_outside,
+        north_south::cluster_policy_reaches_pods_on_both_nodes,
+        north_south::local_policy_keeps_the_client_address_and_drops_without_a_local_pod,
+        north_south::load_balancer_and_external_ips_reach_pods_on_both_nodes,
+        north_south::ipv6_node_port_alongside_ipv4,
+        north_south::a_smaller_mtu_beyond_node_a_lowers_the_clients_path_mtu,
+        north_south::flows_keep_their_backend_across_a_backend_change,
+        north_south::icmp_errors_about_a_flow_reach_the_client,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

@@ -496,6 +496,43 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// The hash of a flow's 5-tuple (the client's packet as it arrives) that
+/// picks its entry of a Maglev table: `flow_hash(key) % M`. Shared so that
+/// user space (`explain`, tests) finds the entry the datapath reads, and
+/// with no per-boot seed, so every node behind ECMP picks the same backend
+/// for a flow. MurmurHash3 (x86, 32-bit) over the key's ten words as the
+/// maps hold them: addresses and ports in network byte order, the ports in
+/// one word and the protocol in the last.
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let ports = key.sport as u32 | (key.dport as u32) << 16;
+    let words = [
+        key.saddr[0],
+        key.saddr[1],
+        key.saddr[2],
+        key.saddr[3],
+        key.daddr[0],
+        key.daddr[1],
+        key.daddr[2],
+        key.daddr[3],
+        ports,
+        key.proto as u32,
+    ];
+    let mut hash: u32 = 0;
+    let mut index = 0;
+    while index < words.len() {
+        let mut k = words[index].wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        hash = (hash ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        index += 1;
+    }
+    hash ^= (words.len() * 4) as u32;
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ hash >> 16
+}
+
 /// `Flow::state`: what the datapath has seen of a TCP flow (UDP flows stay
 /// `FLOW_OPEN`). Timeouts follow conntrack's defaults closely.
 pub const FLOW_OPEN: u8 = 0;
@@ -510,7 +547,7 @@ pub const FLOW_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
 /// backend is still a member of the frontend (membership map); otherwise
 /// the flow chooses again.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Flow {
     pub backend: Addr,
     /// The node address the flow is SNATed from; unspecified when it is
@@ -601,5 +638,26 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Flow>(), 56);
         assert_eq!(size_of::<FlowReply>(), 40);
+    }
+
+    /// The hash is fixed (every node and user space must agree) and
+    /// spreads flows that differ only in the client's port.
+    #[test]
+    fn flow_hash_is_fixed_and_spreads_ports() {
+        let key = |sport: u16| FlowKey {
+            saddr: [0, 0, u32::from_be(0xffff), u32::from_be(0xc000_0201)],
+            daddr: [0, 0, u32::from_be(0xffff), u32::from_be(0xc612_0001)],
+            sport: sport.to_be(),
+            dport: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        assert_eq!(flow_hash(&key(40_000)), flow_hash(&key(40_000)));
+        assert_eq!(flow_hash(&key(40_000)), 0xba60_b713);
+        let mut buckets = [0u32; 7];
+        for port in 40_000..47_000 {
+            buckets[(flow_hash(&key(port)) % 7) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&n| (800..1200).contains(&n)), "{buckets:?}");
     }
 }

@@ -14,6 +14,7 @@
 //! killed by PID. `sweep_stale` removes what a killed test run left behind.
 
 pub mod apiserver;
+pub mod nodes;
 pub mod peer;
 pub mod watcher;
 

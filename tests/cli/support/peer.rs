@@ -46,8 +46,9 @@ struct PeerArgs {
 
 #[derive(Subcommand)]
 enum PeerCommand {
-    /// Answer every TCP connection and UDP datagram with `ID\n`; prints
-    /// `ready` once every socket is bound.
+    /// Answer every TCP connection and UDP datagram with `ID\n` (`{peer}`
+    /// in it replaced by the client's address); prints `ready` once every
+    /// socket is bound.
     Serve {
         #[arg(long)]
         id: String,
@@ -215,6 +216,7 @@ fn serve(id: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Value {
         workers.push(thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let mut stream = stream;
+                let answer = with_peer(&answer, stream.peer_addr());
                 // The server closes first, so client ports never sit in TIME_WAIT.
                 let _ = stream.write_all(answer.as_bytes());
             }
@@ -226,7 +228,7 @@ fn serve(id: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Value {
         workers.push(thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while let Ok((_, from)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(answer.as_bytes(), from);
+                let _ = socket.send_to(with_peer(&answer, Ok(from)).as_bytes(), from);
             }
         }));
     }
@@ -236,6 +238,16 @@ fn serve(id: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Value {
         let _ = worker.join();
     }
     json!({})
+}
+
+/// A server's answer with `{peer}` replaced by the address the client's
+/// packets came from, as the server sees it (north-south tests: SNATed or
+/// not).
+fn with_peer(answer: &str, peer: io::Result<SocketAddr>) -> String {
+    match peer {
+        Ok(peer) if answer.contains("{peer}") => answer.replace("{peer}", &peer.ip().to_string()),
+        _ => answer.to_owned(),
+    }
 }
 
 /// The errno name of an I/O error, for stable assertions.

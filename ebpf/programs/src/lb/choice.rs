@@ -36,10 +36,7 @@ pub fn choose_backend(
     frontend: &ServiceKey,
     master: &ServiceEntry,
 ) -> Result<Choice, u8> {
-    if master.count == 0 {
-        let local_only = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
-        return Err(if local_only { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND });
-    }
+    has_backends(master)?;
     let service_id = master.service_id;
     // The sticky choice of an unconnected socket for a frontend that is not
     // the one in its sockets entry.
@@ -72,20 +69,43 @@ pub fn choose_backend(
         }
     }
 
-    // SAFETY: plain helper call.
-    let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
+    let choice = random_slot(frontend, master)?;
+    if let Some(netns_key) = &affinity {
+        remember_choice(netns_key, choice.backend_id, now);
+    }
+    if let Some(socket_key) = &second_frontend {
+        remember_choice(socket_key, choice.backend_id, now);
+    }
+    Ok(choice)
+}
+
+/// Whether the frontend with `master` has any backend, or why not: a
+/// frontend of this node's endpoints only has no local one.
+#[inline(always)]
+pub fn has_backends(master: &ServiceEntry) -> Result<(), u8> {
+    if master.count != 0 {
+        return Ok(());
+    }
+    let local_only = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
+    Err(if local_only { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND })
+}
+
+/// A backend of `frontend` (with its `master` entry, which has some) from
+/// one of its slots at random: the slot holds a copy of the backend, so
+/// this is one lookup.
+#[inline(always)]
+pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry) -> Result<Choice, u8> {
+    // SAFETY: plain helper call. (The count is not 0, but a caller whose
+    // `master` lives in a map cannot show the compiler so: no panic path.)
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(u32::from(master.count)).ok_or(result::STALE)?
+        as u16
+        + 1;
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
     let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;
     let (backend_id, backend) = (slot_entry.backend_id, slot_entry.backend);
     if backend.proto == Backend::NONE.proto {
         return Err(result::STALE);
-    }
-    if let Some(netns_key) = &affinity {
-        remember_choice(netns_key, backend_id, now);
-    }
-    if let Some(socket_key) = &second_frontend {
-        remember_choice(socket_key, backend_id, now);
     }
     Ok(Choice { backend, backend_id, how: result::RANDOM })
 }

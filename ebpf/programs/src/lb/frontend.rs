@@ -1,16 +1,19 @@
 //! Which frontend a destination is, in layer order: a LocalRedirectPolicy,
-//! a BalancingPolicy, the Service (exact, else its NodePort).
+//! a BalancingPolicy, the Service (exact, else its NodePort); and for
+//! traffic from outside the node, its external frontend (`lookup_external`).
 
+use aya_ebpf::maps::lpm_trie::Key;
 use balctl_common::{
-    GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, LAYERS_KNOWN, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT,
-    SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, ServiceEntry, ServiceKey, layer_bit,
+    Addr, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, LAYERS_KNOWN, NodeAddressKey, SCOPE_BALANCING,
+    SCOPE_EXTERNAL, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES,
+    ServiceEntry, ServiceKey, SourceRange, layer_bit,
 };
 
 use super::{
     addr::{Endpoint, V4_MAPPED_PREFIX, is_v4_loopback, is_v4_mapped},
     clock::{NSEC_PER_SEC, coarse_now},
     counters::count_gave_way,
-    maps::{LAYERS, NODES, RATE_LIMITS, SERVICES},
+    maps::{LAYERS, NODES, RATE_LIMITS, SERVICES, SOURCE_RANGES},
 };
 
 /// The frontend that takes a connection to `dest` over `proto`, with its
@@ -106,4 +109,39 @@ fn find_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry
     // SAFETY: as above.
     let master = unsafe { SERVICES.get(&node_port) }.copied()?;
     Some((node_port, master))
+}
+
+/// The external frontend (`SCOPE_EXTERNAL`) a packet from outside the node
+/// to `dest` over `proto` is for, with its master entry: the node port of
+/// its port when `dest` is a node address, else an exact match (a
+/// LoadBalancer IP or an external IP). A packet for no frontend costs two
+/// lookups, the node-address check only a packet to a node port.
+#[inline(always)]
+pub fn lookup_external(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+    let any = if is_v4_mapped(&dest.addr) { V4_MAPPED_PREFIX } else { [0; 4] };
+    let node_port = ServiceKey { addr: any, port: dest.port, proto, scope: SCOPE_EXTERNAL, slot: 0, _pad: 0 };
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    if let Some(master) = unsafe { SERVICES.get(&node_port) }.copied()
+        // SAFETY: only presence is read.
+        && unsafe { NODES.get(&NodeAddressKey { addr: dest.addr }) }.is_some()
+    {
+        return Some((node_port, master));
+    }
+    let exact = ServiceKey { addr: dest.addr, ..node_port };
+    // SAFETY: as above.
+    let master = unsafe { SERVICES.get(&exact) }.copied()?;
+    Some((exact, master))
+}
+
+/// Whether `client` may use the external frontend with `master`: any
+/// client, unless the frontend has source ranges (loadBalancerSourceRanges)
+/// and none of them holds the client.
+#[inline(always)]
+pub fn admits(master: &ServiceEntry, client: &Addr) -> bool {
+    if master.flags & SERVICE_FLAG_SOURCE_RANGES == 0 {
+        return true;
+    }
+    // The service id always counts whole, then every address bit.
+    let key = Key::new(32 + 128, SourceRange { service_id: master.service_id.to_be_bytes(), addr: *client });
+    SOURCE_RANGES.get(&key).is_some()
 }

@@ -12,6 +12,8 @@ use balctl_common::{
     ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
 };
 
+use super::nodeport::{Nat, SCRATCH_ENTRIES};
+
 #[map(name = "services")]
 pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
     HashMap::with_max_entries(default_capacity::SERVICES, 0);
@@ -94,3 +96,9 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(defau
 #[map(name = "flow_replies")]
 pub static FLOW_REPLIES: LruHashMap<FlowKey, FlowReply> =
     LruHashMap::with_max_entries(default_capacity::FLOWS, 0);
+
+// Working memory of the packet programs (`nodeport::Nat`), per CPU, an
+// entry per program. Not pinned and not in the contract: it holds nothing
+// from one packet to the next, and each load makes its own.
+#[map(name = "nodeport_scratch")]
+pub static NODEPORT_SCRATCH: PerCpuArray<Nat> = PerCpuArray::with_max_entries(SCRATCH_ENTRIES, 0);

@@ -27,8 +27,13 @@ pub mod addr;
 pub mod choice;
 pub mod clock;
 pub mod counters;
+pub mod flows;
+pub mod forward;
 pub mod frontend;
+pub mod maglev;
 pub mod maps;
+pub mod nodeport;
+pub mod packet;
 pub mod sockets;
 pub mod trace;
 

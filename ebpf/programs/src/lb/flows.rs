@@ -1,0 +1,195 @@
+//! North-south flows: where each flow from outside the node goes (the
+//! flows map, keyed by the client's packet as it arrives) and what its
+//! replies are rewritten to (flow_replies, keyed by the reply as it comes
+//! back). A flow keeps its backend while it is not timed out and the
+//! backend is still a member of its frontend; then it chooses again.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use balctl_common::{
+    FLOW_CLOSING, FLOW_CLOSING_TIMEOUT_NS, FLOW_OPEN, FLOW_TCP_TIMEOUT_NS, FLOW_UDP_TIMEOUT_NS, Flow,
+    FlowKey, FlowReply, IPPROTO_TCP, MembershipKey, SERVICE_FLAG_MAGLEV, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    ServiceEntry, ServiceKey,
+};
+
+use super::{
+    addr::Endpoint,
+    choice::{Choice, has_backends, random_slot},
+    clock::NSEC_PER_SEC,
+    maglev,
+    maps::{FLOW_REPLIES, FLOWS, MEMBERSHIP},
+};
+
+/// Ports tried for a new SNATed flow before giving up on it.
+const SNAT_PORT_TRIES: u32 = 8;
+
+/// The flow of the client's packet `key` to the frontend with `service_id`
+/// into `flow`, if it is known and still valid, its use recorded at `now`
+/// (and its closing, for a FIN or RST). A flow that has timed out or whose
+/// backend left the frontend gives up its reply entry and is chosen again.
+#[inline(never)]
+pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut Flow) -> bool {
+    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: `entry` points into the map's value for the program's run;
+    // it is copied whole, then single fields are written.
+    unsafe {
+        let copy = *entry;
+        let timeout = match (copy.state, key.proto) {
+            (FLOW_CLOSING, _) => FLOW_CLOSING_TIMEOUT_NS,
+            (_, IPPROTO_TCP) => FLOW_TCP_TIMEOUT_NS,
+            _ => FLOW_UDP_TIMEOUT_NS,
+        };
+        let member = MembershipKey { service_id: copy.service_id, backend_id: copy.backend_id };
+        if copy.service_id != service_id
+            || now.wrapping_sub(copy.last_seen_ns) > timeout
+            || MEMBERSHIP.get(&member).is_none()
+        {
+            if copy.snat_port != 0 {
+                // Its SNAT port is free again.
+                let _ = FLOW_REPLIES.remove(&reply_key(key, &copy));
+            }
+            return false;
+        }
+        // Written at most once a second: a busy flow does not keep
+        // dirtying its entry's cache line on every CPU.
+        if now.wrapping_sub(copy.last_seen_ns) > NSEC_PER_SEC {
+            (*entry).last_seen_ns = now;
+        }
+        if closes && copy.state == FLOW_OPEN {
+            (*entry).state = FLOW_CLOSING;
+        }
+        *flow = copy;
+    }
+    true
+}
+
+/// The backend a new flow `key` to `frontend` (with its `master` entry)
+/// goes to: its Maglev entry when the frontend has the flag, else (or when
+/// the table is being rewritten) a random slot; or why there is none.
+#[inline(always)]
+pub fn choose(frontend: &ServiceKey, master: &ServiceEntry, key: &FlowKey) -> Result<Choice, u8> {
+    has_backends(master)?;
+    if master.flags & SERVICE_FLAG_MAGLEV != 0
+        && let Ok(choice) = maglev::backend(master, key)
+    {
+        return Ok(choice);
+    }
+    random_slot(frontend, master)
+}
+
+/// A new flow `key` to the backend of `choice`, from the frontend with
+/// `service_id`, at `now`: not SNATed yet (`open_snat` does that).
+#[inline(always)]
+pub fn new_flow(choice: &Choice, service_id: u32, now: u64) -> Flow {
+    Flow {
+        backend: choice.backend.addr,
+        snat_addr: [0; 4],
+        backend_port: choice.backend.port,
+        snat_port: 0,
+        service_id,
+        backend_id: choice.backend_id,
+        state: FLOW_OPEN,
+        _pad: [0; 3],
+        last_seen_ns: now,
+    }
+}
+
+/// Records a new flow to a backend on this node, or of
+/// externalTrafficPolicy Local: only DNATed, so its replies come back from
+/// the backend to the client and leave through a device, where
+/// `balctl_to_device` shows them from the frontend again.
+#[inline(never)]
+pub fn open_dnat(key: &FlowKey, flow: &Flow) {
+    let reply = FlowKey {
+        saddr: flow.backend,
+        daddr: key.saddr,
+        sport: flow.backend_port,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    // A full LRU map evicts the least recently used: the new flow is kept.
+    let _ = FLOW_REPLIES.insert(&reply, &reply_of(key, flow.service_id), 0);
+    let _ = FLOWS.insert(key, flow, 0);
+}
+
+/// Records a new flow to a backend on another node, SNATed from the
+/// node's address `flow.snat_addr` on the path to the backend and from a
+/// port of the reserved range that no other flow to that backend holds
+/// (reserved by inserting its reply entry, which fails for a port taken).
+/// False when every port tried was taken.
+#[inline(never)]
+pub fn open_snat(key: &FlowKey, flow: &mut Flow) -> bool {
+    let reply = reply_of(key, flow.service_id);
+    let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    for _ in 0..SNAT_PORT_TRIES {
+        // SAFETY: plain helper call.
+        let port = (SNAT_PORT_MIN as u32 + unsafe { bpf_get_prandom_u32() } % range) as u16;
+        flow.snat_port = port.to_be();
+        if FLOW_REPLIES.insert(&reply_key(key, flow), &reply, u64::from(BPF_NOEXIST)).is_ok() {
+            let _ = FLOWS.insert(key, flow, 0);
+            return true;
+        }
+    }
+    false
+}
+
+/// What the packet `key` is a reply to, if it is one of a flow.
+#[inline(always)]
+pub fn reply(key: &FlowKey) -> Option<FlowReply> {
+    // SAFETY: read once, whole.
+    unsafe { FLOW_REPLIES.get(key) }.copied()
+}
+
+/// Whether `reply`, found for the packet `key`, is of a SNATed flow: the
+/// packet is not addressed to the client itself.
+#[inline(always)]
+pub fn is_snat(reply: &FlowReply, key: &FlowKey) -> bool {
+    reply.client != key.daddr || reply.client_port != key.dport
+}
+
+/// Whether `port` (network order) may be a SNATed flow's: replies to other
+/// ports skip the flow_replies lookup on the way in.
+#[inline(always)]
+pub fn in_snat_range(port: u16) -> bool {
+    (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(port))
+}
+
+/// Where the flow sends the client's packets.
+#[inline(always)]
+pub fn backend_of(flow: &Flow) -> Endpoint {
+    Endpoint { addr: flow.backend, port: flow.backend_port }
+}
+
+/// The SNAT source of a SNATed flow.
+#[inline(always)]
+pub fn snat_of(flow: &Flow) -> Endpoint {
+    Endpoint { addr: flow.snat_addr, port: flow.snat_port }
+}
+
+/// What replies to the client's packet `key` are rewritten to: from the
+/// address and port it called, to it.
+#[inline(always)]
+fn reply_of(key: &FlowKey, service_id: u32) -> FlowReply {
+    FlowReply {
+        frontend: key.daddr,
+        client: key.saddr,
+        frontend_port: key.dport,
+        client_port: key.sport,
+        service_id,
+    }
+}
+
+/// The key of a SNATed flow's replies: from its backend to its SNAT source.
+#[inline(always)]
+fn reply_key(key: &FlowKey, flow: &Flow) -> FlowKey {
+    FlowKey {
+        saddr: flow.backend,
+        daddr: flow.snat_addr,
+        sport: flow.backend_port,
+        dport: flow.snat_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}

@@ -1,0 +1,486 @@
+//! Packets as the tc programs see them: Ethernet, then IPv4 or IPv6, then
+//! TCP, UDP or an ICMP error; the addresses and ports that name a flow,
+//! and rewrites of them that keep every checksum right.
+//!
+//! Bytes are read and written through the skb helpers
+//! (`bpf_skb_load_bytes`/`store_bytes`), which also reach data beyond the
+//! linear part and leave the verifier no packet pointers to track.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
+    programs::TcContext,
+};
+use balctl_common::{Addr, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::addr::{Endpoint, V4_MAPPED_PREFIX};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv4 `frag_off` bits (host order): more fragments, and the offset.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_RST: u8 = 0x04;
+/// ICMP error types whose payload starts with the packet they are about:
+/// destination unreachable (with fragmentation needed) and time exceeded;
+/// ICMPv6 destination unreachable, packet too big, time exceeded.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMPV6_TIME_EXCEED: u8 = 3;
+/// Bytes of an ICMP header before the packet an error is about.
+const ICMP_HLEN: usize = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Header {
+    version_flow: u32,
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    saddr: Addr,
+    daddr: Addr,
+}
+
+/// An IP header's fields that matter here, and where it is.
+#[derive(Clone, Copy, Default)]
+pub struct IpHeader {
+    pub family: Family,
+    /// Offset of the IP header, and of what follows it.
+    pub l3: usize,
+    pub l4: usize,
+    pub proto: u8,
+    /// Addresses, IPv4 mapped.
+    pub src: Addr,
+    pub dst: Addr,
+    pub ttl: u8,
+    /// Not the first fragment or not the last: no ports to read.
+    pub fragment: bool,
+}
+
+impl IpHeader {
+    #[inline(always)]
+    fn read(ctx: &TcContext, family: Family, l3: usize) -> Option<IpHeader> {
+        match family {
+            Family::V4 => {
+                let ip: Ipv4Header = ctx.load(l3).ok()?;
+                let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+                if ip.version_ihl >> 4 != 4 || ihl < 20 {
+                    return None;
+                }
+                let mut src = V4_MAPPED_PREFIX;
+                src[3] = ip.saddr;
+                let mut dst = V4_MAPPED_PREFIX;
+                dst[3] = ip.daddr;
+                Some(IpHeader {
+                    family,
+                    l3,
+                    l4: l3 + ihl,
+                    proto: ip.protocol,
+                    src,
+                    dst,
+                    ttl: ip.ttl,
+                    fragment: u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0,
+                })
+            }
+            Family::V6 => {
+                let ip: Ipv6Header = ctx.load(l3).ok()?;
+                Some(IpHeader {
+                    family,
+                    l3,
+                    // Extension headers are not followed: such a packet's
+                    // next header is none of the protocols handled, and it
+                    // passes untouched.
+                    l4: l3 + 40,
+                    proto: ip.next_header,
+                    src: ip.saddr,
+                    dst: ip.daddr,
+                    ttl: ip.hop_limit,
+                    fragment: false,
+                })
+            }
+        }
+    }
+
+    /// Offset of the source address (the destination's follows it).
+    #[inline(always)]
+    fn addr_offset(&self, which: Side) -> usize {
+        let (src, size) = match self.family {
+            Family::V4 => (self.l3 + 12, 4),
+            Family::V6 => (self.l3 + 8, 16),
+        };
+        match which {
+            Side::Source => src,
+            Side::Destination => src + size,
+        }
+    }
+}
+
+/// Which end of a packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// What a packet is, as far as the first bytes of its IP header say.
+pub enum Kind {
+    /// TCP or UDP, not a fragment: `parse_transport` reads it.
+    Transport,
+    /// ICMP or ICMPv6: `parse_icmp_error` says whether it is an error
+    /// about a TCP or UDP packet.
+    Icmp,
+    Other,
+}
+
+/// A TCP or UDP packet: its IP header, ports and TCP flags.
+#[derive(Clone, Copy, Default)]
+pub struct Packet {
+    pub ip: IpHeader,
+    /// Network byte order, as read.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+impl Packet {
+    /// The flow key of this packet as it travels (source first).
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.ip.src,
+            daddr: self.ip.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.ip.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// A FIN or RST: the flow is closing.
+    #[inline(always)]
+    pub fn closes(&self) -> bool {
+        self.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
+    }
+
+    #[inline(always)]
+    pub fn destination(&self) -> Endpoint {
+        Endpoint { addr: self.ip.dst, port: self.dport }
+    }
+
+    /// Offset of the TCP or UDP checksum.
+    #[inline(always)]
+    fn l4_check(&self) -> usize {
+        self.ip.l4 + if self.ip.proto == IPPROTO_TCP { 16 } else { 6 }
+    }
+
+    /// The checksum flags for a change of this packet's ports (and, with
+    /// `BPF_F_PSEUDO_HDR`, addresses): a UDP checksum of 0 means none
+    /// (IPv4) and stays 0.
+    #[inline(always)]
+    fn l4_flags(&self) -> u64 {
+        if self.ip.proto == IPPROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 }
+    }
+
+    /// Rewrites one end of the packet to `to`, with the IP and TCP/UDP
+    /// checksums. The packet's fields follow.
+    #[inline(never)]
+    pub fn rewrite(&mut self, ctx: &TcContext, side: Side, to: &Endpoint) -> Result<(), ()> {
+        let (old_addr, port_offset, old_port) = match side {
+            Side::Source => (self.ip.src, self.ip.l4, self.sport),
+            Side::Destination => (self.ip.dst, self.ip.l4 + 2, self.dport),
+        };
+        let ip_check = (self.ip.family == Family::V4).then_some(self.ip.l3 + 10);
+        let check = Checksum { offset: self.l4_check(), flags: self.l4_flags() };
+        if old_addr != to.addr {
+            let offset = self.ip.addr_offset(side);
+            let l4 = Checksum { flags: check.flags | u64::from(BPF_F_PSEUDO_HDR), ..check };
+            replace_addr(ctx, self.ip.family, offset, &old_addr, &to.addr, ip_check, Some(l4))?;
+        }
+        if old_port != to.port {
+            replace_u16(ctx, port_offset, old_port, to.port, check)?;
+        }
+        match side {
+            Side::Source => (self.ip.src, self.sport) = (to.addr, to.port),
+            Side::Destination => (self.ip.dst, self.dport) = (to.addr, to.port),
+        }
+        Ok(())
+    }
+}
+
+/// An ICMP (or ICMPv6) error about a TCP or UDP packet: the outer header,
+/// and the packet it quotes, which travelled the other way.
+#[derive(Clone, Copy, Default)]
+pub struct IcmpError {
+    pub outer: IpHeader,
+    pub inner: Packet,
+}
+
+impl IcmpError {
+    /// Offset of the ICMP checksum.
+    #[inline(always)]
+    fn check(&self) -> Checksum {
+        Checksum { offset: self.outer.l4 + 2, flags: 0 }
+    }
+
+    /// Rewrites the outer header's `side` to `to`: the IP checksum, and
+    /// ICMPv6's, which covers the addresses.
+    #[inline(never)]
+    pub fn rewrite_outer(&mut self, ctx: &TcContext, side: Side, to: &Addr) -> Result<(), ()> {
+        let old = match side {
+            Side::Source => self.outer.src,
+            Side::Destination => self.outer.dst,
+        };
+        if old == *to {
+            return Ok(());
+        }
+        let offset = self.outer.addr_offset(side);
+        let v4 = self.outer.family == Family::V4;
+        let ip_check = v4.then_some(self.outer.l3 + 10);
+        let icmp_check = (!v4).then_some(Checksum { flags: u64::from(BPF_F_PSEUDO_HDR), ..self.check() });
+        replace_addr(ctx, self.outer.family, offset, &old, to, ip_check, icmp_check)?;
+        match side {
+            Side::Source => self.outer.src = *to,
+            Side::Destination => self.outer.dst = *to,
+        }
+        Ok(())
+    }
+
+    /// Rewrites one end of the quoted packet to `to`. Its IPv4 checksum
+    /// is kept right, and the ICMP checksum, which covers the quote; the
+    /// quoted TCP/UDP checksum is left as it is (receivers do not check
+    /// it, and the quote is often cut short of the payload it covers).
+    #[inline(never)]
+    pub fn rewrite_inner(&mut self, ctx: &TcContext, side: Side, to: &Endpoint) -> Result<(), ()> {
+        let inner = &self.inner.ip;
+        let (old_addr, port_offset, old_port) = match side {
+            Side::Source => (inner.src, inner.l4, self.inner.sport),
+            Side::Destination => (inner.dst, inner.l4 + 2, self.inner.dport),
+        };
+        let check = self.check();
+        if old_addr != to.addr {
+            let offset = inner.addr_offset(side);
+            match inner.family {
+                Family::V4 => {
+                    // The quoted header's checksum changes too, and the
+                    // ICMP checksum covers that change as well.
+                    let ip_check = inner.l3 + 10;
+                    let old_check: u16 = ctx.load(ip_check).map_err(|_| ())?;
+                    replace_addr(ctx, Family::V4, offset, &old_addr, &to.addr, Some(ip_check), Some(check))?;
+                    let new_check: u16 = ctx.load(ip_check).map_err(|_| ())?;
+                    ctx.l4_csum_replace(check.offset, u64::from(old_check), u64::from(new_check), 2)
+                        .map_err(|_| ())?;
+                }
+                Family::V6 => replace_addr(ctx, Family::V6, offset, &old_addr, &to.addr, None, Some(check))?,
+            }
+        }
+        if old_port != to.port {
+            replace_u16(ctx, port_offset, old_port, to.port, check)?;
+        }
+        match side {
+            Side::Source => (self.inner.ip.src, self.inner.sport) = (to.addr, to.port),
+            Side::Destination => (self.inner.ip.dst, self.inner.dport) = (to.addr, to.port),
+        }
+        Ok(())
+    }
+}
+
+/// What the packet in `ctx` is: a few bytes read, so that the programs
+/// can hand it to the function for its kind, each with a stack frame of
+/// its own (the parsers fill in what they read there).
+#[inline(always)]
+pub fn classify(ctx: &TcContext) -> Kind {
+    let Ok(ether_type) = ctx.load::<u16>(12) else {
+        return Kind::Other;
+    };
+    let (family, proto) = match u16::from_be(ether_type) {
+        ETH_P_IP => (Family::V4, ctx.load::<u8>(ETH_HLEN + 9)),
+        ETH_P_IPV6 => (Family::V6, ctx.load::<u8>(ETH_HLEN + 6)),
+        _ => return Kind::Other,
+    };
+    match (family, proto) {
+        (_, Ok(IPPROTO_TCP | IPPROTO_UDP)) => Kind::Transport,
+        (Family::V4, Ok(IPPROTO_ICMP)) | (Family::V6, Ok(IPPROTO_ICMPV6)) => Kind::Icmp,
+        _ => Kind::Other,
+    }
+}
+
+#[inline(always)]
+fn family_of(ctx: &TcContext) -> Option<Family> {
+    match u16::from_be(ctx.load::<u16>(12).ok()?) {
+        ETH_P_IP => Some(Family::V4),
+        ETH_P_IPV6 => Some(Family::V6),
+        _ => None,
+    }
+}
+
+/// Reads a TCP or UDP packet (`Kind::Transport`) into `packet`; false for
+/// a fragment or a packet too short.
+#[inline(never)]
+pub fn parse_transport(ctx: &TcContext, packet: &mut Packet) -> bool {
+    let Some(family) = family_of(ctx) else {
+        return false;
+    };
+    let Some(ip) = IpHeader::read(ctx, family, ETH_HLEN) else {
+        return false;
+    };
+    if ip.fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+        return false;
+    }
+    let Ok(ports) = ctx.load::<[u16; 2]>(ip.l4) else {
+        return false;
+    };
+    let tcp_flags = if ip.proto == IPPROTO_TCP { ctx.load::<u8>(ip.l4 + 13).unwrap_or(0) } else { 0 };
+    *packet = Packet { ip, sport: ports[0], dport: ports[1], tcp_flags };
+    true
+}
+
+/// Reads an ICMP error about a TCP or UDP packet (of `Kind::Icmp`) into
+/// `error`; false for any other ICMP message.
+#[inline(never)]
+pub fn parse_icmp_error(ctx: &TcContext, error: &mut IcmpError) -> bool {
+    let Some(family) = family_of(ctx) else {
+        return false;
+    };
+    let Some(outer) = IpHeader::read(ctx, family, ETH_HLEN) else {
+        return false;
+    };
+    if outer.fragment {
+        return false;
+    }
+    let Ok(icmp_type) = ctx.load::<u8>(outer.l4) else {
+        return false;
+    };
+    let is_error = match family {
+        Family::V4 => matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED),
+        Family::V6 => matches!(icmp_type, ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED),
+    };
+    if !is_error {
+        return false;
+    }
+    let Some(ip) = IpHeader::read(ctx, family, outer.l4 + ICMP_HLEN) else {
+        return false;
+    };
+    if ip.fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+        return false;
+    }
+    // The ports only: an error quotes at least 8 bytes of what follows
+    // the IP header.
+    let Ok(ports) = ctx.load::<[u16; 2]>(ip.l4) else {
+        return false;
+    };
+    *error = IcmpError { outer, inner: Packet { ip, sport: ports[0], dport: ports[1], tcp_flags: 0 } };
+    true
+}
+
+/// A checksum field and the `bpf_l4_csum_replace` flags it is updated with.
+#[derive(Clone, Copy)]
+struct Checksum {
+    offset: usize,
+    flags: u64,
+}
+
+/// Writes address `to` over `from` at `offset`, updating the IPv4 header
+/// checksum at `ip_check` and the TCP/UDP/ICMP checksum `l4`.
+#[inline(always)]
+fn replace_addr(
+    ctx: &TcContext,
+    family: Family,
+    offset: usize,
+    from: &Addr,
+    to: &Addr,
+    ip_check: Option<usize>,
+    l4: Option<Checksum>,
+) -> Result<(), ()> {
+    match family {
+        Family::V4 => {
+            let (old, new) = (u64::from(from[3]), u64::from(to[3]));
+            ctx.store(offset, &to[3], 0).map_err(|_| ())?;
+            if let Some(ip_check) = ip_check {
+                ctx.l3_csum_replace(ip_check, old, new, 4).map_err(|_| ())?;
+            }
+            if let Some(l4) = l4 {
+                ctx.l4_csum_replace(l4.offset, old, new, l4.flags | 4).map_err(|_| ())?;
+            }
+        }
+        Family::V6 => {
+            let (mut old, mut new) = (*from, *to);
+            // SAFETY: both buffers are 16 bytes on the stack, as passed.
+            let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0) };
+            if diff < 0 {
+                return Err(());
+            }
+            ctx.store(offset, to, 0).map_err(|_| ())?;
+            if let Some(l4) = l4 {
+                // Size 0 in the flags: `to` is a checksum difference.
+                ctx.l4_csum_replace(l4.offset, 0, diff as u64, l4.flags).map_err(|_| ())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn replace_u16(ctx: &TcContext, offset: usize, from: u16, to: u16, check: Checksum) -> Result<(), ()> {
+    ctx.store(offset, &to, 0).map_err(|_| ())?;
+    ctx.l4_csum_replace(check.offset, u64::from(from), u64::from(to), check.flags | 2).map_err(|_| ())
+}
+
+/// Lowers the IPv4 TTL or IPv6 hop limit by one, as a router does; false
+/// when the packet may not be forwarded (it had at most 1 left).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, ip: &IpHeader) -> bool {
+    if ip.ttl <= 1 {
+        return false;
+    }
+    match ip.family {
+        Family::V4 => {
+            // TTL and protocol form one 16-bit word of the header checksum.
+            let offset = ip.l3 + 8;
+            let Ok(old) = ctx.load::<u16>(offset) else {
+                return false;
+            };
+            // In memory order: the TTL is the first byte.
+            let mut bytes = old.to_ne_bytes();
+            bytes[0] -= 1;
+            let new = u16::from_ne_bytes(bytes);
+            ctx.store(offset, &new, 0).is_ok()
+                && ctx.l3_csum_replace(ip.l3 + 10, u64::from(old), u64::from(new), 2).is_ok()
+        }
+        Family::V6 => ctx.store(ip.l3 + 7, &(ip.ttl - 1), 0).is_ok(),
+    }
+}
+
+/// Writes the Ethernet destination and source of the next hop.
+#[inline(always)]
+pub fn write_macs(ctx: &TcContext, macs: &[u8; 12]) -> bool {
+    ctx.store(0, macs, 0).is_ok()
+}

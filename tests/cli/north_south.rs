@@ -1,0 +1,361 @@
+//! Issue 18, north-south: a client outside the nodes reaches a Service
+//! through node A's node port, LoadBalancer IP and external IP, translated
+//! by the tc programs of `load --devices` on node A (support/nodes.rs: a
+//! client, two nodes, a pod behind each). Real sockets end to end; the
+//! pods' servers answer with the address they see the client at.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::{
+    Sandbox,
+    nodes::{
+        CLIENT, CLIENT6, NODE_A, NODE_A_INNER, NODE_A_INNER6, NODE_A6, Nodes, POD_A, POD_A6, POD_B, POD_B6,
+    },
+};
+
+/// Node A as the cluster knows it: its addresses make node ports answer.
+fn node_a() -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus:\n  addresses:\n  \
+         - {{address: {NODE_A}, type: ExternalIP}}\n  - {{address: {NODE_A_INNER}, type: InternalIP}}\n  \
+         - {{address: {NODE_A6}, type: ExternalIP}}\n  - {{address: {NODE_A_INNER6}, type: InternalIP}}\n"
+    )
+}
+
+/// Service shop/web, type LoadBalancer (cluster IP 198.18.0.40, ingress IP
+/// 198.18.1.40, external IP 198.18.2.40, node port 30080 for TCP and UDP
+/// port 80) with `policy`, and its endpoints `(address, node)` on port 8080.
+fn web(policy: &str, endpoints: &[(&str, &str)]) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(address, node)| format!("- {{addresses: [{address}], nodeName: {node}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: 198.18.0.40\n  externalIPs: [198.18.2.40]\n  externalTrafficPolicy: {policy}\n  ports:\n  \
+         - {{name: http, protocol: TCP, port: 80, nodePort: 30080, targetPort: 8080}}\n  \
+         - {{name: echo, protocol: UDP, port: 80, nodePort: 30080, targetPort: 8080}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: 198.18.1.40}}]}}}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n  \
+         labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints:\n{endpoints}\
+         ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: echo, port: 8080, protocol: UDP}}]\n---\n{}",
+        node_a()
+    )
+}
+
+/// Service shop/web6, IPv6 only, node port 30086, endpoints on pods A and B.
+fn web6() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: shop}}\nspec:\n  type: NodePort\n  \
+         clusterIP: 2001:db8:18::40\n  ipFamilies: [IPv6]\n  \
+         ports: [{{name: http, protocol: TCP, port: 80, nodePort: 30086, targetPort: 8080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web6-1\n  namespace: shop\n  \
+         labels: {{kubernetes.io/service-name: web6}}\naddressType: IPv6\nendpoints:\n\
+         - {{addresses: ['{POD_A6}'], nodeName: node-a}}\n- {{addresses: ['{POD_B6}'], nodeName: node-b}}\n\
+         ports: [{{name: http, port: 8080, protocol: TCP}}]\n"
+    )
+}
+
+/// The pods' servers on port 8080 (TCP and UDP, both families), each
+/// answering `pod-a <client address as seen>`.
+fn serve_pods(sandbox: &Sandbox, nodes: &Nodes) {
+    for (ns, name, v4, v6) in [(&nodes.pod_a, "pod-a", POD_A, POD_A6), (&nodes.pod_b, "pod-b", POD_B, POD_B6)]
+    {
+        let (v4, v6) = (format!("{v4}:8080"), format!("[{v6}]:8080"));
+        sandbox.serve_in(ns, &format!("{name} {{peer}}"), &[&v4, &v6], &[&v4]);
+    }
+}
+
+/// Runs a peer command in the client namespace (outside every node and
+/// outside balctl's cgroup: nothing translates its sockets).
+fn client(sandbox: &Sandbox, nodes: &Nodes, args: &[&str]) -> Value {
+    let output = sandbox.peer(false, &nodes.client).args(args).output().expect("run the client");
+    assert!(output.status.success(), "client failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("the client printed JSON")
+}
+
+/// `count` TCP connections from the client to `to`: each must succeed
+/// (which it only does when every answer comes from the address called);
+/// the answers, as a set.
+fn tcp_answers(sandbox: &Sandbox, nodes: &Nodes, to: &str, count: u32) -> BTreeSet<String> {
+    let report = client(sandbox, nodes, &["connect", "--to", to, "--count", &count.to_string()]);
+    assert_eq!(report["failed"], 0, "connect to {to}: {report}");
+    report["backends"].as_object().expect("backends").keys().cloned().collect()
+}
+
+/// Datagrams from `count` fresh UDP sockets of the client to `to`: each
+/// must be answered from `to` itself; the answers, as a set.
+fn udp_answers(sandbox: &Sandbox, nodes: &Nodes, to: &str, count: u32) -> BTreeSet<String> {
+    let report =
+        client(sandbox, nodes, &["udp-sendto", "--to", to, "--count", "1", "--fresh", &count.to_string()]);
+    assert_eq!(report["errors"], serde_json::json!({}), "udp to {to}: {report}");
+    assert_eq!(report["replies"][0]["from"], to, "{report}");
+    report["fresh"].as_array().expect("fresh").iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|item| (*item).to_owned()).collect()
+}
+
+/// Must show 1: externalTrafficPolicy Cluster through node A's node port.
+pub fn cluster_policy_reaches_pods_on_both_nodes() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let node_port = format!("{NODE_A}:30080");
+    // Pod A is on node A: only DNATed, it sees the client. Pod B is on
+    // node B: SNATed to node A's address on that path.
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, 1000), both);
+    assert_eq!(udp_answers(&sandbox, &nodes, &node_port, 100), both);
+
+    // Counted per external frontend: every TCP connection and UDP socket
+    // was a resolution.
+    let stats = nodes.balctl_ok(&sandbox, &["dump", "stats", "-o", "json"]);
+    assert!(stats.contains("@external"), "{stats}");
+}
+
+/// Must show 2 (the datapath's part): externalTrafficPolicy Local keeps
+/// the client's address and uses node A's pod only; without one the
+/// packets are dropped.
+pub fn local_policy_keeps_the_client_address_and_drops_without_a_local_pod() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Local", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let node_port = format!("{NODE_A}:30080");
+    let pod_a = set(&[&format!("pod-a {CLIENT}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, 200), pod_a);
+    assert_eq!(udp_answers(&sandbox, &nodes, &node_port, 20), pod_a);
+
+    nodes.sync(&sandbox, &web("Local", &[(POD_B, "node-b")]));
+    let report = client(&sandbox, &nodes, &["connect", "--to", &node_port, "--count", "2"]);
+    // Dropped, not refused: the client's SYNs go unanswered.
+    assert_eq!((&report["ok"], &report["failed"]), (&0.into(), &2.into()), "{report}");
+    let errors = report["errors"].as_object().unwrap();
+    assert!(errors.keys().all(|e| e == "TimedOut" || e == "ETIMEDOUT"), "{report}");
+}
+
+/// Must show 3: the LoadBalancer IP and the external IP, routed to node A,
+/// behave as the node port.
+pub fn load_balancer_and_external_ips_reach_pods_on_both_nodes() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    for vip in ["198.18.1.40:80", "198.18.2.40:80"] {
+        assert_eq!(tcp_answers(&sandbox, &nodes, vip, 200), both, "{vip}");
+        assert_eq!(udp_answers(&sandbox, &nodes, vip, 60), both, "{vip}");
+    }
+}
+
+/// Must show 5: an IPv6 node port from an IPv6 client, alongside IPv4.
+pub fn ipv6_node_port_alongside_ipv4() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
+    nodes.sync(&sandbox, &yaml);
+
+    let v4 = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    let v6 = set(&[&format!("pod-a {CLIENT6}"), &format!("pod-b {NODE_A_INNER6}")]);
+    // Both families at once, from one client.
+    let ipv4 = thread::scope(|scope| {
+        let ipv4 = scope.spawn(|| tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 300));
+        assert_eq!(tcp_answers(&sandbox, &nodes, &format!("[{NODE_A6}]:30086"), 300), v6);
+        ipv4.join().expect("the IPv4 client")
+    });
+    assert_eq!(ipv4, v4);
+}
+
+/// A program in a pod or the client, in a process group of its own, which
+/// is killed (by the group's id, the program's PID) when this drops: a
+/// forking server's children go with it.
+struct Program(Child);
+
+impl Program {
+    fn spawn(command: &mut Command) -> Self {
+        Program(command.process_group(0).spawn().expect("start a program"))
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process group this program leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Must show 6: with a smaller MTU on node B's link to its pod, a 10 MB
+/// TCP transfer through node A's node port to pod B completes: node B's
+/// "fragmentation needed", sent to node A's SNAT address, reaches the
+/// client translated back, and the client lowers its path MTU.
+pub fn a_smaller_mtu_beyond_node_a_lowers_the_clients_path_mtu() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_B, "node-b")]));
+    // Node B's end only: pod B still announces a 1500-byte path, so the
+    // client's first segments are too large for node B to forward.
+    super::support::run("ip", &["-n", &nodes.node_b, "link", "set", "pod0", "mtu", "1280"]);
+
+    let (sent, received) = (sandbox.scratch("sent"), sandbox.scratch("received"));
+    let data: Vec<u8> = (0..10_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    fs::write(&sent, &data).unwrap();
+    let listen = format!("TCP-LISTEN:8080,bind={POD_B},reuseaddr");
+    let sink = format!("CREATE:{}", received.display());
+    let _server = Program::spawn(
+        sandbox
+            .peer(false, &nodes.pod_b)
+            .args(["exec", "socat", "-u", &listen, &sink])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let to = format!("TCP:{NODE_A}:30080,connect-timeout=5");
+    let source = format!("OPEN:{}", sent.display());
+    let started = Instant::now();
+    let transfer = sandbox
+        .peer(false, &nodes.client)
+        .args(["exec", "timeout", "15", "socat", "-u", &source, &to])
+        .output()
+        .expect("run socat in the client");
+    assert!(transfer.status.success(), "transfer: {}", String::from_utf8_lossy(&transfer.stderr));
+    // The server writes the file out as it reads; give it its last bytes.
+    while fs::metadata(&received).map_or(0, |m| m.len()) < data.len() as u64
+        && started.elapsed() < Duration::from_secs(15)
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fs::read(&received).unwrap() == data, "pod B received a different file");
+    let route = super::support::run("ip", &["-n", &nodes.client, "route", "get", NODE_A]);
+    assert!(route.contains("mtu 1280"), "the client's path MTU: {route}");
+}
+
+/// The client for `flows_keep_their_backend`: opens 50 connections to the
+/// node port and prints who answered each; on a line from stdin, sends a
+/// line over each and prints whether it came back.
+const HELD_CLIENT: &str = r#"
+import json, socket, sys
+held = []
+for _ in range(50):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    f = s.makefile("rwb")
+    held.append((s, f, f.readline().decode().strip()))
+print(json.dumps([who for _, _, who in held]), flush=True)
+sys.stdin.readline()
+answers = []
+for s, f, who in held:
+    try:
+        f.write(b"still there\n")
+        f.flush()
+        answers.append([who, f.readline() == b"still there\n"])
+    except OSError:
+        answers.append([who, False])
+print(json.dumps(answers), flush=True)
+"#;
+
+/// An echo server in `ns` on `address`:8080 that first says `id`.
+fn echo_server(sandbox: &Sandbox, ns: &str, address: &str, id: &str) -> Program {
+    let listen = format!("TCP-LISTEN:8080,bind={address},reuseaddr,fork");
+    let answer = format!("SYSTEM:echo {id}; exec cat");
+    Program::spawn(
+        sandbox
+            .peer(false, ns)
+            .args(["exec", "socat", &listen, &answer])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// Must show 4 (through real connections): 50 long-lived connections
+/// through the node port, then one backend added (a second address of
+/// pod A) and another removed (pod A's first) in one sync: every
+/// connection to pod B, which stayed, keeps working, although the new
+/// Maglev table moves some of its 5-tuples to the new backend.
+pub fn flows_keep_their_backend_across_a_backend_change() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    super::support::run("ip", &["-n", &nodes.pod_a, "addr", "add", "192.0.2.11/25", "dev", "eth0"]);
+    let _servers = [
+        echo_server(&sandbox, &nodes.pod_a, POD_A, "a10"),
+        echo_server(&sandbox, &nodes.pod_a, "192.0.2.11", "a11"),
+        echo_server(&sandbox, &nodes.pod_b, POD_B, "b130"),
+    ];
+    thread::sleep(Duration::from_millis(300));
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let mut client = Program::spawn(
+        sandbox
+            .peer(false, &nodes.client)
+            .args(["exec", "python3", "-c", HELD_CLIENT, NODE_A, "30080"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
+    let first: Vec<String> = serde_json::from_str(&lines.next().expect("the client's first report").unwrap())
+        .expect("who answered");
+    let to_b = first.iter().filter(|who| *who == "b130").count();
+    assert!(to_b > 0 && first.iter().all(|who| who == "a10" || who == "b130"), "{first:?}");
+
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_B, "node-b"), ("192.0.2.11", "node-a")]));
+    // New connections reach the new backend: the change is in force.
+    let now = tcp_answers_of_echo(&sandbox, &nodes);
+    assert!(now.contains("a11") && !now.contains("a10"), "{now:?}");
+
+    writeln!(client.0.stdin.as_mut().unwrap()).unwrap();
+    let answers: Vec<(String, bool)> =
+        serde_json::from_str(&lines.next().expect("the client's second report").unwrap()).expect("answers");
+    let kept = answers.iter().filter(|(who, ok)| who == "b130" && *ok).count();
+    assert_eq!(kept, to_b, "connections to pod B that still work: {answers:?}");
+}
+
+/// Who answers 30 new connections to the node port (echo servers).
+fn tcp_answers_of_echo(sandbox: &Sandbox, nodes: &Nodes) -> BTreeSet<String> {
+    let script = "import socket, sys\nfor _ in range(30):\n    s = socket.create_connection((sys.argv[1], 30080), timeout=3)\n    print(s.makefile().readline().strip())\n    s.close()\n";
+    let output =
+        sandbox.peer(false, &nodes.client).args(["exec", "python3", "-c", script, NODE_A]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// ICMP errors about a flow reach the client translated back: a UDP
+/// datagram through the node port to a pod with nothing on the port makes
+/// the pod answer "port unreachable", about the translated datagram. For
+/// pod A (only DNATed) the error leaves through node A's device toward the
+/// client; for pod B (SNATed) it arrives from node B, addressed to node A.
+/// Either way the client's connected socket only takes it (ECONNREFUSED)
+/// when it quotes the datagram as the client sent it.
+pub fn icmp_errors_about_a_flow_reach_the_client() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    let node_port = format!("{NODE_A}:30080");
+    for pod in [(POD_A, "node-a"), (POD_B, "node-b")] {
+        nodes.sync(&sandbox, &web("Cluster", &[pod]));
+        let report = client(&sandbox, &nodes, &["udp-connected", "--to", &node_port]);
+        assert_eq!(report["error"], "ECONNREFUSED", "{pod:?}: {report}");
+    }
+}

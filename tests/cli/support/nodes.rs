@@ -1,0 +1,189 @@
+//! The north-south topology (issue 18): an external client, node A (where
+//! balctl runs, its tc programs on the devices toward the client and
+//! toward node B), node B (just a router to its pod), and a pod behind
+//! each node, every one a network namespace of its own:
+//!
+//! ```text
+//! client 203.0.113.1      ext0 203.0.113.2     tob0 198.51.100.1   toa0 198.51.100.2
+//!        2001:db8:3::1  --     2001:db8:3::2  --     2001:db8:51::1 --    2001:db8:51::2
+//!                           node A                              node B
+//!                           pod0 192.0.2.1, 2001:db8:a::1       pod0 192.0.2.129, 2001:db8:b::1
+//!                            |                                   |
+//!                           pod A 192.0.2.10, 2001:db8:a::10    pod B 192.0.2.130, 2001:db8:b::10
+//! ```
+//!
+//! The client routes the VIPs (198.18.0.0/15) to node A; the nodes route
+//! each other's pods and forward; the pods' default route is their node.
+//! Nothing routes off the machine. The namespaces are named after the
+//! sandbox (`<sandbox>-na`...), so a killed run's are swept with it, and are
+//! removed (with their veths) when this drops, also on failure.
+
+use std::{
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use super::{BALCTL, Sandbox, run};
+
+pub const CLIENT: &str = "203.0.113.1";
+pub const CLIENT6: &str = "2001:db8:3::1";
+/// Node A's address toward the client: where node ports are called.
+pub const NODE_A: &str = "203.0.113.2";
+pub const NODE_A6: &str = "2001:db8:3::2";
+/// Node A's address toward node B: what pod B sees SNATed flows come from.
+pub const NODE_A_INNER: &str = "198.51.100.1";
+pub const NODE_A_INNER6: &str = "2001:db8:51::1";
+pub const POD_A: &str = "192.0.2.10";
+pub const POD_A6: &str = "2001:db8:a::10";
+pub const POD_B: &str = "192.0.2.130";
+pub const POD_B6: &str = "2001:db8:b::10";
+/// Node A's devices that carry traffic from outside (`load --devices`).
+pub const DEVICES: &str = "ext0,tob0";
+
+pub struct Nodes {
+    pub client: String,
+    pub node_a: String,
+    pub node_b: String,
+    pub pod_a: String,
+    pub pod_b: String,
+}
+
+impl Nodes {
+    /// Builds the topology beside `sandbox`'s own namespaces.
+    pub fn new(sandbox: &Sandbox) -> Self {
+        let prefix = sandbox.client_ns.strip_suffix("-c").expect("the sandbox's client namespace");
+        let name = |suffix: &str| format!("{prefix}-{suffix}");
+        let nodes = Nodes {
+            client: name("cl"),
+            node_a: name("na"),
+            node_b: name("nb"),
+            pod_a: name("pa"),
+            pod_b: name("pb"),
+        };
+        nodes.build();
+        nodes
+    }
+
+    fn namespaces(&self) -> [&str; 5] {
+        [&self.client, &self.node_a, &self.node_b, &self.pod_a, &self.pod_b]
+    }
+
+    fn build(&self) {
+        for ns in self.namespaces() {
+            run("ip", &["netns", "add", ns]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let (client, a, b, pod_a, pod_b) =
+            (&self.client, &self.node_a, &self.node_b, &self.pod_a, &self.pod_b);
+        veth(
+            (client, "eth0", &["203.0.113.1/24", "2001:db8:3::1/64"]),
+            (a, "ext0", &["203.0.113.2/24", "2001:db8:3::2/64"]),
+        );
+        veth(
+            (a, "tob0", &["198.51.100.1/24", "2001:db8:51::1/64"]),
+            (b, "toa0", &["198.51.100.2/24", "2001:db8:51::2/64"]),
+        );
+        veth(
+            (a, "pod0", &["192.0.2.1/25", "2001:db8:a::1/64"]),
+            (pod_a, "eth0", &["192.0.2.10/25", "2001:db8:a::10/64"]),
+        );
+        veth(
+            (b, "pod0", &["192.0.2.129/25", "2001:db8:b::1/64"]),
+            (pod_b, "eth0", &["192.0.2.130/25", "2001:db8:b::10/64"]),
+        );
+        for (ns, to, via) in [
+            (client.as_str(), "198.18.0.0/15", "203.0.113.2"),
+            (a, "192.0.2.128/25", "198.51.100.2"),
+            (a, "2001:db8:b::/64", "2001:db8:51::2"),
+            (b, "192.0.2.0/25", "198.51.100.1"),
+            (b, "203.0.113.0/24", "198.51.100.1"),
+            (b, "2001:db8:a::/64", "2001:db8:51::1"),
+            (b, "2001:db8:3::/64", "2001:db8:51::1"),
+            (pod_a, "default", "192.0.2.1"),
+            (pod_a, "default", "2001:db8:a::1"),
+            (pod_b, "default", "192.0.2.129"),
+            (pod_b, "default", "2001:db8:b::1"),
+        ] {
+            let family = if via.contains(':') { "-6" } else { "-4" };
+            run("ip", &["-n", ns, family, "route", "add", to, "via", via]);
+        }
+        for node in [a, b] {
+            sysctl(node, "net.ipv4.ip_forward", "1");
+            sysctl(node, "net.ipv6.conf.all.forwarding", "1");
+        }
+    }
+
+    /// Runs balctl in node A's network namespace, against the sandbox's
+    /// pins and state (`nsenter --net`: unlike `ip netns exec` it leaves
+    /// /sys, and so the cgroup2 mount, as it is).
+    pub fn balctl(&self, sandbox: &Sandbox, args: &[&str]) -> Output {
+        let netns = format!("--net=/run/netns/{}", self.node_a);
+        let mut argv = vec![netns.as_str(), BALCTL];
+        argv.extend(args);
+        sandbox.command_of("nsenter", &argv).output().expect("run balctl in node A")
+    }
+
+    pub fn balctl_ok(&self, sandbox: &Sandbox, args: &[&str]) -> String {
+        let output = self.balctl(sandbox, args);
+        assert!(
+            output.status.success(),
+            "balctl {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
+    /// `load` on the sandbox's cgroup with the tc programs on node A's
+    /// devices toward the client and node B.
+    pub fn load(&self, sandbox: &Sandbox) -> String {
+        let cgroup = sandbox.cgroup.to_str().unwrap();
+        self.balctl_ok(sandbox, &["load", "--cgroup", cgroup, "--devices", DEVICES])
+    }
+
+    /// `sync --node-name node-a` of `yaml`.
+    pub fn sync(&self, sandbox: &Sandbox, yaml: &str) -> String {
+        let file = sandbox.scratch("north-south.yaml");
+        std::fs::write(&file, yaml).expect("write the YAML");
+        self.balctl_ok(sandbox, &["sync", "--node-name", "node-a", "-f", file.to_str().unwrap()])
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        // Node A first: balctl's tc links there go with its devices.
+        for ns in [&self.node_a, &self.node_b, &self.pod_a, &self.pod_b, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A veth pair between two namespaces, each end named and addressed
+/// (IPv6 without duplicate address detection, usable at once). Made
+/// under a unique temporary name, as the host has its own eth0.
+fn veth(one: (&str, &str, &[&str]), other: (&str, &str, &[&str])) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = std::process::id();
+    let (tmp_one, tmp_other) = (format!("nsx{id}-{n}"), format!("nsy{id}-{n}"));
+    run("ip", &["link", "add", &tmp_one, "type", "veth", "peer", "name", &tmp_other]);
+    for ((ns, dev, addresses), tmp) in [(one, &tmp_one), (other, &tmp_other)] {
+        run("ip", &["link", "set", tmp, "netns", ns]);
+        run("ip", &["-n", ns, "link", "set", tmp, "name", dev]);
+        for address in addresses {
+            let mut args = vec!["-n", ns, "addr", "add", address, "dev", dev];
+            if address.contains(':') {
+                args.push("nodad");
+            }
+            run("ip", &args);
+        }
+        run("ip", &["-n", ns, "link", "set", dev, "up"]);
+    }
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let netns = format!("--net=/run/netns/{ns}");
+    run("nsenter", &[&netns, "sh", "-c", &format!("echo {value} > {path}")]);
+}
