@@ -72,6 +72,14 @@ impl Nodes {
         for ns in self.namespaces() {
             run("ip", &["netns", "add", ns]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            // No duplicate address detection on the devices made below,
+            // for their link-local addresses too (`nodad` covers only the
+            // global ones): while a link-local address is tentative, IPv6
+            // neighbour discovery waits, and 1 in about 2,000 of the first
+            // connections timed out.
+            for conf in ["all", "default"] {
+                sysctl(ns, &format!("net.ipv6.conf.{conf}.accept_dad"), "0");
+            }
         }
         let (client, a, b, pod_a, pod_b) =
             (&self.client, &self.node_a, &self.node_b, &self.pod_a, &self.pod_b);
