@@ -132,7 +132,11 @@ impl<'a> Plan<'a> {
     /// `counted` is the backend and node address writes, already counted
     /// for the summary.
     fn new(sides: Sides<'a>, counted: usize, summary: Summary) -> Self {
-        let len = counted + sides.services().count() + sides.memberships().count() + sides.maglev().count();
+        let len = counted
+            + sides.services().count()
+            + sides.memberships().count()
+            + sides.maglev().count()
+            + sides.source_ranges().count();
         Self { sides, len, summary }
     }
 
@@ -923,6 +927,8 @@ mod tests {
                 let (start, desired, plan) =
                     (MapContents::of(v1), MapContents::of(v2), Plan::between(v1, v2));
                 assert_eq!(run(&start, plan.steps().map(|step| step.op)), desired);
+                // A change of ranges alone is still a change to apply.
+                assert_eq!(plan.steps().count(), plan.len());
                 assert_eq!(run_and_undo(&start, &plan, plan.len()), start);
                 assert_eq!(run(&start, Plan::repair(&start, &desired).steps().map(|step| step.op)), desired);
             }

@@ -82,7 +82,12 @@ fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
 
 /// The ids of the programs on `device`'s tcx ingress and egress, in order.
 fn tcx_programs(sandbox: &Sandbox, device: &str) -> (Vec<u32>, Vec<u32>) {
-    in_netns(&sandbox.server_ns, || {
+    tcx_programs_in(&sandbox.server_ns, device)
+}
+
+/// The same, of `device` in the network namespace `netns`.
+pub fn tcx_programs_in(netns: &str, device: &str) -> (Vec<u32>, Vec<u32>) {
+    in_netns(netns, || {
         let ids = |direction| {
             let (_, programs) = SchedClassifier::query_tcx(device, direction).expect("query tcx");
             programs.iter().map(|program| program.id()).collect::<Vec<u32>>()

@@ -15,10 +15,14 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{
-    Sandbox,
-    nodes::{
-        CLIENT, CLIENT6, NODE_A, NODE_A_INNER, NODE_A_INNER6, NODE_A6, Nodes, POD_A, POD_A6, POD_B, POD_B6,
+use crate::{
+    devices::tcx_programs_in,
+    support::{
+        Sandbox,
+        nodes::{
+            CLIENT, CLIENT6, NODE_A, NODE_A_INNER, NODE_A_INNER6, NODE_A6, Nodes, POD_A, POD_A6, POD_B,
+            POD_B6,
+        },
     },
 };
 
@@ -163,6 +167,71 @@ pub fn load_balancer_and_external_ips_reach_pods_on_both_nodes() {
     for vip in ["198.18.1.40:80", "198.18.2.40:80"] {
         assert_eq!(tcp_answers(&sandbox, &nodes, vip, 200), both, "{vip}");
         assert_eq!(udp_answers(&sandbox, &nodes, vip, 60), both, "{vip}");
+    }
+}
+
+/// Must show 3, loadBalancerSourceRanges: a client inside the ranges
+/// reaches the LoadBalancer IP; outside them its packets to that IP are
+/// dropped, while the node port and the external IP, which the ranges do
+/// not cover (as with kube-proxy), still answer it.
+pub fn a_client_outside_the_source_ranges_gets_nothing_from_the_load_balancer_ip() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    let with_ranges = |ranges: &str| {
+        web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]).replace(
+            "externalTrafficPolicy: Cluster\n",
+            &format!("externalTrafficPolicy: Cluster\n  loadBalancerSourceRanges: [{ranges}]\n"),
+        )
+    };
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    // The client, 203.0.113.1, is in 203.0.113.0/28.
+    nodes.sync(&sandbox, &with_ranges("198.51.100.0/24, 203.0.113.0/28"));
+    assert_eq!(tcp_answers(&sandbox, &nodes, "198.18.1.40:80", 100), both);
+
+    nodes.sync(&sandbox, &with_ranges("198.51.100.0/24, 203.0.113.16/28"));
+    let report = client(&sandbox, &nodes, &["connect", "--to", "198.18.1.40:80", "--count", "2"]);
+    assert_eq!((&report["ok"], &report["failed"]), (&0.into(), &2.into()), "{report}");
+    let errors = report["errors"].as_object().unwrap();
+    assert!(errors.keys().all(|e| e == "TimedOut" || e == "ETIMEDOUT"), "dropped, not refused: {report}");
+    let report = client(&sandbox, &nodes, &["udp-sendto", "--to", "198.18.1.40:80", "--count", "1"]);
+    assert_ne!(report["errors"], serde_json::json!({}), "a datagram from outside the ranges: {report}");
+    for other in [format!("{NODE_A}:30080"), "198.18.2.40:80".to_owned()] {
+        assert_eq!(tcp_answers(&sandbox, &nodes, &other, 50), both, "{other}");
+    }
+}
+
+/// Must show 7: `load` again while a client loops through the node port
+/// fails no connection; `unload` leaves no tc program on node A's devices.
+pub fn load_again_under_node_port_traffic_and_unload_leave_nothing_behind() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+    let before: Vec<_> = ["ext0", "tob0"].iter().map(|dev| tcx_programs_in(&nodes.node_a, dev)).collect();
+    assert!(before.iter().all(|(ingress, egress)| ingress.len() == 1 && egress.len() == 1), "{before:?}");
+
+    let node_port = format!("{NODE_A}:30080");
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    let answers = thread::scope(|scope| {
+        let client = scope.spawn(|| tcp_answers(&sandbox, &nodes, &node_port, 1500));
+        for _ in 0..3 {
+            thread::sleep(Duration::from_millis(150));
+            nodes.load(&sandbox);
+        }
+        client.join().expect("the client")
+    });
+    assert_eq!(answers, both);
+    // Swapped in place: new programs on the same devices, one each way.
+    let after: Vec<_> = ["ext0", "tob0"].iter().map(|dev| tcx_programs_in(&nodes.node_a, dev)).collect();
+    assert!(after.iter().all(|(ingress, egress)| ingress.len() == 1 && egress.len() == 1), "{after:?}");
+    assert_ne!(after, before, "load swapped the programs");
+
+    nodes.balctl_ok(&sandbox, &["unload", "--yes"]);
+    for dev in ["ext0", "tob0"] {
+        assert_eq!(tcx_programs_in(&nodes.node_a, dev), (vec![], vec![]), "{dev} after unload");
     }
 }
 

@@ -19,7 +19,7 @@
 //! removed (with their veths) when this drops, also on failure.
 
 use std::{
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -46,6 +46,11 @@ pub struct Nodes {
     pub node_b: String,
     pub pod_a: String,
     pub pod_b: String,
+    /// `balctl unload` in node A, run first when this drops: the
+    /// sandbox's own unload runs in the host's namespace, where releasing
+    /// the SNAT ports of node A's devices would change the host's
+    /// reserved ports.
+    unload_in_node_a: Command,
 }
 
 impl Nodes {
@@ -59,6 +64,10 @@ impl Nodes {
             node_b: name("nb"),
             pod_a: name("pa"),
             pod_b: name("pb"),
+            unload_in_node_a: sandbox.command_of(
+                "nsenter",
+                &[&format!("--net=/run/netns/{}", name("na")), BALCTL, "unload", "--yes"],
+            ),
         };
         nodes.build();
         nodes
@@ -160,6 +169,7 @@ impl Nodes {
 
 impl Drop for Nodes {
     fn drop(&mut self) {
+        let _ = self.unload_in_node_a.stdout(Stdio::null()).stderr(Stdio::null()).status();
         // Node A first: balctl's tc links there go with its devices.
         for ns in [&self.node_a, &self.node_b, &self.pod_a, &self.pod_b, &self.client] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
