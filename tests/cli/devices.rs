@@ -16,7 +16,7 @@ use std::{fs::File, os::fd::AsRawFd as _, process::Output, thread, time::Duratio
 use aya::programs::{SchedClassifier, TcAttachType, links::FdLink};
 use serde_json::Value;
 
-use crate::support::{BALCTL, Sandbox, finish, run};
+use crate::support::{Sandbox, finish, run};
 
 /// The SNAT ports (`balctl_common::SNAT_PORT_MIN..=SNAT_PORT_MAX`) as the
 /// sysctl lists them once reserved.
@@ -26,22 +26,11 @@ const LINK_TYPE_TCX: u64 = 11;
 
 /// balctl in the sandbox's server namespace, against its pins and state.
 fn node_balctl(sandbox: &Sandbox, args: &[&str]) -> Output {
-    let netns = format!("--net=/run/netns/{}", sandbox.server_ns);
-    let mut argv = vec![netns.as_str(), BALCTL];
-    argv.extend(args);
-    sandbox.command_of("nsenter", &argv).output().expect("run balctl in the node namespace")
+    sandbox.balctl_in(&sandbox.server_ns, args)
 }
 
 fn node_balctl_ok(sandbox: &Sandbox, args: &[&str]) -> String {
-    let output = node_balctl(sandbox, args);
-    assert!(
-        output.status.success(),
-        "balctl {} failed ({}): {}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 output")
+    sandbox.balctl_in_ok(&sandbox.server_ns, args)
 }
 
 fn load(sandbox: &Sandbox, more: &[&str]) -> String {

@@ -214,15 +214,24 @@ impl Sandbox {
 
     /// Runs balctl, requires success and returns its stdout.
     pub fn balctl_ok(&self, args: &[&str]) -> String {
-        let output = self.balctl(args);
-        assert!(
-            output.status.success(),
-            "balctl {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("utf-8 output")
+        succeeded(args, self.balctl(args))
+    }
+
+    /// Runs balctl in the network namespace `netns` (`nsenter --net`:
+    /// unlike `ip netns exec` it leaves /sys, and so the cgroup2 mount, as
+    /// it is), against this sandbox's pins and state.
+    #[allow(dead_code, reason = "the benches use part of the sandbox")]
+    pub fn balctl_in(&self, netns: &str, args: &[&str]) -> Output {
+        let netns = format!("--net=/run/netns/{netns}");
+        let mut argv = vec![netns.as_str(), BALCTL];
+        argv.extend(args);
+        self.command_of("nsenter", &argv).output().expect("run balctl in a network namespace")
+    }
+
+    /// `balctl_in`, required to succeed: its stdout.
+    #[allow(dead_code, reason = "the benches use part of the sandbox")]
+    pub fn balctl_in_ok(&self, netns: &str, args: &[&str]) -> String {
+        succeeded(args, self.balctl_in(netns, args))
     }
 
     pub fn balctl_json(&self, args: &[&str]) -> Value {
@@ -546,4 +555,16 @@ pub fn sweep_stale() {
             netns.iter().filter(|ns| ns.starts_with(&format!("{sandbox}-"))).map(String::as_str).collect();
         remove_sandbox(&std::env::temp_dir().join(&sandbox), &cgroup2_root().join(&sandbox), &namespaces);
     }
+}
+
+/// The stdout of balctl run with `args`, which must have succeeded.
+fn succeeded(args: &[&str], output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "balctl {} failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
 }

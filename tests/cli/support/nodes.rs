@@ -19,7 +19,7 @@
 //! removed (with their veths) when this drops, also on failure.
 
 use std::{
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -131,25 +131,9 @@ impl Nodes {
     }
 
     /// Runs balctl in node A's network namespace, against the sandbox's
-    /// pins and state (`nsenter --net`: unlike `ip netns exec` it leaves
-    /// /sys, and so the cgroup2 mount, as it is).
-    pub fn balctl(&self, sandbox: &Sandbox, args: &[&str]) -> Output {
-        let netns = format!("--net=/run/netns/{}", self.node_a);
-        let mut argv = vec![netns.as_str(), BALCTL];
-        argv.extend(args);
-        sandbox.command_of("nsenter", &argv).output().expect("run balctl in node A")
-    }
-
+    /// pins and state; it must succeed.
     pub fn balctl_ok(&self, sandbox: &Sandbox, args: &[&str]) -> String {
-        let output = self.balctl(sandbox, args);
-        assert!(
-            output.status.success(),
-            "balctl {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("utf-8 output")
+        sandbox.balctl_in_ok(&self.node_a, args)
     }
 
     /// `load` on the sandbox's cgroup with the tc programs on node A's
