@@ -23,6 +23,7 @@ use crate::{
             CLIENT, CLIENT6, NODE_A, NODE_A_INNER, NODE_A_INNER6, NODE_A6, Nodes, POD_A, POD_A6, POD_B,
             POD_B6,
         },
+        run,
     },
 };
 
@@ -233,6 +234,43 @@ pub fn load_again_under_node_port_traffic_and_unload_leave_nothing_behind() {
     for dev in ["ext0", "tob0"] {
         assert_eq!(tcx_programs_in(&nodes.node_a, dev), (vec![], vec![]), "{dev} after unload");
     }
+}
+
+/// Socket-level and packet-level translation on one node: a process of
+/// node A in balctl's cgroup that connects to the node port is translated
+/// by the socket hook, straight to a pod, and the tc programs on the way
+/// out never translate its packets again: the external frontend counts no
+/// resolution and holds no flow.
+pub fn what_a_socket_hook_translated_is_not_translated_again() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let output = sandbox
+        .peer(true, &nodes.node_a)
+        .args(["connect", "--to", &format!("{NODE_A}:30080"), "--count", "100"])
+        .output()
+        .expect("run the client in node A");
+    assert!(output.status.success(), "client failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("the client printed JSON");
+    assert_eq!(report["failed"], 0, "{report}");
+    // Node A's own addresses toward each pod: no SNAT, no second DNAT.
+    let answers: BTreeSet<String> = report["backends"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(answers, set(&["pod-a 192.0.2.1", &format!("pod-b {NODE_A_INNER}")]));
+
+    let stats: Value =
+        serde_json::from_str(&nodes.balctl_ok(&sandbox, &["dump", "stats", "-o", "json"])).unwrap();
+    let resolutions = |frontend: &str| {
+        let entry = stats["stats"].as_array().unwrap().iter().find(|s| s["frontend"] == frontend);
+        entry.map_or(0, |s| s["resolutions"].as_u64().unwrap())
+    };
+    assert_eq!(resolutions("0.0.0.0:30080/tcp"), 100, "{stats:#}");
+    assert_eq!(resolutions("0.0.0.0:30080/tcp@external"), 0, "{stats:#}");
+    let flows = sandbox.pins.join("maps/flows");
+    let dump = run("bpftool", &["map", "dump", "pinned", flows.to_str().unwrap(), "-j"]);
+    assert_eq!(dump.trim(), "[]", "no north-south flow");
 }
 
 /// Must show 5: an IPv6 node port from an IPv6 client, alongside IPv4.

@@ -136,7 +136,11 @@ pub fn a_format_4_state_is_migrated_and_the_next_sync_finds_local_backends() {
             .collect()
     };
     assert!(local(&sandbox).is_empty());
-    let example = |name: &str| format!("{}/examples/k8s/{name}", env!("CARGO_MANIFEST_DIR"));
+    // The fixture's inputs were synced from a copy of examples/ at this
+    // fixed path (make-fixture), so that is where they are read again
+    // from: a sync replaces the objects of the sources it reads.
+    let copy = FixtureExamples::new();
+    let example = |name: &str| format!("{}/k8s/{name}", copy.0.display());
     let files: Vec<String> = [
         "dual-stack.yaml",
         "nodeport.yaml",
@@ -160,4 +164,30 @@ pub fn a_format_4_state_is_migrated_and_the_next_sync_finds_local_backends() {
         .map(|s| s["frontend"].as_str().unwrap())
         .collect();
     assert!(external.contains(&"0.0.0.0:30060/tcp@external"), "{external:?}");
+}
+
+/// A copy of examples/ at /tmp/balctl-fix4/examples, where the format-4
+/// fixture's inputs were synced from; removed on drop.
+struct FixtureExamples(std::path::PathBuf);
+
+impl FixtureExamples {
+    fn new() -> Self {
+        let root = Path::new("/tmp/balctl-fix4");
+        let _ = std::fs::remove_dir_all(root);
+        std::fs::create_dir_all(root).expect("create /tmp/balctl-fix4");
+        let examples = root.join("examples");
+        let status = std::process::Command::new("cp")
+            .args(["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/examples")])
+            .arg(&examples)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copy examples/");
+        FixtureExamples(examples)
+    }
+}
+
+impl Drop for FixtureExamples {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all("/tmp/balctl-fix4");
+    }
 }
