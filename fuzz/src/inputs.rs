@@ -22,7 +22,7 @@ use balctl::{
     error::{EXIT_INPUT, exit_code},
     image::Image,
     inputs::{self, Inputs, Located},
-    model::{MAX_AFFINITY_SECONDS, Scope, SyncedObject, check_address},
+    model::{AddressKind, MAX_AFFINITY_SECONDS, Scope, SyncedObject, check_address},
 };
 
 /// The node the inputs are read on.
@@ -31,7 +31,7 @@ const NODE: &str = "node-a";
 pub fn toml(data: &[u8]) {
     let file = InputFile::new("toml", data);
     if let Some(read) = read(&file.path, &[]) {
-        check_objects(&read, Format::Toml);
+        check_objects(&read);
     }
 }
 
@@ -54,17 +54,11 @@ pub fn yaml(data: &[u8]) {
         (None, Ok(_)) => panic!("read in items: refused; read whole: accepted"),
     }
     let Some(first) = in_items else { return };
-    check_objects(&first, Format::Yaml);
+    check_objects(&first);
     let previous: Vec<Arc<SyncedObject>> =
         first.sources.iter().flat_map(|s| &s.objects).map(|o| Arc::clone(&o.value)).collect();
     let again = read(&file.path, &previous).expect("the same input, read again, is refused");
     assert_eq!(applied(&again), applied(&first), "a sync that keeps unchanged objects differs");
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Toml,
-    Yaml,
 }
 
 /// Reads `path` as `balctl sync -f PATH` does, with `previous` applied
@@ -108,7 +102,7 @@ fn applied(read: &Inputs) -> (Vec<String>, Vec<String>) {
 }
 
 /// Everything accepted is valid as the model defines it, and compiles.
-fn check_objects(read: &Inputs, format: Format) {
+fn check_objects(read: &Inputs) {
     let objects: Vec<&SyncedObject> =
         read.sources.iter().flat_map(|s| &s.objects).map(|o| o.value.as_ref()).collect();
     for object in &objects {
@@ -116,9 +110,11 @@ fn check_objects(read: &Inputs, format: Format) {
         for rule in &object.rules {
             let frontend = rule.frontend;
             rule.validate().unwrap_or_else(|e| panic!("{owner}: {e}"));
-            // Only a Kubernetes NodePort has the unspecified address (every node address).
-            let node_port = format == Format::Yaml
-                && frontend.scope == Scope::Service
+            // Only a node port (a Kubernetes NodePort or a TOML
+            // `node_port`) has the unspecified address (every node
+            // address), for sockets and for packets from outside.
+            let node_port = rule.address_kind == AddressKind::NodePort
+                && matches!(frontend.scope, Scope::Service | Scope::External)
                 && frontend.address.is_unspecified();
             if !node_port {
                 check_ip(frontend.address, owner);
