@@ -20,7 +20,17 @@ use super::{
 };
 
 /// Ports tried for a new SNATed flow before giving up on it.
-const SNAT_PORT_TRIES: u32 = 8;
+const SNAT_PORT_TRIES: u32 = 16;
+
+/// How long a flow in `state` lives without a packet from its client.
+#[inline(always)]
+fn timeout(state: u8, proto: u8) -> u64 {
+    match (state, proto) {
+        (FLOW_CLOSING, _) => FLOW_CLOSING_TIMEOUT_NS,
+        (_, IPPROTO_TCP) => FLOW_TCP_TIMEOUT_NS,
+        _ => FLOW_UDP_TIMEOUT_NS,
+    }
+}
 
 /// The flow of the client's packet `key` to the frontend with `service_id`
 /// into `flow`, if it is known and still valid, its use recorded at `now`
@@ -35,11 +45,7 @@ pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut
     // it is copied whole, then single fields are written.
     unsafe {
         let copy = *entry;
-        let timeout = match (copy.state, key.proto) {
-            (FLOW_CLOSING, _) => FLOW_CLOSING_TIMEOUT_NS,
-            (_, IPPROTO_TCP) => FLOW_TCP_TIMEOUT_NS,
-            _ => FLOW_UDP_TIMEOUT_NS,
-        };
+        let timeout = timeout(copy.state, key.proto);
         let member = MembershipKey { service_id: copy.service_id, backend_id: copy.backend_id };
         if copy.service_id != service_id
             || now.wrapping_sub(copy.last_seen_ns) > timeout
@@ -127,12 +133,46 @@ pub fn open_snat(key: &FlowKey, flow: &mut Flow) -> bool {
         // SAFETY: plain helper call.
         let port = (SNAT_PORT_MIN as u32 + unsafe { bpf_get_prandom_u32() } % range) as u16;
         flow.snat_port = port.to_be();
-        if FLOW_REPLIES.insert(&reply_key(key, flow), &reply, u64::from(BPF_NOEXIST)).is_ok() {
+        let at = reply_key(key, flow);
+        // A port whose flow has ended is free again: its reply entry is
+        // only removed when the LRU map needs the room, so taking it over
+        // is what gives the port back.
+        if FLOW_REPLIES.insert(&at, &reply, u64::from(BPF_NOEXIST)).is_ok()
+            || (!snat_port_in_use(&at, flow.last_seen_ns) && FLOW_REPLIES.insert(&at, &reply, 0).is_ok())
+        {
             let _ = FLOWS.insert(key, flow, 0);
             return true;
         }
     }
     false
+}
+
+/// Whether the SNAT port of the reply key `at` still belongs to a flow at
+/// `now`: the flow its reply entry names is in the flows map, still goes
+/// to that backend from that port, and has not timed out (a closed TCP
+/// flow 10 s after its FIN or RST, as `follow` counts it).
+#[inline(always)]
+fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
+    // SAFETY: read once, whole.
+    let Some(owner) = (unsafe { FLOW_REPLIES.get(at) }).copied() else {
+        return false;
+    };
+    let forward = FlowKey {
+        saddr: owner.client,
+        daddr: owner.frontend,
+        sport: owner.client_port,
+        dport: owner.frontend_port,
+        proto: at.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: read once, whole.
+    let Some(flow) = (unsafe { FLOWS.get(&forward) }).copied() else {
+        return false;
+    };
+    flow.snat_port == at.dport
+        && flow.backend == at.saddr
+        && flow.backend_port == at.sport
+        && now.wrapping_sub(flow.last_seen_ns) <= timeout(flow.state, at.proto)
 }
 
 /// What the packet `key` is a reply to, if it is one of a flow.
