@@ -14,6 +14,7 @@ mod dump;
 mod evict;
 mod external;
 mod health;
+mod health_check_node_port;
 mod image;
 mod input;
 mod input_limits;
@@ -160,6 +161,7 @@ fn main() {
         health::a_stalled_client_and_idle_connections_delay_no_request,
         health::probes_and_agent_metrics_follow_the_syncs,
         health::healthz_turns_503_while_the_api_server_is_away,
+        health_check_node_port::health_check_node_ports_follow_the_services,
         status::exit_codes_tell_not_loaded_in_sync_and_drift,
         status::status_and_load_follow_missing_and_defunct_links,
         policies::redirect_then_balancing_then_service,

@@ -42,7 +42,9 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, ExternalBalancing, Frontend, FrontendRule, Protocol, Scope, SyncedObject},
+    model::{
+        AddressKind, ExternalBalancing, Frontend, FrontendRule, HealthCheck, Protocol, Scope, SyncedObject,
+    },
 };
 
 /// What Kubernetes objects turn into: synced objects, each with the index
@@ -153,6 +155,7 @@ fn node_object(node: NodeObject) -> Located<SyncedObject> {
             rules: Vec::new(),
             addresses: node.addresses,
             inputs: node.meta.fingerprint.into_iter().collect(),
+            health_check: None,
         },
         location: node.meta.location,
     }
@@ -213,6 +216,8 @@ fn service_object(
             .filter(|_| matches!(service.service_type, ServiceType::NodePort | ServiceType::LoadBalancer))
     };
     let mut rules = Vec::new();
+    // This node's ready endpoints, for the health-check node port.
+    let mut ready_here = BTreeSet::new();
     for port in &service.ports {
         let protocol = match port.protocol {
             PortProtocol::Tcp => Protocol::Tcp,
@@ -241,6 +246,11 @@ fn service_object(
                 .filter(|c| c.endpoint.node_name.as_deref() == Some(this_node))
                 .map(|c| c.backend)
                 .collect();
+            ready_here.extend(
+                (candidates.iter())
+                    .filter(|c| c.endpoint.ready && c.endpoint.node_name.as_deref() == Some(this_node))
+                    .map(|c| c.backend),
+            );
             let rule =
                 |address_kind, address: IpAddr, number: u16, scope, backends: &[SocketAddr]| FrontendRule {
                     frontend: Frontend { address, port: number, protocol, scope },
@@ -315,12 +325,25 @@ fn service_object(
         Some(inputs) if notes.len() == notes_before => inputs,
         _ => Vec::new(),
     };
+    // kube-proxy serves it for LoadBalancer services with externalTrafficPolicy
+    // Local only (apiservice.NeedsHealthCheck); the API server allocates it
+    // for those alone, but a file may say anything.
+    let health_check = (service.service_type == ServiceType::LoadBalancer && service.external_local)
+        .then_some(service.health_check_node_port)
+        .flatten()
+        .map(|port| HealthCheck {
+            namespace: service.meta.namespace.clone(),
+            name: service.meta.name.clone(),
+            port,
+            local_endpoints: u32::try_from(ready_here.len()).unwrap_or(u32::MAX),
+        });
     let object = SyncedObject {
         source: String::new(),
         owner: service_owner(&service.meta.namespace, &service.meta.name),
         rules,
         addresses: Vec::new(),
         inputs,
+        health_check,
     };
     Ok(Some(Located { value: object, location: service.meta.location }))
 }
