@@ -607,6 +607,38 @@ mod tests {
         assert!(format!("{err:#}").contains("externalTrafficPolicy"), "{err:#}");
     }
 
+    /// A health check for LoadBalancer and Local only, counting this
+    /// node's ready endpoints, each IP:port once across the ports; not the
+    /// terminating ones the datapath falls back to.
+    #[test]
+    fn health_check_node_ports_count_this_nodes_ready_endpoints() {
+        let slice = "addressType: IPv4\nendpoints:\n\
+                     - {addresses: [192.0.2.2], nodeName: node-a}\n\
+                     - {addresses: [192.0.2.3], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}\n\
+                     - {addresses: [192.0.2.4], nodeName: node-b}\n\
+                     ports: [{name: https, port: 8443}, {name: http, port: 8080}]";
+        let check = |kind: &str, policy: &str, this_node: &str| {
+            let spec = format!(
+                "spec:\n  type: {kind}\n  clusterIP: 198.18.0.30\n  externalTrafficPolicy: {policy}\n  \
+                 healthCheckNodePort: 32443\n  ports: [{{name: https, port: 443, nodePort: 30443}}, \
+                 {{name: http, port: 80, nodePort: 30080}}]"
+            );
+            let text = web(&spec, slice).1;
+            let objects: Vec<_> =
+                read("web.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
+            let translation = translate(objects, this_node, &mut EntryBudget::default()).unwrap();
+            translation.objects[0].1.value.health_check.clone()
+        };
+        let health_check = |local_endpoints| {
+            Some(HealthCheck { namespace: "shop".into(), name: "web".into(), port: 32443, local_endpoints })
+        };
+        assert_eq!(check("LoadBalancer", "Local", "node-a"), health_check(2));
+        assert_eq!(check("LoadBalancer", "Local", "node-b"), health_check(2));
+        assert_eq!(check("LoadBalancer", "Local", "node-c"), health_check(0));
+        assert_eq!(check("LoadBalancer", "Cluster", "node-a"), None);
+        assert_eq!(check("NodePort", "Local", "node-a"), None);
+    }
+
     /// The lb-algorithm and maglev-table-size annotations go to the
     /// external entries only; bad values name the file, line and field.
     #[test]
