@@ -160,3 +160,20 @@ pub fn health_check_node_ports_follow_the_services() {
     wait_refused(&netns, 32003);
     assert_eq!(watcher.terminate(), Some(0));
 }
+
+/// The file watch serves them too: Kubernetes YAML with `sync --watch -f`.
+pub fn a_file_watch_serves_health_check_node_ports() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let netns = sandbox.server_ns.clone();
+    let file = sandbox.scratch("web.json");
+    let list = |service: Value| json!({ "apiVersion": "v1", "kind": "List", "items": [service, endpoint_on("node-a")] });
+    std::fs::write(&file, list(web("Local", Some(32001))).to_string()).unwrap();
+    let watcher =
+        Watcher::start_in(&sandbox, &netns, &["-f", file.to_str().unwrap(), "--node-name", "node-a"]);
+    watcher.wait_stdout("sync: frontends");
+    wait_for_answer(&netns, 32001, 200, 1);
+    std::fs::write(&file, list(web("Cluster", None)).to_string()).unwrap();
+    wait_refused(&netns, 32001);
+    assert_eq!(watcher.terminate(), Some(0));
+}

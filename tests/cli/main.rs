@@ -163,6 +163,7 @@ fn main() {
         health::probes_and_agent_metrics_follow_the_syncs,
         health::healthz_turns_503_while_the_api_server_is_away,
         health_check_node_port::health_check_node_ports_follow_the_services,
+        health_check_node_port::a_file_watch_serves_health_check_node_ports,
         status::exit_codes_tell_not_loaded_in_sync_and_drift,
         status::status_and_load_follow_missing_and_defunct_links,
         policies::redirect_then_balancing_then_service,
