@@ -22,6 +22,7 @@ use anyhow::Result;
 use prometheus_client::metrics::{
     counter::Counter,
     family::Family,
+    gauge::Gauge,
     histogram::{Histogram, exponential_buckets},
 };
 use serde::Serialize;
@@ -34,6 +35,10 @@ use crate::{
 
 /// The label of `balctl_sync_errors_total`.
 pub type ErrorKind = [(&'static str, &'static str); 1];
+
+/// Health-check node ports served, and those that could not be bound.
+pub const SERVING: &str = "serving";
+pub const FAILED: &str = "failed";
 
 /// Why a sync applied nothing, as the errors metric counts it.
 const INPUT: &str = "input";
@@ -48,6 +53,8 @@ pub struct Agent {
     pub sync_duration: Histogram,
     /// Syncs that failed, and failed requests to the API server, by kind.
     pub sync_errors: Family<ErrorKind, Counter>,
+    /// Health-check node ports (src/serve/service_health.rs), by state.
+    pub health_check_ports: Family<[(&'static str, &'static str); 1], Gauge>,
     /// Told of every sync that applied the inputs.
     applied: Notify,
 }
@@ -100,11 +107,16 @@ impl Agent {
         for kind in [INPUT, RUNTIME, API_SERVER] {
             let _ = sync_errors.get_or_create(&[("kind", kind)]);
         }
+        let health_check_ports = Family::default();
+        for state in [SERVING, FAILED] {
+            let _ = health_check_ports.get_or_create(&[("state", state)]);
+        }
         Self {
             timeout,
             progress: Mutex::default(),
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             sync_errors,
+            health_check_ports,
             applied: Notify::new(),
         }
     }

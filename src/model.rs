@@ -495,6 +495,25 @@ pub struct SyncedObject {
     /// later sync whose input holds exactly these items again keeps the
     /// object without parsing them. Empty: always translated anew.
     pub inputs: Vec<Fingerprint>,
+    /// A Service's health-check node port, served by `sync --watch`.
+    /// Format 5 did not have it (`legacy::ADDED`).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// What a load balancer's health check of a Service asks this node
+/// (kube-proxy's healthCheckNodePort, of a LoadBalancer Service with
+/// externalTrafficPolicy Local): whether the node has endpoints of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    /// This node's ready endpoints of the Service, each `IP:port` once
+    /// across its ports and families: what kube-proxy counts. Terminating
+    /// ones do not count, though the datapath falls back to them, so that
+    /// the load balancer drains a node whose endpoints are all going.
+    pub local_endpoints: u32,
 }
 
 /// Identifies the text of one input item (a YAML document or `List` entry)

@@ -6,7 +6,7 @@
 //! sync of 10,000 services reads and writes it whole, and as JSON that
 //! alone took 70 ms of a change that should take less than 100. `balctl
 //! dump`, `status` and `policy list -o json` show what it holds. Formats
-//! 3 (bincode 1) and 4 are still read, and rewritten by the first balctl
+//! 3 (bincode 1), 4 and 5 are still read, and rewritten by the first balctl
 //! that takes the lock (docs/state-files.md).
 
 use std::{
@@ -37,12 +37,12 @@ const MAGIC: &[u8; 8] = b"balctl\0S";
 /// Bumped whenever the layout of `AppliedState` changes: postcard is not
 /// self-describing, so another version's file cannot be read by postcard.
 /// Formats 4 and 5 are postcard (https://postcard.jamesmunns.com/wire-format);
-/// 5 added which backends are local.
-const STATE_VERSION: u32 = 5;
+/// 5 added which backends are local, 6 Services' health-check node ports.
+const STATE_VERSION: u32 = 6;
 /// Older formats, read only to migrate them (`legacy`): 3 is the format 4
-/// layout in bincode 1, written up to commit a86b197; 4 lacks the fields
-/// `legacy::ADDED` lists.
-const LEGACY_VERSIONS: [u32; 2] = legacy::FORMATS;
+/// layout in bincode 1, written up to commit a86b197; 4 and 5 lack the
+/// fields `legacy::ADDED` lists.
+const LEGACY_VERSIONS: [u32; 3] = legacy::FORMATS;
 /// The magic and the format version.
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
@@ -412,6 +412,12 @@ mod tests {
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],
+            health_check: Some(crate::model::HealthCheck {
+                namespace: "shop".into(),
+                name: "web".into(),
+                port: 32443,
+                local_endpoints: 2,
+            }),
         }));
         state
     }
@@ -463,7 +469,7 @@ mod tests {
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
         let err = state_dir.read().unwrap_err();
-        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 5"), "{err:#}");
+        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 6"), "{err:#}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -473,6 +479,9 @@ mod tests {
     /// One written by balctl 3d7c9f6 (format 4, postcard without local
     /// backends): see tests/fixtures/state-v4/README.md.
     const FORMAT_4: &[u8] = include_bytes!("../tests/fixtures/state-v4/state.bin");
+    /// One written by balctl 57438ba (format 5, without health-check node
+    /// ports): see tests/fixtures/state-v5/README.md.
+    const FORMAT_5: &[u8] = include_bytes!("../tests/fixtures/state-v5/state.bin");
 
     /// Reads `file` (of format `version`), takes the lock (which rewrites
     /// it), and returns what it held.
@@ -521,6 +530,17 @@ mod tests {
                 .iter()
                 .all(|o| o.inputs.is_empty() && o.rules.iter().all(|r| r.local_backends.is_empty()))
         );
+    }
+
+    #[test]
+    fn a_format_5_state_is_read_and_rewritten_when_locked() {
+        let legacy = read_and_rewrite("format5", FORMAT_5, 5);
+        assert_eq!((legacy.policies.len(), legacy.synced.len()), (4, 7), "{legacy:#?}");
+        let api = legacy.synced.iter().find(|o| o.owner == "service/shop/api").expect("service/shop/api");
+        assert!(api.rules.iter().any(|r| r.local_only), "format 5's fields are read: {api:#?}");
+        // No health checks, and every object translated again by the next
+        // sync, which makes them.
+        assert!(legacy.synced.iter().all(|o| o.inputs.is_empty() && o.health_check.is_none()));
     }
 
     /// Varints wider than their type are refused, not wrapped.

@@ -55,7 +55,8 @@ use crate::{
         sync::{Held, Removals},
     },
     error::{self, EmptyInput},
-    input, inputs, serve,
+    input, inputs,
+    serve::{self, HealthCheckPorts},
 };
 
 /// A burst of events (truncate, write, close; or write a temporary file,
@@ -102,7 +103,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     forward_signals(tx.clone())?;
     let mut watcher = watch_parents(&targets, tx)?;
     let agent = Arc::new(Agent::new(args.health_timeout));
-    serve::start(ctx, args, &agent)?;
+    let health_check_ports = serve::start(ctx, args, &agent)?;
     // The inputs as they are at start wait for the first sync.
     agent.changed(1);
     log::info!("watching {} for changes", describe(&targets));
@@ -110,7 +111,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let mut removals = Removals::HoldLarge;
     loop {
         watch_directories(&mut watcher, &targets);
-        hold = sync(ctx, args, &agent, removals, hold);
+        hold = sync(ctx, args, &agent, &health_check_ports, removals, hold);
         // A large removal held waits for the inputs to settle, and then
         // for nothing else: the writer may have finished.
         let wake = match hold {
@@ -141,16 +142,19 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
 /// One sync; returns why it held its change, if it did. Other errors are
 /// reported, not returned, so watching goes on. `held` is why the sync
 /// before held its change: a hold is told once, not again on every change
-/// that finds it still there.
+/// that finds it still there. A sync that applied opens and closes the
+/// health-check node ports of what it applied.
 fn sync(
     ctx: &Context,
     args: &SyncArgs,
     agent: &Agent,
+    health_check_ports: &HealthCheckPorts,
     removals: Removals,
     held: Option<Hold>,
 ) -> Option<Hold> {
     let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals)) {
-        Ok(()) => {
+        Ok(applied) => {
+            health_check_ports.update(cmd::sync::health_checks(&applied));
             if removals == Removals::Apply {
                 log::warn!(
                     "sync --watch: applied the held change: the inputs had not changed for {}",

@@ -20,7 +20,7 @@ use crate::{
     image::{FrontendImage, Image},
     input,
     inputs::{self, Inputs},
-    model::Frontend,
+    model::{Frontend, HealthCheck},
     output::print_structured,
     plan::Summary,
     serve,
@@ -68,11 +68,12 @@ impl fmt::Display for Held {
 impl std::error::Error for Held {}
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    run_with(ctx, args, Removals::Apply)
+    run_with(ctx, args, Removals::Apply).map(drop)
 }
 
-/// `run`, treating large removals from files as `removals` says.
-pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<()> {
+/// `run`, treating large removals from files as `removals` says; returns
+/// the state applied.
+pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<AppliedState> {
     let this_node = node_name(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
@@ -94,7 +95,8 @@ pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<()
             Ok(())
         })?
     };
-    report(ctx, &outcome, args.dry_run, notes)
+    report(ctx, &outcome, args.dry_run, notes)?;
+    Ok(outcome.after)
 }
 
 /// `sync --kube --watch`: syncs the cluster's objects once every kind has
@@ -107,7 +109,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle SIGINT and SIGTERM")?;
     }
     let agent = Arc::new(Agent::new(args.health_timeout));
-    serve::start(ctx, args, &agent)?;
+    let health_check_ports = serve::start(ctx, args, &agent)?;
     // The cluster as it is at start waits for the first full list.
     agent.changed(1);
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
@@ -118,15 +120,22 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
                 Ok(())
             })?;
-            report(ctx, &outcome, false, notes)
+            report(ctx, &outcome, false, notes)?;
+            Ok(outcome.after)
         });
-        if let Err(err) = synced {
-            error::log_failure(
+        match synced {
+            Ok(applied) => health_check_ports.update(health_checks(&applied)),
+            Err(err) => error::log_failure(
                 &err,
                 "sync --kube --watch: nothing applied from this change; retrying on the next one",
-            );
+            ),
         }
     })
+}
+
+/// The health-check node ports of what `state` holds.
+pub fn health_checks(state: &AppliedState) -> impl Iterator<Item = &HealthCheck> {
+    state.synced.iter().filter_map(|object| object.health_check.as_ref())
 }
 
 /// Makes `state` hold exactly `inputs` for their sources; returns the notes.

@@ -434,6 +434,7 @@ fn rule_object(
         rules,
         addresses: Vec::new(),
         inputs: Vec::new(),
+        health_check: None,
     };
     Ok(Located { value: object, location })
 }

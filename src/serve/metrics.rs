@@ -64,6 +64,12 @@ impl Metrics {
              not loaded, a map write failed), api_server (a failed request of the Kubernetes watch)",
             agent.sync_errors.clone(),
         );
+        registry.register(
+            "balctl_health_check_node_ports",
+            "Health-check node ports of LoadBalancer services with externalTrafficPolicy Local, by state: \
+             serving, or failed (the port could not be bound; tried again after each sync)",
+            agent.health_check_ports.clone(),
+        );
         registry.register_collector(Box::new(AgentState(Arc::clone(&agent))));
         let datapath = Datapath { pins: ctx.pins.clone(), state: ctx.state.clone(), per_backend };
         registry.register_collector(Box::new(datapath));

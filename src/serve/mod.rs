@@ -1,7 +1,9 @@
 //! The HTTP endpoints of `sync --watch`: `/healthz`, `/livez` and
 //! `/readyz` on `--health-addr` (health.rs), `/metrics` on `--metrics-addr`
 //! (metrics.rs); one listener serves all four when both addresses are the
-//! same.
+//! same. And the health-check node ports of LoadBalancer Services with
+//! externalTrafficPolicy Local, opened and closed as syncs apply them
+//! (service_health.rs).
 //!
 //! hyper (HTTP/1.1) on a tokio runtime of its own thread, so a request
 //! never waits for a sync and a sync never waits for a client. Every
@@ -14,6 +16,9 @@
 
 mod health;
 mod metrics;
+mod service_health;
+
+pub use service_health::HealthCheckPorts;
 
 use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, thread, time::Duration};
 
@@ -66,25 +71,25 @@ const BACKLOG: u32 = 1024;
 struct Routes {
     health: Option<Arc<Agent>>,
     metrics: Option<Arc<metrics::Metrics>>,
+    /// A health-check node port: every request gets its answer.
+    service: Option<Arc<service_health::ServiceHealth>>,
 }
 
 /// Binds `--health-addr` and `--metrics-addr` now, so a bad or busy address
 /// fails the command at once, and serves them from a thread of its own for
-/// as long as the process runs.
-pub fn start(ctx: &Context, args: &SyncArgs, agent: &Arc<Agent>) -> Result<()> {
+/// as long as the process runs; returns the health-check node ports, served
+/// by the same thread once the syncs give them.
+pub fn start(ctx: &Context, args: &SyncArgs, agent: &Arc<Agent>) -> Result<HealthCheckPorts> {
     let mut listeners: Vec<(SocketAddr, Routes)> = Vec::new();
     if let Some(addr) = args.health_addr {
-        listeners.push((addr, Routes { health: Some(Arc::clone(agent)), metrics: None }));
+        listeners.push((addr, Routes { health: Some(Arc::clone(agent)), ..Routes::default() }));
     }
     if let Some(addr) = args.metrics_addr {
         let metrics = Arc::new(metrics::Metrics::new(ctx, Arc::clone(agent), args.metrics_per_backend));
         match listeners.iter_mut().find(|(health, _)| *health == addr) {
             Some((_, routes)) => routes.metrics = Some(metrics),
-            None => listeners.push((addr, Routes { health: None, metrics: Some(metrics) })),
+            None => listeners.push((addr, Routes { metrics: Some(metrics), ..Routes::default() })),
         }
-    }
-    if listeners.is_empty() {
-        return Ok(());
     }
     raise_file_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -97,15 +102,17 @@ pub fn start(ctx: &Context, args: &SyncArgs, agent: &Arc<Agent>) -> Result<()> {
     let mut bound = Vec::new();
     for (addr, routes) in listeners {
         let flag = if routes.health.is_some() { "--health-addr" } else { "--metrics-addr" };
-        let listener = runtime.block_on(async { listen(addr) });
+        let listener = runtime.block_on(async { listen(addr, false) });
         let listener = listener.with_context(|| format!("cannot listen on {addr} ({flag})"))?;
         log::info!("serving {} on http://{addr}", routes.paths().join(", "));
         bound.push((listener, routes));
     }
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let health_check_ports =
+        HealthCheckPorts::new(runtime.handle().clone(), Arc::clone(&connections), Arc::clone(agent));
     thread::Builder::new()
         .name("serve".into())
         .spawn(move || {
-            let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             let accepting = bound
                 .into_iter()
                 .map(|(listener, routes)| accept(listener, routes, Arc::clone(&connections)));
@@ -113,16 +120,24 @@ pub fn start(ctx: &Context, args: &SyncArgs, agent: &Arc<Agent>) -> Result<()> {
                 if let Some(refresh) = refresh_map_fill {
                     tokio::spawn(refresh);
                 }
-                futures::future::join_all(accepting).await
+                futures::future::join_all(accepting).await;
+                // With no listener of its own, the runtime still runs the
+                // health-check node ports.
+                std::future::pending::<()>().await
             });
         })
         .context("cannot start the HTTP server's thread")?;
-    Ok(())
+    Ok(health_check_ports)
 }
 
-/// A listening socket on `addr`, in the runtime of the caller.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listening socket on `addr`, in the runtime of the caller; on the
+/// unspecified IPv6 address and `dual_stack`, for IPv4 as well, whatever
+/// net.ipv6.bindv6only says.
+fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    if dual_stack {
+        rustix::net::sockopt::set_ipv6_v6only(&socket, false)?;
+    }
     // A restarted agent binds again while its old connections linger.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
@@ -176,6 +191,10 @@ impl Routes {
     }
 
     async fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(service) = &self.service {
+            // kube-proxy answers any path and method alike.
+            return service.answer();
+        }
         let path = request.uri().path();
         let probe = self.health.as_ref().zip(health::Probe::of(path));
         let metrics = self.metrics.as_ref().filter(|_| path == metrics::PATH);

@@ -9,6 +9,7 @@
 //!   or later.
 //! - Format 4, postcard, without the fields north-south added (which
 //!   backends are local).
+//! - Format 5, postcard, without Services' health-check node ports.
 //!
 //! bincode 1 is unmaintained (RUSTSEC-2025-0141) and is not kept for this;
 //! postcard reads only its own current layout. Both encodings are small
@@ -48,10 +49,11 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (5, "Record", "external"),
     (5, "FrontendImage", "maglev_table_size"),
     (5, "FrontendImage", "source_ranges"),
+    (6, "SyncedObject", "health_check"),
 ];
 
 /// The formats this reader reads.
-pub const FORMATS: [u32; 2] = [3, 4];
+pub const FORMATS: [u32; 3] = [3, 4, 5];
 
 /// Why a format 3 file cannot be read.
 #[derive(Debug, PartialEq, Eq)]

@@ -14,6 +14,7 @@ mod dump;
 mod evict;
 mod external;
 mod health;
+mod health_check_node_port;
 mod image;
 mod input;
 mod input_limits;
@@ -105,6 +106,7 @@ fn main() {
         trust::a_truncated_state_names_the_file,
         state_migration::a_format_3_state_is_migrated_and_programs_the_same_datapath,
         state_migration::a_format_4_state_is_migrated_and_the_next_sync_finds_local_backends,
+        state_migration::a_format_5_state_is_migrated_and_programs_the_same_datapath,
         bad_inputs::the_bad_input_corpus_changes_nothing,
         input_limits::oversized_inputs_are_refused_in_bounded_memory,
         input_limits::toml_reading_time_grows_linearly,
@@ -164,6 +166,8 @@ fn main() {
         health::a_stalled_client_and_idle_connections_delay_no_request,
         health::probes_and_agent_metrics_follow_the_syncs,
         health::healthz_turns_503_while_the_api_server_is_away,
+        health_check_node_port::health_check_node_ports_follow_the_services,
+        health_check_node_port::a_file_watch_serves_health_check_node_ports,
         status::exit_codes_tell_not_loaded_in_sync_and_drift,
         status::status_and_load_follow_missing_and_defunct_links,
         policies::redirect_then_balancing_then_service,

@@ -4,7 +4,8 @@
 //! written by balctl a86b197 (state format 3), with what that balctl's
 //! `dump all -o json` and `policy list -o json` printed of it. Issue 18
 //! added local backends (format 5): tests/fixtures/state-v4/ holds a file
-//! of format 4, written by balctl 3d7c9f6.
+//! of format 4, written by balctl 3d7c9f6; tests/fixtures/state-v5/ one of
+//! format 5 (before health-check node ports), written by balctl 57438ba.
 
 use std::{
     fs,
@@ -115,7 +116,7 @@ fn migrate(fixture: &Path, version: u32) -> Sandbox {
     sandbox
 }
 
-const CURRENT_FORMAT: u32 = 5;
+const CURRENT_FORMAT: u32 = 6;
 
 pub fn a_format_3_state_is_migrated_and_programs_the_same_datapath() {
     let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3"), 3);
@@ -190,4 +191,10 @@ impl Drop for FixtureExamples {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all("/tmp/balctl-fix4");
     }
+}
+
+/// Format 5 did not record health-check node ports: after the migration
+/// the datapath is the one recorded.
+pub fn a_format_5_state_is_migrated_and_programs_the_same_datapath() {
+    migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v5"), 5);
 }

@@ -138,6 +138,10 @@ pub struct Service {
     /// `externalTrafficPolicy: Local`: traffic from outside goes to this
     /// node's endpoints only, with the client's address kept.
     pub external_local: bool,
+    /// `spec.healthCheckNodePort`: the API server allocates it for a
+    /// LoadBalancer service with externalTrafficPolicy Local; load balancers
+    /// ask it whether this node has endpoints of the service.
+    pub health_check_node_port: Option<u16>,
     /// From the annotations `balancing.elf.io/lb-algorithm` and
     /// `balancing.elf.io/maglev-table-size`, and
     /// `spec.loadBalancerSourceRanges`.
@@ -365,6 +369,7 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
         None => false,
     };
+    let health_check_node_port = spec.get("healthCheckNodePort").map(|p| p.port(object)).transpose()?;
     Ok(Service {
         meta,
         service_type,
@@ -376,6 +381,7 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         affinity_seconds,
         internal_local,
         external_local,
+        health_check_node_port,
         external_balancing,
     })
 }

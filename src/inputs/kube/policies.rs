@@ -78,8 +78,14 @@ pub fn translate(
         }
         let owner = policy.owner();
         notes.extend(policy_notes.into_iter().map(|note| format!("{owner}: {note}")));
-        let object =
-            SyncedObject { source: String::new(), owner, rules, addresses: Vec::new(), inputs: Vec::new() };
+        let object = SyncedObject {
+            source: String::new(),
+            owner,
+            rules,
+            addresses: Vec::new(),
+            inputs: Vec::new(),
+            health_check: None,
+        };
         objects.push((*source, Located { value: object, location: policy.meta.location.clone() }));
     }
     Ok(objects)

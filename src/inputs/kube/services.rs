@@ -42,7 +42,9 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, ExternalBalancing, Frontend, FrontendRule, Protocol, Scope, SyncedObject},
+    model::{
+        AddressKind, ExternalBalancing, Frontend, FrontendRule, HealthCheck, Protocol, Scope, SyncedObject,
+    },
 };
 
 /// What Kubernetes objects turn into: synced objects, each with the index
@@ -153,6 +155,7 @@ fn node_object(node: NodeObject) -> Located<SyncedObject> {
             rules: Vec::new(),
             addresses: node.addresses,
             inputs: node.meta.fingerprint.into_iter().collect(),
+            health_check: None,
         },
         location: node.meta.location,
     }
@@ -213,6 +216,8 @@ fn service_object(
             .filter(|_| matches!(service.service_type, ServiceType::NodePort | ServiceType::LoadBalancer))
     };
     let mut rules = Vec::new();
+    // This node's ready endpoints, for the health-check node port.
+    let mut ready_here = BTreeSet::new();
     for port in &service.ports {
         let protocol = match port.protocol {
             PortProtocol::Tcp => Protocol::Tcp,
@@ -241,6 +246,11 @@ fn service_object(
                 .filter(|c| c.endpoint.node_name.as_deref() == Some(this_node))
                 .map(|c| c.backend)
                 .collect();
+            ready_here.extend(
+                (candidates.iter())
+                    .filter(|c| c.endpoint.ready && c.endpoint.node_name.as_deref() == Some(this_node))
+                    .map(|c| c.backend),
+            );
             let rule =
                 |address_kind, address: IpAddr, number: u16, scope, backends: &[SocketAddr]| FrontendRule {
                     frontend: Frontend { address, port: number, protocol, scope },
@@ -315,12 +325,25 @@ fn service_object(
         Some(inputs) if notes.len() == notes_before => inputs,
         _ => Vec::new(),
     };
+    // kube-proxy serves it for LoadBalancer services with externalTrafficPolicy
+    // Local only (apiservice.NeedsHealthCheck); the API server allocates it
+    // for those alone, but a file may say anything.
+    let health_check = (service.service_type == ServiceType::LoadBalancer && service.external_local)
+        .then_some(service.health_check_node_port)
+        .flatten()
+        .map(|port| HealthCheck {
+            namespace: service.meta.namespace.clone(),
+            name: service.meta.name.clone(),
+            port,
+            local_endpoints: u32::try_from(ready_here.len()).unwrap_or(u32::MAX),
+        });
     let object = SyncedObject {
         source: String::new(),
         owner: service_owner(&service.meta.namespace, &service.meta.name),
         rules,
         addresses: Vec::new(),
         inputs,
+        health_check,
     };
     Ok(Some(Located { value: object, location: service.meta.location }))
 }
@@ -582,6 +605,38 @@ mod tests {
         let text = web(&spec("externalTrafficPolicy: Global"), slice).1;
         let err = read("web.yaml", text.as_bytes()).err().expect("an unknown policy is refused");
         assert!(format!("{err:#}").contains("externalTrafficPolicy"), "{err:#}");
+    }
+
+    /// A health check for LoadBalancer and Local only, counting this
+    /// node's ready endpoints, each IP:port once across the ports; not the
+    /// terminating ones the datapath falls back to.
+    #[test]
+    fn health_check_node_ports_count_this_nodes_ready_endpoints() {
+        let slice = "addressType: IPv4\nendpoints:\n\
+                     - {addresses: [192.0.2.2], nodeName: node-a}\n\
+                     - {addresses: [192.0.2.3], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}\n\
+                     - {addresses: [192.0.2.4], nodeName: node-b}\n\
+                     ports: [{name: https, port: 8443}, {name: http, port: 8080}]";
+        let check = |kind: &str, policy: &str, this_node: &str| {
+            let spec = format!(
+                "spec:\n  type: {kind}\n  clusterIP: 198.18.0.30\n  externalTrafficPolicy: {policy}\n  \
+                 healthCheckNodePort: 32443\n  ports: [{{name: https, port: 443, nodePort: 30443}}, \
+                 {{name: http, port: 80, nodePort: 30080}}]"
+            );
+            let text = web(&spec, slice).1;
+            let objects: Vec<_> =
+                read("web.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
+            let translation = translate(objects, this_node, &mut EntryBudget::default()).unwrap();
+            translation.objects[0].1.value.health_check.clone()
+        };
+        let health_check = |local_endpoints| {
+            Some(HealthCheck { namespace: "shop".into(), name: "web".into(), port: 32443, local_endpoints })
+        };
+        assert_eq!(check("LoadBalancer", "Local", "node-a"), health_check(2));
+        assert_eq!(check("LoadBalancer", "Local", "node-b"), health_check(2));
+        assert_eq!(check("LoadBalancer", "Local", "node-c"), health_check(0));
+        assert_eq!(check("LoadBalancer", "Cluster", "node-a"), None);
+        assert_eq!(check("NodePort", "Local", "node-a"), None);
     }
 
     /// The lb-algorithm and maglev-table-size annotations go to the

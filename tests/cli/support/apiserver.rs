@@ -41,6 +41,7 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     path::Path,
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::{self, JoinHandle},
@@ -140,6 +141,8 @@ impl Shared {
 
 pub struct ApiServer {
     addr: SocketAddr,
+    /// The acceptor's listening socket, shut down to wake it.
+    listening: TcpListener,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -147,8 +150,30 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test API server");
+        Self::serve(TcpListener::bind("127.0.0.1:0").expect("bind the test API server"))
+    }
+
+    /// `start` on the loopback of the network namespace `netns`, for an
+    /// agent that runs there: the listening socket is made by a thread
+    /// that enters the namespace, and stays in it.
+    #[allow(dead_code, reason = "the CLI tests' agents in a namespace; the benches use start")]
+    pub fn start_in(netns: &str) -> Self {
+        let path = format!("/run/netns/{netns}");
+        let listener = thread::spawn(move || {
+            let namespace = std::fs::File::open(&path).expect("open the network namespace");
+            // SAFETY: setns on a descriptor we hold, for this thread only.
+            let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            TcpListener::bind("127.0.0.1:0").expect("bind the test API server")
+        })
+        .join()
+        .expect("the thread that binds in the namespace");
+        Self::serve(listener)
+    }
+
+    fn serve(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
+        let listening = listener.try_clone().expect("the listening socket");
         let shared = Arc::new(Shared {
             state: Mutex::new(State { reachable: true, ..State::default() }),
             changed: Condvar::new(),
@@ -158,7 +183,7 @@ impl ApiServer {
             let (shared, connections) = (shared.clone(), connections.clone());
             thread::spawn(move || accept(&listener, &shared, &connections))
         };
-        Self { addr, shared, acceptor: Some(acceptor), connections }
+        Self { addr, listening, shared, acceptor: Some(acceptor), connections }
     }
 
     pub fn url(&self) -> String {
@@ -262,8 +287,13 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.changed.notify_all();
-        // Wakes the acceptor's blocking accept(); it sees `stopping` and ends.
+        // Wakes the acceptor's blocking accept(); it sees `stopping` and
+        // ends. A connection does it in the test's namespace; shutdown
+        // (accept fails with EINVAL) in another, where the test cannot
+        // connect to the listener.
         let _ = TcpStream::connect(self.addr);
+        // SAFETY: shutdown of a socket this server owns.
+        unsafe { libc::shutdown(self.listening.as_raw_fd(), libc::SHUT_RD) };
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }

@@ -54,6 +54,20 @@ impl Watcher {
         for input in inputs {
             command.args(["-f", input]);
         }
+        Self::spawn(command)
+    }
+
+    /// `sync --watch` with `args`, in the network namespace `netns`
+    /// (nsenter execs balctl: its PID is the watcher's).
+    #[allow(dead_code, reason = "the CLI tests' health-check node ports; the benches watch in the host's")]
+    pub fn start_in(sandbox: &Sandbox, netns: &str, args: &[&str]) -> Self {
+        let net = format!("--net=/run/netns/{netns}");
+        let mut command = sandbox.command_of("nsenter", &[&net, super::BALCTL, "sync", "--watch"]);
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: std::process::Command) -> Self {
         let mut child =
             command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start balctl sync --watch");
         let (stdout, stdout_log) = lines(child.stdout.take().unwrap());
