@@ -48,9 +48,9 @@ pub const UDP_BACKENDS: [SocketAddrV4; 2] = [
 /// bench's clients are inside it, so their traffic counts as pod traffic:
 /// the "masquerade off-cluster traffic" rules are evaluated but do not
 /// match, and no connection is masqueraded.
-const POD_CIDR: &str = "192.0.2.0/24";
+pub const POD_CIDR: &str = "192.0.2.0/24";
 /// kube-proxy's default masquerade mark (bit 14).
-const MASQ_MARK: &str = "0x4000";
+pub const MASQ_MARK: &str = "0x4000";
 /// Ports given to other services' endpoints before the next addresses are used.
 const PORTS_PER_ADDRESS: u32 = 60_000;
 
@@ -189,48 +189,14 @@ impl Cluster {
     /// the same input.
     pub fn write_iptables(&self, path: &Path) {
         write_lines(path, |out| {
-            out.push_str(
-                "*filter\n:KUBE-PROXY-FIREWALL - [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n\
-                 :KUBE-FORWARD - [0:0]\n:KUBE-NODEPORTS - [0:0]\n",
-            );
-            for chain in ["INPUT", "FORWARD", "OUTPUT"] {
-                let _ = writeln!(
-                    out,
-                    "-A {chain} -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" \
-                     -j KUBE-PROXY-FIREWALL"
-                );
-            }
-            out.push_str(
-                "-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n\
-                 -A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
-                 -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
-                 -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-                 -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
-                 -A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-                 -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n",
-            );
-            let _ = writeln!(
-                out,
-                "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT\n\
-                 -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
-                 COMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]"
-            );
+            iptables_start(out);
             for s in &self.services {
                 let _ = writeln!(out, ":{} - [0:0]", svc_chain(s));
                 for e in 0..s.endpoints.len() {
                     let _ = writeln!(out, ":{} - [0:0]", sep_chain(s, e));
                 }
             }
-            let _ = writeln!(
-                out,
-                "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-                 -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-                 -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
-                 -A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n\
-                 -A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n\
-                 -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
-                 -A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"
-            );
+            iptables_nat_base(out);
             for s in &self.services {
                 let (port_name, proto) = (s.port_name(), s.protocol.lower());
                 let _ = writeln!(
@@ -300,71 +266,7 @@ impl Cluster {
     /// measured services' packets take exactly kube-proxy's path either way.
     pub fn write_nft(&self, path: &Path, simplified: bool) {
         write_lines(path, |out| {
-            out.push_str("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n");
-            // kube-proxy's priorities: filter at dstnat - 10, then DNAT, SNAT.
-            let base = [
-                ("filter-prerouting", "filter", "prerouting", -110),
-                ("filter-input", "filter", "input", -110),
-                ("filter-forward", "filter", "forward", -110),
-                ("filter-output", "filter", "output", -110),
-                ("nat-prerouting", "nat", "prerouting", -100),
-                ("nat-output", "nat", "output", -100),
-                ("nat-postrouting", "nat", "postrouting", 100),
-            ];
-            for (name, kind, hook, priority) in base {
-                let _ = writeln!(
-                    out,
-                    "add chain ip kube-proxy {name} {{ type {kind} hook {hook} priority {priority} ; }}\n\
-                     flush chain ip kube-proxy {name}"
-                );
-            }
-            let jumps = [
-                ("endpoints-check", "filter-input", "ct state new "),
-                ("endpoints-check", "filter-forward", "ct state new "),
-                ("endpoints-check", "filter-output", "ct state new "),
-                ("firewall-check", "filter-prerouting", "ct state new "),
-                ("firewall-check", "filter-output", "ct state new "),
-                ("services", "nat-output", ""),
-                ("services", "nat-prerouting", ""),
-                ("masquerading", "nat-postrouting", ""),
-            ];
-            for (to, from, condition) in jumps {
-                let _ = writeln!(
-                    out,
-                    "add chain ip kube-proxy {to}\nflush chain ip kube-proxy {to}\n\
-                     add rule ip kube-proxy {from} {condition}jump {to}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "add chain ip kube-proxy mark-for-masquerade\nflush chain ip kube-proxy mark-for-masquerade\n\
-                 add rule ip kube-proxy mark-for-masquerade mark set mark or {MASQ_MARK}\n\
-                 add rule ip kube-proxy masquerading mark and {MASQ_MARK} == 0 return\n\
-                 add rule ip kube-proxy masquerading mark set mark xor {MASQ_MARK}\n\
-                 add rule ip kube-proxy masquerading masquerade fully-random"
-            );
-            let maps = [
-                ("no-endpoint-services", "ipv4_addr . inet_proto . inet_service"),
-                ("no-endpoint-nodeports", "inet_proto . inet_service"),
-                ("firewall-ips", "ipv4_addr . inet_proto . inet_service"),
-                ("service-ips", "ipv4_addr . inet_proto . inet_service"),
-                ("service-nodeports", "inet_proto . inet_service"),
-            ];
-            for (name, key) in maps {
-                let _ = writeln!(
-                    out,
-                    "add map ip kube-proxy {name} {{ type {key} : verdict ; }}\nflush map ip kube-proxy {name}"
-                );
-            }
-            out.push_str(
-                "add chain ip kube-proxy reject-chain\nflush chain ip kube-proxy reject-chain\n\
-                 add rule ip kube-proxy reject-chain reject\n\
-                 add rule ip kube-proxy endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n\
-                 add rule ip kube-proxy endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports\n\
-                 add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips\n\
-                 add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n\
-                 add rule ip kube-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n",
-            );
+            nft_base(out);
             for (i, s) in self.services.iter().enumerate() {
                 let (proto, svc) = (s.protocol.lower(), nft_chain("service", &nft_service_base(s)));
                 let endpoint_chains: Vec<String> = (0..s.endpoints.len())
@@ -413,6 +315,123 @@ impl Cluster {
             }
         });
     }
+}
+
+/// The start of kube-proxy's iptables input: the filter table, its
+/// chains and jumps, then the nat table's own chains (its service chains
+/// follow, declared by the caller).
+pub fn iptables_start(out: &mut String) {
+    out.push_str(
+        "*filter\n:KUBE-PROXY-FIREWALL - [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n\
+         :KUBE-FORWARD - [0:0]\n:KUBE-NODEPORTS - [0:0]\n",
+    );
+    for chain in ["INPUT", "FORWARD", "OUTPUT"] {
+        let _ = writeln!(
+            out,
+            "-A {chain} -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" \
+             -j KUBE-PROXY-FIREWALL"
+        );
+    }
+    out.push_str(
+        "-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n\
+         -A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+         -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
+         -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+         -A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n",
+    );
+    let _ = writeln!(
+        out,
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         COMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]"
+    );
+}
+
+/// kube-proxy's nat jumps from the built-in chains, masquerading and
+/// KUBE-MARK-MASQ, after the service chains are declared.
+pub fn iptables_nat_base(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"
+    );
+}
+
+/// kube-proxy's nftables table before any service: base chains, jumps,
+/// masquerading, the verdict maps and the rules that look them up.
+pub fn nft_base(out: &mut String) {
+    out.push_str("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n");
+    // kube-proxy's priorities: filter at dstnat - 10, then DNAT, SNAT.
+    let base = [
+        ("filter-prerouting", "filter", "prerouting", -110),
+        ("filter-input", "filter", "input", -110),
+        ("filter-forward", "filter", "forward", -110),
+        ("filter-output", "filter", "output", -110),
+        ("nat-prerouting", "nat", "prerouting", -100),
+        ("nat-output", "nat", "output", -100),
+        ("nat-postrouting", "nat", "postrouting", 100),
+    ];
+    for (name, kind, hook, priority) in base {
+        let _ = writeln!(
+            out,
+            "add chain ip kube-proxy {name} {{ type {kind} hook {hook} priority {priority} ; }}\n\
+             flush chain ip kube-proxy {name}"
+        );
+    }
+    let jumps = [
+        ("endpoints-check", "filter-input", "ct state new "),
+        ("endpoints-check", "filter-forward", "ct state new "),
+        ("endpoints-check", "filter-output", "ct state new "),
+        ("firewall-check", "filter-prerouting", "ct state new "),
+        ("firewall-check", "filter-output", "ct state new "),
+        ("services", "nat-output", ""),
+        ("services", "nat-prerouting", ""),
+        ("masquerading", "nat-postrouting", ""),
+    ];
+    for (to, from, condition) in jumps {
+        let _ = writeln!(
+            out,
+            "add chain ip kube-proxy {to}\nflush chain ip kube-proxy {to}\n\
+             add rule ip kube-proxy {from} {condition}jump {to}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "add chain ip kube-proxy mark-for-masquerade\nflush chain ip kube-proxy mark-for-masquerade\n\
+         add rule ip kube-proxy mark-for-masquerade mark set mark or {MASQ_MARK}\n\
+         add rule ip kube-proxy masquerading mark and {MASQ_MARK} == 0 return\n\
+         add rule ip kube-proxy masquerading mark set mark xor {MASQ_MARK}\n\
+         add rule ip kube-proxy masquerading masquerade fully-random"
+    );
+    let maps = [
+        ("no-endpoint-services", "ipv4_addr . inet_proto . inet_service"),
+        ("no-endpoint-nodeports", "inet_proto . inet_service"),
+        ("firewall-ips", "ipv4_addr . inet_proto . inet_service"),
+        ("service-ips", "ipv4_addr . inet_proto . inet_service"),
+        ("service-nodeports", "inet_proto . inet_service"),
+    ];
+    for (name, key) in maps {
+        let _ = writeln!(
+            out,
+            "add map ip kube-proxy {name} {{ type {key} : verdict ; }}\nflush map ip kube-proxy {name}"
+        );
+    }
+    out.push_str(
+        "add chain ip kube-proxy reject-chain\nflush chain ip kube-proxy reject-chain\n\
+         add rule ip kube-proxy reject-chain reject\n\
+         add rule ip kube-proxy endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n\
+         add rule ip kube-proxy endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports\n\
+         add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips\n\
+         add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n\
+         add rule ip kube-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n",
+    );
 }
 
 /// Service i's cluster IP: 198.18.0.1 on, within 198.18.0.0/15.

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::{
     cluster::{BYSTANDER_TARGETS, Cluster, TCP_BACKENDS, UDP_BACKENDS},
+    worker::median,
     world::{Mechanism, World},
 };
 
@@ -160,14 +161,5 @@ impl Measured {
             "failures": self.worker_report(protocol)["failures"],
             "round_rates": self.rates(protocol).iter().map(|r| r.round()).collect::<Vec<_>>(),
         })
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }

@@ -25,6 +25,8 @@ mod datapath;
 mod kube_yaml;
 mod programming;
 mod report;
+#[path = "../worker.rs"]
+mod worker;
 mod world;
 
 // The sandbox is shared with the CLI tests; the bench uses part of it.
@@ -36,6 +38,7 @@ use std::time::Instant;
 
 use cluster::Cluster;
 use programming::Programmed;
+use worker::on_one_cpu;
 use world::{Mechanism, World};
 
 const SIZES: [u32; 4] = [1, 1_000, 10_000, 100_000];
@@ -100,30 +103,4 @@ fn measure_size(size: u32, mechanisms: &[Mechanism]) -> SizeResult {
     report::print_datapath(&datapath);
     println!();
     SizeResult { size, tcp_vip, udp_vip, programming, datapath }
-}
-
-/// Runs `f` with this process pinned to the last CPU, so that the processes
-/// it starts (the server, the clients) inherit that CPU. With client and
-/// server on one CPU a batch's rate measures the CPU time a cycle costs;
-/// left to the scheduler, batches ran at two rates ~30% apart depending on
-/// whether client and server shared a CPU. Programming commands run
-/// unpinned, as they would on a node.
-fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: cpu_set_t is plain data; the calls read or write only it.
-    unsafe {
-        let mut all: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut all),
-            0,
-            "sched_getaffinity"
-        );
-        let last =
-            (0..libc::CPU_SETSIZE as usize).rev().find(|&cpu| libc::CPU_ISSET(cpu, &all)).expect("a CPU");
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(last, &mut one);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one), 0, "sched_setaffinity");
-        let result = f();
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &all), 0, "sched_setaffinity");
-        result
-    }
 }

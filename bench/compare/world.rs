@@ -12,18 +12,16 @@
 
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::Command,
 };
-
-use serde_json::Value;
 
 use crate::{
     cluster::{BYSTANDER_TARGETS, TCP_BACKENDS, UDP_BACKENDS},
     support::Sandbox,
+    worker::Worker,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -139,67 +137,7 @@ impl World {
         bystander: &[SocketAddr],
     ) -> Worker {
         let mut command = self.sandbox.peer(false, self.netns(mechanism));
-        command.arg("--cgroup").arg(&self.cgroups[mechanism.index()]).arg("bench-worker");
-        for (option, addresses) in [("--tcp", tcp), ("--udp", udp), ("--bystander", bystander)] {
-            for address in addresses {
-                command.arg(option).arg(address.to_string());
-            }
-        }
-        let mut child =
-            command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start a bench worker");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("worker stdout"));
-        Worker { child, stdin, stdout }
-    }
-}
-
-/// What a worker reports for one batch.
-pub struct Batch {
-    pub ok: u32,
-    pub seconds: f64,
-}
-
-impl Batch {
-    pub fn rate(&self) -> f64 {
-        f64::from(self.ok) / self.seconds
-    }
-}
-
-/// A running benchmark worker; killed if dropped before `finish`.
-pub struct Worker {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Worker {
-    /// Runs one batch (`tcp N`, `udp N`, `warmup N`) and waits for it.
-    pub fn run(&mut self, batch: &str) -> Batch {
-        let stdin = self.stdin.as_mut().expect("worker still running");
-        writeln!(stdin, "{batch}").and_then(|()| stdin.flush()).expect("send a batch");
-        let answer = self.read_json();
-        let ok = answer["ok"].as_u64().expect("ok") as u32;
-        Batch { ok, seconds: answer["seconds"].as_f64().expect("seconds") }
-    }
-
-    /// Ends the worker; returns its report of all batches per protocol.
-    pub fn finish(mut self) -> Value {
-        drop(self.stdin.take());
-        let report = self.read_json();
-        let _ = self.child.wait();
-        report
-    }
-
-    fn read_json(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read from the worker");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("worker answered {line:?}: {e}"))
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        command.arg("--cgroup").arg(&self.cgroups[mechanism.index()]);
+        Worker::start(command, tcp, udp, bystander)
     }
 }
