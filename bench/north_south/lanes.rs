@@ -184,7 +184,7 @@ impl Drop for Lane {
     /// ports (the sandbox's own unload runs in the host's).
     fn drop(&mut self) {
         if self.mechanism == Mechanism::Balctl {
-            let _ = self.nodes.balctl(&self.sandbox, &["unload", "--yes"]);
+            let _ = self.sandbox.balctl_in(&self.nodes.node_a, &["unload", "--yes"]);
         }
     }
 }
