@@ -144,6 +144,8 @@ fn main() {
         north_south::icmp_errors_about_a_flow_reach_the_client,
         north_south::a_client_outside_the_source_ranges_gets_nothing_from_the_load_balancer_ip,
         north_south::load_again_under_node_port_traffic_and_unload_leave_nothing_behind,
+        north_south::flows_and_counters_show_north_south_translations,
+        north_south::trace_shows_the_flows_packets_open_with_their_client,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

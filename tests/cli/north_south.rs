@@ -17,13 +17,16 @@ use serde_json::Value;
 
 use crate::{
     devices::tcx_programs_in,
+    stats,
     support::{
         Sandbox,
         nodes::{
             CLIENT, CLIENT6, NODE_A, NODE_A_INNER, NODE_A_INNER6, NODE_A6, Nodes, POD_A, POD_A6, POD_B,
             POD_B6,
         },
+        watcher::Watcher,
     },
+    trace::{events, start_trace},
 };
 
 /// Node A as the cluster knows it: its addresses make node ports answer.
@@ -427,4 +430,169 @@ pub fn icmp_errors_about_a_flow_reach_the_client() {
         let report = client(&sandbox, &nodes, &["udp-connected", "--to", &node_port]);
         assert_eq!(report["error"], "ECONNREFUSED", "{pod:?}: {report}");
     }
+}
+
+/// The north-south flows of `connections` TCP connections and `sockets`
+/// UDP sockets (one, then 20 fresh) of the client through node A's node port (pods A and B
+/// both backends): `dump flows` lists each with its client, the node
+/// address called, its backend and, for pod B on node B only, the SNAT
+/// source on node A; `dump stats` and `/metrics` count one resolution per
+/// flow on the external frontend, apart from the socket frontend of the
+/// same node port.
+pub fn flows_and_counters_show_north_south_translations() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    // Synced by a watcher (in the host's namespace: it needs only the
+    // pins and the state dir), whose /metrics the test can reach.
+    let file = sandbox.scratch("web.yaml");
+    fs::write(&file, web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")])).unwrap();
+    let port = stats::free_port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let watcher = Watcher::start_with(
+        &sandbox,
+        &[file.to_str().unwrap()],
+        &["--node-name", "node-a", "--metrics-addr", &metrics_addr],
+    );
+    watcher.wait_stdout("sync: frontends");
+
+    let node_port = format!("{NODE_A}:30080");
+    let (connections, fresh) = (40, 20);
+    let sockets = fresh + 1;
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, connections), both);
+    assert_eq!(udp_answers(&sandbox, &nodes, &node_port, fresh), both);
+
+    let document = nodes.balctl_ok(&sandbox, &["dump", "flows", "-o", "json"]);
+    let document: Value = serde_json::from_str(&document).expect("dump flows printed JSON");
+    crate::dump::validate(&document, "dump-flows.json");
+    let flows = document["flows"].as_array().expect("flows");
+    let (pod_a, pod_b) = (format!("{POD_A}:8080"), format!("{POD_B}:8080"));
+    let mut clients = BTreeSet::new();
+    let mut snat_ports = BTreeSet::new();
+    for (protocol, expected) in [("tcp", connections), ("udp", sockets)] {
+        let of_protocol: Vec<&Value> =
+            flows.iter().filter(|f| f["frontend"] == format!("{node_port}/{protocol}")).collect();
+        assert_eq!(of_protocol.len(), expected as usize, "{protocol} flows: {document:#}");
+        for flow in of_protocol {
+            let client = flow["client"].as_str().unwrap();
+            assert!(client.starts_with(&format!("{CLIENT}:")), "{flow}");
+            assert!(clients.insert((protocol, client.to_owned())), "one flow per client port: {flow}");
+            assert_eq!(flow["name"], "service/shop/web", "{flow}");
+            assert!(flow["state"] == "open" || flow["state"] == "closing", "{flow}");
+            assert!(flow["idle_seconds"].as_f64().unwrap() < 60.0, "{flow}");
+            let backend = flow["backend"].as_str().unwrap();
+            if backend == pod_a {
+                // On node A: only DNATed, pod A sees the client.
+                assert_eq!(flow["snat"], Value::Null, "{flow}");
+            } else {
+                assert_eq!(backend, pod_b, "{flow}");
+                let snat = flow["snat"].as_str().expect("pod B's flows are SNATed");
+                let (address, snat_port) = snat.rsplit_once(':').unwrap();
+                assert_eq!(address, NODE_A_INNER, "{flow}");
+                let snat_port: u16 = snat_port.parse().unwrap();
+                assert!((61_000..=65_535).contains(&snat_port), "{flow}");
+                assert!(snat_ports.insert((protocol, snat_port)), "a SNAT port per flow: {flow}");
+            }
+        }
+    }
+    let backends: BTreeSet<&str> = flows.iter().map(|f| f["backend"].as_str().unwrap()).collect();
+    assert_eq!(backends, [pod_a.as_str(), pod_b.as_str()].into(), "{document:#}");
+    // `--vip` keeps flows by the address called; the LoadBalancer IP has none.
+    let called = nodes.balctl_ok(&sandbox, &["dump", "flows", "--vip", NODE_A, "-o", "json"]);
+    let called: Value = serde_json::from_str(&called).unwrap();
+    assert_eq!(called["flows"].as_array().unwrap().len(), flows.len());
+    let other = nodes.balctl_ok(&sandbox, &["dump", "flows", "--vip", "198.18.1.40", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<Value>(&other).unwrap(), serde_json::json!({ "flows": [] }));
+    let table = nodes.balctl_ok(&sandbox, &["dump", "flows"]);
+    assert!(table.contains(&format!("{NODE_A_INNER}:")) && table.contains(&pod_b), "{table}");
+
+    // One resolution per flow, on the external frontend of the node port;
+    // the socket frontend of the same node port resolved nothing.
+    let stats: Value =
+        serde_json::from_str(&nodes.balctl_ok(&sandbox, &["dump", "stats", "-o", "json"])).unwrap();
+    let resolutions = |frontend: &str| {
+        let entry = stats["stats"].as_array().unwrap().iter().find(|s| s["frontend"] == frontend);
+        entry.unwrap_or_else(|| panic!("no stats for {frontend}: {stats:#}"))["resolutions"].clone()
+    };
+    assert_eq!(resolutions("0.0.0.0:30080/tcp@external"), connections, "{stats:#}");
+    assert_eq!(resolutions("0.0.0.0:30080/udp@external"), sockets, "{stats:#}");
+    assert_eq!(resolutions("0.0.0.0:30080/tcp"), 0, "{stats:#}");
+    let metrics = stats::scrape(port);
+    let series = |frontend: &str| {
+        format!("balctl_resolutions_total{{frontend=\"{frontend}\",name=\"service/shop/web\"}}")
+    };
+    assert_eq!(
+        metrics.get(&series("0.0.0.0:30080/tcp@external")),
+        Some(&u64::from(connections)),
+        "{metrics:#?}"
+    );
+    assert_eq!(metrics.get(&series("0.0.0.0:30080/udp@external")), Some(&u64::from(sockets)), "{metrics:#?}");
+    assert_eq!(metrics.get(&series("0.0.0.0:30080/tcp")), Some(&0), "{metrics:#?}");
+}
+
+/// `balctl trace` while the client connects through node A's node port:
+/// one packet event per flow, with the client's address where a socket's
+/// event has its process, the node address called and the backend chosen
+/// (by Maglev); `--pid` leaves packet events out, `--client` keeps only
+/// them.
+pub fn trace_shows_the_flows_packets_open_with_their_client() {
+    use std::io::{BufRead as _, BufReader};
+
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let connections = 20;
+    let tracer = start_trace(&sandbox, &["-o", "json", "--client", "203.0.113.0/24", "--count", "20"]);
+    // Packet events have no process: not even pid 0 matches them.
+    let by_pid = start_trace(&sandbox, &["-o", "json", "--pid", "0", "--duration", "3s"]);
+    let node_port = format!("{NODE_A}:30080");
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, connections), both);
+
+    let events = events(tracer);
+    assert_eq!(events.len(), connections as usize);
+    let mut clients = BTreeSet::new();
+    let mut backends = BTreeSet::new();
+    for event in &events {
+        assert_eq!(event["operation"], "packet", "{event}");
+        assert_eq!(
+            (&event["pid"], &event["comm"], &event["cgroup"]),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        let client = event["client"].as_str().expect("a packet event names its client");
+        assert!(client.starts_with(&format!("{CLIENT}:")), "{event}");
+        clients.insert(client.to_owned());
+        assert_eq!(event["original"], node_port, "{event}");
+        assert_eq!(event["frontend"], "0.0.0.0:30080/tcp@external", "{event}");
+        assert_eq!(event["name"], "service/shop/web", "{event}");
+        assert_eq!((&event["result"], &event["failed"]), (&"maglev".into(), &false.into()), "{event}");
+        backends.insert(event["backend"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(clients.len(), events.len(), "one event per flow, not per packet: {events:#?}");
+    assert_eq!(backends, set(&[&format!("{POD_A}:8080"), &format!("{POD_B}:8080")]));
+    let by_pid = crate::trace::events(by_pid);
+    assert!(by_pid.is_empty(), "--pid 0 showed packet events: {by_pid:#?}");
+
+    // The table shows the client where a socket's line has its process.
+    let mut tracer = Program::spawn(
+        sandbox
+            .balctl_command(&["trace", "--count", "1", "--duration", "10s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    // The header comes once it traces.
+    let mut table = BufReader::new(tracer.0.stdout.take().unwrap()).lines();
+    let header = table.next().expect("the header").unwrap();
+    assert!(header.contains("COMM/CLIENT"), "{header}");
+    tcp_answers(&sandbox, &nodes, &node_port, 1);
+    let line = table.next().expect("an event").unwrap();
+    assert!(
+        line.contains(&format!("client {CLIENT}:")) && line.contains(&format!("{node_port} -> ")),
+        "{line}"
+    );
 }
