@@ -433,12 +433,13 @@ pub fn icmp_errors_about_a_flow_reach_the_client() {
 }
 
 /// The north-south flows of `connections` TCP connections and `sockets`
-/// UDP sockets (one, then 20 fresh) of the client through node A's node port (pods A and B
-/// both backends): `dump flows` lists each with its client, the node
-/// address called, its backend and, for pod B on node B only, the SNAT
-/// source on node A; `dump stats` and `/metrics` count one resolution per
-/// flow on the external frontend, apart from the socket frontend of the
-/// same node port.
+/// UDP sockets (one, then 20 fresh) of the client through node A's node
+/// port, and of IPv6 connections through web6's (pods A and B both
+/// backends): `dump flows` lists each with its client, the node address
+/// called, its backend and, for pod B on node B only, the SNAT source on
+/// node A; `dump stats` and `/metrics` count one resolution per flow on
+/// the external frontend, apart from the socket frontend of the same node
+/// port.
 pub fn flows_and_counters_show_north_south_translations() {
     let sandbox = Sandbox::new();
     let nodes = Nodes::new(&sandbox);
@@ -447,7 +448,8 @@ pub fn flows_and_counters_show_north_south_translations() {
     // Synced by a watcher (in the host's namespace: it needs only the
     // pins and the state dir), whose /metrics the test can reach.
     let file = sandbox.scratch("web.yaml");
-    fs::write(&file, web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")])).unwrap();
+    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
+    fs::write(&file, yaml).unwrap();
     let port = stats::free_port();
     let metrics_addr = format!("127.0.0.1:{port}");
     let watcher = Watcher::start_with(
@@ -463,23 +465,35 @@ pub fn flows_and_counters_show_north_south_translations() {
     let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
     assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, connections), both);
     assert_eq!(udp_answers(&sandbox, &nodes, &node_port, fresh), both);
+    let (node_port6, connections6) = (format!("[{NODE_A6}]:30086"), 10);
+    let v6 = set(&[&format!("pod-a {CLIENT6}"), &format!("pod-b {NODE_A_INNER6}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port6, connections6), v6);
 
     let document = nodes.balctl_ok(&sandbox, &["dump", "flows", "-o", "json"]);
     let document: Value = serde_json::from_str(&document).expect("dump flows printed JSON");
     crate::dump::validate(&document, "dump-flows.json");
     let flows = document["flows"].as_array().expect("flows");
-    let (pod_a, pod_b) = (format!("{POD_A}:8080"), format!("{POD_B}:8080"));
     let mut clients = BTreeSet::new();
     let mut snat_ports = BTreeSet::new();
-    for (protocol, expected) in [("tcp", connections), ("udp", sockets)] {
-        let of_protocol: Vec<&Value> =
-            flows.iter().filter(|f| f["frontend"] == format!("{node_port}/{protocol}")).collect();
-        assert_eq!(of_protocol.len(), expected as usize, "{protocol} flows: {document:#}");
-        for flow in of_protocol {
+    let v4 = (CLIENT.to_owned(), format!("{POD_A}:8080"), format!("{POD_B}:8080"), NODE_A_INNER.to_owned());
+    let v6 = (
+        format!("[{CLIENT6}]"),
+        format!("[{POD_A6}]:8080"),
+        format!("[{POD_B6}]:8080"),
+        format!("[{NODE_A_INNER6}]"),
+    );
+    for (called, expected, name, (client_address, pod_a, pod_b, snat_address)) in [
+        (format!("{node_port}/tcp"), connections, "service/shop/web", &v4),
+        (format!("{node_port}/udp"), sockets, "service/shop/web", &v4),
+        (format!("{node_port6}/tcp"), connections6, "service/shop/web6", &v6),
+    ] {
+        let of_frontend: Vec<&Value> = flows.iter().filter(|f| f["frontend"] == called).collect();
+        assert_eq!(of_frontend.len(), expected as usize, "{called} flows: {document:#}");
+        for flow in of_frontend {
             let client = flow["client"].as_str().unwrap();
-            assert!(client.starts_with(&format!("{CLIENT}:")), "{flow}");
-            assert!(clients.insert((protocol, client.to_owned())), "one flow per client port: {flow}");
-            assert_eq!(flow["name"], "service/shop/web", "{flow}");
+            assert!(client.starts_with(&format!("{client_address}:")), "{flow}");
+            assert!(clients.insert((called.clone(), client.to_owned())), "one flow per client port: {flow}");
+            assert_eq!(flow["name"], name, "{flow}");
             assert!(flow["state"] == "open" || flow["state"] == "closing", "{flow}");
             assert!(flow["idle_seconds"].as_f64().unwrap() < 60.0, "{flow}");
             let backend = flow["backend"].as_str().unwrap();
@@ -490,23 +504,28 @@ pub fn flows_and_counters_show_north_south_translations() {
                 assert_eq!(backend, pod_b, "{flow}");
                 let snat = flow["snat"].as_str().expect("pod B's flows are SNATed");
                 let (address, snat_port) = snat.rsplit_once(':').unwrap();
-                assert_eq!(address, NODE_A_INNER, "{flow}");
+                assert_eq!(address, snat_address, "{flow}");
                 let snat_port: u16 = snat_port.parse().unwrap();
                 assert!((61_000..=65_535).contains(&snat_port), "{flow}");
-                assert!(snat_ports.insert((protocol, snat_port)), "a SNAT port per flow: {flow}");
+                assert!(snat_ports.insert((called.clone(), snat_port)), "a SNAT port per flow: {flow}");
             }
         }
     }
+    assert_eq!(flows.len(), (connections + sockets + connections6) as usize, "{document:#}");
     let backends: BTreeSet<&str> = flows.iter().map(|f| f["backend"].as_str().unwrap()).collect();
-    assert_eq!(backends, [pod_a.as_str(), pod_b.as_str()].into(), "{document:#}");
+    assert_eq!(
+        backends,
+        [&v4.1, &v4.2, &v6.1, &v6.2].into_iter().map(String::as_str).collect(),
+        "{document:#}"
+    );
     // `--vip` keeps flows by the address called; the LoadBalancer IP has none.
     let called = nodes.balctl_ok(&sandbox, &["dump", "flows", "--vip", NODE_A, "-o", "json"]);
     let called: Value = serde_json::from_str(&called).unwrap();
-    assert_eq!(called["flows"].as_array().unwrap().len(), flows.len());
+    assert_eq!(called["flows"].as_array().unwrap().len(), (connections + sockets) as usize);
     let other = nodes.balctl_ok(&sandbox, &["dump", "flows", "--vip", "198.18.1.40", "-o", "json"]);
     assert_eq!(serde_json::from_str::<Value>(&other).unwrap(), serde_json::json!({ "flows": [] }));
     let table = nodes.balctl_ok(&sandbox, &["dump", "flows"]);
-    assert!(table.contains(&format!("{NODE_A_INNER}:")) && table.contains(&pod_b), "{table}");
+    assert!(table.contains(&format!("{NODE_A_INNER}:")) && table.contains(&v4.2), "{table}");
 
     // One resolution per flow, on the external frontend of the node port;
     // the socket frontend of the same node port resolved nothing.
