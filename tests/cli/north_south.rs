@@ -555,7 +555,7 @@ pub fn flows_and_counters_show_north_south_translations() {
 /// one packet event per flow, with the client's address where a socket's
 /// event has its process, the node address called and the backend chosen
 /// (by Maglev); `--pid` leaves packet events out, `--client` keeps only
-/// them.
+/// them; a packet dropped for want of a local backend is a failed event.
 pub fn trace_shows_the_flows_packets_open_with_their_client() {
     use std::io::{BufRead as _, BufReader};
 
@@ -614,4 +614,17 @@ pub fn trace_shows_the_flows_packets_open_with_their_client() {
         line.contains(&format!("client {CLIENT}:")) && line.contains(&format!("{node_port} -> ")),
         "{line}"
     );
+
+    // A packet that finds no backend is a failed event: externalTrafficPolicy
+    // Local without a pod on node A drops the client's SYN.
+    nodes.sync(&sandbox, &web("Local", &[(POD_B, "node-b")]));
+    let tracer = start_trace(&sandbox, &["-o", "json", "--failed", "--client", CLIENT, "--count", "1"]);
+    let report = client(&sandbox, &nodes, &["connect", "--to", &node_port, "--count", "1"]);
+    assert_eq!(report["failed"], 1, "{report}");
+    let failed = crate::trace::events(tracer);
+    let event = &failed[0];
+    assert_eq!((&event["operation"], &event["original"]), (&"packet".into(), &node_port.as_str().into()));
+    assert_eq!((&event["result"], &event["failed"]), (&"no_local_backend".into(), &true.into()), "{event}");
+    assert_eq!(event["backend"], Value::Null, "{event}");
+    assert!(event["client"].as_str().unwrap().starts_with(&format!("{CLIENT}:")), "{event}");
 }
