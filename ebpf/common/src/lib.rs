@@ -573,7 +573,8 @@ pub struct Flow {
     /// `FLOW_OPEN` or `FLOW_CLOSING`.
     pub state: u8,
     pub _pad: [u8; 3],
-    /// `bpf_ktime_get_coarse_ns()` of the last packet either way.
+    /// `bpf_ktime_get_coarse_ns()` of the client's last packet (replies
+    /// do not refresh it), written at most once a second.
     pub last_seen_ns: u64,
 }
 

@@ -48,8 +48,9 @@ struct FlowRecord {
     /// timeout: the next packet chooses again; the LRU map drops it when
     /// it needs the room).
     state: &'static str,
-    /// Seconds since the flow's last packet (to within one second: the
-    /// datapath records a busy flow's use once a second).
+    /// Seconds since the client's last packet of the flow (to within one
+    /// second: the datapath records a busy flow's use once a second;
+    /// replies do not count).
     idle_seconds: f64,
     /// The external frontend's id and rule.
     service_id: ServiceId,
