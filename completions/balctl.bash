@@ -196,7 +196,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__dump)
-            opts="-n -o -v -q -h -V --vip --name --namespace --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version services backends affinity revnat nodes config stats all"
+            opts="-n -o -v -q -h -V --vip --name --namespace --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version services backends affinity revnat nodes config stats flows all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -948,7 +948,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__trace)
-            opts="-o -v -q -h -V --vip --pid --failed --count --duration --kube --kubeconfig --context --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --vip --pid --client --failed --count --duration --kube --kubeconfig --context --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -959,6 +959,10 @@ _balctl() {
                     return 0
                     ;;
                 --pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -248,7 +248,8 @@ complete -c balctl -n "__fish_balctl_using_subcommand dump" -s q -l quiet -d 'Pr
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand dump" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l vip -d 'Only resolutions for this destination address (and port)' -r
-complete -c balctl -n "__fish_balctl_using_subcommand trace" -l pid -d 'Only resolutions made by this process' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l pid -d 'Only resolutions made by this process (packets from outside the node have none: it leaves them out)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l client -d 'Only north-south flows opened by packets from clients in this prefix (sockets\' resolutions have no client: it leaves them out)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l count -d 'Stop after this many events' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l duration -d 'Stop after this long (e.g. 30s, 5m)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F

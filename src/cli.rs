@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     bpf::object::SIZE_NAMES,
     inputs::InputLimit,
-    model::{Frontend, Scope, parse_affinity, parse_backend},
+    model::{Frontend, Prefix, Scope, parse_affinity, parse_backend},
     output::{OutputFormat, OutputFormatParser},
 };
 
@@ -141,7 +141,9 @@ pub enum Command {
     /// One line per socket (or unconnected datagram) sent to a frontend:
     /// time, pid, command, cgroup (and container id), protocol, original
     /// destination -> chosen backend, the rule's name and how the backend
-    /// was chosen, or why none was. JSON lines with -o json. The datapath
+    /// was chosen, or why none was; and one per north-south flow opened by
+    /// a packet from outside the node (load --devices), with its client
+    /// address instead of pid and command. JSON lines with -o json. The datapath
     /// writes events only while a tracer runs: each tracer renews a lease
     /// every 0.5 s, so a killed one stops tracing within 1.5 s. Up to four
     /// tracers can run at once. Stops on Ctrl-C, after --count events or
@@ -407,6 +409,8 @@ pub enum DumpKind {
     Config,
     /// Per-frontend counters: resolutions, failures by reason, backend hits
     Stats,
+    /// North-south flows: client, frontend called, backend, SNAT source, state
+    Flows,
     /// Every kind above in one document
     All,
 }
@@ -441,9 +445,15 @@ pub struct TraceArgs {
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_vip_filter)]
     pub vip: Option<VipFilter>,
 
-    /// Only resolutions made by this process
+    /// Only resolutions made by this process (packets from outside the
+    /// node have none: it leaves them out)
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+
+    /// Only north-south flows opened by packets from clients in this
+    /// prefix (sockets' resolutions have no client: it leaves them out)
+    #[arg(long, value_name = "IP[/LEN]", value_parser = parse_client_filter)]
+    pub client: Option<Prefix>,
 
     /// Only resolutions that failed (no backend, no local backend...)
     #[arg(long)]
@@ -522,6 +532,15 @@ fn parse_vip_filter(s: &str) -> Result<VipFilter, String> {
     }
     let addr = crate::model::parse_socket_addr(s)?;
     Ok(VipFilter { address: addr.ip(), port: Some(addr.port()) })
+}
+
+/// A CIDR, or one address (its full length).
+fn parse_client_filter(s: &str) -> Result<Prefix, String> {
+    if let Ok(address) = s.parse::<std::net::IpAddr>() {
+        let len = if address.to_canonical().is_ipv4() { 32 } else { 128 };
+        return Prefix::new(address, len).ok_or_else(|| format!("`{s}` is not an address"));
+    }
+    s.parse()
 }
 
 fn parse_map_size(s: &str) -> Result<(String, u32), String> {

@@ -357,6 +357,11 @@ impl Prefix {
         Some(Self { address, len })
     }
 
+    /// Whether `address` (IPv4 as IPv4 or mapped) is in the prefix.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        Self::new(address, self.len) == Some(*self)
+    }
+
     /// The prefix length as the 16-byte (v4-mapped) addresses of the maps
     /// count it.
     pub fn mapped_len(&self) -> u8 {
@@ -656,6 +661,18 @@ mod tests {
         assert!(prefix("203.0.113.0/33").unwrap_err().contains("prefix length"));
         assert!(prefix("203.0.113.0").unwrap_err().contains("not a CIDR"));
         assert!(prefix("203.0.113/24").unwrap_err().contains("not a valid IP"));
+    }
+
+    #[test]
+    fn prefixes_contain_their_family_s_addresses_only() {
+        let (net, address) = (|s: &str| s.parse::<Prefix>().unwrap(), |s: &str| s.parse().unwrap());
+        assert!(net("203.0.113.0/28").contains(address("203.0.113.15")));
+        assert!(net("203.0.113.0/28").contains(address("::ffff:203.0.113.1")));
+        assert!(!net("203.0.113.0/28").contains(address("203.0.113.16")));
+        assert!(!net("203.0.113.0/28").contains(address("2001:db8::1")));
+        assert!(net("2001:db8:3::/64").contains(address("2001:db8:3::1")));
+        assert!(!net("2001:db8:3::/64").contains(address("2001:db8:4::1")));
+        assert!(net("0.0.0.0/0").contains(address("192.0.2.1")));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `balctl trace`: resolutions as the datapath makes them, one line each,
-//! with who made them (pid, command, cgroup, container) and what they came
-//! to, named from the state dir.
+//! with who made them (pid, command, cgroup, container; for a north-south
+//! flow, the client outside the node that sent its first packet) and what
+//! they came to, named from the state dir.
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use balctl_common::{OP_CONNECT, TraceEvent, result};
+use balctl_common::{OP_CONNECT, OP_PACKET, OP_SENDMSG, TraceEvent, result};
 use serde::Serialize;
 
 use super::Context;
@@ -37,16 +38,23 @@ const TICK: Duration = Duration::from_millis(100);
 struct Resolution {
     /// RFC 3339, UTC, milliseconds.
     time: String,
-    pid: u32,
-    comm: String,
+    /// The process and its command name; null for a packet's.
+    pid: Option<u32>,
+    comm: Option<String>,
+    /// Of a packet from outside the node (`operation` packet): its source,
+    /// `IP:PORT`; null for a socket's.
+    client: Option<SocketAddr>,
     /// Under the cgroup2 mount; null once the cgroup is gone.
     cgroup: Option<String>,
     container_id: Option<String>,
     /// The container's pod (`namespace/name`), with `--kube`.
     pod: Option<String>,
     protocol: Option<Protocol>,
-    /// `connect`, or `sendmsg` for a datagram of an unconnected UDP socket.
+    /// `connect`, `sendmsg` for a datagram of an unconnected UDP socket,
+    /// or `packet` for the first packet of a north-south flow.
     operation: &'static str,
+    /// The destination asked for; of a packet, the frontend it was sent
+    /// to (for a node port, the node address called).
     original: SocketAddr,
     /// Null when the resolution failed.
     backend: Option<SocketAddr>,
@@ -56,8 +64,8 @@ struct Resolution {
     /// from the state dir; null if it does not know the id.
     frontend: Option<String>,
     name: Option<String>,
-    /// How the backend was chosen (random, affinity, socket) or why there
-    /// was none (no_backend, no_local_backend, stale, family).
+    /// How the backend was chosen (random, affinity, socket, maglev) or why
+    /// there was none (no_backend, no_local_backend, stale, family).
     result: &'static str,
     failed: bool,
 }
@@ -84,8 +92,13 @@ pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
     if ctx.output.is_table() && !ctx.no_headers {
         writeln!(
             out,
-            "{:<12} {:>7} {:<15} {:<5} {:<47} {:<16} {:<24} CGROUP",
-            "TIME", "PID", "COMM", "PROTO", "ORIGINAL -> BACKEND", "RESULT", "NAME"
+            "{:<12} {:<23} {:<5} {:<47} {:<16} {:<24} CGROUP",
+            "TIME",
+            format!("{:>7} {}", "PID", "COMM/CLIENT"),
+            "PROTO",
+            "ORIGINAL -> BACKEND",
+            "RESULT",
+            "NAME"
         )?;
     }
     let mut shown = 0u64;
@@ -121,10 +134,15 @@ pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether the filters keep the event: `--pid` keeps sockets' only (a
+/// packet has no process), `--client` packets' only (a socket has no
+/// client).
 fn wanted(args: &TraceArgs, raw: &TraceEvent) -> bool {
     let original = SocketAddr::new(raw_to_addr(raw.original), raw_to_port(raw.original_port));
+    let packet = raw.operation == OP_PACKET;
     args.vip.is_none_or(|vip| vip.matches_address(original))
-        && args.pid.is_none_or(|pid| pid == (raw.pid_tgid >> 32) as u32)
+        && args.pid.is_none_or(|pid| !packet && pid == (raw.pid_tgid >> 32) as u32)
+        && args.client.is_none_or(|prefix| packet && prefix.contains(raw_to_addr(raw.client)))
         && (!args.failed || result::is_failure(raw.result))
 }
 
@@ -134,18 +152,25 @@ fn describe(
     cgroups: &mut CgroupNames,
     clock: &WallClock,
 ) -> Resolution {
-    let cgroup = cgroups.path(raw.cgroup_id).map(str::to_owned);
+    let packet = raw.operation == OP_PACKET;
+    let cgroup = if packet { None } else { cgroups.path(raw.cgroup_id).map(str::to_owned) };
     let failed = result::is_failure(raw.result);
     let comm_len = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
     Resolution {
         time: humantime::format_rfc3339_millis(clock.at(raw.time_ns)).to_string(),
-        pid: (raw.pid_tgid >> 32) as u32,
-        comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+        pid: (!packet).then_some((raw.pid_tgid >> 32) as u32),
+        comm: (!packet).then(|| String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned()),
+        client: packet.then(|| SocketAddr::new(raw_to_addr(raw.client), raw_to_port(raw.client_port))),
         container_id: cgroup.as_deref().and_then(cgroups::container_id).map(str::to_owned),
         pod: None,
         cgroup,
         protocol: Protocol::from_ip_proto(raw.proto),
-        operation: if raw.operation == OP_CONNECT { "connect" } else { "sendmsg" },
+        operation: match raw.operation {
+            OP_CONNECT => "connect",
+            OP_SENDMSG => "sendmsg",
+            OP_PACKET => "packet",
+            _ => "unknown",
+        },
         original: SocketAddr::new(raw_to_addr(raw.original), raw_to_port(raw.original_port)),
         backend: (!failed).then(|| SocketAddr::new(raw_to_addr(raw.backend), raw_to_port(raw.backend_port))),
         backend_id: (!failed).then_some(raw.backend_id),
@@ -166,6 +191,7 @@ fn result_name(code: u8) -> &'static str {
         result::NO_LOCAL_BACKEND => "no_local_backend",
         result::STALE => "stale",
         result::FAMILY => "family",
+        result::MAGLEV => "maglev",
         _ => "unknown",
     }
 }
@@ -192,12 +218,19 @@ fn print(out: &mut impl io::Write, format: OutputFormat, resolution: &Resolution
                 (None, None, Some(cgroup)) => cgroup.clone(),
                 (None, None, None) => "-".to_owned(),
             };
+            // A packet's client takes the place of the process.
+            let who = match (&resolution.client, resolution.pid, &resolution.comm) {
+                (Some(client), _, _) => format!("client {client}"),
+                (None, pid, comm) => format!(
+                    "{:>7} {}",
+                    pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+                    comm.as_deref().unwrap_or("-")
+                ),
+            };
             writeln!(
                 out,
-                "{:<12} {:>7} {:<15} {:<5} {:<47} {:<16} {:<24} {place}",
+                "{:<12} {who:<23} {:<5} {:<47} {:<16} {:<24} {place}",
                 &resolution.time[11..23],
-                resolution.pid,
-                resolution.comm,
                 resolution.protocol.map_or_else(|| "?".to_owned(), |p| p.to_string()),
                 format!("{} -> {backend}", resolution.original),
                 resolution.result,

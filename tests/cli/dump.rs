@@ -15,7 +15,7 @@ const KINDS: [&str; 8] = ["services", "backends", "affinity", "revnat", "nodes",
 /// Validates `document` against docs/schema/`schema_file`. Every schema
 /// file is registered under its `$id`, where the references between them
 /// (dump-all.json's) point.
-fn validate(document: &Value, schema_file: &str) {
+pub fn validate(document: &Value, schema_file: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schema");
     let mut schemas = boon::Schemas::new();
     let mut compiler = boon::Compiler::new();

@@ -148,6 +148,8 @@ fn main() {
         north_south::load_again_under_node_port_traffic_and_unload_leave_nothing_behind,
         north_south::what_a_socket_hook_translated_is_not_translated_again,
         north_south::the_snat_ports_of_ended_flows_are_given_back,
+        north_south::flows_and_counters_show_north_south_translations,
+        north_south::trace_shows_the_flows_packets_open_with_their_client,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::{
     devices::tcx_programs_in,
+    stats,
     support::{
         Sandbox,
         nodes::{
@@ -24,7 +25,9 @@ use crate::{
             POD_B6,
         },
         run,
+        watcher::Watcher,
     },
+    trace::{events, start_trace},
 };
 
 /// Node A as the cluster knows it: its addresses make node ports answer.
@@ -487,4 +490,201 @@ pub fn icmp_errors_about_a_flow_reach_the_client() {
         let report = client(&sandbox, &nodes, &["udp-connected", "--to", &node_port]);
         assert_eq!(report["error"], "ECONNREFUSED", "{pod:?}: {report}");
     }
+}
+
+/// The north-south flows of `connections` TCP connections and `sockets`
+/// UDP sockets (one, then 20 fresh) of the client through node A's node
+/// port, and of IPv6 connections through web6's (pods A and B both
+/// backends): `dump flows` lists each with its client, the node address
+/// called, its backend and, for pod B on node B only, the SNAT source on
+/// node A; `dump stats` and `/metrics` count one resolution per flow on
+/// the external frontend, apart from the socket frontend of the same node
+/// port.
+pub fn flows_and_counters_show_north_south_translations() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    // Synced by a watcher (in the host's namespace: it needs only the
+    // pins and the state dir), whose /metrics the test can reach.
+    let file = sandbox.scratch("web.yaml");
+    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
+    fs::write(&file, yaml).unwrap();
+    let port = stats::free_port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let watcher = Watcher::start_with(
+        &sandbox,
+        &[file.to_str().unwrap()],
+        &["--node-name", "node-a", "--metrics-addr", &metrics_addr],
+    );
+    watcher.wait_stdout("sync: frontends");
+
+    let node_port = format!("{NODE_A}:30080");
+    let (connections, fresh) = (40, 20);
+    let sockets = fresh + 1;
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, connections), both);
+    assert_eq!(udp_answers(&sandbox, &nodes, &node_port, fresh), both);
+    let (node_port6, connections6) = (format!("[{NODE_A6}]:30086"), 10);
+    let v6 = set(&[&format!("pod-a {CLIENT6}"), &format!("pod-b {NODE_A_INNER6}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port6, connections6), v6);
+
+    let document = nodes.balctl_ok(&sandbox, &["dump", "flows", "-o", "json"]);
+    let document: Value = serde_json::from_str(&document).expect("dump flows printed JSON");
+    crate::dump::validate(&document, "dump-flows.json");
+    let flows = document["flows"].as_array().expect("flows");
+    let mut clients = BTreeSet::new();
+    let mut snat_ports = BTreeSet::new();
+    let v4 = (CLIENT.to_owned(), format!("{POD_A}:8080"), format!("{POD_B}:8080"), NODE_A_INNER.to_owned());
+    let v6 = (
+        format!("[{CLIENT6}]"),
+        format!("[{POD_A6}]:8080"),
+        format!("[{POD_B6}]:8080"),
+        format!("[{NODE_A_INNER6}]"),
+    );
+    for (called, expected, name, (client_address, pod_a, pod_b, snat_address)) in [
+        (format!("{node_port}/tcp"), connections, "service/shop/web", &v4),
+        (format!("{node_port}/udp"), sockets, "service/shop/web", &v4),
+        (format!("{node_port6}/tcp"), connections6, "service/shop/web6", &v6),
+    ] {
+        let of_frontend: Vec<&Value> = flows.iter().filter(|f| f["frontend"] == called).collect();
+        assert_eq!(of_frontend.len(), expected as usize, "{called} flows: {document:#}");
+        for flow in of_frontend {
+            let client = flow["client"].as_str().unwrap();
+            assert!(client.starts_with(&format!("{client_address}:")), "{flow}");
+            assert!(clients.insert((called.clone(), client.to_owned())), "one flow per client port: {flow}");
+            assert_eq!(flow["name"], name, "{flow}");
+            assert!(flow["state"] == "open" || flow["state"] == "closing", "{flow}");
+            assert!(flow["idle_seconds"].as_f64().unwrap() < 60.0, "{flow}");
+            let backend = flow["backend"].as_str().unwrap();
+            if backend == pod_a {
+                // On node A: only DNATed, pod A sees the client.
+                assert_eq!(flow["snat"], Value::Null, "{flow}");
+            } else {
+                assert_eq!(backend, pod_b, "{flow}");
+                let snat = flow["snat"].as_str().expect("pod B's flows are SNATed");
+                let (address, snat_port) = snat.rsplit_once(':').unwrap();
+                assert_eq!(address, snat_address, "{flow}");
+                let snat_port: u16 = snat_port.parse().unwrap();
+                assert!((61_000..=65_535).contains(&snat_port), "{flow}");
+                assert!(snat_ports.insert((called.clone(), snat_port)), "a SNAT port per flow: {flow}");
+            }
+        }
+    }
+    assert_eq!(flows.len(), (connections + sockets + connections6) as usize, "{document:#}");
+    let backends: BTreeSet<&str> = flows.iter().map(|f| f["backend"].as_str().unwrap()).collect();
+    assert_eq!(
+        backends,
+        [&v4.1, &v4.2, &v6.1, &v6.2].into_iter().map(String::as_str).collect(),
+        "{document:#}"
+    );
+    // `--vip` keeps flows by the address called; the LoadBalancer IP has none.
+    let called = nodes.balctl_ok(&sandbox, &["dump", "flows", "--vip", NODE_A, "-o", "json"]);
+    let called: Value = serde_json::from_str(&called).unwrap();
+    assert_eq!(called["flows"].as_array().unwrap().len(), (connections + sockets) as usize);
+    let other = nodes.balctl_ok(&sandbox, &["dump", "flows", "--vip", "198.18.1.40", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<Value>(&other).unwrap(), serde_json::json!({ "flows": [] }));
+    let table = nodes.balctl_ok(&sandbox, &["dump", "flows"]);
+    assert!(table.contains(&format!("{NODE_A_INNER}:")) && table.contains(&v4.2), "{table}");
+
+    // One resolution per flow, on the external frontend of the node port;
+    // the socket frontend of the same node port resolved nothing.
+    let stats: Value =
+        serde_json::from_str(&nodes.balctl_ok(&sandbox, &["dump", "stats", "-o", "json"])).unwrap();
+    let resolutions = |frontend: &str| {
+        let entry = stats["stats"].as_array().unwrap().iter().find(|s| s["frontend"] == frontend);
+        entry.unwrap_or_else(|| panic!("no stats for {frontend}: {stats:#}"))["resolutions"].clone()
+    };
+    assert_eq!(resolutions("0.0.0.0:30080/tcp@external"), connections, "{stats:#}");
+    assert_eq!(resolutions("0.0.0.0:30080/udp@external"), sockets, "{stats:#}");
+    assert_eq!(resolutions("0.0.0.0:30080/tcp"), 0, "{stats:#}");
+    let metrics = stats::scrape(port);
+    let series = |frontend: &str| {
+        format!("balctl_resolutions_total{{frontend=\"{frontend}\",name=\"service/shop/web\"}}")
+    };
+    assert_eq!(
+        metrics.get(&series("0.0.0.0:30080/tcp@external")),
+        Some(&u64::from(connections)),
+        "{metrics:#?}"
+    );
+    assert_eq!(metrics.get(&series("0.0.0.0:30080/udp@external")), Some(&u64::from(sockets)), "{metrics:#?}");
+    assert_eq!(metrics.get(&series("0.0.0.0:30080/tcp")), Some(&0), "{metrics:#?}");
+}
+
+/// `balctl trace` while the client connects through node A's node port:
+/// one packet event per flow, with the client's address where a socket's
+/// event has its process, the node address called and the backend chosen
+/// (by Maglev); `--pid` leaves packet events out, `--client` keeps only
+/// them; a packet dropped for want of a local backend is a failed event.
+pub fn trace_shows_the_flows_packets_open_with_their_client() {
+    use std::io::{BufRead as _, BufReader};
+
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let connections = 20;
+    let tracer = start_trace(&sandbox, &["-o", "json", "--client", "203.0.113.0/24", "--count", "20"]);
+    // Packet events have no process: not even pid 0 matches them.
+    let by_pid = start_trace(&sandbox, &["-o", "json", "--pid", "0", "--duration", "3s"]);
+    let node_port = format!("{NODE_A}:30080");
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, connections), both);
+
+    let events = events(tracer);
+    assert_eq!(events.len(), connections as usize);
+    let mut clients = BTreeSet::new();
+    let mut backends = BTreeSet::new();
+    for event in &events {
+        assert_eq!(event["operation"], "packet", "{event}");
+        assert_eq!(
+            (&event["pid"], &event["comm"], &event["cgroup"]),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        let client = event["client"].as_str().expect("a packet event names its client");
+        assert!(client.starts_with(&format!("{CLIENT}:")), "{event}");
+        clients.insert(client.to_owned());
+        assert_eq!(event["original"], node_port, "{event}");
+        assert_eq!(event["frontend"], "0.0.0.0:30080/tcp@external", "{event}");
+        assert_eq!(event["name"], "service/shop/web", "{event}");
+        assert_eq!((&event["result"], &event["failed"]), (&"maglev".into(), &false.into()), "{event}");
+        backends.insert(event["backend"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(clients.len(), events.len(), "one event per flow, not per packet: {events:#?}");
+    assert_eq!(backends, set(&[&format!("{POD_A}:8080"), &format!("{POD_B}:8080")]));
+    let by_pid = crate::trace::events(by_pid);
+    assert!(by_pid.is_empty(), "--pid 0 showed packet events: {by_pid:#?}");
+
+    // The table shows the client where a socket's line has its process.
+    let mut tracer = Program::spawn(
+        sandbox
+            .balctl_command(&["trace", "--count", "1", "--duration", "10s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    // The header comes once it traces.
+    let mut table = BufReader::new(tracer.0.stdout.take().unwrap()).lines();
+    let header = table.next().expect("the header").unwrap();
+    assert!(header.contains("COMM/CLIENT"), "{header}");
+    tcp_answers(&sandbox, &nodes, &node_port, 1);
+    let line = table.next().expect("an event").unwrap();
+    assert!(
+        line.contains(&format!("client {CLIENT}:")) && line.contains(&format!("{node_port} -> ")),
+        "{line}"
+    );
+
+    // A packet that finds no backend is a failed event: externalTrafficPolicy
+    // Local without a pod on node A drops the client's SYN.
+    nodes.sync(&sandbox, &web("Local", &[(POD_B, "node-b")]));
+    let tracer = start_trace(&sandbox, &["-o", "json", "--failed", "--client", CLIENT, "--count", "1"]);
+    let report = client(&sandbox, &nodes, &["connect", "--to", &node_port, "--count", "1"]);
+    assert_eq!(report["failed"], 1, "{report}");
+    let failed = crate::trace::events(tracer);
+    let event = &failed[0];
+    assert_eq!((&event["operation"], &event["original"]), (&"packet".into(), &node_port.as_str().into()));
+    assert_eq!((&event["result"], &event["failed"]), (&"no_local_backend".into(), &true.into()), "{event}");
+    assert_eq!(event["backend"], Value::Null, "{event}");
+    assert!(event["client"].as_str().unwrap().starts_with(&format!("{CLIENT}:")), "{event}");
 }

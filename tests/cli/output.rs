@@ -132,7 +132,7 @@ pub fn kubectl_output_options_and_filters() {
     };
     assert_eq!(words(&wide_bare), words(wide.split_once('\n').unwrap().1), "the same rows, no header");
     // Every kind takes them.
-    for kind in ["backends", "affinity", "revnat", "nodes", "config", "stats", "all"] {
+    for kind in ["backends", "affinity", "revnat", "nodes", "config", "stats", "flows", "all"] {
         for args in [&["-o", "wide"][..], &["--no-headers"], &["-o", "wide", "--no-headers"]] {
             let mut command = vec!["dump", kind];
             command.extend(args);

@@ -116,15 +116,22 @@ pub mod result {
     pub const FAMILY: u8 = 6;
     pub const FIRST_FAILURE: u8 = NO_BACKEND;
     pub const FAILURES: usize = 4;
+    /// A new north-south flow's entry of its frontend's Maglev table (a
+    /// success, numbered after the failures it came after).
+    pub const MAGLEV: u8 = FIRST_FAILURE + FAILURES as u8;
 
     pub const fn is_failure(result: u8) -> bool {
-        result >= FIRST_FAILURE
+        result >= FIRST_FAILURE && result < MAGLEV
     }
 }
 
 /// `TraceEvent::operation`.
 pub const OP_CONNECT: u8 = 0;
 pub const OP_SENDMSG: u8 = 1;
+/// A packet from outside the node that opened a north-south flow (the tc
+/// programs): no task made it, so `pid_tgid`, `cgroup_id` and `comm` are
+/// 0 and `client`/`client_port` say who sent it.
+pub const OP_PACKET: u8 = 2;
 
 /// Value of the stats map (per CPU), keyed by service id: what the
 /// frontend's resolutions came to. Always counted.
@@ -193,6 +200,11 @@ pub struct TraceEvent {
     /// 0 when the resolution failed.
     pub backend_id: u32,
     pub comm: [u8; 16],
+    /// Of an `OP_PACKET` event: the packet's source, the client outside
+    /// the node. Unspecified (zeros) for a socket's.
+    pub client: Addr,
+    pub client_port: u16,
+    pub _pad2: [u16; 3],
 }
 
 /// Scope of a frontend entry: which rule layer it belongs to. One address
@@ -561,7 +573,8 @@ pub struct Flow {
     /// `FLOW_OPEN` or `FLOW_CLOSING`.
     pub state: u8,
     pub _pad: [u8; 3],
-    /// `bpf_ktime_get_coarse_ns()` of the last packet either way.
+    /// `bpf_ktime_get_coarse_ns()` of the client's last packet (replies
+    /// do not refresh it), written at most once a second.
     pub last_seen_ns: u64,
 }
 
@@ -631,7 +644,7 @@ mod tests {
         assert_eq!(size_of::<NodeAddressKey>(), 16);
         assert_eq!(size_of::<ServiceStats>(), 56);
         assert_eq!(size_of::<DatapathStats>(), 8);
-        assert_eq!(size_of::<TraceEvent>(), 88);
+        assert_eq!(size_of::<TraceEvent>(), 112);
         assert_eq!(size_of::<RateLimit>(), 24);
         assert_eq!(size_of::<MaglevKey>(), 8);
         assert_eq!(size_of::<SourceRange>(), 20);

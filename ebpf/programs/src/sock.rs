@@ -104,7 +104,7 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         other => other,
     };
     count(master.service_id, &choice);
-    trace(&dest, proto, op, master.service_id, &choice, now, &CurrentTask);
+    trace(&dest, proto, op.trace_code(), master.service_id, &choice, now, &CurrentTask);
     let Ok(choice) = choice else {
         return reject();
     };
@@ -134,6 +134,11 @@ impl Caller for CurrentTask {
     fn name(&self, name: &mut [u8; 16]) {
         // SAFETY: the helper writes at most the buffer's size into it.
         unsafe { generated::bpf_get_current_comm(name.as_mut_ptr().cast(), name.len() as u32) };
+    }
+
+    #[inline(always)]
+    fn client(&self) -> Endpoint {
+        Endpoint { addr: [0; 4], port: 0 }
     }
 }
 

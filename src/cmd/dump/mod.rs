@@ -8,6 +8,7 @@
 mod affinity;
 mod backends;
 mod config;
+mod flows;
 mod nodes;
 mod revnat;
 mod services;
@@ -42,6 +43,7 @@ pub fn run(ctx: &Context, args: &DumpArgs) -> Result<()> {
         DumpKind::Nodes => show(ctx, &nodes::read(&view)),
         DumpKind::Config => show(ctx, &config::read(&view)?),
         DumpKind::Stats => show(ctx, &stats::read(&view)?),
+        DumpKind::Flows => show(ctx, &flows::read(&view)?),
         DumpKind::All => show(ctx, &All::read(&view)?),
     }
 }
@@ -225,6 +227,8 @@ struct All {
     config: config::Config,
     #[serde(flatten)]
     stats: stats::Stats,
+    #[serde(flatten)]
+    flows: flows::Flows,
 }
 
 impl All {
@@ -237,13 +241,14 @@ impl All {
             nodes: nodes::read(view),
             config: config::read(view)?,
             stats: stats::read(view)?,
+            flows: flows::read(view)?,
         })
     }
 }
 
 impl Tables for All {
     fn print_table(&self, style: TableStyle) {
-        let sections: [(&str, &dyn Tables); 7] = [
+        let sections: [(&str, &dyn Tables); 8] = [
             ("services", &self.services),
             ("backends", &self.backends),
             ("affinity", &self.affinity),
@@ -251,6 +256,7 @@ impl Tables for All {
             ("nodes", &self.nodes),
             ("config", &self.config),
             ("stats", &self.stats),
+            ("flows", &self.flows),
         ];
         for (i, (title, section)) in sections.into_iter().enumerate() {
             if i > 0 {

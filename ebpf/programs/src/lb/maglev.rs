@@ -36,7 +36,5 @@ pub fn backend(master: &ServiceEntry, key: &FlowKey) -> Result<Choice, u8> {
     unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id }) }.ok_or(result::STALE)?;
     // SAFETY: read once, whole.
     let backend = unsafe { BACKENDS.get(&backend_id) }.copied().ok_or(result::STALE)?;
-    // `how` is for trace events, which the packet programs do not write
-    // yet (they have no Maglev result).
-    Ok(Choice { backend, backend_id, how: result::RANDOM })
+    Ok(Choice { backend, backend_id, how: result::MAGLEV })
 }

@@ -46,3 +46,14 @@ pub enum Operation {
     /// datagram, kept stable per socket.
     SendMsg,
 }
+
+impl Operation {
+    /// How a trace event names it (`TraceEvent::operation`).
+    #[inline(always)]
+    pub const fn trace_code(self) -> u8 {
+        match self {
+            Operation::Connect => balctl_common::OP_CONNECT,
+            Operation::SendMsg => balctl_common::OP_SENDMSG,
+        }
+    }
+}

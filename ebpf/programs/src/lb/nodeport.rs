@@ -17,7 +17,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use balctl_common::{
-    BACKEND_FLAG_LOCAL, Flow, FlowKey, FlowReply, SERVICE_FLAG_LOCAL_ONLY, ServiceEntry, ServiceKey,
+    BACKEND_FLAG_LOCAL, Flow, FlowKey, FlowReply, OP_PACKET, SERVICE_FLAG_LOCAL_ONLY, ServiceEntry,
+    ServiceKey,
 };
 
 use super::{
@@ -29,6 +30,7 @@ use super::{
     frontend::{admits, lookup_external},
     maps::NODEPORT_SCRATCH,
     packet::{Family, IcmpError, Kind, Packet, Side, classify, parse_icmp_error, parse_transport},
+    trace::{Caller, trace},
 };
 
 /// What the steps of a packet's translation share: an entry of the
@@ -155,15 +157,18 @@ fn follow(nat: &mut Nat) -> bool {
 }
 
 /// Opens the flow of the client's packet into `nat.flow`: chooses its
-/// backend (counted as the frontend's resolution, or failure), and for a
-/// backend on another node the SNAT source on the path to it. False drops
-/// the packet: no backend, no route, or no free SNAT port.
+/// backend (counted as the frontend's resolution, or failure, and traced:
+/// only a flow's first packet is), and for a backend on another node the
+/// SNAT source on the path to it. False drops the packet: no backend, no
+/// route, or no free SNAT port.
 #[inline(never)]
 fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
     let key = nat.packet.key();
     let master = &nat.master;
     let choice = flows::choose(&nat.frontend, master, &key);
     count(master.service_id, &choice);
+    let (called, now) = (Endpoint { addr: key.daddr, port: key.dport }, coarse_now());
+    trace(&called, key.proto, OP_PACKET, master.service_id, &choice, now, &Client(&key));
     let Ok(choice) = choice else {
         return false;
     };
@@ -171,7 +176,7 @@ fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
     if is_v4_mapped(&choice.backend.addr) != (nat.packet.ip.family == Family::V4) {
         return false;
     }
-    nat.flow = flows::new_flow(&choice, master.service_id, coarse_now());
+    nat.flow = flows::new_flow(&choice, master.service_id, now);
     let local = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0 || choice.backend.flags & BACKEND_FLAG_LOCAL != 0;
     if local {
         flows::open_dnat(&key, &nat.flow);
@@ -182,6 +187,30 @@ fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
     };
     nat.flow.snat_addr = path.source;
     flows::open_snat(&key, &mut nat.flow)
+}
+
+/// A packet's trace events name its client, the packet's source (`key`:
+/// the packet as it arrived); no task sent it.
+struct Client<'a>(&'a FlowKey);
+
+impl Caller for Client<'_> {
+    #[inline(always)]
+    fn pid_tgid(&self) -> u64 {
+        0
+    }
+
+    #[inline(always)]
+    fn cgroup_id(&self) -> u64 {
+        0
+    }
+
+    #[inline(always)]
+    fn name(&self, _name: &mut [u8; 16]) {}
+
+    #[inline(always)]
+    fn client(&self) -> Endpoint {
+        Endpoint { addr: self.0.saddr, port: self.0.sport }
+    }
 }
 
 /// The client's packet of `nat.flow`: DNATed and handed to the stack for a

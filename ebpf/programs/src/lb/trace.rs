@@ -1,26 +1,27 @@
 //! Trace events: each resolution, written to the ring buffer of every
-//! trace slot whose lease runs (`balctl trace`).
+//! trace slot whose lease runs (`balctl trace`): a socket's, and a packet's
+//! that opens a north-south flow.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use balctl_common::{OP_CONNECT, OP_SENDMSG, TRACE_ANY, TraceEvent};
+use balctl_common::{TRACE_ANY, TraceEvent};
 
 use super::{
-    Operation,
     addr::Endpoint,
     choice::Choice,
     maps::{EVENTS0, EVENTS1, EVENTS2, EVENTS3, TRACE_LEASES},
 };
 
-/// Writes the resolution of `dest` over `proto` to the trace slots whose
-/// lease runs; `caller` says who made it (for a socket, the current task),
-/// asked only when an event is written. With nobody
+/// Writes the resolution of `dest` over `proto` (an `OP_*` `operation`)
+/// to the trace slots whose lease runs; `caller` says who made it (for a
+/// socket, the current task; for a packet, its client), asked only when an
+/// event is written. With nobody
 /// tracing this costs one array lookup: the lease all tracers renew has run
 /// out. Compiled out where the entry point sets `TRACING` to false.
 #[inline(always)]
 pub fn trace(
     dest: &Endpoint,
     proto: u8,
-    op: Operation,
+    operation: u8,
     service_id: u32,
     choice: &Result<Choice, u8>,
     now: u64,
@@ -48,16 +49,18 @@ pub fn trace(
         original_port: dest.port,
         backend_port,
         proto,
-        operation: match op {
-            Operation::Connect => OP_CONNECT,
-            Operation::SendMsg => OP_SENDMSG,
-        },
+        operation,
         result,
         _pad: 0,
         service_id,
         backend_id,
         comm: [0; 16],
+        client: [0; 4],
+        client_port: 0,
+        _pad2: [0; 3],
     };
+    let client = caller.client();
+    (event.client, event.client_port) = (client.addr, client.port);
     // Straight into the event: one copy less on a stack that is near its
     // limit.
     caller.name(&mut event.comm);
@@ -70,7 +73,8 @@ pub fn trace(
 }
 
 /// Who made the call a trace event records, as the attach point knows it;
-/// asked only when an event is written. A trait rather than a closure
+/// asked only when an event is written. A socket's caller is a task and
+/// has no client; a packet's is its client and has no task (0s). A trait rather than a closure
 /// that fills in the event: LLVM then builds the event in place (45
 /// instructions fewer in connect4).
 pub trait Caller {
@@ -79,6 +83,8 @@ pub trait Caller {
     /// Writes the caller's name into `name` (NUL-terminated; left as it
     /// is on failure).
     fn name(&self, name: &mut [u8; 16]);
+    /// The client outside the node that sent a packet.
+    fn client(&self) -> Endpoint;
 }
 
 #[inline(always)]
