@@ -153,8 +153,11 @@ pub fn open_snat(key: &FlowKey, flow: &mut Flow) -> bool {
 /// flow 10 s after its FIN or RST, as `follow` counts it).
 #[inline(always)]
 fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
-    // SAFETY: read once, whole.
-    let Some(owner) = (unsafe { FLOW_REPLIES.get(at) }).copied() else {
+    // Read in place, not copied: this runs deep in the packet program's
+    // calls, whose frames share 512 bytes.
+    // SAFETY: the entries are read field by field; a concurrent update can
+    // at worst make a port look in use, and another is tried.
+    let Some(owner) = (unsafe { FLOW_REPLIES.get(at) }) else {
         return false;
     };
     let forward = FlowKey {
@@ -165,8 +168,8 @@ fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
         proto: at.proto,
         _pad: [0; 3],
     };
-    // SAFETY: read once, whole.
-    let Some(flow) = (unsafe { FLOWS.get(&forward) }).copied() else {
+    // SAFETY: as above.
+    let Some(flow) = (unsafe { FLOWS.get(&forward) }) else {
         return false;
     };
     flow.snat_port == at.dport

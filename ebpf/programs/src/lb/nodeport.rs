@@ -23,6 +23,7 @@ use balctl_common::{
 
 use super::{
     addr::{Endpoint, is_v4_mapped},
+    choice::Choice,
     clock::coarse_now,
     counters::count,
     flows::{self, backend_of, is_snat, snat_of},
@@ -167,8 +168,8 @@ fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
     let master = &nat.master;
     let choice = flows::choose(&nat.frontend, master, &key);
     count(master.service_id, &choice);
-    let (called, now) = (Endpoint { addr: key.daddr, port: key.dport }, coarse_now());
-    trace(&called, key.proto, OP_PACKET, master.service_id, &choice, now, &Client(&key));
+    let now = coarse_now();
+    trace_open(&key, master.service_id, &choice, now);
     let Ok(choice) = choice else {
         return false;
     };
@@ -187,6 +188,15 @@ fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
     };
     nat.flow.snat_addr = path.source;
     flows::open_snat(&key, &mut nat.flow)
+}
+
+/// The trace event of the flow `key` opening with `choice`: a call of
+/// its own, so that the event is not in the same frame as the SNAT's keys
+/// (the frames of a chain of calls share 512 bytes).
+#[inline(never)]
+fn trace_open(key: &FlowKey, service_id: u32, choice: &Result<Choice, u8>, now: u64) {
+    let called = Endpoint { addr: key.daddr, port: key.dport };
+    trace(&called, key.proto, OP_PACKET, service_id, choice, now, &Client(key));
 }
 
 /// A packet's trace events name its client, the packet's source (`key`:
