@@ -554,6 +554,17 @@ pub const FLOW_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const FLOW_UDP_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
 pub const FLOW_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
 
+/// How long a flow in `state` of protocol `proto` lives without a packet
+/// from its client: the datapath's rule, which `dump flows` shows too.
+#[inline(always)]
+pub const fn flow_timeout_ns(state: u8, proto: u8) -> u64 {
+    match (state, proto) {
+        (FLOW_CLOSING, _) => FLOW_CLOSING_TIMEOUT_NS,
+        (_, IPPROTO_TCP) => FLOW_TCP_TIMEOUT_NS,
+        _ => FLOW_UDP_TIMEOUT_NS,
+    }
+}
+
 /// Value of the flows map: where a north-south flow goes. A packet of a
 /// known flow keeps its backend while the flow has not timed out and the
 /// backend is still a member of the frontend (membership map); otherwise

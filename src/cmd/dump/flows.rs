@@ -7,10 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use balctl_common::{
-    FLOW_CLOSING, FLOW_CLOSING_TIMEOUT_NS, FLOW_TCP_TIMEOUT_NS, FLOW_UDP_TIMEOUT_NS, Flow, FlowKey,
-    IPPROTO_TCP, map_names,
-};
+use balctl_common::{FLOW_CLOSING, Flow, FlowKey, flow_timeout_ns, map_names};
 use serde::Serialize;
 
 use super::{Tables, View, backend_cell, seconds};
@@ -93,15 +90,15 @@ pub fn read(view: &View) -> Result<Flows> {
     Ok(Flows { flows })
 }
 
-/// The flow's state as the datapath treats its next packet: with the
-/// timeouts of `lb::flows::follow`.
+/// The flow's state as the datapath treats its next packet.
 fn state(key: &FlowKey, flow: &Flow, idle_ns: u64) -> &'static str {
-    let (name, timeout) = match (flow.state, key.proto) {
-        (FLOW_CLOSING, _) => ("closing", FLOW_CLOSING_TIMEOUT_NS),
-        (_, IPPROTO_TCP) => ("open", FLOW_TCP_TIMEOUT_NS),
-        _ => ("open", FLOW_UDP_TIMEOUT_NS),
-    };
-    if idle_ns > timeout { "expired" } else { name }
+    if idle_ns > flow_timeout_ns(flow.state, key.proto) {
+        "expired"
+    } else if flow.state == FLOW_CLOSING {
+        "closing"
+    } else {
+        "open"
+    }
 }
 
 impl Tables for Flows {

@@ -6,9 +6,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use balctl_common::{
-    FLOW_CLOSING, FLOW_CLOSING_TIMEOUT_NS, FLOW_OPEN, FLOW_TCP_TIMEOUT_NS, FLOW_UDP_TIMEOUT_NS, Flow,
-    FlowKey, FlowReply, IPPROTO_TCP, MembershipKey, SERVICE_FLAG_MAGLEV, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    ServiceEntry, ServiceKey,
+    FLOW_CLOSING, FLOW_OPEN, Flow, FlowKey, FlowReply, MembershipKey, SERVICE_FLAG_MAGLEV, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, ServiceEntry, ServiceKey, flow_timeout_ns,
 };
 
 use super::{
@@ -21,16 +20,6 @@ use super::{
 
 /// Ports tried for a new SNATed flow before giving up on it.
 const SNAT_PORT_TRIES: u32 = 16;
-
-/// How long a flow in `state` lives without a packet from its client.
-#[inline(always)]
-fn timeout(state: u8, proto: u8) -> u64 {
-    match (state, proto) {
-        (FLOW_CLOSING, _) => FLOW_CLOSING_TIMEOUT_NS,
-        (_, IPPROTO_TCP) => FLOW_TCP_TIMEOUT_NS,
-        _ => FLOW_UDP_TIMEOUT_NS,
-    }
-}
 
 /// The flow of the client's packet `key` to the frontend with `service_id`
 /// into `flow`, if it is known and still valid, its use recorded at `now`
@@ -45,7 +34,7 @@ pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut
     // it is copied whole, then single fields are written.
     unsafe {
         let copy = *entry;
-        let timeout = timeout(copy.state, key.proto);
+        let timeout = flow_timeout_ns(copy.state, key.proto);
         let member = MembershipKey { service_id: copy.service_id, backend_id: copy.backend_id };
         if copy.service_id != service_id
             || now.wrapping_sub(copy.last_seen_ns) > timeout
@@ -175,7 +164,7 @@ fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
     flow.snat_port == at.dport
         && flow.backend == at.saddr
         && flow.backend_port == at.sport
-        && now.wrapping_sub(flow.last_seen_ns) <= timeout(flow.state, at.proto)
+        && now.wrapping_sub(flow.last_seen_ns) <= flow_timeout_ns(flow.state, at.proto)
 }
 
 /// What the packet `key` is a reply to, if it is one of a flow.
