@@ -80,10 +80,10 @@ fn main() {
     }
     println!("\n== Summary (medians of per-round rates and of per-round ratios to direct to the same pod)\n");
     println!(
-        "| services | mechanism | to | TCP conn/s | vs direct | connect p50 µs | p99 µs | UDP req/s | vs direct \
-         | p50 µs | p99 µs | failures |"
+        "| services | mechanism | to | TCP conn/s | vs direct | connect p50 µs | p99 µs | UDP new-flow req/s | vs \
+         direct | p50 µs | p99 µs | UDP one-flow req/s | vs direct | p50 µs | p99 µs | failures |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for row in rows {
         println!("{row}");
     }
@@ -100,13 +100,11 @@ const SUSTAINED_MILLIS: u64 = 8_000;
 /// New TCP connections to the pod on node B, one after another for
 /// SUSTAINED_MILLIS per mechanism, after the rounds (which made 1,100 TCP
 /// and 1,100 UDP flows to it): whether SNATed flows keep finding a source
-/// port. balctl's do not: a SNATed flow's reply entry, which holds its
-/// port of 61000-65535, is removed only when a packet of the same client
-/// 5-tuple comes back after the flow timed out (ebpf lb/flows.rs
-/// `follow`), or by LRU eviction once flow_replies is full; a closed
-/// connection keeps its port, and once most of the 4,536 ports to a
-/// backend are taken, `open_snat`'s 8 random tries fail and the SYN is
-/// dropped. kube-proxy's conntrack frees a port when its entry expires.
+/// port. balctl takes over the port of a flow that has ended (closed 10 s
+/// ago, or timed out: ebpf lb/flows.rs `open_snat`), so about 450 new
+/// flows a second to one backend port can go on for ever, and bursts of
+/// up to 4,536 (the ports of 61000-65535); kube-proxy's conntrack frees a
+/// port when its entry expires.
 fn sustained(lanes: &[Lane], services: &Services) {
     println!("\nNew TCP connections to {} for {SUSTAINED_MILLIS} ms, one after another:", pod(false));
     for lane in lanes {
@@ -140,7 +138,8 @@ fn row(size: u32, path: &Path, paths: &[Path]) -> String {
 }
 
 /// The issue's targets at one size: balctl >= 0.95 x direct to the local
-/// pod, and above both kube-proxy modes to either pod; TCP and UDP each.
+/// pod, and above both kube-proxy modes to either pod; for each kind of
+/// cycle.
 fn targets(size: u32, paths: &[Path]) -> Vec<String> {
     let mut verdicts = Vec::new();
     let verdict = |met: bool| if met { "met" } else { "MISSED" };

@@ -3,8 +3,9 @@
 //! ROUNDS rounds in which each worker in turn runs a batch of TCP cycles
 //! (connect, read the pod's 2-byte answer to its end, close), then each a
 //! batch of UDP exchanges (a new socket sends 1 byte, receives the 2-byte
-//! answer, which must come from the address called), the order rotating
-//! every round. Ratios are medians of per-round ratios to direct to the
+//! answer, which must come from the address called), then each a batch of
+//! the same exchanges over one socket (one flow: what a long-lived
+//! connection's requests cost), the order rotating every round. Ratios are medians of per-round ratios to direct to the
 //! same pod, so slow drift cancels.
 
 use serde_json::Value;
@@ -15,18 +16,20 @@ use crate::{
     worker::{Worker, median},
 };
 
-/// Rounds per size and cycles per batch: 1,000 of each protocol per path.
-/// Kept this low for balctl's SNATed path (to pod B), whose flows never
-/// give their SNAT port back (see main.rs, `sustained`): past about 2,000
-/// flows to one backend and protocol, new ones start failing to find a
-/// free port in 8 tries and a failed cycle waits for the client's 1-2 s
-/// timeout, so the rates would measure the leak, not the datapath.
+/// Rounds per size and cycles per batch: 1,000 of each kind per path.
+/// balctl's SNATed path (to pod B) has 4,536 source ports per backend
+/// port, given back 10 s after a flow closes or 60 s after a UDP flow's
+/// last packet: more new flows than that in a minute would measure the
+/// port range, not the datapath.
 const ROUNDS: usize = 20;
 const BATCH: u32 = 50;
 /// Uncounted cycles of each protocol first: neighbour entries, page
 /// faults, the first lookups.
 const WARMUP: u32 = 100;
-pub const PROTOCOLS: [&str; 2] = ["tcp", "udp"];
+/// The cycles measured, as the worker names them: a TCP connection, a UDP
+/// exchange from a new socket (both a new flow each time), and a UDP
+/// exchange over one socket per batch (a flow's later packets).
+pub const PROTOCOLS: [&str; 3] = ["tcp", "udp", "udp-flow"];
 
 /// What one client measured through one mechanism to one pod.
 pub struct Path {
@@ -34,7 +37,7 @@ pub struct Path {
     /// To the pod on node A (balctl: DNAT only) or on node B (SNAT too).
     pub local: bool,
     /// Each round's rate per protocol, in the order of PROTOCOLS.
-    rates: [Vec<f64>; 2],
+    rates: [Vec<f64>; 3],
     /// The worker's totals, failures and latency percentiles per protocol.
     report: Value,
 }
@@ -49,7 +52,7 @@ pub fn measure(lanes: &[Lane], services: &Services) -> Vec<Path> {
             (mechanism, local, worker)
         })
         .collect();
-    let mut rates = vec![[Vec::new(), Vec::new()]; workers.len()];
+    let mut rates = vec![[Vec::new(), Vec::new(), Vec::new()]; workers.len()];
     for round in 0..ROUNDS {
         for (kind, protocol) in PROTOCOLS.into_iter().enumerate() {
             for turn in 0..workers.len() {

@@ -40,9 +40,9 @@ use crate::{
     error::excerpt,
     input,
     model::{
-        AddressKind, ExternalBalancing, Frontend, FrontendRule, LbAlgorithm, MAX_AFFINITY_SECONDS,
-        PolicyKind, Prefix, Protocol, Scope, SyncedObject, check_address, check_maglev_table_size,
-        check_name,
+        AddressKind, ExternalBalancing, Frontend, FrontendRule, HealthCheck, LbAlgorithm,
+        MAX_AFFINITY_SECONDS, PolicyKind, Prefix, Protocol, Scope, SyncedObject, check_address,
+        check_maglev_table_size, check_name,
     },
 };
 
@@ -84,6 +84,9 @@ struct RuleTable {
     /// Kubernetes' loadBalancerSourceRanges, for `load_balancer_addresses`.
     #[serde(default)]
     load_balancer_source_ranges: Vec<Spanned<String>>,
+    /// Kubernetes' healthCheckNodePort, of an `external_traffic_policy =
+    /// "local"` service: served by `sync --watch`.
+    health_check_node_port: Option<Spanned<u16>>,
 }
 
 /// `external_traffic_policy`: Kubernetes' externalTrafficPolicy.
@@ -215,6 +218,7 @@ struct ExternalFields {
     /// `external_traffic_policy = "local"`.
     local: bool,
     balancing: ExternalBalancing,
+    health_check_node_port: Option<u16>,
 }
 
 /// Checks the north-south fields of a table: only a [[service]] has them,
@@ -233,6 +237,7 @@ fn external_fields(
         spec.maglev_table_size.as_ref().map(|s| ("maglev_table_size", s.span())),
         spec.load_balancer_source_ranges.first().map(|r| ("load_balancer_source_ranges", r.span())),
         spec.ports.iter().find(|p| p.get_ref().node_port.is_some()).map(|p| ("node_port", p.span())),
+        spec.health_check_node_port.as_ref().map(|p| ("health_check_node_port", p.span())),
     ];
     if !matches!(kind, TableKind::Service)
         && let Some((field, span)) = service_only.into_iter().flatten().next()
@@ -264,13 +269,29 @@ fn external_fields(
     let source_ranges = (spec.load_balancer_source_ranges.iter())
         .map(|range| range.get_ref().parse::<Prefix>().map_err(|e| input!("{}: {e}", at(range.span()))))
         .collect::<Result<Vec<_>>>()?;
+    let local = spec.external_traffic_policy.as_ref().is_some_and(|p| *p.get_ref() == TrafficPolicy::Local);
+    if let Some(port) = &spec.health_check_node_port {
+        // The API server's rule: only where the nodes without endpoints drop
+        // the traffic does a load balancer need to ask them.
+        if !local {
+            return Err(input!(
+                "{}: health_check_node_port: only a service with external_traffic_policy = \"local\" \
+                 has one",
+                at(port.span())
+            ));
+        }
+        if *port.get_ref() == 0 {
+            return Err(input!("{}: health_check_node_port 0 is out of range (1-65535)", at(port.span())));
+        }
+    }
     Ok(ExternalFields {
-        local: spec.external_traffic_policy.as_ref().is_some_and(|p| *p.get_ref() == TrafficPolicy::Local),
+        local,
         balancing: ExternalBalancing {
             algorithm: spec.lb_algorithm.as_ref().map_or_else(LbAlgorithm::default, |a| *a.get_ref()),
             maglev_table_size,
             source_ranges,
         },
+        health_check_node_port: spec.health_check_node_port.as_ref().map(|p| *p.get_ref()),
     })
 }
 
@@ -428,13 +449,22 @@ fn rule_object(
             }
         }
     }
+    // What kube-proxy counts: this node's endpoints, each `IP:port` once.
+    let local_endpoints: HashSet<SocketAddr> =
+        rules.iter().flat_map(|rule| rule.local_backends.iter().copied()).collect();
+    let health_check = external.health_check_node_port.map(|port| HealthCheck {
+        namespace: String::new(),
+        name: name.clone(),
+        port,
+        local_endpoints: u32::try_from(local_endpoints.len()).unwrap_or(u32::MAX),
+    });
     let object = SyncedObject {
         source: String::new(),
         owner: format!("{}/{name}", kind.owner_prefix()),
         rules,
         addresses: Vec::new(),
         inputs: Vec::new(),
-        health_check: None,
+        health_check,
     };
     Ok(Located { value: object, location })
 }
@@ -623,6 +653,49 @@ ports = [{ port = 80, target_port = 8080, node_port = 30080 }]
                 text.replace("[[service]]", "[[balancing_policy]]"),
                 "s.toml:5:23",
                 "external_addresses: only a service",
+            ),
+        ];
+        for (text, location, message) in cases {
+            let err = error(&text);
+            assert!(err.starts_with(location) && err.contains(message), "{text}\n=> {err}");
+        }
+    }
+
+    #[test]
+    fn a_local_service_has_a_health_check_node_port() {
+        let text = r#"
+[[service]]
+name = "web"
+addresses = ["198.18.0.10", "2001:db8:5e::10"]
+backends = ["192.0.2.2", "192.0.2.3", "2001:db8::2"]
+local_backends = ["192.0.2.3", "2001:db8::2"]
+external_traffic_policy = "local"
+health_check_node_port = 32000
+ports = [{ port = 80, target_port = 8080, node_port = 30080 }, { port = 443, target_port = 8443 }]
+"#;
+        let objects = parse("s.toml", text, &mut EntryBudget::default()).unwrap();
+        // Each local IP at each target port, once across the ports' frontends.
+        assert_eq!(
+            objects[0].value.health_check,
+            Some(HealthCheck {
+                namespace: String::new(),
+                name: "web".into(),
+                port: 32000,
+                local_endpoints: 4
+            })
+        );
+        let without = text.replace("health_check_node_port = 32000\n", "");
+        let objects = parse("s.toml", &without, &mut EntryBudget::default()).unwrap();
+        assert_eq!(objects[0].value.health_check, None);
+
+        let cases = [
+            (text.replace("\"local\"", "\"cluster\""), "s.toml:8:26", "only a service with external_traffic_policy"),
+            (text.replace("32000", "0"), "s.toml:8:26", "out of range"),
+            (text.replace("32000", "70000"), "s.toml:8:26", ""),
+            (
+                text.replace("[[service]]", "[[balancing_policy]]").replace(", node_port = 30080", "").replace("local_backends = [\"192.0.2.3\", \"2001:db8::2\"]\nexternal_traffic_policy = \"local\"\n", ""),
+                "s.toml:6:26",
+                "health_check_node_port: only a service",
             ),
         ];
         for (text, location, message) in cases {

@@ -67,8 +67,13 @@ fn curl(netns: &str, host: &str, port: u16) -> Option<(u16, String, String)> {
 }
 
 /// Waits (at most 10 s) until `port` answers `status` with `local`
-/// endpoints in kube-proxy's body; checks its headers.
+/// endpoints of Service web in kube-proxy's body; checks its headers.
 fn wait_for_answer(netns: &str, port: u16, status: u16, local: u32) {
+    wait_for_answer_of(netns, port, status, ("shop", "web"), local);
+}
+
+/// `wait_for_answer`, about the Service `(namespace, name)`.
+fn wait_for_answer_of(netns: &str, port: u16, status: u16, (namespace, name): (&str, &str), local: u32) {
     let start = Instant::now();
     loop {
         let answer = curl(netns, "127.0.0.1", port);
@@ -79,7 +84,7 @@ fn wait_for_answer(netns: &str, port: u16, status: u16, local: u32) {
             assert_eq!(
                 body,
                 json!({
-                    "service": { "namespace": "shop", "name": "web" },
+                    "service": { "namespace": namespace, "name": name },
                     "localEndpoints": local,
                     "serviceProxyHealthy": true
                 })
@@ -175,5 +180,34 @@ pub fn a_file_watch_serves_health_check_node_ports() {
     wait_for_answer(&netns, 32001, 200, 1);
     std::fs::write(&file, list(web("Cluster", None)).to_string()).unwrap();
     wait_refused(&netns, 32001);
+    assert_eq!(watcher.terminate(), Some(0));
+}
+
+/// And from balctl's TOML: `health_check_node_port` of an
+/// `external_traffic_policy = "local"` service (no namespace), its count
+/// the `local_backends` at each port's target port.
+pub fn a_toml_file_serves_health_check_node_ports() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let netns = sandbox.server_ns.clone();
+    let file = sandbox.scratch("web.toml");
+    let toml = |local: &str, health_check: &str| {
+        format!(
+            "[[service]]\nname = \"web\"\naddresses = [\"198.18.0.10\"]\nbackends = [\"192.0.2.2\", \
+             \"192.0.2.3\"]\nlocal_backends = [{local}]\nexternal_traffic_policy = \"local\"\n\
+             {health_check}load_balancer_addresses = [\"198.18.0.11\"]\nports = [{{ port = 80, target_port = \
+             8080, node_port = 30080 }}, {{ port = 81, target_port = 8080 }}]\n"
+        )
+    };
+    std::fs::write(&file, toml("\"192.0.2.2\", \"192.0.2.3\"", "health_check_node_port = 32004\n")).unwrap();
+    let watcher =
+        Watcher::start_in(&sandbox, &netns, &["-f", file.to_str().unwrap(), "--node-name", "node-a"]);
+    watcher.wait_stdout("sync: frontends");
+    // Two local backends, one target port: two endpoints.
+    wait_for_answer_of(&netns, 32004, 200, ("", "web"), 2);
+    std::fs::write(&file, toml("", "health_check_node_port = 32004\n")).unwrap();
+    wait_for_answer_of(&netns, 32004, 503, ("", "web"), 0);
+    std::fs::write(&file, toml("\"192.0.2.3\"", "")).unwrap();
+    wait_refused(&netns, 32004);
     assert_eq!(watcher.terminate(), Some(0));
 }

@@ -688,3 +688,135 @@ pub fn trace_shows_the_flows_packets_open_with_their_client() {
     assert_eq!(event["backend"], Value::Null, "{event}");
     assert!(event["client"].as_str().unwrap().starts_with(&format!("{CLIENT}:")), "{event}");
 }
+
+/// The pods' servers for `a_flow_lives_while_its_backend_sends`: a UDP
+/// datagram is answered with 7 datagrams, 0.5 s apart; a TCP connection
+/// is reset at once (SO_LINGER 0), after which its client sends nothing.
+const BACKEND_SENDS: &str = r#"
+import socket, struct, sys, threading, time
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((sys.argv[1], 8080))
+tcp = socket.socket()
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind((sys.argv[1], 8080))
+tcp.listen(64)
+print("ready", flush=True)
+def stream(to):
+    for i in range(7):
+        udp.sendto(b"%d" % i, to)
+        time.sleep(0.5)
+def serve_udp():
+    while True:
+        _, sender = udp.recvfrom(64)
+        threading.Thread(target=stream, args=(sender,), daemon=True).start()
+threading.Thread(target=serve_udp, daemon=True).start()
+while True:
+    conn, _ = tcp.accept()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+"#;
+
+/// The client for it: 12 UDP sockets each send one datagram to the node
+/// port and then only listen (for 3.5 s, every answer must come from the
+/// node port); 12 TCP connections stay open and silent. Prints the
+/// datagrams each socket got, then waits for a line on stdin.
+const SILENT_CLIENT: &str = r#"
+import json, select, socket, sys, time
+to = (sys.argv[1], 30080)
+held = []
+for _ in range(12):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect(to)
+    except ConnectionResetError:
+        pass  # the reset came first
+    held.append(s)
+sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(12)]
+for s in sockets:
+    s.sendto(b"go", to)
+got = {s.fileno(): 0 for s in sockets}
+wrong = []
+end = time.time() + 3.6
+while time.time() < end:
+    ready, _, _ = select.select(sockets, [], [], max(0, end - time.time()))
+    for s in ready:
+        _, sender = s.recvfrom(64)
+        got[s.fileno()] += 1
+        if sender != to:
+            wrong.append(str(sender))
+print(json.dumps({"datagrams": sorted(got.values()), "wrong": wrong}), flush=True)
+sys.stdin.readline()
+"#;
+
+/// A flow lives while either end sends, and closes on either end's FIN or
+/// RST: UDP flows whose clients fell silent while their backends kept
+/// sending (on node A: DNAT only, its replies leave through node A's
+/// device; on node B: SNATed, its replies arrive on one) show only the
+/// time since the backend's last datagram as idle; TCP flows reset by
+/// their backend are closing, though their clients never sent a FIN.
+pub fn a_flow_lives_while_its_backend_sends() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    let _servers: Vec<Program> = [(&nodes.pod_a, POD_A), (&nodes.pod_b, POD_B)]
+        .into_iter()
+        .map(|(ns, address)| {
+            let mut server = Program::spawn(
+                sandbox
+                    .peer(false, ns)
+                    .args(["exec", "python3", "-c", BACKEND_SENDS, address])
+                    .stdout(Stdio::piped()),
+            );
+            assert_eq!(first_line(server.0.stdout.as_mut().expect("stdout")), "ready\n");
+            server
+        })
+        .collect();
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]));
+
+    let mut client = sandbox
+        .peer(false, &nodes.client)
+        .args(["exec", "python3", "-c", SILENT_CLIENT, NODE_A])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("start the client");
+    let line = first_line(client.stdout.as_mut().expect("stdout"));
+    let flows = nodes.balctl_ok(&sandbox, &["dump", "flows", "-o", "json"]);
+    drop(client.stdin.take());
+    let _ = client.wait();
+    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(report["datagrams"], serde_json::json!(vec![7; 12]), "{report}");
+    assert_eq!(report["wrong"], serde_json::json!([]), "{report}");
+
+    let flows: Value = serde_json::from_str(&flows).expect("dump flows printed JSON");
+    let flows = flows["flows"].as_array().expect("flows");
+    let of = |protocol: &str| -> Vec<&Value> {
+        flows.iter().filter(|f| f["frontend"] == format!("{NODE_A}:30080/{protocol}")).collect()
+    };
+    let (udp, tcp) = (of("udp"), of("tcp"));
+    assert_eq!((udp.len(), tcp.len()), (12, 12), "{flows:#?}");
+    let backends = |flows: &[&Value]| -> BTreeSet<String> {
+        flows.iter().map(|f| f["backend"].as_str().unwrap().to_owned()).collect()
+    };
+    let both = set(&[&format!("{POD_A}:8080"), &format!("{POD_B}:8080")]);
+    assert_eq!((backends(&udp), backends(&tcp)), (both.clone(), both), "Maglev spread them: {flows:#?}");
+    for flow in udp {
+        // The clients' only datagram left 3.6 s before; the backends' last
+        // one 0.6 s before (recorded at most once a second).
+        let idle = flow["idle_seconds"].as_f64().unwrap();
+        assert!(idle < 2.2, "idle since the backend's last datagram: {flow}");
+        assert_eq!(flow["state"], "open", "{flow}");
+    }
+    for flow in tcp {
+        assert_eq!(flow["state"], "closing", "reset by the backend: {flow}");
+    }
+}
+
+/// The first line a program prints (empty if it ends first).
+fn first_line(output: &mut std::process::ChildStdout) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(output), &mut line).expect("read a line");
+    line
+}

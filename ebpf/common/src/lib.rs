@@ -548,7 +548,8 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
 /// `Flow::state`: what the datapath has seen of a TCP flow (UDP flows stay
 /// `FLOW_OPEN`). Timeouts follow conntrack's defaults closely.
 pub const FLOW_OPEN: u8 = 0;
-/// A FIN or RST was seen: the flow ends after `FLOW_CLOSING_TIMEOUT_NS`.
+/// A FIN or RST was seen, from either end: the flow ends after
+/// `FLOW_CLOSING_TIMEOUT_NS`.
 pub const FLOW_CLOSING: u8 = 1;
 pub const FLOW_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const FLOW_UDP_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
@@ -584,8 +585,8 @@ pub struct Flow {
     /// `FLOW_OPEN` or `FLOW_CLOSING`.
     pub state: u8,
     pub _pad: [u8; 3],
-    /// `bpf_ktime_get_coarse_ns()` of the client's last packet (replies
-    /// do not refresh it), written at most once a second.
+    /// `bpf_ktime_get_coarse_ns()` of the client's last packet, written
+    /// at most once a second (its replies' is in its flow_replies entry).
     pub last_seen_ns: u64,
 }
 
@@ -603,6 +604,31 @@ pub struct FlowReply {
     pub frontend_port: u16,
     pub client_port: u16,
     pub service_id: u32,
+    /// `bpf_ktime_get_coarse_ns()` of the flow's last reply, written at
+    /// most once a second: a flow lives while its client *or* its backend
+    /// sends (`flow_last_seen_ns`), as conntrack counts either direction.
+    pub last_seen_ns: u64,
+}
+
+/// The key of the replies of the flow `key` (the client's packet as it
+/// arrives) that goes as `flow` says: from its backend to its SNAT source
+/// when it is SNATed, else to the client itself.
+#[inline(always)]
+pub const fn flow_reply_key(key: &FlowKey, flow: &Flow) -> FlowKey {
+    let (daddr, dport) =
+        if flow.snat_port != 0 { (flow.snat_addr, flow.snat_port) } else { (key.saddr, key.sport) };
+    FlowKey { saddr: flow.backend, daddr, sport: flow.backend_port, dport, proto: key.proto, _pad: [0; 3] }
+}
+
+/// When the flow was last used, by its client (`flow`) or its backend
+/// (`reply`, its flow_replies entry if there is one): what its timeout
+/// counts from.
+#[inline(always)]
+pub const fn flow_last_seen_ns(flow: &Flow, reply: Option<&FlowReply>) -> u64 {
+    match reply {
+        Some(reply) if reply.last_seen_ns > flow.last_seen_ns => reply.last_seen_ns,
+        _ => flow.last_seen_ns,
+    }
 }
 
 #[cfg(feature = "user")]
@@ -661,7 +687,7 @@ mod tests {
         assert_eq!(size_of::<SourceRange>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Flow>(), 56);
-        assert_eq!(size_of::<FlowReply>(), 40);
+        assert_eq!(size_of::<FlowReply>(), 48);
     }
 
     /// The hash is fixed (every node and user space must agree) and

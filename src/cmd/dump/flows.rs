@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use balctl_common::{FLOW_CLOSING, Flow, FlowKey, flow_timeout_ns, map_names};
+use balctl_common::{
+    FLOW_CLOSING, Flow, FlowKey, FlowReply, flow_last_seen_ns, flow_reply_key, flow_timeout_ns, map_names,
+};
 use serde::Serialize;
 
 use super::{Tables, View, backend_cell, seconds};
@@ -45,9 +47,9 @@ struct FlowRecord {
     /// timeout: the next packet chooses again; the LRU map drops it when
     /// it needs the room).
     state: &'static str,
-    /// Seconds since the client's last packet of the flow (to within one
-    /// second: the datapath records a busy flow's use once a second;
-    /// replies do not count).
+    /// Seconds since the flow's last packet, from its client or its backend
+    /// (to within one second: the datapath records a busy flow's use once a
+    /// second).
     idle_seconds: f64,
     /// The external frontend's id and rule.
     service_id: ServiceId,
@@ -59,6 +61,7 @@ struct FlowRecord {
 /// client.
 pub fn read(view: &View) -> Result<Flows> {
     let map: HashMap<MapData, FlowKey, Flow> = open_map(view.pins, map_names::FLOWS)?;
+    let replies: HashMap<MapData, FlowKey, FlowReply> = open_map(view.pins, map_names::FLOW_REPLIES)?;
     // The datapath's clock is CLOCK_MONOTONIC at its last tick: at most a
     // tick behind this one.
     let now = monotonic_ns();
@@ -72,7 +75,8 @@ pub fn read(view: &View) -> Result<Flows> {
         if !by_address && !view.shows_service(flow.service_id) {
             return;
         }
-        let idle_ns = now.saturating_sub(flow.last_seen_ns);
+        let reply = replies.get(&flow_reply_key(&key, &flow), 0).ok();
+        let idle_ns = now.saturating_sub(flow_last_seen_ns(&flow, reply.as_ref()));
         flows.push(FlowRecord {
             client: SocketAddr::new(raw_to_addr(key.saddr), raw_to_port(key.sport)),
             frontend: format!("{called}/{protocol}"),

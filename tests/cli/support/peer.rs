@@ -129,7 +129,8 @@ enum PeerCommand {
     },
     /// Benchmark worker for one client, driven by whoever started it: reads
     /// batches from stdin, `tcp N` (N connection cycles to `tcp`), `udp N`
-    /// (N request/response exchanges with `udp`, each from a new socket) or
+    /// (N request/response exchanges with `udp`, each from a new socket),
+    /// `udp-flow N` (N exchanges with one of `udp` over one socket) or
     /// `bystander N` (N connection cycles to `bystander`: addresses no rule
     /// translates, what a mechanism costs a node's other traffic),
     /// `warmup N` (N of each, not counted), and answers each with one JSON
@@ -561,6 +562,13 @@ fn timed_exchange(to: SocketAddr, buf: &mut [u8]) -> io::Result<(Duration, usize
 fn exchange_from_new_socket(to: SocketAddr, buf: &mut [u8]) -> io::Result<(Duration, usize, UdpSocket)> {
     let socket = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    let (took, length) = exchange_over(&socket, to, buf)?;
+    Ok((took, length, socket))
+}
+
+/// Sends one request over `socket` and waits for its answer, which must
+/// come from `to`: the time between them and the answer's length.
+fn exchange_over(socket: &UdpSocket, to: SocketAddr, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
     let started = Instant::now();
     socket.send_to(b"q", to)?;
     let (length, from) = socket.recv_from(buf)?;
@@ -568,7 +576,7 @@ fn exchange_from_new_socket(to: SocketAddr, buf: &mut [u8]) -> io::Result<(Durat
     if from != to {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("answer from {from}")));
     }
-    Ok((took, length, socket))
+    Ok((took, length))
 }
 
 /// Picks one of several targets per cycle, uniformly at random (xorshift:
@@ -600,6 +608,7 @@ fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>, bystander: Vec<Socke
     let (tcp, udp, bystander) = (Spread::new(tcp), Spread::new(udp), Spread::new(bystander));
     let (mut over_tcp, mut over_udp, mut over_bystander) =
         (Measured::default(), Measured::default(), Measured::default());
+    let mut over_udp_flow = Measured::default();
     for line in io::stdin().lines() {
         let line = line.expect("read a batch");
         let (kind, count) = line.split_once(' ').expect("a batch is `KIND COUNT`");
@@ -615,6 +624,10 @@ fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>, bystander: Vec<Socke
         match kind {
             "tcp" => run(&mut over_tcp, &|| timed_cycle(tcp.next())),
             "udp" => run(&mut over_udp, &|| timed_exchange(udp.next(), &mut [0; 64])),
+            "udp-flow" => {
+                let flow = Flow::open(udp.next()).expect("a UDP socket");
+                run(&mut over_udp_flow, &|| flow.exchange(&mut [0; 64]));
+            }
             "bystander" if has_bystander => run(&mut over_bystander, &|| timed_cycle(bystander.next())),
             "warmup" => {
                 run(&mut Measured::default(), &|| timed_cycle(tcp.next()));
@@ -628,5 +641,30 @@ fn bench_worker(tcp: Vec<SocketAddr>, udp: Vec<SocketAddr>, bystander: Vec<Socke
         println!("{}", json!({ "ok": ok, "seconds": took.as_secs_f64() }));
         io::stdout().flush().expect("stdout");
     }
-    json!({ "tcp": over_tcp.report(), "udp": over_udp.report(), "bystander": over_bystander.report() })
+    json!({
+        "tcp": over_tcp.report(),
+        "udp": over_udp.report(),
+        "udp-flow": over_udp_flow.report(),
+        "bystander": over_bystander.report(),
+    })
+}
+
+/// One socket's exchanges with one target (`udp-flow`): after the first,
+/// each is a packet of a known flow, what a long-lived connection's
+/// requests and responses cost.
+struct Flow {
+    socket: UdpSocket,
+    to: SocketAddr,
+}
+
+impl Flow {
+    fn open(to: SocketAddr) -> io::Result<Self> {
+        let socket = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        socket.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok(Self { socket, to })
+    }
+
+    fn exchange(&self, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
+        exchange_over(&self.socket, self.to, buf)
+    }
 }

@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use balctl_common::{
     FLOW_CLOSING, FLOW_OPEN, Flow, FlowKey, FlowReply, MembershipKey, SERVICE_FLAG_MAGLEV, SNAT_PORT_MAX,
-    SNAT_PORT_MIN, ServiceEntry, ServiceKey, flow_timeout_ns,
+    SNAT_PORT_MIN, ServiceEntry, ServiceKey, flow_last_seen_ns, flow_reply_key, flow_timeout_ns,
 };
 
 use super::{
@@ -23,7 +23,8 @@ const SNAT_PORT_TRIES: u32 = 16;
 
 /// The flow of the client's packet `key` to the frontend with `service_id`
 /// into `flow`, if it is known and still valid, its use recorded at `now`
-/// (and its closing, for a FIN or RST). A flow that has timed out or whose
+/// (and its closing, for a FIN or RST). A flow that has timed out (no
+/// packet from its client nor its backend for its timeout) or whose
 /// backend left the frontend gives up its reply entry and is chosen again.
 #[inline(never)]
 pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut Flow) -> bool {
@@ -37,12 +38,14 @@ pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut
         let timeout = flow_timeout_ns(copy.state, key.proto);
         let member = MembershipKey { service_id: copy.service_id, backend_id: copy.backend_id };
         if copy.service_id != service_id
-            || now.wrapping_sub(copy.last_seen_ns) > timeout
+            || (now.wrapping_sub(copy.last_seen_ns) > timeout
+                && !replied_since(key, &copy, now.wrapping_sub(timeout)))
             || MEMBERSHIP.get(&member).is_none()
         {
-            if copy.snat_port != 0 {
-                // Its SNAT port is free again.
-                let _ = FLOW_REPLIES.remove(&reply_key(key, &copy));
+            if copy.snat_port != 0 && own_reply(key, &copy).is_some() {
+                // Its SNAT port is free again (unless another flow has
+                // taken it over already, whose entry it now is).
+                let _ = FLOW_REPLIES.remove(&flow_reply_key(key, &copy));
             }
             return false;
         }
@@ -57,6 +60,28 @@ pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut
         *flow = copy;
     }
     true
+}
+
+/// Whether the backend of the flow `key` (going as `flow` says) has
+/// replied since `since`: only looked up for a flow whose client has been
+/// silent for its timeout.
+#[inline(never)]
+fn replied_since(key: &FlowKey, flow: &Flow, since: u64) -> bool {
+    own_reply(key, flow).is_some_and(|reply| reply.last_seen_ns.wrapping_sub(since) as i64 >= 0)
+}
+
+/// The flow_replies entry of the flow `key` (going as `flow` says), if it
+/// is still this flow's: once the flow has ended, another flow may have
+/// taken over its SNAT port, and the entry then names that flow's client.
+#[inline(always)]
+fn own_reply<'a>(key: &FlowKey, flow: &Flow) -> Option<&'a FlowReply> {
+    // SAFETY: read in place, for the program's run.
+    let reply = unsafe { FLOW_REPLIES.get(&flow_reply_key(key, flow)) }?;
+    let own = reply.client == key.saddr
+        && reply.client_port == key.sport
+        && reply.frontend == key.daddr
+        && reply.frontend_port == key.dport;
+    own.then_some(reply)
 }
 
 /// The backend a new flow `key` to `frontend` (with its `master` entry)
@@ -96,16 +121,8 @@ pub fn new_flow(choice: &Choice, service_id: u32, now: u64) -> Flow {
 /// `balctl_to_device` shows them from the frontend again.
 #[inline(never)]
 pub fn open_dnat(key: &FlowKey, flow: &Flow) {
-    let reply = FlowKey {
-        saddr: flow.backend,
-        daddr: key.saddr,
-        sport: flow.backend_port,
-        dport: key.sport,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
     // A full LRU map evicts the least recently used: the new flow is kept.
-    let _ = FLOW_REPLIES.insert(&reply, &reply_of(key, flow.service_id), 0);
+    let _ = FLOW_REPLIES.insert(&flow_reply_key(key, flow), &reply_of(key, flow), 0);
     let _ = FLOWS.insert(key, flow, 0);
 }
 
@@ -116,13 +133,13 @@ pub fn open_dnat(key: &FlowKey, flow: &Flow) {
 /// False when every port tried was taken.
 #[inline(never)]
 pub fn open_snat(key: &FlowKey, flow: &mut Flow) -> bool {
-    let reply = reply_of(key, flow.service_id);
+    let reply = reply_of(key, flow);
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
     for _ in 0..SNAT_PORT_TRIES {
         // SAFETY: plain helper call.
         let port = (SNAT_PORT_MIN as u32 + unsafe { bpf_get_prandom_u32() } % range) as u16;
         flow.snat_port = port.to_be();
-        let at = reply_key(key, flow);
+        let at = flow_reply_key(key, flow);
         // A port whose flow has ended is free again: its reply entry is
         // only removed when the LRU map needs the room, so taking it over
         // is what gives the port back.
@@ -138,8 +155,9 @@ pub fn open_snat(key: &FlowKey, flow: &mut Flow) -> bool {
 
 /// Whether the SNAT port of the reply key `at` still belongs to a flow at
 /// `now`: the flow its reply entry names is in the flows map, still goes
-/// to that backend from that port, and has not timed out (a closed TCP
-/// flow 10 s after its FIN or RST, as `follow` counts it).
+/// to that backend from that port, and has not timed out (counted from
+/// its client's or its backend's last packet, as `follow` counts it; a
+/// closed TCP flow 10 s after its FIN or RST).
 #[inline(always)]
 fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
     // Read in place, not copied: this runs deep in the packet program's
@@ -164,7 +182,7 @@ fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
     flow.snat_port == at.dport
         && flow.backend == at.saddr
         && flow.backend_port == at.sport
-        && now.wrapping_sub(flow.last_seen_ns) <= flow_timeout_ns(flow.state, at.proto)
+        && now.wrapping_sub(flow_last_seen_ns(flow, Some(owner))) <= flow_timeout_ns(flow.state, at.proto)
 }
 
 /// What the packet `key` is a reply to, if it is one of a flow.
@@ -172,6 +190,54 @@ fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
 pub fn reply(key: &FlowKey) -> Option<FlowReply> {
     // SAFETY: read once, whole.
     unsafe { FLOW_REPLIES.get(key) }.copied()
+}
+
+/// What the TCP or UDP packet `key` is a reply to, if it is one of a flow,
+/// its backend's use recorded at `now` (which keeps the flow alive while
+/// the backend sends: a stream to a silent client), and for a FIN or RST
+/// (`closes`) the flow's closing, as the client's would.
+#[inline(never)]
+pub fn reply_seen(key: &FlowKey, now: u64, closes: bool, reply: &mut FlowReply) -> bool {
+    let Some(entry) = FLOW_REPLIES.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: `entry` points into the map's value for the program's run;
+    // it is copied whole, then one field is written.
+    unsafe {
+        *reply = *entry;
+        // At most once a second, as the client's side.
+        if now.wrapping_sub(reply.last_seen_ns) > NSEC_PER_SEC {
+            (*entry).last_seen_ns = now;
+        }
+    }
+    if closes {
+        close(key, reply);
+    }
+    true
+}
+
+/// Marks the flow that the reply `key` (its entry `reply`) belongs to as
+/// closing.
+#[inline(never)]
+fn close(key: &FlowKey, reply: &FlowReply) {
+    let forward = FlowKey {
+        saddr: reply.client,
+        daddr: reply.frontend,
+        sport: reply.client_port,
+        dport: reply.frontend_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let Some(flow) = FLOWS.get_ptr_mut(&forward) else {
+        return;
+    };
+    // SAFETY: `flow` points into the map's value for the program's run;
+    // the flow is only marked when the reply is from its backend.
+    unsafe {
+        if (*flow).backend == key.saddr && (*flow).backend_port == key.sport {
+            (*flow).state = FLOW_CLOSING;
+        }
+    }
 }
 
 /// Whether `reply`, found for the packet `key`, is of a SNATed flow: the
@@ -200,28 +266,16 @@ pub fn snat_of(flow: &Flow) -> Endpoint {
     Endpoint { addr: flow.snat_addr, port: flow.snat_port }
 }
 
-/// What replies to the client's packet `key` are rewritten to: from the
-/// address and port it called, to it.
+/// What replies to the client's packet `key` of the new `flow` are
+/// rewritten to: from the address and port it called, to it.
 #[inline(always)]
-fn reply_of(key: &FlowKey, service_id: u32) -> FlowReply {
+fn reply_of(key: &FlowKey, flow: &Flow) -> FlowReply {
     FlowReply {
         frontend: key.daddr,
         client: key.saddr,
         frontend_port: key.dport,
         client_port: key.sport,
-        service_id,
-    }
-}
-
-/// The key of a SNATed flow's replies: from its backend to its SNAT source.
-#[inline(always)]
-fn reply_key(key: &FlowKey, flow: &Flow) -> FlowKey {
-    FlowKey {
-        saddr: flow.backend,
-        daddr: flow.snat_addr,
-        sport: flow.backend_port,
-        dport: flow.snat_port,
-        proto: key.proto,
-        _pad: [0; 3],
+        service_id: flow.service_id,
+        last_seen_ns: flow.last_seen_ns,
     }
 }
