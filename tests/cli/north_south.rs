@@ -820,3 +820,259 @@ fn first_line(output: &mut std::process::ChildStdout) -> String {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(output), &mut line).expect("read a line");
     line
 }
+
+/// Sets the MTU of node A's link toward node B, both ends (node A's tob0,
+/// node B's toa0): smaller than the client's and the pods' links.
+fn narrow_node_as_link_to_node_b(nodes: &Nodes, mtu: &str) {
+    for (ns, dev) in [(&nodes.node_a, "tob0"), (&nodes.node_b, "toa0")] {
+        super::support::run("ip", &["-n", ns, "link", "set", dev, "mtu", mtu]);
+    }
+}
+
+/// 10 MB over one TCP connection between the client, which connects to
+/// `to`, and a server in `pod` listening on `listen` (socat addresses):
+/// uploaded by the client, or with `download` sent by the pod. It must
+/// arrive whole within 15 s.
+fn transfer_10_mb(sandbox: &Sandbox, nodes: &Nodes, pod: &str, listen: &str, to: &str, download: bool) {
+    let (sent, received) = (sandbox.scratch("sent"), sandbox.scratch("received"));
+    let data: Vec<u8> = (0..10_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    fs::write(&sent, &data).unwrap();
+    let (source, sink) = (format!("OPEN:{}", sent.display()), format!("CREATE:{}", received.display()));
+    let to = format!("{to},connect-timeout=5");
+    let (server, client): ([&str; 2], [&str; 2]) =
+        if download { ([&source, listen], [&to, &sink]) } else { ([listen, &sink], [&source, &to]) };
+    let _server = Program::spawn(
+        sandbox
+            .peer(false, pod)
+            .args(["exec", "socat", "-u", server[0], server[1]])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let transfer = sandbox
+        .peer(false, &nodes.client)
+        .args(["exec", "timeout", "15", "socat", "-u", client[0], client[1]])
+        .output()
+        .expect("run socat in the client");
+    assert!(transfer.status.success(), "transfer: {}", String::from_utf8_lossy(&transfer.stderr));
+    // The receiver writes the file out as it reads; give it its last bytes.
+    while fs::metadata(&received).map_or(0, |m| m.len()) < data.len() as u64
+        && started.elapsed() < Duration::from_secs(15)
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fs::read(&received).unwrap() == data, "the 10 MB arrived different");
+}
+
+/// The route `ns` has to `to`, as `ip route get` shows it (with the path
+/// MTU it learned).
+fn route_in(ns: &str, to: &str) -> String {
+    super::support::run("ip", &["-n", ns, "route", "get", to])
+}
+
+/// Node A's own next link smaller than the client's packets: node A
+/// forwards SNATed packets itself, so it answers "fragmentation needed"
+/// from the node port's address, quoting the client's packet as sent; the
+/// client lowers its path MTU to node A, and a 10 MB TCP transfer through
+/// the node port to pod B completes.
+pub fn a_smaller_mtu_on_node_as_own_link_lowers_the_clients_path_mtu() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_B, "node-b")]));
+    narrow_node_as_link_to_node_b(&nodes, "1280");
+
+    let listen = format!("TCP-LISTEN:8080,bind={POD_B},reuseaddr");
+    transfer_10_mb(&sandbox, &nodes, &nodes.pod_b, &listen, &format!("TCP:{NODE_A}:30080"), false);
+    let route = route_in(&nodes.client, NODE_A);
+    assert!(route.contains("mtu 1280"), "the client's path MTU: {route}");
+}
+
+/// The same over IPv6: node A answers "packet too big" from the IPv6 node
+/// port's address.
+pub fn a_smaller_mtu_on_node_as_own_link_lowers_the_clients_ipv6_path_mtu() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    // web6 with pod B only, beside web, which declares node A's addresses.
+    let pod_b_only = web6().replace(&format!("- {{addresses: ['{POD_A6}'], nodeName: node-a}}\n"), "");
+    assert!(!pod_b_only.contains(POD_A6), "{pod_b_only}");
+    nodes.sync(&sandbox, &format!("{}---\n{pod_b_only}", web("Cluster", &[(POD_B, "node-b")])));
+    // IPv6's least MTU: the client's 1500-byte packets exceed it.
+    narrow_node_as_link_to_node_b(&nodes, "1280");
+
+    let listen = format!("TCP6-LISTEN:8080,bind=[{POD_B6}],reuseaddr");
+    transfer_10_mb(&sandbox, &nodes, &nodes.pod_b, &listen, &format!("TCP6:[{NODE_A6}]:30086"), false);
+    let route = route_in(&nodes.client, NODE_A6);
+    assert!(route.contains("mtu 1280"), "the client's IPv6 path MTU: {route}");
+}
+
+/// The other way: node A's link toward the client smaller than pod B's
+/// replies. Node A forwards those itself too, so it answers pod B, from
+/// the SNAT address pod B sent to; pod B lowers its path MTU to node A,
+/// and 10 MB sent by pod B through the node port reach the client.
+pub fn a_smaller_mtu_on_node_as_link_to_the_client_lowers_the_pods_path_mtu() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_B, "node-b")]));
+    // Node A's end only: the client still announces a 1500-byte path, so
+    // pod B's segments are too large for node A to forward to it.
+    super::support::run("ip", &["-n", &nodes.node_a, "link", "set", "ext0", "mtu", "1280"]);
+
+    let listen = format!("TCP-LISTEN:8080,bind={POD_B},reuseaddr");
+    transfer_10_mb(&sandbox, &nodes, &nodes.pod_b, &listen, &format!("TCP:{NODE_A}:30080"), true);
+    let route = route_in(&nodes.pod_b, NODE_A_INNER);
+    assert!(route.contains("mtu 1280"), "pod B's path MTU: {route}");
+}
+
+/// A UDP client that may not fragment (IP_PMTUDISC_DO) sends a 1400-byte
+/// datagram on its connected socket to `argv[1]`:`argv[2]` (IPv4, or IPv6
+/// with `argv[3]` "6"), then another. It reads the ICMP or ICMPv6 error
+/// the first one brings on a raw socket and reports what it is, whether
+/// its checksums hold (ICMPv6's with its pseudo-header), and what it
+/// quotes; then whether the second failed (EMSGSIZE: the socket's path
+/// MTU, IP_MTU or IPV6_MTU, dropped to the error's).
+const DONT_FRAGMENT_UDP_CLIENT: &str = r#"
+import errno, json, socket, struct, sys, time
+v6 = sys.argv[3] == "6"
+family, level = (socket.AF_INET6, socket.IPPROTO_IPV6) if v6 else (socket.AF_INET, socket.IPPROTO_IP)
+# IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU; IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO, IPV6_MTU
+discover, do, path_mtu = (23, 2, 24) if v6 else (10, 2, 14)
+def holds_its_checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return total == 0xffff
+def address(raw):
+    return socket.inet_ntop(family, raw)
+errors = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+errors.settimeout(3)
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.setsockopt(level, discover, do)
+s.connect((sys.argv[1], int(sys.argv[2])))
+client = s.getsockname()[0]
+payload = bytes(range(256)) * 5 + bytes(120)
+s.send(payload)
+report = {}
+while True:
+    packet, source = errors.recvfrom(4096)
+    if v6:
+        # The raw socket gives the ICMPv6 message alone.
+        icmp = packet
+        if icmp[0] not in (1, 2, 3, 4):  # neighbour discovery is no error
+            continue
+        pseudo = socket.inet_pton(family, source[0]) + socket.inet_pton(family, client)
+        pseudo += struct.pack("!I", len(icmp)) + bytes([0, 0, 0, 58])
+        report.update({"from": source[0], "length": 40 + len(icmp),
+                       "icmp_checksum": holds_its_checksum(pseudo + icmp)})
+    else:
+        ihl = (packet[0] & 15) * 4
+        icmp = packet[ihl:]
+        report.update({"from": address(packet[12:16]), "to": address(packet[16:20]), "length": len(packet),
+                       "ip_checksum": holds_its_checksum(packet[:ihl]), "icmp_checksum": holds_its_checksum(icmp)})
+    break
+quote = icmp[8:]
+if v6:
+    (mtu,) = struct.unpack("!I", icmp[4:8])
+    header, (src, dst) = 40, (quote[8:24], quote[24:40])
+else:
+    (mtu,) = struct.unpack("!H", icmp[6:8])
+    header, (src, dst) = (quote[0] & 15) * 4, (quote[12:16], quote[16:20])
+    report["quoted_ip_checksum"] = holds_its_checksum(quote[:header])
+sport, dport = struct.unpack("!HH", quote[header:header + 4])
+quoted_payload = quote[header + 8:]
+report.update({
+    "type": icmp[0], "code": icmp[1], "mtu": mtu,
+    "quoted": "%s %d -> %s %d" % (address(src), sport, address(dst), dport),
+    "quoted_payload": quoted_payload == payload[:len(quoted_payload)],
+    "client": "%s %d" % s.getsockname()[:2],
+})
+time.sleep(0.2)
+try:
+    s.send(payload)
+    report["second"] = "sent"
+except OSError as e:
+    report["second"] = errno.errorcode[e.errno]
+report["path_mtu"] = s.getsockopt(level, path_mtu)
+print(json.dumps(report))
+"#;
+
+/// The report of `DONT_FRAGMENT_UDP_CLIENT` run in the client against
+/// `address`:`port`, and the client's own "address port".
+fn dont_fragment_udp(
+    sandbox: &Sandbox,
+    nodes: &Nodes,
+    address: &str,
+    port: &str,
+    v6: bool,
+) -> (Value, String) {
+    let family = if v6 { "6" } else { "4" };
+    let output = sandbox
+        .peer(false, &nodes.client)
+        .args(["exec", "python3", "-c", DONT_FRAGMENT_UDP_CLIENT, address, port, family])
+        .output()
+        .expect("run the UDP client");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("the client printed JSON");
+    let client = report["client"].as_str().expect("the client's address").to_owned();
+    (report, client)
+}
+
+/// A UDP datagram with DF, too big for node A's link toward node B, gets
+/// "fragmentation needed" from node A: from the node port's address, to
+/// the client, 576 bytes (all RFC 1812 allows), every checksum right,
+/// quoting the datagram as the client sent it, not as node A translated
+/// it; the client's socket learns the MTU.
+pub fn a_too_big_udp_datagram_with_df_gets_fragmentation_needed() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &web("Cluster", &[(POD_B, "node-b")]));
+    narrow_node_as_link_to_node_b(&nodes, "1280");
+
+    let (report, client) = dont_fragment_udp(&sandbox, &nodes, NODE_A, "30080", false);
+    assert!(client.starts_with(&format!("{CLIENT} ")), "{report}");
+    let expected = serde_json::json!({
+        "from": NODE_A, "to": CLIENT, "length": 576, "ip_checksum": true, "icmp_checksum": true,
+        "type": 3, "code": 4, "mtu": 1280,
+        "quoted": format!("{client} -> {NODE_A} 30080"), "quoted_ip_checksum": true, "quoted_payload": true,
+        "client": client, "second": "EMSGSIZE", "path_mtu": 1280,
+    });
+    assert_eq!(report, expected);
+}
+
+/// Service shop/echo6, IPv6 only, UDP node port 30087 to pod B's port 8080.
+fn echo6_on_pod_b() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: echo6, namespace: shop}}\nspec:\n  type: NodePort\n  \
+         clusterIP: 2001:db8:18::41\n  ipFamilies: [IPv6]\n  \
+         ports: [{{name: echo, protocol: UDP, port: 80, nodePort: 30087, targetPort: 8080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo6-1\n  namespace: shop\n  \
+         labels: {{kubernetes.io/service-name: echo6}}\naddressType: IPv6\nendpoints:\n\
+         - {{addresses: ['{POD_B6}'], nodeName: node-b}}\n\
+         ports: [{{name: echo, port: 8080, protocol: UDP}}]\n"
+    )
+}
+
+/// The same over IPv6: "packet too big" from the IPv6 node port's address,
+/// 1,280 bytes (all RFC 4443 allows), its checksum (with the
+/// pseudo-header) right, quoting the datagram as the client sent it.
+pub fn a_too_big_ipv6_udp_datagram_gets_packet_too_big() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.load(&sandbox);
+    nodes.sync(&sandbox, &format!("{}---\n{}", web("Cluster", &[(POD_B, "node-b")]), echo6_on_pod_b()));
+    narrow_node_as_link_to_node_b(&nodes, "1280");
+
+    let (report, client) = dont_fragment_udp(&sandbox, &nodes, NODE_A6, "30087", true);
+    assert!(client.starts_with(&format!("{CLIENT6} ")), "{report}");
+    let expected = serde_json::json!({
+        "from": NODE_A6, "length": 1280, "icmp_checksum": true,
+        "type": 2, "code": 0, "mtu": 1280,
+        "quoted": format!("{client} -> {NODE_A6} 30087"), "quoted_payload": true,
+        "client": client, "second": "EMSGSIZE", "path_mtu": 1280,
+    });
+    assert_eq!(report, expected);
+}

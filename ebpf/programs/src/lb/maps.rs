@@ -12,7 +12,10 @@ use balctl_common::{
     ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
 };
 
-use super::nodeport::{Nat, SCRATCH_ENTRIES};
+use super::{
+    icmp,
+    nodeport::{Nat, SCRATCH_ENTRIES},
+};
 
 #[map(name = "services")]
 pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
@@ -102,3 +105,9 @@ pub static FLOW_REPLIES: LruHashMap<FlowKey, FlowReply> =
 // from one packet to the next, and each load makes its own.
 #[map(name = "nodeport_scratch")]
 pub static NODEPORT_SCRATCH: PerCpuArray<Nat> = PerCpuArray::with_max_entries(SCRATCH_ENTRIES, 0);
+
+// The ICMP error a packet too big for its next link is turned into
+// (`icmp::too_big`), made here before it is written over the packet: per
+// CPU, one entry. Not pinned and not in the contract, as nodeport_scratch.
+#[map(name = "icmp_scratch")]
+pub static ICMP_SCRATCH: PerCpuArray<icmp::TooBig> = PerCpuArray::with_max_entries(1, 0);

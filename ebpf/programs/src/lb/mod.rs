@@ -30,6 +30,7 @@ pub mod counters;
 pub mod flows;
 pub mod forward;
 pub mod frontend;
+pub mod icmp;
 pub mod maglev;
 pub mod maps;
 pub mod nodeport;

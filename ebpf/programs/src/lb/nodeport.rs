@@ -29,6 +29,7 @@ use super::{
     flows::{self, backend_of, is_snat, snat_of},
     forward::{redirect, route},
     frontend::{admits, lookup_external},
+    icmp,
     maps::NODEPORT_SCRATCH,
     packet::{Family, IcmpError, Kind, Packet, Side, classify, parse_icmp_error, parse_transport},
     trace::{Caller, trace},
@@ -222,7 +223,9 @@ impl Caller for Client<'_> {
 }
 
 /// The client's packet of `nat.flow`: DNATed and handed to the stack for a
-/// backend on this node; SNATed, DNATed and forwarded for another.
+/// backend on this node; SNATed, DNATed and forwarded for another, or,
+/// too big for the link there, answered (the stack answers for a backend
+/// on this node).
 #[inline(never)]
 fn to_backend(ctx: &TcContext, nat: &mut Nat) -> i32 {
     let (packet, flow) = (&mut nat.packet, &nat.flow);
@@ -235,6 +238,9 @@ fn to_backend(ctx: &TcContext, nat: &mut Nat) -> i32 {
     let Some(path) = route(ctx, &packet.ip, &flow.backend) else {
         return TC_ACT_SHOT;
     };
+    if let Some(mtu) = path.too_big {
+        return icmp::too_big(ctx, &packet.ip, mtu.get());
+    }
     if packet.rewrite(ctx, Side::Destination, &backend_of(flow)).is_err()
         || packet.rewrite(ctx, Side::Source, &snat_of(flow)).is_err()
     {
@@ -245,13 +251,17 @@ fn to_backend(ctx: &TcContext, nat: &mut Nat) -> i32 {
 
 /// The reply of a SNATed flow (`nat.reply`), from the backend to the
 /// node's SNAT port: from the frontend the client called, to the client,
-/// forwarded to it.
+/// forwarded to it; or, too big for the link toward the client, answered
+/// to the backend (from the SNAT address it sent to).
 #[inline(never)]
 fn snat_reply(ctx: &TcContext, nat: &mut Nat) -> i32 {
     let (packet, reply) = (&mut nat.packet, &nat.reply);
     let Some(path) = route(ctx, &packet.ip, &reply.client) else {
         return TC_ACT_SHOT;
     };
+    if let Some(mtu) = path.too_big {
+        return icmp::too_big(ctx, &packet.ip, mtu.get());
+    }
     let frontend = Endpoint { addr: reply.frontend, port: reply.frontend_port };
     let client = Endpoint { addr: reply.client, port: reply.client_port };
     if packet.rewrite(ctx, Side::Source, &frontend).is_err()

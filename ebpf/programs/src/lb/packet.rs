@@ -43,30 +43,31 @@ pub enum Family {
     V6,
 }
 
+/// The IPv4 and IPv6 headers as on the wire (fields in network byte order).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv4Header {
-    version_ihl: u8,
-    tos: u8,
-    total_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
+pub struct Ipv4Header {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub total_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv6Header {
-    version_flow: u32,
-    payload_len: u16,
-    next_header: u8,
-    hop_limit: u8,
-    saddr: Addr,
-    daddr: Addr,
+pub struct Ipv6Header {
+    pub version_flow: u32,
+    pub payload_len: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub saddr: Addr,
+    pub daddr: Addr,
 }
 
 /// An IP header's fields that matter here, and where it is.
