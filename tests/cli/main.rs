@@ -150,6 +150,7 @@ fn main() {
         north_south::the_snat_ports_of_ended_flows_are_given_back,
         north_south::flows_and_counters_show_north_south_translations,
         north_south::trace_shows_the_flows_packets_open_with_their_client,
+        north_south::the_external_index_holds_what_packets_from_outside_are_for,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,
