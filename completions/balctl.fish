@@ -48,7 +48,7 @@ complete -c balctl -n "__fish_balctl_needs_command" -f -a "trace" -d 'Show resol
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l cgroup -d 'cgroup v2 directory to attach to [default: the cgroup2 root]' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand load" -l map-size -d 'Capacity of a map when it is created, as NAME=ENTRIES (services, backends, affinity, sockets, revnat, nodes, rate_limits, maglev, source_ranges, flows); repeat or separate with commas' -r
+complete -c balctl -n "__fish_balctl_using_subcommand load" -l map-size -d 'Capacity of a map when it is created, as NAME=ENTRIES (services, backends, affinity, sockets, revnat, nodes, rate_limits, external, maglev, source_ranges, flows); repeat or separate with commas' -r
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l devices -d 'Attach the tc programs, which translate traffic from outside the node (node ports, LoadBalancer and external IPs), to these network devices' -r
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l object -d 'Load the eBPF programs from this object file instead of the built-in ones' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F

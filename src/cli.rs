@@ -161,7 +161,8 @@ pub struct LoadArgs {
     pub cgroup: Option<PathBuf>,
 
     /// Capacity of a map when it is created, as NAME=ENTRIES
-    /// (services, backends, affinity, sockets, revnat, nodes, rate_limits, maglev, source_ranges, flows);
+    /// (services, backends, affinity, sockets, revnat, nodes, rate_limits, external, maglev, source_ranges,
+    /// flows);
     /// repeat or separate with commas
     #[arg(long, value_name = "NAME=N", value_delimiter = ',', value_parser = parse_map_size)]
     pub map_size: Vec<(String, u32)>,

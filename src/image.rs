@@ -25,6 +25,7 @@ use crate::{
     model::{AddressKind, Frontend, FrontendRule, LbAlgorithm, Prefix, Protocol, Scope},
 };
 
+pub mod external;
 pub mod raw;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -183,7 +184,8 @@ pub struct Image {
     pub frontends: BTreeMap<Frontend, FrontendImage>,
     #[serde(with = "pairs")]
     pub backends: BTreeMap<BackendId, BackendAddr>,
-    /// Addresses of every Node: NodePort frontends answer on them.
+    /// Addresses of every Node: NodePort frontends answer on them (for
+    /// packets from outside, through the external index: `external.rs`).
     pub node_addresses: BTreeSet<IpAddr>,
     /// The next ids to hand out; both start at 1 (0 means "none" in the maps).
     pub next_service_id: ServiceId,
@@ -199,6 +201,7 @@ impl Image {
             backends: self.backends.len() as u64,
             membership: slots,
             nodes: self.node_addresses.len() as u64,
+            external: self.external_index().count() as u64,
             maglev: (self.frontends.values())
                 .filter(|f| !f.backends.is_empty())
                 .map(|f| u64::from(f.maglev_table_size.div_ceil(MAGLEV_CHUNK as u32)))
@@ -460,7 +463,15 @@ mod tests {
         assert_eq!(v3.frontends[&"198.18.0.1:80".parse().unwrap()].backends, [4]);
         assert_eq!(
             v3.entry_counts(),
-            EntryCounts { services: 2, backends: 1, membership: 1, nodes: 0, maglev: 0, source_ranges: 0 }
+            EntryCounts {
+                services: 2,
+                backends: 1,
+                membership: 1,
+                nodes: 0,
+                external: 0,
+                maglev: 0,
+                source_ranges: 0
+            }
         );
     }
 

@@ -27,6 +27,18 @@
 //! Node addresses only widen where NodePort frontends answer; new ones go
 //! first and removed ones last, with the backends.
 //!
+//! The external index (which external frontend's master serves a packet
+//! from outside, `image/external.rs`) follows the masters it names, so
+//! that an entry never names a master not written yet, nor one that is
+//! gone: removed entries, and entries naming a master the maps held
+//! before the plan, are written before masters are deleted (3); entries
+//! naming a new master, after the masters are written (4). An entry that
+//! moves from a master that goes to one that comes (a LoadBalancer IP
+//! frontend at a node address replacing the node port there) is removed
+//! in the first and written anew in the second: in between, its packets
+//! pass untranslated, as they would find neither master. A node address
+//! that comes or goes changes only the index (and the nodes map).
+//!
 //! Deleting before adding also keeps the peak fill of the services map at
 //! max(before, after), which is what the capacity check assumes.
 //!
@@ -43,14 +55,15 @@ use std::{
 };
 
 use balctl_common::{
-    Backend, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey, layer_bit,
+    Addr, Backend, ExternalKey, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry,
+    ServiceKey, layer_bit,
 };
 
 use crate::{
     bpf::maps::{BackendId, EntryCounts, MapContents, Op, SourceRangeKey},
     image::{
-        BackendAddr, FrontendImage, Image,
-        raw::{addr_to_raw, service_key},
+        BackendAddr, FrontendImage, Image, external,
+        raw::{addr_to_raw, frontend_of, service_key},
     },
     model::{Frontend, Scope},
 };
@@ -136,7 +149,8 @@ impl<'a> Plan<'a> {
             + sides.services().count()
             + sides.memberships().count()
             + sides.maglev().count()
-            + sides.source_ranges().count();
+            + sides.source_ranges().count()
+            + sides.all_index_writes().count();
         Self { sides, len, summary }
     }
 
@@ -184,6 +198,7 @@ impl<'a> Plan<'a> {
                     | Op::DeleteBackend(_)
                     | Op::DeleteMembership(_)
                     | Op::DeleteNodeAddress(_)
+                    | Op::DeleteExternal(_)
                     | Op::DeleteMaglev(_)
                     | Op::DeleteSourceRange(_)
             );
@@ -192,12 +207,14 @@ impl<'a> Plan<'a> {
                 Op::PutBackend(..) if adds => now.backends += 1,
                 Op::PutMembership(..) if adds => now.membership += 1,
                 Op::PutNodeAddress(..) if adds => now.nodes += 1,
+                Op::PutExternal(..) if adds => now.external += 1,
                 Op::PutMaglev(..) if adds => now.maglev += 1,
                 Op::PutSourceRange(_) if adds => now.source_ranges += 1,
                 Op::DeleteService(_) => now.services -= 1,
                 Op::DeleteBackend(_) => now.backends -= 1,
                 Op::DeleteMembership(_) => now.membership -= 1,
                 Op::DeleteNodeAddress(_) => now.nodes -= 1,
+                Op::DeleteExternal(_) => now.external -= 1,
                 Op::DeleteMaglev(_) => now.maglev -= 1,
                 Op::DeleteSourceRange(_) => now.source_ranges -= 1,
                 _ => {}
@@ -206,6 +223,7 @@ impl<'a> Plan<'a> {
             peak.backends = peak.backends.max(now.backends);
             peak.membership = peak.membership.max(now.membership);
             peak.nodes = peak.nodes.max(now.nodes);
+            peak.external = peak.external.max(now.external);
             peak.maglev = peak.maglev.max(now.maglev);
             peak.source_ranges = peak.source_ranges.max(now.source_ranges);
         }
@@ -230,6 +248,7 @@ impl MapContents {
         }
         contents.backends = image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect();
         contents.node_addresses = node_address_keys(image).map(|(key, ())| key).collect();
+        contents.external = image.external_index().collect();
         contents
     }
 }
@@ -250,25 +269,32 @@ enum Phase {
     PutBackends,
     PutMemberships,
     ShrinkMasters,
+    /// External index entries removed, and those whose master was there
+    /// before the plan.
+    IndexOldMasters,
     DeleteMasters,
     DeleteSlots,
     PutSlots,
     /// Masters of new frontends, and those that grow or change otherwise.
     PutMasters,
+    /// External index entries that name a new master.
+    IndexNewMasters,
     DeleteMemberships,
     /// Removed backends and node addresses.
     DeleteBackends,
 }
 
 impl Phase {
-    const ORDER: [Self; 9] = [
+    const ORDER: [Self; 11] = [
         Self::PutBackends,
         Self::PutMemberships,
         Self::ShrinkMasters,
+        Self::IndexOldMasters,
         Self::DeleteMasters,
         Self::DeleteSlots,
         Self::PutSlots,
         Self::PutMasters,
+        Self::IndexNewMasters,
         Self::DeleteMemberships,
         Self::DeleteBackends,
     ];
@@ -316,6 +342,16 @@ impl<'a> Sides<'a> {
                 self.backends().filter(puts).map(backend).chain(self.node_addresses().filter(puts).map(node)),
             ),
             Phase::PutMemberships => Box::new(self.memberships().filter(puts).map(membership)),
+            // Removals first: the map's peak stays at max(before, after).
+            Phase::IndexOldMasters => {
+                let removes = |step: &Step| matches!(step.op, Op::DeleteExternal(_));
+                Box::new(
+                    self.index_writes(phase)
+                        .filter(removes)
+                        .chain(self.index_writes(phase).filter(move |step| !removes(step))),
+                )
+            }
+            Phase::IndexNewMasters => Box::new(self.index_writes(phase)),
             Phase::DeleteMemberships => Box::new(
                 self.memberships()
                     .filter(deletes)
@@ -364,6 +400,67 @@ impl<'a> Sides<'a> {
             })),
             Self::Repair(actual, desired) => {
                 Box::new(changes(unit(&actual.source_ranges), unit(&desired.source_ranges)))
+            }
+        }
+    }
+
+    /// External index changes, in key order.
+    fn external(self) -> Changes<'a, ExternalKey, Addr> {
+        match self {
+            Self::Between(old, new) => {
+                let came_or_went = frontend_changes(old, new)
+                    .filter(|(_, before, after)| before.is_none() != after.is_none())
+                    .map(|(frontend, _, _)| frontend);
+                Box::new(
+                    external::touched(old, new, came_or_went)
+                        .into_iter()
+                        .map(move |key| (key, old.external_master(&key), new.external_master(&key)))
+                        .filter(|(_, before, after)| before != after),
+                )
+            }
+            Self::Repair(actual, desired) => {
+                Box::new(changes(copied(&actual.external), copied(&desired.external)))
+            }
+        }
+    }
+
+    /// The external index's writes of `phase` (see the module docs).
+    fn index_writes(self, phase: Phase) -> impl Iterator<Item = Step> + 'a {
+        self.all_index_writes().filter(move |(of, _)| *of == phase).map(|(_, step)| step)
+    }
+
+    /// Every write of the external index, with its phase: one per changed
+    /// entry, or two for an entry that moves from a master that goes (or
+    /// is missing) to one that comes.
+    fn all_index_writes(self) -> impl Iterator<Item = (Phase, Step)> + 'a {
+        self.external().flat_map(move |(key, old, new)| {
+            let write =
+                |value: Option<Addr>| value.map_or(Op::DeleteExternal(key), |a| Op::PutExternal(key, a));
+            let (early, late) = (Phase::IndexOldMasters, Phase::IndexNewMasters);
+            let steps = match (old, new) {
+                (_, None) => [Some((early, Step { op: write(new), undo: write(old) })), None],
+                (_, Some(addr)) if self.holds_master(&key, addr).0 => {
+                    [Some((early, Step { op: write(new), undo: write(old) })), None]
+                }
+                (Some(addr), Some(_)) if self.holds_master(&key, addr) != (true, true) => [
+                    Some((early, Step { op: write(None), undo: write(old) })),
+                    Some((late, Step { op: write(new), undo: write(None) })),
+                ],
+                (_, Some(_)) => [Some((late, Step { op: write(new), undo: write(old) })), None],
+            };
+            steps.into_iter().flatten()
+        })
+    }
+
+    /// Whether the maps hold the master an external index entry of `key`
+    /// naming `addr` points at, before the plan and after it.
+    fn holds_master(self, key: &ExternalKey, addr: Addr) -> (bool, bool) {
+        let master = key.master(addr);
+        match self {
+            Self::Between(old, new) => frontend_of(&master)
+                .map_or((false, false), |f| (old.frontends.contains_key(&f), new.frontends.contains_key(&f))),
+            Self::Repair(actual, desired) => {
+                (actual.services.contains_key(&master), desired.services.contains_key(&master))
             }
         }
     }
@@ -546,7 +643,10 @@ mod tests {
     use balctl_common::{MAGLEV_CHUNK, SCOPE_SERVICE};
 
     use super::*;
-    use crate::model::{FrontendRule, parse_backend};
+    use crate::{
+        image::raw::{raw_to_addr, raw_to_port},
+        model::{FrontendRule, parse_backend},
+    };
 
     fn rule(frontend: &str, backends: &[&str], affinity_seconds: Option<u32>) -> FrontendRule {
         FrontendRule {
@@ -571,7 +671,8 @@ mod tests {
 
     /// Applies steps to an in-memory model of the maps, checking after every
     /// step the invariant the datapath relies on: a master with count N has
-    /// slots 1..=N, and every slot's backend exists.
+    /// slots 1..=N, every slot's backend exists, and every external index
+    /// entry names a master that exists.
     fn run(start: &MapContents, ops: impl IntoIterator<Item = Op>) -> MapContents {
         let mut maps = start.clone();
         for op in ops {
@@ -584,6 +685,8 @@ mod tests {
                 Op::DeleteService(k) => drop(maps.services.remove(k)),
                 Op::PutNodeAddress(k) => drop(maps.node_addresses.insert(*k)),
                 Op::DeleteNodeAddress(k) => drop(maps.node_addresses.remove(k)),
+                Op::PutExternal(k, master) => drop(maps.external.insert(*k, *master)),
+                Op::DeleteExternal(k) => drop(maps.external.remove(k)),
                 Op::PutMaglev(k, chunk) => drop(maps.maglev.insert(*k, *chunk)),
                 Op::DeleteMaglev(k) => drop(maps.maglev.remove(k)),
                 Op::PutSourceRange(k) => drop(maps.source_ranges.insert(*k)),
@@ -594,6 +697,10 @@ mod tests {
             {
                 let known = *backend_id == 0 || maps.backends.contains_key(backend_id);
                 assert!(known, "maglev entry {key:?} dangling after {op:?}");
+            }
+            for (key, &master) in &maps.external {
+                let named = maps.services.contains_key(&key.master(master));
+                assert!(named, "index entry {key:?} names a missing master after {op:?}");
             }
             for (key, master) in maps.services.iter().filter(|(k, _)| k.slot == 0) {
                 if master.flags & balctl_common::SERVICE_FLAG_SOURCE_RANGES != 0 {
@@ -963,7 +1070,177 @@ mod tests {
         // Services: a's 3 entries go before b's 3 arrive. Backends: new ones first.
         assert_eq!(
             peak,
-            EntryCounts { services: 3, backends: 4, membership: 4, nodes: 0, maglev: 0, source_ranges: 0 }
+            EntryCounts {
+                services: 3,
+                backends: 4,
+                membership: 4,
+                nodes: 0,
+                external: 0,
+                maglev: 0,
+                source_ranges: 0
+            }
         );
+    }
+
+    /// An external frontend (scope external) of `IP:PORT[/udp]`, a node
+    /// port on the unspecified address, with one backend.
+    fn external(frontend: &str) -> FrontendRule {
+        let (address, protocol) = match frontend.split_once('/') {
+            Some((address, "udp")) => (address, crate::model::Protocol::Udp),
+            _ => (frontend, crate::model::Protocol::Tcp),
+        };
+        let address: std::net::SocketAddr = address.parse().unwrap();
+        let mut rule = rule("198.18.0.1:80", &["192.0.2.1:80"], None);
+        rule.frontend =
+            Frontend { address: address.ip(), port: address.port(), protocol, scope: Scope::External };
+        rule
+    }
+
+    /// `rules`, with the node addresses `nodes`, continuing `previous`'s ids.
+    fn with_nodes(previous: &Image, rules: &[FrontendRule], nodes: &[&str]) -> Image {
+        let rules = rules.iter().map(|rule| (format!("service/{}", rule.frontend), rule));
+        Image::compile(rules, nodes.iter().map(|ip| ip.parse().unwrap()), previous).unwrap()
+    }
+
+    /// The external index of `maps` as `DESTINATION/PROTO -> MASTER ADDRESS`.
+    fn index(maps: &MapContents) -> BTreeSet<String> {
+        let protocol = |proto| crate::model::Protocol::from_ip_proto(proto).unwrap();
+        (maps.external.iter())
+            .map(|(key, &master)| {
+                let called = std::net::SocketAddr::new(raw_to_addr(key.addr), raw_to_port(key.port));
+                format!("{called}/{} -> {}", protocol(key.proto), raw_to_addr(master))
+            })
+            .collect()
+    }
+
+    fn strings(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|item| (*item).to_owned()).collect()
+    }
+
+    /// Both ways between `v1` and `v2`: the plan and a repair reach the
+    /// other side (`run` checks every index entry names a master after
+    /// every write), count their writes, and undo from any step.
+    fn check_both_ways(v1: &Image, v2: &Image) {
+        for (old, new) in [(v1, v2), (v2, v1)] {
+            let (start, desired, plan) =
+                (MapContents::of(old), MapContents::of(new), Plan::between(old, new));
+            assert_eq!(plan.steps().count(), plan.len());
+            assert_eq!(run(&start, plan.steps().map(|step| step.op)), desired);
+            for done in 0..=plan.len() {
+                assert_eq!(run_and_undo(&start, &plan, done), start, "after {done} of {} steps", plan.len());
+            }
+            let repair = Plan::repair(&start, &desired);
+            assert_eq!((repair.len(), repair.steps().count()), (plan.len(), plan.len()));
+            assert_eq!(run(&start, repair.steps().map(|step| step.op)), desired);
+            let peak = plan.peak_entries(old.entry_counts());
+            assert_eq!(peak.external as usize, start.external.len().max(desired.external.len()));
+        }
+    }
+
+    /// A node port has an index entry at each node address of its family;
+    /// a LoadBalancer IP at its own; a socket-only node port has none.
+    #[test]
+    fn node_ports_are_indexed_at_each_node_address_of_their_family() {
+        let mut socket_node_port = external("0.0.0.0:30090");
+        socket_node_port.frontend.scope = Scope::Service;
+        let rules = [
+            external("0.0.0.0:30080"),
+            external("[::]:30086"),
+            external("198.18.1.40:80"),
+            external("0.0.0.0:30053/udp"),
+            socket_node_port,
+        ];
+        let v1 = with_nodes(&Image::default(), &rules, &["203.0.113.2", "198.51.100.1", "2001:db8:3::2"]);
+        let contents = MapContents::of(&v1);
+        assert_eq!(
+            index(&contents),
+            strings(&[
+                "198.18.1.40:80/tcp -> 198.18.1.40",
+                "198.51.100.1:30053/udp -> 0.0.0.0",
+                "198.51.100.1:30080/tcp -> 0.0.0.0",
+                "203.0.113.2:30053/udp -> 0.0.0.0",
+                "203.0.113.2:30080/tcp -> 0.0.0.0",
+                "[2001:db8:3::2]:30086/tcp -> ::",
+            ])
+        );
+        assert_eq!(v1.entry_counts().external, 6);
+        check_both_ways(&Image::default(), &v1);
+    }
+
+    /// Where a LoadBalancer IP is a node address, with a node port of the
+    /// same port and protocol, the index names the LoadBalancer IP's
+    /// master (kube-proxy's order), written after it; when one replaces
+    /// the other at once, the entry goes before the old master and comes
+    /// back after the new one.
+    #[test]
+    fn an_exact_frontend_at_a_node_address_wins_over_the_node_port() {
+        let nodes = ["203.0.113.2"];
+        let (node_port, lb) = (external("0.0.0.0:30080"), external("203.0.113.2:30080"));
+        let v1 = with_nodes(&Image::default(), std::slice::from_ref(&node_port), &nodes);
+        let v2 = with_nodes(&v1, &[node_port.clone(), lb.clone()], &nodes);
+        let lb_only = with_nodes(&v1, &[lb], &nodes);
+        assert_eq!(index(&MapContents::of(&v1)), strings(&["203.0.113.2:30080/tcp -> 0.0.0.0"]));
+        for exact in [&v2, &lb_only] {
+            assert_eq!(index(&MapContents::of(exact)), strings(&["203.0.113.2:30080/tcp -> 203.0.113.2"]));
+        }
+        let position = |ops: &[Op], wanted: fn(&Op) -> bool| ops.iter().position(wanted).unwrap();
+        let is_lb_master = |op: &Op| matches!(op, Op::PutService(k, _) if k.slot == 0 && k.addr[3] != 0);
+        // The node port stays: one rewrite, after the LoadBalancer IP's master.
+        let ops: Vec<Op> = Plan::between(&v1, &v2).steps().map(|step| step.op).collect();
+        assert_eq!(ops.iter().filter(|op| matches!(op, Op::PutExternal(..))).count(), 1, "{ops:?}");
+        assert!(position(&ops, is_lb_master) < position(&ops, |op| matches!(op, Op::PutExternal(..))));
+        // It goes while the other comes: removed before the node port's
+        // master goes, written after the LoadBalancer IP's comes.
+        let ops: Vec<Op> = Plan::between(&v1, &lb_only).steps().map(|step| step.op).collect();
+        let removed = position(&ops, |op| matches!(op, Op::DeleteExternal(_)));
+        let node_port_gone = position(&ops, |op| matches!(op, Op::DeleteService(k) if k.slot == 0));
+        assert!(removed < node_port_gone, "{ops:?}");
+        assert!(position(&ops, is_lb_master) < position(&ops, |op| matches!(op, Op::PutExternal(..))));
+        // The LoadBalancer IP stays and the node port goes: the index is as it was.
+        assert!(Plan::between(&v2, &lb_only).steps().all(|step| !matches!(step.op, Op::PutExternal(..))));
+        for (a, b) in [(&v1, &v2), (&v1, &lb_only), (&v2, &lb_only)] {
+            check_both_ways(a, b);
+        }
+    }
+
+    /// A node address that comes or goes adds or removes its index entries
+    /// (one per node port of its family) and its nodes-map entry, nothing
+    /// else; the plan's length counts them.
+    #[test]
+    fn a_node_address_that_comes_or_goes_changes_only_the_index() {
+        let rules = [external("0.0.0.0:30080"), external("0.0.0.0:30080/udp"), external("[::]:30086")];
+        let v1 = with_nodes(&Image::default(), &rules, &["203.0.113.2"]);
+        let v2 = with_nodes(&v1, &rules, &["203.0.113.2", "198.51.100.1", "2001:db8:3::2"]);
+        let plan = Plan::between(&v1, &v2);
+        let ops: Vec<Op> = plan.steps().map(|step| step.op).collect();
+        let nodes = ops.iter().filter(|op| matches!(op, Op::PutNodeAddress(_))).count();
+        let entries = ops.iter().filter(|op| matches!(op, Op::PutExternal(..))).count();
+        assert_eq!((nodes, entries, ops.len(), plan.len()), (2, 3, 5, 5), "{ops:?}");
+        let ops: Vec<Op> = Plan::between(&v2, &v1).steps().map(|step| step.op).collect();
+        let nodes = ops.iter().filter(|op| matches!(op, Op::DeleteNodeAddress(_))).count();
+        let entries = ops.iter().filter(|op| matches!(op, Op::DeleteExternal(_))).count();
+        assert_eq!((nodes, entries, ops.len()), (2, 3, 5), "{ops:?}");
+        check_both_ways(&v1, &v2);
+    }
+
+    /// `status` counts a drifted index as drift and `load` repairs it: a
+    /// deleted entry is written again, a stray one removed.
+    #[test]
+    fn repair_rebuilds_a_deleted_index_entry() {
+        let rules = [external("0.0.0.0:30080"), external("198.18.1.40:80")];
+        let image = with_nodes(&Image::default(), &rules, &["203.0.113.2", "198.51.100.1"]);
+        let desired = MapContents::of(&image);
+        let mut actual = desired.clone();
+        let (&deleted, _) = actual.external.iter().next().unwrap();
+        actual.external.remove(&deleted);
+        let (&kept, &node_port) =
+            actual.external.iter().find(|(_, master)| raw_to_addr(**master).is_unspecified()).unwrap();
+        let stray = ExternalKey { addr: addr_to_raw("192.0.2.99".parse().unwrap()), ..kept };
+        actual.external.insert(stray, node_port);
+        let repair = Plan::repair(&actual, &desired);
+        let ops: Vec<Op> = repair.steps().map(|step| step.op).collect();
+        assert_eq!(ops, [Op::DeleteExternal(stray), Op::PutExternal(deleted, desired.external[&deleted])]);
+        assert_eq!(repair.len(), 2);
+        assert_eq!(run(&actual, ops), desired);
     }
 }

@@ -7,9 +7,14 @@
 //! (the datapath reads a master's count, then a slot up to it, then the
 //! slot's backend and membership), count a peak no lower than the model's,
 //! and its undo writes, from any step, must give back the start. Ids must
-//! never be reused. Then `Plan::repair` from maps that drifted from an
-//! earlier image must reach the last one without making a pickable
-//! frontend unpickable on the way.
+//! never be reused. The external index must name only masters that exist
+//! at every step, keep every entry the plan does not change, hold each
+//! other at its old value, its new one or none, and end as the external
+//! frontends and node addresses call for (`expected_index`, derived here
+//! from the maps alone). Then `Plan::repair` from maps that drifted from
+//! an earlier image must reach the last one without making a pickable
+//! frontend unpickable, nor a sound index entry name a missing master, on
+//! the way.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,12 +26,14 @@ use balctl::{
     bpf::maps::{BackendId, EntryCounts, MapContents, Op, ServiceId},
     image::{
         BackendAddr, Image,
-        raw::{addr_to_raw, service_key},
+        raw::{addr_to_raw, raw_to_addr, service_key},
     },
     model::{AddressKind, Frontend, FrontendRule, Protocol, Scope},
     plan::{Plan, Step},
 };
-use balctl_common::{Backend, MembershipKey, NodeAddressKey, ServiceEntry, ServiceKey};
+use balctl_common::{
+    Addr, Backend, ExternalKey, MembershipKey, NodeAddressKey, SCOPE_EXTERNAL, ServiceEntry, ServiceKey,
+};
 
 pub fn check(data: &[u8]) {
     if let Ok(case) = Case::arbitrary_take_rest(Unstructured::new(data)) {
@@ -73,13 +80,30 @@ enum Drift {
     SetCount(u16, u8),
     SetSlotBackend(u16, u8),
     SetServiceId(u16, u8),
-    AddSlot { frontend: u8, slot: u8, backend_id: u8 },
+    AddSlot {
+        frontend: u8,
+        slot: u8,
+        backend_id: u8,
+    },
     RemoveBackend(u16),
-    AddBackend { id: u8, backend: u8 },
+    AddBackend {
+        id: u8,
+        backend: u8,
+    },
     RemoveMembership(u16),
-    AddMembership { service_id: u8, backend_id: u8 },
+    AddMembership {
+        service_id: u8,
+        backend_id: u8,
+    },
     RemoveNode(u16),
     AddNode(u8),
+    RemoveExternal(u16),
+    /// An index entry for a node address and a frontend's port and
+    /// protocol, naming the frontend's address.
+    AddExternal {
+        frontend: u8,
+        node: u8,
+    },
 }
 
 /// A synced object: an owner and its rules.
@@ -152,7 +176,7 @@ fn rule(spec: &RuleSpec) -> FrontendRule {
 
 /// Bits 0-1 pick one of three addresses or the unspecified one (a
 /// NodePort), bit 2 the family, bit 3 the port, bit 4 the protocol, bits
-/// 5-6 the layer.
+/// 5-6 the layer (3: external, what the external index serves).
 fn frontend(bits: u8) -> Frontend {
     let v6 = bits & 4 != 0;
     let address = match bits & 3 {
@@ -161,7 +185,7 @@ fn frontend(bits: u8) -> Frontend {
         n => host(v6, 10 + n),
     };
     let scope =
-        [Scope::Service, Scope::Balancing, Scope::Redirect, Scope::Service][usize::from(bits >> 5 & 3)];
+        [Scope::Service, Scope::Balancing, Scope::Redirect, Scope::External][usize::from(bits >> 5 & 3)];
     Frontend {
         address,
         port: if bits & 8 != 0 { 53 } else { 80 },
@@ -179,8 +203,11 @@ fn host(v6: bool, n: u8) -> IpAddr {
     }
 }
 
+/// Bits 0-2 pick a host, bit 3 the family; with bit 4, one of the
+/// frontends' addresses instead (a LoadBalancer IP that is a node address).
 fn node_address(n: u8) -> IpAddr {
-    host(n & 8 != 0, n & 7)
+    let v6 = n & 8 != 0;
+    if n & 16 != 0 { host(v6, 10 + (n & 7) % 3) } else { host(v6, n & 7) }
 }
 
 /// Every id ever given out, with what it was given to: ids are never
@@ -221,14 +248,18 @@ fn check_transition(before: &Image, after: &Image, undo_after: u16) {
     let mut maps = start.clone();
     let mut peak = start.entry_counts();
     assert_eq!(pickable(&maps, Membership::Required), masters(&maps), "the start is not consistent");
+    assert_eq!(start.external, expected_index(&start), "the start's external index");
     for step in &steps {
         execute(&mut maps, &step.op);
         let broken: BTreeSet<ServiceKey> =
             masters(&maps).difference(&pickable(&maps, Membership::Required)).copied().collect();
         assert_eq!(broken, BTreeSet::new(), "frontends not pickable after {step:?}");
+        assert_eq!(dangling(&maps), BTreeSet::new(), "index entries name missing masters after {step:?}");
+        check_index_between(&start, &end, &maps, step);
         peak = max_counts(peak, maps.entry_counts());
     }
     assert_eq!(maps, end, "the plan does not end at the new image");
+    assert_eq!(end.external, expected_index(&end), "the external index of the new image");
     check_peak(&plan, before.entry_counts(), peak);
     check_undo(&start, &steps, undo_after);
 }
@@ -244,6 +275,7 @@ fn check_repair(actual: &MapContents, desired: &MapContents, undo_after: u16) {
         // can may stop being so. Memberships drifted too: only slots and
         // backends are required here.
         let before = pickable(&maps, Membership::Ignored);
+        let dangling_before = dangling(&maps);
         execute(&mut maps, &step.op);
         let broken: BTreeSet<ServiceKey> = before
             .difference(&pickable(&maps, Membership::Ignored))
@@ -251,6 +283,9 @@ fn check_repair(actual: &MapContents, desired: &MapContents, undo_after: u16) {
             .copied()
             .collect();
         assert_eq!(broken, BTreeSet::new(), "frontends made unpickable by {step:?}");
+        let newly: Vec<_> = dangling(&maps).difference(&dangling_before).copied().collect();
+        assert!(newly.is_empty(), "index entries {newly:?} made to name missing masters by {step:?}");
+        check_index_between(actual, desired, &maps, step);
         peak = max_counts(peak, maps.entry_counts());
     }
     assert_eq!(&maps, desired, "the repair does not end at the desired contents");
@@ -294,7 +329,8 @@ fn check_peak(plan: &Plan<'_>, start: EntryCounts, real: EntryCounts) {
         fits(planned.services, real.services)
             && fits(planned.backends, real.backends)
             && fits(planned.membership, real.membership)
-            && fits(planned.nodes, real.nodes),
+            && fits(planned.nodes, real.nodes)
+            && fits(planned.external, real.external),
         "planned peak {planned:?} below the real {real:?}"
     );
 }
@@ -339,6 +375,12 @@ fn execute(maps: &mut MapContents, op: &Op) {
         }
         Op::DeleteNodeAddress(key) => {
             maps.node_addresses.remove(&key);
+        }
+        Op::PutExternal(key, master) => {
+            maps.external.insert(key, master);
+        }
+        Op::DeleteExternal(key) => {
+            maps.external.remove(&key);
         }
         Op::PutMaglev(key, chunk) => {
             maps.maglev.insert(key, chunk);
@@ -391,12 +433,68 @@ fn pickable(maps: &MapContents, membership: Membership) -> BTreeSet<ServiceKey> 
         .collect()
 }
 
+/// The index entries (key and the master's address) whose master is not
+/// in the services map.
+fn dangling(maps: &MapContents) -> BTreeSet<(ExternalKey, Addr)> {
+    (maps.external.iter())
+        .filter(|(key, master)| !maps.services.contains_key(&key.master(**master)))
+        .map(|(&key, &master)| (key, master))
+        .collect()
+}
+
+/// A plan from `start` to `end`, at one of its steps (`maps`): an index
+/// entry alike at both ends is there; one that changes is at its value
+/// of either end, or absent (while it moves from a master that goes to
+/// one that comes).
+fn check_index_between(start: &MapContents, end: &MapContents, maps: &MapContents, step: &Step) {
+    let keys: BTreeSet<&ExternalKey> = start.external.keys().chain(end.external.keys()).collect();
+    for key in keys {
+        let (from, to, now) = (start.external.get(key), end.external.get(key), maps.external.get(key));
+        let fine = if from == to { now == from } else { now.is_none() || now == from || now == to };
+        assert!(fine, "index entry {key:?} is {now:?} (from {from:?} to {to:?}) after {step:?}");
+    }
+    let strays: Vec<_> = maps.external.keys().filter(|key| !start.external.contains_key(key)).collect();
+    let strays: Vec<_> = strays.into_iter().filter(|key| !end.external.contains_key(key)).collect();
+    assert!(strays.is_empty(), "index entries {strays:?} in neither end after {step:?}");
+}
+
+/// The external index the maps call for, from their external masters and
+/// node addresses: a master of an address serves it; a node port (the
+/// unspecified address) serves every node address of its family where no
+/// master of that address, port and protocol is.
+fn expected_index(maps: &MapContents) -> BTreeMap<ExternalKey, Addr> {
+    let external = || maps.services.keys().filter(|key| key.slot == 0 && key.scope == SCOPE_EXTERNAL);
+    let called = |addr: Addr, master: &ServiceKey| ExternalKey {
+        addr,
+        port: master.port,
+        proto: master.proto,
+        _pad: 0,
+    };
+    let mut index = BTreeMap::new();
+    for master in external() {
+        let address = raw_to_addr(master.addr);
+        if !address.is_unspecified() {
+            index.insert(called(master.addr, master), master.addr);
+            continue;
+        }
+        let nodes = maps.node_addresses.iter().map(|node| raw_to_addr(node.addr));
+        for node in nodes.filter(|node| node.is_ipv4() == address.is_ipv4() && !node.is_unspecified()) {
+            let exact = ServiceKey { addr: addr_to_raw(node), ..*master };
+            if !maps.services.contains_key(&exact) {
+                index.insert(called(addr_to_raw(node), master), master.addr);
+            }
+        }
+    }
+    index
+}
+
 fn max_counts(a: EntryCounts, b: EntryCounts) -> EntryCounts {
     EntryCounts {
         services: a.services.max(b.services),
         backends: a.backends.max(b.backends),
         membership: a.membership.max(b.membership),
         nodes: a.nodes.max(b.nodes),
+        external: a.external.max(b.external),
         maglev: a.maglev.max(b.maglev),
         source_ranges: a.source_ranges.max(b.source_ranges),
     }
@@ -451,6 +549,21 @@ fn drifted(mut maps: MapContents, drift: &[Drift]) -> MapContents {
             }
             Drift::AddNode(n) => {
                 maps.node_addresses.insert(NodeAddressKey { addr: addr_to_raw(node_address(n)) });
+            }
+            Drift::RemoveExternal(i) => {
+                if let Some(key) = nth(maps.external.keys(), i) {
+                    maps.external.remove(&key);
+                }
+            }
+            Drift::AddExternal { frontend, node } => {
+                let master = service_key(&self::frontend(frontend), 0);
+                let called = ExternalKey {
+                    addr: addr_to_raw(node_address(node)),
+                    port: master.port,
+                    proto: master.proto,
+                    _pad: 0,
+                };
+                maps.external.insert(called, master.addr);
             }
         }
     }

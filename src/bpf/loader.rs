@@ -408,6 +408,7 @@ pub fn capacities_after_load(pins: &PinDir, sizes: &MapSizes) -> Result<EntryCou
         backends: capacity(map_names::BACKENDS)?,
         membership: capacity(map_names::MEMBERSHIP)?,
         nodes: capacity(map_names::NODES)?,
+        external: capacity(map_names::EXTERNAL)?,
         maglev: capacity(map_names::MAGLEV)?,
         source_ranges: capacity(map_names::SOURCE_RANGES)?,
     })

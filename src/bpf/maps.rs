@@ -10,8 +10,8 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, LAYERS_KNOWN, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey,
-    RateLimit, ServiceEntry, ServiceKey, SourceRange, map_names,
+    Addr, AffinityKey, AffinityValue, Backend, ExternalKey, LAYERS_KNOWN, MaglevChunk, MaglevKey,
+    MembershipKey, NodeAddressKey, RateLimit, ServiceEntry, ServiceKey, SourceRange, map_names,
 };
 
 use super::{
@@ -38,6 +38,7 @@ pub struct EntryCounts {
     pub backends: u64,
     pub membership: u64,
     pub nodes: u64,
+    pub external: u64,
     pub maglev: u64,
     pub source_ranges: u64,
 }
@@ -49,6 +50,9 @@ pub struct MapContents {
     pub backends: BTreeMap<BackendId, Backend>,
     pub membership: BTreeSet<MembershipKey>,
     pub node_addresses: BTreeSet<NodeAddressKey>,
+    /// The external index: what packets from outside are addressed to,
+    /// and the address of the external frontend's master that serves it.
+    pub external: BTreeMap<ExternalKey, Addr>,
     /// The external frontends' Maglev tables, in chunks of backend ids.
     pub maglev: BTreeMap<MaglevKey, MaglevChunk>,
     /// The source prefixes of external frontends with source ranges.
@@ -62,6 +66,7 @@ impl MapContents {
             backends: self.backends.len() as u64,
             membership: self.membership.len() as u64,
             nodes: self.node_addresses.len() as u64,
+            external: self.external.len() as u64,
             maglev: self.maglev.len() as u64,
             source_ranges: self.source_ranges.len() as u64,
         }
@@ -79,6 +84,8 @@ pub enum Op {
     DeleteService(ServiceKey),
     PutNodeAddress(NodeAddressKey),
     DeleteNodeAddress(NodeAddressKey),
+    PutExternal(ExternalKey, Addr),
+    DeleteExternal(ExternalKey),
     PutMaglev(MaglevKey, MaglevChunk),
     DeleteMaglev(MaglevKey),
     PutSourceRange(SourceRangeKey),
@@ -90,6 +97,7 @@ pub struct Datapath {
     backends: HashMap<MapData, BackendId, Backend>,
     membership: HashMap<MapData, MembershipKey, u32>,
     nodes: HashMap<MapData, NodeAddressKey, u32>,
+    external: HashMap<MapData, ExternalKey, Addr>,
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -106,6 +114,7 @@ impl Datapath {
         let backends = open_map(pins, map_names::BACKENDS)?;
         let membership = open_map(pins, map_names::MEMBERSHIP)?;
         let nodes = open_map(pins, map_names::NODES)?;
+        let external = open_map(pins, map_names::EXTERNAL)?;
         let maglev = open_map(pins, map_names::MAGLEV)?;
         let source_ranges = open_map(pins, map_names::SOURCE_RANGES)?;
         let affinity = open_map(pins, map_names::AFFINITY)?;
@@ -121,6 +130,7 @@ impl Datapath {
             backends,
             membership,
             nodes,
+            external,
             maglev,
             source_ranges,
             affinity,
@@ -134,6 +144,7 @@ impl Datapath {
                 backends: capacity(map_names::BACKENDS)?,
                 membership: capacity(map_names::MEMBERSHIP)?,
                 nodes: capacity(map_names::NODES)?,
+                external: capacity(map_names::EXTERNAL)?,
                 maglev: capacity(map_names::MAGLEV)?,
                 source_ranges: capacity(map_names::SOURCE_RANGES)?,
             },
@@ -146,6 +157,7 @@ impl Datapath {
             backends: read_all(&self.backends)?,
             membership: read_all(&self.membership)?.into_keys().collect(),
             node_addresses: read_all(&self.nodes)?.into_keys().collect(),
+            external: read_all(&self.external)?,
             maglev: read_all(&self.maglev)?,
             source_ranges: (self.source_ranges.iter())
                 .map(|entry| entry.map(|(key, _)| (key.prefix_len(), key.data())))
@@ -211,6 +223,8 @@ impl Datapath {
             Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
             Op::PutNodeAddress(key) => self.nodes.insert(key, 0, 0),
             Op::DeleteNodeAddress(key) => ignore_missing(self.nodes.remove(key)),
+            Op::PutExternal(key, master) => self.external.insert(key, master, 0),
+            Op::DeleteExternal(key) => ignore_missing(self.external.remove(key)),
             Op::PutMaglev(key, chunk) => self.maglev.insert(key, chunk, 0),
             Op::DeleteMaglev(key) => ignore_missing(self.maglev.remove(key)),
             Op::PutSourceRange((len, data)) => self.source_ranges.insert(&LpmKey::new(*len, *data), 1, 0),
@@ -258,6 +272,7 @@ pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
         ("backends", "backends", needed.backends, capacity.backends),
         ("membership", "services", needed.membership, capacity.membership),
         ("nodes", "nodes", needed.nodes, capacity.nodes),
+        ("external", "external", needed.external, capacity.external),
         ("maglev", "maglev", needed.maglev, capacity.maglev),
         ("source_ranges", "source_ranges", needed.source_ranges, capacity.source_ranges),
     ];

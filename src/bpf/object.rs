@@ -11,9 +11,10 @@ use aya_obj::{
     generated::{bpf_attach_type, bpf_map_type},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevChunk,
-    MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry,
-    ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity, map_names,
+    Addr, AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, ExternalKey, Flow, FlowKey,
+    FlowReply, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
+    SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES,
+    default_capacity, map_names,
 };
 
 /// The programs, built by build.rs from ebpf/programs.
@@ -165,7 +166,7 @@ impl MapSpec {
     }
 }
 
-pub const MAPS: [MapSpec; 21] = [
+pub const MAPS: [MapSpec; 22] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -238,7 +239,16 @@ pub const MAPS: [MapSpec; 21] = [
     ),
     fixed_array::<u32>(map_names::LAYERS, 1),
     fixed_array::<u64>(map_names::TRACE_LEASES, TRACE_LEASE_ENTRIES),
-    // North-south: the Maglev tables, source ranges and flows.
+    // North-south: the external index, Maglev tables, source ranges and flows.
+    MapSpec {
+        map_flags: BPF_F_NO_PREALLOC,
+        ..map::<ExternalKey, Addr>(
+            map_names::EXTERNAL,
+            bpf_map_type::BPF_MAP_TYPE_HASH,
+            "external",
+            default_capacity::EXTERNAL,
+        )
+    },
     MapSpec {
         map_flags: BPF_F_NO_PREALLOC,
         ..map::<MaglevKey, MaglevChunk>(
@@ -316,7 +326,7 @@ const fn fixed_array<V>(name: &'static str, entries: u32) -> MapSpec {
 const BPF_F_NO_PREALLOC: u32 = aya_obj::generated::BPF_F_NO_PREALLOC;
 
 /// The names `--map-size` accepts.
-pub const SIZE_NAMES: [&str; 10] = [
+pub const SIZE_NAMES: [&str; 11] = [
     "services",
     "backends",
     "affinity",
@@ -324,6 +334,7 @@ pub const SIZE_NAMES: [&str; 10] = [
     "revnat",
     "nodes",
     "rate_limits",
+    "external",
     "maglev",
     "source_ranges",
     "flows",

@@ -212,6 +212,7 @@ pub fn every_format_matches_the_documented_schema() {
             "rate_limits",
             "layers",
             "trace_leases",
+            "external",
             "maglev",
             "source_ranges",
             "flows",

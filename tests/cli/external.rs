@@ -207,7 +207,7 @@ fn api(annotations: &str, endpoints: &[&str]) -> String {
 
 /// Every entry of the pinned map `name` as (key, value) bytes, read with
 /// bpftool.
-fn dump_map(sandbox: &Sandbox, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn dump_map(sandbox: &Sandbox, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let pin = sandbox.pins.join("maps").join(name);
     let output = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned", pin.to_str().unwrap()])

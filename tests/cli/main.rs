@@ -156,6 +156,7 @@ fn main() {
         north_south::a_smaller_mtu_on_node_as_link_to_the_client_lowers_the_pods_path_mtu,
         north_south::a_too_big_udp_datagram_with_df_gets_fragmentation_needed,
         north_south::a_too_big_ipv6_udp_datagram_gets_packet_too_big,
+        north_south::the_external_index_holds_what_packets_from_outside_are_for,
         kube_parity::addresses_kube_proxy_ignores_are_left_alone,
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,

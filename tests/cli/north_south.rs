@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeSet,
     fs,
+    net::{IpAddr, SocketAddr},
     os::unix::process::CommandExt as _,
     process::{Child, Command, Stdio},
     thread,
@@ -17,12 +18,13 @@ use serde_json::Value;
 
 use crate::{
     devices::tcx_programs_in,
+    external::dump_map,
     stats,
     support::{
         Sandbox,
         nodes::{
-            CLIENT, CLIENT6, NODE_A, NODE_A_INNER, NODE_A_INNER6, NODE_A6, Nodes, POD_A, POD_A6, POD_B,
-            POD_B6,
+            CLIENT, CLIENT6, DEVICES, NODE_A, NODE_A_INNER, NODE_A_INNER6, NODE_A6, Nodes, POD_A, POD_A6,
+            POD_B, POD_B6,
         },
         run,
         watcher::Watcher,
@@ -1075,4 +1077,143 @@ pub fn a_too_big_ipv6_udp_datagram_gets_packet_too_big() {
         "client": client, "second": "EMSGSIZE", "path_mtu": 1280,
     });
     assert_eq!(report, expected);
+}
+
+/// The external index (`balctl_common::ExternalKey` -> the address of the
+/// master entry that serves it), read with bpftool, as `DESTINATION/PROTO
+/// -> MASTER ADDRESS`.
+fn external_index(sandbox: &Sandbox) -> BTreeSet<String> {
+    let address = |bytes: &[u8]| IpAddr::from(<[u8; 16]>::try_from(bytes).unwrap()).to_canonical();
+    dump_map(sandbox, "external")
+        .into_iter()
+        .map(|(key, master)| {
+            let port = u16::from_be_bytes([key[16], key[17]]);
+            let proto = match key[18] {
+                6 => "tcp",
+                17 => "udp",
+                other => panic!("protocol {other} in the index"),
+            };
+            format!("{}/{proto} -> {}", SocketAddr::new(address(&key[..16]), port), address(&master))
+        })
+        .collect()
+}
+
+/// Issue 18: "packets that are for no frontend pass untouched at the cost
+/// of one lookup", in the external index. After a sync it holds exactly
+/// what packets from outside can be for: each LoadBalancer and external
+/// IP, and each node address with the node ports of its family. A server
+/// of node A's own on a node address answers the client untouched, next
+/// to the node port; the index's fill is checked before a sync (exit 2,
+/// nothing changed); `load` on pins without the index (a build from
+/// before it) creates and fills it; a LoadBalancer IP at a node address
+/// wins over the node port of its port; a node address removed from its
+/// Node takes its entries along, and the node port stops answering there.
+pub fn the_external_index_holds_what_packets_from_outside_are_for() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    let own = format!("{NODE_A}:9000");
+    sandbox.serve_in(&nodes.node_a, "node-a {peer}", &[&own], &[]);
+    // Room for web's and web6's entries, no more.
+    let cgroup = sandbox.cgroup.to_str().unwrap();
+    nodes.balctl_ok(
+        &sandbox,
+        &["load", "--cgroup", cgroup, "--devices", DEVICES, "--map-size", "external=10"],
+    );
+    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
+    nodes.sync(&sandbox, &yaml);
+
+    let node_port_at_a = [format!("{NODE_A}:30080/tcp -> 0.0.0.0"), format!("{NODE_A}:30080/udp -> 0.0.0.0")];
+    let mut expected = set(&[
+        "198.18.1.40:80/tcp -> 198.18.1.40",
+        "198.18.1.40:80/udp -> 198.18.1.40",
+        "198.18.2.40:80/tcp -> 198.18.2.40",
+        "198.18.2.40:80/udp -> 198.18.2.40",
+        &format!("{NODE_A_INNER}:30080/tcp -> 0.0.0.0"),
+        &format!("{NODE_A_INNER}:30080/udp -> 0.0.0.0"),
+        // web6 is IPv6 only: its node port at node A's IPv6 addresses only.
+        &format!("[{NODE_A6}]:30086/tcp -> ::"),
+        &format!("[{NODE_A_INNER6}]:30086/tcp -> ::"),
+    ]);
+    expected.extend(node_port_at_a.iter().cloned());
+    assert_eq!(external_index(&sandbox), expected);
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 50), both);
+    // For no frontend: untouched, node A's server sees the client itself.
+    assert_eq!(tcp_answers(&sandbox, &nodes, &own, 20), set(&[&format!("node-a {CLIENT}")]));
+
+    // A second Node's IPv4 address would take two more entries: refused
+    // before anything is written.
+    let node_b = "apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\nstatus:\n  addresses:\n  \
+                  - {address: 198.51.100.2, type: InternalIP}\n";
+    // The file `Nodes::sync` syncs: a sync replaces the objects of its inputs.
+    let file = sandbox.scratch("north-south.yaml");
+    fs::write(&file, format!("{yaml}---\n{node_b}")).unwrap();
+    let state = fs::read(sandbox.state.join("state.bin")).unwrap();
+    let refused =
+        sandbox.balctl_in(&nodes.node_a, &["sync", "--node-name", "node-a", "-f", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the external map would need 12 entries but holds 10")
+            && stderr.contains("--map-size external="),
+        "{stderr}"
+    );
+    assert_eq!(external_index(&sandbox), expected, "a refused sync changed the index");
+    assert_eq!(fs::read(sandbox.state.join("state.bin")).unwrap(), state, "a refused sync changed the state");
+
+    // The pins of a build from before the index: `load` creates and fills it.
+    fs::remove_file(sandbox.pins.join("maps").join("external")).unwrap();
+    let loaded = nodes.load(&sandbox);
+    assert!(loaded.contains("1 maps created"), "{loaded}");
+    assert_eq!(external_index(&sandbox), expected);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 50), both);
+
+    // A LoadBalancer IP that is node A's address, at web's node port:
+    // the index names it, not the node port (kube-proxy's order), and it
+    // reaches its own backend, pod A only; web's UDP node port stays.
+    let edge = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: edge, namespace: shop}}\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: 198.18.0.41\n  externalTrafficPolicy: Cluster\n  \
+         ports: [{{name: http, protocol: TCP, port: 30080, nodePort: 30081, targetPort: 8080}}]\n\
+         status: {{loadBalancer: {{ingress: [{{ip: {NODE_A}}}]}}}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: edge-1\n  namespace: shop\n  \
+         labels: {{kubernetes.io/service-name: edge}}\naddressType: IPv4\n\
+         endpoints: [{{addresses: [{POD_A}], nodeName: node-a}}]\nports: [{{name: http, port: 8080, protocol: TCP}}]\n"
+    );
+    nodes.sync(&sandbox, &format!("{yaml}---\n{edge}"));
+    let mut with_edge = expected.clone();
+    with_edge.remove(&node_port_at_a[0]);
+    with_edge.extend([
+        format!("{NODE_A}:30080/tcp -> {NODE_A}"),
+        format!("{NODE_A}:30081/tcp -> 0.0.0.0"),
+        format!("{NODE_A_INNER}:30081/tcp -> 0.0.0.0"),
+    ]);
+    assert_eq!(external_index(&sandbox), with_edge);
+    let pod_a = set(&[&format!("pod-a {CLIENT}")]);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 50), pod_a);
+    assert_eq!(udp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 20), both);
+    // Without it, the node port takes the address back.
+    nodes.sync(&sandbox, &yaml);
+    assert_eq!(external_index(&sandbox), expected);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 50), both);
+
+    // Node A without its address toward the client.
+    let line = format!("  - {{address: {NODE_A}, type: ExternalIP}}\n");
+    assert!(yaml.contains(&line));
+    nodes.sync(&sandbox, &yaml.replace(&line, ""));
+    for entry in &node_port_at_a {
+        expected.remove(entry);
+    }
+    assert_eq!(external_index(&sandbox), expected);
+    // Untouched now: nothing of node A listens on the port.
+    let report = client(&sandbox, &nodes, &["connect", "--to", &format!("{NODE_A}:30080"), "--count", "3"]);
+    assert_eq!((&report["ok"], &report["failed"]), (&0.into(), &3.into()), "{report}");
+    assert_eq!(
+        report["errors"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["ECONNREFUSED"],
+        "{report}"
+    );
+    assert_eq!(tcp_answers(&sandbox, &nodes, "198.18.1.40:80", 20), both);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &own, 5), set(&[&format!("node-a {CLIENT}")]));
 }

@@ -29,7 +29,8 @@ pub mod map_names {
     pub const LAYERS: &str = "layers";
     pub const DATAPATH_STATS: &str = "datapath_stats";
     /// North-south (the packet programs on `load --devices`): see
-    /// `SCOPE_EXTERNAL`.
+    /// `SCOPE_EXTERNAL` and `ExternalKey`.
+    pub const EXTERNAL: &str = "external";
     pub const MAGLEV: &str = "maglev";
     pub const SOURCE_RANGES: &str = "source_ranges";
     pub const FLOWS: &str = "flows";
@@ -52,6 +53,14 @@ pub mod default_capacity {
     pub const NODES: u32 = 16_384;
     /// Frontends with a requests-per-second limit (redirect policies).
     pub const RATE_LIMITS: u32 = 4_096;
+    /// The external index: an entry per LoadBalancer IP and external IP
+    /// frontend, and per node-port frontend and node address of its
+    /// family (a node port of TCP and UDP on 100 Nodes of two IPv4
+    /// addresses each takes 400), so a cluster of many Nodes and node
+    /// ports sets `--map-size external=N`. Not preallocated: memory
+    /// follows the entries written; only its 2 MB of buckets are made at
+    /// load.
+    pub const EXTERNAL: u32 = 1 << 17;
     /// Maglev lookup-table chunks (`MAGLEV_CHUNK` entries each) of every
     /// external frontend together: 2,097,152 table entries, e.g. 2,000
     /// frontends of 10 backends (a table of a prime of at least 100 x N
@@ -217,7 +226,8 @@ pub const SCOPE_REDIRECT: u8 = 2;
 /// The frontend as traffic from outside the node sees it: packets that
 /// arrive on a `load --devices` device for a node port (unspecified
 /// address, as in `NodeAddressKey`), a LoadBalancer ingress IP or an
-/// external IP. Only the packet programs read this scope (the socket
+/// external IP, found through the external index (`ExternalKey`). Only
+/// the packet programs read this scope (the socket
 /// programs never look it up, and its bit is never set in the layers map),
 /// so one address can be a Service frontend for sockets and an external
 /// frontend with other backends (externalTrafficPolicy Local: this node's
@@ -281,7 +291,9 @@ pub struct ServiceKey {
 /// A NodePort frontend is written with the unspecified address of its family
 /// (`::ffff:0.0.0.0` or `::`) and answers on every address in this set, and
 /// on loopback: a destination that matches no frontend exactly, but is a
-/// node address, is looked up again as the unspecified address.
+/// node address, is looked up again as the unspecified address. Only the
+/// socket programs read it: packets from outside find node ports through
+/// the external index (`ExternalKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeAddressKey {
@@ -441,6 +453,51 @@ pub struct RevNatValue {
     pub port: u16,
     pub _pad: u16,
     pub service_id: u32,
+}
+
+/// Key of the external map, the *external index* (a hash map, not
+/// preallocated): what a packet from outside the node is addressed to,
+/// its destination address, port (network byte order, as in
+/// `ServiceKey`) and protocol. The value is the address of the
+/// `SCOPE_EXTERNAL` master entry that serves it (`ExternalKey::master`):
+/// the key's own address for a LoadBalancer IP or an external IP; the
+/// unspecified address of its family (`::ffff:0.0.0.0` or `::`) for a
+/// node address, whose node port it is. So a packet for no frontend
+/// costs the packet programs one lookup, and one for a frontend two
+/// (this, then its master); the nodes map is not read for it.
+///
+/// User space derives the index from the frontends and node addresses:
+/// an entry per LoadBalancer or external IP frontend, and per node-port
+/// frontend and node address of the node port's family. Where a
+/// LoadBalancer or external IP is also a node address, with a node port
+/// of the same port and protocol, the entry is the exact frontend's (as
+/// kube-proxy matches LoadBalancer and external IPs before node ports).
+/// An entry is written once its master is, and removed before its master
+/// is; an entry whose master is missing all the same (maps that drifted)
+/// means no frontend: the packet passes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExternalKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl ExternalKey {
+    /// The services-map key of the master entry an index entry of this
+    /// key with value `master_addr` names.
+    #[inline(always)]
+    pub const fn master(&self, master_addr: Addr) -> ServiceKey {
+        ServiceKey {
+            addr: master_addr,
+            port: self.port,
+            proto: self.proto,
+            scope: SCOPE_EXTERNAL,
+            slot: 0,
+            _pad: 0,
+        }
+    }
 }
 
 /// Key of the maglev map (a hash map, not preallocated): chunk `chunk` of
@@ -651,6 +708,7 @@ mod pod {
     unsafe impl aya::Pod for super::DatapathStats {}
     unsafe impl aya::Pod for super::TraceEvent {}
     unsafe impl aya::Pod for super::RateLimit {}
+    unsafe impl aya::Pod for super::ExternalKey {}
     unsafe impl aya::Pod for super::MaglevKey {}
     unsafe impl aya::Pod for super::SourceRange {}
     unsafe impl aya::Pod for super::FlowKey {}
@@ -683,6 +741,7 @@ mod tests {
         assert_eq!(size_of::<DatapathStats>(), 8);
         assert_eq!(size_of::<TraceEvent>(), 112);
         assert_eq!(size_of::<RateLimit>(), 24);
+        assert_eq!(size_of::<ExternalKey>(), 20);
         assert_eq!(size_of::<MaglevKey>(), 8);
         assert_eq!(size_of::<SourceRange>(), 20);
         assert_eq!(size_of::<FlowKey>(), 40);

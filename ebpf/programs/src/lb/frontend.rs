@@ -4,8 +4,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use balctl_common::{
-    Addr, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, LAYERS_KNOWN, NodeAddressKey, SCOPE_BALANCING,
-    SCOPE_EXTERNAL, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES,
+    Addr, ExternalKey, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, LAYERS_KNOWN, NodeAddressKey,
+    SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES,
     ServiceEntry, ServiceKey, SourceRange, layer_bit,
 };
 
@@ -13,7 +13,7 @@ use super::{
     addr::{Endpoint, V4_MAPPED_PREFIX, is_v4_loopback, is_v4_mapped},
     clock::{NSEC_PER_SEC, coarse_now},
     counters::count_gave_way,
-    maps::{LAYERS, NODES, RATE_LIMITS, SERVICES, SOURCE_RANGES},
+    maps::{EXTERNAL, LAYERS, NODES, RATE_LIMITS, SERVICES, SOURCE_RANGES},
 };
 
 /// The frontend that takes a connection to `dest` over `proto`, with its
@@ -112,25 +112,20 @@ fn find_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry
 }
 
 /// The external frontend (`SCOPE_EXTERNAL`) a packet from outside the node
-/// to `dest` over `proto` is for, with its master entry: the node port of
-/// its port when `dest` is a node address, else an exact match (a
-/// LoadBalancer IP or an external IP). A packet for no frontend costs two
-/// lookups, the node-address check only a packet to a node port.
+/// to `dest` over `proto` is for, with its master entry: the external
+/// index says which master serves the destination (a LoadBalancer IP's or
+/// external IP's own, a node address's node port), so a packet for no
+/// frontend costs one lookup, and one for a frontend two. An index entry
+/// whose master is missing (maps that drifted) is no frontend either.
 #[inline(always)]
 pub fn lookup_external(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
-    let any = if is_v4_mapped(&dest.addr) { V4_MAPPED_PREFIX } else { [0; 4] };
-    let node_port = ServiceKey { addr: any, port: dest.port, proto, scope: SCOPE_EXTERNAL, slot: 0, _pad: 0 };
+    let called = ExternalKey { addr: dest.addr, port: dest.port, proto, _pad: 0 };
     // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
-    if let Some(master) = unsafe { SERVICES.get(&node_port) }.copied()
-        // SAFETY: only presence is read.
-        && unsafe { NODES.get(&NodeAddressKey { addr: dest.addr }) }.is_some()
-    {
-        return Some((node_port, master));
-    }
-    let exact = ServiceKey { addr: dest.addr, ..node_port };
+    let master_addr = unsafe { EXTERNAL.get(&called) }.copied()?;
+    let master_key = called.master(master_addr);
     // SAFETY: as above.
-    let master = unsafe { SERVICES.get(&exact) }.copied()?;
-    Some((exact, master))
+    let master = unsafe { SERVICES.get(&master_key) }.copied()?;
+    Some((master_key, master))
 }
 
 /// Whether `client` may use the external frontend with `master`: any

@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, Flow, FlowKey, FlowReply, MaglevChunk,
-    MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry,
-    ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
+    Addr, AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, ExternalKey, Flow, FlowKey,
+    FlowReply, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
+    SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES,
+    default_capacity,
 };
 
 use super::{
@@ -81,6 +82,12 @@ pub static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 // North-south: read and written by the packet programs only.
+
+// Not preallocated: its size follows node ports x node addresses, which
+// differs much from one cluster to another.
+#[map(name = "external")]
+pub static EXTERNAL: HashMap<ExternalKey, Addr> =
+    HashMap::with_max_entries(default_capacity::EXTERNAL, BPF_F_NO_PREALLOC);
 
 // Not preallocated: a table of M entries per external frontend, M from
 // 100 x its backends up, so the memory follows what is written.
