@@ -168,6 +168,8 @@ pub fn the_manifests_are_valid_kubernetes_objects() {
     let mounts = init.volume_mounts.as_ref().unwrap();
     let cgroup = mounts.iter().find(|m| m.mount_path == command[3]).expect("the cgroup2 mount");
     assert_eq!(host_path(pod, &cgroup.name), "/sys/fs/cgroup");
+    // And the tc programs on the node's devices (north-south, issue 18).
+    assert_eq!(init.args.as_deref(), Some(["--devices".to_owned(), "auto".to_owned()].as_slice()));
 
     // The agent: sync --kube --watch for this node, health and metrics on
     // the node's loopback, on ports it declares.
@@ -224,6 +226,15 @@ pub fn the_manifests_are_valid_kubernetes_objects() {
     assert!(tolerates_every_taint(uninstall_pod), "uninstalls from every node");
     assert!(uninstall.spec.min_ready_seconds.unwrap_or(0) > 0, "minReadySeconds");
     assert_eq!(unload.command.as_ref().unwrap(), &["balctl", "unload", "--yes", "--purge", "--stay"]);
+    // The reserved ports `load --devices` changed are the node's network
+    // namespace's, written through /proc/sys, which the runtimes mount
+    // writable only in privileged containers: `load` reserves them there,
+    // `unload` gives them back there (tests/cli/image.rs runs both).
+    assert_eq!(uninstall_pod.host_network, Some(true), "unload in the node's network namespace");
+    for container in [init, unload] {
+        let context = container.security_context.as_ref().unwrap();
+        assert_eq!(context.privileged, Some(true), "{}: a writable /proc/sys", container.name);
+    }
 
     // The systemd unit: health and metrics on loopback, restarted on failure.
     let unit = read("deploy/balctl.service");

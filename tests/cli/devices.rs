@@ -20,7 +20,7 @@ use crate::support::{Sandbox, finish, run};
 
 /// The SNAT ports (`balctl_common::SNAT_PORT_MIN..=SNAT_PORT_MAX`) as the
 /// sysctl lists them once reserved.
-const SNAT_PORTS: &str = "61000-65535";
+pub const SNAT_PORTS: &str = "61000-65535";
 /// bpf_link_type BPF_LINK_TYPE_TCX, which bpftool 7.1 prints as a number.
 const LINK_TYPE_TCX: u64 = 11;
 
@@ -55,7 +55,7 @@ impl Drop for UnloadInNode<'_> {
 
 /// Runs `f` on a thread that joined the network namespace `netns`
 /// (setns moves only the calling thread).
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
     thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -115,7 +115,7 @@ fn attach_another_program(sandbox: &Sandbox, device: &str) -> u32 {
     })
 }
 
-fn reserved_ports(netns: &str) -> String {
+pub fn reserved_ports(netns: &str) -> String {
     let netns = format!("--net=/run/netns/{netns}");
     run("nsenter", &[&netns, "cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).trim().to_owned()
 }

@@ -5,10 +5,14 @@
 //! Each container's command, args, env, mounts, security context and memory
 //! limit come from the manifest. Only what belongs to the host is replaced:
 //! the hostPaths of bpffs, the cgroup2 root and the state dir by the
-//! sandbox's private bpffs, child cgroup and state dir; the health and
-//! metrics ports by free ones (`--network host` is the machine's network,
-//! shared with other tests); `spec.nodeName`; and the pod's service account
-//! by a kubeconfig for the tests' API server (mounted, named by KUBECONFIG).
+//! sandbox's private bpffs, child cgroup and state dir; the host's network
+//! (`hostNetwork: true`) by a network namespace of the test standing for
+//! the node's (`NodeNetwork`), never `--network host`: there the init
+//! container's `--devices auto` would attach tc programs to the machine's
+//! own devices; `spec.nodeName`; and the pod's service account by a
+//! kubeconfig for the tests' API server (mounted, named by KUBECONFIG),
+//! which listens on the node namespace's loopback, as do the agent's health
+//! and metrics ports (the manifest's, in a namespace of their own).
 //! Podman keeps its images and containers in the sandbox (a private
 //! storage), and every container is removed by name when the test ends,
 //! also when it fails.
@@ -16,7 +20,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::Mutex,
@@ -24,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{Container, PodSpec},
@@ -31,10 +35,11 @@ use k8s_openapi::api::{
 use serde_json::Value;
 
 use crate::{
-    datapath::{bpftool_cgroup_show, link_ids},
+    datapath::bpftool_cgroup_show,
     deploy::{IMAGE, documents, probe_port, typed},
-    kube_sync::{slice, web_in_a_cluster},
-    stats::{free_port, http_get},
+    devices::{SNAT_PORTS, in_netns, reserved_ports, tcx_programs_in},
+    kube_sync::{slice, web_in_a_cluster_in},
+    stats::http_get,
     support::{Sandbox, finish, run},
 };
 
@@ -321,11 +326,13 @@ impl Podman {
         name
     }
 
-    /// Runs an init container to its end; requires exit 0.
-    fn run_to_end(&self, host: &Host, pod: &PodSpec, container: &Container, name: &str) {
+    /// Runs an init container to its end; requires exit 0. What it logged.
+    fn run_to_end(&self, host: &Host, pod: &PodSpec, container: &Container, name: &str) -> String {
         let name = self.start(host, pod, container, name);
         let code = self.ok(&["wait", &name]);
-        assert_eq!(code.trim(), "0", "{name}: {}", self.logs(&name));
+        let logs = self.logs(&name);
+        assert_eq!(code.trim(), "0", "{name}: {logs}");
+        logs
     }
 
     fn logs(&self, name: &str) -> String {
@@ -348,11 +355,11 @@ impl Drop for Podman {
 }
 
 /// What of the host a pod's containers get: the sandbox's paths in place of
-/// the host's, free ports in place of the manifest's, the node's name, and
-/// a kubeconfig for the tests' API server.
+/// the host's, the node network's namespace in place of the host's network,
+/// the node's name, and a kubeconfig for the tests' API server.
 struct Host<'a> {
     sandbox: &'a Sandbox,
-    ports: BTreeMap<u16, u16>,
+    network: &'a NodeNetwork<'a>,
     kubeconfig: Option<PathBuf>,
 }
 
@@ -368,20 +375,18 @@ impl Host<'_> {
         }
     }
 
-    /// The port the container really uses for one the manifest names.
-    fn port(&self, port: i32) -> u16 {
-        let port = u16::try_from(port).unwrap();
-        self.ports.get(&port).copied().unwrap_or(port)
-    }
-
     /// `podman run` arguments for `container` of `pod`, up to its args.
     fn podman_args(&self, pod: &PodSpec, container: &Container) -> Vec<String> {
         // Podman's default limits are above what a root without
         // CAP_SYS_RESOURCE (the test machines) may set.
         let mut args: Vec<String> =
             ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096"].map(String::from).into();
-        let network = if pod.host_network == Some(true) { "host" } else { "none" };
-        args.extend(["--network".into(), network.into()]);
+        let network = if pod.host_network == Some(true) {
+            format!("ns:/run/netns/{}", self.network.netns)
+        } else {
+            "none".to_owned()
+        };
+        args.extend(["--network".into(), network]);
         let mut env = BTreeMap::new();
         for var in container.env.iter().flatten() {
             let value = match (&var.value, &var.value_from) {
@@ -432,19 +437,135 @@ impl Host<'_> {
         args.push(serde_json::to_string(command).unwrap());
         args.push(container.image.clone().unwrap());
         for arg in container.args.iter().flatten() {
-            args.push(self.address(&expand(arg, &env)));
+            args.push(expand(arg, &env));
         }
         args
     }
+}
 
-    /// An `IP:PORT` argument with its port replaced, anything else as it is.
-    fn address(&self, arg: &str) -> String {
-        match arg.parse::<SocketAddr>() {
-            Ok(mut addr) => {
-                addr.set_port(self.port(i32::from(addr.port())));
-                addr.to_string()
+/// The host's network as a pod with `hostNetwork: true` sees it, stood in
+/// for by a network namespace of the test, `<sandbox>-node`: lo up, and
+/// eth0 (203.0.113.2/24, 2001:db8:3::2/64), a veth to a namespace
+/// `<sandbox>-gw` (203.0.113.1, 2001:db8:3::1) that is its default route
+/// and routes nowhere, so that `load --devices auto` picks eth0 there.
+/// Named after the sandbox, so a killed run's are swept with it. When this
+/// drops, also on failure, balctl is unloaded in the node's namespace (the
+/// sandbox's own unload runs in the host's, where it would release the
+/// SNAT ports from the host's reserved ports), then both namespaces go.
+struct NodeNetwork<'a> {
+    sandbox: &'a Sandbox,
+    netns: String,
+    gateway: String,
+}
+
+impl<'a> NodeNetwork<'a> {
+    /// The node's one device, which `auto` must pick.
+    const DEVICE: &'static str = "eth0";
+
+    fn new(sandbox: &'a Sandbox) -> Self {
+        let prefix = sandbox.client_ns.strip_suffix("-c").expect("the sandbox's client namespace");
+        let network = Self { sandbox, netns: format!("{prefix}-node"), gateway: format!("{prefix}-gw") };
+        let (node, gateway) = (network.netns.as_str(), network.gateway.as_str());
+        for ns in [node, gateway] {
+            run("ip", &["netns", "add", ns]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        // Both ends made inside the namespaces: no device of the test ever
+        // appears on the host's network.
+        let device = Self::DEVICE;
+        run(
+            "ip",
+            &["-n", node, "link", "add", device, "type", "veth", "peer", "name", device, "netns", gateway],
+        );
+        for (ns, v4, v6) in
+            [(node, "203.0.113.2/24", "2001:db8:3::2/64"), (gateway, "203.0.113.1/24", "2001:db8:3::1/64")]
+        {
+            run("ip", &["-n", ns, "addr", "add", v4, "dev", device]);
+            run("ip", &["-n", ns, "addr", "add", v6, "dev", device, "nodad"]);
+            run("ip", &["-n", ns, "link", "set", device, "up"]);
+        }
+        run("ip", &["-n", node, "-4", "route", "add", "default", "via", "203.0.113.1"]);
+        run("ip", &["-n", node, "-6", "route", "add", "default", "via", "2001:db8:3::1"]);
+        network
+    }
+
+    /// GET `path` on the node's 127.0.0.1:`port`, from a thread in its namespace.
+    fn http_get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        in_netns(&self.netns, || http_get(port, path))
+    }
+
+    /// `balctl status -o json` in the node's namespace (device names are
+    /// that namespace's), whatever its exit code.
+    fn status(&self) -> Value {
+        let output = self.sandbox.balctl_in(&self.netns, &["status", "-o", "json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("status printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stderr))
+        })
+    }
+
+    /// balctl's tc links, (link id, program id) of from_device (tcx
+    /// ingress) and to_device (egress), as status lists them: on the
+    /// node's device only, and what the kernel has there, one program per
+    /// hook.
+    fn balctl_links(&self) -> [(u64, u64); 2] {
+        let status = self.status();
+        let devices = status["devices"].as_array().unwrap_or_else(|| panic!("no devices in {status:#}"));
+        assert_eq!(devices.len(), 2, "two links, both on {}: {status:#}", Self::DEVICE);
+        let link = |hook: &str, direction: &str| {
+            let found = devices
+                .iter()
+                .find(|d| d["hook"] == hook && d["direction"] == direction && d["device"] == Self::DEVICE)
+                .unwrap_or_else(|| panic!("no {hook} link on {}: {status:#}", Self::DEVICE));
+            (found["link_id"].as_u64().unwrap(), found["program_id"].as_u64().unwrap())
+        };
+        let links = [link("from_device", "ingress"), link("to_device", "egress")];
+        let program = |(_, program): (u64, u64)| vec![u32::try_from(program).unwrap()];
+        assert_eq!(
+            tcx_programs_in(&self.netns, Self::DEVICE),
+            (program(links[0]), program(links[1])),
+            "exactly balctl's program on each tcx hook of {}",
+            Self::DEVICE
+        );
+        links
+    }
+}
+
+impl Drop for NodeNetwork<'_> {
+    fn drop(&mut self) {
+        if self.sandbox.pins.exists() {
+            let _ = self.sandbox.balctl_in(&self.netns, &["unload", "--yes"]);
+        }
+        for ns in [&self.netns, &self.gateway] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// The host's reserved ports: `load --devices` in the node's namespace
+/// reserves the SNAT ports there, never here.
+fn host_reserved_ports() -> String {
+    fs::read_to_string(RESERVED_PORTS).unwrap_or_else(|e| panic!("{RESERVED_PORTS}: {e}"))
+}
+
+/// Fails if one of `links`' programs is on a tcx hook of a device of the
+/// host's (the machine's) network: the node's tc programs must stay in
+/// its namespace.
+fn assert_not_on_the_host(links: &[(u64, u64)]) {
+    let devices: Value = serde_json::from_str(&run("ip", &["-j", "link", "show"])).expect("ip JSON");
+    let names = devices.as_array().unwrap().iter().filter_map(|device| device["ifname"].as_str());
+    for name in names {
+        for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+            // A device that went away meanwhile (another test's) has none.
+            let Ok((_, programs)) = SchedClassifier::query_tcx(name, direction) else { continue };
+            for program in programs {
+                let id = u64::from(program.id());
+                assert!(
+                    !links.iter().any(|(_, ours)| *ours == id),
+                    "balctl's program {id} is on the host's {name}"
+                );
             }
-            Err(_) => arg.to_owned(),
         }
     }
 }
@@ -516,11 +637,13 @@ fn pod_of(file: &str) -> PodSpec {
     pod.clone()
 }
 
-/// GET `path` on a port on 127.0.0.1, waiting (at most `within`) until it
-/// answers `status`; else fails with what `container` logged.
+/// GET `path` on a port on the node's 127.0.0.1, waiting (at most
+/// `within`) until it answers `status`; else fails with what `container`
+/// logged.
 fn wait_for_status(
     podman: &Podman,
     container: &str,
+    network: &NodeNetwork,
     (port, path): (u16, &str),
     status: u16,
     within: Duration,
@@ -528,7 +651,7 @@ fn wait_for_status(
     let deadline = Instant::now() + within;
     let mut last = None;
     while Instant::now() < deadline {
-        last = http_get(port, path);
+        last = network.http_get(port, path);
         if last.as_ref().is_some_and(|(code, _)| *code == status) {
             return;
         }
@@ -546,11 +669,18 @@ fn wait_for_status(
 /// the Service; the agent is killed, and a new pod (init container and
 /// agent) takes over, applying a change made meanwhile, while a client
 /// loops through the VIP the whole time without one failed connection.
+/// Issue 18: the init container's `--devices auto` puts the tc programs on
+/// the node's device (found by its default route), one per tcx hook, and
+/// reserves the SNAT ports in the node's namespace; the second init
+/// container swaps them in place; the host's network gets neither.
 pub fn the_daemonset_runs_in_podman_and_a_new_pod_takes_over() {
     let sandbox = Sandbox::new();
     fs::create_dir(&sandbox.state).unwrap();
     fs::set_permissions(&sandbox.state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let (server, kubeconfig) = web_in_a_cluster(&sandbox);
+    let network = NodeNetwork::new(&sandbox);
+    let (server, kubeconfig) = web_in_a_cluster_in(&sandbox, &network.netns);
+    let host_ports = host_reserved_ports();
+    assert_eq!(reserved_ports(&network.netns), "", "a new namespace reserves no port");
 
     let pod = pod_of("daemonset.yaml");
     let init = &pod.init_containers.as_ref().unwrap()[0];
@@ -562,40 +692,41 @@ pub fn the_daemonset_runs_in_podman_and_a_new_pod_takes_over() {
             _ => &agent.readiness_probe,
         };
         let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
-        (probe_port(agent, get), get.path.clone().unwrap())
+        (u16::try_from(probe_port(agent, get)).unwrap(), get.path.clone().unwrap())
     };
-    let (health_port, readyz) = probe("readiness");
-    let mut ports = BTreeMap::new();
-    for port in agent.ports.iter().flatten() {
-        ports.insert(u16::try_from(port.container_port).unwrap(), free_port());
-    }
-    let host = Host { sandbox: &sandbox, ports, kubeconfig: Some(kubeconfig) };
-    let health = host.port(health_port);
+    let (health, readyz) = probe("readiness");
+    let host = Host { sandbox: &sandbox, network: &network, kubeconfig: Some(kubeconfig) };
     let podman = Podman::new(&sandbox);
     podman.load(&archive("amd64"));
 
-    podman.run_to_end(&host, &pod, init, "load-1");
+    let loaded = podman.run_to_end(&host, &pod, init, "load-1");
     let attached = bpftool_cgroup_show(&sandbox);
     assert!(
         attached.iter().any(|line| line.contains("connect4")),
         "not attached to the test cgroup: {attached:?}"
     );
+    let device = NodeNetwork::DEVICE;
+    assert!(loaded.contains(&format!("\ntc programs on {device}: 2 links attached\n")), "{loaded}");
+    let links = network.balctl_links();
+    assert_not_on_the_host(&links);
+    assert_eq!(reserved_ports(&network.netns), SNAT_PORTS, "the node's namespace reserves the SNAT ports");
+    assert_eq!(host_reserved_ports(), host_ports, "the host's reserved ports are left alone");
 
     // The API server away: the agent serves, but is not ready.
     server.set_reachable(false);
     let first = podman.start(&host, &pod, agent, "sync-1");
     let (live_port, livez) = probe("liveness");
-    wait_for_status(&podman, &first, (host.port(live_port), &livez), 200, Duration::from_secs(20));
+    wait_for_status(&podman, &first, &network, (live_port, &livez), 200, Duration::from_secs(20));
     for _ in 0..5 {
-        let (status, body) = http_get(health, &readyz).expect("the agent answers");
+        let (status, body) = network.http_get(health, &readyz).expect("the agent answers");
         assert_eq!(status, 503, "ready before any sync: {body}");
         thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(sandbox.client(&["connect", "--to", VIP])["errors"]["ENETUNREACH"], 1, "nothing applied yet");
     server.set_reachable(true);
     let (startup_port, startup) = probe("startup");
-    wait_for_status(&podman, &first, (host.port(startup_port), &startup), 200, Duration::from_secs(20));
-    wait_for_status(&podman, &first, (health, &readyz), 200, Duration::from_secs(1));
+    wait_for_status(&podman, &first, &network, (startup_port, &startup), 200, Duration::from_secs(20));
+    wait_for_status(&podman, &first, &network, (health, &readyz), 200, Duration::from_secs(1));
     assert_eq!(sandbox.reached(VIP, 5), ["b2"]);
 
     // Killed under traffic; a change while no agent runs; a new pod.
@@ -605,9 +736,18 @@ pub fn the_daemonset_runs_in_podman_and_a_new_pod_takes_over() {
     assert_eq!(podman.ok(&["wait", &first]).trim(), "137", "SIGKILL");
     server.apply(slice("web", &["192.0.2.2", "192.0.2.3"]));
     thread::sleep(Duration::from_secs(1));
-    podman.run_to_end(&host, &pod, init, "load-2");
+    let reloaded = podman.run_to_end(&host, &pod, init, "load-2");
+    assert!(
+        reloaded.contains(&format!("\ntc programs on {device}: 2 links replaced in place\n")),
+        "{reloaded}"
+    );
+    let swapped = network.balctl_links();
+    for (before, after) in links.iter().zip(&swapped) {
+        assert_eq!(before.0, after.0, "the link is kept, not a second one attached: {links:?} {swapped:?}");
+        assert_ne!(before.1, after.1, "the program is new: {links:?} {swapped:?}");
+    }
     let second = podman.start(&host, &pod, agent, "sync-2");
-    wait_for_status(&podman, &second, (health, &readyz), 200, Duration::from_secs(20));
+    wait_for_status(&podman, &second, &network, (health, &readyz), 200, Duration::from_secs(20));
     let report = finish(client);
     assert_eq!(report["failed"], 0, "connections failed across the agent's death and the new pod: {report}");
     assert!(report["ok"].as_u64().unwrap() > 100, "{report}");
@@ -625,15 +765,31 @@ pub fn the_daemonset_runs_in_podman_and_a_new_pod_takes_over() {
     assert_eq!(podman.ok(&["wait", &second]).trim(), "0", "{}", podman.logs(&second));
     let after = sandbox.reached(VIP, 40);
     assert_eq!(after.len(), 2, "the datapath outlives the agent: {after:?}");
+    assert_eq!(network.balctl_links(), swapped);
+    assert_not_on_the_host(&swapped);
+    assert_eq!(host_reserved_ports(), host_ports);
 }
 
-/// Build 5 and Must show 6 (uninstall): on a sandbox loaded with a policy
-/// and synced services, deploy/uninstall.yaml's container leaves nothing:
-/// no pin, no program on the cgroup, no state file, the VIP no longer
-/// translated; it then stays running until SIGTERM, which ends it with 0.
+/// Build 5 and Must show 6 (uninstall): on a node loaded with the tc
+/// programs on its device (`--devices auto` in the node's namespace), a
+/// policy and synced services, deploy/uninstall.yaml's container leaves
+/// nothing: no pin, no program on the cgroup nor on the device, no link,
+/// the SNAT ports given back to the node's namespace, no state file, the
+/// VIP no longer translated; it then stays running until SIGTERM, which
+/// ends it with 0.
 pub fn the_uninstall_manifest_leaves_nothing_behind() {
     let sandbox = Sandbox::new();
-    sandbox.load();
+    let network = NodeNetwork::new(&sandbox);
+    let host_ports = host_reserved_ports();
+    let cgroup = sandbox.cgroup.to_str().unwrap();
+    let loaded = sandbox.balctl_in_ok(&network.netns, &["load", "--cgroup", cgroup, "--devices", "auto"]);
+    assert!(
+        loaded.contains(&format!("\ntc programs on {}: 2 links attached\n", NodeNetwork::DEVICE)),
+        "{loaded}"
+    );
+    let device_links = network.balctl_links();
+    assert_not_on_the_host(&device_links);
+    assert_eq!(reserved_ports(&network.netns), SNAT_PORTS);
     sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
     sandbox.balctl_ok(&["policy", "add", "web", "--vip", VIP, "--backend", "192.0.2.2:8080"]);
     let file = sandbox.scratch("api.toml");
@@ -643,27 +799,35 @@ pub fn the_uninstall_manifest_leaves_nothing_behind() {
     sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
     assert_eq!(sandbox.reached(VIP, 3), ["b2"]);
     assert_eq!(sandbox.reached("198.18.0.30:80", 3), ["b2"]);
-    let links = link_ids(&sandbox);
+    let hooks = network.status()["hooks"].as_array().expect("hooks").clone();
+    let mut links: Vec<u64> = hooks.iter().map(|hook| hook["link_id"].as_u64().expect("a link id")).collect();
     assert_eq!(links.len(), 9);
+    links.extend(device_links.map(|(link, _)| link));
 
     let pod = pod_of("uninstall.yaml");
     let [container] = pod.containers.as_slice() else { panic!("one container") };
-    let host = Host { sandbox: &sandbox, ports: BTreeMap::new(), kubeconfig: None };
+    let host = Host { sandbox: &sandbox, network: &network, kubeconfig: None };
     let podman = Podman::new(&sandbox);
     podman.load(&archive("amd64"));
     let name = podman.start(&host, &pod, container, "uninstall");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !podman.logs(&name).contains("balctl unloaded") {
         assert!(Instant::now() < deadline, "no unload within 20 s: {}", podman.logs(&name));
+        assert!(podman.running(&name), "the uninstall container exited: {}", podman.logs(&name));
         thread::sleep(Duration::from_millis(100));
     }
 
+    let logged = podman.logs(&name);
+    assert!(logged.contains(&format!("tc programs detached from {},", NodeNetwork::DEVICE)), "{logged}");
     assert!(!sandbox.pins.exists(), "pins left under {}", sandbox.pins.display());
     assert!(bpftool_cgroup_show(&sandbox).is_empty(), "programs still attached");
+    assert_eq!(tcx_programs_in(&network.netns, NodeNetwork::DEVICE), (vec![], vec![]), "tc programs left");
     for id in links {
         let shown = Command::new("bpftool").args(["link", "show", "id", &id.to_string()]).output().unwrap();
         assert!(!shown.status.success(), "link {id} still exists");
     }
+    assert_eq!(reserved_ports(&network.netns), "", "the SNAT ports are given back to the node");
+    assert_eq!(host_reserved_ports(), host_ports, "the host's reserved ports are left alone");
     let state: Vec<_> = fs::read_dir(&sandbox.state)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -30,9 +30,18 @@ pub fn service(name: &str, cluster_ip: &str) -> Value {
 /// web (198.18.0.20:80) with an EndpointSlice of the first; returns the
 /// server and a kubeconfig for it in the sandbox.
 pub fn web_in_a_cluster(sandbox: &Sandbox) -> (ApiServer, PathBuf) {
+    web_served_by(sandbox, ApiServer::start())
+}
+
+/// `web_in_a_cluster` with the API server on the loopback of the network
+/// namespace `netns`, for an agent that runs there.
+pub fn web_in_a_cluster_in(sandbox: &Sandbox, netns: &str) -> (ApiServer, PathBuf) {
+    web_served_by(sandbox, ApiServer::start_in(netns))
+}
+
+fn web_served_by(sandbox: &Sandbox, server: ApiServer) -> (ApiServer, PathBuf) {
     sandbox.serve("b2", &["192.0.2.2:8080"], &[]);
     sandbox.serve("b3", &["192.0.2.3:8080"], &[]);
-    let server = ApiServer::start();
     let kubeconfig = sandbox.scratch("kubeconfig");
     server.write_kubeconfig(&kubeconfig);
     server.apply(service("web", "198.18.0.20"));
