@@ -380,12 +380,14 @@ pub struct UnloadReport {
 }
 
 /// Detaches every hook and removes every pin; with tc programs on devices,
-/// releases the SNAT ports reserved for them.
+/// releases the SNAT ports reserved for them first: while their links are
+/// pinned, a failed release (a read-only /proc/sys) can be retried by
+/// unloading again, which it could not once they were gone.
 pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
-    let links_detached = links::detach_all(pins)?;
-    if links_detached.iter().any(|name| links::is_device_link(name)) {
+    if pins.pinned_links()?.iter().any(|name| links::is_device_link(name)) {
         reserved_ports::release_snat_ports()?;
     }
+    let links_detached = links::detach_all(pins)?;
     let mut maps_removed = Vec::new();
     for name in pins.pinned_maps()? {
         let path = pins.map(&name)?;

@@ -16,7 +16,7 @@ use std::{fs::File, os::fd::AsRawFd as _, process::Output, thread, time::Duratio
 use aya::programs::{SchedClassifier, TcAttachType, links::FdLink};
 use serde_json::Value;
 
-use crate::support::{Sandbox, finish, run};
+use crate::support::{BALCTL, Sandbox, finish, run};
 
 /// The SNAT ports (`balctl_common::SNAT_PORT_MIN..=SNAT_PORT_MAX`) as the
 /// sysctl lists them once reserved.
@@ -257,6 +257,39 @@ pub fn load_attaches_both_tc_programs_and_reloads_them_in_place() {
     assert_eq!(tcx_programs(&sandbox, &device), (vec![another], vec![]), "only the other program is left");
     assert_eq!(tcx_programs(&sandbox, "bct-x0").0.len(), 1);
     assert!(!sandbox.pins.join(format!("links/from_device@{device}")).exists());
+
+    // An unload that cannot give the ports back (a read-only /proc/sys, as
+    // in an unprivileged container) fails with everything still attached,
+    // so that unloading again can.
+    const SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let read_only =
+        format!("mount --bind {SYSCTL} {SYSCTL} && mount -o remount,bind,ro {SYSCTL} && exec \"$@\"");
+    let netns = format!("--net=/run/netns/{}", sandbox.server_ns);
+    let failed = sandbox
+        .command_of(
+            "nsenter",
+            &[
+                &netns,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &read_only,
+                "sh",
+                BALCTL,
+                "unload",
+                "--yes",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(tcx_programs(&sandbox, "bct-x0").0.len(), 1, "still attached after a failed unload");
+    assert_eq!(reserved_ports(&sandbox.server_ns), SNAT_PORTS);
 
     let output = node_balctl_ok(&sandbox, &["unload", "--yes"]);
     assert!(output.contains("9 hooks detached, tc programs detached from bct-x0"), "{output}");
