@@ -21,13 +21,15 @@ use super::{
 /// Ports tried for a new SNATed flow before giving up on it.
 const SNAT_PORT_TRIES: u32 = 16;
 
-/// The flow of the client's packet `key` to the frontend with `service_id`
-/// into `flow`, if it is known and still valid, its use recorded at `now`
-/// (and its closing, for a FIN or RST). A flow that has timed out (no
-/// packet from its client nor its backend for its timeout) or whose
-/// backend left the frontend gives up its reply entry and is chosen again.
+/// The flow of the client's packet `key` into `flow`, if it is known and
+/// still valid, its use recorded at `now` (and its closing, for a FIN or
+/// RST). A flow that has timed out (no packet from its client nor its
+/// backend for its timeout) or whose backend left the frontend gives up
+/// its reply entry and is chosen again. The 5-tuple names the frontend, so
+/// the flow's is the packet's: a frontend that went took its memberships
+/// with it, and one that came back has another id.
 #[inline(never)]
-pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut Flow) -> bool {
+pub fn follow(key: &FlowKey, now: u64, closes: bool, flow: &mut Flow) -> bool {
     let Some(entry) = FLOWS.get_ptr_mut(key) else {
         return false;
     };
@@ -37,9 +39,8 @@ pub fn follow(key: &FlowKey, service_id: u32, now: u64, closes: bool, flow: &mut
         let copy = *entry;
         let timeout = flow_timeout_ns(copy.state, key.proto);
         let member = MembershipKey { service_id: copy.service_id, backend_id: copy.backend_id };
-        if copy.service_id != service_id
-            || (now.wrapping_sub(copy.last_seen_ns) > timeout
-                && !replied_since(key, &copy, now.wrapping_sub(timeout)))
+        if (now.wrapping_sub(copy.last_seen_ns) > timeout
+            && !replied_since(key, &copy, now.wrapping_sub(timeout)))
             || MEMBERSHIP.get(&member).is_none()
         {
             if copy.snat_port != 0 && own_reply(key, &copy).is_some() {

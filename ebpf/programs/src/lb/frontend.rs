@@ -112,20 +112,25 @@ fn find_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry
 }
 
 /// The external frontend (`SCOPE_EXTERNAL`) a packet from outside the node
-/// to `dest` over `proto` is for, with its master entry: the external
-/// index says which master serves the destination (a LoadBalancer IP's or
-/// external IP's own, a node address's node port), so a packet for no
-/// frontend costs one lookup, and one for a frontend two. An index entry
-/// whose master is missing (maps that drifted) is no frontend either.
+/// to `dest` over `proto` is for: the key of its master entry, which the
+/// external index names for the destination (a LoadBalancer IP's or
+/// external IP's own, a node address's node port). A packet for no
+/// frontend costs this one lookup.
 #[inline(always)]
-pub fn lookup_external(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
+pub fn external_frontend(dest: &Endpoint, proto: u8) -> Option<ServiceKey> {
     let called = ExternalKey { addr: dest.addr, port: dest.port, proto, _pad: 0 };
     // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
     let master_addr = unsafe { EXTERNAL.get(&called) }.copied()?;
-    let master_key = called.master(master_addr);
-    // SAFETY: as above.
-    let master = unsafe { SERVICES.get(&master_key) }.copied()?;
-    Some((master_key, master))
+    Some(called.master(master_addr))
+}
+
+/// The master entry of `frontend`: only a new flow needs it (a known
+/// flow's packets go by the flow). None for an index entry whose master is
+/// missing (maps that drifted): no frontend either.
+#[inline(always)]
+pub fn master(frontend: &ServiceKey) -> Option<ServiceEntry> {
+    // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
+    unsafe { SERVICES.get(frontend) }.copied()
 }
 
 /// Whether `client` may use the external frontend with `master`: any

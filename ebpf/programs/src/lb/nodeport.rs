@@ -28,7 +28,7 @@ use super::{
     counters::count,
     flows::{self, backend_of, is_snat, snat_of},
     forward::{redirect, route},
-    frontend::{admits, lookup_external},
+    frontend::{self, admits, external_frontend},
     icmp,
     maps::NODEPORT_SCRATCH,
     packet::{Family, IcmpError, Kind, Packet, Side, classify, parse_icmp_error, parse_transport},
@@ -72,6 +72,16 @@ enum Arrival {
     SnatReply,
     /// The client's packet to an external frontend (`Nat::frontend`).
     ToFrontend,
+}
+
+/// Whether the client's packet to an external frontend, of no known flow,
+/// opens one (`admit`).
+enum Admission {
+    /// Into `Nat::master`.
+    Open,
+    /// Its index entry names a master that is missing: no frontend.
+    Pass,
+    /// A client outside the frontend's source ranges.
     Drop,
 }
 
@@ -93,12 +103,21 @@ pub fn from_device(ctx: &TcContext) -> i32 {
     }
     match arriving(ctx, nat) {
         Arrival::Pass => return TC_ACT_OK,
-        Arrival::Drop => return TC_ACT_SHOT,
         Arrival::SnatReply => return snat_reply(ctx, nat),
         Arrival::ToFrontend => {}
     }
-    if !follow(nat) && !open(ctx, nat) {
-        return TC_ACT_SHOT;
+    // A known flow's packet goes by its flow: neither the master entry nor
+    // the source ranges are looked up again (as kube-proxy's KUBE-FW
+    // chain, which only a connection's first packet walks).
+    if !follow(nat) {
+        match admit(nat) {
+            Admission::Open => {}
+            Admission::Pass => return TC_ACT_OK,
+            Admission::Drop => return TC_ACT_SHOT,
+        }
+        if !open(ctx, nat) {
+            return TC_ACT_SHOT;
+        }
     }
     to_backend(ctx, nat)
 }
@@ -123,8 +142,8 @@ pub fn to_device(ctx: &TcContext) -> i32 {
 
 /// Reads a TCP or UDP packet arriving on a device into `nat` and says what
 /// it is: the reply of a SNATed flow (only packets to a SNAT port are
-/// looked up as one), the client's packet to an external frontend it may
-/// use, or neither.
+/// looked up as one), the client's packet to an external frontend, or
+/// neither.
 #[inline(never)]
 fn arriving(ctx: &TcContext, nat: &mut Nat) -> Arrival {
     if !parse_transport(ctx, &mut nat.packet) {
@@ -138,13 +157,10 @@ fn arriving(ctx: &TcContext, nat: &mut Nat) -> Arrival {
             return Arrival::SnatReply;
         }
     }
-    let Some((frontend, master)) = lookup_external(&packet.destination(), packet.ip.proto) else {
+    let Some(frontend) = external_frontend(&packet.destination(), packet.ip.proto) else {
         return Arrival::Pass;
     };
-    if !admits(&master, &packet.ip.src) {
-        return Arrival::Drop;
-    }
-    (nat.frontend, nat.master) = (frontend, master);
+    nat.frontend = frontend;
     Arrival::ToFrontend
 }
 
@@ -153,7 +169,22 @@ fn arriving(ctx: &TcContext, nat: &mut Nat) -> Arrival {
 #[inline(never)]
 fn follow(nat: &mut Nat) -> bool {
     let packet = &nat.packet;
-    flows::follow(&packet.key(), nat.master.service_id, coarse_now(), packet.closes(), &mut nat.flow)
+    flows::follow(&packet.key(), coarse_now(), packet.closes(), &mut nat.flow)
+}
+
+/// Whether the client's packet to `nat.frontend` may open a flow: its
+/// master entry into `nat.master`, and the client within its source
+/// ranges (loadBalancerSourceRanges) if it has any.
+#[inline(never)]
+fn admit(nat: &mut Nat) -> Admission {
+    let Some(master) = frontend::master(&nat.frontend) else {
+        return Admission::Pass;
+    };
+    if !admits(&master, &nat.packet.ip.src) {
+        return Admission::Drop;
+    }
+    nat.master = master;
+    Admission::Open
 }
 
 /// Opens the flow of the client's packet into `nat.flow`: chooses its
