@@ -1,6 +1,7 @@
 //! Which frontend a destination is, in layer order: a LocalRedirectPolicy,
 //! a BalancingPolicy, the Service (exact, else its NodePort); and for
-//! traffic from outside the node, its external frontend (`lookup_external`).
+//! traffic from outside the node, its external frontend
+//! (`external_frontend`; its `master` entry only for a new flow).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use balctl_common::{
