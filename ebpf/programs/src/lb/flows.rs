@@ -13,7 +13,7 @@ use balctl_common::{
 use super::{
     addr::Endpoint,
     choice::{Choice, has_backends, random_slot},
-    clock::NSEC_PER_SEC,
+    clock::{NSEC_PER_SEC, coarse_now},
     maglev,
     maps::{FLOW_REPLIES, FLOWS, MEMBERSHIP},
 };
@@ -194,14 +194,17 @@ pub fn reply(key: &FlowKey) -> Option<FlowReply> {
 }
 
 /// What the TCP or UDP packet `key` is a reply to, if it is one of a flow,
-/// its backend's use recorded at `now` (which keeps the flow alive while
-/// the backend sends: a stream to a silent client), and for a FIN or RST
+/// its backend's use recorded (which keeps the flow alive while the
+/// backend sends: a stream to a silent client), and for a FIN or RST
 /// (`closes`) the flow's closing, as the client's would.
 #[inline(never)]
-pub fn reply_seen(key: &FlowKey, now: u64, closes: bool, reply: &mut FlowReply) -> bool {
+pub fn reply_seen(key: &FlowKey, closes: bool, reply: &mut FlowReply) -> bool {
     let Some(entry) = FLOW_REPLIES.get_ptr_mut(key) else {
         return false;
     };
+    // The clock only for a reply: every packet leaving a device is looked
+    // up here, most of them the node's own.
+    let now = coarse_now();
     // SAFETY: `entry` points into the map's value for the program's run;
     // it is copied whole, then one field is written.
     unsafe {

@@ -152,8 +152,7 @@ fn arriving(ctx: &TcContext, nat: &mut Nat) -> Arrival {
     let packet = &nat.packet;
     if flows::in_snat_range(packet.dport) {
         let key = packet.key();
-        if flows::reply_seen(&key, coarse_now(), packet.closes(), &mut nat.reply) && is_snat(&nat.reply, &key)
-        {
+        if flows::reply_seen(&key, packet.closes(), &mut nat.reply) && is_snat(&nat.reply, &key) {
             return Arrival::SnatReply;
         }
     }
@@ -313,7 +312,7 @@ fn leaving(ctx: &TcContext, nat: &mut Nat) -> i32 {
     }
     let key = packet.key();
     let reply = &mut nat.reply;
-    if flows::reply_seen(&key, coarse_now(), packet.closes(), reply) && !is_snat(reply, &key) {
+    if flows::reply_seen(&key, packet.closes(), reply) && !is_snat(reply, &key) {
         let frontend = Endpoint { addr: reply.frontend, port: reply.frontend_port };
         if packet.rewrite(ctx, Side::Source, &frontend).is_err() {
             return TC_ACT_SHOT;
