@@ -42,7 +42,8 @@ use super::{
 /// packets.
 pub struct Nat {
     packet: Packet,
-    /// The external frontend it is for, and its master entry.
+    /// The external frontend it is for, and its master entry (read only
+    /// for a packet of no known flow, which opens one).
     frontend: ServiceKey,
     master: ServiceEntry,
     /// Its flow; or, for a SNATed flow's reply, what it is rewritten to.
