@@ -141,6 +141,7 @@ fn main() {
         north_south::local_policy_keeps_the_client_address_and_drops_without_a_local_pod,
         north_south::load_balancer_and_external_ips_reach_pods_on_both_nodes,
         north_south::ipv6_node_port_alongside_ipv4,
+        north_south::checksums_stay_right_for_packets_with_whole_checksums,
         north_south::a_smaller_mtu_beyond_node_a_lowers_the_clients_path_mtu,
         north_south::flows_keep_their_backend_across_a_backend_change,
         north_south::icmp_errors_about_a_flow_reach_the_client,

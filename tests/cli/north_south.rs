@@ -320,6 +320,61 @@ pub fn ipv6_node_port_alongside_ipv4() {
     assert_eq!(ipv4, v4);
 }
 
+/// The rewrites keep every checksum right for packets that carry their
+/// whole checksum (no device fills it in), as packets from a real network
+/// do: with every checksum offload off, each receiver checks the TCP and
+/// UDP checksums, and a wrong one would lose the packet. Both families,
+/// the pod on A (DNAT) and on B (SNAT and DNAT); no receiver counts a
+/// checksum error.
+pub fn checksums_stay_right_for_packets_with_whole_checksums() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    nodes.checksums_in_software();
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
+    nodes.sync(&sandbox, &yaml);
+
+    let v4 = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    let v6 = set(&[&format!("pod-a {CLIENT6}"), &format!("pod-b {NODE_A_INNER6}")]);
+    // Few connections: each lost one waits out the client's 2 s timeout.
+    assert_eq!(tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 40), v4);
+    assert_eq!(udp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 20), v4);
+    assert_eq!(tcp_answers(&sandbox, &nodes, &format!("[{NODE_A6}]:30086"), 40), v6);
+    for ns in [&nodes.client, &nodes.pod_a, &nodes.pod_b] {
+        for (file, counter) in [
+            ("/proc/net/snmp", "Tcp:InCsumErrors"),
+            ("/proc/net/snmp", "Udp:InCsumErrors"),
+            // TCP counts both families in one MIB.
+            ("/proc/net/snmp6", "Udp6:InCsumErrors"),
+        ] {
+            let errors = snmp_counter(ns, file, counter);
+            assert_eq!(errors, Some(0), "{counter} in {ns}");
+        }
+    }
+}
+
+/// A counter of `/proc/net/snmp` (`Proto:Name`, from its header and value
+/// lines) or `/proc/net/snmp6` (`Proto6Name`) in network namespace `ns`.
+fn snmp_counter(ns: &str, file: &str, counter: &str) -> Option<u64> {
+    let text = run("ip", &["netns", "exec", ns, "cat", file]);
+    let lines: Vec<&str> = text.lines().collect();
+    if let Some((proto, name)) = counter.split_once(':')
+        && !proto.ends_with('6')
+    {
+        let prefix = format!("{proto}:");
+        let mut rows = lines.iter().filter(|line| line.starts_with(&prefix));
+        let (names, values) = (rows.next()?, rows.next()?);
+        let at = names.split_whitespace().position(|field| field == name)?;
+        return values.split_whitespace().nth(at)?.parse().ok();
+    }
+    let name = counter.replace(':', "");
+    lines.iter().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next()? == name).then(|| fields.next()?.parse().ok())?
+    })
+}
+
 /// A program in a pod or the client, in a process group of its own, which
 /// is killed (by the group's id, the program's PID) when this drops: a
 /// forking server's children go with it.

@@ -130,6 +130,26 @@ impl Nodes {
         }
     }
 
+    /// Turns off every device's checksum offloads (ethtool: `tx` and `rx`
+    /// checksumming on each veth end): every TCP/UDP packet is sent with
+    /// its whole checksum, not one a device would fill in
+    /// (`CHECKSUM_PARTIAL`), and every receiver checks it, as on a link
+    /// between real machines.
+    pub fn checksums_in_software(&self) {
+        let devices: [(&str, &[&str]); 5] = [
+            (&self.client, &["eth0"]),
+            (&self.node_a, &["ext0", "tob0", "pod0"]),
+            (&self.node_b, &["toa0", "pod0"]),
+            (&self.pod_a, &["eth0"]),
+            (&self.pod_b, &["eth0"]),
+        ];
+        for (ns, names) in devices {
+            for device in names {
+                run("ip", &["netns", "exec", ns, "ethtool", "-K", device, "tx", "off", "rx", "off"]);
+            }
+        }
+    }
+
     /// Runs balctl in node A's network namespace, against the sandbox's
     /// pins and state; it must succeed.
     pub fn balctl_ok(&self, sandbox: &Sandbox, args: &[&str]) -> String {
