@@ -300,17 +300,23 @@ pub fn the_snat_ports_of_ended_flows_are_given_back() {
     assert!(slowest < 900_000, "a connection waited {slowest} us: its SYN found no free SNAT port");
 }
 
+/// Serves the pods, loads and syncs shop/web (Cluster, both pods) and
+/// shop/web6; the answers through their node ports, IPv4 and IPv6.
+fn web_in_both_families(sandbox: &Sandbox, nodes: &Nodes) -> (BTreeSet<String>, BTreeSet<String>) {
+    serve_pods(sandbox, nodes);
+    nodes.load(sandbox);
+    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
+    nodes.sync(sandbox, &yaml);
+    let v4 = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+    let v6 = set(&[&format!("pod-a {CLIENT6}"), &format!("pod-b {NODE_A_INNER6}")]);
+    (v4, v6)
+}
+
 /// Must show 5: an IPv6 node port from an IPv6 client, alongside IPv4.
 pub fn ipv6_node_port_alongside_ipv4() {
     let sandbox = Sandbox::new();
     let nodes = Nodes::new(&sandbox);
-    serve_pods(&sandbox, &nodes);
-    nodes.load(&sandbox);
-    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
-    nodes.sync(&sandbox, &yaml);
-
-    let v4 = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
-    let v6 = set(&[&format!("pod-a {CLIENT6}"), &format!("pod-b {NODE_A_INNER6}")]);
+    let (v4, v6) = web_in_both_families(&sandbox, &nodes);
     // Both families at once, from one client.
     let ipv4 = thread::scope(|scope| {
         let ipv4 = scope.spawn(|| tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 300));
@@ -330,13 +336,7 @@ pub fn checksums_stay_right_for_packets_with_whole_checksums() {
     let sandbox = Sandbox::new();
     let nodes = Nodes::new(&sandbox);
     nodes.checksums_in_software();
-    serve_pods(&sandbox, &nodes);
-    nodes.load(&sandbox);
-    let yaml = format!("{}---\n{}", web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")]), web6());
-    nodes.sync(&sandbox, &yaml);
-
-    let v4 = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
-    let v6 = set(&[&format!("pod-a {CLIENT6}"), &format!("pod-b {NODE_A_INNER6}")]);
+    let (v4, v6) = web_in_both_families(&sandbox, &nodes);
     // Few connections: each lost one waits out the client's 2 s timeout.
     assert_eq!(tcp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 40), v4);
     assert_eq!(udp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 20), v4);
