@@ -33,7 +33,7 @@ use aya_ebpf::{
 
 use super::{
     maps::ICMP_SCRATCH,
-    packet::{Family, IPPROTO_ICMP, IPPROTO_ICMPV6, IpHeader, Ipv4Header, Ipv6Header},
+    packet::{Family, IPPROTO_ICMP, IPPROTO_ICMPV6, IpHeader, Ipv4Header, Ipv6Header, fold},
 };
 
 const ETH_ALEN: usize = 6;
@@ -239,14 +239,6 @@ fn csum<T>(from: *mut T, size: usize, seed: u32) -> Result<u32, ()> {
     // SAFETY: `from` is `size` bytes of the scratch entry or the stack.
     let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, from.cast(), size as u32, seed) };
     u32::try_from(sum).map_err(|_| ())
-}
-
-/// The checksum field of a one's complement sum, in memory order.
-#[inline(always)]
-fn fold(sum: u32) -> u16 {
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 /// Sends the packet back where it came from: the Ethernet destination

@@ -2,12 +2,12 @@
 //! TCP, UDP or an ICMP error; the addresses and ports that name a flow,
 //! and rewrites of them that keep every checksum right.
 //!
-//! Headers are read straight from the skb's linear data when they are
-//! there (`read`: on every device seen, they are), else through
-//! `bpf_skb_load_bytes`, which also reaches paged data; a helper call and
-//! a copy per read were a sixth of the programs' time. Addresses, ports,
-//! the TTL, MAC addresses and the IPv4 header checksum are written the same
-//! way (`write`), the checksum updated here (`fold`): a `bpf_skb_store_bytes`
+//! Headers are read straight from the skb's linear data (`read`), pulled
+//! into it first when a driver left them in the pages (on every device
+//! seen, they are there); a `bpf_skb_load_bytes` call and a copy per read
+//! were a sixth of the programs' time. Addresses, ports, the TTL, MAC
+//! addresses and the IPv4 header checksum are written the same way
+//! (`write`), the checksum updated here (`replaced`): a `bpf_skb_store_bytes`
 //! or `bpf_l3_csum_replace` call each cost about 80 ns, a quarter of a
 //! reply's program. Only the TCP/UDP checksum goes through its helper
 //! (`bpf_l4_csum_replace`), which alone knows the skb's checksum state: a
@@ -324,7 +324,7 @@ impl IcmpError {
     }
 }
 
-/// Offsets up to which `read` reads: the headers'. An offset kept in the
+/// Offsets up to which `read` reads and `write` writes: the headers'. An offset kept in the
 /// scratch map comes back with no bounds the verifier knows, and it adds
 /// only bounded ones to a packet pointer.
 const READ_MAX: usize = 256;
@@ -486,8 +486,7 @@ fn replace_addr(
         Family::V4 => {
             write(ctx, offset, &to[3])?;
             if let Some(ip_check) = ip_check {
-                let check: u16 = read(ctx, ip_check).ok_or(())?;
-                write(ctx, ip_check, &fold(!check, &Words::from(from[3]), &Words::from(to[3])))?;
+                replace_ip_check(ctx, ip_check, &Words::from(from[3]), &Words::from(to[3]))?;
             }
             if let Some(l4) = l4 {
                 let (old, new) = (u64::from(from[3]), u64::from(to[3]));
@@ -498,7 +497,8 @@ fn replace_addr(
             write(ctx, offset, to)?;
             if let Some(l4) = l4 {
                 // Size 0 in the flags: `to` is a checksum difference.
-                let diff = !fold(0xffff, &Words::from_addr(from), &Words::from_addr(to));
+                // The difference: the complement of a zero checksum's update.
+                let diff = !replaced(0, &Words::from_addr(from), &Words::from_addr(to));
                 ctx.l4_csum_replace(l4.offset, 0, u64::from(diff), l4.flags).map_err(|_| ())?;
             }
         }
@@ -536,19 +536,35 @@ impl Words<8> {
     }
 }
 
-/// A checksum after `from` was replaced by `to` in what it covers, by
-/// RFC 1624's `HC' = ~(~HC + ~m + m')`, given `~HC` (`sum`). With `sum`
-/// 0xffff, the complement of the result is the difference `to` makes to
-/// a checksum.
+/// Checksum `check` after `from` was replaced by `to` in what it covers,
+/// by RFC 1624's `HC' = ~(~HC + ~m + m')`.
 #[inline(always)]
-fn fold<const N: usize>(sum: u16, from: &Words<N>, to: &Words<N>) -> u16 {
-    let mut total = u32::from(sum);
+fn replaced<const N: usize>(check: u16, from: &Words<N>, to: &Words<N>) -> u16 {
+    let mut sum = u32::from(!check);
     for i in 0..N {
-        total += u32::from(!from.0[i]) + u32::from(to.0[i]);
+        sum += u32::from(!from.0[i]) + u32::from(to.0[i]);
     }
-    total = (total & 0xffff) + (total >> 16);
-    total = (total & 0xffff) + (total >> 16);
-    !(total as u16)
+    fold(sum)
+}
+
+/// The checksum field of a one's complement sum, in memory order.
+#[inline(always)]
+pub fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Updates the IPv4 header checksum at `at` for `from` replaced by `to`.
+#[inline(always)]
+fn replace_ip_check<const N: usize>(
+    ctx: &TcContext,
+    at: usize,
+    from: &Words<N>,
+    to: &Words<N>,
+) -> Result<(), ()> {
+    let check: u16 = read(ctx, at).ok_or(())?;
+    write(ctx, at, &replaced(check, from, to))
 }
 
 /// Lowers the IPv4 TTL or IPv6 hop limit by one, as a router does; false
@@ -569,11 +585,8 @@ pub fn decrement_ttl(ctx: &TcContext, ip: &IpHeader) -> bool {
             let mut bytes = old.to_ne_bytes();
             bytes[0] -= 1;
             let new = u16::from_ne_bytes(bytes);
-            let Some(check) = read::<u16>(ctx, ip.l3 + 10) else {
-                return false;
-            };
             write(ctx, offset, &new).is_ok()
-                && write(ctx, ip.l3 + 10, &fold(!check, &Words([old]), &Words([new]))).is_ok()
+                && replace_ip_check(ctx, ip.l3 + 10, &Words([old]), &Words([new])).is_ok()
         }
         Family::V6 => write(ctx, ip.l3 + 7, &(ip.ttl - 1)).is_ok(),
     }
