@@ -342,37 +342,28 @@ pub fn checksums_stay_right_for_packets_with_whole_checksums() {
     assert_eq!(udp_answers(&sandbox, &nodes, &format!("{NODE_A}:30080"), 20), v4);
     assert_eq!(tcp_answers(&sandbox, &nodes, &format!("[{NODE_A6}]:30086"), 40), v6);
     for ns in [&nodes.client, &nodes.pod_a, &nodes.pod_b] {
-        for (file, counter) in [
-            ("/proc/net/snmp", "Tcp:InCsumErrors"),
-            ("/proc/net/snmp", "Udp:InCsumErrors"),
-            // TCP counts both families in one MIB.
-            ("/proc/net/snmp6", "Udp6:InCsumErrors"),
-        ] {
-            let errors = snmp_counter(ns, file, counter);
-            assert_eq!(errors, Some(0), "{counter} in {ns}");
+        // TCP counts both families in one MIB.
+        for (proto, name) in [("Tcp", "InCsumErrors"), ("Udp", "InCsumErrors"), ("Udp6", "InCsumErrors")] {
+            assert_eq!(snmp_counter(ns, proto, name), Some(0), "{proto} {name} in {ns}");
         }
     }
 }
 
-/// A counter of `/proc/net/snmp` (`Proto:Name`, from its header and value
-/// lines) or `/proc/net/snmp6` (`Proto6Name`) in network namespace `ns`.
-fn snmp_counter(ns: &str, file: &str, counter: &str) -> Option<u64> {
-    let text = run("ip", &["netns", "exec", ns, "cat", file]);
-    let lines: Vec<&str> = text.lines().collect();
-    if let Some((proto, name)) = counter.split_once(':')
-        && !proto.ends_with('6')
-    {
-        let prefix = format!("{proto}:");
-        let mut rows = lines.iter().filter(|line| line.starts_with(&prefix));
-        let (names, values) = (rows.next()?, rows.next()?);
-        let at = names.split_whitespace().position(|field| field == name)?;
-        return values.split_whitespace().nth(at)?.parse().ok();
+/// Counter `name` of protocol `proto` in network namespace `ns`: from
+/// /proc/net/snmp's header and value lines, or for an IPv6 protocol from
+/// /proc/net/snmp6's `<proto><name> <value>` lines.
+fn snmp_counter(ns: &str, proto: &str, name: &str) -> Option<u64> {
+    if proto.ends_with('6') {
+        let text = run("ip", &["netns", "exec", ns, "cat", "/proc/net/snmp6"]);
+        let key = format!("{proto}{name}");
+        return text.lines().find_map(|line| line.strip_prefix(key.as_str())?.trim().parse().ok());
     }
-    let name = counter.replace(':', "");
-    lines.iter().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        (fields.next()? == name).then(|| fields.next()?.parse().ok())?
-    })
+    let text = run("ip", &["netns", "exec", ns, "cat", "/proc/net/snmp"]);
+    let prefix = format!("{proto}:");
+    let mut rows = text.lines().filter(|line| line.starts_with(&prefix));
+    let (names, values) = (rows.next()?, rows.next()?);
+    let at = names.split_whitespace().position(|field| field == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// A program in a pod or the client, in a process group of its own, which
