@@ -171,7 +171,7 @@ fn scenario(build: Build, other_services: u32) -> f64 {
 /// tracing would; started and ready before the measurement.
 fn start_tracer(sandbox: &Sandbox) -> std::process::Child {
     let output = std::fs::File::create(sandbox.scratch("trace.json")).expect("create the trace output");
-    let mut child = std::process::Command::new(support::BALCTL)
+    let mut child = std::process::Command::new(support::balctl())
         .args(["trace", "-o", "json"])
         .env("BALCTL_BPFFS", &sandbox.pins)
         .env("BALCTL_STATE_DIR", &sandbox.state)

@@ -106,13 +106,13 @@ fn loaded(program: &str, services: u32) -> Sandbox {
 }
 
 fn scenario(services: u32) {
-    let sandbox = loaded(support::BALCTL, services);
+    let sandbox = loaded(support::balctl(), services);
     let input = sandbox.scratch("cluster.yaml");
     write_cluster(&input, services, None);
     let megabytes = std::fs::metadata(&input).map(|m| m.len() / 1_000_000).unwrap_or(0);
 
-    let full = timed_sync(&sandbox, support::BALCTL, &input, "frontends +");
-    let repeat = timed_sync(&sandbox, support::BALCTL, &input, "no changes");
+    let full = timed_sync(&sandbox, support::balctl(), &input, "frontends +");
+    let repeat = timed_sync(&sandbox, support::balctl(), &input, "no changes");
     // A single sync of tens of milliseconds is at the mercy of this shared
     // VM's noise: the endpoint is moved and moved back, CHANGE_ROUNDS times.
     let mut changes = Vec::new();
@@ -120,7 +120,7 @@ fn scenario(services: u32) {
         for changed in [Some(0), None] {
             write_cluster(&input, services, changed);
             let expect = "frontends +0 ~1 -0, backends +1 -1";
-            changes.push(timed_sync(&sandbox, support::BALCTL, &input, expect));
+            changes.push(timed_sync(&sandbox, support::balctl(), &input, expect));
         }
         eprintln!("{services}: change round {} of {CHANGE_ROUNDS} done", round + 1);
     }
@@ -146,7 +146,7 @@ fn compare(old: &str, services: u32) {
         // warmer page cache or a quieter machine.
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for which in order {
-            let program = [old, support::BALCTL][which];
+            let program = [old, support::balctl()][which];
             let sandbox = loaded(program, services);
             let input = sandbox.scratch("cluster.yaml");
             write_cluster(&input, services, None);
@@ -198,7 +198,7 @@ fn timed_sync(sandbox: &Sandbox, program: &str, input: &Path, expect: &str) -> (
 /// `sync --kube --watch` against the cluster served by an API server: its
 /// first sync, then one-endpoint changes.
 fn kube_scenario(services: u32) {
-    let sandbox = loaded(support::BALCTL, services);
+    let sandbox = loaded(support::balctl(), services);
     let server = ApiServer::start();
     let kubeconfig = sandbox.scratch("kubeconfig");
     server.write_kubeconfig(&kubeconfig);

@@ -16,7 +16,7 @@ use std::{fs::File, os::fd::AsRawFd as _, process::Output, thread, time::Duratio
 use aya::programs::{SchedClassifier, TcAttachType, links::FdLink};
 use serde_json::Value;
 
-use crate::support::{BALCTL, Sandbox, finish, run};
+use crate::support::{Sandbox, balctl, finish, run};
 
 /// The SNAT ports (`balctl_common::SNAT_PORT_MIN..=SNAT_PORT_MAX`) as the
 /// sysctl lists them once reserved.
@@ -278,7 +278,7 @@ pub fn load_attaches_both_tc_programs_and_reloads_them_in_place() {
                 "-c",
                 &read_only,
                 "sh",
-                BALCTL,
+                balctl(),
                 "unload",
                 "--yes",
             ],

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::{BALCTL, Sandbox};
+use crate::support::{Sandbox, balctl};
 
 fn dump_json(sandbox: &Sandbox) -> (String, String) {
     (
@@ -107,13 +107,7 @@ pub fn mismatched_pinned_map_is_refused() {
 fn unload_on_terminal(sandbox: &Sandbox, key: &str) -> (Option<i32>, String) {
     use std::io::{Read as _, Write as _};
     let mut child = Command::new("script")
-        .args([
-            "--quiet",
-            "--return",
-            "--command",
-            &format!("{} unload", crate::support::BALCTL),
-            "/dev/null",
-        ])
+        .args(["--quiet", "--return", "--command", &format!("{} unload", balctl()), "/dev/null"])
         .env("BALCTL_BPFFS", &sandbox.pins)
         .env("BALCTL_STATE_DIR", &sandbox.state)
         .stdin(std::process::Stdio::piped())
@@ -171,7 +165,7 @@ pub fn privileges_are_checked_and_named() {
     let refused = |privileges: &[&str], command: &[&str], expected: &str| {
         let output = Command::new("setpriv")
             .args(privileges)
-            .args(["--bounding-set=-all", "--", BALCTL])
+            .args(["--bounding-set=-all", "--", balctl()])
             .args(command)
             .env("BALCTL_BPFFS", &sandbox.pins)
             .env("BALCTL_STATE_DIR", &sandbox.state)

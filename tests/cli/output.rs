@@ -281,7 +281,7 @@ pub fn bash_completes_policy_names() {
         words.sort();
         words
     };
-    let balctl = crate::support::BALCTL;
+    let balctl = crate::support::balctl();
     assert_eq!(complete(&format!("{balctl} policy get w")), ["web", "web2"]);
     assert_eq!(complete(&format!("{balctl} policy delete ")), ["api", "web", "web2"]);
     assert_eq!(complete(&format!("{balctl} -v policy update a")), ["api"]);

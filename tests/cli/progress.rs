@@ -8,7 +8,7 @@ use std::{
 
 use balctl::progress::BAR_THRESHOLD;
 
-use crate::support::{BALCTL, Sandbox};
+use crate::support::{Sandbox, balctl};
 
 /// One service with `count` frontend addresses and two backends: five map
 /// writes per frontend (master entry, two slots, two memberships).
@@ -34,7 +34,7 @@ pub fn large_plans_show_a_bar_on_a_terminal_only() {
     fs::write(&file, many_frontends(frontends)).unwrap();
 
     let output = Command::new("script")
-        .args(["--quiet", "--return", "--command", &format!("{BALCTL} sync -f {file_arg}"), "/dev/null"])
+        .args(["--quiet", "--return", "--command", &format!("{} sync -f {file_arg}", balctl()), "/dev/null"])
         .env("BALCTL_BPFFS", &sandbox.pins)
         .env("BALCTL_STATE_DIR", &sandbox.state)
         .stdin(Stdio::null())

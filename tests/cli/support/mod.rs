@@ -34,7 +34,22 @@ use std::{
 
 use serde_json::Value;
 
-pub const BALCTL: &str = env!("CARGO_BIN_EXE_balctl");
+/// The balctl binary the tests run: this build's, or the one
+/// `BALCTL_UNDER_TEST` names. scripts/test names the image's static amd64
+/// binary (built just before by scripts/image), so the suite runs what is
+/// shipped, and an optimized build: the debug one makes the suite twice as
+/// long (most of its CPU time is balctl's own).
+pub fn balctl() -> &'static str {
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| match std::env::var("BALCTL_UNDER_TEST") {
+        Ok(path) => {
+            let runs = Command::new(&path).arg("--version").output().is_ok_and(|out| out.status.success());
+            assert!(runs, "BALCTL_UNDER_TEST={path}: not a balctl binary that runs here");
+            path
+        }
+        Err(_) => env!("CARGO_BIN_EXE_balctl").to_owned(),
+    })
+}
 const PREFIX: &str = "bct-";
 
 /// Kernel tests need root. Outside CI they are reported as ignored without
@@ -197,7 +212,7 @@ impl Sandbox {
     /// balctl with `args`, against this sandbox's pins and state, stdin
     /// closed: for running it in the background or with other output.
     pub fn balctl_command(&self, args: &[&str]) -> Command {
-        self.command_of(BALCTL, args)
+        self.command_of(balctl(), args)
     }
 
     /// `balctl_command` of another balctl binary, e.g. an older build.
@@ -223,7 +238,7 @@ impl Sandbox {
     #[allow(dead_code, reason = "the benches use part of the sandbox")]
     pub fn balctl_in(&self, netns: &str, args: &[&str]) -> Output {
         let netns = format!("--net=/run/netns/{netns}");
-        let mut argv = vec![netns.as_str(), BALCTL];
+        let mut argv = vec![netns.as_str(), balctl()];
         argv.extend(args);
         self.command_of("nsenter", &argv).output().expect("run balctl in a network namespace")
     }

@@ -23,7 +23,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use super::{BALCTL, Sandbox, run};
+use super::{Sandbox, balctl, run};
 
 pub const CLIENT: &str = "203.0.113.1";
 pub const CLIENT6: &str = "2001:db8:3::1";
@@ -66,7 +66,7 @@ impl Nodes {
             pod_b: name("pb"),
             unload_in_node_a: sandbox.command_of(
                 "nsenter",
-                &[&format!("--net=/run/netns/{}", name("na")), BALCTL, "unload", "--yes"],
+                &[&format!("--net=/run/netns/{}", name("na")), balctl(), "unload", "--yes"],
             ),
         };
         nodes.build();

@@ -62,7 +62,7 @@ impl Watcher {
     #[allow(dead_code, reason = "the CLI tests' health-check node ports; the benches watch in the host's")]
     pub fn start_in(sandbox: &Sandbox, netns: &str, args: &[&str]) -> Self {
         let net = format!("--net=/run/netns/{netns}");
-        let mut command = sandbox.command_of("nsenter", &[&net, super::BALCTL, "sync", "--watch"]);
+        let mut command = sandbox.command_of("nsenter", &[&net, super::balctl(), "sync", "--watch"]);
         command.args(args);
         Self::spawn(command)
     }
