@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     bpf::object::SIZE_NAMES,
     inputs::InputLimit,
-    model::{Frontend, Prefix, Scope, parse_affinity, parse_backend},
+    model::{Frontend, NodePortAddresses, Prefix, Scope, parse_affinity, parse_backend},
     output::{OutputFormat, OutputFormatParser},
 };
 
@@ -220,6 +220,13 @@ pub struct SyncArgs {
     /// This node's name, for internalTrafficPolicy: Local [default: the hostname]
     #[arg(long, value_name = "NAME", env = "BALCTL_NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Which of the Nodes' addresses serve node ports, as kube-proxy's
+    /// flag: `primary` (each Node's first InternalIP of each family, else
+    /// its first ExternalIP of it) or CIDRs separated by commas (the
+    /// addresses inside them) [default: every InternalIP and ExternalIP]
+    #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...", env = "BALCTL_NODEPORT_ADDRESSES")]
+    pub nodeport_addresses: Option<NodePortAddresses>,
 
     /// The most bytes read from one input file, FIFO or standard input, as
     /// bytes or with a unit: 512M, 1G, 1GiB (K, M, G, T: powers of 1024; KB,

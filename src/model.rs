@@ -392,6 +392,90 @@ impl fmt::Display for Prefix {
     }
 }
 
+/// The node a sync translates for: its name decides which endpoints are
+/// local, and `node_port_addresses` which of the Nodes' addresses serve
+/// node ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThisNode {
+    pub name: String,
+    pub node_port_addresses: NodePortAddresses,
+}
+
+impl ThisNode {
+    /// A node with node ports on every address.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into(), node_port_addresses: NodePortAddresses::All }
+    }
+}
+
+/// `--nodeport-addresses`, as kube-proxy's: which addresses of each Node
+/// (its InternalIP and ExternalIP addresses) serve node ports, to this
+/// node's sockets and to packets from outside.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every address (kube-proxy's iptables mode with the flag unset).
+    #[default]
+    All,
+    /// `primary`: the Node's primary address of each family, its first
+    /// InternalIP of the family, else its first ExternalIP of it
+    /// (kube-proxy's `GetNodeHostIPs`).
+    Primary,
+    /// The addresses inside one of these CIDRs.
+    Within(Vec<Prefix>),
+}
+
+impl NodePortAddresses {
+    /// Which of a Node's `addresses` (InternalIP and ExternalIP, in its
+    /// status's order) serve node ports; `internal_ips` are its InternalIPs.
+    pub fn select(&self, addresses: &[IpAddr], internal_ips: &[IpAddr]) -> Vec<IpAddr> {
+        match self {
+            Self::All => addresses.to_vec(),
+            Self::Within(prefixes) => {
+                addresses.iter().copied().filter(|&a| prefixes.iter().any(|p| p.contains(a))).collect()
+            }
+            Self::Primary => [true, false]
+                .into_iter()
+                .filter_map(|v4| {
+                    let of_family = |a: &&IpAddr| a.to_canonical().is_ipv4() == v4;
+                    internal_ips.iter().find(of_family).or_else(|| addresses.iter().find(of_family)).copied()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `primary`, or CIDRs separated by commas.
+impl FromStr for NodePortAddresses {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "primary" {
+            return Ok(Self::Primary);
+        }
+        let prefixes = s
+            .split(',')
+            .map(|part| match part.trim() {
+                "primary" => Err("`primary` cannot be combined with CIDRs".to_owned()),
+                part => part.parse::<Prefix>(),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::Within(prefixes))
+    }
+}
+
+impl fmt::Display for NodePortAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Primary => f.write_str("primary"),
+            Self::Within(prefixes) => {
+                let shown: Vec<String> = prefixes.iter().map(Prefix::to_string).collect();
+                f.write_str(&shown.join(","))
+            }
+        }
+    }
+}
+
 /// The annotation that chooses `ExternalBalancing::algorithm`.
 pub const LB_ALGORITHM_ANNOTATION: &str = "balancing.elf.io/lb-algorithm";
 /// The annotation that sets `ExternalBalancing::maglev_table_size`.
@@ -661,6 +745,32 @@ mod tests {
         assert!(prefix("203.0.113.0/33").unwrap_err().contains("prefix length"));
         assert!(prefix("203.0.113.0").unwrap_err().contains("not a CIDR"));
         assert!(prefix("203.0.113/24").unwrap_err().contains("not a valid IP"));
+    }
+
+    #[test]
+    fn nodeport_addresses_select_as_kube_proxy_does() {
+        let ips = |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|s| s.parse().unwrap()).collect() };
+        // Status order: an ExternalIP first, then InternalIPs of both families.
+        let addresses = ips(&["198.51.100.7", "192.0.2.1", "192.0.2.9", "2001:db8::1"]);
+        let internal = ips(&["192.0.2.1", "192.0.2.9", "2001:db8::1"]);
+        let select = |flag: &str| flag.parse::<NodePortAddresses>().unwrap().select(&addresses, &internal);
+        assert_eq!(NodePortAddresses::All.select(&addresses, &internal), addresses);
+        assert_eq!(select("primary"), ips(&["192.0.2.1", "2001:db8::1"]));
+        assert_eq!(select("192.0.2.0/29"), ips(&["192.0.2.1"]));
+        assert_eq!(select("192.0.2.8/29, 2001:db8::/64"), ips(&["192.0.2.9", "2001:db8::1"]));
+        assert_eq!(select("203.0.113.0/24"), ips(&[]));
+        // Without an InternalIP of a family, its first ExternalIP is primary.
+        assert_eq!(
+            NodePortAddresses::Primary.select(&addresses, &internal[2..]),
+            ips(&["198.51.100.7", "2001:db8::1"])
+        );
+        for bad in ["primary,192.0.2.0/24", "192.0.2.0/24,primary", "192.0.2.0/33", "node-a", ""] {
+            assert!(bad.parse::<NodePortAddresses>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "192.0.2.0/25,2001:db8::/64".parse::<NodePortAddresses>().unwrap().to_string(),
+            "192.0.2.0/25,2001:db8::/64"
+        );
     }
 
     #[test]

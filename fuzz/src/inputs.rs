@@ -22,7 +22,7 @@ use balctl::{
     error::{EXIT_INPUT, exit_code},
     image::Image,
     inputs::{self, Inputs, Located},
-    model::{AddressKind, MAX_AFFINITY_SECONDS, Scope, SyncedObject, check_address},
+    model::{AddressKind, MAX_AFFINITY_SECONDS, Scope, SyncedObject, ThisNode, check_address},
 };
 
 /// The node the inputs are read on.
@@ -44,7 +44,7 @@ pub fn yaml(data: &[u8]) {
         assert!(in_items.is_none(), "an empty file was accepted");
         return;
     }
-    let whole = inputs::from_cluster(&[(file.label(), data.to_vec())], NODE, &[]);
+    let whole = inputs::from_cluster(&[(file.label(), data.to_vec())], &ThisNode::named(NODE), &[]);
     match (&in_items, whole) {
         (Some(in_items), Ok(whole)) => {
             assert_eq!(applied(in_items), applied(&whole), "read in items != read whole");
@@ -64,7 +64,7 @@ pub fn yaml(data: &[u8]) {
 /// Reads `path` as `balctl sync -f PATH` does, with `previous` applied
 /// before; None when refused, after checking how.
 fn read(path: &Path, previous: &[Arc<SyncedObject>]) -> Option<Inputs> {
-    match inputs::gather(&[path.to_owned()], NODE, inputs::InputLimit::default())
+    match inputs::gather(&[path.to_owned()], &ThisNode::named(NODE), inputs::InputLimit::default())
         .and_then(|gathered| gathered.read(previous))
     {
         Ok(read) => Some(read),

@@ -20,7 +20,7 @@ use crate::{
     image::{FrontendImage, Image},
     input,
     inputs::{self, Inputs},
-    model::{Frontend, HealthCheck},
+    model::{Frontend, HealthCheck, ThisNode},
     output::print_structured,
     plan::Summary,
     serve,
@@ -74,14 +74,14 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
 /// `run`, treating large removals from files as `removals` says; returns
 /// the state applied.
 pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<AppliedState> {
-    let this_node = node_name(args)?;
+    let this_node = this_node(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
     // Inputs are read (files split, the API server listed) while the
     // applied state is read, and finished with it: unchanged objects are
     // kept from it. All under the state lock.
     let outcome = if args.kube {
-        let list = || cluster::list_all(&args.api_server, &this_node);
+        let list = || cluster::list_all(&args.api_server, &this_node.name);
         change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
             notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
             Ok(())
@@ -103,7 +103,7 @@ pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<Ap
 /// been listed, then after every batch of changes, until SIGINT or SIGTERM.
 /// A sync that fails is reported and leaves the applied state as it was.
 pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    let this_node = node_name(args)?;
+    let this_node = this_node(args)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle SIGINT and SIGTERM")?;
@@ -113,7 +113,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     // The cluster as it is at start waits for the first full list.
     agent.changed(1);
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
-    cluster::watch(&args.api_server, &this_node, &stop, &agent, |documents| {
+    cluster::watch(&args.api_server, &this_node.name, &stop, &agent, |documents| {
         let synced = agent.sync(|| {
             let mut notes = Vec::new();
             let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
@@ -199,11 +199,14 @@ fn large_removals(state: &AppliedState, inputs: &Inputs) -> Vec<LargeRemoval> {
         .collect()
 }
 
-fn node_name(args: &SyncArgs) -> Result<String> {
-    match &args.node_name {
-        Some(name) => Ok(name.clone()),
-        None => hostname(),
-    }
+/// The node the sync is for: its name (the hostname by default) and
+/// which of the Nodes' addresses serve node ports.
+fn this_node(args: &SyncArgs) -> Result<ThisNode> {
+    let name = match &args.node_name {
+        Some(name) => name.clone(),
+        None => hostname()?,
+    };
+    Ok(ThisNode { name, node_port_addresses: args.nodeport_addresses.clone().unwrap_or_default() })
 }
 
 /// The node name Kubernetes uses by default: the hostname.
@@ -331,7 +334,10 @@ mod tests {
                 .collect();
             let path = self.0.join(file);
             fs::write(&path, if text.is_empty() { "# none\n".to_owned() } else { text }).unwrap();
-            inputs::gather(&[path], "node-a", inputs::InputLimit::default()).unwrap().read(&[]).unwrap()
+            inputs::gather(&[path], &ThisNode::named("node-a"), inputs::InputLimit::default())
+                .unwrap()
+                .read(&[])
+                .unwrap()
         }
     }
 

@@ -25,7 +25,10 @@ use rustc_hash::FxHashMap as HashMap;
 
 use self::{budget::EntryBudget, location::Location};
 pub use self::{location::Located, size_limit::InputLimit};
-use crate::{input, model::SyncedObject};
+use crate::{
+    input,
+    model::{SyncedObject, ThisNode},
+};
 
 /// One `-f` argument and the objects read from it.
 pub struct Source {
@@ -64,7 +67,7 @@ enum Format {
 /// The `-f` arguments read as far as possible without the applied state:
 /// TOML files and streams parsed, YAML files split into items.
 pub struct Gathered {
-    this_node: String,
+    this_node: ThisNode,
     names: Vec<String>,
     /// Objects from TOML, per source.
     objects: Vec<Vec<Located<SyncedObject>>>,
@@ -81,7 +84,7 @@ pub struct Gathered {
 /// state (see `Gathered::read`), each file and stream up to `limit`.
 /// Directories contribute their `*.toml`, `*.yaml`, `*.yml` and `*.json`
 /// files, in name order.
-pub fn gather(arguments: &[PathBuf], this_node: &str, limit: InputLimit) -> Result<Gathered> {
+pub fn gather(arguments: &[PathBuf], this_node: &ThisNode, limit: InputLimit) -> Result<Gathered> {
     let mut names = Vec::new();
     let mut objects = Vec::new();
     let mut streamed_objects = Vec::new();
@@ -129,7 +132,7 @@ pub fn gather(arguments: &[PathBuf], this_node: &str, limit: InputLimit) -> Resu
         objects.push(toml_objects);
     }
     let yaml = kube::split_files(yaml_files, this_node, limit)?;
-    Ok(Gathered { this_node: this_node.to_owned(), names, objects, streamed_objects, yaml, notes, budget })
+    Ok(Gathered { this_node: this_node.clone(), names, objects, streamed_objects, yaml, notes, budget })
 }
 
 impl Gathered {
@@ -169,7 +172,7 @@ pub const CLUSTER_SOURCE: &str = "kubernetes";
 /// kept without reading those again.
 pub fn from_cluster(
     documents: &[(String, impl AsRef<[u8]> + Sync)],
-    this_node: &str,
+    this_node: &ThisNode,
     previous: &[Arc<SyncedObject>],
 ) -> Result<Inputs> {
     let kube = kube::read_documents(documents, CLUSTER_SOURCE, previous, this_node)?;
@@ -195,7 +198,7 @@ fn reserve_kept(budget: &mut EntryBudget, kept: &[(usize, Located<Arc<SyncedObje
 
 /// Reads every `-f` argument at once: `gather`, then `Gathered::read`.
 #[cfg(test)]
-fn read(arguments: &[PathBuf], this_node: &str, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
+fn read(arguments: &[PathBuf], this_node: &ThisNode, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
     gather(arguments, this_node, InputLimit::default())?.read(previous)
 }
 
@@ -460,9 +463,9 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         fs::write(&list, LIST).unwrap();
         let arguments = [k8s.clone(), list.clone()];
 
-        let first = read(&arguments, "node-a", &[]).unwrap();
+        let first = read(&arguments, &ThisNode::named("node-a"), &[]).unwrap();
         let mut previous = objects(&first);
-        let again = read(&arguments, "node-a", &previous).unwrap();
+        let again = read(&arguments, &ThisNode::named("node-a"), &previous).unwrap();
         assert_eq!(applied(&again), applied(&first));
         let fingerprinted: Vec<&Arc<SyncedObject>> =
             previous.iter().filter(|o| !o.inputs.is_empty()).collect();
@@ -519,19 +522,19 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         ];
         for (what, edit) in edits {
             edit();
-            let incremental = read(&arguments, "node-a", &previous).unwrap();
-            let full = read(&arguments, "node-a", &[]).unwrap();
+            let incremental = read(&arguments, &ThisNode::named("node-a"), &previous).unwrap();
+            let full = read(&arguments, &ThisNode::named("node-a"), &[]).unwrap();
             assert_eq!(applied(&incremental), applied(&full), "{what}");
             previous = objects(&incremental);
         }
 
-        let elsewhere = read(&arguments, "node-b", &previous).unwrap();
-        assert_eq!(applied(&elsewhere), applied(&read(&arguments, "node-b", &[]).unwrap()));
+        let elsewhere = read(&arguments, &ThisNode::named("node-b"), &previous).unwrap();
+        assert_eq!(applied(&elsewhere), applied(&read(&arguments, &ThisNode::named("node-b"), &[]).unwrap()));
         assert!(objects(&elsewhere).iter().all(|o| !previous.iter().any(|p| Arc::ptr_eq(p, o))));
 
         fs::write(k8s.join("twice.yaml"), fs::read(k8s.join("kube-dns.yaml")).unwrap()).unwrap();
-        let incremental = read(&arguments, "node-a", &previous).map(|_| ()).unwrap_err();
-        let full = read(&arguments, "node-a", &[]).map(|_| ()).unwrap_err();
+        let incremental = read(&arguments, &ThisNode::named("node-a"), &previous).map(|_| ()).unwrap_err();
+        let full = read(&arguments, &ThisNode::named("node-a"), &[]).map(|_| ()).unwrap_err();
         assert_eq!(incremental.to_string(), full.to_string());
         assert!(full.to_string().contains("defined twice"), "{full}");
         fs::remove_dir_all(&dir).unwrap();
@@ -579,11 +582,11 @@ ports: [{name: http, port: 8080, protocol: TCP}]
             service("b", "198.18.1.2"),
             slice("b-1", "b", "192.0.2.41"),
         ];
-        let first = from_cluster(&documents, "node-a", &[]).unwrap();
+        let first = from_cluster(&documents, &ThisNode::named("node-a"), &[]).unwrap();
         let previous = objects(&first);
         assert_eq!(previous.len(), 2, "{previous:?}");
         assert!(previous.iter().all(|o| o.inputs.len() == 2), "{previous:?}");
-        let again = from_cluster(&documents, "node-a", &previous).unwrap();
+        let again = from_cluster(&documents, &ThisNode::named("node-a"), &previous).unwrap();
         assert_eq!(applied(&again), applied(&first));
         assert!(objects(&again).iter().all(|o| previous.iter().any(|p| Arc::ptr_eq(p, o))));
 
@@ -605,8 +608,8 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         let mut previous = previous;
         for (what, edit, expected) in edits {
             edit(&mut documents);
-            let incremental = from_cluster(&documents, "node-a", &previous).unwrap();
-            let full = from_cluster(&documents, "node-a", &[]).unwrap();
+            let incremental = from_cluster(&documents, &ThisNode::named("node-a"), &previous).unwrap();
+            let full = from_cluster(&documents, &ThisNode::named("node-a"), &[]).unwrap();
             assert_eq!(applied(&incremental), applied(&full), "{what}");
             assert_eq!(kept(&incremental, &previous), *expected, "{what}");
             previous = objects(&incremental);

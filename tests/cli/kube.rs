@@ -108,6 +108,63 @@ pub fn nodeport_answers_on_node_addresses_and_loopback() {
     assert_eq!(sandbox.reached("127.0.0.1:30080", 20), ["b4", "b5"]);
 }
 
+/// Issue 19, `--nodeport-addresses` (as kube-proxy's): node-a also has
+/// the ExternalIP 192.0.2.200 (on the client namespace's loopback, so
+/// that a connect left untranslated is refused there). With CIDRs, only
+/// the node addresses inside them serve the node port; with `primary`,
+/// each Node's first InternalIP of each family; by default every one.
+pub fn nodeport_addresses_choose_the_node_addresses_that_serve_node_ports() {
+    let sandbox = Sandbox::new();
+    sandbox.serve("b4", &["192.0.2.4:8080"], &[]);
+    sandbox.serve("b5", &["192.0.2.5:8080"], &[]);
+    sandbox.load();
+    crate::support::run("ip", &["-n", &sandbox.client_ns, "addr", "add", "192.0.2.200/32", "dev", "lo"]);
+    let nodes = sandbox.scratch("nodes.yaml");
+    let with_external = std::fs::read_to_string(example("nodes.yaml")).unwrap().replacen(
+        "      type: InternalIP
+",
+        "      type: InternalIP
+    - address: 192.0.2.200
+      type: ExternalIP
+",
+        1,
+    );
+    std::fs::write(&nodes, with_external).unwrap();
+    let nodes = nodes.display().to_string();
+    let both = ["b4", "b5"];
+    let sync = |extra: &[&str]| {
+        let mut args = vec!["sync", "--node-name", "node-a", "-f", &nodes];
+        let service = example("nodeport.yaml");
+        args.extend(["-f", &service]);
+        args.extend(extra);
+        sandbox.balctl_ok(&args)
+    };
+
+    let output = sync(&["--nodeport-addresses", "192.0.2.0/25"]);
+    assert!(output.contains("node addresses +2"), "192.0.2.1 and 192.0.2.12: {output}");
+    assert_eq!(sandbox.reached("192.0.2.1:30080", 20), both);
+    assert_eq!(sandbox.reached("192.0.2.12:30080", 20), both);
+    refused(&sandbox, "192.0.2.200:30080");
+
+    let output = sync(&["--nodeport-addresses", "primary"]);
+    assert!(output.contains("node addresses +1"), "node-a's 2001:db8::1: {output}");
+    refused(&sandbox, "192.0.2.200:30080");
+    assert_eq!(sandbox.reached("192.0.2.1:30080", 20), both);
+
+    let output = sync(&[]);
+    assert!(output.contains("node addresses +1"), "192.0.2.200 again: {output}");
+    assert_eq!(sandbox.reached("192.0.2.200:30080", 20), both);
+
+    // Bad values are input errors naming the flag, and change nothing.
+    for bad in ["192.0.2.0/33", "primary,192.0.2.0/24", "node-a"] {
+        let output =
+            sandbox.balctl(&["sync", "--node-name", "node-a", "-f", &nodes, "--nodeport-addresses", bad]);
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("--nodeport-addresses"), "{bad}");
+    }
+    assert_eq!(sandbox.reached("192.0.2.200:30080", 20), both);
+}
+
 /// LoadBalancer: cluster IP, the ingress IP and the node port.
 pub fn loadbalancer_answers_on_ingress_ip() {
     let sandbox = Sandbox::new();

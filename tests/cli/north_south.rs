@@ -208,6 +208,37 @@ pub fn a_client_outside_the_source_ranges_gets_nothing_from_the_load_balancer_ip
     }
 }
 
+/// Issue 19, `--nodeport-addresses` on the north-south path: a node
+/// address outside the CIDRs serves no node port (the client's SYN
+/// reaches node A's own stack, where nothing listens), while the
+/// LoadBalancer IP, no node address, still answers; inside them it does.
+pub fn node_ports_answer_only_on_the_nodeport_addresses() {
+    let sandbox = Sandbox::new();
+    let nodes = Nodes::new(&sandbox);
+    serve_pods(&sandbox, &nodes);
+    nodes.load(&sandbox);
+    let file = sandbox.scratch("north-south.yaml");
+    fs::write(&file, web("Cluster", &[(POD_A, "node-a"), (POD_B, "node-b")])).unwrap();
+    let sync = |cidrs: &str| {
+        let file = file.to_str().unwrap();
+        nodes.balctl_ok(
+            &sandbox,
+            &["sync", "--node-name", "node-a", "--nodeport-addresses", cidrs, "-f", file],
+        )
+    };
+    let node_port = format!("{NODE_A}:30080");
+    let both = set(&[&format!("pod-a {CLIENT}"), &format!("pod-b {NODE_A_INNER}")]);
+
+    sync("198.51.100.0/24,2001:db8:51::/64");
+    let report = client(&sandbox, &nodes, &["connect", "--to", &node_port, "--count", "2"]);
+    assert_eq!(report["errors"]["ECONNREFUSED"], 2, "{node_port} outside --nodeport-addresses: {report}");
+    assert_eq!(tcp_answers(&sandbox, &nodes, "198.18.1.40:80", 20), both);
+
+    sync("203.0.113.0/24");
+    assert_eq!(tcp_answers(&sandbox, &nodes, &node_port, 50), both);
+    assert_eq!(udp_answers(&sandbox, &nodes, &node_port, 20), both);
+}
+
 /// Must show 7: `load` again while a client loops through the node port
 /// fails no connection; `unload` leaves no tc program on node A's devices.
 pub fn load_again_under_node_port_traffic_and_unload_leave_nothing_behind() {

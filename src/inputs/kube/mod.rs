@@ -32,7 +32,7 @@ pub use self::{
 };
 use crate::{
     inputs::{InputLimit, Located, location::Location},
-    model::SyncedObject,
+    model::{SyncedObject, ThisNode},
 };
 
 /// Every object of one YAML (or JSON) stream, in order.
@@ -72,7 +72,7 @@ pub struct SplitFiles {
 /// documents around them; files that cannot be split are parsed whole.
 /// `this_node` is part of every fingerprint, as what an object becomes
 /// depends on it. A file larger than `limit` is refused.
-pub fn split_files(files: Vec<YamlFile>, this_node: &str, limit: InputLimit) -> Result<SplitFiles> {
+pub fn split_files(files: Vec<YamlFile>, this_node: &ThisNode, limit: InputLimit) -> Result<SplitFiles> {
     let seed = fingerprint_seed(this_node);
     let mut parsed = Vec::new();
     let mut items = Vec::new();
@@ -127,7 +127,7 @@ impl SplitFiles {
         sources: &[String],
         previous: &[Arc<SyncedObject>],
         stdin: Parsed,
-        this_node: &str,
+        this_node: &ThisNode,
     ) -> Result<KubeInput> {
         let (mut parsed, kept) = match self.read_in_items(sources, previous, &stdin, this_node) {
             Ok((mut parsed, kept)) => {
@@ -146,7 +146,7 @@ impl SplitFiles {
         sources: &[String],
         previous: &[Arc<SyncedObject>],
         stdin: &Parsed,
-        this_node: &str,
+        this_node: &ThisNode,
     ) -> Result<(Parsed, Kept)> {
         let Self { files, opened, items, parsed: read_whole, .. } = self;
         let items = Items {
@@ -178,7 +178,7 @@ pub fn read_documents(
     documents: &[(String, impl AsRef<[u8]> + Sync)],
     source: &str,
     previous: &[Arc<SyncedObject>],
-    this_node: &str,
+    this_node: &ThisNode,
 ) -> Result<KubeInput> {
     let seed = fingerprint_seed(this_node);
     let items: Vec<reuse::Item> = documents
@@ -227,7 +227,7 @@ impl Items<'_> {
         sources: &[String],
         previous: &[Arc<SyncedObject>],
         others: &[&Parsed],
-        this_node: &str,
+        this_node: &ThisNode,
     ) -> Result<(Parsed, Kept)> {
         let source_name = |item: &reuse::Item| sources[(self.source_of)(item)].as_str();
         let mut reuse = reuse::Reuse::new(self.items, previous, source_name);
@@ -248,7 +248,7 @@ impl Items<'_> {
         let mut owners: Vec<String> = every().filter_map(KubeObject::owner).collect();
         // Policies and Pods are always parsed (nothing records their items),
         // so what they depend on is known by now.
-        owners.extend(policies::dependencies(every(), this_node));
+        owners.extend(policies::dependencies(every(), &this_node.name));
         parsed.extend(parse(&reuse.release(owners.iter().map(String::as_str)))?);
         parsed.sort_by_key(|&(at, _)| at);
         let parsed = parsed.into_iter().map(|(_, parsed)| parsed).collect();
@@ -267,11 +267,16 @@ impl Items<'_> {
 /// endpoints are the local ones) and this balctl's translation rules, taken
 /// as the source of the modules that read and translate objects, so that
 /// any change to them, released or not, translates everything anew.
-fn fingerprint_seed(this_node: &str) -> u64 {
+fn fingerprint_seed(this_node: &ThisNode) -> u64 {
     let mut seed = xxhash_rust::xxh3::Xxh3::new();
-    for part in
-        [env!("CARGO_PKG_VERSION"), this_node, include_str!("objects.rs"), include_str!("services.rs")]
-    {
+    let node_port_addresses = this_node.node_port_addresses.to_string();
+    for part in [
+        env!("CARGO_PKG_VERSION"),
+        &this_node.name,
+        &node_port_addresses,
+        include_str!("objects.rs"),
+        include_str!("services.rs"),
+    ] {
         seed.update(part.as_bytes());
         // Parts are separated, so that no two lists of parts hash alike.
         seed.update(&[0]);
@@ -399,8 +404,12 @@ mod tests {
         text.push_str("kind: List\n");
         let path = std::env::temp_dir().join(format!("balctl-parallel-test-{}.yaml", std::process::id()));
         std::fs::write(&path, &text).unwrap();
-        let split = split_files(vec![YamlFile { source: 0, path: path.clone() }], "n", InputLimit::default());
-        let input = split.unwrap().read(&["s".to_owned()], &[], Vec::new(), "n").unwrap();
+        let split = split_files(
+            vec![YamlFile { source: 0, path: path.clone() }],
+            &ThisNode::named("n"),
+            InputLimit::default(),
+        );
+        let input = split.unwrap().read(&["s".to_owned()], &[], Vec::new(), &ThisNode::named("n")).unwrap();
         let mut whole = read(&path.display().to_string(), text.as_bytes()).unwrap();
         std::fs::remove_file(&path).unwrap();
         let mut parsed: Vec<KubeObject> = input.parsed.into_iter().map(|(_, object)| object).collect();

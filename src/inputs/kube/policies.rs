@@ -424,7 +424,8 @@ mod tests {
         for (index, text) in texts.iter().enumerate() {
             objects.extend(read(&format!("f{index}.yaml"), text.as_bytes())?.into_iter().map(|o| (index, o)));
         }
-        let translation = translate(objects, this_node, &mut EntryBudget::default())?;
+        let translation =
+            translate(objects, &crate::model::ThisNode::named(this_node), &mut EntryBudget::default())?;
         let rules = translation
             .objects
             .iter()

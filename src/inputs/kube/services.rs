@@ -43,7 +43,8 @@ use super::{
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
     model::{
-        AddressKind, ExternalBalancing, Frontend, FrontendRule, HealthCheck, Protocol, Scope, SyncedObject,
+        AddressKind, ExternalBalancing, Frontend, FrontendRule, HealthCheck, NodePortAddresses, Protocol,
+        Scope, SyncedObject, ThisNode,
     },
 };
 
@@ -63,7 +64,7 @@ pub struct Translation {
 /// before they are made.
 pub fn translate(
     objects: impl IntoIterator<Item = (usize, KubeObject)>,
-    this_node: &str,
+    this_node: &ThisNode,
     budget: &mut EntryBudget,
 ) -> Result<Translation> {
     let mut services = Vec::new();
@@ -94,12 +95,15 @@ pub fn translate(
             services: &services,
             nodes: nodes.iter().map(|(_, node)| (node.meta.name.as_str(), node.as_ref())).collect(),
             pods: &pods,
-            this_node,
+            this_node: &this_node.name,
         };
         let objects = policies::translate(&policies, &cluster, &mut translation.notes, budget)?;
         translation.objects.extend(objects);
     }
-    translation.objects.extend(nodes.into_iter().map(|(source, node)| (source, node_object(*node))));
+    let node_ports = &this_node.node_port_addresses;
+    translation
+        .objects
+        .extend(nodes.into_iter().map(|(source, node)| (source, node_object(*node, node_ports))));
     let mut slices = slices.into_iter().peekable();
     for (source, service) in services {
         let key = service_key(&service);
@@ -110,7 +114,8 @@ pub fn translate(
         while let Some(slice) = slices.next_if(|slice| slice_key(slice) == key) {
             own.push(*slice);
         }
-        if let Some(object) = service_object(*service, &own, this_node, &mut translation.notes, budget)? {
+        if let Some(object) = service_object(*service, &own, &this_node.name, &mut translation.notes, budget)?
+        {
             translation.objects.push((source, object));
         }
     }
@@ -147,13 +152,14 @@ fn abbreviate(names: &[String]) -> String {
     text
 }
 
-fn node_object(node: NodeObject) -> Located<SyncedObject> {
+/// A Node as applied: the addresses among its own that serve node ports.
+fn node_object(node: NodeObject, node_ports: &NodePortAddresses) -> Located<SyncedObject> {
     Located {
         value: SyncedObject {
             source: String::new(),
             owner: node_owner(&node.meta.name),
             rules: Vec::new(),
-            addresses: node.addresses,
+            addresses: node_ports.select(&node.addresses, &node.internal_ips),
             inputs: node.meta.fingerprint.into_iter().collect(),
             health_check: None,
         },
@@ -418,7 +424,8 @@ mod tests {
         for (index, (file, text)) in texts.iter().enumerate() {
             objects.extend(read(file, text.as_bytes()).unwrap().into_iter().map(|o| (index, o)));
         }
-        let translation = translate(objects, this_node, &mut EntryBudget::default()).unwrap();
+        let translation =
+            translate(objects, &ThisNode::named(this_node), &mut EntryBudget::default()).unwrap();
         let rules = translation
             .objects
             .iter()
@@ -626,7 +633,8 @@ mod tests {
             let text = web(&spec, slice).1;
             let objects: Vec<_> =
                 read("web.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
-            let translation = translate(objects, this_node, &mut EntryBudget::default()).unwrap();
+            let translation =
+                translate(objects, &ThisNode::named(this_node), &mut EntryBudget::default()).unwrap();
             translation.objects[0].1.value.health_check.clone()
         };
         let health_check = |local_endpoints| {
@@ -651,7 +659,7 @@ mod tests {
         };
         let external = |text: &str| -> Result<Vec<(Scope, ExternalBalancing)>> {
             let objects: Vec<_> = read("web.yaml", text.as_bytes())?.into_iter().map(|o| (0, o)).collect();
-            let translation = translate(objects, "node-a", &mut EntryBudget::default())?;
+            let translation = translate(objects, &ThisNode::named("node-a"), &mut EntryBudget::default())?;
             Ok(translation.objects[0]
                 .1
                 .value
@@ -711,7 +719,8 @@ mod tests {
         let text = web(&spec("203.0.113.7/24, \"2001:db8:77::/48\", 198.51.100.0/24"), V4_SLICE).1;
         let objects: Vec<_> =
             read("web.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
-        let translation = translate(objects, "node-a", &mut EntryBudget::default()).unwrap();
+        let translation =
+            translate(objects, &ThisNode::named("node-a"), &mut EntryBudget::default()).unwrap();
         let ranges: Vec<String> = (translation.objects[0].1.value.rules.iter())
             .map(|r| {
                 let ranges: Vec<String> = r.external.source_ranges.iter().map(ToString::to_string).collect();
@@ -776,7 +785,8 @@ mod tests {
         let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lost\n  \
                     labels:\n    kubernetes.io/service-name: gone\naddressType: IPv4\nendpoints: []\n";
         let objects: Vec<_> = read("f.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
-        let translation = translate(objects, "node-a", &mut EntryBudget::default()).unwrap();
+        let translation =
+            translate(objects, &ThisNode::named("node-a"), &mut EntryBudget::default()).unwrap();
         assert!(translation.objects.is_empty());
         assert!(translation.notes[0].contains("default/lost"), "{:?}", translation.notes);
     }
