@@ -272,13 +272,19 @@ pub fn toml_reading_time_grows_linearly() {
         assert!(String::from_utf8_lossy(&run.stdout).contains("service/s9999 "));
         run.cpu
     };
-    // The best of two: the machine is shared.
-    let small_time = (0..2).map(|_| plan(&small, Duration::from_secs(120))).min().unwrap();
-    let mut ratio = f64::MAX;
-    for _ in 0..2 {
+    // The machine is shared, and the suite's other tests run beside this
+    // one: each try measures the two sizes back to back (the small one as
+    // the best of two), so that both see the same load, and the best of up
+    // to four tries counts. Alone, the ratio is 9.7-10.6 with the image's
+    // binary; under the suite's load one try reached 12.1.
+    let (mut ratio, mut small_time) = (f64::MAX, Duration::MAX);
+    for _ in 0..4 {
+        let small = (0..2).map(|_| plan(&small, Duration::from_secs(120))).min().unwrap();
         // Wall-clock time, generous: only a run far beyond linear is cut short.
-        let big_time = plan(&big, (small_time * 20).max(Duration::from_secs(60)));
-        ratio = ratio.min(big_time.as_secs_f64() / small_time.as_secs_f64());
+        let big_time = plan(&big, (small * 20).max(Duration::from_secs(60)));
+        if big_time.as_secs_f64() / small.as_secs_f64() < ratio {
+            (ratio, small_time) = (big_time.as_secs_f64() / small.as_secs_f64(), small);
+        }
         if ratio <= 12.0 {
             break;
         }
