@@ -264,7 +264,8 @@ impl Items<'_> {
 }
 
 /// What else decides what an item's objects become: the node (its
-/// endpoints are the local ones) and this balctl's translation rules, taken
+/// endpoints are the local ones, and `--nodeport-addresses` picks a Node's
+/// addresses that serve node ports) and this balctl's translation rules, taken
 /// as the source of the modules that read and translate objects, so that
 /// any change to them, released or not, translates everything anew.
 fn fingerprint_seed(this_node: &ThisNode) -> u64 {
