@@ -10,9 +10,15 @@
 //! compile it once, not three times (a minute of CI each). The inner cargo
 //! decides whether it is fresh, and its lock serializes builds that share
 //! the directory.
+//!
+//! It also hashes balctl's own source (src/), which the fingerprints of
+//! synced objects include (`BALCTL_SOURCE_HASH`, see src/inputs/kube's
+//! `fingerprint_seed`): a balctl whose code differs in any way translates
+//! everything anew rather than keep what another translated.
 
 use std::{
     env, fs,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
     path::{Path, PathBuf},
 };
 
@@ -20,6 +26,9 @@ use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = env::var("CARGO_MANIFEST_DIR")?;
+    let src = Path::new(&manifest_dir).join("src");
+    println!("cargo:rerun-if-changed={}", src.display());
+    println!("cargo:rustc-env=BALCTL_SOURCE_HASH={:016x}", source_hash(&src)?);
     // Rebuild when anything under ebpf/ changes: the programs and the shared types.
     let ebpf_dir = Path::new(&manifest_dir).join("ebpf");
     let ebpf_dir = ebpf_dir.to_str().expect("the checkout path is UTF-8");
@@ -59,4 +68,23 @@ fn main() -> anyhow::Result<()> {
 fn target_dir(out_dir: &Path) -> Option<PathBuf> {
     let tagged = out_dir.ancestors().skip(1).take(5).filter(|dir| dir.join("CACHEDIR.TAG").is_file());
     tagged.last().map(Path::to_path_buf)
+}
+
+/// A hash of every file under `dir`, names and contents, in name order.
+fn source_hash(dir: &Path) -> anyhow::Result<u64> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() { pending.push(path) } else { files.push(path) }
+        }
+    }
+    files.sort();
+    let mut hasher = DefaultHasher::new();
+    for file in files {
+        file.strip_prefix(dir)?.hash(&mut hasher);
+        fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?.hash(&mut hasher);
+    }
+    Ok(hasher.finish())
 }

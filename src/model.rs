@@ -588,6 +588,22 @@ pub struct SyncedObject {
     /// Format 5 did not have it (`legacy::ADDED`).
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// The objects other than its own items that its translation read
+    /// (a Service reads this node's Node for its zone when its endpoints
+    /// have topology hints): the object is kept only while each is as it
+    /// was. Format 6 did not have it (`legacy::ADDED`).
+    #[serde(default)]
+    pub dependencies: Vec<Dependency>,
+}
+
+/// An object a translation read, by the owner name its own synced object
+/// has (`node/node-a`), with the fingerprint of the input item it was
+/// read from; None when the input had no such object, which is read too:
+/// one appearing changes the translation as much as one changing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Dependency {
+    pub owner: String,
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// What a load balancer's health check of a Service asks this node

@@ -37,12 +37,13 @@ const MAGIC: &[u8; 8] = b"balctl\0S";
 /// Bumped whenever the layout of `AppliedState` changes: postcard is not
 /// self-describing, so another version's file cannot be read by postcard.
 /// Formats 4 and 5 are postcard (https://postcard.jamesmunns.com/wire-format);
-/// 5 added which backends are local, 6 Services' health-check node ports.
-const STATE_VERSION: u32 = 6;
+/// 5 added which backends are local, 6 Services' health-check node ports,
+/// 7 the objects each synced object's translation read.
+const STATE_VERSION: u32 = 7;
 /// Older formats, read only to migrate them (`legacy`): 3 is the format 4
 /// layout in bincode 1, written up to commit a86b197; 4 and 5 lack the
 /// fields `legacy::ADDED` lists.
-const LEGACY_VERSIONS: [u32; 3] = legacy::FORMATS;
+const LEGACY_VERSIONS: [u32; 4] = legacy::FORMATS;
 /// The magic and the format version.
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
@@ -418,6 +419,10 @@ mod tests {
                 port: 32443,
                 local_endpoints: 2,
             }),
+            dependencies: vec![
+                crate::model::Dependency { owner: "node/node-a".into(), fingerprint: Some(7) },
+                crate::model::Dependency { owner: "node/node-b".into(), fingerprint: None },
+            ],
         }));
         state
     }
@@ -469,7 +474,7 @@ mod tests {
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
         let err = state_dir.read().unwrap_err();
-        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 6"), "{err:#}");
+        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 7"), "{err:#}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -482,6 +487,9 @@ mod tests {
     /// One written by balctl 57438ba (format 5, without health-check node
     /// ports): see tests/fixtures/state-v5/README.md.
     const FORMAT_5: &[u8] = include_bytes!("../tests/fixtures/state-v5/state.bin");
+    /// One written by balctl 44db0f3 (format 6, without recorded reads):
+    /// see tests/fixtures/state-v6/README.md.
+    const FORMAT_6: &[u8] = include_bytes!("../tests/fixtures/state-v6/state.bin");
 
     /// Reads `file` (of format `version`), takes the lock (which rewrites
     /// it), and returns what it held.
@@ -541,6 +549,17 @@ mod tests {
         // No health checks, and every object translated again by the next
         // sync, which makes them.
         assert!(legacy.synced.iter().all(|o| o.inputs.is_empty() && o.health_check.is_none()));
+    }
+
+    #[test]
+    fn a_format_6_state_is_read_and_rewritten_when_locked() {
+        let legacy = read_and_rewrite("format6", FORMAT_6, 6);
+        assert_eq!((legacy.policies.len(), legacy.synced.len()), (4, 7), "{legacy:#?}");
+        let api = legacy.synced.iter().find(|o| o.owner == "service/shop/api").expect("service/shop/api");
+        assert!(api.health_check.is_some(), "format 6's fields are read: {api:#?}");
+        // Nothing recorded what it read, so the next sync translates
+        // every object again.
+        assert!(legacy.synced.iter().all(|o| o.inputs.is_empty() && o.dependencies.is_empty()));
     }
 
     /// Varints wider than their type are refused, not wrapped.

@@ -470,19 +470,54 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         let fingerprinted: Vec<&Arc<SyncedObject>> =
             previous.iter().filter(|o| !o.inputs.is_empty()).collect();
         assert!(fingerprinted.len() > 10, "{fingerprinted:?}");
-        // What policies read is parsed and translated on every sync.
-        let read_by_policies = ["service/kube-system/kube-dns", "service/edge/api", "node/node-c"];
+        // What policies read is parsed and translated on every sync, and so
+        // is this node's Node, which every Service's topology may read.
+        let parsed_always =
+            ["service/kube-system/kube-dns", "service/edge/api", "node/node-c", "node/node-a"];
         for object in objects(&again).iter().filter(|o| !o.inputs.is_empty()) {
             let kept = previous.iter().any(|p| Arc::ptr_eq(p, object));
-            assert_eq!(kept, !read_by_policies.contains(&object.owner.as_str()), "{}", object.owner);
+            assert_eq!(kept, !parsed_always.contains(&object.owner.as_str()), "{}", object.owner);
         }
+        // The Services whose topology read node-a's zone say so.
+        let read_node_a: Vec<String> = (previous.iter())
+            .filter(|o| o.dependencies.iter().any(|d| d.owner == "node/node-a"))
+            .map(|o| o.owner.clone())
+            .collect();
+        assert_eq!(read_node_a, ["service/shop/catalog"], "{previous:#?}");
 
         let edit_example = |file: &str, from: &str, to: &str| {
             let text = fs::read_to_string(k8s.join(file)).unwrap();
             assert!(text.contains(from), "{file}: {from}");
             fs::write(k8s.join(file), text.replacen(from, to, 1)).unwrap();
         };
-        let edits: [(&str, &dyn Fn()); 9] = [
+        let edits: [(&str, &dyn Fn()); 14] = [
+            ("node-a moves to zone-b, which catalog's hints follow", &|| {
+                edit_example("nodes.yaml", "zone: zone-a", "zone: zone-b")
+            }),
+            ("node-a's address changes", &|| {
+                edit_example("nodes.yaml", "address: 192.0.2.1\n", "address: 192.0.2.99\n")
+            }),
+            ("a node-local DNS Pod's label changes", &|| {
+                edit_example(
+                    "node-local-dns.yaml",
+                    "k8s-app: node-local-dns\n    name: node-local-dns-7dbx4",
+                    "k8s-app: other\n    name: node-local-dns-7dbx4",
+                )
+            }),
+            ("one of catalog's endpoints loses its hints: every endpoint is used", &|| {
+                edit_example(
+                    "topology.yaml",
+                    "  hints:\n    forZones:\n    - name: zone-b\n  nodeName: node-b\n  zone: zone-b\n- addresses: [192.0.2.22]",
+                    "  nodeName: node-b\n  zone: zone-b\n- addresses: [192.0.2.22]",
+                )
+            }),
+            ("node-a loses its zone", &|| {
+                edit_example(
+                    "nodes.yaml",
+                    "      topology.kubernetes.io/zone: zone-b\n    name: node-a",
+                    "    name: node-a",
+                )
+            }),
             ("kube-dns gets another cluster IP, which its redirect follows", &|| {
                 edit_example(
                     "kube-dns.yaml",
@@ -574,6 +609,65 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         )
     }
 
+    fn node(name: &str, zone: &str) -> (String, Vec<u8>) {
+        let json = format!(
+            r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"topology.kubernetes.io/zone":"{zone}"}}}},
+"status":{{"addresses":[{{"type":"InternalIP","address":"192.0.2.1"}}]}}}}"#
+        );
+        (format!("Node {name}"), json.into_bytes())
+    }
+
+    /// A slice of two endpoints hinted for zones a and b.
+    fn hinted_slice(name: &str, service: &str) -> (String, Vec<u8>) {
+        document(
+            "EndpointSlice",
+            name,
+            &format!(
+                r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+"metadata":{{"name":"{name}","namespace":"ns","labels":{{"kubernetes.io/service-name":"{service}"}}}},
+"addressType":"IPv4","endpoints":[
+{{"addresses":["192.0.2.51"],"hints":{{"forZones":[{{"name":"a"}}]}}}},
+{{"addresses":["192.0.2.52"],"hints":{{"forZones":[{{"name":"b"}}]}}}}],
+"ports":[{{"name":"http","port":8080,"protocol":"TCP"}}]}}"#
+            ),
+        )
+    }
+
+    #[test]
+    fn a_cluster_sync_keeps_the_objects_whose_documents_and_what_they_read_did_not_change() {
+        let mut documents =
+            vec![service("a", "198.18.1.1"), slice("a-1", "a", "192.0.2.31"), service("c", "198.18.1.3")];
+        documents.push(hinted_slice("c-1", "c"));
+        let this_node = ThisNode::named("node-a");
+        let mut previous = objects(&from_cluster(&documents, &this_node, &[]).unwrap());
+        let edits: [ClusterEdit; 5] = [
+            ("node-a appears, in zone a", &|d| d.push(node("node-a", "a")), &["service/ns/a"]),
+            ("nothing changes", &|_| {}, &["service/ns/a", "service/ns/c"]),
+            ("node-a moves to zone b", &|d| d[4] = node("node-a", "b"), &["service/ns/a"]),
+            ("node-a goes", &|d| drop(d.remove(4)), &["service/ns/a"]),
+            ("nothing changes", &|_| {}, &["service/ns/a", "service/ns/c"]),
+        ];
+        for (what, edit, expected) in edits {
+            edit(&mut documents);
+            let incremental = from_cluster(&documents, &this_node, &previous).unwrap();
+            let full = from_cluster(&documents, &this_node, &[]).unwrap();
+            assert_eq!(applied(&incremental), applied(&full), "{what}");
+            assert_eq!(kept(&incremental, &previous), *expected, "{what}");
+            previous = objects(&incremental);
+        }
+    }
+
+    /// The owners of the objects of `inputs` kept from `previous`, sorted.
+    fn kept(inputs: &Inputs, previous: &[Arc<SyncedObject>]) -> Vec<String> {
+        let mut kept: Vec<String> = objects(inputs)
+            .iter()
+            .filter(|o| previous.iter().any(|p| Arc::ptr_eq(p, o)))
+            .map(|o| o.owner.clone())
+            .collect();
+        kept.sort();
+        kept
+    }
+
     #[test]
     fn a_cluster_sync_keeps_the_objects_whose_documents_did_not_change() {
         let mut documents = vec![
@@ -590,15 +684,6 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         assert_eq!(applied(&again), applied(&first));
         assert!(objects(&again).iter().all(|o| previous.iter().any(|p| Arc::ptr_eq(p, o))));
 
-        let kept = |inputs: &Inputs, previous: &[Arc<SyncedObject>]| -> Vec<String> {
-            let mut kept: Vec<String> = objects(inputs)
-                .iter()
-                .filter(|o| previous.iter().any(|p| Arc::ptr_eq(p, o)))
-                .map(|o| o.owner.clone())
-                .collect();
-            kept.sort();
-            kept
-        };
         let edits: [ClusterEdit; 4] = [
             ("b's endpoint moves", &|d| d[3] = slice("b-1", "b", "192.0.2.42"), &["service/ns/a"]),
             ("a gets a second slice", &|d| d.push(slice("a-2", "a", "192.0.2.32")), &["service/ns/b"]),

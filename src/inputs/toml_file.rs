@@ -465,6 +465,7 @@ fn rule_object(
         addresses: Vec::new(),
         inputs: Vec::new(),
         health_check,
+        dependencies: Vec::new(),
     };
     Ok(Located { value: object, location })
 }

@@ -10,6 +10,7 @@
 //! - Format 4, postcard, without the fields north-south added (which
 //!   backends are local).
 //! - Format 5, postcard, without Services' health-check node ports.
+//! - Format 6, postcard, without what translations read (`SyncedObject::reads`).
 //!
 //! bincode 1 is unmaintained (RUSTSEC-2025-0141) and is not kept for this;
 //! postcard reads only its own current layout. Both encodings are small
@@ -50,10 +51,11 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (5, "FrontendImage", "maglev_table_size"),
     (5, "FrontendImage", "source_ranges"),
     (6, "SyncedObject", "health_check"),
+    (7, "SyncedObject", "dependencies"),
 ];
 
 /// The formats this reader reads.
-pub const FORMATS: [u32; 3] = [3, 4, 5];
+pub const FORMATS: [u32; 4] = [3, 4, 5, 6];
 
 /// Why a format 3 file cannot be read.
 #[derive(Debug, PartialEq, Eq)]

@@ -5,7 +5,9 @@
 //! `dump all -o json` and `policy list -o json` printed of it. Issue 18
 //! added local backends (format 5): tests/fixtures/state-v4/ holds a file
 //! of format 4, written by balctl 3d7c9f6; tests/fixtures/state-v5/ one of
-//! format 5 (before health-check node ports), written by balctl 57438ba.
+//! format 5 (before health-check node ports), written by balctl 57438ba;
+//! tests/fixtures/state-v6/ one of format 6 (before recorded reads),
+//! written by balctl 44db0f3.
 
 use std::{
     fs,
@@ -116,7 +118,7 @@ fn migrate(fixture: &Path, version: u32) -> Sandbox {
     sandbox
 }
 
-const CURRENT_FORMAT: u32 = 6;
+const CURRENT_FORMAT: u32 = 7;
 
 pub fn a_format_3_state_is_migrated_and_programs_the_same_datapath() {
     let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3"), 3);
@@ -197,4 +199,10 @@ impl Drop for FixtureExamples {
 /// the datapath is the one recorded.
 pub fn a_format_5_state_is_migrated_and_programs_the_same_datapath() {
     migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v5"), 5);
+}
+
+/// Format 6 did not record what translations read: after the migration
+/// the datapath is the one recorded.
+pub fn a_format_6_state_is_migrated_and_programs_the_same_datapath() {
+    migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v6"), 6);
 }

@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use rustc_hash::FxHashMap as HashMap;
 
 use self::items::{Piece, Span};
 pub use self::{
@@ -32,7 +33,7 @@ pub use self::{
 };
 use crate::{
     inputs::{InputLimit, Located, location::Location},
-    model::{SyncedObject, ThisNode},
+    model::{Dependency, SyncedObject, ThisNode},
 };
 
 /// Every object of one YAML (or JSON) stream, in order.
@@ -217,11 +218,14 @@ struct Items<'a> {
 }
 
 impl Items<'_> {
-    /// Parses the items no object of `previous` can be kept for, then the
+    /// Parses the items no object of `previous` can be kept for; then the
     /// items of kept objects that parsed objects (or `others`, read
-    /// otherwise) turn out to belong to or that policies read; keeps the
-    /// other objects of `previous` whose items are all there. `sources`
-    /// names the sources by index.
+    /// otherwise) turn out to belong to, and those of the objects that
+    /// translations read: this node's Node (every Service's topology may
+    /// read it), what kept objects read, and what policies read; then those
+    /// of kept objects that read an object that changed. Keeps the other
+    /// objects of `previous` whose items are all there. `sources` names the
+    /// sources by index.
     fn parse_or_keep(
         &self,
         sources: &[String],
@@ -239,17 +243,30 @@ impl Items<'_> {
                 Ok((self.parse)(item)?.into_iter().map(|object| (at, (source, object))).collect())
             })
         };
-        let mut parsed: Vec<((usize, u64), (usize, KubeObject))> =
-            parse(&reuse.unclaimed().collect::<Vec<_>>())?;
-        let every = || {
-            let parsed = parsed.iter().map(|(_, parsed)| parsed);
-            parsed.chain(others.iter().copied().flatten()).map(|(_, object)| object)
-        };
-        let mut owners: Vec<String> = every().filter_map(KubeObject::owner).collect();
-        // Policies and Pods are always parsed (nothing records their items),
-        // so what they depend on is known by now.
-        owners.extend(policies::dependencies(every(), &this_node.name));
+        let mut parsed: Vec<Placed> = parse(&reuse.unclaimed().collect::<Vec<_>>())?;
+        let mut owners: Vec<String> = every_object(&parsed, others).filter_map(KubeObject::owner).collect();
+        owners.push(objects::node_owner(&this_node.name));
+        owners.extend(reuse.read_by_candidates().into_iter().map(str::to_owned));
         parsed.extend(parse(&reuse.release(owners.iter().map(String::as_str)))?);
+        // Policies and Pods are always parsed (nothing records their
+        // items): translating the policies finds what they read. Until
+        // what they read is there, a translation stops short of reading
+        // the rest (a policy without its Service reads no Node), so again
+        // until nothing more is given up: once per object at most.
+        loop {
+            let read_by_policies = policies::reads(every_object(&parsed, others), &this_node.name);
+            let released = reuse.release(read_by_policies.iter().map(String::as_str));
+            if released.is_empty() {
+                break;
+            }
+            parsed.extend(parse(&released)?);
+        }
+        // Every object read is parsed by now, if it is in the input.
+        let mut now: HashMap<String, Option<Dependency>> = HashMap::default();
+        for read in every_object(&parsed, others).filter_map(KubeObject::as_read) {
+            now.entry(read.owner.clone()).and_modify(|twice| *twice = None).or_insert(Some(read));
+        }
+        parsed.extend(parse(&reuse.release_stale(&now))?);
         parsed.sort_by_key(|&(at, _)| at);
         let parsed = parsed.into_iter().map(|(_, parsed)| parsed).collect();
         let kept = reuse
@@ -263,21 +280,30 @@ impl Items<'_> {
     }
 }
 
+/// An object parsed, with where its item is and the index of its source.
+type Placed = ((usize, u64), (usize, KubeObject));
+
+/// The objects of `parsed` and `others`.
+fn every_object<'a>(
+    parsed: &'a [Placed],
+    others: &'a [&'a Parsed],
+) -> impl Iterator<Item = &'a KubeObject> + Clone + 'a {
+    let parsed = parsed.iter().map(|(_, parsed)| parsed);
+    parsed.chain(others.iter().copied().flatten()).map(|(_, object)| object)
+}
+
 /// What else decides what an item's objects become: the node (its
-/// endpoints are the local ones, and `--nodeport-addresses` picks a Node's
-/// addresses that serve node ports) and this balctl's translation rules, taken
-/// as the source of the modules that read and translate objects, so that
-/// any change to them, released or not, translates everything anew.
+/// endpoints are the local ones, node hints name it, and
+/// `--nodeport-addresses` picks a Node's addresses that serve node ports)
+/// and this balctl's translation rules, taken as a hash of its whole
+/// source (build.rs), so that any change to them, released or not,
+/// translates everything anew. What else a translation reads of the
+/// input, it records (`Dependency`).
 fn fingerprint_seed(this_node: &ThisNode) -> u64 {
     let mut seed = xxhash_rust::xxh3::Xxh3::new();
     let node_port_addresses = this_node.node_port_addresses.to_string();
-    for part in [
-        env!("CARGO_PKG_VERSION"),
-        &this_node.name,
-        &node_port_addresses,
-        include_str!("objects.rs"),
-        include_str!("services.rs"),
-    ] {
+    for part in [env!("CARGO_PKG_VERSION"), &this_node.name, &node_port_addresses, env!("BALCTL_SOURCE_HASH")]
+    {
         seed.update(part.as_bytes());
         // Parts are separated, so that no two lists of parts hash alike.
         seed.update(&[0]);

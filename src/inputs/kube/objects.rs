@@ -22,8 +22,8 @@ use crate::{
     input,
     inputs::location::Location,
     model::{
-        ExternalBalancing, Fingerprint, LB_ALGORITHM_ANNOTATION, LbAlgorithm, MAGLEV_TABLE_SIZE_ANNOTATION,
-        MAX_AFFINITY_SECONDS, PolicyKind, Prefix, check_maglev_table_size,
+        Dependency, ExternalBalancing, Fingerprint, LB_ALGORITHM_ANNOTATION, LbAlgorithm,
+        MAGLEV_TABLE_SIZE_ANNOTATION, MAX_AFFINITY_SECONDS, PolicyKind, Prefix, check_maglev_table_size,
     },
 };
 
@@ -32,6 +32,8 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Node label that names its zone, which topology hints refer to.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The annotation that gives a Node's proxy address (BalancingPolicy
 /// `redirectMode: nodeProxy`).
@@ -69,6 +71,21 @@ impl KubeObject {
             Self::Node(node) => Some(node_owner(&node.meta.name)),
             Self::Pod(_) => None,
             Self::Policy(policy) => Some(policy.owner()),
+        }
+    }
+
+    /// What a translation that reads this object records (`Dependency`): its
+    /// synced object's owner and its item's fingerprint. Services and
+    /// Nodes only: what other translations read of (policies re-read Pods
+    /// on every sync).
+    pub fn as_read(&self) -> Option<Dependency> {
+        match self {
+            Self::Service(service) => Some(Dependency {
+                owner: service_owner(&service.meta.namespace, &service.meta.name),
+                fingerprint: service.meta.fingerprint,
+            }),
+            Self::Node(node) => Some(node.as_read()),
+            _ => None,
         }
     }
 }
@@ -176,6 +193,17 @@ pub struct Endpoint {
     /// Shared by the endpoints of a slice on the same node: a million
     /// endpoints run on a few thousand nodes.
     pub node_name: Option<Arc<str>>,
+    /// Where the EndpointSlice controller says it should be used from
+    /// (topology-aware routing); boxed, as most endpoints have none.
+    pub hints: Option<Box<Hints>>,
+}
+
+/// An endpoint's `hints`: the zones (`forZones`) and nodes (`forNodes`)
+/// whose clients it serves when topology applies (see services.rs).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub zones: Vec<String>,
+    pub nodes: Vec<String>,
 }
 
 pub struct EndpointSlice {
@@ -201,6 +229,17 @@ pub struct NodeObject {
     /// Annotation `balancing.elf.io/nodeProxyIpv4`.
     pub proxy_ipv4: Option<Ipv4Addr>,
     pub labels: Labels,
+}
+
+impl NodeObject {
+    /// Its `topology.kubernetes.io/zone` label.
+    pub fn zone(&self) -> Option<&str> {
+        self.labels.get(ZONE_LABEL).map(String::as_str)
+    }
+
+    pub fn as_read(&self) -> Dependency {
+        Dependency { owner: node_owner(&self.meta.name), fingerprint: self.meta.fingerprint }
+    }
 }
 
 pub struct ContainerPort {
@@ -542,7 +581,17 @@ fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Resu
     let serving = condition("serving")?.unwrap_or(true);
     let terminating = condition("terminating")?.unwrap_or(false);
     let node_name = endpoint.get("nodeName").map(|n| n.str(object).map(Arc::from)).transpose()?;
-    Ok(Endpoint { address, ready, serving, terminating, node_name })
+    let hints = endpoint.get("hints").map(|hints| hints_of(hints, object)).transpose()?;
+    Ok(Endpoint { address, ready, serving, terminating, node_name, hints: hints.map(Box::new) })
+}
+
+/// `hints.forZones[].name` and `hints.forNodes[].name`.
+fn hints_of(hints: Field<'_>, object: &Object<'_>) -> Result<Hints> {
+    let names = |key: &str| -> Result<Vec<String>> {
+        let Some(list) = hints.get(key) else { return Ok(Vec::new()) };
+        list.items(object)?.map(|entry| Ok(entry.require(object, "name")?.str(object)?.to_owned())).collect()
+    };
+    Ok(Hints { zones: names("forZones")?, nodes: names("forNodes")? })
 }
 
 fn node_object(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<NodeObject> {

@@ -17,9 +17,10 @@
 //!
 //! Policy objects record no input fingerprints, so every sync translates
 //! them again; the Services and Nodes they read are parsed on every sync
-//! too (see `dependencies`).
+//! too (see `reads`).
 
 use std::{
+    cell::RefCell,
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
 };
@@ -43,21 +44,42 @@ use crate::{
 /// The objects of the input that policies refer to.
 pub struct Cluster<'a> {
     /// Sorted by namespace and name.
-    pub services: &'a [(usize, Box<Service>)],
-    pub nodes: HashMap<&'a str, &'a NodeObject>,
-    pub pods: &'a [Box<Pod>],
-    pub this_node: &'a str,
+    services: Vec<&'a Service>,
+    nodes: HashMap<&'a str, &'a NodeObject>,
+    pods: Vec<&'a Pod>,
+    this_node: &'a str,
+    /// The owners of the Services and Nodes looked up, found or not.
+    read: RefCell<BTreeSet<String>>,
 }
 
-impl Cluster<'_> {
-    fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        let key = (namespace, name);
-        let index = self
-            .services
-            .binary_search_by(|(_, s)| (s.meta.namespace.as_str(), s.meta.name.as_str()).cmp(&key))
-            .ok()?;
-        Some(&self.services[index].1)
+impl<'a> Cluster<'a> {
+    pub fn new(
+        services: impl Iterator<Item = &'a Service>,
+        nodes: impl Iterator<Item = &'a NodeObject>,
+        pods: impl Iterator<Item = &'a Pod>,
+        this_node: &'a str,
+    ) -> Self {
+        let mut services: Vec<&Service> = services.collect();
+        services.sort_by(|a, b| service_key(a).cmp(&service_key(b)));
+        let nodes = nodes.map(|node| (node.meta.name.as_str(), node)).collect();
+        Self { services, nodes, pods: pods.collect(), this_node, read: RefCell::default() }
     }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {
+        self.read.borrow_mut().insert(service_owner(namespace, name));
+        let key = (namespace, name);
+        let index = self.services.binary_search_by(|s| service_key(s).cmp(&key)).ok()?;
+        Some(self.services[index])
+    }
+
+    fn node(&self, name: &str) -> Option<&'a NodeObject> {
+        self.read.borrow_mut().insert(node_owner(name));
+        self.nodes.get(name).copied()
+    }
+}
+
+fn service_key(service: &Service) -> (&str, &str) {
+    (&service.meta.namespace, &service.meta.name)
 }
 
 /// The synced objects of `policies`, with notes on what they could not use;
@@ -85,49 +107,54 @@ pub fn translate(
             addresses: Vec::new(),
             inputs: Vec::new(),
             health_check: None,
+            dependencies: Vec::new(),
         };
         objects.push((*source, Located { value: object, location: policy.meta.location.clone() }));
     }
     Ok(objects)
 }
 
-/// The owners of the synced objects that policies in `objects` read: the
-/// Services they match, this node (for a nodeLabelSelector), the Nodes of
-/// the Pods they send to by node address. A sync parses their input even
-/// when it is unchanged, since a kept object has no parsed form to read.
-pub fn dependencies<'a>(
+/// The owners of the Services and Nodes that the policies among `objects`
+/// read, found by translating them with what `objects` hold (the result
+/// thrown away): a sync parses those objects even when their items did
+/// not change, since a kept object has no parsed form to read. Looking an
+/// object up is what reads it, so this follows the translation as it is.
+pub fn reads<'a>(
     objects: impl Iterator<Item = &'a KubeObject> + Clone,
-    this_node: &str,
-) -> Vec<String> {
-    let pods = objects.clone().filter_map(|object| match object {
-        KubeObject::Pod(pod) => Some(pod.as_ref()),
+    this_node: &'a str,
+) -> BTreeSet<String> {
+    let policies = objects.clone().filter_map(|object| match object {
+        KubeObject::Policy(policy) => Some(policy.as_ref()),
         _ => None,
     });
-    let mut owners = BTreeSet::new();
-    for object in objects.clone() {
-        let KubeObject::Policy(policy) = object else { continue };
-        if let Matcher::Service { namespace, name, .. } = &policy.frontend.matcher {
-            owners.insert(service_owner(namespace, name));
-        }
-        if policy.node_selector.is_some() {
-            owners.insert(node_owner(this_node));
-        }
-        if let BackendTarget::Pods { selector, mode: RedirectMode::HostPort | RedirectMode::NodeProxy } =
-            &policy.backend.target
-        {
-            let selected = pods
-                .clone()
-                .filter(|pod| pod.meta.namespace == policy.meta.namespace && matches(selector, &pod.labels));
-            owners.extend(selected.filter_map(|pod| pod.node_name.as_deref().map(node_owner)));
-        }
+    let cluster = Cluster::new(
+        objects.clone().filter_map(|object| match object {
+            KubeObject::Service(service) => Some(service.as_ref()),
+            _ => None,
+        }),
+        objects.clone().filter_map(|object| match object {
+            KubeObject::Node(node) => Some(node.as_ref()),
+            _ => None,
+        }),
+        objects.clone().filter_map(|object| match object {
+            KubeObject::Pod(pod) => Some(pod.as_ref()),
+            _ => None,
+        }),
+        this_node,
+    );
+    for policy in policies {
+        // What they make, and whether they can, is the real translation's to say.
+        let (mut notes, mut budget) = (BTreeSet::new(), EntryBudget::default());
+        let _ = rules(policy, &cluster, &mut notes, &mut budget);
+        applies_here(policy, &cluster, &mut notes);
     }
-    owners.into_iter().collect()
+    cluster.read.into_inner()
 }
 
 /// Whether this node is one the policy's nodeLabelSelector selects.
 fn applies_here(policy: &PolicyObject, cluster: &Cluster<'_>, notes: &mut BTreeSet<String>) -> bool {
     let Some((selector, _)) = &policy.node_selector else { return true };
-    match cluster.nodes.get(cluster.this_node) {
+    match cluster.node(cluster.this_node) {
         Some(node) if matches(selector, &node.labels) => true,
         Some(_) => {
             notes.insert(format!(
@@ -360,7 +387,7 @@ fn backends(
             found.extend(pod.ips.iter().filter(in_family).map(|&ip| SocketAddr::new(ip, port)));
             continue;
         }
-        let Some(node) = pod.node_name.as_deref().and_then(|name| cluster.nodes.get(name)) else {
+        let Some(node) = pod.node_name.as_deref().and_then(|name| cluster.node(name)) else {
             notes.insert(format!("{pod_name} is on no Node of the input: skipped"));
             continue;
         };

@@ -2,19 +2,22 @@
 //!
 //! Every object translated from Kubernetes YAML records the fingerprints
 //! of the items it was made of (its Service and EndpointSlices, or its
-//! Node). A later sync keeps it as it is when all of those items are in its
-//! input again, exactly once, in the same source, and nothing new was
-//! added to it: no other item, once parsed, turns out to be one of its
-//! Service's EndpointSlices or a second definition of it. Everything else
-//! is parsed and translated as usual, so a sync's result does not depend
-//! on what was kept: only its cost does.
+//! Node), and what its translation read of other objects (`Dependency`: a
+//! Service whose endpoints have topology hints reads this node's Node). A
+//! later sync keeps it as it is when all of those items are in its input
+//! again, exactly once, in the same source, nothing new was added to it
+//! (no other item, once parsed, turns out to be one of its Service's
+//! EndpointSlices or a second definition of it), and each object it read
+//! is as it was, or still absent. Everything else is parsed and translated
+//! as usual, so a sync's result does not depend on what was kept: only
+//! its cost does.
 
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::items::{PieceKind, Span};
-use crate::model::{Fingerprint, SyncedObject};
+use crate::model::{Dependency, Fingerprint, SyncedObject};
 
 /// One piece of an input file that holds objects.
 pub struct Item {
@@ -85,16 +88,53 @@ impl<'a> Reuse<'a> {
     }
 
     /// Gives up the objects of `owners` (those that parsed items belong
-    /// to), returning their items, which must now be parsed too.
+    /// to, or that must be read), returning their items, which must now be
+    /// parsed too.
     pub fn release<'o>(&mut self, owners: impl Iterator<Item = &'o str>) -> Vec<&'a Item> {
         let owners: HashSet<&str> = owners.collect();
+        self.release_where(|object| owners.contains(object.owner.as_str()))
+    }
+
+    /// The owners of the objects that the objects which can still be kept
+    /// read: they must be parsed to tell whether those can.
+    pub fn read_by_candidates(&self) -> HashSet<&'a str> {
         let previous = self.previous;
-        self.candidates.retain(|&object, _| !owners.contains(previous[object].owner.as_str()));
-        let candidates = &self.candidates;
+        (self.candidates.keys())
+            .flat_map(|&object| previous[object].dependencies.iter().map(|read| read.owner.as_str()))
+            .collect()
+    }
+
+    /// Gives up the objects that read an object which is no longer as they
+    /// read it: `now` is what reading each owner gives today (parsed
+    /// objects; every owner `read_by_candidates` named is among them if it
+    /// is in the input at all). Returns their items, to be parsed.
+    pub fn release_stale(&mut self, now: &HashMap<String, Option<Dependency>>) -> Vec<&'a Item> {
+        let changed = |read: &Dependency| match now.get(read.owner.as_str()) {
+            // Twice in the input: parsing says so; not kept meanwhile.
+            Some(None) => true,
+            // In an item with other objects, it has no fingerprint of its own.
+            Some(Some(current)) => current.fingerprint.is_none() || current != read,
+            // Absent, as it was or not.
+            None => read.fingerprint.is_some(),
+        };
+        self.release_where(|object| object.dependencies.iter().any(changed))
+    }
+
+    /// Gives up the objects that `give_up` says to, returning their items.
+    fn release_where(&mut self, give_up: impl Fn(&SyncedObject) -> bool) -> Vec<&'a Item> {
+        let previous = self.previous;
+        let mut released = HashSet::default();
+        self.candidates.retain(|&object, _| {
+            let keep = !give_up(&previous[object]);
+            if !keep {
+                released.insert(object);
+            }
+            keep
+        });
         self.items
             .iter()
             .zip(&self.claimed_by)
-            .filter(|(_, by)| by.is_some_and(|object| !candidates.contains_key(&object)))
+            .filter(|(_, by)| by.is_some_and(|object| released.contains(&object)))
             .map(|(item, _)| item)
             .collect()
     }

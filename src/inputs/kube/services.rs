@@ -10,6 +10,15 @@
 //!   has the service port's name and protocol, at that slice's port number
 //!   (so a named target port resolves per slice); ready endpoints, or when
 //!   none is ready, those that are serving and terminating;
+//! - topology (kube-proxy's topology.go): when every ready endpoint of a
+//!   port has node hints (`hints.forNodes`) and one is hinted for this
+//!   node, only those; else when every ready endpoint has zone hints and one
+//!   is hinted for this node's zone (its Node's `topology.kubernetes.io/zone`),
+//!   only those; else every endpoint. The EndpointSlice controller writes
+//!   the hints from `trafficDistribution` (PreferSameNode: node and zone
+//!   hints; PreferSameZone and PreferClose: zone hints), which kube-proxy,
+//!   and so balctl, does not read itself. Topology narrows the endpoints of
+//!   cluster traffic (every frontend but `Local` traffic policies' own);
 //! - `internalTrafficPolicy: Local` restricts the cluster IPs to endpoints
 //!   on this node, with no fallback. External frontends use every usable
 //!   endpoint whatever the traffic policies: kube-proxy treats node-local
@@ -43,8 +52,8 @@ use super::{
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
     model::{
-        AddressKind, ExternalBalancing, Frontend, FrontendRule, HealthCheck, NodePortAddresses, Protocol,
-        Scope, SyncedObject, ThisNode,
+        AddressKind, Dependency, ExternalBalancing, Frontend, FrontendRule, HealthCheck, NodePortAddresses,
+        Protocol, Scope, SyncedObject, ThisNode,
     },
 };
 
@@ -90,13 +99,14 @@ pub fn translate(
     // as its service is translated.
     services.sort_by(|(_, a), (_, b)| service_key(a).cmp(&service_key(b)));
     slices.sort_by(|a, b| slice_key(a).cmp(&slice_key(b)));
+    let here = Here::new(&this_node.name, nodes.iter().map(|(_, node)| node.as_ref()));
     if !policies.is_empty() {
-        let cluster = Cluster {
-            services: &services,
-            nodes: nodes.iter().map(|(_, node)| (node.meta.name.as_str(), node.as_ref())).collect(),
-            pods: &pods,
-            this_node: &this_node.name,
-        };
+        let cluster = Cluster::new(
+            services.iter().map(|(_, service)| service.as_ref()),
+            nodes.iter().map(|(_, node)| node.as_ref()),
+            pods.iter().map(AsRef::as_ref),
+            &this_node.name,
+        );
         let objects = policies::translate(&policies, &cluster, &mut translation.notes, budget)?;
         translation.objects.extend(objects);
     }
@@ -114,8 +124,7 @@ pub fn translate(
         while let Some(slice) = slices.next_if(|slice| slice_key(slice) == key) {
             own.push(*slice);
         }
-        if let Some(object) = service_object(*service, &own, &this_node.name, &mut translation.notes, budget)?
-        {
+        if let Some(object) = service_object(*service, &own, &here, &mut translation.notes, budget)? {
             translation.objects.push((source, object));
         }
     }
@@ -162,18 +171,52 @@ fn node_object(node: NodeObject, node_ports: &NodePortAddresses) -> Located<Sync
             addresses: node_ports.select(&node.addresses, &node.internal_ips),
             inputs: node.meta.fingerprint.into_iter().collect(),
             health_check: None,
+            dependencies: Vec::new(),
         },
         location: node.meta.location,
+    }
+}
+
+/// What a Service's translation knows of the node it is made for.
+struct Here {
+    /// The node's name: its endpoints are the local ones, and node hints
+    /// name it. Part of every fingerprint (`fingerprint_seed`).
+    name: String,
+    /// Its Node's zone label, which zone hints are matched with.
+    zone: Option<String>,
+    /// The reading of its Node that a Service whose topology consults the
+    /// zone records; None when that Node's item holds other objects too,
+    /// so that its fingerprint is not its own: such a Service is always
+    /// translated anew.
+    read: Option<Dependency>,
+}
+
+impl Here {
+    /// The node named `name`, its Node object found among `nodes`.
+    fn new<'a>(name: &str, mut nodes: impl Iterator<Item = &'a NodeObject>) -> Self {
+        match nodes.find(|node| node.meta.name == name) {
+            Some(node) => Self {
+                name: name.to_owned(),
+                zone: node.zone().map(str::to_owned),
+                read: node.meta.fingerprint.map(|_| node.as_read()),
+            },
+            None => Self {
+                name: name.to_owned(),
+                zone: None,
+                read: Some(Dependency { owner: node_owner(name), fingerprint: None }),
+            },
+        }
     }
 }
 
 fn service_object(
     service: Service,
     slices: &[EndpointSlice],
-    this_node: &str,
+    here: &Here,
     notes: &mut Vec<String>,
     budget: &mut EntryBudget,
 ) -> Result<Option<Located<SyncedObject>>> {
+    let this_node = here.name.as_str();
     let name = format!("{}/{}", service.meta.namespace, service.meta.name);
     let notes_before = notes.len();
     if service.service_type == ServiceType::ExternalName {
@@ -224,6 +267,8 @@ fn service_object(
     let mut rules = Vec::new();
     // This node's ready endpoints, for the health-check node port.
     let mut ready_here = BTreeSet::new();
+    // Whether the topology of a port depended on this node's zone.
+    let mut read_zone = false;
     for port in &service.ports {
         let protocol = match port.protocol {
             PortProtocol::Tcp => Protocol::Tcp,
@@ -245,8 +290,12 @@ fn service_object(
                 continue;
             }
             let candidates = candidates(slices, port, family);
-            let all = usable(&candidates, None);
-            let local = usable(&candidates, Some(this_node));
+            let topology = Topology::of(&candidates, here);
+            read_zone |= topology.read_zone;
+            // kube-proxy's cluster endpoints: for every frontend but those
+            // of a Local traffic policy.
+            let all = usable(&candidates, |c| topology.serves(c.endpoint, here));
+            let local = usable(&candidates, |c| c.endpoint.node_name.as_deref() == Some(this_node));
             let on_this_node: BTreeSet<SocketAddr> = candidates
                 .iter()
                 .filter(|c| c.endpoint.node_name.as_deref() == Some(this_node))
@@ -323,13 +372,14 @@ fn service_object(
             }));
         }
     }
-    // Reusable as it is while its items stay the same, unless it has notes
-    // to repeat.
+    // Reusable as it is while its items and what it read stay the same,
+    // unless it has notes to repeat.
     let fingerprints =
         std::iter::once(service.meta.fingerprint).chain(slices.iter().map(|s| s.meta.fingerprint));
-    let inputs = match fingerprints.collect::<Option<Vec<_>>>() {
-        Some(inputs) if notes.len() == notes_before => inputs,
-        _ => Vec::new(),
+    let reads = if read_zone { here.read.clone().map(|read| vec![read]) } else { Some(Vec::new()) };
+    let (inputs, reads) = match (fingerprints.collect::<Option<Vec<_>>>(), reads) {
+        (Some(inputs), Some(reads)) if notes.len() == notes_before => (inputs, reads),
+        _ => (Vec::new(), Vec::new()),
     };
     // kube-proxy serves it for LoadBalancer services with externalTrafficPolicy
     // Local only (apiservice.NeedsHealthCheck); the API server allocates it
@@ -350,6 +400,7 @@ fn service_object(
         addresses: Vec::new(),
         inputs,
         health_check,
+        dependencies: reads,
     };
     Ok(Some(Located { value: object, location: service.meta.location }))
 }
@@ -384,13 +435,11 @@ fn candidates<'a>(slices: &'a [EndpointSlice], port: &ServicePort, family: Famil
     found
 }
 
-/// kube-proxy's choice: ready endpoints (on `node` when given); when there
-/// are none, those still serving while they terminate. Sorted and unique,
-/// so the same input always gives the same slots.
-fn usable(candidates: &[Candidate<'_>], node: Option<&str>) -> Vec<SocketAddr> {
-    let eligible = || {
-        candidates.iter().filter(|c| node.is_none_or(|node| c.endpoint.node_name.as_deref() == Some(node)))
-    };
+/// kube-proxy's choice among the `eligible` endpoints: the ready ones;
+/// when there are none, those still serving while they terminate. Sorted
+/// and unique, so the same input always gives the same slots.
+fn usable(candidates: &[Candidate<'_>], eligible: impl Fn(&Candidate<'_>) -> bool) -> Vec<SocketAddr> {
+    let eligible = || candidates.iter().filter(|c| eligible(c));
     let mut chosen: BTreeSet<SocketAddr> =
         eligible().filter(|c| c.endpoint.ready).map(|c| c.backend).collect();
     if chosen.is_empty() {
@@ -398,6 +447,68 @@ fn usable(candidates: &[Candidate<'_>], node: Option<&str>) -> Vec<SocketAddr> {
             eligible().filter(|c| c.endpoint.serving && c.endpoint.terminating).map(|c| c.backend).collect();
     }
     chosen.into_iter().collect()
+}
+
+/// Which endpoints of a port topology leaves to this node's clients,
+/// decided from the hints of its ready endpoints as kube-proxy decides
+/// (topology.go `topologyModeFromHints`): every ready endpoint hinted for
+/// some node and one for this node: same node; else every ready endpoint
+/// hinted for some zone and one for this node's zone: same zone; else
+/// any. So hints are used only when all of them are there and serve this
+/// node: a zone without endpoints, or an endpoint without hints, falls
+/// back to every endpoint. Without a ready endpoint, nothing is narrowed:
+/// the terminating fallback is topology-blind, as kube-proxy's is.
+struct Topology {
+    mode: TopologyMode,
+    /// The decision depended on this node's zone: the Service records its
+    /// reading of the Node.
+    read_zone: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TopologyMode {
+    Any,
+    SameNode,
+    SameZone,
+}
+
+impl Topology {
+    fn of(candidates: &[Candidate<'_>], here: &Here) -> Self {
+        let (mut any_ready, mut all_nodes, mut for_node, mut all_zones, mut for_zone) =
+            (false, true, false, true, false);
+        for candidate in candidates.iter().filter(|c| c.endpoint.ready) {
+            any_ready = true;
+            let hints = candidate.endpoint.hints.as_deref();
+            match hints.map(|h| h.nodes.as_slice()).unwrap_or_default() {
+                [] => all_nodes = false,
+                nodes => for_node |= nodes.contains(&here.name),
+            }
+            match hints.map(|h| h.zones.as_slice()).unwrap_or_default() {
+                [] => all_zones = false,
+                zones => for_zone |= here.zone.as_ref().is_some_and(|zone| zones.contains(zone)),
+            }
+        }
+        let mode = match () {
+            () if !any_ready => TopologyMode::Any,
+            () if all_nodes && for_node => TopologyMode::SameNode,
+            () if all_zones && for_zone => TopologyMode::SameZone,
+            () => TopologyMode::Any,
+        };
+        let read_zone = any_ready && !(all_nodes && for_node) && all_zones;
+        Self { mode, read_zone }
+    }
+
+    /// Whether `endpoint` serves this node's clients.
+    fn serves(&self, endpoint: &Endpoint, here: &Here) -> bool {
+        let hints = endpoint.hints.as_deref();
+        match self.mode {
+            TopologyMode::Any => true,
+            TopologyMode::SameNode => hints.is_some_and(|h| h.nodes.contains(&here.name)),
+            TopologyMode::SameZone => {
+                hints.is_some_and(|h| here.zone.as_ref().is_some_and(|zone| h.zones.contains(zone)))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -438,6 +549,106 @@ mod tests {
             })
             .collect();
         (rules, translation.notes)
+    }
+
+    #[test]
+    fn topology_hints_narrow_the_endpoints_as_kube_proxy_does() {
+        let files = ["topology.yaml", "nodes.yaml", "balancing-hostport.yaml"];
+        let on = |node| {
+            rules(&files, node).0.into_iter().filter(|r| r.starts_with("198.18.0.11")).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            on("node-a"),
+            [
+                "198.18.0.110:80/tcp -> 192.0.2.20:8080 (local)",
+                "198.18.0.111:80/tcp -> 192.0.2.23:8080 (local)"
+            ]
+        );
+        assert_eq!(
+            on("node-b"),
+            [
+                "198.18.0.110:80/tcp -> 192.0.2.21:8080 (local),192.0.2.22:8080 (local)",
+                "198.18.0.111:80/tcp -> 192.0.2.24:8080 (local)"
+            ]
+        );
+        // node-c has no zone label: no zone is served, so every endpoint.
+        assert_eq!(
+            on("node-c"),
+            [
+                "198.18.0.110:80/tcp -> 192.0.2.20:8080,192.0.2.21:8080,192.0.2.22:8080",
+                "198.18.0.111:80/tcp -> 192.0.2.23:8080,192.0.2.24:8080"
+            ]
+        );
+        // A node not in the input has no zone either.
+        assert_eq!(on("node-x"), on("node-c"));
+    }
+
+    /// kube-proxy's conditions and fallbacks, one slice at a time.
+    #[test]
+    fn topology_hints_are_used_only_when_every_ready_endpoint_has_them_and_one_serves_here() {
+        let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {topology.kubernetes.io/zone: a}\nstatus:\n  addresses: [{type: InternalIP, address: 192.0.2.100}]\n";
+        let service = |spec: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec:\n  clusterIP: 198.18.9.1\n  \
+                 ports: [{{name: http, port: 80, protocol: TCP}}]\n{spec}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\naddressType: IPv4\n\
+                 ports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+            )
+        };
+        let endpoint = |last: u8, conditions: &str, hints: &str| {
+            format!("- addresses: [192.0.2.{last}]\n  conditions: {{{conditions}}}\n  hints: {{{hints}}}\n")
+        };
+        let backends = |spec: &str, endpoints: &[String]| {
+            let text = format!("{node}---\n{}{}", service(spec), endpoints.concat());
+            let (rules, _) = rules_of(&[("t.yaml", text)], "node-a");
+            rules[0].split(" -> ").nth(1).unwrap().replace(" (local)", "")
+        };
+        let (zone_a, zone_b) = ("forZones: [{name: a}]", "forZones: [{name: b}]");
+        let ready = "ready: true";
+        // Hinted for zone a: only those.
+        assert_eq!(backends("", &[endpoint(1, ready, zone_a), endpoint(2, ready, zone_b)]), "192.0.2.1:8080");
+        // One ready endpoint without hints: every endpoint.
+        assert_eq!(
+            backends("", &[endpoint(1, ready, zone_a), endpoint(2, ready, "")]),
+            "192.0.2.1:8080,192.0.2.2:8080"
+        );
+        // An endpoint that is not ready does not count, hints or not.
+        assert_eq!(
+            backends(
+                "",
+                &[endpoint(1, ready, zone_a), endpoint(2, ready, zone_b), endpoint(3, "ready: false", "")]
+            ),
+            "192.0.2.1:8080"
+        );
+        // No endpoint for zone a: every endpoint, not none (no ECONNREFUSED).
+        assert_eq!(
+            backends("", &[endpoint(1, ready, zone_b), endpoint(2, ready, zone_b)]),
+            "192.0.2.1:8080,192.0.2.2:8080"
+        );
+        // Node hints first; without one for this node, zone hints.
+        let node_a = "forNodes: [{name: node-a}], forZones: [{name: a}]";
+        let node_b = "forNodes: [{name: node-b}], forZones: [{name: a}]";
+        let node_c = "forNodes: [{name: node-c}], forZones: [{name: b}]";
+        assert_eq!(
+            backends(
+                "",
+                &[endpoint(1, ready, node_a), endpoint(2, ready, node_b), endpoint(3, ready, node_c)]
+            ),
+            "192.0.2.1:8080"
+        );
+        assert_eq!(backends("", &[endpoint(2, ready, node_b), endpoint(3, ready, node_c)]), "192.0.2.2:8080");
+        // Nothing ready: the terminating fallback ignores topology.
+        let terminating = "ready: false, serving: true, terminating: true";
+        assert_eq!(
+            backends("", &[endpoint(1, terminating, zone_a), endpoint(2, terminating, zone_b)]),
+            "192.0.2.1:8080,192.0.2.2:8080"
+        );
+        // internalTrafficPolicy Local: this node's endpoints, whatever the hints.
+        let local = "  internalTrafficPolicy: Local\n";
+        let on_node_a = |last: u8, hints: &str| {
+            format!("- addresses: [192.0.2.{last}]\n  nodeName: node-a\n  hints: {{{hints}}}\n")
+        };
+        assert_eq!(backends(local, &[on_node_a(1, zone_b), endpoint(2, ready, zone_a)]), "192.0.2.1:8080");
     }
 
     #[test]
