@@ -32,6 +32,7 @@ mod stats;
 mod status;
 mod support;
 mod sync;
+mod topology;
 mod trace;
 mod trust;
 mod watch;
@@ -197,6 +198,8 @@ fn main() {
         kube_sync::a_kube_watch_follows_the_cluster,
         kube_sync::trace_names_the_pod_of_a_container,
         kube_sync::a_kube_watch_watches_only_the_pods_policies_select,
+        topology::zone_and_node_hints_choose_the_endpoints,
+        topology::a_zone_change_moves_new_connections_and_keeps_established_ones,
         image::both_platforms_hold_a_static_balctl_of_this_version,
         image::containerd_imports_both_archives_and_runs_the_image,
         image::the_daemonset_runs_in_podman_and_a_new_pod_takes_over,
