@@ -246,7 +246,9 @@ impl Items<'_> {
         let mut parsed: Vec<Placed> = parse(&reuse.unclaimed().collect::<Vec<_>>())?;
         let mut owners: Vec<String> = every_object(&parsed, others).filter_map(KubeObject::owner).collect();
         owners.push(objects::node_owner(&this_node.name));
-        owners.extend(reuse.read_by_candidates().into_iter().map(str::to_owned));
+        let read_by_candidates: Vec<String> =
+            reuse.read_by_candidates().into_iter().map(str::to_owned).collect();
+        owners.extend(read_by_candidates.iter().cloned());
         parsed.extend(parse(&reuse.release(owners.iter().map(String::as_str)))?);
         // Policies and Pods are always parsed (nothing records their
         // items): translating the policies finds what they read. Until
@@ -261,10 +263,14 @@ impl Items<'_> {
             }
             parsed.extend(parse(&released)?);
         }
-        // Every object read is parsed by now, if it is in the input.
+        // Every object read is parsed by now, if it is in the input. (Only
+        // those: a first sync parses the cluster, and reads nothing kept.)
         let mut now: HashMap<String, Option<Dependency>> = HashMap::default();
-        for read in every_object(&parsed, others).filter_map(KubeObject::as_read) {
-            now.entry(read.owner.clone()).and_modify(|twice| *twice = None).or_insert(Some(read));
+        if !read_by_candidates.is_empty() {
+            let objects = every_object(&parsed, others).filter_map(KubeObject::as_read);
+            for read in objects.filter(|read| read_by_candidates.contains(&read.owner)) {
+                now.entry(read.owner.clone()).and_modify(|twice| *twice = None).or_insert(Some(read));
+            }
         }
         parsed.extend(parse(&reuse.release_stale(&now))?);
         parsed.sort_by_key(|&(at, _)| at);

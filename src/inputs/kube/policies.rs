@@ -123,10 +123,15 @@ pub fn reads<'a>(
     objects: impl Iterator<Item = &'a KubeObject> + Clone,
     this_node: &'a str,
 ) -> BTreeSet<String> {
-    let policies = objects.clone().filter_map(|object| match object {
-        KubeObject::Policy(policy) => Some(policy.as_ref()),
-        _ => None,
-    });
+    let policies: Vec<&PolicyObject> = (objects.clone())
+        .filter_map(|object| match object {
+            KubeObject::Policy(policy) => Some(policy.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if policies.is_empty() {
+        return BTreeSet::new();
+    }
     let cluster = Cluster::new(
         objects.clone().filter_map(|object| match object {
             KubeObject::Service(service) => Some(service.as_ref()),

@@ -92,6 +92,9 @@ impl<'a> Reuse<'a> {
     /// parsed too.
     pub fn release<'o>(&mut self, owners: impl Iterator<Item = &'o str>) -> Vec<&'a Item> {
         let owners: HashSet<&str> = owners.collect();
+        if owners.is_empty() {
+            return Vec::new();
+        }
         self.release_where(|object| owners.contains(object.owner.as_str()))
     }
 
