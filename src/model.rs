@@ -594,6 +594,13 @@ pub struct SyncedObject {
     /// was. Format 6 did not have it (`legacy::ADDED`).
     #[serde(default)]
     pub dependencies: Vec<Dependency>,
+    /// A Service's endpoints that topology keeps from this node's clients
+    /// (services.rs): no rule has them, yet they are still endpoints, so
+    /// the sockets connected to them are not stale (stale_sockets.rs): a
+    /// change of hints or of the node's zone never breaks a connection.
+    /// Format 6 did not have it (`legacy::ADDED`).
+    #[serde(default)]
+    pub held_back: Vec<SocketAddr>,
 }
 
 /// An object a translation read, by the owner name its own synced object

@@ -423,6 +423,7 @@ mod tests {
                 crate::model::Dependency { owner: "node/node-a".into(), fingerprint: Some(7) },
                 crate::model::Dependency { owner: "node/node-b".into(), fingerprint: None },
             ],
+            held_back: vec!["192.0.2.9:8080".parse().unwrap()],
         }));
         state
     }
@@ -559,7 +560,12 @@ mod tests {
         assert!(api.health_check.is_some(), "format 6's fields are read: {api:#?}");
         // Nothing recorded what it read, so the next sync translates
         // every object again.
-        assert!(legacy.synced.iter().all(|o| o.inputs.is_empty() && o.dependencies.is_empty()));
+        assert!(
+            legacy
+                .synced
+                .iter()
+                .all(|o| o.inputs.is_empty() && o.dependencies.is_empty() && o.held_back.is_empty())
+        );
     }
 
     /// Varints wider than their type are refused, not wrapped.

@@ -466,6 +466,7 @@ fn rule_object(
         inputs: Vec::new(),
         health_check,
         dependencies: Vec::new(),
+        held_back: Vec::new(),
     };
     Ok(Located { value: object, location })
 }

@@ -52,6 +52,7 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (5, "FrontendImage", "source_ranges"),
     (6, "SyncedObject", "health_check"),
     (7, "SyncedObject", "dependencies"),
+    (7, "SyncedObject", "held_back"),
 ];
 
 /// The formats this reader reads.

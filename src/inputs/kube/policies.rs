@@ -108,6 +108,7 @@ pub fn translate(
             inputs: Vec::new(),
             health_check: None,
             dependencies: Vec::new(),
+            held_back: Vec::new(),
         };
         objects.push((*source, Located { value: object, location: policy.meta.location.clone() }));
     }

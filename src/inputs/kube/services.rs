@@ -172,6 +172,7 @@ fn node_object(node: NodeObject, node_ports: &NodePortAddresses) -> Located<Sync
             inputs: node.meta.fingerprint.into_iter().collect(),
             health_check: None,
             dependencies: Vec::new(),
+            held_back: Vec::new(),
         },
         location: node.meta.location,
     }
@@ -269,6 +270,8 @@ fn service_object(
     let mut ready_here = BTreeSet::new();
     // Whether the topology of a port depended on this node's zone.
     let mut read_zone = false;
+    // Endpoints topology keeps from this node's clients.
+    let mut held_back = BTreeSet::new();
     for port in &service.ports {
         let protocol = match port.protocol {
             PortProtocol::Tcp => Protocol::Tcp,
@@ -295,6 +298,10 @@ fn service_object(
             // kube-proxy's cluster endpoints: for every frontend but those
             // of a Local traffic policy.
             let all = usable(&candidates, |c| topology.serves(c.endpoint, here));
+            if topology.mode != TopologyMode::Any {
+                let every = usable(&candidates, |_| true);
+                held_back.extend(every.into_iter().filter(|backend| !all.contains(backend)));
+            }
             let local = usable(&candidates, |c| c.endpoint.node_name.as_deref() == Some(this_node));
             let on_this_node: BTreeSet<SocketAddr> = candidates
                 .iter()
@@ -401,6 +408,7 @@ fn service_object(
         inputs,
         health_check,
         dependencies: reads,
+        held_back: held_back.into_iter().collect(),
     };
     Ok(Some(Located { value: object, location: service.meta.location }))
 }
@@ -581,6 +589,24 @@ mod tests {
         );
         // A node not in the input has no zone either.
         assert_eq!(on("node-x"), on("node-c"));
+
+        // What topology keeps from node-a is held back, not gone.
+        let mut objects = Vec::new();
+        for file in files {
+            let path = format!("{}/examples/k8s/{file}", env!("CARGO_MANIFEST_DIR"));
+            objects.extend(
+                read(file, std::fs::read(&path).unwrap().as_slice()).unwrap().into_iter().map(|o| (0, o)),
+            );
+        }
+        let translation =
+            translate(objects, &ThisNode::named("node-a"), &mut EntryBudget::default()).unwrap();
+        let held_back = |owner: &str| {
+            let object = translation.objects.iter().find(|(_, o)| o.value.owner == owner).unwrap();
+            object.1.value.held_back.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(held_back("service/shop/catalog"), ["192.0.2.21:8080", "192.0.2.22:8080"]);
+        assert_eq!(held_back("service/shop/inventory"), ["192.0.2.24:8080"]);
+        assert!(held_back("node/node-a").is_empty());
     }
 
     /// kube-proxy's conditions and fallbacks, one slice at a time.
