@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     bpf::object::SIZE_NAMES,
     inputs::InputLimit,
-    model::{Frontend, NodePortAddresses, Prefix, Scope, parse_affinity, parse_backend},
+    model::{Frontend, NodePortAddresses, Prefix, Protocol, Scope, parse_affinity, parse_backend},
     output::{OutputFormat, OutputFormatParser},
 };
 
@@ -150,8 +150,58 @@ pub enum Command {
     /// after --duration.
     Trace(TraceArgs),
 
+    /// Show what a connect from a client to DEST would resolve to, without connecting
+    ///
+    /// Reads the pinned maps as the datapath would at connect(): which rule
+    /// layer takes DEST (a LocalRedirectPolicy, a BalancingPolicy, the
+    /// Service, its NodePort) and why the others do not, the backends the
+    /// connect could get with the chance of each (from the frontend's slots),
+    /// the client's session-affinity choice if one is held and still valid,
+    /// or the failure the connect would get (its errno). The client is this
+    /// process unless --pid or --cgroup names another: its cgroup decides
+    /// whether balctl translates its connects at all, its network namespace
+    /// keys session affinity. Nothing is written and nothing connects.
+    Explain(ExplainArgs),
+
     /// Print a shell completion script
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Where the client would connect: IP:PORT (IPv6 as [IP]:PORT)
+    #[arg(value_name = "DEST", value_parser = parse_destination)]
+    pub dest: SocketAddr,
+
+    /// The client is this process: its cgroup and network namespace
+    #[arg(long, value_name = "N", conflicts_with = "cgroup")]
+    pub pid: Option<u32>,
+
+    /// The client is a process in this cgroup v2 directory (the network
+    /// namespace, which keys session affinity, is that of the first process
+    /// found in it or below)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// The protocol of the connect
+    #[arg(long, value_enum, default_value_t = ExplainProtocol::Tcp)]
+    pub proto: ExplainProtocol,
+}
+
+/// `explain --proto`: the protocols balctl translates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainProtocol {
+    Tcp,
+    Udp,
+}
+
+impl ExplainProtocol {
+    pub const fn protocol(self) -> Protocol {
+        match self {
+            Self::Tcp => Protocol::Tcp,
+            Self::Udp => Protocol::Udp,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +582,10 @@ pub struct CompletionsArgs {
 
 fn parse_frontend(s: &str) -> Result<Frontend, String> {
     s.parse()
+}
+
+fn parse_destination(s: &str) -> Result<SocketAddr, String> {
+    crate::model::parse_socket_addr(s)
 }
 
 fn parse_vip_filter(s: &str) -> Result<VipFilter, String> {

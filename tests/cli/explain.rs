@@ -1,0 +1,231 @@
+//! Issue 19, item 5: `balctl explain DEST` says what a connect would get,
+//! and real connects from the same client get exactly that.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::Sandbox;
+
+/// The test servers: id and address.
+const SERVERS: [(&str, &str); 3] =
+    [("b2", "192.0.2.2:8080"), ("b3", "192.0.2.3:8080"), ("b4", "192.0.2.4:8080")];
+
+fn serve_all(sandbox: &Sandbox) {
+    for (id, address) in SERVERS {
+        sandbox.serve(id, &[address], &[]);
+    }
+}
+
+/// A server's address from the id it answers with.
+fn address_of(id: &str) -> String {
+    SERVERS.iter().find(|(server, _)| *server == id).expect("a test server").1.to_owned()
+}
+
+/// A process that stands for the client: in the test cgroup and client
+/// network namespace, as the peer clients are. Killed (by PID) on drop.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn start(sandbox: &Sandbox) -> Self {
+        let child = sandbox
+            .peer(true, &sandbox.client_ns)
+            .args(["exec", "sleep", "300"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        let sleeper = Self(child);
+        // It has joined the cgroup and the namespace once it runs sleep.
+        let comm = format!("/proc/{}/comm", sleeper.pid());
+        let start = Instant::now();
+        while fs::read_to_string(&comm).map(|c| c.trim() != "sleep").unwrap_or(true) {
+            assert!(start.elapsed() < Duration::from_secs(10), "the client process did not start");
+            thread::sleep(Duration::from_millis(10));
+        }
+        sleeper
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn explain(sandbox: &Sandbox, client: &Sleeper, dest: &str) -> Value {
+    sandbox.balctl_json(&["explain", dest, "--pid", &client.pid()])
+}
+
+/// The backends `explain` lists as possible (with a nonzero chance and no
+/// failure), as addresses.
+fn possible(explanation: &Value) -> BTreeSet<String> {
+    explanation["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter(|c| c["chance"].as_f64().unwrap() > 0.0 && c["failure"].is_null())
+        .map(|c| c["backend"].as_str().expect("a backend address").to_owned())
+        .collect()
+}
+
+/// The backends 1,000 real connects from the client reach, as addresses.
+fn reached(sandbox: &Sandbox, dest: &str) -> BTreeSet<String> {
+    sandbox.reached(dest, 1000).iter().map(|id| address_of(id)).collect()
+}
+
+/// The layer row `layer` of an explanation.
+fn layer<'a>(explanation: &'a Value, layer: &str) -> &'a Value {
+    let layers = explanation["layers"].as_array().expect("layers");
+    layers.iter().find(|l| l["layer"] == layer).unwrap_or_else(|| panic!("no {layer} layer: {explanation}"))
+}
+
+pub fn explain_agrees_with_real_connects() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    serve_all(&sandbox);
+    let client = Sleeper::start(&sandbox);
+
+    // Two of the three servers; b4 runs too and must never be reached.
+    let web = "198.18.0.30:80";
+    sandbox.balctl_ok(&[
+        "policy",
+        "add",
+        "web",
+        "--vip",
+        web,
+        "--backend",
+        "192.0.2.2:8080",
+        "--backend",
+        "192.0.2.3:8080",
+    ]);
+    let explanation = explain(&sandbox, &client, web);
+    assert_eq!(explanation["outcome"], "backend", "{explanation}");
+    assert_eq!(explanation["name"], "policy/web");
+    let expected: BTreeSet<String> = ["192.0.2.2:8080", "192.0.2.3:8080"].map(String::from).into();
+    assert_eq!(possible(&explanation), expected);
+    for candidate in explanation["candidates"].as_array().unwrap() {
+        assert_eq!(candidate["chance"], 0.5, "two backends, one slot each: {explanation}");
+    }
+    assert_eq!(reached(&sandbox, web), possible(&explanation), "explain and 1,000 connects disagree");
+
+    // Session affinity: nothing held before the first connect, then the
+    // held choice, and every connect keeps it.
+    let sticky = "198.18.0.31:80";
+    let mut add = vec!["policy", "add", "sticky", "--vip", sticky, "--affinity", "60"];
+    for (_, address) in SERVERS {
+        add.extend(["--backend", address]);
+    }
+    sandbox.balctl_ok(&add);
+    let before = explain(&sandbox, &client, sticky);
+    assert!(before["held"].is_null(), "nothing held yet: {before}");
+    assert_eq!(possible(&before).len(), 3);
+    let first = sandbox.reached(sticky, 1);
+    let after = explain(&sandbox, &client, sticky);
+    assert_eq!(after["held"]["valid"], true, "{after}");
+    assert_eq!(after["held"]["backend"], address_of(&first[0]).as_str());
+    assert_eq!(possible(&after), [address_of(&first[0])].into());
+    assert_eq!(after["candidates"][0]["chance"], 1.0);
+    assert_eq!(reached(&sandbox, sticky), possible(&after), "the held choice is what connects get");
+    let table = sandbox.balctl_ok(&["explain", sticky, "--pid", &client.pid()]);
+    assert!(table.contains("held choice (session affinity)"), "{table}");
+    assert!(table.contains(&address_of(&first[0])), "{table}");
+}
+
+pub fn a_policy_layer_wins_over_the_service_and_says_why() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    serve_all(&sandbox);
+    let client = Sleeper::start(&sandbox);
+    let web = "198.18.0.20:80";
+    let file = sandbox.scratch("web.toml");
+    fs::write(
+        &file,
+        "[[service]]\nname = \"web\"\naddresses = [\"198.18.0.20\"]\nbackends = [\"192.0.2.2\"]\n\
+         ports = [{ port = 80, target_port = 8080 }]\n",
+    )
+    .unwrap();
+    sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
+    let service_only = explain(&sandbox, &client, web);
+    assert_eq!(layer(&service_only, "service")["takes"], true, "{service_only}");
+
+    sandbox.balctl_ok(&["policy", "add", "bal", "--vip", web, "--backend", "192.0.2.4:8080"]);
+    sandbox.balctl_ok(&["policy", "add", "local", "--kind", "redirect", "--vip", web]);
+    let explanation = explain(&sandbox, &client, web);
+    let (redirect, balancing, service) =
+        (layer(&explanation, "redirect"), layer(&explanation, "balancing"), layer(&explanation, "service"));
+    assert_eq!((&redirect["takes"], &redirect["name"]), (&false.into(), &"policy/local".into()));
+    assert!(redirect["why"].as_str().unwrap().contains("gives way: it has no backend"), "{redirect}");
+    assert_eq!((&balancing["takes"], &balancing["name"]), (&true.into(), &"policy/bal".into()));
+    assert_eq!(service["takes"], false);
+    assert!(service["name"].as_str().unwrap().ends_with("web"), "the Service's entry is named: {service}");
+    let why = service["why"].as_str().unwrap();
+    assert!(why.contains("not chosen") && why.contains("policy/bal"), "{why}");
+    assert_eq!(possible(&explanation), ["192.0.2.4:8080".to_owned()].into());
+    assert_eq!(reached(&sandbox, web), possible(&explanation));
+
+    let table = sandbox.balctl_ok(&["explain", web, "--pid", &client.pid()]);
+    for expected in ["balancing", "policy/bal", "gives way", "not chosen", "192.0.2.4:8080"] {
+        assert!(table.contains(expected), "{expected} missing from\n{table}");
+    }
+}
+
+pub fn failures_and_untranslated_destinations() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    serve_all(&sandbox);
+    let client = Sleeper::start(&sandbox);
+
+    let empty = "198.18.0.40:80";
+    sandbox.balctl_ok(&["policy", "add", "empty", "--vip", empty]);
+    let explanation = explain(&sandbox, &client, empty);
+    assert_eq!(explanation["outcome"], "refused", "{explanation}");
+    assert_eq!(explanation["failure"]["reason"], "no_backend");
+    assert_eq!(explanation["failure"]["errno"], 111);
+    assert_eq!(explanation["failure"]["error"], "ECONNREFUSED");
+    let report = sandbox.client(&["connect", "--to", empty, "--count", "5"]);
+    assert_eq!(report["errors"]["ECONNREFUSED"], 5, "the connects get the errno explain names: {report}");
+    let table = sandbox.balctl_ok(&["explain", empty, "--pid", &client.pid()]);
+    assert!(table.contains("refused: no_backend") && table.contains("ECONNREFUSED"), "{table}");
+
+    let nothing = explain(&sandbox, &client, "198.18.0.41:80");
+    assert_eq!(nothing["outcome"], "not_translated");
+    assert!(nothing["summary"].as_str().unwrap().contains("DEST is no frontend"), "{nothing}");
+    assert_eq!(nothing["candidates"], Value::Array(vec![]));
+
+    // A client in a cgroup the programs are not attached to.
+    let outside = sandbox.add_cgroup("expl");
+    let elsewhere = sandbox.balctl_json(&["explain", empty, "--cgroup", outside.to_str().unwrap()]);
+    assert_eq!(elsewhere["outcome"], "not_translated");
+    let expected = format!("not translated: client outside the attached cgroup {}", sandbox.cgroup.display());
+    assert_eq!(elsewhere["summary"], expected.as_str());
+    assert_eq!(elsewhere["client"]["pid"], Value::Null, "an empty cgroup has no process");
+
+    // Bad input: exit 2, the argument named, nothing read.
+    let pid = client.pid();
+    let cgroup = sandbox.cgroup.to_str().unwrap();
+    for (args, named) in [
+        (vec!["explain", "198.18.0.40"], "<DEST>"),
+        (vec!["explain", "no-such-host:80"], "<DEST>"),
+        (vec!["explain", empty, "--pid", &pid, "--cgroup", cgroup], "--pid"),
+        (vec!["explain", empty, "--pid", "4000000000"], "--pid"),
+        (vec!["explain", empty, "--pid", "2147483646"], "--pid 2147483646: no such process"),
+        (vec!["explain", empty, "--cgroup", "/tmp"], "--cgroup /tmp"),
+        (vec!["explain", empty, "--proto", "sctp"], "--proto"),
+    ] {
+        let output = sandbox.balctl(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?} should name {named}: {stderr}");
+    }
+}
