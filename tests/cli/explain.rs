@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::Sandbox;
+use crate::support::{LAYERS_KNOWN, SERVICE_LAYER, Sandbox};
 
 /// The test servers: id and address.
 const SERVERS: [(&str, &str); 3] =
@@ -152,12 +152,24 @@ pub fn a_policy_layer_wins_over_the_service_and_says_why() {
     fs::write(
         &file,
         "[[service]]\nname = \"web\"\naddresses = [\"198.18.0.20\"]\nbackends = [\"192.0.2.2\"]\n\
-         ports = [{ port = 80, target_port = 8080 }]\n",
+         ports = [{ port = 80, target_port = 8080, node_port = 30080 }]\n",
     )
     .unwrap();
     sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
     let service_only = explain(&sandbox, &client, web);
     assert_eq!(layer(&service_only, "service")["takes"], true, "{service_only}");
+    // Its node port, on IPv4 loopback; not on an address that is no node's.
+    let loopback = explain(&sandbox, &client, "127.0.0.1:30080");
+    let node_port = layer(&loopback, "node_port");
+    assert_eq!(
+        (&node_port["takes"], &node_port["why"]),
+        (&true.into(), &"takes it: DEST is IPv4 loopback".into())
+    );
+    assert_eq!(reached(&sandbox, "127.0.0.1:30080"), possible(&loopback));
+    let elsewhere = explain(&sandbox, &client, "192.0.2.9:30080");
+    assert_eq!(elsewhere["outcome"], "not_translated");
+    let why = layer(&elsewhere, "node_port")["why"].as_str().unwrap();
+    assert!(why.contains("neither a node address"), "{why}");
 
     sandbox.balctl_ok(&["policy", "add", "bal", "--vip", web, "--backend", "192.0.2.4:8080"]);
     sandbox.balctl_ok(&["policy", "add", "local", "--kind", "redirect", "--vip", web]);
@@ -173,6 +185,15 @@ pub fn a_policy_layer_wins_over_the_service_and_says_why() {
     assert!(why.contains("not chosen") && why.contains("policy/bal"), "{why}");
     assert_eq!(possible(&explanation), ["192.0.2.4:8080".to_owned()].into());
     assert_eq!(reached(&sandbox, web), possible(&explanation));
+
+    // The datapath skips the layers the layers map says are empty.
+    sandbox.set_layers(LAYERS_KNOWN | SERVICE_LAYER);
+    let skipped = explain(&sandbox, &client, web);
+    assert_eq!(layer(&skipped, "service")["takes"], true, "{skipped}");
+    assert!(layer(&skipped, "balancing")["why"].as_str().unwrap().contains("layers map"), "{skipped}");
+    assert_eq!(reached(&sandbox, web), possible(&skipped));
+    assert_eq!(possible(&skipped), ["192.0.2.2:8080".to_owned()].into());
+    sandbox.load();
 
     let table = sandbox.balctl_ok(&["explain", web, "--pid", &client.pid()]);
     for expected in ["balancing", "policy/bal", "gives way", "not chosen", "192.0.2.4:8080"] {
