@@ -252,13 +252,25 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__explain)
-            opts="-o -v -q -h -V --pid --cgroup --proto --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --pid --pod --kube --kubeconfig --context --cgroup --proto --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pod)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

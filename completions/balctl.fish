@@ -273,6 +273,9 @@ complete -c balctl -n "__fish_balctl_using_subcommand trace" -s q -l quiet -d 'P
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l pid -d 'The client is this process: its cgroup and network namespace' -r
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l pod -d 'The client is this Pod: its cgroup (`pod<UID>`, the UID from the API server) and the network namespace of a process in it' -r
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l cgroup -d 'The client is a process in this cgroup v2 directory (the network namespace, which keys session affinity, is that of the first process found in it or below)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l proto -d 'The protocol of the connect' -r -f -a "tcp\t''
 udp\t''"
@@ -285,6 +288,7 @@ yaml\t'The same document as YAML'
 jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
 json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l kube -d 'Ask the Kubernetes API server for --pod\'s UID'
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -s v -l verbose -d 'Print more (repeat for debug logs)'
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -s q -l quiet -d 'Print only errors'

@@ -158,7 +158,7 @@ pub enum Command {
     /// connect could get with the chance of each (from the frontend's slots),
     /// the client's session-affinity choice if one is held and still valid,
     /// or the failure the connect would get (its errno). The client is this
-    /// process unless --pid or --cgroup names another: its cgroup decides
+    /// process unless --pid, --cgroup or --pod names another: its cgroup decides
     /// whether balctl translates its connects at all, its network namespace
     /// keys session affinity. Nothing is written and nothing connects.
     Explain(ExplainArgs),
@@ -174,8 +174,20 @@ pub struct ExplainArgs {
     pub dest: SocketAddr,
 
     /// The client is this process: its cgroup and network namespace
-    #[arg(long, value_name = "N", conflicts_with = "cgroup")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["cgroup", "pod"])]
     pub pid: Option<u32>,
+
+    /// The client is this Pod: its cgroup (`pod<UID>`, the UID from the
+    /// API server) and the network namespace of a process in it
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_pod, conflicts_with = "cgroup", requires = "kube")]
+    pub pod: Option<(String, String)>,
+
+    /// Ask the Kubernetes API server for --pod's UID
+    #[arg(long, requires = "pod")]
+    pub kube: bool,
+
+    #[command(flatten)]
+    pub api_server: ApiServerArgs,
 
     /// The client is a process in this cgroup v2 directory (the network
     /// namespace, which keys session affinity, is that of the first process
@@ -582,6 +594,16 @@ pub struct CompletionsArgs {
 
 fn parse_frontend(s: &str) -> Result<Frontend, String> {
     s.parse()
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_pod(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((namespace.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("`{s}` is not NAMESPACE/NAME")),
+    }
 }
 
 fn parse_destination(s: &str) -> Result<SocketAddr, String> {

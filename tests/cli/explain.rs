@@ -4,14 +4,15 @@
 use std::{
     collections::BTreeSet,
     fs,
-    process::{Child, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::support::{LAYERS_KNOWN, SERVICE_LAYER, Sandbox};
+use crate::support::{LAYERS_KNOWN, SERVICE_LAYER, Sandbox, apiserver::ApiServer, peer};
 
 /// The test servers: id and address.
 const SERVERS: [(&str, &str); 3] =
@@ -34,12 +35,13 @@ struct Sleeper(Child);
 
 impl Sleeper {
     fn start(sandbox: &Sandbox) -> Self {
-        let child = sandbox
-            .peer(true, &sandbox.client_ns)
-            .args(["exec", "sleep", "300"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn sleep");
+        Self::spawn(sandbox.peer(true, &sandbox.client_ns))
+    }
+
+    /// Starts `peer` (a peer command that has joined its cgroup and
+    /// namespace) as `sleep`.
+    fn spawn(mut peer: Command) -> Self {
+        let child = peer.args(["exec", "sleep", "300"]).stdout(Stdio::null()).spawn().expect("spawn sleep");
         let sleeper = Self(child);
         // It has joined the cgroup and the namespace once it runs sleep.
         let comm = format!("/proc/{}/comm", sleeper.pid());
@@ -248,5 +250,92 @@ pub fn failures_and_untranslated_destinations() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(named), "{args:?} should name {named}: {stderr}");
+    }
+}
+
+/// Cgroups a test makes below the sandbox's, removed deepest first.
+struct Cgroups(Vec<PathBuf>);
+
+impl Cgroups {
+    fn make(dirs: Vec<PathBuf>) -> Self {
+        for dir in &dirs {
+            fs::create_dir(dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        }
+        Self(dirs)
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            // Processes leave a cgroup asynchronously after they are reaped.
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// `--pod NS/NAME --kube`: the Pod's UID from the API server names its
+/// cgroup (`pod<UID>`, here as the systemd driver writes it), and a
+/// process in it gives the network namespace that keys its affinity.
+pub fn the_client_can_be_a_pod_found_through_the_api_server() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    serve_all(&sandbox);
+    let sticky = "198.18.0.32:80";
+    let mut add = vec!["policy", "add", "sticky", "--vip", sticky, "--affinity", "60"];
+    for (_, address) in SERVERS {
+        add.extend(["--backend", address]);
+    }
+    sandbox.balctl_ok(&add);
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "web-client", "namespace": "shop" },
+        "spec": { "nodeName": "node-a", "containers": [{ "name": "client", "image": "client:1" }] },
+        "status": { "phase": "Running", "podIP": "192.0.2.1" }
+    }));
+    // The test API server hands out uids in order, from 1.
+    let uid = "00000000-0000-4000-8000-000000000001";
+    let pod = sandbox.cgroup.join(format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")));
+    let container = pod.join("cri-containerd-0123.scope");
+    let _cgroups = Cgroups::make(vec![pod.clone(), container.clone()]);
+    let in_pod = || {
+        let mut command = Command::new(std::env::current_exe().expect("test binary"));
+        command.arg(peer::PEER_ARG).arg("--cgroup").arg(&container).args(["--netns", &sandbox.client_ns]);
+        command
+    };
+    let sleeper = Sleeper::spawn(in_pod());
+    let connected = in_pod().args(["connect", "--to", sticky]).output().expect("run the client");
+    let report: Value = serde_json::from_slice(&connected.stdout).expect("the client's report");
+    let got = report["backends"].as_object().expect("backends").keys().next().expect("a backend").clone();
+
+    let pod_args = ["explain", sticky, "--pod", "shop/web-client", "--kube", "--kubeconfig", kubeconfig];
+    let explanation = sandbox.balctl_json(&pod_args);
+    assert_eq!(explanation["client"]["cgroup"], pod.to_str().unwrap(), "{explanation}");
+    assert_eq!(explanation["client"]["pid"], sleeper.0.id());
+    assert_eq!(explanation["outcome"], "backend");
+    assert_eq!(explanation["held"]["valid"], true, "{explanation}");
+    assert_eq!(explanation["held"]["backend"], address_of(&got).as_str());
+
+    for (args, named) in [
+        (vec!["--pod", "shop/nobody", "--kube", "--kubeconfig", kubeconfig], "--pod shop/nobody"),
+        (vec!["--pod", "web-client", "--kube", "--kubeconfig", kubeconfig], "--pod"),
+        (vec!["--pod", "shop/web-client"], "--kube"),
+        (vec!["--pod", "shop/web-client", "--kube", "--pid", "1"], "--pid"),
+    ] {
+        let mut all = vec!["explain", sticky];
+        all.extend(args);
+        let output = sandbox.balctl(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{all:?}: {stderr}");
+        assert!(stderr.contains(named), "{all:?} should name {named}: {stderr}");
     }
 }

@@ -1,4 +1,5 @@
-//! Who connects, for `explain`: the client's cgroup (whether balctl's
+//! Who connects, for `explain` (`--pid`, `--cgroup`, `--pod`, else
+//! balctl itself): the client's cgroup (whether balctl's
 //! programs see its connects at all) and its network namespace's cookie
 //! (what `bpf_get_netns_cookie` gives the connect program, the owner of a
 //! session-affinity choice: choice.rs in ebpf/programs/src/lb).
@@ -12,12 +13,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use crate::{bpf::cgroup::cgroup2_mount, cli::ExplainArgs, input};
+use crate::{bpf::cgroup::cgroup2_mount, cli::ExplainArgs, cluster, input};
 
 #[derive(Serialize)]
 pub struct Client {
-    /// The process looked at: `--pid`, the first one found in `--cgroup`,
-    /// or balctl itself; null for a cgroup without processes.
+    /// The process looked at: `--pid`, the first one found in `--cgroup`
+    /// or `--pod`'s cgroup, or balctl itself; null for a cgroup without
+    /// processes.
     pub pid: Option<u32>,
     pub cgroup: PathBuf,
     /// The cookie of its network namespace; null when no process says
@@ -30,6 +32,13 @@ impl Client {
     pub fn of(args: &ExplainArgs) -> Result<Self> {
         if let Some(cgroup) = &args.cgroup {
             return Self::in_cgroup(cgroup);
+        }
+        if let Some((namespace, name)) = &args.pod {
+            let uid = cluster::pod_uid(&args.api_server, namespace, name)?;
+            let cgroup = pod_cgroup(&cgroup2_mount()?, &uid).ok_or_else(|| {
+                input!("--pod {namespace}/{name}: no cgroup of its UID {uid} on this node (is the Pod on another node?)")
+            })?;
+            return Self::in_cgroup(&cgroup);
         }
         let pid = args.pid.unwrap_or_else(std::process::id);
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
@@ -67,6 +76,28 @@ fn cgroup_of(pid: u32) -> Result<PathBuf> {
         bail!("{file} has no cgroup v2 line (0::PATH)");
     };
     Ok(cgroup2_mount()?.join(relative.trim_start_matches('/')))
+}
+
+/// The cgroup of the Pod with `uid`, under `root`: the kubelet names it
+/// `pod<UID>` (cgroupfs driver) or `kubepods-...-pod<UID with _ for ->.slice`
+/// (systemd driver). Searched breadth first, not below a match.
+fn pod_cgroup(root: &Path, uid: &str) -> Option<PathBuf> {
+    let names = [format!("pod{uid}"), format!("pod{}", uid.replace('-', "_"))];
+    let is_pod = |name: &str| {
+        let name = name.strip_suffix(".slice").unwrap_or(name);
+        names.iter().any(|pod| name == pod || name.ends_with(&format!("-{pod}")))
+    };
+    let mut pending = std::collections::VecDeque::from([root.to_path_buf()]);
+    while let Some(dir) = pending.pop_front() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            if entry.file_name().to_str().is_some_and(is_pod) {
+                return Some(entry.path());
+            }
+            pending.push_back(entry.path());
+        }
+    }
+    None
 }
 
 /// The first process in `cgroup` or a cgroup below it, depth first.
@@ -124,4 +155,27 @@ fn netns_cookie(pid: u32) -> Result<u64> {
     .join()
     .map_err(|_| anyhow::anyhow!("the thread reading a network namespace's cookie panicked"))?;
     cookie.with_context(|| format!("cannot read the network namespace cookie of {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_cgroup_is_found_under_either_driver() {
+        let root = std::env::temp_dir().join(format!("balctl-expl-{}", std::process::id()));
+        let uid = "2f3c1c38-6a0e-4b55-9d5e-0c4d4a1b7e01";
+        let systemd = root.join("kubepods.slice/kubepods-burstable.slice");
+        let pod = systemd.join(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")));
+        fs::create_dir_all(pod.join("cri-containerd-0123.scope")).unwrap();
+        let cgroupfs = root.join("kubepods/besteffort").join(format!("pod{uid}x"));
+        fs::create_dir_all(&cgroupfs).unwrap();
+        assert_eq!(pod_cgroup(&root, uid), Some(pod), "systemd driver");
+        assert_eq!(pod_cgroup(&root, "2f3c1c38-6a0e-4b55-9d5e-0c4d4a1b7e02"), None, "another uid");
+        fs::remove_dir_all(root.join("kubepods.slice")).unwrap();
+        let plain = root.join("kubepods/besteffort").join(format!("pod{uid}"));
+        fs::create_dir_all(plain.join("0123")).unwrap();
+        assert_eq!(pod_cgroup(&root, uid), Some(plain), "cgroupfs driver");
+        fs::remove_dir_all(&root).unwrap();
+    }
 }
