@@ -1,5 +1,7 @@
-//! The datapath's decision for one connect, from what the maps hold. This
-//! mirrors, step for step, ebpf/programs/src/lb/frontend.rs (`lookup`: the
+//! The datapath's decision for one connect, from what the maps hold. The
+//! pure parts are shared with the datapath through `balctl_common`
+//! (`looks_up_layer`, `slot_of`, `no_backend_result`, `is_v4_mapped`,
+//! `is_v4_loopback`); the rest mirrors, step for step, ebpf/programs/src/lb/frontend.rs (`lookup`: the
 //! layer order, the layers map, node ports on node addresses and IPv4
 //! loopback) and choice.rs (`choose_backend` for a connect: the client
 //! network namespace's sticky choice, else a random slot; `has_backends`
@@ -16,9 +18,9 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use balctl_common::{
-    ECONNREFUSED, LAYERS_KNOWN, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_RATE_LIMITED, ServiceEntry, ServiceKey,
-    layer_bit, result,
+    ECONNREFUSED, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY,
+    SERVICE_FLAG_RATE_LIMITED, ServiceEntry, ServiceKey, V4_MAPPED_PREFIX, is_v4_loopback, is_v4_mapped,
+    looks_up_layer, no_backend_result, result, slot_of,
 };
 use serde::Serialize;
 
@@ -123,12 +125,7 @@ pub fn decide(
     decision.backend_count = master.count;
     // choice.rs `has_backends`.
     if master.count == 0 {
-        let reason = if master.flags & SERVICE_FLAG_LOCAL_ONLY != 0 {
-            result::NO_LOCAL_BACKEND
-        } else {
-            result::NO_BACKEND
-        };
-        decision.failure = Some(refused(reason));
+        decision.failure = Some(refused(no_backend_result(master.flags)));
         return Ok(decision);
     }
     let slots = slots(view, &key, &master, dest.is_ipv4());
@@ -171,8 +168,7 @@ fn lookup(
     protocol: Protocol,
     layers: &mut Vec<Layer>,
 ) -> Option<(ServiceKey, ServiceEntry)> {
-    let known = view.layers & LAYERS_KNOWN != 0;
-    let may_hold = |scope| !known || view.layers & layer_bit(scope) != 0;
+    let may_hold = |scope| looks_up_layer(view.layers, scope);
     let exact = |scope| ServiceKey {
         addr: addr_to_raw(dest.ip()),
         port: port_to_raw(dest.port()),
@@ -244,17 +240,14 @@ fn lookup(
     let takes = taken.as_ref().is_some_and(|t| t.0 == key);
     record(SERVICE, key, takes, why);
 
-    // Its NodePort frontend: the any-address of DEST's family.
-    let any = if dest.is_ipv4() {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    };
-    let key = ServiceKey { addr: addr_to_raw(any), ..exact(SCOPE_SERVICE) };
+    // Its NodePort frontend: the any-address of DEST's family, as the
+    // datapath tells it (a mapped IPv4 address is IPv4).
+    let dest_addr = addr_to_raw(dest.ip());
+    let v4 = is_v4_mapped(&dest_addr);
+    let key = ServiceKey { addr: if v4 { V4_MAPPED_PREFIX } else { [0; 4] }, ..exact(SCOPE_SERVICE) };
     let entry = view.contents.services.get(&key).copied();
-    let node_address =
-        view.contents.node_addresses.contains(&NodeAddressKey { addr: addr_to_raw(dest.ip()) });
-    let loopback = matches!(dest, SocketAddr::V4(v4) if v4.ip().is_loopback());
+    let node_address = view.contents.node_addresses.contains(&NodeAddressKey { addr: dest_addr });
+    let loopback = v4 && is_v4_loopback(&dest_addr);
     let why = match (&taken, entry) {
         (Some(t), _) => not_reached(t, entry),
         (None, _) if !node_address && !loopback => {
@@ -276,7 +269,9 @@ fn lookup(
 /// (`stale`); an IPv6 backend of an IPv4 DEST too (`family`, sock.rs).
 fn slots(view: &View, key: &ServiceKey, master: &ServiceEntry, v4_dest: bool) -> Vec<Candidate> {
     let mut by_backend: BTreeMap<(BackendId, Option<SocketAddr>), u16> = BTreeMap::new();
-    for slot in 1..=master.count {
+    // Every slot a draw can give (`slot_of` is the datapath's draw).
+    let drawable = (0..u32::from(master.count)).filter_map(|random| slot_of(random, master.count));
+    for slot in drawable {
         let entry = view.contents.services.get(&ServiceKey { slot, ..*key });
         let backend = entry
             .filter(|e| e.backend.proto != balctl_common::Backend::NONE.proto)
