@@ -142,6 +142,29 @@ pub fn explain_agrees_with_real_connects() {
     let table = sandbox.balctl_ok(&["explain", sticky, "--pid", &client.pid()]);
     assert!(table.contains("held choice (session affinity)"), "{table}");
     assert!(table.contains(&address_of(&first[0])), "{table}");
+
+    // A choice older than the timeout is shown, not kept.
+    let brief = "198.18.0.33:80";
+    sandbox.balctl_ok(&[
+        "policy",
+        "add",
+        "brief",
+        "--vip",
+        brief,
+        "--affinity",
+        "1",
+        "--backend",
+        "192.0.2.2:8080",
+        "--backend",
+        "192.0.2.3:8080",
+    ]);
+    sandbox.reached(brief, 1);
+    assert_eq!(explain(&sandbox, &client, brief)["held"]["valid"], true);
+    thread::sleep(Duration::from_millis(2200));
+    let expired = explain(&sandbox, &client, brief);
+    assert_eq!(expired["held"]["valid"], false, "{expired}");
+    assert!(expired["held"]["why"].as_str().unwrap().starts_with("expired"), "{expired}");
+    assert_eq!(possible(&expired).len(), 2, "both slots again: {expired}");
 }
 
 pub fn a_policy_layer_wins_over_the_service_and_says_why() {
