@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeSet,
     fs,
+    io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -20,7 +21,7 @@ const SERVERS: [(&str, &str); 3] =
 
 fn serve_all(sandbox: &Sandbox) {
     for (id, address) in SERVERS {
-        sandbox.serve(id, &[address], &[]);
+        sandbox.serve(id, &[address], &[address]);
     }
 }
 
@@ -361,4 +362,38 @@ pub fn the_client_can_be_a_pod_found_through_the_api_server() {
         assert_eq!(output.status.code(), Some(2), "{all:?}: {stderr}");
         assert!(stderr.contains(named), "{all:?} should name {named}: {stderr}");
     }
+}
+
+/// An unconnected UDP socket's choice decides its datagrams, not a
+/// connect: `explain --pid` of its process lists it beside the slots.
+pub fn an_unconnected_udp_sockets_choice_is_shown_beside_the_connect() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    serve_all(&sandbox);
+    let dns = "198.18.0.53:8080";
+    let mut add = vec!["policy", "add", "dns", "--vip", "198.18.0.53:8080/udp"];
+    for (_, address) in SERVERS {
+        add.extend(["--backend", address]);
+    }
+    sandbox.balctl_ok(&add);
+    let mut sender = sandbox
+        .peer(true, &sandbox.client_ns)
+        .args(["--hold", "udp-sendto", "--to", dns])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the UDP client");
+    let mut line = String::new();
+    BufReader::new(sender.stdout.take().unwrap()).read_line(&mut line).expect("the client's report");
+    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let sender = Sleeper(sender);
+    let answered = report["replies"][0]["answer"].as_str().unwrap_or_else(|| panic!("no reply: {report}"));
+
+    let explanation = sandbox.balctl_json(&["explain", dns, "--proto", "udp", "--pid", &sender.pid()]);
+    let choices = explanation["socket_choices"].as_array().expect("socket_choices");
+    assert_eq!(choices.len(), 1, "{explanation}");
+    assert_eq!(choices[0]["backend"], address_of(answered).as_str());
+    assert_eq!(possible(&explanation).len(), 3, "a connect starts over: {explanation}");
+    let tcp = sandbox.balctl_json(&["explain", dns, "--pid", &sender.pid()]);
+    assert_eq!(tcp["outcome"], "not_translated", "the frontend is UDP only: {tcp}");
 }

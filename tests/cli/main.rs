@@ -175,6 +175,7 @@ fn main() {
         explain::a_policy_layer_wins_over_the_service_and_says_why,
         explain::failures_and_untranslated_destinations,
         explain::the_client_can_be_a_pod_found_through_the_api_server,
+        explain::an_unconnected_udp_sockets_choice_is_shown_beside_the_connect,
         trace::events_name_the_client_and_what_it_got,
         trace::tracers_run_side_by_side_and_filter,
         trace::a_killed_tracer_stops_events_within_two_seconds,

@@ -5,14 +5,16 @@
 //! session-affinity choice: choice.rs in ebpf/programs/src/lb).
 
 use std::{
+    collections::BTreeSet,
     fs,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
+use super::sockets::{socket_cookies, socket_option_u64};
 use crate::{bpf::cgroup::cgroup2_mount, cli::ExplainArgs, cluster, input};
 
 #[derive(Serialize)]
@@ -25,6 +27,9 @@ pub struct Client {
     /// The cookie of its network namespace; null when no process says
     /// which (then no affinity choice can be looked up).
     pub netns_cookie: Option<u64>,
+    /// The cookies of the process's sockets (empty without a process).
+    #[serde(skip)]
+    pub socket_cookies: BTreeSet<u64>,
 }
 
 impl Client {
@@ -46,7 +51,8 @@ impl Client {
             return Err(input!("--pid {pid}: no such process"));
         }
         let cgroup = cgroup_of(pid)?;
-        Ok(Self { pid: Some(pid), cgroup, netns_cookie: Some(netns_cookie(pid)?) })
+        let (netns_cookie, socket_cookies) = (Some(netns_cookie(pid)?), socket_cookies(pid)?);
+        Ok(Self { pid: Some(pid), cgroup, netns_cookie, socket_cookies })
     }
 
     /// `--cgroup PATH`: the cgroup, and the network namespace of the first
@@ -63,7 +69,8 @@ impl Client {
         }
         let pid = first_process(&cgroup);
         let netns_cookie = pid.map(netns_cookie).transpose()?;
-        Ok(Self { pid, cgroup, netns_cookie })
+        let socket_cookies = pid.map(socket_cookies).transpose()?.unwrap_or_default();
+        Ok(Self { pid, cgroup, netns_cookie, socket_cookies })
     }
 }
 
@@ -135,22 +142,7 @@ fn netns_cookie(pid: u32) -> Result<u64> {
         }
         // SAFETY: `fd` is a new descriptor nothing else owns.
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut cookie = 0u64;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `cookie`.
-        let read = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NETNS_COOKIE,
-                (&raw mut cookie).cast(),
-                &raw mut len,
-            )
-        };
-        if read != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(cookie)
+        socket_option_u64(socket.as_fd(), libc::SO_NETNS_COOKIE)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the thread reading a network namespace's cookie panicked"))?;

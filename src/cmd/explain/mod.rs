@@ -5,6 +5,7 @@
 
 mod client;
 mod resolve;
+mod sockets;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -48,7 +49,7 @@ pub fn run(ctx: &Context, args: &ExplainArgs) -> Result<()> {
     let view = View::read(&ctx.pins, &ctx.state, None, OwnerFilter::default())?;
     let under_attached = attached_cgroup.as_ref().is_some_and(|attached| client.cgroup.starts_with(attached));
     let decision = if under_attached {
-        resolve::decide(&view, args.dest, protocol, client.netns_cookie)?
+        resolve::decide(&view, args.dest, protocol, client.netns_cookie, &client.socket_cookies)?
     } else {
         Decision::default()
     };
@@ -127,6 +128,18 @@ impl Explanation {
             println!();
             let kept = if held.valid { "kept" } else { "not kept" };
             println!("held choice: {}, {kept}: {}", address(held.backend, held.backend_id), held.why);
+        }
+        if !decision.socket_choices.is_empty() {
+            println!();
+            println!("held by the client's unconnected UDP sockets (their sendmsg, not a connect):");
+            for choice in &decision.socket_choices {
+                println!(
+                    "  socket {}: {}, idle {:.1}s",
+                    choice.cookie,
+                    address(choice.backend, choice.backend_id),
+                    choice.idle_seconds
+                );
+            }
         }
         if !decision.candidates.is_empty() {
             println!();

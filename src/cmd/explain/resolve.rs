@@ -13,9 +13,13 @@
 //!
 //! A connect starts over (sockets.rs `earlier` gives a connecting socket
 //! `NO_SOCKET`), so an unconnected UDP socket's earlier choice never
-//! decides a connect.
+//! decides a connect: the client process's socket choices are listed
+//! beside it, for the datagrams those sockets send.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
 
 use balctl_common::{
     ECONNREFUSED, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY,
@@ -26,7 +30,10 @@ use serde::Serialize;
 
 use crate::{
     bpf::maps::{BackendId, ServiceId},
-    cmd::{dump::View, trace::result_name},
+    cmd::{
+        dump::{View, affinity::AffinityRecord},
+        trace::result_name,
+    },
     image::raw::{addr_to_raw, frontend_of, port_to_raw, raw_to_addr, raw_to_port},
     model::Protocol,
 };
@@ -77,6 +84,15 @@ pub struct Held {
     pub why: String,
 }
 
+/// A socket's sticky choice (`dump affinity`, owner `socket`).
+#[derive(Serialize)]
+pub struct SocketChoice {
+    pub cookie: u64,
+    pub backend: Option<SocketAddr>,
+    pub backend_id: BackendId,
+    pub idle_seconds: f64,
+}
+
 /// Why the connect fails, and what the client sees.
 #[derive(Serialize)]
 pub struct Failure {
@@ -97,6 +113,10 @@ pub struct Decision {
     /// Slots the datapath draws from (the entry's count).
     pub backend_count: u16,
     pub held: Option<Held>,
+    /// The choices the client process's unconnected UDP sockets hold for
+    /// the frontend: their datagrams sent with sendmsg go there while the
+    /// backend stays (a connect starts over, so not a connect's).
+    pub socket_choices: Vec<SocketChoice>,
     pub candidates: Vec<Candidate>,
     pub failure: Option<Failure>,
 }
@@ -114,6 +134,7 @@ pub fn decide(
     dest: SocketAddr,
     protocol: Protocol,
     netns_cookie: Option<u64>,
+    socket_cookies: &BTreeSet<u64>,
 ) -> anyhow::Result<Decision> {
     let mut decision = Decision::default();
     let Some((key, master)) = lookup(view, dest, protocol, &mut decision.layers) else {
@@ -129,11 +150,24 @@ pub fn decide(
         return Ok(decision);
     }
     let slots = slots(view, &key, &master, dest.is_ipv4());
-    if master.flags & SERVICE_FLAG_AFFINITY != 0
-        && let Some(cookie) = netns_cookie
-    {
-        decision.held = held(view, cookie, &master)?;
-    }
+    let netns_cookie = netns_cookie.filter(|_| master.flags & SERVICE_FLAG_AFFINITY != 0);
+    let choices = if netns_cookie.is_some() || !socket_cookies.is_empty() {
+        crate::cmd::dump::affinity::read(view)?.affinity
+    } else {
+        Vec::new()
+    };
+    decision.held = netns_cookie.and_then(|cookie| held(view, &choices, cookie, &master));
+    decision.socket_choices = choices
+        .iter()
+        .filter(|c| c.owner_kind == "socket" && c.service_id == master.service_id)
+        .filter(|c| socket_cookies.contains(&c.cookie))
+        .map(|c| SocketChoice {
+            cookie: c.cookie,
+            backend: view.backend(c.backend_id),
+            backend_id: c.backend_id,
+            idle_seconds: c.idle_seconds,
+        })
+        .collect();
     decision.candidates = match &decision.held {
         Some(held) if held.valid => {
             // The sticky choice is taken whole: `sticky_backend` reads the
@@ -297,14 +331,11 @@ fn slots(view: &View, key: &ServiceKey, master: &ServiceEntry, v4_dest: bool) ->
 /// The sticky choice of the client's network namespace for the frontend
 /// with `master` (as `dump affinity` reads them), and whether choice.rs
 /// `sticky_backend` keeps it: within the timeout, backend still a member.
-fn held(view: &View, netns_cookie: u64, master: &ServiceEntry) -> anyhow::Result<Option<Held>> {
-    let choices = crate::cmd::dump::affinity::read(view)?;
-    let Some(choice) = choices.affinity.into_iter().find(|c| {
+fn held(view: &View, choices: &[AffinityRecord], netns_cookie: u64, master: &ServiceEntry) -> Option<Held> {
+    let choice = choices.iter().find(|c| {
         // `dump affinity` names STICKY_NETNS owners `netns`.
         c.owner_kind == "netns" && c.cookie == netns_cookie && c.service_id == master.service_id
-    }) else {
-        return Ok(None);
-    };
+    })?;
     let timeout = master.affinity_timeout_sec;
     let member = view.contents.membership.contains(&balctl_common::MembershipKey {
         service_id: master.service_id,
@@ -318,14 +349,14 @@ fn held(view: &View, netns_cookie: u64, master: &ServiceEntry) -> anyhow::Result
     } else {
         (true, format!("the connect keeps it (idle {:.1}s of {timeout}s) and renews it", choice.idle_seconds))
     };
-    Ok(Some(Held {
+    Some(Held {
         backend,
         backend_id: choice.backend_id,
         idle_seconds: choice.idle_seconds,
         timeout_seconds: timeout,
         valid,
         why,
-    }))
+    })
 }
 
 /// A failure as the client sees it: sock.rs refuses every one with
