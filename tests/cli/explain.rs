@@ -225,6 +225,26 @@ pub fn a_policy_layer_wins_over_the_service_and_says_why() {
     for expected in ["balancing", "policy/bal", "gives way", "not chosen", "192.0.2.4:8080"] {
         assert!(table.contains(expected), "{expected} missing from\n{table}");
     }
+
+    // A rate-limited redirect takes connects while under its limit.
+    let limited = "198.18.0.21:80";
+    sandbox.balctl_ok(&[
+        "policy",
+        "add",
+        "limited",
+        "--kind",
+        "redirect",
+        "--vip",
+        limited,
+        "--backend",
+        "192.0.2.3:8080",
+        "--rate-limit",
+        "5",
+    ]);
+    let explanation = explain(&sandbox, &client, limited);
+    let redirect = layer(&explanation, "redirect");
+    assert_eq!(redirect["takes"], true, "{explanation}");
+    assert!(redirect["why"].as_str().unwrap().contains("rate limit of 5 connections a second"), "{redirect}");
 }
 
 pub fn failures_and_untranslated_destinations() {
