@@ -265,6 +265,38 @@ pub fn failures_and_untranslated_destinations() {
     let table = sandbox.balctl_ok(&["explain", empty, "--pid", &client.pid()]);
     assert!(table.contains("refused: no_backend") && table.contains("ECONNREFUSED"), "{table}");
 
+    // A slot that lost its entry (maps changed behind balctl's back): the
+    // connects that draw it fail, the others reach the remaining backend.
+    let half = "198.18.0.42:80";
+    sandbox.balctl_ok(&[
+        "policy",
+        "add",
+        "half",
+        "--vip",
+        half,
+        "--backend",
+        "192.0.2.2:8080",
+        "--backend",
+        "192.0.2.3:8080",
+    ]);
+    // ServiceKey of 198.18.0.42:80/tcp, balancing layer, slot 2.
+    let key = "0 0 0 0 0 0 0 0 0 0 0xff 0xff 198 18 0 42 0 80 6 1 2 0 0 0";
+    let pin = sandbox.pins.join("maps/services");
+    let mut delete = vec!["map", "delete", "pinned", pin.to_str().unwrap(), "key"];
+    delete.extend(key.split(' '));
+    crate::support::run("bpftool", &delete);
+    let explanation = explain(&sandbox, &client, half);
+    let candidates = explanation["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 2, "{explanation}");
+    let stale = candidates.iter().find(|c| c["failure"] == "stale").expect("a stale slot");
+    assert_eq!((&stale["chance"], &stale["backend"]), (&0.5.into(), &Value::Null));
+    assert_eq!(explanation["outcome"], "backend", "half the connects still get a backend");
+    let report = sandbox.client(&["connect", "--to", half, "--count", "1000"]);
+    let reached: BTreeSet<String> =
+        report["backends"].as_object().unwrap().keys().map(|id| address_of(id)).collect();
+    assert_eq!(reached, possible(&explanation), "{report}");
+    assert!(report["errors"]["ECONNREFUSED"].as_u64().unwrap() > 0, "the stale slot refuses: {report}");
+
     let nothing = explain(&sandbox, &client, "198.18.0.41:80");
     assert_eq!(nothing["outcome"], "not_translated");
     assert!(nothing["summary"].as_str().unwrap().contains("DEST is no frontend"), "{nothing}");

@@ -69,6 +69,28 @@ pub struct Candidate {
     /// Why the connect fails if this slot is drawn (`stale`, `family`);
     /// null when it connects.
     pub failure: Option<&'static str>,
+    /// The same, as the datapath's `result::` code.
+    #[serde(skip)]
+    failure_result: Option<u8>,
+}
+
+impl Candidate {
+    fn new(
+        backend: Option<SocketAddr>,
+        backend_id: BackendId,
+        slots: u16,
+        chance: f64,
+        v4_dest: bool,
+    ) -> Self {
+        let failure_result = match backend {
+            None => Some(result::STALE),
+            // sock.rs: never half an IPv6 address into an IPv4 socket.
+            Some(b) if v4_dest && !b.is_ipv4() => Some(result::FAMILY),
+            Some(_) => None,
+        };
+        let failure = failure_result.map(result_name);
+        Self { backend, backend_id, slots, chance, failure, failure_result }
+    }
 }
 
 /// The client's sticky choice (session affinity) for the frontend.
@@ -173,21 +195,14 @@ pub fn decide(
             // The sticky choice is taken whole: `sticky_backend` reads the
             // backends map, not a slot.
             let slots = slots.iter().find(|c| c.backend_id == held.backend_id).map_or(0, |c| c.slots);
-            let failure = held.backend.filter(|b| dest.is_ipv4() && !b.is_ipv4()).map(|_| "family");
-            vec![Candidate {
-                backend: held.backend,
-                backend_id: held.backend_id,
-                slots,
-                chance: 1.0,
-                failure,
-            }]
+            vec![Candidate::new(held.backend, held.backend_id, slots, 1.0, dest.is_ipv4())]
         }
         _ => slots,
     };
-    if let [only] = decision.candidates.as_slice()
-        && let Some(reason) = only.failure
-    {
-        decision.failure = Some(refused(if reason == "family" { result::FAMILY } else { result::STALE }));
+    // Refused whatever is drawn: every candidate fails.
+    let failures: Option<Vec<u8>> = decision.candidates.iter().map(|c| c.failure_result).collect();
+    if let Some(&first) = failures.as_deref().and_then(<[u8]>::first) {
+        decision.failure = Some(refused(first));
     }
     Ok(decision)
 }
@@ -314,16 +329,8 @@ fn slots(view: &View, key: &ServiceKey, master: &ServiceEntry, v4_dest: bool) ->
     }
     by_backend
         .into_iter()
-        .map(|((backend_id, backend), slots)| Candidate {
-            backend,
-            backend_id,
-            slots,
-            chance: f64::from(slots) / f64::from(master.count),
-            failure: match backend {
-                None => Some("stale"),
-                Some(b) if v4_dest && !b.is_ipv4() => Some("family"),
-                Some(_) => None,
-            },
+        .map(|((backend_id, backend), slots)| {
+            Candidate::new(backend, backend_id, slots, f64::from(slots) / f64::from(master.count), v4_dest)
         })
         .collect()
 }
