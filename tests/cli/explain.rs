@@ -120,7 +120,16 @@ pub fn explain_agrees_with_real_connects() {
     for candidate in explanation["candidates"].as_array().unwrap() {
         assert_eq!(candidate["chance"], 0.5, "two backends, one slot each: {explanation}");
     }
-    assert_eq!(reached(&sandbox, web), possible(&explanation), "explain and 1,000 connects disagree");
+    let report = sandbox.client(&["connect", "--to", web, "--count", "1000"]);
+    assert_eq!(report["failed"], 0, "{report}");
+    let counts = report["backends"].as_object().expect("backends");
+    let got: BTreeSet<String> = counts.keys().map(|id| address_of(id)).collect();
+    assert_eq!(got, possible(&explanation), "explain and 1,000 connects disagree: {report}");
+    for (id, count) in counts {
+        // 500 expected of each; 100 is over six standard deviations.
+        let count = count.as_u64().unwrap();
+        assert!((400..=600).contains(&count), "{id} got {count} of 1,000 at a chance of 0.5: {report}");
+    }
 
     // Session affinity: nothing held before the first connect, then the
     // held choice, and every connect keeps it.
