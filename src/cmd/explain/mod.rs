@@ -7,7 +7,10 @@ mod client;
 mod resolve;
 mod sockets;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -53,7 +56,23 @@ pub fn run(ctx: &Context, args: &ExplainArgs) -> Result<()> {
     } else {
         Decision::default()
     };
-    let (outcome, summary) = match (&attached_cgroup, &decision) {
+    let (outcome, summary) = outcome(attached_cgroup.as_deref(), under_attached, &decision);
+    let explanation =
+        Explanation { destination: args.dest, protocol, client, attached_cgroup, outcome, summary, decision };
+    if ctx.output.is_table() {
+        explanation.print_table(ctx.table_style());
+        return Ok(());
+    }
+    print_structured(ctx.output, &explanation)
+}
+
+/// What the connect comes to, as `outcome` names it, and in one sentence.
+fn outcome(
+    attached_cgroup: Option<&Path>,
+    under_attached: bool,
+    decision: &Decision,
+) -> (&'static str, String) {
+    match (attached_cgroup, decision) {
         (Some(attached), _) if !under_attached => (
             "not_translated",
             format!("not translated: client outside the attached cgroup {}", attached.display()),
@@ -80,14 +99,7 @@ pub fn run(ctx: &Context, args: &ExplainArgs) -> Result<()> {
             };
             ("backend", summary)
         }
-    };
-    let explanation =
-        Explanation { destination: args.dest, protocol, client, attached_cgroup, outcome, summary, decision };
-    if ctx.output.is_table() {
-        explanation.print_table(ctx.table_style());
-        return Ok(());
     }
-    print_structured(ctx.output, &explanation)
 }
 
 /// A backend as the tables show it.
