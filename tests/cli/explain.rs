@@ -67,7 +67,14 @@ impl Drop for Sleeper {
 }
 
 fn explain(sandbox: &Sandbox, client: &Sleeper, dest: &str) -> Value {
-    sandbox.balctl_json(&["explain", dest, "--pid", &client.pid()])
+    explain_json(sandbox, &["explain", dest, "--pid", &client.pid()])
+}
+
+/// `explain` with `args` as JSON, validated against docs/schema/explain.json.
+fn explain_json(sandbox: &Sandbox, args: &[&str]) -> Value {
+    let document = sandbox.balctl_json(args);
+    crate::dump::validate(&document, "explain.json");
+    document
 }
 
 /// The backends `explain` lists as possible (with a nonzero chance and no
@@ -313,7 +320,7 @@ pub fn failures_and_untranslated_destinations() {
 
     // A client in a cgroup the programs are not attached to.
     let outside = sandbox.add_cgroup("expl");
-    let elsewhere = sandbox.balctl_json(&["explain", empty, "--cgroup", outside.to_str().unwrap()]);
+    let elsewhere = explain_json(&sandbox, &["explain", empty, "--cgroup", outside.to_str().unwrap()]);
     assert_eq!(elsewhere["outcome"], "not_translated");
     let expected = format!("not translated: client outside the attached cgroup {}", sandbox.cgroup.display());
     assert_eq!(elsewhere["summary"], expected.as_str());
@@ -403,7 +410,7 @@ pub fn the_client_can_be_a_pod_found_through_the_api_server() {
     let got = report["backends"].as_object().expect("backends").keys().next().expect("a backend").clone();
 
     let pod_args = ["explain", sticky, "--pod", "shop/web-client", "--kube", "--kubeconfig", kubeconfig];
-    let explanation = sandbox.balctl_json(&pod_args);
+    let explanation = explain_json(&sandbox, &pod_args);
     assert_eq!(explanation["client"]["cgroup"], pod.to_str().unwrap(), "{explanation}");
     assert_eq!(explanation["client"]["pid"], sleeper.0.id());
     assert_eq!(explanation["outcome"], "backend");
@@ -450,11 +457,11 @@ pub fn an_unconnected_udp_sockets_choice_is_shown_beside_the_connect() {
     let sender = Sleeper(sender);
     let answered = report["replies"][0]["answer"].as_str().unwrap_or_else(|| panic!("no reply: {report}"));
 
-    let explanation = sandbox.balctl_json(&["explain", dns, "--proto", "udp", "--pid", &sender.pid()]);
+    let explanation = explain_json(&sandbox, &["explain", dns, "--proto", "udp", "--pid", &sender.pid()]);
     let choices = explanation["socket_choices"].as_array().expect("socket_choices");
     assert_eq!(choices.len(), 1, "{explanation}");
     assert_eq!(choices[0]["backend"], address_of(answered).as_str());
     assert_eq!(possible(&explanation).len(), 3, "a connect starts over: {explanation}");
-    let tcp = sandbox.balctl_json(&["explain", dns, "--pid", &sender.pid()]);
+    let tcp = explain_json(&sandbox, &["explain", dns, "--pid", &sender.pid()]);
     assert_eq!(tcp["outcome"], "not_translated", "the frontend is UDP only: {tcp}");
 }
