@@ -157,10 +157,12 @@ pub enum Command {
     /// Service, its NodePort) and why the others do not, the backends the
     /// connect could get with the chance of each (from the frontend's slots),
     /// the client's session-affinity choice if one is held and still valid,
-    /// or the failure the connect would get (its errno). The client is this
-    /// process unless --pid, --cgroup or --pod names another: its cgroup decides
-    /// whether balctl translates its connects at all, its network namespace
-    /// keys session affinity. Nothing is written and nothing connects.
+    /// or the failure the connect would get (its errno); beside it, the
+    /// choices the client's unconnected UDP sockets hold for their datagrams.
+    /// The client is this process unless --pid, --cgroup or --pod names
+    /// another: its cgroup decides whether balctl translates its connects at
+    /// all, its network namespace keys session affinity. Nothing is written
+    /// and nothing connects.
     Explain(ExplainArgs),
 
     /// Print a shell completion script
