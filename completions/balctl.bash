@@ -22,6 +22,9 @@ _balctl() {
             balctl,dump)
                 cmd="balctl__subcmd__dump"
                 ;;
+            balctl,explain)
+                cmd="balctl__subcmd__explain"
+                ;;
             balctl,help)
                 cmd="balctl__subcmd__help"
                 ;;
@@ -48,6 +51,9 @@ _balctl() {
                 ;;
             balctl__subcmd__help,dump)
                 cmd="balctl__subcmd__help__subcmd__dump"
+                ;;
+            balctl__subcmd__help,explain)
+                cmd="balctl__subcmd__help__subcmd__explain"
                 ;;
             balctl__subcmd__help,help)
                 cmd="balctl__subcmd__help__subcmd__help"
@@ -128,7 +134,7 @@ _balctl() {
 
     case "${cmd}" in
         balctl)
-            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version load unload status policy sync dump trace completions help"
+            opts="-o -v -q -h -V --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version load unload status policy sync dump trace explain completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -245,8 +251,66 @@ _balctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        balctl__subcmd__explain)
+            opts="-o -v -q -h -V --pid --pod --kube --kubeconfig --context --cgroup --proto --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pod)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cgroup)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proto)
+                    COMPREPLY=($(compgen -W "tcp udp" -- "${cur}"))
+                    return 0
+                    ;;
+                --bpffs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml jsonpath=" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         balctl__subcmd__help)
-            opts="load unload status policy sync dump trace completions help"
+            opts="load unload status policy sync dump trace explain completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -274,6 +338,20 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__help__subcmd__dump)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        balctl__subcmd__help__subcmd__explain)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -45,6 +45,7 @@ complete -c balctl -n "__fish_balctl_needs_command" -f -a "policy" -d 'Add, chan
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "dump" -d 'Show what the pinned maps hold'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "trace" -d 'Show resolutions as they happen: who connected where, and which backend it got'
+complete -c balctl -n "__fish_balctl_needs_command" -f -a "explain" -d 'Show what a connect from a client to DEST would resolve to, without connecting'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c balctl -n "__fish_balctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand load" -l cgroup -d 'cgroup v2 directory to attach to [default: the cgroup2 root]' -r -F
@@ -271,6 +272,28 @@ complete -c balctl -n "__fish_balctl_using_subcommand trace" -s v -l verbose -d 
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s V -l version -d 'Print version'
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l pid -d 'The client is this process: its cgroup and network namespace' -r
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l pod -d 'The client is this Pod: its cgroup (`pod<UID>`, the UID from the API server) and the network namespace of a process in it' -r
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l cgroup -d 'The client is a process in this cgroup v2 directory (the network namespace, which keys session affinity, is that of the first process found in it or below)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l proto -d 'The protocol of the connect' -r -f -a "tcp\t''
+udp\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l state-dir -d 'Directory where applied state is kept' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
+wide\t'The table with more columns'
+json\t'The JSON document'
+yaml\t'The same document as YAML'
+jsonpath=\t'kubectl\'s JSONPath template of the JSON document, e.g. jsonpath=\'{.services[*].name}\''"
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l log-format -d 'Log lines as text (TIME LEVEL message) or JSON, one object a line with time (RFC 3339, UTC), level, target and message' -r -f -a "text\t''
+json\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l kube -d 'Ask the Kubernetes API server for --pod\'s UID'
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -s v -l verbose -d 'Print more (repeat for debug logs)'
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -s q -l quiet -d 'Print only errors'
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
@@ -285,15 +308,16 @@ complete -c balctl -n "__fish_balctl_using_subcommand completions" -s v -l verbo
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s q -l quiet -d 'Print only errors'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c balctl -n "__fish_balctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "unload" -d 'Detach every hook and remove every pin'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "policy" -d 'Add, change, list and delete balancing rules'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "dump" -d 'Show what the pinned maps hold'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "trace" -d 'Show resolutions as they happen: who connected where, and which backend it got'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "load" -d 'Load the programs and attach them to a cgroup, or replace them in place'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "unload" -d 'Detach every hook and remove every pin'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "status" -d 'Show whether balctl is loaded, where, and how full its maps are'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "policy" -d 'Add, change, list and delete balancing rules'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "sync" -d 'Make the maps match state files: plan the difference, print it, apply it'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "dump" -d 'Show what the pinned maps hold'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "trace" -d 'Show resolutions as they happen: who connected where, and which backend it got'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "explain" -d 'Show what a connect from a client to DEST would resolve to, without connecting'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c balctl -n "__fish_balctl_using_subcommand help; and not __fish_seen_subcommand_from load unload status policy sync dump trace explain completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "add" -d 'Add a rule that balances a frontend over backends'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "update" -d 'Change an existing rule; the options given replace the old values'
 complete -c balctl -n "__fish_balctl_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List all rules'

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     bpf::object::SIZE_NAMES,
     inputs::InputLimit,
-    model::{Frontend, NodePortAddresses, Prefix, Scope, parse_affinity, parse_backend},
+    model::{Frontend, NodePortAddresses, Prefix, Protocol, Scope, parse_affinity, parse_backend},
     output::{OutputFormat, OutputFormatParser},
 };
 
@@ -150,8 +150,72 @@ pub enum Command {
     /// after --duration.
     Trace(TraceArgs),
 
+    /// Show what a connect from a client to DEST would resolve to, without connecting
+    ///
+    /// Reads the pinned maps as the datapath would at connect(): which rule
+    /// layer takes DEST (a LocalRedirectPolicy, a BalancingPolicy, the
+    /// Service, its NodePort) and why the others do not, the backends the
+    /// connect could get with the chance of each (from the frontend's slots),
+    /// the client's session-affinity choice if one is held and still valid,
+    /// or the failure the connect would get (its errno); beside it, the
+    /// choices the client's unconnected UDP sockets hold for their datagrams.
+    /// The client is this process unless --pid, --cgroup or --pod names
+    /// another: its cgroup decides whether balctl translates its connects at
+    /// all, its network namespace keys session affinity. Nothing is written
+    /// and nothing connects.
+    Explain(ExplainArgs),
+
     /// Print a shell completion script
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Where the client would connect: IP:PORT (IPv6 as [IP]:PORT)
+    #[arg(value_name = "DEST", value_parser = parse_destination)]
+    pub dest: SocketAddr,
+
+    /// The client is this process: its cgroup and network namespace
+    #[arg(long, value_name = "N", conflicts_with_all = ["cgroup", "pod"])]
+    pub pid: Option<u32>,
+
+    /// The client is this Pod: its cgroup (`pod<UID>`, the UID from the
+    /// API server) and the network namespace of a process in it
+    #[arg(long, value_name = "NS/NAME", value_parser = parse_pod, conflicts_with = "cgroup", requires = "kube")]
+    pub pod: Option<(String, String)>,
+
+    /// Ask the Kubernetes API server for --pod's UID
+    #[arg(long, requires = "pod")]
+    pub kube: bool,
+
+    #[command(flatten)]
+    pub api_server: ApiServerArgs,
+
+    /// The client is a process in this cgroup v2 directory (the network
+    /// namespace, which keys session affinity, is that of the first process
+    /// found in it or below)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// The protocol of the connect
+    #[arg(long, value_enum, default_value_t = ExplainProtocol::Tcp)]
+    pub proto: ExplainProtocol,
+}
+
+/// `explain --proto`: the protocols balctl translates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainProtocol {
+    Tcp,
+    Udp,
+}
+
+impl ExplainProtocol {
+    pub const fn protocol(self) -> Protocol {
+        match self {
+            Self::Tcp => Protocol::Tcp,
+            Self::Udp => Protocol::Udp,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +596,20 @@ pub struct CompletionsArgs {
 
 fn parse_frontend(s: &str) -> Result<Frontend, String> {
     s.parse()
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_pod(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((namespace.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("`{s}` is not NAMESPACE/NAME")),
+    }
+}
+
+fn parse_destination(s: &str) -> Result<SocketAddr, String> {
+    crate::model::parse_socket_addr(s)
 }
 
 fn parse_vip_filter(s: &str) -> Result<VipFilter, String> {

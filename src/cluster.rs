@@ -166,6 +166,19 @@ pub fn pods_by_container(connection: &ApiServerArgs) -> Result<HashMap<String, S
     Ok(by_container)
 }
 
+/// The UID of the Pod `namespace/name`: the name of its cgroup
+/// (`pod<UID>`) comes from it.
+pub fn pod_uid(connection: &ApiServerArgs, namespace: &str, name: &str) -> Result<String> {
+    let pod = with_client(connection, async |client| {
+        Api::<Pod>::namespaced(client, namespace)
+            .get_opt(name)
+            .await
+            .with_context(|| format!("cannot read the Pod {namespace}/{name} from the API server"))
+    })?;
+    let pod = pod.ok_or_else(|| crate::input!("--pod {namespace}/{name}: the API server has no such Pod"))?;
+    pod.metadata.uid.with_context(|| format!("the Pod {namespace}/{name} has no uid"))
+}
+
 /// How long the objects must be quiet before a change is applied, and the
 /// longest a change waits: a rollout's burst of events becomes one sync.
 const QUIET: Duration = Duration::from_millis(100);

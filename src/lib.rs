@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Policy(command) => cmd::policy::run(&ctx, command),
         Command::Dump(args) => cmd::dump::run(&ctx, args),
         Command::Trace(args) => cmd::trace::run(&ctx, args),
+        Command::Explain(args) => cmd::explain::run(&ctx, args),
         Command::Sync(args) if args.watch && args.kube => cmd::sync::watch_cluster(&ctx, args),
         Command::Sync(args) if args.watch => watch::run(&ctx, args),
         Command::Sync(args) => cmd::sync::run(&ctx, args),

@@ -206,6 +206,13 @@ impl Datapath {
         check_fits(needed, self.capacity)
     }
 
+    /// What the layers map says: `LAYERS_KNOWN` and the bits of the
+    /// layers that may hold frontends, or 0 (a map just created: every
+    /// layer is looked up).
+    pub fn layers(&self) -> Result<u32> {
+        self.layers.get(&0, 0).context("cannot read the layers map")
+    }
+
     /// Marks which layers may hold frontends (`balctl_common::layer_bit`
     /// of each scope): the datapath skips the others.
     pub fn write_layers(&mut self, layers: u32) -> Result<()> {

@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod dump;
+pub mod explain;
 pub mod load;
 pub mod policy;
 pub mod status;

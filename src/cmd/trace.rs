@@ -182,7 +182,8 @@ fn describe(
     }
 }
 
-fn result_name(code: u8) -> &'static str {
+/// How `trace` (and `explain`) name a `result::` code.
+pub fn result_name(code: u8) -> &'static str {
     match code {
         result::RANDOM => "random",
         result::AFFINITY => "affinity",

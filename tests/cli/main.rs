@@ -12,6 +12,7 @@ mod devices;
 mod docs;
 mod dump;
 mod evict;
+mod explain;
 mod external;
 mod health;
 mod health_check_node_port;
@@ -172,6 +173,11 @@ fn main() {
         watch::a_slow_in_place_rewrite_removes_nothing,
         watch::a_list_cut_at_an_item_boundary_is_held,
         watch::an_empty_input_is_refused_by_a_one_shot_sync,
+        explain::explain_agrees_with_real_connects,
+        explain::a_policy_layer_wins_over_the_service_and_says_why,
+        explain::failures_and_untranslated_destinations,
+        explain::the_client_can_be_a_pod_found_through_the_api_server,
+        explain::an_unconnected_udp_sockets_choice_is_shown_beside_the_connect,
         trace::events_name_the_client_and_what_it_got,
         trace::tracers_run_side_by_side_and_filter,
         trace::a_killed_tracer_stops_events_within_two_seconds,

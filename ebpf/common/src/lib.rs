@@ -248,6 +248,33 @@ pub const fn layer_bit(scope: u8) -> u32 {
     1 << scope
 }
 
+/// Whether the datapath looks up the layer of `scope`, by what the layers
+/// map says (`layers`): every layer until it is known. (`explain` decides
+/// with it too.)
+#[inline(always)]
+pub const fn looks_up_layer(layers: u32, scope: u8) -> bool {
+    layers & LAYERS_KNOWN == 0 || layers & layer_bit(scope) != 0
+}
+
+/// The slot a connect draws, with the random number `random`, among the
+/// `count` backend slots of a frontend: 1 to `count` (slot 0 is the master
+/// entry); None for a frontend without slots. (`explain` enumerates what
+/// it can give.)
+#[inline(always)]
+pub const fn slot_of(random: u32, count: u16) -> Option<u16> {
+    match random.checked_rem(count as u32) {
+        Some(index) => Some(index as u16 + 1),
+        None => None,
+    }
+}
+
+/// Why a frontend whose master entry has `flags` and no backend refuses a
+/// connection: a frontend of this node's endpoints only has no local one.
+#[inline(always)]
+pub const fn no_backend_result(flags: u16) -> u8 {
+    if flags & SERVICE_FLAG_LOCAL_ONLY != 0 { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND }
+}
+
 /// `ServiceEntry::flags`: the frontend keeps clients on one backend.
 pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
 /// `ServiceEntry::flags`: the frontend has a requests-per-second limit in
@@ -270,6 +297,21 @@ pub const SERVICE_FLAG_SOURCE_RANGES: u16 = 1 << 4;
 /// An IPv6 address (or an IPv4-mapped one) as four network-order words, the
 /// shape of `bpf_sock_addr.user_ip6`.
 pub type Addr = [u32; 4];
+
+/// IPv4 addresses travel as `::ffff:a.b.c.d` (network byte order words).
+pub const V4_MAPPED_PREFIX: Addr = [0, 0, u32::from_be(0x0000_ffff), 0];
+
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX[2]
+}
+
+/// 127.0.0.0/8, of a mapped address. Not ::1: kube-proxy serves node ports
+/// on IPv4 loopback only (through route_localnet, which IPv6 lacks).
+#[inline(always)]
+pub const fn is_v4_loopback(addr: &Addr) -> bool {
+    u32::from_be(addr[3]) >> 24 == 127
+}
 
 /// Key of the services map: one frontend (address, port, protocol) and a
 /// slot. Slot 0 is the frontend's master entry; slots 1..=count hold its
@@ -721,6 +763,33 @@ mod tests {
     use core::mem::size_of;
 
     use super::*;
+
+    #[test]
+    fn draws_give_every_slot_and_only_slots() {
+        let mut drawn = [0; 8];
+        for (random, slot) in (0..).zip(&mut drawn) {
+            *slot = slot_of(random, 3).unwrap();
+        }
+        assert_eq!(drawn, [1, 2, 3, 1, 2, 3, 1, 2]);
+        assert_eq!(slot_of(u32::MAX, 4), Some(4));
+        assert_eq!(slot_of(7, 0), None, "no slot, no draw");
+    }
+
+    #[test]
+    fn layers_are_looked_up_until_known_then_by_their_bit() {
+        assert!(looks_up_layer(0, SCOPE_REDIRECT), "a map just created");
+        let known = LAYERS_KNOWN | layer_bit(SCOPE_SERVICE);
+        assert!(looks_up_layer(known, SCOPE_SERVICE));
+        assert!(!looks_up_layer(known, SCOPE_BALANCING));
+    }
+
+    #[test]
+    fn v4_loopback_is_of_mapped_addresses() {
+        let mapped = |octets: [u8; 4]| [0, 0, V4_MAPPED_PREFIX[2], u32::from_ne_bytes(octets)];
+        assert!(is_v4_mapped(&mapped([127, 0, 0, 1])) && is_v4_loopback(&mapped([127, 1, 2, 3])));
+        assert!(!is_v4_loopback(&mapped([198, 18, 0, 1])));
+        assert!(!is_v4_mapped(&[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]), "::1");
+    }
 
     /// The sizes are part of the pinned-map contract: changing one makes
     /// `balctl load` refuse maps pinned by an older build.

@@ -24,25 +24,25 @@ use crate::{
 
 #[derive(Serialize)]
 pub struct Affinity {
-    affinity: Vec<AffinityRecord>,
+    pub(in crate::cmd) affinity: Vec<AffinityRecord>,
 }
 
 #[derive(Serialize)]
-struct AffinityRecord {
+pub(in crate::cmd) struct AffinityRecord {
     /// Whose choice it is: `netns` (session affinity of a client network
     /// namespace), `socket` (an unconnected UDP socket), or `unknown` (an
     /// owner this balctl does not write).
-    owner_kind: &'static str,
+    pub(in crate::cmd) owner_kind: &'static str,
     /// The network namespace's or the socket's cookie.
-    cookie: u64,
-    service_id: ServiceId,
+    pub(in crate::cmd) cookie: u64,
+    pub(in crate::cmd) service_id: ServiceId,
     frontend: Option<String>,
     name: Option<String>,
-    backend_id: BackendId,
+    pub(in crate::cmd) backend_id: BackendId,
     /// `IP:PORT`; null when the backends map lacks the id.
     backend: Option<String>,
     /// Seconds since the choice was last used.
-    idle_seconds: f64,
+    pub(in crate::cmd) idle_seconds: f64,
 }
 
 /// The entries of frontends `--vip` keeps, by frontend, owner and cookie.

@@ -5,7 +5,7 @@
 //! `--name` and `--namespace` narrow every kind but config to the entries
 //! of the frontends they keep.
 
-mod affinity;
+pub(in crate::cmd) mod affinity;
 mod backends;
 mod config;
 mod flows;
@@ -14,7 +14,11 @@ mod revnat;
 mod services;
 mod stats;
 
-use std::{collections::HashMap, fmt, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -105,7 +109,11 @@ pub struct View<'a> {
     pins: &'a PinDir,
     vip: Option<VipFilter>,
     owners: OwnerFilter,
-    contents: MapContents,
+    pub(in crate::cmd) contents: MapContents,
+    /// What the layers map says (`Datapath::layers`).
+    pub(in crate::cmd) layers: u32,
+    /// The requests-per-second limit of each rate-limited frontend.
+    pub(in crate::cmd) rate_limits: BTreeMap<ServiceId, u32>,
     state: AppliedState,
     /// Each service id's frontend, from the master entries of the services map.
     frontends: HashMap<ServiceId, Frontend>,
@@ -114,13 +122,15 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    fn read(
+    pub(in crate::cmd) fn read(
         pins: &'a PinDir,
         state: &crate::state::StateDir,
         vip: Option<VipFilter>,
         owners: OwnerFilter,
     ) -> Result<Self> {
-        let contents = Datapath::open(pins)?.read_contents()?;
+        let datapath = Datapath::open(pins)?;
+        let contents = datapath.read_contents()?;
+        let (layers, rate_limits) = (datapath.layers()?, datapath.rate_limits()?);
         let frontends = contents
             .services
             .iter()
@@ -130,7 +140,7 @@ impl<'a> View<'a> {
         let state = state.read()?;
         let sources =
             state.synced.iter().map(|object| (object.owner.clone(), object.source.clone())).collect();
-        Ok(Self { pins, vip, owners, contents, state, frontends, sources })
+        Ok(Self { pins, vip, owners, contents, layers, rate_limits, state, frontends, sources })
     }
 
     /// Whether a filter is set: then only what belongs to the frontends
@@ -153,7 +163,11 @@ impl<'a> View<'a> {
     /// What kind of frontend it is, as `dump services` shows it in TYPE: a
     /// policy's kind, or which address of its Service it is; None when
     /// the state dir does not know the Service frontend (drift).
-    fn frontend_type(&self, frontend: &Frontend, service_id: ServiceId) -> Option<&'static str> {
+    pub(in crate::cmd) fn frontend_type(
+        &self,
+        frontend: &Frontend,
+        service_id: ServiceId,
+    ) -> Option<&'static str> {
         match frontend.scope {
             Scope::Balancing => Some("balancing"),
             Scope::Redirect => Some("redirect"),
@@ -181,7 +195,7 @@ impl<'a> View<'a> {
 
     /// The rule a frontend comes from, from the state dir: None when the
     /// state dir does not know the service id (drift).
-    fn name(&self, service_id: ServiceId) -> Option<String> {
+    pub(in crate::cmd) fn name(&self, service_id: ServiceId) -> Option<String> {
         let frontend = self.frontends.get(&service_id)?;
         let image = self.state.image.frontends.get(frontend).filter(|f| f.service_id == service_id)?;
         Some(image.owner.clone())
@@ -204,7 +218,7 @@ impl<'a> View<'a> {
     }
 
     /// A backend's address in the backends map.
-    fn backend(&self, backend_id: BackendId) -> Option<SocketAddr> {
+    pub(in crate::cmd) fn backend(&self, backend_id: BackendId) -> Option<SocketAddr> {
         let backend = self.contents.backends.get(&backend_id)?;
         Some(SocketAddr::new(raw_to_addr(backend.addr), raw_to_port(backend.port)))
     }

@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY,
-    STICKY_NETNS, STICKY_SOCKET, ServiceEntry, ServiceKey, SocketTranslation, result,
+    AffinityKey, AffinityValue, Backend, MembershipKey, SERVICE_FLAG_AFFINITY, STICKY_NETNS, STICKY_SOCKET,
+    ServiceEntry, ServiceKey, SocketTranslation, no_backend_result, result, slot_of,
 };
 
 use super::{
@@ -86,8 +86,7 @@ pub fn has_backends(master: &ServiceEntry) -> Result<(), u8> {
     if master.count != 0 {
         return Ok(());
     }
-    let local_only = master.flags & SERVICE_FLAG_LOCAL_ONLY != 0;
-    Err(if local_only { result::NO_LOCAL_BACKEND } else { result::NO_BACKEND })
+    Err(no_backend_result(master.flags))
 }
 
 /// A backend of `frontend` (with its `master` entry, which has some) from
@@ -97,9 +96,7 @@ pub fn has_backends(master: &ServiceEntry) -> Result<(), u8> {
 pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry) -> Result<Choice, u8> {
     // SAFETY: plain helper call. (The count is not 0, but a caller whose
     // `master` lives in a map cannot show the compiler so: no panic path.)
-    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(u32::from(master.count)).ok_or(result::STALE)?
-        as u16
-        + 1;
+    let slot = slot_of(unsafe { bpf_get_prandom_u32() }, master.count).ok_or(result::STALE)?;
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
     let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;

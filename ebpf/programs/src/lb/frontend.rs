@@ -5,9 +5,9 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use balctl_common::{
-    Addr, ExternalKey, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, LAYERS_KNOWN, NodeAddressKey,
-    SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES,
-    ServiceEntry, ServiceKey, SourceRange, layer_bit,
+    Addr, ExternalKey, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, NodeAddressKey, SCOPE_BALANCING,
+    SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES, ServiceEntry,
+    ServiceKey, SourceRange, looks_up_layer,
 };
 
 use super::{
@@ -33,7 +33,7 @@ pub fn lookup(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> 
 #[inline(always)]
 fn policy_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
     let layers = LAYERS.get(0).copied().unwrap_or(0);
-    let may_hold = |scope| layers & LAYERS_KNOWN == 0 || layers & layer_bit(scope) != 0;
+    let may_hold = |scope| looks_up_layer(layers, scope);
     let redirect =
         ServiceKey { addr: dest.addr, port: dest.port, proto, scope: SCOPE_REDIRECT, slot: 0, _pad: 0 };
     // SAFETY: entries are only replaced whole by user space; the copy is taken at once.
