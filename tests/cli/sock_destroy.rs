@@ -1,0 +1,186 @@
+//! Issue 19, item 3: stale connected sockets. When a backend leaves a
+//! frontend, the connected sockets balctl translated through that frontend
+//! to it are destroyed (the socket iterators and `bpf_sock_destroy`):
+//! connected UDP always, TCP with `sync --destroy-tcp-sockets`. The
+//! application's next send or receive fails and a new socket reaches a
+//! backend that is left. An unconnected UDP socket keeps its port and keeps
+//! working; a socket connected straight to the backend is untouched. Driven
+//! by a one-shot `sync -f` and by the `sync --watch` agent (within 1 s).
+
+use std::{
+    fs,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::{Sandbox, Session, watcher::Watcher};
+
+const VIP: &str = "198.18.0.53:53";
+const X: &str = "192.0.2.2:5353";
+const Y: &str = "192.0.2.3:5353";
+
+/// A DNS-like service on the VIP, over UDP and TCP, to `backends`.
+fn service(backends: &[&str]) -> String {
+    let backends: Vec<String> =
+        backends.iter().map(|b| format!("\"{}\"", b.trim_end_matches(":5353"))).collect();
+    format!(
+        "[[service]]\nname = \"dns-sdes\"\naddresses = [\"198.18.0.53\"]\nbackends = [{}]\n\
+         ports = [{{ port = 53, target_port = 5353, protocol = \"udp\" }}, \
+         {{ port = 53, target_port = 5353, protocol = \"tcp\" }}]\n",
+        backends.join(", ")
+    )
+}
+
+/// The sandbox with backends x (192.0.2.2) and y (192.0.2.3), answering
+/// their id over UDP and lasting TCP connections, and balctl loaded.
+fn sandbox() -> Sandbox {
+    let sandbox = Sandbox::new();
+    sandbox.serve_lasting("x", &[X], &[X]);
+    sandbox.serve_lasting("y", &[Y], &[Y]);
+    sandbox.load();
+    sandbox
+}
+
+/// Opens the socket `name` (a session command) and requires it opened.
+fn open(session: &mut Session, command: &str) -> String {
+    let opened = session.run(command);
+    assert!(opened["error"].is_null(), "{command}: {opened}");
+    opened["local"].as_str().unwrap().to_owned()
+}
+
+/// `ask NAME [ADDR]`: the answer, or the errno as `error: ERRNO`.
+fn ask(session: &mut Session, what: &str) -> String {
+    let reply: Value = session.run(&format!("ask {what}"));
+    match reply["answer"].as_str() {
+        Some(answer) => answer.to_owned(),
+        None => format!("error: {}", reply["error"].as_str().unwrap()),
+    }
+}
+
+/// The local address `ask NAME ADDR` sent from, and its answer.
+fn ask_from(session: &mut Session, what: &str) -> (String, String) {
+    let reply: Value = session.run(&format!("ask {what}"));
+    let answer = reply["answer"].as_str().map_or_else(|| format!("error: {}", reply["error"]), str::to_owned);
+    (reply["local"].as_str().unwrap().to_owned(), answer)
+}
+
+/// The connected UDP socket `name` was destroyed: its next receive fails
+/// with ECONNABORTED, and the kernel disconnected it, so a send without an
+/// address fails with EDESTADDRREQ.
+fn assert_stale_udp_destroyed(session: &mut Session, name: &str) {
+    assert_eq!(session.run(&format!("recv {name}"))["error"], "ECONNABORTED", "{name}");
+    assert_eq!(ask(session, name), "error: EDESTADDRREQ", "{name}");
+}
+
+fn sync(sandbox: &Sandbox, file: &Path, backends: &[&str], more: &[&str]) -> String {
+    fs::write(file, service(backends)).unwrap();
+    let mut args = vec!["sync", "-f", file.to_str().unwrap()];
+    args.extend(more);
+    sandbox.balctl_ok(&args)
+}
+
+/// A connected UDP socket through the VIP to x, destroyed once x leaves:
+/// its next exchange fails with ECONNABORTED, a new socket reaches y. The
+/// unconnected socket keeps its port and reaches y; the socket connected
+/// straight to x still reaches x. TCP connections through the VIP are left
+/// alone without `--destroy-tcp-sockets` and reset with it.
+pub fn a_removed_backend_s_connected_sockets_are_destroyed() {
+    let sandbox = sandbox();
+    let file = sandbox.scratch("dns.toml");
+    sync(&sandbox, &file, &[X], &[]);
+    let mut session = sandbox.session();
+    open(&mut session, &format!("udp connected {VIP}"));
+    let unconnected_port = open(&mut session, "udp-unconnected unconnected");
+    open(&mut session, &format!("udp direct {X}"));
+    open(&mut session, &format!("tcp tcp {VIP}"));
+    open(&mut session, &format!("tcp tcp-direct {X}"));
+    assert_eq!(ask(&mut session, "connected"), "x");
+    assert_eq!(ask_from(&mut session, &format!("unconnected {VIP}")), (unconnected_port.clone(), "x".into()));
+    assert_eq!(ask(&mut session, "direct"), "x");
+    assert_eq!(ask(&mut session, "tcp"), "x");
+    assert_eq!(ask(&mut session, "tcp-direct"), "x");
+
+    // y joins: nothing left, nothing destroyed.
+    let synced = sync(&sandbox, &file, &[X, Y], &[]);
+    assert!(!synced.contains("destroyed"), "{synced}");
+    assert_eq!(ask(&mut session, "connected"), "x");
+
+    // x leaves: its connected UDP socket is destroyed, nothing else.
+    let synced = sync(&sandbox, &file, &[Y], &[]);
+    assert!(synced.contains("sync: destroyed 1 connected sockets"), "{synced}");
+    assert_stale_udp_destroyed(&mut session, "connected");
+    open(&mut session, &format!("udp again {VIP}"));
+    assert_eq!(ask(&mut session, "again"), "y");
+    assert_eq!(ask_from(&mut session, &format!("unconnected {VIP}")), (unconnected_port, "y".into()));
+    assert_eq!(ask(&mut session, "direct"), "x");
+    assert_eq!(ask(&mut session, "tcp"), "x", "TCP is left alone without --destroy-tcp-sockets");
+
+    // With the option: x comes back (a new backend), a new TCP connection
+    // reaches it, x leaves again: that connection is reset. The first one,
+    // whose backend left before, without the option, is not revisited.
+    sync(&sandbox, &file, &[X], &[]);
+    open(&mut session, &format!("tcp tcp-again {VIP}"));
+    assert_eq!(ask(&mut session, "tcp-again"), "x");
+    let synced = sync(&sandbox, &file, &[Y], &["--destroy-tcp-sockets"]);
+    assert!(synced.contains("sync: destroyed 1 connected sockets"), "{synced}");
+    assert_eq!(ask(&mut session, "tcp-again"), "error: ECONNABORTED");
+    assert_eq!(ask(&mut session, "tcp"), "x");
+    assert_eq!(ask(&mut session, "tcp-direct"), "x");
+    assert_eq!(ask(&mut session, "direct"), "x");
+    open(&mut session, &format!("tcp tcp-new {VIP}"));
+    assert_eq!(ask(&mut session, "tcp-new"), "y");
+}
+
+/// The watch agent destroys a removed backend's connected socket within a
+/// second of the file's change; the environment variable turns TCP on.
+pub fn the_watch_agent_destroys_stale_sockets_within_a_second() {
+    let sandbox = sandbox();
+    let file = sandbox.scratch("dns.toml");
+    let file_arg = file.display().to_string();
+    fs::write(&file, service(&[X, Y])).unwrap();
+    let watcher = Watcher::start_with(&sandbox, &[&file_arg], &[]);
+    watcher.wait_stdout("sync: frontends +2 ~0 -0");
+    let mut session = sandbox.session();
+    // Sockets until one of each protocol is on x.
+    let mut on_x = Vec::new();
+    for (protocol, index) in ["udp", "tcp"].into_iter().flat_map(|p| (0..20).map(move |i| (p, i))) {
+        if on_x.iter().any(|name: &String| name.starts_with(protocol)) {
+            continue;
+        }
+        let name = format!("{protocol}{index}");
+        open(&mut session, &format!("{protocol} {name} {VIP}"));
+        if ask(&mut session, &name) == "x" {
+            on_x.push(name);
+        }
+    }
+    assert_eq!(on_x.len(), 2, "20 sockets of each protocol, none through to x: {on_x:?}");
+
+    let written = Instant::now();
+    fs::write(&file, service(&[Y])).unwrap();
+    let udp = &on_x[0];
+    loop {
+        match ask(&mut session, udp).as_str() {
+            "x" => assert!(
+                written.elapsed() < Duration::from_secs(1),
+                "still on x after {:?}",
+                written.elapsed()
+            ),
+            answer => {
+                // Disconnected by the kernel; its pending error follows.
+                assert_eq!(answer, "error: EDESTADDRREQ");
+                assert_eq!(session.run(&format!("recv {udp}"))["error"], "ECONNABORTED");
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let took = written.elapsed();
+    assert!(took < Duration::from_secs(1), "destroyed after {took:?}");
+    watcher.wait_stdout("sync: destroyed 1 connected sockets");
+    // Without BALCTL_DESTROY_TCP_SOCKETS the agent leaves TCP alone.
+    assert_eq!(ask(&mut session, &on_x[1]), "x");
+    assert_eq!(watcher.terminate(), Some(0));
+}
