@@ -15,6 +15,7 @@
 
 use std::{
     collections::BTreeSet,
+    fmt,
     net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -89,6 +90,23 @@ pub struct StaleSockets {
     /// kernel without `bpf_sock_destroy` (before 6.5), every connected
     /// socket of the pairs. They stay on their backends until closed.
     pub left: u64,
+}
+
+impl StaleSockets {
+    /// Whether there is anything to tell.
+    pub fn any(&self) -> bool {
+        self.destroyed + self.left > 0
+    }
+}
+
+impl fmt::Display for StaleSockets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "destroyed {} connected sockets of backends that left their frontends ({} left connected)",
+            self.destroyed, self.left
+        )
+    }
 }
 
 /// Told once per process: a kernel without the kfunc stays without it.

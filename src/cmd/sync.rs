@@ -337,13 +337,8 @@ fn report(
     } else {
         ctx.say(format!("sync: {} ({} map writes)", report.summary, report.map_writes));
     }
-    if let Some(sockets) = &report.stale_sockets
-        && sockets.destroyed + sockets.left > 0
-    {
-        ctx.say(format!(
-            "sync: destroyed {} connected sockets of backends that left their frontends ({} left connected)",
-            sockets.destroyed, sockets.left
-        ));
+    if let Some(sockets) = report.stale_sockets.as_ref().filter(|s| s.any()) {
+        ctx.say(format!("sync: {sockets}"));
     }
     Ok(())
 }

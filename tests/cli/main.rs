@@ -167,6 +167,7 @@ fn main() {
         kube_parity::a_slice_port_without_a_name_is_skipped,
         sock_destroy::a_removed_backend_s_connected_sockets_are_destroyed,
         sock_destroy::the_watch_agent_destroys_stale_sockets_within_a_second,
+        sock_destroy::a_policy_change_destroys_its_removed_backend_s_udp_sockets,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
         watch::an_in_place_rewrite_removes_nothing,

@@ -184,3 +184,22 @@ pub fn the_watch_agent_destroys_stale_sockets_within_a_second() {
     assert_eq!(ask(&mut session, &on_x[1]), "x");
     assert_eq!(watcher.terminate(), Some(0));
 }
+
+/// A policy whose backend is taken away, by `policy update` or with the
+/// policy by `policy delete`, has its connected UDP sockets destroyed.
+pub fn a_policy_change_destroys_its_removed_backend_s_udp_sockets() {
+    let sandbox = sandbox();
+    let vip = "198.18.0.54:53";
+    sandbox.balctl_ok(&["policy", "add", "dns-sdes", "--vip", &format!("{vip}/udp"), "--backend", X]);
+    let mut session = sandbox.session();
+    open(&mut session, &format!("udp first {vip}"));
+    assert_eq!(ask(&mut session, "first"), "x");
+    let updated = sandbox.balctl_ok(&["policy", "update", "dns-sdes", "--backend", Y]);
+    assert!(updated.contains("policy/dns-sdes: destroyed 1 connected sockets"), "{updated}");
+    assert_stale_udp_destroyed(&mut session, "first");
+    open(&mut session, &format!("udp second {vip}"));
+    assert_eq!(ask(&mut session, "second"), "y");
+    let deleted = sandbox.balctl_ok(&["policy", "delete", "dns-sdes"]);
+    assert!(deleted.contains("policy/dns-sdes: destroyed 1 connected sockets"), "{deleted}");
+    assert_stale_udp_destroyed(&mut session, "second");
+}
