@@ -109,8 +109,10 @@ impl fmt::Display for StaleSockets {
     }
 }
 
-/// Told once per process: a kernel without the kfunc stays without it.
-static UNSUPPORTED_TOLD: AtomicBool = AtomicBool::new(false);
+/// Each told once per process: a kernel without the kfunc stays without
+/// it, a container without the host's PID namespace stays without it.
+static STOPPED_TOLD: AtomicBool = AtomicBool::new(false);
+static UNSEEN_TOLD: AtomicBool = AtomicBool::new(false);
 
 /// Destroys the connected sockets of the pairs that `before` had and
 /// `after` no longer has. The change is committed: a failure here is
@@ -121,24 +123,31 @@ pub fn destroy(pins: &PinDir, before: &Image, after: &Image, tcp: bool) -> Optio
         return None;
     }
     match destroy_sockets(pins, &left.pairs, &left.transports) {
-        Ok(Destroyed::Ran { destroyed, refused }) => {
+        Ok(Destroyed::Ran { destroyed, refused, unseen_processes }) => {
             if refused > 0 {
                 log::warn!("the kernel refused to destroy {refused} connected sockets of backends that left");
             }
+            if unseen_processes > 0 && !UNSEEN_TOLD.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "{unseen_processes} processes of the attached cgroup are in PID namespaces balctl cannot \
+                     see (run it in the host's: hostPID): their connected sockets of backends that left \
+                     their frontends were not destroyed"
+                );
+            }
             Some(StaleSockets { destroyed, left: refused })
         }
-        Ok(Destroyed::Unsupported { reason, left }) => {
-            if !UNSUPPORTED_TOLD.swap(true, Ordering::Relaxed) {
+        Ok(Destroyed::Stopped { reason, destroyed, left }) => {
+            if !STOPPED_TOLD.swap(true, Ordering::Relaxed) {
                 log::warn!(
                     "connected sockets of backends that left their frontends cannot be destroyed: {reason}; \
                      they stay on those backends until their applications close them \
                      (counted as left in sync's report and balctl_stale_sockets_total)"
                 );
             }
-            Some(StaleSockets { destroyed: 0, left })
+            Some(StaleSockets { destroyed, left })
         }
         Err(err) => {
-            log::warn!("destroying the connected sockets of backends that left: {err:#}");
+            log::warn!("counting the connected sockets of backends that left: {err:#}");
             None
         }
     }

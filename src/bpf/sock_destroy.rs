@@ -66,34 +66,62 @@ impl Transport {
 /// What became of the sockets of the pairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destroyed {
-    /// The iterators ran: `destroyed` sockets were destroyed, and the
-    /// kernel refused `refused` (its errno aside, they stay connected).
-    Ran { destroyed: u64, refused: u64 },
-    /// The iterators cannot run here (`reason`: no kfunc, a load refused):
-    /// `left` connected sockets of the pairs stay on their backends.
-    Unsupported { reason: String, left: u64 },
+    /// The iterators walked every network namespace of the cgroup's
+    /// processes: `destroyed` sockets were destroyed, the kernel refused
+    /// `refused` (they stay connected). `unseen_processes` of the cgroup
+    /// are in PID namespaces this process cannot see (a container without
+    /// the host's): their network namespaces were not walked.
+    Ran { destroyed: u64, refused: u64, unseen_processes: u64 },
+    /// The iterators cannot run here or stopped (`reason`: no kfunc, a
+    /// program refused, no right to enter a namespace): `destroyed` were
+    /// destroyed before, `left` connected sockets of the pairs were not.
+    Stopped { reason: String, destroyed: u64, left: u64 },
 }
 
 /// Destroys the connected sockets of `transports` that the datapath
 /// translated through one of `pairs`, in every network namespace of the
-/// processes of the cgroup balctl is attached to.
+/// processes of the cgroup balctl is attached to. Fails only when even the
+/// sockets left cannot be counted.
 pub fn destroy_sockets(
     pins: &PinDir,
     pairs: &BTreeSet<SocketPair>,
     transports: &[Transport],
 ) -> Result<Destroyed> {
+    let mut walked = Walked::default();
     if pairs.is_empty() || transports.is_empty() {
-        return Ok(Destroyed::Ran { destroyed: 0, refused: 0 });
+        return Ok(Destroyed::Ran { destroyed: 0, refused: 0, unseen_processes: 0 });
     }
-    let mut iterators = match Iterators::load(pins, transports) {
-        Ok(iterators) => iterators,
-        Err(Unavailable(reason)) => {
-            let left = stale_sockets(pins, pairs)?;
-            return Ok(Destroyed::Unsupported { reason, left });
+    let ran = Iterators::load(pins, transports)
+        .and_then(|iterators| walk(pins, iterators, pairs, transports, &mut walked));
+    let destroyed = walked.destroyed.len() as u64;
+    Ok(match ran {
+        Ok(unseen_processes) => Destroyed::Ran { destroyed, refused: walked.refused, unseen_processes },
+        Err(err) => {
+            let left = stale_sockets(pins, pairs, &walked.destroyed)?;
+            Destroyed::Stopped { reason: format!("{err:#}"), destroyed, left }
         }
-    };
-    let namespaces = cgroup_network_namespaces(&attached_cgroup(pins)?)?;
-    let (mut destroyed, mut refused) = (0, 0);
+    })
+}
+
+/// What the iterators reported so far.
+#[derive(Default)]
+struct Walked {
+    /// The cookies of the sockets destroyed.
+    destroyed: BTreeSet<u64>,
+    refused: u64,
+}
+
+/// Runs the iterators over every network namespace of the cgroup's
+/// processes, `DESTROY_PAIRS_ENTRIES` pairs at a time; the processes whose
+/// namespace could not be seen.
+fn walk(
+    pins: &PinDir,
+    mut iterators: Iterators,
+    pairs: &BTreeSet<SocketPair>,
+    transports: &[Transport],
+    walked: &mut Walked,
+) -> Result<u64> {
+    let (namespaces, unseen_processes) = cgroup_network_namespaces(&attached_cgroup(pins)?)?;
     let pairs: Vec<SocketPair> = pairs.iter().copied().collect();
     for chunk in pairs.chunks(DESTROY_PAIRS_ENTRIES as usize) {
         iterators.set_pairs(chunk)?;
@@ -102,36 +130,32 @@ pub fn destroy_sockets(
                 let link = iterators.link(transport)?;
                 for record in walk_in(netns, link)? {
                     if record.result == 0 {
-                        destroyed += 1;
+                        walked.destroyed.insert(record.cookie);
                     } else {
-                        log::debug!(
-                            "the kernel refused to destroy socket {}: errno {}",
-                            record.cookie,
-                            -record.result
-                        );
-                        refused += 1;
+                        let errno = -record.result;
+                        log::debug!("the kernel refused to destroy socket {}: errno {errno}", record.cookie);
+                        walked.refused += 1;
                     }
                 }
             }
         }
     }
-    Ok(Destroyed::Ran { destroyed, refused })
+    Ok(unseen_processes)
 }
 
 /// Connected sockets translated through one of `pairs`, by the sockets
-/// map: those that stay on their backends when they cannot be destroyed.
-fn stale_sockets(pins: &PinDir, pairs: &BTreeSet<SocketPair>) -> Result<u64> {
+/// map, but for those `destroyed` (whose ways stay until they close): those
+/// that stay on their backends.
+fn stale_sockets(pins: &PinDir, pairs: &BTreeSet<SocketPair>, destroyed: &BTreeSet<u64>) -> Result<u64> {
     let sockets = translated_sockets(pins)?;
     let stale = sockets.iter().filter(|socket| {
         let t = &socket.translation;
         t.flags & SOCKET_UNCONNECTED == 0
+            && !destroyed.contains(&socket.cookie)
             && pairs.contains(&SocketPair { service_id: t.service_id, backend_id: t.backend_id })
     });
     Ok(stale.count() as u64)
 }
-
-/// Why the iterators cannot run on this kernel, in a sentence.
-struct Unavailable(String);
 
 /// The loaded iterator programs and their destroy_pairs map.
 struct Iterators {
@@ -139,25 +163,22 @@ struct Iterators {
 }
 
 impl Iterators {
-    fn load(pins: &PinDir, transports: &[Transport]) -> Result<Self, Unavailable> {
-        let btf = Btf::from_sys_fs()
-            .map_err(|err| Unavailable(format!("the kernel's BTF cannot be read ({err})")))?;
-        let kfunc = btf.id_by_type_name_kind("bpf_sock_destroy", BtfKind::Func).map_err(|_| {
-            Unavailable("the kernel has no bpf_sock_destroy kfunc (it came with Linux 6.5)".to_owned())
-        })?;
-        let object = with_kfunc_calls(OBJECT, kfunc).map_err(|err| Unavailable(format!("{err:#}")))?;
-        let mut ebpf = open_object(pins, object.bytes())
-            .map_err(|err| Unavailable(format!("the iterators' object cannot be opened: {err:#}")))?;
+    fn load(pins: &PinDir, transports: &[Transport]) -> Result<Self> {
+        let btf = Btf::from_sys_fs().context("the kernel's BTF cannot be read")?;
+        let kfunc = btf
+            .id_by_type_name_kind("bpf_sock_destroy", BtfKind::Func)
+            .map_err(|_| anyhow!("the kernel has no bpf_sock_destroy kfunc (it came with Linux 6.5)"))?;
+        let object = with_kfunc_calls(OBJECT, kfunc)?;
+        let mut ebpf = open_object(pins, object.bytes()).context("the iterators' object cannot be opened")?;
         for &transport in transports {
             let (name, iterator) = transport.program();
             let program: &mut Iter = ebpf
                 .program_mut(name)
-                .ok_or_else(|| Unavailable(format!("the eBPF object has no program {name}")))?
-                .try_into()
-                .map_err(|err| Unavailable(format!("{name}: {err}")))?;
+                .with_context(|| format!("the eBPF object has no program {name}"))?
+                .try_into()?;
             program
                 .load(iterator, &btf)
-                .map_err(|err| Unavailable(format!("the kernel rejected the {name} program: {err}")))?;
+                .with_context(|| format!("the kernel rejected the {name} program"))?;
         }
         Ok(Self { ebpf })
     }
@@ -238,18 +259,23 @@ fn attached_cgroup(pins: &PinDir) -> Result<PathBuf> {
 }
 
 /// One open file of each network namespace that a process of `cgroup` or
-/// its descendants is in. A process that exits meanwhile is skipped.
-fn cgroup_network_namespaces(cgroup: &Path) -> Result<Vec<File>> {
+/// its descendants is in, and how many of those processes are in PID
+/// namespaces this one cannot see (`cgroup.procs` shows them as 0). A
+/// process that exits meanwhile is skipped.
+fn cgroup_network_namespaces(cgroup: &Path) -> Result<(Vec<File>, u64)> {
     let mut seen = BTreeSet::new();
-    let mut namespaces = Vec::new();
+    let (mut namespaces, mut unseen) = (Vec::new(), 0);
     let mut pending = vec![cgroup.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let procs = dir.join("cgroup.procs");
-        let Ok(pids) = fs::read_to_string(&procs) else {
+        let Ok(pids) = fs::read_to_string(dir.join("cgroup.procs")) else {
             // Removed meanwhile.
             continue;
         };
         for pid in pids.lines() {
+            if pid == "0" {
+                unseen += 1;
+                continue;
+            }
             let Ok(netns) = File::open(format!("/proc/{pid}/ns/net")) else {
                 continue;
             };
@@ -259,12 +285,11 @@ fn cgroup_network_namespaces(cgroup: &Path) -> Result<Vec<File>> {
             }
         }
         if let Ok(entries) = fs::read_dir(&dir) {
-            pending.extend(
-                entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
-            );
+            let subdirs = entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+            pending.extend(subdirs.map(|e| e.path()));
         }
     }
-    Ok(namespaces)
+    Ok((namespaces, unseen))
 }
 
 /// A copy of an ELF object, 8-byte aligned as the ELF reader wants it.
