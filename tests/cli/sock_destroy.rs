@@ -156,54 +156,69 @@ pub fn a_removed_backend_s_connected_sockets_are_destroyed() {
     assert_eq!(ask(&mut session, "tcp-new"), "y");
 }
 
-/// The watch agent destroys a removed backend's connected socket within a
-/// second of the file's change; the environment variable turns TCP on.
+/// A new socket of `protocol` (`udp` or `tcp`) through the VIP that
+/// reached x, named `<prefix><n>`; some reach y first.
+fn socket_on_x(session: &mut Session, protocol: &str, prefix: &str) -> String {
+    for index in 0..40 {
+        let name = format!("{prefix}{index}");
+        open(session, &format!("{protocol} {name} {VIP}"));
+        if ask(session, &name) == "x" {
+            return name;
+        }
+    }
+    panic!("40 {protocol} sockets through the VIP, none to x");
+}
+
+/// Asks over `name` until it fails, at most 1 s after `since`; the error.
+fn failure_within_a_second(session: &mut Session, name: &str, since: Instant) -> String {
+    loop {
+        match ask(session, name).as_str() {
+            "x" => assert!(
+                since.elapsed() < Duration::from_secs(1),
+                "{name} still on x after {:?}",
+                since.elapsed()
+            ),
+            failed => {
+                let took = since.elapsed();
+                assert!(took < Duration::from_secs(1), "{name} destroyed after {took:?}");
+                return failed.to_owned();
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The watch agent destroys a removed backend's connected UDP socket within
+/// a second of the file's change, and leaves TCP alone; started with
+/// BALCTL_DESTROY_TCP_SOCKETS=true, it resets TCP connections too.
 pub fn the_watch_agent_destroys_stale_sockets_within_a_second() {
     let sandbox = sandbox();
     let file = sandbox.scratch("dns.toml");
     let file_arg = file.display().to_string();
     fs::write(&file, service(&[X, Y])).unwrap();
-    let watcher = Watcher::start_with(&sandbox, &[&file_arg], &[]);
+    let watcher = Watcher::start(&sandbox, &[&file_arg]);
     watcher.wait_stdout("sync: frontends +2 ~0 -0");
     let mut session = sandbox.session();
-    // Sockets until one of each protocol is on x.
-    let mut on_x = Vec::new();
-    for (protocol, index) in ["udp", "tcp"].into_iter().flat_map(|p| (0..20).map(move |i| (p, i))) {
-        if on_x.iter().any(|name: &String| name.starts_with(protocol)) {
-            continue;
-        }
-        let name = format!("{protocol}{index}");
-        open(&mut session, &format!("{protocol} {name} {VIP}"));
-        if ask(&mut session, &name) == "x" {
-            on_x.push(name);
-        }
-    }
-    assert_eq!(on_x.len(), 2, "20 sockets of each protocol, none through to x: {on_x:?}");
+    let udp = socket_on_x(&mut session, "udp", "udp");
+    let tcp = socket_on_x(&mut session, "tcp", "tcp");
 
     let written = Instant::now();
     fs::write(&file, service(&[Y])).unwrap();
-    let udp = &on_x[0];
-    loop {
-        match ask(&mut session, udp).as_str() {
-            "x" => assert!(
-                written.elapsed() < Duration::from_secs(1),
-                "still on x after {:?}",
-                written.elapsed()
-            ),
-            answer => {
-                // Disconnected by the kernel; its pending error follows.
-                assert_eq!(answer, "error: EDESTADDRREQ");
-                assert_eq!(session.run(&format!("recv {udp}"))["error"], "ECONNABORTED");
-                break;
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let took = written.elapsed();
-    assert!(took < Duration::from_secs(1), "destroyed after {took:?}");
+    // Disconnected by the kernel; its pending error follows.
+    assert_eq!(failure_within_a_second(&mut session, &udp, written), "error: EDESTADDRREQ");
+    assert_eq!(session.run(&format!("recv {udp}"))["error"], "ECONNABORTED");
     watcher.wait_stdout("sync: destroyed 1 connected sockets");
-    // Without BALCTL_DESTROY_TCP_SOCKETS the agent leaves TCP alone.
-    assert_eq!(ask(&mut session, &on_x[1]), "x");
+    assert_eq!(ask(&mut session, &tcp), "x", "TCP is left alone by default");
+    assert_eq!(watcher.terminate(), Some(0));
+
+    fs::write(&file, service(&[X, Y])).unwrap();
+    let watcher = Watcher::start_with_env(&sandbox, &[&file_arg], &[("BALCTL_DESTROY_TCP_SOCKETS", "true")]);
+    watcher.wait_stdout("sync: frontends +0 ~2 -0");
+    let tcp = socket_on_x(&mut session, "tcp", "tcp-env");
+    let written = Instant::now();
+    fs::write(&file, service(&[Y])).unwrap();
+    assert_eq!(failure_within_a_second(&mut session, &tcp, written), "error: ECONNABORTED");
+    watcher.wait_stdout("sync: destroyed 1 connected sockets");
     assert_eq!(watcher.terminate(), Some(0));
 }
 
