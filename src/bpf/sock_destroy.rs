@@ -40,6 +40,7 @@ use balctl_common::{
 
 use super::{
     cgroup, links,
+    maps::check_layout,
     object::{MAPS, OBJECT, SOCKET_SETS},
     pins::PinDir,
     sockets::translated_sockets,
@@ -87,10 +88,10 @@ pub fn destroy_sockets(
     pairs: &BTreeSet<SocketPair>,
     transports: &[Transport],
 ) -> Result<Destroyed> {
-    let mut walked = Walked::default();
     if pairs.is_empty() || transports.is_empty() {
         return Ok(Destroyed::Ran { destroyed: 0, refused: 0, unseen_processes: 0 });
     }
+    let mut walked = Walked::default();
     let ran = Iterators::load(pins, transports)
         .and_then(|iterators| walk(pins, iterators, pairs, transports, &mut walked));
     let destroyed = walked.destroyed.len() as u64;
@@ -210,9 +211,15 @@ impl Iterators {
 
 /// The object with the pinned maps of the pin dir, and the sockets map's
 /// number of sets the programs find a socket's set by (as `load` does).
+/// Every map must be pinned, with this build's layout: aya would create
+/// and pin a missing one.
 fn open_object(pins: &PinDir, object: &[u8]) -> Result<Ebpf> {
+    check_layout(pins, |_| None)?;
     let map_paths: Vec<(&str, PathBuf)> =
         MAPS.iter().map(|spec| Ok((spec.name, pins.map(spec.name)?))).collect::<Result<_>>()?;
+    if let Some((_, missing)) = map_paths.iter().find(|(_, path)| !path.exists()) {
+        bail!("{} is not pinned: balctl is not loaded there", missing.display());
+    }
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
