@@ -170,7 +170,8 @@ impl Iterators {
             .id_by_type_name_kind("bpf_sock_destroy", BtfKind::Func)
             .map_err(|_| anyhow!("the kernel has no bpf_sock_destroy kfunc (it came with Linux 6.5)"))?;
         let object = with_kfunc_calls(OBJECT, kfunc)?;
-        let mut ebpf = open_object(pins, object.bytes()).context("the iterators' object cannot be opened")?;
+        let mut ebpf =
+            open_object(pins, object.bytes(), &btf).context("the iterators' object cannot be opened")?;
         for &transport in transports {
             let (name, iterator) = transport.program();
             let program: &mut Iter = ebpf
@@ -209,11 +210,12 @@ impl Iterators {
     }
 }
 
-/// The object with the pinned maps of the pin dir, and the sockets map's
-/// number of sets the programs find a socket's set by (as `load` does).
+/// The object with the pinned maps of the pin dir, the kernel's `btf`, and
+/// the sockets map's number of sets the programs find a socket's set by
+/// (as `load` does).
 /// Every map must be pinned, with this build's layout: aya would create
 /// and pin a missing one.
-fn open_object(pins: &PinDir, object: &[u8]) -> Result<Ebpf> {
+fn open_object(pins: &PinDir, object: &[u8], btf: &Btf) -> Result<Ebpf> {
     check_layout(pins, |_| None)?;
     let map_paths: Vec<(&str, PathBuf)> =
         MAPS.iter().map(|spec| Ok((spec.name, pins.map(spec.name)?))).collect::<Result<_>>()?;
@@ -221,6 +223,8 @@ fn open_object(pins: &PinDir, object: &[u8]) -> Result<Ebpf> {
         bail!("{} is not pinned: balctl is not loaded there", missing.display());
     }
     let mut loader = EbpfLoader::new();
+    // The kernel's BTF, read once: parsing it is most of a run's time.
+    loader.btf(Some(btf));
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
