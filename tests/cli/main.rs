@@ -168,6 +168,7 @@ fn main() {
         sock_destroy::a_removed_backend_s_connected_sockets_are_destroyed,
         sock_destroy::the_watch_agent_destroys_stale_sockets_within_a_second,
         sock_destroy::a_policy_change_destroys_its_removed_backend_s_udp_sockets,
+        sock_destroy::the_kube_agent_destroys_a_deleted_coredns_pod_s_sockets,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
         watch::an_in_place_rewrite_removes_nothing,

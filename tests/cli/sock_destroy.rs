@@ -5,7 +5,8 @@
 //! application's next send or receive fails and a new socket reaches a
 //! backend that is left. An unconnected UDP socket keeps its port and keeps
 //! working; a socket connected straight to the backend is untouched. Driven
-//! by a one-shot `sync -f` and by the `sync --watch` agent (within 1 s).
+//! by a one-shot `sync -f`, by the `sync --watch` agent on files and on
+//! the Kubernetes API (within 1 s), and by `policy update` and `delete`.
 
 use std::{
     fs,
@@ -14,9 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::support::{self, Sandbox, Session, watcher::Watcher};
+use crate::support::{self, Sandbox, Session, apiserver::ApiServer, watcher::Watcher};
 
 const VIP: &str = "198.18.0.53:53";
 const X: &str = "192.0.2.2:5353";
@@ -239,4 +240,53 @@ pub fn a_policy_change_destroys_its_removed_backend_s_udp_sockets() {
     let deleted = sandbox.balctl_ok(&["policy", "delete", "dns-sdes"]);
     assert!(deleted.contains("policy/dns-sdes: destroyed 1 connected sockets"), "{deleted}");
     assert_stale_udp_destroyed(&mut session, "second");
+}
+
+/// The case through `sync --kube --watch`: a CoreDNS pod deleted
+/// (its endpoint gone from the EndpointSlice) has the resolver's connected
+/// UDP socket to it destroyed within a second; a new one reaches the other.
+pub fn the_kube_agent_destroys_a_deleted_coredns_pod_s_sockets() {
+    let sandbox = sandbox();
+    let server = ApiServer::start();
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "kube-dns", "namespace": "kube-system" },
+        "spec": {
+            "clusterIP": "198.18.0.53", "clusterIPs": ["198.18.0.53"], "type": "ClusterIP",
+            "ports": [{ "name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353 }]
+        }
+    }));
+    let slice = |endpoints: &[&str]| {
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .map(|ip| json!({ "addresses": [ip], "conditions": { "ready": true }, "nodeName": "node-a" }))
+            .collect();
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kube-dns-1", "namespace": "kube-system",
+                "labels": { "kubernetes.io/service-name": "kube-dns" }
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{ "name": "dns", "port": 5353, "protocol": "UDP" }]
+        })
+    };
+    server.apply(slice(&["192.0.2.2"]));
+    let args = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"];
+    let watcher = Watcher::start_with(&sandbox, &[], &args);
+    watcher.wait_stdout("frontends +1 ~0 -0");
+    let mut session = sandbox.session();
+    let resolver = socket_on_x(&mut session, "udp", "resolver");
+
+    let deleted = Instant::now();
+    server.apply(slice(&["192.0.2.3"]));
+    assert_eq!(failure_within_a_second(&mut session, &resolver, deleted), "error: EDESTADDRREQ");
+    assert_eq!(session.run(&format!("recv {resolver}"))["error"], "ECONNABORTED");
+    open(&mut session, &format!("udp again {VIP}"));
+    assert_eq!(ask(&mut session, "again"), "y");
+    watcher.wait_stdout("sync: destroyed 1 connected sockets");
+    assert_eq!(watcher.terminate(), Some(0));
 }
