@@ -264,7 +264,7 @@ struct SyncReport {
     /// What the input held but the sync did not apply, and why.
     notes: Vec<String>,
     /// The connected sockets of backends the change took away from their
-    /// frontends: absent when it took none that had any.
+    /// frontends: absent when it took none away.
     #[serde(skip_serializing_if = "Option::is_none")]
     stale_sockets: Option<StaleSockets>,
 }

@@ -17,7 +17,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Sandbox, Session, apiserver::ApiServer, watcher::Watcher};
+use crate::{
+    stats::{free_port, samples, scrape_text},
+    support::{self, Sandbox, Session, apiserver::ApiServer, watcher::Watcher},
+};
 
 const VIP: &str = "198.18.0.53:53";
 const X: &str = "192.0.2.2:5353";
@@ -275,7 +278,17 @@ pub fn the_kube_agent_destroys_a_deleted_coredns_pod_s_sockets() {
         })
     };
     server.apply(slice(&["192.0.2.2"]));
-    let args = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"];
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let args = [
+        "--kube",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--metrics-addr",
+        &metrics,
+    ];
     let watcher = Watcher::start_with(&sandbox, &[], &args);
     watcher.wait_stdout("frontends +1 ~0 -0");
     let mut session = sandbox.session();
@@ -288,5 +301,8 @@ pub fn the_kube_agent_destroys_a_deleted_coredns_pod_s_sockets() {
     open(&mut session, &format!("udp again {VIP}"));
     assert_eq!(ask(&mut session, "again"), "y");
     watcher.wait_stdout("sync: destroyed 1 connected sockets");
+    let counted = samples(&scrape_text(port));
+    assert_eq!(counted.get("balctl_stale_sockets_total{outcome=\"destroyed\"}"), Some(&1.0), "{counted:?}");
+    assert_eq!(counted.get("balctl_stale_sockets_total{outcome=\"left\"}"), Some(&0.0), "{counted:?}");
     assert_eq!(watcher.terminate(), Some(0));
 }
