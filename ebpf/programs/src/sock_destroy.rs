@@ -49,7 +49,8 @@ pub struct UdpIterContext {
 
 /// Offset of `skc_state` in `struct sock_common`, which starts every TCP
 /// socket, request and time-wait socket and `struct udp_sock`. Read
-/// without CO-RE: unchanged since the kfunc exists (6.5 to 6.18 checked).
+/// without CO-RE (checked against 6.18's BTF; the fields before it have
+/// not moved since long before the kfunc came, in 6.5).
 const SKC_STATE: usize = 18;
 
 /// `TCP_ESTABLISHED`: for UDP, a connected socket.
