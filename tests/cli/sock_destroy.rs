@@ -25,6 +25,8 @@ use crate::{
 const VIP: &str = "198.18.0.53:53";
 const X: &str = "192.0.2.2:5353";
 const Y: &str = "192.0.2.3:5353";
+const X6: &str = "[2001:db8::2]:5353";
+const Y6: &str = "[2001:db8::3]:5353";
 
 /// A DNS-like service on the VIP, over UDP and TCP, to `backends`.
 fn service(backends: &[&str]) -> String {
@@ -42,8 +44,8 @@ fn service(backends: &[&str]) -> String {
 /// their id over UDP and lasting TCP connections, and balctl loaded.
 fn sandbox() -> Sandbox {
     let sandbox = Sandbox::new();
-    sandbox.serve_lasting("x", &[X], &[X]);
-    sandbox.serve_lasting("y", &[Y], &[Y]);
+    sandbox.serve_lasting("x", &[X, X6], &[X, X6]);
+    sandbox.serve_lasting("y", &[Y, Y6], &[Y, Y6]);
     sandbox.load();
     sandbox
 }
@@ -227,7 +229,8 @@ pub fn the_watch_agent_destroys_stale_sockets_within_a_second() {
 }
 
 /// A policy whose backend is taken away, by `policy update` or with the
-/// policy by `policy delete`, has its connected UDP sockets destroyed.
+/// policy by `policy delete`, has its connected UDP sockets destroyed;
+/// over IPv6 too.
 pub fn a_policy_change_destroys_its_removed_backend_s_udp_sockets() {
     let sandbox = sandbox();
     let vip = "198.18.0.54:53";
@@ -243,6 +246,17 @@ pub fn a_policy_change_destroys_its_removed_backend_s_udp_sockets() {
     let deleted = sandbox.balctl_ok(&["policy", "delete", "dns-sdes"]);
     assert!(deleted.contains("policy/dns-sdes: destroyed 1 connected sockets"), "{deleted}");
     assert_stale_udp_destroyed(&mut session, "second");
+
+    // IPv6 alike.
+    let vip6 = "[2001:db8:5e::53]:53";
+    sandbox.balctl_ok(&["policy", "add", "dns6-sdes", "--vip", &format!("{vip6}/udp"), "--backend", X6]);
+    open(&mut session, &format!("udp v6 {vip6}"));
+    assert_eq!(ask(&mut session, "v6"), "x");
+    let updated = sandbox.balctl_ok(&["policy", "update", "dns6-sdes", "--backend", Y6]);
+    assert!(updated.contains("policy/dns6-sdes: destroyed 1 connected sockets"), "{updated}");
+    assert_stale_udp_destroyed(&mut session, "v6");
+    open(&mut session, &format!("udp v6-again {vip6}"));
+    assert_eq!(ask(&mut session, "v6-again"), "y");
 }
 
 /// The case through `sync --kube --watch`: a CoreDNS pod deleted
