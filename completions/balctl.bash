@@ -952,7 +952,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__sync)
-            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --nodeport-addresses --max-input-size --watch --metrics-addr --metrics-per-backend --health-addr --health-timeout --settle --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            opts="-f -o -v -q -h -V --filename --kube --kubeconfig --context --dry-run --node-name --nodeport-addresses --destroy-tcp-sockets --max-input-size --watch --metrics-addr --metrics-per-backend --health-addr --health-timeout --settle --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -225,6 +225,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand sync" -l log-format -d 'Lo
 json\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kube -d 'Read Services, EndpointSlices, Nodes, Pods and the policy kinds from the Kubernetes API server instead of files (one source, `kubernetes`); with --watch, keep following them'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l dry-run -d 'Print the whole plan and change nothing'
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l destroy-tcp-sockets -d 'Also reset the established TCP connections that were made through a frontend to a backend the change took away from it (connected UDP sockets are always destroyed; needs Linux 6.5)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l watch -d 'Keep running and sync again whenever an input changes (not with -f -)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l metrics-per-backend -d 'With --metrics-addr, also serve balctl_backend_hits_total: one series per backend of every frontend, hundreds of thousands on a big cluster\'s node'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l no-headers -d 'Print tables without their header row (-o table and wide; other formats have no headers and ignore it, as kubectl\'s does)'

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use crate::{
     cmd::sync::Held,
     error::{self, EmptyInput},
+    stale_sockets::StaleSockets,
 };
 
 /// The label of `balctl_sync_errors_total`.
@@ -45,6 +46,10 @@ const INPUT: &str = "input";
 const RUNTIME: &str = "runtime";
 const API_SERVER: &str = "api_server";
 
+/// The outcomes `balctl_stale_sockets_total` counts.
+const DESTROYED: &str = "destroyed";
+const LEFT: &str = "left";
+
 /// The agent's bookkeeping, shared by its watch loop and its endpoints.
 pub struct Agent {
     timeout: Duration,
@@ -55,6 +60,9 @@ pub struct Agent {
     pub sync_errors: Family<ErrorKind, Counter>,
     /// Health-check node ports (src/serve/service_health.rs), by state.
     pub health_check_ports: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// Connected sockets of backends that left their frontends, by outcome
+    /// (`DESTROYED`, `LEFT`; src/stale_sockets.rs).
+    pub stale_sockets: Family<[(&'static str, &'static str); 1], Counter>,
     /// Told of every sync that applied the inputs.
     applied: Notify,
 }
@@ -111,14 +119,26 @@ impl Agent {
         for state in [SERVING, FAILED] {
             let _ = health_check_ports.get_or_create(&[("state", state)]);
         }
+        let stale_sockets = Family::default();
+        for outcome in [DESTROYED, LEFT] {
+            let _ = stale_sockets.get_or_create(&[("outcome", outcome)]);
+        }
         Self {
             timeout,
+            stale_sockets,
             progress: Mutex::default(),
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             sync_errors,
             health_check_ports,
             applied: Notify::new(),
         }
+    }
+
+    /// Counts what a sync did with the connected sockets of backends it
+    /// took away from their frontends.
+    pub fn stale_sockets(&self, sockets: &StaleSockets) {
+        self.stale_sockets.get_or_create(&[("outcome", DESTROYED)]).inc_by(sockets.destroyed);
+        self.stale_sockets.get_or_create(&[("outcome", LEFT)]).inc_by(sockets.left);
     }
 
     fn progress(&self) -> MutexGuard<'_, Progress> {

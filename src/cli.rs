@@ -292,6 +292,16 @@ pub struct SyncArgs {
     #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...", env = "BALCTL_NODEPORT_ADDRESSES")]
     pub nodeport_addresses: Option<NodePortAddresses>,
 
+    /// Also reset the established TCP connections that were made through a
+    /// frontend to a backend the change took away from it (connected UDP
+    /// sockets are always destroyed; needs Linux 6.5)
+    #[arg(
+        long,
+        env = "BALCTL_DESTROY_TCP_SOCKETS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub destroy_tcp_sockets: bool,
+
     /// The most bytes read from one input file, FIFO or standard input, as
     /// bytes or with a unit: 512M, 1G, 1GiB (K, M, G, T: powers of 1024; KB,
     /// MB, GB, TB: of 1000). A larger input is refused, and nothing changes.

@@ -17,6 +17,7 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod serve;
+pub mod stale_sockets;
 pub mod state;
 pub mod stats;
 pub mod trace;

@@ -152,7 +152,7 @@ fn sync(
     removals: Removals,
     held: Option<Hold>,
 ) -> Option<Hold> {
-    let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals)) {
+    let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals, Some(agent))) {
         Ok(applied) => {
             health_check_ports.update(cmd::sync::health_checks(&applied));
             if removals == Removals::Apply {

@@ -12,5 +12,6 @@ pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod reserved_ports;
+pub mod sock_destroy;
 pub mod sockets;
 pub mod sys;

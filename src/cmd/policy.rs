@@ -10,6 +10,7 @@ use crate::{
     input,
     model::{AddressKind, Frontend, FrontendRule, Policy},
     output::{Listing, column, print_structured, wide},
+    stale_sockets,
     transaction::{Mode, Outcome, change},
 };
 
@@ -81,6 +82,7 @@ fn update(ctx: &Context, args: &PolicyUpdateArgs) -> Result<()> {
         }
         policy.validate().map_err(|e| input!("{e}"))
     })?;
+    destroy_stale_sockets(ctx, &outcome, &args.name);
     report(ctx, &outcome, &args.name, "updated")
 }
 
@@ -90,12 +92,23 @@ fn delete(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
         state.policies.retain(|p| p.name != args.name);
         Ok(())
     })?;
+    destroy_stale_sockets(ctx, &outcome, &args.name);
     if !ctx.output.is_table() {
         return print_structured(ctx.output, &Deleted { deleted: &args.name });
     }
     ctx.say(format!("policy/{} deleted", args.name));
     summarize_plan(ctx, &outcome);
     Ok(())
+}
+
+/// The connected UDP sockets of backends the change took away from the
+/// policy's frontend (src/stale_sockets.rs). TCP connections are left
+/// alone: `sync --destroy-tcp-sockets` is sync's.
+fn destroy_stale_sockets(ctx: &Context, outcome: &Outcome, name: &str) {
+    let (before, after) = (&outcome.before, &outcome.after);
+    if let Some(sockets) = stale_sockets::destroy(&ctx.pins, before, after, false).filter(|s| s.any()) {
+        ctx.say(format!("policy/{name}: {sockets}"));
+    }
 }
 
 #[derive(Serialize)]

@@ -24,6 +24,7 @@ use crate::{
     output::print_structured,
     plan::Summary,
     serve,
+    stale_sockets::{self, StaleSockets},
     state::AppliedState,
     transaction::{Mode, Outcome, change, change_prepared},
 };
@@ -68,12 +69,18 @@ impl fmt::Display for Held {
 impl std::error::Error for Held {}
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    run_with(ctx, args, Removals::Apply).map(drop)
+    run_with(ctx, args, Removals::Apply, None).map(drop)
 }
 
-/// `run`, treating large removals from files as `removals` says; returns
-/// the state applied.
-pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<AppliedState> {
+/// `run`, treating large removals from files as `removals` says, counting
+/// the stale sockets in `agent`'s metrics if there is one; returns the
+/// state applied.
+pub fn run_with(
+    ctx: &Context,
+    args: &SyncArgs,
+    removals: Removals,
+    agent: Option<&Agent>,
+) -> Result<AppliedState> {
     let this_node = this_node(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
@@ -95,8 +102,26 @@ pub fn run_with(ctx: &Context, args: &SyncArgs, removals: Removals) -> Result<Ap
             Ok(())
         })?
     };
-    report(ctx, &outcome, args.dry_run, notes)?;
+    let sockets = if args.dry_run { None } else { destroy_stale_sockets(ctx, args, &outcome, agent) };
+    report(ctx, &outcome, args.dry_run, notes, sockets)?;
     Ok(outcome.after)
+}
+
+/// After a change that took backends away from frontends, the connected
+/// sockets pinned to them (src/stale_sockets.rs), counted in `agent`'s
+/// metrics if there is one.
+fn destroy_stale_sockets(
+    ctx: &Context,
+    args: &SyncArgs,
+    outcome: &Outcome,
+    agent: Option<&Agent>,
+) -> Option<StaleSockets> {
+    let (before, after) = (&outcome.before, &outcome.after);
+    let sockets = stale_sockets::destroy(&ctx.pins, before, after, args.destroy_tcp_sockets)?;
+    if let Some(agent) = agent {
+        agent.stale_sockets(&sockets);
+    }
+    Some(sockets)
 }
 
 /// `sync --kube --watch`: syncs the cluster's objects once every kind has
@@ -120,7 +145,8 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
                 Ok(())
             })?;
-            report(ctx, &outcome, false, notes)?;
+            let sockets = destroy_stale_sockets(ctx, args, &outcome, Some(&agent));
+            report(ctx, &outcome, false, notes, sockets)?;
             Ok(outcome.after)
         });
         match synced {
@@ -237,6 +263,10 @@ struct SyncReport {
     changes: Vec<FrontendChange>,
     /// What the input held but the sync did not apply, and why.
     notes: Vec<String>,
+    /// The connected sockets of backends the change took away from their
+    /// frontends: absent when it took none away.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale_sockets: Option<StaleSockets>,
 }
 
 fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
@@ -258,7 +288,13 @@ fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
         .collect()
 }
 
-fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -> Result<()> {
+fn report(
+    ctx: &Context,
+    outcome: &Outcome,
+    dry_run: bool,
+    notes: Vec<String>,
+    stale_sockets: Option<StaleSockets>,
+) -> Result<()> {
     let report = SyncReport {
         dry_run,
         summary: outcome.summary,
@@ -266,6 +302,7 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
         repaired: outcome.repaired,
         changes: changes(&outcome.before.image, &outcome.after.image),
         notes,
+        stale_sockets,
     };
     if !ctx.output.is_table() {
         return print_structured(ctx.output, &report);
@@ -299,6 +336,9 @@ fn report(ctx: &Context, outcome: &Outcome, dry_run: bool, notes: Vec<String>) -
         ctx.say(format!("sync (dry run, nothing changed): {}", report.summary));
     } else {
         ctx.say(format!("sync: {} ({} map writes)", report.summary, report.map_writes));
+    }
+    if let Some(sockets) = report.stale_sockets.as_ref().filter(|s| s.any()) {
+        ctx.say(format!("sync: {sockets}"));
     }
     Ok(())
 }

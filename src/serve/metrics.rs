@@ -70,6 +70,12 @@ impl Metrics {
              serving, or failed (the port could not be bound; tried again after each sync)",
             agent.health_check_ports.clone(),
         );
+        registry.register(
+            "balctl_stale_sockets",
+            "Connected sockets of backends that a sync took away from their frontends, by outcome: \
+             destroyed, or left (the kernel refused, or has no bpf_sock_destroy: before Linux 6.5)",
+            agent.stale_sockets.clone(),
+        );
         registry.register_collector(Box::new(AgentState(Arc::clone(&agent))));
         let datapath = Datapath { pins: ctx.pins.clone(), state: ctx.state.clone(), per_backend };
         registry.register_collector(Box::new(datapath));

@@ -387,6 +387,9 @@ impl Host<'_> {
             "none".to_owned()
         };
         args.extend(["--network".into(), network]);
+        if pod.host_pid == Some(true) {
+            args.extend(["--pid".into(), "host".into()]);
+        }
         let mut env = BTreeMap::new();
         for var in container.env.iter().flatten() {
             let value = match (&var.value, &var.value_from) {

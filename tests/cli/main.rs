@@ -28,6 +28,7 @@ mod output;
 mod policies;
 mod policy_sync;
 mod progress;
+mod sock_destroy;
 mod state_migration;
 mod stats;
 mod status;
@@ -167,6 +168,10 @@ fn main() {
         kube_parity::an_unset_serving_condition_counts_as_serving,
         kube_parity::node_ports_are_not_served_on_ipv6_loopback,
         kube_parity::a_slice_port_without_a_name_is_skipped,
+        sock_destroy::a_removed_backend_s_connected_sockets_are_destroyed,
+        sock_destroy::the_watch_agent_destroys_stale_sockets_within_a_second,
+        sock_destroy::a_policy_change_destroys_its_removed_backend_s_udp_sockets,
+        sock_destroy::the_kube_agent_destroys_a_deleted_coredns_pod_s_sockets,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
         watch::an_in_place_rewrite_removes_nothing,

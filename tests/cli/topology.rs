@@ -38,6 +38,7 @@ fn service(name: &str, cluster_ip: &str, distribution: &str) -> Value {
             "trafficDistribution": distribution,
             "ports": [
                 { "name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080 },
+                { "name": "udp", "port": 80, "protocol": "UDP", "targetPort": 8080 },
                 { "name": "echo", "port": ECHO_PORT, "protocol": "TCP", "targetPort": ECHO_PORT }
             ]
         }
@@ -75,6 +76,7 @@ fn slice(service: &str, endpoints: Vec<Value>) -> Value {
         "endpoints": endpoints,
         "ports": [
             { "name": "http", "port": 8080, "protocol": "TCP" },
+            { "name": "udp", "port": 8080, "protocol": "UDP" },
             { "name": "echo", "port": ECHO_PORT, "protocol": "TCP" }
         ]
     })
@@ -98,11 +100,12 @@ fn reached(sandbox: &Sandbox, vip: &str) -> Vec<String> {
     reached.into_iter().collect()
 }
 
-/// Serves `http` (the peer, answering its id) and an echo server on every
-/// backend address.
+/// Serves `http` and `udp` (the peer, answering its id) and an echo
+/// server on every backend address.
 fn backends(sandbox: &Sandbox) {
     for last in 2..=6 {
-        sandbox.serve(&format!("b{last}"), &[&format!("192.0.2.{last}:8080")], &[]);
+        let address = format!("192.0.2.{last}:8080");
+        sandbox.serve(&format!("b{last}"), &[&address], &[&address]);
     }
     let echo = "import socket, sys, threading\n\
         def echo(c):\n    while (d := c.recv(100)):\n        c.sendall(d)\n\
@@ -247,7 +250,8 @@ pub fn zone_and_node_hints_choose_the_endpoints() {
 
 /// `sync --kube --watch`: node-a's zone label changes from a to b; within a
 /// second new connections go to zone b's endpoints, while 20 connections
-/// established to zone a's endpoint keep working.
+/// established to zone a's endpoint keep working, and so does a connected
+/// UDP socket: its backend is still an endpoint, so it is not stale.
 pub fn a_zone_change_moves_new_connections_and_keeps_established_ones() {
     let sandbox = Sandbox::new();
     sandbox.load();
@@ -260,22 +264,27 @@ pub fn a_zone_change_moves_new_connections_and_keeps_established_ones() {
     server.apply(catalog_slice());
     let args = ["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"];
     let watcher = Watcher::start_with(&sandbox, &[], &args);
-    watcher.wait_stdout("frontends +2 ~0 -0");
+    watcher.wait_stdout("frontends +3 ~0 -0");
     assert_eq!(reached(&sandbox, CATALOG), ["b2"]);
     let held = HeldConnections::open(&sandbox, CATALOG, 20);
+    let mut session = sandbox.session();
+    let opened = session.run(&format!("udp connected {CATALOG}:80"));
+    assert!(opened["error"].is_null(), "{opened}");
+    assert_eq!(session.run("ask connected")["answer"], "b2");
 
     let started = Instant::now();
     server.apply(node("b"));
-    // Both of catalog's ports change; the Node itself serves the same addresses.
-    watcher.wait_stdout("frontends +0 ~2 -0");
+    // catalog's three frontends change; the Node serves the same addresses.
+    watcher.wait_stdout("frontends +0 ~3 -0");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "the zone change took {took:?} to apply");
     assert_eq!(reached(&sandbox, CATALOG), ["b3", "b4"]);
     assert_eq!(held.echoing(), "echoed 20", "established connections broke");
+    assert_eq!(session.run("ask connected")["answer"], "b2", "the connected UDP socket was taken");
 
     // And back, with nothing else changed: zone a again.
     server.apply(node("a"));
-    watcher.wait_stdout("frontends +0 ~2 -0");
+    watcher.wait_stdout("frontends +0 ~3 -0");
     assert_eq!(reached(&sandbox, CATALOG), ["b2"]);
     assert_eq!(watcher.terminate(), Some(0));
 }

@@ -35,6 +35,10 @@ pub mod map_names {
     pub const SOURCE_RANGES: &str = "source_ranges";
     pub const FLOWS: &str = "flows";
     pub const FLOW_REPLIES: &str = "flow_replies";
+    /// The (frontend, backend) pairs whose sockets the socket-destroy
+    /// iterators close (`SocketPair`). Not pinned: user space fills the
+    /// one each lazy load of the iterators creates (src/bpf/sock_destroy.rs).
+    pub const DESTROY_PAIRS: &str = "destroy_pairs";
     /// One ring buffer per trace slot.
     pub const EVENTS: [&str; super::TRACE_SLOTS as usize] = ["events0", "events1", "events2", "events3"];
 }
@@ -475,6 +479,40 @@ pub const SOCKET_UNCONNECTED: u32 = 1;
 /// costs them one array lookup.
 pub const SOCKET_FURTHER_FRONTENDS: u32 = 2;
 
+/// Key of the destroy_pairs map, as a socket's `SocketTranslation` records
+/// it: a frontend (its service id) and a backend (its id) that left it.
+/// Ids are never reused, so the pair names exactly the sockets translated
+/// through that frontend to that backend, whatever its address. The value
+/// is a `u8`, 1: the presence is what counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketPair {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// The destroy_pairs map's capacity: user space runs the iterators once
+/// per this many pairs.
+pub const DESTROY_PAIRS_ENTRIES: u32 = 16_384;
+
+/// The placeholder helper id the socket-destroy programs call
+/// `bpf_sock_destroy` through: neither aya-ebpf nor bpf-linker emit kfunc
+/// calls, so user space rewrites each `call` of this id into a kfunc call
+/// (`src_reg` `BPF_PSEUDO_KFUNC_CALL`, `imm` the kernel's BTF id of
+/// `bpf_sock_destroy`) before loading. No helper has this id.
+pub const SOCK_DESTROY_PLACEHOLDER: i32 = 0x7ff0_de57;
+
+/// What a socket-destroy iterator writes to its output for each socket it
+/// asked the kernel to destroy: the socket's cookie and what
+/// `bpf_sock_destroy` returned (0, or a negative errno).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestroyedSocket {
+    pub cookie: u64,
+    pub result: i32,
+    pub _pad: u32,
+}
+
 /// Key of the reverse-translation map (an LRU hash): an unconnected UDP
 /// socket and a backend it sent to, for frontends other than the one in its
 /// sockets entry. `recvmsg` and `getpeername` look it up to show the
@@ -745,6 +783,7 @@ mod pod {
     unsafe impl aya::Pod for super::RevNatValue {}
     unsafe impl aya::Pod for super::SocketTranslation {}
     unsafe impl aya::Pod for super::SocketSet {}
+    unsafe impl aya::Pod for super::SocketPair {}
     unsafe impl aya::Pod for super::NodeAddressKey {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::DatapathStats {}
@@ -816,6 +855,8 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Flow>(), 56);
         assert_eq!(size_of::<FlowReply>(), 48);
+        assert_eq!(size_of::<SocketPair>(), 8);
+        assert_eq!(size_of::<DestroyedSocket>(), 16);
     }
 
     /// The hash is fixed (every node and user space must agree) and

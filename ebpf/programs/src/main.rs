@@ -13,7 +13,8 @@
 //! Layout: `lb` is the datapath library (maps, frontend lookup, backend
 //! choice, socket translations, counters, trace events) on plain values;
 //! one file per attach point reads its context, calls it and applies the
-//! result (`sock`: the sock_addr hooks; `sock_release`). This file and
+//! result (`sock`: the sock_addr hooks; `sock_release`; `sock_destroy`, the
+//! socket iterators that destroy stale connected sockets). This file and
 //! untraced.rs are the entry points: the same modules, with and without
 //! trace events (`TRACING`, which `lb::trace` reads).
 #![no_std]
@@ -25,5 +26,6 @@ const TRACING: bool = true;
 mod lb;
 mod object;
 mod sock;
+mod sock_destroy;
 mod sock_release;
 mod tc;

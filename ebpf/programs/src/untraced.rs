@@ -9,5 +9,6 @@ const TRACING: bool = false;
 mod lb;
 mod object;
 mod sock;
+mod sock_destroy;
 mod sock_release;
 mod tc;

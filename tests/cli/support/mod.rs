@@ -20,7 +20,7 @@ pub mod watcher;
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -300,13 +300,24 @@ impl Sandbox {
     /// `serve` in another of the sandbox's namespaces, e.g. on the client
     /// namespace's loopback.
     pub fn serve_in(&self, netns: &str, id: &str, tcp: &[&str], udp: &[&str]) {
+        self.serve_with(netns, id, &[("--tcp", tcp), ("--udp", udp)]);
+    }
+
+    /// `serve` whose TCP connections stay open (`tcp`), answering each
+    /// read, until the client closes; and UDP as `serve`.
+    #[allow(dead_code, reason = "the benches use part of the sandbox")]
+    pub fn serve_lasting(&self, id: &str, tcp: &[&str], udp: &[&str]) {
+        self.serve_with(&self.server_ns, id, &[("--tcp-lasting", tcp), ("--udp", udp)]);
+    }
+
+    /// A server in `netns` on each address of `addresses` (by its option).
+    fn serve_with(&self, netns: &str, id: &str, addresses: &[(&str, &[&str])]) {
         let mut command = self.peer(false, netns);
         command.args(["serve", "--id", id]);
-        for addr in tcp {
-            command.args(["--tcp", addr]);
-        }
-        for addr in udp {
-            command.args(["--udp", addr]);
+        for (option, addrs) in addresses {
+            for addr in *addrs {
+                command.args([option, addr]);
+            }
         }
         let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn server");
         let stdout = child.stdout.take().expect("server stdout");
@@ -452,6 +463,21 @@ impl Sandbox {
         assert!(status.success(), "bpftool map freeze {name}");
     }
 
+    /// A `session` client (peer.rs) in the test cgroup and client
+    /// namespace, driven line by line.
+    #[allow(dead_code, reason = "the benches use part of the sandbox")]
+    pub fn session(&self) -> Session {
+        let mut child = self
+            .peer(true, &self.client_ns)
+            .arg("session")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a session client");
+        let stdout = BufReader::new(child.stdout.take().expect("session stdout"));
+        Session { child, stdout }
+    }
+
     /// Runs any program as a client (in the test cgroup and client namespace).
     pub fn client_program(&self, argv: &[&str]) -> Output {
         self.peer(true, &self.client_ns).arg("exec").args(argv).output().expect("run client program")
@@ -465,6 +491,31 @@ pub struct HeldClient {
 }
 
 impl Drop for HeldClient {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A client whose sockets live until it drops (`Sandbox::session`).
+pub struct Session {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+#[allow(dead_code, reason = "the benches use part of the sandbox")]
+impl Session {
+    /// Sends one command (peer.rs `session`), returns its JSON answer.
+    pub fn run(&mut self, command: &str) -> Value {
+        let stdin = self.child.stdin.as_mut().expect("session stdin");
+        writeln!(stdin, "{command}").expect("write a session command");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read a session answer");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("session printed no JSON ({e}): {line}"))
+    }
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.wait();

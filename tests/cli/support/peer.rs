@@ -56,6 +56,10 @@ enum PeerCommand {
         tcp: Vec<SocketAddr>,
         #[arg(long)]
         udp: Vec<SocketAddr>,
+        /// TCP addresses whose connections stay open, answered `ID\n` for
+        /// each read, until the client closes.
+        #[arg(long)]
+        tcp_lasting: Vec<SocketAddr>,
     },
     /// Make connections one after another (a fixed count, or for a time)
     /// and count answers by backend id and failures by errno.
@@ -147,6 +151,14 @@ enum PeerCommand {
         #[arg(long)]
         bystander: Vec<SocketAddr>,
     },
+    /// Sockets that live on, driven by stdin, one command a line, each
+    /// answered with one JSON line: `udp NAME ADDR` (a UDP socket connected
+    /// to ADDR), `udp-unconnected NAME`, `tcp NAME ADDR` (connected), each
+    /// answered with its local address or errno; `ask NAME [ADDR]` (one
+    /// exchange: send, or sendto ADDR, then receive) answered with the
+    /// answer or errno and the socket's local address; `recv NAME` (a UDP
+    /// socket's next datagram or pending error). Ends with stdin.
+    Session,
     /// Replace this process with another program (after joining).
     Exec {
         #[arg(trailing_var_arg = true, required = true)]
@@ -174,7 +186,8 @@ pub fn run_if_requested() {
     }
     let mut held = Held(peer.hold.then(Vec::new));
     let output = match peer.command {
-        PeerCommand::Serve { id, tcp, udp } => serve(&id, &tcp, &udp),
+        PeerCommand::Serve { id, tcp, udp, tcp_lasting } => serve(&id, &tcp, &udp, &tcp_lasting),
+        PeerCommand::Session => session(),
         PeerCommand::Connect { to, count, millis } => connect(to, count, millis, &mut held),
         PeerCommand::ConnectEach { to } => connect_each(&to),
         PeerCommand::TcpPeer { to } => tcp_peer(to),
@@ -208,9 +221,27 @@ impl Held {
     }
 }
 
-fn serve(id: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Value {
+fn serve(id: &str, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_lasting: &[SocketAddr]) -> Value {
     let answer = format!("{id}\n");
     let mut workers = Vec::new();
+    for &addr in tcp_lasting {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+        let answer = answer.clone();
+        workers.push(thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let answer = answer.clone();
+                thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = [0u8; 1500];
+                    while stream.read(&mut buf).is_ok_and(|n| n > 0) {
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }));
+    }
     for &addr in tcp {
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
         let answer = answer.clone();
@@ -262,6 +293,8 @@ fn errno_name(err: &std::io::Error) -> String {
         Some(libc::ECONNRESET) => "ECONNRESET",
         Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
         Some(libc::EAGAIN) => "EAGAIN",
+        Some(libc::ECONNABORTED) => "ECONNABORTED",
+        Some(libc::EDESTADDRREQ) => "EDESTADDRREQ",
         _ => return format!("{:?}", err.kind()),
     };
     name.to_owned()
@@ -450,6 +483,96 @@ fn udp_connected(to: SocketAddr) -> Value {
     match answer {
         Ok(answer) => json!({ "peer": peer, "answer": answer }),
         Err(err) => json!({ "peer": peer, "error": errno_name(&err) }),
+    }
+}
+
+/// A socket of a `session`.
+enum SessionSocket {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+}
+
+fn session() -> Value {
+    let mut sockets: BTreeMap<String, SessionSocket> = BTreeMap::new();
+    for line in io::stdin().lines() {
+        let line = line.expect("read a session command");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let addr = |at: usize| words.get(at).map(|a| a.parse::<SocketAddr>().expect("an address"));
+        let reply = match words.as_slice() {
+            ["udp", name, _] => {
+                let to = addr(2).expect("an address");
+                let socket = udp_socket_for(to);
+                let connected = socket.connect(to).map(|()| SessionSocket::Udp(socket));
+                opened(&mut sockets, name, connected)
+            }
+            ["udp-unconnected", name] => {
+                let socket = udp_socket_for("0.0.0.0:0".parse().expect("literal"));
+                opened(&mut sockets, name, Ok(SessionSocket::Udp(socket)))
+            }
+            ["tcp", name, _] => {
+                let connected = TcpStream::connect_timeout(&addr(2).expect("an address"), IO_TIMEOUT)
+                    .and_then(|stream| stream.set_read_timeout(Some(IO_TIMEOUT)).map(|()| stream))
+                    .map(SessionSocket::Tcp);
+                opened(&mut sockets, name, connected)
+            }
+            ["ask", name, ..] => {
+                let socket = sockets.get(*name).expect("a socket of the session");
+                let mut buf = [0u8; 1500];
+                let (answer, local) = match socket {
+                    SessionSocket::Udp(socket) => {
+                        let sent = match addr(2) {
+                            Some(to) => socket.send_to(b"?", to),
+                            None => socket.send(b"?"),
+                        };
+                        (sent.and_then(|_| socket.recv(&mut buf)), socket.local_addr())
+                    }
+                    SessionSocket::Tcp(stream) => {
+                        let mut stream: &TcpStream = stream;
+                        let local = stream.local_addr();
+                        (stream.write_all(b"?\n").and_then(|()| stream.read(&mut buf)), local)
+                    }
+                };
+                let local = local.map(|l| l.to_string()).unwrap_or_default();
+                match answer {
+                    Ok(0) => json!({ "error": "EOF", "local": local }),
+                    Ok(n) => json!({ "answer": String::from_utf8_lossy(&buf[..n]).trim(), "local": local }),
+                    Err(err) => json!({ "error": errno_name(&err), "local": local }),
+                }
+            }
+            ["recv", name] => {
+                let Some(SessionSocket::Udp(socket)) = sockets.get(*name) else {
+                    panic!("recv: {name} is no UDP socket of the session");
+                };
+                let mut buf = [0u8; 1500];
+                match socket.recv(&mut buf) {
+                    Ok(n) => json!({ "answer": String::from_utf8_lossy(&buf[..n]).trim() }),
+                    Err(err) => json!({ "error": errno_name(&err) }),
+                }
+            }
+            _ => panic!("unknown session command {line}"),
+        };
+        println!("{reply}");
+        io::stdout().flush().expect("stdout");
+    }
+    json!({ "sockets": sockets.len() })
+}
+
+/// Keeps a session's new socket under `name`; its local address or errno.
+fn opened(
+    sockets: &mut BTreeMap<String, SessionSocket>,
+    name: &str,
+    socket: io::Result<SessionSocket>,
+) -> Value {
+    match socket {
+        Ok(socket) => {
+            let local = match &socket {
+                SessionSocket::Udp(socket) => socket.local_addr(),
+                SessionSocket::Tcp(stream) => stream.local_addr(),
+            };
+            sockets.insert(name.to_owned(), socket);
+            json!({ "local": local.map(|l| l.to_string()).unwrap_or_default() })
+        }
+        Err(err) => json!({ "error": errno_name(&err) }),
     }
 }
 

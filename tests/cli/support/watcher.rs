@@ -57,6 +57,17 @@ impl Watcher {
         Self::spawn(command)
     }
 
+    /// `start_with`, with the environment variables `env` set.
+    #[allow(dead_code, reason = "the CLI tests' settings from the environment; the benches use none")]
+    pub fn start_with_env(sandbox: &Sandbox, inputs: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = sandbox.balctl_command(&["sync", "--watch"]);
+        command.envs(env.iter().copied());
+        for input in inputs {
+            command.args(["-f", input]);
+        }
+        Self::spawn(command)
+    }
+
     /// `sync --watch` with `args`, in the network namespace `netns`
     /// (nsenter execs balctl: its PID is the watcher's).
     #[allow(dead_code, reason = "the CLI tests' health-check node ports; the benches watch in the host's")]

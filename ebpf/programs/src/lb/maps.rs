@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use balctl_common::{
-    Addr, AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, ExternalKey, Flow, FlowKey,
-    FlowReply, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
-    SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES,
-    default_capacity,
+    Addr, AffinityKey, AffinityValue, Backend, DESTROY_PAIRS_ENTRIES, DatapathStats, EVENTS_BYTES,
+    ExternalKey, Flow, FlowKey, FlowReply, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, RateLimit,
+    RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketPair, SocketSet,
+    SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
 };
 
 use super::{
@@ -80,6 +80,14 @@ pub static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "events3")]
 pub static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+// The pairs the socket-destroy iterators close sockets of, written by
+// user space before each run. Not pinned and not in the contract's pinned
+// maps: each lazy load of the iterators makes its own. Not preallocated:
+// most runs hold a pair or two.
+#[map(name = "destroy_pairs")]
+pub static DESTROY_PAIRS: HashMap<SocketPair, u8> =
+    HashMap::with_max_entries(DESTROY_PAIRS_ENTRIES, BPF_F_NO_PREALLOC);
 
 // North-south: read and written by the packet programs only.
 

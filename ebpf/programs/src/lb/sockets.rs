@@ -6,7 +6,7 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use balctl_common::{
-    RevNatKey, RevNatValue, SOCKET_FURTHER_FRONTENDS, SOCKET_UNCONNECTED, SOCKET_WAYS, SocketSet,
+    RevNatKey, RevNatValue, SOCKET_FURTHER_FRONTENDS, SOCKET_UNCONNECTED, SOCKET_WAYS, SocketPair, SocketSet,
     SocketTranslation,
 };
 
@@ -16,7 +16,7 @@ use super::{
     choice::Choice,
     clock::coarse_now,
     counters::count_eviction,
-    maps::{REVNAT, SOCKET_SETS, SOCKETS},
+    maps::{DESTROY_PAIRS, REVNAT, SOCKET_SETS, SOCKETS},
 };
 
 /// What a socket without a sockets entry has: service ids start at 1.
@@ -124,6 +124,25 @@ pub fn frontend_of(cookie: u64, peer: &Endpoint) -> Option<Endpoint> {
     } else {
         None
     }
+}
+
+/// Whether the socket with `cookie` is one the socket-destroy iterators
+/// close: it has a way (balctl translated it: a socket the application
+/// connected straight to a backend's address has none), it was connected
+/// (never an unconnected UDP socket, which keeps working through another
+/// backend and whose bound port must not change), and its frontend and
+/// backend are a pair of the destroy_pairs map.
+#[inline(always)]
+pub fn is_destroyed(cookie: u64) -> bool {
+    let Some((_, socket)) = Way::find(cookie) else {
+        return false;
+    };
+    if socket.flags & SOCKET_UNCONNECTED != 0 {
+        return false;
+    }
+    let pair = SocketPair { service_id: socket.service_id, backend_id: socket.backend_id };
+    // SAFETY: only presence is read.
+    unsafe { DESTROY_PAIRS.get(&pair) }.is_some()
 }
 
 /// Empties the way of the socket with `cookie`, which closes, if it has
