@@ -1,7 +1,7 @@
 //! The socket-destroy iterators: walk the TCP or UDP sockets of a network
 //! namespace and destroy, with the `bpf_sock_destroy` kfunc (kernel 6.5
 //! and later), each connected one that balctl translated through a
-//! frontend to a backend that left it (`lb::sockets::is_destroyed`). The
+//! frontend to a backend that left it (`lb::sockets::is_stale`). The
 //! application's next send or receive on it fails with ECONNABORTED, so
 //! it connects again, to a backend that is still there.
 //!
@@ -110,7 +110,7 @@ fn state(sk: *mut c_void) -> u8 {
 fn destroy_if_stale(meta: *mut IterMeta, sk: *mut c_void) {
     // SAFETY: the helper reads the cookie of the socket it is given.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    if !sockets::is_destroyed(cookie) {
+    if !sockets::is_stale(cookie) {
         return;
     }
     let record = DestroyedSocket { cookie, result: sock_destroy(sk), _pad: 0 };

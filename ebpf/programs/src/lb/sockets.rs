@@ -133,7 +133,7 @@ pub fn frontend_of(cookie: u64, peer: &Endpoint) -> Option<Endpoint> {
 /// backend and whose bound port must not change), and its frontend and
 /// backend are a pair of the destroy_pairs map.
 #[inline(always)]
-pub fn is_destroyed(cookie: u64) -> bool {
+pub fn is_stale(cookie: u64) -> bool {
     let Some((_, socket)) = Way::find(cookie) else {
         return false;
     };
