@@ -175,17 +175,12 @@ fn load_and_attach(
     sizes: &MapSizes,
     mut live: BTreeMap<String, LiveLink>,
 ) -> Result<Actions> {
-    let mut loader = EbpfLoader::new();
-    let map_paths: Vec<(&str, PathBuf)> =
-        MAPS.iter().map(|spec| Ok((spec.name, pins.map(spec.name)?))).collect::<Result<_>>()?;
-    for ((name, path), spec) in map_paths.iter().zip(MAPS) {
-        loader.map_pin_path(name, path.as_path());
-        loader.map_max_entries(name, requested_max_entries(&spec, sizes));
-    }
-    // The datapath finds a socket's set by the number of sets of the map
-    // it will use: the pinned one, or the one about to be created.
+    // The pinned sockets map's number of sets, or the one about to be created's.
     let socket_sets = max_entries_after_load(pins, &object::spec(map_names::SOCKETS), sizes)?;
-    loader.override_global(object::SOCKET_SETS, &socket_sets, true);
+    let mut loader = pinned_maps_loader(pins, &socket_sets)?;
+    for spec in MAPS {
+        loader.map_max_entries(spec.name, requested_max_entries(&spec, sizes));
+    }
     let mut ebpf = loader.load(object).context("cannot load the eBPF object")?;
 
     // Verify every program before touching any hook, so a verifier
@@ -333,6 +328,18 @@ impl HookProgram<'_> {
         };
         Ok(link)
     }
+}
+
+/// A loader whose maps are the pin dir's: a pinned one is used, a missing
+/// one is created and pinned there. The datapath finds a socket's set by
+/// `socket_sets`, the number of sets of the sockets map it will use.
+pub fn pinned_maps_loader<'a>(pins: &PinDir, socket_sets: &'a u32) -> Result<EbpfLoader<'a>> {
+    let mut loader = EbpfLoader::new();
+    for spec in MAPS {
+        loader.map_pin_path(spec.name, pins.map(spec.name)?);
+    }
+    loader.override_global(object::SOCKET_SETS, socket_sets, true);
+    Ok(loader)
 }
 
 /// The cgroup to attach to: where balctl already is, else `--cgroup`, else

@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf,
     maps::{HashMap, MapInfo},
     programs::{Iter, iter::IterLink},
 };
@@ -37,11 +37,13 @@ use balctl_common::{
     DESTROY_PAIRS_ENTRIES, DestroyedSocket, SOCK_DESTROY_PLACEHOLDER, SOCKET_UNCONNECTED, SocketPair,
     map_names,
 };
+use object::{Object as _, ObjectSection as _};
 
 use super::{
     cgroup, links,
+    loader::pinned_maps_loader,
     maps::check_layout,
-    object::{MAPS, OBJECT, SOCKET_SETS},
+    object::{MAPS, OBJECT},
     pins::PinDir,
     sockets::translated_sockets,
 };
@@ -217,22 +219,19 @@ impl Iterators {
 /// and pin a missing one.
 fn open_object(pins: &PinDir, object: &[u8], btf: &Btf) -> Result<Ebpf> {
     check_layout(pins, |_| None)?;
-    let map_paths: Vec<(&str, PathBuf)> =
-        MAPS.iter().map(|spec| Ok((spec.name, pins.map(spec.name)?))).collect::<Result<_>>()?;
-    if let Some((_, missing)) = map_paths.iter().find(|(_, path)| !path.exists()) {
-        bail!("{} is not pinned: balctl is not loaded there", missing.display());
-    }
-    let mut loader = EbpfLoader::new();
-    // The kernel's BTF, read once: parsing it is most of a run's time.
-    loader.btf(Some(btf));
-    for (name, path) in &map_paths {
-        loader.map_pin_path(name, path.as_path());
+    for spec in MAPS {
+        let path = pins.map(spec.name)?;
+        if !path.exists() {
+            bail!("{} is not pinned: balctl is not loaded there", path.display());
+        }
     }
     let sockets = pins.map(map_names::SOCKETS)?;
     let socket_sets = MapInfo::from_pin(&sockets)
         .with_context(|| format!("cannot inspect {}", sockets.display()))?
         .max_entries();
-    loader.override_global(SOCKET_SETS, &socket_sets, true);
+    let mut loader = pinned_maps_loader(pins, &socket_sets)?;
+    // The kernel's BTF, read once: parsing it is most of a run's time.
+    loader.btf(Some(btf));
     Ok(loader.load(object)?)
 }
 
@@ -351,28 +350,16 @@ fn with_kfunc_calls(object: &[u8], kfunc: u32) -> Result<AlignedObject> {
     Ok(copy)
 }
 
-/// The byte ranges of the `iter/...` sections of a little-endian ELF64 object.
+/// The byte ranges in the object file of its `iter/...` sections.
 fn iter_sections(elf: &[u8]) -> Result<Vec<std::ops::Range<usize>>> {
-    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
-    let u64_at = |at: usize| elf.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
-    let malformed = || anyhow!("the eBPF object is not a little-endian ELF64 file");
-    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
-        return Err(malformed());
-    }
-    let (table, entry_size) = (u64_at(0x28).ok_or_else(malformed)?, u16_at(0x3a).ok_or_else(malformed)?);
-    let (count, names_index) = (u16_at(0x3c).ok_or_else(malformed)?, u16_at(0x3e).ok_or_else(malformed)?);
-    let header = |index: usize| table + index * entry_size;
-    let names = u64_at(header(names_index) + 0x18).ok_or_else(malformed)?;
+    let file = object::File::parse(elf).context("the eBPF object is not an ELF file")?;
     let mut sections = Vec::new();
-    for index in 0..count {
-        let name_at = names + u32_at(header(index)).ok_or_else(malformed)?;
-        let name = elf.get(name_at..).ok_or_else(malformed)?;
-        let name = &name[..name.iter().position(|&b| b == 0).ok_or_else(malformed)?];
-        if name.starts_with(b"iter/") {
-            let offset = u64_at(header(index) + 0x18).ok_or_else(malformed)?;
-            let size = u64_at(header(index) + 0x20).ok_or_else(malformed)?;
-            sections.push(offset..offset + size);
+    for section in file.sections() {
+        if section.name().is_ok_and(|name| name.starts_with("iter/"))
+            && let Some((offset, size)) = section.file_range()
+        {
+            let offset = usize::try_from(offset)?;
+            sections.push(offset..offset + usize::try_from(size)?);
         }
     }
     Ok(sections)
