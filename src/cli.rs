@@ -288,7 +288,10 @@ pub struct SyncArgs {
     /// Which of the Nodes' addresses serve node ports, as kube-proxy's
     /// flag: `primary` (each Node's first InternalIP of each family, else
     /// its first ExternalIP of it) or CIDRs separated by commas (the
-    /// addresses inside them) [default: every InternalIP and ExternalIP]
+    /// addresses inside them; every address of a family without a CIDR).
+    /// IPv4 loopback serves them unless the CIDRs of IPv4 leave out
+    /// 127.0.0.0 or `primary` is given [default: every InternalIP and
+    /// ExternalIP, and loopback]
     #[arg(long = "nodeport-addresses", value_name = "primary|CIDR,...", env = "BALCTL_NODEPORT_ADDRESSES")]
     pub nodeport_addresses: Option<NodePortAddresses>,
 

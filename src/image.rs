@@ -11,9 +11,9 @@ use std::{
 
 use anyhow::{Result, bail};
 use balctl_common::{
-    BACKEND_FLAG_LOCAL, Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MembershipKey, SERVICE_FLAG_AFFINITY,
-    SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES,
-    ServiceEntry, SourceRange,
+    BACKEND_FLAG_LOCAL, Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED,
+    SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, SourceRange,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
@@ -178,7 +178,7 @@ impl FrontendImage {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     #[serde(with = "pairs")]
     pub frontends: BTreeMap<Frontend, FrontendImage>,
@@ -190,6 +190,30 @@ pub struct Image {
     /// The next ids to hand out; both start at 1 (0 means "none" in the maps).
     pub next_service_id: ServiceId,
     pub next_backend_id: BackendId,
+    /// NodePort frontends also answer on IPv4 loopback, to this node's
+    /// sockets (`--nodeport-addresses`: `NodePortAddresses::
+    /// serve_loopback`). Each sync sets it; policy commands keep it. Yes
+    /// until a sync says otherwise, and in state formats before 8 (what
+    /// balctl did then).
+    #[serde(default = "yes")]
+    pub node_ports_on_loopback: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Self {
+            frontends: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            node_addresses: BTreeSet::new(),
+            next_service_id: 0,
+            next_backend_id: 0,
+            node_ports_on_loopback: yes(),
+        }
+    }
 }
 
 impl Image {
@@ -200,7 +224,7 @@ impl Image {
             services: self.frontends.len() as u64 + slots,
             backends: self.backends.len() as u64,
             membership: slots,
-            nodes: self.node_addresses.len() as u64,
+            nodes: self.node_address_keys().len() as u64,
             external: self.external_index().count() as u64,
             maglev: (self.frontends.values())
                 .filter(|f| !f.backends.is_empty())
@@ -210,13 +234,21 @@ impl Image {
         }
     }
 
+    /// The keys of the nodes map: the node addresses, and
+    /// `NodeAddressKey::IPV4_LOOPBACK` while node ports answer on loopback.
+    pub fn node_address_keys(&self) -> BTreeSet<NodeAddressKey> {
+        let addresses = self.node_addresses.iter().map(|&ip| NodeAddressKey { addr: addr_to_raw(ip) });
+        addresses.chain(self.node_ports_on_loopback.then_some(NodeAddressKey::IPV4_LOOPBACK)).collect()
+    }
+
     /// The requests-per-second limit of each limited frontend, by service id.
     pub fn rate_limits(&self) -> BTreeMap<ServiceId, u32> {
         self.frontends.values().filter_map(|f| Some((f.service_id, f.requests_per_second?))).collect()
     }
 
     /// This image changed: the frontends of `removed` taken out, `added`
-    /// rules (with their owners) compiled in, and the node addresses set.
+    /// rules (with their owners) compiled in, and where node ports answer
+    /// set (`node_addresses`, and IPv4 loopback or not).
     /// Frontends and backends that stay keep their ids, so does a frontend
     /// removed and added again; new ones continue the sequence. The work is
     /// proportional to the change, plus one pass over the backends.
@@ -225,6 +257,7 @@ impl Image {
         removed: impl IntoIterator<Item = &'a Frontend>,
         added: impl IntoIterator<Item = (String, &'a FrontendRule)>,
         node_addresses: impl IntoIterator<Item = IpAddr>,
+        node_ports_on_loopback: bool,
     ) -> Result<Self> {
         let mut image = self.clone();
         // Id 0 means "none" in the maps.
@@ -305,6 +338,7 @@ impl Image {
         }
         image.drop_unused_backends();
         image.node_addresses = node_addresses.into_iter().map(|ip| ip.to_canonical()).collect();
+        image.node_ports_on_loopback = node_ports_on_loopback;
         Ok(image)
     }
 
@@ -352,7 +386,7 @@ impl Image {
         node_addresses: impl IntoIterator<Item = IpAddr>,
         previous: &'a Self,
     ) -> Result<Self> {
-        previous.update(previous.frontends.keys(), rules, node_addresses)
+        previous.update(previous.frontends.keys(), rules, node_addresses, previous.node_ports_on_loopback)
     }
 }
 
@@ -467,7 +501,8 @@ mod tests {
                 services: 2,
                 backends: 1,
                 membership: 1,
-                nodes: 0,
+                // The loopback key: node ports answer on loopback by default.
+                nodes: 1,
                 external: 0,
                 maglev: 0,
                 source_ranges: 0
@@ -497,7 +532,7 @@ mod tests {
         let rules = [policy("a", "198.18.0.1:80", &["192.0.2.1:80"])];
         let mut corrupt = compile(&rules, &Image::default()).unwrap();
         corrupt.next_backend_id = 1;
-        let kept = corrupt.update([], [], []).unwrap();
+        let kept = corrupt.update([], [], [], true).unwrap();
         assert_eq!(kept.backends.keys().copied().collect::<Vec<_>>(), [1]);
         corrupt.next_backend_id = BackendId::MAX;
         let err = compile(&[policy("b", "198.18.0.2:80", &["192.0.2.2:80"])], &corrupt).unwrap_err();

@@ -420,7 +420,8 @@ pub enum NodePortAddresses {
     /// InternalIP of the family, else its first ExternalIP of it
     /// (kube-proxy's `GetNodeHostIPs`).
     Primary,
-    /// The addresses inside one of these CIDRs.
+    /// The addresses inside one of these CIDRs; every address of a family
+    /// none of them is of (kube-proxy's per-family zero CIDR).
     Within(Vec<Prefix>),
 }
 
@@ -430,9 +431,14 @@ impl NodePortAddresses {
     pub fn select(&self, addresses: &[IpAddr], internal_ips: &[IpAddr]) -> Vec<IpAddr> {
         match self {
             Self::All => addresses.to_vec(),
-            Self::Within(prefixes) => {
-                addresses.iter().copied().filter(|&a| prefixes.iter().any(|p| p.contains(a))).collect()
-            }
+            Self::Within(prefixes) => addresses
+                .iter()
+                .copied()
+                .filter(|&a| {
+                    let mut of_family = Self::of_family(prefixes, a.to_canonical().is_ipv4()).peekable();
+                    of_family.peek().is_none() || of_family.any(|p| p.contains(a))
+                })
+                .collect(),
             Self::Primary => [true, false]
                 .into_iter()
                 .filter_map(|v4| {
@@ -441,6 +447,27 @@ impl NodePortAddresses {
                 })
                 .collect(),
         }
+    }
+
+    /// Whether node ports answer on IPv4 loopback (127.0.0.0/8), as in
+    /// kube-proxy's iptables mode (`ContainsIPv4Loopback`): with every
+    /// address, with no IPv4 CIDR (a family without CIDRs has all its
+    /// addresses), or with an IPv4 CIDR of loopback or holding 127.0.0.0;
+    /// never with `primary`.
+    pub fn serve_loopback(&self) -> bool {
+        let loopback_start = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0));
+        match self {
+            Self::All => true,
+            Self::Primary => false,
+            Self::Within(prefixes) => {
+                let mut v4 = Self::of_family(prefixes, true).peekable();
+                v4.peek().is_none() || v4.any(|p| p.address.is_loopback() || p.contains(loopback_start))
+            }
+        }
+    }
+
+    fn of_family(prefixes: &[Prefix], v4: bool) -> impl Iterator<Item = &Prefix> {
+        prefixes.iter().filter(move |p| p.address.is_ipv4() == v4)
     }
 }
 
@@ -779,9 +806,11 @@ mod tests {
         let select = |flag: &str| flag.parse::<NodePortAddresses>().unwrap().select(&addresses, &internal);
         assert_eq!(NodePortAddresses::All.select(&addresses, &internal), addresses);
         assert_eq!(select("primary"), ips(&["192.0.2.1", "2001:db8::1"]));
-        assert_eq!(select("192.0.2.0/29"), ips(&["192.0.2.1"]));
+        // A family without a CIDR keeps all its addresses.
+        assert_eq!(select("192.0.2.0/29"), ips(&["192.0.2.1", "2001:db8::1"]));
+        assert_eq!(select("2001:db8:1::/64"), ips(&["198.51.100.7", "192.0.2.1", "192.0.2.9"]));
         assert_eq!(select("192.0.2.8/29, 2001:db8::/64"), ips(&["192.0.2.9", "2001:db8::1"]));
-        assert_eq!(select("203.0.113.0/24"), ips(&[]));
+        assert_eq!(select("203.0.113.0/24,2001:db8:1::/64"), ips(&[]));
         // Without an InternalIP of a family, its first ExternalIP is primary.
         assert_eq!(
             NodePortAddresses::Primary.select(&addresses, &internal[2..]),
@@ -794,6 +823,20 @@ mod tests {
             "192.0.2.0/25,2001:db8::/64".parse::<NodePortAddresses>().unwrap().to_string(),
             "192.0.2.0/25,2001:db8::/64"
         );
+    }
+
+    #[test]
+    fn nodeport_addresses_serve_loopback_as_kube_proxy_s_iptables_mode() {
+        let serve = |flag: &str| flag.parse::<NodePortAddresses>().unwrap().serve_loopback();
+        assert!(NodePortAddresses::All.serve_loopback());
+        assert!(!NodePortAddresses::Primary.serve_loopback());
+        assert!(!serve("192.0.2.0/25"));
+        assert!(serve("192.0.2.0/25,127.0.0.0/8"));
+        assert!(serve("127.0.0.1/32"), "a loopback CIDR");
+        assert!(serve("64.0.0.0/2"), "a CIDR holding 127.0.0.0");
+        assert!(serve("0.0.0.0/0"));
+        assert!(serve("2001:db8::/64"), "no IPv4 CIDR: every IPv4 address");
+        assert!(!serve("2001:db8::/64,192.0.2.0/25"));
     }
 
     #[test]

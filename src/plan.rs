@@ -63,7 +63,7 @@ use crate::{
     bpf::maps::{BackendId, EntryCounts, MapContents, Op, SourceRangeKey},
     image::{
         BackendAddr, FrontendImage, Image, external,
-        raw::{addr_to_raw, frontend_of, service_key},
+        raw::{frontend_of, service_key},
     },
     model::{Frontend, Scope},
 };
@@ -247,7 +247,7 @@ impl MapContents {
             contents.source_ranges.extend(f.source_range_keys());
         }
         contents.backends = image.backends.iter().map(|(&id, addr)| (id, addr.to_raw())).collect();
-        contents.node_addresses = node_address_keys(image).map(|(key, ())| key).collect();
+        contents.node_addresses = image.node_address_keys();
         contents.external = image.external_index().collect();
         contents
     }
@@ -549,14 +549,9 @@ fn frontend_changes<'a>(
     changes(old.frontends.iter(), new.frontends.iter())
 }
 
-/// An image's node addresses as keys, in key order (the image keeps them in
-/// address order, which differs). There are few, one or two per node, so
-/// sorting a copy of them costs nothing next to the other maps.
+/// An image's nodes map keys, in key order (`Image::node_address_keys`).
 fn node_address_keys(image: &Image) -> impl Iterator<Item = (NodeAddressKey, ())> + use<> {
-    let mut keys: Vec<NodeAddressKey> =
-        image.node_addresses.iter().map(|&ip| NodeAddressKey { addr: addr_to_raw(ip) }).collect();
-    keys.sort_unstable();
-    keys.into_iter().map(|key| (key, ()))
+    image.node_address_keys().into_iter().map(|key| (key, ()))
 }
 
 /// A frontend's memberships, sorted for the merge walk (its backends are in
@@ -644,7 +639,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        image::raw::{raw_to_addr, raw_to_port},
+        image::raw::{addr_to_raw, raw_to_addr, raw_to_port},
         model::{FrontendRule, parse_backend},
     };
 
@@ -849,10 +844,7 @@ mod tests {
                     .push(Step { op: Op::DeleteBackend(id), undo: Op::PutBackend(id, *old) });
             }
         }
-        let nodes = |image: &Image| -> BTreeSet<NodeAddressKey> {
-            image.node_addresses.iter().map(|&ip| NodeAddressKey { addr: addr_to_raw(ip) }).collect()
-        };
-        let (old_nodes, new_nodes) = (nodes(old), nodes(new));
+        let (old_nodes, new_nodes) = (old.node_address_keys(), new.node_address_keys());
         for &key in new_nodes.difference(&old_nodes) {
             phases[put_backends].push(Step { op: Op::PutNodeAddress(key), undo: Op::DeleteNodeAddress(key) });
         }
@@ -1062,6 +1054,21 @@ mod tests {
         assert_eq!(Plan::repair(&actual, &desired).layers(), (0, layer_bit(SCOPE_SERVICE)));
     }
 
+    /// Whether node ports answer on loopback is one key of the nodes map,
+    /// written and removed like a node address, and repaired like one.
+    #[test]
+    fn loopback_node_ports_are_the_loopback_key() {
+        let on = Image::default();
+        let off = Image { node_ports_on_loopback: false, ..on.clone() };
+        let key = NodeAddressKey::IPV4_LOOPBACK;
+        let ops = |plan: Plan| plan.steps().map(|step| step.op).collect::<Vec<_>>();
+        assert_eq!(ops(Plan::between(&on, &off)), [Op::DeleteNodeAddress(key)]);
+        assert_eq!(ops(Plan::between(&off, &on)), [Op::PutNodeAddress(key)]);
+        let (actual, desired) = (MapContents::of(&off), MapContents::of(&on));
+        assert_eq!(ops(Plan::repair(&actual, &desired)), [Op::PutNodeAddress(key)]);
+        assert_eq!(on.entry_counts().nodes, off.entry_counts().nodes + 1);
+    }
+
     #[test]
     fn peak_counts_deletions_before_additions() {
         let v1 = image(&Image::default(), &[("a", "198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"])]);
@@ -1074,7 +1081,8 @@ mod tests {
                 services: 3,
                 backends: 4,
                 membership: 4,
-                nodes: 0,
+                // The loopback key: node ports answer on loopback by default.
+                nodes: 1,
                 external: 0,
                 maglev: 0,
                 source_ranges: 0

@@ -38,12 +38,13 @@ const MAGIC: &[u8; 8] = b"balctl\0S";
 /// self-describing, so another version's file cannot be read by postcard.
 /// Formats 4 and 5 are postcard (https://postcard.jamesmunns.com/wire-format);
 /// 5 added which backends are local, 6 Services' health-check node ports,
-/// 7 the objects each synced object's translation read.
-const STATE_VERSION: u32 = 7;
+/// 7 the objects each synced object's translation read, 8 whether node
+/// ports answer on IPv4 loopback.
+const STATE_VERSION: u32 = 8;
 /// Older formats, read only to migrate them (`legacy`): 3 is the format 4
-/// layout in bincode 1, written up to commit a86b197; 4 and 5 lack the
+/// layout in bincode 1, written up to commit a86b197; 4 to 7 lack the
 /// fields `legacy::ADDED` lists.
-const LEGACY_VERSIONS: [u32; 4] = legacy::FORMATS;
+const LEGACY_VERSIONS: [u32; 5] = legacy::FORMATS;
 /// The magic and the format version.
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
@@ -475,7 +476,7 @@ mod tests {
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
         let err = state_dir.read().unwrap_err();
-        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 7"), "{err:#}");
+        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 8"), "{err:#}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -491,6 +492,9 @@ mod tests {
     /// One written by balctl 44db0f3 (format 6, without recorded reads):
     /// see tests/fixtures/state-v6/README.md.
     const FORMAT_6: &[u8] = include_bytes!("../tests/fixtures/state-v6/state.bin");
+    /// One written by balctl 5003ef0 (format 7, before loopback followed
+    /// --nodeport-addresses): see tests/fixtures/state-v7/README.md.
+    const FORMAT_7: &[u8] = include_bytes!("../tests/fixtures/state-v7/state.bin");
 
     /// Reads `file` (of format `version`), takes the lock (which rewrites
     /// it), and returns what it held.
@@ -566,6 +570,17 @@ mod tests {
                 .iter()
                 .all(|o| o.inputs.is_empty() && o.dependencies.is_empty() && o.held_back.is_empty())
         );
+    }
+
+    #[test]
+    fn a_format_7_state_is_read_and_rewritten_when_locked() {
+        let legacy = read_and_rewrite("format7", FORMAT_7, 7);
+        assert_eq!((legacy.policies.len(), legacy.synced.len()), (4, 7), "{legacy:#?}");
+        let api = legacy.synced.iter().find(|o| o.owner == "service/shop/api").expect("service/shop/api");
+        assert!(api.health_check.is_some(), "format 7's fields are read: {api:#?}");
+        // Format 7 served node ports on loopback whatever the sync said.
+        assert!(legacy.image.node_ports_on_loopback);
+        assert!(!legacy.image.node_addresses.is_empty(), "the image's last fields of format 7 are read");
     }
 
     /// Varints wider than their type are refused, not wrapped.

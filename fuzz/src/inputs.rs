@@ -134,7 +134,7 @@ fn check_objects(read: &Inputs) {
     }
     let rules = objects.iter().flat_map(|o| o.rules.iter().map(|rule| (o.owner.clone(), rule)));
     let nodes = objects.iter().flat_map(|o| o.addresses.iter().copied());
-    if let Err(err) = Image::default().update([], rules, nodes) {
+    if let Err(err) = Image::default().update([], rules, nodes, true) {
         panic!("accepted input does not compile: {err:#}");
     }
 }

@@ -60,6 +60,8 @@ struct Change {
     added: Vec<Vec<RuleSpec>>,
     /// The node addresses after the change.
     nodes: Vec<u8>,
+    /// Whether node ports answer on IPv4 loopback after it.
+    loopback: bool,
 }
 
 /// A rule over small pools of frontends and backends, so that changes
@@ -137,7 +139,7 @@ fn run(case: &Case) {
         let added_rules = added.iter().flat_map(|o| o.rules.iter().map(|r| (o.owner.clone(), r)));
         let nodes = change.nodes.iter().map(|&n| node_address(n));
         // A refused change (a frontend claimed twice) changes nothing.
-        let Ok(next) = image.update(removed_frontends, added_rules, nodes) else { continue };
+        let Ok(next) = image.update(removed_frontends, added_rules, nodes, change.loopback) else { continue };
         ids.check(&next);
         check_transition(&image, &next, case.undo_after);
         objects = objects.into_iter().enumerate().filter(|(i, _)| stays(*i)).map(|(_, o)| o).collect();
@@ -477,7 +479,11 @@ fn expected_index(maps: &MapContents) -> BTreeMap<ExternalKey, Addr> {
             index.insert(called(master.addr, master), master.addr);
             continue;
         }
-        let nodes = maps.node_addresses.iter().map(|node| raw_to_addr(node.addr));
+        // The loopback key says node ports answer on loopback, to sockets:
+        // no packet from outside is for it.
+        let nodes = (maps.node_addresses.iter())
+            .filter(|&&node| node != NodeAddressKey::IPV4_LOOPBACK)
+            .map(|node| raw_to_addr(node.addr));
         for node in nodes.filter(|node| node.is_ipv4() == address.is_ipv4() && !node.is_unspecified()) {
             let exact = ServiceKey { addr: addr_to_raw(node), ..*master };
             if !maps.services.contains_key(&exact) {

@@ -90,7 +90,7 @@ pub fn run_with(
     let outcome = if args.kube {
         let list = || cluster::list_all(&args.api_server, &this_node.name);
         change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
-            notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
+            notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?, &this_node)?;
             Ok(())
         })?
     } else {
@@ -98,7 +98,7 @@ pub fn run_with(
         change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
             let inputs = gathered.read(&state.synced)?;
             check_removals(state, &inputs, removals)?;
-            notes = replace(state, inputs)?;
+            notes = replace(state, inputs, &this_node)?;
             Ok(())
         })?
     };
@@ -142,7 +142,8 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
         let synced = agent.sync(|| {
             let mut notes = Vec::new();
             let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
-                notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?)?;
+                notes =
+                    replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?, &this_node)?;
                 Ok(())
             })?;
             let sockets = destroy_stale_sockets(ctx, args, &outcome, Some(&agent));
@@ -164,10 +165,12 @@ pub fn health_checks(state: &AppliedState) -> impl Iterator<Item = &HealthCheck>
     state.synced.iter().filter_map(|object| object.health_check.as_ref())
 }
 
-/// Makes `state` hold exactly `inputs` for their sources; returns the notes.
-/// An object that another source applied stays that source's: a sync
-/// replaces only the objects of what it reads.
-fn replace(state: &mut AppliedState, inputs: Inputs) -> Result<Vec<String>> {
+/// Makes `state` hold exactly `inputs` for their sources, with where
+/// `this_node` has node ports answer; returns the notes. An object that
+/// another source applied stays that source's: a sync replaces only the
+/// objects of what it reads.
+fn replace(state: &mut AppliedState, inputs: Inputs, this_node: &ThisNode) -> Result<Vec<String>> {
+    state.image.node_ports_on_loopback = this_node.node_port_addresses.serve_loopback();
     let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
     state.synced.retain(|object| !names.contains(object.source.as_str()));
     let elsewhere: HashMap<&str, &str> =
@@ -396,8 +399,8 @@ mod tests {
         let scratch = Scratch::new("large-removals");
         let four = ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"];
         let mut state = AppliedState::default();
-        replace(&mut state, scratch.read("a.toml", &four)).unwrap();
-        replace(&mut state, scratch.read("b.toml", &["198.18.1.1"])).unwrap();
+        replace(&mut state, scratch.read("a.toml", &four), &ThisNode::named("node-a")).unwrap();
+        replace(&mut state, scratch.read("b.toml", &["198.18.1.1"]), &ThisNode::named("node-a")).unwrap();
 
         assert_eq!(removals(&state, &scratch.read("a.toml", &four[..3])), []);
         assert_eq!(removals(&state, &scratch.read("a.toml", &four[..2])), [(2, 4)]);

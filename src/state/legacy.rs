@@ -53,10 +53,11 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (6, "SyncedObject", "health_check"),
     (7, "SyncedObject", "dependencies"),
     (7, "SyncedObject", "held_back"),
+    (8, "Image", "node_ports_on_loopback"),
 ];
 
 /// The formats this reader reads.
-pub const FORMATS: [u32; 4] = [3, 4, 5, 6];
+pub const FORMATS: [u32; 5] = [3, 4, 5, 6, 7];
 
 /// Why a format 3 file cannot be read.
 #[derive(Debug, PartialEq, Eq)]

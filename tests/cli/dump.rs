@@ -134,6 +134,8 @@ pub fn every_format_matches_the_documented_schema() {
         // `stats` also has the node's counters.
         let fields: &[&str] = match kind {
             "stats" => &["datapath", "stats"],
+            // And whether node ports answer on IPv4 loopback.
+            "nodes" => &["loopback", "nodes"],
             _ => &[kind],
         };
         if kind != "all" {

@@ -211,7 +211,14 @@ pub fn a_policy_layer_wins_over_the_service_and_says_why() {
     let elsewhere = explain(&sandbox, &client, "192.0.2.9:30080");
     assert_eq!(elsewhere["outcome"], "not_translated");
     let why = layer(&elsewhere, "node_port")["why"].as_str().unwrap();
-    assert!(why.contains("neither a node address"), "{why}");
+    assert!(why.contains("not a node address"), "{why}");
+    // A sync whose --nodeport-addresses leaves loopback out: not looked up.
+    sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap(), "--nodeport-addresses", "192.0.2.0/24"]);
+    let closed = explain(&sandbox, &client, "127.0.0.1:30080");
+    assert_eq!(closed["outcome"], "not_translated", "{closed}");
+    let why = layer(&closed, "node_port")["why"].as_str().unwrap();
+    assert!(why.contains("node ports do not answer on IPv4 loopback"), "{why}");
+    sandbox.balctl_ok(&["sync", "-f", file.to_str().unwrap()]);
 
     sandbox.balctl_ok(&["policy", "add", "bal", "--vip", web, "--backend", "192.0.2.4:8080"]);
     sandbox.balctl_ok(&["policy", "add", "local", "--kind", "redirect", "--vip", web]);

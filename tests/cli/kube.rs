@@ -113,6 +113,8 @@ pub fn nodeport_answers_on_node_addresses_and_loopback() {
 /// that a connect left untranslated is refused there). With CIDRs, only
 /// the node addresses inside them serve the node port; with `primary`,
 /// each Node's first InternalIP of each family; by default every one.
+/// IPv4 loopback as kube-proxy's iptables mode: only with the flag unset
+/// or with CIDRs that hold 127.0.0.0, never with `primary`.
 pub fn nodeport_addresses_choose_the_node_addresses_that_serve_node_ports() {
     let sandbox = Sandbox::new();
     sandbox.serve("b4", &["192.0.2.4:8080"], &[]);
@@ -140,20 +142,42 @@ pub fn nodeport_addresses_choose_the_node_addresses_that_serve_node_ports() {
         sandbox.balctl_ok(&args)
     };
 
-    let output = sync(&["--nodeport-addresses", "192.0.2.0/25"]);
-    assert!(output.contains("node addresses +2"), "192.0.2.1 and 192.0.2.12: {output}");
+    // Loopback serves node ports exactly when kube-proxy's iptables mode
+    // serves localhost ones: not with CIDRs that leave 127.0.0.0 out.
+    let loopback = |served: bool| {
+        let nodes = sandbox.balctl_json(&["dump", "nodes"]);
+        crate::dump::validate(&nodes, "dump-nodes.json");
+        assert_eq!(nodes["loopback"], served, "{nodes}");
+        if served {
+            assert_eq!(sandbox.reached("127.0.0.1:30080", 20), both);
+        } else {
+            refused(&sandbox, "127.0.0.1:30080");
+        }
+    };
+    // No IPv6 address is in 2001:db8:ffff::/64 (a family without a CIDR
+    // would keep all its addresses).
+    let output = sync(&["--nodeport-addresses", "192.0.2.0/25,2001:db8:ffff::/64"]);
+    assert!(output.contains("node addresses +2 -1"), "192.0.2.1 and 192.0.2.12, not loopback: {output}");
     assert_eq!(sandbox.reached("192.0.2.1:30080", 20), both);
     assert_eq!(sandbox.reached("192.0.2.12:30080", 20), both);
     refused(&sandbox, "192.0.2.200:30080");
+    loopback(false);
+
+    let output = sync(&["--nodeport-addresses", "192.0.2.0/25,2001:db8:ffff::/64,127.0.0.0/8"]);
+    assert!(output.contains("node addresses +1 -0"), "loopback: {output}");
+    loopback(true);
+    refused(&sandbox, "192.0.2.200:30080");
 
     let output = sync(&["--nodeport-addresses", "primary"]);
-    assert!(output.contains("node addresses +1"), "node-a's 2001:db8::1: {output}");
+    assert!(output.contains("node addresses +1 -1"), "node-a's 2001:db8::1, not loopback: {output}");
     refused(&sandbox, "192.0.2.200:30080");
     assert_eq!(sandbox.reached("192.0.2.1:30080", 20), both);
+    loopback(false);
 
     let output = sync(&[]);
-    assert!(output.contains("node addresses +1"), "192.0.2.200 again: {output}");
+    assert!(output.contains("node addresses +2 -0"), "192.0.2.200 and loopback again: {output}");
     assert_eq!(sandbox.reached("192.0.2.200:30080", 20), both);
+    loopback(true);
 
     // Bad values are input errors naming the flag, and change nothing.
     for bad in ["192.0.2.0/33", "primary,192.0.2.0/24", "node-a"] {
@@ -163,6 +187,7 @@ pub fn nodeport_addresses_choose_the_node_addresses_that_serve_node_ports() {
         assert!(String::from_utf8_lossy(&output.stderr).contains("--nodeport-addresses"), "{bad}");
     }
     assert_eq!(sandbox.reached("192.0.2.200:30080", 20), both);
+    loopback(true);
 }
 
 /// LoadBalancer: cluster IP, the ingress IP and the node port.

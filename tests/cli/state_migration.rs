@@ -7,7 +7,8 @@
 //! of format 4, written by balctl 3d7c9f6; tests/fixtures/state-v5/ one of
 //! format 5 (before health-check node ports), written by balctl 57438ba;
 //! tests/fixtures/state-v6/ one of format 6 (before recorded reads),
-//! written by balctl 44db0f3.
+//! written by balctl 44db0f3; tests/fixtures/state-v7/ one of format 7
+//! (before loopback followed --nodeport-addresses), written by 5003ef0.
 
 use std::{
     fs,
@@ -30,9 +31,14 @@ fn format_version(file: &[u8]) -> u32 {
 /// `actual` holds every value `recorded` holds, at the same place: every
 /// field of its objects (later releases may print more fields) and every
 /// element of its lists, in order; except the list of maps, where later
-/// releases may add maps: each recorded map is found by name.
+/// releases may add maps: each recorded map is found by name. The nodes
+/// map holds one entry more since format 8: the key that says node ports
+/// answer on IPv4 loopback, which every older balctl did without a key.
 fn assert_holds(at: &str, recorded: &Value, actual: &Value) {
     match (recorded, actual) {
+        (Value::Number(entries), _) if at.ends_with(".config.maps[\"nodes\"].entries") => {
+            assert_eq!(Some(entries.as_u64().unwrap() + 1), actual.as_u64(), "{at}: the loopback key");
+        }
         (Value::Array(maps), Value::Array(actual_maps)) if at.ends_with(".config.maps") => {
             for map in maps {
                 let name = &map["name"];
@@ -118,7 +124,7 @@ fn migrate(fixture: &Path, version: u32) -> Sandbox {
     sandbox
 }
 
-const CURRENT_FORMAT: u32 = 7;
+const CURRENT_FORMAT: u32 = 8;
 
 pub fn a_format_3_state_is_migrated_and_programs_the_same_datapath() {
     let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3"), 3);
@@ -205,4 +211,12 @@ pub fn a_format_5_state_is_migrated_and_programs_the_same_datapath() {
 /// the datapath is the one recorded.
 pub fn a_format_6_state_is_migrated_and_programs_the_same_datapath() {
     migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v6"), 6);
+}
+
+/// Format 7 served node ports on IPv4 loopback whatever the sync said:
+/// after the migration the datapath is the one recorded, loopback
+/// included.
+pub fn a_format_7_state_is_migrated_and_programs_the_same_datapath() {
+    let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v7"), 7);
+    assert_eq!(sandbox.balctl_json(&["dump", "nodes"])["loopback"], true);
 }

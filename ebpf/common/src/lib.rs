@@ -335,15 +335,37 @@ pub struct ServiceKey {
 
 /// Key of the nodes map, a set of node addresses (the value is always 0).
 /// A NodePort frontend is written with the unspecified address of its family
-/// (`::ffff:0.0.0.0` or `::`) and answers on every address in this set, and
-/// on loopback: a destination that matches no frontend exactly, but is a
-/// node address, is looked up again as the unspecified address. Only the
-/// socket programs read it: packets from outside find node ports through
-/// the external index (`ExternalKey`).
+/// (`::ffff:0.0.0.0` or `::`) and answers on every address in this set: a
+/// destination that matches no frontend exactly, but whose key
+/// (`node_address_key`) is in the set, is looked up again as the
+/// unspecified address. `NodeAddressKey::IPV4_LOOPBACK` in the set stands
+/// for all of 127.0.0.0/8. Only the socket programs read it: packets from
+/// outside find node ports through the external index (`ExternalKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeAddressKey {
     pub addr: Addr,
+}
+
+impl NodeAddressKey {
+    /// Present while node ports answer on IPv4 loopback, as kube-proxy's
+    /// iptables mode does unless `--nodeport-addresses` leaves 127.0.0.0/8
+    /// out. `::ffff:127.0.0.0`, the network's own address, which no host
+    /// has: it cannot clash with a node address.
+    pub const IPV4_LOOPBACK: Self = Self { addr: [0, 0, V4_MAPPED_PREFIX[2], u32::from_be(0x7f00_0000)] };
+}
+
+/// The nodes map key that says whether node ports answer on `addr`: its
+/// own, or `NodeAddressKey::IPV4_LOOPBACK` for any IPv4 loopback address.
+/// Not ::1: kube-proxy serves node ports on IPv4 loopback only (through
+/// route_localnet, which IPv6 lacks). (`explain` decides with it too.)
+#[inline(always)]
+pub const fn node_address_key(addr: &Addr) -> NodeAddressKey {
+    if is_v4_mapped(addr) && is_v4_loopback(addr) {
+        NodeAddressKey::IPV4_LOOPBACK
+    } else {
+        NodeAddressKey { addr: *addr }
+    }
 }
 
 /// Value of the services map. In the master entry (slot 0) `count`, `flags`
@@ -828,6 +850,19 @@ mod tests {
         assert!(is_v4_mapped(&mapped([127, 0, 0, 1])) && is_v4_loopback(&mapped([127, 1, 2, 3])));
         assert!(!is_v4_loopback(&mapped([198, 18, 0, 1])));
         assert!(!is_v4_mapped(&[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]), "::1");
+    }
+
+    #[test]
+    fn every_ipv4_loopback_address_has_the_one_loopback_node_key() {
+        let mapped = |octets: [u8; 4]| [0, 0, V4_MAPPED_PREFIX[2], u32::from_ne_bytes(octets)];
+        assert_eq!(NodeAddressKey::IPV4_LOOPBACK.addr, mapped([127, 0, 0, 0]));
+        for loopback in [[127, 0, 0, 1], [127, 255, 0, 9]] {
+            assert_eq!(node_address_key(&mapped(loopback)), NodeAddressKey::IPV4_LOOPBACK);
+        }
+        let node = mapped([192, 0, 2, 1]);
+        assert_eq!(node_address_key(&node), NodeAddressKey { addr: node });
+        let v6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+        assert_eq!(node_address_key(&v6), NodeAddressKey { addr: v6 }, "::1 is its own key");
     }
 
     /// The sizes are part of the pinned-map contract: changing one makes

@@ -1,11 +1,13 @@
 //! `dump nodes`: the node addresses NodePort frontends answer on, with the
-//! Node objects (from `balctl sync`) that list each.
+//! Node objects (from `balctl sync`) that list each, and whether they
+//! answer on IPv4 loopback (the nodes map's loopback key).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
+use balctl_common::NodeAddressKey;
 use serde::Serialize;
 
 use super::{Tables, View};
@@ -17,6 +19,8 @@ use crate::{
 #[derive(Serialize)]
 pub struct Nodes {
     nodes: Vec<NodeRecord>,
+    /// Node ports answer on IPv4 loopback (127.0.0.0/8).
+    loopback: bool,
 }
 
 #[derive(Serialize)]
@@ -36,10 +40,10 @@ pub fn read(view: &View) -> Nodes {
             names.entry(*address).or_default().insert(&object.owner);
         }
     }
-    let mut addresses: Vec<IpAddr> = view
-        .contents
-        .node_addresses
+    let keys = &view.contents.node_addresses;
+    let mut addresses: Vec<IpAddr> = keys
         .iter()
+        .filter(|&&key| key != NodeAddressKey::IPV4_LOOPBACK)
         .map(|key| raw_to_addr(key.addr))
         .filter(|address| view.vip.is_none_or(|vip| vip.address == *address))
         .filter(|address| {
@@ -57,7 +61,7 @@ pub fn read(view: &View) -> Nodes {
             names: names.get(&address).into_iter().flatten().map(|name| (*name).to_owned()).collect(),
         })
         .collect();
-    Nodes { nodes }
+    Nodes { nodes, loopback: keys.contains(&NodeAddressKey::IPV4_LOOPBACK) }
 }
 
 impl Tables for Nodes {
@@ -66,6 +70,9 @@ impl Tables for Nodes {
         for node in &self.nodes {
             let names = if node.names.is_empty() { "?".to_owned() } else { node.names.join("\n") };
             rows.add_row([node.address.to_string(), names]);
+        }
+        if self.loopback {
+            rows.add_row(["127.0.0.0/8".to_owned(), "(IPv4 loopback)".to_owned()]);
         }
         rows.print();
     }

@@ -1,7 +1,7 @@
 //! The datapath's decision for one connect, from what the maps hold. The
 //! pure parts are shared with the datapath through `balctl_common`
 //! (`looks_up_layer`, `slot_of`, `no_backend_result`, `is_v4_mapped`,
-//! `is_v4_loopback`); the rest mirrors, step for step, ebpf/programs/src/lb/frontend.rs (`lookup`: the
+//! `node_address_key`); the rest mirrors, step for step, ebpf/programs/src/lb/frontend.rs (`lookup`: the
 //! layer order, the layers map, node ports on node addresses and IPv4
 //! loopback) and choice.rs (`choose_backend` for a connect: the client
 //! network namespace's sticky choice, else a random slot; `has_backends`
@@ -23,8 +23,8 @@ use std::{
 
 use balctl_common::{
     ECONNREFUSED, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY,
-    SERVICE_FLAG_RATE_LIMITED, ServiceEntry, ServiceKey, V4_MAPPED_PREFIX, is_v4_loopback, is_v4_mapped,
-    looks_up_layer, no_backend_result, result, slot_of,
+    SERVICE_FLAG_RATE_LIMITED, ServiceEntry, ServiceKey, V4_MAPPED_PREFIX, is_v4_mapped, looks_up_layer,
+    no_backend_result, node_address_key, result, slot_of,
 };
 use serde::Serialize;
 
@@ -295,12 +295,15 @@ fn lookup(
     let v4 = is_v4_mapped(&dest_addr);
     let key = ServiceKey { addr: if v4 { V4_MAPPED_PREFIX } else { [0; 4] }, ..exact(SCOPE_SERVICE) };
     let entry = view.contents.services.get(&key).copied();
-    let node_address = view.contents.node_addresses.contains(&NodeAddressKey { addr: dest_addr });
-    let loopback = v4 && is_v4_loopback(&dest_addr);
+    let node_key = node_address_key(&dest_addr);
+    let loopback = node_key == NodeAddressKey::IPV4_LOOPBACK;
     let why = match (&taken, entry) {
         (Some(t), _) => not_reached(t, entry),
-        (None, _) if !node_address && !loopback => {
-            "not looked up: DEST is neither a node address (nodes map) nor IPv4 loopback".into()
+        (None, _) if !view.contents.node_addresses.contains(&node_key) && loopback => {
+            "not looked up: node ports do not answer on IPv4 loopback (--nodeport-addresses)".into()
+        }
+        (None, _) if !view.contents.node_addresses.contains(&node_key) => {
+            "not looked up: DEST is not a node address (nodes map)".into()
         }
         (None, None) => format!("no NodePort frontend on port {}", dest.port()),
         (None, Some(master)) => {

@@ -2,7 +2,7 @@
 //! are in `balctl_common`, which `explain` shares).
 
 use balctl_common::Addr;
-pub use balctl_common::{V4_MAPPED_PREFIX, is_v4_loopback, is_v4_mapped};
+pub use balctl_common::{V4_MAPPED_PREFIX, is_v4_mapped};
 
 /// An address and port, both in network byte order.
 pub struct Endpoint {

@@ -5,13 +5,13 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use balctl_common::{
-    Addr, ExternalKey, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, NodeAddressKey, SCOPE_BALANCING,
-    SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES, ServiceEntry,
-    ServiceKey, SourceRange, looks_up_layer,
+    Addr, ExternalKey, GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, SCOPE_BALANCING, SCOPE_REDIRECT,
+    SCOPE_SERVICE, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, ServiceKey,
+    SourceRange, looks_up_layer, node_address_key,
 };
 
 use super::{
-    addr::{Endpoint, V4_MAPPED_PREFIX, is_v4_loopback, is_v4_mapped},
+    addr::{Endpoint, V4_MAPPED_PREFIX, is_v4_mapped},
     clock::{NSEC_PER_SEC, coarse_now},
     counters::count_gave_way,
     maps::{EXTERNAL, LAYERS, NODES, RATE_LIMITS, SERVICES, SOURCE_RANGES},
@@ -89,8 +89,8 @@ fn within_rate_limit(master: &ServiceEntry) -> bool {
 }
 
 /// The frontend `dest` belongs to, with its master entry: an exact match,
-/// else the NodePort frontend of its port when `dest` is a node address or
-/// IPv4 loopback.
+/// else the NodePort frontend of its port when node ports answer on `dest`
+/// (a node address, or IPv4 loopback while loopback serves them).
 #[inline(always)]
 fn find_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry)> {
     let exact =
@@ -99,13 +99,11 @@ fn find_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEntry
     if let Some(master) = unsafe { SERVICES.get(&exact) } {
         return Some((exact, *master));
     }
-    let v4 = is_v4_mapped(&dest.addr);
-    let node_address = NodeAddressKey { addr: dest.addr };
     // SAFETY: only presence is read.
-    if !(v4 && is_v4_loopback(&dest.addr)) && unsafe { NODES.get(&node_address) }.is_none() {
+    if unsafe { NODES.get(&node_address_key(&dest.addr)) }.is_none() {
         return None;
     }
-    let any = if v4 { V4_MAPPED_PREFIX } else { [0; 4] };
+    let any = if is_v4_mapped(&dest.addr) { V4_MAPPED_PREFIX } else { [0; 4] };
     let node_port = ServiceKey { addr: any, ..exact };
     // SAFETY: as above.
     let master = unsafe { SERVICES.get(&node_port) }.copied()?;
