@@ -319,7 +319,8 @@ const fn shrinks(old: &ServiceEntry, new: &ServiceEntry) -> bool {
 
 /// One entry that differs between the two sides: its key, its value before
 /// and its value after (`None`: absent; sets have `()` values).
-type Change<K, V> = (K, Option<V>, Option<V>);
+/// A key with its value before and after (None: no entry).
+pub(crate) type Change<K, V> = (K, Option<V>, Option<V>);
 
 type Changes<'a, K, V> = Box<dyn Iterator<Item = Change<K, V>> + 'a>;
 
@@ -574,8 +575,8 @@ fn unit<K: Copy>(set: &BTreeSet<K>) -> impl Iterator<Item = (K, ())> + '_ {
 }
 
 /// Walks two sequences sorted by key together and yields the keys whose
-/// values differ, each once.
-fn changes<K: Ord, V: PartialEq>(
+/// values differ, each once. (The state's change log diffs with it too.)
+pub(crate) fn changes<K: Ord, V: PartialEq>(
     old: impl Iterator<Item = (K, V)>,
     new: impl Iterator<Item = (K, V)>,
 ) -> impl Iterator<Item = Change<K, V>> {

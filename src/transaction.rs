@@ -70,10 +70,10 @@ pub fn change_prepared<P: Send>(
     let lock = state_dir.lock()?;
     let (before, prepared) = std::thread::scope(|scope| {
         let prepared = scope.spawn(prepare);
-        let before = state_dir.read();
+        let before = state_dir.read_for_change(&lock);
         (before, prepared.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
-    let before = before?;
+    let (before, recorded) = before?;
     let mut after = before.clone();
     change(&mut after, prepared?)?;
     let (removed, added) = rule_changes(&before, &after);
@@ -113,7 +113,7 @@ pub fn change_prepared<P: Send>(
         };
         write_maps(state_dir, &lock, opened, &plan, start, &rate_limits, repairing)?;
     }
-    if let Err(err) = state_dir.write(&lock, &after) {
+    if let Err(err) = state_dir.write(&lock, recorded, &before, &after) {
         return Err(match datapath.as_mut() {
             Some(datapath) => {
                 let err = plan.revert(datapath, err);

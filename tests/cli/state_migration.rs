@@ -8,7 +8,9 @@
 //! format 5 (before health-check node ports), written by balctl 57438ba;
 //! tests/fixtures/state-v6/ one of format 6 (before recorded reads),
 //! written by balctl 44db0f3; tests/fixtures/state-v7/ one of format 7
-//! (before loopback followed --nodeport-addresses), written by 5003ef0.
+//! (before loopback followed --nodeport-addresses), written by 5003ef0;
+//! tests/fixtures/state-v8/ one of format 8 (one file, before the change
+//! log), written by b4d679e.
 
 use std::{
     fs,
@@ -32,31 +34,36 @@ fn format_version(file: &[u8]) -> u32 {
 /// field of its objects (later releases may print more fields) and every
 /// element of its lists, in order; except the list of maps, where later
 /// releases may add maps: each recorded map is found by name. The nodes
-/// map holds one entry more since format 8: the key that says node ports
-/// answer on IPv4 loopback, which every older balctl did without a key.
-fn assert_holds(at: &str, recorded: &Value, actual: &Value) {
+/// map holds `nodes_added` entries more (since format 8: the key that says
+/// node ports answer on IPv4 loopback, which older balctls did without a
+/// key).
+fn assert_holds(at: &str, recorded: &Value, actual: &Value, nodes_added: u64) {
     match (recorded, actual) {
         (Value::Number(entries), _) if at.ends_with(".config.maps[\"nodes\"].entries") => {
-            assert_eq!(Some(entries.as_u64().unwrap() + 1), actual.as_u64(), "{at}: the loopback key");
+            assert_eq!(
+                Some(entries.as_u64().unwrap() + nodes_added),
+                actual.as_u64(),
+                "{at}: the loopback key"
+            );
         }
         (Value::Array(maps), Value::Array(actual_maps)) if at.ends_with(".config.maps") => {
             for map in maps {
                 let name = &map["name"];
                 let actual = actual_maps.iter().find(|m| m["name"] == *name);
                 let actual = actual.unwrap_or_else(|| panic!("{at}: map {name} is missing"));
-                assert_holds(&format!("{at}[{name}]"), map, actual);
+                assert_holds(&format!("{at}[{name}]"), map, actual, nodes_added);
             }
         }
         (Value::Object(fields), Value::Object(actual_fields)) => {
             for (key, value) in fields {
                 let actual = actual_fields.get(key).unwrap_or_else(|| panic!("{at}.{key} is missing"));
-                assert_holds(&format!("{at}.{key}"), value, actual);
+                assert_holds(&format!("{at}.{key}"), value, actual, nodes_added);
             }
         }
         (Value::Array(elements), Value::Array(actual_elements)) => {
             assert_eq!(elements.len(), actual_elements.len(), "{at}: {actual:#}");
             for (i, (value, actual)) in elements.iter().zip(actual_elements).enumerate() {
-                assert_holds(&format!("{at}[{i}]"), value, actual);
+                assert_holds(&format!("{at}[{i}]"), value, actual, nodes_added);
             }
         }
         _ => assert_eq!(recorded, actual, "{at}"),
@@ -85,10 +92,10 @@ fn assert_types(sandbox: &Sandbox) {
     }
 }
 
-fn assert_same_datapath(sandbox: &Sandbox, fixture: &Path) {
+fn assert_same_datapath(sandbox: &Sandbox, fixture: &Path, version: u32) {
     for (file, args) in [("dump.json", &["dump", "all"][..]), ("policies.json", &["policy", "list"])] {
         let recorded: Value = serde_json::from_slice(&fs::read(fixture.join(file)).unwrap()).unwrap();
-        assert_holds(file, &recorded, &sandbox.balctl_json(args));
+        assert_holds(file, &recorded, &sandbox.balctl_json(args), u64::from(version < 8));
     }
 }
 
@@ -113,18 +120,18 @@ fn migrate(fixture: &Path, version: u32) -> Sandbox {
     sandbox.load();
     let migrated = fs::read(&state_file).unwrap();
     assert_eq!(format_version(&migrated), CURRENT_FORMAT, "load did not rewrite the state in the new format");
-    assert_same_datapath(&sandbox, fixture);
+    assert_same_datapath(&sandbox, fixture, version);
 
     // From the new file alone: unloaded, the maps are gone; loaded again,
     // they are rebuilt from it.
     sandbox.balctl_ok(&["unload", "--yes"]);
     sandbox.load();
-    assert_same_datapath(&sandbox, fixture);
+    assert_same_datapath(&sandbox, fixture, version);
     assert_eq!(fs::read(&state_file).unwrap(), migrated, "the migrated state changed again");
     sandbox
 }
 
-const CURRENT_FORMAT: u32 = 8;
+const CURRENT_FORMAT: u32 = 9;
 
 pub fn a_format_3_state_is_migrated_and_programs_the_same_datapath() {
     let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3"), 3);
@@ -219,4 +226,19 @@ pub fn a_format_6_state_is_migrated_and_programs_the_same_datapath() {
 pub fn a_format_7_state_is_migrated_and_programs_the_same_datapath() {
     let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v7"), 7);
     assert_eq!(sandbox.balctl_json(&["dump", "nodes"])["loopback"], true);
+}
+
+/// Issue 20, a state store from before the change log: format 8 is read,
+/// rewritten as a snapshot with its (empty) log, and programs the same
+/// datapath; a change after it is one record appended to the log.
+pub fn a_format_8_state_is_migrated_and_changes_are_logged() {
+    let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v8"), 8);
+    let (snapshot, log) = (sandbox.state.join("state.bin"), sandbox.state.join("state.log"));
+    let (snapshot_before, log_before) = (fs::read(&snapshot).unwrap(), fs::read(&log).unwrap());
+    sandbox.balctl_ok(&["policy", "add", "added", "--vip", "198.18.1.77:80", "--backend", "192.0.2.2:8080"]);
+    assert_eq!(fs::read(&snapshot).unwrap(), snapshot_before, "a small change rewrote the snapshot");
+    let log_after = fs::read(&log).unwrap();
+    assert!(log_after.starts_with(&log_before) && log_after.len() > log_before.len(), "nothing appended");
+    let listed = sandbox.balctl_ok(&["policy", "list"]);
+    assert!(listed.contains("added") && listed.contains("local-dns"), "{listed}");
 }

@@ -167,7 +167,7 @@ struct Targets(Vec<(PathBuf, SystemTime)>);
 
 impl Targets {
     fn new(sandbox: &Sandbox) -> Self {
-        let files = ["target-tmp", "target-mark"].map(|name| {
+        let files = ["target-tmp", "target-mark", "target-log"].map(|name| {
             let path = sandbox.scratch(name);
             fs::write(&path, name).unwrap();
             let time = mtime(&path);
@@ -200,9 +200,10 @@ pub fn a_state_others_could_touch_is_refused_and_links_are_not_followed() {
     // Open to all, and nobody plants links where root's change writes.
     set_mode(&state, 0o777);
     let targets = Targets::new(&sandbox);
-    for (target, name) in targets.0.iter().zip(["state.bin.tmp", "map-writes-in-progress"]) {
+    for (target, name) in targets.0.iter().zip(["state.bin.tmp", "map-writes-in-progress", "state.log"]) {
+        // `-f`: state.log exists (empty: the first change wrote a snapshot).
         let planted =
-            as_nobody(&["ln", "-s", target.0.to_str().unwrap(), state.join(name).to_str().unwrap()]);
+            as_nobody(&["ln", "-sf", target.0.to_str().unwrap(), state.join(name).to_str().unwrap()]);
         assert!(planted.status.success(), "{}", String::from_utf8_lossy(&planted.stderr));
     }
     let fix = format!("`chown root: {0} && chmod 700 {0}`", state.display());
@@ -212,9 +213,15 @@ pub fn a_state_others_could_touch_is_refused_and_links_are_not_followed() {
     }
     targets.assert_unchanged();
 
-    // The dir taken back: the planted mark is refused, the temporary is
-    // replaced, never followed.
+    // The dir taken back: the planted log and mark are refused; without a
+    // log the change writes a new snapshot, its temporary replaced, never
+    // followed.
     set_mode(&state, 0o700);
+    let log = state.join("state.log");
+    for command in [&add_web2[..], &["policy", "list"]] {
+        assert_refused(&sandbox.balctl(command), &log, &["symbolic link", "removes only the link"]);
+    }
+    fs::remove_file(&log).unwrap();
     let mark = state.join("map-writes-in-progress");
     assert_refused(&sandbox.balctl(&add_web2), &mark, &["symbolic link", "removes only the link"]);
     targets.assert_unchanged();
@@ -222,8 +229,10 @@ pub fn a_state_others_could_touch_is_refused_and_links_are_not_followed() {
     fs::remove_file(&mark).unwrap();
     sandbox.balctl_ok(&add_web2);
     targets.assert_unchanged();
-    assert!(fs::symlink_metadata(state.join("state.bin")).unwrap().file_type().is_file());
-    assert!(!state.join("state.bin.tmp").exists());
+    for file in ["state.bin", "state.log"] {
+        assert!(fs::symlink_metadata(state.join(file)).unwrap().file_type().is_file(), "{file}");
+    }
+    assert!(!state.join("state.bin.tmp").exists() && !state.join("state.log.tmp").exists());
     assert_eq!(sandbox.reached("198.18.0.11:80", 2), ["b2"]);
     let recorded = policies();
 

@@ -1,0 +1,295 @@
+//! The change log (`state.log`): what each change did to the applied
+//! state, appended after the snapshot (`state.bin`) it follows, so that a
+//! change writes what it changed rather than the whole state (30 MB at
+//! 100,000 Services). Reading is the snapshot, then every record in order.
+//!
+//! The log starts with a magic and the generation of the snapshot it
+//! follows: a snapshot written anew (compaction, `StateDir::write`) gets
+//! the next generation and a new log, so a log left behind by a crash
+//! between the two is never replayed over the snapshot that already holds
+//! it. Each record is its length (`u32`), the XXH3 of its body (`u64`),
+//! both little endian, and the body: a `Delta` in postcard. A record cut
+//! short or damaged ends the log: it can only be the last one, torn by a
+//! crash while it was written, before the change that wrote it finished
+//! (the map-writes mark stays, and the next change repairs the maps from
+//! what they hold). The next writer cuts it off.
+//!
+//! Why not an embedded database (redb): every one-shot command reads the
+//! whole state, which one postcard blob decodes fastest, and a change is
+//! one record appended; a B-tree per entry would cost more on both.
+
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
+
+use rustc_hash::FxHashMap as HashMap;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::AppliedState;
+use crate::{
+    bpf::maps::{BackendId, ServiceId},
+    image::{BackendAddr, FrontendImage},
+    model::{Frontend, Policy, SyncedObject},
+    plan::changes,
+};
+
+pub const LOG_FILE: &str = "state.log";
+const MAGIC: &[u8; 8] = b"balctl\0L";
+/// The magic and the generation.
+pub const HEADER_LEN: u64 = MAGIC.len() as u64 + 8;
+/// A record's length and checksum.
+const FRAME_LEN: usize = 4 + 8;
+
+/// The start of a log that follows the snapshot of `generation`.
+pub fn header(generation: u64) -> Vec<u8> {
+    let mut header = MAGIC.to_vec();
+    header.extend(generation.to_le_bytes());
+    header
+}
+
+/// What one change did to the applied state: enough to make the state
+/// before it into the state after it, exactly (`apply`).
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// All the policies, when they changed (they are few).
+    policies: Option<Policies>,
+    /// Synced objects gone, by owner (unique in a state), then objects
+    /// added at the end, in order.
+    synced_removed: Vec<String>,
+    synced_added: Vec<Arc<SyncedObject>>,
+    frontends_removed: Vec<Frontend>,
+    frontends_put: Vec<(Frontend, FrontendImage)>,
+    backends_removed: Vec<BackendId>,
+    backends_put: Vec<(BackendId, BackendAddr)>,
+    node_addresses: Option<BTreeSet<IpAddr>>,
+    next_service_id: ServiceId,
+    next_backend_id: BackendId,
+    node_ports_on_loopback: bool,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Policies(#[serde(with = "super::policy_records")] Vec<Policy>);
+
+impl Delta {
+    /// The change from `before` to `after`. Synced objects are matched in
+    /// order, by identity (a change keeps the `Arc`s of what it keeps) or
+    /// value: those of `before` the walk does not meet in `after` are
+    /// removed, and what `after` has past the last one met is added, so
+    /// a change that removes objects and appends others (as a sync does)
+    /// records only those.
+    pub fn between(before: &AppliedState, after: &AppliedState) -> Self {
+        let mut met = 0;
+        let mut synced_removed = Vec::new();
+        for object in &before.synced {
+            match after.synced.get(met) {
+                Some(kept) if Arc::ptr_eq(kept, object) || kept == object => met += 1,
+                _ => synced_removed.push(object.owner.clone()),
+            }
+        }
+        let (frontends_removed, frontends_put) = split(changes(
+            before.image.frontends.iter().map(|(k, v)| (*k, v)),
+            after.image.frontends.iter().map(|(k, v)| (*k, v)),
+        ));
+        let (backends_removed, backends_put) = split(changes(
+            before.image.backends.iter().map(|(k, v)| (*k, v)),
+            after.image.backends.iter().map(|(k, v)| (*k, v)),
+        ));
+        let (image_before, image_after) = (&before.image, &after.image);
+        Self {
+            policies: (before.policies != after.policies).then(|| Policies(after.policies.clone())),
+            synced_removed,
+            synced_added: after.synced[met..].to_vec(),
+            frontends_removed,
+            frontends_put,
+            backends_removed,
+            backends_put,
+            node_addresses: (image_before.node_addresses != image_after.node_addresses)
+                .then(|| image_after.node_addresses.clone()),
+            next_service_id: image_after.next_service_id,
+            next_backend_id: image_after.next_backend_id,
+            node_ports_on_loopback: image_after.node_ports_on_loopback,
+        }
+    }
+}
+
+/// The keys a diff removes, and the entries it puts.
+fn split<'a, K, V: Clone + 'a>(
+    changes: impl Iterator<Item = (K, Option<&'a V>, Option<&'a V>)>,
+) -> (Vec<K>, Vec<(K, V)>) {
+    let (mut removed, mut put) = (Vec::new(), Vec::new());
+    for (key, _, after) in changes {
+        match after {
+            Some(value) => put.push((key, value.clone())),
+            None => removed.push(key),
+        }
+    }
+    (removed, put)
+}
+
+/// The records of a log, applied to the state of its snapshot. Synced
+/// objects are removed by owner through an index built once, so a record
+/// costs what it holds, not the state's size.
+pub struct Replay {
+    state: AppliedState,
+    /// The synced objects, with a hole where one was removed.
+    synced: Vec<Option<Arc<SyncedObject>>>,
+    by_owner: Option<HashMap<String, usize>>,
+}
+
+impl Replay {
+    pub fn new(state: AppliedState) -> Self {
+        Self { state, synced: Vec::new(), by_owner: None }
+    }
+
+    pub fn apply(&mut self, delta: Delta) -> Result<(), String> {
+        let state = &mut self.state;
+        let by_owner = self.by_owner.get_or_insert_with(|| {
+            self.synced = std::mem::take(&mut state.synced).into_iter().map(Some).collect();
+            (self.synced.iter().enumerate())
+                .map(|(i, object)| (object.as_ref().map(|o| o.owner.clone()).unwrap_or_default(), i))
+                .collect()
+        });
+        if let Some(Policies(policies)) = delta.policies {
+            state.policies = policies;
+        }
+        for owner in delta.synced_removed {
+            let index =
+                by_owner.remove(&owner).ok_or_else(|| format!("it removes {owner}, which is not there"))?;
+            self.synced[index] = None;
+        }
+        for object in delta.synced_added {
+            if by_owner.insert(object.owner.clone(), self.synced.len()).is_some() {
+                return Err(format!("it adds {} twice", object.owner));
+            }
+            self.synced.push(Some(object));
+        }
+        let image = &mut state.image;
+        for frontend in &delta.frontends_removed {
+            image.frontends.remove(frontend);
+        }
+        image.frontends.extend(delta.frontends_put);
+        for id in &delta.backends_removed {
+            image.backends.remove(id);
+        }
+        image.backends.extend(delta.backends_put);
+        if let Some(addresses) = delta.node_addresses {
+            image.node_addresses = addresses;
+        }
+        image.next_service_id = delta.next_service_id;
+        image.next_backend_id = delta.next_backend_id;
+        image.node_ports_on_loopback = delta.node_ports_on_loopback;
+        Ok(())
+    }
+
+    pub fn finish(self) -> AppliedState {
+        let mut state = self.state;
+        if self.by_owner.is_some() {
+            state.synced = self.synced.into_iter().flatten().collect();
+        }
+        state
+    }
+}
+
+/// One record: its frame and body.
+pub fn record(delta: &Delta) -> Vec<u8> {
+    let body = postcard::to_stdvec(delta).expect("a delta serializes");
+    let length = u32::try_from(body.len()).expect("a change record under 4 GiB");
+    let mut record = Vec::with_capacity(FRAME_LEN + body.len());
+    record.extend(length.to_le_bytes());
+    record.extend(xxh3_64(&body).to_le_bytes());
+    record.extend(body);
+    record
+}
+
+/// What reading a log found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The records read whole, in order.
+    pub records: usize,
+    /// Where they end: the length of the log without a torn record.
+    pub end: u64,
+}
+
+/// The records of `log` (a whole file), each decoded and handed to
+/// `each`, if it follows the snapshot of `generation`; None if it follows
+/// another (a log left behind by an interrupted compaction) or is no log.
+pub fn read(
+    log: &[u8],
+    generation: u64,
+    mut each: impl FnMut(Delta) -> Result<(), String>,
+) -> Result<Option<Read>, String> {
+    let Some(body) = log.strip_prefix(MAGIC.as_slice()) else { return Ok(None) };
+    let Some((found, mut rest)) = body.split_first_chunk::<8>() else { return Ok(None) };
+    if u64::from_le_bytes(*found) != generation {
+        return Ok(None);
+    }
+    let mut read = Read { records: 0, end: HEADER_LEN };
+    while let Some((frame, after)) = rest.split_first_chunk::<FRAME_LEN>() {
+        let (length, sum) = frame.split_at(4);
+        let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
+        let Some(body) = after.get(..length) else { break };
+        if xxh3_64(body).to_le_bytes() != sum {
+            break;
+        }
+        let delta: Delta =
+            postcard::from_bytes(body).map_err(|err| format!("record {}: {err}", read.records + 1))?;
+        each(delta).map_err(|why| format!("record {}: {why}", read.records + 1))?;
+        read.records += 1;
+        read.end += (FRAME_LEN + length) as u64;
+        rest = &after[length..];
+    }
+    Ok(Some(read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_of(generation: u64, deltas: &[Delta]) -> Vec<u8> {
+        let mut log = header(generation);
+        for delta in deltas {
+            log.extend(record(delta));
+        }
+        log
+    }
+
+    fn replayed(log: &[u8], generation: u64, state: AppliedState) -> (AppliedState, Option<Read>) {
+        let mut replay = Replay::new(state);
+        let read = read(log, generation, |delta| replay.apply(delta)).unwrap();
+        (replay.finish(), read)
+    }
+
+    #[test]
+    fn a_torn_last_record_ends_the_log() {
+        let one = Delta { next_service_id: 7, node_ports_on_loopback: true, ..Delta::default() };
+        let two = Delta { next_service_id: 9, node_ports_on_loopback: true, ..Delta::default() };
+        let log = log_of(3, &[one, two]);
+        let whole = replayed(&log, 3, AppliedState::default());
+        assert_eq!(whole.0.image.next_service_id, 9);
+        assert_eq!(whole.1, Some(Read { records: 2, end: log.len() as u64 }));
+        let first_end = whole.1.unwrap().end - record(&Delta::default()).len() as u64;
+        for cut in [1, 5, 13, record(&Delta::default()).len() - 1] {
+            let (state, read) = replayed(&log[..log.len() - cut], 3, AppliedState::default());
+            assert_eq!(state.image.next_service_id, 7, "cut {cut}");
+            assert_eq!(read.unwrap().records, 1, "cut {cut}");
+        }
+        let mut damaged = log.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        let (state, read) = replayed(&damaged, 3, AppliedState::default());
+        assert_eq!((state.image.next_service_id, read.unwrap().end), (7, first_end));
+    }
+
+    #[test]
+    fn a_log_of_another_generation_is_not_replayed() {
+        let log = log_of(3, &[Delta { next_service_id: 7, ..Delta::default() }]);
+        assert_eq!(replayed(&log, 4, AppliedState::default()).1, None);
+        assert_eq!(replayed(b"not a log", 3, AppliedState::default()).1, None);
+    }
+
+    #[test]
+    fn a_record_that_removes_what_is_not_there_is_corrupt() {
+        let delta = Delta { synced_removed: vec!["service/a/b".into()], ..Delta::default() };
+        let mut replay = Replay::new(AppliedState::default());
+        let err = read(&log_of(1, &[delta]), 1, |delta| replay.apply(delta)).unwrap_err();
+        assert_eq!(err, "record 1: it removes service/a/b, which is not there");
+    }
+}
