@@ -170,6 +170,39 @@ impl StateDir {
         self.read_recorded()
     }
 
+    /// Where the record ends now, without reading it: the snapshot's
+    /// generation and length and the log's length. The same as what a
+    /// state read before said, exactly when nobody changed the state since
+    /// (a change always grows the log or writes a new snapshot).
+    pub fn recorded(&self, _lock: &StateLock) -> Result<Option<Recorded>> {
+        let Some(dir) = self.dir()? else { return Ok(None) };
+        let Some(snapshot) = dir.open_file(STATE_FILE)? else { return Ok(None) };
+        let path = self.root.join(STATE_FILE);
+        let snapshot_len =
+            snapshot.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
+        let mut header = Vec::with_capacity(HEADER_LEN + 8);
+        snapshot
+            .take((HEADER_LEN + 8) as u64)
+            .read_to_end(&mut header)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let generation = match header.strip_prefix(MAGIC).and_then(|rest| rest.split_first_chunk::<4>()) {
+            Some((version, rest)) if u32::from_le_bytes(*version) == STATE_VERSION => {
+                rest.first_chunk::<8>().map(|generation| u64::from_le_bytes(*generation))
+            }
+            _ => None,
+        };
+        let Some(generation) = generation else { return Ok(None) };
+        let log_end = match dir.open_file(LOG_FILE)? {
+            Some(log) => Some(
+                log.metadata()
+                    .with_context(|| format!("cannot read {}", self.root.join(LOG_FILE).display()))?
+                    .len(),
+            ),
+            None => None,
+        };
+        Ok(Some(Recorded { generation, snapshot_len, log_end }))
+    }
+
     fn read_recorded(&self) -> Result<(AppliedState, Option<Recorded>)> {
         let path = self.root.join(STATE_FILE);
         let Some(dir) = self.dir()? else { return Ok((AppliedState::default(), None)) };
@@ -324,36 +357,40 @@ impl StateDir {
     /// `read_for_change` read it, with `recorded`): one record appended to
     /// the log, or, when there is no log to append to or it has grown
     /// longer than its snapshot, a new snapshot. Durable when it returns;
-    /// a crash before leaves the state as it was.
+    /// a crash before leaves the state as it was. Returns where the record
+    /// now ends.
     pub fn write(
         &self,
         lock: &StateLock,
         recorded: Option<Recorded>,
         before: &AppliedState,
         after: &AppliedState,
-    ) -> Result<()> {
+    ) -> Result<Recorded> {
         let Some(recorded) = recorded else {
             return self.write_snapshot(lock, after, fresh_generation());
         };
         match recorded.log_end {
             Some(end) if end - change_log::HEADER_LEN <= recorded.snapshot_len.max(COMPACT_AFTER) => {
-                self.append(lock, end, &Delta::between(before, after))
+                let end = self.append(lock, end, &Delta::between(before, after))?;
+                Ok(Recorded { log_end: Some(end), ..recorded })
             }
             _ => self.write_snapshot(lock, after, recorded.generation + 1),
         }
     }
 
     /// Appends `delta` to the log at `end` (cutting off a torn record
-    /// after it).
-    fn append(&self, _lock: &StateLock, end: u64, delta: &Delta) -> Result<()> {
+    /// after it); returns the new end.
+    fn append(&self, _lock: &StateLock, end: u64, delta: &Delta) -> Result<u64> {
         let dir = self.created_dir()?;
         let file = dir.open_or_create(LOG_FILE)?;
+        let record = change_log::record(delta);
         let write = || -> io::Result<()> {
             file.set_len(end)?;
-            file.write_all_at(&change_log::record(delta), end)?;
+            file.write_all_at(&record, end)?;
             file.sync_data()
         };
-        write().with_context(|| format!("cannot write {}", dir.path().join(LOG_FILE).display()))
+        write().with_context(|| format!("cannot write {}", dir.path().join(LOG_FILE).display()))?;
+        Ok(end + record.len() as u64)
     }
 
     /// Replaces the snapshot atomically with `state` as `generation`, then
@@ -361,30 +398,36 @@ impl StateDir {
     /// or the new one with a log of the old generation, which is not
     /// read. Temporaries are made anew (a link planted in their place is
     /// removed, not written through).
-    fn write_snapshot(&self, _lock: &StateLock, state: &AppliedState, generation: u64) -> Result<()> {
+    fn write_snapshot(&self, _lock: &StateLock, state: &AppliedState, generation: u64) -> Result<Recorded> {
         let dir = self.created_dir()?;
-        let replace = |name: &str, write: &dyn Fn(&mut BufWriter<File>) -> io::Result<()>| -> Result<()> {
+        // Writes the file `name` anew; returns its length.
+        let replace = |name: &str, write: &dyn Fn(&mut BufWriter<File>) -> io::Result<()>| -> Result<u64> {
             let tmp = format!("{name}.tmp");
             let file = dir.create_new(&tmp)?;
-            let written = || -> io::Result<()> {
+            let written = || -> io::Result<u64> {
                 // postcard writes field by field: unbuffered, a large state
                 // costs millions of write(2) calls.
                 let mut out = BufWriter::with_capacity(1 << 20, file);
                 write(&mut out)?;
-                out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
+                let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+                file.sync_all()?;
+                Ok(file.metadata()?.len())
             };
-            written().with_context(|| format!("cannot write {}", dir.path().join(&tmp).display()))?;
+            let len =
+                written().with_context(|| format!("cannot write {}", dir.path().join(&tmp).display()))?;
             dir.rename(&tmp, name)?;
             // The new snapshot is durable before the old log goes.
-            dir.sync()
+            dir.sync()?;
+            Ok(len)
         };
-        replace(STATE_FILE, &|out| {
+        let snapshot_len = replace(STATE_FILE, &|out| {
             out.write_all(MAGIC)?;
             out.write_all(&STATE_VERSION.to_le_bytes())?;
             out.write_all(&generation.to_le_bytes())?;
             postcard::to_io(state, &mut *out).map(drop).map_err(io::Error::other)
         })?;
-        replace(LOG_FILE, &|out| out.write_all(&change_log::header(generation)))
+        let log_end = replace(LOG_FILE, &|out| out.write_all(&change_log::header(generation)))?;
+        Ok(Recorded { generation, snapshot_len, log_end: Some(log_end) })
     }
 
     /// Marks that map writes are about to start, before the first one. A

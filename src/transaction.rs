@@ -22,7 +22,7 @@ use crate::{
     model::{Frontend, FrontendRule, SyncedObject},
     plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
-    state::{AppliedState, StateDir, StateLock},
+    state::{AppliedState, Recorded, StateDir, StateLock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +43,41 @@ pub struct Outcome {
     /// The maps were repaired from what they held, after a change that was
     /// interrupted during its map writes.
     pub repaired: bool,
+    /// Where the record of `after` ends (None in a dry run, or before
+    /// anything was ever recorded).
+    recorded: Option<Recorded>,
+}
+
+/// The applied state a long-running balctl (`sync --watch`, `sync --kube
+/// --watch`) keeps between its changes, as its last change left it, with
+/// where its record ended. The next change starts from it when the record
+/// still ends there (nobody else changed the state since: a change always
+/// grows the log or writes a new snapshot), and reads the state again
+/// otherwise: the agent does not read the whole state for every change.
+#[derive(Default)]
+pub struct Kept(Option<(AppliedState, Recorded)>);
+
+impl Kept {
+    /// Keeps what `outcome` applied (nothing after a dry run).
+    pub fn keep(&mut self, outcome: Outcome) {
+        self.0 = outcome.recorded.map(|recorded| (outcome.after, recorded));
+    }
+
+    /// The state kept: what the last change applied.
+    pub fn state(&self) -> Option<&AppliedState> {
+        self.0.as_ref().map(|(state, _)| state)
+    }
+
+    /// The applied state, as kept if the record still ends where it did,
+    /// else as read; with where its record ends.
+    fn take(&mut self, state_dir: &StateDir, lock: &StateLock) -> Result<(AppliedState, Option<Recorded>)> {
+        match self.0.take() {
+            Some((state, recorded)) if state_dir.recorded(lock)? == Some(recorded) => {
+                Ok((state, Some(recorded)))
+            }
+            _ => state_dir.read_for_change(lock),
+        }
+    }
 }
 
 /// Applies `change` to the current rules (policies and synced objects).
@@ -53,24 +88,27 @@ pub fn change(
     mode: Mode,
     change: impl FnOnce(&mut AppliedState) -> Result<()>,
 ) -> Result<Outcome> {
-    change_prepared(pins, state_dir, mode, || Ok(()), |state, ()| change(state))
+    change_prepared(pins, state_dir, mode, &mut Kept::default(), || Ok(()), |state, ()| change(state))
 }
 
 /// `change`, with what it needs that does not depend on the applied state
 /// (reading input files) prepared on another thread while the state is
 /// read: for a small change to a big state, each takes a good part of the
-/// time. Both happen under the lock.
+/// time. Both happen under the lock. `kept` is the state the caller's
+/// last change applied, if it keeps it (`Kept`): it is taken, and given
+/// back by `Kept::keep` with the outcome.
 pub fn change_prepared<P: Send>(
     pins: &PinDir,
     state_dir: &StateDir,
     mode: Mode,
+    kept: &mut Kept,
     prepare: impl FnOnce() -> Result<P> + Send,
     change: impl FnOnce(&mut AppliedState, P) -> Result<()>,
 ) -> Result<Outcome> {
     let lock = state_dir.lock()?;
     let (before, prepared) = std::thread::scope(|scope| {
         let prepared = scope.spawn(prepare);
-        let before = state_dir.read_for_change(&lock);
+        let before = kept.take(state_dir, &lock);
         (before, prepared.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
     let (before, recorded) = before?;
@@ -86,7 +124,8 @@ pub fn change_prepared<P: Send>(
     let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && links::is_loaded(pins)?;
     if mode == Mode::DryRun || (after == before && !repairing) {
         let map_writes = between.len();
-        return Ok(Outcome { before, after, summary, map_writes, repaired: false });
+        let recorded = recorded.filter(|_| mode == Mode::Apply);
+        return Ok(Outcome { before, after, summary, map_writes, repaired: false, recorded });
     }
 
     // A balctl killed during its map writes left them between two states:
@@ -113,17 +152,20 @@ pub fn change_prepared<P: Send>(
         };
         write_maps(state_dir, &lock, opened, &plan, start, &rate_limits, repairing)?;
     }
-    if let Err(err) = state_dir.write(&lock, recorded, &before, &after) {
-        return Err(match datapath.as_mut() {
-            Some(datapath) => {
-                let err = plan.revert(datapath, err);
-                undone(state_dir, &lock, datapath, &rate_limits.0, repairing, err)
-            }
-            None => err,
-        });
-    }
+    let recorded = match state_dir.write(&lock, recorded, &before, &after) {
+        Ok(recorded) => recorded,
+        Err(err) => {
+            return Err(match datapath.as_mut() {
+                Some(datapath) => {
+                    let err = plan.revert(datapath, err);
+                    undone(state_dir, &lock, datapath, &rate_limits.0, repairing, err)
+                }
+                None => err,
+            });
+        }
+    };
     state_dir.end_map_writes(&lock);
-    Ok(Outcome { before, after, summary, map_writes, repaired: repairing })
+    Ok(Outcome { before, after, summary, map_writes, repaired: repairing, recorded: Some(recorded) })
 }
 
 /// Makes the maps hold exactly the applied state, planned from what they

@@ -57,6 +57,7 @@ use crate::{
     error::{self, EmptyInput},
     input, inputs,
     serve::{self, HealthCheckPorts},
+    transaction::Kept,
 };
 
 /// A burst of events (truncate, write, close; or write a temporary file,
@@ -109,9 +110,11 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     log::info!("watching {} for changes", describe(&targets));
     let mut hold = None;
     let mut removals = Removals::HoldLarge;
+    // The state each sync applied, which the next starts from.
+    let mut kept = Kept::default();
     loop {
         watch_directories(&mut watcher, &targets);
-        hold = sync(ctx, args, &agent, &health_check_ports, removals, hold);
+        hold = sync(ctx, args, &agent, &health_check_ports, removals, hold, &mut kept);
         // A large removal held waits for the inputs to settle, and then
         // for nothing else: the writer may have finished.
         let wake = match hold {
@@ -151,10 +154,13 @@ fn sync(
     health_check_ports: &HealthCheckPorts,
     removals: Removals,
     held: Option<Hold>,
+    kept: &mut Kept,
 ) -> Option<Hold> {
-    let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals, Some(agent))) {
-        Ok(applied) => {
-            health_check_ports.update(cmd::sync::health_checks(&applied));
+    let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals, Some(agent), kept)) {
+        Ok(()) => {
+            if let Some(applied) = kept.state() {
+                health_check_ports.update(cmd::sync::health_checks(applied));
+            }
             if removals == Removals::Apply {
                 log::warn!(
                     "sync --watch: applied the held change: the inputs had not changed for {}",

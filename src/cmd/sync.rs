@@ -26,7 +26,7 @@ use crate::{
     serve,
     stale_sockets::{self, StaleSockets},
     state::AppliedState,
-    transaction::{Mode, Outcome, change, change_prepared},
+    transaction::{Kept, Mode, Outcome, change_prepared},
 };
 
 /// What a sync does with a change that would remove a large part of a
@@ -69,18 +69,19 @@ impl fmt::Display for Held {
 impl std::error::Error for Held {}
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    run_with(ctx, args, Removals::Apply, None).map(drop)
+    run_with(ctx, args, Removals::Apply, None, &mut Kept::default())
 }
 
 /// `run`, treating large removals from files as `removals` says, counting
-/// the stale sockets in `agent`'s metrics if there is one; returns the
-/// state applied.
+/// the stale sockets in `agent`'s metrics if there is one, starting from
+/// and keeping the state applied in `kept` (`transaction::Kept`).
 pub fn run_with(
     ctx: &Context,
     args: &SyncArgs,
     removals: Removals,
     agent: Option<&Agent>,
-) -> Result<AppliedState> {
+    kept: &mut Kept,
+) -> Result<()> {
     let this_node = this_node(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
@@ -89,13 +90,13 @@ pub fn run_with(
     // kept from it. All under the state lock.
     let outcome = if args.kube {
         let list = || cluster::list_all(&args.api_server, &this_node.name);
-        change_prepared(&ctx.pins, &ctx.state, mode, list, |state, documents| {
+        change_prepared(&ctx.pins, &ctx.state, mode, kept, list, |state, documents| {
             notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?, &this_node)?;
             Ok(())
         })?
     } else {
         let gather = || inputs::gather(&args.filenames, &this_node, args.max_input_size);
-        change_prepared(&ctx.pins, &ctx.state, mode, gather, |state, gathered| {
+        change_prepared(&ctx.pins, &ctx.state, mode, kept, gather, |state, gathered| {
             let inputs = gathered.read(&state.synced)?;
             check_removals(state, &inputs, removals)?;
             notes = replace(state, inputs, &this_node)?;
@@ -104,7 +105,8 @@ pub fn run_with(
     };
     let sockets = if args.dry_run { None } else { destroy_stale_sockets(ctx, args, &outcome, agent) };
     report(ctx, &outcome, args.dry_run, notes, sockets)?;
-    Ok(outcome.after)
+    kept.keep(outcome);
+    Ok(())
 }
 
 /// After a change that took backends away from frontends, the connected
@@ -138,20 +140,31 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     // The cluster as it is at start waits for the first full list.
     agent.changed(1);
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
+    let mut kept = Kept::default();
     cluster::watch(&args.api_server, &this_node.name, &stop, &agent, |documents| {
         let synced = agent.sync(|| {
             let mut notes = Vec::new();
-            let outcome = change(&ctx.pins, &ctx.state, Mode::Apply, |state| {
-                notes =
-                    replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?, &this_node)?;
-                Ok(())
-            })?;
+            let nothing_to_prepare = || Ok(());
+            let outcome = change_prepared(
+                &ctx.pins,
+                &ctx.state,
+                Mode::Apply,
+                &mut kept,
+                nothing_to_prepare,
+                |state, ()| {
+                    let inputs = inputs::from_cluster(&documents, &this_node, &state.synced)?;
+                    notes = replace(state, inputs, &this_node)?;
+                    Ok(())
+                },
+            )?;
             let sockets = destroy_stale_sockets(ctx, args, &outcome, Some(&agent));
             report(ctx, &outcome, false, notes, sockets)?;
-            Ok(outcome.after)
+            kept.keep(outcome);
+            Ok(())
         });
-        match synced {
-            Ok(applied) => health_check_ports.update(health_checks(&applied)),
+        match synced.map(|()| kept.state()) {
+            Ok(Some(applied)) => health_check_ports.update(health_checks(applied)),
+            Ok(None) => {}
             Err(err) => error::log_failure(
                 &err,
                 "sync --kube --watch: nothing applied from this change; retrying on the next one",

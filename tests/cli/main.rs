@@ -176,6 +176,7 @@ fn main() {
         sock_destroy::the_kube_agent_destroys_a_deleted_coredns_pod_s_sockets,
         watch::changes_reach_the_datapath_within_a_second,
         watch::a_directory_is_followed_from_a_broken_start,
+        watch::a_watcher_starts_from_changes_others_made_meanwhile,
         watch::an_in_place_rewrite_removes_nothing,
         watch::a_slow_in_place_rewrite_removes_nothing,
         watch::a_list_cut_at_an_item_boundary_is_held,

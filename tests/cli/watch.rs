@@ -127,6 +127,39 @@ pub fn changes_reach_the_datapath_within_a_second() {
 /// A watched directory: a broken file at start-up is reported and the
 /// watcher waits; fixed, it is applied; files added to and removed from the
 /// directory add and remove their services; other files are ignored.
+/// Issue 20: the watcher keeps the state it applied between changes
+/// instead of reading it for each, but never over a change another balctl
+/// made meanwhile: a policy added while it watches survives its next
+/// syncs, in the maps and in the record.
+pub fn a_watcher_starts_from_changes_others_made_meanwhile() {
+    let sandbox = Sandbox::new();
+    for host in 2..=4 {
+        sandbox.serve(&format!("b{host}"), &[&format!("192.0.2.{host}:8080")], &[]);
+    }
+    sandbox.load();
+    let file = sandbox.scratch("web.toml");
+    fs::write(&file, service(&["192.0.2.2"])).unwrap();
+    let watcher = Watcher::start(&sandbox, &[&file.display().to_string()]);
+    watcher.wait_stdout("sync: frontends +1 ~0 -0");
+    wait_until_applied(&sandbox, Instant::now(), &["192.0.2.2:8080"], &["b2"]);
+
+    let other = "198.18.0.77:80";
+    sandbox.balctl_ok(&["policy", "add", "other", "--vip", other, "--backend", "192.0.2.4:8080"]);
+    fs::write(&file, service(&["192.0.2.3"])).unwrap();
+    wait_until_applied(&sandbox, Instant::now(), &["192.0.2.3:8080"], &["b3"]);
+    watcher.wait_stdout("sync: frontends +0 ~1 -0");
+    assert_eq!(sandbox.reached(other, 5), ["b4"], "the policy added meanwhile is gone");
+    let listed = sandbox.balctl_ok(&["policy", "list"]);
+    assert!(listed.contains("other"), "{listed}");
+    // Once more, with nothing changed meanwhile: the kept state is used.
+    fs::write(&file, service(&["192.0.2.2", "192.0.2.3"])).unwrap();
+    wait_until_applied(&sandbox, Instant::now(), &["192.0.2.2:8080", "192.0.2.3:8080"], &["b2", "b3"]);
+    assert_eq!(watcher.terminate(), Some(0));
+    let listed = sandbox.balctl_ok(&["policy", "list"]);
+    assert!(listed.contains("other"), "{listed}");
+    assert_eq!(sandbox.reached(other, 5), ["b4"]);
+}
+
 pub fn a_directory_is_followed_from_a_broken_start() {
     let sandbox = Sandbox::new();
     sandbox.load();
