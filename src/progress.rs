@@ -15,9 +15,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// frontends with two backends each).
 pub const BAR_THRESHOLD: usize = 50_000;
 
-/// The bar is moved once per this many writes: a map write is a syscall of
-/// about a microsecond, and updating the bar on each one would cost more
-/// than the write. (indicatif also limits redraws to 20 per second.)
+/// The bar is moved once this many writes more are done: a map write
+/// costs about a microsecond, and updating the bar on each one would cost
+/// more than the write. (indicatif also limits redraws to 20 per second.)
 const UPDATE_EVERY: usize = 512;
 
 /// Off until `enable`: `-q` turns bars off, and the decision is made once
@@ -39,32 +39,39 @@ pub trait Progress {
 /// The bar of one plan's map writes: drawn on stderr when it is a terminal,
 /// bars are enabled and the plan is large; otherwise it draws nothing.
 /// Dropping it erases the bar, leaving the summary line that follows.
-pub struct MapWrites(Option<ProgressBar>);
+pub struct MapWrites {
+    bar: Option<ProgressBar>,
+    /// The writes the bar shows done.
+    shown: usize,
+}
 
 impl MapWrites {
     pub fn new(total: usize) -> Self {
         let shown = shows_bar(total, ENABLED.load(Ordering::Relaxed), io::stderr().is_terminal());
-        Self(shown.then(|| {
+        let bar = shown.then(|| {
             let style = ProgressStyle::with_template("writing maps {wide_bar} {pos}/{len} ({eta} left)")
                 .expect("a valid template");
             ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr()).with_style(style)
-        }))
+        });
+        Self { bar, shown: 0 }
     }
 }
 
 impl Progress for MapWrites {
+    /// `done` grows by one write or by a batch of them (`Plan::apply`).
     fn advance(&mut self, done: usize) {
-        if let Some(bar) = &self.0
-            && done.is_multiple_of(UPDATE_EVERY)
+        if let Some(bar) = &self.bar
+            && done >= self.shown + UPDATE_EVERY
         {
             bar.set_position(done as u64);
+            self.shown = done;
         }
     }
 }
 
 impl Drop for MapWrites {
     fn drop(&mut self) {
-        if let Some(bar) = &self.0 {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
     }

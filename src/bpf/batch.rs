@@ -2,7 +2,10 @@
 //! (BPF_MAP_LOOKUP_BATCH, Linux 5.6; aya 0.14 walks a map with one call per
 //! key and one per value). `status`, the agent's map fill and the drift
 //! check of `status` and `load` read every map this way: a map of 65,536
-//! entries takes a few dozen calls instead of 65,536 to 131,072.
+//! entries takes a few dozen calls instead of 65,536 to 131,072. And
+//! writing many entries of a hash map per call (BPF_MAP_UPDATE_BATCH,
+//! BPF_MAP_DELETE_BATCH), as a plan's runs of like writes do: a full sync
+//! of 100,000 services is 3.1 million writes.
 
 use std::os::fd::AsFd as _;
 
@@ -98,4 +101,54 @@ fn pod<T: aya::Pod>(bytes: &[u8]) -> T {
     // SAFETY: `T` is plain data (aya::Pod): any bytes of its size are a
     // value of it; the read does not need alignment.
     unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
+}
+
+/// Puts `entries` into `map` in order, as many per call as fit in
+/// `BATCH_BYTES`. If one fails: how many were written before it (all of
+/// them, in order), and why.
+pub fn put<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    entries: &[(K, V)],
+) -> Result<(), (usize, std::io::Error)> {
+    let per_call = (BATCH_BYTES / (size_of::<K>() + size_of::<V>())).max(1);
+    let mut written = 0;
+    for chunk in entries.chunks(per_call) {
+        let keys: Vec<u8> = chunk.iter().flat_map(|(key, _)| bytes(key)).copied().collect();
+        let values: Vec<u8> = chunk.iter().flat_map(|(_, value)| bytes(value)).copied().collect();
+        // SAFETY: `keys` and `values` hold the chunk's keys and values, of
+        // the map's sizes (its typed handle checked them when it opened it).
+        let (done, result) =
+            unsafe { sys::map_write_batch(map.fd().as_fd(), &keys, Some(&values), chunk.len()) };
+        written += done;
+        result.map_err(|err| (written, err))?;
+    }
+    Ok(())
+}
+
+/// Deletes `keys` from `map` in order, as many per call as fit in
+/// `BATCH_BYTES`; a key that is not there is deleted already. If one
+/// fails otherwise: how many were deleted before it, and why.
+pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<(), (usize, std::io::Error)> {
+    let per_call = (BATCH_BYTES / size_of::<K>()).max(1);
+    let mut done = 0;
+    while done < keys.len() {
+        let chunk = &keys[done..keys.len().min(done + per_call)];
+        let raw: Vec<u8> = chunk.iter().flat_map(|key| bytes(key)).copied().collect();
+        // SAFETY: `raw` holds the chunk's keys, of the map's key size.
+        let (deleted, result) = unsafe { sys::map_write_batch(map.fd().as_fd(), &raw, None, chunk.len()) };
+        done += deleted;
+        match result {
+            Ok(()) => {}
+            // The kernel stops at a key that is not there: it is done, go on after it.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) && deleted < chunk.len() => done += 1,
+            Err(err) => return Err((done, err)),
+        }
+    }
+    Ok(())
+}
+
+fn bytes<T: aya::Pod>(value: &T) -> &[u8] {
+    // SAFETY: `T` is plain data (aya::Pod) without padding the kernel
+    // would mind: its bytes are its layout in the map.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
 }

@@ -242,6 +242,107 @@ impl Datapath {
         result.map_err(|e| anyhow!(e).context(format!("{op:?}")))
     }
 
+    /// Writes `ops`, all of one kind (`Op::same_kind`), in order, many per
+    /// bpf() call (the source_ranges trie, which has no batch writes, one
+    /// per call). If one fails: how many were written before it (all of
+    /// them), and why. Deleting what is already gone is done.
+    pub fn write_run(&mut self, ops: &[&Op]) -> Result<(), (usize, anyhow::Error)> {
+        let Some(first) = ops.first() else { return Ok(()) };
+        let result = match first {
+            Op::PutBackend(..) => batch::put(
+                self.backends.map(),
+                &of_run(ops, |op| match op {
+                    Op::PutBackend(id, backend) => Some((*id, *backend)),
+                    _ => None,
+                }),
+            ),
+            Op::DeleteBackend(_) => batch::delete(
+                self.backends.map(),
+                &of_run(ops, |op| match op {
+                    Op::DeleteBackend(id) => Some(*id),
+                    _ => None,
+                }),
+            ),
+            Op::PutMembership(_) => batch::put(
+                self.membership.map(),
+                &of_run(ops, |op| match op {
+                    Op::PutMembership(key) => Some((*key, 0_u32)),
+                    _ => None,
+                }),
+            ),
+            Op::DeleteMembership(_) => batch::delete(
+                self.membership.map(),
+                &of_run(ops, |op| match op {
+                    Op::DeleteMembership(key) => Some(*key),
+                    _ => None,
+                }),
+            ),
+            Op::PutService(..) => batch::put(
+                self.services.map(),
+                &of_run(ops, |op| match op {
+                    Op::PutService(key, entry) => Some((*key, *entry)),
+                    _ => None,
+                }),
+            ),
+            Op::DeleteService(_) => batch::delete(
+                self.services.map(),
+                &of_run(ops, |op| match op {
+                    Op::DeleteService(key) => Some(*key),
+                    _ => None,
+                }),
+            ),
+            Op::PutNodeAddress(_) => batch::put(
+                self.nodes.map(),
+                &of_run(ops, |op| match op {
+                    Op::PutNodeAddress(key) => Some((*key, 0_u32)),
+                    _ => None,
+                }),
+            ),
+            Op::DeleteNodeAddress(_) => batch::delete(
+                self.nodes.map(),
+                &of_run(ops, |op| match op {
+                    Op::DeleteNodeAddress(key) => Some(*key),
+                    _ => None,
+                }),
+            ),
+            Op::PutExternal(..) => batch::put(
+                self.external.map(),
+                &of_run(ops, |op| match op {
+                    Op::PutExternal(key, master) => Some((*key, *master)),
+                    _ => None,
+                }),
+            ),
+            Op::DeleteExternal(_) => batch::delete(
+                self.external.map(),
+                &of_run(ops, |op| match op {
+                    Op::DeleteExternal(key) => Some(*key),
+                    _ => None,
+                }),
+            ),
+            Op::PutMaglev(..) => batch::put(
+                self.maglev.map(),
+                &of_run(ops, |op| match op {
+                    Op::PutMaglev(key, chunk) => Some((*key, *chunk)),
+                    _ => None,
+                }),
+            ),
+            Op::DeleteMaglev(_) => batch::delete(
+                self.maglev.map(),
+                &of_run(ops, |op| match op {
+                    Op::DeleteMaglev(key) => Some(*key),
+                    _ => None,
+                }),
+            ),
+            Op::PutSourceRange(_) | Op::DeleteSourceRange(_) => {
+                for (done, op) in ops.iter().enumerate() {
+                    self.write(op).map_err(|err| (done, err))?;
+                }
+                return Ok(());
+            }
+        };
+        result.map_err(|(done, err)| (done, anyhow!(err).context(format!("{:?}", ops[done]))))
+    }
+
     /// Drops the sticky choices (affinity) that point at backends which
     /// left their service (`left`).
     pub fn forget_sticky(&mut self, left: &HashSet<MembershipKey>) -> Result<()> {
@@ -268,6 +369,19 @@ impl Datapath {
         memberships: &HashSet<MembershipKey>,
     ) -> Result<()> {
         self.counters.forget(services, memberships)
+    }
+}
+
+/// The entries of a run of writes of one kind, as `entry` reads each.
+fn of_run<T>(ops: &[&Op], entry: impl Fn(&Op) -> Option<T>) -> Vec<T> {
+    ops.iter().map(|op| entry(op).expect("a run holds writes of one kind")).collect()
+}
+
+impl Op {
+    /// Whether `self` and `other` write the same map the same way (both
+    /// puts, or both deletes): a run of them is one batch.
+    pub fn same_kind(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The few bpf(2) commands aya 0.14 does not expose: updating and detaching
 //! a pinned link, reading what a link is attached to, listing what is attached
-//! to a cgroup or a device's tcx hook, and reading a map a batch of entries at a time. The attribute and info layouts come from aya-obj's
+//! to a cgroup or a device's tcx hook, and reading and writing a map a batch of entries at a time. The attribute and info layouts come from aya-obj's
 //! generated kernel bindings. And the datapath's clock, which user space
 //! compares with the times the programs record.
 
@@ -218,6 +218,40 @@ pub unsafe fn map_lookup_batch(
     // SAFETY: the kernel wrote the count copied back into the same member.
     let copied = unsafe { attr.batch.count } as usize;
     Ok(Batch { count: copied.min(count), more })
+}
+
+/// BPF_MAP_UPDATE_BATCH (`values` given, Linux 5.6) or
+/// BPF_MAP_DELETE_BATCH (`values` None) of the `count` entries whose keys
+/// (and values) lie end to end in `keys` (and `values`). The kernel writes
+/// them one after the other, in order, and stops at the first that fails:
+/// returns how many it wrote, and its error if it stopped.
+///
+/// # Safety
+///
+/// `keys` must hold `count` keys of the map's key size and `values`
+/// `count` values of its value size.
+pub unsafe fn map_write_batch(
+    map: BorrowedFd<'_>,
+    keys: &[u8],
+    values: Option<&[u8]>,
+    count: usize,
+) -> (usize, io::Result<()>) {
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.batch.map_fd = fd_u32(map);
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.values = values.map_or(0, |values| values.as_ptr() as u64);
+    attr.batch.count = count as u32;
+    let command =
+        if values.is_some() { bpf_cmd::BPF_MAP_UPDATE_BATCH } else { bpf_cmd::BPF_MAP_DELETE_BATCH };
+    let result = bpf(command, &mut attr).map(drop);
+    // SAFETY: the kernel writes the count it processed back into the same
+    // member, but not when it refuses the call before the first entry (a
+    // frozen map, EPERM): then the count is the one given, and a batch that
+    // wrote every entry never fails.
+    let written = unsafe { attr.batch.count } as usize;
+    let written = if result.is_err() && written >= count { 0 } else { written };
+    (written, result)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.

@@ -13,8 +13,15 @@ use crate::{
     progress::Progress,
 };
 
+/// The most writes of one kind written together (`Datapath::write_run`,
+/// many per bpf() call): enough that the calls cost little beside the
+/// writes, with a bounded buffer.
+const LONGEST_RUN: usize = 16_384;
+
 impl Plan<'_> {
-    /// Runs every step in order, telling `progress` how many are done. If
+    /// Runs every step in order, a run of like writes together (their order
+    /// kept: the kernel writes a batch one entry after the other), telling
+    /// `progress` how many are done. If
     /// one fails, the steps already done are undone in reverse order, so the
     /// maps are left as they were. Then tidies up after what the plan
     /// removed: drops the sticky choices (affinity, per-socket UDP) that
@@ -29,12 +36,25 @@ impl Plan<'_> {
         let (before, after) = self.layers();
         datapath.write_layers(before | after)?;
         let mut removed = Removed::default();
-        for (done, step) in self.steps().enumerate() {
-            if let Err(err) = datapath.write(&step.op) {
-                return Err(self.undo(datapath, done, err.context("map update failed")));
+        let mut done = 0;
+        let mut run: Vec<Step> = Vec::new();
+        let mut steps = self.steps().peekable();
+        while let Some(step) = steps.next() {
+            let continued = steps.peek().is_some_and(|next| next.op.same_kind(&step.op));
+            run.push(step);
+            if continued && run.len() < LONGEST_RUN {
+                continue;
             }
-            removed.note(&step);
-            progress.advance(done + 1);
+            let ops: Vec<&Op> = run.iter().map(|step| &step.op).collect();
+            if let Err((written, err)) = datapath.write_run(&ops) {
+                return Err(self.undo(datapath, done + written, err.context("map update failed")));
+            }
+            for step in &run {
+                removed.note(step);
+            }
+            done += run.len();
+            run.clear();
+            progress.advance(done);
         }
         // Only tidying: failing here must not fail a change that is
         // already complete. A layer left marked costs two lookups a connection.

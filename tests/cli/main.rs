@@ -202,6 +202,7 @@ fn main() {
         policies::redirect_then_balancing_then_service,
         policies::a_rate_limited_redirect_sends_the_rest_to_the_service,
         policies::a_failed_change_leaves_the_rate_limits_as_they_were,
+        policies::a_batch_the_kernel_stops_half_way_is_undone,
         policies::a_failed_load_leaves_the_maps_and_the_mark_as_they_were,
         policies::rate_limits_that_do_not_fit_change_nothing,
         policy_sync::node_local_dns_falls_back_to_the_service,

@@ -226,6 +226,66 @@ pub fn a_failed_load_leaves_the_maps_and_the_mark_as_they_were() {
     assert_eq!(status["interrupted_change"], false, "the undone load left an in-progress mark: {status:#}");
 }
 
+/// Issue 20, map writes in batches: a run of like writes goes to the
+/// kernel many per call, and when the kernel stops in the middle of one
+/// (the backends map filled behind balctl's back, so the capacity check,
+/// which counts what balctl wrote, passes and the kernel refuses the 5th of
+/// 8 new backends with E2BIG), the writes it made are undone with the
+/// rest: the maps are as they were, with nothing for the next change to
+/// repair, and a change that fits then applies.
+pub fn a_batch_the_kernel_stops_half_way_is_undone() {
+    let sandbox = Sandbox::new();
+    sandbox.load_with(&["--map-size", "backends=64"]);
+    let pin = sandbox.pins.join("maps/backends");
+    let show = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned", pin.to_str().unwrap()])
+        .output()
+        .expect("run bpftool");
+    let map: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let (capacity, value_size) = (map["max_entries"].as_u64().unwrap(), map["bytes_value"].as_u64().unwrap());
+    // Room for 4 more: ids balctl will not give out in this test.
+    let value = vec!["0"; value_size as usize].join(" ");
+    let batch: String = (0..capacity - 4)
+        .map(|i| {
+            let id = (1_000_000 + i as u32).to_le_bytes().map(|b| b.to_string()).join(" ");
+            format!("map update pinned {} key {id} value {value}\n", pin.display())
+        })
+        .collect();
+    let commands = sandbox.scratch("fill.batch");
+    std::fs::write(&commands, batch).unwrap();
+    let filled =
+        std::process::Command::new("bpftool").args(["batch", "file"]).arg(&commands).output().unwrap();
+    assert!(filled.status.success(), "{}", String::from_utf8_lossy(&filled.stderr));
+    let dump = sandbox.balctl_ok(&["dump", "-o", "json"]);
+    let (_, drifted) = sandbox.status();
+
+    let backends: Vec<String> = (1..=8).map(|host| format!("192.0.2.{host}:8080")).collect();
+    let mut add = vec!["policy", "add", "wide", "--vip", "198.18.0.40:80"];
+    for backend in &backends {
+        add.extend(["--backend", backend]);
+    }
+    let failed = sandbox.balctl(&add);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("map update failed") && stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(
+        sandbox.balctl_ok(&["dump", "-o", "json"]),
+        dump,
+        "the backends written before the failure stayed"
+    );
+    assert!(!sandbox.balctl_ok(&["policy", "list"]).contains("wide"));
+    let (_, status) = sandbox.status();
+    assert_eq!(
+        (&status["interrupted_change"], &status["drift"]),
+        (&false.into(), &drifted["drift"]),
+        "{status:#}"
+    );
+
+    add.truncate(5 + 2 * 4);
+    sandbox.balctl_ok(&add);
+    assert!(sandbox.balctl_ok(&["policy", "list"]).contains("wide"));
+}
+
 /// Entries of the pinned rate_limits map.
 fn rate_limit_entries(sandbox: &Sandbox) -> usize {
     let rate_limits = sandbox.pins.join("maps/rate_limits");
