@@ -12,10 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -41,30 +38,42 @@ use serde::Serialize;
 
 use crate::{agent::Agent, cli::ApiServerArgs, inputs::kube::POLICY_API_VERSION};
 
-/// An object as JSON, with what to call it in errors (`Service ns/name`).
-/// Shared: a watch keeps each one until its object changes.
-pub type Document = (String, Arc<[u8]>);
+pub use crate::inputs::kube::Document;
 
 /// Lists every object balctl reads, once: Pods as far as policies need
 /// them (`watch` explains which).
 pub fn list_all(connection: &ApiServerArgs, this_node: &str) -> Result<Vec<Document>> {
     with_client(connection, async |client| {
         // By label (kind and name): a Pod can be both local and selected.
-        let mut documents = BTreeMap::new();
-        documents.extend(list::<Service>(Api::all(client.clone()), ListParams::default()).await?);
-        documents.extend(list::<EndpointSlice>(Api::all(client.clone()), ListParams::default()).await?);
-        documents.extend(list::<Node>(Api::all(client.clone()), ListParams::default()).await?);
+        let mut documents = Labelled::new();
+        documents.add(list::<Service>(Api::all(client.clone()), ListParams::default()).await?);
+        documents.add(list::<EndpointSlice>(Api::all(client.clone()), ListParams::default()).await?);
+        documents.add(list::<Node>(Api::all(client.clone()), ListParams::default()).await?);
         let local = ListParams::default().fields(&format!("spec.nodeName={this_node}"));
-        documents.extend(list::<Pod>(Api::all(client.clone()), local).await?);
-        documents.extend(list_policies(&client, "LocalRedirectPolicy").await?.0);
+        documents.add(list::<Pod>(Api::all(client.clone()), local).await?);
+        documents.add(list_policies(&client, "LocalRedirectPolicy").await?.0);
         let (balancing, policies) = list_policies(&client, "BalancingPolicy").await?;
-        documents.extend(balancing);
+        documents.add(balancing);
         for (namespace, labels) in selected_pods(&policies).into_values() {
             let selected = ListParams::default().labels(&labels);
-            documents.extend(list::<Pod>(Api::namespaced(client.clone(), &namespace), selected).await?);
+            documents.add(list::<Pod>(Api::namespaced(client.clone(), &namespace), selected).await?);
         }
-        Ok(documents.into_iter().collect())
+        Ok(documents.0.into_values().collect())
     })
+}
+
+/// Documents by label, sorted: one copy of an object two lists or
+/// watchers hold (a Pod both on this node and selected by a policy).
+struct Labelled(BTreeMap<String, Document>);
+
+impl Labelled {
+    fn new() -> Self {
+        Self(BTreeMap::new())
+    }
+
+    fn add(&mut self, documents: Vec<Document>) {
+        self.0.extend(documents.into_iter().map(|document| (document.label.clone(), document)));
+    }
 }
 
 /// Runs `work` with a client of the API server, on a runtime of its own:
@@ -132,7 +141,7 @@ fn document<K: Resource + Serialize>(object: &K, api_version: &str, kind: &str) 
     let mut json = serde_json::to_value(object)?;
     json["apiVersion"] = api_version.into();
     json["kind"] = kind.into();
-    Ok((format!("{kind} {name} (from the API server)"), serde_json::to_vec(&json)?.into()))
+    Ok(Document::new(format!("{kind} {name} (from the API server)"), serde_json::to_vec(&json)?))
 }
 
 /// Every container's pod (`namespace/name`), by container id, from the
@@ -322,12 +331,11 @@ pub fn watch(
                 continue;
             }
             pending = None;
-            // A Pod can be both local and selected: one copy of each object.
-            let mut documents = BTreeMap::new();
+            let mut documents = Labelled::new();
             for watched in watchers.values_mut() {
-                documents.extend((watched.documents)()?);
+                documents.add((watched.documents)()?);
             }
-            apply(documents.into_iter().collect());
+            apply(documents.0.into_values().collect());
         }
         Ok(())
     })
@@ -431,12 +439,20 @@ where
 
 /// The documents a store's objects were last made into, by uid, with the
 /// resourceVersion each was made of.
-type Made = FxHashMap<String, (String, Document)>;
+type Made = FxHashMap<String, MadeOf>;
 
-/// The objects of a store, as documents. An object's JSON changes only
-/// with its resourceVersion, so only objects that changed since the last
-/// call are serialised again: all of them cost 150 ms at 10,000 Services
-/// with 10-endpoint slices, on every batch of a watch.
+struct MadeOf {
+    version: String,
+    document: Document,
+    /// Seen in the store by this pass of `stored`.
+    seen: bool,
+}
+
+/// The objects of a store, as documents. An object's JSON (and its hash)
+/// changes only with its resourceVersion, so only objects that changed
+/// since the last call are serialised again (all of them cost 150 ms at
+/// 10,000 Services with 10-endpoint slices, on every batch of a watch);
+/// `made` is updated in place, and what left the store dropped from it.
 fn stored<K: Resource + Serialize + Clone>(
     store: &Store<K>,
     api_version: &str,
@@ -447,7 +463,6 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let objects = store.state();
-    let mut now = Made::with_capacity_and_hasher(objects.len(), Default::default());
     let mut documents = Vec::with_capacity(objects.len());
     for object in &objects {
         let meta = object.meta();
@@ -455,14 +470,19 @@ where
             documents.push(document(object.as_ref(), api_version, kind)?);
             continue;
         };
-        let (uid, (made_of, json)) = match made.remove_entry(uid) {
-            Some((uid, (made_of, json))) if made_of == *version => (uid, (made_of, json)),
-            _ => (uid.clone(), (version.clone(), document(object.as_ref(), api_version, kind)?)),
-        };
-        documents.push(json.clone());
-        now.insert(uid, (made_of, json));
+        match made.get_mut(uid) {
+            Some(made_of) if made_of.version == *version => {
+                made_of.seen = true;
+                documents.push(made_of.document.clone());
+            }
+            _ => {
+                let document = document(object.as_ref(), api_version, kind)?;
+                documents.push(document.clone());
+                made.insert(uid.clone(), MadeOf { version: version.clone(), document, seen: true });
+            }
+        }
     }
-    *made = now;
+    made.retain(|_, made_of| std::mem::take(&mut made_of.seen));
     Ok(documents)
 }
 
@@ -485,7 +505,7 @@ mod tests {
     fn texts(documents: Vec<Document>) -> BTreeMap<String, String> {
         documents
             .into_iter()
-            .map(|(label, json)| (label, String::from_utf8(json.to_vec()).unwrap()))
+            .map(|document| (document.label, String::from_utf8(document.json.to_vec()).unwrap()))
             .collect()
     }
 

@@ -44,7 +44,8 @@ pub fn yaml(data: &[u8]) {
         assert!(in_items.is_none(), "an empty file was accepted");
         return;
     }
-    let whole = inputs::from_cluster(&[(file.label(), data.to_vec())], &ThisNode::named(NODE), &[]);
+    let document = balctl::cluster::Document::new(file.label(), data.to_vec());
+    let whole = inputs::from_cluster(&[document], &ThisNode::named(NODE), &[]);
     match (&in_items, whole) {
         (Some(in_items), Ok(whole)) => {
             assert_eq!(applied(in_items), applied(&whole), "read in items != read whole");

@@ -171,7 +171,7 @@ pub const CLUSTER_SOURCE: &str = "kubernetes";
 /// like theirs, objects of `previous` whose documents did not change are
 /// kept without reading those again.
 pub fn from_cluster(
-    documents: &[(String, impl AsRef<[u8]> + Sync)],
+    documents: &[kube::Document],
     this_node: &ThisNode,
     previous: &[Arc<SyncedObject>],
 ) -> Result<Inputs> {
@@ -576,16 +576,16 @@ ports: [{name: http, port: 8080, protocol: TCP}]
     }
 
     /// Kubernetes objects as the API server serves them: JSON, labelled.
-    type Documents = Vec<(String, Vec<u8>)>;
+    type Documents = Vec<kube::Document>;
 
     /// A change to a cluster, and the objects a sync after it keeps.
     type ClusterEdit<'a> = (&'a str, &'a dyn Fn(&mut Documents), &'a [&'a str]);
 
-    fn document(kind: &str, name: &str, json: &str) -> (String, Vec<u8>) {
-        (format!("{kind} ns/{name}"), json.as_bytes().to_vec())
+    fn document(kind: &str, name: &str, json: &str) -> kube::Document {
+        kube::Document::new(format!("{kind} ns/{name}"), json.as_bytes())
     }
 
-    fn service(name: &str, ip: &str) -> (String, Vec<u8>) {
+    fn service(name: &str, ip: &str) -> kube::Document {
         document(
             "Service",
             name,
@@ -596,7 +596,7 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         )
     }
 
-    fn slice(name: &str, service: &str, address: &str) -> (String, Vec<u8>) {
+    fn slice(name: &str, service: &str, address: &str) -> kube::Document {
         document(
             "EndpointSlice",
             name,
@@ -609,16 +609,16 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         )
     }
 
-    fn node(name: &str, zone: &str) -> (String, Vec<u8>) {
+    fn node(name: &str, zone: &str) -> kube::Document {
         let json = format!(
             r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"topology.kubernetes.io/zone":"{zone}"}}}},
 "status":{{"addresses":[{{"type":"InternalIP","address":"192.0.2.1"}}]}}}}"#
         );
-        (format!("Node {name}"), json.into_bytes())
+        kube::Document::new(format!("Node {name}"), json.into_bytes())
     }
 
     /// A slice of two endpoints hinted for zones a and b.
-    fn hinted_slice(name: &str, service: &str) -> (String, Vec<u8>) {
+    fn hinted_slice(name: &str, service: &str) -> kube::Document {
         document(
             "EndpointSlice",
             name,

@@ -36,6 +36,25 @@ use crate::{
     model::{Dependency, SyncedObject, ThisNode},
 };
 
+/// An object from the API server as JSON, with what to call it in errors
+/// (`Service ns/name (from the API server)`) and the hash of its bytes,
+/// computed once: a watch keeps each document until its object changes
+/// (`cluster::watch`), and a sync fingerprints documents by their hash
+/// rather than hashing every one again.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub label: String,
+    pub json: Arc<[u8]>,
+    hash: u128,
+}
+
+impl Document {
+    pub fn new(label: String, json: impl Into<Arc<[u8]>>) -> Self {
+        let json = json.into();
+        Self { hash: xxhash_rust::xxh3::xxh3_128(&json), label, json }
+    }
+}
+
 /// Every object of one YAML (or JSON) stream, in order.
 pub fn read(file: &str, reader: impl Read) -> Result<Vec<KubeObject>> {
     read_part(file, reader, 1)
@@ -176,7 +195,7 @@ impl SplitFiles {
 /// file items are (`SplitFiles::read`): a watch that sees one object change
 /// parses and translates that object, not the cluster.
 pub fn read_documents(
-    documents: &[(String, impl AsRef<[u8]> + Sync)],
+    documents: &[Document],
     source: &str,
     previous: &[Arc<SyncedObject>],
     this_node: &ThisNode,
@@ -185,22 +204,24 @@ pub fn read_documents(
     let items: Vec<reuse::Item> = documents
         .iter()
         .enumerate()
-        .map(|(index, (_, json))| reuse::Item {
+        .map(|(index, document)| reuse::Item {
             file: index,
             kind: items::PieceKind::Document,
-            span: Span { offset: 0, len: json.as_ref().len() as u64, line: 1 },
+            span: Span { offset: 0, len: document.json.len() as u64, line: 1 },
             line: 1,
-            fingerprint: xxhash_rust::xxh3::xxh3_128_with_seed(json.as_ref(), seed),
+            // The seed's fingerprint of the document's hash: 16 bytes
+            // hashed, not the whole document again.
+            fingerprint: xxhash_rust::xxh3::xxh3_128_with_seed(&document.hash.to_le_bytes(), seed),
         })
         .collect();
     let items = Items {
         items: &items,
         source_of: &|_| 0,
         parse: &|item| {
-            let (label, json) = &documents[item.file];
+            let Document { label, json, .. } = &documents[item.file];
             Ok(fingerprinted(label, item, read(label, json.as_ref())?))
         },
-        location_of: &|item| object_location(&documents[item.file].0, item),
+        location_of: &|item| object_location(&documents[item.file].label, item),
     };
     let (parsed, kept) = items.parse_or_keep(&[source.to_owned()], previous, &[], this_node)?;
     Ok(KubeInput { parsed, kept })
