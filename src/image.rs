@@ -259,7 +259,19 @@ impl Image {
         node_addresses: impl IntoIterator<Item = IpAddr>,
         node_ports_on_loopback: bool,
     ) -> Result<Self> {
-        let mut image = self.clone();
+        self.clone().updated(removed, added, node_addresses, node_ports_on_loopback)
+    }
+
+    /// `update`, of this image itself: a change that has its own copy of
+    /// the image (`transaction`) does not copy it again.
+    pub fn updated<'a>(
+        self,
+        removed: impl IntoIterator<Item = &'a Frontend>,
+        added: impl IntoIterator<Item = (String, &'a FrontendRule)>,
+        node_addresses: impl IntoIterator<Item = IpAddr>,
+        node_ports_on_loopback: bool,
+    ) -> Result<Self> {
+        let mut image = self;
         // Id 0 means "none" in the maps.
         image.next_service_id = image.next_service_id.max(1);
         image.next_backend_id = image.next_backend_id.max(1);
@@ -286,7 +298,7 @@ impl Image {
                 image.next_backend_id
             );
         }
-        let mut backend_ids = self.backend_ids(&added);
+        let mut backend_ids = image.backend_ids(&added);
         for (owner, rule) in added {
             if let Some(existing) = image.frontends.get(&rule.frontend) {
                 return Err(input!(

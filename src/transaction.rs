@@ -114,11 +114,13 @@ pub fn change_prepared<P: Send>(
     let (before, recorded) = before?;
     let mut after = before.clone();
     change(&mut after, prepared?)?;
-    let (removed, added) = rule_changes(&before, &after);
     // `change` edits the objects and the settings the image is compiled
-    // from (a sync sets whether loopback serves node ports in `after.image`).
-    let on_loopback = after.image.node_ports_on_loopback;
-    after.image = before.image.update(removed, added, after.node_addresses(), on_loopback)?;
+    // from (a sync sets whether loopback serves node ports in `after.image`);
+    // the image is then updated in place, without another copy.
+    let image = std::mem::take(&mut after.image);
+    let on_loopback = image.node_ports_on_loopback;
+    let (removed, added) = rule_changes(&before, &after);
+    after.image = image.updated(removed, added, after.node_addresses(), on_loopback)?;
     let between = Plan::between(&before.image, &after.image);
     let summary = between.summary;
     let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && links::is_loaded(pins)?;
