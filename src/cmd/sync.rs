@@ -20,7 +20,7 @@ use crate::{
     image::{FrontendImage, Image},
     input,
     inputs::{self, Inputs},
-    model::{Frontend, HealthCheck, ThisNode},
+    model::{Frontend, HealthCheck, SyncedObject, ThisNode},
     output::print_structured,
     plan::Summary,
     serve,
@@ -181,13 +181,19 @@ pub fn health_checks(state: &AppliedState) -> impl Iterator<Item = &HealthCheck>
 /// Makes `state` hold exactly `inputs` for their sources, with where
 /// `this_node` has node ports answer; returns the notes. An object that
 /// another source applied stays that source's: a sync replaces only the
-/// objects of what it reads.
+/// objects of what it reads. In place: an object the inputs still have (by
+/// owner) takes its new value where it is, the others of these sources go,
+/// and new ones come after all, in input order; so the state's order
+/// stays, and a change's record holds what changed only
+/// (`state::change_log`).
 fn replace(state: &mut AppliedState, inputs: Inputs, this_node: &ThisNode) -> Result<Vec<String>> {
     state.image.node_ports_on_loopback = this_node.node_port_addresses.serve_loopback();
     let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
-    state.synced.retain(|object| !names.contains(object.source.as_str()));
-    let elsewhere: HashMap<&str, &str> =
-        state.synced.iter().map(|object| (object.owner.as_str(), object.source.as_str())).collect();
+    let ours = |object: &SyncedObject| names.contains(object.source.as_str());
+    let elsewhere: HashMap<&str, &str> = (state.synced.iter())
+        .filter(|object| !ours(object))
+        .map(|object| (object.owner.as_str(), object.source.as_str()))
+        .collect();
     for located in inputs.sources.iter().flat_map(|source| &source.objects) {
         if let Some(other) = elsewhere.get(located.value.owner.as_str()) {
             return Err(input!(
@@ -198,9 +204,28 @@ fn replace(state: &mut AppliedState, inputs: Inputs, this_node: &ThisNode) -> Re
             ));
         }
     }
-    for source in inputs.sources {
-        state.synced.extend(source.objects.into_iter().map(|located| located.value));
+    let incoming: Vec<Arc<SyncedObject>> = inputs
+        .sources
+        .iter()
+        .flat_map(|source| &source.objects)
+        .map(|located| Arc::clone(&located.value))
+        .collect();
+    let by_owner: HashMap<&str, usize> =
+        incoming.iter().enumerate().map(|(index, object)| (object.owner.as_str(), index)).collect();
+    let mut placed = vec![false; incoming.len()];
+    let mut synced = Vec::with_capacity(state.synced.len().max(incoming.len()));
+    for object in state.synced.drain(..) {
+        if !ours(&object) {
+            synced.push(object);
+        } else if let Some(&index) = by_owner.get(object.owner.as_str()) {
+            synced.push(Arc::clone(&incoming[index]));
+            placed[index] = true;
+        }
     }
+    synced.extend(
+        incoming.iter().zip(&placed).filter(|(_, placed)| !**placed).map(|(object, _)| Arc::clone(object)),
+    );
+    state.synced = synced;
     Ok(inputs.notes)
 }
 

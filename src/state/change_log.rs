@@ -52,9 +52,11 @@ pub fn header(generation: u64) -> Vec<u8> {
 pub struct Delta {
     /// All the policies, when they changed (they are few).
     policies: Option<Policies>,
-    /// Synced objects gone, by owner (unique in a state), then objects
-    /// added at the end, in order.
+    /// Synced objects gone, by owner (unique in a state); objects that
+    /// take the place of the one of their owner; then objects added at the
+    /// end, in order.
     synced_removed: Vec<String>,
+    synced_replaced: Vec<Arc<SyncedObject>>,
     synced_added: Vec<Arc<SyncedObject>>,
     frontends_removed: Vec<Frontend>,
     frontends_put: Vec<(Frontend, FrontendImage)>,
@@ -70,18 +72,24 @@ pub struct Delta {
 struct Policies(#[serde(with = "super::policy_records")] Vec<Policy>);
 
 impl Delta {
-    /// The change from `before` to `after`. Synced objects are matched in
-    /// order, by identity (a change keeps the `Arc`s of what it keeps) or
-    /// value: those of `before` the walk does not meet in `after` are
-    /// removed, and what `after` has past the last one met is added, so
-    /// a change that removes objects and appends others (as a sync does)
-    /// records only those.
+    /// The change from `before` to `after`. Synced objects are walked in
+    /// order, both lists at once: one kept (the same `Arc`, as a change
+    /// keeps what it keeps, or an equal one) is passed, one of the same
+    /// owner replaces it, any other of `before` is removed; what `after`
+    /// has past the walk is added. A change that removes and replaces
+    /// objects in place and appends new ones, as a sync does, records only
+    /// those; any other order replays exactly too, with a longer record.
     pub fn between(before: &AppliedState, after: &AppliedState) -> Self {
-        let mut met = 0;
-        let mut synced_removed = Vec::new();
-        for object in &before.synced {
-            match after.synced.get(met) {
-                Some(kept) if Arc::ptr_eq(kept, object) || kept == object => met += 1,
+        let (old, new) = (&before.synced, &after.synced);
+        let mut j = 0;
+        let (mut synced_removed, mut synced_replaced) = (Vec::new(), Vec::new());
+        for object in old {
+            match new.get(j) {
+                Some(kept) if Arc::ptr_eq(kept, object) || kept == object => j += 1,
+                Some(replacing) if replacing.owner == object.owner => {
+                    synced_replaced.push(Arc::clone(replacing));
+                    j += 1;
+                }
                 _ => synced_removed.push(object.owner.clone()),
             }
         }
@@ -97,7 +105,8 @@ impl Delta {
         Self {
             policies: (before.policies != after.policies).then(|| Policies(after.policies.clone())),
             synced_removed,
-            synced_added: after.synced[met..].to_vec(),
+            synced_replaced,
+            synced_added: new[j..].to_vec(),
             frontends_removed,
             frontends_put,
             backends_removed,
@@ -155,6 +164,12 @@ impl Replay {
             let index =
                 by_owner.remove(&owner).ok_or_else(|| format!("it removes {owner}, which is not there"))?;
             self.synced[index] = None;
+        }
+        for object in delta.synced_replaced {
+            let index = *by_owner
+                .get(&object.owner)
+                .ok_or_else(|| format!("it replaces {}, which is not there", object.owner))?;
+            self.synced[index] = Some(object);
         }
         for object in delta.synced_added {
             if by_owner.insert(object.owner.clone(), self.synced.len()).is_some() {
@@ -283,6 +298,49 @@ mod tests {
         let log = log_of(3, &[Delta { next_service_id: 7, ..Delta::default() }]);
         assert_eq!(replayed(&log, 4, AppliedState::default()).1, None);
         assert_eq!(replayed(b"not a log", 3, AppliedState::default()).1, None);
+    }
+
+    /// A sync replaces objects in place, removes some and appends new ones:
+    /// its record holds those only, and replays to exactly the new state.
+    #[test]
+    fn a_record_holds_what_changed_only() {
+        let object = |owner: &str, port: u16| {
+            Arc::new(SyncedObject {
+                source: "kubernetes".into(),
+                owner: owner.into(),
+                rules: Vec::new(),
+                addresses: Vec::new(),
+                inputs: vec![u128::from(port)],
+                health_check: None,
+                dependencies: Vec::new(),
+                held_back: Vec::new(),
+            })
+        };
+        let before = AppliedState {
+            synced: (0..100).map(|i| object(&format!("service/ns/s{i}"), 1)).collect(),
+            ..AppliedState::default()
+        };
+        let mut after = before.clone();
+        after.synced[50] = object("service/ns/s50", 2);
+        after.synced.remove(70);
+        after.synced.remove(0);
+        after.synced.push(object("service/ns/new", 1));
+        let delta = Delta::between(&before, &after);
+        assert_eq!(delta.synced_removed, ["service/ns/s0", "service/ns/s70"]);
+        assert_eq!(delta.synced_replaced, [object("service/ns/s50", 2)]);
+        assert_eq!(delta.synced_added, [object("service/ns/new", 1)]);
+        let mut replay = Replay::new(before.clone());
+        replay.apply(delta).unwrap();
+        assert_eq!(replay.finish(), after);
+
+        // Objects in another order replay exactly too.
+        let mut moved = before.clone();
+        moved.synced.rotate_left(30);
+        moved.synced.swap(3, 90);
+        let delta = Delta::between(&before, &moved);
+        let mut replay = Replay::new(before);
+        replay.apply(delta).unwrap();
+        assert_eq!(replay.finish(), moved);
     }
 
     #[test]

@@ -123,6 +123,7 @@ fn main() {
         sync::synced_frontends_reach_their_backends,
         sync::repeated_sync_changes_nothing,
         sync::sync_prunes_only_its_own_sources,
+        sync::a_one_service_change_appends_one_small_record,
         sync::dry_run_changes_nothing,
         sync::bad_state_files_change_nothing,
         sync::the_example_state_file_is_valid,

@@ -119,6 +119,43 @@ pub fn repeated_sync_changes_nothing() {
 /// Issue 3, must show 4: a sync prunes only its own sources: `policy add`
 /// rules and other files' objects stay; a service removed from the file is
 /// removed alone.
+/// Issue 20: a change writes what changed. One service of fifty changed in
+/// the middle of a file: the snapshot stays as it was and the log grows by
+/// one record of about that service, whatever the others; the state read
+/// back is what the sync applied.
+pub fn a_one_service_change_appends_one_small_record() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let services = |changed: &str| -> String {
+        (0..50)
+            .map(|i| {
+                let backend = if i == 25 { changed.to_owned() } else { format!("192.0.2.{}", i % 200 + 1) };
+                format!(
+                    "[[service]]\nname = \"s{i}\"\naddresses = [\"198.18.1.{}\"]\nbackends = [\"{backend}\"]\n\
+                     ports = [{{ port = 80, target_port = 8080 }}]\n",
+                    i + 1
+                )
+            })
+            .collect()
+    };
+    let file = write(&sandbox, "many.toml", &services("192.0.2.100"));
+    sandbox.balctl_ok(&["sync", "-f", &file]);
+    let (snapshot, log) = (sandbox.state.join("state.bin"), sandbox.state.join("state.log"));
+    let (snapshot_before, log_before) = (fs::read(&snapshot).unwrap(), fs::read(&log).unwrap().len());
+    fs::write(&file, services("192.0.2.101")).unwrap();
+    let output = sandbox.balctl_ok(&["sync", "-f", &file]);
+    assert!(output.contains("frontends +0 ~1 -0"), "{output}");
+    assert_eq!(fs::read(&snapshot).unwrap(), snapshot_before, "the change rewrote the snapshot");
+    let grown = fs::read(&log).unwrap().len() - log_before;
+    assert!(
+        grown > 0 && grown * 10 < snapshot_before.len(),
+        "{grown} bytes for one service of 50, against a snapshot of {}",
+        snapshot_before.len()
+    );
+    let dumped = sandbox.balctl_json(&["dump", "services", "--vip", "198.18.1.26:80"]);
+    assert_eq!(dumped["services"][0]["backends"][0]["address"], "192.0.2.101", "{dumped:#}");
+}
+
 pub fn sync_prunes_only_its_own_sources() {
     let sandbox = Sandbox::new();
     sandbox.load();
