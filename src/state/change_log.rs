@@ -14,6 +14,9 @@
 //! (the map-writes mark stays, and the next change repairs the maps from
 //! what they hold). The next writer cuts it off.
 //!
+//! A record's layout (`Delta`, in postcard) is part of the state format:
+//! changing it bumps `STATE_VERSION`, as a change of `AppliedState` does.
+//!
 //! Why not an embedded database (redb): every one-shot command reads the
 //! whole state, which one postcard blob decodes fastest, and a change is
 //! one record appended; a B-tree per entry would cost more on both.
