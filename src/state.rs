@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+pub use self::change_log::Touched;
 use self::change_log::{Delta, LOG_FILE, Replay};
 use crate::{
     image::Image,
@@ -365,13 +366,14 @@ impl StateDir {
         recorded: Option<Recorded>,
         before: &AppliedState,
         after: &AppliedState,
+        touched: Touched,
     ) -> Result<Recorded> {
         let Some(recorded) = recorded else {
             return self.write_snapshot(lock, after, fresh_generation());
         };
         match recorded.log_end {
             Some(end) if end - change_log::HEADER_LEN <= recorded.snapshot_len.max(COMPACT_AFTER) => {
-                let end = self.append(lock, end, &Delta::between(before, after))?;
+                let end = self.append(lock, end, &Delta::between(before, after, touched))?;
                 Ok(Recorded { log_end: Some(end), ..recorded })
             }
             _ => self.write_snapshot(lock, after, recorded.generation + 1),
@@ -612,7 +614,7 @@ mod tests {
         assert_eq!(state_dir.read().unwrap(), AppliedState::default());
         let state = sample_state();
         let lock = state_dir.lock().unwrap();
-        state_dir.write(&lock, None, &AppliedState::default(), &state).unwrap();
+        state_dir.write(&lock, None, &AppliedState::default(), &state, Touched::All).unwrap();
         assert_eq!(state_dir.read().unwrap(), state);
         let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(STATE_FILE), 0o600);
@@ -712,7 +714,7 @@ mod tests {
                 log.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
                 assert_eq!(state_dir.read().unwrap(), before, "the torn record is read");
             }
-            state_dir.write(&lock, recorded, &before, &after).unwrap();
+            state_dir.write(&lock, recorded, &before, &after, Touched::All).unwrap();
             written = after;
         }
         assert_eq!(state_dir.read().unwrap(), written);
@@ -737,7 +739,7 @@ mod tests {
         let dir = temp_dir("corrupt");
         let state_dir = StateDir::new(&dir);
         let lock = state_dir.lock().unwrap();
-        state_dir.write(&lock, None, &AppliedState::default(), &sample_state()).unwrap();
+        state_dir.write(&lock, None, &AppliedState::default(), &sample_state(), Touched::All).unwrap();
         let whole = fs::read(dir.join(STATE_FILE)).unwrap();
         every_cut_is_truncated(&state_dir, &whole);
         let mut longer = whole.clone();

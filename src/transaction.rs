@@ -8,7 +8,10 @@
 //! `load` makes the maps hold the recorded state through the same write
 //! protocol (`restore`).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use anyhow::Result;
 use rustc_hash::FxHashSet as HashSet;
@@ -22,7 +25,7 @@ use crate::{
     model::{Frontend, FrontendRule, SyncedObject},
     plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
-    state::{AppliedState, Recorded, StateDir, StateLock},
+    state::{AppliedState, Recorded, StateDir, StateLock, Touched},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +123,9 @@ pub fn change_prepared<P: Send>(
     let image = std::mem::take(&mut after.image);
     let on_loopback = image.node_ports_on_loopback;
     let (removed, added) = rule_changes(&before, &after);
+    // Where the image can change: the record of the change compares there only.
+    let touched: BTreeSet<Frontend> =
+        removed.iter().copied().copied().chain(added.iter().map(|(_, rule)| rule.frontend)).collect();
     after.image = image.updated(removed, added, after.node_addresses(), on_loopback)?;
     let between = Plan::between(&before.image, &after.image);
     let summary = between.summary;
@@ -154,7 +160,7 @@ pub fn change_prepared<P: Send>(
         };
         write_maps(state_dir, &lock, opened, &plan, start, &rate_limits, repairing)?;
     }
-    let recorded = match state_dir.write(&lock, recorded, &before, &after) {
+    let recorded = match state_dir.write(&lock, recorded, &before, &after, Touched::Frontends(&touched)) {
         Ok(recorded) => recorded,
         Err(err) => {
             return Err(match datapath.as_mut() {

@@ -30,7 +30,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::AppliedState;
 use crate::{
     bpf::maps::{BackendId, ServiceId},
-    image::{BackendAddr, FrontendImage},
+    image::{BackendAddr, FrontendImage, Image},
     model::{Frontend, Policy, SyncedObject},
     plan::changes,
 };
@@ -82,7 +82,11 @@ impl Delta {
     /// has past the walk is added. A change that removes and replaces
     /// objects in place and appends new ones, as a sync does, records only
     /// those; any other order replays exactly too, with a longer record.
-    pub fn between(before: &AppliedState, after: &AppliedState) -> Self {
+    ///
+    /// The image's frontends and backends are compared where `touched`
+    /// says they may differ (the frontends of the rules a change removed
+    /// and added, `Touched::Frontends`), else whole.
+    pub fn between(before: &AppliedState, after: &AppliedState, touched: Touched) -> Self {
         let (old, new) = (&before.synced, &after.synced);
         let mut j = 0;
         let (mut synced_removed, mut synced_replaced) = (Vec::new(), Vec::new());
@@ -96,15 +100,33 @@ impl Delta {
                 _ => synced_removed.push(object.owner.clone()),
             }
         }
-        let (frontends_removed, frontends_put) = split(changes(
-            before.image.frontends.iter().map(|(k, v)| (*k, v)),
-            after.image.frontends.iter().map(|(k, v)| (*k, v)),
-        ));
-        let (backends_removed, backends_put) = split(changes(
-            before.image.backends.iter().map(|(k, v)| (*k, v)),
-            after.image.backends.iter().map(|(k, v)| (*k, v)),
-        ));
         let (image_before, image_after) = (&before.image, &after.image);
+        let ((frontends_removed, frontends_put), (backends_removed, backends_put)) = match touched {
+            Touched::All => (
+                split(owned(changes(image_before.frontends.iter(), image_after.frontends.iter()))),
+                split(owned(changes(image_before.backends.iter(), image_after.backends.iter()))),
+            ),
+            Touched::Frontends(frontends) => {
+                let entry = |image: &'_ Image, frontend: &Frontend| image.frontends.get(frontend).cloned();
+                let touched = frontends.iter().map(|f| (*f, entry(image_before, f), entry(image_after, f)));
+                let frontends = split(touched.filter(|(_, old, new)| old != new));
+                // A backend id always names the same backend, and comes and
+                // goes with the frontends that use it: those touched.
+                let ids = |image: &'_ Image| -> BTreeSet<BackendId> {
+                    (frontends_of(image, &frontends)).flat_map(|f| f.backends.iter().copied()).collect()
+                };
+                let mut removed: Vec<BackendId> = ids(image_before)
+                    .into_iter()
+                    .filter(|id| !image_after.backends.contains_key(id))
+                    .collect();
+                removed.sort_unstable();
+                let put = (ids(image_after).into_iter())
+                    .filter(|id| !image_before.backends.contains_key(id))
+                    .filter_map(|id| Some((id, *image_after.backends.get(&id)?)))
+                    .collect();
+                (frontends, (removed, put))
+            }
+        };
         Self {
             policies: (before.policies != after.policies).then(|| Policies(after.policies.clone())),
             synced_removed,
@@ -123,14 +145,35 @@ impl Delta {
     }
 }
 
+/// Where a change may have changed the image (`Delta::between`).
+pub enum Touched<'a> {
+    /// Anywhere: the images are compared whole.
+    All,
+    /// Only these frontends, and the backends they use before or after.
+    Frontends(&'a BTreeSet<Frontend>),
+}
+
+/// The frontends of `image` among `changed` (removed ones and put ones).
+fn frontends_of<'a>(
+    image: &'a Image,
+    (removed, put): &'a (Vec<Frontend>, Vec<(Frontend, FrontendImage)>),
+) -> impl Iterator<Item = &'a FrontendImage> {
+    removed.iter().chain(put.iter().map(|(frontend, _)| frontend)).filter_map(|f| image.frontends.get(f))
+}
+
+/// Changes of borrowed entries, owned.
+fn owned<'a, K: Copy + 'a, V: Clone + 'a>(
+    changes: impl Iterator<Item = (&'a K, Option<&'a V>, Option<&'a V>)>,
+) -> impl Iterator<Item = (K, Option<V>, Option<V>)> {
+    changes.map(|(key, old, new)| (*key, old.cloned(), new.cloned()))
+}
+
 /// The keys a diff removes, and the entries it puts.
-fn split<'a, K, V: Clone + 'a>(
-    changes: impl Iterator<Item = (K, Option<&'a V>, Option<&'a V>)>,
-) -> (Vec<K>, Vec<(K, V)>) {
+fn split<K, V>(changes: impl Iterator<Item = (K, Option<V>, Option<V>)>) -> (Vec<K>, Vec<(K, V)>) {
     let (mut removed, mut put) = (Vec::new(), Vec::new());
     for (key, _, after) in changes {
         match after {
-            Some(value) => put.push((key, value.clone())),
+            Some(value) => put.push((key, value)),
             None => removed.push(key),
         }
     }
@@ -138,47 +181,70 @@ fn split<'a, K, V: Clone + 'a>(
 }
 
 /// The records of a log, applied to the state of its snapshot. Synced
-/// objects are removed by owner through an index built once, so a record
-/// costs what it holds, not the state's size.
+/// objects are found by owner through an index built once, when a record
+/// first names one, so a record costs what it holds, not the state's size.
+/// The index is of the owners' 64-bit hashes (no copy of 100,000 names);
+/// the object found is checked to be the owner's, so two owners of one
+/// hash would be reported, never mistaken for each other.
 pub struct Replay {
     state: AppliedState,
-    /// The synced objects, with a hole where one was removed.
-    synced: Vec<Option<Arc<SyncedObject>>>,
-    by_owner: Option<HashMap<String, usize>>,
+    /// None until a record names a synced object.
+    synced: Option<Slots>,
+}
+
+/// The synced objects, with a hole where one was removed, and their index
+/// by owner hash.
+type Slots = (Vec<Option<Arc<SyncedObject>>>, HashMap<u64, usize>);
+
+fn owner_hash(owner: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(owner.as_bytes())
 }
 
 impl Replay {
     pub fn new(state: AppliedState) -> Self {
-        Self { state, synced: Vec::new(), by_owner: None }
+        Self { state, synced: None }
     }
 
     pub fn apply(&mut self, delta: Delta) -> Result<(), String> {
         let state = &mut self.state;
-        let by_owner = self.by_owner.get_or_insert_with(|| {
-            self.synced = std::mem::take(&mut state.synced).into_iter().map(Some).collect();
-            (self.synced.iter().enumerate())
-                .map(|(i, object)| (object.as_ref().map(|o| o.owner.clone()).unwrap_or_default(), i))
-                .collect()
-        });
         if let Some(Policies(policies)) = delta.policies {
             state.policies = policies;
         }
-        for owner in delta.synced_removed {
-            let index =
-                by_owner.remove(&owner).ok_or_else(|| format!("it removes {owner}, which is not there"))?;
-            self.synced[index] = None;
-        }
-        for object in delta.synced_replaced {
-            let index = *by_owner
-                .get(&object.owner)
-                .ok_or_else(|| format!("it replaces {}, which is not there", object.owner))?;
-            self.synced[index] = Some(object);
-        }
-        for object in delta.synced_added {
-            if by_owner.insert(object.owner.clone(), self.synced.len()).is_some() {
-                return Err(format!("it adds {} twice", object.owner));
+        let names_synced = !(delta.synced_removed.is_empty()
+            && delta.synced_replaced.is_empty()
+            && delta.synced_added.is_empty());
+        if names_synced {
+            let (synced, by_owner) = self.synced.get_or_insert_with(|| {
+                let synced: Vec<_> = std::mem::take(&mut state.synced).into_iter().map(Some).collect();
+                let by_owner = (synced.iter().enumerate())
+                    .filter_map(|(i, object)| Some((owner_hash(&object.as_ref()?.owner), i)))
+                    .collect();
+                (synced, by_owner)
+            });
+            // The slot of `owner`'s object.
+            let find = |synced: &[Option<Arc<SyncedObject>>], by_owner: &HashMap<u64, usize>, owner: &str| {
+                by_owner
+                    .get(&owner_hash(owner))
+                    .copied()
+                    .filter(|&i| synced[i].as_ref().is_some_and(|object| object.owner == owner))
+            };
+            for owner in delta.synced_removed {
+                let index = find(synced, by_owner, &owner)
+                    .ok_or_else(|| format!("it removes {owner}, which is not there"))?;
+                by_owner.remove(&owner_hash(&owner));
+                synced[index] = None;
             }
-            self.synced.push(Some(object));
+            for object in delta.synced_replaced {
+                let index = find(synced, by_owner, &object.owner)
+                    .ok_or_else(|| format!("it replaces {}, which is not there", object.owner))?;
+                synced[index] = Some(object);
+            }
+            for object in delta.synced_added {
+                if by_owner.insert(owner_hash(&object.owner), synced.len()).is_some() {
+                    return Err(format!("it adds {}, which is there already", object.owner));
+                }
+                synced.push(Some(object));
+            }
         }
         let image = &mut state.image;
         for frontend in &delta.frontends_removed {
@@ -200,8 +266,8 @@ impl Replay {
 
     pub fn finish(self) -> AppliedState {
         let mut state = self.state;
-        if self.by_owner.is_some() {
-            state.synced = self.synced.into_iter().flatten().collect();
+        if let Some((synced, _)) = self.synced {
+            state.synced = synced.into_iter().flatten().collect();
         }
         state
     }
@@ -261,6 +327,7 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::FrontendRule;
 
     fn log_of(generation: u64, deltas: &[Delta]) -> Vec<u8> {
         let mut log = header(generation);
@@ -328,7 +395,7 @@ mod tests {
         after.synced.remove(70);
         after.synced.remove(0);
         after.synced.push(object("service/ns/new", 1));
-        let delta = Delta::between(&before, &after);
+        let delta = Delta::between(&before, &after, Touched::All);
         assert_eq!(delta.synced_removed, ["service/ns/s0", "service/ns/s70"]);
         assert_eq!(delta.synced_replaced, [object("service/ns/s50", 2)]);
         assert_eq!(delta.synced_added, [object("service/ns/new", 1)]);
@@ -340,10 +407,58 @@ mod tests {
         let mut moved = before.clone();
         moved.synced.rotate_left(30);
         moved.synced.swap(3, 90);
-        let delta = Delta::between(&before, &moved);
+        let delta = Delta::between(&before, &moved, Touched::All);
         let mut replay = Replay::new(before);
         replay.apply(delta).unwrap();
         assert_eq!(replay.finish(), moved);
+    }
+
+    /// A change through `Image::update` recorded from the frontends it
+    /// touched only: the record replays exactly, its backends included.
+    #[test]
+    fn a_record_of_the_touched_frontends_replays_exactly() {
+        let rule = |frontend: &str, backends: &[&str]| FrontendRule {
+            frontend: frontend.parse().unwrap(),
+            backends: backends.iter().map(|b| crate::model::parse_backend(b).unwrap()).collect(),
+            local_backends: Vec::new(),
+            affinity_seconds: None,
+            local_only: false,
+            requests_per_second: None,
+            address_kind: crate::model::AddressKind::ClusterIp,
+            external: crate::model::ExternalBalancing::default(),
+        };
+        let rules = [
+            rule("198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"]),
+            rule("198.18.0.2:80", &["192.0.2.2:80", "192.0.2.3:80"]),
+            rule("198.18.0.3:80", &["192.0.2.4:80"]),
+        ];
+        let owned = |rules: &[FrontendRule]| -> Vec<(String, FrontendRule)> {
+            rules.iter().map(|r| (format!("policy/{}", r.frontend), r.clone())).collect()
+        };
+        let compiled = owned(&rules);
+        let image =
+            Image::default().update([], compiled.iter().map(|(o, r)| (o.clone(), r)), [], true).unwrap();
+        let before = AppliedState { image, ..AppliedState::default() };
+        // 198.18.0.1 gets other backends (192.0.2.1 goes, .5 comes), .3 goes,
+        // .4 comes with a backend .2 already has; .2 stays as it was.
+        let changed = owned(&[
+            rule("198.18.0.1:80", &["192.0.2.2:80", "192.0.2.5:80"]),
+            rule("198.18.0.4:80", &["192.0.2.2:80", "192.0.2.6:80"]),
+        ]);
+        let removed: Vec<Frontend> = ["198.18.0.1:80", "198.18.0.3:80"].map(|f| f.parse().unwrap()).into();
+        let image = (before.image.clone())
+            .updated(&removed, changed.iter().map(|(o, r)| (o.clone(), r)), [], true)
+            .unwrap();
+        let after = AppliedState { image, ..AppliedState::default() };
+        let touched: BTreeSet<Frontend> =
+            removed.iter().copied().chain(changed.iter().map(|(_, r)| r.frontend)).collect();
+        let delta = Delta::between(&before, &after, Touched::Frontends(&touched));
+        assert_eq!(delta.frontends_removed, [removed[1]]);
+        assert_eq!(delta.frontends_put.len(), 2);
+        assert_eq!((delta.backends_removed.len(), delta.backends_put.len()), (2, 2), "{delta:?}");
+        let mut replay = Replay::new(before.clone());
+        replay.apply(delta).unwrap();
+        assert_eq!(replay.finish(), after);
     }
 
     #[test]
