@@ -178,6 +178,32 @@ impl FrontendImage {
     }
 }
 
+/// Where a change may have changed an image: what compares two images
+/// (the state's change record, the stale sockets' pairs) looks there only.
+#[derive(Clone, Copy)]
+pub enum Touched<'a> {
+    /// Anywhere: the images are compared whole.
+    All,
+    /// Only these frontends (those of the rules the change removed and
+    /// added), and the backends they use before or after.
+    Frontends(&'a BTreeSet<Frontend>),
+}
+
+impl<'a> Touched<'a> {
+    /// The frontends of `image` that may have changed, with their entries.
+    pub fn frontends_of(
+        self,
+        image: &'a Image,
+    ) -> Box<dyn Iterator<Item = (&'a Frontend, &'a FrontendImage)> + 'a> {
+        match self {
+            Self::All => Box::new(image.frontends.iter()),
+            Self::Frontends(touched) => {
+                Box::new(touched.iter().filter_map(|f| image.frontends.get_key_value(f)))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     #[serde(with = "pairs")]

@@ -31,9 +31,10 @@ use crate::{
         pins::PinDir,
         sock_destroy::{Destroyed, Transport, destroy_sockets},
     },
-    image::Image,
+    image::{Image, Touched},
     model::{Frontend, Protocol, Scope},
     state::AppliedState,
+    transaction::Outcome,
 };
 
 /// The (frontend, backend) pairs a change ended, of the protocols whose
@@ -52,10 +53,17 @@ pub struct LeftPairs {
 /// external scope's, whose packets have no socket here.
 ///
 /// A backend `held_back` for a frontend has not left it: topology keeps it
-/// from this node's clients, and it is still an endpoint.
-pub fn left_pairs(before: &Image, after: &Image, held_back: &HeldBack<'_>, tcp: bool) -> LeftPairs {
+/// from this node's clients, and it is still an endpoint. Only the
+/// frontends `touched` can have lost backends.
+pub fn left_pairs(
+    before: &Image,
+    after: &Image,
+    touched: Touched,
+    held_back: &HeldBack<'_>,
+    tcp: bool,
+) -> LeftPairs {
     let mut left = LeftPairs::default();
-    for (frontend, old) in &before.frontends {
+    for (frontend, old) in touched.frontends_of(before) {
         let udp = match frontend.protocol {
             Protocol::Udp => true,
             Protocol::Tcp if tcp => false,
@@ -135,13 +143,10 @@ static UNSEEN_TOLD: AtomicBool = AtomicBool::new(false);
 /// Destroys the connected sockets of the pairs that `before` had and
 /// `after` no longer has. The change is committed: a failure here is
 /// logged, not returned; None when there was nothing to destroy.
-pub fn destroy(
-    pins: &PinDir,
-    before: &AppliedState,
-    after: &AppliedState,
-    tcp: bool,
-) -> Option<StaleSockets> {
-    let left = left_pairs(&before.image, &after.image, &held_back(after), tcp);
+pub fn destroy(pins: &PinDir, outcome: &Outcome, tcp: bool) -> Option<StaleSockets> {
+    let (before, after) = (&outcome.before, &outcome.after);
+    let touched = Touched::Frontends(&outcome.touched);
+    let left = left_pairs(&before.image, &after.image, touched, &held_back(after), tcp);
     if left.pairs.is_empty() {
         return None;
     }
@@ -233,14 +238,21 @@ mod tests {
         // x left the UDP frontend; the TCP one lost its backend; the third frontend is gone.
         let after =
             image(&[("198.18.0.10:53", Protocol::Udp, 1, &[y]), ("198.18.0.10:53", Protocol::Tcp, 2, &[])]);
-        let udp = left_pairs(&before, &after, &HeldBack::default(), false);
+        let udp = left_pairs(&before, &after, Touched::All, &HeldBack::default(), false);
         assert_eq!(by_service(&udp), BTreeMap::from([(1, vec![1]), (3, vec![3])]));
         assert_eq!(udp.transports, vec![Transport::Udp]);
-        let all = left_pairs(&before, &after, &HeldBack::default(), true);
+        let all = left_pairs(&before, &after, Touched::All, &HeldBack::default(), true);
         assert_eq!(by_service(&all), BTreeMap::from([(1, vec![1]), (2, vec![4]), (3, vec![3])]));
         assert_eq!(all.transports.len(), 2);
         // Nothing left: nothing to destroy.
-        assert_eq!(left_pairs(&before, &before, &HeldBack::default(), true), LeftPairs::default());
+        assert_eq!(
+            left_pairs(&before, &before, Touched::All, &HeldBack::default(), true),
+            LeftPairs::default()
+        );
+        // Only the frontends a change touched are looked at.
+        let third = BTreeSet::from(["198.18.0.11:53/udp".parse::<Frontend>().unwrap()]);
+        let touched = left_pairs(&before, &after, Touched::Frontends(&third), &HeldBack::default(), true);
+        assert_eq!(by_service(&touched), BTreeMap::from([(3, vec![3])]));
     }
 
     /// A backend that comes back under a new id with the same address keeps
@@ -250,10 +262,12 @@ mod tests {
     fn pairs_follow_addresses_and_service_ids() {
         let before = image(&[("198.18.0.10:53", Protocol::Udp, 1, &[(1, "192.0.2.1:53")])]);
         let same_address = image(&[("198.18.0.10:53", Protocol::Udp, 1, &[(7, "192.0.2.1:53")])]);
-        assert!(left_pairs(&before, &same_address, &HeldBack::default(), false).pairs.is_empty());
+        assert!(
+            left_pairs(&before, &same_address, Touched::All, &HeldBack::default(), false).pairs.is_empty()
+        );
         let new_service = image(&[("198.18.0.10:53", Protocol::Udp, 9, &[(1, "192.0.2.1:53")])]);
         assert_eq!(
-            by_service(&left_pairs(&before, &new_service, &HeldBack::default(), false)),
+            by_service(&left_pairs(&before, &new_service, Touched::All, &HeldBack::default(), false)),
             BTreeMap::from([(1, vec![1])])
         );
     }
@@ -266,9 +280,13 @@ mod tests {
         let after = image(&[("198.18.0.10:53", Protocol::Udp, 1, &[y])]);
         let frontend = *after.frontends.keys().next().unwrap();
         let held: &[SocketAddr] = &["192.0.2.1:53".parse().unwrap()];
-        assert!(left_pairs(&before, &after, &HeldBack::from([(frontend, held)]), false).pairs.is_empty());
+        assert!(
+            left_pairs(&before, &after, Touched::All, &HeldBack::from([(frontend, held)]), false)
+                .pairs
+                .is_empty()
+        );
         assert_eq!(
-            by_service(&left_pairs(&before, &after, &HeldBack::default(), false)),
+            by_service(&left_pairs(&before, &after, Touched::All, &HeldBack::default(), false)),
             BTreeMap::from([(1, vec![1])])
         );
     }

@@ -21,10 +21,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-pub use self::change_log::Touched;
 use self::change_log::{Delta, LOG_FILE, Replay};
 use crate::{
-    image::Image,
+    image::{Image, Touched},
     model::{AddressKind, Frontend, Policy, SyncedObject},
     trusted_dir::{Problem, Trust, TrustedDir, user},
 };

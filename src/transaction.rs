@@ -22,10 +22,11 @@ use crate::{
         maps::{Datapath, EntryCounts, MapContents, ServiceId},
         pins::PinDir,
     },
+    image::Touched,
     model::{Frontend, FrontendRule, SyncedObject},
     plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
-    state::{AppliedState, Recorded, StateDir, StateLock, Touched},
+    state::{AppliedState, Recorded, StateDir, StateLock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,9 @@ pub struct Outcome {
     /// The maps were repaired from what they held, after a change that was
     /// interrupted during its map writes.
     pub repaired: bool,
+    /// The frontends whose rules the change removed or added: where the
+    /// images of `before` and `after` can differ (`Touched::Frontends`).
+    pub touched: BTreeSet<Frontend>,
     /// Where the record of `after` ends (None in a dry run, or before
     /// anything was ever recorded).
     recorded: Option<Recorded>,
@@ -133,7 +137,7 @@ pub fn change_prepared<P: Send>(
     if mode == Mode::DryRun || (after == before && !repairing) {
         let map_writes = between.len();
         let recorded = recorded.filter(|_| mode == Mode::Apply);
-        return Ok(Outcome { before, after, summary, map_writes, repaired: false, recorded });
+        return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, recorded });
     }
 
     // A balctl killed during its map writes left them between two states:
@@ -173,7 +177,7 @@ pub fn change_prepared<P: Send>(
         }
     };
     state_dir.end_map_writes(&lock);
-    Ok(Outcome { before, after, summary, map_writes, repaired: repairing, recorded: Some(recorded) })
+    Ok(Outcome { before, after, summary, map_writes, repaired: repairing, touched, recorded: Some(recorded) })
 }
 
 /// Makes the maps hold exactly the applied state, planned from what they

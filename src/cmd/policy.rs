@@ -105,8 +105,7 @@ fn delete(ctx: &Context, args: &PolicyNameArg) -> Result<()> {
 /// policy's frontend (src/stale_sockets.rs). TCP connections are left
 /// alone: `sync --destroy-tcp-sockets` is sync's.
 fn destroy_stale_sockets(ctx: &Context, outcome: &Outcome, name: &str) {
-    let (before, after) = (&outcome.before, &outcome.after);
-    if let Some(sockets) = stale_sockets::destroy(&ctx.pins, before, after, false).filter(|s| s.any()) {
+    if let Some(sockets) = stale_sockets::destroy(&ctx.pins, outcome, false).filter(|s| s.any()) {
         ctx.say(format!("policy/{name}: {sockets}"));
     }
 }

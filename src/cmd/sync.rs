@@ -118,8 +118,7 @@ fn destroy_stale_sockets(
     outcome: &Outcome,
     agent: Option<&Agent>,
 ) -> Option<StaleSockets> {
-    let (before, after) = (&outcome.before, &outcome.after);
-    let sockets = stale_sockets::destroy(&ctx.pins, before, after, args.destroy_tcp_sockets)?;
+    let sockets = stale_sockets::destroy(&ctx.pins, outcome, args.destroy_tcp_sockets)?;
     if let Some(agent) = agent {
         agent.stale_sockets(&sockets);
     }

@@ -30,7 +30,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::AppliedState;
 use crate::{
     bpf::maps::{BackendId, ServiceId},
-    image::{BackendAddr, FrontendImage, Image},
+    image::{BackendAddr, FrontendImage, Image, Touched},
     model::{Frontend, Policy, SyncedObject},
     plan::changes,
 };
@@ -115,11 +115,10 @@ impl Delta {
                 let ids = |image: &'_ Image| -> BTreeSet<BackendId> {
                     (frontends_of(image, &frontends)).flat_map(|f| f.backends.iter().copied()).collect()
                 };
-                let mut removed: Vec<BackendId> = ids(image_before)
+                let removed: Vec<BackendId> = ids(image_before)
                     .into_iter()
                     .filter(|id| !image_after.backends.contains_key(id))
                     .collect();
-                removed.sort_unstable();
                 let put = (ids(image_after).into_iter())
                     .filter(|id| !image_before.backends.contains_key(id))
                     .filter_map(|id| Some((id, *image_after.backends.get(&id)?)))
@@ -143,14 +142,6 @@ impl Delta {
             node_ports_on_loopback: image_after.node_ports_on_loopback,
         }
     }
-}
-
-/// Where a change may have changed the image (`Delta::between`).
-pub enum Touched<'a> {
-    /// Anywhere: the images are compared whole.
-    All,
-    /// Only these frontends, and the backends they use before or after.
-    Frontends(&'a BTreeSet<Frontend>),
 }
 
 /// The frontends of `image` among `changed` (removed ones and put ones).
