@@ -488,20 +488,9 @@ mod pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_backend;
 
     fn policy(name: &str, frontend: &str, backends: &[&str]) -> (String, FrontendRule) {
-        let rule = FrontendRule {
-            frontend: frontend.parse().unwrap(),
-            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
-            local_backends: Vec::new(),
-            affinity_seconds: None,
-            local_only: false,
-            requests_per_second: None,
-            address_kind: crate::model::AddressKind::ClusterIp,
-            external: crate::model::ExternalBalancing::default(),
-        };
-        (format!("policy/{name}"), rule)
+        (format!("policy/{name}"), FrontendRule::plain(frontend, backends))
     }
 
     fn compile(rules: &[(String, FrontendRule)], previous: &Image) -> Result<Image> {

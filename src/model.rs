@@ -547,6 +547,22 @@ pub fn check_maglev_table_size(size: u64) -> Result<u32, String> {
 }
 
 impl FrontendRule {
+    /// A ClusterIP rule from `frontend` (`IP:PORT[/udp]`) to `backends`
+    /// and nothing else, for tests.
+    #[cfg(test)]
+    pub fn plain(frontend: &str, backends: &[&str]) -> Self {
+        Self {
+            frontend: frontend.parse().unwrap(),
+            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            local_backends: Vec::new(),
+            affinity_seconds: None,
+            local_only: false,
+            requests_per_second: None,
+            address_kind: AddressKind::ClusterIp,
+            external: ExternalBalancing::default(),
+        }
+    }
+
     /// Whether `backend` runs on this node.
     pub fn is_local(&self, backend: &SocketAddr) -> bool {
         self.local_backends.binary_search(backend).is_ok()

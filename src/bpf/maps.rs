@@ -248,91 +248,30 @@ impl Datapath {
     /// them), and why. Deleting what is already gone is done.
     pub fn write_run(&mut self, ops: &[&Op]) -> Result<(), (usize, anyhow::Error)> {
         let Some(first) = ops.first() else { return Ok(()) };
+        // The entries of the run, all of `$variant`, as `$entry` makes them.
+        macro_rules! run {
+            ($variant:ident($($field:ident),+) => $entry:expr) => {
+                &of_run(ops, |op| match op {
+                    Op::$variant($($field),+) => Some($entry),
+                    _ => None,
+                })
+            };
+        }
         let result = match first {
-            Op::PutBackend(..) => batch::put(
-                self.backends.map(),
-                &of_run(ops, |op| match op {
-                    Op::PutBackend(id, backend) => Some((*id, *backend)),
-                    _ => None,
-                }),
-            ),
-            Op::DeleteBackend(_) => batch::delete(
-                self.backends.map(),
-                &of_run(ops, |op| match op {
-                    Op::DeleteBackend(id) => Some(*id),
-                    _ => None,
-                }),
-            ),
-            Op::PutMembership(_) => batch::put(
-                self.membership.map(),
-                &of_run(ops, |op| match op {
-                    Op::PutMembership(key) => Some((*key, 0_u32)),
-                    _ => None,
-                }),
-            ),
-            Op::DeleteMembership(_) => batch::delete(
-                self.membership.map(),
-                &of_run(ops, |op| match op {
-                    Op::DeleteMembership(key) => Some(*key),
-                    _ => None,
-                }),
-            ),
-            Op::PutService(..) => batch::put(
-                self.services.map(),
-                &of_run(ops, |op| match op {
-                    Op::PutService(key, entry) => Some((*key, *entry)),
-                    _ => None,
-                }),
-            ),
-            Op::DeleteService(_) => batch::delete(
-                self.services.map(),
-                &of_run(ops, |op| match op {
-                    Op::DeleteService(key) => Some(*key),
-                    _ => None,
-                }),
-            ),
-            Op::PutNodeAddress(_) => batch::put(
-                self.nodes.map(),
-                &of_run(ops, |op| match op {
-                    Op::PutNodeAddress(key) => Some((*key, 0_u32)),
-                    _ => None,
-                }),
-            ),
-            Op::DeleteNodeAddress(_) => batch::delete(
-                self.nodes.map(),
-                &of_run(ops, |op| match op {
-                    Op::DeleteNodeAddress(key) => Some(*key),
-                    _ => None,
-                }),
-            ),
-            Op::PutExternal(..) => batch::put(
-                self.external.map(),
-                &of_run(ops, |op| match op {
-                    Op::PutExternal(key, master) => Some((*key, *master)),
-                    _ => None,
-                }),
-            ),
-            Op::DeleteExternal(_) => batch::delete(
-                self.external.map(),
-                &of_run(ops, |op| match op {
-                    Op::DeleteExternal(key) => Some(*key),
-                    _ => None,
-                }),
-            ),
-            Op::PutMaglev(..) => batch::put(
-                self.maglev.map(),
-                &of_run(ops, |op| match op {
-                    Op::PutMaglev(key, chunk) => Some((*key, *chunk)),
-                    _ => None,
-                }),
-            ),
-            Op::DeleteMaglev(_) => batch::delete(
-                self.maglev.map(),
-                &of_run(ops, |op| match op {
-                    Op::DeleteMaglev(key) => Some(*key),
-                    _ => None,
-                }),
-            ),
+            Op::PutBackend(..) => batch::put(self.backends.map(), run!(PutBackend(id, b) => (*id, *b))),
+            Op::DeleteBackend(_) => batch::delete(self.backends.map(), run!(DeleteBackend(id) => *id)),
+            Op::PutMembership(_) => batch::put(self.membership.map(), run!(PutMembership(k) => (*k, 0_u32))),
+            Op::DeleteMembership(_) => batch::delete(self.membership.map(), run!(DeleteMembership(k) => *k)),
+            Op::PutService(..) => batch::put(self.services.map(), run!(PutService(k, entry) => (*k, *entry))),
+            Op::DeleteService(_) => batch::delete(self.services.map(), run!(DeleteService(k) => *k)),
+            Op::PutNodeAddress(_) => batch::put(self.nodes.map(), run!(PutNodeAddress(k) => (*k, 0_u32))),
+            Op::DeleteNodeAddress(_) => batch::delete(self.nodes.map(), run!(DeleteNodeAddress(k) => *k)),
+            Op::PutExternal(..) => {
+                batch::put(self.external.map(), run!(PutExternal(k, master) => (*k, *master)))
+            }
+            Op::DeleteExternal(_) => batch::delete(self.external.map(), run!(DeleteExternal(k) => *k)),
+            Op::PutMaglev(..) => batch::put(self.maglev.map(), run!(PutMaglev(k, chunk) => (*k, *chunk))),
+            Op::DeleteMaglev(_) => batch::delete(self.maglev.map(), run!(DeleteMaglev(k) => *k)),
             Op::PutSourceRange(_) | Op::DeleteSourceRange(_) => {
                 for (done, op) in ops.iter().enumerate() {
                     self.write(op).map_err(|err| (done, err))?;

@@ -408,16 +408,7 @@ mod tests {
     /// touched only: the record replays exactly, its backends included.
     #[test]
     fn a_record_of_the_touched_frontends_replays_exactly() {
-        let rule = |frontend: &str, backends: &[&str]| FrontendRule {
-            frontend: frontend.parse().unwrap(),
-            backends: backends.iter().map(|b| crate::model::parse_backend(b).unwrap()).collect(),
-            local_backends: Vec::new(),
-            affinity_seconds: None,
-            local_only: false,
-            requests_per_second: None,
-            address_kind: crate::model::AddressKind::ClusterIp,
-            external: crate::model::ExternalBalancing::default(),
-        };
+        let rule = FrontendRule::plain;
         let rules = [
             rule("198.18.0.1:80", &["192.0.2.1:80", "192.0.2.2:80"]),
             rule("198.18.0.2:80", &["192.0.2.2:80", "192.0.2.3:80"]),
