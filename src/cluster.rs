@@ -12,6 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    ops::Bound,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -29,11 +30,10 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt as _,
-        reflector::{self, Store, store::Writer},
         watcher,
     },
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use serde::Serialize;
 
 use crate::{agent::Agent, cli::ApiServerArgs, inputs::kube::POLICY_API_VERSION};
@@ -51,10 +51,11 @@ pub fn list_all(connection: &ApiServerArgs, this_node: &str) -> Result<Vec<Docum
         documents.add(list::<Node>(Api::all(client.clone()), ListParams::default()).await?);
         let local = ListParams::default().fields(&format!("spec.nodeName={this_node}"));
         documents.add(list::<Pod>(Api::all(client.clone()), local).await?);
-        documents.add(list_policies(&client, "LocalRedirectPolicy").await?.0);
-        let (balancing, policies) = list_policies(&client, "BalancingPolicy").await?;
+        documents.add(list_policies(&client, "LocalRedirectPolicy").await?);
+        let balancing = list_policies(&client, "BalancingPolicy").await?;
+        let wanted = selected_pods(&balancing);
         documents.add(balancing);
-        for (namespace, labels) in selected_pods(&policies).into_values() {
+        for (namespace, labels) in wanted.into_values() {
             let selected = ListParams::default().labels(&labels);
             documents.add(list::<Pod>(Api::namespaced(client.clone(), &namespace), selected).await?);
         }
@@ -108,13 +109,12 @@ where
     documents(&api.list(&params).await, &K::api_version(&()), &K::kind(&()))
 }
 
-/// The policies of a kind, as documents and as objects.
-async fn list_policies(client: &Client, kind: &str) -> Result<(Vec<Document>, Vec<DynamicObject>)> {
+/// The policies of a kind, as documents.
+async fn list_policies(client: &Client, kind: &str) -> Result<Vec<Document>> {
     let (group, version) = POLICY_API_VERSION.split_once('/').expect("a group/version");
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
     let listed = Api::<DynamicObject>::all_with(client.clone(), &resource).list(&ListParams::default()).await;
-    let documents = documents(&listed, POLICY_API_VERSION, kind)?;
-    Ok((documents, listed.map(|list| list.items).unwrap_or_default()))
+    documents(&listed, POLICY_API_VERSION, kind)
 }
 
 /// The listed objects as JSON documents.
@@ -130,18 +130,27 @@ fn documents<K: Resource + Serialize + Clone>(
 }
 
 /// An object as a JSON document, with apiVersion and kind set (the items of
-/// a list leave them out).
+/// a list leave them out), and without its managedFields: balctl never
+/// reads them, and in a real cluster they are often most of an object.
 fn document<K: Resource + Serialize>(object: &K, api_version: &str, kind: &str) -> Result<Document> {
-    let meta = object.meta();
-    let name = meta.name.as_deref().unwrap_or_default();
-    let name = match &meta.namespace {
-        Some(namespace) => format!("{namespace}/{name}"),
-        None => name.to_owned(),
-    };
     let mut json = serde_json::to_value(object)?;
     json["apiVersion"] = api_version.into();
     json["kind"] = kind.into();
-    Ok(Document::new(format!("{kind} {name} (from the API server)"), serde_json::to_vec(&json)?))
+    if let Some(meta) = json.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    Ok(Document::new(label(object, kind), serde_json::to_vec(&json)?))
+}
+
+/// What an object is called in errors, and its key among documents:
+/// `Service ns/name (from the API server)`.
+fn label<K: Resource>(object: &K, kind: &str) -> String {
+    let meta = object.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    match &meta.namespace {
+        Some(namespace) => format!("{kind} {namespace}/{name} (from the API server)"),
+        None => format!("{kind} {name} (from the API server)"),
+    }
 }
 
 /// Every container's pod (`namespace/name`), by container id, from the
@@ -200,29 +209,111 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a watcher says.
 enum Signal {
-    /// Its objects changed.
-    Changed,
-    /// Its full list arrived (again, after a relist).
-    Listed,
+    /// An object changed, or came: it is now this document.
+    Applied(Document),
+    /// The object of this label left.
+    Deleted(String),
+    /// A (re)list begins: what it does not name again has left.
+    Listing,
+    /// An object of the list, as this document.
+    Listed(Document),
+    /// The list is complete.
+    ListDone,
     /// It failed; it retries by itself, with backoff.
     Failed(String),
     /// The API server answered the reachability probe (`probe`).
     Answered,
 }
 
-/// A store's objects as documents.
-type Documents = Box<dyn FnMut() -> Result<Vec<Document>>>;
-
-/// A running watcher: its store's documents, whether its first full list
-/// arrived, and the task that feeds its signals to the loop.
+/// A running watcher: the labels of the objects it holds, those a relist
+/// in progress named so far, whether its first full list arrived, and the
+/// task that feeds its signals to the loop.
 struct Watched {
-    documents: Documents,
+    labels: FxHashSet<String>,
+    relisted: Option<FxHashSet<String>>,
     listed: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Watchers by what they watch (`Service`, `Pod selected shop app=web`...).
 type Watchers = BTreeMap<String, Watched>;
+
+/// The cluster as the watchers last heard it: every object as the JSON
+/// document balctl reads, by label, and what changed since the last time
+/// it was handed on. Only the documents are kept (no typed copy of the
+/// objects), each made once when its object arrives.
+#[derive(Default)]
+pub struct Documents {
+    pub documents: BTreeMap<String, Document>,
+    /// The labels of the documents that came, changed or left since the
+    /// last `watch` handed them on, each with its document then (None: it
+    /// had none).
+    pub changed: BTreeMap<String, Option<Document>>,
+}
+
+impl Documents {
+    /// `document` is the object of its label now, as `watcher` says.
+    fn put(&mut self, watchers: &mut Watchers, watcher: &str, document: Document) -> bool {
+        let Some(watched) = watchers.get_mut(watcher) else { return false };
+        if let Some(relisted) = watched.relisted.as_mut() {
+            relisted.insert(document.label.clone());
+        }
+        if !watched.labels.contains(&document.label) {
+            watched.labels.insert(document.label.clone());
+        }
+        let label = document.label.clone();
+        let old = self.documents.insert(label.clone(), document);
+        let changed = old.as_ref().is_none_or(|old| old.hash() != self.documents[&label].hash());
+        if changed {
+            self.changed.entry(label).or_insert(old);
+        }
+        changed
+    }
+
+    /// `watcher` no longer holds the object of `label`: it leaves unless
+    /// another watcher holds it too (a Pod on this node that a policy
+    /// selects).
+    fn remove(&mut self, watchers: &mut Watchers, watcher: &str, label: &str) -> bool {
+        let Some(watched) = watchers.get_mut(watcher) else { return false };
+        watched.labels.remove(label);
+        if watchers.values().any(|other| other.labels.contains(label)) {
+            return false;
+        }
+        match self.documents.remove(label) {
+            Some(old) => {
+                self.changed.entry(label.to_owned()).or_insert(Some(old));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A relist of `watcher` is complete: what it did not name again left.
+    fn list_done(&mut self, watchers: &mut Watchers, watcher: &str) -> bool {
+        let Some(watched) = watchers.get_mut(watcher) else { return false };
+        watched.listed = true;
+        let Some(relisted) = watched.relisted.take() else { return false };
+        let gone: Vec<String> = watched.labels.difference(&relisted).cloned().collect();
+        let mut changed = false;
+        for label in gone {
+            changed |= self.remove(watchers, watcher, &label);
+        }
+        changed
+    }
+
+    /// Stops `watcher`: what only it held leaves.
+    fn stop(&mut self, watchers: &mut Watchers, watcher: &str) {
+        let Some(mut watched) = watchers.remove(watcher) else { return };
+        watched.task.abort();
+        for label in std::mem::take(&mut watched.labels) {
+            if !watchers.values().any(|other| other.labels.contains(&label))
+                && let Some(old) = self.documents.remove(&label)
+            {
+                self.changed.entry(label).or_insert(Some(old));
+            }
+        }
+    }
+}
 
 /// Watches the cluster until `stop` is set, calling `apply` with every
 /// object once all watchers have listed, then after each batch of changes.
@@ -240,14 +331,13 @@ pub fn watch(
     this_node: &str,
     stop: &AtomicBool,
     agent: &Agent,
-    mut apply: impl FnMut(Vec<Document>),
+    mut apply: impl FnMut(&Documents),
 ) -> Result<()> {
     with_client(connection, async |client| {
         let (signals, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Signal)>();
         let mut watchers = Watchers::new();
-        let start = |watchers: &mut Watchers,
-                     key: String,
-                     (documents, stream): (Documents, BoxStream<'static, Signal>)| {
+        let mut cluster = Documents::default();
+        let start = |watchers: &mut Watchers, key: String, stream: BoxStream<'static, Signal>| {
             let signals = signals.clone();
             let forwarded = key.clone();
             let task = tokio::spawn(async move {
@@ -258,7 +348,8 @@ pub fn watch(
                     }
                 }
             });
-            watchers.insert(key, Watched { documents, listed: false, task });
+            let watched = Watched { labels: FxHashSet::default(), relisted: None, listed: false, task };
+            watchers.insert(key, watched);
         };
         let all = watcher::Config::default;
         start(&mut watchers, "Service".into(), watched::<Service>(Api::all(client.clone()), all()));
@@ -270,10 +361,8 @@ pub fn watch(
         start(&mut watchers, "Node".into(), watched::<Node>(Api::all(client.clone()), all()));
         let local = all().fields(&format!("spec.nodeName={this_node}"));
         start(&mut watchers, format!("Pod on {this_node}"), watched::<Pod>(Api::all(client.clone()), local));
-        let (_, redirects) = watched_policies(&client, "LocalRedirectPolicy");
-        start(&mut watchers, "LocalRedirectPolicy".into(), redirects);
-        let (balancing_store, balancing) = watched_policies(&client, "BalancingPolicy");
-        start(&mut watchers, "BalancingPolicy".into(), balancing);
+        start(&mut watchers, "LocalRedirectPolicy".into(), watched_policies(&client, "LocalRedirectPolicy"));
+        start(&mut watchers, "BalancingPolicy".into(), watched_policies(&client, "BalancingPolicy"));
 
         // (first, last) change not applied yet.
         let mut pending: Option<(Instant, Instant)> = None;
@@ -284,16 +373,12 @@ pub fn watch(
                 let Some((key, signal)) = next else {
                     anyhow::bail!("the Kubernetes watches ended");
                 };
-                if let Signal::Answered = signal {
-                    probing = false;
-                    agent.api_server_answered();
-                    continue;
-                }
-                // A watcher just stopped may still have said something.
-                let Some(watched) = watchers.get_mut(&key) else { continue };
-                match signal {
-                    Signal::Listed => watched.listed = true,
-                    Signal::Changed | Signal::Answered => {}
+                let changed = match signal {
+                    Signal::Answered => {
+                        probing = false;
+                        agent.api_server_answered();
+                        continue;
+                    }
                     Signal::Failed(err) => {
                         log::warn!("watching {key}: {err} (retrying; the datapath keeps its state)");
                         agent.api_server_failed(&format!("watching {key}: {err}"));
@@ -303,8 +388,29 @@ pub fn watch(
                         }
                         continue;
                     }
-                }
+                    Signal::Applied(document) => cluster.put(&mut watchers, &key, document),
+                    Signal::Deleted(label) => cluster.remove(&mut watchers, &key, &label),
+                    Signal::Listing => {
+                        // A watcher just stopped may still have said something.
+                        if let Some(watched) = watchers.get_mut(&key) {
+                            watched.relisted = Some(FxHashSet::default());
+                        }
+                        false
+                    }
+                    // A list's objects are one change, when it is complete.
+                    Signal::Listed(document) => {
+                        cluster.put(&mut watchers, &key, document);
+                        false
+                    }
+                    Signal::ListDone => {
+                        cluster.list_done(&mut watchers, &key);
+                        true
+                    }
+                };
                 agent.api_server_answered();
+                if !changed {
+                    continue;
+                }
                 agent.changed(1);
                 let now = Instant::now();
                 pending = Some((pending.map_or(now, |(first, _)| first), now));
@@ -315,14 +421,13 @@ pub fn watch(
                 continue;
             }
             // The policies may want other Pods now: watch those first.
-            let wanted = selected_pods(balancing_store.state().iter().map(AsRef::as_ref));
+            let policies = cluster.documents.range::<str, _>((Bound::Included(BALANCING_POLICIES), Bound::Unbounded)).map(|(_, d)| d);
+            let wanted = selected_pods(policies.take_while(|d| d.label.starts_with(BALANCING_POLICIES)));
             let running: BTreeSet<String> =
                 watchers.keys().filter(|k| k.starts_with(SELECTED_PODS)).cloned().collect();
             if wanted.keys().cloned().collect::<BTreeSet<_>>() != running {
                 for gone in running.iter().filter(|k| !wanted.contains_key(*k)) {
-                    if let Some(watched) = watchers.remove(gone) {
-                        watched.task.abort();
-                    }
+                    cluster.stop(&mut watchers, gone);
                 }
                 for (key, (namespace, labels)) in wanted.into_iter().filter(|(k, _)| !running.contains(k)) {
                     let api = Api::namespaced(client.clone(), &namespace);
@@ -331,11 +436,8 @@ pub fn watch(
                 continue;
             }
             pending = None;
-            let mut documents = Labelled::new();
-            for watched in watchers.values_mut() {
-                documents.add((watched.documents)()?);
-            }
-            apply(documents.0.into_values().collect());
+            apply(&cluster);
+            cluster.changed.clear();
         }
         Ok(())
     })
@@ -358,10 +460,12 @@ fn probe(client: Client, signals: tokio::sync::mpsc::UnboundedSender<(String, Si
 
 /// The start of the keys of watchers of the Pods policies select.
 const SELECTED_PODS: &str = "Pod selected ";
+/// The start of the labels of BalancingPolicy documents.
+const BALANCING_POLICIES: &str = "BalancingPolicy ";
 
-/// A watcher of `api` kept in a store: the store's documents and the
-/// watcher's signals.
-fn watched<K>(api: Api<K>, config: watcher::Config) -> (Documents, BoxStream<'static, Signal>)
+/// A watcher of `api`, as signals: each object made into its document as
+/// it arrives.
+fn watched<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, Signal>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -369,170 +473,161 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
-        + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store::<K>();
     let (api_version, kind) = (K::api_version(&()).into_owned(), K::kind(&()).into_owned());
-    let mut made = Made::default();
-    let documents = Box::new(move || stored(&store, &api_version, &kind, &mut made));
-    (documents, signals(writer, watcher(api, config)))
+    signals(watcher(api, config), api_version, kind)
 }
 
-/// A watcher of a policy kind: its store (for the Pods the policies select)
-/// and what `watched` gives.
-fn watched_policies(
-    client: &Client,
-    kind: &'static str,
-) -> (Store<DynamicObject>, (Documents, BoxStream<'static, Signal>)) {
+/// A watcher of a policy kind, as signals.
+fn watched_policies(client: &Client, kind: &'static str) -> BoxStream<'static, Signal> {
     let (group, version) = POLICY_API_VERSION.split_once('/').expect("a group/version");
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-    let writer = Writer::<DynamicObject>::new(resource.clone());
-    let store = writer.as_reader();
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-    let documents_store = store.clone();
-    let mut made = Made::default();
-    let documents: Documents =
-        Box::new(move || stored(&documents_store, POLICY_API_VERSION, kind, &mut made));
-    (store, (documents, signals(writer, watcher(api, watcher::Config::default()))))
+    signals(watcher(api, watcher::Config::default()), POLICY_API_VERSION.to_owned(), kind.to_owned())
 }
 
-/// The Pods BalancingPolicies select, as watcher keys with their namespace
-/// and label selector (`app=web,tier=front`). A selector balctl refuses
-/// (no matchLabels) selects nothing here: the sync reports it.
-fn selected_pods<'a>(
-    policies: impl IntoIterator<Item = &'a DynamicObject>,
-) -> BTreeMap<String, (String, String)> {
+/// The Pods BalancingPolicies (their documents) select, as watcher keys
+/// with their namespace and label selector (`app=web,tier=front`). A
+/// selector balctl refuses (no matchLabels) selects nothing here: the sync
+/// reports it.
+fn selected_pods<'a>(policies: impl IntoIterator<Item = &'a Document>) -> BTreeMap<String, (String, String)> {
     let mut wanted = BTreeMap::new();
     for policy in policies {
-        let labels = &policy.data["spec"]["backend"]["serviceEndpoint"]["endpointSelector"]["matchLabels"];
+        let Ok(policy) = serde_json::from_slice::<serde_json::Value>(&policy.json) else { continue };
+        let labels = &policy["spec"]["backend"]["serviceEndpoint"]["endpointSelector"]["matchLabels"];
         let Some(labels) = labels.as_object().filter(|l| !l.is_empty()) else { continue };
         let selector: Vec<String> =
             labels.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect();
-        let namespace = policy.namespace().unwrap_or_else(|| "default".into());
+        let namespace = policy["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
         let selector = selector.join(",");
         wanted.insert(format!("{SELECTED_PODS}{namespace} {selector}"), (namespace, selector));
     }
     wanted
 }
 
-/// A watcher kept in its store, as signals.
+/// A watcher's events as signals, with retries and backoff, each object
+/// made into its document (of `api_version` and `kind`) as it arrives.
 fn signals<K>(
-    writer: Writer<K>,
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    api_version: String,
+    kind: String,
 ) -> BoxStream<'static, Signal>
 where
-    K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Resource + Serialize + Send + 'static,
 {
-    reflector::reflector(writer, events.default_backoff())
-        .filter_map(|event| async move {
-            match event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(Signal::Changed),
-                Ok(watcher::Event::InitDone) => Some(Signal::Listed),
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
-                Err(err) => Some(Signal::Failed(err.to_string())),
-            }
+    let labelled = kind.clone();
+    let made = move |object: &K| {
+        document(object, &api_version, &kind).map_err(|err| format!("cannot read a {kind} object: {err:#}"))
+    };
+    events
+        .default_backoff()
+        .map(move |event| match event {
+            Ok(watcher::Event::Apply(object)) => made(&object).map_or_else(Signal::Failed, Signal::Applied),
+            Ok(watcher::Event::Delete(object)) => Signal::Deleted(label(&object, &labelled)),
+            Ok(watcher::Event::Init) => Signal::Listing,
+            Ok(watcher::Event::InitApply(object)) => made(&object).map_or_else(Signal::Failed, Signal::Listed),
+            Ok(watcher::Event::InitDone) => Signal::ListDone,
+            Err(err) => Signal::Failed(err.to_string()),
         })
         .boxed()
 }
 
-/// The documents a store's objects were last made into, by uid, with the
-/// resourceVersion each was made of.
-type Made = FxHashMap<String, MadeOf>;
-
-struct MadeOf {
-    version: String,
-    document: Document,
-    /// Seen in the store by this pass of `stored`.
-    seen: bool,
-}
-
-/// The objects of a store, as documents. An object's JSON (and its hash)
-/// changes only with its resourceVersion, so only objects that changed
-/// since the last call are serialised again (all of them cost 150 ms at
-/// 10,000 Services with 10-endpoint slices, on every batch of a watch);
-/// `made` is updated in place, and what left the store dropped from it.
-fn stored<K: Resource + Serialize + Clone>(
-    store: &Store<K>,
-    api_version: &str,
-    kind: &str,
-    made: &mut Made,
-) -> Result<Vec<Document>>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    let objects = store.state();
-    let mut documents = Vec::with_capacity(objects.len());
-    for object in &objects {
-        let meta = object.meta();
-        let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) else {
-            documents.push(document(object.as_ref(), api_version, kind)?);
-            continue;
-        };
-        match made.get_mut(uid) {
-            Some(made_of) if made_of.version == *version => {
-                made_of.seen = true;
-                documents.push(made_of.document.clone());
-            }
-            _ => {
-                let document = document(object.as_ref(), api_version, kind)?;
-                documents.push(document.clone());
-                made.insert(uid.clone(), MadeOf { version: version.clone(), document, seen: true });
-            }
-        }
-    }
-    made.retain(|_, made_of| std::mem::take(&mut made_of.seen));
-    Ok(documents)
-}
-
 #[cfg(test)]
 mod tests {
-    use kube::runtime::watcher::Event;
     use serde_json::json;
 
     use super::*;
 
-    fn service(uid: &str, version: &str, cluster_ip: &str) -> Service {
-        serde_json::from_value(json!({
-            "metadata": {"name": uid, "namespace": "ns", "uid": uid, "resourceVersion": version},
+    fn service(name: &str, cluster_ip: &str) -> Document {
+        let object: Service = serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "namespace": "ns", "uid": name, "resourceVersion": "1",
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
             "spec": {"clusterIP": cluster_ip, "ports": [{"port": 80}]},
         }))
-        .unwrap()
+        .unwrap();
+        document(&object, "v1", "Service").unwrap()
     }
 
-    /// The documents' text, by label.
-    fn texts(documents: Vec<Document>) -> BTreeMap<String, String> {
-        documents
-            .into_iter()
-            .map(|document| (document.label, String::from_utf8(document.json.to_vec()).unwrap()))
-            .collect()
+    fn watchers(runtime: &tokio::runtime::Runtime, keys: &[&str]) -> Watchers {
+        let watched = || Watched {
+            labels: FxHashSet::default(),
+            relisted: None,
+            listed: false,
+            task: runtime.spawn(async {}),
+        };
+        keys.iter().map(|key| ((*key).to_owned(), watched())).collect()
+    }
+
+    /// The labels changed since the last batch, with whether each had a
+    /// document before; the batch then ends.
+    fn batch(cluster: &mut Documents) -> Vec<(String, bool)> {
+        let changed = cluster.changed.iter().map(|(label, old)| (label.clone(), old.is_some())).collect();
+        cluster.changed.clear();
+        changed
     }
 
     #[test]
-    fn a_store_serialises_only_the_objects_whose_resource_version_changed() {
-        let (store, mut writer) = reflector::store::<Service>();
-        let mut made = Made::default();
-        let mut after = |event| {
-            writer.apply_watcher_event(&event);
-            texts(stored(&store, "v1", "Service", &mut made).unwrap())
-        };
+    fn documents_follow_the_events_and_say_what_changed() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut watchers = watchers(&runtime, &["Service", "Pod on n", "Pod selected ns app=a"]);
+        let mut cluster = Documents::default();
         let (a, b) = ("Service ns/a (from the API server)", "Service ns/b (from the API server)");
-        after(Event::Apply(service("a", "1", "198.18.0.1")));
-        let first = after(Event::Apply(service("b", "1", "198.18.0.2")));
-        assert_eq!(first.keys().collect::<Vec<_>>(), [a, b]);
-        assert!(first[a].contains(r#""kind":"Service""#) && first[a].contains("198.18.0.1"), "{first:?}");
 
-        // The same resourceVersion is the same object (a real API server
-        // never changes one without the other): what was made of it stands.
-        let again = after(Event::Apply(service("a", "1", "198.18.0.9")));
-        assert_eq!(again, first);
-        let changed = after(Event::Apply(service("a", "2", "198.18.0.9")));
-        assert!(changed[a].contains("198.18.0.9"), "{changed:?}");
-        assert_eq!(changed[b], first[b]);
+        let first = service("a", "198.18.0.1");
+        let text = String::from_utf8(first.json.to_vec()).unwrap();
+        assert_eq!(first.label, a);
+        assert!(text.contains(r#""kind":"Service""#) && text.contains("198.18.0.1"), "{text}");
+        assert!(!text.contains("managedFields"), "{text}");
 
-        let deleted = after(Event::Delete(service("b", "1", "198.18.0.2")));
-        assert_eq!(deleted.keys().collect::<Vec<_>>(), [a]);
-        assert_eq!(made.len(), 1, "a deleted object's document is dropped");
+        assert!(cluster.put(&mut watchers, "Service", first));
+        assert!(cluster.put(&mut watchers, "Service", service("b", "198.18.0.2")));
+        assert_eq!(batch(&mut cluster), [(a.to_owned(), false), (b.to_owned(), false)]);
+        // The same bytes again are no change.
+        assert!(!cluster.put(&mut watchers, "Service", service("a", "198.18.0.1")));
+        assert!(cluster.put(&mut watchers, "Service", service("a", "198.18.0.9")));
+        assert!(cluster.remove(&mut watchers, "Service", b));
+        assert_eq!(batch(&mut cluster), [(a.to_owned(), true), (b.to_owned(), true)]);
+        assert_eq!(cluster.documents.keys().collect::<Vec<_>>(), [a]);
+
+        // A relist: what it does not name again leaves when it is done.
+        assert!(cluster.put(&mut watchers, "Service", service("b", "198.18.0.2")));
+        batch(&mut cluster);
+        watchers.get_mut("Service").unwrap().relisted = Some(FxHashSet::default());
+        cluster.put(&mut watchers, "Service", service("a", "198.18.0.9"));
+        assert!(batch(&mut cluster).is_empty(), "an unchanged object relisted is no change");
+        assert!(cluster.list_done(&mut watchers, "Service"));
+        assert_eq!(batch(&mut cluster), [(b.to_owned(), true)]);
+        assert_eq!(cluster.documents.keys().collect::<Vec<_>>(), [a]);
+
+        // A Pod two watchers hold stays until neither does.
+        let pod = Document::new("Pod ns/p (from the API server)".into(), &b"{}"[..]);
+        cluster.put(&mut watchers, "Pod on n", pod.clone());
+        cluster.put(&mut watchers, "Pod selected ns app=a", pod);
+        batch(&mut cluster);
+        assert!(!cluster.remove(&mut watchers, "Pod on n", "Pod ns/p (from the API server)"));
+        assert!(cluster.documents.contains_key("Pod ns/p (from the API server)"));
+        cluster.stop(&mut watchers, "Pod selected ns app=a");
+        assert!(!cluster.documents.contains_key("Pod ns/p (from the API server)"));
+        assert_eq!(batch(&mut cluster), [("Pod ns/p (from the API server)".to_owned(), true)]);
+    }
+
+    #[test]
+    fn balancing_policies_select_pods_by_their_labels() {
+        let policy = |namespace: &str, labels: serde_json::Value| {
+            let json = json!({
+                "metadata": {"name": "p", "namespace": namespace},
+                "spec": {"backend": {"serviceEndpoint": {"endpointSelector": {"matchLabels": labels}}}},
+            });
+            Document::new(format!("BalancingPolicy {namespace}/p"), serde_json::to_vec(&json).unwrap())
+        };
+        let wanted =
+            selected_pods(&[policy("shop", json!({"app": "web", "tier": "front"})), policy("x", json!({}))]);
+        assert_eq!(
+            wanted.into_iter().collect::<Vec<_>>(),
+            [("Pod selected shop app=web,tier=front".to_owned(), ("shop".to_owned(), "app=web,tier=front".to_owned()))]
+        );
     }
 }

@@ -45,7 +45,7 @@ pub fn yaml(data: &[u8]) {
         return;
     }
     let document = balctl::cluster::Document::new(file.label(), data.to_vec());
-    let whole = inputs::from_cluster(&[document], &ThisNode::named(NODE), &[]);
+    let whole = inputs::from_cluster(&[&document], &ThisNode::named(NODE), &[]);
     match (&in_items, whole) {
         (Some(in_items), Ok(whole)) => {
             assert_eq!(applied(in_items), applied(&whole), "read in items != read whole");

@@ -91,6 +91,7 @@ pub fn run_with(
     let outcome = if args.kube {
         let list = || cluster::list_all(&args.api_server, &this_node.name);
         change_prepared(&ctx.pins, &ctx.state, mode, kept, list, |state, documents| {
+            let documents: Vec<&cluster::Document> = documents.iter().collect();
             notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?, &this_node)?;
             Ok(())
         })?
@@ -140,7 +141,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     agent.changed(1);
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
     let mut kept = Kept::default();
-    cluster::watch(&args.api_server, &this_node.name, &stop, &agent, |documents| {
+    cluster::watch(&args.api_server, &this_node.name, &stop, &agent, |cluster| {
         let synced = agent.sync(|| {
             let mut notes = Vec::new();
             let nothing_to_prepare = || Ok(());
@@ -151,6 +152,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 &mut kept,
                 nothing_to_prepare,
                 |state, ()| {
+                    let documents: Vec<&cluster::Document> = cluster.documents.values().collect();
                     let inputs = inputs::from_cluster(&documents, &this_node, &state.synced)?;
                     notes = replace(state, inputs, &this_node)?;
                     Ok(())

@@ -171,7 +171,7 @@ pub const CLUSTER_SOURCE: &str = "kubernetes";
 /// like theirs, objects of `previous` whose documents did not change are
 /// kept without reading those again.
 pub fn from_cluster(
-    documents: &[kube::Document],
+    documents: &[&kube::Document],
     this_node: &ThisNode,
     previous: &[Arc<SyncedObject>],
 ) -> Result<Inputs> {
@@ -578,6 +578,10 @@ ports: [{name: http, port: 8080, protocol: TCP}]
     /// Kubernetes objects as the API server serves them: JSON, labelled.
     type Documents = Vec<kube::Document>;
 
+    fn refs(documents: &[kube::Document]) -> Vec<&kube::Document> {
+        documents.iter().collect()
+    }
+
     /// A change to a cluster, and the objects a sync after it keeps.
     type ClusterEdit<'a> = (&'a str, &'a dyn Fn(&mut Documents), &'a [&'a str]);
 
@@ -639,7 +643,7 @@ ports: [{name: http, port: 8080, protocol: TCP}]
             vec![service("a", "198.18.1.1"), slice("a-1", "a", "192.0.2.31"), service("c", "198.18.1.3")];
         documents.push(hinted_slice("c-1", "c"));
         let this_node = ThisNode::named("node-a");
-        let mut previous = objects(&from_cluster(&documents, &this_node, &[]).unwrap());
+        let mut previous = objects(&from_cluster(&refs(&documents), &this_node, &[]).unwrap());
         let edits: [ClusterEdit; 5] = [
             ("node-a appears, in zone a", &|d| d.push(node("node-a", "a")), &["service/ns/a"]),
             ("nothing changes", &|_| {}, &["service/ns/a", "service/ns/c"]),
@@ -649,8 +653,8 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         ];
         for (what, edit, expected) in edits {
             edit(&mut documents);
-            let incremental = from_cluster(&documents, &this_node, &previous).unwrap();
-            let full = from_cluster(&documents, &this_node, &[]).unwrap();
+            let incremental = from_cluster(&refs(&documents), &this_node, &previous).unwrap();
+            let full = from_cluster(&refs(&documents), &this_node, &[]).unwrap();
             assert_eq!(applied(&incremental), applied(&full), "{what}");
             assert_eq!(kept(&incremental, &previous), *expected, "{what}");
             previous = objects(&incremental);
@@ -676,11 +680,11 @@ ports: [{name: http, port: 8080, protocol: TCP}]
             service("b", "198.18.1.2"),
             slice("b-1", "b", "192.0.2.41"),
         ];
-        let first = from_cluster(&documents, &ThisNode::named("node-a"), &[]).unwrap();
+        let first = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &[]).unwrap();
         let previous = objects(&first);
         assert_eq!(previous.len(), 2, "{previous:?}");
         assert!(previous.iter().all(|o| o.inputs.len() == 2), "{previous:?}");
-        let again = from_cluster(&documents, &ThisNode::named("node-a"), &previous).unwrap();
+        let again = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &previous).unwrap();
         assert_eq!(applied(&again), applied(&first));
         assert!(objects(&again).iter().all(|o| previous.iter().any(|p| Arc::ptr_eq(p, o))));
 
@@ -693,8 +697,8 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         let mut previous = previous;
         for (what, edit, expected) in edits {
             edit(&mut documents);
-            let incremental = from_cluster(&documents, &ThisNode::named("node-a"), &previous).unwrap();
-            let full = from_cluster(&documents, &ThisNode::named("node-a"), &[]).unwrap();
+            let incremental = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &previous).unwrap();
+            let full = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &[]).unwrap();
             assert_eq!(applied(&incremental), applied(&full), "{what}");
             assert_eq!(kept(&incremental, &previous), *expected, "{what}");
             previous = objects(&incremental);

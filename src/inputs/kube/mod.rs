@@ -53,6 +53,12 @@ impl Document {
         let json = json.into();
         Self { hash: xxhash_rust::xxh3::xxh3_128(&json), label, json }
     }
+
+    /// The hash of its bytes: two documents of one label with the same
+    /// hash are the same.
+    pub fn hash(&self) -> u128 {
+        self.hash
+    }
 }
 
 /// Every object of one YAML (or JSON) stream, in order.
@@ -195,7 +201,7 @@ impl SplitFiles {
 /// file items are (`SplitFiles::read`): a watch that sees one object change
 /// parses and translates that object, not the cluster.
 pub fn read_documents(
-    documents: &[Document],
+    documents: &[&Document],
     source: &str,
     previous: &[Arc<SyncedObject>],
     this_node: &ThisNode,
@@ -218,7 +224,7 @@ pub fn read_documents(
         items: &items,
         source_of: &|_| 0,
         parse: &|item| {
-            let Document { label, json, .. } = &documents[item.file];
+            let Document { label, json, .. } = documents[item.file];
             Ok(fingerprinted(label, item, read(label, json.as_ref())?))
         },
         location_of: &|item| object_location(&documents[item.file].label, item),
