@@ -28,10 +28,7 @@ use kube::{
     Api, Client, Config, Resource, ResourceExt as _,
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{
-        WatchStreamExt as _,
-        watcher,
-    },
+    runtime::{WatchStreamExt as _, watcher},
 };
 use rustc_hash::FxHashSet;
 use serde::Serialize;
@@ -246,8 +243,8 @@ type Watchers = BTreeMap<String, Watched>;
 pub struct Documents {
     pub documents: BTreeMap<String, Document>,
     /// The labels of the documents that came, changed or left since the
-    /// last `watch` handed them on, each with its document then (None: it
-    /// had none).
+    /// last change `watch` handed on was applied, each with its document
+    /// then (None: it had none).
     pub changed: BTreeMap<String, Option<Document>>,
 }
 
@@ -317,7 +314,9 @@ impl Documents {
 
 /// Watches the cluster until `stop` is set, calling `apply` with every
 /// object once all watchers have listed, then after each batch of changes.
-/// `apply` reports its own errors: the watch goes on. Tells `agent` of
+/// `apply` reports its own errors and says whether it applied the change:
+/// the watch goes on, and what changed since the last change applied is
+/// handed on again with the next. Tells `agent` of
 /// every change and whether the API server answers: from a watcher's
 /// failure until any watcher hears from it again, or a probe does (a watch
 /// that resumes sends nothing until something changes).
@@ -331,7 +330,7 @@ pub fn watch(
     this_node: &str,
     stop: &AtomicBool,
     agent: &Agent,
-    mut apply: impl FnMut(&Documents),
+    mut apply: impl FnMut(&Documents) -> bool,
 ) -> Result<()> {
     with_client(connection, async |client| {
         let (signals, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Signal)>();
@@ -421,7 +420,10 @@ pub fn watch(
                 continue;
             }
             // The policies may want other Pods now: watch those first.
-            let policies = cluster.documents.range::<str, _>((Bound::Included(BALANCING_POLICIES), Bound::Unbounded)).map(|(_, d)| d);
+            let policies = cluster
+                .documents
+                .range::<str, _>((Bound::Included(BALANCING_POLICIES), Bound::Unbounded))
+                .map(|(_, d)| d);
             let wanted = selected_pods(policies.take_while(|d| d.label.starts_with(BALANCING_POLICIES)));
             let running: BTreeSet<String> =
                 watchers.keys().filter(|k| k.starts_with(SELECTED_PODS)).cloned().collect();
@@ -436,8 +438,9 @@ pub fn watch(
                 continue;
             }
             pending = None;
-            apply(&cluster);
-            cluster.changed.clear();
+            if apply(&cluster) {
+                cluster.changed.clear();
+            }
         }
         Ok(())
     })
@@ -526,7 +529,9 @@ where
             Ok(watcher::Event::Apply(object)) => made(&object).map_or_else(Signal::Failed, Signal::Applied),
             Ok(watcher::Event::Delete(object)) => Signal::Deleted(label(&object, &labelled)),
             Ok(watcher::Event::Init) => Signal::Listing,
-            Ok(watcher::Event::InitApply(object)) => made(&object).map_or_else(Signal::Failed, Signal::Listed),
+            Ok(watcher::Event::InitApply(object)) => {
+                made(&object).map_or_else(Signal::Failed, Signal::Listed)
+            }
             Ok(watcher::Event::InitDone) => Signal::ListDone,
             Err(err) => Signal::Failed(err.to_string()),
         })
@@ -627,7 +632,10 @@ mod tests {
             selected_pods(&[policy("shop", json!({"app": "web", "tier": "front"})), policy("x", json!({}))]);
         assert_eq!(
             wanted.into_iter().collect::<Vec<_>>(),
-            [("Pod selected shop app=web,tier=front".to_owned(), ("shop".to_owned(), "app=web,tier=front".to_owned()))]
+            [(
+                "Pod selected shop app=web,tier=front".to_owned(),
+                ("shop".to_owned(), "app=web,tier=front".to_owned())
+            )]
         );
     }
 }

@@ -92,7 +92,13 @@ pub fn run_with(
         let list = || cluster::list_all(&args.api_server, &this_node.name);
         change_prepared(&ctx.pins, &ctx.state, mode, kept, list, |state, documents| {
             let documents: Vec<&cluster::Document> = documents.iter().collect();
-            notes = replace(state, inputs::from_cluster(&documents, &this_node, &state.synced)?, &this_node)?;
+            notes = replace(
+                state,
+                inputs::from_cluster(&documents, &this_node, &state.synced)?,
+                &this_node,
+                None,
+            )?
+            .0;
             Ok(())
         })?
     } else {
@@ -100,7 +106,7 @@ pub fn run_with(
         change_prepared(&ctx.pins, &ctx.state, mode, kept, gather, |state, gathered| {
             let inputs = gathered.read(&state.synced)?;
             check_removals(state, &inputs, removals)?;
-            notes = replace(state, inputs, &this_node)?;
+            notes = replace(state, inputs, &this_node, None)?.0;
             Ok(())
         })?
     };
@@ -141,7 +147,11 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     agent.changed(1);
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
     let mut kept = Kept::default();
+    // What the applied objects were made of: a batch reads only what can
+    // change them (inputs::kube::Index).
+    let mut index = inputs::kube::Index::new(&this_node, inputs::CLUSTER_SOURCE);
     cluster::watch(&args.api_server, &this_node.name, &stop, &agent, |cluster| {
+        let mut made = None;
         let synced = agent.sync(|| {
             let mut notes = Vec::new();
             let nothing_to_prepare = || Ok(());
@@ -152,9 +162,13 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 &mut kept,
                 nothing_to_prepare,
                 |state, ()| {
-                    let documents: Vec<&cluster::Document> = cluster.documents.values().collect();
-                    let inputs = inputs::from_cluster(&documents, &this_node, &state.synced)?;
-                    notes = replace(state, inputs, &this_node)?;
+                    let selection =
+                        index.select(&cluster.documents, &cluster.changed, &state.synced, &this_node);
+                    let inputs = inputs::from_cluster(&selection.documents, &this_node, &selection.previous)?;
+                    let replaced = selection.replaced;
+                    let incoming;
+                    (notes, incoming) = replace(state, inputs, &this_node, replaced.as_ref())?;
+                    made = Some((replaced, incoming));
                     Ok(())
                 },
             )?;
@@ -164,12 +178,21 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
             Ok(())
         });
         match synced.map(|()| kept.state()) {
-            Ok(Some(applied)) => health_check_ports.update(health_checks(applied)),
-            Ok(None) => {}
-            Err(err) => error::log_failure(
-                &err,
-                "sync --kube --watch: nothing applied from this change; retrying on the next one",
-            ),
+            Ok(Some(applied)) => {
+                if let Some((replaced, incoming)) = made {
+                    index.applied(&cluster.documents, &cluster.changed, replaced, &incoming, &applied.synced);
+                }
+                health_check_ports.update(health_checks(applied));
+                true
+            }
+            Ok(None) => true,
+            Err(err) => {
+                error::log_failure(
+                    &err,
+                    "sync --kube --watch: nothing applied from this change; retrying on the next one",
+                );
+                false
+            }
         }
     })
 }
@@ -180,14 +203,21 @@ pub fn health_checks(state: &AppliedState) -> impl Iterator<Item = &HealthCheck>
 }
 
 /// Makes `state` hold exactly `inputs` for their sources, with where
-/// `this_node` has node ports answer; returns the notes. An object that
-/// another source applied stays that source's: a sync replaces only the
-/// objects of what it reads. In place: an object the inputs still have (by
-/// owner) takes its new value where it is, the others of these sources go,
-/// and new ones come after all, in input order; so the state's order
-/// stays, and a change's record holds what changed only
-/// (`state::change_log`).
-fn replace(state: &mut AppliedState, inputs: Inputs, this_node: &ThisNode) -> Result<Vec<String>> {
+/// `this_node` has node ports answer; returns the notes and the objects of
+/// the inputs. An object that another source applied stays that source's:
+/// a sync replaces only the objects of what it reads; and of those, only
+/// the objects of `owners` if it is given (a cluster watch's batch reads
+/// only the part of the cluster it changed: inputs::kube::Index). In
+/// place: an object the inputs still have (by owner) takes its new value
+/// where it is, the others replaced go, and new ones come after all, in
+/// input order; so the state's order stays, and a change's record holds
+/// what changed only (`state::change_log`).
+fn replace(
+    state: &mut AppliedState,
+    inputs: Inputs,
+    this_node: &ThisNode,
+    owners: Option<&HashSet<String>>,
+) -> Result<(Vec<String>, Vec<Arc<SyncedObject>>)> {
     state.image.node_ports_on_loopback = this_node.node_port_addresses.serve_loopback();
     let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
     let ours = |object: &SyncedObject| names.contains(object.source.as_str());
@@ -213,10 +243,15 @@ fn replace(state: &mut AppliedState, inputs: Inputs, this_node: &ThisNode) -> Re
         .collect();
     let by_owner: HashMap<&str, usize> =
         incoming.iter().enumerate().map(|(index, object)| (object.owner.as_str(), index)).collect();
+    let replaced = |object: &SyncedObject| {
+        ours(object)
+            && (owners.is_none_or(|owners| owners.contains(&object.owner))
+                || by_owner.contains_key(object.owner.as_str()))
+    };
     let mut placed = vec![false; incoming.len()];
     let mut synced = Vec::with_capacity(state.synced.len().max(incoming.len()));
     for object in state.synced.drain(..) {
-        if !ours(&object) {
+        if !replaced(&object) {
             synced.push(object);
         } else if let Some(&index) = by_owner.get(object.owner.as_str()) {
             synced.push(Arc::clone(&incoming[index]));
@@ -227,7 +262,7 @@ fn replace(state: &mut AppliedState, inputs: Inputs, this_node: &ThisNode) -> Re
         incoming.iter().zip(&placed).filter(|(_, placed)| !**placed).map(|(object, _)| Arc::clone(object)),
     );
     state.synced = synced;
-    Ok(inputs.notes)
+    Ok((inputs.notes, incoming))
 }
 
 /// Under `Removals::HoldLarge`, fails with `Held` if `inputs` would remove
@@ -387,7 +422,7 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, path::PathBuf};
+    use std::{collections::BTreeMap, fs, path::PathBuf};
 
     use super::*;
 
@@ -438,8 +473,9 @@ mod tests {
         let scratch = Scratch::new("large-removals");
         let four = ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"];
         let mut state = AppliedState::default();
-        replace(&mut state, scratch.read("a.toml", &four), &ThisNode::named("node-a")).unwrap();
-        replace(&mut state, scratch.read("b.toml", &["198.18.1.1"]), &ThisNode::named("node-a")).unwrap();
+        replace(&mut state, scratch.read("a.toml", &four), &ThisNode::named("node-a"), None).unwrap();
+        replace(&mut state, scratch.read("b.toml", &["198.18.1.1"]), &ThisNode::named("node-a"), None)
+            .unwrap();
 
         assert_eq!(removals(&state, &scratch.read("a.toml", &four[..3])), []);
         assert_eq!(removals(&state, &scratch.read("a.toml", &four[..2])), [(2, 4)]);
@@ -460,5 +496,160 @@ mod tests {
         let held = check_removals(&state, &cut, Removals::HoldLarge).unwrap_err();
         let message = held.downcast_ref::<Held>().unwrap().to_string();
         assert!(message.ends_with("a.toml would remove 3 of its 4 frontends"), "{message}");
+    }
+
+    /// A small generator, so the test is the same on every run.
+    struct Draws(u64);
+
+    impl Draws {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn json_document(label: String, json: serde_json::Value) -> cluster::Document {
+        cluster::Document::new(label, serde_json::to_vec(&json).unwrap())
+    }
+
+    /// One random object of a small cluster: Services (one headless, one
+    /// kube-dns a LocalRedirectPolicy redirects), their slices (some with
+    /// topology hints, so they read this node's Node), Nodes in zones, the
+    /// policy and its Pods.
+    fn random_object(draws: &mut Draws) -> (String, Option<serde_json::Value>) {
+        use serde_json::json;
+        let n = draws.below(6);
+        let gone = draws.below(8) == 0;
+        let (label, json) = match draws.below(7) {
+            0 | 1 => {
+                let ip = if n == 5 {
+                    "None".to_owned()
+                } else {
+                    format!("198.18.1.{}", draws.below(4) + n * 4 + 1)
+                };
+                let ports =
+                    json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "http", "port": 80}]);
+                let json = json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": format!("s{n}"), "namespace": "ns"},
+                    "spec": {"clusterIP": ip, "ports": ports}});
+                (format!("Service ns/s{n} (from the API server)"), json)
+            }
+            2 | 3 => {
+                let slice = draws.below(2);
+                let hinted = draws.below(2) == 0;
+                let endpoints: Vec<serde_json::Value> = (0..draws.below(3) + 1)
+                    .map(|e| {
+                        let address = format!("192.0.2.{}", draws.below(8) + 10 * e + 1);
+                        let zone = if draws.below(2) == 0 { "a" } else { "b" };
+                        if hinted {
+                            json!({"addresses": [address], "hints": {"forZones": [{"name": zone}]}})
+                        } else {
+                            json!({"addresses": [address]})
+                        }
+                    })
+                    .collect();
+                let json = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": format!("s{n}-{slice}"), "namespace": "ns",
+                                 "labels": {"kubernetes.io/service-name": format!("s{}", (n + draws.below(2)) % 6)}},
+                    "addressType": "IPv4", "endpoints": endpoints,
+                    "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}, {"name": "http", "port": 8080}]});
+                (format!("EndpointSlice ns/s{n}-{slice} (from the API server)"), json)
+            }
+            4 => {
+                let name = if draws.below(2) == 0 { "node-a" } else { "node-b" };
+                let zone = if draws.below(2) == 0 { "a" } else { "b" };
+                let json = json!({"apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+                    "status": {"addresses": [{"type": "InternalIP", "address": format!("192.0.2.{}", 100 + draws.below(3))}]}});
+                (format!("Node {name} (from the API server)"), json)
+            }
+            5 => {
+                let service = format!("s{n}");
+                let json = json!({"apiVersion": "balancing.elf.io/v1beta1", "kind": "LocalRedirectPolicy",
+                    "metadata": {"name": "local", "namespace": "ns"},
+                    "spec": {"frontend": {"serviceMatcher": {"namespace": "ns", "serviceName": service,
+                                                             "toPorts": [{"name": "dns"}]}},
+                             "backend": {"endpointSelector": {"matchLabels": {"app": "cache"}},
+                                         "toPorts": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}});
+                ("LocalRedirectPolicy ns/local (from the API server)".to_owned(), json)
+            }
+            _ => {
+                let json = json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("cache-{}", n % 2), "namespace": "ns", "labels": {"app": "cache"}},
+                    "spec": {"nodeName": "node-a"},
+                    "status": {"phase": "Running", "podIP": format!("192.0.2.{}", 50 + draws.below(3))}});
+                (format!("Pod ns/cache-{} (from the API server)", n % 2), json)
+            }
+        };
+        (label, (!gone).then_some(json))
+    }
+
+    /// The objects of a state by value, in order.
+    fn by_value(state: &AppliedState) -> Vec<SyncedObject> {
+        state.synced.iter().map(|object| (**object).clone()).collect()
+    }
+
+    /// A cluster watch reads only what a batch changed (inputs::kube::Index)
+    /// and applies exactly what reading the whole cluster applies: the
+    /// same objects in the same order, the same notes, the same errors.
+    #[test]
+    fn a_watch_batch_reads_only_what_changed_and_applies_what_a_full_read_does() {
+        let this_node = ThisNode::named("node-a");
+        let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
+        let mut documents: BTreeMap<String, cluster::Document> = BTreeMap::new();
+        let mut changed: BTreeMap<String, Option<cluster::Document>> = BTreeMap::new();
+        let mut index = inputs::kube::Index::new(&this_node, inputs::CLUSTER_SOURCE);
+        let (mut incremental, mut full) = (AppliedState::default(), AppliedState::default());
+        let (mut applied, mut partial, mut failed) = (0, 0, 0);
+        for batch in 0..400 {
+            for _ in 0..draws.below(3) + 1 {
+                let (label, json) = random_object(&mut draws);
+                let old = match json {
+                    Some(json) => documents.insert(label.clone(), json_document(label.clone(), json)),
+                    None => documents.remove(&label),
+                };
+                changed.entry(label).or_insert(old);
+            }
+            // Now and then another balctl changes the state: read anew.
+            if batch % 97 == 96 {
+                incremental.synced = incremental.synced.iter().map(|o| Arc::new((**o).clone())).collect();
+            }
+
+            let every: Vec<&cluster::Document> = documents.values().collect();
+            let whole = inputs::from_cluster(&every, &this_node, &full.synced)
+                .and_then(|inputs| replace(&mut full.clone(), inputs, &this_node, None).map(|r| r.0));
+
+            let selection = index.select(&documents, &changed, &incremental.synced, &this_node);
+            partial += usize::from(selection.replaced.is_some());
+            let mut next = incremental.clone();
+            let read = inputs::from_cluster(&selection.documents, &this_node, &selection.previous)
+                .and_then(|inputs| replace(&mut next, inputs, &this_node, selection.replaced.as_ref()));
+            match (whole, read) {
+                (Ok(notes), Ok((read_notes, made))) => {
+                    let every: Vec<&cluster::Document> = documents.values().collect();
+                    let inputs = inputs::from_cluster(&every, &this_node, &full.synced).unwrap();
+                    replace(&mut full, inputs, &this_node, None).unwrap();
+                    assert_eq!(by_value(&next), by_value(&full), "batch {batch}");
+                    assert_eq!(read_notes, notes, "batch {batch}");
+                    index.applied(&documents, &changed, selection.replaced, &made, &next.synced);
+                    incremental = next;
+                    changed.clear();
+                    applied += 1;
+                }
+                (Err(whole), Err(read)) => {
+                    assert_eq!(read.to_string(), whole.to_string(), "batch {batch}");
+                    failed += 1;
+                }
+                (whole, read) => panic!("batch {batch}: a full read gives {whole:?}, a partial one {read:?}"),
+            }
+        }
+        // The batches were of every kind.
+        assert!(
+            applied > 200 && failed > 5 && partial > 300,
+            "{applied} applied, {failed} failed, {partial} partial"
+        );
+        assert!(by_value(&incremental).len() > 5);
     }
 }

@@ -5,6 +5,7 @@
 //! policies' layers.
 
 mod field;
+mod incremental;
 mod items;
 mod objects;
 mod parallel;
@@ -27,6 +28,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use self::items::{Piece, Span};
 pub use self::{
+    incremental::{Index, Selection},
     objects::KubeObject,
     policy_objects::POLICY_API_VERSION,
     services::{Translation, translate},

@@ -1,0 +1,294 @@
+//! What a cluster watch reads for one batch of changes: only the documents
+//! that can change what it applies, not every document of the cluster.
+//!
+//! A sync that reads every document (`read_documents`) keeps the applied
+//! objects whose documents, and what they read, did not change (reuse.rs);
+//! still, it fingerprints every document and matches every applied object,
+//! which at 100,000 Services is most of what a one-endpoint change costs.
+//! `Index` keeps, between batches, which documents each applied object was
+//! made of and what it read, so a batch picks out what `read_documents`
+//! would not keep: the objects made of a document that changed or left,
+//! the objects a new or changed document belongs to, the objects that read
+//! any of those, what policies read, and this node's Node; with every
+//! document no applied object was made of (policies, Pods, Services that
+//! make no object), which a full read parses every time. Reading that part
+//! of the cluster gives exactly what reading all of it gives for those
+//! objects, and the others are kept as they are.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+use super::{Document, KubeObject, fingerprint_seed, objects::node_owner, policies, read};
+use crate::model::{Fingerprint, SyncedObject, ThisNode};
+
+/// The part of the cluster one batch reads.
+pub struct Selection<'a> {
+    /// The documents to read, in label order.
+    pub documents: Vec<&'a Document>,
+    /// The applied objects that may be kept from them.
+    pub previous: Vec<Arc<SyncedObject>>,
+    /// The owners whose applied objects the reading replaces: what it
+    /// makes of them, or nothing. None: every object of the source.
+    pub replaced: Option<HashSet<String>>,
+}
+
+/// What the objects of the cluster source were made of, between batches.
+/// It describes one applied state: `matches` tells whether the state a
+/// batch starts from is that one (by the objects' identity).
+pub struct Index {
+    seed: u64,
+    source: String,
+    /// The label of every document, by its fingerprint.
+    label_of: HashMap<Fingerprint, String>,
+    /// Every applied object, by owner.
+    applied: HashMap<String, Arc<SyncedObject>>,
+    /// The owner of the applied object each fingerprint went into.
+    made_of: HashMap<Fingerprint, String>,
+    /// The owners of the applied objects that read each owner.
+    readers: HashMap<String, HashSet<String>>,
+    /// Applied objects that record no input: always translated anew.
+    always: HashSet<String>,
+    /// The labels of the documents no applied object was made of.
+    unclaimed: BTreeSet<String>,
+    /// The index describes no state yet (or a failed batch left it unsure).
+    built: bool,
+}
+
+impl Index {
+    pub fn new(this_node: &ThisNode, source: &str) -> Self {
+        Self {
+            seed: fingerprint_seed(this_node),
+            source: source.to_owned(),
+            label_of: HashMap::default(),
+            applied: HashMap::default(),
+            made_of: HashMap::default(),
+            readers: HashMap::default(),
+            always: HashSet::default(),
+            unclaimed: BTreeSet::new(),
+            built: false,
+        }
+    }
+
+    /// A document's fingerprint, as `read_documents` gives its item.
+    fn fingerprint(&self, document: &Document) -> Fingerprint {
+        xxhash_rust::xxh3::xxh3_128_with_seed(&document.hash().to_le_bytes(), self.seed)
+    }
+
+    /// Whether `synced` holds exactly the objects of the source this index
+    /// describes, the very ones (a state read again from its file has
+    /// others: another balctl changed it).
+    pub fn matches(&self, synced: &[Arc<SyncedObject>]) -> bool {
+        if !self.built {
+            return false;
+        }
+        let ours = synced.iter().filter(|object| object.source == self.source);
+        let mut count = 0;
+        for object in ours {
+            count += 1;
+            if !self.applied.get(&object.owner).is_some_and(|indexed| Arc::ptr_eq(indexed, object)) {
+                return false;
+            }
+        }
+        count == self.applied.len()
+    }
+
+    /// What to read of `documents` (the cluster now) after `changed` (the
+    /// labels that came, changed or left since the state `synced` was
+    /// applied, with their documents then), for `this_node`. Everything,
+    /// when the index does not describe `synced`.
+    pub fn select<'a>(
+        &mut self,
+        documents: &'a BTreeMap<String, Document>,
+        changed: &BTreeMap<String, Option<Document>>,
+        synced: &[Arc<SyncedObject>],
+        this_node: &ThisNode,
+    ) -> Selection<'a> {
+        if !self.matches(synced) {
+            self.built = false;
+            let previous = synced.iter().filter(|o| o.source == self.source).cloned().collect();
+            return Selection { documents: documents.values().collect(), previous, replaced: None };
+        }
+        let mut affected: HashSet<String> = self.always.clone();
+        affected.insert(node_owner(&this_node.name));
+        for (label, old) in changed {
+            if let Some(old) = old {
+                let old = self.fingerprint(old);
+                if let Some(owner) = self.made_of.get(&old) {
+                    affected.insert(owner.clone());
+                }
+            }
+            // What a new or changed document belongs to (read again below,
+            // where an error in it is reported).
+            if let Some(document) = documents.get(label) {
+                let objects = read(label, document.json.as_ref()).unwrap_or_default();
+                affected.extend(objects.iter().filter_map(KubeObject::owner));
+            }
+        }
+        let mut labels: BTreeSet<&str> = self.unclaimed.iter().map(String::as_str).collect();
+        labels.extend(changed.keys().map(String::as_str).filter(|label| documents.contains_key(*label)));
+        // Readers of what changed, and what the objects read: until
+        // nothing is added (Nodes read nothing: twice at most).
+        loop {
+            let before = affected.len();
+            let readers: Vec<String> =
+                affected.iter().filter_map(|owner| self.readers.get(owner)).flatten().cloned().collect();
+            affected.extend(readers);
+            let read: Vec<String> = (affected.iter().filter_map(|owner| self.applied.get(owner)))
+                .flat_map(|object| object.dependencies.iter().map(|read| read.owner.clone()))
+                .collect();
+            affected.extend(read);
+            // What policies read (they are among the unclaimed documents).
+            affected.extend(self.read_by_policies(documents, &labels, &affected, this_node));
+            if affected.len() == before {
+                break;
+            }
+        }
+        let previous: Vec<Arc<SyncedObject>> =
+            affected.iter().filter_map(|owner| self.applied.get(owner)).cloned().collect();
+        labels.extend(
+            (previous.iter().flat_map(|object| &object.inputs))
+                .filter_map(|fingerprint| self.label_of.get(fingerprint))
+                .map(String::as_str),
+        );
+        let documents = labels.into_iter().filter_map(|label| documents.get(label)).collect();
+        Selection { documents, previous, replaced: Some(affected) }
+    }
+
+    /// The owners the policies among the documents of `labels` and of the
+    /// `affected` objects read, when those are all read.
+    fn read_by_policies(
+        &self,
+        documents: &BTreeMap<String, Document>,
+        labels: &BTreeSet<&str>,
+        affected: &HashSet<String>,
+        this_node: &ThisNode,
+    ) -> BTreeSet<String> {
+        let is_policy =
+            |label: &&str| label.starts_with("LocalRedirectPolicy ") || label.starts_with("BalancingPolicy ");
+        if !labels.iter().any(is_policy) {
+            return BTreeSet::new();
+        }
+        let of_affected = (affected.iter().filter_map(|owner| self.applied.get(owner)))
+            .flat_map(|object| &object.inputs)
+            .filter_map(|fingerprint| self.label_of.get(fingerprint))
+            .map(String::as_str);
+        let every: BTreeSet<&str> = labels.iter().copied().chain(of_affected).collect();
+        let objects: Vec<KubeObject> = (every.into_iter())
+            .filter_map(|label| documents.get(label))
+            .flat_map(|document| read(&document.label, document.json.as_ref()).unwrap_or_default())
+            .collect();
+        policies::reads(objects.iter(), &this_node.name)
+    }
+
+    /// A batch of `changed` documents (`documents` now) was applied: the
+    /// objects of `replaced` (`Selection::replaced`) were replaced by
+    /// `made`, and the state is now `synced`. The index describes that
+    /// state from now on.
+    pub fn applied(
+        &mut self,
+        documents: &BTreeMap<String, Document>,
+        changed: &BTreeMap<String, Option<Document>>,
+        replaced: Option<HashSet<String>>,
+        made: &[Arc<SyncedObject>],
+        synced: &[Arc<SyncedObject>],
+    ) {
+        let Some(replaced) = replaced.filter(|_| self.built) else {
+            self.rebuild(documents, synced);
+            return;
+        };
+        // The documents that changed, then the objects replaced.
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for (label, old) in changed {
+            if let Some(old) = old {
+                let old = self.fingerprint(old);
+                if self.label_of.get(&old) == Some(label) {
+                    self.label_of.remove(&old);
+                }
+            }
+            if let Some(document) = documents.get(label) {
+                self.label_of.insert(self.fingerprint(document), label.clone());
+            }
+            touched.insert(label.clone());
+        }
+        let made_owners = made.iter().map(|object| &object.owner);
+        for owner in replaced.iter().chain(made_owners) {
+            if let Some(old) = self.applied.remove(owner) {
+                self.forget(&old, &mut touched);
+            }
+        }
+        for object in made {
+            if object.source == self.source {
+                self.remember(object, &mut touched);
+            }
+        }
+        for label in touched {
+            let claimed =
+                documents.get(&label).is_none_or(|d| self.made_of.contains_key(&self.fingerprint(d)));
+            if claimed {
+                self.unclaimed.remove(&label);
+            } else {
+                self.unclaimed.insert(label);
+            }
+        }
+    }
+
+    /// Describes `synced` made of `documents`, from nothing.
+    fn rebuild(&mut self, documents: &BTreeMap<String, Document>, synced: &[Arc<SyncedObject>]) {
+        self.label_of = documents.iter().map(|(label, d)| (self.fingerprint(d), label.clone())).collect();
+        self.applied.clear();
+        self.made_of.clear();
+        self.readers.clear();
+        self.always.clear();
+        let mut touched = BTreeSet::new();
+        for object in synced {
+            if object.source == self.source {
+                self.remember(object, &mut touched);
+            }
+        }
+        self.unclaimed = (documents.iter())
+            .filter(|(_, d)| !self.made_of.contains_key(&self.fingerprint(d)))
+            .map(|(label, _)| label.clone())
+            .collect();
+        self.built = true;
+    }
+
+    /// Indexes an applied object; the labels of its documents go to `touched`.
+    fn remember(&mut self, object: &Arc<SyncedObject>, touched: &mut BTreeSet<String>) {
+        let owner = &object.owner;
+        for fingerprint in &object.inputs {
+            self.made_of.insert(*fingerprint, owner.clone());
+            touched.extend(self.label_of.get(fingerprint).cloned());
+        }
+        for read in &object.dependencies {
+            self.readers.entry(read.owner.clone()).or_default().insert(owner.clone());
+        }
+        if object.inputs.is_empty() {
+            self.always.insert(owner.clone());
+        }
+        self.applied.insert(owner.clone(), Arc::clone(object));
+    }
+
+    /// Takes an applied object out of the index; the labels of its
+    /// documents go to `touched`.
+    fn forget(&mut self, object: &SyncedObject, touched: &mut BTreeSet<String>) {
+        for fingerprint in &object.inputs {
+            if self.made_of.get(fingerprint) == Some(&object.owner) {
+                self.made_of.remove(fingerprint);
+            }
+            touched.extend(self.label_of.get(fingerprint).cloned());
+        }
+        for read in &object.dependencies {
+            if let Some(readers) = self.readers.get_mut(&read.owner) {
+                readers.remove(&object.owner);
+                if readers.is_empty() {
+                    self.readers.remove(&read.owner);
+                }
+            }
+        }
+        self.always.remove(&object.owner);
+    }
+}
