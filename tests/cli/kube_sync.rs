@@ -306,3 +306,95 @@ pub fn a_kube_watch_watches_only_the_pods_policies_select() {
     watcher.wait_stdout("frontends +0 ~0 -1");
     assert_eq!(watcher.terminate(), Some(0));
 }
+
+/// A watcher that applied a thousand changes one batch after another (each
+/// read in part: inputs::kube::Index; each recorded as one record of the
+/// state's log) and is restarted reads back exactly what it applied: the
+/// new watcher finds nothing to change, the maps dump as before, and a
+/// one-shot sync that reads the whole cluster finds nothing to change.
+pub fn a_kube_watch_restarted_after_a_thousand_changes_reads_back_what_it_applied() {
+    const SERVICES: u64 = 40;
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let (server, kubeconfig) = api_server(&sandbox);
+    let args = ["--kube", "--kubeconfig", &kubeconfig, "--node-name", "node-a"];
+    let node = |last: u64| {
+        json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": { "name": "node-a" },
+            "status": { "addresses": [{ "type": "InternalIP", "address": format!("192.0.2.{last}") }] }
+        })
+    };
+    let mut node_port = service("np", "198.18.2.1");
+    node_port["spec"]["type"] = "NodePort".into();
+    node_port["spec"]["ports"][0]["nodePort"] = 30080.into();
+    server.apply(node_port);
+    server.apply(slice("np", &["192.0.2.9"]));
+    server.apply(node(200));
+    for i in 0..SERVICES {
+        server.apply(service(&format!("s{i}"), &format!("198.18.1.{}", i + 1)));
+        server.apply(slice(&format!("s{i}"), &[&format!("192.0.2.{}", 10 + i)]));
+    }
+    let watcher = Watcher::start_with(&sandbox, &[], &args);
+    watcher.wait_stdout(&format!("frontends +{}", SERVICES + 3));
+
+    // A fixed sequence of draws: the same changes on every run.
+    let mut draw = 0x2545_f491_4f6c_dd1d_u64;
+    let mut below = |n: u64| {
+        draw ^= draw << 13;
+        draw ^= draw >> 7;
+        draw ^= draw << 17;
+        draw % n
+    };
+    let mut deleted = std::collections::BTreeSet::<u64>::new();
+    for _ in 0..100 {
+        for _ in 0..10 {
+            let i = below(SERVICES);
+            let name = format!("s{i}");
+            match below(10) {
+                0 if deleted.insert(i) => server.delete("v1", "Service", Some("shop"), &name),
+                // Each Service's addresses are its own: no two claim one.
+                1 => {
+                    deleted.remove(&i);
+                    server.apply(service(&name, &format!("198.18.{}.{}", 10 + i, below(200) + 1)));
+                }
+                2 => server.apply(node(200 + below(3))),
+                0 | 3 => {
+                    deleted.remove(&i);
+                    server.apply(service(&name, &format!("198.18.1.{}", i + 1)));
+                }
+                _ => {
+                    let endpoints: Vec<String> =
+                        (0..below(3) + 1).map(|_| format!("192.0.2.{}", 10 + below(60))).collect();
+                    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+                    server.apply(slice(&name, &endpoints));
+                }
+            }
+        }
+        watcher.wait_stdout("sync:");
+    }
+    // Every change is applied once a dry run that reads the whole cluster
+    // finds nothing to change (the last batch may still be on its way).
+    let dry_run = ["sync", "--kube", "--kubeconfig", &kubeconfig, "--node-name", "node-a", "--dry-run"];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = sandbox.balctl_json(&dry_run);
+        if report["changes"] == json!([]) && report["map_writes"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watcher never caught up: {report}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let dumps = || ["services", "backends", "nodes"].map(|kind| sandbox.balctl_json(&["dump", kind]));
+    let applied = dumps();
+    let frontends = applied[0]["services"].as_array().map_or(0, Vec::len);
+    assert!(frontends > 20, "{frontends} frontends");
+
+    assert_eq!(watcher.terminate(), Some(0));
+    let watcher = Watcher::start_with(&sandbox, &[], &args);
+    watcher.wait_stdout("sync: no changes");
+    assert_eq!(dumps(), applied);
+    let report = sandbox.balctl_json(&dry_run);
+    assert_eq!(report["changes"], json!([]), "{report}");
+    assert_eq!(report["map_writes"], 0, "{report}");
+    assert_eq!(watcher.terminate(), Some(0));
+}

@@ -214,6 +214,7 @@ fn main() {
         kube_sync::a_kube_watch_follows_the_cluster,
         kube_sync::trace_names_the_pod_of_a_container,
         kube_sync::a_kube_watch_watches_only_the_pods_policies_select,
+        kube_sync::a_kube_watch_restarted_after_a_thousand_changes_reads_back_what_it_applied,
         topology::zone_and_node_hints_choose_the_endpoints,
         topology::a_zone_change_moves_new_connections_and_keeps_established_ones,
         image::both_platforms_hold_a_static_balctl_of_this_version,
