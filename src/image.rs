@@ -27,6 +27,9 @@ use crate::{
 
 pub mod external;
 pub mod raw;
+mod tally;
+
+use self::tally::Tally;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BackendAddr {
@@ -223,11 +226,27 @@ pub struct Image {
     /// balctl did then).
     #[serde(default = "yes")]
     pub node_ports_on_loopback: bool,
+    /// What the frontends add up to, once made (`tally.rs`).
+    #[serde(skip)]
+    tally: Derived,
 }
 
 fn yes() -> bool {
     true
 }
+
+/// An image's `Tally`, once made: not part of what the image is, so
+/// never compared or stored.
+#[derive(Clone, Debug, Default)]
+struct Derived(Option<Box<Tally>>);
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
 
 impl Default for Image {
     fn default() -> Self {
@@ -238,25 +257,46 @@ impl Default for Image {
             next_service_id: 0,
             next_backend_id: 0,
             node_ports_on_loopback: yes(),
+            tally: Derived::default(),
         }
     }
 }
 
 impl Image {
-    /// How many entries the image occupies in each map.
+    /// How many entries the image occupies in each map: from its tally
+    /// once it has one (a change made it), without walking the frontends.
     pub fn entry_counts(&self) -> EntryCounts {
-        let slots: u64 = self.frontends.values().map(|f| f.backends.len() as u64).sum();
+        let made;
+        let tally = match &self.tally.0 {
+            Some(tally) => tally,
+            None => {
+                made = self.tally_made();
+                &made
+            }
+        };
         EntryCounts {
-            services: self.frontends.len() as u64 + slots,
+            services: tally.services,
             backends: self.backends.len() as u64,
-            membership: slots,
+            membership: tally.membership,
             nodes: self.node_address_keys().len() as u64,
-            external: self.external_index().count() as u64,
-            maglev: (self.frontends.values())
-                .filter(|f| !f.backends.is_empty())
-                .map(|f| u64::from(f.maglev_table_size.div_ceil(MAGLEV_CHUNK as u32)))
-                .sum(),
-            source_ranges: self.frontends.values().map(|f| f.source_range_keys().count() as u64).sum(),
+            external: tally.external,
+            maglev: tally.maglev,
+            source_ranges: tally.source_ranges,
+        }
+    }
+
+    /// The image's tally, made from its frontends.
+    fn tally_made(&self) -> Tally {
+        let mut tally = Tally::of(self.frontends.iter());
+        tally.external = self.external_index().count() as u64;
+        tally
+    }
+
+    /// The socket layers that hold frontends (`Plan::layers`).
+    pub fn layers(&self) -> u32 {
+        match &self.tally.0 {
+            Some(tally) => tally.layers(),
+            None => Tally::of(self.frontends.iter()).layers(),
         }
     }
 
@@ -298,12 +338,22 @@ impl Image {
         node_ports_on_loopback: bool,
     ) -> Result<Self> {
         let mut image = self;
+        let mut tally = match image.tally.0.take() {
+            Some(tally) => *tally,
+            None => image.tally_made(),
+        };
         // Id 0 means "none" in the maps.
         image.next_service_id = image.next_service_id.max(1);
         image.next_backend_id = image.next_backend_id.max(1);
         let mut old_services: HashMap<Frontend, ServiceId> = HashMap::default();
+        // Backends whose last frontend left: they leave too, unless an
+        // added frontend takes them again.
+        let mut unused = Vec::new();
+        let mut external_changed = false;
         for frontend in removed {
             if let Some(old) = image.frontends.remove(frontend) {
+                tally.remove(frontend, &old, |id| unused.push(id));
+                external_changed |= frontend.scope == Scope::External;
                 old_services.insert(*frontend, old.service_id);
             }
         }
@@ -359,24 +409,34 @@ impl Image {
                 image.next_service_id += 1;
                 image.next_service_id - 1
             });
-            image.frontends.insert(
-                rule.frontend,
-                FrontendImage {
-                    service_id,
-                    owner,
-                    backends,
-                    affinity_seconds: rule.affinity_seconds,
-                    local_only: rule.local_only,
-                    requests_per_second: rule.requests_per_second,
-                    address_kind: rule.address_kind,
-                    maglev_table_size,
-                    source_ranges: rule.external.source_ranges.clone(),
-                },
-            );
+            let frontend = FrontendImage {
+                service_id,
+                owner,
+                backends,
+                affinity_seconds: rule.affinity_seconds,
+                local_only: rule.local_only,
+                requests_per_second: rule.requests_per_second,
+                address_kind: rule.address_kind,
+                maglev_table_size,
+                source_ranges: rule.external.source_ranges.clone(),
+            };
+            tally.add(&rule.frontend, &frontend);
+            external_changed |= rule.frontend.scope == Scope::External;
+            image.frontends.insert(rule.frontend, frontend);
         }
-        image.drop_unused_backends();
-        image.node_addresses = node_addresses.into_iter().map(|ip| ip.to_canonical()).collect();
+        for id in unused {
+            if !tally.used(id) {
+                image.backends.remove(&id);
+            }
+        }
+        let node_addresses: BTreeSet<IpAddr> =
+            node_addresses.into_iter().map(|ip| ip.to_canonical()).collect();
+        if node_addresses != image.node_addresses || external_changed {
+            image.node_addresses = node_addresses;
+            tally.external = image.external_index().count() as u64;
+        }
         image.node_ports_on_loopback = node_ports_on_loopback;
+        image.tally = Derived(Some(Box::new(tally)));
         Ok(image)
     }
 
@@ -401,20 +461,6 @@ impl Image {
             ids.extend(self.backends.iter().map(known).filter(|(backend, _)| wanted.contains(backend)));
             ids
         }
-    }
-
-    /// The used ids, sorted, are walked along with the backends (which
-    /// `retain` visits in id order): no allocation sized by an id, which
-    /// comes from the state file and may be anything in a corrupt one.
-    fn drop_unused_backends(&mut self) {
-        let mut used: Vec<BackendId> =
-            self.frontends.values().flat_map(|f| f.backends.iter().copied()).collect();
-        used.sort_unstable();
-        let mut used = used.into_iter().peekable();
-        self.backends.retain(|id, _| {
-            while used.next_if(|used| used < id).is_some() {}
-            used.peek() == Some(id)
-        });
     }
 
     /// Compiles `rules` from scratch, continuing `previous`'s ids.
@@ -614,5 +660,51 @@ mod tests {
             compile(&[policy("a", "[2001:db8::10]:80", &["[2001:db8::2]:80"])], &Image::default()).unwrap();
         let bytes = postcard::to_stdvec(&image).unwrap();
         assert_eq!(postcard::from_bytes::<Image>(&bytes).unwrap(), image);
+    }
+
+    /// What a change's tally says (`tally.rs`) is what walking the
+    /// frontends says, and a backend leaves with its last frontend.
+    #[test]
+    fn a_changed_image_counts_what_walking_it_counts() {
+        let mut draw = 0x1234_5678_9abc_def1_u64;
+        let mut below = |n: u64| {
+            draw ^= draw << 13;
+            draw ^= draw >> 7;
+            draw ^= draw << 17;
+            draw % n
+        };
+        let mut image = Image::default();
+        for _ in 0..300 {
+            let removed: Vec<Frontend> = image.frontends.keys().filter(|_| below(4) == 0).copied().collect();
+            let rules: Vec<(String, FrontendRule)> = (0..below(4))
+                .map(|i| {
+                    let frontend = format!("198.18.0.{}:{}", below(30) + 1, 80 + i);
+                    let backends: Vec<String> =
+                        (0..below(4)).map(|_| format!("192.0.2.{}:80", below(12) + 1)).collect();
+                    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+                    policy(&format!("p{i}"), &frontend, &backends)
+                })
+                .filter(|(_, rule)| {
+                    !image.frontends.contains_key(&rule.frontend) || removed.contains(&rule.frontend)
+                })
+                .collect();
+            let mut unique = BTreeSet::new();
+            let rules: Vec<_> = rules.into_iter().filter(|(_, rule)| unique.insert(rule.frontend)).collect();
+            let node = format!("192.0.2.{}", 100 + below(2));
+            image = image
+                .updated(
+                    &removed,
+                    rules.iter().map(|(o, r)| (o.clone(), r)),
+                    [node.parse().unwrap()],
+                    below(2) == 0,
+                )
+                .unwrap();
+            let stored: Image = postcard::from_bytes(&postcard::to_stdvec(&image).unwrap()).unwrap();
+            assert_eq!(image.entry_counts(), stored.entry_counts());
+            assert_eq!(image.layers(), stored.layers());
+            let used: BTreeSet<BackendId> =
+                image.frontends.values().flat_map(|f| f.backends.clone()).collect();
+            assert_eq!(image.backends.keys().copied().collect::<BTreeSet<_>>(), used);
+        }
     }
 }

@@ -175,8 +175,7 @@ impl<'a> Plan<'a> {
     /// programs read it.
     pub fn layers(&self) -> (u32, u32) {
         let bit = |scope: u8| if scope == Scope::External.raw() { 0 } else { layer_bit(scope) };
-        let of_image =
-            |image: &Image| image.frontends.keys().fold(0, |layers, f| layers | bit(f.scope.raw()));
+        let of_image = |image: &Image| image.layers();
         let of_maps =
             |maps: &MapContents| maps.services.keys().fold(0, |layers, key| layers | bit(key.scope));
         match self.sides {
@@ -1060,7 +1059,8 @@ mod tests {
     #[test]
     fn loopback_node_ports_are_the_loopback_key() {
         let on = Image::default();
-        let off = Image { node_ports_on_loopback: false, ..on.clone() };
+        let mut off = on.clone();
+        off.node_ports_on_loopback = false;
         let key = NodeAddressKey::IPV4_LOOPBACK;
         let ops = |plan: Plan| plan.steps().map(|step| step.op).collect::<Vec<_>>();
         assert_eq!(ops(Plan::between(&on, &off)), [Op::DeleteNodeAddress(key)]);

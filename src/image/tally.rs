@@ -1,0 +1,112 @@
+//! What an image's frontends add up to, kept with the image so that a
+//! change counts what it changes instead of walking every frontend: how
+//! many frontend slots use each backend (a backend leaves the image when
+//! none does), how many frontends each scope has (the layers word), and
+//! the entries of the maps that hold something per frontend.
+//!
+//! Never stored: made from the frontends when an image is first changed
+//! (after a state is read) and updated by every change after that.
+
+use std::collections::BTreeMap;
+
+use balctl_common::{MAGLEV_CHUNK, layer_bit};
+use rustc_hash::FxHashMap as HashMap;
+
+use super::FrontendImage;
+use crate::{
+    bpf::maps::BackendId,
+    model::{Frontend, Scope},
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Per backend, the slots of frontends that hold it.
+    users: HashMap<BackendId, u32>,
+    /// Per scope (raw), its frontends.
+    scopes: BTreeMap<u8, u64>,
+    /// Entries of the services map (a master and a slot per backend per
+    /// frontend), of the membership map, of the Maglev tables and of the
+    /// source ranges.
+    pub services: u64,
+    pub membership: u64,
+    pub maglev: u64,
+    pub source_ranges: u64,
+    /// Entries of the external index: not a sum over frontends (a node
+    /// port answers on a node address unless a frontend there does), so
+    /// counted again whenever an external frontend or a node address
+    /// comes or goes (`Image::updated`).
+    pub external: u64,
+}
+
+impl Tally {
+    pub fn of<'a>(frontends: impl Iterator<Item = (&'a Frontend, &'a FrontendImage)>) -> Self {
+        let mut tally = Self::default();
+        for (frontend, image) in frontends {
+            tally.add(frontend, image);
+        }
+        tally
+    }
+
+    /// Counts a frontend in.
+    pub fn add(&mut self, frontend: &Frontend, image: &FrontendImage) {
+        for id in &image.backends {
+            *self.users.entry(*id).or_default() += 1;
+        }
+        *self.scopes.entry(frontend.scope.raw()).or_default() += 1;
+        let (services, membership, maglev, source_ranges) = entries(image);
+        self.services += services;
+        self.membership += membership;
+        self.maglev += maglev;
+        self.source_ranges += source_ranges;
+    }
+
+    /// Counts a frontend out; calls `unused` with each backend no frontend
+    /// holds any more.
+    pub fn remove(&mut self, frontend: &Frontend, image: &FrontendImage, mut unused: impl FnMut(BackendId)) {
+        for id in &image.backends {
+            if let Some(users) = self.users.get_mut(id) {
+                *users -= 1;
+                if *users == 0 {
+                    self.users.remove(id);
+                    unused(*id);
+                }
+            }
+        }
+        if let Some(count) = self.scopes.get_mut(&frontend.scope.raw()) {
+            *count -= 1;
+            if *count == 0 {
+                self.scopes.remove(&frontend.scope.raw());
+            }
+        }
+        let (services, membership, maglev, source_ranges) = entries(image);
+        self.services -= services;
+        self.membership -= membership;
+        self.maglev -= maglev;
+        self.source_ranges -= source_ranges;
+    }
+
+    /// Whether some frontend holds backend `id`.
+    pub fn used(&self, id: BackendId) -> bool {
+        self.users.contains_key(&id)
+    }
+
+    /// The socket layers that hold frontends (`Plan::layers`): the external
+    /// scope has no bit, only the packet programs read it.
+    pub fn layers(&self) -> u32 {
+        (self.scopes.keys())
+            .filter(|&&scope| scope != Scope::External.raw())
+            .fold(0, |layers, &scope| layers | layer_bit(scope))
+    }
+}
+
+/// The entries a frontend holds in the services map, the membership map,
+/// the Maglev tables and the source ranges.
+fn entries(image: &FrontendImage) -> (u64, u64, u64, u64) {
+    let slots = image.backends.len() as u64;
+    let maglev = if image.backends.is_empty() {
+        0
+    } else {
+        u64::from(image.maglev_table_size.div_ceil(MAGLEV_CHUNK as u32))
+    };
+    (1 + slots, slots, maglev, image.source_range_keys().count() as u64)
+}
