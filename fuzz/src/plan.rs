@@ -115,11 +115,9 @@ struct Object {
 }
 
 fn run(case: &Case) {
-    let mut image = Image {
-        next_service_id: case.first_ids.0.into(),
-        next_backend_id: case.first_ids.1.into(),
-        ..Image::default()
-    };
+    let mut image = Image::default();
+    image.next_service_id = case.first_ids.0.into();
+    image.next_backend_id = case.first_ids.1.into();
     let mut ids = Ids::default();
     let mut history = vec![image.clone()];
     let mut objects: Vec<Object> = Vec::new();
