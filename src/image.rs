@@ -181,6 +181,14 @@ impl FrontendImage {
     }
 }
 
+/// What a change touched of an image, before and after it
+/// (`Image::updated_in_part`), with the layers of the whole images.
+pub struct Parts {
+    pub before: Image,
+    pub after: Image,
+    pub layers: (u32, u32),
+}
+
 /// Where a change may have changed an image: what compares two images
 /// (the state's change record, the stale sockets' pairs) looks there only.
 #[derive(Clone, Copy)]
@@ -290,6 +298,48 @@ impl Image {
         let mut tally = Tally::of(self.frontends.iter());
         tally.external = self.external_index().count() as u64;
         tally
+    }
+
+    /// The part of this image that a change touched: its frontends among
+    /// `frontends`, the backends they hold and those of `backends` it has,
+    /// with its node addresses, id counters and settings. Two images that
+    /// are the same but for those frontends (and the backends only they
+    /// hold) compare as their parts do: the change's plan (`Plan::of_parts`),
+    /// its record and its stale sockets look at the parts only.
+    pub fn part<'a>(
+        &self,
+        frontends: &BTreeSet<Frontend>,
+        backends: impl IntoIterator<Item = &'a BackendId>,
+    ) -> Self {
+        let mut part = self.settings();
+        for frontend in frontends {
+            if let Some(image) = self.frontends.get(frontend) {
+                for id in &image.backends {
+                    if let Some(backend) = self.backends.get(id) {
+                        part.backends.insert(*id, *backend);
+                    }
+                }
+                part.frontends.insert(*frontend, image.clone());
+            }
+        }
+        for id in backends {
+            if let Some(backend) = self.backends.get(id) {
+                part.backends.insert(*id, *backend);
+            }
+        }
+        part
+    }
+
+    /// This image without frontends or backends: its node addresses, id
+    /// counters and settings.
+    pub fn settings(&self) -> Self {
+        Self {
+            node_addresses: self.node_addresses.clone(),
+            next_service_id: self.next_service_id,
+            next_backend_id: self.next_backend_id,
+            node_ports_on_loopback: self.node_ports_on_loopback,
+            ..Self::default()
+        }
     }
 
     /// The socket layers that hold frontends (`Plan::layers`).
@@ -440,6 +490,38 @@ impl Image {
         Ok(image)
     }
 
+    /// `updated` by a change of frontends only (its node addresses and
+    /// settings stay), with the parts of the image before and after it
+    /// that it touched: the frontends of `touched` (those of `removed` and
+    /// `added`) and their backends. Whatever the two images hold but the
+    /// parts is the same in both, so a plan between the parts
+    /// (`Plan::of_parts`) makes the same writes as one between the whole
+    /// images, and nothing walks them whole.
+    pub fn updated_in_part<'a>(
+        self,
+        touched: &BTreeSet<Frontend>,
+        removed: impl IntoIterator<Item = &'a Frontend>,
+        added: impl IntoIterator<Item = (String, &'a FrontendRule)>,
+    ) -> Result<(Self, Parts)> {
+        let (layers, next_backend_id) = (self.layers(), self.next_backend_id);
+        let mut before = self.part(touched, []);
+        let (node_addresses, loopback) = (self.node_addresses.clone(), self.node_ports_on_loopback);
+        let image = self.updated(removed, added, node_addresses, loopback)?;
+        // Backends the touched frontends hold now that were there before
+        // (an id is never given twice): the plan must not add them again.
+        let kept = (touched.iter().filter_map(|frontend| image.frontends.get(frontend)))
+            .flat_map(|frontend| frontend.backends.iter())
+            .filter(|&&id| id < next_backend_id);
+        for id in kept {
+            if let Some(backend) = image.backends.get(id) {
+                before.backends.insert(*id, *backend);
+            }
+        }
+        let after = image.part(touched, before.backends.keys());
+        let layers = (layers, image.layers());
+        Ok((image, Parts { before, after, layers }))
+    }
+
     /// A map from backends (as the datapath holds them, the most compact
     /// key) to ids, holding at least the ids that `rules`' backends have in
     /// this image, with room for all of them. Only the smaller side is
@@ -534,6 +616,7 @@ mod pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Plan;
 
     fn policy(name: &str, frontend: &str, backends: &[&str]) -> (String, FrontendRule) {
         (format!("policy/{name}"), FrontendRule::plain(frontend, backends))
@@ -663,7 +746,9 @@ mod tests {
     }
 
     /// What a change's tally says (`tally.rs`) is what walking the
-    /// frontends says, and a backend leaves with its last frontend.
+    /// frontends says, a backend leaves with its last frontend, and a
+    /// change of frontends planned from its parts makes the writes a plan
+    /// between the whole images makes.
     #[test]
     fn a_changed_image_counts_what_walking_it_counts() {
         let mut draw = 0x1234_5678_9abc_def1_u64;
@@ -690,15 +775,31 @@ mod tests {
                 .collect();
             let mut unique = BTreeSet::new();
             let rules: Vec<_> = rules.into_iter().filter(|(_, rule)| unique.insert(rule.frontend)).collect();
-            let node = format!("192.0.2.{}", 100 + below(2));
-            image = image
-                .updated(
-                    &removed,
-                    rules.iter().map(|(o, r)| (o.clone(), r)),
-                    [node.parse().unwrap()],
-                    below(2) == 0,
-                )
-                .unwrap();
+            if below(3) == 0 {
+                // A change of node addresses or of loopback: the whole image.
+                let node = format!("192.0.2.{}", 100 + below(2));
+                let (removed, rules) = (removed.iter(), rules.iter().map(|(o, r)| (o.clone(), r)));
+                image = image.updated(removed, rules, [node.parse().unwrap()], below(2) == 0).unwrap();
+            } else {
+                // A change of frontends only: planned from its parts, as
+                // from the whole images.
+                let touched: BTreeSet<Frontend> =
+                    removed.iter().copied().chain(rules.iter().map(|(_, rule)| rule.frontend)).collect();
+                let before = image.clone();
+                let (after, parts) = image
+                    .updated_in_part(&touched, &removed, rules.iter().map(|(o, r)| (o.clone(), r)))
+                    .unwrap();
+                let whole = Plan::between(&before, &after);
+                let part = Plan::of_parts(&parts.before, &parts.after, parts.layers);
+                let ops = |plan: &Plan| plan.steps().map(|step| (step.op, step.undo)).collect::<Vec<_>>();
+                assert_eq!(ops(&part), ops(&whole));
+                assert_eq!((part.summary, part.layers()), (whole.summary, whole.layers()));
+                assert_eq!(
+                    part.peak_entries(before.entry_counts()),
+                    whole.peak_entries(before.entry_counts())
+                );
+                image = after;
+            }
             let stored: Image = postcard::from_bytes(&postcard::to_stdvec(&image).unwrap()).unwrap();
             assert_eq!(image.entry_counts(), stored.entry_counts());
             assert_eq!(image.layers(), stored.layers());

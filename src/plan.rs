@@ -112,6 +112,9 @@ pub struct Plan<'a> {
     /// Map writes in the plan, counted once when it is made.
     len: usize,
     pub summary: Summary,
+    /// The layers before and after, when the sides are parts of the images
+    /// (`Plan::of_parts`), whose own frontends do not say them.
+    layers: Option<(u32, u32)>,
 }
 
 impl<'a> Plan<'a> {
@@ -134,6 +137,14 @@ impl<'a> Plan<'a> {
         Self::new(sides, backends.total + nodes.total, summary)
     }
 
+    /// `between` the parts of two images that a change touched
+    /// (`Image::part`): the same writes as between the whole images, when
+    /// those are the same everywhere else. `layers` are the whole images'
+    /// (`Image::layers`).
+    pub fn of_parts(old: &'a Image, new: &'a Image, layers: (u32, u32)) -> Self {
+        Self { layers: Some(layers), ..Self::between(old, new) }
+    }
+
     /// The plan that makes the maps hold exactly `desired`, from what they
     /// hold now (after an unload, a crash or a manual edit).
     pub fn repair(actual: &'a MapContents, desired: &'a MapContents) -> Self {
@@ -151,7 +162,7 @@ impl<'a> Plan<'a> {
             + sides.maglev().count()
             + sides.source_ranges().count()
             + sides.all_index_writes().count();
-        Self { sides, len, summary }
+        Self { sides, len, summary, layers: None }
     }
 
     /// How many map writes the plan makes.
@@ -178,6 +189,9 @@ impl<'a> Plan<'a> {
         let of_image = |image: &Image| image.layers();
         let of_maps =
             |maps: &MapContents| maps.services.keys().fold(0, |layers, key| layers | bit(key.scope));
+        if let Some(layers) = self.layers {
+            return layers;
+        }
         match self.sides {
             Sides::Between(old, new) => (of_image(old), of_image(new)),
             Sides::Repair(actual, desired) => (of_maps(actual), of_maps(desired)),

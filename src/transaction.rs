@@ -10,11 +10,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     sync::Arc,
 };
 
 use anyhow::Result;
-use rustc_hash::FxHashSet as HashSet;
 
 use crate::{
     bpf::{
@@ -22,8 +22,8 @@ use crate::{
         maps::{Datapath, EntryCounts, MapContents, ServiceId},
         pins::PinDir,
     },
-    image::Touched,
-    model::{Frontend, FrontendRule, SyncedObject},
+    image::{Image, Touched},
+    model::{Frontend, FrontendRule, Policy, Scope, SyncedObject},
     plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
     state::{AppliedState, Recorded, StateDir, StateLock},
@@ -37,9 +37,15 @@ pub enum Mode {
     DryRun,
 }
 
+/// Requests-per-second limits by service id, as the rate-limits map holds them.
+type RateLimits = BTreeMap<ServiceId, u32>;
+
 /// What a change did (or, in a dry run, would do). The plan itself is not
 /// kept: it borrows the images of `before` and `after`.
 pub struct Outcome {
+    /// The state before the change; of its image, at least the part the
+    /// change touched (`Image::part`: the frontends of `touched` and their
+    /// backends), which is all that differs from `after`'s.
     pub before: AppliedState,
     pub after: AppliedState,
     pub summary: Summary,
@@ -118,22 +124,71 @@ pub fn change_prepared<P: Send>(
         let before = kept.take(state_dir, &lock);
         (before, prepared.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
-    let (before, recorded) = before?;
-    let mut after = before.clone();
+    let (mut before, recorded) = before?;
+    // The change edits the objects, the policies and the settings the image
+    // is compiled from (a sync sets whether loopback serves node ports);
+    // the image is compiled after it.
+    let mut after = AppliedState {
+        policies: before.policies.clone(),
+        synced: before.synced.clone(),
+        image: before.image.settings(),
+    };
     change(&mut after, prepared?)?;
-    // `change` edits the objects and the settings the image is compiled
-    // from (a sync sets whether loopback serves node ports in `after.image`);
-    // the image is then updated in place, without another copy.
-    let image = std::mem::take(&mut after.image);
-    let on_loopback = image.node_ports_on_loopback;
-    let (removed, added) = rule_changes(&before, &after);
-    // Where the image can change: the record of the change compares there only.
-    let touched: BTreeSet<Frontend> =
-        removed.iter().copied().copied().chain(added.iter().map(|(_, rule)| rule.frontend)).collect();
-    after.image = image.updated(removed, added, after.node_addresses(), on_loopback)?;
+    let on_loopback = after.image.node_ports_on_loopback;
+    let changes = rule_changes(
+        Rules { policies: &before.policies, synced: &before.synced },
+        Rules { policies: &after.policies, synced: &after.synced },
+    );
+    // Where the image can change: the plan, the record of the change and
+    // its stale sockets look there only.
+    let touched: BTreeSet<Frontend> = (changes.removed.iter().copied().copied())
+        .chain(changes.added.iter().map(|(_, rule)| rule.frontend))
+        .collect();
+    let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && links::is_loaded(pins)?;
+    // A change of frontends that only the socket programs read, of
+    // anything but node addresses and rate limits, is planned from the
+    // part of the image it touched: the image is updated in place, not
+    // copied, and nothing walks all of it.
+    let in_part = !repairing
+        && !changes.node_addresses_changed
+        && on_loopback == before.image.node_ports_on_loopback
+        && touched.iter().all(|frontend| frontend.scope != Scope::External)
+        && !touched.iter().any(|frontend| rate_limited(&before.image, frontend))
+        && !changes.added.iter().any(|(_, rule)| rule.requests_per_second.is_some());
+    if in_part {
+        let image = std::mem::take(&mut before.image);
+        let start = image.entry_counts();
+        let (image, parts) = image.updated_in_part(&touched, changes.removed, changes.added)?;
+        after.image = image;
+        before.image = parts.before;
+        let plan = Plan::of_parts(&before.image, &parts.after, parts.layers);
+        let (summary, map_writes) = (plan.summary, plan.len());
+        if mode == Mode::DryRun || (plan.is_empty() && same_objects(&before, &after)) {
+            let recorded = recorded.filter(|_| mode == Mode::Apply);
+            return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, recorded });
+        }
+        let mut datapath = None;
+        if !plan.is_empty() {
+            let opened = datapath.insert(Datapath::open(pins)?);
+            write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
+        }
+        let recorded = record(state_dir, &lock, recorded, &before, &after, &touched, &plan, datapath, None)?;
+        return Ok(Outcome {
+            before,
+            after,
+            summary,
+            map_writes,
+            repaired: false,
+            touched,
+            recorded: Some(recorded),
+        });
+    }
+
+    let node_addresses: Vec<IpAddr> = after.node_addresses().collect();
+    after.image =
+        before.image.clone().updated(changes.removed, changes.added, node_addresses, on_loopback)?;
     let between = Plan::between(&before.image, &after.image);
     let summary = between.summary;
-    let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && links::is_loaded(pins)?;
     if mode == Mode::DryRun || (after == before && !repairing) {
         let map_writes = between.len();
         let recorded = recorded.filter(|_| mode == Mode::Apply);
@@ -162,22 +217,64 @@ pub fn change_prepared<P: Send>(
             Some(opened) => opened,
             None => datapath.insert(Datapath::open(pins)?),
         };
-        write_maps(state_dir, &lock, opened, &plan, start, &rate_limits, repairing)?;
+        write_maps(state_dir, &lock, opened, &plan, start, Some(&rate_limits), repairing)?;
     }
-    let recorded = match state_dir.write(&lock, recorded, &before, &after, Touched::Frontends(&touched)) {
-        Ok(recorded) => recorded,
-        Err(err) => {
-            return Err(match datapath.as_mut() {
-                Some(datapath) => {
-                    let err = plan.revert(datapath, err);
-                    undone(state_dir, &lock, datapath, &rate_limits.0, repairing, err)
-                }
-                None => err,
-            });
-        }
-    };
-    state_dir.end_map_writes(&lock);
+    let recorded = record(
+        state_dir,
+        &lock,
+        recorded,
+        &before,
+        &after,
+        &touched,
+        &plan,
+        datapath,
+        Some((&rate_limits.0, repairing)),
+    )?;
     Ok(Outcome { before, after, summary, map_writes, repaired: repairing, touched, recorded: Some(recorded) })
+}
+
+/// Records `after`, the change from `before` that touched the frontends
+/// of `touched`, once its map writes (`plan`, through `datapath` if it was
+/// opened) are done; if that fails, undoes them, with the rate limits
+/// (`rate_limits`: those the maps held, and whether the maps held a mix
+/// an interrupted change left) if they were written, and fails.
+#[allow(clippy::too_many_arguments, reason = "one protocol step with all it may have to undo")]
+fn record(
+    state_dir: &StateDir,
+    lock: &StateLock,
+    recorded: Option<Recorded>,
+    before: &AppliedState,
+    after: &AppliedState,
+    touched: &BTreeSet<Frontend>,
+    plan: &Plan,
+    mut datapath: Option<Datapath>,
+    rate_limits: Option<(&BTreeMap<ServiceId, u32>, bool)>,
+) -> Result<Recorded> {
+    match state_dir.write(lock, recorded, before, after, Touched::Frontends(touched)) {
+        Ok(recorded) => {
+            state_dir.end_map_writes(lock);
+            Ok(recorded)
+        }
+        Err(err) => Err(match datapath.as_mut() {
+            Some(datapath) => {
+                let err = plan.revert(datapath, err);
+                undone(state_dir, lock, datapath, rate_limits, err)
+            }
+            None => err,
+        }),
+    }
+}
+
+/// Whether `after` holds the very objects and policies of `before`.
+fn same_objects(before: &AppliedState, after: &AppliedState) -> bool {
+    before.policies == after.policies
+        && before.synced.len() == after.synced.len()
+        && before.synced.iter().zip(&after.synced).all(|(old, new)| Arc::ptr_eq(old, new) || old == new)
+}
+
+/// Whether `frontend` has a rate limit in `image`.
+fn rate_limited(image: &Image, frontend: &Frontend) -> bool {
+    image.frontends.get(frontend).is_some_and(|f| f.requests_per_second.is_some())
 }
 
 /// Makes the maps hold exactly the applied state, planned from what they
@@ -201,7 +298,15 @@ pub fn restore<R>(
     let desired = MapContents::of(&state.image);
     let plan = Plan::repair(&actual, &desired);
     let rate_limits = (datapath.rate_limits()?, state.image.rate_limits());
-    write_maps(state_dir, &lock, &mut datapath, &plan, actual.entry_counts(), &rate_limits, interrupted)?;
+    write_maps(
+        state_dir,
+        &lock,
+        &mut datapath,
+        &plan,
+        actual.entry_counts(),
+        Some(&rate_limits),
+        interrupted,
+    )?;
     // The maps now hold the recorded state, whatever an interrupted change left.
     state_dir.end_map_writes(&lock);
     Ok((attached, plan.len()))
@@ -218,32 +323,38 @@ fn write_maps(
     datapath: &mut Datapath,
     plan: &Plan,
     start: EntryCounts,
-    rate_limits: &(BTreeMap<ServiceId, u32>, BTreeMap<ServiceId, u32>),
+    rate_limits: Option<&(RateLimits, RateLimits)>,
     keep_mark: bool,
 ) -> Result<()> {
     datapath.check_room(plan.peak_entries(start))?;
     state_dir.begin_map_writes(lock)?;
-    let written = datapath
-        .write_rate_limits(&rate_limits.1)
-        .and_then(|()| plan.apply(datapath, &mut MapWrites::new(plan.len())));
-    written.map_err(|err| undone(state_dir, lock, datapath, &rate_limits.0, keep_mark, err))
+    let written = match rate_limits {
+        Some((_, limits)) => datapath.write_rate_limits(limits),
+        None => Ok(()),
+    };
+    let written = written.and_then(|()| plan.apply(datapath, &mut MapWrites::new(plan.len())));
+    written
+        .map_err(|err| undone(state_dir, lock, datapath, rate_limits.map(|(old, _)| (old, keep_mark)), err))
 }
 
 /// After map writes failed with `err` (the plan's writes undone as far as
-/// they could be): puts back the rate limits the maps held (`rate_limits`).
-/// If the maps are then as they were and the state dir had no in-progress
-/// mark before (`keep_mark` false: they did not hold a mix an interrupted
-/// change left), takes the mark away: there is nothing for the next change
-/// to repair.
+/// they could be): puts back the rate limits the maps held, if they were
+/// written (`rate_limits`, with `keep_mark`). If the maps are then as they
+/// were and the state dir had no in-progress mark before (`keep_mark`
+/// false: they did not hold a mix an interrupted change left), takes the
+/// mark away: there is nothing for the next change to repair.
 fn undone(
     state_dir: &StateDir,
     lock: &StateLock,
     datapath: &mut Datapath,
-    rate_limits: &BTreeMap<ServiceId, u32>,
-    keep_mark: bool,
+    rate_limits: Option<(&BTreeMap<ServiceId, u32>, bool)>,
     err: anyhow::Error,
 ) -> anyhow::Error {
-    match datapath.write_rate_limits(rate_limits) {
+    let (restored, keep_mark) = match rate_limits {
+        Some((limits, keep_mark)) => (datapath.write_rate_limits(limits), keep_mark),
+        None => (Ok(()), false),
+    };
+    match restored {
         Err(restore) => err.context(format!("restoring the rate limits failed too ({restore:#})")),
         Ok(()) => {
             if !keep_mark && err.downcast_ref::<Restored>().is_some() {
@@ -254,33 +365,72 @@ fn undone(
     }
 }
 
-/// The frontends of rules that `after` no longer has, and the rules (with
-/// their owners) it has anew. Synced objects a change kept are the same
-/// `Arc`s, so a sync that replaced one object out of thousands compiles one.
-fn rule_changes<'a>(
-    before: &'a AppliedState,
-    after: &'a AppliedState,
-) -> (Vec<&'a Frontend>, Vec<(String, &'a FrontendRule)>) {
-    let identities =
-        |state: &AppliedState| state.synced.iter().map(Arc::as_ptr).collect::<HashSet<*const SyncedObject>>();
-    let (in_after, in_before) = (identities(after), identities(before));
+/// The rules of an applied state: its policies and synced objects,
+/// borrowed apart from its image, which a change compiles meanwhile.
+#[derive(Clone, Copy)]
+struct Rules<'a> {
+    policies: &'a [Policy],
+    synced: &'a [Arc<SyncedObject>],
+}
+
+impl Rules<'_> {
+    fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+/// What a change changed of the rules: the frontends of rules that
+/// `after` no longer has, the rules (with their owners) it has anew, and
+/// whether the node addresses changed.
+struct RuleChanges<'a> {
+    removed: Vec<&'a Frontend>,
+    added: Vec<(String, &'a FrontendRule)>,
+    node_addresses_changed: bool,
+}
+
+/// The rules `before` and `after` do not share. Synced objects a change
+/// kept are the same `Arc`s, in the same order (a change replaces objects
+/// in place and adds new ones at the end), so one walk of both, by
+/// identity, finds those it replaced, removed and added, and a sync that
+/// replaced one object out of thousands compiles one. An object moved is
+/// taken as removed and added: the same result, at more cost.
+fn rule_changes<'a>(before: Rules<'a>, after: Rules<'a>) -> RuleChanges<'a> {
     let mut removed = Vec::new();
-    for policy in &before.policies {
+    for policy in before.policies {
         if after.policy(&policy.name) != Some(policy) {
             removed.push(&policy.rule.frontend);
         }
     }
-    for object in before.synced.iter().filter(|o| !in_after.contains(&Arc::as_ptr(o))) {
-        removed.extend(object.rules.iter().map(|rule| &rule.frontend));
-    }
     let mut added = Vec::new();
-    for policy in &after.policies {
+    for policy in after.policies {
         if before.policy(&policy.name) != Some(policy) {
             added.push((policy.owner(), &policy.rule));
         }
     }
-    for object in after.synced.iter().filter(|o| !in_before.contains(&Arc::as_ptr(o))) {
+    let (mut gone, mut came): (Vec<&SyncedObject>, Vec<&SyncedObject>) = (Vec::new(), Vec::new());
+    let mut j = 0;
+    for object in before.synced {
+        match after.synced.get(j) {
+            Some(kept) if Arc::ptr_eq(kept, object) => j += 1,
+            Some(replacing) if replacing.owner == object.owner => {
+                gone.push(object);
+                came.push(replacing);
+                j += 1;
+            }
+            _ => gone.push(object),
+        }
+    }
+    came.extend(after.synced[j.min(after.synced.len())..].iter().map(AsRef::as_ref));
+    for object in &gone {
+        removed.extend(object.rules.iter().map(|rule| &rule.frontend));
+    }
+    for object in &came {
         added.extend(object.rules.iter().map(|rule| (object.owner.clone(), rule)));
     }
-    (removed, added)
+    let addresses = |objects: &[&SyncedObject]| {
+        let mut addresses: Vec<IpAddr> = objects.iter().flat_map(|o| o.addresses.iter().copied()).collect();
+        addresses.sort_unstable();
+        addresses
+    };
+    RuleChanges { removed, added, node_addresses_changed: addresses(&gone) != addresses(&came) }
 }

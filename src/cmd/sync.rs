@@ -346,8 +346,10 @@ struct SyncReport {
     stale_sockets: Option<StaleSockets>,
 }
 
-fn changes(before: &Image, after: &Image) -> Vec<FrontendChange> {
-    let frontends: BTreeSet<_> = before.frontends.keys().chain(after.frontends.keys()).collect();
+/// The frontends a change added, changed or removed, among those it
+/// touched (`Outcome::touched`): the images differ nowhere else.
+fn changes(before: &Image, after: &Image, touched: &BTreeSet<Frontend>) -> Vec<FrontendChange> {
+    let frontends = touched.iter();
     let describe = |change, frontend: &Frontend, image: &Image, f: &FrontendImage| FrontendChange {
         change,
         frontend: frontend.to_string(),
@@ -377,7 +379,7 @@ fn report(
         summary: outcome.summary,
         map_writes: outcome.map_writes,
         repaired: outcome.repaired,
-        changes: changes(&outcome.before.image, &outcome.after.image),
+        changes: changes(&outcome.before.image, &outcome.after.image, &outcome.touched),
         notes,
         stale_sockets,
     };
