@@ -82,16 +82,27 @@ impl Kept {
     }
 
     /// The applied state, as kept if the record still ends where it did,
-    /// else as read; with where its record ends.
-    fn take(&mut self, state_dir: &StateDir, lock: &StateLock) -> Result<(AppliedState, Option<Recorded>)> {
+    /// else as read; with where its record ends, and whether it was kept.
+    fn take(
+        &mut self,
+        state_dir: &StateDir,
+        lock: &StateLock,
+    ) -> Result<(AppliedState, Option<Recorded>, bool)> {
         match self.0.take() {
             Some((state, recorded)) if state_dir.recorded(lock)? == Some(recorded) => {
-                Ok((state, Some(recorded)))
+                Ok((state, Some(recorded), true))
             }
-            _ => state_dir.read_for_change(lock),
+            _ => state_dir.read_for_change(lock).map(|(state, recorded)| (state, recorded, false)),
         }
     }
 }
+
+/// Whether a change starts from the state the caller's last change left
+/// (`Kept`), the very objects: what the caller knows of them still holds.
+/// Else the state was read (first change, or another balctl changed it
+/// since).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Continued(pub bool);
 
 /// Applies `change` to the current rules (policies and synced objects).
 /// `change` validates and edits them; its error aborts everything.
@@ -101,7 +112,7 @@ pub fn change(
     mode: Mode,
     change: impl FnOnce(&mut AppliedState) -> Result<()>,
 ) -> Result<Outcome> {
-    change_prepared(pins, state_dir, mode, &mut Kept::default(), || Ok(()), |state, ()| change(state))
+    change_prepared(pins, state_dir, mode, &mut Kept::default(), || Ok(()), |state, (), _| change(state))
 }
 
 /// `change`, with what it needs that does not depend on the applied state
@@ -109,14 +120,15 @@ pub fn change(
 /// read: for a small change to a big state, each takes a good part of the
 /// time. Both happen under the lock. `kept` is the state the caller's
 /// last change applied, if it keeps it (`Kept`): it is taken, and given
-/// back by `Kept::keep` with the outcome.
+/// back by `Kept::keep` with the outcome; `change` is told whether it
+/// starts from it (`Continued`).
 pub fn change_prepared<P: Send>(
     pins: &PinDir,
     state_dir: &StateDir,
     mode: Mode,
     kept: &mut Kept,
     prepare: impl FnOnce() -> Result<P> + Send,
-    change: impl FnOnce(&mut AppliedState, P) -> Result<()>,
+    change: impl FnOnce(&mut AppliedState, P, Continued) -> Result<()>,
 ) -> Result<Outcome> {
     let lock = state_dir.lock()?;
     let (before, prepared) = std::thread::scope(|scope| {
@@ -124,7 +136,7 @@ pub fn change_prepared<P: Send>(
         let before = kept.take(state_dir, &lock);
         (before, prepared.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
-    let (mut before, recorded) = before?;
+    let (mut before, recorded, continued) = before?;
     // The change edits the objects, the policies and the settings the image
     // is compiled from (a sync sets whether loopback serves node ports);
     // the image is compiled after it.
@@ -133,7 +145,7 @@ pub fn change_prepared<P: Send>(
         synced: before.synced.clone(),
         image: before.image.settings(),
     };
-    change(&mut after, prepared?)?;
+    change(&mut after, prepared?, Continued(continued))?;
     let on_loopback = after.image.node_ports_on_loopback;
     let changes = rule_changes(
         Rules { policies: &before.policies, synced: &before.synced },

@@ -90,7 +90,7 @@ pub fn run_with(
     // kept from it. All under the state lock.
     let outcome = if args.kube {
         let list = || cluster::list_all(&args.api_server, &this_node.name);
-        change_prepared(&ctx.pins, &ctx.state, mode, kept, list, |state, documents| {
+        change_prepared(&ctx.pins, &ctx.state, mode, kept, list, |state, documents, _| {
             let documents: Vec<&cluster::Document> = documents.iter().collect();
             notes = replace(
                 state,
@@ -103,7 +103,7 @@ pub fn run_with(
         })?
     } else {
         let gather = || inputs::gather(&args.filenames, &this_node, args.max_input_size);
-        change_prepared(&ctx.pins, &ctx.state, mode, kept, gather, |state, gathered| {
+        change_prepared(&ctx.pins, &ctx.state, mode, kept, gather, |state, gathered, _| {
             let inputs = gathered.read(&state.synced)?;
             check_removals(state, &inputs, removals)?;
             notes = replace(state, inputs, &this_node, None)?.0;
@@ -152,6 +152,7 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let mut index = inputs::kube::Index::new(&this_node, inputs::CLUSTER_SOURCE);
     cluster::watch(&args.api_server, &this_node.name, &stop, &agent, |cluster| {
         let mut made = None;
+        let mut health_checks_changed = false;
         let synced = agent.sync(|| {
             let mut notes = Vec::new();
             let nothing_to_prepare = || Ok(());
@@ -161,13 +162,24 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 Mode::Apply,
                 &mut kept,
                 nothing_to_prepare,
-                |state, ()| {
-                    let selection =
-                        index.select(&cluster.documents, &cluster.changed, &state.synced, &this_node);
+                |state, (), continued| {
+                    let selection = index.select(
+                        &cluster.documents,
+                        &cluster.changed,
+                        &state.synced,
+                        continued,
+                        &this_node,
+                    );
                     let inputs = inputs::from_cluster(&selection.documents, &this_node, &selection.previous)?;
-                    let replaced = selection.replaced;
+                    let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
                     let incoming;
-                    (notes, incoming) = replace(state, inputs, &this_node, replaced.as_ref())?;
+                    (notes, incoming) = replace(state, inputs, &this_node, part)?;
+                    // The health-check ports change only with objects that have one.
+                    let checks =
+                        |objects: &[Arc<SyncedObject>]| objects.iter().any(|o| o.health_check.is_some());
+                    health_checks_changed =
+                        part.is_none() || checks(&selection.previous) || checks(&incoming);
+                    let replaced = selection.replaced;
                     made = Some((replaced, incoming));
                     Ok(())
                 },
@@ -182,7 +194,9 @@ pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 if let Some((replaced, incoming)) = made {
                     index.applied(&cluster.documents, &cluster.changed, replaced, &incoming, &applied.synced);
                 }
-                health_check_ports.update(health_checks(applied));
+                if health_checks_changed {
+                    health_check_ports.update(health_checks(applied));
+                }
                 true
             }
             Ok(None) => true,
@@ -206,8 +220,8 @@ pub fn health_checks(state: &AppliedState) -> impl Iterator<Item = &HealthCheck>
 /// `this_node` has node ports answer; returns the notes and the objects of
 /// the inputs. An object that another source applied stays that source's:
 /// a sync replaces only the objects of what it reads; and of those, only
-/// the objects of `owners` if it is given (a cluster watch's batch reads
-/// only the part of the cluster it changed: inputs::kube::Index). In
+/// the very objects of `part` if it is given (a cluster watch's batch
+/// reads only the part of the cluster it changed: inputs::kube::Index). In
 /// place: an object the inputs still have (by owner) takes its new value
 /// where it is, the others replaced go, and new ones come after all, in
 /// input order; so the state's order stays, and a change's record holds
@@ -216,7 +230,7 @@ fn replace(
     state: &mut AppliedState,
     inputs: Inputs,
     this_node: &ThisNode,
-    owners: Option<&HashSet<String>>,
+    part: Option<&[Arc<SyncedObject>]>,
 ) -> Result<(Vec<String>, Vec<Arc<SyncedObject>>)> {
     state.image.node_ports_on_loopback = this_node.node_port_addresses.serve_loopback();
     let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
@@ -243,10 +257,10 @@ fn replace(
         .collect();
     let by_owner: HashMap<&str, usize> =
         incoming.iter().enumerate().map(|(index, object)| (object.owner.as_str(), index)).collect();
-    let replaced = |object: &SyncedObject| {
-        ours(object)
-            && (owners.is_none_or(|owners| owners.contains(&object.owner))
-                || by_owner.contains_key(object.owner.as_str()))
+    let part: Option<HashSet<*const SyncedObject>> = part.map(|part| part.iter().map(Arc::as_ptr).collect());
+    let replaced = |object: &Arc<SyncedObject>| match &part {
+        Some(part) => part.contains(&Arc::as_ptr(object)),
+        None => ours(object),
     };
     let mut placed = vec![false; incoming.len()];
     let mut synced = Vec::with_capacity(state.synced.len().max(incoming.len()));
@@ -427,6 +441,7 @@ mod tests {
     use std::{collections::BTreeMap, fs, path::PathBuf};
 
     use super::*;
+    use crate::transaction::Continued;
 
     /// A scratch directory of TOML inputs, removed on drop.
     struct Scratch(PathBuf);
@@ -623,11 +638,16 @@ mod tests {
             let whole = inputs::from_cluster(&every, &this_node, &full.synced)
                 .and_then(|inputs| replace(&mut full.clone(), inputs, &this_node, None).map(|r| r.0));
 
-            let selection = index.select(&documents, &changed, &incremental.synced, &this_node);
+            let continued = Continued(batch % 97 != 96);
+            let selection = index.select(&documents, &changed, &incremental.synced, continued, &this_node);
             partial += usize::from(selection.replaced.is_some());
             let mut next = incremental.clone();
-            let read = inputs::from_cluster(&selection.documents, &this_node, &selection.previous)
-                .and_then(|inputs| replace(&mut next, inputs, &this_node, selection.replaced.as_ref()));
+            let read = inputs::from_cluster(&selection.documents, &this_node, &selection.previous).and_then(
+                |inputs| {
+                    let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
+                    replace(&mut next, inputs, &this_node, part)
+                },
+            );
             match (whole, read) {
                 (Ok(notes), Ok((read_notes, made))) => {
                     let every: Vec<&cluster::Document> = documents.values().collect();

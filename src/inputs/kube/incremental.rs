@@ -23,7 +23,10 @@ use std::{
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{Document, KubeObject, fingerprint_seed, objects::node_owner, policies, read};
-use crate::model::{Fingerprint, SyncedObject, ThisNode};
+use crate::{
+    model::{Fingerprint, SyncedObject, ThisNode},
+    transaction::Continued,
+};
 
 /// The part of the cluster one batch reads.
 pub struct Selection<'a> {
@@ -37,8 +40,8 @@ pub struct Selection<'a> {
 }
 
 /// What the objects of the cluster source were made of, between batches.
-/// It describes one applied state: `matches` tells whether the state a
-/// batch starts from is that one (by the objects' identity).
+/// It describes the state the last change it was told of (`applied`)
+/// applied; a batch that starts from another state reads everything.
 pub struct Index {
     seed: u64,
     source: String,
@@ -78,36 +81,20 @@ impl Index {
         xxhash_rust::xxh3::xxh3_128_with_seed(&document.hash().to_le_bytes(), self.seed)
     }
 
-    /// Whether `synced` holds exactly the objects of the source this index
-    /// describes, the very ones (a state read again from its file has
-    /// others: another balctl changed it).
-    pub fn matches(&self, synced: &[Arc<SyncedObject>]) -> bool {
-        if !self.built {
-            return false;
-        }
-        let ours = synced.iter().filter(|object| object.source == self.source);
-        let mut count = 0;
-        for object in ours {
-            count += 1;
-            if !self.applied.get(&object.owner).is_some_and(|indexed| Arc::ptr_eq(indexed, object)) {
-                return false;
-            }
-        }
-        count == self.applied.len()
-    }
-
     /// What to read of `documents` (the cluster now) after `changed` (the
     /// labels that came, changed or left since the state `synced` was
     /// applied, with their documents then), for `this_node`. Everything,
-    /// when the index does not describe `synced`.
+    /// unless `synced` is the very state the index describes: the one the
+    /// last change it was told of applied (`continued`).
     pub fn select<'a>(
         &mut self,
         documents: &'a BTreeMap<String, Document>,
         changed: &BTreeMap<String, Option<Document>>,
         synced: &[Arc<SyncedObject>],
+        continued: Continued,
         this_node: &ThisNode,
     ) -> Selection<'a> {
-        if !self.matches(synced) {
+        if !(self.built && continued.0) {
             self.built = false;
             let previous = synced.iter().filter(|o| o.source == self.source).cloned().collect();
             return Selection { documents: documents.values().collect(), previous, replaced: None };
