@@ -15,7 +15,7 @@ use balctl_common::{
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED,
     SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, SourceRange,
 };
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 
 use self::raw::{addr_to_raw, port_to_raw};
@@ -293,9 +293,10 @@ impl Image {
         }
     }
 
-    /// The image's tally, made from its frontends.
+    /// The image's tally, made from its frontends and backends.
     fn tally_made(&self) -> Tally {
         let mut tally = Tally::of(self.frontends.iter());
+        tally.ids = self.backends.iter().map(|(&id, backend)| (backend.to_raw(), id)).collect();
         tally.external = self.external_index().count() as u64;
         tally
     }
@@ -424,7 +425,6 @@ impl Image {
                 image.next_backend_id
             );
         }
-        let mut backend_ids = image.backend_ids(&added);
         for (owner, rule) in added {
             if let Some(existing) = image.frontends.get(&rule.frontend) {
                 return Err(input!(
@@ -447,7 +447,7 @@ impl Image {
             let backends = rule
                 .backend_addrs()
                 .map(|addr| {
-                    let id = *backend_ids.entry(addr.to_raw()).or_insert_with(|| {
+                    let id = *tally.ids.entry(addr.to_raw()).or_insert_with(|| {
                         image.next_backend_id += 1;
                         image.next_backend_id - 1
                     });
@@ -475,8 +475,10 @@ impl Image {
             image.frontends.insert(rule.frontend, frontend);
         }
         for id in unused {
-            if !tally.used(id) {
-                image.backends.remove(&id);
+            if !tally.used(id)
+                && let Some(backend) = image.backends.remove(&id)
+            {
+                tally.ids.remove(&backend.to_raw());
             }
         }
         let node_addresses: BTreeSet<IpAddr> =
@@ -520,29 +522,6 @@ impl Image {
         let after = image.part(touched, before.backends.keys());
         let layers = (layers, image.layers());
         Ok((image, Parts { before, after, layers }))
-    }
-
-    /// A map from backends (as the datapath holds them, the most compact
-    /// key) to ids, holding at least the ids that `rules`' backends have in
-    /// this image, with room for all of them. Only the smaller side is
-    /// indexed: a small change to a big image looks its few backends up in
-    /// one pass, and a first sync of a million backends does not index them
-    /// twice.
-    fn backend_ids(&self, rules: &[(String, &FrontendRule)]) -> HashMap<Backend, BackendId> {
-        let wanted_count: usize = rules.iter().map(|(_, rule)| rule.backends.len()).sum();
-        let known = |(&id, addr): (&BackendId, &BackendAddr)| (addr.to_raw(), id);
-        if self.backends.len() <= wanted_count {
-            let mut ids =
-                HashMap::with_capacity_and_hasher(self.backends.len() + wanted_count, Default::default());
-            ids.extend(self.backends.iter().map(known));
-            ids
-        } else {
-            let wanted: HashSet<Backend> =
-                rules.iter().flat_map(|(_, rule)| rule.backend_addrs()).map(BackendAddr::to_raw).collect();
-            let mut ids = HashMap::with_capacity_and_hasher(wanted_count, Default::default());
-            ids.extend(self.backends.iter().map(known).filter(|(backend, _)| wanted.contains(backend)));
-            ids
-        }
     }
 
     /// Compiles `rules` from scratch, continuing `previous`'s ids.
@@ -789,6 +768,13 @@ mod tests {
                 let (after, parts) = image
                     .updated_in_part(&touched, &removed, rules.iter().map(|(o, r)| (o.clone(), r)))
                     .unwrap();
+                // The same change to the image as read from the state (no
+                // tally yet: made from scratch) gives the same image.
+                let stored: Image = postcard::from_bytes(&postcard::to_stdvec(&before).unwrap()).unwrap();
+                let rules_again = rules.iter().map(|(o, r)| (o.clone(), r));
+                let loopback = stored.node_ports_on_loopback;
+                let addresses = stored.node_addresses.clone();
+                assert_eq!(stored.updated(&removed, rules_again, addresses, loopback).unwrap(), after);
                 let whole = Plan::between(&before, &after);
                 let part = Plan::of_parts(&parts.before, &parts.after, parts.layers);
                 let ops = |plan: &Plan| plan.steps().map(|step| (step.op, step.undo)).collect::<Vec<_>>();

@@ -2,14 +2,15 @@
 //! change counts what it changes instead of walking every frontend: how
 //! many frontend slots use each backend (a backend leaves the image when
 //! none does), how many frontends each scope has (the layers word), and
-//! the entries of the maps that hold something per frontend.
+//! the entries of the maps that hold something per frontend; and every
+//! backend's id by address.
 //!
 //! Never stored: made from the frontends when an image is first changed
 //! (after a state is read) and updated by every change after that.
 
 use std::collections::BTreeMap;
 
-use balctl_common::{MAGLEV_CHUNK, layer_bit};
+use balctl_common::{Backend, MAGLEV_CHUNK, layer_bit};
 use rustc_hash::FxHashMap as HashMap;
 
 use super::FrontendImage;
@@ -22,6 +23,10 @@ use crate::{
 pub struct Tally {
     /// Per backend, the slots of frontends that hold it.
     users: HashMap<BackendId, u32>,
+    /// Every backend's id, by the backend as the datapath holds it (its
+    /// most compact key): a change finds the ids of its backends without
+    /// looking at the others.
+    pub ids: HashMap<Backend, BackendId>,
     /// Per scope (raw), its frontends.
     scopes: BTreeMap<u8, u64>,
     /// Entries of the services map (a master and a slot per backend per
