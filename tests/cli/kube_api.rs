@@ -162,6 +162,18 @@ pub fn the_client_lists_and_gets_every_kind() {
         assert_eq!(all.metadata.resource_version.as_deref(), Some("6"));
         assert_eq!(all.items[1].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.18.0.2"));
 
+        // In pages, as kube-runtime's watcher lists: a continue token
+        // while more follow, the first page's resourceVersion throughout.
+        let services = Api::<Service>::all(client.clone());
+        let first = services.list(&ListParams::default().limit(1)).await.unwrap();
+        let token = first.metadata.continue_.clone().expect("a continue token");
+        let second = services.list(&ListParams::default().limit(1).continue_token(&token)).await.unwrap();
+        let paged: Vec<String> = first.items.iter().chain(&second.items).map(|s| s.name_any()).collect();
+        assert_eq!(paged, ["web", "cart"]);
+        assert_eq!(second.metadata.continue_.as_deref().unwrap_or_default(), "");
+        assert_eq!(second.metadata.resource_version.as_deref(), Some("6"));
+        assert!(services.list(&ListParams::default().continue_token("zz")).await.is_err());
+
         let shop = Api::<Service>::namespaced(client.clone(), "shop");
         assert_eq!(shop.list(&ListParams::default()).await.unwrap().items.len(), 1);
         assert_eq!(shop.get("cart").await.unwrap().resource_version().as_deref(), Some("2"));

@@ -7,8 +7,12 @@
 //!   kinds of `balancing.elf.io/v1beta1`, at their cluster-wide collection
 //!   paths (`Api::all`), their namespaced ones, and `.../NAME` for one object.
 //!   Only GET is served: tests change objects with `apply` and `delete`.
-//! - List: every matching object in one page (`limit` and `continue` are
-//!   ignored, no continue token is returned), at the current resourceVersion.
+//! - List: the matching objects in pages of `limit` (all in one without
+//!   it), each page ending with a `continue` token while more follow, as
+//!   kube-runtime's watcher lists (500 a page). A list's resourceVersion is
+//!   the one of its first page; later pages are read from the objects then
+//!   (not a snapshot: a change meanwhile shows, and its watch event comes
+//!   after the list too, so a watcher ends up right either way).
 //!   `resourceVersionMatch=Exact` is served for the current resourceVersion
 //!   only; an older one gets HTTP 410 Expired.
 //! - Watch (`watch=true|1`): a chunked stream of newline-delimited JSON
@@ -469,18 +473,58 @@ fn list(shared: &Shared, route: &Route) -> Result<Value, Value> {
         return Err(expired(version));
     }
     let kind = &KINDS[route.kind];
-    let items: Vec<&Value> = state
+    let limit = route.query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|&l| l > 0);
+    let (version, after) = match route.query.get("continue").filter(|token| !token.is_empty()) {
+        Some(token) => {
+            let (version, namespace, name) = continued(token)?;
+            (version, Some((route.kind, namespace, name)))
+        }
+        None => (state.resource_version, None),
+    };
+    let start = match after {
+        Some(key) => std::ops::Bound::Excluded(key),
+        None => std::ops::Bound::Included((route.kind, String::new(), String::new())),
+    };
+    let mut items: Vec<(&Key, &Value)> = state
         .objects
-        .iter()
-        .filter(|((k, _, _), object)| *k == route.kind && route.matches(object))
-        .map(|(_, object)| object)
+        .range((start, std::ops::Bound::Unbounded))
+        .take_while(|((k, _, _), _)| *k == route.kind)
+        .filter(|(_, object)| route.matches(object))
+        .take(limit.map_or(usize::MAX, |limit| limit + 1))
         .collect();
+    let mut metadata = json!({ "resourceVersion": version.to_string() });
+    if let Some(limit) = limit.filter(|&limit| items.len() > limit) {
+        items.truncate(limit);
+        let (_, namespace, name) = items[limit - 1].0;
+        metadata["continue"] = continue_token(version, namespace, name).into();
+    }
     Ok(json!({
         "apiVersion": kind.api_version,
         "kind": format!("{}List", kind.kind),
-        "metadata": { "resourceVersion": state.resource_version.to_string() },
-        "items": items,
+        "metadata": metadata,
+        "items": items.into_iter().map(|(_, object)| object).collect::<Vec<_>>(),
     }))
+}
+
+/// A list's `continue` token: its resourceVersion and the last object
+/// given, hex-encoded (it travels in a query string).
+fn continue_token(version: u64, namespace: &str, name: &str) -> String {
+    format!("{version}\0{namespace}\0{name}").bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `continue_token` encoded; a token it did not make is a 400.
+fn continued(token: &str) -> Result<(u64, String, String), Value> {
+    let bad = || status(400, "BadRequest", &format!("continue token {token:?} is not one this server gave"));
+    let bytes: Option<Vec<u8>> =
+        (0..token.len()).step_by(2).map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok()).collect();
+    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    let mut parts = text.split('\0');
+    let (Some(version), Some(namespace), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    Ok((version.parse().map_err(|_| bad())?, namespace.to_owned(), name.to_owned()))
 }
 
 fn watch(stream: &mut TcpStream, shared: &Shared, route: &Route) {
