@@ -595,7 +595,7 @@ mod pairs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Plan;
+    use crate::{draws::Draws, plan::Plan};
 
     fn policy(name: &str, frontend: &str, backends: &[&str]) -> (String, FrontendRule) {
         (format!("policy/{name}"), FrontendRule::plain(frontend, backends))
@@ -730,13 +730,8 @@ mod tests {
     /// between the whole images makes.
     #[test]
     fn a_changed_image_counts_what_walking_it_counts() {
-        let mut draw = 0x1234_5678_9abc_def1_u64;
-        let mut below = |n: u64| {
-            draw ^= draw << 13;
-            draw ^= draw >> 7;
-            draw ^= draw << 17;
-            draw % n
-        };
+        let mut draws = Draws(0x1234_5678_9abc_def1);
+        let mut below = |n: u64| draws.below(n);
         let mut image = Image::default();
         for _ in 0..300 {
             let removed: Vec<Frontend> = image.frontends.keys().filter(|_| below(4) == 0).copied().collect();

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod cluster;
 pub mod cmd;
 pub mod docs;
+#[cfg(test)]
+mod draws;
 pub mod error;
 pub mod image;
 pub mod inputs;

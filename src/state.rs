@@ -553,7 +553,10 @@ mod tests {
     use std::{collections::BTreeSet, fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
-    use crate::model::{FrontendRule, Protocol};
+    use crate::{
+        draws::Draws,
+        model::{FrontendRule, Protocol},
+    };
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("balctl-state-test-{name}-{}", std::process::id()));
@@ -631,13 +634,8 @@ mod tests {
         let dir = temp_dir("changes");
         let state_dir = StateDir::new(&dir);
         let lock = state_dir.lock().unwrap();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut random = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
+        let mut random = |n: usize| draws.below(n as u64) as usize;
         let template = sample_state();
         let mut written = AppliedState::default();
         let mut generations = BTreeSet::new();

@@ -441,7 +441,7 @@ mod tests {
     use std::{collections::BTreeMap, fs, path::PathBuf};
 
     use super::*;
-    use crate::transaction::Continued;
+    use crate::{draws::Draws, transaction::Continued};
 
     /// A scratch directory of TOML inputs, removed on drop.
     struct Scratch(PathBuf);
@@ -513,18 +513,6 @@ mod tests {
         let held = check_removals(&state, &cut, Removals::HoldLarge).unwrap_err();
         let message = held.downcast_ref::<Held>().unwrap().to_string();
         assert!(message.ends_with("a.toml would remove 3 of its 4 frontends"), "{message}");
-    }
-
-    /// A small generator, so the test is the same on every run.
-    struct Draws(u64);
-
-    impl Draws {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
     }
 
     fn json_document(label: String, json: serde_json::Value) -> cluster::Document {
