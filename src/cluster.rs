@@ -497,7 +497,7 @@ fn watched_policies(client: &Client, kind: &'static str) -> BoxStream<'static, S
 fn selected_pods<'a>(policies: impl IntoIterator<Item = &'a Document>) -> BTreeMap<String, (String, String)> {
     let mut wanted = BTreeMap::new();
     for policy in policies {
-        let Ok(policy) = serde_json::from_slice::<serde_json::Value>(&policy.json) else { continue };
+        let Ok(policy) = serde_json::from_slice::<serde_json::Value>(&policy.json()) else { continue };
         let labels = &policy["spec"]["backend"]["serviceEndpoint"]["endpointSelector"]["matchLabels"];
         let Some(labels) = labels.as_object().filter(|l| !l.is_empty()) else { continue };
         let selector: Vec<String> =
@@ -582,7 +582,7 @@ mod tests {
         let (a, b) = ("Service ns/a (from the API server)", "Service ns/b (from the API server)");
 
         let first = service("a", "198.18.0.1");
-        let text = String::from_utf8(first.json.to_vec()).unwrap();
+        let text = String::from_utf8(first.json()).unwrap();
         assert_eq!(first.label, a);
         assert!(text.contains(r#""kind":"Service""#) && text.contains("198.18.0.1"), "{text}");
         assert!(!text.contains("managedFields"), "{text}");

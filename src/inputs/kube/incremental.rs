@@ -111,7 +111,7 @@ impl Index {
             // What a new or changed document belongs to (read again below,
             // where an error in it is reported).
             if let Some(document) = documents.get(label) {
-                let objects = read(label, document.json.as_ref()).unwrap_or_default();
+                let objects = read(label, document.json().as_slice()).unwrap_or_default();
                 affected.extend(objects.iter().filter_map(KubeObject::owner));
             }
         }
@@ -166,7 +166,7 @@ impl Index {
         let every: BTreeSet<&str> = labels.iter().copied().chain(of_affected).collect();
         let objects: Vec<KubeObject> = (every.into_iter())
             .filter_map(|label| documents.get(label))
-            .flat_map(|document| read(&document.label, document.json.as_ref()).unwrap_or_default())
+            .flat_map(|document| read(&document.label, document.json().as_slice()).unwrap_or_default())
             .collect();
         policies::reads(objects.iter(), &this_node.name)
     }
