@@ -44,7 +44,7 @@ pub fn yaml(data: &[u8]) {
         assert!(in_items.is_none(), "an empty file was accepted");
         return;
     }
-    let document = balctl::cluster::Document::new(file.label(), data.to_vec());
+    let document = balctl::cluster::Document::new(file.label(), data);
     let whole = inputs::from_cluster(&[&document], &ThisNode::named(NODE), &[]);
     match (&in_items, whole) {
         (Some(in_items), Ok(whole)) => {
