@@ -244,8 +244,13 @@ pub struct Documents {
     pub documents: BTreeMap<String, Document>,
     /// The labels of the documents that came, changed or left since the
     /// last change `watch` handed on was applied, each with its document
-    /// then (None: it had none).
+    /// then (None: it had none). Empty until a change was applied: before
+    /// that, every document is new to the reader (and a record of each
+    /// would hold every label once more at the first sync, the agent's
+    /// peak of memory).
     pub changed: BTreeMap<String, Option<Document>>,
+    /// A change was applied: `changed` is recorded.
+    recording: bool,
 }
 
 impl Documents {
@@ -262,9 +267,23 @@ impl Documents {
         let old = self.documents.insert(label.clone(), document);
         let changed = old.as_ref().is_none_or(|old| old.hash() != self.documents[&label].hash());
         if changed {
-            self.changed.entry(label).or_insert(old);
+            self.note(label, old);
         }
         changed
+    }
+
+    /// Records that the document of `label` changed, `old` before (the
+    /// first change since the last applied one is kept).
+    fn note(&mut self, label: String, old: Option<Document>) {
+        if self.recording {
+            self.changed.entry(label).or_insert(old);
+        }
+    }
+
+    /// The change handed on was applied: record changes from now on.
+    fn applied(&mut self) {
+        self.changed.clear();
+        self.recording = true;
     }
 
     /// `watcher` no longer holds the object of `label`: it leaves unless
@@ -278,7 +297,7 @@ impl Documents {
         }
         match self.documents.remove(label) {
             Some(old) => {
-                self.changed.entry(label.to_owned()).or_insert(Some(old));
+                self.note(label.to_owned(), Some(old));
                 true
             }
             None => false,
@@ -306,7 +325,7 @@ impl Documents {
             if !watchers.values().any(|other| other.labels.contains(&label))
                 && let Some(old) = self.documents.remove(&label)
             {
-                self.changed.entry(label).or_insert(Some(old));
+                self.note(label, Some(old));
             }
         }
     }
@@ -439,7 +458,7 @@ pub fn watch(
             }
             pending = None;
             if apply(&cluster) {
-                cluster.changed.clear();
+                cluster.applied();
             }
         }
         Ok(())
@@ -570,7 +589,7 @@ mod tests {
     /// document before; the batch then ends.
     fn batch(cluster: &mut Documents) -> Vec<(String, bool)> {
         let changed = cluster.changed.iter().map(|(label, old)| (label.clone(), old.is_some())).collect();
-        cluster.changed.clear();
+        cluster.applied();
         changed
     }
 
@@ -587,6 +606,11 @@ mod tests {
         assert!(text.contains(r#""kind":"Service""#) && text.contains("198.18.0.1"), "{text}");
         assert!(!text.contains("managedFields"), "{text}");
 
+        // Before a change is applied, nothing is recorded: all is new.
+        assert!(cluster.put(&mut watchers, "Service", service("a", "198.18.0.5")));
+        assert!(batch(&mut cluster).is_empty());
+        assert!(cluster.remove(&mut watchers, "Service", a));
+        assert_eq!(batch(&mut cluster), [(a.to_owned(), true)]);
         assert!(cluster.put(&mut watchers, "Service", first));
         assert!(cluster.put(&mut watchers, "Service", service("b", "198.18.0.2")));
         assert_eq!(batch(&mut cluster), [(a.to_owned(), false), (b.to_owned(), false)]);
