@@ -15,7 +15,7 @@ use balctl_common::{
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED,
     SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, SourceRange,
 };
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
 use self::raw::{addr_to_raw, port_to_raw};
@@ -29,7 +29,7 @@ pub mod external;
 pub mod raw;
 mod tally;
 
-use self::tally::Tally;
+use self::tally::{Backends, Tally};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BackendAddr {
@@ -293,10 +293,10 @@ impl Image {
         }
     }
 
-    /// The image's tally, made from its frontends and backends.
+    /// The image's tally, made from its frontends (without the backends'
+    /// index).
     fn tally_made(&self) -> Tally {
         let mut tally = Tally::of(self.frontends.iter());
-        tally.ids = self.backends.iter().map(|(&id, backend)| (backend.to_raw(), id)).collect();
         tally.external = self.external_index().count() as u64;
         tally
     }
@@ -389,8 +389,15 @@ impl Image {
         node_ports_on_loopback: bool,
     ) -> Result<Self> {
         let mut image = self;
+        // An image changed a second time in one process is kept (a watch):
+        // index its backends, so that its changes need not walk them.
         let mut tally = match image.tally.0.take() {
-            Some(tally) => *tally,
+            Some(mut tally) => {
+                let frontends = image.frontends.values();
+                let backends = image.backends.iter().map(|(&id, backend)| (id, backend.to_raw()));
+                tally.backends.get_or_insert_with(|| Backends::of(frontends, backends));
+                *tally
+            }
             None => image.tally_made(),
         };
         // Id 0 means "none" in the maps.
@@ -425,6 +432,9 @@ impl Image {
                 image.next_backend_id
             );
         }
+        // Without the backends' index, the ids of these rules' backends.
+        let mut scanned =
+            if tally.backends.is_none() { image.backend_ids(&added) } else { HashMap::default() };
         for (owner, rule) in added {
             if let Some(existing) = image.frontends.get(&rule.frontend) {
                 return Err(input!(
@@ -447,7 +457,11 @@ impl Image {
             let backends = rule
                 .backend_addrs()
                 .map(|addr| {
-                    let id = *tally.ids.entry(addr.to_raw()).or_insert_with(|| {
+                    let ids = match tally.backends.as_mut() {
+                        Some(backends) => &mut backends.ids,
+                        None => &mut scanned,
+                    };
+                    let id = *ids.entry(addr.to_raw()).or_insert_with(|| {
                         image.next_backend_id += 1;
                         image.next_backend_id - 1
                     });
@@ -474,12 +488,17 @@ impl Image {
             external_changed |= rule.frontend.scope == Scope::External;
             image.frontends.insert(rule.frontend, frontend);
         }
-        for id in unused {
-            if !tally.used(id)
-                && let Some(backend) = image.backends.remove(&id)
-            {
-                tally.ids.remove(&backend.to_raw());
+        match tally.backends.as_mut() {
+            Some(backends) => {
+                for id in unused {
+                    if !backends.used(id)
+                        && let Some(backend) = image.backends.remove(&id)
+                    {
+                        backends.ids.remove(&backend.to_raw());
+                    }
+                }
             }
+            None => image.drop_unused_backends(),
         }
         let node_addresses: BTreeSet<IpAddr> =
             node_addresses.into_iter().map(|ip| ip.to_canonical()).collect();
@@ -522,6 +541,45 @@ impl Image {
         let after = image.part(touched, before.backends.keys());
         let layers = (layers, image.layers());
         Ok((image, Parts { before, after, layers }))
+    }
+
+    /// A map from backends (as the datapath holds them, the most compact
+    /// key) to ids, holding at least the ids that `rules`' backends have in
+    /// this image, with room for all of them, for an image without the
+    /// backends' index (`tally.rs`). Only the smaller side is indexed: a
+    /// small change to a big image looks its few backends up in one pass,
+    /// and a first sync of a million backends does not index them twice.
+    fn backend_ids(&self, rules: &[(String, &FrontendRule)]) -> HashMap<Backend, BackendId> {
+        let wanted_count: usize = rules.iter().map(|(_, rule)| rule.backends.len()).sum();
+        let known = |(&id, addr): (&BackendId, &BackendAddr)| (addr.to_raw(), id);
+        if self.backends.len() <= wanted_count {
+            let mut ids =
+                HashMap::with_capacity_and_hasher(self.backends.len() + wanted_count, Default::default());
+            ids.extend(self.backends.iter().map(known));
+            ids
+        } else {
+            let wanted: HashSet<Backend> =
+                rules.iter().flat_map(|(_, rule)| rule.backend_addrs()).map(BackendAddr::to_raw).collect();
+            let mut ids = HashMap::with_capacity_and_hasher(wanted_count, Default::default());
+            ids.extend(self.backends.iter().map(known).filter(|(backend, _)| wanted.contains(backend)));
+            ids
+        }
+    }
+
+    /// Drops the backends no frontend holds, for an image without the
+    /// backends' index. The used ids, sorted, are walked along with the
+    /// backends (which `retain` visits in id order): no allocation sized by
+    /// an id, which comes from the state file and may be anything in a
+    /// corrupt one.
+    fn drop_unused_backends(&mut self) {
+        let mut used: Vec<BackendId> =
+            self.frontends.values().flat_map(|f| f.backends.iter().copied()).collect();
+        used.sort_unstable();
+        let mut used = used.into_iter().peekable();
+        self.backends.retain(|id, _| {
+            while used.next_if(|used| used < id).is_some() {}
+            used.peek() == Some(id)
+        });
     }
 
     /// Compiles `rules` from scratch, continuing `previous`'s ids.

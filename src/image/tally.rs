@@ -1,9 +1,9 @@
 //! What an image's frontends add up to, kept with the image so that a
 //! change counts what it changes instead of walking every frontend: how
-//! many frontend slots use each backend (a backend leaves the image when
-//! none does), how many frontends each scope has (the layers word), and
-//! the entries of the maps that hold something per frontend; and every
-//! backend's id by address.
+//! many frontends each scope has (the layers word) and the entries of the
+//! maps that hold something per frontend; and, for an image a process
+//! keeps (`Backends`), how many frontend slots use each backend (a backend
+//! leaves the image when none does) and every backend's id by address.
 //!
 //! Never stored: made from the frontends when an image is first changed
 //! (after a state is read) and updated by every change after that.
@@ -21,12 +21,10 @@ use crate::{
 
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
-    /// Per backend, the slots of frontends that hold it.
-    users: HashMap<BackendId, u32>,
-    /// Every backend's id, by the backend as the datapath holds it (its
-    /// most compact key): a change finds the ids of its backends without
-    /// looking at the others.
-    pub ids: HashMap<Backend, BackendId>,
+    /// The backends' index, once made (`Image::updated`: at an image's
+    /// second change in one process; a one-shot change of a big state
+    /// would make it for nothing).
+    pub backends: Option<Backends>,
     /// Per scope (raw), its frontends.
     scopes: BTreeMap<u8, u64>,
     /// Entries of the services map (a master and a slot per backend per
@@ -43,6 +41,35 @@ pub struct Tally {
     pub external: u64,
 }
 
+/// The backends of an image a process keeps, indexed.
+#[derive(Clone, Debug, Default)]
+pub struct Backends {
+    /// Per backend, the slots of frontends that hold it.
+    users: HashMap<BackendId, u32>,
+    /// Every backend's id, by the backend as the datapath holds it (its
+    /// most compact key): a change finds the ids of its backends without
+    /// looking at the others.
+    pub ids: HashMap<Backend, BackendId>,
+}
+
+impl Backends {
+    pub fn of<'a>(
+        frontends: impl Iterator<Item = &'a FrontendImage>,
+        backends: impl Iterator<Item = (BackendId, Backend)>,
+    ) -> Self {
+        let mut users: HashMap<BackendId, u32> = HashMap::default();
+        for id in frontends.flat_map(|frontend| &frontend.backends) {
+            *users.entry(*id).or_default() += 1;
+        }
+        Self { users, ids: backends.map(|(id, backend)| (backend, id)).collect() }
+    }
+
+    /// Whether some frontend holds backend `id`.
+    pub fn used(&self, id: BackendId) -> bool {
+        self.users.contains_key(&id)
+    }
+}
+
 impl Tally {
     pub fn of<'a>(frontends: impl Iterator<Item = (&'a Frontend, &'a FrontendImage)>) -> Self {
         let mut tally = Self::default();
@@ -54,8 +81,10 @@ impl Tally {
 
     /// Counts a frontend in.
     pub fn add(&mut self, frontend: &Frontend, image: &FrontendImage) {
-        for id in &image.backends {
-            *self.users.entry(*id).or_default() += 1;
+        if let Some(backends) = self.backends.as_mut() {
+            for id in &image.backends {
+                *backends.users.entry(*id).or_default() += 1;
+            }
         }
         *self.scopes.entry(frontend.scope.raw()).or_default() += 1;
         let (services, membership, maglev, source_ranges) = entries(image);
@@ -65,15 +94,17 @@ impl Tally {
         self.source_ranges += source_ranges;
     }
 
-    /// Counts a frontend out; calls `unused` with each backend no frontend
-    /// holds any more.
+    /// Counts a frontend out; with the backends' index, calls `unused`
+    /// with each backend no frontend holds any more.
     pub fn remove(&mut self, frontend: &Frontend, image: &FrontendImage, mut unused: impl FnMut(BackendId)) {
-        for id in &image.backends {
-            if let Some(users) = self.users.get_mut(id) {
-                *users -= 1;
-                if *users == 0 {
-                    self.users.remove(id);
-                    unused(*id);
+        if let Some(backends) = self.backends.as_mut() {
+            for id in &image.backends {
+                if let Some(users) = backends.users.get_mut(id) {
+                    *users -= 1;
+                    if *users == 0 {
+                        backends.users.remove(id);
+                        unused(*id);
+                    }
                 }
             }
         }
@@ -88,11 +119,6 @@ impl Tally {
         self.membership -= membership;
         self.maglev -= maglev;
         self.source_ranges -= source_ranges;
-    }
-
-    /// Whether some frontend holds backend `id`.
-    pub fn used(&self, id: BackendId) -> bool {
-        self.users.contains_key(&id)
     }
 
     /// The socket layers that hold frontends (`Plan::layers`): the external
