@@ -161,7 +161,10 @@ pub fn change_prepared<P: Send>(
     // anything but node addresses and rate limits, is planned from the
     // part of the image it touched: the image is updated in place, not
     // copied, and nothing walks all of it.
+    // A change of most of the image (a first sync) is planned whole: its
+    // parts would be copies of nearly all of it.
     let in_part = !repairing
+        && touched.len() <= before.image.frontends.len() / 2
         && !changes.node_addresses_changed
         && on_loopback == before.image.node_ports_on_loopback
         && touched.iter().all(|frontend| frontend.scope != Scope::External)
