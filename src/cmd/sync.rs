@@ -235,47 +235,78 @@ fn replace(
     state.image.node_ports_on_loopback = this_node.node_port_addresses.serve_loopback();
     let names: BTreeSet<&str> = inputs.sources.iter().map(|s| s.name.as_str()).collect();
     let ours = |object: &SyncedObject| names.contains(object.source.as_str());
-    let elsewhere: HashMap<&str, &str> = (state.synced.iter())
-        .filter(|object| !ours(object))
-        .map(|object| (object.owner.as_str(), object.source.as_str()))
-        .collect();
-    for located in inputs.sources.iter().flat_map(|source| &source.objects) {
-        if let Some(other) = elsewhere.get(located.value.owner.as_str()) {
-            return Err(input!(
-                "{}: {} is already applied from {other}; a sync replaces only the objects of what it \
-                 reads, so remove it from one of them, or sync both in one run",
-                located.location,
-                located.value.owner
-            ));
+    // An owner the part replaces is no other source's (the state never
+    // holds an owner twice): only new owners are looked for elsewhere.
+    let part_owners: HashSet<&str> = part.into_iter().flatten().map(|object| object.owner.as_str()).collect();
+    let incoming_objects = || inputs.sources.iter().flat_map(|source| &source.objects);
+    if part.is_none() || incoming_objects().any(|located| !part_owners.contains(located.value.owner.as_str()))
+    {
+        let elsewhere: HashMap<&str, &str> = (state.synced.iter())
+            .filter(|object| !ours(object))
+            .map(|object| (object.owner.as_str(), object.source.as_str()))
+            .collect();
+        for located in incoming_objects() {
+            if let Some(other) = elsewhere.get(located.value.owner.as_str()) {
+                return Err(input!(
+                    "{}: {} is already applied from {other}; a sync replaces only the objects of what it \
+                     reads, so remove it from one of them, or sync both in one run",
+                    located.location,
+                    located.value.owner
+                ));
+            }
         }
     }
-    let incoming: Vec<Arc<SyncedObject>> = inputs
-        .sources
-        .iter()
-        .flat_map(|source| &source.objects)
-        .map(|located| Arc::clone(&located.value))
-        .collect();
+    let incoming: Vec<Arc<SyncedObject>> =
+        incoming_objects().map(|located| Arc::clone(&located.value)).collect();
     let by_owner: HashMap<&str, usize> =
         incoming.iter().enumerate().map(|(index, object)| (object.owner.as_str(), index)).collect();
-    let part: Option<HashSet<*const SyncedObject>> = part.map(|part| part.iter().map(Arc::as_ptr).collect());
-    let replaced = |object: &Arc<SyncedObject>| match &part {
-        Some(part) => part.contains(&Arc::as_ptr(object)),
-        None => ours(object),
-    };
     let mut placed = vec![false; incoming.len()];
-    let mut synced = Vec::with_capacity(state.synced.len().max(incoming.len()));
-    for object in state.synced.drain(..) {
-        if !replaced(&object) {
-            synced.push(object);
-        } else if let Some(&index) = by_owner.get(object.owner.as_str()) {
-            synced.push(Arc::clone(&incoming[index]));
-            placed[index] = true;
+    match part {
+        // The few objects of the part, replaced where they are: the state
+        // is not copied.
+        Some(part) => {
+            // A few compared one by one; more, hashed.
+            let many: HashSet<*const SyncedObject> =
+                if part.len() > 8 { part.iter().map(Arc::as_ptr).collect() } else { HashSet::default() };
+            let in_part = |slot: &Arc<SyncedObject>| {
+                if part.len() > 8 {
+                    many.contains(&Arc::as_ptr(slot))
+                } else {
+                    part.iter().any(|object| Arc::ptr_eq(object, slot))
+                }
+            };
+            let mut gone: HashSet<*const SyncedObject> = HashSet::default();
+            for slot in &mut state.synced {
+                if !in_part(slot) {
+                    continue;
+                }
+                match by_owner.get(slot.owner.as_str()) {
+                    Some(&index) => {
+                        *slot = Arc::clone(&incoming[index]);
+                        placed[index] = true;
+                    }
+                    None => _ = gone.insert(Arc::as_ptr(slot)),
+                }
+            }
+            if !gone.is_empty() {
+                state.synced.retain(|object| !gone.contains(&Arc::as_ptr(object)));
+            }
+        }
+        None => {
+            let mut synced = Vec::with_capacity(state.synced.len().max(incoming.len()));
+            for object in state.synced.drain(..) {
+                if !ours(&object) {
+                    synced.push(object);
+                } else if let Some(&index) = by_owner.get(object.owner.as_str()) {
+                    synced.push(Arc::clone(&incoming[index]));
+                    placed[index] = true;
+                }
+            }
+            state.synced = synced;
         }
     }
-    synced.extend(
-        incoming.iter().zip(&placed).filter(|(_, placed)| !**placed).map(|(object, _)| Arc::clone(object)),
-    );
-    state.synced = synced;
+    let unplaced = incoming.iter().zip(&placed).filter(|(_, placed)| !**placed);
+    state.synced.extend(unplaced.map(|(object, _)| Arc::clone(object)));
     Ok((inputs.notes, incoming))
 }
 
