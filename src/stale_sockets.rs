@@ -20,7 +20,10 @@ use std::{
     collections::{BTreeSet, HashMap},
     fmt,
     net::SocketAddr,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use balctl_common::SocketPair;
@@ -32,8 +35,7 @@ use crate::{
         sock_destroy::{Destroyed, Transport, destroy_sockets},
     },
     image::{Image, Touched},
-    model::{Frontend, Protocol, Scope},
-    state::AppliedState,
+    model::{Frontend, Protocol, Scope, SyncedObject},
     transaction::Outcome,
 };
 
@@ -102,8 +104,9 @@ pub fn left_pairs(
 /// clients for topology (`SyncedObject::held_back`).
 pub type HeldBack<'a> = HashMap<Frontend, &'a [SocketAddr]>;
 
-fn held_back(state: &AppliedState) -> HeldBack<'_> {
-    let objects = state.synced.iter().filter(|object| !object.held_back.is_empty());
+/// Of `objects`: those a change put in own every frontend it touched.
+fn held_back(objects: &[Arc<SyncedObject>]) -> HeldBack<'_> {
+    let objects = objects.iter().filter(|object| !object.held_back.is_empty());
     objects.flat_map(|o| o.rules.iter().map(|rule| (rule.frontend, o.held_back.as_slice()))).collect()
 }
 
@@ -146,7 +149,7 @@ static UNSEEN_TOLD: AtomicBool = AtomicBool::new(false);
 pub fn destroy(pins: &PinDir, outcome: &Outcome, tcp: bool) -> Option<StaleSockets> {
     let (before, after) = (&outcome.before, &outcome.after);
     let touched = Touched::Frontends(&outcome.touched);
-    let left = left_pairs(&before.image, &after.image, touched, &held_back(after), tcp);
+    let left = left_pairs(&before.image, &after.image, touched, &held_back(&outcome.came), tcp);
     if left.pairs.is_empty() {
         return None;
     }

@@ -56,6 +56,10 @@ pub struct Outcome {
     /// The frontends whose rules the change removed or added: where the
     /// images of `before` and `after` can differ (`Touched::Frontends`).
     pub touched: BTreeSet<Frontend>,
+    /// The synced objects of `after` that the change put in (new ones and
+    /// those replacing others): the owners of the touched frontends, with
+    /// the policies.
+    pub came: Vec<Arc<SyncedObject>>,
     /// Where the record of `after` ends (None in a dry run, or before
     /// anything was ever recorded).
     recorded: Option<Recorded>,
@@ -147,15 +151,14 @@ pub fn change_prepared<P: Send>(
     };
     change(&mut after, prepared?, Continued(continued))?;
     let on_loopback = after.image.node_ports_on_loopback;
-    let changes = rule_changes(
+    let RuleChanges { removed, added, node_addresses_changed, came } = rule_changes(
         Rules { policies: &before.policies, synced: &before.synced },
         Rules { policies: &after.policies, synced: &after.synced },
     );
     // Where the image can change: the plan, the record of the change and
     // its stale sockets look there only.
-    let touched: BTreeSet<Frontend> = (changes.removed.iter().copied().copied())
-        .chain(changes.added.iter().map(|(_, rule)| rule.frontend))
-        .collect();
+    let touched: BTreeSet<Frontend> =
+        (removed.iter().copied().copied()).chain(added.iter().map(|(_, rule)| rule.frontend)).collect();
     let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && links::is_loaded(pins)?;
     // A change of frontends that only the socket programs read, of
     // anything but node addresses and rate limits, is planned from the
@@ -165,22 +168,31 @@ pub fn change_prepared<P: Send>(
     // parts would be copies of nearly all of it.
     let in_part = !repairing
         && touched.len() <= before.image.frontends.len() / 2
-        && !changes.node_addresses_changed
+        && !node_addresses_changed
         && on_loopback == before.image.node_ports_on_loopback
         && touched.iter().all(|frontend| frontend.scope != Scope::External)
         && !touched.iter().any(|frontend| rate_limited(&before.image, frontend))
-        && !changes.added.iter().any(|(_, rule)| rule.requests_per_second.is_some());
+        && !added.iter().any(|(_, rule)| rule.requests_per_second.is_some());
     if in_part {
         let image = std::mem::take(&mut before.image);
         let start = image.entry_counts();
-        let (image, parts) = image.updated_in_part(&touched, changes.removed, changes.added)?;
+        let (image, parts) = image.updated_in_part(&touched, removed, added)?;
         after.image = image;
         before.image = parts.before;
         let plan = Plan::of_parts(&before.image, &parts.after, parts.layers);
         let (summary, map_writes) = (plan.summary, plan.len());
         if mode == Mode::DryRun || (plan.is_empty() && same_objects(&before, &after)) {
             let recorded = recorded.filter(|_| mode == Mode::Apply);
-            return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, recorded });
+            return Ok(Outcome {
+                before,
+                after,
+                summary,
+                map_writes,
+                repaired: false,
+                touched,
+                came,
+                recorded,
+            });
         }
         let mut datapath = None;
         if !plan.is_empty() {
@@ -195,19 +207,19 @@ pub fn change_prepared<P: Send>(
             map_writes,
             repaired: false,
             touched,
+            came,
             recorded: Some(recorded),
         });
     }
 
     let node_addresses: Vec<IpAddr> = after.node_addresses().collect();
-    after.image =
-        before.image.clone().updated(changes.removed, changes.added, node_addresses, on_loopback)?;
+    after.image = before.image.clone().updated(removed, added, node_addresses, on_loopback)?;
     let between = Plan::between(&before.image, &after.image);
     let summary = between.summary;
     if mode == Mode::DryRun || (after == before && !repairing) {
         let map_writes = between.len();
         let recorded = recorded.filter(|_| mode == Mode::Apply);
-        return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, recorded });
+        return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, came, recorded });
     }
 
     // A balctl killed during its map writes left them between two states:
@@ -245,7 +257,16 @@ pub fn change_prepared<P: Send>(
         datapath,
         Some((&rate_limits.0, repairing)),
     )?;
-    Ok(Outcome { before, after, summary, map_writes, repaired: repairing, touched, recorded: Some(recorded) })
+    Ok(Outcome {
+        before,
+        after,
+        summary,
+        map_writes,
+        repaired: repairing,
+        touched,
+        came,
+        recorded: Some(recorded),
+    })
 }
 
 /// Records `after`, the change from `before` that touched the frontends
@@ -401,6 +422,8 @@ struct RuleChanges<'a> {
     removed: Vec<&'a Frontend>,
     added: Vec<(String, &'a FrontendRule)>,
     node_addresses_changed: bool,
+    /// The synced objects `after` has anew (new, or replacing others).
+    came: Vec<Arc<SyncedObject>>,
 }
 
 /// The rules `before` and `after` do not share. Synced objects a change
@@ -422,7 +445,7 @@ fn rule_changes<'a>(before: Rules<'a>, after: Rules<'a>) -> RuleChanges<'a> {
             added.push((policy.owner(), &policy.rule));
         }
     }
-    let (mut gone, mut came): (Vec<&SyncedObject>, Vec<&SyncedObject>) = (Vec::new(), Vec::new());
+    let (mut gone, mut came): (Vec<&SyncedObject>, Vec<&Arc<SyncedObject>>) = (Vec::new(), Vec::new());
     let mut j = 0;
     for object in before.synced {
         match after.synced.get(j) {
@@ -435,7 +458,7 @@ fn rule_changes<'a>(before: Rules<'a>, after: Rules<'a>) -> RuleChanges<'a> {
             _ => gone.push(object),
         }
     }
-    came.extend(after.synced[j.min(after.synced.len())..].iter().map(AsRef::as_ref));
+    came.extend(&after.synced[j.min(after.synced.len())..]);
     for object in &gone {
         removed.extend(object.rules.iter().map(|rule| &rule.frontend));
     }
@@ -447,5 +470,7 @@ fn rule_changes<'a>(before: Rules<'a>, after: Rules<'a>) -> RuleChanges<'a> {
         addresses.sort_unstable();
         addresses
     };
-    RuleChanges { removed, added, node_addresses_changed: addresses(&gone) != addresses(&came) }
+    let came_objects: Vec<&SyncedObject> = came.iter().map(|object| object.as_ref()).collect();
+    let node_addresses_changed = addresses(&gone) != addresses(&came_objects);
+    RuleChanges { removed, added, node_addresses_changed, came: came.into_iter().cloned().collect() }
 }
