@@ -99,31 +99,35 @@ impl Index {
             let previous = synced.iter().filter(|o| o.source == self.source).cloned().collect();
             return Selection { documents: documents.values().collect(), previous, replaced: None };
         }
-        let mut affected: HashSet<String> = self.always.clone();
-        affected.insert(node_owner(&this_node.name));
+        // The owners whose documents changed: those made of a document
+        // that changed or left, and those a new or changed one belongs to.
+        let mut changed_owners: HashSet<String> = HashSet::default();
         for (label, old) in changed {
-            if let Some(old) = old {
-                let old = self.fingerprint(old);
-                if let Some(owner) = self.made_of.get(&old) {
-                    affected.insert(owner.clone());
-                }
+            if let Some(old) = old
+                && let Some(owner) = self.made_of.get(&self.fingerprint(old))
+            {
+                changed_owners.insert(owner.clone());
             }
-            // What a new or changed document belongs to (read again below,
-            // where an error in it is reported).
+            // (Read again below, where an error in it is reported.)
             if let Some(document) = documents.get(label) {
                 let objects = read(label, document.json().as_slice()).unwrap_or_default();
-                affected.extend(objects.iter().filter_map(KubeObject::owner));
+                changed_owners.extend(objects.iter().filter_map(KubeObject::owner));
             }
         }
+        // Those, what reads them (Services read Nodes; what reads Services,
+        // policies, is always read), what is always read, and this node's
+        // Node, which every Service's topology may read.
+        let mut affected: HashSet<String> = self.always.clone();
+        affected.insert(node_owner(&this_node.name));
+        let readers = changed_owners.iter().filter_map(|owner| self.readers.get(owner)).flatten();
+        affected.extend(readers.cloned().collect::<Vec<_>>());
+        affected.extend(changed_owners);
         let mut labels: BTreeSet<&str> = self.unclaimed.iter().map(String::as_str).collect();
         labels.extend(changed.keys().map(String::as_str).filter(|label| documents.contains_key(*label)));
-        // Readers of what changed, and what the objects read: until
-        // nothing is added (Nodes read nothing: twice at most).
+        // With what they read, to tell whether it is as they read it, and
+        // what policies read: until nothing is added (Nodes read nothing).
         loop {
             let before = affected.len();
-            let readers: Vec<String> =
-                affected.iter().filter_map(|owner| self.readers.get(owner)).flatten().cloned().collect();
-            affected.extend(readers);
             let read: Vec<String> = (affected.iter().filter_map(|owner| self.applied.get(owner)))
                 .flat_map(|object| object.dependencies.iter().map(|read| read.owner.clone()))
                 .collect();
@@ -277,5 +281,92 @@ impl Index {
             }
         }
         self.always.remove(&object.owner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::inputs::{CLUSTER_SOURCE, from_cluster};
+
+    fn document(label: &str, json: serde_json::Value) -> Document {
+        Document::new(label.to_owned(), serde_json::to_vec(&json).unwrap())
+    }
+
+    /// Service `s{i}` with a slice of two endpoints hinted for zones a and
+    /// b: its translation reads this node's Node.
+    fn service(i: u32, address: u32) -> [(String, Document); 2] {
+        let (name, slice) = (format!("s{i}"), format!("s{i}-1"));
+        let service = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"clusterIP": format!("198.18.1.{}", i + 1), "ports": [{"port": 80}],
+                     "trafficDistribution": "PreferClose"}});
+        let endpoints: Vec<serde_json::Value> = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(e, zone)| {
+                json!({"addresses": [format!("192.0.2.{}", address + e as u32)],
+                       "hints": {"forZones": [{"name": zone}]}})
+            })
+            .collect();
+        let slice_json = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": slice, "namespace": "ns", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "", "port": 8080}]});
+        let (service_label, slice_label) =
+            (format!("Service ns/{name}"), format!("EndpointSlice ns/{slice}"));
+        [
+            (service_label.clone(), document(&service_label, service)),
+            (slice_label.clone(), document(&slice_label, slice_json)),
+        ]
+    }
+
+    fn owners(objects: &[Arc<SyncedObject>]) -> BTreeSet<String> {
+        objects.iter().map(|object| object.owner.clone()).collect()
+    }
+
+    /// A slice that changes makes a batch read its Service and what that
+    /// reads (this node's Node), not the other Services that read the
+    /// Node too; the Node changing makes it read all of them.
+    #[test]
+    fn a_batch_reads_what_changed_and_what_reads_it_only() {
+        let this_node = ThisNode::named("node-a");
+        let node = |zone: &str| {
+            let json = json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": zone}},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.200"}]}});
+            ("Node node-a".to_owned(), document("Node node-a", json))
+        };
+        let mut documents: BTreeMap<String, Document> =
+            (0..20).flat_map(|i| service(i, 10 + 2 * i)).collect();
+        documents.extend([node("a")]);
+        let every: Vec<&Document> = documents.values().collect();
+        let inputs = from_cluster(&every, &this_node, &[]).unwrap();
+        let inputs_notes = inputs.notes.clone();
+        let synced: Vec<Arc<SyncedObject>> =
+            inputs.sources.into_iter().flat_map(|source| source.objects).map(|o| o.value).collect();
+        assert!(
+            synced.iter().filter(|o| !o.dependencies.is_empty()).count() == 20,
+            "every Service reads the Node (notes: {inputs_notes:?})"
+        );
+        let mut index = Index::new(&this_node, CLUSTER_SOURCE);
+        index.applied(&documents, &BTreeMap::new(), None, &[], &synced);
+
+        let [_, (label, slice)] = service(7, 100);
+        let old = documents.insert(label.clone(), slice);
+        let changed = BTreeMap::from([(label, old)]);
+        let selection = index.select(&documents, &changed, &synced, Continued(true), &this_node);
+        assert_eq!(
+            owners(&selection.previous),
+            BTreeSet::from(["service/ns/s7".into(), "node/node-a".into()])
+        );
+        assert_eq!(selection.documents.len(), 3, "the Service, its slice and the Node");
+
+        let (label, moved) = node("b");
+        let old = documents.insert(label.clone(), moved);
+        let changed = BTreeMap::from([(label, old)]);
+        let selection = index.select(&documents, &changed, &synced, Continued(true), &this_node);
+        assert_eq!(selection.previous.len(), 21, "every Service and the Node");
     }
 }
