@@ -181,35 +181,17 @@ pub fn change_prepared<P: Send>(
         before.image = parts.before;
         let plan = Plan::of_parts(&before.image, &parts.after, parts.layers);
         let (summary, map_writes) = (plan.summary, plan.len());
-        if mode == Mode::DryRun || (plan.is_empty() && same_objects(&before, &after)) {
-            let recorded = recorded.filter(|_| mode == Mode::Apply);
-            return Ok(Outcome {
-                before,
-                after,
-                summary,
-                map_writes,
-                repaired: false,
-                touched,
-                came,
-                recorded,
-            });
-        }
-        let mut datapath = None;
-        if !plan.is_empty() {
-            let opened = datapath.insert(Datapath::open(pins)?);
-            write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
-        }
-        let recorded = record(state_dir, &lock, recorded, &before, &after, &touched, &plan, datapath, None)?;
-        return Ok(Outcome {
-            before,
-            after,
-            summary,
-            map_writes,
-            repaired: false,
-            touched,
-            came,
-            recorded: Some(recorded),
-        });
+        let recorded = if mode == Mode::DryRun || (plan.is_empty() && same_objects(&before, &after)) {
+            recorded.filter(|_| mode == Mode::Apply)
+        } else {
+            let mut datapath = None;
+            if !plan.is_empty() {
+                let opened = datapath.insert(Datapath::open(pins)?);
+                write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
+            }
+            Some(record(state_dir, &lock, recorded, &before, &after, &touched, &plan, datapath, None)?)
+        };
+        return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, came, recorded });
     }
 
     let node_addresses: Vec<IpAddr> = after.node_addresses().collect();
