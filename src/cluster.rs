@@ -292,6 +292,12 @@ impl Documents {
     fn remove(&mut self, watchers: &mut Watchers, watcher: &str, label: &str) -> bool {
         let Some(watched) = watchers.get_mut(watcher) else { return false };
         watched.labels.remove(label);
+        self.left_unless_held(watchers, label)
+    }
+
+    /// The document of `label` leaves, unless a watcher still holds it;
+    /// whether it left.
+    fn left_unless_held(&mut self, watchers: &Watchers, label: &str) -> bool {
         if watchers.values().any(|other| other.labels.contains(label)) {
             return false;
         }
@@ -322,11 +328,7 @@ impl Documents {
         let Some(mut watched) = watchers.remove(watcher) else { return };
         watched.task.abort();
         for label in std::mem::take(&mut watched.labels) {
-            if !watchers.values().any(|other| other.labels.contains(&label))
-                && let Some(old) = self.documents.remove(&label)
-            {
-                self.note(label, Some(old));
-            }
+            self.left_unless_held(watchers, &label);
         }
     }
 }

@@ -879,16 +879,7 @@ mod tests {
     fn policy_rejects_mixed_families_and_duplicates() {
         let policy = |backends: &[&str]| Policy {
             name: "web".into(),
-            rule: FrontendRule {
-                frontend: "198.18.0.1:80".parse().unwrap(),
-                backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
-                local_backends: Vec::new(),
-                affinity_seconds: None,
-                local_only: false,
-                requests_per_second: None,
-                address_kind: AddressKind::ClusterIp,
-                external: ExternalBalancing::default(),
-            },
+            rule: FrontendRule::plain("198.18.0.1:80", backends),
         };
         assert!(policy(&["192.0.2.1:80", "192.0.2.2:80"]).validate().is_ok());
         assert!(policy(&["[2001:db8::1]:80"]).validate().unwrap_err().contains("address family"));
