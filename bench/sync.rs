@@ -45,8 +45,16 @@ use std::{
 use support::{Sandbox, apiserver::ApiServer, watcher::Watcher};
 
 const ENDPOINTS: u32 = 10;
-/// One-endpoint changes are measured 2 × this many times (moved, moved back).
+/// One-endpoint changes are measured 2 × this many times (moved, moved
+/// back), unless `SYNC_BENCH_CHANGE_ROUNDS` says how many (more rounds give
+/// a profiler something to sample: `perf record -p` on the watcher once the
+/// bench says its first sync is done).
 const CHANGE_ROUNDS: usize = 3;
+
+fn change_rounds() -> usize {
+    std::env::var("SYNC_BENCH_CHANGE_ROUNDS")
+        .map_or(CHANGE_ROUNDS, |n| n.parse().expect("a number of rounds"))
+}
 /// Ports a backend address is given before the next address is used, so
 /// every endpoint of every service is a distinct backend, as pod IPs are.
 const PORTS_PER_ADDRESS: u32 = 60_000;
@@ -70,7 +78,7 @@ fn main() {
     if std::env::args().any(|a| a == "--kube") {
         println!(
             "| services × {ENDPOINTS} | first sync s | one-endpoint change s, median | slowest | \
-             watcher CPU per change s, median | most | watcher peak RSS MB |"
+             watcher CPU per change ms, median | most | watcher peak RSS MB |"
         );
         println!("|---:|---:|---:|---:|---:|---:|---:|");
         for services in sizes {
@@ -116,13 +124,13 @@ fn scenario(services: u32) {
     // A single sync of tens of milliseconds is at the mercy of this shared
     // VM's noise: the endpoint is moved and moved back, CHANGE_ROUNDS times.
     let mut changes = Vec::new();
-    for round in 0..CHANGE_ROUNDS {
+    for round in 0..change_rounds() {
         for changed in [Some(0), None] {
             write_cluster(&input, services, changed);
             let expect = "frontends +0 ~1 -0, backends +1 -1";
             changes.push(timed_sync(&sandbox, support::balctl(), &input, expect));
         }
-        eprintln!("{services}: change round {} of {CHANGE_ROUNDS} done", round + 1);
+        eprintln!("{services}: change round {} of {} done", round + 1, change_rounds());
     }
     changes.sort();
     let (median, slowest) = (changes[changes.len() / 2], changes[changes.len() - 1]);
@@ -213,8 +221,9 @@ fn kube_scenario(services: u32) {
         Watcher::start_with(&sandbox, &[], &["--kube", "--kubeconfig", kubeconfig, "--node-name", "node-a"]);
     watcher.wait_stdout_within("frontends +", Duration::from_secs(600));
     let first = started.elapsed();
+    eprintln!("{services}: first sync done (watcher pid {})", watcher.pid());
     let mut changes = Vec::new();
-    for round in 0..CHANGE_ROUNDS {
+    for round in 0..change_rounds() {
         for moved in [true, false] {
             let cpu = cpu_time(watcher.pid());
             let started = Instant::now();
@@ -223,7 +232,7 @@ fn kube_scenario(services: u32) {
             watcher.wait_stdout("frontends +0 ~1 -0, backends +1 -1");
             changes.push((started.elapsed(), cpu_time(watcher.pid()) - cpu));
         }
-        eprintln!("{services}: change round {} of {CHANGE_ROUNDS} done", round + 1);
+        eprintln!("{services}: change round {} of {} done", round + 1, change_rounds());
     }
     let peak_rss = peak_rss_mb(watcher.pid());
     assert_eq!(watcher.terminate(), Some(0), "the watcher's exit code");
@@ -233,8 +242,10 @@ fn kube_scenario(services: u32) {
     };
     let (latency, slowest) = median(&mut changes.iter().map(|c| c.0).collect());
     let (cpu, most_cpu) = median(&mut changes.iter().map(|c| c.1).collect());
+    // In ms: a change costs a few.
+    let (cpu, most_cpu) = (cpu * 1e3, most_cpu * 1e3);
     println!(
-        "| {services} | {:.2} | {latency:.3} | {slowest:.3} | {cpu:.3} | {most_cpu:.3} | {peak_rss} |",
+        "| {services} | {:.2} | {latency:.3} | {slowest:.3} | {cpu:.2} | {most_cpu:.1} | {peak_rss} |",
         first.as_secs_f64()
     );
 }

@@ -1,7 +1,8 @@
-//! What `sync --watch` (files, src/watch.rs, and `--kube`, src/cluster.rs)
-//! knows about its own syncs: the changes it saw and has not applied, the
-//! syncs it ran and how they ended, and for `--kube` whether the API server
-//! answers. Both watch loops report here, through `Agent`; the health
+//! What `sync --watch` (of files or, with `--kube`, of the cluster:
+//! src/watch/) knows about its own syncs: the changes it saw and has not
+//! applied, the syncs it ran and how they ended, and for `--kube` whether
+//! the API server answers. The watch loop and its sources report here,
+//! through `Agent`; the health
 //! endpoints and the agent metrics (src/serve/) read it, and the metrics'
 //! map fill is read again after each sync that applied (`applied`).
 //!

@@ -4,17 +4,17 @@
 //! so they go through exactly the reading, validation and translation that
 //! `sync -f` gives a `kubectl get -o json` dump, as one source.
 //!
-//! Once (`list_all`), or kept up to date (`watch`): one kube-runtime
-//! watcher and reflector store per kind, which relist after a 410 Gone and
-//! retry with backoff through disconnects while the stores, and so the
-//! datapath, keep the last state. Nothing is applied before every kind has
-//! been listed once, so a start never prunes what the cluster still has.
+//! Once (`list_all`), or kept up to date (`ClusterWatch`, which the watch
+//! loop of src/watch/ runs, as it runs the file watch): one kube-runtime
+//! watcher per kind, which relists after a 410 Gone and retries with
+//! backoff through disconnects while the documents, and so the datapath,
+//! keep the last state. Nothing is applied before every kind has been
+//! listed once, so a start never prunes what the cluster still has.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     ops::Bound,
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::{Stream, StreamExt as _, stream::BoxStream};
@@ -33,7 +33,12 @@ use kube::{
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 
-use crate::{agent::Agent, cli::ApiServerArgs, inputs::kube::POLICY_API_VERSION};
+use crate::{
+    agent::Agent,
+    cli::ApiServerArgs,
+    inputs::kube::POLICY_API_VERSION,
+    watch::{Source, Wake, Waker},
+};
 
 pub use crate::inputs::kube::Document;
 
@@ -194,18 +199,14 @@ pub fn pod_uid(connection: &ApiServerArgs, namespace: &str, name: &str) -> Resul
     pod.metadata.uid.with_context(|| format!("the Pod {namespace}/{name} has no uid"))
 }
 
-/// How long the objects must be quiet before a change is applied, and the
-/// longest a change waits: a rollout's burst of events becomes one sync.
-const QUIET: Duration = Duration::from_millis(100);
-const MAX_WAIT: Duration = Duration::from_millis(500);
-/// How often the loop looks at `stop` while nothing happens.
-const TICK: Duration = Duration::from_millis(100);
+/// The most signals of a watcher sent to the watch loop at once.
+const SIGNALS_AT_ONCE: usize = 512;
 /// While a watcher fails, how often the API server is asked whether it
 /// answers again.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a watcher says.
-enum Signal {
+pub enum Signal {
     /// An object changed, or came: it is now this document.
     Applied(Document),
     /// The object of this label left.
@@ -333,149 +334,235 @@ impl Documents {
     }
 }
 
-/// Watches the cluster until `stop` is set, calling `apply` with every
-/// object once all watchers have listed, then after each batch of changes.
-/// `apply` reports its own errors and says whether it applied the change:
-/// the watch goes on, and what changed since the last change applied is
-/// handed on again with the next. Tells `agent` of
-/// every change and whether the API server answers: from a watcher's
-/// failure until any watcher hears from it again, or a probe does (a watch
-/// that resumes sends nothing until something changes).
+/// The cluster watched (`watch::Source`): the watchers, on a runtime of
+/// their own, send what they hear through the watch loop's channel; the
+/// loop takes it in here (`take`), into the documents, and hands them to
+/// `apply` once all watchers have listed, then after each batch of
+/// changes (`sync`). `apply` reports its own errors and says whether it
+/// applied the change: what changed since the last change applied is
+/// handed on again with the next. Tells `agent` whether the API server
+/// answers: from a watcher's failure until any watcher hears from it
+/// again, or a probe does (a watch that resumes sends nothing until
+/// something changes).
 ///
 /// Pods are watched only as far as policies need them: those on this node
 /// (a LocalRedirectPolicy's backends), and those each BalancingPolicy's
 /// selector picks in its namespace, with watchers started and stopped as
 /// the policies change.
-pub fn watch(
-    connection: &ApiServerArgs,
-    this_node: &str,
-    stop: &AtomicBool,
-    agent: &Agent,
-    mut apply: impl FnMut(&Documents) -> bool,
-) -> Result<()> {
-    with_client(connection, async |client| {
-        let (signals, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Signal)>();
-        let mut watchers = Watchers::new();
-        let mut cluster = Documents::default();
-        let start = |watchers: &mut Watchers, key: String, stream: BoxStream<'static, Signal>| {
-            let signals = signals.clone();
-            let forwarded = key.clone();
-            let task = tokio::spawn(async move {
-                let mut stream = stream;
-                while let Some(signal) = stream.next().await {
-                    if signals.send((forwarded.clone(), signal)).is_err() {
-                        break;
-                    }
-                }
-            });
-            let watched = Watched { labels: FxHashSet::default(), relisted: None, listed: false, task };
-            watchers.insert(key, watched);
-        };
-        let all = watcher::Config::default;
-        start(&mut watchers, "Service".into(), watched::<Service>(Api::all(client.clone()), all()));
-        start(
-            &mut watchers,
-            "EndpointSlice".into(),
-            watched::<EndpointSlice>(Api::all(client.clone()), all()),
-        );
-        start(&mut watchers, "Node".into(), watched::<Node>(Api::all(client.clone()), all()));
-        let local = all().fields(&format!("spec.nodeName={this_node}"));
-        start(&mut watchers, format!("Pod on {this_node}"), watched::<Pod>(Api::all(client.clone()), local));
-        start(&mut watchers, "LocalRedirectPolicy".into(), watched_policies(&client, "LocalRedirectPolicy"));
-        start(&mut watchers, "BalancingPolicy".into(), watched_policies(&client, "BalancingPolicy"));
+pub struct ClusterWatch<'a, A: FnMut(&Documents) -> bool> {
+    runtime: Runtime,
+    client: Client,
+    /// Where the watchers' signals go: the watch loop's channel.
+    signals: Waker<(String, Vec<Signal>)>,
+    watchers: Watchers,
+    cluster: Documents,
+    /// A probe of the API server runs (`probe`).
+    probing: bool,
+    agent: &'a Agent,
+    apply: A,
+}
 
-        // (first, last) change not applied yet.
-        let mut pending: Option<(Instant, Instant)> = None;
-        // A probe of the API server runs (`probe`).
-        let mut probing = false;
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok(next) = tokio::time::timeout(TICK, received.recv()).await {
-                let Some((key, signal)) = next else {
-                    anyhow::bail!("the Kubernetes watches ended");
-                };
-                let changed = match signal {
-                    Signal::Answered => {
-                        probing = false;
-                        agent.api_server_answered();
-                        continue;
-                    }
-                    Signal::Failed(err) => {
-                        log::warn!("watching {key}: {err} (retrying; the datapath keeps its state)");
-                        agent.api_server_failed(&format!("watching {key}: {err}"));
-                        if !probing {
-                            probe(client.clone(), signals.clone());
-                            probing = true;
-                        }
-                        continue;
-                    }
-                    Signal::Applied(document) => cluster.put(&mut watchers, &key, document),
-                    Signal::Deleted(label) => cluster.remove(&mut watchers, &key, &label),
-                    Signal::Listing => {
-                        // A watcher just stopped may still have said something.
-                        if let Some(watched) = watchers.get_mut(&key) {
-                            watched.relisted = Some(FxHashSet::default());
-                        }
-                        false
-                    }
-                    // A list's objects are one change, when it is complete.
-                    Signal::Listed(document) => {
-                        cluster.put(&mut watchers, &key, document);
-                        false
-                    }
-                    Signal::ListDone => {
-                        cluster.list_done(&mut watchers, &key);
-                        true
-                    }
-                };
-                agent.api_server_answered();
-                if !changed {
-                    continue;
-                }
-                agent.changed(1);
-                let now = Instant::now();
-                pending = Some((pending.map_or(now, |(first, _)| first), now));
-            }
-            let due =
-                pending.is_some_and(|(first, last)| last.elapsed() >= QUIET || first.elapsed() >= MAX_WAIT);
-            if !due || !watchers.values().all(|w| w.listed) {
-                continue;
-            }
-            // The policies may want other Pods now: watch those first.
-            let policies = cluster
-                .documents
-                .range::<str, _>((Bound::Included(BALANCING_POLICIES), Bound::Unbounded))
-                .map(|(_, d)| d);
-            let wanted = selected_pods(policies.take_while(|d| d.label.starts_with(BALANCING_POLICIES)));
-            let running: BTreeSet<String> =
-                watchers.keys().filter(|k| k.starts_with(SELECTED_PODS)).cloned().collect();
-            if wanted.keys().cloned().collect::<BTreeSet<_>>() != running {
-                for gone in running.iter().filter(|k| !wanted.contains_key(*k)) {
-                    cluster.stop(&mut watchers, gone);
-                }
-                for (key, (namespace, labels)) in wanted.into_iter().filter(|(k, _)| !running.contains(k)) {
-                    let api = Api::namespaced(client.clone(), &namespace);
-                    start(&mut watchers, key, watched::<Pod>(api, all().labels(&labels)));
-                }
-                continue;
-            }
-            pending = None;
-            if apply(&cluster) {
-                cluster.applied();
-            }
+/// The runtime the watchers run on, on a thread of its own: the watch loop
+/// is synchronous. Dropped, it stops them.
+struct Runtime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Runtime {
+    fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the Kubernetes client")?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("kubernetes".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })
+            .context("cannot start the Kubernetes client's thread")?;
+        Ok(Self { handle, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        Ok(())
-    })
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
+    /// Starts watching the cluster of `connection` for `this_node`, the
+    /// watchers' signals sent through `signals`.
+    pub fn start(
+        connection: &ApiServerArgs,
+        this_node: &str,
+        signals: Waker<(String, Vec<Signal>)>,
+        agent: &'a Agent,
+        apply: A,
+    ) -> Result<Self> {
+        let runtime = Runtime::start()?;
+        let client = runtime.handle.block_on(client(connection))?;
+        let mut watch = Self {
+            runtime,
+            client,
+            signals,
+            watchers: Watchers::new(),
+            cluster: Documents::default(),
+            probing: false,
+            agent,
+            apply,
+        };
+        let client = watch.client.clone();
+        let all = watcher::Config::default;
+        watch.start_watcher("Service".into(), watched::<Service>(Api::all(client.clone()), all()));
+        watch
+            .start_watcher("EndpointSlice".into(), watched::<EndpointSlice>(Api::all(client.clone()), all()));
+        watch.start_watcher("Node".into(), watched::<Node>(Api::all(client.clone()), all()));
+        let local = all().fields(&format!("spec.nodeName={this_node}"));
+        watch.start_watcher(format!("Pod on {this_node}"), watched::<Pod>(Api::all(client.clone()), local));
+        for kind in ["LocalRedirectPolicy", "BalancingPolicy"] {
+            watch.start_watcher(kind.into(), watched_policies(&client, kind));
+        }
+        Ok(watch)
+    }
+
+    /// Runs the watcher `key`, its signals sent to the watch loop: as
+    /// many at once as have come (a page of a list is hundreds), as each
+    /// message wakes the loop's thread.
+    fn start_watcher(&mut self, key: String, stream: BoxStream<'static, Signal>) {
+        let signals = self.signals.clone();
+        let forwarded = key.clone();
+        let task = self.runtime.handle.spawn(async move {
+            let mut batches = stream.ready_chunks(SIGNALS_AT_ONCE);
+            while let Some(batch) = batches.next().await {
+                if signals.send(Wake::Event((forwarded.clone(), batch))).is_err() {
+                    break;
+                }
+            }
+        });
+        let watched = Watched { labels: FxHashSet::default(), relisted: None, listed: false, task };
+        self.watchers.insert(key, watched);
+    }
+
+    /// Starts and stops watchers of the Pods the BalancingPolicies select,
+    /// as the policies now want.
+    fn watch_selected_pods(&mut self) {
+        let policies = (self.cluster.documents)
+            .range::<str, _>((Bound::Included(BALANCING_POLICIES), Bound::Unbounded))
+            .map(|(_, d)| d);
+        let wanted = selected_pods(policies.take_while(|d| d.label.starts_with(BALANCING_POLICIES)));
+        let running: BTreeSet<String> =
+            self.watchers.keys().filter(|k| k.starts_with(SELECTED_PODS)).cloned().collect();
+        if wanted.keys().eq(running.iter()) {
+            return;
+        }
+        for gone in running.iter().filter(|k| !wanted.contains_key(*k)) {
+            self.cluster.stop(&mut self.watchers, gone);
+        }
+        for (key, (namespace, labels)) in wanted.into_iter().filter(|(k, _)| !running.contains(k)) {
+            let api = Api::namespaced(self.client.clone(), &namespace);
+            self.start_watcher(key, watched::<Pod>(api, watcher::Config::default().labels(&labels)));
+        }
+    }
+
+    /// Takes in what watcher `key` said; whether it changed the documents
+    /// (a list's objects change them when the list is complete).
+    fn take_signal(&mut self, key: &str, signal: Signal) -> bool {
+        let (watchers, cluster) = (&mut self.watchers, &mut self.cluster);
+        let changed = match signal {
+            Signal::Answered => {
+                self.probing = false;
+                self.agent.api_server_answered();
+                return false;
+            }
+            Signal::Failed(err) => {
+                log::warn!("watching {key}: {err} (retrying; the datapath keeps its state)");
+                self.agent.api_server_failed(&format!("watching {key}: {err}"));
+                if !self.probing {
+                    probe(&self.runtime.handle, self.client.clone(), self.signals.clone());
+                    self.probing = true;
+                }
+                return false;
+            }
+            Signal::Applied(document) => cluster.put(watchers, key, document),
+            Signal::Deleted(label) => cluster.remove(watchers, key, &label),
+            Signal::Listing => {
+                // A watcher just stopped may still have said something.
+                if let Some(watched) = watchers.get_mut(key) {
+                    watched.relisted = Some(FxHashSet::default());
+                }
+                false
+            }
+            // A list's objects are one change, when it is complete.
+            Signal::Listed(document) => {
+                cluster.put(watchers, key, document);
+                false
+            }
+            Signal::ListDone => {
+                cluster.list_done(watchers, key);
+                true
+            }
+        };
+        self.agent.api_server_answered();
+        changed
+    }
+
+    /// Whether every watcher has listed once.
+    fn listed(&self) -> bool {
+        self.watchers.values().all(|w| w.listed)
+    }
+}
+
+impl<A: FnMut(&Documents) -> bool> Source for ClusterWatch<'_, A> {
+    /// What a watcher (by key) said, in order.
+    type Event = (String, Vec<Signal>);
+
+    fn take(&mut self, (key, signals): (String, Vec<Signal>)) -> bool {
+        let mut changed = false;
+        for signal in signals {
+            changed |= self.take_signal(&key, signal);
+        }
+        changed
+    }
+
+    /// Nothing is applied before every watcher has listed once, so a start
+    /// never prunes what the cluster still has; nor while the Pods the
+    /// policies now select are not watched yet: those are watched first,
+    /// and their lists are the next change. (Watchers of Pods no policy
+    /// selects any more just stop, and what only they held leaves now.)
+    fn sync(&mut self, _settled: bool) -> Option<Duration> {
+        if !self.listed() {
+            return None;
+        }
+        self.watch_selected_pods();
+        if !self.listed() {
+            return None;
+        }
+        if (self.apply)(&self.cluster) {
+            self.cluster.applied();
+        }
+        None
+    }
 }
 
 /// Lists one Node every `PROBE_INTERVAL` until the API server answers, then
 /// says so. It ends with the runtime, when the watch does.
-fn probe(client: Client, signals: tokio::sync::mpsc::UnboundedSender<(String, Signal)>) {
-    tokio::spawn(async move {
+fn probe(runtime: &tokio::runtime::Handle, client: Client, signals: Waker<(String, Vec<Signal>)>) {
+    runtime.spawn(async move {
         let nodes = Api::<Node>::all(client);
         loop {
             tokio::time::sleep(PROBE_INTERVAL).await;
             if nodes.list(&ListParams::default().limit(1)).await.is_ok() {
-                let _ = signals.send((String::new(), Signal::Answered));
+                let _ = signals.send(Wake::Event((String::new(), vec![Signal::Answered])));
                 return;
             }
         }

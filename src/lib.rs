@@ -54,8 +54,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Dump(args) => cmd::dump::run(&ctx, args),
         Command::Trace(args) => cmd::trace::run(&ctx, args),
         Command::Explain(args) => cmd::explain::run(&ctx, args),
-        Command::Sync(args) if args.watch && args.kube => cmd::sync::watch_cluster(&ctx, args),
-        Command::Sync(args) if args.watch => watch::run(&ctx, args),
+        Command::Sync(args) if args.watch && args.kube => watch::cluster::run(&ctx, args),
+        Command::Sync(args) if args.watch => watch::files::run(&ctx, args),
         Command::Sync(args) => cmd::sync::run(&ctx, args),
         Command::Completions(args) => cmd::completions::run(args),
     }

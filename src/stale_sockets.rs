@@ -143,13 +143,14 @@ impl fmt::Display for StaleSockets {
 static STOPPED_TOLD: AtomicBool = AtomicBool::new(false);
 static UNSEEN_TOLD: AtomicBool = AtomicBool::new(false);
 
-/// Destroys the connected sockets of the pairs that `before` had and
-/// `after` no longer has. The change is committed: a failure here is
-/// logged, not returned; None when there was nothing to destroy.
+/// Destroys the connected sockets of the pairs that the image before
+/// `outcome` had and the one after it no longer has. The change is
+/// committed: a failure here is logged, not returned; None when there was
+/// nothing to destroy.
 pub fn destroy(pins: &PinDir, outcome: &Outcome, tcp: bool) -> Option<StaleSockets> {
-    let (before, after) = (&outcome.before, &outcome.after);
     let touched = Touched::Frontends(&outcome.touched);
-    let left = left_pairs(&before.image, &after.image, touched, &held_back(&outcome.came), tcp);
+    let held_back = held_back(&outcome.came);
+    let left = left_pairs(&outcome.image_before, &outcome.after.image, touched, &held_back, tcp);
     if left.pairs.is_empty() {
         return None;
     }

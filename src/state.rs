@@ -24,12 +24,15 @@ use serde::{Deserialize, Serialize};
 use self::change_log::{Delta, LOG_FILE, Replay};
 use crate::{
     image::{Image, Touched},
-    model::{AddressKind, Frontend, Policy, SyncedObject},
+    model::{AddressKind, Frontend, Policy},
     trusted_dir::{Problem, Trust, TrustedDir, user},
 };
 
 mod change_log;
 mod legacy;
+mod synced;
+
+pub use synced::{Slot, Synced, SyncedChanges};
 
 const STATE_FILE: &str = "state.bin";
 const LOCK_FILE: &str = "lock";
@@ -67,10 +70,27 @@ pub struct AppliedState {
     #[serde(with = "policy_records")]
     pub policies: Vec<Policy>,
     /// Objects from `balctl sync`, each with the input it came from. Shared,
-    /// so that the copy a change starts from costs no memory per object, and
-    /// so that a change can tell the objects it kept by identity.
-    pub synced: Vec<Arc<SyncedObject>>,
+    /// so that a change can tell the objects it kept by identity; edited in
+    /// place with a journal of what a change did (`Synced`).
+    pub synced: Synced,
     pub image: Image,
+}
+
+/// What a change started from, as its record needs it: the policies and
+/// the image (at least the part the change touched). Its synced objects
+/// are not needed: the journal of the objects after the change says what
+/// it did to them (`Synced::changes`).
+#[derive(Clone, Copy)]
+pub struct Before<'a> {
+    pub policies: &'a [Policy],
+    pub image: &'a Image,
+}
+
+#[cfg(test)]
+impl<'a> From<&'a AppliedState> for Before<'a> {
+    fn from(state: &'a AppliedState) -> Self {
+        Self { policies: &state.policies, image: &state.image }
+    }
 }
 
 impl AppliedState {
@@ -363,7 +383,7 @@ impl StateDir {
         &self,
         lock: &StateLock,
         recorded: Option<Recorded>,
-        before: &AppliedState,
+        before: Before,
         after: &AppliedState,
         touched: Touched,
     ) -> Result<Recorded> {
@@ -532,7 +552,8 @@ mod policy_records {
 /// instead of keeping it, which records them.
 fn complete_legacy(state: &mut AppliedState, version: u32) {
     let node_port = |frontend: &Frontend| version == 3 && frontend.address.is_unspecified();
-    for object in &mut state.synced {
+    let mut synced = std::mem::take(&mut state.synced).into_vec();
+    for object in &mut synced {
         let object = Arc::make_mut(object);
         object.inputs.clear();
         for rule in &mut object.rules {
@@ -541,6 +562,7 @@ fn complete_legacy(state: &mut AppliedState, version: u32) {
             }
         }
     }
+    state.synced = Synced::from(synced);
     for (frontend, image) in &mut state.image.frontends {
         if node_port(frontend) {
             image.address_kind = AddressKind::NodePort;
@@ -555,7 +577,7 @@ mod tests {
     use super::*;
     use crate::{
         draws::Draws,
-        model::{FrontendRule, Protocol},
+        model::{FrontendRule, Protocol, SyncedObject},
     };
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -579,7 +601,7 @@ mod tests {
                 external: crate::model::ExternalBalancing::default(),
             },
         });
-        state.synced.push(Arc::new(SyncedObject {
+        state.synced = Synced::from(vec![Arc::new(SyncedObject {
             source: "/etc/balctl/web.toml".into(),
             owner: "service/web".into(),
             rules: vec![FrontendRule {
@@ -605,7 +627,7 @@ mod tests {
                 crate::model::Dependency { owner: "node/node-b".into(), fingerprint: None },
             ],
             held_back: vec!["192.0.2.9:8080".parse().unwrap()],
-        }));
+        })]);
         state
     }
 
@@ -616,7 +638,7 @@ mod tests {
         assert_eq!(state_dir.read().unwrap(), AppliedState::default());
         let state = sample_state();
         let lock = state_dir.lock().unwrap();
-        state_dir.write(&lock, None, &AppliedState::default(), &state, Touched::All).unwrap();
+        state_dir.write(&lock, None, Before::from(&AppliedState::default()), &state, Touched::All).unwrap();
         assert_eq!(state_dir.read().unwrap(), state);
         let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(STATE_FILE), 0o600);
@@ -653,18 +675,19 @@ mod tests {
                 object.inputs = vec![u128::MAX - u128::from(change); 100];
                 Arc::new(object)
             };
-            let count = after.synced.len();
+            let mut synced = after.synced.to_vec();
+            let count = synced.len();
             match random(8) {
-                0 | 1 => after.synced.push(object(format!("service/o{change}"))),
-                2 if count > 0 => drop(after.synced.remove(random(count))),
+                0 | 1 => synced.push(object(format!("service/o{change}"))),
+                2 if count > 0 => drop(synced.remove(random(count))),
                 3 if count > 0 => {
                     let at = random(count);
-                    after.synced[at] = object(after.synced[at].owner.clone());
+                    synced[at] = object(synced[at].owner.clone());
                 }
                 // A kept object moved to the end.
                 4 if count > 1 => {
-                    let moved = after.synced.remove(random(count));
-                    after.synced.push(moved);
+                    let moved = synced.remove(random(count));
+                    synced.push(moved);
                 }
                 5 => {
                     let mut policy = template.policies[0].clone();
@@ -711,7 +734,9 @@ mod tests {
                 log.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
                 assert_eq!(state_dir.read().unwrap(), before, "the torn record is read");
             }
-            state_dir.write(&lock, recorded, &before, &after, Touched::All).unwrap();
+            after.synced.begin_change();
+            after.synced.rebuild(synced);
+            state_dir.write(&lock, recorded, Before::from(&before), &after, Touched::All).unwrap();
             written = after;
         }
         assert_eq!(state_dir.read().unwrap(), written);
@@ -736,7 +761,8 @@ mod tests {
         let dir = temp_dir("corrupt");
         let state_dir = StateDir::new(&dir);
         let lock = state_dir.lock().unwrap();
-        state_dir.write(&lock, None, &AppliedState::default(), &sample_state(), Touched::All).unwrap();
+        let empty = AppliedState::default();
+        state_dir.write(&lock, None, Before::from(&empty), &sample_state(), Touched::All).unwrap();
         let whole = fs::read(dir.join(STATE_FILE)).unwrap();
         every_cut_is_truncated(&state_dir, &whole);
         let mut longer = whole.clone();

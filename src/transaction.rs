@@ -26,7 +26,7 @@ use crate::{
     model::{Frontend, FrontendRule, Policy, Scope, SyncedObject},
     plan::{Plan, Summary, apply::Restored},
     progress::MapWrites,
-    state::{AppliedState, Recorded, StateDir, StateLock},
+    state::{AppliedState, Before, Recorded, StateDir, StateLock, SyncedChanges},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +43,12 @@ type RateLimits = BTreeMap<ServiceId, u32>;
 /// What a change did (or, in a dry run, would do). The plan itself is not
 /// kept: it borrows the images of `before` and `after`.
 pub struct Outcome {
-    /// The state before the change; of its image, at least the part the
-    /// change touched (`Image::part`: the frontends of `touched` and their
-    /// backends), which is all that differs from `after`'s.
-    pub before: AppliedState,
+    /// The image before the change; at least the part the change touched
+    /// (`Image::part`: the frontends of `touched` and their backends),
+    /// which is all that differs from `after`'s.
+    pub image_before: Image,
+    /// The state after it, whose synced objects' journal says what the
+    /// change did to them (`Synced::changes`).
     pub after: AppliedState,
     pub summary: Summary,
     pub map_writes: usize,
@@ -77,7 +79,10 @@ pub struct Kept(Option<(AppliedState, Recorded)>);
 impl Kept {
     /// Keeps what `outcome` applied (nothing after a dry run).
     pub fn keep(&mut self, outcome: Outcome) {
-        self.0 = outcome.recorded.map(|recorded| (outcome.after, recorded));
+        let mut after = outcome.after;
+        // What the change replaced need not live until the next one.
+        after.synced.end_change();
+        self.0 = outcome.recorded.map(|recorded| (after, recorded));
     }
 
     /// The state kept: what the last change applied.
@@ -140,21 +145,23 @@ pub fn change_prepared<P: Send>(
         let before = kept.take(state_dir, &lock);
         (before, prepared.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
-    let (mut before, recorded, continued) = before?;
-    // The change edits the objects, the policies and the settings the image
-    // is compiled from (a sync sets whether loopback serves node ports);
-    // the image is compiled after it.
-    let mut after = AppliedState {
-        policies: before.policies.clone(),
-        synced: before.synced.clone(),
-        image: before.image.settings(),
-    };
+    let (before, recorded, continued) = before?;
+    let AppliedState { policies: before_policies, synced, image: mut image_before } = before;
+    // The change edits the objects (in place, journaled: they are not
+    // copied), the policies and the settings the image is compiled from (a
+    // sync sets whether loopback serves node ports); the image is compiled
+    // after it.
+    let mut after =
+        AppliedState { policies: before_policies.clone(), synced, image: image_before.settings() };
+    after.synced.begin_change();
     change(&mut after, prepared?, Continued(continued))?;
     let on_loopback = after.image.node_ports_on_loopback;
-    let RuleChanges { removed, added, node_addresses_changed, came } = rule_changes(
-        Rules { policies: &before.policies, synced: &before.synced },
-        Rules { policies: &after.policies, synced: &after.synced },
-    );
+    let synced_changes = after.synced.changes();
+    let RuleChanges { removed, added, node_addresses_changed } =
+        rule_changes(&before_policies, &after.policies, &synced_changes);
+    let came: Vec<Arc<SyncedObject>> = synced_changes.came().cloned().collect();
+    // Whether the change left the policies and the synced objects as they were.
+    let same_objects = before_policies == after.policies && synced_changes.is_empty();
     // Where the image can change: the plan, the record of the change and
     // its stale sockets look there only.
     let touched: BTreeSet<Frontend> =
@@ -167,21 +174,20 @@ pub fn change_prepared<P: Send>(
     // A change of most of the image (a first sync) is planned whole: its
     // parts would be copies of nearly all of it.
     let in_part = !repairing
-        && touched.len() <= before.image.frontends.len() / 2
+        && touched.len() <= image_before.frontends.len() / 2
         && !node_addresses_changed
-        && on_loopback == before.image.node_ports_on_loopback
+        && on_loopback == image_before.node_ports_on_loopback
         && touched.iter().all(|frontend| frontend.scope != Scope::External)
-        && !touched.iter().any(|frontend| rate_limited(&before.image, frontend))
+        && !touched.iter().any(|frontend| rate_limited(&image_before, frontend))
         && !added.iter().any(|(_, rule)| rule.requests_per_second.is_some());
     if in_part {
-        let image = std::mem::take(&mut before.image);
-        let start = image.entry_counts();
-        let (image, parts) = image.updated_in_part(&touched, removed, added)?;
+        let start = image_before.entry_counts();
+        let (image, parts) = image_before.updated_in_part(&touched, removed, added)?;
         after.image = image;
-        before.image = parts.before;
-        let plan = Plan::of_parts(&before.image, &parts.after, parts.layers);
+        image_before = parts.before;
+        let plan = Plan::of_parts(&image_before, &parts.after, parts.layers);
         let (summary, map_writes) = (plan.summary, plan.len());
-        let recorded = if mode == Mode::DryRun || (plan.is_empty() && same_objects(&before, &after)) {
+        let recorded = if mode == Mode::DryRun || (plan.is_empty() && same_objects) {
             recorded.filter(|_| mode == Mode::Apply)
         } else {
             let mut datapath = None;
@@ -189,19 +195,38 @@ pub fn change_prepared<P: Send>(
                 let opened = datapath.insert(Datapath::open(pins)?);
                 write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
             }
-            Some(record(state_dir, &lock, recorded, &before, &after, &touched, &plan, datapath, None)?)
+            let before = Before { policies: &before_policies, image: &image_before };
+            Some(record(state_dir, &lock, recorded, before, &after, &touched, &plan, datapath, None)?)
         };
-        return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, came, recorded });
+        return Ok(Outcome {
+            image_before,
+            after,
+            summary,
+            map_writes,
+            repaired: false,
+            touched,
+            came,
+            recorded,
+        });
     }
 
     let node_addresses: Vec<IpAddr> = after.node_addresses().collect();
-    after.image = before.image.clone().updated(removed, added, node_addresses, on_loopback)?;
-    let between = Plan::between(&before.image, &after.image);
+    after.image = image_before.clone().updated(removed, added, node_addresses, on_loopback)?;
+    let between = Plan::between(&image_before, &after.image);
     let summary = between.summary;
-    if mode == Mode::DryRun || (after == before && !repairing) {
+    if mode == Mode::DryRun || (same_objects && after.image == image_before && !repairing) {
         let map_writes = between.len();
         let recorded = recorded.filter(|_| mode == Mode::Apply);
-        return Ok(Outcome { before, after, summary, map_writes, repaired: false, touched, came, recorded });
+        return Ok(Outcome {
+            image_before,
+            after,
+            summary,
+            map_writes,
+            repaired: false,
+            touched,
+            came,
+            recorded,
+        });
     }
 
     // A balctl killed during its map writes left them between two states:
@@ -214,13 +239,13 @@ pub fn change_prepared<P: Send>(
         datapath = Some(opened);
         (Plan::repair(&contents.0, &contents.1), contents.0.entry_counts())
     } else {
-        (between, before.image.entry_counts())
+        (between, image_before.entry_counts())
     };
     let map_writes = plan.len();
 
     // A change may touch only the state (an owner renamed): the maps, and
     // so the loaded datapath, are needed only when there is something to write.
-    let rate_limits = (before.image.rate_limits(), after.image.rate_limits());
+    let rate_limits = (image_before.rate_limits(), after.image.rate_limits());
     if repairing || !plan.is_empty() || rate_limits.0 != rate_limits.1 {
         let opened = match datapath.as_mut() {
             Some(opened) => opened,
@@ -232,7 +257,7 @@ pub fn change_prepared<P: Send>(
         state_dir,
         &lock,
         recorded,
-        &before,
+        Before { policies: &before_policies, image: &image_before },
         &after,
         &touched,
         &plan,
@@ -240,7 +265,7 @@ pub fn change_prepared<P: Send>(
         Some((&rate_limits.0, repairing)),
     )?;
     Ok(Outcome {
-        before,
+        image_before,
         after,
         summary,
         map_writes,
@@ -261,7 +286,7 @@ fn record(
     state_dir: &StateDir,
     lock: &StateLock,
     recorded: Option<Recorded>,
-    before: &AppliedState,
+    before: Before,
     after: &AppliedState,
     touched: &BTreeSet<Frontend>,
     plan: &Plan,
@@ -281,13 +306,6 @@ fn record(
             None => err,
         }),
     }
-}
-
-/// Whether `after` holds the very objects and policies of `before`.
-fn same_objects(before: &AppliedState, after: &AppliedState) -> bool {
-    before.policies == after.policies
-        && before.synced.len() == after.synced.len()
-        && before.synced.iter().zip(&after.synced).all(|(old, new)| Arc::ptr_eq(old, new) || old == new)
 }
 
 /// Whether `frontend` has a rate limit in `image`.
@@ -383,20 +401,6 @@ fn undone(
     }
 }
 
-/// The rules of an applied state: its policies and synced objects,
-/// borrowed apart from its image, which a change compiles meanwhile.
-#[derive(Clone, Copy)]
-struct Rules<'a> {
-    policies: &'a [Policy],
-    synced: &'a [Arc<SyncedObject>],
-}
-
-impl Rules<'_> {
-    fn policy(&self, name: &str) -> Option<&Policy> {
-        self.policies.iter().find(|p| p.name == name)
-    }
-}
-
 /// What a change changed of the rules: the frontends of rules that
 /// `after` no longer has, the rules (with their owners) it has anew, and
 /// whether the node addresses changed.
@@ -404,55 +408,41 @@ struct RuleChanges<'a> {
     removed: Vec<&'a Frontend>,
     added: Vec<(String, &'a FrontendRule)>,
     node_addresses_changed: bool,
-    /// The synced objects `after` has anew (new, or replacing others).
-    came: Vec<Arc<SyncedObject>>,
 }
 
-/// The rules `before` and `after` do not share. Synced objects a change
-/// kept are the same `Arc`s, in the same order (a change replaces objects
-/// in place and adds new ones at the end), so one walk of both, by
-/// identity, finds those it replaced, removed and added, and a sync that
-/// replaced one object out of thousands compiles one. An object moved is
-/// taken as removed and added: the same result, at more cost.
-fn rule_changes<'a>(before: Rules<'a>, after: Rules<'a>) -> RuleChanges<'a> {
+/// The rules of the policies (`before`, `after`) and of the synced objects
+/// (`synced`: what the change did to them, as their journal says) that the
+/// states before and after a change do not share: a sync that replaced
+/// one object out of thousands compiles one.
+fn rule_changes<'a>(
+    before: &'a [Policy],
+    after: &'a [Policy],
+    synced: &SyncedChanges<'a>,
+) -> RuleChanges<'a> {
+    let policy = |policies: &'a [Policy], name: &str| policies.iter().find(|p| p.name == name);
     let mut removed = Vec::new();
-    for policy in before.policies {
-        if after.policy(&policy.name) != Some(policy) {
-            removed.push(&policy.rule.frontend);
+    for old in before {
+        if policy(after, &old.name) != Some(old) {
+            removed.push(&old.rule.frontend);
         }
     }
     let mut added = Vec::new();
-    for policy in after.policies {
-        if before.policy(&policy.name) != Some(policy) {
-            added.push((policy.owner(), &policy.rule));
+    for new in after {
+        if policy(before, &new.name) != Some(new) {
+            added.push((new.owner(), &new.rule));
         }
     }
-    let (mut gone, mut came): (Vec<&SyncedObject>, Vec<&Arc<SyncedObject>>) = (Vec::new(), Vec::new());
-    let mut j = 0;
-    for object in before.synced {
-        match after.synced.get(j) {
-            Some(kept) if Arc::ptr_eq(kept, object) => j += 1,
-            Some(replacing) if replacing.owner == object.owner => {
-                gone.push(object);
-                came.push(replacing);
-                j += 1;
-            }
-            _ => gone.push(object),
-        }
-    }
-    came.extend(&after.synced[j.min(after.synced.len())..]);
-    for object in &gone {
+    for object in synced.gone() {
         removed.extend(object.rules.iter().map(|rule| &rule.frontend));
     }
-    for object in &came {
+    for object in synced.came() {
         added.extend(object.rules.iter().map(|rule| (object.owner.clone(), rule)));
     }
-    let addresses = |objects: &[&SyncedObject]| {
-        let mut addresses: Vec<IpAddr> = objects.iter().flat_map(|o| o.addresses.iter().copied()).collect();
+    let addresses = |objects: &mut dyn Iterator<Item = &Arc<SyncedObject>>| {
+        let mut addresses: Vec<IpAddr> = objects.flat_map(|o| o.addresses.iter().copied()).collect();
         addresses.sort_unstable();
         addresses
     };
-    let came_objects: Vec<&SyncedObject> = came.iter().map(|object| object.as_ref()).collect();
-    let node_addresses_changed = addresses(&gone) != addresses(&came_objects);
-    RuleChanges { removed, added, node_addresses_changed, came: came.into_iter().cloned().collect() }
+    let node_addresses_changed = addresses(&mut synced.gone()) != addresses(&mut synced.came());
+    RuleChanges { removed, added, node_addresses_changed }
 }

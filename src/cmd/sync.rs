@@ -1,14 +1,9 @@
 //! `balctl sync -f PATH...`: make the applied state, and so the maps, hold
 //! exactly what the state files say for their sources.
 
-use std::{
-    collections::BTreeSet,
-    fmt,
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
-};
+use std::{collections::BTreeSet, fmt, net::SocketAddr, sync::Arc};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 
@@ -16,16 +11,15 @@ use super::Context;
 use crate::{
     agent::Agent,
     cli::SyncArgs,
-    cluster, error,
+    cluster,
     image::{FrontendImage, Image},
     input,
     inputs::{self, Inputs},
     model::{Frontend, HealthCheck, SyncedObject, ThisNode},
     output::print_structured,
     plan::Summary,
-    serve,
     stale_sockets::{self, StaleSockets},
-    state::AppliedState,
+    state::{AppliedState, Slot},
     transaction::{Kept, Mode, Outcome, change_prepared},
 };
 
@@ -119,7 +113,7 @@ pub fn run_with(
 /// After a change that took backends away from frontends, the connected
 /// sockets pinned to them (src/stale_sockets.rs), counted in `agent`'s
 /// metrics if there is one.
-fn destroy_stale_sockets(
+pub fn destroy_stale_sockets(
     ctx: &Context,
     args: &SyncArgs,
     outcome: &Outcome,
@@ -130,85 +124,6 @@ fn destroy_stale_sockets(
         agent.stale_sockets(&sockets);
     }
     Some(sockets)
-}
-
-/// `sync --kube --watch`: syncs the cluster's objects once every kind has
-/// been listed, then after every batch of changes, until SIGINT or SIGTERM.
-/// A sync that fails is reported and leaves the applied state as it was.
-pub fn watch_cluster(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    let this_node = this_node(args)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle SIGINT and SIGTERM")?;
-    }
-    let agent = Arc::new(Agent::new(args.health_timeout));
-    let health_check_ports = serve::start(ctx, args, &agent)?;
-    // The cluster as it is at start waits for the first full list.
-    agent.changed(1);
-    ctx.say("sync --kube --watch: waiting for the first full list of every kind");
-    let mut kept = Kept::default();
-    // What the applied objects were made of: a batch reads only what can
-    // change them (inputs::kube::Index).
-    let mut index = inputs::kube::Index::new(&this_node, inputs::CLUSTER_SOURCE);
-    cluster::watch(&args.api_server, &this_node.name, &stop, &agent, |cluster| {
-        let mut made = None;
-        let mut health_checks_changed = false;
-        let synced = agent.sync(|| {
-            let mut notes = Vec::new();
-            let nothing_to_prepare = || Ok(());
-            let outcome = change_prepared(
-                &ctx.pins,
-                &ctx.state,
-                Mode::Apply,
-                &mut kept,
-                nothing_to_prepare,
-                |state, (), continued| {
-                    let selection = index.select(
-                        &cluster.documents,
-                        &cluster.changed,
-                        &state.synced,
-                        continued,
-                        &this_node,
-                    );
-                    let inputs = inputs::from_cluster(&selection.documents, &this_node, &selection.previous)?;
-                    let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
-                    let incoming;
-                    (notes, incoming) = replace(state, inputs, &this_node, part)?;
-                    // The health-check ports change only with objects that have one.
-                    let checks =
-                        |objects: &[Arc<SyncedObject>]| objects.iter().any(|o| o.health_check.is_some());
-                    health_checks_changed =
-                        part.is_none() || checks(&selection.previous) || checks(&incoming);
-                    let replaced = selection.replaced;
-                    made = Some((replaced, incoming));
-                    Ok(())
-                },
-            )?;
-            let sockets = destroy_stale_sockets(ctx, args, &outcome, Some(&agent));
-            report(ctx, &outcome, false, notes, sockets)?;
-            kept.keep(outcome);
-            Ok(())
-        });
-        match synced.map(|()| kept.state()) {
-            Ok(Some(applied)) => {
-                if let Some((replaced, incoming)) = made {
-                    index.applied(&cluster.documents, &cluster.changed, replaced, &incoming, &applied.synced);
-                }
-                if health_checks_changed {
-                    health_check_ports.update(health_checks(applied));
-                }
-                true
-            }
-            Ok(None) => true,
-            Err(err) => {
-                error::log_failure(
-                    &err,
-                    "sync --kube --watch: nothing applied from this change; retrying on the next one",
-                );
-                false
-            }
-        }
-    })
 }
 
 /// The health-check node ports of what `state` holds.
@@ -226,7 +141,7 @@ pub fn health_checks(state: &AppliedState) -> impl Iterator<Item = &HealthCheck>
 /// where it is, the others replaced go, and new ones come after all, in
 /// input order; so the state's order stays, and a change's record holds
 /// what changed only (`state::change_log`).
-fn replace(
+pub fn replace(
     state: &mut AppliedState,
     inputs: Inputs,
     this_node: &ThisNode,
@@ -261,9 +176,16 @@ fn replace(
     let by_owner: HashMap<&str, usize> =
         incoming.iter().enumerate().map(|(index, object)| (object.owner.as_str(), index)).collect();
     let mut placed = vec![false; incoming.len()];
+    let mut place = |slot: &Arc<SyncedObject>| match by_owner.get(slot.owner.as_str()) {
+        Some(&index) => {
+            placed[index] = true;
+            Slot::Replace(Arc::clone(&incoming[index]))
+        }
+        None => Slot::Remove,
+    };
     match part {
         // The few objects of the part, replaced where they are: the state
-        // is not copied.
+        // is not copied, and the change's journal says what it replaced.
         Some(part) => {
             // A few compared one by one; more, hashed.
             let many: HashSet<*const SyncedObject> =
@@ -275,38 +197,24 @@ fn replace(
                     part.iter().any(|object| Arc::ptr_eq(object, slot))
                 }
             };
-            let mut gone: HashSet<*const SyncedObject> = HashSet::default();
-            for slot in &mut state.synced {
-                if !in_part(slot) {
-                    continue;
-                }
-                match by_owner.get(slot.owner.as_str()) {
-                    Some(&index) => {
-                        *slot = Arc::clone(&incoming[index]);
-                        placed[index] = true;
-                    }
-                    None => _ = gone.insert(Arc::as_ptr(slot)),
-                }
-            }
-            if !gone.is_empty() {
-                state.synced.retain(|object| !gone.contains(&Arc::as_ptr(object)));
-            }
+            state.synced.edit(|slot| if in_part(slot) { place(slot) } else { Slot::Keep });
+            let unplaced = incoming.iter().zip(&placed).filter(|(_, placed)| !**placed);
+            state.synced.append(unplaced.map(|(object, _)| Arc::clone(object)));
         }
         None => {
             let mut synced = Vec::with_capacity(state.synced.len().max(incoming.len()));
-            for object in state.synced.drain(..) {
-                if !ours(&object) {
+            for object in state.synced.iter() {
+                if !ours(object) {
+                    synced.push(Arc::clone(object));
+                } else if let Slot::Replace(object) = place(object) {
                     synced.push(object);
-                } else if let Some(&index) = by_owner.get(object.owner.as_str()) {
-                    synced.push(Arc::clone(&incoming[index]));
-                    placed[index] = true;
                 }
             }
-            state.synced = synced;
+            let unplaced = incoming.iter().zip(&placed).filter(|(_, placed)| !**placed);
+            synced.extend(unplaced.map(|(object, _)| Arc::clone(object)));
+            state.synced.rebuild(synced);
         }
     }
-    let unplaced = incoming.iter().zip(&placed).filter(|(_, placed)| !**placed);
-    state.synced.extend(unplaced.map(|(object, _)| Arc::clone(object)));
     Ok((inputs.notes, incoming))
 }
 
@@ -349,7 +257,7 @@ fn large_removals(state: &AppliedState, inputs: &Inputs) -> Vec<LargeRemoval> {
 
 /// The node the sync is for: its name (the hostname by default) and
 /// which of the Nodes' addresses serve node ports.
-fn this_node(args: &SyncArgs) -> Result<ThisNode> {
+pub fn this_node(args: &SyncArgs) -> Result<ThisNode> {
     let name = match &args.node_name {
         Some(name) => name.clone(),
         None => hostname()?,
@@ -412,7 +320,7 @@ fn changes(before: &Image, after: &Image, touched: &BTreeSet<Frontend>) -> Vec<F
         .collect()
 }
 
-fn report(
+pub fn report(
     ctx: &Context,
     outcome: &Outcome,
     dry_run: bool,
@@ -424,7 +332,7 @@ fn report(
         summary: outcome.summary,
         map_writes: outcome.map_writes,
         repaired: outcome.repaired,
-        changes: changes(&outcome.before.image, &outcome.after.image, &outcome.touched),
+        changes: changes(&outcome.image_before, &outcome.after.image, &outcome.touched),
         notes,
         stale_sockets,
     };

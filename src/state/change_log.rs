@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::AppliedState;
+use super::{AppliedState, Before};
 use crate::{
     bpf::maps::{BackendId, ServiceId},
     image::{BackendAddr, FrontendImage, Image, Touched},
@@ -75,32 +75,18 @@ pub struct Delta {
 struct Policies(#[serde(with = "super::policy_records")] Vec<Policy>);
 
 impl Delta {
-    /// The change from `before` to `after`. Synced objects are walked in
-    /// order, both lists at once: one kept (the same `Arc`, as a change
-    /// keeps what it keeps, or an equal one) is passed, one of the same
-    /// owner replaces it, any other of `before` is removed; what `after`
-    /// has past the walk is added. A change that removes and replaces
-    /// objects in place and appends new ones, as a sync does, records only
-    /// those; any other order replays exactly too, with a longer record.
+    /// The change from `before` to `after`. What it did to the synced
+    /// objects is what their journal says (`Synced::changes`): a change
+    /// that removes and replaces objects in place and appends new ones, as
+    /// a sync does, records only those; objects rebuilt in any other order
+    /// replay exactly too, with a longer record.
     ///
     /// The image's frontends and backends are compared where `touched`
     /// says they may differ (the frontends of the rules a change removed
     /// and added, `Touched::Frontends`), else whole.
-    pub fn between(before: &AppliedState, after: &AppliedState, touched: Touched) -> Self {
-        let (old, new) = (&before.synced, &after.synced);
-        let mut j = 0;
-        let (mut synced_removed, mut synced_replaced) = (Vec::new(), Vec::new());
-        for object in old {
-            match new.get(j) {
-                Some(kept) if Arc::ptr_eq(kept, object) || kept == object => j += 1,
-                Some(replacing) if replacing.owner == object.owner => {
-                    synced_replaced.push(Arc::clone(replacing));
-                    j += 1;
-                }
-                _ => synced_removed.push(object.owner.clone()),
-            }
-        }
-        let (image_before, image_after) = (&before.image, &after.image);
+    pub fn between(before: Before, after: &AppliedState, touched: Touched) -> Self {
+        let synced = after.synced.changes();
+        let (image_before, image_after) = (before.image, &after.image);
         let ((frontends_removed, frontends_put), (backends_removed, backends_put)) = match touched {
             Touched::All => (
                 split(owned(changes(image_before.frontends.iter(), image_after.frontends.iter()))),
@@ -128,9 +114,13 @@ impl Delta {
         };
         Self {
             policies: (before.policies != after.policies).then(|| Policies(after.policies.clone())),
-            synced_removed,
-            synced_replaced,
-            synced_added: new[j..].to_vec(),
+            synced_removed: synced.removed.iter().map(|object| object.owner.clone()).collect(),
+            // An equal object in the place of its owner's changes nothing.
+            synced_replaced: (synced.replaced.iter())
+                .filter(|(old, new)| old != new)
+                .map(|(_, new)| Arc::clone(new))
+                .collect(),
+            synced_added: synced.added.to_vec(),
             frontends_removed,
             frontends_put,
             backends_removed,
@@ -206,7 +196,8 @@ impl Replay {
             && delta.synced_added.is_empty());
         if names_synced {
             let (synced, by_owner) = self.synced.get_or_insert_with(|| {
-                let synced: Vec<_> = std::mem::take(&mut state.synced).into_iter().map(Some).collect();
+                let synced: Vec<_> =
+                    std::mem::take(&mut state.synced).into_vec().into_iter().map(Some).collect();
                 let by_owner = (synced.iter().enumerate())
                     .filter_map(|(i, object)| Some((owner_hash(&object.as_ref()?.owner), i)))
                     .collect();
@@ -318,7 +309,7 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FrontendRule;
+    use crate::{model::FrontendRule, state::Slot};
 
     fn log_of(generation: u64, deltas: &[Delta]) -> Vec<u8> {
         let mut log = header(generation);
@@ -381,12 +372,16 @@ mod tests {
             synced: (0..100).map(|i| object(&format!("service/ns/s{i}"), 1)).collect(),
             ..AppliedState::default()
         };
+        // Edited in place, as a sync does.
         let mut after = before.clone();
-        after.synced[50] = object("service/ns/s50", 2);
-        after.synced.remove(70);
-        after.synced.remove(0);
-        after.synced.push(object("service/ns/new", 1));
-        let delta = Delta::between(&before, &after, Touched::All);
+        after.synced.begin_change();
+        after.synced.edit(|slot| match slot.owner.as_str() {
+            "service/ns/s50" => Slot::Replace(object("service/ns/s50", 2)),
+            "service/ns/s0" | "service/ns/s70" => Slot::Remove,
+            _ => Slot::Keep,
+        });
+        after.synced.append([object("service/ns/new", 1)]);
+        let delta = Delta::between(Before::from(&before), &after, Touched::All);
         assert_eq!(delta.synced_removed, ["service/ns/s0", "service/ns/s70"]);
         assert_eq!(delta.synced_replaced, [object("service/ns/s50", 2)]);
         assert_eq!(delta.synced_added, [object("service/ns/new", 1)]);
@@ -395,10 +390,21 @@ mod tests {
         assert_eq!(replay.finish(), after);
 
         // Objects in another order replay exactly too.
+        // Rebuilt: the same record as in place, found by a walk.
+        let mut rebuilt = before.clone();
+        rebuilt.synced.begin_change();
+        rebuilt.synced.rebuild(after.synced.to_vec());
+        let in_place = Delta::between(Before::from(&before), &after, Touched::All);
+        assert_eq!(Delta::between(Before::from(&before), &rebuilt, Touched::All), in_place);
+
+        // Objects in another order replay exactly too.
         let mut moved = before.clone();
-        moved.synced.rotate_left(30);
-        moved.synced.swap(3, 90);
-        let delta = Delta::between(&before, &moved, Touched::All);
+        let mut objects = moved.synced.to_vec();
+        objects.rotate_left(30);
+        objects.swap(3, 90);
+        moved.synced.begin_change();
+        moved.synced.rebuild(objects);
+        let delta = Delta::between(Before::from(&before), &moved, Touched::All);
         let mut replay = Replay::new(before);
         replay.apply(delta).unwrap();
         assert_eq!(replay.finish(), moved);
@@ -434,7 +440,9 @@ mod tests {
         let after = AppliedState { image, ..AppliedState::default() };
         let touched: BTreeSet<Frontend> =
             removed.iter().copied().chain(changed.iter().map(|(_, r)| r.frontend)).collect();
-        let delta = Delta::between(&before, &after, Touched::Frontends(&touched));
+        let mut after = after;
+        after.synced.begin_change();
+        let delta = Delta::between(Before::from(&before), &after, Touched::Frontends(&touched));
         assert_eq!(delta.frontends_removed, [removed[1]]);
         assert_eq!(delta.frontends_put.len(), 2);
         assert_eq!((delta.backends_removed.len(), delta.backends_put.len()), (2, 2), "{delta:?}");

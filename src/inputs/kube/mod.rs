@@ -41,7 +41,7 @@ use crate::{
 /// An object from the API server as JSON, with what to call it in errors
 /// (`Service ns/name (from the API server)`) and the hash of its bytes,
 /// computed once: a watch keeps each document until its object changes
-/// (`cluster::watch`), and a sync fingerprints documents by their hash
+/// (`cluster::ClusterWatch`), and a sync fingerprints documents by their hash
 /// rather than hashing every one again. Kept compressed (LZ4): a watch
 /// holds every document of the cluster, and reads few of them again, those
 /// a change can affect (`incremental.rs`); JSON compresses 4-8 times.

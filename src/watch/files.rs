@@ -1,5 +1,5 @@
-//! `balctl sync --watch`: sync once, then sync again whenever an input
-//! changes, until SIGINT or SIGTERM; with `--health-addr` and
+//! `balctl sync --watch` of files: sync once, then sync again whenever an
+//! input changes (the loop is `watch::watch`'s); with `--health-addr` and
 //! `--metrics-addr`, serve health and metrics meanwhile (src/serve/), from
 //! what the loop reports to its `Agent` (src/agent.rs).
 //!
@@ -32,21 +32,14 @@
 use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        mpsc::{self, Receiver, RecvTimeoutError, Sender},
-    },
-    thread,
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
-use signal_hook::{
-    consts::{SIGINT, SIGTERM},
-    iterator::Signals,
-};
 
+use super::{Source, Wake, Waker};
 use crate::{
     agent::Agent,
     cli::SyncArgs,
@@ -60,25 +53,10 @@ use crate::{
     transaction::Kept,
 };
 
-/// A burst of events (truncate, write, close; or write a temporary file,
-/// rename it) ends when the inputs have been quiet this long.
-const QUIET: Duration = Duration::from_millis(100);
-
-/// A sync starts at most this long after the first change of a burst, even
-/// if events keep coming, so a change always reaches the datapath well
-/// within a second.
-const MAX_WAIT: Duration = Duration::from_millis(500);
-
 /// Kubernetes ConfigMap and Secret volumes update by pointing this symlink
 /// at a new directory; the files in the volume are symlinks through it and
 /// do not change.
 const KUBERNETES_DATA_LINK: &str = "..data";
-
-/// What wakes the watch loop.
-enum Wake {
-    Changed,
-    Stop(i32),
-}
 
 /// Why the last sync applied nothing although its inputs read.
 #[derive(Debug, PartialEq, Eq)]
@@ -98,64 +76,67 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         ));
     }
     let targets = args.filenames.iter().map(|f| Target::new(f)).collect::<Result<Vec<_>>>()?;
-    let (tx, rx) = mpsc::channel();
-    // Signals become messages like file events, so the loop stops between
-    // syncs and never in the middle of a plan's map writes.
-    forward_signals(tx.clone())?;
-    let mut watcher = watch_parents(&targets, tx)?;
+    let (tx, wakes) = super::wakes()?;
+    let watcher = watch_parents(&targets, tx)?;
     let agent = Arc::new(Agent::new(args.health_timeout));
     let health_check_ports = serve::start(ctx, args, &agent)?;
-    // The inputs as they are at start wait for the first sync.
-    agent.changed(1);
     log::info!("watching {} for changes", describe(&targets));
-    let mut hold = None;
-    let mut removals = Removals::HoldLarge;
-    // The state each sync applied, which the next starts from.
-    let mut kept = Kept::default();
-    loop {
-        watch_directories(&mut watcher, &targets);
-        hold = sync(ctx, args, &agent, &health_check_ports, removals, hold, &mut kept);
-        // A large removal held waits for the inputs to settle, and then
-        // for nothing else: the writer may have finished.
-        let wake = match hold {
-            Some(Hold::LargeRemoval) => match rx.recv_timeout(args.settle) {
-                Ok(wake) => Some(wake),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Err(anyhow!("the file watcher stopped")),
-            },
-            _ => Some(rx.recv().context("the file watcher stopped")?),
-        };
-        let (signal, next) = match wake {
-            None => (None, Removals::Apply),
-            Some(Wake::Stop(signal)) => (Some(signal), Removals::HoldLarge),
-            Some(Wake::Changed) => {
-                agent.changed(1);
-                (quiet_down(&rx, &agent)?, Removals::HoldLarge)
-            }
-        };
-        removals = next;
-        if let Some(signal) = signal {
-            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
-            log::info!("stopping on {name}; the datapath stays as it is");
-            return Ok(());
-        }
+    let mut files = Files {
+        ctx,
+        args,
+        agent: &agent,
+        health_check_ports,
+        targets,
+        watcher,
+        hold: None,
+        kept: Kept::default(),
+    };
+    super::watch(&mut files, &wakes, &agent)
+}
+
+/// The input files watched, and what their syncs need.
+struct Files<'a> {
+    ctx: &'a Context,
+    args: &'a SyncArgs,
+    agent: &'a Agent,
+    health_check_ports: HealthCheckPorts,
+    targets: Vec<Target>,
+    watcher: RecommendedWatcher,
+    /// Why the last sync held its change, if it did.
+    hold: Option<Hold>,
+    /// The state each sync applied, which the next starts from.
+    kept: Kept,
+}
+
+impl Source for Files<'_> {
+    /// An input may have changed (events that concern none are dropped
+    /// where they come from, `watch_parents`).
+    type Event = ();
+
+    fn take(&mut self, (): ()) -> bool {
+        true
+    }
+
+    /// A large removal held waits for the inputs to settle (`--settle`),
+    /// and then for nothing else: the writer may have finished. A change
+    /// during the hold is synced as any other, so a writer that completes
+    /// the file ends the hold, and one that leaves it as large a removal
+    /// restarts the settle time.
+    fn sync(&mut self, settled: bool) -> Option<Duration> {
+        watch_directories(&mut self.watcher, &self.targets);
+        let removals = if settled { Removals::Apply } else { Removals::HoldLarge };
+        self.hold = sync(self, removals);
+        (self.hold == Some(Hold::LargeRemoval)).then_some(self.args.settle)
     }
 }
 
 /// One sync; returns why it held its change, if it did. Other errors are
-/// reported, not returned, so watching goes on. `held` is why the sync
-/// before held its change: a hold is told once, not again on every change
-/// that finds it still there. A sync that applied opens and closes the
+/// reported, not returned, so watching goes on. A hold is told once, not
+/// again on every change that finds it still there (`files.hold`: why the
+/// sync before held its change). A sync that applied opens and closes the
 /// health-check node ports of what it applied.
-fn sync(
-    ctx: &Context,
-    args: &SyncArgs,
-    agent: &Agent,
-    health_check_ports: &HealthCheckPorts,
-    removals: Removals,
-    held: Option<Hold>,
-    kept: &mut Kept,
-) -> Option<Hold> {
+fn sync(files: &mut Files, removals: Removals) -> Option<Hold> {
+    let Files { ctx, args, agent, health_check_ports, kept, hold: held, .. } = files;
     let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals, Some(agent), kept)) {
         Ok(()) => {
             if let Some(applied) = kept.state() {
@@ -192,40 +173,9 @@ fn sync(
     Some(hold)
 }
 
-/// Waits until the inputs have been quiet for `QUIET`, at most `MAX_WAIT`
-/// after the change that woke the loop. Returns a signal that came meanwhile.
-fn quiet_down(rx: &Receiver<Wake>, agent: &Agent) -> Result<Option<i32>> {
-    let first = Instant::now();
-    let mut last = first;
-    loop {
-        let deadline = (last + QUIET).min(first + MAX_WAIT);
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Wake::Changed) => {
-                agent.changed(1);
-                last = Instant::now();
-            }
-            Ok(Wake::Stop(signal)) => return Ok(Some(signal)),
-            Err(RecvTimeoutError::Timeout) => return Ok(None),
-            Err(RecvTimeoutError::Disconnected) => return Err(anyhow!("the file watcher stopped")),
-        }
-    }
-}
-
-fn forward_signals(tx: Sender<Wake>) -> Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot handle SIGINT and SIGTERM")?;
-    thread::spawn(move || {
-        for signal in signals.forever() {
-            if tx.send(Wake::Stop(signal)).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(())
-}
-
 /// Watches the directory of every input; events that concern no input are
 /// dropped here.
-fn watch_parents(targets: &[Target], tx: Sender<Wake>) -> Result<RecommendedWatcher> {
+fn watch_parents(targets: &[Target], tx: Waker<()>) -> Result<RecommendedWatcher> {
     let interesting = targets.to_vec();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let changed = match event {
@@ -236,7 +186,7 @@ fn watch_parents(targets: &[Target], tx: Sender<Wake>) -> Result<RecommendedWatc
             }
         };
         if changed {
-            let _ = tx.send(Wake::Changed);
+            let _ = tx.send(Wake::Event(()));
         }
     })
     .context("cannot start watching files (inotify)")?;
