@@ -50,6 +50,11 @@ fn yaml_inputs() {
 }
 
 #[test]
+fn yaml_layout_inputs() {
+    replay("yaml_layout", inputs::yaml_layout);
+}
+
+#[test]
 fn plans() {
     replay("plan", plan::check);
 }

@@ -6,7 +6,8 @@
 //! was accepted. For YAML, reading the file in items (items.rs) must give
 //! what reading it whole does (as stdin and the API server are read), and
 //! a second sync that keeps the unchanged objects (reuse.rs) what the
-//! first one gave.
+//! first one gave. And the reader of kubectl's layout must read any bytes
+//! it reads as the general YAML reader does.
 
 use std::{
     fs,
@@ -21,7 +22,10 @@ use std::{
 use balctl::{
     error::{EXIT_INPUT, exit_code},
     image::Image,
-    inputs::{self, Inputs, Located},
+    inputs::{
+        self, Inputs, Located,
+        kube::yaml::{Node, Readers, for_each_object_read_by},
+    },
     model::{AddressKind, MAX_AFFINITY_SECONDS, Scope, SyncedObject, ThisNode, check_address},
 };
 
@@ -60,6 +64,24 @@ pub fn yaml(data: &[u8]) {
         first.sources.iter().flat_map(|s| &s.objects).map(|o| Arc::clone(&o.value)).collect();
     let again = read(&file.path, &previous).expect("the same input, read again, is refused");
     assert_eq!(applied(&again), applied(&first), "a sync that keeps unchanged objects differs");
+}
+
+/// Any bytes read as balctl reads YAML (the reader of kubectl's layout
+/// first, kube/yaml/kubectl_layout.rs) and by the general reader alone
+/// give the same: the same nodes at the same lines and columns, or the same
+/// error. The fast reader either reads a text whole or leaves it to the
+/// general one, so a difference is something it read otherwise.
+pub fn yaml_layout(data: &[u8]) {
+    let read = |readers| {
+        let mut nodes: Vec<Node> = Vec::new();
+        for_each_object_read_by(readers, "f.yaml", data, 1, |node| {
+            nodes.push(node);
+            Ok(())
+        })
+        .map(|()| nodes)
+        .map_err(|err| format!("{err:#}"))
+    };
+    assert_eq!(read(Readers::KubectlLayoutFirst), read(Readers::GeneralOnly), "the two readers differ");
 }
 
 /// Reads `path` as `balctl sync -f PATH` does, with `previous` applied

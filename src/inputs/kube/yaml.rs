@@ -5,7 +5,11 @@
 //! every Service and EndpointSlice of a big cluster), so the input is read
 //! incrementally and only one object's tree is alive at a time: the items
 //! of a `List` are handed out as they are parsed. JSON, a subset of YAML,
-//! reads the same way.
+//! reads the same way. A text in the layout kubectl prints (every item of
+//! a split file) is read by a faster reader of that layout alone
+//! (kubectl_layout.rs), which leaves anything else to the general one.
+
+mod kubectl_layout;
 
 use std::{fmt, io::Read};
 
@@ -19,14 +23,14 @@ use crate::{
 };
 
 /// A YAML node and where it starts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub value: Value,
     pub line: usize,
     pub column: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// A scalar; `plain` is false for quoted and block scalars, which are
     /// always strings (`"80"` is not a number).
@@ -67,11 +71,33 @@ const MAX_DEPTH: usize = 64;
 /// (`[~,~,~...]` is 2 bytes a node), to about 100 MB an object.
 const MAX_NODES: usize = 1 << 20;
 
+/// Which readers may read a stream that is one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// The reader of kubectl's layout, and the general one if that one
+    /// does not read the stream: how balctl reads.
+    KubectlLayoutFirst,
+    /// The general reader alone, which the other must agree with (the
+    /// fuzz target `yaml_layout` compares them).
+    GeneralOnly,
+}
+
 /// Calls `object` with every object of a YAML stream: each document, each
 /// item of a document that is a `List` (`kind: List`, `ServiceList`...),
 /// or each element of a document that is a sequence. Empty documents are
 /// skipped. The stream is the part of `file` that starts on `first_line`.
 pub fn for_each_object(
+    file: &str,
+    reader: impl Read,
+    first_line: usize,
+    object: impl FnMut(Node) -> Result<()>,
+) -> Result<()> {
+    for_each_object_read_by(Readers::KubectlLayoutFirst, file, reader, first_line, object)
+}
+
+/// `for_each_object` with the chosen `readers`.
+pub fn for_each_object_read_by(
+    readers: Readers,
     file: &str,
     reader: impl Read,
     first_line: usize,
@@ -87,8 +113,17 @@ pub fn for_each_object(
     // "YAML parser"). A bigger one streams, one chunk in memory at a time.
     let result = match chars.whole_text() {
         Some(text) => {
-            let parser = Parser::new_from_str_with_options(&text, options());
-            read_stream(&mut Events { parser, file, line_offset, nodes: 0 }, &mut object)
+            let in_kubectl_layout = match readers {
+                Readers::KubectlLayoutFirst => kubectl_layout::objects(&text, first_line),
+                Readers::GeneralOnly => None,
+            };
+            match in_kubectl_layout {
+                Some(objects) => objects.into_iter().try_for_each(&mut object),
+                None => {
+                    let parser = Parser::new_from_str_with_options(&text, options());
+                    read_stream(&mut Events { parser, file, line_offset, nodes: 0 }, &mut object)
+                }
+            }
         }
         None => {
             let parser = Parser::new_from_iter_with_options(chars.by_ref(), options());
