@@ -484,7 +484,11 @@ mod tests {
             &ThisNode::named("n"),
             InputLimit::default(),
         );
+        let read_fast = || yaml::READ_IN_KUBECTL_LAYOUT.load(std::sync::atomic::Ordering::Relaxed);
+        let read_fast_before = read_fast();
         let input = split.unwrap().read(&["s".to_owned()], &[], Vec::new(), &ThisNode::named("n")).unwrap();
+        // Each item by the reader of kubectl's layout (other tests may add).
+        assert!(read_fast() - read_fast_before >= 1200);
         let mut whole = read(&path.display().to_string(), text.as_bytes()).unwrap();
         std::fs::remove_file(&path).unwrap();
         let mut parsed: Vec<KubeObject> = input.parsed.into_iter().map(|(_, object)| object).collect();

@@ -95,6 +95,12 @@ pub fn for_each_object(
     for_each_object_read_by(Readers::KubectlLayoutFirst, file, reader, first_line, object)
 }
 
+/// Streams read by the reader of kubectl's layout, for tests that show
+/// it is used.
+#[cfg(test)]
+pub(super) static READ_IN_KUBECTL_LAYOUT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// `for_each_object` with the chosen `readers`.
 pub fn for_each_object_read_by(
     readers: Readers,
@@ -118,7 +124,11 @@ pub fn for_each_object_read_by(
                 Readers::GeneralOnly => None,
             };
             match in_kubectl_layout {
-                Some(objects) => objects.into_iter().try_for_each(&mut object),
+                Some(objects) => {
+                    #[cfg(test)]
+                    READ_IN_KUBECTL_LAYOUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    objects.into_iter().try_for_each(&mut object)
+                }
                 None => {
                     let parser = Parser::new_from_str_with_options(&text, options());
                     read_stream(&mut Events { parser, file, line_offset, nodes: 0 }, &mut object)

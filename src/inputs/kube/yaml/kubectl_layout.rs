@@ -56,9 +56,9 @@ pub(super) fn objects(text: &str, first_line: usize) -> Option<Vec<Node>> {
             }
             Value::Scalar { .. } => return None,
         }
-        match reader.next_content() {
-            Some(next) if !is_document_start(next.text) => return None,
-            _ => {}
+        // The root ends its document.
+        if reader.next_content().is_some_and(|next| !is_document_start(next.text)) {
+            return None;
         }
     }
     Some(objects)
@@ -249,10 +249,10 @@ impl<'t> Reader<'t> {
         }
         self.advance(&line);
         match self.next_content() {
-            Some(next) if next.indent > indent && !next.is_marker() => self.block_node(next, depth),
+            Some(next) if next.indent > indent => self.block_node(next, depth),
             // A sequence at its key's indentation, as kubectl prints them;
             // the general parser places it at its first entry's content.
-            Some(next) if next.indent == indent && is_entry(next.content()) && !next.is_marker() => {
+            Some(next) if next.indent == indent && is_entry(next.content()) => {
                 let entries = self.sequence(next, depth)?;
                 Some(self.node(Value::Sequence(entries), next.number, indent + 2))
             }
@@ -567,7 +567,12 @@ mod tests {
     fn the_yaml_of_the_tests_and_examples_reads_here_as_the_general_reader_reads_it() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut files = Vec::new();
-        let mut directories = vec![root.join("tests"), root.join("examples"), root.join("fuzz/seeds/yaml")];
+        let mut directories = vec![
+            root.join("tests"),
+            root.join("examples"),
+            root.join("fuzz/seeds/yaml"),
+            root.join("fuzz/seeds/yaml_layout"),
+        ];
         while let Some(directory) = directories.pop() {
             for entry in fs::read_dir(directory).unwrap() {
                 let path = entry.unwrap().path();
