@@ -1,7 +1,8 @@
-//! A reader of the YAML layout `kubectl get -o yaml` prints, several times
-//! faster than the general parser, which makes tokens and events with
-//! spans for every node and moves them through several layers (about half
-//! of a full sync's time went there; bench/RESULTS.md, "YAML fast path").
+//! A reader of the YAML layout `kubectl get -o yaml` prints, in one pass
+//! over the lines, where the general parser makes tokens and events with
+//! spans for every node and moves them through several layers: that was
+//! about half of a full sync's time, and with this reader a full sync
+//! takes about half as long (bench/RESULTS.md, "YAML fast path (issue 20)").
 //!
 //! It knows block mappings and block sequences (`- ` entries, also at
 //! their key's indentation), single-line plain and quoted scalars, `{}`
