@@ -1,7 +1,8 @@
 """Draws bench/compare.png from bench/compare-results.json (written by
 `cargo bench --bench compare`): TCP connection rate and UDP request rate
 to a service, and TCP connection rate to an address no rule translates,
-relative to direct, and programming time, against the number of services.
+relative to direct, and programming time (balctl's: load + sync, and sync
+alone), against the number of services.
 
 Usage: python3 bench/plot.py [RESULTS.json [CHART.png]]   (needs matplotlib)
 """
@@ -75,7 +76,7 @@ def main():
 
     programming = axes[3]
     commands = {
-        "balctl": "balctl sync",
+        "balctl": "balctl load + sync",
         "iptables-legacy": "iptables-legacy-restore",
         "iptables-nft": "iptables-nft-restore",
         "nftables": "nft -f",
@@ -98,6 +99,17 @@ def main():
                     markerfacecolor="white", color=style["color"], linestyle="none",
                 )
                 stopped.append(f"{label} at {services:,}")
+    # balctl's sync alone (its time without load), where the run says.
+    syncs = [
+        (s["services"], s["programming"]["balctl"]["parts"]["sync"])
+        for s in sizes
+        if "sync" in s["programming"].get("balctl", {}).get("parts", {})
+    ]
+    if syncs:
+        programming.plot(
+            [p[0] for p in syncs], [p[1] for p in syncs], label="balctl sync alone",
+            color=STYLE["balctl"]["color"], marker="o", markersize=4, linestyle=":",
+        )
     if stopped:
         programming.text(
             0.98, 0.02, "open: stopped at the time limit\n(" + "; ".join(stopped) + ")",
@@ -118,7 +130,7 @@ def main():
         axis.legend(fontsize=8, loc="lower left" if axis is not programming else "upper left")
     machine = results["machine"]
     figure.suptitle(
-        f"balctl vs kube-proxy (iptables, nftables) vs direct - {machine['cpus']} CPUs, "
+        f"balctl vs kube-proxy (iptables, nftables) vs direct, pods behind nodes - {machine['cpus']} CPUs, "
         f"kernel {machine['kernel']}, {machine['date']}",
         fontsize=11,
     )

@@ -72,6 +72,18 @@ pub fn measure(world: &World, cluster: &Cluster, mechanisms: &[Mechanism]) -> Ve
                 "{} does not reach {tcp:?}, {udp:?} and {bystander:?}",
                 mechanism.name()
             );
+            // Every warm-up connection went through the node's conntrack
+            // and was masqueraded, whatever the mechanism: each TCP one
+            // anew; a UDP socket may find the entry of an earlier one from
+            // the same port to the same backend (kept 30 s), which
+            // conntrack translates without the nat table.
+            let masqueraded = world.masqueraded(mechanism);
+            let tcp_cycles = u64::from(cycles - WARMUP);
+            assert!(
+                masqueraded >= tcp_cycles,
+                "{}'s node masqueraded {masqueraded} connections of {cycles}, {tcp_cycles} of them TCP",
+                mechanism.name()
+            );
             (mechanism, worker)
         })
         .collect();

@@ -2,15 +2,18 @@
 //! iptables mode (on both iptables backends, legacy and nft) and nftables
 //! mode, and against connecting straight to a backend, at 1, 1,000, 10,000
 //! and 100,000 services. Per size: the time, peak RSS and kernel memory of
-//! programming the services (`balctl sync`, `iptables-restore`, `nft -f`),
-//! then TCP connection rate and connect latency, and UDP request/response
-//! rate and latency, of a client per mechanism taking turns (datapath.rs).
+//! programming the services (`balctl load` + `sync`, `iptables-restore`,
+//! `nft -f`), then TCP connection rate and connect latency, and UDP
+//! request/response rate and latency, of a client per mechanism taking
+//! turns (datapath.rs).
 //!
-//! Every client runs in a network namespace of its own, all joined to one
-//! server namespace (world.rs); iptables and nftables rules exist only in
-//! their client's namespace, and balctl is attached only to the sandbox's
-//! child cgroup, which only balctl's client joins. What the services are and
-//! how each mechanism is given them: cluster.rs.
+//! Every mechanism gets a node of its own with a pod behind it (world.rs):
+//! the client runs in the pod, the node forwards to the server namespace
+//! and masquerades its pods' traffic as a CNI does, so that conntrack runs
+//! in every node. iptables and nftables rules exist only in their node,
+//! and balctl is attached only to the sandbox's child cgroup, which only
+//! balctl's client joins; its programming time is `load` plus `sync`. What
+//! the services are and how each mechanism is given them: cluster.rs.
 //!
 //! Run as root: `cargo bench --bench compare`; `COMPARE_SIZES=1,1000` for
 //! other sizes, `COMPARE_MECHANISMS=balctl,nftables` for some mechanisms

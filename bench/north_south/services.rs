@@ -23,11 +23,14 @@ use std::{
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::{
-    cluster::{self, POD_CIDR},
+    cluster,
     support::nodes::{NODE_A, NODE_A_INNER, POD_A, POD_B},
 };
 
 const FIRST_NODE_PORT: u16 = 20_000;
+/// What kube-proxy's local-traffic detector is given as the pod CIDR: both
+/// nodes' pods (support/nodes.rs). The client is outside it.
+const POD_CIDR: &str = "192.0.2.0/24";
 /// The pods' servers' port, TCP and UDP.
 pub const POD_PORT: u16 = 8080;
 

@@ -8,7 +8,8 @@
 //!   client processes join (never the root cgroup);
 //! - a private bpffs mount for balctl's pins and a private state dir;
 //! - on request, more client namespaces, each with its own veth pair into
-//!   the server namespace (`add_client_ns`).
+//!   the server namespace (`add_client_ns`), and namespaces behind one of
+//!   those, as pods behind their node (`add_pod_ns`).
 //!
 //! Everything is removed on drop, also when the test panics; processes are
 //! killed by PID. `sweep_stale` removes what a killed test run left behind.
@@ -90,7 +91,7 @@ pub struct Sandbox {
     id: String,
     pub client_ns: String,
     pub server_ns: String,
-    /// Client namespaces added by `add_client_ns`.
+    /// Namespaces added by `add_client_ns` and `add_pod_ns`.
     extra_ns: Mutex<Vec<String>>,
     pub cgroup: PathBuf,
     dir: PathBuf,
@@ -98,6 +99,15 @@ pub struct Sandbox {
     pub pins: PathBuf,
     pub state: PathBuf,
     children: Mutex<Vec<Child>>,
+}
+
+/// Sets the sysctl `key` (dotted, e.g. `net.ipv4.ip_forward`) in the
+/// network namespace `netns`: written through /proc/sys from inside it
+/// (`nsenter --net`), where the net.* keys are the namespace's own.
+pub fn sysctl(netns: &str, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let netns = format!("--net=/run/netns/{netns}");
+    run("nsenter", &[&netns, "sh", "-c", &format!("echo {value} > {path}")]);
 }
 
 /// Runs `program`, requires success, returns stdout.
@@ -165,7 +175,8 @@ impl Sandbox {
     /// server namespace by its own veth pair: `address`/24 on the client
     /// side, and in the server namespace a host route back to it (more
     /// specific than the first client's /24). Like the first client it has
-    /// no other route. Removed with the sandbox; returns its name.
+    /// no other route (bench/compare makes it a node and puts a pod behind
+    /// it). Removed with the sandbox; returns its name.
     #[allow(dead_code, reason = "bench/compare's clients; the CLI tests need one client namespace")]
     pub fn add_client_ns(&self, suffix: &str, address: &str) -> String {
         let mut extra = self.extra_ns.lock().unwrap();
@@ -183,6 +194,36 @@ impl Sandbox {
         }
         run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
         run("ip", &["-n", &self.server_ns, "route", "add", &format!("{address}/32"), "dev", &veth_s]);
+        ns
+    }
+
+    /// Adds a namespace behind `node` (another of the sandbox's namespaces,
+    /// e.g. one from `add_client_ns`), `<sandbox>-<suffix>`, as a pod behind
+    /// its node: a veth pair between the two, `address` (with its prefix
+    /// length) on the new side, `gateway` (in the same subnet) on the node's,
+    /// and the new namespace's default route via the gateway. The node
+    /// decides where that traffic goes (it forwards only if told to, and
+    /// routes only what its own routes cover). Removed with the sandbox;
+    /// returns its name.
+    #[allow(dead_code, reason = "bench/compare's pods; the CLI tests need one client namespace")]
+    pub fn add_pod_ns(&self, node: &str, suffix: &str, address: &str, gateway: &str) -> String {
+        let mut extra = self.extra_ns.lock().unwrap();
+        let ns = format!("{PREFIX}{}-{suffix}", self.id);
+        run("ip", &["netns", "add", &ns]);
+        extra.push(ns.clone());
+        let (veth_pod, veth_node) =
+            (format!("v{}{}c", self.id, extra.len()), format!("v{}{}s", self.id, extra.len()));
+        run("ip", &["link", "add", &veth_pod, "type", "veth", "peer", "name", &veth_node]);
+        run("ip", &["link", "set", &veth_pod, "netns", &ns]);
+        run("ip", &["link", "set", &veth_node, "netns", node]);
+        run("ip", &["-n", &ns, "addr", "add", address, "dev", &veth_pod]);
+        run("ip", &["-n", node, "addr", "add", gateway, "dev", &veth_node]);
+        for (netns, dev) in [(ns.as_str(), &veth_pod), (node, &veth_node)] {
+            run("ip", &["-n", netns, "link", "set", dev, "up"]);
+        }
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        let via = gateway.split('/').next().expect("an address");
+        run("ip", &["-n", &ns, "route", "add", "default", "via", via]);
         ns
     }
 

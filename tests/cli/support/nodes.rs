@@ -23,7 +23,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use super::{Sandbox, balctl, run};
+use super::{Sandbox, balctl, run, sysctl};
 
 pub const CLIENT: &str = "203.0.113.1";
 pub const CLIENT6: &str = "2001:db8:3::1";
@@ -202,10 +202,4 @@ fn veth(one: (&str, &str, &[&str]), other: (&str, &str, &[&str])) {
         }
         run("ip", &["-n", ns, "link", "set", dev, "up"]);
     }
-}
-
-fn sysctl(ns: &str, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let netns = format!("--net=/run/netns/{ns}");
-    run("nsenter", &[&netns, "sh", "-c", &format!("echo {value} > {path}")]);
 }
