@@ -132,9 +132,13 @@ pub fn nftables(world: &World, cluster: &Cluster) -> Programmed {
     let mut programmed = program("kube-proxy.nft", false);
     programmed.command = "nft -f kube-proxy.nft".to_owned();
     if !programmed.finished {
-        // The stopped transaction changed nothing; start from a clean table anyway.
-        let mut flush = world.command_in(Mechanism::Nftables, "nft");
-        assert!(flush.args(["flush", "ruleset"]).status().is_ok_and(|s| s.success()), "nft flush ruleset");
+        // The stopped transaction changed nothing; start without a
+        // kube-proxy table anyway (made first, so that deleting it cannot
+        // fail). Only that table: the node's other rules, the CNI's
+        // masquerade among them, are nftables tables too.
+        let mut delete = world.command_in(Mechanism::Nftables, "nft");
+        delete.args(["add table ip kube-proxy ; delete table ip kube-proxy"]);
+        assert!(delete.status().is_ok_and(|s| s.success()), "nft delete table ip kube-proxy");
         let fallback = program("simplified.nft", true);
         programmed.ready = fallback.finished;
         programmed.detail = json!({
