@@ -198,6 +198,18 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// At least the most entries each map holds while the plan runs, from
+    /// `start`, told without walking its steps: every changed entry is one
+    /// step, so the plan adds at most the entries of its far side, and
+    /// what it deletes was there at the start.
+    pub fn entries_bound(&self, start: EntryCounts) -> EntryCounts {
+        let end = match self.sides {
+            Sides::Between(_, new) => new.entry_counts(),
+            Sides::Repair(_, desired) => desired.entry_counts(),
+        };
+        start.plus(end)
+    }
+
     /// The most entries each map holds at any point while the plan runs,
     /// starting from `start`.
     pub fn peak_entries(&self, start: EntryCounts) -> EntryCounts {

@@ -320,19 +320,22 @@ fn check_summary(plan: &Plan<'_>, before: &Image, after: &Image) {
     );
 }
 
-/// The capacity check relies on the plan's peak: it must not be below
-/// what the maps really held at any step.
+/// The capacity check relies on the plan's peak, or on its bound when
+/// that fits: neither may be below what the maps really held at any step.
 fn check_peak(plan: &Plan<'_>, start: EntryCounts, real: EntryCounts) {
-    let planned = plan.peak_entries(start);
-    let fits = |planned: u64, real: u64| planned >= real;
-    assert!(
-        fits(planned.services, real.services)
-            && fits(planned.backends, real.backends)
-            && fits(planned.membership, real.membership)
-            && fits(planned.nodes, real.nodes)
-            && fits(planned.external, real.external),
-        "planned peak {planned:?} below the real {real:?}"
-    );
+    for (planned, what) in [(plan.peak_entries(start), "peak"), (plan.entries_bound(start), "bound")] {
+        let fits = |planned: u64, real: u64| planned >= real;
+        assert!(
+            fits(planned.services, real.services)
+                && fits(planned.backends, real.backends)
+                && fits(planned.membership, real.membership)
+                && fits(planned.nodes, real.nodes)
+                && fits(planned.external, real.external)
+                && fits(planned.maglev, real.maglev)
+                && fits(planned.source_ranges, real.source_ranges),
+            "planned {what} {planned:?} below the real {real:?}"
+        );
+    }
 }
 
 /// Runs the first steps, then their undo writes last first, as

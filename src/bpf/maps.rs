@@ -43,6 +43,21 @@ pub struct EntryCounts {
     pub source_ranges: u64,
 }
 
+impl EntryCounts {
+    /// Both counts, map by map.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            services: self.services + other.services,
+            backends: self.backends + other.backends,
+            membership: self.membership + other.membership,
+            nodes: self.nodes + other.nodes,
+            external: self.external + other.external,
+            maglev: self.maglev + other.maglev,
+            source_ranges: self.source_ranges + other.source_ranges,
+        }
+    }
+}
+
 /// Everything the balancing maps hold (or should hold), entry by entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapContents {

@@ -327,12 +327,19 @@ pub fn report(
     notes: Vec<String>,
     stale_sockets: Option<StaleSockets>,
 ) -> Result<()> {
+    // The changed frontends are listed only where they are printed: a
+    // first sync's are all of them.
+    let listed = !ctx.output.is_table() || dry_run || ctx.verbose > 0;
+    let (before, after, touched) = (&outcome.image_before, &outcome.after.image, &outcome.touched);
+    let any_change =
+        || touched.iter().any(|frontend| before.frontends.get(frontend) != after.frontends.get(frontend));
+    let changed = outcome.summary != Summary::default() || any_change();
     let report = SyncReport {
         dry_run,
         summary: outcome.summary,
         map_writes: outcome.map_writes,
         repaired: outcome.repaired,
-        changes: changes(&outcome.image_before, &outcome.after.image, &outcome.touched),
+        changes: if listed { changes(before, after, touched) } else { Vec::new() },
         notes,
         stale_sockets,
     };
@@ -362,7 +369,7 @@ pub fn report(
             ctx.say(format!("{sign} {}  {}  -> {backends}", change.frontend, change.owner));
         }
     }
-    if report.changes.is_empty() && report.summary == Summary::default() {
+    if !changed {
         ctx.say("sync: no changes");
     } else if dry_run {
         ctx.say(format!("sync (dry run, nothing changed): {}", report.summary));
