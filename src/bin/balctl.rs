@@ -41,10 +41,10 @@ fn main() -> ExitCode {
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     // No transparent huge pages: with memory given back at once, the
     // kernel zeroed a whole 2 MiB page every time mimalloc touched a
-    // region again, most of a one-shot change's time reading the state of
-    // 10,000 services. Without them that change takes a quarter less, and
-    // the full sync of 100,000 no longer (bench/RESULTS.md). A failure
-    // (a kernel without the flag) leaves them on.
+    // region again, two thirds of reading the state of 10,000 services.
+    // Without them a one-shot change at that size takes a fifth less, and
+    // a full sync of 100,000 a little less too (bench/RESULTS.md). A
+    // failure (a kernel without the flag) leaves them on.
     // SAFETY: prctl with an integer flag; no memory is passed.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let cli = Cli::parse();
