@@ -25,10 +25,13 @@ use crate::{
     model::{AddressKind, Frontend, FrontendRule, LbAlgorithm, Prefix, Protocol, Scope},
 };
 
+mod backends;
 pub mod external;
 pub mod raw;
 mod tally;
 
+pub use self::backends::BackendTable;
+use self::backends::Lookup;
 use self::tally::{Backends, Tally};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -104,10 +107,7 @@ impl FrontendImage {
 
     /// Slot entries 1..=count, paired with their slot numbers; `backends`
     /// are the image's, whose addresses the entries copy.
-    pub fn slots<'a>(
-        &'a self,
-        backends: &'a BTreeMap<BackendId, BackendAddr>,
-    ) -> impl Iterator<Item = (u16, ServiceEntry)> + 'a {
+    pub fn slots<'a>(&'a self, backends: &'a BackendTable) -> impl Iterator<Item = (u16, ServiceEntry)> + 'a {
         self.backends.iter().enumerate().map(|(i, &backend_id)| {
             let entry = ServiceEntry {
                 backend_id,
@@ -128,7 +128,7 @@ impl FrontendImage {
     /// addresses, as every node does, holding this node's ids of them.
     pub fn maglev_entries(
         &self,
-        backends: &BTreeMap<BackendId, BackendAddr>,
+        backends: &BackendTable,
     ) -> impl Iterator<Item = (MaglevKey, MaglevChunk)> + use<> {
         let addresses: Vec<SocketAddr> = if self.maglev_table_size > 0 {
             self.backends.iter().filter_map(|id| Some(backends.get(id)?.address)).collect()
@@ -219,8 +219,7 @@ impl<'a> Touched<'a> {
 pub struct Image {
     #[serde(with = "pairs")]
     pub frontends: BTreeMap<Frontend, FrontendImage>,
-    #[serde(with = "pairs")]
-    pub backends: BTreeMap<BackendId, BackendAddr>,
+    pub backends: BackendTable,
     /// Addresses of every Node: NodePort frontends answer on them (for
     /// packets from outside, through the external index: `external.rs`).
     pub node_addresses: BTreeSet<IpAddr>,
@@ -260,7 +259,7 @@ impl Default for Image {
     fn default() -> Self {
         Self {
             frontends: BTreeMap::new(),
-            backends: BTreeMap::new(),
+            backends: BackendTable::default(),
             node_addresses: BTreeSet::new(),
             next_service_id: 0,
             next_backend_id: 0,
@@ -313,21 +312,16 @@ impl Image {
         backends: impl IntoIterator<Item = &'a BackendId>,
     ) -> Self {
         let mut part = self.settings();
+        let mut ids: Vec<BackendId> = backends.into_iter().copied().collect();
         for frontend in frontends {
             if let Some(image) = self.frontends.get(frontend) {
-                for id in &image.backends {
-                    if let Some(backend) = self.backends.get(id) {
-                        part.backends.insert(*id, *backend);
-                    }
-                }
+                ids.extend(&image.backends);
                 part.frontends.insert(*frontend, image.clone());
             }
         }
-        for id in backends {
-            if let Some(backend) = self.backends.get(id) {
-                part.backends.insert(*id, *backend);
-            }
-        }
+        // Put in id order at once: inserted one by one out of order, each
+        // would move those after it.
+        part.backends = ids.into_iter().filter_map(|id| Some((id, *self.backends.get(&id)?))).collect();
         part
     }
 
@@ -432,9 +426,14 @@ impl Image {
                 image.next_backend_id
             );
         }
-        // Without the backends' index, the ids of these rules' backends.
-        let mut scanned =
-            if tally.backends.is_none() { image.backend_ids(&added) } else { HashMap::default() };
+        // Without the backends' index, a lookup of these rules' backends.
+        let mut lookup =
+            if tally.backends.is_none() { image.backend_lookup(&added) } else { Lookup::default() };
+        if image.backends.is_empty() {
+            // A first sync: its backends at most, not twice as many by
+            // growing, for a million of them.
+            image.backends.reserve(new_backends);
+        }
         for (owner, rule) in added {
             if let Some(existing) = image.frontends.get(&rule.frontend) {
                 return Err(input!(
@@ -457,16 +456,18 @@ impl Image {
             let backends = rule
                 .backend_addrs()
                 .map(|addr| {
-                    let ids = match tally.backends.as_mut() {
-                        Some(backends) => &mut backends.ids,
-                        None => &mut scanned,
-                    };
-                    let id = *ids.entry(addr.to_raw()).or_insert_with(|| {
+                    let new_id = || {
                         image.next_backend_id += 1;
                         image.next_backend_id - 1
-                    });
-                    image.backends.insert(id, addr);
-                    id
+                    };
+                    match tally.backends.as_mut() {
+                        Some(index) => {
+                            let id = *index.ids.entry(addr.to_raw()).or_insert_with(new_id);
+                            image.backends.insert(id, addr);
+                            id
+                        }
+                        None => image.backends.id_of(&mut lookup, addr, new_id),
+                    }
                 })
                 .collect();
             let service_id = old_services.get(&rule.frontend).copied().unwrap_or_else(|| {
@@ -533,36 +534,25 @@ impl Image {
         let kept = (touched.iter().filter_map(|frontend| image.frontends.get(frontend)))
             .flat_map(|frontend| frontend.backends.iter())
             .filter(|&&id| id < next_backend_id);
-        for id in kept {
-            if let Some(backend) = image.backends.get(id) {
-                before.backends.insert(*id, *backend);
-            }
-        }
+        before.backends.extend(kept.filter_map(|id| Some((*id, *image.backends.get(id)?))));
         let after = image.part(touched, before.backends.keys());
         let layers = (layers, image.layers());
         Ok((image, Parts { before, after, layers }))
     }
 
-    /// A map from backends (as the datapath holds them, the most compact
-    /// key) to ids, holding at least the ids that `rules`' backends have in
-    /// this image, with room for all of them, for an image without the
-    /// backends' index (`tally.rs`). Only the smaller side is indexed: a
-    /// small change to a big image looks its few backends up in one pass,
-    /// and a first sync of a million backends does not index them twice.
-    fn backend_ids(&self, rules: &[(String, &FrontendRule)]) -> HashMap<Backend, BackendId> {
+    /// A lookup of the ids that `rules`' backends have in this image,
+    /// with room for all of them, for an image without the backends'
+    /// index (`tally.rs`). Only the smaller side is indexed: a small
+    /// change to a big image looks its few backends up in one pass, and a
+    /// first sync of a million backends does not index them twice.
+    fn backend_lookup(&self, rules: &[(String, &FrontendRule)]) -> Lookup {
         let wanted_count: usize = rules.iter().map(|(_, rule)| rule.backends.len()).sum();
-        let known = |(&id, addr): (&BackendId, &BackendAddr)| (addr.to_raw(), id);
         if self.backends.len() <= wanted_count {
-            let mut ids =
-                HashMap::with_capacity_and_hasher(self.backends.len() + wanted_count, Default::default());
-            ids.extend(self.backends.iter().map(known));
-            ids
+            self.backends.lookup(None, wanted_count)
         } else {
             let wanted: HashSet<Backend> =
                 rules.iter().flat_map(|(_, rule)| rule.backend_addrs()).map(BackendAddr::to_raw).collect();
-            let mut ids = HashMap::with_capacity_and_hasher(wanted_count, Default::default());
-            ids.extend(self.backends.iter().map(known).filter(|(backend, _)| wanted.contains(backend)));
-            ids
+            self.backends.lookup(Some(&wanted), wanted_count)
         }
     }
 

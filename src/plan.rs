@@ -62,7 +62,7 @@ use balctl_common::{
 use crate::{
     bpf::maps::{BackendId, EntryCounts, MapContents, Op, SourceRangeKey},
     image::{
-        BackendAddr, FrontendImage, Image, external,
+        BackendTable, FrontendImage, Image, external,
         raw::{frontend_of, service_key},
     },
     model::{Frontend, Scope},
@@ -282,7 +282,7 @@ impl MapContents {
 /// `backends`, in slot order.
 fn service_entries<'a>(
     frontend: &'a FrontendImage,
-    backends: &'a BTreeMap<BackendId, BackendAddr>,
+    backends: &'a BackendTable,
 ) -> impl Iterator<Item = (u16, ServiceEntry)> + 'a {
     iter::once((0, frontend.master())).chain(frontend.slots(backends))
 }
@@ -1011,7 +1011,7 @@ mod tests {
         let entries = |contents: &MapContents| -> Vec<BackendId> {
             contents.maglev.values().flatten().copied().take(509).collect()
         };
-        let before_ids: BTreeMap<BackendId, BackendAddr> = v1.backends.clone();
+        let before_ids: BackendTable = v1.backends.clone();
         let moved = entries(&start)
             .iter()
             .zip(entries(&after))

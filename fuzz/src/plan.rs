@@ -231,7 +231,7 @@ impl Ids {
         }
         let service_ids: BTreeSet<ServiceId> = image.frontends.values().map(|f| f.service_id).collect();
         assert_eq!(service_ids.len(), image.frontends.len(), "two frontends share a service id");
-        for (&id, &backend) in &image.backends {
+        for (&id, &backend) in image.backends.iter() {
             assert!(id != 0 && id < image.next_backend_id, "backend id {id}");
             let first = *self.backends.entry(id).or_insert(backend);
             assert_eq!(first, backend, "backend id {id} reused");

@@ -331,7 +331,8 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
             _ => ServiceType::ExternalName,
         },
     };
-    let mut cluster_ips = Vec::new();
+    // Room for both families: grown one at a time it would have room for four.
+    let mut cluster_ips = Vec::with_capacity(2);
     let mut headless = false;
     let mut read_cluster_ip = |field: Field<'_>| -> Result<()> {
         match field.str(object)? {
@@ -351,9 +352,7 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
     }
     let needs_ports = service_type != ServiceType::ExternalName && !headless;
     let ports = match spec.get("ports") {
-        Some(ports) => {
-            ports.items(object)?.map(|port| service_port(port, object)).collect::<Result<Vec<_>>>()?
-        }
+        Some(ports) => ports.map_items(object, |port| service_port(port, object))?,
         None => Vec::new(),
     };
     if needs_ports && ports.is_empty() {
@@ -369,7 +368,7 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         }
     }
     let external_ips = match spec.get("externalIPs") {
-        Some(list) => list.items(object)?.map(|ip| ip.ip(object)).collect::<Result<Vec<_>>>()?,
+        Some(list) => list.map_items(object, |ip| ip.ip(object))?,
         None => Vec::new(),
     };
     let mut load_balancer_ips = Vec::new();
@@ -528,7 +527,9 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
     };
     let (mut ports, mut nameless_ports) = (Vec::new(), 0);
     if let Some(list) = root.get("ports") {
-        for port in list.items(object)? {
+        let items = list.items(object)?;
+        ports.reserve_exact(items.len());
+        for port in items {
             // A port without a number means "every port" to some consumers;
             // kube-proxy skips it, and so does balctl.
             let Some(number) = port.get("port") else { continue };
@@ -545,9 +546,12 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
             });
         }
     }
+    // Reserved exactly, as a million endpoints are held at once.
     let mut endpoints: Vec<Endpoint> = Vec::new();
     if let (Some(list), Some(family)) = (root.get("endpoints"), family) {
-        for endpoint in list.items(object)? {
+        let items = list.items(object)?;
+        endpoints.reserve_exact(items.len());
+        for endpoint in items {
             let mut endpoint = endpoint_of(endpoint, object, family)?;
             if let Some(name) = &endpoint.node_name
                 && let Some(same) = endpoints.iter().find_map(|e| e.node_name.as_ref().filter(|n| n == &name))

@@ -82,6 +82,11 @@ impl<'a> Reuse<'a> {
         Self { items, previous, claimed_by, candidates }
     }
 
+    /// Whether any previous object can still be kept.
+    pub fn keeps_any(&self) -> bool {
+        !self.candidates.is_empty()
+    }
+
     /// The items no previous object can be kept for: they must be parsed.
     pub fn unclaimed(&self) -> impl Iterator<Item = &'a Item> + '_ {
         self.items.iter().zip(&self.claimed_by).filter(|(_, by)| by.is_none()).map(|(item, _)| item)

@@ -384,10 +384,14 @@ fn service_object(
     let fingerprints =
         std::iter::once(service.meta.fingerprint).chain(slices.iter().map(|s| s.meta.fingerprint));
     let reads = if read_zone { here.read.clone().map(|read| vec![read]) } else { Some(Vec::new()) };
-    let (inputs, reads) = match (fingerprints.collect::<Option<Vec<_>>>(), reads) {
+    let (mut inputs, reads) = match (fingerprints.collect::<Option<Vec<_>>>(), reads) {
         (Some(inputs), Some(reads)) if notes.len() == notes_before => (inputs, reads),
         _ => (Vec::new(), Vec::new()),
     };
+    // Grown a few at a time, these lists have room for four or more: a
+    // sync of 100,000 services held 40 MB of it (bench/RESULTS.md).
+    rules.shrink_to_fit();
+    inputs.shrink_to_fit();
     // kube-proxy serves it for LoadBalancer services with externalTrafficPolicy
     // Local only (apiservice.NeedsHealthCheck); the API server allocates it
     // for those alone, but a file may say anything.
