@@ -40,14 +40,19 @@ pub struct Source {
 impl Source {
     /// The source `name` with `objects`, each made to remember it.
     fn new((name, objects): (String, Vec<Located<SyncedObject>>)) -> Self {
-        let objects = objects
-            .into_iter()
-            .map(|Located { mut value, location }| {
-                value.source.clone_from(&name);
-                Located { value: Arc::new(value), location }
-            })
-            .collect();
-        Self { name, objects }
+        let mut source = Self { name, objects: Vec::with_capacity(objects.len()) };
+        for object in objects {
+            source.push(object);
+        }
+        source
+    }
+
+    /// Adds `object`, made to remember the source. Each object is shared
+    /// as soon as it is added: moved whole from list to list, 100,000
+    /// translated Services had three lists of them alive at once.
+    fn push(&mut self, Located { mut value, location }: Located<SyncedObject>) {
+        value.source.clone_from(&self.name);
+        self.objects.push(Located { value: Arc::new(value), location });
     }
 }
 
@@ -144,14 +149,14 @@ impl Gathered {
     /// and by frontend; errors point at file:line:column. What they make
     /// together must fit in `MAX_ENTRIES` map entries.
     pub fn read(self, previous: &[Arc<SyncedObject>]) -> Result<Inputs> {
-        let Self { this_node, names, mut objects, streamed_objects, yaml, mut notes, mut budget } = self;
+        let Self { this_node, names, objects, streamed_objects, yaml, mut notes, mut budget } = self;
         let kube = yaml.read(&names, previous, streamed_objects, &this_node)?;
         reserve_kept(&mut budget, &kube.kept)?;
         let translation = kube::translate(kube.parsed, &this_node, &mut budget)?;
-        for (index, object) in translation.objects {
-            objects[index].push(object);
-        }
         let mut sources: Vec<Source> = names.into_iter().zip(objects).map(Source::new).collect();
+        for (index, object) in translation.objects {
+            sources[index].push(object);
+        }
         for (index, object) in kube.kept {
             sources[index].objects.push(object);
         }
@@ -179,8 +184,10 @@ pub fn from_cluster(
     let mut budget = EntryBudget::default();
     reserve_kept(&mut budget, &kube.kept)?;
     let translation = kube::translate(kube.parsed, this_node, &mut budget)?;
-    let objects = translation.objects.into_iter().map(|(_, object)| object).collect();
-    let mut sources = vec![Source::new((CLUSTER_SOURCE.to_owned(), objects))];
+    let mut sources = vec![Source::new((CLUSTER_SOURCE.to_owned(), Vec::new()))];
+    for (_, object) in translation.objects {
+        sources[0].push(object);
+    }
     sources[0].objects.extend(kube.kept.into_iter().map(|(_, object)| object));
     check_unique(&sources)?;
     Ok(Inputs { sources, notes: translation.notes })
