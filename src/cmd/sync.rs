@@ -63,7 +63,13 @@ impl fmt::Display for Held {
 impl std::error::Error for Held {}
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
-    run_with(ctx, args, Removals::Apply, None, &mut Kept::default())
+    let mut kept = Kept::default();
+    run_with(ctx, args, Removals::Apply, None, &mut kept)?;
+    // The process ends with this sync: freeing the state it applied, a
+    // walk of every object, would only delay its exit (a twentieth of a
+    // one-endpoint change at 10,000 services).
+    std::mem::forget(kept);
+    Ok(())
 }
 
 /// `run`, treating large removals from files as `removals` says, counting

@@ -206,22 +206,29 @@ impl Extend<(BackendId, BackendAddr)> for BackendTable {
         let sorted_until = self.entries.len();
         self.entries.extend(pairs.into_iter().map(|(id, backend)| (id, Some(backend))));
         // Still sorted when the pairs come in order after the last id.
-        let in_order = self.entries[sorted_until.saturating_sub(1)..].is_sorted_by(|a, b| a.0 < b.0);
-        if !in_order {
-            // Stable: of two pairs with one id, the later stays last.
-            self.entries.sort_by_key(|&(id, _)| id);
-            let mut deduplicated: Vec<(BackendId, Option<BackendAddr>)> =
-                Vec::with_capacity(self.entries.len());
-            for entry in self.entries.drain(..) {
-                match deduplicated.last_mut() {
-                    Some(last) if last.0 == entry.0 && entry.1.is_some() => *last = entry,
-                    Some(last) if last.0 == entry.0 => {}
-                    _ => deduplicated.push(entry),
-                }
-            }
-            self.entries = deduplicated;
-            self.holes = self.entries.iter().filter(|(_, backend)| backend.is_none()).count();
+        if self.entries[sorted_until.saturating_sub(1)..].is_sorted_by(|a, b| a.0 < b.0) {
+            return;
         }
+        let added = self.entries.len() - sorted_until;
+        if added < sorted_until / 64 {
+            // A few (a change replayed from the record): each put in its place.
+            for (id, backend) in self.entries.split_off(sorted_until) {
+                self.insert(id, backend.expect("a pair just added"));
+            }
+            return;
+        }
+        // Stable: of two pairs with one id, the later stays last.
+        self.entries.sort_by_key(|&(id, _)| id);
+        let mut deduplicated: Vec<(BackendId, Option<BackendAddr>)> = Vec::with_capacity(self.entries.len());
+        for entry in self.entries.drain(..) {
+            match deduplicated.last_mut() {
+                Some(last) if last.0 == entry.0 && entry.1.is_some() => *last = entry,
+                Some(last) if last.0 == entry.0 => {}
+                _ => deduplicated.push(entry),
+            }
+        }
+        self.entries = deduplicated;
+        self.holes = self.entries.iter().filter(|(_, backend)| backend.is_none()).count();
     }
 }
 
@@ -329,6 +336,31 @@ mod tests {
                     assert_eq!(table.get(&id), map.get(&id));
                 }
             }
+        }
+    }
+
+    /// A few pairs out of order put each in its place (a change replayed
+    /// from the record), many are sorted in: both as a map does.
+    #[test]
+    fn pairs_out_of_order_extend_a_table_as_a_map() {
+        let mut draws = Draws(0x5851_f42d_4c95_7f2d);
+        for added in [1, 5, 40, 900] {
+            let mut map: BTreeMap<BackendId, BackendAddr> =
+                (0..1000).map(|id| (id * 2, backend(id))).collect();
+            let mut table: BackendTable = map.iter().map(|(id, b)| (*id, *b)).collect();
+            for id in (0..100).map(|id| id * 6) {
+                assert_eq!(table.remove(&id), map.remove(&id));
+            }
+            let pairs: Vec<(BackendId, BackendAddr)> = (0..added)
+                .map(|_| {
+                    let id = draws.below(2100) as BackendId;
+                    (id, backend(id + 7))
+                })
+                .collect();
+            table.extend(pairs.iter().copied());
+            map.extend(pairs);
+            assert_eq!(table.iter().collect::<Vec<_>>(), map.iter().collect::<Vec<_>>(), "{added}");
+            assert_eq!(table.len(), map.len());
         }
     }
 
