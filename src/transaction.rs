@@ -180,100 +180,75 @@ pub fn change_prepared<P: Send>(
         && touched.iter().all(|frontend| frontend.scope != Scope::External)
         && !touched.iter().any(|frontend| rate_limited(&image_before, frontend))
         && !added.iter().any(|(_, rule)| rule.requests_per_second.is_some());
-    if in_part {
-        let start = image_before.entry_counts();
-        let (image, parts) = image_before.updated_in_part(&touched, removed, added)?;
-        after.image = image;
-        image_before = parts.before;
-        let plan = Plan::of_parts(&image_before, &parts.after, parts.layers);
-        let (summary, map_writes) = (plan.summary, plan.len());
-        let recorded = if mode == Mode::DryRun || (plan.is_empty() && same_objects) {
-            recorded.filter(|_| mode == Mode::Apply)
+    // What the change did, however it was planned: one outcome is made of it.
+    let (summary, map_writes, repaired, recorded) = 'planned: {
+        if in_part {
+            let start = image_before.entry_counts();
+            let (image, parts) = image_before.updated_in_part(&touched, removed, added)?;
+            after.image = image;
+            image_before = parts.before;
+            let plan = Plan::of_parts(&image_before, &parts.after, parts.layers);
+            let (summary, map_writes) = (plan.summary, plan.len());
+            let recorded = if mode == Mode::DryRun || (plan.is_empty() && same_objects) {
+                recorded.filter(|_| mode == Mode::Apply)
+            } else {
+                let mut datapath = None;
+                if !plan.is_empty() {
+                    let opened = datapath.insert(Datapath::open(pins)?);
+                    write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
+                }
+                let before = Before { policies: &before_policies, image: &image_before };
+                Some(record(state_dir, &lock, recorded, before, &after, &touched, &plan, datapath, None)?)
+            };
+            break 'planned (summary, map_writes, false, recorded);
+        }
+
+        let node_addresses: Vec<IpAddr> = after.node_addresses().collect();
+        after.image = image_before.clone().updated(removed, added, node_addresses, on_loopback)?;
+        let between = Plan::between(&image_before, &after.image);
+        let summary = between.summary;
+        if mode == Mode::DryRun || (same_objects && after.image == image_before && !repairing) {
+            break 'planned (summary, between.len(), false, recorded.filter(|_| mode == Mode::Apply));
+        }
+
+        // A balctl killed during its map writes left them between two states:
+        // plan from what they hold, not from the recorded state.
+        let mut datapath = None;
+        let contents;
+        let (plan, start) = if repairing {
+            let opened = Datapath::open(pins)?;
+            contents = (opened.read_contents()?, MapContents::of(&after.image));
+            datapath = Some(opened);
+            (Plan::repair(&contents.0, &contents.1), contents.0.entry_counts())
         } else {
-            let mut datapath = None;
-            if !plan.is_empty() {
-                let opened = datapath.insert(Datapath::open(pins)?);
-                write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
-            }
-            let before = Before { policies: &before_policies, image: &image_before };
-            Some(record(state_dir, &lock, recorded, before, &after, &touched, &plan, datapath, None)?)
+            (between, image_before.entry_counts())
         };
-        return Ok(Outcome {
-            image_before,
-            after,
-            summary,
-            map_writes,
-            repaired: false,
-            touched,
-            came,
-            recorded,
-        });
-    }
+        let map_writes = plan.len();
 
-    let node_addresses: Vec<IpAddr> = after.node_addresses().collect();
-    after.image = image_before.clone().updated(removed, added, node_addresses, on_loopback)?;
-    let between = Plan::between(&image_before, &after.image);
-    let summary = between.summary;
-    if mode == Mode::DryRun || (same_objects && after.image == image_before && !repairing) {
-        let map_writes = between.len();
-        let recorded = recorded.filter(|_| mode == Mode::Apply);
-        return Ok(Outcome {
-            image_before,
-            after,
-            summary,
-            map_writes,
-            repaired: false,
-            touched,
-            came,
+        // A change may touch only the state (an owner renamed): the maps, and
+        // so the loaded datapath, are needed only when there is something to write.
+        let rate_limits = (image_before.rate_limits(), after.image.rate_limits());
+        if repairing || !plan.is_empty() || rate_limits.0 != rate_limits.1 {
+            let opened = match datapath.as_mut() {
+                Some(opened) => opened,
+                None => datapath.insert(Datapath::open(pins)?),
+            };
+            write_maps(state_dir, &lock, opened, &plan, start, Some(&rate_limits), repairing)?;
+        }
+        let recorded = record(
+            state_dir,
+            &lock,
             recorded,
-        });
-    }
-
-    // A balctl killed during its map writes left them between two states:
-    // plan from what they hold, not from the recorded state.
-    let mut datapath = None;
-    let contents;
-    let (plan, start) = if repairing {
-        let opened = Datapath::open(pins)?;
-        contents = (opened.read_contents()?, MapContents::of(&after.image));
-        datapath = Some(opened);
-        (Plan::repair(&contents.0, &contents.1), contents.0.entry_counts())
-    } else {
-        (between, image_before.entry_counts())
+            Before { policies: &before_policies, image: &image_before },
+            &after,
+            &touched,
+            &plan,
+            datapath,
+            Some((&rate_limits.0, repairing)),
+        )?;
+        (summary, map_writes, repairing, Some(recorded))
     };
-    let map_writes = plan.len();
-
-    // A change may touch only the state (an owner renamed): the maps, and
-    // so the loaded datapath, are needed only when there is something to write.
-    let rate_limits = (image_before.rate_limits(), after.image.rate_limits());
-    if repairing || !plan.is_empty() || rate_limits.0 != rate_limits.1 {
-        let opened = match datapath.as_mut() {
-            Some(opened) => opened,
-            None => datapath.insert(Datapath::open(pins)?),
-        };
-        write_maps(state_dir, &lock, opened, &plan, start, Some(&rate_limits), repairing)?;
-    }
-    let recorded = record(
-        state_dir,
-        &lock,
-        recorded,
-        Before { policies: &before_policies, image: &image_before },
-        &after,
-        &touched,
-        &plan,
-        datapath,
-        Some((&rate_limits.0, repairing)),
-    )?;
-    Ok(Outcome {
-        image_before,
-        after,
-        summary,
-        map_writes,
-        repaired: repairing,
-        touched,
-        came,
-        recorded: Some(recorded),
-    })
+    Ok(Outcome { image_before, after, summary, map_writes, repaired, touched, came, recorded })
 }
 
 /// Records `after`, the change from `before` that touched the frontends

@@ -179,21 +179,10 @@ impl Sandbox {
     /// it). Removed with the sandbox; returns its name.
     #[allow(dead_code, reason = "bench/compare's clients; the CLI tests need one client namespace")]
     pub fn add_client_ns(&self, suffix: &str, address: &str) -> String {
-        let mut extra = self.extra_ns.lock().unwrap();
-        let ns = format!("{PREFIX}{}-{suffix}", self.id);
-        run("ip", &["netns", "add", &ns]);
-        extra.push(ns.clone());
-        let (veth_c, veth_s) =
-            (format!("v{}{}c", self.id, extra.len()), format!("v{}{}s", self.id, extra.len()));
-        run("ip", &["link", "add", &veth_c, "type", "veth", "peer", "name", &veth_s]);
-        run("ip", &["link", "set", &veth_c, "netns", &ns]);
-        run("ip", &["link", "set", &veth_s, "netns", &self.server_ns]);
-        run("ip", &["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", &veth_c]);
-        for (netns, dev) in [(ns.as_str(), &veth_c), (self.server_ns.as_str(), &veth_s)] {
-            run("ip", &["-n", netns, "link", "set", dev, "up"]);
-        }
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        run("ip", &["-n", &self.server_ns, "route", "add", &format!("{address}/32"), "dev", &veth_s]);
+        let (ns, veth_client, veth_server) = self.add_joined_ns(suffix, &self.server_ns);
+        run("ip", &["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", &veth_client]);
+        Self::link_up(&ns, &veth_client, &self.server_ns, &veth_server);
+        run("ip", &["-n", &self.server_ns, "route", "add", &format!("{address}/32"), "dev", &veth_server]);
         ns
     }
 
@@ -207,24 +196,39 @@ impl Sandbox {
     /// returns its name.
     #[allow(dead_code, reason = "bench/compare's pods; the CLI tests need one client namespace")]
     pub fn add_pod_ns(&self, node: &str, suffix: &str, address: &str, gateway: &str) -> String {
+        let (ns, veth_pod, veth_node) = self.add_joined_ns(suffix, node);
+        run("ip", &["-n", &ns, "addr", "add", address, "dev", &veth_pod]);
+        run("ip", &["-n", node, "addr", "add", gateway, "dev", &veth_node]);
+        Self::link_up(&ns, &veth_pod, node, &veth_node);
+        let via = gateway.split('/').next().expect("an address");
+        run("ip", &["-n", &ns, "route", "add", "default", "via", via]);
+        ns
+    }
+
+    /// A new namespace `<sandbox>-<suffix>`, removed with the sandbox, and
+    /// a veth pair named by the sandbox's count of them, one end in the new
+    /// namespace and the other in `peer`: its name and the two ends'.
+    #[allow(dead_code, reason = "bench/compare's namespaces; the CLI tests need one client namespace")]
+    fn add_joined_ns(&self, suffix: &str, peer: &str) -> (String, String, String) {
         let mut extra = self.extra_ns.lock().unwrap();
         let ns = format!("{PREFIX}{}-{suffix}", self.id);
         run("ip", &["netns", "add", &ns]);
         extra.push(ns.clone());
-        let (veth_pod, veth_node) =
+        let (veth_new, veth_peer) =
             (format!("v{}{}c", self.id, extra.len()), format!("v{}{}s", self.id, extra.len()));
-        run("ip", &["link", "add", &veth_pod, "type", "veth", "peer", "name", &veth_node]);
-        run("ip", &["link", "set", &veth_pod, "netns", &ns]);
-        run("ip", &["link", "set", &veth_node, "netns", node]);
-        run("ip", &["-n", &ns, "addr", "add", address, "dev", &veth_pod]);
-        run("ip", &["-n", node, "addr", "add", gateway, "dev", &veth_node]);
-        for (netns, dev) in [(ns.as_str(), &veth_pod), (node, &veth_node)] {
+        run("ip", &["link", "add", &veth_new, "type", "veth", "peer", "name", &veth_peer]);
+        run("ip", &["link", "set", &veth_new, "netns", &ns]);
+        run("ip", &["link", "set", &veth_peer, "netns", peer]);
+        (ns, veth_new, veth_peer)
+    }
+
+    /// Sets both ends of a veth pair up, and the new namespace's loopback.
+    #[allow(dead_code, reason = "bench/compare's namespaces; the CLI tests need one client namespace")]
+    fn link_up(ns: &str, veth_new: &str, peer: &str, veth_peer: &str) {
+        for (netns, dev) in [(ns, veth_new), (peer, veth_peer)] {
             run("ip", &["-n", netns, "link", "set", dev, "up"]);
         }
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        let via = gateway.split('/').next().expect("an address");
-        run("ip", &["-n", &ns, "route", "add", "default", "via", via]);
-        ns
+        run("ip", &["-n", ns, "link", "set", "lo", "up"]);
     }
 
     /// Adds a cgroup beside the sandbox's own, `<sandbox>-<suffix>`: as deep
