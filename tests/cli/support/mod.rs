@@ -110,6 +110,29 @@ pub fn sysctl(netns: &str, key: &str, value: &str) {
     run("nsenter", &[&netns, "sh", "-c", &format!("echo {value} > {path}")]);
 }
 
+/// A veth pair between two namespaces, each end named and addressed
+/// (IPv6 without duplicate address detection, usable at once). Made
+/// under a unique temporary name, as the host has its own eth0.
+pub fn veth(one: (&str, &str, &[&str]), other: (&str, &str, &[&str])) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let id = std::process::id();
+    let (tmp_one, tmp_other) = (format!("nsx{id}-{n}"), format!("nsy{id}-{n}"));
+    run("ip", &["link", "add", &tmp_one, "type", "veth", "peer", "name", &tmp_other]);
+    for ((ns, dev, addresses), tmp) in [(one, &tmp_one), (other, &tmp_other)] {
+        run("ip", &["link", "set", tmp, "netns", ns]);
+        run("ip", &["-n", ns, "link", "set", tmp, "name", dev]);
+        for address in addresses {
+            let mut args = vec!["-n", ns, "addr", "add", address, "dev", dev];
+            if address.contains(':') {
+                args.push("nodad");
+            }
+            run("ip", &args);
+        }
+        run("ip", &["-n", ns, "link", "set", dev, "up"]);
+    }
+}
+
 /// Runs `program`, requires success, returns stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
     let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
@@ -153,20 +176,12 @@ impl Sandbox {
         run("ip", &["netns", "add", client]);
         run("ip", &["netns", "add", server]);
         let (veth_c, veth_s) = (format!("v{id}c"), format!("v{id}s"));
-        run("ip", &["link", "add", &veth_c, "type", "veth", "peer", "name", &veth_s]);
-        run("ip", &["link", "set", &veth_c, "netns", client]);
-        run("ip", &["link", "set", &veth_s, "netns", server]);
-        run("ip", &["-n", client, "addr", "add", "192.0.2.1/24", "dev", &veth_c]);
-        run("ip", &["-n", client, "addr", "add", "2001:db8::1/64", "dev", &veth_c, "nodad"]);
-        for host in 2..=11 {
-            run("ip", &["-n", server, "addr", "add", &format!("192.0.2.{host}/24"), "dev", &veth_s]);
-            run(
-                "ip",
-                &["-n", server, "addr", "add", &format!("2001:db8::{host}/64"), "dev", &veth_s, "nodad"],
-            );
-        }
-        for (ns, dev) in [(client, &veth_c), (server, &veth_s)] {
-            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+        let server_addresses: Vec<String> = (2..=11)
+            .flat_map(|host| [format!("192.0.2.{host}/24"), format!("2001:db8::{host}/64")])
+            .collect();
+        let server_addresses: Vec<&str> = server_addresses.iter().map(String::as_str).collect();
+        veth((client, &veth_c, &["192.0.2.1/24", "2001:db8::1/64"]), (server, &veth_s, &server_addresses));
+        for ns in [client, server] {
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
     }
@@ -179,9 +194,8 @@ impl Sandbox {
     /// it). Removed with the sandbox; returns its name.
     #[allow(dead_code, reason = "bench/compare's clients; the CLI tests need one client namespace")]
     pub fn add_client_ns(&self, suffix: &str, address: &str) -> String {
-        let (ns, veth_client, veth_server) = self.add_joined_ns(suffix, &self.server_ns);
-        run("ip", &["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", &veth_client]);
-        Self::link_up(&ns, &veth_client, &self.server_ns, &veth_server);
+        let (ns, veth_client, veth_server) = self.add_extra_ns(suffix);
+        veth((&ns, &veth_client, &[&format!("{address}/24")]), (&self.server_ns, &veth_server, &[]));
         run("ip", &["-n", &self.server_ns, "route", "add", &format!("{address}/32"), "dev", &veth_server]);
         ns
     }
@@ -196,39 +210,27 @@ impl Sandbox {
     /// returns its name.
     #[allow(dead_code, reason = "bench/compare's pods; the CLI tests need one client namespace")]
     pub fn add_pod_ns(&self, node: &str, suffix: &str, address: &str, gateway: &str) -> String {
-        let (ns, veth_pod, veth_node) = self.add_joined_ns(suffix, node);
-        run("ip", &["-n", &ns, "addr", "add", address, "dev", &veth_pod]);
-        run("ip", &["-n", node, "addr", "add", gateway, "dev", &veth_node]);
-        Self::link_up(&ns, &veth_pod, node, &veth_node);
+        let (ns, veth_pod, veth_node) = self.add_extra_ns(suffix);
+        veth((&ns, &veth_pod, &[address]), (node, &veth_node, &[gateway]));
         let via = gateway.split('/').next().expect("an address");
         run("ip", &["-n", &ns, "route", "add", "default", "via", via]);
         ns
     }
 
-    /// A new namespace `<sandbox>-<suffix>`, removed with the sandbox, and
-    /// a veth pair named by the sandbox's count of them, one end in the new
-    /// namespace and the other in `peer`: its name and the two ends'.
+    /// A new namespace `<sandbox>-<suffix>` with its loopback up, removed
+    /// with the sandbox: its name, and names for the two ends of a veth
+    /// pair to join it to another, numbered by the sandbox's count of
+    /// namespaces.
     #[allow(dead_code, reason = "bench/compare's namespaces; the CLI tests need one client namespace")]
-    fn add_joined_ns(&self, suffix: &str, peer: &str) -> (String, String, String) {
+    fn add_extra_ns(&self, suffix: &str) -> (String, String, String) {
         let mut extra = self.extra_ns.lock().unwrap();
         let ns = format!("{PREFIX}{}-{suffix}", self.id);
         run("ip", &["netns", "add", &ns]);
         extra.push(ns.clone());
+        run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
         let (veth_new, veth_peer) =
             (format!("v{}{}c", self.id, extra.len()), format!("v{}{}s", self.id, extra.len()));
-        run("ip", &["link", "add", &veth_new, "type", "veth", "peer", "name", &veth_peer]);
-        run("ip", &["link", "set", &veth_new, "netns", &ns]);
-        run("ip", &["link", "set", &veth_peer, "netns", peer]);
         (ns, veth_new, veth_peer)
-    }
-
-    /// Sets both ends of a veth pair up, and the new namespace's loopback.
-    #[allow(dead_code, reason = "bench/compare's namespaces; the CLI tests need one client namespace")]
-    fn link_up(ns: &str, veth_new: &str, peer: &str, veth_peer: &str) {
-        for (netns, dev) in [(ns, veth_new), (peer, veth_peer)] {
-            run("ip", &["-n", netns, "link", "set", dev, "up"]);
-        }
-        run("ip", &["-n", ns, "link", "set", "lo", "up"]);
     }
 
     /// Adds a cgroup beside the sandbox's own, `<sandbox>-<suffix>`: as deep

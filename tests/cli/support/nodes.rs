@@ -18,12 +18,9 @@
 //! sandbox (`<sandbox>-na`...), so a killed run's are swept with it, and are
 //! removed (with their veths) when this drops, also on failure.
 
-use std::{
-    process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::process::{Command, Stdio};
 
-use super::{Sandbox, balctl, run, sysctl};
+use super::{Sandbox, balctl, run, sysctl, veth};
 
 pub const CLIENT: &str = "203.0.113.1";
 pub const CLIENT6: &str = "2001:db8:3::1";
@@ -178,28 +175,5 @@ impl Drop for Nodes {
         for ns in [&self.node_a, &self.node_b, &self.pod_a, &self.pod_b, &self.client] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-    }
-}
-
-/// A veth pair between two namespaces, each end named and addressed
-/// (IPv6 without duplicate address detection, usable at once). Made
-/// under a unique temporary name, as the host has its own eth0.
-fn veth(one: (&str, &str, &[&str]), other: (&str, &str, &[&str])) {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let id = std::process::id();
-    let (tmp_one, tmp_other) = (format!("nsx{id}-{n}"), format!("nsy{id}-{n}"));
-    run("ip", &["link", "add", &tmp_one, "type", "veth", "peer", "name", &tmp_other]);
-    for ((ns, dev, addresses), tmp) in [(one, &tmp_one), (other, &tmp_other)] {
-        run("ip", &["link", "set", tmp, "netns", ns]);
-        run("ip", &["-n", ns, "link", "set", tmp, "name", dev]);
-        for address in addresses {
-            let mut args = vec!["-n", ns, "addr", "add", address, "dev", dev];
-            if address.contains(':') {
-                args.push("nodad");
-            }
-            run("ip", &args);
-        }
-        run("ip", &["-n", ns, "link", "set", dev, "up"]);
     }
 }
