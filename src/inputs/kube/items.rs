@@ -126,19 +126,25 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
         too_short: None,
         short_document: false,
     };
-    let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK);
+    // `buffer[..filled]` is read and not yet split: the last line of the
+    // chunk before, cut short, then the next chunk read. Zeroed once, and
+    // grown only for a line longer than a chunk: `read_to_end` into the
+    // same buffer reallocated it for every chunk, a fifth of a split.
+    let mut buffer = vec![0u8; 2 * CHUNK];
+    let mut filled = 0;
     // File offset of buffer[0], and the line number of the line it starts.
     let (mut base, mut line) = (0u64, 1usize);
     let mut eof = false;
     let mut first = true;
     while !eof {
-        // Grows with what is read, without zeroing a chunk ahead of it.
-        let read = reader
-            .by_ref()
-            .take(CHUNK as u64)
-            .read_to_end(&mut buffer)
+        if buffer.len() < filled + CHUNK {
+            buffer.resize(filled + CHUNK, 0);
+        }
+        let read = read_up_to(&mut reader, &mut buffer[filled..filled + CHUNK])
             .with_context(|| format!("cannot read {label}"))?;
         eof = read < CHUNK;
+        filled += read;
+        let buffer = &mut buffer[..filled];
         if first && buffer.starts_with(b"\xEF\xBB\xBF") {
             return Ok(None);
         }
@@ -150,17 +156,24 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
         // would count lines and see separators that the split does not:
         // the line that holds one cannot be split. Found once a chunk: a
         // search in every line was a fifth of splitting a file.
-        let lone_cr = first_lone_cr(&buffer);
-        for end in memchr::memchr_iter(b'\n', &buffer).map(|n| n + 1).chain(last) {
+        let lone_cr = first_lone_cr(buffer);
+        for end in memchr::memchr_iter(b'\n', buffer).map(|n| n + 1).chain(last) {
             let text = &buffer[start..end];
             if lone_cr < end {
                 return Ok(None);
             }
             let unparsed = splitter.unparsed();
+            // Most lines: indented, inside an object whose content started
+            // (nothing to check, nothing `indented` would note).
+            if !unparsed && matches!(text[0], b' ' | b'\n') {
+                line += 1;
+                start = end;
+                continue;
+            }
             // Indented and empty lines never start or end a piece.
             if matches!(text[0], b' ' | b'\n') {
                 splitter.indented(text, line);
-            } else if !splitter.line(text, base + start as u64, line, &buffer, base) {
+            } else if !splitter.line(text, base + start as u64, line, buffer, base) {
                 return Ok(None);
             }
             if unparsed || splitter.unparsed() {
@@ -174,7 +187,8 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
             start = end;
         }
         splitter.feed(&buffer[..start], base, base + start as u64);
-        buffer.drain(..start);
+        buffer.copy_within(start.., 0);
+        filled -= start;
         base += start as u64;
     }
     splitter.end_document(base, line, &[], base);
@@ -335,6 +349,20 @@ fn first_lone_cr(text: &[u8]) -> usize {
     memchr::memchr_iter(b'\r', text).find(|&at| text.get(at + 1) != Some(&b'\n')).unwrap_or(usize::MAX)
 }
 
+/// Reads into `buffer` until it is full or the reader ends; how much it read.
+fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut read = 0;
+    while read < buffer.len() {
+        match reader.read(&mut buffer[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(read)
+}
+
 fn is_blank_or_comment(text: &[u8]) -> bool {
     let text = text.trim_ascii_start();
     text.is_empty() || text[0] == b'#'
@@ -416,6 +444,14 @@ mod tests {
             assert_eq!(a.1, b.1);
             assert_ne!(a.3, b.3);
         }
+        // A line longer than the buffer's two chunks grows it.
+        let long = LIST.replace("  x: 1\n", &format!("  x: {}\n", "a".repeat(5 * CHUNK / 2)));
+        let found = split("f", long.as_bytes(), 7).unwrap().unwrap();
+        assert_eq!(split("f", Trickle(long.as_bytes()), 7).unwrap().unwrap(), found);
+        let texts: Vec<&str> = objects(&found).iter().map(|(_, span, ..)| text(&long, *span)).collect();
+        assert_eq!(texts.len(), 2);
+        assert!(texts[1].starts_with("- kind: Node\n  x: aaa") && texts[1].ends_with("aaa\n"));
+        assert_eq!(objects(&found)[1].2, 11, "the Node's line");
     }
 
     #[test]
