@@ -266,9 +266,40 @@ impl Serialize for BackendTable {
     }
 }
 
+/// Read into the table's list directly, with room for the pairs and a
+/// few more: a pair list collected into the table copied every backend
+/// twice (the list grew by doubling past serde's cautious first guess),
+/// and the first backend a change added copied the whole list again to
+/// make room. Room not used is never touched, so it takes no memory.
 impl<'de> Deserialize<'de> for BackendTable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Vec::<(BackendId, BackendAddr)>::deserialize(deserializer)?.into_iter().collect())
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = BackendTable;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of backends and their ids")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // A count from a corrupt state is not trusted with more
+                // than a million backends' room; past that the list grows.
+                let count = seq.size_hint().unwrap_or(0).min(1 << 20);
+                let mut entries = Vec::with_capacity(count + count / 16 + 16);
+                while let Some((id, backend)) = seq.next_element::<(BackendId, BackendAddr)>()? {
+                    entries.push((id, Some(backend)));
+                }
+                let mut table = BackendTable::default();
+                if entries.is_sorted_by(|a, b| a.0 < b.0) {
+                    table.entries = entries;
+                } else {
+                    // Only a state written by hand: sorted as a map is.
+                    table.extend(entries.into_iter().map(|(id, backend)| (id, backend.expect("read"))));
+                }
+                Ok(table)
+            }
+        }
+        deserializer.deserialize_seq(Pairs)
     }
 }
 
@@ -373,5 +404,11 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&table).unwrap(), as_map);
         let read: BackendTable = postcard::from_bytes(&as_map).unwrap();
         assert_eq!(read, table);
+        assert!(read.entries.capacity() > read.entries.len(), "room for a change's backends");
+        // Pairs out of order, an id twice: read as a map collects them.
+        let pairs = [(9, backend(9)), (3, backend(3)), (9, backend(4))];
+        let read: BackendTable = postcard::from_bytes(&postcard::to_allocvec(&pairs.to_vec()).unwrap()).unwrap();
+        assert_eq!(read, pairs.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect());
+        assert_eq!(read.get(&9), Some(&backend(4)));
     }
 }

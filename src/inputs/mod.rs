@@ -352,8 +352,11 @@ fn inputs_of(argument: &Path, notes: &mut Vec<String>) -> Result<Vec<Input>> {
 
 /// Names and frontends must be unique across everything one sync reads.
 fn check_unique(sources: &[Source]) -> Result<()> {
-    let mut names: HashMap<&str, &Located<Arc<SyncedObject>>> = HashMap::default();
-    let mut frontends = HashMap::default();
+    let objects = sources.iter().map(|s| s.objects.len()).sum();
+    let rules = sources.iter().flat_map(|s| &s.objects).map(|object| object.value.rules.len()).sum();
+    let mut names: HashMap<&str, &Located<Arc<SyncedObject>>> =
+        HashMap::with_capacity_and_hasher(objects, Default::default());
+    let mut frontends = HashMap::with_capacity_and_hasher(rules, Default::default());
     for object in sources.iter().flat_map(|s| &s.objects) {
         if let Some(first) = names.insert(&object.value.owner, object) {
             return Err(input!(

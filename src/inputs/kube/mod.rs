@@ -127,12 +127,17 @@ pub fn split_files(files: Vec<YamlFile>, this_node: &ThisNode, limit: InputLimit
         // A List whose shell does not read in place as it should is read
         // whole, which says what is wrong with it, if anything is.
         match pieces.filter(|pieces| shells_read(&label, &file, pieces)) {
-            Some(pieces) => items.extend(pieces.into_iter().filter_map(|piece| match piece {
-                Piece::Objects { kind, span, line, fingerprint } => {
-                    Some(reuse::Item { file: index, kind, span, line, fingerprint })
-                }
-                Piece::ListShell { .. } => None,
-            })),
+            Some(pieces) => {
+                // Room for exactly its items: grown by doubling, the list
+                // was copied into fresh memory at every step.
+                items.reserve_exact(pieces.iter().filter(|p| matches!(p, Piece::Objects { .. })).count());
+                items.extend(pieces.into_iter().filter_map(|piece| match piece {
+                    Piece::Objects { kind, span, line, fingerprint } => {
+                        Some(reuse::Item { file: index, kind, span, line, fingerprint })
+                    }
+                    Piece::ListShell { .. } => None,
+                }));
+            }
             None => {
                 parsed.extend(
                     read_whole(&label, &file, limit)?.into_iter().map(|object| (yaml.source, object)),
