@@ -92,6 +92,23 @@ impl BackendTable {
         self.holes = 0;
     }
 
+    /// Puts entries in any order in id order, each id once: of two pairs
+    /// with one id, the later stays, as in a map they were inserted into.
+    fn sort_entries(&mut self) {
+        // Stable: of two pairs with one id, the later stays last.
+        self.entries.sort_by_key(|&(id, _)| id);
+        let mut deduplicated: Vec<(BackendId, Option<BackendAddr>)> = Vec::with_capacity(self.entries.len());
+        for entry in self.entries.drain(..) {
+            match deduplicated.last_mut() {
+                Some(last) if last.0 == entry.0 && entry.1.is_some() => *last = entry,
+                Some(last) if last.0 == entry.0 => {}
+                _ => deduplicated.push(entry),
+            }
+        }
+        self.entries = deduplicated;
+        self.holes = self.entries.iter().filter(|(_, backend)| backend.is_none()).count();
+    }
+
     fn sweep(&mut self) {
         self.entries.retain(|(_, backend)| backend.is_some());
         self.holes = 0;
@@ -217,18 +234,7 @@ impl Extend<(BackendId, BackendAddr)> for BackendTable {
             }
             return;
         }
-        // Stable: of two pairs with one id, the later stays last.
-        self.entries.sort_by_key(|&(id, _)| id);
-        let mut deduplicated: Vec<(BackendId, Option<BackendAddr>)> = Vec::with_capacity(self.entries.len());
-        for entry in self.entries.drain(..) {
-            match deduplicated.last_mut() {
-                Some(last) if last.0 == entry.0 && entry.1.is_some() => *last = entry,
-                Some(last) if last.0 == entry.0 => {}
-                _ => deduplicated.push(entry),
-            }
-        }
-        self.entries = deduplicated;
-        self.holes = self.entries.iter().filter(|(_, backend)| backend.is_none()).count();
+        self.sort_entries();
     }
 }
 
@@ -289,12 +295,10 @@ impl<'de> Deserialize<'de> for BackendTable {
                 while let Some((id, backend)) = seq.next_element::<(BackendId, BackendAddr)>()? {
                     entries.push((id, Some(backend)));
                 }
-                let mut table = BackendTable::default();
-                if entries.is_sorted_by(|a, b| a.0 < b.0) {
-                    table.entries = entries;
-                } else {
-                    // Only a state written by hand: sorted as a map is.
-                    table.extend(entries.into_iter().map(|(id, backend)| (id, backend.expect("read"))));
+                let mut table = BackendTable { entries, holes: 0 };
+                // Only a state written by hand is out of order.
+                if !table.entries.is_sorted_by(|a, b| a.0 < b.0) {
+                    table.sort_entries();
                 }
                 Ok(table)
             }
@@ -407,7 +411,8 @@ mod tests {
         assert!(read.entries.capacity() > read.entries.len(), "room for a change's backends");
         // Pairs out of order, an id twice: read as a map collects them.
         let pairs = [(9, backend(9)), (3, backend(3)), (9, backend(4))];
-        let read: BackendTable = postcard::from_bytes(&postcard::to_allocvec(&pairs.to_vec()).unwrap()).unwrap();
+        let read: BackendTable =
+            postcard::from_bytes(&postcard::to_allocvec(&pairs.to_vec()).unwrap()).unwrap();
         assert_eq!(read, pairs.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect());
         assert_eq!(read.get(&9), Some(&backend(4)));
     }

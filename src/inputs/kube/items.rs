@@ -163,15 +163,16 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
                 return Ok(None);
             }
             let unparsed = splitter.unparsed();
+            // Indented and empty lines never start or end a piece.
+            let indented = matches!(text[0], b' ' | b'\n');
             // Most lines: indented, inside an object whose content started
             // (nothing to check, nothing `indented` would note).
-            if !unparsed && matches!(text[0], b' ' | b'\n') {
+            if indented && !unparsed {
                 line += 1;
                 start = end;
                 continue;
             }
-            // Indented and empty lines never start or end a piece.
-            if matches!(text[0], b' ' | b'\n') {
+            if indented {
                 splitter.indented(text, line);
             } else if !splitter.line(text, base + start as u64, line, buffer, base) {
                 return Ok(None);
