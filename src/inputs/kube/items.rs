@@ -157,7 +157,11 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
         // the line that holds one cannot be split. Found once a chunk: a
         // search in every line was a fifth of splitting a file.
         let lone_cr = first_lone_cr(buffer);
-        for end in memchr::memchr_iter(b'\n', buffer).map(|n| n + 1).chain(last) {
+        let line_end = |start: usize| match memchr::memchr(b'\n', &buffer[start..]) {
+            Some(at) => Some(start + at + 1),
+            None => last.filter(|&last| last > start),
+        };
+        while let Some(end) = line_end(start) {
             let text = &buffer[start..end];
             if lone_cr < end {
                 return Ok(None);
@@ -166,10 +170,12 @@ pub fn split(label: &str, mut reader: impl Read, seed: u64) -> Result<Option<Vec
             // Indented and empty lines never start or end a piece.
             let indented = matches!(text[0], b' ' | b'\n');
             // Most lines: indented, inside an object whose content started
-            // (nothing to check, nothing `indented` would note).
+            // (nothing to check, nothing `indented` would note), passed a
+            // block at a time.
             if indented && !unparsed {
-                line += 1;
-                start = end;
+                let (to, lines) = indented_lines(&buffer[..buffer.len().min(lone_cr)], end);
+                line += 1 + lines;
+                start = to;
                 continue;
             }
             if indented {
@@ -348,6 +354,79 @@ fn is_separator(text: &[u8]) -> bool {
 /// of the file ends without a newline.
 fn first_lone_cr(text: &[u8]) -> usize {
     memchr::memchr_iter(b'\r', text).find(|&at| text.get(at + 1) != Some(&b'\n')).unwrap_or(usize::MAX)
+}
+
+/// Where the indented lines that follow from `from` (a line start) end,
+/// and how many there are: the start of the first line that is not
+/// indented, or of one too close to the end of `text` to tell. A line at a
+/// time was most of a split's time: this looks at 64 bytes at once where
+/// the CPU has vector compares (`Block`), else at each line itself.
+fn indented_lines(text: &[u8], from: usize) -> (usize, usize) {
+    if !text.get(from).is_some_and(|b| matches!(b, b' ' | b'\n')) {
+        return (from, 0);
+    }
+    #[cfg(target_arch = "x86_64")]
+    return Block::indented_lines(text, from);
+    #[cfg(not(target_arch = "x86_64"))]
+    (from, 0)
+}
+
+/// 64 bytes of a text as bit masks, bit k for byte k: which are newlines,
+/// and which are followed by a space or a newline (byte k + 1 is one).
+#[cfg(target_arch = "x86_64")]
+struct Block {
+    newlines: u64,
+    indented_next: u64,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Block {
+    const LEN: usize = 64;
+
+    /// `indented_lines` from an indented line at `from`, a block at a time.
+    fn indented_lines(text: &[u8], from: usize) -> (usize, usize) {
+        let (mut at, mut lines, mut line_start) = (from, 0, from);
+        while let Some(bytes) = text.get(at..at + Self::LEN + 1) {
+            let block = Self::of(bytes);
+            // A newline followed by a line that is not indented ends the run.
+            let ends = block.newlines & !block.indented_next;
+            if ends != 0 {
+                let k = ends.trailing_zeros();
+                lines += (block.newlines & (u64::MAX >> (63 - k))).count_ones() as usize;
+                return (at + k as usize + 1, lines);
+            }
+            if block.newlines != 0 {
+                lines += block.newlines.count_ones() as usize;
+                line_start = at + (63 - block.newlines.leading_zeros() as usize) + 1;
+            }
+            at += Self::LEN;
+        }
+        (line_start, lines)
+    }
+
+    /// `bytes` holds `LEN + 1` bytes: the last only tells whether the
+    /// line after a newline in the 64th byte is indented.
+    fn of(bytes: &[u8]) -> Self {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        assert!(bytes.len() > Self::LEN);
+        let (mut newlines, mut indented_next) = (0u64, 0u64);
+        // SAFETY: SSE2 is part of x86_64; each load reads 16 bytes at
+        // most 48 + 1 bytes into `bytes`, which holds 65 (asserted).
+        unsafe {
+            let (newline, space) = (_mm_set1_epi8(b'\n' as i8), _mm_set1_epi8(b' ' as i8));
+            for lane in 0..Self::LEN / 16 {
+                let here = _mm_loadu_si128(bytes.as_ptr().add(lane * 16).cast::<__m128i>());
+                let next = _mm_loadu_si128(bytes.as_ptr().add(lane * 16 + 1).cast::<__m128i>());
+                let is_newline = _mm_movemask_epi8(_mm_cmpeq_epi8(here, newline)) as u16;
+                let next_indented = _mm_or_si128(_mm_cmpeq_epi8(next, newline), _mm_cmpeq_epi8(next, space));
+                newlines |= u64::from(is_newline) << (lane * 16);
+                indented_next |= u64::from(_mm_movemask_epi8(next_indented) as u16) << (lane * 16);
+            }
+        }
+        Self { newlines, indented_next }
+    }
 }
 
 /// Reads into `buffer` until it is full or the reader ends; how much it read.
@@ -533,5 +612,49 @@ mod tests {
         }
         // Inside a piece they are the parser's to refuse.
         assert!(split("f", format!("kind: List\nitems:\n{node}# \x01\n").as_bytes(), 0).unwrap().is_some());
+    }
+
+    /// `indented_lines` a line at a time: the run of indented lines from
+    /// `from` that each end before the end of `text` with a known next
+    /// byte; the count is of the lines passed.
+    fn indented_lines_one_by_one(text: &[u8], from: usize) -> (usize, usize) {
+        let (mut at, mut lines) = (from, 0);
+        while text.get(at).is_some_and(|b| matches!(b, b' ' | b'\n')) {
+            match memchr::memchr(b'\n', &text[at..]) {
+                Some(end) if at + end + 1 < text.len() => (at, lines) = (at + end + 1, lines + 1),
+                _ => break,
+            }
+        }
+        (at, lines)
+    }
+
+    #[test]
+    fn runs_of_indented_lines_are_passed_as_a_line_at_a_time_passes_them() {
+        let mut draws = crate::draws::Draws(0x5eed_1dea);
+        let pieces: [&[u8]; 7] = [b"  a: 1\n", b"\n", b"    - x\n", b"- b\n", b"k: v\n", b"   ", b"xyz"];
+        for _ in 0..3_000 {
+            let mut text = Vec::new();
+            while text.len() < draws.below(400) as usize {
+                let piece = pieces[draws.below(pieces.len() as u64) as usize];
+                // Mostly indented lines, long and short, as inside objects.
+                let repeat = if piece[0] == b' ' { 1 + draws.below(20) as usize } else { 1 };
+                for _ in 0..repeat {
+                    text.extend_from_slice(piece);
+                }
+            }
+            let line_starts = (0..text.len()).filter(|&at| at == 0 || text[at - 1] == b'\n');
+            for from in line_starts {
+                let (to, lines) = indented_lines(&text, from);
+                let (exact_to, exact_lines) = indented_lines_one_by_one(&text, from);
+                // Fewer lines where the blocks stop short of the end: the
+                // caller goes on a line at a time from there.
+                assert!(to <= exact_to && (to == 0 || text[to - 1] == b'\n'), "{text:?} from {from}");
+                assert_eq!(text[from..to].iter().filter(|&&b| b == b'\n').count(), lines);
+                // Exact where a block and the byte after it fit before the end.
+                if exact_to + 64 + 1 < text.len() && cfg!(target_arch = "x86_64") {
+                    assert_eq!((to, lines), (exact_to, exact_lines), "{text:?} from {from}");
+                }
+            }
+        }
     }
 }
