@@ -35,8 +35,11 @@ pub struct Reuse<'a> {
     previous: &'a [Arc<SyncedObject>],
     /// The previous object each item was part of, for items that can be kept.
     claimed_by: Vec<Option<usize>>,
-    /// Previous objects that can be kept so far, with their first item.
-    candidates: HashMap<usize, usize>,
+    /// For each previous object, its first item while it can be kept.
+    /// Indexed by object rather than a map of the few: a sync keeps most.
+    candidates: Vec<Option<usize>>,
+    /// How many objects `candidates` holds.
+    kept: usize,
 }
 
 impl<'a> Reuse<'a> {
@@ -47,48 +50,55 @@ impl<'a> Reuse<'a> {
         previous: &'a [Arc<SyncedObject>],
         source_of: impl Fn(&Item) -> &'s str,
     ) -> Self {
-        let mut where_found: HashMap<Fingerprint, Option<usize>> =
+        // Sized up front: grown from empty, the map of 10,000 objects'
+        // items was rehashed into fresh memory a dozen times.
+        let mut where_found: HashMap<Fingerprint, Option<u32>> =
             HashMap::with_capacity_and_hasher(items.len(), Default::default());
-        for (index, item) in items.iter().enumerate() {
+        for (index, item) in (0..).zip(items) {
             // An item seen twice is a duplicate that parsing must report.
             where_found.entry(item.fingerprint).and_modify(|found| *found = None).or_insert(Some(index));
         }
-        // Sized up front: grown from empty, the maps of 10,000 objects
-        // were rehashed into fresh memory a dozen times.
-        let inputs = previous.iter().map(|synced| synced.inputs.len()).sum();
-        let mut owner_of: HashMap<Fingerprint, usize> =
-            HashMap::with_capacity_and_hasher(inputs, Default::default());
-        let mut shared = HashSet::default();
-        for (object, synced) in previous.iter().enumerate() {
-            for fingerprint in &synced.inputs {
-                if let Some(other) = owner_of.insert(*fingerprint, object) {
-                    shared.extend([other, object]);
+        // Where each previous object's inputs are among the items, all
+        // objects' in one list, and how many inputs each item is: one that
+        // two objects were made of (or one object twice) keeps neither.
+        let mut found = Vec::with_capacity(previous.iter().map(|synced| synced.inputs.len()).sum());
+        let mut inputs_of = vec![0u8; items.len()];
+        for synced in previous {
+            found.extend(synced.inputs.iter().map(|fingerprint| {
+                let item = where_found.get(fingerprint).copied().flatten();
+                if let Some(item) = item {
+                    let count = &mut inputs_of[item as usize];
+                    *count = count.saturating_add(1);
                 }
-            }
+                item
+            }));
         }
         let mut claimed_by = vec![None; items.len()];
-        let mut candidates = HashMap::with_capacity_and_hasher(previous.len(), Default::default());
+        let mut candidates = vec![None; previous.len()];
+        let mut kept = 0;
+        let mut rest = found.as_slice();
         for (object, synced) in previous.iter().enumerate() {
-            if synced.inputs.is_empty() || shared.contains(&object) {
+            let found;
+            (found, rest) = rest.split_at(synced.inputs.len());
+            let Some(&Some(first)) = found.first() else { continue };
+            if !found.iter().all(|item| item.is_some_and(|item| inputs_of[item as usize] == 1)) {
                 continue;
             }
-            let found: Option<Vec<usize>> =
-                synced.inputs.iter().map(|f| where_found.get(f).copied().flatten()).collect();
-            let Some(found) = found else { continue };
-            if source_of(&items[found[0]]) != synced.source {
+            if source_of(&items[first as usize]) != synced.source {
                 continue;
             }
-            for &item in &found {
-                claimed_by[item] = Some(object);
+            for item in found.iter().flatten() {
+                claimed_by[*item as usize] = Some(object);
             }
-            candidates.insert(object, found[0]);
+            candidates[object] = Some(first as usize);
+            kept += 1;
         }
-        Self { items, previous, claimed_by, candidates }
+        Self { items, previous, claimed_by, candidates, kept }
     }
 
     /// Whether any previous object can still be kept.
     pub fn keeps_any(&self) -> bool {
-        !self.candidates.is_empty()
+        self.kept > 0
     }
 
     /// The items no previous object can be kept for: they must be parsed.
@@ -111,8 +121,8 @@ impl<'a> Reuse<'a> {
     /// read: they must be parsed to tell whether those can.
     pub fn read_by_candidates(&self) -> HashSet<&'a str> {
         let previous = self.previous;
-        (self.candidates.keys())
-            .flat_map(|&object| previous[object].dependencies.iter().map(|read| read.owner.as_str()))
+        self.candidate_objects()
+            .flat_map(|object| previous[object].dependencies.iter().map(|read| read.owner.as_str()))
             .collect()
     }
 
@@ -135,25 +145,36 @@ impl<'a> Reuse<'a> {
     /// Gives up the objects that `give_up` says to, returning their items.
     fn release_where(&mut self, give_up: impl Fn(&SyncedObject) -> bool) -> Vec<&'a Item> {
         let previous = self.previous;
-        let mut released = HashSet::default();
-        self.candidates.retain(|&object, _| {
-            let keep = !give_up(&previous[object]);
-            if !keep {
-                released.insert(object);
+        let mut released = vec![false; previous.len()];
+        let mut any = false;
+        for (object, candidate) in self.candidates.iter_mut().enumerate() {
+            if candidate.is_some() && give_up(&previous[object]) {
+                *candidate = None;
+                released[object] = true;
+                any = true;
+                self.kept -= 1;
             }
-            keep
-        });
+        }
+        if !any {
+            return Vec::new();
+        }
         self.items
             .iter()
             .zip(&self.claimed_by)
-            .filter(|(_, by)| by.is_some_and(|object| released.contains(&object)))
+            .filter(|(_, by)| by.is_some_and(|object| released[object]))
             .map(|(item, _)| item)
             .collect()
     }
 
+    /// The previous objects that can still be kept.
+    fn candidate_objects(&self) -> impl Iterator<Item = usize> + '_ {
+        self.candidates.iter().enumerate().filter(|(_, first)| first.is_some()).map(|(object, _)| object)
+    }
+
     /// The previous objects kept, each with its first item.
     pub fn kept(&self) -> impl Iterator<Item = (&'a Arc<SyncedObject>, &'a Item)> + '_ {
-        let mut kept: Vec<(usize, usize)> = self.candidates.iter().map(|(&o, &i)| (o, i)).collect();
+        let mut kept: Vec<(usize, usize)> =
+            self.candidates.iter().enumerate().filter_map(|(o, i)| Some((o, (*i)?))).collect();
         // In input order, as parsing would give them.
         kept.sort_unstable_by_key(|&(_, item)| item);
         kept.into_iter().map(|(object, item)| (&self.previous[object], &self.items[item]))
