@@ -245,7 +245,12 @@ fn yes() -> bool {
 /// An image's `Tally`, once made: not part of what the image is, so
 /// never compared or stored.
 #[derive(Clone, Debug, Default)]
-struct Derived(Option<Box<Tally>>);
+struct Derived {
+    tally: Option<Box<Tally>>,
+    /// Whether the image was changed (`Image::updated`) in this process:
+    /// one that is changed again is kept (a watch).
+    changed: bool,
+}
 
 impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
@@ -270,11 +275,20 @@ impl Default for Image {
 }
 
 impl Image {
+    /// Makes the image's tally if it has none yet: a change reads it
+    /// three times (the counts it starts from, the layers, the update),
+    /// and each made it by walking every frontend.
+    pub fn tally_up(&mut self) {
+        if self.tally.tally.is_none() {
+            self.tally.tally = Some(Box::new(self.tally_made()));
+        }
+    }
+
     /// How many entries the image occupies in each map: from its tally
     /// once it has one (a change made it), without walking the frontends.
     pub fn entry_counts(&self) -> EntryCounts {
         let made;
-        let tally = match &self.tally.0 {
+        let tally = match &self.tally.tally {
             Some(tally) => tally,
             None => {
                 made = self.tally_made();
@@ -339,7 +353,7 @@ impl Image {
 
     /// The socket layers that hold frontends (`Plan::layers`).
     pub fn layers(&self) -> u32 {
-        match &self.tally.0 {
+        match &self.tally.tally {
             Some(tally) => tally.layers(),
             None => Tally::of(self.frontends.iter()).layers(),
         }
@@ -385,13 +399,14 @@ impl Image {
         let mut image = self;
         // An image changed a second time in one process is kept (a watch):
         // index its backends, so that its changes need not walk them.
-        let mut tally = match image.tally.0.take() {
-            Some(mut tally) => {
+        let mut tally = match image.tally.tally.take() {
+            Some(mut tally) if image.tally.changed => {
                 let frontends = image.frontends.values();
                 let backends = image.backends.iter().map(|(&id, backend)| (id, backend.to_raw()));
                 tally.backends.get_or_insert_with(|| Backends::of(frontends, backends));
                 *tally
             }
+            Some(tally) => *tally,
             None => image.tally_made(),
         };
         // Id 0 means "none" in the maps.
@@ -513,7 +528,7 @@ impl Image {
             tally.external = image.external_index().count() as u64;
         }
         image.node_ports_on_loopback = node_ports_on_loopback;
-        image.tally = Derived(Some(Box::new(tally)));
+        image.tally = Derived { tally: Some(Box::new(tally)), changed: true };
         Ok(image)
     }
 
@@ -833,6 +848,15 @@ mod tests {
                 let rules_again = rules.iter().map(|(o, r)| (o.clone(), r));
                 let loopback = stored.node_ports_on_loopback;
                 let addresses = stored.node_addresses.clone();
+                // Tallied first, as a change does: the same counts, and
+                // the same image with the same counts after.
+                let mut tallied: Image =
+                    postcard::from_bytes(&postcard::to_stdvec(&before).unwrap()).unwrap();
+                tallied.tally_up();
+                assert_eq!(tallied.entry_counts(), before.entry_counts());
+                let tallied =
+                    tallied.updated(&removed, rules_again.clone(), addresses.clone(), loopback).unwrap();
+                assert_eq!((&tallied, tallied.entry_counts()), (&after, after.entry_counts()));
                 assert_eq!(stored.updated(&removed, rules_again, addresses, loopback).unwrap(), after);
                 let whole = Plan::between(&before, &after);
                 let part = Plan::of_parts(&parts.before, &parts.after, parts.layers);

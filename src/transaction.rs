@@ -167,6 +167,7 @@ pub fn change_prepared<P: Send>(
     let touched: BTreeSet<Frontend> =
         (removed.iter().copied().copied()).chain(added.iter().map(|(_, rule)| rule.frontend)).collect();
     let repairing = mode == Mode::Apply && state_dir.map_writes_interrupted()? && links::is_loaded(pins)?;
+    image_before.tally_up();
     // A change of frontends that only the socket programs read, of
     // anything but node addresses and rate limits, is planned from the
     // part of the image it touched: the image is updated in place, not
