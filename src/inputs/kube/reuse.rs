@@ -38,8 +38,6 @@ pub struct Reuse<'a> {
     /// For each previous object, its first item while it can be kept.
     /// Indexed by object rather than a map of the few: a sync keeps most.
     candidates: Vec<Option<usize>>,
-    /// How many objects `candidates` holds.
-    kept: usize,
 }
 
 impl<'a> Reuse<'a> {
@@ -75,7 +73,6 @@ impl<'a> Reuse<'a> {
         }
         let mut claimed_by = vec![None; items.len()];
         let mut candidates = vec![None; previous.len()];
-        let mut kept = 0;
         let mut rest = found.as_slice();
         for (object, synced) in previous.iter().enumerate() {
             let found;
@@ -91,14 +88,13 @@ impl<'a> Reuse<'a> {
                 claimed_by[*item as usize] = Some(object);
             }
             candidates[object] = Some(first as usize);
-            kept += 1;
         }
-        Self { items, previous, claimed_by, candidates, kept }
+        Self { items, previous, claimed_by, candidates }
     }
 
     /// Whether any previous object can still be kept.
     pub fn keeps_any(&self) -> bool {
-        self.kept > 0
+        self.candidates.iter().any(Option::is_some)
     }
 
     /// The items no previous object can be kept for: they must be parsed.
@@ -152,7 +148,6 @@ impl<'a> Reuse<'a> {
                 *candidate = None;
                 released[object] = true;
                 any = true;
-                self.kept -= 1;
             }
         }
         if !any {
