@@ -15,7 +15,7 @@ use super::{
 pub struct TranslatedSocket {
     pub cookie: u64,
     pub translation: SocketTranslation,
-    /// Nanoseconds since the datapath last wrote or read the way.
+    /// Nanoseconds since the way's last use (`SocketSet::last_used_ns`).
     pub idle_ns: u64,
 }
 

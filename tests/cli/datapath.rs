@@ -424,6 +424,40 @@ pub fn a_socket_in_use_keeps_its_way() {
     assert_eq!(sockets(), (Some(0), Some(4)));
 }
 
+/// A socket that only reads keeps its way too: reading its peer's address
+/// (getpeername(), as recvmsg() on UDP) marks its way used. Loaded with
+/// room for 4 sockets, a TCP connection to a VIP asks for its peer at each
+/// of 10 turns, 20 ms apart (the datapath's clock moves on), after which 3
+/// new connections are made and kept open. Each new connection after the
+/// first 3 takes the way used least recently: never the reader's, which
+/// always shows the VIP, while 27 ways are taken from the others. (A read
+/// that did not mark the way would leave the reader's as the oldest at the
+/// second turn, and it would show its backend from then on.)
+pub fn a_socket_that_reads_keeps_its_way() {
+    let sandbox = Sandbox::new();
+    serve_three(&sandbox);
+    sandbox.load_with(&["--map-size", "sockets=4"]);
+    let vip = "198.18.0.21:80";
+    add_policy(&sandbox, "web", vip, &three(|h| format!("192.0.2.{h}:8080")), &[]);
+
+    let (client, report) = sandbox.hold(&[
+        "reader-among-fresh",
+        "--to",
+        vip,
+        "--turns",
+        "10",
+        "--fresh",
+        "3",
+        "--pause-ms",
+        "20",
+    ]);
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert_eq!(report["peers"], serde_json::json!(vec![vip; 10]), "{report}");
+    let stats = sandbox.balctl_json(&["dump", "stats"]);
+    assert_eq!(stats["datapath"]["evicted_translations"], 10 * 3 - 3, "{stats:#}");
+    drop(client);
+}
+
 /// Must show 4 (dig): `dig @VIP` against dnsmasq backends, UDP and TCP,
 /// answers without "reply from unexpected source". (BIND 9.18's dig uses
 /// connected UDP sockets; the reply translation of unconnected sockets is

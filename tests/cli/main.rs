@@ -85,6 +85,7 @@ fn main() {
         datapath::dig_through_a_dns_vip,
         datapath::ipv6_and_v4_mapped_sockets,
         datapath::a_socket_in_use_keeps_its_way,
+        datapath::a_socket_that_reads_keeps_its_way,
         datapath::one_udp_socket_keeps_a_backend_per_vip,
         datapath::affinity_sticks_until_the_backend_leaves,
         datapath::frontend_without_backends_rejects_at_once,

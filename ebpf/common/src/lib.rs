@@ -486,8 +486,10 @@ pub struct SocketSet {
     /// The cookie of each way's socket; 0 (no socket has it) marks an
     /// empty way.
     pub cookies: [u64; SOCKET_WAYS],
-    /// When the datapath last wrote or read each way
-    /// (`bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at the last tick).
+    /// When the datapath last wrote each way (`bpf_ktime_get_coarse_ns()`:
+    /// CLOCK_MONOTONIC at the last tick); a read (`recvmsg`,
+    /// `getpeername`) moves it up to the newest of its set, which orders
+    /// the set's ways as the clock would without reading it per datagram.
     pub last_used_ns: [u64; SOCKET_WAYS],
     pub ways: [SocketTranslation; SOCKET_WAYS],
 }

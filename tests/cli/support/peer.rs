@@ -100,6 +100,20 @@ enum PeerCommand {
         #[arg(long)]
         sets: Option<u64>,
     },
+    /// One TCP connection to `to` that asks for its peer's address
+    /// (getpeername()) at each of `turns` turns, each `pause_ms` after the
+    /// last so that the kernel's clock ticks in between, after which `fresh`
+    /// more connections are made and kept open: what it was shown each turn.
+    ReaderAmongFresh {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        turns: u32,
+        #[arg(long)]
+        fresh: u32,
+        #[arg(long)]
+        pause_ms: u64,
+    },
     /// Unconnected UDP: from one socket, `count` times sendto() then
     /// recvfrom() to each `to` in turn, reporting each reply's destination,
     /// source address and answer. After each turn, `fresh` exchanges with
@@ -192,6 +206,9 @@ pub fn run_if_requested() {
         PeerCommand::ConnectEach { to } => connect_each(&to),
         PeerCommand::TcpPeer { to } => tcp_peer(to),
         PeerCommand::TcpPeers { to, count, rounds, sets } => tcp_peers(to, count, rounds, sets, &mut held),
+        PeerCommand::ReaderAmongFresh { to, turns, fresh, pause_ms } => {
+            reader_among_fresh(to, turns, fresh, pause_ms, &mut held)
+        }
         PeerCommand::UdpSendto { to, count, fresh } => udp_sendto(to, count, fresh, &mut held),
         PeerCommand::UdpConnected { to } => udp_connected(to),
         PeerCommand::Bench { vip, direct, rounds, per_round } => bench(vip, direct, rounds, per_round),
@@ -385,6 +402,25 @@ fn stay_on_this_cpu() {
         let pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         assert_eq!(pinned, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
     }
+}
+
+fn reader_among_fresh(to: SocketAddr, turns: u32, fresh: u32, pause_ms: u64, held: &mut Held) -> Value {
+    stay_on_this_cpu();
+    let reader = TcpStream::connect_timeout(&to, IO_TIMEOUT).expect("the reader connects");
+    let mut peers = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..turns {
+        thread::sleep(Duration::from_millis(pause_ms));
+        peers.push(reader.peer_addr().map_or_else(|err| errno_name(&err), |peer| peer.to_string()));
+        for _ in 0..fresh {
+            match TcpStream::connect_timeout(&to, IO_TIMEOUT) {
+                Ok(socket) => held.keep(socket),
+                Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+            }
+        }
+    }
+    held.keep(reader);
+    json!({ "peers": peers, "errors": errors })
 }
 
 fn udp_sendto(targets: Vec<SocketAddr>, count: u32, fresh: u32, held: &mut Held) -> Value {
