@@ -16,7 +16,10 @@
 //! the time to its first sync, then per one-endpoint change (an
 //! EndpointSlice replaced, as the endpoint slice controller does) the time
 //! until the watcher reports it applied and the CPU time the watcher spent
-//! on it (all its threads, from /proc), and its peak RSS.
+//! on it (all its threads, from /proc), and its peak RSS. With
+//! `SYNC_BENCH_HEADLESS=H`, the cluster also has H headless Services (a
+//! StatefulSet's), each with a slice of 10 endpoints: they make no
+//! frontend, and every batch of the watch reads them again.
 //!
 //! With `--against OLD`, the full sync (1.) by another balctl binary OLD,
 //! e.g. the release before a change of the YAML parser, and by this one:
@@ -215,6 +218,9 @@ fn kube_scenario(services: u32) {
             server.apply(object);
         }
     }
+    for object in (0..headless_services()).flat_map(headless) {
+        server.apply(object);
+    }
     let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
     let started = Instant::now();
     let watcher =
@@ -248,6 +254,28 @@ fn kube_scenario(services: u32) {
         "| {services} | {:.2} | {latency:.3} | {slowest:.3} | {cpu:.2} | {most_cpu:.1} | {peak_rss} |",
         first.as_secs_f64()
     );
+}
+
+/// Headless Services added to the cluster of `--kube` besides its N
+/// (`SYNC_BENCH_HEADLESS`, default none): a StatefulSet's, each with an
+/// EndpointSlice of 10 endpoints. They make no frontend.
+fn headless_services() -> u32 {
+    std::env::var("SYNC_BENCH_HEADLESS").map_or(0, |n| n.parse().expect("a number of headless Services"))
+}
+
+/// Headless Service `i` and its EndpointSlice, as the API server holds them.
+fn headless(i: u32) -> [serde_json::Value; 2] {
+    let [mut service, mut slice] = with_service(i, false, |service| service.objects());
+    let name = format!("headless-{i}");
+    service["metadata"]["name"] = name.clone().into();
+    service["metadata"]["labels"]["app"] = name.clone().into();
+    service["spec"]["selector"]["app"] = name.clone().into();
+    service["spec"]["clusterIP"] = "None".into();
+    service["spec"]["clusterIPs"] = serde_json::json!(["None"]);
+    slice["metadata"]["name"] = format!("{name}-abcde").into();
+    slice["metadata"]["generateName"] = format!("{name}-").into();
+    slice["metadata"]["labels"]["kubernetes.io/service-name"] = name.into();
+    [service, slice]
 }
 
 /// CPU time of every thread of process `pid` so far (schedstat: on-CPU ns).

@@ -49,7 +49,25 @@ pub fn yaml(data: &[u8]) {
         return;
     }
     let document = balctl::cluster::Document::new(file.label(), data);
-    let whole = inputs::from_cluster(&[&document], &ThisNode::named(NODE), &[]);
+    let whole = inputs::from_cluster(&[&document], &ThisNode::named(NODE), &[], None);
+    // A watch's batch reads a document it parsed before from a copy of what
+    // that gave (kube::ParsedDocuments): the first read parses and keeps,
+    // the second copies; both read as the document does.
+    let parsed = inputs::kube::ParsedDocuments::default();
+    for read_again in [false, true] {
+        let copied = inputs::from_cluster(&[&document], &ThisNode::named(NODE), &[], Some(&parsed));
+        match (&whole, copied) {
+            (Ok(whole), Ok(copied)) => {
+                assert_eq!(applied(whole), applied(&copied), "read again: {read_again}")
+            }
+            (Err(whole), Err(copied)) => assert_eq!(whole.to_string(), copied.to_string()),
+            (whole, copied) => panic!(
+                "read whole: {:?}; through what was parsed before: {:?}",
+                whole.is_ok(),
+                copied.is_ok()
+            ),
+        }
+    }
     match (&in_items, whole) {
         (Some(in_items), Ok(whole)) => {
             assert_eq!(applied(in_items), applied(&whole), "read in items != read whole");

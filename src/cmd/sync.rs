@@ -94,7 +94,7 @@ pub fn run_with(
             let documents: Vec<&cluster::Document> = documents.iter().collect();
             notes = replace(
                 state,
-                inputs::from_cluster(&documents, &this_node, &state.synced)?,
+                inputs::from_cluster(&documents, &this_node, &state.synced, None)?,
                 &this_node,
                 None,
             )?
@@ -603,23 +603,23 @@ mod tests {
             }
 
             let every: Vec<&cluster::Document> = documents.values().collect();
-            let whole = inputs::from_cluster(&every, &this_node, &full.synced)
+            let whole = inputs::from_cluster(&every, &this_node, &full.synced, None)
                 .and_then(|inputs| replace(&mut full.clone(), inputs, &this_node, None).map(|r| r.0));
 
             let continued = Continued(batch % 97 != 96);
             let selection = index.select(&documents, &changed, &incremental.synced, continued, &this_node);
             partial += usize::from(selection.replaced.is_some());
             let mut next = incremental.clone();
-            let read = inputs::from_cluster(&selection.documents, &this_node, &selection.previous).and_then(
-                |inputs| {
-                    let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
-                    replace(&mut next, inputs, &this_node, part)
-                },
-            );
+            // As the watch reads: what documents parsed to before, in a
+            // batch that reads part of the cluster.
+            let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
+            let parsed = part.is_some().then(|| index.parsed());
+            let read = inputs::from_cluster(&selection.documents, &this_node, &selection.previous, parsed)
+                .and_then(|inputs| replace(&mut next, inputs, &this_node, part));
             match (whole, read) {
                 (Ok(notes), Ok((read_notes, made))) => {
                     let every: Vec<&cluster::Document> = documents.values().collect();
-                    let inputs = inputs::from_cluster(&every, &this_node, &full.synced).unwrap();
+                    let inputs = inputs::from_cluster(&every, &this_node, &full.synced, None).unwrap();
                     replace(&mut full, inputs, &this_node, None).unwrap();
                     assert_eq!(by_value(&next), by_value(&full), "batch {batch}");
                     assert_eq!(read_notes, notes, "batch {batch}");

@@ -182,13 +182,15 @@ pub const CLUSTER_SOURCE: &str = "kubernetes";
 /// each labelled (`Service ns/name`) for errors, as the one source
 /// `CLUSTER_SOURCE`: the same reading and translation as files get, and
 /// like theirs, objects of `previous` whose documents did not change are
-/// kept without reading those again.
+/// kept without reading those again. With `parsed_before` (a watch's
+/// batch), documents parsed before are not parsed again.
 pub fn from_cluster(
     documents: &[&kube::Document],
     this_node: &ThisNode,
     previous: &[Arc<SyncedObject>],
+    parsed_before: Option<&kube::ParsedDocuments>,
 ) -> Result<Inputs> {
-    let kube = kube::read_documents(documents, CLUSTER_SOURCE, previous, this_node)?;
+    let kube = kube::read_documents(documents, CLUSTER_SOURCE, previous, this_node, parsed_before)?;
     let mut budget = EntryBudget::default();
     reserve_kept(&mut budget, &kube.kept)?;
     let translation = kube::translate(kube.parsed, this_node, &mut budget)?;
@@ -708,7 +710,7 @@ ports: [{name: http, port: 8080, protocol: TCP}]
             vec![service("a", "198.18.1.1"), slice("a-1", "a", "192.0.2.31"), service("c", "198.18.1.3")];
         documents.push(hinted_slice("c-1", "c"));
         let this_node = ThisNode::named("node-a");
-        let mut previous = objects(&from_cluster(&refs(&documents), &this_node, &[]).unwrap());
+        let mut previous = objects(&from_cluster(&refs(&documents), &this_node, &[], None).unwrap());
         let edits: [ClusterEdit; 5] = [
             ("node-a appears, in zone a", &|d| d.push(node("node-a", "a")), &["service/ns/a"]),
             ("nothing changes", &|_| {}, &["service/ns/a", "service/ns/c"]),
@@ -718,8 +720,8 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         ];
         for (what, edit, expected) in edits {
             edit(&mut documents);
-            let incremental = from_cluster(&refs(&documents), &this_node, &previous).unwrap();
-            let full = from_cluster(&refs(&documents), &this_node, &[]).unwrap();
+            let incremental = from_cluster(&refs(&documents), &this_node, &previous, None).unwrap();
+            let full = from_cluster(&refs(&documents), &this_node, &[], None).unwrap();
             assert_eq!(applied(&incremental), applied(&full), "{what}");
             assert_eq!(kept(&incremental, &previous), *expected, "{what}");
             previous = objects(&incremental);
@@ -745,11 +747,11 @@ ports: [{name: http, port: 8080, protocol: TCP}]
             service("b", "198.18.1.2"),
             slice("b-1", "b", "192.0.2.41"),
         ];
-        let first = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &[]).unwrap();
+        let first = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &[], None).unwrap();
         let previous = objects(&first);
         assert_eq!(previous.len(), 2, "{previous:?}");
         assert!(previous.iter().all(|o| o.inputs.len() == 2), "{previous:?}");
-        let again = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &previous).unwrap();
+        let again = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &previous, None).unwrap();
         assert_eq!(applied(&again), applied(&first));
         assert!(objects(&again).iter().all(|o| previous.iter().any(|p| Arc::ptr_eq(p, o))));
 
@@ -762,8 +764,9 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         let mut previous = previous;
         for (what, edit, expected) in edits {
             edit(&mut documents);
-            let incremental = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &previous).unwrap();
-            let full = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &[]).unwrap();
+            let incremental =
+                from_cluster(&refs(&documents), &ThisNode::named("node-a"), &previous, None).unwrap();
+            let full = from_cluster(&refs(&documents), &ThisNode::named("node-a"), &[], None).unwrap();
             assert_eq!(applied(&incremental), applied(&full), "{what}");
             assert_eq!(kept(&incremental, &previous), *expected, "{what}");
             previous = objects(&incremental);

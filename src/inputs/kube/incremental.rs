@@ -22,7 +22,7 @@ use std::{
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::{Document, KubeObject, fingerprint_seed, objects::node_owner, policies, read};
+use super::{Document, KubeObject, ParsedDocuments, fingerprint_seed, objects::node_owner, policies, read};
 use crate::{
     model::{Fingerprint, SyncedObject, ThisNode},
     transaction::Continued,
@@ -59,6 +59,8 @@ pub struct Index {
     unclaimed: BTreeSet<String>,
     /// The index describes no state yet (or a failed batch left it unsure).
     built: bool,
+    /// What the unclaimed documents parsed to, which every batch reads.
+    parsed: ParsedDocuments,
 }
 
 impl Index {
@@ -73,7 +75,14 @@ impl Index {
             always: HashSet::default(),
             unclaimed: BTreeSet::new(),
             built: false,
+            parsed: ParsedDocuments::default(),
         }
+    }
+
+    /// What documents parsed to in earlier batches: a batch that reads part
+    /// of the cluster (`select`) reads the unclaimed documents again.
+    pub fn parsed(&self) -> &ParsedDocuments {
+        &self.parsed
     }
 
     /// A document's fingerprint, as `read_documents` gives its item.
@@ -225,6 +234,15 @@ impl Index {
                 self.unclaimed.insert(label);
             }
         }
+        self.keep_parsed_unclaimed(documents);
+    }
+
+    /// Forgets what other documents than the unclaimed ones parsed to:
+    /// only those are read in every batch.
+    fn keep_parsed_unclaimed(&mut self, documents: &BTreeMap<String, Document>) {
+        let unclaimed: HashSet<u128> =
+            self.unclaimed.iter().filter_map(|label| documents.get(label)).map(Document::hash).collect();
+        self.parsed.retain(|hash| unclaimed.contains(&hash));
     }
 
     /// Describes `synced` made of `documents`, from nothing.
@@ -244,6 +262,7 @@ impl Index {
             .filter(|(_, d)| !self.made_of.contains_key(&self.fingerprint(d)))
             .map(|(label, _)| label.clone())
             .collect();
+        self.keep_parsed_unclaimed(documents);
         self.built = true;
     }
 
@@ -326,6 +345,51 @@ mod tests {
         objects.iter().map(|object| object.owner.clone()).collect()
     }
 
+    /// A headless Service makes no object, so every batch reads it and its
+    /// slice again (they are unclaimed): parsed in the first batch that
+    /// reads part of the cluster, they are kept parsed, and nothing else is.
+    #[test]
+    fn what_every_batch_reads_again_is_kept_parsed() {
+        let this_node = ThisNode::named("node-a");
+        let headless = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}});
+        let headless_slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["192.0.2.90"]}], "ports": [{"port": 5432}]});
+        let mut documents: BTreeMap<String, Document> = service(0, 10).into_iter().collect();
+        for (label, json) in [("Service ns/db", headless), ("EndpointSlice ns/db-1", headless_slice)] {
+            documents.insert(label.to_owned(), document(label, json));
+        }
+        let every: Vec<&Document> = documents.values().collect();
+        let inputs = from_cluster(&every, &this_node, &[], None).unwrap();
+        assert!(inputs.notes.iter().any(|note| note.contains("ns/db is headless")), "{:?}", inputs.notes);
+        let mut synced: Vec<Arc<SyncedObject>> =
+            inputs.sources.into_iter().flat_map(|source| source.objects).map(|o| o.value).collect();
+        let mut index = Index::new(&this_node, CLUSTER_SOURCE);
+        index.applied(&documents, &BTreeMap::new(), None, &[], &synced);
+        let unclaimed: BTreeSet<u128> =
+            ["Service ns/db", "EndpointSlice ns/db-1"].map(|label| documents[label].hash()).into();
+
+        for (batch, address) in [(1, 20), (2, 30)] {
+            let [_, (label, slice)] = service(0, address);
+            let old = documents.insert(label.clone(), slice);
+            let changed = BTreeMap::from([(label, old)]);
+            let selection = index.select(&documents, &changed, &synced, Continued(true), &this_node);
+            let read: Vec<&str> = selection.documents.iter().map(|d| d.label.as_str()).collect();
+            assert_eq!(read.len(), 4, "batch {batch}: {read:?}");
+            let inputs =
+                from_cluster(&selection.documents, &this_node, &selection.previous, Some(index.parsed()))
+                    .unwrap();
+            assert!(inputs.notes.iter().any(|note| note.contains("ns/db is headless")), "batch {batch}");
+            let made: Vec<Arc<SyncedObject>> =
+                inputs.sources.into_iter().flat_map(|source| source.objects).map(|o| o.value).collect();
+            synced = made.clone();
+            index.applied(&documents, &changed, selection.replaced, &made, &synced);
+            assert_eq!(index.parsed().hashes(), unclaimed, "batch {batch}");
+        }
+    }
+
     /// A slice that changes makes a batch read its Service and what that
     /// reads (this node's Node), not the other Services that read the
     /// Node too; the Node changing makes it read all of them.
@@ -342,7 +406,7 @@ mod tests {
             (0..20).flat_map(|i| service(i, 10 + 2 * i)).collect();
         documents.extend([node("a")]);
         let every: Vec<&Document> = documents.values().collect();
-        let inputs = from_cluster(&every, &this_node, &[]).unwrap();
+        let inputs = from_cluster(&every, &this_node, &[], None).unwrap();
         let inputs_notes = inputs.notes.clone();
         let synced: Vec<Arc<SyncedObject>> =
             inputs.sources.into_iter().flat_map(|source| source.objects).map(|o| o.value).collect();

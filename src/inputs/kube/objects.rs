@@ -41,6 +41,7 @@ const NODE_PROXY_ANNOTATION: &str = "balancing.elf.io/nodeProxyIpv4";
 
 /// Boxed: a sync of a big cluster holds hundreds of thousands of them,
 /// moved around while they are grouped by Service.
+#[derive(Clone)]
 pub enum KubeObject {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
@@ -108,6 +109,7 @@ pub fn node_owner(name: &str) -> String {
 }
 
 /// Namespace and name, with where the object starts.
+#[derive(Clone)]
 pub struct Meta {
     pub namespace: String,
     pub name: String,
@@ -131,6 +133,7 @@ pub enum PortProtocol {
     Sctp,
 }
 
+#[derive(Clone)]
 pub struct ServicePort {
     pub name: String,
     pub protocol: PortProtocol,
@@ -138,6 +141,7 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+#[derive(Clone)]
 pub struct Service {
     pub meta: Meta,
     pub service_type: ServiceType,
@@ -177,12 +181,14 @@ impl Family {
     }
 }
 
+#[derive(Clone)]
 pub struct SlicePort {
     pub name: String,
     pub protocol: PortProtocol,
     pub port: u16,
 }
 
+#[derive(Clone)]
 pub struct Endpoint {
     /// `addresses[0]`: the addresses of one endpoint are interchangeable,
     /// and kube-proxy uses the first.
@@ -200,12 +206,13 @@ pub struct Endpoint {
 
 /// An endpoint's `hints`: the zones (`forZones`) and nodes (`forNodes`)
 /// whose clients it serves when topology applies (see services.rs).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hints {
     pub zones: Vec<String>,
     pub nodes: Vec<String>,
 }
 
+#[derive(Clone)]
 pub struct EndpointSlice {
     pub meta: Meta,
     /// The Service it belongs to (same namespace), from its label.
@@ -220,6 +227,7 @@ pub struct EndpointSlice {
     pub endpoints: Vec<Endpoint>,
 }
 
+#[derive(Clone)]
 pub struct NodeObject {
     pub meta: Meta,
     /// InternalIP and ExternalIP addresses.
@@ -242,6 +250,7 @@ impl NodeObject {
     }
 }
 
+#[derive(Clone)]
 pub struct ContainerPort {
     pub name: String,
     pub protocol: PortProtocol,
@@ -249,6 +258,7 @@ pub struct ContainerPort {
     pub host_port: Option<u16>,
 }
 
+#[derive(Clone)]
 pub struct Pod {
     pub meta: Meta,
     pub labels: Labels,

@@ -16,6 +16,7 @@ use crate::model::{PolicyKind, Protocol};
 
 pub const POLICY_API_VERSION: &str = "balancing.elf.io/v1beta1";
 
+#[derive(Clone)]
 pub struct PolicyObject {
     pub meta: Meta,
     pub kind: PolicyKind,
@@ -35,6 +36,7 @@ impl PolicyObject {
     }
 }
 
+#[derive(Clone)]
 pub enum Matcher {
     /// `serviceMatcher`: the Service's cluster IPs.
     Service { namespace: String, name: String, at: FieldRef },
@@ -42,6 +44,7 @@ pub enum Matcher {
     Address(IpAddr),
 }
 
+#[derive(Clone)]
 pub struct PolicyFrontend {
     pub matcher: Matcher,
     /// Empty for a serviceMatcher without `toPorts`: every port of the Service.
@@ -49,6 +52,7 @@ pub struct PolicyFrontend {
 }
 
 /// One entry of a `toPorts` list. Frontend and backend ports pair by name.
+#[derive(Clone)]
 pub struct ToPort {
     /// Empty when not given.
     pub name: String,
@@ -81,6 +85,7 @@ pub enum RedirectMode {
     NodeProxy,
 }
 
+#[derive(Clone)]
 pub enum BackendTarget {
     /// Pods of the policy's namespace with these labels: a
     /// LocalRedirectPolicy's on this node only, a BalancingPolicy's anywhere.
@@ -91,6 +96,7 @@ pub enum BackendTarget {
     Addresses(Vec<IpAddr>),
 }
 
+#[derive(Clone)]
 pub struct PolicyBackend {
     pub target: BackendTarget,
     pub to_ports: Vec<ToPort>,
