@@ -78,7 +78,7 @@ impl Document {
 /// document's hash. A batch reads again every document no applied object
 /// was made of (`incremental.rs`: headless Services and their
 /// EndpointSlices, policies, Pods), and parsing them was nearly all of a
-/// one-endpoint change (with 5,000 headless Services, 560 ms of CPU).
+/// one-endpoint change (with 5,000 headless Services, 560-730 ms of CPU).
 /// Parsing depends on the document's bytes alone, so a copy of what it
 /// gave is what parsing it again gives; `Index` keeps those of the
 /// documents the next batch reads again.
@@ -106,13 +106,13 @@ impl ParsedDocuments {
     }
 
     /// Keeps what the documents whose hash `keep` accepts parsed to.
-    pub fn retain(&mut self, keep: impl Fn(u128) -> bool) {
+    fn retain(&mut self, keep: impl Fn(u128) -> bool) {
         self.0.get_mut().unwrap_or_else(PoisonError::into_inner).retain(|hash, _| keep(*hash));
     }
 
     /// The hashes of the documents whose objects it holds.
     #[cfg(test)]
-    pub fn hashes(&self) -> std::collections::BTreeSet<u128> {
+    fn hashes(&self) -> std::collections::BTreeSet<u128> {
         self.0.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect()
     }
 }
