@@ -64,7 +64,7 @@ impl std::error::Error for Held {}
 
 pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let mut kept = Kept::default();
-    run_with(ctx, args, Removals::Apply, None, &mut kept)?;
+    run_with(ctx, args, Removals::Apply, None, &mut kept, None)?;
     // The process ends with this sync: freeing the state it applied, a
     // walk of every object, would only delay its exit (a twentieth of a
     // one-endpoint change at 10,000 services).
@@ -74,13 +74,15 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
 
 /// `run`, treating large removals from files as `removals` says, counting
 /// the stale sockets in `agent`'s metrics if there is one, starting from
-/// and keeping the state applied in `kept` (`transaction::Kept`).
+/// and keeping the state applied in `kept` (`transaction::Kept`), and
+/// with `told` (a watch's), saying only the notes the last sync did not.
 pub fn run_with(
     ctx: &Context,
     args: &SyncArgs,
     removals: Removals,
     agent: Option<&Agent>,
     kept: &mut Kept,
+    told: Option<&mut NotesTold>,
 ) -> Result<()> {
     let this_node = this_node(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
@@ -111,9 +113,30 @@ pub fn run_with(
         })?
     };
     let sockets = if args.dry_run { None } else { destroy_stale_sockets(ctx, args, &outcome, agent) };
+    let notes = match told {
+        Some(told) => told.new_ones(notes),
+        None => notes,
+    };
     report(ctx, &outcome, args.dry_run, notes, sockets)?;
     kept.keep(outcome);
     Ok(())
+}
+
+/// The notes the last sync of a watch gave. A watch says a note when a
+/// sync first gives it, not again while each sync gives it: every sync of
+/// files reads them all, and every batch of a cluster watch the objects
+/// that make nothing (a headless Service's note, for each of them, in
+/// each batch). A note that goes and comes back is said again.
+#[derive(Default)]
+pub struct NotesTold(HashSet<String>);
+
+impl NotesTold {
+    /// Of a sync's `notes`, those the last sync did not give.
+    pub fn new_ones(&mut self, notes: Vec<String>) -> Vec<String> {
+        let new = notes.iter().filter(|note| !self.0.contains(*note)).cloned().collect();
+        self.0 = notes.into_iter().collect();
+        new
+    }
 }
 
 /// After a change that took backends away from frontends, the connected
@@ -463,6 +486,16 @@ mod tests {
 
     fn removals(state: &AppliedState, inputs: &Inputs) -> Vec<(usize, usize)> {
         large_removals(state, inputs).iter().map(|r| (r.removed, r.applied)).collect()
+    }
+
+    #[test]
+    fn a_watch_says_a_note_when_a_sync_first_gives_it() {
+        let notes = |list: &[&str]| list.iter().map(|note| (*note).to_owned()).collect::<Vec<_>>();
+        let mut told = NotesTold::default();
+        assert_eq!(told.new_ones(notes(&["a", "b"])), notes(&["a", "b"]));
+        assert_eq!(told.new_ones(notes(&["a", "b", "c"])), notes(&["c"]));
+        assert_eq!(told.new_ones(notes(&["c"])), notes(&[]));
+        assert_eq!(told.new_ones(notes(&["a", "c"])), notes(&["a"]), "a went and came back");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
     cluster,
     cmd::{
         Context,
-        sync::{destroy_stale_sockets, health_checks, replace, report, this_node},
+        sync::{NotesTold, destroy_stale_sockets, health_checks, replace, report, this_node},
     },
     error, inputs,
     model::SyncedObject,
@@ -32,6 +32,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let health_check_ports = serve::start(ctx, args, &agent)?;
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
     let mut kept = Kept::default();
+    let mut told = NotesTold::default();
     // What the applied objects were made of: a batch reads only what can
     // change them (inputs::kube::Index).
     let mut index = inputs::kube::Index::new(&this_node, inputs::CLUSTER_SOURCE);
@@ -74,7 +75,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 },
             )?;
             let sockets = destroy_stale_sockets(ctx, args, &outcome, Some(&agent));
-            report(ctx, &outcome, false, notes, sockets)?;
+            report(ctx, &outcome, false, told.new_ones(notes), sockets)?;
             kept.keep(outcome);
             Ok(())
         });

@@ -45,7 +45,7 @@ use crate::{
     cli::SyncArgs,
     cmd::{
         self, Context,
-        sync::{Held, Removals},
+        sync::{Held, NotesTold, Removals},
     },
     error::{self, EmptyInput},
     input, inputs,
@@ -90,6 +90,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         watcher,
         hold: None,
         kept: Kept::default(),
+        told: NotesTold::default(),
     };
     super::watch(&mut files, &wakes, &agent)
 }
@@ -106,6 +107,8 @@ struct Files<'a> {
     hold: Option<Hold>,
     /// The state each sync applied, which the next starts from.
     kept: Kept,
+    /// The notes the last sync gave, said then.
+    told: NotesTold,
 }
 
 impl Source for Files<'_> {
@@ -136,8 +139,8 @@ impl Source for Files<'_> {
 /// sync before held its change). A sync that applied opens and closes the
 /// health-check node ports of what it applied.
 fn sync(files: &mut Files, removals: Removals) -> Option<Hold> {
-    let Files { ctx, args, agent, health_check_ports, kept, hold: held, .. } = files;
-    let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals, Some(agent), kept)) {
+    let Files { ctx, args, agent, health_check_ports, kept, told, hold: held, .. } = files;
+    let err = match agent.sync(|| cmd::sync::run_with(ctx, args, removals, Some(agent), kept, Some(told))) {
         Ok(()) => {
             if let Some(applied) = kept.state() {
                 health_check_ports.update(cmd::sync::health_checks(applied));

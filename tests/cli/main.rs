@@ -183,6 +183,7 @@ fn main() {
         watch::a_slow_in_place_rewrite_removes_nothing,
         watch::a_list_cut_at_an_item_boundary_is_held,
         watch::an_empty_input_is_refused_by_a_one_shot_sync,
+        watch::a_note_is_said_once,
         explain::explain_agrees_with_real_connects,
         explain::a_policy_layer_wins_over_the_service_and_says_why,
         explain::failures_and_untranslated_destinations,

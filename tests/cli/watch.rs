@@ -291,6 +291,30 @@ fn kube_list(services: &[&str]) -> (String, Vec<String>) {
     (header, items)
 }
 
+/// A watch says a note once, when a sync first gives it: a headless
+/// Service's comes with the first sync, not with the next, which changes
+/// another Service's endpoint while it is still there; once it has gone
+/// and come back, it is said again.
+pub fn a_note_is_said_once() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    let file = sandbox.scratch("cluster.yaml");
+    let (header, items) = kube_list(&["web"]);
+    let moved = items[0].replace("192.0.2.2", "192.0.2.3");
+    let headless = "- apiVersion: v1\n  kind: Service\n  metadata: {name: db, namespace: ns}\n  \
+                    spec: {clusterIP: None, ports: [{port: 5432}]}\n";
+    fs::write(&file, format!("{header}{}{headless}", items[0])).unwrap();
+    let watcher = Watcher::start(&sandbox, &[file.to_str().unwrap()]);
+    watcher.wait_stdout("sync: frontends +1 ~0 -0");
+    for (web, db) in [(&moved, headless), (&items[0], ""), (&moved, headless)] {
+        fs::write(&file, format!("{header}{web}{db}")).unwrap();
+        watcher.wait_stdout("sync: frontends +0 ~1 -0");
+    }
+    let said: Vec<String> =
+        watcher.stdout_lines().into_iter().filter(|line| line.contains("ns/db is headless")).collect();
+    assert_eq!(said.len(), 2, "the first sync and the one it came back with: {said:?}");
+}
+
 /// The VIPs `dump` shows, sorted.
 fn dumped_vips(sandbox: &Sandbox) -> Vec<String> {
     let dump = sandbox.balctl_json(&["dump", "services"]);
