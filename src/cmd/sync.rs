@@ -643,10 +643,9 @@ mod tests {
             let selection = index.select(&documents, &changed, &incremental.synced, continued, &this_node);
             partial += usize::from(selection.replaced.is_some());
             let mut next = incremental.clone();
-            // As the watch reads: what documents parsed to before, in a
-            // batch that reads part of the cluster.
+            // As the watch reads: through what documents parsed to before.
             let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
-            let parsed = part.is_some().then(|| index.parsed());
+            let parsed = index.parsed_for(&selection);
             let read = inputs::from_cluster(&selection.documents, &this_node, &selection.previous, parsed)
                 .and_then(|inputs| replace(&mut next, inputs, &this_node, part));
             match (whole, read) {

@@ -56,12 +56,10 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
                         continued,
                         &this_node,
                     );
-                    let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
-                    // A batch that reads part of the cluster reads the
-                    // documents no object was made of every time: parsed once.
-                    let parsed = part.is_some().then(|| index.parsed());
+                    let parsed = index.parsed_for(&selection);
                     let inputs =
                         inputs::from_cluster(&selection.documents, &this_node, &selection.previous, parsed)?;
+                    let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
                     let incoming;
                     (notes, incoming) = replace(state, inputs, &this_node, part)?;
                     // The health-check ports change only with objects that have one.

@@ -79,11 +79,12 @@ impl Document {
 /// was made of (`incremental.rs`: headless Services and their
 /// EndpointSlices, policies, Pods), and parsing them was nearly all of a
 /// one-endpoint change (with 5,000 headless Services, 560-730 ms of CPU).
-/// Parsing depends on the document's bytes alone, so a copy of what it
-/// gave is what parsing it again gives; `Index` keeps those of the
-/// documents the next batch reads again.
+/// Parsing depends on the document's bytes alone (its label too is made
+/// from them: kind, namespace, name), so a copy of what it gave is what
+/// parsing it again gives; `Index` keeps those of the documents the next
+/// batch reads again.
 #[derive(Default)]
-pub struct ParsedDocuments(RwLock<HashMap<u128, (String, Vec<KubeObject>)>>);
+pub struct ParsedDocuments(RwLock<HashMap<u128, Vec<KubeObject>>>);
 
 impl ParsedDocuments {
     /// The objects of `document`: a copy of what it parsed to before, else
@@ -93,15 +94,11 @@ impl ParsedDocuments {
         // Read by the threads that parse at once: each holds the lock to
         // read, only a document parsed now takes it alone. (A lock poisoned
         // by a panic guards whole entries only: read on.)
-        if let Some((label, objects)) =
-            self.0.read().unwrap_or_else(PoisonError::into_inner).get(&document.hash)
-            && *label == document.label
-        {
+        if let Some(objects) = self.0.read().unwrap_or_else(PoisonError::into_inner).get(&document.hash) {
             return Ok(objects.clone());
         }
         let objects = read(&document.label, document.json().as_slice())?;
-        let mut kept = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        kept.insert(document.hash, (document.label.clone(), objects.clone()));
+        self.0.write().unwrap_or_else(PoisonError::into_inner).insert(document.hash, objects.clone());
         Ok(objects)
     }
 
