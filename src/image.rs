@@ -15,6 +15,7 @@ use balctl_common::{
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED,
     SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, SourceRange,
 };
+pub use balctl_common::{Cell, NO_CELL};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,7 @@ use crate::{
 };
 
 mod backends;
+mod cells;
 pub mod external;
 pub mod raw;
 mod tally;
@@ -84,6 +86,15 @@ pub struct FrontendImage {
     /// none.
     #[serde(default)]
     pub source_ranges: Vec<Prefix>,
+    /// Where the frontend's resolutions are counted (its cell of the stats
+    /// map, `cells.rs`), and each backend's (its membership's cell of the
+    /// backend_hits map), in the order of `backends`: a backend listed
+    /// twice is one membership with one cell. Formats 9 and before had
+    /// none: reading such a state hands them out (`hand_out_cells`).
+    #[serde(default)]
+    pub cell: Cell,
+    #[serde(default)]
+    pub hit_cells: Vec<Cell>,
 }
 
 impl FrontendImage {
@@ -101,6 +112,7 @@ impl FrontendImage {
                 | if self.source_ranges.is_empty() { 0 } else { SERVICE_FLAG_SOURCE_RANGES },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
+            cell: self.cell,
             backend: Backend::NONE,
         }
     }
@@ -115,6 +127,7 @@ impl FrontendImage {
                 flags: 0,
                 service_id: self.service_id,
                 affinity_timeout_sec: 0,
+                cell: self.hit_cell(i),
                 // A corrupt state's unknown backend: the datapath refuses
                 // it as stale.
                 backend: backends.get(&backend_id).map_or(Backend::NONE, |b| b.to_raw()),
@@ -176,8 +189,17 @@ impl FrontendImage {
         keys.into_iter()
     }
 
-    pub fn memberships(&self) -> impl Iterator<Item = MembershipKey> + '_ {
-        self.backends.iter().map(|&backend_id| MembershipKey { service_id: self.service_id, backend_id })
+    /// Its memberships with their cells, in slot order (a backend listed
+    /// twice comes twice, with one cell).
+    pub fn memberships(&self) -> impl Iterator<Item = (MembershipKey, Cell)> + '_ {
+        (self.backends.iter().enumerate()).map(|(i, &backend_id)| {
+            (MembershipKey { service_id: self.service_id, backend_id }, self.hit_cell(i))
+        })
+    }
+
+    /// The cell of the backend in slot `index + 1`.
+    pub fn hit_cell(&self, index: usize) -> Cell {
+        self.hit_cells.get(index).copied().unwrap_or(NO_CELL)
     }
 }
 
@@ -306,6 +328,26 @@ impl Image {
         }
     }
 
+    /// Hands every frontend its counter cells afresh, in frontend order:
+    /// a state of a format without them (`state::complete_legacy`).
+    pub fn hand_out_cells(&mut self) {
+        let mut tally = Tally::default();
+        for frontend in self.frontends.values_mut() {
+            (frontend.cell, frontend.hit_cells) = tally.cells_for(None, &frontend.backends);
+        }
+        self.tally = Derived::default();
+    }
+
+    /// One past the highest counter cell of the stats and of the
+    /// backend_hits map the image holds (or gave up in its change): the
+    /// lengths the counter arrays need.
+    pub fn cells_needed(&self) -> (u64, u64) {
+        match &self.tally.tally {
+            Some(tally) => tally.cells_needed(),
+            None => self.tally_made().cells_needed(),
+        }
+    }
+
     /// The image's tally, made from its frontends (without the backends'
     /// index).
     fn tally_made(&self) -> Tally {
@@ -409,10 +451,13 @@ impl Image {
             Some(tally) => *tally,
             None => image.tally_made(),
         };
+        tally.start_change();
         // Id 0 means "none" in the maps.
         image.next_service_id = image.next_service_id.max(1);
         image.next_backend_id = image.next_backend_id.max(1);
-        let mut old_services: HashMap<Frontend, ServiceId> = HashMap::default();
+        // Frontends removed, which an added rule may take again: with their
+        // service id and cells.
+        let mut old_frontends: HashMap<Frontend, FrontendImage> = HashMap::default();
         // Backends whose last frontend left (with the backends' index; else
         // those of the frontends removed, which may have): they leave too,
         // unless an added frontend takes them again.
@@ -426,7 +471,7 @@ impl Image {
                 }
                 tally.remove(frontend, &old, |id| unused.push(id));
                 external_changed |= frontend.scope == Scope::External;
-                old_services.insert(*frontend, old.service_id);
+                old_frontends.insert(*frontend, old);
             }
         }
         let added: Vec<(String, &FrontendRule)> = added.into_iter().collect();
@@ -473,7 +518,7 @@ impl Image {
                 ));
             }
             let maglev_table_size = maglev_table_size(&owner, rule)?;
-            let backends = rule
+            let backends: Vec<BackendId> = rule
                 .backend_addrs()
                 .map(|addr| {
                     let new_id = || {
@@ -490,10 +535,15 @@ impl Image {
                     }
                 })
                 .collect();
-            let service_id = old_services.get(&rule.frontend).copied().unwrap_or_else(|| {
-                image.next_service_id += 1;
-                image.next_service_id - 1
-            });
+            let old = old_frontends.get(&rule.frontend);
+            let service_id = old.map_or_else(
+                || {
+                    image.next_service_id += 1;
+                    image.next_service_id - 1
+                },
+                |old| old.service_id,
+            );
+            let (cell, hit_cells) = tally.cells_for(old, &backends);
             let frontend = FrontendImage {
                 service_id,
                 owner,
@@ -504,6 +554,8 @@ impl Image {
                 address_kind: rule.address_kind,
                 maglev_table_size,
                 source_ranges: rule.external.source_ranges.clone(),
+                cell,
+                hit_cells,
             };
             tally.add(&rule.frontend, &frontend);
             external_changed |= rule.frontend.scope == Scope::External;

@@ -55,7 +55,7 @@ use std::{
 };
 
 use balctl_common::{
-    Addr, Backend, ExternalKey, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry,
+    Addr, Backend, Cell, ExternalKey, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, ServiceEntry,
     ServiceKey, layer_bit,
 };
 
@@ -361,7 +361,7 @@ impl<'a> Sides<'a> {
     fn phase(self, phase: Phase) -> Box<dyn Iterator<Item = Step> + 'a> {
         let backend = |change| step(change, Op::PutBackend, Op::DeleteBackend);
         let node = |change| step(change, |key, ()| Op::PutNodeAddress(key), Op::DeleteNodeAddress);
-        let membership = |change| step(change, |key, ()| Op::PutMembership(key), Op::DeleteMembership);
+        let membership = |change| step(change, Op::PutMembership, Op::DeleteMembership);
         let source_range = |change| step(change, |key, ()| Op::PutSourceRange(key), Op::DeleteSourceRange);
         match phase {
             Phase::PutBackends => Box::new(
@@ -529,7 +529,7 @@ impl<'a> Sides<'a> {
         }
     }
 
-    fn memberships(self) -> Changes<'a, MembershipKey, ()> {
+    fn memberships(self) -> Changes<'a, MembershipKey, Cell> {
         match self {
             // Each frontend has its own service id, so its memberships are
             // compared with its own only.
@@ -538,7 +538,7 @@ impl<'a> Sides<'a> {
                     .flat_map(|(_, before, after)| changes(members(before), members(after))),
             ),
             Self::Repair(actual, desired) => {
-                Box::new(changes(unit(&actual.membership), unit(&desired.membership)))
+                Box::new(changes(copied(&actual.membership), copied(&desired.membership)))
             }
         }
     }
@@ -580,13 +580,14 @@ fn node_address_keys(image: &Image) -> impl Iterator<Item = (NodeAddressKey, ())
     image.node_address_keys().into_iter().map(|key| (key, ()))
 }
 
-/// A frontend's memberships, sorted for the merge walk (its backends are in
-/// slot order) and once each, as in the map.
-fn members(frontend: Option<&FrontendImage>) -> impl Iterator<Item = (MembershipKey, ())> + use<> {
-    let mut keys: Vec<MembershipKey> = frontend.into_iter().flat_map(FrontendImage::memberships).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys.into_iter().map(|key| (key, ()))
+/// A frontend's memberships with their cells, sorted for the merge walk
+/// (its backends are in slot order) and once each, as in the map.
+fn members(frontend: Option<&FrontendImage>) -> impl Iterator<Item = (MembershipKey, Cell)> + use<> {
+    let mut members: Vec<(MembershipKey, Cell)> =
+        frontend.into_iter().flat_map(FrontendImage::memberships).collect();
+    members.sort_unstable();
+    members.dedup_by_key(|(key, _)| *key);
+    members.into_iter()
 }
 
 /// A map's entries by value, for `changes`.
@@ -700,7 +701,7 @@ mod tests {
             match &op {
                 Op::PutBackend(id, b) => drop(maps.backends.insert(*id, *b)),
                 Op::DeleteBackend(id) => drop(maps.backends.remove(id)),
-                Op::PutMembership(k) => drop(maps.membership.insert(*k)),
+                Op::PutMembership(k, cell) => drop(maps.membership.insert(*k, *cell)),
                 Op::DeleteMembership(k) => drop(maps.membership.remove(k)),
                 Op::PutService(k, v) => drop(maps.services.insert(*k, *v)),
                 Op::DeleteService(k) => drop(maps.services.remove(k)),
@@ -841,16 +842,23 @@ mod tests {
                 let undo = old.map_or(Op::DeleteService(key(slot)), |old| Op::PutService(key(slot), *old));
                 phases[phase].push(Step { op: Op::PutService(key(slot), *new), undo });
             }
-            let members = |f: Option<&FrontendImage>| -> BTreeSet<MembershipKey> {
+            let members = |f: Option<&FrontendImage>| -> BTreeMap<MembershipKey, Cell> {
                 f.map(|f| f.memberships().collect()).unwrap_or_default()
             };
             let (before_members, after_members) = (members(before), members(after));
-            for &key in after_members.difference(&before_members) {
-                phases[put_memberships]
-                    .push(Step { op: Op::PutMembership(key), undo: Op::DeleteMembership(key) });
+            for (&key, &cell) in &after_members {
+                let undo = match before_members.get(&key) {
+                    Some(&old) if old == cell => continue,
+                    Some(&old) => Op::PutMembership(key, old),
+                    None => Op::DeleteMembership(key),
+                };
+                phases[put_memberships].push(Step { op: Op::PutMembership(key, cell), undo });
             }
-            for &key in before_members.difference(&after_members) {
-                phases[late].push(Step { op: Op::DeleteMembership(key), undo: Op::PutMembership(key) });
+            for (&key, &cell) in &before_members {
+                if !after_members.contains_key(&key) {
+                    let undo = Op::PutMembership(key, cell);
+                    phases[late].push(Step { op: Op::DeleteMembership(key), undo });
+                }
             }
         }
         let raw = |image: &Image| -> BTreeMap<BackendId, Backend> {

@@ -225,6 +225,8 @@ mod tests {
                 address_kind: AddressKind::default(),
                 maglev_table_size: 0,
                 source_ranges: Vec::new(),
+                cell: crate::image::NO_CELL,
+                hit_cells: Vec::new(),
             };
             image.frontends.insert(frontend, entry);
         }

@@ -46,14 +46,17 @@ const MAGIC: &[u8; 8] = b"balctl\0S";
 /// 7 the objects each synced object's translation read, 8 whether node
 /// ports answer on IPv4 loopback, 9 the snapshot's generation (a `u64`,
 /// little endian, before the state), which its change log names
-/// (`change_log`).
-const STATE_VERSION: u32 = 9;
+/// (`change_log`), 10 the frontends' counter cells.
+pub(crate) const STATE_VERSION: u32 = 10;
 /// Format 8: format 9 without a generation, and so without a log.
-const UNLOGGED_VERSION: u32 = 8;
+const UNLOGGED_LEGACY_VERSION: u32 = 8;
+/// Format 9: the format of 10 without counter cells (a snapshot with a
+/// generation and its log), read only to migrate it.
+const LOGGED_LEGACY_VERSION: u32 = 9;
 /// Older formats, read only to migrate them (`legacy`): 3 is the format 4
-/// layout in bincode 1, written up to commit a86b197; 4 to 7 lack the
-/// fields `legacy::ADDED` lists.
-const LEGACY_VERSIONS: [u32; 5] = legacy::FORMATS;
+/// layout in bincode 1, written up to commit a86b197; 4 to 9 lack the
+/// fields `legacy::ADDED` lists; 8 has no generation, and so no log.
+const LEGACY_VERSIONS: [u32; 7] = legacy::FORMATS;
 /// A log longer than its snapshot (and than this) is folded into a new
 /// snapshot by the next change: reading costs at most about two
 /// snapshots, and a change, whatever the state's size, one record plus
@@ -255,10 +258,20 @@ impl StateDir {
                 };
                 let generation = u64::from_le_bytes(*generation);
                 let snapshot = decoded(body)?;
-                let (state, log_end) = self.replay(&dir, generation, snapshot)?;
+                let (state, log_end) = self.replay(&dir, generation, snapshot, STATE_VERSION)?;
                 Ok((state, Some(Recorded { generation, snapshot_len: bytes.len() as u64, log_end })))
             }
-            UNLOGGED_VERSION => Ok((decoded(body)?, None)),
+            LOGGED_LEGACY_VERSION => {
+                let Some((generation, body)) = body.split_first_chunk::<8>() else {
+                    return Err(corrupt("it ends in the middle of its data (truncated)"));
+                };
+                let generation = u64::from_le_bytes(*generation);
+                let snapshot = legacy::from_bytes(body, LOGGED_LEGACY_VERSION)
+                    .map_err(|err| corrupt(&err.to_string()))?;
+                let (mut state, _) = self.replay(&dir, generation, snapshot, LOGGED_LEGACY_VERSION)?;
+                complete_legacy(&mut state, LOGGED_LEGACY_VERSION);
+                Ok((state, None))
+            }
             version if LEGACY_VERSIONS.contains(&version) => {
                 let mut state = legacy::from_bytes(body, version).map_err(|err| corrupt(&err.to_string()))?;
                 complete_legacy(&mut state, version);
@@ -282,19 +295,21 @@ impl StateDir {
         dir: &TrustedDir,
         generation: u64,
         snapshot: AppliedState,
+        format: u32,
     ) -> Result<(AppliedState, Option<u64>)> {
         let path = self.root.join(LOG_FILE);
         let Some(mut file) = dir.open_file(LOG_FILE)? else { return Ok((snapshot, None)) };
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
         let mut replay = Replay::new(snapshot);
-        let read = change_log::read(&bytes, generation, |delta| replay.apply(delta)).map_err(|why| {
-            anyhow!(
-                "{} is corrupt: {why}; move it and {STATE_FILE} away to start from an empty state, \
+        let read =
+            change_log::read(&bytes, generation, format, |delta| replay.apply(delta)).map_err(|why| {
+                anyhow!(
+                    "{} is corrupt: {why}; move it and {STATE_FILE} away to start from an empty state, \
                  then apply your rules again (`balctl sync`, `balctl policy add`)",
-                path.display()
-            )
-        })?;
+                    path.display()
+                )
+            })?;
         if let Some(read) = &read
             && read.end < bytes.len() as u64
         {
@@ -328,7 +343,7 @@ impl StateDir {
     /// changes state, `load` included, takes the lock first; a read-only one
     /// (`dump`, `status`) reads the older format as it is.
     fn migrate(&self, lock: &StateLock) -> Result<()> {
-        let older = |v: &u32| LEGACY_VERSIONS.contains(v) || *v == UNLOGGED_VERSION;
+        let older = |v: &u32| LEGACY_VERSIONS.contains(v);
         let Some(version) = self.format_version()?.filter(older) else {
             return Ok(());
         };
@@ -550,7 +565,16 @@ mod policy_records {
 /// Neither can be told from what they hold, so every synced object forgets
 /// the inputs it came from, and the next sync translates it again (once)
 /// instead of keeping it, which records them.
+///
+/// Formats 9 and before had no counter cells: every frontend is handed its
+/// cells (`Image::hand_out_cells`), which the counters that pinned maps of
+/// those formats held are not at (their layout differs: `load` refuses
+/// them, and `unload` then `load` starts counting anew).
 fn complete_legacy(state: &mut AppliedState, version: u32) {
+    state.image.hand_out_cells();
+    if version >= UNLOGGED_LEGACY_VERSION {
+        return;
+    }
     let node_port = |frontend: &Frontend| version == 3 && frontend.address.is_unspecified();
     let mut synced = std::mem::take(&mut state.synced).into_vec();
     for object in &mut synced {
@@ -777,7 +801,7 @@ mod tests {
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
         let err = state_dir.read().unwrap_err();
-        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 9"), "{err:#}");
+        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 10"), "{err:#}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

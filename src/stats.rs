@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use balctl_common::{GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, MembershipKey, result};
+use balctl_common::{GAVE_WAY_NO_BACKEND, GAVE_WAY_RATE_LIMIT, result};
 use serde::Serialize;
 
 use crate::{
@@ -123,14 +123,13 @@ pub fn read(
         .iter()
         .filter(|(frontend, _)| keep(frontend))
         .map(|(frontend, f)| {
-            let service = counters.service(f.service_id)?;
-            let backends = f
-                .backends
-                .iter()
-                .filter_map(|&backend_id| Some((backend_id, image.backends.get(&backend_id)?.address)))
-                .map(|(backend_id, backend)| {
-                    let hits = counters.hits(MembershipKey { service_id: f.service_id, backend_id })?;
-                    Ok(BackendHits { backend_id, backend, hits })
+            let service = counters.service(f.cell)?;
+            let backends = (f.backends.iter().enumerate())
+                .filter_map(|(slot, &backend_id)| {
+                    Some((backend_id, image.backends.get(&backend_id)?.address, f.hit_cell(slot)))
+                })
+                .map(|(backend_id, backend, cell)| {
+                    Ok(BackendHits { backend_id, backend, hits: counters.hits(cell)? })
                 })
                 .collect::<Result<_>>()?;
             Ok(FrontendStats {

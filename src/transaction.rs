@@ -196,6 +196,7 @@ pub fn change_prepared<P: Send>(
                 let mut datapath = None;
                 if !plan.is_empty() {
                     let opened = datapath.insert(Datapath::open(pins)?);
+                    opened.check_cells(after.image.cells_needed())?;
                     write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
                 }
                 let before = Before { policies: &before_policies, image: &image_before };
@@ -234,6 +235,7 @@ pub fn change_prepared<P: Send>(
                 Some(opened) => opened,
                 None => datapath.insert(Datapath::open(pins)?),
             };
+            opened.check_cells(after.image.cells_needed())?;
             write_maps(state_dir, &lock, opened, &plan, start, Some(&rate_limits), repairing)?;
         }
         let recorded = record(
@@ -309,6 +311,7 @@ pub fn restore<R>(
     let actual = datapath.read_contents()?;
     let desired = MapContents::of(&state.image);
     let plan = Plan::repair(&actual, &desired);
+    datapath.check_cells(state.image.cells_needed())?;
     let rate_limits = (datapath.rate_limits()?, state.image.rate_limits());
     write_maps(
         state_dir,

@@ -361,8 +361,8 @@ fn execute(maps: &mut MapContents, op: &Op) {
         Op::DeleteBackend(id) => {
             maps.backends.remove(&id);
         }
-        Op::PutMembership(key) => {
-            maps.membership.insert(key);
+        Op::PutMembership(key, cell) => {
+            maps.membership.insert(key, cell);
         }
         Op::DeleteMembership(key) => {
             maps.membership.remove(&key);
@@ -420,9 +420,10 @@ fn pickable(maps: &MapContents, membership: Membership) -> BTreeSet<ServiceKey> 
         slot.backend.proto != Backend::NONE.proto
             && maps.backends.get(&slot.backend_id) == Some(&slot.backend)
             && (membership == Membership::Ignored
-                || maps
-                    .membership
-                    .contains(&MembershipKey { service_id: master.service_id, backend_id: slot.backend_id }))
+                || maps.membership.contains_key(&MembershipKey {
+                    service_id: master.service_id,
+                    backend_id: slot.backend_id,
+                }))
     };
     maps.services
         .iter()
@@ -526,6 +527,7 @@ fn drifted(mut maps: MapContents, drift: &[Drift]) -> MapContents {
                     flags: 0,
                     service_id: 0,
                     affinity_timeout_sec: 0,
+                    cell: 0,
                     backend: Backend::NONE,
                 };
                 maps.services.insert(service_key(&self::frontend(frontend), slot.into()), entry);
@@ -541,13 +543,13 @@ fn drifted(mut maps: MapContents, drift: &[Drift]) -> MapContents {
                 maps.backends.insert(id.into(), backend.to_raw());
             }
             Drift::RemoveMembership(i) => {
-                if let Some(key) = nth(maps.membership.iter(), i) {
+                if let Some(key) = nth(maps.membership.keys(), i) {
                     maps.membership.remove(&key);
                 }
             }
             Drift::AddMembership { service_id, backend_id } => {
                 let key = MembershipKey { service_id: service_id.into(), backend_id: backend_id.into() };
-                maps.membership.insert(key);
+                maps.membership.insert(key, 0);
             }
             Drift::RemoveNode(i) => {
                 if let Some(key) = nth(maps.node_addresses.iter(), i) {

@@ -1,21 +1,32 @@
-//! The datapath's always-on counters: `stats` (per frontend, by service id),
-//! `backend_hits` (per frontend and backend) and `datapath_stats` (the
-//! node's). All are per CPU, so each read sums one value per possible CPU.
+//! The datapath's always-on counters: `stats` (per frontend) and
+//! `backend_hits` (per frontend and backend), per-CPU arrays indexed by
+//! the counter cells the image hands out (`balctl_common::Cell`), and
+//! `datapath_stats` (the node's). Each read sums one value per possible CPU.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
-use balctl_common::{DatapathStats, MembershipKey, ServiceStats, map_names};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use balctl_common::{Cell, DatapathStats, NO_CELL, ServiceStats, map_names};
 
-use super::{
-    maps::ServiceId,
-    pins::{PinDir, ignore_missing, open_map},
-};
+use super::pins::{PinDir, open_map};
 
 pub struct CounterMaps {
-    stats: PerCpuHashMap<MapData, ServiceId, ServiceStats>,
-    backend_hits: PerCpuHashMap<MapData, MembershipKey, u64>,
+    stats: PerCpuArray<MapData, ServiceStats>,
+    backend_hits: PerCpuArray<MapData, u64>,
+}
+
+/// Cells of both arrays.
+#[derive(Debug, Default)]
+pub struct Cells {
+    pub stats: BTreeSet<Cell>,
+    pub hits: BTreeSet<Cell>,
+}
+
+impl Cells {
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty() && self.hits.is_empty()
+    }
 }
 
 impl CounterMaps {
@@ -26,11 +37,13 @@ impl CounterMaps {
         })
     }
 
-    /// A frontend's counters over every CPU; zeros before its first resolution.
-    pub fn service(&self, service_id: ServiceId) -> Result<ServiceStats> {
-        let Some(per_cpu) = absent_as_none(self.stats.get(&service_id, 0))? else {
+    /// A frontend's counters (at its `cell`) over every CPU; zeros for no
+    /// cell.
+    pub fn service(&self, cell: Cell) -> Result<ServiceStats> {
+        if cell == NO_CELL {
             return Ok(ServiceStats::default());
-        };
+        }
+        let per_cpu = self.stats.get(&cell, 0).with_context(|| format!("reading stats cell {cell}"))?;
         Ok(per_cpu.iter().fold(ServiceStats::default(), |mut sum, cpu| {
             sum.resolutions = sum.resolutions.wrapping_add(cpu.resolutions);
             for (total, failures) in sum.failures.iter_mut().zip(cpu.failures) {
@@ -43,28 +56,30 @@ impl CounterMaps {
         }))
     }
 
-    /// How often a frontend sent to a backend, over every CPU.
-    pub fn hits(&self, membership: MembershipKey) -> Result<u64> {
-        let per_cpu = absent_as_none(self.backend_hits.get(&membership, 0))?;
-        Ok(per_cpu.map_or(0, |values| values.iter().fold(0, |sum: u64, hits| sum.wrapping_add(*hits))))
+    /// How often a frontend sent to a backend (its membership's `cell`),
+    /// over every CPU.
+    pub fn hits(&self, cell: Cell) -> Result<u64> {
+        if cell == NO_CELL {
+            return Ok(0);
+        }
+        let per_cpu =
+            self.backend_hits.get(&cell, 0).with_context(|| format!("reading backend_hits cell {cell}"))?;
+        Ok(per_cpu.iter().fold(0, |sum: u64, hits| sum.wrapping_add(*hits)))
     }
 
-    /// Deletes the counters of frontends and memberships that are gone, so
-    /// they do not fill the maps (the datapath stops counting when a map is
-    /// full). Ids are never reused, so nothing would count into them again.
-    pub fn forget(
-        &mut self,
-        services: &HashSet<ServiceId>,
-        memberships: &HashSet<MembershipKey>,
-    ) -> Result<()> {
-        for service_id in services {
-            ignore_missing(self.stats.remove(service_id))
-                .with_context(|| format!("deleting the counters of service id {service_id}"))?;
+    /// Zeroes `cells`, which their owners gave up, on every CPU: the next
+    /// owner starts from 0.
+    pub fn zero(&mut self, cells: &Cells) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| err).context("counting the possible CPUs")?;
+        for &cell in &cells.stats {
+            let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus])?;
+            self.stats.set(cell, zeros, 0).with_context(|| format!("zeroing stats cell {cell}"))?;
         }
-        for key in memberships {
-            ignore_missing(self.backend_hits.remove(key)).with_context(|| {
-                format!("deleting the hits of backend {} of service id {}", key.backend_id, key.service_id)
-            })?;
+        for &cell in &cells.hits {
+            let zeros = PerCpuValues::try_from(vec![0_u64; cpus])?;
+            self.backend_hits
+                .set(cell, zeros, 0)
+                .with_context(|| format!("zeroing backend_hits cell {cell}"))?;
         }
         Ok(())
     }
@@ -77,13 +92,4 @@ pub fn datapath(pins: &PinDir) -> Result<DatapathStats> {
     Ok(per_cpu.iter().fold(DatapathStats::default(), |sum, cpu| DatapathStats {
         evicted_translations: sum.evicted_translations.wrapping_add(cpu.evicted_translations),
     }))
-}
-
-/// A counter that was never created reads as absent, not as an error.
-fn absent_as_none<T>(result: Result<T, MapError>) -> Result<Option<T>, MapError> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(err) => Err(err),
-    }
 }

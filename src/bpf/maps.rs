@@ -10,13 +10,13 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use balctl_common::{
-    Addr, AffinityKey, AffinityValue, Backend, ExternalKey, LAYERS_KNOWN, MaglevChunk, MaglevKey,
+    Addr, AffinityKey, AffinityValue, Backend, Cell, ExternalKey, LAYERS_KNOWN, MaglevChunk, MaglevKey,
     MembershipKey, NodeAddressKey, RateLimit, ServiceEntry, ServiceKey, SourceRange, map_names,
 };
 
 use super::{
     batch,
-    counters::CounterMaps,
+    counters::{Cells, CounterMaps},
     object::MAPS,
     pins::{PinDir, ignore_missing, open_map},
 };
@@ -63,7 +63,7 @@ impl EntryCounts {
 pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceEntry>,
     pub backends: BTreeMap<BackendId, Backend>,
-    pub membership: BTreeSet<MembershipKey>,
+    pub membership: BTreeMap<MembershipKey, Cell>,
     pub node_addresses: BTreeSet<NodeAddressKey>,
     /// The external index: what packets from outside are addressed to,
     /// and the address of the external frontend's master that serves it.
@@ -93,7 +93,7 @@ impl MapContents {
 pub enum Op {
     PutBackend(BackendId, Backend),
     DeleteBackend(BackendId),
-    PutMembership(MembershipKey),
+    PutMembership(MembershipKey, Cell),
     DeleteMembership(MembershipKey),
     PutService(ServiceKey, ServiceEntry),
     DeleteService(ServiceKey),
@@ -110,7 +110,7 @@ pub enum Op {
 pub struct Datapath {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     backends: HashMap<MapData, BackendId, Backend>,
-    membership: HashMap<MapData, MembershipKey, u32>,
+    membership: HashMap<MapData, MembershipKey, Cell>,
     nodes: HashMap<MapData, NodeAddressKey, u32>,
     external: HashMap<MapData, ExternalKey, Addr>,
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
@@ -121,6 +121,8 @@ pub struct Datapath {
     layers: Array<MapData, u32>,
     counters: CounterMaps,
     capacity: EntryCounts,
+    /// The lengths of the counter arrays (stats, backend_hits).
+    cell_capacity: (u64, u64),
 }
 
 impl Datapath {
@@ -154,6 +156,7 @@ impl Datapath {
             rate_limit_capacity: aya::maps::MapInfo::from_pin(pins.map(map_names::RATE_LIMITS)?)?
                 .max_entries(),
             counters,
+            cell_capacity: (capacity(map_names::STATS)?, capacity(map_names::BACKEND_HITS)?),
             capacity: EntryCounts {
                 services: capacity(map_names::SERVICES)?,
                 backends: capacity(map_names::BACKENDS)?,
@@ -170,7 +173,7 @@ impl Datapath {
         Ok(MapContents {
             services: read_all(&self.services)?,
             backends: read_all(&self.backends)?,
-            membership: read_all(&self.membership)?.into_keys().collect(),
+            membership: read_all(&self.membership)?,
             node_addresses: read_all(&self.nodes)?.into_keys().collect(),
             external: read_all(&self.external)?,
             maglev: read_all(&self.maglev)?,
@@ -221,6 +224,26 @@ impl Datapath {
         check_fits(needed, self.capacity)
     }
 
+    /// Refuses an image whose counter cells (`needed`: one past the
+    /// highest of the stats and of the backend_hits cells) do not fit in
+    /// the counter arrays, before anything is written.
+    pub fn check_cells(&self, needed: (u64, u64)) -> Result<()> {
+        let arrays =
+            [("stats", needed.0, self.cell_capacity.0), ("backend_hits", needed.1, self.cell_capacity.1)];
+        for (map, needed, capacity) in arrays {
+            if needed > capacity {
+                return Err(input!(
+                    "the {map} map would need {needed} counter cells but holds {capacity}; nothing was changed. \
+                     Maps keep their size while loaded: `balctl unload --yes` then \
+                     `balctl load --map-size services={}` recreates them larger \
+                     (load restores every applied rule)",
+                    needed.next_power_of_two()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// What the layers map says: `LAYERS_KNOWN` and the bits of the
     /// layers that may hold frontends, or 0 (a map just created: every
     /// layer is looked up).
@@ -239,7 +262,7 @@ impl Datapath {
         let result = match op {
             Op::PutBackend(id, backend) => self.backends.insert(id, backend, 0),
             Op::DeleteBackend(id) => ignore_missing(self.backends.remove(id)),
-            Op::PutMembership(key) => self.membership.insert(key, 0, 0),
+            Op::PutMembership(key, cell) => self.membership.insert(key, cell, 0),
             Op::DeleteMembership(key) => ignore_missing(self.membership.remove(key)),
             Op::PutService(key, entry) => self.services.insert(key, entry, 0),
             Op::DeleteService(key) => ignore_missing(self.services.remove(key)),
@@ -275,7 +298,7 @@ impl Datapath {
         let result = match first {
             Op::PutBackend(..) => batch::put(self.backends.map(), run!(PutBackend(id, b) => (*id, *b))),
             Op::DeleteBackend(_) => batch::delete(self.backends.map(), run!(DeleteBackend(id) => *id)),
-            Op::PutMembership(_) => batch::put(self.membership.map(), run!(PutMembership(k) => (*k, 0_u32))),
+            Op::PutMembership(..) => batch::put(self.membership.map(), run!(PutMembership(k, c) => (*k, *c))),
             Op::DeleteMembership(_) => batch::delete(self.membership.map(), run!(DeleteMembership(k) => *k)),
             Op::PutService(..) => batch::put(self.services.map(), run!(PutService(k, entry) => (*k, *entry))),
             Op::DeleteService(_) => batch::delete(self.services.map(), run!(DeleteService(k) => *k)),
@@ -315,14 +338,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Deletes the counters of removed frontends (by service id) and
-    /// memberships: nothing counts into them again.
-    pub fn forget_counters(
-        &mut self,
-        services: &HashSet<ServiceId>,
-        memberships: &HashSet<MembershipKey>,
-    ) -> Result<()> {
-        self.counters.forget(services, memberships)
+    /// Zeroes the counter cells of frontends and memberships that are
+    /// gone (or were never applied), for their next owners.
+    pub fn zero_counters(&mut self, cells: &Cells) -> Result<()> {
+        self.counters.zero(cells)
     }
 }
 

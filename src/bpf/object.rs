@@ -11,7 +11,7 @@ use aya_obj::{
     generated::{bpf_attach_type, bpf_map_type},
 };
 use balctl_common::{
-    Addr, AffinityKey, AffinityValue, Backend, DatapathStats, EVENTS_BYTES, ExternalKey, Flow, FlowKey,
+    Addr, AffinityKey, AffinityValue, Backend, Cell, DatapathStats, EVENTS_BYTES, ExternalKey, Flow, FlowKey,
     FlowReply, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, RateLimit, RevNatKey, RevNatValue,
     SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketSet, SourceRange, TRACE_LEASE_ENTRIES,
     default_capacity, map_names,
@@ -180,7 +180,7 @@ pub const MAPS: [MapSpec; 22] = [
         default_capacity::BACKENDS,
     ),
     // One membership per backend slot, so it follows the services size.
-    map::<MembershipKey, u32>(
+    map::<MembershipKey, Cell>(
         map_names::MEMBERSHIP,
         bpf_map_type::BPF_MAP_TYPE_HASH,
         "services",
@@ -213,16 +213,17 @@ pub const MAPS: [MapSpec; 22] = [
         "nodes",
         default_capacity::NODES,
     ),
-    // Counters: one entry per frontend, and per frontend and backend.
+    // Counters: a cell per frontend, and per frontend and backend; no more
+    // of either than the services map has entries.
     map::<u32, ServiceStats>(
         map_names::STATS,
-        bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH,
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
         "services",
         default_capacity::SERVICES,
     ),
-    map::<MembershipKey, u64>(
+    map::<u32, u64>(
         map_names::BACKEND_HITS,
-        bpf_map_type::BPF_MAP_TYPE_PERCPU_HASH,
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
         "services",
         default_capacity::SERVICES,
     ),

@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use balctl_common::{Backend, MAGLEV_CHUNK, layer_bit};
+use balctl_common::{Backend, Cell, MAGLEV_CHUNK, NO_CELL, layer_bit};
 use rustc_hash::FxHashMap as HashMap;
 
-use super::FrontendImage;
+use super::{FrontendImage, cells::CellPool};
 use crate::{
     bpf::maps::BackendId,
     model::{Frontend, Scope},
@@ -39,6 +39,10 @@ pub struct Tally {
     /// counted again whenever an external frontend or a node address
     /// comes or goes (`Image::updated`).
     pub external: u64,
+    /// The counter cells of frontends (stats) and memberships
+    /// (backend_hits).
+    stats_cells: CellPool,
+    hit_cells: CellPool,
 }
 
 /// The backends of an image a process keeps, indexed.
@@ -87,6 +91,10 @@ impl Tally {
             }
         }
         *self.scopes.entry(frontend.scope.raw()).or_default() += 1;
+        self.stats_cells.hold(image.cell);
+        for &cell in &image.hit_cells {
+            self.hit_cells.hold(cell);
+        }
         let (services, membership, maglev, source_ranges) = entries(image);
         self.services += services;
         self.membership += membership;
@@ -114,11 +122,44 @@ impl Tally {
                 self.scopes.remove(&frontend.scope.raw());
             }
         }
+        self.stats_cells.give_up(image.cell);
+        for &cell in &image.hit_cells {
+            self.hit_cells.give_up(cell);
+        }
         let (services, membership, maglev, source_ranges) = entries(image);
         self.services -= services;
         self.membership -= membership;
         self.maglev -= maglev;
         self.source_ranges -= source_ranges;
+    }
+
+    /// A change starts: the cells given up by the change before are free.
+    pub fn start_change(&mut self) {
+        self.stats_cells.start_change();
+        self.hit_cells.start_change();
+    }
+
+    /// The cells of a frontend with `backends` (ids in slot order): those
+    /// it had (`old`, when it is a frontend removed and added again in
+    /// this change) for itself and the backends it keeps, new ones for the
+    /// rest. A backend listed twice has one cell.
+    pub fn cells_for(&mut self, old: Option<&FrontendImage>, backends: &[BackendId]) -> (Cell, Vec<Cell>) {
+        let kept = |cell: Cell| (cell != NO_CELL).then_some(cell);
+        let cell = old.and_then(|old| kept(old.cell)).unwrap_or_else(|| self.stats_cells.hand_out());
+        let mut had: HashMap<BackendId, Cell> = HashMap::default();
+        if let Some(old) = old {
+            had.extend(old.backends.iter().zip(&old.hit_cells).filter_map(|(&id, &c)| Some((id, kept(c)?))));
+        }
+        let hit_cells = (backends.iter())
+            .map(|&id| *had.entry(id).or_insert_with(|| self.hit_cells.hand_out()))
+            .collect();
+        (cell, hit_cells)
+    }
+
+    /// One past the highest stats and backend_hits cells held: the
+    /// length each counter array needs.
+    pub fn cells_needed(&self) -> (u64, u64) {
+        (self.stats_cells.needed(), self.hit_cells.needed())
     }
 
     /// The socket layers that hold frontends (`Plan::layers`): the external

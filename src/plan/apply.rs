@@ -5,11 +5,14 @@
 use std::collections::HashSet;
 
 use anyhow::Result;
-use balctl_common::MembershipKey;
+use balctl_common::{MembershipKey, NO_CELL};
 
 use super::{Plan, Step};
 use crate::{
-    bpf::maps::{Datapath, Op, ServiceId},
+    bpf::{
+        counters::Cells,
+        maps::{Datapath, Op},
+    },
     progress::Progress,
 };
 
@@ -26,8 +29,9 @@ impl Plan<'_> {
     /// maps are left as they were. Then tidies up after what the plan
     /// removed: drops the sticky choices (affinity, per-socket UDP) that
     /// point at backends which left their service (the datapath already
-    /// ignores them: membership check), and the counters of removed
-    /// frontends and memberships (nothing counts into them again).
+    /// ignores them: membership check), and zeroes the counter cells of
+    /// removed frontends and memberships (nothing counts into them any
+    /// more, and their next owners start from 0: `image/cells.rs`).
     ///
     /// The layers map says which layers may hold frontends: both sides'
     /// while the plan runs, so the datapath never skips a layer that has
@@ -66,10 +70,12 @@ impl Plan<'_> {
         {
             log::warn!("could not drop stale sticky choices (the datapath ignores them): {err:#}");
         }
-        if let Err(err) = datapath.forget_counters(&removed.services, &removed.memberships) {
+        if !removed.cells.is_empty()
+            && let Err(err) = datapath.zero_counters(&removed.cells)
+        {
             log::warn!(
-                "could not delete the counters of removed frontends and backends \
-                 (they stay in the stats maps until deleted): {err:#}"
+                "could not zero the counters of removed frontends and backends \
+                 (the next frontends given their cells start from what they counted): {err:#}"
             );
         }
         Ok(())
@@ -86,11 +92,24 @@ impl Plan<'_> {
     /// unchanged) and only their undo writes are held, which costs memory
     /// on this failure path alone.
     fn undo(&self, datapath: &mut Datapath, done: usize, cause: anyhow::Error) -> anyhow::Error {
-        let undo: Vec<Op> = self.steps().take(done).map(|step| step.undo).collect();
+        let mut added = Cells::default();
+        let undo: Vec<Op> = (self.steps().take(done))
+            .map(|step| {
+                note_added(&step, &mut added);
+                step.undo
+            })
+            .collect();
         let mut failures: Vec<String> =
             undo.iter().rev().filter_map(|op| datapath.write(op).err().map(|e| format!("{e:#}"))).collect();
         if failures.is_empty()
             && let Err(err) = datapath.write_layers(self.layers().0)
+        {
+            failures.push(format!("{err:#}"));
+        }
+        // The cells of what the plan added are free again, and may have
+        // counted while their entries were there.
+        if failures.is_empty()
+            && let Err(err) = datapath.zero_counters(&added)
         {
             failures.push(format!("{err:#}"));
         }
@@ -118,26 +137,49 @@ impl std::fmt::Display for Restored {
     }
 }
 
-/// What a plan removed for good: the service ids of deleted frontends
-/// (their master entries) and the deleted memberships.
+/// What a plan removed for good: the memberships deleted (for their
+/// sticky choices), and the counter cells that no entry names any more.
 #[derive(Default)]
 struct Removed {
-    services: HashSet<ServiceId>,
     memberships: HashSet<MembershipKey>,
+    cells: Cells,
 }
 
 impl Removed {
     fn note(&mut self, step: &Step) {
         match (&step.op, &step.undo) {
-            (Op::DeleteMembership(key), _) => {
+            (Op::DeleteMembership(key), Op::PutMembership(_, cell)) => {
                 self.memberships.insert(*key);
+                self.cells.hits.insert(*cell);
+            }
+            (Op::PutMembership(_, new), Op::PutMembership(_, old)) if new != old => {
+                self.cells.hits.insert(*old);
             }
             // The deleted entry is in the undo write; a frontend keeps its
             // master (slot 0) for as long as it exists.
             (Op::DeleteService(key), Op::PutService(_, master)) if key.slot == 0 => {
-                self.services.insert(master.service_id);
+                self.cells.stats.insert(master.cell);
+            }
+            (Op::PutService(key, new), Op::PutService(_, old)) if key.slot == 0 && new.cell != old.cell => {
+                self.cells.stats.insert(old.cell);
             }
             _ => {}
         }
+        self.cells.stats.remove(&NO_CELL);
+        self.cells.hits.remove(&NO_CELL);
+    }
+}
+
+/// Adds the cells of what `step` adds (an entry that was not there) to
+/// `added`.
+fn note_added(step: &Step, added: &mut Cells) {
+    match (&step.op, &step.undo) {
+        (Op::PutMembership(_, cell), Op::DeleteMembership(_)) if *cell != NO_CELL => {
+            added.hits.insert(*cell);
+        }
+        (Op::PutService(key, master), Op::DeleteService(_)) if key.slot == 0 && master.cell != NO_CELL => {
+            added.stats.insert(master.cell);
+        }
+        _ => {}
     }
 }

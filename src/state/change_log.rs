@@ -281,6 +281,7 @@ pub struct Read {
 pub fn read(
     log: &[u8],
     generation: u64,
+    format: u32,
     mut each: impl FnMut(Delta) -> Result<(), String>,
 ) -> Result<Option<Read>, String> {
     let Some(body) = log.strip_prefix(MAGIC.as_slice()) else { return Ok(None) };
@@ -296,8 +297,13 @@ pub fn read(
         if xxh3_64(body).to_le_bytes() != sum {
             break;
         }
-        let delta: Delta =
-            postcard::from_bytes(body).map_err(|err| format!("record {}: {err}", read.records + 1))?;
+        // The log of an older format's snapshot is read to migrate it.
+        let delta: Delta = if format == super::STATE_VERSION {
+            postcard::from_bytes(body).map_err(|err| format!("record {}: {err}", read.records + 1))?
+        } else {
+            super::legacy::from_bytes(body, format)
+                .map_err(|err| format!("record {}: {err}", read.records + 1))?
+        };
         each(delta).map_err(|why| format!("record {}: {why}", read.records + 1))?;
         read.records += 1;
         read.end += (FRAME_LEN + length) as u64;
@@ -321,7 +327,7 @@ mod tests {
 
     fn replayed(log: &[u8], generation: u64, state: AppliedState) -> (AppliedState, Option<Read>) {
         let mut replay = Replay::new(state);
-        let read = read(log, generation, |delta| replay.apply(delta)).unwrap();
+        let read = read(log, generation, crate::state::STATE_VERSION, |delta| replay.apply(delta)).unwrap();
         (replay.finish(), read)
     }
 
@@ -455,7 +461,8 @@ mod tests {
     fn a_record_that_removes_what_is_not_there_is_corrupt() {
         let delta = Delta { synced_removed: vec!["service/a/b".into()], ..Delta::default() };
         let mut replay = Replay::new(AppliedState::default());
-        let err = read(&log_of(1, &[delta]), 1, |delta| replay.apply(delta)).unwrap_err();
+        let err = read(&log_of(1, &[delta]), 1, crate::state::STATE_VERSION, |delta| replay.apply(delta))
+            .unwrap_err();
         assert_eq!(err, "record 1: it removes service/a/b, which is not there");
     }
 }

@@ -11,6 +11,9 @@
 //!   backends are local).
 //! - Format 5, postcard, without Services' health-check node ports.
 //! - Format 6, postcard, without what translations read (`SyncedObject::reads`).
+//! - Formats 7 to 9, postcard, without the fields `ADDED` lists after them
+//!   (9's snapshot starts with a generation, and its log's records are
+//!   read here too: `change_log::read`).
 //!
 //! bincode 1 is unmaintained (RUSTSEC-2025-0141) and is not kept for this;
 //! postcard reads only its own current layout. Both encodings are small
@@ -54,10 +57,12 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (7, "SyncedObject", "dependencies"),
     (7, "SyncedObject", "held_back"),
     (8, "Image", "node_ports_on_loopback"),
+    (10, "FrontendImage", "cell"),
+    (10, "FrontendImage", "hit_cells"),
 ];
 
 /// The formats this reader reads.
-pub const FORMATS: [u32; 5] = [3, 4, 5, 6, 7];
+pub const FORMATS: [u32; 7] = [3, 4, 5, 6, 7, 8, 9];
 
 /// Why a format 3 file cannot be read.
 #[derive(Debug, PartialEq, Eq)]

@@ -146,8 +146,10 @@ pub const OP_SENDMSG: u8 = 1;
 /// 0 and `client`/`client_port` say who sent it.
 pub const OP_PACKET: u8 = 2;
 
-/// Value of the stats map (per CPU), keyed by service id: what the
-/// frontend's resolutions came to. Always counted.
+/// Value of the stats map (a per-CPU array, indexed by the frontend's
+/// `Cell`): what the frontend's resolutions came to. Always counted. The
+/// backend_hits map (a per-CPU array of `u64`, indexed by the
+/// membership's cell) counts its resolutions per backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceStats {
@@ -368,8 +370,8 @@ pub const fn node_address_key(addr: &Addr) -> NodeAddressKey {
     }
 }
 
-/// Value of the services map. In the master entry (slot 0) `count`, `flags`
-/// and `affinity_timeout_sec` describe the frontend, `backend_id` is 0 and
+/// Value of the services map. In the master entry (slot 0) `count`, `flags`,
+/// `affinity_timeout_sec` and `cell` describe the frontend, `backend_id` is 0 and
 /// `backend` is `Backend::NONE`; in a slot entry `backend_id` names the
 /// backend and `backend` is a copy of its backends-map entry, so that a
 /// random choice needs no backends lookup (a backend id always names the
@@ -382,8 +384,24 @@ pub struct ServiceEntry {
     pub flags: u16,
     pub service_id: u32,
     pub affinity_timeout_sec: u32,
+    /// Where the resolutions are counted (see `Cell`): in the master
+    /// entry the frontend's cell of the stats map, in a slot entry its
+    /// membership's cell of the backend_hits map.
+    pub cell: Cell,
     pub backend: Backend,
 }
+
+/// An index into the per-CPU counter arrays (stats, backend_hits), which
+/// are as long as the services map: every frontend and every membership
+/// has its own cell, so counting is an array index, not a hash lookup.
+/// User space hands cells out, the lowest free one first, and keeps them
+/// in the state: a frontend or membership keeps its cell for as long as it
+/// exists. A cell given up by a change is zeroed after the change's writes
+/// and handed out again only by a later change, so nothing counts into a
+/// cell from two owners. `NO_CELL` (0) is never handed out: an entry
+/// without a cell is not counted.
+pub type Cell = u32;
+pub const NO_CELL: Cell = 0;
 
 /// Value of the backends map, keyed by a `u32` backend id. Ids are never
 /// reused, so a stale reference can never land on a different backend.
@@ -412,7 +430,9 @@ impl Backend {
 
 /// Key of the membership map: present while `backend_id` is one of the
 /// backends of `service_id`. Sticky choices (affinity, per-socket UDP) are
-/// only honoured while their backend is still a member.
+/// only honoured while their backend is still a member. The value is the
+/// membership's `Cell` of the backend_hits map (its slot entry's), so a
+/// choice that checks membership finds where to count it too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MembershipKey {
@@ -872,7 +892,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 24);
-        assert_eq!(size_of::<ServiceEntry>(), 36);
+        assert_eq!(size_of::<ServiceEntry>(), 40);
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(size_of::<MembershipKey>(), 8);
         assert_eq!(size_of::<AffinityKey>(), 16);

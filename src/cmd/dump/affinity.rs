@@ -77,7 +77,7 @@ pub fn read(view: &View) -> Result<Affinity> {
                 translation.flags & SOCKET_UNCONNECTED != 0
                     && view.shows_service(translation.service_id)
                     // The datapath honours a choice only while its backend is a member.
-                    && view.contents.membership.contains(&MembershipKey {
+                    && view.contents.membership.contains_key(&MembershipKey {
                         service_id: translation.service_id,
                         backend_id: translation.backend_id,
                     })

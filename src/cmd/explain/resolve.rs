@@ -347,7 +347,7 @@ fn held(view: &View, choices: &[AffinityRecord], netns_cookie: u64, master: &Ser
         c.owner_kind == "netns" && c.cookie == netns_cookie && c.service_id == master.service_id
     })?;
     let timeout = master.affinity_timeout_sec;
-    let member = view.contents.membership.contains(&balctl_common::MembershipKey {
+    let member = view.contents.membership.contains_key(&balctl_common::MembershipKey {
         service_id: master.service_id,
         backend_id: choice.backend_id,
     });

@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, MembershipKey, SERVICE_FLAG_AFFINITY, STICKY_NETNS, STICKY_SOCKET,
-    ServiceEntry, ServiceKey, SocketTranslation, no_backend_result, result, slot_of,
+    AffinityKey, AffinityValue, Backend, Cell, MembershipKey, SERVICE_FLAG_AFFINITY, STICKY_NETNS,
+    STICKY_SOCKET, ServiceEntry, ServiceKey, SocketTranslation, no_backend_result, result, slot_of,
 };
 
 use super::{
@@ -13,10 +13,12 @@ use super::{
     sockets::NO_SOCKET,
 };
 
-/// A backend chosen for a socket, and how (`result::RANDOM`...).
+/// A backend chosen for a socket, how (`result::RANDOM`...), and the
+/// membership's cell it is counted in.
 pub struct Choice {
     pub backend: Backend,
     pub backend_id: u32,
+    pub cell: Cell,
     pub how: u8,
 }
 
@@ -43,17 +45,17 @@ pub fn choose_backend(
     let second_frontend = (earlier.service_id != NO_SOCKET.service_id && earlier.service_id != service_id)
         .then_some(AffinityKey { cookie: socket_cookie, service_id, owner: STICKY_SOCKET });
     if earlier.service_id == service_id
-        // SAFETY: only presence is read.
-        && unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id: earlier.backend_id }) }.is_some()
+        // SAFETY: read once.
+        && let Some(&cell) = unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id: earlier.backend_id }) }
     {
         let backend =
             Backend { addr: earlier.backend, port: earlier.backend_port, proto: frontend.proto, flags: 0 };
-        return Ok(Choice { backend, backend_id: earlier.backend_id, how: result::SOCKET });
+        return Ok(Choice { backend, backend_id: earlier.backend_id, cell, how: result::SOCKET });
     }
     if let Some(socket_key) = &second_frontend
-        && let Some((backend_id, backend)) = sticky_backend(socket_key, service_id, None)
+        && let Some((backend_id, backend, cell)) = sticky_backend(socket_key, service_id, None)
     {
-        return Ok(Choice { backend, backend_id, how: result::SOCKET });
+        return Ok(Choice { backend, backend_id, cell, how: result::SOCKET });
     }
     let affinity = (master.flags & SERVICE_FLAG_AFFINITY != 0).then(|| AffinityKey {
         cookie: client_netns(),
@@ -62,10 +64,11 @@ pub fn choose_backend(
     });
     if let Some(netns_key) = &affinity {
         let timeout = u64::from(master.affinity_timeout_sec) * NSEC_PER_SEC;
-        if let Some((backend_id, backend)) = sticky_backend(netns_key, service_id, Some((now, timeout))) {
+        if let Some((backend_id, backend, cell)) = sticky_backend(netns_key, service_id, Some((now, timeout)))
+        {
             // Refresh: the timeout counts from the last use, as kube-proxy's does.
             remember_choice(netns_key, backend_id, now);
-            return Ok(Choice { backend, backend_id, how: result::AFFINITY });
+            return Ok(Choice { backend, backend_id, cell, how: result::AFFINITY });
         }
     }
 
@@ -100,17 +103,22 @@ pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry) -> Result<Choic
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
     let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;
-    let (backend_id, backend) = (slot_entry.backend_id, slot_entry.backend);
+    let (backend_id, backend, cell) = (slot_entry.backend_id, slot_entry.backend, slot_entry.cell);
     if backend.proto == Backend::NONE.proto {
         return Err(result::STALE);
     }
-    Ok(Choice { backend, backend_id, how: result::RANDOM })
+    Ok(Choice { backend, backend_id, cell, how: result::RANDOM })
 }
 
 /// A previous choice for this owner, if it is still valid: not expired (when
-/// a timeout applies) and its backend still belongs to the service.
+/// a timeout applies) and its backend still belongs to the service; with
+/// the membership's cell.
 #[inline(always)]
-fn sticky_backend(key: &AffinityKey, service_id: u32, expiry: Option<(u64, u64)>) -> Option<(u32, Backend)> {
+fn sticky_backend(
+    key: &AffinityKey,
+    service_id: u32,
+    expiry: Option<(u64, u64)>,
+) -> Option<(u32, Backend, Cell)> {
     // SAFETY: read once, whole.
     let choice = unsafe { AFFINITY.get(key) }.copied()?;
     if let Some((now, timeout)) = expiry
@@ -119,9 +127,9 @@ fn sticky_backend(key: &AffinityKey, service_id: u32, expiry: Option<(u64, u64)>
         return None;
     }
     let membership = MembershipKey { service_id, backend_id: choice.backend_id };
-    unsafe { MEMBERSHIP.get(&membership) }?;
+    let cell = unsafe { MEMBERSHIP.get(&membership) }.copied()?;
     let backend = unsafe { BACKENDS.get(&choice.backend_id) }.copied()?;
-    Some((choice.backend_id, backend))
+    Some((choice.backend_id, backend, cell))
 }
 
 #[inline(always)]

@@ -1,22 +1,23 @@
 //! The counters user space reads (`dump stats`, `/metrics`): per frontend,
-//! per frontend and backend, and the node's.
+//! per frontend and backend, and the node's. Each is a per-CPU array: a
+//! frontend's and a membership's counters are at their `Cell`, which their
+//! entries carry, so counting costs no lookup of its own.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
-use balctl_common::{MembershipKey, result};
+use balctl_common::{Cell, NO_CELL, result};
 
 use super::{
     choice::Choice,
     maps::{BACKEND_HITS, DATAPATH_STATS, STATS},
 };
 
-/// Adds a resolution to the frontend's counters: per CPU, so a plain
-/// increment. A frontend's first resolution on a CPU creates its entry.
+/// Adds a resolution to the counters of the frontend whose master entry
+/// has `cell`: per CPU, so a plain increment.
 #[inline(always)]
-pub fn count(service_id: u32, choice: &Result<Choice, u8>) {
-    let Some(stats) = counter(&STATS, &service_id) else {
+pub fn count(cell: Cell, choice: &Result<Choice, u8>) {
+    let Some(stats) = counter_cell(cell).and_then(|cell| STATS.get_ptr_mut(cell)) else {
         return;
     };
-    // SAFETY: a per-CPU entry, written by this CPU only while this program runs.
+    // SAFETY: this CPU's value, written by this CPU only while this program runs.
     unsafe {
         match choice {
             Ok(_) => (*stats).resolutions += 1,
@@ -29,20 +30,19 @@ pub fn count(service_id: u32, choice: &Result<Choice, u8>) {
         }
     }
     if let Ok(choice) = choice
-        && let Some(hits) =
-            counter(&BACKEND_HITS, &MembershipKey { service_id, backend_id: choice.backend_id })
+        && let Some(hits) = counter_cell(choice.cell).and_then(|cell| BACKEND_HITS.get_ptr_mut(cell))
     {
         // SAFETY: as above.
         unsafe { *hits += 1 };
     }
 }
 
-/// Adds a policy frontend that gave way (`GAVE_WAY_NO_BACKEND`...) to its
-/// counters.
+/// Adds a policy frontend that gave way (`GAVE_WAY_NO_BACKEND`...) to the
+/// counters of its `cell`.
 #[inline(always)]
-pub fn count_gave_way(service_id: u32, gave_way: usize) {
-    if let Some(stats) = counter(&STATS, &service_id) {
-        // SAFETY: a per-CPU entry, written by this CPU only while this program runs.
+pub fn count_gave_way(cell: Cell, gave_way: usize) {
+    if let Some(stats) = counter_cell(cell).and_then(|cell| STATS.get_ptr_mut(cell)) {
+        // SAFETY: this CPU's value, written by this CPU only while this program runs.
         unsafe { (*stats).gave_way[gave_way] += 1 };
     }
 }
@@ -57,13 +57,9 @@ pub fn count_eviction() {
     }
 }
 
-/// This CPU's counter for `key`, created at zero if missing. None when the
-/// map is full (user space removes the counters of removed frontends).
+/// The cell to count in; None for an entry without one (a cell past the
+/// array's end is refused by the array lookup).
 #[inline(always)]
-fn counter<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K) -> Option<*mut V> {
-    if let Some(value) = map.get_ptr_mut(key) {
-        return Some(value);
-    }
-    let _ = map.insert(key, &V::default(), u64::from(BPF_NOEXIST));
-    map.get_ptr_mut(key)
+fn counter_cell(cell: Cell) -> Option<u32> {
+    (cell != NO_CELL).then_some(cell)
 }

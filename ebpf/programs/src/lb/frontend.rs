@@ -47,7 +47,7 @@ fn policy_frontend(dest: &Endpoint, proto: u8) -> Option<(ServiceKey, ServiceEnt
         } else {
             return Some((redirect, master));
         };
-        count_gave_way(master.service_id, gave_way);
+        count_gave_way(master.cell, gave_way);
     }
     if !may_hold(SCOPE_BALANCING) {
         return None;

@@ -32,9 +32,10 @@ pub fn backend(master: &ServiceEntry, key: &FlowKey) -> Result<Choice, u8> {
     if backend_id == 0 {
         return Err(result::STALE);
     }
-    // SAFETY: only presence is read.
-    unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id }) }.ok_or(result::STALE)?;
+    // SAFETY: read once.
+    let cell =
+        unsafe { MEMBERSHIP.get(&MembershipKey { service_id, backend_id }) }.copied().ok_or(result::STALE)?;
     // SAFETY: read once, whole.
     let backend = unsafe { BACKENDS.get(&backend_id) }.copied().ok_or(result::STALE)?;
-    Ok(Choice { backend, backend_id, how: result::MAGLEV })
+    Ok(Choice { backend, backend_id, cell, how: result::MAGLEV })
 }

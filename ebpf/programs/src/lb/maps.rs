@@ -4,10 +4,10 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use balctl_common::{
-    Addr, AffinityKey, AffinityValue, Backend, DESTROY_PAIRS_ENTRIES, DatapathStats, EVENTS_BYTES,
+    Addr, AffinityKey, AffinityValue, Backend, Cell, DESTROY_PAIRS_ENTRIES, DatapathStats, EVENTS_BYTES,
     ExternalKey, Flow, FlowKey, FlowReply, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey, RateLimit,
     RevNatKey, RevNatValue, SOCKET_WAYS, ServiceEntry, ServiceKey, ServiceStats, SocketPair, SocketSet,
     SourceRange, TRACE_LEASE_ENTRIES, default_capacity,
@@ -27,7 +27,8 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(default_c
 
 // Sized like the services map: one entry per backend slot.
 #[map(name = "membership")]
-pub static MEMBERSHIP: HashMap<MembershipKey, u32> = HashMap::with_max_entries(default_capacity::SERVICES, 0);
+pub static MEMBERSHIP: HashMap<MembershipKey, Cell> =
+    HashMap::with_max_entries(default_capacity::SERVICES, 0);
 
 #[map(name = "affinity")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
@@ -49,15 +50,14 @@ pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
 #[map(name = "nodes")]
 pub static NODES: HashMap<NodeAddressKey, u32> = HashMap::with_max_entries(default_capacity::NODES, 0);
 
-// Counters are per CPU: no atomic operation on the connect path. One
-// entry per frontend (service id) and one per frontend and backend.
+// Counters are per CPU: no atomic operation on the connect path. A cell
+// per frontend and one per frontend and backend (`balctl_common::Cell`),
+// as many as the services map has entries.
 #[map(name = "stats")]
-pub static STATS: PerCpuHashMap<u32, ServiceStats> =
-    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+pub static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(default_capacity::SERVICES, 0);
 
 #[map(name = "backend_hits")]
-pub static BACKEND_HITS: PerCpuHashMap<MembershipKey, u64> =
-    PerCpuHashMap::with_max_entries(default_capacity::SERVICES, 0);
+pub static BACKEND_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(default_capacity::SERVICES, 0);
 
 #[map(name = "rate_limits")]
 pub static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::with_max_entries(default_capacity::RATE_LIMITS, 0);

@@ -197,7 +197,7 @@ fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
     let key = nat.packet.key();
     let master = &nat.master;
     let choice = flows::choose(&nat.frontend, master, &key);
-    count(master.service_id, &choice);
+    count(master.cell, &choice);
     let now = coarse_now();
     trace_open(&key, master.service_id, &choice, now);
     let Ok(choice) = choice else {
