@@ -48,8 +48,18 @@ pub fn map_fills(pins: &PinDir) -> Result<Vec<MapFill>> {
                 MapInfo::from_pin(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
             let (capacity, unit, entries) = match spec.map_type {
                 bpf_map_type::BPF_MAP_TYPE_RINGBUF => (info.max_entries(), Unit::Bytes, None),
-                // One fixed entry, not a fill level: `status` leaves them out.
-                _ if [map_names::LAYERS, map_names::DATAPATH_STATS].contains(&spec.name) => {
+                // One fixed entry, or the counter arrays (a cell per
+                // frontend and per membership: as full as the services and
+                // membership maps are): no fill level, `status` leaves
+                // them out.
+                _ if [
+                    map_names::LAYERS,
+                    map_names::DATAPATH_STATS,
+                    map_names::STATS,
+                    map_names::BACKEND_HITS,
+                ]
+                .contains(&spec.name) =>
+                {
                     (info.max_entries(), Unit::Entries, None)
                 }
                 _ if spec.name == map_names::TRACE_LEASES => {

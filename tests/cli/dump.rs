@@ -230,8 +230,13 @@ pub fn every_format_matches_the_documented_schema() {
     assert_eq!(map("affinity")["entries"], 1, "the namespace's; the socket's is in sockets");
     assert_eq!(map("sockets")["entries"], 20 + 3 + 1, "one per translated socket");
     assert_eq!(map("revnat")["entries"], 0, "no socket sent to two frontends");
-    assert_eq!(map("stats")["type"], "percpu_hash");
-    assert_eq!(map("stats")["entries"], 4, "every frontend resolved once at least");
+    // The counter arrays: a cell per frontend and membership, no fill level.
+    for counters in ["stats", "backend_hits"] {
+        assert_eq!(
+            (map(counters)["type"].as_str(), map(counters)["entries"].as_null()),
+            (Some("percpu_array"), Some(()))
+        );
+    }
     assert_eq!(
         (map("datapath_stats")["type"].as_str(), map("datapath_stats")["entries"].as_null()),
         (Some("percpu_array"), Some(()))
@@ -262,15 +267,15 @@ pub fn every_format_matches_the_documented_schema() {
         .as_array()
         .unwrap()
         .iter()
-        // Ring buffers, the layers and datapath_stats maps have no fill level.
+        // Ring buffers, the layers, datapath_stats and counter maps have no fill level.
         .filter(|m| !m["entries"].is_null())
         .map(|m| {
             (m["name"].as_str().unwrap(), m["entries"].as_u64().unwrap(), m["capacity"].as_u64().unwrap())
         })
         .collect();
     assert_eq!(rows, expected, "{status:#}");
-    assert!(rows.contains(&("backend_hits", 4, 65536)) && rows.contains(&("trace_leases", 0, 4)), "{rows:?}");
-    assert!(!rows.iter().any(|(name, ..)| *name == "layers"), "{rows:?}");
+    assert!(rows.contains(&("membership", 4, 65536)) && rows.contains(&("trace_leases", 0, 4)), "{rows:?}");
+    assert!(!rows.iter().any(|(name, ..)| ["layers", "stats", "backend_hits"].contains(name)), "{rows:?}");
 
     let stats = dump(&sandbox, "stats", &[]);
     let resolutions: Vec<(&str, u64, u64)> = stats["stats"]

@@ -114,6 +114,7 @@ fn main() {
         state_migration::a_format_6_state_is_migrated_and_programs_the_same_datapath,
         state_migration::a_format_7_state_is_migrated_and_programs_the_same_datapath,
         state_migration::a_format_8_state_is_migrated_and_changes_are_logged,
+        state_migration::a_format_9_state_and_its_log_are_migrated_and_counted,
         bad_inputs::the_bad_input_corpus_changes_nothing,
         input_limits::oversized_inputs_are_refused_in_bounded_memory,
         input_limits::toml_reading_time_grows_linearly,
