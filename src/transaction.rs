@@ -196,8 +196,8 @@ pub fn change_prepared<P: Send>(
                 let mut datapath = None;
                 if !plan.is_empty() {
                     let opened = datapath.insert(Datapath::open(pins)?);
-                    opened.check_cells(after.image.cells_needed())?;
-                    write_maps(state_dir, &lock, opened, &plan, start, None, false)?;
+                    let cells = after.image.cells_needed();
+                    write_maps(state_dir, &lock, opened, &plan, (start, cells), None, false)?;
                 }
                 let before = Before { policies: &before_policies, image: &image_before };
                 Some(record(state_dir, &lock, recorded, before, &after, &touched, &plan, datapath, None)?)
@@ -235,8 +235,8 @@ pub fn change_prepared<P: Send>(
                 Some(opened) => opened,
                 None => datapath.insert(Datapath::open(pins)?),
             };
-            opened.check_cells(after.image.cells_needed())?;
-            write_maps(state_dir, &lock, opened, &plan, start, Some(&rate_limits), repairing)?;
+            let cells = after.image.cells_needed();
+            write_maps(state_dir, &lock, opened, &plan, (start, cells), Some(&rate_limits), repairing)?;
         }
         let recorded = record(
             state_dir,
@@ -311,14 +311,13 @@ pub fn restore<R>(
     let actual = datapath.read_contents()?;
     let desired = MapContents::of(&state.image);
     let plan = Plan::repair(&actual, &desired);
-    datapath.check_cells(state.image.cells_needed())?;
     let rate_limits = (datapath.rate_limits()?, state.image.rate_limits());
     write_maps(
         state_dir,
         &lock,
         &mut datapath,
         &plan,
-        actual.entry_counts(),
+        (actual.entry_counts(), state.image.cells_needed()),
         Some(&rate_limits),
         interrupted,
     )?;
@@ -328,7 +327,8 @@ pub fn restore<R>(
 }
 
 /// The write protocol: check that every map has room at every step (from
-/// `start`), mark the map writes begun, write the rate limits
+/// `start`) and the counter arrays for the cells the image holds
+/// (`cells`: one past the highest of each), mark the map writes begun, write the rate limits
 /// (`rate_limits`: before and after), then run the plan. If a write fails,
 /// what was written is undone (`undone`); the mark stays until the caller
 /// has recorded what the maps hold.
@@ -337,7 +337,7 @@ fn write_maps(
     lock: &StateLock,
     datapath: &mut Datapath,
     plan: &Plan,
-    start: EntryCounts,
+    (start, cells): (EntryCounts, (u64, u64)),
     rate_limits: Option<&(RateLimits, RateLimits)>,
     keep_mark: bool,
 ) -> Result<()> {
@@ -348,6 +348,7 @@ fn write_maps(
     if datapath.check_room(plan.entries_bound(start)).is_err() {
         datapath.check_room(plan.peak_entries(start))?;
     }
+    datapath.check_cells(cells)?;
     state_dir.begin_map_writes(lock)?;
     let written = match rate_limits {
         Some((_, limits)) => datapath.write_rate_limits(limits),

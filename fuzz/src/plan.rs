@@ -11,7 +11,9 @@
 //! at every step, keep every entry the plan does not change, hold each
 //! other at its old value, its new one or none, and end as the external
 //! frontends and node addresses call for (`expected_index`, derived here
-//! from the maps alone). Then `Plan::repair` from maps that drifted from
+//! from the maps alone). Counter cells are each frontend's and
+//! membership's own, never change hands within a change, and a slot's is
+//! its membership's at every step (`check_cells`, `check_slot_cells`). Then `Plan::repair` from maps that drifted from
 //! an earlier image must reach the last one without making a pickable
 //! frontend unpickable, nor a sound index entry name a missing master, on
 //! the way.
@@ -139,6 +141,7 @@ fn run(case: &Case) {
         // A refused change (a frontend claimed twice) changes nothing.
         let Ok(next) = image.update(removed_frontends, added_rules, nodes, change.loopback) else { continue };
         ids.check(&next);
+        check_cells(&image, &next);
         check_transition(&image, &next, case.undo_after);
         objects = objects.into_iter().enumerate().filter(|(i, _)| stays(*i)).map(|(_, o)| o).collect();
         objects.extend(added);
@@ -239,6 +242,66 @@ impl Ids {
     }
 }
 
+/// Every frontend and every membership of `after` has a counter cell of
+/// its own (a backend listed twice in a frontend has one), an owner in
+/// both keeps its cell, and a cell that had another owner in `before` is
+/// not handed out in the change: the entries that name it count into it
+/// until the plan removes them.
+fn check_cells(before: &Image, after: &Image) {
+    let owners = |image: &Image| {
+        let mut stats: BTreeMap<u32, Frontend> = BTreeMap::new();
+        let mut hits: BTreeMap<u32, MembershipKey> = BTreeMap::new();
+        for (frontend, f) in &image.frontends {
+            assert_ne!(f.cell, 0, "{frontend} has no cell");
+            let first = stats.insert(f.cell, *frontend);
+            assert!(first.is_none(), "stats cell {} held by {first:?} and {frontend}", f.cell);
+            assert_eq!(f.hit_cells.len(), f.backends.len(), "{frontend}: a hits cell per slot");
+            let mut own: BTreeMap<MembershipKey, u32> = BTreeMap::new();
+            for (key, cell) in f.memberships() {
+                assert_ne!(cell, 0, "{frontend}: membership {key:?} has no cell");
+                if *own.entry(key).or_insert(cell) != cell {
+                    panic!("{frontend}: backend {} listed twice with two cells", key.backend_id);
+                }
+            }
+            for (key, cell) in own {
+                let first = hits.insert(cell, key);
+                assert!(first.is_none(), "hits cell {cell} held by {first:?} and {key:?}");
+            }
+        }
+        (stats, hits)
+    };
+    let (old, new) = (owners(before), owners(after));
+    for (cell, frontend) in &new.0 {
+        assert!(
+            old.0.get(cell).is_none_or(|old| old == frontend),
+            "stats cell {cell} changed hands in one change"
+        );
+    }
+    for (cell, key) in &new.1 {
+        assert!(old.1.get(cell).is_none_or(|old| old == key), "hits cell {cell} changed hands in one change");
+    }
+    // An owner that stays keeps its cell, and with it what it counted.
+    let (new_stats, new_hits): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        (new.0.iter().map(|(c, f)| (*f, *c)).collect(), new.1.iter().map(|(c, k)| (*k, *c)).collect());
+    for (cell, frontend) in &old.0 {
+        assert!(new_stats.get(frontend).is_none_or(|c| c == cell), "{frontend} lost its stats cell {cell}");
+    }
+    for (cell, key) in &old.1 {
+        assert!(new_hits.get(key).is_none_or(|c| c == cell), "{key:?} lost its hits cell {cell}");
+    }
+}
+
+/// A slot counts into its membership's cell, whichever way it is chosen:
+/// a slot entry's cell is its membership's (where both are there).
+fn check_slot_cells(maps: &MapContents, step: &Step) {
+    for (key, slot) in maps.services.iter().filter(|(key, _)| key.slot != 0) {
+        let membership = MembershipKey { service_id: slot.service_id, backend_id: slot.backend_id };
+        if let Some(&cell) = maps.membership.get(&membership) {
+            assert_eq!(cell, slot.cell, "slot {key:?} and its membership count apart after {step:?}");
+        }
+    }
+}
+
 fn check_transition(before: &Image, after: &Image, undo_after: u16) {
     let plan = Plan::between(before, after);
     let (start, end) = (MapContents::of(before), MapContents::of(after));
@@ -256,6 +319,7 @@ fn check_transition(before: &Image, after: &Image, undo_after: u16) {
         assert_eq!(broken, BTreeSet::new(), "frontends not pickable after {step:?}");
         assert_eq!(dangling(&maps), BTreeSet::new(), "index entries name missing masters after {step:?}");
         check_index_between(&start, &end, &maps, step);
+        check_slot_cells(&maps, step);
         peak = max_counts(peak, maps.entry_counts());
     }
     assert_eq!(maps, end, "the plan does not end at the new image");

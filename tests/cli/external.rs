@@ -102,9 +102,10 @@ fn master_flags(sandbox: &Sandbox, ip: [u8; 4], port: u16, scope: u8) -> u16 {
 }
 
 /// `ServiceEntry::backend.flags` of a slot entry: the copy of its
-/// backend's flags.
+/// backend's flags (the backend follows 20 bytes: id, count, flags,
+/// service id, affinity timeout, cell).
 fn slot_backend_flags(sandbox: &Sandbox, ip: [u8; 4], port: u16, scope: u8, slot: u16) -> u8 {
-    lookup(sandbox, "services", &service_key(ip, port, scope, slot))[16 + 19]
+    lookup(sandbox, "services", &service_key(ip, port, scope, slot))[20 + 19]
 }
 
 const EXTERNAL: u8 = 3;

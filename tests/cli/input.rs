@@ -202,8 +202,9 @@ pub fn privileges_are_checked_and_named() {
 
 /// Issue 7, must show 6: a change that would overflow any map a state
 /// fills is refused before any write, naming the map and the `load
-/// --map-size` option that makes room. (membership, stats and backend_hits
-/// follow the services size and hold fewer entries than the services map;
+/// --map-size` option that makes room; and the counter arrays (stats,
+/// backend_hits), for the cells the image holds. (membership follows the
+/// services size and holds fewer entries than the services map;
 /// affinity and revnat are LRU maps, which evict instead of filling up.)
 pub fn every_map_is_checked_for_room_before_any_write() {
     let sandbox = Sandbox::new();
@@ -255,4 +256,32 @@ pub fn every_map_is_checked_for_room_before_any_write() {
         assert_eq!(after, before, "{file} changed the maps");
         assert_eq!(std::fs::read(sandbox.state.join("state.bin")).unwrap(), state_before, "{file}");
     }
+
+    // The counter arrays, as long as the services map: web and six
+    // frontends without backends fill it (8 entries, cells 1 to 7).
+    // Replacing three of them fits the services map (their masters go
+    // before the new ones come), not the stats cells: those given up count
+    // until the plan removes them, so the new ones need cells 8 to 10.
+    let closed = |names: &[u8]| -> String {
+        (names.iter())
+            .map(|n| format!("[[service]]\nname = \"closed{n}\"\naddresses = [\"198.18.0.{}\"]\nports = [{{ port = 80 }}]\n", 30 + n))
+            .collect()
+    };
+    let path = sandbox.scratch("closed.toml");
+    let file = path.to_str().unwrap();
+    std::fs::write(&path, closed(&[1, 2, 3, 4, 5, 6])).unwrap();
+    sandbox.balctl_ok(&["sync", "-f", file]);
+    let state = || ["state.bin", "state.log"].map(|file| std::fs::read(sandbox.state.join(file)).ok());
+    let (before, state_before) = (dump_json(&sandbox), state());
+    std::fs::write(&path, closed(&[1, 2, 3, 7, 8, 9])).unwrap();
+    let output = sandbox.balctl(&["sync", "-f", file]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the stats map would need 11 counter cells but holds 8"), "{stderr}");
+    assert!(
+        stderr.contains("balctl load --map-size services=16") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(dump_json(&sandbox), before, "the maps changed");
+    assert_eq!(state(), state_before, "the state changed");
 }
