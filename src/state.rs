@@ -252,24 +252,22 @@ impl StateDir {
             Err(other) => Err(corrupt(&other.to_string())),
         };
         match u32::from_le_bytes(*version) {
-            STATE_VERSION => {
+            // A snapshot with a generation, which its log names.
+            version @ (STATE_VERSION | LOGGED_LEGACY_VERSION) => {
                 let Some((generation, body)) = body.split_first_chunk::<8>() else {
                     return Err(corrupt("it ends in the middle of its data (truncated)"));
                 };
                 let generation = u64::from_le_bytes(*generation);
-                let snapshot = decoded(body)?;
-                let (state, log_end) = self.replay(&dir, generation, snapshot, STATE_VERSION)?;
-                Ok((state, Some(Recorded { generation, snapshot_len: bytes.len() as u64, log_end })))
-            }
-            LOGGED_LEGACY_VERSION => {
-                let Some((generation, body)) = body.split_first_chunk::<8>() else {
-                    return Err(corrupt("it ends in the middle of its data (truncated)"));
-                };
-                let generation = u64::from_le_bytes(*generation);
-                let snapshot = legacy::from_bytes(body, LOGGED_LEGACY_VERSION)
-                    .map_err(|err| corrupt(&err.to_string()))?;
-                let (mut state, _) = self.replay(&dir, generation, snapshot, LOGGED_LEGACY_VERSION)?;
-                complete_legacy(&mut state, LOGGED_LEGACY_VERSION);
+                if version == STATE_VERSION {
+                    let (state, log_end) = self.replay(&dir, generation, decoded(body)?, version)?;
+                    return Ok((
+                        state,
+                        Some(Recorded { generation, snapshot_len: bytes.len() as u64, log_end }),
+                    ));
+                }
+                let snapshot = legacy::from_bytes(body, version).map_err(|err| corrupt(&err.to_string()))?;
+                let (mut state, _) = self.replay(&dir, generation, snapshot, version)?;
+                complete_legacy(&mut state, version);
                 Ok((state, None))
             }
             version if LEGACY_VERSIONS.contains(&version) => {

@@ -27,6 +27,20 @@ impl Cells {
     pub fn is_empty(&self) -> bool {
         self.stats.is_empty() && self.hits.is_empty()
     }
+
+    /// Adds a frontend's cell (`NO_CELL` is nobody's: left out).
+    pub fn add_stats(&mut self, cell: Cell) {
+        if cell != NO_CELL {
+            self.stats.insert(cell);
+        }
+    }
+
+    /// Adds a membership's cell (`NO_CELL` is nobody's: left out).
+    pub fn add_hits(&mut self, cell: Cell) {
+        if cell != NO_CELL {
+            self.hits.insert(cell);
+        }
+    }
 }
 
 impl CounterMaps {

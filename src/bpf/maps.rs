@@ -232,13 +232,7 @@ impl Datapath {
             [("stats", needed.0, self.cell_capacity.0), ("backend_hits", needed.1, self.cell_capacity.1)];
         for (map, needed, capacity) in arrays {
             if needed > capacity {
-                return Err(input!(
-                    "the {map} map would need {needed} counter cells but holds {capacity}; nothing was changed. \
-                     Maps keep their size while loaded: `balctl unload --yes` then \
-                     `balctl load --map-size services={}` recreates them larger \
-                     (load restores every applied rule)",
-                    needed.next_power_of_two()
-                ));
+                return Err(too_small(map, "services", needed, capacity, "counter cells"));
             }
         }
         Ok(())
@@ -372,16 +366,22 @@ pub fn check_fits(needed: EntryCounts, capacity: EntryCounts) -> Result<()> {
     ];
     for (map, size_name, needed, capacity) in checks {
         if needed > capacity {
-            return Err(input!(
-                "the {map} map would need {needed} entries but holds {capacity}; nothing was changed. \
-                 Maps keep their size while loaded: `balctl unload --yes` then \
-                 `balctl load --map-size {size_name}={}` recreates them larger \
-                 (load restores every applied rule)",
-                needed.next_power_of_two()
-            ));
+            return Err(too_small(map, size_name, needed, capacity, "entries"));
         }
     }
     Ok(())
+}
+
+/// The input error of a change that needs `needed` `units` of `map`,
+/// which holds `capacity`, naming the `--map-size` option that makes room.
+fn too_small(map: &str, size_name: &str, needed: u64, capacity: u64, units: &str) -> anyhow::Error {
+    input!(
+        "the {map} map would need {needed} {units} but holds {capacity}; nothing was changed. \
+         Maps keep their size while loaded: `balctl unload --yes` then \
+         `balctl load --map-size {size_name}={}` recreates them larger \
+         (load restores every applied rule)",
+        needed.next_power_of_two()
+    )
 }
 
 /// Everything in a hash map. (aya's iterator skips entries that vanish

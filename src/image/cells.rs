@@ -30,7 +30,11 @@ impl CellPool {
         if cell == NO_CELL {
             return;
         }
-        self.given_up.remove(&cell);
+        // Only a change gives cells up; a tally made from an image holds
+        // a million cells past an empty set.
+        if !self.given_up.is_empty() {
+            self.given_up.remove(&cell);
+        }
         let (word, bit) = position(cell);
         if self.held.len() <= word {
             self.held.resize(word + 1, 0);

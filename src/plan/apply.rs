@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use anyhow::Result;
-use balctl_common::{MembershipKey, NO_CELL};
+use balctl_common::MembershipKey;
 
 use super::{Plan, Step};
 use crate::{
@@ -150,23 +150,19 @@ impl Removed {
         match (&step.op, &step.undo) {
             (Op::DeleteMembership(key), Op::PutMembership(_, cell)) => {
                 self.memberships.insert(*key);
-                self.cells.hits.insert(*cell);
+                self.cells.add_hits(*cell);
             }
-            (Op::PutMembership(_, new), Op::PutMembership(_, old)) if new != old => {
-                self.cells.hits.insert(*old);
-            }
+            (Op::PutMembership(_, new), Op::PutMembership(_, old)) if new != old => self.cells.add_hits(*old),
             // The deleted entry is in the undo write; a frontend keeps its
             // master (slot 0) for as long as it exists.
             (Op::DeleteService(key), Op::PutService(_, master)) if key.slot == 0 => {
-                self.cells.stats.insert(master.cell);
+                self.cells.add_stats(master.cell);
             }
             (Op::PutService(key, new), Op::PutService(_, old)) if key.slot == 0 && new.cell != old.cell => {
-                self.cells.stats.insert(old.cell);
+                self.cells.add_stats(old.cell);
             }
             _ => {}
         }
-        self.cells.stats.remove(&NO_CELL);
-        self.cells.hits.remove(&NO_CELL);
     }
 }
 
@@ -174,12 +170,8 @@ impl Removed {
 /// `added`.
 fn note_added(step: &Step, added: &mut Cells) {
     match (&step.op, &step.undo) {
-        (Op::PutMembership(_, cell), Op::DeleteMembership(_)) if *cell != NO_CELL => {
-            added.hits.insert(*cell);
-        }
-        (Op::PutService(key, master), Op::DeleteService(_)) if key.slot == 0 && master.cell != NO_CELL => {
-            added.stats.insert(master.cell);
-        }
+        (Op::PutMembership(_, cell), Op::DeleteMembership(_)) => added.add_hits(*cell),
+        (Op::PutService(key, master), Op::DeleteService(_)) if key.slot == 0 => added.add_stats(master.cell),
         _ => {}
     }
 }
