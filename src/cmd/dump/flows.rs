@@ -62,8 +62,8 @@ struct FlowRecord {
 pub fn read(view: &View) -> Result<Flows> {
     let map: HashMap<MapData, FlowKey, Flow> = open_map(view.pins, map_names::FLOWS)?;
     let replies: HashMap<MapData, FlowKey, FlowReply> = open_map(view.pins, map_names::FLOW_REPLIES)?;
-    // The datapath's clock is CLOCK_MONOTONIC at its last tick: at most a
-    // tick behind this one.
+    // The datapath's clock is CLOCK_MONOTONIC at its last tick (rarely
+    // the one before, `lb::clock`): at most two ticks behind this one.
     let now = monotonic_ns();
     let mut flows = Vec::new();
     batch::for_each_typed(map.map(), |key: FlowKey, flow: Flow| {

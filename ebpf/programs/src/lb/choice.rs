@@ -1,10 +1,10 @@
 //! Which backend of a frontend takes a socket: its earlier choice, the
 //! client's sticky one (affinity), else a random slot.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
 use balctl_common::{
     AffinityKey, AffinityValue, Backend, Cell, MembershipKey, SERVICE_FLAG_AFFINITY, STICKY_NETNS,
     STICKY_SOCKET, ServiceEntry, ServiceKey, SocketTranslation, no_backend_result, result, slot_of,
+    socket_draw,
 };
 
 use super::{
@@ -72,7 +72,7 @@ pub fn choose_backend(
         }
     }
 
-    let choice = random_slot(frontend, master)?;
+    let choice = random_slot(frontend, master, socket_draw(socket_cookie, now))?;
     if let Some(netns_key) = &affinity {
         remember_choice(netns_key, choice.backend_id, now);
     }
@@ -93,13 +93,14 @@ pub fn has_backends(master: &ServiceEntry) -> Result<(), u8> {
 }
 
 /// A backend of `frontend` (with its `master` entry, which has some) from
-/// one of its slots at random: the slot holds a copy of the backend, so
-/// this is one lookup.
+/// one of its slots, drawn with the random number `random` (a socket's
+/// `socket_draw`, a packet's from the kernel): the slot holds a copy of
+/// the backend, so this is one lookup.
 #[inline(always)]
-pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry) -> Result<Choice, u8> {
-    // SAFETY: plain helper call. (The count is not 0, but a caller whose
-    // `master` lives in a map cannot show the compiler so: no panic path.)
-    let slot = slot_of(unsafe { bpf_get_prandom_u32() }, master.count).ok_or(result::STALE)?;
+pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry, random: u32) -> Result<Choice, u8> {
+    // The count is not 0, but a caller whose `master` lives in a map
+    // cannot show the compiler so: no panic path.
+    let slot = slot_of(random, master.count).ok_or(result::STALE)?;
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
     let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;
@@ -122,7 +123,7 @@ fn sticky_backend(
     // SAFETY: read once, whole.
     let choice = unsafe { AFFINITY.get(key) }.copied()?;
     if let Some((now, timeout)) = expiry
-        && now.wrapping_sub(choice.last_used_ns) > timeout
+        && now.saturating_sub(choice.last_used_ns) > timeout
     {
         return None;
     }

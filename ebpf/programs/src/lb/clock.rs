@@ -1,15 +1,51 @@
 //! The time everything but trace events is measured with.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+
+use super::maps::CLOCK_CACHE;
 
 pub const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 /// CLOCK_MONOTONIC at the last tick (1-4 ms): what ways, sticky choices,
-/// rate limits and trace leases are timed with. It reads a variable; the
-/// exact clock reads the TSC, which cost about 60-90 ns per call on this
-/// path (a quarter of `recvmsg`'s program), and only trace events need it.
+/// rate limits, flows and trace leases are timed with. The exact clock
+/// reads the TSC, which cost about 60-90 ns per call on this path; the
+/// coarse clock's helper call still cost about 40 ns on every translated
+/// datagram (bench/RESULTS.md, session 40). So each CPU keeps the coarse
+/// time it read with the tick count (`jiffies`, which the verifier turns
+/// into one load) and reads the clock again only in a new tick.
+///
+/// The tick count goes up an instant before the clock is moved on, so a
+/// read in that instant finds the new tick with the old time: that time
+/// is not kept while it is the one already kept (a CPU that reads every
+/// tick keeps only moved-on times). A CPU whose kept time is older, idle
+/// since, can keep the old time for its new tick: it then runs up to one
+/// tick behind the others until the next. So times of different CPUs are
+/// compared saturating (a time a tick ahead counts as now), never
+/// wrapping.
 #[inline(always)]
 pub fn coarse_now() -> u64 {
-    // SAFETY: plain helper call.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: plain helper call, inlined by the verifier.
+    let tick = unsafe { bpf_jiffies64() };
+    let Some(kept) = CLOCK_CACHE.get_ptr_mut(0) else {
+        // SAFETY: plain helper call.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's entry, written by this CPU only while this
+    // program runs; fields are read and written whole.
+    unsafe {
+        if (*kept).tick == tick {
+            return (*kept).ns;
+        }
+        let ns = bpf_ktime_get_coarse_ns();
+        if ns != (*kept).ns {
+            *kept = KeptTime { tick, ns };
+        }
+        ns
+    }
+}
+
+/// A CPU's coarse time and the tick it was read in (`coarse_now`).
+pub struct KeptTime {
+    tick: u64,
+    ns: u64,
 }

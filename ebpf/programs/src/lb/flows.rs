@@ -39,7 +39,7 @@ pub fn follow(key: &FlowKey, now: u64, closes: bool, flow: &mut Flow) -> bool {
         let copy = *entry;
         let timeout = flow_timeout_ns(copy.state, key.proto);
         let member = MembershipKey { service_id: copy.service_id, backend_id: copy.backend_id };
-        if (now.wrapping_sub(copy.last_seen_ns) > timeout
+        if (now.saturating_sub(copy.last_seen_ns) > timeout
             && !replied_since(key, &copy, now.wrapping_sub(timeout)))
             || MEMBERSHIP.get(&member).is_none()
         {
@@ -52,7 +52,7 @@ pub fn follow(key: &FlowKey, now: u64, closes: bool, flow: &mut Flow) -> bool {
         }
         // Written at most once a second: a busy flow does not keep
         // dirtying its entry's cache line on every CPU.
-        if now.wrapping_sub(copy.last_seen_ns) > NSEC_PER_SEC {
+        if now.saturating_sub(copy.last_seen_ns) > NSEC_PER_SEC {
             (*entry).last_seen_ns = now;
         }
         if closes && copy.state == FLOW_OPEN {
@@ -90,13 +90,17 @@ fn own_reply<'a>(key: &FlowKey, flow: &Flow) -> Option<&'a FlowReply> {
 /// the table is being rewritten) a random slot; or why there is none.
 #[inline(always)]
 pub fn choose(frontend: &ServiceKey, master: &ServiceEntry, key: &FlowKey) -> Result<Choice, u8> {
+    // SAFETY: plain helper call; one per new flow. Drawn first: drawn
+    // after the Maglev lookup, LLVM left a register uninitialised on the
+    // no-backend path, which the verifier refused in from_device.
+    let random = unsafe { bpf_get_prandom_u32() };
     has_backends(master)?;
     if master.flags & SERVICE_FLAG_MAGLEV != 0
         && let Ok(choice) = maglev::backend(master, key)
     {
         return Ok(choice);
     }
-    random_slot(frontend, master)
+    random_slot(frontend, master, random)
 }
 
 /// A new flow `key` to the backend of `choice`, from the frontend with
@@ -183,7 +187,7 @@ fn snat_port_in_use(at: &FlowKey, now: u64) -> bool {
     flow.snat_port == at.dport
         && flow.backend == at.saddr
         && flow.backend_port == at.sport
-        && now.wrapping_sub(flow_last_seen_ns(flow, Some(owner))) <= flow_timeout_ns(flow.state, at.proto)
+        && now.saturating_sub(flow_last_seen_ns(flow, Some(owner))) <= flow_timeout_ns(flow.state, at.proto)
 }
 
 /// What the packet `key` is a reply to, if it is one of a flow.
@@ -210,7 +214,7 @@ pub fn reply_seen(key: &FlowKey, closes: bool, reply: &mut FlowReply) -> bool {
     unsafe {
         *reply = *entry;
         // At most once a second, as the client's side.
-        if now.wrapping_sub(reply.last_seen_ns) > NSEC_PER_SEC {
+        if now.saturating_sub(reply.last_seen_ns) > NSEC_PER_SEC {
             (*entry).last_seen_ns = now;
         }
     }

@@ -14,6 +14,7 @@ use balctl_common::{
 };
 
 use super::{
+    clock::KeptTime,
     icmp,
     nodeport::{Nat, SCRATCH_ENTRIES},
 };
@@ -126,3 +127,9 @@ pub static NODEPORT_SCRATCH: PerCpuArray<Nat> = PerCpuArray::with_max_entries(SC
 // CPU, one entry. Not pinned and not in the contract, as nodeport_scratch.
 #[map(name = "icmp_scratch")]
 pub static ICMP_SCRATCH: PerCpuArray<icmp::TooBig> = PerCpuArray::with_max_entries(1, 0);
+
+// The coarse time each CPU read last, with its tick (`clock::coarse_now`).
+// Not pinned and not in the contract, as nodeport_scratch: a cache, which
+// each load makes anew.
+#[map(name = "clock_cache")]
+pub static CLOCK_CACHE: PerCpuArray<KeptTime> = PerCpuArray::with_max_entries(1, 0);
