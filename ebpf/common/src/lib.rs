@@ -269,8 +269,8 @@ pub const fn looks_up_layer(layers: u32, scope: u8) -> bool {
 /// The random number a socket draws its slot with (`slot_of`): its
 /// cookie and the coarse time `now`, mixed by MurmurHash3's 64-bit
 /// finalizer. The kernel's random number generator would do as well, but
-/// its helper call cost about 60 ns per translation, as much as a map
-/// lookup (bench/RESULTS.md, session 40); this costs a few instructions.
+/// its helper call cost about 20 ns per translation (bench/RESULTS.md,
+/// session 40); this costs a few instructions.
 /// Cookies are unique and dealt out in sequence, so consecutive sockets
 /// draw unrelated numbers; the time makes a socket that connects again a
 /// tick later draw anew (within one tick it draws the same slot, as

@@ -1,5 +1,7 @@
 //! The time everything but trace events is measured with.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 use super::maps::CLOCK_CACHE;
@@ -30,15 +32,20 @@ pub fn coarse_now() -> u64 {
         // SAFETY: plain helper call.
         return unsafe { bpf_ktime_get_coarse_ns() };
     };
-    // SAFETY: this CPU's entry, written by this CPU only while this
-    // program runs; fields are read and written whole.
+    // SAFETY: this CPU's entry, which only programs running on this CPU
+    // write; fields are read and written whole.
     unsafe {
-        if (*kept).tick == tick {
-            return (*kept).ns;
+        if read_volatile(&raw const (*kept).tick) == tick {
+            return read_volatile(&raw const (*kept).ns);
         }
         let ns = bpf_ktime_get_coarse_ns();
-        if ns != (*kept).ns {
-            *kept = KeptTime { tick, ns };
+        if ns != read_volatile(&raw const (*kept).ns) {
+            // The time before its tick: a program that interrupts this
+            // one on this CPU (a packet's, in softirq) between the two
+            // stores finds the old tick and reads the clock itself, never
+            // the new tick with an old time. (Volatile keeps the order.)
+            write_volatile(&raw mut (*kept).ns, ns);
+            write_volatile(&raw mut (*kept).tick, tick);
         }
         ns
     }
