@@ -233,6 +233,7 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
                     address_kind: balctl::model::AddressKind::default(),
                     external: balctl::model::ExternalBalancing::default(),
                     requests_per_second: None,
+                    health: None,
                 },
             }
         })

@@ -15,7 +15,7 @@
 //! fix it, as a kube-proxy whose restore failed retries before it is late.
 
 use std::{
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use crate::{
     cmd::sync::Held,
     error::{self, EmptyInput},
+    health::Checks,
     stale_sockets::StaleSockets,
 };
 
@@ -66,6 +67,8 @@ pub struct Agent {
     pub stale_sockets: Family<[(&'static str, &'static str); 1], Counter>,
     /// Told of every sync that applied the inputs.
     applied: Notify,
+    /// The active health checks of address backends (src/health/).
+    pub health: Arc<Checks>,
 }
 
 #[derive(Default)]
@@ -132,6 +135,7 @@ impl Agent {
             sync_errors,
             health_check_ports,
             applied: Notify::new(),
+            health: Arc::default(),
         }
     }
 

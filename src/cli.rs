@@ -430,6 +430,56 @@ pub struct PolicyAddArgs {
     /// go to the next rule
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit: Option<u32>,
+
+    #[command(flatten)]
+    pub health: HealthCheckArgs,
+}
+
+/// `policy add`'s active health check of the backends, run by `sync --watch`.
+#[derive(Debug, Args)]
+pub struct HealthCheckArgs {
+    /// Check each backend's health (run by `sync --watch`): tcp (a connect),
+    /// http (a GET answered with the expected status) or dns (a query); an
+    /// unhealthy backend leaves the slots until it passes again
+    #[arg(long, value_name = "TYPE", value_parser = ["tcp", "http", "dns"])]
+    pub health_check: Option<String>,
+
+    /// http: the path to GET
+    #[arg(long, value_name = "PATH", requires = "health_check")]
+    pub health_check_path: Option<String>,
+
+    /// http: the status that means healthy
+    #[arg(long, value_name = "STATUS", requires = "health_check")]
+    pub health_check_status: Option<u16>,
+
+    /// dns: the name to ask for (type A)
+    #[arg(long, value_name = "NAME", requires = "health_check")]
+    pub health_check_query: Option<String>,
+
+    /// The port to probe [default: the backend's]
+    #[arg(long, value_name = "PORT", requires = "health_check")]
+    pub health_check_port: Option<u16>,
+
+    /// How often each backend is probed [default: 5s]
+    #[arg(long, value_name = "DURATION", requires = "health_check")]
+    pub health_check_interval: Option<String>,
+
+    /// How long a probe may take [default: 2s, at most the interval]
+    #[arg(long, value_name = "DURATION", requires = "health_check")]
+    pub health_check_timeout: Option<String>,
+
+    /// Successes in a row that bring an unhealthy backend back [default: 2]
+    #[arg(long, value_name = "N", requires = "health_check")]
+    pub health_check_rise: Option<u32>,
+
+    /// Failures in a row that take a healthy backend out [default: 3]
+    #[arg(long, value_name = "N", requires = "health_check")]
+    pub health_check_fall: Option<u32>,
+
+    /// While every backend is unhealthy: keep them all (fail-open) or refuse
+    /// connections [default: fail-open]
+    #[arg(long, value_name = "CHOICE", value_parser = ["fail-open", "refuse"], requires = "health_check")]
+    pub when_all_unhealthy: Option<String>,
 }
 
 /// How log lines are written on stderr.
@@ -496,6 +546,8 @@ pub enum DumpKind {
     Stats,
     /// North-south flows: client, frontend called, backend, SNAT source, state
     Flows,
+    /// Backends with an active health check: the check, healthy or not, in the slots or not
+    Health,
     /// Every kind above in one document
     All,
 }

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use balctl_common::{
     BACKEND_FLAG_LOCAL, Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey,
     SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED,
-    SERVICE_FLAG_SOURCE_RANGES, ServiceEntry, SourceRange,
+    SERVICE_FLAG_SOURCE_RANGES, SERVICE_FLAG_UNHEALTHY, ServiceEntry, SourceRange,
 };
 pub use balctl_common::{Cell, NO_CELL};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -23,7 +23,7 @@ use self::raw::{addr_to_raw, port_to_raw};
 use crate::{
     bpf::maps::{BackendId, EntryCounts, ServiceId, SourceRangeKey},
     input, maglev,
-    model::{AddressKind, Frontend, FrontendRule, LbAlgorithm, Prefix, Protocol, Scope},
+    model::{AddressKind, Frontend, FrontendRule, LbAlgorithm, Prefix, Protocol, Scope, Standing},
 };
 
 mod backends;
@@ -95,6 +95,12 @@ pub struct FrontendImage {
     pub cell: Cell,
     #[serde(default)]
     pub hit_cells: Vec<Cell>,
+    /// Every backend of the rule fails its health check (`model::health`):
+    /// the master entry says so (`SERVICE_FLAG_UNHEALTHY`), so that a
+    /// refusal, or a connection the rule fails open with, is traced as
+    /// such. Formats 10 and before had none.
+    #[serde(default)]
+    pub unhealthy: bool,
 }
 
 impl FrontendImage {
@@ -109,7 +115,8 @@ impl FrontendImage {
                 | if self.local_only { SERVICE_FLAG_LOCAL_ONLY } else { 0 }
                 | if self.requests_per_second.is_some() { SERVICE_FLAG_RATE_LIMITED } else { 0 }
                 | if self.maglev_table_size > 0 { SERVICE_FLAG_MAGLEV } else { 0 }
-                | if self.source_ranges.is_empty() { 0 } else { SERVICE_FLAG_SOURCE_RANGES },
+                | if self.source_ranges.is_empty() { 0 } else { SERVICE_FLAG_SOURCE_RANGES }
+                | if self.unhealthy { SERVICE_FLAG_UNHEALTHY } else { 0 },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
             cell: self.cell,
@@ -477,7 +484,7 @@ impl Image {
         let added: Vec<(String, &FrontendRule)> = added.into_iter().collect();
         // Ids are never reused, so they only run out if a state file says
         // they are about to (a corrupt one): refuse rather than wrap to 0.
-        let new_backends: usize = added.iter().map(|(_, rule)| rule.backends.len()).sum();
+        let new_backends: usize = added.iter().map(|(_, rule)| rule.serving().count()).sum();
         if ServiceId::try_from(added.len()).ok().and_then(|n| image.next_service_id.checked_add(n)).is_none()
             || BackendId::try_from(new_backends)
                 .ok()
@@ -518,6 +525,7 @@ impl Image {
                 ));
             }
             let maglev_table_size = maglev_table_size(&owner, rule)?;
+            let unhealthy = rule.standing() != Standing::Serving;
             let backends: Vec<BackendId> = rule
                 .backend_addrs()
                 .map(|addr| {
@@ -556,6 +564,7 @@ impl Image {
                 source_ranges: rule.external.source_ranges.clone(),
                 cell,
                 hit_cells,
+                unhealthy,
             };
             tally.add(&rule.frontend, &frontend);
             external_changed |= rule.frontend.scope == Scope::External;
@@ -618,7 +627,7 @@ impl Image {
     /// change to a big image looks its few backends up in one pass, and a
     /// first sync of a million backends does not index them twice.
     fn backend_lookup(&self, rules: &[(String, &FrontendRule)]) -> Lookup {
-        let wanted_count: usize = rules.iter().map(|(_, rule)| rule.backends.len()).sum();
+        let wanted_count: usize = rules.iter().map(|(_, rule)| rule.serving().count()).sum();
         if self.backends.len() <= wanted_count {
             self.backends.lookup(None, wanted_count)
         } else {
@@ -670,7 +679,7 @@ impl Image {
 /// maglev_table_size`): its configured size, else the default for its
 /// backends; 0 without a table.
 fn maglev_table_size(owner: &str, rule: &FrontendRule) -> Result<u32> {
-    let backends = rule.backends.len();
+    let backends = rule.serving().count();
     if rule.frontend.scope != Scope::External
         || rule.external.algorithm != LbAlgorithm::Maglev
         || backends == 0
@@ -691,8 +700,9 @@ fn maglev_table_size(owner: &str, rule: &FrontendRule) -> Result<u32> {
 }
 
 impl FrontendRule {
+    /// The backends that take connections (`serving`), as the image holds them.
     fn backend_addrs(&self) -> impl Iterator<Item = BackendAddr> + '_ {
-        self.backends.iter().map(|&address| BackendAddr {
+        self.serving().map(|&address| BackendAddr {
             address,
             protocol: self.frontend.protocol,
             local: self.is_local(&address),

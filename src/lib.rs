@@ -11,6 +11,7 @@ pub mod docs;
 #[cfg(test)]
 mod draws;
 pub mod error;
+pub mod health;
 pub mod image;
 pub mod inputs;
 pub mod maglev;

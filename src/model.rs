@@ -15,6 +15,10 @@ use balctl_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod health;
+
+pub use self::health::{BackendCheck, Probe, RuleHealth, Standing, WhenAllUnhealthy};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -299,6 +303,11 @@ pub struct FrontendRule {
     /// either.
     #[serde(skip)]
     pub external: ExternalBalancing,
+    /// The backends' health check, and those that fail it now
+    /// (`model::health`): only address backends (state files, policies)
+    /// have one. Boxed: most rules have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Box<RuleHealth>>,
 }
 
 /// How the entry of an external frontend (scope `External`) chooses the
@@ -560,6 +569,7 @@ impl FrontendRule {
             requests_per_second: None,
             address_kind: AddressKind::ClusterIp,
             external: ExternalBalancing::default(),
+            health: None,
         }
     }
 
@@ -683,7 +693,7 @@ pub type Fingerprint = u128;
 pub mod rule_records {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{AddressKind, ExternalBalancing, Frontend, FrontendRule, SocketAddr};
+    use super::{AddressKind, ExternalBalancing, Frontend, FrontendRule, RuleHealth, SocketAddr};
 
     /// A rule as stored: its fields in this order, one after another.
     #[derive(Serialize)]
@@ -697,11 +707,13 @@ pub mod rule_records {
         address_kind: AddressKind,
         local_backends: &'a [SocketAddr],
         external: &'a ExternalBalancing,
+        health: Option<&'a RuleHealth>,
     }
 
     /// What `RecordRef` wrote. Format 3 had no address kind, formats 3 and
-    /// 4 no local backends or external balancing: the legacy reader
-    /// (`legacy::ADDED`) leaves them to their defaults.
+    /// 4 no local backends or external balancing, formats before 11 no
+    /// health check: the legacy reader (`legacy::ADDED`) leaves them to
+    /// their defaults.
     #[derive(Deserialize)]
     pub struct Record {
         frontend: Frontend,
@@ -715,6 +727,8 @@ pub mod rule_records {
         local_backends: Vec<SocketAddr>,
         #[serde(default)]
         external: ExternalBalancing,
+        #[serde(default)]
+        health: Option<Box<RuleHealth>>,
     }
 
     pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
@@ -727,6 +741,7 @@ pub mod rule_records {
             address_kind: rule.address_kind,
             local_backends: &rule.local_backends,
             external: &rule.external,
+            health: rule.health.as_deref(),
         }
     }
 
@@ -740,6 +755,7 @@ pub mod rule_records {
             address_kind,
             local_backends,
             external,
+            health,
         } = record;
         FrontendRule {
             frontend,
@@ -750,6 +766,7 @@ pub mod rule_records {
             requests_per_second,
             address_kind,
             external,
+            health,
         }
     }
 

@@ -680,6 +680,7 @@ mod tests {
             requests_per_second: None,
             address_kind: crate::model::AddressKind::ClusterIp,
             external: crate::model::ExternalBalancing::default(),
+            health: None,
         }
     }
 

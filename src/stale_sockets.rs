@@ -227,6 +227,7 @@ mod tests {
                 source_ranges: Vec::new(),
                 cell: crate::image::NO_CELL,
                 hit_cells: Vec::new(),
+                unhealthy: false,
             };
             image.frontends.insert(frontend, entry);
         }

@@ -46,17 +46,21 @@ const MAGIC: &[u8; 8] = b"balctl\0S";
 /// 7 the objects each synced object's translation read, 8 whether node
 /// ports answer on IPv4 loopback, 9 the snapshot's generation (a `u64`,
 /// little endian, before the state), which its change log names
-/// (`change_log`), 10 the frontends' counter cells.
-pub(crate) const STATE_VERSION: u32 = 10;
+/// (`change_log`), 10 the frontends' counter cells, 11 rules' health
+/// checks and whether every backend of a frontend fails its check.
+pub(crate) const STATE_VERSION: u32 = 11;
 /// Format 8: format 9 without a generation, and so without a log.
 const UNLOGGED_LEGACY_VERSION: u32 = 8;
-/// Format 9: the format of 10 without counter cells (a snapshot with a
-/// generation and its log), read only to migrate it.
-const LOGGED_LEGACY_VERSION: u32 = 9;
+/// Formats 9 and 10: the format of 11 without what `legacy::ADDED` lists
+/// after them (a snapshot with a generation and its log), read only to
+/// migrate them.
+const LOGGED_LEGACY_VERSIONS: [u32; 2] = [9, 10];
+/// The first format with counter cells.
+const CELLS_VERSION: u32 = 10;
 /// Older formats, read only to migrate them (`legacy`): 3 is the format 4
 /// layout in bincode 1, written up to commit a86b197; 4 to 9 lack the
 /// fields `legacy::ADDED` lists; 8 has no generation, and so no log.
-const LEGACY_VERSIONS: [u32; 7] = legacy::FORMATS;
+const LEGACY_VERSIONS: [u32; 8] = legacy::FORMATS;
 /// A log longer than its snapshot (and than this) is folded into a new
 /// snapshot by the next change: reading costs at most about two
 /// snapshots, and a change, whatever the state's size, one record plus
@@ -253,7 +257,7 @@ impl StateDir {
         };
         match u32::from_le_bytes(*version) {
             // A snapshot with a generation, which its log names.
-            version @ (STATE_VERSION | LOGGED_LEGACY_VERSION) => {
+            version if version == STATE_VERSION || LOGGED_LEGACY_VERSIONS.contains(&version) => {
                 let Some((generation, body)) = body.split_first_chunk::<8>() else {
                     return Err(corrupt("it ends in the middle of its data (truncated)"));
                 };
@@ -569,7 +573,9 @@ mod policy_records {
 /// those formats held are not at (their layout differs: `load` refuses
 /// them, and `unload` then `load` starts counting anew).
 fn complete_legacy(state: &mut AppliedState, version: u32) {
-    state.image.hand_out_cells();
+    if version < CELLS_VERSION {
+        state.image.hand_out_cells();
+    }
     if version >= UNLOGGED_LEGACY_VERSION {
         return;
     }
@@ -621,6 +627,7 @@ mod tests {
                 requests_per_second: None,
                 address_kind: AddressKind::ClusterIp,
                 external: crate::model::ExternalBalancing::default(),
+                health: None,
             },
         });
         state.synced = Synced::from(vec![Arc::new(SyncedObject {
@@ -635,6 +642,7 @@ mod tests {
                 requests_per_second: None,
                 address_kind: AddressKind::ExternalIp,
                 external: crate::model::ExternalBalancing::default(),
+                health: None,
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],
@@ -799,7 +807,7 @@ mod tests {
         other_version.extend((STATE_VERSION + 1).to_le_bytes());
         fs::write(dir.join(STATE_FILE), other_version).unwrap();
         let err = state_dir.read().unwrap_err();
-        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 10"), "{err:#}");
+        assert!(format!("{err:#}").contains("this balctl reads formats 3 to 11"), "{err:#}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -30,7 +30,10 @@ use balctl::{
         BackendAddr, Image,
         raw::{addr_to_raw, raw_to_addr, service_key},
     },
-    model::{AddressKind, Frontend, FrontendRule, Protocol, Scope},
+    model::{
+        AddressKind, BackendCheck, Frontend, FrontendRule, Probe, Protocol, RuleHealth, Scope,
+        WhenAllUnhealthy,
+    },
     plan::{Plan, Step},
 };
 use balctl_common::{
@@ -154,17 +157,31 @@ fn run(case: &Case) {
 }
 
 /// The rule a spec stands for: backends unique and of the frontend's
-/// family, as validated input has them.
+/// family, as validated input has them. A backend byte's bit 5 says it
+/// fails its health check (a rule with such a backend has one), the first
+/// byte's bit 6 that the rule refuses when all of them fail.
 fn rule(spec: &RuleSpec) -> FrontendRule {
     let frontend = frontend(spec.frontend);
     let v6 = frontend.address.is_ipv6();
     let mut backends: Vec<SocketAddr> = Vec::new();
+    let mut down: Vec<SocketAddr> = Vec::new();
     for &b in &spec.backends {
         let backend = SocketAddr::new(host(v6, b & 7), [8080, 53, 80, 9090][usize::from(b >> 3 & 3)]);
         if !backends.contains(&backend) {
             backends.push(backend);
+            if b & 0x20 != 0 {
+                down.push(backend);
+            }
         }
     }
+    down.sort_unstable();
+    let health = (!down.is_empty()).then(|| {
+        let refuse = spec.backends.first().is_some_and(|b| b & 0x40 != 0);
+        let when = if refuse { WhenAllUnhealthy::Refuse } else { WhenAllUnhealthy::FailOpen };
+        let mut health = RuleHealth::new(BackendCheck::of(Probe::Tcp), when);
+        health.down = down;
+        Box::new(health)
+    });
     FrontendRule {
         frontend,
         backends,
@@ -174,6 +191,7 @@ fn rule(spec: &RuleSpec) -> FrontendRule {
         requests_per_second: spec.rate_limit.map(|n| u32::from(n) + 1),
         address_kind: AddressKind::default(),
         external: balctl::model::ExternalBalancing::default(),
+        health,
     }
 }
 

@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use super::Context;
 use crate::{
-    cli::{PolicyAddArgs, PolicyCommand, PolicyKind, PolicyNameArg, PolicyUpdateArgs},
-    input,
-    model::{AddressKind, Frontend, FrontendRule, Policy},
+    cli::{HealthCheckArgs, PolicyAddArgs, PolicyCommand, PolicyKind, PolicyNameArg, PolicyUpdateArgs},
+    health, input,
+    model::{AddressKind, Frontend, FrontendRule, Policy, Protocol, RuleHealth, health::CheckSpec},
     output::{Listing, column, print_structured, wide},
     stale_sockets,
     transaction::{Mode, Outcome, change},
@@ -24,6 +24,33 @@ pub fn run(ctx: &Context, command: &PolicyCommand) -> Result<()> {
     }
 }
 
+/// The rule's health check from `--health-check` and its flags, or what
+/// is wrong, naming the flag.
+fn health_check(args: &HealthCheckArgs, protocol: Protocol) -> Result<Option<Box<RuleHealth>>> {
+    let Some(kind) = &args.health_check else { return Ok(None) };
+    let spec = CheckSpec {
+        kind,
+        path: args.health_check_path.as_deref(),
+        expected_status: args.health_check_status,
+        query: args.health_check_query.as_deref(),
+        port: args.health_check_port,
+        interval: args.health_check_interval.as_deref(),
+        timeout: args.health_check_timeout.as_deref(),
+        rise: args.health_check_rise,
+        fall: args.health_check_fall,
+        when_all_unhealthy: args.when_all_unhealthy.as_deref(),
+    };
+    let flag = |field: &str| match field {
+        "type" => "--health-check".to_owned(),
+        "expected_status" => "--health-check-status".to_owned(),
+        "when_all_unhealthy" => "--when-all-unhealthy".to_owned(),
+        field => format!("--health-check-{field}"),
+    };
+    let (check, when) = spec.build().map_err(|e| input!("invalid {}: {}", flag(e.field), e.message))?;
+    check.fits(protocol).map_err(|e| input!("invalid {}: {}", flag(e.field), e.message))?;
+    Ok(Some(Box::new(RuleHealth::new(check, when))))
+}
+
 fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
     let policy = Policy {
         name: args.name.clone(),
@@ -36,6 +63,7 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
             requests_per_second: args.rate_limit,
             address_kind: AddressKind::default(),
             external: crate::model::ExternalBalancing::default(),
+            health: health_check(&args.health, args.vip.protocol)?,
         },
     };
     if args.rate_limit.is_some() && args.kind != PolicyKind::Redirect {
@@ -52,7 +80,13 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
                 policy.name
             ));
         }
-        state.policies.push(policy.clone());
+        let mut added = policy.clone();
+        // Its backends' health as recorded for the same check elsewhere;
+        // new ones start healthy (the agent probes them from its next sync).
+        if added.rule.health.is_some() {
+            health::mark_policies(std::slice::from_mut(&mut added), &health::recorded(state));
+        }
+        state.policies.push(added);
         Ok(())
     })?;
     report(ctx, &outcome, &policy.name, "created")

@@ -11,7 +11,7 @@ use super::Context;
 use crate::{
     agent::Agent,
     cli::SyncArgs,
-    cluster,
+    cluster, health,
     image::{FrontendImage, Image},
     input,
     inputs::{self, Inputs},
@@ -87,6 +87,8 @@ pub fn run_with(
     let this_node = this_node(args)?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     let mut notes = Vec::new();
+    // What the agent's prober says of the checked backends, as of now.
+    let live = agent.map(|agent| agent.health.live());
     // Inputs are read (files split, the API server listed) while the
     // applied state is read, and finished with it: unchanged objects are
     // kept from it. All under the state lock.
@@ -94,20 +96,17 @@ pub fn run_with(
         let list = || cluster::list_all(&args.api_server, &this_node.name);
         change_prepared(&ctx.pins, &ctx.state, mode, kept, list, |state, documents, _| {
             let documents: Vec<&cluster::Document> = documents.iter().collect();
-            notes = replace(
-                state,
-                inputs::from_cluster(&documents, &this_node, &state.synced, None)?,
-                &this_node,
-                None,
-            )?
-            .0;
+            let mut inputs = inputs::from_cluster(&documents, &this_node, &state.synced, None)?;
+            health::mark(state, &mut inputs, live.as_ref());
+            notes = replace(state, inputs, &this_node, None)?.0;
             Ok(())
         })?
     } else {
         let gather = || inputs::gather(&args.filenames, &this_node, args.max_input_size);
         change_prepared(&ctx.pins, &ctx.state, mode, kept, gather, |state, gathered, _| {
-            let inputs = gathered.read(&state.synced)?;
+            let mut inputs = gathered.read(&state.synced)?;
             check_removals(state, &inputs, removals)?;
+            health::mark(state, &mut inputs, live.as_ref());
             notes = replace(state, inputs, &this_node, None)?.0;
             Ok(())
         })?
@@ -118,6 +117,9 @@ pub fn run_with(
         None => notes,
     };
     report(ctx, &outcome, args.dry_run, notes, sockets)?;
+    if let Some(agent) = agent {
+        agent.health.follow(&outcome);
+    }
     kept.keep(outcome);
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use balctl_common::{OP_CONNECT, OP_PACKET, OP_SENDMSG, TraceEvent, result};
+use balctl_common::{OP_CONNECT, OP_PACKET, OP_SENDMSG, TRACE_FLAG_UNHEALTHY, TraceEvent, result};
 use serde::Serialize;
 
 use super::Context;
@@ -65,9 +65,13 @@ struct Resolution {
     frontend: Option<String>,
     name: Option<String>,
     /// How the backend was chosen (random, affinity, socket, maglev) or why
-    /// there was none (no_backend, no_local_backend, stale, family).
+    /// there was none (no_backend, no_healthy_backend, no_local_backend,
+    /// stale, family).
     result: &'static str,
     failed: bool,
+    /// Every backend of the rule failed its health check and the rule
+    /// fails open: the connection went to one of them anyway.
+    failing_open: bool,
 }
 
 pub fn run(ctx: &Context, args: &TraceArgs) -> Result<()> {
@@ -155,6 +159,7 @@ fn describe(
     let packet = raw.operation == OP_PACKET;
     let cgroup = if packet { None } else { cgroups.path(raw.cgroup_id).map(str::to_owned) };
     let failed = result::is_failure(raw.result);
+    let unhealthy = raw.flags & TRACE_FLAG_UNHEALTHY != 0;
     let comm_len = raw.comm.iter().position(|&b| b == 0).unwrap_or(raw.comm.len());
     Resolution {
         time: humantime::format_rfc3339_millis(clock.at(raw.time_ns)).to_string(),
@@ -177,8 +182,13 @@ fn describe(
         service_id: raw.service_id,
         frontend: name.map(|(frontend, _)| frontend.clone()),
         name: name.map(|(_, owner)| owner.clone()),
-        result: result_name(raw.result),
+        result: match raw.result {
+            // The rule refuses while every backend fails its health check.
+            result::NO_BACKEND if unhealthy => "no_healthy_backend",
+            code => result_name(code),
+        },
         failed,
+        failing_open: unhealthy && !failed,
     }
 }
 
@@ -234,7 +244,11 @@ fn print(out: &mut impl io::Write, format: OutputFormat, resolution: &Resolution
                 &resolution.time[11..23],
                 resolution.protocol.map_or_else(|| "?".to_owned(), |p| p.to_string()),
                 format!("{} -> {backend}", resolution.original),
-                resolution.result,
+                if resolution.failing_open {
+                    format!("{} (fail-open)", resolution.result)
+                } else {
+                    resolution.result.to_owned()
+                },
                 resolution.name.as_deref().unwrap_or("-"),
             )?;
         }

@@ -182,6 +182,7 @@ mod tests {
             requests_per_second: None,
             address_kind: crate::model::AddressKind::ClusterIp,
             external: crate::model::ExternalBalancing::default(),
+            health: None,
         }];
         let err = budget.reserve_made("kept", &rules).unwrap_err();
         assert!(

@@ -40,9 +40,9 @@ use crate::{
     error::excerpt,
     input,
     model::{
-        AddressKind, ExternalBalancing, Frontend, FrontendRule, HealthCheck, LbAlgorithm,
-        MAX_AFFINITY_SECONDS, PolicyKind, Prefix, Protocol, Scope, SyncedObject, check_address,
-        check_maglev_table_size, check_name,
+        AddressKind, BackendCheck, ExternalBalancing, Frontend, FrontendRule, HealthCheck, LbAlgorithm,
+        MAX_AFFINITY_SECONDS, PolicyKind, Prefix, Protocol, RuleHealth, Scope, SyncedObject,
+        WhenAllUnhealthy, check_address, check_maglev_table_size, check_name, health::CheckSpec,
     },
 };
 
@@ -87,6 +87,75 @@ struct RuleTable {
     /// Kubernetes' healthCheckNodePort, of an `external_traffic_policy =
     /// "local"` service: served by `sync --watch`.
     health_check_node_port: Option<Spanned<u16>>,
+    /// The backends' active health check, run by `sync --watch`.
+    health_check: Option<Spanned<HealthCheckTable>>,
+}
+
+/// `[service.health_check]` (and the policies'): `model::CheckSpec`'s
+/// fields, each with where it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckTable {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    path: Option<Spanned<String>>,
+    expected_status: Option<Spanned<u16>>,
+    query: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    when_all_unhealthy: Option<Spanned<String>>,
+}
+
+impl HealthCheckTable {
+    /// The check, or what is wrong with it where it is.
+    fn read(
+        table: &Spanned<Self>,
+        at: &impl Fn(std::ops::Range<usize>) -> Location,
+    ) -> Result<(BackendCheck, WhenAllUnhealthy)> {
+        let check = table.get_ref();
+        fn text(field: &Option<Spanned<String>>) -> Option<&str> {
+            field.as_ref().map(|f| f.get_ref().as_str())
+        }
+        let value = |field: &Option<Spanned<u32>>| field.as_ref().map(|f| *f.get_ref());
+        let spec = CheckSpec {
+            kind: check.kind.get_ref(),
+            path: text(&check.path),
+            expected_status: check.expected_status.as_ref().map(|f| *f.get_ref()),
+            query: text(&check.query),
+            port: check.port.as_ref().map(|f| *f.get_ref()),
+            interval: text(&check.interval),
+            timeout: text(&check.timeout),
+            rise: value(&check.rise),
+            fall: value(&check.fall),
+            when_all_unhealthy: text(&check.when_all_unhealthy),
+        };
+        spec.build().map_err(|e| {
+            let span = check.span_of(e.field).unwrap_or_else(|| table.span());
+            input!("{}: health_check.{}: {}", at(span), e.field, e.message)
+        })
+    }
+
+    /// Where `field` (a `CheckSpec` field name) is, if given.
+    fn span_of(&self, field: &str) -> Option<std::ops::Range<usize>> {
+        let text = |f: &Option<Spanned<String>>| f.as_ref().map(Spanned::span);
+        let number = |f: &Option<Spanned<u32>>| f.as_ref().map(Spanned::span);
+        match field {
+            "type" => Some(self.kind.span()),
+            "path" => text(&self.path),
+            "expected_status" => self.expected_status.as_ref().map(Spanned::span),
+            "query" => text(&self.query),
+            "port" => self.port.as_ref().map(Spanned::span),
+            "interval" => text(&self.interval),
+            "timeout" => text(&self.timeout),
+            "rise" => number(&self.rise),
+            "fall" => number(&self.fall),
+            "when_all_unhealthy" => text(&self.when_all_unhealthy),
+            _ => None,
+        }
+    }
 }
 
 /// `external_traffic_policy`: Kubernetes' externalTrafficPolicy.
@@ -355,6 +424,14 @@ fn rule_object(
         }
     }
     let external = external_fields(kind, &spec, at)?;
+    let health = spec.health_check.as_ref().map(|table| HealthCheckTable::read(table, at)).transpose()?;
+    if let (Some((check, _)), Some(table)) = (&health, &spec.health_check) {
+        for port in &spec.ports {
+            check.fits(port.get_ref().protocol).map_err(|e| {
+                input!("{}: health_check.{}: {}", at(table.get_ref().kind.span()), e.field, e.message)
+            })?;
+        }
+    }
     // Each address's rules have the backends of its family.
     let is_ipv4 = |ip: &&Spanned<IpAddr>| ip.get_ref().to_canonical().is_ipv4();
     for (family, ipv4) in [("IPv4", true), ("IPv6", false)] {
@@ -445,6 +522,9 @@ fn rule_object(
                         Scope::External => external.balancing.for_frontend(address_kind, address),
                         _ => ExternalBalancing::default(),
                     },
+                    health: health
+                        .as_ref()
+                        .map(|(check, when)| Box::new(RuleHealth::new(check.clone(), *when))),
                 });
             }
         }

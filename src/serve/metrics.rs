@@ -134,7 +134,24 @@ impl Collector for AgentState {
             "balctl_changes_pending",
             "Change notifications (input file events, Kubernetes objects changed) seen and not applied yet.",
             pending,
-        )
+        )?;
+        let mut family = gauge_family(
+            &mut encoder,
+            "balctl_backend_healthy",
+            "1 while the backend passes its active health check, 0 while it fails it (it has left the slots \
+             of its rules), by backend, protocol and check (tcp, http or dns).",
+        )?;
+        for (target, state) in self.0.health.states() {
+            let backend = target.backend.to_string();
+            let protocol = target.protocol.to_string();
+            let labels = [
+                ("backend", backend.as_str()),
+                ("protocol", protocol.as_str()),
+                ("check", target.check.probe.kind()),
+            ];
+            ConstGauge::new(u64::from(state.healthy)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

@@ -11,9 +11,9 @@
 //!   backends are local).
 //! - Format 5, postcard, without Services' health-check node ports.
 //! - Format 6, postcard, without what translations read (`SyncedObject::reads`).
-//! - Formats 7 to 9, postcard, without the fields `ADDED` lists after them
-//!   (9's snapshot starts with a generation, and its log's records are
-//!   read here too: `change_log::read`).
+//! - Formats 7 to 10, postcard, without the fields `ADDED` lists after them
+//!   (9's and 10's snapshots start with a generation, and their logs'
+//!   records are read here too: `change_log::read`).
 //!
 //! bincode 1 is unmaintained (RUSTSEC-2025-0141) and is not kept for this;
 //! postcard reads only its own current layout. Both encodings are small
@@ -59,10 +59,12 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (8, "Image", "node_ports_on_loopback"),
     (10, "FrontendImage", "cell"),
     (10, "FrontendImage", "hit_cells"),
+    (11, "Record", "health"),
+    (11, "FrontendImage", "unhealthy"),
 ];
 
 /// The formats this reader reads.
-pub const FORMATS: [u32; 7] = [3, 4, 5, 6, 7, 8, 9];
+pub const FORMATS: [u32; 8] = [3, 4, 5, 6, 7, 8, 9, 10];
 
 /// Why a format 3 file cannot be read.
 #[derive(Debug, PartialEq, Eq)]

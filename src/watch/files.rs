@@ -77,8 +77,12 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     }
     let targets = args.filenames.iter().map(|f| Target::new(f)).collect::<Result<Vec<_>>>()?;
     let (tx, wakes) = super::wakes()?;
-    let watcher = watch_parents(&targets, tx)?;
     let agent = Arc::new(Agent::new(args.health_timeout));
+    let health_changed = tx.clone();
+    agent.health.wake_with(move || {
+        let _ = health_changed.send(Wake::Health);
+    });
+    let watcher = watch_parents(&targets, tx)?;
     let health_check_ports = serve::start(ctx, args, &agent)?;
     log::info!("watching {} for changes", describe(&targets));
     let mut files = Files {

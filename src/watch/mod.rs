@@ -40,6 +40,8 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 pub enum Wake<E> {
     /// Something happened to what is watched.
     Event(E),
+    /// A backend changed health (src/health/): the next sync marks its rules.
+    Health,
     /// SIGINT or SIGTERM.
     Stop(i32),
 }
@@ -138,6 +140,10 @@ fn wait_for_change<S: Source>(
                     return Ok(Woke::Changed);
                 }
             }
+            Wake::Health => {
+                agent.changed(1);
+                return Ok(Woke::Changed);
+            }
         }
     }
 }
@@ -155,6 +161,10 @@ fn quiet_down<S: Source>(source: &mut S, wakes: &Wakes<S::Event>, agent: &Agent)
                     agent.changed(1);
                     last = Instant::now();
                 }
+            }
+            Ok(Wake::Health) => {
+                agent.changed(1);
+                last = Instant::now();
             }
             Ok(Wake::Stop(signal)) => return Ok(Woke::Stop(signal)),
             Err(RecvTimeoutError::Timeout) => return Ok(Woke::Changed),

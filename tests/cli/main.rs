@@ -3,6 +3,7 @@
 //! The harness is libtest-mimic so this binary can also act as the tests'
 //! network peer (`__peer`, see support/peer.rs).
 
+mod backend_health;
 mod bad_inputs;
 mod crash;
 mod crds;
@@ -89,6 +90,9 @@ fn main() {
         datapath::one_udp_socket_keeps_a_backend_per_vip,
         datapath::affinity_sticks_until_the_backend_leaves,
         datapath::frontend_without_backends_rejects_at_once,
+        backend_health::a_stopped_backend_leaves_after_fall_probes_and_returns_after_rise,
+        backend_health::every_backend_down_fails_open_or_refuses_as_the_rule_says,
+        backend_health::http_and_dns_checks_judge_by_the_answer,
         devices::load_attaches_both_tc_programs_and_reloads_them_in_place,
         devices::a_missing_device_changes_nothing,
         devices::auto_picks_the_devices_of_default_routes_and_node_addresses,
@@ -115,6 +119,7 @@ fn main() {
         state_migration::a_format_7_state_is_migrated_and_programs_the_same_datapath,
         state_migration::a_format_8_state_is_migrated_and_changes_are_logged,
         state_migration::a_format_9_state_and_its_log_are_migrated_and_counted,
+        state_migration::a_format_10_state_is_migrated_and_programs_the_same_datapath,
         bad_inputs::the_bad_input_corpus_changes_nothing,
         input_limits::oversized_inputs_are_refused_in_bounded_memory,
         input_limits::toml_reading_time_grows_linearly,

@@ -10,7 +10,10 @@
 //! written by balctl 44db0f3; tests/fixtures/state-v7/ one of format 7
 //! (before loopback followed --nodeport-addresses), written by 5003ef0;
 //! tests/fixtures/state-v8/ one of format 8 (one file, before the change
-//! log), written by b4d679e.
+//! log), written by b4d679e; tests/fixtures/state-v9/ one of format 9 (a
+//! snapshot and its change log, before counter cells), written by
+//! b8ff6a2; tests/fixtures/state-v10/ one of format 10 (before rules'
+//! health checks and the frontends' `unhealthy` flag), written by 087be0a.
 
 use std::{
     fs,
@@ -119,7 +122,7 @@ fn migrate(fixture: &Path, version: u32) -> Sandbox {
     let state_file = sandbox.state.join("state.bin");
     fs::write(&state_file, &old).unwrap();
     fs::set_permissions(&state_file, fs::Permissions::from_mode(0o600)).unwrap();
-    // Format 9 has a change log beside its snapshot.
+    // Formats 9 and later have a change log beside their snapshot.
     if let Ok(log) = fs::read(fixture.join("state.log")) {
         let log_file = sandbox.state.join("state.log");
         fs::write(&log_file, log).unwrap();
@@ -145,7 +148,7 @@ fn migrate(fixture: &Path, version: u32) -> Sandbox {
     sandbox
 }
 
-const CURRENT_FORMAT: u32 = 10;
+const CURRENT_FORMAT: u32 = 11;
 
 pub fn a_format_3_state_is_migrated_and_programs_the_same_datapath() {
     let sandbox = migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v3"), 3);
@@ -272,4 +275,11 @@ pub fn a_format_9_state_and_its_log_are_migrated_and_counted() {
         (Some("policy/closed"), Some(1)),
         "{stats:#}"
     );
+}
+
+/// Format 10 did not record rules' health checks nor which frontends have
+/// only failing backends: after the migration (its log replayed) the
+/// datapath is the one recorded.
+pub fn a_format_10_state_is_migrated_and_programs_the_same_datapath() {
+    migrate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v10"), 10);
 }

@@ -214,7 +214,8 @@ pub struct TraceEvent {
     pub proto: u8,
     pub operation: u8,
     pub result: u8,
-    pub _pad: u8,
+    /// `TRACE_FLAG_*`: what else the resolution went through.
+    pub flags: u8,
     pub service_id: u32,
     /// 0 when the resolution failed.
     pub backend_id: u32,
@@ -225,6 +226,11 @@ pub struct TraceEvent {
     pub client_port: u16,
     pub _pad2: [u16; 3],
 }
+
+/// `TraceEvent::flags`: every backend of the frontend failed its health
+/// check (`SERVICE_FLAG_UNHEALTHY`): a refusal says "no healthy backend",
+/// a connection that the rule let through "failing open".
+pub const TRACE_FLAG_UNHEALTHY: u8 = 1 << 0;
 
 /// Scope of a frontend entry: which rule layer it belongs to. One address
 /// can have an entry in each; the datapath tries a LocalRedirectPolicy's
@@ -325,6 +331,11 @@ pub const SERVICE_FLAG_MAGLEV: u16 = 1 << 3;
 /// in the frontend's prefixes of the source_ranges map may use it
 /// (`loadBalancerSourceRanges`); packets from others are dropped.
 pub const SERVICE_FLAG_SOURCE_RANGES: u16 = 1 << 4;
+/// `ServiceEntry::flags` of a master entry: every backend of the rule
+/// fails its active health check (user space probes them). The rule
+/// either keeps them all (fail open: `count` is theirs) or refuses (`count`
+/// is 0); either way a traced resolution says so (`TRACE_FLAG_UNHEALTHY`).
+pub const SERVICE_FLAG_UNHEALTHY: u16 = 1 << 5;
 
 /// An IPv6 address (or an IPv4-mapped one) as four network-order words, the
 /// shape of `bpf_sock_addr.user_ip6`.

@@ -104,7 +104,7 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
         choice = Err(result::FAMILY);
     }
     count(master.cell, &choice);
-    trace(&dest, proto, op.trace_code(), master.service_id, &choice, now, &CurrentTask);
+    trace(&dest, proto, op.trace_code(), &master, &choice, now, &CurrentTask);
     let Ok(choice) = choice else {
         return reject();
     };

@@ -9,6 +9,7 @@ pub(in crate::cmd) mod affinity;
 mod backends;
 mod config;
 mod flows;
+mod health;
 mod nodes;
 mod revnat;
 mod services;
@@ -48,6 +49,7 @@ pub fn run(ctx: &Context, args: &DumpArgs) -> Result<()> {
         DumpKind::Config => show(ctx, &config::read(&view)?),
         DumpKind::Stats => show(ctx, &stats::read(&view)?),
         DumpKind::Flows => show(ctx, &flows::read(&view)?),
+        DumpKind::Health => show(ctx, &health::read(&view)),
         DumpKind::All => show(ctx, &All::read(&view)?),
     }
 }
@@ -243,6 +245,8 @@ struct All {
     stats: stats::Stats,
     #[serde(flatten)]
     flows: flows::Flows,
+    #[serde(flatten)]
+    health: health::Health,
 }
 
 impl All {
@@ -256,13 +260,14 @@ impl All {
             config: config::read(view)?,
             stats: stats::read(view)?,
             flows: flows::read(view)?,
+            health: health::read(view),
         })
     }
 }
 
 impl Tables for All {
     fn print_table(&self, style: TableStyle) {
-        let sections: [(&str, &dyn Tables); 8] = [
+        let sections: [(&str, &dyn Tables); 9] = [
             ("services", &self.services),
             ("backends", &self.backends),
             ("affinity", &self.affinity),
@@ -271,6 +276,7 @@ impl Tables for All {
             ("config", &self.config),
             ("stats", &self.stats),
             ("flows", &self.flows),
+            ("health", &self.health),
         ];
         for (i, (title, section)) in sections.into_iter().enumerate() {
             if i > 0 {

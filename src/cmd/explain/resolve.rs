@@ -23,8 +23,8 @@ use std::{
 
 use balctl_common::{
     ECONNREFUSED, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY,
-    SERVICE_FLAG_RATE_LIMITED, ServiceEntry, ServiceKey, V4_MAPPED_PREFIX, is_v4_mapped, looks_up_layer,
-    no_backend_result, node_address_key, result, slot_of,
+    SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_UNHEALTHY, ServiceEntry, ServiceKey, V4_MAPPED_PREFIX,
+    is_v4_mapped, looks_up_layer, no_backend_result, node_address_key, result, slot_of,
 };
 use serde::Serialize;
 
@@ -168,7 +168,12 @@ pub fn decide(
     decision.backend_count = master.count;
     // choice.rs `has_backends`.
     if master.count == 0 {
-        decision.failure = Some(refused(no_backend_result(master.flags)));
+        let mut failure = refused(no_backend_result(master.flags));
+        // As `trace` names it: the rule refuses while every backend fails its health check.
+        if master.flags & SERVICE_FLAG_UNHEALTHY != 0 {
+            failure.reason = "no_healthy_backend";
+        }
+        decision.failure = Some(failure);
         return Ok(decision);
     }
     let slots = slots(view, &key, &master, dest.is_ipv4());

@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, Frontend, FrontendRule, PolicyKind, Protocol, SyncedObject},
+    model::{AddressKind, Frontend, FrontendRule, PolicyKind, Protocol, RuleHealth, SyncedObject},
 };
 
 /// The objects of the input that policies refer to.
@@ -234,6 +234,17 @@ fn rules(
                 requests_per_second: policy.requests_per_second,
                 address_kind: AddressKind::default(),
                 external: crate::model::ExternalBalancing::default(),
+                health: policy
+                    .health_check
+                    .as_ref()
+                    .map(|health| {
+                        health.check.fits(frontend.protocol).map_err(|e| health.at.error(e.message))?;
+                        Ok::<_, anyhow::Error>(Box::new(RuleHealth::new(
+                            health.check.clone(),
+                            health.when_all_unhealthy,
+                        )))
+                    })
+                    .transpose()?,
             });
         }
     }

@@ -12,7 +12,7 @@ use super::{
     field::{Field, FieldRef, Object},
     objects::{Labels, Meta, labels},
 };
-use crate::model::{PolicyKind, Protocol};
+use crate::model::{BackendCheck, PolicyKind, Protocol, WhenAllUnhealthy, health::CheckSpec};
 
 pub const POLICY_API_VERSION: &str = "balancing.elf.io/v1beta1";
 
@@ -28,6 +28,17 @@ pub struct PolicyObject {
     /// `spec.config.requestsPerSecond` (LocalRedirectPolicy): each frontend's
     /// limit, above which that second's traffic goes to the Service.
     pub requests_per_second: Option<u32>,
+    /// `spec.healthCheck`: the backend addresses' active health check.
+    pub health_check: Option<PolicyHealthCheck>,
+}
+
+/// A policy's `spec.healthCheck`, read, with where its `type` is: what a
+/// frontend's protocol rules out is found there (`BackendCheck::fits`).
+#[derive(Clone)]
+pub struct PolicyHealthCheck {
+    pub check: BackendCheck,
+    pub when_all_unhealthy: WhenAllUnhealthy,
+    pub at: FieldRef,
 }
 
 impl PolicyObject {
@@ -133,7 +144,79 @@ pub fn parse(root: Field<'_>, object: &Object<'_>, meta: Meta, kind: PolicyKind)
             }
         }
     }
-    Ok(PolicyObject { meta, kind, frontend, backend, node_selector, requests_per_second })
+    let health_check = match spec.get("healthCheck") {
+        Some(field) => {
+            if kind != PolicyKind::Balancing || !matches!(backend.target, BackendTarget::Addresses(_)) {
+                return Err(field.error(
+                    object,
+                    "only a BalancingPolicy's addressEndpoint has a health check (Pods have their \
+                     readiness probes)",
+                ));
+            }
+            Some(health_check(field, object)?)
+        }
+        None => None,
+    };
+    Ok(PolicyObject { meta, kind, frontend, backend, node_selector, requests_per_second, health_check })
+}
+
+/// The fields of `spec.healthCheck`, as `model::CheckSpec` names them
+/// and as the CRD spells them.
+const HEALTH_CHECK_FIELDS: [(&str, &str); 10] = [
+    ("type", "type"),
+    ("path", "path"),
+    ("expected_status", "expectedStatus"),
+    ("query", "query"),
+    ("port", "port"),
+    ("interval", "interval"),
+    ("timeout", "timeout"),
+    ("rise", "rise"),
+    ("fall", "fall"),
+    ("when_all_unhealthy", "whenAllUnhealthy"),
+];
+
+/// Reads `spec.healthCheck`; an error points at the field at fault.
+fn health_check(field: Field<'_>, object: &Object<'_>) -> Result<PolicyHealthCheck> {
+    for (key, entry) in field.entries(object)? {
+        if !HEALTH_CHECK_FIELDS.iter().any(|(_, name)| *name == key) {
+            return Err(entry.error(object, "unknown field"));
+        }
+    }
+    let text = |name: &'static str| field.get(name).map(|f| f.str(object)).transpose();
+    let count = |name: &str| -> Result<Option<u32>> {
+        let Some(value) = field.get(name) else { return Ok(None) };
+        let number = value.int(object)?;
+        u32::try_from(number).map(Some).map_err(|_| value.error(object, format!("{number} is out of range")))
+    };
+    let expected_status = match field.get("expectedStatus") {
+        Some(status) => {
+            let number = status.int(object)?;
+            Some(
+                u16::try_from(number)
+                    .map_err(|_| status.error(object, format!("{number} is out of range")))?,
+            )
+        }
+        None => None,
+    };
+    let spec = CheckSpec {
+        kind: field.require(object, "type")?.str(object)?,
+        path: text("path")?,
+        expected_status,
+        query: text("query")?,
+        port: field.get("port").map(|port| port.port(object)).transpose()?,
+        interval: text("interval")?,
+        timeout: text("timeout")?,
+        rise: count("rise")?,
+        fall: count("fall")?,
+        when_all_unhealthy: text("whenAllUnhealthy")?,
+    };
+    let (check, when_all_unhealthy) = spec.build().map_err(|e| {
+        let name =
+            HEALTH_CHECK_FIELDS.iter().find(|(ours, _)| *ours == e.field).map_or("type", |(_, name)| name);
+        field.get(name).map_or_else(|| field.error(object, &e.message), |at| at.error(object, &e.message))
+    })?;
+    let at = field.require(object, "type")?.reference(object);
+    Ok(PolicyHealthCheck { check, when_all_unhealthy, at })
 }
 
 /// The one field of `choices` that `field` has; none or several is an error.

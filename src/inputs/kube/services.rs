@@ -362,6 +362,7 @@ fn service_object(
                     requests_per_second: None,
                     address_kind,
                     external: ExternalBalancing::default(),
+                    health: None,
                 };
             let (external_ips, load_balancer_ips) =
                 (in_family(&service.external_ips), in_family(load_balancer_ips));

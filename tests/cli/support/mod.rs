@@ -357,8 +357,14 @@ impl Sandbox {
         self.serve_with(&self.server_ns, id, &[("--tcp-lasting", tcp), ("--udp", udp)]);
     }
 
-    /// A server in `netns` on each address of `addresses` (by its option).
-    fn serve_with(&self, netns: &str, id: &str, addresses: &[(&str, &[&str])]) {
+    /// `serve`, returning the server's PID, for `stop`.
+    pub fn serve_stoppable(&self, id: &str, tcp: &[&str], udp: &[&str]) -> u32 {
+        self.serve_with(&self.server_ns, id, &[("--tcp", tcp), ("--udp", udp)])
+    }
+
+    /// A server in `netns` on each address of `addresses` (by its option);
+    /// its PID.
+    fn serve_with(&self, netns: &str, id: &str, addresses: &[(&str, &[&str])]) -> u32 {
         let mut command = self.peer(false, netns);
         command.args(["serve", "--id", id]);
         for (option, addrs) in addresses {
@@ -368,6 +374,7 @@ impl Sandbox {
         }
         let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn server");
         let stdout = child.stdout.take().expect("server stdout");
+        let pid = child.id();
         self.children.lock().unwrap().push(child);
         let (ready_tx, ready_rx) = mpsc::channel();
         thread::spawn(move || {
@@ -377,6 +384,7 @@ impl Sandbox {
         });
         let line = ready_rx.recv_timeout(Duration::from_secs(10)).expect("server did not start");
         assert_eq!(line.trim(), "ready", "server {id} failed to start");
+        pid
     }
 
     /// Starts dnsmasq in the server namespace on `host`:53 (UDP and TCP),

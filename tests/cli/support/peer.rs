@@ -71,6 +71,11 @@ enum PeerCommand {
         /// Keep connecting for this long instead of `count` times.
         #[arg(long)]
         millis: Option<u64>,
+        /// Also report what happened in each slice of this many
+        /// milliseconds, by when it began (milliseconds since the epoch):
+        /// a timeline the caller compares with when it changed things.
+        #[arg(long)]
+        timeline: Option<u64>,
     },
     /// One TCP connection to each address in turn; reports each one's
     /// answer (the backend id) or errno.
@@ -202,7 +207,9 @@ pub fn run_if_requested() {
     let output = match peer.command {
         PeerCommand::Serve { id, tcp, udp, tcp_lasting } => serve(&id, &tcp, &udp, &tcp_lasting),
         PeerCommand::Session => session(),
-        PeerCommand::Connect { to, count, millis } => connect(to, count, millis, &mut held),
+        PeerCommand::Connect { to, count, millis, timeline } => {
+            connect(to, count, millis, timeline, &mut held)
+        }
         PeerCommand::ConnectEach { to } => connect_each(&to),
         PeerCommand::TcpPeer { to } => tcp_peer(to),
         PeerCommand::TcpPeers { to, count, rounds, sets } => tcp_peers(to, count, rounds, sets, &mut held),
@@ -328,10 +335,12 @@ fn ask(to: SocketAddr) -> std::io::Result<(String, SocketAddr, TcpStream)> {
     Ok((answer.trim().to_owned(), peer, stream))
 }
 
-fn connect(to: SocketAddr, count: u32, millis: Option<u64>, held: &mut Held) -> Value {
+fn connect(to: SocketAddr, count: u32, millis: Option<u64>, timeline: Option<u64>, held: &mut Held) -> Value {
     let mut backends: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut latencies_us: Vec<u64> = Vec::new();
+    // Per slice: its start (ms since the epoch) and the outcomes in it.
+    let mut slices: Vec<(u64, BTreeMap<String, u64>)> = Vec::new();
     let deadline = millis.map(|ms| Instant::now() + Duration::from_millis(ms));
     let mut made = 0;
     loop {
@@ -342,21 +351,37 @@ fn connect(to: SocketAddr, count: u32, millis: Option<u64>, held: &mut Held) -> 
         }
         made += 1;
         let started = Instant::now();
-        match ask(to) {
+        let outcome = match ask(to) {
             Ok((answer, _, stream)) if !answer.is_empty() => {
                 latencies_us.push(started.elapsed().as_micros() as u64);
-                *backends.entry(answer).or_default() += 1;
+                *backends.entry(answer.clone()).or_default() += 1;
                 held.keep(stream);
+                answer
             }
-            Ok(_) => *errors.entry("EMPTY_ANSWER".into()).or_default() += 1,
-            Err(err) => *errors.entry(errno_name(&err)).or_default() += 1,
+            Ok(_) => "EMPTY_ANSWER".to_owned(),
+            Err(err) => errno_name(&err),
+        };
+        if !backends.contains_key(&outcome) {
+            *errors.entry(outcome.clone()).or_default() += 1;
+        }
+        if let Some(width) = timeline {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64;
+            let slice = now - now % width.max(1);
+            if slices.last().is_none_or(|(start, _)| *start != slice) {
+                slices.push((slice, BTreeMap::new()));
+            }
+            *slices.last_mut().unwrap().1.entry(outcome).or_default() += 1;
         }
     }
     let ok: u64 = backends.values().sum();
     let failed: u64 = errors.values().sum();
     latencies_us.sort_unstable();
     let max_latency_us = latencies_us.last().copied().unwrap_or(0);
-    json!({ "ok": ok, "failed": failed, "backends": backends, "errors": errors, "max_latency_us": max_latency_us })
+    json!({
+        "ok": ok, "failed": failed, "backends": backends, "errors": errors, "max_latency_us": max_latency_us,
+        "timeline": slices,
+    })
 }
 
 fn connect_each(targets: &[SocketAddr]) -> Value {

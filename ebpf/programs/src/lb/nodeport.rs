@@ -199,7 +199,7 @@ fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
     let choice = flows::choose(&nat.frontend, master, &key);
     count(master.cell, &choice);
     let now = coarse_now();
-    trace_open(&key, master.service_id, &choice, now);
+    trace_open(&key, master, &choice, now);
     let Ok(choice) = choice else {
         return false;
     };
@@ -224,9 +224,9 @@ fn open(ctx: &TcContext, nat: &mut Nat) -> bool {
 /// its own, so that the event is not in the same frame as the SNAT's keys
 /// (the frames of a chain of calls share 512 bytes).
 #[inline(never)]
-fn trace_open(key: &FlowKey, service_id: u32, choice: &Result<Choice, u8>, now: u64) {
+fn trace_open(key: &FlowKey, master: &ServiceEntry, choice: &Result<Choice, u8>, now: u64) {
     let called = Endpoint { addr: key.daddr, port: key.dport };
-    trace(&called, key.proto, OP_PACKET, service_id, choice, now, &Client(key));
+    trace(&called, key.proto, OP_PACKET, master, choice, now, &Client(key));
 }
 
 /// A packet's trace events name its client, the packet's source (`key`:

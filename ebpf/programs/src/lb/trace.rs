@@ -3,7 +3,7 @@
 //! that opens a north-south flow.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use balctl_common::{TRACE_ANY, TraceEvent};
+use balctl_common::{SERVICE_FLAG_UNHEALTHY, ServiceEntry, TRACE_ANY, TRACE_FLAG_UNHEALTHY, TraceEvent};
 
 use super::{
     addr::Endpoint,
@@ -12,17 +12,17 @@ use super::{
 };
 
 /// Writes the resolution of `dest` over `proto` (an `OP_*` `operation`)
-/// to the trace slots whose lease runs; `caller` says who made it (for a
-/// socket, the current task; for a packet, its client), asked only when an
-/// event is written. With nobody
-/// tracing this costs one array lookup: the lease all tracers renew has run
-/// out. Compiled out where the entry point sets `TRACING` to false.
+/// by the frontend with `master` to the trace slots whose lease runs;
+/// `caller` says who made it (for a socket, the current task; for a
+/// packet, its client), asked only when an event is written. With nobody
+/// tracing this costs one array lookup: the lease all tracers renew has
+/// run out. Compiled out where the entry point sets `TRACING` to false.
 #[inline(always)]
 pub fn trace(
     dest: &Endpoint,
     proto: u8,
     operation: u8,
-    service_id: u32,
+    master: &ServiceEntry,
     choice: &Result<Choice, u8>,
     now: u64,
     caller: &impl Caller,
@@ -51,8 +51,8 @@ pub fn trace(
         proto,
         operation,
         result,
-        _pad: 0,
-        service_id,
+        flags: if master.flags & SERVICE_FLAG_UNHEALTHY != 0 { TRACE_FLAG_UNHEALTHY } else { 0 },
+        service_id: master.service_id,
         backend_id,
         comm: [0; 16],
         client: [0; 4],
