@@ -202,7 +202,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__dump)
-            opts="-n -o -v -q -h -V --vip --name --namespace --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version services backends affinity revnat nodes config stats flows all"
+            opts="-n -o -v -q -h -V --vip --name --namespace --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version services backends affinity revnat nodes config stats flows health all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -618,7 +618,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__add)
-            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --health-check --health-check-path --health-check-status --health-check-query --health-check-port --health-check-interval --health-check-timeout --health-check-rise --health-check-fall --when-all-unhealthy --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -642,6 +642,46 @@ _balctl() {
                     ;;
                 --rate-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check)
+                    COMPREPLY=($(compgen -W "tcp http dns" -- "${cur}"))
+                    return 0
+                    ;;
+                --health-check-path)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check-status)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check-query)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check-rise)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --health-check-fall)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --when-all-unhealthy)
+                    COMPREPLY=($(compgen -W "fail-open refuse" -- "${cur}"))
                     return 0
                     ;;
                 --bpffs)

@@ -123,6 +123,19 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l kind -d 'balancing: takes the frontend\'s traffic before a Service on the same address; redirect: before that too, and gives way to the next rule (balancing, service, or the address itself) while it has no backend' -r -f -a "balancing\t''
 redirect\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l rate-limit -d 'Redirect only: connections a second it takes; the rest of that second go to the next rule' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check -d 'Check each backend\'s health (run by `sync --watch`): tcp (a connect), http (a GET answered with the expected status) or dns (a query); an unhealthy backend leaves the slots until it passes again' -r -f -a "tcp\t''
+http\t''
+dns\t''"
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-path -d 'http: the path to GET' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-status -d 'http: the status that means healthy' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-query -d 'dns: the name to ask for (type A)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-port -d 'The port to probe [default: the backend\'s]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-interval -d 'How often each backend is probed [default: 5s]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-timeout -d 'How long a probe may take [default: 2s, at most the interval]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-rise -d 'Successes in a row that bring an unhealthy backend back [default: 2]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l health-check-fall -d 'Failures in a row that take a healthy backend out [default: 3]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l when-all-unhealthy -d 'While every backend is unhealthy: keep them all (fail-open) or refuse connections [default: fail-open]' -r -f -a "fail-open\t''
+refuse\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'

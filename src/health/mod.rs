@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::Result;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 
 use crate::{
     inputs::Inputs,
@@ -89,7 +90,15 @@ pub fn mark_inputs(inputs: &mut Inputs, state: &AppliedState, live: Option<&Heal
     if !objects().any(|object| checked(&object.value)) {
         return;
     }
-    let recorded = recorded(state);
+    // What the state recorded matters only for targets the prober does
+    // not know yet: a watch whose prober knows them all (any batch of a
+    // cluster with checked policies, which every batch translates anew)
+    // does not walk the state for it.
+    let unknown_to_live = |target: &Target| live.is_none_or(|live| !live.contains_key(target));
+    let needs_recorded = objects()
+        .flat_map(|object| object.value.rules.iter())
+        .any(|rule| targets(rule).any(|target| unknown_to_live(&target)));
+    let recorded = if needs_recorded { recorded(state) } else { Health::new() };
     let known = |target: &Target| live.and_then(|live| live.get(target)).or_else(|| recorded.get(target));
     for object in inputs.sources.iter_mut().flat_map(|source| &mut source.objects) {
         if !checked(&object.value) {
@@ -140,6 +149,9 @@ fn down_of<'a>(
 /// and what wakes the watch loop when a target changes state.
 pub struct Checks {
     prober: OnceLock<prober::Prober>,
+    /// Probes run, by result (`success`, `failure`): `/metrics`'
+    /// `balctl_health_probes_total`.
+    pub probes: Family<[(&'static str, &'static str); 1], Counter>,
     /// Tells the watch loop that a target changed state (a sync then
     /// marks the rules).
     wake: Mutex<Option<Box<dyn Fn() + Send>>>,
@@ -147,7 +159,11 @@ pub struct Checks {
 
 impl Default for Checks {
     fn default() -> Self {
-        Self { prober: OnceLock::new(), wake: Mutex::new(None) }
+        let probes = Family::default();
+        for result in ["success", "failure"] {
+            let _ = probes.get_or_create(&[("result", result)]);
+        }
+        Self { prober: OnceLock::new(), probes, wake: Mutex::new(None) }
     }
 }
 
@@ -204,7 +220,12 @@ impl Checks {
                         wake();
                     }
                 },
-                |_, _| {},
+                {
+                    let probes = self.probes.clone();
+                    move |_, ok| {
+                        probes.get_or_create(&[("result", if ok { "success" } else { "failure" })]).inc();
+                    }
+                },
             )?;
             let _ = self.prober.set(started);
         }

@@ -76,6 +76,11 @@ impl Metrics {
              destroyed, or left (the kernel refused, or has no bpf_sock_destroy: before Linux 6.5)",
             agent.stale_sockets.clone(),
         );
+        registry.register(
+            "balctl_health_probes",
+            "Active health-check probes of address backends, by result: success or failure",
+            agent.health.probes.clone(),
+        );
         registry.register_collector(Box::new(AgentState(Arc::clone(&agent))));
         let datapath = Datapath { pins: ctx.pins.clone(), state: ctx.state.clone(), per_backend };
         registry.register_collector(Box::new(datapath));

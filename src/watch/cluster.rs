@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use super::Wake;
+
 use anyhow::Result;
 
 use crate::{
@@ -17,7 +19,7 @@ use crate::{
         Context,
         sync::{NotesTold, destroy_stale_sockets, health_checks, replace, report, this_node},
     },
-    error, inputs,
+    error, health, inputs,
     model::SyncedObject,
     serve,
     transaction::{Kept, Mode, change_prepared},
@@ -29,6 +31,10 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
     let this_node = this_node(args)?;
     let (signals, wakes) = super::wakes()?;
     let agent = Arc::new(Agent::new(args.health_timeout));
+    let health_changed = signals.clone();
+    agent.health.wake_with(move || {
+        let _ = health_changed.send(Wake::Health);
+    });
     let health_check_ports = serve::start(ctx, args, &agent)?;
     ctx.say("sync --kube --watch: waiting for the first full list of every kind");
     let mut kept = Kept::default();
@@ -41,6 +47,10 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
         let mut health_checks_changed = false;
         let synced = agent.sync(|| {
             let mut notes = Vec::new();
+            // What the prober says of the checked backends, as of now: a
+            // batch translates the policies anew (they record no input),
+            // so a change of health reaches them with any batch.
+            let live = agent.health.live();
             let nothing_to_prepare = || Ok(());
             let outcome = change_prepared(
                 &ctx.pins,
@@ -57,8 +67,9 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
                         &this_node,
                     );
                     let parsed = index.parsed_for(&selection);
-                    let inputs =
+                    let mut inputs =
                         inputs::from_cluster(&selection.documents, &this_node, &selection.previous, parsed)?;
+                    health::mark(state, &mut inputs, Some(&live));
                     let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
                     let incoming;
                     (notes, incoming) = replace(state, inputs, &this_node, part)?;
@@ -74,6 +85,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
             )?;
             let sockets = destroy_stale_sockets(ctx, args, &outcome, Some(&agent));
             report(ctx, &outcome, false, told.new_ones(notes), sockets)?;
+            agent.health.follow(&outcome);
             kept.keep(outcome);
             Ok(())
         });

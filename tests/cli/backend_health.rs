@@ -20,11 +20,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     dump::validate,
-    support::{Sandbox, finish, watcher::Watcher},
+    support::{Sandbox, apiserver::ApiServer, finish, watcher::Watcher},
     trace::{events, start_trace},
 };
 
@@ -135,6 +135,10 @@ pub fn a_stopped_backend_leaves_after_fall_probes_and_returns_after_rise() {
     assert!(
         scraped.contains("balctl_backend_healthy{backend=\"192.0.2.2:80\",protocol=\"tcp\",check=\"tcp\"} 1")
     );
+    let failed_probes = (scraped.lines())
+        .find_map(|line| line.strip_prefix("balctl_health_probes_total{result=\"failure\"} "))
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(failed_probes >= Some(FALL as f64), "{scraped}");
     thread::sleep(Duration::from_millis(1500));
     let restarted = now_ms();
     let b = sandbox.serve_stoppable("b", &["192.0.2.3:80"], &[]);
@@ -331,4 +335,120 @@ pub fn http_and_dns_checks_judge_by_the_answer() {
     assert_eq!(kept, [("192.0.2.7:53", true), ("192.0.2.8:53", false)]);
     sandbox.stop(dns_a);
     watcher.terminate();
+}
+
+/// A BalancingPolicy's `spec.healthCheck`, through `sync --kube --watch`:
+/// a backend that does not answer leaves the slots and comes back once
+/// it does; a policy that changes nothing else keeps the marks.
+pub fn a_balancing_policy_s_addresses_are_checked_by_the_kube_agent() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("a", &["192.0.2.2:8080"], &[]);
+    let netns = sandbox.client_ns.clone();
+    let server = ApiServer::start_in(&netns);
+    let kubeconfig = sandbox.scratch("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let policy = |tier: &str| {
+        json!({
+            "apiVersion": "balancing.elf.io/v1beta1", "kind": "BalancingPolicy",
+            "metadata": { "name": "edge", "namespace": "shop", "labels": { "tier": tier } },
+            "spec": {
+                "frontend": { "addressMatcher": { "ip": "198.18.0.82", "toPorts": [{ "port": 80 }] } },
+                "backend": { "addressEndpoint": {
+                    "addresses": ["192.0.2.2", "192.0.2.3"], "toPorts": [{ "port": 8080 }]
+                } },
+                "healthCheck": { "type": "tcp", "interval": "200ms", "timeout": "100ms", "rise": 2, "fall": 2 }
+            }
+        })
+    };
+    server.apply(policy("one"));
+    let watcher = Watcher::start_in(
+        &sandbox,
+        &netns,
+        &["--kube", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node-name", "node-a"],
+    );
+    watcher.wait_stdout("sync: frontends");
+    wait_health(&sandbox, "192.0.2.3:8080", "unhealthy");
+    assert!(health(&sandbox).contains(&("192.0.2.2:8080".into(), "healthy".into(), true)));
+    assert_eq!(sandbox.reached("198.18.0.82:80", 20), ["a"]);
+    let dump = sandbox.balctl_json(&["dump", "health"]);
+    assert_eq!(dump["health"][0]["name"], "balancingpolicy/shop/edge", "{dump:#}");
+    // Translated anew, the policy keeps what the prober knows.
+    let synced = watcher.stdout_lines().len();
+    server.apply(policy("two"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watcher.stdout_lines().len() == synced {
+        assert!(Instant::now() < deadline, "the label change was not synced");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(health(&sandbox).contains(&("192.0.2.3:8080".into(), "unhealthy".into(), false)));
+    sandbox.serve("b", &["192.0.2.3:8080"], &[]);
+    wait_health(&sandbox, "192.0.2.3:8080", "healthy");
+    let reached = sandbox.reached("198.18.0.82:80", 40);
+    assert_eq!(reached, ["a", "b"]);
+    watcher.terminate();
+}
+
+/// `policy add --health-check`: flags checked before anything changes
+/// (exit 2, the flag named), the check kept with the policy, and probed by
+/// an agent, which marks the policy's backends as it marks synced ones.
+pub fn policy_add_takes_a_health_check_that_the_agent_runs() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("a", &["192.0.2.2:8080"], &[]);
+    let add = |more: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "add",
+            "edge",
+            "--vip",
+            "198.18.0.83:80",
+            "--backend",
+            "192.0.2.2:8080",
+            "--backend",
+        ];
+        args.extend(["192.0.2.3:8080"]);
+        args.extend(more);
+        sandbox.balctl(&args)
+    };
+    for (flags, named) in [
+        (&["--health-check", "http", "--health-check-path", "healthz"][..], "--health-check-path"),
+        (
+            &["--health-check", "tcp", "--health-check-interval", "1s", "--health-check-timeout", "2s"],
+            "--health-check-timeout",
+        ),
+        (&["--health-check", "dns"], "--health-check-query"),
+        (&["--health-check-rise", "2"], "--health-check"),
+    ] {
+        let output = add(flags);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(named), "{flags:?}: {stderr}");
+    }
+    assert_eq!(sandbox.balctl_json(&["policy", "list"])["policies"], json!([]), "a refused policy was kept");
+    let output = add(&[
+        "--health-check",
+        "tcp",
+        "--health-check-interval",
+        "200ms",
+        "--health-check-timeout",
+        "100ms",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let policy = sandbox.balctl_json(&["policy", "get", "edge"]);
+    assert_eq!(policy["health"]["check"]["probe"], "tcp", "{policy:#}");
+    assert_eq!(policy["health"]["when_all_unhealthy"], "fail-open", "{policy:#}");
+    // Until an agent probes them, both are healthy.
+    assert_eq!(health(&sandbox).len(), 2);
+    assert!(health(&sandbox).iter().all(|(_, state, in_slots)| state == "healthy" && *in_slots));
+    // An agent of files that say nothing of the policy.
+    let file = sandbox.scratch("other.toml");
+    fs::write(&file, "[[service]]\nname = \"other\"\naddresses = [\"198.18.0.84\"]\nports = [{ port = 80 }]\n").unwrap();
+    let watcher = Watcher::start_in(&sandbox, &sandbox.client_ns, &["-f", file.to_str().unwrap()]);
+    wait_health(&sandbox, "192.0.2.3:8080", "unhealthy");
+    assert_eq!(sandbox.reached("198.18.0.83:80", 20), ["a"]);
+    watcher.terminate();
+    // The mark outlives the agent: a later one-shot change keeps it.
+    sandbox.balctl_ok(&["policy", "update", "edge", "--affinity", "60"]);
+    assert!(health(&sandbox).contains(&("192.0.2.3:8080".into(), "unhealthy".into(), false)));
 }

@@ -93,6 +93,8 @@ fn main() {
         backend_health::a_stopped_backend_leaves_after_fall_probes_and_returns_after_rise,
         backend_health::every_backend_down_fails_open_or_refuses_as_the_rule_says,
         backend_health::http_and_dns_checks_judge_by_the_answer,
+        backend_health::a_balancing_policy_s_addresses_are_checked_by_the_kube_agent,
+        backend_health::policy_add_takes_a_health_check_that_the_agent_runs,
         devices::load_attaches_both_tc_programs_and_reloads_them_in_place,
         devices::a_missing_device_changes_nothing,
         devices::auto_picks_the_devices_of_default_routes_and_node_addresses,
