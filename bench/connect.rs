@@ -234,6 +234,8 @@ fn add_other_services(sandbox: &Sandbox, pins: &PinDir, count: u32) -> Duration 
                     external: balctl::model::ExternalBalancing::default(),
                     requests_per_second: None,
                     health: None,
+                    weights: Vec::new(),
+                    least_connections: false,
                 },
             }
         })

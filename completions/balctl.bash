@@ -618,7 +618,7 @@ _balctl() {
             return 0
             ;;
         balctl__subcmd__policy__subcmd__add)
-            opts="-o -v -q -h -V --vip --backend --affinity --kind --rate-limit --health-check --health-check-path --health-check-status --health-check-query --health-check-port --health-check-interval --health-check-timeout --health-check-rise --health-check-fall --when-all-unhealthy --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
+            opts="-o -v -q -h -V --vip --backend --weight --lb-algorithm --affinity --kind --rate-limit --health-check --health-check-path --health-check-status --health-check-query --health-check-port --health-check-interval --health-check-timeout --health-check-rise --health-check-fall --when-all-unhealthy --bpffs --state-dir --output --no-headers --verbose --quiet --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -630,6 +630,14 @@ _balctl() {
                     ;;
                 --backend)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --weight)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lb-algorithm)
+                    COMPREPLY=($(compgen -W "random least-connections" -- "${cur}"))
                     return 0
                     ;;
                 --affinity)

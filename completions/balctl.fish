@@ -119,6 +119,9 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_see
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and not __fish_seen_subcommand_from add update list get delete help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l vip -d 'Frontend clients connect to: IP:PORT[/tcp|udp] (IPv6 as [IP]:PORT)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l backend -d 'Backend address; repeat for more' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l weight -d 'Each backend\'s weight (1-100), in the order of --backend: a backend of weight 2 takes twice the connections of one of weight 1; give one per backend, or none (all 1)' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l lb-algorithm -d 'random (the default), or least-connections: a new connection goes to the backend with the fewest open ones' -r -f -a "random\t''
+least-connections\t''"
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l affinity -d 'Keep each client network namespace on one backend for SECONDS of inactivity' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -l kind -d 'balancing: takes the frontend\'s traffic before a Service on the same address; redirect: before that too, and gives way to the next rule (balancing, service, or the address itself) while it has no backend' -r -f -a "balancing\t''
 redirect\t''"
@@ -151,7 +154,7 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l vip -d 'New frontend: IP:PORT[/tcp|udp]' -r
-complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l backend -d 'New backend list (replaces the old one); repeat for more' -r
+complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l backend -d 'New backend list (replaces the old one, and its weights: all 1); repeat for more' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l affinity -d 'New affinity timeout in seconds' -r
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from update" -l state-dir -d 'Directory where applied state is kept' -r -F

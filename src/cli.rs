@@ -416,6 +416,17 @@ pub struct PolicyAddArgs {
     #[arg(long, value_name = "IP:PORT", value_parser = parse_backend)]
     pub backend: Vec<SocketAddr>,
 
+    /// Each backend's weight (1-100), in the order of --backend: a backend
+    /// of weight 2 takes twice the connections of one of weight 1; give
+    /// one per backend, or none (all 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64))]
+    pub weight: Vec<u64>,
+
+    /// random (the default), or least-connections: a new connection goes
+    /// to the backend with the fewest open ones
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["random", "least-connections"])]
+    pub lb_algorithm: Option<String>,
+
     /// Keep each client network namespace on one backend for SECONDS of inactivity
     #[arg(long, value_name = "SECONDS", value_parser = parse_affinity)]
     pub affinity: Option<u32>,
@@ -505,7 +516,7 @@ pub struct PolicyUpdateArgs {
     #[arg(long, value_name = "IP:PORT[/PROTO]", value_parser = parse_frontend)]
     pub vip: Option<Frontend>,
 
-    /// New backend list (replaces the old one); repeat for more
+    /// New backend list (replaces the old one, and its weights: all 1); repeat for more
     #[arg(long, value_name = "IP:PORT", value_parser = parse_backend, conflicts_with = "no_backends")]
     pub backend: Vec<SocketAddr>,
 

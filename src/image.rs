@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Result, bail};
 use balctl_common::{
     BACKEND_FLAG_LOCAL, Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, MembershipKey, NodeAddressKey,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV, SERVICE_FLAG_RATE_LIMITED,
-    SERVICE_FLAG_SOURCE_RANGES, SERVICE_FLAG_UNHEALTHY, ServiceEntry, SourceRange,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LEAST_CONNECTIONS, SERVICE_FLAG_LOCAL_ONLY, SERVICE_FLAG_MAGLEV,
+    SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_SOURCE_RANGES, SERVICE_FLAG_UNHEALTHY, ServiceEntry, SourceRange,
 };
 pub use balctl_common::{Cell, NO_CELL};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -101,6 +101,10 @@ pub struct FrontendImage {
     /// such. Formats 10 and before had none.
     #[serde(default)]
     pub unhealthy: bool,
+    /// See `FrontendRule::least_connections` (socket frontends only).
+    /// Formats 10 and before had none.
+    #[serde(default)]
+    pub least_connections: bool,
 }
 
 impl FrontendImage {
@@ -116,7 +120,8 @@ impl FrontendImage {
                 | if self.requests_per_second.is_some() { SERVICE_FLAG_RATE_LIMITED } else { 0 }
                 | if self.maglev_table_size > 0 { SERVICE_FLAG_MAGLEV } else { 0 }
                 | if self.source_ranges.is_empty() { 0 } else { SERVICE_FLAG_SOURCE_RANGES }
-                | if self.unhealthy { SERVICE_FLAG_UNHEALTHY } else { 0 },
+                | if self.unhealthy { SERVICE_FLAG_UNHEALTHY } else { 0 }
+                | if self.least_connections { SERVICE_FLAG_LEAST_CONNECTIONS } else { 0 },
             service_id: self.service_id,
             affinity_timeout_sec: self.affinity_seconds.unwrap_or(0),
             cell: self.cell,
@@ -484,7 +489,7 @@ impl Image {
         let added: Vec<(String, &FrontendRule)> = added.into_iter().collect();
         // Ids are never reused, so they only run out if a state file says
         // they are about to (a corrupt one): refuse rather than wrap to 0.
-        let new_backends: usize = added.iter().map(|(_, rule)| rule.serving().count()).sum();
+        let new_backends: usize = added.iter().map(|(_, rule)| rule.slots().count()).sum();
         if ServiceId::try_from(added.len()).ok().and_then(|n| image.next_service_id.checked_add(n)).is_none()
             || BackendId::try_from(new_backends)
                 .ok()
@@ -516,11 +521,12 @@ impl Image {
                 ));
             }
             // Every kind of rule passes here, and the master entry counts slots in a u16.
-            if rule.backends.len() > usize::from(u16::MAX) {
+            let slots = rule.slots().count();
+            if slots > usize::from(u16::MAX) {
                 return Err(input!(
-                    "{owner}: frontend {} has {} backends; a frontend holds at most {}",
+                    "{owner}: frontend {} has {slots} backend slots (a backend has as many as its weight); \
+                     a frontend holds at most {}",
                     rule.frontend,
-                    rule.backends.len(),
                     u16::MAX
                 ));
             }
@@ -565,6 +571,7 @@ impl Image {
                 cell,
                 hit_cells,
                 unhealthy,
+                least_connections: rule.least_connections && rule.frontend.scope != Scope::External,
             };
             tally.add(&rule.frontend, &frontend);
             external_changed |= rule.frontend.scope == Scope::External;
@@ -627,7 +634,7 @@ impl Image {
     /// change to a big image looks its few backends up in one pass, and a
     /// first sync of a million backends does not index them twice.
     fn backend_lookup(&self, rules: &[(String, &FrontendRule)]) -> Lookup {
-        let wanted_count: usize = rules.iter().map(|(_, rule)| rule.serving().count()).sum();
+        let wanted_count: usize = rules.iter().map(|(_, rule)| rule.slots().count()).sum();
         if self.backends.len() <= wanted_count {
             self.backends.lookup(None, wanted_count)
         } else {
@@ -700,9 +707,10 @@ fn maglev_table_size(owner: &str, rule: &FrontendRule) -> Result<u32> {
 }
 
 impl FrontendRule {
-    /// The backends that take connections (`serving`), as the image holds them.
+    /// The slots (`slots`: the backends that take connections, each as
+    /// often as its weight), as the image holds them.
     fn backend_addrs(&self) -> impl Iterator<Item = BackendAddr> + '_ {
-        self.serving().map(|&address| BackendAddr {
+        self.slots().map(|&address| BackendAddr {
             address,
             protocol: self.frontend.protocol,
             local: self.is_local(&address),

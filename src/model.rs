@@ -308,6 +308,40 @@ pub struct FrontendRule {
     /// have one. Boxed: most rules have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Box<RuleHealth>>,
+    /// Each backend's weight (1-`MAX_WEIGHT`), in the order of `backends`:
+    /// it has as many slots (`slots`). Empty: every weight is 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u16>,
+    /// A new connection of a socket goes to the backend with the fewest
+    /// live connections (`balctl_common::SERVICE_FLAG_LEAST_CONNECTIONS`)
+    /// rather than a random one. Socket frontends only: packets from
+    /// outside keep `external`'s algorithm.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub least_connections: bool,
+}
+
+/// The largest backend weight inputs may give.
+pub const MAX_WEIGHT: u16 = 100;
+
+/// `balancing.elf.io/lb-algorithm`'s and `lb_algorithm`'s value for socket
+/// frontends that choose by live connections (`least_connections`).
+pub const LEAST_CONNECTIONS: &str = "least-connections";
+
+/// Checks a list of weights given for `backends` backends.
+pub fn check_weights(weights: &[u64], backends: usize) -> Result<Vec<u16>, String> {
+    if weights.len() != backends {
+        return Err(format!(
+            "{} weights for {backends} backends: give one weight per backend, in their order",
+            weights.len()
+        ));
+    }
+    weights
+        .iter()
+        .map(|&weight| match u16::try_from(weight) {
+            Ok(weight) if (1..=MAX_WEIGHT).contains(&weight) => Ok(weight),
+            _ => Err(format!("weight {weight} is out of range (1-{MAX_WEIGHT})")),
+        })
+        .collect()
 }
 
 /// How the entry of an external frontend (scope `External`) chooses the
@@ -570,6 +604,8 @@ impl FrontendRule {
             address_kind: AddressKind::ClusterIp,
             external: ExternalBalancing::default(),
             health: None,
+            weights: Vec::new(),
+            least_connections: false,
         }
     }
 
@@ -708,11 +744,13 @@ pub mod rule_records {
         local_backends: &'a [SocketAddr],
         external: &'a ExternalBalancing,
         health: Option<&'a RuleHealth>,
+        weights: &'a [u16],
+        least_connections: bool,
     }
 
     /// What `RecordRef` wrote. Format 3 had no address kind, formats 3 and
     /// 4 no local backends or external balancing, formats before 11 no
-    /// health check: the legacy reader (`legacy::ADDED`) leaves them to
+    /// health check, weights or least connections: the legacy reader (`legacy::ADDED`) leaves them to
     /// their defaults.
     #[derive(Deserialize)]
     pub struct Record {
@@ -729,6 +767,10 @@ pub mod rule_records {
         external: ExternalBalancing,
         #[serde(default)]
         health: Option<Box<RuleHealth>>,
+        #[serde(default)]
+        weights: Vec<u16>,
+        #[serde(default)]
+        least_connections: bool,
     }
 
     pub fn record(rule: &FrontendRule) -> RecordRef<'_> {
@@ -742,6 +784,8 @@ pub mod rule_records {
             local_backends: &rule.local_backends,
             external: &rule.external,
             health: rule.health.as_deref(),
+            weights: &rule.weights,
+            least_connections: rule.least_connections,
         }
     }
 
@@ -756,6 +800,8 @@ pub mod rule_records {
             local_backends,
             external,
             health,
+            weights,
+            least_connections,
         } = record;
         FrontendRule {
             frontend,
@@ -767,6 +813,8 @@ pub mod rule_records {
             address_kind,
             external,
             health,
+            weights,
+            least_connections,
         }
     }
 

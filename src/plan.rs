@@ -681,6 +681,8 @@ mod tests {
             address_kind: crate::model::AddressKind::ClusterIp,
             external: crate::model::ExternalBalancing::default(),
             health: None,
+            weights: Vec::new(),
+            least_connections: false,
         }
     }
 

@@ -228,6 +228,7 @@ mod tests {
                 cell: crate::image::NO_CELL,
                 hit_cells: Vec::new(),
                 unhealthy: false,
+                least_connections: false,
             };
             image.frontends.insert(frontend, entry);
         }

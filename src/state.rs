@@ -628,6 +628,8 @@ mod tests {
                 address_kind: AddressKind::ClusterIp,
                 external: crate::model::ExternalBalancing::default(),
                 health: None,
+                weights: Vec::new(),
+                least_connections: false,
             },
         });
         state.synced = Synced::from(vec![Arc::new(SyncedObject {
@@ -643,6 +645,8 @@ mod tests {
                 address_kind: AddressKind::ExternalIp,
                 external: crate::model::ExternalBalancing::default(),
                 health: None,
+                weights: Vec::new(),
+                least_connections: false,
             }],
             addresses: vec!["192.0.2.1".parse().unwrap()],
             inputs: vec![u128::MAX],

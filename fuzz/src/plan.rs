@@ -159,20 +159,27 @@ fn run(case: &Case) {
 /// The rule a spec stands for: backends unique and of the frontend's
 /// family, as validated input has them. A backend byte's bit 5 says it
 /// fails its health check (a rule with such a backend has one), the first
-/// byte's bit 6 that the rule refuses when all of them fail.
+/// byte's bit 6 that the rule refuses when all of them fail, bit 7 that it
+/// weighs 3 (it has three slots); the frontend byte's bit 7 that the rule
+/// chooses by live connections.
 fn rule(spec: &RuleSpec) -> FrontendRule {
     let frontend = frontend(spec.frontend);
     let v6 = frontend.address.is_ipv6();
     let mut backends: Vec<SocketAddr> = Vec::new();
     let mut down: Vec<SocketAddr> = Vec::new();
+    let mut weights: Vec<u16> = Vec::new();
     for &b in &spec.backends {
         let backend = SocketAddr::new(host(v6, b & 7), [8080, 53, 80, 9090][usize::from(b >> 3 & 3)]);
         if !backends.contains(&backend) {
             backends.push(backend);
+            weights.push(if b & 0x80 != 0 { 3 } else { 1 });
             if b & 0x20 != 0 {
                 down.push(backend);
             }
         }
+    }
+    if weights.iter().all(|&weight| weight == 1) {
+        weights.clear();
     }
     down.sort_unstable();
     let health = (!down.is_empty()).then(|| {
@@ -192,6 +199,8 @@ fn rule(spec: &RuleSpec) -> FrontendRule {
         address_kind: AddressKind::default(),
         external: balctl::model::ExternalBalancing::default(),
         health,
+        weights,
+        least_connections: spec.frontend & 0x80 != 0,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use balctl_common::{Cell, DatapathStats, NO_CELL, ServiceStats, map_names};
 
 use super::pins::{PinDir, open_map};
@@ -14,6 +14,9 @@ use super::pins::{PinDir, open_map};
 pub struct CounterMaps {
     stats: PerCpuArray<MapData, ServiceStats>,
     backend_hits: PerCpuArray<MapData, u64>,
+    /// Live connections per membership (not per CPU): see
+    /// `balctl_common::SOCKET_COUNTED`.
+    conns: Array<MapData, u64>,
 }
 
 /// Cells of both arrays.
@@ -48,6 +51,7 @@ impl CounterMaps {
         Ok(Self {
             stats: open_map(pins, map_names::STATS)?,
             backend_hits: open_map(pins, map_names::BACKEND_HITS)?,
+            conns: open_map(pins, map_names::CONNS)?,
         })
     }
 
@@ -94,8 +98,17 @@ impl CounterMaps {
             self.backend_hits
                 .set(cell, zeros, 0)
                 .with_context(|| format!("zeroing backend_hits cell {cell}"))?;
+            self.conns.set(cell, 0, 0).with_context(|| format!("zeroing conns cell {cell}"))?;
         }
         Ok(())
+    }
+
+    /// The live connections of a membership (its `cell`).
+    pub fn live(&self, cell: Cell) -> Result<u64> {
+        if cell == NO_CELL {
+            return Ok(0);
+        }
+        self.conns.get(&cell, 0).with_context(|| format!("reading conns cell {cell}"))
     }
 }
 

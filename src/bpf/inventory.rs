@@ -57,6 +57,7 @@ pub fn map_fills(pins: &PinDir) -> Result<Vec<MapFill>> {
                     map_names::DATAPATH_STATS,
                     map_names::STATS,
                     map_names::BACKEND_HITS,
+                    map_names::CONNS,
                 ]
                 .contains(&spec.name) =>
                 {

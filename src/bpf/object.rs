@@ -166,7 +166,7 @@ impl MapSpec {
     }
 }
 
-pub const MAPS: [MapSpec; 22] = [
+pub const MAPS: [MapSpec; 23] = [
     map::<ServiceKey, ServiceEntry>(
         map_names::SERVICES,
         bpf_map_type::BPF_MAP_TYPE_HASH,
@@ -224,6 +224,13 @@ pub const MAPS: [MapSpec; 22] = [
     map::<u32, u64>(
         map_names::BACKEND_HITS,
         bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
+        "services",
+        default_capacity::SERVICES,
+    ),
+    // Live connections per membership, at its cell as backend_hits.
+    map::<u32, u64>(
+        map_names::CONNS,
+        bpf_map_type::BPF_MAP_TYPE_ARRAY,
         "services",
         default_capacity::SERVICES,
     ),

@@ -8,7 +8,10 @@ use super::Context;
 use crate::{
     cli::{HealthCheckArgs, PolicyAddArgs, PolicyCommand, PolicyKind, PolicyNameArg, PolicyUpdateArgs},
     health, input,
-    model::{AddressKind, Frontend, FrontendRule, Policy, Protocol, RuleHealth, health::CheckSpec},
+    model::{
+        AddressKind, Frontend, FrontendRule, LEAST_CONNECTIONS, Policy, Protocol, RuleHealth, check_weights,
+        health::CheckSpec,
+    },
     output::{Listing, column, print_structured, wide},
     stale_sockets,
     transaction::{Mode, Outcome, change},
@@ -64,6 +67,13 @@ fn add(ctx: &Context, args: &PolicyAddArgs) -> Result<()> {
             address_kind: AddressKind::default(),
             external: crate::model::ExternalBalancing::default(),
             health: health_check(&args.health, args.vip.protocol)?,
+            weights: if args.weight.is_empty() {
+                Vec::new()
+            } else {
+                check_weights(&args.weight, args.backend.len())
+                    .map_err(|e| input!("invalid --weight: {e}"))?
+            },
+            least_connections: args.lb_algorithm.as_deref() == Some(LEAST_CONNECTIONS),
         },
     };
     if args.rate_limit.is_some() && args.kind != PolicyKind::Redirect {
@@ -110,6 +120,12 @@ fn update(ctx: &Context, args: &PolicyUpdateArgs) -> Result<()> {
         }
         if !args.backend.is_empty() || args.no_backends {
             policy.rule.backends.clone_from(&args.backend);
+            // Weights were given for the old list, in its order.
+            policy.rule.weights.clear();
+            // Only backends the rule still has can be down.
+            if let Some(health) = policy.rule.health.as_deref_mut() {
+                health.down.retain(|backend| args.backend.contains(backend));
+            }
         }
         if args.affinity.is_some() || args.no_affinity {
             policy.rule.affinity_seconds = args.affinity;

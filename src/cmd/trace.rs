@@ -203,6 +203,7 @@ pub fn result_name(code: u8) -> &'static str {
         result::STALE => "stale",
         result::FAMILY => "family",
         result::MAGLEV => "maglev",
+        result::LEAST_CONNECTIONS => "least_connections",
         _ => "unknown",
     }
 }

@@ -183,6 +183,8 @@ mod tests {
             address_kind: crate::model::AddressKind::ClusterIp,
             external: crate::model::ExternalBalancing::default(),
             health: None,
+            weights: Vec::new(),
+            least_connections: false,
         }];
         let err = budget.reserve_made("kept", &rules).unwrap_err();
         assert!(

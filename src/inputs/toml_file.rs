@@ -40,9 +40,10 @@ use crate::{
     error::excerpt,
     input,
     model::{
-        AddressKind, BackendCheck, ExternalBalancing, Frontend, FrontendRule, HealthCheck, LbAlgorithm,
-        MAX_AFFINITY_SECONDS, PolicyKind, Prefix, Protocol, RuleHealth, Scope, SyncedObject,
-        WhenAllUnhealthy, check_address, check_maglev_table_size, check_name, health::CheckSpec,
+        AddressKind, BackendCheck, ExternalBalancing, Frontend, FrontendRule, HealthCheck, LEAST_CONNECTIONS,
+        LbAlgorithm, MAX_AFFINITY_SECONDS, PolicyKind, Prefix, Protocol, RuleHealth, Scope, SyncedObject,
+        WhenAllUnhealthy, check_address, check_maglev_table_size, check_name, check_weights,
+        health::CheckSpec,
     },
 };
 
@@ -79,7 +80,12 @@ struct RuleTable {
     #[serde(default)]
     local_backends: Vec<Spanned<IpAddr>>,
     external_traffic_policy: Option<Spanned<TrafficPolicy>>,
-    lb_algorithm: Option<Spanned<LbAlgorithm>>,
+    /// `maglev` or `random` (a service's external frontends), or
+    /// `least-connections` (its socket frontends; external ones keep Maglev).
+    lb_algorithm: Option<Spanned<String>>,
+    /// One weight per backend (1-`MAX_WEIGHT`), in their order.
+    #[serde(default)]
+    weights: Vec<Spanned<u64>>,
     maglev_table_size: Option<Spanned<u64>>,
     /// Kubernetes' loadBalancerSourceRanges, for `load_balancer_addresses`.
     #[serde(default)]
@@ -302,7 +308,9 @@ fn external_fields(
         spec.load_balancer_addresses.first().map(|a| ("load_balancer_addresses", a.span())),
         spec.local_backends.first().map(|a| ("local_backends", a.span())),
         spec.external_traffic_policy.as_ref().map(|p| ("external_traffic_policy", p.span())),
-        spec.lb_algorithm.as_ref().map(|a| ("lb_algorithm", a.span())),
+        (spec.lb_algorithm.as_ref())
+            .filter(|a| a.get_ref() != LEAST_CONNECTIONS)
+            .map(|a| ("lb_algorithm", a.span())),
         spec.maglev_table_size.as_ref().map(|s| ("maglev_table_size", s.span())),
         spec.load_balancer_source_ranges.first().map(|r| ("load_balancer_source_ranges", r.span())),
         spec.ports.iter().find(|p| p.get_ref().node_port.is_some()).map(|p| ("node_port", p.span())),
@@ -356,12 +364,32 @@ fn external_fields(
     Ok(ExternalFields {
         local,
         balancing: ExternalBalancing {
-            algorithm: spec.lb_algorithm.as_ref().map_or_else(LbAlgorithm::default, |a| *a.get_ref()),
+            algorithm: match &spec.lb_algorithm {
+                Some(name) if name.get_ref() != LEAST_CONNECTIONS => LbAlgorithm::from_name(name.get_ref())
+                    .ok_or_else(|| {
+                    input!(
+                        "{}: lb_algorithm: `{}` is not one of maglev, random, {LEAST_CONNECTIONS}",
+                        at(name.span()),
+                        excerpt(name.get_ref())
+                    )
+                })?,
+                _ => LbAlgorithm::default(),
+            },
             maglev_table_size,
             source_ranges,
         },
         health_check_node_port: spec.health_check_node_port.as_ref().map(|p| *p.get_ref()),
     })
+}
+
+/// The weights (checked, one per backend) of the backends of one family,
+/// in their order: a rule's backends are those of its frontend's family.
+/// Empty without weights.
+fn weights_of_family(backends: &[Spanned<IpAddr>], weights: &[u64], ipv4: bool) -> Vec<u16> {
+    (backends.iter().zip(weights))
+        .filter(|(backend, _)| backend.get_ref().to_canonical().is_ipv4() == ipv4)
+        .map(|(_, &weight)| weight as u16)
+        .collect()
 }
 
 /// The largest entry read: the TOML parser takes about 50 times an
@@ -424,6 +452,13 @@ fn rule_object(
         }
     }
     let external = external_fields(kind, &spec, at)?;
+    let least_connections = spec.lb_algorithm.as_ref().is_some_and(|a| a.get_ref() == LEAST_CONNECTIONS);
+    let weights: Vec<u64> = spec.weights.iter().map(|w| *w.get_ref()).collect();
+    if let Some(first) = spec.weights.first() {
+        // Each rule's backends are those of its family: weights follow them.
+        let error = |e: String| input!("{}: weights: {e}", at(first.span()));
+        check_weights(&weights, spec.backends.len()).map_err(error)?;
+    }
     let health = spec.health_check.as_ref().map(|table| HealthCheckTable::read(table, at)).transpose()?;
     if let (Some((check, _)), Some(table)) = (&health, &spec.health_check) {
         for port in &spec.ports {
@@ -525,6 +560,8 @@ fn rule_object(
                     health: health
                         .as_ref()
                         .map(|(check, when)| Box::new(RuleHealth::new(check.clone(), *when))),
+                    weights: weights_of_family(&spec.backends, &weights, address.is_ipv4()),
+                    least_connections,
                 });
             }
         }
@@ -719,7 +756,7 @@ ports = [{ port = 80, target_port = 8080, node_port = 30080 }]
         assert!(err.starts_with("s.toml:10:32") && err.contains("is not a prefix length"), "{err}");
 
         let cases = [
-            (text.replace("\"random\"", "\"hash\""), "s.toml:10:16", "unknown variant `hash`"),
+            (text.replace("\"random\"", "\"hash\""), "s.toml:10:16", "`hash` is not one of maglev, random"),
             (text.replace("\"local\"", "\"Local\""), "s.toml:9:27", "unknown variant `Local`"),
             (
                 text.replace("lb_algorithm = \"random\"", "maglev_table_size = 1000"),

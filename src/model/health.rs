@@ -381,13 +381,30 @@ impl FrontendRule {
     /// a health check, else those that pass it; when none does, all of
     /// them (fail open) or none (refuse).
     pub fn serving(&self) -> impl Iterator<Item = &SocketAddr> + Clone + '_ {
+        self.serving_at().map(|(_, backend)| backend)
+    }
+
+    /// `serving`, each with its index in `backends`.
+    pub fn serving_at(&self) -> impl Iterator<Item = (usize, &SocketAddr)> + Clone + '_ {
         let health = self.health.as_deref().filter(|health| !health.down.is_empty());
         let standing = if health.is_some() { self.standing() } else { Standing::Serving };
-        self.backends.iter().filter(move |backend| match standing {
+        self.backends.iter().enumerate().filter(move |(_, backend)| match standing {
             Standing::Serving => health.is_none_or(|health| !health.is_down(backend)),
             Standing::FailingOpen => true,
             Standing::Refusing => false,
         })
+    }
+
+    /// The frontend's slots: each serving backend as many times as its
+    /// weight (`weights`; 1 without), in order. A random slot then picks a
+    /// backend in proportion to its weight.
+    pub fn slots(&self) -> impl Iterator<Item = &SocketAddr> + Clone + '_ {
+        self.serving_at().flat_map(move |(index, backend)| std::iter::repeat_n(backend, self.weight(index)))
+    }
+
+    /// The weight of `backends[index]`.
+    pub fn weight(&self, index: usize) -> usize {
+        self.weights.get(index).map_or(1, |&weight| usize::from(weight))
     }
 }
 

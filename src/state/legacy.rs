@@ -60,7 +60,10 @@ pub const ADDED: &[(u32, &str, &str)] = &[
     (10, "FrontendImage", "cell"),
     (10, "FrontendImage", "hit_cells"),
     (11, "Record", "health"),
+    (11, "Record", "weights"),
+    (11, "Record", "least_connections"),
     (11, "FrontendImage", "unhealthy"),
+    (11, "FrontendImage", "least_connections"),
 ];
 
 /// The formats this reader reads.

@@ -443,7 +443,11 @@ pub fn policy_add_takes_a_health_check_that_the_agent_runs() {
     assert!(health(&sandbox).iter().all(|(_, state, in_slots)| state == "healthy" && *in_slots));
     // An agent of files that say nothing of the policy.
     let file = sandbox.scratch("other.toml");
-    fs::write(&file, "[[service]]\nname = \"other\"\naddresses = [\"198.18.0.84\"]\nports = [{ port = 80 }]\n").unwrap();
+    fs::write(
+        &file,
+        "[[service]]\nname = \"other\"\naddresses = [\"198.18.0.84\"]\nports = [{ port = 80 }]\n",
+    )
+    .unwrap();
     let watcher = Watcher::start_in(&sandbox, &sandbox.client_ns, &["-f", file.to_str().unwrap()]);
     wait_health(&sandbox, "192.0.2.3:8080", "unhealthy");
     assert_eq!(sandbox.reached("198.18.0.83:80", 20), ["a"]);

@@ -24,6 +24,7 @@ mod kube;
 mod kube_api;
 mod kube_parity;
 mod kube_sync;
+mod least_connections;
 mod north_south;
 mod output;
 mod policies;
@@ -95,6 +96,8 @@ fn main() {
         backend_health::http_and_dns_checks_judge_by_the_answer,
         backend_health::a_balancing_policy_s_addresses_are_checked_by_the_kube_agent,
         backend_health::policy_add_takes_a_health_check_that_the_agent_runs,
+        least_connections::least_connections_fills_the_least_loaded_backend,
+        least_connections::weights_share_connections_in_proportion,
         devices::load_attaches_both_tc_programs_and_reloads_them_in_place,
         devices::a_missing_device_changes_nothing,
         devices::auto_picks_the_devices_of_default_routes_and_node_addresses,

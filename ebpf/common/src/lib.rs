@@ -28,6 +28,10 @@ pub mod map_names {
     pub const NODES: &str = "nodes";
     pub const STATS: &str = "stats";
     pub const BACKEND_HITS: &str = "backend_hits";
+    /// Live connections per membership (an array of `u64` at the
+    /// membership's cell, as backend_hits, not per CPU: connects and
+    /// closes on any CPU add to one count). See `SOCKET_COUNTED`.
+    pub const CONNS: &str = "conns";
     pub const TRACE_LEASES: &str = "trace_leases";
     pub const RATE_LIMITS: &str = "rate_limits";
     pub const LAYERS: &str = "layers";
@@ -136,6 +140,9 @@ pub mod result {
     /// A new north-south flow's entry of its frontend's Maglev table (a
     /// success, numbered after the failures it came after).
     pub const MAGLEV: u8 = FIRST_FAILURE + FAILURES as u8;
+    /// The backend with the fewest live connections of the slots compared
+    /// (a least-connections frontend: `SERVICE_FLAG_LEAST_CONNECTIONS`).
+    pub const LEAST_CONNECTIONS: u8 = MAGLEV + 1;
 
     pub const fn is_failure(result: u8) -> bool {
         result >= FIRST_FAILURE && result < MAGLEV
@@ -336,6 +343,15 @@ pub const SERVICE_FLAG_SOURCE_RANGES: u16 = 1 << 4;
 /// either keeps them all (fail open: `count` is theirs) or refuses (`count`
 /// is 0); either way a traced resolution says so (`TRACE_FLAG_UNHEALTHY`).
 pub const SERVICE_FLAG_UNHEALTHY: u16 = 1 << 5;
+/// `ServiceEntry::flags` of a socket frontend's master entry: a new
+/// connection goes to the backend with the fewest live connections (the
+/// conns map) among up to `LEAST_CONNECTIONS_WINDOW` slots from a random
+/// one, rather than to a random slot.
+pub const SERVICE_FLAG_LEAST_CONNECTIONS: u16 = 1 << 6;
+/// How many slots a least-connections choice compares: every slot of a
+/// frontend with up to this many, else this many from a random one (as
+/// good as the best of all of them in practice, at a bounded cost).
+pub const LEAST_CONNECTIONS_WINDOW: u16 = 16;
 
 /// An IPv6 address (or an IPv4-mapped one) as four network-order words, the
 /// shape of `bpf_sock_addr.user_ip6`.
@@ -559,6 +575,11 @@ pub const SOCKET_UNCONNECTED: u32 = 1;
 /// and `getpeername` do not look there: a socket balctl never translated
 /// costs them one array lookup.
 pub const SOCKET_FURTHER_FRONTENDS: u32 = 2;
+/// `SocketTranslation::flags`: the socket connected through its frontend
+/// and counts as one of its backend's live connections (the conns map, at
+/// the membership's cell), until it closes (sock_release), connects
+/// elsewhere or loses its way.
+pub const SOCKET_COUNTED: u32 = 4;
 
 /// Key of the destroy_pairs map, as a socket's `SocketTranslation` records
 /// it: a frontend (its service id) and a backend (its id) that left it.

@@ -18,6 +18,9 @@
 //! untraced.rs are the entry points: the same modules, with and without
 //! trace events (`TRACING`, which `lb::trace` reads).
 #![no_std]
+// The atomic add of the live-connection counts (`lb::conns`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 /// Trace events are compiled in: this is the datapath balctl loads.

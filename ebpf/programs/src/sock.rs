@@ -97,7 +97,8 @@ fn translate(ctx: &SockAddrContext, family: Family, op: Operation) -> i32 {
     let earlier = sockets::earlier(cookie, op, now);
     // SAFETY: a plain helper call on the program's context.
     let client_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let mut choice = choose_backend(cookie, client_netns, now, &earlier, &frontend, &master);
+    let connecting = op == Operation::Connect;
+    let mut choice = choose_backend(connecting, cookie, client_netns, now, &earlier, &frontend, &master);
     // Validation keeps backend families equal to the frontend's; never
     // write half an IPv6 address into an IPv4 socket.
     if family == Family::V4 && choice.as_ref().is_ok_and(|choice| !is_v4_mapped(&choice.backend.addr)) {

@@ -2,6 +2,9 @@
 //! connect bench (bench/connect.rs) compares the real one against, to
 //! show what the event code costs while nobody traces.
 #![no_std]
+// The atomic add of the live-connection counts (`lb::conns`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 const TRACING: bool = false;

@@ -5,12 +5,13 @@ use std::{
     net::IpAddr,
 };
 
+use anyhow::Result;
 use balctl_common::BACKEND_FLAG_LOCAL;
 use serde::Serialize;
 
 use super::{Tables, View, services};
 use crate::{
-    bpf::maps::BackendId,
+    bpf::{counters::CounterMaps, maps::BackendId},
     image::raw::{raw_to_addr, raw_to_port},
     model::Protocol,
     output::{Listing, TableStyle, column, wide},
@@ -32,10 +33,19 @@ struct BackendRecord {
     local: bool,
     /// Frontends with a slot on this backend.
     frontends: Vec<String>,
+    /// Sockets connected through its frontends to it and still open (the
+    /// conns map, over its memberships): what least-connections frontends
+    /// choose by.
+    connections: u64,
 }
 
 /// Every backend, or with a filter only those the kept frontends use.
-pub fn read(view: &View) -> Backends {
+pub fn read(view: &View) -> Result<Backends> {
+    let counters = CounterMaps::open(view.pins)?;
+    let mut connections: BTreeMap<BackendId, u64> = BTreeMap::new();
+    for (membership, &cell) in &view.contents.membership {
+        *connections.entry(membership.backend_id).or_default() += counters.live(cell)?;
+    }
     let mut users: BTreeMap<BackendId, BTreeSet<String>> = BTreeMap::new();
     for service in services::read(view).services {
         for slot in &service.backends {
@@ -58,10 +68,11 @@ pub fn read(view: &View) -> Backends {
                 protocol: Protocol::from_ip_proto(backend.proto),
                 local: backend.flags & BACKEND_FLAG_LOCAL != 0,
                 frontends: frontends.unwrap_or_default().into_iter().collect(),
+                connections: connections.get(&backend_id).copied().unwrap_or(0),
             })
         })
         .collect();
-    Backends { backends }
+    Ok(Backends { backends })
 }
 
 impl Tables for Backends {
@@ -72,6 +83,7 @@ impl Tables for Backends {
             column("PROTO"),
             column("NODE"),
             column("FRONTENDS"),
+            column("CONNECTIONS"),
             wide("SLOTS"),
         ];
         let mut rows = Listing::new(style, &columns);
@@ -82,6 +94,7 @@ impl Tables for Backends {
                 backend.protocol.map_or_else(|| "?".into(), |p| p.to_string()),
                 if backend.local { "local" } else { "-" }.to_owned(),
                 backend.frontends.join("\n"),
+                backend.connections.to_string(),
                 backend.frontends.len().to_string(),
             ]);
         }

@@ -42,7 +42,7 @@ pub fn run(ctx: &Context, args: &DumpArgs) -> Result<()> {
     let view = View::read(&ctx.pins, &ctx.state, args.vip, owners)?;
     match args.kind {
         DumpKind::Services => show(ctx, &services::read(&view)),
-        DumpKind::Backends => show(ctx, &backends::read(&view)),
+        DumpKind::Backends => show(ctx, &backends::read(&view)?),
         DumpKind::Affinity => show(ctx, &affinity::read(&view)?),
         DumpKind::Revnat => show(ctx, &revnat::read(&view)?),
         DumpKind::Nodes => show(ctx, &nodes::read(&view)),
@@ -108,7 +108,7 @@ impl OwnerFilter {
 /// What every kind reads: the balancing maps and the applied state, and
 /// the `--vip`, `--name` and `--namespace` filters.
 pub struct View<'a> {
-    pins: &'a PinDir,
+    pub(in crate::cmd) pins: &'a PinDir,
     vip: Option<VipFilter>,
     owners: OwnerFilter,
     pub(in crate::cmd) contents: MapContents,
@@ -253,7 +253,7 @@ impl All {
     fn read(view: &View) -> Result<Self> {
         Ok(Self {
             services: services::read(view),
-            backends: backends::read(view),
+            backends: backends::read(view)?,
             affinity: affinity::read(view)?,
             revnat: revnat::read(view)?,
             nodes: nodes::read(view),

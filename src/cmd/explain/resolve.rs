@@ -23,8 +23,9 @@ use std::{
 
 use balctl_common::{
     ECONNREFUSED, NodeAddressKey, SCOPE_BALANCING, SCOPE_REDIRECT, SCOPE_SERVICE, SERVICE_FLAG_AFFINITY,
-    SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_UNHEALTHY, ServiceEntry, ServiceKey, V4_MAPPED_PREFIX,
-    is_v4_mapped, looks_up_layer, no_backend_result, node_address_key, result, slot_of,
+    SERVICE_FLAG_LEAST_CONNECTIONS, SERVICE_FLAG_RATE_LIMITED, SERVICE_FLAG_UNHEALTHY, ServiceEntry,
+    ServiceKey, V4_MAPPED_PREFIX, is_v4_mapped, looks_up_layer, no_backend_result, node_address_key, result,
+    slot_of,
 };
 use serde::Serialize;
 
@@ -69,6 +70,9 @@ pub struct Candidate {
     /// Why the connect fails if this slot is drawn (`stale`, `family`);
     /// null when it connects.
     pub failure: Option<&'static str>,
+    /// Of a least-connections frontend: the backend's live connections
+    /// through it, which decide (null otherwise).
+    pub connections: Option<u64>,
     /// The same, as the datapath's `result::` code.
     #[serde(skip)]
     failure_result: Option<u8>,
@@ -89,7 +93,7 @@ impl Candidate {
             Some(_) => None,
         };
         let failure = failure_result.map(result_name);
-        Self { backend, backend_id, slots, chance, failure, failure_result }
+        Self { backend, backend_id, slots, chance, failure, connections: None, failure_result }
     }
 }
 
@@ -134,6 +138,10 @@ pub struct Decision {
     pub service_id: Option<ServiceId>,
     /// Slots the datapath draws from (the entry's count).
     pub backend_count: u16,
+    /// The frontend sends a connect to the backend with the fewest live
+    /// connections (`SERVICE_FLAG_LEAST_CONNECTIONS`): the candidates'
+    /// chances follow their `connections`.
+    pub least_connections: bool,
     pub held: Option<Held>,
     /// The choices the client process's unconnected UDP sockets hold for
     /// the frontend: their datagrams sent with sendmsg go there while the
@@ -176,7 +184,11 @@ pub fn decide(
         decision.failure = Some(failure);
         return Ok(decision);
     }
-    let slots = slots(view, &key, &master, dest.is_ipv4());
+    let mut slots = slots(view, &key, &master, dest.is_ipv4());
+    decision.least_connections = master.flags & SERVICE_FLAG_LEAST_CONNECTIONS != 0;
+    if decision.least_connections {
+        least_loaded(view, &master, &mut slots)?;
+    }
     let netns_cookie = netns_cookie.filter(|_| master.flags & SERVICE_FLAG_AFFINITY != 0);
     let choices = if netns_cookie.is_some() || !socket_cookies.is_empty() {
         crate::cmd::dump::affinity::read(view)?.affinity
@@ -341,6 +353,32 @@ fn slots(view: &View, key: &ServiceKey, master: &ServiceEntry, v4_dest: bool) ->
             Candidate::new(backend, backend_id, slots, f64::from(slots) / f64::from(master.count), v4_dest)
         })
         .collect()
+}
+
+/// choice.rs `least_loaded_slot`: a connect goes to a backend with the
+/// fewest live connections; the least loaded share the chance by their
+/// slots (exactly so for a frontend of at most `LEAST_CONNECTIONS_WINDOW`
+/// slots, which the datapath compares all of; for a larger one, the
+/// least loaded of a window from a random slot: nearly so).
+fn least_loaded(view: &View, master: &ServiceEntry, candidates: &mut [Candidate]) -> anyhow::Result<()> {
+    let counters = crate::bpf::counters::CounterMaps::open(view.pins)?;
+    for candidate in candidates.iter_mut() {
+        let membership =
+            balctl_common::MembershipKey { service_id: master.service_id, backend_id: candidate.backend_id };
+        let cell = view.contents.membership.get(&membership).copied().unwrap_or(balctl_common::NO_CELL);
+        candidate.connections = Some(counters.live(cell)?);
+    }
+    let least = candidates.iter().filter_map(|c| c.connections).min().unwrap_or(0);
+    let slots: u32 =
+        (candidates.iter()).filter(|c| c.connections == Some(least)).map(|c| u32::from(c.slots)).sum();
+    for candidate in candidates.iter_mut() {
+        candidate.chance = if candidate.connections == Some(least) {
+            f64::from(candidate.slots) / f64::from(slots.max(1))
+        } else {
+            0.0
+        };
+    }
+    Ok(())
 }
 
 /// The sticky choice of the client's network namespace for the frontend

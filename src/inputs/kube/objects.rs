@@ -22,7 +22,7 @@ use crate::{
     input,
     inputs::location::Location,
     model::{
-        Dependency, ExternalBalancing, Fingerprint, LB_ALGORITHM_ANNOTATION, LbAlgorithm,
+        Dependency, ExternalBalancing, Fingerprint, LB_ALGORITHM_ANNOTATION, LEAST_CONNECTIONS, LbAlgorithm,
         MAGLEV_TABLE_SIZE_ANNOTATION, MAX_AFFINITY_SECONDS, PolicyKind, Prefix, check_maglev_table_size,
     },
 };
@@ -167,6 +167,10 @@ pub struct Service {
     /// `balancing.elf.io/maglev-table-size`, and
     /// `spec.loadBalancerSourceRanges`.
     pub external_balancing: ExternalBalancing,
+    /// `balancing.elf.io/lb-algorithm: least-connections`: the socket
+    /// frontends choose by live connections (packets from outside keep
+    /// Maglev).
+    pub least_connections: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -405,7 +409,7 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         Some(policy) => policy.one_of(object, &["Cluster", "Local"])? == "Local",
         None => false,
     };
-    let mut external_balancing = external_balancing(root, object)?;
+    let (mut external_balancing, least_connections) = external_balancing(root, object)?;
     if let Some(ranges) = spec.get("loadBalancerSourceRanges") {
         for range in ranges.items(object)? {
             let prefix = range.str(object)?.parse::<Prefix>().map_err(|e| range.error(object, e))?;
@@ -431,20 +435,27 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         external_local,
         health_check_node_port,
         external_balancing,
+        least_connections,
     })
 }
 
-/// A Service's annotations on how its external frontends balance.
+/// A Service's annotations on how its frontends balance: its external
+/// frontends, and whether its socket frontends choose by live connections
+/// (`least-connections`, which leaves the external ones to Maglev).
 /// Annotation values are strings, as the API server stores them.
-fn external_balancing(root: Field<'_>, object: &Object<'_>) -> Result<ExternalBalancing> {
+fn external_balancing(root: Field<'_>, object: &Object<'_>) -> Result<(ExternalBalancing, bool)> {
     let mut balancing = ExternalBalancing::default();
+    let mut least_connections = false;
     let metadata = root.require(object, "metadata")?;
     let Some(annotations) = metadata.get("annotations") else {
-        return Ok(balancing);
+        return Ok((balancing, least_connections));
     };
     if let Some(algorithm) = annotations.get(LB_ALGORITHM_ANNOTATION) {
-        let name = algorithm.one_of(object, &LbAlgorithm::NAMES)?;
-        balancing.algorithm = LbAlgorithm::from_name(name).expect("one of the names");
+        let [maglev, random] = LbAlgorithm::NAMES;
+        match algorithm.one_of(object, &[maglev, random, LEAST_CONNECTIONS])? {
+            LEAST_CONNECTIONS => least_connections = true,
+            name => balancing.algorithm = LbAlgorithm::from_name(name).expect("one of the names"),
+        }
     }
     if let Some(size) = annotations.get(MAGLEV_TABLE_SIZE_ANNOTATION) {
         let text = size.str(object)?;
@@ -452,7 +463,7 @@ fn external_balancing(root: Field<'_>, object: &Object<'_>) -> Result<ExternalBa
         let size_of = parsed.and_then(check_maglev_table_size);
         balancing.maglev_table_size = Some(size_of.map_err(|e| size.error(object, e))?);
     }
-    Ok(balancing)
+    Ok((balancing, least_connections))
 }
 
 fn affinity_timeout(spec: Field<'_>, object: &Object<'_>) -> Result<u32> {

@@ -245,6 +245,8 @@ fn rules(
                         )))
                     })
                     .transpose()?,
+                weights: weights_of(policy, Family::of(address)),
+                least_connections: policy.least_connections,
             });
         }
     }
@@ -371,6 +373,18 @@ fn pair<'f, 'p>(
         }
     }
     Ok(pairs)
+}
+
+/// The weights of a policy's addresses of `family`, in their order (as
+/// `backends` lists them); empty without weights.
+fn weights_of(policy: &PolicyObject, family: Family) -> Vec<u16> {
+    match &policy.backend.target {
+        BackendTarget::Addresses(addresses) => (addresses.iter().zip(&policy.backend.weights))
+            .filter(|(ip, _)| Family::of(**ip) == family)
+            .map(|(_, &weight)| weight)
+            .collect(),
+        BackendTarget::Pods { .. } => Vec::new(),
+    }
 }
 
 /// The backends of one frontend: of its family, at `port` (the paired

@@ -12,7 +12,9 @@ use super::{
     field::{Field, FieldRef, Object},
     objects::{Labels, Meta, labels},
 };
-use crate::model::{BackendCheck, PolicyKind, Protocol, WhenAllUnhealthy, health::CheckSpec};
+use crate::model::{
+    BackendCheck, LEAST_CONNECTIONS, PolicyKind, Protocol, WhenAllUnhealthy, check_weights, health::CheckSpec,
+};
 
 pub const POLICY_API_VERSION: &str = "balancing.elf.io/v1beta1";
 
@@ -30,6 +32,8 @@ pub struct PolicyObject {
     pub requests_per_second: Option<u32>,
     /// `spec.healthCheck`: the backend addresses' active health check.
     pub health_check: Option<PolicyHealthCheck>,
+    /// `spec.config.lbAlgorithm: least-connections`.
+    pub least_connections: bool,
 }
 
 /// A policy's `spec.healthCheck`, read, with where its `type` is: what a
@@ -110,6 +114,9 @@ pub enum BackendTarget {
 #[derive(Clone)]
 pub struct PolicyBackend {
     pub target: BackendTarget,
+    /// `addressEndpoint.weights`: one per address, in order (empty: every
+    /// weight is 1).
+    pub weights: Vec<u16>,
     pub to_ports: Vec<ToPort>,
     pub at: FieldRef,
 }
@@ -125,10 +132,15 @@ pub fn parse(root: Field<'_>, object: &Object<'_>, meta: Meta, kind: PolicyKind)
     };
     let mut node_selector = None;
     let mut requests_per_second = None;
+    let mut least_connections = false;
     if let Some(config) = spec.get("config") {
         if let Some(selector) = config.get("nodeLabelSelector") {
             reject_match_expressions(selector, object)?;
             node_selector = Some((labels(selector.get("matchLabels"), object)?, selector.reference(object)));
+        }
+        if let Some(algorithm) = config.get("lbAlgorithm") {
+            least_connections =
+                algorithm.one_of(object, &["random", LEAST_CONNECTIONS])? == LEAST_CONNECTIONS;
         }
         if let Some(limit) = config.get("requestsPerSecond") {
             if kind == PolicyKind::Balancing {
@@ -157,7 +169,23 @@ pub fn parse(root: Field<'_>, object: &Object<'_>, meta: Meta, kind: PolicyKind)
         }
         None => None,
     };
-    Ok(PolicyObject { meta, kind, frontend, backend, node_selector, requests_per_second, health_check })
+    Ok(PolicyObject {
+        meta,
+        kind,
+        frontend,
+        backend,
+        node_selector,
+        requests_per_second,
+        health_check,
+        least_connections,
+    })
+}
+
+/// `addressEndpoint.weights`: one per address, each 1-`MAX_WEIGHT`.
+fn weights(field: Field<'_>, object: &Object<'_>, addresses: usize) -> Result<Vec<u16>> {
+    let given = field.items(object)?.map(|weight| weight.int(object)).collect::<Result<Vec<i64>>>()?;
+    let given: Vec<u64> = given.into_iter().map(|w| u64::try_from(w).unwrap_or(0)).collect();
+    check_weights(&given, addresses).map_err(|e| field.error(object, e))
 }
 
 /// The fields of `spec.healthCheck`, as `model::CheckSpec` names them
@@ -262,11 +290,12 @@ fn local_backend(field: Field<'_>, object: &Object<'_>) -> Result<PolicyBackend>
         BackendTarget::Addresses(addresses(target, object)?)
     };
     let to_ports = to_ports(field.require(object, "toPorts")?, object, true)?;
-    Ok(PolicyBackend { target, to_ports, at: field.reference(object) })
+    Ok(PolicyBackend { target, weights: Vec::new(), to_ports, at: field.reference(object) })
 }
 
 fn balancing_backend(field: Field<'_>, object: &Object<'_>) -> Result<PolicyBackend> {
     let (which, endpoint) = exactly_one(&field, object, &["serviceEndpoint", "addressEndpoint"])?;
+    let mut weights_given = Vec::new();
     let target = if which == "serviceEndpoint" {
         let mode = match endpoint.get("redirectMode") {
             None => RedirectMode::PodEndpoint,
@@ -281,10 +310,14 @@ fn balancing_backend(field: Field<'_>, object: &Object<'_>) -> Result<PolicyBack
             mode,
         }
     } else {
-        BackendTarget::Addresses(addresses(endpoint.require(object, "addresses")?, object)?)
+        let addresses = addresses(endpoint.require(object, "addresses")?, object)?;
+        if let Some(field) = endpoint.get("weights") {
+            weights_given = weights(field, object, addresses.len())?;
+        }
+        BackendTarget::Addresses(addresses)
     };
     let to_ports = to_ports(endpoint.require(object, "toPorts")?, object, true)?;
-    Ok(PolicyBackend { target, to_ports, at: endpoint.reference(object) })
+    Ok(PolicyBackend { target, weights: weights_given, to_ports, at: endpoint.reference(object) })
 }
 
 fn reject_match_expressions(selector: Field<'_>, object: &Object<'_>) -> Result<()> {

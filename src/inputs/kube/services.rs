@@ -363,6 +363,8 @@ fn service_object(
                     address_kind,
                     external: ExternalBalancing::default(),
                     health: None,
+                    weights: Vec::new(),
+                    least_connections: service.least_connections,
                 };
             let (external_ips, load_balancer_ips) =
                 (in_family(&service.external_ips), in_family(load_balancer_ips));
@@ -983,7 +985,7 @@ mod tests {
         for (annotations, expected) in [
             (
                 "    balancing.elf.io/lb-algorithm: Maglev",
-                "web.yaml:7:36: Service shop/web: metadata.annotations.balancing.elf.io/lb-algorithm: `Maglev` is not one of maglev, random",
+                "web.yaml:7:36: Service shop/web: metadata.annotations.balancing.elf.io/lb-algorithm: `Maglev` is not one of maglev, random, least-connections",
             ),
             (
                 "    balancing.elf.io/maglev-table-size: \"1000\"",

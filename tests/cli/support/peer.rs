@@ -176,7 +176,8 @@ enum PeerCommand {
     /// answered with its local address or errno; `ask NAME [ADDR]` (one
     /// exchange: send, or sendto ADDR, then receive) answered with the
     /// answer or errno and the socket's local address; `recv NAME` (a UDP
-    /// socket's next datagram or pending error). Ends with stdin.
+    /// socket's next datagram or pending error); `close NAME`. Ends with
+    /// stdin.
     Session,
     /// Replace this process with another program (after joining).
     Exec {
@@ -610,6 +611,10 @@ fn session() -> Value {
                     Err(err) => json!({ "error": errno_name(&err) }),
                 }
             }
+            ["close", name] => match sockets.remove(*name) {
+                Some(_) => json!({ "closed": name }),
+                None => panic!("close: {name} is no socket of the session"),
+            },
             _ => panic!("unknown session command {line}"),
         };
         println!("{reply}");

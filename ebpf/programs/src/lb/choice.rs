@@ -2,13 +2,14 @@
 //! client's sticky one (affinity), else a random slot.
 
 use balctl_common::{
-    AffinityKey, AffinityValue, Backend, Cell, MembershipKey, SERVICE_FLAG_AFFINITY, STICKY_NETNS,
-    STICKY_SOCKET, ServiceEntry, ServiceKey, SocketTranslation, no_backend_result, result, slot_of,
-    socket_draw,
+    AffinityKey, AffinityValue, Backend, Cell, LEAST_CONNECTIONS_WINDOW, MembershipKey,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_LEAST_CONNECTIONS, STICKY_NETNS, STICKY_SOCKET, ServiceEntry,
+    ServiceKey, SocketTranslation, no_backend_result, result, slot_of, socket_draw,
 };
 
 use super::{
     clock::NSEC_PER_SEC,
+    conns,
     maps::{AFFINITY, BACKENDS, MEMBERSHIP, SERVICES},
     sockets::NO_SOCKET,
 };
@@ -26,11 +27,15 @@ pub struct Choice {
 /// socket with `socket_cookie`: the socket's `earlier` choice (unconnected
 /// UDP; `NO_SOCKET` when it has none), else the client's (affinity; the
 /// owner is `client_netns()`, called only for a service with affinity),
-/// else a random slot; or says why there is none (`result::NO_BACKEND`...).
+/// else a random slot (for a connecting socket of a least-connections
+/// frontend, the least loaded: a datagram of an unconnected socket opens no
+/// connection, and its program has no stack left for the comparison); or
+/// says why there is none (`result::NO_BACKEND`...).
 /// Helpers that only some paths need are called only on those paths: every
 /// call here is paid on each translated connect.
 #[inline(always)]
 pub fn choose_backend(
+    connecting: bool,
     socket_cookie: u64,
     client_netns: impl FnOnce() -> u64,
     now: u64,
@@ -72,7 +77,12 @@ pub fn choose_backend(
         }
     }
 
-    let choice = random_slot(frontend, master, socket_draw(socket_cookie, now))?;
+    let draw = socket_draw(socket_cookie, now);
+    let choice = if connecting && master.flags & SERVICE_FLAG_LEAST_CONNECTIONS != 0 {
+        least_loaded_slot(frontend, master, draw)?
+    } else {
+        random_slot(frontend, master, draw)?
+    };
     if let Some(netns_key) = &affinity {
         remember_choice(netns_key, choice.backend_id, now);
     }
@@ -101,6 +111,12 @@ pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry, random: u32) ->
     // The count is not 0, but a caller whose `master` lives in a map
     // cannot show the compiler so: no panic path.
     let slot = slot_of(random, master.count).ok_or(result::STALE)?;
+    slot_choice(frontend, slot)
+}
+
+/// The backend in `slot` of `frontend` (how: `result::RANDOM`).
+#[inline(always)]
+fn slot_choice(frontend: &ServiceKey, slot: u16) -> Result<Choice, u8> {
     let slot_key = ServiceKey { slot, ..*frontend };
     // SAFETY: read once, whole.
     let slot_entry = unsafe { SERVICES.get(&slot_key) }.ok_or(result::STALE)?;
@@ -109,6 +125,39 @@ pub fn random_slot(frontend: &ServiceKey, master: &ServiceEntry, random: u32) ->
         return Err(result::STALE);
     }
     Ok(Choice { backend, backend_id, cell, how: result::RANDOM })
+}
+
+/// The backend with the fewest live connections (`conns`) among up to
+/// `LEAST_CONNECTIONS_WINDOW` slots of `frontend` from the one `random`
+/// draws (every slot of a frontend with no more): the first of the least
+/// loaded, so ties go round with the draw. A backend with several slots
+/// (a weight) is compared once per slot, so weights still tilt it.
+#[inline(always)]
+pub fn least_loaded_slot(frontend: &ServiceKey, master: &ServiceEntry, random: u32) -> Result<Choice, u8> {
+    let count = u32::from(master.count);
+    let first = slot_of(random, master.count).ok_or(result::STALE)?;
+    // The least loaded slot and its load; the slot is read again at the
+    // end rather than its entry kept (the stack is tight).
+    let (mut best, mut least) = (first, u64::MAX);
+    for step in 0..u32::from(LEAST_CONNECTIONS_WINDOW) {
+        if step >= count {
+            break;
+        }
+        // Slots 1..=count, from `first` round.
+        let slot = ((u32::from(first) - 1 + step) % count + 1) as u16;
+        // SAFETY: read once; one field.
+        let Some(cell) = (unsafe { SERVICES.get(&ServiceKey { slot, ..*frontend }) }).map(|entry| entry.cell)
+        else {
+            continue;
+        };
+        let load = conns::live(cell);
+        if load < least {
+            (best, least) = (slot, load);
+        }
+    }
+    let mut choice = slot_choice(frontend, best)?;
+    choice.how = result::LEAST_CONNECTIONS;
+    Ok(choice)
 }
 
 /// A previous choice for this owner, if it is still valid: not expired (when

@@ -60,6 +60,11 @@ pub static STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(defa
 #[map(name = "backend_hits")]
 pub static BACKEND_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(default_capacity::SERVICES, 0);
 
+// Live connections per membership, at its cell (`conns`): one count for
+// every CPU, changed with atomic adds.
+#[map(name = "conns")]
+pub static CONNS: Array<u64> = Array::with_max_entries(default_capacity::SERVICES, 0);
+
 #[map(name = "rate_limits")]
 pub static RATE_LIMITS: HashMap<u32, RateLimit> = HashMap::with_max_entries(default_capacity::RATE_LIMITS, 0);
 

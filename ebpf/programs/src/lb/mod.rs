@@ -26,6 +26,7 @@
 pub mod addr;
 pub mod choice;
 pub mod clock;
+pub mod conns;
 pub mod counters;
 pub mod flows;
 pub mod forward;

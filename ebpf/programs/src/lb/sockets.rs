@@ -6,14 +6,15 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use balctl_common::{
-    RevNatKey, RevNatValue, SOCKET_FURTHER_FRONTENDS, SOCKET_UNCONNECTED, SOCKET_WAYS, SocketPair, SocketSet,
-    SocketTranslation,
+    RevNatKey, RevNatValue, SOCKET_COUNTED, SOCKET_FURTHER_FRONTENDS, SOCKET_UNCONNECTED, SOCKET_WAYS,
+    SocketPair, SocketSet, SocketTranslation,
 };
 
 use super::{
     Operation,
     addr::Endpoint,
     choice::Choice,
+    conns,
     counters::count_eviction,
     maps::{DESTROY_PAIRS, REVNAT, SOCKET_SETS, SOCKETS},
 };
@@ -81,12 +82,15 @@ pub fn remember_translation(cookie: u64, earlier: &SocketTranslation, choice: &C
             service_id,
             backend_id: choice.backend_id,
             flags: match made.op {
-                // Starting over: connected, the socket hears only from its backend.
-                Operation::Connect => 0,
+                // Starting over: connected, the socket hears only from its
+                // backend, and is one of its live connections.
+                Operation::Connect => SOCKET_COUNTED,
                 Operation::SendMsg => SOCKET_UNCONNECTED | earlier.flags & SOCKET_FURTHER_FRONTENDS,
             },
         };
-        remember_socket(cookie, &socket, made.now);
+        if remember_socket(cookie, &socket, made.now) && made.op == Operation::Connect {
+            conns::opened(choice.cell);
+        }
         return;
     }
     let key = RevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: [0; 3] };
@@ -155,18 +159,19 @@ pub fn is_stale(cookie: u64) -> bool {
 /// way was occupied), so the count still matches the translations lost.
 #[inline(always)]
 pub fn release(cookie: u64) {
-    let Some(set) = socket_set(cookie) else {
+    let Some((way, socket)) = Way::find(cookie) else {
         return;
     };
-    for index in 0..SOCKET_WAYS {
-        // SAFETY: as in `Way::find`; one whole field.
-        unsafe {
-            let owner = &raw mut (*set).cookies[index];
-            if read_volatile(owner) == cookie {
-                write_volatile(owner, NO_COOKIE);
-                break;
-            }
-        }
+    // SAFETY: as in `Way::find`; one whole field.
+    unsafe { write_volatile(&raw mut (*way.set).cookies[way.index % SOCKET_WAYS], NO_COOKIE) };
+    uncount(&socket);
+}
+
+/// A socket's way no longer counts it among its backend's live connections.
+#[inline(always)]
+fn uncount(socket: &SocketTranslation) {
+    if socket.flags & SOCKET_COUNTED != 0 {
+        conns::closed(socket.service_id, socket.backend_id);
     }
 }
 
@@ -270,10 +275,12 @@ impl Way {
 /// sockets (a resolver's) then takes the ways of each other. Taking
 /// another socket's way is counted: closed sockets leave theirs empty
 /// (`release`), so that socket was open and lost its reverse translation.
+/// The way's socket before (this one connecting elsewhere, or the one
+/// that loses it) stops counting as a live connection. Whether it wrote.
 #[inline(always)]
-fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
+fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) -> bool {
     let Some(set) = socket_set(cookie) else {
-        return;
+        return false;
     };
     let mut chosen = 0;
     let (mut chosen_idle, mut chosen_owner) = (0, 0);
@@ -301,10 +308,22 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) {
     }
     let way = chosen % SOCKET_WAYS;
     // SAFETY: as in `Way::find`; the cookie goes first and last, see there.
-    unsafe {
+    // What stops counting: the fields `uncount` reads, not a copy of the
+    // way (the stack of sendmsg is near its limit).
+    let before = unsafe {
+        let before = &raw const (*set).ways[way];
+        let counted = read_volatile(&raw const (*set).cookies[way]) != NO_COOKIE
+            && read_volatile(&raw const (*before).flags) & SOCKET_COUNTED != 0;
+        let ids =
+            (read_volatile(&raw const (*before).service_id), read_volatile(&raw const (*before).backend_id));
         write_volatile(&raw mut (*set).cookies[way], NO_COOKIE);
         write_volatile(&raw mut (*set).ways[way], *socket);
         write_volatile(&raw mut (*set).last_used_ns[way], now);
         write_volatile(&raw mut (*set).cookies[way], cookie);
+        counted.then_some(ids)
+    };
+    if let Some((service_id, backend_id)) = before {
+        conns::closed(service_id, backend_id);
     }
+    true
 }
