@@ -388,7 +388,7 @@ pub enum PolicyCommand {
     ///
     /// Without --backend the frontend rejects: connect() and sendmsg() to it
     /// fail at once with "connection refused".
-    Add(PolicyAddArgs),
+    Add(Box<PolicyAddArgs>),
 
     /// Change an existing rule; the options given replace the old values
     Update(PolicyUpdateArgs),

@@ -982,6 +982,30 @@ mod tests {
                 (Scope::External, random)
             ]
         );
+        // least-connections: the socket entries choose by live
+        // connections, the external one keeps Maglev.
+        let text = service("    balancing.elf.io/lb-algorithm: least-connections");
+        let objects: Vec<_> =
+            read("web.yaml", text.as_bytes()).unwrap().into_iter().map(|o| (0, o)).collect();
+        let translation =
+            translate(objects, &ThisNode::named("node-a"), &mut EntryBudget::default()).unwrap();
+        let rules: Vec<(Scope, bool, LbAlgorithm)> = (translation.objects[0].1.value.rules.iter())
+            .map(|r| {
+                (
+                    r.frontend.scope,
+                    r.least_connections && r.frontend.scope != Scope::External,
+                    r.external.algorithm,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (Scope::Service, true, LbAlgorithm::Maglev),
+                (Scope::Service, true, LbAlgorithm::Maglev),
+                (Scope::External, false, LbAlgorithm::Maglev)
+            ]
+        );
         for (annotations, expected) in [
             (
                 "    balancing.elf.io/lb-algorithm: Maglev",
