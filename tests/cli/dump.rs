@@ -210,6 +210,7 @@ pub fn every_format_matches_the_documented_schema() {
             "nodes",
             "stats",
             "backend_hits",
+            "conns",
             "datapath_stats",
             "rate_limits",
             "layers",
@@ -237,6 +238,8 @@ pub fn every_format_matches_the_documented_schema() {
             (Some("percpu_array"), Some(()))
         );
     }
+    // The live connections: a count per membership for every CPU.
+    assert_eq!((map("conns")["type"].as_str(), map("conns")["entries"].as_null()), (Some("array"), Some(())));
     assert_eq!(
         (map("datapath_stats")["type"].as_str(), map("datapath_stats")["entries"].as_null()),
         (Some("percpu_array"), Some(()))

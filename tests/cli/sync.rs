@@ -295,6 +295,8 @@ pub fn the_example_state_file_is_valid() {
             "198.18.0.11:443/tcp 0",
             "198.18.0.20:8080/tcp 1",
             "198.18.0.30:80/tcp 2",
+            // Weights 1 and 3: four slots.
+            "198.18.0.40:443/tcp 4",
             "198.18.0.53:53/tcp 2",
             "198.18.0.53:53/tcp@redirect 1",
             "198.18.0.53:53/udp 2",
