@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::{
     agent::Agent,
     cli::ApiServerArgs,
-    inputs::kube::POLICY_API_VERSION,
+    inputs::kube::{POLICY_API_VERSION, SERVICE_IMPORT_API_VERSION},
     watch::{Source, Wake, Waker},
 };
 
@@ -54,6 +54,7 @@ pub fn list_all(connection: &ApiServerArgs, this_node: &str) -> Result<Vec<Docum
         let local = ListParams::default().fields(&format!("spec.nodeName={this_node}"));
         documents.add(list::<Pod>(Api::all(client.clone()), local).await?);
         documents.add(list_policies(&client, "LocalRedirectPolicy").await?);
+        documents.add(list_service_imports(&client).await?.unwrap_or_default());
         let balancing = list_policies(&client, "BalancingPolicy").await?;
         let wanted = selected_pods(&balancing);
         documents.add(balancing);
@@ -113,9 +114,7 @@ where
 
 /// The policies of a kind, as documents.
 async fn list_policies(client: &Client, kind: &str) -> Result<Vec<Document>> {
-    let (group, version) = POLICY_API_VERSION.split_once('/').expect("a group/version");
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-    let listed = Api::<DynamicObject>::all_with(client.clone(), &resource).list(&ListParams::default()).await;
+    let listed = custom_api(client, POLICY_API_VERSION, kind).list(&ListParams::default()).await;
     documents(&listed, POLICY_API_VERSION, kind)
 }
 
@@ -432,6 +431,20 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
         for kind in ["LocalRedirectPolicy", "BalancingPolicy"] {
             watch.start_watcher(kind.into(), watched_policies(&client, kind));
         }
+        // ServiceImports only where the API server serves them: a watcher
+        // of a resource it does not know would never list, and nothing
+        // would ever be applied. Installing the MCS API later takes a
+        // restart of the agent to be seen.
+        match watch.runtime.handle.block_on(list_service_imports(&client)) {
+            Ok(Some(_)) => {
+                let imports = watched_custom(&client, SERVICE_IMPORT_API_VERSION, "ServiceImport");
+                watch.start_watcher("ServiceImport".into(), imports);
+            }
+            Ok(None) => log::info!(
+                "sync --kube: the API server serves no ServiceImport (the MCS API is not installed): not watched"
+            ),
+            Err(err) => return Err(err.context("cannot tell whether the API server serves ServiceImports")),
+        }
         Ok(watch)
     }
 
@@ -592,10 +605,36 @@ where
 
 /// A watcher of a policy kind, as signals.
 fn watched_policies(client: &Client, kind: &'static str) -> BoxStream<'static, Signal> {
-    let (group, version) = POLICY_API_VERSION.split_once('/').expect("a group/version");
+    watched_custom(client, POLICY_API_VERSION, kind)
+}
+
+/// A watcher of the custom resources `kind` of `api_version`, as signals.
+fn watched_custom(
+    client: &Client,
+    api_version: &'static str,
+    kind: &'static str,
+) -> BoxStream<'static, Signal> {
+    let api = custom_api(client, api_version, kind);
+    signals(watcher(api, watcher::Config::default()), api_version.to_owned(), kind.to_owned())
+}
+
+/// The cluster-wide API of the custom resources `kind` of `api_version`.
+fn custom_api(client: &Client, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    let (group, version) = api_version.split_once('/').expect("a group/version");
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-    signals(watcher(api, watcher::Config::default()), POLICY_API_VERSION.to_owned(), kind.to_owned())
+    Api::<DynamicObject>::all_with(client.clone(), &resource)
+}
+
+/// The ServiceImports of the MCS API, as documents; none when the API
+/// server does not serve them (the MCS CRDs are not installed: 404), which
+/// most clusters are.
+async fn list_service_imports(client: &Client) -> Result<Option<Vec<Document>>> {
+    let listed =
+        custom_api(client, SERVICE_IMPORT_API_VERSION, "ServiceImport").list(&ListParams::default()).await;
+    match listed {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        listed => documents(&listed, SERVICE_IMPORT_API_VERSION, "ServiceImport").map(Some),
+    }
 }
 
 /// The Pods BalancingPolicies (their documents) select, as watcher keys

@@ -122,6 +122,7 @@ pub fn the_manifests_are_valid_kubernetes_objects() {
         "localredirectpolicies.balancing.elf.io",
         "nodes",
         "pods",
+        "serviceimports.multicluster.x-k8s.io",
         "services",
     ];
     assert_eq!(granted, readable);

@@ -330,7 +330,7 @@ pub fn bad_yaml_changes_nothing() {
         (
             "kind.yaml",
             service.replace("kind: Service", "kind: Deployment"),
-            ":2:7: Deployment: kind: balctl reads Service, EndpointSlice, Node, Pod, LocalRedirectPolicy and",
+            ":2:7: Deployment: kind: balctl reads Service, EndpointSlice, Node, Pod, LocalRedirectPolicy,",
         ),
         (
             "beta.yaml",

@@ -25,6 +25,7 @@ mod kube_api;
 mod kube_parity;
 mod kube_sync;
 mod least_connections;
+mod multicluster;
 mod north_south;
 mod output;
 mod policies;
@@ -98,6 +99,7 @@ fn main() {
         backend_health::policy_add_takes_a_health_check_that_the_agent_runs,
         least_connections::least_connections_fills_the_least_loaded_backend,
         least_connections::weights_share_connections_in_proportion,
+        multicluster::a_service_import_is_balanced_over_its_imported_slices,
         devices::load_attaches_both_tc_programs_and_reloads_them_in_place,
         devices::a_missing_device_changes_nothing,
         devices::auto_picks_the_devices_of_default_routes_and_node_addresses,

@@ -32,6 +32,10 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label of the EndpointSlices of a ServiceImport (the MCS API).
+const MCS_SERVICE_NAME_LABEL: &str = "multicluster.kubernetes.io/service-name";
+/// The MCS API's group and version, of ServiceImport.
+pub const SERVICE_IMPORT_API_VERSION: &str = "multicluster.x-k8s.io/v1alpha1";
 /// The Node label that names its zone, which topology hints refer to.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -65,10 +69,14 @@ impl KubeObject {
     /// own (a policy). A Pod goes into none: policies read it.
     pub fn owner(&self) -> Option<String> {
         match self {
-            Self::Service(service) => Some(service_owner(&service.meta.namespace, &service.meta.name)),
-            Self::EndpointSlice(slice) => {
-                slice.service.as_ref().map(|service| service_owner(&slice.meta.namespace, service))
-            }
+            Self::Service(service) => Some(service.owner()),
+            Self::EndpointSlice(slice) => slice.service.as_ref().map(|service| {
+                if slice.imported {
+                    service_import_owner(&slice.meta.namespace, service)
+                } else {
+                    service_owner(&slice.meta.namespace, service)
+                }
+            }),
             Self::Node(node) => Some(node_owner(&node.meta.name)),
             Self::Pod(_) => None,
             Self::Policy(policy) => Some(policy.owner()),
@@ -81,10 +89,9 @@ impl KubeObject {
     /// on every sync).
     pub fn as_read(&self) -> Option<Dependency> {
         match self {
-            Self::Service(service) => Some(Dependency {
-                owner: service_owner(&service.meta.namespace, &service.meta.name),
-                fingerprint: service.meta.fingerprint,
-            }),
+            Self::Service(service) => {
+                Some(Dependency { owner: service.owner(), fingerprint: service.meta.fingerprint })
+            }
             Self::Node(node) => Some(node.as_read()),
             _ => None,
         }
@@ -102,6 +109,22 @@ pub fn matches(selector: &Labels, labels: &Labels) -> bool {
 /// The owner of the synced object a Service becomes, as `dump` shows it.
 pub fn service_owner(namespace: &str, name: &str) -> String {
     format!("service/{namespace}/{name}")
+}
+
+/// The owner of the synced object a ServiceImport becomes.
+pub fn service_import_owner(namespace: &str, name: &str) -> String {
+    format!("serviceimport/{namespace}/{name}")
+}
+
+impl Service {
+    /// The owner of the synced object it becomes.
+    pub fn owner(&self) -> String {
+        if self.imported {
+            service_import_owner(&self.meta.namespace, &self.meta.name)
+        } else {
+            service_owner(&self.meta.namespace, &self.meta.name)
+        }
+    }
 }
 
 pub fn node_owner(name: &str) -> String {
@@ -171,6 +194,9 @@ pub struct Service {
     /// frontends choose by live connections (packets from outside keep
     /// Maglev).
     pub least_connections: bool,
+    /// A ServiceImport of the MCS API (`service_import`), not a Service:
+    /// its slices are those labelled `MCS_SERVICE_NAME_LABEL`.
+    pub imported: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -221,6 +247,9 @@ pub struct EndpointSlice {
     pub meta: Meta,
     /// The Service it belongs to (same namespace), from its label.
     pub service: Option<String>,
+    /// It belongs to the ServiceImport `service` (its label is the MCS
+    /// API's `multicluster.kubernetes.io/service-name`), not a Service.
+    pub imported: bool,
     /// None for FQDN slices, which name hosts rather than addresses.
     pub family: Option<Family>,
     pub ports: Vec<SlicePort>,
@@ -289,13 +318,15 @@ pub fn parse(file: &str, node: &Node) -> Result<KubeObject> {
         "Service" | "Node" | "Pod" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "LocalRedirectPolicy" | "BalancingPolicy" => POLICY_API_VERSION,
+        "ServiceImport" => SERVICE_IMPORT_API_VERSION,
         other => {
             return Err(kind.error(
                 &object,
                 format!(
-                    "balctl reads Service, EndpointSlice, Node, Pod, LocalRedirectPolicy and \
-                     BalancingPolicy objects, not {other} (`kubectl get services,endpointslices,nodes,pods,\
-                     localredirectpolicies,balancingpolicies -A -o yaml` selects them)"
+                    "balctl reads Service, EndpointSlice, Node, Pod, LocalRedirectPolicy, \
+                     BalancingPolicy and ServiceImport objects, not {other} (`kubectl get \
+                     services,endpointslices,nodes,pods,localredirectpolicies,balancingpolicies,\
+                     serviceimports -A -o yaml` selects them)"
                 ),
             ));
         }
@@ -309,6 +340,7 @@ pub fn parse(file: &str, node: &Node) -> Result<KubeObject> {
     let meta = meta(file, root, &mut object, kind_name)?;
     Ok(match kind_name {
         "Service" => KubeObject::Service(Box::new(service(root, &object, meta)?)),
+        "ServiceImport" => KubeObject::Service(Box::new(service_import(root, &object, meta)?)),
         "EndpointSlice" => KubeObject::EndpointSlice(Box::new(endpoint_slice(root, &object, meta)?)),
         "Node" => KubeObject::Node(Box::new(node_object(root, &object, meta)?)),
         "Pod" => KubeObject::Pod(Box::new(pod(root, &object, meta)?)),
@@ -332,6 +364,62 @@ fn meta(file: &str, root: Field<'_>, object: &mut Object<'_>, kind: &str) -> Res
     object.what = if kind == "Node" { format!("Node {name}") } else { format!("{kind} {namespace}/{name}") };
     crate::model::check_name(&name).map_err(|e| metadata.error(object, format!("metadata.name: {e}")))?;
     Ok(Meta { namespace, name, location: root.node.location(file), fingerprint: None })
+}
+
+/// A ServiceImport of the MCS API (multicluster.x-k8s.io/v1alpha1): a
+/// service of the cluster set, at its ClusterSetIPs (`spec.ips`, one per
+/// family), whose endpoints are the EndpointSlices in its namespace
+/// labelled `multicluster.kubernetes.io/service-name: NAME` (the MCS
+/// controller makes them from every exporting cluster's endpoints), paired
+/// by port name and protocol as a Service's. Read as a ClusterIP Service
+/// owned `serviceimport/NAMESPACE/NAME`; `type: Headless` is skipped as a
+/// headless Service is. `spec.sessionAffinity` and its config as a
+/// Service's; the lb-algorithm annotation too.
+fn service_import(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> {
+    let spec = root.require(object, "spec")?;
+    let headless = match spec.get("type") {
+        Some(kind) => kind.one_of(object, &["ClusterSetIP", "Headless"])? == "Headless",
+        None => false,
+    };
+    let cluster_ips = match spec.get("ips") {
+        Some(list) => list.map_items(object, |ip| ip.ip(object))?,
+        None => Vec::new(),
+    };
+    if cluster_ips.len() > 2
+        || cluster_ips.len() == 2 && Family::of(cluster_ips[0]) == Family::of(cluster_ips[1])
+    {
+        return Err(spec.error(object, "ips: at most one IP of each family"));
+    }
+    let ports = match spec.get("ports") {
+        Some(ports) => ports.map_items(object, |port| service_port(port, object))?,
+        None => Vec::new(),
+    };
+    if !headless && ports.is_empty() {
+        return Err(spec.error(object, "missing field `ports`: a ServiceImport needs at least one port"));
+    }
+    let affinity_seconds = match spec.get("sessionAffinity") {
+        Some(affinity) if affinity.one_of(object, &["None", "ClientIP"])? == "ClientIP" => {
+            Some(affinity_timeout(spec, object)?)
+        }
+        _ => None,
+    };
+    let (_, least_connections) = external_balancing(root, object)?;
+    Ok(Service {
+        meta,
+        service_type: ServiceType::ClusterIp,
+        headless,
+        cluster_ips,
+        ports,
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        affinity_seconds,
+        internal_local: false,
+        external_local: false,
+        health_check_node_port: None,
+        external_balancing: ExternalBalancing::default(),
+        least_connections,
+        imported: true,
+    })
 }
 
 fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> {
@@ -436,6 +524,7 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         health_check_node_port,
         external_balancing,
         least_connections,
+        imported: false,
     })
 }
 
@@ -534,11 +623,15 @@ fn service_port(port: Field<'_>, object: &Object<'_>) -> Result<ServicePort> {
 
 fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<EndpointSlice> {
     let metadata = root.require(object, "metadata")?;
-    let mut service = None;
-    if let Some(labels) = metadata.get("labels")
-        && let Some(label) = labels.get(SERVICE_NAME_LABEL)
-    {
-        service = Some(label.str(object)?.to_owned());
+    let (mut service, mut imported) = (None, false);
+    if let Some(labels) = metadata.get("labels") {
+        // A Service's label first: an MCS controller labels the slices it
+        // imports with its own only, so that no Service claims them.
+        if let Some(label) = labels.get(SERVICE_NAME_LABEL) {
+            service = Some(label.str(object)?.to_owned());
+        } else if let Some(label) = labels.get(MCS_SERVICE_NAME_LABEL) {
+            (service, imported) = (Some(label.str(object)?.to_owned()), true);
+        }
     }
     let address_type = root.require(object, "addressType")?;
     let family = match address_type.one_of(object, &["IPv4", "IPv6", "FQDN"])? {
@@ -582,7 +675,7 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
             endpoints.push(endpoint);
         }
     }
-    Ok(EndpointSlice { meta, service, family, ports, nameless_ports, endpoints })
+    Ok(EndpointSlice { meta, service, imported, family, ports, nameless_ports, endpoints })
 }
 
 fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Result<Endpoint> {

@@ -135,7 +135,8 @@ pub fn reads<'a>(
     }
     let cluster = Cluster::new(
         objects.clone().filter_map(|object| match object {
-            KubeObject::Service(service) => Some(service.as_ref()),
+            // A policy's serviceMatcher names a Service, not a ServiceImport.
+            KubeObject::Service(service) if !service.imported => Some(service.as_ref()),
             _ => None,
         }),
         objects.clone().filter_map(|object| match object {

@@ -46,7 +46,7 @@ use anyhow::Result;
 use super::{
     objects::{
         Endpoint, EndpointSlice, Family, KubeObject, NodeObject, PortProtocol, Service, ServicePort,
-        ServiceType, node_owner, service_owner,
+        ServiceType, node_owner,
     },
     policies::{self, Cluster},
 };
@@ -119,7 +119,8 @@ pub fn translate(
     let here = Here::new(&this_node.name, nodes.iter().map(|(_, node)| node.as_ref()));
     if !policies.is_empty() {
         let cluster = Cluster::new(
-            services.iter().map(|(_, service)| service.as_ref()),
+            // A policy's serviceMatcher names a Service, not a ServiceImport.
+            services.iter().map(|(_, service)| service.as_ref()).filter(|service| !service.imported),
             nodes.iter().map(|(_, node)| node.as_ref()),
             pods.iter().map(AsRef::as_ref),
             &this_node.name,
@@ -178,13 +179,15 @@ fn put_in_order<T>(items: &mut [T], ranks: &[usize]) {
     }
 }
 
-fn service_key(service: &Service) -> (&str, &str) {
-    (&service.meta.namespace, &service.meta.name)
+/// A Service's (or ServiceImport's) key among the slices': namespace, name
+/// and whether imported.
+fn service_key(service: &Service) -> (&str, &str, bool) {
+    (&service.meta.namespace, &service.meta.name, service.imported)
 }
 
 /// The key of the service a slice belongs to.
-fn slice_key(slice: &EndpointSlice) -> (&str, &str) {
-    (&slice.meta.namespace, slice.service.as_deref().unwrap_or_default())
+fn slice_key(slice: &EndpointSlice) -> (&str, &str, bool) {
+    (&slice.meta.namespace, slice.service.as_deref().unwrap_or_default(), slice.imported)
 }
 
 fn slice_name(slice: &EndpointSlice) -> String {
@@ -448,7 +451,7 @@ fn service_object(
         });
     let object = SyncedObject {
         source: String::new(),
-        owner: service_owner(&service.meta.namespace, &service.meta.name),
+        owner: service.owner(),
         rules,
         addresses: Vec::new(),
         inputs,
@@ -617,6 +620,38 @@ mod tests {
             })
             .collect();
         (rules, translation.notes)
+    }
+
+    /// A ServiceImport (the MCS API) balances its ClusterSetIP over the
+    /// slices labelled with its name; a Service of the same name keeps its
+    /// own, and its object its own owner.
+    #[test]
+    fn a_service_import_takes_the_slices_labelled_for_it() {
+        let local = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+                     spec: {clusterIP: 198.18.0.20, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\n\
+                     apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, \
+                     labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints: [{addresses: \
+                     [192.0.2.2], conditions: {ready: true}}]\nports: [{name: http, port: 8080, protocol: TCP}]\n";
+        let import = std::fs::read_to_string(format!(
+            "{}/examples/k8s/service-import.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let (rules, notes) = rules_of(&[("web.yaml", local.to_owned()), ("import.yaml", import)], "node-a");
+        assert_eq!(
+            rules,
+            ["198.18.0.20:80/tcp -> 192.0.2.2:8080", "198.18.4.10:80/tcp -> 192.0.2.6:8080,192.0.2.7:8080"],
+            "{notes:?}"
+        );
+        let objects: Vec<_> =
+            read("import.yaml", include_str!("../../../examples/k8s/service-import.yaml").as_bytes())
+                .unwrap()
+                .into_iter()
+                .map(|o| (0, o))
+                .collect();
+        let translation =
+            translate(objects, &ThisNode::named("node-a"), &mut EntryBudget::default()).unwrap();
+        assert_eq!(translation.objects[0].1.value.owner, "serviceimport/shop/web");
     }
 
     #[test]

@@ -71,7 +71,7 @@ struct Kind {
     namespaced: bool,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 7] = [
     Kind { api_version: "v1", kind: "Service", plural: "services", namespaced: true },
     Kind { api_version: "v1", kind: "Node", plural: "nodes", namespaced: false },
     Kind { api_version: "v1", kind: "Pod", plural: "pods", namespaced: true },
@@ -93,7 +93,18 @@ const KINDS: [Kind; 6] = [
         plural: "balancingpolicies",
         namespaced: true,
     },
+    // Served once `install_mcs` was called, as on a cluster with the MCS
+    // API's CRDs; 404 before, as on most.
+    Kind {
+        api_version: "multicluster.x-k8s.io/v1alpha1",
+        kind: "ServiceImport",
+        plural: "serviceimports",
+        namespaced: true,
+    },
 ];
+
+/// Where ServiceImport is in KINDS.
+const SERVICE_IMPORT: usize = 6;
 
 fn kind_of(api_version: &str, kind: &str) -> usize {
     KINDS
@@ -129,6 +140,8 @@ struct State {
     reachable: bool,
     stopping: bool,
     requests: Vec<String>,
+    /// ServiceImports are served (`install_mcs`).
+    mcs: bool,
 }
 
 struct Shared {
@@ -213,6 +226,12 @@ impl ApiServer {
     /// name; a namespaced kind without namespace goes to `default`), giving
     /// it the next resourceVersion and a uid (kept on replace), and tells
     /// the watches: ADDED or MODIFIED.
+    /// Serves ServiceImports from now on (the MCS API's CRDs installed).
+    #[allow(dead_code, reason = "the CLI tests' MCS case; the benches need none")]
+    pub fn install_mcs(&self) {
+        self.shared.lock().mcs = true;
+    }
+
     pub fn apply(&self, mut object: Value) {
         let text = |field: &str| object[field].as_str().unwrap_or_default().to_owned();
         let kind = kind_of(&text("apiVersion"), &text("kind"));
@@ -363,7 +382,12 @@ fn serve(stream: TcpStream, shared: &Shared) {
     } else if request.method != "GET" {
         Err(status(405, "MethodNotAllowed", "the test API server serves GET only; use ApiServer::apply"))
     } else {
-        route(&request)
+        route(&request).and_then(|route| {
+            if route.kind == SERVICE_IMPORT && !shared.lock().mcs {
+                return Err(status(404, "NotFound", &format!("the server could not find {}", request.path)));
+            }
+            Ok(route)
+        })
     };
     let mut stream = stream;
     match response {
