@@ -159,19 +159,27 @@ pub fn is_stale(cookie: u64) -> bool {
 /// way was occupied), so the count still matches the translations lost.
 #[inline(always)]
 pub fn release(cookie: u64) {
-    let Some((way, socket)) = Way::find(cookie) else {
+    let Some(set) = socket_set(cookie) else {
         return;
     };
-    // SAFETY: as in `Way::find`; one whole field.
-    unsafe { write_volatile(&raw mut (*way.set).cookies[way.index % SOCKET_WAYS], NO_COOKIE) };
-    uncount(&socket);
-}
-
-/// A socket's way no longer counts it among its backend's live connections.
-#[inline(always)]
-fn uncount(socket: &SocketTranslation) {
-    if socket.flags & SOCKET_COUNTED != 0 {
-        conns::closed(socket.service_id, socket.backend_id);
+    for index in 0..SOCKET_WAYS {
+        // SAFETY: as in `Way::find`; whole fields, the ids read only for a
+        // counted socket (every socket of the cgroup closes through here).
+        unsafe {
+            let owner = &raw mut (*set).cookies[index];
+            if read_volatile(owner) == cookie {
+                let way = &raw const (*set).ways[index];
+                let counted = read_volatile(&raw const (*way).flags) & SOCKET_COUNTED != 0;
+                let ids = counted.then(|| {
+                    (read_volatile(&raw const (*way).service_id), read_volatile(&raw const (*way).backend_id))
+                });
+                write_volatile(owner, NO_COOKIE);
+                if let Some((service_id, backend_id)) = ids {
+                    conns::closed(service_id, backend_id);
+                }
+                break;
+            }
+        }
     }
 }
 
