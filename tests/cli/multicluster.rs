@@ -65,3 +65,90 @@ pub fn a_service_import_is_balanced_over_its_imported_slices() {
     wait_reached(&sandbox, &["west"]);
     watcher.terminate();
 }
+
+/// A Service `web` of this cluster and of cluster `east`, YAML as `kubectl
+/// get -o yaml` prints it; `east`'s carry the cluster annotation that
+/// `sync --kube` of several clusters writes on other clusters' objects.
+fn web(
+    cluster: Option<&str>,
+    global: Option<&str>,
+    affinity: Option<&str>,
+    endpoint: &str,
+    ready: bool,
+) -> String {
+    let mut annotations = Vec::new();
+    if let Some(cluster) = cluster {
+        annotations.push(format!("balancing.elf.io/cluster: {cluster}"));
+    }
+    if let Some(global) = global {
+        annotations.push(format!("service.cilium.io/global: \"{global}\""));
+    }
+    if let Some(affinity) = affinity {
+        annotations.push(format!("balancing.elf.io/affinity: {affinity}"));
+    }
+    let cluster_annotation =
+        cluster.map_or(String::new(), |c| format!("\n  annotations: {{balancing.elf.io/cluster: {c}}}"));
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  annotations: {{{}}}\n\
+         spec:\n  clusterIP: 198.18.5.10\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{}\n  namespace: shop\n\
+         \x20 labels: {{kubernetes.io/service-name: web}}{cluster_annotation}\naddressType: IPv4\n\
+         endpoints: [{{addresses: [{endpoint}], conditions: {{ready: {ready}}}}}]\n\
+         ports: [{{name: http, port: 8080, protocol: TCP}}]\n",
+        annotations.join(", "),
+        cluster.unwrap_or("here"),
+    )
+}
+
+/// `balancing.elf.io/global` (Cilium's `service.cilium.io/global` here):
+/// a Service of this cluster and of another gets the union of their
+/// endpoints; `balancing.elf.io/affinity: local` prefers this cluster's
+/// and falls back to the other's when they are gone; another cluster's
+/// Service that is not global is left alone.
+pub fn a_global_service_has_the_endpoints_of_every_cluster() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("here", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("east", &["192.0.2.3:8080"], &[]);
+    let (here, east) = (sandbox.scratch("here.yaml"), sandbox.scratch("east.yaml"));
+    let sync = |here_text: String, east_text: String| {
+        std::fs::write(&here, here_text).unwrap();
+        std::fs::write(&east, east_text).unwrap();
+        sandbox.balctl_ok(&["sync", "-f", here.to_str().unwrap(), "-f", east.to_str().unwrap()])
+    };
+    let vip = "198.18.5.10:80";
+    // Global in both: both clusters' endpoints.
+    sync(
+        web(None, Some("true"), None, "192.0.2.2", true),
+        web(Some("east"), Some("true"), None, "192.0.2.3", true),
+    );
+    assert_eq!(sandbox.reached(vip, 40), ["east", "here"]);
+    // Not global in east: east's Service is east's.
+    sync(
+        web(None, Some("true"), None, "192.0.2.2", true),
+        web(Some("east"), Some("false"), None, "192.0.2.3", true),
+    );
+    assert_eq!(sandbox.reached(vip, 20), ["here"]);
+    // Affinity local: this cluster's while it has one; east's once not.
+    sync(
+        web(None, Some("true"), Some("local"), "192.0.2.2", true),
+        web(Some("east"), Some("true"), None, "192.0.2.3", true),
+    );
+    assert_eq!(sandbox.reached(vip, 20), ["here"]);
+    sync(
+        web(None, Some("true"), Some("local"), "192.0.2.2", false),
+        web(Some("east"), Some("true"), None, "192.0.2.3", true),
+    );
+    assert_eq!(sandbox.reached(vip, 20), ["east"]);
+    // Affinity remote: east's.
+    sync(
+        web(None, Some("true"), Some("remote"), "192.0.2.2", true),
+        web(Some("east"), Some("true"), None, "192.0.2.3", true),
+    );
+    assert_eq!(sandbox.reached(vip, 20), ["east"]);
+    // A cluster gone from the inputs takes its endpoints with it.
+    std::fs::write(&east, "").unwrap();
+    std::fs::write(&here, web(None, Some("true"), None, "192.0.2.2", true)).unwrap();
+    sandbox.balctl_ok(&["sync", "-f", here.to_str().unwrap()]);
+    assert_eq!(sandbox.reached(vip, 20), ["here"]);
+}

@@ -34,6 +34,15 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label of the EndpointSlices of a ServiceImport (the MCS API).
 const MCS_SERVICE_NAME_LABEL: &str = "multicluster.kubernetes.io/service-name";
+/// Set on the objects of another cluster than this node's (`sync --kube`
+/// of several clusters writes it on theirs).
+pub const CLUSTER_ANNOTATION: &str = "balancing.elf.io/cluster";
+/// A Service of several clusters, with the union of their endpoints.
+pub const GLOBAL_ANNOTATION: &str = "balancing.elf.io/global";
+const CILIUM_GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
+/// A global Service's preference among the clusters' endpoints.
+pub const AFFINITY_ANNOTATION: &str = "balancing.elf.io/affinity";
+const CILIUM_AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
 /// The MCS API's group and version, of ServiceImport.
 pub const SERVICE_IMPORT_API_VERSION: &str = "multicluster.x-k8s.io/v1alpha1";
 /// The Node label that names its zone, which topology hints refer to.
@@ -197,6 +206,27 @@ pub struct Service {
     /// A ServiceImport of the MCS API (`service_import`), not a Service:
     /// its slices are those labelled `MCS_SERVICE_NAME_LABEL`.
     pub imported: bool,
+    /// The other cluster it is of (`CLUSTER_ANNOTATION`); None: this
+    /// node's cluster.
+    pub cluster: Option<Box<str>>,
+    /// `balancing.elf.io/global: "true"` (or Cilium's
+    /// `service.cilium.io/global`): a service of every cluster that has it,
+    /// whose endpoints are the union of theirs.
+    pub global: bool,
+    /// `balancing.elf.io/affinity` (or Cilium's `service.cilium.io/affinity`)
+    /// of a global service: which cluster's endpoints it prefers.
+    pub affinity: ClusterAffinity,
+}
+
+/// Which cluster's endpoints a global service prefers: this node's
+/// (`local`), the others' (`remote`), falling back to the rest when the
+/// preferred have no usable endpoint; or all alike (`none`, the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterAffinity {
+    #[default]
+    None,
+    Local,
+    Remote,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -250,6 +280,9 @@ pub struct EndpointSlice {
     /// It belongs to the ServiceImport `service` (its label is the MCS
     /// API's `multicluster.kubernetes.io/service-name`), not a Service.
     pub imported: bool,
+    /// The other cluster it is of (`CLUSTER_ANNOTATION`); None: this
+    /// node's cluster.
+    pub cluster: Option<Box<str>>,
     /// None for FQDN slices, which name hosts rather than addresses.
     pub family: Option<Family>,
     pub ports: Vec<SlicePort>,
@@ -419,7 +452,48 @@ fn service_import(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Se
         external_balancing: ExternalBalancing::default(),
         least_connections,
         imported: true,
+        cluster: None,
+        global: false,
+        affinity: ClusterAffinity::None,
     })
+}
+
+/// The other cluster an object is of: its `CLUSTER_ANNOTATION` (which
+/// `sync --kube` of several clusters writes on the other clusters'
+/// objects; a file may too). None for this node's cluster.
+fn cluster_of(root: Field<'_>, object: &Object<'_>) -> Result<Option<Box<str>>> {
+    let metadata = root.require(object, "metadata")?;
+    let Some(annotations) = metadata.get("annotations") else { return Ok(None) };
+    let Some(cluster) = annotations.get(CLUSTER_ANNOTATION) else { return Ok(None) };
+    let name = cluster.str(object)?;
+    crate::model::check_name(name).map_err(|e| cluster.error(object, e))?;
+    Ok(Some(name.into()))
+}
+
+/// A Service's `balancing.elf.io/global` and `balancing.elf.io/affinity`
+/// (or Cilium's `service.cilium.io/` ones, which clusters moving from
+/// Cilium's ClusterMesh carry): whether it is global, and which cluster's
+/// endpoints it prefers.
+fn global(root: Field<'_>, object: &Object<'_>) -> Result<(bool, ClusterAffinity)> {
+    let metadata = root.require(object, "metadata")?;
+    let Some(annotations) = metadata.get("annotations") else {
+        return Ok((false, ClusterAffinity::None));
+    };
+    let either =
+        |ours: &'static str, cilium: &'static str| annotations.get(ours).or_else(|| annotations.get(cilium));
+    let global = match either(GLOBAL_ANNOTATION, CILIUM_GLOBAL_ANNOTATION) {
+        Some(value) => value.one_of(object, &["true", "false"])? == "true",
+        None => false,
+    };
+    let affinity = match either(AFFINITY_ANNOTATION, CILIUM_AFFINITY_ANNOTATION) {
+        Some(value) => match value.one_of(object, &["local", "remote", "none"])? {
+            "local" => ClusterAffinity::Local,
+            "remote" => ClusterAffinity::Remote,
+            _ => ClusterAffinity::None,
+        },
+        None => ClusterAffinity::None,
+    };
+    Ok((global, affinity))
 }
 
 fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> {
@@ -498,6 +572,8 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         None => false,
     };
     let (mut external_balancing, least_connections) = external_balancing(root, object)?;
+    let cluster = cluster_of(root, object)?;
+    let (global, affinity) = global(root, object)?;
     if let Some(ranges) = spec.get("loadBalancerSourceRanges") {
         for range in ranges.items(object)? {
             let prefix = range.str(object)?.parse::<Prefix>().map_err(|e| range.error(object, e))?;
@@ -525,6 +601,9 @@ fn service(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<Service> 
         external_balancing,
         least_connections,
         imported: false,
+        cluster,
+        global,
+        affinity,
     })
 }
 
@@ -675,7 +754,8 @@ fn endpoint_slice(root: Field<'_>, object: &Object<'_>, meta: Meta) -> Result<En
             endpoints.push(endpoint);
         }
     }
-    Ok(EndpointSlice { meta, service, imported, family, ports, nameless_ports, endpoints })
+    let cluster = cluster_of(root, object)?;
+    Ok(EndpointSlice { meta, service, imported, cluster, family, ports, nameless_ports, endpoints })
 }
 
 fn endpoint_of(endpoint: Field<'_>, object: &Object<'_>, family: Family) -> Result<Endpoint> {

@@ -36,7 +36,7 @@
 //! ports.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
 };
@@ -45,8 +45,8 @@ use anyhow::Result;
 
 use super::{
     objects::{
-        Endpoint, EndpointSlice, Family, KubeObject, NodeObject, PortProtocol, Service, ServicePort,
-        ServiceType, node_owner,
+        ClusterAffinity, Endpoint, EndpointSlice, Family, KubeObject, NodeObject, PortProtocol, Service,
+        ServicePort, ServiceType, node_owner,
     },
     policies::{self, Cluster},
 };
@@ -94,6 +94,10 @@ pub fn translate(
             KubeObject::Policy(policy) => policies.push((source, policy)),
         }
     }
+    // Other clusters' global services lend their endpoints to this
+    // cluster's global services of the same name; the rest of other
+    // clusters is theirs.
+    let mut remote = RemoteEndpoints::take(&mut services, &mut slices);
     // Grouped by sorting the slices by their Service, rather than in a map
     // keyed by copies of the names: at 100,000 services the parsed objects
     // are most of a sync's memory. Services are translated in input order,
@@ -141,14 +145,19 @@ pub fn translate(
     for (((source, service), own), rank) in services.into_iter().zip(own_slices).zip(rank) {
         // A Service defined twice (an error, once they are all read) has
         // its slices given to the first.
-        let own: Vec<EndpointSlice> =
+        let mut own: Vec<EndpointSlice> =
             slices[own].iter_mut().filter_map(|slice| slice.take().map(|slice| *slice)).collect();
+        if service.global {
+            own.extend(remote.take_for(&service));
+            own = preferred(service.affinity, own);
+        }
         if let Some(object) = service_object(*service, &own, &here, &mut translation.notes, budget)? {
             translation.objects.push((source, object));
             ranks.push(rank);
         }
     }
     put_in_order(&mut translation.objects[first..], &ranks);
+    translation.notes.extend(remote.unclaimed());
     orphans.extend(slices.into_iter().flatten().map(|slice| slice_name(&slice)));
     if !orphans.is_empty() {
         translation.notes.push(format!(
@@ -158,6 +167,95 @@ pub fn translate(
         ));
     }
     Ok(translation)
+}
+
+/// Other clusters' objects (`Service::cluster`): the EndpointSlices of
+/// their global Services, by namespace and name, for this cluster's
+/// global Services of the same name; what is not global is left alone.
+#[derive(Default)]
+struct RemoteEndpoints {
+    slices: BTreeMap<(String, String), Vec<EndpointSlice>>,
+    /// Global Services of other clusters, `CLUSTER/NAMESPACE/NAME`, that
+    /// this cluster has no global Service of.
+    unclaimed: BTreeSet<String>,
+}
+
+impl RemoteEndpoints {
+    /// Takes other clusters' Services and slices out of `services` and
+    /// `slices` (boxed as the translation holds them).
+    #[allow(clippy::vec_box, reason = "the slices as `translate` holds them, boxed")]
+    fn take(services: &mut Vec<(usize, Box<Service>)>, slices: &mut Vec<Box<EndpointSlice>>) -> Self {
+        let mut remote = Self::default();
+        if services.iter().all(|(_, s)| s.cluster.is_none()) && slices.iter().all(|s| s.cluster.is_none()) {
+            return remote;
+        }
+        let mut global = BTreeSet::new();
+        services.retain(|(_, service)| {
+            let Some(cluster) = &service.cluster else { return true };
+            if service.global && !service.imported {
+                global.insert((
+                    cluster.to_string(),
+                    service.meta.namespace.clone(),
+                    service.meta.name.clone(),
+                ));
+            }
+            false
+        });
+        slices.retain(|slice| {
+            let Some(cluster) = &slice.cluster else { return true };
+            let name = slice.service.clone().unwrap_or_default();
+            let key = (cluster.to_string(), slice.meta.namespace.clone(), name.clone());
+            if !slice.imported && global.contains(&key) {
+                remote
+                    .slices
+                    .entry((slice.meta.namespace.clone(), name))
+                    .or_default()
+                    .push((**slice).clone());
+            }
+            false
+        });
+        remote.unclaimed = global.into_iter().map(|(c, ns, name)| format!("{c}/{ns}/{name}")).collect();
+        remote
+    }
+
+    /// The other clusters' slices of the global `service`.
+    fn take_for(&mut self, service: &Service) -> Vec<EndpointSlice> {
+        let key = (service.meta.namespace.clone(), service.meta.name.clone());
+        self.unclaimed.retain(|unclaimed| !unclaimed.ends_with(&format!("/{}/{}", key.0, key.1)));
+        self.slices.remove(&key).unwrap_or_default()
+    }
+
+    /// A note of the global Services of other clusters that no global
+    /// Service here takes.
+    fn unclaimed(&self) -> Option<String> {
+        (!self.unclaimed.is_empty()).then(|| {
+            let names: Vec<String> = self.unclaimed.iter().cloned().collect();
+            format!(
+                "{} global Service(s) of other clusters have no global Service of their name in this cluster, \
+                 which their endpoints would join: {}",
+                names.len(),
+                abbreviate(&names)
+            )
+        })
+    }
+}
+
+/// A global service's slices as its `affinity` prefers: this cluster's
+/// (`local`) or the others' (`remote`) while they have an endpoint the
+/// service would use (ready, or serving and terminating: kube-proxy's
+/// fallback), else all of them; all for `none`.
+fn preferred(affinity: ClusterAffinity, slices: Vec<EndpointSlice>) -> Vec<EndpointSlice> {
+    let usable = |local: bool| {
+        (slices.iter())
+            .filter(|slice| slice.cluster.is_none() == local)
+            .any(|slice| slice.endpoints.iter().any(|e| e.ready || e.serving && e.terminating))
+    };
+    let local = match affinity {
+        ClusterAffinity::Local if usable(true) => true,
+        ClusterAffinity::Remote if usable(false) => false,
+        _ => return slices,
+    };
+    slices.into_iter().filter(|slice| slice.cluster.is_none() == local).collect()
 }
 
 /// Moves `items` into the order of their `ranks` (distinct), in place:
