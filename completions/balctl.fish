@@ -221,8 +221,8 @@ complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_su
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a rule'
 complete -c balctl -n "__fish_balctl_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -s f -l filename -d 'TOML state file, Kubernetes YAML/JSON file, a directory of them, or - for standard input' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand sync" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]; sync: repeat for other clusters, whose global Services join this one\'s (the first is this node\'s cluster; each other is named by its --context, else by its file name without extension)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand sync" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]; sync: repeat for other clusters (one per --kubeconfig, or several of one kubeconfig)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l node-name -d 'This node\'s name, for internalTrafficPolicy: Local [default: the hostname]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l nodeport-addresses -d 'Which of the Nodes\' addresses serve node ports, as kube-proxy\'s flag: `primary` (each Node\'s first InternalIP of each family, else its first ExternalIP of it) or CIDRs separated by commas (the addresses inside them; every address of a family without a CIDR). IPv4 loopback serves them unless the CIDRs of IPv4 leave out 127.0.0.0 or `primary` is given [default: every InternalIP and ExternalIP, and loopback]' -r
 complete -c balctl -n "__fish_balctl_using_subcommand sync" -l max-input-size -d 'The most bytes read from one input file, FIFO or standard input, as bytes or with a unit: 512M, 1G, 1GiB (K, M, G, T: powers of 1024; KB, MB, GB, TB: of 1000). A larger input is refused, and nothing changes' -r
@@ -271,8 +271,8 @@ complete -c balctl -n "__fish_balctl_using_subcommand trace" -l pid -d 'Only res
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l client -d 'Only north-south flows opened by packets from clients in this prefix (sockets\' resolutions have no client: it leaves them out)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l count -d 'Stop after this many events' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l duration -d 'Stop after this long (e.g. 30s, 5m)' -r
-complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand trace" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]; sync: repeat for other clusters, whose global Services join this one\'s (the first is this node\'s cluster; each other is named by its --context, else by its file name without extension)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand trace" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]; sync: repeat for other clusters (one per --kubeconfig, or several of one kubeconfig)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l bpffs -d 'Pin directory for balctl\'s maps and links (on a bpf filesystem)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -l state-dir -d 'Directory where applied state is kept' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s o -l output -d 'Output format: table, wide (the table with more columns), json, yaml, or jsonpath=TEMPLATE (kubectl\'s JSONPath template of the JSON document, e.g. -o jsonpath=\'{range .services[*]}{.frontend}{"\\n"}{end}\')' -r -f -a "table\t'A table for people'
@@ -291,8 +291,8 @@ complete -c balctl -n "__fish_balctl_using_subcommand trace" -s h -l help -d 'Pr
 complete -c balctl -n "__fish_balctl_using_subcommand trace" -s V -l version -d 'Print version'
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l pid -d 'The client is this process: its cgroup and network namespace' -r
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l pod -d 'The client is this Pod: its cgroup (`pod<UID>`, the UID from the API server) and the network namespace of a process in it' -r
-complete -c balctl -n "__fish_balctl_using_subcommand explain" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]' -r -F
-complete -c balctl -n "__fish_balctl_using_subcommand explain" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]' -r
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l kubeconfig -d 'kubeconfig for --kube [default: the pod\'s service account in a cluster, else $KUBECONFIG or ~/.kube/config]; sync: repeat for other clusters, whose global Services join this one\'s (the first is this node\'s cluster; each other is named by its --context, else by its file name without extension)' -r -F
+complete -c balctl -n "__fish_balctl_using_subcommand explain" -l context -d 'Context of the kubeconfig to use with --kube [default: its current context]; sync: repeat for other clusters (one per --kubeconfig, or several of one kubeconfig)' -r
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l cgroup -d 'The client is a process in this cgroup v2 directory (the network namespace, which keys session affinity, is that of the first process found in it or below)' -r -F
 complete -c balctl -n "__fish_balctl_using_subcommand explain" -l proto -d 'The protocol of the connect' -r -f -a "tcp\t''
 udp\t''"

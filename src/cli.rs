@@ -629,13 +629,84 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 pub struct ApiServerArgs {
     /// kubeconfig for --kube [default: the pod's service account in a
-    /// cluster, else $KUBECONFIG or ~/.kube/config]
+    /// cluster, else $KUBECONFIG or ~/.kube/config]; sync: repeat for
+    /// other clusters, whose global Services join this one's (the first
+    /// is this node's cluster; each other is named by its --context, else
+    /// by its file name without extension)
     #[arg(long, value_name = "PATH", requires = "kube")]
-    pub kubeconfig: Option<PathBuf>,
+    pub kubeconfig: Vec<PathBuf>,
 
-    /// Context of the kubeconfig to use with --kube [default: its current context]
+    /// Context of the kubeconfig to use with --kube [default: its current
+    /// context]; sync: repeat for other clusters (one per --kubeconfig, or
+    /// several of one kubeconfig)
     #[arg(long, value_name = "NAME", requires = "kube")]
+    pub context: Vec<String>,
+}
+
+/// One cluster `sync --kube` reads: how to reach it, and its name when it
+/// is not this node's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConnection {
+    /// None for this node's cluster (the first).
+    pub name: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+}
+
+impl ApiServerArgs {
+    /// The clusters given: one kubeconfig with a context per cluster, or a
+    /// kubeconfig per cluster with a context each or none; the first is
+    /// this node's.
+    pub fn clusters(&self) -> Result<Vec<ClusterConnection>, String> {
+        let (kubeconfigs, contexts) = (&self.kubeconfig, &self.context);
+        let clusters: Vec<ClusterConnection> = if kubeconfigs.len() > 1 {
+            if !contexts.is_empty() && contexts.len() != kubeconfigs.len() {
+                return Err(format!(
+                    "{} --kubeconfig and {} --context: give one --context per --kubeconfig, or none",
+                    kubeconfigs.len(),
+                    contexts.len()
+                ));
+            }
+            (kubeconfigs.iter().enumerate())
+                .map(|(i, path)| {
+                    let context = contexts.get(i).cloned();
+                    let stem =
+                        || path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                    let name = (i > 0).then(|| context.clone().unwrap_or_else(stem));
+                    ClusterConnection { name, kubeconfig: Some(path.clone()), context }
+                })
+                .collect()
+        } else if contexts.len() > 1 {
+            (contexts.iter().enumerate())
+                .map(|(i, context)| ClusterConnection {
+                    name: (i > 0).then(|| context.clone()),
+                    kubeconfig: kubeconfigs.first().cloned(),
+                    context: Some(context.clone()),
+                })
+                .collect()
+        } else {
+            vec![self.local()]
+        };
+        let mut names: Vec<&str> = clusters.iter().filter_map(|c| c.name.as_deref()).collect();
+        for name in &names {
+            crate::model::check_name(name)
+                .map_err(|e| format!("cluster name (its --context, else its kubeconfig's file name): {e}"))?;
+        }
+        names.sort_unstable();
+        if let Some(twice) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(format!("two clusters are named {}: name them apart with --context", twice[0]));
+        }
+        Ok(clusters)
+    }
+
+    /// This node's cluster (the first given).
+    pub fn local(&self) -> ClusterConnection {
+        ClusterConnection {
+            name: None,
+            kubeconfig: self.kubeconfig.first().cloned(),
+            context: self.context.first().cloned(),
+        }
+    }
 }
 
 /// `--vip IP[:PORT]` for dump and trace.
@@ -722,6 +793,40 @@ mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
+
+    fn args(kubeconfigs: &[&str], contexts: &[&str]) -> ApiServerArgs {
+        ApiServerArgs {
+            kubeconfig: kubeconfigs.iter().map(PathBuf::from).collect(),
+            context: contexts.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    fn names(args: &ApiServerArgs) -> Result<Vec<Option<String>>, String> {
+        Ok(args.clusters()?.into_iter().map(|c| c.name).collect())
+    }
+
+    /// The first cluster is this node's; the others are named by their
+    /// context, else by their kubeconfig's file name.
+    #[test]
+    fn clusters_are_named_by_context_else_by_file() {
+        let named = |names: &[&str]| -> Vec<Option<String>> {
+            std::iter::once(None).chain(names.iter().map(|n| Some((*n).to_owned()))).collect()
+        };
+        assert_eq!(names(&args(&[], &[])), Ok(named(&[])));
+        assert_eq!(names(&args(&["/k/here.yaml"], &["a"])), Ok(named(&[])));
+        assert_eq!(names(&args(&["/k/all.yaml"], &["a", "b", "c"])), Ok(named(&["b", "c"])));
+        assert_eq!(names(&args(&["/k/here.yaml", "/k/east.kubeconfig"], &[])), Ok(named(&["east"])));
+        assert_eq!(names(&args(&["/k/here.yaml", "/k/east.yaml"], &["x", "west"])), Ok(named(&["west"])));
+        let all = args(&["/k/all.yaml"], &["a", "b"]).clusters().unwrap();
+        assert_eq!(
+            (all[1].kubeconfig.as_deref(), all[1].context.as_deref()),
+            (Some(std::path::Path::new("/k/all.yaml")), Some("b"))
+        );
+        assert!(names(&args(&["/k/a.yaml", "/k/b.yaml"], &["x"])).unwrap_err().contains("one --context per"));
+        let twice = names(&args(&["/k/here.yaml", "/a/east.yaml", "/b/east.yaml"], &[]));
+        assert!(twice.unwrap_err().contains("two clusters"));
+        assert!(names(&args(&["/k/here.yaml", "/k/East.yaml"], &[])).unwrap_err().contains("cluster name"));
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

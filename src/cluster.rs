@@ -35,8 +35,8 @@ use serde::Serialize;
 
 use crate::{
     agent::Agent,
-    cli::ApiServerArgs,
-    inputs::kube::{POLICY_API_VERSION, SERVICE_IMPORT_API_VERSION},
+    cli::{ApiServerArgs, ClusterConnection},
+    inputs::kube::{CLUSTER_ANNOTATION, POLICY_API_VERSION, SERVICE_IMPORT_API_VERSION},
     watch::{Source, Wake, Waker},
 };
 
@@ -58,12 +58,46 @@ pub fn list_all(connection: &ApiServerArgs, this_node: &str) -> Result<Vec<Docum
         let balancing = list_policies(&client, "BalancingPolicy").await?;
         let wanted = selected_pods(&balancing);
         documents.add(balancing);
-        for (namespace, labels) in wanted.into_values() {
-            let selected = ListParams::default().labels(&labels);
-            documents.add(list::<Pod>(Api::namespaced(client.clone(), &namespace), selected).await?);
+        for (namespace, labels) in wanted.values() {
+            let selected = ListParams::default().labels(labels);
+            documents.add(list::<Pod>(Api::namespaced(client.clone(), namespace), selected).await?);
+        }
+        for remote in remotes(connection)? {
+            let (name, client) = (remote.name.clone().unwrap_or_default(), self::client(&remote).await?);
+            let failed = |err| anyhow::Error::context(err, format!("cluster {name}"));
+            let services = list_in::<Service>(Api::all(client.clone()), &name, ListParams::default());
+            documents.add(services.await.map_err(failed)?);
+            let slices = list_in::<EndpointSlice>(Api::all(client.clone()), &name, ListParams::default());
+            documents.add(slices.await.map_err(failed)?);
+            // Cross-cluster balancing policies: the Pods they select there too.
+            for (namespace, labels) in wanted.values() {
+                let api = Api::namespaced(client.clone(), namespace);
+                let pods = list_in::<Pod>(api, &name, ListParams::default().labels(labels));
+                documents.add(pods.await.map_err(failed)?);
+            }
         }
         Ok(documents.0.into_values().collect())
     })
+}
+
+/// The other clusters given (`ApiServerArgs::clusters` but the first):
+/// their Services and EndpointSlices are read, for global Services.
+fn remotes(connection: &ApiServerArgs) -> Result<Vec<ClusterConnection>> {
+    let clusters = connection.clusters().map_err(|e| crate::input!("{e}"))?;
+    Ok(clusters.into_iter().filter(|cluster| cluster.name.is_some()).collect())
+}
+
+/// The objects of `api` that `params` select, of the other cluster
+/// `cluster`, as documents.
+async fn list_in<K>(api: Api<K>, cluster: &str, params: ListParams) -> Result<Vec<Document>>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (api_version, kind) = (K::api_version(&()), K::kind(&()));
+    let listed = api.list(&params).await;
+    let listed =
+        listed.map_err(|err| anyhow::anyhow!("cannot list {kind} objects from the API server: {err}"))?;
+    listed.items.iter().map(|object| document_in(object, &api_version, &kind, Some(cluster))).collect()
 }
 
 /// Documents by label, sorted: one copy of an object two lists or
@@ -87,10 +121,10 @@ fn with_client<T>(connection: &ApiServerArgs, work: impl AsyncFnOnce(Client) -> 
         .enable_all()
         .build()
         .context("cannot start the Kubernetes client")?;
-    runtime.block_on(async { work(client(connection).await?).await })
+    runtime.block_on(async { work(client(&connection.local()).await?).await })
 }
 
-async fn client(connection: &ApiServerArgs) -> Result<Client> {
+async fn client(connection: &ClusterConnection) -> Result<Client> {
     let options = KubeConfigOptions { context: connection.context.clone(), ..KubeConfigOptions::default() };
     let failed = "cannot configure the Kubernetes client (give --kubeconfig, or run in a pod)";
     let config = match &connection.kubeconfig {
@@ -134,25 +168,51 @@ fn documents<K: Resource + Serialize + Clone>(
 /// a list leave them out), and without its managedFields: balctl never
 /// reads them, and in a real cluster they are often most of an object.
 fn document<K: Resource + Serialize>(object: &K, api_version: &str, kind: &str) -> Result<Document> {
+    document_in(object, api_version, kind, None)
+}
+
+/// `document` of an object of the other cluster `cluster` (None: this
+/// node's): annotated `balancing.elf.io/cluster` with its name, which the
+/// translation reads, and labelled apart from this cluster's objects.
+fn document_in<K: Resource + Serialize>(
+    object: &K,
+    api_version: &str,
+    kind: &str,
+    cluster: Option<&str>,
+) -> Result<Document> {
     let mut json = serde_json::to_value(object)?;
     json["apiVersion"] = api_version.into();
     json["kind"] = kind.into();
     if let Some(meta) = json.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
         meta.remove("managedFields");
+        if let Some(cluster) = cluster {
+            let annotations = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+            annotations[CLUSTER_ANNOTATION] = cluster.into();
+        }
     }
-    Ok(Document::new(label(object, kind), serde_json::to_vec(&json)?))
+    Ok(Document::new(label(object, kind, cluster), serde_json::to_vec(&json)?))
 }
 
 /// What an object is called in errors, and its key among documents:
-/// `Service ns/name (from the API server)`.
-fn label<K: Resource>(object: &K, kind: &str) -> String {
+/// `Service ns/name (from the API server)`, of another cluster `Service
+/// ns/name (from cluster east)` (its documents' labels start with `@`:
+/// `@east Service ...`, sorted apart from this cluster's).
+fn label<K: Resource>(object: &K, kind: &str, cluster: Option<&str>) -> String {
     let meta = object.meta();
     let name = meta.name.as_deref().unwrap_or_default();
-    match &meta.namespace {
-        Some(namespace) => format!("{kind} {namespace}/{name} (from the API server)"),
-        None => format!("{kind} {name} (from the API server)"),
+    let object = match &meta.namespace {
+        Some(namespace) => format!("{kind} {namespace}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    match cluster {
+        Some(cluster) => format!("{REMOTE}{cluster} {object} (from cluster {cluster})"),
+        None => format!("{object} (from the API server)"),
     }
 }
+
+/// The start of the labels of other clusters' documents (and of their
+/// watchers' keys).
+pub const REMOTE: &str = "@";
 
 /// Every container's pod (`namespace/name`), by container id, from the
 /// containers' statuses (`containerd://ID`, `cri-o://ID`, `docker://ID`).
@@ -162,7 +222,7 @@ pub fn pods_by_container(connection: &ApiServerArgs) -> Result<HashMap<String, S
         .build()
         .context("cannot start the Kubernetes client")?;
     let pods = runtime.block_on(async {
-        let client = client(connection).await?;
+        let client = client(&connection.local()).await?;
         Api::<Pod>::all(client)
             .list(&ListParams::default())
             .await
@@ -357,6 +417,9 @@ pub struct ClusterWatch<'a, A: FnMut(&Documents) -> bool> {
     cluster: Documents,
     /// A probe of the API server runs (`probe`).
     probing: bool,
+    /// The other clusters, by name: their Services and EndpointSlices are
+    /// watched (global Services), and the Pods balancing policies select.
+    remotes: Vec<(String, Client)>,
     agent: &'a Agent,
     apply: A,
 }
@@ -409,7 +472,17 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
         apply: A,
     ) -> Result<Self> {
         let runtime = Runtime::start()?;
-        let client = runtime.handle.block_on(client(connection))?;
+        let client = runtime.handle.block_on(client(&connection.local()))?;
+        // Other clusters: their Services and EndpointSlices, for global
+        // Services. Each must answer once before the first sync, as this
+        // one must: a start never prunes a cluster's endpoints unread.
+        let remotes: Vec<(String, Client)> = (remotes(connection)?.into_iter())
+            .map(|remote| {
+                let name = remote.name.clone().unwrap_or_default();
+                let client = runtime.handle.block_on(self::client(&remote));
+                Ok((name.clone(), client.with_context(|| format!("cluster {name}"))?))
+            })
+            .collect::<Result<_>>()?;
         let mut watch = Self {
             runtime,
             client,
@@ -417,6 +490,7 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
             watchers: Watchers::new(),
             cluster: Documents::default(),
             probing: false,
+            remotes: remotes.clone(),
             agent,
             apply,
         };
@@ -430,6 +504,12 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
         watch.start_watcher(format!("Pod on {this_node}"), watched::<Pod>(Api::all(client.clone()), local));
         for kind in ["LocalRedirectPolicy", "BalancingPolicy"] {
             watch.start_watcher(kind.into(), watched_policies(&client, kind));
+        }
+        for (name, remote) in remotes {
+            let services = watched_in::<Service>(Api::all(remote.clone()), all(), Some(name.clone()));
+            watch.start_watcher(format!("{REMOTE}{name} Service"), services);
+            let slices = watched_in::<EndpointSlice>(Api::all(remote), all(), Some(name.clone()));
+            watch.start_watcher(format!("{REMOTE}{name} EndpointSlice"), slices);
         }
         // ServiceImports only where the API server serves them: a watcher
         // of a resource it does not know would never list, and nothing
@@ -472,18 +552,37 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
         let policies = (self.cluster.documents)
             .range::<str, _>((Bound::Included(BALANCING_POLICIES), Bound::Unbounded))
             .map(|(_, d)| d);
-        let wanted = selected_pods(policies.take_while(|d| d.label.starts_with(BALANCING_POLICIES)));
+        let selected = selected_pods(policies.take_while(|d| d.label.starts_with(BALANCING_POLICIES)));
+        // In this cluster and in each other one (cross-cluster balancing
+        // policies), keyed apart: `@east Pod selected ...`.
+        let mut wanted: BTreeMap<String, (Option<usize>, String, String)> = BTreeMap::new();
+        for (key, (namespace, labels)) in &selected {
+            wanted.insert(key.clone(), (None, namespace.clone(), labels.clone()));
+            for (index, (name, _)) in self.remotes.iter().enumerate() {
+                wanted.insert(
+                    format!("{REMOTE}{name} {key}"),
+                    (Some(index), namespace.clone(), labels.clone()),
+                );
+            }
+        }
         let running: BTreeSet<String> =
-            self.watchers.keys().filter(|k| k.starts_with(SELECTED_PODS)).cloned().collect();
+            self.watchers.keys().filter(|k| k.contains(SELECTED_PODS)).cloned().collect();
         if wanted.keys().eq(running.iter()) {
             return;
         }
         for gone in running.iter().filter(|k| !wanted.contains_key(*k)) {
             self.cluster.stop(&mut self.watchers, gone);
         }
-        for (key, (namespace, labels)) in wanted.into_iter().filter(|(k, _)| !running.contains(k)) {
-            let api = Api::namespaced(self.client.clone(), &namespace);
-            self.start_watcher(key, watched::<Pod>(api, watcher::Config::default().labels(&labels)));
+        for (key, (remote, namespace, labels)) in wanted.into_iter().filter(|(k, _)| !running.contains(k)) {
+            let config = watcher::Config::default().labels(&labels);
+            let stream = match remote {
+                None => watched::<Pod>(Api::namespaced(self.client.clone(), &namespace), config),
+                Some(index) => {
+                    let (name, client) = &self.remotes[index];
+                    watched_in::<Pod>(Api::namespaced(client.clone(), &namespace), config, Some(name.clone()))
+                }
+            };
+            self.start_watcher(key, stream);
         }
     }
 
@@ -495,6 +594,12 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
             Signal::Answered => {
                 self.probing = false;
                 self.agent.api_server_answered();
+                return false;
+            }
+            Signal::Failed(err) if key.starts_with(REMOTE) => {
+                // Another cluster's API server: its endpoints stay as last
+                // read; this node's health is its own cluster's.
+                log::warn!("watching {key}: {err} (retrying; its last endpoints are kept)");
                 return false;
             }
             Signal::Failed(err) => {
@@ -525,7 +630,9 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
                 true
             }
         };
-        self.agent.api_server_answered();
+        if !key.starts_with(REMOTE) {
+            self.agent.api_server_answered();
+        }
         changed
     }
 
@@ -599,8 +706,22 @@ where
         + Send
         + 'static,
 {
+    watched_in(api, config, None)
+}
+
+/// `watched` of the other cluster `cluster` (None: this node's).
+fn watched_in<K>(api: Api<K>, config: watcher::Config, cluster: Option<String>) -> BoxStream<'static, Signal>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
     let (api_version, kind) = (K::api_version(&()).into_owned(), K::kind(&()).into_owned());
-    signals(watcher(api, config), api_version, kind)
+    signals_in(watcher(api, config), api_version, kind, cluster)
 }
 
 /// A watcher of a policy kind, as signals.
@@ -666,15 +787,30 @@ fn signals<K>(
 where
     K: Resource + Serialize + Send + 'static,
 {
-    let labelled = kind.clone();
+    signals_in(events, api_version, kind, None)
+}
+
+/// `signals` of a watcher of the other cluster `cluster` (None: this
+/// node's), its documents made by `document_in`.
+fn signals_in<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    api_version: String,
+    kind: String,
+    cluster: Option<String>,
+) -> BoxStream<'static, Signal>
+where
+    K: Resource + Serialize + Send + 'static,
+{
+    let (labelled, of) = (kind.clone(), cluster.clone());
     let made = move |object: &K| {
-        document(object, &api_version, &kind).map_err(|err| format!("cannot read a {kind} object: {err:#}"))
+        document_in(object, &api_version, &kind, cluster.as_deref())
+            .map_err(|err| format!("cannot read a {kind} object: {err:#}"))
     };
     events
         .default_backoff()
         .map(move |event| match event {
             Ok(watcher::Event::Apply(object)) => made(&object).map_or_else(Signal::Failed, Signal::Applied),
-            Ok(watcher::Event::Delete(object)) => Signal::Deleted(label(&object, &labelled)),
+            Ok(watcher::Event::Delete(object)) => Signal::Deleted(label(&object, &labelled, of.as_deref())),
             Ok(watcher::Event::Init) => Signal::Listing,
             Ok(watcher::Event::InitApply(object)) => {
                 made(&object).map_or_else(Signal::Failed, Signal::Listed)

@@ -22,7 +22,7 @@ use crate::{
     error, health, inputs,
     model::SyncedObject,
     serve,
-    transaction::{Kept, Mode, change_prepared},
+    transaction::{Continued, Kept, Mode, change_prepared},
 };
 
 /// Syncs the cluster until SIGINT or SIGTERM. A sync that fails is
@@ -59,6 +59,11 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
                 &mut kept,
                 nothing_to_prepare,
                 |state, (), continued| {
+                    // Another cluster's objects join this one's global
+                    // Services by name, which the index does not follow:
+                    // a batch with any of them translates everything.
+                    let remote = cluster.changed.keys().any(|label| label.starts_with(cluster::REMOTE));
+                    let continued = Continued(continued.0 && !remote);
                     let selection = index.select(
                         &cluster.documents,
                         &cluster.changed,

@@ -101,6 +101,7 @@ fn main() {
         least_connections::weights_share_connections_in_proportion,
         multicluster::a_service_import_is_balanced_over_its_imported_slices,
         multicluster::a_global_service_has_the_endpoints_of_every_cluster,
+        multicluster::two_clusters_serve_one_global_service,
         devices::load_attaches_both_tc_programs_and_reloads_them_in_place,
         devices::a_missing_device_changes_nothing,
         devices::auto_picks_the_devices_of_default_routes_and_node_addresses,

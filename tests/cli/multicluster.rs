@@ -152,3 +152,128 @@ pub fn a_global_service_has_the_endpoints_of_every_cluster() {
     sandbox.balctl_ok(&["sync", "-f", here.to_str().unwrap()]);
     assert_eq!(sandbox.reached(vip, 20), ["here"]);
 }
+
+/// Service `web` of a cluster as the API server holds it: global, with
+/// `affinity` if given.
+fn global_web(affinity: Option<&str>) -> Value {
+    let mut annotations = serde_json::json!({ "balancing.elf.io/global": "true" });
+    if let Some(affinity) = affinity {
+        annotations["balancing.elf.io/affinity"] = affinity.into();
+    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "web", "namespace": "shop", "annotations": annotations },
+        "spec": { "clusterIP": "198.18.5.20", "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] }
+    })
+}
+
+/// Its EndpointSlice, of one endpoint.
+fn web_slice(endpoint: &str, ready: bool) -> Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": "web-1", "namespace": "shop", "labels": { "kubernetes.io/service-name": "web" } },
+        "addressType": "IPv4",
+        "endpoints": [{ "addresses": [endpoint], "conditions": { "ready": ready } }],
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }]
+    })
+}
+
+/// Must show 3 with two API servers: `sync --kube` of this node's cluster
+/// and `east` (a second --kubeconfig, named by its file): a global Service
+/// in both reaches both clusters' endpoints, once and watching; a
+/// BalancingPolicy here selects Pods of both; with east's API server down
+/// its endpoints are kept; affinity local prefers this cluster's and falls
+/// back; an agent started without east prunes east's endpoints.
+pub fn two_clusters_serve_one_global_service() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("here", &["192.0.2.2:8080"], &[]);
+    sandbox.serve("east", &["192.0.2.3:8080"], &[]);
+    let (here, east) = (ApiServer::start(), ApiServer::start());
+    let (here_config, east_config) = (sandbox.scratch("here.kubeconfig"), sandbox.scratch("east.kubeconfig"));
+    here.write_kubeconfig(&here_config);
+    east.write_kubeconfig(&east_config);
+    for (server, endpoint) in [(&here, "192.0.2.2"), (&east, "192.0.2.3")] {
+        server.apply(global_web(None));
+        server.apply(web_slice(endpoint, true));
+    }
+    // A cross-cluster balancing policy: here's BalancingPolicy selects
+    // Pods `app: api`, one in each cluster.
+    here.apply(serde_json::json!({
+        "apiVersion": "balancing.elf.io/v1beta1", "kind": "BalancingPolicy",
+        "metadata": { "name": "api", "namespace": "shop" },
+        "spec": {
+            "frontend": { "addressMatcher": { "ip": "198.18.5.30", "toPorts": [{ "name": "http", "port": 80 }] } },
+            "backend": { "serviceEndpoint": {
+                "endpointSelector": { "matchLabels": { "app": "api" } },
+                "toPorts": [{ "name": "http", "port": 8080 }]
+            } }
+        }
+    }));
+    for (server, name, ip) in [(&here, "api-here", "192.0.2.2"), (&east, "api-east", "192.0.2.3")] {
+        server.apply(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": "shop", "labels": { "app": "api" } },
+            "spec": { "nodeName": "node-b", "containers": [{ "name": "c", "image": "c:1" }] },
+            "status": { "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] }
+        }));
+    }
+    let (here_config, east_config) = (here_config.to_str().unwrap(), east_config.to_str().unwrap());
+    let both = ["--kube", "--kubeconfig", here_config, "--kubeconfig", east_config, "--node-name", "node-a"];
+    let vip = "198.18.5.20:80";
+    // Once.
+    let mut once = vec!["sync"];
+    once.extend(both);
+    sandbox.balctl_ok(&once);
+    assert_eq!(sandbox.reached(vip, 40), ["east", "here"]);
+    assert_eq!(sandbox.reached("198.18.5.30:80", 40), ["east", "here"], "the policy's Pods of both clusters");
+    // Watching.
+    let watcher = Watcher::start_with(&sandbox, &[], &both);
+    watcher.wait_stdout("sync:");
+    // East's Pod goes: the policy keeps here's.
+    east.delete("v1", "Pod", Some("shop"), "api-east");
+    wait_reached_at(&sandbox, "198.18.5.30:80", &["here"]);
+    let synced_again = |watcher: &Watcher, before: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while watcher.stdout_lines().len() == before {
+            assert!(Instant::now() < deadline, "no sync: {:#?}", watcher.stderr_lines());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // East's API server down: a change here keeps east's endpoints.
+    east.set_reachable(false);
+    let before = watcher.stdout_lines().len();
+    here.apply(global_web(Some("none")));
+    synced_again(&watcher, before);
+    assert_eq!(sandbox.reached(vip, 40), ["east", "here"]);
+    east.set_reachable(true);
+    // Affinity local: here's, then east's once here has none ready.
+    here.apply(global_web(Some("local")));
+    wait_reached_at(&sandbox, vip, &["here"]);
+    here.apply(web_slice("192.0.2.2", false));
+    wait_reached_at(&sandbox, vip, &["east"]);
+    watcher.terminate();
+    // East no longer given: its endpoints go.
+    here.apply(web_slice("192.0.2.2", true));
+    here.apply(global_web(None));
+    let watcher =
+        Watcher::start_with(&sandbox, &[], &["--kube", "--kubeconfig", here_config, "--node-name", "node-a"]);
+    watcher.wait_stdout("sync:");
+    wait_reached_at(&sandbox, vip, &["here"]);
+    watcher.terminate();
+}
+
+/// Waits (at most 10 s) until 20 connections to `vip` reach exactly `ids`.
+fn wait_reached_at(sandbox: &Sandbox, vip: &str, ids: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = sandbox.client(&["connect", "--to", vip, "--count", "20"]);
+        let reached: Vec<&str> =
+            report["backends"].as_object().map_or(Vec::new(), |b| b.keys().map(String::as_str).collect());
+        if report["failed"] == 0 && reached == ids {
+            return;
+        }
+        assert!(Instant::now() < deadline, "reached {report}, expected {ids:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -31,7 +31,7 @@ use rustc_hash::FxHashMap as HashMap;
 use self::items::{Piece, Span};
 pub use self::{
     incremental::{Index, Selection},
-    objects::{KubeObject, SERVICE_IMPORT_API_VERSION},
+    objects::{CLUSTER_ANNOTATION, KubeObject, SERVICE_IMPORT_API_VERSION},
     policy_objects::POLICY_API_VERSION,
     services::{Translation, translate},
 };
