@@ -456,3 +456,46 @@ pub fn policy_add_takes_a_health_check_that_the_agent_runs() {
     sandbox.balctl_ok(&["policy", "update", "edge", "--affinity", "60"]);
     assert!(health(&sandbox).contains(&("192.0.2.3:8080".into(), "unhealthy".into(), false)));
 }
+
+/// A backend that fails its check leaves as a removed backend does: the
+/// connected UDP sockets on it are destroyed (stale sockets), and it no
+/// longer counts their connections. The check probes another port (a
+/// UDP service's TCP health port), so the service itself still answers:
+/// what moves the socket is the check alone. The connected UDP socket is
+/// one of its backend's live connections until then.
+pub fn an_unhealthy_backend_s_connected_sockets_are_destroyed() {
+    let sandbox = Sandbox::new();
+    sandbox.load();
+    sandbox.serve("a", &[], &["192.0.2.2:53"]);
+    sandbox.serve("b", &[], &["192.0.2.3:53"]);
+    let health_a = sandbox.serve_stoppable("health-a", &["192.0.2.2:8080"], &[]);
+    let health_b = sandbox.serve_stoppable("health-b", &["192.0.2.3:8080"], &[]);
+    let file = sandbox.scratch("dns.toml");
+    fs::write(
+        &file,
+        format!(
+            "[[service]]\nname = \"dns\"\naddresses = [\"198.18.0.85\"]\nbackends = [\"192.0.2.2\", \"192.0.2.3\"]\n\
+             ports = [{{ port = 53, protocol = \"udp\" }}]\n[service.health_check]\ntype = \"tcp\"\nport = 8080\n\
+             interval = \"{INTERVAL_MS}ms\"\ntimeout = \"100ms\"\nrise = {RISE}\nfall = {FALL}\n"
+        ),
+    )
+    .unwrap();
+    let watcher = agent(&sandbox, &file, &[]);
+    let mut session = sandbox.session();
+    assert!(session.run("udp c 198.18.0.85:53")["error"].is_null());
+    let asked = session.run("ask c");
+    let got = asked["answer"].as_str().unwrap_or_else(|| panic!("{asked}")).to_owned();
+    let (address, health) = if got == "a" { ("192.0.2.2", health_a) } else { ("192.0.2.3", health_b) };
+    let live = |sandbox: &Sandbox| -> u64 {
+        let dump = sandbox.balctl_json(&["dump", "backends"]);
+        (dump["backends"].as_array().unwrap().iter())
+            .find(|b| b["address"] == address)
+            .map_or(0, |b| b["connections"].as_u64().unwrap())
+    };
+    assert_eq!(live(&sandbox), 1, "the connected UDP socket counts");
+    sandbox.stop(health);
+    wait_health(&sandbox, &format!("{address}:53"), "unhealthy");
+    assert_eq!(session.run("recv c")["error"], "ECONNABORTED", "the socket on the unhealthy backend");
+    assert_eq!(live(&sandbox), 0);
+    watcher.terminate();
+}

@@ -97,6 +97,7 @@ fn main() {
         backend_health::http_and_dns_checks_judge_by_the_answer,
         backend_health::a_balancing_policy_s_addresses_are_checked_by_the_kube_agent,
         backend_health::policy_add_takes_a_health_check_that_the_agent_runs,
+        backend_health::an_unhealthy_backend_s_connected_sockets_are_destroyed,
         least_connections::least_connections_fills_the_least_loaded_backend,
         least_connections::weights_share_connections_in_proportion,
         multicluster::a_service_import_is_balanced_over_its_imported_slices,
