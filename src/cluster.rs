@@ -420,6 +420,9 @@ pub struct ClusterWatch<'a, A: FnMut(&Documents) -> bool> {
     /// The other clusters, by name: their Services and EndpointSlices are
     /// watched (global Services), and the Pods balancing policies select.
     remotes: Vec<(String, Client)>,
+    /// Whether the API server serves ServiceImports (and they are
+    /// watched); None until it answered the question.
+    service_imports: Option<bool>,
     agent: &'a Agent,
     apply: A,
 }
@@ -491,6 +494,7 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
             cluster: Documents::default(),
             probing: false,
             remotes: remotes.clone(),
+            service_imports: None,
             agent,
             apply,
         };
@@ -515,17 +519,35 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
         // of a resource it does not know would never list, and nothing
         // would ever be applied. Installing the MCS API later takes a
         // restart of the agent to be seen.
-        match watch.runtime.handle.block_on(list_service_imports(&client)) {
-            Ok(Some(_)) => {
-                let imports = watched_custom(&client, SERVICE_IMPORT_API_VERSION, "ServiceImport");
-                watch.start_watcher("ServiceImport".into(), imports);
-            }
-            Ok(None) => log::info!(
-                "sync --kube: the API server serves no ServiceImport (the MCS API is not installed): not watched"
-            ),
-            Err(err) => return Err(err.context("cannot tell whether the API server serves ServiceImports")),
-        }
+        watch.watch_service_imports();
         Ok(watch)
+    }
+
+    /// Starts the ServiceImport watcher if the API server serves them,
+    /// once that is known: a watcher of a resource it does not know would
+    /// never list, and nothing would ever be applied. Asked at start, and
+    /// while the API server has not answered, again with each of its
+    /// signals until it does (an agent starts while it is away). Installing
+    /// the MCS API later takes a restart of the agent to be seen.
+    fn watch_service_imports(&mut self) {
+        if self.service_imports.is_some() {
+            return;
+        }
+        match self.runtime.handle.block_on(list_service_imports(&self.client)) {
+            Ok(Some(_)) => {
+                let imports = watched_custom(&self.client, SERVICE_IMPORT_API_VERSION, "ServiceImport");
+                self.start_watcher("ServiceImport".into(), imports);
+                self.service_imports = Some(true);
+            }
+            Ok(None) => {
+                log::info!(
+                    "sync --kube: the API server serves no ServiceImport (the MCS API is not installed): not \
+                     watched"
+                );
+                self.service_imports = Some(false);
+            }
+            Err(err) => log::debug!("cannot tell yet whether the API server serves ServiceImports: {err:#}"),
+        }
     }
 
     /// Runs the watcher `key`, its signals sent to the watch loop: as
@@ -594,6 +616,7 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
             Signal::Answered => {
                 self.probing = false;
                 self.agent.api_server_answered();
+                self.watch_service_imports();
                 return false;
             }
             Signal::Failed(err) if key.starts_with(REMOTE) => {
@@ -632,6 +655,7 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
         };
         if !key.starts_with(REMOTE) {
             self.agent.api_server_answered();
+            self.watch_service_imports();
         }
         changed
     }

@@ -13,7 +13,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::Result;
@@ -155,6 +158,9 @@ pub struct Checks {
     /// Tells the watch loop that a target changed state (a sync then
     /// marks the rules).
     wake: Mutex<Option<Box<dyn Fn() + Send>>>,
+    /// No change has been followed yet: the first walks the state, whose
+    /// checked rules a restarted agent keeps without changing them.
+    first: AtomicBool,
 }
 
 impl Default for Checks {
@@ -163,7 +169,7 @@ impl Default for Checks {
         for result in ["success", "failure"] {
             let _ = probes.get_or_create(&[("result", result)]);
         }
-        Self { prober: OnceLock::new(), probes, wake: Mutex::new(None) }
+        Self { prober: OnceLock::new(), probes, wake: Mutex::new(None), first: AtomicBool::new(true) }
     }
 }
 
@@ -186,15 +192,16 @@ impl Checks {
 
     /// After the change of `outcome`, probes exactly the targets of the
     /// state it applied, each new one starting as recorded; the first
-    /// starts the prober. Only a change that can have changed them (one
-    /// whose objects or policies have checks, or any while the prober
-    /// runs) walks the state for them: an agent without checks pays
-    /// nothing per change.
+    /// starts the prober. Only the first change, and one that can have
+    /// changed them (one whose objects or policies have checks, or any
+    /// while the prober runs), walks the state for them: an agent without
+    /// checks pays nothing per change.
     pub fn follow(self: &Arc<Self>, outcome: &Outcome) {
         let after = &outcome.after;
         let checked = |object: &Arc<SyncedObject>| object.rules.iter().any(|rule| rule.health.is_some());
         let changes = after.synced.changes();
-        let concerned = self.prober.get().is_some()
+        let concerned = self.first.swap(false, Ordering::Relaxed)
+            || self.prober.get().is_some()
             || after.policies.iter().any(|policy| policy.rule.health.is_some())
             || changes.came().chain(changes.gone()).any(checked);
         if concerned && let Err(err) = self.probe(after) {

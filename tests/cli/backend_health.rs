@@ -272,6 +272,12 @@ pub fn every_backend_down_fails_open_or_refuses_as_the_rule_says() {
     wait_health(&sandbox, "192.0.2.3:80", "healthy");
     assert_eq!(sandbox.reached(VIP, 20), ["b"]);
     watcher.terminate();
+    // A restarted agent probes the checks the state holds, though its
+    // inputs did not change: another backend comes back.
+    let watcher = agent(&sandbox, &file, &[]);
+    sandbox.serve("a", &["192.0.2.2:80"], &[]);
+    wait_health(&sandbox, "192.0.2.2:80", "healthy");
+    watcher.terminate();
 }
 
 /// A one-line HTTP server for socat: reads the request's head, answers
