@@ -245,7 +245,7 @@ impl Checks {
 
 /// One log line per transition: which backend, by which check, why.
 fn log_transition(transition: &Transition) {
-    let Transition { target, healthy, why, .. } = transition;
+    let Transition { target, healthy, why, streak } = transition;
     let probed = target.check.address_of(target.backend);
     // Both at warn, the agent's default level: a backend's state is what
     // an operator looks for when its traffic moved.
@@ -258,7 +258,8 @@ fn log_transition(transition: &Transition) {
         );
     } else {
         log::warn!(
-            "health check: backend {}/{} is unhealthy ({} of {probed}: {why}); it leaves the slots of its rules",
+            "health check: backend {}/{} is unhealthy ({} of {probed}: {streak} failures in a row, the last: \
+             {why}); it leaves the slots of its rules",
             target.backend,
             target.protocol,
             target.check.probe,

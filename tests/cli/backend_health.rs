@@ -125,6 +125,7 @@ pub fn a_stopped_backend_leaves_after_fall_probes_and_returns_after_rise() {
     sandbox.stop(b);
     let line = watcher.wait_stderr("is unhealthy");
     assert!(line.contains("192.0.2.3:80/tcp") && line.contains("tcp of 192.0.2.3:80"), "{line}");
+    assert!(line.contains(&format!("{FALL} failures in a row, the last: connection refused")), "{line}");
     wait_health(&sandbox, "192.0.2.3:80", "unhealthy");
     assert!(health(&sandbox).contains(&("192.0.2.3:80".into(), "unhealthy".into(), false)));
     let scraped = scrape(&sandbox, metrics);
