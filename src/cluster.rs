@@ -597,13 +597,11 @@ impl<'a, A: FnMut(&Documents) -> bool> ClusterWatch<'a, A> {
         }
         for (key, (remote, namespace, labels)) in wanted.into_iter().filter(|(k, _)| !running.contains(k)) {
             let config = watcher::Config::default().labels(&labels);
-            let stream = match remote {
-                None => watched::<Pod>(Api::namespaced(self.client.clone(), &namespace), config),
-                Some(index) => {
-                    let (name, client) = &self.remotes[index];
-                    watched_in::<Pod>(Api::namespaced(client.clone(), &namespace), config, Some(name.clone()))
-                }
+            let (client, cluster) = match remote {
+                None => (&self.client, None),
+                Some(index) => (&self.remotes[index].1, Some(self.remotes[index].0.clone())),
             };
+            let stream = watched_in::<Pod>(Api::namespaced(client.clone(), &namespace), config, cluster);
             self.start_watcher(key, stream);
         }
     }
@@ -718,32 +716,42 @@ const SELECTED_PODS: &str = "Pod selected ";
 /// The start of the labels of BalancingPolicy documents.
 const BALANCING_POLICIES: &str = "BalancingPolicy ";
 
-/// A watcher of `api`, as signals: each object made into its document as
-/// it arrives.
-fn watched<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, Signal>
-where
+/// What a typed watcher watches: a built-in kind kube-runtime can watch
+/// and balctl can make a document of.
+trait Watchable:
+    Resource<DynamicType = ()>
+    + Clone
+    + Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
     K: Resource<DynamicType = ()>
         + Clone
         + Serialize
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
-        + 'static,
+        + 'static
 {
+}
+
+/// A watcher of `api`, as signals: each object made into its document as
+/// it arrives.
+fn watched<K: Watchable>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, Signal> {
     watched_in(api, config, None)
 }
 
 /// `watched` of the other cluster `cluster` (None: this node's).
-fn watched_in<K>(api: Api<K>, config: watcher::Config, cluster: Option<String>) -> BoxStream<'static, Signal>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
+fn watched_in<K: Watchable>(
+    api: Api<K>,
+    config: watcher::Config,
+    cluster: Option<String>,
+) -> BoxStream<'static, Signal> {
     let (api_version, kind) = (K::api_version(&()).into_owned(), K::kind(&()).into_owned());
     signals_in(watcher(api, config), api_version, kind, cluster)
 }

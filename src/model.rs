@@ -327,6 +327,20 @@ pub const MAX_WEIGHT: u16 = 100;
 /// frontends that choose by live connections (`least_connections`).
 pub const LEAST_CONNECTIONS: &str = "least-connections";
 
+/// The weights of the backend `addresses` of one family (IPv4 or not), in
+/// their order: a rule's backends are those of its frontend's family.
+/// Empty without weights.
+pub fn weights_of_family(
+    addresses: impl IntoIterator<Item = IpAddr>,
+    weights: &[u16],
+    ipv4: bool,
+) -> Vec<u16> {
+    (addresses.into_iter().zip(weights))
+        .filter(|(address, _)| address.to_canonical().is_ipv4() == ipv4)
+        .map(|(_, &weight)| weight)
+        .collect()
+}
+
 /// Checks a list of weights given for `backends` backends.
 pub fn check_weights(weights: &[u64], backends: usize) -> Result<Vec<u16>, String> {
     if weights.len() != backends {

@@ -96,18 +96,16 @@ pub fn run_with(
         let list = || cluster::list_all(&args.api_server, &this_node.name);
         change_prepared(&ctx.pins, &ctx.state, mode, kept, list, |state, documents, _| {
             let documents: Vec<&cluster::Document> = documents.iter().collect();
-            let mut inputs = inputs::from_cluster(&documents, &this_node, &state.synced, None)?;
-            health::mark(state, &mut inputs, live.as_ref());
-            notes = replace(state, inputs, &this_node, None)?.0;
+            let inputs = inputs::from_cluster(&documents, &this_node, &state.synced, None)?;
+            notes = replace(state, inputs, &this_node, None, live.as_ref())?.0;
             Ok(())
         })?
     } else {
         let gather = || inputs::gather(&args.filenames, &this_node, args.max_input_size);
         change_prepared(&ctx.pins, &ctx.state, mode, kept, gather, |state, gathered, _| {
-            let mut inputs = gathered.read(&state.synced)?;
+            let inputs = gathered.read(&state.synced)?;
             check_removals(state, &inputs, removals)?;
-            health::mark(state, &mut inputs, live.as_ref());
-            notes = replace(state, inputs, &this_node, None)?.0;
+            notes = replace(state, inputs, &this_node, None, live.as_ref())?.0;
             Ok(())
         })?
     };
@@ -171,13 +169,17 @@ pub fn health_checks(state: &AppliedState) -> impl Iterator<Item = &HealthCheck>
 /// place: an object the inputs still have (by owner) takes its new value
 /// where it is, the others replaced go, and new ones come after all, in
 /// input order; so the state's order stays, and a change's record holds
-/// what changed only (`state::change_log`).
+/// what changed only (`state::change_log`). The checked rules of the
+/// inputs and policies are first marked with the backends' health, as the
+/// agent's prober (`live`) or else the state knows it (`health::mark`).
 pub fn replace(
     state: &mut AppliedState,
-    inputs: Inputs,
+    mut inputs: Inputs,
     this_node: &ThisNode,
     part: Option<&[Arc<SyncedObject>]>,
+    live: Option<&health::Health>,
 ) -> Result<(Vec<String>, Vec<Arc<SyncedObject>>)> {
+    health::mark(state, &mut inputs, live);
     state.image.node_ports_on_loopback = this_node.node_port_addresses.serve_loopback();
     let names: BTreeSet<String> = inputs.sources.iter().map(|s| s.name.clone()).collect();
     let ours = |object: &SyncedObject| names.contains(&object.source);
@@ -505,8 +507,8 @@ mod tests {
         let scratch = Scratch::new("large-removals");
         let four = ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"];
         let mut state = AppliedState::default();
-        replace(&mut state, scratch.read("a.toml", &four), &ThisNode::named("node-a"), None).unwrap();
-        replace(&mut state, scratch.read("b.toml", &["198.18.1.1"]), &ThisNode::named("node-a"), None)
+        replace(&mut state, scratch.read("a.toml", &four), &ThisNode::named("node-a"), None, None).unwrap();
+        replace(&mut state, scratch.read("b.toml", &["198.18.1.1"]), &ThisNode::named("node-a"), None, None)
             .unwrap();
 
         assert_eq!(removals(&state, &scratch.read("a.toml", &four[..3])), []);
@@ -639,7 +641,7 @@ mod tests {
 
             let every: Vec<&cluster::Document> = documents.values().collect();
             let whole = inputs::from_cluster(&every, &this_node, &full.synced, None)
-                .and_then(|inputs| replace(&mut full.clone(), inputs, &this_node, None).map(|r| r.0));
+                .and_then(|inputs| replace(&mut full.clone(), inputs, &this_node, None, None).map(|r| r.0));
 
             let continued = Continued(batch % 97 != 96);
             let selection = index.select(&documents, &changed, &incremental.synced, continued, &this_node);
@@ -649,12 +651,12 @@ mod tests {
             let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
             let parsed = index.parsed_for(&selection);
             let read = inputs::from_cluster(&selection.documents, &this_node, &selection.previous, parsed)
-                .and_then(|inputs| replace(&mut next, inputs, &this_node, part));
+                .and_then(|inputs| replace(&mut next, inputs, &this_node, part, None));
             match (whole, read) {
                 (Ok(notes), Ok((read_notes, made))) => {
                     let every: Vec<&cluster::Document> = documents.values().collect();
                     let inputs = inputs::from_cluster(&every, &this_node, &full.synced, None).unwrap();
-                    replace(&mut full, inputs, &this_node, None).unwrap();
+                    replace(&mut full, inputs, &this_node, None, None).unwrap();
                     assert_eq!(by_value(&next), by_value(&full), "batch {batch}");
                     assert_eq!(read_notes, notes, "batch {batch}");
                     index.applied(&documents, &changed, selection.replaced, &made, &next.synced);

@@ -182,13 +182,19 @@ fn describe(
         service_id: raw.service_id,
         frontend: name.map(|(frontend, _)| frontend.clone()),
         name: name.map(|(_, owner)| owner.clone()),
-        result: match raw.result {
-            // The rule refuses while every backend fails its health check.
-            result::NO_BACKEND if unhealthy => "no_healthy_backend",
-            code => result_name(code),
-        },
+        result: resolution_name(raw.result, unhealthy),
         failed,
         failing_open: unhealthy && !failed,
+    }
+}
+
+/// How `trace` and `explain` name a resolution's `result::` code, for a
+/// frontend whose every backend fails its health check (`unhealthy`) or
+/// not: such a rule's refusal is `no_healthy_backend`.
+pub fn resolution_name(code: u8, unhealthy: bool) -> &'static str {
+    match code {
+        result::NO_BACKEND if unhealthy => "no_healthy_backend",
+        code => result_name(code),
     }
 }
 

@@ -43,7 +43,7 @@ use crate::{
         AddressKind, BackendCheck, ExternalBalancing, Frontend, FrontendRule, HealthCheck, LEAST_CONNECTIONS,
         LbAlgorithm, MAX_AFFINITY_SECONDS, PolicyKind, Prefix, Protocol, RuleHealth, Scope, SyncedObject,
         WhenAllUnhealthy, check_address, check_maglev_table_size, check_name, check_weights,
-        health::CheckSpec,
+        health::CheckSpec, weights_of_family,
     },
 };
 
@@ -382,16 +382,6 @@ fn external_fields(
     })
 }
 
-/// The weights (checked, one per backend) of the backends of one family,
-/// in their order: a rule's backends are those of its frontend's family.
-/// Empty without weights.
-fn weights_of_family(backends: &[Spanned<IpAddr>], weights: &[u64], ipv4: bool) -> Vec<u16> {
-    (backends.iter().zip(weights))
-        .filter(|(backend, _)| backend.get_ref().to_canonical().is_ipv4() == ipv4)
-        .map(|(_, &weight)| weight as u16)
-        .collect()
-}
-
 /// The largest entry read: the TOML parser takes about 50 times an
 /// entry's size while reading it.
 const MAX_ENTRY: usize = 64 << 20;
@@ -453,12 +443,14 @@ fn rule_object(
     }
     let external = external_fields(kind, &spec, at)?;
     let least_connections = spec.lb_algorithm.as_ref().is_some_and(|a| a.get_ref() == LEAST_CONNECTIONS);
-    let weights: Vec<u64> = spec.weights.iter().map(|w| *w.get_ref()).collect();
-    if let Some(first) = spec.weights.first() {
-        // Each rule's backends are those of its family: weights follow them.
-        let error = |e: String| input!("{}: weights: {e}", at(first.span()));
-        check_weights(&weights, spec.backends.len()).map_err(error)?;
-    }
+    let weights = match spec.weights.first() {
+        Some(first) => {
+            let given: Vec<u64> = spec.weights.iter().map(|w| *w.get_ref()).collect();
+            let error = |e: String| input!("{}: weights: {e}", at(first.span()));
+            check_weights(&given, spec.backends.len()).map_err(error)?
+        }
+        None => Vec::new(),
+    };
     let health = spec.health_check.as_ref().map(|table| HealthCheckTable::read(table, at)).transpose()?;
     if let (Some((check, _)), Some(table)) = (&health, &spec.health_check) {
         for port in &spec.ports {
@@ -560,7 +552,11 @@ fn rule_object(
                     health: health
                         .as_ref()
                         .map(|(check, when)| Box::new(RuleHealth::new(check.clone(), *when))),
-                    weights: weights_of_family(&spec.backends, &weights, address.is_ipv4()),
+                    weights: weights_of_family(
+                        spec.backends.iter().map(|b| *b.get_ref()),
+                        &weights,
+                        address.is_ipv4(),
+                    ),
                     least_connections,
                 });
             }

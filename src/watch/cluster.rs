@@ -19,7 +19,7 @@ use crate::{
         Context,
         sync::{NotesTold, destroy_stale_sockets, health_checks, replace, report, this_node},
     },
-    error, health, inputs,
+    error, inputs,
     model::SyncedObject,
     serve,
     transaction::{Continued, Kept, Mode, change_prepared},
@@ -72,12 +72,11 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<()> {
                         &this_node,
                     );
                     let parsed = index.parsed_for(&selection);
-                    let mut inputs =
+                    let inputs =
                         inputs::from_cluster(&selection.documents, &this_node, &selection.previous, parsed)?;
-                    health::mark(state, &mut inputs, Some(&live));
                     let part = selection.replaced.is_some().then_some(selection.previous.as_slice());
                     let incoming;
-                    (notes, incoming) = replace(state, inputs, &this_node, part)?;
+                    (notes, incoming) = replace(state, inputs, &this_node, part, Some(&live))?;
                     // The health-check ports change only with objects that have one.
                     let checks =
                         |objects: &[Arc<SyncedObject>]| objects.iter().any(|o| o.health_check.is_some());

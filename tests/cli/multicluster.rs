@@ -23,22 +23,6 @@ fn example() -> Vec<Value> {
     text.split("\n---\n").map(|document| serde_saphyr::from_str(document).unwrap()).collect()
 }
 
-/// Waits (at most 10 s) until 20 connections to the ClusterSetIP reach
-/// exactly `ids`.
-fn wait_reached(sandbox: &Sandbox, ids: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let report = sandbox.client(&["connect", "--to", CLUSTER_SET_IP, "--count", "20"]);
-        let reached: Vec<&str> =
-            report["backends"].as_object().map_or(Vec::new(), |b| b.keys().map(String::as_str).collect());
-        if report["failed"] == 0 && reached == ids {
-            return;
-        }
-        assert!(Instant::now() < deadline, "reached {report}, expected {ids:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 pub fn a_service_import_is_balanced_over_its_imported_slices() {
     let sandbox = Sandbox::new();
     sandbox.load();
@@ -54,7 +38,7 @@ pub fn a_service_import_is_balanced_over_its_imported_slices() {
     let kubeconfig = kubeconfig.to_str().unwrap();
     // Once.
     sandbox.balctl_ok(&["sync", "--kube", "--kubeconfig", kubeconfig, "--node-name", "node-a"]);
-    wait_reached(&sandbox, &["east", "west"]);
+    wait_reached_at(&sandbox, CLUSTER_SET_IP, &["east", "west"]);
     let services = sandbox.balctl_json(&["dump", "services", "--vip", "198.18.4.10"]);
     assert_eq!(services["services"][0]["name"], "serviceimport/shop/web", "{services:#}");
     // Watching: a cluster that stops exporting takes its endpoints away.
@@ -62,7 +46,7 @@ pub fn a_service_import_is_balanced_over_its_imported_slices() {
         Watcher::start_with(&sandbox, &[], &["--kube", "--kubeconfig", kubeconfig, "--node-name", "node-a"]);
     watcher.wait_stdout("sync:");
     server.delete("discovery.k8s.io/v1", "EndpointSlice", Some("shop"), "imported-web-east");
-    wait_reached(&sandbox, &["west"]);
+    wait_reached_at(&sandbox, CLUSTER_SET_IP, &["west"]);
     watcher.terminate();
 }
 

@@ -33,7 +33,7 @@ use crate::{
     bpf::maps::{BackendId, ServiceId},
     cmd::{
         dump::{View, affinity::AffinityRecord},
-        trace::result_name,
+        trace::{resolution_name, result_name},
     },
     image::raw::{addr_to_raw, frontend_of, port_to_raw, raw_to_addr, raw_to_port},
     model::Protocol,
@@ -176,12 +176,9 @@ pub fn decide(
     decision.backend_count = master.count;
     // choice.rs `has_backends`.
     if master.count == 0 {
-        let mut failure = refused(no_backend_result(master.flags));
-        // As `trace` names it: the rule refuses while every backend fails its health check.
-        if master.flags & SERVICE_FLAG_UNHEALTHY != 0 {
-            failure.reason = "no_healthy_backend";
-        }
-        decision.failure = Some(failure);
+        let code = no_backend_result(master.flags);
+        let reason = resolution_name(code, master.flags & SERVICE_FLAG_UNHEALTHY != 0);
+        decision.failure = Some(Failure { reason, ..refused(code) });
         return Ok(decision);
     }
     let mut slots = slots(view, &key, &master, dest.is_ipv4());

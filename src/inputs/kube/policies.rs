@@ -38,7 +38,10 @@ use super::{
 };
 use crate::{
     inputs::{budget::EntryBudget, location::Located},
-    model::{AddressKind, Frontend, FrontendRule, PolicyKind, Protocol, RuleHealth, SyncedObject},
+    model::{
+        AddressKind, Frontend, FrontendRule, PolicyKind, Protocol, RuleHealth, SyncedObject,
+        weights_of_family,
+    },
 };
 
 /// The objects of the input that policies refer to.
@@ -380,10 +383,9 @@ fn pair<'f, 'p>(
 /// `backends` lists them); empty without weights.
 fn weights_of(policy: &PolicyObject, family: Family) -> Vec<u16> {
     match &policy.backend.target {
-        BackendTarget::Addresses(addresses) => (addresses.iter().zip(&policy.backend.weights))
-            .filter(|(ip, _)| Family::of(**ip) == family)
-            .map(|(_, &weight)| weight)
-            .collect(),
+        BackendTarget::Addresses(addresses) => {
+            weights_of_family(addresses.iter().copied(), &policy.backend.weights, family == Family::V4)
+        }
         BackendTarget::Pods { .. } => Vec::new(),
     }
 }

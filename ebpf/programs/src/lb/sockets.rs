@@ -163,16 +163,11 @@ pub fn release(cookie: u64) {
         return;
     };
     for index in 0..SOCKET_WAYS {
-        // SAFETY: as in `Way::find`; whole fields, the ids read only for a
-        // counted socket (every socket of the cgroup closes through here).
+        // SAFETY: as in `Way::find`; whole fields.
         unsafe {
             let owner = &raw mut (*set).cookies[index];
             if read_volatile(owner) == cookie {
-                let way = &raw const (*set).ways[index];
-                let counted = read_volatile(&raw const (*way).flags) & SOCKET_COUNTED != 0;
-                let ids = counted.then(|| {
-                    (read_volatile(&raw const (*way).service_id), read_volatile(&raw const (*way).backend_id))
-                });
+                let ids = counted(&raw const (*set).ways[index]);
                 write_volatile(owner, NO_COOKIE);
                 if let Some((service_id, backend_id)) = ids {
                     conns::closed(service_id, backend_id);
@@ -180,6 +175,24 @@ pub fn release(cookie: u64) {
                 break;
             }
         }
+    }
+}
+
+/// The frontend (service id) and backend ids of a way whose socket counts
+/// as one of its backend's live connections (`SOCKET_COUNTED`): read field
+/// by field, never a copy of the way (the stack of sendmsg is near its
+/// limit, and every socket of the cgroup closes through `release`).
+///
+/// # Safety
+/// `way` points into the sockets map's value for the program's run.
+#[inline(always)]
+unsafe fn counted(way: *const SocketTranslation) -> Option<(u32, u32)> {
+    // SAFETY: as the caller promises; whole fields.
+    unsafe {
+        let counts = read_volatile(&raw const (*way).flags) & SOCKET_COUNTED != 0;
+        counts.then(|| {
+            (read_volatile(&raw const (*way).service_id), read_volatile(&raw const (*way).backend_id))
+        })
     }
 }
 
@@ -316,19 +329,14 @@ fn remember_socket(cookie: u64, socket: &SocketTranslation, now: u64) -> bool {
     }
     let way = chosen % SOCKET_WAYS;
     // SAFETY: as in `Way::find`; the cookie goes first and last, see there.
-    // What stops counting: the fields `uncount` reads, not a copy of the
-    // way (the stack of sendmsg is near its limit).
     let before = unsafe {
-        let before = &raw const (*set).ways[way];
-        let counted = read_volatile(&raw const (*set).cookies[way]) != NO_COOKIE
-            && read_volatile(&raw const (*before).flags) & SOCKET_COUNTED != 0;
-        let ids =
-            (read_volatile(&raw const (*before).service_id), read_volatile(&raw const (*before).backend_id));
+        let owned = read_volatile(&raw const (*set).cookies[way]) != NO_COOKIE;
+        let before = if owned { counted(&raw const (*set).ways[way]) } else { None };
         write_volatile(&raw mut (*set).cookies[way], NO_COOKIE);
         write_volatile(&raw mut (*set).ways[way], *socket);
         write_volatile(&raw mut (*set).last_used_ns[way], now);
         write_volatile(&raw mut (*set).cookies[way], cookie);
-        counted.then_some(ids)
+        before
     };
     if let Some((service_id, backend_id)) = before {
         conns::closed(service_id, backend_id);
